@@ -1,0 +1,1 @@
+//! paxos-bench (being built).

@@ -1,0 +1,259 @@
+//! Vocabulary shared by every paxos crate: slots, ballots, replica ids,
+//! values, membership, simulated-or-real time, and the durable state a
+//! replica persists.
+//!
+//! These types are the contract between paxos-core and the storage crates
+//! (paxos-log, paxos-nvm), the simulator and paxos-kv. Change them with care.
+
+use bytes::Bytes;
+use std::collections::BTreeMap;
+
+/// A log position. Slots are numbered from 1; slot 0 means "none".
+pub type Slot = u64;
+
+/// The identity of one replica in the cluster. Stable across restarts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ReplicaId(pub u32);
+
+impl std::fmt::Display for ReplicaId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "r{}", self.0)
+    }
+}
+
+/// A Paxos ballot: a round number, made unique by the id of the replica that
+/// leads it. Ordered by `round`, then `leader`.
+///
+/// `Ballot::ZERO` is below every ballot a replica can start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Ballot {
+    /// The round; a replica starting phase 1 picks a round above any it has seen.
+    pub round: u64,
+    /// The replica that leads this ballot.
+    pub leader: ReplicaId,
+}
+
+impl Ballot {
+    /// The ballot below all others: nothing promised, nothing accepted.
+    pub const ZERO: Ballot = Ballot { round: 0, leader: ReplicaId(0) };
+
+    /// Creates a ballot.
+    pub const fn new(round: u64, leader: ReplicaId) -> Self {
+        Ballot { round, leader }
+    }
+}
+
+impl std::fmt::Display for Ballot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.round, self.leader.0)
+    }
+}
+
+/// Logical time, in microseconds since an arbitrary epoch chosen by the
+/// driver. paxos-core never reads a clock: the simulator advances this
+/// by hand and production drivers convert a monotonic clock into it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Time(pub u64);
+
+impl Time {
+    /// Time plus a number of microseconds (saturating).
+    pub const fn plus_micros(self, micros: u64) -> Time {
+        Time(self.0.saturating_add(micros))
+    }
+
+    /// Microseconds from `earlier` to `self`, or 0 if `earlier` is later.
+    pub const fn micros_since(self, earlier: Time) -> u64 {
+        self.0.saturating_sub(earlier.0)
+    }
+}
+
+/// The replica set. Voters form quorums; learners receive decrees but do not
+/// vote (a new replica catches up as a learner before it is promoted).
+///
+/// Both lists are kept sorted and free of duplicates, and a replica is never in
+/// both.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Membership {
+    /// Replicas whose votes count toward quorums.
+    pub voters: Vec<ReplicaId>,
+    /// Replicas that receive decrees but do not vote.
+    pub learners: Vec<ReplicaId>,
+}
+
+impl Membership {
+    /// A membership of voters only.
+    pub fn with_voters(mut voters: Vec<ReplicaId>) -> Self {
+        voters.sort_unstable();
+        voters.dedup();
+        Membership { voters, learners: Vec::new() }
+    }
+
+    /// The number of votes that make a majority quorum of the voters.
+    pub fn quorum(&self) -> usize {
+        self.voters.len() / 2 + 1
+    }
+
+    /// Whether `id` votes in this membership.
+    pub fn is_voter(&self, id: ReplicaId) -> bool {
+        self.voters.binary_search(&id).is_ok()
+    }
+
+    /// Whether `id` is a voter or a learner.
+    pub fn contains(&self, id: ReplicaId) -> bool {
+        self.is_voter(id) || self.learners.binary_search(&id).is_ok()
+    }
+
+    /// Voters and learners, in order.
+    pub fn all(&self) -> impl Iterator<Item = ReplicaId> + '_ {
+        self.voters.iter().chain(self.learners.iter()).copied()
+    }
+
+    /// Whether the lists are sorted, duplicate-free and disjoint.
+    pub fn is_well_formed(&self) -> bool {
+        let sorted = |v: &[ReplicaId]| v.windows(2).all(|w| w[0] < w[1]);
+        sorted(&self.voters)
+            && sorted(&self.learners)
+            && !self.voters.is_empty()
+            && self.learners.iter().all(|l| !self.is_voter(*l))
+    }
+}
+
+/// The value of one decree (one slot).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Value {
+    /// Fills a gap found in phase 1; applying it does nothing.
+    Noop,
+    /// A batch of client requests, encoded by [`crate::batch`].
+    Requests(Bytes),
+    /// A new replica set. Never batched with requests.
+    Reconfigure(Membership),
+}
+
+impl Value {
+    /// Payload bytes this value carries (for batch and message limits).
+    pub fn payload_len(&self) -> usize {
+        match self {
+            Value::Noop => 0,
+            Value::Requests(b) => b.len(),
+            Value::Reconfigure(m) => 4 * (m.voters.len() + m.learners.len()),
+        }
+    }
+}
+
+/// A value accepted at a slot under a ballot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Accepted {
+    /// The slot.
+    pub slot: Slot,
+    /// The ballot under which the value was accepted.
+    pub ballot: Ballot,
+    /// The value.
+    pub value: Value,
+}
+
+/// One record a replica asks its storage to make durable.
+///
+/// Storage applies entries of one persist action in order and reports the
+/// whole action durable at once (see `Action::Persist` and
+/// `Replica::on_persisted`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PersistEntry {
+    /// The promised ballot rose to this value.
+    Promise(Ballot),
+    /// A value was accepted at a slot. Replaces any earlier entry of that slot.
+    Accept(Accepted),
+    /// Every slot up to and including this one is chosen.
+    Commit(Slot),
+    /// Every slot up to and including this one is covered by a checkpoint;
+    /// storage may drop accepted entries of those slots.
+    Truncate(Slot),
+}
+
+/// Everything a replica persists, as recovered at start-up.
+///
+/// Storage backends rebuild this from their records; paxos-core starts from it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DurableState {
+    /// The highest ballot this replica promised.
+    pub promised: Ballot,
+    /// Accepted values by slot, for slots above `truncated_through`.
+    pub accepted: BTreeMap<Slot, Accepted>,
+    /// Every slot up to and including this one is known chosen.
+    pub commit_index: Slot,
+    /// Slots up to and including this one are covered by a checkpoint.
+    pub truncated_through: Slot,
+}
+
+impl DurableState {
+    /// Applies one persisted entry, as storage does on write and on recovery.
+    ///
+    /// Promise, commit and truncation points only move forward; an older
+    /// entry replayed after a newer one changes nothing.
+    pub fn apply(&mut self, entry: &PersistEntry) {
+        match entry {
+            PersistEntry::Promise(b) => {
+                if *b > self.promised {
+                    self.promised = *b;
+                }
+            }
+            PersistEntry::Accept(a) => {
+                if a.slot > self.truncated_through {
+                    self.accepted.insert(a.slot, a.clone());
+                }
+            }
+            PersistEntry::Commit(s) => {
+                if *s > self.commit_index {
+                    self.commit_index = *s;
+                }
+            }
+            PersistEntry::Truncate(s) => {
+                if *s > self.truncated_through {
+                    self.truncated_through = *s;
+                    self.accepted = self.accepted.split_off(&(s + 1));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ballots_order_by_round_then_leader() {
+        let a = Ballot::new(1, ReplicaId(3));
+        let b = Ballot::new(2, ReplicaId(1));
+        let c = Ballot::new(2, ReplicaId(2));
+        assert!(Ballot::ZERO < a && a < b && b < c);
+    }
+
+    #[test]
+    fn quorum_is_a_strict_majority() {
+        for n in 1..8u32 {
+            let m = Membership::with_voters((1..=n).map(ReplicaId).collect());
+            assert!(2 * m.quorum() > n as usize);
+            assert!(2 * (m.quorum() - 1) <= n as usize);
+        }
+    }
+
+    #[test]
+    fn durable_state_points_only_move_forward() {
+        let mut s = DurableState::default();
+        let b2 = Ballot::new(2, ReplicaId(1));
+        s.apply(&PersistEntry::Promise(b2));
+        s.apply(&PersistEntry::Promise(Ballot::new(1, ReplicaId(1))));
+        assert_eq!(s.promised, b2);
+        let acc = |slot| Accepted { slot, ballot: b2, value: Value::Noop };
+        for slot in 1..=5 {
+            s.apply(&PersistEntry::Accept(acc(slot)));
+        }
+        s.apply(&PersistEntry::Commit(4));
+        s.apply(&PersistEntry::Commit(2));
+        assert_eq!(s.commit_index, 4);
+        s.apply(&PersistEntry::Truncate(3));
+        assert_eq!(s.accepted.keys().copied().collect::<Vec<_>>(), vec![4, 5]);
+        s.apply(&PersistEntry::Accept(acc(2)));
+        assert!(!s.accepted.contains_key(&2), "truncated slots stay dropped");
+    }
+}

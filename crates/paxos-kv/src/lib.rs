@@ -1,0 +1,1 @@
+//! paxos-kv (being built).

@@ -1,0 +1,1 @@
+//! paxos-log (being built).

@@ -1,0 +1,1 @@
+//! paxos-net (being built).

@@ -1,0 +1,1 @@
+//! paxos-nvm (being built).

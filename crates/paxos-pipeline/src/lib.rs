@@ -1,0 +1,1 @@
+//! paxos-pipeline (being built).

@@ -1,0 +1,1 @@
+//! paxos-sim (being built).
