@@ -1,1 +1,3 @@
-//! paxos-log (being built).
+//! paxos-log (being built; see ARCHITECTURE.md).
+pub mod storage;
+pub use storage::{ReplicaStorage, StorageError};
