@@ -279,10 +279,16 @@ mod tests {
     fn enabled_gate_evaluates_once_and_panics_with_kind_expr_and_location() {
         let evaluated = Cell::new(0);
         let msg = panic_message(std::panic::AssertUnwindSafe(|| {
-            __contract!(true, Kind::Postcondition, {
-                evaluated.set(evaluated.get() + 1);
-                1 + 1 == 3
-            }, "slot {} broke", 7);
+            __contract!(
+                true,
+                Kind::Postcondition,
+                {
+                    evaluated.set(evaluated.get() + 1);
+                    1 + 1 == 3
+                },
+                "slot {} broke",
+                7
+            );
         }))
         .expect("an enabled, false contract must panic");
         assert_eq!(evaluated.get(), 1);
@@ -315,7 +321,11 @@ mod tests {
             assert_eq!(evaluated.get(), 1);
         } else {
             assert!(result.is_ok(), "disabled requires! must not panic");
-            assert_eq!(evaluated.get(), 0, "disabled requires! evaluated its condition");
+            assert_eq!(
+                evaluated.get(),
+                0,
+                "disabled requires! evaluated its condition"
+            );
         }
     }
 
