@@ -24,7 +24,10 @@ pub struct BatchLimits {
 
 impl Default for BatchLimits {
     fn default() -> Self {
-        BatchLimits { max_requests: 4096, max_bytes: 1 << 20 }
+        BatchLimits {
+            max_requests: 4096,
+            max_bytes: 1 << 20,
+        }
     }
 }
 
@@ -58,7 +61,11 @@ impl BatchBuilder {
     pub fn new(limits: BatchLimits) -> Self {
         let mut buf = BytesMut::with_capacity(limits.max_bytes.min(64 * 1024));
         buf.put_u32_le(0);
-        BatchBuilder { buf, count: 0, limits }
+        BatchBuilder {
+            buf,
+            count: 0,
+            limits,
+        }
     }
 
     /// Whether a request of `len` bytes would still fit.
@@ -106,7 +113,10 @@ impl BatchBuilder {
 
 /// Encodes requests as one batch, ignoring limits (tests and tools).
 pub fn encode<'a>(requests: impl IntoIterator<Item = &'a [u8]>) -> Bytes {
-    let mut b = BatchBuilder::new(BatchLimits { max_requests: usize::MAX, max_bytes: usize::MAX });
+    let mut b = BatchBuilder::new(BatchLimits {
+        max_requests: usize::MAX,
+        max_bytes: usize::MAX,
+    });
     for r in requests {
         let added = b.push(r);
         debug_assert!(added);
@@ -137,9 +147,15 @@ pub fn iter(batch: &Bytes) -> Result<BatchIter, BatchError> {
         offset += len;
     }
     if offset != batch.len() {
-        return Err(BatchError::TrailingBytes { extra: batch.len() - offset });
+        return Err(BatchError::TrailingBytes {
+            extra: batch.len() - offset,
+        });
     }
-    Ok(BatchIter { batch: batch.clone(), offset: 4, remaining: count })
+    Ok(BatchIter {
+        batch: batch.clone(),
+        offset: 4,
+        remaining: count,
+    })
 }
 
 fn read_u32(buf: &[u8], offset: usize) -> Result<u32, BatchError> {
@@ -185,7 +201,10 @@ mod tests {
 
     #[test]
     fn builder_respects_limits() {
-        let mut b = BatchBuilder::new(BatchLimits { max_requests: 3, max_bytes: 64 });
+        let mut b = BatchBuilder::new(BatchLimits {
+            max_requests: 3,
+            max_bytes: 64,
+        });
         assert!(b.push(b"a"));
         assert!(b.push(b"bb"));
         assert!(!b.push(&[0u8; 60]), "byte limit");
@@ -193,12 +212,22 @@ mod tests {
         assert!(!b.push(b"d"), "count limit");
         let bytes = b.finish();
         let reqs = decode(&bytes).unwrap();
-        assert_eq!(reqs, vec![Bytes::from_static(b"a"), Bytes::from_static(b"bb"), Bytes::from_static(b"c")]);
+        assert_eq!(
+            reqs,
+            vec![
+                Bytes::from_static(b"a"),
+                Bytes::from_static(b"bb"),
+                Bytes::from_static(b"c")
+            ]
+        );
     }
 
     #[test]
     fn oversized_request_goes_alone() {
-        let mut b = BatchBuilder::new(BatchLimits { max_requests: 8, max_bytes: 16 });
+        let mut b = BatchBuilder::new(BatchLimits {
+            max_requests: 8,
+            max_bytes: 16,
+        });
         assert!(b.push(&[1u8; 100]));
         assert!(!b.push(b"x"));
         assert_eq!(decode(&b.finish()).unwrap().len(), 1);
@@ -206,9 +235,18 @@ mod tests {
 
     #[test]
     fn corrupt_batches_are_errors() {
-        assert_eq!(decode(&Bytes::from_static(&[1, 0])), Err(BatchError::Truncated { offset: 0 }));
-        assert!(matches!(decode(&Bytes::from_static(&[1, 0, 0, 0, 9, 0, 0, 0, 1])), Err(BatchError::Truncated { .. })));
-        assert_eq!(decode(&Bytes::from_static(&[0, 0, 0, 0, 7])), Err(BatchError::TrailingBytes { extra: 1 }));
+        assert_eq!(
+            decode(&Bytes::from_static(&[1, 0])),
+            Err(BatchError::Truncated { offset: 0 })
+        );
+        assert!(matches!(
+            decode(&Bytes::from_static(&[1, 0, 0, 0, 9, 0, 0, 0, 1])),
+            Err(BatchError::Truncated { .. })
+        ));
+        assert_eq!(
+            decode(&Bytes::from_static(&[0, 0, 0, 0, 7])),
+            Err(BatchError::TrailingBytes { extra: 1 })
+        );
         // A huge count with no data must fail fast, not allocate.
         assert!(decode(&Bytes::from_static(&[255, 255, 255, 255])).is_err());
     }

@@ -35,7 +35,10 @@ pub struct Ballot {
 
 impl Ballot {
     /// The ballot below all others: nothing promised, nothing accepted.
-    pub const ZERO: Ballot = Ballot { round: 0, leader: ReplicaId(0) };
+    pub const ZERO: Ballot = Ballot {
+        round: 0,
+        leader: ReplicaId(0),
+    };
 
     /// Creates a ballot.
     pub const fn new(round: u64, leader: ReplicaId) -> Self {
@@ -85,7 +88,10 @@ impl Membership {
     pub fn with_voters(mut voters: Vec<ReplicaId>) -> Self {
         voters.sort_unstable();
         voters.dedup();
-        Membership { voters, learners: Vec::new() }
+        Membership {
+            voters,
+            learners: Vec::new(),
+        }
     }
 
     /// The number of votes that make a majority quorum of the voters.
@@ -244,7 +250,11 @@ mod tests {
         s.apply(&PersistEntry::Promise(b2));
         s.apply(&PersistEntry::Promise(Ballot::new(1, ReplicaId(1))));
         assert_eq!(s.promised, b2);
-        let acc = |slot| Accepted { slot, ballot: b2, value: Value::Noop };
+        let acc = |slot| Accepted {
+            slot,
+            ballot: b2,
+            value: Value::Noop,
+        };
         for slot in 1..=5 {
             s.apply(&PersistEntry::Accept(acc(slot)));
         }

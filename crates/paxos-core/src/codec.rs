@@ -1,0 +1,720 @@
+//! Compact, versioned binary encoding of [`Message`].
+//!
+//! Layout: `u8 version (=1) | u8 tag | fields`. Integers are LEB128 varints
+//! (at most 10 bytes, overflow rejected); a ballot is `round, leader`; a value
+//! is `u8 kind | payload` (`Requests`: varint length then the bytes);
+//! sequences are a varint count then the items; an `Option<Slot>` is
+//! `u8 0` or `u8 1, slot`. Trailing bytes are an error.
+//!
+//! Decoding never panics and never allocates more than the input justifies:
+//! every count is checked against the bytes that remain (each item takes at
+//! least one byte) and against [`MAX_ENTRIES`] before anything is reserved.
+//! Request payloads are zero-copy [`Bytes`] slices of the input frame.
+
+use crate::message::Message;
+use crate::types::{Accepted, Ballot, Membership, ReplicaId, Value};
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// The encoding version written by [`encode`] and accepted by [`decode`].
+pub const VERSION: u8 = 1;
+
+/// Most entries (decrees or replica ids) one message may carry.
+pub const MAX_ENTRIES: usize = 1 << 20;
+
+/// Why a frame could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CodecError {
+    /// The frame ended early.
+    #[error("message truncated at byte {offset}")]
+    Truncated {
+        /// Where more bytes were needed.
+        offset: usize,
+    },
+    /// The frame was written by an encoding version we do not speak.
+    #[error("unsupported message encoding version {0}")]
+    Version(u8),
+    /// An unknown message, value or flag tag.
+    #[error("unknown {what} tag {tag}")]
+    UnknownTag {
+        /// Which tag.
+        what: &'static str,
+        /// Its value.
+        tag: u8,
+    },
+    /// A varint longer than 10 bytes or above the field's range.
+    #[error("integer overflow at byte {offset}")]
+    Overflow {
+        /// Where the integer started.
+        offset: usize,
+    },
+    /// A count or length above the limit or above the bytes left.
+    #[error("length {len} at byte {offset} exceeds the limit")]
+    TooLong {
+        /// The claimed length.
+        len: u64,
+        /// Where it was read.
+        offset: usize,
+    },
+    /// A membership list that is not sorted, unique and disjoint.
+    #[error("malformed membership")]
+    BadMembership,
+    /// Bytes left after the message.
+    #[error("{0} trailing bytes")]
+    TrailingBytes(usize),
+}
+
+mod tag {
+    pub const PREPARE: u8 = 1;
+    pub const PROMISE: u8 = 2;
+    pub const ACCEPT: u8 = 3;
+    pub const ACCEPTED: u8 = 4;
+    pub const HEARTBEAT: u8 = 5;
+    pub const HEARTBEAT_ACK: u8 = 6;
+    pub const REJECT: u8 = 7;
+    pub const FETCH: u8 = 8;
+    pub const DECREES: u8 = 9;
+    pub const TIMEOUT_NOW: u8 = 10;
+
+    pub const VALUE_NOOP: u8 = 0;
+    pub const VALUE_REQUESTS: u8 = 1;
+    pub const VALUE_RECONFIGURE: u8 = 2;
+}
+
+/// Appends the encoding of `msg` to `out`.
+pub fn encode(msg: &Message, out: &mut BytesMut) {
+    out.reserve(encoded_len_hint(msg));
+    out.put_u8(VERSION);
+    match msg {
+        Message::Prepare { ballot, from_slot } => {
+            out.put_u8(tag::PREPARE);
+            put_ballot(out, *ballot);
+            put_varint(out, *from_slot);
+        }
+        Message::Promise {
+            ballot,
+            from_slot,
+            commit_index,
+            log_start,
+            entries,
+            next_from,
+        } => {
+            out.put_u8(tag::PROMISE);
+            put_ballot(out, *ballot);
+            put_varint(out, *from_slot);
+            put_varint(out, *commit_index);
+            put_varint(out, *log_start);
+            put_entries(out, entries);
+            match next_from {
+                None => out.put_u8(0),
+                Some(s) => {
+                    out.put_u8(1);
+                    put_varint(out, *s);
+                }
+            }
+        }
+        Message::Accept {
+            ballot,
+            slot,
+            value,
+            commit_index,
+        } => {
+            out.put_u8(tag::ACCEPT);
+            put_ballot(out, *ballot);
+            put_varint(out, *slot);
+            put_varint(out, *commit_index);
+            put_value(out, value);
+        }
+        Message::Accepted {
+            ballot,
+            slot,
+            commit_index,
+        } => {
+            out.put_u8(tag::ACCEPTED);
+            put_ballot(out, *ballot);
+            put_varint(out, *slot);
+            put_varint(out, *commit_index);
+        }
+        Message::Heartbeat {
+            ballot,
+            commit_index,
+        } => {
+            out.put_u8(tag::HEARTBEAT);
+            put_ballot(out, *ballot);
+            put_varint(out, *commit_index);
+        }
+        Message::HeartbeatAck {
+            ballot,
+            commit_index,
+            can_become_primary,
+        } => {
+            out.put_u8(tag::HEARTBEAT_ACK);
+            put_ballot(out, *ballot);
+            put_varint(out, *commit_index);
+            out.put_u8(u8::from(*can_become_primary));
+        }
+        Message::Reject { promised } => {
+            out.put_u8(tag::REJECT);
+            put_ballot(out, *promised);
+        }
+        Message::Fetch { from_slot } => {
+            out.put_u8(tag::FETCH);
+            put_varint(out, *from_slot);
+        }
+        Message::Decrees {
+            from_slot,
+            commit_index,
+            log_start,
+            decrees,
+        } => {
+            out.put_u8(tag::DECREES);
+            put_varint(out, *from_slot);
+            put_varint(out, *commit_index);
+            put_varint(out, *log_start);
+            put_entries(out, decrees);
+        }
+        Message::TimeoutNow { ballot } => {
+            out.put_u8(tag::TIMEOUT_NOW);
+            put_ballot(out, *ballot);
+        }
+    }
+}
+
+/// Encodes `msg` into a fresh buffer.
+pub fn encode_to_bytes(msg: &Message) -> Bytes {
+    let mut out = BytesMut::new();
+    encode(msg, &mut out);
+    out.freeze()
+}
+
+/// An upper bound on the encoded size of `msg` (used to reserve buffers and
+/// to keep messages under `max_message_bytes`).
+pub fn encoded_len_hint(msg: &Message) -> usize {
+    const FIXED: usize = 2 + 5 * 10 + 16;
+    match msg {
+        Message::Accept { value, .. } => FIXED + value_len_hint(value),
+        Message::Promise { entries, .. } => {
+            FIXED + entries.iter().map(accepted_len_hint).sum::<usize>()
+        }
+        Message::Decrees { decrees, .. } => {
+            FIXED + decrees.iter().map(accepted_len_hint).sum::<usize>()
+        }
+        _ => FIXED,
+    }
+}
+
+/// Upper bound on the encoded size of one accepted entry.
+pub fn accepted_len_hint(a: &Accepted) -> usize {
+    30 + value_len_hint(&a.value)
+}
+
+fn value_len_hint(v: &Value) -> usize {
+    match v {
+        Value::Noop => 1,
+        Value::Requests(b) => 11 + b.len(),
+        Value::Reconfigure(m) => 21 + 5 * (m.voters.len() + m.learners.len()),
+    }
+}
+
+fn put_varint(out: &mut BytesMut, mut v: u64) {
+    while v >= 0x80 {
+        out.put_u8((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.put_u8(v as u8);
+}
+
+fn put_ballot(out: &mut BytesMut, b: Ballot) {
+    put_varint(out, b.round);
+    put_varint(out, u64::from(b.leader.0));
+}
+
+fn put_value(out: &mut BytesMut, v: &Value) {
+    match v {
+        Value::Noop => out.put_u8(tag::VALUE_NOOP),
+        Value::Requests(b) => {
+            out.put_u8(tag::VALUE_REQUESTS);
+            put_varint(out, b.len() as u64);
+            out.put_slice(b);
+        }
+        Value::Reconfigure(m) => {
+            out.put_u8(tag::VALUE_RECONFIGURE);
+            for list in [&m.voters, &m.learners] {
+                put_varint(out, list.len() as u64);
+                for id in list {
+                    put_varint(out, u64::from(id.0));
+                }
+            }
+        }
+    }
+}
+
+fn put_entries(out: &mut BytesMut, entries: &[Accepted]) {
+    put_varint(out, entries.len() as u64);
+    for a in entries {
+        put_varint(out, a.slot);
+        put_ballot(out, a.ballot);
+        put_value(out, &a.value);
+    }
+}
+
+/// Decodes one message from a whole frame. Never panics.
+pub fn decode(buf: Bytes) -> Result<Message, CodecError> {
+    let mut r = Reader { buf, pos: 0 };
+    let version = r.u8()?;
+    if version != VERSION {
+        return Err(CodecError::Version(version));
+    }
+    let t = r.u8()?;
+    let msg = match t {
+        tag::PREPARE => Message::Prepare {
+            ballot: r.ballot()?,
+            from_slot: r.varint()?,
+        },
+        tag::PROMISE => Message::Promise {
+            ballot: r.ballot()?,
+            from_slot: r.varint()?,
+            commit_index: r.varint()?,
+            log_start: r.varint()?,
+            entries: r.entries()?,
+            next_from: match r.u8()? {
+                0 => None,
+                1 => Some(r.varint()?),
+                other => {
+                    return Err(CodecError::UnknownTag {
+                        what: "option",
+                        tag: other,
+                    })
+                }
+            },
+        },
+        tag::ACCEPT => {
+            let ballot = r.ballot()?;
+            let slot = r.varint()?;
+            let commit_index = r.varint()?;
+            Message::Accept {
+                ballot,
+                slot,
+                commit_index,
+                value: r.value()?,
+            }
+        }
+        tag::ACCEPTED => Message::Accepted {
+            ballot: r.ballot()?,
+            slot: r.varint()?,
+            commit_index: r.varint()?,
+        },
+        tag::HEARTBEAT => Message::Heartbeat {
+            ballot: r.ballot()?,
+            commit_index: r.varint()?,
+        },
+        tag::HEARTBEAT_ACK => Message::HeartbeatAck {
+            ballot: r.ballot()?,
+            commit_index: r.varint()?,
+            can_become_primary: r.bool()?,
+        },
+        tag::REJECT => Message::Reject {
+            promised: r.ballot()?,
+        },
+        tag::FETCH => Message::Fetch {
+            from_slot: r.varint()?,
+        },
+        tag::DECREES => Message::Decrees {
+            from_slot: r.varint()?,
+            commit_index: r.varint()?,
+            log_start: r.varint()?,
+            decrees: r.entries()?,
+        },
+        tag::TIMEOUT_NOW => Message::TimeoutNow {
+            ballot: r.ballot()?,
+        },
+        other => {
+            return Err(CodecError::UnknownTag {
+                what: "message",
+                tag: other,
+            })
+        }
+    };
+    let left = r.buf.len() - r.pos;
+    if left != 0 {
+        return Err(CodecError::TrailingBytes(left));
+    }
+    Ok(msg)
+}
+
+struct Reader {
+    buf: Bytes,
+    pos: usize,
+}
+
+impl Reader {
+    fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    fn u8(&mut self) -> Result<u8, CodecError> {
+        let b = *self
+            .buf
+            .get(self.pos)
+            .ok_or(CodecError::Truncated { offset: self.pos })?;
+        self.pos += 1;
+        Ok(b)
+    }
+
+    fn bool(&mut self) -> Result<bool, CodecError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            other => Err(CodecError::UnknownTag {
+                what: "bool",
+                tag: other,
+            }),
+        }
+    }
+
+    fn varint(&mut self) -> Result<u64, CodecError> {
+        let start = self.pos;
+        let mut v: u64 = 0;
+        for i in 0..10 {
+            let b = self.u8()?;
+            let low = u64::from(b & 0x7f);
+            if i == 9 && b > 1 {
+                return Err(CodecError::Overflow { offset: start });
+            }
+            v |= low << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(CodecError::Overflow { offset: start })
+    }
+
+    fn replica_id(&mut self) -> Result<ReplicaId, CodecError> {
+        let start = self.pos;
+        let v = self.varint()?;
+        u32::try_from(v)
+            .map(ReplicaId)
+            .map_err(|_| CodecError::Overflow { offset: start })
+    }
+
+    fn ballot(&mut self) -> Result<Ballot, CodecError> {
+        Ok(Ballot {
+            round: self.varint()?,
+            leader: self.replica_id()?,
+        })
+    }
+
+    /// A count of items that each take at least one byte.
+    fn count(&mut self) -> Result<usize, CodecError> {
+        let start = self.pos;
+        let n = self.varint()?;
+        if n > MAX_ENTRIES as u64 || n > self.remaining() as u64 {
+            return Err(CodecError::TooLong {
+                len: n,
+                offset: start,
+            });
+        }
+        Ok(n as usize)
+    }
+
+    fn value(&mut self) -> Result<Value, CodecError> {
+        match self.u8()? {
+            tag::VALUE_NOOP => Ok(Value::Noop),
+            tag::VALUE_REQUESTS => {
+                let start = self.pos;
+                let len = self.varint()?;
+                if len > self.remaining() as u64 {
+                    return Err(CodecError::TooLong { len, offset: start });
+                }
+                let len = len as usize;
+                let bytes = self.buf.slice(self.pos..self.pos + len);
+                self.pos += len;
+                Ok(Value::Requests(bytes))
+            }
+            tag::VALUE_RECONFIGURE => {
+                let mut lists = [Vec::new(), Vec::new()];
+                for list in &mut lists {
+                    let n = self.count()?;
+                    list.reserve(n);
+                    for _ in 0..n {
+                        list.push(self.replica_id()?);
+                    }
+                }
+                let [voters, learners] = lists;
+                let m = Membership { voters, learners };
+                if !m.is_well_formed() {
+                    return Err(CodecError::BadMembership);
+                }
+                Ok(Value::Reconfigure(m))
+            }
+            other => Err(CodecError::UnknownTag {
+                what: "value",
+                tag: other,
+            }),
+        }
+    }
+
+    fn entries(&mut self) -> Result<Vec<Accepted>, CodecError> {
+        let n = self.count()?;
+        // Each entry takes at least 4 bytes (slot, round, leader, value kind).
+        let mut out = Vec::with_capacity(n.min(self.remaining() / 4));
+        for _ in 0..n {
+            let slot = self.varint()?;
+            let ballot = self.ballot()?;
+            let value = self.value()?;
+            out.push(Accepted {
+                slot,
+                ballot,
+                value,
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn arb_ballot() -> impl Strategy<Value = Ballot> {
+        (any::<u64>(), any::<u32>()).prop_map(|(r, l)| Ballot::new(r, ReplicaId(l)))
+    }
+
+    fn arb_value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Noop),
+            proptest::collection::vec(any::<u8>(), 0..64)
+                .prop_map(|v| Value::Requests(Bytes::from(v))),
+            (
+                proptest::collection::btree_set(0u32..50, 1..5),
+                proptest::collection::btree_set(50u32..100, 0..3)
+            )
+                .prop_map(|(v, l)| Value::Reconfigure(Membership {
+                    voters: v.into_iter().map(ReplicaId).collect(),
+                    learners: l.into_iter().map(ReplicaId).collect(),
+                })),
+        ]
+    }
+
+    fn arb_accepted() -> impl Strategy<Value = Accepted> {
+        (any::<u64>(), arb_ballot(), arb_value()).prop_map(|(slot, ballot, value)| Accepted {
+            slot,
+            ballot,
+            value,
+        })
+    }
+
+    fn arb_message() -> impl Strategy<Value = Message> {
+        prop_oneof![
+            (arb_ballot(), any::<u64>())
+                .prop_map(|(ballot, from_slot)| Message::Prepare { ballot, from_slot }),
+            (
+                arb_ballot(),
+                any::<u64>(),
+                any::<u64>(),
+                any::<u64>(),
+                proptest::collection::vec(arb_accepted(), 0..4),
+                proptest::option::of(any::<u64>())
+            )
+                .prop_map(
+                    |(ballot, from_slot, commit_index, log_start, entries, next_from)| {
+                        Message::Promise {
+                            ballot,
+                            from_slot,
+                            commit_index,
+                            log_start,
+                            entries,
+                            next_from,
+                        }
+                    }
+                ),
+            (arb_ballot(), any::<u64>(), arb_value(), any::<u64>()).prop_map(
+                |(ballot, slot, value, commit_index)| Message::Accept {
+                    ballot,
+                    slot,
+                    value,
+                    commit_index
+                }
+            ),
+            (arb_ballot(), any::<u64>(), any::<u64>()).prop_map(|(ballot, slot, commit_index)| {
+                Message::Accepted {
+                    ballot,
+                    slot,
+                    commit_index,
+                }
+            }),
+            (arb_ballot(), any::<u64>()).prop_map(|(ballot, commit_index)| Message::Heartbeat {
+                ballot,
+                commit_index
+            }),
+            (arb_ballot(), any::<u64>(), any::<bool>()).prop_map(
+                |(ballot, commit_index, can_become_primary)| {
+                    Message::HeartbeatAck {
+                        ballot,
+                        commit_index,
+                        can_become_primary,
+                    }
+                }
+            ),
+            arb_ballot().prop_map(|promised| Message::Reject { promised }),
+            any::<u64>().prop_map(|from_slot| Message::Fetch { from_slot }),
+            (
+                any::<u64>(),
+                any::<u64>(),
+                any::<u64>(),
+                proptest::collection::vec(arb_accepted(), 0..4)
+            )
+                .prop_map(|(from_slot, commit_index, log_start, decrees)| {
+                    Message::Decrees {
+                        from_slot,
+                        commit_index,
+                        log_start,
+                        decrees,
+                    }
+                }),
+            arb_ballot().prop_map(|ballot| Message::TimeoutNow { ballot }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn roundtrip(msg in arb_message()) {
+            let bytes = encode_to_bytes(&msg);
+            prop_assert!(bytes.len() <= encoded_len_hint(&msg));
+            prop_assert_eq!(decode(bytes).unwrap(), msg);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(raw in proptest::collection::vec(any::<u8>(), 0..128)) {
+            let _ = decode(Bytes::from(raw));
+        }
+
+        #[test]
+        fn mutated_frames_never_panic(msg in arb_message(), flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..4)) {
+            let mut raw = encode_to_bytes(&msg).to_vec();
+            for (at, byte) in flips {
+                let i = at % raw.len();
+                raw[i] = byte;
+            }
+            let _ = decode(Bytes::from(raw));
+        }
+
+        #[test]
+        fn every_strict_prefix_is_an_error(msg in arb_message()) {
+            let bytes = encode_to_bytes(&msg);
+            for cut in 0..bytes.len() {
+                prop_assert!(decode(bytes.slice(..cut)).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn rejects_bad_version_tags_and_trailing_bytes() {
+        assert_eq!(
+            decode(Bytes::from_static(&[2, 1, 0, 0, 0])),
+            Err(CodecError::Version(2))
+        );
+        assert!(matches!(
+            decode(Bytes::from_static(&[1, 99])),
+            Err(CodecError::UnknownTag {
+                what: "message",
+                ..
+            })
+        ));
+        assert_eq!(
+            decode(Bytes::from_static(&[1, tag::FETCH, 5, 0])),
+            Err(CodecError::TrailingBytes(1))
+        );
+        assert!(matches!(
+            decode(Bytes::from_static(&[])),
+            Err(CodecError::Truncated { offset: 0 })
+        ));
+    }
+
+    #[test]
+    fn rejects_overlong_varints_and_huge_counts() {
+        let mut raw = vec![1, tag::FETCH];
+        raw.extend_from_slice(&[0xff; 10]);
+        raw.push(0);
+        assert!(matches!(
+            decode(Bytes::from(raw)),
+            Err(CodecError::Overflow { .. })
+        ));
+        // u64::MAX itself still decodes.
+        let mut out = BytesMut::new();
+        encode(
+            &Message::Fetch {
+                from_slot: u64::MAX,
+            },
+            &mut out,
+        );
+        assert_eq!(
+            decode(out.freeze()).unwrap(),
+            Message::Fetch {
+                from_slot: u64::MAX
+            }
+        );
+        // A Decrees frame claiming 2^40 entries fails before allocating.
+        let mut raw = BytesMut::new();
+        raw.put_u8(1);
+        raw.put_u8(tag::DECREES);
+        put_varint(&mut raw, 1);
+        put_varint(&mut raw, 1);
+        put_varint(&mut raw, 1);
+        put_varint(&mut raw, 1 << 40);
+        assert!(matches!(
+            decode(raw.freeze()),
+            Err(CodecError::TooLong { .. })
+        ));
+        // A replica id above u32 is an overflow, not a truncation.
+        let mut raw = BytesMut::new();
+        raw.put_u8(1);
+        raw.put_u8(tag::TIMEOUT_NOW);
+        put_varint(&mut raw, 1);
+        put_varint(&mut raw, u64::from(u32::MAX) + 1);
+        assert!(matches!(
+            decode(raw.freeze()),
+            Err(CodecError::Overflow { .. })
+        ));
+    }
+
+    #[test]
+    fn rejects_malformed_membership() {
+        let msg = Message::Accept {
+            ballot: Ballot::new(1, ReplicaId(1)),
+            slot: 1,
+            commit_index: 0,
+            value: Value::Reconfigure(Membership {
+                voters: vec![ReplicaId(2), ReplicaId(1)],
+                learners: vec![],
+            }),
+        };
+        assert_eq!(
+            decode(encode_to_bytes(&msg)),
+            Err(CodecError::BadMembership)
+        );
+    }
+
+    #[test]
+    fn request_payloads_are_zero_copy_slices_of_the_frame() {
+        let payload = Bytes::from(vec![7u8; 1000]);
+        let msg = Message::Accept {
+            ballot: Ballot::new(3, ReplicaId(1)),
+            slot: 9,
+            commit_index: 8,
+            value: Value::Requests(payload),
+        };
+        let frame = encode_to_bytes(&msg);
+        let range = frame.as_ptr() as usize..frame.as_ptr() as usize + frame.len();
+        match decode(frame.clone()).unwrap() {
+            Message::Accept {
+                value: Value::Requests(b),
+                ..
+            } => {
+                assert!(range.contains(&(b.as_ptr() as usize)), "payload was copied");
+                assert_eq!(b.len(), 1000);
+            }
+            other => panic!("decoded to {other:?}"),
+        }
+    }
+}

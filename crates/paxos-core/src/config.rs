@@ -1,0 +1,150 @@
+//! Replica configuration and its validation.
+
+use crate::batch::BatchLimits;
+use crate::types::{Membership, ReplicaId};
+
+/// Configuration of one replica. Build with [`Config::new`] and adjust fields.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// This replica.
+    pub id: ReplicaId,
+    /// Bootstrap membership (durable state carries none yet).
+    pub membership: Membership,
+    /// Most decrees proposed but not yet chosen (RSL: 1).
+    pub pipeline_window: usize,
+    /// Per-decree request count and byte limits; a proposed value larger than
+    /// `batch_limits.max_bytes` is refused with `ProposeError::TooLarge`.
+    pub batch_limits: BatchLimits,
+    /// How often a leader sends heartbeats and retransmits unacknowledged
+    /// accepts; also the retry period of prepares and catch-up fetches.
+    pub heartbeat_interval_us: u64,
+    /// Election timeouts are drawn uniformly from `[min, max)` with the
+    /// injected seed.
+    pub election_timeout_min_us: u64,
+    /// See `election_timeout_min_us`.
+    pub election_timeout_max_us: u64,
+    /// Most decrees in one catch-up reply or one promise chunk.
+    pub catchup_chunk_decrees: usize,
+    /// Committed decrees kept in memory (beyond the uncommitted ones) to serve
+    /// catch-up and promises.
+    pub retain_decrees: usize,
+    /// Upper bound on one encoded message. Promise and catch-up chunks are cut
+    /// to stay below it; must leave room for one full batch.
+    pub max_message_bytes: usize,
+    /// An acceptor refuses to accept slots more than this far above its own
+    /// commit index (it must catch up first). Bounds the uncommitted entries
+    /// an acceptor holds. Must be at least `pipeline_window`.
+    pub max_accept_ahead: usize,
+}
+
+/// Why a configuration is unusable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The membership lists are unsorted, overlapping or have no voter.
+    #[error("membership is not well formed (sorted, disjoint, at least one voter)")]
+    BadMembership,
+    /// A numeric field is out of range.
+    #[error("config field {field} is invalid: {why}")]
+    Invalid {
+        /// The field.
+        field: &'static str,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+}
+
+impl Config {
+    /// A configuration with defaults suited to a LAN deployment: a 64-decree
+    /// pipeline, 1 MiB batches, 50 ms heartbeats, 300-600 ms election
+    /// timeouts.
+    pub fn new(id: ReplicaId, membership: Membership) -> Config {
+        Config {
+            id,
+            membership,
+            pipeline_window: 64,
+            batch_limits: BatchLimits::default(),
+            heartbeat_interval_us: 50_000,
+            election_timeout_min_us: 300_000,
+            election_timeout_max_us: 600_000,
+            catchup_chunk_decrees: 256,
+            retain_decrees: 4096,
+            max_message_bytes: 8 << 20,
+            max_accept_ahead: 256,
+        }
+    }
+
+    /// Checks the configuration.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, why| Err(ConfigError::Invalid { field, why });
+        if !self.membership.is_well_formed() {
+            return Err(ConfigError::BadMembership);
+        }
+        if self.pipeline_window == 0 {
+            return invalid("pipeline_window", "must be at least 1");
+        }
+        if self.max_accept_ahead < self.pipeline_window {
+            return invalid("max_accept_ahead", "must be at least pipeline_window");
+        }
+        if self.heartbeat_interval_us == 0 {
+            return invalid("heartbeat_interval_us", "must be positive");
+        }
+        if self.election_timeout_min_us <= self.heartbeat_interval_us
+            || self.election_timeout_max_us <= self.election_timeout_min_us
+        {
+            return invalid("election_timeout_*_us", "need heartbeat < min < max");
+        }
+        if self.catchup_chunk_decrees == 0 {
+            return invalid("catchup_chunk_decrees", "must be at least 1");
+        }
+        if self.batch_limits.max_requests == 0 || self.batch_limits.max_bytes == 0 {
+            return invalid("batch_limits", "must allow at least one request");
+        }
+        if self.max_message_bytes < self.batch_limits.max_bytes.saturating_add(4096) {
+            return invalid(
+                "max_message_bytes",
+                "must exceed batch_limits.max_bytes by 4 KiB",
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn three() -> Membership {
+        Membership::with_voters(vec![ReplicaId(1), ReplicaId(2), ReplicaId(3)])
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(Config::new(ReplicaId(1), three()).validate(), Ok(()));
+    }
+
+    #[test]
+    fn bad_configs_are_errors_not_panics() {
+        let base = Config::new(ReplicaId(1), three());
+        let mut c = base.clone();
+        c.pipeline_window = 0;
+        assert!(c.validate().is_err());
+        let mut c = base.clone();
+        c.max_accept_ahead = c.pipeline_window - 1;
+        assert!(c.validate().is_err());
+        let mut c = base.clone();
+        c.election_timeout_max_us = c.election_timeout_min_us;
+        assert!(c.validate().is_err());
+        let mut c = base.clone();
+        c.max_message_bytes = c.batch_limits.max_bytes;
+        assert!(c.validate().is_err());
+        let mut c = base.clone();
+        c.membership = Membership {
+            voters: vec![],
+            learners: vec![],
+        };
+        assert_eq!(c.validate(), Err(ConfigError::BadMembership));
+        let mut c = base;
+        c.catchup_chunk_decrees = 0;
+        assert!(c.validate().is_err());
+    }
+}
