@@ -1,1 +1,3 @@
-//! paxos-kv (being built).
+//! paxos-kv: a replicated key-value node built on paxos.
+pub mod kv;
+pub mod resp;
