@@ -1,1 +1,96 @@
-//! paxos-nvm (being built).
+//! paxos-nvm: a crash-consistent persistent-memory log in the style of
+//! PoWER (OSDI'25), and [`NvmStorage`], a replica storage backend on it.
+//!
+//! # Layers
+//!
+//! - [`region`]: a byte region with PM semantics (`read`, `write`,
+//!   `flush(range)`, `fence`). Backends: real persistent memory (DAX,
+//!   `MAP_SYNC`, `clwb`/`clflushopt`/`clflush` + `sfence`), an ordinary
+//!   file (msync), or volatile memory (NOT durable; benchmarks). The choice
+//!   is detected at open, logged, and exposed as [`RegionKind`].
+//! - [`log`]: [`PmLog`], the circular log: `setup`, `start` (recover),
+//!   `tentative_append`, `commit`, `advance_head`, `read`,
+//!   `head_tail_capacity`.
+//! - [`record`]: framing above the log (`len | crc32c | payload`): the log
+//!   checks its metadata only; records check their own data.
+//! - [`codec`]: `PersistEntry` batches and state snapshots as payloads.
+//! - [`storage`]: [`NvmStorage`], implementing
+//!   [`paxos_log::ReplicaStorage`], with compaction by snapshot.
+//! - [`crash_model`]: a recording region and the PM crash model used by
+//!   the crash-state exploration tests.
+//!
+//! # Layout (see [`layout`])
+//!
+//! ```text
+//!   0..64    global metadata: magic, version, region length, log-area
+//!            offset, capacity, log id (u128), CRC64
+//!  64..72    CDB: one aligned word, CDB_FALSE -> copy 0, CDB_TRUE -> copy 1
+//! 128..160   log metadata copy 0: head (u128 virtual position), length, CRC64
+//! 192..224   log metadata copy 1
+//! 256..      log area, circular: virtual position p at 256 + p mod capacity
+//! ```
+//!
+//! # Crash model
+//!
+//! After a crash, any subset of the stores not yet made durable (by a
+//! flush of their range followed by a fence) may have persisted, and each
+//! aligned 8-byte word is all or nothing. (An msync-backed file gives at
+//! least this: msync returns once the pages are on disk, and an aligned
+//! word never straddles a sector.)
+//!
+//! # Why recovery always finds the last commit
+//!
+//! A commit (or `advance_head`) (1) flushes the appended bytes, (2) writes
+//! the new head and length into the *inactive* metadata copy and flushes
+//! it, (3) fences, (4) stores the CDB word selecting that copy, flushes and
+//! fences. Recovery reads the copy the CDB selects.
+//!
+//! - Until the CDB store persists, the CDB selects the old copy, which no
+//!   step wrote, and the old committed bytes, which no step overwrote
+//!   (appends go only past the committed tail and before the committed
+//!   head plus capacity). Recovery yields the previous commit.
+//! - The CDB store is one aligned word, so it persists whole or not at all.
+//!   Once it has persisted, the copy it selects and the bytes that copy
+//!   covers were made durable by the fence in (3), before the store was
+//!   issued. Recovery yields the new commit.
+//! - A torn or partial write can therefore only hit the inactive copy or
+//!   bytes past the committed tail, which recovery never reads.
+//!
+//! The crash-state tests (`tests/crash_states.rs`) check exactly this:
+//! they record every store, flush and fence, and recover from every (small
+//! cases) or a sample of (larger cases) the images the model allows at
+//! every prefix of random operation sequences.
+//!
+//! # Invariants
+//!
+//! - `head <= committed tail <= tentative tail <= head + capacity`: appends
+//!   never overwrite live bytes.
+//! - Positions only grow; the active metadata copy is never written.
+//! - Global metadata, CDB and active metadata are checked (magic, version,
+//!   id, CRC64, sizes) on start; any mismatch is an error, never repaired
+//!   silently. Committed records carry a crc32c checked on recovery.
+//! - A failed flush poisons the log (the durable state is unknown) until it
+//!   is reopened.
+//! - `NvmStorage::append` is durable on return; recovery rebuilds exactly
+//!   the state the successful appends built.
+//!
+//! # Unsafe code
+//!
+//! Only in [`region`] (mmap with `MAP_SYNC`, raw slices over it, flush
+//! instructions, `flock`), each block with a `// SAFETY:` comment. Miri is
+//! not available here; everything else (layout, log, records, codec,
+//! crash model, storage over [`region::VolatileRegion`]) is safe code over
+//! byte vectors and is what the tests exercise without mmap.
+
+pub mod codec;
+pub mod crash_model;
+pub mod layout;
+pub mod log;
+pub mod record;
+pub mod region;
+pub mod storage;
+
+pub use log::{HeadTailCapacity, LogError, PmLog};
+pub use record::RecordError;
+pub use region::{FileRegion, PmRegion, RegionError, RegionKind, VolatileRegion};
+pub use storage::{Backend, NvmOptions, NvmStats, NvmStorage};

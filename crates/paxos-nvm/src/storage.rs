@@ -1,0 +1,781 @@
+//! [`NvmStorage`]: the persistent-memory log as a [`ReplicaStorage`] backend.
+//!
+//! Each `append` encodes its entries as one framed record, appends it
+//! tentatively and commits it before returning, so `durable_seq` equals the
+//! last returned sequence number at all times. Several entries of one
+//! `append` share one commit (two fences).
+//!
+//! # Compaction
+//!
+//! The circular log never wraps over live data: when the committed bytes
+//! plus the next record would pass half the capacity, and at least as many
+//! bytes were appended since the last snapshot as that snapshot took (so
+//! compaction costs at most twice the appended bytes), the storage
+//!
+//! 1. appends a snapshot record holding the whole [`DurableState`] and
+//!    commits it (recovery replays old records, then the snapshot replaces
+//!    their state with an equal one), then
+//! 2. advances the head to the snapshot (recovery starts at the snapshot).
+//!
+//! A crash between or during these steps recovers the same state. If the
+//! live state alone does not fit, `append` returns [`StorageError::Full`]
+//! and changes nothing: size the region well above twice the live state
+//! (truncation after checkpoints keeps it bounded).
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use paxos_contracts::{ensures, invariant, requires};
+use paxos_core::{Accepted, DurableState, PersistEntry, Slot};
+use paxos_log::{ReplicaStorage, StorageError};
+
+use crate::codec::{self, Payload};
+use crate::log::{LogError, PmLog};
+use crate::record::{self, RecordError};
+use crate::region::{FileBackend, FileRegion, PmRegion, RegionKind, VolatileRegion};
+
+/// Which region backs the storage.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Backend {
+    /// Persistent memory if the file is on a DAX file system (MAP_SYNC),
+    /// else an msync-backed file mapping.
+    #[default]
+    Auto,
+    /// An msync-backed file mapping even on DAX.
+    MsyncFile,
+    /// Anonymous memory: **NOT durable**; the path is ignored. For
+    /// benchmarks only.
+    Volatile,
+}
+
+/// Options for [`NvmStorage::open`].
+#[derive(Clone, Debug)]
+pub struct NvmOptions {
+    /// Size of the region file when it is created (an existing file keeps
+    /// its size). At least 64 KiB.
+    pub region_bytes: u64,
+    /// Which region backs the storage.
+    pub backend: Backend,
+    /// The log id to create with and to expect on open. `None` creates
+    /// with a fresh id and accepts any id on open.
+    pub log_id: Option<u128>,
+    /// Largest encoded payload of one `append`; larger appends fail with
+    /// [`StorageError::Full`]. Capped at a quarter of the log capacity.
+    pub max_append_bytes: usize,
+}
+
+impl Default for NvmOptions {
+    fn default() -> Self {
+        NvmOptions {
+            region_bytes: 64 << 20,
+            backend: Backend::Auto,
+            log_id: None,
+            max_append_bytes: 4 << 20,
+        }
+    }
+}
+
+/// The smallest region [`NvmStorage`] accepts.
+pub const MIN_REGION_BYTES: u64 = 64 << 10;
+
+/// Counters and positions, for monitoring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NvmStats {
+    /// How the region is made durable.
+    pub region_kind: RegionKind,
+    /// Virtual position of the log head.
+    pub head: u64,
+    /// Virtual position of the committed tail.
+    pub tail: u64,
+    /// Log area capacity in bytes.
+    pub capacity: u64,
+    /// Commits since open (each makes one append durable).
+    pub commits: u64,
+    /// Compactions since open.
+    pub compactions: u64,
+}
+
+struct Inner {
+    log: PmLog<Box<dyn PmRegion>>,
+    state: DurableState,
+    last_seq: u64,
+    /// Framed bytes of the most recent snapshot record (0 if none).
+    snapshot_bytes: u64,
+    /// Bytes appended after that snapshot (or since the head).
+    since_snapshot: u64,
+    max_append_bytes: usize,
+    encode_buf: Vec<u8>,
+    commits: u64,
+    compactions: u64,
+    failed: Option<String>,
+}
+
+/// A replica's durable state in a crash-consistent persistent-memory log.
+///
+/// `append` is durable on return. All methods take `&self`; appends are
+/// serialised by an internal mutex.
+pub struct NvmStorage {
+    inner: Mutex<Inner>,
+    durable: AtomicU64,
+    kind: RegionKind,
+    name: String,
+}
+
+fn storage_err(name: &str, e: LogError) -> StorageError {
+    match e {
+        LogError::OutOfSpace { needed, available } => {
+            StorageError::Full(format!("{name}: {needed} bytes needed, {available} free"))
+        }
+        LogError::RegionTooSmall(n) => {
+            StorageError::Full(format!("{name}: region of {n} bytes is too small"))
+        }
+        LogError::Region(r) => StorageError::Io {
+            context: r.context,
+            source: r.source,
+        },
+        LogError::Failed(reason) => StorageError::Closed(format!("{name}: {reason}")),
+        other => StorageError::Corrupt {
+            file: name.to_string(),
+            offset: 0,
+            reason: other.to_string(),
+        },
+    }
+}
+
+fn record_err(name: &str, e: RecordError) -> StorageError {
+    match e {
+        RecordError::Log(l) => storage_err(name, l),
+        RecordError::Corrupt { pos, reason } => StorageError::Corrupt {
+            file: name.to_string(),
+            offset: pos,
+            reason: format!("log position {pos}: {reason}"),
+        },
+    }
+}
+
+fn io_err(context: String) -> impl FnOnce(std::io::Error) -> StorageError {
+    move |source| StorageError::Io { context, source }
+}
+
+fn fresh_log_id() -> u128 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    nanos ^ (u128::from(std::process::id()) << 96)
+}
+
+impl NvmStorage {
+    /// Opens the region file at `path`, creating and formatting it if it
+    /// does not exist (or is empty), and returns the storage with the
+    /// recovered state.
+    ///
+    /// Creation is atomic: the region is formatted in `<path>.creating`,
+    /// synced and renamed into place. Opening fails with
+    /// [`StorageError::Corrupt`] if the region's metadata or any committed
+    /// record fails its checks (it never serves corrupt data), and with
+    /// [`StorageError::Io`] if the file cannot be mapped or is in use by
+    /// another process.
+    pub fn open(
+        path: &Path,
+        options: NvmOptions,
+    ) -> Result<(NvmStorage, DurableState), StorageError> {
+        requires!(
+            options.region_bytes >= MIN_REGION_BYTES,
+            "region_bytes below {MIN_REGION_BYTES}"
+        );
+        let name = path.display().to_string();
+        let file_backend = match options.backend {
+            Backend::Volatile => {
+                tracing::warn!(path = %name, "paxos-nvm storage is VOLATILE: nothing survives a crash");
+                let region = VolatileRegion::new(options.region_bytes as usize);
+                return Self::format_region(Box::new(region), &options, "volatile".into());
+            }
+            Backend::Auto => FileBackend::Auto,
+            Backend::MsyncFile => FileBackend::MsyncOnly,
+        };
+        let exists_nonempty = match std::fs::metadata(path) {
+            Ok(m) => m.len() > 0,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => return Err(io_err(format!("stat {name}"))(e)),
+        };
+        if !exists_nonempty {
+            Self::create_file(path, &options, file_backend)?;
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(io_err(format!("opening {name}")))?;
+        let region = FileRegion::open(file, path, file_backend).map_err(|e| StorageError::Io {
+            context: e.context,
+            source: e.source,
+        })?;
+        Self::open_region(Box::new(region), &options, name)
+    }
+
+    fn create_file(
+        path: &Path,
+        options: &NvmOptions,
+        backend: FileBackend,
+    ) -> Result<(), StorageError> {
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".creating");
+        let tmp = PathBuf::from(tmp);
+        let tmp_name = tmp.display().to_string();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(io_err(format!("creating {tmp_name}")))?;
+        file.set_len(options.region_bytes)
+            .map_err(io_err(format!("sizing {tmp_name}")))?;
+        let keep = file
+            .try_clone()
+            .map_err(io_err(format!("dup {tmp_name}")))?;
+        let region = FileRegion::open(file, &tmp, backend).map_err(|e| StorageError::Io {
+            context: e.context,
+            source: e.source,
+        })?;
+        let log = PmLog::setup(region, options.log_id.unwrap_or_else(fresh_log_id))
+            .map_err(|e| storage_err(&tmp_name, e))?;
+        drop(log);
+        keep.sync_all()
+            .map_err(io_err(format!("fsync {tmp_name}")))?;
+        drop(keep);
+        std::fs::rename(&tmp, path).map_err(io_err(format!("renaming {tmp_name}")))?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err(format!("fsync directory {}", dir.display())))?;
+        }
+        tracing::info!(path = %path.display(), bytes = options.region_bytes, "paxos-nvm region created");
+        Ok(())
+    }
+
+    /// Formats `region` as an empty log and returns storage over it (for
+    /// volatile benchmarks and for crash tests over recorded regions).
+    pub fn format_region(
+        region: Box<dyn PmRegion>,
+        options: &NvmOptions,
+        name: String,
+    ) -> Result<(NvmStorage, DurableState), StorageError> {
+        let log = PmLog::setup(region, options.log_id.unwrap_or_else(fresh_log_id))
+            .map_err(|e| storage_err(&name, e))?;
+        Self::from_log(log, options, name)
+    }
+
+    /// Recovers storage from a region formatted earlier.
+    pub fn open_region(
+        region: Box<dyn PmRegion>,
+        options: &NvmOptions,
+        name: String,
+    ) -> Result<(NvmStorage, DurableState), StorageError> {
+        let log = PmLog::start(region, options.log_id).map_err(|e| storage_err(&name, e))?;
+        Self::from_log(log, options, name)
+    }
+
+    fn from_log(
+        log: PmLog<Box<dyn PmRegion>>,
+        options: &NvmOptions,
+        name: String,
+    ) -> Result<(NvmStorage, DurableState), StorageError> {
+        let kind = log.region().kind();
+        let mut state = DurableState::default();
+        let mut snapshot_bytes = 0;
+        let mut since_snapshot = 0;
+        for rec in record::read_records(&log) {
+            let (pos, payload) = rec.map_err(|e| record_err(&name, e))?;
+            let framed = record::framed_len(payload.len());
+            match codec::decode(Bytes::from(payload)) {
+                Ok(Payload::Batch(entries)) => {
+                    entries.iter().for_each(|e| state.apply(e));
+                    since_snapshot += framed;
+                }
+                Ok(Payload::Snapshot(s)) => {
+                    state = s;
+                    snapshot_bytes = framed;
+                    since_snapshot = 0;
+                }
+                Err(e) => {
+                    return Err(StorageError::Corrupt {
+                        file: name,
+                        offset: pos,
+                        reason: format!(
+                            "record at log position {pos} passed its CRC but does not decode: {e}"
+                        ),
+                    })
+                }
+            }
+        }
+        let htc = log.head_tail_capacity();
+        let max_append_bytes = options.max_append_bytes.min((htc.capacity / 4) as usize);
+        tracing::info!(
+            region = %name, backend = %kind, head = htc.head, tail = htc.tail,
+            capacity = htc.capacity, accepted = state.accepted.len(),
+            "paxos-nvm storage opened"
+        );
+        let storage = NvmStorage {
+            inner: Mutex::new(Inner {
+                log,
+                state: state.clone(),
+                last_seq: 0,
+                snapshot_bytes,
+                since_snapshot,
+                max_append_bytes,
+                encode_buf: Vec::with_capacity(4096),
+                commits: 0,
+                compactions: 0,
+                failed: None,
+            }),
+            durable: AtomicU64::new(0),
+            kind,
+            name,
+        };
+        Ok((storage, state))
+    }
+
+    /// How the region is made durable (chosen at open).
+    pub fn region_kind(&self) -> RegionKind {
+        self.kind
+    }
+
+    /// Positions and counters.
+    pub fn stats(&self) -> NvmStats {
+        let inner = self.lock();
+        let htc = inner.log.head_tail_capacity();
+        NvmStats {
+            region_kind: self.kind,
+            head: htc.head,
+            tail: htc.tail,
+            capacity: htc.capacity,
+            commits: inner.commits,
+            compactions: inner.compactions,
+        }
+    }
+
+    /// A copy of the current durable state.
+    pub fn state(&self) -> DurableState {
+        self.lock().state.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock (a contract failure) leaves `Inner`
+        // consistent or `failed`; keep serving reads.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Consumes the storage and returns its region (tests reopen it).
+    pub fn into_region(self) -> Box<dyn PmRegion> {
+        let inner = self.inner.into_inner().unwrap_or_else(|p| p.into_inner());
+        inner.log.into_region()
+    }
+}
+
+impl Inner {
+    fn check_invariants(&self) {
+        let htc = self.log.head_tail_capacity();
+        invariant!(
+            self.log.tentative_tail() == htc.tail,
+            "no tentative bytes between appends"
+        );
+        invariant!(
+            self.since_snapshot <= htc.tail - htc.head,
+            "appended bytes are in the log"
+        );
+    }
+
+    fn fail(&mut self, name: &str, e: LogError) -> StorageError {
+        let err = storage_err(name, e);
+        if matches!(err, StorageError::Io { .. } | StorageError::Closed(_)) {
+            self.failed.get_or_insert_with(|| err.to_string());
+        }
+        err
+    }
+
+    /// Writes a snapshot of `state` and moves the head to it: one commit
+    /// makes the snapshot durable (recovery replays the old records, then
+    /// the snapshot replaces their state), a second drops the old records.
+    fn write_snapshot(&mut self, state: &DurableState, name: &str) -> Result<(), StorageError> {
+        let mut buf = std::mem::take(&mut self.encode_buf);
+        buf.clear();
+        codec::encode_snapshot(state, &mut buf);
+        let framed = record::framed_len(buf.len());
+        let result = (|| {
+            let pos = record::append_record(&mut self.log, &buf)?;
+            self.log.commit()?;
+            self.log.advance_head(pos)
+        })();
+        self.encode_buf = buf;
+        if let Err(e) = result {
+            self.log.abort_tentative();
+            return Err(match e {
+                LogError::OutOfSpace { needed, available } => StorageError::Full(format!(
+                    "{name}: live state needs {needed} bytes, only {available} free; region too small"
+                )),
+                other => self.fail(name, other),
+            });
+        }
+        self.snapshot_bytes = framed;
+        self.since_snapshot = 0;
+        self.compactions += 1;
+        tracing::debug!(snapshot_bytes = framed, "paxos-nvm compacted");
+        Ok(())
+    }
+
+    /// Compacts the current state.
+    fn compact(&mut self, name: &str) -> Result<(), StorageError> {
+        let state = std::mem::take(&mut self.state);
+        let result = self.write_snapshot(&state, name);
+        self.state = state;
+        result
+    }
+
+    /// Makes room for a record of `needed` framed bytes, compacting if the
+    /// policy (see module docs) says so or if it does not fit otherwise.
+    fn make_room(&mut self, needed: u64, name: &str) -> Result<(), StorageError> {
+        let htc = self.log.head_tail_capacity();
+        let used = htc.tail - htc.head;
+        let worth = self.since_snapshot >= self.snapshot_bytes && self.since_snapshot > 0;
+        if used + needed > htc.capacity / 2 && worth {
+            self.compact(name)?;
+        }
+        if needed > self.log.free_space() {
+            if self.since_snapshot > 0 {
+                self.compact(name)?;
+            }
+            if needed > self.log.free_space() {
+                return Err(StorageError::Full(format!(
+                    "{name}: append of {needed} bytes does not fit ({} free after compaction)",
+                    self.log.free_space()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn append(&mut self, entries: &[PersistEntry], name: &str) -> Result<u64, StorageError> {
+        if let Some(reason) = &self.failed {
+            return Err(StorageError::Closed(format!("{name}: {reason}")));
+        }
+        if let Some(big) = entries.iter().find_map(|e| match e {
+            PersistEntry::Accept(a) if a.value.payload_len() > codec::MAX_VALUE_BYTES => {
+                Some(a.slot)
+            }
+            _ => None,
+        }) {
+            return Err(StorageError::Full(format!(
+                "{name}: value of slot {big} exceeds 4 GiB"
+            )));
+        }
+        let mut buf = std::mem::take(&mut self.encode_buf);
+        buf.clear();
+        codec::encode_batch(entries, &mut buf);
+        if buf.len() > self.max_append_bytes {
+            let len = buf.len();
+            self.encode_buf = buf;
+            return Err(StorageError::Full(format!(
+                "{name}: append of {len} bytes exceeds the limit of {}",
+                self.max_append_bytes
+            )));
+        }
+        let result = self.append_encoded(&buf, name);
+        self.encode_buf = buf;
+        match result {
+            Ok(()) => entries.iter().for_each(|e| self.state.apply(e)),
+            Err(StorageError::Full(reason)) if self.failed.is_none() => {
+                // The record does not fit even after compacting the current
+                // state. The state *after* the append may be smaller (a
+                // Truncate shrinks it): write that as the snapshot instead,
+                // so a full log can always be truncated.
+                let mut next = self.state.clone();
+                entries.iter().for_each(|e| next.apply(e));
+                self.write_snapshot(&next, name).map_err(|e| match e {
+                    StorageError::Full(_) => StorageError::Full(reason),
+                    other => other,
+                })?;
+                self.state = next;
+            }
+            Err(e) => return Err(e),
+        }
+        self.last_seq += 1;
+        self.commits += 1;
+        self.check_invariants();
+        Ok(self.last_seq)
+    }
+
+    fn append_encoded(&mut self, payload: &[u8], name: &str) -> Result<(), StorageError> {
+        let needed = record::framed_len(payload.len());
+        self.make_room(needed, name)?;
+        if let Err(e) =
+            record::append_record(&mut self.log, payload).and_then(|_| self.log.commit())
+        {
+            self.log.abort_tentative();
+            return Err(self.fail(name, e));
+        }
+        self.since_snapshot += needed;
+        Ok(())
+    }
+}
+
+impl ReplicaStorage for NvmStorage {
+    /// Appends and commits the entries as one record; durable on return.
+    fn append(&self, entries: &[PersistEntry]) -> Result<u64, StorageError> {
+        let mut inner = self.lock();
+        let old_seq = inner.last_seq;
+        let result = inner.append(entries, &self.name);
+        if let Ok(seq) = result {
+            ensures!(seq == old_seq + 1, "sequence numbers are consecutive");
+            // Publish after the commit: durable_seq never runs ahead.
+            self.durable.store(seq, Ordering::Release);
+        } else {
+            ensures!(inner.last_seq == old_seq, "a failed append changes nothing");
+        }
+        result
+    }
+
+    fn durable_seq(&self) -> u64 {
+        self.durable.load(Ordering::Acquire)
+    }
+
+    fn wait_durable(&self, seq: u64) -> Result<(), StorageError> {
+        if seq <= self.durable_seq() {
+            return Ok(());
+        }
+        let inner = self.lock();
+        if let Some(reason) = &inner.failed {
+            return Err(StorageError::Closed(format!("{}: {reason}", self.name)));
+        }
+        Err(StorageError::OutOfRange(format!(
+            "{}: sequence {seq} was never issued (last is {})",
+            self.name, inner.last_seq
+        )))
+    }
+
+    fn read_accepted(&self, from: Slot, max: usize) -> Result<Vec<Accepted>, StorageError> {
+        let inner = self.lock();
+        let out: Vec<Accepted> = inner
+            .state
+            .accepted
+            .range(from..)
+            .take(max)
+            .map(|(_, a)| a.clone())
+            .collect();
+        ensures!(out.len() <= max && out.windows(2).all(|w| w[0].slot < w[1].slot));
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::tests::arb_entry;
+    use paxos_core::{Ballot, ReplicaId, Value};
+    use proptest::prelude::*;
+
+    fn small_opts() -> NvmOptions {
+        NvmOptions {
+            region_bytes: 4096,
+            max_append_bytes: 1 << 20,
+            log_id: Some(9),
+            ..Default::default()
+        }
+    }
+
+    fn volatile(bytes: usize) -> (NvmStorage, DurableState) {
+        NvmStorage::format_region(
+            Box::new(VolatileRegion::new(bytes)),
+            &small_opts(),
+            "test".into(),
+        )
+        .unwrap()
+    }
+
+    fn reopen(s: NvmStorage) -> (NvmStorage, DurableState) {
+        NvmStorage::open_region(s.into_region(), &small_opts(), "test".into()).unwrap()
+    }
+
+    fn accept(slot: Slot, payload: &[u8]) -> PersistEntry {
+        PersistEntry::Accept(Accepted {
+            slot,
+            ballot: Ballot::new(1, ReplicaId(1)),
+            value: Value::Requests(Bytes::copy_from_slice(payload)),
+        })
+    }
+
+    #[test]
+    fn appends_are_durable_on_return_and_recovered() {
+        let (s, initial) = volatile(4096);
+        assert_eq!(initial, DurableState::default());
+        let b = Ballot::new(3, ReplicaId(2));
+        assert_eq!(s.append(&[PersistEntry::Promise(b)]).unwrap(), 1);
+        assert_eq!(
+            s.append(&[accept(1, b"x"), accept(2, b"y"), PersistEntry::Commit(1)])
+                .unwrap(),
+            2
+        );
+        assert_eq!(s.durable_seq(), 2);
+        s.wait_durable(2).unwrap();
+        assert!(matches!(
+            s.wait_durable(3),
+            Err(StorageError::OutOfRange(_))
+        ));
+        let expected = s.state();
+        let (s2, recovered) = reopen(s);
+        assert_eq!(recovered, expected);
+        assert_eq!(recovered.promised, b);
+        assert_eq!(s2.read_accepted(2, 10).unwrap().len(), 1);
+        assert_eq!(s2.read_accepted(0, 1).unwrap()[0].slot, 1);
+    }
+
+    #[test]
+    fn compaction_keeps_the_log_bounded_and_the_state_exact() {
+        let (s, _) = volatile(4096);
+        for slot in 1..=400u64 {
+            s.append(&[accept(slot, &[slot as u8; 50])]).unwrap();
+            if slot % 10 == 0 {
+                s.append(&[PersistEntry::Commit(slot), PersistEntry::Truncate(slot - 5)])
+                    .unwrap();
+            }
+        }
+        let stats = s.stats();
+        assert!(stats.compactions > 10, "{stats:?}");
+        assert!(stats.tail - stats.head <= stats.capacity);
+        let expected = s.state();
+        assert_eq!(expected.accepted.len(), 5);
+        let (_, recovered) = reopen(s);
+        assert_eq!(recovered, expected);
+    }
+
+    #[test]
+    fn a_live_state_too_big_for_the_region_fails_cleanly() {
+        let (s, _) = volatile(4096);
+        let mut last_ok = DurableState::default();
+        let mut full = false;
+        for slot in 1..=200u64 {
+            match s.append(&[accept(slot, &[1u8; 60])]) {
+                Ok(_) => last_ok = s.state(),
+                Err(StorageError::Full(_)) => {
+                    full = true;
+                    break;
+                }
+                Err(e) => panic!("unexpected {e}"),
+            }
+        }
+        assert!(
+            full,
+            "a region of 4 KiB cannot hold 200 x 60 bytes of live state"
+        );
+        assert_eq!(s.state(), last_ok, "the failed append changed nothing");
+        // Truncation frees the space again.
+        s.append(&[PersistEntry::Truncate(1000)]).unwrap();
+        s.append(&[accept(1001, &[1u8; 60])]).unwrap();
+        let expected = s.state();
+        assert_eq!(reopen(s).1, expected);
+    }
+
+    #[test]
+    fn oversized_appends_are_refused() {
+        let (s, _) = volatile(4096);
+        assert!(matches!(
+            s.append(&[accept(1, &[0u8; 2000])]),
+            Err(StorageError::Full(_))
+        ));
+        assert_eq!(s.durable_seq(), 0);
+    }
+
+    #[test]
+    fn open_creates_then_recovers_a_file_region() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("replica.nvm");
+        let opts = NvmOptions {
+            region_bytes: MIN_REGION_BYTES,
+            log_id: Some(5),
+            ..Default::default()
+        };
+        let (s, st) = NvmStorage::open(&path, opts.clone()).unwrap();
+        assert_eq!(st, DurableState::default());
+        assert_eq!(s.region_kind(), RegionKind::MsyncFile);
+        s.append(&[accept(7, b"seven"), PersistEntry::Commit(7)])
+            .unwrap();
+        let expected = s.state();
+        assert!(
+            NvmStorage::open(&path, opts.clone()).is_err(),
+            "locked while open"
+        );
+        drop(s);
+        assert!(!dir.path().join("replica.nvm.creating").exists());
+        let (_, recovered) = NvmStorage::open(&path, opts.clone()).unwrap();
+        assert_eq!(recovered, expected);
+        let wrong_id = NvmOptions {
+            log_id: Some(6),
+            ..opts
+        };
+        assert!(matches!(
+            NvmStorage::open(&path, wrong_id),
+            Err(StorageError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn open_reports_a_garbage_file_as_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("garbage");
+        std::fs::write(&path, vec![0xabu8; 100_000]).unwrap();
+        let r = NvmStorage::open(&path, NvmOptions::default());
+        assert!(
+            matches!(r, Err(StorageError::Corrupt { .. })),
+            "{:?}",
+            r.err()
+        );
+    }
+
+    #[test]
+    fn a_corrupt_record_fails_open_with_its_position() {
+        let (s, _) = volatile(4096);
+        s.append(&[accept(1, b"first")]).unwrap();
+        s.append(&[accept(2, b"second")]).unwrap();
+        let mut bytes = vec![0u8; 4096];
+        let region = s.into_region();
+        region.read(0, &mut bytes);
+        // Flip a payload byte of the second record.
+        let first_len = u32::from_le_bytes(bytes[256..260].try_into().unwrap()) as usize;
+        let pos = 256 + 8 + first_len + 8 + 3;
+        bytes[pos] ^= 0x40;
+        let r = NvmStorage::open_region(
+            Box::new(VolatileRegion::from_bytes(bytes)),
+            &small_opts(),
+            "t".into(),
+        );
+        match r {
+            Err(StorageError::Corrupt { offset, .. }) => assert_eq!(offset, (8 + first_len) as u64),
+            other => panic!("expected corruption, got {:?}", other.err()),
+        }
+    }
+
+    proptest! {
+        /// Recovery rebuilds exactly the state the appends built, through
+        /// any number of compactions.
+        #[test]
+        fn recovery_equals_applied_state(batches in proptest::collection::vec(
+            proptest::collection::vec(arb_entry(), 1..4), 1..60)
+        ) {
+            let (s, _) = volatile(8192);
+            let mut model = DurableState::default();
+            for b in &batches {
+                match s.append(b) {
+                    Ok(_) => b.iter().for_each(|e| model.apply(e)),
+                    Err(StorageError::Full(_)) => {}
+                    Err(e) => return Err(TestCaseError::fail(e.to_string())),
+                }
+                prop_assert_eq!(&s.state(), &model);
+            }
+            let (_, recovered) = reopen(s);
+            prop_assert_eq!(recovered, model);
+        }
+    }
+}
