@@ -1,1 +1,16 @@
-//! paxos-bench (being built).
+//! paxos-bench: cluster benchmarks for paxos-kv and the etcd comparison.
+//!
+//! `cargo xtask bench` builds paxos-kv and this crate in release mode and runs
+//! the `paxos-bench` binary, which starts a 3-replica cluster as separate
+//! processes on loopback, offers closed-loop load over the Redis protocol
+//! ([`loadgen`]), prints ops/s with p50/p99/p999 latency and the per-stage
+//! latency breakdown reported by the leader, and optionally runs etcd with the
+//! same workload in the same run ([`etcd`]).
+//!
+//! Invariants: numbers come from measured runs; an error reply is never
+//! counted as a completed operation; every process the benchmark starts is
+//! stopped when it ends.
+
+pub mod cluster;
+pub mod etcd;
+pub mod loadgen;

@@ -1,0 +1,163 @@
+//! `paxos-bench`: the cluster benchmark run by `cargo xtask bench`.
+//!
+//! Starts a 3-replica paxos-kv cluster as separate processes on loopback
+//! (QUIC between replicas, the chosen storage, fsync on for `file`), offers
+//! closed-loop Redis-protocol load to the leader, prints ops/s and
+//! p50/p99/p999 latency, then the per-stage latency breakdown the leader
+//! measured, and optionally etcd under the same workload.
+
+use anyhow::Context;
+use clap::Parser;
+use paxos_bench::{cluster, etcd, loadgen};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(about = "Benchmark a local 3-replica paxos-kv cluster (and etcd side by side)")]
+struct Args {
+    /// Storage backend of the replicas: file (fsync on), nvm, or memory (not durable).
+    #[arg(long, default_value = "file")]
+    storage: String,
+    /// Concurrent client connections (comma-separated list for a sweep).
+    #[arg(long, default_value = "64", value_delimiter = ',')]
+    clients: Vec<usize>,
+    /// Requests in flight per connection (Redis-style pipelining).
+    #[arg(long, default_value_t = 16)]
+    depth: usize,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 100)]
+    value_size: usize,
+    /// Percentage of writes; the rest are GETs.
+    #[arg(long, default_value_t = 100)]
+    write_percent: u8,
+    /// Seconds per measurement point.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Replicas in the cluster.
+    #[arg(long, default_value_t = 3)]
+    replicas: usize,
+    /// Print the per-stage latency breakdown measured on the leader.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    breakdown: bool,
+    /// Also run a peer with the same workload: `etcd`.
+    #[arg(long)]
+    compare: Option<String>,
+    /// The paxos-kv binary (default: next to this binary).
+    #[arg(long)]
+    kv_bin: Option<PathBuf>,
+    /// Where the replicas keep their data (default: a fresh temp directory).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    anyhow::ensure!(
+        ["file", "nvm", "memory"].contains(&args.storage.as_str()),
+        "--storage must be file, nvm or memory"
+    );
+    if let Some(peer) = &args.compare {
+        anyhow::ensure!(peer == "etcd", "--compare supports only `etcd`");
+    }
+    let kv_bin = match &args.kv_bin {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.with_file_name("paxos-kv"),
+    };
+    anyhow::ensure!(
+        kv_bin.exists(),
+        "paxos-kv binary not found at {}; run through `cargo xtask bench`, which builds it",
+        kv_bin.display()
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    println!(
+        "paxos-bench: {} replicas, storage={}, value={} B, writes={}%, depth={}, {} s per point",
+        args.replicas, args.storage, args.value_size, args.write_percent, args.depth, args.duration
+    );
+    let mut results = Vec::new();
+    {
+        let cluster = cluster::Cluster::start(
+            &kv_bin,
+            args.replicas,
+            &args.storage,
+            args.data_dir.as_deref(),
+        )
+        .context("starting the paxos-kv cluster")?;
+        let leader = rt.block_on(cluster.wait_for_leader(Duration::from_secs(30)))?;
+        println!("cluster up; leader client address {leader}");
+        for &clients in &args.clients {
+            let spec = loadgen::LoadSpec {
+                target: leader,
+                clients,
+                depth: args.depth,
+                value_bytes: args.value_size,
+                write_percent: args.write_percent,
+                duration: Duration::from_secs(args.duration),
+                keys_per_client: 1000,
+            };
+            let report = rt.block_on(loadgen::run(spec))?;
+            println!(
+                "paxos clients={clients} depth={} ops/s={:.0} p50={}us p99={}us p999={}us errors={}{}",
+                args.depth,
+                report.ops_per_sec(),
+                report.quantile_us(0.5),
+                report.quantile_us(0.99),
+                report.quantile_us(0.999),
+                report.errors,
+                report.first_error.as_deref().map(|e| format!(" (first: {e})")).unwrap_or_default()
+            );
+            results.push((clients, report.ops_per_sec()));
+        }
+        if args.breakdown {
+            match rt.block_on(cluster::latency_breakdown(leader)) {
+                Ok(stages) if !stages.is_empty() => print_breakdown(&stages),
+                Ok(_) => println!("latency breakdown: the leader reported no stages (start nodes with tracing of stages on)"),
+                Err(e) => println!("latency breakdown unavailable: {e:#}"),
+            }
+        }
+    }
+    if args.compare.is_some() {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let peer_dir = etcd::default_peer_dir(&root);
+        match etcd::run(&peer_dir, &args.clients, args.duration, args.value_size) {
+            Ok(points) => {
+                for p in &points {
+                    println!(
+                        "etcd  clients={} ops/s={:.0} p50={}us p99={}us p999={}us",
+                        p.clients, p.ops_per_sec, p.p50_us, p.p99_us, p.p999_us
+                    );
+                    if let Some((_, ours)) = results.iter().find(|(c, _)| *c == p.clients) {
+                        println!(
+                            "ratio paxos/etcd at {} clients: {:.1}x",
+                            p.clients,
+                            ours / p.ops_per_sec.max(1.0)
+                        );
+                    }
+                }
+            }
+            Err(e) => println!("etcd comparison skipped: {e:#}"),
+        }
+    }
+    Ok(())
+}
+
+fn print_breakdown(stages: &[cluster::Stage]) {
+    println!("latency breakdown (leader, per write, microseconds):");
+    println!(
+        "  {:<28} {:>8} {:>8} {:>8} {:>10}",
+        "stage", "p50", "p99", "p999", "count"
+    );
+    for s in stages {
+        println!(
+            "  {:<28} {:>8} {:>8} {:>8} {:>10}",
+            s.name, s.p50_us, s.p99_us, s.p999_us, s.count
+        );
+    }
+    if let Some(top) = stages.iter().max_by_key(|s| s.p50_us) {
+        println!(
+            "biggest contributor at p50: {} ({} us)",
+            top.name, top.p50_us
+        );
+    }
+}
