@@ -1,0 +1,142 @@
+//! The file operations the log and the checkpoint store use, behind a trait
+//! so tests can run the real code over a simulated disk that loses unsynced
+//! data on a "crash" ([`crate::sim_fs::SimFs`]).
+//!
+//! The set is deliberately small: append-only writes, `fdatasync`, whole-file
+//! and positional reads, truncate, rename, remove and directory fsync. Every
+//! durability argument in this crate is stated in terms of these calls.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A file opened for appending.
+pub trait WritableFile: Send {
+    /// Appends all of `buf` at the end of the file.
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()>;
+    /// Makes every byte written so far durable (`fdatasync`).
+    fn sync_data(&mut self) -> io::Result<()>;
+}
+
+/// A file opened for positional reads.
+pub trait ReadableFile: Send + Sync {
+    /// Reads exactly `buf.len()` bytes at `offset`.
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// The file's length.
+    fn file_len(&self) -> io::Result<u64>;
+}
+
+/// The file-system operations used by this crate.
+pub trait FileSystem: Send + Sync + 'static {
+    /// Creates `dir` and its parents.
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// Names of the entries in `dir`.
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// Creates (or empties) `path` for writing.
+    fn create(&self, path: &Path) -> io::Result<Box<dyn WritableFile>>;
+    /// Opens an existing `path` for appending.
+    fn open_append(&self, path: &Path) -> io::Result<Box<dyn WritableFile>>;
+    /// Opens an existing `path` for positional reads.
+    fn open_read(&self, path: &Path) -> io::Result<Box<dyn ReadableFile>>;
+    /// Reads all of `path`.
+    fn read_all(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// Cuts `path` to `len` bytes and makes the new length durable.
+    fn truncate(&self, path: &Path, len: u64) -> io::Result<()>;
+    /// Renames `from` to `to`, replacing `to`. Durable after `sync_dir`.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Removes `path`. Durable after `sync_dir`.
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Makes creations, renames and removals in `dir` durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+}
+
+/// A shared file system handle.
+pub type SharedFs = Arc<dyn FileSystem>;
+
+/// The real file system.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OsFs;
+
+impl OsFs {
+    /// A shared handle to the real file system.
+    pub fn shared() -> SharedFs {
+        Arc::new(OsFs)
+    }
+}
+
+struct OsWritable(File);
+
+impl WritableFile for OsWritable {
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.0.write_all(buf)
+    }
+    fn sync_data(&mut self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+}
+
+struct OsReadable(File);
+
+impl ReadableFile for OsReadable {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.0.read_exact_at(buf, offset)
+    }
+    fn file_len(&self) -> io::Result<u64> {
+        Ok(self.0.metadata()?.len())
+    }
+}
+
+impl FileSystem for OsFs {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(dir)
+    }
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            if let Ok(name) = entry.file_name().into_string() {
+                names.push(name);
+            }
+        }
+        Ok(names)
+    }
+    fn create(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
+        let f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)?;
+        Ok(Box::new(OsWritable(f)))
+    }
+    fn open_append(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
+        let f = OpenOptions::new().append(true).open(path)?;
+        Ok(Box::new(OsWritable(f)))
+    }
+    fn open_read(&self, path: &Path) -> io::Result<Box<dyn ReadableFile>> {
+        Ok(Box::new(OsReadable(File::open(path)?)))
+    }
+    fn read_all(&self, path: &Path) -> io::Result<Vec<u8>> {
+        std::fs::read(path)
+    }
+    fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
+        let f = OpenOptions::new().write(true).open(path)?;
+        f.set_len(len)?;
+        f.sync_all()
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        File::open(dir)?.sync_all()
+    }
+}
+
+/// `dir/name`.
+pub fn join(dir: &Path, name: &str) -> PathBuf {
+    dir.join(name)
+}

@@ -1,0 +1,700 @@
+//! [`FileLog`]: the segmented file log with group commit.
+
+use crate::codec::{self, StateSummary};
+use crate::fs::{OsFs, SharedFs, WritableFile};
+use crate::recovery::{self, RecoveryReport, SegmentMeta, SEGMENT_TMP_SUFFIX};
+use crate::storage::{ReplicaStorage, StorageError};
+use paxos_contracts::{ensures, invariant, requires, snapshot};
+use paxos_core::{Accepted, Ballot, DurableState, PersistEntry, Slot};
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+/// Tuning and safety options of a [`FileLog`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogOptions {
+    /// A new segment starts once the current one would pass this size. One
+    /// append larger than this gets a segment of its own.
+    pub segment_bytes: u64,
+    /// Largest encoded payload of one entry; larger appends fail with
+    /// `StorageError::Full`.
+    pub max_record_bytes: usize,
+    /// Most appends queued for the writer; further appenders block
+    /// (backpressure).
+    pub max_queued_appends: usize,
+    /// Most encoded bytes queued for the writer; further appenders block.
+    /// Also the largest single append.
+    pub max_queued_bytes: usize,
+    /// Most bytes the writer takes into one write + `fdatasync`.
+    pub max_flush_bytes: usize,
+    /// Bound on the in-memory index of live accepted decrees (approximate
+    /// bytes: payload plus 64 per entry). An append of accepts that would
+    /// pass it fails with `StorageError::Full` until a checkpoint lets the
+    /// replica truncate.
+    pub max_index_bytes: usize,
+    /// Rebuild from a peer: when recovery finds corruption, cut the log back
+    /// to the last good append before it (deleting later segments) instead
+    /// of refusing to start. What was cut is lost locally and must come
+    /// from other replicas; never set this by default.
+    pub discard_corrupt_suffix: bool,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        LogOptions {
+            segment_bytes: 64 << 20,
+            max_record_bytes: 16 << 20,
+            max_queued_appends: 4096,
+            max_queued_bytes: 64 << 20,
+            max_flush_bytes: 8 << 20,
+            max_index_bytes: 1 << 30,
+            discard_corrupt_suffix: false,
+        }
+    }
+}
+
+impl LogOptions {
+    fn validate(&self) -> Result<(), StorageError> {
+        let bad = |what: &str| {
+            Err(StorageError::OutOfRange(format!(
+                "invalid LogOptions: {what}"
+            )))
+        };
+        if self.segment_bytes < 4096 {
+            return bad("segment_bytes must be at least 4096");
+        }
+        if self.max_record_bytes == 0 || self.max_record_bytes > recovery::MAX_RECORD_PAYLOAD {
+            return bad("max_record_bytes must be in 1..=1 GiB");
+        }
+        if self.max_queued_appends == 0 || self.max_queued_bytes == 0 || self.max_flush_bytes == 0 {
+            return bad("queue and flush limits must be positive");
+        }
+        Ok(())
+    }
+}
+
+/// What one queued append changes, for the writer's bookkeeping.
+#[derive(Clone, Copy, Debug, Default)]
+struct BatchMeta {
+    max_accept_slot: Slot,
+    promised: Option<Ballot>,
+    commit: Option<Slot>,
+    truncate: Option<Slot>,
+}
+
+impl BatchMeta {
+    fn of(entries: &[PersistEntry]) -> BatchMeta {
+        let mut m = BatchMeta::default();
+        for e in entries {
+            match e {
+                PersistEntry::Accept(a) => m.max_accept_slot = m.max_accept_slot.max(a.slot),
+                PersistEntry::Promise(b) => m.promised = m.promised.max(Some(*b)),
+                PersistEntry::Commit(s) => m.commit = m.commit.max(Some(*s)),
+                PersistEntry::Truncate(s) => m.truncate = m.truncate.max(Some(*s)),
+            }
+        }
+        m
+    }
+
+    fn absorb_into(&self, s: &mut StateSummary) {
+        if let Some(b) = self.promised {
+            s.absorb(&PersistEntry::Promise(b));
+        }
+        if let Some(c) = self.commit {
+            s.absorb(&PersistEntry::Commit(c));
+        }
+        if let Some(t) = self.truncate {
+            s.absorb(&PersistEntry::Truncate(t));
+        }
+    }
+}
+
+struct Queued {
+    lsn: u64,
+    bytes: Vec<u8>,
+    meta: BatchMeta,
+}
+
+/// State shared by appenders, waiters and the writer, under one mutex.
+struct Inner {
+    /// Sequence number the next append gets.
+    next_lsn: u64,
+    /// Highest sequence number known durable.
+    durable_lsn: u64,
+    queue: VecDeque<Queued>,
+    queued_bytes: usize,
+    /// The state as of every queued append (the durable state plus the queue).
+    state: DurableState,
+    index_bytes: usize,
+    /// Why the log stopped accepting appends, if it did.
+    failed: Option<String>,
+    shutting_down: bool,
+}
+
+struct Shared {
+    inner: Mutex<Inner>,
+    /// Signalled when the queue gains an append or shutdown starts.
+    work: Condvar,
+    /// Signalled when the queue loses appends (room for blocked appenders).
+    space: Condvar,
+    /// Signalled when `durable_lsn` moves or the writer fails.
+    durable: Condvar,
+    durable_lsn: AtomicU64,
+    options: LogOptions,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // The lock is never held across code that can panic on bad input; a
+        // poisoned lock means a bug already reported by the panic.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn accepted_cost(a: &Accepted) -> usize {
+    64 + a.value.payload_len()
+}
+
+/// Applies `entry` to the queued view, keeping `index_bytes` current.
+fn apply_indexed(state: &mut DurableState, index_bytes: &mut usize, entry: &PersistEntry) {
+    match entry {
+        PersistEntry::Accept(a) if a.slot > state.truncated_through => {
+            if let Some(old) = state.accepted.get(&a.slot) {
+                *index_bytes -= accepted_cost(old);
+            }
+            *index_bytes += accepted_cost(a);
+        }
+        PersistEntry::Truncate(t) if *t > state.truncated_through => {
+            let dropped: usize = state
+                .accepted
+                .range(..=*t)
+                .map(|(_, a)| accepted_cost(a))
+                .sum();
+            *index_bytes -= dropped;
+        }
+        _ => {}
+    }
+    state.apply(entry);
+}
+
+/// A durable, segmented, append-only log of a replica's persisted state.
+///
+/// See the crate documentation for the format and the durability argument.
+pub struct FileLog {
+    shared: Arc<Shared>,
+    writer: Option<JoinHandle<()>>,
+    dir: PathBuf,
+    report: RecoveryReport,
+}
+
+impl std::fmt::Debug for FileLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileLog")
+            .field("dir", &self.dir)
+            .field("durable_seq", &self.durable_seq())
+            .finish()
+    }
+}
+
+fn io_err(context: String) -> impl FnOnce(std::io::Error) -> StorageError {
+    move |source| StorageError::Io { context, source }
+}
+
+impl FileLog {
+    /// Opens (or creates) the log in `dir` on the real file system and
+    /// returns it with the state it recovered.
+    pub fn open(
+        dir: impl AsRef<Path>,
+        options: LogOptions,
+    ) -> Result<(FileLog, DurableState), StorageError> {
+        FileLog::open_with(OsFs::shared(), dir, options)
+    }
+
+    /// [`FileLog::open`] over any [`crate::fs::FileSystem`] (tests use the
+    /// simulated one).
+    pub fn open_with(
+        fs: SharedFs,
+        dir: impl AsRef<Path>,
+        options: LogOptions,
+    ) -> Result<(FileLog, DurableState), StorageError> {
+        options.validate()?;
+        let dir = dir.as_ref().to_path_buf();
+        let rec = recovery::recover(&fs, &dir, options.discard_corrupt_suffix)?;
+        let mut segments = rec.segments;
+        let active = match segments.last() {
+            Some(last) => fs
+                .open_append(&last.path)
+                .map_err(io_err(format!("opening {}", last.path.display())))?,
+            None => {
+                let (file, meta) = create_segment(&fs, &dir, rec.last_lsn + 1, &rec.summary)?;
+                segments.push(meta);
+                file
+            }
+        };
+        let mut index_bytes = 0;
+        for a in rec.state.accepted.values() {
+            index_bytes += accepted_cost(a);
+        }
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(Inner {
+                next_lsn: rec.last_lsn + 1,
+                durable_lsn: rec.last_lsn,
+                queue: VecDeque::new(),
+                queued_bytes: 0,
+                state: rec.state.clone(),
+                index_bytes,
+                failed: None,
+                shutting_down: false,
+            }),
+            work: Condvar::new(),
+            space: Condvar::new(),
+            durable: Condvar::new(),
+            durable_lsn: AtomicU64::new(rec.last_lsn),
+            options,
+        });
+        let writer = Writer {
+            fs,
+            dir: dir.clone(),
+            segments,
+            active,
+            written: rec.summary,
+            wbuf: Vec::new(),
+            shared: shared.clone(),
+        };
+        let handle = std::thread::Builder::new()
+            .name("paxos-log-writer".into())
+            .spawn(move || writer.run())
+            .map_err(io_err("spawning the log writer thread".into()))?;
+        let log = FileLog {
+            shared,
+            writer: Some(handle),
+            dir,
+            report: rec.report,
+        };
+        Ok((log, rec.state))
+    }
+
+    /// What recovery found when this log was opened.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.report
+    }
+
+    /// The log's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The state as of every append so far (durable or queued).
+    pub fn state(&self) -> DurableState {
+        self.shared.lock().state.clone()
+    }
+
+    /// Appends waiting in the writer queue (for tests of backpressure).
+    #[cfg(test)]
+    pub(crate) fn shared_queue_len(&self) -> usize {
+        self.shared.lock().queue.len()
+    }
+
+    /// Flushes every queued append, stops the writer and reports whether
+    /// everything appended became durable.
+    pub fn close(mut self) -> Result<(), StorageError> {
+        self.stop_writer();
+        let g = self.shared.lock();
+        match &g.failed {
+            Some(why) => Err(StorageError::Closed(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn stop_writer(&mut self) {
+        if let Some(h) = self.writer.take() {
+            self.shared.lock().shutting_down = true;
+            self.shared.work.notify_all();
+            self.shared.space.notify_all();
+            if h.join().is_err() {
+                self.shared.lock().failed = Some("the log writer thread panicked".into());
+            }
+        }
+    }
+
+    fn append_inner(&self, entries: &[PersistEntry]) -> Result<u64, StorageError> {
+        let opts = &self.shared.options;
+        for e in entries {
+            let len = codec::entry_payload_len(e);
+            if len > opts.max_record_bytes {
+                return Err(StorageError::Full(format!(
+                    "entry of {len} bytes exceeds max_record_bytes {}",
+                    opts.max_record_bytes
+                )));
+            }
+            if let PersistEntry::Accept(a) = e {
+                if a.slot == 0 {
+                    return Err(StorageError::OutOfRange("accept for slot 0".into()));
+                }
+            }
+        }
+        // Encode and checksum payloads before taking the lock.
+        let mut bytes = Vec::with_capacity(
+            entries
+                .iter()
+                .map(|e| codec::entry_payload_len(e) + codec::RECORD_HEADER_LEN)
+                .sum::<usize>()
+                .max(codec::RECORD_HEADER_LEN),
+        );
+        let frames = codec::encode_entries(entries, &mut bytes);
+        if bytes.len() > opts.max_queued_bytes {
+            return Err(StorageError::Full(format!(
+                "append of {} bytes exceeds max_queued_bytes {}",
+                bytes.len(),
+                opts.max_queued_bytes
+            )));
+        }
+        let meta = BatchMeta::of(entries);
+        let added_index: usize = entries
+            .iter()
+            .map(|e| match e {
+                PersistEntry::Accept(a) => accepted_cost(a),
+                _ => 0,
+            })
+            .sum();
+        let mut g = self.shared.lock();
+        loop {
+            if let Some(why) = &g.failed {
+                return Err(StorageError::Closed(why.clone()));
+            }
+            if g.shutting_down {
+                return Err(StorageError::Closed("the log is closing".into()));
+            }
+            let fits = g.queue.len() < opts.max_queued_appends
+                && g.queued_bytes + bytes.len() <= opts.max_queued_bytes;
+            if fits {
+                break;
+            }
+            g = self.shared.space.wait(g).unwrap_or_else(|p| p.into_inner());
+        }
+        if meta.truncate.is_none() && g.index_bytes + added_index > opts.max_index_bytes {
+            return Err(StorageError::Full(format!(
+                "in-memory accepted index would hold {} bytes, over max_index_bytes {}; \
+                 take a checkpoint and truncate",
+                g.index_bytes + added_index,
+                opts.max_index_bytes
+            )));
+        }
+        let lsn = g.next_lsn;
+        g.next_lsn += 1;
+        for (i, at) in frames.iter().enumerate() {
+            codec::seal_frame(&mut bytes, *at, lsn, i + 1 == frames.len());
+        }
+        let inner = &mut *g;
+        for e in entries {
+            apply_indexed(&mut inner.state, &mut inner.index_bytes, e);
+        }
+        invariant!(
+            inner
+                .state
+                .accepted
+                .keys()
+                .next()
+                .is_none_or(|s| *s > inner.state.truncated_through),
+            "the index holds no truncated slot"
+        );
+        inner.queued_bytes += bytes.len();
+        inner.queue.push_back(Queued { lsn, bytes, meta });
+        drop(g);
+        self.shared.work.notify_one();
+        Ok(lsn)
+    }
+}
+
+impl Drop for FileLog {
+    fn drop(&mut self) {
+        self.stop_writer();
+    }
+}
+
+impl ReplicaStorage for FileLog {
+    fn append(&self, entries: &[PersistEntry]) -> Result<u64, StorageError> {
+        let old_next = snapshot!(self.shared.lock().next_lsn);
+        let result = self.append_inner(entries);
+        ensures!(
+            match &result {
+                Ok(lsn) => old_next.is_none_or(|old| *lsn >= old),
+                Err(_) => true,
+            },
+            "an append gets a fresh sequence number above every durable one"
+        );
+        result
+    }
+
+    fn durable_seq(&self) -> u64 {
+        self.shared.durable_lsn.load(Ordering::Acquire)
+    }
+
+    fn wait_durable(&self, seq: u64) -> Result<(), StorageError> {
+        let mut g = self.shared.lock();
+        if seq >= g.next_lsn {
+            return Err(StorageError::OutOfRange(format!(
+                "sequence {seq} was never issued (next is {})",
+                g.next_lsn
+            )));
+        }
+        while g.durable_lsn < seq {
+            if let Some(why) = &g.failed {
+                return Err(StorageError::Closed(why.clone()));
+            }
+            g = self
+                .shared
+                .durable
+                .wait(g)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        ensures!(self.shared.durable_lsn.load(Ordering::Acquire) >= seq);
+        Ok(())
+    }
+
+    fn read_accepted(&self, from: Slot, max: usize) -> Result<Vec<Accepted>, StorageError> {
+        let g = self.shared.lock();
+        if from <= g.state.truncated_through && g.state.truncated_through > 0 {
+            return Err(StorageError::OutOfRange(format!(
+                "slots through {} are truncated (covered by a checkpoint); asked from {from}",
+                g.state.truncated_through
+            )));
+        }
+        let out: Vec<Accepted> = g
+            .state
+            .accepted
+            .range(from..)
+            .take(max)
+            .map(|(_, a)| a.clone())
+            .collect();
+        ensures!(out.len() <= max && out.windows(2).all(|w| w[0].slot < w[1].slot));
+        Ok(out)
+    }
+
+    fn truncate_through(&self, through: Slot) -> Result<u64, StorageError> {
+        let lsn = self.append(&[PersistEntry::Truncate(through)])?;
+        ensures!(
+            self.shared
+                .lock()
+                .state
+                .accepted
+                .keys()
+                .next()
+                .is_none_or(|s| *s > through),
+            "no accepted decree at or below the truncation point stays readable"
+        );
+        Ok(lsn)
+    }
+}
+
+/// Creates a segment durably: header and state record go to a temporary
+/// file, which is synced, renamed into place, and the directory synced.
+/// Returns the open file (positioned at its end) and its metadata.
+fn create_segment(
+    fs: &SharedFs,
+    dir: &Path,
+    first_lsn: u64,
+    summary: &StateSummary,
+) -> Result<(Box<dyn WritableFile>, SegmentMeta), StorageError> {
+    requires!(first_lsn >= 1);
+    let name = recovery::segment_name(first_lsn);
+    let path = dir.join(&name);
+    let tmp = dir.join(format!("{first_lsn:020}{SEGMENT_TMP_SUFFIX}"));
+    let mut buf = codec::encode_segment_header(first_lsn).to_vec();
+    codec::encode_state(summary, first_lsn - 1, &mut buf);
+    let mut file = fs
+        .create(&tmp)
+        .map_err(io_err(format!("creating {}", tmp.display())))?;
+    file.write_all(&buf)
+        .map_err(io_err(format!("writing {}", tmp.display())))?;
+    file.sync_data()
+        .map_err(io_err(format!("syncing {}", tmp.display())))?;
+    fs.rename(&tmp, &path)
+        .map_err(io_err(format!("renaming {} into place", tmp.display())))?;
+    fs.sync_dir(dir)
+        .map_err(io_err(format!("syncing directory {}", dir.display())))?;
+    let meta = SegmentMeta {
+        first_lsn,
+        path,
+        len: buf.len() as u64,
+        max_accept_slot: 0,
+    };
+    Ok((file, meta))
+}
+
+/// The writer thread's state. Only the writer touches files after open.
+struct Writer {
+    fs: SharedFs,
+    dir: PathBuf,
+    /// Live segments in order; the last one is `active`.
+    segments: Vec<SegmentMeta>,
+    active: Box<dyn WritableFile>,
+    /// Promise, commit and truncation points as of the last written append.
+    written: StateSummary,
+    wbuf: Vec<u8>,
+    shared: Arc<Shared>,
+}
+
+impl Writer {
+    fn run(mut self) {
+        loop {
+            let batch = {
+                let mut g = self.shared.lock();
+                while g.queue.is_empty() && !g.shutting_down && g.failed.is_none() {
+                    g = self.shared.work.wait(g).unwrap_or_else(|p| p.into_inner());
+                }
+                if g.queue.is_empty() || g.failed.is_some() {
+                    break;
+                }
+                let mut taken = Vec::new();
+                let mut bytes = 0usize;
+                while let Some(front) = g.queue.front() {
+                    if !taken.is_empty()
+                        && bytes + front.bytes.len() > self.shared.options.max_flush_bytes
+                    {
+                        break;
+                    }
+                    bytes += front.bytes.len();
+                    taken.extend(g.queue.pop_front());
+                }
+                g.queued_bytes -= bytes;
+                taken
+            };
+            self.shared.space.notify_all();
+            let truncated_before = self.written.truncated_through;
+            let result = self.write_and_sync(&batch).and_then(|last| {
+                self.publish_durable(last);
+                if self.written.truncated_through > truncated_before {
+                    self.reclaim()?;
+                }
+                Ok(())
+            });
+            if let Err(e) = result {
+                tracing::error!(error = %e, "log writer failed; the log accepts no more appends");
+                let mut g = self.shared.lock();
+                // Never retry a failed fsync: the kernel may have dropped the
+                // dirty pages, so a later "successful" fsync proves nothing.
+                g.failed = Some(format!("log writer failed: {e}"));
+                g.queue.clear();
+                g.queued_bytes = 0;
+                drop(g);
+                self.shared.durable.notify_all();
+                self.shared.space.notify_all();
+                break;
+            }
+        }
+    }
+
+    fn publish_durable(&self, last: u64) {
+        let mut g = self.shared.lock();
+        invariant!(last > g.durable_lsn, "durability only moves forward");
+        g.durable_lsn = last;
+        self.shared.durable_lsn.store(last, Ordering::Release);
+        drop(g);
+        self.shared.durable.notify_all();
+    }
+
+    fn active_meta(&mut self) -> &mut SegmentMeta {
+        // Invariant: `segments` is never empty (open creates one).
+        let last = self.segments.len() - 1;
+        &mut self.segments[last]
+    }
+
+    /// Writes `batch` (rolling segments as needed) and syncs it; returns the
+    /// sequence number of its last append, now durable.
+    fn write_and_sync(&mut self, batch: &[Queued]) -> Result<u64, StorageError> {
+        requires!(!batch.is_empty());
+        requires!(
+            batch.windows(2).all(|w| w[1].lsn == w[0].lsn + 1),
+            "appends are written in order"
+        );
+        let segment_bytes = self.shared.options.segment_bytes;
+        let mut last = 0;
+        self.wbuf.clear();
+        for q in batch {
+            let meta = self.active_meta();
+            let base_len = meta.len;
+            let holds_appends = meta.first_lsn < q.lsn;
+            if holds_appends && base_len + (self.wbuf.len() + q.bytes.len()) as u64 > segment_bytes
+            {
+                self.flush_wbuf()?;
+                self.sync_active()?;
+                self.roll(q.lsn)?;
+            }
+            self.wbuf.extend_from_slice(&q.bytes);
+            q.meta.absorb_into(&mut self.written);
+            let meta = self.active_meta();
+            meta.max_accept_slot = meta.max_accept_slot.max(q.meta.max_accept_slot);
+            last = q.lsn;
+        }
+        self.flush_wbuf()?;
+        self.sync_active()?;
+        Ok(last)
+    }
+
+    fn flush_wbuf(&mut self) -> Result<(), StorageError> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        let path = self.active_meta().path.clone();
+        self.active
+            .write_all(&self.wbuf)
+            .map_err(io_err(format!("writing {}", path.display())))?;
+        let n = self.wbuf.len() as u64;
+        self.active_meta().len += n;
+        self.wbuf.clear();
+        Ok(())
+    }
+
+    fn sync_active(&mut self) -> Result<(), StorageError> {
+        let path = self.active_meta().path.clone();
+        self.active
+            .sync_data()
+            .map_err(io_err(format!("syncing {}", path.display())))
+    }
+
+    /// Starts a new segment whose first append is `first_lsn`. The old
+    /// segment is already synced, so every non-last segment is complete.
+    fn roll(&mut self, first_lsn: u64) -> Result<(), StorageError> {
+        let (file, meta) = create_segment(&self.fs, &self.dir, first_lsn, &self.written)?;
+        self.active = file;
+        self.segments.push(meta);
+        Ok(())
+    }
+
+    /// Deletes, oldest first, segments that hold nothing live: every accept
+    /// in them is at or below the (durable) truncation point, and their
+    /// promise and commit records are summarised by the state record that
+    /// starts the next segment. If the active segment itself is dead and
+    /// large, a new segment is started first so it can go too.
+    fn reclaim(&mut self) -> Result<(), StorageError> {
+        let through = self.written.truncated_through;
+        let active = self.active_meta().clone();
+        if active.max_accept_slot <= through && active.len >= self.shared.options.segment_bytes / 4
+        {
+            let next = self.shared.lock().durable_lsn + 1;
+            // Every queued append has a higher sequence number than the
+            // durable ones, so the new segment starts right after them.
+            self.roll(next)?;
+        }
+        while self.segments.len() > 1 && self.segments[0].max_accept_slot <= through {
+            let dead = self.segments.remove(0);
+            self.fs
+                .remove_file(&dead.path)
+                .map_err(io_err(format!("removing {}", dead.path.display())))?;
+            // One directory sync per removal keeps removals in order on any
+            // file system, so the survivors are always a contiguous suffix.
+            self.fs
+                .sync_dir(&self.dir)
+                .map_err(io_err(format!("syncing directory {}", self.dir.display())))?;
+            tracing::debug!(file = %dead.path.display(), "removed a fully truncated log segment");
+        }
+        invariant!(self
+            .segments
+            .windows(2)
+            .all(|w| w[0].first_lsn < w[1].first_lsn));
+        Ok(())
+    }
+}
