@@ -1,4 +1,6 @@
 //! paxos-kv: a replicated key-value node built on paxos.
+pub mod config;
 pub mod kv;
 pub mod lincheck;
+pub mod memstore;
 pub mod resp;

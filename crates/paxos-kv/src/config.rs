@@ -1,0 +1,417 @@
+//! Node configuration, read from TOML.
+//!
+//! Every cluster member gets the same `[[members]]` list; each node's file
+//! differs only in `id` (and its own paths). Example:
+//!
+//! ```toml
+//! id = 1
+//! storage = "file"            # "file" | "nvm" | "memory" (memory: NOT durable)
+//! data_dir = "/var/lib/paxos-kv/r1"
+//!
+//! [tls]
+//! cert = "certs/node-1.pem"
+//! key = "certs/node-1.key"
+//! ca = "certs/ca.pem"
+//!
+//! [[members]]
+//! id = 1
+//! peer_addr = "127.0.0.1:7001"     # QUIC, replica to replica
+//! client_addr = "127.0.0.1:6381"   # RESP2, clients
+//!
+//! [tuning]                          # optional; defaults shown by `Tuning::default`
+//! pipeline_window = 64
+//! ```
+//!
+//! Loading never panics: every problem is a [`ConfigError`] naming the file
+//! and the field.
+
+use paxos_core::ReplicaId;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Which durable store the replica's log lives in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    /// paxos-log's segmented file log (fsync group commit).
+    File,
+    /// paxos-nvm's persistent-memory log (a DAX or memory-mapped file).
+    Nvm,
+    /// In memory only, for benchmarks. NOT DURABLE: a crashed replica comes
+    /// back empty, which is only safe while a majority never crashes together.
+    Memory,
+}
+
+/// One cluster member.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Member {
+    /// Replica id (non-zero, unique).
+    pub id: u32,
+    /// UDP address of its QUIC peer endpoint.
+    pub peer_addr: SocketAddr,
+    /// TCP address of its RESP2 client endpoint.
+    pub client_addr: SocketAddr,
+}
+
+/// Paths of the TLS files for mutual authentication between replicas.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsPaths {
+    /// This node's certificate (PEM).
+    pub cert: PathBuf,
+    /// This node's private key (PEM).
+    pub key: PathBuf,
+    /// The cluster CA certificate (PEM).
+    pub ca: PathBuf,
+}
+
+/// Performance knobs, all bounded.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Tuning {
+    /// Most decrees proposed and not yet chosen.
+    pub pipeline_window: usize,
+    /// Most requests in one decree.
+    pub max_batch_requests: usize,
+    /// Most bytes in one decree.
+    pub max_batch_bytes: usize,
+    /// Capacity of the submit queue (requests waiting to be batched).
+    pub submit_queue: usize,
+    /// Leader heartbeat period.
+    pub heartbeat_ms: u64,
+    /// Election timeout, randomized in [min, max).
+    pub election_timeout_min_ms: u64,
+    /// See `election_timeout_min_ms`.
+    pub election_timeout_max_ms: u64,
+    /// Take a checkpoint every this many applied decrees (0: never).
+    pub checkpoint_every_decrees: u64,
+    /// Most concurrent client connections.
+    pub max_clients: usize,
+    /// Most requests one connection may have awaiting replies.
+    pub max_pipelined_per_client: usize,
+    /// Size of the persistent-memory region (storage = "nvm").
+    pub nvm_region_mb: u64,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            pipeline_window: 32,
+            max_batch_requests: 2048,
+            max_batch_bytes: 1 << 20,
+            submit_queue: 16 * 1024,
+            heartbeat_ms: 50,
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 600,
+            checkpoint_every_decrees: 20_000,
+            max_clients: 1024,
+            max_pipelined_per_client: 1024,
+            nvm_region_mb: 256,
+        }
+    }
+}
+
+/// A node's whole configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This replica's id; must appear in `members`.
+    pub id: u32,
+    /// Log backend.
+    pub storage: StorageKind,
+    /// Directory for the log, checkpoints and the NVM region file.
+    pub data_dir: PathBuf,
+    /// TLS files.
+    pub tls: TlsPaths,
+    /// Every voter of the cluster, this node included.
+    pub members: Vec<Member>,
+    /// Knobs.
+    #[serde(default)]
+    pub tuning: Tuning,
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TOML does not parse or does not match the schema.
+    #[error("invalid config {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What toml/serde said (names the field and line).
+        message: String,
+    },
+    /// The content parses but makes no sense.
+    #[error("invalid config {path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl NodeConfig {
+    /// Reads and validates a TOML file.
+    pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        NodeConfig::parse(&text, path)
+    }
+
+    /// Parses and validates TOML text; `path` is used in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<NodeConfig, ConfigError> {
+        let config: NodeConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        config.validate().map_err(|message| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.id == 0 {
+            return Err("id must be non-zero".into());
+        }
+        if self.members.is_empty() {
+            return Err("members is empty".into());
+        }
+        let mut ids: Vec<u32> = self.members.iter().map(|m| m.id).collect();
+        ids.sort_unstable();
+        if let Some(w) = ids.windows(2).find(|w| w[0] == w[1]) {
+            return Err(format!("member id {} appears twice", w[0]));
+        }
+        if ids.contains(&0) {
+            return Err("member ids must be non-zero".into());
+        }
+        if !ids.contains(&self.id) {
+            return Err(format!("id {} is not in members", self.id));
+        }
+        let mut addrs: Vec<SocketAddr> = self
+            .members
+            .iter()
+            .flat_map(|m| [m.peer_addr, m.client_addr])
+            .collect();
+        addrs.sort_unstable();
+        if let Some(w) = addrs.windows(2).find(|w| w[0] == w[1]) {
+            return Err(format!("address {} is used twice", w[0]));
+        }
+        let t = &self.tuning;
+        let check = |ok: bool, what: &str| {
+            if ok {
+                Ok(())
+            } else {
+                Err(format!("tuning.{what}"))
+            }
+        };
+        check(
+            (1..=4096).contains(&t.pipeline_window),
+            "pipeline_window must be in 1..=4096",
+        )?;
+        check(
+            (1..=65_536).contains(&t.max_batch_requests),
+            "max_batch_requests must be in 1..=65536",
+        )?;
+        check(
+            (1024..=64 << 20).contains(&t.max_batch_bytes),
+            "max_batch_bytes must be in 1KiB..=64MiB",
+        )?;
+        check(
+            (2..=1 << 20).contains(&t.submit_queue),
+            "submit_queue must be in 2..=1048576",
+        )?;
+        check(t.heartbeat_ms >= 1, "heartbeat_ms must be at least 1")?;
+        check(
+            t.election_timeout_min_ms > t.heartbeat_ms && t.election_timeout_max_ms > t.election_timeout_min_ms,
+            "election timeouts must satisfy heartbeat_ms < election_timeout_min_ms < election_timeout_max_ms",
+        )?;
+        check(
+            (1..=100_000).contains(&t.max_clients),
+            "max_clients must be in 1..=100000",
+        )?;
+        check(
+            (1..=65_536).contains(&t.max_pipelined_per_client),
+            "max_pipelined_per_client must be in 1..=65536",
+        )?;
+        check(
+            (1..=1 << 20).contains(&t.nvm_region_mb),
+            "nvm_region_mb must be in 1..=1048576",
+        )?;
+        Ok(())
+    }
+
+    /// This node's member entry.
+    pub fn me(&self) -> &Member {
+        // validate() guarantees presence; fall back to the first member
+        // rather than panic if a caller built the struct by hand.
+        self.members
+            .iter()
+            .find(|m| m.id == self.id)
+            .unwrap_or(&self.members[0])
+    }
+
+    /// The replica id.
+    pub fn replica_id(&self) -> ReplicaId {
+        ReplicaId(self.id)
+    }
+
+    /// The client address of a member, if it is one.
+    pub fn client_addr_of(&self, id: ReplicaId) -> Option<SocketAddr> {
+        self.members
+            .iter()
+            .find(|m| m.id == id.0)
+            .map(|m| m.client_addr)
+    }
+
+    /// Renders a configuration as TOML (used by `init`).
+    pub fn to_toml(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let storage = match self.storage {
+            StorageKind::File => "file",
+            StorageKind::Nvm => "nvm",
+            StorageKind::Memory => "memory",
+        };
+        let _ = writeln!(
+            s,
+            "id = {}\nstorage = \"{}\"\ndata_dir = {:?}\n",
+            self.id, storage, self.data_dir
+        );
+        let _ = writeln!(
+            s,
+            "[tls]\ncert = {:?}\nkey = {:?}\nca = {:?}\n",
+            self.tls.cert, self.tls.key, self.tls.ca
+        );
+        for m in &self.members {
+            let _ = writeln!(
+                s,
+                "[[members]]\nid = {}\npeer_addr = \"{}\"\nclient_addr = \"{}\"\n",
+                m.id, m.peer_addr, m.client_addr
+            );
+        }
+        let t = &self.tuning;
+        let _ = writeln!(
+            s,
+            "[tuning]\npipeline_window = {}\nmax_batch_requests = {}\nmax_batch_bytes = {}\nsubmit_queue = {}\n\
+             heartbeat_ms = {}\nelection_timeout_min_ms = {}\nelection_timeout_max_ms = {}\n\
+             checkpoint_every_decrees = {}\nmax_clients = {}\nmax_pipelined_per_client = {}\nnvm_region_mb = {}",
+            t.pipeline_window,
+            t.max_batch_requests,
+            t.max_batch_bytes,
+            t.submit_queue,
+            t.heartbeat_ms,
+            t.election_timeout_min_ms,
+            t.election_timeout_max_ms,
+            t.checkpoint_every_decrees,
+            t.max_clients,
+            t.max_pipelined_per_client,
+            t.nvm_region_mb
+        );
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+id = 2
+storage = "file"
+data_dir = "/tmp/x"
+[tls]
+cert = "c.pem"
+key = "k.pem"
+ca = "ca.pem"
+[[members]]
+id = 1
+peer_addr = "127.0.0.1:7001"
+client_addr = "127.0.0.1:6001"
+[[members]]
+id = 2
+peer_addr = "127.0.0.1:7002"
+client_addr = "127.0.0.1:6002"
+[[members]]
+id = 3
+peer_addr = "127.0.0.1:7003"
+client_addr = "127.0.0.1:6003"
+"#;
+
+    fn parse(text: &str) -> Result<NodeConfig, ConfigError> {
+        NodeConfig::parse(text, Path::new("node.toml"))
+    }
+
+    #[test]
+    fn good_config_parses_with_defaults() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.me().client_addr, "127.0.0.1:6002".parse().unwrap());
+        assert_eq!(c.tuning, Tuning::default());
+        assert_eq!(c.storage, StorageKind::File);
+        assert_eq!(parse(&c.to_toml()).unwrap(), c, "to_toml round-trips");
+    }
+
+    #[test]
+    fn bad_configs_give_clear_errors() {
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "storage = \"file\"",
+                "storage = \"tape\"",
+                "unknown variant `tape`",
+            ),
+            ("id = 2", "id = 9", "id 9 is not in members"),
+            ("id = 2", "id = 0", "id must be non-zero"),
+            ("id = 3\npeer", "id = 2\npeer", "member id 2 appears twice"),
+            (
+                "127.0.0.1:7003",
+                "127.0.0.1:7002",
+                "address 127.0.0.1:7002 is used twice",
+            ),
+            ("127.0.0.1:7003", "not-an-address", "invalid socket address"),
+            (
+                "data_dir = \"/tmp/x\"",
+                "data_dir = \"/tmp/x\"\nbogus = 1",
+                "unknown field `bogus`",
+            ),
+            (
+                "ca = \"ca.pem\"",
+                "ca = \"ca.pem\"\n[tuning]\npipeline_window = 0",
+                "pipeline_window must be in",
+            ),
+            (
+                "ca = \"ca.pem\"",
+                "ca = \"ca.pem\"\n[tuning]\nheartbeat_ms = 500",
+                "heartbeat_ms < election_timeout_min_ms",
+            ),
+            ("[tls]", "[tlz]", "unknown field `tlz`"),
+        ];
+        for (from, to, expect) in cases {
+            let text = GOOD.replacen(from, to, 1);
+            assert_ne!(text, GOOD, "case {to} did not change the text");
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains(expect), "{to}: got {err}");
+            assert!(err.contains("node.toml"), "error names the file: {err}");
+        }
+    }
+
+    #[test]
+    fn missing_file_is_an_error() {
+        let err = NodeConfig::load(Path::new("/nonexistent/node.toml")).unwrap_err();
+        assert!(matches!(err, ConfigError::Read { .. }));
+    }
+}
