@@ -14,3 +14,6 @@ pub use message::Message;
 pub use replica::PlantedBug;
 pub use replica::{Action, PersistToken, ProposeError, Replica, Role, Status};
 pub use types::*;
+
+#[cfg(test)]
+mod tests;

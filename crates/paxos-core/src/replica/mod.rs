@@ -1,9 +1,70 @@
-//! The replica state machine (skeleton: public API only; behaviour follows).
+//! The replica: acceptor, proposer (leader), learner and election in one
+//! deterministic, sans-IO state machine.
+//!
+//! # Protocol invariants (what the code below maintains)
+//!
+//! Notation: `log[s]` is the acceptor's entry `(s, ballot, value)`; an entry
+//! is a *vote*. A value is *chosen* at `s` once a quorum of voters durably
+//! accepted it at `s` in one ballot.
+//!
+//! 1. **Promise monotonicity.** `promised` never decreases. A Prepare, Accept
+//!    or Heartbeat below `promised` is answered with `Reject` and changes
+//!    nothing.
+//! 2. **One value per (slot, ballot).** An acceptor never holds two values
+//!    for one slot and ballot (plain `assert!`). A leader proposes each slot
+//!    at most once per ballot, and a ballot is led by one replica: the
+//!    candidate persists `Promise(b)` *before* sending `Prepare(b)`, so a
+//!    crashed candidate never reuses its ballot.
+//! 3. **Durability before acknowledgement.** `Promise` and `Accepted` (also
+//!    to itself: a leader's own vote) are released only after every persist
+//!    issued so far completed (storage completes tokens in FIFO order).
+//! 4. **Phase 1 covers every unchosen slot.** A candidate with commit index
+//!    `c` asks for every entry at slots `> c`, in chunks. A promise is usable
+//!    only if the acceptor still holds all its entries from `c + 1` on
+//!    (`log_start <= c + 1`). Once a quorum of complete, usable promises is
+//!    in, the leader re-proposes, for each slot up to the highest reported,
+//!    the value of the highest-ballot entry reported, or `Noop` for a gap.
+//!    It is announced as leader only when all of those slots are chosen.
+//! 5. **Chosen entries.** Every entry at a slot `<= commit_index` holds the
+//!    chosen value, under a ballot at least the one it was chosen in. Hence
+//!    entries at committed slots may be written into any acceptor's log
+//!    ("injected") without breaking Paxos: every vote at a ballot at or above
+//!    the choosing ballot carries the chosen value. An entry is never
+//!    replaced by one with a lower ballot, and a committed slot's value never
+//!    changes (plain `assert!`).
+//! 6. **Learning.** The leader advances `commit_index` over the contiguous
+//!    prefix of slots with a quorum of `Accepted` in its ballot. A follower
+//!    hearing `(ballot, commit_index)` from a leader marks slot `s` chosen only
+//!    if its own entry at `s` was accepted in that very ballot (the leader
+//!    proposed exactly one value per slot in it); otherwise it fetches the
+//!    chosen decree from a peer. Persisted `Commit(c)` always follows the
+//!    entries it covers.
+//! 7. **Apply.** `Apply` is emitted in slot order, exactly once per slot per
+//!    instance, for `applied_through + 1 ..= commit_index`.
+//! 8. **Bounds.** At most `pipeline_window` slots are proposed and unchosen;
+//!    an acceptor accepts no slot above `commit_index + max_accept_ahead`;
+//!    memory holds committed entries only for the last `retain_decrees`
+//!    slots; promise and catch-up chunks hold at most `catchup_chunk_decrees`
+//!    entries and stay under `max_message_bytes`.
+//!
+//! # Restart
+//!
+//! A replica restarts from `DurableState` plus the state machine's
+//! `applied_through`. If `applied_through` exceeds the durable commit index
+//! (the checkpoint raced ahead of the `Commit` record), the entries of those
+//! slots might not be the chosen ones on disk, so they are dropped and
+//! `Truncate(applied_through)` is persisted: the checkpoint covers them.
 
+use crate::codec::accepted_len_hint;
 use crate::config::Config;
 use crate::message::Message;
-use crate::types::{Ballot, DurableState, Membership, PersistEntry, ReplicaId, Slot, Time, Value};
-use std::collections::VecDeque;
+use crate::types::{
+    Accepted, Ballot, DurableState, Membership, PersistEntry, ReplicaId, Slot, Time, Value,
+};
+use paxos_contracts::{ensures, invariant, requires, snapshot};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use std::collections::{BTreeMap, VecDeque};
 
 /// Identifies one `Action::Persist`. Issued in increasing order; storage
 /// completes them in that order.
@@ -126,14 +187,142 @@ pub enum PlantedBug {
     ApplyUncheckedBallot,
 }
 
+/// Which planted bugs are active (all false unless the `planted-bugs`
+/// feature is on and `plant_bug` was called).
+#[derive(Clone, Copy, Debug, Default)]
+struct Bugs {
+    skip_adopt_highest_accepted: bool,
+    ack_before_persist: bool,
+    quorum_half: bool,
+    apply_unchecked_ballot: bool,
+}
+
+/// What this replica knows about a peer.
+#[derive(Clone, Copy, Debug)]
+struct PeerInfo {
+    commit_index: Slot,
+    can_become_primary: bool,
+    last_heard: Time,
+}
+
+/// Phase 1 progress with one acceptor.
+#[derive(Clone, Copy, Debug)]
+struct PromiseProgress {
+    /// The `from_slot` of the next chunk expected.
+    expect_from: Slot,
+    /// All chunks received.
+    complete: bool,
+}
+
+#[derive(Debug)]
+struct CandidateState {
+    ballot: Ballot,
+    /// First slot phase 1 covers (commit index + 1 when it started).
+    from_slot: Slot,
+    progress: BTreeMap<ReplicaId, PromiseProgress>,
+    /// Highest-ballot entry reported per slot.
+    merged: BTreeMap<Slot, Accepted>,
+}
+
+/// A slot this leader proposed and whose commit it has not yet passed.
+#[derive(Debug)]
+struct InFlight {
+    value: Value,
+    /// Voters whose durable `Accepted` arrived (this replica included, once
+    /// its own persist completed).
+    acks: Vec<ReplicaId>,
+    chosen: bool,
+    sent_at: Time,
+}
+
+#[derive(Debug)]
+struct LeaderState {
+    ballot: Ballot,
+    /// Recovered slots still to re-propose: `recover_next ..= recover_through`.
+    recover_next: Slot,
+    recover_through: Slot,
+    /// Values found in phase 1 for the recovered slots.
+    recovered: BTreeMap<Slot, Accepted>,
+    /// The next slot to propose.
+    next_slot: Slot,
+    /// Every slot in `commit_index + 1 .. next_slot`.
+    in_flight: BTreeMap<Slot, InFlight>,
+    /// Whether the recovered window is chosen and `Leader` was reported.
+    announced: bool,
+    /// When each voter last acknowledged this ballot.
+    last_ack: BTreeMap<ReplicaId, Time>,
+    elected_at: Time,
+}
+
+#[derive(Debug)]
+enum RoleState {
+    Follower,
+    Candidate(CandidateState),
+    Leader(LeaderState),
+}
+
+/// Catch-up progress.
+#[derive(Debug, Default)]
+struct FetchState {
+    /// `(peer, from_slot, sent_at)` of the outstanding fetch.
+    outstanding: Option<(ReplicaId, Slot, Time)>,
+    /// When to start a fetch (a short delay lets in-flight accepts land).
+    due: Option<Time>,
+    /// Peers that answered that they compacted `commit_index + 1`.
+    compacted: Vec<ReplicaId>,
+    /// Round-robin cursor over peers.
+    cursor: usize,
+}
+
 /// One multi-Paxos replica (acceptor, proposer and learner).
+///
+/// Drive it with `handle_message`, `handle_tick`, `propose` and
+/// `on_persisted`; after each call drain `poll_action` and carry out every
+/// action in order. See the crate docs for an example.
 #[derive(Debug)]
 pub struct Replica {
     config: Config,
+    id: ReplicaId,
+    membership: Membership,
+    rng: SmallRng,
+    can_become_primary: bool,
+    bugs: Bugs,
+
+    // Acceptor.
     promised: Ballot,
+    /// In-memory entries: every accepted slot `>= log_start`.
+    log: BTreeMap<Slot, Accepted>,
+    log_start: Slot,
+    truncated_through: Slot,
+    max_seen_round: u64,
+
+    // Learner.
     commit_index: Slot,
     applied_index: Slot,
+    /// Highest commit index heard of (may exceed what is known locally).
+    known_commit: Slot,
+    needs_snapshot: bool,
+    fetch: FetchState,
+
+    // Roles and timers.
+    role: RoleState,
+    leader: Option<ReplicaId>,
+    election_deadline: Time,
+    tick_due: Time,
+    peers: BTreeMap<ReplicaId, PeerInfo>,
+
+    // Output plumbing.
     actions: VecDeque<Action>,
+    persist_buf: Vec<PersistEntry>,
+    /// The token the next `Persist` action gets. Tokens start at 1.
+    next_token: u64,
+    /// Every persist up to this token is durable.
+    durable_token: u64,
+    /// Messages waiting for a persist: `(token needed, to, msg)`.
+    gated: VecDeque<(u64, ReplicaId, Message)>,
+    /// Messages this replica sent to itself, handled before the call returns.
+    self_inbox: VecDeque<Message>,
+    reported: Option<(Role, Option<ReplicaId>, bool)>,
 }
 
 impl Replica {
@@ -151,73 +340,1450 @@ impl Replica {
     }
 
     /// Starts a replica from what storage recovered.
+    ///
+    /// `durable` is what storage recovered; `applied_through` is the last slot
+    /// the state machine already holds (from its checkpoint; 0 if none).
+    /// Decrees in `applied_through + 1 ..= durable.commit_index` are handed
+    /// out again as `Apply` actions.
+    ///
+    /// # Panics
+    ///
+    /// If `config.validate()` fails; use [`Replica::try_new`] to get an error.
     pub fn new(
         config: Config,
         durable: DurableState,
         applied_through: Slot,
-        _seed: u64,
-        _now: Time,
+        seed: u64,
+        now: Time,
     ) -> Replica {
-        Replica {
-            config,
-            promised: durable.promised,
-            commit_index: durable.commit_index.max(applied_through),
-            applied_index: applied_through,
-            actions: VecDeque::new(),
+        if let Err(e) = config.validate() {
+            panic!("invalid paxos-core config: {e}");
         }
+        let id = config.id;
+        let membership = config.membership.clone();
+        let DurableState {
+            promised,
+            accepted,
+            commit_index: durable_commit,
+            truncated_through,
+        } = durable;
+        let mut r = Replica {
+            id,
+            membership,
+            rng: SmallRng::seed_from_u64(seed ^ (u64::from(id.0) << 32)),
+            can_become_primary: true,
+            bugs: Bugs::default(),
+            promised,
+            log: accepted,
+            log_start: truncated_through + 1,
+            truncated_through,
+            max_seen_round: promised.round,
+            commit_index: durable_commit.max(applied_through),
+            applied_index: applied_through,
+            known_commit: durable_commit.max(applied_through),
+            needs_snapshot: false,
+            fetch: FetchState::default(),
+            role: RoleState::Follower,
+            leader: None,
+            election_deadline: now,
+            tick_due: now.plus_micros(config.heartbeat_interval_us),
+            peers: BTreeMap::new(),
+            actions: VecDeque::new(),
+            persist_buf: Vec::new(),
+            next_token: 1,
+            durable_token: 0,
+            gated: VecDeque::new(),
+            self_inbox: VecDeque::new(),
+            reported: None,
+            config,
+        };
+        // Entries that storage kept but a checkpoint covers are not needed.
+        r.log.retain(|s, _| *s > truncated_through);
+        if applied_through > durable_commit && applied_through > truncated_through {
+            // The checkpoint raced ahead of the Commit record: on-disk entries
+            // of those slots may be stale votes, not the chosen values.
+            r.truncated_through = applied_through;
+            r.log = r.log.split_off(&(applied_through + 1));
+            r.log_start = applied_through + 1;
+            r.persist_buf.push(PersistEntry::Truncate(applied_through));
+        }
+        if r.truncated_through > applied_through {
+            // Storage dropped slots the state machine never applied.
+            r.needs_snapshot = true;
+        }
+        r.reset_election_timer(now);
+        r.apply_committed();
+        r.finish(now);
+        r.check_invariants();
+        r
     }
 
-    /// Handles a message from a peer.
-    pub fn handle_message(&mut self, _now: Time, _from: ReplicaId, _msg: Message) {}
+    // ------------------------------------------------------------------
+    // Public entry points.
+    // ------------------------------------------------------------------
 
-    /// Runs timers: heartbeats, elections, retransmissions.
-    pub fn handle_tick(&mut self, _now: Time) {}
-
-    /// Proposes a value (leader only).
-    pub fn propose(&mut self, _now: Time, _value: Value) -> Result<Slot, ProposeError> {
-        Err(ProposeError::NotLeader { leader: None })
+    /// Handles a message from a peer. Messages from replicas outside the
+    /// membership, or claiming to come from this replica, are ignored.
+    pub fn handle_message(&mut self, now: Time, from: ReplicaId, msg: Message) {
+        let old_promised = snapshot!(self.promised);
+        let old_commit = snapshot!(self.commit_index);
+        if from != self.id && self.membership.contains(from) {
+            self.dispatch(now, from, msg);
+        }
+        self.finish(now);
+        ensures!(
+            self.promised >= old_promised.unwrap(),
+            "promise went backwards"
+        );
+        ensures!(
+            self.commit_index >= old_commit.unwrap(),
+            "commit index went backwards"
+        );
+        self.check_invariants();
     }
 
-    /// Storage made every persist up to `token` durable.
-    pub fn on_persisted(&mut self, _now: Time, _token: PersistToken) {}
-
-    /// Hands leadership to the most caught-up follower.
-    pub fn relinquish_primary(&mut self, _now: Time) -> Result<(), ProposeError> {
-        Err(ProposeError::NotLeader { leader: None })
+    /// Runs timers: heartbeats and retransmissions (leader), prepare retries
+    /// (candidate), elections, catch-up retries.
+    pub fn handle_tick(&mut self, now: Time) {
+        let old_promised = snapshot!(self.promised);
+        if now >= self.tick_due {
+            self.tick_due = now.plus_micros(self.config.heartbeat_interval_us);
+            self.periodic(now);
+        }
+        if !matches!(self.role, RoleState::Leader(_)) && now >= self.election_deadline {
+            self.start_election(now);
+        }
+        if self.fetch.due.is_some_and(|due| now >= due) {
+            self.fetch.due = None;
+            self.start_fetch(now, None);
+        }
+        self.finish(now);
+        ensures!(self.promised >= old_promised.unwrap());
+        self.check_invariants();
     }
 
-    /// RSL's CanBecomePrimary veto.
-    pub fn set_can_become_primary(&mut self, _allowed: bool) {}
+    /// Proposes `value` for the next slot and returns that slot.
+    ///
+    /// Only an announced leader accepts proposals. `Err(WindowFull)` means
+    /// `pipeline_window` decrees are in flight: queue the value and retry
+    /// after an `Apply`. The value is chosen at the returned slot only if an
+    /// `Apply` for that slot carries it (a leader change may fill the slot
+    /// with another value).
+    pub fn propose(&mut self, now: Time, value: Value) -> Result<Slot, ProposeError> {
+        let old_next = snapshot!(self.leader_next_slot());
+        let result = self.propose_inner(now, value);
+        self.finish(now);
+        ensures!(match &result {
+            Ok(slot) =>
+                self.leader_next_slot() == Some(slot + 1) && old_next.unwrap() == Some(*slot),
+            Err(_) => self.leader_next_slot() == old_next.unwrap(),
+        });
+        self.check_invariants();
+        result
+    }
 
-    /// The next action for the driver.
+    /// Storage made every persist up to and including `token` durable.
+    ///
+    /// A token that was never issued is a driver bug (contract); it is
+    /// clamped to the last issued token in release builds.
+    pub fn on_persisted(&mut self, now: Time, token: PersistToken) {
+        requires!(
+            token.0 < self.next_token,
+            "token {} was never issued",
+            token.0
+        );
+        let token = token.0.min(self.next_token - 1);
+        if token > self.durable_token {
+            self.durable_token = token;
+        }
+        self.release_gated();
+        self.finish(now);
+        self.check_invariants();
+    }
+
+    /// Hands leadership to the most caught-up follower that may become
+    /// primary: it is told to start phase 1 at once (`TimeoutNow`) and this
+    /// replica steps down to follower. No process exit is involved.
+    pub fn relinquish_primary(&mut self, now: Time) -> Result<(), ProposeError> {
+        let result = self.relinquish_inner(now);
+        self.finish(now);
+        ensures!(result.is_err() || !matches!(self.role, RoleState::Leader(_)));
+        self.check_invariants();
+        result
+    }
+
+    /// RSL's CanBecomePrimary veto: while `false` this replica never starts
+    /// phase 1 (neither on timeout nor when asked to take over).
+    pub fn set_can_become_primary(&mut self, allowed: bool) {
+        self.can_become_primary = allowed;
+        ensures!(self.can_become_primary == allowed);
+    }
+
+    /// The next action for the driver, in the order they must be carried out.
     pub fn poll_action(&mut self) -> Option<Action> {
         self.actions.pop_front()
     }
 
     /// The current status.
     pub fn status(&self) -> Status {
+        let (role, leader) = self.role_and_leader();
         Status {
-            id: self.config.id,
-            role: Role::Follower,
+            id: self.id,
+            role,
             ballot: self.promised,
-            leader: None,
+            leader,
             commit_index: self.commit_index,
             applied_index: self.applied_index,
-            in_flight: 0,
-            membership: self.config.membership.clone(),
-            needs_snapshot: false,
+            in_flight: match &self.role {
+                RoleState::Leader(l) => l.in_flight.len(),
+                _ => 0,
+            },
+            membership: self.membership.clone(),
+            needs_snapshot: self.needs_snapshot,
         }
     }
 
     /// When `handle_tick` must next be called.
     pub fn next_timer(&self) -> Option<Time> {
-        None
+        let mut t = self.tick_due;
+        if !matches!(self.role, RoleState::Leader(_)) {
+            t = t.min(self.election_deadline);
+        }
+        if let Some(due) = self.fetch.due {
+            t = t.min(due);
+        }
+        Some(t)
     }
 
-    /// Drops slots up to `through` (covered by a checkpoint).
-    pub fn compact(&mut self, _through: Slot) {}
+    /// The state machine's checkpoint covers slots `<= through`: drop them
+    /// from memory and persist `Truncate(through)`. `through` must not exceed
+    /// the applied index (contract; clamped otherwise).
+    pub fn compact(&mut self, through: Slot) {
+        requires!(
+            through <= self.applied_index,
+            "compact({through}) beyond applied {}",
+            self.applied_index
+        );
+        let through = through.min(self.applied_index);
+        if through > self.truncated_through {
+            self.truncated_through = through;
+            self.log = self.log.split_off(&(through + 1));
+            self.log_start = self.log_start.max(through + 1);
+            self.persist_buf.push(PersistEntry::Truncate(through));
+            self.flush_persist();
+        }
+        ensures!(self.log.keys().next().is_none_or(|s| *s > through));
+        self.check_invariants();
+    }
 
-    /// Plants a deliberate bug (simulator teeth tests only).
+    /// Plants a deliberate protocol bug (simulator teeth tests only).
     #[cfg(feature = "planted-bugs")]
-    pub fn plant_bug(&mut self, _bug: PlantedBug) {}
+    pub fn plant_bug(&mut self, bug: PlantedBug) {
+        match bug {
+            PlantedBug::SkipAdoptHighestAccepted => self.bugs.skip_adopt_highest_accepted = true,
+            PlantedBug::AckBeforePersist => self.bugs.ack_before_persist = true,
+            PlantedBug::QuorumHalf => self.bugs.quorum_half = true,
+            PlantedBug::ApplyUncheckedBallot => self.bugs.apply_unchecked_ballot = true,
+        }
+    }
+
+    // ------------------------------------------------------------------
+    // Plumbing.
+    // ------------------------------------------------------------------
+
+    fn dispatch(&mut self, now: Time, from: ReplicaId, msg: Message) {
+        match msg {
+            Message::Prepare { ballot, from_slot } => self.on_prepare(now, from, ballot, from_slot),
+            Message::Promise {
+                ballot,
+                from_slot,
+                commit_index,
+                log_start,
+                entries,
+                next_from,
+            } => self.on_promise(
+                now,
+                from,
+                ballot,
+                from_slot,
+                commit_index,
+                log_start,
+                entries,
+                next_from,
+            ),
+            Message::Accept {
+                ballot,
+                slot,
+                value,
+                commit_index,
+            } => self.on_accept(now, from, ballot, slot, value, commit_index),
+            Message::Accepted {
+                ballot,
+                slot,
+                commit_index,
+            } => self.on_accepted(now, from, ballot, slot, commit_index),
+            Message::Heartbeat {
+                ballot,
+                commit_index,
+            } => self.on_heartbeat(now, from, ballot, commit_index),
+            Message::HeartbeatAck {
+                ballot,
+                commit_index,
+                can_become_primary,
+            } => self.on_heartbeat_ack(now, from, ballot, commit_index, can_become_primary),
+            Message::Reject { promised } => self.on_reject(now, promised),
+            Message::Fetch { from_slot } => self.on_fetch(from, from_slot),
+            Message::Decrees {
+                from_slot,
+                commit_index,
+                log_start,
+                decrees,
+            } => self.on_decrees(now, from, from_slot, commit_index, log_start, decrees),
+            Message::TimeoutNow { ballot } => self.on_timeout_now(now, from, ballot),
+        }
+    }
+
+    /// Ends every public call: handles self-addressed messages, issues the
+    /// pending persist, reports status changes.
+    fn finish(&mut self, now: Time) {
+        // Self-delivery may release more self-delivery (e.g. a promise to
+        // oneself that completes phase 1); bounded by the protocol, but cap it
+        // anyway so that a bug cannot spin forever.
+        let mut budget = 1_000_000usize;
+        while let Some(msg) = self.self_inbox.pop_front() {
+            self.dispatch(now, self.id, msg);
+            budget -= 1;
+            assert!(budget > 0, "self-delivery does not terminate");
+        }
+        self.flush_persist();
+        let (role, leader) = self.role_and_leader();
+        let now_reported = (role, leader, self.needs_snapshot);
+        if self.reported != Some(now_reported) {
+            self.reported = Some(now_reported);
+            self.actions.push_back(Action::StatusChanged(self.status()));
+        }
+    }
+
+    fn flush_persist(&mut self) {
+        if self.persist_buf.is_empty() {
+            return;
+        }
+        let token = self.next_token;
+        self.next_token += 1;
+        let entries = std::mem::take(&mut self.persist_buf);
+        self.actions.push_back(Action::Persist {
+            token: PersistToken(token),
+            entries,
+        });
+    }
+
+    fn persist(&mut self, entry: PersistEntry) {
+        self.persist_buf.push(entry);
+    }
+
+    /// Sends a message that does not depend on durable state.
+    fn send(&mut self, to: ReplicaId, msg: Message) {
+        if to == self.id {
+            self.self_inbox.push_back(msg);
+        } else {
+            self.actions.push_back(Action::Send { to, msg });
+        }
+    }
+
+    /// Sends a message once everything persisted so far (including the
+    /// entries buffered by this call) is durable.
+    fn send_durable(&mut self, to: ReplicaId, msg: Message) {
+        let needed = if self.persist_buf.is_empty() {
+            self.next_token - 1
+        } else {
+            self.next_token
+        };
+        if needed <= self.durable_token || self.bugs.ack_before_persist {
+            self.send(to, msg);
+        } else {
+            self.gated.push_back((needed, to, msg));
+        }
+    }
+
+    fn release_gated(&mut self) {
+        while let Some((needed, _, _)) = self.gated.front() {
+            if *needed > self.durable_token {
+                break;
+            }
+            if let Some((_, to, msg)) = self.gated.pop_front() {
+                self.send(to, msg);
+            }
+        }
+    }
+
+    fn role_and_leader(&self) -> (Role, Option<ReplicaId>) {
+        match &self.role {
+            RoleState::Follower => (Role::Follower, self.leader),
+            RoleState::Candidate(_) => (Role::Candidate, None),
+            RoleState::Leader(l) if l.announced => (Role::Leader, Some(self.id)),
+            RoleState::Leader(_) => (Role::Candidate, None),
+        }
+    }
+
+    fn leader_next_slot(&self) -> Option<Slot> {
+        match &self.role {
+            RoleState::Leader(l) => Some(l.next_slot),
+            _ => None,
+        }
+    }
+
+    fn quorum(&self) -> usize {
+        if self.bugs.quorum_half {
+            (self.membership.voters.len() / 2).max(1)
+        } else {
+            self.membership.quorum()
+        }
+    }
+
+    fn is_voter(&self, id: ReplicaId) -> bool {
+        self.membership.is_voter(id)
+    }
+
+    fn other_members(&self) -> impl Iterator<Item = ReplicaId> + '_ {
+        let me = self.id;
+        self.membership.all().filter(move |r| *r != me)
+    }
+
+    fn reset_election_timer(&mut self, now: Time) {
+        let lo = self.config.election_timeout_min_us;
+        let hi = self.config.election_timeout_max_us;
+        self.election_deadline = now.plus_micros(self.rng.gen_range(lo..hi));
+    }
+
+    fn observe(&mut self, ballot: Ballot) {
+        self.max_seen_round = self.max_seen_round.max(ballot.round);
+    }
+
+    fn note_peer(
+        &mut self,
+        now: Time,
+        peer: ReplicaId,
+        commit_index: Slot,
+        can_become_primary: Option<bool>,
+    ) {
+        let info = self.peers.entry(peer).or_insert(PeerInfo {
+            commit_index,
+            can_become_primary: true,
+            last_heard: now,
+        });
+        info.commit_index = info.commit_index.max(commit_index);
+        info.last_heard = now;
+        if let Some(c) = can_become_primary {
+            info.can_become_primary = c;
+        }
+    }
+
+    /// Promises a higher ballot (durably) and steps down from any role held
+    /// under a lower one.
+    fn raise_promise(&mut self, now: Time, ballot: Ballot) {
+        assert!(
+            ballot > self.promised,
+            "promise must only rise: {} -> {}",
+            self.promised,
+            ballot
+        );
+        self.promised = ballot;
+        self.observe(ballot);
+        self.persist(PersistEntry::Promise(ballot));
+        let demoted = match &self.role {
+            RoleState::Candidate(c) => c.ballot < ballot,
+            RoleState::Leader(l) => l.ballot < ballot,
+            RoleState::Follower => false,
+        };
+        if demoted {
+            self.step_down(now);
+        }
+    }
+
+    fn step_down(&mut self, now: Time) {
+        self.role = RoleState::Follower;
+        self.leader = None;
+        self.reset_election_timer(now);
+        self.request_fetch(now);
+    }
+
+    /// A valid message from the leader of `ballot` (== promised) arrived.
+    fn follow(&mut self, now: Time, from: ReplicaId, ballot: Ballot) {
+        if from == self.id || ballot.leader != from {
+            return;
+        }
+        if !matches!(self.role, RoleState::Follower) {
+            self.role = RoleState::Follower;
+        }
+        self.leader = Some(from);
+        self.reset_election_timer(now);
+    }
+
+    // ------------------------------------------------------------------
+    // Acceptor.
+    // ------------------------------------------------------------------
+
+    fn on_prepare(&mut self, now: Time, from: ReplicaId, ballot: Ballot, from_slot: Slot) {
+        self.observe(ballot);
+        if ballot < self.promised {
+            self.send(
+                from,
+                Message::Reject {
+                    promised: self.promised,
+                },
+            );
+            return;
+        }
+        if !self.is_voter(self.id) {
+            return;
+        }
+        if ballot > self.promised {
+            self.raise_promise(now, ballot);
+            if from != self.id {
+                // Give the candidate time to finish phase 1.
+                self.leader = None;
+                self.reset_election_timer(now);
+            }
+        }
+        let from_slot = from_slot.max(1);
+        let (entries, next_from) = if from_slot < self.log_start {
+            (Vec::new(), None)
+        } else {
+            self.chunk(from_slot, Slot::MAX)
+        };
+        let msg = Message::Promise {
+            ballot,
+            from_slot,
+            commit_index: self.commit_index,
+            log_start: self.log_start,
+            entries,
+            next_from,
+        };
+        self.send_durable(from, msg);
+        ensures!(self.promised == ballot);
+    }
+
+    /// Entries from `from_slot` through `through`, cut to the chunk limits.
+    fn chunk(&self, from_slot: Slot, through: Slot) -> (Vec<Accepted>, Option<Slot>) {
+        let max_bytes = self.config.max_message_bytes.saturating_sub(1024);
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        if from_slot > through {
+            return (out, None);
+        }
+        for (slot, entry) in self.log.range(from_slot..=through) {
+            let size = accepted_len_hint(entry);
+            if !out.is_empty()
+                && (out.len() >= self.config.catchup_chunk_decrees || bytes + size > max_bytes)
+            {
+                return (out, Some(*slot));
+            }
+            bytes += size;
+            out.push(entry.clone());
+        }
+        (out, None)
+    }
+
+    fn on_accept(
+        &mut self,
+        now: Time,
+        from: ReplicaId,
+        ballot: Ballot,
+        slot: Slot,
+        value: Value,
+        leader_commit: Slot,
+    ) {
+        self.observe(ballot);
+        if ballot < self.promised {
+            self.send(
+                from,
+                Message::Reject {
+                    promised: self.promised,
+                },
+            );
+            return;
+        }
+        if ballot > self.promised {
+            self.raise_promise(now, ballot);
+        }
+        self.follow(now, from, ballot);
+        let accepted = self.accept_entry(slot, ballot, value);
+        self.learn_commit(now, ballot, leader_commit);
+        if accepted {
+            let msg = Message::Accepted {
+                ballot,
+                slot,
+                commit_index: self.commit_index,
+            };
+            self.send_durable(from, msg);
+        }
+    }
+
+    /// Records a vote for `(slot, ballot, value)` if the acceptor may cast
+    /// it; returns whether it holds that vote now.
+    fn accept_entry(&mut self, slot: Slot, ballot: Ballot, value: Value) -> bool {
+        requires!(ballot == self.promised);
+        if slot == 0 || slot < self.log_start {
+            // Slot 0 does not exist; below log_start the slot is chosen and
+            // compacted, and its entry is gone.
+            return false;
+        }
+        if slot
+            > self
+                .commit_index
+                .saturating_add(self.config.max_accept_ahead as u64)
+        {
+            // Too far ahead: catch up first (bounds uncommitted entries).
+            return false;
+        }
+        match self.log.get(&slot) {
+            Some(existing) if existing.ballot == ballot => {
+                assert!(
+                    existing.value == value,
+                    "acceptor asked to accept two values at slot {slot} in ballot {ballot}"
+                );
+                true
+            }
+            // A chosen entry injected under a higher ballot: never go down.
+            Some(existing) if existing.ballot > ballot => false,
+            existing => {
+                if let Some(e) = existing {
+                    assert!(
+                        slot > self.commit_index || e.value == value,
+                        "committed slot {slot} would change value in ballot {ballot}"
+                    );
+                }
+                let entry = Accepted {
+                    slot,
+                    ballot,
+                    value,
+                };
+                self.log.insert(slot, entry.clone());
+                self.persist(PersistEntry::Accept(entry));
+                true
+            }
+        }
+    }
+
+    fn on_heartbeat(&mut self, now: Time, from: ReplicaId, ballot: Ballot, leader_commit: Slot) {
+        self.observe(ballot);
+        if ballot < self.promised {
+            self.send(
+                from,
+                Message::Reject {
+                    promised: self.promised,
+                },
+            );
+            return;
+        }
+        if ballot > self.promised {
+            self.raise_promise(now, ballot);
+        }
+        self.follow(now, from, ballot);
+        self.note_peer(now, from, leader_commit, None);
+        self.learn_commit(now, ballot, leader_commit);
+        let msg = Message::HeartbeatAck {
+            ballot,
+            commit_index: self.commit_index,
+            can_become_primary: self.can_become_primary && self.is_voter(self.id),
+        };
+        self.send(from, msg);
+    }
+
+    fn on_reject(&mut self, now: Time, promised: Ballot) {
+        self.observe(promised);
+        let stale = match &self.role {
+            RoleState::Candidate(c) => c.ballot < promised,
+            RoleState::Leader(l) => l.ballot < promised,
+            RoleState::Follower => false,
+        };
+        if stale {
+            self.step_down(now);
+        }
+    }
+
+    // ------------------------------------------------------------------
+    // Learner: commit, apply, catch-up.
+    // ------------------------------------------------------------------
+
+    /// The leader of `ballot` says slots `<= leader_commit` are chosen.
+    fn learn_commit(&mut self, now: Time, ballot: Ballot, leader_commit: Slot) {
+        self.known_commit = self.known_commit.max(leader_commit);
+        if matches!(self.role, RoleState::Leader(_)) {
+            return;
+        }
+        let before = self.commit_index;
+        while self.commit_index < leader_commit {
+            let next = self.commit_index + 1;
+            match self.log.get(&next) {
+                Some(e) if e.ballot == ballot || self.bugs.apply_unchecked_ballot => {
+                    self.commit_index = next
+                }
+                _ => break,
+            }
+        }
+        if self.commit_index > before {
+            self.persist(PersistEntry::Commit(self.commit_index));
+            self.apply_committed();
+        }
+        if self.commit_index < self.known_commit {
+            self.request_fetch(now);
+        }
+    }
+
+    /// Records that `(slot, ballot, value)` is chosen, injecting the entry
+    /// into the log if this acceptor holds no vote at least as high.
+    fn learn_chosen(&mut self, slot: Slot, ballot: Ballot, value: Value) {
+        if slot < self.log_start {
+            return;
+        }
+        match self.log.get(&slot) {
+            Some(e) if e.ballot >= ballot => {
+                assert!(
+                    e.value == value,
+                    "slot {slot}: vote at ballot {} disagrees with the value chosen at ballot {ballot}",
+                    e.ballot
+                );
+            }
+            existing => {
+                if let Some(e) = existing {
+                    assert!(
+                        slot > self.commit_index || e.value == value,
+                        "committed slot {slot} would change value"
+                    );
+                }
+                let entry = Accepted {
+                    slot,
+                    ballot,
+                    value,
+                };
+                self.log.insert(slot, entry.clone());
+                self.persist(PersistEntry::Accept(entry));
+            }
+        }
+    }
+
+    /// Emits `Apply` for every committed, unapplied slot, then trims memory.
+    fn apply_committed(&mut self) {
+        while self.applied_index < self.commit_index {
+            let slot = self.applied_index + 1;
+            let Some(entry) = self.log.get(&slot) else {
+                // Only possible after a restart whose storage lost slots the
+                // state machine lacks.
+                self.needs_snapshot = true;
+                break;
+            };
+            let action = Action::Apply {
+                slot,
+                ballot: entry.ballot,
+                value: entry.value.clone(),
+            };
+            self.actions.push_back(action);
+            self.applied_index = slot;
+        }
+        // Keep `retain_decrees` committed (and applied) decrees in memory.
+        let keep_from = self
+            .commit_index
+            .saturating_sub(self.config.retain_decrees as u64)
+            .min(self.applied_index)
+            + 1;
+        if keep_from > self.log_start {
+            while let Some(first) = self.log.first_entry() {
+                if *first.key() >= keep_from {
+                    break;
+                }
+                first.remove();
+            }
+            self.log_start = keep_from;
+        }
+    }
+
+    /// Starts a catch-up fetch soon, if behind and none is running.
+    fn request_fetch(&mut self, now: Time) {
+        if self.commit_index >= self.known_commit
+            || self.fetch.outstanding.is_some()
+            || self.fetch.due.is_some()
+            || matches!(self.role, RoleState::Leader(_))
+        {
+            return;
+        }
+        // A short delay lets accepts still in flight arrive first.
+        let delay = if self.known_commit - self.commit_index > self.config.pipeline_window as u64 {
+            0
+        } else {
+            self.config.heartbeat_interval_us / 2
+        };
+        self.fetch.due = Some(now.plus_micros(delay));
+    }
+
+    /// Sends a fetch for `commit_index + 1` to `preferred`, or to the next
+    /// peer that may hold it.
+    fn start_fetch(&mut self, now: Time, preferred: Option<ReplicaId>) {
+        self.fetch.outstanding = None;
+        if self.commit_index >= self.known_commit || matches!(self.role, RoleState::Leader(_)) {
+            return;
+        }
+        let others: Vec<ReplicaId> = self.other_members().collect();
+        if others.is_empty() {
+            return;
+        }
+        let usable = |r: &ReplicaId, me: &Replica| !me.fetch.compacted.contains(r);
+        let mut target = preferred.filter(|p| usable(p, self));
+        if target.is_none() {
+            let ahead_or_unknown = |l: &ReplicaId, me: &Replica| {
+                me.peers
+                    .get(l)
+                    .is_none_or(|p| p.commit_index > me.commit_index)
+            };
+            target = self
+                .leader
+                .filter(|l| *l != self.id && usable(l, self) && ahead_or_unknown(l, self));
+        }
+        if target.is_none() {
+            // Round-robin, preferring peers known to be ahead.
+            for pass in 0..2 {
+                for i in 0..others.len() {
+                    let r = others[(self.fetch.cursor + i) % others.len()];
+                    let ahead = self
+                        .peers
+                        .get(&r)
+                        .is_some_and(|p| p.commit_index > self.commit_index);
+                    if usable(&r, self) && (ahead || pass == 1) {
+                        target = Some(r);
+                        self.fetch.cursor = (self.fetch.cursor + i + 1) % others.len();
+                        break;
+                    }
+                }
+                if target.is_some() {
+                    break;
+                }
+            }
+        }
+        match target {
+            Some(peer) => {
+                let from_slot = self.commit_index + 1;
+                self.fetch.outstanding = Some((peer, from_slot, now));
+                self.send(peer, Message::Fetch { from_slot });
+            }
+            None => {
+                // Every peer compacted what this replica misses.
+                self.needs_snapshot = true;
+            }
+        }
+    }
+
+    fn on_fetch(&mut self, from: ReplicaId, from_slot: Slot) {
+        let from_slot = from_slot.max(1);
+        let (decrees, _) = if from_slot < self.log_start {
+            (Vec::new(), None)
+        } else {
+            self.chunk(from_slot, self.commit_index)
+        };
+        let msg = Message::Decrees {
+            from_slot,
+            commit_index: self.commit_index,
+            log_start: self.log_start,
+            decrees,
+        };
+        // Chosen decrees are facts; they need no durability of this replica.
+        self.send(from, msg);
+    }
+
+    fn on_decrees(
+        &mut self,
+        now: Time,
+        from: ReplicaId,
+        from_slot: Slot,
+        peer_commit: Slot,
+        peer_log_start: Slot,
+        decrees: Vec<Accepted>,
+    ) {
+        self.note_peer(now, from, peer_commit, None);
+        self.known_commit = self.known_commit.max(peer_commit);
+        if self
+            .fetch
+            .outstanding
+            .is_some_and(|(p, s, _)| p == from && s == from_slot)
+        {
+            self.fetch.outstanding = None;
+        }
+        if matches!(self.role, RoleState::Leader(_)) {
+            return;
+        }
+        let before = self.commit_index;
+        for d in decrees {
+            if d.slot <= self.commit_index {
+                continue;
+            }
+            if d.slot != self.commit_index + 1 || d.slot > peer_commit {
+                break;
+            }
+            self.learn_chosen(d.slot, d.ballot, d.value);
+            self.commit_index = d.slot;
+        }
+        if self.commit_index > before {
+            self.persist(PersistEntry::Commit(self.commit_index));
+            self.apply_committed();
+            self.fetch.compacted.clear();
+            if self.truncated_through <= self.applied_index {
+                self.needs_snapshot = false;
+            }
+        } else if peer_log_start > from_slot
+            && from_slot == self.commit_index + 1
+            && !self.fetch.compacted.contains(&from)
+        {
+            self.fetch.compacted.push(from);
+        }
+        if self.commit_index < self.known_commit && self.fetch.outstanding.is_none() {
+            if self.commit_index > before {
+                // Progress: keep pulling from the same peer.
+                self.start_fetch(now, Some(from));
+            } else if self.fetch.due.is_none() {
+                // No progress: try the next peer after a pause, so that
+                // replicas that lack the decrees are not asked in a tight loop.
+                self.fetch.due = Some(now.plus_micros(self.config.heartbeat_interval_us / 2));
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------
+    // Election and phase 1.
+    // ------------------------------------------------------------------
+
+    fn start_election(&mut self, now: Time) {
+        self.reset_election_timer(now);
+        if !self.can_become_primary || !self.is_voter(self.id) || self.needs_snapshot {
+            return;
+        }
+        let round = self.promised.round.max(self.max_seen_round) + 1;
+        let ballot = Ballot::new(round, self.id);
+        // Persisted before any Prepare leaves (send_durable), so that a crash
+        // never lets this replica lead the same ballot twice.
+        self.raise_promise(now, ballot);
+        let from_slot = self.commit_index + 1;
+        self.role = RoleState::Candidate(CandidateState {
+            ballot,
+            from_slot,
+            progress: BTreeMap::new(),
+            merged: BTreeMap::new(),
+        });
+        self.leader = None;
+        let voters = self.membership.voters.clone();
+        for v in voters {
+            self.send_durable(v, Message::Prepare { ballot, from_slot });
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_promise(
+        &mut self,
+        now: Time,
+        from: ReplicaId,
+        ballot: Ballot,
+        from_slot: Slot,
+        peer_commit: Slot,
+        peer_log_start: Slot,
+        entries: Vec<Accepted>,
+        next_from: Option<Slot>,
+    ) {
+        self.observe(ballot);
+        if from != self.id {
+            self.note_peer(now, from, peer_commit, None);
+        }
+        let voter = self.is_voter(from);
+        let quorum = self.quorum();
+        let RoleState::Candidate(c) = &mut self.role else {
+            return;
+        };
+        if c.ballot != ballot || !voter {
+            return;
+        }
+        let start = c.from_slot;
+        let progress = c.progress.entry(from).or_insert(PromiseProgress {
+            expect_from: start,
+            complete: false,
+        });
+        if progress.complete || progress.expect_from != from_slot {
+            return; // duplicate or out of order
+        }
+        if peer_log_start > from_slot {
+            // The acceptor dropped entries phase 1 needs: this candidate is
+            // behind. Catch up from it; the election retries later.
+            self.known_commit = self.known_commit.max(peer_commit);
+            self.request_fetch(now);
+            return;
+        }
+        let limit = next_from.unwrap_or(Slot::MAX);
+        let mut ask_next = None;
+        match next_from {
+            Some(n) if n > from_slot => {
+                progress.expect_from = n;
+                ask_next = Some(n);
+            }
+            Some(_) => {} // a chunk that does not advance: wait for the retry
+            None => progress.complete = true,
+        }
+        for e in entries {
+            if e.slot < from_slot || e.slot >= limit {
+                continue; // malformed chunk: ignore the stray entry
+            }
+            match c.merged.get(&e.slot) {
+                Some(m) if m.ballot >= e.ballot => {
+                    invariant!(
+                        m.ballot != e.ballot || m.value == e.value,
+                        "two values at one slot and ballot"
+                    );
+                }
+                _ => {
+                    c.merged.insert(e.slot, e);
+                }
+            }
+        }
+        let complete = c.progress.values().filter(|p| p.complete).count();
+        self.known_commit = self.known_commit.max(peer_commit);
+        if let Some(n) = ask_next {
+            // Our promise of `ballot` is durable: the first Prepare left.
+            self.send(
+                from,
+                Message::Prepare {
+                    ballot,
+                    from_slot: n,
+                },
+            );
+        }
+        if complete >= quorum {
+            self.become_leader(now);
+        }
+    }
+
+    fn become_leader(&mut self, now: Time) {
+        let RoleState::Candidate(c) = std::mem::replace(&mut self.role, RoleState::Follower) else {
+            return;
+        };
+        requires!(c.ballot == self.promised);
+        let mut recovered = c.merged;
+        if self.bugs.skip_adopt_highest_accepted {
+            // Planted bug: forget what the promises reported (but keep the
+            // window's extent, so slots get overwritten with Noop).
+            for e in recovered.values_mut() {
+                e.value = Value::Noop;
+            }
+        }
+        let recover_next = self.commit_index + 1;
+        let recover_through = recovered
+            .keys()
+            .next_back()
+            .copied()
+            .unwrap_or(0)
+            .max(self.commit_index);
+        recovered = recovered.split_off(&recover_next);
+        self.fetch = FetchState::default();
+        self.leader = None;
+        self.role = RoleState::Leader(LeaderState {
+            ballot: c.ballot,
+            recover_next,
+            recover_through,
+            recovered,
+            next_slot: recover_next,
+            in_flight: BTreeMap::new(),
+            announced: false,
+            last_ack: BTreeMap::new(),
+            elected_at: now,
+        });
+        self.drain_recovery(now);
+        self.maybe_announce();
+        // Tell everyone at once (also stops their elections).
+        self.broadcast_heartbeat();
+    }
+
+    fn on_timeout_now(&mut self, now: Time, from: ReplicaId, ballot: Ballot) {
+        self.observe(ballot);
+        if ballot == self.promised
+            && ballot.leader == from
+            && matches!(self.role, RoleState::Follower)
+        {
+            self.start_election(now);
+        }
+    }
+
+    // ------------------------------------------------------------------
+    // Leader (proposer).
+    // ------------------------------------------------------------------
+
+    fn propose_inner(&mut self, now: Time, value: Value) -> Result<Slot, ProposeError> {
+        let window = self.config.pipeline_window as u64;
+        let max_bytes = self.config.batch_limits.max_bytes;
+        let commit = self.commit_index;
+        let leader = self.leader;
+        let RoleState::Leader(l) = &self.role else {
+            return Err(ProposeError::NotLeader { leader });
+        };
+        if !l.announced {
+            return Err(ProposeError::NotLeader { leader: None });
+        }
+        if matches!(value, Value::Reconfigure(_)) {
+            return Err(ProposeError::Unsupported);
+        }
+        let len = value.payload_len();
+        if len > max_bytes {
+            return Err(ProposeError::TooLarge {
+                len,
+                max: max_bytes,
+            });
+        }
+        if l.next_slot - 1 - commit >= window {
+            return Err(ProposeError::WindowFull);
+        }
+        let slot = l.next_slot;
+        self.propose_at(now, slot, value);
+        Ok(slot)
+    }
+
+    /// Proposes `value` at `slot` (the leader's next slot) in its ballot.
+    fn propose_at(&mut self, now: Time, slot: Slot, value: Value) {
+        let commit_index = self.commit_index;
+        let RoleState::Leader(l) = &mut self.role else {
+            return;
+        };
+        assert_eq!(
+            slot, l.next_slot,
+            "a leader proposes slots in order, each once per ballot"
+        );
+        let ballot = l.ballot;
+        l.next_slot = slot + 1;
+        l.in_flight.insert(
+            slot,
+            InFlight {
+                value: value.clone(),
+                acks: Vec::new(),
+                chosen: false,
+                sent_at: now,
+            },
+        );
+        // Our own vote: recorded now, counted when its persist completes.
+        if self.accept_entry(slot, ballot, value.clone()) {
+            self.send_durable(
+                self.id,
+                Message::Accepted {
+                    ballot,
+                    slot,
+                    commit_index,
+                },
+            );
+        }
+        let peers: Vec<ReplicaId> = self.other_members().collect();
+        for p in peers {
+            self.send(
+                p,
+                Message::Accept {
+                    ballot,
+                    slot,
+                    value: value.clone(),
+                    commit_index,
+                },
+            );
+        }
+    }
+
+    /// Re-proposes recovered slots while the window has room.
+    fn drain_recovery(&mut self, now: Time) {
+        let window = self.config.pipeline_window as u64;
+        loop {
+            let commit = self.commit_index;
+            let RoleState::Leader(l) = &mut self.role else {
+                return;
+            };
+            if l.recover_next > l.recover_through || l.next_slot - 1 - commit >= window {
+                return;
+            }
+            let slot = l.recover_next;
+            l.recover_next += 1;
+            let value = l.recovered.remove(&slot).map_or(Value::Noop, |e| e.value);
+            self.propose_at(now, slot, value);
+        }
+    }
+
+    fn maybe_announce(&mut self) {
+        let commit = self.commit_index;
+        if let RoleState::Leader(l) = &mut self.role {
+            if !l.announced && l.recover_next > l.recover_through && commit >= l.recover_through {
+                l.announced = true;
+            }
+        }
+    }
+
+    fn on_accepted(
+        &mut self,
+        now: Time,
+        from: ReplicaId,
+        ballot: Ballot,
+        slot: Slot,
+        peer_commit: Slot,
+    ) {
+        self.observe(ballot);
+        if from != self.id {
+            self.note_peer(now, from, peer_commit, None);
+        }
+        let quorum = self.quorum();
+        let voter = self.is_voter(from);
+        let RoleState::Leader(l) = &mut self.role else {
+            return;
+        };
+        if l.ballot != ballot || !voter {
+            return;
+        }
+        l.last_ack.insert(from, now);
+        if let Some(f) = l.in_flight.get_mut(&slot) {
+            if !f.acks.contains(&from) {
+                f.acks.push(from);
+            }
+            if f.acks.len() >= quorum {
+                f.chosen = true;
+            }
+        }
+        self.advance_leader_commit(now);
+    }
+
+    fn advance_leader_commit(&mut self, now: Time) {
+        let before = self.commit_index;
+        loop {
+            let RoleState::Leader(l) = &mut self.role else {
+                return;
+            };
+            let ballot = l.ballot;
+            let Some(first) = l.in_flight.first_entry() else {
+                break;
+            };
+            if !first.get().chosen {
+                break;
+            }
+            let slot = *first.key();
+            let f = first.remove();
+            assert_eq!(
+                slot,
+                self.commit_index + 1,
+                "in-flight slots are contiguous above the commit index"
+            );
+            self.learn_chosen(slot, ballot, f.value);
+            self.commit_index = slot;
+        }
+        if self.commit_index > before {
+            self.known_commit = self.known_commit.max(self.commit_index);
+            self.persist(PersistEntry::Commit(self.commit_index));
+            self.apply_committed();
+            self.drain_recovery(now);
+            self.maybe_announce();
+        }
+    }
+
+    fn on_heartbeat_ack(
+        &mut self,
+        now: Time,
+        from: ReplicaId,
+        ballot: Ballot,
+        peer_commit: Slot,
+        can: bool,
+    ) {
+        self.observe(ballot);
+        self.note_peer(now, from, peer_commit, Some(can));
+        let voter = self.is_voter(from);
+        if let RoleState::Leader(l) = &mut self.role {
+            if l.ballot == ballot && voter {
+                l.last_ack.insert(from, now);
+            }
+        }
+    }
+
+    fn broadcast_heartbeat(&mut self) {
+        let RoleState::Leader(l) = &self.role else {
+            return;
+        };
+        let msg = Message::Heartbeat {
+            ballot: l.ballot,
+            commit_index: self.commit_index,
+        };
+        let peers: Vec<ReplicaId> = self.other_members().collect();
+        for p in peers {
+            self.send(p, msg.clone());
+        }
+    }
+
+    fn periodic(&mut self, now: Time) {
+        match &self.role {
+            RoleState::Leader(_) => self.leader_periodic(now),
+            RoleState::Candidate(c) => {
+                // Re-ask voters whose promise chunks are missing.
+                let ballot = c.ballot;
+                let mut resend = Vec::new();
+                for v in &self.membership.voters {
+                    match c.progress.get(v) {
+                        Some(p) if p.complete => {}
+                        Some(p) => resend.push((*v, p.expect_from)),
+                        None => resend.push((*v, c.from_slot)),
+                    }
+                }
+                for (v, from_slot) in resend {
+                    self.send_durable(v, Message::Prepare { ballot, from_slot });
+                }
+            }
+            RoleState::Follower => {}
+        }
+        // Retry a fetch that got no answer.
+        if let Some((peer, _, sent_at)) = self.fetch.outstanding {
+            if now.micros_since(sent_at) >= 2 * self.config.heartbeat_interval_us {
+                // Unanswered: move on to another peer next time.
+                self.fetch.outstanding = None;
+                if self.leader == Some(peer) {
+                    self.fetch.cursor += 1;
+                }
+                self.start_fetch(now, None);
+            }
+        }
+    }
+
+    fn leader_periodic(&mut self, now: Time) {
+        self.broadcast_heartbeat();
+        let quorum = self.quorum();
+        let hb = self.config.heartbeat_interval_us;
+        let lease = self.config.election_timeout_max_us;
+        let commit_index = self.commit_index;
+        let me = self.id;
+        let voters = self.membership.voters.clone();
+        let RoleState::Leader(l) = &mut self.role else {
+            return;
+        };
+        // Retransmit accepts that some voter has not acknowledged.
+        let ballot = l.ballot;
+        let mut resend = Vec::new();
+        for (slot, f) in l.in_flight.iter_mut() {
+            if f.chosen || now.micros_since(f.sent_at) < hb {
+                continue;
+            }
+            f.sent_at = now;
+            for v in &voters {
+                if *v != me && !f.acks.contains(v) {
+                    resend.push((
+                        *v,
+                        Message::Accept {
+                            ballot,
+                            slot: *slot,
+                            value: f.value.clone(),
+                            commit_index,
+                        },
+                    ));
+                }
+            }
+        }
+        // Step down if a quorum has not been heard from for a whole
+        // election timeout: proposals could not commit anyway, and clients
+        // should look for the new leader.
+        let heard = voters
+            .iter()
+            .filter(|v| {
+                **v == me
+                    || l.last_ack
+                        .get(v)
+                        .is_some_and(|t| now.micros_since(*t) < lease)
+            })
+            .count();
+        let lost_quorum = now.micros_since(l.elected_at) >= lease && heard < quorum;
+        for (to, msg) in resend {
+            self.send(to, msg);
+        }
+        if lost_quorum {
+            self.step_down(now);
+        }
+    }
+
+    fn relinquish_inner(&mut self, now: Time) -> Result<(), ProposeError> {
+        let RoleState::Leader(l) = &self.role else {
+            return Err(ProposeError::NotLeader {
+                leader: self.leader,
+            });
+        };
+        if !l.announced {
+            return Err(ProposeError::NotLeader { leader: None });
+        }
+        let ballot = l.ballot;
+        let successor = self
+            .membership
+            .voters
+            .iter()
+            .filter(|v| **v != self.id)
+            .filter_map(|v| self.peers.get(v).map(|p| (*v, *p)))
+            .filter(|(_, p)| p.can_become_primary)
+            .max_by_key(|(v, p)| (p.commit_index, p.last_heard, std::cmp::Reverse(*v)))
+            .map(|(v, _)| v)
+            .ok_or(ProposeError::NoSuccessor)?;
+        // Bring the successor up to date first, then hand over.
+        let msg = Message::Heartbeat {
+            ballot,
+            commit_index: self.commit_index,
+        };
+        self.send(successor, msg);
+        self.send(successor, Message::TimeoutNow { ballot });
+        self.step_down(now);
+        // Do not compete with the successor right away.
+        self.election_deadline = self
+            .election_deadline
+            .plus_micros(self.config.election_timeout_max_us);
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------
+    // Invariants (checked at the end of every public call when contracts
+    // are on).
+    // ------------------------------------------------------------------
+
+    fn check_invariants(&self) {
+        if !paxos_contracts::ENABLED {
+            return;
+        }
+        invariant!(
+            self.needs_snapshot || self.applied_index == self.commit_index,
+            "apply keeps up with commit"
+        );
+        invariant!(
+            self.known_commit >= self.commit_index || matches!(self.role, RoleState::Leader(_))
+        );
+        invariant!(self.log_start > self.truncated_through);
+        invariant!(self.log.keys().next().is_none_or(|s| *s >= self.log_start));
+        invariant!(
+            self.needs_snapshot
+                || (self.log_start..=self.commit_index).all(|s| self.log.contains_key(&s))
+                || self.log_start > self.commit_index,
+            "every committed slot in memory has its entry"
+        );
+        invariant!(self.log.iter().all(|(s, e)| *s == e.slot));
+        invariant!(self
+            .gated
+            .iter()
+            .zip(self.gated.iter().skip(1))
+            .all(|(a, b)| a.0 <= b.0));
+        match &self.role {
+            RoleState::Leader(l) => {
+                invariant!(
+                    l.ballot == self.promised,
+                    "a leader holds the highest promise"
+                );
+                invariant!(l.ballot.leader == self.id);
+                invariant!(
+                    l.in_flight
+                        .keys()
+                        .copied()
+                        .eq(self.commit_index + 1..l.next_slot),
+                    "in-flight slots are exactly commit_index+1 .. next_slot"
+                );
+                invariant!(
+                    l.in_flight.len() <= self.config.pipeline_window,
+                    "pipeline window exceeded"
+                );
+                invariant!(!l.announced || l.recover_next > l.recover_through);
+            }
+            RoleState::Candidate(c) => {
+                invariant!(c.ballot.leader == self.id && c.ballot <= self.promised);
+            }
+            RoleState::Follower => {}
+        }
+    }
 }

@@ -1,0 +1,199 @@
+//! Leader election: randomized timeouts, phase 1 recovery of the unchosen
+//! window, the CanBecomePrimary veto, stepping down.
+
+use super::harness::*;
+use crate::{Action, Message, Role, Value};
+
+#[test]
+fn a_fresh_cluster_elects_exactly_one_leader() {
+    let mut c = Cluster::new(5, |_| {});
+    let leader = c.elect_any();
+    c.advance(200_000);
+    assert_eq!(
+        c.leader(),
+        Some(leader),
+        "leadership is stable while healthy"
+    );
+    for r in 1..=5 {
+        let s = c.status(id(r));
+        if id(r) != leader {
+            assert_eq!(s.role, Role::Follower);
+            assert_eq!(s.leader, Some(leader));
+        }
+    }
+}
+
+#[test]
+fn a_new_leader_recovers_a_value_chosen_by_its_predecessor() {
+    let mut c = Cluster::new(3, |_| {});
+    let old = c.elect_any();
+    let others: Vec<_> = (1..=3).map(id).filter(|r| *r != old).collect();
+    let (b, d) = (others[0], others[1]);
+    // Only `b` hears the accept; `d` hears nothing from the leader.
+    c.cut.insert((old, d));
+    let now = c.now;
+    c.replica(old).propose(now, req("precious")).unwrap();
+    c.pump();
+    assert_eq!(c.status(old).commit_index, 1, "chosen by old leader + b");
+    // The old leader dies before anyone else learns the commit.
+    c.crash(old);
+    c.heal();
+    let new = c.elect_any();
+    assert_ne!(new, old);
+    assert!(c.run_until(1_000_000, |c| c.all_applied(1)));
+    assert_eq!(c.applied_values(b), vec![req("precious")]);
+    assert_eq!(c.applied_values(d), vec![req("precious")]);
+}
+
+#[test]
+fn phase_one_recovers_the_whole_pipelined_window_and_fills_gaps_with_noop() {
+    let mut c = Cluster::new(3, |cfg| cfg.pipeline_window = 8);
+    let old = c.elect_any();
+    let others: Vec<_> = (1..=3).map(id).filter(|r| *r != old).collect();
+    let (b, d) = (others[0], others[1]);
+    c.cut.insert((old, d));
+    // Slots 1..=5 reach b; b's acks are cut so nothing is known chosen
+    // beyond what the old leader itself saw.
+    c.cut.insert((b, old));
+    let now = c.now;
+    for i in 1..=5 {
+        c.replica(old).propose(now, req(&format!("w{i}"))).unwrap();
+    }
+    c.pump();
+    // Slot 6 reaches nobody else, slot 7 reaches b only.
+    c.cut.insert((old, b));
+    c.replica(old).propose(now, req("w6")).unwrap();
+    c.pump();
+    c.cut.remove(&(old, b));
+    c.replica(old).propose(now, req("w7")).unwrap();
+    c.pump();
+    assert_eq!(c.status(old).commit_index, 0);
+    c.crash(old);
+    c.heal();
+    let new = c.elect_any();
+    assert!(c.run_until(1_000_000, |c| c.all_applied(7)));
+    let mut expected: Vec<Value> = (1..=5).map(|i| req(&format!("w{i}"))).collect();
+    expected.push(Value::Noop);
+    expected.push(req("w7"));
+    assert_eq!(c.applied_values(new), expected);
+    assert_eq!(c.applied_values(d), expected);
+}
+
+#[test]
+fn the_leader_is_announced_only_after_the_recovered_window_is_chosen() {
+    let mut c = Cluster::new(3, |_| {});
+    let old = c.elect_any();
+    let others: Vec<_> = (1..=3).map(id).filter(|r| *r != old).collect();
+    c.cut.insert((others[0], old));
+    c.cut.insert((others[1], old));
+    let now = c.now;
+    c.replica(old).propose(now, req("pending")).unwrap();
+    c.pump();
+    c.crash(old);
+    c.heal();
+    let new = c.elect_any();
+    // The first StatusChanged naming the new leader as Leader comes after
+    // it applied the recovered slot.
+    let node = &c.nodes[&new];
+    assert!(node.statuses.iter().any(|s| s.role == Role::Leader));
+    let first_leader = node
+        .statuses
+        .iter()
+        .find(|s| s.role == Role::Leader)
+        .unwrap();
+    assert!(
+        first_leader.commit_index >= 1,
+        "announced before the recovered window was chosen"
+    );
+}
+
+#[test]
+fn a_vetoed_replica_never_starts_phase_one() {
+    let mut c = Cluster::new(3, |_| {});
+    for r in [1, 2] {
+        c.replica(id(r)).set_can_become_primary(false);
+    }
+    let leader = c.elect_any();
+    assert_eq!(leader, id(3));
+    c.crash(id(3));
+    c.advance(2_000_000);
+    assert_eq!(c.leader(), None);
+    for r in [1, 2] {
+        assert_ne!(c.status(id(r)).role, Role::Candidate);
+        assert_eq!(
+            c.status(id(r)).ballot.leader,
+            id(3),
+            "no ballot of {r} was ever started"
+        );
+    }
+}
+
+#[test]
+fn a_stale_leader_steps_down_when_it_meets_a_higher_ballot() {
+    let mut c = Cluster::new(3, |_| {});
+    let old = c.elect_any();
+    c.isolate(old);
+    // The majority elects a new leader while the old one is cut off.
+    assert!(c.run_until(2_000_000, |c| {
+        c.nodes
+            .keys()
+            .any(|r| *r != old && c.status(*r).role == Role::Leader)
+    }));
+    c.heal();
+    c.advance(100_000);
+    assert_ne!(c.status(old).role, Role::Leader);
+    let new = c.leader().unwrap();
+    assert_ne!(new, old);
+    c.commit(req("after"));
+    assert_eq!(c.applied_values(old), vec![req("after")]);
+}
+
+#[test]
+fn a_partitioned_leader_steps_down_after_losing_its_quorum() {
+    let mut c = Cluster::new(3, |_| {});
+    let old = c.elect_any();
+    c.isolate(old);
+    c.advance(300_000);
+    assert_ne!(
+        c.status(old).role,
+        Role::Leader,
+        "leader kept its role without a quorum"
+    );
+}
+
+#[test]
+fn prepares_leave_only_after_the_candidates_own_promise_is_durable() {
+    let mut c = Cluster::new(3, |_| {});
+    c.nodes.get_mut(&id(1)).unwrap().auto_persist = false;
+    for r in [2, 3] {
+        c.replica(id(r)).set_can_become_primary(false);
+    }
+    // Run replica 1's clock to its election deadline by hand.
+    let deadline = c.replica(id(1)).next_timer().unwrap();
+    let mut now = c.now;
+    let mut sent_prepare = false;
+    let mut persisted = false;
+    while !persisted {
+        now = now.plus_micros(10_000).max(deadline);
+        c.replica(id(1)).handle_tick(now);
+        while let Some(a) = c.replica(id(1)).poll_action() {
+            match a {
+                Action::Send {
+                    msg: Message::Prepare { .. },
+                    ..
+                } => sent_prepare = true,
+                Action::Persist { entries, .. } => {
+                    assert!(
+                        !sent_prepare,
+                        "prepare left before the promise persist was issued"
+                    );
+                    persisted = entries
+                        .iter()
+                        .any(|e| matches!(e, crate::PersistEntry::Promise(_)));
+                }
+                _ => {}
+            }
+        }
+    }
+    assert!(!sent_prepare, "prepare left before the promise was durable");
+}

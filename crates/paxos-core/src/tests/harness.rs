@@ -1,0 +1,366 @@
+//! A tiny deterministic in-test cluster: synchronous message pump, in-memory
+//! storage that completes persists in FIFO order, and a global check that no
+//! two replicas ever apply different values at one slot.
+//!
+//! This is not the fault simulator (that is paxos-sim); it only gives the
+//! unit tests a way to drive a few replicas through scripted scenarios.
+
+use crate::codec;
+use crate::{
+    Action, Config, DurableState, Membership, Message, PersistEntry, PersistToken, Replica,
+    ReplicaId, Slot, Status, Time, Value,
+};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+pub fn id(n: u32) -> ReplicaId {
+    ReplicaId(n)
+}
+
+pub fn req(text: &str) -> Value {
+    Value::Requests(crate::batch::encode([text.as_bytes()]))
+}
+
+pub struct Node {
+    pub replica: Option<Replica>,
+    pub config: Config,
+    /// What storage made durable.
+    pub durable: DurableState,
+    /// Persists issued but not yet durable.
+    pub pending: VecDeque<(PersistToken, Vec<PersistEntry>)>,
+    /// Applied values of the current instance, in order.
+    pub applied: Vec<(Slot, Value)>,
+    /// The state machine's checkpoint (applied_through) survives restarts
+    /// when `keep_applied` is set.
+    pub applied_through: Slot,
+    pub statuses: Vec<Status>,
+    /// Whether persists complete as soon as they are issued.
+    pub auto_persist: bool,
+    pub seed: u64,
+}
+
+pub struct Cluster {
+    pub nodes: BTreeMap<ReplicaId, Node>,
+    /// Messages in flight, delivered in FIFO order.
+    pub net: VecDeque<(ReplicaId, ReplicaId, Message)>,
+    pub now: Time,
+    /// Links (from, to) that drop everything.
+    pub cut: BTreeSet<(ReplicaId, ReplicaId)>,
+    /// Every value any replica applied, per slot.
+    pub chosen: BTreeMap<Slot, Value>,
+    /// Count of messages delivered, by kind.
+    pub delivered: BTreeMap<&'static str, usize>,
+}
+
+impl Cluster {
+    pub fn new(n: u32, tweak: impl Fn(&mut Config)) -> Cluster {
+        let members = Membership::with_voters((1..=n).map(ReplicaId).collect());
+        Cluster::with_membership(members, tweak)
+    }
+
+    pub fn with_membership(members: Membership, tweak: impl Fn(&mut Config)) -> Cluster {
+        let mut nodes = BTreeMap::new();
+        for rid in members.all() {
+            let mut config = Config::new(rid, members.clone());
+            config.heartbeat_interval_us = 10_000;
+            config.election_timeout_min_us = 50_000;
+            config.election_timeout_max_us = 100_000;
+            config.pipeline_window = 8;
+            config.max_accept_ahead = 32;
+            tweak(&mut config);
+            let seed = 0x5eed_0000 + u64::from(rid.0);
+            let replica = Replica::new(config.clone(), DurableState::default(), 0, seed, Time(0));
+            nodes.insert(
+                rid,
+                Node {
+                    replica: Some(replica),
+                    config,
+                    durable: DurableState::default(),
+                    pending: VecDeque::new(),
+                    applied: Vec::new(),
+                    applied_through: 0,
+                    statuses: Vec::new(),
+                    auto_persist: true,
+                    seed,
+                },
+            );
+        }
+        let mut c = Cluster {
+            nodes,
+            net: VecDeque::new(),
+            now: Time(0),
+            cut: BTreeSet::new(),
+            chosen: BTreeMap::new(),
+            delivered: BTreeMap::new(),
+        };
+        c.pump();
+        c
+    }
+
+    pub fn replica(&mut self, r: ReplicaId) -> &mut Replica {
+        self.nodes
+            .get_mut(&r)
+            .and_then(|n| n.replica.as_mut())
+            .expect("replica is up")
+    }
+
+    pub fn status(&self, r: ReplicaId) -> Status {
+        self.nodes[&r]
+            .replica
+            .as_ref()
+            .expect("replica is up")
+            .status()
+    }
+
+    pub fn is_up(&self, r: ReplicaId) -> bool {
+        self.nodes[&r].replica.is_some()
+    }
+
+    /// Drains every replica's actions and delivers messages until nothing
+    /// is left to do (time does not move).
+    pub fn pump(&mut self) {
+        for _ in 0..1_000_000 {
+            self.drain_actions();
+            match self.net.pop_front() {
+                Some((from, to, msg)) => self.deliver(from, to, msg),
+                None => return,
+            }
+        }
+        panic!("cluster did not quiesce");
+    }
+
+    fn deliver(&mut self, from: ReplicaId, to: ReplicaId, msg: Message) {
+        if self.cut.contains(&(from, to)) || !self.is_up(to) {
+            return;
+        }
+        // Every message goes through the codec, as on the real network.
+        let frame = codec::encode_to_bytes(&msg);
+        let msg = codec::decode(frame).expect("codec roundtrip");
+        *self.delivered.entry(msg.kind()).or_default() += 1;
+        let now = self.now;
+        self.replica(to).handle_message(now, from, msg);
+    }
+
+    pub fn drain_actions(&mut self) {
+        loop {
+            let mut progressed = false;
+            let ids: Vec<ReplicaId> = self.nodes.keys().copied().collect();
+            for r in ids {
+                while let Some(action) = self
+                    .nodes
+                    .get_mut(&r)
+                    .and_then(|n| n.replica.as_mut())
+                    .and_then(|x| x.poll_action())
+                {
+                    progressed = true;
+                    self.perform(r, action);
+                }
+            }
+            if !progressed {
+                return;
+            }
+        }
+    }
+
+    fn perform(&mut self, r: ReplicaId, action: Action) {
+        let now = self.now;
+        match action {
+            Action::Send { to, msg } => {
+                assert_ne!(to, r, "a replica never sends to itself through the driver");
+                if !self.cut.contains(&(r, to)) {
+                    self.net.push_back((r, to, msg));
+                }
+            }
+            Action::Persist { token, entries } => {
+                let node = self.nodes.get_mut(&r).unwrap();
+                if let Some((last, _)) = node.pending.back() {
+                    assert!(token > *last, "tokens are issued in increasing order");
+                }
+                node.pending.push_back((token, entries));
+                if node.auto_persist {
+                    self.complete_persists(r);
+                }
+                let _ = now;
+            }
+            Action::Apply { slot, value, .. } => {
+                let node = self.nodes.get_mut(&r).unwrap();
+                let expected = node
+                    .applied
+                    .last()
+                    .map_or(node.applied_through + 1, |(s, _)| s + 1);
+                assert_eq!(slot, expected, "{r}: applies must be contiguous");
+                node.applied.push((slot, value.clone()));
+                match self.chosen.get(&slot) {
+                    Some(v) => assert_eq!(*v, value, "SAFETY: two values applied at slot {slot}"),
+                    None => {
+                        self.chosen.insert(slot, value);
+                    }
+                }
+            }
+            Action::StatusChanged(s) => {
+                assert_eq!(s.id, r);
+                self.nodes.get_mut(&r).unwrap().statuses.push(s);
+            }
+        }
+    }
+
+    /// Makes every pending persist of `r` durable and reports the last token.
+    pub fn complete_persists(&mut self, r: ReplicaId) {
+        let now = self.now;
+        let node = self.nodes.get_mut(&r).unwrap();
+        let mut last = None;
+        while let Some((token, entries)) = node.pending.pop_front() {
+            for e in &entries {
+                node.durable.apply(e);
+            }
+            last = Some(token);
+        }
+        if let (Some(t), Some(rep)) = (last, node.replica.as_mut()) {
+            rep.on_persisted(now, t);
+        }
+    }
+
+    /// Advances time by `us` in steps, ticking replicas whose timers are due.
+    pub fn advance(&mut self, us: u64) {
+        let end = self.now.plus_micros(us);
+        while self.now < end {
+            let next = self
+                .nodes
+                .values()
+                .filter_map(|n| n.replica.as_ref().and_then(|r| r.next_timer()))
+                .min()
+                .unwrap_or(end)
+                .min(end)
+                .max(self.now);
+            self.now = if next == self.now {
+                self.now.plus_micros(1).min(end)
+            } else {
+                next
+            };
+            let now = self.now;
+            let ids: Vec<ReplicaId> = self.nodes.keys().copied().collect();
+            for r in ids {
+                if let Some(rep) = self.nodes.get_mut(&r).unwrap().replica.as_mut() {
+                    if rep.next_timer().is_some_and(|t| t <= now) {
+                        rep.handle_tick(now);
+                    }
+                }
+            }
+            self.pump();
+        }
+    }
+
+    /// Advances time until `pred` holds, at most `max_us`; returns whether it did.
+    pub fn run_until(&mut self, max_us: u64, mut pred: impl FnMut(&Cluster) -> bool) -> bool {
+        let end = self.now.plus_micros(max_us);
+        while self.now < end {
+            if pred(self) {
+                return true;
+            }
+            self.advance(1_000);
+        }
+        pred(self)
+    }
+
+    /// The announced leader, if exactly one replica is.
+    pub fn leader(&self) -> Option<ReplicaId> {
+        let leaders: Vec<ReplicaId> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| {
+                n.replica
+                    .as_ref()
+                    .is_some_and(|r| r.status().role == crate::Role::Leader)
+            })
+            .map(|(r, _)| *r)
+            .collect();
+        if leaders.len() == 1 {
+            Some(leaders[0])
+        } else {
+            None
+        }
+    }
+
+    pub fn elect_any(&mut self) -> ReplicaId {
+        assert!(
+            self.run_until(2_000_000, |c| c.leader().is_some()),
+            "no leader elected"
+        );
+        self.leader().unwrap()
+    }
+
+    /// Proposes through the current leader and runs until every up replica
+    /// applied that slot.
+    pub fn commit(&mut self, value: Value) -> Slot {
+        let leader = self.elect_any();
+        let now = self.now;
+        let slot = self.replica(leader).propose(now, value).expect("propose");
+        self.pump();
+        assert!(
+            self.run_until(2_000_000, |c| c.all_applied(slot)),
+            "slot {slot} not applied everywhere"
+        );
+        slot
+    }
+
+    pub fn all_applied(&self, slot: Slot) -> bool {
+        self.nodes
+            .values()
+            .filter(|n| n.replica.is_some())
+            .all(|n| n.replica.as_ref().unwrap().status().applied_index >= slot)
+    }
+
+    pub fn isolate(&mut self, r: ReplicaId) {
+        let ids: Vec<ReplicaId> = self.nodes.keys().copied().collect();
+        for o in ids {
+            if o != r {
+                self.cut.insert((r, o));
+                self.cut.insert((o, r));
+            }
+        }
+    }
+
+    pub fn heal(&mut self) {
+        self.cut.clear();
+    }
+
+    /// Crashes `r`: its memory and its unfinished persists are lost.
+    pub fn crash(&mut self, r: ReplicaId) {
+        let node = self.nodes.get_mut(&r).unwrap();
+        node.replica = None;
+        node.pending.clear();
+        self.net.retain(|(from, to, _)| *from != r && *to != r);
+    }
+
+    /// Restarts `r` from its durable state. The state machine restarts
+    /// empty unless `keep_applied` (then it keeps its checkpoint).
+    pub fn restart(&mut self, r: ReplicaId, keep_applied: bool) {
+        let now = self.now;
+        let node = self.nodes.get_mut(&r).unwrap();
+        node.seed += 1000;
+        if keep_applied {
+            node.applied_through = node
+                .applied
+                .last()
+                .map_or(node.applied_through, |(s, _)| *s);
+        } else {
+            node.applied_through = 0;
+        }
+        node.applied.clear();
+        node.replica = Some(Replica::new(
+            node.config.clone(),
+            node.durable.clone(),
+            node.applied_through,
+            node.seed,
+            now,
+        ));
+        self.pump();
+    }
+
+    pub fn applied_values(&self, r: ReplicaId) -> Vec<Value> {
+        self.nodes[&r]
+            .applied
+            .iter()
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+}
