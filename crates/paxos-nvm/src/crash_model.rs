@@ -129,6 +129,8 @@ struct WordHistory {
 /// Durable content plus the outstanding stores, per 8-byte word.
 #[derive(Clone, Debug)]
 pub struct PmState {
+    /// Region length; the vectors are padded to whole words.
+    len: usize,
     durable: Vec<u8>,
     current: Vec<u8>,
     pending: BTreeMap<usize, WordHistory>,
@@ -165,13 +167,12 @@ impl SplitMix {
 }
 
 impl PmState {
-    /// A fully durable region holding `image` (length a multiple of 8).
-    pub fn new(image: Vec<u8>) -> PmState {
-        assert!(
-            image.len() % 8 == 0,
-            "region length must be a multiple of 8"
-        );
+    /// A fully durable region holding `image`.
+    pub fn new(mut image: Vec<u8>) -> PmState {
+        let len = image.len();
+        image.resize(len.div_ceil(8) * 8, 0);
         PmState {
+            len,
             current: image.clone(),
             durable: image,
             pending: BTreeMap::new(),
@@ -212,7 +213,7 @@ impl PmState {
 
     /// What reads see now (every store applied).
     pub fn current(&self) -> &[u8] {
-        &self.current
+        &self.current[..self.len]
     }
 
     /// Words whose content after a crash is uncertain.
@@ -245,6 +246,7 @@ impl PmState {
             for (i, (w, choices)) in words.iter().enumerate() {
                 set_word(&mut img, *w, choices[pick(i, choices.len())]);
             }
+            img.truncate(self.len);
             img
         };
         let total = self.crash_image_count();
@@ -352,6 +354,19 @@ mod tests {
         assert_eq!(images.len(), 16);
         assert_eq!(images[0], vec![0u8; 800]);
         assert_eq!(images[1], vec![9u8; 800]);
+    }
+
+    #[test]
+    fn regions_of_any_length_are_modelled() {
+        let mut s = PmState::new(vec![0u8; 13]);
+        s.apply(&PmEvent::Write {
+            offset: 10,
+            data: vec![3u8; 3],
+        });
+        let images = s.crash_images(10, 0);
+        assert_eq!(images.len(), 2);
+        assert!(images.iter().all(|i| i.len() == 13));
+        assert_eq!(s.current()[10..], [3, 3, 3]);
     }
 
     #[test]
