@@ -302,6 +302,22 @@ impl Cluster {
         slot
     }
 
+    /// Proposes through the leader and runs until the given replicas applied it.
+    pub fn commit_on(&mut self, replicas: &[ReplicaId], value: Value) -> Slot {
+        let leader = self.elect_any();
+        let now = self.now;
+        let slot = self.replica(leader).propose(now, value).expect("propose");
+        self.pump();
+        let rs = replicas.to_vec();
+        assert!(
+            self.run_until(2_000_000, |c| rs
+                .iter()
+                .all(|r| c.status(*r).applied_index >= slot)),
+            "slot {slot} not applied on {replicas:?}"
+        );
+        slot
+    }
+
     pub fn all_applied(&self, slot: Slot) -> bool {
         self.nodes
             .values()
