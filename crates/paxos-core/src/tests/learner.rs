@@ -225,10 +225,12 @@ fn a_checkpoint_ahead_of_the_commit_record_truncates_untrusted_entries() {
         ballot: Ballot::new(1, id(1)),
         value: req("maybe-stale"),
     };
-    let mut durable = DurableState::default();
-    durable.promised = Ballot::new(1, id(1));
+    let mut durable = DurableState {
+        promised: Ballot::new(1, id(1)),
+        commit_index: 1,
+        ..DurableState::default()
+    };
     durable.accepted.insert(3, stale);
-    durable.commit_index = 1;
     let mut r = Replica::new(cfg, durable, 3, 1, Time(0));
     let acts = drain(&mut r);
     assert!(applies(&acts).is_empty());
