@@ -7,16 +7,18 @@
 //! id = 1
 //! storage = "file"            # "file" | "nvm" | "memory" (memory: NOT durable)
 //! data_dir = "/var/lib/paxos-kv/r1"
+//! peer_addr = "0.0.0.0:7001"        # where this node listens for replicas (QUIC/UDP)
+//! client_addr = "0.0.0.0:6381"      # where this node listens for clients (RESP2/TCP)
 //!
 //! [tls]
 //! cert = "certs/node-1.pem"
 //! key = "certs/node-1.key"
 //! ca = "certs/ca.pem"
 //!
-//! [[members]]
+//! [[members]]                       # advertised addresses, one entry per voter
 //! id = 1
 //! peer_addr = "127.0.0.1:7001"     # QUIC, replica to replica
-//! client_addr = "127.0.0.1:6381"   # RESP2, clients
+//! client_addr = "127.0.0.1:6381"   # RESP2, clients (used in -MOVED redirects)
 //!
 //! [tuning]                          # optional; defaults shown by `Tuning::default`
 //! pipeline_window = 64
@@ -123,6 +125,10 @@ pub struct NodeConfig {
     pub storage: StorageKind,
     /// Directory for the log, checkpoints and the NVM region file.
     pub data_dir: PathBuf,
+    /// Local UDP address to listen on for replicas.
+    pub peer_addr: SocketAddr,
+    /// Local TCP address to listen on for clients.
+    pub client_addr: SocketAddr,
     /// TLS files.
     pub tls: TlsPaths,
     /// Every voter of the cluster, this node included.
@@ -290,13 +296,19 @@ impl NodeConfig {
         };
         let _ = writeln!(
             s,
-            "id = {}\nstorage = \"{}\"\ndata_dir = {:?}\n",
-            self.id, storage, self.data_dir
+            "id = {}\nstorage = \"{}\"\ndata_dir = {}\npeer_addr = \"{}\"\nclient_addr = \"{}\"\n",
+            self.id,
+            storage,
+            toml_path(&self.data_dir),
+            self.peer_addr,
+            self.client_addr
         );
         let _ = writeln!(
             s,
-            "[tls]\ncert = {:?}\nkey = {:?}\nca = {:?}\n",
-            self.tls.cert, self.tls.key, self.tls.ca
+            "[tls]\ncert = {}\nkey = {}\nca = {}\n",
+            toml_path(&self.tls.cert),
+            toml_path(&self.tls.key),
+            toml_path(&self.tls.ca)
         );
         for m in &self.members {
             let _ = writeln!(
@@ -327,6 +339,11 @@ impl NodeConfig {
     }
 }
 
+/// A path as a TOML string literal, escaped by the toml crate.
+fn toml_path(p: &Path) -> String {
+    toml::Value::String(p.display().to_string()).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -335,6 +352,8 @@ mod tests {
 id = 2
 storage = "file"
 data_dir = "/tmp/x"
+peer_addr = "0.0.0.0:7002"
+client_addr = "0.0.0.0:6002"
 [tls]
 cert = "c.pem"
 key = "k.pem"

@@ -1,0 +1,277 @@
+//! Putting a node together from its configuration: storage, checkpoint,
+//! transport, replica loop and client server; and writing cluster configs.
+
+use crate::config::{Member, NodeConfig, StorageKind, TlsPaths, Tuning};
+use crate::kv::KvStore;
+use crate::memstore::MemoryStorage;
+use crate::node::{self, DriverConfig, DriverParts};
+use crate::server::{self, ServerConfig};
+use anyhow::Context;
+use paxos_core::batch::BatchLimits;
+use paxos_core::{DurableState, Membership, ReplicaId};
+use paxos_log::ReplicaStorage;
+use paxos_net::{NodeIdentity, QuicConfig, QuicTransport, Transport};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Opens the configured storage and returns it with what it recovered.
+pub fn open_storage(
+    config: &NodeConfig,
+) -> anyhow::Result<(Arc<dyn ReplicaStorage>, DurableState)> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    Ok(match config.storage {
+        StorageKind::File => {
+            let dir = config.data_dir.join("log");
+            let (log, state) = paxos_log::FileLog::open(&dir, paxos_log::LogOptions::default())
+                .with_context(|| format!("opening file log {}", dir.display()))?;
+            (Arc::new(log), state)
+        }
+        StorageKind::Nvm => {
+            let path = config.data_dir.join("nvm.region");
+            let options = paxos_nvm::NvmOptions {
+                region_bytes: config.tuning.nvm_region_mb << 20,
+                ..paxos_nvm::NvmOptions::default()
+            };
+            let (log, state) = paxos_nvm::NvmStorage::open(&path, options)
+                .with_context(|| format!("opening NVM region {}", path.display()))?;
+            (Arc::new(log), state)
+        }
+        StorageKind::Memory => {
+            tracing::warn!("storage = \"memory\": NOTHING IS DURABLE; for benchmarks only");
+            (Arc::new(MemoryStorage::new()), DurableState::default())
+        }
+    })
+}
+
+/// Runs a node until Ctrl-C / SIGTERM or a fatal error.
+pub async fn run_node(config: NodeConfig) -> anyhow::Result<()> {
+    let id = config.replica_id();
+    let (storage, durable) = open_storage(&config)?;
+    let checkpoint_dir =
+        (config.storage != StorageKind::Memory).then(|| config.data_dir.join("checkpoints"));
+    let mut sm = KvStore::new();
+    if let Some(dir) = &checkpoint_dir {
+        node::load_newest_checkpoint(dir, &mut sm);
+    }
+    tracing::info!(
+        %id,
+        checkpoint = sm_applied(&sm),
+        commit_index = durable.commit_index,
+        accepted = durable.accepted.len(),
+        "recovered"
+    );
+    let identity = NodeIdentity::load(id, &config.tls.cert, &config.tls.key, &config.tls.ca)
+        .context("loading TLS identity")?;
+    let peers: BTreeMap<ReplicaId, SocketAddr> = config
+        .members
+        .iter()
+        .filter(|m| m.id != config.id)
+        .map(|m| (ReplicaId(m.id), m.peer_addr))
+        .collect();
+    let quic = QuicConfig::new(identity, peers);
+    let max_message = quic.max_message_size;
+    let (transport, inbound) = QuicTransport::bind(quic, config.peer_addr)
+        .with_context(|| format!("binding QUIC on {}", config.peer_addr))?;
+    let transport: Arc<dyn Transport> = Arc::new(transport);
+
+    let t = &config.tuning;
+    let membership =
+        Membership::with_voters(config.members.iter().map(|m| ReplicaId(m.id)).collect());
+    let mut core = paxos_core::Config::new(id, membership);
+    core.pipeline_window = t.pipeline_window;
+    core.batch_limits = BatchLimits {
+        max_requests: t.max_batch_requests,
+        max_bytes: t.max_batch_bytes,
+    };
+    core.heartbeat_interval_us = t.heartbeat_ms * 1000;
+    core.election_timeout_min_us = t.election_timeout_min_ms * 1000;
+    core.election_timeout_max_us = t.election_timeout_max_ms * 1000;
+    core.max_message_bytes = core.max_message_bytes.min(max_message);
+    core.max_accept_ahead = core.max_accept_ahead.max(t.pipeline_window);
+    let seed = seed_from_clock(id);
+    let parts = DriverParts {
+        core,
+        durable,
+        storage,
+        transport,
+        inbound,
+        state_machine: sm,
+        driver: DriverConfig {
+            pipeline_window: t.pipeline_window,
+            batch_limits: BatchLimits {
+                max_requests: t.max_batch_requests,
+                max_bytes: t.max_batch_bytes,
+            },
+            checkpoint_every: t.checkpoint_every_decrees,
+            checkpoint_dir,
+        },
+        submit_queue: t.submit_queue,
+        seed,
+    };
+    let (replica, mut event_loop) = node::start(parts)?;
+    let listener = tokio::net::TcpListener::bind(config.client_addr)
+        .await
+        .with_context(|| format!("binding client address {}", config.client_addr))?;
+    let server_config = ServerConfig {
+        limits: crate::resp::RespLimits::default(),
+        max_clients: t.max_clients,
+        max_pipelined: t.max_pipelined_per_client,
+        members: config
+            .members
+            .iter()
+            .map(|m| (ReplicaId(m.id), m.client_addr.to_string()))
+            .collect(),
+    };
+    tracing::info!(%id, client = %config.client_addr, peer = %config.peer_addr, "serving");
+    let mut server = tokio::spawn(server::serve(listener, replica.clone(), server_config));
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = &mut event_loop => {
+            server.abort();
+            return match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e.context("replica loop failed")),
+                Err(e) => Err(anyhow::anyhow!("replica loop panicked: {e}")),
+            };
+        }
+        r = &mut server => {
+            return Err(anyhow::anyhow!("client server stopped: {r:?}"));
+        }
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; shutting down"),
+        _ = sigterm.recv() => tracing::info!("terminated; shutting down"),
+    }
+    replica.shutdown().await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), event_loop).await;
+    server.abort();
+    Ok(())
+}
+
+fn sm_applied(sm: &KvStore) -> u64 {
+    use crate::kv::StateMachine;
+    sm.applied_through()
+}
+
+fn seed_from_clock(id: ReplicaId) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    nanos
+        ^ (u64::from(std::process::id()) << 32)
+        ^ u64::from(id.0).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// Addresses for one node of a generated cluster.
+#[derive(Clone, Copy, Debug)]
+pub struct NodeAddrs {
+    /// QUIC (UDP).
+    pub peer: SocketAddr,
+    /// RESP (TCP).
+    pub client: SocketAddr,
+}
+
+/// Writes certificates into `dir/certs` and one `node<i>.toml` per node
+/// into `dir` (data in `dir/node<i>`). Returns the config paths.
+pub fn init_cluster(
+    dir: &Path,
+    addrs: &[NodeAddrs],
+    storage: StorageKind,
+    tuning: &Tuning,
+) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    anyhow::ensure!(!addrs.is_empty(), "a cluster needs at least one node");
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = dir.canonicalize()?;
+    let ids: Vec<ReplicaId> = (1..=addrs.len() as u32).map(ReplicaId).collect();
+    let cert_dir = dir.join("certs");
+    let files = paxos_net::generate_cluster(&cert_dir, &ids).context("generating certificates")?;
+    let members: Vec<Member> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| Member {
+            id: i as u32 + 1,
+            peer_addr: a.peer,
+            client_addr: a.client,
+        })
+        .collect();
+    let mut paths = Vec::new();
+    for (i, node_files) in files.nodes.iter().enumerate() {
+        let id = i as u32 + 1;
+        let config = NodeConfig {
+            id,
+            storage,
+            data_dir: dir.join(format!("node{id}")),
+            peer_addr: addrs[i].peer,
+            client_addr: addrs[i].client,
+            tls: TlsPaths {
+                cert: node_files.cert.clone(),
+                key: node_files.key.clone(),
+                ca: files.ca_cert.clone(),
+            },
+            members: members.clone(),
+            tuning: tuning.clone(),
+        };
+        let path = dir.join(format!("node{id}.toml"));
+        std::fs::write(&path, config.to_toml())
+            .with_context(|| format!("writing {}", path.display()))?;
+        // Check what we wrote parses back, so `init` never leaves a bad file.
+        NodeConfig::load(&path)?;
+        paths.push(path);
+    }
+    Ok(paths)
+}
+
+/// Loopback addresses with ports that were free a moment ago.
+pub fn free_loopback_addrs(n: usize) -> anyhow::Result<Vec<NodeAddrs>> {
+    let mut out = Vec::with_capacity(n);
+    // Hold every socket until all are chosen so no port is picked twice.
+    let mut held = Vec::new();
+    for _ in 0..n {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0")?;
+        out.push(NodeAddrs {
+            peer: udp.local_addr()?,
+            client: tcp.local_addr()?,
+        });
+        held.push((udp, tcp));
+    }
+    Ok(out)
+}
+
+/// Fixed loopback addresses: peers on `base+i`, clients on `base+100+i`.
+pub fn fixed_loopback_addrs(n: usize, base: u16) -> anyhow::Result<Vec<NodeAddrs>> {
+    (1..=n)
+        .map(|i| {
+            let peer = base.checked_add(i as u16).context("port out of range")?;
+            let client = base
+                .checked_add(100 + i as u16)
+                .context("port out of range")?;
+            Ok(NodeAddrs {
+                peer: SocketAddr::from(([127, 0, 0, 1], peer)),
+                client: SocketAddr::from(([127, 0, 0, 1], client)),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_writes_loadable_configs_and_certs() {
+        let dir = tempfile::tempdir().unwrap();
+        let addrs = free_loopback_addrs(3).unwrap();
+        let paths =
+            init_cluster(dir.path(), &addrs, StorageKind::File, &Tuning::default()).unwrap();
+        assert_eq!(paths.len(), 3);
+        for (i, p) in paths.iter().enumerate() {
+            let c = NodeConfig::load(p).unwrap();
+            assert_eq!(c.id, i as u32 + 1);
+            assert_eq!(c.members.len(), 3);
+            NodeIdentity::load(c.replica_id(), &c.tls.cert, &c.tls.key, &c.tls.ca).unwrap();
+        }
+    }
+}

@@ -1,0 +1,1025 @@
+//! The replica driver: the event loop that owns a `paxos_core::Replica`
+//! and connects it to the network, the storage, the state machine and the
+//! clients.
+//!
+//! # Shape
+//!
+//! ```text
+//!  clients ──submit──▶ [paxos-pipeline queue] ──drain batch──▶ ┐
+//!  transport inbound ─────────────────────────────────────────▶ │ event loop task
+//!  durability waiter thread ──on_persisted tokens────────────▶ │ (owns Replica,
+//!  timer (next_timer) ────────────────────────────────────────▶ │  state machine)
+//!  control (relinquish, checkpoint done, shutdown) ───────────▶ ┘
+//!        │ Send → transport.send   Persist → storage.append, then the waiter
+//!        │ Apply → state machine, completing the proposer's clients
+//! ```
+//!
+//! One task owns all protocol state, so the hot path takes no lock. Every
+//! channel is bounded. Messages are encoded into one reused buffer.
+//!
+//! # Exactly one outcome per request
+//!
+//! Each submitted request carries a `Completer` from paxos-pipeline, which
+//! resolves exactly once by construction. The loop resolves it:
+//!
+//! - `Completed(output)` when the decree holding it is applied here;
+//! - `Aborted(NotPrimary)` when it was never proposed (this replica is not
+//!   the leader): it will certainly never execute, so clients may retry
+//!   elsewhere;
+//! - `Aborted(Rejected(OUTCOME_UNKNOWN))` when it was proposed but this
+//!   replica lost leadership (or the slot was filled by another value)
+//!   before learning the result: the request may still be chosen by a
+//!   later leader, so a client must not assume either way.
+//!
+//! A proposal is recognised when it is applied by comparing the applied
+//! value with the proposed bytes. Every batch this node proposes starts with
+//! a *tag* request (node id, a per-boot random nonce and a counter), so two
+//! different proposals never have equal bytes even when their client
+//! requests are identical.
+//!
+//! # Reads
+//!
+//! paxos-core has no read-index hook, so reads (GET, EXISTS, MGET) are
+//! ordered through the log like writes: the read is a request in a decree
+//! and is executed when that decree is applied. It is linearizable because
+//! its effect point is its slot in the one total order of decrees, which
+//! lies between its invocation (it was proposed after arriving) and its
+//! response (it was applied before replying). Batching makes the cost one
+//! shared decree per batch, not one per read.
+//!
+//! # Checkpoints
+//!
+//! Every `checkpoint_every_decrees` applied decrees the loop serializes the
+//! state machine (this pauses the loop for that long) and a background
+//! thread writes it to `checkpoint-<slot>.snap` (temp file, fsync, rename,
+//! fsync directory). When it is durable the loop calls
+//! `Replica::compact(slot - retain)`, keeping a margin of decrees so lagging
+//! peers can still catch up from memory. On start-up the newest valid
+//! checkpoint is loaded and the log tail after it is replayed by the core.
+
+use crate::kv::{StateMachine, OP_TAG};
+use bytes::{BufMut, Bytes, BytesMut};
+use paxos_core::batch::{BatchBuilder, BatchLimits};
+use paxos_core::{
+    codec, Action, DurableState, Message, PersistToken, ProposeError, ReplicaId, Role, Slot, Time,
+    Value,
+};
+use paxos_log::ReplicaStorage;
+use paxos_net::{Inbound, Transport};
+use paxos_pipeline::{AbortReason, Completer, Outcome, Request, RequestConsumer, Submitter};
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+/// The abort reason of a request that was proposed but whose fate this
+/// replica did not learn. Servers must report it as "outcome unknown".
+pub const OUTCOME_UNKNOWN: &str = "UNKNOWN outcome: leadership changed after the request was proposed; it may or may not be applied";
+/// The abort reason of a request refused for its size.
+pub const TOO_LARGE: &str = "ERR request larger than the batch limit";
+
+/// Most inbound messages handled per wake-up before acting on them.
+const INBOUND_BURST: usize = 256;
+/// Capacity of the durability-notification and control channels.
+const NOTIFY_CAPACITY: usize = 4096;
+/// Decrees kept below a checkpoint when compacting, for lagging peers.
+const COMPACT_RETAIN: u64 = 4096;
+
+/// Tuning of the driver.
+#[derive(Clone, Debug)]
+pub struct DriverConfig {
+    /// Most decrees this node has proposed and not yet seen applied.
+    pub pipeline_window: usize,
+    /// Per-decree limits (the tag request counts against them).
+    pub batch_limits: BatchLimits,
+    /// Checkpoint every this many decrees (0: never).
+    pub checkpoint_every: u64,
+    /// Where checkpoints go (None: no checkpoints).
+    pub checkpoint_dir: Option<PathBuf>,
+}
+
+/// Role as seen by clients, published by the loop.
+const ROLE_FOLLOWER: u8 = 0;
+const ROLE_CANDIDATE: u8 = 1;
+const ROLE_LEADER: u8 = 2;
+
+/// State the loop publishes for other tasks (INFO, redirects); plain
+/// atomics, written only by the loop.
+#[derive(Debug, Default)]
+pub struct SharedStatus {
+    role: AtomicU8,
+    /// Leader id, 0 if unknown.
+    leader: AtomicU32,
+    ballot_round: AtomicU64,
+    commit_index: AtomicU64,
+    applied_index: AtomicU64,
+    in_flight: AtomicU64,
+    checkpoint_slot: AtomicU64,
+    proposed_batches: AtomicU64,
+    proposed_requests: AtomicU64,
+}
+
+/// A consistent-enough copy of the published status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// This replica.
+    pub id: ReplicaId,
+    /// Its role.
+    pub role: Role,
+    /// The leader it believes in.
+    pub leader: Option<ReplicaId>,
+    /// Round of its promised ballot.
+    pub ballot_round: u64,
+    /// Highest slot known chosen.
+    pub commit_index: Slot,
+    /// Highest slot applied to the state machine.
+    pub applied_index: Slot,
+    /// Decrees this node proposed that are not applied yet.
+    pub in_flight: u64,
+    /// Slot of the newest durable checkpoint (0: none).
+    pub checkpoint_slot: Slot,
+    /// Batches proposed since start.
+    pub proposed_batches: u64,
+    /// Client requests proposed since start.
+    pub proposed_requests: u64,
+}
+
+impl SharedStatus {
+    fn snapshot(&self, id: ReplicaId) -> NodeStatus {
+        let role = match self.role.load(Ordering::Relaxed) {
+            ROLE_LEADER => Role::Leader,
+            ROLE_CANDIDATE => Role::Candidate,
+            _ => Role::Follower,
+        };
+        let leader = self.leader.load(Ordering::Relaxed);
+        NodeStatus {
+            id,
+            role,
+            leader: (leader != 0).then_some(ReplicaId(leader)),
+            ballot_round: self.ballot_round.load(Ordering::Relaxed),
+            commit_index: self.commit_index.load(Ordering::Relaxed),
+            applied_index: self.applied_index.load(Ordering::Relaxed),
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            checkpoint_slot: self.checkpoint_slot.load(Ordering::Relaxed),
+            proposed_batches: self.proposed_batches.load(Ordering::Relaxed),
+            proposed_requests: self.proposed_requests.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Why a replicated request did not complete.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplicateError {
+    /// Not proposed: this replica is not the primary. Safe to retry at the
+    /// leader.
+    #[error("not the primary (leader: {leader:?})")]
+    NotPrimary {
+        /// The believed primary.
+        leader: Option<ReplicaId>,
+    },
+    /// Proposed, fate unknown: it may or may not be applied.
+    #[error("{0}")]
+    OutcomeUnknown(&'static str),
+    /// Refused before proposal (for example: too large).
+    #[error("{0}")]
+    Rejected(&'static str),
+    /// The submit queue is full.
+    #[error("overloaded: submit queue full")]
+    Overloaded,
+    /// The node is shutting down.
+    #[error("shutting down")]
+    ShuttingDown,
+}
+
+impl ReplicateError {
+    /// Maps a pipeline abort to the client-facing error.
+    pub fn from_abort(reason: AbortReason) -> Self {
+        match reason {
+            AbortReason::NotPrimary { leader_hint } => ReplicateError::NotPrimary {
+                leader: leader_hint.filter(|&l| l != 0).map(ReplicaId),
+            },
+            AbortReason::Rejected(OUTCOME_UNKNOWN) => {
+                ReplicateError::OutcomeUnknown(OUTCOME_UNKNOWN)
+            }
+            AbortReason::Rejected(why) => ReplicateError::Rejected(why),
+            // A shutdown or a dropped completer may come after the proposal.
+            AbortReason::ShuttingDown | AbortReason::Dropped | AbortReason::Timeout => {
+                ReplicateError::OutcomeUnknown(
+                    "UNKNOWN outcome: the replica stopped before the request completed",
+                )
+            }
+        }
+    }
+}
+
+/// Requests to the loop from outside.
+#[derive(Debug)]
+enum Control {
+    Relinquish(oneshot::Sender<Result<(), ProposeError>>),
+    CheckpointDone(Slot),
+    CheckpointFailed(String),
+    Shutdown,
+}
+
+/// The embedding API (RSL's `ReplicateRequest` / status calls): a cheap,
+/// cloneable handle to a running replica.
+#[derive(Clone, Debug)]
+pub struct Replica {
+    id: ReplicaId,
+    submitter: Submitter<Bytes, Bytes>,
+    status: Arc<SharedStatus>,
+    control: mpsc::Sender<Control>,
+}
+
+impl Replica {
+    /// Replicates one request (a state-machine request encoding) and waits
+    /// for its output. Fails fast with `NotPrimary` on a follower.
+    pub async fn replicate(&self, request: Bytes) -> Result<Bytes, ReplicateError> {
+        match self.submit(request) {
+            Ok(handle) => handle
+                .await
+                .into_result()
+                .map_err(ReplicateError::from_abort),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Submits without waiting for the outcome; the handle resolves exactly
+    /// once. Used by the RESP server to keep a connection's replies in order.
+    pub fn submit(
+        &self,
+        request: Bytes,
+    ) -> Result<paxos_pipeline::CompletionHandle<Bytes>, ReplicateError> {
+        let status = &self.status;
+        if status.role.load(Ordering::Relaxed) != ROLE_LEADER {
+            let leader = status.leader.load(Ordering::Relaxed);
+            return Err(ReplicateError::NotPrimary {
+                leader: (leader != 0).then_some(ReplicaId(leader)),
+            });
+        }
+        self.submitter.try_submit(request).map_err(|e| match e {
+            paxos_pipeline::SubmitError::ShuttingDown(_) => ReplicateError::ShuttingDown,
+            _ => ReplicateError::Overloaded,
+        })
+    }
+
+    /// A read. Reads are ordered through the log (see the module docs), so
+    /// this is [`Replica::replicate`] of a read request.
+    pub async fn read(&self, request: Bytes) -> Result<Bytes, ReplicateError> {
+        self.replicate(request).await
+    }
+
+    /// The published status.
+    pub fn status(&self) -> NodeStatus {
+        self.status.snapshot(self.id)
+    }
+
+    /// Whether this replica is the primary now.
+    pub fn is_primary(&self) -> bool {
+        self.status.role.load(Ordering::Relaxed) == ROLE_LEADER
+    }
+
+    /// Asks the primary to hand leadership to another replica.
+    pub async fn relinquish_primary(&self) -> Result<(), ReplicateError> {
+        let (tx, rx) = oneshot::channel();
+        self.control
+            .send(Control::Relinquish(tx))
+            .await
+            .map_err(|_| ReplicateError::ShuttingDown)?;
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(ProposeError::NotLeader { leader })) => {
+                Err(ReplicateError::NotPrimary { leader })
+            }
+            Ok(Err(_)) => Err(ReplicateError::Rejected("ERR no eligible successor")),
+            Err(_) => Err(ReplicateError::ShuttingDown),
+        }
+    }
+
+    /// Stops the loop; pending requests end with an outcome-unknown abort.
+    pub async fn shutdown(&self) {
+        let _ = self.control.send(Control::Shutdown).await;
+    }
+}
+
+/// One batch this node proposed and has not yet seen applied.
+struct Proposal {
+    slot: Slot,
+    value: Bytes,
+    completers: Vec<Completer<Bytes>>,
+}
+
+/// Everything the loop needs to start.
+pub struct DriverParts<S: StateMachine> {
+    /// The core configuration.
+    pub core: paxos_core::Config,
+    /// What storage recovered.
+    pub durable: DurableState,
+    /// The storage.
+    pub storage: Arc<dyn ReplicaStorage>,
+    /// The transport and its inbound channel.
+    pub transport: Arc<dyn Transport>,
+    /// Inbound peer messages.
+    pub inbound: Inbound,
+    /// The state machine, restored from the newest checkpoint if any.
+    pub state_machine: S,
+    /// Driver tuning.
+    pub driver: DriverConfig,
+    /// Capacity of the submit queue.
+    pub submit_queue: usize,
+    /// Seed for the core's randomized timeouts.
+    pub seed: u64,
+}
+
+/// Starts the event loop on the current tokio runtime and the durability
+/// waiter thread. Returns the handle and the loop's join handle (which ends
+/// on shutdown or on a fatal storage error).
+pub fn start<S: StateMachine>(
+    parts: DriverParts<S>,
+) -> anyhow::Result<(Replica, tokio::task::JoinHandle<anyhow::Result<()>>)> {
+    let id = parts.core.id;
+    let (submitter, consumer) = paxos_pipeline::pipeline::<Bytes, Bytes>(parts.submit_queue)
+        .map_err(|e| anyhow::anyhow!("submit queue: {e:?}"))?;
+    let status = Arc::new(SharedStatus::default());
+    let (control_tx, control_rx) = mpsc::channel(64);
+    let (durable_tx, durable_rx) = mpsc::channel::<Result<PersistToken, String>>(NOTIFY_CAPACITY);
+    let (persist_tx, persist_rx) =
+        std::sync::mpsc::sync_channel::<(PersistToken, u64)>(NOTIFY_CAPACITY);
+    let storage_for_waiter = Arc::clone(&parts.storage);
+    std::thread::Builder::new()
+        .name(format!("durability-{id}"))
+        .spawn(move || durability_waiter(storage_for_waiter, persist_rx, durable_tx))?;
+    let applied = parts.state_machine.applied_through();
+    let start = Instant::now();
+    let replica =
+        paxos_core::Replica::try_new(parts.core, parts.durable, applied, parts.seed, Time(0))
+            .map_err(|e| anyhow::anyhow!("core config: {e}"))?;
+    let mut nonce_bytes = [0u8; 8];
+    nonce_bytes.copy_from_slice(&parts.seed.to_le_bytes());
+    let event_loop = EventLoop {
+        id,
+        start,
+        replica,
+        sm: parts.state_machine,
+        storage: parts.storage,
+        transport: parts.transport,
+        consumer,
+        status: Arc::clone(&status),
+        persist_tx,
+        control_tx: control_tx.clone(),
+        driver: parts.driver,
+        proposals: VecDeque::new(),
+        stalled: None,
+        outputs: Vec::new(),
+        send_buf: BytesMut::with_capacity(64 * 1024),
+        tag_counter: 0,
+        boot_nonce: u64::from_le_bytes(nonce_bytes) ^ (start.elapsed().as_nanos() as u64),
+        is_leader: false,
+        last_checkpoint: applied,
+        checkpoint_running: false,
+        checkpoint_slot: applied,
+        completers: Vec::new(),
+    };
+    status.applied_index.store(applied, Ordering::Relaxed);
+    status.checkpoint_slot.store(applied, Ordering::Relaxed);
+    let join = tokio::spawn(event_loop.run(parts.inbound, durable_rx, control_rx));
+    Ok((
+        Replica {
+            id,
+            submitter,
+            status,
+            control: control_tx,
+        },
+        join,
+    ))
+}
+
+/// Waits for storage durability in append order and reports each token.
+fn durability_waiter(
+    storage: Arc<dyn ReplicaStorage>,
+    rx: std::sync::mpsc::Receiver<(PersistToken, u64)>,
+    tx: mpsc::Sender<Result<PersistToken, String>>,
+) {
+    while let Ok((token, seq)) = rx.recv() {
+        let report = match storage.wait_durable(seq) {
+            Ok(()) => Ok(token),
+            Err(e) => Err(format!("storage failed to make append {seq} durable: {e}")),
+        };
+        let failed = report.is_err();
+        if tx.blocking_send(report).is_err() || failed {
+            return;
+        }
+    }
+}
+
+struct EventLoop<S: StateMachine> {
+    id: ReplicaId,
+    start: Instant,
+    replica: paxos_core::Replica,
+    sm: S,
+    storage: Arc<dyn ReplicaStorage>,
+    transport: Arc<dyn Transport>,
+    consumer: RequestConsumer<Bytes, Bytes>,
+    status: Arc<SharedStatus>,
+    persist_tx: std::sync::mpsc::SyncSender<(PersistToken, u64)>,
+    control_tx: mpsc::Sender<Control>,
+    driver: DriverConfig,
+    /// In slot order.
+    proposals: VecDeque<Proposal>,
+    /// A batch the core refused with WindowFull, retried first.
+    stalled: Option<(Bytes, Vec<Completer<Bytes>>)>,
+    outputs: Vec<Bytes>,
+    send_buf: BytesMut,
+    tag_counter: u64,
+    boot_nonce: u64,
+    is_leader: bool,
+    last_checkpoint: Slot,
+    checkpoint_running: bool,
+    checkpoint_slot: Slot,
+    /// Reused vector for draining completers.
+    completers: Vec<Completer<Bytes>>,
+}
+
+impl<S: StateMachine> EventLoop<S> {
+    fn now(&self) -> Time {
+        Time(self.start.elapsed().as_micros() as u64)
+    }
+
+    async fn run(
+        mut self,
+        mut inbound: Inbound,
+        mut durable_rx: mpsc::Receiver<Result<PersistToken, String>>,
+        mut control_rx: mpsc::Receiver<Control>,
+    ) -> anyhow::Result<()> {
+        let timer = tokio::time::sleep(Duration::from_millis(1));
+        tokio::pin!(timer);
+        self.process_actions()?;
+        loop {
+            let deadline = match self.replica.next_timer() {
+                Some(t) => self.start + Duration::from_micros(t.0),
+                None => Instant::now() + Duration::from_millis(100),
+            };
+            timer
+                .as_mut()
+                .reset(tokio::time::Instant::from_std(deadline));
+            let can_take_requests = !self.is_leader
+                || (self.proposals.len() < self.driver.pipeline_window && self.stalled.is_none());
+            tokio::select! {
+                biased;
+                report = durable_rx.recv() => {
+                    let Some(report) = report else { anyhow::bail!("durability waiter stopped") };
+                    self.on_durable(report)?;
+                    let mut n = 0;
+                    while n < INBOUND_BURST {
+                        match durable_rx.try_recv() {
+                            Ok(r) => self.on_durable(r)?,
+                            Err(_) => break,
+                        }
+                        n += 1;
+                    }
+                }
+                msg = inbound.recv() => {
+                    let Some((from, bytes)) = msg else { anyhow::bail!("transport closed") };
+                    self.on_message(from, bytes);
+                    let mut n = 0;
+                    while n < INBOUND_BURST {
+                        match inbound.try_recv() {
+                            Ok((from, bytes)) => self.on_message(from, bytes),
+                            Err(_) => break,
+                        }
+                        n += 1;
+                    }
+                }
+                ctl = control_rx.recv() => {
+                    match ctl {
+                        None | Some(Control::Shutdown) => {
+                            self.shutdown();
+                            return Ok(());
+                        }
+                        Some(c) => self.on_control(c)?,
+                    }
+                }
+                () = &mut timer => {
+                    let now = self.now();
+                    self.replica.handle_tick(now);
+                    self.publish_status();
+                }
+                ready = self.consumer.ready(), if can_take_requests => {
+                    if ready == paxos_pipeline::Readiness::Closed {
+                        self.shutdown();
+                        return Ok(());
+                    }
+                    self.take_requests();
+                }
+            }
+            self.process_actions()?;
+            // Proposals may have been freed by applies; fill the window again
+            // without waiting for another wake-up.
+            if self.is_leader && self.stalled.is_some() {
+                self.retry_stalled();
+                self.process_actions()?;
+            }
+        }
+    }
+
+    fn on_durable(&mut self, report: Result<PersistToken, String>) -> anyhow::Result<()> {
+        match report {
+            Ok(token) => {
+                let now = self.now();
+                self.replica.on_persisted(now, token);
+                Ok(())
+            }
+            // Crash-stop: a replica that cannot persist must not go on
+            // acknowledging anything.
+            Err(e) => anyhow::bail!(e),
+        }
+    }
+
+    fn on_message(&mut self, from: ReplicaId, bytes: Bytes) {
+        match codec::decode(bytes) {
+            Ok(msg) => {
+                let now = self.now();
+                self.replica.handle_message(now, from, msg);
+            }
+            Err(e) => tracing::warn!(%from, error = %e, "dropping undecodable peer message"),
+        }
+    }
+
+    fn on_control(&mut self, c: Control) -> anyhow::Result<()> {
+        match c {
+            Control::Relinquish(reply) => {
+                let now = self.now();
+                let _ = reply.send(self.replica.relinquish_primary(now));
+            }
+            Control::CheckpointDone(slot) => {
+                self.checkpoint_running = false;
+                self.checkpoint_slot = slot;
+                self.status.checkpoint_slot.store(slot, Ordering::Relaxed);
+                let through = slot.saturating_sub(COMPACT_RETAIN);
+                if through > 0 {
+                    self.replica.compact(through);
+                }
+                if let Some(dir) = &self.driver.checkpoint_dir {
+                    remove_old_checkpoints(dir, slot);
+                }
+                tracing::info!(slot, compacted_through = through, "checkpoint durable");
+            }
+            Control::CheckpointFailed(e) => {
+                self.checkpoint_running = false;
+                tracing::error!(error = %e, "checkpoint failed; will retry at the next interval");
+            }
+            Control::Shutdown => {}
+        }
+        Ok(())
+    }
+
+    fn shutdown(&mut self) {
+        for p in self.proposals.drain(..) {
+            for c in p.completers {
+                c.abort(AbortReason::Rejected(OUTCOME_UNKNOWN));
+            }
+        }
+        if let Some((_, cs)) = self.stalled.take() {
+            for c in cs {
+                c.abort(AbortReason::NotPrimary { leader_hint: None });
+            }
+        }
+        self.consumer.shutdown();
+    }
+
+    /// Drains queued client requests into one batch and proposes it, or
+    /// refuses them all when this replica is not the leader.
+    fn take_requests(&mut self) {
+        let limits = self.driver.batch_limits;
+        if !self.is_leader {
+            let hint = self.leader_hint();
+            let mut aborted = 0usize;
+            self.consumer.drain_batch_by(
+                paxos_pipeline::DrainLimits {
+                    max_count: 4096,
+                    max_bytes: usize::MAX,
+                    per_item_overhead: 0,
+                },
+                |r: &Request<Bytes, Bytes>| r.payload.len(),
+                |r| {
+                    aborted += 1;
+                    r.completer
+                        .abort(AbortReason::NotPrimary { leader_hint: hint });
+                },
+            );
+            return;
+        }
+        let mut builder = BatchBuilder::new(limits);
+        let mut tag = [0u8; 21];
+        tag[0] = OP_TAG;
+        tag[1..5].copy_from_slice(&self.id.0.to_le_bytes());
+        tag[5..13].copy_from_slice(&self.boot_nonce.to_le_bytes());
+        tag[13..21].copy_from_slice(&self.tag_counter.to_le_bytes());
+        self.tag_counter += 1;
+        builder.push(&tag);
+        let drain_limits = paxos_pipeline::DrainLimits {
+            max_count: limits.max_requests.saturating_sub(1).max(1),
+            max_bytes: limits.max_bytes.saturating_sub(builder.encoded_len()),
+            per_item_overhead: 4,
+        };
+        let mut completers = std::mem::take(&mut self.completers);
+        let mut oversized = Vec::new();
+        self.consumer.drain_batch_by(
+            drain_limits,
+            |r: &Request<Bytes, Bytes>| r.payload.len(),
+            |r| {
+                if builder.fits(r.payload.len()) {
+                    builder.push(&r.payload);
+                    completers.push(r.completer);
+                } else {
+                    // Only a single request bigger than a whole batch gets
+                    // here (drain respects the limits otherwise).
+                    oversized.push(r.completer);
+                }
+            },
+        );
+        for c in oversized {
+            c.abort(AbortReason::Rejected(TOO_LARGE));
+        }
+        if completers.is_empty() {
+            self.completers = completers;
+            return;
+        }
+        let batch = builder.finish();
+        self.propose(batch, completers);
+    }
+
+    fn propose(&mut self, batch: Bytes, completers: Vec<Completer<Bytes>>) {
+        let now = self.now();
+        let n = completers.len() as u64;
+        match self.replica.propose(now, Value::Requests(batch.clone())) {
+            Ok(slot) => {
+                self.status.proposed_batches.fetch_add(1, Ordering::Relaxed);
+                self.status
+                    .proposed_requests
+                    .fetch_add(n, Ordering::Relaxed);
+                self.proposals.push_back(Proposal {
+                    slot,
+                    value: batch,
+                    completers,
+                });
+                self.status
+                    .in_flight
+                    .store(self.proposals.len() as u64, Ordering::Relaxed);
+            }
+            Err(ProposeError::WindowFull) => self.stalled = Some((batch, completers)),
+            Err(ProposeError::NotLeader { leader }) => {
+                let hint = leader.map(|l| l.0);
+                for c in completers {
+                    c.abort(AbortReason::NotPrimary { leader_hint: hint });
+                }
+            }
+            Err(ProposeError::TooLarge { .. }) => {
+                for c in completers {
+                    c.abort(AbortReason::Rejected(TOO_LARGE));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "proposal refused");
+                for c in completers {
+                    c.abort(AbortReason::Rejected("ERR proposal refused by the replica"));
+                }
+            }
+        }
+    }
+
+    fn retry_stalled(&mut self) {
+        if self.proposals.len() >= self.driver.pipeline_window {
+            return;
+        }
+        if let Some((batch, completers)) = self.stalled.take() {
+            self.propose(batch, completers);
+        }
+    }
+
+    fn leader_hint(&self) -> Option<u32> {
+        let l = self.status.leader.load(Ordering::Relaxed);
+        (l != 0).then_some(l)
+    }
+
+    fn process_actions(&mut self) -> anyhow::Result<()> {
+        while let Some(action) = self.replica.poll_action() {
+            match action {
+                Action::Send { to, msg } => self.send(to, &msg),
+                Action::Persist { token, entries } => {
+                    let seq = self.storage.append(&entries).map_err(|e| {
+                        anyhow::anyhow!("storage append failed (stopping this replica): {e}")
+                    })?;
+                    self.persist_tx
+                        .send((token, seq))
+                        .map_err(|_| anyhow::anyhow!("durability waiter stopped"))?;
+                }
+                Action::Apply { slot, value, .. } => self.apply(slot, value),
+                Action::StatusChanged(status) => self.on_status(status),
+            }
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, to: ReplicaId, msg: &Message) {
+        codec::encode(msg, &mut self.send_buf);
+        let bytes = self.send_buf.split().freeze();
+        if self.send_buf.capacity() < 4096 {
+            self.send_buf.reserve(64 * 1024);
+        }
+        if let Err(e) = self.transport.send(to, bytes) {
+            // Paxos tolerates loss; the core retransmits on its timers.
+            tracing::debug!(%to, error = %e, "send dropped");
+        }
+    }
+
+    fn apply(&mut self, slot: Slot, value: Value) {
+        self.outputs.clear();
+        self.sm.apply(slot, &value, &mut self.outputs);
+        self.status.applied_index.store(slot, Ordering::Relaxed);
+        let commit = self.status.commit_index.load(Ordering::Relaxed);
+        if slot > commit {
+            self.status.commit_index.store(slot, Ordering::Relaxed);
+        }
+        while let Some(front) = self.proposals.front() {
+            if front.slot > slot {
+                break;
+            }
+            let Some(p) = self.proposals.pop_front() else {
+                break;
+            };
+            let ours = p.slot == slot && matches!(&value, Value::Requests(b) if *b == p.value);
+            if ours && self.outputs.len() == p.completers.len() + 1 {
+                // outputs[0] is the tag's (empty) output.
+                for (c, out) in p.completers.into_iter().zip(self.outputs.drain(1..)) {
+                    c.complete(out);
+                }
+            } else {
+                // Another value took the slot: ours was not chosen there. It
+                // cannot be chosen elsewhere either, but say "unknown" rather
+                // than lean on that.
+                for c in p.completers {
+                    c.abort(AbortReason::Rejected(OUTCOME_UNKNOWN));
+                }
+            }
+        }
+        self.status
+            .in_flight
+            .store(self.proposals.len() as u64, Ordering::Relaxed);
+        self.maybe_checkpoint(slot);
+    }
+
+    fn on_status(&mut self, status: paxos_core::Status) {
+        let was_leader = self.is_leader;
+        self.is_leader = status.role == Role::Leader;
+        let role = match status.role {
+            Role::Leader => ROLE_LEADER,
+            Role::Candidate => ROLE_CANDIDATE,
+            Role::Follower => ROLE_FOLLOWER,
+        };
+        self.status.role.store(role, Ordering::Relaxed);
+        self.status
+            .leader
+            .store(status.leader.map_or(0, |l| l.0), Ordering::Relaxed);
+        self.status
+            .ballot_round
+            .store(status.ballot.round, Ordering::Relaxed);
+        self.status
+            .commit_index
+            .store(status.commit_index, Ordering::Relaxed);
+        if was_leader && !self.is_leader {
+            for p in self.proposals.drain(..) {
+                for c in p.completers {
+                    c.abort(AbortReason::Rejected(OUTCOME_UNKNOWN));
+                }
+            }
+            if let Some((_, cs)) = self.stalled.take() {
+                let hint = status.leader.map(|l| l.0);
+                for c in cs {
+                    c.abort(AbortReason::NotPrimary { leader_hint: hint });
+                }
+            }
+            self.status.in_flight.store(0, Ordering::Relaxed);
+        }
+        if was_leader != self.is_leader {
+            tracing::info!(id = %self.id, leader = self.is_leader, ballot = %status.ballot, "primary status changed");
+            self.sm.notify_status(self.is_leader);
+        }
+        if status.needs_snapshot {
+            tracing::error!(
+                "this replica is behind the peers' retained log and needs a checkpoint from a peer; \
+                 state transfer is not implemented: copy a peer's newest checkpoint-*.snap into the data dir and restart"
+            );
+        }
+    }
+
+    fn publish_status(&mut self) {
+        let s = self.replica.status();
+        self.status
+            .commit_index
+            .store(s.commit_index, Ordering::Relaxed);
+        self.status
+            .ballot_round
+            .store(s.ballot.round, Ordering::Relaxed);
+    }
+
+    fn maybe_checkpoint(&mut self, slot: Slot) {
+        let every = self.driver.checkpoint_every;
+        let Some(dir) = self.driver.checkpoint_dir.clone() else {
+            return;
+        };
+        if every == 0 || self.checkpoint_running || slot < self.last_checkpoint + every {
+            return;
+        }
+        self.last_checkpoint = slot;
+        self.checkpoint_running = true;
+        let snapshot = self.sm.snapshot();
+        let control = self.control_tx.clone();
+        let spawned = std::thread::Builder::new()
+            .name("checkpoint".into())
+            .spawn(move || {
+                let msg = match write_checkpoint(&dir, slot, &snapshot) {
+                    Ok(()) => Control::CheckpointDone(slot),
+                    Err(e) => Control::CheckpointFailed(e.to_string()),
+                };
+                let _ = control.blocking_send(msg);
+            });
+        if let Err(e) = spawned {
+            self.checkpoint_running = false;
+            tracing::error!(error = %e, "cannot start checkpoint thread");
+        }
+    }
+}
+
+fn checkpoint_name(slot: Slot) -> String {
+    format!("checkpoint-{slot:020}.snap")
+}
+
+/// Writes a checkpoint atomically: temp file, fsync, rename, fsync dir.
+pub fn write_checkpoint(dir: &Path, slot: Slot, snapshot: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!("{}.tmp", checkpoint_name(slot)));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(snapshot)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, dir.join(checkpoint_name(slot)))?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// Lists checkpoints in `dir`, newest first.
+pub fn list_checkpoints(dir: &Path) -> Vec<(Slot, PathBuf)> {
+    let mut found = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if let Some(slot) = name
+                .strip_prefix("checkpoint-")
+                .and_then(|r| r.strip_suffix(".snap"))
+            {
+                if let Ok(slot) = slot.parse::<Slot>() {
+                    found.push((slot, e.path()));
+                }
+            }
+        }
+    }
+    found.sort_by_key(|c| std::cmp::Reverse(c.0));
+    found
+}
+
+fn remove_old_checkpoints(dir: &Path, newest: Slot) {
+    // Keep the newest two, in case the newest turns out unreadable.
+    for (slot, path) in list_checkpoints(dir).into_iter().skip(2) {
+        if slot < newest {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Restores `sm` from the newest checkpoint in `dir` that verifies, skipping
+/// (and reporting) ones that do not. Returns the slot it covers (0: none).
+pub fn load_newest_checkpoint<S: StateMachine>(dir: &Path, sm: &mut S) -> Slot {
+    for (slot, path) in list_checkpoints(dir) {
+        match std::fs::read(&path) {
+            Ok(bytes) => match sm.restore(&bytes) {
+                Ok(()) if sm.applied_through() == slot => {
+                    tracing::info!(slot, path = %path.display(), "loaded checkpoint");
+                    return slot;
+                }
+                Ok(()) => {
+                    tracing::error!(path = %path.display(), "checkpoint slot does not match its name; skipped")
+                }
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "corrupt checkpoint skipped")
+                }
+            },
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "unreadable checkpoint skipped")
+            }
+        }
+    }
+    0
+}
+
+/// Renders the reply payload of a [`ReplicateError`] as a RESP error line
+/// (used by the server; `redirect` maps a leader id to its client address).
+pub fn error_reply(
+    e: &ReplicateError,
+    redirect: impl Fn(ReplicaId) -> Option<String>,
+    out: &mut BytesMut,
+) {
+    match e {
+        ReplicateError::NotPrimary { leader: Some(l) } => match redirect(*l) {
+            Some(addr) => {
+                out.put_slice(b"-MOVED 0 ");
+                out.put_slice(addr.as_bytes());
+                out.put_slice(b"\r\n");
+            }
+            None => crate::resp::write_error(out, b"CLUSTERDOWN leader unknown"),
+        },
+        ReplicateError::NotPrimary { leader: None } => {
+            crate::resp::write_error(out, b"CLUSTERDOWN no leader elected yet")
+        }
+        ReplicateError::Overloaded => {
+            crate::resp::write_error(out, b"TRYAGAIN overloaded, retry later")
+        }
+        ReplicateError::ShuttingDown => {
+            crate::resp::write_error(out, b"UNKNOWN outcome: replica shutting down")
+        }
+        ReplicateError::OutcomeUnknown(m) | ReplicateError::Rejected(m) => {
+            crate::resp::write_error(out, m.as_bytes())
+        }
+    }
+}
+
+/// Converts an [`Outcome`] into the reply bytes for a client.
+pub fn outcome_reply(
+    outcome: Outcome<Bytes>,
+    redirect: impl Fn(ReplicaId) -> Option<String>,
+    out: &mut BytesMut,
+) {
+    match outcome {
+        Outcome::Completed(reply) => out.put_slice(&reply),
+        Outcome::Aborted(reason) => error_reply(&ReplicateError::from_abort(reason), redirect, out),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::KvStore;
+
+    #[test]
+    fn checkpoints_are_found_newest_first_and_corrupt_ones_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = KvStore::new();
+        let mut outs = Vec::new();
+        sm.apply(1, &Value::Noop, &mut outs);
+        write_checkpoint(dir.path(), 1, &sm.snapshot()).unwrap();
+        sm.apply(2, &Value::Noop, &mut outs);
+        write_checkpoint(dir.path(), 2, &sm.snapshot()).unwrap();
+        // A newer but corrupt checkpoint must be skipped, not served.
+        write_checkpoint(dir.path(), 3, b"garbage that is not a snapshot at all....").unwrap();
+        let slots: Vec<Slot> = list_checkpoints(dir.path()).iter().map(|c| c.0).collect();
+        assert_eq!(slots, vec![3, 2, 1]);
+        let mut fresh = KvStore::new();
+        assert_eq!(load_newest_checkpoint(dir.path(), &mut fresh), 2);
+        assert_eq!(fresh.applied_through(), 2);
+        remove_old_checkpoints(dir.path(), 3);
+        assert_eq!(list_checkpoints(dir.path()).len(), 2);
+    }
+
+    #[test]
+    fn errors_render_as_redirects_or_unknown() {
+        let redirect = |id: ReplicaId| (id.0 == 2).then(|| "127.0.0.1:6002".to_string());
+        let mut out = BytesMut::new();
+        error_reply(
+            &ReplicateError::NotPrimary {
+                leader: Some(ReplicaId(2)),
+            },
+            redirect,
+            &mut out,
+        );
+        assert_eq!(&out[..], b"-MOVED 0 127.0.0.1:6002\r\n");
+        out.clear();
+        outcome_reply(
+            Outcome::Aborted(AbortReason::Rejected(OUTCOME_UNKNOWN)),
+            redirect,
+            &mut out,
+        );
+        assert!(out.starts_with(b"-UNKNOWN"));
+        out.clear();
+        outcome_reply(
+            Outcome::Aborted(AbortReason::NotPrimary { leader_hint: None }),
+            redirect,
+            &mut out,
+        );
+        assert!(out.starts_with(b"-CLUSTERDOWN"));
+    }
+}

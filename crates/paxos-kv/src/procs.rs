@@ -1,0 +1,213 @@
+//! A local cluster of `paxos-kv node` child processes, for the demo and the
+//! multi-process fault tests. Every process it starts is stopped when it is
+//! dropped (SIGCONT, then SIGKILL, then reaped), on success and on error.
+
+use crate::client::{info_field, Client};
+use crate::config::{StorageKind, Tuning};
+use crate::launch::{self, NodeAddrs};
+use crate::resp::Frame;
+use anyhow::Context;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A set of node processes on loopback.
+#[derive(Debug)]
+pub struct LocalCluster {
+    bin: PathBuf,
+    dir: PathBuf,
+    configs: Vec<PathBuf>,
+    addrs: Vec<NodeAddrs>,
+    children: Vec<Option<Child>>,
+    stopped: Vec<bool>,
+}
+
+impl LocalCluster {
+    /// Writes configs and certificates into `dir` and starts `n` nodes of
+    /// the binary `bin`.
+    pub fn start(
+        bin: &Path,
+        dir: &Path,
+        n: usize,
+        storage: StorageKind,
+        tuning: &Tuning,
+    ) -> anyhow::Result<LocalCluster> {
+        let addrs = launch::free_loopback_addrs(n)?;
+        let configs = launch::init_cluster(dir, &addrs, storage, tuning)?;
+        let mut cluster = LocalCluster {
+            bin: bin.to_owned(),
+            dir: dir.to_owned(),
+            configs,
+            addrs,
+            children: (0..n).map(|_| None).collect(),
+            stopped: vec![false; n],
+        };
+        for i in 0..n {
+            cluster.spawn(i)?;
+        }
+        Ok(cluster)
+    }
+
+    /// Number of nodes.
+    pub fn len(&self) -> usize {
+        self.addrs.len()
+    }
+
+    /// Whether the cluster has no nodes.
+    pub fn is_empty(&self) -> bool {
+        self.addrs.is_empty()
+    }
+
+    /// Node `i`'s client address (0-based index; replica id is i + 1).
+    pub fn client_addr(&self, i: usize) -> SocketAddr {
+        self.addrs[i].client
+    }
+
+    /// Index of the node with this client address.
+    pub fn index_of(&self, addr: SocketAddr) -> Option<usize> {
+        self.addrs.iter().position(|a| a.client == addr)
+    }
+
+    /// Whether node `i` is running (started and not killed).
+    pub fn is_running(&self, i: usize) -> bool {
+        self.children[i].is_some()
+    }
+
+    /// Starts node `i` (again), appending its stderr to `node<i>.log`.
+    pub fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
+        anyhow::ensure!(self.children[i].is_none(), "node {} already running", i + 1);
+        let log_path = self.dir.join(format!("node{}.log", i + 1));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)?;
+        let child = Command::new(&self.bin)
+            .arg("node")
+            .arg("--config")
+            .arg(&self.configs[i])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", self.bin.display()))?;
+        self.children[i] = Some(child);
+        self.stopped[i] = false;
+        Ok(())
+    }
+
+    /// kill -9 node `i` and reap it.
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(mut child) = self.children[i].take() {
+            self.signal(&child, libc::SIGCONT);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.stopped[i] = false;
+    }
+
+    /// SIGSTOP node `i` (it freezes: a "slow" or partitioned replica).
+    pub fn pause(&mut self, i: usize) {
+        if let Some(child) = &self.children[i] {
+            self.signal(child, libc::SIGSTOP);
+            self.stopped[i] = true;
+        }
+    }
+
+    /// SIGCONT node `i`.
+    pub fn resume(&mut self, i: usize) {
+        if let Some(child) = &self.children[i] {
+            self.signal(child, libc::SIGCONT);
+        }
+        self.stopped[i] = false;
+    }
+
+    /// Whether node `i` is paused.
+    pub fn is_paused(&self, i: usize) -> bool {
+        self.stopped[i]
+    }
+
+    fn signal(&self, child: &Child, sig: libc::c_int) {
+        let Ok(pid) = libc::pid_t::try_from(child.id()) else {
+            return;
+        };
+        // SAFETY: kill(2) has no memory-safety preconditions; the pid is our
+        // own un-reaped child, so it cannot have been recycled.
+        unsafe {
+            libc::kill(pid, sig);
+        }
+    }
+
+    /// Stops node `i` gracefully (SIGTERM, then SIGKILL after a grace period).
+    pub fn terminate(&mut self, i: usize) {
+        if let Some(mut child) = self.children[i].take() {
+            self.signal(&child, libc::SIGCONT);
+            self.signal(&child, libc::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(3);
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) => break,
+                    Ok(None) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
+                    _ => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stops every node.
+    pub fn stop_all(&mut self) {
+        for i in 0..self.len() {
+            self.terminate(i);
+        }
+    }
+
+    /// `INFO` of node `i`, if it answers within `timeout`.
+    pub async fn info(&self, i: usize, timeout: Duration) -> Option<String> {
+        let mut c = Client::connect(self.client_addr(i), timeout).await.ok()?;
+        match c.cmd(&[b"INFO"]).await.ok()? {
+            Frame::Bulk(Some(b)) => String::from_utf8(b.to_vec()).ok(),
+            _ => None,
+        }
+    }
+
+    /// Waits until a running node reports `role:leader`; returns its index.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> anyhow::Result<usize> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            for i in 0..self.len() {
+                if !self.is_running(i) || self.is_paused(i) {
+                    continue;
+                }
+                if let Some(info) = self.info(i, Duration::from_millis(300)).await {
+                    if info_field(&info, "role") == Some("leader") {
+                        return Ok(i);
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        anyhow::bail!(
+            "no leader within {timeout:?}; node logs are in {}",
+            self.dir.display()
+        )
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for i in 0..self.len() {
+            self.kill9(i);
+        }
+    }
+}

@@ -1,0 +1,289 @@
+//! The RESP2 client front door over TCP.
+//!
+//! Each connection has a reader task and a writer task joined by a bounded
+//! queue of pending replies, so replies leave in request order while many
+//! requests of one connection are in consensus at once (pipelining). The
+//! reader submits each request to the replica's queue as soon as it is
+//! parsed; the replica's loop drains the queue into batches, so requests
+//! pipelined on one connection (and across connections) share decrees.
+//!
+//! Isolation: a malformed frame gets a RESP error and closes only that
+//! connection (the framing is lost); a well-framed but bad command gets a
+//! RESP error and the connection carries on. Connection count, pipelined
+//! requests per connection and buffered bytes are bounded.
+//!
+//! Writes and reads on a follower are answered with `-MOVED 0 <addr>` where
+//! `<addr>` is the leader's client address (`-CLUSTERDOWN` if no leader is
+//! known); those requests were not proposed. A request that was proposed
+//! but whose fate is unknown (leadership changed) is answered with an
+//! `-UNKNOWN ...` error: it may or may not have been applied.
+
+use crate::kv::{encode_command, CommandError};
+use crate::node::{error_reply, outcome_reply, Replica};
+use crate::resp::{self, command_args, RespLimits};
+use bytes::{Bytes, BytesMut};
+use paxos_core::{ReplicaId, Role};
+use paxos_pipeline::CompletionHandle;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+
+/// Server limits.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// RESP parsing limits per connection.
+    pub limits: RespLimits,
+    /// Most concurrent connections.
+    pub max_clients: usize,
+    /// Most requests one connection may have awaiting replies.
+    pub max_pipelined: usize,
+    /// Client address of each member, for redirects.
+    pub members: Vec<(ReplicaId, String)>,
+}
+
+/// A reply owed to the client, in request order.
+enum Pending {
+    Ready(Bytes),
+    Wait(CompletionHandle<Bytes>),
+    /// Flush what was written, then close (after a fatal protocol error or QUIT).
+    Close,
+}
+
+struct ServerState {
+    replica: Replica,
+    config: ServerConfig,
+    connected: AtomicUsize,
+}
+
+impl ServerState {
+    fn redirect(&self, id: ReplicaId) -> Option<String> {
+        self.config
+            .members
+            .iter()
+            .find(|(m, _)| *m == id)
+            .map(|(_, a)| a.clone())
+    }
+}
+
+/// Accepts clients until the listener fails. Each connection runs in its
+/// own tasks; a failing connection never affects the others.
+pub async fn serve(
+    listener: TcpListener,
+    replica: Replica,
+    config: ServerConfig,
+) -> std::io::Result<()> {
+    let permits = Arc::new(Semaphore::new(config.max_clients));
+    let state = Arc::new(ServerState {
+        replica,
+        config,
+        connected: AtomicUsize::new(0),
+    });
+    loop {
+        let (mut socket, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of file descriptors and the like: back off, keep serving.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = socket.set_nodelay(true);
+        match Arc::clone(&permits).try_acquire_owned() {
+            Ok(permit) => {
+                let state = Arc::clone(&state);
+                tokio::spawn(async move {
+                    state.connected.fetch_add(1, Ordering::Relaxed);
+                    if let Err(e) = handle_connection(socket, Arc::clone(&state)).await {
+                        tracing::debug!(%peer, error = %e, "client connection ended");
+                    }
+                    state.connected.fetch_sub(1, Ordering::Relaxed);
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                tokio::spawn(async move {
+                    let _ = socket
+                        .write_all(b"-ERR max number of clients reached\r\n")
+                        .await;
+                });
+            }
+        }
+    }
+}
+
+async fn handle_connection(socket: TcpStream, state: Arc<ServerState>) -> std::io::Result<()> {
+    let (mut rd, wr) = socket.into_split();
+    let (tx, rx) = mpsc::channel::<Pending>(state.config.max_pipelined);
+    let writer = tokio::spawn(write_replies(wr, rx, Arc::clone(&state)));
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut scratch = BytesMut::with_capacity(16 * 1024);
+    let limits = state.config.limits;
+    'read: loop {
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(16 * 1024);
+        }
+        let n = rd.read_buf(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        loop {
+            match resp::parse(&mut buf, &limits) {
+                Ok(None) => break,
+                Ok(Some(frame)) => {
+                    let pending = match command_args(frame) {
+                        None => Pending::Ready(error_bytes(
+                            b"ERR protocol: expected an array of bulk strings",
+                        )),
+                        Some(args) => execute(&args, &state, &mut scratch),
+                    };
+                    let close = matches!(pending, Pending::Close);
+                    if tx.send(pending).await.is_err() || close {
+                        break 'read;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx
+                        .send(Pending::Ready(error_bytes(e.to_string().as_bytes())))
+                        .await;
+                    let _ = tx.send(Pending::Close).await;
+                    break 'read;
+                }
+            }
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
+    Ok(())
+}
+
+fn error_bytes(text: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(text.len() + 3);
+    resp::write_error(&mut out, text);
+    out.freeze()
+}
+
+fn execute(args: &[Bytes], state: &ServerState, scratch: &mut BytesMut) -> Pending {
+    let name = &args[0];
+    let is = |s: &[u8]| name.eq_ignore_ascii_case(s);
+    if is(b"PING") {
+        return Pending::Ready(match args.get(1) {
+            Some(msg) => {
+                let mut out = BytesMut::new();
+                resp::write_bulk(&mut out, Some(msg));
+                out.freeze()
+            }
+            None => Bytes::from_static(b"+PONG\r\n"),
+        });
+    }
+    if is(b"QUIT") {
+        return Pending::Close;
+    }
+    if is(b"INFO") {
+        let text = info_text(state, args.get(1).map(|s| &s[..]));
+        let mut out = BytesMut::new();
+        resp::write_bulk(&mut out, Some(text.as_bytes()));
+        return Pending::Ready(out.freeze());
+    }
+    if is(b"COMMAND") {
+        return Pending::Ready(Bytes::from_static(b"*0\r\n"));
+    }
+    if is(b"SELECT") {
+        return Pending::Ready(match args.get(1).map(|d| &d[..]) {
+            Some(b"0") => Bytes::from_static(b"+OK\r\n"),
+            _ => error_bytes(b"ERR only database 0 exists"),
+        });
+    }
+    match encode_command(args, scratch) {
+        Ok(_) => {
+            let request = scratch.split().freeze();
+            match state.replica.submit(request) {
+                Ok(handle) => Pending::Wait(handle),
+                Err(e) => {
+                    let mut out = BytesMut::new();
+                    error_reply(&e, |id| state.redirect(id), &mut out);
+                    Pending::Ready(out.freeze())
+                }
+            }
+        }
+        Err(e @ (CommandError::Unknown(_) | CommandError::Arity(_) | CommandError::TooLarge)) => {
+            Pending::Ready(error_bytes(e.to_string().as_bytes()))
+        }
+    }
+}
+
+async fn write_replies(
+    mut wr: tokio::net::tcp::OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Pending>,
+    state: Arc<ServerState>,
+) -> std::io::Result<()> {
+    let mut out = BytesMut::with_capacity(16 * 1024);
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some(p) = next.take() {
+            match p {
+                Pending::Ready(b) => out.extend_from_slice(&b),
+                Pending::Wait(handle) => {
+                    // Flush finished replies before waiting on consensus.
+                    if !out.is_empty() && !handle.is_resolved() {
+                        wr.write_all(&out).await?;
+                        out.clear();
+                    }
+                    let outcome = handle.await;
+                    outcome_reply(outcome, |id| state.redirect(id), &mut out);
+                }
+                Pending::Close => {
+                    wr.write_all(&out).await?;
+                    let _ = wr.shutdown().await;
+                    return Ok(());
+                }
+            }
+            next = rx.try_recv().ok();
+        }
+        if !out.is_empty() {
+            wr.write_all(&out).await?;
+            out.clear();
+        }
+    }
+    Ok(())
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Leader => "leader",
+        Role::Candidate => "candidate",
+        Role::Follower => "follower",
+    }
+}
+
+fn info_text(state: &ServerState, section: Option<&[u8]>) -> String {
+    let s = state.replica.status();
+    let mut text = String::with_capacity(512);
+    if section.is_some_and(|sec| sec.eq_ignore_ascii_case(b"latency")) {
+        let _ = write!(text, "# Latency\r\nstage_timing:off\r\n");
+        return text;
+    }
+    let leader_addr = s.leader.and_then(|l| state.redirect(l)).unwrap_or_default();
+    let _ = write!(
+        text,
+        "# Replication\r\nrole:{}\r\nid:{}\r\nleader_id:{}\r\nleader_addr:{}\r\nballot_round:{}\r\n\
+         commit_index:{}\r\napplied_index:{}\r\nin_flight_decrees:{}\r\ncheckpoint_slot:{}\r\n\
+         proposed_batches:{}\r\nproposed_requests:{}\r\n# Clients\r\nconnected_clients:{}\r\n",
+        role_name(s.role),
+        s.id.0,
+        s.leader.map_or(0, |l| l.0),
+        leader_addr,
+        s.ballot_round,
+        s.commit_index,
+        s.applied_index,
+        s.in_flight,
+        s.checkpoint_slot,
+        s.proposed_batches,
+        s.proposed_requests,
+        state.connected.load(Ordering::Relaxed),
+    );
+    text
+}
