@@ -232,6 +232,12 @@ impl CheckpointStore {
         let dir = dir.as_ref().to_path_buf();
         fs.create_dir_all(&dir)
             .map_err(io_err(format!("creating {}", dir.display())))?;
+        let parent = match dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        fs.sync_dir(&parent)
+            .map_err(io_err(format!("syncing {}", parent.display())))?;
         let names = fs
             .list_dir(&dir)
             .map_err(io_err(format!("listing {}", dir.display())))?;

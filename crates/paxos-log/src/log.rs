@@ -133,7 +133,35 @@ struct Inner {
     shutting_down: bool,
 }
 
+/// Counters of a [`FileLog`]'s I/O since it was opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogStats {
+    /// Appends accepted.
+    pub appends: u64,
+    /// Group commits (write + `fdatasync`) completed.
+    pub flushes: u64,
+    /// Bytes written to segments (records only).
+    pub bytes_written: u64,
+    /// Total time spent in segment writes and syncs, in microseconds.
+    pub flush_micros: u64,
+    /// Segments created.
+    pub segments_created: u64,
+    /// Segments deleted by truncation.
+    pub segments_deleted: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    appends: AtomicU64,
+    flushes: AtomicU64,
+    bytes_written: AtomicU64,
+    flush_micros: AtomicU64,
+    segments_created: AtomicU64,
+    segments_deleted: AtomicU64,
+}
+
 struct Shared {
+    counters: Counters,
     inner: Mutex<Inner>,
     /// Signalled when the queue gains an append or shutdown starts.
     work: Condvar,
@@ -222,6 +250,13 @@ impl FileLog {
         options.validate()?;
         let dir = dir.as_ref().to_path_buf();
         let rec = recovery::recover(&fs, &dir, options.discard_corrupt_suffix)?;
+        if rec.last_lsn == u64::MAX {
+            return Err(StorageError::Corrupt {
+                file: dir.display().to_string(),
+                offset: 0,
+                reason: "the log's sequence numbers are exhausted".into(),
+            });
+        }
         let mut segments = rec.segments;
         let active = match segments.last() {
             Some(last) => fs
@@ -238,6 +273,7 @@ impl FileLog {
             index_bytes += accepted_cost(a);
         }
         let shared = Arc::new(Shared {
+            counters: Counters::default(),
             inner: Mutex::new(Inner {
                 next_lsn: rec.last_lsn + 1,
                 durable_lsn: rec.last_lsn,
@@ -289,6 +325,20 @@ impl FileLog {
     /// The state as of every append so far (durable or queued).
     pub fn state(&self) -> DurableState {
         self.shared.lock().state.clone()
+    }
+
+    /// I/O counters since open (for monitoring, like RSL's statistics snapshot).
+    pub fn stats(&self) -> LogStats {
+        let c = &self.shared.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        LogStats {
+            appends: get(&c.appends),
+            flushes: get(&c.flushes),
+            bytes_written: get(&c.bytes_written),
+            flush_micros: get(&c.flush_micros),
+            segments_created: get(&c.segments_created),
+            segments_deleted: get(&c.segments_deleted),
+        }
     }
 
     /// Appends waiting in the writer queue (for tests of backpressure).
@@ -403,6 +453,7 @@ impl FileLog {
         inner.queued_bytes += bytes.len();
         inner.queue.push_back(Queued { lsn, bytes, meta });
         drop(g);
+        self.shared.counters.appends.fetch_add(1, Ordering::Relaxed);
         self.shared.work.notify_one();
         Ok(lsn)
     }
@@ -564,7 +615,12 @@ impl Writer {
             };
             self.shared.space.notify_all();
             let truncated_before = self.written.truncated_through;
+            let started = std::time::Instant::now();
             let result = self.write_and_sync(&batch).and_then(|last| {
+                let c = &self.shared.counters;
+                c.flushes.fetch_add(1, Ordering::Relaxed);
+                c.flush_micros
+                    .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
                 self.publish_durable(last);
                 if self.written.truncated_through > truncated_before {
                     self.reclaim()?;
@@ -644,6 +700,10 @@ impl Writer {
             .map_err(io_err(format!("writing {}", path.display())))?;
         let n = self.wbuf.len() as u64;
         self.active_meta().len += n;
+        self.shared
+            .counters
+            .bytes_written
+            .fetch_add(n, Ordering::Relaxed);
         self.wbuf.clear();
         Ok(())
     }
@@ -661,6 +721,10 @@ impl Writer {
         let (file, meta) = create_segment(&self.fs, &self.dir, first_lsn, &self.written)?;
         self.active = file;
         self.segments.push(meta);
+        self.shared
+            .counters
+            .segments_created
+            .fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -689,6 +753,10 @@ impl Writer {
             self.fs
                 .sync_dir(&self.dir)
                 .map_err(io_err(format!("syncing directory {}", self.dir.display())))?;
+            self.shared
+                .counters
+                .segments_deleted
+                .fetch_add(1, Ordering::Relaxed);
             tracing::debug!(file = %dead.path.display(), "removed a fully truncated log segment");
         }
         invariant!(self

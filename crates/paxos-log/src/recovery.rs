@@ -237,7 +237,8 @@ fn scan_segment(
             batch_start = offset;
             continue;
         }
-        let want = pending_lsn.unwrap_or(last_lsn + 1);
+        // Wrapping: a crafted u64::MAX sequence then fails the check instead of overflowing.
+        let want = pending_lsn.unwrap_or(last_lsn.wrapping_add(1));
         if frame.lsn != want {
             return Err(corrupt(
                 offset,
@@ -340,7 +341,7 @@ pub fn recover(
                     && rec
                         .segments
                         .last()
-                        .is_none_or(|s| s.first_lsn <= rec.last_lsn + 1)
+                        .is_none_or(|s| s.first_lsn <= rec.last_lsn.saturating_add(1))
             }
             Err(_) => true,
         },
@@ -351,6 +352,13 @@ pub fn recover(
 fn recover_inner(fs: &SharedFs, dir: &Path, discard: bool) -> Result<Recovered, StorageError> {
     fs.create_dir_all(dir)
         .map_err(io_err(format!("creating {}", dir.display())))?;
+    // The directory's own entry must be durable before anything in it is.
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    fs.sync_dir(&parent)
+        .map_err(io_err(format!("syncing {}", parent.display())))?;
     let names = fs
         .list_dir(dir)
         .map_err(io_err(format!("listing {}", dir.display())))?;

@@ -159,6 +159,9 @@ fn group_commit_shares_fsyncs_between_appends() {
         syncs <= 3,
         "201 appends took {syncs} fsyncs; group commit should need about 2"
     );
+    let stats = log.stats();
+    assert_eq!(stats.appends, 201);
+    assert!(stats.flushes >= 1 && stats.flushes <= 3, "{stats:?}");
 }
 
 #[test]
