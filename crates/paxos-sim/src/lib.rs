@@ -1,1 +1,105 @@
-//! paxos-sim (being built).
+//! paxos-sim: a deterministic simulator that runs N real
+//! [`paxos_core::Replica`]s under injected faults and checks that they stay
+//! safe, and that they converge once the faults stop (in the style of
+//! TigerBeetle's VOPR).
+//!
+//! # Determinism
+//!
+//! One `u64` seed determines the whole run. All randomness comes from one
+//! `SmallRng` seeded with it (the fault mix, the network, the disks, the
+//! clients, and the seeds handed to each `Replica::new`); time is simulated
+//! ([`paxos_core::Time`], microseconds) and advanced by a discrete-event
+//! queue ordered by `(time, insertion sequence)`; every map whose order can
+//! influence behaviour is a `BTreeMap`. Every processed event and every
+//! replica action is fed into an FNV-1a digest ([`RunReport::digest`]): two
+//! runs of one seed produce the same digest (tested in `tests/determinism.rs`).
+//!
+//! # Fault model
+//!
+//! Each seed first draws its own fault mix ([`FaultParams`], "swarm
+//! testing"), then a fault phase of `steps` events runs with:
+//!
+//! - **Network**: every message is encoded with `paxos_core::codec` on send
+//!   and decoded on delivery (so the codec is on every hop). Messages are
+//!   lost, duplicated, delayed by a random amount (so they reorder), and now
+//!   and then held back for hundreds of milliseconds. Partitions come and go:
+//!   random two-group splits, isolation of the current leader, and one-way
+//!   link cuts; a partition also drops messages already in flight. Some
+//!   hops also feed a corrupted copy to the decoder, which must return an
+//!   error or a message, never panic (the corrupted copy is not delivered,
+//!   since the protocol does not claim to survive undetected corruption).
+//! - **Disks**: each replica has simulated durable storage, a
+//!   [`paxos_core::DurableState`] built with `DurableState::apply`. A
+//!   `Persist` completes after a random delay, in FIFO order, and only then
+//!   is `on_persisted` called.
+//! - **Crashes**: a crash drops the replica object and all persists that
+//!   were not acknowledged, except that any prefix of them may have reached
+//!   the disk (a crash between write and acknowledgement), and with torn
+//!   writes enabled a prefix of the entries of the next one too. A restart
+//!   builds a new `Replica` from the durable state with `applied_through = 0`
+//!   and an empty state machine that re-applies from slot 1. Crashes target
+//!   random replicas, the leader, or the replica with the most persists
+//!   outstanding; usually at most a minority is down, sometimes one more.
+//! - **Leadership churn**: the leader is asked to `relinquish_primary`, and
+//!   replicas' `CanBecomePrimary` veto is toggled (at most a minority vetoed).
+//! - **Clients**: three clients keep a bounded window of requests with
+//!   unique ids, batch them with `paxos_core::batch` and `propose` them to the
+//!   replica they believe leads; `NotLeader` redirects them, `WindowFull`
+//!   makes them retry, and unacknowledged requests are retried after a
+//!   timeout.
+//!
+//! Then the **liveness phase** heals everything (all replicas restarted,
+//! partitions removed, no loss or duplication, no vetoes) and requires that
+//! within a bounded simulated time a leader is elected, every client gets new
+//! requests acknowledged, and every replica applies through the highest
+//! acknowledged slot.
+//!
+//! # Checkers
+//!
+//! After every action (see [`checker`]): **agreement** (one global
+//! `slot -> value` map kept across crashes and restarts; no two applies of a
+//! slot differ), **validity** (an applied batch is byte for byte a batch a
+//! client proposed, made of requests clients issued; `Noop`/`Reconfigure`
+//! allowed), **no lost acknowledged request** (an acknowledgement points at
+//! the slot that holds the request, agreement pins it there, and the
+//! liveness phase requires every replica to reach it), **contiguous
+//! applies** per replica incarnation, **one leader per ballot**,
+//! **durability before reply** (an acceptor's `Promise` or `Accepted` may
+//! only be sent once the promise or accepted value it reports is on the
+//! simulated disk), the codec
+//! round trip (decode then encode gives the same bytes; message size limit),
+//! the core's API contract (increasing persist tokens, status of itself,
+//! known peers) and, because this crate enables `paxos-contracts/contracts`,
+//! every contract inside paxos-core. A panic in the core is caught and
+//! reported as a failure of that seed.
+//!
+//! # Reproducing a seed
+//!
+//! `paxos-sim --seeds N` runs seeds `0..N` (or `S..S+N` with `--seed S`) and
+//! prints, for every failing seed, the command that reruns it alone, e.g.
+//! `cargo xtask sim --seed 1234` (which runs
+//! `cargo run --release -p paxos-sim -- --seed 1234`). Add `-v` to print
+//! every event of that run.
+//!
+//! # Invariants of this crate
+//!
+//! - The simulator never reads a clock, the environment or an unseeded RNG.
+//! - Queues are bounded by construction: each client has a fixed request
+//!   window, persists are bounded by what the core issues, and the liveness
+//!   phase has an event cap.
+//! - The simulator only uses paxos-core's public API (plus `plant_bug` via
+//!   the test hook).
+
+pub mod checker;
+pub mod client;
+pub mod digest;
+pub mod params;
+pub mod runner;
+pub mod sim;
+
+pub use checker::{Failure, FailureKind};
+pub use params::{FaultParams, FaultWeights};
+pub use runner::{run_many, RunOptions, Summary};
+pub use sim::{
+    install_panic_capture, run, FaultCounts, ReplicaHook, RunReport, SimConfig, DEFAULT_STEPS,
+};

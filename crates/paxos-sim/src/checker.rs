@@ -1,0 +1,397 @@
+//! The safety checkers. They see every `Apply` and `StatusChanged` action of
+//! every replica incarnation and keep global state that survives crashes:
+//!
+//! - **Agreement**: one global map `slot -> value`. The first replica to
+//!   apply a slot records its value; any later apply of that slot, by any
+//!   replica, in any incarnation, must carry the same value.
+//! - **Validity**: an applied `Requests` batch must be a batch some client
+//!   proposed, byte for byte, and every request in it must be a request a
+//!   client issued. `Noop` and `Reconfigure` are allowed.
+//! - **Contiguity**: each replica incarnation applies slots
+//!   `applied_through + 1, + 2, ...` with no gap and no repeat.
+//! - **No lost acknowledged request**: a request is acknowledged when the
+//!   replica that accepted the proposal applies that slot with that batch.
+//!   Agreement then pins it to that slot on every replica; the liveness phase
+//!   additionally requires every live replica to apply through the highest
+//!   acknowledged slot.
+//! - **One leader per ballot**: two replicas never report `Leader` under the
+//!   same ballot, and a leader's ballot names the leader itself.
+
+use crate::client::{parse_request, RequestId};
+use bytes::Bytes;
+use paxos_core::{batch, Ballot, ReplicaId, Slot, Status, Value};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The kind of a violated property.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FailureKind {
+    /// Two replicas applied different values at one slot.
+    Agreement,
+    /// A value was applied that no client proposed.
+    Validity,
+    /// A replica incarnation skipped or repeated a slot.
+    NonContiguousApply,
+    /// An acknowledged request went missing.
+    LostAcknowledgedRequest,
+    /// Two leaders in one ballot, or a leader under another replica's ballot.
+    LeaderUniqueness,
+    /// A message failed to decode or to re-encode identically, or exceeded
+    /// the message size limit.
+    Codec,
+    /// An acceptor reply (Promise, Accepted) left before the state it
+    /// reports was durable.
+    Durability,
+    /// The core broke its side of the API (token order, unknown peer, ...).
+    ApiContract,
+    /// The core panicked (an `assert!`, a contract, or a bug).
+    Panic,
+    /// The healed cluster did not elect a leader and commit new requests in
+    /// time.
+    Liveness,
+}
+
+impl std::fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = match self {
+            FailureKind::Agreement => "AGREEMENT",
+            FailureKind::Validity => "VALIDITY",
+            FailureKind::NonContiguousApply => "NON-CONTIGUOUS APPLY",
+            FailureKind::LostAcknowledgedRequest => "LOST ACKNOWLEDGED REQUEST",
+            FailureKind::LeaderUniqueness => "LEADER UNIQUENESS",
+            FailureKind::Codec => "CODEC",
+            FailureKind::Durability => "DURABILITY",
+            FailureKind::ApiContract => "API CONTRACT",
+            FailureKind::Panic => "PANIC",
+            FailureKind::Liveness => "LIVENESS",
+        };
+        f.write_str(s)
+    }
+}
+
+/// A violated property, with enough context to start debugging.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// What was violated.
+    pub kind: FailureKind,
+    /// Human-readable details.
+    pub detail: String,
+}
+
+impl Failure {
+    /// A failure of `kind` described by `detail`.
+    pub fn new(kind: FailureKind, detail: impl Into<String>) -> Failure {
+        Failure {
+            kind,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.kind, self.detail)
+    }
+}
+
+/// Global checker state, shared by all replicas and kept across crashes.
+#[derive(Debug, Default)]
+pub struct Checker {
+    /// The value chosen at each slot, as first applied, and who applied it.
+    chosen: BTreeMap<Slot, (Value, ReplicaId)>,
+    /// Every batch a client handed to `propose`.
+    proposed: BTreeSet<Bytes>,
+    /// Acknowledged requests and the slot each was acknowledged at.
+    acked: BTreeMap<RequestId, Slot>,
+    /// The highest slot any request was acknowledged at.
+    max_acked_slot: Slot,
+    /// The leader reported for each ballot.
+    leaders: BTreeMap<Ballot, ReplicaId>,
+    /// Highest request sequence number issued per client (validity).
+    issued: BTreeMap<u32, u64>,
+}
+
+impl Checker {
+    /// An empty checker.
+    pub fn new() -> Checker {
+        Checker::default()
+    }
+
+    /// Records that `client` has issued requests below `next_seq`.
+    pub fn note_issued(&mut self, client: u32, next_seq: u64) {
+        self.issued.insert(client, next_seq);
+    }
+
+    /// Records a batch handed to `propose`.
+    pub fn note_proposed(&mut self, batch: Bytes) {
+        self.proposed.insert(batch);
+    }
+
+    /// The number of distinct slots applied anywhere.
+    pub fn chosen_slots(&self) -> u64 {
+        self.chosen.len() as u64
+    }
+
+    /// The highest slot applied anywhere.
+    pub fn max_chosen(&self) -> Slot {
+        self.chosen.keys().next_back().copied().unwrap_or(0)
+    }
+
+    /// The number of distinct acknowledged requests.
+    pub fn acked_requests(&self) -> u64 {
+        self.acked.len() as u64
+    }
+
+    /// The highest slot any request was acknowledged at.
+    pub fn max_acked_slot(&self) -> Slot {
+        self.max_acked_slot
+    }
+
+    /// Checks one `Apply` of replica `id`, whose incarnation had applied
+    /// through `applied_through` before it.
+    pub fn on_apply(
+        &mut self,
+        id: ReplicaId,
+        applied_through: Slot,
+        slot: Slot,
+        value: &Value,
+    ) -> Result<(), Failure> {
+        if slot != applied_through + 1 {
+            return Err(Failure::new(
+                FailureKind::NonContiguousApply,
+                format!("{id} applied slot {slot} after slot {applied_through}"),
+            ));
+        }
+        self.check_valid(id, slot, value)?;
+        match self.chosen.get(&slot) {
+            Some((first, by)) if first != value => Err(Failure::new(
+                FailureKind::Agreement,
+                format!(
+                    "slot {slot}: {by} applied {} but {id} applied {}",
+                    describe(first),
+                    describe(value)
+                ),
+            )),
+            Some(_) => Ok(()),
+            None => {
+                self.chosen.insert(slot, (value.clone(), id));
+                Ok(())
+            }
+        }
+    }
+
+    fn check_valid(&self, id: ReplicaId, slot: Slot, value: &Value) -> Result<(), Failure> {
+        let Value::Requests(bytes) = value else {
+            return Ok(());
+        };
+        let invalid = |why: String| {
+            Failure::new(
+                FailureKind::Validity,
+                format!("{id} applied at slot {slot} {why}"),
+            )
+        };
+        if !self.proposed.contains(bytes) {
+            return Err(invalid(format!(
+                "a batch no client proposed: {}",
+                describe(value)
+            )));
+        }
+        let requests =
+            batch::decode(bytes).map_err(|e| invalid(format!("an undecodable batch: {e}")))?;
+        for r in requests {
+            let Some((client, seq)) = parse_request(&r) else {
+                return Err(invalid(format!(
+                    "a request no client issued ({} bytes)",
+                    r.len()
+                )));
+            };
+            if seq >= self.issued.get(&client).copied().unwrap_or(0) {
+                return Err(invalid(format!(
+                    "request c{client}#{seq} before it was issued"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Records that request `id` was acknowledged at `slot` (the proposing
+    /// leader applied it there). A request acknowledged twice (a client retry
+    /// chosen in two slots) keeps its first slot.
+    pub fn on_ack(&mut self, request: RequestId, slot: Slot) -> Result<(), Failure> {
+        match self.chosen.get(&slot) {
+            Some((Value::Requests(b), _)) => {
+                let found = batch::iter(b)
+                    .map(|mut it| it.any(|r| parse_request(&r) == Some(request)))
+                    .unwrap_or(false);
+                if !found {
+                    return Err(Failure::new(
+                        FailureKind::LostAcknowledgedRequest,
+                        format!(
+                            "request c{}#{} acknowledged at slot {slot} which does not hold it",
+                            request.0, request.1
+                        ),
+                    ));
+                }
+            }
+            other => {
+                return Err(Failure::new(
+                    FailureKind::LostAcknowledgedRequest,
+                    format!(
+                        "request c{}#{} acknowledged at slot {slot} which holds {}",
+                        request.0,
+                        request.1,
+                        other.map_or("nothing".to_string(), |(v, _)| describe(v))
+                    ),
+                ));
+            }
+        }
+        self.acked.entry(request).or_insert(slot);
+        self.max_acked_slot = self.max_acked_slot.max(slot);
+        Ok(())
+    }
+
+    /// Checks a `StatusChanged` report.
+    pub fn on_status(&mut self, status: &Status) -> Result<(), Failure> {
+        if status.role != paxos_core::Role::Leader {
+            return Ok(());
+        }
+        if status.ballot.leader != status.id {
+            return Err(Failure::new(
+                FailureKind::LeaderUniqueness,
+                format!(
+                    "{} reports Leader under ballot {} led by another replica",
+                    status.id, status.ballot
+                ),
+            ));
+        }
+        match self.leaders.get(&status.ballot) {
+            Some(other) if *other != status.id => Err(Failure::new(
+                FailureKind::LeaderUniqueness,
+                format!(
+                    "{} and {} both lead ballot {}",
+                    other, status.id, status.ballot
+                ),
+            )),
+            _ => {
+                self.leaders.insert(status.ballot, status.id);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A short description of a value for failure messages.
+pub fn describe(value: &Value) -> String {
+    match value {
+        Value::Noop => "Noop".to_string(),
+        Value::Reconfigure(m) => format!("Reconfigure({:?})", m.voters),
+        Value::Requests(b) => match batch::decode(b) {
+            Ok(reqs) => {
+                let ids: Vec<String> = reqs
+                    .iter()
+                    .take(6)
+                    .map(|r| match parse_request(r) {
+                        Some((c, s)) => format!("c{c}#{s}"),
+                        None => format!("?{}B", r.len()),
+                    })
+                    .collect();
+                let more = if reqs.len() > 6 { ", ..." } else { "" };
+                format!("Requests[{}{more}]", ids.join(", "))
+            }
+            Err(e) => format!("Requests(<bad batch: {e}>)"),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::request_bytes;
+
+    fn batch_of(reqs: &[(u32, u64)]) -> Bytes {
+        let owned: Vec<Bytes> = reqs.iter().map(|(c, s)| request_bytes(*c, *s)).collect();
+        batch::encode(owned.iter().map(|b| b.as_ref()))
+    }
+
+    #[test]
+    fn agreement_is_checked_across_replicas() {
+        let mut c = Checker::new();
+        c.note_issued(1, 10);
+        let a = batch_of(&[(1, 1)]);
+        let b = batch_of(&[(1, 2)]);
+        c.note_proposed(a.clone());
+        c.note_proposed(b.clone());
+        c.on_apply(ReplicaId(1), 0, 1, &Value::Requests(a.clone()))
+            .unwrap();
+        c.on_apply(ReplicaId(2), 0, 1, &Value::Requests(a)).unwrap();
+        let err = c
+            .on_apply(ReplicaId(3), 0, 1, &Value::Requests(b))
+            .unwrap_err();
+        assert_eq!(err.kind, FailureKind::Agreement);
+        assert!(
+            err.detail.contains("c1#1") && err.detail.contains("c1#2"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn gaps_and_repeats_are_caught() {
+        let mut c = Checker::new();
+        c.on_apply(ReplicaId(1), 0, 1, &Value::Noop).unwrap();
+        assert_eq!(
+            c.on_apply(ReplicaId(1), 1, 3, &Value::Noop)
+                .unwrap_err()
+                .kind,
+            FailureKind::NonContiguousApply
+        );
+        assert_eq!(
+            c.on_apply(ReplicaId(1), 1, 1, &Value::Noop)
+                .unwrap_err()
+                .kind,
+            FailureKind::NonContiguousApply
+        );
+    }
+
+    #[test]
+    fn unproposed_and_unissued_values_are_invalid() {
+        let mut c = Checker::new();
+        c.note_issued(1, 2);
+        let unknown = batch_of(&[(1, 1)]);
+        assert_eq!(
+            c.on_apply(ReplicaId(1), 0, 1, &Value::Requests(unknown.clone()))
+                .unwrap_err()
+                .kind,
+            FailureKind::Validity
+        );
+        let future = batch_of(&[(1, 5)]);
+        c.note_proposed(future.clone());
+        assert_eq!(
+            c.on_apply(ReplicaId(1), 0, 1, &Value::Requests(future))
+                .unwrap_err()
+                .kind,
+            FailureKind::Validity
+        );
+        c.note_proposed(unknown.clone());
+        c.on_apply(ReplicaId(1), 0, 1, &Value::Requests(unknown))
+            .unwrap();
+        c.on_apply(ReplicaId(1), 1, 2, &Value::Noop).unwrap();
+    }
+
+    #[test]
+    fn acks_must_point_at_a_slot_holding_the_request() {
+        let mut c = Checker::new();
+        c.note_issued(1, 10);
+        let a = batch_of(&[(1, 1), (1, 2)]);
+        c.note_proposed(a.clone());
+        c.on_apply(ReplicaId(1), 0, 1, &Value::Requests(a)).unwrap();
+        c.on_ack((1, 2), 1).unwrap();
+        assert_eq!(c.max_acked_slot(), 1);
+        assert_eq!(
+            c.on_ack((1, 3), 1).unwrap_err().kind,
+            FailureKind::LostAcknowledgedRequest
+        );
+        assert_eq!(
+            c.on_ack((1, 1), 2).unwrap_err().kind,
+            FailureKind::LostAcknowledgedRequest
+        );
+    }
+}

@@ -1,0 +1,159 @@
+//! Running many seeds, in parallel, and summarising them.
+
+use crate::sim::{run, FaultCounts, ReplicaHook, RunReport, SimConfig, DEFAULT_STEPS};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+/// Which seeds to run and how.
+#[derive(Clone)]
+pub struct RunOptions {
+    /// First seed.
+    pub start_seed: u64,
+    /// Number of seeds (`start_seed .. start_seed + seeds`).
+    pub seeds: u64,
+    /// Fixed cluster size, or `None` to let each seed choose 3 or 5.
+    pub replicas: Option<usize>,
+    /// Events in the fault phase of each run.
+    pub steps: u64,
+    /// Worker threads.
+    pub jobs: usize,
+    /// Print every event (useful with one seed).
+    pub verbose: bool,
+    /// Applied to every replica the simulator creates.
+    pub hook: Option<ReplicaHook>,
+    /// Stop handing out seeds after the first failure.
+    pub stop_on_failure: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            start_seed: 0,
+            seeds: 1,
+            replicas: None,
+            steps: DEFAULT_STEPS,
+            jobs: 2,
+            verbose: false,
+            hook: None,
+            stop_on_failure: false,
+        }
+    }
+}
+
+impl std::fmt::Debug for RunOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunOptions")
+            .field("start_seed", &self.start_seed)
+            .field("seeds", &self.seeds)
+            .field("replicas", &self.replicas)
+            .field("steps", &self.steps)
+            .field("jobs", &self.jobs)
+            .finish()
+    }
+}
+
+impl RunOptions {
+    /// The configuration of one seed.
+    pub fn config(&self, seed: u64) -> SimConfig {
+        let mut cfg = SimConfig::new(seed);
+        cfg.replicas = self.replicas;
+        cfg.steps = self.steps;
+        cfg.verbose = self.verbose;
+        cfg.hook = self.hook.clone();
+        cfg
+    }
+
+    /// The command that reruns `seed` alone with these options.
+    pub fn repro_command(&self, seed: u64) -> String {
+        let mut cmd = format!("cargo xtask sim --seed {seed}");
+        if let Some(n) = self.replicas {
+            cmd.push_str(&format!(" --replicas {n}"));
+        }
+        if self.steps != DEFAULT_STEPS {
+            cmd.push_str(&format!(" --steps {}", self.steps));
+        }
+        cmd
+    }
+}
+
+/// Totals over many runs.
+#[derive(Clone, Debug, Default)]
+pub struct Summary {
+    /// Seeds run.
+    pub seeds_run: u64,
+    /// Events processed.
+    pub steps: u64,
+    /// Slots chosen (summed over runs).
+    pub commits: u64,
+    /// Requests acknowledged (summed over runs).
+    pub acked_requests: u64,
+    /// Faults injected.
+    pub faults: FaultCounts,
+    /// Failing runs, by seed.
+    pub failures: Vec<RunReport>,
+}
+
+impl Summary {
+    /// The one-line summary printed at the end.
+    pub fn line(&self) -> String {
+        format!(
+            "paxos-sim: {} seeds, {} steps, {} commits, {} acknowledged requests, {} faults injected ({} crashes, {} partitions/isolations/cuts, {} messages dropped), {} failures",
+            self.seeds_run,
+            self.steps,
+            self.commits,
+            self.acked_requests,
+            self.faults.total(),
+            self.faults.crashes,
+            self.faults.partitions + self.faults.leader_isolations + self.faults.one_way_cuts,
+            self.faults.messages_dropped,
+            self.failures.len()
+        )
+    }
+}
+
+/// Runs the seeds on `opts.jobs` threads. `on_report` sees every report as
+/// it completes (from the worker threads, in completion order); the summary
+/// lists failures in seed order.
+pub fn run_many(opts: &RunOptions, on_report: &(dyn Fn(&RunReport) + Sync)) -> Summary {
+    let next = AtomicU64::new(0);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let reports: Mutex<BTreeMap<u64, RunReport>> = Mutex::new(BTreeMap::new());
+    let jobs = opts.jobs.max(1);
+    std::thread::scope(|s| {
+        for _ in 0..jobs {
+            s.spawn(|| loop {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= opts.seeds {
+                    return;
+                }
+                let seed = opts.start_seed.wrapping_add(i);
+                let report = run(&opts.config(seed));
+                on_report(&report);
+                if report.failure.is_some() && opts.stop_on_failure {
+                    stop.store(true, Ordering::Relaxed);
+                }
+                reports
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(seed, report);
+            });
+        }
+    });
+    let reports = reports.into_inner().unwrap_or_else(|e| e.into_inner());
+    let mut summary = Summary::default();
+    for (_, r) in reports {
+        summary.seeds_run += 1;
+        summary.steps += r.steps;
+        summary.commits += r.commits;
+        summary.acked_requests += r.acked_requests;
+        summary.faults.add(&r.faults);
+        if r.failure.is_some() {
+            summary.failures.push(r);
+        }
+    }
+    summary
+}

@@ -1,0 +1,1407 @@
+//! One simulated run: N real `paxos_core::Replica`s, simulated network,
+//! disks, clients and time, driven by a discrete-event queue from one seed.
+
+use crate::checker::{describe, Checker, Failure, FailureKind};
+use crate::client::{request_bytes, Client, RequestState};
+use crate::digest::Fnv64;
+use crate::params::FaultParams;
+use bytes::{Bytes, BytesMut};
+use paxos_core::batch::{BatchBuilder, BatchLimits};
+use paxos_core::{
+    codec, Action, Config, DurableState, Membership, Message, PersistEntry, PersistToken,
+    ProposeError, Replica, ReplicaId, Role, Slot, Status, Time, Value,
+};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use std::cell::RefCell;
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+/// Called on every replica the simulator creates (at start and at each
+/// restart), before it handles anything. Tests use it to plant bugs.
+pub type ReplicaHook = Arc<dyn Fn(&mut Replica) + Send + Sync>;
+
+/// Default number of events in the fault phase of one run.
+pub const DEFAULT_STEPS: u64 = 6_000;
+
+/// What to run.
+#[derive(Clone)]
+pub struct SimConfig {
+    /// The seed that determines the whole run.
+    pub seed: u64,
+    /// Cluster size (3 or 5); `None` lets the seed choose.
+    pub replicas: Option<usize>,
+    /// Events processed in the fault phase.
+    pub steps: u64,
+    /// Simulated time the healed cluster gets to elect a leader and commit
+    /// new requests everywhere.
+    pub liveness_timeout_us: u64,
+    /// New requests each client must get acknowledged after the heal.
+    pub liveness_probes: u64,
+    /// Hard cap on events in the liveness phase (guards against event storms).
+    pub liveness_max_events: u64,
+    /// Print every event.
+    pub verbose: bool,
+    /// Applied to every new replica.
+    pub hook: Option<ReplicaHook>,
+}
+
+impl SimConfig {
+    /// Defaults for `seed`.
+    pub fn new(seed: u64) -> SimConfig {
+        SimConfig {
+            seed,
+            replicas: None,
+            steps: DEFAULT_STEPS,
+            liveness_timeout_us: 10_000_000,
+            liveness_probes: 2,
+            liveness_max_events: 400_000,
+            verbose: false,
+            hook: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for SimConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimConfig")
+            .field("seed", &self.seed)
+            .field("replicas", &self.replicas)
+            .field("steps", &self.steps)
+            .field("liveness_timeout_us", &self.liveness_timeout_us)
+            .field("hook", &self.hook.is_some())
+            .finish()
+    }
+}
+
+/// How many faults of each kind a run injected.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FaultCounts {
+    /// Replica crashes.
+    pub crashes: u64,
+    /// Crashes that hit a replica with persists outstanding.
+    pub crashes_with_pending_persists: u64,
+    /// Crashes that left a torn (partially durable) persist.
+    pub torn_persists: u64,
+    /// Replica restarts.
+    pub restarts: u64,
+    /// Random two-group partitions.
+    pub partitions: u64,
+    /// Leader isolations.
+    pub leader_isolations: u64,
+    /// One-way link cuts.
+    pub one_way_cuts: u64,
+    /// Leader step-down requests.
+    pub relinquishes: u64,
+    /// CanBecomePrimary toggles.
+    pub vetoes: u64,
+    /// Network weather changes.
+    pub weather_changes: u64,
+    /// Messages lost (randomly or to a partition).
+    pub messages_dropped: u64,
+    /// Messages duplicated.
+    pub messages_duplicated: u64,
+    /// Corrupted copies fed to the decoder.
+    pub codec_fuzzed: u64,
+    /// Checkpoints taken (each followed by `compact`).
+    pub checkpoints: u64,
+    /// State transfers to replicas that reported `needs_snapshot`.
+    pub state_transfers: u64,
+}
+
+impl FaultCounts {
+    /// Injected faults of all kinds (messages included).
+    pub fn total(&self) -> u64 {
+        self.crashes
+            + self.torn_persists
+            + self.partitions
+            + self.leader_isolations
+            + self.one_way_cuts
+            + self.relinquishes
+            + self.vetoes
+            + self.weather_changes
+            + self.messages_dropped
+            + self.messages_duplicated
+            + self.codec_fuzzed
+    }
+
+    /// Adds another run's counts.
+    pub fn add(&mut self, o: &FaultCounts) {
+        self.crashes += o.crashes;
+        self.crashes_with_pending_persists += o.crashes_with_pending_persists;
+        self.torn_persists += o.torn_persists;
+        self.restarts += o.restarts;
+        self.partitions += o.partitions;
+        self.leader_isolations += o.leader_isolations;
+        self.one_way_cuts += o.one_way_cuts;
+        self.relinquishes += o.relinquishes;
+        self.vetoes += o.vetoes;
+        self.weather_changes += o.weather_changes;
+        self.messages_dropped += o.messages_dropped;
+        self.messages_duplicated += o.messages_duplicated;
+        self.codec_fuzzed += o.codec_fuzzed;
+        self.checkpoints += o.checkpoints;
+        self.state_transfers += o.state_transfers;
+    }
+}
+
+/// The outcome of one run.
+#[derive(Clone, Debug)]
+pub struct RunReport {
+    /// The seed.
+    pub seed: u64,
+    /// Cluster size.
+    pub replicas: usize,
+    /// Events processed (both phases).
+    pub steps: u64,
+    /// Distinct slots applied anywhere.
+    pub commits: u64,
+    /// Distinct requests acknowledged to clients.
+    pub acked_requests: u64,
+    /// Faults injected.
+    pub faults: FaultCounts,
+    /// Hash of every processed event and every action; equal for two runs of
+    /// one seed.
+    pub digest: u64,
+    /// Simulated time at the end.
+    pub sim_time: Time,
+    /// The seed's fault mix.
+    pub params: FaultParams,
+    /// The first violated property, if any, and when.
+    pub failure: Option<(Failure, Time)>,
+}
+
+#[derive(Hash)]
+enum EventKind {
+    Deliver {
+        from: usize,
+        to: usize,
+        bytes: Bytes,
+    },
+    PersistDone {
+        node: usize,
+        incarnation: u64,
+    },
+    Timer {
+        node: usize,
+        incarnation: u64,
+        generation: u64,
+    },
+    ClientTick {
+        client: usize,
+    },
+    Chaos,
+    Restart {
+        node: usize,
+        incarnation: u64,
+    },
+    Heal {
+        partition: u64,
+    },
+    StateTransfer {
+        node: usize,
+        incarnation: u64,
+    },
+}
+
+struct Event {
+    at: Time,
+    seq: u64,
+    kind: EventKind,
+}
+
+impl PartialEq for Event {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Event {}
+impl PartialOrd for Event {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Event {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+/// A batch proposed through one replica incarnation, awaiting its apply.
+struct Proposal {
+    client: usize,
+    batch: Bytes,
+    seqs: Vec<u64>,
+}
+
+struct Node {
+    id: ReplicaId,
+    config: Config,
+    replica: Option<Replica>,
+    /// Bumped at every crash; events of an older incarnation are dropped.
+    incarnation: u64,
+    /// What the disk holds. Survives crashes.
+    durable: DurableState,
+    /// Persists issued but not yet complete, oldest first.
+    pending: VecDeque<(PersistToken, Vec<PersistEntry>)>,
+    disk_busy_until: Time,
+    last_token: Option<u64>,
+    timer: Option<Time>,
+    timer_generation: u64,
+    /// The simulated state machine: slots applied by this incarnation.
+    applied_through: Slot,
+    status: Option<Status>,
+    proposals: BTreeMap<Slot, Proposal>,
+    vetoed: bool,
+    /// The simulated state machine's durable checkpoint: it holds every slot
+    /// up to here. A restart loads it (`applied_through = checkpoint`).
+    checkpoint: Slot,
+    /// A state transfer is scheduled for this incarnation.
+    transfer_scheduled: bool,
+}
+
+#[derive(PartialEq, Eq)]
+enum Phase {
+    Faults,
+    Liveness { deadline: Time, events_left: u64 },
+}
+
+struct Net {
+    /// Group of each replica while a partition is up.
+    groups: Option<Vec<u8>>,
+    /// Directed links that drop everything.
+    blocked: BTreeSet<(usize, usize)>,
+    partition_id: u64,
+}
+
+impl Net {
+    fn connected(&self, from: usize, to: usize) -> bool {
+        if from == to {
+            return true;
+        }
+        if self.blocked.contains(&(from, to)) {
+            return false;
+        }
+        match &self.groups {
+            Some(g) => g[from] == g[to],
+            None => true,
+        }
+    }
+}
+
+/// Retry a proposal that was not acknowledged within this simulated time.
+const CLIENT_RETRY_US: u64 = 500_000;
+const CLIENTS: usize = 3;
+
+struct Sim {
+    cfg: SimConfig,
+    params: FaultParams,
+    rng: SmallRng,
+    now: Time,
+    queue: BinaryHeap<Reverse<Event>>,
+    next_seq: u64,
+    nodes: Vec<Node>,
+    net: Net,
+    clients: Vec<Client>,
+    checker: Checker,
+    digest: Fnv64,
+    faults: FaultCounts,
+    steps: u64,
+    phase: Phase,
+    batch_limits: BatchLimits,
+}
+
+thread_local! {
+    /// While a run is in progress on this thread: the message of the first
+    /// panic, captured by the hook instead of printed.
+    static PANIC_CAPTURE: RefCell<Option<Option<String>>> = const { RefCell::new(None) };
+}
+
+/// Installs (once per process) a panic hook that captures the message and
+/// location of panics raised inside a simulator run, so that failures are
+/// reported once, with their seed, instead of scrolling by. Panics outside a
+/// run go to the previous hook unchanged.
+pub fn install_panic_capture() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let captured = PANIC_CAPTURE.with(|c| match c.borrow_mut().as_mut() {
+                Some(slot) => {
+                    if slot.is_none() {
+                        *slot = Some(info.to_string());
+                    }
+                    true
+                }
+                None => false,
+            });
+            if !captured {
+                previous(info);
+            }
+        }));
+    });
+}
+
+/// Runs one seed to completion and reports what happened. Never panics on a
+/// core failure: panics inside the core are caught and reported as
+/// [`FailureKind::Panic`].
+pub fn run(cfg: &SimConfig) -> RunReport {
+    install_panic_capture();
+    let mut sim = Sim::new(cfg.clone());
+    PANIC_CAPTURE.with(|c| *c.borrow_mut() = Some(None));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sim.run_phases()));
+    let captured = PANIC_CAPTURE.with(|c| c.borrow_mut().take()).flatten();
+    let failure = match outcome {
+        Ok(Ok(())) => None,
+        Ok(Err(f)) => Some(f),
+        Err(payload) => {
+            let msg = captured.unwrap_or_else(|| {
+                payload
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "non-string panic payload".to_string())
+            });
+            Some(Failure::new(FailureKind::Panic, msg))
+        }
+    };
+    RunReport {
+        seed: cfg.seed,
+        replicas: sim.nodes.len(),
+        steps: sim.steps,
+        commits: sim.checker.chosen_slots(),
+        acked_requests: sim.checker.acked_requests(),
+        faults: sim.faults,
+        digest: sim.digest.finish(),
+        sim_time: sim.now,
+        params: sim.params.clone(),
+        failure: failure.map(|f| (f, sim.now)),
+    }
+}
+
+impl Sim {
+    fn new(cfg: SimConfig) -> Sim {
+        let mut rng = SmallRng::seed_from_u64(cfg.seed);
+        // Always draw the size so that `--replicas N` equal to the drawn size
+        // reproduces the seed's default run exactly.
+        let drawn = if rng.gen_bool(0.5) { 3 } else { 5 };
+        let n = cfg.replicas.unwrap_or(drawn);
+        let params = FaultParams::sample(&mut rng);
+        let membership = Membership::with_voters((1..=n as u32).map(ReplicaId).collect());
+        let heartbeat_us = if rng.gen_bool(0.5) { 5_000 } else { 20_000 };
+        let catchup_chunk = [1usize, 4, 64][rng.gen_range(0..3)];
+        let batch_limits = BatchLimits {
+            max_requests: 16,
+            max_bytes: 1024,
+        };
+        let nodes = (0..n)
+            .map(|i| {
+                let id = ReplicaId(i as u32 + 1);
+                let mut config = Config::new(id, membership.clone());
+                config.pipeline_window = params.pipeline_window;
+                config.batch_limits = batch_limits;
+                config.heartbeat_interval_us = heartbeat_us;
+                config.election_timeout_min_us = heartbeat_us * 5;
+                config.election_timeout_max_us = heartbeat_us * 10;
+                config.catchup_chunk_decrees = catchup_chunk;
+                config.retain_decrees = params.retain_decrees;
+                Node {
+                    id,
+                    config,
+                    replica: None,
+                    incarnation: 0,
+                    durable: DurableState::default(),
+                    pending: VecDeque::new(),
+                    disk_busy_until: Time(0),
+                    last_token: None,
+                    timer: None,
+                    timer_generation: 0,
+                    applied_through: 0,
+                    status: None,
+                    proposals: BTreeMap::new(),
+                    vetoed: false,
+                    checkpoint: 0,
+                    transfer_scheduled: false,
+                }
+            })
+            .collect();
+        let clients = (0..CLIENTS)
+            .map(|c| Client::new(c as u32 + 1, rng.gen_range(0..n)))
+            .collect();
+        Sim {
+            cfg,
+            params,
+            rng,
+            now: Time(0),
+            queue: BinaryHeap::new(),
+            next_seq: 0,
+            nodes,
+            net: Net {
+                groups: None,
+                blocked: BTreeSet::new(),
+                partition_id: 0,
+            },
+            clients,
+            checker: Checker::new(),
+            digest: Fnv64::new(),
+            faults: FaultCounts::default(),
+            steps: 0,
+            phase: Phase::Faults,
+            batch_limits,
+        }
+    }
+
+    fn schedule(&mut self, at: Time, kind: EventKind) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.queue.push(Reverse(Event { at, seq, kind }));
+    }
+
+    fn trace(&self, what: impl FnOnce() -> String) {
+        if self.cfg.verbose {
+            println!("{:>12} {}", self.now.0, what());
+        }
+    }
+
+    fn run_phases(&mut self) -> Result<(), Failure> {
+        for i in 0..self.nodes.len() {
+            self.start_replica(i)?;
+        }
+        for c in 0..self.clients.len() {
+            let at = self
+                .now
+                .plus_micros(self.rng.gen_range(0..=self.params.client_interval_us));
+            self.schedule(at, EventKind::ClientTick { client: c });
+        }
+        let at = self.now.plus_micros(self.chaos_delay());
+        self.schedule(at, EventKind::Chaos);
+        while self.steps < self.cfg.steps {
+            self.step()?;
+        }
+        self.heal()?;
+        loop {
+            if self.liveness_reached() {
+                self.trace(|| "liveness reached".to_string());
+                return Ok(());
+            }
+            let Phase::Liveness {
+                deadline,
+                events_left,
+                ..
+            } = &mut self.phase
+            else {
+                unreachable!("heal() entered the liveness phase");
+            };
+            if self.now > *deadline || *events_left == 0 {
+                return Err(self.liveness_failure());
+            }
+            *events_left -= 1;
+            self.step()?;
+        }
+    }
+
+    fn step(&mut self) -> Result<(), Failure> {
+        let Some(Reverse(ev)) = self.queue.pop() else {
+            return Err(Failure::new(FailureKind::Liveness, "event queue ran empty"));
+        };
+        debug_assert!(ev.at >= self.now, "time never goes backwards");
+        self.now = ev.at;
+        self.steps += 1;
+        ev.at.hash(&mut self.digest);
+        ev.kind.hash(&mut self.digest);
+        match ev.kind {
+            EventKind::Deliver { from, to, bytes } => self.deliver(from, to, bytes),
+            EventKind::PersistDone { node, incarnation } => self.persist_done(node, incarnation),
+            EventKind::Timer {
+                node,
+                incarnation,
+                generation,
+            } => {
+                let n = &mut self.nodes[node];
+                if n.incarnation != incarnation
+                    || n.timer_generation != generation
+                    || n.replica.is_none()
+                {
+                    return Ok(());
+                }
+                n.timer = None;
+                let now = self.now;
+                if let Some(r) = n.replica.as_mut() {
+                    r.handle_tick(now);
+                }
+                self.after_interaction(node)
+            }
+            EventKind::ClientTick { client } => self.client_tick(client),
+            EventKind::Chaos => self.chaos(),
+            EventKind::Restart { node, incarnation } => {
+                if self.nodes[node].replica.is_none() && self.nodes[node].incarnation == incarnation
+                {
+                    self.start_replica(node)?;
+                }
+                Ok(())
+            }
+            EventKind::StateTransfer { node, incarnation } => {
+                self.state_transfer(node, incarnation)
+            }
+            EventKind::Heal { partition } => {
+                if partition == self.net.partition_id {
+                    self.trace(|| "network healed".to_string());
+                    self.net.groups = None;
+                    self.net.blocked.clear();
+                }
+                Ok(())
+            }
+        }
+    }
+
+    // ----- replicas -------------------------------------------------------
+
+    fn start_replica(&mut self, i: usize) -> Result<(), Failure> {
+        let seed: u64 = self.rng.gen();
+        let now = self.now;
+        let node = &mut self.nodes[i];
+        let mut replica = Replica::new(
+            node.config.clone(),
+            node.durable.clone(),
+            node.checkpoint,
+            seed,
+            now,
+        );
+        if let Some(hook) = &self.cfg.hook {
+            hook(&mut replica);
+        }
+        replica.set_can_become_primary(!node.vetoed);
+        node.replica = Some(replica);
+        node.applied_through = node.checkpoint;
+        node.transfer_scheduled = false;
+        node.last_token = None;
+        node.status = None;
+        node.timer = None;
+        node.proposals.clear();
+        if node.incarnation > 0 {
+            self.faults.restarts += 1;
+        }
+        let (id, promised, commit, checkpoint) = (
+            node.id,
+            node.durable.promised,
+            node.durable.commit_index,
+            node.checkpoint,
+        );
+        self.trace(|| {
+            format!("{id} starts (durable promised {promised}, commit {commit}, checkpoint {checkpoint})")
+        });
+        self.after_interaction(i)
+    }
+
+    /// A replica reported `needs_snapshot`: it misses decrees no peer still
+    /// holds. As RSL's CopyStateFromReplica does, copy the state machine of
+    /// the most advanced live peer and restart on it. Its outstanding
+    /// persists are allowed to finish first (a clean restart).
+    fn state_transfer(&mut self, i: usize, incarnation: u64) -> Result<(), Failure> {
+        let node = &self.nodes[i];
+        if node.incarnation != incarnation || node.replica.is_none() {
+            return Ok(());
+        }
+        let still_needed = node
+            .replica
+            .as_ref()
+            .is_some_and(|r| r.status().needs_snapshot);
+        if !still_needed {
+            self.nodes[i].transfer_scheduled = false;
+            return Ok(());
+        }
+        let donor = (0..self.nodes.len())
+            .filter(|j| *j != i && self.nodes[*j].replica.is_some())
+            .max_by_key(|j| (self.nodes[*j].applied_through, std::cmp::Reverse(*j)));
+        let through = donor.map_or(0, |d| self.nodes[d].applied_through);
+        if through <= node.applied_through {
+            // Nobody is ahead yet: try again later.
+            let at = self.now.plus_micros(50_000);
+            self.schedule(
+                at,
+                EventKind::StateTransfer {
+                    node: i,
+                    incarnation,
+                },
+            );
+            return Ok(());
+        }
+        self.faults.state_transfers += 1;
+        let id = node.id;
+        self.trace(|| {
+            format!(
+                "{id} STATE TRANSFER to slot {through} from r{}",
+                donor.map_or(0, |d| d + 1)
+            )
+        });
+        let node = &mut self.nodes[i];
+        for (_, entries) in std::mem::take(&mut node.pending) {
+            for e in &entries {
+                node.durable.apply(e);
+            }
+        }
+        node.checkpoint = through;
+        node.replica = None;
+        node.incarnation += 1;
+        node.disk_busy_until = self.now;
+        for c in &mut self.clients {
+            c.requeue_replica(i);
+        }
+        self.start_replica(i)
+    }
+
+    fn crash(&mut self, i: usize) {
+        if self.nodes[i].replica.is_none() {
+            return;
+        }
+        let torn_allowed = self.params.torn_persists;
+        let pending = std::mem::take(&mut self.nodes[i].pending);
+        // Persists that were issued but not acknowledged: any prefix of them
+        // may have reached the disk before the crash (a crash between write
+        // and acknowledgement), and with torn writes a prefix of the entries
+        // of the next one too.
+        let whole = self.rng.gen_range(0..=pending.len());
+        let torn = if torn_allowed && whole < pending.len() {
+            self.rng.gen_range(0..=pending[whole].1.len())
+        } else {
+            0
+        };
+        self.faults.crashes += 1;
+        if !pending.is_empty() {
+            self.faults.crashes_with_pending_persists += 1;
+        }
+        if torn > 0 && torn < pending[whole].1.len() {
+            self.faults.torn_persists += 1;
+        }
+        let node = &mut self.nodes[i];
+        for (_, entries) in pending.iter().take(whole) {
+            for e in entries {
+                node.durable.apply(e);
+            }
+        }
+        if whole < pending.len() {
+            for e in pending[whole].1.iter().take(torn) {
+                node.durable.apply(e);
+            }
+        }
+        node.replica = None;
+        node.incarnation += 1;
+        node.timer = None;
+        node.status = None;
+        node.proposals.clear();
+        node.disk_busy_until = self.now;
+        let incarnation = node.incarnation;
+        let id = node.id;
+        for c in &mut self.clients {
+            c.requeue_replica(i);
+        }
+        let downtime = self
+            .rng
+            .gen_range(self.params.downtime_min_us..=self.params.downtime_max_us);
+        self.trace(|| {
+            format!("{id} CRASHES ({} pending persists, {whole} made durable, torn {torn}), down {downtime}us", pending.len())
+        });
+        self.schedule(
+            self.now.plus_micros(downtime),
+            EventKind::Restart {
+                node: i,
+                incarnation,
+            },
+        );
+    }
+
+    /// Drains the replica's actions and re-arms its timer.
+    fn after_interaction(&mut self, i: usize) -> Result<(), Failure> {
+        loop {
+            let Some(replica) = self.nodes[i].replica.as_mut() else {
+                return Ok(());
+            };
+            let Some(action) = replica.poll_action() else {
+                break;
+            };
+            self.handle_action(i, action)?;
+        }
+        let node = &mut self.nodes[i];
+        let Some(replica) = node.replica.as_ref() else {
+            return Ok(());
+        };
+        if let Some(t) = replica.next_timer() {
+            // A timer at or before now fires on the next microsecond, so a
+            // core that never advances its timer cannot freeze time.
+            let at = t.max(self.now.plus_micros(1));
+            if node.timer != Some(at) {
+                node.timer = Some(at);
+                node.timer_generation += 1;
+                let (incarnation, generation) = (node.incarnation, node.timer_generation);
+                self.schedule(
+                    at,
+                    EventKind::Timer {
+                        node: i,
+                        incarnation,
+                        generation,
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn handle_action(&mut self, i: usize, action: Action) -> Result<(), Failure> {
+        match action {
+            Action::Send { to, msg } => self.send(i, to, &msg),
+            Action::Persist { token, entries } => {
+                let node = &mut self.nodes[i];
+                if let Some(last) = node.last_token {
+                    if token.0 <= last {
+                        return Err(Failure::new(
+                            FailureKind::ApiContract,
+                            format!(
+                                "{} issued persist token {} after {}",
+                                node.id, token.0, last
+                            ),
+                        ));
+                    }
+                }
+                node.last_token = Some(token.0);
+                let took = self
+                    .rng
+                    .gen_range(self.params.persist_min_us..=self.params.persist_max_us);
+                let done = node.disk_busy_until.max(self.now).plus_micros(took);
+                node.disk_busy_until = done;
+                let incarnation = node.incarnation;
+                token.0.hash(&mut self.digest);
+                entries.len().hash(&mut self.digest);
+                node.pending.push_back((token, entries));
+                self.schedule(
+                    done,
+                    EventKind::PersistDone {
+                        node: i,
+                        incarnation,
+                    },
+                );
+                Ok(())
+            }
+            Action::Apply {
+                slot,
+                ballot,
+                value,
+            } => self.apply(i, slot, ballot, value),
+            Action::StatusChanged(status) => {
+                let id = self.nodes[i].id;
+                if status.id != id {
+                    return Err(Failure::new(
+                        FailureKind::ApiContract,
+                        format!("{id} reported the status of {}", status.id),
+                    ));
+                }
+                self.trace(|| {
+                    format!(
+                        "{id} status {:?} ballot {} leader {:?} commit {} applied {}",
+                        status.role,
+                        status.ballot,
+                        status.leader,
+                        status.commit_index,
+                        status.applied_index
+                    )
+                });
+                status.ballot.hash(&mut self.digest);
+                self.checker.on_status(&status)?;
+                let node = &mut self.nodes[i];
+                if status.needs_snapshot && !node.transfer_scheduled {
+                    node.transfer_scheduled = true;
+                    let incarnation = node.incarnation;
+                    let delay = self.rng.gen_range(1_000..=20_000);
+                    self.schedule(
+                        self.now.plus_micros(delay),
+                        EventKind::StateTransfer {
+                            node: i,
+                            incarnation,
+                        },
+                    );
+                }
+                self.nodes[i].status = Some(status);
+                Ok(())
+            }
+        }
+    }
+
+    fn apply(
+        &mut self,
+        i: usize,
+        slot: Slot,
+        ballot: paxos_core::Ballot,
+        value: Value,
+    ) -> Result<(), Failure> {
+        let id = self.nodes[i].id;
+        self.trace(|| {
+            format!(
+                "{id} applies slot {slot} ballot {ballot}: {}",
+                describe(&value)
+            )
+        });
+        slot.hash(&mut self.digest);
+        value.hash(&mut self.digest);
+        self.checker
+            .on_apply(id, self.nodes[i].applied_through, slot, &value)?;
+        self.nodes[i].applied_through = slot;
+        let every = self.params.checkpoint_every;
+        if every > 0 && slot >= self.nodes[i].checkpoint + every {
+            // The state machine saves a checkpoint (durably, at once), then
+            // lets the core drop the decrees it covers.
+            self.nodes[i].checkpoint = slot;
+            self.faults.checkpoints += 1;
+            if let Some(r) = self.nodes[i].replica.as_mut() {
+                r.compact(slot);
+            }
+        }
+        let p = self.nodes[i].proposals.remove(&slot);
+        self.settle_proposal(i, slot, &value, p)
+    }
+
+    /// Acknowledges the requests of a proposal whose batch was chosen at
+    /// its slot, or re-queues them if another value was.
+    fn settle_proposal(
+        &mut self,
+        i: usize,
+        slot: Slot,
+        value: &Value,
+        p: Option<Proposal>,
+    ) -> Result<(), Failure> {
+        let Some(p) = p else {
+            return Ok(());
+        };
+        let client = &mut self.clients[p.client];
+        let client_id = client.id;
+        if *value == Value::Requests(p.batch) {
+            for seq in &p.seqs {
+                if client.waiting.remove(seq).is_some() {
+                    client.acked += 1;
+                }
+                self.checker.on_ack((client_id, *seq), slot)?;
+            }
+        } else {
+            // Superseded: another value was chosen at this slot.
+            for seq in &p.seqs {
+                if let Some(state) = client.waiting.get_mut(seq) {
+                    if matches!(*state, RequestState::InFlight { replica, slot: s, .. } if replica == i && s == slot)
+                    {
+                        *state = RequestState::Queued;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn persist_done(&mut self, i: usize, incarnation: u64) -> Result<(), Failure> {
+        let now = self.now;
+        let node = &mut self.nodes[i];
+        if node.incarnation != incarnation || node.replica.is_none() {
+            return Ok(());
+        }
+        let Some((token, entries)) = node.pending.pop_front() else {
+            return Err(Failure::new(
+                FailureKind::ApiContract,
+                "simulator lost a pending persist",
+            ));
+        };
+        for e in &entries {
+            node.durable.apply(e);
+        }
+        if let Some(r) = node.replica.as_mut() {
+            r.on_persisted(now, token);
+        }
+        self.after_interaction(i)
+    }
+
+    // ----- network --------------------------------------------------------
+
+    fn index_of(&self, id: ReplicaId) -> Option<usize> {
+        self.nodes.iter().position(|n| n.id == id)
+    }
+
+    fn send(&mut self, from: usize, to: ReplicaId, msg: &Message) -> Result<(), Failure> {
+        let from_id = self.nodes[from].id;
+        let Some(to_index) = self.index_of(to) else {
+            return Err(Failure::new(
+                FailureKind::ApiContract,
+                format!("{from_id} sent to unknown replica {to}"),
+            ));
+        };
+        self.check_durable_before_send(from, to, msg)?;
+        let mut buf = BytesMut::new();
+        codec::encode(msg, &mut buf);
+        let bytes = buf.freeze();
+        let limit = self.nodes[from].config.max_message_bytes;
+        if bytes.len() > limit {
+            return Err(Failure::new(
+                FailureKind::Codec,
+                format!(
+                    "{from_id} sent a {}-byte message to {to}, limit {limit}: {msg:?}",
+                    bytes.len()
+                ),
+            ));
+        }
+        if self.params.codec_fuzz > 0.0 && self.rng.gen_bool(self.params.codec_fuzz) {
+            self.faults.codec_fuzzed += 1;
+            let corrupted = self.corrupt(&bytes);
+            // Must return, Ok or Err; a panic fails the run.
+            let _ = codec::decode(corrupted);
+        }
+        if !self.net.connected(from, to_index) {
+            self.faults.messages_dropped += 1;
+            return Ok(());
+        }
+        if self.params.loss > 0.0 && self.rng.gen_bool(self.params.loss) {
+            self.faults.messages_dropped += 1;
+            return Ok(());
+        }
+        let copies = if self.params.duplicate > 0.0 && self.rng.gen_bool(self.params.duplicate) {
+            self.faults.messages_duplicated += 1;
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let mut delay = self
+                .rng
+                .gen_range(self.params.delay_min_us..=self.params.delay_max_us);
+            if self.params.slow_message > 0.0 && self.rng.gen_bool(self.params.slow_message) {
+                delay += self.rng.gen_range(0..=self.params.slow_extra_us);
+            }
+            self.schedule(
+                self.now.plus_micros(delay),
+                EventKind::Deliver {
+                    from,
+                    to: to_index,
+                    bytes: bytes.clone(),
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Acceptor replies state what the acceptor did; they may only leave once
+    /// that is on disk, or a crash could make the acceptor contradict them.
+    fn check_durable_before_send(
+        &self,
+        from: usize,
+        to: ReplicaId,
+        msg: &Message,
+    ) -> Result<(), Failure> {
+        let node = &self.nodes[from];
+        let durable = &node.durable;
+        let violation = match msg {
+            Message::Promise { ballot, .. } if durable.promised < *ballot => Some(format!(
+                "Promise for ballot {ballot} while the disk holds promise {}",
+                durable.promised
+            )),
+            Message::Accepted { ballot, slot, .. }
+                if *slot > durable.truncated_through
+                    && durable
+                        .accepted
+                        .get(slot)
+                        .is_none_or(|a| a.ballot < *ballot) =>
+            {
+                Some(format!(
+                    "Accepted for slot {slot} ballot {ballot} while the disk holds {:?}",
+                    durable.accepted.get(slot).map(|a| a.ballot)
+                ))
+            }
+            _ => None,
+        };
+        match violation {
+            Some(v) => Err(Failure::new(
+                FailureKind::Durability,
+                format!("{} sent {to} a {v}", node.id),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// A damaged copy of an encoded message: truncated, bit-flipped, or
+    /// extended with garbage.
+    fn corrupt(&mut self, bytes: &Bytes) -> Bytes {
+        let mut v = bytes.to_vec();
+        match self.rng.gen_range(0..3) {
+            0 => v.truncate(self.rng.gen_range(0..=v.len())),
+            1 if !v.is_empty() => {
+                for _ in 0..self.rng.gen_range(1..=4) {
+                    let at = self.rng.gen_range(0..v.len());
+                    v[at] ^= 1 << self.rng.gen_range(0..8);
+                }
+            }
+            _ => {
+                for _ in 0..self.rng.gen_range(1..=16) {
+                    v.push(self.rng.gen());
+                }
+            }
+        }
+        Bytes::from(v)
+    }
+
+    fn deliver(&mut self, from: usize, to: usize, bytes: Bytes) -> Result<(), Failure> {
+        if !self.net.connected(from, to) {
+            // The partition appeared while the message was in flight.
+            self.faults.messages_dropped += 1;
+            return Ok(());
+        }
+        if self.nodes[to].replica.is_none() {
+            return Ok(());
+        }
+        let (from_id, to_id) = (self.nodes[from].id, self.nodes[to].id);
+        let msg = codec::decode(bytes.clone()).map_err(|e| {
+            Failure::new(
+                FailureKind::Codec,
+                format!("{from_id} -> {to_id}: encoded message does not decode: {e}"),
+            )
+        })?;
+        let mut again = BytesMut::new();
+        codec::encode(&msg, &mut again);
+        if again != bytes {
+            return Err(Failure::new(
+                FailureKind::Codec,
+                format!("{from_id} -> {to_id}: decode then encode changed the bytes of {msg:?}"),
+            ));
+        }
+        self.trace(|| format!("{to_id} <- {from_id} {msg:?}"));
+        let now = self.now;
+        if let Some(r) = self.nodes[to].replica.as_mut() {
+            r.handle_message(now, from_id, msg);
+        }
+        self.after_interaction(to)
+    }
+
+    // ----- clients --------------------------------------------------------
+
+    fn client_tick(&mut self, k: usize) -> Result<(), Failure> {
+        let now = self.now;
+        let n = self.nodes.len();
+        let interval = self.params.client_interval_us;
+        let next = now.plus_micros(self.rng.gen_range(interval / 2..=interval + interval / 2));
+        self.schedule(next, EventKind::ClientTick { client: k });
+
+        let client = &mut self.clients[k];
+        client.expire(now.0);
+        client.fill(self.params.client_outstanding);
+        self.checker.note_issued(client.id, client.next_seq);
+        let seqs = client.queued(self.params.client_batch);
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        let target = client.believed_leader;
+        if self.nodes[target].replica.is_none() {
+            self.clients[k].believed_leader = self.rng.gen_range(0..n);
+            return Ok(());
+        }
+        let mut builder = BatchBuilder::new(self.batch_limits);
+        let mut batched = Vec::with_capacity(seqs.len());
+        for seq in seqs {
+            if !builder.push(&request_bytes(self.clients[k].id, seq)) {
+                break;
+            }
+            batched.push(seq);
+        }
+        let batch = builder.finish();
+        self.checker.note_proposed(batch.clone());
+        let node = &mut self.nodes[target];
+        let incarnation = node.incarnation;
+        let Some(replica) = node.replica.as_mut() else {
+            return Ok(());
+        };
+        let result = replica.propose(now, Value::Requests(batch.clone()));
+        let id = node.id;
+        self.trace(|| {
+            format!(
+                "client {} proposes {} requests via {id}: {result:?}",
+                k + 1,
+                batched.len()
+            )
+        });
+        match result {
+            Ok(slot) => {
+                slot.hash(&mut self.digest);
+                let proposal = Proposal {
+                    client: k,
+                    batch,
+                    seqs: batched.clone(),
+                };
+                if let Some(old) = self.nodes[target].proposals.insert(slot, proposal) {
+                    // The replica handed out this slot before (it lost and
+                    // regained leadership): the old proposal is superseded.
+                    let client = &mut self.clients[old.client];
+                    for seq in old.seqs {
+                        if let Some(state) = client.waiting.get_mut(&seq) {
+                            if matches!(*state, RequestState::InFlight { replica, slot: s, .. } if replica == target && s == slot)
+                            {
+                                *state = RequestState::Queued;
+                            }
+                        }
+                    }
+                }
+                let deadline_us = now.0 + CLIENT_RETRY_US;
+                let client = &mut self.clients[k];
+                for seq in batched {
+                    client.waiting.insert(
+                        seq,
+                        RequestState::InFlight {
+                            replica: target,
+                            incarnation,
+                            slot,
+                            deadline_us,
+                        },
+                    );
+                }
+            }
+            Err(ProposeError::NotLeader { leader }) => {
+                let hinted = leader.and_then(|l| self.index_of(l));
+                self.clients[k].believed_leader =
+                    hinted.unwrap_or_else(|| self.rng.gen_range(0..n));
+            }
+            Err(ProposeError::WindowFull) => {}
+            Err(ProposeError::TooLarge { len, max }) => {
+                return Err(Failure::new(
+                    FailureKind::ApiContract,
+                    format!("{id} rejected a {len}-byte batch as larger than {max} bytes, but batches are built within the configured limits"),
+                ));
+            }
+            #[allow(unreachable_patterns)]
+            Err(_) => {
+                self.clients[k].believed_leader = self.rng.gen_range(0..n);
+            }
+        }
+        self.after_interaction(target)
+    }
+
+    // ----- faults ---------------------------------------------------------
+
+    fn chaos_delay(&mut self) -> u64 {
+        self.rng.gen_range(1..=2 * self.params.chaos_mean_us)
+    }
+
+    fn alive(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].replica.is_some())
+            .collect()
+    }
+
+    fn current_leader(&self) -> Option<usize> {
+        (0..self.nodes.len()).find(|i| {
+            self.nodes[*i].replica.is_some()
+                && self.nodes[*i]
+                    .status
+                    .as_ref()
+                    .is_some_and(|s| s.role == Role::Leader)
+        })
+    }
+
+    fn chaos(&mut self) -> Result<(), Failure> {
+        if self.phase != Phase::Faults {
+            return Ok(());
+        }
+        let at = self.now.plus_micros(self.chaos_delay());
+        self.schedule(at, EventKind::Chaos);
+        let w = self.params.weights.clone();
+        let mut pick = self.rng.gen_range(0..w.total());
+        let n = self.nodes.len();
+        let minority = (n - 1) / 2;
+        let mut choose = |weight: u32| {
+            if pick < weight {
+                true
+            } else {
+                pick -= weight;
+                false
+            }
+        };
+        if choose(w.crash) {
+            let alive = self.alive();
+            // Usually at most a minority is down; now and then one more, which
+            // stalls the cluster until a restart (safety must still hold).
+            let cap = minority + usize::from(self.rng.gen_bool(0.2));
+            if n - alive.len() < cap && !alive.is_empty() {
+                let victim = match self.current_leader() {
+                    Some(l) if self.rng.gen_bool(0.5) => l,
+                    _ => alive[self.rng.gen_range(0..alive.len())],
+                };
+                self.crash(victim);
+            }
+        } else if choose(w.crash_persisting) {
+            let alive = self.alive();
+            if n - alive.len() < minority + 1 {
+                let victim = alive
+                    .iter()
+                    .copied()
+                    .max_by_key(|i| (self.nodes[*i].pending.len(), std::cmp::Reverse(*i)));
+                if let Some(v) = victim {
+                    self.crash(v);
+                }
+            }
+        } else if choose(w.partition) {
+            let mut groups: Vec<u8> = (0..n).map(|_| self.rng.gen_range(0..2)).collect();
+            if groups.iter().all(|g| *g == groups[0]) {
+                let i = self.rng.gen_range(0..n);
+                groups[i] ^= 1;
+            }
+            self.faults.partitions += 1;
+            self.trace(|| format!("PARTITION {groups:?}"));
+            self.set_partition(Some(groups), BTreeSet::new());
+        } else if choose(w.isolate_leader) {
+            let leader = self
+                .current_leader()
+                .unwrap_or_else(|| self.rng.gen_range(0..n));
+            let groups = (0..n).map(|i| u8::from(i == leader)).collect();
+            self.faults.leader_isolations += 1;
+            self.trace(|| format!("ISOLATE r{}", leader + 1));
+            self.set_partition(Some(groups), BTreeSet::new());
+        } else if choose(w.one_way) {
+            let mut blocked = BTreeSet::new();
+            for _ in 0..self.rng.gen_range(1..=n) {
+                let a = self.rng.gen_range(0..n);
+                let b = self.rng.gen_range(0..n);
+                if a != b {
+                    blocked.insert((a, b));
+                }
+            }
+            self.faults.one_way_cuts += 1;
+            self.trace(|| format!("ONE-WAY CUTS {blocked:?}"));
+            self.set_partition(None, blocked);
+        } else if choose(w.relinquish) {
+            if let Some(l) = self.current_leader() {
+                self.faults.relinquishes += 1;
+                let now = self.now;
+                if let Some(r) = self.nodes[l].replica.as_mut() {
+                    let _ = r.relinquish_primary(now);
+                }
+                self.trace(|| format!("r{} asked to relinquish", l + 1));
+                self.after_interaction(l)?;
+            }
+        } else if choose(w.veto) {
+            let i = self.rng.gen_range(0..n);
+            let vetoed = self.nodes.iter().filter(|n| n.vetoed).count();
+            if self.nodes[i].vetoed || vetoed < minority {
+                self.faults.vetoes += 1;
+                let node = &mut self.nodes[i];
+                node.vetoed = !node.vetoed;
+                let allowed = !node.vetoed;
+                if let Some(r) = node.replica.as_mut() {
+                    r.set_can_become_primary(allowed);
+                }
+                self.trace(|| format!("r{} can_become_primary = {allowed}", i + 1));
+                self.after_interaction(i)?;
+            }
+        } else {
+            self.faults.weather_changes += 1;
+            self.params.loss = [0.0, 0.01, 0.05, 0.2, 0.5][self.rng.gen_range(0..5)];
+            self.params.duplicate = [0.0, 0.01, 0.1][self.rng.gen_range(0..3)];
+            let (l, d) = (self.params.loss, self.params.duplicate);
+            self.trace(|| format!("WEATHER loss {l} duplicate {d}"));
+        }
+        Ok(())
+    }
+
+    fn set_partition(&mut self, groups: Option<Vec<u8>>, blocked: BTreeSet<(usize, usize)>) {
+        self.net.partition_id += 1;
+        self.net.groups = groups;
+        self.net.blocked = blocked;
+        let lasts = self
+            .rng
+            .gen_range(self.params.partition_min_us..=self.params.partition_max_us);
+        let partition = self.net.partition_id;
+        self.schedule(self.now.plus_micros(lasts), EventKind::Heal { partition });
+    }
+
+    // ----- liveness -------------------------------------------------------
+
+    fn heal(&mut self) -> Result<(), Failure> {
+        self.trace(|| "HEAL: liveness phase begins".to_string());
+        self.params = self.params.healed();
+        self.net.partition_id += 1;
+        self.net.groups = None;
+        self.net.blocked.clear();
+        for i in 0..self.nodes.len() {
+            self.nodes[i].vetoed = false;
+            if self.nodes[i].replica.is_none() {
+                self.start_replica(i)?;
+            } else {
+                if let Some(r) = self.nodes[i].replica.as_mut() {
+                    r.set_can_become_primary(true);
+                }
+                self.after_interaction(i)?;
+            }
+        }
+        // Each client issues a few new requests (probes) and then stops, so
+        // the healed cluster has a fixed amount of work to finish: every
+        // outstanding and new request acknowledged, every replica applied
+        // through the highest acknowledged slot.
+        for c in &mut self.clients {
+            c.issue_limit = c.next_seq + self.cfg.liveness_probes;
+        }
+        self.phase = Phase::Liveness {
+            deadline: self.now.plus_micros(self.cfg.liveness_timeout_us),
+            events_left: self.cfg.liveness_max_events,
+        };
+        Ok(())
+    }
+
+    fn liveness_reached(&self) -> bool {
+        let leader = self.current_leader().is_some();
+        let requests_done = self
+            .clients
+            .iter()
+            .all(|c| c.waiting.is_empty() && c.next_seq >= c.issue_limit);
+        let target = self.checker.max_acked_slot();
+        let caught_up = self
+            .nodes
+            .iter()
+            .all(|n| n.replica.is_some() && n.applied_through >= target);
+        leader && requests_done && caught_up
+    }
+
+    fn liveness_failure(&self) -> Failure {
+        let nodes: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| match &n.replica {
+                Some(r) => {
+                    let s = r.status();
+                    format!(
+                        "{}: {:?} ballot {} leader {:?} commit {} applied {} needs_snapshot {} (pending persists {})",
+                        n.id,
+                        s.role,
+                        s.ballot,
+                        s.leader,
+                        s.commit_index,
+                        n.applied_through,
+                        s.needs_snapshot,
+                        n.pending.len()
+                    )
+                }
+                None => format!("{}: down", n.id),
+            })
+            .collect();
+        let unacked: Vec<String> = self
+            .clients
+            .iter()
+            .map(|c| {
+                format!(
+                    "c{}: {} unacknowledged of {}",
+                    c.id,
+                    c.waiting.len(),
+                    c.next_seq - 1
+                )
+            })
+            .collect();
+        Failure::new(
+            FailureKind::Liveness,
+            format!(
+                "healed cluster did not converge within {}us: highest acknowledged slot {}; clients: {}; replicas: {}",
+                self.cfg.liveness_timeout_us,
+                self.checker.max_acked_slot(),
+                unacked.join(", "),
+                nodes.join("; ")
+            ),
+        )
+    }
+}

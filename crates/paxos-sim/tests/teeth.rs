@@ -1,0 +1,83 @@
+//! The simulator has teeth: each bug planted in paxos-core (feature
+//! `planted-bugs`, enabled by this crate's dev-dependency) is caught within
+//! a bounded number of seeds, and the failing seed passes without the bug,
+//! so the failure is the planted bug's doing.
+
+use paxos_core::{PlantedBug, Replica};
+use paxos_sim::{run, Failure, SimConfig};
+use std::sync::Arc;
+
+/// Seeds tried per bug before the test gives up.
+const MAX_SEEDS: u64 = 300;
+/// Fault-phase steps per seed (short runs keep the debug-mode test fast).
+const STEPS: u64 = 1_500;
+
+/// Every planted bug. The match is exhaustive, so a new variant does not
+/// compile until it is listed here (and therefore hunted).
+fn every_bug_is_listed(bug: PlantedBug) -> &'static str {
+    match bug {
+        PlantedBug::SkipAdoptHighestAccepted => "SkipAdoptHighestAccepted",
+        PlantedBug::AckBeforePersist => "AckBeforePersist",
+        PlantedBug::QuorumHalf => "QuorumHalf",
+        PlantedBug::ApplyUncheckedBallot => "ApplyUncheckedBallot",
+    }
+}
+
+fn config(seed: u64, bug: Option<PlantedBug>) -> SimConfig {
+    let mut cfg = SimConfig::new(seed);
+    cfg.steps = STEPS;
+    if let Some(bug) = bug {
+        cfg.hook = Some(Arc::new(move |r: &mut Replica| r.plant_bug(bug)));
+    }
+    cfg
+}
+
+/// The first seed at which the planted bug makes the run fail while the
+/// same seed passes without it.
+fn hunt(bug: PlantedBug) -> (u64, Failure) {
+    let name = every_bug_is_listed(bug);
+    let mut fails_without_bug = Vec::new();
+    for seed in 0..MAX_SEEDS {
+        let Some((failure, _)) = run(&config(seed, Some(bug))).failure else {
+            continue;
+        };
+        match run(&config(seed, None)).failure {
+            None => {
+                println!("{name}: caught at seed {seed} by {failure}");
+                return (seed, failure);
+            }
+            Some((clean, _)) => fails_without_bug.push(format!("seed {seed}: {clean}")),
+        }
+    }
+    panic!(
+        "planted bug {name} was not caught within {MAX_SEEDS} seeds; seeds that failed even without it: {fails_without_bug:?}"
+    );
+}
+
+#[test]
+fn catches_skip_adopt_highest_accepted() {
+    hunt(PlantedBug::SkipAdoptHighestAccepted);
+}
+
+#[test]
+fn catches_ack_before_persist() {
+    hunt(PlantedBug::AckBeforePersist);
+}
+
+#[test]
+fn catches_quorum_half() {
+    hunt(PlantedBug::QuorumHalf);
+}
+
+#[test]
+fn catches_apply_unchecked_ballot() {
+    hunt(PlantedBug::ApplyUncheckedBallot);
+}
+
+#[test]
+fn a_caught_seed_reproduces() {
+    // Rerunning the catching seed fails the same way: the repro command works.
+    let (seed, failure) = hunt(PlantedBug::QuorumHalf);
+    let again = run(&config(seed, Some(PlantedBug::QuorumHalf)));
+    assert_eq!(again.failure.map(|(f, _)| f), Some(failure));
+}
