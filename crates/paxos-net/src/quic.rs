@@ -249,12 +249,13 @@ impl QuicTransport {
         let runtime = quinn::default_runtime().ok_or_else(|| {
             NetError::Config("QuicTransport must be started inside a tokio runtime".into())
         })?;
-        let mut endpoint = Endpoint::new(
-            quinn::EndpointConfig::default(),
-            Some(server_config),
-            socket,
-            runtime,
-        )?;
+        let reset_key = Arc::new(tls::stateless_reset_key(&config.identity));
+        let mut endpoint_config = quinn::EndpointConfig::new(reset_key);
+        // quinn's default generator tags CIDs with a per-process random key
+        // and ignores packets whose CID it cannot validate, which would stop
+        // a restarted endpoint from resetting its predecessor's connections.
+        endpoint_config.cid_generator(|| Box::new(RandomCidGenerator::default()));
+        let mut endpoint = Endpoint::new(endpoint_config, Some(server_config), socket, runtime)?;
         endpoint.set_default_client_config(client_config);
 
         let (inbound_tx, inbound_rx) = mpsc::channel(config.inbound_capacity);
@@ -397,6 +398,46 @@ impl Transport for QuicTransport {
             rejected_connections: self.shared.rejected_connections.load(Ordering::Relaxed),
             frame_errors: self.shared.frame_errors.load(Ordering::Relaxed),
         }
+    }
+}
+
+/// Random 8-byte connection ids, valid for any process: lets a restarted
+/// endpoint answer packets of its predecessor's connections with a stateless
+/// reset (quinn rate-limits resets, and a reset is smaller than the packet
+/// that caused it, so this cannot amplify).
+struct RandomCidGenerator {
+    rng: ring::rand::SystemRandom,
+}
+
+impl Default for RandomCidGenerator {
+    fn default() -> Self {
+        RandomCidGenerator {
+            rng: ring::rand::SystemRandom::new(),
+        }
+    }
+}
+
+impl quinn::ConnectionIdGenerator for RandomCidGenerator {
+    fn generate_cid(&mut self) -> quinn::ConnectionId {
+        use ring::rand::SecureRandom;
+        let mut bytes = [0u8; 8];
+        if self.rng.fill(&mut bytes).is_err() {
+            // The OS generator failing is near impossible; fall back to the
+            // randomly keyed std hasher rather than panic.
+            let random = std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish();
+            bytes = random.to_le_bytes();
+        }
+        quinn::ConnectionId::new(&bytes)
+    }
+
+    fn cid_len(&self) -> usize {
+        8
+    }
+
+    fn cid_lifetime(&self) -> Option<Duration> {
+        None
     }
 }
 
