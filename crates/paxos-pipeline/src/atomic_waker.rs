@@ -8,7 +8,7 @@
 
 use std::task::Waker;
 
-use crate::sync::{AtomicUsize, Ordering, UnsafeCell};
+use crate::sync::{spin_loop_hint, AtomicUsize, Ordering, UnsafeCell};
 
 /// Nobody touches the waker cell.
 const WAITING: usize = 0;
@@ -78,8 +78,10 @@ impl AtomicWaker {
             }
             WAKING => {
                 // A wake is in progress and will take the *old* waker; make sure
-                // the new one runs too.
+                // the new one runs too. The task will be polled again at once,
+                // so give the waking thread its two instructions to finish.
                 waker.wake_by_ref();
+                spin_loop_hint();
             }
             other => {
                 // Two concurrent registrations: the single consumer is `&mut`,

@@ -98,3 +98,13 @@ impl Backoff {
 }
 
 pub(crate) use crossbeam_utils::CachePadded;
+
+/// A hint that this thread waits for another's next step (a spin-loop hint;
+/// under loom, a yield, so the model lets the other thread run).
+#[inline]
+pub(crate) fn spin_loop_hint() {
+    #[cfg(not(paxos_loom))]
+    std::hint::spin_loop();
+    #[cfg(paxos_loom)]
+    loom::thread::yield_now();
+}
