@@ -268,8 +268,11 @@ struct FetchState {
     outstanding: Option<(ReplicaId, Slot, Time)>,
     /// When to start a fetch (a short delay lets in-flight accepts land).
     due: Option<Time>,
-    /// Peers that answered that they compacted `commit_index + 1`.
-    compacted: Vec<ReplicaId>,
+    /// Peers that answered that they cannot serve `commit_index + 1`: they
+    /// compacted it or are behind themselves.
+    unable: Vec<ReplicaId>,
+    /// Whether one of `unable` compacted it (rather than being behind).
+    any_compacted: bool,
     /// Round-robin cursor over peers.
     cursor: usize,
 }
@@ -1127,7 +1130,7 @@ impl Replica {
         if others.is_empty() {
             return;
         }
-        let usable = |r: &ReplicaId, me: &Replica| !me.fetch.compacted.contains(r);
+        let usable = |r: &ReplicaId, me: &Replica| !me.fetch.unable.contains(r);
         let mut target = preferred.filter(|p| usable(p, self));
         if target.is_none() {
             let ahead_or_unknown = |l: &ReplicaId, me: &Replica| {
@@ -1166,8 +1169,15 @@ impl Replica {
                 self.send(peer, Message::Fetch { from_slot });
             }
             None => {
-                // Every peer compacted what this replica misses.
-                self.needs_snapshot = true;
+                // No peer can serve the next slot. If one compacted it, only a
+                // snapshot helps; ask everyone again later in case a peer
+                // that was behind caught up meanwhile.
+                if self.fetch.any_compacted {
+                    self.needs_snapshot = true;
+                }
+                self.fetch.unable.clear();
+                self.fetch.any_compacted = false;
+                self.fetch.due = Some(now.plus_micros(self.config.election_timeout_max_us));
             }
         }
     }
@@ -1224,15 +1234,18 @@ impl Replica {
         if self.commit_index > before {
             self.persist(PersistEntry::Commit(self.commit_index));
             self.apply_committed();
-            self.fetch.compacted.clear();
+            self.fetch.unable.clear();
+            self.fetch.any_compacted = false;
             if self.truncated_through <= self.applied_index {
                 self.needs_snapshot = false;
             }
-        } else if peer_log_start > from_slot
-            && from_slot == self.commit_index + 1
-            && !self.fetch.compacted.contains(&from)
-        {
-            self.fetch.compacted.push(from);
+        } else if from_slot == self.commit_index + 1 && !self.fetch.unable.contains(&from) {
+            if peer_log_start > from_slot {
+                self.fetch.unable.push(from);
+                self.fetch.any_compacted = true;
+            } else if peer_commit < from_slot {
+                self.fetch.unable.push(from);
+            }
         }
         if self.commit_index < self.known_commit && self.fetch.outstanding.is_none() {
             if self.commit_index > before {

@@ -1,1 +1,369 @@
-//! placeholder
+//! Acceptor: promises, votes, durability order, bounds.
+
+use super::harness::*;
+use crate::{
+    Accepted, Action, Ballot, Config, DurableState, Membership, Message, PersistEntry,
+    PersistToken, Replica, Time,
+};
+
+fn acceptor_with(tweak: impl Fn(&mut Config)) -> Replica {
+    let m = Membership::with_voters(vec![id(1), id(2), id(3)]);
+    let mut cfg = Config::new(id(2), m);
+    tweak(&mut cfg);
+    let mut r = Replica::new(cfg, DurableState::default(), 0, 3, Time(0));
+    while r.poll_action().is_some() {}
+    r
+}
+
+fn drain(r: &mut Replica) -> Vec<Action> {
+    std::iter::from_fn(|| r.poll_action()).collect()
+}
+
+fn sends(actions: &[Action]) -> Vec<Message> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send { msg, .. } => Some(msg.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn last_token(actions: &[Action]) -> Option<PersistToken> {
+    actions.iter().rev().find_map(|a| match a {
+        Action::Persist { token, .. } => Some(*token),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_promise_leaves_only_after_its_persist_completes() {
+    let mut a = acceptor_with(|_| {});
+    let b = Ballot::new(1, id(1));
+    a.handle_message(
+        Time(1),
+        id(1),
+        Message::Prepare {
+            ballot: b,
+            from_slot: 1,
+        },
+    );
+    let acts = drain(&mut a);
+    assert!(
+        sends(&acts).is_empty(),
+        "promise sent before persist: {acts:?}"
+    );
+    let token = last_token(&acts).expect("promise persisted");
+    assert!(acts.iter().any(|x| matches!(x, Action::Persist { entries, .. } if entries == &vec![PersistEntry::Promise(b)])));
+    a.on_persisted(Time(2), token);
+    let msgs = sends(&drain(&mut a));
+    assert!(
+        matches!(msgs.as_slice(), [Message::Promise { ballot, next_from: None, .. }] if *ballot == b)
+    );
+}
+
+#[test]
+fn accepted_leaves_only_after_its_persist_completes() {
+    let mut a = acceptor_with(|_| {});
+    let b = Ballot::new(1, id(1));
+    a.handle_message(
+        Time(1),
+        id(1),
+        Message::Accept {
+            ballot: b,
+            slot: 1,
+            value: req("v"),
+            commit_index: 0,
+        },
+    );
+    let acts = drain(&mut a);
+    assert!(sends(&acts).is_empty());
+    let token = last_token(&acts).unwrap();
+    // A second accept while the first persist is pending waits too, even
+    // for the newer token.
+    a.handle_message(
+        Time(1),
+        id(1),
+        Message::Accept {
+            ballot: b,
+            slot: 2,
+            value: req("w"),
+            commit_index: 0,
+        },
+    );
+    let acts2 = drain(&mut a);
+    let token2 = last_token(&acts2).unwrap();
+    assert!(token2 > token);
+    a.on_persisted(Time(2), token);
+    let msgs = sends(&drain(&mut a));
+    assert_eq!(
+        msgs,
+        vec![Message::Accepted {
+            ballot: b,
+            slot: 1,
+            commit_index: 0
+        }]
+    );
+    a.on_persisted(Time(3), token2);
+    let msgs = sends(&drain(&mut a));
+    assert_eq!(
+        msgs,
+        vec![Message::Accepted {
+            ballot: b,
+            slot: 2,
+            commit_index: 0
+        }]
+    );
+}
+
+#[test]
+fn lower_ballots_are_rejected_and_change_nothing() {
+    let mut a = acceptor_with(|_| {});
+    let high = Ballot::new(3, id(3));
+    a.handle_message(
+        Time(1),
+        id(3),
+        Message::Prepare {
+            ballot: high,
+            from_slot: 1,
+        },
+    );
+    let t = last_token(&drain(&mut a)).unwrap();
+    a.on_persisted(Time(1), t);
+    let _ = drain(&mut a);
+    let low = Ballot::new(2, id(1));
+    for msg in [
+        Message::Prepare {
+            ballot: low,
+            from_slot: 1,
+        },
+        Message::Accept {
+            ballot: low,
+            slot: 1,
+            value: req("x"),
+            commit_index: 0,
+        },
+        Message::Heartbeat {
+            ballot: low,
+            commit_index: 0,
+        },
+    ] {
+        a.handle_message(Time(2), id(1), msg);
+        let acts = drain(&mut a);
+        assert_eq!(sends(&acts), vec![Message::Reject { promised: high }]);
+        assert!(
+            last_token(&acts).is_none(),
+            "a rejected message persisted something"
+        );
+    }
+    assert_eq!(a.status().ballot, high);
+}
+
+#[test]
+#[should_panic(expected = "two values at slot 1")]
+fn accepting_a_second_value_at_one_slot_and_ballot_is_a_hard_assertion() {
+    let mut a = acceptor_with(|_| {});
+    let b = Ballot::new(1, id(1));
+    a.handle_message(
+        Time(1),
+        id(1),
+        Message::Accept {
+            ballot: b,
+            slot: 1,
+            value: req("v"),
+            commit_index: 0,
+        },
+    );
+    a.handle_message(
+        Time(1),
+        id(1),
+        Message::Accept {
+            ballot: b,
+            slot: 1,
+            value: req("w"),
+            commit_index: 0,
+        },
+    );
+}
+
+#[test]
+fn slots_beyond_the_accept_horizon_are_refused() {
+    let mut a = acceptor_with(|c| {
+        c.pipeline_window = 4;
+        c.max_accept_ahead = 4;
+    });
+    let b = Ballot::new(1, id(1));
+    a.handle_message(
+        Time(1),
+        id(1),
+        Message::Accept {
+            ballot: b,
+            slot: 5,
+            value: req("far"),
+            commit_index: 0,
+        },
+    );
+    let acts = drain(&mut a);
+    assert!(!acts.iter().any(|x| matches!(x, Action::Persist { entries, .. } if entries.iter().any(|e| matches!(e, PersistEntry::Accept(_))))));
+    a.handle_message(
+        Time(1),
+        id(1),
+        Message::Accept {
+            ballot: b,
+            slot: 4,
+            value: req("near"),
+            commit_index: 0,
+        },
+    );
+    let acts = drain(&mut a);
+    assert!(acts.iter().any(|x| matches!(x, Action::Persist { entries, .. } if entries.iter().any(|e| matches!(e, PersistEntry::Accept(_))))));
+}
+
+#[test]
+fn promises_come_in_chunks_bounded_by_count_and_bytes() {
+    let mut a = acceptor_with(|c| {
+        c.catchup_chunk_decrees = 3;
+        c.pipeline_window = 16;
+        c.max_accept_ahead = 16;
+    });
+    let b1 = Ballot::new(1, id(1));
+    for slot in 1..=8 {
+        a.handle_message(
+            Time(1),
+            id(1),
+            Message::Accept {
+                ballot: b1,
+                slot,
+                value: req("v"),
+                commit_index: 0,
+            },
+        );
+    }
+    let t = last_token(&drain(&mut a)).unwrap();
+    a.on_persisted(Time(1), t);
+    let _ = drain(&mut a);
+    let b2 = Ballot::new(2, id(3));
+    let mut from = 1;
+    let mut got = Vec::new();
+    loop {
+        a.handle_message(
+            Time(2),
+            id(3),
+            Message::Prepare {
+                ballot: b2,
+                from_slot: from,
+            },
+        );
+        let acts = drain(&mut a);
+        if let Some(t) = last_token(&acts) {
+            a.on_persisted(Time(2), t);
+        }
+        let mut msgs = sends(&acts);
+        msgs.extend(sends(&drain(&mut a)));
+        let Some(Message::Promise {
+            entries,
+            next_from,
+            from_slot,
+            ..
+        }) = msgs.pop()
+        else {
+            panic!("no promise")
+        };
+        assert_eq!(from_slot, from);
+        assert!(entries.len() <= 3);
+        got.extend(entries.iter().map(|e| e.slot));
+        match next_from {
+            Some(n) => from = n,
+            None => break,
+        }
+    }
+    assert_eq!(got, (1..=8).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_promise_says_when_the_acceptor_no_longer_holds_the_asked_slots() {
+    let m = Membership::with_voters(vec![id(1), id(2), id(3)]);
+    let cfg = Config::new(id(2), m);
+    let b = Ballot::new(1, id(1));
+    let mut durable = DurableState {
+        promised: b,
+        commit_index: 5,
+        truncated_through: 5,
+        ..DurableState::default()
+    };
+    durable.accepted.insert(
+        6,
+        Accepted {
+            slot: 6,
+            ballot: b,
+            value: req("x"),
+        },
+    );
+    let mut a = Replica::new(cfg, durable, 5, 1, Time(0));
+    let _ = drain(&mut a);
+    let b2 = Ballot::new(2, id(3));
+    a.handle_message(
+        Time(1),
+        id(3),
+        Message::Prepare {
+            ballot: b2,
+            from_slot: 2,
+        },
+    );
+    let t = last_token(&drain(&mut a)).unwrap();
+    a.on_persisted(Time(1), t);
+    let msgs = sends(&drain(&mut a));
+    assert!(
+        matches!(msgs.as_slice(), [Message::Promise { log_start: 6, entries, .. }] if entries.is_empty())
+    );
+}
+
+#[test]
+fn learners_never_promise() {
+    let m = Membership {
+        voters: vec![id(1), id(2), id(3)],
+        learners: vec![id(4)],
+    };
+    let cfg = Config::new(id(4), m);
+    let mut a = Replica::new(cfg, DurableState::default(), 0, 1, Time(0));
+    let _ = drain(&mut a);
+    a.handle_message(
+        Time(1),
+        id(1),
+        Message::Prepare {
+            ballot: Ballot::new(1, id(1)),
+            from_slot: 1,
+        },
+    );
+    let acts = drain(&mut a);
+    assert!(sends(&acts).is_empty());
+    // Nor do they ever campaign.
+    a.handle_tick(Time(10_000_000));
+    assert!(!drain(&mut a).iter().any(|x| matches!(
+        x,
+        Action::Send {
+            msg: Message::Prepare { .. },
+            ..
+        }
+    )));
+}
+
+#[test]
+fn a_learner_replica_follows_and_applies() {
+    let m = Membership {
+        voters: vec![id(1), id(2), id(3)],
+        learners: vec![id(4)],
+    };
+    let mut c = Cluster::with_membership(m, |_| {});
+    c.commit(req("to-all"));
+    assert_eq!(c.applied_values(id(4)), vec![req("to-all")]);
+}
+
+#[test]
+fn never_issued_tokens_are_a_contract_violation() {
+    let mut a = acceptor_with(|_| {});
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        a.on_persisted(Time(1), PersistToken(99))
+    }));
+    assert_eq!(r.is_err(), paxos_contracts::ENABLED);
+}

@@ -291,15 +291,32 @@ impl Cluster {
     /// Proposes through the current leader and runs until every up replica
     /// applied that slot.
     pub fn commit(&mut self, value: Value) -> Slot {
-        let leader = self.elect_any();
-        let now = self.now;
-        let slot = self.replica(leader).propose(now, value).expect("propose");
-        self.pump();
+        let slot = self.propose_retrying(value);
         assert!(
             self.run_until(2_000_000, |c| c.all_applied(slot)),
             "slot {slot} not applied everywhere"
         );
         slot
+    }
+
+    /// Proposes through the current leader, waiting out a full window or a
+    /// leader change.
+    pub fn propose_retrying(&mut self, value: Value) -> Slot {
+        for _ in 0..10_000 {
+            let leader = self.elect_any();
+            let now = self.now;
+            match self.replica(leader).propose(now, value.clone()) {
+                Ok(slot) => {
+                    self.pump();
+                    return slot;
+                }
+                Err(crate::ProposeError::WindowFull | crate::ProposeError::NotLeader { .. }) => {
+                    self.advance(1_000)
+                }
+                Err(e) => panic!("propose: {e}"),
+            }
+        }
+        panic!("could not propose");
     }
 
     /// Proposes through the leader and runs until the given replicas applied it.
@@ -370,6 +387,34 @@ impl Cluster {
             now,
         ));
         self.pump();
+    }
+
+    /// Emulates installing the most advanced peer's checkpoint on `r` (the
+    /// real transfer is a later issue): `r` restarts with its state machine
+    /// at that peer's applied index and storage truncated there.
+    pub fn install_snapshot(&mut self, r: ReplicaId) {
+        let through = self
+            .nodes
+            .iter()
+            .filter(|(o, n)| **o != r && n.replica.is_some())
+            .map(|(_, n)| n.replica.as_ref().unwrap().status().applied_index)
+            .max()
+            .unwrap_or(0);
+        self.crash(r);
+        let now = self.now;
+        let node = self.nodes.get_mut(&r).unwrap();
+        node.durable.apply(&PersistEntry::Truncate(through));
+        node.durable.apply(&PersistEntry::Commit(through));
+        node.applied_through = through;
+        node.applied.clear();
+        node.seed += 1000;
+        node.replica = Some(Replica::new(
+            node.config.clone(),
+            node.durable.clone(),
+            through,
+            node.seed,
+            now,
+        ));
     }
 
     pub fn applied_values(&self, r: ReplicaId) -> Vec<Value> {
