@@ -50,11 +50,20 @@ pub fn open_storage(
 pub async fn run_node(config: NodeConfig) -> anyhow::Result<()> {
     let id = config.replica_id();
     let (storage, durable) = open_storage(&config)?;
-    let checkpoint_dir =
-        (config.storage != StorageKind::Memory).then(|| config.data_dir.join("checkpoints"));
+    // A memory log forgets everything on restart, so a checkpoint would
+    // only describe a state the log no longer agrees with: none for it.
+    let checkpoints = if config.storage == StorageKind::Memory {
+        None
+    } else {
+        let dir = config.data_dir.join("checkpoints");
+        Some(
+            node::open_checkpoints(&dir)
+                .with_context(|| format!("opening checkpoints in {}", dir.display()))?,
+        )
+    };
     let mut sm = KvStore::new();
-    if let Some(dir) = &checkpoint_dir {
-        node::load_newest_checkpoint(dir, &mut sm);
+    if let Some(store) = &checkpoints {
+        node::load_newest_checkpoint(store, &mut sm)?;
     }
     tracing::info!(
         %id,
@@ -71,7 +80,11 @@ pub async fn run_node(config: NodeConfig) -> anyhow::Result<()> {
         .filter(|m| m.id != config.id)
         .map(|m| (ReplicaId(m.id), m.peer_addr))
         .collect();
-    let quic = QuicConfig::new(identity, peers);
+    let mut quic = QuicConfig::new(identity, peers);
+    // A restarted peer should be reachable again quickly: short reconnect
+    // backoff, and dead connections noticed within ~2 s.
+    quic.reconnect_max = std::time::Duration::from_millis(500);
+    quic.idle_timeout = std::time::Duration::from_secs(2);
     let max_message = quic.max_message_size;
     let (transport, inbound) = QuicTransport::bind(quic, config.peer_addr)
         .with_context(|| format!("binding QUIC on {}", config.peer_addr))?;
@@ -106,7 +119,7 @@ pub async fn run_node(config: NodeConfig) -> anyhow::Result<()> {
                 max_bytes: t.max_batch_bytes,
             },
             checkpoint_every: t.checkpoint_every_decrees,
-            checkpoint_dir,
+            checkpoints,
         },
         submit_queue: t.submit_queue,
         seed,

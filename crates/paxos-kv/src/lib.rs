@@ -1,4 +1,39 @@
-//! paxos-kv: a replicated key-value node built on paxos.
+//! paxos-kv: a replicated key-value node built on paxos, and the
+//! `paxos-kv` binary (`node`, `init`, `demo`).
+//!
+//! # Role
+//!
+//! This crate composes the engine into a service: a replica driver
+//! ([`node`]) owns one `paxos_core::Replica` and connects it to a durable log
+//! (paxos-log's file log, paxos-nvm's persistent-memory log, or the
+//! non-durable [`memstore`]), to peers over paxos-net's mutually
+//! authenticated QUIC transport, to client requests batched through
+//! paxos-pipeline's submit queue, and to a state machine ([`kv::KvStore`]
+//! behind the RSL-like [`kv::StateMachine`] trait). Clients speak RESP2
+//! ([`resp`], [`server`]); [`node::Replica`] is the embedding API.
+//! [`lincheck`] checks recorded histories for linearizability, [`procs`]
+//! runs multi-process clusters for the demo and the fault tests.
+//!
+//! # Invariants
+//!
+//! - **Exactly one outcome per request.** Every submitted request is
+//!   completed with its output once its decree is applied, or aborted:
+//!   `NotPrimary` only if it was never proposed (safe to retry elsewhere),
+//!   "outcome unknown" if it was proposed and this replica lost track of it.
+//! - **Acknowledge only what is chosen.** A client hears success only after
+//!   its decree was chosen (the core sends acceptances only after the
+//!   storage reported them durable) and applied here.
+//! - **Linearizable reads.** Reads are ordered through the log like writes.
+//! - **Deterministic state machine.** Applying the same decrees gives the
+//!   same outputs and the same snapshot bytes on every replica; a malformed
+//!   request yields the same error everywhere and changes nothing.
+//! - **Bounded.** Submit queue, per-connection pipelining, RESP frame sizes,
+//!   connection count, batch size and the in-flight window are all bounded.
+//! - **No panics on input.** RESP bytes, decoded requests, peer messages,
+//!   snapshots and configuration files are validated and rejected with
+//!   errors; tests feed each of them arbitrary bytes.
+//! - **Crash-stop on storage failure.** A replica whose log cannot persist
+//!   stops rather than acknowledge anything.
 pub mod client;
 pub mod config;
 pub mod demo;

@@ -51,8 +51,8 @@
 //!
 //! Every `checkpoint_every_decrees` applied decrees the loop serializes the
 //! state machine (this pauses the loop for that long) and a background
-//! thread writes it to `checkpoint-<slot>.snap` (temp file, fsync, rename,
-//! fsync directory). When it is durable the loop calls
+//! thread writes it with paxos-log's checkpoint store (per-block CRC32C;
+//! temp file, fsync, verify, rename, fsync directory; the newest two kept). When it is durable the loop calls
 //! `Replica::compact(slot - retain)`, keeping a margin of decrees so lagging
 //! peers can still catch up from memory. On start-up the newest valid
 //! checkpoint is loaded and the log tail after it is replayed by the core.
@@ -64,11 +64,12 @@ use paxos_core::{
     codec, Action, DurableState, Message, PersistToken, ProposeError, ReplicaId, Role, Slot, Time,
     Value,
 };
-use paxos_log::ReplicaStorage;
+use paxos_log::checkpoint::{CheckpointMeta, CheckpointStore};
+use paxos_log::{ReplicaStorage, StorageError};
 use paxos_net::{Inbound, Transport};
 use paxos_pipeline::{AbortReason, Completer, Outcome, Request, RequestConsumer, Submitter};
 use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -97,7 +98,7 @@ pub struct DriverConfig {
     /// Checkpoint every this many decrees (0: never).
     pub checkpoint_every: u64,
     /// Where checkpoints go (None: no checkpoints).
-    pub checkpoint_dir: Option<PathBuf>,
+    pub checkpoints: Option<CheckpointStore>,
 }
 
 /// Role as seen by clients, published by the loop.
@@ -561,9 +562,6 @@ impl<S: StateMachine> EventLoop<S> {
                 if through > 0 {
                     self.replica.compact(through);
                 }
-                if let Some(dir) = &self.driver.checkpoint_dir {
-                    remove_old_checkpoints(dir, slot);
-                }
                 tracing::info!(slot, compacted_through = through, "checkpoint durable");
             }
             Control::CheckpointFailed(e) => {
@@ -810,7 +808,8 @@ impl<S: StateMachine> EventLoop<S> {
         if status.needs_snapshot {
             tracing::error!(
                 "this replica is behind the peers' retained log and needs a checkpoint from a peer; \
-                 state transfer is not implemented: copy a peer's newest checkpoint-*.snap into the data dir and restart"
+                 state transfer is not implemented: copy a peer's newest checkpoints/*.ckpt into this node's \
+                 checkpoints directory and restart"
             );
         }
     }
@@ -827,7 +826,7 @@ impl<S: StateMachine> EventLoop<S> {
 
     fn maybe_checkpoint(&mut self, slot: Slot) {
         let every = self.driver.checkpoint_every;
-        let Some(dir) = self.driver.checkpoint_dir.clone() else {
+        let Some(store) = self.driver.checkpoints.clone() else {
             return;
         };
         if every == 0 || self.checkpoint_running || slot < self.last_checkpoint + every {
@@ -835,13 +834,21 @@ impl<S: StateMachine> EventLoop<S> {
         }
         self.last_checkpoint = slot;
         self.checkpoint_running = true;
+        // Serializing pauses the loop for O(state); writing and fsync run in
+        // the background so execution goes on meanwhile.
         let snapshot = self.sm.snapshot();
+        let status = self.replica.status();
+        let meta = CheckpointMeta {
+            last_applied: slot,
+            ballot: status.ballot,
+            membership: status.membership,
+        };
         let control = self.control_tx.clone();
         let spawned = std::thread::Builder::new()
             .name("checkpoint".into())
             .spawn(move || {
-                let msg = match write_checkpoint(&dir, slot, &snapshot) {
-                    Ok(()) => Control::CheckpointDone(slot),
+                let msg = match write_checkpoint(&store, meta, &snapshot) {
+                    Ok(slot) => Control::CheckpointDone(slot),
                     Err(e) => Control::CheckpointFailed(e.to_string()),
                 };
                 let _ = control.blocking_send(msg);
@@ -853,78 +860,58 @@ impl<S: StateMachine> EventLoop<S> {
     }
 }
 
-fn checkpoint_name(slot: Slot) -> String {
-    format!("checkpoint-{slot:020}.snap")
+/// Number of checkpoints kept on disk (the newest may turn out unreadable).
+pub const CHECKPOINTS_KEPT: usize = 2;
+
+/// Opens the checkpoint store in `dir` (paxos-log's format: per-block
+/// CRC32C, temp file + fsync + verify + rename).
+pub fn open_checkpoints(dir: &Path) -> Result<CheckpointStore, StorageError> {
+    CheckpointStore::new(dir, CHECKPOINTS_KEPT)
 }
 
-/// Writes a checkpoint atomically: temp file, fsync, rename, fsync dir.
-pub fn write_checkpoint(dir: &Path, slot: Slot, snapshot: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!("{}.tmp", checkpoint_name(slot)));
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(snapshot)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, dir.join(checkpoint_name(slot)))?;
-    std::fs::File::open(dir)?.sync_all()?;
-    Ok(())
+/// Writes one checkpoint of `snapshot` (which covers slots through
+/// `meta.last_applied`) durably.
+pub fn write_checkpoint(
+    store: &CheckpointStore,
+    meta: CheckpointMeta,
+    snapshot: &[u8],
+) -> Result<Slot, StorageError> {
+    let slot = meta.last_applied;
+    let mut writer = store.begin(meta)?;
+    writer.write(snapshot)?;
+    writer.finish()?;
+    Ok(slot)
 }
 
-/// Lists checkpoints in `dir`, newest first.
-pub fn list_checkpoints(dir: &Path) -> Vec<(Slot, PathBuf)> {
-    let mut found = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let name = e.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if let Some(slot) = name
-                .strip_prefix("checkpoint-")
-                .and_then(|r| r.strip_suffix(".snap"))
-            {
-                if let Ok(slot) = slot.parse::<Slot>() {
-                    found.push((slot, e.path()));
-                }
-            }
-        }
+/// Restores `sm` from the newest checkpoint that verifies (newer corrupt
+/// ones are skipped and reported by the store). Returns the slot it covers
+/// (0: none). A checkpoint whose content does not restore is an error:
+/// silently starting from an older state would replay a log that may
+/// already be truncated past it.
+pub fn load_newest_checkpoint<S: StateMachine>(
+    store: &CheckpointStore,
+    sm: &mut S,
+) -> anyhow::Result<Slot> {
+    let Some(latest) = store.latest()? else {
+        return Ok(0);
+    };
+    for e in &latest.skipped {
+        tracing::error!(error = %e, "corrupt checkpoint skipped; an older one is used");
     }
-    found.sort_by_key(|c| std::cmp::Reverse(c.0));
-    found
-}
-
-fn remove_old_checkpoints(dir: &Path, newest: Slot) {
-    // Keep the newest two, in case the newest turns out unreadable.
-    for (slot, path) in list_checkpoints(dir).into_iter().skip(2) {
-        if slot < newest {
-            let _ = std::fs::remove_file(path);
-        }
-    }
-}
-
-/// Restores `sm` from the newest checkpoint in `dir` that verifies, skipping
-/// (and reporting) ones that do not. Returns the slot it covers (0: none).
-pub fn load_newest_checkpoint<S: StateMachine>(dir: &Path, sm: &mut S) -> Slot {
-    for (slot, path) in list_checkpoints(dir) {
-        match std::fs::read(&path) {
-            Ok(bytes) => match sm.restore(&bytes) {
-                Ok(()) if sm.applied_through() == slot => {
-                    tracing::info!(slot, path = %path.display(), "loaded checkpoint");
-                    return slot;
-                }
-                Ok(()) => {
-                    tracing::error!(path = %path.display(), "checkpoint slot does not match its name; skipped")
-                }
-                Err(e) => {
-                    tracing::error!(path = %path.display(), error = %e, "corrupt checkpoint skipped")
-                }
-            },
-            Err(e) => {
-                tracing::error!(path = %path.display(), error = %e, "unreadable checkpoint skipped")
-            }
-        }
-    }
-    0
+    let info = latest.reader.info().clone();
+    let mut bytes = Vec::with_capacity(usize::try_from(info.data_len).unwrap_or(0).min(1 << 30));
+    latest.reader.copy_to(&mut bytes)?;
+    sm.restore(&bytes)
+        .map_err(|e| anyhow::anyhow!("checkpoint {} does not restore: {e}", info.path.display()))?;
+    anyhow::ensure!(
+        sm.applied_through() == info.meta.last_applied,
+        "checkpoint {} claims slot {} but its content is at slot {}",
+        info.path.display(),
+        info.meta.last_applied,
+        sm.applied_through()
+    );
+    tracing::info!(slot = info.meta.last_applied, path = %info.path.display(), "loaded checkpoint");
+    Ok(info.meta.last_applied)
 }
 
 /// Renders the reply payload of a [`ReplicateError`] as a RESP error line
@@ -976,23 +963,43 @@ mod tests {
     use crate::kv::KvStore;
 
     #[test]
-    fn checkpoints_are_found_newest_first_and_corrupt_ones_skipped() {
+    fn checkpoints_roundtrip_through_the_log_store() {
         let dir = tempfile::tempdir().unwrap();
+        let store = open_checkpoints(dir.path()).unwrap();
+        let mut fresh = KvStore::new();
+        assert_eq!(
+            load_newest_checkpoint(&store, &mut fresh).unwrap(),
+            0,
+            "no checkpoint yet"
+        );
         let mut sm = KvStore::new();
         let mut outs = Vec::new();
-        sm.apply(1, &Value::Noop, &mut outs);
-        write_checkpoint(dir.path(), 1, &sm.snapshot()).unwrap();
-        sm.apply(2, &Value::Noop, &mut outs);
-        write_checkpoint(dir.path(), 2, &sm.snapshot()).unwrap();
-        // A newer but corrupt checkpoint must be skipped, not served.
-        write_checkpoint(dir.path(), 3, b"garbage that is not a snapshot at all....").unwrap();
-        let slots: Vec<Slot> = list_checkpoints(dir.path()).iter().map(|c| c.0).collect();
-        assert_eq!(slots, vec![3, 2, 1]);
-        let mut fresh = KvStore::new();
-        assert_eq!(load_newest_checkpoint(dir.path(), &mut fresh), 2);
-        assert_eq!(fresh.applied_through(), 2);
-        remove_old_checkpoints(dir.path(), 3);
-        assert_eq!(list_checkpoints(dir.path()).len(), 2);
+        let meta = |slot| CheckpointMeta {
+            last_applied: slot,
+            ballot: paxos_core::Ballot::new(1, ReplicaId(1)),
+            membership: paxos_core::Membership::with_voters(vec![ReplicaId(1)]),
+        };
+        for slot in 1..=3 {
+            let mut req = BytesMut::new();
+            crate::kv::encode_command(
+                &[Bytes::from_static(b"INCR"), Bytes::from_static(b"n")],
+                &mut req,
+            )
+            .unwrap();
+            let batch = paxos_core::batch::encode([&req[..]]);
+            sm.apply(slot, &Value::Requests(batch), &mut outs);
+            write_checkpoint(&store, meta(slot), &sm.snapshot()).unwrap();
+        }
+        assert_eq!(
+            store.list().unwrap().len(),
+            CHECKPOINTS_KEPT,
+            "old checkpoints pruned"
+        );
+        assert_eq!(load_newest_checkpoint(&store, &mut fresh).unwrap(), 3);
+        assert_eq!(fresh.get(b"n").unwrap(), &Bytes::from_static(b"3"));
+        // A checkpoint whose name says one slot and content another is refused.
+        write_checkpoint(&store, meta(9), &sm.snapshot()).unwrap();
+        assert!(load_newest_checkpoint(&store, &mut KvStore::new()).is_err());
     }
 
     #[test]

@@ -1,0 +1,263 @@
+//! Per-stage latency breakdown of the write path, off by default.
+//!
+//! A write passes these points on the leader:
+//!
+//! ```text
+//! received → queued → batched → accept sent → durable (local) → quorum → applied → replied
+//! ```
+//!
+//! The node stamps each point with [`StageClock::now`] and records the gap
+//! between consecutive points with [`StageRecorder::record`]. Recording is a
+//! single relaxed load when the recorder is disabled, so production pays
+//! nothing; when enabled (`PAXOS_KV_STAGE_TIMING=1` or the `stage_timing`
+//! config knob) every sample lands in a per-stage histogram behind a mutex
+//! that is only contended by the event loop and the client tasks.
+//!
+//! `INFO latency` prints one line per stage in the form
+//! `stage_<from>-><to>:p50=..,p99=..,p999=..,count=..` (microseconds), which
+//! `cargo xtask bench` reads to name the biggest contributor.
+
+use hdrhistogram::Histogram;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// A point on the write path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(usize)]
+pub enum Point {
+    /// The request was parsed from the client connection.
+    Received = 0,
+    /// It entered the submit queue.
+    Queued,
+    /// The event loop drained it into a decree's batch.
+    Batched,
+    /// The leader sent the decree's Accept to the followers.
+    AcceptSent,
+    /// The leader's own log made the decree durable.
+    Durable,
+    /// A quorum accepted: the decree is chosen.
+    Quorum,
+    /// The state machine applied it.
+    Applied,
+    /// The reply was written to the client.
+    Replied,
+}
+
+impl Point {
+    /// All points in path order.
+    pub const ALL: [Point; 8] = [
+        Point::Received,
+        Point::Queued,
+        Point::Batched,
+        Point::AcceptSent,
+        Point::Durable,
+        Point::Quorum,
+        Point::Applied,
+        Point::Replied,
+    ];
+
+    /// The point's name in `INFO latency`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Point::Received => "received",
+            Point::Queued => "queued",
+            Point::Batched => "batched",
+            Point::AcceptSent => "accept_sent",
+            Point::Durable => "durable",
+            Point::Quorum => "quorum",
+            Point::Applied => "applied",
+            Point::Replied => "replied",
+        }
+    }
+}
+
+/// Monotonic microsecond timestamps relative to the recorder's creation.
+#[derive(Clone, Copy, Debug)]
+pub struct StageClock {
+    origin: Instant,
+}
+
+impl StageClock {
+    /// A clock starting now.
+    pub fn new() -> Self {
+        StageClock {
+            origin: Instant::now(),
+        }
+    }
+
+    /// Microseconds since the clock started.
+    pub fn now(&self) -> u64 {
+        self.origin.elapsed().as_micros() as u64
+    }
+}
+
+impl Default for StageClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Histograms of the gap between consecutive points, plus the total.
+pub struct StageRecorder {
+    enabled: AtomicBool,
+    clock: StageClock,
+    /// Index `i` holds the gap from `Point::ALL[i]` to `Point::ALL[i + 1]`;
+    /// the last entry holds received → replied.
+    histograms: Mutex<Vec<Histogram<u64>>>,
+}
+
+impl std::fmt::Debug for StageRecorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StageRecorder")
+            .field("enabled", &self.is_enabled())
+            .finish()
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    // 1 µs .. 100 s at 3 significant digits: the bounds are constants.
+    Histogram::new_with_bounds(1, 100_000_000, 3).expect("constant histogram bounds are valid")
+}
+
+impl StageRecorder {
+    /// A recorder, enabled or not.
+    pub fn new(enabled: bool) -> Self {
+        StageRecorder {
+            enabled: AtomicBool::new(enabled),
+            clock: StageClock::new(),
+            histograms: Mutex::new((0..Point::ALL.len()).map(|_| histogram()).collect()),
+        }
+    }
+
+    /// A recorder enabled by `PAXOS_KV_STAGE_TIMING=1` (or `true`).
+    pub fn from_env() -> Self {
+        let on = std::env::var("PAXOS_KV_STAGE_TIMING")
+            .is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
+        Self::new(on)
+    }
+
+    /// Whether samples are kept.
+    #[inline]
+    pub fn is_enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
+    /// Turns recording on or off at run time.
+    pub fn set_enabled(&self, on: bool) {
+        self.enabled.store(on, Ordering::Relaxed);
+    }
+
+    /// The current timestamp, or 0 when disabled (no clock read).
+    #[inline]
+    pub fn stamp(&self) -> u64 {
+        if self.is_enabled() {
+            self.clock.now().max(1)
+        } else {
+            0
+        }
+    }
+
+    /// Records the gap between two consecutive points. Stamps of 0 (taken
+    /// while disabled) are skipped, so toggling never records garbage.
+    #[inline]
+    pub fn record(&self, from: Point, from_us: u64, to_us: u64) {
+        if !self.is_enabled() || from_us == 0 || to_us == 0 || from == Point::Replied {
+            return;
+        }
+        let gap = to_us.saturating_sub(from_us).max(1);
+        if let Ok(mut h) = self.histograms.lock() {
+            h[from as usize].saturating_record(gap);
+        }
+    }
+
+    /// Records a whole request's time from received to replied.
+    #[inline]
+    pub fn record_total(&self, received_us: u64, replied_us: u64) {
+        if !self.is_enabled() || received_us == 0 || replied_us == 0 {
+            return;
+        }
+        if let Ok(mut h) = self.histograms.lock() {
+            let last = Point::ALL.len() - 1;
+            h[last].saturating_record(replied_us.saturating_sub(received_us).max(1));
+        }
+    }
+
+    /// Clears every histogram.
+    pub fn reset(&self) {
+        if let Ok(mut h) = self.histograms.lock() {
+            h.iter_mut().for_each(Histogram::reset);
+        }
+    }
+
+    /// The `INFO latency` text: one line per stage with samples, then the total.
+    pub fn render(&self) -> String {
+        let mut out = String::from("# Latency\r\n");
+        out.push_str(&format!(
+            "stage_timing:{}\r\n",
+            if self.is_enabled() { "on" } else { "off" }
+        ));
+        let Ok(h) = self.histograms.lock() else {
+            return out;
+        };
+        for (i, hist) in h.iter().enumerate() {
+            if hist.is_empty() {
+                continue;
+            }
+            let name = if i + 1 < Point::ALL.len() {
+                format!("{}->{}", Point::ALL[i].name(), Point::ALL[i + 1].name())
+            } else {
+                "total".to_string()
+            };
+            out.push_str(&format!(
+                "stage_{name}:p50={},p99={},p999={},count={}\r\n",
+                hist.value_at_quantile(0.5),
+                hist.value_at_quantile(0.99),
+                hist.value_at_quantile(0.999),
+                hist.len()
+            ));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disabled_recorder_keeps_nothing_and_reads_no_clock() {
+        let r = StageRecorder::new(false);
+        assert_eq!(r.stamp(), 0);
+        r.record(Point::Received, 1, 10);
+        r.record_total(1, 10);
+        assert!(!r.render().contains("stage_received"));
+        assert!(r.render().contains("stage_timing:off"));
+    }
+
+    #[test]
+    fn enabled_recorder_reports_each_stage_and_total() {
+        let r = StageRecorder::new(true);
+        for i in 0..100u64 {
+            r.record(Point::Received, 10, 20 + i % 3);
+            r.record(Point::Quorum, 100, 600);
+            r.record_total(10, 1000);
+        }
+        let text = r.render();
+        assert!(text.contains("stage_received->queued:p50=10,"), "{text}");
+        assert!(text.contains("stage_quorum->applied:p50=500,"), "{text}");
+        assert!(text.contains("stage_total:p50=990,"), "{text}");
+        assert!(text.contains("count=100"), "{text}");
+        r.reset();
+        assert!(!r.render().contains("stage_total"));
+    }
+
+    #[test]
+    fn stamps_taken_while_disabled_are_skipped() {
+        let r = StageRecorder::new(true);
+        r.record(Point::Batched, 0, 50);
+        r.record(Point::Batched, 50, 0);
+        assert!(!r.render().contains("stage_batched"));
+        assert!(r.stamp() >= 1);
+    }
+}

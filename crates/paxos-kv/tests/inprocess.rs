@@ -1,0 +1,273 @@
+//! In-process cluster tests: three replica drivers over paxos-net's
+//! in-memory transport and in-memory storage, exercising the embedding API
+//! (replicate, read, status, relinquish_primary) and the RESP server
+//! (pipelining, redirects, isolation of bad clients).
+
+use bytes::{Bytes, BytesMut};
+use paxos_core::batch::BatchLimits;
+use paxos_core::{DurableState, Membership, ReplicaId};
+use paxos_kv::client::{moved_to, Client};
+use paxos_kv::kv::{encode_command, KvStore};
+use paxos_kv::memstore::MemoryStorage;
+use paxos_kv::node::{self, DriverConfig, DriverParts, Replica, ReplicateError};
+use paxos_kv::resp::{self, Frame, RespLimits};
+use paxos_kv::server::{self, ServerConfig};
+use paxos_net::MemoryNetwork;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn request(parts: &[&str]) -> Bytes {
+    let args: Vec<Bytes> = parts
+        .iter()
+        .map(|p| Bytes::copy_from_slice(p.as_bytes()))
+        .collect();
+    let mut out = BytesMut::new();
+    encode_command(&args, &mut out).unwrap();
+    out.freeze()
+}
+
+async fn start_cluster(n: u32) -> Vec<Replica> {
+    let net = MemoryNetwork::new(4096, 8 << 20);
+    let ids: Vec<ReplicaId> = (1..=n).map(ReplicaId).collect();
+    let mut replicas = Vec::new();
+    for &id in &ids {
+        let (transport, inbound) = net.join(id);
+        let mut core = paxos_core::Config::new(id, Membership::with_voters(ids.clone()));
+        core.heartbeat_interval_us = 20_000;
+        core.election_timeout_min_us = 100_000;
+        core.election_timeout_max_us = 200_000;
+        let limits = BatchLimits {
+            max_requests: 256,
+            max_bytes: 256 * 1024,
+        };
+        core.batch_limits = limits;
+        let parts = DriverParts {
+            core,
+            durable: DurableState::default(),
+            storage: Arc::new(MemoryStorage::new()),
+            transport: Arc::new(transport),
+            inbound,
+            state_machine: KvStore::new(),
+            driver: DriverConfig {
+                pipeline_window: 8,
+                batch_limits: limits,
+                checkpoint_every: 0,
+                checkpoints: None,
+            },
+            submit_queue: 1024,
+            seed: u64::from(id.0) * 7919,
+        };
+        let (replica, _join) = node::start(parts).unwrap();
+        replicas.push(replica);
+    }
+    replicas
+}
+
+async fn wait_for_primary(replicas: &[Replica]) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(i) = replicas.iter().position(|r| r.is_primary()) {
+            return i;
+        }
+        assert!(Instant::now() < deadline, "no primary elected");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicate_read_redirect_and_relinquish() {
+    let replicas = start_cluster(3).await;
+    let p = wait_for_primary(&replicas).await;
+    let leader = &replicas[p];
+    assert_eq!(
+        &leader.replicate(request(&["SET", "a", "1"])).await.unwrap()[..],
+        b"+OK\r\n"
+    );
+    assert_eq!(
+        &leader.read(request(&["GET", "a"])).await.unwrap()[..],
+        b"$1\r\n1\r\n"
+    );
+
+    // A follower refuses without proposing and names the leader.
+    let f = (p + 1) % 3;
+    let err = replicas[f]
+        .replicate(request(&["SET", "a", "2"]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        ReplicateError::NotPrimary {
+            leader: Some(ReplicaId(p as u32 + 1))
+        }
+    );
+
+    // Many concurrent increments: each completes exactly once with a distinct value.
+    let mut tasks = Vec::new();
+    for _ in 0..200 {
+        let r = leader.clone();
+        tasks.push(tokio::spawn(async move {
+            r.replicate(request(&["INCR", "n"])).await
+        }));
+    }
+    let mut seen = Vec::new();
+    for t in tasks {
+        let reply = t.await.unwrap().unwrap();
+        let text = std::str::from_utf8(&reply).unwrap();
+        seen.push(
+            text.trim_start_matches(':')
+                .trim_end()
+                .parse::<i64>()
+                .unwrap(),
+        );
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (1..=200).collect::<Vec<_>>());
+    let status = leader.status();
+    assert!(
+        status.proposed_batches < 200,
+        "concurrent requests were batched: {status:?}"
+    );
+
+    // Followers apply the same decrees.
+    let target = leader.status().applied_index;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while replicas.iter().any(|r| r.status().applied_index < target) {
+        assert!(Instant::now() < deadline, "followers did not catch up");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // Hand leadership over; the old leader stops accepting.
+    leader.relinquish_primary().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let new_p = loop {
+        if let Some(i) = replicas.iter().position(|r| r.is_primary()) {
+            if i != p {
+                break i;
+            }
+        }
+        assert!(Instant::now() < deadline, "leadership was not handed over");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(
+        &replicas[new_p].read(request(&["GET", "n"])).await.unwrap()[..],
+        b"$3\r\n200\r\n"
+    );
+    assert!(matches!(
+        leader.replicate(request(&["SET", "x", "1"])).await,
+        Err(ReplicateError::NotPrimary { .. })
+    ));
+    for r in &replicas {
+        r.shutdown().await;
+    }
+}
+
+async fn start_server(replica: Replica, members: Vec<(ReplicaId, String)>) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = ServerConfig {
+        limits: RespLimits::default(),
+        max_clients: 8,
+        max_pipelined: 64,
+        members,
+    };
+    tokio::spawn(server::serve(listener, replica, config));
+    addr
+}
+
+async fn read_frames(stream: &mut tokio::net::TcpStream, n: usize) -> Vec<Frame> {
+    let mut buf = BytesMut::new();
+    let mut frames = Vec::new();
+    let limits = RespLimits::default();
+    while frames.len() < n {
+        while let Some(f) = resp::parse(&mut buf, &limits).unwrap() {
+            frames.push(f);
+        }
+        if frames.len() >= n {
+            break;
+        }
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read_buf(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        if read == 0 {
+            break;
+        }
+    }
+    frames
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resp_server_pipelines_redirects_and_isolates_bad_clients() {
+    let replicas = start_cluster(3).await;
+    let p = wait_for_primary(&replicas).await;
+    let f = (p + 1) % 3;
+    let follower_addr = "127.0.0.1:1".to_string();
+    let mut members: Vec<(ReplicaId, String)> = Vec::new();
+    let leader_addr = start_server(replicas[p].clone(), Vec::new()).await;
+    members.push((ReplicaId(p as u32 + 1), leader_addr.to_string()));
+    members.push((ReplicaId(f as u32 + 1), follower_addr));
+    let follower_server = start_server(replicas[f].clone(), members).await;
+
+    // 100 pipelined commands in one write come back in order.
+    let mut s = tokio::net::TcpStream::connect(leader_addr).await.unwrap();
+    let mut wire = BytesMut::new();
+    for i in 0..100 {
+        let v = i.to_string();
+        resp::encode_command([&b"SET"[..], b"p", v.as_bytes()].into_iter(), &mut wire);
+        resp::encode_command([&b"GET"[..], b"p"].into_iter(), &mut wire);
+    }
+    resp::encode_command([&b"NOSUCH"[..]].into_iter(), &mut wire);
+    resp::encode_command([&b"PING"[..]].into_iter(), &mut wire);
+    s.write_all(&wire).await.unwrap();
+    let frames = read_frames(&mut s, 202).await;
+    assert_eq!(frames.len(), 202);
+    for i in 0..100 {
+        assert_eq!(frames[2 * i], Frame::Simple(Bytes::from_static(b"OK")));
+        assert_eq!(
+            frames[2 * i + 1],
+            Frame::Bulk(Some(Bytes::from(i.to_string()))),
+            "read your write, in order"
+        );
+    }
+    assert!(matches!(&frames[200], Frame::Error(e) if e.starts_with(b"ERR unknown command")));
+    assert_eq!(
+        frames[201],
+        Frame::Simple(Bytes::from_static(b"PONG")),
+        "a bad command does not end the connection"
+    );
+
+    // Broken framing: an error, then that connection (only) is closed.
+    let mut bad = tokio::net::TcpStream::connect(leader_addr).await.unwrap();
+    bad.write_all(b"*1\r\n$abc\r\n").await.unwrap();
+    let frames = read_frames(&mut bad, 2).await;
+    assert_eq!(frames.len(), 1, "closed after the error");
+    assert!(matches!(&frames[0], Frame::Error(e) if e.starts_with(b"Protocol error")));
+    let mut good = Client::connect(leader_addr, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(
+        good.cmd(&[b"GET", b"p"]).await.unwrap(),
+        Frame::Bulk(Some(Bytes::from_static(b"99")))
+    );
+
+    // The follower redirects writes and reads to the leader's client address.
+    let mut c = Client::connect(follower_server, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let reply = c.cmd(&[b"SET", b"k", b"v"]).await.unwrap();
+    assert_eq!(moved_to(&reply), Some(leader_addr), "{reply:?}");
+    let info = match c.cmd(&[b"INFO"]).await.unwrap() {
+        Frame::Bulk(Some(b)) => String::from_utf8(b.to_vec()).unwrap(),
+        other => panic!("INFO reply {other:?}"),
+    };
+    assert!(info.contains("role:follower"), "{info}");
+    assert!(
+        info.contains(&format!("leader_addr:{leader_addr}")),
+        "{info}"
+    );
+    for r in &replicas {
+        r.shutdown().await;
+    }
+}
