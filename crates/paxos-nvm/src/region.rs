@@ -145,6 +145,10 @@ fn range(offset: u64, len: usize, region_len: usize) -> std::ops::Range<usize> {
 #[derive(Clone)]
 pub struct VolatileRegion {
     bytes: Box<[u8]>,
+    /// When set, `flush` and `fence` run the PM instructions on this DRAM
+    /// (still NOT durable): benchmarks use it to measure the instruction
+    /// cost of the persistent-memory path on a machine without PM.
+    cache_flush: Option<(CacheFlush, usize)>,
 }
 
 impl VolatileRegion {
@@ -152,6 +156,7 @@ impl VolatileRegion {
     pub fn new(len: usize) -> Self {
         VolatileRegion {
             bytes: vec![0u8; len].into_boxed_slice(),
+            cache_flush: None,
         }
     }
 
@@ -159,7 +164,20 @@ impl VolatileRegion {
     pub fn from_bytes(bytes: Vec<u8>) -> Self {
         VolatileRegion {
             bytes: bytes.into_boxed_slice(),
+            cache_flush: None,
         }
+    }
+
+    /// A zeroed region whose `flush`/`fence` execute the CPU's cache-line
+    /// write-back instruction and `sfence` on ordinary memory. NOT durable;
+    /// for measuring the PM code path's CPU cost. `None` if the CPU has no
+    /// such instruction.
+    pub fn with_cache_flush(len: usize) -> Option<Self> {
+        let flush = CacheFlush::detect()?;
+        Some(VolatileRegion {
+            bytes: vec![0u8; len].into_boxed_slice(),
+            cache_flush: Some(flush),
+        })
     }
 
     /// The region's content.
@@ -185,10 +203,22 @@ impl PmRegion for VolatileRegion {
         let r = range(offset, data.len(), self.bytes.len());
         self.bytes[r].copy_from_slice(data);
     }
-    fn flush(&mut self, _offset: u64, _len: u64) -> Result<(), RegionError> {
+    fn flush(&mut self, offset: u64, len: u64) -> Result<(), RegionError> {
+        #[cfg(target_arch = "x86_64")]
+        if let Some((flush, line)) = self.cache_flush {
+            let r = range(offset, len as usize, self.bytes.len());
+            // SAFETY: `r` lies inside `self.bytes` (checked by `range`), which
+            // is live for the call; `flush` came from `CacheFlush::detect`.
+            unsafe { flush.write_back(self.bytes[r].as_ptr(), len as usize, line) };
+        }
+        let _ = (offset, len);
         Ok(())
     }
     fn fence(&mut self) -> Result<(), RegionError> {
+        #[cfg(target_arch = "x86_64")]
+        if self.cache_flush.is_some() {
+            store_fence();
+        }
         Ok(())
     }
     fn kind(&self) -> RegionKind {
@@ -342,6 +372,11 @@ enum Mapping {
 /// this process reads through slices.
 pub struct FileRegion {
     mapping: Mapping,
+    /// Msync backend: the union of ranges flushed since the last fence.
+    /// One `msync(MS_SYNC)` at the fence covers them all (on Linux every
+    /// msync is an fsync of the file, so one per fence halves the cost of a
+    /// commit's data + metadata flushes).
+    msync_pending: Option<std::ops::Range<usize>>,
     path: PathBuf,
     // Keeps the descriptor (and its lock) alive as long as the mapping.
     _file: File,
@@ -383,6 +418,7 @@ impl FileRegion {
         };
         let region = FileRegion {
             mapping,
+            msync_pending: None,
             path: path.to_path_buf(),
             _file: file,
         };
@@ -507,12 +543,15 @@ impl PmRegion for FileRegion {
                 let _ = (m, r);
                 Ok(())
             }
-            Mapping::Msync(m) => m
-                .flush_range(r.start, r.len())
-                .map_err(|source| RegionError {
-                    context: format!("msync of {}", self.path.display()),
-                    source,
-                }),
+            Mapping::Msync(_) => {
+                if !r.is_empty() {
+                    self.msync_pending = Some(match self.msync_pending.take() {
+                        Some(p) => p.start.min(r.start)..p.end.max(r.end),
+                        None => r,
+                    });
+                }
+                Ok(())
+            }
         }
     }
 
@@ -523,8 +562,16 @@ impl PmRegion for FileRegion {
                 store_fence();
                 Ok(())
             }
-            // msync(MS_SYNC) returned only after the range was on disk.
-            Mapping::Msync(_) => Ok(()),
+            // msync(MS_SYNC) returns only once the range is on disk.
+            Mapping::Msync(m) => match self.msync_pending.take() {
+                Some(r) => m
+                    .flush_range(r.start, r.len())
+                    .map_err(|source| RegionError {
+                        context: format!("msync of {}", self.path.display()),
+                        source,
+                    }),
+                None => Ok(()),
+            },
         }
     }
 

@@ -1,0 +1,126 @@
+//! Appends + commit per second for 100-byte records, per flush backend
+//! available on this machine:
+//!
+//! - `msync-file`: an ordinary file mapping (msync per flush): durable;
+//! - `dram-clwb`: PM instructions (clwb/clflushopt/clflush + sfence) on
+//!   DRAM: NOT durable, shows the CPU cost of the PM path without PM;
+//! - `volatile`: no flushing at all: NOT durable, the code-path floor.
+//!
+//! Two layers: the raw log (one framed 100-byte record per commit) and
+//! `NvmStorage::append` (one Accept entry with a 100-byte value per call).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use paxos_core::{Accepted, Ballot, PersistEntry, ReplicaId, Value};
+use paxos_log::ReplicaStorage;
+use paxos_nvm::layout::LOG_AREA_OFFSET;
+use paxos_nvm::region::{FileBackend, FileRegion};
+use paxos_nvm::{NvmOptions, NvmStorage, PmLog, PmRegion, VolatileRegion};
+
+const REGION_BYTES: u64 = 16 << 20;
+const RECORD: [u8; 100] = [0x5a; 100];
+
+fn file_region(dir: &tempfile::TempDir, name: &str) -> FileRegion {
+    let path = dir.path().join(name);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    file.set_len(REGION_BYTES).unwrap();
+    FileRegion::open(file, &path, FileBackend::Auto).unwrap()
+}
+
+fn regions(dir: &tempfile::TempDir, name: &str) -> Vec<(&'static str, Box<dyn PmRegion>)> {
+    let mut out: Vec<(&'static str, Box<dyn PmRegion>)> = vec![];
+    let file = file_region(dir, name);
+    let label =
+        if file.kind().is_durable() && matches!(file.kind(), paxos_nvm::RegionKind::MsyncFile) {
+            "msync-file"
+        } else {
+            "pm-dax"
+        };
+    out.push((label, Box::new(file)));
+    if let Some(r) = VolatileRegion::with_cache_flush(REGION_BYTES as usize) {
+        out.push(("dram-clwb", Box::new(r)));
+    }
+    out.push((
+        "volatile",
+        Box::new(VolatileRegion::new(REGION_BYTES as usize)),
+    ));
+    out
+}
+
+fn log_append_commit(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut group = c.benchmark_group("log_append_commit_100B");
+    group.throughput(Throughput::Elements(1));
+    group.sample_size(20);
+    for (label, region) in regions(&dir, "log.region") {
+        let mut log = PmLog::setup(region, 1).unwrap();
+        let capacity = REGION_BYTES - LOG_AREA_OFFSET;
+        group.bench_function(BenchmarkId::from_parameter(label), |b| {
+            b.iter(|| {
+                let pos = paxos_nvm::record::append_record(&mut log, &RECORD).unwrap();
+                log.commit().unwrap();
+                // Keep the circular log from filling: drop the older half.
+                let htc = log.head_tail_capacity();
+                if htc.tail - htc.head > capacity / 2 {
+                    log.advance_head(pos).unwrap();
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
+fn storage_append(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut group = c.benchmark_group("storage_append_100B");
+    group.throughput(Throughput::Elements(1));
+    group.sample_size(20);
+    for (label, region) in regions(&dir, "storage.region") {
+        let opts = NvmOptions {
+            log_id: Some(1),
+            ..NvmOptions::default()
+        };
+        let (storage, _) = NvmStorage::format_region(region, &opts, label.into()).unwrap();
+        let ballot = Ballot::new(1, ReplicaId(1));
+        let value = Bytes::from_static(&RECORD);
+        let mut slot = 0u64;
+        group.bench_function(BenchmarkId::from_parameter(label), |b| {
+            b.iter(|| {
+                slot += 1;
+                let accept = PersistEntry::Accept(Accepted {
+                    slot,
+                    ballot,
+                    value: Value::Requests(value.clone()),
+                });
+                if slot % 1000 == 0 {
+                    // A checkpoint every 1000 slots keeps the live state bounded.
+                    storage
+                        .append(&[
+                            accept,
+                            PersistEntry::Commit(slot),
+                            PersistEntry::Truncate(slot - 100),
+                        ])
+                        .unwrap();
+                } else {
+                    storage.append(&[accept]).unwrap();
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
+    targets = log_append_commit, storage_append
+}
+criterion_main!(benches);
