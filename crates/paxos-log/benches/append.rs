@@ -52,6 +52,13 @@ fn group_commit(c: &mut Criterion) {
                     // Scale to exactly `iters` operations.
                     elapsed.mul_f64(iters as f64 / (per_thread * appenders) as f64)
                 });
+                let stats = log.stats();
+                eprintln!(
+                    "{size}B x {appenders}: {} appends in {} flushes = {:.1} appends/fsync",
+                    stats.appends,
+                    stats.flushes,
+                    stats.appends as f64 / stats.flushes.max(1) as f64
+                );
                 log.close().unwrap();
             });
         }

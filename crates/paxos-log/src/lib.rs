@@ -81,6 +81,28 @@
 //!   truncates). The index shares the callers' `Bytes`, it does not copy
 //!   values.
 //!
+//! # Using it in a node
+//!
+//! 1. On start, load the newest verified checkpoint
+//!    ([`checkpoint::CheckpointStore::latest`]), then [`FileLog::open`] the
+//!    log and hand the [`paxos_core::DurableState`] to paxos-core. The log's
+//!    `truncated_through` never exceeds the newest finished checkpoint's
+//!    slot if the node follows step 3; if it does (the newest checkpoint was
+//!    lost or is corrupt), state must come from a peer.
+//! 2. Map each `Action::Persist` to [`ReplicaStorage::append`] and report
+//!    it persisted once [`ReplicaStorage::wait_durable`] returns (or
+//!    `durable_seq()` passes its sequence number). `append` blocks only
+//!    when the writer queue is full (backpressure).
+//! 3. To checkpoint at slot S: snapshot the state machine, stream it into a
+//!    [`checkpoint::CheckpointWriter`] on a background thread, and only
+//!    after `finish` returns call [`ReplicaStorage::truncate_through`]`(S)`.
+//! 4. Catch-up: serve [`ReplicaStorage::read_accepted`]; when it answers
+//!    `OutOfRange` (the slots are truncated) stream the checkpoint with
+//!    [`checkpoint::CheckpointStore::read_chunk`] instead.
+//!
+//! Only one process may open a log directory at a time; the crate does not
+//! lock it, the node must (e.g. its own pid/lock file).
+//!
 //! # Group commit
 //!
 //! Appenders encode and checksum their records outside any lock, then take

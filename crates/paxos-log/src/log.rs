@@ -301,7 +301,20 @@ impl FileLog {
         };
         let handle = std::thread::Builder::new()
             .name("paxos-log-writer".into())
-            .spawn(move || writer.run())
+            .spawn(move || {
+                let shared = writer.shared.clone();
+                let run = std::panic::AssertUnwindSafe(move || writer.run());
+                if std::panic::catch_unwind(run).is_err() {
+                    // Waiters must not hang on a writer that is gone.
+                    let mut g = shared.lock();
+                    g.failed = Some("the log writer thread panicked".into());
+                    g.queue.clear();
+                    g.queued_bytes = 0;
+                    drop(g);
+                    shared.durable.notify_all();
+                    shared.space.notify_all();
+                }
+            })
             .map_err(io_err("spawning the log writer thread".into()))?;
         let log = FileLog {
             shared,

@@ -500,6 +500,40 @@ fn corruption_in_a_sealed_segment_is_an_error_even_at_its_end() {
 }
 
 #[test]
+fn leftover_temp_segments_are_removed_and_unknown_files_ignored() {
+    let (fs, shared, dir) = sim();
+    let seg = write_one_segment(&fs, &shared, &dir, &[vec![PersistEntry::Commit(4)]]);
+    let tmp = dir.join("00000000000000000002.log.tmp");
+    fs.put_durable(&tmp, vec![1, 2, 3]);
+    fs.put_durable(&dir.join("notes.txt"), b"operator notes".to_vec());
+    let (log, state) = FileLog::open_with(shared, &dir, LogOptions::default()).unwrap();
+    assert_eq!(state.commit_index, 4);
+    assert_eq!(log.recovery_report().temp_files_removed, 1);
+    assert!(fs.file_len(&tmp).is_none());
+    assert!(fs.file_len(&dir.join("notes.txt")).is_some());
+    assert!(fs.file_len(&seg).is_some());
+}
+
+#[test]
+fn discarding_from_a_corrupt_first_segment_header_starts_an_empty_log() {
+    let (fs, shared, dir) = sim();
+    let seg = write_one_segment(&fs, &shared, &dir, &[vec![PersistEntry::Commit(4)]]);
+    fs.flip_bit(&seg, 5).unwrap();
+    assert!(matches!(
+        FileLog::open_with(shared.clone(), &dir, LogOptions::default()),
+        Err(StorageError::Corrupt { offset: 0, .. })
+    ));
+    let opts = LogOptions {
+        discard_corrupt_suffix: true,
+        ..LogOptions::default()
+    };
+    let (log, state) = FileLog::open_with(shared, &dir, opts).unwrap();
+    assert_eq!(state, DurableState::default());
+    assert_eq!(log.durable_seq(), 0);
+    assert_eq!(log.append(&[]).unwrap(), 1);
+}
+
+#[test]
 fn works_on_the_real_file_system_with_rolls_and_truncation() {
     let dir = tempfile::tempdir().unwrap();
     let (log, _) = FileLog::open(dir.path(), small_segments()).unwrap();
