@@ -5,6 +5,8 @@ mod catchup;
 mod election;
 pub(crate) mod harness;
 mod learner;
+#[cfg(feature = "planted-bugs")]
+mod planted;
 mod proposer;
 mod props;
 mod relinquish;

@@ -170,7 +170,7 @@ proptest! {
 }
 
 #[derive(Clone, Debug)]
-enum Fault {
+pub(crate) enum Fault {
     DeliverOne(usize),
     DropOne(usize),
     DuplicateOne(usize),
@@ -186,7 +186,7 @@ enum Fault {
     Calm,
 }
 
-fn fault() -> impl Strategy<Value = Fault> {
+pub(crate) fn fault() -> impl Strategy<Value = Fault> {
     prop_oneof![
         20 => any::<usize>().prop_map(Fault::DeliverOne),
         2 => any::<usize>().prop_map(Fault::DropOne),

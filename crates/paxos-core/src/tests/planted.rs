@@ -1,0 +1,73 @@
+//! Teeth: each planted bug really breaks safety, and the random fault
+//! schedules of `props` find it. (The simulator in paxos-sim has its own
+//! teeth tests; these keep the bugs faithful at the source.)
+
+use super::props::{fault, run_schedule};
+use crate::{PlantedBug, Replica};
+use proptest::strategy::{Strategy, ValueTree};
+use proptest::test_runner::TestRunner;
+
+/// Searches deterministic random schedules until one makes the cluster
+/// violate safety with `bug` planted in every replica. Returns how many
+/// schedules it took.
+fn schedules_until_safety_violation(bug: PlantedBug, max: usize) -> Option<usize> {
+    let me = std::thread::current().id();
+    let default_hook = std::panic::take_hook();
+    // Keep the expected panics of this thread out of the test output.
+    std::panic::set_hook(Box::new(move |info| {
+        if std::thread::current().id() != me {
+            default_hook(info);
+        }
+    }));
+    let mut runner = TestRunner::deterministic();
+    let strategy = proptest::collection::vec(fault(), 50..300);
+    let mut found = None;
+    for i in 0..max {
+        let schedule = strategy.new_tree(&mut runner).expect("strategy").current();
+        let result = std::panic::catch_unwind(|| {
+            run_schedule(&schedule, |r: &mut Replica| r.plant_bug(bug));
+        });
+        if let Err(payload) = result {
+            let msg = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            let safety = ["SAFETY", "two values", "committed slot", "disagrees"];
+            if safety.iter().any(|s| msg.contains(s)) {
+                found = Some(i + 1);
+                break;
+            }
+        }
+    }
+    let _ = std::panic::take_hook();
+    found
+}
+
+#[test]
+fn quorum_half_is_caught() {
+    let n = schedules_until_safety_violation(PlantedBug::QuorumHalf, 3000);
+    eprintln!("{:?}: {n:?}", PlantedBug::QuorumHalf);
+    assert!(n.is_some());
+}
+
+#[test]
+fn skip_adopt_highest_accepted_is_caught() {
+    let n = schedules_until_safety_violation(PlantedBug::SkipAdoptHighestAccepted, 3000);
+    eprintln!("{:?}: {n:?}", PlantedBug::SkipAdoptHighestAccepted);
+    assert!(n.is_some());
+}
+
+#[test]
+fn ack_before_persist_is_caught() {
+    let n = schedules_until_safety_violation(PlantedBug::AckBeforePersist, 3000);
+    eprintln!("{:?}: {n:?}", PlantedBug::AckBeforePersist);
+    assert!(n.is_some());
+}
+
+#[test]
+fn apply_unchecked_ballot_is_caught() {
+    let n = schedules_until_safety_violation(PlantedBug::ApplyUncheckedBallot, 3000);
+    eprintln!("{:?}: {n:?}", PlantedBug::ApplyUncheckedBallot);
+    assert!(n.is_some());
+}
