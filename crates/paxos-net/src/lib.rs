@@ -62,6 +62,43 @@
 //!   counted in [`TransportStats::frame_errors`].
 //! - Crypto is ring only: configurations are built with an explicit ring
 //!   `CryptoProvider`, never the process default.
+//!
+//! # Examples
+//!
+//! The in-memory transport, as tests use it:
+//!
+//! ```
+//! use paxos_net::{Bytes, MemoryNetwork, Transport};
+//! use paxos_core::ReplicaId;
+//!
+//! let network = MemoryNetwork::new(1024, 1 << 20);
+//! let (a, _a_inbound) = network.join(ReplicaId(1));
+//! let (_b, mut b_inbound) = network.join(ReplicaId(2));
+//! a.send(ReplicaId(2), Bytes::from_static(b"prepare")).unwrap();
+//! assert_eq!(b_inbound.try_recv().unwrap(), (ReplicaId(1), Bytes::from_static(b"prepare")));
+//! ```
+//!
+//! A replica of a QUIC cluster whose certificates `init` wrote with
+//! [`generate_cluster`]:
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use paxos_net::{NodeIdentity, QuicConfig, QuicTransport, Transport, Bytes};
+//! use paxos_core::ReplicaId;
+//! use std::path::Path;
+//!
+//! let dir = Path::new("/var/lib/paxos/certs");
+//! paxos_net::generate_cluster(dir, &[ReplicaId(1), ReplicaId(2), ReplicaId(3)])?; // once, at init
+//! let identity = NodeIdentity::load_from_dir(dir, ReplicaId(1))?;
+//! let peers = [(ReplicaId(2), "10.0.0.2:7000".parse()?), (ReplicaId(3), "10.0.0.3:7000".parse()?)].into();
+//! let (transport, mut inbound) = QuicTransport::bind(QuicConfig::new(identity, peers), "0.0.0.0:7000".parse()?)?;
+//! transport.broadcast(Bytes::from_static(b"encoded message"));
+//! while let Some((from, message)) = inbound.recv().await {
+//!     // Hand (from, message) to paxos-core's codec and replica.
+//! #   let _ = (from, message);
+//! }
+//! # Ok(()) }
+//! ```
 
 pub mod certs;
 pub mod fault;
