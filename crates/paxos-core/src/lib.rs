@@ -1,6 +1,117 @@
-//! paxos-core: the multi-Paxos protocol as a deterministic, sans-IO state machine.
+//! paxos-core: the multi-Paxos protocol as a deterministic, sans-IO state
+//! machine, in the style of quinn-proto and raft-rs's `RawNode`.
 //!
-//! (Being built; see docs/design/core-api.md.)
+//! A [`Replica`] is acceptor, proposer (leader) and learner in one. It never
+//! reads a clock, touches a socket or a disk, spawns a thread or draws
+//! randomness other than from the seed it was given: time comes in as
+//! [`Time`], input as [`Message`]s and calls, and everything it wants done
+//! comes out as [`Action`]s (send, persist, apply, status changed) that the
+//! driver (the simulator in paxos-sim, or the node in paxos-kv) carries out
+//! in order.
+//!
+//! # What it does
+//!
+//! - **Multi-Paxos with pipelining.** Up to `pipeline_window` decrees are in
+//!   phase 2 at once (RSL allows one). Each decree carries a batch of
+//!   requests ([`batch`]).
+//! - **Phase 1 over every unchosen slot.** A new leader learns, from a quorum
+//!   of acceptors and in bounded chunks, every accepted entry above its commit
+//!   index, re-proposes the highest-ballot value of each slot and fills gaps
+//!   with [`Value::Noop`]; it reports itself leader only once that recovered
+//!   window is chosen.
+//! - **Durability before acknowledgement.** `Promise` and `Accepted` (also a
+//!   leader's own vote) leave only after the persist they depend on was
+//!   reported with [`Replica::on_persisted`].
+//! - **Learning with proof.** A follower applies a slot only if it holds the
+//!   value accepted in the ballot the leader names as committing it;
+//!   otherwise it fetches the chosen decree from any peer that has it.
+//! - **Election** by randomized timeouts, with RSL's `CanBecomePrimary` veto,
+//!   and leadership hand-off by [`Replica::relinquish_primary`].
+//! - **Catch-up** in chunks from any peer's retained decrees; when nobody has
+//!   them anymore, [`Status::needs_snapshot`] says so.
+//! - **Bounded everything**: window, accept horizon, retained decrees, chunk
+//!   sizes, message sizes, and a [`codec`] that rejects oversize counts.
+//!
+//! Reconfiguration ([`Value::Reconfigure`]) is not supported yet: proposing
+//! one returns [`ProposeError::Unsupported`].
+//!
+//! # Invariants
+//!
+//! The protocol invariants are written out at the top of the replica module
+//! (`src/replica/mod.rs`) and checked: the safety-critical ones with plain
+//! `assert!` (never two values at one slot and ballot; a committed slot's
+//! value never changes; a promise never goes down), the costlier ones as
+//! `paxos-contracts` invariants after every public call (applies are
+//! contiguous and keep up with commits, in-flight slots are exactly the slots
+//! above the commit index, the window is respected).
+//!
+//! # Example
+//!
+//! A three-replica cluster, driven by a tiny synchronous loop in which
+//! storage completes every persist at once and the network delivers every
+//! message in order:
+//!
+//! ```
+//! use paxos_core::{Action, Config, DurableState, Membership, Message, Replica, ReplicaId, Role, Time, Value};
+//! use std::collections::VecDeque;
+//!
+//! let members = Membership::with_voters(vec![ReplicaId(1), ReplicaId(2), ReplicaId(3)]);
+//! let mut replicas: Vec<Replica> = (1..=3)
+//!     .map(|i| Replica::new(Config::new(ReplicaId(i), members.clone()), DurableState::default(), 0, i as u64, Time(0)))
+//!     .collect();
+//! let mut applied: Vec<Vec<Value>> = vec![Vec::new(); 3];
+//! let mut now = Time(0);
+//!
+//! // Carries out every pending action; returns when nothing is left to do.
+//! let mut drive = |replicas: &mut Vec<Replica>, applied: &mut Vec<Vec<Value>>, now: Time| {
+//!     let mut network: VecDeque<(ReplicaId, ReplicaId, Message)> = VecDeque::new();
+//!     loop {
+//!         for i in 0..replicas.len() {
+//!             while let Some(action) = replicas[i].poll_action() {
+//!                 match action {
+//!                     Action::Send { to, msg } => network.push_back((replicas[i].status().id, to, msg)),
+//!                     // A real driver writes `entries` durably first.
+//!                     Action::Persist { token, .. } => replicas[i].on_persisted(now, token),
+//!                     Action::Apply { value, .. } => applied[i].push(value),
+//!                     Action::StatusChanged(_) => {}
+//!                 }
+//!             }
+//!         }
+//!         match network.pop_front() {
+//!             Some((from, to, msg)) => replicas[(to.0 - 1) as usize].handle_message(now, from, msg),
+//!             None => return,
+//!         }
+//!     }
+//! };
+//!
+//! // Let time pass until an election timeout elects a leader.
+//! let leader = loop {
+//!     now = now.plus_micros(10_000);
+//!     for r in replicas.iter_mut() {
+//!         if r.next_timer().is_some_and(|t| t <= now) {
+//!             r.handle_tick(now);
+//!         }
+//!     }
+//!     drive(&mut replicas, &mut applied, now);
+//!     if let Some(i) = replicas.iter().position(|r| r.status().role == Role::Leader) {
+//!         break i;
+//!     }
+//! };
+//!
+//! // Propose a batch of two requests; it is chosen and applied by the leader.
+//! let batch = paxos_core::batch::encode([&b"set x 1"[..], &b"set y 2"[..]]);
+//! let slot = replicas[leader].propose(now, Value::Requests(batch.clone())).unwrap();
+//! assert_eq!(slot, 1);
+//! drive(&mut replicas, &mut applied, now);
+//! assert_eq!(applied[leader], vec![Value::Requests(batch.clone())]);
+//!
+//! // The next heartbeat tells the followers that slot 1 is chosen.
+//! now = now.plus_micros(60_000);
+//! replicas[leader].handle_tick(now);
+//! drive(&mut replicas, &mut applied, now);
+//! assert!(applied.iter().all(|a| a == &vec![Value::Requests(batch.clone())]));
+//! ```
+
 pub mod batch;
 pub mod codec;
 mod config;
@@ -8,6 +119,7 @@ mod message;
 mod replica;
 mod types;
 
+pub use codec::CodecError;
 pub use config::{Config, ConfigError};
 pub use message::Message;
 #[cfg(feature = "planted-bugs")]
