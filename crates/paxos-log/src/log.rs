@@ -296,6 +296,7 @@ impl FileLog {
             segments,
             active,
             written: rec.summary,
+            last_written: rec.last_lsn,
             wbuf: Vec::new(),
             shared: shared.clone(),
         };
@@ -597,6 +598,8 @@ struct Writer {
     active: Box<dyn WritableFile>,
     /// Promise, commit and truncation points as of the last written append.
     written: StateSummary,
+    /// Sequence number of the last append written and synced.
+    last_written: u64,
     wbuf: Vec<u8>,
     shared: Arc<Shared>,
 }
@@ -679,6 +682,10 @@ impl Writer {
             batch.windows(2).all(|w| w[1].lsn == w[0].lsn + 1),
             "appends are written in order"
         );
+        requires!(
+            batch[0].lsn == self.last_written + 1,
+            "no append is skipped between flushes"
+        );
         let segment_bytes = self.shared.options.segment_bytes;
         let mut last = 0;
         self.wbuf.clear();
@@ -700,6 +707,8 @@ impl Writer {
         }
         self.flush_wbuf()?;
         self.sync_active()?;
+        self.last_written = last;
+        ensures!(self.segments.last().is_some_and(|s| s.first_lsn <= last));
         Ok(last)
     }
 

@@ -2,7 +2,7 @@
 //!
 //! A backend (the file log in this crate, the persistent-memory log in
 //! paxos-nvm, or an in-memory store for benchmarks) keeps a replica's
-//! [`DurableState`]: the promised ballot, the accepted decree of each slot and
+//! [`DurableState`](paxos_core::DurableState): the promised ballot, the accepted decree of each slot and
 //! the commit point. It is written through [`ReplicaStorage::append`] and
 //! rebuilt on start-up by the backend's own `open`, which returns the
 //! recovered state.
