@@ -244,7 +244,7 @@ mod tests {
             r.record_total(10, 1000);
         }
         let text = r.render();
-        assert!(text.contains("stage_received->queued:p50=10,"), "{text}");
+        assert!(text.contains("stage_received->queued:p50=11,"), "{text}");
         assert!(text.contains("stage_quorum->applied:p50=500,"), "{text}");
         assert!(text.contains("stage_total:p50=990,"), "{text}");
         assert!(text.contains("count=100"), "{text}");
