@@ -1,9 +1,16 @@
 //! [`NvmStorage`]: the persistent-memory log as a [`ReplicaStorage`] backend.
 //!
-//! Each `append` encodes its entries as one framed record, appends it
-//! tentatively and commits it before returning, so `durable_seq` equals the
-//! last returned sequence number at all times. Several entries of one
-//! `append` share one commit (two fences).
+//! Each `append` encodes its entries as one framed record and appends it
+//! tentatively. By default (`max_group_appends == 1`) it commits before
+//! returning, so `durable_seq` equals the last returned sequence number at
+//! all times; the entries of one `append` share one commit (two fences).
+//!
+//! With group commit (`max_group_appends = n > 1`) up to `n` appends stay
+//! pending and are committed together, by one metadata swap, when the
+//! `n`-th arrives, when `wait_durable` asks for one of them, or on
+//! [`NvmStorage::commit_pending`]. Pending appends are lost in a crash (or
+//! when the storage is dropped) exactly like an unflushed write; they are
+//! never reported durable before their commit.
 //!
 //! # Compaction
 //!
@@ -65,7 +72,15 @@ pub struct NvmOptions {
     /// Largest encoded payload of one `append`; larger appends fail with
     /// [`StorageError::Full`]. Capped at a quarter of the log capacity.
     pub max_append_bytes: usize,
+    /// Group commit: appends are committed once this many are pending, or
+    /// when `wait_durable`/[`NvmStorage::commit_pending`] asks. `1` (the
+    /// default) commits every append before it returns. Capped at
+    /// [`MAX_GROUP_APPENDS`].
+    pub max_group_appends: usize,
 }
+
+/// The most appends one group commit may cover.
+pub const MAX_GROUP_APPENDS: usize = 1024;
 
 impl Default for NvmOptions {
     fn default() -> Self {
@@ -74,6 +89,7 @@ impl Default for NvmOptions {
             backend: Backend::Auto,
             log_id: None,
             max_append_bytes: 4 << 20,
+            max_group_appends: 1,
         }
     }
 }
@@ -100,8 +116,13 @@ pub struct NvmStats {
 
 struct Inner {
     log: PmLog<Box<dyn PmRegion>>,
+    /// State after every successful append (durable or pending commit).
     state: DurableState,
     last_seq: u64,
+    /// Every append up to this sequence number is committed.
+    committed_seq: u64,
+    /// Appends are committed once this many are pending (1: at once).
+    max_group_appends: usize,
     /// Framed bytes of the most recent snapshot record (0 if none).
     snapshot_bytes: u64,
     /// Bytes appended after that snapshot (or since the head).
@@ -324,6 +345,8 @@ impl NvmStorage {
                 log,
                 state: state.clone(),
                 last_seq: 0,
+                committed_seq: 0,
+                max_group_appends: options.max_group_appends.clamp(1, MAX_GROUP_APPENDS),
                 snapshot_bytes,
                 since_snapshot,
                 max_append_bytes,
@@ -369,6 +392,19 @@ impl NvmStorage {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Commits every pending append (group commit) and returns the durable
+    /// sequence number. With `max_group_appends == 1` nothing is ever
+    /// pending and this only reports.
+    pub fn commit_pending(&self) -> Result<u64, StorageError> {
+        let mut inner = self.lock();
+        if inner.committed_seq < inner.last_seq {
+            inner.commit_pending(&self.name)?;
+            self.durable.store(inner.committed_seq, Ordering::Release);
+        }
+        ensures!(inner.committed_seq == inner.last_seq);
+        Ok(inner.committed_seq)
+    }
+
     /// Consumes the storage and returns its region (tests reopen it).
     pub fn into_region(self) -> Box<dyn PmRegion> {
         let inner = self.inner.into_inner().unwrap_or_else(|p| p.into_inner());
@@ -380,11 +416,12 @@ impl Inner {
     fn check_invariants(&self) {
         let htc = self.log.head_tail_capacity();
         invariant!(
-            self.log.tentative_tail() == htc.tail,
-            "no tentative bytes between appends"
+            self.committed_seq < self.last_seq || self.log.tentative_tail() == htc.tail,
+            "tentative bytes only while appends are pending"
         );
+        invariant!(self.committed_seq <= self.last_seq);
         invariant!(
-            self.since_snapshot <= htc.tail - htc.head,
+            self.since_snapshot <= self.log.tentative_tail() - htc.head,
             "appended bytes are in the log"
         );
     }
@@ -411,8 +448,9 @@ impl Inner {
             self.log.advance_head(pos)
         })();
         self.encode_buf = buf;
+        // `append_record` is all or nothing, so an OutOfSpace left nothing
+        // tentative behind; any other failure poisoned the log.
         if let Err(e) = result {
-            self.log.abort_tentative();
             return Err(match e {
                 LogError::OutOfSpace { needed, available } => StorageError::Full(format!(
                     "{name}: live state needs {needed} bytes, only {available} free; region too small"
@@ -439,7 +477,7 @@ impl Inner {
     /// policy (see module docs) says so or if it does not fit otherwise.
     fn make_room(&mut self, needed: u64, name: &str) -> Result<(), StorageError> {
         let htc = self.log.head_tail_capacity();
-        let used = htc.tail - htc.head;
+        let used = htc.capacity - self.log.free_space();
         let worth = self.since_snapshot >= self.snapshot_bytes && self.since_snapshot > 0;
         if used + needed > htc.capacity / 2 && worth {
             self.compact(name)?;
@@ -503,36 +541,52 @@ impl Inner {
             Err(e) => return Err(e),
         }
         self.last_seq += 1;
-        self.commits += 1;
+        let pending = self.last_seq - self.committed_seq;
+        if pending >= self.max_group_appends as u64 {
+            self.commit_pending(name)?;
+        } else if self.log.tentative_tail() == self.log.head_tail_capacity().tail {
+            // A compaction (or a folded snapshot) committed everything.
+            self.committed_seq = self.last_seq;
+        }
         self.check_invariants();
         Ok(self.last_seq)
+    }
+
+    /// Commits every pending append (one metadata swap for all of them).
+    fn commit_pending(&mut self, name: &str) -> Result<(), StorageError> {
+        if let Some(reason) = &self.failed {
+            return Err(StorageError::Closed(format!("{name}: {reason}")));
+        }
+        self.log.commit().map_err(|e| self.fail(name, e))?;
+        if self.committed_seq < self.last_seq {
+            self.commits += 1;
+        }
+        self.committed_seq = self.last_seq;
+        ensures!(self.log.tentative_tail() == self.log.head_tail_capacity().tail);
+        Ok(())
     }
 
     fn append_encoded(&mut self, payload: &[u8], name: &str) -> Result<(), StorageError> {
         let needed = record::framed_len(payload.len());
         self.make_room(needed, name)?;
-        if let Err(e) =
-            record::append_record(&mut self.log, payload).and_then(|_| self.log.commit())
-        {
-            self.log.abort_tentative();
-            return Err(self.fail(name, e));
-        }
+        record::append_record(&mut self.log, payload).map_err(|e| self.fail(name, e))?;
         self.since_snapshot += needed;
         Ok(())
     }
 }
 
 impl ReplicaStorage for NvmStorage {
-    /// Appends and commits the entries as one record; durable on return.
+    /// Appends the entries as one record; durable on return unless group
+    /// commit is on (see the module docs).
     fn append(&self, entries: &[PersistEntry]) -> Result<u64, StorageError> {
         let mut inner = self.lock();
         let old_seq = inner.last_seq;
         let result = inner.append(entries, &self.name);
+        // Publish after the commit: durable_seq never runs ahead.
+        self.durable.store(inner.committed_seq, Ordering::Release);
         if let Ok(seq) = result {
             ensures!(seq == old_seq + 1, "sequence numbers are consecutive");
-            // Publish after the commit: durable_seq never runs ahead.
-            self.durable.store(seq, Ordering::Release);
-        } else {
+        } else if inner.failed.is_none() {
             ensures!(inner.last_seq == old_seq, "a failed append changes nothing");
         }
         result
@@ -546,14 +600,19 @@ impl ReplicaStorage for NvmStorage {
         if seq <= self.durable_seq() {
             return Ok(());
         }
-        let inner = self.lock();
-        if let Some(reason) = &inner.failed {
-            return Err(StorageError::Closed(format!("{}: {reason}", self.name)));
+        let mut inner = self.lock();
+        if seq > inner.last_seq {
+            return Err(StorageError::OutOfRange(format!(
+                "{}: sequence {seq} was never issued (last is {})",
+                self.name, inner.last_seq
+            )));
         }
-        Err(StorageError::OutOfRange(format!(
-            "{}: sequence {seq} was never issued (last is {})",
-            self.name, inner.last_seq
-        )))
+        if inner.committed_seq < seq {
+            inner.commit_pending(&self.name)?;
+            self.durable.store(inner.committed_seq, Ordering::Release);
+        }
+        ensures!(self.durable_seq() >= seq);
+        Ok(())
     }
 
     fn read_accepted(&self, from: Slot, max: usize) -> Result<Vec<Accepted>, StorageError> {
@@ -755,6 +814,45 @@ mod tests {
             Err(StorageError::Corrupt { offset, .. }) => assert_eq!(offset, (8 + first_len) as u64),
             other => panic!("expected corruption, got {:?}", other.err()),
         }
+    }
+
+    #[test]
+    fn group_commit_defers_durability_until_asked() {
+        let opts = NvmOptions {
+            max_group_appends: 4,
+            ..small_opts()
+        };
+        let (s, _) =
+            NvmStorage::format_region(Box::new(VolatileRegion::new(4096)), &opts, "g".into())
+                .unwrap();
+        assert_eq!(s.append(&[accept(1, b"a")]).unwrap(), 1);
+        assert_eq!(s.append(&[accept(2, b"b")]).unwrap(), 2);
+        assert_eq!(s.durable_seq(), 0, "pending appends are not durable");
+        assert_eq!(s.read_accepted(0, 10).unwrap().len(), 2, "but are served");
+        s.wait_durable(1).unwrap();
+        assert_eq!(s.durable_seq(), 2, "one commit covered both");
+        assert_eq!(s.stats().commits, 1);
+        for slot in 3..=6 {
+            s.append(&[accept(slot, b"c")]).unwrap();
+        }
+        assert_eq!(
+            s.durable_seq(),
+            6,
+            "the 4th pending append commits the group"
+        );
+        s.append(&[accept(7, b"lost")]).unwrap();
+        let durable_state = {
+            let mut st = s.state();
+            st.accepted.remove(&7);
+            st
+        };
+        // Dropping with a pending append loses it, like a crash.
+        let (s2, recovered) = NvmStorage::open_region(s.into_region(), &opts, "g".into()).unwrap();
+        assert_eq!(recovered, durable_state);
+        s2.append(&[accept(7, b"kept")]).unwrap();
+        assert_eq!(s2.commit_pending().unwrap(), 1);
+        let (_, again) = NvmStorage::open_region(s2.into_region(), &opts, "g".into()).unwrap();
+        assert_eq!(again.accepted.len(), 7);
     }
 
     proptest! {

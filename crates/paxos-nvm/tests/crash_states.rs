@@ -299,30 +299,71 @@ fn arb_entry() -> impl Strategy<Value = PersistEntry> {
     ]
 }
 
+#[derive(Clone, Debug)]
+enum StorageOp {
+    Append(Vec<PersistEntry>),
+    /// `commit_pending` (a no-op without group commit).
+    Sync,
+}
+
+/// One storage operation's span of events, the durable sequence number
+/// before it, and the last sequence number and durable one after it.
+struct SeqSpan {
+    start: usize,
+    end: usize,
+    durable_before: usize,
+    last_after: usize,
+    durable_after: usize,
+}
+
+/// Runs `ops` on recorded storage, then recovers from crash images at every
+/// trace prefix. The recovered state must be the state after some append
+/// `j` (a prefix: never a mix), with `j` at least the durable sequence
+/// number reported before the crash and at most the last append issued.
 fn explore_storage(
     region_len: usize,
-    batches: &[Vec<PersistEntry>],
+    ops: &[StorageOp],
+    group: usize,
     limit: usize,
     seed: u64,
 ) -> Result<u64, String> {
     let base = formatted_image(region_len as u64 - LOG_AREA_OFFSET);
     let (region, trace) = RecordingRegion::new(base.clone());
-    let (storage, initial) =
-        NvmStorage::open_region(Box::new(region), &storage_opts(), "recorded".into())
-            .map_err(|e| e.to_string())?;
+    let opts = NvmOptions {
+        max_group_appends: group,
+        ..storage_opts()
+    };
+    let (storage, initial) = NvmStorage::open_region(Box::new(region), &opts, "recorded".into())
+        .map_err(|e| e.to_string())?;
+    let mut states = vec![initial];
     let mut spans = Vec::new();
-    for batch in batches {
-        let before = storage.state();
+    for op in ops {
         let start = trace.len();
-        match storage.append(batch) {
-            Ok(_) | Err(StorageError::Full(_)) => {}
-            Err(e) => return Err(format!("append failed: {e}")),
+        let durable_before = storage.durable_seq() as usize;
+        match op {
+            StorageOp::Append(batch) => match storage.append(batch) {
+                Ok(seq) => {
+                    states.push(storage.state());
+                    if seq as usize != states.len() - 1 {
+                        return Err(format!(
+                            "append returned {seq}, expected {}",
+                            states.len() - 1
+                        ));
+                    }
+                }
+                Err(StorageError::Full(_)) => {}
+                Err(e) => return Err(format!("append failed: {e}")),
+            },
+            StorageOp::Sync => {
+                storage.commit_pending().map_err(|e| e.to_string())?;
+            }
         }
-        spans.push(Span {
+        spans.push(SeqSpan {
             start,
             end: trace.len(),
-            before,
-            after: storage.state(),
+            durable_before,
+            last_after: states.len() - 1,
+            durable_after: storage.durable_seq() as usize,
         });
     }
     let compactions = storage.stats().compactions;
@@ -332,17 +373,25 @@ fn explore_storage(
         if k > 0 {
             pm.apply(&events[k - 1]);
         }
-        let allowed: Vec<DurableState> = allowed_at(&spans, &initial, k);
+        let (lo, hi) = match spans.iter().find(|s| s.start < k && k < s.end) {
+            Some(s) => (s.durable_before, s.last_after),
+            None => spans
+                .iter()
+                .rev()
+                .find(|s| s.end <= k)
+                .map_or((0, 0), |s| (s.durable_after, s.last_after)),
+        };
         for image in pm.crash_images(limit, seed ^ (k as u64) << 16) {
             let (_, got) = NvmStorage::open_region(
                 Box::new(VolatileRegion::from_bytes(image)),
-                &storage_opts(),
+                &opts,
                 "crash image".into(),
             )
             .map_err(|e| format!("crash point {k}: recovery failed: {e}"))?;
-            if !allowed.contains(&got) {
+            if !states[lo..=hi].contains(&got) {
+                let which = states.iter().position(|st| *st == got);
                 return Err(format!(
-                    "crash point {k}: recovered {got:?}, allowed {allowed:?}"
+                    "crash point {k}: recovered state of append {which:?}, allowed {lo}..={hi}: {got:?}"
                 ));
             }
         }
@@ -350,17 +399,26 @@ fn explore_storage(
     Ok(compactions)
 }
 
+fn arb_storage_op() -> impl Strategy<Value = StorageOp> {
+    prop_oneof![
+        6 => proptest::collection::vec(arb_entry(), 1..4).prop_map(StorageOp::Append),
+        1 => Just(StorageOp::Sync),
+    ]
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
 
     /// Crashing anywhere inside NvmStorage appends, including inside
-    /// compactions, recovers the state before or after that append.
+    /// compactions and group commits, recovers the state after some append
+    /// between the last one reported durable and the last one issued.
     #[test]
-    fn storage_recovers_before_or_after_each_append(
-        batches in proptest::collection::vec(proptest::collection::vec(arb_entry(), 1..4), 1..40),
+    fn storage_recovers_a_prefix_no_older_than_durable_seq(
+        ops in proptest::collection::vec(arb_storage_op(), 1..40),
+        group in prop_oneof![Just(1usize), 2usize..6],
         seed in any::<u64>(),
     ) {
-        explore_storage(2048, &batches, 6, seed).map_err(TestCaseError::fail)?;
+        explore_storage(2048, &ops, group, 6, seed).map_err(TestCaseError::fail)?;
     }
 }
 
@@ -368,7 +426,7 @@ proptest! {
 #[test]
 fn crashes_inside_compactions_recover_a_consistent_state() {
     let b = Ballot::new(1, ReplicaId(1));
-    let batches: Vec<Vec<PersistEntry>> = (1..=60u64)
+    let ops: Vec<StorageOp> = (1..=60u64)
         .map(|slot| {
             let mut batch = vec![PersistEntry::Accept(Accepted {
                 slot,
@@ -379,11 +437,13 @@ fn crashes_inside_compactions_recover_a_consistent_state() {
                 batch.push(PersistEntry::Commit(slot));
                 batch.push(PersistEntry::Truncate(slot - 4));
             }
-            batch
+            StorageOp::Append(batch)
         })
         .collect();
-    let compactions = explore_storage(1024, &batches, 8, 99).unwrap();
+    let compactions = explore_storage(1024, &ops, 1, 8, 99).unwrap();
     assert!(compactions >= 3, "only {compactions} compactions");
+    let grouped = explore_storage(1024, &ops, 3, 8, 100).unwrap();
+    assert!(grouped >= 3, "only {grouped} compactions with group commit");
 }
 
 // ---------------------------------------------------------------------------
