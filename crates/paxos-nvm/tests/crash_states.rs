@@ -6,7 +6,7 @@
 //! being committed, and never a mix.
 
 use bytes::Bytes;
-use paxos_core::{Accepted, Ballot, DurableState, Membership, PersistEntry, ReplicaId, Value};
+use paxos_core::{Accepted, Ballot, Membership, PersistEntry, ReplicaId, Value};
 use paxos_log::{ReplicaStorage, StorageError};
 use paxos_nvm::crash_model::{PmEvent, PmState, RecordingRegion};
 use paxos_nvm::layout::{CDB_OFFSET, LOG_AREA_OFFSET, META_OFFSETS};
