@@ -123,6 +123,7 @@ pub async fn run_node(config: NodeConfig) -> anyhow::Result<()> {
         },
         submit_queue: t.submit_queue,
         seed,
+        stages: Arc::new(crate::stages::StageRecorder::from_env()),
     };
     let (replica, mut event_loop) = node::start(parts)?;
     let listener = tokio::net::TcpListener::bind(config.client_addr)

@@ -45,3 +45,6 @@ pub mod node;
 pub mod procs;
 pub mod resp;
 pub mod server;
+/// Latency breakdown of the write path (written by the integrator): the node
+/// stamps each `stages::Point` and `INFO latency` renders it.
+pub mod stages;

@@ -58,6 +58,7 @@
 //! checkpoint is loaded and the log tail after it is replayed by the core.
 
 use crate::kv::{StateMachine, OP_TAG};
+use crate::stages::{Point, StageRecorder};
 use bytes::{BufMut, Bytes, BytesMut};
 use paxos_core::batch::{BatchBuilder, BatchLimits};
 use paxos_core::{
@@ -229,9 +230,10 @@ enum Control {
 #[derive(Clone, Debug)]
 pub struct Replica {
     id: ReplicaId,
-    submitter: Submitter<Bytes, Bytes>,
+    submitter: Submitter<Submitted, Reply>,
     status: Arc<SharedStatus>,
     control: mpsc::Sender<Control>,
+    stages: Arc<StageRecorder>,
 }
 
 impl Replica {
@@ -242,6 +244,7 @@ impl Replica {
             Ok(handle) => handle
                 .await
                 .into_result()
+                .map(|reply| reply.bytes)
                 .map_err(ReplicateError::from_abort),
             Err(e) => Err(e),
         }
@@ -252,7 +255,7 @@ impl Replica {
     pub fn submit(
         &self,
         request: Bytes,
-    ) -> Result<paxos_pipeline::CompletionHandle<Bytes>, ReplicateError> {
+    ) -> Result<paxos_pipeline::CompletionHandle<Reply>, ReplicateError> {
         let status = &self.status;
         if status.role.load(Ordering::Relaxed) != ROLE_LEADER {
             let leader = status.leader.load(Ordering::Relaxed);
@@ -260,7 +263,9 @@ impl Replica {
                 leader: (leader != 0).then_some(ReplicaId(leader)),
             });
         }
-        self.submitter.try_submit(request).map_err(|e| match e {
+        let queued_us = self.stages.stamp();
+        let submitted = Submitted { request, queued_us };
+        self.submitter.try_submit(submitted).map_err(|e| match e {
             paxos_pipeline::SubmitError::ShuttingDown(_) => ReplicateError::ShuttingDown,
             _ => ReplicateError::Overloaded,
         })
@@ -270,6 +275,11 @@ impl Replica {
     /// this is [`Replica::replicate`] of a read request.
     pub async fn read(&self, request: Bytes) -> Result<Bytes, ReplicateError> {
         self.replicate(request).await
+    }
+
+    /// The write-path latency recorder (`INFO latency`).
+    pub fn stages(&self) -> &Arc<StageRecorder> {
+        &self.stages
     }
 
     /// The published status.
@@ -309,7 +319,12 @@ impl Replica {
 struct Proposal {
     slot: Slot,
     value: Bytes,
-    completers: Vec<Completer<Bytes>>,
+    completers: Vec<Completer<Reply>>,
+    batched_us: u64,
+    accept_us: u64,
+    durable_us: u64,
+    /// The persist of this proposal's own acceptance (stage timing only).
+    token: Option<PersistToken>,
 }
 
 /// Everything the loop needs to start.
@@ -332,6 +347,32 @@ pub struct DriverParts<S: StateMachine> {
     pub submit_queue: usize,
     /// Seed for the core's randomized timeouts.
     pub seed: u64,
+    /// Write-path latency recorder (off unless enabled).
+    pub stages: Arc<StageRecorder>,
+}
+
+/// A request in the submit queue.
+#[derive(Debug)]
+pub struct Submitted {
+    /// The state-machine request encoding.
+    pub request: Bytes,
+    /// Stage stamp when it was queued (0: timing off).
+    pub queued_us: u64,
+}
+
+impl paxos_pipeline::ByteLen for Submitted {
+    fn byte_len(&self) -> usize {
+        self.request.len()
+    }
+}
+
+/// A completed request's output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The state machine's output (for KV: the RESP reply).
+    pub bytes: Bytes,
+    /// Stage stamp when it was applied (0: timing off).
+    pub applied_us: u64,
 }
 
 /// Starts the event loop on the current tokio runtime and the durability
@@ -341,7 +382,7 @@ pub fn start<S: StateMachine>(
     parts: DriverParts<S>,
 ) -> anyhow::Result<(Replica, tokio::task::JoinHandle<anyhow::Result<()>>)> {
     let id = parts.core.id;
-    let (submitter, consumer) = paxos_pipeline::pipeline::<Bytes, Bytes>(parts.submit_queue)
+    let (submitter, consumer) = paxos_pipeline::pipeline::<Submitted, Reply>(parts.submit_queue)
         .map_err(|e| anyhow::anyhow!("submit queue: {e:?}"))?;
     let status = Arc::new(SharedStatus::default());
     let (control_tx, control_rx) = mpsc::channel(64);
@@ -382,6 +423,8 @@ pub fn start<S: StateMachine>(
         checkpoint_running: false,
         checkpoint_slot: applied,
         completers: Vec::new(),
+        stages: Arc::clone(&parts.stages),
+        awaiting_persist: None,
     };
     status.applied_index.store(applied, Ordering::Relaxed);
     status.checkpoint_slot.store(applied, Ordering::Relaxed);
@@ -390,6 +433,7 @@ pub fn start<S: StateMachine>(
         Replica {
             id,
             submitter,
+            stages: parts.stages,
             status,
             control: control_tx,
         },
@@ -422,7 +466,7 @@ struct EventLoop<S: StateMachine> {
     sm: S,
     storage: Arc<dyn ReplicaStorage>,
     transport: Arc<dyn Transport>,
-    consumer: RequestConsumer<Bytes, Bytes>,
+    consumer: RequestConsumer<Submitted, Reply>,
     status: Arc<SharedStatus>,
     persist_tx: std::sync::mpsc::SyncSender<(PersistToken, u64)>,
     control_tx: mpsc::Sender<Control>,
@@ -430,7 +474,7 @@ struct EventLoop<S: StateMachine> {
     /// In slot order.
     proposals: VecDeque<Proposal>,
     /// A batch the core refused with WindowFull, retried first.
-    stalled: Option<(Bytes, Vec<Completer<Bytes>>)>,
+    stalled: Option<(Bytes, Vec<Completer<Reply>>, u64)>,
     outputs: Vec<Bytes>,
     send_buf: BytesMut,
     tag_counter: u64,
@@ -440,7 +484,10 @@ struct EventLoop<S: StateMachine> {
     checkpoint_running: bool,
     checkpoint_slot: Slot,
     /// Reused vector for draining completers.
-    completers: Vec<Completer<Bytes>>,
+    completers: Vec<Completer<Reply>>,
+    stages: Arc<StageRecorder>,
+    /// Slot proposed last, whose own Persist is not yet identified (stage timing).
+    awaiting_persist: Option<Slot>,
 }
 
 impl<S: StateMachine> EventLoop<S> {
@@ -528,6 +575,12 @@ impl<S: StateMachine> EventLoop<S> {
     fn on_durable(&mut self, report: Result<PersistToken, String>) -> anyhow::Result<()> {
         match report {
             Ok(token) => {
+                if self.stages.is_enabled() {
+                    let stamp = self.stages.stamp();
+                    for p in self.proposals.iter_mut().filter(|p| p.token == Some(token)) {
+                        p.durable_us = stamp;
+                    }
+                }
                 let now = self.now();
                 self.replica.on_persisted(now, token);
                 Ok(())
@@ -579,7 +632,7 @@ impl<S: StateMachine> EventLoop<S> {
                 c.abort(AbortReason::Rejected(OUTCOME_UNKNOWN));
             }
         }
-        if let Some((_, cs)) = self.stalled.take() {
+        if let Some((_, cs, _)) = self.stalled.take() {
             for c in cs {
                 c.abort(AbortReason::NotPrimary { leader_hint: None });
             }
@@ -600,7 +653,7 @@ impl<S: StateMachine> EventLoop<S> {
                     max_bytes: usize::MAX,
                     per_item_overhead: 0,
                 },
-                |r: &Request<Bytes, Bytes>| r.payload.len(),
+                |r: &Request<Submitted, Reply>| r.payload.request.len(),
                 |r| {
                     aborted += 1;
                     r.completer
@@ -624,12 +677,15 @@ impl<S: StateMachine> EventLoop<S> {
         };
         let mut completers = std::mem::take(&mut self.completers);
         let mut oversized = Vec::new();
+        let stages = Arc::clone(&self.stages);
+        let batched_us = stages.stamp();
         self.consumer.drain_batch_by(
             drain_limits,
-            |r: &Request<Bytes, Bytes>| r.payload.len(),
+            |r: &Request<Submitted, Reply>| r.payload.request.len(),
             |r| {
-                if builder.fits(r.payload.len()) {
-                    builder.push(&r.payload);
+                if builder.fits(r.payload.request.len()) {
+                    builder.push(&r.payload.request);
+                    stages.record(Point::Queued, r.payload.queued_us, batched_us);
                     completers.push(r.completer);
                 } else {
                     // Only a single request bigger than a whole batch gets
@@ -646,10 +702,10 @@ impl<S: StateMachine> EventLoop<S> {
             return;
         }
         let batch = builder.finish();
-        self.propose(batch, completers);
+        self.propose(batch, completers, batched_us);
     }
 
-    fn propose(&mut self, batch: Bytes, completers: Vec<Completer<Bytes>>) {
+    fn propose(&mut self, batch: Bytes, completers: Vec<Completer<Reply>>, batched_us: u64) {
         let now = self.now();
         let n = completers.len() as u64;
         match self.replica.propose(now, Value::Requests(batch.clone())) {
@@ -662,12 +718,19 @@ impl<S: StateMachine> EventLoop<S> {
                     slot,
                     value: batch,
                     completers,
+                    batched_us,
+                    accept_us: self.stages.stamp(),
+                    durable_us: 0,
+                    token: None,
                 });
+                if self.stages.is_enabled() {
+                    self.awaiting_persist = Some(slot);
+                }
                 self.status
                     .in_flight
                     .store(self.proposals.len() as u64, Ordering::Relaxed);
             }
-            Err(ProposeError::WindowFull) => self.stalled = Some((batch, completers)),
+            Err(ProposeError::WindowFull) => self.stalled = Some((batch, completers, batched_us)),
             Err(ProposeError::NotLeader { leader }) => {
                 let hint = leader.map(|l| l.0);
                 for c in completers {
@@ -692,8 +755,8 @@ impl<S: StateMachine> EventLoop<S> {
         if self.proposals.len() >= self.driver.pipeline_window {
             return;
         }
-        if let Some((batch, completers)) = self.stalled.take() {
-            self.propose(batch, completers);
+        if let Some((batch, completers, batched_us)) = self.stalled.take() {
+            self.propose(batch, completers, batched_us);
         }
     }
 
@@ -707,6 +770,19 @@ impl<S: StateMachine> EventLoop<S> {
             match action {
                 Action::Send { to, msg } => self.send(to, &msg),
                 Action::Persist { token, entries } => {
+                    if let Some(slot) = self.awaiting_persist {
+                        let own_accept = entries.iter().any(
+                            |e| matches!(e, paxos_core::PersistEntry::Accept(a) if a.slot == slot),
+                        );
+                        if own_accept {
+                            self.awaiting_persist = None;
+                            if let Some(p) =
+                                self.proposals.iter_mut().rev().find(|p| p.slot == slot)
+                            {
+                                p.token = Some(token);
+                            }
+                        }
+                    }
                     let seq = self.storage.append(&entries).map_err(|e| {
                         anyhow::anyhow!("storage append failed (stopping this replica): {e}")
                     })?;
@@ -734,8 +810,11 @@ impl<S: StateMachine> EventLoop<S> {
     }
 
     fn apply(&mut self, slot: Slot, value: Value) {
+        // Chosen is learned when the Apply action comes out of the core.
+        let quorum_us = self.stages.stamp();
         self.outputs.clear();
         self.sm.apply(slot, &value, &mut self.outputs);
+        let applied_us = self.stages.stamp();
         self.status.applied_index.store(slot, Ordering::Relaxed);
         let commit = self.status.commit_index.load(Ordering::Relaxed);
         if slot > commit {
@@ -751,8 +830,26 @@ impl<S: StateMachine> EventLoop<S> {
             let ours = p.slot == slot && matches!(&value, Value::Requests(b) if *b == p.value);
             if ours && self.outputs.len() == p.completers.len() + 1 {
                 // outputs[0] is the tag's (empty) output.
+                if self.stages.is_enabled() {
+                    let durable_us = if p.durable_us == 0 {
+                        quorum_us
+                    } else {
+                        p.durable_us
+                    };
+                    for _ in 0..p.completers.len() {
+                        self.stages
+                            .record(Point::Batched, p.batched_us, p.accept_us);
+                        self.stages
+                            .record(Point::AcceptSent, p.accept_us, durable_us);
+                        self.stages.record(Point::Durable, durable_us, quorum_us);
+                        self.stages.record(Point::Quorum, quorum_us, applied_us);
+                    }
+                }
                 for (c, out) in p.completers.into_iter().zip(self.outputs.drain(1..)) {
-                    c.complete(out);
+                    c.complete(Reply {
+                        bytes: out,
+                        applied_us,
+                    });
                 }
             } else {
                 // Another value took the slot: ours was not chosen there. It
@@ -793,7 +890,7 @@ impl<S: StateMachine> EventLoop<S> {
                     c.abort(AbortReason::Rejected(OUTCOME_UNKNOWN));
                 }
             }
-            if let Some((_, cs)) = self.stalled.take() {
+            if let Some((_, cs, _)) = self.stalled.take() {
                 let hint = status.leader.map(|l| l.0);
                 for c in cs {
                     c.abort(AbortReason::NotPrimary { leader_hint: hint });
@@ -947,12 +1044,12 @@ pub fn error_reply(
 
 /// Converts an [`Outcome`] into the reply bytes for a client.
 pub fn outcome_reply(
-    outcome: Outcome<Bytes>,
+    outcome: Outcome<Reply>,
     redirect: impl Fn(ReplicaId) -> Option<String>,
     out: &mut BytesMut,
 ) {
     match outcome {
-        Outcome::Completed(reply) => out.put_slice(&reply),
+        Outcome::Completed(reply) => out.put_slice(&reply.bytes),
         Outcome::Aborted(reason) => error_reply(&ReplicateError::from_abort(reason), redirect, out),
     }
 }

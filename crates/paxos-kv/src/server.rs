@@ -19,8 +19,9 @@
 //! `-UNKNOWN ...` error: it may or may not have been applied.
 
 use crate::kv::{encode_command, CommandError};
-use crate::node::{error_reply, outcome_reply, Replica};
+use crate::node::{error_reply, outcome_reply, Replica, Reply};
 use crate::resp::{self, command_args, RespLimits};
+use crate::stages::Point;
 use bytes::{Bytes, BytesMut};
 use paxos_core::{ReplicaId, Role};
 use paxos_pipeline::CompletionHandle;
@@ -47,7 +48,8 @@ pub struct ServerConfig {
 /// A reply owed to the client, in request order.
 enum Pending {
     Ready(Bytes),
-    Wait(CompletionHandle<Bytes>),
+    /// Awaiting consensus; with the stage stamp of its arrival.
+    Wait(CompletionHandle<Reply>, u64),
     /// Flush what was written, then close (after a fatal protocol error or QUIT).
     Close,
 }
@@ -134,11 +136,12 @@ async fn handle_connection(socket: TcpStream, state: Arc<ServerState>) -> std::i
             match resp::parse(&mut buf, &limits) {
                 Ok(None) => break,
                 Ok(Some(frame)) => {
+                    let received_us = state.replica.stages().stamp();
                     let pending = match command_args(frame) {
                         None => Pending::Ready(error_bytes(
                             b"ERR protocol: expected an array of bulk strings",
                         )),
-                        Some(args) => execute(&args, &state, &mut scratch),
+                        Some(args) => execute(&args, &state, &mut scratch, received_us),
                     };
                     let close = matches!(pending, Pending::Close);
                     if tx.send(pending).await.is_err() || close {
@@ -166,7 +169,12 @@ fn error_bytes(text: &[u8]) -> Bytes {
     out.freeze()
 }
 
-fn execute(args: &[Bytes], state: &ServerState, scratch: &mut BytesMut) -> Pending {
+fn execute(
+    args: &[Bytes],
+    state: &ServerState,
+    scratch: &mut BytesMut,
+    received_us: u64,
+) -> Pending {
     let name = &args[0];
     let is = |s: &[u8]| name.eq_ignore_ascii_case(s);
     if is(b"PING") {
@@ -201,7 +209,11 @@ fn execute(args: &[Bytes], state: &ServerState, scratch: &mut BytesMut) -> Pendi
         Ok(_) => {
             let request = scratch.split().freeze();
             match state.replica.submit(request) {
-                Ok(handle) => Pending::Wait(handle),
+                Ok(handle) => {
+                    let stages = state.replica.stages();
+                    stages.record(Point::Received, received_us, stages.stamp());
+                    Pending::Wait(handle, received_us)
+                }
                 Err(e) => {
                     let mut out = BytesMut::new();
                     error_reply(&e, |id| state.redirect(id), &mut out);
@@ -226,13 +238,19 @@ async fn write_replies(
         while let Some(p) = next.take() {
             match p {
                 Pending::Ready(b) => out.extend_from_slice(&b),
-                Pending::Wait(handle) => {
+                Pending::Wait(handle, received_us) => {
                     // Flush finished replies before waiting on consensus.
                     if !out.is_empty() && !handle.is_resolved() {
                         wr.write_all(&out).await?;
                         out.clear();
                     }
                     let outcome = handle.await;
+                    if let paxos_pipeline::Outcome::Completed(Reply { applied_us, .. }) = &outcome {
+                        let stages = state.replica.stages();
+                        let now = stages.stamp();
+                        stages.record(Point::Applied, *applied_us, now);
+                        stages.record_total(received_us, now);
+                    }
                     outcome_reply(outcome, |id| state.redirect(id), &mut out);
                 }
                 Pending::Close => {
@@ -263,8 +281,7 @@ fn info_text(state: &ServerState, section: Option<&[u8]>) -> String {
     let s = state.replica.status();
     let mut text = String::with_capacity(512);
     if section.is_some_and(|sec| sec.eq_ignore_ascii_case(b"latency")) {
-        let _ = write!(text, "# Latency\r\nstage_timing:off\r\n");
-        return text;
+        return state.replica.stages().render();
     }
     let leader_addr = s.leader.and_then(|l| state.redirect(l)).unwrap_or_default();
     let _ = write!(

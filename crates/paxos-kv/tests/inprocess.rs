@@ -12,6 +12,7 @@ use paxos_kv::memstore::MemoryStorage;
 use paxos_kv::node::{self, DriverConfig, DriverParts, Replica, ReplicateError};
 use paxos_kv::resp::{self, Frame, RespLimits};
 use paxos_kv::server::{self, ServerConfig};
+use paxos_kv::stages::StageRecorder;
 use paxos_net::MemoryNetwork;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -58,6 +59,7 @@ async fn start_cluster(n: u32) -> Vec<Replica> {
             },
             submit_queue: 1024,
             seed: u64::from(id.0) * 7919,
+            stages: Arc::new(StageRecorder::new(true)),
         };
         let (replica, _join) = node::start(parts).unwrap();
         replicas.push(replica);
