@@ -3,6 +3,9 @@
 use crate::batch::BatchLimits;
 use crate::types::{Membership, ReplicaId};
 
+/// Most voters a membership may have (votes are tracked in a 128-bit set).
+pub const MAX_VOTERS: usize = 128;
+
 /// Configuration of one replica. Build with [`Config::new`] and adjust fields.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -78,6 +81,9 @@ impl Config {
         let invalid = |field, why| Err(ConfigError::Invalid { field, why });
         if !self.membership.is_well_formed() {
             return Err(ConfigError::BadMembership);
+        }
+        if self.membership.voters.len() > MAX_VOTERS {
+            return invalid("membership", "at most 128 voters");
         }
         if self.pipeline_window == 0 {
             return invalid("pipeline_window", "must be at least 1");
