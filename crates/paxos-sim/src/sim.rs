@@ -391,6 +391,10 @@ impl Sim {
         let params = FaultParams::sample(&mut rng);
         let membership = Membership::with_voters((1..=n as u32).map(ReplicaId).collect());
         let heartbeat_us = if rng.gen_bool(0.5) { 5_000 } else { 20_000 };
+        // Timers stay inside the envelope every consensus protocol needs
+        // (message delay well below the election timeout); ordinary delays
+        // reach at most an eighth of it. Slow messages still exceed it.
+        let election_min_us = (heartbeat_us * 5).max(params.delay_max_us * 8);
         let catchup_chunk = [1usize, 4, 64][rng.gen_range(0..3)];
         let batch_limits = BatchLimits {
             max_requests: 16,
@@ -403,8 +407,8 @@ impl Sim {
                 config.pipeline_window = params.pipeline_window;
                 config.batch_limits = batch_limits;
                 config.heartbeat_interval_us = heartbeat_us;
-                config.election_timeout_min_us = heartbeat_us * 5;
-                config.election_timeout_max_us = heartbeat_us * 10;
+                config.election_timeout_min_us = election_min_us;
+                config.election_timeout_max_us = election_min_us * 2;
                 config.catchup_chunk_decrees = catchup_chunk;
                 config.retain_decrees = params.retain_decrees;
                 Node {
@@ -466,6 +470,21 @@ impl Sim {
     }
 
     fn run_phases(&mut self) -> Result<(), Failure> {
+        self.trace(|| {
+            let c = &self.nodes[0].config;
+            format!(
+                "seed {} with {} replicas; core config: pipeline_window {}, heartbeat {}us, election timeout {}..{}us, catch-up chunk {}, retain {} decrees; faults: {:?}",
+                self.cfg.seed,
+                self.nodes.len(),
+                c.pipeline_window,
+                c.heartbeat_interval_us,
+                c.election_timeout_min_us,
+                c.election_timeout_max_us,
+                c.catchup_chunk_decrees,
+                c.retain_decrees,
+                self.params
+            )
+        });
         for i in 0..self.nodes.len() {
             self.start_replica(i)?;
         }
@@ -562,13 +581,19 @@ impl Sim {
         let seed: u64 = self.rng.gen();
         let now = self.now;
         let node = &mut self.nodes[i];
-        let mut replica = Replica::new(
+        let mut replica = Replica::try_new(
             node.config.clone(),
             node.durable.clone(),
             node.checkpoint,
             seed,
             now,
-        );
+        )
+        .map_err(|e| {
+            Failure::new(
+                FailureKind::ApiContract,
+                format!("{} rejected the simulator's config: {e}", node.id),
+            )
+        })?;
         if let Some(hook) = &self.cfg.hook {
             hook(&mut replica);
         }
@@ -843,6 +868,7 @@ impl Sim {
         });
         slot.hash(&mut self.digest);
         value.hash(&mut self.digest);
+        self.check_chosen_is_durable(i, slot, &value)?;
         self.checker
             .on_apply(id, self.nodes[i].applied_through, slot, &value)?;
         self.nodes[i].applied_through = slot;
@@ -858,6 +884,41 @@ impl Sim {
         }
         let p = self.nodes[i].proposals.remove(&slot);
         self.settle_proposal(i, slot, &value, p)
+    }
+
+    /// A value is chosen only once a quorum of acceptors *durably* accepted
+    /// it, so whenever any replica applies `value` at `slot`, a quorum of the
+    /// simulated disks must hold that value there (or have truncated the
+    /// slot under a checkpoint that covers it). Acceptors only ever replace
+    /// a chosen slot's entry with the same value, so this stays true once
+    /// true, and checking it at every apply catches a replica that counted
+    /// votes that were not yet durable, or too few votes, even when no crash
+    /// happens to expose it.
+    fn check_chosen_is_durable(&self, i: usize, slot: Slot, value: &Value) -> Result<(), Failure> {
+        let holders = self
+            .nodes
+            .iter()
+            .filter(|n| {
+                n.durable.truncated_through >= slot
+                    || n.durable
+                        .accepted
+                        .get(&slot)
+                        .is_some_and(|a| a.value == *value)
+            })
+            .count();
+        let quorum = self.nodes.len() / 2 + 1;
+        if holders < quorum {
+            return Err(Failure::new(
+                FailureKind::Durability,
+                format!(
+                    "{} applied slot {slot} = {} but only {holders} of {} disks hold that value there (quorum {quorum})",
+                    self.nodes[i].id,
+                    describe(value),
+                    self.nodes.len()
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Acknowledges the requests of a proposal whose batch was chosen at

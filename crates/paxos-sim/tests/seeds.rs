@@ -6,8 +6,8 @@ use paxos_sim::{run_many, RunOptions};
 fn hundreds_of_seeds_pass_with_all_fault_classes() {
     let opts = RunOptions {
         start_seed: 1_000,
-        seeds: 200,
-        steps: 1_200,
+        seeds: 300,
+        steps: 2_000,
         jobs: 2,
         ..RunOptions::default()
     };
@@ -32,7 +32,7 @@ fn hundreds_of_seeds_pass_with_all_fault_classes() {
         failures.len(),
         failures.join("\n")
     );
-    assert_eq!(summary.seeds_run, 200);
+    assert_eq!(summary.seeds_run, 300);
     let f = summary.faults;
     let classes = [
         ("crashes", f.crashes),
