@@ -34,7 +34,7 @@ use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{debug, info, warn};
@@ -46,6 +46,7 @@ mod close_code {
     pub const FRAME_ERROR: u32 = 3;
     pub const SUPERSEDED: u32 = 4;
     pub const SEND_FAILED: u32 = 5;
+    pub const REMOVED: u32 = 6;
 }
 
 /// Messages up to this size are copied into the batch buffer; larger ones
@@ -65,7 +66,9 @@ pub struct QuicConfig {
     pub local_id: ReplicaId,
     /// Certificate, key and cluster CA; `identity.id` must be `local_id`.
     pub identity: NodeIdentity,
-    /// Every other replica and the UDP address it listens on.
+    /// Every other replica at start, and the UDP address it listens on.
+    /// [`QuicTransport::add_peer`] and [`QuicTransport::remove_peer`] change
+    /// the set at run time.
     pub peers: BTreeMap<ReplicaId, SocketAddr>,
     /// Largest message accepted by `send` and from the network.
     pub max_message_size: usize,
@@ -173,13 +176,17 @@ struct PeerSlot {
     connections: AtomicU64,
     /// Acceptor role: the newest connection this peer dialed to us.
     accepted: watch::Sender<Option<Connection>>,
+    /// Set when the peer is removed: its tasks stop.
+    removed: watch::Sender<bool>,
 }
 
 #[derive(Debug)]
 struct Shared {
     local_id: ReplicaId,
     config: QuicConfig,
-    peers: BTreeMap<ReplicaId, PeerSlot>,
+    /// Current peers. Read on every `send`; written only by `add_peer` and
+    /// `remove_peer`.
+    peers: RwLock<BTreeMap<ReplicaId, Arc<PeerSlot>>>,
     inbound: mpsc::Sender<(ReplicaId, Bytes)>,
     verifier: PeerVerifier,
     rejected_connections: AtomicU64,
@@ -202,6 +209,65 @@ impl Shared {
                 _ = shutdown.wait_for(|stopped| *stopped) => {}
             }
         });
+    }
+
+    /// Spawns `task`, to be cancelled at shutdown or when `slot`'s peer is
+    /// removed.
+    fn spawn_for_peer(
+        self: &Arc<Self>,
+        slot: &PeerSlot,
+        task: impl Future<Output = ()> + Send + 'static,
+    ) {
+        let mut removed = slot.removed.subscribe();
+        self.spawn(async move {
+            tokio::select! {
+                _ = task => {}
+                _ = removed.wait_for(|removed| *removed) => {}
+            }
+        });
+    }
+
+    fn peers(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<ReplicaId, Arc<PeerSlot>>> {
+        self.peers.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn peer(&self, id: ReplicaId) -> Option<Arc<PeerSlot>> {
+        self.peers().get(&id).cloned()
+    }
+
+    /// Creates `id`'s queue and starts its sender task.
+    fn add_peer(
+        self: &Arc<Self>,
+        endpoint: &Endpoint,
+        id: ReplicaId,
+        addr: SocketAddr,
+    ) -> Result<(), NetError> {
+        if id == self.local_id {
+            return Err(NetError::Config(format!("{id} is the local replica")));
+        }
+        let (queue, queue_rx) = mpsc::channel(self.config.send_queue_messages);
+        let slot = Arc::new(PeerSlot {
+            addr,
+            queue,
+            queued_bytes: AtomicUsize::new(0),
+            sent: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            connected: AtomicBool::new(false),
+            connections: AtomicU64::new(0),
+            accepted: watch::channel(None).0,
+            removed: watch::channel(false).0,
+        });
+        {
+            let mut peers = self.peers.write().unwrap_or_else(PoisonError::into_inner);
+            if peers.contains_key(&id) {
+                return Err(NetError::Config(format!("{id} is already a peer")));
+            }
+            peers.insert(id, slot.clone());
+        }
+        let task = run_peer(self.clone(), endpoint.clone(), id, slot.clone(), queue_rx);
+        self.spawn_for_peer(&slot, task);
+        Ok(())
     }
 
     fn reject(&self, connection: &Connection, why: &str) {
@@ -259,49 +325,52 @@ impl QuicTransport {
         endpoint.set_default_client_config(client_config);
 
         let (inbound_tx, inbound_rx) = mpsc::channel(config.inbound_capacity);
-        let mut queues = Vec::new();
-        let mut peers = BTreeMap::new();
-        for (&id, &addr) in &config.peers {
-            let (queue, queue_rx) = mpsc::channel(config.send_queue_messages);
-            let (accepted, accepted_rx) = watch::channel(None);
-            peers.insert(
-                id,
-                PeerSlot {
-                    addr,
-                    queue,
-                    queued_bytes: AtomicUsize::new(0),
-                    sent: AtomicU64::new(0),
-                    dropped: AtomicU64::new(0),
-                    received: AtomicU64::new(0),
-                    connected: AtomicBool::new(false),
-                    connections: AtomicU64::new(0),
-                    accepted,
-                },
-            );
-            queues.push((id, queue_rx, accepted_rx));
-        }
+        let initial_peers = config.peers.clone();
         let shared = Arc::new(Shared {
             local_id: config.local_id,
             verifier: PeerVerifier::new(&config.identity.ca)?,
             config,
-            peers,
+            peers: RwLock::new(BTreeMap::new()),
             inbound: inbound_tx,
             rejected_connections: AtomicU64::new(0),
             frame_errors: AtomicU64::new(0),
             shutdown: watch::channel(false).0,
         });
-        for (id, queue_rx, accepted_rx) in queues {
-            shared.spawn(run_peer(
-                shared.clone(),
-                endpoint.clone(),
-                id,
-                queue_rx,
-                accepted_rx,
-            ));
+        for (id, addr) in initial_peers {
+            shared.add_peer(&endpoint, id, addr)?;
         }
         shared.spawn(accept_loop(shared.clone(), endpoint.clone()));
         info!(local = %shared.local_id, addr = ?endpoint.local_addr().ok(), "paxos-net listening");
         Ok((QuicTransport { shared, endpoint }, inbound_rx))
+    }
+
+    /// Adds a peer at run time (a replica joining by reconfiguration). Its
+    /// certificate must come from the same cluster CA. Fails if `id` is this
+    /// replica or already a peer; to move a peer, remove it first.
+    pub fn add_peer(&self, id: ReplicaId, addr: SocketAddr) -> Result<(), NetError> {
+        let result = self.shared.add_peer(&self.endpoint, id, addr);
+        ensures!(result.is_err() || self.shared.peers().contains_key(&id));
+        result
+    }
+
+    /// Removes a peer at run time: drops its queue, stops its tasks, closes
+    /// its connection, and refuses it from then on. Returns whether it was a
+    /// peer.
+    pub fn remove_peer(&self, id: ReplicaId) -> bool {
+        let removed = self
+            .shared
+            .peers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+        let Some(slot) = removed else { return false };
+        slot.removed.send_replace(true);
+        if let Some(connection) = slot.accepted.send_replace(None) {
+            connection.close(VarInt::from_u32(close_code::REMOVED), b"peer removed");
+        }
+        info!(local = %self.shared.local_id, peer = %id, "peer removed");
+        ensures!(!self.shared.peers().contains_key(&id));
+        true
     }
 
     /// The UDP address this endpoint listens on.
@@ -333,7 +402,7 @@ impl Transport for QuicTransport {
     }
 
     fn peers(&self) -> Vec<ReplicaId> {
-        self.shared.peers.keys().copied().collect()
+        self.shared.peers().keys().copied().collect()
     }
 
     fn max_message_size(&self) -> usize {
@@ -348,11 +417,9 @@ impl Transport for QuicTransport {
                 max,
             });
         }
-        let slot = self
-            .shared
-            .peers
-            .get(&to)
-            .ok_or(SendError::UnknownPeer(to))?;
+        // The read guard is held only for this non-blocking call.
+        let peers = self.shared.peers();
+        let slot = peers.get(&to).ok_or(SendError::UnknownPeer(to))?;
         let len = message.len();
         // Reserve the bytes first so concurrent senders cannot together pass
         // the byte limit.
@@ -380,7 +447,7 @@ impl Transport for QuicTransport {
     fn stats(&self) -> TransportStats {
         let peers = self
             .shared
-            .peers
+            .peers()
             .iter()
             .map(|(&peer, slot)| PeerStats {
                 peer,
@@ -470,24 +537,24 @@ async fn run_peer(
     shared: Arc<Shared>,
     endpoint: Endpoint,
     peer: ReplicaId,
+    slot: Arc<PeerSlot>,
     mut queue: mpsc::Receiver<Bytes>,
-    mut accepted: watch::Receiver<Option<Connection>>,
 ) {
-    let Some(slot) = shared.peers.get(&peer) else {
-        return;
-    };
+    let mut accepted = slot.accepted.subscribe();
     let mut backoff = shared.config.reconnect_initial;
     loop {
         let connection = if shared.dials(peer) {
             match dial(&shared, &endpoint, peer, slot.addr).await {
                 Ok(connection) => {
                     backoff = shared.config.reconnect_initial;
-                    shared.spawn(receive_streams(
+                    let task = receive_streams(
                         shared.clone(),
                         connection.clone(),
                         peer,
+                        slot.clone(),
                         None,
-                    ));
+                    );
+                    shared.spawn_for_peer(&slot, task);
                     connection
                 }
                 Err(why) => {
@@ -511,7 +578,7 @@ async fn run_peer(
         };
         slot.connections.fetch_add(1, Ordering::Relaxed);
         slot.connected.store(true, Ordering::Relaxed);
-        let result = pump(&shared, slot, &connection, &mut queue).await;
+        let result = pump(&shared, &slot, &connection, &mut queue).await;
         slot.connected.store(false, Ordering::Relaxed);
         match result {
             Ok(()) => return, // The transport is gone.
@@ -673,7 +740,7 @@ async fn admit(shared: Arc<Shared>, connection: Connection) {
         Ok(Err(why)) => return shared.reject(&connection, &format!("no valid hello: {why}")),
         Err(_) => return shared.reject(&connection, "no hello before the handshake timeout"),
     };
-    let Some(slot) = shared.peers.get(&claimed) else {
+    let Some(slot) = shared.peer(claimed) else {
         return shared.reject(
             &connection,
             &format!("hello claims {claimed}, which is not a peer"),
@@ -701,7 +768,15 @@ async fn admit(shared: Arc<Shared>, connection: Connection) {
             );
         }
     }
-    receive_streams(shared, connection, claimed, Some((recv, decoder))).await;
+    // A peer removed while (or just before) it is being served is cut off.
+    let mut removed = slot.removed.subscribe();
+    let first = Some((recv, decoder));
+    tokio::select! {
+        _ = receive_streams(shared, connection.clone(), claimed, slot.clone(), first) => {}
+        _ = removed.wait_for(|removed| *removed) => {
+            connection.close(VarInt::from_u32(close_code::REMOVED), b"peer removed");
+        }
+    }
 }
 
 /// Reads frames until the first one, which must be a hello.
@@ -748,11 +823,9 @@ async fn receive_streams(
     shared: Arc<Shared>,
     connection: Connection,
     peer: ReplicaId,
+    slot: Arc<PeerSlot>,
     mut first: Option<(RecvStream, FrameDecoder)>,
 ) {
-    let Some(slot) = shared.peers.get(&peer) else {
-        return;
-    };
     loop {
         let (mut recv, mut decoder) = match first.take() {
             Some(stream) => stream,
@@ -771,7 +844,7 @@ async fn receive_streams(
                 }
             }
         };
-        match deliver(&shared, slot, peer, &mut recv, &mut decoder).await {
+        match deliver(&shared, &slot, peer, &mut recv, &mut decoder).await {
             Ok(()) => continue,
             Err(StreamError::InboundClosed) => return,
             Err(e) => return stream_failed(&shared, &connection, peer, e),

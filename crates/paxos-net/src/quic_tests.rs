@@ -121,6 +121,15 @@ async fn send_until_received(
     }
 }
 
+/// `send_until_received` may leave extra copies in flight; wait for them
+/// and throw them away so later checks see only new messages.
+async fn drain_late_copies(inboxes: &mut [Inbound]) {
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    for inbox in inboxes {
+        while inbox.try_recv().is_ok() {}
+    }
+}
+
 async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;
     while !condition() {
@@ -631,9 +640,9 @@ async fn fault_layer_partitions_and_heals_a_quic_cluster() {
     for i in 0..3 {
         for j in (0..3).filter(|&j| j != i) {
             send_until_received(&nets[i], nets[j].local_id(), &mut inbox[j], b"up").await;
-            while inbox[j].try_recv().is_ok() {}
         }
     }
+    drain_late_copies(&mut inbox).await;
     // Isolate replica 3, from its own side only: both directions are cut.
     faults[2].set_partition([r(1), r(2)]);
     nets[0].send(r(3), Bytes::from_static(b"to 3")).unwrap();
@@ -683,4 +692,76 @@ async fn fault_layer_partitions_and_heals_a_quic_cluster() {
         );
         last = Some(seq);
     }
+}
+
+#[tokio::test]
+async fn peers_can_be_added_and_removed_at_run_time() {
+    let (_, identities) = generate_in_memory(&[r(1), r(2), r(3)]).unwrap();
+    let sockets = [bind_local(), bind_local(), bind_local()];
+    let addrs: BTreeMap<ReplicaId, SocketAddr> = [r(1), r(2), r(3)]
+        .into_iter()
+        .zip(sockets.iter().map(|s| s.local_addr().unwrap()))
+        .collect();
+    let [s1, s2, s3] = sockets;
+    // 1 and 2 start as a pair; 3 joins later, knowing both.
+    let (a, mut a_in) = QuicTransport::start(
+        test_config(identities[0].clone(), [(r(2), addrs[&r(2)])].into()),
+        s1,
+    )
+    .unwrap();
+    let (b, mut b_in) = QuicTransport::start(
+        test_config(identities[1].clone(), [(r(1), addrs[&r(1)])].into()),
+        s2,
+    )
+    .unwrap();
+    send_until_received(&a, r(2), &mut b_in, b"pair").await;
+    assert_eq!(
+        a.send(r(3), Bytes::new()),
+        Err(SendError::UnknownPeer(r(3)))
+    );
+
+    let (c, mut c_in) = QuicTransport::start(
+        test_config(identities[2].clone(), peers_of(r(3), &addrs)),
+        s3,
+    )
+    .unwrap();
+    a.add_peer(r(3), addrs[&r(3)]).unwrap();
+    b.add_peer(r(3), addrs[&r(3)]).unwrap();
+    assert!(matches!(
+        a.add_peer(r(3), addrs[&r(3)]),
+        Err(NetError::Config(_))
+    ));
+    assert!(matches!(
+        a.add_peer(r(1), addrs[&r(1)]),
+        Err(NetError::Config(_))
+    ));
+    send_until_received(&a, r(3), &mut c_in, b"1 to new 3").await;
+    send_until_received(&c, r(2), &mut b_in, b"new 3 to 2").await;
+    send_until_received(&c, r(1), &mut a_in, b"new 3 to 1").await;
+
+    drain_late_copies(std::slice::from_mut(&mut c_in)).await;
+    // 3 removes 1: no more traffic either way, and 1's redials are refused.
+    assert!(c.remove_peer(r(1)));
+    assert!(!c.remove_peer(r(1)));
+    assert_eq!(
+        c.send(r(1), Bytes::new()),
+        Err(SendError::UnknownPeer(r(1)))
+    );
+    assert_eq!(c.peers(), vec![r(2)]);
+    eventually("1 sees its connection to 3 drop", || {
+        !a.stats().peer(r(3)).unwrap().connected
+    })
+    .await;
+    let rejected_before = c.stats().rejected_connections;
+    let _ = a.send(r(3), Bytes::from_static(b"after removal"));
+    eventually("3 refuses 1's redial", || {
+        c.stats().rejected_connections > rejected_before
+    })
+    .await;
+    assert!(
+        c_in.try_recv().is_err(),
+        "a removed peer's message was delivered"
+    );
+    // 3 and 2 still talk.
+    send_until_received(&c, r(2), &mut b_in, b"still here").await;
 }
