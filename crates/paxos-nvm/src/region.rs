@@ -160,6 +160,17 @@ impl VolatileRegion {
         }
     }
 
+    /// A zeroed region of `len` bytes, or `None` if it cannot be allocated.
+    pub fn try_new(len: usize) -> Option<Self> {
+        let mut bytes = Vec::new();
+        bytes.try_reserve_exact(len).ok()?;
+        bytes.resize(len, 0);
+        Some(VolatileRegion {
+            bytes: bytes.into_boxed_slice(),
+            cache_flush: None,
+        })
+    }
+
     /// A region holding exactly `bytes` (a crash image, say).
     pub fn from_bytes(bytes: Vec<u8>) -> Self {
         VolatileRegion {

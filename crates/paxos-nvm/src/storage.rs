@@ -35,7 +35,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use bytes::Bytes;
-use paxos_contracts::{ensures, invariant, requires};
+use paxos_contracts::{ensures, invariant};
 use paxos_core::{Accepted, DurableState, PersistEntry, Slot};
 use paxos_log::{ReplicaStorage, StorageError};
 
@@ -77,6 +77,30 @@ pub struct NvmOptions {
     /// default) commits every append before it returns. Capped at
     /// [`MAX_GROUP_APPENDS`].
     pub max_group_appends: usize,
+}
+
+impl NvmOptions {
+    /// Checks the options; `open` refuses invalid ones with an
+    /// `InvalidInput` I/O error naming the field.
+    pub fn validate(&self) -> std::io::Result<()> {
+        let invalid = |m: String| Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, m));
+        if self.region_bytes < MIN_REGION_BYTES {
+            return invalid(format!(
+                "region_bytes {} is below the minimum {MIN_REGION_BYTES}",
+                self.region_bytes
+            ));
+        }
+        if self.max_append_bytes == 0 {
+            return invalid("max_append_bytes must be positive".into());
+        }
+        if self.max_group_appends == 0 || self.max_group_appends > MAX_GROUP_APPENDS {
+            return invalid(format!(
+                "max_group_appends {} outside 1..={MAX_GROUP_APPENDS}",
+                self.max_group_appends
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The most appends one group commit may cover.
@@ -203,15 +227,22 @@ impl NvmStorage {
         path: &Path,
         options: NvmOptions,
     ) -> Result<(NvmStorage, DurableState), StorageError> {
-        requires!(
-            options.region_bytes >= MIN_REGION_BYTES,
-            "region_bytes below {MIN_REGION_BYTES}"
-        );
         let name = path.display().to_string();
+        options
+            .validate()
+            .map_err(io_err(format!("options for {name}")))?;
         let file_backend = match options.backend {
             Backend::Volatile => {
                 tracing::warn!(path = %name, "paxos-nvm storage is VOLATILE: nothing survives a crash");
-                let region = VolatileRegion::new(options.region_bytes as usize);
+                let region = usize::try_from(options.region_bytes)
+                    .ok()
+                    .and_then(VolatileRegion::try_new)
+                    .ok_or_else(|| {
+                        StorageError::Full(format!(
+                            "cannot allocate {} bytes of volatile region",
+                            options.region_bytes
+                        ))
+                    })?;
                 return Self::format_region(Box::new(region), &options, "volatile".into());
             }
             Backend::Auto => FileBackend::Auto,
@@ -296,7 +327,15 @@ impl NvmStorage {
         options: &NvmOptions,
         name: String,
     ) -> Result<(NvmStorage, DurableState), StorageError> {
-        let log = PmLog::start(region, options.log_id).map_err(|e| storage_err(&name, e))?;
+        let log = PmLog::start(region, options.log_id).map_err(|e| match e {
+            // An existing region too small to be a log is not ours.
+            LogError::RegionTooSmall(_) => StorageError::Corrupt {
+                file: name.clone(),
+                offset: 0,
+                reason: e.to_string(),
+            },
+            other => storage_err(&name, other),
+        })?;
         Self::from_log(log, options, name)
     }
 
@@ -777,6 +816,51 @@ mod tests {
         assert!(matches!(
             NvmStorage::open(&path, wrong_id),
             Err(StorageError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn invalid_options_and_tiny_files_are_errors_not_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r");
+        for bad in [
+            NvmOptions {
+                region_bytes: 10,
+                ..Default::default()
+            },
+            NvmOptions {
+                max_append_bytes: 0,
+                ..Default::default()
+            },
+            NvmOptions {
+                max_group_appends: 0,
+                ..Default::default()
+            },
+            NvmOptions {
+                max_group_appends: MAX_GROUP_APPENDS + 1,
+                ..Default::default()
+            },
+        ] {
+            assert!(matches!(
+                NvmStorage::open(&path, bad),
+                Err(StorageError::Io { .. })
+            ));
+        }
+        std::fs::write(&path, [1u8; 100]).unwrap();
+        let r = NvmStorage::open(&path, NvmOptions::default());
+        assert!(
+            matches!(r, Err(StorageError::Corrupt { .. })),
+            "{:?}",
+            r.err()
+        );
+        let huge = NvmOptions {
+            region_bytes: u64::MAX / 2,
+            backend: Backend::Volatile,
+            ..Default::default()
+        };
+        assert!(matches!(
+            NvmStorage::open(&path, huge),
+            Err(StorageError::Full(_))
         ));
     }
 
