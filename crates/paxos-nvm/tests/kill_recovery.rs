@@ -34,7 +34,7 @@ fn options() -> NvmOptions {
 fn value_for(slot: Slot) -> Value {
     Value::Requests(Bytes::from(vec![
         (slot % 251) as u8;
-        200 + (slot % 7) as usize
+        600 + (slot % 7) as usize
     ]))
 }
 
