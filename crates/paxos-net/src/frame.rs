@@ -228,6 +228,10 @@ impl FrameDecoder {
         if let Err(err) = &result {
             self.failed = Some(err.clone());
         }
+        ensures!(match &result {
+            Ok(Some(frame)) => frame.payload.len() <= self.max_payload,
+            _ => true,
+        });
         result
     }
 

@@ -41,8 +41,20 @@
 //! those that arrive arrive in order (per-peer FIFO) for the life of a
 //! connection. Messages are lost when a queue is full, or when a connection
 //! breaks (the batch being written and anything QUIC had not delivered). No
-//! order holds across peers, nor across a reconnect boundary beyond "older
-//! connection's messages were sent first".
+//! order holds across peers. Across a reconnect, the receiver may still be
+//! delivering the last buffered messages of the old connection while the
+//! first ones of the new connection arrive, so a few messages can be
+//! reordered at that boundary.
+//!
+//! # Failure detection
+//!
+//! A clean shutdown closes connections, and peers redial at once. A killed
+//! replica sends nothing; when it restarts on the same address, its
+//! stateless-reset key (derived from its private key, so stable across
+//! restarts) lets it reset its predecessor's connections on their first
+//! packet, so peers reconnect without waiting for the idle timeout (5 s by
+//! default, with keep-alives at a third of it). A replica that stays down is
+//! detected by the idle timeout.
 //!
 //! Paxos needs none of this for safety: it tolerates loss, duplication (a
 //! retransmission) and reordering, and retransmits on its own timers. FIFO

@@ -25,7 +25,7 @@ use crate::frame::{self, FrameDecoder, FrameError, MAX_PAYLOAD_CEILING};
 use crate::tls::{self, PeerVerifier};
 use crate::transport::{Inbound, PeerStats, SendError, Transport, TransportStats};
 use bytes::{Bytes, BytesMut};
-use paxos_contracts::{ensures, requires};
+use paxos_contracts::{ensures, invariant, requires};
 use paxos_core::ReplicaId;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, Endpoint, RecvStream, VarInt};
@@ -430,7 +430,14 @@ impl Transport for QuicTransport {
             return Err(SendError::QueueFull { peer: to });
         }
         match slot.queue.try_send(message) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                // Holds under concurrent senders thanks to the reservation.
+                invariant!(
+                    slot.queued_bytes.load(Ordering::Acquire)
+                        <= self.shared.config.send_queue_bytes
+                );
+                Ok(())
+            }
             Err(err) => {
                 slot.queued_bytes.fetch_sub(len, Ordering::AcqRel);
                 match err {
