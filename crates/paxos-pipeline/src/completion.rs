@@ -14,26 +14,34 @@
 //!
 //! # Memory ordering
 //!
-//! The cell's `state` word has three bits. The completer writes the outcome,
+//! The cell's `state` word has four bits. The completer writes the outcome,
 //! then sets `COMPLETE` with an AcqRel RMW; the handle reads the outcome only
 //! after observing `COMPLETE` with Acquire. The waker cell belongs to the
 //! handle while `WAKER_SET` is clear; once the handle sets `WAKER_SET`, only
 //! shared reads of the waker happen (the completer's `wake_by_ref`, the
 //! handle's `will_wake`) until the handle clears the bit again by an RMW that
-//! did not see `COMPLETE`. Since all three bits live in one word, their RMWs
-//! are totally ordered, which is the whole argument.
+//! did not see `COMPLETE`. Since all bits live in one word, their RMWs are
+//! totally ordered, which is the whole argument.
 //!
-//! # Allocation
+//! # Ownership and allocation
 //!
-//! One `Arc` per request (the cell, about 64 bytes plus the outcome). The
-//! bench `submit/pipeline_roundtrip` measures it.
+//! The cell is one `Box` per request shared by exactly two owners, without a
+//! reference count: each owner sets its own GONE bit (`COMPLETER_GONE`,
+//! `HANDLE_GONE`) with a Release RMW after its last access, and the owner that
+//! observes the other's GONE bit (with Acquire) frees the cell. In the common
+//! case the completer completes and leaves in one CAS, and the handle, seeing
+//! both `COMPLETE` and `COMPLETER_GONE` in one load, takes the outcome and
+//! frees the cell with no RMW at all. The bench `roundtrip/*` measures the
+//! path.
 
 use std::fmt;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
+use std::ptr::NonNull;
 use std::task::{Context, Poll, Waker};
 
-use crate::sync::{Arc, AtomicUsize, Ordering, UnsafeCell};
+use crate::sync::{AtomicUsize, Ordering, UnsafeCell};
 
 /// How one request ended. Each request gets exactly one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,11 +89,13 @@ pub enum AbortReason {
 }
 
 /// The completer stored the outcome.
-const COMPLETE: usize = 0b001;
+const COMPLETE: usize = 0b0001;
 /// The handle stored a waker in the cell.
-const WAKER_SET: usize = 0b010;
-/// The handle is gone; nobody will read the outcome.
-const HANDLE_DROPPED: usize = 0b100;
+const WAKER_SET: usize = 0b0010;
+/// The handle is gone and will not touch the cell again.
+const HANDLE_GONE: usize = 0b0100;
+/// The completer is gone and will not touch the cell again.
+const COMPLETER_GONE: usize = 0b1000;
 
 struct Cell<O> {
     state: AtomicUsize,
@@ -93,25 +103,59 @@ struct Cell<O> {
     waker: UnsafeCell<Option<Waker>>,
 }
 
-// SAFETY: access to `outcome` and `waker` follows the state protocol in the
-// module docs; the outcome moves from the completer's thread to the handle's
-// (O: Send), and wakers are Send + Sync.
-unsafe impl<O: Send> Send for Cell<O> {}
-// SAFETY: as above.
-unsafe impl<O: Send> Sync for Cell<O> {}
+/// A pointer to a cell shared by exactly two owners, the completer and the
+/// handle. Whichever leaves second frees it (see the module docs).
+struct CellPtr<O> {
+    ptr: NonNull<Cell<O>>,
+    /// This pointer owns (half of) a `Cell<O>`, and may drop an `O`.
+    _owns: PhantomData<Box<Cell<O>>>,
+}
+
+impl<O> CellPtr<O> {
+    fn cell(&self) -> &Cell<O> {
+        // SAFETY: the cell is freed only by the second owner to leave, and
+        // this owner has not left while it holds `self`.
+        unsafe { self.ptr.as_ref() }
+    }
+
+    /// Frees the cell. Called by the second owner to leave, after observing
+    /// (with Acquire) the other owner's GONE bit.
+    fn free(self) {
+        // SAFETY: the cell came from `Box::into_raw` in `completion`; both
+        // owners have left, the other one's accesses happen-before ours via
+        // its Release RMW of its GONE bit, so nobody can touch it again.
+        drop(unsafe { Box::from_raw(self.ptr.as_ptr()) });
+    }
+}
+
+// SAFETY: the outcome moves from the completer's thread to the handle's
+// (O: Send); the cell's fields are accessed only as the state protocol allows;
+// wakers are Send + Sync.
+unsafe impl<O: Send> Send for CellPtr<O> {}
+// SAFETY: shared references to a completer or handle only read `state`.
+unsafe impl<O: Send> Sync for CellPtr<O> {}
 
 /// Creates a linked completer and handle for one request.
 pub fn completion<O>() -> (Completer<O>, CompletionHandle<O>) {
-    let cell = Arc::new(Cell {
+    let cell = Box::new(Cell {
         state: AtomicUsize::new(0),
         outcome: UnsafeCell::new(None),
         waker: UnsafeCell::new(None),
     });
+    let ptr = NonNull::from(Box::leak(cell));
     (
         Completer {
-            cell: Some(cell.clone()),
+            cell: Some(CellPtr {
+                ptr,
+                _owns: PhantomData,
+            }),
         },
-        CompletionHandle { cell: Some(cell) },
+        CompletionHandle {
+            cell: Some(CellPtr {
+                ptr,
+                _owns: PhantomData,
+            }),
+        },
     )
 }
 
@@ -119,7 +163,7 @@ pub fn completion<O>() -> (Completer<O>, CompletionHandle<O>) {
 /// resolves the handle with [`AbortReason::Dropped`].
 pub struct Completer<O> {
     /// `Some` until the completer resolves (only `Drop` sees `None`).
-    cell: Option<Arc<Cell<O>>>,
+    cell: Option<CellPtr<O>>,
 }
 
 impl<O> fmt::Debug for Completer<O> {
@@ -144,7 +188,7 @@ impl<O> Completer<O> {
     /// Resolves the request with `outcome`.
     pub fn resolve(mut self, outcome: Outcome<O>) {
         if let Some(cell) = self.cell.take() {
-            send(&cell, outcome);
+            send(cell, outcome);
         }
     }
 
@@ -154,33 +198,67 @@ impl<O> Completer<O> {
     pub fn is_abandoned(&self) -> bool {
         self.cell
             .as_ref()
-            .is_none_or(|cell| cell.state.load(Ordering::Acquire) & HANDLE_DROPPED != 0)
+            .is_none_or(|cell| cell.cell().state.load(Ordering::Acquire) & HANDLE_GONE != 0)
     }
 }
 
 impl<O> Drop for Completer<O> {
     fn drop(&mut self) {
         if let Some(cell) = self.cell.take() {
-            send(&cell, Outcome::Aborted(AbortReason::Dropped));
+            send(cell, Outcome::Aborted(AbortReason::Dropped));
         }
     }
 }
 
-fn send<O>(cell: &Cell<O>, outcome: Outcome<O>) {
+/// Stores the outcome, wakes the handle if it waits, and leaves the cell.
+fn send<O>(ptr: CellPtr<O>, outcome: Outcome<O>) {
+    let cell = ptr.cell();
     // SAFETY: only the (single) completer writes the outcome, and only before
     // it sets COMPLETE; the handle reads it only after seeing COMPLETE.
     cell.outcome
         .with_mut(|slot| unsafe { *slot = Some(outcome) });
+    let mut state = cell.state.load(Ordering::Acquire);
+    loop {
+        debug_assert_eq!(
+            state & (COMPLETE | COMPLETER_GONE),
+            0,
+            "a cell completed twice"
+        );
+        if state & WAKER_SET != 0 && state & HANDLE_GONE == 0 {
+            break;
+        }
+        // Fast path: no waker to wake, so complete and leave in one RMW.
+        match cell.state.compare_exchange_weak(
+            state,
+            state | COMPLETE | COMPLETER_GONE,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => {
+                if state & HANDLE_GONE != 0 {
+                    ptr.free();
+                }
+                return;
+            }
+            Err(actual) => state = actual,
+        }
+    }
+    // Slow path: a handle waits. Complete, wake it while we still own the
+    // cell, then leave.
     let previous = cell.state.fetch_or(COMPLETE, Ordering::AcqRel);
-    debug_assert_eq!(previous & COMPLETE, 0, "a cell completed twice");
-    if previous & WAKER_SET != 0 && previous & HANDLE_DROPPED == 0 {
+    if previous & WAKER_SET != 0 && previous & HANDLE_GONE == 0 {
         // SAFETY: WAKER_SET was set when our RMW ran, so the handle stored a
-        // waker and from now on only reads it (see module docs).
+        // waker and from now on only reads it (see module docs); the cell is
+        // alive because we have not left.
         cell.waker.with(|waker| unsafe {
             if let Some(waker) = &*waker {
                 waker.wake_by_ref();
             }
         });
+    }
+    let previous = cell.state.fetch_or(COMPLETER_GONE, Ordering::AcqRel);
+    if previous & HANDLE_GONE != 0 {
+        ptr.free();
     }
 }
 
@@ -189,7 +267,7 @@ fn send<O>(cell: &Cell<O>, outcome: Outcome<O>) {
 #[must_use = "a handle is how the caller learns whether its request executed"]
 pub struct CompletionHandle<O> {
     /// `None` once the outcome was taken.
-    cell: Option<Arc<Cell<O>>>,
+    cell: Option<CellPtr<O>>,
 }
 
 impl<O> fmt::Debug for CompletionHandle<O> {
@@ -205,17 +283,17 @@ impl<O> CompletionHandle<O> {
     pub fn is_resolved(&self) -> bool {
         self.cell
             .as_ref()
-            .is_none_or(|cell| cell.state.load(Ordering::Acquire) & COMPLETE != 0)
+            .is_none_or(|cell| cell.cell().state.load(Ordering::Acquire) & COMPLETE != 0)
     }
 
     /// Takes the outcome if it is ready. Returns `None` if it is not, or if
     /// it was taken before.
     pub fn try_take(&mut self) -> Option<Outcome<O>> {
-        let cell = self.cell.as_ref()?;
-        if cell.state.load(Ordering::Acquire) & COMPLETE == 0 {
+        let state = self.cell.as_ref()?.cell().state.load(Ordering::Acquire);
+        if state & COMPLETE == 0 {
             return None;
         }
-        Some(self.take_outcome())
+        Some(self.take_outcome(state))
     }
 
     /// Blocks the calling thread until the outcome arrives.
@@ -224,13 +302,20 @@ impl<O> CompletionHandle<O> {
         crate::block_on::block_on(self)
     }
 
-    /// Takes the outcome after COMPLETE was observed with Acquire.
-    fn take_outcome(&mut self) -> Outcome<O> {
-        let cell = self.cell.take().expect("take_outcome on a taken handle");
+    /// Takes the outcome and leaves the cell, after `state` (which has
+    /// COMPLETE) was observed with Acquire.
+    fn take_outcome(&mut self, state: usize) -> Outcome<O> {
+        let ptr = self.cell.take().expect("take_outcome on a taken handle");
+        let cell = ptr.cell();
         // SAFETY: COMPLETE was observed (Acquire), so the completer's write is
         // visible and it never touches the outcome again; we are the only
         // handle.
         let outcome = cell.outcome.with_mut(|slot| unsafe { (*slot).take() });
+        let completer_gone = state & COMPLETER_GONE != 0
+            || cell.state.fetch_or(HANDLE_GONE, Ordering::AcqRel) & COMPLETER_GONE != 0;
+        if completer_gone {
+            ptr.free();
+        }
         outcome.expect("COMPLETE is set only after the outcome is written")
     }
 }
@@ -243,10 +328,11 @@ impl<O> Future for CompletionHandle<O> {
         let cell = this
             .cell
             .as_ref()
-            .expect("CompletionHandle polled after it resolved");
+            .expect("CompletionHandle polled after it resolved")
+            .cell();
         let state = cell.state.load(Ordering::Acquire);
         if state & COMPLETE != 0 {
-            return Poll::Ready(this.take_outcome());
+            return Poll::Ready(this.take_outcome(state));
         }
         if state & WAKER_SET != 0 {
             // SAFETY: while WAKER_SET is set only shared reads of the waker
@@ -260,7 +346,7 @@ impl<O> Future for CompletionHandle<O> {
             // Take the waker cell back before replacing the waker.
             let state = cell.state.fetch_and(!WAKER_SET, Ordering::AcqRel);
             if state & COMPLETE != 0 {
-                return Poll::Ready(this.take_outcome());
+                return Poll::Ready(this.take_outcome(state));
             }
         }
         // WAKER_SET is clear and only this handle sets it, so a completer that
@@ -270,7 +356,7 @@ impl<O> Future for CompletionHandle<O> {
             .with_mut(|waker| unsafe { *waker = Some(cx.waker().clone()) });
         let state = cell.state.fetch_or(WAKER_SET, Ordering::AcqRel);
         if state & COMPLETE != 0 {
-            return Poll::Ready(this.take_outcome());
+            return Poll::Ready(this.take_outcome(state));
         }
         Poll::Pending
     }
@@ -278,8 +364,11 @@ impl<O> Future for CompletionHandle<O> {
 
 impl<O> Drop for CompletionHandle<O> {
     fn drop(&mut self) {
-        if let Some(cell) = &self.cell {
-            cell.state.fetch_or(HANDLE_DROPPED, Ordering::AcqRel);
+        if let Some(ptr) = self.cell.take() {
+            let previous = ptr.cell().state.fetch_or(HANDLE_GONE, Ordering::AcqRel);
+            if previous & COMPLETER_GONE != 0 {
+                ptr.free();
+            }
         }
     }
 }
@@ -360,6 +449,90 @@ mod tests {
         });
         assert_eq!(handle.wait(), Outcome::Completed(42));
         t.join().unwrap();
+    }
+
+    /// Counts drops, to show each outcome is dropped exactly once whichever
+    /// owner leaves last (a double free or a leak would show here and under
+    /// valgrind).
+    #[derive(Debug)]
+    struct DropCounted(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+    impl Drop for DropCounted {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn every_leave_order_drops_the_outcome_once() {
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+        let drops = std::sync::Arc::new(AtomicUsize::new(0));
+        let make = || DropCounted(drops.clone());
+        let (_, waker) = CountingWaker::new();
+        // 1. complete, then take (fast path on both sides).
+        let (c, mut h) = completion();
+        c.complete(make());
+        drop(h.try_take());
+        drop(h);
+        assert_eq!(drops.load(SeqCst), 1);
+        // 2. handle dropped first, then complete: the completer frees.
+        let (c, h) = completion();
+        drop(h);
+        c.complete(make());
+        assert_eq!(drops.load(SeqCst), 2);
+        // 3. complete, then drop the handle untaken: the handle frees.
+        let (c, h) = completion();
+        c.complete(make());
+        drop(h);
+        assert_eq!(drops.load(SeqCst), 3);
+        // 4. poll (waker set), complete (slow path), take.
+        let (c, mut h) = completion();
+        assert!(poll_once(&mut h, &waker).is_pending());
+        c.complete(make());
+        assert!(matches!(
+            poll_once(&mut h, &waker),
+            Poll::Ready(Outcome::Completed(_))
+        ));
+        assert_eq!(drops.load(SeqCst), 4);
+        // 5. poll, then drop the handle, then complete.
+        let (c, mut h) = completion();
+        assert!(poll_once(&mut h, &waker).is_pending());
+        drop(h);
+        c.complete(make());
+        assert_eq!(drops.load(SeqCst), 5);
+        // 6. poll, complete, drop the handle untaken.
+        let (c, mut h) = completion();
+        assert!(poll_once(&mut h, &waker).is_pending());
+        c.complete(make());
+        drop(h);
+        assert_eq!(drops.load(SeqCst), 6);
+        // 7. both dropped, never completed: no outcome to drop.
+        let (c, h) = completion::<DropCounted>();
+        drop(c);
+        drop(h);
+        assert_eq!(drops.load(SeqCst), 6);
+    }
+
+    #[test]
+    fn completions_across_threads_drop_each_outcome_once() {
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+        let drops = std::sync::Arc::new(AtomicUsize::new(0));
+        let pairs: Vec<_> = (0..500).map(|_| completion::<DropCounted>()).collect();
+        let (completers, handles): (Vec<_>, Vec<_>) = pairs.into_iter().unzip();
+        let counter = drops.clone();
+        let t = std::thread::spawn(move || {
+            for c in completers {
+                c.complete(DropCounted(counter.clone()));
+            }
+        });
+        for (i, h) in handles.into_iter().enumerate() {
+            if i % 3 == 0 {
+                drop(h);
+            } else {
+                assert!(matches!(h.wait(), Outcome::Completed(_)));
+            }
+        }
+        t.join().unwrap();
+        assert_eq!(drops.load(SeqCst), 500);
     }
 
     #[test]

@@ -7,6 +7,8 @@
 #![cfg(paxos_loom)]
 
 use loom::future::block_on;
+use std::future::Future;
+
 use loom::thread;
 use paxos_pipeline::{
     bounded, completion, pipeline, AbortReason, DrainLimits, InFlightWindow, Outcome, Readiness,
@@ -157,8 +159,8 @@ fn completion_resolves_exactly_once() {
     });
 }
 
-/// The handle dropped while the completer runs: no leak, no use-after-free
-/// (loom checks the cells and the Arc).
+/// The handle dropped while the completer runs: whichever leaves second
+/// frees the cell; loom checks every access to it happens before the free.
 #[test]
 fn completion_with_abandoned_handle() {
     model(|| {
@@ -167,6 +169,29 @@ fn completion_with_abandoned_handle() {
         drop(handle);
         t.join().unwrap();
     });
+}
+
+/// The handle polls (registering a waker), then gives up and drops while the
+/// completer takes its slow path (waking that waker): no access after free,
+/// and the outcome is dropped once.
+#[test]
+fn completion_slow_path_racing_handle_drop() {
+    model(|| {
+        let (completer, mut handle) = completion::<String>();
+        let t = thread::spawn(move || completer.complete("x".to_owned()));
+        let waker = futures_noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        if std::pin::Pin::new(&mut handle).poll(&mut cx).is_ready() {
+            t.join().unwrap();
+            return;
+        }
+        drop(handle);
+        t.join().unwrap();
+    });
+}
+
+fn futures_noop_waker() -> std::task::Waker {
+    std::task::Waker::noop().clone()
 }
 
 /// A proposer waiting on a full window is woken by a release on another
