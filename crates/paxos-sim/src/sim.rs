@@ -24,7 +24,7 @@ use std::sync::Arc;
 pub type ReplicaHook = Arc<dyn Fn(&mut Replica) + Send + Sync>;
 
 /// Default number of events in the fault phase of one run.
-pub const DEFAULT_STEPS: u64 = 6_000;
+pub const DEFAULT_STEPS: u64 = 15_000;
 
 /// What to run.
 #[derive(Clone)]
