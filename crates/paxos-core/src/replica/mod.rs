@@ -1759,10 +1759,10 @@ impl Replica {
         );
         invariant!(self.log_start > self.truncated_through);
         invariant!(self.log.keys().next().is_none_or(|s| *s >= self.log_start));
-        // Checked slot by slot over the most recent 256 committed slots (older
+        // Checked slot by slot over the most recent 16 committed slots (older
         // ones were checked when they were recent; entries leave memory only
         // from the front), so that the check stays cheap.
-        let check_from = self.log_start.max(self.commit_index.saturating_sub(256));
+        let check_from = self.log_start.max(self.commit_index.saturating_sub(16));
         invariant!(
             self.needs_snapshot
                 || (check_from..=self.commit_index)
