@@ -1722,8 +1722,14 @@ impl Replica {
             .iter()
             .filter(|v| **v != self.id)
             .filter_map(|v| self.peers.get(v).map(|p| (*v, *p)))
-            .filter(|(_, p)| p.can_become_primary)
-            .max_by_key(|(v, p)| (p.commit_index, p.last_heard, std::cmp::Reverse(*v)))
+            // Only peers that may lead and were heard from recently: a
+            // hand-off to a dead replica would leave the cluster leaderless
+            // until an election timeout.
+            .filter(|(_, p)| {
+                p.can_become_primary
+                    && now.micros_since(p.last_heard) < self.config.election_timeout_min_us
+            })
+            .max_by_key(|(v, p)| (p.commit_index, std::cmp::Reverse(*v)))
             .map(|(v, _)| v)
             .ok_or(ProposeError::NoSuccessor)?;
         // Bring the successor up to date first, then hand over.

@@ -72,3 +72,18 @@ fn relinquish_on_a_follower_is_not_leader() {
         })
     );
 }
+
+#[test]
+fn relinquish_skips_followers_not_heard_from_recently() {
+    let mut c = Cluster::new(3, |_| {});
+    let old = c.elect_any();
+    let others: Vec<_> = (1..=3).map(id).filter(|r| *r != old).collect();
+    c.advance(30_000);
+    c.crash(others[0]);
+    c.advance(200_000); // longer than election_timeout_min: others[0] is stale
+    let now = c.now;
+    c.replica(old).relinquish_primary(now).unwrap();
+    c.pump();
+    assert!(c.run_until(20_000, |c| c.leader().is_some()));
+    assert_eq!(c.leader(), Some(others[1]));
+}
