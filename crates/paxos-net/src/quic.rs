@@ -553,7 +553,6 @@ async fn run_peer(
         let connection = if shared.dials(peer) {
             match dial(&shared, &endpoint, peer, slot.addr).await {
                 Ok(connection) => {
-                    backoff = shared.config.reconnect_initial;
                     let task = receive_streams(
                         shared.clone(),
                         connection.clone(),
@@ -585,6 +584,7 @@ async fn run_peer(
         };
         slot.connections.fetch_add(1, Ordering::Relaxed);
         slot.connected.store(true, Ordering::Relaxed);
+        let began = tokio::time::Instant::now();
         let result = pump(&shared, &slot, &connection, &mut queue).await;
         slot.connected.store(false, Ordering::Relaxed);
         match result {
@@ -595,6 +595,16 @@ async fn run_peer(
                     VarInt::from_u32(close_code::SEND_FAILED),
                     b"send stream failed",
                 );
+                // Redial at once after a connection that lasted (a restarted
+                // peer), but back off when connections keep dying young (a
+                // peer that refuses us after the handshake), so a
+                // misconfiguration cannot become a tight reconnect loop.
+                if began.elapsed() >= shared.config.reconnect_max {
+                    backoff = shared.config.reconnect_initial;
+                } else if shared.dials(peer) {
+                    tokio::time::sleep(jitter(backoff)).await;
+                    backoff = (backoff * 2).min(shared.config.reconnect_max);
+                }
             }
         }
     }

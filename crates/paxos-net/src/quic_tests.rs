@@ -762,6 +762,16 @@ async fn peers_can_be_added_and_removed_at_run_time() {
         c_in.try_recv().is_err(),
         "a removed peer's message was delivered"
     );
+    // 1 keeps redialling, but with backoff (20 ms doubling to 200 ms here),
+    // not in a tight loop: about 1 s / 200 ms + the ramp, far below what
+    // back-to-back handshakes would produce.
+    let before = c.stats().rejected_connections;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let redials = c.stats().rejected_connections - before;
+    assert!(
+        redials <= 15,
+        "{redials} refused redials in 1 s: no backoff"
+    );
     // 3 and 2 still talk.
     send_until_received(&c, r(2), &mut b_in, b"still here").await;
 }
