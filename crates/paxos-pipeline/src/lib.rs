@@ -64,8 +64,18 @@
 //!   release → waiting proposers (`wait_list`). Loom supports `fence(SeqCst)`
 //!   (it models SeqCst *accesses* only as AcqRel), so the models check exactly
 //!   this argument.
-//! - *Completion* keeps its three flags in one word, so their RMWs are
-//!   totally ordered; see [`completion`](crate::completion).
+//! - *Completion* keeps its flags in one word, so their RMWs are totally
+//!   ordered; the cell has two owners and no reference count, and whichever
+//!   leaves second (seeing the other's GONE bit with Acquire) frees it; see
+//!   [`completion`](crate::completion).
+//!
+//! # Allocation
+//!
+//! The queue and the window allocate once, at creation. Each request
+//! allocates one completion cell (a `Box`, freed by the last of its two
+//! owners); draining allocates nothing (`drain_batch_by` hands values to a
+//! callback). Waiting futures add an entry to a waiter list only while they
+//! wait for room.
 //!
 //! # Loom
 //!

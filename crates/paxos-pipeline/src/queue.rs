@@ -245,7 +245,12 @@ impl<T> Drop for Producer<T> {
 impl<T> Producer<T> {
     /// Pushes `value` if there is room. Lock-free; never waits.
     pub fn try_push(&self, value: T) -> Result<(), TryPushError<T>> {
-        self.shared.try_push(value)
+        let result = self.shared.try_push(value);
+        ensures!(
+            !matches!(result, Err(TryPushError::Closed(_))) || self.is_closed(),
+            "Closed reported for an open queue"
+        );
+        result
     }
 
     /// Pushes `value`, waiting (without spinning) for room. Fails only if the
