@@ -40,6 +40,14 @@
 //!   and an empty state machine that re-applies from slot 1. Crashes target
 //!   random replicas, the leader, or the replica with the most persists
 //!   outstanding; usually at most a minority is down, sometimes one more.
+//! - **Checkpoints and state transfer**: in some seeds each replica's state
+//!   machine takes a checkpoint every few slots (durable at once) and calls
+//!   `compact`; a restart then loads the checkpoint
+//!   (`applied_through = checkpoint`). Seeds also vary `retain_decrees`, so
+//!   lagging replicas may find that no peer still holds what they miss;
+//!   when a replica reports `needs_snapshot`, the simulator copies the state
+//!   machine of the most advanced live peer and restarts the replica on it
+//!   (RSL's CopyStateFromReplica).
 //! - **Leadership churn**: the leader is asked to `relinquish_primary`, and
 //!   replicas' `CanBecomePrimary` veto is toggled (at most a minority vetoed).
 //! - **Clients**: three clients keep a bounded window of requests with
@@ -48,11 +56,17 @@
 //!   makes them retry, and unacknowledged requests are retried after a
 //!   timeout.
 //!
+//! Timers stay inside the timing envelope (the election timeout is at least
+//! eight times the longest ordinary network delay); slow messages still
+//! exceed it.
+//!
 //! Then the **liveness phase** heals everything (all replicas restarted,
-//! partitions removed, no loss or duplication, no vetoes) and requires that
-//! within a bounded simulated time a leader is elected, every client gets new
-//! requests acknowledged, and every replica applies through the highest
-//! acknowledged slot.
+//! partitions removed, no loss or duplication, no vetoes). Each client
+//! issues a few new requests (probes) and then stops; within a bounded
+//! simulated time (10 s) a leader must be elected, every outstanding and new
+//! request acknowledged, and every replica must apply through the highest
+//! acknowledged slot. Otherwise the seed fails with a liveness violation
+//! that lists each replica's role, ballot, commit and applied index.
 //!
 //! # Checkers
 //!
@@ -66,7 +80,9 @@
 //! applies** per replica incarnation, **one leader per ballot**,
 //! **durability before reply** (an acceptor's `Promise` or `Accepted` may
 //! only be sent once the promise or accepted value it reports is on the
-//! simulated disk), the codec
+//! simulated disk), **chosen implies a durable quorum** (whenever any
+//! replica applies a value at a slot, a quorum of simulated disks holds that
+//! value there or has truncated the slot under a checkpoint), the codec
 //! round trip (decode then encode gives the same bytes; message size limit),
 //! the core's API contract (increasing persist tokens, status of itself,
 //! known peers) and, because this crate enables `paxos-contracts/contracts`,
@@ -103,3 +119,45 @@ pub use runner::{run_many, RunOptions, Summary};
 pub use sim::{
     install_panic_capture, run, FaultCounts, ReplicaHook, RunReport, SimConfig, DEFAULT_STEPS,
 };
+
+/// Planted bugs by name, for `paxos-sim --plant-bug NAME` (feature
+/// `planted-bugs`).
+#[cfg(feature = "planted-bugs")]
+pub mod planted {
+    use paxos_core::PlantedBug;
+
+    /// Every planted bug. The match in [`name`] is exhaustive, so a new
+    /// variant fails to compile until it is listed there.
+    pub const ALL: [PlantedBug; 4] = [
+        PlantedBug::SkipAdoptHighestAccepted,
+        PlantedBug::AckBeforePersist,
+        PlantedBug::QuorumHalf,
+        PlantedBug::ApplyUncheckedBallot,
+    ];
+
+    /// The CLI name of a planted bug.
+    pub fn name(bug: PlantedBug) -> &'static str {
+        match bug {
+            PlantedBug::SkipAdoptHighestAccepted => "skip-adopt-highest-accepted",
+            PlantedBug::AckBeforePersist => "ack-before-persist",
+            PlantedBug::QuorumHalf => "quorum-half",
+            PlantedBug::ApplyUncheckedBallot => "apply-unchecked-ballot",
+        }
+    }
+
+    /// The planted bug called `name`, if any.
+    pub fn by_name(name: &str) -> Option<PlantedBug> {
+        ALL.into_iter().find(|b| self::name(*b) == name)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn names_round_trip() {
+            for bug in super::ALL {
+                assert_eq!(super::by_name(super::name(bug)), Some(bug));
+            }
+            assert_eq!(super::by_name("no-such-bug"), None);
+        }
+    }
+}

@@ -30,6 +30,11 @@ struct Args {
     /// Print every event (use with one seed).
     #[arg(short, long)]
     verbose: bool,
+    /// Plant a known bug in every replica (e.g. `quorum-half`) to watch the
+    /// checkers catch it.
+    #[cfg(feature = "planted-bugs")]
+    #[arg(long)]
+    plant_bug: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -37,7 +42,8 @@ fn main() -> ExitCode {
     let seeds = args
         .seeds
         .unwrap_or(if args.seed.is_some() { 1 } else { 100 });
-    let opts = RunOptions {
+    #[allow(unused_mut)]
+    let mut opts = RunOptions {
         start_seed: args.seed.unwrap_or(0),
         seeds,
         replicas: args
@@ -50,6 +56,33 @@ fn main() -> ExitCode {
         hook: None,
         stop_on_failure: false,
     };
+    // How a failing seed is rerun: `cargo xtask sim --seed S ...`, or the
+    // planted-bug variant of it.
+    #[allow(unused_mut)]
+    let mut repro_prefix = "cargo xtask sim".to_string();
+    #[allow(unused_mut)]
+    let mut repro_suffix = String::new();
+    #[cfg(feature = "planted-bugs")]
+    if let Some(name) = args.plant_bug.as_deref() {
+        let Some(bug) = paxos_sim::planted::by_name(name) else {
+            let names: Vec<&str> = paxos_sim::planted::ALL
+                .iter()
+                .map(|b| paxos_sim::planted::name(*b))
+                .collect();
+            eprintln!("unknown planted bug {name:?}; known: {}", names.join(", "));
+            return ExitCode::FAILURE;
+        };
+        opts.hook = Some(std::sync::Arc::new(move |r: &mut paxos_core::Replica| {
+            r.plant_bug(bug)
+        }));
+        repro_prefix = "cargo run --release -p paxos-sim --features planted-bugs --".to_string();
+        repro_suffix = format!(" --plant-bug {name}");
+    }
+    let repro = |seed: u64| {
+        opts.repro_command(seed)
+            .replacen("cargo xtask sim", &repro_prefix, 1)
+            + &repro_suffix
+    };
     let single = seeds == 1;
     let print = |r: &RunReport| {
         if let Some((f, at)) = &r.failure {
@@ -59,7 +92,7 @@ fn main() -> ExitCode {
                 at.0,
                 r.steps,
                 r.replicas,
-                opts.repro_command(r.seed)
+                repro(r.seed)
             );
         } else if single {
             println!(
@@ -81,12 +114,12 @@ fn main() -> ExitCode {
     } else {
         println!("failing seeds (rerun one with the command shown):");
         for r in &summary.failures {
-            let (f, _) = r.failure.as_ref().map(|(f, t)| (f.kind, t)).unzip();
-            println!(
-                "  {}    # {}",
-                opts.repro_command(r.seed),
-                f.map(|k| k.to_string()).unwrap_or_default()
-            );
+            let kind = r
+                .failure
+                .as_ref()
+                .map(|(f, _)| f.kind.to_string())
+                .unwrap_or_default();
+            println!("  {}    # {kind}", repro(r.seed));
         }
         ExitCode::FAILURE
     }
