@@ -67,7 +67,7 @@
 //! - *Completion* keeps its flags in one word, so their RMWs are totally
 //!   ordered; the cell has two owners and no reference count, and whichever
 //!   leaves second (seeing the other's GONE bit with Acquire) frees it; see
-//!   [`completion`](crate::completion).
+//!   [the `completion` module](mod@crate::completion).
 //!
 //! # Allocation
 //!
