@@ -7,15 +7,20 @@ use crate::{PlantedBug, Replica};
 use proptest::strategy::{Strategy, ValueTree};
 use proptest::test_runner::TestRunner;
 
+thread_local! {
+    static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// Searches deterministic random schedules until one makes the cluster
 /// violate safety with `bug` planted in every replica. Returns how many
 /// schedules it took.
 fn schedules_until_safety_violation(bug: PlantedBug, max: usize) -> Option<usize> {
-    let me = std::thread::current().id();
+    // Keep the expected panics of this search out of the test output; other
+    // tests' panics (they run on other threads) still print.
+    QUIET.with(|q| q.set(true));
     let default_hook = std::panic::take_hook();
-    // Keep the expected panics of this thread out of the test output.
     std::panic::set_hook(Box::new(move |info| {
-        if std::thread::current().id() != me {
+        if !QUIET.with(|q| q.get()) {
             default_hook(info);
         }
     }));
@@ -40,7 +45,7 @@ fn schedules_until_safety_violation(bug: PlantedBug, max: usize) -> Option<usize
             }
         }
     }
-    let _ = std::panic::take_hook();
+    QUIET.with(|q| q.set(false));
     found
 }
 
