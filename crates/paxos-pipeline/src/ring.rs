@@ -179,14 +179,20 @@ impl<T> Ring<T> {
 
     /// Number of claimed slots (published or being written); a snapshot.
     pub(crate) fn len(&self) -> usize {
-        loop {
-            let tail = self.tail.load(Ordering::Acquire) & !self.mark_bit;
+        let mut tail = self.tail.load(Ordering::Acquire) & !self.mark_bit;
+        // A consistent pair is one where tail did not move while we read head.
+        // Under a storm of pushes that may take a while: after a few tries,
+        // settle for an approximate pair (this is a statistic, not a guard).
+        for _ in 0..8 {
             let head = self.head.load(Ordering::Acquire);
-            // A consistent pair: tail did not move while we read head.
-            if self.tail.load(Ordering::Acquire) & !self.mark_bit == tail {
+            let again = self.tail.load(Ordering::Acquire) & !self.mark_bit;
+            if again == tail {
                 return self.distance(head, tail);
             }
+            tail = again;
         }
+        self.distance(self.head.load(Ordering::Acquire), tail)
+            .min(self.cap)
     }
 
     /// Slots from `head` to `tail` (both without the mark bit).
@@ -256,7 +262,7 @@ impl<T> Ring<T> {
         // empty and we free it below without reading it again.
         let value = slot
             .value
-            .with(|cell| unsafe { (*cell).assume_init_read() });
+            .with_mut(|cell| unsafe { (*cell).assume_init_read() });
         // Release: our read of the value happens-before the next producer's
         // write, which Acquire-loads this stamp.
         slot.stamp
