@@ -6,8 +6,10 @@
 //!   DRAM: NOT durable, shows the CPU cost of the PM path without PM;
 //! - `volatile`: no flushing at all: NOT durable, the code-path floor.
 //!
-//! Two layers: the raw log (one framed 100-byte record per commit) and
-//! `NvmStorage::append` (one Accept entry with a 100-byte value per call).
+//! Layers: the raw log (one framed 100-byte record per commit),
+//! `NvmStorage::append` (one Accept entry with a 100-byte value per call,
+//! committed before it returns), and the same with group commit (16
+//! appends per commit; throughput counted in appends).
 
 use std::time::Duration;
 
@@ -118,9 +120,58 @@ fn storage_append(c: &mut Criterion) {
     group.finish();
 }
 
+/// Group commit: 16 appends per commit, measured per append.
+fn storage_group_append(c: &mut Criterion) {
+    const GROUP: usize = 16;
+    let dir = tempfile::tempdir().unwrap();
+    let mut group = c.benchmark_group("storage_append_100B_group16");
+    group.throughput(Throughput::Elements(GROUP as u64));
+    group.sample_size(20);
+    for (label, region) in regions(&dir, "group.region") {
+        let opts = NvmOptions {
+            log_id: Some(1),
+            max_group_appends: GROUP,
+            ..NvmOptions::default()
+        };
+        let (storage, _) = NvmStorage::format_region(region, &opts, label.into()).unwrap();
+        let ballot = Ballot::new(1, ReplicaId(1));
+        let value = Bytes::from_static(&RECORD);
+        let mut slot = 0u64;
+        group.bench_function(BenchmarkId::from_parameter(label), |b| {
+            b.iter(|| {
+                for _ in 0..GROUP {
+                    slot += 1;
+                    let accept = PersistEntry::Accept(Accepted {
+                        slot,
+                        ballot,
+                        value: Value::Requests(value.clone()),
+                    });
+                    if slot % 1000 == 0 {
+                        storage
+                            .append(&[
+                                accept,
+                                PersistEntry::Commit(slot),
+                                PersistEntry::Truncate(slot - 100),
+                            ])
+                            .unwrap();
+                    } else {
+                        storage.append(&[accept]).unwrap();
+                    }
+                }
+                assert_eq!(
+                    storage.durable_seq(),
+                    slot,
+                    "the 16th append commits the group"
+                );
+            })
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
-    targets = log_append_commit, storage_append
+    targets = log_append_commit, storage_append, storage_group_append
 }
 criterion_main!(benches);
