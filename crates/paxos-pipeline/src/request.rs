@@ -263,6 +263,26 @@ mod tests {
         per_item_overhead: 4,
     };
 
+    /// Everything an async driver moves between threads is `Send` (and the
+    /// shared ends `Sync`), so it works on a multi-threaded executor.
+    #[test]
+    fn handles_and_futures_are_send() {
+        fn send<T: Send>() {}
+        fn sync<T: Sync>() {}
+        send::<Submitter<Bytes, u64>>();
+        sync::<Submitter<Bytes, u64>>();
+        send::<RequestConsumer<Bytes, u64>>();
+        send::<Submit<'static, Bytes, u64>>();
+        send::<crate::CompletionHandle<u64>>();
+        send::<crate::Completer<u64>>();
+        sync::<crate::Completer<u64>>();
+        send::<crate::Push<'static, u64>>();
+        send::<crate::ReadyFuture<'static, u64>>();
+        send::<crate::WindowPermit>();
+        send::<crate::Acquire<'static>>();
+        sync::<crate::InFlightWindow>();
+    }
+
     #[test]
     fn submitted_requests_complete_with_their_outputs() {
         let (submitter, mut consumer) = pipeline::<Bytes, u64>(8).unwrap();
