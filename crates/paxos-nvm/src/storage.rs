@@ -212,6 +212,16 @@ fn fresh_log_id() -> u128 {
     nanos ^ (u128::from(std::process::id()) << 96)
 }
 
+impl std::fmt::Debug for NvmStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NvmStorage")
+            .field("region", &self.name)
+            .field("kind", &self.kind)
+            .field("durable_seq", &self.durable_seq())
+            .finish()
+    }
+}
+
 impl NvmStorage {
     /// Opens the region file at `path`, creating and formatting it if it
     /// does not exist (or is empty), and returns the storage with the
@@ -941,21 +951,32 @@ mod tests {
 
     proptest! {
         /// Recovery rebuilds exactly the state the appends built, through
-        /// any number of compactions.
+        /// any number of compactions, with or without group commit.
         #[test]
         fn recovery_equals_applied_state(batches in proptest::collection::vec(
-            proptest::collection::vec(arb_entry(), 1..4), 1..60)
+            proptest::collection::vec(arb_entry(), 1..4), 1..60),
+            group in 1usize..5,
         ) {
-            let (s, _) = volatile(8192);
+            let opts = NvmOptions { max_group_appends: group, ..small_opts() };
+            let (s, _) = NvmStorage::format_region(
+                Box::new(VolatileRegion::new(8192)), &opts, "test".into()).unwrap();
             let mut model = DurableState::default();
+            let mut ok_appends = 0u64;
             for b in &batches {
                 match s.append(b) {
-                    Ok(_) => b.iter().for_each(|e| model.apply(e)),
+                    Ok(seq) => {
+                        ok_appends += 1;
+                        prop_assert_eq!(seq, ok_appends);
+                        prop_assert!(s.durable_seq() + group as u64 > seq, "at most group-1 pending");
+                        b.iter().for_each(|e| model.apply(e));
+                    }
                     Err(StorageError::Full(_)) => {}
                     Err(e) => return Err(TestCaseError::fail(e.to_string())),
                 }
                 prop_assert_eq!(&s.state(), &model);
             }
+            s.commit_pending().map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(s.durable_seq(), ok_appends);
             let (_, recovered) = reopen(s);
             prop_assert_eq!(recovered, model);
         }
