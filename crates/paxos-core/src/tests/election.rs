@@ -197,3 +197,99 @@ fn prepares_leave_only_after_the_candidates_own_promise_is_durable() {
     }
     assert!(!sent_prepare, "prepare left before the promise was durable");
 }
+
+/// Drives one candidate by hand: promises report conflicting votes; the new
+/// leader must re-propose the highest-ballot one per slot and Noop for gaps.
+#[test]
+fn a_candidate_adopts_the_highest_ballot_value_per_slot() {
+    use crate::{Accepted, Ballot, Config, DurableState, Membership, Replica, Time};
+    let m = Membership::with_voters(vec![id(1), id(2), id(3), id(4), id(5)]);
+    let mut r = Replica::new(
+        Config::new(id(1), m),
+        DurableState::default(),
+        0,
+        9,
+        Time(0),
+    );
+    let mut pending = Vec::new();
+    let mut drain = |r: &mut Replica,
+                     pending: &mut Vec<crate::PersistToken>|
+     -> Vec<(crate::ReplicaId, Message)> {
+        let mut out = Vec::new();
+        while let Some(a) = r.poll_action() {
+            match a {
+                Action::Send { to, msg } => out.push((to, msg)),
+                Action::Persist { token, .. } => pending.push(token),
+                _ => {}
+            }
+        }
+        out
+    };
+    let deadline = r.next_timer().unwrap();
+    let mut now = deadline;
+    let mut ballot = None;
+    for _ in 0..100 {
+        r.handle_tick(now);
+        let _ = drain(&mut r, &mut pending);
+        if let Some(t) = pending.pop() {
+            r.on_persisted(now, t);
+            for (_, msg) in drain(&mut r, &mut pending) {
+                if let Message::Prepare { ballot: b, .. } = msg {
+                    ballot = Some(b);
+                }
+            }
+        }
+        if ballot.is_some() {
+            break;
+        }
+        now = now.plus_micros(100_000);
+    }
+    let ballot = ballot.expect("replica 1 campaigned");
+    let b1 = Ballot::new(0, id(2));
+    let b2 = Ballot::new(0, id(3));
+    let e = |slot, b, v: &str| Accepted {
+        slot,
+        ballot: b,
+        value: req(v),
+    };
+    let promise = |entries| Message::Promise {
+        ballot,
+        from_slot: 1,
+        commit_index: 0,
+        log_start: 1,
+        entries,
+        next_from: None,
+    };
+    // Slot 1: x@b1 (r2) vs y@b2 (r3) -> y. Slot 2: nobody -> Noop. Slot 3: z@b1.
+    r.handle_message(now, id(2), promise(vec![e(1, b1, "x"), e(3, b1, "z")]));
+    r.handle_message(now, id(3), promise(vec![e(1, b2, "y")]));
+    // Its own (empty) promise arrived already through self-delivery, so
+    // 3 of 5 promised: it is now leading and re-proposing.
+    let mut sent = drain(&mut r, &mut pending);
+    while let Some(t) = pending.pop() {
+        r.on_persisted(now, t);
+    }
+    sent.extend(drain(&mut r, &mut pending));
+    let mut proposed = std::collections::BTreeMap::new();
+    for (_, msg) in sent {
+        if let Message::Accept {
+            slot,
+            value,
+            ballot: b,
+            ..
+        } = msg
+        {
+            assert_eq!(b, ballot);
+            proposed.insert(slot, value);
+        }
+    }
+    assert_eq!(proposed.get(&1), Some(&req("y")), "highest ballot wins");
+    assert_eq!(proposed.get(&2), Some(&Value::Noop), "gap filled with Noop");
+    assert_eq!(proposed.get(&3), Some(&req("z")));
+    assert_eq!(proposed.len(), 3);
+    assert_eq!(
+        r.status().role,
+        Role::Candidate,
+        "not announced before the window is chosen"
+    );
+}

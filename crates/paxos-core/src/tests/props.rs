@@ -382,3 +382,132 @@ proptest! {
         }
     }
 }
+
+#[derive(Clone, Debug)]
+enum ProposerInput {
+    Propose,
+    Accepted {
+        from: u32,
+        slot: u64,
+        own_ballot: bool,
+    },
+    Reject {
+        round: u64,
+    },
+    HeartbeatAck {
+        from: u32,
+        commit: u64,
+    },
+    Persisted,
+    Tick {
+        micros: u64,
+    },
+}
+
+fn proposer_input() -> impl Strategy<Value = ProposerInput> {
+    prop_oneof![
+        3 => Just(ProposerInput::Propose),
+        6 => (2u32..4, 1u64..12, proptest::bool::weighted(0.9))
+            .prop_map(|(from, slot, own_ballot)| ProposerInput::Accepted { from, slot, own_ballot }),
+        1 => (0u64..4).prop_map(|round| ProposerInput::Reject { round }),
+        1 => (2u32..4, 0u64..12).prop_map(|(from, commit)| ProposerInput::HeartbeatAck { from, commit }),
+        4 => Just(ProposerInput::Persisted),
+        1 => (0u64..100_000).prop_map(|micros| ProposerInput::Tick { micros }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, .. ProptestConfig::default() })]
+
+    /// A single leader under arbitrary acknowledgements: it commits a slot
+    /// only with a quorum of votes in its ballot, its own counting only once
+    /// durable; it applies exactly what it proposed, in order; it keeps the
+    /// window.
+    #[test]
+    fn a_single_proposer_commits_only_with_a_durable_quorum(inputs in proptest::collection::vec(proposer_input(), 1..120)) {
+        let m = Membership::with_voters(vec![id(1), id(2), id(3)]);
+        let mut cfg = Config::new(id(1), m);
+        cfg.pipeline_window = 4;
+        cfg.max_accept_ahead = 8;
+        let mut r = Replica::new(cfg, DurableState::default(), 0, 5, Time(0));
+        let mut durable = DurableState::default();
+        let mut pending: VecDeque<(crate::PersistToken, Vec<PersistEntry>)> = VecDeque::new();
+        let mut now = Time(600_000); // past any election timeout
+        // Elect replica 1: time out, persist, collect r2's promise.
+        r.handle_tick(now);
+        let mut ballot = None;
+        for _ in 0..4 {
+            while let Some(a) = r.poll_action() {
+                match a {
+                    Action::Persist { token, entries } => pending.push_back((token, entries)),
+                    Action::Send { msg: Message::Prepare { ballot: b, .. }, .. } => ballot = Some(b),
+                    _ => {}
+                }
+            }
+            if let Some((t, entries)) = pending.pop_front() {
+                for e in &entries { durable.apply(e); }
+                r.on_persisted(now, t);
+            }
+        }
+        let ballot = ballot.expect("campaigned");
+        r.handle_message(now, id(2), Message::Promise {
+            ballot, from_slot: 1, commit_index: 0, log_start: 1, entries: vec![], next_from: None });
+        prop_assert_eq!(r.status().role, crate::Role::Leader);
+
+        let mut proposed: std::collections::BTreeMap<u64, Value> = Default::default();
+        let mut peer_acks: std::collections::BTreeMap<u64, std::collections::BTreeSet<u32>> = Default::default();
+        let mut applied = 0u64;
+        let mut n = 0u32;
+        for input in inputs {
+            match input {
+                ProposerInput::Propose => {
+                    n += 1;
+                    let v = req(&format!("v{n}"));
+                    if let Ok(slot) = r.propose(now, v.clone()) {
+                        prop_assert!(proposed.insert(slot, v).is_none(), "slot {} proposed twice", slot);
+                    }
+                }
+                ProposerInput::Accepted { from, slot, own_ballot } => {
+                    let b = if own_ballot { ballot } else { Ballot::new(ballot.round.saturating_sub(1), id(from)) };
+                    if own_ballot && proposed.contains_key(&slot) && r.status().role == crate::Role::Leader {
+                        peer_acks.entry(slot).or_default().insert(from);
+                    }
+                    r.handle_message(now, id(from), Message::Accepted { ballot: b, slot, commit_index: 0 });
+                }
+                ProposerInput::Reject { round } => {
+                    r.handle_message(now, id(2), Message::Reject { promised: Ballot::new(round, id(3)) });
+                }
+                ProposerInput::HeartbeatAck { from, commit } => {
+                    r.handle_message(now, id(from), Message::HeartbeatAck { ballot, commit_index: commit, can_become_primary: true });
+                }
+                ProposerInput::Persisted => {
+                    if let Some((t, entries)) = pending.pop_front() {
+                        for e in &entries { durable.apply(e); }
+                        r.on_persisted(now, t);
+                    }
+                }
+                ProposerInput::Tick { micros } => {
+                    now = now.plus_micros(micros);
+                    r.handle_tick(now);
+                }
+            }
+            while let Some(a) = r.poll_action() {
+                match a {
+                    Action::Persist { token, entries } => pending.push_back((token, entries)),
+                    Action::Apply { slot, value, .. } => {
+                        prop_assert_eq!(slot, applied + 1);
+                        prop_assert_eq!(Some(&value), proposed.get(&slot), "applied what was not proposed");
+                        let own = durable.accepted.get(&slot).is_some_and(|e| e.ballot == ballot) as usize;
+                        let peers = peer_acks.get(&slot).map_or(0, |s| s.len());
+                        prop_assert!(own + peers >= 2, "slot {} committed with {} durable own + {} peer votes", slot, own, peers);
+                        applied = slot;
+                    }
+                    _ => {}
+                }
+            }
+            let s = r.status();
+            prop_assert!(s.in_flight <= 4);
+            prop_assert!(s.commit_index == applied);
+        }
+    }
+}
