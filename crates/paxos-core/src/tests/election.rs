@@ -212,7 +212,7 @@ fn a_candidate_adopts_the_highest_ballot_value_per_slot() {
         Time(0),
     );
     let mut pending = Vec::new();
-    let mut drain = |r: &mut Replica,
+    let drain = |r: &mut Replica,
                      pending: &mut Vec<crate::PersistToken>|
      -> Vec<(crate::ReplicaId, Message)> {
         let mut out = Vec::new();
