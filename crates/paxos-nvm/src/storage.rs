@@ -829,6 +829,52 @@ mod tests {
         ));
     }
 
+    /// The replica's event loop appends while a durability waiter calls
+    /// `wait_durable` from another thread: every awaited append is durable,
+    /// and durable_seq never passes the last issued sequence number.
+    #[test]
+    fn concurrent_appender_and_durability_waiter() {
+        let opts = NvmOptions {
+            max_group_appends: 8,
+            ..small_opts()
+        };
+        let (s, _) =
+            NvmStorage::format_region(Box::new(VolatileRegion::new(16384)), &opts, "c".into())
+                .unwrap();
+        let s = std::sync::Arc::new(s);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<u64>(64);
+        let waiter = {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                let mut waited = 0;
+                while let Ok(seq) = rx.recv() {
+                    s.wait_durable(seq).unwrap();
+                    assert!(s.durable_seq() >= seq);
+                    waited += 1;
+                }
+                waited
+            })
+        };
+        for slot in 1..=500u64 {
+            let mut batch = vec![accept(slot, &[slot as u8; 30])];
+            if slot % 50 == 0 {
+                batch.push(PersistEntry::Truncate(slot - 10));
+            }
+            let seq = s.append(&batch).unwrap();
+            assert!(s.durable_seq() <= seq);
+            if slot % 3 == 0 {
+                tx.send(seq).unwrap();
+            }
+        }
+        drop(tx);
+        assert_eq!(waiter.join().unwrap(), 166);
+        assert_eq!(s.commit_pending().unwrap(), 500);
+        let expected = s.state();
+        let s = std::sync::Arc::into_inner(s).unwrap();
+        let (_, recovered) = NvmStorage::open_region(s.into_region(), &opts, "c".into()).unwrap();
+        assert_eq!(recovered, expected);
+    }
+
     #[test]
     fn invalid_options_and_tiny_files_are_errors_not_panics() {
         let dir = tempfile::tempdir().unwrap();
