@@ -386,13 +386,13 @@ pub fn start<S: StateMachine>(
         .map_err(|e| anyhow::anyhow!("submit queue: {e:?}"))?;
     let status = Arc::new(SharedStatus::default());
     let (control_tx, control_rx) = mpsc::channel(64);
-    let (durable_tx, durable_rx) = mpsc::channel::<Result<PersistToken, String>>(NOTIFY_CAPACITY);
-    let (persist_tx, persist_rx) =
-        std::sync::mpsc::sync_channel::<(PersistToken, u64)>(NOTIFY_CAPACITY);
+    let (persist_tx, persist_rx) = std::sync::mpsc::sync_channel::<u64>(NOTIFY_CAPACITY);
+    let durability = Arc::new(Durability::default());
     let storage_for_waiter = Arc::clone(&parts.storage);
+    let durability_for_waiter = Arc::clone(&durability);
     std::thread::Builder::new()
         .name(format!("durability-{id}"))
-        .spawn(move || durability_waiter(storage_for_waiter, persist_rx, durable_tx))?;
+        .spawn(move || durability_waiter(storage_for_waiter, persist_rx, durability_for_waiter))?;
     let applied = parts.state_machine.applied_through();
     let start = Instant::now();
     let replica =
@@ -410,6 +410,8 @@ pub fn start<S: StateMachine>(
         consumer,
         status: Arc::clone(&status),
         persist_tx,
+        durability,
+        outstanding: VecDeque::new(),
         control_tx: control_tx.clone(),
         driver: parts.driver,
         proposals: VecDeque::new(),
@@ -428,7 +430,7 @@ pub fn start<S: StateMachine>(
     };
     status.applied_index.store(applied, Ordering::Relaxed);
     status.checkpoint_slot.store(applied, Ordering::Relaxed);
-    let join = tokio::spawn(event_loop.run(parts.inbound, durable_rx, control_rx));
+    let join = tokio::spawn(event_loop.run(parts.inbound, control_rx));
     Ok((
         Replica {
             id,
@@ -441,21 +443,39 @@ pub fn start<S: StateMachine>(
     ))
 }
 
-/// Waits for storage durability in append order and reports each token.
+/// What the durability waiter publishes for the loop. The waiter never
+/// blocks on the loop (it only stores and notifies), so the loop blocking on
+/// a full persist queue can never deadlock with it.
+#[derive(Debug, Default)]
+struct Durability {
+    /// Highest append sequence number known durable.
+    durable_seq: AtomicU64,
+    /// Set once if storage failed; the loop then stops (crash-stop).
+    failure: std::sync::Mutex<Option<String>>,
+    notify: tokio::sync::Notify,
+}
+
+/// Waits for storage durability in append order and publishes the highest
+/// durable sequence number. Appends become durable in order, so waiting for
+/// the newest queued sequence covers every older one (one wait per group
+/// commit, not per append).
 fn durability_waiter(
     storage: Arc<dyn ReplicaStorage>,
-    rx: std::sync::mpsc::Receiver<(PersistToken, u64)>,
-    tx: mpsc::Sender<Result<PersistToken, String>>,
+    rx: std::sync::mpsc::Receiver<u64>,
+    durability: Arc<Durability>,
 ) {
-    while let Ok((token, seq)) = rx.recv() {
-        let report = match storage.wait_durable(seq) {
-            Ok(()) => Ok(token),
-            Err(e) => Err(format!("storage failed to make append {seq} durable: {e}")),
-        };
-        let failed = report.is_err();
-        if tx.blocking_send(report).is_err() || failed {
+    while let Ok(mut seq) = rx.recv() {
+        while let Ok(newer) = rx.try_recv() {
+            seq = seq.max(newer);
+        }
+        if let Err(e) = storage.wait_durable(seq) {
+            let message = format!("storage failed to make append {seq} durable: {e}");
+            *durability.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(message);
+            durability.notify.notify_one();
             return;
         }
+        durability.durable_seq.fetch_max(seq, Ordering::Release);
+        durability.notify.notify_one();
     }
 }
 
@@ -468,7 +488,11 @@ struct EventLoop<S: StateMachine> {
     transport: Arc<dyn Transport>,
     consumer: RequestConsumer<Submitted, Reply>,
     status: Arc<SharedStatus>,
-    persist_tx: std::sync::mpsc::SyncSender<(PersistToken, u64)>,
+    persist_tx: std::sync::mpsc::SyncSender<u64>,
+    durability: Arc<Durability>,
+    /// Persist tokens issued and not yet reported, with their storage
+    /// sequence numbers, in order.
+    outstanding: VecDeque<(PersistToken, u64)>,
     control_tx: mpsc::Sender<Control>,
     driver: DriverConfig,
     /// In slot order.
@@ -498,7 +522,6 @@ impl<S: StateMachine> EventLoop<S> {
     async fn run(
         mut self,
         mut inbound: Inbound,
-        mut durable_rx: mpsc::Receiver<Result<PersistToken, String>>,
         mut control_rx: mpsc::Receiver<Control>,
     ) -> anyhow::Result<()> {
         let timer = tokio::time::sleep(Duration::from_millis(1));
@@ -516,18 +539,7 @@ impl<S: StateMachine> EventLoop<S> {
                 || (self.proposals.len() < self.driver.pipeline_window && self.stalled.is_none());
             tokio::select! {
                 biased;
-                report = durable_rx.recv() => {
-                    let Some(report) = report else { anyhow::bail!("durability waiter stopped") };
-                    self.on_durable(report)?;
-                    let mut n = 0;
-                    while n < INBOUND_BURST {
-                        match durable_rx.try_recv() {
-                            Ok(r) => self.on_durable(r)?,
-                            Err(_) => break,
-                        }
-                        n += 1;
-                    }
-                }
+                () = self.durability.notify.notified() => self.on_durable()?,
                 msg = inbound.recv() => {
                     let Some((from, bytes)) = msg else { anyhow::bail!("transport closed") };
                     self.on_message(from, bytes);
@@ -572,23 +584,35 @@ impl<S: StateMachine> EventLoop<S> {
         }
     }
 
-    fn on_durable(&mut self, report: Result<PersistToken, String>) -> anyhow::Result<()> {
-        match report {
-            Ok(token) => {
-                if self.stages.is_enabled() {
-                    let stamp = self.stages.stamp();
-                    for p in self.proposals.iter_mut().filter(|p| p.token == Some(token)) {
-                        p.durable_us = stamp;
-                    }
-                }
-                let now = self.now();
-                self.replica.on_persisted(now, token);
-                Ok(())
-            }
+    /// Reports, in order, every persist the storage made durable.
+    fn on_durable(&mut self) -> anyhow::Result<()> {
+        if let Some(e) = self
+            .durability
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
             // Crash-stop: a replica that cannot persist must not go on
             // acknowledging anything.
-            Err(e) => anyhow::bail!(e),
+            anyhow::bail!(e);
         }
+        let durable = self.durability.durable_seq.load(Ordering::Acquire);
+        let stamp = self.stages.stamp();
+        while let Some(&(token, seq)) = self.outstanding.front() {
+            if seq > durable {
+                break;
+            }
+            self.outstanding.pop_front();
+            if stamp != 0 {
+                for p in self.proposals.iter_mut().filter(|p| p.token == Some(token)) {
+                    p.durable_us = stamp;
+                }
+            }
+            let now = self.now();
+            self.replica.on_persisted(now, token);
+        }
+        Ok(())
     }
 
     fn on_message(&mut self, from: ReplicaId, bytes: Bytes) {
@@ -786,8 +810,9 @@ impl<S: StateMachine> EventLoop<S> {
                     let seq = self.storage.append(&entries).map_err(|e| {
                         anyhow::anyhow!("storage append failed (stopping this replica): {e}")
                     })?;
+                    self.outstanding.push_back((token, seq));
                     self.persist_tx
-                        .send((token, seq))
+                        .send(seq)
                         .map_err(|_| anyhow::anyhow!("durability waiter stopped"))?;
                 }
                 Action::Apply { slot, value, .. } => self.apply(slot, value),

@@ -1,0 +1,93 @@
+//! Hot-path micro-benchmarks: RESP parsing of pipelined commands, command
+//! encoding, and applying a batch of requests to the KV state machine.
+
+use bytes::{Bytes, BytesMut};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use paxos_core::{batch, Value};
+use paxos_kv::kv::{encode_command, KvStore, StateMachine};
+use paxos_kv::resp::{self, command_args, RespLimits};
+
+fn pipelined_sets(n: usize) -> BytesMut {
+    let mut wire = BytesMut::new();
+    for i in 0..n {
+        let key = format!("key:{i:08}");
+        resp::encode_command(
+            [&b"SET"[..], key.as_bytes(), &[b'v'; 64][..]].into_iter(),
+            &mut wire,
+        );
+    }
+    wire
+}
+
+fn bench_resp(c: &mut Criterion) {
+    let wire = pipelined_sets(1000);
+    let mut g = c.benchmark_group("resp");
+    g.throughput(Throughput::Elements(1000));
+    g.bench_function("parse_1000_pipelined_sets", |b| {
+        let limits = RespLimits::default();
+        b.iter_batched(
+            || wire.clone(),
+            |mut buf| {
+                let mut n = 0;
+                while let Ok(Some(frame)) = resp::parse(&mut buf, &limits) {
+                    n += command_args(frame).map_or(0, |a| a.len());
+                }
+                n
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("parse_and_encode_request_1000_sets", |b| {
+        let limits = RespLimits::default();
+        b.iter_batched(
+            || (wire.clone(), BytesMut::with_capacity(128 * 1024)),
+            |(mut buf, mut out)| {
+                while let Ok(Some(frame)) = resp::parse(&mut buf, &limits) {
+                    if let Some(args) = command_args(frame) {
+                        let _ = encode_command(&args, &mut out);
+                        let _request = out.split().freeze();
+                    }
+                }
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+fn bench_apply(c: &mut Criterion) {
+    let mut requests = Vec::new();
+    for i in 0..1000 {
+        let args = [
+            Bytes::from_static(b"SET"),
+            Bytes::from(format!("key:{:08}", i % 10_000)),
+            Bytes::from(vec![b'v'; 64]),
+        ];
+        let mut out = BytesMut::new();
+        encode_command(&args, &mut out).unwrap();
+        requests.push(out.freeze());
+    }
+    let value = Value::Requests(batch::encode(requests.iter().map(|r| &r[..])));
+    let mut g = c.benchmark_group("kv");
+    g.throughput(Throughput::Elements(1000));
+    g.bench_function("apply_batch_of_1000_sets", |b| {
+        let mut store = KvStore::new();
+        let mut outputs = Vec::with_capacity(1000);
+        b.iter(|| {
+            outputs.clear();
+            let slot = store.applied_through() + 1;
+            store.apply(slot, &value, &mut outputs);
+            outputs.len()
+        })
+    });
+    g.finish();
+    let mut store = KvStore::new();
+    let mut outputs = Vec::new();
+    store.apply(1, &value, &mut outputs);
+    c.bench_function("kv/snapshot_1000_keys", |b| {
+        b.iter(|| store.snapshot().len())
+    });
+}
+
+criterion_group!(benches, bench_resp, bench_apply);
+criterion_main!(benches);
