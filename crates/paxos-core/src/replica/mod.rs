@@ -1642,10 +1642,11 @@ impl Replica {
         // Retry a fetch that got no answer.
         if let Some((peer, _, sent_at)) = self.fetch.outstanding {
             if now.micros_since(sent_at) >= 2 * self.config.heartbeat_interval_us {
-                // Unanswered: move on to another peer next time.
+                // Unanswered: try another peer (the silent one becomes
+                // eligible again once every peer was tried).
                 self.fetch.outstanding = None;
-                if self.leader == Some(peer) {
-                    self.fetch.cursor += 1;
+                if !self.fetch.unable.contains(&peer) {
+                    self.fetch.unable.push(peer);
                 }
                 self.start_fetch(now, None);
             }

@@ -79,3 +79,24 @@ fn catch_up_is_served_by_a_follower() {
     assert!(!c.status(lagger).needs_snapshot);
     assert_eq!(c.applied_values(lagger), c.applied_values(helper));
 }
+
+#[test]
+fn a_fetch_to_a_silent_peer_moves_on_to_another() {
+    let mut c = Cluster::new(3, |cfg| cfg.catchup_chunk_decrees = 4);
+    let leader = c.elect_any();
+    let followers: Vec<_> = (1..=3).map(id).filter(|r| *r != leader).collect();
+    let (helper, lagger) = (followers[0], followers[1]);
+    c.isolate(lagger);
+    for i in 0..6 {
+        c.commit_on(&[leader, helper], req(&format!("{i}")));
+    }
+    // The lagger hears the leader's heartbeats but the leader never answers
+    // its fetches (one-way cut); the helper does.
+    c.heal();
+    c.cut.insert((leader, lagger));
+    c.advance(1);
+    c.cut.remove(&(leader, lagger));
+    c.cut.insert((lagger, leader));
+    assert!(c.run_until(2_000_000, |c| c.status(lagger).applied_index >= 6));
+    assert_eq!(c.applied_values(lagger), c.applied_values(helper));
+}

@@ -213,7 +213,7 @@ fn a_candidate_adopts_the_highest_ballot_value_per_slot() {
     );
     let mut pending = Vec::new();
     let drain = |r: &mut Replica,
-                     pending: &mut Vec<crate::PersistToken>|
+                 pending: &mut Vec<crate::PersistToken>|
      -> Vec<(crate::ReplicaId, Message)> {
         let mut out = Vec::new();
         while let Some(a) = r.poll_action() {
