@@ -87,6 +87,9 @@ pub struct FaultWeights {
     pub veto: u32,
     /// Redraw loss and duplication rates.
     pub weather: u32,
+    /// Freeze a replica's process (a GC or VM pause): it handles nothing
+    /// for a while, then resumes with a backlog, unaware time passed.
+    pub pause: u32,
 }
 
 impl FaultWeights {
@@ -100,6 +103,7 @@ impl FaultWeights {
             + self.relinquish
             + self.veto
             + self.weather
+            + self.pause
     }
 }
 
@@ -134,6 +138,7 @@ impl FaultParams {
             relinquish: weight(rng, 5),
             veto: weight(rng, 3),
             weather: weight(rng, 3),
+            pause: weight(rng, 5),
         };
         if weights.total() == 0 {
             weights.crash = 1;

@@ -109,6 +109,8 @@ pub struct FaultCounts {
     pub checkpoints: u64,
     /// State transfers to replicas that reported `needs_snapshot`.
     pub state_transfers: u64,
+    /// Process pauses.
+    pub pauses: u64,
 }
 
 impl FaultCounts {
@@ -125,6 +127,7 @@ impl FaultCounts {
             + self.messages_dropped
             + self.messages_duplicated
             + self.codec_fuzzed
+            + self.pauses
     }
 
     /// Adds another run's counts.
@@ -144,6 +147,7 @@ impl FaultCounts {
         self.codec_fuzzed += o.codec_fuzzed;
         self.checkpoints += o.checkpoints;
         self.state_transfers += o.state_transfers;
+        self.pauses += o.pauses;
     }
 }
 
@@ -260,6 +264,8 @@ struct Node {
     checkpoint: Slot,
     /// A state transfer is scheduled for this incarnation.
     transfer_scheduled: bool,
+    /// The process is frozen until then: its events wait.
+    paused_until: Time,
 }
 
 #[derive(PartialEq, Eq)]
@@ -428,6 +434,7 @@ impl Sim {
                     vetoed: false,
                     checkpoint: 0,
                     transfer_scheduled: false,
+                    paused_until: Time(0),
                 }
             })
             .collect();
@@ -530,6 +537,21 @@ impl Sim {
         self.steps += 1;
         ev.at.hash(&mut self.digest);
         ev.kind.hash(&mut self.digest);
+        let target = match &ev.kind {
+            EventKind::Deliver { to, .. } => Some(*to),
+            EventKind::PersistDone { node, .. }
+            | EventKind::Timer { node, .. }
+            | EventKind::StateTransfer { node, .. } => Some(*node),
+            _ => None,
+        };
+        if let Some(t) = target {
+            let resume = self.nodes[t].paused_until;
+            if resume > self.now {
+                // The process is frozen: the event waits for it, in order.
+                self.schedule(resume, ev.kind);
+                return Ok(());
+            }
+        }
         match ev.kind {
             EventKind::Deliver { from, to, bytes } => self.deliver(from, to, bytes),
             EventKind::PersistDone { node, incarnation } => self.persist_done(node, incarnation),
@@ -713,6 +735,7 @@ impl Sim {
         }
         node.replica = None;
         node.incarnation += 1;
+        node.paused_until = Time(0);
         node.timer = None;
         node.status = None;
         node.proposals.clear();
@@ -1153,6 +1176,10 @@ impl Sim {
             return Ok(());
         }
         let target = client.believed_leader;
+        if self.nodes[target].paused_until > now {
+            // No answer from a frozen process; try again at the next tick.
+            return Ok(());
+        }
         if self.nodes[target].replica.is_none() {
             self.clients[k].believed_leader = self.rng.gen_range(0..n);
             return Ok(());
@@ -1352,6 +1379,19 @@ impl Sim {
                 self.trace(|| format!("r{} can_become_primary = {allowed}", i + 1));
                 self.after_interaction(i)?;
             }
+        } else if choose(w.pause) {
+            let alive = self.alive();
+            if !alive.is_empty() {
+                let victim = match self.current_leader() {
+                    Some(l) if self.rng.gen_bool(0.5) => l,
+                    _ => alive[self.rng.gen_range(0..alive.len())],
+                };
+                let longest = 2 * self.nodes[victim].config.election_timeout_max_us;
+                let pause = self.rng.gen_range(1_000..=longest);
+                self.faults.pauses += 1;
+                self.nodes[victim].paused_until = self.now.plus_micros(pause);
+                self.trace(|| format!("PAUSE r{} for {pause}us", victim + 1));
+            }
         } else {
             self.faults.weather_changes += 1;
             self.params.loss = [0.0, 0.01, 0.05, 0.2, 0.5][self.rng.gen_range(0..5)];
@@ -1383,6 +1423,7 @@ impl Sim {
         self.net.blocked.clear();
         for i in 0..self.nodes.len() {
             self.nodes[i].vetoed = false;
+            self.nodes[i].paused_until = self.now;
             if self.nodes[i].replica.is_none() {
                 self.start_replica(i)?;
             } else {

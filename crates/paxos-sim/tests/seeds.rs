@@ -51,6 +51,8 @@ fn hundreds_of_seeds_pass_with_all_fault_classes() {
         ("dropped messages", f.messages_dropped),
         ("duplicated messages", f.messages_duplicated),
         ("codec fuzz", f.codec_fuzzed),
+        ("process pauses", f.pauses),
+        ("checkpoints", f.checkpoints),
     ];
     for (name, count) in classes {
         assert!(count > 0, "fault class {name} never happened: {f:?}");
