@@ -41,7 +41,11 @@
 //!    entries it covers.
 //! 7. **Apply.** `Apply` is emitted in slot order, exactly once per slot per
 //!    instance, for `applied_through + 1 ..= commit_index`.
-//! 8. **Bounds.** At most `pipeline_window` slots are proposed and unchosen;
+//! 8. **Compacted slots.** An acceptor asked (at a ballot `>= promised`) to
+//!    accept a slot below its `log_start` answers `Accepted` without
+//!    recording anything: the slot is chosen, and such a "virtual vote" can
+//!    never complete a quorum for another value (see `accept_entry`).
+//! 9. **Bounds.** At most `pipeline_window` slots are proposed and unchosen;
 //!    an acceptor accepts no slot above `commit_index + max_accept_ahead`;
 //!    memory holds committed entries only for the last `retain_decrees`
 //!    slots; promise and catch-up chunks hold at most `catchup_chunk_decrees`
@@ -924,10 +928,19 @@ impl Replica {
     /// it; returns whether it holds that vote now.
     fn accept_entry(&mut self, slot: Slot, ballot: Ballot, value: Value) -> bool {
         requires!(ballot == self.promised);
-        if slot == 0 || slot < self.log_start {
-            // Slot 0 does not exist; below log_start the slot is chosen and
-            // compacted, and its entry is gone.
+        if slot == 0 {
             return false;
+        }
+        if slot < self.log_start {
+            // The slot is chosen and its entry compacted. Acknowledge without
+            // recording (a "virtual vote"), so that a recovering leader that
+            // re-proposes it is not stuck. Safe: the slot's first chosen
+            // quorum Q voted for real; a proposal in a ballot above Q's
+            // carries the chosen value anyway, and one in a lower ballot
+            // cannot gather a quorum, because every quorum meets Q, whose
+            // members promised Q's ballot and reject it (the `< promised`
+            // check runs before this one).
+            return true;
         }
         if slot
             > self

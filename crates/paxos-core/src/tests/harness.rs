@@ -32,6 +32,8 @@ pub struct Node {
     /// The state machine's checkpoint (applied_through) survives restarts
     /// when `keep_applied` is set.
     pub applied_through: Slot,
+    /// The last checkpoint the state machine wrote (survives every restart).
+    pub checkpoint: Slot,
     pub statuses: Vec<Status>,
     /// Whether persists complete as soon as they are issued.
     pub auto_persist: bool,
@@ -78,6 +80,7 @@ impl Cluster {
                     pending: VecDeque::new(),
                     applied: Vec::new(),
                     applied_through: 0,
+                    checkpoint: 0,
                     statuses: Vec::new(),
                     auto_persist: true,
                     seed,
@@ -364,8 +367,8 @@ impl Cluster {
         self.net.retain(|(from, to, _)| *from != r && *to != r);
     }
 
-    /// Restarts `r` from its durable state. The state machine restarts
-    /// empty unless `keep_applied` (then it keeps its checkpoint).
+    /// Restarts `r` from its durable state. The state machine restarts from
+    /// its last checkpoint, or with everything it applied if `keep_applied`.
     pub fn restart(&mut self, r: ReplicaId, keep_applied: bool) {
         let now = self.now;
         let node = self.nodes.get_mut(&r).unwrap();
@@ -376,7 +379,7 @@ impl Cluster {
                 .last()
                 .map_or(node.applied_through, |(s, _)| *s);
         } else {
-            node.applied_through = 0;
+            node.applied_through = node.checkpoint;
         }
         node.applied.clear();
         node.replica = Some(Replica::new(
@@ -406,6 +409,7 @@ impl Cluster {
         node.durable.apply(&PersistEntry::Truncate(through));
         node.durable.apply(&PersistEntry::Commit(through));
         node.applied_through = through;
+        node.checkpoint = through;
         node.applied.clear();
         node.seed += 1000;
         node.replica = Some(Replica::new(
@@ -415,6 +419,18 @@ impl Cluster {
             node.seed,
             now,
         ));
+    }
+
+    /// The state machine of `r` checkpoints what it applied; the replica
+    /// compacts up to there.
+    pub fn checkpoint_and_compact(&mut self, r: ReplicaId) {
+        let node = self.nodes.get_mut(&r).unwrap();
+        let Some(rep) = node.replica.as_mut() else {
+            return;
+        };
+        let through = rep.status().applied_index;
+        node.checkpoint = through;
+        rep.compact(through);
     }
 
     pub fn applied_values(&self, r: ReplicaId) -> Vec<Value> {

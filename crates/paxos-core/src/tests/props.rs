@@ -184,6 +184,8 @@ pub(crate) enum Fault {
     Relinquish,
     /// A calm moment: storage catches up and the network delivers everything.
     Calm,
+    /// The replica's state machine checkpoints and the replica compacts.
+    Compact(u32),
 }
 
 pub(crate) fn fault() -> impl Strategy<Value = Fault> {
@@ -200,6 +202,7 @@ pub(crate) fn fault() -> impl Strategy<Value = Fault> {
         2 => Just(Fault::Heal),
         1 => Just(Fault::Relinquish),
         4 => Just(Fault::Calm),
+        1 => (1u32..4).prop_map(Fault::Compact),
     ]
 }
 
@@ -211,7 +214,7 @@ pub(crate) fn run_schedule(schedule: &[Fault], plant: impl Fn(&mut Replica)) -> 
         cfg.pipeline_window = 3;
         cfg.max_accept_ahead = 6;
         cfg.catchup_chunk_decrees = 2;
-        cfg.retain_decrees = 64;
+        cfg.retain_decrees = 8;
     });
     for r in 1..=3 {
         c.nodes.get_mut(&id(r)).unwrap().auto_persist = false;
@@ -280,7 +283,7 @@ pub(crate) fn run_schedule(schedule: &[Fault], plant: impl Fn(&mut Replica)) -> 
                             .last()
                             .map_or(node.applied_through, |(s, _)| *s);
                     } else {
-                        node.applied_through = 0;
+                        node.applied_through = node.checkpoint;
                     }
                     node.applied.clear();
                     let mut rep = Replica::new(
@@ -311,6 +314,7 @@ pub(crate) fn run_schedule(schedule: &[Fault], plant: impl Fn(&mut Replica)) -> 
                     }
                 }
             }
+            Fault::Compact(r) => c.checkpoint_and_compact(id(*r)),
             Fault::Isolate(r) => c.isolate(id(*r)),
             Fault::Heal => c.heal(),
             Fault::Relinquish => {
