@@ -14,20 +14,25 @@
 //!
 //! # Compaction
 //!
-//! The circular log never wraps over live data: when the committed bytes
-//! plus the next record would pass half the capacity, and at least as many
-//! bytes were appended since the last snapshot as that snapshot took (so
-//! compaction costs at most twice the appended bytes), the storage
+//! The circular log never wraps over live data: when the live bytes plus
+//! the next record would pass half the capacity, the storage
 //!
 //! 1. appends a snapshot record holding the whole [`DurableState`] and
 //!    commits it (recovery replays old records, then the snapshot replaces
 //!    their state with an equal one), then
 //! 2. advances the head to the snapshot (recovery starts at the snapshot).
 //!
-//! A crash between or during these steps recovers the same state. If the
-//! live state alone does not fit, `append` returns [`StorageError::Full`]
-//! and changes nothing: size the region well above twice the live state
-//! (truncation after checkpoints keeps it bounded).
+//! A crash between or during these steps recovers the same state.
+//! Compacting at half the capacity guarantees the snapshot fits (it is no
+//! larger than the live log plus a small header), so the log cannot wedge
+//! with no room to compact, also after a crash between the two steps.
+//! Compaction costs are amortised while the live state is well under half
+//! the region (a warning is logged above a quarter). If a record does not
+//! fit even after compaction, the state *after* the append is written as
+//! the snapshot instead (a `Truncate` shrinks it, so a full log can always
+//! be truncated); if that does not fit either, `append` returns
+//! [`StorageError::Full`] and changes nothing. Size the region at several
+//! times the live state (truncation after checkpoints keeps it bounded).
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -156,7 +161,12 @@ struct Inner {
     commits: u64,
     compactions: u64,
     failed: Option<String>,
+    warned_big_state: bool,
 }
+
+/// Upper bound on a snapshot's size beyond the live log it replaces: the
+/// snapshot header (33 bytes) and record framing (8 bytes), rounded up.
+const SNAPSHOT_MARGIN: u64 = 64;
 
 /// A replica's durable state in a crash-consistent persistent-memory log.
 ///
@@ -403,6 +413,7 @@ impl NvmStorage {
                 commits: 0,
                 compactions: 0,
                 failed: None,
+                warned_big_state: false,
             }),
             durable: AtomicU64::new(0),
             kind,
@@ -522,25 +533,36 @@ impl Inner {
         result
     }
 
-    /// Makes room for a record of `needed` framed bytes, compacting if the
-    /// policy (see module docs) says so or if it does not fit otherwise.
+    /// Makes room for a record of `needed` framed bytes.
+    ///
+    /// Compacts once the live log plus the record would pass half the
+    /// capacity (less [`SNAPSHOT_MARGIN`]). That threshold is what makes
+    /// compaction always fit: a snapshot is at most the live log plus
+    /// `SNAPSHOT_MARGIN` (every accepted entry it holds is in the live log,
+    /// encoded at least as large), so while the live log stays under half
+    /// the capacity the free half holds the snapshot. Waiting longer (say,
+    /// until the log is full) could leave no room to compact at all.
     fn make_room(&mut self, needed: u64, name: &str) -> Result<(), StorageError> {
-        let htc = self.log.head_tail_capacity();
-        let used = htc.capacity - self.log.free_space();
-        let worth = self.since_snapshot >= self.snapshot_bytes && self.since_snapshot > 0;
-        if used + needed > htc.capacity / 2 && worth {
+        let capacity = self.log.head_tail_capacity().capacity;
+        let used = capacity - self.log.free_space();
+        if used + needed + SNAPSHOT_MARGIN > capacity / 2 && self.since_snapshot > 0 {
             self.compact(name)?;
+            if self.snapshot_bytes > capacity / 4 && !self.warned_big_state {
+                self.warned_big_state = true;
+                tracing::warn!(
+                    region = name,
+                    snapshot_bytes = self.snapshot_bytes,
+                    capacity,
+                    "paxos-nvm live state exceeds a quarter of the region: compactions \
+                     become frequent; truncate more often or use a bigger region"
+                );
+            }
         }
         if needed > self.log.free_space() {
-            if self.since_snapshot > 0 {
-                self.compact(name)?;
-            }
-            if needed > self.log.free_space() {
-                return Err(StorageError::Full(format!(
-                    "{name}: append of {needed} bytes does not fit ({} free after compaction)",
-                    self.log.free_space()
-                )));
-            }
+            return Err(StorageError::Full(format!(
+                "{name}: append of {needed} bytes does not fit ({} free after compaction)",
+                self.log.free_space()
+            )));
         }
         Ok(())
     }

@@ -65,7 +65,10 @@ fn child(path: &Path) {
     let (storage, state) = NvmStorage::open(path, options()).expect("child opens the region");
     let mut slot = last_slot(&state) + 1;
     loop {
-        storage.append(&entries_for(slot)).expect("append");
+        if let Err(e) = storage.append(&entries_for(slot)) {
+            eprintln!("child: append of slot {slot} failed: {e}");
+            std::process::exit(3);
+        }
         // Only after `append` returned (durable): acknowledge.
         println!("{slot}");
         slot += 1;
@@ -106,6 +109,9 @@ fn parent() {
         // Wait for some progress, then kill at a varying moment.
         let start = Instant::now();
         std::thread::sleep(Duration::from_millis(150 + 70 * round));
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("round {round}: child exited by itself ({status}) instead of being killed");
+        }
         child.kill().expect("SIGKILL child");
         let _ = child.wait();
         let reported = reader.join().expect("reader thread");
