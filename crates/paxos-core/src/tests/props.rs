@@ -195,14 +195,14 @@ pub(crate) fn fault() -> impl Strategy<Value = Fault> {
         2 => any::<usize>().prop_map(Fault::DuplicateOne),
         6 => (1u64..30_000).prop_map(Fault::Advance),
         8 => Just(Fault::Propose),
-        10 => (1u32..4).prop_map(Fault::Persist),
-        1 => (1u32..4).prop_map(Fault::Crash),
-        2 => (1u32..4, any::<bool>()).prop_map(|(r, k)| Fault::Restart(r, k)),
-        1 => (1u32..4).prop_map(Fault::Isolate),
+        10 => (0u32..5).prop_map(Fault::Persist),
+        1 => (0u32..5).prop_map(Fault::Crash),
+        2 => (0u32..5, any::<bool>()).prop_map(|(r, k)| Fault::Restart(r, k)),
+        1 => (0u32..5).prop_map(Fault::Isolate),
         2 => Just(Fault::Heal),
         1 => Just(Fault::Relinquish),
         4 => Just(Fault::Calm),
-        1 => (1u32..4).prop_map(Fault::Compact),
+        1 => (0u32..5).prop_map(Fault::Compact),
     ]
 }
 
@@ -210,13 +210,20 @@ pub(crate) fn fault() -> impl Strategy<Value = Fault> {
 /// everything and checks that the cluster converges and still commits.
 /// Returns the cluster for further checks.
 pub(crate) fn run_schedule(schedule: &[Fault], plant: impl Fn(&mut Replica)) -> Cluster {
-    let mut c = Cluster::new(3, |cfg| {
+    run_schedule_on(3, schedule, plant)
+}
+
+/// [`run_schedule`] on an `n`-replica cluster (fault targets are taken
+/// modulo `n`).
+pub(crate) fn run_schedule_on(n: u32, schedule: &[Fault], plant: impl Fn(&mut Replica)) -> Cluster {
+    let pick = |r: u32| id(r % n + 1);
+    let mut c = Cluster::new(n, |cfg| {
         cfg.pipeline_window = 3;
         cfg.max_accept_ahead = 6;
         cfg.catchup_chunk_decrees = 2;
         cfg.retain_decrees = 8;
     });
-    for r in 1..=3 {
+    for r in 1..=n {
         c.nodes.get_mut(&id(r)).unwrap().auto_persist = false;
         plant(c.replica(id(r)));
     }
@@ -247,7 +254,7 @@ pub(crate) fn run_schedule(schedule: &[Fault], plant: impl Fn(&mut Replica)) -> 
             Fault::Advance(us) => {
                 c.now = c.now.plus_micros(*us);
                 let now = c.now;
-                for r in 1..=3 {
+                for r in 1..=n {
                     if c.is_up(id(r)) && c.replica(id(r)).next_timer().is_some_and(|t| t <= now) {
                         c.replica(id(r)).handle_tick(now);
                     }
@@ -255,7 +262,7 @@ pub(crate) fn run_schedule(schedule: &[Fault], plant: impl Fn(&mut Replica)) -> 
             }
             Fault::Propose => {
                 let now = c.now;
-                for r in 1..=3 {
+                for r in 1..=n {
                     if c.is_up(id(r)) && c.status(id(r)).role == crate::Role::Leader {
                         proposals += 1;
                         let _ = c.replica(id(r)).propose(now, req(&format!("p{proposals}")));
@@ -263,19 +270,19 @@ pub(crate) fn run_schedule(schedule: &[Fault], plant: impl Fn(&mut Replica)) -> 
                 }
             }
             Fault::Persist(r) => {
-                if c.is_up(id(*r)) {
-                    c.complete_persists(id(*r));
+                if c.is_up(pick(*r)) {
+                    c.complete_persists(pick(*r));
                 }
             }
             Fault::Crash(r) => {
-                if c.is_up(id(*r)) {
-                    c.crash(id(*r));
+                if c.is_up(pick(*r)) {
+                    c.crash(pick(*r));
                 }
             }
             Fault::Restart(r, keep) => {
-                if !c.is_up(id(*r)) {
+                if !c.is_up(pick(*r)) {
                     let now = c.now;
-                    let node = c.nodes.get_mut(&id(*r)).unwrap();
+                    let node = c.nodes.get_mut(&pick(*r)).unwrap();
                     node.seed += 1000;
                     if *keep {
                         node.applied_through = node
@@ -299,7 +306,7 @@ pub(crate) fn run_schedule(schedule: &[Fault], plant: impl Fn(&mut Replica)) -> 
             }
             Fault::Calm => {
                 for _ in 0..8 {
-                    for r in 1..=3 {
+                    for r in 1..=n {
                         if c.is_up(id(r)) {
                             c.complete_persists(id(r));
                         }
@@ -314,12 +321,12 @@ pub(crate) fn run_schedule(schedule: &[Fault], plant: impl Fn(&mut Replica)) -> 
                     }
                 }
             }
-            Fault::Compact(r) => c.checkpoint_and_compact(id(*r)),
-            Fault::Isolate(r) => c.isolate(id(*r)),
+            Fault::Compact(r) => c.checkpoint_and_compact(pick(*r)),
+            Fault::Isolate(r) => c.isolate(pick(*r)),
             Fault::Heal => c.heal(),
             Fault::Relinquish => {
                 let now = c.now;
-                for r in 1..=3 {
+                for r in 1..=n {
                     if c.is_up(id(r)) && c.status(id(r)).role == crate::Role::Leader {
                         let _ = c.replica(id(r)).relinquish_primary(now);
                     }
@@ -330,7 +337,7 @@ pub(crate) fn run_schedule(schedule: &[Fault], plant: impl Fn(&mut Replica)) -> 
     }
     // Liveness phase: heal, restart, fast storage; the cluster must converge.
     c.heal();
-    for r in 1..=3 {
+    for r in 1..=n {
         if !c.is_up(id(r)) {
             c.restart(id(r), true);
         }
@@ -341,7 +348,7 @@ pub(crate) fn run_schedule(schedule: &[Fault], plant: impl Fn(&mut Replica)) -> 
     let deadline = c.now.plus_micros(10_000_000);
     let mut final_slot = None;
     loop {
-        for r in 1..=3 {
+        for r in 1..=n {
             if c.status(id(r)).needs_snapshot {
                 c.install_snapshot(id(r));
             }
@@ -363,7 +370,7 @@ pub(crate) fn run_schedule(schedule: &[Fault], plant: impl Fn(&mut Replica)) -> 
         assert!(
             c.now < deadline,
             "cluster did not converge: {:?}",
-            (1..=3).map(|r| c.status(id(r))).collect::<Vec<_>>()
+            (1..=n).map(|r| c.status(id(r))).collect::<Vec<_>>()
         );
         c.advance(5_000);
     }
@@ -382,6 +389,21 @@ proptest! {
         for node in c.nodes.values() {
             for (slot, v) in &node.applied {
                 prop_assert_eq!(reference.get(slot), Some(v));
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, .. ProptestConfig::default() })]
+
+    /// The same on five replicas (quorums of three; two may be down).
+    #[test]
+    fn random_fault_schedules_on_five_replicas(schedule in proptest::collection::vec(fault(), 1..300)) {
+        let c = run_schedule_on(5, &schedule, |_| {});
+        for node in c.nodes.values() {
+            for (slot, v) in &node.applied {
+                prop_assert_eq!(c.chosen.get(slot), Some(v));
             }
         }
     }
