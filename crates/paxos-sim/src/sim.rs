@@ -1082,12 +1082,20 @@ impl Sim {
                 "Promise for ballot {ballot} while the disk holds promise {}",
                 durable.promised
             )),
+            // An acceptor that knows the slot is already chosen may vouch
+            // for it in a new ballot without a fresh durable vote: a leader
+            // that passed phase 1 can only propose the chosen value there, so
+            // the "vote" cannot help choose anything else.
             Message::Accepted { ballot, slot, .. }
                 if *slot > durable.truncated_through
                     && durable
                         .accepted
                         .get(slot)
-                        .is_none_or(|a| a.ballot < *ballot) =>
+                        .is_none_or(|a| a.ballot < *ballot)
+                    && node
+                        .replica
+                        .as_ref()
+                        .is_none_or(|r| r.status().commit_index < *slot) =>
             {
                 Some(format!(
                     "Accepted for slot {slot} ballot {ballot} while the disk holds {:?}",
