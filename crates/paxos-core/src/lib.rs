@@ -112,6 +112,7 @@
 //! assert!(applied.iter().all(|a| a == &vec![Value::Requests(batch.clone())]));
 //! ```
 
+#![warn(missing_docs)]
 pub mod batch;
 pub mod codec;
 mod config;

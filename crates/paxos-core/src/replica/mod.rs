@@ -523,7 +523,9 @@ impl Replica {
     }
 
     /// RSL's CanBecomePrimary veto: while `false` this replica never starts
-    /// phase 1 (neither on timeout nor when asked to take over).
+    /// phase 1 (neither on timeout nor when asked to take over), and its
+    /// heartbeat acks tell the leader so. A replica that already leads keeps
+    /// leading; call [`Replica::relinquish_primary`] to hand over.
     pub fn set_can_become_primary(&mut self, allowed: bool) {
         self.can_become_primary = allowed;
         ensures!(self.can_become_primary == allowed);
