@@ -6,8 +6,8 @@ use paxos_sim::{run_many, RunOptions};
 fn hundreds_of_seeds_pass_with_all_fault_classes() {
     let opts = RunOptions {
         start_seed: 1_000,
-        seeds: 300,
-        steps: 2_000,
+        seeds: 400,
+        steps: 6_000,
         jobs: 2,
         ..RunOptions::default()
     };
@@ -32,7 +32,7 @@ fn hundreds_of_seeds_pass_with_all_fault_classes() {
         failures.len(),
         failures.join("\n")
     );
-    assert_eq!(summary.seeds_run, 300);
+    assert_eq!(summary.seeds_run, 400);
     let f = summary.faults;
     let classes = [
         ("crashes", f.crashes),
