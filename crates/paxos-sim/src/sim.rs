@@ -1158,7 +1158,7 @@ impl Sim {
                 format!("{from_id} -> {to_id}: decode then encode changed the bytes of {msg:?}"),
             ));
         }
-        self.trace(|| format!("{to_id} <- {from_id} {msg:?}"));
+        self.trace(|| format!("{to_id} <- {from_id} {}", show_message(&msg)));
         let now = self.now;
         if let Some(r) = self.nodes[to].replica.as_mut() {
             r.handle_message(now, from_id, msg);
@@ -1513,5 +1513,30 @@ impl Sim {
                 nodes.join("; ")
             ),
         )
+    }
+}
+
+/// A compact, readable rendering of a message for `-v` traces: request
+/// batches are shown as request ids instead of raw bytes.
+fn show_message(msg: &Message) -> String {
+    let entries = |list: &[paxos_core::Accepted]| {
+        list.iter()
+            .map(|a| format!("{}@{}={}", a.slot, a.ballot, describe(&a.value)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match msg {
+        Message::Accept { ballot, slot, value, commit_index } => {
+            format!("Accept {{ ballot {ballot}, slot {slot}, value {}, commit {commit_index} }}", describe(value))
+        }
+        Message::Promise { ballot, from_slot, commit_index, log_start, entries: e, next_from } => format!(
+            "Promise {{ ballot {ballot}, from {from_slot}, commit {commit_index}, log_start {log_start}, entries [{}], next {next_from:?} }}",
+            entries(e)
+        ),
+        Message::Decrees { from_slot, commit_index, log_start, decrees } => format!(
+            "Decrees {{ from {from_slot}, commit {commit_index}, log_start {log_start}, decrees [{}] }}",
+            entries(decrees)
+        ),
+        other => format!("{other:?}"),
     }
 }
