@@ -100,9 +100,14 @@
 //! # Invariants of this crate
 //!
 //! - The simulator never reads a clock, the environment or an unseeded RNG.
-//! - Queues are bounded by construction: each client has a fixed request
-//!   window, persists are bounded by what the core issues, and the liveness
-//!   phase has an event cap.
+//! - Work is bounded: each client has a fixed request window; the event
+//!   queue holds only what the replicas sent, persisted or armed (their own
+//!   bounds apply) plus one timer, one client tick and one chaos event per
+//!   source; the fault phase runs a fixed number of events and the liveness
+//!   phase has both a simulated-time deadline and an event cap, so a run
+//!   always ends.
+//! - A core failure never takes the process down: panics are caught per run
+//!   and reported with the seed.
 //! - The simulator only uses paxos-core's public API (plus `plant_bug` via
 //!   the test hook).
 
