@@ -102,8 +102,9 @@
 //! - The simulator never reads a clock, the environment or an unseeded RNG.
 //! - Work is bounded: each client has a fixed request window; the event
 //!   queue holds only what the replicas sent, persisted or armed (their own
-//!   bounds apply) plus one timer, one client tick and one chaos event per
-//!   source; the fault phase runs a fixed number of events and the liveness
+//!   bounds apply), one pending tick per client and one chaos event (timer
+//!   events superseded by a re-arm are dropped when they come due); the
+//!   fault phase runs a fixed number of events and the liveness
 //!   phase has both a simulated-time deadline and an event cap, so a run
 //!   always ends.
 //! - A core failure never takes the process down: panics are caught per run
