@@ -226,6 +226,9 @@ struct CandidateState {
     progress: BTreeMap<ReplicaId, PromiseProgress>,
     /// Highest-ballot entry reported per slot.
     merged: BTreeMap<Slot, Accepted>,
+    /// Highest commit index reported in a usable promise chunk: every slot
+    /// up to it is chosen.
+    max_usable_commit: Slot,
 }
 
 /// A slot this leader proposed and whose commit it has not yet passed.
@@ -1292,6 +1295,7 @@ impl Replica {
             from_slot,
             progress: BTreeMap::new(),
             merged: BTreeMap::new(),
+            max_usable_commit: 0,
         });
         self.leader = None;
         let voters = self.membership.voters.clone();
@@ -1339,6 +1343,7 @@ impl Replica {
             self.request_fetch(now);
             return;
         }
+        c.max_usable_commit = c.max_usable_commit.max(peer_commit);
         let limit = next_from.unwrap_or(Slot::MAX);
         let mut ask_next = None;
         match next_from {
@@ -1394,6 +1399,24 @@ impl Replica {
             for e in recovered.values_mut() {
                 e.value = Value::Noop;
             }
+        }
+        // Slots up to a usable promise's commit index are chosen, and the
+        // highest-ballot entry a complete quorum reported for such a slot is
+        // its chosen value (every vote at or above the choosing ballot
+        // carries it, and the quorum meets the choosing one): learn them
+        // instead of re-proposing them.
+        let before = self.commit_index;
+        while self.commit_index < c.max_usable_commit {
+            let slot = self.commit_index + 1;
+            let Some(e) = recovered.get(&slot) else { break };
+            let (ballot, value) = (e.ballot, e.value.clone());
+            self.learn_chosen(slot, ballot, value);
+            self.commit_index = slot;
+        }
+        if self.commit_index > before {
+            self.known_commit = self.known_commit.max(self.commit_index);
+            self.persist(PersistEntry::Commit(self.commit_index));
+            self.apply_committed();
         }
         let recover_next = self.commit_index + 1;
         let recover_through = recovered
