@@ -23,7 +23,9 @@
 //!    only if the acceptor still holds all its entries from `c + 1` on
 //!    (`log_start <= c + 1`). Once a quorum of complete, usable promises is
 //!    in, the leader re-proposes, for each slot up to the highest reported,
-//!    the value of the highest-ballot entry reported, or `Noop` for a gap.
+//!    the value of the highest-ballot entry reported, or `Noop` for a gap
+//!    (slots up to a usable promise's commit index it learns as chosen, with
+//!    that same value, instead of re-proposing them).
 //!    It is announced as leader only when all of those slots are chosen.
 //! 5. **Chosen entries.** Every entry at a slot `<= commit_index` holds the
 //!    chosen value, under a ballot at least the one it was chosen in. Hence
