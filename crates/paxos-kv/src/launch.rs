@@ -16,10 +16,12 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
+/// An opened storage backend: the trait object, what it recovered, and a
+/// way to read its durable state again later (after a checkpoint install).
+pub type OpenedStorage = (Arc<dyn ReplicaStorage>, DurableState, node::DurableReloader);
+
 /// Opens the configured storage and returns it with what it recovered.
-pub fn open_storage(
-    config: &NodeConfig,
-) -> anyhow::Result<(Arc<dyn ReplicaStorage>, DurableState)> {
+pub fn open_storage(config: &NodeConfig) -> anyhow::Result<OpenedStorage> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     Ok(match config.storage {
@@ -27,7 +29,9 @@ pub fn open_storage(
             let dir = config.data_dir.join("log");
             let (log, state) = paxos_log::FileLog::open(&dir, paxos_log::LogOptions::default())
                 .with_context(|| format!("opening file log {}", dir.display()))?;
-            (Arc::new(log), state)
+            let log = Arc::new(log);
+            let reload_from = Arc::clone(&log);
+            (log, state, Arc::new(move || reload_from.state()))
         }
         StorageKind::Nvm => {
             let path = config.data_dir.join("nvm.region");
@@ -37,11 +41,19 @@ pub fn open_storage(
             };
             let (log, state) = paxos_nvm::NvmStorage::open(&path, options)
                 .with_context(|| format!("opening NVM region {}", path.display()))?;
-            (Arc::new(log), state)
+            let log = Arc::new(log);
+            let reload_from = Arc::clone(&log);
+            (log, state, Arc::new(move || reload_from.state()))
         }
         StorageKind::Memory => {
             tracing::warn!("storage = \"memory\": NOTHING IS DURABLE; for benchmarks only");
-            (Arc::new(MemoryStorage::new()), DurableState::default())
+            let store = Arc::new(MemoryStorage::new());
+            let reload_from = Arc::clone(&store);
+            (
+                store,
+                DurableState::default(),
+                Arc::new(move || reload_from.state()),
+            )
         }
     })
 }
@@ -49,7 +61,7 @@ pub fn open_storage(
 /// Runs a node until Ctrl-C / SIGTERM or a fatal error.
 pub async fn run_node(config: NodeConfig) -> anyhow::Result<()> {
     let id = config.replica_id();
-    let (storage, durable) = open_storage(&config)?;
+    let (storage, durable, reload_durable) = open_storage(&config)?;
     // A memory log forgets everything on restart, so a checkpoint would
     // only describe a state the log no longer agrees with: none for it.
     let checkpoints = if config.storage == StorageKind::Memory {
@@ -120,10 +132,12 @@ pub async fn run_node(config: NodeConfig) -> anyhow::Result<()> {
             },
             checkpoint_every: t.checkpoint_every_decrees,
             checkpoints,
+            compact_retain: 4096,
         },
         submit_queue: t.submit_queue,
         seed,
         stages: Arc::new(crate::stages::StageRecorder::from_env()),
+        reload_durable: Some(reload_durable),
     };
     let (replica, mut event_loop) = node::start(parts)?;
     let listener = tokio::net::TcpListener::bind(config.client_addr)

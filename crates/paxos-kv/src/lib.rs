@@ -48,3 +48,4 @@ pub mod server;
 /// Latency breakdown of the write path (written by the integrator): the node
 /// stamps each `stages::Point` and `INFO latency` renders it.
 pub mod stages;
+pub mod xfer;

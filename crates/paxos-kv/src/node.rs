@@ -86,8 +86,8 @@ pub const TOO_LARGE: &str = "ERR request larger than the batch limit";
 const INBOUND_BURST: usize = 256;
 /// Capacity of the durability-notification and control channels.
 const NOTIFY_CAPACITY: usize = 4096;
-/// Decrees kept below a checkpoint when compacting, for lagging peers.
-const COMPACT_RETAIN: u64 = 4096;
+/// A transfer with no progress for this long is abandoned and retried.
+const XFER_STALL: Duration = Duration::from_secs(2);
 
 /// Tuning of the driver.
 #[derive(Clone, Debug)]
@@ -100,6 +100,9 @@ pub struct DriverConfig {
     pub checkpoint_every: u64,
     /// Where checkpoints go (None: no checkpoints).
     pub checkpoints: Option<CheckpointStore>,
+    /// Decrees kept below a checkpoint when compacting, so lagging peers
+    /// can still catch up from memory instead of needing a transfer.
+    pub compact_retain: u64,
 }
 
 /// Role as seen by clients, published by the loop.
@@ -349,6 +352,22 @@ pub struct DriverParts<S: StateMachine> {
     pub seed: u64,
     /// Write-path latency recorder (off unless enabled).
     pub stages: Arc<StageRecorder>,
+    /// Reads the storage's current durable state, to restart the core after
+    /// installing a checkpoint received from a peer (None: no transfers).
+    pub reload_durable: Option<DurableReloader>,
+}
+
+/// Reads a storage backend's current durable state.
+pub type DurableReloader = Arc<dyn Fn() -> DurableState + Send + Sync>;
+
+/// An incoming checkpoint transfer.
+struct Transfer {
+    peer: ReplicaId,
+    /// 0 until the first chunk names it.
+    slot: Slot,
+    offset: u64,
+    writer: Option<paxos_log::checkpoint::CheckpointWriter>,
+    last_progress: Instant,
 }
 
 /// A request in the submit queue.
@@ -395,6 +414,7 @@ pub fn start<S: StateMachine>(
         .spawn(move || durability_waiter(storage_for_waiter, persist_rx, durability_for_waiter))?;
     let applied = parts.state_machine.applied_through();
     let start = Instant::now();
+    let core_config = parts.core.clone();
     let replica =
         paxos_core::Replica::try_new(parts.core, parts.durable, applied, parts.seed, Time(0))
             .map_err(|e| anyhow::anyhow!("core config: {e}"))?;
@@ -427,6 +447,12 @@ pub fn start<S: StateMachine>(
         completers: Vec::new(),
         stages: Arc::clone(&parts.stages),
         awaiting_persist: None,
+        core_config,
+        seed: parts.seed,
+        reload_durable: parts.reload_durable,
+        needs_snapshot: false,
+        transfer: None,
+        transfer_rotation: 0,
     };
     status.applied_index.store(applied, Ordering::Relaxed);
     status.checkpoint_slot.store(applied, Ordering::Relaxed);
@@ -512,6 +538,13 @@ struct EventLoop<S: StateMachine> {
     stages: Arc<StageRecorder>,
     /// Slot proposed last, whose own Persist is not yet identified (stage timing).
     awaiting_persist: Option<Slot>,
+    core_config: paxos_core::Config,
+    seed: u64,
+    reload_durable: Option<DurableReloader>,
+    /// The core said it needs a checkpoint from a peer.
+    needs_snapshot: bool,
+    transfer: Option<Transfer>,
+    transfer_rotation: usize,
 }
 
 impl<S: StateMachine> EventLoop<S> {
@@ -537,8 +570,10 @@ impl<S: StateMachine> EventLoop<S> {
                 .reset(tokio::time::Instant::from_std(deadline));
             let can_take_requests = !self.is_leader
                 || (self.proposals.len() < self.driver.pipeline_window && self.stalled.is_none());
+            // Unbiased: under sustained peer traffic a fixed order would
+            // starve timers (heartbeats, elections), control messages and
+            // client requests.
             tokio::select! {
-                biased;
                 () = self.durability.notify.notified() => self.on_durable()?,
                 msg = inbound.recv() => {
                     let Some((from, bytes)) = msg else { anyhow::bail!("transport closed") };
@@ -565,6 +600,9 @@ impl<S: StateMachine> EventLoop<S> {
                     let now = self.now();
                     self.replica.handle_tick(now);
                     self.publish_status();
+                    if self.needs_snapshot {
+                        self.request_checkpoint();
+                    }
                 }
                 ready = self.consumer.ready(), if can_take_requests => {
                     if ready == paxos_pipeline::Readiness::Closed {
@@ -616,6 +654,13 @@ impl<S: StateMachine> EventLoop<S> {
     }
 
     fn on_message(&mut self, from: ReplicaId, bytes: Bytes) {
+        if crate::xfer::is_xfer(&bytes) {
+            match crate::xfer::decode(bytes) {
+                Ok(msg) => self.on_xfer(from, msg),
+                Err(e) => tracing::warn!(%from, error = %e, "dropping peer message"),
+            }
+            return;
+        }
         match codec::decode(bytes) {
             Ok(msg) => {
                 let now = self.now();
@@ -635,7 +680,7 @@ impl<S: StateMachine> EventLoop<S> {
                 self.checkpoint_running = false;
                 self.checkpoint_slot = slot;
                 self.status.checkpoint_slot.store(slot, Ordering::Relaxed);
-                let through = slot.saturating_sub(COMPACT_RETAIN);
+                let through = slot.saturating_sub(self.driver.compact_retain);
                 if through > 0 {
                     self.replica.compact(through);
                 }
@@ -927,13 +972,10 @@ impl<S: StateMachine> EventLoop<S> {
             tracing::info!(id = %self.id, leader = self.is_leader, ballot = %status.ballot, "primary status changed");
             self.sm.notify_status(self.is_leader);
         }
-        if status.needs_snapshot {
-            tracing::error!(
-                "this replica is behind the peers' retained log and needs a checkpoint from a peer; \
-                 state transfer is not implemented: copy a peer's newest checkpoints/*.ckpt into this node's \
-                 checkpoints directory and restart"
-            );
+        if status.needs_snapshot && !self.needs_snapshot {
+            tracing::warn!("behind the peers' retained log: fetching a checkpoint from a peer");
         }
+        self.needs_snapshot = status.needs_snapshot;
     }
 
     fn publish_status(&mut self) {
@@ -946,14 +988,221 @@ impl<S: StateMachine> EventLoop<S> {
             .store(s.ballot.round, Ordering::Relaxed);
     }
 
+    /// Starts (or restarts a stalled) checkpoint transfer from a peer.
+    fn request_checkpoint(&mut self) {
+        if self.driver.checkpoints.is_none() || self.reload_durable.is_none() {
+            return;
+        }
+        if self
+            .transfer
+            .as_ref()
+            .is_some_and(|t| t.last_progress.elapsed() < XFER_STALL)
+        {
+            return;
+        }
+        let peers: Vec<ReplicaId> = self
+            .core_config
+            .membership
+            .all()
+            .filter(|&p| p != self.id)
+            .collect();
+        if peers.is_empty() {
+            return;
+        }
+        // Prefer the leader; rotate through the others on retries.
+        let leader = self.leader_hint().map(ReplicaId).filter(|&l| l != self.id);
+        self.transfer_rotation += 1;
+        let peer = match leader {
+            Some(l) if self.transfer_rotation % 2 == 1 => l,
+            _ => peers[self.transfer_rotation % peers.len()],
+        };
+        tracing::info!(%peer, "requesting a checkpoint");
+        self.transfer = Some(Transfer {
+            peer,
+            slot: 0,
+            offset: 0,
+            writer: None,
+            last_progress: Instant::now(),
+        });
+        let have = self.sm.applied_through();
+        self.send_xfer(
+            peer,
+            &crate::xfer::XferMessage::Request {
+                slot: 0,
+                offset: 0,
+                have,
+            },
+        );
+    }
+
+    fn send_xfer(&self, to: ReplicaId, msg: &crate::xfer::XferMessage) {
+        if let Err(e) = self.transport.send(to, crate::xfer::encode(msg)) {
+            tracing::debug!(%to, error = %e, "transfer message dropped");
+        }
+    }
+
+    fn on_xfer(&mut self, from: ReplicaId, msg: crate::xfer::XferMessage) {
+        use crate::xfer::XferMessage;
+        match msg {
+            XferMessage::Request { slot, offset, have } => {
+                if slot == 0 && self.checkpoint_slot <= have {
+                    // Our newest checkpoint would not help: the peer is past
+                    // it but behind our retained log. Take a fresh one now;
+                    // the peer asks again.
+                    let applied = self.sm.applied_through();
+                    if applied > have && !self.checkpoint_running {
+                        self.start_checkpoint(applied);
+                    }
+                    self.send_xfer(from, &XferMessage::None { slot });
+                    return;
+                }
+                let (Some(store), transport) =
+                    (self.driver.checkpoints.clone(), Arc::clone(&self.transport))
+                else {
+                    self.send_xfer(from, &XferMessage::None { slot });
+                    return;
+                };
+                // Disk reads off the loop; the transport is thread-safe.
+                tokio::task::spawn_blocking(move || {
+                    let reply =
+                        serve_chunk(&store, slot, offset).unwrap_or(XferMessage::None { slot });
+                    let _ = transport.send(from, crate::xfer::encode(&reply));
+                });
+            }
+            XferMessage::None { .. } => {
+                if self.transfer.as_ref().is_some_and(|t| t.peer == from) {
+                    self.transfer = None;
+                }
+            }
+            XferMessage::Chunk {
+                meta,
+                data_len,
+                chunk,
+            } => {
+                if let Err(e) = self.on_chunk(from, meta, data_len, chunk) {
+                    tracing::error!(%from, error = %e, "checkpoint transfer failed; will retry");
+                    self.transfer = None;
+                }
+            }
+        }
+    }
+
+    fn on_chunk(
+        &mut self,
+        from: ReplicaId,
+        meta: CheckpointMeta,
+        data_len: u64,
+        chunk: paxos_log::checkpoint::Chunk,
+    ) -> anyhow::Result<()> {
+        let Some(store) = self.driver.checkpoints.clone() else {
+            return Ok(());
+        };
+        let Some(t) = self.transfer.as_mut().filter(|t| t.peer == from) else {
+            return Ok(());
+        };
+        if t.slot == 0 {
+            anyhow::ensure!(
+                meta.last_applied > self.sm.applied_through(),
+                "peer's checkpoint {} is not ahead of ours",
+                meta.last_applied
+            );
+            t.slot = meta.last_applied;
+            t.writer = Some(store.begin(meta.clone())?);
+        }
+        if meta.last_applied != t.slot || chunk.offset != t.offset {
+            return Ok(()); // a duplicate or a stale reply
+        }
+        anyhow::ensure!(
+            !chunk.data.is_empty() || t.offset >= data_len,
+            "empty chunk before the end"
+        );
+        let writer = t
+            .writer
+            .as_mut()
+            .ok_or_else(|| anyhow::anyhow!("no writer"))?;
+        writer.write_chunk(&chunk)?;
+        t.offset += chunk.data.len() as u64;
+        t.last_progress = Instant::now();
+        if t.offset < data_len {
+            let (peer, slot, offset) = (t.peer, t.slot, t.offset);
+            let have = self.sm.applied_through();
+            self.send_xfer(
+                peer,
+                &crate::xfer::XferMessage::Request { slot, offset, have },
+            );
+            return Ok(());
+        }
+        let Some(done) = self.transfer.take() else {
+            return Ok(());
+        };
+        if let Some(w) = done.writer {
+            w.finish()?;
+        }
+        self.install_checkpoint(&store)
+    }
+
+    /// Restores the state machine from the newest local checkpoint and
+    /// restarts the core from the storage's durable state and that slot,
+    /// without restarting the process.
+    fn install_checkpoint(&mut self, store: &CheckpointStore) -> anyhow::Result<()> {
+        let Some(reload) = self.reload_durable.clone() else {
+            return Ok(());
+        };
+        let slot = load_newest_checkpoint(store, &mut self.sm)?;
+        let durable = reload();
+        let now = self.now();
+        self.replica = paxos_core::Replica::try_new(
+            self.core_config.clone(),
+            durable,
+            slot,
+            self.seed ^ slot,
+            now,
+        )
+        .map_err(|e| anyhow::anyhow!("restarting the core: {e}"))?;
+        // Tokens of the old core instance are meaningless to the new one.
+        self.outstanding.clear();
+        for p in self.proposals.drain(..) {
+            for c in p.completers {
+                c.abort(AbortReason::Rejected(OUTCOME_UNKNOWN));
+            }
+        }
+        if let Some((_, cs, _)) = self.stalled.take() {
+            for c in cs {
+                c.abort(AbortReason::NotPrimary { leader_hint: None });
+            }
+        }
+        self.is_leader = false;
+        self.needs_snapshot = false;
+        self.last_checkpoint = slot;
+        self.checkpoint_slot = slot;
+        self.status.role.store(ROLE_FOLLOWER, Ordering::Relaxed);
+        self.status.applied_index.store(slot, Ordering::Relaxed);
+        self.status.checkpoint_slot.store(slot, Ordering::Relaxed);
+        self.status.in_flight.store(0, Ordering::Relaxed);
+        tracing::info!(
+            slot,
+            "installed a checkpoint from a peer; the core restarted from it"
+        );
+        Ok(())
+    }
+
     fn maybe_checkpoint(&mut self, slot: Slot) {
         let every = self.driver.checkpoint_every;
-        let Some(store) = self.driver.checkpoints.clone() else {
+        if self.driver.checkpoints.is_none() {
             return;
-        };
+        }
         if every == 0 || self.checkpoint_running || slot < self.last_checkpoint + every {
             return;
         }
+        self.start_checkpoint(slot);
+    }
+
+    /// Snapshots the state machine (which is at `slot`) and writes it in
+    /// the background.
+    fn start_checkpoint(&mut self, slot: Slot) {
+        let Some(store) = self.driver.checkpoints.clone() else {
+            return;
+        };
         self.last_checkpoint = slot;
         self.checkpoint_running = true;
         // Serializing pauses the loop for O(state); writing and fsync run in
@@ -980,6 +1229,31 @@ impl<S: StateMachine> EventLoop<S> {
             tracing::error!(error = %e, "cannot start checkpoint thread");
         }
     }
+}
+
+/// Reads one chunk of checkpoint `slot` (0: the newest) for a peer.
+fn serve_chunk(
+    store: &CheckpointStore,
+    slot: Slot,
+    offset: u64,
+) -> Option<crate::xfer::XferMessage> {
+    let slots = store.list().ok()?;
+    let slot = if slot == 0 {
+        *slots.last()?
+    } else {
+        slots.into_iter().find(|&s| s == slot)?
+    };
+    let reader = store.open(slot).ok()?;
+    let info = reader.info().clone();
+    let len = usize::try_from(info.data_len.saturating_sub(offset))
+        .unwrap_or(usize::MAX)
+        .min(crate::xfer::CHUNK_BYTES);
+    let chunk = store.read_chunk(slot, offset, len).ok()?;
+    Some(crate::xfer::XferMessage::Chunk {
+        meta: info.meta,
+        data_len: info.data_len,
+        chunk,
+    })
 }
 
 /// Number of checkpoints kept on disk (the newest may turn out unreadable).

@@ -56,10 +56,12 @@ async fn start_cluster(n: u32) -> Vec<Replica> {
                 batch_limits: limits,
                 checkpoint_every: 0,
                 checkpoints: None,
+                compact_retain: 0,
             },
             submit_queue: 1024,
             seed: u64::from(id.0) * 7919,
             stages: Arc::new(StageRecorder::new(true)),
+            reload_durable: None,
         };
         let (replica, _join) = node::start(parts).unwrap();
         replicas.push(replica);
@@ -269,6 +271,118 @@ async fn resp_server_pipelines_redirects_and_isolates_bad_clients() {
         info.contains(&format!("leader_addr:{leader_addr}")),
         "{info}"
     );
+    for r in &replicas {
+        r.shutdown().await;
+    }
+}
+
+/// Starts one driver with checkpoints in `dir`, compacting right up to each
+/// checkpoint, so a replica that missed those decrees needs a transfer.
+fn start_checkpointing_replica(
+    net: &MemoryNetwork,
+    id: ReplicaId,
+    ids: &[ReplicaId],
+    dir: &std::path::Path,
+) -> Replica {
+    let (transport, inbound) = net.join(id);
+    let mut core = paxos_core::Config::new(id, Membership::with_voters(ids.to_vec()));
+    core.heartbeat_interval_us = 20_000;
+    core.election_timeout_min_us = 100_000;
+    core.election_timeout_max_us = 200_000;
+    core.retain_decrees = 8;
+    core.catchup_chunk_decrees = 8;
+    let limits = BatchLimits {
+        max_requests: 16,
+        max_bytes: 64 * 1024,
+    };
+    core.batch_limits = limits;
+    let storage = Arc::new(MemoryStorage::new());
+    let reload_from = Arc::clone(&storage);
+    let parts = DriverParts {
+        core,
+        durable: DurableState::default(),
+        storage,
+        transport: Arc::new(transport),
+        inbound,
+        state_machine: KvStore::new(),
+        driver: DriverConfig {
+            pipeline_window: 4,
+            batch_limits: limits,
+            checkpoint_every: 20,
+            checkpoints: Some(node::open_checkpoints(dir).unwrap()),
+            compact_retain: 0,
+        },
+        submit_queue: 1024,
+        seed: u64::from(id.0) * 31,
+        stages: Arc::new(StageRecorder::new(false)),
+        reload_durable: Some(Arc::new(move || reload_from.state())),
+    };
+    node::start(parts).unwrap().0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_behind_every_peers_log_installs_a_checkpoint_from_a_peer() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("paxos_kv=info")
+        .with_test_writer()
+        .try_init();
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let net = MemoryNetwork::new(4096, 8 << 20);
+    let ids = vec![ReplicaId(1), ReplicaId(2), ReplicaId(3)];
+    // Two replicas make progress without the third.
+    let mut replicas: Vec<Replica> = (0..2)
+        .map(|i| start_checkpointing_replica(&net, ids[i], &ids, dirs[i].path()))
+        .collect();
+    let p = wait_for_primary(&replicas).await;
+    // Write until both have taken checkpoints well past the start (a
+    // checkpoint is triggered by applies, so keep applying until then).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut i = 0u64;
+    while i < 300 || replicas.iter().any(|r| r.status().checkpoint_slot < 100) {
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoints taken: {:?}",
+            replicas[p].status()
+        );
+        let v = i.to_string();
+        replicas[p]
+            .replicate(request(&["SET", &format!("k{}", i % 50), &v]))
+            .await
+            .unwrap();
+        i += 1;
+    }
+    // The third starts empty: its peers compacted the early decrees away.
+    replicas.push(start_checkpointing_replica(
+        &net,
+        ids[2],
+        &ids,
+        dirs[2].path(),
+    ));
+    let target = replicas[p].status().applied_index;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while replicas[2].status().applied_index < target {
+        assert!(
+            Instant::now() < deadline,
+            "third replica did not catch up: {:?}",
+            replicas[2].status()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        replicas[2].status().checkpoint_slot > 0,
+        "caught up through a transferred checkpoint"
+    );
+    // And it keeps up with new writes.
+    replicas[p]
+        .replicate(request(&["SET", "after", "1"]))
+        .await
+        .unwrap();
+    let target = replicas[p].status().applied_index;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while replicas[2].status().applied_index < target {
+        assert!(Instant::now() < deadline, "third replica stopped following");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     for r in &replicas {
         r.shutdown().await;
     }

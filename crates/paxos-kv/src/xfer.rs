@@ -1,0 +1,221 @@
+//! Checkpoint transfer between replicas, for a replica that fell behind
+//! everything its peers still keep (paxos-core reports `needs_snapshot`).
+//!
+//! The messages share the peer transport with paxos-core's. A core message
+//! starts with the codec version byte (1); a transfer message starts with
+//! [`XFER_MAGIC`], so the two never collide. Layout (little-endian):
+//!
+//! ```text
+//! request:  MAGIC | 1 | u64 slot (0: your newest) | u64 offset | u64 have (requester's applied slot)
+//! chunk:    MAGIC | 2 | u64 slot | u64 round | u32 leader | u32 voters | voters × u32
+//!                 | u64 data_len | u64 offset | u32 crc32c | data
+//! none:     MAGIC | 3 | u64 slot          (no such checkpoint here)
+//! ```
+//!
+//! The receiver writes chunks into its own checkpoint store with
+//! `CheckpointWriter::write_chunk`, which checks each chunk's CRC and that
+//! it continues the data; `finish` verifies the whole file before it is
+//! renamed into place. Decoding never panics.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use paxos_core::{Ballot, Membership, ReplicaId, Slot};
+use paxos_log::checkpoint::{CheckpointMeta, Chunk};
+
+/// First byte of every transfer message.
+pub const XFER_MAGIC: u8 = 0xC7;
+/// Bytes per chunk.
+pub const CHUNK_BYTES: usize = 256 * 1024;
+/// Most voters a chunk header may list.
+const MAX_VOTERS: usize = 1024;
+
+/// A checkpoint-transfer message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum XferMessage {
+    /// Send me `CHUNK_BYTES` of checkpoint `slot` (0: your newest) at `offset`.
+    Request {
+        /// The checkpoint, or 0 for the newest.
+        slot: Slot,
+        /// Byte offset in its data.
+        offset: u64,
+        /// The requester's applied slot: a newest checkpoint not above it is
+        /// useless, and the peer takes a fresh one instead.
+        have: Slot,
+    },
+    /// A piece of a checkpoint.
+    Chunk {
+        /// What the checkpoint covers.
+        meta: CheckpointMeta,
+        /// Total data bytes.
+        data_len: u64,
+        /// The verified piece.
+        chunk: Chunk,
+    },
+    /// The peer has no such checkpoint.
+    None {
+        /// The slot asked for.
+        slot: Slot,
+    },
+}
+
+/// Why a transfer message did not decode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed checkpoint-transfer message: {0}")]
+pub struct XferError(&'static str);
+
+/// Whether a peer message is a transfer message (else it is paxos-core's).
+pub fn is_xfer(bytes: &[u8]) -> bool {
+    bytes.first() == Some(&XFER_MAGIC)
+}
+
+/// Encodes a message.
+pub fn encode(msg: &XferMessage) -> Bytes {
+    let mut out = BytesMut::new();
+    out.put_u8(XFER_MAGIC);
+    match msg {
+        XferMessage::Request { slot, offset, have } => {
+            out.put_u8(1);
+            out.put_u64_le(*slot);
+            out.put_u64_le(*offset);
+            out.put_u64_le(*have);
+        }
+        XferMessage::Chunk {
+            meta,
+            data_len,
+            chunk,
+        } => {
+            out.reserve(64 + 4 * meta.membership.voters.len() + chunk.data.len());
+            out.put_u8(2);
+            out.put_u64_le(meta.last_applied);
+            out.put_u64_le(meta.ballot.round);
+            out.put_u32_le(meta.ballot.leader.0);
+            out.put_u32_le(meta.membership.voters.len() as u32);
+            for v in &meta.membership.voters {
+                out.put_u32_le(v.0);
+            }
+            out.put_u64_le(*data_len);
+            out.put_u64_le(chunk.offset);
+            out.put_u32_le(chunk.crc32c);
+            out.put_slice(&chunk.data);
+        }
+        XferMessage::None { slot } => {
+            out.put_u8(3);
+            out.put_u64_le(*slot);
+        }
+    }
+    out.freeze()
+}
+
+/// Decodes a message; the chunk data is a zero-copy slice of `bytes`.
+pub fn decode(mut bytes: Bytes) -> Result<XferMessage, XferError> {
+    fn need(b: &Bytes, n: usize) -> Result<(), XferError> {
+        if b.remaining() < n {
+            Err(XferError("truncated"))
+        } else {
+            Ok(())
+        }
+    }
+    need(&bytes, 2)?;
+    if bytes.get_u8() != XFER_MAGIC {
+        return Err(XferError("bad magic"));
+    }
+    match bytes.get_u8() {
+        1 => {
+            need(&bytes, 24)?;
+            let slot = bytes.get_u64_le();
+            let offset = bytes.get_u64_le();
+            let have = bytes.get_u64_le();
+            Ok(XferMessage::Request { slot, offset, have })
+        }
+        2 => {
+            need(&bytes, 24)?;
+            let slot = bytes.get_u64_le();
+            let round = bytes.get_u64_le();
+            let leader = bytes.get_u32_le();
+            let n = bytes.get_u32_le() as usize;
+            if n == 0 || n > MAX_VOTERS {
+                return Err(XferError("bad voter count"));
+            }
+            need(&bytes, 4 * n + 20)?;
+            let voters: Vec<ReplicaId> = (0..n).map(|_| ReplicaId(bytes.get_u32_le())).collect();
+            let data_len = bytes.get_u64_le();
+            let offset = bytes.get_u64_le();
+            let crc32c = bytes.get_u32_le();
+            let chunk = Chunk {
+                offset,
+                data: bytes,
+                crc32c,
+            };
+            let meta = CheckpointMeta {
+                last_applied: slot,
+                ballot: Ballot::new(round, ReplicaId(leader)),
+                membership: Membership::with_voters(voters),
+            };
+            Ok(XferMessage::Chunk {
+                meta,
+                data_len,
+                chunk,
+            })
+        }
+        3 => {
+            need(&bytes, 8)?;
+            Ok(XferMessage::None {
+                slot: bytes.get_u64_le(),
+            })
+        }
+        _ => Err(XferError("unknown kind")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn messages_roundtrip() {
+        let data = Bytes::from_static(b"some checkpoint bytes");
+        let msgs = vec![
+            XferMessage::Request {
+                slot: 0,
+                offset: 7,
+                have: 3,
+            },
+            XferMessage::None { slot: 9 },
+            XferMessage::Chunk {
+                meta: CheckpointMeta {
+                    last_applied: 42,
+                    ballot: Ballot::new(3, ReplicaId(2)),
+                    membership: Membership::with_voters(vec![
+                        ReplicaId(1),
+                        ReplicaId(2),
+                        ReplicaId(3),
+                    ]),
+                },
+                data_len: 100,
+                chunk: Chunk {
+                    offset: 10,
+                    crc32c: crc32c::crc32c(&data),
+                    data,
+                },
+            },
+        ];
+        for m in msgs {
+            let bytes = encode(&m);
+            assert!(is_xfer(&bytes));
+            assert_eq!(decode(bytes).unwrap(), m);
+        }
+        let mut core = BytesMut::new();
+        paxos_core::codec::encode(&paxos_core::Message::Fetch { from_slot: 1 }, &mut core);
+        assert!(!is_xfer(&core), "core messages are told apart");
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(raw in proptest::collection::vec(any::<u8>(), 0..96)) {
+            let mut b = raw.clone();
+            if let Some(first) = b.first_mut() { *first = XFER_MAGIC; }
+            let _ = decode(Bytes::from(b));
+            let _ = decode(Bytes::from(raw));
+        }
+    }
+}
