@@ -119,7 +119,9 @@ async fn demo_body(cluster: &mut LocalCluster, options: &DemoOptions) -> anyhow:
         latency.max() as f64 / 1000.0,
     );
 
-    // Kill the leader with SIGKILL: no clean shutdown, no flush.
+    // Leadership may have moved during the load: kill whoever leads now,
+    // with SIGKILL (no clean shutdown, no flush).
+    let leader = cluster.wait_for_leader(Duration::from_secs(15)).await?;
     println!("kill -9 the leader r{} ...", leader + 1);
     let killed_at = Instant::now();
     cluster.kill9(leader);
@@ -145,8 +147,8 @@ async fn demo_body(cluster: &mut LocalCluster, options: &DemoOptions) -> anyhow:
 
     if options.storage == StorageKind::Memory {
         println!(
-            "storage = memory is not durable: a restarted replica would come back empty and need a \
-             state transfer (not implemented), so the restart step is skipped"
+            "storage = memory is not durable and takes no checkpoints: a restarted replica would \
+             come back empty with nothing to catch up from, so the restart step is skipped"
         );
         println!("demo finished OK; stopping the cluster");
         return Ok(());

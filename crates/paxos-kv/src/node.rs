@@ -56,6 +56,8 @@
 //! `Replica::compact(slot - retain)`, keeping a margin of decrees so lagging
 //! peers can still catch up from memory. On start-up the newest valid
 //! checkpoint is loaded and the log tail after it is replayed by the core.
+//! A replica behind everything its peers retain fetches a checkpoint from a
+//! peer ([`crate::xfer`]) and restarts its core from it in place.
 
 use crate::kv::{StateMachine, OP_TAG};
 use crate::stages::{Point, StageRecorder};
