@@ -852,10 +852,13 @@ impl Replica {
         if ballot > self.promised {
             self.raise_promise(now, ballot);
             if from != self.id {
-                // Give the candidate time to finish phase 1.
                 self.leader = None;
-                self.reset_election_timer(now);
             }
+        }
+        if from != self.id {
+            // Give the candidate time to finish phase 1 (also while it pulls
+            // further chunks), rather than competing with it.
+            self.reset_election_timer(now);
         }
         let from_slot = from_slot.max(1);
         let (entries, next_from) = if from_slot < self.log_start {
@@ -1374,6 +1377,10 @@ impl Replica {
         }
         let complete = c.progress.values().filter(|p| p.complete).count();
         self.known_commit = self.known_commit.max(peer_commit);
+        // Phase 1 is making progress: do not restart it on the election
+        // timeout while chunks keep arriving (a long unchosen tail takes
+        // many chunks).
+        self.reset_election_timer(now);
         if let Some(n) = ask_next {
             // Our promise of `ballot` is durable: the first Prepare left.
             self.send(
