@@ -40,11 +40,27 @@ fn run() -> Result<()> {
             &rest,
             &[],
         ),
-        "bench" => cargo(
-            &["run", "--release", "--quiet", "-p", "paxos-bench", "--"],
-            &rest,
-            &[],
-        ),
+        "bench" => {
+            // The benchmark starts paxos-kv node processes: build that binary too.
+            cargo(
+                &[
+                    "build",
+                    "--release",
+                    "--quiet",
+                    "-p",
+                    "paxos-kv",
+                    "-p",
+                    "paxos-bench",
+                ],
+                &[],
+                &[],
+            )?;
+            cargo(
+                &["run", "--release", "--quiet", "-p", "paxos-bench", "--"],
+                &rest,
+                &[],
+            )
+        }
         "tidy" => {
             let problems = tidy::check(&root)?;
             report_tidy(&problems)
