@@ -81,21 +81,54 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// Polls every node's INFO until one says it is the leader.
+    /// Polls every node's INFO until all of them name the same leader, with
+    /// the same ballot, for several polls in a row: a leader found in the
+    /// first election race at start-up may still be deposed a moment later.
     pub async fn wait_for_leader(&self, timeout: Duration) -> anyhow::Result<SocketAddr> {
+        const STABLE_POLLS: usize = 5;
         let deadline = Instant::now() + timeout;
+        let mut last: Option<(SocketAddr, String)> = None;
+        let mut stable = 0;
         while Instant::now() < deadline {
+            let mut leaders = Vec::new();
+            let mut agreed = true;
+            let mut ballot = String::new();
+            let mut leader_id = None;
             for addr in &self.client_addrs {
-                if let Ok(info) = info(*addr, "").await {
-                    if info_field(&info, "role").is_some_and(|r| r == "leader" || r == "primary") {
-                        return Ok(*addr);
-                    }
+                let Ok(info) = info(*addr, "").await else {
+                    agreed = false;
+                    continue;
+                };
+                if info_field(&info, "role") == Some("leader") {
+                    leaders.push(*addr);
+                    ballot = info_field(&info, "ballot_round")
+                        .unwrap_or_default()
+                        .to_string();
+                }
+                let named = info_field(&info, "leader_id").map(str::to_string);
+                if leader_id.is_none() {
+                    leader_id = named;
+                } else if leader_id != named {
+                    agreed = false;
                 }
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            let now = match leaders.as_slice() {
+                [one] if agreed => Some((*one, ballot)),
+                _ => None,
+            };
+            if now.is_some() && now == last {
+                stable += 1;
+                if stable >= STABLE_POLLS {
+                    return Ok(last.map(|(a, _)| a).unwrap_or(self.client_addrs[0]));
+                }
+            } else {
+                stable = 0;
+                last = now;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
         anyhow::bail!(
-            "no leader within {timeout:?}; node logs are in {}",
+            "no stable leader within {timeout:?}; node logs are in {}",
             self.dir.display()
         )
     }

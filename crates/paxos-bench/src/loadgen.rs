@@ -170,6 +170,9 @@ pub fn new_histogram() -> Histogram<u64> {
 async fn client(id: u64, spec: LoadSpec, deadline: Instant) -> anyhow::Result<ClientResult> {
     let mut stream = TcpStream::connect(spec.target).await?;
     stream.set_nodelay(true)?;
+    // A leader change answers `-MOVED <slot> <addr>`: once every reply of the
+    // current pipeline is in, the client reconnects to the new leader.
+    let mut redirect: Option<SocketAddr> = None;
     let value = vec![b'v'; spec.value_bytes];
     let mut out = BytesMut::with_capacity(spec.depth * (spec.value_bytes + 64));
     let mut inbuf = BytesMut::with_capacity(64 * 1024);
@@ -184,8 +187,23 @@ async fn client(id: u64, spec: LoadSpec, deadline: Instant) -> anyhow::Result<Cl
     let mut key = Vec::with_capacity(32);
     loop {
         // Refill the pipeline up to `depth`, unless time is up.
+        if let Some(addr) = redirect.take_if(|_| sent_at.is_empty()) {
+            match TcpStream::connect(addr).await {
+                Ok(s) => {
+                    stream = s;
+                    stream.set_nodelay(true)?;
+                    inbuf.clear();
+                }
+                Err(e) => {
+                    res.errors += 1;
+                    res.first_error
+                        .get_or_insert(format!("reconnecting to {addr}: {e}"));
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
         let now = Instant::now();
-        if now < deadline {
+        if now < deadline && redirect.is_none() {
             while sent_at.len() < spec.depth {
                 key.clear();
                 key.extend_from_slice(
@@ -225,6 +243,12 @@ async fn client(id: u64, spec: LoadSpec, deadline: Instant) -> anyhow::Result<Cl
                                 res.hist.saturating_record(us);
                             }
                             Reply::Error(e) => {
+                                if let Some(addr) = moved_to(&e) {
+                                    redirect = Some(addr);
+                                } else if e.starts_with("CLUSTERDOWN") {
+                                    // No leader yet: back off instead of spinning.
+                                    tokio::time::sleep(Duration::from_millis(20)).await;
+                                }
                                 res.errors += 1;
                                 res.first_error.get_or_insert(e);
                             }
@@ -243,6 +267,12 @@ async fn client(id: u64, spec: LoadSpec, deadline: Instant) -> anyhow::Result<Cl
         }
     }
     Ok(res)
+}
+
+/// The address in a `MOVED <slot> <addr>` (or `MOVED <addr>`) error.
+pub fn moved_to(error: &str) -> Option<SocketAddr> {
+    let rest = error.strip_prefix("MOVED ")?;
+    rest.split_whitespace().last()?.parse().ok()
 }
 
 #[cfg(test)]
@@ -265,6 +295,20 @@ mod tests {
         assert_eq!(&b[..], b"$10\r\nab", "nothing consumed while incomplete");
         let mut bad = BytesMut::from(&b"*1\r\n"[..]);
         assert!(parse_reply(&mut bad).is_err());
+    }
+
+    #[test]
+    fn reads_redirect_targets() {
+        assert_eq!(
+            moved_to("MOVED 0 127.0.0.1:7002"),
+            Some("127.0.0.1:7002".parse().unwrap())
+        );
+        assert_eq!(
+            moved_to("MOVED 127.0.0.1:7002"),
+            Some("127.0.0.1:7002".parse().unwrap())
+        );
+        assert_eq!(moved_to("ERR nope"), None);
+        assert_eq!(moved_to("MOVED 0 nowhere"), None);
     }
 
     #[test]

@@ -154,7 +154,11 @@ fn print_breakdown(stages: &[cluster::Stage]) {
             s.name, s.p50_us, s.p99_us, s.p999_us, s.count
         );
     }
-    if let Some(top) = stages.iter().max_by_key(|s| s.p50_us) {
+    if let Some(top) = stages
+        .iter()
+        .filter(|s| s.name != "total")
+        .max_by_key(|s| s.p50_us)
+    {
         println!(
             "biggest contributor at p50: {} ({} us)",
             top.name, top.p50_us
