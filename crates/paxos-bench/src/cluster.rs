@@ -1,35 +1,44 @@
-//! Starts and stops a local paxos-kv cluster as separate processes, finds its
-//! leader and reads the leader's latency breakdown.
+//! Starts and stops a local paxos-kv cluster as separate processes (through
+//! paxos-kv's own [`LocalCluster`], which the demo and the fault tests use
+//! too), finds its stable leader and reads the leader's latency breakdown.
 
-use crate::loadgen::encode_command;
 use anyhow::Context;
-use bytes::BytesMut;
+use paxos_kv::client::{info_field, Client};
+use paxos_kv::config::{StorageKind, Tuning};
+use paxos_kv::procs::LocalCluster;
+use paxos_kv::resp::Frame;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
-/// A running cluster. Dropping it kills every process it started.
+/// A running cluster. Dropping it stops every process it started.
 pub struct Cluster {
-    children: Vec<Child>,
-    /// Client (RESP) addresses, by node index.
-    pub client_addrs: Vec<SocketAddr>,
+    procs: LocalCluster,
     _tempdir: Option<tempfile::TempDir>,
     /// Where the nodes keep configs, logs and data.
     pub dir: PathBuf,
 }
 
+/// Parses a `--storage` name.
+pub fn storage_kind(name: &str) -> anyhow::Result<StorageKind> {
+    match name {
+        "file" => Ok(StorageKind::File),
+        "nvm" => Ok(StorageKind::Nvm),
+        "memory" => Ok(StorageKind::Memory),
+        other => anyhow::bail!("unknown storage `{other}`: use file, nvm or memory"),
+    }
+}
+
 impl Cluster {
-    /// Writes configs with `paxos-kv init` and starts one `paxos-kv node`
-    /// process per replica.
+    /// Writes configs and certificates and starts one `paxos-kv node`
+    /// process per replica, with the per-stage latency timing on.
     pub fn start(
         kv_bin: &Path,
         replicas: usize,
         storage: &str,
         data_dir: Option<&Path>,
     ) -> anyhow::Result<Cluster> {
+        let kind = storage_kind(storage)?;
         let (tempdir, dir) = match data_dir {
             Some(d) => {
                 std::fs::create_dir_all(d)?;
@@ -41,44 +50,15 @@ impl Cluster {
                 (Some(t), p)
             }
         };
-        let status = Command::new(kv_bin)
-            .args([
-                "init",
-                "--nodes",
-                &replicas.to_string(),
-                "--storage",
-                storage,
-                "--dir",
-            ])
-            .arg(&dir)
-            .status()
-            .context("running paxos-kv init")?;
-        anyhow::ensure!(status.success(), "paxos-kv init failed ({status})");
-        let mut cluster = Cluster {
-            children: Vec::new(),
-            client_addrs: Vec::new(),
+        // The nodes inherit this process's environment: turn stage timing on.
+        std::env::set_var("PAXOS_KV_STAGE_TIMING", "1");
+        let procs = LocalCluster::start(kv_bin, &dir, replicas, kind, &Tuning::default())
+            .context("starting paxos-kv nodes")?;
+        Ok(Cluster {
+            procs,
             _tempdir: tempdir,
-            dir: dir.clone(),
-        };
-        for i in 1..=replicas {
-            let config = dir.join(format!("node{i}.toml"));
-            let text = std::fs::read_to_string(&config)
-                .with_context(|| format!("reading {}", config.display()))?;
-            cluster
-                .client_addrs
-                .push(client_addr_of(&text).with_context(|| format!("{}", config.display()))?);
-            let log = std::fs::File::create(dir.join(format!("node{i}.log")))?;
-            let child = Command::new(kv_bin)
-                .args(["node", "--config"])
-                .arg(&config)
-                .env("PAXOS_KV_STAGE_TIMING", "1")
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .context("starting paxos-kv node")?;
-            cluster.children.push(child);
-        }
-        Ok(cluster)
+            dir,
+        })
     }
 
     /// Polls every node's INFO until all of them name the same leader, with
@@ -87,20 +67,20 @@ impl Cluster {
     pub async fn wait_for_leader(&self, timeout: Duration) -> anyhow::Result<SocketAddr> {
         const STABLE_POLLS: usize = 5;
         let deadline = Instant::now() + timeout;
-        let mut last: Option<(SocketAddr, String)> = None;
+        let mut last: Option<(usize, String)> = None;
         let mut stable = 0;
         while Instant::now() < deadline {
             let mut leaders = Vec::new();
             let mut agreed = true;
             let mut ballot = String::new();
             let mut leader_id = None;
-            for addr in &self.client_addrs {
-                let Ok(info) = info(*addr, "").await else {
+            for i in 0..self.procs.len() {
+                let Some(info) = self.procs.info(i, Duration::from_millis(500)).await else {
                     agreed = false;
                     continue;
                 };
                 if info_field(&info, "role") == Some("leader") {
-                    leaders.push(*addr);
+                    leaders.push(i);
                     ballot = info_field(&info, "ballot_round")
                         .unwrap_or_default()
                         .to_string();
@@ -118,8 +98,8 @@ impl Cluster {
             };
             if now.is_some() && now == last {
                 stable += 1;
-                if stable >= STABLE_POLLS {
-                    return Ok(last.map(|(a, _)| a).unwrap_or(self.client_addrs[0]));
+                if let (true, Some((i, _))) = (stable >= STABLE_POLLS, &last) {
+                    return Ok(self.procs.client_addr(*i));
                 }
             } else {
                 stable = 0;
@@ -134,78 +114,14 @@ impl Cluster {
     }
 }
 
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// Reads `client_addr = "host:port"` from a node config.
-fn client_addr_of(config: &str) -> anyhow::Result<SocketAddr> {
-    let v: toml::Value = config.parse()?;
-    let s = v
-        .get("client_addr")
-        .and_then(|a| a.as_str())
-        .context("config has no client_addr")?;
-    Ok(s.parse()?)
-}
-
-/// Sends `INFO [section]` and returns the bulk reply text.
+/// Sends `INFO <section>` to `addr` and returns the text.
 pub async fn info(addr: SocketAddr, section: &str) -> anyhow::Result<String> {
-    let mut s = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await??;
-    let mut out = BytesMut::new();
-    if section.is_empty() {
-        encode_command(&mut out, &[b"INFO"]);
-    } else {
-        encode_command(&mut out, &[b"INFO", section.as_bytes()]);
+    let mut c = Client::connect(addr, Duration::from_secs(2)).await?;
+    match c.cmd(&[b"INFO", section.as_bytes()]).await? {
+        Frame::Bulk(Some(b)) => Ok(String::from_utf8_lossy(&b).into_owned()),
+        Frame::Error(e) => anyhow::bail!("INFO {section}: {}", String::from_utf8_lossy(&e)),
+        other => anyhow::bail!("INFO {section}: unexpected reply {other:?}"),
     }
-    s.write_all(&out).await?;
-    let mut buf = Vec::new();
-    let read = async {
-        loop {
-            let mut chunk = [0u8; 4096];
-            let n = s.read(&mut chunk).await?;
-            if n == 0 {
-                anyhow::bail!("connection closed before INFO reply");
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            if let Some(text) = bulk_text(&buf)? {
-                return Ok(text);
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(2), read).await?
-}
-
-fn bulk_text(buf: &[u8]) -> anyhow::Result<Option<String>> {
-    let Some(eol) = buf.windows(2).position(|w| w == b"\r\n") else {
-        return Ok(None);
-    };
-    match buf.first() {
-        Some(b'$') => {
-            let len: usize = std::str::from_utf8(&buf[1..eol])?.parse()?;
-            if buf.len() < eol + 2 + len {
-                return Ok(None);
-            }
-            Ok(Some(
-                String::from_utf8_lossy(&buf[eol + 2..eol + 2 + len]).into_owned(),
-            ))
-        }
-        Some(b'-') => anyhow::bail!("{}", String::from_utf8_lossy(&buf[1..eol])),
-        _ => anyhow::bail!("unexpected INFO reply"),
-    }
-}
-
-/// The value of `name:value` in INFO text.
-pub fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
-    info.lines().find_map(|l| {
-        l.strip_prefix(name)
-            .and_then(|r| r.strip_prefix(':'))
-            .map(str::trim)
-    })
 }
 
 /// One stage of a write's path through the leader.
@@ -260,11 +176,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_info_fields_and_stages() {
-        let info = "# Replication\r\nrole:leader\r\ncommit_index:42\r\n";
-        assert_eq!(info_field(info, "role"), Some("leader"));
-        assert_eq!(info_field(info, "commit_index"), Some("42"));
-        assert_eq!(info_field(info, "missing"), None);
+    fn parses_stage_lines() {
         let stages = parse_stages(
             "# Latency\nstage_received->queued:p50=3,p99=10,p999=20,count=5\nother:1\n",
         );
@@ -278,21 +190,17 @@ mod tests {
                 count: 5
             }]
         );
-    }
-
-    #[test]
-    fn reads_bulk_and_error_replies() {
-        assert_eq!(bulk_text(b"$5\r\nhello\r\n").unwrap(), Some("hello".into()));
-        assert_eq!(bulk_text(b"$5\r\nhel").unwrap(), None);
-        assert!(bulk_text(b"-ERR nope\r\n").is_err());
-    }
-
-    #[test]
-    fn reads_client_addr_from_config() {
-        assert_eq!(
-            client_addr_of("id = 1\nclient_addr = \"127.0.0.1:7001\"\n").unwrap(),
-            "127.0.0.1:7001".parse().unwrap()
+        assert!(
+            parse_stages("stage_x:p50=1,p99=2\n").is_empty(),
+            "incomplete lines are skipped"
         );
-        assert!(client_addr_of("id = 1\n").is_err());
+    }
+
+    #[test]
+    fn storage_names_map_to_kinds() {
+        assert_eq!(storage_kind("file").unwrap(), StorageKind::File);
+        assert_eq!(storage_kind("nvm").unwrap(), StorageKind::Nvm);
+        assert_eq!(storage_kind("memory").unwrap(), StorageKind::Memory);
+        assert!(storage_kind("tape").is_err());
     }
 }
