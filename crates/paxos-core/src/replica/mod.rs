@@ -908,20 +908,9 @@ impl Replica {
         value: Value,
         leader_commit: Slot,
     ) {
-        self.observe(ballot);
-        if ballot < self.promised {
-            self.send(
-                from,
-                Message::Reject {
-                    promised: self.promised,
-                },
-            );
+        if !self.admit_leader_message(now, from, ballot) {
             return;
         }
-        if ballot > self.promised {
-            self.raise_promise(now, ballot);
-        }
-        self.follow(now, from, ballot);
         let accepted = self.accept_entry(slot, ballot, value);
         self.learn_commit(now, ballot, leader_commit);
         if accepted {
@@ -989,7 +978,11 @@ impl Replica {
         }
     }
 
-    fn on_heartbeat(&mut self, now: Time, from: ReplicaId, ballot: Ballot, leader_commit: Slot) {
+    /// Common start of a message from the leader of `ballot` (Accept,
+    /// Heartbeat): a ballot below the promise is rejected and the message
+    /// dropped (`false`); a higher one is promised durably; the sender is
+    /// followed as leader.
+    fn admit_leader_message(&mut self, now: Time, from: ReplicaId, ballot: Ballot) -> bool {
         self.observe(ballot);
         if ballot < self.promised {
             self.send(
@@ -998,12 +991,20 @@ impl Replica {
                     promised: self.promised,
                 },
             );
-            return;
+            return false;
         }
         if ballot > self.promised {
             self.raise_promise(now, ballot);
         }
         self.follow(now, from, ballot);
+        ensures!(self.promised == ballot);
+        true
+    }
+
+    fn on_heartbeat(&mut self, now: Time, from: ReplicaId, ballot: Ballot, leader_commit: Slot) {
+        if !self.admit_leader_message(now, from, ballot) {
+            return;
+        }
         self.note_peer(now, from, leader_commit, None);
         self.learn_commit(now, ballot, leader_commit);
         let msg = Message::HeartbeatAck {
