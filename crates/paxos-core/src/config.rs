@@ -1,7 +1,7 @@
 //! Replica configuration and its validation.
 
 use crate::batch::BatchLimits;
-use crate::types::{Membership, ReplicaId};
+use crate::types::{Ballot, Membership, ReplicaId};
 
 /// Most voters a membership may have (votes are tracked in a 128-bit set).
 pub const MAX_VOTERS: usize = 128;
@@ -11,8 +11,15 @@ pub const MAX_VOTERS: usize = 128;
 pub struct Config {
     /// This replica.
     pub id: ReplicaId,
-    /// Bootstrap membership (durable state carries none yet).
+    /// The membership in force after the state machine's `applied_through`
+    /// (see `Replica::new`): the initial one, or the one the last applied
+    /// `Reconfigure` installed, as kept in the state machine's checkpoint.
     pub membership: Membership,
+    /// The ballot the `Reconfigure` that installed `membership` was applied
+    /// under (`Action::Apply`'s ballot); `Ballot::ZERO` for the initial
+    /// membership. Elections in a membership run in ballots above the one
+    /// that installed it (see the replica's invariant 10).
+    pub membership_ballot: Ballot,
     /// Most decrees proposed but not yet chosen (RSL: 1).
     pub pipeline_window: usize,
     /// Per-decree request count and byte limits; a proposed value larger than
@@ -64,6 +71,7 @@ impl Config {
         Config {
             id,
             membership,
+            membership_ballot: Ballot::ZERO,
             pipeline_window: 64,
             batch_limits: BatchLimits::default(),
             heartbeat_interval_us: 50_000,

@@ -32,8 +32,14 @@
 //! - **Bounded everything**: window, accept horizon, retained decrees, chunk
 //!   sizes, message sizes, and a [`codec`] that rejects oversize counts.
 //!
-//! Reconfiguration ([`Value::Reconfigure`]) is not supported yet: proposing
-//! one returns [`ProposeError::Unsupported`].
+//! - **Reconfiguration** with [`Replica::change_configuration`]: new voters
+//!   join as learners and are promoted once caught up; each change is a
+//!   [`Value::Reconfigure`] decree of its own that governs the slots above
+//!   it, and a leader proposes nothing above an unchosen one (invariant 10
+//!   in the replica module argues quorum intersection across the change).
+//!   A removed leader hands over to the most caught-up new voter.
+//! - **Health**: [`Replica::peer_status`] reports per-peer connectivity,
+//!   lag and last contact (RSL's `GetReplicasInformation`).
 //!
 //! # Invariants
 //!
@@ -125,7 +131,7 @@ pub use config::{Config, ConfigError};
 pub use message::Message;
 #[cfg(feature = "planted-bugs")]
 pub use replica::PlantedBug;
-pub use replica::{Action, PersistToken, ProposeError, Replica, Role, Status};
+pub use replica::{Action, PeerStatus, PersistToken, ProposeError, Replica, Role, Status};
 pub use types::*;
 
 #[cfg(test)]

@@ -52,6 +52,35 @@
 //!    memory holds committed entries only for the last `retain_decrees`
 //!    slots; promise and catch-up chunks hold at most `catchup_chunk_decrees`
 //!    entries and stay under `max_message_bytes`.
+//! 10. **Reconfiguration.** A `Reconfigure(m)` decree chosen at slot `s`
+//!     governs every slot above `s`; slots up to `s` keep the membership in
+//!     force before it. So each slot has exactly one membership, and every
+//!     quorum that decides it (phase 1 and phase 2 alike) is a majority of
+//!     that membership's voters: quorum intersection holds slot by slot, for
+//!     any change of voters, with no joint-consensus phase. What makes that
+//!     true under pipelining:
+//!     - A leader never has a slot above an unchosen `Reconfigure` in
+//!       flight (fresh or re-proposed): it proposes nothing above it until
+//!       it is chosen (`reconfig_slot`, plain `assert!`). So every slot a
+//!       leader proposes is governed by the membership it knows.
+//!     - Phase 1 results are used only for slots the asked membership
+//!       governs: learning from promises and re-proposing the recovered
+//!       window both stop at the first `Reconfigure` above the commit index.
+//!     - A replica switches membership when its commit index passes `s`
+//!       (leader and followers alike). A leader whose voters changed runs
+//!       phase 1 again among the new voters in a higher ballot; one that was
+//!       removed hands over to the most caught-up new voter and steps down.
+//!     - Every election in `m` runs in a ballot above the one `s` is held
+//!       under (the switch observes it; a restart from a checkpoint gets it
+//!       from `Config::membership_ballot`), hence above every ballot in which
+//!       an old-membership leader could have proposed a slot above `s` (any
+//!       old leader in a higher ballot found the `Reconfigure` in its phase
+//!       1 and stopped there). Votes such a leader left on new voters are
+//!       therefore outranked by every vote of the new membership, and the
+//!       highest-ballot rule of phase 1 stays sound.
+//!     - A voter ignores non-members (a removed replica cannot disrupt it
+//!       with elections), and a non-voter follows anyone: learners catch up
+//!       before `change_configuration` promotes them.
 //!
 //! # Restart
 //!
@@ -141,8 +170,11 @@ pub struct Status {
     pub applied_index: Slot,
     /// Decrees proposed by this leader and not yet chosen.
     pub in_flight: usize,
-    /// The membership in force.
+    /// The membership in force for slots above `membership_slot`.
     pub membership: Membership,
+    /// The slot of the `Reconfigure` decree that installed `membership` (0:
+    /// the membership the replica was started with).
+    pub membership_slot: Slot,
     /// The replica is behind and no peer still holds the decrees it misses:
     /// it needs a snapshot (checkpoint) from a peer.
     pub needs_snapshot: bool,
@@ -168,12 +200,39 @@ pub enum ProposeError {
         /// The limit.
         max: usize,
     },
-    /// Reconfiguration is not supported yet.
-    #[error("reconfiguration is not supported yet")]
-    Unsupported,
+    /// A configuration change is in flight (proposed and not yet chosen, or
+    /// waiting for new members to catch up): retry after it took effect.
+    #[error("a configuration change is in flight")]
+    ConfigChangeInFlight,
+    /// The requested membership cannot be used.
+    #[error("invalid membership: {why}")]
+    BadMembership {
+        /// What is wrong with it.
+        why: &'static str,
+    },
     /// `relinquish_primary` found no follower that may become primary.
     #[error("no eligible successor")]
     NoSuccessor,
+}
+
+/// What this replica knows about one peer: RSL's `GetReplicasInformation`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerStatus {
+    /// The peer.
+    pub id: ReplicaId,
+    /// Whether it votes in the membership in force.
+    pub voter: bool,
+    /// The highest commit index it reported, if it was ever heard from.
+    pub commit_index: Option<Slot>,
+    /// How many slots it is behind this replica's commit index (0 if ahead
+    /// or level; `None` if never heard from).
+    pub lag: Option<u64>,
+    /// Microseconds since it was last heard from, if ever.
+    pub last_heard_us_ago: Option<u64>,
+    /// Whether it was heard from within the minimum election timeout.
+    pub connected: bool,
+    /// Its `CanBecomePrimary` answer, as last reported.
+    pub can_become_primary: bool,
 }
 
 /// Deliberate protocol bugs, compiled only with the `planted-bugs` feature,
@@ -258,6 +317,11 @@ struct LeaderState {
     in_flight: BTreeMap<Slot, InFlight>,
     /// Whether the recovered window is chosen and `Leader` was reported.
     announced: bool,
+    /// The slot of a `Reconfigure` this leader proposed (or re-proposed) and
+    /// whose commit it has not yet passed. Nothing above it is proposed
+    /// until it is chosen: the decree decides the membership of every
+    /// later slot.
+    reconfig_slot: Option<Slot>,
     /// When each voter last acknowledged this ballot.
     last_ack: BTreeMap<ReplicaId, Time>,
     elected_at: Time,
@@ -295,7 +359,20 @@ struct FetchState {
 pub struct Replica {
     config: Config,
     id: ReplicaId,
+    /// The membership in force for every slot above `membership_slot` (and
+    /// at least up to `commit_index + 1`).
     membership: Membership,
+    /// The slot of the chosen `Reconfigure` that installed `membership`; 0
+    /// for the one the replica was started with.
+    membership_slot: Slot,
+    /// Committed slots up to this one were checked for `Reconfigure`.
+    config_scanned_through: Slot,
+    /// Members of the membership replaced last: a removed leader may still
+    /// hand over (`TimeoutNow`) and serve catch-up after the switch.
+    previous_members: Vec<ReplicaId>,
+    /// A membership the leader is working towards: new voters first join as
+    /// learners and are promoted once they caught up.
+    pending_target: Option<Membership>,
     rng: SmallRng,
     can_become_primary: bool,
     bugs: Bugs,
@@ -336,7 +413,7 @@ pub struct Replica {
     gated: VecDeque<(u64, ReplicaId, Message)>,
     /// Messages this replica sent to itself, handled before the call returns.
     self_inbox: VecDeque<Message>,
-    reported: Option<(Role, Option<ReplicaId>, bool)>,
+    reported: Option<(Role, Option<ReplicaId>, bool, Slot)>,
 }
 
 impl Replica {
@@ -359,6 +436,12 @@ impl Replica {
     /// the state machine already holds (from its checkpoint; 0 if none).
     /// Decrees in `applied_through + 1 ..= durable.commit_index` are handed
     /// out again as `Apply` actions.
+    ///
+    /// `config.membership` must be the membership in force after
+    /// `applied_through`: the initial one if no `Reconfigure` was applied,
+    /// otherwise the last one applied (the state machine keeps it in its
+    /// checkpoint). Reconfigurations among the recovered committed decrees
+    /// are adopted here.
     ///
     /// # Panics
     ///
@@ -384,6 +467,10 @@ impl Replica {
         let mut r = Replica {
             id,
             membership,
+            membership_slot: 0,
+            config_scanned_through: applied_through,
+            previous_members: Vec::new(),
+            pending_target: None,
             rng: SmallRng::seed_from_u64(seed ^ (u64::from(id.0) << 32)),
             can_become_primary: true,
             bugs: Bugs::default(),
@@ -391,7 +478,7 @@ impl Replica {
             log: accepted,
             log_start: truncated_through + 1,
             truncated_through,
-            max_seen_round: promised.round,
+            max_seen_round: promised.round.max(config.membership_ballot.round),
             commit_index: durable_commit.max(applied_through),
             applied_index: applied_through,
             known_commit: durable_commit.max(applied_through),
@@ -427,6 +514,7 @@ impl Replica {
             r.needs_snapshot = true;
         }
         r.reset_election_timer(now);
+        r.adopt_chosen_configs(now);
         r.apply_committed();
         r.finish(now);
         r.check_invariants();
@@ -437,12 +525,19 @@ impl Replica {
     // Public entry points.
     // ------------------------------------------------------------------
 
-    /// Handles a message from a peer. Messages from replicas outside the
-    /// membership, or claiming to come from this replica, are ignored.
+    /// Handles a message from a peer.
+    ///
+    /// A voter ignores messages from replicas outside its membership (so a
+    /// removed replica that does not know it was removed cannot disrupt the
+    /// cluster with elections), except hand-over and catch-up traffic from
+    /// members of the membership it just replaced. A non-voter (a learner, or
+    /// a replica joining) listens to everyone: it casts no vote that counts,
+    /// and it must follow whoever leads while it catches up. Messages
+    /// claiming to come from this replica are ignored.
     pub fn handle_message(&mut self, now: Time, from: ReplicaId, msg: Message) {
         let old_promised = snapshot!(self.promised);
         let old_commit = snapshot!(self.commit_index);
-        if from != self.id && self.membership.contains(from) {
+        if from != self.id && self.admits(from, &msg) {
             self.dispatch(now, from, msg);
         }
         self.finish(now);
@@ -527,6 +622,68 @@ impl Replica {
         result
     }
 
+    /// Moves the cluster to `target` (RSL's `ChangeConfiguration`).
+    ///
+    /// Only the announced leader accepts it, and only one change at a time
+    /// (`ConfigChangeInFlight` otherwise). Replicas that `target` makes
+    /// voters and that are not members yet first join as learners (a
+    /// `Reconfigure` that keeps the voters), and are promoted by a second
+    /// `Reconfigure` once each is within `pipeline_window` slots of the
+    /// leader's commit index and was heard from recently; the leader drives
+    /// this from its timer. Each step is a decree of its own, never batched
+    /// with requests, and takes effect for the slots above it once chosen
+    /// (see invariant 10). The change is done when [`Status::membership`]
+    /// equals `target`; it is abandoned if this replica stops leading.
+    ///
+    /// A leader that `target` removes hands over to the most caught-up new
+    /// voter once the change is chosen, and steps down.
+    pub fn change_configuration(
+        &mut self,
+        now: Time,
+        target: Membership,
+    ) -> Result<(), ProposeError> {
+        let wanted = snapshot!(target.clone());
+        let result = self.change_configuration_inner(now, target);
+        self.finish(now);
+        ensures!(
+            result.is_err()
+                || self.pending_target.is_some()
+                || Some(&self.membership) == wanted.as_ref(),
+            "an accepted change is pending or already in force"
+        );
+        self.check_invariants();
+        result
+    }
+
+    /// The membership change in progress, if this replica leads one.
+    pub fn pending_configuration(&self) -> Option<&Membership> {
+        self.pending_target.as_ref()
+    }
+
+    /// What this replica knows about every other member: RSL's
+    /// `GetReplicasInformation`. Peers are heard from through the leader's
+    /// heartbeats and their acknowledgements, so a follower knows the
+    /// leader and the leader knows everyone.
+    pub fn peer_status(&self, now: Time) -> Vec<PeerStatus> {
+        self.peer_ids
+            .iter()
+            .map(|id| {
+                let info = self.peers.get(id);
+                PeerStatus {
+                    id: *id,
+                    voter: self.membership.is_voter(*id),
+                    commit_index: info.map(|p| p.commit_index),
+                    lag: info.map(|p| self.commit_index.saturating_sub(p.commit_index)),
+                    last_heard_us_ago: info.map(|p| now.micros_since(p.last_heard)),
+                    connected: info.is_some_and(|p| {
+                        now.micros_since(p.last_heard) < self.config.election_timeout_min_us
+                    }),
+                    can_become_primary: info.is_none_or(|p| p.can_become_primary),
+                }
+            })
+            .collect()
+    }
+
     /// RSL's CanBecomePrimary veto: while `false` this replica never starts
     /// phase 1 (neither on timeout nor when asked to take over), and its
     /// heartbeat acks tell the leader so. A replica that already leads keeps
@@ -556,6 +713,7 @@ impl Replica {
                 _ => 0,
             },
             membership: self.membership.clone(),
+            membership_slot: self.membership_slot,
             needs_snapshot: self.needs_snapshot,
         }
     }
@@ -607,6 +765,18 @@ impl Replica {
     // ------------------------------------------------------------------
     // Plumbing.
     // ------------------------------------------------------------------
+
+    /// Whether a message from `from` is taken (see `handle_message`).
+    fn admits(&self, from: ReplicaId, msg: &Message) -> bool {
+        if self.membership.contains(from) || !self.is_voter(self.id) {
+            return true;
+        }
+        self.previous_members.contains(&from)
+            && matches!(
+                msg,
+                Message::TimeoutNow { .. } | Message::Fetch { .. } | Message::Decrees { .. }
+            )
+    }
 
     fn dispatch(&mut self, now: Time, from: ReplicaId, msg: Message) {
         match msg {
@@ -674,7 +844,7 @@ impl Replica {
         }
         self.flush_persist();
         let (role, leader) = self.role_and_leader();
-        let now_reported = (role, leader, self.needs_snapshot);
+        let now_reported = (role, leader, self.needs_snapshot, self.membership_slot);
         if self.reported != Some(now_reported) {
             self.reported = Some(now_reported);
             self.actions.push_back(Action::StatusChanged(self.status()));
@@ -802,6 +972,11 @@ impl Replica {
         self.promised = ballot;
         self.observe(ballot);
         self.persist(PersistEntry::Promise(ballot));
+        if ballot.leader != self.id {
+            // Another replica leads now: an operator's change in progress
+            // here is abandoned (the caller sees it never completed).
+            self.pending_target = None;
+        }
         let demoted = match &self.role {
             RoleState::Candidate(c) => c.ballot < ballot,
             RoleState::Leader(l) => l.ballot < ballot,
@@ -847,6 +1022,11 @@ impl Replica {
             return;
         }
         if !self.is_voter(self.id) {
+            // Perhaps a voter of a membership this replica has not learned
+            // yet: the candidate has everything below `from_slot` chosen, so
+            // catch up (and then answer its retried Prepare).
+            self.known_commit = self.known_commit.max(from_slot.saturating_sub(1));
+            self.request_fetch(now);
             return;
         }
         if ballot > self.promised {
@@ -1049,6 +1229,7 @@ impl Replica {
         }
         if self.commit_index > before {
             self.persist(PersistEntry::Commit(self.commit_index));
+            self.adopt_chosen_configs(now);
             self.apply_committed();
         }
         if self.commit_index < self.known_commit {
@@ -1255,6 +1436,7 @@ impl Replica {
         }
         if self.commit_index > before {
             self.persist(PersistEntry::Commit(self.commit_index));
+            self.adopt_chosen_configs(now);
             self.apply_committed();
             self.fetch.unable.clear();
             self.fetch.any_compacted = false;
@@ -1415,18 +1597,46 @@ impl Replica {
         // its chosen value (every vote at or above the choosing ballot
         // carries it, and the quorum meets the choosing one): learn them
         // instead of re-proposing them.
+        //
+        // This holds only for slots governed by the membership the promises
+        // came from: learning stops right after a `Reconfigure`, since the
+        // slots above it are decided by the new voters' quorums.
         let before = self.commit_index;
         while self.commit_index < c.max_usable_commit {
             let slot = self.commit_index + 1;
             let Some(e) = recovered.get(&slot) else { break };
             let (ballot, value) = (e.ballot, e.value.clone());
+            let is_reconfig = matches!(value, Value::Reconfigure(_));
             self.learn_chosen(slot, ballot, value);
             self.commit_index = slot;
+            if is_reconfig {
+                break;
+            }
         }
         if self.commit_index > before {
             self.known_commit = self.known_commit.max(self.commit_index);
             self.persist(PersistEntry::Commit(self.commit_index));
+            let voters_before = self.membership.voters.clone();
+            self.adopt_chosen_configs(now);
             self.apply_committed();
+            if self.membership.voters != voters_before {
+                // Phase 1 ran with the old voters; it says nothing about
+                // the slots the new ones govern. Start over with them.
+                self.start_election(now);
+                return;
+            }
+        }
+        recovered = recovered.split_off(&(self.commit_index + 1));
+        // Re-propose up to the first `Reconfigure` at most: the slots above
+        // it belong to the membership it installs, whose quorums this phase
+        // 1 did not ask. They are recovered by the election that follows
+        // once it is chosen.
+        if let Some(s) = recovered
+            .values()
+            .find(|e| matches!(e.value, Value::Reconfigure(_)))
+            .map(|e| e.slot)
+        {
+            recovered.split_off(&(s + 1));
         }
         let recover_next = self.commit_index + 1;
         let recover_through = recovered
@@ -1435,7 +1645,6 @@ impl Replica {
             .copied()
             .unwrap_or(0)
             .max(self.commit_index);
-        recovered = recovered.split_off(&recover_next);
         self.fetch = FetchState::default();
         self.leader = None;
         self.role = RoleState::Leader(LeaderState {
@@ -1446,6 +1655,7 @@ impl Replica {
             next_slot: recover_next,
             in_flight: BTreeMap::new(),
             announced: false,
+            reconfig_slot: None,
             last_ack: BTreeMap::new(),
             elected_at: now,
         });
@@ -1480,8 +1690,11 @@ impl Replica {
         if !l.announced {
             return Err(ProposeError::NotLeader { leader: None });
         }
-        if matches!(value, Value::Reconfigure(_)) {
-            return Err(ProposeError::Unsupported);
+        if l.reconfig_slot.is_some() {
+            return Err(ProposeError::ConfigChangeInFlight);
+        }
+        if let Value::Reconfigure(m) = &value {
+            check_membership(m)?;
         }
         let len = value.payload_len();
         if len > max_bytes {
@@ -1508,8 +1721,15 @@ impl Replica {
             slot, l.next_slot,
             "a leader proposes slots in order, each once per ballot"
         );
+        assert!(
+            l.reconfig_slot.is_none(),
+            "nothing is proposed above an unchosen Reconfigure"
+        );
         let ballot = l.ballot;
         l.next_slot = slot + 1;
+        if matches!(value, Value::Reconfigure(_)) {
+            l.reconfig_slot = Some(slot);
+        }
         l.in_flight.insert(
             slot,
             InFlight {
@@ -1563,6 +1783,16 @@ impl Replica {
     }
 
     fn maybe_announce(&mut self) {
+        let commit = self.commit_index;
+        if let RoleState::Leader(l) = &mut self.role {
+            if l.reconfig_slot.is_some_and(|s| s <= commit) {
+                l.reconfig_slot = None;
+            }
+        }
+        self.announce_if_recovered();
+    }
+
+    fn announce_if_recovered(&mut self) {
         let commit = self.commit_index;
         if let RoleState::Leader(l) = &mut self.role {
             if !l.announced && l.recover_next > l.recover_through && commit >= l.recover_through {
@@ -1629,9 +1859,13 @@ impl Replica {
         if self.commit_index > before {
             self.known_commit = self.known_commit.max(self.commit_index);
             self.persist(PersistEntry::Commit(self.commit_index));
+            // May re-elect (voters changed) or hand over (removed).
+            self.adopt_chosen_configs(now);
             self.apply_committed();
+            self.maybe_announce();
             self.drain_recovery(now);
             self.maybe_announce();
+            self.advance_pending_target(now);
         }
     }
 
@@ -1752,6 +1986,8 @@ impl Replica {
         }
         if lost_quorum {
             self.step_down(now);
+        } else {
+            self.advance_pending_target(now);
         }
     }
 
@@ -1765,23 +2001,32 @@ impl Replica {
             return Err(ProposeError::NotLeader { leader: None });
         }
         let ballot = l.ballot;
-        let successor = self
-            .membership
+        let successor = self.pick_successor(now).ok_or(ProposeError::NoSuccessor)?;
+        self.pending_target = None;
+        self.hand_over(now, ballot, successor);
+        Ok(())
+    }
+
+    /// The most caught-up voter other than this replica that may lead and
+    /// was heard from recently: a hand-off to a dead replica would leave the
+    /// cluster leaderless until an election timeout.
+    fn pick_successor(&self, now: Time) -> Option<ReplicaId> {
+        self.membership
             .voters
             .iter()
             .filter(|v| **v != self.id)
             .filter_map(|v| self.peers.get(v).map(|p| (*v, *p)))
-            // Only peers that may lead and were heard from recently: a
-            // hand-off to a dead replica would leave the cluster leaderless
-            // until an election timeout.
             .filter(|(_, p)| {
                 p.can_become_primary
                     && now.micros_since(p.last_heard) < self.config.election_timeout_min_us
             })
             .max_by_key(|(v, p)| (p.commit_index, std::cmp::Reverse(*v)))
             .map(|(v, _)| v)
-            .ok_or(ProposeError::NoSuccessor)?;
-        // Bring the successor up to date first, then hand over.
+    }
+
+    /// Steps down in favour of `successor`: it is brought up to date and told
+    /// to start phase 1 at once.
+    fn hand_over(&mut self, now: Time, ballot: Ballot, successor: ReplicaId) {
         let msg = Message::Heartbeat {
             ballot,
             commit_index: self.commit_index,
@@ -1793,7 +2038,194 @@ impl Replica {
         self.election_deadline = self
             .election_deadline
             .plus_micros(self.config.election_timeout_max_us);
+    }
+
+    // ------------------------------------------------------------------
+    // Reconfiguration.
+    // ------------------------------------------------------------------
+
+    fn change_configuration_inner(
+        &mut self,
+        now: Time,
+        target: Membership,
+    ) -> Result<(), ProposeError> {
+        check_membership(&target)?;
+        let leader = self.leader;
+        let RoleState::Leader(l) = &self.role else {
+            return Err(ProposeError::NotLeader { leader });
+        };
+        if !l.announced {
+            return Err(ProposeError::NotLeader { leader: None });
+        }
+        if l.reconfig_slot.is_some() || self.pending_target.is_some() {
+            return Err(ProposeError::ConfigChangeInFlight);
+        }
+        if target == self.membership {
+            return Ok(());
+        }
+        self.pending_target = Some(target);
+        self.advance_pending_target(now);
         Ok(())
+    }
+
+    /// Proposes the next step towards `pending_target` if one is due: new
+    /// voters join as learners first, and the target itself is proposed once
+    /// they caught up.
+    fn advance_pending_target(&mut self, now: Time) {
+        let Some(target) = self.pending_target.clone() else {
+            return;
+        };
+        let RoleState::Leader(l) = &self.role else {
+            return;
+        };
+        if !l.announced || l.reconfig_slot.is_some() {
+            return;
+        }
+        if target == self.membership {
+            self.pending_target = None;
+            return;
+        }
+        let current = &self.membership;
+        let newcomers: Vec<ReplicaId> = target
+            .voters
+            .iter()
+            .copied()
+            .filter(|r| !current.is_voter(*r))
+            .collect();
+        let step = if newcomers.iter().any(|r| !current.contains(*r)) {
+            // Step 1: same voters, newcomers as learners.
+            let mut learners: Vec<ReplicaId> = current
+                .learners
+                .iter()
+                .copied()
+                .chain(newcomers.iter().copied())
+                .collect();
+            learners.sort_unstable();
+            learners.dedup();
+            Membership {
+                voters: current.voters.clone(),
+                learners,
+            }
+        } else if newcomers.iter().all(|r| self.caught_up(now, *r)) {
+            target
+        } else {
+            return; // wait for the learners to catch up
+        };
+        match self.propose_inner(now, Value::Reconfigure(step)) {
+            Ok(_) => {}
+            // Retried from the timer once the window drains.
+            Err(ProposeError::WindowFull) => {}
+            Err(e) => {
+                // Cannot happen for a leader that checked the target; give
+                // up rather than retry forever.
+                debug_assert!(false, "reconfiguration step refused: {e}");
+                self.pending_target = None;
+            }
+        }
+    }
+
+    /// Whether learner `r` is close enough to be promoted without stalling
+    /// the new quorum.
+    fn caught_up(&self, now: Time, r: ReplicaId) -> bool {
+        self.peers.get(&r).is_some_and(|p| {
+            p.commit_index + self.config.pipeline_window as u64 >= self.commit_index
+                && now.micros_since(p.last_heard) < self.config.election_timeout_min_us
+        })
+    }
+
+    /// Adopts every `Reconfigure` chosen at the slots committed since the
+    /// last call, in slot order. Must run before `apply_committed` trims the
+    /// entries from memory.
+    fn adopt_chosen_configs(&mut self, now: Time) {
+        if self.config_scanned_through >= self.commit_index {
+            return;
+        }
+        let from = (self.config_scanned_through + 1).max(self.log_start);
+        let found: Vec<(Slot, Ballot, Membership)> = self
+            .log
+            .range(from..=self.commit_index)
+            .filter_map(|(slot, e)| match &e.value {
+                Value::Reconfigure(m) => Some((*slot, e.ballot, m.clone())),
+                _ => None,
+            })
+            .collect();
+        self.config_scanned_through = self.commit_index;
+        for (slot, ballot, m) in found {
+            self.switch_membership(now, slot, ballot, m);
+        }
+    }
+
+    /// `m`, chosen at `slot` (held here under `ballot`), governs every slot
+    /// above `slot` from now on.
+    fn switch_membership(&mut self, now: Time, slot: Slot, ballot: Ballot, m: Membership) {
+        requires!(slot > self.membership_slot && slot <= self.commit_index);
+        // Invariant 10: every election in `m` runs above this ballot.
+        self.observe(ballot);
+        if !m.is_well_formed() || m.voters.is_empty() {
+            // A chosen decree is a fact: a malformed one (never proposed by
+            // this code, which checks) is ignored rather than trusted.
+            return;
+        }
+        let voters_changed = m.voters != self.membership.voters;
+        let old = std::mem::replace(&mut self.membership, m);
+        self.membership_slot = slot;
+        self.previous_members = old
+            .all()
+            .filter(|r| !self.membership.contains(*r))
+            .collect();
+        self.peer_ids = self.membership.all().filter(|r| *r != self.id).collect();
+        let members = self.membership.clone();
+        self.peers.retain(|r, _| members.contains(*r));
+        if self.pending_target.as_ref() == Some(&self.membership) {
+            self.pending_target = None;
+        }
+        if !voters_changed {
+            return;
+        }
+        match &self.role {
+            RoleState::Leader(l) => {
+                invariant!(
+                    l.in_flight.is_empty(),
+                    "nothing is in flight above a chosen Reconfigure"
+                );
+                let ballot = l.ballot;
+                // Tell old and new members at once that the change is
+                // chosen, in the ballot their votes for it were cast in (so
+                // that they can learn it without a fetch): new voters switch
+                // and answer the coming Prepare, removed ones stop
+                // campaigning.
+                let hb = Message::Heartbeat {
+                    ballot,
+                    commit_index: self.commit_index,
+                };
+                let mut told: Vec<ReplicaId> = self.peer_ids.clone();
+                told.extend(self.previous_members.iter().copied());
+                for r in told {
+                    if r != self.id {
+                        self.send(r, hb.clone());
+                    }
+                }
+                if self.is_voter(self.id) {
+                    // Phase 1 in the new voters, in a higher ballot.
+                    self.start_election(now);
+                } else {
+                    self.pending_target = None;
+                    match self.pick_successor(now) {
+                        Some(successor) => self.hand_over(now, ballot, successor),
+                        None => self.step_down(now),
+                    }
+                }
+            }
+            RoleState::Candidate(_) => {
+                // Its phase 1 asked the old voters.
+                if self.is_voter(self.id) {
+                    self.start_election(now);
+                } else {
+                    self.step_down(now);
+                }
+            }
+            RoleState::Follower => {}
+        }
     }
 
     // ------------------------------------------------------------------
@@ -1861,4 +2293,24 @@ impl Replica {
             RoleState::Follower => {}
         }
     }
+}
+
+/// Why `m` cannot be proposed as a membership, if it cannot.
+fn check_membership(m: &Membership) -> Result<(), ProposeError> {
+    if m.voters.is_empty() {
+        return Err(ProposeError::BadMembership {
+            why: "at least one voter",
+        });
+    }
+    if m.voters.len() > crate::config::MAX_VOTERS {
+        return Err(ProposeError::BadMembership {
+            why: "at most 128 voters",
+        });
+    }
+    if !m.is_well_formed() {
+        return Err(ProposeError::BadMembership {
+            why: "voters and learners sorted, without duplicates, disjoint",
+        });
+    }
+    Ok(())
 }

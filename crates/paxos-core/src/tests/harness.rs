@@ -7,7 +7,7 @@
 
 use crate::codec;
 use crate::{
-    Action, Config, DurableState, Membership, Message, PersistEntry, PersistToken, Replica,
+    Action, Ballot, Config, DurableState, Membership, Message, PersistEntry, PersistToken, Replica,
     ReplicaId, Slot, Status, Time, Value,
 };
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -38,10 +38,47 @@ pub struct Node {
     /// Whether persists complete as soon as they are issued.
     pub auto_persist: bool,
     pub seed: u64,
+    /// The membership the state machine last applied (slot, ballot, value),
+    /// as a real state machine keeps it for its checkpoint.
+    pub sm_membership: Option<(Slot, Ballot, Membership)>,
+    /// `sm_membership` as of `checkpoint`.
+    pub checkpoint_membership: Option<(Slot, Ballot, Membership)>,
+}
+
+impl Node {
+    fn new(config: Config, seed: u64, now: Time) -> Node {
+        let replica = Replica::new(config.clone(), DurableState::default(), 0, seed, now);
+        Node {
+            replica: Some(replica),
+            config,
+            durable: DurableState::default(),
+            pending: VecDeque::new(),
+            applied: Vec::new(),
+            applied_through: 0,
+            checkpoint: 0,
+            statuses: Vec::new(),
+            auto_persist: true,
+            seed,
+            sm_membership: None,
+            checkpoint_membership: None,
+        }
+    }
+
+    /// The config to restart with when the state machine holds `m`.
+    fn restart_config(&self, m: &Option<(Slot, Ballot, Membership)>) -> Config {
+        let mut config = self.config.clone();
+        if let Some((_, ballot, membership)) = m {
+            config.membership = membership.clone();
+            config.membership_ballot = *ballot;
+        }
+        config
+    }
 }
 
 pub struct Cluster {
     pub nodes: BTreeMap<ReplicaId, Node>,
+    /// Applied to each node's config (also to nodes added later).
+    pub tweak: fn(&mut Config),
     /// Messages in flight, delivered in FIFO order.
     pub net: VecDeque<(ReplicaId, ReplicaId, Message)>,
     pub now: Time,
@@ -54,41 +91,32 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    pub fn new(n: u32, tweak: impl Fn(&mut Config)) -> Cluster {
+    pub fn new(n: u32, tweak: fn(&mut Config)) -> Cluster {
         let members = Membership::with_voters((1..=n).map(ReplicaId).collect());
         Cluster::with_membership(members, tweak)
     }
 
-    pub fn with_membership(members: Membership, tweak: impl Fn(&mut Config)) -> Cluster {
+    fn config_for(rid: ReplicaId, members: &Membership, tweak: fn(&mut Config)) -> Config {
+        let mut config = Config::new(rid, members.clone());
+        config.heartbeat_interval_us = 10_000;
+        config.election_timeout_min_us = 50_000;
+        config.election_timeout_max_us = 100_000;
+        config.pipeline_window = 8;
+        config.max_accept_ahead = 32;
+        tweak(&mut config);
+        config
+    }
+
+    pub fn with_membership(members: Membership, tweak: fn(&mut Config)) -> Cluster {
         let mut nodes = BTreeMap::new();
         for rid in members.all() {
-            let mut config = Config::new(rid, members.clone());
-            config.heartbeat_interval_us = 10_000;
-            config.election_timeout_min_us = 50_000;
-            config.election_timeout_max_us = 100_000;
-            config.pipeline_window = 8;
-            config.max_accept_ahead = 32;
-            tweak(&mut config);
+            let config = Cluster::config_for(rid, &members, tweak);
             let seed = 0x5eed_0000 + u64::from(rid.0);
-            let replica = Replica::new(config.clone(), DurableState::default(), 0, seed, Time(0));
-            nodes.insert(
-                rid,
-                Node {
-                    replica: Some(replica),
-                    config,
-                    durable: DurableState::default(),
-                    pending: VecDeque::new(),
-                    applied: Vec::new(),
-                    applied_through: 0,
-                    checkpoint: 0,
-                    statuses: Vec::new(),
-                    auto_persist: true,
-                    seed,
-                },
-            );
+            nodes.insert(rid, Node::new(config, seed, Time(0)));
         }
         let mut c = Cluster {
             nodes,
+            tweak,
             net: VecDeque::new(),
             now: Time(0),
             cut: BTreeSet::new(),
@@ -97,6 +125,16 @@ impl Cluster {
         };
         c.pump();
         c
+    }
+
+    /// Starts a new, empty replica `r` that believes `members` is the
+    /// membership (it should not be a voter there: it joins as a learner).
+    pub fn add_node(&mut self, r: ReplicaId, members: Membership) {
+        assert!(!self.nodes.contains_key(&r));
+        let config = Cluster::config_for(r, &members, self.tweak);
+        let seed = 0x5eed_0000 + u64::from(r.0);
+        self.nodes.insert(r, Node::new(config, seed, self.now));
+        self.pump();
     }
 
     pub fn replica(&mut self, r: ReplicaId) -> &mut Replica {
@@ -114,8 +152,10 @@ impl Cluster {
             .status()
     }
 
+    /// Whether `r` exists and is running (a member that was never started
+    /// counts as down).
     pub fn is_up(&self, r: ReplicaId) -> bool {
-        self.nodes[&r].replica.is_some()
+        self.nodes.get(&r).is_some_and(|n| n.replica.is_some())
     }
 
     /// Drains every replica's actions and delivers messages until nothing
@@ -184,8 +224,15 @@ impl Cluster {
                 }
                 let _ = now;
             }
-            Action::Apply { slot, value, .. } => {
+            Action::Apply {
+                slot,
+                ballot,
+                value,
+            } => {
                 let node = self.nodes.get_mut(&r).unwrap();
+                if let Value::Reconfigure(m) = &value {
+                    node.sm_membership = Some((slot, ballot, m.clone()));
+                }
                 let expected = node
                     .applied
                     .last()
@@ -380,10 +427,12 @@ impl Cluster {
                 .map_or(node.applied_through, |(s, _)| *s);
         } else {
             node.applied_through = node.checkpoint;
+            node.sm_membership = node.checkpoint_membership.clone();
         }
         node.applied.clear();
+        let config = node.restart_config(&node.sm_membership);
         node.replica = Some(Replica::new(
-            node.config.clone(),
+            config,
             node.durable.clone(),
             node.applied_through,
             node.seed,
@@ -396,13 +445,18 @@ impl Cluster {
     /// real transfer is a later issue): `r` restarts with its state machine
     /// at that peer's applied index and storage truncated there.
     pub fn install_snapshot(&mut self, r: ReplicaId) {
-        let through = self
+        let (through, membership) = self
             .nodes
             .iter()
             .filter(|(o, n)| **o != r && n.replica.is_some())
-            .map(|(_, n)| n.replica.as_ref().unwrap().status().applied_index)
-            .max()
-            .unwrap_or(0);
+            .map(|(_, n)| {
+                (
+                    n.replica.as_ref().unwrap().status().applied_index,
+                    n.sm_membership.clone(),
+                )
+            })
+            .max_by_key(|(s, _)| *s)
+            .unwrap_or((0, None));
         self.crash(r);
         let now = self.now;
         let node = self.nodes.get_mut(&r).unwrap();
@@ -410,10 +464,13 @@ impl Cluster {
         node.durable.apply(&PersistEntry::Commit(through));
         node.applied_through = through;
         node.checkpoint = through;
+        node.sm_membership = membership.clone();
+        node.checkpoint_membership = membership;
         node.applied.clear();
         node.seed += 1000;
+        let config = node.restart_config(&node.sm_membership);
         node.replica = Some(Replica::new(
-            node.config.clone(),
+            config,
             node.durable.clone(),
             through,
             node.seed,
@@ -430,6 +487,7 @@ impl Cluster {
         };
         let through = rep.status().applied_index;
         node.checkpoint = through;
+        node.checkpoint_membership = node.sm_membership.clone();
         rep.compact(through);
     }
 

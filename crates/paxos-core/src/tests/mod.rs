@@ -9,4 +9,5 @@ mod learner;
 mod planted;
 mod proposer;
 mod props;
+mod reconfig;
 mod relinquish;

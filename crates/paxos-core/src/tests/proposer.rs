@@ -87,11 +87,19 @@ fn oversized_and_reconfigure_values_are_refused() {
         c.replica(leader).propose(now, big),
         Err(ProposeError::TooLarge { len: 65, max: 64 })
     );
-    let m = crate::Membership::with_voters(vec![id(1), id(2)]);
-    assert_eq!(
+    let m = crate::Membership {
+        voters: vec![id(2), id(1)],
+        learners: vec![],
+    };
+    assert!(matches!(
         c.replica(leader).propose(now, Value::Reconfigure(m)),
-        Err(ProposeError::Unsupported)
-    );
+        Err(ProposeError::BadMembership { .. })
+    ));
+    let empty = crate::Membership::with_voters(vec![]);
+    assert!(matches!(
+        c.replica(leader).propose(now, Value::Reconfigure(empty)),
+        Err(ProposeError::BadMembership { .. })
+    ));
     // Nothing was consumed: the next proposal still gets slot 1.
     assert_eq!(c.replica(leader).propose(now, req("ok")), Ok(1));
 }

@@ -1,0 +1,374 @@
+//! Membership change (`change_configuration`, `Value::Reconfigure`) and the
+//! per-peer health report.
+
+use super::harness::*;
+use crate::{Membership, ProposeError, ReplicaId, Role, Value};
+
+fn voters(ids: &[u32]) -> Membership {
+    Membership::with_voters(ids.iter().copied().map(id).collect())
+}
+
+/// What a fresh node is started with when it joins: the current voters,
+/// itself a learner.
+fn joining(current: &[u32], me: u32) -> Membership {
+    Membership {
+        voters: current.iter().copied().map(id).collect(),
+        learners: vec![id(me)],
+    }
+}
+
+/// Runs until every up replica in `members` reports `target` in force.
+fn wait_for_membership(c: &mut Cluster, members: &[ReplicaId], target: &Membership) {
+    let ms = members.to_vec();
+    let t = target.clone();
+    assert!(
+        c.run_until(3_000_000, |c| ms
+            .iter()
+            .all(|r| !c.is_up(*r) || c.status(*r).membership == t)),
+        "membership {target:?} not in force on {members:?}: {:?}",
+        members
+            .iter()
+            .filter(|r| c.is_up(**r))
+            .map(|r| (r, c.status(*r).membership))
+            .collect::<Vec<_>>()
+    );
+}
+
+/// Changes the membership through whoever leads, retrying while a leader
+/// is being elected (a change re-elects), and waits until it is in force.
+///
+/// A leader may lose its leadership before the change is chosen (the change
+/// is then abandoned): like an operator, ask again.
+fn change(c: &mut Cluster, target: &Membership) {
+    let everyone: Vec<ReplicaId> = target.all().collect();
+    for _ in 0..100 {
+        let leader = c.elect_any();
+        let now = c.now;
+        match c.replica(leader).change_configuration(now, target.clone()) {
+            Ok(()) => {}
+            Err(ProposeError::ConfigChangeInFlight | ProposeError::NotLeader { .. }) => {}
+            Err(e) => panic!("change_configuration: {e}"),
+        }
+        let t = target.clone();
+        let ms = everyone.clone();
+        if c.run_until(500_000, |c| {
+            ms.iter()
+                .all(|r| !c.is_up(*r) || c.status(*r).membership == t)
+        }) {
+            return;
+        }
+    }
+    wait_for_membership(c, &everyone, target);
+}
+
+#[test]
+fn a_new_replica_joins_as_learner_then_is_promoted() {
+    let mut c = Cluster::new(3, |_| {});
+    let leader = c.elect_any();
+    for i in 0..5 {
+        c.commit(req(&format!("before-{i}")));
+    }
+    c.add_node(id(4), joining(&[1, 2, 3], 4));
+    let now = c.now;
+    let target = voters(&[1, 2, 3, 4]);
+    c.replica(leader)
+        .change_configuration(now, target.clone())
+        .unwrap();
+    c.pump();
+    // Step 1 is a learner-only change: same voters, 4 as learner.
+    let step1 = Membership {
+        voters: vec![id(1), id(2), id(3)],
+        learners: vec![id(4)],
+    };
+    assert!(
+        c.nodes[&leader]
+            .applied
+            .iter()
+            .any(|(_, v)| *v == Value::Reconfigure(step1.clone()))
+            || c.run_until(1_000_000, |c| c.nodes[&leader]
+                .applied
+                .iter()
+                .any(|(_, v)| *v == Value::Reconfigure(step1.clone()))),
+        "the learner step was not chosen"
+    );
+    wait_for_membership(&mut c, &[id(1), id(2), id(3), id(4)], &target);
+    c.commit(req("after"));
+    // The newcomer holds the whole history, in the same order.
+    assert_eq!(c.applied_values(id(4)), c.applied_values(id(1)));
+    assert!(c.status(id(4)).membership.is_voter(id(4)));
+    // Its vote now counts: with one of the old three down, nothing commits
+    // without it (3 of 4).
+    c.crash(id(1));
+    let slot = c.propose_retrying(req("with-4"));
+    assert!(c.run_until(3_000_000, |c| c.all_applied(slot)));
+}
+
+#[test]
+fn walk_abc_bcd_cde_ade_under_load_loses_nothing() {
+    // RSL's own scenario: replace one replica at a time, with proposals in
+    // flight across every change.
+    let mut c = Cluster::new(3, |_| {});
+    c.elect_any();
+    let mut submitted = Vec::new();
+    let mut next = 0;
+    let mut submit_some = |c: &mut Cluster, n: usize| {
+        for _ in 0..n {
+            let v = req(&format!("w{next}"));
+            next += 1;
+            c.propose_retrying(v.clone());
+            submitted.push(v);
+        }
+    };
+    submit_some(&mut c, 10);
+    c.add_node(id(4), joining(&[1, 2, 3], 4));
+    submit_some(&mut c, 5);
+    change(&mut c, &voters(&[2, 3, 4]));
+    submit_some(&mut c, 10);
+    c.add_node(id(5), joining(&[2, 3, 4], 5));
+    change(&mut c, &voters(&[3, 4, 5]));
+    submit_some(&mut c, 10);
+    // A returns: it was removed, so it joins again like a new replica would
+    // (its old state is still there; it catches up from it).
+    change(&mut c, &voters(&[1, 4, 5]));
+    submit_some(&mut c, 10);
+    let leader = c.elect_any();
+    assert!(voters(&[1, 4, 5]).is_voter(leader));
+    // Every proposal is applied exactly once, in some order, on every
+    // replica of the final membership (values may repeat only if submitted
+    // twice, which they were not).
+    let last = c.status(leader).commit_index;
+    assert!(c.run_until(3_000_000, |c| [1, 4, 5]
+        .iter()
+        .all(|r| c.status(id(*r)).applied_index >= last)));
+    for r in [1, 4, 5] {
+        let applied = c.applied_values(id(r));
+        for v in &submitted {
+            let n = applied.iter().filter(|a| *a == v).count();
+            // Replica 1 restarted nothing, so it applied everything once.
+            assert!(n <= 1, "{v:?} applied {n} times on {r}");
+        }
+    }
+    let applied = c.applied_values(id(5));
+    assert_eq!(
+        c.nodes[&id(5)].applied.first().map(|(s, _)| *s),
+        Some(1),
+        "5 caught up from slot 1"
+    );
+    for v in &submitted {
+        assert!(applied.contains(v), "acknowledged write {v:?} lost");
+    }
+}
+
+#[test]
+fn removing_the_leader_hands_over_without_an_election_timeout() {
+    let mut c = Cluster::new(3, |_| {});
+    let old = c.elect_any();
+    c.commit(req("a"));
+    c.advance(30_000); // acks tell the leader who is caught up
+    let rest: Vec<u32> = (1..=3).filter(|r| id(*r) != old).collect();
+    let target = voters(&rest);
+    let now = c.now;
+    c.replica(old)
+        .change_configuration(now, target.clone())
+        .unwrap();
+    c.pump();
+    // Chosen, handed over, and a new leader in well under an election
+    // timeout (50-100 ms here).
+    assert!(
+        c.run_until(40_000, |c| c
+            .leader()
+            .is_some_and(|l| l != old && c.status(l).membership == target)),
+        "no new leader shortly after the leader removed itself"
+    );
+    assert_ne!(c.status(old).role, Role::Leader);
+    assert!(!c.status(old).membership.is_voter(old));
+    // The removed replica is not sent anything any more.
+    let members: Vec<ReplicaId> = target.voters.clone();
+    c.commit_on(&members, req("b"));
+    // The removed replica never leads again, even after timeouts.
+    c.advance(1_000_000);
+    assert_ne!(c.status(old).role, Role::Leader);
+    assert_ne!(c.status(old).role, Role::Candidate);
+}
+
+#[test]
+fn nothing_is_proposed_above_an_unchosen_reconfigure() {
+    let mut c = Cluster::new(3, |_| {});
+    let leader = c.elect_any();
+    c.commit(req("a"));
+    let now = c.now;
+    let s = c
+        .replica(leader)
+        .propose(now, Value::Reconfigure(voters(&[1, 2, 3, 4])))
+        .unwrap();
+    // Not pumped yet: the decree is in flight.
+    assert_eq!(
+        c.replica(leader).propose(now, req("b")),
+        Err(ProposeError::ConfigChangeInFlight)
+    );
+    assert_eq!(
+        c.replica(leader).change_configuration(now, voters(&[1, 2])),
+        Err(ProposeError::ConfigChangeInFlight)
+    );
+    assert_eq!(c.status(leader).in_flight, 1);
+    c.pump();
+    assert!(c.all_applied(s));
+    // Voters changed (4 is a voter that has not started): the leader runs
+    // phase 1 again; 1-3 are still a quorum of four.
+    let slot = c.propose_retrying(req("b"));
+    assert_eq!(slot, s + 1);
+    let now = c.now;
+    let leader = c.elect_any();
+    assert!(matches!(
+        c.replica(leader)
+            .change_configuration(now, Membership::with_voters(vec![])),
+        Err(ProposeError::BadMembership { .. })
+    ));
+    let follower = (1..=3).map(id).find(|r| *r != leader).unwrap();
+    assert!(matches!(
+        c.replica(follower)
+            .change_configuration(now, voters(&[1, 2, 3])),
+        Err(ProposeError::NotLeader { .. })
+    ));
+}
+
+#[test]
+fn a_reconfigure_found_in_phase_1_is_finished_before_anything_above_it() {
+    // The leader proposes a Reconfigure that only one follower accepts, then
+    // crashes. The next leader re-proposes it (it may be chosen) and
+    // proposes nothing above it in the old membership.
+    let mut c = Cluster::new(3, |_| {});
+    let old = c.elect_any();
+    c.commit(req("a"));
+    let others: Vec<ReplicaId> = (1..=3).map(id).filter(|r| *r != old).collect();
+    c.cut.insert((old, others[1]));
+    let now = c.now;
+    let target = voters(&[others[0].0, others[1].0]);
+    let s = c
+        .replica(old)
+        .propose(now, Value::Reconfigure(target.clone()))
+        .unwrap();
+    // Deliver the accept to others[0] only, then crash the leader before
+    // the Accepted comes back.
+    c.drain_actions();
+    let mut kept = std::collections::VecDeque::new();
+    while let Some((from, to, msg)) = c.net.pop_front() {
+        if from == old && to == others[0] {
+            let now = c.now;
+            c.replica(to).handle_message(now, from, msg);
+        } else {
+            kept.push_back((from, to, msg));
+        }
+    }
+    c.net = kept;
+    c.crash(old);
+    c.heal();
+    c.drain_actions();
+    c.net.retain(|(_, to, _)| *to != old);
+    let leader = c.elect_any();
+    assert!(target.is_voter(leader));
+    // Whoever won found the Reconfigure only if others[0] was in its
+    // quorum; either way the slot is decided once and identically.
+    let slot = c.commit(req("b"));
+    assert!(slot > s || c.chosen[&s] != Value::Reconfigure(target.clone()));
+    let m = c.status(leader).membership;
+    if c.chosen.get(&s) == Some(&Value::Reconfigure(target.clone())) {
+        assert_eq!(m, target);
+    }
+}
+
+#[test]
+fn restart_recovers_the_membership_from_log_and_checkpoint() {
+    let mut c = Cluster::new(3, |_| {});
+    c.elect_any();
+    c.commit(req("a"));
+    c.add_node(id(4), joining(&[1, 2, 3], 4));
+    let target = voters(&[1, 2, 3, 4]);
+    change(&mut c, &target);
+    c.commit(req("b"));
+    // From the log: no checkpoint, the state machine restarts empty.
+    c.crash(id(2));
+    c.restart(id(2), false);
+    assert_eq!(c.status(id(2)).membership, target);
+    // From a checkpoint that covers the Reconfigure, with the log truncated.
+    c.checkpoint_and_compact(id(3));
+    c.crash(id(3));
+    c.restart(id(3), false);
+    assert_eq!(c.status(id(3)).membership, target);
+    // A replica that installs a snapshot past the change gets it too.
+    c.crash(id(4));
+    c.install_snapshot(id(4));
+    assert_eq!(c.status(id(4)).membership, target);
+    c.commit(req("c"));
+}
+
+#[test]
+fn a_removed_replica_cannot_disrupt_the_new_membership() {
+    let mut c = Cluster::new(3, |_| {});
+    c.elect_any();
+    c.commit(req("a"));
+    // Isolate 3, then remove it while it cannot hear about it.
+    c.isolate(id(3));
+    change(&mut c, &voters(&[1, 2]));
+    let leader = c.elect_any();
+    let ballot = c.status(leader).ballot;
+    // 3 times out again and again, with ever higher ballots.
+    c.advance(1_000_000);
+    assert!(c.status(id(3)).ballot > ballot);
+    c.heal();
+    c.advance(500_000);
+    assert_eq!(
+        c.leader(),
+        Some(leader),
+        "the removed replica deposed the leader"
+    );
+    assert_eq!(c.status(leader).ballot, ballot);
+    c.commit_on(&[id(1), id(2)], req("b"));
+}
+
+#[test]
+fn peer_status_reports_lag_and_connectivity() {
+    let mut c = Cluster::new(3, |_| {});
+    let leader = c.elect_any();
+    c.commit(req("a"));
+    c.advance(30_000);
+    let now = c.now;
+    let peers = c.replica(leader).peer_status(now);
+    assert_eq!(peers.len(), 2);
+    for p in &peers {
+        assert!(p.voter && p.connected, "{p:?}");
+        assert_eq!(p.lag, Some(0), "{p:?}");
+        assert!(p.last_heard_us_ago.unwrap() < 20_000);
+    }
+    let lagging = peers[0].id;
+    c.isolate(lagging);
+    for i in 0..4 {
+        c.commit_on(
+            &(1..=3)
+                .map(id)
+                .filter(|r| *r != lagging)
+                .collect::<Vec<_>>(),
+            req(&format!("x{i}")),
+        );
+    }
+    c.advance(200_000);
+    let leader = c.elect_any();
+    let now = c.now;
+    let peers = c.replica(leader).peer_status(now);
+    let p = peers.iter().find(|p| p.id == lagging).unwrap();
+    assert!(!p.connected, "{p:?}");
+    assert!(p.lag.unwrap() >= 4, "{p:?}");
+    assert!(p.last_heard_us_ago.unwrap() >= 200_000, "{p:?}");
+    c.heal();
+    assert!(c.run_until(1_000_000, |c| c.status(lagging).applied_index
+        == c.status(leader).commit_index));
+    c.advance(30_000);
+    let now = c.now;
+    let p = c
+        .replica(leader)
+        .peer_status(now)
+        .into_iter()
+        .find(|p| p.id == lagging)
+        .unwrap();
+    assert!(p.connected && p.lag == Some(0), "{p:?}");
+}
