@@ -370,6 +370,11 @@ pub struct Replica {
     /// Members of the membership replaced last: a removed leader may still
     /// hand over (`TimeoutNow`) and serve catch-up after the switch.
     previous_members: Vec<ReplicaId>,
+    /// Every replica this one has known as a member or heard from (at most
+    /// `MAX_KNOWN_REPLICAS`): whom a non-voter asks for news.
+    known_replicas: std::collections::BTreeSet<ReplicaId>,
+    /// Round-robin cursor over `known_replicas` for `probe_for_progress`.
+    probe_cursor: usize,
     /// A membership the leader is working towards: new voters first join as
     /// learners and are promoted once they caught up.
     pending_target: Option<Membership>,
@@ -470,6 +475,8 @@ impl Replica {
             membership_slot: 0,
             config_scanned_through: applied_through,
             previous_members: Vec::new(),
+            known_replicas: config.membership.all().filter(|r| *r != id).collect(),
+            probe_cursor: 0,
             pending_target: None,
             rng: SmallRng::seed_from_u64(seed ^ (u64::from(id.0) << 32)),
             can_become_primary: true,
@@ -527,18 +534,33 @@ impl Replica {
 
     /// Handles a message from a peer.
     ///
-    /// A voter ignores messages from replicas outside its membership (so a
-    /// removed replica that does not know it was removed cannot disrupt the
-    /// cluster with elections), except hand-over and catch-up traffic from
-    /// members of the membership it just replaced. A non-voter (a learner, or
-    /// a replica joining) listens to everyone: it casts no vote that counts,
-    /// and it must follow whoever leads while it catches up. Messages
-    /// claiming to come from this replica are ignored.
+    /// Memberships change, and replicas learn of a change at different
+    /// times, so who may say what is checked against this replica's view:
+    ///
+    /// - Chosen decrees (`Fetch`, `Decrees`) are facts: served to and taken
+    ///   from anyone.
+    /// - A `Prepare` is answered only by a voter, and only if the candidate
+    ///   is a voter too: a removed replica that does not know it was removed
+    ///   cannot disrupt the cluster with elections. Otherwise the Prepare is
+    ///   used to catch up whichever side is behind (see `on_foreign_prepare`).
+    /// - A voter ignores leader traffic (`Accept`, `Heartbeat`) and replies
+    ///   from replicas outside its membership, but catches up from a sender
+    ///   whose commit index is ahead: it may be the one that is stale.
+    ///   `TimeoutNow` is also taken from members of the membership just
+    ///   replaced (a removed leader hands over).
+    /// - A non-voter (learner, joining or removed replica) listens to
+    ///   everyone: its votes do not count, and it must follow whoever leads
+    ///   while it catches up.
+    ///
+    /// Messages claiming to come from this replica are ignored.
     pub fn handle_message(&mut self, now: Time, from: ReplicaId, msg: Message) {
         let old_promised = snapshot!(self.promised);
         let old_commit = snapshot!(self.commit_index);
-        if from != self.id && self.admits(from, &msg) {
-            self.dispatch(now, from, msg);
+        if from != self.id {
+            if self.known_replicas.len() < MAX_KNOWN_REPLICAS {
+                self.known_replicas.insert(from);
+            }
+            self.route(now, from, msg);
         }
         self.finish(now);
         ensures!(
@@ -561,7 +583,11 @@ impl Replica {
             self.periodic(now);
         }
         if !matches!(self.role, RoleState::Leader(_)) && now >= self.election_deadline {
-            self.start_election(now);
+            if self.is_voter(self.id) {
+                self.start_election(now);
+            } else {
+                self.probe_for_progress(now);
+            }
         }
         if self.fetch.due.is_some_and(|due| now >= due) {
             self.fetch.due = None;
@@ -766,16 +792,78 @@ impl Replica {
     // Plumbing.
     // ------------------------------------------------------------------
 
-    /// Whether a message from `from` is taken (see `handle_message`).
-    fn admits(&self, from: ReplicaId, msg: &Message) -> bool {
-        if self.membership.contains(from) || !self.is_voter(self.id) {
-            return true;
+    /// Applies `handle_message`'s membership rules, then dispatches.
+    fn route(&mut self, now: Time, from: ReplicaId, msg: Message) {
+        let i_vote = self.is_voter(self.id);
+        match &msg {
+            Message::Fetch { .. } | Message::Decrees { .. } => {}
+            Message::Prepare { from_slot, .. } => {
+                if !i_vote || !self.is_voter(from) {
+                    let from_slot = *from_slot;
+                    self.on_foreign_prepare(now, from, from_slot);
+                    return;
+                }
+            }
+            _ if !i_vote || self.membership.contains(from) => {}
+            Message::TimeoutNow { .. } if self.previous_members.contains(&from) => {}
+            Message::Accept { commit_index, .. } | Message::Heartbeat { commit_index, .. } => {
+                let commit_index = *commit_index;
+                self.on_foreign_progress(now, from, commit_index);
+                return;
+            }
+            _ => return,
         }
-        self.previous_members.contains(&from)
-            && matches!(
-                msg,
-                Message::TimeoutNow { .. } | Message::Fetch { .. } | Message::Decrees { .. }
-            )
+        self.dispatch(now, from, msg);
+    }
+
+    /// A non-voter heard from no leader for an election timeout. It cannot
+    /// campaign, and the voters may all believe it is someone else's job to
+    /// tell it what happened (each replica learns a membership change at its
+    /// own time). Ask the next replica it knows for the decrees after its
+    /// commit index; an answer that carries a `Reconfigure` may make it a
+    /// voter.
+    fn probe_for_progress(&mut self, now: Time) {
+        self.reset_election_timer(now);
+        if self.fetch.outstanding.is_some() || self.known_replicas.is_empty() {
+            return;
+        }
+        let i = self.probe_cursor % self.known_replicas.len();
+        self.probe_cursor = self.probe_cursor.wrapping_add(1);
+        if let Some(peer) = self.known_replicas.iter().nth(i).copied() {
+            let from_slot = self.commit_index + 1;
+            self.fetch.outstanding = Some((peer, from_slot, now));
+            self.send(peer, Message::Fetch { from_slot });
+        }
+    }
+
+    /// A Prepare this replica does not answer (it does not vote, or the
+    /// candidate does not vote in its view). One side is probably behind:
+    /// a candidate asks from `from_slot`, so it has every slot below it
+    /// chosen; help whichever side lacks decrees.
+    fn on_foreign_prepare(&mut self, now: Time, from: ReplicaId, from_slot: Slot) {
+        if from_slot > self.commit_index + 1 {
+            // Perhaps the candidate votes in a membership this replica has
+            // not learned yet: catch up from it, then answer its retry.
+            self.on_foreign_progress(now, from, from_slot - 1);
+        } else if from_slot >= 1 && from_slot <= self.commit_index {
+            // The candidate is behind (perhaps it was removed, or runs for a
+            // membership already replaced): send it what it misses, so that
+            // it learns the membership in force.
+            self.on_fetch(from, from_slot);
+        }
+    }
+
+    /// `from`, whose messages this replica does not otherwise take, has
+    /// every slot through `peer_commit` chosen: fetch from it if behind.
+    fn on_foreign_progress(&mut self, now: Time, from: ReplicaId, peer_commit: Slot) {
+        if peer_commit <= self.commit_index {
+            return;
+        }
+        self.known_commit = self.known_commit.max(peer_commit);
+        if self.fetch.outstanding.is_none() && !matches!(self.role, RoleState::Leader(_)) {
+            self.fetch.due = None;
+            self.start_fetch(now, Some(from));
+        }
     }
 
     fn dispatch(&mut self, now: Time, from: ReplicaId, msg: Message) {
@@ -1021,12 +1109,9 @@ impl Replica {
             );
             return;
         }
-        if !self.is_voter(self.id) {
-            // Perhaps a voter of a membership this replica has not learned
-            // yet: the candidate has everything below `from_slot` chosen, so
-            // catch up (and then answer its retried Prepare).
-            self.known_commit = self.known_commit.max(from_slot.saturating_sub(1));
-            self.request_fetch(now);
+        if !self.is_voter(self.id) || !self.is_voter(from) {
+            // Only a Prepare to itself gets here unrouted: one released
+            // after the membership changed under its candidacy. Stale.
             return;
         }
         if ballot > self.promised {
@@ -2173,6 +2258,11 @@ impl Replica {
             .all()
             .filter(|r| !self.membership.contains(*r))
             .collect();
+        for r in self.membership.all() {
+            if r != self.id && self.known_replicas.len() < MAX_KNOWN_REPLICAS {
+                self.known_replicas.insert(r);
+            }
+        }
         self.peer_ids = self.membership.all().filter(|r| *r != self.id).collect();
         let members = self.membership.clone();
         self.peers.retain(|r, _| members.contains(*r));
@@ -2294,6 +2384,10 @@ impl Replica {
         }
     }
 }
+
+/// Bound on `Replica::known_replicas` (peers are authenticated, so this only
+/// guards memory against a misconfigured cluster).
+const MAX_KNOWN_REPLICAS: usize = 2 * crate::config::MAX_VOTERS;
 
 /// Why `m` cannot be proposed as a membership, if it cannot.
 fn check_membership(m: &Membership) -> Result<(), ProposeError> {

@@ -65,7 +65,7 @@ impl Node {
     }
 
     /// The config to restart with when the state machine holds `m`.
-    fn restart_config(&self, m: &Option<(Slot, Ballot, Membership)>) -> Config {
+    pub fn restart_config(&self, m: &Option<(Slot, Ballot, Membership)>) -> Config {
         let mut config = self.config.clone();
         if let Some((_, ballot, membership)) = m {
             config.membership = membership.clone();
@@ -390,6 +390,19 @@ impl Cluster {
             .values()
             .filter(|n| n.replica.is_some())
             .all(|n| n.replica.as_ref().unwrap().status().applied_index >= slot)
+    }
+
+    /// Whether every up replica that the leader's membership includes applied
+    /// `slot` (removed replicas are not kept up to date).
+    pub fn members_applied(&self, slot: Slot) -> bool {
+        let Some(leader) = self.leader() else {
+            return false;
+        };
+        let members = self.status(leader).membership;
+        self.nodes
+            .iter()
+            .filter(|(r, n)| n.replica.is_some() && members.contains(**r))
+            .all(|(_, n)| n.replica.as_ref().unwrap().status().applied_index >= slot)
     }
 
     pub fn isolate(&mut self, r: ReplicaId) {

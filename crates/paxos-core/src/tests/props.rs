@@ -190,6 +190,9 @@ pub(crate) enum Fault {
     Calm,
     /// The replica's state machine checkpoints and the replica compacts.
     Compact(u32),
+    /// The leader is asked to change the voters to this subset (a bit mask
+    /// over the replicas, taken modulo the non-empty subsets).
+    Reconfigure(u32),
 }
 
 pub(crate) fn fault() -> impl Strategy<Value = Fault> {
@@ -207,6 +210,7 @@ pub(crate) fn fault() -> impl Strategy<Value = Fault> {
         1 => Just(Fault::Relinquish),
         4 => Just(Fault::Calm),
         1 => (0u32..5).prop_map(Fault::Compact),
+        1 => any::<u32>().prop_map(Fault::Reconfigure),
     ]
 }
 
@@ -296,9 +300,12 @@ pub(crate) fn run_schedule_on(n: u32, schedule: &[Fault], plant: impl Fn(&mut Re
                     } else {
                         node.applied_through = node.checkpoint;
                     }
+                    if !*keep {
+                        node.sm_membership = node.checkpoint_membership.clone();
+                    }
                     node.applied.clear();
                     let mut rep = Replica::new(
-                        node.config.clone(),
+                        node.restart_config(&node.sm_membership),
                         node.durable.clone(),
                         node.applied_through,
                         node.seed,
@@ -328,6 +335,21 @@ pub(crate) fn run_schedule_on(n: u32, schedule: &[Fault], plant: impl Fn(&mut Re
             Fault::Compact(r) => c.checkpoint_and_compact(pick(*r)),
             Fault::Isolate(r) => c.isolate(pick(*r)),
             Fault::Heal => c.heal(),
+            Fault::Reconfigure(mask) => {
+                let mask = mask % ((1u32 << n) - 1) + 1;
+                let target = Membership::with_voters(
+                    (1..=n)
+                        .filter(|r| mask & (1 << (r - 1)) != 0)
+                        .map(id)
+                        .collect(),
+                );
+                let now = c.now;
+                for r in 1..=n {
+                    if c.is_up(id(r)) && c.status(id(r)).role == crate::Role::Leader {
+                        let _ = c.replica(id(r)).change_configuration(now, target.clone());
+                    }
+                }
+            }
             Fault::Relinquish => {
                 let now = c.now;
                 for r in 1..=n {
@@ -368,7 +390,8 @@ pub(crate) fn run_schedule_on(n: u32, schedule: &[Fault], plant: impl Fn(&mut Re
                 }
             }
         }
-        if final_slot.is_some_and(|(s, _)| c.all_applied(s)) {
+        // Replicas removed from the membership are not kept up to date.
+        if final_slot.is_some_and(|(s, _)| c.members_applied(s)) {
             break;
         }
         assert!(
