@@ -1712,13 +1712,19 @@ impl Replica {
             }
         }
         recovered = recovered.split_off(&(self.commit_index + 1));
-        // Re-propose up to the first `Reconfigure` at most: the slots above
-        // it belong to the membership it installs, whose quorums this phase
-        // 1 did not ask. They are recovered by the election that follows
-        // once it is chosen.
+        // Re-propose up to the first `Reconfigure` that changes the voters
+        // at most: the slots above it belong to the voters it installs, whose
+        // quorums this phase 1 did not ask. They are recovered by the
+        // election that follows once it is chosen. A `Reconfigure` that
+        // keeps the voters (a learner step) leaves the slots above it to the
+        // voters this phase 1 asked, so they are re-proposed like any other:
+        // dropping them would let this leader propose fresh values over
+        // slots that may be chosen (found by paxos-sim seed 52).
+        // `drain_recovery` proposes nothing above it until it is chosen.
+        let voters = self.membership.voters.clone();
         if let Some(s) = recovered
             .values()
-            .find(|e| matches!(e.value, Value::Reconfigure(_)))
+            .find(|e| matches!(&e.value, Value::Reconfigure(m) if m.voters != voters))
             .map(|e| e.slot)
         {
             recovered.split_off(&(s + 1));
@@ -1857,7 +1863,10 @@ impl Replica {
             let RoleState::Leader(l) = &mut self.role else {
                 return;
             };
-            if l.recover_next > l.recover_through || l.next_slot - 1 - commit >= window {
+            if l.recover_next > l.recover_through
+                || l.next_slot - 1 - commit >= window
+                || l.reconfig_slot.is_some()
+            {
                 return;
             }
             let slot = l.recover_next;

@@ -372,3 +372,86 @@ fn peer_status_reports_lag_and_connectivity() {
         .unwrap();
     assert!(p.connected && p.lag == Some(0), "{p:?}");
 }
+
+#[test]
+fn slots_above_a_learner_step_found_in_phase_1_are_recovered() {
+    // Regression (paxos-sim seed 52): a new leader found, in phase 1, an
+    // unchosen learner-only Reconfigure at slot s and a value chosen above
+    // it at s + 1. It re-proposed up to s only, expecting the election that
+    // follows a change of voters to recover the rest; but a learner step
+    // keeps the voters, so no election followed, and the leader proposed a
+    // fresh value at s + 1 over the chosen one.
+    let mut c = Cluster::new(3, |_| {});
+    let old = c.elect_any();
+    c.commit(req("a"));
+    let others: Vec<ReplicaId> = (1..=3).map(id).filter(|r| *r != old).collect();
+    let (o1, o2) = (others[0], others[1]);
+    // o2 misses slot g (chosen by old and o1), so its commit index stays
+    // below g: its promise will not let the next leader learn what follows.
+    c.cut.insert((old, o2));
+    let now = c.now;
+    let g = c.replica(old).propose(now, req("g")).unwrap();
+    c.pump();
+    c.cut.clear();
+    // o1 hears nothing more: the learner step at s and x at s + 1 are
+    // chosen by old and o2.
+    c.cut.insert((old, o1));
+    let step = Membership {
+        voters: vec![id(1), id(2), id(3)],
+        learners: vec![id(4)],
+    };
+    let now = c.now;
+    let s = c
+        .replica(old)
+        .propose(now, Value::Reconfigure(step.clone()))
+        .unwrap();
+    assert_eq!(s, g + 1);
+    c.pump();
+    assert_eq!(c.status(old).commit_index, s);
+    let now = c.now;
+    let x = c.replica(old).propose(now, req("x")).unwrap();
+    c.pump();
+    assert_eq!(c.status(old).commit_index, x, "x is chosen");
+    assert_eq!(c.chosen.get(&x), Some(&req("x")));
+    assert!(c.status(o2).commit_index < g);
+    c.crash(old);
+    c.heal();
+    // Whoever leads now must recover x at s + 1; the harness panics if a
+    // replica applies anything else there.
+    let y = c.commit(req("y"));
+    assert!(y > x);
+    assert!(c.all_applied(y));
+    assert_eq!(c.chosen.get(&x), Some(&req("x")));
+    assert_eq!(c.chosen.get(&s), Some(&Value::Reconfigure(step)));
+}
+
+/// Found by `random_fault_schedules_on_five_replicas` (20,000 cases).
+#[test]
+fn regression_five_replica_schedule_with_two_changes() {
+    use super::props::{run_schedule_on, Fault::*};
+    let schedule = [
+        DeliverOne(0),
+        DeliverOne(0),
+        Advance(13944),
+        Advance(27679),
+        Advance(9867),
+        Calm,
+        Reconfigure(2320030811),
+        DeliverOne(0),
+        DeliverOne(0),
+        Calm,
+        DeliverOne(0),
+        DeliverOne(0),
+        Propose,
+        DropOne(1828216096639011936),
+        Reconfigure(4202503),
+        Calm,
+        Isolate(1),
+        Propose,
+        Calm,
+        Relinquish,
+        DeliverOne(0),
+        Restart(0, false),
+    ];
+    run_schedule_on(5, &schedule, |_| {});
+}
