@@ -250,6 +250,10 @@ pub enum PlantedBug {
     /// A follower applies whatever it accepted at a committed slot, without
     /// checking that it was accepted in the ballot the leader named.
     ApplyUncheckedBallot,
+    /// A leader keeps proposing above a `Reconfigure` it has not seen chosen
+    /// (no drain), so votes of the old voters decide slots the new ones
+    /// govern.
+    ProposeAboveUnchosenReconfigure,
 }
 
 /// Which planted bugs are active (all false unless the `planted-bugs`
@@ -260,6 +264,7 @@ struct Bugs {
     ack_before_persist: bool,
     quorum_half: bool,
     apply_unchecked_ballot: bool,
+    propose_above_unchosen_reconfigure: bool,
 }
 
 /// What this replica knows about a peer.
@@ -785,6 +790,9 @@ impl Replica {
             PlantedBug::AckBeforePersist => self.bugs.ack_before_persist = true,
             PlantedBug::QuorumHalf => self.bugs.quorum_half = true,
             PlantedBug::ApplyUncheckedBallot => self.bugs.apply_unchecked_ballot = true,
+            PlantedBug::ProposeAboveUnchosenReconfigure => {
+                self.bugs.propose_above_unchosen_reconfigure = true
+            }
         }
     }
 
@@ -1781,7 +1789,7 @@ impl Replica {
         if !l.announced {
             return Err(ProposeError::NotLeader { leader: None });
         }
-        if l.reconfig_slot.is_some() {
+        if l.reconfig_slot.is_some() && !self.bugs.propose_above_unchosen_reconfigure {
             return Err(ProposeError::ConfigChangeInFlight);
         }
         if let Value::Reconfigure(m) = &value {
@@ -1813,7 +1821,7 @@ impl Replica {
             "a leader proposes slots in order, each once per ballot"
         );
         assert!(
-            l.reconfig_slot.is_none(),
+            l.reconfig_slot.is_none() || self.bugs.propose_above_unchosen_reconfigure,
             "nothing is proposed above an unchosen Reconfigure"
         );
         let ballot = l.ballot;
@@ -2284,7 +2292,7 @@ impl Replica {
         match &self.role {
             RoleState::Leader(l) => {
                 invariant!(
-                    l.in_flight.is_empty(),
+                    l.in_flight.is_empty() || self.bugs.propose_above_unchosen_reconfigure,
                     "nothing is in flight above a chosen Reconfigure"
                 );
                 let ballot = l.ballot;

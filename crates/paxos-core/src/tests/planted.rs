@@ -76,3 +76,10 @@ fn apply_unchecked_ballot_is_caught() {
     eprintln!("{:?}: {n:?}", PlantedBug::ApplyUncheckedBallot);
     assert!(n.is_some());
 }
+
+#[test]
+fn propose_above_unchosen_reconfigure_is_caught() {
+    let n = schedules_until_safety_violation(PlantedBug::ProposeAboveUnchosenReconfigure, 3000);
+    eprintln!("{:?}: {n:?}", PlantedBug::ProposeAboveUnchosenReconfigure);
+    assert!(n.is_some());
+}
