@@ -19,6 +19,13 @@
 //! id = 1
 //! peer_addr = "127.0.0.1:7001"     # QUIC, replica to replica
 //! client_addr = "127.0.0.1:6381"   # RESP2, clients (used in -MOVED redirects)
+//! # learner = true                 # a joining node lists itself as a learner
+//!
+//! `members` is the bootstrap membership. Once the cluster runs, membership
+//! and member addresses are replicated state (`PAXOS.ADDNODE`,
+//! `PAXOS.REMOVENODE`, see [`crate::membership`]) kept in checkpoints; a
+//! restarted node uses them, not this list, which then only tells it whom
+//! to contact first.
 //!
 //! [tuning]                          # optional; defaults shown by `Tuning::default`
 //! pipeline_window = 64
@@ -27,7 +34,7 @@
 //! Loading never panics: every problem is a [`ConfigError`] naming the file
 //! and the field.
 
-use paxos_core::ReplicaId;
+use paxos_core::{Membership, ReplicaId};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -55,6 +62,11 @@ pub struct Member {
     pub peer_addr: SocketAddr,
     /// TCP address of its RESP2 client endpoint.
     pub client_addr: SocketAddr,
+    /// A learner rather than a voter. A node joining a running cluster
+    /// (`paxos-kv init --add-node`) lists itself as one: it starts outside
+    /// the voters and is promoted by the leader (`PAXOS.ADDNODE`).
+    #[serde(default)]
+    pub learner: bool,
 }
 
 /// Paths of the TLS files for mutual authentication between replicas.
@@ -131,7 +143,8 @@ pub struct NodeConfig {
     pub client_addr: SocketAddr,
     /// TLS files.
     pub tls: TlsPaths,
-    /// Every voter of the cluster, this node included.
+    /// The bootstrap membership, this node included (voters, and learners
+    /// marked `learner = true`).
     pub members: Vec<Member>,
     /// Knobs.
     #[serde(default)]
@@ -209,6 +222,9 @@ impl NodeConfig {
         if !ids.contains(&self.id) {
             return Err(format!("id {} is not in members", self.id));
         }
+        if self.members.iter().all(|m| m.learner) {
+            return Err("members has no voter (all are learners)".into());
+        }
         let mut addrs: Vec<SocketAddr> = self
             .members
             .iter()
@@ -277,6 +293,24 @@ impl NodeConfig {
         ReplicaId(self.id)
     }
 
+    /// The bootstrap membership `members` describes.
+    pub fn initial_membership(&self) -> Membership {
+        let ids = |learner: bool| {
+            let mut v: Vec<ReplicaId> = self
+                .members
+                .iter()
+                .filter(|m| m.learner == learner)
+                .map(|m| ReplicaId(m.id))
+                .collect();
+            v.sort_unstable();
+            v
+        };
+        Membership {
+            voters: ids(false),
+            learners: ids(true),
+        }
+    }
+
     /// The client address of a member, if it is one.
     pub fn client_addr_of(&self, id: ReplicaId) -> Option<SocketAddr> {
         self.members
@@ -313,8 +347,11 @@ impl NodeConfig {
         for m in &self.members {
             let _ = writeln!(
                 s,
-                "[[members]]\nid = {}\npeer_addr = \"{}\"\nclient_addr = \"{}\"\n",
-                m.id, m.peer_addr, m.client_addr
+                "[[members]]\nid = {}\npeer_addr = \"{}\"\nclient_addr = \"{}\"{}\n",
+                m.id,
+                m.peer_addr,
+                m.client_addr,
+                if m.learner { "\nlearner = true" } else { "" }
             );
         }
         let t = &self.tuning;
@@ -426,6 +463,26 @@ client_addr = "127.0.0.1:6003"
             assert!(err.contains(expect), "{to}: got {err}");
             assert!(err.contains("node.toml"), "error names the file: {err}");
         }
+    }
+
+    #[test]
+    fn a_joining_node_lists_itself_as_a_learner() {
+        let text = GOOD.replacen(
+            "client_addr = \"127.0.0.1:6002\"",
+            "client_addr = \"127.0.0.1:6002\"\nlearner = true",
+            1,
+        );
+        let c = parse(&text).unwrap();
+        let m = c.initial_membership();
+        assert_eq!(m.voters, vec![ReplicaId(1), ReplicaId(3)]);
+        assert_eq!(m.learners, vec![ReplicaId(2)]);
+        assert!(m.is_well_formed());
+        assert_eq!(parse(&c.to_toml()).unwrap(), c, "to_toml keeps learner");
+        let all_learners = text
+            .replace("id = 1\npeer", "id = 1\nlearner = true\npeer")
+            .replace("id = 3\npeer", "id = 3\nlearner = true\npeer");
+        let err = parse(&all_learners).unwrap_err().to_string();
+        assert!(err.contains("no voter"), "{err}");
     }
 
     #[test]

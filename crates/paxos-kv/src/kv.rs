@@ -19,12 +19,14 @@
 //! 0x05 GET    str key                (reads are ordered through the log)
 //! 0x06 EXISTS u32 n, n × str key
 //! 0x07 MGET   u32 n, n × str key
+//! 0x20 ADMIN  …                  cluster administration, see [`crate::membership`]
 //! ```
 //!
 //! A request that does not decode (it can only come from a corrupt or
 //! foreign log) yields the same error output on every replica and changes
 //! nothing, so replicas never diverge and never panic on it.
 
+use crate::membership::{ClusterState, OP_ADMIN};
 use crate::resp;
 use bytes::{BufMut, Bytes, BytesMut};
 use paxos_core::{batch, Slot, Value};
@@ -67,14 +69,32 @@ pub trait StateMachine: Send + 'static {
 
     /// This replica became primary (`true`) or stopped being primary.
     fn notify_status(&mut self, is_primary: bool);
+
+    /// The replicated cluster state (address book, last reconfiguration),
+    /// if this state machine keeps one. The node records applied
+    /// reconfigurations in it and starts the core from it after a restart;
+    /// without it, membership changes do not survive a restart.
+    fn cluster(&self) -> Option<&ClusterState> {
+        None
+    }
+
+    /// See [`StateMachine::cluster`].
+    fn cluster_mut(&mut self) -> Option<&mut ClusterState> {
+        None
+    }
 }
 
 /// Why a snapshot could not be restored.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SnapshotError {
-    /// The bytes are not a KV snapshot (wrong magic or version).
-    #[error("not a paxos-kv snapshot (bad magic or version)")]
+    /// The bytes are not a KV snapshot (wrong magic).
+    #[error("not a paxos-kv snapshot (bad magic)")]
     BadHeader,
+    /// A snapshot format this build does not know (written by a newer one).
+    #[error(
+        "paxos-kv snapshot format version {0} is not supported (this build reads versions 1 and 2)"
+    )]
+    UnknownVersion(u32),
     /// The checksum does not match the content.
     #[error("snapshot checksum mismatch: stored {stored:08x}, computed {computed:08x}")]
     Checksum {
@@ -254,6 +274,8 @@ pub struct KvStore {
     map: HashMap<Bytes, Bytes>,
     applied: Slot,
     is_primary: bool,
+    /// Address book and last reconfiguration (replicated, checkpointed).
+    cluster: ClusterState,
     /// Reused for building replies, so most replies cost one small copy.
     scratch: BytesMut,
 }
@@ -400,6 +422,7 @@ impl KvStore {
                 }
                 scratch.split().freeze()
             }
+            OP_ADMIN => return self.cluster.execute(body),
             _ => return None,
         };
         Some(out)
@@ -407,7 +430,9 @@ impl KvStore {
 }
 
 const SNAPSHOT_MAGIC: &[u8; 8] = b"PXKVSNAP";
-const SNAPSHOT_VERSION: u32 = 1;
+/// Version 2 appends the cluster state; version 1 (no cluster state) is
+/// still read.
+const SNAPSHOT_VERSION: u32 = 2;
 
 impl StateMachine for KvStore {
     fn apply(&mut self, slot: Slot, value: &Value, outputs: &mut Vec<Bytes>) {
@@ -467,6 +492,7 @@ impl StateMachine for KvStore {
             put_str(&mut out, k);
             put_str(&mut out, v);
         }
+        self.cluster.encode(&mut out);
         let crc = crc32c::crc32c(&out);
         out.put_u32_le(crc);
         out.freeze()
@@ -484,8 +510,9 @@ impl StateMachine for KvStore {
         }
         let mut r = Reader { buf: body, pos: 8 };
         let malformed = |r: &Reader<'_>| SnapshotError::Malformed(r.pos);
-        if r.u32().ok_or_else(|| malformed(&r))? != SNAPSHOT_VERSION {
-            return Err(SnapshotError::BadHeader);
+        let version = r.u32().ok_or_else(|| malformed(&r))?;
+        if version != 1 && version != SNAPSHOT_VERSION {
+            return Err(SnapshotError::UnknownVersion(version));
         }
         let applied = r.u64().ok_or_else(|| malformed(&r))?;
         let count = r.u64().ok_or_else(|| malformed(&r))?;
@@ -498,16 +525,32 @@ impl StateMachine for KvStore {
             let v = r.str().ok_or_else(|| malformed(&r))?;
             map.insert(Bytes::copy_from_slice(k), Bytes::copy_from_slice(v));
         }
+        let cluster = if version == 1 {
+            ClusterState::default()
+        } else {
+            ClusterState::decode(body, &mut r.pos).ok_or_else(|| malformed(&r))?
+        };
         if !r.done() {
             return Err(malformed(&r));
         }
         self.map = map;
+        // A fresh generation, so the node re-reads the book.
+        let generation = self.cluster.generation() + 1;
+        self.cluster = cluster.with_generation(generation);
         self.applied = applied;
         Ok(())
     }
 
     fn notify_status(&mut self, is_primary: bool) {
         self.is_primary = is_primary;
+    }
+
+    fn cluster(&self) -> Option<&ClusterState> {
+        Some(&self.cluster)
+    }
+
+    fn cluster_mut(&mut self) -> Option<&mut ClusterState> {
+        Some(&mut self.cluster)
     }
 }
 

@@ -8,7 +8,7 @@ use crate::node::{self, DriverConfig, DriverParts};
 use crate::server::{self, ServerConfig};
 use anyhow::Context;
 use paxos_core::batch::BatchLimits;
-use paxos_core::{DurableState, Membership, ReplicaId};
+use paxos_core::{DurableState, ReplicaId};
 use paxos_log::ReplicaStorage;
 use paxos_net::{NodeIdentity, QuicConfig, QuicTransport, Transport};
 use std::collections::BTreeMap;
@@ -92,7 +92,7 @@ pub async fn run_node(config: NodeConfig) -> anyhow::Result<()> {
         .filter(|m| m.id != config.id)
         .map(|m| (ReplicaId(m.id), m.peer_addr))
         .collect();
-    let mut quic = QuicConfig::new(identity, peers);
+    let mut quic = QuicConfig::new(identity, peers.clone());
     // A restarted peer should be reachable again quickly: short reconnect
     // backoff, and dead connections noticed within ~2 s.
     quic.reconnect_max = std::time::Duration::from_millis(500);
@@ -100,12 +100,32 @@ pub async fn run_node(config: NodeConfig) -> anyhow::Result<()> {
     let max_message = quic.max_message_size;
     let (transport, inbound) = QuicTransport::bind(quic, config.peer_addr)
         .with_context(|| format!("binding QUIC on {}", config.peer_addr))?;
-    let transport: Arc<dyn Transport> = Arc::new(transport);
+    let transport = Arc::new(transport);
+    // The peer set follows membership changes (members added at run time).
+    let peer_directory: Arc<dyn crate::membership::PeerDirectory> = Arc::new(
+        crate::membership::QuicPeers::new(Arc::clone(&transport), peers.clone()),
+    );
+    let directory = crate::membership::Directory {
+        configured: config
+            .members
+            .iter()
+            .map(|m| {
+                (
+                    ReplicaId(m.id),
+                    crate::membership::MemberAddrs {
+                        peer: m.peer_addr,
+                        client: m.client_addr,
+                    },
+                )
+            })
+            .collect(),
+    };
+    let transport: Arc<dyn Transport> = transport;
 
     let t = &config.tuning;
-    let membership =
-        Membership::with_voters(config.members.iter().map(|m| ReplicaId(m.id)).collect());
-    let mut core = paxos_core::Config::new(id, membership);
+    // The bootstrap membership; node::start_with_peers replaces it with the
+    // one the restored state machine last applied, if any.
+    let mut core = paxos_core::Config::new(id, config.initial_membership());
     core.pipeline_window = t.pipeline_window;
     core.batch_limits = BatchLimits {
         max_requests: t.max_batch_requests,
@@ -139,7 +159,7 @@ pub async fn run_node(config: NodeConfig) -> anyhow::Result<()> {
         stages: Arc::new(crate::stages::StageRecorder::from_env()),
         reload_durable: Some(reload_durable),
     };
-    let (replica, mut event_loop) = node::start(parts)?;
+    let (replica, mut event_loop) = node::start_with_peers(parts, directory, Some(peer_directory))?;
     let listener = tokio::net::TcpListener::bind(config.client_addr)
         .await
         .with_context(|| format!("binding client address {}", config.client_addr))?;
@@ -222,6 +242,7 @@ pub fn init_cluster(
             id: i as u32 + 1,
             peer_addr: a.peer,
             client_addr: a.client,
+            learner: false,
         })
         .collect();
     let mut paths = Vec::new();

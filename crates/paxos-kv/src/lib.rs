@@ -1,5 +1,6 @@
 //! paxos-kv: a replicated key-value node built on paxos, and the
-//! `paxos-kv` binary (`node`, `init`, `demo`).
+//! `paxos-kv` binary (`node`, `init`, `demo`, and the operator commands
+//! `add-node`, `remove-node`, `transfer-leader`, `members`).
 //!
 //! # Role
 //!
@@ -12,7 +13,12 @@
 //! behind the RSL-like [`kv::StateMachine`] trait). Clients speak RESP2
 //! ([`resp`], [`server`]); [`node::Replica`] is the embedding API.
 //! [`lincheck`] checks recorded histories for linearizability, [`procs`]
-//! runs multi-process clusters for the demo and the fault tests.
+//! runs multi-process clusters for the demo and the fault tests, and
+//! [`workload`] is their recording client load.
+//! [`membership`] keeps the replicated address book and the last applied
+//! reconfiguration (in the state machine and its checkpoints) and makes the
+//! transport's peer set follow membership changes; [`admin`] is the
+//! operator command set (`PAXOS.ADDNODE` and friends) and its CLI side.
 //!
 //! # Invariants
 //!
@@ -34,12 +40,14 @@
 //!   errors; tests feed each of them arbitrary bytes.
 //! - **Crash-stop on storage failure.** A replica whose log cannot persist
 //!   stops rather than acknowledge anything.
+pub mod admin;
 pub mod client;
 pub mod config;
 pub mod demo;
 pub mod kv;
 pub mod launch;
 pub mod lincheck;
+pub mod membership;
 pub mod memstore;
 pub mod node;
 pub mod procs;
@@ -48,4 +56,5 @@ pub mod server;
 /// Latency breakdown of the write path (written by the integrator): the node
 /// stamps each `stages::Point` and `INFO latency` renders it.
 pub mod stages;
+pub mod workload;
 pub mod xfer;

@@ -44,11 +44,24 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Write certificates and one config per node for a loopback cluster.
+    /// Write certificates and one config per node for a loopback cluster;
+    /// with --add-node, a config and certificate for one new node of the
+    /// cluster already in --dir.
     Init {
         /// Number of replicas.
         #[arg(long, default_value_t = 3)]
         nodes: usize,
+        /// Provision one new replica with this id for the existing cluster in
+        /// --dir (certificate signed by its CA; the node starts as a
+        /// learner). Then start it and run `paxos-kv add-node`.
+        #[arg(long)]
+        add_node: Option<u32>,
+        /// With --add-node: its QUIC (UDP) address (default: a free loopback port).
+        #[arg(long, requires = "add_node")]
+        peer_addr: Option<std::net::SocketAddr>,
+        /// With --add-node: its RESP (TCP) address (default: a free loopback port).
+        #[arg(long, requires = "add_node")]
+        client_addr: Option<std::net::SocketAddr>,
         /// Directory for configs, certificates and data.
         #[arg(long)]
         dir: PathBuf,
@@ -58,6 +71,39 @@ enum Command {
         /// Peers listen on base+i (UDP), clients on base+100+i (TCP). 0 picks free ports.
         #[arg(long, default_value_t = 0)]
         base_port: u16,
+    },
+    /// Make a running replica a voter: registers its addresses through the
+    /// log, adds it as a learner, and returns once it caught up and votes.
+    AddNode {
+        /// Client address of any cluster node (redirects are followed).
+        #[arg(long)]
+        to: std::net::SocketAddr,
+        /// The new replica's id.
+        id: u32,
+        /// Its QUIC (UDP) address.
+        peer_addr: std::net::SocketAddr,
+        /// Its RESP (TCP) address.
+        client_addr: std::net::SocketAddr,
+    },
+    /// Remove a replica (the leader too: it hands over first).
+    RemoveNode {
+        /// Client address of any cluster node (redirects are followed).
+        #[arg(long)]
+        to: std::net::SocketAddr,
+        /// The replica to remove.
+        id: u32,
+    },
+    /// Make the leader hand over to its most caught-up voter.
+    TransferLeader {
+        /// Client address of any cluster node (redirects are followed).
+        #[arg(long)]
+        to: std::net::SocketAddr,
+    },
+    /// Print the membership and the members' addresses.
+    Members {
+        /// Client address of any cluster node.
+        #[arg(long)]
+        to: std::net::SocketAddr,
     },
     /// Start a local 3-replica cluster, load it, kill the leader, verify no acknowledged write was lost.
     Demo {
@@ -90,10 +136,54 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(launch::run_node(config))
         }
         Command::Init {
+            add_node: Some(id),
+            dir,
+            peer_addr,
+            client_addr,
+            ..
+        } => {
+            let addrs = match (peer_addr, client_addr) {
+                (Some(peer), Some(client)) => Some(launch::NodeAddrs { peer, client }),
+                (None, None) => None,
+                _ => anyhow::bail!("give both --peer-addr and --client-addr, or neither"),
+            };
+            let (path, addrs) = paxos_kv::admin::provision_node(&dir, id, addrs)?;
+            println!("{}", path.display());
+            eprintln!(
+                "start it with `paxos-kv node --config {}`, then run `paxos-kv add-node --to <any node's client addr> {id} {} {}`",
+                path.display(),
+                addrs.peer,
+                addrs.client
+            );
+            Ok(())
+        }
+        Command::AddNode {
+            to,
+            id,
+            peer_addr,
+            client_addr,
+        } => operator(
+            to,
+            vec![
+                b"PAXOS.ADDNODE".to_vec(),
+                id.to_string().into_bytes(),
+                peer_addr.to_string().into_bytes(),
+                client_addr.to_string().into_bytes(),
+            ],
+        ),
+        Command::RemoveNode { to, id } => operator(
+            to,
+            vec![b"PAXOS.REMOVENODE".to_vec(), id.to_string().into_bytes()],
+        ),
+        Command::TransferLeader { to } => operator(to, vec![b"PAXOS.TRANSFERLEADER".to_vec()]),
+        Command::Members { to } => operator(to, vec![b"PAXOS.MEMBERS".to_vec()]),
+        Command::Init {
             nodes,
             dir,
             storage,
             base_port,
+            add_node: None,
+            ..
         } => {
             anyhow::ensure!((1..=9).contains(&nodes), "--nodes must be between 1 and 9");
             let addrs = if base_port == 0 {
@@ -126,6 +216,28 @@ fn main() -> anyhow::Result<()> {
                 keep,
             };
             runtime.block_on(paxos_kv::demo::run(options))
+        }
+    }
+}
+
+/// Sends an operator command (following redirects) and prints the reply.
+fn operator(to: std::net::SocketAddr, args: Vec<Vec<u8>>) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let parts: Vec<&[u8]> = args.iter().map(|a| &a[..]).collect();
+    // The server bounds the wait for a change; allow a little more here.
+    let timeout = paxos_kv::admin::CHANGE_TIMEOUT + std::time::Duration::from_secs(10);
+    match runtime.block_on(paxos_kv::admin::call(to, &parts, timeout)) {
+        Ok(reply) => {
+            println!("{}", reply.replace("\r\n", "\n").trim_end());
+            Ok(())
+        }
+        // The server's error text is the whole story: no backtrace.
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
         }
     }
 }

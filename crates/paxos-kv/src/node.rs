@@ -60,12 +60,13 @@
 //! peer ([`crate::xfer`]) and restarts its core from it in place.
 
 use crate::kv::{StateMachine, OP_TAG};
+use crate::membership::{ClusterView, Directory, PeerDirectory};
 use crate::stages::{Point, StageRecorder};
 use bytes::{BufMut, Bytes, BytesMut};
 use paxos_core::batch::{BatchBuilder, BatchLimits};
 use paxos_core::{
-    codec, Action, DurableState, Message, PersistToken, ProposeError, ReplicaId, Role, Slot, Time,
-    Value,
+    codec, Action, Ballot, DurableState, Membership, Message, PersistToken, ProposeError,
+    ReplicaId, Role, Slot, Time, Value,
 };
 use paxos_log::checkpoint::{CheckpointMeta, CheckpointStore};
 use paxos_log::{ReplicaStorage, StorageError};
@@ -126,6 +127,9 @@ pub struct SharedStatus {
     checkpoint_slot: AtomicU64,
     proposed_batches: AtomicU64,
     proposed_requests: AtomicU64,
+    /// Membership, peers and address book; replaced (not edited) by the
+    /// loop on its timer and on membership changes.
+    cluster: std::sync::Mutex<Arc<ClusterView>>,
 }
 
 /// A consistent-enough copy of the published status.
@@ -225,6 +229,7 @@ impl ReplicateError {
 #[derive(Debug)]
 enum Control {
     Relinquish(oneshot::Sender<Result<(), ProposeError>>),
+    ChangeConfiguration(Membership, oneshot::Sender<Result<(), ProposeError>>),
     CheckpointDone(Slot),
     CheckpointFailed(String),
     Shutdown,
@@ -312,6 +317,31 @@ impl Replica {
             Ok(Err(_)) => Err(ReplicateError::Rejected("ERR no eligible successor")),
             Err(_) => Err(ReplicateError::ShuttingDown),
         }
+    }
+
+    /// The published cluster view: membership, peers, address book.
+    pub fn cluster(&self) -> Arc<ClusterView> {
+        Arc::clone(
+            &self
+                .status
+                .cluster
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// Asks the leader's core to move to `target` (paxos-core's
+    /// `change_configuration`). The outer error means the loop is gone.
+    pub async fn change_configuration(
+        &self,
+        target: Membership,
+    ) -> Result<Result<(), ProposeError>, ReplicateError> {
+        let (tx, rx) = oneshot::channel();
+        self.control
+            .send(Control::ChangeConfiguration(target, tx))
+            .await
+            .map_err(|_| ReplicateError::ShuttingDown)?;
+        rx.await.map_err(|_| ReplicateError::ShuttingDown)
     }
 
     /// Stops the loop; pending requests end with an outcome-unknown abort.
@@ -402,6 +432,17 @@ pub struct Reply {
 pub fn start<S: StateMachine>(
     parts: DriverParts<S>,
 ) -> anyhow::Result<(Replica, tokio::task::JoinHandle<anyhow::Result<()>>)> {
+    start_with_peers(parts, Directory::default(), None)
+}
+
+/// [`start`], with the configured member addresses and a transport whose
+/// peer set follows membership changes (see [`crate::membership`]).
+pub fn start_with_peers<S: StateMachine>(
+    mut parts: DriverParts<S>,
+    directory: Directory,
+    peer_directory: Option<Arc<dyn PeerDirectory>>,
+) -> anyhow::Result<(Replica, tokio::task::JoinHandle<anyhow::Result<()>>)> {
+    crate::membership::restart_membership(&mut parts.core, parts.state_machine.cluster());
     let id = parts.core.id;
     let (submitter, consumer) = paxos_pipeline::pipeline::<Submitted, Reply>(parts.submit_queue)
         .map_err(|e| anyhow::anyhow!("submit queue: {e:?}"))?;
@@ -455,9 +496,16 @@ pub fn start<S: StateMachine>(
         needs_snapshot: false,
         transfer: None,
         transfer_rotation: 0,
+        directory,
+        peer_directory,
+        book_generation: u64::MAX,
+        membership_slot: u64::MAX,
+        was_member: false,
     };
     status.applied_index.store(applied, Ordering::Relaxed);
     status.checkpoint_slot.store(applied, Ordering::Relaxed);
+    let mut event_loop = event_loop;
+    event_loop.refresh_cluster(true);
     let join = tokio::spawn(event_loop.run(parts.inbound, control_rx));
     Ok((
         Replica {
@@ -547,6 +595,16 @@ struct EventLoop<S: StateMachine> {
     needs_snapshot: bool,
     transfer: Option<Transfer>,
     transfer_rotation: usize,
+    /// Configured member addresses.
+    directory: Directory,
+    /// Keeps the transport's peers in line with the membership (None: fixed).
+    peer_directory: Option<Arc<dyn PeerDirectory>>,
+    /// The state machine's address-book generation last acted on.
+    book_generation: u64,
+    /// The membership slot last acted on.
+    membership_slot: Slot,
+    /// This replica was a member of the last membership acted on.
+    was_member: bool,
 }
 
 impl<S: StateMachine> EventLoop<S> {
@@ -602,6 +660,7 @@ impl<S: StateMachine> EventLoop<S> {
                     let now = self.now();
                     self.replica.handle_tick(now);
                     self.publish_status();
+                    self.refresh_cluster(false);
                     if self.needs_snapshot {
                         self.request_checkpoint();
                     }
@@ -677,6 +736,17 @@ impl<S: StateMachine> EventLoop<S> {
             Control::Relinquish(reply) => {
                 let now = self.now();
                 let _ = reply.send(self.replica.relinquish_primary(now));
+            }
+            Control::ChangeConfiguration(target, reply) => {
+                let now = self.now();
+                let result = self.replica.change_configuration(now, target.clone());
+                match &result {
+                    Ok(()) => {
+                        tracing::info!(target = %crate::membership::membership_text(&target), "configuration change started")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "configuration change refused"),
+                }
+                let _ = reply.send(result);
             }
             Control::CheckpointDone(slot) => {
                 self.checkpoint_running = false;
@@ -801,7 +871,11 @@ impl<S: StateMachine> EventLoop<S> {
                     .in_flight
                     .store(self.proposals.len() as u64, Ordering::Relaxed);
             }
-            Err(ProposeError::WindowFull) => self.stalled = Some((batch, completers, batched_us)),
+            // A Reconfigure is unchosen: nothing may be proposed above it
+            // until it is, so wait exactly as for a full window.
+            Err(ProposeError::WindowFull | ProposeError::ConfigChangeInFlight) => {
+                self.stalled = Some((batch, completers, batched_us))
+            }
             Err(ProposeError::NotLeader { leader }) => {
                 let hint = leader.map(|l| l.0);
                 for c in completers {
@@ -862,7 +936,23 @@ impl<S: StateMachine> EventLoop<S> {
                         .send(seq)
                         .map_err(|_| anyhow::anyhow!("durability waiter stopped"))?;
                 }
-                Action::Apply { slot, value, .. } => self.apply(slot, value),
+                Action::Apply {
+                    slot,
+                    ballot,
+                    value,
+                } => {
+                    if let Value::Reconfigure(m) = &value {
+                        self.record_reconfigure(slot, ballot, m);
+                    }
+                    self.apply(slot, value);
+                    if self
+                        .sm
+                        .cluster()
+                        .is_some_and(|c| c.generation() != self.book_generation)
+                    {
+                        self.refresh_cluster(true);
+                    }
+                }
                 Action::StatusChanged(status) => self.on_status(status),
             }
         }
@@ -974,6 +1064,9 @@ impl<S: StateMachine> EventLoop<S> {
             tracing::info!(id = %self.id, leader = self.is_leader, ballot = %status.ballot, "primary status changed");
             self.sm.notify_status(self.is_leader);
         }
+        if status.membership_slot != self.membership_slot {
+            self.refresh_cluster(true);
+        }
         if status.needs_snapshot && !self.needs_snapshot {
             tracing::warn!("behind the peers' retained log: fetching a checkpoint from a peer");
         }
@@ -1003,7 +1096,8 @@ impl<S: StateMachine> EventLoop<S> {
             return;
         }
         let peers: Vec<ReplicaId> = self
-            .core_config
+            .replica
+            .status()
             .membership
             .all()
             .filter(|&p| p != self.id)
@@ -1153,14 +1247,11 @@ impl<S: StateMachine> EventLoop<S> {
         let slot = load_newest_checkpoint(store, &mut self.sm)?;
         let durable = reload();
         let now = self.now();
-        self.replica = paxos_core::Replica::try_new(
-            self.core_config.clone(),
-            durable,
-            slot,
-            self.seed ^ slot,
-            now,
-        )
-        .map_err(|e| anyhow::anyhow!("restarting the core: {e}"))?;
+        let mut core_config = self.core_config.clone();
+        crate::membership::restart_membership(&mut core_config, self.sm.cluster());
+        self.replica =
+            paxos_core::Replica::try_new(core_config, durable, slot, self.seed ^ slot, now)
+                .map_err(|e| anyhow::anyhow!("restarting the core: {e}"))?;
         // Tokens of the old core instance are meaningless to the new one.
         self.outstanding.clear();
         for p in self.proposals.drain(..) {
@@ -1185,7 +1276,82 @@ impl<S: StateMachine> EventLoop<S> {
             slot,
             "installed a checkpoint from a peer; the core restarted from it"
         );
+        self.membership_slot = u64::MAX;
+        self.refresh_cluster(true);
         Ok(())
+    }
+
+    /// Notes an applied `Reconfigure` in the state machine, so checkpoints
+    /// from now on restart the core in the membership it installed.
+    fn record_reconfigure(&mut self, slot: Slot, ballot: Ballot, m: &Membership) {
+        if let Some(c) = self.sm.cluster_mut() {
+            c.record_reconfigure(slot, ballot, m.clone());
+        }
+    }
+
+    /// Republishes the cluster view; with `changed`, also reacts to a new
+    /// membership or address book: the transport's peer set follows, and a
+    /// removal of this replica is logged.
+    fn refresh_cluster(&mut self, changed: bool) {
+        let now = self.now();
+        let status = self.replica.status();
+        let generation = self.sm.cluster().map_or(0, |c| c.generation());
+        let old = Arc::clone(
+            &self
+                .status
+                .cluster
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        let book_changed = generation != self.book_generation || old.book.is_empty();
+        let membership_changed = status.membership_slot != self.membership_slot;
+        let book = if book_changed {
+            let empty = std::collections::BTreeMap::new();
+            let replicated = self.sm.cluster().map_or(&empty, |c| c.book());
+            Arc::new(self.directory.merged(replicated))
+        } else {
+            Arc::clone(&old.book)
+        };
+        let member = status.membership.contains(self.id);
+        let removed = (old.removed || self.was_member) && !member;
+        if changed && (book_changed || membership_changed) {
+            if membership_changed {
+                tracing::info!(
+                    slot = status.membership_slot,
+                    membership = %crate::membership::membership_text(&status.membership),
+                    "membership in force"
+                );
+                if removed && self.was_member {
+                    tracing::warn!(
+                        id = %self.id,
+                        "this replica was REMOVED from the cluster: it takes no part any more and answers clients with redirects; stop it, or wipe its data and add it again"
+                    );
+                }
+            }
+            if let Some(dir) = &self.peer_directory {
+                dir.set_peers(
+                    &self
+                        .directory
+                        .wanted_peers(self.id, &status.membership, &book),
+                );
+            }
+            self.book_generation = generation;
+            self.membership_slot = status.membership_slot;
+            self.was_member = member;
+        }
+        let view = ClusterView {
+            peers: self.replica.peer_status(now),
+            pending: self.replica.pending_configuration().cloned(),
+            membership: status.membership,
+            membership_slot: status.membership_slot,
+            book,
+            removed,
+        };
+        *self
+            .status
+            .cluster
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(view);
     }
 
     fn maybe_checkpoint(&mut self, slot: Slot) {

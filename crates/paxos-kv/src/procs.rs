@@ -96,6 +96,46 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// Provisions replica `id` for this cluster (config and a certificate
+    /// of the cluster CA, see [`crate::admin::provision_node`]) without
+    /// starting it, and returns its index (`id - 1`). A new id must be the
+    /// next one; an existing one must be stopped, and gets its data wiped
+    /// and its addresses kept (a removed replica rejoining).
+    pub fn provision(&mut self, id: u32) -> anyhow::Result<usize> {
+        let i = (id as usize)
+            .checked_sub(1)
+            .context("replica ids start at 1")?;
+        anyhow::ensure!(
+            i <= self.len(),
+            "provision replica {} first",
+            self.len() + 1
+        );
+        if i < self.len() {
+            anyhow::ensure!(!self.is_running(i), "stop replica {id} first");
+            let data = self.dir.join(format!("node{id}"));
+            if data.exists() {
+                std::fs::remove_dir_all(&data)
+                    .with_context(|| format!("wiping {}", data.display()))?;
+            }
+        }
+        let reuse = self.addrs.get(i).copied();
+        let (config, addrs) = crate::admin::provision_node(&self.dir, id, reuse)?;
+        if i == self.len() {
+            self.configs.push(config);
+            self.addrs.push(addrs);
+            self.children.push(None);
+            self.stopped.push(false);
+        } else {
+            self.configs[i] = config;
+        }
+        Ok(i)
+    }
+
+    /// Node `i`'s peer (QUIC) address.
+    pub fn peer_addr(&self, i: usize) -> SocketAddr {
+        self.addrs[i].peer
+    }
+
     /// kill -9 node `i` and reap it.
     pub fn kill9(&mut self, i: usize) {
         if let Some(mut child) = self.children[i].take() {

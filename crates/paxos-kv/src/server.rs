@@ -50,6 +50,8 @@ enum Pending {
     Ready(Bytes),
     /// Awaiting consensus; with the stage stamp of its arrival.
     Wait(CompletionHandle<Reply>, u64),
+    /// An operator command running in its own task ([`crate::admin`]).
+    Admin(tokio::sync::oneshot::Receiver<Bytes>),
     /// Flush what was written, then close (after a fatal protocol error or QUIT).
     Close,
 }
@@ -62,6 +64,10 @@ struct ServerState {
 
 impl ServerState {
     fn redirect(&self, id: ReplicaId) -> Option<String> {
+        // The replicated address book knows members added at run time.
+        if let Some(a) = self.replica.cluster().client_addr(id) {
+            return Some(a.to_string());
+        }
         self.config
             .members
             .iter()
@@ -196,6 +202,21 @@ fn execute(
         resp::write_bulk(&mut out, Some(text.as_bytes()));
         return Pending::Ready(out.freeze());
     }
+    if crate::admin::is_admin(name) {
+        return match crate::admin::parse(args) {
+            Ok(cmd) => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let replica = state.replica.clone();
+                tokio::spawn(async move {
+                    let reply =
+                        crate::admin::execute(cmd, replica, crate::admin::CHANGE_TIMEOUT).await;
+                    let _ = tx.send(reply);
+                });
+                Pending::Admin(rx)
+            }
+            Err(e) => Pending::Ready(error_bytes(e.to_string().as_bytes())),
+        };
+    }
     if is(b"COMMAND") {
         return Pending::Ready(Bytes::from_static(b"*0\r\n"));
     }
@@ -253,6 +274,16 @@ async fn write_replies(
                     }
                     outcome_reply(outcome, |id| state.redirect(id), &mut out);
                 }
+                Pending::Admin(rx) => {
+                    if !out.is_empty() {
+                        wr.write_all(&out).await?;
+                        out.clear();
+                    }
+                    match rx.await {
+                        Ok(reply) => out.extend_from_slice(&reply),
+                        Err(_) => out.extend_from_slice(b"-ERR command aborted\r\n"),
+                    }
+                }
                 Pending::Close => {
                     wr.write_all(&out).await?;
                     let _ = wr.shutdown().await;
@@ -302,5 +333,6 @@ fn info_text(state: &ServerState, section: Option<&[u8]>) -> String {
         s.proposed_requests,
         state.connected.load(Ordering::Relaxed),
     );
+    crate::membership::write_info(&state.replica.cluster(), &mut text);
     text
 }
