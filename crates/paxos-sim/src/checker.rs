@@ -16,10 +16,23 @@
 //!   acknowledged slot.
 //! - **One leader per ballot**: two replicas never report `Leader` under the
 //!   same ballot, and a leader's ballot names the leader itself.
+//! - **Quorum of the governing voters** (membership change): the chosen
+//!   `Reconfigure` decrees say which membership governs each slot (the one
+//!   installed by the last `Reconfigure` at a lower slot, else the initial
+//!   one). Every acceptor vote that reaches a simulated disk is recorded
+//!   here, `(replica, slot, ballot) -> value`, when its persist completes
+//!   (or when a crash leaves it on disk) and is never erased, so crashes,
+//!   restarts and truncation cannot hide a vote nor invent one. Whenever any
+//!   replica applies `value` at `slot`, some single ballot must hold votes
+//!   for that value from a quorum of the *voters of the membership governing
+//!   `slot`*; votes of learners, spares and removed replicas do not count.
+//!   An acceptor never records two values at one slot and ballot.
+//! - **Membership adoption**: a replica's reported membership, installed by
+//!   the `Reconfigure` at `membership_slot`, is the one chosen there.
 
 use crate::client::{parse_request, RequestId};
 use bytes::Bytes;
-use paxos_core::{batch, Ballot, ReplicaId, Slot, Status, Value};
+use paxos_core::{batch, Ballot, Membership, ReplicaId, Slot, Status, Value};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The kind of a violated property.
@@ -45,6 +58,10 @@ pub enum FailureKind {
     ApiContract,
     /// The core panicked (an `assert!`, a contract, or a bug).
     Panic,
+    /// A value was applied without durable votes from a quorum of the
+    /// voters governing its slot in one ballot, an acceptor voted twice in
+    /// one ballot, or a replica adopted a membership that was not chosen.
+    Quorum,
     /// The healed cluster did not elect a leader and commit new requests in
     /// time.
     Liveness,
@@ -62,6 +79,7 @@ impl std::fmt::Display for FailureKind {
             FailureKind::Durability => "DURABILITY",
             FailureKind::ApiContract => "API CONTRACT",
             FailureKind::Panic => "PANIC",
+            FailureKind::Quorum => "QUORUM OF GOVERNING VOTERS",
             FailureKind::Liveness => "LIVENESS",
         };
         f.write_str(s)
@@ -108,12 +126,123 @@ pub struct Checker {
     leaders: BTreeMap<Ballot, ReplicaId>,
     /// Highest request sequence number issued per client (validity).
     issued: BTreeMap<u32, u64>,
+    /// The membership before any `Reconfigure`.
+    initial: Membership,
+    /// Chosen `Reconfigure` decrees by slot: each governs the slots above it
+    /// up to the next one.
+    reconfigs: BTreeMap<Slot, Membership>,
+    /// Every vote that reached a simulated disk, never erased:
+    /// slot -> ballot -> replica -> value.
+    votes: BTreeMap<Slot, BTreeMap<Ballot, BTreeMap<ReplicaId, Value>>>,
 }
 
 impl Checker {
-    /// An empty checker.
-    pub fn new() -> Checker {
-        Checker::default()
+    /// An empty checker for a cluster that starts with `initial`.
+    pub fn new(initial: Membership) -> Checker {
+        Checker {
+            initial,
+            ..Checker::default()
+        }
+    }
+
+    /// The membership that governs `slot`: installed by the last chosen
+    /// `Reconfigure` below it, else the initial one. Exact for every slot
+    /// up to one above the highest applied slot (applies are contiguous, so
+    /// every lower slot was applied somewhere and is known here).
+    pub fn governing(&self, slot: Slot) -> &Membership {
+        self.reconfigs
+            .range(..slot)
+            .next_back()
+            .map_or(&self.initial, |(_, m)| m)
+    }
+
+    /// The last membership chosen (applied anywhere) and its slot (0: the
+    /// initial one).
+    pub fn latest_membership(&self) -> (Slot, &Membership) {
+        self.reconfigs
+            .iter()
+            .next_back()
+            .map_or((0, &self.initial), |(s, m)| (*s, m))
+    }
+
+    /// Records that `id`'s disk now holds a vote for `value` at `slot` in
+    /// `ballot` (its persist completed, or a crash left it there).
+    pub fn record_vote(
+        &mut self,
+        id: ReplicaId,
+        slot: Slot,
+        ballot: Ballot,
+        value: &Value,
+    ) -> Result<(), Failure> {
+        let by_replica = self
+            .votes
+            .entry(slot)
+            .or_default()
+            .entry(ballot)
+            .or_default();
+        match by_replica.get(&id) {
+            Some(earlier) if earlier != value => Err(Failure::new(
+                FailureKind::Quorum,
+                format!(
+                    "{id} durably voted for two values at slot {slot} in ballot {ballot}: {} and {}",
+                    describe(earlier),
+                    describe(value)
+                ),
+            )),
+            Some(_) => Ok(()),
+            None => {
+                by_replica.insert(id, value.clone());
+                Ok(())
+            }
+        }
+    }
+
+    /// Checks that `value`, applied at `slot` by `id`, was durably voted for
+    /// in one ballot by a quorum of the voters governing `slot`.
+    pub fn check_quorum(&self, id: ReplicaId, slot: Slot, value: &Value) -> Result<(), Failure> {
+        let governing = self.governing(slot);
+        let quorum = governing.quorum();
+        let mut best: Option<(Ballot, usize)> = None;
+        if let Some(ballots) = self.votes.get(&slot) {
+            for (ballot, by_replica) in ballots {
+                let count = by_replica
+                    .iter()
+                    .filter(|(r, v)| governing.is_voter(**r) && *v == value)
+                    .count();
+                if count >= quorum {
+                    return Ok(());
+                }
+                if best.is_none_or(|(_, c)| count > c) {
+                    best = Some((*ballot, count));
+                }
+            }
+        }
+        let all_votes: Vec<String> = self
+            .votes
+            .get(&slot)
+            .into_iter()
+            .flat_map(|b| b.iter())
+            .map(|(ballot, by_replica)| {
+                let voters: Vec<String> = by_replica
+                    .iter()
+                    .map(|(r, v)| {
+                        let mark = if v == value { "" } else { "(other value)" };
+                        format!("{r}{mark}")
+                    })
+                    .collect();
+                format!("{ballot}: [{}]", voters.join(" "))
+            })
+            .collect();
+        Err(Failure::new(
+            FailureKind::Quorum,
+            format!(
+                "{id} applied slot {slot} = {} but no ballot has durable votes for it from a quorum ({quorum}) of the governing voters {:?}; best {:?}; votes at that slot: {}",
+                describe(value),
+                governing.voters,
+                best,
+                all_votes.join(", ")
+            ),
+        ))
     }
 
     /// Records that `client` has issued requests below `next_seq`.
@@ -173,6 +302,9 @@ impl Checker {
             )),
             Some(_) => Ok(()),
             None => {
+                if let Value::Reconfigure(m) = value {
+                    self.reconfigs.insert(slot, m.clone());
+                }
                 self.chosen.insert(slot, (value.clone(), id));
                 Ok(())
             }
@@ -251,6 +383,22 @@ impl Checker {
 
     /// Checks a `StatusChanged` report.
     pub fn on_status(&mut self, status: &Status) -> Result<(), Failure> {
+        if status.membership_slot > 0 {
+            if let Some((chosen, _)) = self.chosen.get(&status.membership_slot) {
+                if *chosen != Value::Reconfigure(status.membership.clone()) {
+                    return Err(Failure::new(
+                        FailureKind::Quorum,
+                        format!(
+                            "{} adopted membership {:?} from slot {}, which holds {}",
+                            status.id,
+                            status.membership,
+                            status.membership_slot,
+                            describe(chosen)
+                        ),
+                    ));
+                }
+            }
+        }
         if status.role != paxos_core::Role::Leader {
             return Ok(());
         }
@@ -314,7 +462,11 @@ mod tests {
 
     #[test]
     fn agreement_is_checked_across_replicas() {
-        let mut c = Checker::new();
+        let mut c = Checker::new(Membership::with_voters(vec![
+            ReplicaId(1),
+            ReplicaId(2),
+            ReplicaId(3),
+        ]));
         c.note_issued(1, 10);
         let a = batch_of(&[(1, 1)]);
         let b = batch_of(&[(1, 2)]);
@@ -334,8 +486,77 @@ mod tests {
     }
 
     #[test]
+    fn only_votes_of_the_governing_voters_count() {
+        let r = ReplicaId;
+        let b = |round| Ballot::new(round, r(1));
+        let mut c = Checker::new(Membership::with_voters(vec![r(1), r(2), r(3)]));
+        // Slot 1 moves the voters to {2, 3, 4}; it is governed by {1, 2, 3}.
+        let next = Membership::with_voters(vec![r(2), r(3), r(4)]);
+        let reconf = Value::Reconfigure(next.clone());
+        c.record_vote(r(1), 1, b(1), &reconf).unwrap();
+        assert_eq!(
+            c.check_quorum(r(1), 1, &reconf).unwrap_err().kind,
+            FailureKind::Quorum
+        );
+        c.record_vote(r(2), 1, b(1), &reconf).unwrap();
+        c.check_quorum(r(1), 1, &reconf).unwrap();
+        c.on_apply(r(1), 0, 1, &reconf).unwrap();
+        assert_eq!(c.governing(1).voters, vec![r(1), r(2), r(3)]);
+        assert_eq!(c.governing(2), &next);
+        assert_eq!(c.latest_membership(), (1, &next));
+        // Slot 2: votes of 1 (removed) and 2 are not a quorum of {2, 3, 4}.
+        c.record_vote(r(1), 2, b(1), &Value::Noop).unwrap();
+        c.record_vote(r(2), 2, b(1), &Value::Noop).unwrap();
+        assert_eq!(
+            c.check_quorum(r(2), 2, &Value::Noop).unwrap_err().kind,
+            FailureKind::Quorum
+        );
+        // Votes in two different ballots do not add up either.
+        c.record_vote(r(4), 2, b(2), &Value::Noop).unwrap();
+        assert!(c.check_quorum(r(2), 2, &Value::Noop).is_err());
+        c.record_vote(r(4), 2, b(1), &Value::Noop).unwrap();
+        c.check_quorum(r(2), 2, &Value::Noop).unwrap();
+        // One value per replica, slot and ballot.
+        assert_eq!(
+            c.record_vote(r(4), 2, b(1), &reconf).unwrap_err().kind,
+            FailureKind::Quorum
+        );
+    }
+
+    #[test]
+    fn an_adopted_membership_must_be_the_chosen_one() {
+        let r = ReplicaId;
+        let mut c = Checker::new(Membership::with_voters(vec![r(1), r(2), r(3)]));
+        let next = Membership::with_voters(vec![r(2), r(3), r(4)]);
+        c.on_apply(r(1), 0, 1, &Value::Reconfigure(next.clone()))
+            .unwrap();
+        let status = |m: Membership| Status {
+            id: r(2),
+            role: paxos_core::Role::Follower,
+            ballot: Ballot::ZERO,
+            leader: None,
+            commit_index: 1,
+            applied_index: 1,
+            in_flight: 0,
+            membership: m,
+            membership_slot: 1,
+            needs_snapshot: false,
+        };
+        c.on_status(&status(next)).unwrap();
+        let wrong = Membership::with_voters(vec![r(1), r(2), r(4)]);
+        assert_eq!(
+            c.on_status(&status(wrong)).unwrap_err().kind,
+            FailureKind::Quorum
+        );
+    }
+
+    #[test]
     fn gaps_and_repeats_are_caught() {
-        let mut c = Checker::new();
+        let mut c = Checker::new(Membership::with_voters(vec![
+            ReplicaId(1),
+            ReplicaId(2),
+            ReplicaId(3),
+        ]));
         c.on_apply(ReplicaId(1), 0, 1, &Value::Noop).unwrap();
         assert_eq!(
             c.on_apply(ReplicaId(1), 1, 3, &Value::Noop)
@@ -353,7 +574,11 @@ mod tests {
 
     #[test]
     fn unproposed_and_unissued_values_are_invalid() {
-        let mut c = Checker::new();
+        let mut c = Checker::new(Membership::with_voters(vec![
+            ReplicaId(1),
+            ReplicaId(2),
+            ReplicaId(3),
+        ]));
         c.note_issued(1, 2);
         let unknown = batch_of(&[(1, 1)]);
         assert_eq!(
@@ -378,7 +603,11 @@ mod tests {
 
     #[test]
     fn acks_must_point_at_a_slot_holding_the_request() {
-        let mut c = Checker::new();
+        let mut c = Checker::new(Membership::with_voters(vec![
+            ReplicaId(1),
+            ReplicaId(2),
+            ReplicaId(3),
+        ]));
         c.note_issued(1, 10);
         let a = batch_of(&[(1, 1), (1, 2)]);
         c.note_proposed(a.clone());

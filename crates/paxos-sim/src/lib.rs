@@ -50,23 +50,53 @@
 //!   (RSL's CopyStateFromReplica).
 //! - **Leadership churn**: the leader is asked to `relinquish_primary`, and
 //!   replicas' `CanBecomePrimary` veto is toggled (at most a minority vetoed).
+//! - **Membership changes** (in about half the seeds, or as
+//!   `--reconfigure always|never` says): the pool holds two spare replicas
+//!   beyond the initial voters (3 + 2, or 5 + 2). A chaos action hands an
+//!   operator a new voter set drawn from the pool: mostly the same size
+//!   with one voter replaced (half of those in the shape of RSL's walk
+//!   ABC -> BCD -> CDE -> ADE: drop the lowest voter, add the next id after
+//!   the highest, cyclically), sometimes one voter more or fewer (between
+//!   `max(n - 1, 3)` and `n + 1` voters). A spare starts when a change first
+//!   needs it, with an empty disk and a membership in which it is a learner
+//!   (the voters of that time). The operator asks whoever leads
+//!   (`change_configuration`) every 20..100 ms until the target is chosen;
+//!   `NotLeader` and `ConfigChangeInFlight` just mean "ask again". Only one
+//!   change is pending at a time. Removed replicas keep running (they are
+//!   crashed, restarted and partitioned like the others), and may be added
+//!   back later with their old disk. Every other fault stays on meanwhile.
+//!   Each simulated state machine remembers `(slot, ballot, membership)` of
+//!   the last `Reconfigure` it applied, keeps it in its checkpoint, hands it
+//!   over in a state transfer, and a restart passes it to the core as
+//!   `Config::membership` / `membership_ballot` (the initial membership, or
+//!   a spare's joining one, and `Ballot::ZERO` if none).
 //! - **Clients**: three clients keep a bounded window of requests with
 //!   unique ids, batch them with `paxos_core::batch` and `propose` them to the
 //!   replica they believe leads; `NotLeader` redirects them, `WindowFull`
-//!   makes them retry, and unacknowledged requests are retried after a
-//!   timeout.
+//!   and `ConfigChangeInFlight` make them retry at their next tick, and
+//!   unacknowledged requests are retried after a timeout.
 //!
 //! Timers stay inside the timing envelope (the election timeout is at least
 //! eight times the longest ordinary network delay); slow messages still
 //! exceed it.
 //!
-//! Then the **liveness phase** heals everything (all replicas restarted,
-//! partitions removed, no loss or duplication, no vetoes). Each client
-//! issues a few new requests (probes) and then stops; within a bounded
-//! simulated time (10 s) a leader must be elected, every outstanding and new
-//! request acknowledged, and every replica must apply through the highest
-//! acknowledged slot. Otherwise the seed fails with a liveness violation
-//! that lists each replica's role, ballot, commit and applied index.
+//! Caps on simultaneous faults (at most a minority down, usually) are taken
+//! against the voters of the newest chosen membership.
+//!
+//! Then the **liveness phase** heals everything (every replica started so
+//! far restarted, partitions removed, no loss or duplication, no vetoes).
+//! Each client issues a few new requests (probes) and then stops. A
+//! membership change still pending at the heal is **not** abandoned: the
+//! operator keeps asking until it is in force, and the run requires it to
+//! complete (a change that cannot finish in a healthy cluster is a liveness
+//! bug). Within a bounded simulated time (10 s) the change must be chosen, a
+//! voter of the final membership must lead, every outstanding and new
+//! request must be acknowledged, and every member of the final membership
+//! (voters and learners) must run and apply through the highest
+//! acknowledged slot and the slot that installed that membership. Removed
+//! replicas and spares never used are not required to catch up. Otherwise
+//! the seed fails with a liveness violation that lists each replica's role,
+//! ballot, commit and applied index, membership and pending change.
 //!
 //! # Checkers
 //!
@@ -80,9 +110,17 @@
 //! applies** per replica incarnation, **one leader per ballot**,
 //! **durability before reply** (an acceptor's `Promise` or `Accepted` may
 //! only be sent once the promise or accepted value it reports is on the
-//! simulated disk), **chosen implies a durable quorum** (whenever any
-//! replica applies a value at a slot, a quorum of simulated disks holds that
-//! value there or has truncated the slot under a checkpoint), the codec
+//! simulated disk), **quorum of the governing voters** (from the chosen
+//! `Reconfigure` decrees the checker knows which membership governs each
+//! slot; every vote that reaches a simulated disk is recorded when its
+//! persist completes, or when a crash leaves it on disk, and never erased;
+//! whenever any replica applies a value at a slot, one ballot must hold
+//! durable votes for it from a quorum of *that slot's* voters, so votes of
+//! learners, spares and removed replicas never count), **chosen implies a
+//! durable quorum now** (at every apply, a quorum of the governing voters'
+//! current disks holds that value there or has truncated the slot under a
+//! checkpoint), **membership adoption** (a replica reports a membership
+//! installed at slot s only if s holds that `Reconfigure`), the codec
 //! round trip (decode then encode gives the same bytes; message size limit),
 //! the core's API contract (increasing persist tokens, status of itself,
 //! known peers) and, because this crate enables `paxos-contracts/contracts`,
@@ -102,15 +140,18 @@
 //! - The simulator never reads a clock, the environment or an unseeded RNG.
 //! - Work is bounded: each client has a fixed request window; the event
 //!   queue holds only what the replicas sent, persisted or armed (their own
-//!   bounds apply), one pending tick per client and one chaos event (timer
-//!   events superseded by a re-arm are dropped when they come due); the
-//!   fault phase runs a fixed number of events and the liveness
-//!   phase has both a simulated-time deadline and an event cap, so a run
-//!   always ends.
+//!   bounds apply), one pending tick per client, one chaos event and at most
+//!   one operator retry (timer events superseded by a re-arm are dropped
+//!   when they come due); the fault phase runs a fixed number of events and
+//!   the liveness phase has both a simulated-time deadline and an event cap,
+//!   so a run always ends.
 //! - A core failure never takes the process down: panics are caught per run
 //!   and reported with the seed.
 //! - The simulator only uses paxos-core's public API (plus `plant_bug` via
 //!   the test hook).
+//! - A seed drawn without membership changes runs exactly as before they
+//!   existed (no spares; the decision is drawn from a generator of its own),
+//!   so old findings still reproduce.
 
 pub mod checker;
 pub mod client;
@@ -134,11 +175,12 @@ pub mod planted {
 
     /// Every planted bug. The match in [`name`] is exhaustive, so a new
     /// variant fails to compile until it is listed there.
-    pub const ALL: [PlantedBug; 4] = [
+    pub const ALL: [PlantedBug; 5] = [
         PlantedBug::SkipAdoptHighestAccepted,
         PlantedBug::AckBeforePersist,
         PlantedBug::QuorumHalf,
         PlantedBug::ApplyUncheckedBallot,
+        PlantedBug::ProposeAboveUnchosenReconfigure,
     ];
 
     /// The CLI name of a planted bug.
@@ -148,6 +190,7 @@ pub mod planted {
             PlantedBug::AckBeforePersist => "ack-before-persist",
             PlantedBug::QuorumHalf => "quorum-half",
             PlantedBug::ApplyUncheckedBallot => "apply-unchecked-ballot",
+            PlantedBug::ProposeAboveUnchosenReconfigure => "propose-above-unchosen-reconfigure",
         }
     }
 

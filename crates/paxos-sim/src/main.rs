@@ -27,6 +27,10 @@ struct Args {
     /// Worker threads.
     #[arg(long, default_value_t = 2)]
     jobs: usize,
+    /// Membership changes: `always`, `never`, or `seed` (each seed draws
+    /// whether it changes membership; about half do).
+    #[arg(long, default_value = "seed", value_parser = clap::builder::PossibleValuesParser::new(["always", "never", "seed"]))]
+    reconfigure: String,
     /// Print every event (use with one seed).
     #[arg(short, long)]
     verbose: bool,
@@ -55,6 +59,11 @@ fn main() -> ExitCode {
         verbose: args.verbose,
         hook: None,
         stop_on_failure: false,
+        reconfigure: match args.reconfigure.as_str() {
+            "always" => Some(true),
+            "never" => Some(false),
+            _ => None,
+        },
     };
     // How a failing seed is rerun: `cargo xtask sim --seed S ...`, or the
     // planted-bug variant of it.

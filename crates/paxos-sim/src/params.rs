@@ -90,6 +90,11 @@ pub struct FaultWeights {
     /// Freeze a replica's process (a GC or VM pause): it handles nothing
     /// for a while, then resumes with a backlog, unaware time passed.
     pub pause: u32,
+    /// Ask the leader to change the membership (an operator's
+    /// `change_configuration`, retried until it is in force). Drawn apart
+    /// from the other weights (see [`FaultParams::sample_reconfiguration`]):
+    /// 0 also keeps the spare replicas out of the run.
+    pub reconfigure: u32,
 }
 
 impl FaultWeights {
@@ -104,6 +109,7 @@ impl FaultWeights {
             + self.veto
             + self.weather
             + self.pause
+            + self.reconfigure
     }
 }
 
@@ -139,6 +145,7 @@ impl FaultParams {
             veto: weight(rng, 3),
             weather: weight(rng, 3),
             pause: weight(rng, 5),
+            reconfigure: 0,
         };
         if weights.total() == 0 {
             weights.crash = 1;
@@ -167,6 +174,16 @@ impl FaultParams {
             client_outstanding: pick(rng, &[1, 4, 16]),
             client_batch: pick(rng, &[1, 3, 8]),
         }
+    }
+
+    /// Decides whether this seed changes membership, and how often. Drawn
+    /// from its own generator after everything else, so that a seed without
+    /// reconfiguration runs exactly as it did before reconfiguration existed
+    /// (its old failures still reproduce). `forced` overrides the draw.
+    pub fn sample_reconfiguration(&mut self, rng: &mut SmallRng, forced: Option<bool>) {
+        let drawn = rng.gen_bool(0.5);
+        let weight = rng.gen_range(2..=12);
+        self.weights.reconfigure = if forced.unwrap_or(drawn) { weight } else { 0 };
     }
 
     /// A calm network for the liveness phase: nothing lost or duplicated and

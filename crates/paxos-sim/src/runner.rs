@@ -24,6 +24,9 @@ pub struct RunOptions {
     pub hook: Option<ReplicaHook>,
     /// Stop handing out seeds after the first failure.
     pub stop_on_failure: bool,
+    /// Membership changes in every seed (`Some(true)`), in none
+    /// (`Some(false)`), or as each seed draws (`None`).
+    pub reconfigure: Option<bool>,
 }
 
 impl Default for RunOptions {
@@ -37,6 +40,7 @@ impl Default for RunOptions {
             verbose: false,
             hook: None,
             stop_on_failure: false,
+            reconfigure: None,
         }
     }
 }
@@ -61,6 +65,7 @@ impl RunOptions {
         cfg.steps = self.steps;
         cfg.verbose = self.verbose;
         cfg.hook = self.hook.clone();
+        cfg.reconfigure = self.reconfigure;
         cfg
     }
 
@@ -72,6 +77,11 @@ impl RunOptions {
         }
         if self.steps != DEFAULT_STEPS {
             cmd.push_str(&format!(" --steps {}", self.steps));
+        }
+        match self.reconfigure {
+            Some(true) => cmd.push_str(" --reconfigure always"),
+            Some(false) => cmd.push_str(" --reconfigure never"),
+            None => {}
         }
         cmd
     }
@@ -98,7 +108,7 @@ impl Summary {
     /// The one-line summary printed at the end.
     pub fn line(&self) -> String {
         format!(
-            "paxos-sim: {} seeds, {} steps, {} commits, {} acknowledged requests, {} faults injected ({} crashes, {} partitions/isolations/cuts, {} messages dropped), {} failures",
+            "paxos-sim: {} seeds, {} steps, {} commits, {} acknowledged requests, {} faults injected ({} crashes, {} partitions/isolations/cuts, {} messages dropped, {} of {} membership changes completed, {} spares started), {} failures",
             self.seeds_run,
             self.steps,
             self.commits,
@@ -107,6 +117,9 @@ impl Summary {
             self.faults.crashes,
             self.faults.partitions + self.faults.leader_isolations + self.faults.one_way_cuts,
             self.faults.messages_dropped,
+            self.faults.reconfigurations_completed,
+            self.faults.reconfigurations_requested,
+            self.faults.spares_started,
             self.failures.len()
         )
     }

@@ -8,7 +8,7 @@ use crate::params::FaultParams;
 use bytes::{Bytes, BytesMut};
 use paxos_core::batch::{BatchBuilder, BatchLimits};
 use paxos_core::{
-    codec, Action, Config, DurableState, Membership, Message, PersistEntry, PersistToken,
+    codec, Action, Ballot, Config, DurableState, Membership, Message, PersistEntry, PersistToken,
     ProposeError, Replica, ReplicaId, Role, Slot, Status, Time, Value,
 };
 use rand::rngs::SmallRng;
@@ -46,6 +46,9 @@ pub struct SimConfig {
     pub verbose: bool,
     /// Applied to every new replica.
     pub hook: Option<ReplicaHook>,
+    /// Whether membership changes (and the spare replicas they use) are
+    /// part of the run; `None` lets the seed choose.
+    pub reconfigure: Option<bool>,
 }
 
 impl SimConfig {
@@ -60,6 +63,7 @@ impl SimConfig {
             liveness_max_events: 400_000,
             verbose: false,
             hook: None,
+            reconfigure: None,
         }
     }
 }
@@ -72,6 +76,7 @@ impl std::fmt::Debug for SimConfig {
             .field("steps", &self.steps)
             .field("liveness_timeout_us", &self.liveness_timeout_us)
             .field("hook", &self.hook.is_some())
+            .field("reconfigure", &self.reconfigure)
             .finish()
     }
 }
@@ -111,6 +116,14 @@ pub struct FaultCounts {
     pub state_transfers: u64,
     /// Process pauses.
     pub pauses: u64,
+    /// Membership changes an operator asked for.
+    pub reconfigurations_requested: u64,
+    /// Membership changes that took effect (target chosen).
+    pub reconfigurations_completed: u64,
+    /// `change_configuration` calls (an operator retries until in force).
+    pub reconfiguration_calls: u64,
+    /// Spare replicas started to join.
+    pub spares_started: u64,
 }
 
 impl FaultCounts {
@@ -128,6 +141,7 @@ impl FaultCounts {
             + self.messages_duplicated
             + self.codec_fuzzed
             + self.pauses
+            + self.reconfigurations_requested
     }
 
     /// Adds another run's counts.
@@ -148,6 +162,10 @@ impl FaultCounts {
         self.checkpoints += o.checkpoints;
         self.state_transfers += o.state_transfers;
         self.pauses += o.pauses;
+        self.reconfigurations_requested += o.reconfigurations_requested;
+        self.reconfigurations_completed += o.reconfigurations_completed;
+        self.reconfiguration_calls += o.reconfiguration_calls;
+        self.spares_started += o.spares_started;
     }
 }
 
@@ -156,8 +174,11 @@ impl FaultCounts {
 pub struct RunReport {
     /// The seed.
     pub seed: u64,
-    /// Cluster size.
+    /// Cluster size (initial voters; spares not counted).
     pub replicas: usize,
+    /// Replicas in the pool: the initial voters plus the spares that
+    /// membership changes may add.
+    pub pool: usize,
     /// Events processed (both phases).
     pub steps: u64,
     /// Distinct slots applied anywhere.
@@ -208,6 +229,8 @@ enum EventKind {
         node: usize,
         incarnation: u64,
     },
+    /// The operator (re)asks the leader for its membership change.
+    Operator,
 }
 
 struct Event {
@@ -266,6 +289,25 @@ struct Node {
     transfer_scheduled: bool,
     /// The process is frozen until then: its events wait.
     paused_until: Time,
+    /// Started at least once (spares are not until a change adds them).
+    provisioned: bool,
+    /// The membership the replica was first started with: the initial one,
+    /// or for a spare the voters of that time with itself a learner. Used at
+    /// a restart from no checkpoint.
+    base_membership: Membership,
+    /// The simulated state machine's membership: `(slot, ballot, value)` of
+    /// the last `Reconfigure` it applied (RSL keeps it in the state).
+    sm_membership: Option<(Slot, Ballot, Membership)>,
+    /// `sm_membership` as of `checkpoint`: what a restart hands the core
+    /// as `Config::membership` and `membership_ballot`.
+    checkpoint_membership: Option<(Slot, Ballot, Membership)>,
+}
+
+/// An operator's membership change: asked of whoever leads, again and
+/// again, until the target is chosen.
+struct OperatorChange {
+    target: Membership,
+    since: Time,
 }
 
 #[derive(PartialEq, Eq)]
@@ -317,6 +359,10 @@ struct Sim {
     steps: u64,
     phase: Phase,
     batch_limits: BatchLimits,
+    /// Size of the initial voter set.
+    initial_voters: usize,
+    /// The membership change in progress, if any.
+    operator: Option<OperatorChange>,
 }
 
 thread_local! {
@@ -375,7 +421,8 @@ pub fn run(cfg: &SimConfig) -> RunReport {
     };
     RunReport {
         seed: cfg.seed,
-        replicas: sim.nodes.len(),
+        replicas: sim.initial_voters,
+        pool: sim.nodes.len(),
         steps: sim.steps,
         commits: sim.checker.chosen_slots(),
         acked_requests: sim.checker.acked_requests(),
@@ -406,7 +453,18 @@ impl Sim {
             max_requests: 16,
             max_bytes: 1024,
         };
-        let nodes = (0..n)
+        // Drawn from a generator of its own, after everything else: seeds
+        // without reconfiguration run exactly as before it existed.
+        let mut params = params;
+        let mut reconfig_rng = SmallRng::seed_from_u64(cfg.seed ^ 0x7265_636f_6e66_6967);
+        params.sample_reconfiguration(&mut reconfig_rng, cfg.reconfigure);
+        // Two spares beyond the initial voters, for changes to draw from.
+        let pool = if params.weights.reconfigure > 0 {
+            n + 2
+        } else {
+            n
+        };
+        let nodes = (0..pool)
             .map(|i| {
                 let id = ReplicaId(i as u32 + 1);
                 let mut config = Config::new(id, membership.clone());
@@ -435,6 +493,10 @@ impl Sim {
                     checkpoint: 0,
                     transfer_scheduled: false,
                     paused_until: Time(0),
+                    provisioned: i < n,
+                    base_membership: membership.clone(),
+                    sm_membership: None,
+                    checkpoint_membership: None,
                 }
             })
             .collect();
@@ -455,12 +517,14 @@ impl Sim {
                 partition_id: 0,
             },
             clients,
-            checker: Checker::new(),
+            checker: Checker::new(membership),
             digest: Fnv64::new(),
             faults: FaultCounts::default(),
             steps: 0,
             phase: Phase::Faults,
             batch_limits,
+            initial_voters: n,
+            operator: None,
         }
     }
 
@@ -492,7 +556,7 @@ impl Sim {
                 self.params
             )
         });
-        for i in 0..self.nodes.len() {
+        for i in 0..self.initial_voters {
             self.start_replica(i)?;
         }
         for c in 0..self.clients.len() {
@@ -586,6 +650,7 @@ impl Sim {
             EventKind::StateTransfer { node, incarnation } => {
                 self.state_transfer(node, incarnation)
             }
+            EventKind::Operator => self.operator_ask(),
             EventKind::Heal { partition } => {
                 if partition == self.net.partition_id {
                     self.trace(|| "network healed".to_string());
@@ -603,19 +668,31 @@ impl Sim {
         let seed: u64 = self.rng.gen();
         let now = self.now;
         let node = &mut self.nodes[i];
-        let mut replica = Replica::try_new(
-            node.config.clone(),
-            node.durable.clone(),
-            node.checkpoint,
-            seed,
-            now,
-        )
-        .map_err(|e| {
-            Failure::new(
-                FailureKind::ApiContract,
-                format!("{} rejected the simulator's config: {e}", node.id),
-            )
-        })?;
+        node.provisioned = true;
+        // The state machine comes back as of its checkpoint, membership
+        // included: the core must be told the membership in force after
+        // `applied_through` and the ballot its Reconfigure was applied in.
+        node.sm_membership = node.checkpoint_membership.clone();
+        let mut config = node.config.clone();
+        match &node.checkpoint_membership {
+            Some((_, ballot, m)) => {
+                config.membership = m.clone();
+                config.membership_ballot = *ballot;
+            }
+            None => {
+                config.membership = node.base_membership.clone();
+                config.membership_ballot = Ballot::ZERO;
+            }
+        }
+        let mut replica =
+            Replica::try_new(config, node.durable.clone(), node.checkpoint, seed, now).map_err(
+                |e| {
+                    Failure::new(
+                        FailureKind::ApiContract,
+                        format!("{} rejected the simulator's config: {e}", node.id),
+                    )
+                },
+            )?;
         if let Some(hook) = &self.cfg.hook {
             hook(&mut replica);
         }
@@ -663,6 +740,15 @@ impl Sim {
             .filter(|j| *j != i && self.nodes[*j].replica.is_some())
             .max_by_key(|j| (self.nodes[*j].applied_through, std::cmp::Reverse(*j)));
         let through = donor.map_or(0, |d| self.nodes[d].applied_through);
+        // The copied state machine carries its membership: the last
+        // Reconfigure the donor applied, or the initial membership if none.
+        let transferred = donor.map(|d| {
+            self.nodes[d].sm_membership.clone().unwrap_or((
+                0,
+                Ballot::ZERO,
+                self.checker.governing(1).clone(),
+            ))
+        });
         if through <= node.applied_through {
             // Nobody is ahead yet: try again later.
             let at = self.now.plus_micros(50_000);
@@ -683,13 +769,13 @@ impl Sim {
                 donor.map_or(0, |d| d + 1)
             )
         });
-        let node = &mut self.nodes[i];
-        for (_, entries) in std::mem::take(&mut node.pending) {
-            for e in &entries {
-                node.durable.apply(e);
-            }
+        let pending = std::mem::take(&mut self.nodes[i].pending);
+        for (_, entries) in &pending {
+            self.make_durable(i, entries)?;
         }
+        let node = &mut self.nodes[i];
         node.checkpoint = through;
+        node.checkpoint_membership = transferred;
         node.replica = None;
         node.incarnation += 1;
         node.disk_busy_until = self.now;
@@ -699,9 +785,9 @@ impl Sim {
         self.start_replica(i)
     }
 
-    fn crash(&mut self, i: usize) {
+    fn crash(&mut self, i: usize) -> Result<(), Failure> {
         if self.nodes[i].replica.is_none() {
-            return;
+            return Ok(());
         }
         let torn_allowed = self.params.torn_persists;
         let pending = std::mem::take(&mut self.nodes[i].pending);
@@ -722,17 +808,15 @@ impl Sim {
         if torn > 0 && torn < pending[whole].1.len() {
             self.faults.torn_persists += 1;
         }
-        let node = &mut self.nodes[i];
         for (_, entries) in pending.iter().take(whole) {
-            for e in entries {
-                node.durable.apply(e);
-            }
+            self.make_durable(i, entries)?;
         }
         if whole < pending.len() {
-            for e in pending[whole].1.iter().take(torn) {
-                node.durable.apply(e);
-            }
+            let torn_prefix: Vec<PersistEntry> =
+                pending[whole].1.iter().take(torn).cloned().collect();
+            self.make_durable(i, &torn_prefix)?;
         }
+        let node = &mut self.nodes[i];
         node.replica = None;
         node.incarnation += 1;
         node.paused_until = Time(0);
@@ -758,6 +842,20 @@ impl Sim {
                 incarnation,
             },
         );
+        Ok(())
+    }
+
+    /// Writes `entries` to node `i`'s simulated disk and records every vote
+    /// among them with the quorum checker (which never forgets one).
+    fn make_durable(&mut self, i: usize, entries: &[PersistEntry]) -> Result<(), Failure> {
+        let id = self.nodes[i].id;
+        for e in entries {
+            self.nodes[i].durable.apply(e);
+            if let PersistEntry::Accept(a) = e {
+                self.checker.record_vote(id, a.slot, a.ballot, &a.value)?;
+            }
+        }
+        Ok(())
     }
 
     /// Drains the replica's actions and re-arms its timer.
@@ -846,12 +944,15 @@ impl Sim {
                 }
                 self.trace(|| {
                     format!(
-                        "{id} status {:?} ballot {} leader {:?} commit {} applied {}",
+                        "{id} status {:?} ballot {} leader {:?} commit {} applied {} membership {:?}/{:?} from slot {}",
                         status.role,
                         status.ballot,
                         status.leader,
                         status.commit_index,
-                        status.applied_index
+                        status.applied_index,
+                        status.membership.voters,
+                        status.membership.learners,
+                        status.membership_slot
                     )
                 });
                 status.ballot.hash(&mut self.digest);
@@ -891,15 +992,20 @@ impl Sim {
         });
         slot.hash(&mut self.digest);
         value.hash(&mut self.digest);
+        self.checker.check_quorum(id, slot, &value)?;
         self.check_chosen_is_durable(i, slot, &value)?;
         self.checker
             .on_apply(id, self.nodes[i].applied_through, slot, &value)?;
         self.nodes[i].applied_through = slot;
+        if let Value::Reconfigure(m) = &value {
+            self.nodes[i].sm_membership = Some((slot, ballot, m.clone()));
+        }
         let every = self.params.checkpoint_every;
         if every > 0 && slot >= self.nodes[i].checkpoint + every {
             // The state machine saves a checkpoint (durably, at once), then
             // lets the core drop the decrees it covers.
             self.nodes[i].checkpoint = slot;
+            self.nodes[i].checkpoint_membership = self.nodes[i].sm_membership.clone();
             self.faults.checkpoints += 1;
             if let Some(r) = self.nodes[i].replica.as_mut() {
                 r.compact(slot);
@@ -911,16 +1017,18 @@ impl Sim {
 
     /// A value is chosen only once a quorum of acceptors *durably* accepted
     /// it, so whenever any replica applies `value` at `slot`, a quorum of the
-    /// simulated disks must hold that value there (or have truncated the
-    /// slot under a checkpoint that covers it). Acceptors only ever replace
+    /// disks of the voters governing `slot` must hold that value there (or
+    /// have truncated the slot under a checkpoint that covers it). Acceptors only ever replace
     /// a chosen slot's entry with the same value, so this stays true once
     /// true, and checking it at every apply catches a replica that counted
     /// votes that were not yet durable, or too few votes, even when no crash
     /// happens to expose it.
     fn check_chosen_is_durable(&self, i: usize, slot: Slot, value: &Value) -> Result<(), Failure> {
+        let governing = self.checker.governing(slot);
         let holders = self
             .nodes
             .iter()
+            .filter(|n| governing.is_voter(n.id))
             .filter(|n| {
                 n.durable.truncated_through >= slot
                     || n.durable
@@ -929,15 +1037,15 @@ impl Sim {
                         .is_some_and(|a| a.value == *value)
             })
             .count();
-        let quorum = self.nodes.len() / 2 + 1;
+        let quorum = governing.quorum();
         if holders < quorum {
             return Err(Failure::new(
                 FailureKind::Durability,
                 format!(
-                    "{} applied slot {slot} = {} but only {holders} of {} disks hold that value there (quorum {quorum})",
+                    "{} applied slot {slot} = {} but only {holders} disks of its governing voters {:?} hold that value there (quorum {quorum})",
                     self.nodes[i].id,
                     describe(value),
-                    self.nodes.len()
+                    governing.voters
                 ),
             ));
         }
@@ -991,9 +1099,8 @@ impl Sim {
                 "simulator lost a pending persist",
             ));
         };
-        for e in &entries {
-            node.durable.apply(e);
-        }
+        self.make_durable(i, &entries)?;
+        let node = &mut self.nodes[i];
         if let Some(r) = node.replica.as_mut() {
             r.on_persisted(now, token);
         }
@@ -1256,7 +1363,9 @@ impl Sim {
                 self.clients[k].believed_leader =
                     hinted.unwrap_or_else(|| self.rng.gen_range(0..n));
             }
-            Err(ProposeError::WindowFull) => {}
+            // A membership change is being chosen: like a full window, the
+            // client retries at its next tick.
+            Err(ProposeError::WindowFull | ProposeError::ConfigChangeInFlight) => {}
             Err(ProposeError::TooLarge { len, max }) => {
                 return Err(Failure::new(
                     FailureKind::ApiContract,
@@ -1302,7 +1411,18 @@ impl Sim {
         let w = self.params.weights.clone();
         let mut pick = self.rng.gen_range(0..w.total());
         let n = self.nodes.len();
-        let minority = (n - 1) / 2;
+        // Caps on simultaneous faults are taken against the voters of the
+        // newest membership (at most a minority of them down).
+        let voters = self.checker.latest_membership().1.voters.clone();
+        let minority = (voters.len() - 1) / 2;
+        let down_voters = voters
+            .iter()
+            .filter(|v| {
+                self.index_of(**v)
+                    .is_none_or(|i| self.nodes[i].replica.is_none())
+            })
+            .count();
+        let veto_cap = (self.initial_voters - 1) / 2;
         let mut choose = |weight: u32| {
             if pick < weight {
                 true
@@ -1316,22 +1436,22 @@ impl Sim {
             // Usually at most a minority is down; now and then one more, which
             // stalls the cluster until a restart (safety must still hold).
             let cap = minority + usize::from(self.rng.gen_bool(0.2));
-            if n - alive.len() < cap && !alive.is_empty() {
+            if down_voters < cap && !alive.is_empty() {
                 let victim = match self.current_leader() {
                     Some(l) if self.rng.gen_bool(0.5) => l,
                     _ => alive[self.rng.gen_range(0..alive.len())],
                 };
-                self.crash(victim);
+                self.crash(victim)?;
             }
         } else if choose(w.crash_persisting) {
             let alive = self.alive();
-            if n - alive.len() < minority + 1 {
+            if down_voters < minority + 1 {
                 let victim = alive
                     .iter()
                     .copied()
                     .max_by_key(|i| (self.nodes[*i].pending.len(), std::cmp::Reverse(*i)));
                 if let Some(v) = victim {
-                    self.crash(v);
+                    self.crash(v)?;
                 }
             }
         } else if choose(w.partition) {
@@ -1376,7 +1496,7 @@ impl Sim {
         } else if choose(w.veto) {
             let i = self.rng.gen_range(0..n);
             let vetoed = self.nodes.iter().filter(|n| n.vetoed).count();
-            if self.nodes[i].vetoed || vetoed < minority {
+            if self.nodes[i].vetoed || vetoed < veto_cap {
                 self.faults.vetoes += 1;
                 let node = &mut self.nodes[i];
                 node.vetoed = !node.vetoed;
@@ -1400,6 +1520,10 @@ impl Sim {
                 self.nodes[victim].paused_until = self.now.plus_micros(pause);
                 self.trace(|| format!("PAUSE r{} for {pause}us", victim + 1));
             }
+        } else if choose(w.reconfigure) {
+            if self.operator.is_none() {
+                self.request_reconfiguration()?;
+            }
         } else {
             self.faults.weather_changes += 1;
             self.params.loss = [0.0, 0.01, 0.05, 0.2, 0.5][self.rng.gen_range(0..5)];
@@ -1408,6 +1532,134 @@ impl Sim {
             self.trace(|| format!("WEATHER loss {l} duplicate {d}"));
         }
         Ok(())
+    }
+
+    // ----- membership changes ----------------------------------------------
+
+    /// Picks a new voter set from the pool and hands it to the operator:
+    /// usually the same size with one voter replaced (half of those in the
+    /// shape of RSL's walk ABC -> BCD -> CDE -> ADE: drop the lowest voter,
+    /// add the next id after the highest, cyclically), sometimes one voter
+    /// more or fewer. Spares the target needs are started first, as
+    /// non-voters that know the current voters.
+    fn request_reconfiguration(&mut self) -> Result<(), Failure> {
+        let (_, current) = self.checker.latest_membership();
+        let current = current.clone();
+        let pool: Vec<ReplicaId> = self.nodes.iter().map(|n| n.id).collect();
+        let outside: Vec<ReplicaId> = pool
+            .iter()
+            .copied()
+            .filter(|r| !current.is_voter(*r))
+            .collect();
+        let mut voters = current.voters.clone();
+        let smallest = self.initial_voters.saturating_sub(1).max(3);
+        let largest = self.initial_voters + 1;
+        let shape = self.rng.gen_range(0..10);
+        if shape < 3 && voters.len() < largest && !outside.is_empty() {
+            voters.push(outside[self.rng.gen_range(0..outside.len())]);
+        } else if shape < 5 && voters.len() > smallest {
+            voters.remove(self.rng.gen_range(0..voters.len()));
+        } else if outside.is_empty() {
+            return Ok(());
+        } else if shape < 8 {
+            // The walk: the next id after the highest voter, cyclically.
+            let highest = *voters.last().expect("a membership has voters");
+            let next = outside
+                .iter()
+                .copied()
+                .find(|r| *r > highest)
+                .unwrap_or(outside[0]);
+            voters.remove(0);
+            voters.push(next);
+        } else {
+            voters.remove(self.rng.gen_range(0..voters.len()));
+            voters.push(outside[self.rng.gen_range(0..outside.len())]);
+        }
+        let target = Membership::with_voters(voters);
+        if target == current {
+            return Ok(());
+        }
+        for v in target.voters.clone() {
+            let Some(i) = self.index_of(v) else { continue };
+            if !self.nodes[i].provisioned {
+                // A new machine joins: empty disk, not a voter, knows the
+                // current voters (so it can follow whoever leads them).
+                self.faults.spares_started += 1;
+                self.nodes[i].base_membership = Membership {
+                    voters: current.voters.clone(),
+                    learners: vec![v],
+                };
+                self.trace(|| format!("{v} starts as a spare joining {:?}", current.voters));
+                self.start_replica(i)?;
+            }
+        }
+        self.faults.reconfigurations_requested += 1;
+        self.trace(|| {
+            format!(
+                "OPERATOR wants voters {:?} (now {:?})",
+                target.voters, current.voters
+            )
+        });
+        self.operator = Some(OperatorChange {
+            target,
+            since: self.now,
+        });
+        self.operator_ask()
+    }
+
+    /// The operator's loop: until the target is chosen, ask whoever leads
+    /// (`NotLeader` and `ConfigChangeInFlight` mean: ask again later).
+    fn operator_ask(&mut self) -> Result<(), Failure> {
+        let Some(op) = &self.operator else {
+            return Ok(());
+        };
+        let (_, latest) = self.checker.latest_membership();
+        if *latest == op.target {
+            let took = self.now.micros_since(op.since);
+            self.trace(|| {
+                format!(
+                    "OPERATOR: voters {:?} in force after {took}us",
+                    latest.voters
+                )
+            });
+            self.faults.reconfigurations_completed += 1;
+            self.operator = None;
+            return Ok(());
+        }
+        let target = op.target.clone();
+        let retry = self.rng.gen_range(20_000..=100_000);
+        self.schedule(self.now.plus_micros(retry), EventKind::Operator);
+        let Some(l) = self.current_leader() else {
+            return Ok(());
+        };
+        if self.nodes[l].paused_until > self.now {
+            return Ok(());
+        }
+        let now = self.now;
+        let Some(replica) = self.nodes[l].replica.as_mut() else {
+            return Ok(());
+        };
+        self.faults.reconfiguration_calls += 1;
+        let result = replica.change_configuration(now, target.clone());
+        let id = self.nodes[l].id;
+        self.trace(|| {
+            format!(
+                "OPERATOR asks {id} for voters {:?}: {result:?}",
+                target.voters
+            )
+        });
+        match result {
+            Ok(())
+            | Err(ProposeError::NotLeader { .. })
+            | Err(ProposeError::ConfigChangeInFlight) => {}
+            Err(e) => {
+                return Err(Failure::new(
+                    FailureKind::ApiContract,
+                    format!("{id} refused membership {target:?}: {e}"),
+                ))
+            }
+        }
+        self.after_interaction(l)
     }
 
     fn set_partition(&mut self, groups: Option<Vec<u8>>, blocked: BTreeSet<(usize, usize)>) {
@@ -1432,6 +1684,9 @@ impl Sim {
         for i in 0..self.nodes.len() {
             self.nodes[i].vetoed = false;
             self.nodes[i].paused_until = self.now;
+            if !self.nodes[i].provisioned {
+                continue;
+            }
             if self.nodes[i].replica.is_none() {
                 self.start_replica(i)?;
             } else {
@@ -1455,16 +1710,29 @@ impl Sim {
         Ok(())
     }
 
+    /// The healed cluster is done when: the operator's membership change (if
+    /// one was in progress at the heal) is in force; a voter of the final
+    /// membership leads; every request is acknowledged; and every member of
+    /// the final membership (voters and learners; removed replicas and
+    /// unused spares are not required) runs and applied through the highest
+    /// acknowledged slot and the slot that installed the final membership.
     fn liveness_reached(&self) -> bool {
-        let leader = self.current_leader().is_some();
+        if self.operator.is_some() {
+            return false;
+        }
+        let (membership_slot, members) = self.checker.latest_membership();
+        let leader = self
+            .current_leader()
+            .is_some_and(|l| members.is_voter(self.nodes[l].id));
         let requests_done = self
             .clients
             .iter()
             .all(|c| c.waiting.is_empty() && c.next_seq >= c.issue_limit);
-        let target = self.checker.max_acked_slot();
+        let target = self.checker.max_acked_slot().max(membership_slot);
         let caught_up = self
             .nodes
             .iter()
+            .filter(|n| members.contains(n.id))
             .all(|n| n.replica.is_some() && n.applied_through >= target);
         leader && requests_done && caught_up
     }
@@ -1477,7 +1745,7 @@ impl Sim {
                 Some(r) => {
                     let s = r.status();
                     format!(
-                        "{}: {:?} ballot {} leader {:?} commit {} applied {} needs_snapshot {} (pending persists {})",
+                        "{}: {:?} ballot {} leader {:?} commit {} applied {} needs_snapshot {} membership {:?}/{:?} from slot {} pending change {:?} (pending persists {})",
                         n.id,
                         s.role,
                         s.ballot,
@@ -1485,9 +1753,14 @@ impl Sim {
                         s.commit_index,
                         n.applied_through,
                         s.needs_snapshot,
+                        s.membership.voters,
+                        s.membership.learners,
+                        s.membership_slot,
+                        r.pending_configuration().map(|m| &m.voters),
                         n.pending.len()
                     )
                 }
+                None if !n.provisioned => format!("{}: spare, never started", n.id),
                 None => format!("{}: down", n.id),
             })
             .collect();
@@ -1506,9 +1779,12 @@ impl Sim {
         Failure::new(
             FailureKind::Liveness,
             format!(
-                "healed cluster did not converge within {}us: highest acknowledged slot {}; clients: {}; replicas: {}",
+                "healed cluster did not converge within {}us: highest acknowledged slot {}; membership {:?} chosen at slot {}; operator still wants {:?}; clients: {}; replicas: {}",
                 self.cfg.liveness_timeout_us,
                 self.checker.max_acked_slot(),
+                self.checker.latest_membership().1,
+                self.checker.latest_membership().0,
+                self.operator.as_ref().map(|o| &o.target.voters),
                 unacked.join(", "),
                 nodes.join("; ")
             ),

@@ -53,6 +53,8 @@ fn hundreds_of_seeds_pass_with_all_fault_classes() {
         ("codec fuzz", f.codec_fuzzed),
         ("process pauses", f.pauses),
         ("checkpoints", f.checkpoints),
+        ("membership changes", f.reconfigurations_completed),
+        ("spares started", f.spares_started),
     ];
     for (name, count) in classes {
         assert!(count > 0, "fault class {name} never happened: {f:?}");

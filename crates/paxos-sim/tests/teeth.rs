@@ -20,12 +20,18 @@ fn every_bug_is_listed(bug: PlantedBug) -> &'static str {
         PlantedBug::AckBeforePersist => "AckBeforePersist",
         PlantedBug::QuorumHalf => "QuorumHalf",
         PlantedBug::ApplyUncheckedBallot => "ApplyUncheckedBallot",
+        PlantedBug::ProposeAboveUnchosenReconfigure => "ProposeAboveUnchosenReconfigure",
     }
 }
 
 fn config(seed: u64, bug: Option<PlantedBug>) -> SimConfig {
     let mut cfg = SimConfig::new(seed);
     cfg.steps = STEPS;
+    if bug == Some(PlantedBug::ProposeAboveUnchosenReconfigure) {
+        // A membership-change bug needs membership changes in every seed
+        // (without the bug too, so that the clean rerun is the same run).
+        cfg.reconfigure = Some(true);
+    }
     if let Some(bug) = bug {
         cfg.hook = Some(Arc::new(move |r: &mut Replica| r.plant_bug(bug)));
     }
@@ -77,6 +83,14 @@ fn catches_quorum_half() {
 #[test]
 fn catches_apply_unchecked_ballot() {
     hunt(PlantedBug::ApplyUncheckedBallot);
+}
+
+#[test]
+fn catches_propose_above_unchosen_reconfigure() {
+    let (_, failure) = hunt(PlantedBug::ProposeAboveUnchosenReconfigure);
+    // The configuration-aware checker is what catches it: old voters'
+    // votes decided a slot that the new voters govern.
+    assert_eq!(failure.kind, FailureKind::Quorum, "{failure}");
 }
 
 #[test]
