@@ -13,6 +13,7 @@ use paxos_kv::node::{self, DriverConfig, DriverParts, Replica, ReplicateError};
 use paxos_kv::resp::{self, Frame, RespLimits};
 use paxos_kv::server::{self, ServerConfig};
 use paxos_kv::stages::StageRecorder;
+use paxos_net::fault::{FaultHandle, FaultyTransport};
 use paxos_net::MemoryNetwork;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -285,6 +286,29 @@ fn start_checkpointing_replica(
     dir: &std::path::Path,
 ) -> Replica {
     let (transport, inbound) = net.join(id);
+    start_checkpointing_replica_on(Arc::new(transport), inbound, id, ids, dir)
+}
+
+/// [`start_checkpointing_replica`] behind a fault-injecting transport.
+fn start_faulty_checkpointing_replica(
+    net: &MemoryNetwork,
+    id: ReplicaId,
+    ids: &[ReplicaId],
+    dir: &std::path::Path,
+) -> (Replica, FaultHandle) {
+    let (transport, inbound) = net.join(id);
+    let (faulty, inbound, handle) = FaultyTransport::wrap(transport, inbound, u64::from(id.0));
+    let replica = start_checkpointing_replica_on(Arc::new(faulty), inbound, id, ids, dir);
+    (replica, handle)
+}
+
+fn start_checkpointing_replica_on(
+    transport: Arc<dyn paxos_net::Transport>,
+    inbound: paxos_net::Inbound,
+    id: ReplicaId,
+    ids: &[ReplicaId],
+    dir: &std::path::Path,
+) -> Replica {
     let mut core = paxos_core::Config::new(id, Membership::with_voters(ids.to_vec()));
     core.heartbeat_interval_us = 20_000;
     core.election_timeout_min_us = 100_000;
@@ -302,7 +326,7 @@ fn start_checkpointing_replica(
         core,
         durable: DurableState::default(),
         storage,
-        transport: Arc::new(transport),
+        transport,
         inbound,
         state_machine: KvStore::new(),
         driver: DriverConfig {
@@ -373,6 +397,94 @@ async fn a_replica_behind_every_peers_log_installs_a_checkpoint_from_a_peer() {
         "caught up through a transferred checkpoint"
     );
     // And it keeps up with new writes.
+    replicas[p]
+        .replicate(request(&["SET", "after", "1"]))
+        .await
+        .unwrap();
+    let target = replicas[p].status().applied_index;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while replicas[2].status().applied_index < target {
+        assert!(Instant::now() < deadline, "third replica stopped following");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for r in &replicas {
+        r.shutdown().await;
+    }
+}
+
+/// Whether `dir` holds a checkpoint being received (`*.ckpt.tmp`).
+fn has_partial_checkpoint(dir: &std::path::Path) -> bool {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().ends_with(".ckpt.tmp"))
+        })
+        .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_checkpoint_transfer_restarts_cleanly() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let net = MemoryNetwork::new(4096, 8 << 20);
+    let ids = vec![ReplicaId(1), ReplicaId(2), ReplicaId(3)];
+    let mut replicas: Vec<Replica> = (0..2)
+        .map(|i| start_checkpointing_replica(&net, ids[i], &ids, dirs[i].path()))
+        .collect();
+    let p = wait_for_primary(&replicas).await;
+    // About 1.5 MB of state, so the checkpoint takes several chunks.
+    let big = "v".repeat(4096);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut i = 0u64;
+    while i < 400 || replicas.iter().any(|r| r.status().checkpoint_slot < 100) {
+        assert!(Instant::now() < deadline, "no checkpoints taken");
+        replicas[p]
+            .replicate(request(&["SET", &format!("k{}", i % 400), &big]))
+            .await
+            .unwrap();
+        i += 1;
+    }
+    // The third starts empty, on a slow link (each message waits 150 ms),
+    // so the transfer spans several round trips we can interrupt.
+    let (third, faults) = start_faulty_checkpointing_replica(&net, ids[2], &ids, dirs[2].path());
+    faults.set_delay(Duration::from_millis(150));
+    replicas.push(third);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !has_partial_checkpoint(dirs[2].path()) {
+        assert!(Instant::now() < deadline, "the transfer never started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Cut it off from everyone mid-transfer, for longer than the stall
+    // timeout, then heal: the transfer must start over and finish.
+    faults.set_partition([ids[0], ids[1]]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        has_partial_checkpoint(dirs[2].path()),
+        "the transfer finished before the partition: nothing was interrupted"
+    );
+    tokio::time::sleep(Duration::from_millis(2700)).await;
+    faults.heal();
+    faults.set_delay(Duration::ZERO);
+    let target = replicas[p].status().applied_index;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while replicas[2].status().applied_index < target {
+        assert!(
+            Instant::now() < deadline,
+            "third replica did not catch up after the interruption: {:?}",
+            replicas[2].status()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(replicas[2].status().checkpoint_slot > 0);
+    assert!(
+        !has_partial_checkpoint(dirs[2].path()),
+        "the abandoned partial checkpoint was left behind"
+    );
+    assert!(
+        faults.stats().dropped_partition > 0,
+        "the partition dropped nothing: the test did not interrupt anything"
+    );
+    // It follows new writes on top of the installed checkpoint.
     replicas[p]
         .replicate(request(&["SET", "after", "1"]))
         .await
