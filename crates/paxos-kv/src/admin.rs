@@ -220,7 +220,7 @@ async fn add_node(
     if let Some((other, _)) = view
         .book
         .iter()
-        .find(|(other, a)| **other != id && clashes(a))
+        .find(|(other, a)| **other != id && view.membership.contains(**other) && clashes(a))
     {
         return error(&format!(
             "ERR address already used by replica {} (see PAXOS.MEMBERS)",

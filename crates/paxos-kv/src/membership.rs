@@ -179,8 +179,15 @@ impl ClusterState {
                 if r.pos != body.len() || id.0 == 0 {
                     return None;
                 }
+                // Addresses of replicas that left may be reused.
+                let member = |r: ReplicaId| {
+                    self.last_reconfigure
+                        .as_ref()
+                        .is_none_or(|l| l.membership.contains(r))
+                };
                 let taken = self.book.iter().find(|(other, a)| {
                     **other != id
+                        && member(**other)
                         && (a.peer == peer
                             || a.client == client
                             || a.peer == client
@@ -527,6 +534,13 @@ mod tests {
         // Re-registering the same id moves it.
         assert_eq!(&c.execute(&register(4, addrs(7010))).unwrap()[..], REPLY_OK);
         assert_eq!(c.book()[&ReplicaId(4)], addrs(7010));
+        // Once 4 is no longer a member, its addresses may be reused.
+        c.record_reconfigure(
+            3,
+            Ballot::new(1, ReplicaId(1)),
+            Membership::with_voters(vec![ReplicaId(1)]),
+        );
+        assert_eq!(&c.execute(&register(5, addrs(7010))).unwrap()[..], REPLY_OK);
         // Id 0 and trailing bytes are corrupt.
         assert!(c.execute(&register(0, addrs(7020))).is_none());
         let mut long = register(6, addrs(7030));

@@ -1314,6 +1314,17 @@ impl<S: StateMachine> EventLoop<S> {
         };
         let member = status.membership.contains(self.id);
         let removed = (old.removed || self.was_member) && !member;
+        if removed
+            && status
+                .leader
+                .is_none_or(|l| l == self.id || !status.membership.contains(l))
+        {
+            // Nobody tells a removed replica who leads now: send clients to
+            // a voter, which redirects them on if it does not lead.
+            if let Some(v) = status.membership.voters.first() {
+                self.status.leader.store(v.0, Ordering::Relaxed);
+            }
+        }
         if changed && (book_changed || membership_changed) {
             if membership_changed {
                 tracing::info!(

@@ -117,14 +117,31 @@ async fn member_sets_abc_bcd_cde_ade_under_load_lose_no_acknowledged_write() {
     // A keeps running, knows it was removed, and answers with redirects or
     // errors instead of serving.
     let ai = (a - 1) as usize;
-    let a_info = info(&cluster, ai).await;
-    assert_ne!(info_field(&a_info, "role"), Some("leader"), "{a_info}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let a_info = info(&cluster, ai).await;
+        assert_ne!(info_field(&a_info, "role"), Some("leader"), "{a_info}");
+        if info_field(&a_info, "removed") == Some("1") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{a_info}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let mut ac = Client::connect(cluster.client_addr(ai), Duration::from_secs(2))
         .await
         .unwrap();
-    match ac.cmd(&[b"SET", b"via-removed", b"x"]).await.unwrap() {
-        Frame::Error(_) => {}
-        other => panic!("a removed node executed a write: {other:?}"),
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        match ac.cmd(&[b"SET", b"via-removed", b"x"]).await.unwrap() {
+            // It sends clients to a member once it noticed nobody tells it
+            // who leads any more (on its next timer).
+            Frame::Error(e) if e.starts_with(b"MOVED") => break,
+            Frame::Error(e) if std::time::Instant::now() < deadline => {
+                assert!(e.starts_with(b"CLUSTERDOWN"), "{e:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => panic!("a removed node answered a write with {other:?}"),
+        }
     }
     cluster.terminate(ai);
 
