@@ -108,7 +108,7 @@ impl Summary {
     /// The one-line summary printed at the end.
     pub fn line(&self) -> String {
         format!(
-            "paxos-sim: {} seeds, {} steps, {} commits, {} acknowledged requests, {} faults injected ({} crashes, {} partitions/isolations/cuts, {} messages dropped, {} of {} membership changes completed, {} spares started), {} failures",
+            "paxos-sim: {} seeds, {} steps, {} commits, {} acknowledged requests, {} faults injected ({} crashes, {} partitions/isolations/cuts, {} messages dropped, {} of {} membership changes completed, {} spares started, {} unrequested changes), {} failures",
             self.seeds_run,
             self.steps,
             self.commits,
@@ -120,6 +120,7 @@ impl Summary {
             self.faults.reconfigurations_completed,
             self.faults.reconfigurations_requested,
             self.faults.spares_started,
+            self.faults.unrequested_membership_changes,
             self.failures.len()
         )
     }

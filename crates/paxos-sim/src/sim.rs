@@ -124,6 +124,11 @@ pub struct FaultCounts {
     pub reconfiguration_calls: u64,
     /// Spare replicas started to join.
     pub spares_started: u64,
+    /// `Reconfigure` decrees chosen that lead to no membership the operator
+    /// wants now (neither its target nor a learner step towards it): a
+    /// replica resumed an old, abandoned change. Not a safety violation;
+    /// counted so that it shows.
+    pub unrequested_membership_changes: u64,
 }
 
 impl FaultCounts {
@@ -166,6 +171,7 @@ impl FaultCounts {
         self.reconfigurations_completed += o.reconfigurations_completed;
         self.reconfiguration_calls += o.reconfiguration_calls;
         self.spares_started += o.spares_started;
+        self.unrequested_membership_changes += o.unrequested_membership_changes;
     }
 }
 
@@ -994,8 +1000,29 @@ impl Sim {
         value.hash(&mut self.digest);
         self.checker.check_quorum(id, slot, &value)?;
         self.check_chosen_is_durable(i, slot, &value)?;
+        let (before_slot, before) = self.checker.latest_membership();
+        let before = (before_slot, before.clone());
         self.checker
             .on_apply(id, self.nodes[i].applied_through, slot, &value)?;
+        if let (Value::Reconfigure(m), true) =
+            (&value, self.checker.latest_membership().0 > before.0)
+        {
+            // A repeat of the membership in force changes nothing (two
+            // leaders proposed the same step; both were chosen).
+            let wanted = *m == before.1
+                || self.operator.as_ref().is_some_and(|o| {
+                    o.target == *m || (m.voters == before.1.voters && o.target.voters != m.voters)
+                });
+            if !wanted {
+                self.faults.unrequested_membership_changes += 1;
+                self.trace(|| {
+                    format!(
+                        "UNREQUESTED membership change at slot {slot}: {m:?} (operator wants {:?})",
+                        self.operator.as_ref().map(|o| &o.target.voters)
+                    )
+                });
+            }
+        }
         self.nodes[i].applied_through = slot;
         if let Value::Reconfigure(m) = &value {
             self.nodes[i].sm_membership = Some((slot, ballot, m.clone()));
