@@ -186,6 +186,40 @@ async fn member_sets_abc_bcd_cde_ade_under_load_lose_no_acknowledged_write() {
     let members = call(&cluster, leader, &["PAXOS.MEMBERS"]).await;
     assert!(members.contains(&format!("member:{d} voter")), "{members}");
 
+    // Bad operator input gets clear errors, on the leader and elsewhere.
+    let follower = [a, d, e]
+        .map(|x| (x - 1) as usize)
+        .into_iter()
+        .find(|&i| i != leader)
+        .unwrap();
+    let mut lc = Client::connect(cluster.client_addr(leader), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let mut fc = Client::connect(cluster.client_addr(follower), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let error_text = |f: Frame| match f {
+        Frame::Error(e) => String::from_utf8_lossy(&e).into_owned(),
+        other => panic!("expected an error, got {other:?}"),
+    };
+    let t = error_text(lc.cmd(&[b"PAXOS.REMOVENODE", b"42"]).await.unwrap());
+    assert!(t.starts_with("ERR replica 42 is not a member"), "{t}");
+    let t = error_text(
+        lc.cmd(&[b"PAXOS.ADDNODE", b"6", b"nowhere", b"127.0.0.1:1"])
+            .await
+            .unwrap(),
+    );
+    assert!(t.starts_with("ERR invalid peer address"), "{t}");
+    let taken = cluster.peer_addr(leader).to_string();
+    let t = error_text(
+        lc.cmd(&[b"PAXOS.ADDNODE", b"6", taken.as_bytes(), b"127.0.0.1:1"])
+            .await
+            .unwrap(),
+    );
+    assert!(t.starts_with("ERR address already used by replica"), "{t}");
+    let t = error_text(fc.cmd(&[b"PAXOS.REMOVENODE", b"42"]).await.unwrap());
+    assert!(t.starts_with("MOVED 0 "), "a follower redirects: {t}");
+
     // Restart every member: each recovers the membership ADE (from its
     // checkpoint, or by replaying its log), not its config file's members.
     for i in [a, d, e].map(|x| (x - 1) as usize) {
