@@ -63,9 +63,12 @@
 //!       flight (fresh or re-proposed): it proposes nothing above it until
 //!       it is chosen (`reconfig_slot`, plain `assert!`). So every slot a
 //!       leader proposes is governed by the membership it knows.
-//!     - Phase 1 results are used only for slots the asked membership
-//!       governs: learning from promises and re-proposing the recovered
-//!       window both stop at the first `Reconfigure` above the commit index.
+//!     - Phase 1 results are used only for slots governed by the voters
+//!       it asked: learning from promises stops at the first `Reconfigure`
+//!       above the commit index, and re-proposing the recovered window at
+//!       the first one that changes the voters. Slots above a `Reconfigure`
+//!       that keeps the voters (a learner step) must be re-proposed: no new
+//!       phase 1 follows it (the leader waits for it to be chosen first).
 //!     - A replica switches membership when its commit index passes `s`
 //!       (leader and followers alike). A leader whose voters changed runs
 //!       phase 1 again among the new voters in a higher ballot; one that was
