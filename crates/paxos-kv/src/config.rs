@@ -101,6 +101,10 @@ pub struct Tuning {
     pub election_timeout_max_ms: u64,
     /// Take a checkpoint every this many applied decrees (0: never).
     pub checkpoint_every_decrees: u64,
+    /// Decrees kept in the log below a durable checkpoint, so that lagging
+    /// or joining replicas can catch up from the log instead of needing a
+    /// checkpoint transfer.
+    pub compact_retain_decrees: u64,
     /// Most concurrent client connections.
     pub max_clients: usize,
     /// Most requests one connection may have awaiting replies.
@@ -120,6 +124,7 @@ impl Default for Tuning {
             election_timeout_min_ms: 300,
             election_timeout_max_ms: 600,
             checkpoint_every_decrees: 20_000,
+            compact_retain_decrees: 4096,
             max_clients: 1024,
             max_pipelined_per_client: 1024,
             nvm_region_mb: 256,
@@ -264,6 +269,10 @@ impl NodeConfig {
             "election timeouts must satisfy heartbeat_ms < election_timeout_min_ms < election_timeout_max_ms",
         )?;
         check(
+            t.compact_retain_decrees <= 1 << 24,
+            "compact_retain_decrees must be at most 16777216",
+        )?;
+        check(
             (1..=100_000).contains(&t.max_clients),
             "max_clients must be in 1..=100000",
         )?;
@@ -359,7 +368,7 @@ impl NodeConfig {
             s,
             "[tuning]\npipeline_window = {}\nmax_batch_requests = {}\nmax_batch_bytes = {}\nsubmit_queue = {}\n\
              heartbeat_ms = {}\nelection_timeout_min_ms = {}\nelection_timeout_max_ms = {}\n\
-             checkpoint_every_decrees = {}\nmax_clients = {}\nmax_pipelined_per_client = {}\nnvm_region_mb = {}",
+             checkpoint_every_decrees = {}\ncompact_retain_decrees = {}\nmax_clients = {}\nmax_pipelined_per_client = {}\nnvm_region_mb = {}",
             t.pipeline_window,
             t.max_batch_requests,
             t.max_batch_bytes,
@@ -368,6 +377,7 @@ impl NodeConfig {
             t.election_timeout_min_ms,
             t.election_timeout_max_ms,
             t.checkpoint_every_decrees,
+            t.compact_retain_decrees,
             t.max_clients,
             t.max_pipelined_per_client,
             t.nvm_region_mb

@@ -152,7 +152,7 @@ pub async fn run_node(config: NodeConfig) -> anyhow::Result<()> {
             },
             checkpoint_every: t.checkpoint_every_decrees,
             checkpoints,
-            compact_retain: 4096,
+            compact_retain: t.compact_retain_decrees,
         },
         submit_queue: t.submit_queue,
         seed,

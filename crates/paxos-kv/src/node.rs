@@ -1312,6 +1312,12 @@ impl<S: StateMachine> EventLoop<S> {
         } else {
             Arc::clone(&old.book)
         };
+        // A core started from a checkpoint reports slot 0 for the
+        // membership it was given; the state machine knows its slot.
+        let membership_slot = match self.sm.cluster().and_then(|c| c.last_reconfigure()) {
+            Some(r) if status.membership_slot == 0 && r.membership == status.membership => r.slot,
+            _ => status.membership_slot,
+        };
         let member = status.membership.contains(self.id);
         let removed = (old.removed || self.was_member) && !member;
         if removed
@@ -1328,7 +1334,7 @@ impl<S: StateMachine> EventLoop<S> {
         if changed && (book_changed || membership_changed) {
             if membership_changed {
                 tracing::info!(
-                    slot = status.membership_slot,
+                    slot = membership_slot,
                     membership = %crate::membership::membership_text(&status.membership),
                     "membership in force"
                 );
@@ -1354,7 +1360,7 @@ impl<S: StateMachine> EventLoop<S> {
             peers: self.replica.peer_status(now),
             pending: self.replica.pending_configuration().cloned(),
             membership: status.membership,
-            membership_slot: status.membership_slot,
+            membership_slot,
             book,
             removed,
         };
