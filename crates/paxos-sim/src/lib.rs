@@ -89,7 +89,9 @@
 //! membership change still pending at the heal is **not** abandoned: the
 //! operator keeps asking until it is in force, and the run requires it to
 //! complete (a change that cannot finish in a healthy cluster is a liveness
-//! bug). Within a bounded simulated time (10 s) the change must be chosen, a
+//! bug). Within a bounded simulated time (10 s, plus the time the replica
+//! furthest behind needs at one catch-up chunk per round trip) the change
+//! must be chosen, a
 //! voter of the final membership must lead, every outstanding and new
 //! request must be acknowledged, and every member of the final membership
 //! (voters and learners) must run and apply through the highest

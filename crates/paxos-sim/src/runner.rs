@@ -108,7 +108,7 @@ impl Summary {
     /// The one-line summary printed at the end.
     pub fn line(&self) -> String {
         format!(
-            "paxos-sim: {} seeds, {} steps, {} commits, {} acknowledged requests, {} faults injected ({} crashes, {} partitions/isolations/cuts, {} messages dropped, {} of {} membership changes completed, {} spares started, {} unrequested changes), {} failures",
+            "paxos-sim: {} seeds, {} steps, {} commits, {} acknowledged requests, {} faults injected ({} crashes, {} partitions/isolations/cuts, {} messages dropped, {} of {} membership changes completed ({} pending at the heal), {} spares started, {} unrequested changes), {} failures",
             self.seeds_run,
             self.steps,
             self.commits,
@@ -119,6 +119,7 @@ impl Summary {
             self.faults.messages_dropped,
             self.faults.reconfigurations_completed,
             self.faults.reconfigurations_requested,
+            self.faults.changes_pending_at_heal,
             self.faults.spares_started,
             self.faults.unrequested_membership_changes,
             self.failures.len()

@@ -129,6 +129,9 @@ pub struct FaultCounts {
     /// replica resumed an old, abandoned change. Not a safety violation;
     /// counted so that it shows.
     pub unrequested_membership_changes: u64,
+    /// Runs whose operator still waited for a change when the liveness
+    /// phase began (it must then complete in the healed cluster).
+    pub changes_pending_at_heal: u64,
 }
 
 impl FaultCounts {
@@ -172,6 +175,7 @@ impl FaultCounts {
         self.reconfiguration_calls += o.reconfiguration_calls;
         self.spares_started += o.spares_started;
         self.unrequested_membership_changes += o.unrequested_membership_changes;
+        self.changes_pending_at_heal += o.changes_pending_at_heal;
     }
 }
 
@@ -1704,6 +1708,9 @@ impl Sim {
 
     fn heal(&mut self) -> Result<(), Failure> {
         self.trace(|| "HEAL: liveness phase begins".to_string());
+        if self.operator.is_some() {
+            self.faults.changes_pending_at_heal += 1;
+        }
         self.params = self.params.healed();
         self.net.partition_id += 1;
         self.net.groups = None;
@@ -1730,8 +1737,23 @@ impl Sim {
         for c in &mut self.clients {
             c.issue_limit = c.next_seq + self.cfg.liveness_probes;
         }
+        // A replica far behind (a spare that joined late in a long run) is
+        // allowed the time it needs at the configured catch-up rate: one
+        // chunk of decrees per round trip and persist.
+        let chunk = self.nodes[0].config.catchup_chunk_decrees.max(1) as u64;
+        let behind = self
+            .nodes
+            .iter()
+            .filter(|n| n.provisioned)
+            .map(|n| self.checker.max_chosen().saturating_sub(n.applied_through))
+            .max()
+            .unwrap_or(0);
+        let per_chunk_us = 2 * self.params.delay_max_us + self.params.persist_max_us;
+        let catch_up_us = behind.div_ceil(chunk) * per_chunk_us;
         self.phase = Phase::Liveness {
-            deadline: self.now.plus_micros(self.cfg.liveness_timeout_us),
+            deadline: self
+                .now
+                .plus_micros(self.cfg.liveness_timeout_us + catch_up_us),
             events_left: self.cfg.liveness_max_events,
         };
         Ok(())
