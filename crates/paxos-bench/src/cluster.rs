@@ -61,6 +61,19 @@ impl Cluster {
         })
     }
 
+    /// The pid of each node process (index = node index), found by the
+    /// config path on its command line; `None` for a node not found.
+    pub fn node_pids(&self) -> Vec<Option<String>> {
+        (0..self.procs.len())
+            .map(|i| crate::cpu::pid_of_config(&self.dir.join(format!("node{}.toml", i + 1))))
+            .collect()
+    }
+
+    /// The index of the node serving clients at `addr`.
+    pub fn index_of(&self, addr: SocketAddr) -> Option<usize> {
+        self.procs.index_of(addr)
+    }
+
     /// Polls every node's INFO until all of them name the same leader, with
     /// the same ballot, for several polls in a row: a leader found in the
     /// first election race at start-up may still be deposed a moment later.

@@ -4,7 +4,8 @@
 //! the `paxos-bench` binary, which starts a 3-replica cluster as separate
 //! processes on loopback, offers closed-loop load over the Redis protocol
 //! ([`loadgen`]), prints ops/s with p50/p99/p999 latency and the per-stage
-//! latency breakdown reported by the leader, and optionally runs etcd with the
+//! latency breakdown reported by the leader, the CPU time per operation of
+//! every process ([`cpu`]), and optionally runs etcd with the
 //! same workload in the same run ([`etcd`]).
 //!
 //! Invariants: numbers come from measured runs; an error reply is never
@@ -12,5 +13,6 @@
 //! stopped when it ends.
 
 pub mod cluster;
+pub mod cpu;
 pub mod etcd;
 pub mod loadgen;

@@ -8,7 +8,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use paxos_bench::{cluster, etcd, loadgen};
+use paxos_bench::{cluster, cpu, etcd, loadgen};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -86,6 +86,8 @@ fn main() -> anyhow::Result<()> {
         .context("starting the paxos-kv cluster")?;
         let leader = rt.block_on(cluster.wait_for_leader(Duration::from_secs(30)))?;
         println!("cluster up; leader client address {leader}");
+        let node_pids = cluster.node_pids();
+        let leader_index = cluster.index_of(leader);
         for &clients in &args.clients {
             let spec = loadgen::LoadSpec {
                 target: leader,
@@ -96,7 +98,9 @@ fn main() -> anyhow::Result<()> {
                 duration: Duration::from_secs(args.duration),
                 keys_per_client: 1000,
             };
+            let cpu_before = cpu::CpuSnapshot::take(&node_pids);
             let report = rt.block_on(loadgen::run(spec))?;
+            let cpu_after = cpu::CpuSnapshot::take(&node_pids);
             println!(
                 "paxos clients={clients} depth={} ops/s={:.0} p50={}us p99={}us p999={}us errors={}{}",
                 args.depth,
@@ -106,6 +110,12 @@ fn main() -> anyhow::Result<()> {
                 report.quantile_us(0.999),
                 report.errors,
                 report.first_error.as_deref().map(|e| format!(" (first: {e})")).unwrap_or_default()
+            );
+            println!(
+                "  {}",
+                cpu_before
+                    .per_op(&cpu_after, report.ops, leader_index)
+                    .line()
             );
             results.push((clients, report.ops_per_sec()));
         }
