@@ -137,8 +137,9 @@ fn put_str(out: &mut BytesMut, s: &[u8]) {
     out.put_slice(s);
 }
 
-fn check_sizes(keys: &[Bytes], values: &[Bytes]) -> Result<(), CommandError> {
-    if keys.iter().any(|k| k.len() > MAX_KEY_LEN) || values.iter().any(|v| v.len() > MAX_VALUE_LEN)
+fn check_sizes<A: AsRef<[u8]>>(keys: &[A], values: &[A]) -> Result<(), CommandError> {
+    if keys.iter().any(|k| k.as_ref().len() > MAX_KEY_LEN)
+        || values.iter().any(|v| v.as_ref().len() > MAX_VALUE_LEN)
     {
         return Err(CommandError::TooLarge);
     }
@@ -147,10 +148,16 @@ fn check_sizes(keys: &[Bytes], values: &[Bytes]) -> Result<(), CommandError> {
 
 /// Validates a client command (`args[0]` is the name, case-insensitive) and
 /// appends its request encoding to `out`. On error nothing is appended.
-pub fn encode_command(args: &[Bytes], out: &mut BytesMut) -> Result<CommandKind, CommandError> {
+/// Arguments may be borrowed slices of the connection's read buffer, so a
+/// parsed command costs no allocation.
+pub fn encode_command<A: AsRef<[u8]>>(
+    args: &[A],
+    out: &mut BytesMut,
+) -> Result<CommandKind, CommandError> {
     let Some((name, rest)) = args.split_first() else {
         return Err(CommandError::Arity(""));
     };
+    let name = name.as_ref();
     let mut upper = [0u8; 8];
     let n = name.len().min(upper.len());
     upper[..n].copy_from_slice(&name[..n]);
@@ -172,22 +179,22 @@ pub fn encode_command(args: &[Bytes], out: &mut BytesMut) -> Result<CommandKind,
             arity(rest.len() == 2, "set")?;
             check_sizes(&rest[..1], &rest[1..])?;
             out.put_u8(OP_SET);
-            put_str(out, &rest[0]);
-            put_str(out, &rest[1]);
+            put_str(out, rest[0].as_ref());
+            put_str(out, rest[1].as_ref());
             Ok(CommandKind::Write)
         }
         b"GET" => {
             arity(rest.len() == 1, "get")?;
             check_sizes(rest, &[])?;
             out.put_u8(OP_GET);
-            put_str(out, &rest[0]);
+            put_str(out, rest[0].as_ref());
             Ok(CommandKind::Read)
         }
         b"INCR" => {
             arity(rest.len() == 1, "incr")?;
             check_sizes(rest, &[])?;
             out.put_u8(OP_INCR);
-            put_str(out, &rest[0]);
+            put_str(out, rest[0].as_ref());
             Ok(CommandKind::Write)
         }
         b"DEL" | b"EXISTS" | b"MGET" => {
@@ -201,23 +208,22 @@ pub fn encode_command(args: &[Bytes], out: &mut BytesMut) -> Result<CommandKind,
             out.put_u8(op);
             out.put_u32_le(rest.len() as u32);
             for k in rest {
-                put_str(out, k);
+                put_str(out, k.as_ref());
             }
             Ok(kind)
         }
         b"MSET" => {
             arity(!rest.is_empty() && rest.len() % 2 == 0, "mset")?;
-            if rest
-                .chunks(2)
-                .any(|kv| kv[0].len() > MAX_KEY_LEN || kv[1].len() > MAX_VALUE_LEN)
-            {
+            if rest.chunks(2).any(|kv| {
+                kv[0].as_ref().len() > MAX_KEY_LEN || kv[1].as_ref().len() > MAX_VALUE_LEN
+            }) {
                 return Err(CommandError::TooLarge);
             }
             out.put_u8(OP_MSET);
             out.put_u32_le((rest.len() / 2) as u32);
             for kv in rest.chunks(2) {
-                put_str(out, &kv[0]);
-                put_str(out, &kv[1]);
+                put_str(out, kv[0].as_ref());
+                put_str(out, kv[1].as_ref());
             }
             Ok(CommandKind::Write)
         }
@@ -306,6 +312,20 @@ impl KvStore {
         self.is_primary
     }
 
+    /// Stores a copy of `value` under `key`. Overwriting an existing key
+    /// (the common case) neither allocates a new key nor frees the old one.
+    fn set(&mut self, key: &[u8], value: &[u8]) {
+        // Copied out of the decree buffer: a slice would pin the whole batch
+        // in memory for as long as the key lives.
+        let value = Bytes::copy_from_slice(value);
+        match self.map.get_mut(key) {
+            Some(slot) => *slot = value,
+            None => {
+                self.map.insert(Bytes::copy_from_slice(key), value);
+            }
+        }
+    }
+
     fn reply(&mut self, build: impl FnOnce(&mut BytesMut)) -> Bytes {
         build(&mut self.scratch);
         self.scratch.split().freeze()
@@ -327,10 +347,7 @@ impl KvStore {
                 if !r.done() {
                     return None;
                 }
-                // Copied out of the decree buffer: a slice would pin the
-                // whole batch in memory for as long as the key lives.
-                self.map
-                    .insert(Bytes::copy_from_slice(k), Bytes::copy_from_slice(v));
+                self.set(k, v);
                 Bytes::from_static(REPLY_OK)
             }
             OP_MSET => {
@@ -347,8 +364,7 @@ impl KvStore {
                 r.pos = start;
                 for _ in 0..n {
                     let (k, v) = (r.str()?, r.str()?);
-                    self.map
-                        .insert(Bytes::copy_from_slice(k), Bytes::copy_from_slice(v));
+                    self.set(k, v);
                 }
                 Bytes::from_static(REPLY_OK)
             }

@@ -145,6 +145,72 @@ fn parse_inner(buf: &mut BytesMut, limits: &RespLimits) -> Result<Option<Frame>,
     }
 }
 
+/// Where one parsed client command lies in the read buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// A complete frame of `len` bytes that is an array of bulk strings;
+    /// the argument ranges were written to the caller's vector.
+    Args {
+        /// Bytes of the frame, to be consumed once the command is handled.
+        len: usize,
+    },
+    /// A complete, valid frame of `len` bytes that is not a command (not a
+    /// non-empty array of bulk strings).
+    NotCommand {
+        /// Bytes of the frame.
+        len: usize,
+    },
+}
+
+/// Parses one client command at the front of `buf` without copying or
+/// allocating: on success `args` holds the byte ranges of its arguments
+/// within `buf`, and the caller consumes the frame's `len` bytes when done
+/// with them. `Ok(None)` means more bytes are needed; nothing is consumed in
+/// any case. Accepts and rejects exactly what [`parse`] does.
+pub fn parse_command(
+    buf: &[u8],
+    limits: &RespLimits,
+    args: &mut Vec<std::ops::Range<usize>>,
+) -> Result<Option<Command>, RespError> {
+    args.clear();
+    let Some(end) = scan(buf, 0, 0, limits)? else {
+        if buf.len() > limits.max_buffered {
+            return Err(RespError::BufferOverflow(limits.max_buffered));
+        }
+        return Ok(None);
+    };
+    let not_command = Ok(Some(Command::NotCommand { len: end }));
+    if buf[0] != b'*' {
+        return not_command;
+    }
+    // `scan` validated the whole frame, so these reads cannot fail; a
+    // failure maps to "not a command" rather than a panic all the same.
+    let Some((count, mut next)) = int_line(buf, 1, "array length")? else {
+        return not_command;
+    };
+    if count <= 0 {
+        return not_command;
+    }
+    for _ in 0..count {
+        if buf.get(next) != Some(&b'$') {
+            args.clear();
+            return not_command;
+        }
+        let Some((len, body)) = int_line(buf, next + 1, "bulk length")? else {
+            args.clear();
+            return not_command;
+        };
+        if len < 0 {
+            args.clear();
+            return not_command;
+        }
+        let arg_end = body + len as usize;
+        args.push(body..arg_end);
+        next = arg_end + 2;
+    }
+    Ok(Some(Command::Args { len: end }))
+}
+
 /// Finds the end of the line starting at `pos` (the index of its `\r`).
 fn find_crlf(buf: &[u8], pos: usize) -> Result<Option<usize>, RespError> {
     let window = &buf[pos.min(buf.len())..];
@@ -430,6 +496,7 @@ pub fn command_args(frame: Frame) -> Option<Vec<Bytes>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Buf;
     use proptest::prelude::*;
 
     fn parse_all(input: &[u8]) -> Result<Vec<Frame>, RespError> {
@@ -594,6 +661,48 @@ mod tests {
             let raw: Vec<u8> = parts.concat();
             let mut buf = BytesMut::from(&raw[..]);
             while let Ok(Some(_)) = parse(&mut buf, &RespLimits::default()) {}
+        }
+
+        #[test]
+        fn parse_command_agrees_with_parse_and_command_args(
+            frames in proptest::collection::vec(arb_frame(), 1..5),
+            garbage in proptest::collection::vec(any::<u8>(), 0..8),
+        ) {
+            let mut wire = BytesMut::new();
+            for f in &frames {
+                encode(f, &mut wire);
+            }
+            wire.extend_from_slice(&garbage);
+            let limits = RespLimits::default();
+            let mut slow = wire.clone();
+            let mut fast = wire.clone();
+            let mut ranges = Vec::new();
+            loop {
+                let expected = parse(&mut slow, &limits);
+                let got = parse_command(&fast, &limits, &mut ranges);
+                match (expected, got) {
+                    (Ok(None), Ok(None)) | (Err(_), Err(_)) => break,
+                    (Ok(Some(frame)), Ok(Some(cmd))) => {
+                        let len = match cmd {
+                            Command::Args { len } => {
+                                let args: Vec<Bytes> = ranges
+                                    .iter()
+                                    .map(|r| Bytes::copy_from_slice(&fast[r.clone()]))
+                                    .collect();
+                                prop_assert_eq!(command_args(frame), Some(args));
+                                len
+                            }
+                            Command::NotCommand { len } => {
+                                prop_assert_eq!(command_args(frame), None);
+                                len
+                            }
+                        };
+                        fast.advance(len);
+                        prop_assert_eq!(&fast[..], &slow[..]);
+                    }
+                    (e, g) => prop_assert!(false, "parse gave {:?}, parse_command {:?}", e, g),
+                }
+            }
         }
 
         #[test]

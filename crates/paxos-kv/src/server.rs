@@ -20,9 +20,9 @@
 
 use crate::kv::{encode_command, CommandError};
 use crate::node::{error_reply, outcome_reply, Replica, Reply};
-use crate::resp::{self, command_args, RespLimits};
+use crate::resp::{self, RespLimits};
 use crate::stages::Point;
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use paxos_core::{ReplicaId, Role};
 use paxos_pipeline::CompletionHandle;
 use std::fmt::Write as _;
@@ -55,6 +55,10 @@ enum Pending {
     /// Flush what was written, then close (after a fatal protocol error or QUIT).
     Close,
 }
+
+/// Commands with at most this many arguments are handled without any
+/// allocation for their argument list.
+const INLINE_ARGS: usize = 8;
 
 struct ServerState {
     replica: Replica,
@@ -129,6 +133,7 @@ async fn handle_connection(socket: TcpStream, state: Arc<ServerState>) -> std::i
     let writer = tokio::spawn(write_replies(wr, rx, Arc::clone(&state)));
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut scratch = BytesMut::with_capacity(16 * 1024);
+    let mut ranges = Vec::with_capacity(INLINE_ARGS);
     let limits = state.config.limits;
     'read: loop {
         if buf.capacity() - buf.len() < 4096 {
@@ -139,16 +144,36 @@ async fn handle_connection(socket: TcpStream, state: Arc<ServerState>) -> std::i
             break;
         }
         loop {
-            match resp::parse(&mut buf, &limits) {
+            match resp::parse_command(&buf, &limits, &mut ranges) {
                 Ok(None) => break,
-                Ok(Some(frame)) => {
+                Ok(Some(command)) => {
                     let received_us = state.replica.stages().stamp();
-                    let pending = match command_args(frame) {
-                        None => Pending::Ready(error_bytes(
-                            b"ERR protocol: expected an array of bulk strings",
-                        )),
-                        Some(args) => execute(&args, &state, &mut scratch, received_us),
+                    let (pending, len) = match command {
+                        resp::Command::NotCommand { len } => (
+                            Pending::Ready(error_bytes(
+                                b"ERR protocol: expected an array of bulk strings",
+                            )),
+                            len,
+                        ),
+                        resp::Command::Args { len } => {
+                            // Arguments are borrowed from the read buffer:
+                            // parsing a command allocates nothing.
+                            let frame = &buf[..len];
+                            let mut inline: [&[u8]; INLINE_ARGS] = [&[]; INLINE_ARGS];
+                            let spilled: Vec<&[u8]>;
+                            let args: &[&[u8]] = if ranges.len() <= INLINE_ARGS {
+                                for (slot, r) in inline.iter_mut().zip(&ranges) {
+                                    *slot = &frame[r.clone()];
+                                }
+                                &inline[..ranges.len()]
+                            } else {
+                                spilled = ranges.iter().map(|r| &frame[r.clone()]).collect();
+                                &spilled
+                            };
+                            (execute(args, &state, &mut scratch, received_us), len)
+                        }
                     };
+                    buf.advance(len);
                     let close = matches!(pending, Pending::Close);
                     if tx.send(pending).await.is_err() || close {
                         break 'read;
@@ -176,7 +201,7 @@ fn error_bytes(text: &[u8]) -> Bytes {
 }
 
 fn execute(
-    args: &[Bytes],
+    args: &[&[u8]],
     state: &ServerState,
     scratch: &mut BytesMut,
     received_us: u64,
@@ -184,7 +209,7 @@ fn execute(
     let name = &args[0];
     let is = |s: &[u8]| name.eq_ignore_ascii_case(s);
     if is(b"PING") {
-        return Pending::Ready(match args.get(1) {
+        return Pending::Ready(match args.get(1).copied() {
             Some(msg) => {
                 let mut out = BytesMut::new();
                 resp::write_bulk(&mut out, Some(msg));
@@ -197,13 +222,15 @@ fn execute(
         return Pending::Close;
     }
     if is(b"INFO") {
-        let text = info_text(state, args.get(1).map(|s| &s[..]));
+        let text = info_text(state, args.get(1).copied());
         let mut out = BytesMut::new();
         resp::write_bulk(&mut out, Some(text.as_bytes()));
         return Pending::Ready(out.freeze());
     }
     if crate::admin::is_admin(name) {
-        return match crate::admin::parse(args) {
+        // Rare: copying the arguments keeps the admin parser unchanged.
+        let owned: Vec<Bytes> = args.iter().map(|a| Bytes::copy_from_slice(a)).collect();
+        return match crate::admin::parse(&owned) {
             Ok(cmd) => {
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 let replica = state.replica.clone();
@@ -221,7 +248,7 @@ fn execute(
         return Pending::Ready(Bytes::from_static(b"*0\r\n"));
     }
     if is(b"SELECT") {
-        return Pending::Ready(match args.get(1).map(|d| &d[..]) {
+        return Pending::Ready(match args.get(1).copied() {
             Some(b"0") => Bytes::from_static(b"+OK\r\n"),
             _ => error_bytes(b"ERR only database 0 exists"),
         });
@@ -268,9 +295,7 @@ async fn write_replies(
                     let outcome = handle.await;
                     if let paxos_pipeline::Outcome::Completed(Reply { applied_us, .. }) = &outcome {
                         let stages = state.replica.stages();
-                        let now = stages.stamp();
-                        stages.record(Point::Applied, *applied_us, now);
-                        stages.record_total(received_us, now);
+                        stages.record_replied(received_us, *applied_us, stages.stamp());
                     }
                     outcome_reply(outcome, |id| state.redirect(id), &mut out);
                 }

@@ -171,6 +171,50 @@ impl StageRecorder {
         }
     }
 
+    /// Records a decree's batch-level gaps (batched → accept sent → durable
+    /// → quorum → applied) for its `count` requests under one lock.
+    pub fn record_decree(&self, stamps: [u64; 5], count: u64) {
+        if !self.is_enabled() || count == 0 || stamps.contains(&0) {
+            return;
+        }
+        if let Ok(mut h) = self.histograms.lock() {
+            for (i, w) in stamps.windows(2).enumerate() {
+                let hist = &mut h[Point::Batched as usize + i];
+                hist.saturating_record_n(w[1].saturating_sub(w[0]).max(1), count);
+            }
+        }
+    }
+
+    /// Records the last stage (applied → replied) and the request's total
+    /// under one lock.
+    #[inline]
+    pub fn record_replied(&self, received_us: u64, applied_us: u64, replied_us: u64) {
+        if !self.is_enabled() || received_us == 0 || replied_us == 0 {
+            return;
+        }
+        if let Ok(mut h) = self.histograms.lock() {
+            if applied_us != 0 {
+                h[Point::Applied as usize]
+                    .saturating_record(replied_us.saturating_sub(applied_us).max(1));
+            }
+            let last = Point::ALL.len() - 1;
+            h[last].saturating_record(replied_us.saturating_sub(received_us).max(1));
+        }
+    }
+
+    /// Runs `f` with a recorder that records many samples under one lock
+    /// (nothing is recorded while disabled).
+    pub fn with_batch(&self, f: impl FnOnce(&mut BatchRecorder<'_>)) {
+        if !self.is_enabled() {
+            f(&mut BatchRecorder { histograms: None });
+            return;
+        }
+        let mut guard = self.histograms.lock().ok();
+        f(&mut BatchRecorder {
+            histograms: guard.as_deref_mut(),
+        });
+    }
+
     /// Records a whole request's time from received to replied.
     #[inline]
     pub fn record_total(&self, received_us: u64, replied_us: u64) {
@@ -221,6 +265,24 @@ impl StageRecorder {
     }
 }
 
+/// Records samples under a lock taken once (see [`StageRecorder::with_batch`]).
+pub struct BatchRecorder<'a> {
+    histograms: Option<&'a mut Vec<Histogram<u64>>>,
+}
+
+impl BatchRecorder<'_> {
+    /// Like [`StageRecorder::record`], without taking the lock again.
+    #[inline]
+    pub fn record(&mut self, from: Point, from_us: u64, to_us: u64) {
+        if from_us == 0 || to_us == 0 || from == Point::Replied {
+            return;
+        }
+        if let Some(h) = self.histograms.as_deref_mut() {
+            h[from as usize].saturating_record(to_us.saturating_sub(from_us).max(1));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,6 +312,34 @@ mod tests {
         assert!(text.contains("count=100"), "{text}");
         r.reset();
         assert!(!r.render().contains("stage_total"));
+    }
+
+    #[test]
+    fn batched_recording_matches_per_sample_recording() {
+        let one = StageRecorder::new(true);
+        let many = StageRecorder::new(true);
+        for _ in 0..7 {
+            one.record(Point::Batched, 100, 150);
+            one.record(Point::AcceptSent, 150, 400);
+            one.record(Point::Durable, 400, 900);
+            one.record(Point::Quorum, 900, 1000);
+            one.record(Point::Queued, 10, 100);
+            one.record(Point::Applied, 1000, 1200);
+            one.record_total(5, 1200);
+        }
+        many.record_decree([100, 150, 400, 900, 1000], 7);
+        many.with_batch(|b| (0..7).for_each(|_| b.record(Point::Queued, 10, 100)));
+        (0..7).for_each(|_| many.record_replied(5, 1000, 1200));
+        assert_eq!(one.render(), many.render());
+        assert!(many.render().contains("stage_durable->quorum:p50=500,"));
+        many.record_decree([100, 0, 400, 900, 1000], 3);
+        assert_eq!(one.render(), many.render(), "a zero stamp records nothing");
+        let off = StageRecorder::new(false);
+        off.record_decree([1, 2, 3, 4, 5], 3);
+        off.with_batch(|b| b.record(Point::Queued, 1, 2));
+        off.record_replied(1, 2, 3);
+        assert!(!off.render().contains("->"), "{}", off.render());
+        assert!(!off.render().contains("stage_total"), "{}", off.render());
     }
 
     #[test]
