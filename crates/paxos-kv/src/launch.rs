@@ -119,6 +119,7 @@ pub async fn run_node(config: NodeConfig) -> anyhow::Result<()> {
                 )
             })
             .collect(),
+        joining: config.me().learner,
     };
     let transport: Arc<dyn Transport> = transport;
 

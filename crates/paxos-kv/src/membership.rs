@@ -284,6 +284,9 @@ impl ClusterState {
 pub struct Directory {
     /// From the config file.
     pub configured: BTreeMap<ReplicaId, MemberAddrs>,
+    /// The config file lists this node as a learner: it was provisioned to
+    /// join, so not being a member (yet) does not mean it was removed.
+    pub joining: bool,
 }
 
 impl Directory {

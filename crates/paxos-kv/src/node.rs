@@ -1319,7 +1319,9 @@ impl<S: StateMachine> EventLoop<S> {
             _ => status.membership_slot,
         };
         let member = status.membership.contains(self.id);
-        let removed = (old.removed || self.was_member) && !member;
+        // A restarted node that is not a member was removed, unless it was
+        // provisioned to join.
+        let removed = !member && (old.removed || self.was_member || !self.directory.joining);
         if removed
             && status
                 .leader
@@ -1338,7 +1340,7 @@ impl<S: StateMachine> EventLoop<S> {
                     membership = %crate::membership::membership_text(&status.membership),
                     "membership in force"
                 );
-                if removed && self.was_member {
+                if removed {
                     tracing::warn!(
                         id = %self.id,
                         "this replica was REMOVED from the cluster: it takes no part any more and answers clients with redirects; stop it, or wipe its data and add it again"
