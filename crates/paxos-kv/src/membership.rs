@@ -513,6 +513,20 @@ pub fn membership_text(m: &Membership) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn arbitrary_admin_requests_and_snapshots_never_panic(raw in proptest::collection::vec(any::<u8>(), 0..96)) {
+            let (mut a, mut b) = (ClusterState::default(), ClusterState::default());
+            // Deterministic: the same bytes give the same reply and state.
+            prop_assert_eq!(a.execute(&raw), b.execute(&raw));
+            prop_assert_eq!(a.book(), b.book());
+            let mut pos = 0;
+            let _ = ClusterState::decode(&raw, &mut pos);
+            prop_assert!(pos <= raw.len());
+        }
+    }
 
     fn addrs(p: u16) -> MemberAddrs {
         MemberAddrs {
