@@ -426,6 +426,14 @@ pub struct Reply {
     pub applied_us: u64,
 }
 
+/// Bytes of a value's payload (part of the Accept-encoding cache key).
+fn value_len(value: &Value) -> usize {
+    match value {
+        Value::Requests(b) => b.len(),
+        _ => 0,
+    }
+}
+
 /// Starts the event loop on the current tokio runtime and the durability
 /// waiter thread. Returns the handle and the loop's join handle (which ends
 /// on shutdown or on a fatal storage error).
@@ -481,6 +489,7 @@ pub fn start_with_peers<S: StateMachine>(
         stalled: None,
         outputs: Vec::new(),
         send_buf: BytesMut::with_capacity(64 * 1024),
+        last_accept: None,
         tag_counter: 0,
         boot_nonce: u64::from_le_bytes(nonce_bytes) ^ (start.elapsed().as_nanos() as u64),
         is_leader: false,
@@ -577,6 +586,9 @@ struct EventLoop<S: StateMachine> {
     stalled: Option<(Bytes, Vec<Completer<Reply>>, u64)>,
     outputs: Vec<Bytes>,
     send_buf: BytesMut,
+    /// The last Accept encoded, keyed by (ballot, slot, commit index, value
+    /// length), reused for the same Accept to the next follower.
+    last_accept: Option<((Ballot, Slot, Slot, usize), Bytes)>,
     tag_counter: u64,
     boot_nonce: u64,
     is_leader: bool,
@@ -820,21 +832,25 @@ impl<S: StateMachine> EventLoop<S> {
         let mut oversized = Vec::new();
         let stages = Arc::clone(&self.stages);
         let batched_us = stages.stamp();
-        self.consumer.drain_batch_by(
-            drain_limits,
-            |r: &Request<Submitted, Reply>| r.payload.request.len(),
-            |r| {
-                if builder.fits(r.payload.request.len()) {
-                    builder.push(&r.payload.request);
-                    stages.record(Point::Queued, r.payload.queued_us, batched_us);
-                    completers.push(r.completer);
-                } else {
-                    // Only a single request bigger than a whole batch gets
-                    // here (drain respects the limits otherwise).
-                    oversized.push(r.completer);
-                }
-            },
-        );
+        let consumer = &mut self.consumer;
+        // One stage-histogram lock for the whole drain, not one per request.
+        stages.with_batch(|recorder| {
+            consumer.drain_batch_by(
+                drain_limits,
+                |r: &Request<Submitted, Reply>| r.payload.request.len(),
+                |r| {
+                    if builder.fits(r.payload.request.len()) {
+                        builder.push(&r.payload.request);
+                        recorder.record(Point::Queued, r.payload.queued_us, batched_us);
+                        completers.push(r.completer);
+                    } else {
+                        // Only a single request bigger than a whole batch gets
+                        // here (drain respects the limits otherwise).
+                        oversized.push(r.completer);
+                    }
+                },
+            );
+        });
         for c in oversized {
             c.abort(AbortReason::Rejected(TOO_LARGE));
         }
@@ -960,15 +976,41 @@ impl<S: StateMachine> EventLoop<S> {
     }
 
     fn send(&mut self, to: ReplicaId, msg: &Message) {
+        let bytes = match msg {
+            // The core sends the same Accept to every follower: encode it
+            // (and copy its batch) once and share the bytes. A (ballot,
+            // slot) pair names one value, so it identifies the encoding.
+            Message::Accept {
+                ballot,
+                slot,
+                commit_index,
+                value,
+            } => {
+                let key = (*ballot, *slot, *commit_index, value_len(value));
+                match &self.last_accept {
+                    Some((k, encoded)) if *k == key => encoded.clone(),
+                    _ => {
+                        let encoded = self.encode(msg);
+                        self.last_accept = Some((key, encoded.clone()));
+                        encoded
+                    }
+                }
+            }
+            _ => self.encode(msg),
+        };
+        if let Err(e) = self.transport.send(to, bytes) {
+            // Paxos tolerates loss; the core retransmits on its timers.
+            tracing::debug!(%to, error = %e, "send dropped");
+        }
+    }
+
+    fn encode(&mut self, msg: &Message) -> Bytes {
         codec::encode(msg, &mut self.send_buf);
         let bytes = self.send_buf.split().freeze();
         if self.send_buf.capacity() < 4096 {
             self.send_buf.reserve(64 * 1024);
         }
-        if let Err(e) = self.transport.send(to, bytes) {
-            // Paxos tolerates loss; the core retransmits on its timers.
-            tracing::debug!(%to, error = %e, "send dropped");
-        }
+        bytes
     }
 
     fn apply(&mut self, slot: Slot, value: Value) {
@@ -998,14 +1040,12 @@ impl<S: StateMachine> EventLoop<S> {
                     } else {
                         p.durable_us
                     };
-                    for _ in 0..p.completers.len() {
-                        self.stages
-                            .record(Point::Batched, p.batched_us, p.accept_us);
-                        self.stages
-                            .record(Point::AcceptSent, p.accept_us, durable_us);
-                        self.stages.record(Point::Durable, durable_us, quorum_us);
-                        self.stages.record(Point::Quorum, quorum_us, applied_us);
-                    }
+                    // Every request of the decree shares these stamps: one
+                    // lock for the whole batch, not four per request.
+                    self.stages.record_decree(
+                        [p.batched_us, p.accept_us, durable_us, quorum_us, applied_us],
+                        p.completers.len() as u64,
+                    );
                 }
                 for (c, out) in p.completers.into_iter().zip(self.outputs.drain(1..)) {
                     c.complete(Reply {
