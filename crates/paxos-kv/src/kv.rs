@@ -313,15 +313,28 @@ impl KvStore {
     }
 
     /// Stores a copy of `value` under `key`. Overwriting an existing key
-    /// (the common case) neither allocates a new key nor frees the old one.
+    /// (the common case) neither allocates a new key nor frees the old one,
+    /// and an overwrite of the same size usually allocates nothing.
     fn set(&mut self, key: &[u8], value: &[u8]) {
         // Copied out of the decree buffer: a slice would pin the whole batch
         // in memory for as long as the key lives.
-        let value = Bytes::copy_from_slice(value);
         match self.map.get_mut(key) {
-            Some(slot) => *slot = value,
+            Some(slot) if slot.len() == value.len() => {
+                // Same size (the usual overwrite): reuse the old value's
+                // buffer when nothing else holds it, saving a free and a
+                // malloc per SET.
+                match std::mem::take(slot).try_into_mut() {
+                    Ok(mut buf) => {
+                        buf.copy_from_slice(value);
+                        *slot = buf.freeze();
+                    }
+                    Err(_shared) => *slot = Bytes::copy_from_slice(value),
+                }
+            }
+            Some(slot) => *slot = Bytes::copy_from_slice(value),
             None => {
-                self.map.insert(Bytes::copy_from_slice(key), value);
+                self.map
+                    .insert(Bytes::copy_from_slice(key), Bytes::copy_from_slice(value));
             }
         }
     }
