@@ -31,12 +31,13 @@ pub fn storage_kind(name: &str) -> anyhow::Result<StorageKind> {
 
 impl Cluster {
     /// Writes configs and certificates and starts one `paxos-kv node`
-    /// process per replica, with the per-stage latency timing on.
+    /// process per replica, with the per-stage latency timing on if asked.
     pub fn start(
         kv_bin: &Path,
         replicas: usize,
         storage: &str,
         data_dir: Option<&Path>,
+        stage_timing: bool,
     ) -> anyhow::Result<Cluster> {
         let kind = storage_kind(storage)?;
         let (tempdir, dir) = match data_dir {
@@ -50,8 +51,13 @@ impl Cluster {
                 (Some(t), p)
             }
         };
-        // The nodes inherit this process's environment: turn stage timing on.
-        std::env::set_var("PAXOS_KV_STAGE_TIMING", "1");
+        // The nodes inherit this process's environment. Stage timing reads
+        // the clock and locks a histogram several times per request, so it
+        // is on only when the breakdown is wanted.
+        std::env::set_var(
+            "PAXOS_KV_STAGE_TIMING",
+            if stage_timing { "1" } else { "0" },
+        );
         let procs = LocalCluster::start(kv_bin, &dir, replicas, kind, &Tuning::default())
             .context("starting paxos-kv nodes")?;
         Ok(Cluster {
