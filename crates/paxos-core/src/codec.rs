@@ -12,7 +12,7 @@
 //! Request payloads are zero-copy [`Bytes`] slices of the input frame.
 
 use crate::message::Message;
-use crate::types::{Accepted, Ballot, Membership, ReplicaId, Value};
+use crate::types::{Accepted, Ballot, Membership, Reconfiguration, ReplicaId, Value};
 use bytes::{BufMut, Bytes, BytesMut};
 
 /// The encoding version written by [`encode`] and accepted by [`decode`].
@@ -211,7 +211,7 @@ fn value_len_hint(v: &Value) -> usize {
     match v {
         Value::Noop => 1,
         Value::Requests(b) => 11 + b.len(),
-        Value::Reconfigure(m) => 21 + 5 * (m.voters.len() + m.learners.len()),
+        Value::Reconfigure(r) => 31 + 5 * (r.membership.voters.len() + r.membership.learners.len()),
     }
 }
 
@@ -236,8 +236,10 @@ fn put_value(out: &mut BytesMut, v: &Value) {
             put_varint(out, b.len() as u64);
             out.put_slice(b);
         }
-        Value::Reconfigure(m) => {
+        Value::Reconfigure(r) => {
             out.put_u8(tag::VALUE_RECONFIGURE);
+            put_varint(out, r.base);
+            let m = &r.membership;
             for list in [&m.voters, &m.learners] {
                 put_varint(out, list.len() as u64);
                 for id in list {
@@ -431,6 +433,7 @@ impl Reader {
                 Ok(Value::Requests(bytes))
             }
             tag::VALUE_RECONFIGURE => {
+                let base = self.varint()?;
                 let mut lists = [Vec::new(), Vec::new()];
                 for list in &mut lists {
                     let n = self.count()?;
@@ -444,7 +447,10 @@ impl Reader {
                 if !m.is_well_formed() {
                     return Err(CodecError::BadMembership);
                 }
-                Ok(Value::Reconfigure(m))
+                Ok(Value::Reconfigure(Reconfiguration {
+                    base,
+                    membership: m,
+                }))
             }
             other => Err(CodecError::UnknownTag {
                 what: "value",
@@ -486,12 +492,16 @@ mod tests {
             proptest::collection::vec(any::<u8>(), 0..64)
                 .prop_map(|v| Value::Requests(Bytes::from(v))),
             (
+                any::<u64>(),
                 proptest::collection::btree_set(0u32..50, 1..5),
                 proptest::collection::btree_set(50u32..100, 0..3)
             )
-                .prop_map(|(v, l)| Value::Reconfigure(Membership {
-                    voters: v.into_iter().map(ReplicaId).collect(),
-                    learners: l.into_iter().map(ReplicaId).collect(),
+                .prop_map(|(base, v, l)| Value::Reconfigure(Reconfiguration {
+                    base,
+                    membership: Membership {
+                        voters: v.into_iter().map(ReplicaId).collect(),
+                        learners: l.into_iter().map(ReplicaId).collect(),
+                    },
                 })),
         ]
     }
@@ -684,9 +694,12 @@ mod tests {
             ballot: Ballot::new(1, ReplicaId(1)),
             slot: 1,
             commit_index: 0,
-            value: Value::Reconfigure(Membership {
-                voters: vec![ReplicaId(2), ReplicaId(1)],
-                learners: vec![],
+            value: Value::Reconfigure(Reconfiguration {
+                base: 0,
+                membership: Membership {
+                    voters: vec![ReplicaId(2), ReplicaId(1)],
+                    learners: vec![],
+                },
             }),
         };
         assert_eq!(

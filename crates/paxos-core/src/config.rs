@@ -1,7 +1,7 @@
 //! Replica configuration and its validation.
 
 use crate::batch::BatchLimits;
-use crate::types::{Ballot, Membership, ReplicaId};
+use crate::types::{Ballot, Membership, ReplicaId, Slot};
 
 /// Most voters a membership may have (votes are tracked in a 128-bit set).
 pub const MAX_VOTERS: usize = 128;
@@ -20,6 +20,10 @@ pub struct Config {
     /// membership. Elections in a membership run in ballots above the one
     /// that installed it (see the replica's invariant 10).
     pub membership_ballot: Ballot,
+    /// The slot of the `Reconfigure` that installed `membership` (0 for the
+    /// initial one): later changes name it as their base (see
+    /// `Reconfiguration`).
+    pub membership_slot: Slot,
     /// Most decrees proposed but not yet chosen (RSL: 1).
     pub pipeline_window: usize,
     /// Per-decree request count and byte limits; a proposed value larger than
@@ -72,6 +76,7 @@ impl Config {
             id,
             membership,
             membership_ballot: Ballot::ZERO,
+            membership_slot: 0,
             pipeline_window: 64,
             batch_limits: BatchLimits::default(),
             heartbeat_interval_us: 50_000,

@@ -132,7 +132,7 @@ pub enum Value {
     /// A batch of client requests, encoded by [`crate::batch`].
     Requests(Bytes),
     /// A new replica set. Never batched with requests.
-    Reconfigure(Membership),
+    Reconfigure(Reconfiguration),
 }
 
 impl Value {
@@ -141,8 +141,39 @@ impl Value {
         match self {
             Value::Noop => 0,
             Value::Requests(b) => b.len(),
-            Value::Reconfigure(m) => 4 * (m.voters.len() + m.learners.len()),
+            Value::Reconfigure(r) => {
+                8 + 4 * (r.membership.voters.len() + r.membership.learners.len())
+            }
         }
+    }
+}
+
+/// A membership change, as decided in the log.
+///
+/// It names the membership it replaces by `base`: the slot of the
+/// `Reconfigure` that installed that membership (0 for the one a cluster
+/// started with). Chosen at slot `s`, it takes effect for the slots above
+/// `s` only if `base` is still the membership in force there; otherwise a
+/// later change was chosen since it was proposed, and it is a no-op. So a
+/// change an old leader proposed, that nobody chose then, cannot come back
+/// after a later change and silently revert it (paxos-sim FINDINGS F6).
+/// Every replica decides this from the same log, hence identically; state
+/// machines that record the membership must use [`Reconfiguration::applies_to`]
+/// too.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Reconfiguration {
+    /// The slot of the `Reconfigure` that installed the membership this one
+    /// replaces (0: the initial membership).
+    pub base: Slot,
+    /// The new membership.
+    pub membership: Membership,
+}
+
+impl Reconfiguration {
+    /// Whether, chosen while the membership installed at `membership_slot`
+    /// is in force, this change takes effect (else it is a no-op).
+    pub fn applies_to(&self, membership_slot: Slot) -> bool {
+        self.base == membership_slot
     }
 }
 

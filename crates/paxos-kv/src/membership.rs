@@ -30,7 +30,7 @@
 //! carries the pair that is right for that slot.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use paxos_core::{Ballot, Membership, ReplicaId, Slot};
+use paxos_core::{Ballot, Membership, Reconfiguration, ReplicaId, Slot};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -149,6 +149,19 @@ impl ClusterState {
     pub fn with_generation(mut self, generation: u64) -> ClusterState {
         self.generation = generation;
         self
+    }
+
+    /// Applies the `Reconfigure` chosen at `slot` (under `ballot`) as the
+    /// core does: it installs its membership only if it was based on the
+    /// membership in force (see `paxos_core::Reconfiguration`); otherwise
+    /// it is a no-op. Returns whether it took effect.
+    pub fn apply_reconfigure(&mut self, slot: Slot, ballot: Ballot, r: &Reconfiguration) -> bool {
+        let in_force = self.last_reconfigure.as_ref().map_or(0, |l| l.slot);
+        if !r.applies_to(in_force) {
+            return false;
+        }
+        self.record_reconfigure(slot, ballot, r.membership.clone());
+        true
     }
 
     /// Records that the `Reconfigure` of `membership` chosen at `slot` was
@@ -458,6 +471,7 @@ pub fn restart_membership(config: &mut paxos_core::Config, cluster: Option<&Clus
     if let Some(r) = cluster.and_then(ClusterState::last_reconfigure) {
         config.membership = r.membership.clone();
         config.membership_ballot = r.ballot;
+        config.membership_slot = r.slot;
     }
 }
 
@@ -607,10 +621,25 @@ mod tests {
         );
         assert_eq!(&outs[0][..], REPLY_OK);
         let m = Membership::with_voters(vec![ReplicaId(1), ReplicaId(4)]);
-        kv.apply(2, &Value::Reconfigure(m.clone()), &mut outs);
-        kv.cluster_mut()
+        let r = paxos_core::Reconfiguration {
+            base: 0,
+            membership: m.clone(),
+        };
+        kv.apply(2, &Value::Reconfigure(r.clone()), &mut outs);
+        assert!(kv
+            .cluster_mut()
             .unwrap()
-            .record_reconfigure(2, Ballot::new(5, ReplicaId(1)), m.clone());
+            .apply_reconfigure(2, Ballot::new(5, ReplicaId(1)), &r));
+        // One based on a membership since replaced is a no-op.
+        let stale = paxos_core::Reconfiguration {
+            base: 0,
+            membership: Membership::with_voters(vec![ReplicaId(9)]),
+        };
+        assert!(!kv.cluster_mut().unwrap().apply_reconfigure(
+            3,
+            Ballot::new(5, ReplicaId(1)),
+            &stale
+        ));
         let snap = kv.snapshot();
         let mut restored = KvStore::new();
         restored.restore(&snap).unwrap();

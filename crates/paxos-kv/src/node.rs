@@ -66,7 +66,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use paxos_core::batch::{BatchBuilder, BatchLimits};
 use paxos_core::{
     codec, Action, Ballot, DurableState, Membership, Message, PersistToken, ProposeError,
-    ReplicaId, Role, Slot, Time, Value,
+    Reconfiguration, ReplicaId, Role, Slot, Time, Value,
 };
 use paxos_log::checkpoint::{CheckpointMeta, CheckpointStore};
 use paxos_log::{ReplicaStorage, StorageError};
@@ -957,8 +957,8 @@ impl<S: StateMachine> EventLoop<S> {
                     ballot,
                     value,
                 } => {
-                    if let Value::Reconfigure(m) = &value {
-                        self.record_reconfigure(slot, ballot, m);
+                    if let Value::Reconfigure(r) = &value {
+                        self.record_reconfigure(slot, ballot, r);
                     }
                     self.apply(slot, value);
                     if self
@@ -1323,9 +1323,9 @@ impl<S: StateMachine> EventLoop<S> {
 
     /// Notes an applied `Reconfigure` in the state machine, so checkpoints
     /// from now on restart the core in the membership it installed.
-    fn record_reconfigure(&mut self, slot: Slot, ballot: Ballot, m: &Membership) {
+    fn record_reconfigure(&mut self, slot: Slot, ballot: Ballot, r: &Reconfiguration) {
         if let Some(c) = self.sm.cluster_mut() {
-            c.record_reconfigure(slot, ballot, m.clone());
+            c.apply_reconfigure(slot, ballot, r);
         }
     }
 

@@ -7,7 +7,9 @@
 //! turns into a torn tail or a corruption error.
 
 use bytes::Bytes;
-use paxos_core::{Accepted, Ballot, Membership, PersistEntry, ReplicaId, Slot, Value};
+use paxos_core::{
+    Accepted, Ballot, Membership, PersistEntry, Reconfiguration, ReplicaId, Slot, Value,
+};
 
 /// Magic at the start of every segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"PXLOGSG1";
@@ -205,7 +207,9 @@ pub fn entry_payload_len(entry: &PersistEntry) -> usize {
             21 + match &a.value {
                 Value::Noop => 0,
                 Value::Requests(b) => b.len(),
-                Value::Reconfigure(m) => 8 + 4 * (m.voters.len() + m.learners.len()),
+                Value::Reconfigure(r) => {
+                    16 + 4 * (r.membership.voters.len() + r.membership.learners.len())
+                }
             }
         }
     }
@@ -236,8 +240,12 @@ pub fn encode_entries(entries: &[PersistEntry], out: &mut Vec<u8>) -> Vec<usize>
                         o.push(1);
                         o.extend_from_slice(b);
                     }
-                    Value::Reconfigure(m) => {
-                        o.push(2);
+                    Value::Reconfigure(r) => {
+                        // Tag 3: with the base slot (tag 2, without it, is
+                        // no longer written).
+                        o.push(3);
+                        o.extend_from_slice(&r.base.to_le_bytes());
+                        let m = &r.membership;
                         o.extend_from_slice(&(m.voters.len() as u32).to_le_bytes());
                         o.extend_from_slice(&(m.learners.len() as u32).to_le_bytes());
                         for id in m.voters.iter().chain(m.learners.iter()) {
@@ -353,7 +361,9 @@ fn decode_payload(kind: RecordKind, p: &[u8]) -> Result<Record, FrameError> {
             let value = match p[20] {
                 0 if body.is_empty() => Value::Noop,
                 1 => Value::Requests(Bytes::copy_from_slice(body)),
-                2 if body.len() >= 8 => {
+                3 if body.len() >= 16 => {
+                    let base = u64_at(body, 0);
+                    let body = &body[8..];
                     let voters = u32_at(body, 0) as usize;
                     let learners = u32_at(body, 4) as usize;
                     let ids = &body[8..];
@@ -368,9 +378,12 @@ fn decode_payload(kind: RecordKind, p: &[u8]) -> Result<Record, FrameError> {
                     let mut all = ids.chunks_exact(4).map(|c| ReplicaId(u32_at(c, 0)));
                     let v: Vec<ReplicaId> = all.by_ref().take(voters).collect();
                     let l: Vec<ReplicaId> = all.collect();
-                    Value::Reconfigure(Membership {
-                        voters: v,
-                        learners: l,
+                    Value::Reconfigure(Reconfiguration {
+                        base,
+                        membership: Membership {
+                            voters: v,
+                            learners: l,
+                        },
                     })
                 }
                 tag => {
@@ -413,12 +426,16 @@ pub(crate) mod tests {
             proptest::collection::vec(any::<u8>(), 0..64)
                 .prop_map(|v| Value::Requests(Bytes::from(v))),
             (
+                any::<u64>(),
                 proptest::collection::vec(0u32..9, 1..4),
                 proptest::collection::vec(0u32..9, 0..3)
             )
-                .prop_map(|(v, l)| Value::Reconfigure(Membership {
-                    voters: v.into_iter().map(ReplicaId).collect(),
-                    learners: l.into_iter().map(ReplicaId).collect(),
+                .prop_map(|(base, v, l)| Value::Reconfigure(Reconfiguration {
+                    base,
+                    membership: Membership {
+                        voters: v.into_iter().map(ReplicaId).collect(),
+                        learners: l.into_iter().map(ReplicaId).collect(),
+                    },
                 })),
         ];
         prop_oneof![

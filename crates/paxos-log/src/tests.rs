@@ -64,10 +64,10 @@ fn reopen_recovers_exactly_what_was_appended() {
         vec![PersistEntry::Accept(Accepted {
             slot: 3,
             ballot: ballot(3),
-            value: Value::Reconfigure(paxos_core::Membership::with_voters(vec![
-                ReplicaId(1),
-                ReplicaId(2),
-            ])),
+            value: Value::Reconfigure(paxos_core::Reconfiguration {
+                base: 7,
+                membership: paxos_core::Membership::with_voters(vec![ReplicaId(1), ReplicaId(2)]),
+            }),
         })],
         vec![PersistEntry::Accept(Accepted {
             slot: 4,

@@ -16,7 +16,9 @@
 //! slices of the payload.
 
 use bytes::{BufMut, Bytes};
-use paxos_core::{Accepted, Ballot, DurableState, Membership, PersistEntry, ReplicaId, Value};
+use paxos_core::{
+    Accepted, Ballot, DurableState, Membership, PersistEntry, Reconfiguration, ReplicaId, Value,
+};
 
 const KIND_BATCH: u8 = 1;
 const KIND_SNAPSHOT: u8 = 2;
@@ -45,8 +47,12 @@ fn put_accepted(out: &mut Vec<u8>, a: &Accepted) {
             out.put_u32_le(bytes.len() as u32);
             out.extend_from_slice(bytes);
         }
-        Value::Reconfigure(m) => {
-            out.put_u8(2);
+        Value::Reconfigure(r) => {
+            // Tag 3 carries the base slot (tag 2, without it, is no longer
+            // written).
+            out.put_u8(3);
+            out.put_u64_le(r.base);
+            let m = &r.membership;
             for list in [&m.voters, &m.learners] {
                 out.put_u32_le(list.len() as u32);
                 for id in list.iter() {
@@ -174,10 +180,14 @@ impl Reader {
                 let len = self.u32()? as usize;
                 Value::Requests(self.take(len)?)
             }
-            2 => {
+            3 => {
+                let base = self.u64()?;
                 let voters = self.ids()?;
                 let learners = self.ids()?;
-                Value::Reconfigure(Membership { voters, learners })
+                Value::Reconfigure(Reconfiguration {
+                    base,
+                    membership: Membership { voters, learners },
+                })
             }
             t => return self.fail(format!("unknown value tag {t}")),
         };
@@ -249,9 +259,10 @@ pub(crate) mod tests {
             Just(Value::Noop),
             proptest::collection::vec(any::<u8>(), 0..120)
                 .prop_map(|v| Value::Requests(Bytes::from(v))),
-            (1u32..6).prop_map(|n| Value::Reconfigure(Membership::with_voters(
-                (1..=n).map(ReplicaId).collect()
-            ))),
+            (1u32..6, any::<u64>()).prop_map(|(n, base)| Value::Reconfigure(Reconfiguration {
+                base,
+                membership: Membership::with_voters((1..=n).map(ReplicaId).collect()),
+            })),
         ]
     }
 

@@ -285,10 +285,10 @@ fn arb_entry() -> impl Strategy<Value = PersistEntry> {
     let value = prop_oneof![
         Just(Value::Noop),
         proptest::collection::vec(any::<u8>(), 0..60).prop_map(|v| Value::Requests(Bytes::from(v))),
-        Just(Value::Reconfigure(Membership::with_voters(vec![
-            ReplicaId(1),
-            ReplicaId(2)
-        ]))),
+        Just(Value::Reconfigure(paxos_core::Reconfiguration {
+            base: 3,
+            membership: Membership::with_voters(vec![ReplicaId(1), ReplicaId(2)]),
+        })),
     ];
     prop_oneof![
         1 => ballot.clone().prop_map(PersistEntry::Promise),

@@ -128,8 +128,9 @@ pub struct Checker {
     issued: BTreeMap<u32, u64>,
     /// The membership before any `Reconfigure`.
     initial: Membership,
-    /// Chosen `Reconfigure` decrees by slot: each governs the slots above it
-    /// up to the next one.
+    /// Chosen `Reconfigure` decrees that took effect, by slot: each governs
+    /// the slots above it up to the next one. (A chosen `Reconfigure` based
+    /// on a membership no longer in force is a no-op and is not listed.)
     reconfigs: BTreeMap<Slot, Membership>,
     /// Every vote that reached a simulated disk, never erased:
     /// slot -> ballot -> replica -> value.
@@ -302,8 +303,17 @@ impl Checker {
             )),
             Some(_) => Ok(()),
             None => {
-                if let Value::Reconfigure(m) = value {
-                    self.reconfigs.insert(slot, m.clone());
+                if let Value::Reconfigure(r) = value {
+                    // Every slot below was applied somewhere already, so
+                    // the membership in force at `slot` is known here.
+                    let in_force = self
+                        .reconfigs
+                        .range(..slot)
+                        .next_back()
+                        .map_or(0, |(s, _)| *s);
+                    if r.applies_to(in_force) {
+                        self.reconfigs.insert(slot, r.membership.clone());
+                    }
                 }
                 self.chosen.insert(slot, (value.clone(), id));
                 Ok(())
@@ -385,7 +395,10 @@ impl Checker {
     pub fn on_status(&mut self, status: &Status) -> Result<(), Failure> {
         if status.membership_slot > 0 {
             if let Some((chosen, _)) = self.chosen.get(&status.membership_slot) {
-                if *chosen != Value::Reconfigure(status.membership.clone()) {
+                let installs = matches!(chosen, Value::Reconfigure(r)
+                    if r.membership == status.membership
+                        && self.reconfigs.contains_key(&status.membership_slot));
+                if !installs {
                     return Err(Failure::new(
                         FailureKind::Quorum,
                         format!(
@@ -431,7 +444,10 @@ impl Checker {
 pub fn describe(value: &Value) -> String {
     match value {
         Value::Noop => "Noop".to_string(),
-        Value::Reconfigure(m) => format!("Reconfigure({:?})", m.voters),
+        Value::Reconfigure(r) => format!(
+            "Reconfigure({:?} on top of slot {})",
+            r.membership.voters, r.base
+        ),
         Value::Requests(b) => match batch::decode(b) {
             Ok(reqs) => {
                 let ids: Vec<String> = reqs
@@ -492,7 +508,10 @@ mod tests {
         let mut c = Checker::new(Membership::with_voters(vec![r(1), r(2), r(3)]));
         // Slot 1 moves the voters to {2, 3, 4}; it is governed by {1, 2, 3}.
         let next = Membership::with_voters(vec![r(2), r(3), r(4)]);
-        let reconf = Value::Reconfigure(next.clone());
+        let reconf = Value::Reconfigure(paxos_core::Reconfiguration {
+            base: 0,
+            membership: next.clone(),
+        });
         c.record_vote(r(1), 1, b(1), &reconf).unwrap();
         assert_eq!(
             c.check_quorum(r(1), 1, &reconf).unwrap_err().kind,
@@ -528,8 +547,11 @@ mod tests {
         let r = ReplicaId;
         let mut c = Checker::new(Membership::with_voters(vec![r(1), r(2), r(3)]));
         let next = Membership::with_voters(vec![r(2), r(3), r(4)]);
-        c.on_apply(r(1), 0, 1, &Value::Reconfigure(next.clone()))
-            .unwrap();
+        let reconf = Value::Reconfigure(paxos_core::Reconfiguration {
+            base: 0,
+            membership: next.clone(),
+        });
+        c.on_apply(r(1), 0, 1, &reconf).unwrap();
         let status = |m: Membership| Status {
             id: r(2),
             role: paxos_core::Role::Follower,

@@ -685,13 +685,15 @@ impl Sim {
         node.sm_membership = node.checkpoint_membership.clone();
         let mut config = node.config.clone();
         match &node.checkpoint_membership {
-            Some((_, ballot, m)) => {
+            Some((slot, ballot, m)) => {
                 config.membership = m.clone();
                 config.membership_ballot = *ballot;
+                config.membership_slot = *slot;
             }
             None => {
                 config.membership = node.base_membership.clone();
                 config.membership_ballot = Ballot::ZERO;
+                config.membership_slot = 0;
             }
         }
         let mut replica =
@@ -1008,9 +1010,10 @@ impl Sim {
         let before = (before_slot, before.clone());
         self.checker
             .on_apply(id, self.nodes[i].applied_through, slot, &value)?;
-        if let (Value::Reconfigure(m), true) =
+        if let (Value::Reconfigure(r), true) =
             (&value, self.checker.latest_membership().0 > before.0)
         {
+            let m = &r.membership;
             // A repeat of the membership in force changes nothing (two
             // leaders proposed the same step; both were chosen).
             let wanted = *m == before.1
@@ -1028,8 +1031,13 @@ impl Sim {
             }
         }
         self.nodes[i].applied_through = slot;
-        if let Value::Reconfigure(m) = &value {
-            self.nodes[i].sm_membership = Some((slot, ballot, m.clone()));
+        if let Value::Reconfigure(r) = &value {
+            // The state machine follows the core's rule: a change based on a
+            // membership no longer in force is a no-op.
+            let in_force = self.nodes[i].sm_membership.as_ref().map_or(0, |m| m.0);
+            if r.applies_to(in_force) {
+                self.nodes[i].sm_membership = Some((slot, ballot, r.membership.clone()));
+            }
         }
         let every = self.params.checkpoint_every;
         if every > 0 && slot >= self.nodes[i].checkpoint + every {

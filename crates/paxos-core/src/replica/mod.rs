@@ -54,7 +54,10 @@
 //!    entries and stay under `max_message_bytes`.
 //! 10. **Reconfiguration.** A `Reconfigure(m)` decree chosen at slot `s`
 //!     governs every slot above `s`; slots up to `s` keep the membership in
-//!     force before it. So each slot has exactly one membership, and every
+//!     force before it. (It names the membership it replaces, `base`: if a
+//!     later change took effect since it was proposed, it is chosen as a
+//!     no-op, so a stale change found by a later phase 1 cannot revert a
+//!     newer one. Every replica decides that from the same log.) So each slot has exactly one membership, and every
 //!     quorum that decides it (phase 1 and phase 2 alike) is a majority of
 //!     that membership's voters: quorum intersection holds slot by slot, for
 //!     any change of voters, with no joint-consensus phase. What makes that
@@ -70,9 +73,11 @@
 //!       that keeps the voters (a learner step) must be re-proposed: no new
 //!       phase 1 follows it (the leader waits for it to be chosen first).
 //!     - A replica switches membership when its commit index passes `s`
-//!       (leader and followers alike). A leader whose voters changed runs
-//!       phase 1 again among the new voters in a higher ballot; one that was
-//!       removed hands over to the most caught-up new voter and steps down.
+//!       (leader and followers alike). A leader whose voters changed stops
+//!       leading in its ballot (checked: a leader's phase-1 voters are the
+//!       voters in force) and runs phase 1 again among the new voters in a
+//!       higher ballot, unless vetoed; one that was removed hands over to
+//!       the most caught-up new voter and steps down.
 //!     - Every election in `m` runs in a ballot above the one `s` is held
 //!       under (the switch observes it; a restart from a checkpoint gets it
 //!       from `Config::membership_ballot`), hence above every ballot in which
@@ -97,7 +102,8 @@ use crate::codec::accepted_len_hint;
 use crate::config::Config;
 use crate::message::Message;
 use crate::types::{
-    Accepted, Ballot, DurableState, Membership, PersistEntry, ReplicaId, Slot, Time, Value,
+    Accepted, Ballot, DurableState, Membership, PersistEntry, Reconfiguration, ReplicaId, Slot,
+    Time, Value,
 };
 use paxos_contracts::{ensures, invariant, requires, snapshot};
 use rand::rngs::SmallRng;
@@ -332,6 +338,9 @@ struct LeaderState {
     reconfig_slot: Option<Slot>,
     /// When each voter last acknowledged this ballot.
     last_ack: BTreeMap<ReplicaId, Time>,
+    /// The voters whose quorum granted this ballot's phase 1: a leader
+    /// leads only while they are the voters in force.
+    phase1_voters: Vec<ReplicaId>,
     elected_at: Time,
 }
 
@@ -480,7 +489,7 @@ impl Replica {
         let mut r = Replica {
             id,
             membership,
-            membership_slot: 0,
+            membership_slot: config.membership_slot,
             config_scanned_through: applied_through,
             previous_members: Vec::new(),
             known_replicas: config.membership.all().filter(|r| *r != id).collect(),
@@ -687,6 +696,32 @@ impl Replica {
         );
         self.check_invariants();
         result
+    }
+
+    /// Hands leadership to `successor` (RSL has no such call; operators ask
+    /// for it by name). It must be a voter other than this replica, allow
+    /// becoming primary, and have been heard from within the minimum
+    /// election timeout (`NoSuccessor` otherwise). It is brought up to date
+    /// and starts phase 1 at once.
+    pub fn relinquish_primary_to(
+        &mut self,
+        now: Time,
+        successor: ReplicaId,
+    ) -> Result<(), ProposeError> {
+        let result = self.relinquish_to_inner(now, successor);
+        self.finish(now);
+        ensures!(result.is_err() || !matches!(self.role, RoleState::Leader(_)));
+        self.check_invariants();
+        result
+    }
+
+    /// Gives up the membership change in progress: steps not yet proposed
+    /// are not proposed (a `Reconfigure` already proposed still gets
+    /// chosen). Returns the abandoned target, if there was one.
+    pub fn abandon_configuration_change(&mut self) -> Option<Membership> {
+        let abandoned = self.pending_target.take();
+        ensures!(self.pending_target.is_none());
+        abandoned
     }
 
     /// The membership change in progress, if this replica leads one.
@@ -1087,6 +1122,9 @@ impl Replica {
     }
 
     fn step_down(&mut self, now: Time) {
+        // A change an operator asked this leader for dies with its
+        // leadership (it must not resume if this replica leads again).
+        self.pending_target = None;
         self.role = RoleState::Follower;
         self.leader = None;
         self.reset_election_timer(now);
@@ -1732,12 +1770,26 @@ impl Replica {
         // dropping them would let this leader propose fresh values over
         // slots that may be chosen (found by paxos-sim seed 52).
         // `drain_recovery` proposes nothing above it until it is chosen.
-        let voters = self.membership.voters.clone();
-        if let Some(s) = recovered
-            .values()
-            .find(|e| matches!(&e.value, Value::Reconfigure(m) if m.voters != voters))
-            .map(|e| e.slot)
-        {
+        // A `Reconfigure` whose base will not be in force where it lands is
+        // a no-op (see `Reconfiguration`), so it is followed like any value.
+        let mut voters = self.membership.voters.clone();
+        let mut in_force_slot = self.membership_slot;
+        let mut cut = None;
+        for e in recovered.values() {
+            let Value::Reconfigure(r) = &e.value else {
+                continue;
+            };
+            if !r.applies_to(in_force_slot) {
+                continue;
+            }
+            if r.membership.voters != voters {
+                cut = Some(e.slot);
+                break;
+            }
+            voters = r.membership.voters.clone();
+            in_force_slot = e.slot;
+        }
+        if let Some(s) = cut {
             recovered.split_off(&(s + 1));
         }
         let recover_next = self.commit_index + 1;
@@ -1759,6 +1811,7 @@ impl Replica {
             announced: false,
             reconfig_slot: None,
             last_ack: BTreeMap::new(),
+            phase1_voters: self.membership.voters.clone(),
             elected_at: now,
         });
         self.drain_recovery(now);
@@ -1795,8 +1848,13 @@ impl Replica {
         if l.reconfig_slot.is_some() && !self.bugs.propose_above_unchosen_reconfigure {
             return Err(ProposeError::ConfigChangeInFlight);
         }
-        if let Value::Reconfigure(m) = &value {
-            check_membership(m)?;
+        if let Value::Reconfigure(r) = &value {
+            check_membership(&r.membership)?;
+            if !r.applies_to(self.membership_slot) {
+                return Err(ProposeError::BadMembership {
+                    why: "based on a membership that is no longer in force",
+                });
+            }
         }
         let len = value.payload_len();
         if len > max_bytes {
@@ -2112,6 +2170,30 @@ impl Replica {
         Ok(())
     }
 
+    fn relinquish_to_inner(&mut self, now: Time, successor: ReplicaId) -> Result<(), ProposeError> {
+        let RoleState::Leader(l) = &self.role else {
+            return Err(ProposeError::NotLeader {
+                leader: self.leader,
+            });
+        };
+        if !l.announced {
+            return Err(ProposeError::NotLeader { leader: None });
+        }
+        let ballot = l.ballot;
+        let eligible = successor != self.id
+            && self.is_voter(successor)
+            && self.peers.get(&successor).is_some_and(|p| {
+                p.can_become_primary
+                    && now.micros_since(p.last_heard) < self.config.election_timeout_min_us
+            });
+        if !eligible {
+            return Err(ProposeError::NoSuccessor);
+        }
+        self.pending_target = None;
+        self.hand_over(now, ballot, successor);
+        Ok(())
+    }
+
     /// The most caught-up voter other than this replica that may lead and
     /// was heard from recently: a hand-off to a dead replica would leave the
     /// cluster leaderless until an election timeout.
@@ -2216,6 +2298,10 @@ impl Replica {
         } else {
             return; // wait for the learners to catch up
         };
+        let step = Reconfiguration {
+            base: self.membership_slot,
+            membership: step,
+        };
         match self.propose_inner(now, Value::Reconfigure(step)) {
             Ok(_) => {}
             // Retried from the timer once the window drains.
@@ -2246,17 +2332,20 @@ impl Replica {
             return;
         }
         let from = (self.config_scanned_through + 1).max(self.log_start);
-        let found: Vec<(Slot, Ballot, Membership)> = self
+        let found: Vec<(Slot, Ballot, Reconfiguration)> = self
             .log
             .range(from..=self.commit_index)
             .filter_map(|(slot, e)| match &e.value {
-                Value::Reconfigure(m) => Some((*slot, e.ballot, m.clone())),
+                Value::Reconfigure(r) => Some((*slot, e.ballot, r.clone())),
                 _ => None,
             })
             .collect();
         self.config_scanned_through = self.commit_index;
-        for (slot, ballot, m) in found {
-            self.switch_membership(now, slot, ballot, m);
+        for (slot, ballot, r) in found {
+            // One proposed on top of a membership since replaced is a no-op.
+            if r.applies_to(self.membership_slot) {
+                self.switch_membership(now, slot, ballot, r.membership);
+            }
         }
     }
 
@@ -2316,8 +2405,17 @@ impl Replica {
                     }
                 }
                 if self.is_voter(self.id) {
-                    // Phase 1 in the new voters, in a higher ballot.
+                    // Its ballot's phase 1 asked the old voters: it must
+                    // not lead the new ones in it. Phase 1 in the new voters,
+                    // in a higher ballot (unless vetoed: then another voter
+                    // takes over); the change in progress (if any) continues
+                    // once elected.
+                    let pending = self.pending_target.take();
+                    self.step_down(now);
                     self.start_election(now);
+                    if matches!(self.role, RoleState::Candidate(_)) {
+                        self.pending_target = pending;
+                    }
                 } else {
                     self.pending_target = None;
                     match self.pick_successor(now) {
@@ -2328,10 +2426,9 @@ impl Replica {
             }
             RoleState::Candidate(_) => {
                 // Its phase 1 asked the old voters.
+                self.step_down(now);
                 if self.is_voter(self.id) {
                     self.start_election(now);
-                } else {
-                    self.step_down(now);
                 }
             }
             RoleState::Follower => {}
@@ -2379,6 +2476,10 @@ impl Replica {
                     "a leader holds the highest promise"
                 );
                 invariant!(l.ballot.leader == self.id);
+                invariant!(
+                    l.phase1_voters == self.membership.voters,
+                    "a leader leads only the voters its phase 1 asked"
+                );
                 invariant!(
                     // Distinct sorted keys with these ends and this count
                     // are exactly the range: O(log n) instead of O(window).

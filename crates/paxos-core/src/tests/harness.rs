@@ -16,6 +16,15 @@ pub fn id(n: u32) -> ReplicaId {
     ReplicaId(n)
 }
 
+/// A `Reconfigure` to `m`, proposed on top of the membership installed at
+/// slot `base`.
+pub fn reconfigure(base: Slot, m: Membership) -> Value {
+    Value::Reconfigure(crate::Reconfiguration {
+        base,
+        membership: m,
+    })
+}
+
 pub fn req(text: &str) -> Value {
     Value::Requests(crate::batch::encode([text.as_bytes()]))
 }
@@ -67,9 +76,10 @@ impl Node {
     /// The config to restart with when the state machine holds `m`.
     pub fn restart_config(&self, m: &Option<(Slot, Ballot, Membership)>) -> Config {
         let mut config = self.config.clone();
-        if let Some((_, ballot, membership)) = m {
+        if let Some((slot, ballot, membership)) = m {
             config.membership = membership.clone();
             config.membership_ballot = *ballot;
+            config.membership_slot = *slot;
         }
         config
     }
@@ -230,8 +240,13 @@ impl Cluster {
                 value,
             } => {
                 let node = self.nodes.get_mut(&r).unwrap();
-                if let Value::Reconfigure(m) = &value {
-                    node.sm_membership = Some((slot, ballot, m.clone()));
+                if let Value::Reconfigure(rc) = &value {
+                    // Like a real state machine: a change based on a
+                    // membership no longer in force is a no-op.
+                    let in_force = node.sm_membership.as_ref().map_or(0, |m| m.0);
+                    if rc.applies_to(in_force) {
+                        node.sm_membership = Some((slot, ballot, rc.membership.clone()));
+                    }
                 }
                 let expected = node
                     .applied

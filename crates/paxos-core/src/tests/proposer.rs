@@ -92,12 +92,12 @@ fn oversized_and_reconfigure_values_are_refused() {
         learners: vec![],
     };
     assert!(matches!(
-        c.replica(leader).propose(now, Value::Reconfigure(m)),
+        c.replica(leader).propose(now, reconfigure(0, m)),
         Err(ProposeError::BadMembership { .. })
     ));
     let empty = crate::Membership::with_voters(vec![]);
     assert!(matches!(
-        c.replica(leader).propose(now, Value::Reconfigure(empty)),
+        c.replica(leader).propose(now, reconfigure(0, empty)),
         Err(ProposeError::BadMembership { .. })
     ));
     // Nothing was consumed: the next proposal still gets slot 1.

@@ -2,7 +2,7 @@
 //! per-peer health report.
 
 use super::harness::*;
-use crate::{Membership, ProposeError, ReplicaId, Role, Value};
+use crate::{Membership, ProposeError, ReplicaId, Role};
 
 fn voters(ids: &[u32]) -> Membership {
     Membership::with_voters(ids.iter().copied().map(id).collect())
@@ -84,11 +84,11 @@ fn a_new_replica_joins_as_learner_then_is_promoted() {
         c.nodes[&leader]
             .applied
             .iter()
-            .any(|(_, v)| *v == Value::Reconfigure(step1.clone()))
+            .any(|(_, v)| *v == reconfigure(0, step1.clone()))
             || c.run_until(1_000_000, |c| c.nodes[&leader]
                 .applied
                 .iter()
-                .any(|(_, v)| *v == Value::Reconfigure(step1.clone()))),
+                .any(|(_, v)| *v == reconfigure(0, step1.clone()))),
         "the learner step was not chosen"
     );
     wait_for_membership(&mut c, &[id(1), id(2), id(3), id(4)], &target);
@@ -199,7 +199,7 @@ fn nothing_is_proposed_above_an_unchosen_reconfigure() {
     let now = c.now;
     let s = c
         .replica(leader)
-        .propose(now, Value::Reconfigure(voters(&[1, 2, 3, 4])))
+        .propose(now, reconfigure(0, voters(&[1, 2, 3, 4])))
         .unwrap();
     // Not pumped yet: the decree is in flight.
     assert_eq!(
@@ -246,7 +246,7 @@ fn a_reconfigure_found_in_phase_1_is_finished_before_anything_above_it() {
     let target = voters(&[others[0].0, others[1].0]);
     let s = c
         .replica(old)
-        .propose(now, Value::Reconfigure(target.clone()))
+        .propose(now, reconfigure(0, target.clone()))
         .unwrap();
     // Deliver the accept to others[0] only, then crash the leader before
     // the Accepted comes back.
@@ -270,9 +270,9 @@ fn a_reconfigure_found_in_phase_1_is_finished_before_anything_above_it() {
     // Whoever won found the Reconfigure only if others[0] was in its
     // quorum; either way the slot is decided once and identically.
     let slot = c.commit(req("b"));
-    assert!(slot > s || c.chosen[&s] != Value::Reconfigure(target.clone()));
+    assert!(slot > s || c.chosen[&s] != reconfigure(0, target.clone()));
     let m = c.status(leader).membership;
-    if c.chosen.get(&s) == Some(&Value::Reconfigure(target.clone())) {
+    if c.chosen.get(&s) == Some(&reconfigure(0, target.clone())) {
         assert_eq!(m, target);
     }
 }
@@ -403,7 +403,7 @@ fn slots_above_a_learner_step_found_in_phase_1_are_recovered() {
     let now = c.now;
     let s = c
         .replica(old)
-        .propose(now, Value::Reconfigure(step.clone()))
+        .propose(now, reconfigure(0, step.clone()))
         .unwrap();
     assert_eq!(s, g + 1);
     c.pump();
@@ -422,7 +422,7 @@ fn slots_above_a_learner_step_found_in_phase_1_are_recovered() {
     assert!(y > x);
     assert!(c.all_applied(y));
     assert_eq!(c.chosen.get(&x), Some(&req("x")));
-    assert_eq!(c.chosen.get(&s), Some(&Value::Reconfigure(step)));
+    assert_eq!(c.chosen.get(&s), Some(&reconfigure(0, step)));
 }
 
 /// Found by `random_fault_schedules_on_five_replicas` (20,000 cases).
@@ -454,4 +454,134 @@ fn regression_five_replica_schedule_with_two_changes() {
         Restart(0, false),
     ];
     run_schedule_on(5, &schedule, |_| {});
+}
+
+#[test]
+fn a_stale_reconfigure_recovered_after_a_later_change_is_a_no_op() {
+    // paxos-sim FINDINGS F6: an old leader's Reconfigure that nobody chose
+    // then is found by phase 1 after a later change took effect, and is
+    // chosen. It names the membership it was based on, which is no longer
+    // in force, so it changes nothing.
+    let mut c = Cluster::new(5, |_| {});
+    let old = c.elect_any();
+    c.commit(req("a"));
+    let others: Vec<ReplicaId> = (1..=5).map(id).filter(|r| *r != old).collect();
+    let (f, x) = (others[0], others[1]);
+    // Only `f` hears the old leader from now on.
+    for r in &others[1..] {
+        c.cut.insert((old, *r));
+    }
+    let now = c.now;
+    let b = c.replica(old).propose(now, req("b")).unwrap();
+    let stale = Membership {
+        voters: (1..=5).map(id).collect(),
+        learners: vec![id(6)],
+    };
+    let z = c
+        .replica(old)
+        .propose(now, reconfigure(0, stale.clone()))
+        .unwrap();
+    assert_eq!(z, b + 1);
+    c.pump();
+    assert!(c.status(f).commit_index < b, "nothing new is chosen yet");
+    c.crash(old);
+    c.isolate(f);
+    // The other three remove the old leader: T is chosen at slot b, above
+    // which the zombie sits on f.
+    let target = Membership::with_voters(others.clone());
+    let leader = c.elect_any();
+    assert_ne!(leader, f);
+    let now = c.now;
+    c.replica(leader)
+        .change_configuration(now, target.clone())
+        .unwrap();
+    assert!(c.run_until(1_000_000, |c| c.status(leader).membership == target));
+    let t_slot = c.status(leader).membership_slot;
+    assert!(t_slot >= b && t_slot < z);
+    // f comes back and x goes away, so every phase-1 quorum of T includes
+    // f and reports the zombie, which gets re-proposed and chosen.
+    c.heal();
+    c.isolate(x);
+    c.crash(old);
+    let members: Vec<ReplicaId> = others.iter().copied().filter(|r| *r != x).collect();
+    c.commit_on(&members, req("after"));
+    assert_eq!(c.chosen.get(&z), Some(&reconfigure(0, stale)));
+    for r in &members {
+        assert_eq!(c.status(*r).membership, target, "{r} was reverted");
+        assert_eq!(c.status(*r).membership_slot, t_slot);
+    }
+}
+
+#[test]
+fn relinquish_to_a_named_voter_and_abandon_a_pending_change() {
+    let mut c = Cluster::new(3, |_| {});
+    let old = c.elect_any();
+    c.commit(req("a"));
+    c.advance(30_000);
+    let others: Vec<ReplicaId> = (1..=3).map(id).filter(|r| *r != old).collect();
+    let now = c.now;
+    // Not a voter, itself, or unknown: refused, and it keeps leading.
+    for bad in [old, id(9)] {
+        assert_eq!(
+            c.replica(old).relinquish_primary_to(now, bad),
+            Err(ProposeError::NoSuccessor)
+        );
+    }
+    assert_eq!(c.status(old).role, Role::Leader);
+    c.replica(old)
+        .relinquish_primary_to(now, others[1])
+        .unwrap();
+    c.pump();
+    assert!(c.run_until(20_000, |c| c.leader() == Some(others[1])));
+    // A change waiting for a learner that never catches up can be dropped.
+    let leader = others[1];
+    let now = c.now;
+    let target = voters(&[1, 2, 3, 4]);
+    c.replica(leader)
+        .change_configuration(now, target.clone())
+        .unwrap();
+    c.advance(200_000);
+    assert_eq!(c.replica(leader).pending_configuration(), Some(&target));
+    let now = c.now;
+    assert_eq!(
+        c.replica(leader).change_configuration(now, voters(&[1, 2])),
+        Err(ProposeError::ConfigChangeInFlight)
+    );
+    assert_eq!(
+        c.replica(leader).abandon_configuration_change(),
+        Some(target)
+    );
+    assert_eq!(c.replica(leader).pending_configuration(), None);
+    let now = c.now;
+    let rest: Vec<u32> = (1..=3).filter(|r| id(*r) != old).collect();
+    c.replica(leader)
+        .change_configuration(now, voters(&rest))
+        .unwrap();
+    assert!(c.run_until(1_000_000, |c| c.status(leader).membership == voters(&rest)));
+}
+
+#[test]
+fn a_vetoed_leader_stops_leading_when_the_voters_change() {
+    // paxos-sim seed 234 (with base slots): a leader whose CanBecomePrimary
+    // was off kept leading the new voters in its old ballot, whose phase 1
+    // asked the old ones, and overwrote a slot the new voters had chosen.
+    let mut c = Cluster::new(3, |_| {});
+    let leader = c.elect_any();
+    c.commit(req("a"));
+    let ballot = c.status(leader).ballot;
+    c.replica(leader).set_can_become_primary(false);
+    c.add_node(id(4), joining(&[1, 2, 3], 4));
+    let target = voters(&[1, 2, 3, 4]);
+    let now = c.now;
+    c.replica(leader)
+        .change_configuration(now, target.clone())
+        .unwrap();
+    assert!(c.run_until(2_000_000, |c| c.status(leader).membership == target));
+    assert!(
+        c.status(leader).role != Role::Leader || c.status(leader).ballot > ballot,
+        "still leading the new voters in the old ballot"
+    );
+    let new = c.elect_any();
+    assert_ne!(new, leader, "a vetoed replica was elected");
+    c.commit(req("b"));
 }
