@@ -3,7 +3,8 @@
 //! ```text
 //! PAXOS.ADDNODE <id> <peer-addr> <client-addr>   leader; replies once <id> is a voter
 //! PAXOS.REMOVENODE <id>                          leader (may be <id> itself); replies once it is out
-//! PAXOS.TRANSFERLEADER                           leader hands over to the most caught-up voter
+//! PAXOS.TRANSFERLEADER [<id>]                    leader hands over to <id>, or to the most caught-up voter
+//! PAXOS.ABANDONCHANGE                            leader gives up the membership change in progress
 //! PAXOS.MEMBERS                                  any node: membership and address book
 //! ```
 //!
@@ -48,8 +49,14 @@ pub enum AdminCommand {
         /// The replica to remove.
         id: ReplicaId,
     },
-    /// The leader hands over and steps down.
-    TransferLeader,
+    /// The leader hands over (to `to`, or to its most caught-up voter) and
+    /// steps down.
+    TransferLeader {
+        /// The successor, if the operator names one.
+        to: Option<ReplicaId>,
+    },
+    /// The leader gives up the membership change in progress.
+    AbandonChange,
     /// Report the membership and the address book.
     Members,
 }
@@ -59,7 +66,7 @@ pub enum AdminCommand {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum AdminError {
     /// Not a `PAXOS.` command this node knows.
-    #[error("ERR unknown command '{0}' (PAXOS.ADDNODE, PAXOS.REMOVENODE, PAXOS.TRANSFERLEADER, PAXOS.MEMBERS)")]
+    #[error("ERR unknown command '{0}' (PAXOS.ADDNODE, PAXOS.REMOVENODE, PAXOS.TRANSFERLEADER, PAXOS.ABANDONCHANGE, PAXOS.MEMBERS)")]
     Unknown(String),
     /// Wrong argument count.
     #[error("ERR wrong number of arguments: usage {0}")]
@@ -78,11 +85,6 @@ pub enum AdminError {
     /// The same address for both endpoints.
     #[error("ERR peer and client addresses must differ")]
     SameAddr,
-    /// Targeted transfer is not available.
-    #[error(
-        "ERR PAXOS.TRANSFERLEADER takes no id: the leader hands over to its most caught-up voter"
-    )]
-    TransferTarget,
 }
 
 /// Whether `name` is an operator command (`PAXOS.` prefix).
@@ -145,9 +147,15 @@ pub fn parse(args: &[Bytes]) -> Result<AdminCommand, AdminError> {
             Ok(AdminCommand::RemoveNode { id: parse_id(id)? })
         }
         "PAXOS.TRANSFERLEADER" => match rest {
-            [] => Ok(AdminCommand::TransferLeader),
-            [_] => Err(AdminError::TransferTarget),
-            _ => Err(AdminError::Usage("PAXOS.TRANSFERLEADER")),
+            [] => Ok(AdminCommand::TransferLeader { to: None }),
+            [id] => Ok(AdminCommand::TransferLeader {
+                to: Some(parse_id(id)?),
+            }),
+            _ => Err(AdminError::Usage("PAXOS.TRANSFERLEADER [<id>]")),
+        },
+        "PAXOS.ABANDONCHANGE" => match rest {
+            [] => Ok(AdminCommand::AbandonChange),
+            _ => Err(AdminError::Usage("PAXOS.ABANDONCHANGE")),
         },
         "PAXOS.MEMBERS" => match rest {
             [] => Ok(AdminCommand::Members),
@@ -194,11 +202,31 @@ fn refused(replica: &Replica, e: ProposeError) -> Bytes {
 pub async fn execute(cmd: AdminCommand, replica: Replica, timeout: Duration) -> Bytes {
     match cmd {
         AdminCommand::Members => members_reply(&replica),
-        AdminCommand::TransferLeader => match replica.relinquish_primary().await {
-            Ok(()) => ok(),
-            Err(ReplicateError::NotPrimary { leader }) => not_leader(&replica, leader),
-            Err(e) => error(&e.to_string()),
-        },
+        AdminCommand::TransferLeader { to } => {
+            let result = match to {
+                Some(id) => replica.relinquish_primary_to(id).await,
+                None => replica.relinquish_primary().await,
+            };
+            match result {
+                Ok(()) => ok(),
+                Err(ReplicateError::NotPrimary { leader }) => not_leader(&replica, leader),
+                Err(_) if to.is_some() => error(&format!(
+                    "ERR replica {} cannot take over: it must be a voter that may lead and was heard from recently (see INFO peers)",
+                    to.map_or(0, |r| r.0)
+                )),
+                Err(e) => error(&e.to_string()),
+            }
+        }
+        AdminCommand::AbandonChange => {
+            if !replica.is_primary() {
+                return not_leader(&replica, replica.status().leader);
+            }
+            match replica.abandon_configuration_change().await {
+                Ok(Some(_)) => ok(),
+                Ok(None) => error("ERR no membership change in progress on this leader"),
+                Err(e) => error(&e.to_string()),
+            }
+        }
         AdminCommand::AddNode { id, addrs } => add_node(&replica, id, addrs, timeout).await,
         AdminCommand::RemoveNode { id } => remove_node(&replica, id, timeout).await,
     }
@@ -572,7 +600,17 @@ mod tests {
         );
         assert_eq!(
             parse(&args(&["Paxos.TransferLeader"])),
-            Ok(AdminCommand::TransferLeader)
+            Ok(AdminCommand::TransferLeader { to: None })
+        );
+        assert_eq!(
+            parse(&args(&["PAXOS.TRANSFERLEADER", "2"])),
+            Ok(AdminCommand::TransferLeader {
+                to: Some(ReplicaId(2))
+            })
+        );
+        assert_eq!(
+            parse(&args(&["paxos.abandonchange"])),
+            Ok(AdminCommand::AbandonChange)
         );
         assert_eq!(parse(&args(&["PAXOS.MEMBERS"])), Ok(AdminCommand::Members));
     }
@@ -612,7 +650,12 @@ mod tests {
             ),
             (&["PAXOS.REMOVENODE"], "usage PAXOS.REMOVENODE <id>"),
             (&["PAXOS.REMOVENODE", "1", "2"], "usage PAXOS.REMOVENODE"),
-            (&["PAXOS.TRANSFERLEADER", "2"], "takes no id"),
+            (
+                &["PAXOS.TRANSFERLEADER", "1", "2"],
+                "usage PAXOS.TRANSFERLEADER",
+            ),
+            (&["PAXOS.TRANSFERLEADER", "x"], "invalid replica id 'x'"),
+            (&["PAXOS.ABANDONCHANGE", "1"], "usage PAXOS.ABANDONCHANGE"),
             (&["PAXOS.MEMBERS", "x"], "usage PAXOS.MEMBERS"),
         ];
         for (input, expect) in cases {

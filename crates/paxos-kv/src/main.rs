@@ -93,8 +93,16 @@ enum Command {
         /// The replica to remove.
         id: u32,
     },
-    /// Make the leader hand over to its most caught-up voter.
+    /// Make the leader hand over to a voter (the most caught-up one unless named).
     TransferLeader {
+        /// Client address of any cluster node (redirects are followed).
+        #[arg(long)]
+        to: std::net::SocketAddr,
+        /// The successor's replica id.
+        id: Option<u32>,
+    },
+    /// Make the leader give up the membership change in progress.
+    AbandonChange {
         /// Client address of any cluster node (redirects are followed).
         #[arg(long)]
         to: std::net::SocketAddr,
@@ -175,7 +183,12 @@ fn main() -> anyhow::Result<()> {
             to,
             vec![b"PAXOS.REMOVENODE".to_vec(), id.to_string().into_bytes()],
         ),
-        Command::TransferLeader { to } => operator(to, vec![b"PAXOS.TRANSFERLEADER".to_vec()]),
+        Command::TransferLeader { to, id } => {
+            let mut args = vec![b"PAXOS.TRANSFERLEADER".to_vec()];
+            args.extend(id.map(|i| i.to_string().into_bytes()));
+            operator(to, args)
+        }
+        Command::AbandonChange { to } => operator(to, vec![b"PAXOS.ABANDONCHANGE".to_vec()]),
         Command::Members { to } => operator(to, vec![b"PAXOS.MEMBERS".to_vec()]),
         Command::Init {
             nodes,

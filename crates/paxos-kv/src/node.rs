@@ -228,7 +228,10 @@ impl ReplicateError {
 /// Requests to the loop from outside.
 #[derive(Debug)]
 enum Control {
-    Relinquish(oneshot::Sender<Result<(), ProposeError>>),
+    /// Hand over to the named replica, or to the most caught-up voter.
+    Relinquish(Option<ReplicaId>, oneshot::Sender<Result<(), ProposeError>>),
+    /// Give up the membership change in progress.
+    AbandonChange(oneshot::Sender<Option<Membership>>),
     ChangeConfiguration(Membership, oneshot::Sender<Result<(), ProposeError>>),
     CheckpointDone(Slot),
     CheckpointFailed(String),
@@ -304,9 +307,30 @@ impl Replica {
 
     /// Asks the primary to hand leadership to another replica.
     pub async fn relinquish_primary(&self) -> Result<(), ReplicateError> {
+        self.relinquish(None).await
+    }
+
+    /// Asks the primary to hand leadership to `successor`, which must be a
+    /// voter that may lead and was heard from recently.
+    pub async fn relinquish_primary_to(&self, successor: ReplicaId) -> Result<(), ReplicateError> {
+        self.relinquish(Some(successor)).await
+    }
+
+    /// Gives up the membership change this replica leads, if any (a step
+    /// already proposed still completes). Returns the abandoned target.
+    pub async fn abandon_configuration_change(&self) -> Result<Option<Membership>, ReplicateError> {
         let (tx, rx) = oneshot::channel();
         self.control
-            .send(Control::Relinquish(tx))
+            .send(Control::AbandonChange(tx))
+            .await
+            .map_err(|_| ReplicateError::ShuttingDown)?;
+        rx.await.map_err(|_| ReplicateError::ShuttingDown)
+    }
+
+    async fn relinquish(&self, successor: Option<ReplicaId>) -> Result<(), ReplicateError> {
+        let (tx, rx) = oneshot::channel();
+        self.control
+            .send(Control::Relinquish(successor, tx))
             .await
             .map_err(|_| ReplicateError::ShuttingDown)?;
         match rx.await {
@@ -745,9 +769,20 @@ impl<S: StateMachine> EventLoop<S> {
 
     fn on_control(&mut self, c: Control) -> anyhow::Result<()> {
         match c {
-            Control::Relinquish(reply) => {
+            Control::Relinquish(successor, reply) => {
                 let now = self.now();
-                let _ = reply.send(self.replica.relinquish_primary(now));
+                let result = match successor {
+                    Some(to) => self.replica.relinquish_primary_to(now, to),
+                    None => self.replica.relinquish_primary(now),
+                };
+                let _ = reply.send(result);
+            }
+            Control::AbandonChange(reply) => {
+                let abandoned = self.replica.abandon_configuration_change();
+                if let Some(m) = &abandoned {
+                    tracing::warn!(target = %crate::membership::membership_text(m), "configuration change abandoned by an operator");
+                }
+                let _ = reply.send(abandoned);
             }
             Control::ChangeConfiguration(target, reply) => {
                 let now = self.now();

@@ -222,6 +222,35 @@ async fn member_sets_abc_bcd_cde_ade_under_load_lose_no_acknowledged_write() {
     assert!(t.starts_with("ERR address already used by replica"), "{t}");
     let t = error_text(fc.cmd(&[b"PAXOS.REMOVENODE", b"42"]).await.unwrap());
     assert!(t.starts_with("MOVED 0 "), "a follower redirects: {t}");
+    let t = error_text(lc.cmd(&[b"PAXOS.TRANSFERLEADER", b"42"]).await.unwrap());
+    assert!(t.starts_with("ERR replica 42 cannot take over"), "{t}");
+    let t = error_text(lc.cmd(&[b"PAXOS.ABANDONCHANGE"]).await.unwrap());
+    assert!(t.starts_with("ERR no membership change in progress"), "{t}");
+
+    // Hand leadership to a named voter.
+    let successor = [a, d, e]
+        .into_iter()
+        .find(|&x| x as usize != leader + 1)
+        .unwrap();
+    let reply = call(
+        &cluster,
+        leader,
+        &["PAXOS.TRANSFERLEADER", &successor.to_string()],
+    )
+    .await;
+    assert_eq!(reply, "OK", "transfer to {successor}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let t = info(&cluster, (successor - 1) as usize).await;
+        if info_field(&t, "role") == Some("leader") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "replica {successor} did not take over: {t}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // Restart every member: each recovers the membership ADE (from its
     // checkpoint, or by replaying its log), not its config file's members.
