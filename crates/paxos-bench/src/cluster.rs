@@ -38,6 +38,7 @@ impl Cluster {
         storage: &str,
         data_dir: Option<&Path>,
         stage_timing: bool,
+        tuning: &Tuning,
     ) -> anyhow::Result<Cluster> {
         let kind = storage_kind(storage)?;
         let (tempdir, dir) = match data_dir {
@@ -58,7 +59,7 @@ impl Cluster {
             "PAXOS_KV_STAGE_TIMING",
             if stage_timing { "1" } else { "0" },
         );
-        let procs = LocalCluster::start(kv_bin, &dir, replicas, kind, &Tuning::default())
+        let procs = LocalCluster::start(kv_bin, &dir, replicas, kind, tuning)
             .context("starting paxos-kv nodes")?;
         Ok(Cluster {
             procs,

@@ -43,6 +43,14 @@ struct Args {
     /// Also run a peer with the same workload: `etcd`.
     #[arg(long)]
     compare: Option<String>,
+    /// Decrees the leader keeps in flight (paxos-kv `tuning.pipeline_window`;
+    /// default: paxos-kv's default).
+    #[arg(long)]
+    pipeline_window: Option<usize>,
+    /// Most requests per decree (paxos-kv `tuning.max_batch_requests`;
+    /// default: paxos-kv's default).
+    #[arg(long)]
+    max_batch_requests: Option<usize>,
     /// The paxos-kv binary (default: next to this binary).
     #[arg(long)]
     kv_bin: Option<PathBuf>,
@@ -69,6 +77,13 @@ fn main() -> anyhow::Result<()> {
         "paxos-kv binary not found at {}; run through `cargo xtask bench`, which builds it",
         kv_bin.display()
     );
+    let mut tuning = paxos_kv::config::Tuning::default();
+    if let Some(w) = args.pipeline_window {
+        tuning.pipeline_window = w;
+    }
+    if let Some(n) = args.max_batch_requests {
+        tuning.max_batch_requests = n;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -84,6 +99,7 @@ fn main() -> anyhow::Result<()> {
             &args.storage,
             args.data_dir.as_deref(),
             args.breakdown,
+            &tuning,
         )
         .context("starting the paxos-kv cluster")?;
         let leader = rt.block_on(cluster.wait_for_leader(Duration::from_secs(30)))?;
