@@ -2332,6 +2332,12 @@ impl Replica {
             return;
         }
         let from = (self.config_scanned_through + 1).max(self.log_start);
+        if from > self.commit_index {
+            // Everything newly committed was compacted (covered by the
+            // checkpoint, whose membership the driver passed in).
+            self.config_scanned_through = self.commit_index;
+            return;
+        }
         let found: Vec<(Slot, Ballot, Reconfiguration)> = self
             .log
             .range(from..=self.commit_index)

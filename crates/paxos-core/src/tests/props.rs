@@ -297,6 +297,11 @@ pub(crate) fn run_schedule_on(n: u32, schedule: &[Fault], plant: impl Fn(&mut Re
                             .applied
                             .last()
                             .map_or(node.applied_through, |(s, _)| *s);
+                        // A state machine that keeps what it applied across
+                        // a restart made it durable: that is a checkpoint
+                        // (the core may truncate its log up to it).
+                        node.checkpoint = node.applied_through;
+                        node.checkpoint_membership = node.sm_membership.clone();
                     } else {
                         node.applied_through = node.checkpoint;
                     }
