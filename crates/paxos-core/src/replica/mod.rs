@@ -658,7 +658,7 @@ impl Replica {
     /// primary: it is told to start phase 1 at once (`TimeoutNow`) and this
     /// replica steps down to follower. No process exit is involved.
     pub fn relinquish_primary(&mut self, now: Time) -> Result<(), ProposeError> {
-        let result = self.relinquish_inner(now);
+        let result = self.relinquish_inner(now, None);
         self.finish(now);
         ensures!(result.is_err() || !matches!(self.role, RoleState::Leader(_)));
         self.check_invariants();
@@ -708,7 +708,7 @@ impl Replica {
         now: Time,
         successor: ReplicaId,
     ) -> Result<(), ProposeError> {
-        let result = self.relinquish_to_inner(now, successor);
+        let result = self.relinquish_inner(now, Some(successor));
         self.finish(now);
         ensures!(result.is_err() || !matches!(self.role, RoleState::Leader(_)));
         self.check_invariants();
@@ -2154,7 +2154,13 @@ impl Replica {
         }
     }
 
-    fn relinquish_inner(&mut self, now: Time) -> Result<(), ProposeError> {
+    /// Hands over to `successor`, or (if `None`) to the most caught-up
+    /// eligible voter.
+    fn relinquish_inner(
+        &mut self,
+        now: Time,
+        successor: Option<ReplicaId>,
+    ) -> Result<(), ProposeError> {
         let RoleState::Leader(l) = &self.role else {
             return Err(ProposeError::NotLeader {
                 leader: self.leader,
@@ -2164,51 +2170,36 @@ impl Replica {
             return Err(ProposeError::NotLeader { leader: None });
         }
         let ballot = l.ballot;
-        let successor = self.pick_successor(now).ok_or(ProposeError::NoSuccessor)?;
+        let successor = match successor {
+            Some(r) => Some(r).filter(|r| self.may_succeed(now, *r)),
+            None => self.pick_successor(now),
+        }
+        .ok_or(ProposeError::NoSuccessor)?;
         self.pending_target = None;
         self.hand_over(now, ballot, successor);
         Ok(())
     }
 
-    fn relinquish_to_inner(&mut self, now: Time, successor: ReplicaId) -> Result<(), ProposeError> {
-        let RoleState::Leader(l) = &self.role else {
-            return Err(ProposeError::NotLeader {
-                leader: self.leader,
-            });
-        };
-        if !l.announced {
-            return Err(ProposeError::NotLeader { leader: None });
-        }
-        let ballot = l.ballot;
-        let eligible = successor != self.id
-            && self.is_voter(successor)
-            && self.peers.get(&successor).is_some_and(|p| {
+    /// Whether `r` may take over from this replica now: another voter that
+    /// may lead and was heard from recently (a hand-off to a dead replica
+    /// would leave the cluster leaderless until an election timeout).
+    fn may_succeed(&self, now: Time, r: ReplicaId) -> bool {
+        r != self.id
+            && self.is_voter(r)
+            && self.peers.get(&r).is_some_and(|p| {
                 p.can_become_primary
                     && now.micros_since(p.last_heard) < self.config.election_timeout_min_us
-            });
-        if !eligible {
-            return Err(ProposeError::NoSuccessor);
-        }
-        self.pending_target = None;
-        self.hand_over(now, ballot, successor);
-        Ok(())
+            })
     }
 
-    /// The most caught-up voter other than this replica that may lead and
-    /// was heard from recently: a hand-off to a dead replica would leave the
-    /// cluster leaderless until an election timeout.
+    /// The most caught-up voter that `may_succeed`.
     fn pick_successor(&self, now: Time) -> Option<ReplicaId> {
         self.membership
             .voters
             .iter()
-            .filter(|v| **v != self.id)
-            .filter_map(|v| self.peers.get(v).map(|p| (*v, *p)))
-            .filter(|(_, p)| {
-                p.can_become_primary
-                    && now.micros_since(p.last_heard) < self.config.election_timeout_min_us
-            })
-            .max_by_key(|(v, p)| (p.commit_index, std::cmp::Reverse(*v)))
-            .map(|(v, _)| v)
+            .copied()
+            .filter(|v| self.may_succeed(now, *v))
+            .max_by_key(|v| (self.peers[v].commit_index, std::cmp::Reverse(*v)))
     }
 
     /// Steps down in favour of `successor`: it is brought up to date and told
@@ -2353,6 +2344,7 @@ impl Replica {
                 self.switch_membership(now, slot, ballot, r.membership);
             }
         }
+        ensures!(self.membership_slot <= self.commit_index);
     }
 
     /// `m`, chosen at `slot` (held here under `ballot`), governs every slot
