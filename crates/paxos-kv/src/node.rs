@@ -815,6 +815,13 @@ impl<S: StateMachine> EventLoop<S> {
     }
 
     fn shutdown(&mut self) {
+        self.abort_pending();
+        self.consumer.shutdown();
+    }
+
+    /// Ends every request this node holds: proposals in flight (their
+    /// outcome is unknown) and a stalled batch (never proposed).
+    fn abort_pending(&mut self) {
         for p in self.proposals.drain(..) {
             for c in p.completers {
                 c.abort(AbortReason::Rejected(OUTCOME_UNKNOWN));
@@ -825,7 +832,6 @@ impl<S: StateMachine> EventLoop<S> {
                 c.abort(AbortReason::NotPrimary { leader_hint: None });
             }
         }
-        self.consumer.shutdown();
     }
 
     /// Drains queued client requests into one batch and proposes it, or
@@ -1329,16 +1335,7 @@ impl<S: StateMachine> EventLoop<S> {
                 .map_err(|e| anyhow::anyhow!("restarting the core: {e}"))?;
         // Tokens of the old core instance are meaningless to the new one.
         self.outstanding.clear();
-        for p in self.proposals.drain(..) {
-            for c in p.completers {
-                c.abort(AbortReason::Rejected(OUTCOME_UNKNOWN));
-            }
-        }
-        if let Some((_, cs, _)) = self.stalled.take() {
-            for c in cs {
-                c.abort(AbortReason::NotPrimary { leader_hint: None });
-            }
-        }
+        self.abort_pending();
         self.is_leader = false;
         self.needs_snapshot = false;
         self.last_checkpoint = slot;
