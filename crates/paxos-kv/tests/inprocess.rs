@@ -344,6 +344,52 @@ fn start_checkpointing_replica_on(
     node::start(parts).unwrap().0
 }
 
+/// Writes `SET k<i % keys> value(i)` through `replicas[p]`, at least
+/// `min_writes` times and until every replica took a checkpoint past slot
+/// 100 (a checkpoint is triggered by applies, so keep applying until then).
+async fn write_until_checkpointed(
+    replicas: &[Replica],
+    p: usize,
+    min_writes: u64,
+    keys: u64,
+    value: impl Fn(u64) -> String,
+    within_secs: u64,
+) {
+    let deadline = Instant::now() + Duration::from_secs(within_secs);
+    let mut i = 0u64;
+    while i < min_writes || replicas.iter().any(|r| r.status().checkpoint_slot < 100) {
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoints taken: {:?}",
+            replicas[p].status()
+        );
+        replicas[p]
+            .replicate(request(&["SET", &format!("k{}", i % keys), &value(i)]))
+            .await
+            .unwrap();
+        i += 1;
+    }
+}
+
+/// Waits until `replica` applied through `target`, failing with `what`.
+async fn wait_applied(replica: &Replica, target: u64, within_secs: u64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(within_secs);
+    while replica.status().applied_index < target {
+        assert!(Instant::now() < deadline, "{what}: {:?}", replica.status());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A write through `primary` reaches `follower` too.
+async fn follows_new_writes(primary: &Replica, follower: &Replica) {
+    primary
+        .replicate(request(&["SET", "after", "1"]))
+        .await
+        .unwrap();
+    let target = primary.status().applied_index;
+    wait_applied(follower, target, 10, "the replica stopped following").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_behind_every_peers_log_installs_a_checkpoint_from_a_peer() {
     let _ = tracing_subscriber::fmt()
@@ -358,23 +404,7 @@ async fn a_replica_behind_every_peers_log_installs_a_checkpoint_from_a_peer() {
         .map(|i| start_checkpointing_replica(&net, ids[i], &ids, dirs[i].path()))
         .collect();
     let p = wait_for_primary(&replicas).await;
-    // Write until both have taken checkpoints well past the start (a
-    // checkpoint is triggered by applies, so keep applying until then).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut i = 0u64;
-    while i < 300 || replicas.iter().any(|r| r.status().checkpoint_slot < 100) {
-        assert!(
-            Instant::now() < deadline,
-            "no checkpoints taken: {:?}",
-            replicas[p].status()
-        );
-        let v = i.to_string();
-        replicas[p]
-            .replicate(request(&["SET", &format!("k{}", i % 50), &v]))
-            .await
-            .unwrap();
-        i += 1;
-    }
+    write_until_checkpointed(&replicas, p, 300, 50, |i| i.to_string(), 20).await;
     // The third starts empty: its peers compacted the early decrees away.
     replicas.push(start_checkpointing_replica(
         &net,
@@ -383,30 +413,13 @@ async fn a_replica_behind_every_peers_log_installs_a_checkpoint_from_a_peer() {
         dirs[2].path(),
     ));
     let target = replicas[p].status().applied_index;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while replicas[2].status().applied_index < target {
-        assert!(
-            Instant::now() < deadline,
-            "third replica did not catch up: {:?}",
-            replicas[2].status()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_applied(&replicas[2], target, 20, "third replica did not catch up").await;
     assert!(
         replicas[2].status().checkpoint_slot > 0,
         "caught up through a transferred checkpoint"
     );
     // And it keeps up with new writes.
-    replicas[p]
-        .replicate(request(&["SET", "after", "1"]))
-        .await
-        .unwrap();
-    let target = replicas[p].status().applied_index;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while replicas[2].status().applied_index < target {
-        assert!(Instant::now() < deadline, "third replica stopped following");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    follows_new_writes(&replicas[p], &replicas[2]).await;
     for r in &replicas {
         r.shutdown().await;
     }
@@ -433,17 +446,7 @@ async fn an_interrupted_checkpoint_transfer_restarts_cleanly() {
         .collect();
     let p = wait_for_primary(&replicas).await;
     // About 1.5 MB of state, so the checkpoint takes several chunks.
-    let big = "v".repeat(4096);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut i = 0u64;
-    while i < 400 || replicas.iter().any(|r| r.status().checkpoint_slot < 100) {
-        assert!(Instant::now() < deadline, "no checkpoints taken");
-        replicas[p]
-            .replicate(request(&["SET", &format!("k{}", i % 400), &big]))
-            .await
-            .unwrap();
-        i += 1;
-    }
+    write_until_checkpointed(&replicas, p, 400, 400, |_| "v".repeat(4096), 30).await;
     // The third starts empty, on a slow link (each message waits 150 ms),
     // so the transfer spans several round trips we can interrupt.
     let (third, faults) = start_faulty_checkpointing_replica(&net, ids[2], &ids, dirs[2].path());
@@ -466,15 +469,13 @@ async fn an_interrupted_checkpoint_transfer_restarts_cleanly() {
     faults.heal();
     faults.set_delay(Duration::ZERO);
     let target = replicas[p].status().applied_index;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while replicas[2].status().applied_index < target {
-        assert!(
-            Instant::now() < deadline,
-            "third replica did not catch up after the interruption: {:?}",
-            replicas[2].status()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_applied(
+        &replicas[2],
+        target,
+        30,
+        "third replica did not catch up after the interruption",
+    )
+    .await;
     assert!(replicas[2].status().checkpoint_slot > 0);
     assert!(
         !has_partial_checkpoint(dirs[2].path()),
@@ -485,16 +486,7 @@ async fn an_interrupted_checkpoint_transfer_restarts_cleanly() {
         "the partition dropped nothing: the test did not interrupt anything"
     );
     // It follows new writes on top of the installed checkpoint.
-    replicas[p]
-        .replicate(request(&["SET", "after", "1"]))
-        .await
-        .unwrap();
-    let target = replicas[p].status().applied_index;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while replicas[2].status().applied_index < target {
-        assert!(Instant::now() < deadline, "third replica stopped following");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    follows_new_writes(&replicas[p], &replicas[2]).await;
     for r in &replicas {
         r.shutdown().await;
     }
