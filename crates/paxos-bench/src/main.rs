@@ -51,6 +51,14 @@ struct Args {
     /// default: paxos-kv's default).
     #[arg(long)]
     max_batch_requests: Option<usize>,
+    /// Checkpoint every this many applied decrees, 0 for never (paxos-kv
+    /// `tuning.checkpoint_every_decrees`; default: paxos-kv's default).
+    #[arg(long)]
+    checkpoint_every_decrees: Option<u64>,
+    /// Let the nodes back their heaps with transparent huge pages (paxos-kv
+    /// `tuning.transparent_huge_pages`).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    huge_pages: bool,
     /// The paxos-kv binary (default: next to this binary).
     #[arg(long)]
     kv_bin: Option<PathBuf>,
@@ -83,6 +91,10 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(n) = args.max_batch_requests {
         tuning.max_batch_requests = n;
+    }
+    tuning.transparent_huge_pages = args.huge_pages;
+    if let Some(n) = args.checkpoint_every_decrees {
+        tuning.checkpoint_every_decrees = n;
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

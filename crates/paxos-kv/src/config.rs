@@ -29,6 +29,7 @@
 //!
 //! [tuning]                          # optional; defaults shown by `Tuning::default`
 //! pipeline_window = 64
+//! transparent_huge_pages = true    # re-exec with glibc's THP tunable (see crate::hugepages)
 //! ```
 //!
 //! Loading never panics: every problem is a [`ConfigError`] naming the file
@@ -111,6 +112,9 @@ pub struct Tuning {
     pub max_pipelined_per_client: usize,
     /// Size of the persistent-memory region (storage = "nvm").
     pub nvm_region_mb: u64,
+    /// Back the heap with transparent huge pages where the kernel offers
+    /// them on request (see [`crate::hugepages`]).
+    pub transparent_huge_pages: bool,
 }
 
 impl Default for Tuning {
@@ -128,6 +132,7 @@ impl Default for Tuning {
             max_clients: 1024,
             max_pipelined_per_client: 1024,
             nvm_region_mb: 256,
+            transparent_huge_pages: true,
         }
     }
 }
@@ -368,7 +373,7 @@ impl NodeConfig {
             s,
             "[tuning]\npipeline_window = {}\nmax_batch_requests = {}\nmax_batch_bytes = {}\nsubmit_queue = {}\n\
              heartbeat_ms = {}\nelection_timeout_min_ms = {}\nelection_timeout_max_ms = {}\n\
-             checkpoint_every_decrees = {}\ncompact_retain_decrees = {}\nmax_clients = {}\nmax_pipelined_per_client = {}\nnvm_region_mb = {}",
+             checkpoint_every_decrees = {}\ncompact_retain_decrees = {}\nmax_clients = {}\nmax_pipelined_per_client = {}\nnvm_region_mb = {}\ntransparent_huge_pages = {}",
             t.pipeline_window,
             t.max_batch_requests,
             t.max_batch_bytes,
@@ -380,7 +385,8 @@ impl NodeConfig {
             t.compact_retain_decrees,
             t.max_clients,
             t.max_pipelined_per_client,
-            t.nvm_region_mb
+            t.nvm_region_mb,
+            t.transparent_huge_pages
         );
         s
     }

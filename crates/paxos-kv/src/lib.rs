@@ -44,6 +44,7 @@ pub mod admin;
 pub mod client;
 pub mod config;
 pub mod demo;
+pub mod hugepages;
 pub mod kv;
 pub mod launch;
 pub mod lincheck;

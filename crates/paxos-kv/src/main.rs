@@ -134,8 +134,12 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Node { config } => {
-            init_tracing("info");
             let config = NodeConfig::load(&config)?;
+            if config.tuning.transparent_huge_pages {
+                // Before any thread exists: this may replace the process.
+                paxos_kv::hugepages::reexec_with_huge_pages();
+            }
+            init_tracing("info");
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
