@@ -89,6 +89,12 @@ pub struct QuicConfig {
     pub idle_timeout: Duration,
     /// Put a CRC-32C on every frame (QUIC's AEAD already protects the bytes).
     pub checksum: bool,
+    /// Requested kernel send and receive buffer of the UDP socket. The
+    /// default (~200 KiB) overflows when a leader's Accepts arrive in bursts
+    /// at a busy follower, and every dropped datagram costs a QUIC loss
+    /// recovery. The kernel caps it at `net.core.{r,w}mem_max`; the size
+    /// granted is logged when it is smaller.
+    pub socket_buffer_bytes: usize,
 }
 
 impl QuicConfig {
@@ -109,6 +115,7 @@ impl QuicConfig {
             handshake_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(5),
             checksum: false,
+            socket_buffer_bytes: 4 << 20,
         }
     }
 
@@ -277,6 +284,29 @@ impl Shared {
     }
 }
 
+/// Asks for `bytes` of kernel buffer in each direction. Best effort: the
+/// kernel silently caps the request, so what it granted is read back and a
+/// shortfall logged (raise `net.core.rmem_max` / `wmem_max` to lift it).
+fn size_socket_buffers(socket: &std::net::UdpSocket, bytes: usize) {
+    let sock = socket2::SockRef::from(socket);
+    let _ = sock.set_recv_buffer_size(bytes);
+    let _ = sock.set_send_buffer_size(bytes);
+    // Linux reports twice the usable size (it counts bookkeeping overhead).
+    let granted = |got: std::io::Result<usize>| got.map(|n| n / 2).unwrap_or(0);
+    let (recv, send) = (
+        granted(sock.recv_buffer_size()),
+        granted(sock.send_buffer_size()),
+    );
+    if recv < bytes || send < bytes {
+        info!(
+            requested = bytes,
+            recv,
+            send,
+            "UDP socket buffers smaller than requested (capped by net.core.rmem_max/wmem_max)"
+        );
+    }
+}
+
 /// The QUIC [`Transport`]. Dropping it stops every task and closes every
 /// connection.
 #[derive(Debug)]
@@ -300,6 +330,7 @@ impl QuicTransport {
         socket: std::net::UdpSocket,
     ) -> Result<(Self, Inbound), NetError> {
         config.validate()?;
+        size_socket_buffers(&socket, config.socket_buffer_bytes);
         let transport_config = Arc::new(transport_config(&config));
         let server_crypto =
             QuicServerConfig::try_from(tls::rustls_server_config(&config.identity)?)
@@ -947,5 +978,35 @@ pub(crate) mod test_support {
         stream.write_all(&buffer).await.map_err(|e| e.to_string())?;
         stream.finish().map_err(|e| e.to_string())?;
         Ok(connection)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::size_socket_buffers;
+
+    fn sysctl(name: &str) -> Option<usize> {
+        std::fs::read_to_string(format!("/proc/sys/net/core/{name}"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    #[test]
+    fn socket_buffers_are_raised_up_to_the_kernel_cap() {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let sock = socket2::SockRef::from(&socket);
+        let before = sock.recv_buffer_size().unwrap();
+        let want = 4 << 20;
+        size_socket_buffers(&socket, want);
+        let (Some(rmem_max), Some(wmem_max)) = (sysctl("rmem_max"), sysctl("wmem_max")) else {
+            return; // not Linux: nothing to compare against
+        };
+        // Linux reports double the usable size.
+        let recv = sock.recv_buffer_size().unwrap() / 2;
+        let send = sock.send_buffer_size().unwrap() / 2;
+        assert_eq!(recv, want.min(rmem_max), "recv buffer (was {before})");
+        assert_eq!(send, want.min(wmem_max), "send buffer");
     }
 }
