@@ -112,13 +112,25 @@ pub fn parse_reply(buf: &mut BytesMut) -> Result<Option<Reply>, String> {
 
 /// Appends a RESP command (an array of bulk strings) to `out`.
 pub fn encode_command(out: &mut BytesMut, args: &[&[u8]]) {
-    use std::fmt::Write as _;
-    let _ = write!(out, "*{}\r\n", args.len());
-    for a in args {
-        let _ = write!(out, "${}\r\n", a.len());
-        out.extend_from_slice(a);
-        out.extend_from_slice(b"\r\n");
+    paxos_kv::resp::encode_command(args.iter().copied(), out);
+}
+
+/// Replaces `key`'s text after `prefix_len` bytes with `n` in decimal. The
+/// generator shares the 2 cores with the cluster it measures, so every
+/// cycle it spends per request is taken from the nodes: no `fmt` here.
+fn set_key_suffix(key: &mut Vec<u8>, prefix_len: usize, mut n: u64) {
+    key.truncate(prefix_len);
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
     }
+    key.extend_from_slice(&digits[i..]);
 }
 
 struct ClientResult {
@@ -186,6 +198,8 @@ async fn client(id: u64, spec: LoadSpec, deadline: Instant) -> anyhow::Result<Cl
     };
     let mut n: u64 = 0;
     let mut key = Vec::with_capacity(32);
+    let _ = write!(key, "k{id}:");
+    let key_prefix_len = key.len();
     loop {
         // Refill the pipeline up to `depth`, unless time is up.
         if let Some(addr) = redirect.take_if(|_| sent_at.is_empty()) {
@@ -206,8 +220,7 @@ async fn client(id: u64, spec: LoadSpec, deadline: Instant) -> anyhow::Result<Cl
         let now = Instant::now();
         if now < deadline && redirect.is_none() {
             while sent_at.len() < spec.depth {
-                key.clear();
-                let _ = write!(key, "k{}:{}", id, n % spec.keys_per_client.max(1));
+                set_key_suffix(&mut key, key_prefix_len, n % spec.keys_per_client.max(1));
                 // A fixed, seed-free mix: request n is a write if its hash bucket is.
                 let is_write =
                     (n.wrapping_mul(7919).wrapping_add(id)) % 100 < u64::from(spec.write_percent);
@@ -225,8 +238,10 @@ async fn client(id: u64, spec: LoadSpec, deadline: Instant) -> anyhow::Result<Cl
         if sent_at.is_empty() {
             break;
         }
-        // Read at least one reply.
+        // Read at least one reply. Replies parsed from one read arrived
+        // together, so one clock read times them all.
         let mut progressed = false;
+        let mut received_at = Instant::now();
         while !progressed {
             loop {
                 match parse_reply(&mut inbuf) {
@@ -238,7 +253,9 @@ async fn client(id: u64, spec: LoadSpec, deadline: Instant) -> anyhow::Result<Cl
                         match reply {
                             Reply::Ok => {
                                 res.ops += 1;
-                                let us = t0.elapsed().as_micros().max(1) as u64;
+                                let us =
+                                    received_at.saturating_duration_since(t0).as_micros().max(1)
+                                        as u64;
                                 res.hist.saturating_record(us);
                             }
                             Reply::Error(e) => {
@@ -262,6 +279,7 @@ async fn client(id: u64, spec: LoadSpec, deadline: Instant) -> anyhow::Result<Cl
                 if read == 0 {
                     anyhow::bail!("server closed the connection");
                 }
+                received_at = Instant::now();
             }
         }
     }
@@ -308,6 +326,20 @@ mod tests {
         );
         assert_eq!(moved_to("ERR nope"), None);
         assert_eq!(moved_to("MOVED 0 nowhere"), None);
+    }
+
+    #[test]
+    fn key_suffixes_are_decimal() {
+        let mut key = b"k7:".to_vec();
+        for (n, want) in [
+            (0u64, &b"k7:0"[..]),
+            (42, b"k7:42"),
+            (999, b"k7:999"),
+            (u64::MAX, b"k7:18446744073709551615"),
+        ] {
+            set_key_suffix(&mut key, 3, n);
+            assert_eq!(key, want);
+        }
     }
 
     #[test]
