@@ -26,11 +26,11 @@
 //! foreign log) yields the same error output on every replica and changes
 //! nothing, so replicas never diverge and never panic on it.
 
+use crate::keymap::KeyMap;
 use crate::membership::{ClusterState, OP_ADMIN};
 use crate::resp;
 use bytes::{BufMut, Bytes, BytesMut};
 use paxos_core::{batch, Slot, Value};
-use std::collections::HashMap;
 
 /// Opcode of the batch tag request.
 pub const OP_TAG: u8 = 0xFF;
@@ -277,7 +277,7 @@ static REPLY_OVERFLOW: &[u8] = b"-ERR increment or decrement would overflow\r\n"
 /// The key-value map and the last slot applied to it.
 #[derive(Debug, Default)]
 pub struct KvStore {
-    map: HashMap<Bytes, Bytes>,
+    map: KeyMap,
     applied: Slot,
     is_primary: bool,
     /// Address book and last reconfiguration (replicated, checkpointed).
@@ -293,7 +293,7 @@ impl KvStore {
     }
 
     /// Reads a key directly (tests, tools).
-    pub fn get(&self, key: &[u8]) -> Option<&Bytes> {
+    pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
         self.map.get(key)
     }
 
@@ -318,25 +318,7 @@ impl KvStore {
     fn set(&mut self, key: &[u8], value: &[u8]) {
         // Copied out of the decree buffer: a slice would pin the whole batch
         // in memory for as long as the key lives.
-        match self.map.get_mut(key) {
-            Some(slot) if slot.len() == value.len() => {
-                // Same size (the usual overwrite): reuse the old value's
-                // buffer when nothing else holds it, saving a free and a
-                // malloc per SET.
-                match std::mem::take(slot).try_into_mut() {
-                    Ok(mut buf) => {
-                        buf.copy_from_slice(value);
-                        *slot = buf.freeze();
-                    }
-                    Err(_shared) => *slot = Bytes::copy_from_slice(value),
-                }
-            }
-            Some(slot) => *slot = Bytes::copy_from_slice(value),
-            None => {
-                self.map
-                    .insert(Bytes::copy_from_slice(key), Bytes::copy_from_slice(value));
-            }
-        }
+        self.map.set(key, value);
     }
 
     fn reply(&mut self, build: impl FnOnce(&mut BytesMut)) -> Bytes {
@@ -395,7 +377,7 @@ impl KvStore {
                 for _ in 0..n {
                     let k = r.str()?;
                     let hit = if op == OP_DEL {
-                        self.map.remove(k).is_some()
+                        self.map.remove(k)
                     } else {
                         self.map.contains_key(k)
                     };
@@ -419,8 +401,7 @@ impl KvStore {
                     Some(c) => match c.checked_add(1) {
                         None => Bytes::from_static(REPLY_OVERFLOW),
                         Some(next) => {
-                            let text = Bytes::from(next.to_string());
-                            self.map.insert(Bytes::copy_from_slice(k), text);
+                            self.map.set(k, next.to_string().as_bytes());
                             self.reply(|o| resp::write_integer(o, next))
                         }
                     },
@@ -431,8 +412,9 @@ impl KvStore {
                 if !r.done() {
                     return None;
                 }
-                let v = self.map.get(k).cloned();
-                self.reply(|o| resp::write_bulk(o, v.as_deref()))
+                let v = self.map.get(k);
+                resp::write_bulk(&mut self.scratch, v);
+                self.scratch.split().freeze()
             }
             OP_MGET => {
                 let n = r.count(4)?;
@@ -447,7 +429,7 @@ impl KvStore {
                 let scratch = &mut self.scratch;
                 resp::write_array_header(scratch, Some(n));
                 for k in keys {
-                    resp::write_bulk(scratch, map.get(k).map(|v| &v[..]));
+                    resp::write_bulk(scratch, map.get(k));
                 }
                 scratch.split().freeze()
             }
@@ -505,7 +487,7 @@ impl StateMachine for KvStore {
 
     fn snapshot(&self) -> Bytes {
         // Sorted so that equal states give equal snapshot bytes on every replica.
-        let mut entries: Vec<(&Bytes, &Bytes)> = self.map.iter().collect();
+        let mut entries: Vec<(&[u8], &[u8])> = self.map.iter().collect();
         entries.sort_unstable();
         let size: usize = 28
             + entries
@@ -548,11 +530,11 @@ impl StateMachine for KvStore {
         if count.saturating_mul(8) > (body.len() - r.pos) as u64 {
             return Err(malformed(&r));
         }
-        let mut map = HashMap::with_capacity(count as usize);
+        let mut map = KeyMap::with_capacity(count as usize);
         for _ in 0..count {
             let k = r.str().ok_or_else(|| malformed(&r))?;
             let v = r.str().ok_or_else(|| malformed(&r))?;
-            map.insert(Bytes::copy_from_slice(k), Bytes::copy_from_slice(v));
+            map.set(k, v);
         }
         let cluster = if version == 1 {
             ClusterState::default()
@@ -655,7 +637,7 @@ mod tests {
         let max = i64::MAX.to_string();
         let outs = run(&mut s, &[&["SET", "k", &max], &["INCR", "k"]]);
         assert_eq!(&outs[1][..], REPLY_OVERFLOW);
-        assert_eq!(s.get(b"k").unwrap(), &Bytes::from(max));
+        assert_eq!(s.get(b"k").unwrap(), max.as_bytes());
     }
 
     #[test]
@@ -751,7 +733,7 @@ mod tests {
         #[test]
         fn encoded_commands_match_a_model(ops in proptest::collection::vec((0u8..4, 0u8..4, 0u8..50), 1..60)) {
             let mut s = KvStore::new();
-            let mut model: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+            let mut model: std::collections::HashMap<Vec<u8>, Vec<u8>> = std::collections::HashMap::new();
             for (op, key, val) in ops {
                 let k = format!("k{key}");
                 let v = val.to_string();

@@ -45,6 +45,7 @@ pub mod client;
 pub mod config;
 pub mod demo;
 pub mod hugepages;
+pub mod keymap;
 pub mod kv;
 pub mod launch;
 pub mod lincheck;
