@@ -55,6 +55,10 @@ struct Args {
     /// `tuning.checkpoint_every_decrees`; default: paxos-kv's default).
     #[arg(long)]
     checkpoint_every_decrees: Option<u64>,
+    /// Least microseconds between two log syncs of a node (paxos-kv
+    /// `tuning.log_sync_interval_us`; default: paxos-kv's default).
+    #[arg(long)]
+    log_sync_interval_us: Option<u64>,
     /// Let the nodes back their heaps with transparent huge pages (paxos-kv
     /// `tuning.transparent_huge_pages`).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
@@ -93,6 +97,9 @@ fn main() -> anyhow::Result<()> {
         tuning.max_batch_requests = n;
     }
     tuning.transparent_huge_pages = args.huge_pages;
+    if let Some(us) = args.log_sync_interval_us {
+        tuning.log_sync_interval_us = us;
+    }
     if let Some(n) = args.checkpoint_every_decrees {
         tuning.checkpoint_every_decrees = n;
     }

@@ -112,6 +112,9 @@ pub struct Tuning {
     pub max_pipelined_per_client: usize,
     /// Size of the persistent-memory region (storage = "nvm").
     pub nvm_region_mb: u64,
+    /// File log: least microseconds between the starts of two `fdatasync`s
+    /// (group commit pacing, see `paxos_log::LogOptions::min_sync_interval`).
+    pub log_sync_interval_us: u64,
     /// Back the heap with transparent huge pages where the kernel offers
     /// them on request (see [`crate::hugepages`]).
     pub transparent_huge_pages: bool,
@@ -132,6 +135,7 @@ impl Default for Tuning {
             max_clients: 1024,
             max_pipelined_per_client: 1024,
             nvm_region_mb: 256,
+            log_sync_interval_us: 2000,
             transparent_huge_pages: true,
         }
     }
@@ -274,6 +278,10 @@ impl NodeConfig {
             "election timeouts must satisfy heartbeat_ms < election_timeout_min_ms < election_timeout_max_ms",
         )?;
         check(
+            t.log_sync_interval_us <= 1_000_000,
+            "log_sync_interval_us must be at most 1000000",
+        )?;
+        check(
             t.compact_retain_decrees <= 1 << 24,
             "compact_retain_decrees must be at most 16777216",
         )?;
@@ -373,7 +381,7 @@ impl NodeConfig {
             s,
             "[tuning]\npipeline_window = {}\nmax_batch_requests = {}\nmax_batch_bytes = {}\nsubmit_queue = {}\n\
              heartbeat_ms = {}\nelection_timeout_min_ms = {}\nelection_timeout_max_ms = {}\n\
-             checkpoint_every_decrees = {}\ncompact_retain_decrees = {}\nmax_clients = {}\nmax_pipelined_per_client = {}\nnvm_region_mb = {}\ntransparent_huge_pages = {}",
+             checkpoint_every_decrees = {}\ncompact_retain_decrees = {}\nmax_clients = {}\nmax_pipelined_per_client = {}\nnvm_region_mb = {}\nlog_sync_interval_us = {}\ntransparent_huge_pages = {}",
             t.pipeline_window,
             t.max_batch_requests,
             t.max_batch_bytes,
@@ -386,6 +394,7 @@ impl NodeConfig {
             t.max_clients,
             t.max_pipelined_per_client,
             t.nvm_region_mb,
+            t.log_sync_interval_us,
             t.transparent_huge_pages
         );
         s

@@ -27,7 +27,13 @@ pub fn open_storage(config: &NodeConfig) -> anyhow::Result<OpenedStorage> {
     Ok(match config.storage {
         StorageKind::File => {
             let dir = config.data_dir.join("log");
-            let (log, state) = paxos_log::FileLog::open(&dir, paxos_log::LogOptions::default())
+            let options = paxos_log::LogOptions {
+                min_sync_interval: std::time::Duration::from_micros(
+                    config.tuning.log_sync_interval_us,
+                ),
+                ..paxos_log::LogOptions::default()
+            };
+            let (log, state) = paxos_log::FileLog::open(&dir, options)
                 .with_context(|| format!("opening file log {}", dir.display()))?;
             let log = Arc::new(log);
             let reload_from = Arc::clone(&log);

@@ -850,3 +850,67 @@ proptest! {
         }
     }
 }
+
+fn paced(interval: std::time::Duration) -> LogOptions {
+    LogOptions {
+        min_sync_interval: interval,
+        ..LogOptions::default()
+    }
+}
+
+/// Under sustained appends, syncs are paced: at most one per interval (plus
+/// a few unpaced ones after lone appends). Appends come in bursts of ten a
+/// millisecond apart; the SimFs syncs instantly, so without pacing every
+/// burst would get at least one sync of its own (300 or more).
+#[test]
+fn paced_group_commit_syncs_at_most_once_per_interval_under_load() {
+    let (_fs, shared, dir) = sim();
+    let interval = std::time::Duration::from_millis(20);
+    let (log, _) = FileLog::open_with(shared, &dir, paced(interval)).unwrap();
+    let flushes_before = log.stats().flushes;
+    let started = std::time::Instant::now();
+    let mut last = 0;
+    let appends = 3000u64;
+    for c in 1..=appends {
+        last = log.append(&[PersistEntry::Commit(c)]).unwrap();
+        if c % 10 == 0 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+    log.wait_durable(last).unwrap();
+    let elapsed = started.elapsed();
+    let flushes = log.stats().flushes - flushes_before;
+    let bound = elapsed.as_millis() as u64 / interval.as_millis() as u64 + 5;
+    assert!(
+        (1..=bound).contains(&flushes),
+        "{flushes} syncs for {appends} appends in {elapsed:?}; pacing allows at most {bound}"
+    );
+    assert_eq!(log.state().commit_index, appends);
+}
+
+/// A lone append is synced at once even with a long interval: light load
+/// pays no pacing delay.
+#[test]
+fn paced_group_commit_syncs_a_lone_append_at_once() {
+    let (_fs, shared, dir) = sim();
+    let interval = std::time::Duration::from_secs(1);
+    let (log, _) = FileLog::open_with(shared, &dir, paced(interval)).unwrap();
+    let started = std::time::Instant::now();
+    for c in 1..=3 {
+        let seq = log.append(&[PersistEntry::Commit(c)]).unwrap();
+        log.wait_durable(seq).unwrap();
+    }
+    assert!(
+        started.elapsed() < interval / 2,
+        "lone appends waited for pacing: {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn sync_interval_over_a_second_is_refused() {
+    let (_fs, shared, dir) = sim();
+    let err =
+        FileLog::open_with(shared, &dir, paced(std::time::Duration::from_secs(2))).unwrap_err();
+    assert!(err.to_string().contains("min_sync_interval"), "{err}");
+}
