@@ -623,6 +623,12 @@ async fn inconsistent_configurations_are_refused() {
         QuicTransport::start(config, bind_local()),
         Err(NetError::Config(_))
     ));
+    let mut config = test_config(identities[0].clone(), [(r(2), addr)].into());
+    config.max_udp_payload = 1199;
+    assert!(matches!(
+        QuicTransport::start(config, bind_local()),
+        Err(NetError::Config(m)) if m.contains("max_udp_payload")
+    ));
 }
 
 #[tokio::test]
