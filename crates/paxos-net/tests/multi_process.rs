@@ -64,6 +64,16 @@ impl Node {
         self.stdin.flush().unwrap();
     }
 
+    /// Applies a fault command and waits until the node reports it in force,
+    /// so what the test sends next is subject to it.
+    fn fault(&mut self, line: &str) {
+        self.command(line);
+        assert!(
+            self.wait_line(&format!("applied {line}"), Duration::from_secs(10)),
+            "node did not apply {line:?}"
+        );
+    }
+
     /// Waits for a line equal to `wanted`; false on timeout.
     fn wait_line(&mut self, wanted: &str, within: Duration) -> bool {
         let deadline = Instant::now() + within;
@@ -143,12 +153,12 @@ fn sigkilled_node_restarts_and_partitions_switch_at_run_time() {
     deliver(&mut one, &mut two, 2, 1, "dialer-back");
 
     // Partition from replica 1's side: nothing crosses either way.
-    one.command("partition 2");
+    one.fault("partition 2");
     one.command("send 2 cut-out");
     two.command("send 1 cut-in");
     assert!(!two.wait_line("recv 1 cut-out", Duration::from_millis(300)));
     assert!(!one.wait_line("recv 2 cut-in", Duration::from_millis(300)));
-    one.command("heal");
+    one.fault("heal");
     deliver(&mut one, &mut two, 2, 1, "healed");
     deliver(&mut two, &mut one, 1, 2, "healed-back");
 }

@@ -13,7 +13,8 @@
 //! - `stats`: print counters
 //!
 //! Output on stdout: `ready` once listening, `recv <from> <text>` per
-//! message, `error <text>` for a bad command. Exits when stdin closes.
+//! message, `applied <command>` once a fault command is in force,
+//! `error <text>` for a bad command. Exits when stdin closes.
 
 use paxos_core::ReplicaId;
 use paxos_net::{
@@ -115,7 +116,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     println!("stats {:?} {:?}", transport.stats(), faults.stats());
                 } else {
                     match FaultCommand::parse(line) {
-                        Ok(command) => faults.apply(&command),
+                        Ok(command) => {
+                            faults.apply(&command);
+                            // Lets a driver wait until the fault is in force.
+                            println!("applied {line}");
+                        }
                         Err(e) => println!("error {e}"),
                     }
                 }
