@@ -59,6 +59,10 @@ struct Args {
     /// `tuning.log_sync_interval_us`; default: paxos-kv's default).
     #[arg(long)]
     log_sync_interval_us: Option<u64>,
+    /// Async runtime threads per node (paxos-kv `tuning.worker_threads`;
+    /// default: paxos-kv's default).
+    #[arg(long)]
+    worker_threads: Option<usize>,
     /// Let the nodes back their heaps with transparent huge pages (paxos-kv
     /// `tuning.transparent_huge_pages`).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
@@ -97,6 +101,9 @@ fn main() -> anyhow::Result<()> {
         tuning.max_batch_requests = n;
     }
     tuning.transparent_huge_pages = args.huge_pages;
+    if let Some(n) = args.worker_threads {
+        tuning.worker_threads = n;
+    }
     if let Some(us) = args.log_sync_interval_us {
         tuning.log_sync_interval_us = us;
     }

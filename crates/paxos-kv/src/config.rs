@@ -115,6 +115,9 @@ pub struct Tuning {
     /// File log: least microseconds between the starts of two `fdatasync`s
     /// (group commit pacing, see `paxos_log::LogOptions::min_sync_interval`).
     pub log_sync_interval_us: u64,
+    /// Threads of the node's async runtime (client connections, QUIC, the
+    /// event loop). The file log's writer is a thread of its own.
+    pub worker_threads: usize,
     /// Back the heap with transparent huge pages where the kernel offers
     /// them on request (see [`crate::hugepages`]).
     pub transparent_huge_pages: bool,
@@ -136,6 +139,7 @@ impl Default for Tuning {
             max_pipelined_per_client: 1024,
             nvm_region_mb: 256,
             log_sync_interval_us: 2000,
+            worker_threads: 2,
             transparent_huge_pages: true,
         }
     }
@@ -278,6 +282,10 @@ impl NodeConfig {
             "election timeouts must satisfy heartbeat_ms < election_timeout_min_ms < election_timeout_max_ms",
         )?;
         check(
+            (1..=256).contains(&t.worker_threads),
+            "worker_threads must be in 1..=256",
+        )?;
+        check(
             t.log_sync_interval_us <= 1_000_000,
             "log_sync_interval_us must be at most 1000000",
         )?;
@@ -381,7 +389,7 @@ impl NodeConfig {
             s,
             "[tuning]\npipeline_window = {}\nmax_batch_requests = {}\nmax_batch_bytes = {}\nsubmit_queue = {}\n\
              heartbeat_ms = {}\nelection_timeout_min_ms = {}\nelection_timeout_max_ms = {}\n\
-             checkpoint_every_decrees = {}\ncompact_retain_decrees = {}\nmax_clients = {}\nmax_pipelined_per_client = {}\nnvm_region_mb = {}\nlog_sync_interval_us = {}\ntransparent_huge_pages = {}",
+             checkpoint_every_decrees = {}\ncompact_retain_decrees = {}\nmax_clients = {}\nmax_pipelined_per_client = {}\nnvm_region_mb = {}\nlog_sync_interval_us = {}\nworker_threads = {}\ntransparent_huge_pages = {}",
             t.pipeline_window,
             t.max_batch_requests,
             t.max_batch_bytes,
@@ -395,6 +403,7 @@ impl NodeConfig {
             t.max_pipelined_per_client,
             t.nvm_region_mb,
             t.log_sync_interval_us,
+            t.worker_threads,
             t.transparent_huge_pages
         );
         s

@@ -141,7 +141,7 @@ fn main() -> anyhow::Result<()> {
             }
             init_tracing("info");
             let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
+                .worker_threads(config.tuning.worker_threads)
                 .enable_all()
                 .build()
                 .context("starting the tokio runtime")?;
