@@ -118,19 +118,9 @@ pub fn encode_command(out: &mut BytesMut, args: &[&[u8]]) {
 /// Replaces `key`'s text after `prefix_len` bytes with `n` in decimal. The
 /// generator shares the 2 cores with the cluster it measures, so every
 /// cycle it spends per request is taken from the nodes: no `fmt` here.
-fn set_key_suffix(key: &mut Vec<u8>, prefix_len: usize, mut n: u64) {
+fn set_key_suffix(key: &mut Vec<u8>, prefix_len: usize, n: u64) {
     key.truncate(prefix_len);
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    key.extend_from_slice(&digits[i..]);
+    key.extend_from_slice(paxos_kv::resp::decimal(n, &mut [0; 20]));
 }
 
 struct ClientResult {

@@ -378,23 +378,28 @@ fn build(bytes: &Bytes, pos: usize) -> Result<(Frame, usize), RespError> {
     }
 }
 
-/// Writes the decimal form of `n` without allocating.
-fn put_decimal(out: &mut BytesMut, n: i64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    let mut v = n.unsigned_abs();
+/// The decimal digits of `n`, formatted into `buf` without `fmt` or
+/// allocation (this is on every reply's and every command's path).
+pub fn decimal(n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    let mut v = n;
     loop {
         i -= 1;
-        digits[i] = b'0' + (v % 10) as u8;
+        buf[i] = b'0' + (v % 10) as u8;
         v /= 10;
         if v == 0 {
             break;
         }
     }
+    &buf[i..]
+}
+
+/// Writes the decimal form of `n` without allocating.
+fn put_decimal(out: &mut BytesMut, n: i64) {
     if n < 0 {
         out.put_u8(b'-');
     }
-    out.put_slice(&digits[i..]);
+    out.put_slice(decimal(n.unsigned_abs(), &mut [0; 20]));
 }
 
 /// `+text\r\n`. `text` must not contain CR or LF.
