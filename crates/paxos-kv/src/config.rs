@@ -138,7 +138,7 @@ impl Default for Tuning {
             max_clients: 1024,
             max_pipelined_per_client: 1024,
             nvm_region_mb: 256,
-            log_sync_interval_us: 2000,
+            log_sync_interval_us: 3000,
             worker_threads: 2,
             transparent_huge_pages: true,
         }
