@@ -562,13 +562,7 @@ pub fn provision_node(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn args(parts: &[&str]) -> Vec<Bytes> {
-        parts
-            .iter()
-            .map(|p| Bytes::copy_from_slice(p.as_bytes()))
-            .collect()
-    }
+    use crate::kv::tests::args;
 
     fn err(parts: &[&str]) -> String {
         parse(&args(parts)).unwrap_err().to_string()

@@ -566,11 +566,13 @@ impl StateMachine for KvStore {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn args(parts: &[&str]) -> Vec<Bytes> {
+    /// A command's arguments as the server hands them over (shared by the
+    /// admin tests).
+    pub(crate) fn args(parts: &[&str]) -> Vec<Bytes> {
         parts
             .iter()
             .map(|p| Bytes::copy_from_slice(p.as_bytes()))
