@@ -390,19 +390,32 @@ async fn follows_new_writes(primary: &Replica, follower: &Replica) {
     wait_applied(follower, target, 10, "the replica stopped following").await;
 }
 
+/// A three-replica cluster's data dirs, network and ids, with replicas 1
+/// and 2 started (checkpointing often) and replica 3 left for the test to
+/// start behind them.
+fn start_two_of_three() -> (
+    Vec<tempfile::TempDir>,
+    MemoryNetwork,
+    Vec<ReplicaId>,
+    Vec<Replica>,
+) {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let net = MemoryNetwork::new(4096, 8 << 20);
+    let ids = vec![ReplicaId(1), ReplicaId(2), ReplicaId(3)];
+    let replicas = (0..2)
+        .map(|i| start_checkpointing_replica(&net, ids[i], &ids, dirs[i].path()))
+        .collect();
+    (dirs, net, ids, replicas)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_behind_every_peers_log_installs_a_checkpoint_from_a_peer() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter("paxos_kv=info")
         .with_test_writer()
         .try_init();
-    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let net = MemoryNetwork::new(4096, 8 << 20);
-    let ids = vec![ReplicaId(1), ReplicaId(2), ReplicaId(3)];
     // Two replicas make progress without the third.
-    let mut replicas: Vec<Replica> = (0..2)
-        .map(|i| start_checkpointing_replica(&net, ids[i], &ids, dirs[i].path()))
-        .collect();
+    let (dirs, net, ids, mut replicas) = start_two_of_three();
     let p = wait_for_primary(&replicas).await;
     write_until_checkpointed(&replicas, p, 300, 50, |i| i.to_string(), 20).await;
     // The third starts empty: its peers compacted the early decrees away.
@@ -438,12 +451,8 @@ fn has_partial_checkpoint(dir: &std::path::Path) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_checkpoint_transfer_restarts_cleanly() {
-    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let net = MemoryNetwork::new(4096, 8 << 20);
-    let ids = vec![ReplicaId(1), ReplicaId(2), ReplicaId(3)];
-    let mut replicas: Vec<Replica> = (0..2)
-        .map(|i| start_checkpointing_replica(&net, ids[i], &ids, dirs[i].path()))
-        .collect();
+    // Two replicas make progress without the third.
+    let (dirs, net, ids, mut replicas) = start_two_of_three();
     let p = wait_for_primary(&replicas).await;
     // About 1.5 MB of state, so the checkpoint takes several chunks.
     write_until_checkpointed(&replicas, p, 400, 400, |_| "v".repeat(4096), 30).await;
