@@ -10,6 +10,9 @@
 //!    clock reads.
 //! 3. **Test hygiene.** No test anywhere is marked ignored.
 //! 4. **Docs.** Every crate's root file opens with a `//!` doc comment.
+//! 5. **Layout.** Every workspace member is a directory at the top level of
+//!    the workspace, next to `Cargo.toml` (as the design card lists them),
+//!    and there is no `crates/` folder.
 
 use anyhow::{Context, Result};
 use std::collections::{BTreeMap, BTreeSet};
@@ -32,6 +35,7 @@ pub fn check(root: &Path) -> Result<Vec<String>> {
     check_sans_io_core(&members, &mut problems)?;
     check_no_ignored_tests(root, &mut problems)?;
     check_crate_docs(&members, &mut problems)?;
+    check_layout(root, &members, &mut problems);
     Ok(problems)
 }
 
@@ -75,6 +79,25 @@ fn members(root: &Path) -> Result<Vec<Member>> {
         });
     }
     Ok(out)
+}
+
+fn check_layout(root: &Path, members: &[Member], problems: &mut Vec<String>) {
+    for m in members {
+        let top_level = m
+            .dir
+            .strip_prefix(root)
+            .is_ok_and(|rel| rel.components().count() == 1);
+        if !top_level {
+            problems.push(format!(
+                "{}: workspace member `{}` is not a top-level directory of the workspace",
+                m.dir.display(),
+                m.name
+            ));
+        }
+    }
+    if root.join("crates").exists() {
+        problems.push("crates/: members live at the top level of the workspace".into());
+    }
 }
 
 fn is_internal(name: &str) -> bool {
@@ -245,8 +268,9 @@ fn check_sans_io_core(members: &[Member], problems: &mut Vec<String>) -> Result<
 fn check_no_ignored_tests(root: &Path, problems: &mut Vec<String>) -> Result<()> {
     let needle = ["#[", "ignore"].concat();
     let mut files = Vec::new();
-    rust_files(&root.join("crates"), &mut files)?;
-    rust_files(&root.join("xtask"), &mut files)?;
+    for m in members(root)? {
+        rust_files(&m.dir, &mut files)?;
+    }
     for f in files {
         let text = std::fs::read_to_string(&f)?;
         for (i, line) in text.lines().enumerate() {
@@ -295,6 +319,30 @@ mod tests {
             "tidy problems:\n{}",
             problems.join("\n")
         );
+    }
+
+    #[test]
+    fn detects_a_member_below_the_top_level() {
+        let root = tempdir();
+        std::fs::create_dir_all(root.join("crates/paxos-x")).unwrap();
+        let member = |name: &str, dir: PathBuf| Member {
+            name: name.into(),
+            dir,
+            deps: BTreeSet::new(),
+            dev_deps: BTreeSet::new(),
+        };
+        let mut problems = Vec::new();
+        check_layout(
+            &root,
+            &[
+                member("paxos-x", root.join("crates/paxos-x")),
+                member("paxos-y", root.join("paxos-y")),
+            ],
+            &mut problems,
+        );
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains("`paxos-x` is not a top-level directory"));
+        assert!(problems[1].starts_with("crates/"));
     }
 
     #[test]
@@ -353,8 +401,11 @@ mod tests {
         assert!(problems[1].contains(":1:"));
     }
 
+    /// A fresh directory per call: tests run in parallel in one process.
     fn tempdir() -> PathBuf {
-        let d = std::env::temp_dir().join(format!("xtask-tidy-{}", std::process::id()));
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let d = std::env::temp_dir().join(format!("xtask-tidy-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         d
     }

@@ -172,7 +172,7 @@ fn main() -> anyhow::Result<()> {
         }
     }
     if args.compare.is_some() {
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
         let peer_dir = etcd::default_peer_dir(&root);
         match etcd::run(&peer_dir, &args.clients, args.duration, args.value_size) {
             Ok(points) => {
