@@ -3,9 +3,9 @@
 
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use paxos_core::{batch, Value};
-use paxos_kv::kv::{encode_command, KvStore, StateMachine};
+use paxos_kv::kv::{encode_command, KvStore};
 use paxos_kv::resp::{self, command_args, RespLimits};
+use paxos_node::StateMachine;
 
 fn pipelined_sets(n: usize) -> BytesMut {
     let mut wire = BytesMut::new();
@@ -67,7 +67,6 @@ fn bench_apply(c: &mut Criterion) {
         encode_command(&args, &mut out).unwrap();
         requests.push(out.freeze());
     }
-    let value = Value::Requests(batch::encode(requests.iter().map(|r| &r[..])));
     let mut g = c.benchmark_group("kv");
     g.throughput(Throughput::Elements(1000));
     g.bench_function("apply_batch_of_1000_sets", |b| {
@@ -75,17 +74,17 @@ fn bench_apply(c: &mut Criterion) {
         let mut outputs = Vec::with_capacity(1000);
         b.iter(|| {
             outputs.clear();
-            let slot = store.applied_through() + 1;
-            store.apply(slot, &value, &mut outputs);
+            outputs.extend(requests.iter().map(|r| store.execute(r)));
             outputs.len()
         })
     });
     g.finish();
     let mut store = KvStore::new();
-    let mut outputs = Vec::new();
-    store.apply(1, &value, &mut outputs);
+    for r in &requests {
+        store.execute(r);
+    }
     c.bench_function("kv/snapshot_1000_keys", |b| {
-        b.iter(|| store.snapshot().len())
+        b.iter(|| store.snapshot().bytes().len())
     });
 }
 

@@ -17,7 +17,7 @@
 //! can simply be sent again.
 
 use crate::client::{moved_to, Client};
-use crate::membership::{encode_register, membership_text, MemberAddrs};
+use crate::membership::{membership_text, MemberAddrs};
 use crate::node::{error_reply, Replica, ReplicateError};
 use crate::resp::{self, Frame};
 use bytes::{Bytes, BytesMut};
@@ -265,11 +265,9 @@ async fn add_node(
         ));
     }
     // 1. Every replica learns where the node listens (through the log).
-    let mut req = BytesMut::new();
-    encode_register(id, addrs, &mut req);
-    match replica.replicate(req.freeze()).await {
-        Ok(reply) if reply.starts_with(b"-") => return reply,
-        Ok(_) => {}
+    match replica.register_member(id, addrs).await {
+        Ok(Ok(())) => {}
+        Ok(Err(refused)) => return error(&format!("ERR {refused}")),
         Err(ReplicateError::NotPrimary { leader }) => return not_leader(replica, leader),
         Err(e) => return error(&e.to_string()),
     }

@@ -3,15 +3,15 @@
 //! Client commands (RESP argument lists) are validated and encoded once, on
 //! the replica that receives them, into a compact binary *request*. Requests
 //! are batched into decrees; every replica applies the same decrees in the
-//! same slot order through [`StateMachine::apply`], which is deterministic:
-//! the output of each request depends only on the request and the state
-//! before it. The output of a request is the RESP reply the client gets,
+//! same slot order, and paxos-node hands each request to
+//! [`KvStore`]'s [`StateMachine::execute`], which is deterministic: the
+//! output of each request depends only on the request and the state before
+//! it. The output of a request is the RESP reply the client gets,
 //! ready to write to its socket.
 //!
 //! Request encoding (integers little-endian; `str` is `u32 len | bytes`):
 //!
 //! ```text
-//! 0xFF tag…                 batch tag: identifies a proposal; no effect, empty output
 //! 0x01 SET    str key, str value
 //! 0x02 DEL    u32 n, n × str key
 //! 0x03 INCR   str key
@@ -19,7 +19,6 @@
 //! 0x05 GET    str key                (reads are ordered through the log)
 //! 0x06 EXISTS u32 n, n × str key
 //! 0x07 MGET   u32 n, n × str key
-//! 0x20 ADMIN  …                  cluster administration, see [`crate::membership`]
 //! ```
 //!
 //! A request that does not decode (it can only come from a corrupt or
@@ -27,13 +26,11 @@
 //! nothing, so replicas never diverge and never panic on it.
 
 use crate::keymap::KeyMap;
-use crate::membership::{ClusterState, OP_ADMIN};
 use crate::resp;
 use bytes::{BufMut, Bytes, BytesMut};
-use paxos_core::{batch, Slot, Value};
+use paxos_node::{Decree, SnapshotError, StateMachine};
+use std::io::Read;
 
-/// Opcode of the batch tag request.
-pub const OP_TAG: u8 = 0xFF;
 const OP_SET: u8 = 1;
 const OP_DEL: u8 = 2;
 const OP_INCR: u8 = 3;
@@ -46,67 +43,6 @@ const OP_MGET: u8 = 7;
 pub const MAX_KEY_LEN: usize = 16 * 1024;
 /// Largest value accepted from a client.
 pub const MAX_VALUE_LEN: usize = 512 * 1024;
-
-/// An application state machine replicated by paxos, in the spirit of RSL's
-/// `RSLStateMachine`: it executes chosen decrees, saves and loads its state
-/// for checkpoints, and hears about primary status changes.
-pub trait StateMachine: Send + 'static {
-    /// Executes the decree chosen at `slot`, which must be
-    /// `applied_through() + 1`. For a batch of requests, pushes exactly one
-    /// output per request onto `outputs`, in order; for a no-op or a
-    /// reconfiguration, pushes nothing.
-    fn apply(&mut self, slot: Slot, value: &Value, outputs: &mut Vec<Bytes>);
-
-    /// The last slot executed (0 before any).
-    fn applied_through(&self) -> Slot;
-
-    /// The whole state, including `applied_through`, as self-checking bytes.
-    fn snapshot(&self) -> Bytes;
-
-    /// Replaces the state with a snapshot taken by [`StateMachine::snapshot`].
-    /// On error the state is left unchanged.
-    fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError>;
-
-    /// This replica became primary (`true`) or stopped being primary.
-    fn notify_status(&mut self, is_primary: bool);
-
-    /// The replicated cluster state (address book, last reconfiguration),
-    /// if this state machine keeps one. The node records applied
-    /// reconfigurations in it and starts the core from it after a restart;
-    /// without it, membership changes do not survive a restart.
-    fn cluster(&self) -> Option<&ClusterState> {
-        None
-    }
-
-    /// See [`StateMachine::cluster`].
-    fn cluster_mut(&mut self) -> Option<&mut ClusterState> {
-        None
-    }
-}
-
-/// Why a snapshot could not be restored.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SnapshotError {
-    /// The bytes are not a KV snapshot (wrong magic).
-    #[error("not a paxos-kv snapshot (bad magic)")]
-    BadHeader,
-    /// A snapshot format this build does not know (written by a newer one).
-    #[error(
-        "paxos-kv snapshot format version {0} is not supported (this build reads versions 1 and 2)"
-    )]
-    UnknownVersion(u32),
-    /// The checksum does not match the content.
-    #[error("snapshot checksum mismatch: stored {stored:08x}, computed {computed:08x}")]
-    Checksum {
-        /// The checksum in the snapshot.
-        stored: u32,
-        /// The checksum of the bytes read.
-        computed: u32,
-    },
-    /// The content ends early or has bytes left over.
-    #[error("snapshot truncated or malformed at byte {0}")]
-    Malformed(usize),
-}
 
 /// What kind of command a client sent, decided when it is encoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -245,13 +181,6 @@ impl<'a> Reader<'a> {
         self.pos += 4;
         Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
-    fn u64(&mut self) -> Option<u64> {
-        let b = self.buf.get(self.pos..self.pos + 8)?;
-        self.pos += 8;
-        let mut a = [0u8; 8];
-        a.copy_from_slice(b);
-        Some(u64::from_le_bytes(a))
-    }
     fn str(&mut self) -> Option<&'a [u8]> {
         let len = self.u32()? as usize;
         let s = self.buf.get(self.pos..self.pos.checked_add(len)?)?;
@@ -274,14 +203,11 @@ static REPLY_CORRUPT: &[u8] = b"-ERR corrupt request in log\r\n";
 static REPLY_NOT_INT: &[u8] = b"-ERR value is not an integer or out of range\r\n";
 static REPLY_OVERFLOW: &[u8] = b"-ERR increment or decrement would overflow\r\n";
 
-/// The key-value map and the last slot applied to it.
+/// The key-value map.
 #[derive(Debug, Default)]
 pub struct KvStore {
     map: KeyMap,
-    applied: Slot,
     is_primary: bool,
-    /// Address book and last reconfiguration (replicated, checkpointed).
-    cluster: ClusterState,
     /// Reused for building replies, so most replies cost one small copy.
     scratch: BytesMut,
 }
@@ -336,7 +262,6 @@ impl KvStore {
         let (&op, body) = request.split_first()?;
         let mut r = Reader { buf: body, pos: 0 };
         let out = match op {
-            OP_TAG => Bytes::new(),
             OP_SET => {
                 let (k, v) = (r.str()?, r.str()?);
                 if !r.done() {
@@ -433,7 +358,6 @@ impl KvStore {
                 }
                 scratch.split().freeze()
             }
-            OP_ADMIN => return self.cluster.execute(body),
             _ => return None,
         };
         Some(out)
@@ -441,55 +365,114 @@ impl KvStore {
 }
 
 const SNAPSHOT_MAGIC: &[u8; 8] = b"PXKVSNAP";
-/// Version 2 appends the cluster state; version 1 (no cluster state) is
-/// still read.
-const SNAPSHOT_VERSION: u32 = 2;
+/// Version 3: the map only (the applied slot and the cluster directory now
+/// belong to paxos-node's checkpoint section).
+const SNAPSHOT_VERSION: u32 = 3;
+/// Bytes of magic, version and count.
+const SNAPSHOT_HEADER: usize = 20;
 
-impl StateMachine for KvStore {
-    fn apply(&mut self, slot: Slot, value: &Value, outputs: &mut Vec<Bytes>) {
-        paxos_contracts::requires!(
-            slot == self.applied + 1,
-            "apply slot {} after {}",
-            slot,
-            self.applied
-        );
-        let before = paxos_contracts::snapshot!(outputs.len());
-        if let Value::Requests(batch_bytes) = value {
-            match batch::iter(batch_bytes) {
-                Ok(requests) => {
-                    outputs.reserve(requests.len());
-                    for request in requests {
-                        let out = self.execute(&request);
-                        outputs.push(out);
-                    }
-                }
-                Err(e) => {
-                    // Same bytes on every replica, so every replica skips it.
-                    tracing::error!(slot, error = %e, "chosen batch does not decode; skipped");
-                }
-            }
+/// Why bytes are not a KV snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KvSnapshotError {
+    /// The bytes are not a KV snapshot (wrong magic).
+    #[error("not a paxos-kv snapshot (bad magic)")]
+    BadHeader,
+    /// A snapshot format this build does not read.
+    #[error("paxos-kv snapshot format version {0} is not supported (this build reads version 3)")]
+    UnknownVersion(u32),
+    /// The checksum does not match the content.
+    #[error("snapshot checksum mismatch: stored {stored:08x}, computed {computed:08x}")]
+    Checksum {
+        /// The checksum in the snapshot.
+        stored: u32,
+        /// The checksum of the bytes read.
+        computed: u32,
+    },
+    /// The content ends early, or a length is out of range.
+    #[error("snapshot truncated or malformed at byte {0}")]
+    Malformed(u64),
+}
+
+/// A KV snapshot, ready to be written out: magic, version, entry count,
+/// the entries sorted by key (equal states give equal bytes on every
+/// replica), CRC32C of everything before it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KvSnapshot(Bytes);
+
+impl KvSnapshot {
+    /// The encoded bytes.
+    pub fn bytes(&self) -> &Bytes {
+        &self.0
+    }
+}
+
+impl paxos_node::Snapshot for KvSnapshot {
+    fn write_to(&mut self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        for piece in self.0.chunks(64 * 1024) {
+            out.write_all(piece)?;
         }
-        self.applied = slot;
-        paxos_contracts::ensures!(
-            match value {
-                Value::Requests(b) =>
-                    batch::iter(b).map(|i| i.len()).unwrap_or(0)
-                        == outputs.len() - before.unwrap_or(0),
-                _ => outputs.len() == before.unwrap_or(0),
-            },
-            "one output per request"
-        );
+        Ok(())
+    }
+}
+
+/// Reads a snapshot stream while checksumming it.
+struct CrcReader<'a> {
+    inner: &'a mut dyn Read,
+    crc: u32,
+    pos: u64,
+}
+
+impl CrcReader<'_> {
+    fn exact(&mut self, buf: &mut [u8]) -> Result<(), SnapshotError> {
+        self.inner.read_exact(buf).map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => {
+                SnapshotError::invalid(KvSnapshotError::Malformed(self.pos))
+            }
+            _ => SnapshotError::Io(e),
+        })?;
+        self.crc = crc32c::crc32c_append(self.crc, buf);
+        self.pos += buf.len() as u64;
+        Ok(())
+    }
+    fn u32(&mut self) -> Result<u32, SnapshotError> {
+        let mut b = [0u8; 4];
+        self.exact(&mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+    fn u64(&mut self) -> Result<u64, SnapshotError> {
+        let mut b = [0u8; 8];
+        self.exact(&mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+    /// A length-prefixed string of at most `max` bytes, into `buf`.
+    fn str_into(&mut self, max: usize, buf: &mut Vec<u8>) -> Result<(), SnapshotError> {
+        let at = self.pos;
+        let len = self.u32()? as usize;
+        if len > max {
+            return Err(SnapshotError::invalid(KvSnapshotError::Malformed(at)));
+        }
+        buf.resize(len, 0);
+        self.exact(buf)
+    }
+}
+
+impl KvStore {
+    /// An order-independent digest of the map's contents, equal on two
+    /// stores exactly when they hold the same keys and values (up to hash
+    /// collisions). O(state): for checkers, not the hot path.
+    pub fn state_digest(&self) -> u64 {
+        self.map.iter().fold(self.map.len() as u64, |acc, (k, v)| {
+            let mut h = crc32c::crc32c(k) as u64;
+            h = (h << 32) | crc32c::crc32c_append(crc32c::crc32c(k), v) as u64;
+            acc.wrapping_add(h.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        })
     }
 
-    fn applied_through(&self) -> Slot {
-        self.applied
-    }
-
-    fn snapshot(&self) -> Bytes {
+    fn encode_snapshot(&self) -> Bytes {
         // Sorted so that equal states give equal snapshot bytes on every replica.
         let mut entries: Vec<(&[u8], &[u8])> = self.map.iter().collect();
         entries.sort_unstable();
-        let size: usize = 28
+        let size: usize = SNAPSHOT_HEADER
             + entries
                 .iter()
                 .map(|(k, v)| 8 + k.len() + v.len())
@@ -497,71 +480,77 @@ impl StateMachine for KvStore {
         let mut out = BytesMut::with_capacity(size + 4);
         out.put_slice(SNAPSHOT_MAGIC);
         out.put_u32_le(SNAPSHOT_VERSION);
-        out.put_u64_le(self.applied);
         out.put_u64_le(entries.len() as u64);
         for (k, v) in entries {
             put_str(&mut out, k);
             put_str(&mut out, v);
         }
-        self.cluster.encode(&mut out);
         let crc = crc32c::crc32c(&out);
         out.put_u32_le(crc);
         out.freeze()
     }
+}
 
-    fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError> {
-        if snapshot.len() < 32 || &snapshot[..8] != SNAPSHOT_MAGIC {
-            return Err(SnapshotError::BadHeader);
-        }
-        let (body, tail) = snapshot.split_at(snapshot.len() - 4);
-        let stored = u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]);
-        let computed = crc32c::crc32c(body);
-        if stored != computed {
-            return Err(SnapshotError::Checksum { stored, computed });
-        }
-        let mut r = Reader { buf: body, pos: 8 };
-        let malformed = |r: &Reader<'_>| SnapshotError::Malformed(r.pos);
-        let version = r.u32().ok_or_else(|| malformed(&r))?;
-        if version != 1 && version != SNAPSHOT_VERSION {
-            return Err(SnapshotError::UnknownVersion(version));
-        }
-        let applied = r.u64().ok_or_else(|| malformed(&r))?;
-        let count = r.u64().ok_or_else(|| malformed(&r))?;
-        if count.saturating_mul(8) > (body.len() - r.pos) as u64 {
-            return Err(malformed(&r));
-        }
-        let mut map = KeyMap::with_capacity(count as usize);
-        for _ in 0..count {
-            let k = r.str().ok_or_else(|| malformed(&r))?;
-            let v = r.str().ok_or_else(|| malformed(&r))?;
-            map.set(k, v);
-        }
-        let cluster = if version == 1 {
-            ClusterState::default()
-        } else {
-            ClusterState::decode(body, &mut r.pos).ok_or_else(|| malformed(&r))?
+impl StateMachine for KvStore {
+    type Snapshot = KvSnapshot;
+
+    fn execute(&mut self, _decree: &Decree, request: &[u8]) -> Bytes {
+        KvStore::execute(self, request)
+    }
+
+    fn snapshot(&mut self) -> KvSnapshot {
+        KvSnapshot(self.encode_snapshot())
+    }
+
+    fn restore(&mut self, source: &mut dyn Read) -> Result<(), SnapshotError> {
+        let mut r = CrcReader {
+            inner: source,
+            crc: 0,
+            pos: 0,
         };
-        if !r.done() {
-            return Err(malformed(&r));
+        let mut magic = [0u8; 8];
+        r.exact(&mut magic)?;
+        if &magic != SNAPSHOT_MAGIC {
+            return Err(SnapshotError::invalid(KvSnapshotError::BadHeader));
+        }
+        let version = r.u32()?;
+        if version != SNAPSHOT_VERSION {
+            return Err(SnapshotError::invalid(KvSnapshotError::UnknownVersion(
+                version,
+            )));
+        }
+        let count = r.u64()?;
+        // Built aside and swapped in at the end, so a failed restore leaves
+        // the state as it was. The capacity hint is capped: a corrupt count
+        // must not allocate.
+        let mut map = KeyMap::with_capacity(count.min(1 << 20) as usize);
+        let (mut k, mut v) = (Vec::new(), Vec::new());
+        for _ in 0..count {
+            r.str_into(MAX_KEY_LEN, &mut k)?;
+            r.str_into(MAX_VALUE_LEN, &mut v)?;
+            map.set(&k, &v);
+        }
+        let computed = r.crc;
+        let mut tail = [0u8; 4];
+        r.inner.read_exact(&mut tail).map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => {
+                SnapshotError::invalid(KvSnapshotError::Malformed(r.pos))
+            }
+            _ => SnapshotError::Io(e),
+        })?;
+        let stored = u32::from_le_bytes(tail);
+        if stored != computed {
+            return Err(SnapshotError::invalid(KvSnapshotError::Checksum {
+                stored,
+                computed,
+            }));
         }
         self.map = map;
-        // A fresh generation, so the node re-reads the book.
-        let generation = self.cluster.generation() + 1;
-        self.cluster = cluster.with_generation(generation);
-        self.applied = applied;
         Ok(())
     }
 
-    fn notify_status(&mut self, is_primary: bool) {
+    fn on_primary_change(&mut self, is_primary: bool) {
         self.is_primary = is_primary;
-    }
-
-    fn cluster(&self) -> Option<&ClusterState> {
-        Some(&self.cluster)
-    }
-
-    fn cluster_mut(&mut self) -> Option<&mut ClusterState> {
-        Some(&mut self.cluster)
     }
 }
 
@@ -585,13 +574,30 @@ pub(crate) mod tests {
         out.freeze()
     }
 
+    const DECREE: Decree = Decree {
+        slot: 1,
+        proposer: paxos_core::ReplicaId(1),
+        time_us: 0,
+    };
+
     fn run(store: &mut KvStore, cmds: &[&[&str]]) -> Vec<Bytes> {
-        let reqs: Vec<Bytes> = cmds.iter().map(|c| encode(c)).collect();
-        let value = Value::Requests(batch::encode(reqs.iter().map(|r| &r[..])));
-        let mut outs = Vec::new();
-        let slot = store.applied_through() + 1;
-        store.apply(slot, &value, &mut outs);
-        outs
+        cmds.iter()
+            .map(|c| StateMachine::execute(store, &DECREE, &encode(c)))
+            .collect()
+    }
+
+    fn snapshot_bytes(store: &mut KvStore) -> Bytes {
+        store.snapshot().bytes().clone()
+    }
+
+    fn restore(store: &mut KvStore, mut bytes: &[u8]) -> Result<(), KvSnapshotError> {
+        store.restore(&mut bytes).map_err(|e| match e {
+            SnapshotError::Invalid(inner) => inner
+                .downcast_ref::<KvSnapshotError>()
+                .cloned()
+                .expect("a KvSnapshotError"),
+            SnapshotError::Io(e) => panic!("unexpected I/O error {e}"),
+        })
     }
 
     #[test]
@@ -630,7 +636,6 @@ pub(crate) mod tests {
                 REPLY_NOT_INT,
             ]
         );
-        assert_eq!(s.applied_through(), 1);
     }
 
     #[test]
@@ -681,13 +686,16 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn noop_and_corrupt_batches_advance_without_outputs() {
+    fn corrupt_requests_get_an_error_and_change_nothing() {
         let mut s = KvStore::new();
-        let mut outs = Vec::new();
-        s.apply(1, &Value::Noop, &mut outs);
-        s.apply(2, &Value::Requests(Bytes::from_static(&[9, 9])), &mut outs);
-        assert!(outs.is_empty());
-        assert_eq!(s.applied_through(), 2);
+        run(&mut s, &[&["SET", "a", "1"]]);
+        for raw in [&[][..], &[9, 9], &[OP_SET, 1, 0, 0, 0]] {
+            assert_eq!(
+                &StateMachine::execute(&mut s, &DECREE, raw)[..],
+                REPLY_CORRUPT
+            );
+        }
+        assert_eq!(s.len(), 1);
     }
 
     #[test]
@@ -697,39 +705,84 @@ pub(crate) mod tests {
             &mut s,
             &[&["SET", "a", "1"], &["SET", "b", "2"], &["INCR", "c"]],
         );
-        let snap = s.snapshot();
+        let snap = snapshot_bytes(&mut s);
         let mut t = KvStore::new();
-        t.restore(&snap).unwrap();
-        assert_eq!(t.applied_through(), 1);
+        restore(&mut t, &snap).unwrap();
         assert_eq!(t.len(), 3);
-        assert_eq!(t.snapshot(), snap, "same state, same bytes");
+        assert_eq!(snapshot_bytes(&mut t), snap, "same state, same bytes");
+        assert_eq!(t.state_digest(), s.state_digest());
         let mut bad = snap.to_vec();
-        bad[30] ^= 1;
+        let last_value_byte = bad.len() - 5;
+        bad[last_value_byte] ^= 1;
         assert!(matches!(
-            t.restore(&bad),
-            Err(SnapshotError::Checksum { .. })
+            restore(&mut t, &bad),
+            Err(KvSnapshotError::Checksum { .. })
         ));
-        assert_eq!(t.restore(b"nonsense"), Err(SnapshotError::BadHeader));
+        assert_eq!(
+            restore(&mut t, b"nonsensenonsense"),
+            Err(KvSnapshotError::BadHeader)
+        );
+        for cut in 0..snap.len() {
+            assert!(restore(&mut t, &snap[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut v9 = snap.to_vec();
+        v9[8..12].copy_from_slice(&9u32.to_le_bytes());
+        let err = restore(&mut t, &v9).unwrap_err();
+        assert_eq!(err, KvSnapshotError::UnknownVersion(9));
+        assert!(err.to_string().contains("version 9 is not supported"));
         assert_eq!(t.len(), 3, "failed restore leaves state unchanged");
+    }
+
+    #[test]
+    fn the_digest_tells_states_apart() {
+        let (mut a, mut b) = (KvStore::new(), KvStore::new());
+        run(&mut a, &[&["SET", "x", "1"], &["SET", "y", "2"]]);
+        run(&mut b, &[&["SET", "y", "2"], &["SET", "x", "1"]]);
+        assert_eq!(
+            a.state_digest(),
+            b.state_digest(),
+            "order of writes does not matter"
+        );
+        run(&mut b, &[&["SET", "x", "3"]]);
+        assert_ne!(a.state_digest(), b.state_digest());
+        run(&mut b, &[&["SET", "x", "1"], &["SET", "z", ""]]);
+        assert_ne!(
+            a.state_digest(),
+            b.state_digest(),
+            "an empty value is still a key"
+        );
     }
 
     proptest! {
         #[test]
         fn arbitrary_requests_never_panic_and_are_deterministic(reqs in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 0..10)) {
-            let value = Value::Requests(batch::encode(reqs.iter().map(|r| &r[..])));
             let (mut a, mut b) = (KvStore::new(), KvStore::new());
-            let (mut oa, mut ob) = (Vec::new(), Vec::new());
-            a.apply(1, &value, &mut oa);
-            b.apply(1, &value, &mut ob);
-            prop_assert_eq!(oa.len(), reqs.len());
+            let oa: Vec<Bytes> = reqs.iter().map(|r| StateMachine::execute(&mut a, &DECREE, r)).collect();
+            let ob: Vec<Bytes> = reqs.iter().map(|r| StateMachine::execute(&mut b, &DECREE, r)).collect();
             prop_assert_eq!(oa, ob);
-            prop_assert_eq!(a.snapshot(), b.snapshot());
+            prop_assert_eq!(snapshot_bytes(&mut a), snapshot_bytes(&mut b));
         }
 
         #[test]
         fn arbitrary_snapshot_bytes_never_panic(raw in proptest::collection::vec(any::<u8>(), 0..128)) {
             let mut s = KvStore::new();
-            let _ = s.restore(&raw);
+            let _ = s.restore(&mut &raw[..]);
+        }
+
+        #[test]
+        fn snapshots_round_trip_any_state(entries in proptest::collection::vec((proptest::collection::vec(any::<u8>(), 0..24), proptest::collection::vec(any::<u8>(), 0..64)), 0..40)) {
+            let mut s = KvStore::new();
+            for (k, v) in &entries {
+                s.set(k, v);
+            }
+            let snap = snapshot_bytes(&mut s);
+            let mut t = KvStore::new();
+            t.restore(&mut &snap[..]).unwrap();
+            prop_assert_eq!(t.len(), s.len());
+            for (k, _) in &entries {
+                prop_assert_eq!(t.get(k), s.get(k));
+            }
+            prop_assert_eq!(t.state_digest(), s.state_digest());
         }
 
         #[test]

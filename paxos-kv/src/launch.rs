@@ -4,7 +4,7 @@
 use crate::config::{Member, NodeConfig, StorageKind, TlsPaths, Tuning};
 use crate::kv::KvStore;
 use crate::memstore::MemoryStorage;
-use crate::node::{self, DriverConfig, DriverParts};
+use crate::node::{self, DriverParts};
 use crate::server::{self, ServerConfig};
 use anyhow::Context;
 use paxos_core::batch::BatchLimits;
@@ -75,17 +75,25 @@ pub async fn run_node(config: NodeConfig) -> anyhow::Result<()> {
     } else {
         let dir = config.data_dir.join("checkpoints");
         Some(
-            node::open_checkpoints(&dir)
+            paxos_node::storage::open_checkpoints(&dir)
                 .with_context(|| format!("opening checkpoints in {}", dir.display()))?,
         )
     };
     let mut sm = KvStore::new();
-    if let Some(store) = &checkpoints {
-        node::load_newest_checkpoint(store, &mut sm)?;
+    let restored = match &checkpoints {
+        Some(store) => paxos_node::storage::restore_newest(store, &mut sm)
+            .context("restoring the newest checkpoint")?,
+        None => None,
+    };
+    if let Some(r) = &restored {
+        for skipped in &r.skipped {
+            tracing::error!(error = %skipped, "corrupt checkpoint skipped; an older one is used");
+        }
+        tracing::info!(slot = r.meta.last_applied, path = %r.path.display(), keys = sm.len(), "loaded checkpoint");
     }
     tracing::info!(
         %id,
-        checkpoint = sm_applied(&sm),
+        checkpoint = restored.as_ref().map_or(0, |r| r.meta.last_applied),
         commit_index = durable.commit_index,
         accepted = durable.accepted.len(),
         "recovered"
@@ -111,14 +119,14 @@ pub async fn run_node(config: NodeConfig) -> anyhow::Result<()> {
     let peer_directory: Arc<dyn crate::membership::PeerDirectory> = Arc::new(
         crate::membership::QuicPeers::new(Arc::clone(&transport), peers.clone()),
     );
-    let directory = crate::membership::Directory {
+    let addresses = paxos_node::directory::AddressConfig {
         configured: config
             .members
             .iter()
             .map(|m| {
                 (
                     ReplicaId(m.id),
-                    crate::membership::MemberAddrs {
+                    paxos_node::MemberAddrs {
                         peer: m.peer_addr,
                         client: m.client_addr,
                     },
@@ -130,8 +138,8 @@ pub async fn run_node(config: NodeConfig) -> anyhow::Result<()> {
     let transport: Arc<dyn Transport> = transport;
 
     let t = &config.tuning;
-    // The bootstrap membership; node::start_with_peers replaces it with the
-    // one the restored state machine last applied, if any.
+    // The bootstrap membership; the node replaces it with the one its
+    // restored checkpoint's directory records, if any.
     let mut core = paxos_core::Config::new(id, config.initial_membership());
     core.pipeline_window = t.pipeline_window;
     core.batch_limits = BatchLimits {
@@ -144,29 +152,28 @@ pub async fn run_node(config: NodeConfig) -> anyhow::Result<()> {
     core.max_message_bytes = core.max_message_bytes.min(max_message);
     core.max_accept_ahead = core.max_accept_ahead.max(t.pipeline_window);
     let seed = seed_from_clock(id);
+    let mut node_config = paxos_node::NodeConfig::new(core);
+    node_config.checkpoint_every = t.checkpoint_every_decrees;
+    node_config.compact_retain = t.compact_retain_decrees;
+    node_config.addresses = addresses;
+    node_config.seed = seed;
+    node_config.boot_nonce = seed.rotate_left(17) ^ u64::from(std::process::id());
     let parts = DriverParts {
-        core,
-        durable,
+        node: node_config,
+        recovery: paxos_node::Recovery {
+            durable,
+            state_machine: sm,
+            checkpoint: restored,
+        },
         storage,
         transport,
         inbound,
-        state_machine: sm,
-        driver: DriverConfig {
-            pipeline_window: t.pipeline_window,
-            batch_limits: BatchLimits {
-                max_requests: t.max_batch_requests,
-                max_bytes: t.max_batch_bytes,
-            },
-            checkpoint_every: t.checkpoint_every_decrees,
-            checkpoints,
-            compact_retain: t.compact_retain_decrees,
-        },
+        checkpoints,
         submit_queue: t.submit_queue,
-        seed,
         stages: Arc::new(crate::stages::StageRecorder::from_env()),
         reload_durable: Some(reload_durable),
     };
-    let (replica, mut event_loop) = node::start_with_peers(parts, directory, Some(peer_directory))?;
+    let (replica, mut event_loop) = node::start(parts, Some(peer_directory))?;
     let listener = tokio::net::TcpListener::bind(config.client_addr)
         .await
         .with_context(|| format!("binding client address {}", config.client_addr))?;
@@ -202,11 +209,6 @@ pub async fn run_node(config: NodeConfig) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), event_loop).await;
     server.abort();
     Ok(())
-}
-
-fn sm_applied(sm: &KvStore) -> u64 {
-    use crate::kv::StateMachine;
-    sm.applied_through()
 }
 
 fn seed_from_clock(id: ReplicaId) -> u64 {

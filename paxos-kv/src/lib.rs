@@ -59,4 +59,3 @@ pub mod server;
 /// stamps each `stages::Point` and `INFO latency` renders it.
 pub mod stages;
 pub mod workload;
-pub mod xfer;

@@ -1,79 +1,63 @@
-//! The replica driver: the event loop that owns a `paxos_core::Replica`
-//! and connects it to the network, the storage, the state machine and the
-//! clients.
+//! The replica driver: a thin tokio shell around a sans-IO
+//! [`paxos_node::Node`], connecting it to the network, the storage, the
+//! checkpoint store and the clients.
 //!
 //! # Shape
 //!
 //! ```text
-//!  clients ──submit──▶ [paxos-pipeline queue] ──drain batch──▶ ┐
+//!  clients ──submit──▶ [paxos-pipeline queue] ──drain──────────▶ ┐
 //!  transport inbound ─────────────────────────────────────────▶ │ event loop task
-//!  durability waiter thread ──on_persisted tokens────────────▶ │ (owns Replica,
-//!  timer (next_timer) ────────────────────────────────────────▶ │  state machine)
-//!  control (relinquish, checkpoint done, shutdown) ───────────▶ ┘
-//!        │ Send → transport.send   Persist → storage.append, then the waiter
-//!        │ Apply → state machine, completing the proposer's clients
+//!  durability waiter thread ──durable sequence numbers───────▶ │ (owns the Node:
+//!  timer (node.next_timer) ───────────────────────────────────▶ │  core, state
+//!  control (operator calls, checkpoint/transfer completions) ─▶ ┘  machine, directory)
+//!        │ Effect::Transmit → transport   Persist → storage.append, then the waiter
+//!        │ Complete/Abort → the client's completion handle
+//!        │ SaveCheckpoint / ServeChunk / Transfer(Finish) → background threads
 //! ```
 //!
-//! One task owns all protocol state, so the hot path takes no lock. Every
-//! channel is bounded. Messages are encoded into one reused buffer.
+//! Every decision — what to propose, how a request ends, when to
+//! checkpoint, whom to fetch a checkpoint from — is made by the node; this
+//! file only moves bytes and threads (the simulator runs the same node with
+//! its own driver). One task owns the node, so the hot path takes no lock.
+//! Every channel is bounded.
 //!
 //! # Exactly one outcome per request
 //!
 //! Each submitted request carries a `Completer` from paxos-pipeline, which
-//! resolves exactly once by construction. The loop resolves it:
-//!
-//! - `Completed(output)` when the decree holding it is applied here;
-//! - `Aborted(NotPrimary)` when it was never proposed (this replica is not
-//!   the leader): it will certainly never execute, so clients may retry
-//!   elsewhere;
-//! - `Aborted(Rejected(OUTCOME_UNKNOWN))` when it was proposed but this
-//!   replica lost leadership (or the slot was filled by another value)
-//!   before learning the result: the request may still be chosen by a
-//!   later leader, so a client must not assume either way.
-//!
-//! A proposal is recognised when it is applied by comparing the applied
-//! value with the proposed bytes. Every batch this node proposes starts with
-//! a *tag* request (node id, a per-boot random nonce and a counter), so two
-//! different proposals never have equal bytes even when their client
-//! requests are identical.
+//! resolves exactly once by construction; the node decides which outcome
+//! (see [`paxos_node::AbortReason`]): the reply, `NotPrimary` (never
+//! proposed: retry elsewhere) or "outcome unknown" (proposed, fate not
+//! learned here).
 //!
 //! # Reads
 //!
-//! paxos-core has no read-index hook, so reads (GET, EXISTS, MGET) are
-//! ordered through the log like writes: the read is a request in a decree
-//! and is executed when that decree is applied. It is linearizable because
-//! its effect point is its slot in the one total order of decrees, which
-//! lies between its invocation (it was proposed after arriving) and its
-//! response (it was applied before replying). Batching makes the cost one
-//! shared decree per batch, not one per read.
+//! Reads (GET, EXISTS, MGET) are ordered through the log like writes: the
+//! read is a request in a decree and is executed when that decree is
+//! applied. It is linearizable because its effect point is its slot in the
+//! one total order of decrees, which lies between its invocation and its
+//! response. Batching makes the cost one shared decree per batch.
 //!
 //! # Checkpoints
 //!
-//! Every `checkpoint_every_decrees` applied decrees the loop serializes the
-//! state machine (this pauses the loop for that long) and a background
-//! thread writes it with paxos-log's checkpoint store (per-block CRC32C;
-//! temp file, fsync, verify, rename, fsync directory; the newest two kept). When it is durable the loop calls
-//! `Replica::compact(slot - retain)`, keeping a margin of decrees so lagging
-//! peers can still catch up from memory. On start-up the newest valid
-//! checkpoint is loaded and the log tail after it is replayed by the core.
-//! A replica behind everything its peers retain fetches a checkpoint from a
-//! peer ([`crate::xfer`]) and restarts its core from it in place.
+//! The node asks for a checkpoint every `checkpoint_every_decrees` applied
+//! decrees; a background thread writes it with paxos-node's
+//! [`paxos_node::storage::write_checkpoint`] into paxos-log's checkpoint
+//! store (per-block CRC32C; temp file, fsync, verify, rename, fsync
+//! directory; the newest two kept). A replica behind everything its peers
+//! retain receives a checkpoint chunk by chunk and installs it in place.
 
-use crate::kv::{StateMachine, OP_TAG};
-use crate::membership::{ClusterView, Directory, PeerDirectory};
+use crate::kv::KvStore;
+use crate::membership::PeerDirectory;
 use crate::stages::{Point, StageRecorder};
 use bytes::{BufMut, Bytes, BytesMut};
-use paxos_core::batch::{BatchBuilder, BatchLimits};
-use paxos_core::{
-    codec, Action, Ballot, DurableState, Membership, Message, PersistToken, ProposeError,
-    Reconfiguration, ReplicaId, Role, Slot, Time, Value,
-};
-use paxos_log::checkpoint::{CheckpointMeta, CheckpointStore};
-use paxos_log::{ReplicaStorage, StorageError};
+use paxos_core::{DurableState, Membership, ProposeError, ReplicaId, Role, Slot, Time};
+use paxos_log::checkpoint::CheckpointStore;
+use paxos_log::ReplicaStorage;
 use paxos_net::{Inbound, Transport};
+use paxos_node::storage::{self as node_storage, TransferSink};
+use paxos_node::{ClusterView, Effect, MemberAddrs, Node, PersistId, TransferOp};
 use paxos_pipeline::{AbortReason, Completer, Outcome, Request, RequestConsumer, Submitter};
 use std::collections::VecDeque;
-use std::path::Path;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -84,29 +68,12 @@ use tokio::sync::{mpsc, oneshot};
 pub const OUTCOME_UNKNOWN: &str = "UNKNOWN outcome: leadership changed after the request was proposed; it may or may not be applied";
 /// The abort reason of a request refused for its size.
 pub const TOO_LARGE: &str = "ERR request larger than the batch limit";
+const REFUSED: &str = "ERR proposal refused by the replica";
 
 /// Most inbound messages handled per wake-up before acting on them.
 const INBOUND_BURST: usize = 256;
-/// Capacity of the durability-notification and control channels.
+/// Capacity of the durability-notification channel.
 const NOTIFY_CAPACITY: usize = 4096;
-/// A transfer with no progress for this long is abandoned and retried.
-const XFER_STALL: Duration = Duration::from_secs(2);
-
-/// Tuning of the driver.
-#[derive(Clone, Debug)]
-pub struct DriverConfig {
-    /// Most decrees this node has proposed and not yet seen applied.
-    pub pipeline_window: usize,
-    /// Per-decree limits (the tag request counts against them).
-    pub batch_limits: BatchLimits,
-    /// Checkpoint every this many decrees (0: never).
-    pub checkpoint_every: u64,
-    /// Where checkpoints go (None: no checkpoints).
-    pub checkpoints: Option<CheckpointStore>,
-    /// Decrees kept below a checkpoint when compacting, so lagging peers
-    /// can still catch up from memory instead of needing a transfer.
-    pub compact_retain: u64,
-}
 
 /// Role as seen by clients, published by the loop.
 const ROLE_FOLLOWER: u8 = 0;
@@ -178,6 +145,34 @@ impl SharedStatus {
             proposed_requests: self.proposed_requests.load(Ordering::Relaxed),
         }
     }
+
+    fn publish(&self, s: &paxos_node::NodeStatus) {
+        let role = match s.role {
+            Role::Leader => ROLE_LEADER,
+            Role::Candidate => ROLE_CANDIDATE,
+            Role::Follower => ROLE_FOLLOWER,
+        };
+        self.role.store(role, Ordering::Relaxed);
+        self.leader
+            .store(s.leader.map_or(0, |l| l.0), Ordering::Relaxed);
+        self.ballot_round.store(s.ballot.round, Ordering::Relaxed);
+        self.commit_index.store(s.commit_index, Ordering::Relaxed);
+        self.applied_index.store(s.applied_index, Ordering::Relaxed);
+        self.in_flight.store(s.in_flight as u64, Ordering::Relaxed);
+        self.checkpoint_slot
+            .store(s.checkpoint_slot, Ordering::Relaxed);
+        self.proposed_batches
+            .store(s.proposed_batches, Ordering::Relaxed);
+        self.proposed_requests
+            .store(s.proposed_requests, Ordering::Relaxed);
+    }
+
+    fn set_cluster(&self, view: ClusterView) {
+        *self
+            .cluster
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(view);
+    }
 }
 
 /// Why a replicated request did not complete.
@@ -225,7 +220,22 @@ impl ReplicateError {
     }
 }
 
-/// Requests to the loop from outside.
+/// The pipeline abort for a node's abort reason.
+fn pipeline_abort(reason: paxos_node::AbortReason) -> AbortReason {
+    use paxos_node::AbortReason as Node;
+    match reason {
+        Node::NotPrimary { leader } => AbortReason::NotPrimary {
+            leader_hint: leader.map(|l| l.0),
+        },
+        Node::OutcomeUnknown => AbortReason::Rejected(OUTCOME_UNKNOWN),
+        Node::TooLarge => AbortReason::Rejected(TOO_LARGE),
+        Node::Refused => AbortReason::Rejected(REFUSED),
+        Node::ShuttingDown => AbortReason::ShuttingDown,
+    }
+}
+
+/// Requests to the loop from outside, and completions of its background
+/// work.
 #[derive(Debug)]
 enum Control {
     /// Hand over to the named replica, or to the most caught-up voter.
@@ -233,8 +243,10 @@ enum Control {
     /// Give up the membership change in progress.
     AbandonChange(oneshot::Sender<Option<Membership>>),
     ChangeConfiguration(Membership, oneshot::Sender<Result<(), ProposeError>>),
-    CheckpointDone(Slot),
-    CheckpointFailed(String),
+    /// A directory command (address registration), replicated as a decree.
+    Directory(Bytes, Completer<Reply>),
+    CheckpointSaved(Result<Slot, String>),
+    TransferFinished(Result<Slot, String>),
     Shutdown,
 }
 
@@ -288,6 +300,27 @@ impl Replica {
     /// this is [`Replica::replicate`] of a read request.
     pub async fn read(&self, request: Bytes) -> Result<Bytes, ReplicateError> {
         self.replicate(request).await
+    }
+
+    /// Registers `id`'s addresses in the replicated directory (every replica
+    /// learns them through the log). `Ok(Err(text))` if the directory
+    /// refused (for instance: an address another member uses).
+    pub async fn register_member(
+        &self,
+        id: ReplicaId,
+        addrs: MemberAddrs,
+    ) -> Result<Result<(), String>, ReplicateError> {
+        let (completer, handle) = paxos_pipeline::completion();
+        let command = paxos_node::directory::encode_register(id, addrs);
+        self.control
+            .send(Control::Directory(command, completer))
+            .await
+            .map_err(|_| ReplicateError::ShuttingDown)?;
+        match handle.await.into_result() {
+            Ok(reply) if reply.bytes.is_empty() => Ok(Ok(())),
+            Ok(reply) => Ok(Err(String::from_utf8_lossy(&reply.bytes).into_owned())),
+            Err(reason) => Err(ReplicateError::from_abort(reason)),
+        }
     }
 
     /// The write-path latency recorder (`INFO latency`).
@@ -374,38 +407,23 @@ impl Replica {
     }
 }
 
-/// One batch this node proposed and has not yet seen applied.
-struct Proposal {
-    slot: Slot,
-    value: Bytes,
-    completers: Vec<Completer<Reply>>,
-    batched_us: u64,
-    accept_us: u64,
-    durable_us: u64,
-    /// The persist of this proposal's own acceptance (stage timing only).
-    token: Option<PersistToken>,
-}
-
 /// Everything the loop needs to start.
-pub struct DriverParts<S: StateMachine> {
-    /// The core configuration.
-    pub core: paxos_core::Config,
-    /// What storage recovered.
-    pub durable: DurableState,
+pub struct DriverParts {
+    /// The node's configuration.
+    pub node: paxos_node::NodeConfig,
+    /// What storage recovered, and the state machine restored from the
+    /// newest checkpoint.
+    pub recovery: paxos_node::Recovery<KvStore>,
     /// The storage.
     pub storage: Arc<dyn ReplicaStorage>,
-    /// The transport and its inbound channel.
+    /// The transport.
     pub transport: Arc<dyn Transport>,
     /// Inbound peer messages.
     pub inbound: Inbound,
-    /// The state machine, restored from the newest checkpoint if any.
-    pub state_machine: S,
-    /// Driver tuning.
-    pub driver: DriverConfig,
+    /// Where checkpoints go (None: no checkpoints, no transfers).
+    pub checkpoints: Option<CheckpointStore>,
     /// Capacity of the submit queue.
     pub submit_queue: usize,
-    /// Seed for the core's randomized timeouts.
-    pub seed: u64,
     /// Write-path latency recorder (off unless enabled).
     pub stages: Arc<StageRecorder>,
     /// Reads the storage's current durable state, to restart the core after
@@ -415,16 +433,6 @@ pub struct DriverParts<S: StateMachine> {
 
 /// Reads a storage backend's current durable state.
 pub type DurableReloader = Arc<dyn Fn() -> DurableState + Send + Sync>;
-
-/// An incoming checkpoint transfer.
-struct Transfer {
-    peer: ReplicaId,
-    /// 0 until the first chunk names it.
-    slot: Slot,
-    offset: u64,
-    writer: Option<paxos_log::checkpoint::CheckpointWriter>,
-    last_progress: Instant,
-}
 
 /// A request in the submit queue.
 #[derive(Debug)]
@@ -450,32 +458,15 @@ pub struct Reply {
     pub applied_us: u64,
 }
 
-/// Bytes of a value's payload (part of the Accept-encoding cache key).
-fn value_len(value: &Value) -> usize {
-    match value {
-        Value::Requests(b) => b.len(),
-        _ => 0,
-    }
-}
-
 /// Starts the event loop on the current tokio runtime and the durability
 /// waiter thread. Returns the handle and the loop's join handle (which ends
-/// on shutdown or on a fatal storage error).
-pub fn start<S: StateMachine>(
-    parts: DriverParts<S>,
-) -> anyhow::Result<(Replica, tokio::task::JoinHandle<anyhow::Result<()>>)> {
-    start_with_peers(parts, Directory::default(), None)
-}
-
-/// [`start`], with the configured member addresses and a transport whose
-/// peer set follows membership changes (see [`crate::membership`]).
-pub fn start_with_peers<S: StateMachine>(
-    mut parts: DriverParts<S>,
-    directory: Directory,
+/// on shutdown or on a fatal storage error). With `peer_directory`, the
+/// transport's peer set follows membership changes.
+pub fn start(
+    mut parts: DriverParts,
     peer_directory: Option<Arc<dyn PeerDirectory>>,
 ) -> anyhow::Result<(Replica, tokio::task::JoinHandle<anyhow::Result<()>>)> {
-    crate::membership::restart_membership(&mut parts.core, parts.state_machine.cluster());
-    let id = parts.core.id;
+    let id = parts.node.core.id;
     let (submitter, consumer) = paxos_pipeline::pipeline::<Submitted, Reply>(parts.submit_queue)
         .map_err(|e| anyhow::anyhow!("submit queue: {e:?}"))?;
     let status = Arc::new(SharedStatus::default());
@@ -487,19 +478,19 @@ pub fn start_with_peers<S: StateMachine>(
     std::thread::Builder::new()
         .name(format!("durability-{id}"))
         .spawn(move || durability_waiter(storage_for_waiter, persist_rx, durability_for_waiter))?;
-    let applied = parts.state_machine.applied_through();
     let start = Instant::now();
-    let core_config = parts.core.clone();
-    let replica =
-        paxos_core::Replica::try_new(parts.core, parts.durable, applied, parts.seed, Time(0))
-            .map_err(|e| anyhow::anyhow!("core config: {e}"))?;
-    let mut nonce_bytes = [0u8; 8];
-    nonce_bytes.copy_from_slice(&parts.seed.to_le_bytes());
-    let event_loop = EventLoop {
-        id,
+    parts.node.checkpoints = parts.checkpoints.is_some() && parts.reload_durable.is_some();
+    parts.node.stage_timing = parts.stages.is_enabled();
+    if parts.node.wall_clock_at_zero_us == 0 {
+        parts.node.wall_clock_at_zero_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_micros() as u64);
+    }
+    let node = Node::new(parts.node, parts.recovery, Time(0))
+        .map_err(|e| anyhow::anyhow!("starting the node: {e}"))?;
+    let mut event_loop = EventLoop {
         start,
-        replica,
-        sm: parts.state_machine,
+        node,
         storage: parts.storage,
         transport: parts.transport,
         consumer,
@@ -508,37 +499,15 @@ pub fn start_with_peers<S: StateMachine>(
         durability,
         outstanding: VecDeque::new(),
         control_tx: control_tx.clone(),
-        driver: parts.driver,
-        proposals: VecDeque::new(),
-        stalled: None,
-        outputs: Vec::new(),
-        send_buf: BytesMut::with_capacity(64 * 1024),
-        last_accept: None,
-        tag_counter: 0,
-        boot_nonce: u64::from_le_bytes(nonce_bytes) ^ (start.elapsed().as_nanos() as u64),
-        is_leader: false,
-        last_checkpoint: applied,
-        checkpoint_running: false,
-        checkpoint_slot: applied,
-        completers: Vec::new(),
+        sink: parts.checkpoints.clone().map(TransferSink::new),
+        checkpoints: parts.checkpoints,
+        drained: Vec::new(),
         stages: Arc::clone(&parts.stages),
-        awaiting_persist: None,
-        core_config,
-        seed: parts.seed,
         reload_durable: parts.reload_durable,
-        needs_snapshot: false,
-        transfer: None,
-        transfer_rotation: 0,
-        directory,
         peer_directory,
-        book_generation: u64::MAX,
-        membership_slot: u64::MAX,
-        was_member: false,
     };
-    status.applied_index.store(applied, Ordering::Relaxed);
-    status.checkpoint_slot.store(applied, Ordering::Relaxed);
-    let mut event_loop = event_loop;
-    event_loop.refresh_cluster(true);
+    event_loop.carry_out()?;
+    event_loop.publish();
     let join = tokio::spawn(event_loop.run(parts.inbound, control_rx));
     Ok((
         Replica {
@@ -588,62 +557,29 @@ fn durability_waiter(
     }
 }
 
-struct EventLoop<S: StateMachine> {
-    id: ReplicaId,
+struct EventLoop {
     start: Instant,
-    replica: paxos_core::Replica,
-    sm: S,
+    node: Node<KvStore, Completer<Reply>>,
     storage: Arc<dyn ReplicaStorage>,
     transport: Arc<dyn Transport>,
     consumer: RequestConsumer<Submitted, Reply>,
     status: Arc<SharedStatus>,
     persist_tx: std::sync::mpsc::SyncSender<u64>,
     durability: Arc<Durability>,
-    /// Persist tokens issued and not yet reported, with their storage
+    /// Persists handed to storage and not yet reported, with their storage
     /// sequence numbers, in order.
-    outstanding: VecDeque<(PersistToken, u64)>,
+    outstanding: VecDeque<(PersistId, u64)>,
     control_tx: mpsc::Sender<Control>,
-    driver: DriverConfig,
-    /// In slot order.
-    proposals: VecDeque<Proposal>,
-    /// A batch the core refused with WindowFull, retried first.
-    stalled: Option<(Bytes, Vec<Completer<Reply>>, u64)>,
-    outputs: Vec<Bytes>,
-    send_buf: BytesMut,
-    /// The last Accept encoded, keyed by (ballot, slot, commit index, value
-    /// length), reused for the same Accept to the next follower.
-    last_accept: Option<((Ballot, Slot, Slot, usize), Bytes)>,
-    tag_counter: u64,
-    boot_nonce: u64,
-    is_leader: bool,
-    last_checkpoint: Slot,
-    checkpoint_running: bool,
-    checkpoint_slot: Slot,
-    /// Reused vector for draining completers.
-    completers: Vec<Completer<Reply>>,
+    checkpoints: Option<CheckpointStore>,
+    sink: Option<TransferSink>,
+    /// Reused for draining the submit queue.
+    drained: Vec<(Bytes, Completer<Reply>)>,
     stages: Arc<StageRecorder>,
-    /// Slot proposed last, whose own Persist is not yet identified (stage timing).
-    awaiting_persist: Option<Slot>,
-    core_config: paxos_core::Config,
-    seed: u64,
     reload_durable: Option<DurableReloader>,
-    /// The core said it needs a checkpoint from a peer.
-    needs_snapshot: bool,
-    transfer: Option<Transfer>,
-    transfer_rotation: usize,
-    /// Configured member addresses.
-    directory: Directory,
-    /// Keeps the transport's peers in line with the membership (None: fixed).
     peer_directory: Option<Arc<dyn PeerDirectory>>,
-    /// The state machine's address-book generation last acted on.
-    book_generation: u64,
-    /// The membership slot last acted on.
-    membership_slot: Slot,
-    /// This replica was a member of the last membership acted on.
-    was_member: bool,
 }
 
-impl<S: StateMachine> EventLoop<S> {
+impl EventLoop {
     fn now(&self) -> Time {
         Time(self.start.elapsed().as_micros() as u64)
     }
@@ -655,17 +591,15 @@ impl<S: StateMachine> EventLoop<S> {
     ) -> anyhow::Result<()> {
         let timer = tokio::time::sleep(Duration::from_millis(1));
         tokio::pin!(timer);
-        self.process_actions()?;
         loop {
-            let deadline = match self.replica.next_timer() {
+            let deadline = match self.node.next_timer() {
                 Some(t) => self.start + Duration::from_micros(t.0),
                 None => Instant::now() + Duration::from_millis(100),
             };
             timer
                 .as_mut()
                 .reset(tokio::time::Instant::from_std(deadline));
-            let can_take_requests = !self.is_leader
-                || (self.proposals.len() < self.driver.pipeline_window && self.stalled.is_none());
+            let can_take_requests = self.node.wants_requests();
             // Unbiased: under sustained peer traffic a fixed order would
             // starve timers (heartbeats, elections), control messages and
             // client requests.
@@ -673,11 +607,12 @@ impl<S: StateMachine> EventLoop<S> {
                 () = self.durability.notify.notified() => self.on_durable()?,
                 msg = inbound.recv() => {
                     let Some((from, bytes)) = msg else { anyhow::bail!("transport closed") };
-                    self.on_message(from, bytes);
+                    let now = self.now();
+                    self.node.handle_message(now, from, bytes);
                     let mut n = 0;
                     while n < INBOUND_BURST {
                         match inbound.try_recv() {
-                            Ok((from, bytes)) => self.on_message(from, bytes),
+                            Ok((from, bytes)) => self.node.handle_message(now, from, bytes),
                             Err(_) => break,
                         }
                         n += 1;
@@ -689,17 +624,13 @@ impl<S: StateMachine> EventLoop<S> {
                             self.shutdown();
                             return Ok(());
                         }
-                        Some(c) => self.on_control(c)?,
+                        Some(c) => self.on_control(c),
                     }
                 }
                 () = &mut timer => {
                     let now = self.now();
-                    self.replica.handle_tick(now);
-                    self.publish_status();
-                    self.refresh_cluster(false);
-                    if self.needs_snapshot {
-                        self.request_checkpoint();
-                    }
+                    self.node.handle_tick(now);
+                    self.status.set_cluster(self.node.cluster_view(now));
                 }
                 ready = self.consumer.ready(), if can_take_requests => {
                     if ready == paxos_pipeline::Readiness::Closed {
@@ -709,14 +640,13 @@ impl<S: StateMachine> EventLoop<S> {
                     self.take_requests();
                 }
             }
-            self.process_actions()?;
-            // Proposals may have been freed by applies; fill the window again
-            // without waiting for another wake-up.
-            if self.is_leader && self.stalled.is_some() {
-                self.retry_stalled();
-                self.process_actions()?;
-            }
+            self.carry_out()?;
+            self.publish();
         }
+    }
+
+    fn publish(&self) {
+        self.status.publish(&self.node.status());
     }
 
     /// Reports, in order, every persist the storage made durable.
@@ -733,840 +663,198 @@ impl<S: StateMachine> EventLoop<S> {
             anyhow::bail!(e);
         }
         let durable = self.durability.durable_seq.load(Ordering::Acquire);
-        let stamp = self.stages.stamp();
-        while let Some(&(token, seq)) = self.outstanding.front() {
+        let mut last = None;
+        while let Some(&(id, seq)) = self.outstanding.front() {
             if seq > durable {
                 break;
             }
             self.outstanding.pop_front();
-            if stamp != 0 {
-                for p in self.proposals.iter_mut().filter(|p| p.token == Some(token)) {
-                    p.durable_us = stamp;
-                }
-            }
+            last = Some(id);
+        }
+        // Durability is cumulative: reporting the newest covers the rest.
+        if let Some(id) = last {
             let now = self.now();
-            self.replica.on_persisted(now, token);
+            self.node.on_persisted(now, id);
         }
         Ok(())
     }
 
-    fn on_message(&mut self, from: ReplicaId, bytes: Bytes) {
-        if crate::xfer::is_xfer(&bytes) {
-            match crate::xfer::decode(bytes) {
-                Ok(msg) => self.on_xfer(from, msg),
-                Err(e) => tracing::warn!(%from, error = %e, "dropping peer message"),
-            }
-            return;
-        }
-        match codec::decode(bytes) {
-            Ok(msg) => {
-                let now = self.now();
-                self.replica.handle_message(now, from, msg);
-            }
-            Err(e) => tracing::warn!(%from, error = %e, "dropping undecodable peer message"),
-        }
-    }
-
-    fn on_control(&mut self, c: Control) -> anyhow::Result<()> {
+    fn on_control(&mut self, c: Control) {
+        let now = self.now();
         match c {
             Control::Relinquish(successor, reply) => {
-                let now = self.now();
-                let result = match successor {
-                    Some(to) => self.replica.relinquish_primary_to(now, to),
-                    None => self.replica.relinquish_primary(now),
-                };
-                let _ = reply.send(result);
+                let _ = reply.send(self.node.relinquish(now, successor));
             }
             Control::AbandonChange(reply) => {
-                let abandoned = self.replica.abandon_configuration_change();
-                if let Some(m) = &abandoned {
-                    tracing::warn!(target = %crate::membership::membership_text(m), "configuration change abandoned by an operator");
-                }
-                let _ = reply.send(abandoned);
+                let _ = reply.send(self.node.abandon_configuration_change());
             }
             Control::ChangeConfiguration(target, reply) => {
-                let now = self.now();
-                let result = self.replica.change_configuration(now, target.clone());
-                match &result {
-                    Ok(()) => {
-                        tracing::info!(target = %crate::membership::membership_text(&target), "configuration change started")
-                    }
-                    Err(e) => tracing::warn!(error = %e, "configuration change refused"),
-                }
-                let _ = reply.send(result);
+                let _ = reply.send(self.node.change_configuration(now, target));
             }
-            Control::CheckpointDone(slot) => {
-                self.checkpoint_running = false;
-                self.checkpoint_slot = slot;
-                self.status.checkpoint_slot.store(slot, Ordering::Relaxed);
-                let through = slot.saturating_sub(self.driver.compact_retain);
-                if through > 0 {
-                    self.replica.compact(through);
-                }
-                tracing::info!(slot, compacted_through = through, "checkpoint durable");
+            Control::Directory(command, completer) => {
+                self.node.propose_directory(now, command, completer);
             }
-            Control::CheckpointFailed(e) => {
-                self.checkpoint_running = false;
-                tracing::error!(error = %e, "checkpoint failed; will retry at the next interval");
-            }
+            Control::CheckpointSaved(result) => self.node.on_checkpoint_saved(now, result),
+            Control::TransferFinished(result) => self.node.on_transfer_finished(now, result),
             Control::Shutdown => {}
         }
-        Ok(())
+        self.status.set_cluster(self.node.cluster_view(now));
     }
 
     fn shutdown(&mut self) {
-        self.abort_pending();
+        self.node.shutdown();
+        let _ = self.carry_out();
         self.consumer.shutdown();
     }
 
-    /// Ends every request this node holds: proposals in flight (their
-    /// outcome is unknown) and a stalled batch (never proposed).
-    fn abort_pending(&mut self) {
-        for p in self.proposals.drain(..) {
-            for c in p.completers {
-                c.abort(AbortReason::Rejected(OUTCOME_UNKNOWN));
-            }
-        }
-        if let Some((_, cs, _)) = self.stalled.take() {
-            for c in cs {
-                c.abort(AbortReason::NotPrimary { leader_hint: None });
-            }
-        }
-    }
-
-    /// Drains queued client requests into one batch and proposes it, or
-    /// refuses them all when this replica is not the leader.
+    /// Drains queued client requests into the node (one decree's worth).
     fn take_requests(&mut self) {
-        let limits = self.driver.batch_limits;
-        if !self.is_leader {
-            let hint = self.leader_hint();
-            let mut aborted = 0usize;
-            self.consumer.drain_batch_by(
-                paxos_pipeline::DrainLimits {
-                    max_count: 4096,
-                    max_bytes: usize::MAX,
-                    per_item_overhead: 0,
-                },
-                |r: &Request<Submitted, Reply>| r.payload.request.len(),
-                |r| {
-                    aborted += 1;
-                    r.completer
-                        .abort(AbortReason::NotPrimary { leader_hint: hint });
-                },
-            );
-            return;
-        }
-        let mut builder = BatchBuilder::new(limits);
-        let mut tag = [0u8; 21];
-        tag[0] = OP_TAG;
-        tag[1..5].copy_from_slice(&self.id.0.to_le_bytes());
-        tag[5..13].copy_from_slice(&self.boot_nonce.to_le_bytes());
-        tag[13..21].copy_from_slice(&self.tag_counter.to_le_bytes());
-        self.tag_counter += 1;
-        builder.push(&tag);
-        let drain_limits = paxos_pipeline::DrainLimits {
-            max_count: limits.max_requests.saturating_sub(1).max(1),
-            max_bytes: limits.max_bytes.saturating_sub(builder.encoded_len()),
+        let (max_count, max_bytes) = self.node.drain_limits();
+        let limits = paxos_pipeline::DrainLimits {
+            max_count,
+            max_bytes,
             per_item_overhead: 4,
         };
-        let mut completers = std::mem::take(&mut self.completers);
-        let mut oversized = Vec::new();
         let stages = Arc::clone(&self.stages);
         let batched_us = stages.stamp();
-        let consumer = &mut self.consumer;
+        let drained = &mut self.drained;
         // One stage-histogram lock for the whole drain, not one per request.
         stages.with_batch(|recorder| {
-            consumer.drain_batch_by(
-                drain_limits,
+            self.consumer.drain_batch_by(
+                limits,
                 |r: &Request<Submitted, Reply>| r.payload.request.len(),
                 |r| {
-                    if builder.fits(r.payload.request.len()) {
-                        builder.push(&r.payload.request);
-                        recorder.record(Point::Queued, r.payload.queued_us, batched_us);
-                        completers.push(r.completer);
-                    } else {
-                        // Only a single request bigger than a whole batch gets
-                        // here (drain respects the limits otherwise).
-                        oversized.push(r.completer);
-                    }
+                    recorder.record(Point::Queued, r.payload.queued_us, batched_us);
+                    drained.push((r.payload.request, r.completer));
                 },
             );
         });
-        for c in oversized {
-            c.abort(AbortReason::Rejected(TOO_LARGE));
-        }
-        if completers.is_empty() {
-            self.completers = completers;
-            return;
-        }
-        let batch = builder.finish();
-        self.propose(batch, completers, batched_us);
-    }
-
-    fn propose(&mut self, batch: Bytes, completers: Vec<Completer<Reply>>, batched_us: u64) {
         let now = self.now();
-        let n = completers.len() as u64;
-        match self.replica.propose(now, Value::Requests(batch.clone())) {
-            Ok(slot) => {
-                self.status.proposed_batches.fetch_add(1, Ordering::Relaxed);
-                self.status
-                    .proposed_requests
-                    .fetch_add(n, Ordering::Relaxed);
-                self.proposals.push_back(Proposal {
-                    slot,
-                    value: batch,
-                    completers,
-                    batched_us,
-                    accept_us: self.stages.stamp(),
-                    durable_us: 0,
-                    token: None,
-                });
-                if self.stages.is_enabled() {
-                    self.awaiting_persist = Some(slot);
-                }
-                self.status
-                    .in_flight
-                    .store(self.proposals.len() as u64, Ordering::Relaxed);
-            }
-            // A Reconfigure is unchosen: nothing may be proposed above it
-            // until it is, so wait exactly as for a full window.
-            Err(ProposeError::WindowFull | ProposeError::ConfigChangeInFlight) => {
-                self.stalled = Some((batch, completers, batched_us))
-            }
-            Err(ProposeError::NotLeader { leader }) => {
-                let hint = leader.map(|l| l.0);
-                for c in completers {
-                    c.abort(AbortReason::NotPrimary { leader_hint: hint });
-                }
-            }
-            Err(ProposeError::TooLarge { .. }) => {
-                for c in completers {
-                    c.abort(AbortReason::Rejected(TOO_LARGE));
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "proposal refused");
-                for c in completers {
-                    c.abort(AbortReason::Rejected("ERR proposal refused by the replica"));
-                }
-            }
-        }
+        self.node.propose_requests(now, now, &mut self.drained);
     }
 
-    fn retry_stalled(&mut self) {
-        if self.proposals.len() >= self.driver.pipeline_window {
-            return;
-        }
-        if let Some((batch, completers, batched_us)) = self.stalled.take() {
-            self.propose(batch, completers, batched_us);
-        }
-    }
-
-    fn leader_hint(&self) -> Option<u32> {
-        let l = self.status.leader.load(Ordering::Relaxed);
-        (l != 0).then_some(l)
-    }
-
-    fn process_actions(&mut self) -> anyhow::Result<()> {
-        while let Some(action) = self.replica.poll_action() {
-            match action {
-                Action::Send { to, msg } => self.send(to, &msg),
-                Action::Persist { token, entries } => {
-                    if let Some(slot) = self.awaiting_persist {
-                        let own_accept = entries.iter().any(
-                            |e| matches!(e, paxos_core::PersistEntry::Accept(a) if a.slot == slot),
-                        );
-                        if own_accept {
-                            self.awaiting_persist = None;
-                            if let Some(p) =
-                                self.proposals.iter_mut().rev().find(|p| p.slot == slot)
-                            {
-                                p.token = Some(token);
-                            }
-                        }
+    /// Carries out every effect the node has queued.
+    fn carry_out(&mut self) -> anyhow::Result<()> {
+        while let Some(effect) = self.node.poll_effect() {
+            match effect {
+                Effect::Transmit { to, bytes } => {
+                    if let Err(e) = self.transport.send(to, bytes) {
+                        // Paxos tolerates loss; the core retransmits on its timers.
+                        tracing::debug!(%to, error = %e, "send dropped");
                     }
+                }
+                Effect::Persist { id, entries } => {
                     let seq = self.storage.append(&entries).map_err(|e| {
                         anyhow::anyhow!("storage append failed (stopping this replica): {e}")
                     })?;
-                    self.outstanding.push_back((token, seq));
+                    self.outstanding.push_back((id, seq));
                     self.persist_tx
                         .send(seq)
                         .map_err(|_| anyhow::anyhow!("durability waiter stopped"))?;
                 }
-                Action::Apply {
-                    slot,
-                    ballot,
-                    value,
-                } => {
-                    if let Value::Reconfigure(r) = &value {
-                        self.record_reconfigure(slot, ballot, r);
-                    }
-                    self.apply(slot, value);
-                    if self
-                        .sm
-                        .cluster()
-                        .is_some_and(|c| c.generation() != self.book_generation)
-                    {
-                        self.refresh_cluster(true);
-                    }
-                }
-                Action::StatusChanged(status) => self.on_status(status),
-            }
-        }
-        Ok(())
-    }
-
-    fn send(&mut self, to: ReplicaId, msg: &Message) {
-        let bytes = match msg {
-            // The core sends the same Accept to every follower: encode it
-            // (and copy its batch) once and share the bytes. A (ballot,
-            // slot) pair names one value, so it identifies the encoding.
-            Message::Accept {
-                ballot,
-                slot,
-                commit_index,
-                value,
-            } => {
-                let key = (*ballot, *slot, *commit_index, value_len(value));
-                match &self.last_accept {
-                    Some((k, encoded)) if *k == key => encoded.clone(),
-                    _ => {
-                        let encoded = self.encode(msg);
-                        self.last_accept = Some((key, encoded.clone()));
-                        encoded
-                    }
-                }
-            }
-            _ => self.encode(msg),
-        };
-        if let Err(e) = self.transport.send(to, bytes) {
-            // Paxos tolerates loss; the core retransmits on its timers.
-            tracing::debug!(%to, error = %e, "send dropped");
-        }
-    }
-
-    fn encode(&mut self, msg: &Message) -> Bytes {
-        codec::encode(msg, &mut self.send_buf);
-        let bytes = self.send_buf.split().freeze();
-        if self.send_buf.capacity() < 4096 {
-            self.send_buf.reserve(64 * 1024);
-        }
-        bytes
-    }
-
-    fn apply(&mut self, slot: Slot, value: Value) {
-        // Chosen is learned when the Apply action comes out of the core.
-        let quorum_us = self.stages.stamp();
-        self.outputs.clear();
-        self.sm.apply(slot, &value, &mut self.outputs);
-        let applied_us = self.stages.stamp();
-        self.status.applied_index.store(slot, Ordering::Relaxed);
-        let commit = self.status.commit_index.load(Ordering::Relaxed);
-        if slot > commit {
-            self.status.commit_index.store(slot, Ordering::Relaxed);
-        }
-        while let Some(front) = self.proposals.front() {
-            if front.slot > slot {
-                break;
-            }
-            let Some(p) = self.proposals.pop_front() else {
-                break;
-            };
-            let ours = p.slot == slot && matches!(&value, Value::Requests(b) if *b == p.value);
-            if ours && self.outputs.len() == p.completers.len() + 1 {
-                // outputs[0] is the tag's (empty) output.
-                if self.stages.is_enabled() {
-                    let durable_us = if p.durable_us == 0 {
-                        quorum_us
-                    } else {
-                        p.durable_us
+                Effect::Complete { completion, reply } => completion.complete(Reply {
+                    bytes: reply,
+                    applied_us: self.stages.stamp(),
+                }),
+                Effect::Abort { completion, reason } => completion.abort(pipeline_abort(reason)),
+                Effect::SaveCheckpoint(job) => self.save_checkpoint(job),
+                Effect::ServeChunk { to, slot, offset } => {
+                    let (Some(store), transport) =
+                        (self.checkpoints.clone(), Arc::clone(&self.transport))
+                    else {
+                        continue;
                     };
-                    // Every request of the decree shares these stamps: one
-                    // lock for the whole batch, not four per request.
-                    self.stages.record_decree(
-                        [p.batched_us, p.accept_us, durable_us, quorum_us, applied_us],
-                        p.completers.len() as u64,
-                    );
-                }
-                for (c, out) in p.completers.into_iter().zip(self.outputs.drain(1..)) {
-                    c.complete(Reply {
-                        bytes: out,
-                        applied_us,
+                    // Disk reads off the loop; the transport is thread-safe.
+                    tokio::task::spawn_blocking(move || {
+                        let reply = node_storage::serve_chunk(&store, slot, offset);
+                        let _ = transport.send(to, paxos_node::xfer::encode(&reply));
                     });
                 }
-            } else {
-                // Another value took the slot: ours was not chosen there. It
-                // cannot be chosen elsewhere either, but say "unknown" rather
-                // than lean on that.
-                for c in p.completers {
-                    c.abort(AbortReason::Rejected(OUTCOME_UNKNOWN));
-                }
-            }
-        }
-        self.status
-            .in_flight
-            .store(self.proposals.len() as u64, Ordering::Relaxed);
-        self.maybe_checkpoint(slot);
-    }
-
-    fn on_status(&mut self, status: paxos_core::Status) {
-        let was_leader = self.is_leader;
-        self.is_leader = status.role == Role::Leader;
-        let role = match status.role {
-            Role::Leader => ROLE_LEADER,
-            Role::Candidate => ROLE_CANDIDATE,
-            Role::Follower => ROLE_FOLLOWER,
-        };
-        self.status.role.store(role, Ordering::Relaxed);
-        self.status
-            .leader
-            .store(status.leader.map_or(0, |l| l.0), Ordering::Relaxed);
-        self.status
-            .ballot_round
-            .store(status.ballot.round, Ordering::Relaxed);
-        self.status
-            .commit_index
-            .store(status.commit_index, Ordering::Relaxed);
-        if was_leader && !self.is_leader {
-            for p in self.proposals.drain(..) {
-                for c in p.completers {
-                    c.abort(AbortReason::Rejected(OUTCOME_UNKNOWN));
-                }
-            }
-            if let Some((_, cs, _)) = self.stalled.take() {
-                let hint = status.leader.map(|l| l.0);
-                for c in cs {
-                    c.abort(AbortReason::NotPrimary { leader_hint: hint });
-                }
-            }
-            self.status.in_flight.store(0, Ordering::Relaxed);
-        }
-        if was_leader != self.is_leader {
-            tracing::info!(id = %self.id, leader = self.is_leader, ballot = %status.ballot, "primary status changed");
-            self.sm.notify_status(self.is_leader);
-        }
-        if status.membership_slot != self.membership_slot {
-            self.refresh_cluster(true);
-        }
-        if status.needs_snapshot && !self.needs_snapshot {
-            tracing::warn!("behind the peers' retained log: fetching a checkpoint from a peer");
-        }
-        self.needs_snapshot = status.needs_snapshot;
-    }
-
-    fn publish_status(&mut self) {
-        let s = self.replica.status();
-        self.status
-            .commit_index
-            .store(s.commit_index, Ordering::Relaxed);
-        self.status
-            .ballot_round
-            .store(s.ballot.round, Ordering::Relaxed);
-    }
-
-    /// Starts (or restarts a stalled) checkpoint transfer from a peer.
-    fn request_checkpoint(&mut self) {
-        if self.driver.checkpoints.is_none() || self.reload_durable.is_none() {
-            return;
-        }
-        if self
-            .transfer
-            .as_ref()
-            .is_some_and(|t| t.last_progress.elapsed() < XFER_STALL)
-        {
-            return;
-        }
-        let peers: Vec<ReplicaId> = self
-            .replica
-            .status()
-            .membership
-            .all()
-            .filter(|&p| p != self.id)
-            .collect();
-        if peers.is_empty() {
-            return;
-        }
-        // Prefer the leader; rotate through the others on retries.
-        let leader = self.leader_hint().map(ReplicaId).filter(|&l| l != self.id);
-        self.transfer_rotation += 1;
-        let peer = match leader {
-            Some(l) if self.transfer_rotation % 2 == 1 => l,
-            _ => peers[self.transfer_rotation % peers.len()],
-        };
-        tracing::info!(%peer, "requesting a checkpoint");
-        self.transfer = Some(Transfer {
-            peer,
-            slot: 0,
-            offset: 0,
-            writer: None,
-            last_progress: Instant::now(),
-        });
-        let have = self.sm.applied_through();
-        self.send_xfer(
-            peer,
-            &crate::xfer::XferMessage::Request {
-                slot: 0,
-                offset: 0,
-                have,
-            },
-        );
-    }
-
-    fn send_xfer(&self, to: ReplicaId, msg: &crate::xfer::XferMessage) {
-        if let Err(e) = self.transport.send(to, crate::xfer::encode(msg)) {
-            tracing::debug!(%to, error = %e, "transfer message dropped");
-        }
-    }
-
-    fn on_xfer(&mut self, from: ReplicaId, msg: crate::xfer::XferMessage) {
-        use crate::xfer::XferMessage;
-        match msg {
-            XferMessage::Request { slot, offset, have } => {
-                if slot == 0 && self.checkpoint_slot <= have {
-                    // Our newest checkpoint would not help: the peer is past
-                    // it but behind our retained log. Take a fresh one now;
-                    // the peer asks again.
-                    let applied = self.sm.applied_through();
-                    if applied > have && !self.checkpoint_running {
-                        self.start_checkpoint(applied);
+                Effect::Transfer(op) => self.transfer(op),
+                Effect::InstallCheckpoint { slot } => self.install(slot),
+                Effect::SetPeers(peers) => {
+                    if let Some(dir) = &self.peer_directory {
+                        dir.set_peers(&peers);
                     }
-                    self.send_xfer(from, &XferMessage::None { slot });
-                    return;
+                    let now = self.now();
+                    self.status.set_cluster(self.node.cluster_view(now));
                 }
-                let (Some(store), transport) =
-                    (self.driver.checkpoints.clone(), Arc::clone(&self.transport))
-                else {
-                    self.send_xfer(from, &XferMessage::None { slot });
-                    return;
-                };
-                // Disk reads off the loop; the transport is thread-safe.
-                tokio::task::spawn_blocking(move || {
-                    let reply =
-                        serve_chunk(&store, slot, offset).unwrap_or(XferMessage::None { slot });
-                    let _ = transport.send(from, crate::xfer::encode(&reply));
-                });
-            }
-            XferMessage::None { .. } => {
-                if self.transfer.as_ref().is_some_and(|t| t.peer == from) {
-                    self.transfer = None;
-                }
-            }
-            XferMessage::Chunk {
-                meta,
-                data_len,
-                chunk,
-            } => {
-                if let Err(e) = self.on_chunk(from, meta, data_len, chunk) {
-                    tracing::error!(%from, error = %e, "checkpoint transfer failed; will retry");
-                    self.transfer = None;
-                }
+                Effect::Timing(t) => self.stages.record_decree(
+                    [t.batched, t.proposed, t.durable, t.applied, t.applied].map(|t| t.0.max(1)),
+                    t.requests,
+                ),
             }
         }
-    }
-
-    fn on_chunk(
-        &mut self,
-        from: ReplicaId,
-        meta: CheckpointMeta,
-        data_len: u64,
-        chunk: paxos_log::checkpoint::Chunk,
-    ) -> anyhow::Result<()> {
-        let Some(store) = self.driver.checkpoints.clone() else {
-            return Ok(());
-        };
-        let Some(t) = self.transfer.as_mut().filter(|t| t.peer == from) else {
-            return Ok(());
-        };
-        if t.slot == 0 {
-            anyhow::ensure!(
-                meta.last_applied > self.sm.applied_through(),
-                "peer's checkpoint {} is not ahead of ours",
-                meta.last_applied
-            );
-            t.slot = meta.last_applied;
-            t.writer = Some(store.begin(meta.clone())?);
-        }
-        if meta.last_applied != t.slot || chunk.offset != t.offset {
-            return Ok(()); // a duplicate or a stale reply
-        }
-        anyhow::ensure!(
-            !chunk.data.is_empty() || t.offset >= data_len,
-            "empty chunk before the end"
-        );
-        let writer = t
-            .writer
-            .as_mut()
-            .ok_or_else(|| anyhow::anyhow!("no writer"))?;
-        writer.write_chunk(&chunk)?;
-        t.offset += chunk.data.len() as u64;
-        t.last_progress = Instant::now();
-        if t.offset < data_len {
-            let (peer, slot, offset) = (t.peer, t.slot, t.offset);
-            let have = self.sm.applied_through();
-            self.send_xfer(
-                peer,
-                &crate::xfer::XferMessage::Request { slot, offset, have },
-            );
-            return Ok(());
-        }
-        let Some(done) = self.transfer.take() else {
-            return Ok(());
-        };
-        if let Some(w) = done.writer {
-            w.finish()?;
-        }
-        self.install_checkpoint(&store)
-    }
-
-    /// Restores the state machine from the newest local checkpoint and
-    /// restarts the core from the storage's durable state and that slot,
-    /// without restarting the process.
-    fn install_checkpoint(&mut self, store: &CheckpointStore) -> anyhow::Result<()> {
-        let Some(reload) = self.reload_durable.clone() else {
-            return Ok(());
-        };
-        let slot = load_newest_checkpoint(store, &mut self.sm)?;
-        let durable = reload();
-        let now = self.now();
-        let mut core_config = self.core_config.clone();
-        crate::membership::restart_membership(&mut core_config, self.sm.cluster());
-        self.replica =
-            paxos_core::Replica::try_new(core_config, durable, slot, self.seed ^ slot, now)
-                .map_err(|e| anyhow::anyhow!("restarting the core: {e}"))?;
-        // Tokens of the old core instance are meaningless to the new one.
-        self.outstanding.clear();
-        self.abort_pending();
-        self.is_leader = false;
-        self.needs_snapshot = false;
-        self.last_checkpoint = slot;
-        self.checkpoint_slot = slot;
-        self.status.role.store(ROLE_FOLLOWER, Ordering::Relaxed);
-        self.status.applied_index.store(slot, Ordering::Relaxed);
-        self.status.checkpoint_slot.store(slot, Ordering::Relaxed);
-        self.status.in_flight.store(0, Ordering::Relaxed);
-        tracing::info!(
-            slot,
-            "installed a checkpoint from a peer; the core restarted from it"
-        );
-        self.membership_slot = u64::MAX;
-        self.refresh_cluster(true);
         Ok(())
     }
 
-    /// Notes an applied `Reconfigure` in the state machine, so checkpoints
-    /// from now on restart the core in the membership it installed.
-    fn record_reconfigure(&mut self, slot: Slot, ballot: Ballot, r: &Reconfiguration) {
-        if let Some(c) = self.sm.cluster_mut() {
-            c.apply_reconfigure(slot, ballot, r);
-        }
-    }
-
-    /// Republishes the cluster view; with `changed`, also reacts to a new
-    /// membership or address book: the transport's peer set follows, and a
-    /// removal of this replica is logged.
-    fn refresh_cluster(&mut self, changed: bool) {
-        let now = self.now();
-        let status = self.replica.status();
-        let generation = self.sm.cluster().map_or(0, |c| c.generation());
-        let old = Arc::clone(
-            &self
-                .status
-                .cluster
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
-        let book_changed = generation != self.book_generation || old.book.is_empty();
-        let membership_changed = status.membership_slot != self.membership_slot;
-        let book = if book_changed {
-            let empty = std::collections::BTreeMap::new();
-            let replicated = self.sm.cluster().map_or(&empty, |c| c.book());
-            Arc::new(self.directory.merged(replicated))
-        } else {
-            Arc::clone(&old.book)
-        };
-        // A core started from a checkpoint reports slot 0 for the
-        // membership it was given; the state machine knows its slot.
-        let membership_slot = match self.sm.cluster().and_then(|c| c.last_reconfigure()) {
-            Some(r) if status.membership_slot == 0 && r.membership == status.membership => r.slot,
-            _ => status.membership_slot,
-        };
-        let member = status.membership.contains(self.id);
-        // A restarted node that is not a member was removed, unless it was
-        // provisioned to join.
-        let removed = !member && (old.removed || self.was_member || !self.directory.joining);
-        if removed
-            && status
-                .leader
-                .is_none_or(|l| l == self.id || !status.membership.contains(l))
-        {
-            // Nobody tells a removed replica who leads now: send clients to
-            // a voter, which redirects them on if it does not lead.
-            if let Some(v) = status.membership.voters.first() {
-                self.status.leader.store(v.0, Ordering::Relaxed);
-            }
-        }
-        if changed && (book_changed || membership_changed) {
-            if membership_changed {
-                tracing::info!(
-                    slot = membership_slot,
-                    membership = %crate::membership::membership_text(&status.membership),
-                    "membership in force"
-                );
-                if removed {
-                    tracing::warn!(
-                        id = %self.id,
-                        "this replica was REMOVED from the cluster: it takes no part any more and answers clients with redirects; stop it, or wipe its data and add it again"
-                    );
-                }
-            }
-            if let Some(dir) = &self.peer_directory {
-                dir.set_peers(
-                    &self
-                        .directory
-                        .wanted_peers(self.id, &status.membership, &book),
-                );
-            }
-            self.book_generation = generation;
-            self.membership_slot = status.membership_slot;
-            self.was_member = member;
-        }
-        let view = ClusterView {
-            peers: self.replica.peer_status(now),
-            pending: self.replica.pending_configuration().cloned(),
-            membership: status.membership,
-            membership_slot,
-            book,
-            removed,
-        };
-        *self
-            .status
-            .cluster
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(view);
-    }
-
-    fn maybe_checkpoint(&mut self, slot: Slot) {
-        let every = self.driver.checkpoint_every;
-        if self.driver.checkpoints.is_none() {
+    /// Writes a checkpoint on a thread of its own; the result comes back as
+    /// a control message.
+    fn save_checkpoint(&mut self, job: paxos_node::CheckpointJob<crate::kv::KvSnapshot>) {
+        let Some(store) = self.checkpoints.clone() else {
             return;
-        }
-        if every == 0 || self.checkpoint_running || slot < self.last_checkpoint + every {
-            return;
-        }
-        self.start_checkpoint(slot);
-    }
-
-    /// Snapshots the state machine (which is at `slot`) and writes it in
-    /// the background.
-    fn start_checkpoint(&mut self, slot: Slot) {
-        let Some(store) = self.driver.checkpoints.clone() else {
-            return;
-        };
-        self.last_checkpoint = slot;
-        self.checkpoint_running = true;
-        // Serializing pauses the loop for O(state); writing and fsync run in
-        // the background so execution goes on meanwhile.
-        let snapshot = self.sm.snapshot();
-        let status = self.replica.status();
-        let meta = CheckpointMeta {
-            last_applied: slot,
-            ballot: status.ballot,
-            membership: status.membership,
         };
         let control = self.control_tx.clone();
         let spawned = std::thread::Builder::new()
             .name("checkpoint".into())
             .spawn(move || {
-                let msg = match write_checkpoint(&store, meta, &snapshot) {
-                    Ok(slot) => Control::CheckpointDone(slot),
-                    Err(e) => Control::CheckpointFailed(e.to_string()),
-                };
-                let _ = control.blocking_send(msg);
+                let result = node_storage::write_checkpoint(&store, job).map_err(|e| e.to_string());
+                let _ = control.blocking_send(Control::CheckpointSaved(result));
             });
         if let Err(e) = spawned {
-            self.checkpoint_running = false;
-            tracing::error!(error = %e, "cannot start checkpoint thread");
+            let now = self.now();
+            self.node
+                .on_checkpoint_saved(now, Err(format!("cannot start checkpoint thread: {e}")));
         }
     }
-}
 
-/// Reads one chunk of checkpoint `slot` (0: the newest) for a peer.
-fn serve_chunk(
-    store: &CheckpointStore,
-    slot: Slot,
-    offset: u64,
-) -> Option<crate::xfer::XferMessage> {
-    let slots = store.list().ok()?;
-    let slot = if slot == 0 {
-        *slots.last()?
-    } else {
-        slots.into_iter().find(|&s| s == slot)?
-    };
-    let reader = store.open(slot).ok()?;
-    let info = reader.info().clone();
-    let len = usize::try_from(info.data_len.saturating_sub(offset))
-        .unwrap_or(usize::MAX)
-        .min(crate::xfer::CHUNK_BYTES);
-    let chunk = store.read_chunk(slot, offset, len).ok()?;
-    Some(crate::xfer::XferMessage::Chunk {
-        meta: info.meta,
-        data_len: info.data_len,
-        chunk,
-    })
-}
-
-/// Number of checkpoints kept on disk (the newest may turn out unreadable).
-pub const CHECKPOINTS_KEPT: usize = 2;
-
-/// Opens the checkpoint store in `dir` (paxos-log's format: per-block
-/// CRC32C, temp file + fsync + verify + rename).
-pub fn open_checkpoints(dir: &Path) -> Result<CheckpointStore, StorageError> {
-    CheckpointStore::new(dir, CHECKPOINTS_KEPT)
-}
-
-/// Writes one checkpoint of `snapshot` (which covers slots through
-/// `meta.last_applied`) durably.
-pub fn write_checkpoint(
-    store: &CheckpointStore,
-    meta: CheckpointMeta,
-    snapshot: &[u8],
-) -> Result<Slot, StorageError> {
-    let slot = meta.last_applied;
-    let mut writer = store.begin(meta)?;
-    writer.write(snapshot)?;
-    writer.finish()?;
-    Ok(slot)
-}
-
-/// Restores `sm` from the newest checkpoint that verifies (newer corrupt
-/// ones are skipped and reported by the store). Returns the slot it covers
-/// (0: none). A checkpoint whose content does not restore is an error:
-/// silently starting from an older state would replay a log that may
-/// already be truncated past it.
-pub fn load_newest_checkpoint<S: StateMachine>(
-    store: &CheckpointStore,
-    sm: &mut S,
-) -> anyhow::Result<Slot> {
-    let Some(latest) = store.latest()? else {
-        return Ok(0);
-    };
-    for e in &latest.skipped {
-        tracing::error!(error = %e, "corrupt checkpoint skipped; an older one is used");
+    /// Writes a received chunk inline (bounded: one chunk); verifies and
+    /// publishes the finished checkpoint off the loop.
+    fn transfer(&mut self, op: TransferOp) {
+        let now = self.now();
+        let Some(sink) = self.sink.as_mut() else {
+            return;
+        };
+        match op {
+            TransferOp::Finish { slot } => match sink.take_finish(slot) {
+                Some(finish) => {
+                    let control = self.control_tx.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let result = finish.run().map_err(|e| e.to_string());
+                        let _ = control.blocking_send(Control::TransferFinished(result));
+                    });
+                }
+                None => self.node.on_transfer_finished(
+                    now,
+                    Err(format!("no transfer of checkpoint {slot} in progress")),
+                ),
+            },
+            op => {
+                if let Err(e) = sink.perform(op) {
+                    self.node.on_transfer_failed(now, e.to_string());
+                }
+            }
+        }
     }
-    let info = latest.reader.info().clone();
-    let mut bytes = Vec::with_capacity(usize::try_from(info.data_len).unwrap_or(0).min(1 << 30));
-    latest.reader.copy_to(&mut bytes)?;
-    sm.restore(&bytes)
-        .map_err(|e| anyhow::anyhow!("checkpoint {} does not restore: {e}", info.path.display()))?;
-    anyhow::ensure!(
-        sm.applied_through() == info.meta.last_applied,
-        "checkpoint {} claims slot {} but its content is at slot {}",
-        info.path.display(),
-        info.meta.last_applied,
-        sm.applied_through()
-    );
-    tracing::info!(slot = info.meta.last_applied, path = %info.path.display(), "loaded checkpoint");
-    Ok(info.meta.last_applied)
+
+    /// Restores the state machine from checkpoint `slot` (received from a
+    /// peer) and restarts the node's core from it, without restarting the
+    /// process.
+    fn install(&mut self, slot: Slot) {
+        let (Some(store), Some(reload)) = (&self.checkpoints, &self.reload_durable) else {
+            return;
+        };
+        match node_storage::restore_slot(store, slot, self.node.state_machine_mut()) {
+            Ok(restored) => {
+                let durable = reload();
+                let now = self.now();
+                if let Err(e) = self.node.install_checkpoint(now, durable, restored) {
+                    tracing::error!(error = %e, "installing a received checkpoint failed");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "a received checkpoint does not restore"),
+        }
+    }
 }
 
 /// Renders the reply payload of a [`ReplicateError`] as a RESP error line
@@ -1615,46 +903,33 @@ pub fn outcome_reply(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kv::KvStore;
 
     #[test]
-    fn checkpoints_roundtrip_through_the_log_store() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open_checkpoints(dir.path()).unwrap();
-        let mut fresh = KvStore::new();
-        assert_eq!(
-            load_newest_checkpoint(&store, &mut fresh).unwrap(),
-            0,
-            "no checkpoint yet"
-        );
-        let mut sm = KvStore::new();
-        let mut outs = Vec::new();
-        let meta = |slot| CheckpointMeta {
-            last_applied: slot,
-            ballot: paxos_core::Ballot::new(1, ReplicaId(1)),
-            membership: paxos_core::Membership::with_voters(vec![ReplicaId(1)]),
-        };
-        for slot in 1..=3 {
-            let mut req = BytesMut::new();
-            crate::kv::encode_command(
-                &[Bytes::from_static(b"INCR"), Bytes::from_static(b"n")],
-                &mut req,
-            )
-            .unwrap();
-            let batch = paxos_core::batch::encode([&req[..]]);
-            sm.apply(slot, &Value::Requests(batch), &mut outs);
-            write_checkpoint(&store, meta(slot), &sm.snapshot()).unwrap();
+    fn every_node_abort_maps_to_a_client_error() {
+        use paxos_node::AbortReason as N;
+        let cases = [
+            (
+                N::NotPrimary {
+                    leader: Some(ReplicaId(2)),
+                },
+                "MOVED",
+            ),
+            (N::NotPrimary { leader: None }, "CLUSTERDOWN"),
+            (N::OutcomeUnknown, "UNKNOWN"),
+            (N::TooLarge, "ERR request larger"),
+            (N::Refused, "ERR proposal refused"),
+            (N::ShuttingDown, "UNKNOWN"),
+        ];
+        for (reason, want) in cases {
+            let mut out = BytesMut::new();
+            outcome_reply(
+                Outcome::Aborted(pipeline_abort(reason)),
+                |_| Some("127.0.0.1:6002".to_string()),
+                &mut out,
+            );
+            let text = String::from_utf8_lossy(&out);
+            assert!(text.starts_with(&format!("-{want}")), "{reason:?}: {text}");
         }
-        assert_eq!(
-            store.list().unwrap().len(),
-            CHECKPOINTS_KEPT,
-            "old checkpoints pruned"
-        );
-        assert_eq!(load_newest_checkpoint(&store, &mut fresh).unwrap(), 3);
-        assert_eq!(fresh.get(b"n").unwrap(), b"3");
-        // A checkpoint whose name says one slot and content another is refused.
-        write_checkpoint(&store, meta(9), &sm.snapshot()).unwrap();
-        assert!(load_newest_checkpoint(&store, &mut KvStore::new()).is_err());
     }
 
     #[test]

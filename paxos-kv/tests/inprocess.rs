@@ -9,7 +9,7 @@ use paxos_core::{DurableState, Membership, ReplicaId};
 use paxos_kv::client::{moved_to, Client};
 use paxos_kv::kv::{encode_command, KvStore};
 use paxos_kv::memstore::MemoryStorage;
-use paxos_kv::node::{self, DriverConfig, DriverParts, Replica, ReplicateError};
+use paxos_kv::node::{self, DriverParts, Replica, ReplicateError};
 use paxos_kv::resp::{self, Frame, RespLimits};
 use paxos_kv::server::{self, ServerConfig};
 use paxos_kv::stages::StageRecorder;
@@ -45,26 +45,26 @@ async fn start_cluster(n: u32) -> Vec<Replica> {
             max_bytes: 256 * 1024,
         };
         core.batch_limits = limits;
+        core.pipeline_window = 8;
+        let mut config = paxos_node::NodeConfig::new(core);
+        config.seed = u64::from(id.0) * 7919;
+        config.boot_nonce = config.seed;
         let parts = DriverParts {
-            core,
-            durable: DurableState::default(),
+            node: config,
+            recovery: paxos_node::Recovery {
+                durable: DurableState::default(),
+                state_machine: KvStore::new(),
+                checkpoint: None,
+            },
             storage: Arc::new(MemoryStorage::new()),
             transport: Arc::new(transport),
             inbound,
-            state_machine: KvStore::new(),
-            driver: DriverConfig {
-                pipeline_window: 8,
-                batch_limits: limits,
-                checkpoint_every: 0,
-                checkpoints: None,
-                compact_retain: 0,
-            },
+            checkpoints: None,
             submit_queue: 1024,
-            seed: u64::from(id.0) * 7919,
             stages: Arc::new(StageRecorder::new(true)),
             reload_durable: None,
         };
-        let (replica, _join) = node::start(parts).unwrap();
+        let (replica, _join) = node::start(parts, None).unwrap();
         replicas.push(replica);
     }
     replicas
@@ -320,28 +320,30 @@ fn start_checkpointing_replica_on(
         max_bytes: 64 * 1024,
     };
     core.batch_limits = limits;
+    core.pipeline_window = 4;
     let storage = Arc::new(MemoryStorage::new());
     let reload_from = Arc::clone(&storage);
+    let mut config = paxos_node::NodeConfig::new(core);
+    config.checkpoint_every = 20;
+    config.compact_retain = 0;
+    config.seed = u64::from(id.0) * 31;
+    config.boot_nonce = config.seed;
     let parts = DriverParts {
-        core,
-        durable: DurableState::default(),
+        node: config,
+        recovery: paxos_node::Recovery {
+            durable: DurableState::default(),
+            state_machine: KvStore::new(),
+            checkpoint: None,
+        },
         storage,
         transport,
         inbound,
-        state_machine: KvStore::new(),
-        driver: DriverConfig {
-            pipeline_window: 4,
-            batch_limits: limits,
-            checkpoint_every: 20,
-            checkpoints: Some(node::open_checkpoints(dir).unwrap()),
-            compact_retain: 0,
-        },
+        checkpoints: Some(paxos_node::storage::open_checkpoints(dir).unwrap()),
         submit_queue: 1024,
-        seed: u64::from(id.0) * 31,
         stages: Arc::new(StageRecorder::new(false)),
         reload_durable: Some(Arc::new(move || reload_from.state())),
     };
-    node::start(parts).unwrap().0
+    node::start(parts, None).unwrap().0
 }
 
 /// Writes `SET k<i % keys> value(i)` through `replicas[p]`, at least

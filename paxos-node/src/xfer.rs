@@ -7,8 +7,8 @@
 //!
 //! ```text
 //! request:  MAGIC | 1 | u64 slot (0: your newest) | u64 offset | u64 have (requester's applied slot)
-//! chunk:    MAGIC | 2 | u64 slot | u64 round | u32 leader | u32 voters | voters × u32
-//!                 | u64 data_len | u64 offset | u32 crc32c | data
+//! chunk:    MAGIC | 4 | u64 slot | u64 round | u32 leader | u32 voters | voters × u32
+//!                 | u32 learners | learners × u32 | u64 data_len | u64 offset | u32 crc32c | data
 //! none:     MAGIC | 3 | u64 slot          (no such checkpoint here)
 //! ```
 //!
@@ -25,8 +25,8 @@ use paxos_log::checkpoint::{CheckpointMeta, Chunk};
 pub const XFER_MAGIC: u8 = 0xC7;
 /// Bytes per chunk.
 pub const CHUNK_BYTES: usize = 256 * 1024;
-/// Most voters a chunk header may list.
-const MAX_VOTERS: usize = 1024;
+/// Most voters (and, separately, learners) a chunk header may list.
+const MAX_MEMBERS: usize = 1024;
 
 /// A checkpoint-transfer message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,14 +83,17 @@ pub fn encode(msg: &XferMessage) -> Bytes {
             data_len,
             chunk,
         } => {
-            out.reserve(64 + 4 * meta.membership.voters.len() + chunk.data.len());
-            out.put_u8(2);
+            let m = &meta.membership;
+            out.reserve(64 + 4 * (m.voters.len() + m.learners.len()) + chunk.data.len());
+            out.put_u8(4);
             out.put_u64_le(meta.last_applied);
             out.put_u64_le(meta.ballot.round);
             out.put_u32_le(meta.ballot.leader.0);
-            out.put_u32_le(meta.membership.voters.len() as u32);
-            for v in &meta.membership.voters {
-                out.put_u32_le(v.0);
+            for list in [&m.voters, &m.learners] {
+                out.put_u32_le(list.len() as u32);
+                for id in list {
+                    out.put_u32_le(id.0);
+                }
             }
             out.put_u64_le(*data_len);
             out.put_u64_le(chunk.offset);
@@ -126,17 +129,29 @@ pub fn decode(mut bytes: Bytes) -> Result<XferMessage, XferError> {
             let have = bytes.get_u64_le();
             Ok(XferMessage::Request { slot, offset, have })
         }
-        2 => {
+        4 => {
             need(&bytes, 24)?;
             let slot = bytes.get_u64_le();
             let round = bytes.get_u64_le();
             let leader = bytes.get_u32_le();
-            let n = bytes.get_u32_le() as usize;
-            if n == 0 || n > MAX_VOTERS {
-                return Err(XferError("bad voter count"));
+            let ids = |bytes: &mut Bytes| {
+                need(bytes, 4)?;
+                let n = bytes.get_u32_le() as usize;
+                if n > MAX_MEMBERS {
+                    return Err(XferError("bad member count"));
+                }
+                need(bytes, 4 * n)?;
+                Ok((0..n)
+                    .map(|_| ReplicaId(bytes.get_u32_le()))
+                    .collect::<Vec<_>>())
+            };
+            let voters = ids(&mut bytes)?;
+            let learners = ids(&mut bytes)?;
+            let membership = Membership { voters, learners };
+            if !membership.is_well_formed() {
+                return Err(XferError("malformed membership"));
             }
-            need(&bytes, 4 * n + 20)?;
-            let voters: Vec<ReplicaId> = (0..n).map(|_| ReplicaId(bytes.get_u32_le())).collect();
+            need(&bytes, 20)?;
             let data_len = bytes.get_u64_le();
             let offset = bytes.get_u64_le();
             let crc32c = bytes.get_u32_le();
@@ -148,7 +163,7 @@ pub fn decode(mut bytes: Bytes) -> Result<XferMessage, XferError> {
             let meta = CheckpointMeta {
                 last_applied: slot,
                 ballot: Ballot::new(round, ReplicaId(leader)),
-                membership: Membership::with_voters(voters),
+                membership,
             };
             Ok(XferMessage::Chunk {
                 meta,
@@ -185,11 +200,10 @@ mod tests {
                 meta: CheckpointMeta {
                     last_applied: 42,
                     ballot: Ballot::new(3, ReplicaId(2)),
-                    membership: Membership::with_voters(vec![
-                        ReplicaId(1),
-                        ReplicaId(2),
-                        ReplicaId(3),
-                    ]),
+                    membership: Membership {
+                        voters: vec![ReplicaId(1), ReplicaId(2), ReplicaId(3)],
+                        learners: vec![ReplicaId(4)],
+                    },
                 },
                 data_len: 100,
                 chunk: Chunk {

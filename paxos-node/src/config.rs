@@ -1,0 +1,56 @@
+//! Node configuration.
+
+use crate::directory::AddressConfig;
+
+/// How a node is set up. The protocol's own knobs (window, batch limits,
+/// timers) are in [`NodeConfig::core`].
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// The core's configuration (`core.id` is this replica;
+    /// `core.pipeline_window` also bounds this node's proposals in flight;
+    /// `core.batch_limits` bound each decree, its header included). Its
+    /// membership is the bootstrap one; a restored checkpoint overrides it.
+    pub core: paxos_core::Config,
+    /// Take a checkpoint every this many applied decrees (0: never).
+    pub checkpoint_every: u64,
+    /// Whether the driver has a checkpoint store. Without one the node
+    /// never asks to save, serve or receive checkpoints.
+    pub checkpoints: bool,
+    /// Decrees kept below a durable checkpoint when compacting, so that
+    /// lagging peers can still catch up from memory.
+    pub compact_retain: u64,
+    /// A checkpoint transfer with no progress for this long (µs) is
+    /// abandoned and retried with another peer.
+    pub transfer_stall_us: u64,
+    /// The addresses this node was configured with.
+    pub addresses: AddressConfig,
+    /// Seeds the core's randomized timeouts.
+    pub seed: u64,
+    /// Distinguishes this boot's proposals from every other boot's (see
+    /// [`crate::framing`]). Draw it from a real source of randomness or the
+    /// clock in production; the simulator derives it from its seed.
+    pub boot_nonce: u64,
+    /// Wall-clock time (µs since the Unix epoch) at `Time(0)`: decrees
+    /// carry `wall_clock_at_zero_us + now` as their time. 0 in simulation.
+    pub wall_clock_at_zero_us: u64,
+    /// Emit [`crate::Effect::Timing`] for every settled decree.
+    pub stage_timing: bool,
+}
+
+impl NodeConfig {
+    /// Defaults around a core configuration.
+    pub fn new(core: paxos_core::Config) -> NodeConfig {
+        NodeConfig {
+            core,
+            checkpoint_every: 0,
+            checkpoints: false,
+            compact_retain: 4096,
+            transfer_stall_us: 2_000_000,
+            addresses: AddressConfig::default(),
+            seed: 0,
+            boot_nonce: 0,
+            wall_clock_at_zero_us: 0,
+            stage_timing: false,
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! What a [`crate::Node`] asks its driver to do.
+//!
+//! Effects come out of [`crate::Node::poll_effect`] in the order they must
+//! be carried out. Each one is I/O the node cannot do itself (it is
+//! sans-IO); the driver reports completions back through the node's input
+//! methods. Nothing here blocks the node: a driver may carry out
+//! `Persist`, `SaveCheckpoint` and `ServeChunk` in the background, as long
+//! as persists complete in order.
+
+use bytes::Bytes;
+use paxos_core::{PersistEntry, PersistToken, ReplicaId, Slot, Time};
+use paxos_log::checkpoint::{CheckpointMeta, Chunk};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+/// Identifies one `Persist` effect. `epoch` changes whenever the node
+/// restarts its core (after installing a checkpoint); completions of an
+/// older epoch are ignored, so a driver never has to flush its queue of
+/// outstanding persists at that moment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PersistId {
+    /// The core instance that issued it.
+    pub epoch: u64,
+    /// The core's token.
+    pub token: PersistToken,
+}
+
+/// Why a request got no reply from the state machine. Exactly one of these
+/// or a reply reaches every submitted request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AbortReason {
+    /// Never proposed: this replica is not the primary. It will certainly
+    /// never execute, so the client may retry at the leader.
+    NotPrimary {
+        /// The primary this replica believes in.
+        leader: Option<ReplicaId>,
+    },
+    /// Proposed, but this replica lost track of it (leadership changed, or
+    /// the node restarted its core): it may or may not execute.
+    OutcomeUnknown,
+    /// Larger than a whole decree may be; never proposed.
+    TooLarge,
+    /// The core refused the proposal for another reason; never proposed.
+    Refused,
+    /// The node is shutting down; proposed or not is unknown.
+    ShuttingDown,
+}
+
+/// Per-stage timestamps of one settled decree (with stage timing on).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecreeTiming {
+    /// When the requests were drained into the decree.
+    pub batched: Time,
+    /// When the decree was handed to the core (its Accept went out).
+    pub proposed: Time,
+    /// When this leader's own vote became durable (`proposed` if unknown).
+    pub durable: Time,
+    /// When the decree was learned chosen and applied.
+    pub applied: Time,
+    /// Requests it carried.
+    pub requests: u64,
+}
+
+/// A checkpoint transfer write, carried out by a
+/// [`crate::storage::TransferSink`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TransferOp {
+    /// Writes the next verified chunk of checkpoint `meta` (starting the
+    /// file at offset 0). On failure report
+    /// [`crate::Node::on_transfer_failed`].
+    Write {
+        /// What the checkpoint covers.
+        meta: CheckpointMeta,
+        /// Its total data bytes.
+        data_len: u64,
+        /// The chunk, continuing the data written so far.
+        chunk: Chunk,
+    },
+    /// Verifies and publishes the checkpoint written; report
+    /// [`crate::Node::on_transfer_finished`].
+    Finish {
+        /// Its slot.
+        slot: Slot,
+    },
+    /// Drops a partial transfer (no file is left behind).
+    Abandon,
+}
+
+/// A checkpoint to write: the node's metadata, its directory section and
+/// the state machine's snapshot. Write it with
+/// [`crate::storage::write_checkpoint`] (on a background thread in
+/// production), then report [`crate::Node::on_checkpoint_saved`].
+#[derive(Debug)]
+pub struct CheckpointJob<P> {
+    /// What it covers (its slot is `meta.last_applied`).
+    pub meta: CheckpointMeta,
+    /// The node's own section (directory), already encoded.
+    pub node_section: Bytes,
+    /// The application's state as of `meta.last_applied`.
+    pub snapshot: P,
+}
+
+/// One thing for the driver to do.
+#[derive(Debug)]
+pub enum Effect<P, C> {
+    /// Send `bytes` to peer `to` (best effort: Paxos tolerates loss).
+    Transmit {
+        /// The peer.
+        to: ReplicaId,
+        /// The encoded message.
+        bytes: Bytes,
+    },
+    /// Make `entries` durable, in order and after every earlier `Persist`,
+    /// then call [`crate::Node::on_persisted`] with `id`.
+    Persist {
+        /// What to report.
+        id: PersistId,
+        /// The records.
+        entries: Vec<PersistEntry>,
+    },
+    /// A request's reply: it executed in a chosen decree.
+    Complete {
+        /// The request's completion handle.
+        completion: C,
+        /// The state machine's reply.
+        reply: Bytes,
+    },
+    /// A request that got no reply, and why.
+    Abort {
+        /// The request's completion handle.
+        completion: C,
+        /// Why.
+        reason: AbortReason,
+    },
+    /// Write a checkpoint.
+    SaveCheckpoint(CheckpointJob<P>),
+    /// Send peer `to` the chunk of checkpoint `slot` (0: the newest) at
+    /// `offset`: [`crate::storage::serve_chunk`] builds the reply.
+    ServeChunk {
+        /// The requesting peer.
+        to: ReplicaId,
+        /// The checkpoint (0: the newest).
+        slot: Slot,
+        /// Byte offset in its data.
+        offset: u64,
+    },
+    /// Carry out a checkpoint-transfer write.
+    Transfer(TransferOp),
+    /// A checkpoint received from a peer is durable: load it and call
+    /// [`crate::Node::install_checkpoint`].
+    InstallCheckpoint {
+        /// Its slot.
+        slot: Slot,
+    },
+    /// The transport should connect to exactly these peers.
+    SetPeers(BTreeMap<ReplicaId, SocketAddr>),
+    /// Stage timestamps of a decree this node proposed (stage timing on).
+    Timing(DecreeTiming),
+}

@@ -1,0 +1,1248 @@
+//! [`Node`]: one replica of a replicated state machine, sans-IO.
+//!
+//! The node owns a `paxos_core::Replica`, the application's
+//! [`StateMachine`] and the replicated [`Directory`], and everything in
+//! between:
+//!
+//! - **Proposals to completions.** Client requests come in with a
+//!   completion handle of the driver's choosing (`C`); the leader frames
+//!   them into decrees ([`crate::framing`]), proposes them, and when a decree
+//!   is applied settles each of its requests exactly once: `Complete` with
+//!   the state machine's reply if the chosen value is the batch this node
+//!   proposed at that slot, `Abort(OutcomeUnknown)` if another value took
+//!   the slot or leadership was lost after proposing,
+//!   `Abort(NotPrimary)` if it was never proposed.
+//! - **Retry of stalled batches.** A batch the core refuses because the
+//!   window is full or a `Reconfigure` is unchosen waits and is proposed
+//!   as soon as the core accepts it; it is never failed for that.
+//! - **Checkpoint scheduling.** Every `checkpoint_every` applied decrees a
+//!   [`CheckpointJob`] goes to the driver; once it reports it durable, the
+//!   core compacts below it (keeping `compact_retain` decrees).
+//! - **State transfer.** A replica behind everything its peers retain
+//!   fetches the newest checkpoint chunk by chunk from a peer, has it
+//!   written and verified, installs it and restarts its core from it in
+//!   place; peers serve chunks and take a fresh checkpoint when theirs would
+//!   not help.
+//! - **Membership directory.** Applied `Reconfigure`s and registered
+//!   addresses are recorded in the directory (kept in checkpoints), the
+//!   core restarts in the right membership, and the transport's peer set
+//!   follows ([`Effect::SetPeers`]).
+//!
+//! # Driving it
+//!
+//! Every input takes the current [`Time`]. After each input, drain
+//! [`Node::poll_effect`] and carry out the effects in order; call
+//! [`Node::handle_tick`] at [`Node::next_timer`]. The production driver
+//! (paxos-kv's event loop) and the simulator (paxos-sim) do exactly this.
+//!
+//! # Invariants
+//!
+//! - Every request handed in gets exactly one `Complete` or `Abort`.
+//! - `Complete` only for a request whose decree was chosen and applied here.
+//! - Decrees are applied in slot order, each once; `applied()` is the last.
+//! - At most `core.pipeline_window` proposals of this node are in flight.
+//! - A checkpoint at slot `s` describes exactly the state after applying
+//!   slot `s` (state machine, directory, membership).
+
+use crate::config::NodeConfig;
+use crate::directory::{membership_text, Directory, MemberAddrs};
+use crate::effect::{AbortReason, CheckpointJob, DecreeTiming, Effect, PersistId, TransferOp};
+use crate::framing::{self, DecreeKind, FramedBuilder, Header, ProposalTag, HEADER_LEN};
+use crate::state_machine::{Decree, StateMachine};
+use crate::storage::{encode_node_section, Restored};
+use crate::xfer::{self, XferMessage};
+use crate::ClusterView;
+use bytes::{Bytes, BytesMut};
+use paxos_core::{
+    codec, Action, Ballot, DurableState, Membership, Message, ProposeError, ReplicaId, Role, Slot,
+    Time, Value,
+};
+use paxos_log::checkpoint::{CheckpointMeta, Chunk};
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Why a node could not start or restart its core.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The core configuration is invalid.
+    #[error("core configuration: {0}")]
+    Config(#[from] paxos_core::ConfigError),
+    /// A restored checkpoint does not match the state machine's position.
+    #[error("checkpoint {path} covers slot {slot}, but {why}")]
+    Checkpoint {
+        /// The file.
+        path: String,
+        /// Its slot.
+        slot: Slot,
+        /// What is inconsistent.
+        why: &'static str,
+    },
+}
+
+/// What a node starts from: what storage recovered and the state machine
+/// restored from the newest checkpoint (if any).
+#[derive(Debug)]
+pub struct Recovery<S> {
+    /// The log's durable state.
+    pub durable: DurableState,
+    /// The state machine, restored from `checkpoint` if there is one.
+    pub state_machine: S,
+    /// The checkpoint it was restored from.
+    pub checkpoint: Option<Restored>,
+}
+
+/// A node's status, for status pages and redirects.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// This replica.
+    pub id: ReplicaId,
+    /// Its role.
+    pub role: Role,
+    /// The leader it believes in (for a replica that was removed: a voter
+    /// to send clients to).
+    pub leader: Option<ReplicaId>,
+    /// Its promised ballot.
+    pub ballot: Ballot,
+    /// Highest slot known chosen.
+    pub commit_index: Slot,
+    /// Highest slot applied to the state machine.
+    pub applied_index: Slot,
+    /// Decrees this node proposed that are not applied yet.
+    pub in_flight: usize,
+    /// Slot of the newest durable checkpoint (0: none).
+    pub checkpoint_slot: Slot,
+    /// The replica misses decrees no peer retains and is fetching a
+    /// checkpoint.
+    pub needs_snapshot: bool,
+    /// Batches proposed since start.
+    pub proposed_batches: u64,
+    /// Client requests proposed since start.
+    pub proposed_requests: u64,
+    /// Checkpoints this node saved since start.
+    pub checkpoints_saved: u64,
+    /// Checkpoints it installed from peers since start.
+    pub checkpoints_installed: u64,
+}
+
+/// One batch this node proposed and has not yet seen applied.
+#[derive(Debug)]
+struct Proposal<C> {
+    slot: Slot,
+    tag: ProposalTag,
+    completions: Vec<C>,
+    batched: Time,
+    proposed: Time,
+    durable: Option<Time>,
+    /// The persist of this leader's own vote for it (stage timing only).
+    vote: Option<PersistId>,
+}
+
+/// A framed batch the core refused for now (window full, or a
+/// `Reconfigure` unchosen), proposed again first.
+#[derive(Debug)]
+struct Stalled<C> {
+    value: Bytes,
+    tag: ProposalTag,
+    completions: Vec<C>,
+    batched: Time,
+}
+
+/// An incoming checkpoint transfer.
+#[derive(Debug)]
+struct Transfer {
+    peer: ReplicaId,
+    /// 0 until the first chunk names it.
+    slot: Slot,
+    offset: u64,
+    data_len: u64,
+    last_progress: Time,
+    /// Every chunk was handed to the driver; waiting for `Finish`.
+    finishing: bool,
+    /// A write was requested, so there may be a partial file to abandon.
+    started: bool,
+}
+
+/// The Accept-encoding cache key: a (ballot, slot) pair names one value,
+/// the commit index and length make a stale hit impossible.
+type AcceptKey = (Ballot, Slot, Slot, usize);
+
+/// One replica of a replicated state machine (see the module docs).
+pub struct Node<S: StateMachine, C> {
+    config: NodeConfig,
+    id: ReplicaId,
+    core: paxos_core::Replica,
+    /// Bumped at every core restart; tags persists.
+    epoch: u64,
+    sm: S,
+    applied: Slot,
+    directory: Directory,
+    effects: VecDeque<Effect<S::Snapshot, C>>,
+    proposals: VecDeque<Proposal<C>>,
+    stalled: VecDeque<Stalled<C>>,
+    counter: u64,
+    /// Reused per decree.
+    outputs: Vec<Bytes>,
+    send_buf: BytesMut,
+    last_accept: Option<(AcceptKey, Bytes)>,
+    status: paxos_core::Status,
+    is_leader: bool,
+    last_checkpoint_started: Slot,
+    checkpoint_running: bool,
+    checkpoint_slot: Slot,
+    needs_snapshot: bool,
+    transfer: Option<Transfer>,
+    transfer_rotation: usize,
+    /// The persist id issued for the newest proposal's own vote is not yet
+    /// identified (stage timing).
+    awaiting_vote: Option<Slot>,
+    // Cluster-view bookkeeping.
+    book: Arc<BTreeMap<ReplicaId, MemberAddrs>>,
+    book_generation: u64,
+    membership_slot_seen: Option<Slot>,
+    was_member: bool,
+    removed: bool,
+    peers_sent: Option<BTreeMap<ReplicaId, SocketAddr>>,
+    stats: NodeStatus,
+}
+
+impl<S: StateMachine, C> std::fmt::Debug for Node<S, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.id)
+            .field("applied", &self.applied)
+            .field("is_leader", &self.is_leader)
+            .field("proposals", &self.proposals.len())
+            .field("stalled", &self.stalled.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: StateMachine, C> Node<S, C> {
+    /// Starts a node from what its storage recovered. The core restarts in
+    /// the membership the checkpoint's directory records (or the bootstrap
+    /// one), at the checkpoint's slot.
+    pub fn new(config: NodeConfig, recovery: Recovery<S>, now: Time) -> Result<Self, NodeError> {
+        let Recovery {
+            durable,
+            state_machine,
+            checkpoint,
+        } = recovery;
+        let (applied, directory) = match checkpoint {
+            Some(r) => (r.meta.last_applied, r.directory),
+            None => (0, Directory::default()),
+        };
+        let mut core_config = config.core.clone();
+        directory.restart_membership(&mut core_config);
+        let core = paxos_core::Replica::try_new(core_config, durable, applied, config.seed, now)?;
+        let status = core.status();
+        let id = config.core.id;
+        let mut node = Node {
+            id,
+            core,
+            epoch: 0,
+            sm: state_machine,
+            applied,
+            directory,
+            effects: VecDeque::new(),
+            proposals: VecDeque::new(),
+            stalled: VecDeque::new(),
+            counter: 0,
+            outputs: Vec::new(),
+            send_buf: BytesMut::with_capacity(64 * 1024),
+            last_accept: None,
+            status,
+            is_leader: false,
+            last_checkpoint_started: applied,
+            checkpoint_running: false,
+            checkpoint_slot: applied,
+            needs_snapshot: false,
+            transfer: None,
+            transfer_rotation: 0,
+            awaiting_vote: None,
+            book: Arc::new(BTreeMap::new()),
+            book_generation: u64::MAX,
+            membership_slot_seen: None,
+            was_member: false,
+            removed: false,
+            peers_sent: None,
+            stats: NodeStatus {
+                id,
+                role: Role::Follower,
+                leader: None,
+                ballot: Ballot::ZERO,
+                commit_index: 0,
+                applied_index: applied,
+                in_flight: 0,
+                checkpoint_slot: applied,
+                needs_snapshot: false,
+                proposed_batches: 0,
+                proposed_requests: 0,
+                checkpoints_saved: 0,
+                checkpoints_installed: 0,
+            },
+            config,
+        };
+        node.refresh_cluster(true);
+        node.process(now);
+        Ok(node)
+    }
+
+    // ------------------------------------------------------------------
+    // Inputs.
+    // ------------------------------------------------------------------
+
+    /// Whether the driver should hand in client requests now: this node
+    /// leads, has room in its window and nothing stalled. (Requests handed
+    /// in otherwise are still settled correctly: refused with `NotPrimary`
+    /// or queued behind the stalled ones.)
+    pub fn wants_requests(&self) -> bool {
+        !self.is_leader
+            || (self.stalled.is_empty() && self.proposals.len() < self.config.core.pipeline_window)
+    }
+
+    /// Most requests, and most request bytes, that fit one decree next to
+    /// its header: drain at most this much per
+    /// [`Node::propose_requests`] call. Every request costs 4 bytes of
+    /// framing on top of its length.
+    pub fn drain_limits(&self) -> (usize, usize) {
+        let limits = self.config.core.batch_limits;
+        (
+            limits.max_requests.saturating_sub(1).max(1),
+            limits.max_bytes.saturating_sub(4 + 4 + HEADER_LEN),
+        )
+    }
+
+    /// Client requests for the state machine, each with its completion
+    /// handle; drains `requests`. On the leader they become one or more
+    /// decrees; elsewhere each is aborted with `NotPrimary`. `batched` is
+    /// when the driver took them (stage timing; pass `now` otherwise).
+    pub fn propose_requests(&mut self, now: Time, batched: Time, requests: &mut Vec<(Bytes, C)>) {
+        if requests.is_empty() {
+            return;
+        }
+        if !self.is_leader {
+            let leader = self.leader_hint();
+            for (_, c) in requests.drain(..) {
+                self.effects.push_back(Effect::Abort {
+                    completion: c,
+                    reason: AbortReason::NotPrimary { leader },
+                });
+            }
+            return;
+        }
+        let limits = self.config.core.batch_limits;
+        let mut builder: Option<(FramedBuilder, ProposalTag, Vec<C>)> = None;
+        for (request, completion) in requests.drain(..) {
+            if builder
+                .as_ref()
+                .is_some_and(|(b, _, _)| !b.fits(request.len()))
+            {
+                if let Some((b, tag, cs)) = builder.take() {
+                    self.propose_framed(now, b.finish(), tag, cs, batched);
+                }
+            }
+            let (b, _, cs) = builder.get_or_insert_with(|| {
+                let header = self.next_header(now, DecreeKind::Client);
+                (FramedBuilder::new(limits, &header), header.tag, Vec::new())
+            });
+            if b.push(&request) {
+                cs.push(completion);
+            } else {
+                // Bigger than a whole decree: it can never be proposed.
+                self.effects.push_back(Effect::Abort {
+                    completion,
+                    reason: AbortReason::TooLarge,
+                });
+            }
+        }
+        if let Some((b, tag, cs)) = builder {
+            if !cs.is_empty() {
+                self.propose_framed(now, b.finish(), tag, cs, batched);
+            }
+        }
+        self.process(now);
+    }
+
+    /// A command for the replicated directory (see
+    /// [`crate::directory::encode_register`]), proposed as a decree of its
+    /// own. Its reply is empty on success, an error message otherwise.
+    pub fn propose_directory(&mut self, now: Time, command: Bytes, completion: C) {
+        if !self.is_leader {
+            let leader = self.leader_hint();
+            self.effects.push_back(Effect::Abort {
+                completion,
+                reason: AbortReason::NotPrimary { leader },
+            });
+            return;
+        }
+        let header = self.next_header(now, DecreeKind::Directory);
+        let mut b = FramedBuilder::new(self.config.core.batch_limits, &header);
+        if !b.push(&command) {
+            self.effects.push_back(Effect::Abort {
+                completion,
+                reason: AbortReason::TooLarge,
+            });
+            return;
+        }
+        self.propose_framed(now, b.finish(), header.tag, vec![completion], now);
+        self.process(now);
+    }
+
+    /// A message from a peer (core protocol or checkpoint transfer).
+    /// Undecodable bytes are dropped (and logged): nothing from the
+    /// network can make a node panic.
+    pub fn handle_message(&mut self, now: Time, from: ReplicaId, bytes: Bytes) {
+        if xfer::is_xfer(&bytes) {
+            match xfer::decode(bytes) {
+                Ok(msg) => self.on_xfer(now, from, msg),
+                Err(e) => tracing::warn!(%from, error = %e, "dropping peer message"),
+            }
+        } else {
+            match codec::decode(bytes) {
+                Ok(msg) => self.core.handle_message(now, from, msg),
+                Err(e) => tracing::warn!(%from, error = %e, "dropping undecodable peer message"),
+            }
+        }
+        self.process(now);
+    }
+
+    /// Runs timers: the core's, and state transfer's.
+    pub fn handle_tick(&mut self, now: Time) {
+        self.core.handle_tick(now);
+        self.process(now);
+        if self.needs_snapshot {
+            self.request_checkpoint(now);
+        }
+        self.refresh_cluster(false);
+    }
+
+    /// When [`Node::handle_tick`] must next be called.
+    pub fn next_timer(&self) -> Option<Time> {
+        let core = self.core.next_timer();
+        let transfer = self
+            .transfer
+            .as_ref()
+            .map(|t| t.last_progress.plus_micros(self.config.transfer_stall_us));
+        match (core, transfer) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Storage made the persist `id` (and every earlier one) durable.
+    pub fn on_persisted(&mut self, now: Time, id: PersistId) {
+        if id.epoch != self.epoch {
+            return; // issued by a core instance that was since replaced
+        }
+        self.core.on_persisted(now, id.token);
+        if self.config.stage_timing {
+            for p in &mut self.proposals {
+                if p.durable.is_none() && p.vote.is_some_and(|v| v <= id) {
+                    p.durable = Some(now);
+                }
+            }
+        }
+        self.process(now);
+    }
+
+    /// The driver finished a [`CheckpointJob`]: `Ok(slot)` once it is
+    /// durable, `Err` with a description otherwise (retried at the next
+    /// interval).
+    pub fn on_checkpoint_saved(&mut self, now: Time, result: Result<Slot, String>) {
+        self.checkpoint_running = false;
+        match result {
+            Ok(slot) => {
+                self.checkpoint_slot = self.checkpoint_slot.max(slot);
+                self.stats.checkpoints_saved += 1;
+                let through = slot.saturating_sub(self.config.compact_retain);
+                if through > 0 && through <= self.applied {
+                    self.core.compact(through);
+                }
+                tracing::info!(slot, compacted_through = through, "checkpoint durable");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "checkpoint failed; will retry at the next interval")
+            }
+        }
+        self.process(now);
+    }
+
+    /// A [`TransferOp::Write`] failed: the transfer starts over.
+    pub fn on_transfer_failed(&mut self, now: Time, error: String) {
+        tracing::error!(error = %error, "checkpoint transfer failed; will retry");
+        self.abandon_transfer();
+        self.process(now);
+    }
+
+    /// A [`TransferOp::Finish`] completed: `Ok(slot)` once the received
+    /// checkpoint is durable and verified.
+    pub fn on_transfer_finished(&mut self, now: Time, result: Result<Slot, String>) {
+        self.transfer = None;
+        match result {
+            Ok(slot) => self.effects.push_back(Effect::InstallCheckpoint { slot }),
+            Err(e) => {
+                tracing::error!(error = %e, "received checkpoint failed verification; will retry")
+            }
+        }
+        self.process(now);
+    }
+
+    /// The state machine ([`Node::state_machine_mut`]) was just restored
+    /// from checkpoint `restored`: adopt its slot and directory, drop every
+    /// pending request (their outcome is unknown), and restart the core from
+    /// `durable` (the storage's current state) at that slot.
+    pub fn install_checkpoint(
+        &mut self,
+        now: Time,
+        durable: DurableState,
+        restored: Restored,
+    ) -> Result<(), NodeError> {
+        let slot = restored.meta.last_applied;
+        if slot < self.applied {
+            return Err(NodeError::Checkpoint {
+                path: restored.path.display().to_string(),
+                slot,
+                why: "the node has already applied beyond it",
+            });
+        }
+        self.directory.replace_with(restored.directory);
+        let mut core_config = self.config.core.clone();
+        self.directory.restart_membership(&mut core_config);
+        self.core =
+            paxos_core::Replica::try_new(core_config, durable, slot, self.config.seed ^ slot, now)?;
+        self.epoch += 1;
+        self.abort_all(AbortReason::OutcomeUnknown);
+        self.applied = slot;
+        self.is_leader = false;
+        self.needs_snapshot = false;
+        self.transfer = None;
+        self.last_checkpoint_started = slot;
+        self.checkpoint_slot = self.checkpoint_slot.max(slot);
+        self.status = self.core.status();
+        self.stats.checkpoints_installed += 1;
+        self.membership_slot_seen = None;
+        tracing::info!(
+            slot,
+            "installed a checkpoint from a peer; the core restarted from it"
+        );
+        self.refresh_cluster(true);
+        self.process(now);
+        Ok(())
+    }
+
+    /// Hands leadership to `successor`, or to the most caught-up voter.
+    pub fn relinquish(
+        &mut self,
+        now: Time,
+        successor: Option<ReplicaId>,
+    ) -> Result<(), ProposeError> {
+        let result = match successor {
+            Some(to) => self.core.relinquish_primary_to(now, to),
+            None => self.core.relinquish_primary(now),
+        };
+        self.process(now);
+        result
+    }
+
+    /// Starts moving the cluster to `target` (paxos-core's
+    /// `change_configuration`).
+    pub fn change_configuration(
+        &mut self,
+        now: Time,
+        target: Membership,
+    ) -> Result<(), ProposeError> {
+        let result = self.core.change_configuration(now, target.clone());
+        match &result {
+            Ok(()) => {
+                tracing::info!(target = %membership_text(&target), "configuration change started")
+            }
+            Err(e) => tracing::warn!(error = %e, "configuration change refused"),
+        }
+        self.process(now);
+        result
+    }
+
+    /// Gives up the membership change this node leads, if any.
+    pub fn abandon_configuration_change(&mut self) -> Option<Membership> {
+        let abandoned = self.core.abandon_configuration_change();
+        if let Some(m) = &abandoned {
+            tracing::warn!(target = %membership_text(m), "configuration change abandoned by an operator");
+        }
+        abandoned
+    }
+
+    /// RSL's CanBecomePrimary veto.
+    pub fn set_can_become_primary(&mut self, now: Time, allowed: bool) {
+        self.core.set_can_become_primary(allowed);
+        self.process(now);
+    }
+
+    /// Ends every request the node holds (shutdown): proposed ones with
+    /// `OutcomeUnknown`, stalled ones with `NotPrimary`.
+    pub fn shutdown(&mut self) {
+        self.abort_all(AbortReason::ShuttingDown);
+    }
+
+    // ------------------------------------------------------------------
+    // Outputs and accessors.
+    // ------------------------------------------------------------------
+
+    /// The next effect to carry out.
+    pub fn poll_effect(&mut self) -> Option<Effect<S::Snapshot, C>> {
+        self.effects.pop_front()
+    }
+
+    /// The state machine.
+    pub fn state_machine(&self) -> &S {
+        &self.sm
+    }
+
+    /// The state machine, for restoring it from a checkpoint before
+    /// [`Node::install_checkpoint`].
+    pub fn state_machine_mut(&mut self) -> &mut S {
+        &mut self.sm
+    }
+
+    /// The last slot applied.
+    pub fn applied(&self) -> Slot {
+        self.applied
+    }
+
+    /// The replicated directory as of `applied()`.
+    pub fn directory(&self) -> &Directory {
+        &self.directory
+    }
+
+    /// The protocol core (read-only: status, peers).
+    pub fn core(&self) -> &paxos_core::Replica {
+        &self.core
+    }
+
+    /// Whether this node is the announced leader.
+    pub fn is_leader(&self) -> bool {
+        self.is_leader
+    }
+
+    /// The leader to send clients to: the believed leader, or for a
+    /// replica that was removed, a voter of the membership in force.
+    pub fn leader_hint(&self) -> Option<ReplicaId> {
+        let leader = self.status.leader;
+        if self.removed
+            && leader.is_none_or(|l| l == self.id || !self.status.membership.contains(l))
+        {
+            return self.status.membership.voters.first().copied();
+        }
+        leader
+    }
+
+    /// The node's status.
+    pub fn status(&self) -> NodeStatus {
+        let core = &self.status;
+        NodeStatus {
+            role: if self.is_leader {
+                Role::Leader
+            } else {
+                core.role
+            },
+            leader: self.leader_hint(),
+            ballot: core.ballot,
+            commit_index: core.commit_index.max(self.applied),
+            applied_index: self.applied,
+            in_flight: self.proposals.len(),
+            checkpoint_slot: self.checkpoint_slot,
+            needs_snapshot: self.needs_snapshot,
+            ..self.stats.clone()
+        }
+    }
+
+    /// Membership, peers and addresses, for status pages and operators.
+    pub fn cluster_view(&self, now: Time) -> ClusterView {
+        let status = &self.status;
+        let membership_slot = match self.directory.last_reconfigure() {
+            // A core started from a checkpoint reports slot 0 for the
+            // membership it was given; the directory knows its slot.
+            Some(r) if status.membership_slot == 0 && r.membership == status.membership => r.slot,
+            _ => status.membership_slot,
+        };
+        ClusterView {
+            membership: status.membership.clone(),
+            membership_slot,
+            peers: self.core.peer_status(now),
+            book: Arc::clone(&self.book),
+            pending: self.core.pending_configuration().cloned(),
+            removed: self.removed,
+        }
+    }
+
+    // ------------------------------------------------------------------
+    // Internals.
+    // ------------------------------------------------------------------
+
+    fn next_header(&mut self, now: Time, kind: DecreeKind) -> Header {
+        let tag = ProposalTag {
+            proposer: self.id,
+            nonce: self.config.boot_nonce,
+            counter: self.counter,
+        };
+        self.counter += 1;
+        Header {
+            kind,
+            tag,
+            time_us: if self.config.wall_clock_at_zero_us == 0 {
+                0
+            } else {
+                self.config.wall_clock_at_zero_us + now.0
+            },
+        }
+    }
+
+    /// Proposes a framed batch, or queues it behind the stalled ones.
+    fn propose_framed(
+        &mut self,
+        now: Time,
+        value: Bytes,
+        tag: ProposalTag,
+        completions: Vec<C>,
+        batched: Time,
+    ) {
+        let stalled = Stalled {
+            value,
+            tag,
+            completions,
+            batched,
+        };
+        if self.stalled.is_empty() {
+            if let Some(refused) = self.try_propose(now, stalled) {
+                self.stalled.push_back(refused);
+            }
+        } else {
+            self.stalled.push_back(stalled);
+        }
+    }
+
+    /// Hands one batch to the core; returns it if the core cannot take it
+    /// yet.
+    fn try_propose(&mut self, now: Time, s: Stalled<C>) -> Option<Stalled<C>> {
+        if self.proposals.len() >= self.config.core.pipeline_window {
+            return Some(s);
+        }
+        let n = s.completions.len() as u64;
+        match self.core.propose(now, Value::Requests(s.value.clone())) {
+            Ok(slot) => {
+                self.stats.proposed_batches += 1;
+                self.stats.proposed_requests += n;
+                if self.config.stage_timing {
+                    self.awaiting_vote = Some(slot);
+                }
+                self.proposals.push_back(Proposal {
+                    slot,
+                    tag: s.tag,
+                    completions: s.completions,
+                    batched: s.batched,
+                    proposed: now,
+                    durable: None,
+                    vote: None,
+                });
+                None
+            }
+            // A Reconfigure is unchosen: nothing may be proposed above it
+            // until it is, so wait exactly as for a full window.
+            Err(ProposeError::WindowFull | ProposeError::ConfigChangeInFlight) => Some(s),
+            Err(ProposeError::NotLeader { leader }) => {
+                self.abort_batch(s.completions, AbortReason::NotPrimary { leader });
+                None
+            }
+            Err(ProposeError::TooLarge { .. }) => {
+                self.abort_batch(s.completions, AbortReason::TooLarge);
+                None
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "proposal refused");
+                self.abort_batch(s.completions, AbortReason::Refused);
+                None
+            }
+        }
+    }
+
+    fn abort_batch(&mut self, completions: Vec<C>, reason: AbortReason) {
+        for completion in completions {
+            self.effects.push_back(Effect::Abort { completion, reason });
+        }
+    }
+
+    /// Proposes stalled batches while the core takes them; returns whether
+    /// any was proposed.
+    fn retry_stalled(&mut self, now: Time) -> bool {
+        let mut any = false;
+        while self.is_leader {
+            let Some(s) = self.stalled.pop_front() else {
+                break;
+            };
+            match self.try_propose(now, s) {
+                None => any = true,
+                Some(refused) => {
+                    self.stalled.push_front(refused);
+                    break;
+                }
+            }
+        }
+        any
+    }
+
+    /// Carries out the core's actions until it has none left and nothing
+    /// stalled can be proposed.
+    fn process(&mut self, now: Time) {
+        loop {
+            while let Some(action) = self.core.poll_action() {
+                match action {
+                    Action::Send { to, msg } => {
+                        let bytes = self.encode(&msg);
+                        self.effects.push_back(Effect::Transmit { to, bytes });
+                    }
+                    Action::Persist { token, entries } => {
+                        let id = PersistId {
+                            epoch: self.epoch,
+                            token,
+                        };
+                        if let Some(slot) = self.awaiting_vote {
+                            let own_vote = entries.iter().any(
+                                |e| matches!(e, paxos_core::PersistEntry::Accept(a) if a.slot == slot),
+                            );
+                            if own_vote {
+                                self.awaiting_vote = None;
+                                if let Some(p) =
+                                    self.proposals.iter_mut().rev().find(|p| p.slot == slot)
+                                {
+                                    p.vote = Some(id);
+                                }
+                            }
+                        }
+                        self.effects.push_back(Effect::Persist { id, entries });
+                    }
+                    Action::Apply {
+                        slot,
+                        ballot,
+                        value,
+                    } => self.apply(now, slot, ballot, value),
+                    Action::StatusChanged(status) => self.on_status(status),
+                }
+            }
+            if !self.retry_stalled(now) {
+                break;
+            }
+        }
+    }
+
+    fn encode(&mut self, msg: &Message) -> Bytes {
+        // The core sends the same Accept to every follower: encode it (and
+        // copy its batch) once and share the bytes.
+        if let Message::Accept {
+            ballot,
+            slot,
+            commit_index,
+            value,
+        } = msg
+        {
+            let key = (*ballot, *slot, *commit_index, value.payload_len());
+            if let Some((k, encoded)) = &self.last_accept {
+                if *k == key {
+                    return encoded.clone();
+                }
+            }
+            let encoded = self.encode_fresh(msg);
+            self.last_accept = Some((key, encoded.clone()));
+            return encoded;
+        }
+        self.encode_fresh(msg)
+    }
+
+    fn encode_fresh(&mut self, msg: &Message) -> Bytes {
+        codec::encode(msg, &mut self.send_buf);
+        let bytes = self.send_buf.split().freeze();
+        if self.send_buf.capacity() < 4096 {
+            self.send_buf.reserve(64 * 1024);
+        }
+        bytes
+    }
+
+    fn transmit_xfer(&mut self, to: ReplicaId, msg: &XferMessage) {
+        self.effects.push_back(Effect::Transmit {
+            to,
+            bytes: xfer::encode(msg),
+        });
+    }
+
+    /// Applies the decree chosen at `slot` and settles this node's
+    /// proposals up to it.
+    fn apply(&mut self, now: Time, slot: Slot, ballot: Ballot, value: Value) {
+        paxos_contracts::requires!(
+            slot == self.applied + 1,
+            "apply of slot {} after {}",
+            slot,
+            self.applied
+        );
+        self.outputs.clear();
+        let mut chosen_tag = None;
+        match &value {
+            Value::Requests(bytes) => match framing::parse(bytes) {
+                Ok((header, requests)) => {
+                    chosen_tag = Some(header.tag);
+                    let decree = Decree {
+                        slot,
+                        proposer: header.tag.proposer,
+                        time_us: header.time_us,
+                    };
+                    match header.kind {
+                        DecreeKind::Client => {
+                            for request in requests {
+                                let reply = self.sm.execute(&decree, &request);
+                                self.outputs.push(reply);
+                            }
+                        }
+                        DecreeKind::Directory => {
+                            for command in requests {
+                                let reply = match self.directory.execute(&command) {
+                                    Ok(()) => Bytes::new(),
+                                    Err(e) => Bytes::from(e.to_string()),
+                                };
+                                self.outputs.push(reply);
+                            }
+                        }
+                    }
+                }
+                // The same bytes on every replica, so every replica skips it.
+                Err(e) => tracing::error!(slot, error = %e, "chosen decree is not framed; skipped"),
+            },
+            Value::Reconfigure(r) => {
+                self.directory.apply_reconfigure(slot, ballot, r);
+            }
+            Value::Noop => {}
+        }
+        self.applied = slot;
+        self.settle(now, slot, chosen_tag);
+        if self.directory.generation() != self.book_generation {
+            self.refresh_cluster(true);
+        }
+        self.maybe_checkpoint(slot);
+        paxos_contracts::ensures!(self.proposals.front().is_none_or(|p| p.slot > slot));
+    }
+
+    /// Settles every proposal at or below `slot`: the one at `slot`
+    /// completes if the chosen value is ours, every other one ends with
+    /// `OutcomeUnknown`.
+    fn settle(&mut self, now: Time, slot: Slot, chosen: Option<ProposalTag>) {
+        while self.proposals.front().is_some_and(|p| p.slot <= slot) {
+            let Some(p) = self.proposals.pop_front() else {
+                break;
+            };
+            let ours = p.slot == slot
+                && chosen == Some(p.tag)
+                && self.outputs.len() == p.completions.len();
+            if ours {
+                if self.config.stage_timing {
+                    self.effects.push_back(Effect::Timing(DecreeTiming {
+                        batched: p.batched,
+                        proposed: p.proposed,
+                        durable: p.durable.unwrap_or(p.proposed),
+                        applied: now,
+                        requests: p.completions.len() as u64,
+                    }));
+                }
+                for (completion, reply) in p.completions.into_iter().zip(self.outputs.drain(..)) {
+                    self.effects
+                        .push_back(Effect::Complete { completion, reply });
+                }
+            } else {
+                // Another value took the slot: ours was not chosen there. It
+                // cannot be chosen elsewhere either, but say "unknown"
+                // rather than lean on that.
+                self.abort_batch(p.completions, AbortReason::OutcomeUnknown);
+            }
+        }
+    }
+
+    fn on_status(&mut self, status: paxos_core::Status) {
+        let was_leader = self.is_leader;
+        self.is_leader = status.role == Role::Leader;
+        if was_leader && !self.is_leader {
+            let leader = status.leader;
+            self.abort_proposals(
+                AbortReason::OutcomeUnknown,
+                AbortReason::NotPrimary { leader },
+            );
+        }
+        if was_leader != self.is_leader {
+            tracing::info!(id = %self.id, leader = self.is_leader, ballot = %status.ballot, "primary status changed");
+            self.sm.on_primary_change(self.is_leader);
+        }
+        if status.needs_snapshot && !self.needs_snapshot {
+            tracing::warn!("behind the peers' retained log: fetching a checkpoint from a peer");
+        }
+        self.needs_snapshot = status.needs_snapshot;
+        let membership_changed = self.membership_slot_seen != Some(status.membership_slot);
+        self.status = status;
+        if membership_changed {
+            self.refresh_cluster(true);
+        }
+    }
+
+    /// Ends every proposal in flight with `proposed` and every stalled
+    /// batch with `stalled`.
+    fn abort_proposals(&mut self, proposed: AbortReason, stalled: AbortReason) {
+        while let Some(p) = self.proposals.pop_front() {
+            self.abort_batch(p.completions, proposed);
+        }
+        while let Some(s) = self.stalled.pop_front() {
+            self.abort_batch(s.completions, stalled);
+        }
+    }
+
+    fn abort_all(&mut self, proposed: AbortReason) {
+        let leader = self.leader_hint();
+        self.abort_proposals(proposed, AbortReason::NotPrimary { leader });
+    }
+
+    fn maybe_checkpoint(&mut self, slot: Slot) {
+        let every = self.config.checkpoint_every;
+        if !self.config.checkpoints
+            || every == 0
+            || self.checkpoint_running
+            || slot < self.last_checkpoint_started + every
+        {
+            return;
+        }
+        self.start_checkpoint();
+    }
+
+    /// Asks the driver to save the state as of `applied()`.
+    fn start_checkpoint(&mut self) {
+        let slot = self.applied;
+        self.last_checkpoint_started = slot;
+        self.checkpoint_running = true;
+        // The membership in force after `slot` is the one the directory
+        // recorded when it applied the last Reconfigure up to `slot` (the
+        // core may already have switched to a later one it committed).
+        let membership = self.directory.last_reconfigure().map_or_else(
+            || self.config.core.membership.clone(),
+            |r| r.membership.clone(),
+        );
+        let meta = CheckpointMeta {
+            last_applied: slot,
+            ballot: self.status.ballot,
+            membership,
+        };
+        let job = CheckpointJob {
+            meta,
+            node_section: encode_node_section(&self.directory),
+            snapshot: self.sm.snapshot(),
+        };
+        self.effects.push_back(Effect::SaveCheckpoint(job));
+    }
+
+    /// Starts (or restarts a stalled) checkpoint transfer from a peer.
+    fn request_checkpoint(&mut self, now: Time) {
+        if !self.config.checkpoints {
+            return;
+        }
+        if let Some(t) = &self.transfer {
+            if t.finishing || now.micros_since(t.last_progress) < self.config.transfer_stall_us {
+                return;
+            }
+            tracing::warn!(peer = %t.peer, offset = t.offset, "checkpoint transfer stalled; retrying");
+            self.abandon_transfer();
+        }
+        let peers: Vec<ReplicaId> = self
+            .status
+            .membership
+            .all()
+            .filter(|&p| p != self.id)
+            .collect();
+        if peers.is_empty() {
+            return;
+        }
+        // Prefer the leader; rotate through the others on retries.
+        let leader = self.status.leader.filter(|&l| l != self.id);
+        self.transfer_rotation += 1;
+        let peer = match leader {
+            Some(l) if self.transfer_rotation % 2 == 1 => l,
+            _ => peers[self.transfer_rotation % peers.len()],
+        };
+        tracing::info!(%peer, "requesting a checkpoint");
+        self.transfer = Some(Transfer {
+            peer,
+            slot: 0,
+            offset: 0,
+            data_len: 0,
+            last_progress: now,
+            finishing: false,
+            started: false,
+        });
+        let have = self.applied;
+        self.transmit_xfer(
+            peer,
+            &XferMessage::Request {
+                slot: 0,
+                offset: 0,
+                have,
+            },
+        );
+    }
+
+    fn abandon_transfer(&mut self) {
+        if let Some(t) = self.transfer.take() {
+            if t.started {
+                self.effects
+                    .push_back(Effect::Transfer(TransferOp::Abandon));
+            }
+        }
+    }
+
+    fn on_xfer(&mut self, now: Time, from: ReplicaId, msg: XferMessage) {
+        match msg {
+            XferMessage::Request { slot, offset, have } => {
+                if !self.config.checkpoints {
+                    self.transmit_xfer(from, &XferMessage::None { slot });
+                } else if slot == 0 && self.checkpoint_slot <= have {
+                    // Our newest checkpoint would not help: the peer is past
+                    // it but behind our retained log. Take a fresh one now;
+                    // the peer asks again.
+                    if self.applied > have && !self.checkpoint_running {
+                        self.start_checkpoint();
+                    }
+                    self.transmit_xfer(from, &XferMessage::None { slot });
+                } else {
+                    self.effects.push_back(Effect::ServeChunk {
+                        to: from,
+                        slot,
+                        offset,
+                    });
+                }
+            }
+            XferMessage::None { .. } => {
+                if self
+                    .transfer
+                    .as_ref()
+                    .is_some_and(|t| t.peer == from && !t.finishing)
+                {
+                    self.abandon_transfer();
+                }
+            }
+            XferMessage::Chunk {
+                meta,
+                data_len,
+                chunk,
+            } => self.on_chunk(now, from, meta, data_len, chunk),
+        }
+    }
+
+    fn on_chunk(
+        &mut self,
+        now: Time,
+        from: ReplicaId,
+        meta: CheckpointMeta,
+        data_len: u64,
+        chunk: Chunk,
+    ) {
+        let applied = self.applied;
+        let Some(t) = self
+            .transfer
+            .as_mut()
+            .filter(|t| t.peer == from && !t.finishing)
+        else {
+            return;
+        };
+        if !chunk.is_intact() {
+            tracing::warn!(%from, "checkpoint chunk failed its checksum; dropped");
+            return;
+        }
+        if t.slot == 0 {
+            if meta.last_applied <= applied {
+                tracing::info!(%from, slot = meta.last_applied, applied, "peer's checkpoint is not ahead of ours");
+                self.abandon_transfer();
+                return;
+            }
+            t.slot = meta.last_applied;
+            t.data_len = data_len;
+        }
+        if meta.last_applied != t.slot || chunk.offset != t.offset || data_len != t.data_len {
+            return; // a duplicate or a stale reply
+        }
+        let len = chunk.data.len() as u64;
+        if len == 0 && t.offset < data_len {
+            tracing::error!(%from, "empty checkpoint chunk before the end; retrying");
+            self.abandon_transfer();
+            return;
+        }
+        t.offset += len;
+        t.last_progress = now;
+        t.started = true;
+        let (slot, offset, done) = (t.slot, t.offset, t.offset >= data_len);
+        if done {
+            t.finishing = true;
+        }
+        self.effects.push_back(Effect::Transfer(TransferOp::Write {
+            meta,
+            data_len,
+            chunk,
+        }));
+        if done {
+            self.effects
+                .push_back(Effect::Transfer(TransferOp::Finish { slot }));
+        } else {
+            self.transmit_xfer(
+                from,
+                &XferMessage::Request {
+                    slot,
+                    offset,
+                    have: applied,
+                },
+            );
+        }
+    }
+
+    /// Republishes the cached book; with `changed`, also reacts to a new
+    /// membership or address book: the transport's peer set follows, and a
+    /// removal of this replica is logged.
+    fn refresh_cluster(&mut self, changed: bool) {
+        let generation = self.directory.generation();
+        let book_changed = generation != self.book_generation;
+        if book_changed {
+            self.book = Arc::new(self.config.addresses.merged(self.directory.book()));
+        }
+        let status = &self.status;
+        let member = status.membership.contains(self.id);
+        // A restarted node that is not a member was removed, unless it was
+        // provisioned to join.
+        self.removed =
+            !member && (self.removed || self.was_member || !self.config.addresses.joining);
+        let membership_changed = self.membership_slot_seen != Some(status.membership_slot);
+        if !(changed && (book_changed || membership_changed)) {
+            return;
+        }
+        if membership_changed {
+            tracing::info!(
+                slot = status.membership_slot,
+                membership = %membership_text(&status.membership),
+                "membership in force"
+            );
+            if self.removed {
+                tracing::warn!(
+                    id = %self.id,
+                    "this replica was REMOVED from the cluster: it takes no part any more and answers clients with redirects; stop it, or wipe its data and add it again"
+                );
+            }
+        }
+        let wanted = self
+            .config
+            .addresses
+            .wanted_peers(self.id, &status.membership, &self.book);
+        if self.peers_sent.as_ref() != Some(&wanted) {
+            self.peers_sent = Some(wanted.clone());
+            self.effects.push_back(Effect::SetPeers(wanted));
+        }
+        self.book_generation = generation;
+        self.membership_slot_seen = Some(status.membership_slot);
+        self.was_member = member;
+    }
+}

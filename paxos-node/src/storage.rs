@@ -1,0 +1,350 @@
+//! Carrying out the node's checkpoint effects on a
+//! [`paxos_log::checkpoint::CheckpointStore`]: the same functions serve
+//! the production driver (on background threads, over the real file system)
+//! and the simulator (inline, over a simulated disk), so the checkpoint
+//! format, restore and transfer code is what the simulator tests.
+//!
+//! # Checkpoint data layout
+//!
+//! The store frames the file (header with [`CheckpointMeta`], per-block
+//! CRC32C, trailer). Inside, the data is:
+//!
+//! ```text
+//! "PXNODE01" | u32 section_len | directory section | u32 crc32c(section) | state machine snapshot …
+//! ```
+//!
+//! The node's section comes first so that restoring reads it, then hands
+//! the rest of the stream to [`StateMachine::restore`]; the state machine
+//! must consume the stream exactly.
+
+use crate::directory::Directory;
+use crate::effect::{CheckpointJob, TransferOp};
+use crate::state_machine::{Snapshot, SnapshotError, StateMachine};
+use crate::xfer::{XferMessage, CHUNK_BYTES};
+use bytes::{BufMut, Bytes, BytesMut};
+use paxos_core::Slot;
+use paxos_log::checkpoint::{CheckpointMeta, CheckpointReader, CheckpointStore, CheckpointWriter};
+use paxos_log::StorageError;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// Number of checkpoints kept on disk (the newest may turn out unreadable).
+pub const CHECKPOINTS_KEPT: usize = 2;
+const SECTION_MAGIC: &[u8; 8] = b"PXNODE01";
+/// Largest node section accepted (bounds what a corrupt length can make us
+/// allocate).
+const MAX_SECTION_BYTES: usize = 16 << 20;
+/// Bytes read from the store per refill while restoring.
+const RESTORE_READ_BYTES: usize = 1 << 20;
+
+/// Why a checkpoint could not be written or restored.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// The store failed (I/O, or a block that failed its checksum).
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The node's section is missing or malformed.
+    #[error("checkpoint {path}: {reason}")]
+    NodeSection {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// The state machine refused the snapshot.
+    #[error("checkpoint {path} does not restore: {source}")]
+    Snapshot {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: SnapshotError,
+    },
+    /// Writing the snapshot failed.
+    #[error("writing the snapshot: {0}")]
+    Write(#[source] std::io::Error),
+}
+
+/// Opens (creating) the checkpoint store in `dir` on the real file system.
+pub fn open_checkpoints(dir: &Path) -> Result<CheckpointStore, StorageError> {
+    CheckpointStore::new(dir, CHECKPOINTS_KEPT)
+}
+
+/// Encodes the node's section for a checkpoint.
+pub fn encode_node_section(directory: &Directory) -> Bytes {
+    let mut section = BytesMut::new();
+    directory.encode(&mut section);
+    let mut out = BytesMut::with_capacity(section.len() + 16);
+    out.put_slice(SECTION_MAGIC);
+    out.put_u32_le(section.len() as u32);
+    out.put_slice(&section);
+    out.put_u32_le(crc32c::crc32c(&section));
+    out.freeze()
+}
+
+/// Writes one checkpoint durably (temp file, fsync, verify, rename). Blocks
+/// for as long as that takes: run it off the event loop.
+pub fn write_checkpoint<P: Snapshot>(
+    store: &CheckpointStore,
+    job: CheckpointJob<P>,
+) -> Result<Slot, CheckpointError> {
+    let CheckpointJob {
+        meta,
+        node_section,
+        mut snapshot,
+    } = job;
+    let slot = meta.last_applied;
+    let mut writer = store.begin(meta)?;
+    writer.write(&node_section)?;
+    snapshot
+        .write_to(&mut writer)
+        .map_err(CheckpointError::Write)?;
+    writer.finish()?;
+    Ok(slot)
+}
+
+/// A checkpoint restored into a state machine.
+#[derive(Clone, Debug)]
+pub struct Restored {
+    /// What it covers.
+    pub meta: CheckpointMeta,
+    /// The node's directory as of its slot.
+    pub directory: Directory,
+    /// The file it came from.
+    pub path: PathBuf,
+    /// Newer checkpoints that failed verification and were skipped.
+    pub skipped: Vec<String>,
+}
+
+/// The snapshot data of a checkpoint as a [`Read`], verified block by block
+/// as it is read; memory: one refill.
+struct CheckpointStream<'a> {
+    reader: &'a CheckpointReader,
+    offset: u64,
+    buf: Bytes,
+}
+
+impl Read for CheckpointStream<'_> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if self.buf.is_empty() {
+            let left = self.reader.info().data_len - self.offset;
+            if left == 0 {
+                return Ok(0);
+            }
+            let len = usize::try_from(left)
+                .unwrap_or(usize::MAX)
+                .min(RESTORE_READ_BYTES);
+            let chunk = self
+                .reader
+                .read_chunk(self.offset, len)
+                .map_err(std::io::Error::other)?;
+            self.offset += chunk.data.len() as u64;
+            self.buf = chunk.data;
+        }
+        let n = out.len().min(self.buf.len());
+        out[..n].copy_from_slice(&self.buf[..n]);
+        let _ = self.buf.split_to(n);
+        Ok(n)
+    }
+}
+
+/// Restores `sm` from the checkpoint `reader` opens; returns what it
+/// covers. On error `sm` is as before.
+pub fn restore_from<S: StateMachine>(
+    reader: &CheckpointReader,
+    sm: &mut S,
+) -> Result<Restored, CheckpointError> {
+    let info = reader.info().clone();
+    let path = info.path.clone();
+    let bad = |reason| CheckpointError::NodeSection {
+        path: path.clone(),
+        reason,
+    };
+    let mut stream = CheckpointStream {
+        reader,
+        offset: 0,
+        buf: Bytes::new(),
+    };
+    let mut head = [0u8; 12];
+    stream
+        .read_exact(&mut head)
+        .map_err(|_| bad("no node section (written by another version?)"))?;
+    if &head[..8] != SECTION_MAGIC {
+        return Err(bad("no node section (written by another version?)"));
+    }
+    let len = u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as usize;
+    if len > MAX_SECTION_BYTES {
+        return Err(bad("node section length out of range"));
+    }
+    let mut section = vec![0u8; len + 4];
+    stream
+        .read_exact(&mut section)
+        .map_err(|_| bad("node section truncated"))?;
+    let crc = u32::from_le_bytes([
+        section[len],
+        section[len + 1],
+        section[len + 2],
+        section[len + 3],
+    ]);
+    section.truncate(len);
+    if crc32c::crc32c(&section) != crc {
+        return Err(bad("node section checksum mismatch"));
+    }
+    let directory = Directory::decode(&section).ok_or_else(|| bad("node section malformed"))?;
+    sm.restore(&mut stream)
+        .map_err(|source| CheckpointError::Snapshot {
+            path: path.clone(),
+            source,
+        })?;
+    let mut rest = [0u8; 1];
+    if !matches!(stream.read(&mut rest), Ok(0)) {
+        return Err(bad("bytes left after the state machine's snapshot"));
+    }
+    Ok(Restored {
+        meta: info.meta,
+        directory,
+        path,
+        skipped: Vec::new(),
+    })
+}
+
+/// Restores `sm` from the newest checkpoint that verifies (newer corrupt
+/// ones are skipped and listed in [`Restored::skipped`]). `None`: there is
+/// no checkpoint. A checkpoint that verifies but does not restore is an
+/// error: silently starting from an older state would replay a log that
+/// may already be truncated past it.
+pub fn restore_newest<S: StateMachine>(
+    store: &CheckpointStore,
+    sm: &mut S,
+) -> Result<Option<Restored>, CheckpointError> {
+    let Some(latest) = store.latest()? else {
+        return Ok(None);
+    };
+    let mut restored = restore_from(&latest.reader, sm)?;
+    restored.skipped = latest.skipped.iter().map(|e| e.to_string()).collect();
+    Ok(Some(restored))
+}
+
+/// The reply to a peer's request for a chunk of checkpoint `slot` (0: the
+/// newest) at `offset`: a verified chunk, or `None` if this store cannot
+/// serve it.
+pub fn serve_chunk(store: &CheckpointStore, slot: Slot, offset: u64) -> XferMessage {
+    let none = XferMessage::None { slot };
+    let Ok(slots) = store.list() else {
+        return none;
+    };
+    let found = if slot == 0 {
+        slots.last().copied()
+    } else {
+        slots.into_iter().find(|&s| s == slot)
+    };
+    let Some(found) = found else {
+        return none;
+    };
+    let Ok(reader) = store.open(found) else {
+        return none;
+    };
+    let info = reader.info().clone();
+    let len = usize::try_from(info.data_len.saturating_sub(offset))
+        .unwrap_or(usize::MAX)
+        .min(CHUNK_BYTES);
+    match store.read_chunk(found, offset, len) {
+        Ok(chunk) => XferMessage::Chunk {
+            meta: info.meta,
+            data_len: info.data_len,
+            chunk,
+        },
+        Err(_) => none,
+    }
+}
+
+/// Carries out [`TransferOp`]s: writes a checkpoint received from a peer
+/// into the local store.
+#[derive(Debug)]
+pub struct TransferSink {
+    store: CheckpointStore,
+    writer: Option<(Slot, CheckpointWriter)>,
+}
+
+impl TransferSink {
+    /// A sink writing into `store`.
+    pub fn new(store: CheckpointStore) -> TransferSink {
+        TransferSink {
+            store,
+            writer: None,
+        }
+    }
+
+    /// Carries out `Write` and `Abandon` at once. `Finish` (which fsyncs)
+    /// is split off: use [`TransferSink::take_finish`] to run it elsewhere,
+    /// or this method to run it here; it returns the finished slot.
+    pub fn perform(&mut self, op: TransferOp) -> Result<Option<Slot>, StorageError> {
+        match op {
+            TransferOp::Write {
+                meta,
+                data_len: _,
+                chunk,
+            } => {
+                let slot = meta.last_applied;
+                if self.writer.as_ref().is_none_or(|(s, _)| *s != slot) || chunk.offset == 0 {
+                    self.writer = Some((slot, self.store.begin(meta)?));
+                }
+                let Some((_, writer)) = self.writer.as_mut() else {
+                    return Ok(None);
+                };
+                if let Err(e) = writer.write_chunk(&chunk) {
+                    self.writer = None;
+                    return Err(e);
+                }
+                Ok(None)
+            }
+            TransferOp::Finish { slot } => match self.take_finish(slot) {
+                Some(finish) => finish.run().map(Some),
+                None => Err(StorageError::OutOfRange(format!(
+                    "no transfer of checkpoint {slot} in progress"
+                ))),
+            },
+            TransferOp::Abandon => {
+                self.writer = None;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Detaches the writer of checkpoint `slot` so that its `finish`
+    /// (verify, fsync, rename) can run on another thread.
+    pub fn take_finish(&mut self, slot: Slot) -> Option<PendingFinish> {
+        match self.writer.take() {
+            Some((s, writer)) if s == slot => Some(PendingFinish { slot, writer }),
+            other => {
+                self.writer = other;
+                None
+            }
+        }
+    }
+}
+
+/// The last step of a transfer, detachable from the sink.
+#[derive(Debug)]
+pub struct PendingFinish {
+    slot: Slot,
+    writer: CheckpointWriter,
+}
+
+impl PendingFinish {
+    /// Verifies, syncs and publishes the checkpoint; returns its slot.
+    pub fn run(self) -> Result<Slot, StorageError> {
+        self.writer.finish()?;
+        Ok(self.slot)
+    }
+}
+
+/// Opens checkpoint `slot` of `store` and restores `sm` from it.
+pub fn restore_slot<S: StateMachine>(
+    store: &CheckpointStore,
+    slot: Slot,
+    sm: &mut S,
+) -> Result<Restored, CheckpointError> {
+    let reader = store.open(slot)?;
+    restore_from(&reader, sm)
+}
