@@ -752,7 +752,9 @@ impl EventLoop {
                         .send(seq)
                         .map_err(|_| anyhow::anyhow!("durability waiter stopped"))?;
                 }
-                Effect::Complete { completion, reply } => completion.complete(Reply {
+                Effect::Complete {
+                    completion, reply, ..
+                } => completion.complete(Reply {
                     bytes: reply,
                     applied_us: self.stages.stamp(),
                 }),
@@ -779,6 +781,7 @@ impl EventLoop {
                     let now = self.now();
                     self.status.set_cluster(self.node.cluster_view(now));
                 }
+                Effect::Applied { .. } => {}
                 Effect::Timing(t) => self.stages.record_decree(
                     [t.batched, t.proposed, t.durable, t.applied, t.applied].map(|t| t.0.max(1)),
                     t.requests,

@@ -35,6 +35,8 @@ pub struct NodeConfig {
     pub wall_clock_at_zero_us: u64,
     /// Emit [`crate::Effect::Timing`] for every settled decree.
     pub stage_timing: bool,
+    /// Emit [`crate::Effect::Applied`] for every applied decree.
+    pub report_applies: bool,
 }
 
 impl NodeConfig {
@@ -51,6 +53,7 @@ impl NodeConfig {
             boot_nonce: 0,
             wall_clock_at_zero_us: 0,
             stage_timing: false,
+            report_applies: false,
         }
     }
 }

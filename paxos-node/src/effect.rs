@@ -118,12 +118,15 @@ pub enum Effect<P, C> {
         /// The records.
         entries: Vec<PersistEntry>,
     },
-    /// A request's reply: it executed in a chosen decree.
+    /// A request's reply: it executed in the decree chosen at `slot`.
     Complete {
         /// The request's completion handle.
         completion: C,
         /// The state machine's reply.
         reply: Bytes,
+        /// The slot of the decree that executed it (a client that wants to
+        /// read its own writes from a replica can ask for this slot).
+        slot: Slot,
     },
     /// A request that got no reply, and why.
     Abort {
@@ -156,4 +159,15 @@ pub enum Effect<P, C> {
     SetPeers(BTreeMap<ReplicaId, SocketAddr>),
     /// Stage timestamps of a decree this node proposed (stage timing on).
     Timing(DecreeTiming),
+    /// The decree chosen at `slot` was applied here (only with
+    /// [`crate::NodeConfig::report_applies`]: checkers and change-data
+    /// capture).
+    Applied {
+        /// The slot.
+        slot: Slot,
+        /// The ballot it was applied under.
+        ballot: paxos_core::Ballot,
+        /// The chosen value.
+        value: paxos_core::Value,
+    },
 }

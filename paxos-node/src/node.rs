@@ -578,6 +578,13 @@ impl<S: StateMachine, C> Node<S, C> {
         self.process(now);
     }
 
+    /// Plants a deliberate protocol bug in the core (simulator teeth tests
+    /// only; compiled only with the `planted-bugs` feature).
+    #[cfg(feature = "planted-bugs")]
+    pub fn plant_core_bug(&mut self, bug: paxos_core::PlantedBug) {
+        self.core.plant_bug(bug);
+    }
+
     /// Ends every request the node holds (shutdown): proposed ones with
     /// `OutcomeUnknown`, stalled ones with `NotPrimary`.
     pub fn shutdown(&mut self) {
@@ -921,6 +928,13 @@ impl<S: StateMachine, C> Node<S, C> {
         }
         self.applied = slot;
         self.settle(now, slot, chosen_tag);
+        if self.config.report_applies {
+            self.effects.push_back(Effect::Applied {
+                slot,
+                ballot,
+                value,
+            });
+        }
         if self.directory.generation() != self.book_generation {
             self.refresh_cluster(true);
         }
@@ -950,8 +964,11 @@ impl<S: StateMachine, C> Node<S, C> {
                     }));
                 }
                 for (completion, reply) in p.completions.into_iter().zip(self.outputs.drain(..)) {
-                    self.effects
-                        .push_back(Effect::Complete { completion, reply });
+                    self.effects.push_back(Effect::Complete {
+                        completion,
+                        reply,
+                        slot,
+                    });
                 }
             } else {
                 // Another value took the slot: ours was not chosen there. It
