@@ -19,6 +19,7 @@
 //! 0x05 GET    str key                (reads are ordered through the log)
 //! 0x06 EXISTS u32 n, n × str key
 //! 0x07 MGET   u32 n, n × str key
+//! 0x08 INCRBY str key, i64 delta      (also DECR, DECRBY: a negated delta)
 //! ```
 //!
 //! A request that does not decode (it can only come from a corrupt or
@@ -38,6 +39,7 @@ const OP_MSET: u8 = 4;
 const OP_GET: u8 = 5;
 const OP_EXISTS: u8 = 6;
 const OP_MGET: u8 = 7;
+const OP_INCRBY: u8 = 8;
 
 /// Largest key accepted from a client.
 pub const MAX_KEY_LEN: usize = 16 * 1024;
@@ -66,6 +68,9 @@ pub enum CommandError {
     /// A key or value over the size limits.
     #[error("ERR key or value too large")]
     TooLarge,
+    /// An argument that must be an integer is not one.
+    #[error("ERR value is not an integer or out of range")]
+    NotAnInteger,
 }
 
 fn put_str(out: &mut BytesMut, s: &[u8]) {
@@ -133,6 +138,32 @@ pub fn encode_command<A: AsRef<[u8]>>(
             put_str(out, rest[0].as_ref());
             Ok(CommandKind::Write)
         }
+        b"INCRBY" | b"DECRBY" | b"DECR" => {
+            let (cmd, with_delta) = match name_up {
+                b"INCRBY" => ("incrby", true),
+                b"DECRBY" => ("decrby", true),
+                _ => ("decr", false),
+            };
+            arity(rest.len() == 1 + usize::from(with_delta), cmd)?;
+            check_sizes(&rest[..1], &[])?;
+            let delta = if with_delta {
+                std::str::from_utf8(rest[1].as_ref())
+                    .ok()
+                    .and_then(|t| t.parse::<i64>().ok())
+                    .ok_or(CommandError::NotAnInteger)?
+            } else {
+                1
+            };
+            let delta = if name_up == b"INCRBY" {
+                delta
+            } else {
+                delta.checked_neg().ok_or(CommandError::NotAnInteger)?
+            };
+            out.put_u8(OP_INCRBY);
+            put_str(out, rest[0].as_ref());
+            out.put_i64_le(delta);
+            Ok(CommandKind::Write)
+        }
         b"DEL" | b"EXISTS" | b"MGET" => {
             let (op, cmd, kind) = match name_up {
                 b"DEL" => (OP_DEL, "del", CommandKind::Write),
@@ -176,6 +207,13 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
+    fn i64(&mut self) -> Option<i64> {
+        let b = self.buf.get(self.pos..self.pos + 8)?;
+        self.pos += 8;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Some(i64::from_le_bytes(a))
+    }
     fn u32(&mut self) -> Option<u32> {
         let b = self.buf.get(self.pos..self.pos + 4)?;
         self.pos += 4;
@@ -310,8 +348,9 @@ impl KvStore {
                 }
                 self.reply(|o| resp::write_integer(o, count))
             }
-            OP_INCR => {
+            OP_INCR | OP_INCRBY => {
                 let k = r.str()?;
+                let delta = if op == OP_INCRBY { r.i64()? } else { 1 };
                 if !r.done() {
                     return None;
                 }
@@ -323,7 +362,7 @@ impl KvStore {
                 };
                 match current {
                     None => Bytes::from_static(REPLY_NOT_INT),
-                    Some(c) => match c.checked_add(1) {
+                    Some(c) => match c.checked_add(delta) {
                         None => Bytes::from_static(REPLY_OVERFLOW),
                         Some(next) => {
                             self.map.set(k, next.to_string().as_bytes());
@@ -636,6 +675,66 @@ pub(crate) mod tests {
                 REPLY_NOT_INT,
             ]
         );
+    }
+
+    #[test]
+    fn incrby_decr_and_decrby_count_by_their_deltas() {
+        let mut s = KvStore::new();
+        let outs = run(
+            &mut s,
+            &[
+                &["INCRBY", "n", "10"],
+                &["DECR", "n"],
+                &["decrby", "n", "-5"],
+                &["INCRBY", "n", "-20"],
+                &["SET", "t", "x"],
+                &["INCRBY", "t", "1"],
+            ],
+        );
+        let text: Vec<&[u8]> = outs.iter().map(|b| &b[..]).collect();
+        assert_eq!(
+            text,
+            vec![
+                &b":10\r\n"[..],
+                b":9\r\n",
+                b":14\r\n",
+                b":-6\r\n",
+                b"+OK\r\n",
+                REPLY_NOT_INT
+            ]
+        );
+        let mut out = BytesMut::new();
+        for bad in [
+            &["INCRBY", "n", "x"][..],
+            &["INCRBY", "n", "1.5"],
+            &["DECRBY", "n", "-9223372036854775808"],
+        ] {
+            assert_eq!(
+                encode_command(&args(bad), &mut out),
+                Err(CommandError::NotAnInteger),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            encode_command(&args(&["INCRBY", "n"]), &mut out),
+            Err(CommandError::Arity("incrby"))
+        );
+        assert_eq!(
+            encode_command(&args(&["DECR", "n", "1"]), &mut out),
+            Err(CommandError::Arity("decr"))
+        );
+        assert!(out.is_empty(), "nothing appended on error");
+        let max = i64::MAX.to_string();
+        let outs = run(
+            &mut s,
+            &[
+                &["SET", "m", &max],
+                &["INCRBY", "m", "1"],
+                &["DECRBY", "m", "1"],
+            ],
+        );
+        assert_eq!(&outs[1][..], REPLY_OVERFLOW);
+        assert_eq!(&outs[2][..], format!(":{}\r\n", i64::MAX - 1).as_bytes());
     }
 
     #[test]

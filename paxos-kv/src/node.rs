@@ -760,7 +760,12 @@ impl EventLoop {
                 }),
                 Effect::Abort { completion, reason } => completion.abort(pipeline_abort(reason)),
                 Effect::SaveCheckpoint(job) => self.save_checkpoint(job),
-                Effect::ServeChunk { to, slot, offset } => {
+                Effect::ServeChunk {
+                    to,
+                    slot,
+                    offset,
+                    max_bytes,
+                } => {
                     let (Some(store), transport) =
                         (self.checkpoints.clone(), Arc::clone(&self.transport))
                     else {
@@ -768,7 +773,7 @@ impl EventLoop {
                     };
                     // Disk reads off the loop; the transport is thread-safe.
                     tokio::task::spawn_blocking(move || {
-                        let reply = node_storage::serve_chunk(&store, slot, offset);
+                        let reply = node_storage::serve_chunk(&store, slot, offset, max_bytes);
                         let _ = transport.send(to, paxos_node::xfer::encode(&reply));
                     });
                 }
@@ -847,15 +852,13 @@ impl EventLoop {
         let (Some(store), Some(reload)) = (&self.checkpoints, &self.reload_durable) else {
             return;
         };
-        match node_storage::restore_slot(store, slot, self.node.state_machine_mut()) {
-            Ok(restored) => {
-                let durable = reload();
-                let now = self.now();
-                if let Err(e) = self.node.install_checkpoint(now, durable, restored) {
-                    tracing::error!(error = %e, "installing a received checkpoint failed");
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "a received checkpoint does not restore"),
+        let durable = reload();
+        let now = self.now();
+        let result = self.node.install_checkpoint(now, durable, slot, |sm| {
+            node_storage::restore_slot(store, slot, sm)
+        });
+        if let Err(e) = result {
+            tracing::error!(error = %e, "installing a received checkpoint failed; will fetch again");
         }
     }
 }

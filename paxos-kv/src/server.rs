@@ -269,9 +269,12 @@ fn execute(
                 }
             }
         }
-        Err(e @ (CommandError::Unknown(_) | CommandError::Arity(_) | CommandError::TooLarge)) => {
-            Pending::Ready(error_bytes(e.to_string().as_bytes()))
-        }
+        Err(
+            e @ (CommandError::Unknown(_)
+            | CommandError::Arity(_)
+            | CommandError::TooLarge
+            | CommandError::NotAnInteger),
+        ) => Pending::Ready(error_bytes(e.to_string().as_bytes())),
     }
 }
 

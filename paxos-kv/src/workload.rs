@@ -49,7 +49,9 @@ pub fn interpret(kind: &OpKind, reply: Result<Frame, ClientError>) -> Answer {
     match (kind, frame) {
         (OpKind::Read, Frame::Bulk(v)) => Answer::Done(OpOutcome::Read(v)),
         (OpKind::Write(_), Frame::Simple(s)) if &s[..] == b"OK" => Answer::Done(OpOutcome::Written),
-        (OpKind::Incr, Frame::Integer(n)) => Answer::Done(OpOutcome::Incremented(n)),
+        (OpKind::Incr | OpKind::IncrBy(_), Frame::Integer(n)) => {
+            Answer::Done(OpOutcome::Incremented(n))
+        }
         (OpKind::Del, Frame::Integer(n)) => Answer::Done(OpOutcome::Deleted(n)),
         // A reply that does not fit the command: record as a read of
         // nonsense so the checker flags it, rather than hide it.
@@ -99,6 +101,11 @@ pub async fn run_op(
         OpKind::Read => vec![b"GET".to_vec(), key.as_bytes().to_vec()],
         OpKind::Write(v) => vec![b"SET".to_vec(), key.as_bytes().to_vec(), v.to_vec()],
         OpKind::Incr => vec![b"INCR".to_vec(), key.as_bytes().to_vec()],
+        OpKind::IncrBy(d) => vec![
+            b"INCRBY".to_vec(),
+            key.as_bytes().to_vec(),
+            d.to_string().into_bytes(),
+        ],
         OpKind::Del => vec![b"DEL".to_vec(), key.as_bytes().to_vec()],
     };
     let parts: Vec<&[u8]> = parts.iter().map(|p| &p[..]).collect();

@@ -22,6 +22,8 @@ pub struct NodeConfig {
     /// A checkpoint transfer with no progress for this long (µs) is
     /// abandoned and retried with another peer.
     pub transfer_stall_us: u64,
+    /// Largest chunk this node serves to a peer fetching a checkpoint.
+    pub transfer_chunk_bytes: usize,
     /// The addresses this node was configured with.
     pub addresses: AddressConfig,
     /// Seeds the core's randomized timeouts.
@@ -48,6 +50,7 @@ impl NodeConfig {
             checkpoints: false,
             compact_retain: 4096,
             transfer_stall_us: 2_000_000,
+            transfer_chunk_bytes: crate::xfer::CHUNK_BYTES,
             addresses: AddressConfig::default(),
             seed: 0,
             boot_nonce: 0,

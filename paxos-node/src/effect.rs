@@ -146,6 +146,8 @@ pub enum Effect<P, C> {
         slot: Slot,
         /// Byte offset in its data.
         offset: u64,
+        /// Largest chunk to send.
+        max_bytes: usize,
     },
     /// Carry out a checkpoint-transfer write.
     Transfer(TransferOp),

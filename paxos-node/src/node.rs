@@ -68,6 +68,9 @@ pub enum NodeError {
     /// The core configuration is invalid.
     #[error("core configuration: {0}")]
     Config(#[from] paxos_core::ConfigError),
+    /// Restoring a received checkpoint failed (the state is unchanged).
+    #[error("restoring a received checkpoint: {0}")]
+    Restore(String),
     /// A restored checkpoint does not match the state machine's position.
     #[error("checkpoint {path} covers slot {slot}, but {why}")]
     Checkpoint {
@@ -413,6 +416,10 @@ impl<S: StateMachine, C> Node<S, C> {
         self.process(now);
         if self.needs_snapshot {
             self.request_checkpoint(now);
+        } else if self.transfer.as_ref().is_some_and(|t| !t.finishing) {
+            // Caught up some other way: the transfer is not needed any more.
+            self.abandon_transfer();
+            self.process(now);
         }
         self.refresh_cluster(false);
     }
@@ -420,9 +427,13 @@ impl<S: StateMachine, C> Node<S, C> {
     /// When [`Node::handle_tick`] must next be called.
     pub fn next_timer(&self) -> Option<Time> {
         let core = self.core.next_timer();
+        // Only a transfer that is still wanted and still waiting for chunks
+        // has a deadline (one that waits for the driver's `Finish` has
+        // none: a past deadline would make the driver spin).
         let transfer = self
             .transfer
             .as_ref()
+            .filter(|t| self.needs_snapshot && !t.finishing)
             .map(|t| t.last_progress.plus_micros(self.config.transfer_stall_us));
         match (core, transfer) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -480,7 +491,14 @@ impl<S: StateMachine, C> Node<S, C> {
     pub fn on_transfer_finished(&mut self, now: Time, result: Result<Slot, String>) {
         self.transfer = None;
         match result {
-            Ok(slot) => self.effects.push_back(Effect::InstallCheckpoint { slot }),
+            Ok(slot) if slot > self.applied => {
+                self.effects.push_back(Effect::InstallCheckpoint { slot })
+            }
+            Ok(slot) => tracing::info!(
+                slot,
+                applied = self.applied,
+                "received checkpoint is no longer ahead; not installed"
+            ),
             Err(e) => {
                 tracing::error!(error = %e, "received checkpoint failed verification; will retry")
             }
@@ -488,22 +506,37 @@ impl<S: StateMachine, C> Node<S, C> {
         self.process(now);
     }
 
-    /// The state machine ([`Node::state_machine_mut`]) was just restored
-    /// from checkpoint `restored`: adopt its slot and directory, drop every
-    /// pending request (their outcome is unknown), and restart the core from
-    /// `durable` (the storage's current state) at that slot.
-    pub fn install_checkpoint(
+    /// Installs checkpoint `slot`, received from a peer (after
+    /// [`Effect::InstallCheckpoint`]): `restore` restores the state machine
+    /// from it (e.g. with [`crate::storage::restore_slot`]) and returns
+    /// what it covers; then the node adopts its slot and directory, drops
+    /// every pending request (their outcome is unknown), and restarts the
+    /// core from `durable` (the storage's current state) at that slot.
+    ///
+    /// Nothing is touched — `restore` is not even called — if the node has
+    /// meanwhile applied up to `slot` some other way; and a `restore` that
+    /// fails must leave the state machine as it was (the trait's contract).
+    pub fn install_checkpoint<E: std::fmt::Display>(
         &mut self,
         now: Time,
         durable: DurableState,
-        restored: Restored,
+        slot: Slot,
+        restore: impl FnOnce(&mut S) -> Result<Restored, E>,
     ) -> Result<(), NodeError> {
-        let slot = restored.meta.last_applied;
-        if slot < self.applied {
+        if slot <= self.applied {
+            tracing::info!(
+                slot,
+                applied = self.applied,
+                "received checkpoint is no longer ahead; not installed"
+            );
+            return Ok(());
+        }
+        let restored = restore(&mut self.sm).map_err(|e| NodeError::Restore(e.to_string()))?;
+        if restored.meta.last_applied != slot {
             return Err(NodeError::Checkpoint {
                 path: restored.path.display().to_string(),
-                slot,
-                why: "the node has already applied beyond it",
+                slot: restored.meta.last_applied,
+                why: "another checkpoint was asked for",
             });
         }
         self.directory.replace_with(restored.directory);
@@ -927,7 +960,8 @@ impl<S: StateMachine, C> Node<S, C> {
             Value::Noop => {}
         }
         self.applied = slot;
-        self.settle(now, slot, chosen_tag);
+        // Reported before the requests settle, so an observer knows the
+        // decree before it hears of any reply it produced.
         if self.config.report_applies {
             self.effects.push_back(Effect::Applied {
                 slot,
@@ -935,6 +969,7 @@ impl<S: StateMachine, C> Node<S, C> {
                 value,
             });
         }
+        self.settle(now, slot, chosen_tag);
         if self.directory.generation() != self.book_generation {
             self.refresh_cluster(true);
         }
@@ -1133,6 +1168,7 @@ impl<S: StateMachine, C> Node<S, C> {
                         to: from,
                         slot,
                         offset,
+                        max_bytes: self.config.transfer_chunk_bytes,
                     });
                 }
             }

@@ -226,9 +226,14 @@ pub fn restore_newest<S: StateMachine>(
 }
 
 /// The reply to a peer's request for a chunk of checkpoint `slot` (0: the
-/// newest) at `offset`: a verified chunk, or `None` if this store cannot
-/// serve it.
-pub fn serve_chunk(store: &CheckpointStore, slot: Slot, offset: u64) -> XferMessage {
+/// newest) at `offset`: a verified chunk of at most `max_bytes` (and at
+/// most [`CHUNK_BYTES`]), or `None` if this store cannot serve it.
+pub fn serve_chunk(
+    store: &CheckpointStore,
+    slot: Slot,
+    offset: u64,
+    max_bytes: usize,
+) -> XferMessage {
     let none = XferMessage::None { slot };
     let Ok(slots) = store.list() else {
         return none;
@@ -247,7 +252,8 @@ pub fn serve_chunk(store: &CheckpointStore, slot: Slot, offset: u64) -> XferMess
     let info = reader.info().clone();
     let len = usize::try_from(info.data_len.saturating_sub(offset))
         .unwrap_or(usize::MAX)
-        .min(CHUNK_BYTES);
+        .min(CHUNK_BYTES)
+        .min(max_bytes.max(1));
     match store.read_chunk(found, offset, len) {
         Ok(chunk) => XferMessage::Chunk {
             meta: info.meta,

@@ -4,22 +4,30 @@
 //! - **Agreement**: one global map `slot -> value`. The first replica to
 //!   apply a slot records its value; any later apply of that slot, by any
 //!   replica, in any incarnation, must carry the same value.
-//! - **Validity**: an applied `Requests` batch must be a batch some client
-//!   proposed, byte for byte, and every request in it must be a request a
-//!   client issued. `Noop` and `Reconfigure` are allowed.
+//! - **Validity**: an applied `Requests` decree must be framed by paxos-node
+//!   (a header naming a replica of the pool as proposer) and every request
+//!   in it must be a request a client issued, byte for byte. `Noop` and
+//!   `Reconfigure` are allowed.
 //! - **Contiguity**: each replica incarnation applies slots
 //!   `applied_through + 1, + 2, ...` with no gap and no repeat.
 //! - **No lost acknowledged request**: a request is acknowledged when the
-//!   replica that accepted the proposal applies that slot with that batch.
-//!   Agreement then pins it to that slot on every replica; the liveness phase
-//!   additionally requires every live replica to apply through the highest
-//!   acknowledged slot.
+//!   node that proposed it completes it, naming the slot that executed it;
+//!   that slot must hold the request. Agreement then pins it to that slot on
+//!   every replica; the liveness phase additionally requires every live
+//!   replica to apply through the highest acknowledged slot, and the
+//!   linearizability check of the clients' history (with a final read of
+//!   every key) fails if an acknowledged write is missing from the state.
+//! - **Equal states at equal slots**: whenever a replica has applied through
+//!   slot `s`, the digest of its state machine (the real `KvStore`) must
+//!   equal that of every other replica that was at `s`.
 //! - **One leader per ballot**: two replicas never report `Leader` under the
 //!   same ballot, and a leader's ballot names the leader itself.
 //! - **Quorum of the governing voters** (membership change): the chosen
 //!   `Reconfigure` decrees say which membership governs each slot (the one
 //!   installed by the last `Reconfigure` at a lower slot, else the initial
-//!   one). Every acceptor vote that reaches a simulated disk is recorded
+//!   one). Quorums are computed here, as a strict majority of the voter
+//!   list, never with `Membership::quorum` (a checker must not reuse the
+//!   code it checks). Every acceptor vote that reaches a simulated disk is recorded
 //!   here, `(replica, slot, ballot) -> value`, when its persist completes
 //!   (or when a crash leaves it on disk) and is never erased, so crashes,
 //!   restarts and truncation cannot hide a vote nor invent one. Whenever any
@@ -30,10 +38,17 @@
 //! - **Membership adoption**: a replica's reported membership, installed by
 //!   the `Reconfigure` at `membership_slot`, is the one chosen there.
 
-use crate::client::{parse_request, RequestId};
+use crate::client::Executions;
 use bytes::Bytes;
-use paxos_core::{batch, Ballot, Membership, ReplicaId, Slot, Status, Value};
-use std::collections::{BTreeMap, BTreeSet};
+use paxos_core::{Ballot, Membership, ReplicaId, Slot, Status, Value};
+use paxos_node::framing::{self, DecreeKind};
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// A strict majority of `voters` voters: the smallest count two of which
+/// always intersect. Written here, independently of `Membership::quorum`.
+pub fn majority(voters: usize) -> usize {
+    voters / 2 + 1
+}
 
 /// The kind of a violated property.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -65,6 +80,11 @@ pub enum FailureKind {
     /// The healed cluster did not elect a leader and commit new requests in
     /// time.
     Liveness,
+    /// Two replicas that applied through the same slot hold different
+    /// state-machine states.
+    StateDivergence,
+    /// The clients' history of key-value operations is not linearizable.
+    Linearizability,
 }
 
 impl std::fmt::Display for FailureKind {
@@ -81,6 +101,8 @@ impl std::fmt::Display for FailureKind {
             FailureKind::Panic => "PANIC",
             FailureKind::Quorum => "QUORUM OF GOVERNING VOTERS",
             FailureKind::Liveness => "LIVENESS",
+            FailureKind::StateDivergence => "STATE DIVERGENCE",
+            FailureKind::Linearizability => "LINEARIZABILITY",
         };
         f.write_str(s)
     }
@@ -116,16 +138,20 @@ impl std::fmt::Display for Failure {
 pub struct Checker {
     /// The value chosen at each slot, as first applied, and who applied it.
     chosen: BTreeMap<Slot, (Value, ReplicaId)>,
-    /// Every batch a client handed to `propose`.
-    proposed: BTreeSet<Bytes>,
-    /// Acknowledged requests and the slot each was acknowledged at.
-    acked: BTreeMap<RequestId, Slot>,
+    /// Every request encoding a client issued.
+    issued: HashSet<Bytes>,
+    /// Every request encoding executed in a chosen decree, and how often.
+    applied: HashMap<Bytes, Executions>,
+    /// Replicas of the pool (valid proposers).
+    pool: Vec<ReplicaId>,
+    /// Acknowledged attempts.
+    acked: u64,
     /// The highest slot any request was acknowledged at.
     max_acked_slot: Slot,
     /// The leader reported for each ballot.
     leaders: BTreeMap<Ballot, ReplicaId>,
-    /// Highest request sequence number issued per client (validity).
-    issued: BTreeMap<u32, u64>,
+    /// State digest at each slot, and the replica that reported it first.
+    digests: BTreeMap<Slot, (u64, ReplicaId)>,
     /// The membership before any `Reconfigure`.
     initial: Membership,
     /// Chosen `Reconfigure` decrees that took effect, by slot: each governs
@@ -138,10 +164,12 @@ pub struct Checker {
 }
 
 impl Checker {
-    /// An empty checker for a cluster that starts with `initial`.
-    pub fn new(initial: Membership) -> Checker {
+    /// An empty checker for a cluster that starts with `initial`, over a
+    /// pool of replicas `pool`.
+    pub fn new(initial: Membership, pool: Vec<ReplicaId>) -> Checker {
         Checker {
             initial,
+            pool,
             ..Checker::default()
         }
     }
@@ -202,7 +230,7 @@ impl Checker {
     /// in one ballot by a quorum of the voters governing `slot`.
     pub fn check_quorum(&self, id: ReplicaId, slot: Slot, value: &Value) -> Result<(), Failure> {
         let governing = self.governing(slot);
-        let quorum = governing.quorum();
+        let quorum = majority(governing.voters.len());
         let mut best: Option<(Ballot, usize)> = None;
         if let Some(ballots) = self.votes.get(&slot) {
             for (ballot, by_replica) in ballots {
@@ -246,14 +274,27 @@ impl Checker {
         ))
     }
 
-    /// Records that `client` has issued requests below `next_seq`.
-    pub fn note_issued(&mut self, client: u32, next_seq: u64) {
-        self.issued.insert(client, next_seq);
+    /// Records a request encoding a client issued.
+    pub fn note_issued(&mut self, request: Bytes) {
+        self.issued.insert(request);
     }
 
-    /// Records a batch handed to `propose`.
-    pub fn note_proposed(&mut self, batch: Bytes) {
-        self.proposed.insert(batch);
+    /// Checks that replica `id`, applied through `slot`, holds a state
+    /// machine with digest `digest` equal to any other replica's at `slot`.
+    pub fn check_digest(&mut self, id: ReplicaId, slot: Slot, digest: u64) -> Result<(), Failure> {
+        match self.digests.get(&slot) {
+            Some((d, by)) if *d != digest => Err(Failure::new(
+                FailureKind::StateDivergence,
+                format!(
+                    "{id} applied through slot {slot} holds state digest {digest:016x}, {by} held {d:016x} there"
+                ),
+            )),
+            Some(_) => Ok(()),
+            None => {
+                self.digests.insert(slot, (digest, id));
+                Ok(())
+            }
+        }
     }
 
     /// The number of distinct slots applied anywhere.
@@ -266,9 +307,9 @@ impl Checker {
         self.chosen.keys().next_back().copied().unwrap_or(0)
     }
 
-    /// The number of distinct acknowledged requests.
+    /// The number of acknowledged attempts.
     pub fn acked_requests(&self) -> u64 {
-        self.acked.len() as u64
+        self.acked
     }
 
     /// The highest slot any request was acknowledged at.
@@ -284,6 +325,7 @@ impl Checker {
         applied_through: Slot,
         slot: Slot,
         value: &Value,
+        now_us: u64,
     ) -> Result<(), Failure> {
         if slot != applied_through + 1 {
             return Err(Failure::new(
@@ -303,6 +345,18 @@ impl Checker {
             )),
             Some(_) => Ok(()),
             None => {
+                if let Value::Requests(b) = value {
+                    if let Ok((_, requests)) = framing::parse(b) {
+                        for r in requests {
+                            let e = self.applied.entry(r).or_insert(Executions {
+                                count: 0,
+                                last_us: now_us,
+                            });
+                            e.count += 1;
+                            e.last_us = now_us;
+                        }
+                    }
+                }
                 if let Value::Reconfigure(r) = value {
                     // Every slot below was applied somewhere already, so
                     // the membership in force at `slot` is known here.
@@ -331,62 +385,57 @@ impl Checker {
                 format!("{id} applied at slot {slot} {why}"),
             )
         };
-        if !self.proposed.contains(bytes) {
+        let (header, requests) =
+            framing::parse(bytes).map_err(|e| invalid(format!("an unframed decree: {e}")))?;
+        if !self.pool.contains(&header.tag.proposer) {
             return Err(invalid(format!(
-                "a batch no client proposed: {}",
-                describe(value)
+                "a decree proposed by {}, not a replica",
+                header.tag.proposer
             )));
         }
-        let requests =
-            batch::decode(bytes).map_err(|e| invalid(format!("an undecodable batch: {e}")))?;
+        if header.kind != DecreeKind::Client {
+            return Err(invalid(
+                "a directory decree, which the simulator never proposes".to_string(),
+            ));
+        }
         for r in requests {
-            let Some((client, seq)) = parse_request(&r) else {
+            if !self.issued.contains(&r) {
                 return Err(invalid(format!(
                     "a request no client issued ({} bytes)",
                     r.len()
-                )));
-            };
-            if seq >= self.issued.get(&client).copied().unwrap_or(0) {
-                return Err(invalid(format!(
-                    "request c{client}#{seq} before it was issued"
                 )));
             }
         }
         Ok(())
     }
 
-    /// Records that request `id` was acknowledged at `slot` (the proposing
-    /// leader applied it there). A request acknowledged twice (a client retry
-    /// chosen in two slots) keeps its first slot.
-    pub fn on_ack(&mut self, request: RequestId, slot: Slot) -> Result<(), Failure> {
-        match self.chosen.get(&slot) {
-            Some((Value::Requests(b), _)) => {
-                let found = batch::iter(b)
-                    .map(|mut it| it.any(|r| parse_request(&r) == Some(request)))
-                    .unwrap_or(false);
-                if !found {
-                    return Err(Failure::new(
-                        FailureKind::LostAcknowledgedRequest,
-                        format!(
-                            "request c{}#{} acknowledged at slot {slot} which does not hold it",
-                            request.0, request.1
-                        ),
-                    ));
-                }
-            }
-            other => {
-                return Err(Failure::new(
-                    FailureKind::LostAcknowledgedRequest,
-                    format!(
-                        "request c{}#{} acknowledged at slot {slot} which holds {}",
-                        request.0,
-                        request.1,
-                        other.map_or("nothing".to_string(), |(v, _)| describe(v))
-                    ),
-                ));
-            }
+    /// How often a request with this encoding was executed in chosen
+    /// decrees; `None` if never.
+    pub fn applied(&self, request: &Bytes) -> Option<Executions> {
+        self.applied.get(request).copied()
+    }
+
+    /// Records that a request with encoding `request` was acknowledged as
+    /// executed at `slot`, which must hold it.
+    pub fn on_ack(&mut self, request: &Bytes, slot: Slot) -> Result<(), Failure> {
+        let holds = match self.chosen.get(&slot) {
+            Some((Value::Requests(b), _)) => framing::parse(b)
+                .map(|(_, mut it)| it.any(|r| r == *request))
+                .unwrap_or(false),
+            _ => false,
+        };
+        if !holds {
+            return Err(Failure::new(
+                FailureKind::LostAcknowledgedRequest,
+                format!(
+                    "a request was acknowledged at slot {slot} which holds {}",
+                    self.chosen
+                        .get(&slot)
+                        .map_or("nothing".to_string(), |(v, _)| describe(v))
+                ),
+            ));
         }
-        self.acked.entry(request).or_insert(slot);
+        self.acked += 1;
         self.max_acked_slot = self.max_acked_slot.max(slot);
         Ok(())
     }
@@ -448,20 +497,15 @@ pub fn describe(value: &Value) -> String {
             "Reconfigure({:?} on top of slot {})",
             r.membership.voters, r.base
         ),
-        Value::Requests(b) => match batch::decode(b) {
-            Ok(reqs) => {
-                let ids: Vec<String> = reqs
-                    .iter()
-                    .take(6)
-                    .map(|r| match parse_request(r) {
-                        Some((c, s)) => format!("c{c}#{s}"),
-                        None => format!("?{}B", r.len()),
-                    })
-                    .collect();
-                let more = if reqs.len() > 6 { ", ..." } else { "" };
-                format!("Requests[{}{more}]", ids.join(", "))
+        Value::Requests(b) => match framing::parse(b) {
+            Ok((h, requests)) => {
+                let n = requests.len();
+                format!(
+                    "{:?} decree #{} of {} ({n} requests)",
+                    h.kind, h.tag.counter, h.tag.proposer
+                )
             }
-            Err(e) => format!("Requests(<bad batch: {e}>)"),
+            Err(e) => format!("Requests(<unframed: {e}>)"),
         },
     }
 }
@@ -469,43 +513,72 @@ pub fn describe(value: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::request_bytes;
+    use paxos_core::batch::BatchLimits;
+    use paxos_node::framing::{FramedBuilder, Header, ProposalTag};
 
-    fn batch_of(reqs: &[(u32, u64)]) -> Bytes {
-        let owned: Vec<Bytes> = reqs.iter().map(|(c, s)| request_bytes(*c, *s)).collect();
-        batch::encode(owned.iter().map(|b| b.as_ref()))
+    fn r(i: u32) -> ReplicaId {
+        ReplicaId(i)
+    }
+
+    fn checker() -> Checker {
+        Checker::new(
+            Membership::with_voters(vec![r(1), r(2), r(3)]),
+            vec![r(1), r(2), r(3)],
+        )
+    }
+
+    fn request(n: u8) -> Bytes {
+        Bytes::from(vec![n; 3])
+    }
+
+    /// A decree as a node frames it, proposed by `proposer`.
+    fn framed(proposer: u32, kind: DecreeKind, requests: &[Bytes]) -> Value {
+        let header = Header {
+            kind,
+            tag: ProposalTag {
+                proposer: r(proposer),
+                nonce: 1,
+                counter: u64::from(requests.first().map_or(0, |r| r[0])),
+            },
+            time_us: 0,
+        };
+        let mut b = FramedBuilder::new(BatchLimits::default(), &header);
+        for q in requests {
+            assert!(b.push(q));
+        }
+        Value::Requests(b.finish())
+    }
+
+    #[test]
+    fn quorums_are_strict_majorities() {
+        assert_eq!(
+            [1, 2, 3, 4, 5, 6, 7].map(majority),
+            [1, 2, 2, 3, 3, 4, 4],
+            "two majorities of the same voters always intersect"
+        );
     }
 
     #[test]
     fn agreement_is_checked_across_replicas() {
-        let mut c = Checker::new(Membership::with_voters(vec![
-            ReplicaId(1),
-            ReplicaId(2),
-            ReplicaId(3),
-        ]));
-        c.note_issued(1, 10);
-        let a = batch_of(&[(1, 1)]);
-        let b = batch_of(&[(1, 2)]);
-        c.note_proposed(a.clone());
-        c.note_proposed(b.clone());
-        c.on_apply(ReplicaId(1), 0, 1, &Value::Requests(a.clone()))
-            .unwrap();
-        c.on_apply(ReplicaId(2), 0, 1, &Value::Requests(a)).unwrap();
-        let err = c
-            .on_apply(ReplicaId(3), 0, 1, &Value::Requests(b))
-            .unwrap_err();
+        let mut c = checker();
+        c.note_issued(request(1));
+        c.note_issued(request(2));
+        let a = framed(1, DecreeKind::Client, &[request(1)]);
+        let b = framed(1, DecreeKind::Client, &[request(2)]);
+        c.on_apply(r(1), 0, 1, &a, 0).unwrap();
+        c.on_apply(r(2), 0, 1, &a, 0).unwrap();
+        let err = c.on_apply(r(3), 0, 1, &b, 0).unwrap_err();
         assert_eq!(err.kind, FailureKind::Agreement);
         assert!(
-            err.detail.contains("c1#1") && err.detail.contains("c1#2"),
+            err.detail.contains("decree #1") && err.detail.contains("decree #2"),
             "{err}"
         );
     }
 
     #[test]
     fn only_votes_of_the_governing_voters_count() {
-        let r = ReplicaId;
         let b = |round| Ballot::new(round, r(1));
-        let mut c = Checker::new(Membership::with_voters(vec![r(1), r(2), r(3)]));
+        let mut c = checker();
         // Slot 1 moves the voters to {2, 3, 4}; it is governed by {1, 2, 3}.
         let next = Membership::with_voters(vec![r(2), r(3), r(4)]);
         let reconf = Value::Reconfigure(paxos_core::Reconfiguration {
@@ -519,7 +592,7 @@ mod tests {
         );
         c.record_vote(r(2), 1, b(1), &reconf).unwrap();
         c.check_quorum(r(1), 1, &reconf).unwrap();
-        c.on_apply(r(1), 0, 1, &reconf).unwrap();
+        c.on_apply(r(1), 0, 1, &reconf, 0).unwrap();
         assert_eq!(c.governing(1).voters, vec![r(1), r(2), r(3)]);
         assert_eq!(c.governing(2), &next);
         assert_eq!(c.latest_membership(), (1, &next));
@@ -544,14 +617,13 @@ mod tests {
 
     #[test]
     fn an_adopted_membership_must_be_the_chosen_one() {
-        let r = ReplicaId;
-        let mut c = Checker::new(Membership::with_voters(vec![r(1), r(2), r(3)]));
+        let mut c = checker();
         let next = Membership::with_voters(vec![r(2), r(3), r(4)]);
         let reconf = Value::Reconfigure(paxos_core::Reconfiguration {
             base: 0,
             membership: next.clone(),
         });
-        c.on_apply(r(1), 0, 1, &reconf).unwrap();
+        c.on_apply(r(1), 0, 1, &reconf, 0).unwrap();
         let status = |m: Membership| Status {
             id: r(2),
             role: paxos_core::Role::Follower,
@@ -574,75 +646,70 @@ mod tests {
 
     #[test]
     fn gaps_and_repeats_are_caught() {
-        let mut c = Checker::new(Membership::with_voters(vec![
-            ReplicaId(1),
-            ReplicaId(2),
-            ReplicaId(3),
-        ]));
-        c.on_apply(ReplicaId(1), 0, 1, &Value::Noop).unwrap();
+        let mut c = checker();
+        c.on_apply(r(1), 0, 1, &Value::Noop, 0).unwrap();
         assert_eq!(
-            c.on_apply(ReplicaId(1), 1, 3, &Value::Noop)
-                .unwrap_err()
-                .kind,
+            c.on_apply(r(1), 1, 3, &Value::Noop, 0).unwrap_err().kind,
             FailureKind::NonContiguousApply
         );
         assert_eq!(
-            c.on_apply(ReplicaId(1), 1, 1, &Value::Noop)
-                .unwrap_err()
-                .kind,
+            c.on_apply(r(1), 1, 1, &Value::Noop, 0).unwrap_err().kind,
             FailureKind::NonContiguousApply
         );
     }
 
     #[test]
-    fn unproposed_and_unissued_values_are_invalid() {
-        let mut c = Checker::new(Membership::with_voters(vec![
-            ReplicaId(1),
-            ReplicaId(2),
-            ReplicaId(3),
-        ]));
-        c.note_issued(1, 2);
-        let unknown = batch_of(&[(1, 1)]);
-        assert_eq!(
-            c.on_apply(ReplicaId(1), 0, 1, &Value::Requests(unknown.clone()))
-                .unwrap_err()
-                .kind,
-            FailureKind::Validity
-        );
-        let future = batch_of(&[(1, 5)]);
-        c.note_proposed(future.clone());
-        assert_eq!(
-            c.on_apply(ReplicaId(1), 0, 1, &Value::Requests(future))
-                .unwrap_err()
-                .kind,
-            FailureKind::Validity
-        );
-        c.note_proposed(unknown.clone());
-        c.on_apply(ReplicaId(1), 0, 1, &Value::Requests(unknown))
+    fn unissued_requests_and_foreign_decrees_are_invalid() {
+        let mut c = checker();
+        c.note_issued(request(1));
+        let kind = |c: &mut Checker, v: &Value| c.on_apply(r(1), 0, 1, v, 0).unwrap_err().kind;
+        let unissued = framed(1, DecreeKind::Client, &[request(1), request(9)]);
+        assert_eq!(kind(&mut c, &unissued), FailureKind::Validity);
+        let stranger = framed(7, DecreeKind::Client, &[request(1)]);
+        assert_eq!(kind(&mut c, &stranger), FailureKind::Validity);
+        let directory = framed(1, DecreeKind::Directory, &[request(1)]);
+        assert_eq!(kind(&mut c, &directory), FailureKind::Validity);
+        let unframed = Value::Requests(paxos_core::batch::encode([&request(1)[..]]));
+        assert_eq!(kind(&mut c, &unframed), FailureKind::Validity);
+        c.on_apply(r(1), 0, 1, &framed(1, DecreeKind::Client, &[request(1)]), 0)
             .unwrap();
-        c.on_apply(ReplicaId(1), 1, 2, &Value::Noop).unwrap();
+        c.on_apply(r(1), 1, 2, &Value::Noop, 0).unwrap();
     }
 
     #[test]
     fn acks_must_point_at_a_slot_holding_the_request() {
-        let mut c = Checker::new(Membership::with_voters(vec![
-            ReplicaId(1),
-            ReplicaId(2),
-            ReplicaId(3),
-        ]));
-        c.note_issued(1, 10);
-        let a = batch_of(&[(1, 1), (1, 2)]);
-        c.note_proposed(a.clone());
-        c.on_apply(ReplicaId(1), 0, 1, &Value::Requests(a)).unwrap();
-        c.on_ack((1, 2), 1).unwrap();
+        let mut c = checker();
+        c.note_issued(request(1));
+        c.note_issued(request(2));
+        c.on_apply(
+            r(1),
+            0,
+            1,
+            &framed(1, DecreeKind::Client, &[request(1), request(2)]),
+            0,
+        )
+        .unwrap();
+        c.on_ack(&request(2), 1).unwrap();
         assert_eq!(c.max_acked_slot(), 1);
         assert_eq!(
-            c.on_ack((1, 3), 1).unwrap_err().kind,
+            c.on_ack(&request(3), 1).unwrap_err().kind,
             FailureKind::LostAcknowledgedRequest
         );
         assert_eq!(
-            c.on_ack((1, 1), 2).unwrap_err().kind,
+            c.on_ack(&request(1), 2).unwrap_err().kind,
             FailureKind::LostAcknowledgedRequest
+        );
+    }
+
+    #[test]
+    fn different_states_at_one_slot_are_divergence() {
+        let mut c = checker();
+        c.check_digest(r(1), 5, 0xAB).unwrap();
+        c.check_digest(r(2), 5, 0xAB).unwrap();
+        c.check_digest(r(2), 6, 0xCD).unwrap();
+        assert_eq!(
+            c.check_digest(r(3), 5, 0xAC).unwrap_err().kind,
+            FailureKind::StateDivergence
         );
     }
 }

@@ -158,15 +158,21 @@
 pub mod checker;
 pub mod client;
 pub mod digest;
+mod faults;
+mod network;
 pub mod params;
+mod replica;
 pub mod runner;
+mod show;
 pub mod sim;
+pub mod storage;
 
 pub use checker::{Failure, FailureKind};
 pub use params::{FaultParams, FaultWeights};
+pub use replica::Timing;
 pub use runner::{run_many, RunOptions, Summary};
 pub use sim::{
-    install_panic_capture, run, FaultCounts, ReplicaHook, RunReport, SimConfig, DEFAULT_STEPS,
+    install_panic_capture, run, FaultCounts, NodeHook, RunReport, SimConfig, SimNode, DEFAULT_STEPS,
 };
 
 /// Planted bugs by name, for `paxos-sim --plant-bug NAME` (feature

@@ -81,8 +81,8 @@ fn main() -> ExitCode {
             eprintln!("unknown planted bug {name:?}; known: {}", names.join(", "));
             return ExitCode::FAILURE;
         };
-        opts.hook = Some(std::sync::Arc::new(move |r: &mut paxos_core::Replica| {
-            r.plant_bug(bug)
+        opts.hook = Some(std::sync::Arc::new(move |n: &mut paxos_sim::SimNode| {
+            n.plant_core_bug(bug)
         }));
         repro_prefix = "cargo run --release -p paxos-sim --features planted-bugs --".to_string();
         repro_suffix = format!(" --plant-bug {name}");

@@ -56,8 +56,8 @@ pub struct FaultParams {
     /// Committed decrees each replica keeps in memory for catch-up. Small
     /// values push lagging replicas into state transfer.
     pub retain_decrees: usize,
-    /// Take a checkpoint and `compact` every this many applied slots (0: never;
-    /// restarts then re-apply from slot 1).
+    /// Take a checkpoint (and compact below it) every this many applied
+    /// slots (0: never; restarts then re-apply from slot 1).
     pub checkpoint_every: u64,
     /// Mean time between submissions of one client.
     pub client_interval_us: u64,
@@ -90,6 +90,10 @@ pub struct FaultWeights {
     /// Freeze a replica's process (a GC or VM pause): it handles nothing
     /// for a while, then resumes with a backlog, unaware time passed.
     pub pause: u32,
+    /// Deliver a few messages from anywhere in the run's past again:
+    /// stale ballots, duplicate `Accepted` and `Promise`, old catch-up
+    /// answers, arriving very late.
+    pub replay: u32,
     /// Ask the leader to change the membership (an operator's
     /// `change_configuration`, retried until it is in force). Drawn apart
     /// from the other weights (see [`FaultParams::sample_reconfiguration`]):
@@ -109,6 +113,7 @@ impl FaultWeights {
             + self.veto
             + self.weather
             + self.pause
+            + self.replay
             + self.reconfigure
     }
 }
@@ -145,6 +150,7 @@ impl FaultParams {
             veto: weight(rng, 3),
             weather: weight(rng, 3),
             pause: weight(rng, 5),
+            replay: weight(rng, 6),
             reconfigure: 0,
         };
         if weights.total() == 0 {

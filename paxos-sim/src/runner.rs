@@ -1,6 +1,6 @@
 //! Running many seeds, in parallel, and summarising them.
 
-use crate::sim::{run, FaultCounts, ReplicaHook, RunReport, SimConfig, DEFAULT_STEPS};
+use crate::sim::{run, FaultCounts, NodeHook, RunReport, SimConfig, DEFAULT_STEPS};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -21,7 +21,7 @@ pub struct RunOptions {
     /// Print every event (useful with one seed).
     pub verbose: bool,
     /// Applied to every replica the simulator creates.
-    pub hook: Option<ReplicaHook>,
+    pub hook: Option<NodeHook>,
     /// Stop handing out seeds after the first failure.
     pub stop_on_failure: bool,
     /// Membership changes in every seed (`Some(true)`), in none
@@ -108,15 +108,20 @@ impl Summary {
     /// The one-line summary printed at the end.
     pub fn line(&self) -> String {
         format!(
-            "paxos-sim: {} seeds, {} steps, {} commits, {} acknowledged requests, {} faults injected ({} crashes, {} partitions/isolations/cuts, {} messages dropped, {} of {} membership changes completed ({} pending at the heal), {} spares started, {} unrequested changes), {} failures",
+            "paxos-sim: {} seeds, {} steps, {} commits, {} acknowledged requests, {} operations checked for linearizability, {} faults injected ({} crashes, {} torn syncs, {} partitions/isolations/cuts, {} messages dropped, {} replayed, {} checkpoints, {} state transfers, {} of {} membership changes completed ({} pending at the heal), {} spares started, {} unrequested changes), {} failures",
             self.seeds_run,
             self.steps,
             self.commits,
             self.acked_requests,
+            self.faults.operations_checked,
             self.faults.total(),
             self.faults.crashes,
+            self.faults.torn_persists,
             self.faults.partitions + self.faults.leader_isolations + self.faults.one_way_cuts,
             self.faults.messages_dropped,
+            self.faults.messages_replayed,
+            self.faults.checkpoints,
+            self.faults.state_transfers,
             self.faults.reconfigurations_completed,
             self.faults.reconfigurations_requested,
             self.faults.changes_pending_at_heal,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 fn a_panic_inside_a_replica_is_reported_as_a_failure_of_the_seed() {
     let mut cfg = SimConfig::new(4);
     cfg.steps = 100;
-    cfg.hook = Some(Arc::new(|_r: &mut paxos_core::Replica| {
+    cfg.hook = Some(Arc::new(|_n: &mut paxos_sim::SimNode| {
         panic!("planted panic for the harness test")
     }));
     let r = run(&cfg);

@@ -52,13 +52,20 @@ fn hundreds_of_seeds_pass_with_all_fault_classes() {
         ("duplicated messages", f.messages_duplicated),
         ("codec fuzz", f.codec_fuzzed),
         ("process pauses", f.pauses),
+        ("replayed messages", f.messages_replayed),
         ("checkpoints", f.checkpoints),
+        ("state transfers", f.state_transfers),
         ("membership changes", f.reconfigurations_completed),
         ("spares started", f.spares_started),
     ];
     for (name, count) in classes {
         assert!(count > 0, "fault class {name} never happened: {f:?}");
     }
+    assert!(
+        summary.faults.operations_checked > 0,
+        "the clients' history was checked for linearizability: {}",
+        summary.line()
+    );
     assert!(
         summary.commits > 0 && summary.acked_requests > 0,
         "{}",

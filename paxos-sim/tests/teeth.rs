@@ -3,7 +3,7 @@
 //! a bounded number of seeds, and the failing seed passes without the bug,
 //! so the failure is the planted bug's doing.
 
-use paxos_core::{PlantedBug, Replica};
+use paxos_core::PlantedBug;
 use paxos_sim::{run, Failure, FailureKind, SimConfig};
 use std::sync::Arc;
 
@@ -33,7 +33,9 @@ fn config(seed: u64, bug: Option<PlantedBug>) -> SimConfig {
         cfg.reconfigure = Some(true);
     }
     if let Some(bug) = bug {
-        cfg.hook = Some(Arc::new(move |r: &mut Replica| r.plant_bug(bug)));
+        cfg.hook = Some(Arc::new(move |n: &mut paxos_sim::SimNode| {
+            n.plant_core_bug(bug)
+        }));
     }
     cfg
 }
