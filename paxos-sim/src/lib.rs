@@ -165,6 +165,7 @@ mod replica;
 pub mod runner;
 mod show;
 pub mod sim;
+pub mod state_machine;
 pub mod storage;
 
 pub use checker::{Failure, FailureKind};
@@ -174,6 +175,7 @@ pub use runner::{run_many, RunOptions, Summary};
 pub use sim::{
     install_panic_capture, run, FaultCounts, NodeHook, RunReport, SimConfig, SimNode, DEFAULT_STEPS,
 };
+pub use state_machine::StateMachineBug;
 
 /// Planted bugs by name, for `paxos-sim --plant-bug NAME` (feature
 /// `planted-bugs`).

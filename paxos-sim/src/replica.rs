@@ -8,12 +8,13 @@
 use crate::checker::{describe, majority, Failure, FailureKind};
 use crate::params::FaultParams;
 use crate::sim::{EventKind, Sim, SimNode};
+use crate::state_machine::SimKv;
 use crate::storage::{self, SimLog};
 use bytes::Bytes;
 use paxos_core::{
     Ballot, DurableState, Membership, PersistEntry, ReplicaId, Role, Slot, Status, Time, Value,
 };
-use paxos_kv::kv::{KvSnapshot, KvStore};
+use paxos_kv::kv::KvSnapshot;
 use paxos_log::checkpoint::CheckpointStore;
 use paxos_log::sim_fs::{CrashPolicy, SimFs};
 use paxos_node::storage::TransferSink;
@@ -188,7 +189,7 @@ impl Sim {
             SimLog::open(&disk).map_err(|e| storage_failure(id, "log recovery", e))?;
         let checkpoints = storage::open_checkpoints(&disk)
             .map_err(|e| storage_failure(id, "opening the checkpoint store", e))?;
-        let mut sm = KvStore::new();
+        let mut sm = SimKv::new(id, self.cfg.state_machine_bug);
         let restored = paxos_node::storage::restore_newest(&checkpoints, &mut sm)
             .map_err(|e| storage_failure(id, "checkpoint restore", e))?;
         // What recovery found is on the disk now, whether or not its sync
@@ -445,7 +446,10 @@ impl Sim {
         let Some(run) = self.nodes[i].run.as_ref() else {
             return Ok(());
         };
-        let (applied, digest) = (run.node.applied(), run.node.state_machine().state_digest());
+        let (applied, digest) = (
+            run.node.applied(),
+            run.node.state_machine().kv().state_digest(),
+        );
         let id = self.nodes[i].id;
         self.checker.check_digest(id, applied, digest)?;
         let r = &mut self.nodes[i];

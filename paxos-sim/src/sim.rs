@@ -13,9 +13,9 @@ use crate::client::{Client, History, RequestState};
 use crate::digest::Fnv64;
 use crate::params::FaultParams;
 use crate::replica::Replica;
+use crate::state_machine::{SimKv, StateMachineBug};
 use bytes::Bytes;
 use paxos_core::{Membership, ReplicaId, Time};
-use paxos_kv::kv::KvStore;
 use paxos_kv::lincheck::{self, OpKind, OpOutcome, Operation, Verdict};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -25,9 +25,10 @@ use std::collections::BinaryHeap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-/// The node type the simulator runs: the real KV state machine, with
-/// attempt ids as completion handles.
-pub type SimNode = paxos_node::Node<KvStore, u64>;
+/// The node type the simulator runs: the real KV state machine (possibly
+/// with a planted bug, see [`crate::state_machine`]), with attempt ids as
+/// completion handles.
+pub type SimNode = paxos_node::Node<SimKv, u64>;
 
 /// Called on every node the simulator creates (at start, at each restart),
 /// before it handles anything. Tests use it to plant bugs.
@@ -62,6 +63,8 @@ pub struct SimConfig {
     /// Whether membership changes (and the spare replicas they use) are
     /// part of the run; `None` lets the seed choose.
     pub reconfigure: Option<bool>,
+    /// A bug planted in every replica's state machine (teeth tests).
+    pub state_machine_bug: Option<StateMachineBug>,
 }
 
 impl SimConfig {
@@ -77,6 +80,7 @@ impl SimConfig {
             verbose: false,
             hook: None,
             reconfigure: None,
+            state_machine_bug: None,
         }
     }
 }
@@ -749,7 +753,7 @@ impl Sim {
             .filter(|n| members.contains(n.id))
             .filter_map(|n| n.run.as_ref())
             .max_by_key(|r| r.node.applied())
-            .map(|r| r.node.state_machine())
+            .map(|r| r.node.state_machine().kv())
         else {
             return Ok(());
         };

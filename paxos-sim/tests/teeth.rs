@@ -4,7 +4,7 @@
 //! so the failure is the planted bug's doing.
 
 use paxos_core::PlantedBug;
-use paxos_sim::{run, Failure, FailureKind, SimConfig};
+use paxos_sim::{run, Failure, FailureKind, SimConfig, StateMachineBug};
 use std::sync::Arc;
 
 /// Seeds tried per bug before the test gives up.
@@ -101,4 +101,37 @@ fn a_caught_seed_reproduces() {
     let (seed, failure) = hunt(PlantedBug::QuorumHalf);
     let again = run(&config(seed, Some(PlantedBug::QuorumHalf)));
     assert_eq!(again.failure.map(|(f, _)| f), Some(failure));
+}
+
+/// The first seed at which the state machine bug `bug` fails the run with
+/// `expected`, while the same seed passes without it.
+fn hunt_state_machine_bug(bug: StateMachineBug, expected: FailureKind) -> u64 {
+    for seed in 0..MAX_SEEDS {
+        let mut cfg = SimConfig::new(seed);
+        cfg.steps = STEPS;
+        cfg.state_machine_bug = Some(bug);
+        let Some((failure, _)) = run(&cfg).failure else {
+            continue;
+        };
+        assert_eq!(failure.kind, expected, "{bug:?} at seed {seed}: {failure}");
+        cfg.state_machine_bug = None;
+        if run(&cfg).failure.is_none() {
+            println!("{bug:?}: caught at seed {seed} by {failure}");
+            return seed;
+        }
+    }
+    panic!("state machine bug {bug:?} was not caught within {MAX_SEEDS} seeds");
+}
+
+#[test]
+fn stale_reads_fail_the_linearizability_check() {
+    hunt_state_machine_bug(StateMachineBug::StaleReads, FailureKind::Linearizability);
+}
+
+#[test]
+fn a_diverging_replica_fails_the_state_digest_check() {
+    hunt_state_machine_bug(
+        StateMachineBug::DivergeOnReplica1,
+        FailureKind::StateDivergence,
+    );
 }
