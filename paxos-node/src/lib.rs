@@ -63,3 +63,6 @@ pub use directory::{ClusterView, Directory, MemberAddrs};
 pub use effect::{AbortReason, CheckpointJob, DecreeTiming, Effect, PersistId, TransferOp};
 pub use node::{Node, NodeError, NodeStatus, Recovery};
 pub use state_machine::{BytesSnapshot, Decree, Snapshot, SnapshotError, StateMachine};
+
+#[cfg(test)]
+mod tests;
