@@ -584,6 +584,16 @@ impl StateMachine for KvStore {
                 computed,
             }));
         }
+        let mut extra = [0u8; 1];
+        match r.inner.read(&mut extra) {
+            Ok(0) => {}
+            Ok(_) => {
+                return Err(SnapshotError::invalid(KvSnapshotError::Malformed(
+                    r.pos + 4,
+                )))
+            }
+            Err(e) => return Err(SnapshotError::Io(e)),
+        }
         self.map = map;
         Ok(())
     }
@@ -824,6 +834,13 @@ pub(crate) mod tests {
         for cut in 0..snap.len() {
             assert!(restore(&mut t, &snap[..cut]).is_err(), "cut at {cut}");
         }
+        let mut longer = snap.to_vec();
+        longer.push(0);
+        assert_eq!(
+            restore(&mut t, &longer),
+            Err(KvSnapshotError::Malformed(snap.len() as u64)),
+            "bytes left over are refused"
+        );
         let mut v9 = snap.to_vec();
         v9[8..12].copy_from_slice(&9u32.to_le_bytes());
         let err = restore(&mut t, &v9).unwrap_err();

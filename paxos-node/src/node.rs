@@ -416,10 +416,11 @@ impl<S: StateMachine, C> Node<S, C> {
         self.process(now);
         if self.needs_snapshot {
             self.request_checkpoint(now);
-        } else if self.transfer.as_ref().is_some_and(|t| !t.finishing) {
-            // Caught up some other way: the transfer is not needed any more.
+        } else if self.transfer.as_ref().is_some_and(|t| self.stalled(t, now)) {
+            // The core caught up from a peer's log meanwhile: a transfer it
+            // no longer needs is not retried, and its deadline must go.
+            tracing::info!("caught up without the checkpoint; stalled transfer dropped");
             self.abandon_transfer();
-            self.process(now);
         }
         self.refresh_cluster(false);
     }
@@ -427,13 +428,11 @@ impl<S: StateMachine, C> Node<S, C> {
     /// When [`Node::handle_tick`] must next be called.
     pub fn next_timer(&self) -> Option<Time> {
         let core = self.core.next_timer();
-        // Only a transfer that is still wanted and still waiting for chunks
-        // has a deadline (one that waits for the driver's `Finish` has
-        // none: a past deadline would make the driver spin).
+        // A transfer that is finishing waits for the driver, not a timer.
         let transfer = self
             .transfer
             .as_ref()
-            .filter(|t| self.needs_snapshot && !t.finishing)
+            .filter(|t| !t.finishing)
             .map(|t| t.last_progress.plus_micros(self.config.transfer_stall_us));
         match (core, transfer) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -619,7 +618,8 @@ impl<S: StateMachine, C> Node<S, C> {
     }
 
     /// Ends every request the node holds (shutdown): proposed ones with
-    /// `OutcomeUnknown`, stalled ones with `NotPrimary`.
+    /// `ShuttingDown` (their outcome is unknown), stalled ones with
+    /// `NotPrimary` (never proposed).
     pub fn shutdown(&mut self) {
         self.abort_all(AbortReason::ShuttingDown);
     }
@@ -1098,7 +1098,7 @@ impl<S: StateMachine, C> Node<S, C> {
             return;
         }
         if let Some(t) = &self.transfer {
-            if t.finishing || now.micros_since(t.last_progress) < self.config.transfer_stall_us {
+            if !self.stalled(t, now) {
                 return;
             }
             tracing::warn!(peer = %t.peer, offset = t.offset, "checkpoint transfer stalled; retrying");
@@ -1139,6 +1139,12 @@ impl<S: StateMachine, C> Node<S, C> {
                 have,
             },
         );
+    }
+
+    /// Whether transfer `t` made no progress for `transfer_stall_us` (one
+    /// whose last step the driver is carrying out never stalls).
+    fn stalled(&self, t: &Transfer, now: Time) -> bool {
+        !t.finishing && now.micros_since(t.last_progress) >= self.config.transfer_stall_us
     }
 
     fn abandon_transfer(&mut self) {

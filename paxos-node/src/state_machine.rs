@@ -57,8 +57,10 @@ pub trait StateMachine: Send + 'static {
     fn snapshot(&mut self) -> Self::Snapshot;
 
     /// Replaces the whole state with one read from `source` (what a
-    /// [`Snapshot`] of this type wrote). On error the state is left as it
-    /// was before the call.
+    /// [`Snapshot`] of this type wrote). The snapshot must be read to the
+    /// end of `source`: bytes left over are an error. On any error the
+    /// state is left as it was before the call (build the new state aside,
+    /// swap it in last).
     fn restore(&mut self, source: &mut dyn std::io::Read) -> Result<(), SnapshotError>;
 
     /// This replica became primary (`true`) or stopped being primary.

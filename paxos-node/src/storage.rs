@@ -122,6 +122,17 @@ struct CheckpointStream<'a> {
     reader: &'a CheckpointReader,
     offset: u64,
     buf: Bytes,
+    /// Why reading the store failed, if it did: reported as what it is (a
+    /// corrupt block names file and offset), not as a malformed section or
+    /// snapshot, which is all a reader of the stream can tell.
+    failed: Option<StorageError>,
+}
+
+impl CheckpointStream<'_> {
+    /// The store's error if reading failed, else `other`.
+    fn error_or(&mut self, other: CheckpointError) -> CheckpointError {
+        self.failed.take().map_or(other, CheckpointError::Storage)
+    }
 }
 
 impl Read for CheckpointStream<'_> {
@@ -134,10 +145,14 @@ impl Read for CheckpointStream<'_> {
             let len = usize::try_from(left)
                 .unwrap_or(usize::MAX)
                 .min(RESTORE_READ_BYTES);
-            let chunk = self
-                .reader
-                .read_chunk(self.offset, len)
-                .map_err(std::io::Error::other)?;
+            let chunk = match self.reader.read_chunk(self.offset, len) {
+                Ok(chunk) => chunk,
+                Err(e) => {
+                    let error = std::io::Error::other(e.to_string());
+                    self.failed = Some(e);
+                    return Err(error);
+                }
+            };
             self.offset += chunk.data.len() as u64;
             self.buf = chunk.data;
         }
@@ -149,7 +164,10 @@ impl Read for CheckpointStream<'_> {
 }
 
 /// Restores `sm` from the checkpoint `reader` opens; returns what it
-/// covers. On error `sm` is as before.
+/// covers. On error `sm` is as before: the state machine refuses a snapshot
+/// it cannot read to its very end without changing anything (the
+/// [`StateMachine::restore`] contract), so a checkpoint with bytes left over
+/// is refused by it.
 pub fn restore_from<S: StateMachine>(
     reader: &CheckpointReader,
     sm: &mut S,
@@ -164,11 +182,12 @@ pub fn restore_from<S: StateMachine>(
         reader,
         offset: 0,
         buf: Bytes::new(),
+        failed: None,
     };
     let mut head = [0u8; 12];
-    stream
-        .read_exact(&mut head)
-        .map_err(|_| bad("no node section (written by another version?)"))?;
+    if stream.read_exact(&mut head).is_err() {
+        return Err(stream.error_or(bad("no node section (written by another version?)")));
+    }
     if &head[..8] != SECTION_MAGIC {
         return Err(bad("no node section (written by another version?)"));
     }
@@ -177,9 +196,9 @@ pub fn restore_from<S: StateMachine>(
         return Err(bad("node section length out of range"));
     }
     let mut section = vec![0u8; len + 4];
-    stream
-        .read_exact(&mut section)
-        .map_err(|_| bad("node section truncated"))?;
+    if stream.read_exact(&mut section).is_err() {
+        return Err(stream.error_or(bad("node section truncated")));
+    }
     let crc = u32::from_le_bytes([
         section[len],
         section[len + 1],
@@ -191,15 +210,20 @@ pub fn restore_from<S: StateMachine>(
         return Err(bad("node section checksum mismatch"));
     }
     let directory = Directory::decode(&section).ok_or_else(|| bad("node section malformed"))?;
-    sm.restore(&mut stream)
-        .map_err(|source| CheckpointError::Snapshot {
+    if let Err(source) = sm.restore(&mut stream) {
+        return Err(stream.error_or(CheckpointError::Snapshot {
             path: path.clone(),
             source,
-        })?;
-    let mut rest = [0u8; 1];
-    if !matches!(stream.read(&mut rest), Ok(0)) {
-        return Err(bad("bytes left after the state machine's snapshot"));
+        }));
     }
+    let mut rest = [0u8; 1];
+    // The state machine replaced its state but left bytes unread: it broke
+    // the trait's contract, and its state cannot be trusted any more.
+    // Crash-stop rather than execute on top of it.
+    assert!(
+        matches!(stream.read(&mut rest), Ok(0)),
+        "the state machine restored {path:?} without reading its snapshot to the end (StateMachine::restore must refuse bytes left over)"
+    );
     Ok(Restored {
         meta: info.meta,
         directory,

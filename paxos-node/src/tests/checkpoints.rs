@@ -1,0 +1,153 @@
+//! Checkpoint scheduling, compaction, and the checkpoint format written
+//! and restored with `storage`.
+
+use super::harness::{addrs, id, inc, voters, Counter, Sim};
+use crate::directory::encode_register;
+use crate::storage;
+use paxos_core::ReplicaId;
+
+/// Submits one single-request decree to `leader` and waits for its reply.
+fn one_decree(sim: &mut Sim, leader: ReplicaId, n: u64) {
+    let ids = sim.submit(leader, vec![inc(n, 0)]);
+    assert!(sim.run_until(1_000_000, |s| s.outcomes.get(ids[0]).is_some()));
+    sim.outcomes.total(ids[0]);
+}
+
+#[test]
+fn a_checkpoint_every_n_decrees_never_two_at_once_compaction_once_durable() {
+    let (every, retain) = (4, 2);
+    let mut sim = Sim::with(3, |c| {
+        c.checkpoints = true;
+        c.checkpoint_every = every;
+        c.compact_retain = retain;
+    });
+    for h in sim.hosts.values_mut() {
+        h.save_at_once = false;
+    }
+    let leader = sim.elect();
+    while sim.node(leader).applied() < every {
+        assert!(sim.host_mut(leader).checkpoints_requested.is_empty());
+        one_decree(&mut sim, leader, 1);
+    }
+    assert_eq!(sim.host_mut(leader).checkpoints_requested, vec![every]);
+
+    // While that one is being written, no other is asked for.
+    while sim.node(leader).applied() < 3 * every {
+        one_decree(&mut sim, leader, 1);
+    }
+    assert_eq!(sim.host_mut(leader).checkpoints_requested, vec![every]);
+    assert_eq!(sim.host_mut(leader).durable.truncated_through, 0);
+    assert_eq!(sim.node(leader).status().checkpoint_slot, 0);
+
+    // Durable: the core compacts below it, keeping `retain` decrees.
+    assert_eq!(sim.save_held_checkpoint(leader), every);
+    assert_eq!(
+        sim.host_mut(leader).durable.truncated_through,
+        every - retain
+    );
+    let status = sim.node(leader).status();
+    assert_eq!(
+        (status.checkpoint_slot, status.checkpoints_saved),
+        (every, 1)
+    );
+    assert_eq!(sim.host_mut(leader).store.list().unwrap(), vec![every]);
+
+    // The next one comes with the next decree applied.
+    one_decree(&mut sim, leader, 1);
+    let next = sim.node(leader).applied();
+    assert_eq!(
+        sim.host_mut(leader).checkpoints_requested,
+        vec![every, next]
+    );
+
+    // A failed save compacts nothing; one is asked for again an interval on.
+    sim.host_mut(leader).held_jobs.clear();
+    let now = sim.now;
+    sim.host_mut(leader)
+        .node
+        .on_checkpoint_saved(now, Err("disk full".into()));
+    sim.drain(leader);
+    assert_eq!(
+        sim.host_mut(leader).durable.truncated_through,
+        every - retain
+    );
+    while sim.node(leader).applied() < next + every {
+        one_decree(&mut sim, leader, 1);
+    }
+    assert_eq!(
+        sim.host_mut(leader).checkpoints_requested,
+        vec![every, next, next + every]
+    );
+    // Followers schedule their own, on the same slots.
+    let follower = sim.hosts.keys().copied().find(|r| *r != leader).unwrap();
+    assert_eq!(sim.host_mut(follower).checkpoints_requested[0], every);
+}
+
+#[test]
+fn a_written_checkpoint_restores_an_equal_state_machine_and_directory() {
+    let mut sim = Sim::with(3, |c| {
+        c.checkpoints = true;
+        c.checkpoint_every = 6;
+    });
+    let leader = sim.elect();
+    let register = sim.submit_directory(leader, encode_register(id(4), addrs(id(4))));
+    assert!(sim.run_until(1_000_000, |s| s.outcomes.get(register).is_some()));
+    for n in 1..=8 {
+        one_decree(&mut sim, leader, n);
+    }
+    assert!(sim.run_until(1_000_000, |s| s
+        .hosts
+        .values()
+        .all(|h| h.counter().total == 36)));
+
+    for (r, host) in &sim.hosts {
+        let slot = *host.store.list().unwrap().last().expect("a checkpoint");
+        let mut restored_sm = Counter::default();
+        let restored = storage::restore_newest(&host.store, &mut restored_sm)
+            .unwrap()
+            .expect("a checkpoint to restore");
+        assert_eq!(restored.meta.last_applied, slot);
+        assert!(restored.skipped.is_empty());
+        assert_eq!(
+            restored_sm,
+            host.counter().as_of(slot),
+            "{r} at slot {slot}"
+        );
+        assert_eq!(restored.directory.book(), host.node.directory().book());
+        assert_eq!(restored.directory.book()[&id(4)], addrs(id(4)));
+        assert_eq!(
+            restored.directory.last_reconfigure(),
+            host.node.directory().last_reconfigure()
+        );
+        assert_eq!(restored.meta.membership, voters(3));
+    }
+}
+
+#[test]
+fn a_restarted_node_resumes_from_its_checkpoint_and_log() {
+    let mut sim = Sim::with(3, |c| {
+        c.checkpoints = true;
+        c.checkpoint_every = 5;
+        c.compact_retain = 1;
+    });
+    let leader = sim.elect();
+    for n in 1..=12 {
+        one_decree(&mut sim, leader, n);
+    }
+    let follower = sim.hosts.keys().copied().find(|r| *r != leader).unwrap();
+    assert!(sim.run_until(1_000_000, |s| s.counter(follower).total == 78));
+    let checkpoint = *sim.host_mut(follower).store.list().unwrap().last().unwrap();
+    assert!(checkpoint > 0 && checkpoint < sim.node(follower).applied());
+
+    sim.restart(follower);
+    // It starts at the checkpoint's slot and replays its log above it.
+    assert_eq!(sim.node(follower).applied(), sim.node(leader).applied());
+    assert_eq!(sim.counter(follower), sim.counter(leader));
+    assert!(sim.run_until(1_000_000, |s| s
+        .agreed_leader(&[leader, follower])
+        .is_some()));
+    let more = sim.submit(leader, vec![inc(100, 0)]);
+    assert!(sim.run_until(1_000_000, |s| s.counter(follower).total == 178));
+    assert_eq!(sim.outcomes.total(more[0]), 178);
+    sim.check_agreement().unwrap();
+}

@@ -1,0 +1,12 @@
+//! Unit tests of the node, driven through the deterministic cluster in
+//! [`harness`]: each scenario scripts the network, storage and time, and
+//! checks the effects the nodes emit.
+
+mod harness;
+
+mod checkpoints;
+mod directory;
+mod harness_checks;
+mod malformed;
+mod requests;
+mod transfer;

@@ -1,0 +1,224 @@
+//! State transfer: a replica behind everything its peers retain fetches a
+//! checkpoint chunk by chunk, installs it and catches up; stalls are
+//! retried, corrupt chunks dropped.
+
+use super::harness::{id, inc, Sim};
+use crate::effect::TransferOp;
+use crate::xfer::{self, XferMessage};
+use bytes::Bytes;
+use paxos_core::ReplicaId;
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+const STALL_US: u64 = 1_000_000;
+
+/// A cluster whose replica `lagger` missed 40 decrees (about 1 MiB of
+/// history, so the checkpoint spans several transfer chunks) that its peers
+/// no longer keep in memory. Returns `(sim, leader, lagger)`; the lagger is
+/// still cut off.
+fn lagging_cluster() -> (Sim, ReplicaId, ReplicaId) {
+    let mut sim = Sim::with(3, |c| {
+        c.checkpoints = true;
+        c.checkpoint_every = 8;
+        c.compact_retain = 0;
+        c.core.retain_decrees = 4;
+        c.transfer_stall_us = STALL_US;
+    });
+    let leader = sim.elect();
+    let lagger = sim.hosts.keys().copied().find(|r| *r != leader).unwrap();
+    sim.isolate(lagger);
+    for k in 1..=40 {
+        let ids = sim.submit(leader, (0..3).map(|_| inc(k, 8 * 1024)).collect());
+        assert!(sim.run_until(1_000_000, |s| s.outcomes.get(ids[2]).is_some()));
+        sim.outcomes.total(ids[2]);
+    }
+    (sim, leader, lagger)
+}
+
+/// `(offset, len)` of every chunk written by `TransferOp::Write`.
+fn writes(ops: &[TransferOp]) -> Vec<(u64, usize)> {
+    ops.iter()
+        .filter_map(|op| match op {
+            TransferOp::Write { chunk, .. } => Some((chunk.offset, chunk.data.len())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Runs until `lagger` installed a checkpoint and applied as far as every
+/// other node, then checks it holds the same state and takes part again.
+fn caught_up(sim: &mut Sim, lagger: ReplicaId) {
+    assert!(sim.run_until(10_000_000, |s| {
+        let most = s.hosts.values().map(|h| h.node.applied()).max();
+        !s.host(lagger).installed.is_empty() && Some(s.node(lagger).applied()) == most
+    }));
+    let leader = sim.elect();
+    assert_eq!(sim.counter(lagger), sim.counter(leader));
+    let status = sim.node(lagger).status();
+    assert_eq!(status.checkpoints_installed, 1);
+    assert!(!status.needs_snapshot);
+    assert!(sim.host(lagger).install_errors.is_empty());
+
+    let more = sim.submit(leader, vec![inc(1, 0)]);
+    assert!(sim.run_until(1_000_000, |s| s.outcomes.get(more[0]).is_some()));
+    let total = sim.outcomes.total(more[0]);
+    assert!(sim.run_until(1_000_000, |s| s.counter(lagger).total == total));
+    sim.check_agreement().unwrap();
+}
+
+#[test]
+fn a_replica_behind_every_peers_log_installs_a_checkpoint_and_catches_up() {
+    let (mut sim, _, lagger) = lagging_cluster();
+    // Hold transfer messages back until the lagger has found out that only
+    // a checkpoint helps.
+    let holding = Rc::new(Cell::new(true));
+    let hold = Rc::clone(&holding);
+    sim.drop_rule = Some(Box::new(move |_, _, bytes| {
+        hold.get() && xfer::is_xfer(bytes)
+    }));
+    sim.heal();
+    assert!(sim.run_until(5_000_000, |s| s.node(lagger).status().needs_snapshot));
+    assert!(sim.host(lagger).transfer_ops.is_empty());
+    holding.set(false);
+    caught_up(&mut sim, lagger);
+
+    let host = sim.host(lagger);
+    let chunks = writes(&host.transfer_ops);
+    assert!(chunks.len() >= 3, "chunk by chunk: {chunks:?}");
+    let mut offset = 0;
+    for (at, len) in &chunks {
+        assert_eq!(*at, offset, "chunks continue each other");
+        assert!(*len <= xfer::CHUNK_BYTES);
+        offset += *len as u64;
+    }
+    assert_eq!(
+        host.transfer_ops.last(),
+        Some(&TransferOp::Finish {
+            slot: host.installed[0]
+        })
+    );
+}
+
+#[test]
+fn a_stalled_transfer_is_retried_after_transfer_stall_us_and_corrupt_chunks_are_dropped() {
+    let (mut sim, _, lagger) = lagging_cluster();
+    // Let the first chunk through, then lose the others while `stalling`.
+    let stalling = Rc::new(Cell::new(true));
+    let chunks_seen = Rc::new(Cell::new(0));
+    let lost: Rc<RefCell<Vec<(ReplicaId, Bytes)>>> = Rc::default();
+    let fresh_requests = Rc::new(Cell::new(0));
+    let (stall, seen, lost_in, fresh) = (
+        Rc::clone(&stalling),
+        Rc::clone(&chunks_seen),
+        Rc::clone(&lost),
+        Rc::clone(&fresh_requests),
+    );
+    sim.drop_rule = Some(Box::new(move |from, to, bytes| {
+        match xfer::decode(bytes.clone()) {
+            Ok(XferMessage::Chunk { .. }) if to == lagger => {
+                seen.set(seen.get() + 1);
+                if stall.get() && seen.get() > 1 {
+                    lost_in.borrow_mut().push((from, bytes.clone()));
+                    return true;
+                }
+            }
+            Ok(XferMessage::Request {
+                slot: 0, offset: 0, ..
+            }) if from == lagger => fresh.set(fresh.get() + 1),
+            _ => {}
+        }
+        false
+    }));
+    sim.heal();
+    assert!(
+        sim.run_until(5_000_000, |s| !writes(&s.host(lagger).transfer_ops)
+            .is_empty())
+    );
+    let started = sim.now;
+    assert_eq!(fresh_requests.get(), 1);
+
+    // A chunk that fails its checksum is not written.
+    assert!(sim.run_until(STALL_US / 2, |_| !lost.borrow().is_empty()));
+    let (peer, chunk) = lost.borrow()[0].clone();
+    let mut corrupt = chunk.to_vec();
+    *corrupt.last_mut().unwrap() ^= 0xFF;
+    let ops_before = sim.host(lagger).transfer_ops.len();
+    sim.deliver(peer, lagger, Bytes::from(corrupt));
+    assert_eq!(sim.host(lagger).transfer_ops.len(), ops_before);
+
+    // No progress: nothing happens until `transfer_stall_us` has passed...
+    let until = STALL_US - 1 - sim.now.micros_since(started);
+    sim.run_for(until);
+    assert_eq!(fresh_requests.get(), 1);
+    assert!(!sim.host(lagger).transfer_ops.contains(&TransferOp::Abandon));
+    // ... then the partial file is dropped and the transfer starts over.
+    sim.run_for(2);
+    assert!(sim.host(lagger).transfer_ops.contains(&TransferOp::Abandon));
+    assert_eq!(fresh_requests.get(), 2);
+
+    stalling.set(false);
+    caught_up(&mut sim, lagger);
+}
+
+#[test]
+fn a_transfer_finishing_in_the_background_leaves_no_timer_due() {
+    let (mut sim, _, lagger) = lagging_cluster();
+    sim.host_mut(lagger).finish_at_once = false;
+    sim.heal();
+    assert!(sim.run_until(5_000_000, |s| s.host(lagger).held_finish.is_some()));
+    // The finish (verify, fsync, rename) takes longer than the stall
+    // timeout: the node must neither restart the transfer nor leave a
+    // deadline in the past that would make its driver spin.
+    let spun = sim.run_until(3 * STALL_US, |s| {
+        s.node(lagger).next_timer().is_some_and(|t| t <= s.now)
+    });
+    assert!(!spun, "a timer stayed due at {:?}", sim.now);
+    assert!(!sim.host(lagger).transfer_ops.contains(&TransferOp::Abandon));
+    sim.finish_transfer(lagger);
+    caught_up(&mut sim, lagger);
+}
+
+#[test]
+fn a_transfer_no_longer_needed_is_dropped_when_it_stalls() {
+    // Replica 3 keeps its whole log (and never leads); 1 and 2 compact.
+    let mut sim = Sim::with(3, |c| {
+        if c.core.id != id(3) {
+            c.checkpoints = true;
+            c.checkpoint_every = 8;
+            c.compact_retain = 0;
+            c.core.retain_decrees = 4;
+        }
+        c.transfer_stall_us = STALL_US;
+    });
+    let now = sim.now;
+    sim.host_mut(id(3)).node.set_can_become_primary(now, false);
+    let leader = sim.elect();
+    let lagger = [id(1), id(2)].into_iter().find(|r| *r != leader).unwrap();
+    sim.isolate(lagger);
+    for k in 1..=20 {
+        let ids = sim.submit(leader, vec![inc(k, 0)]);
+        assert!(sim.run_until(1_000_000, |s| s.outcomes.get(ids[0]).is_some()));
+    }
+    // Back, but unable to reach the one replica that still has the log, and
+    // losing every checkpoint chunk: it needs a checkpoint and cannot get one.
+    sim.heal();
+    let keeper_link: Rc<Cell<bool>> = Rc::new(Cell::new(false));
+    let link = Rc::clone(&keeper_link);
+    sim.drop_rule = Some(Box::new(move |from, to, bytes| {
+        let chunk = matches!(xfer::decode(bytes.clone()), Ok(XferMessage::Chunk { .. }));
+        let keeper = (from == lagger && to == id(3)) || (from == id(3) && to == lagger);
+        (to == lagger && chunk) || (keeper && !link.get())
+    }));
+    assert!(sim.run_until(5_000_000, |s| s.node(lagger).status().needs_snapshot));
+    // The keeper comes back: the lagger catches up from its log, and the
+    // stalled transfer it no longer needs must not leave its timer due.
+    keeper_link.set(true);
+    let spun = sim.run_until(3 * STALL_US, |s| {
+        s.node(lagger).next_timer().is_some_and(|t| t <= s.now)
+    });
+    assert!(!spun, "a timer stayed due at {:?}", sim.now);
+    assert!(!sim.node(lagger).status().needs_snapshot);
+    assert_eq!(sim.node(lagger).applied(), sim.node(leader).applied());
+    assert!(sim.host(lagger).installed.is_empty());
+    assert_eq!(sim.counter(lagger), sim.counter(leader));
+}
