@@ -124,9 +124,9 @@ pub mod recovery;
 pub mod sim_fs;
 pub mod storage;
 
-pub use log::{FileLog, LogOptions, LogStats};
+pub use log::{FileLog, LogOptions, LogStats, WriterMode};
 pub use recovery::RecoveryReport;
-pub use storage::{ReplicaStorage, StorageError};
+pub use storage::{CorruptionPolicy, Damage, ReplicaStorage, StorageError};
 
 #[cfg(test)]
 mod tests;
