@@ -169,21 +169,22 @@ pub struct CarefulRead {
     /// Offset of the first range that failed with a media error twice.
     pub unreadable_at: Option<u64>,
     /// Reads that failed with a media error once and succeeded when retried.
-    pub reads_retried: u64,
+    pub reads_cured: u64,
 }
 
 fn read_retrying(
     file: &dyn ReadableFile,
     buf: &mut [u8],
     at: u64,
-    retried: &mut u64,
+    cured: &mut u64,
 ) -> io::Result<()> {
     match file.read_exact_at(buf, at) {
         Err(e) if is_media_error(&e) => {
             // A transient error (a bus or controller fault) may pass on a
             // second try; a latent sector error will not.
-            *retried += 1;
-            file.read_exact_at(buf, at)
+            let again = file.read_exact_at(buf, at);
+            *cured += u64::from(again.is_ok());
+            again
         }
         other => other,
     }
@@ -210,7 +211,7 @@ pub fn read_carefully(fs: &SharedFs, path: &Path) -> io::Result<CarefulRead> {
             &*file,
             &mut out.bytes[at..end],
             at as u64,
-            &mut out.reads_retried,
+            &mut out.reads_cured,
         ) {
             Ok(()) => at = end,
             Err(e) if is_media_error(&e) => {
@@ -221,7 +222,7 @@ pub fn read_carefully(fs: &SharedFs, path: &Path) -> io::Result<CarefulRead> {
                         &*file,
                         &mut out.bytes[fine..fine_end],
                         fine as u64,
-                        &mut out.reads_retried,
+                        &mut out.reads_cured,
                     );
                     match r {
                         Ok(()) => fine = fine_end,

@@ -517,7 +517,7 @@ fn read_and_scan(
     let read = |report: &mut RecoveryReport| {
         let r =
             fs::read_carefully(fs, path).map_err(io_err(format!("reading {}", path.display())))?;
-        report.transient_faults_cured += r.reads_retried;
+        report.transient_faults_cured += r.reads_cured;
         Ok::<_, StorageError>(r)
     };
     let bytes = read(report)?;
@@ -678,7 +678,20 @@ fn recover_inner(
         };
         ensures!(damage.last_kept_seq == Some(kept_lsn));
         tracing::error!(%damage, "salvaging the log: keeping the appends before the damage");
-        report.damage.push(damage);
+        // The same damage again (a crash interrupted its salvage): one entry.
+        let same = report.damage.iter_mut().find(|d| {
+            (&d.location, d.offset, &d.reason, d.last_kept_seq)
+                == (
+                    &damage.location,
+                    damage.offset,
+                    &damage.reason,
+                    damage.last_kept_seq,
+                )
+        });
+        match same {
+            Some(d) => d.set_aside.extend(damage.set_aside),
+            None => report.damage.push(damage),
+        }
         write_damage_report(fs, dir, &report.damage)?;
         // Newest first, so the live segments stay a contiguous run.
         for (from, to) in &moves {

@@ -360,7 +360,7 @@ impl State {
         let has_bad = inode.bad_sectors.range(first..=last).next().is_some();
         if has_bad {
             self.counters.latent_read_failures += 1;
-            return Err(media_error("latent sector error"));
+            return Err(media_error());
         }
         let f = self.faults;
         for s in first..=last {
@@ -370,11 +370,11 @@ impl State {
                 }
                 self.counters.latent_sector_errors += 1;
                 self.counters.latent_read_failures += 1;
-                return Err(media_error("sector became unreadable"));
+                return Err(media_error());
             }
             if self.roll(f.read_error_per_million) {
                 self.counters.transient_read_errors += 1;
-                return Err(media_error("transient read error"));
+                return Err(media_error());
             }
         }
         for s in first..=last {
@@ -416,6 +416,7 @@ impl State {
             .names
             .values()
             .copied()
+            .filter(|v| if *v == ino { at > 0 } else { true })
             .filter(|v| self.inodes.get(v).is_some_and(|i| !i.data.is_empty()))
             .collect();
         victims.sort_unstable();
@@ -452,10 +453,10 @@ fn crashed() -> io::Error {
     io::Error::other("simulated crash: disk is down")
 }
 
-fn media_error(what: &str) -> io::Error {
-    // Carries EIO like a real media error, so `is_media_error` sees it.
-    let eio = io::Error::from_raw_os_error(EIO);
-    io::Error::new(eio.kind(), format!("{what}: {eio}"))
+/// A media error exactly as a real disk reports it (EIO, no more detail:
+/// [`FaultCounters`] say which fault it was).
+fn media_error() -> io::Error {
+    io::Error::from_raw_os_error(EIO)
 }
 
 /// Salt separating the latency stream from the fault stream.
@@ -921,6 +922,200 @@ mod tests {
             let got = fs.read_all(&p("/d/a")).unwrap();
             assert!(got.len() >= 3 && b"abcdefghij".starts_with(&got), "{got:?}");
         }
+    }
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 + 3) as u8).collect()
+    }
+
+    /// A disk with `faults` holding `/d/a`: 2048 patterned bytes.
+    fn disk(faults: SimFaults) -> SimFs {
+        let fs = SimFs::with_faults(faults);
+        fs.put_durable(&p("/d/a"), pattern(2048));
+        fs
+    }
+
+    fn read_at(fs: &SimFs, path: &str, at: u64, len: usize) -> io::Result<Vec<u8>> {
+        let f = fs.open_read(&p(path))?;
+        let mut buf = vec![0u8; len];
+        f.read_exact_at(&mut buf, at)?;
+        Ok(buf)
+    }
+
+    #[test]
+    fn the_default_injects_nothing() {
+        let fs = disk(SimFaults::default());
+        for _ in 0..100 {
+            assert_eq!(fs.read_all(&p("/d/a")).unwrap(), pattern(2048));
+        }
+        let mut f = fs.create(&p("/d/b")).unwrap();
+        for _ in 0..100 {
+            f.write_all(&[9u8; 100]).unwrap();
+        }
+        f.sync_data().unwrap();
+        assert_eq!(fs.read_all(&p("/d/b")).unwrap(), vec![9u8; 10_000]);
+        assert_eq!(fs.read_all(&p("/d/a")).unwrap(), pattern(2048));
+        let c = fs.fault_counters();
+        assert_eq!(c, FaultCounters::default());
+    }
+
+    #[test]
+    fn read_bit_flips_are_transient() {
+        let fs = disk(SimFaults {
+            read_bit_flip_per_million: 1_000_000,
+            ..SimFaults::default()
+        });
+        let got = fs.read_all(&p("/d/a")).unwrap();
+        let flipped: u32 = got
+            .iter()
+            .zip(pattern(2048))
+            .map(|(a, b)| (a ^ b).count_ones())
+            .sum();
+        assert_eq!(flipped, 4, "one bit per 512-byte sector");
+        assert_eq!(fs.fault_counters().read_bit_flips, 4);
+        assert_eq!(
+            fs.raw_contents(&p("/d/a")).unwrap(),
+            pattern(2048),
+            "the medium is intact"
+        );
+        fs.set_faults(SimFaults::default());
+        assert_eq!(
+            fs.read_all(&p("/d/a")).unwrap(),
+            pattern(2048),
+            "a re-read is good"
+        );
+    }
+
+    #[test]
+    fn transient_read_errors_pass_on_a_later_read() {
+        let fs = disk(SimFaults {
+            read_error_per_million: 500_000,
+            ..SimFaults::default()
+        });
+        let (mut ok, mut eio) = (0, 0);
+        for _ in 0..64 {
+            match read_at(&fs, "/d/a", 0, 512) {
+                Ok(b) => {
+                    assert_eq!(b, pattern(512));
+                    ok += 1;
+                }
+                Err(e) => {
+                    assert!(crate::fs::is_media_error(&e), "{e}");
+                    eio += 1;
+                }
+            }
+        }
+        assert!(ok > 10 && eio > 10, "{ok} good reads, {eio} errors");
+        let c = fs.fault_counters();
+        assert_eq!(c.transient_read_errors, eio);
+        assert_eq!(c.latent_sector_errors, 0);
+    }
+
+    #[test]
+    fn latent_sector_errors_persist_until_rewritten_or_cut() {
+        let fs = disk(SimFaults {
+            latent_sector_error_per_million: 1_000_000,
+            ..SimFaults::default()
+        });
+        assert!(read_at(&fs, "/d/a", 600, 10).is_err());
+        fs.set_faults(SimFaults::default());
+        // Sector 1 stays unreadable; its neighbours read fine.
+        for _ in 0..3 {
+            let e = read_at(&fs, "/d/a", 512, 512).unwrap_err();
+            assert!(crate::fs::is_media_error(&e));
+        }
+        assert_eq!(read_at(&fs, "/d/a", 0, 512).unwrap(), pattern(512));
+        assert_eq!(
+            read_at(&fs, "/d/a", 1024, 1024).unwrap(),
+            pattern(2048)[1024..]
+        );
+        let c = fs.fault_counters();
+        assert_eq!((c.latent_sector_errors, c.latent_read_failures), (1, 4));
+        // It survives a crash, and goes once the file is cut below it.
+        fs.crash(CrashPolicy::LoseUnsynced);
+        assert!(read_at(&fs, "/d/a", 512, 1).is_err());
+        fs.truncate(&p("/d/a"), 512).unwrap();
+        assert_eq!(fs.read_all(&p("/d/a")).unwrap(), pattern(512));
+        // A write remaps the sectors it touches.
+        let mut f = fs.open_append(&p("/d/a")).unwrap();
+        f.write_all(&[7u8; 88]).unwrap();
+        fs.make_unreadable(&p("/d/a"), 550, 1).unwrap();
+        assert!(fs.read_all(&p("/d/a")).is_err());
+        f.write_all(b"x").unwrap();
+        assert_eq!(fs.read_all(&p("/d/a")).unwrap().len(), 601);
+        assert!(fs.make_unreadable(&p("/d/a"), 5000, 1).is_err());
+        assert_eq!(fs.fault_counters().latent_sector_errors, 2);
+    }
+
+    #[test]
+    fn misdirected_writes_leave_stale_bytes_and_clobber_another_place() {
+        for seed in 0..16 {
+            let fs = disk(SimFaults {
+                seed,
+                misdirected_write_per_million: 1_000_000,
+                ..SimFaults::default()
+            });
+            let mut f = fs.create(&p("/d/b")).unwrap();
+            f.write_all(&[0x55; 100]).unwrap();
+            f.sync_data().unwrap();
+            fs.crash(CrashPolicy::LoseUnsynced);
+            // The intended place: stale, non-zero, not the data.
+            let b = fs.raw_contents(&p("/d/b"));
+            if let Some(b) = b {
+                assert_eq!(b.len(), 100);
+                assert!(b != vec![0x55; 100] && b.iter().all(|x| *x != 0));
+            }
+            // Another place (the only other file): clobbered, durably.
+            let a = fs.raw_contents(&p("/d/a")).unwrap();
+            let at = a.windows(100).position(|w| w == [0x55; 100]);
+            assert!(at.is_some(), "seed {seed}: the data landed in /d/a");
+            let at = at.unwrap();
+            assert_eq!(a[..at], pattern(2048)[..at]);
+            assert_eq!(a[at + 100..], pattern(2048)[at + 100..]);
+            assert_eq!(fs.fault_counters().misdirected_writes, 1);
+        }
+    }
+
+    #[test]
+    fn latency_is_seeded_and_has_outliers() {
+        let model = LatencyModel {
+            outlier_per_million: 100_000,
+            ..LatencyModel::default()
+        };
+        let fs = |seed| {
+            SimFs::with_faults(SimFaults {
+                seed,
+                latency: model,
+                ..SimFaults::default()
+            })
+        };
+        let draws = |fs: &SimFs| -> Vec<u64> {
+            (0..2000)
+                .map(|_| fs.latency_us(DiskOp::Sync, 4096))
+                .collect()
+        };
+        let a = draws(&fs(1));
+        assert_eq!(a, draws(&fs(1)), "one seed, one sequence");
+        assert_ne!(a, draws(&fs(2)));
+        let base = model.sync_us + 4096 * model.nanos_per_kib / 1024 / 1000;
+        assert!(a
+            .iter()
+            .all(|l| *l >= base && *l <= base + model.outlier_max_us));
+        let slow = a.iter().filter(|l| **l > base).count();
+        assert!(
+            (100..=300).contains(&slow),
+            "{slow} outliers in 2000 at 10%"
+        );
+        // Without outliers: exactly base plus transfer time.
+        let plain = SimFs::new();
+        assert_eq!(plain.latency_us(DiskOp::Read, 1 << 20), 60 + 409);
+        // Operations add up their latencies; asking changes no fault.
+        let mut f = plain.create(&p("/d/x")).unwrap();
+        f.write_all(&[1u8; 1024]).unwrap();
+        f.sync_data().unwrap();
+        let m = LatencyModel::default();
+        assert_eq!(plain.take_busy_us(), m.metadata_us + m.write_us + m.sync_us);
+        assert_eq!(plain.take_busy_us(), 0);
     }
 
     #[test]

@@ -1,5 +1,10 @@
 //! Tests of the file log: recovery, group commit, backpressure, truncation,
 //! torn tails, corruption, and crash-at-every-point fault injection.
+//! [`inline`] tests the thread-free writer mode, [`faults`] the fault
+//! injection, salvage and the randomized crash-and-fault model check.
+
+mod faults;
+mod inline;
 
 use crate::codec::tests::arb_entry;
 use crate::fs::{OsFs, SharedFs};
@@ -11,11 +16,11 @@ use proptest::prelude::*;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-fn ballot(r: u64) -> Ballot {
+pub(crate) fn ballot(r: u64) -> Ballot {
     Ballot::new(r, ReplicaId(1))
 }
 
-fn accept(slot: u64, round: u64, len: usize) -> PersistEntry {
+pub(crate) fn accept(slot: u64, round: u64, len: usize) -> PersistEntry {
     let body: Vec<u8> = (0..len).map(|i| (i as u8) ^ (slot as u8) | 1).collect();
     PersistEntry::Accept(Accepted {
         slot,
@@ -24,7 +29,9 @@ fn accept(slot: u64, round: u64, len: usize) -> PersistEntry {
     })
 }
 
-fn apply_all<'a>(batches: impl IntoIterator<Item = &'a Vec<PersistEntry>>) -> DurableState {
+pub(crate) fn apply_all<'a>(
+    batches: impl IntoIterator<Item = &'a Vec<PersistEntry>>,
+) -> DurableState {
     let mut s = DurableState::default();
     for b in batches {
         for e in b {
@@ -34,28 +41,28 @@ fn apply_all<'a>(batches: impl IntoIterator<Item = &'a Vec<PersistEntry>>) -> Du
     s
 }
 
-fn salvage() -> LogOptions {
+pub(crate) fn salvage() -> LogOptions {
     LogOptions {
         on_corruption: crate::CorruptionPolicy::Salvage,
         ..LogOptions::default()
     }
 }
 
-fn small_segments() -> LogOptions {
+pub(crate) fn small_segments() -> LogOptions {
     LogOptions {
         segment_bytes: 4096,
         ..LogOptions::default()
     }
 }
 
-fn segment_paths(fs: &SimFs, dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn segment_paths(fs: &SimFs, dir: &Path) -> Vec<PathBuf> {
     fs.paths()
         .into_iter()
         .filter(|p| p.parent() == Some(dir) && p.extension().is_some_and(|e| e == "log"))
         .collect()
 }
 
-fn sim() -> (SimFs, SharedFs, PathBuf) {
+pub(crate) fn sim() -> (SimFs, SharedFs, PathBuf) {
     let fs = SimFs::new();
     let shared: SharedFs = Arc::new(fs.clone());
     (fs, shared, PathBuf::from("/log"))
@@ -407,6 +414,10 @@ fn a_torn_tail_is_cut_off_and_the_log_continues() {
     let (log, state) = FileLog::open_with(shared.clone(), &dir, LogOptions::default()).unwrap();
     assert_eq!(state, apply_all(&batches));
     assert_eq!(log.recovery_report().torn_bytes_cut, frame.len() as u64 - 7);
+    assert!(
+        log.recovery_damage().is_empty(),
+        "a torn tail is not damage"
+    );
     assert_eq!(fs.file_len(&seg), Some(good_len));
     let seq = log.append(&[accept(6, 1, 50)]).unwrap();
     assert_eq!(seq, 6);
@@ -698,6 +709,10 @@ fn check_recovery(
 ) {
     let (log, state) = FileLog::open_with(shared.clone(), dir, small_segments())
         .unwrap_or_else(|e| panic!("{what}: recovery failed: {e}"));
+    assert!(
+        log.recovery_damage().is_empty(),
+        "{what}: a crash is not damage"
+    );
     let m = log.durable_seq();
     assert!(
         m >= run.acked,
