@@ -128,9 +128,14 @@ pub mod layout;
 pub mod log;
 pub mod record;
 pub mod region;
+pub mod sim_region;
 pub mod storage;
+
+#[cfg(test)]
+mod fault_tests;
 
 pub use log::{HeadTailCapacity, LogError, PmLog};
 pub use record::RecordError;
 pub use region::{FileRegion, PmRegion, RegionError, RegionKind, VolatileRegion};
+pub use sim_region::{SimRegion, SimRegionCounters, SimRegionFaults};
 pub use storage::{Backend, NvmOptions, NvmStats, NvmStorage};
