@@ -191,7 +191,7 @@ fn read_retrying(
 }
 
 /// Reads all of `path`, retrying a read that fails with a media error once
-/// and, if it fails again, narrowing the failure down to [`FINE_READ`]
+/// and, if it fails again, narrowing the failure down to 512
 /// bytes so that everything before it is still returned. Errors other than
 /// media errors are returned as they are.
 pub fn read_carefully(fs: &SharedFs, path: &Path) -> io::Result<CarefulRead> {

@@ -135,7 +135,7 @@ pub enum Recovery<R: PmRegion> {
     },
 }
 
-/// What a region's damage record says ([`PmLog::damage_record`]).
+/// What a region's damage record says ([`PmLog::damage_mark`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DamageMark {
     /// No damage pending.

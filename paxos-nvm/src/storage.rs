@@ -355,6 +355,10 @@ fn copy_aside(region: &dyn PmRegion, path: &Path) -> Result<String, StorageError
     Ok(name)
 }
 
+/// Copies a region aside before salvage changes it; returns where (`None`:
+/// nowhere, the region has no file).
+type SetAside<'a> = dyn FnMut(&dyn PmRegion) -> Result<Option<String>, StorageError> + 'a;
+
 /// What replaying the records found.
 #[derive(Debug)]
 struct Replay {
@@ -602,7 +606,7 @@ impl NvmStorage {
         region: Box<dyn PmRegion>,
         options: &NvmOptions,
         name: String,
-        set_aside: &mut dyn FnMut(&dyn PmRegion) -> Result<Option<String>, StorageError>,
+        set_aside: &mut SetAside<'_>,
     ) -> Result<(NvmStorage, DurableState), StorageError> {
         let refuse = options.on_corruption == CorruptionPolicy::Refuse;
         let recovery = PmLog::recover(region, options.log_id).map_err(|e| match e {
@@ -677,7 +681,7 @@ impl NvmStorage {
         options: &NvmOptions,
         name: String,
         damage: MetadataDamage,
-        set_aside: &mut dyn FnMut(&dyn PmRegion) -> Result<Option<String>, StorageError>,
+        set_aside: &mut SetAside<'_>,
     ) -> Result<(NvmStorage, DurableState), StorageError> {
         let aside = set_aside(&*region)?;
         let mark = read_damage_mark(&*region);

@@ -190,9 +190,18 @@ fn sync_queued_in_thread_mode_waits_for_the_writer() {
     assert_eq!(log.sync_queued().unwrap(), 5);
 }
 
+/// Everything a run leaves observable.
+#[derive(Debug, PartialEq)]
+struct Run {
+    files: Vec<(std::path::PathBuf, Vec<u8>)>,
+    /// Busy time after each sync, drawn latencies, durable sequence numbers.
+    trace: Vec<u64>,
+    faults: String,
+}
+
 /// Runs a fixed workload with crashes on a disk with faults and latency
-/// outliers; returns everything observable.
-fn deterministic_run(seed: u64) -> (Vec<(std::path::PathBuf, Vec<u8>)>, Vec<u64>, String) {
+/// outliers.
+fn deterministic_run(seed: u64) -> Run {
     let fs = SimFs::with_faults(SimFaults {
         seed,
         read_bit_flip_per_million: 20_000,
@@ -224,7 +233,7 @@ fn deterministic_run(seed: u64) -> (Vec<(std::path::PathBuf, Vec<u8>)>, Vec<u64>
         drop(log);
         fs.crash(CrashPolicy::Torn { seed: round });
     }
-    let contents = fs
+    let files = fs
         .paths()
         .into_iter()
         .map(|p| {
@@ -232,7 +241,11 @@ fn deterministic_run(seed: u64) -> (Vec<(std::path::PathBuf, Vec<u8>)>, Vec<u64>
             (p, c)
         })
         .collect();
-    (contents, trace, format!("{:?}", fs.fault_counters()))
+    Run {
+        files,
+        trace,
+        faults: format!("{:?}", fs.fault_counters()),
+    }
 }
 
 /// One seed is one run: same files, same latencies, same faults, byte for
@@ -242,7 +255,7 @@ fn an_inline_log_on_a_seeded_disk_is_deterministic() {
     let a = deterministic_run(7);
     let b = deterministic_run(7);
     assert_eq!(a, b);
-    assert!(a.2.contains("misdirected_writes: ") && !a.2.contains("misdirected_writes: 0,"));
+    assert!(!a.faults.contains("misdirected_writes: 0,"), "{}", a.faults);
     let c = deterministic_run(8);
-    assert_ne!(a.1, c.1, "another seed draws other latencies");
+    assert_ne!(a.trace, c.trace, "another seed draws other latencies");
 }
