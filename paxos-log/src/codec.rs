@@ -19,6 +19,8 @@ pub const SEGMENT_VERSION: u32 = 1;
 pub const SEGMENT_HEADER_LEN: usize = 32;
 /// Bytes in a record header (before the payload).
 pub const RECORD_HEADER_LEN: usize = 24;
+/// Bytes in the payload of a `State` record.
+pub const STATE_PAYLOAD_LEN: usize = 28;
 /// Flag bit: this record is the last of its append (batch).
 pub const FLAG_END_OF_BATCH: u8 = 1;
 
@@ -298,7 +300,7 @@ pub fn decode_frame(bytes: &[u8], max_payload: usize) -> Result<Frame, FrameErro
         return Err(FrameError::Incomplete);
     }
     let payload = &bytes[RECORD_HEADER_LEN..total];
-    if crc32c::crc32c(payload) != u32_at(h, 20) {
+    if !payload_checksum_ok(payload, u32_at(h, 20)) {
         return Err(FrameError::Bad("record payload checksum mismatch".into()));
     }
     let record = decode_payload(kind, payload)?;
@@ -308,6 +310,23 @@ pub fn decode_frame(bytes: &[u8], max_payload: usize) -> Result<Frame, FrameErro
         end_of_batch: flags & FLAG_END_OF_BATCH != 0,
         len: total,
     })
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Planted defect for the fault tests: while set on a thread, decoding
+    /// on that thread skips the payload checksum, so damaged payloads can
+    /// slip through. Tests set it to prove their checkers catch that.
+    pub(crate) static SKIP_PAYLOAD_CHECKSUM: std::cell::Cell<bool> =
+        const { std::cell::Cell::new(false) };
+}
+
+fn payload_checksum_ok(payload: &[u8], stored: u32) -> bool {
+    #[cfg(test)]
+    if SKIP_PAYLOAD_CHECKSUM.with(|s| s.get()) {
+        return true;
+    }
+    crc32c::crc32c(payload) == stored
 }
 
 fn bad_len(kind: RecordKind, len: usize) -> FrameError {
@@ -344,7 +363,7 @@ fn decode_payload(kind: RecordKind, p: &[u8]) -> Result<Record, FrameError> {
             Record::Empty
         }
         RecordKind::State => {
-            fixed(28)?;
+            fixed(STATE_PAYLOAD_LEN)?;
             Record::State(StateSummary {
                 promised: ballot_at(p, 0),
                 commit_index: u64_at(p, 12),

@@ -140,3 +140,105 @@ impl FileSystem for OsFs {
 pub fn join(dir: &Path, name: &str) -> PathBuf {
     dir.join(name)
 }
+
+/// `errno` of an error reading or writing the medium (`EIO` on Linux and
+/// the BSDs).
+pub const EIO: i32 = 5;
+
+/// Whether `e` is a media error (an unreadable sector, `EIO`), as opposed
+/// to a missing file, a permission problem or a disk that is down. Recovery
+/// treats media errors like corruption: the bytes are damaged, not the
+/// request.
+pub fn is_media_error(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(EIO)
+}
+
+/// Bytes per read while reading a file whole.
+const READ_CHUNK: usize = 1 << 20;
+/// Bytes per read while narrowing down an unreadable range.
+const FINE_READ: usize = 512;
+
+/// A whole file as [`read_carefully`] could read it.
+#[derive(Debug, Default)]
+pub struct CarefulRead {
+    /// The file from offset 0: all of it, or the part before the first
+    /// range that stayed unreadable.
+    pub bytes: Vec<u8>,
+    /// The file's length.
+    pub file_len: u64,
+    /// Offset of the first range that failed with a media error twice.
+    pub unreadable_at: Option<u64>,
+    /// Reads that failed with a media error once and succeeded when retried.
+    pub reads_cured: u64,
+}
+
+fn read_retrying(
+    file: &dyn ReadableFile,
+    buf: &mut [u8],
+    at: u64,
+    cured: &mut u64,
+) -> io::Result<()> {
+    match file.read_exact_at(buf, at) {
+        Err(e) if is_media_error(&e) => {
+            // A transient error (a bus or controller fault) may pass on a
+            // second try; a latent sector error will not.
+            let again = file.read_exact_at(buf, at);
+            *cured += u64::from(again.is_ok());
+            again
+        }
+        other => other,
+    }
+}
+
+/// Reads all of `path`, retrying a read that fails with a media error once
+/// and, if it fails again, narrowing the failure down to 512
+/// bytes so that everything before it is still returned. Errors other than
+/// media errors are returned as they are.
+pub fn read_carefully(fs: &SharedFs, path: &Path) -> io::Result<CarefulRead> {
+    let file = fs.open_read(path)?;
+    let file_len = file.file_len()?;
+    let len = usize::try_from(file_len)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "file too large to read"))?;
+    let mut out = CarefulRead {
+        bytes: vec![0u8; len],
+        file_len,
+        ..CarefulRead::default()
+    };
+    let mut at = 0usize;
+    while at < len {
+        let end = (at + READ_CHUNK).min(len);
+        match read_retrying(
+            &*file,
+            &mut out.bytes[at..end],
+            at as u64,
+            &mut out.reads_cured,
+        ) {
+            Ok(()) => at = end,
+            Err(e) if is_media_error(&e) => {
+                let mut fine = at;
+                while fine < end {
+                    let fine_end = (fine + FINE_READ).min(end);
+                    let r = read_retrying(
+                        &*file,
+                        &mut out.bytes[fine..fine_end],
+                        fine as u64,
+                        &mut out.reads_cured,
+                    );
+                    match r {
+                        Ok(()) => fine = fine_end,
+                        Err(e) if is_media_error(&e) => break,
+                        Err(e) => return Err(e),
+                    }
+                }
+                if fine < end {
+                    out.bytes.truncate(fine);
+                    out.unreadable_at = Some(fine as u64);
+                    return Ok(out);
+                }
+                at = end;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}

@@ -2,8 +2,11 @@
 //!
 //! This crate provides [`ReplicaStorage`] (the trait paxos-core's persist
 //! actions map onto), [`FileLog`] (a segmented, append-only file log with
-//! group commit, prefix truncation and crash recovery) and
-//! [`checkpoint`] (state-machine snapshots with per-block checksums).
+//! group commit, prefix truncation and crash recovery that salvages around
+//! damage and reports it as a [`Damage`]), [`checkpoint`] (state-machine
+//! snapshots with per-block checksums), and [`sim_fs::SimFs`], a simulated
+//! disk with crashes and media faults on which the deterministic simulator
+//! runs the real log and checkpoints.
 //!
 //! # On-disk format of the log
 //!
@@ -31,10 +34,12 @@
 //!
 //! # Durability argument
 //!
-//! - An append is reported durable (`durable_seq`, `wait_durable`) only
-//!   after the writer thread wrote it and `fdatasync`ed the segment holding
-//!   it, and after every earlier append was made durable the same way
-//!   (appends are written in lsn order by one thread).
+//! - An append is reported durable (`durable_seq`, `wait_durable`,
+//!   `sync_queued`) only after the writer wrote it and `fdatasync`ed the
+//!   segment holding it, and after every earlier append was made durable
+//!   the same way (appends are written in lsn order by one writer: the
+//!   writer thread, or in [`WriterMode::Inline`] whichever caller holds the
+//!   writer's lock; both run the same group-commit code).
 //! - On open, the parent of the log directory is fsynced, so the directory
 //!   entry itself is durable before anything in it is relied on.
 //! - A segment is created as `<name>.log.tmp` holding its header and State
@@ -58,13 +63,37 @@
 //! See [`recovery`]. In short: segments are replayed in order and must be
 //! contiguous; an incomplete record or append (or an all-zero remainder) at
 //! the end of the last segment is a torn tail and is cut off (truncate +
-//! fsync); every other failed check — a checksum mismatch anywhere, a
-//! short sealed segment, a gap, a bad sequence number — is
-//! [`StorageError::Corrupt`] naming the file and offset, and the replica
-//! refuses to start unless [`LogOptions::discard_corrupt_suffix`] ("rebuild
-//! from a peer") is set. Recovery relies on the file system not exposing
-//! garbage inside a record whose header reached the disk (ext4 data=ordered,
-//! xfs); a payload that fails its checksum is always reported, never cut.
+//! fsync) silently: it was never synced, so never acknowledged, and a
+//! crash alone never produces anything else. Every other failed check — a
+//! checksum mismatch anywhere, a sector that cannot be read (EIO), a short
+//! sealed segment, a gap, a bad sequence number — is *damage*. A damaged
+//! segment is read once more first (a transient fault passes, and is only
+//! counted in [`RecoveryReport::transient_faults_cured`]). Then
+//! [`LogOptions::on_corruption`] decides:
+//!
+//! - [`CorruptionPolicy::Refuse`] (default): `open` fails with
+//!   [`StorageError::Corrupt`] naming the file and offset, changing nothing.
+//! - [`CorruptionPolicy::Salvage`]: recovery keeps the longest valid prefix
+//!   of appends, records the damage durably in the directory's
+//!   `damage.report`, sets the damaged segment and every later one aside as
+//!   `*.damaged` (ignored by later recoveries, kept for an operator), and
+//!   the log continues after the prefix. The damage is reported as a
+//!   [`Damage`] (where, why, the last append kept, whether acknowledged
+//!   data may be lost) by [`ReplicaStorage::recovery_damage`] on this and
+//!   every later open, until the replica calls
+//!   [`ReplicaStorage::clear_damage`] after repairing itself from its
+//!   peers: a crash during salvage or during the repair must not make the
+//!   replica forget that it may have lost promises and votes.
+//!
+//! Recovery relies on the file system not exposing garbage inside a record
+//! whose header reached the disk (ext4 data=ordered, xfs); a payload that
+//! fails its checksum is always damage, never cut as torn. One limit: an
+//! append whose bytes never reached their place but read back as zeros (a
+//! misdirected write over never-written blocks) cannot be told from the
+//! zeros a crash leaves past the end of a file, so at the very end of the
+//! last segment it is cut as torn; telling them apart needs redundant
+//! metadata the format does not have (TigerBeetle keeps a redundant ring of
+//! headers for this).
 //!
 //! # Invariants
 //!
@@ -73,9 +102,14 @@
 //!   (never a hole, never a partial append).
 //! - Sequence numbers are strictly increasing and continue across restarts:
 //!   after recovery `durable_seq()` is the last recovered append.
-//! - Corruption is never served or skipped silently.
+//! - Corruption is never served or skipped silently: it fails `open`, or
+//!   is salvaged around and reported as [`Damage`] until cleared. The
+//!   recovered state is always the state after some prefix of the appends
+//!   (never a mix, never wrong data); only with damage reported may that
+//!   prefix miss an append that was reported durable.
 //! - Memory is bounded: the writer queue by `max_queued_appends` and
-//!   `max_queued_bytes` (appenders block), each flush by `max_flush_bytes`,
+//!   `max_queued_bytes` (appenders block; in [`WriterMode::Inline`] they get
+//!   `StorageError::Full` instead), each flush by `max_flush_bytes`,
 //!   the in-memory index of live accepted decrees (for `read_accepted`) by
 //!   `max_index_bytes` (appends fail with `Full` until the replica
 //!   truncates). The index shares the callers' `Bytes`, it does not copy
@@ -84,11 +118,17 @@
 //! # Using it in a node
 //!
 //! 1. On start, load the newest verified checkpoint
-//!    ([`checkpoint::CheckpointStore::latest`]), then [`FileLog::open`] the
-//!    log and hand the [`paxos_core::DurableState`] to paxos-core. The log's
+//!    ([`checkpoint::CheckpointStore::latest`], or
+//!    [`checkpoint::CheckpointStore::survey`], which never fails on damage),
+//!    then [`FileLog::open`] the log and hand the
+//!    [`paxos_core::DurableState`] to paxos-core. The log's
 //!    `truncated_through` never exceeds the newest finished checkpoint's
 //!    slot if the node follows step 3; if it does (the newest checkpoint was
-//!    lost or is corrupt), state must come from a peer.
+//!    lost or is corrupt), state must come from a peer. If
+//!    [`ReplicaStorage::recovery_damage`] reports damage that may have lost
+//!    acknowledged data, the replica may have forgotten promises and votes:
+//!    it must repair from its peers before it votes, then call
+//!    [`ReplicaStorage::clear_damage`].
 //! 2. Map each `Action::Persist` to [`ReplicaStorage::append`] and report
 //!    it persisted once [`ReplicaStorage::wait_durable`] returns (or
 //!    `durable_seq()` passes its sequence number). `append` blocks only
@@ -106,15 +146,37 @@
 //! # Group commit
 //!
 //! Appenders encode and checksum their records outside any lock, then take
-//! a sequence number and queue the bytes under one short mutex. One writer
-//! thread takes everything queued (up to `max_flush_bytes`), writes it with
-//! one `write` per segment and one `fdatasync`, and publishes the new
+//! a sequence number and queue the bytes under one short mutex. The writer
+//! takes everything queued (up to `max_flush_bytes`), writes it with one
+//! `write` per segment and one `fdatasync`, and publishes the new
 //! `durable_seq`, waking every waiter whose append it covered. So N
 //! concurrent appenders pay about one fsync per round, not N.
 //! [`FileLog::stats`] counts appends, flushes, bytes and time in I/O.
 //!
-//! Fault injection: [`sim_fs::SimFs`] implements [`fs::FileSystem`] with a
-//! disk that loses unsynced data and directory changes on a crash.
+//! [`LogOptions::writer`] says who the writer is. [`WriterMode::Thread`]
+//! (production): a dedicated thread, paced by `min_sync_interval`.
+//! [`WriterMode::Inline`] (the deterministic simulator): no thread and no
+//! clock; appends only queue, and [`FileLog::sync_queued`] (which
+//! `wait_durable` calls when needed) runs one group commit on the calling
+//! thread through the same `Writer::commit_batch` the thread runs, so the
+//! simulator exercises the production write path and decides when syncs
+//! happen. Dropping an inline log loses what is queued, like a crash.
+//!
+//! # Fault injection
+//!
+//! [`sim_fs::SimFs`] implements [`fs::FileSystem`] with a disk per
+//! simulated replica that loses unsynced data and directory changes on a
+//! crash (whole or torn), and injects, deterministically from
+//! [`sim_fs::SimFaults::seed`]: bit flips on read and read errors
+//! (transient: a re-read may pass), latent unreadable sectors and media bit
+//! flips (latent: until overwritten), and misdirected writes (the intended
+//! place keeps stale bytes, another place is clobbered). It models latency
+//! ([`sim_fs::SimFs::latency_us`], [`sim_fs::SimFs::take_busy_us`]) and
+//! counts what it injected ([`sim_fs::FaultCounters`]). The default injects
+//! nothing. The crate's tests show each fault detected by the log's and
+//! the checkpoints' checksums, never served, and run a randomized model
+//! check of the log over a faulty disk (with a planted defect showing the
+//! check can fail).
 
 pub mod checkpoint;
 pub mod codec;
@@ -124,9 +186,9 @@ pub mod recovery;
 pub mod sim_fs;
 pub mod storage;
 
-pub use log::{FileLog, LogOptions, LogStats};
+pub use log::{FileLog, LogOptions, LogStats, WriterMode};
 pub use recovery::RecoveryReport;
-pub use storage::{ReplicaStorage, StorageError};
+pub use storage::{CorruptionPolicy, Damage, ReplicaStorage, StorageError};
 
 #[cfg(test)]
 mod tests;

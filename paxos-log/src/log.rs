@@ -3,7 +3,7 @@
 use crate::codec::{self, StateSummary};
 use crate::fs::{OsFs, SharedFs, WritableFile};
 use crate::recovery::{self, RecoveryReport, SegmentMeta, SEGMENT_TMP_SUFFIX};
-use crate::storage::{ReplicaStorage, StorageError};
+use crate::storage::{CorruptionPolicy, Damage, ReplicaStorage, StorageError};
 use paxos_contracts::{ensures, invariant, requires, snapshot};
 use paxos_core::{Accepted, Ballot, DurableState, PersistEntry, Slot};
 use std::collections::VecDeque;
@@ -11,6 +11,25 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+
+/// Who writes and syncs the queued appends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WriterMode {
+    /// A dedicated writer thread takes everything queued, writes it and
+    /// syncs it (group commit), paced by `min_sync_interval`. Appenders
+    /// block while the queue is full. Production.
+    #[default]
+    Thread,
+    /// No thread: appends only queue (and fail with `StorageError::Full`
+    /// rather than block when the queue is full), and the caller writes and
+    /// syncs the queue with [`FileLog::sync_queued`] (which
+    /// `wait_durable` also calls) on its own thread, through the same code
+    /// the writer thread runs. No clock is read and no pacing applies, so a
+    /// deterministic simulator can run the real log and decide when syncs
+    /// happen and how long they take. Dropping the log without
+    /// [`FileLog::close`] loses what is queued, like a process crash.
+    Inline,
+}
 
 /// Tuning and safety options of a [`FileLog`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,11 +53,15 @@ pub struct LogOptions {
     /// pass it fails with `StorageError::Full` until a checkpoint lets the
     /// replica truncate.
     pub max_index_bytes: usize,
-    /// Rebuild from a peer: when recovery finds corruption, cut the log back
-    /// to the last good append before it (deleting later segments) instead
-    /// of refusing to start. What was cut is lost locally and must come
-    /// from other replicas; never set this by default.
-    pub discard_corrupt_suffix: bool,
+    /// What recovery does with damage (a checksum failure or unreadable
+    /// sector anywhere but a torn, never-synced tail): refuse to start (the
+    /// default), or salvage the longest valid prefix and report the loss
+    /// ([`FileLog::recovery_report`], [`ReplicaStorage::recovery_damage`]);
+    /// what was lost must then come from other replicas.
+    pub on_corruption: CorruptionPolicy,
+    /// Writer thread (production) or inline writes on the caller's thread
+    /// (deterministic simulation).
+    pub writer: WriterMode,
     /// Group commit pacing under load: once appends pile up behind syncs (a
     /// sync carried more than one append), the next `fdatasync` starts no
     /// sooner than this after the previous one started, and carries all
@@ -48,6 +71,8 @@ pub struct LogOptions {
     /// machines whose host charges block I/O to the guest's CPU quota,
     /// back-to-back syncs by several replicas on one disk freeze every
     /// thread for the rest of the quota period (see docs/BENCHMARKS.md).
+    /// Ignored by [`WriterMode::Inline`], where the caller decides when to
+    /// sync.
     pub min_sync_interval: std::time::Duration,
 }
 
@@ -60,7 +85,8 @@ impl Default for LogOptions {
             max_queued_bytes: 64 << 20,
             max_flush_bytes: 8 << 20,
             max_index_bytes: 1 << 30,
-            discard_corrupt_suffix: false,
+            on_corruption: CorruptionPolicy::Refuse,
+            writer: WriterMode::Thread,
             min_sync_interval: std::time::Duration::ZERO,
         }
     }
@@ -156,7 +182,8 @@ pub struct LogStats {
     pub flushes: u64,
     /// Bytes written to segments (records only).
     pub bytes_written: u64,
-    /// Total time spent in segment writes and syncs, in microseconds.
+    /// Total time spent in segment writes and syncs, in microseconds (0 in
+    /// [`WriterMode::Inline`], which reads no clock).
     pub flush_micros: u64,
     /// Segments created.
     pub segments_created: u64,
@@ -221,14 +248,25 @@ fn apply_indexed(state: &mut DurableState, index_bytes: &mut usize, entry: &Pers
     state.apply(entry);
 }
 
+/// Where the writer runs.
+enum WriterHandle {
+    /// On its own thread (`None` once stopped).
+    Thread(Option<JoinHandle<()>>),
+    /// On the threads that call `sync_queued`, one at a time.
+    Inline(Mutex<Writer>),
+}
+
 /// A durable, segmented, append-only log of a replica's persisted state.
 ///
 /// See the crate documentation for the format and the durability argument.
 pub struct FileLog {
     shared: Arc<Shared>,
-    writer: Option<JoinHandle<()>>,
+    writer: WriterHandle,
+    fs: SharedFs,
     dir: PathBuf,
     report: RecoveryReport,
+    /// Damage reported at open and not cleared yet.
+    damage: Mutex<Vec<Damage>>,
 }
 
 impl std::fmt::Debug for FileLog {
@@ -263,7 +301,7 @@ impl FileLog {
     ) -> Result<(FileLog, DurableState), StorageError> {
         options.validate()?;
         let dir = dir.as_ref().to_path_buf();
-        let rec = recovery::recover(&fs, &dir, options.discard_corrupt_suffix)?;
+        let rec = recovery::recover(&fs, &dir, options.on_corruption)?;
         if rec.last_lsn == u64::MAX {
             return Err(StorageError::Corrupt {
                 file: dir.display().to_string(),
@@ -304,8 +342,9 @@ impl FileLog {
             durable_lsn: AtomicU64::new(rec.last_lsn),
             options,
         });
+        let mode = shared.options.writer;
         let writer = Writer {
-            fs,
+            fs: fs.clone(),
             dir: dir.clone(),
             segments,
             active,
@@ -314,28 +353,37 @@ impl FileLog {
             wbuf: Vec::new(),
             shared: shared.clone(),
         };
-        let handle = std::thread::Builder::new()
-            .name("paxos-log-writer".into())
-            .spawn(move || {
-                let shared = writer.shared.clone();
-                let run = std::panic::AssertUnwindSafe(move || writer.run());
-                if std::panic::catch_unwind(run).is_err() {
-                    // Waiters must not hang on a writer that is gone.
-                    let mut g = shared.lock();
-                    g.failed = Some("the log writer thread panicked".into());
-                    g.queue.clear();
-                    g.queued_bytes = 0;
-                    drop(g);
-                    shared.durable.notify_all();
-                    shared.space.notify_all();
-                }
-            })
-            .map_err(io_err("spawning the log writer thread".into()))?;
+        let writer = match mode {
+            WriterMode::Inline => WriterHandle::Inline(Mutex::new(writer)),
+            WriterMode::Thread => {
+                let handle = std::thread::Builder::new()
+                    .name("paxos-log-writer".into())
+                    .spawn(move || {
+                        let shared = writer.shared.clone();
+                        let run = std::panic::AssertUnwindSafe(move || writer.run());
+                        if std::panic::catch_unwind(run).is_err() {
+                            // Waiters must not hang on a writer that is gone.
+                            let mut g = shared.lock();
+                            g.failed = Some("the log writer thread panicked".into());
+                            g.queue.clear();
+                            g.queued_bytes = 0;
+                            drop(g);
+                            shared.durable.notify_all();
+                            shared.space.notify_all();
+                        }
+                    })
+                    .map_err(io_err("spawning the log writer thread".into()))?;
+                WriterHandle::Thread(Some(handle))
+            }
+        };
+        let damage = Mutex::new(rec.report.damage.clone());
         let log = FileLog {
             shared,
-            writer: Some(handle),
+            writer,
+            fs,
             dir,
             report: rec.report,
+            damage,
         };
         Ok((log, rec.state))
     }
@@ -375,9 +423,69 @@ impl FileLog {
         self.shared.lock().queue.len()
     }
 
-    /// Flushes every queued append, stops the writer and reports whether
-    /// everything appended became durable.
+    /// Writes and syncs every append queued so far (group commit) and
+    /// returns the durable sequence number, which then covers them all.
+    ///
+    /// In [`WriterMode::Inline`] this is where all writing happens, on the
+    /// calling thread, through the same code the writer thread runs: one
+    /// write per segment and one `fdatasync` per `max_flush_bytes` taken
+    /// from the queue, segment rolls and the reclaiming of truncated
+    /// segments. In [`WriterMode::Thread`] it waits for the writer thread
+    /// to get there. A failed write or sync stops the log for good, as in
+    /// the writer thread.
+    pub fn sync_queued(&self) -> Result<u64, StorageError> {
+        let writer = match &self.writer {
+            WriterHandle::Inline(w) => w,
+            WriterHandle::Thread(_) => {
+                let last = self.shared.lock().next_lsn - 1;
+                if last > 0 {
+                    self.wait_durable(last)?;
+                }
+                return Ok(self.durable_seq());
+            }
+        };
+        // Lock order: the writer, then the shared state (inside).
+        let mut writer = writer.lock().unwrap_or_else(|p| p.into_inner());
+        let target = self.shared.lock().next_lsn - 1;
+        let max_flush = self.shared.options.max_flush_bytes;
+        loop {
+            let batch = {
+                let mut g = self.shared.lock();
+                if let Some(why) = &g.failed {
+                    return Err(StorageError::Closed(why.clone()));
+                }
+                take_batch(&mut g, max_flush)
+            };
+            if batch.is_empty() {
+                break;
+            }
+            writer.commit_batch(batch, None)?;
+        }
+        let durable = self.durable_seq();
+        ensures!(
+            durable >= target,
+            "every append issued before the call is durable"
+        );
+        Ok(durable)
+    }
+
+    /// Durably forgets the damage recovery reported (see
+    /// [`ReplicaStorage::clear_damage`]): removes the log directory's damage
+    /// report. Call it once the replica has repaired what was lost.
+    pub fn clear_damage(&self) -> Result<(), StorageError> {
+        let mut damage = self.damage.lock().unwrap_or_else(|p| p.into_inner());
+        recovery::clear_damage_report(&self.fs, &self.dir)?;
+        damage.clear();
+        Ok(())
+    }
+
+    /// Flushes every queued append, stops the writer (if it has a thread)
+    /// and reports whether everything appended became durable.
     pub fn close(mut self) -> Result<(), StorageError> {
+        if matches!(self.writer, WriterHandle::Inline(_)) {
+            // The error is also recorded as `failed`, reported below.
+            let _ = self.sync_queued();
+        }
         self.stop_writer();
         let g = self.shared.lock();
         match &g.failed {
@@ -387,12 +495,14 @@ impl FileLog {
     }
 
     fn stop_writer(&mut self) {
-        if let Some(h) = self.writer.take() {
-            self.shared.lock().shutting_down = true;
-            self.shared.work.notify_all();
-            self.shared.space.notify_all();
-            if h.join().is_err() {
-                self.shared.lock().failed = Some("the log writer thread panicked".into());
+        if let WriterHandle::Thread(handle) = &mut self.writer {
+            if let Some(h) = handle.take() {
+                self.shared.lock().shutting_down = true;
+                self.shared.work.notify_all();
+                self.shared.space.notify_all();
+                if h.join().is_err() {
+                    self.shared.lock().failed = Some("the log writer thread panicked".into());
+                }
             }
         }
     }
@@ -450,6 +560,17 @@ impl FileLog {
             if fits {
                 break;
             }
+            if opts.writer == WriterMode::Inline {
+                // Nobody else drains the queue: blocking would hang.
+                return Err(StorageError::Full(format!(
+                    "the write queue holds {} appends and {} bytes (limits {} and {}); \
+                     call sync_queued",
+                    g.queue.len(),
+                    g.queued_bytes,
+                    opts.max_queued_appends,
+                    opts.max_queued_bytes
+                )));
+            }
             g = self.shared.space.wait(g).unwrap_or_else(|p| p.into_inner());
         }
         if meta.truncate.is_none() && g.index_bytes + added_index > opts.max_index_bytes {
@@ -488,6 +609,8 @@ impl FileLog {
 }
 
 impl Drop for FileLog {
+    /// Thread mode: flushes what is queued and stops the writer. Inline
+    /// mode: does nothing, so what is queued is lost, as in a crash.
     fn drop(&mut self) {
         self.stop_writer();
     }
@@ -518,6 +641,12 @@ impl ReplicaStorage for FileLog {
                 "sequence {seq} was never issued (next is {})",
                 g.next_lsn
             )));
+        }
+        if matches!(self.writer, WriterHandle::Inline(_)) && g.durable_lsn < seq {
+            drop(g);
+            self.sync_queued()?;
+            ensures!(self.shared.durable_lsn.load(Ordering::Acquire) >= seq);
+            return Ok(());
         }
         while g.durable_lsn < seq {
             if let Some(why) = &g.failed {
@@ -566,6 +695,17 @@ impl ReplicaStorage for FileLog {
         );
         Ok(lsn)
     }
+
+    fn recovery_damage(&self) -> Vec<Damage> {
+        self.damage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn clear_damage(&self) -> Result<(), StorageError> {
+        FileLog::clear_damage(self)
+    }
 }
 
 /// Creates a segment durably: header and state record go to a temporary
@@ -603,7 +743,20 @@ fn create_segment(
     Ok((file, meta))
 }
 
-/// The writer thread's state. Only the writer touches files after open.
+/// [`create_segment`] for tests that build damaged logs by hand.
+#[cfg(test)]
+pub(crate) fn create_segment_for_tests(
+    fs: &SharedFs,
+    dir: &Path,
+    first_lsn: u64,
+    summary: &StateSummary,
+) -> (Box<dyn WritableFile>, SegmentMeta) {
+    create_segment(fs, dir, first_lsn, summary).expect("creating a test segment")
+}
+
+/// The writer's state: the thread's in [`WriterMode::Thread`], behind a
+/// mutex in [`WriterMode::Inline`]. Only the writer touches segment files
+/// after open.
 struct Writer {
     fs: SharedFs,
     dir: PathBuf,
@@ -634,9 +787,28 @@ fn pacing_delay(
     }
 }
 
+/// Takes queued appends off the front of the queue, up to `max_flush_bytes`
+/// (at least one), for one group commit. Empty if nothing is queued.
+fn take_batch(g: &mut Inner, max_flush_bytes: usize) -> Vec<Queued> {
+    let mut taken = Vec::new();
+    let mut bytes = 0usize;
+    while let Some(front) = g.queue.front() {
+        if !taken.is_empty() && bytes + front.bytes.len() > max_flush_bytes {
+            break;
+        }
+        bytes += front.bytes.len();
+        taken.extend(g.queue.pop_front());
+    }
+    g.queued_bytes -= bytes;
+    taken
+}
+
 impl Writer {
+    /// The writer thread: waits for appends, paces syncs under load, and
+    /// runs one group commit after another until shutdown or a failure.
     fn run(mut self) {
         let min_interval = self.shared.options.min_sync_interval;
+        let max_flush = self.shared.options.max_flush_bytes;
         let mut last_sync: Option<std::time::Instant> = None;
         let mut last_batch_appends = 0usize;
         loop {
@@ -655,50 +827,57 @@ impl Writer {
                 if g.queue.is_empty() || g.failed.is_some() {
                     break;
                 }
-                let mut taken = Vec::new();
-                let mut bytes = 0usize;
-                while let Some(front) = g.queue.front() {
-                    if !taken.is_empty()
-                        && bytes + front.bytes.len() > self.shared.options.max_flush_bytes
-                    {
-                        break;
-                    }
-                    bytes += front.bytes.len();
-                    taken.extend(g.queue.pop_front());
-                }
-                g.queued_bytes -= bytes;
-                taken
+                take_batch(&mut g, max_flush)
             };
-            self.shared.space.notify_all();
-            let truncated_before = self.written.truncated_through;
             let started = std::time::Instant::now();
             last_sync = Some(started);
             last_batch_appends = batch.len();
-            let result = self.write_and_sync(&batch).and_then(|last| {
-                let c = &self.shared.counters;
-                c.flushes.fetch_add(1, Ordering::Relaxed);
-                c.flush_micros
-                    .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-                self.publish_durable(last);
-                if self.written.truncated_through > truncated_before {
-                    self.reclaim()?;
-                }
-                Ok(())
-            });
-            if let Err(e) = result {
-                tracing::error!(error = %e, "log writer failed; the log accepts no more appends");
-                let mut g = self.shared.lock();
-                // Never retry a failed fsync: the kernel may have dropped the
-                // dirty pages, so a later "successful" fsync proves nothing.
-                g.failed = Some(format!("log writer failed: {e}"));
-                g.queue.clear();
-                g.queued_bytes = 0;
-                drop(g);
-                self.shared.durable.notify_all();
-                self.shared.space.notify_all();
+            if self.commit_batch(batch, Some(started)).is_err() {
                 break;
             }
         }
+    }
+
+    /// One group commit, the same in both writer modes: writes `batch`
+    /// (rolling segments as needed), syncs it, publishes the new durable
+    /// sequence number and reclaims segments a truncation freed. A failure
+    /// stops the log for good. `started`: when the flush started, for the
+    /// I/O time counter (`None`: no clock is read).
+    fn commit_batch(
+        &mut self,
+        batch: Vec<Queued>,
+        started: Option<std::time::Instant>,
+    ) -> Result<u64, StorageError> {
+        // The batch left the queue: blocked appenders may add more while
+        // this one is written.
+        self.shared.space.notify_all();
+        let truncated_before = self.written.truncated_through;
+        let result = self.write_and_sync(&batch).and_then(|last| {
+            let c = &self.shared.counters;
+            c.flushes.fetch_add(1, Ordering::Relaxed);
+            if let Some(started) = started {
+                c.flush_micros
+                    .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            }
+            self.publish_durable(last);
+            if self.written.truncated_through > truncated_before {
+                self.reclaim()?;
+            }
+            Ok(last)
+        });
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "log writer failed; the log accepts no more appends");
+            let mut g = self.shared.lock();
+            // Never retry a failed fsync: the kernel may have dropped the
+            // dirty pages, so a later "successful" fsync proves nothing.
+            g.failed = Some(format!("log writer failed: {e}"));
+            g.queue.clear();
+            g.queued_bytes = 0;
+            drop(g);
+            self.shared.durable.notify_all();
+            self.shared.space.notify_all();
+        }
+        result
     }
 
     fn publish_durable(&self, last: u64) {

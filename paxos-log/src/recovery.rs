@@ -5,23 +5,55 @@
 //! - Segments are read in order of their first sequence number. Each starts
 //!   with a valid header and a `State` record whose sequence number is one
 //!   below the segment's first; it must equal the last sequence number of
-//!   the previous segment, so a missing segment is a gap and an error.
+//!   the previous segment, so a missing segment is a gap, not a skip.
 //! - Records are applied one append (batch) at a time, through
 //!   `DurableState::apply`, only once the batch's last record is read.
 //! - In the last segment, an incomplete record or batch at the end, or an
 //!   all-zero remainder, is a torn tail: the file is cut back to the end of
-//!   the last complete batch.
-//! - Anything else that does not check out (a checksum mismatch, a bad
-//!   sequence number, a short sealed segment) is corruption: an error naming
-//!   the file and offset. With `discard_corrupt_suffix`, the log is cut back
-//!   to the last good batch before it and every later segment is deleted, so
-//!   the replica starts from a shorter, consistent log and must rebuild the
-//!   rest from a peer.
+//!   the last complete batch. That is not damage: those bytes were never
+//!   synced, so never acknowledged.
+//! - Anything else that does not check out (a checksum mismatch, a read
+//!   that fails with EIO, a bad sequence number, a short sealed segment, a
+//!   gap) is damage. A segment with damage is read a second time first: a
+//!   transient fault (a bit flipped on the bus, a read error that passes
+//!   on retry) is cured by the re-read and only counted
+//!   ([`RecoveryReport::transient_faults_cured`]).
+//! - What happens to damage that stays is the [`CorruptionPolicy`]:
+//!   [`CorruptionPolicy::Refuse`] fails with [`StorageError::Corrupt`]
+//!   naming the file and offset and changes nothing;
+//!   [`CorruptionPolicy::Salvage`] keeps the longest valid prefix of
+//!   appends (everything before the first damaged append), sets the rest
+//!   aside and reports a [`Damage`].
+//!
+//! # Salvage, step by step
+//!
+//! 1. The damage is recorded durably in the log directory's damage report
+//!    ([`DAMAGE_REPORT`], written to a temporary file, synced and renamed),
+//!    together with any damage reported earlier and not yet cleared. Every
+//!    later recovery reports it again until the node clears it
+//!    ([`crate::FileLog::clear_damage`]) once it has repaired itself from
+//!    its peers. So neither a crash during salvage nor a crash during the
+//!    repair loses the signal that acknowledged data may be gone.
+//! 2. Segments after the damaged one are renamed to `<name>.damaged`
+//!    (`<name>.<k>.damaged` if that exists), newest first, with a directory
+//!    sync after each, so the live segments stay a contiguous run.
+//! 3. The damaged segment is copied to `<name>.damaged` (as far as it could
+//!    be read) and cut back to the end of its last good append; if it holds
+//!    no usable prefix (its header or state record is damaged) it is
+//!    renamed aside instead.
+//!
+//! A crash anywhere in these steps leaves the damage in place or the cut
+//! done, so the next recovery redoes or finishes the same salvage, and the
+//! report from step 1 says what happened. Files named `*.damaged` are
+//! ignored by recovery; an operator may inspect and delete them.
 
 use crate::codec::{self, FrameError, Record, StateSummary};
-use crate::fs::SharedFs;
+use crate::fs::{self, SharedFs};
+use crate::storage::{CorruptionPolicy, Damage};
 use crate::StorageError;
+use paxos_contracts::ensures;
 use paxos_core::{DurableState, PersistEntry, Slot};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 /// Hard cap on the payload length a record header may announce. Larger
@@ -33,6 +65,17 @@ pub const MAX_RECORD_PAYLOAD: usize = 1 << 30;
 pub const SEGMENT_SUFFIX: &str = ".log";
 /// Suffix of segment files being created.
 pub const SEGMENT_TMP_SUFFIX: &str = ".log.tmp";
+/// Suffix of files set aside by salvage.
+pub const DAMAGED_SUFFIX: &str = ".damaged";
+/// The log directory's durable record of damage not yet cleared.
+pub const DAMAGE_REPORT: &str = "damage.report";
+const DAMAGE_REPORT_TMP: &str = "damage.report.tmp";
+const DAMAGE_REPORT_MAGIC: &str = "paxos-log damage report v1";
+
+/// Bytes of a segment that holds its header and state record and nothing
+/// else (no append was ever written to it).
+const EMPTY_SEGMENT_LEN: u64 =
+    (codec::SEGMENT_HEADER_LEN + codec::RECORD_HEADER_LEN + codec::STATE_PAYLOAD_LEN) as u64;
 
 /// The name of the segment whose first append has sequence number `first_lsn`.
 pub fn segment_name(first_lsn: u64) -> String {
@@ -46,6 +89,19 @@ pub fn parse_segment_name(name: &str) -> Option<u64> {
         return None;
     }
     stem.parse().ok()
+}
+
+/// A name for setting `name` aside that no file in `taken` has:
+/// `<name>.damaged`, else `<name>.<k>.damaged` for the smallest free `k`.
+pub(crate) fn set_aside_name(name: &str, taken: &BTreeSet<String>) -> String {
+    let first = format!("{name}{DAMAGED_SUFFIX}");
+    if !taken.contains(&first) {
+        return first;
+    }
+    (1u64..)
+        .map(|k| format!("{name}.{k}{DAMAGED_SUFFIX}"))
+        .find(|n| !taken.contains(n))
+        .unwrap_or(first)
 }
 
 /// What the writer needs to know about one segment.
@@ -73,9 +129,15 @@ pub struct RecoveryReport {
     pub torn_bytes_cut: u64,
     /// Leftover temporary segment files removed.
     pub temp_files_removed: usize,
-    /// The corruption that `discard_corrupt_suffix` discarded the log from,
-    /// if any. The replica must rebuild what followed it from a peer.
-    pub discarded_corruption: Option<String>,
+    /// Reads that failed (a checksum or EIO) and passed when repeated:
+    /// transient faults, cured, but a sign of a failing disk or bus.
+    pub transient_faults_cured: u64,
+    /// Damage salvaged around, by this recovery or by an earlier one whose
+    /// report was not cleared yet, oldest first. Empty: the log is intact
+    /// (or every damage was repaired and cleared). Only
+    /// [`CorruptionPolicy::Salvage`] recovers from new damage; under
+    /// [`CorruptionPolicy::Refuse`] this lists damage salvaged earlier.
+    pub damage: Vec<Damage>,
 }
 
 /// The result of recovery.
@@ -93,113 +155,129 @@ pub struct Recovered {
     pub report: RecoveryReport,
 }
 
-struct Corruption {
-    offset: u64,
-    reason: String,
-    /// End of the last complete batch before the corruption (0 if the
-    /// segment itself is unusable).
+/// How the scan of one segment ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum ScanEnd {
+    /// Every byte checked out.
+    Clean,
+    /// The last segment ends in an incomplete record or append, or zeros.
+    Torn,
+    /// Damage at `offset`.
+    Damaged { offset: u64, reason: String },
+}
+
+/// What one segment holds, as far as it checks out. Nothing is applied to
+/// the recovered state until the scan is accepted, so a damaged segment can
+/// be read and scanned again.
+#[derive(Debug)]
+struct Scan {
+    /// The segment's state record, if it was read.
+    summary: Option<StateSummary>,
+    /// Complete appends, in order.
+    batches: Vec<Vec<PersistEntry>>,
+    /// Sequence number of the last complete append (the segment's base if none).
+    last_lsn: u64,
+    /// End of the last complete append; 0 if the state record was not read
+    /// (the segment has no usable prefix).
     good_end: u64,
     /// Highest accept slot in the good part.
     max_accept_slot: Slot,
-    /// Sequence number of the last complete batch in the good part.
-    last_lsn: u64,
+    end: ScanEnd,
 }
 
-struct ScanOk {
-    last_lsn: u64,
-    good_end: u64,
-    torn: bool,
-    max_accept_slot: Slot,
-    appends: u64,
+impl Scan {
+    fn damaged(mut self, offset: usize, reason: impl Into<String>) -> Scan {
+        self.end = ScanEnd::Damaged {
+            offset: offset as u64,
+            reason: reason.into(),
+        };
+        self
+    }
+
+    fn is_damaged(&self) -> bool {
+        matches!(self.end, ScanEnd::Damaged { .. })
+    }
 }
 
 fn io_err(context: String) -> impl FnOnce(std::io::Error) -> StorageError {
     move |source| StorageError::Io { context, source }
 }
 
-/// Scans one segment, applying complete batches to `state` as it goes.
+/// Scans one segment. `unreadable_at`: `bytes` ends there because the rest
+/// could not be read.
 fn scan_segment(
     bytes: &[u8],
     name_first_lsn: u64,
     prev_last_lsn: Option<u64>,
     is_last: bool,
-    state: &mut DurableState,
-    summary: &mut StateSummary,
-) -> Result<ScanOk, Corruption> {
-    let corrupt =
-        |offset: usize, reason: String, good_end: usize, max: Slot, last: u64| Corruption {
-            offset: offset as u64,
-            reason,
-            good_end: good_end as u64,
-            max_accept_slot: max,
-            last_lsn: last,
-        };
+    unreadable_at: Option<u64>,
+) -> Scan {
+    let scan = scan_bytes(bytes, name_first_lsn, prev_last_lsn, is_last);
+    match (unreadable_at, &scan.end) {
+        (Some(at), ScanEnd::Damaged { offset, .. }) if *offset < at => scan,
+        (Some(at), _) => scan.damaged(
+            at as usize,
+            "unreadable (EIO), also when read again".to_string(),
+        ),
+        (None, _) => scan,
+    }
+}
+
+fn scan_bytes(
+    bytes: &[u8],
+    name_first_lsn: u64,
+    prev_last_lsn: Option<u64>,
+    is_last: bool,
+) -> Scan {
+    let mut scan = Scan {
+        summary: None,
+        batches: Vec::new(),
+        last_lsn: 0,
+        good_end: 0,
+        max_accept_slot: 0,
+        end: ScanEnd::Clean,
+    };
     let header_first = match codec::decode_segment_header(bytes) {
         Ok(f) => f,
-        Err(FrameError::Incomplete) => {
-            return Err(corrupt(
-                0,
-                "segment shorter than its header".into(),
-                0,
-                0,
-                0,
-            ))
-        }
-        Err(FrameError::Bad(r)) => return Err(corrupt(0, r, 0, 0, 0)),
+        Err(FrameError::Incomplete) => return scan.damaged(0, "segment shorter than its header"),
+        Err(FrameError::Bad(r)) => return scan.damaged(0, r),
     };
     if header_first != name_first_lsn || header_first == 0 {
-        return Err(corrupt(
+        return scan.damaged(
             0,
             format!("header names first sequence {header_first}, file name {name_first_lsn}"),
-            0,
-            0,
-            0,
-        ));
+        );
     }
     let base = header_first - 1;
     if let Some(prev) = prev_last_lsn {
         if prev != base {
-            return Err(corrupt(
+            return scan.damaged(
                 0,
-                format!("gap: previous segments end at sequence {prev}, this one starts at {header_first}"),
-                0,
-                0,
-                0,
-            ));
+                format!(
+                    "gap: previous segments end at sequence {prev}, this one starts at {header_first}"
+                ),
+            );
         }
     }
+    scan.last_lsn = base;
     let mut offset = codec::SEGMENT_HEADER_LEN;
-    let mut good_end = 0usize; // no usable prefix until the State record is read
-    let mut last_lsn = base;
-    let mut seen_state = false;
     let mut pending: Vec<PersistEntry> = Vec::new();
     let mut pending_lsn: Option<u64> = None;
     let mut batch_start = offset;
-    let mut max_accept: Slot = 0;
     let mut pending_max_accept: Slot = 0;
-    let mut appends = 0u64;
     while offset < bytes.len() {
+        let seen_state = scan.summary.is_some();
         let rest = &bytes[offset..];
         let frame = match codec::decode_frame(rest, MAX_RECORD_PAYLOAD) {
             Ok(f) => f,
             Err(FrameError::Incomplete) if is_last && seen_state => {
-                return Ok(ScanOk {
-                    last_lsn,
-                    good_end: good_end as u64,
-                    torn: true,
-                    max_accept_slot: max_accept,
-                    appends,
-                })
+                scan.end = ScanEnd::Torn;
+                return scan;
             }
             Err(FrameError::Bad(_)) if is_last && seen_state && rest.iter().all(|b| *b == 0) => {
                 // A file extended with zeros by a crash: nothing was there.
-                return Ok(ScanOk {
-                    last_lsn,
-                    good_end: good_end as u64,
-                    torn: true,
-                    max_accept_slot: max_accept,
-                    appends,
-                });
+                scan.end = ScanEnd::Torn;
+                return scan;
             }
             Err(FrameError::Incomplete) => {
                 let why = if seen_state {
@@ -207,57 +285,39 @@ fn scan_segment(
                 } else {
                     "segment state record cut short"
                 };
-                return Err(corrupt(offset, why.into(), good_end, max_accept, last_lsn));
+                return scan.damaged(offset, why);
             }
-            Err(FrameError::Bad(r)) => {
-                return Err(corrupt(offset, r, good_end, max_accept, last_lsn))
-            }
+            Err(FrameError::Bad(r)) => return scan.damaged(offset, r),
         };
         if !seen_state {
             match frame.record {
                 Record::State(s) if frame.lsn == base && frame.end_of_batch => {
-                    for e in s.entries() {
-                        state.apply(&e);
-                        summary.absorb(&e);
-                    }
-                    seen_state = true;
+                    scan.summary = Some(s);
                 }
                 _ => {
-                    return Err(corrupt(
+                    return scan.damaged(
                         offset,
                         format!("segment does not start with a state record for sequence {base}"),
-                        good_end,
-                        max_accept,
-                        last_lsn,
-                    ))
+                    )
                 }
             }
             offset += frame.len;
-            good_end = offset;
+            scan.good_end = offset as u64;
             batch_start = offset;
             continue;
         }
         // Wrapping: a crafted u64::MAX sequence then fails the check instead of overflowing.
-        let want = pending_lsn.unwrap_or(last_lsn.wrapping_add(1));
+        let want = pending_lsn.unwrap_or(scan.last_lsn.wrapping_add(1));
         if frame.lsn != want {
-            return Err(corrupt(
+            return scan.damaged(
                 offset,
                 format!("record has sequence {}, expected {want}", frame.lsn),
-                good_end,
-                max_accept,
-                last_lsn,
-            ));
+            );
         }
         pending_lsn = Some(want);
         match frame.record {
             Record::State(_) => {
-                return Err(corrupt(
-                    offset,
-                    "state record in the middle of a segment".into(),
-                    good_end,
-                    max_accept,
-                    last_lsn,
-                ))
+                return scan.damaged(offset, "state record in the middle of a segment")
             }
             Record::Empty => {}
             Record::Entry(e) => {
@@ -269,62 +329,35 @@ fn scan_segment(
         }
         offset += frame.len;
         if frame.end_of_batch {
-            for e in pending.drain(..) {
-                state.apply(&e);
-                summary.absorb(&e);
-            }
-            last_lsn = want;
+            scan.batches.push(std::mem::take(&mut pending));
+            scan.last_lsn = want;
             pending_lsn = None;
-            max_accept = max_accept.max(pending_max_accept);
-            good_end = offset;
+            scan.max_accept_slot = scan.max_accept_slot.max(pending_max_accept);
+            scan.good_end = offset as u64;
             batch_start = offset;
-            appends += 1;
         }
     }
-    if !seen_state {
-        return Err(corrupt(
-            offset,
-            "segment has no state record".into(),
-            0,
-            0,
-            0,
-        ));
+    if scan.summary.is_none() {
+        return scan.damaged(offset, "segment has no state record");
     }
     if pending_lsn.is_some() {
         if is_last {
-            return Ok(ScanOk {
-                last_lsn,
-                good_end: good_end as u64,
-                torn: true,
-                max_accept_slot: max_accept,
-                appends,
-            });
+            scan.end = ScanEnd::Torn;
+            return scan;
         }
-        return Err(corrupt(
-            batch_start,
-            "append cut short in a sealed segment".into(),
-            good_end,
-            max_accept,
-            last_lsn,
-        ));
+        return scan.damaged(batch_start, "append cut short in a sealed segment");
     }
-    Ok(ScanOk {
-        last_lsn,
-        good_end: good_end as u64,
-        torn: false,
-        max_accept_slot: max_accept,
-        appends,
-    })
+    scan
 }
 
 /// Recovers the log in `dir`.
 pub fn recover(
     fs: &SharedFs,
     dir: &Path,
-    discard_corrupt_suffix: bool,
+    policy: CorruptionPolicy,
 ) -> Result<Recovered, StorageError> {
     paxos_contracts::checked(
-        || recover_inner(fs, dir, discard_corrupt_suffix),
+        || recover_inner(fs, dir, policy),
         |r| match r {
             Ok(rec) => {
                 rec.state
@@ -349,7 +382,184 @@ pub fn recover(
     )
 }
 
-fn recover_inner(fs: &SharedFs, dir: &Path, discard: bool) -> Result<Recovered, StorageError> {
+/// The damage `dir`'s report lists (empty if it has none). A report that
+/// cannot be read or fails its checksum still means damage is pending: it
+/// is returned as one damage with the details lost.
+fn read_damage_report(fs: &SharedFs, dir: &Path) -> Result<Vec<Damage>, StorageError> {
+    let path = dir.join(DAMAGE_REPORT);
+    let read = match fs::read_carefully(fs, &path) {
+        Ok(r) => r,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(format!("reading {}", path.display()))(e)),
+    };
+    let unknown = |why: String| Damage {
+        location: path.display().to_string(),
+        offset: 0,
+        reason: format!("the damage report is itself damaged ({why}); earlier damage is pending"),
+        last_kept_seq: None,
+        may_have_lost_acknowledged: true,
+        set_aside: Vec::new(),
+    };
+    if read.unreadable_at.is_some() {
+        return Ok(vec![unknown("unreadable".into())]);
+    }
+    match decode_damage_report(&read.bytes) {
+        Some(list) => Ok(list),
+        None => Ok(vec![unknown("checksum or format".into())]),
+    }
+}
+
+fn clean_field(s: &str) -> String {
+    s.replace(['\t', '\n', '|'], " ")
+}
+
+fn encode_damage_report(list: &[Damage]) -> Vec<u8> {
+    let mut text = format!("{DAMAGE_REPORT_MAGIC}\n");
+    for d in list {
+        let kept = d
+            .last_kept_seq
+            .map_or_else(|| "-".to_string(), |k| k.to_string());
+        let aside: Vec<String> = d.set_aside.iter().map(|s| clean_field(s)).collect();
+        text.push_str(&format!(
+            "{}\t{}\t{}\t{}\t{}\t{}\n",
+            clean_field(&d.location),
+            d.offset,
+            clean_field(&d.reason),
+            kept,
+            u8::from(d.may_have_lost_acknowledged),
+            aside.join("|")
+        ));
+    }
+    let crc = crc32c::crc32c(text.as_bytes());
+    text.push_str(&format!("crc32c {crc:08x}\n"));
+    text.into_bytes()
+}
+
+fn decode_damage_report(bytes: &[u8]) -> Option<Vec<Damage>> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let body_end = text.trim_end_matches('\n').rfind('\n')? + 1;
+    let (body, crc_line) = text.split_at(body_end);
+    let crc = u32::from_str_radix(crc_line.trim().strip_prefix("crc32c ")?, 16).ok()?;
+    if crc32c::crc32c(body.as_bytes()) != crc {
+        return None;
+    }
+    let mut lines = body.lines();
+    if lines.next()? != DAMAGE_REPORT_MAGIC {
+        return None;
+    }
+    lines
+        .map(|line| {
+            let f: Vec<&str> = line.split('\t').collect();
+            if f.len() != 6 {
+                return None;
+            }
+            Some(Damage {
+                location: f[0].to_string(),
+                offset: f[1].parse().ok()?,
+                reason: f[2].to_string(),
+                last_kept_seq: match f[3] {
+                    "-" => None,
+                    k => Some(k.parse().ok()?),
+                },
+                may_have_lost_acknowledged: f[4] == "1",
+                set_aside: f[5]
+                    .split('|')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+            })
+        })
+        .collect()
+}
+
+/// Durably replaces `dir`'s damage report with `list` (temporary file,
+/// sync, rename, directory sync).
+fn write_damage_report(fs: &SharedFs, dir: &Path, list: &[Damage]) -> Result<(), StorageError> {
+    let tmp = dir.join(DAMAGE_REPORT_TMP);
+    let path = dir.join(DAMAGE_REPORT);
+    let mut file = fs
+        .create(&tmp)
+        .map_err(io_err(format!("creating {}", tmp.display())))?;
+    file.write_all(&encode_damage_report(list))
+        .map_err(io_err(format!("writing {}", tmp.display())))?;
+    file.sync_data()
+        .map_err(io_err(format!("syncing {}", tmp.display())))?;
+    fs.rename(&tmp, &path)
+        .map_err(io_err(format!("renaming {} into place", tmp.display())))?;
+    fs.sync_dir(dir)
+        .map_err(io_err(format!("syncing directory {}", dir.display())))
+}
+
+/// Removes `dir`'s damage report durably (the node repaired itself).
+pub(crate) fn clear_damage_report(fs: &SharedFs, dir: &Path) -> Result<(), StorageError> {
+    let path = dir.join(DAMAGE_REPORT);
+    match fs.remove_file(&path) {
+        Ok(()) => fs
+            .sync_dir(dir)
+            .map_err(io_err(format!("syncing directory {}", dir.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err(format!("removing {}", path.display()))(e)),
+    }
+}
+
+/// Reads and scans one segment, reading and scanning it once more if the
+/// first scan finds damage (a transient fault passes the second time).
+/// Returns the better scan, the bytes it scanned, and whether a re-read
+/// cured damage.
+fn read_and_scan(
+    fs: &SharedFs,
+    path: &Path,
+    first: u64,
+    prev_last: Option<u64>,
+    is_last: bool,
+    report: &mut RecoveryReport,
+) -> Result<(Scan, fs::CarefulRead), StorageError> {
+    let read = |report: &mut RecoveryReport| {
+        let r =
+            fs::read_carefully(fs, path).map_err(io_err(format!("reading {}", path.display())))?;
+        report.transient_faults_cured += r.reads_cured;
+        Ok::<_, StorageError>(r)
+    };
+    let bytes = read(report)?;
+    let scan = scan_segment(&bytes.bytes, first, prev_last, is_last, bytes.unreadable_at);
+    if !scan.is_damaged() {
+        return Ok((scan, bytes));
+    }
+    let again = read(report)?;
+    let rescan = scan_segment(&again.bytes, first, prev_last, is_last, again.unreadable_at);
+    if !rescan.is_damaged() {
+        report.transient_faults_cured += 1;
+        tracing::warn!(file = %path.display(), "a log segment failed its checks once and passed when read again");
+        return Ok((rescan, again));
+    }
+    // Damaged both times: keep the reading that got further.
+    Ok(if rescan.good_end > scan.good_end {
+        (rescan, again)
+    } else {
+        (scan, bytes)
+    })
+}
+
+fn apply_scan(scan: &Scan, state: &mut DurableState, summary: &mut StateSummary) {
+    if let Some(s) = &scan.summary {
+        for e in s.entries() {
+            state.apply(&e);
+            summary.absorb(&e);
+        }
+    }
+    for batch in &scan.batches {
+        for e in batch {
+            state.apply(e);
+            summary.absorb(e);
+        }
+    }
+}
+
+fn recover_inner(
+    fs: &SharedFs,
+    dir: &Path,
+    policy: CorruptionPolicy,
+) -> Result<Recovered, StorageError> {
     fs.create_dir_all(dir)
         .map_err(io_err(format!("creating {}", dir.display())))?;
     // The directory's own entry must be durable before anything in it is.
@@ -364,22 +574,30 @@ fn recover_inner(fs: &SharedFs, dir: &Path, discard: bool) -> Result<Recovered, 
         .map_err(io_err(format!("listing {}", dir.display())))?;
     let mut report = RecoveryReport::default();
     let mut segs: Vec<(u64, PathBuf)> = Vec::new();
+    let mut taken: BTreeSet<String> = BTreeSet::new();
+    let mut removed = false;
     for name in names {
         let path = dir.join(&name);
-        if name.ends_with(SEGMENT_TMP_SUFFIX) {
-            // A segment whose creation never completed (it is renamed into
-            // place only after it is durable): it holds nothing acknowledged.
+        if name.ends_with(SEGMENT_TMP_SUFFIX) || name == DAMAGE_REPORT_TMP {
+            // A segment (or report) whose creation never completed: it is
+            // renamed into place only after it is durable, so it holds
+            // nothing acknowledged.
             fs.remove_file(&path)
                 .map_err(io_err(format!("removing {}", path.display())))?;
-            report.temp_files_removed += 1;
-        } else if let Some(first) = parse_segment_name(&name) {
+            report.temp_files_removed += usize::from(name.ends_with(SEGMENT_TMP_SUFFIX));
+            removed = true;
+            continue;
+        }
+        if let Some(first) = parse_segment_name(&name) {
             segs.push((first, path));
         }
+        taken.insert(name);
     }
-    if report.temp_files_removed > 0 {
+    if removed {
         fs.sync_dir(dir)
             .map_err(io_err(format!("syncing {}", dir.display())))?;
     }
+    report.damage = read_damage_report(fs, dir)?;
     segs.sort();
     let mut state = DurableState::default();
     let mut summary = StateSummary::default();
@@ -388,86 +606,130 @@ fn recover_inner(fs: &SharedFs, dir: &Path, discard: bool) -> Result<Recovered, 
     let count = segs.len();
     for (i, (first, path)) in segs.iter().enumerate() {
         let is_last = i + 1 == count;
-        let bytes = fs
-            .read_all(path)
-            .map_err(io_err(format!("reading {}", path.display())))?;
+        let (scan, read) = read_and_scan(fs, path, *first, last_lsn, is_last, &mut report)?;
         report.segments += 1;
-        match scan_segment(&bytes, *first, last_lsn, is_last, &mut state, &mut summary) {
-            Ok(scan) => {
-                if scan.torn && scan.good_end < bytes.len() as u64 {
-                    fs.truncate(path, scan.good_end).map_err(io_err(format!(
-                        "cutting the torn tail of {}",
-                        path.display()
-                    )))?;
-                    report.torn_bytes_cut = bytes.len() as u64 - scan.good_end;
-                    tracing::warn!(
-                        file = %path.display(),
-                        offset = scan.good_end,
-                        bytes = report.torn_bytes_cut,
-                        "cut a torn tail off the log"
-                    );
-                }
-                report.appends += scan.appends;
-                last_lsn = Some(scan.last_lsn);
-                metas.push(SegmentMeta {
-                    first_lsn: *first,
-                    path: path.clone(),
-                    len: scan.good_end,
-                    max_accept_slot: scan.max_accept_slot,
-                });
-            }
-            Err(c) => {
-                let description = format!(
-                    "corruption in {} at offset {}: {}",
-                    path.display(),
-                    c.offset,
-                    c.reason
+        let ScanEnd::Damaged { offset, reason } = &scan.end else {
+            apply_scan(&scan, &mut state, &mut summary);
+            if scan.end == ScanEnd::Torn && scan.good_end < read.file_len {
+                fs.truncate(path, scan.good_end).map_err(io_err(format!(
+                    "cutting the torn tail of {}",
+                    path.display()
+                )))?;
+                report.torn_bytes_cut = read.file_len - scan.good_end;
+                tracing::warn!(
+                    file = %path.display(),
+                    offset = scan.good_end,
+                    bytes = report.torn_bytes_cut,
+                    "cut a torn tail off the log"
                 );
-                if !discard {
-                    return Err(StorageError::Corrupt {
-                        file: path.display().to_string(),
-                        offset: c.offset,
-                        reason: format!(
-                            "{} (the replica refuses to start from this log; set \
-                             LogOptions::discard_corrupt_suffix to cut the log here and \
-                             rebuild the rest from a peer)",
-                            c.reason
-                        ),
-                    });
-                }
-                tracing::error!(%description, "discarding the log from a corruption on");
-                report.discarded_corruption = Some(description);
-                // Delete later segments newest first, so a crash part-way
-                // leaves a contiguous prefix.
-                for (_, later) in segs[i + 1..].iter().rev() {
-                    fs.remove_file(later)
-                        .map_err(io_err(format!("removing {}", later.display())))?;
-                    fs.sync_dir(dir)
-                        .map_err(io_err(format!("syncing {}", dir.display())))?;
-                }
-                if c.good_end == 0 {
-                    fs.remove_file(path)
-                        .map_err(io_err(format!("removing {}", path.display())))?;
-                    fs.sync_dir(dir)
-                        .map_err(io_err(format!("syncing {}", dir.display())))?;
-                } else {
-                    // The scan applied exactly the batches before good_end.
-                    fs.truncate(path, c.good_end).map_err(io_err(format!(
-                        "cutting {} after corruption",
-                        path.display()
-                    )))?;
-                    let good_end = c.good_end;
-                    last_lsn = Some(c.last_lsn);
-                    metas.push(SegmentMeta {
-                        first_lsn: *first,
-                        path: path.clone(),
-                        len: good_end,
-                        max_accept_slot: c.max_accept_slot,
-                    });
-                }
-                break;
             }
+            report.appends += scan.batches.len() as u64;
+            last_lsn = Some(scan.last_lsn);
+            metas.push(SegmentMeta {
+                first_lsn: *first,
+                path: path.clone(),
+                len: scan.good_end,
+                max_accept_slot: scan.max_accept_slot,
+            });
+            continue;
+        };
+        if policy == CorruptionPolicy::Refuse {
+            return Err(StorageError::Corrupt {
+                file: path.display().to_string(),
+                offset: *offset,
+                reason: format!(
+                    "{reason} (the replica refuses to start from this log; with \
+                     LogOptions::on_corruption = CorruptionPolicy::Salvage it keeps the appends \
+                     before this point, sets the rest aside and reports the damage, and the \
+                     replica must repair the rest from its peers)"
+                ),
+            });
         }
+        // A segment holding only its header and state record, right after
+        // the previous one (or the first of a new log), held no append:
+        // losing it loses nothing that was ever acknowledged.
+        let chains = match last_lsn {
+            Some(prev) => prev.checked_add(1) == Some(*first),
+            None => *first == 1,
+        };
+        let nothing_lost = is_last && read.file_len <= EMPTY_SEGMENT_LEN && chains;
+        let usable = scan.good_end > 0;
+        let kept_lsn = if usable {
+            scan.last_lsn
+        } else {
+            last_lsn.unwrap_or(0)
+        };
+        // Plan the set-aside names first: the report lists them.
+        let mut moves: Vec<(PathBuf, PathBuf)> = Vec::new();
+        for (_, later) in segs[i + 1..].iter().rev() {
+            moves.push((later.clone(), aside_path(later, &mut taken)));
+        }
+        let damaged_aside = aside_path(path, &mut taken);
+        let damage = Damage {
+            location: path.display().to_string(),
+            offset: *offset,
+            reason: reason.clone(),
+            last_kept_seq: Some(kept_lsn),
+            may_have_lost_acknowledged: !nothing_lost,
+            set_aside: std::iter::once(&damaged_aside)
+                .chain(moves.iter().map(|(_, to)| to))
+                .map(|p| p.display().to_string())
+                .collect(),
+        };
+        ensures!(damage.last_kept_seq == Some(kept_lsn));
+        tracing::error!(%damage, "salvaging the log: keeping the appends before the damage");
+        // The same damage again (a crash interrupted its salvage): one entry.
+        let same = report.damage.iter_mut().find(|d| {
+            (&d.location, d.offset, &d.reason, d.last_kept_seq)
+                == (
+                    &damage.location,
+                    damage.offset,
+                    &damage.reason,
+                    damage.last_kept_seq,
+                )
+        });
+        match same {
+            Some(d) => d.set_aside.extend(damage.set_aside),
+            None => report.damage.push(damage),
+        }
+        write_damage_report(fs, dir, &report.damage)?;
+        // Newest first, so the live segments stay a contiguous run.
+        for (from, to) in &moves {
+            fs.rename(from, to)
+                .map_err(io_err(format!("setting {} aside", from.display())))?;
+            fs.sync_dir(dir)
+                .map_err(io_err(format!("syncing {}", dir.display())))?;
+        }
+        if usable {
+            let mut copy = fs
+                .create(&damaged_aside)
+                .map_err(io_err(format!("creating {}", damaged_aside.display())))?;
+            copy.write_all(&read.bytes)
+                .map_err(io_err(format!("writing {}", damaged_aside.display())))?;
+            copy.sync_data()
+                .map_err(io_err(format!("syncing {}", damaged_aside.display())))?;
+            fs.sync_dir(dir)
+                .map_err(io_err(format!("syncing {}", dir.display())))?;
+            fs.truncate(path, scan.good_end).map_err(io_err(format!(
+                "cutting {} after its damage",
+                path.display()
+            )))?;
+            apply_scan(&scan, &mut state, &mut summary);
+            report.appends += scan.batches.len() as u64;
+            last_lsn = Some(scan.last_lsn);
+            metas.push(SegmentMeta {
+                first_lsn: *first,
+                path: path.clone(),
+                len: scan.good_end,
+                max_accept_slot: scan.max_accept_slot,
+            });
+        } else {
+            fs.rename(path, &damaged_aside)
+                .map_err(io_err(format!("setting {} aside", path.display())))?;
+            fs.sync_dir(dir)
+                .map_err(io_err(format!("syncing {}", dir.display())))?;
+        }
+        break;
     }
     Ok(Recovered {
         state,
@@ -476,6 +738,17 @@ fn recover_inner(fs: &SharedFs, dir: &Path, discard: bool) -> Result<Recovered, 
         segments: metas,
         report,
     })
+}
+
+/// Where `path` goes when set aside, reserving the name in `taken`.
+fn aside_path(path: &Path, taken: &mut BTreeSet<String>) -> PathBuf {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("segment");
+    let aside = set_aside_name(name, taken);
+    taken.insert(aside.clone());
+    path.with_file_name(aside)
 }
 
 #[cfg(test)]
@@ -489,5 +762,61 @@ mod tests {
         assert_eq!(parse_segment_name("17.log"), None);
         assert_eq!(parse_segment_name("0000000000000000001x.log"), None);
         assert_eq!(parse_segment_name("00000000000000000001.ckpt"), None);
+        assert_eq!(
+            parse_segment_name("00000000000000000001.log.damaged"),
+            None,
+            "set-aside segments are never replayed"
+        );
+    }
+
+    #[test]
+    fn set_aside_names_never_collide() {
+        let mut taken = BTreeSet::new();
+        assert_eq!(set_aside_name("a.log", &taken), "a.log.damaged");
+        taken.insert("a.log.damaged".to_string());
+        assert_eq!(set_aside_name("a.log", &taken), "a.log.1.damaged");
+        taken.insert("a.log.1.damaged".to_string());
+        assert_eq!(set_aside_name("a.log", &taken), "a.log.2.damaged");
+    }
+
+    #[test]
+    fn damage_reports_round_trip_and_detect_damage() {
+        let list = vec![
+            Damage {
+                location: "/log/00000000000000000001.log".into(),
+                offset: 77,
+                reason: "record payload checksum mismatch\twith\ttabs".into(),
+                last_kept_seq: Some(4),
+                may_have_lost_acknowledged: true,
+                set_aside: vec!["/log/a.damaged".into(), "/log/b.damaged".into()],
+            },
+            Damage {
+                location: "x".into(),
+                offset: 0,
+                reason: "y".into(),
+                last_kept_seq: None,
+                may_have_lost_acknowledged: false,
+                set_aside: Vec::new(),
+            },
+        ];
+        let bytes = encode_damage_report(&list);
+        let back = decode_damage_report(&bytes).unwrap();
+        assert_eq!(back.len(), 2);
+        assert_eq!(back[0].reason, "record payload checksum mismatch with tabs");
+        assert_eq!(back[0].set_aside, list[0].set_aside);
+        assert_eq!(back[1], list[1]);
+        assert_eq!(
+            decode_damage_report(&encode_damage_report(&[])),
+            Some(vec![])
+        );
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x04;
+            assert_ne!(
+                decode_damage_report(&bad).as_ref(),
+                Some(&back),
+                "flip at byte {i} went unnoticed"
+            );
+        }
     }
 }

@@ -12,6 +12,19 @@
 //! `wait_durable(seq)` returned `Ok`) every append up to `seq` is on stable
 //! storage and survives a crash. Appends become durable in order. Many
 //! appends may share one flush (group commit).
+//!
+//! # Damage
+//!
+//! Recovery tells a torn tail from damage. A torn tail is what a crash
+//! leaves of writes that were never synced, so never acknowledged: it is cut
+//! off silently. Damage is everything else that fails a check (a checksum
+//! mismatch, an unreadable sector, a structural inconsistency) in bytes that
+//! may have been durable. What a backend does about it is its
+//! [`CorruptionPolicy`]: refuse to start ([`StorageError::Corrupt`]), or
+//! salvage the longest valid prefix of appends and describe the loss as a
+//! [`Damage`] ([`ReplicaStorage::recovery_damage`]). Both backends (the file
+//! log here, the persistent-memory log in paxos-nvm) report through this one
+//! type, and so does [`crate::checkpoint::CheckpointStore`] for checkpoints.
 
 use paxos_core::{Accepted, PersistEntry, Slot};
 
@@ -50,6 +63,73 @@ pub enum StorageError {
     Closed(String),
 }
 
+/// What recovery does when stored data fails its checks somewhere other than
+/// a torn, never-synced tail.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CorruptionPolicy {
+    /// Refuse to start: `open` fails with [`StorageError::Corrupt`] naming
+    /// the file (or region) and offset, and changes nothing on disk. The
+    /// safe default for a replica that cannot repair itself from its peers.
+    #[default]
+    Refuse,
+    /// Keep the longest valid prefix of appends, set the damaged bytes aside
+    /// (the file log renames damaged segments to `*.damaged`; a file-backed
+    /// NVM region is copied to `<region>.damaged`), continue appending after
+    /// the prefix, and report what was lost as a [`Damage`]. A replica that
+    /// opens its storage this way must treat a reported damage with
+    /// [`Damage::may_have_lost_acknowledged`] as the loss of promises and
+    /// votes it may have sent, and repair from its peers before voting.
+    Salvage,
+}
+
+/// Damage that recovery found and, under [`CorruptionPolicy::Salvage`],
+/// salvaged around: where it is, why it failed, what was kept and what the
+/// loss means.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Damage {
+    /// The file or region holding the damaged bytes.
+    pub location: String,
+    /// Byte offset of the damage in `location` (for a persistent-memory log
+    /// record: its virtual log position).
+    pub offset: u64,
+    /// What failed: a checksum, a read (EIO), a sequence check.
+    pub reason: String,
+    /// For a log: the sequence number of the last append whose effects the
+    /// recovered state holds (0: none). Appends continue from the next one.
+    /// `None` for damage outside a log (a checkpoint).
+    pub last_kept_seq: Option<u64>,
+    /// Whether anything that may have been acknowledged was lost, that is
+    /// anything beyond a torn, never-synced tail. `true` is the signal to
+    /// enter repair mode: the replica must assume it lost promises and
+    /// votes. `false` only when recovery proved that the damaged bytes held
+    /// nothing that was not also kept (say, a damaged metadata copy whose
+    /// twin was intact and newest).
+    pub may_have_lost_acknowledged: bool,
+    /// Files set aside for inspection (renamed or copied to `*.damaged`).
+    /// Later recoveries ignore them; an operator may inspect and delete them.
+    pub set_aside: Vec<String>,
+}
+
+impl std::fmt::Display for Damage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "damage in {} at offset {}: {}",
+            self.location, self.offset, self.reason
+        )?;
+        if let Some(seq) = self.last_kept_seq {
+            write!(f, "; kept appends through sequence {seq}")?;
+        }
+        if self.may_have_lost_acknowledged {
+            write!(f, "; acknowledged data may be lost")?;
+        }
+        if !self.set_aside.is_empty() {
+            write!(f, "; set aside: {}", self.set_aside.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
 /// Durable replica state, written by appends and read for catch-up.
 ///
 /// Implementations are shared between the replica's event loop and a
@@ -77,5 +157,24 @@ pub trait ReplicaStorage: Send + Sync {
     /// `PersistEntry::Truncate(through)`.
     fn truncate_through(&self, through: Slot) -> Result<u64, StorageError> {
         self.append(&[PersistEntry::Truncate(through)])
+    }
+
+    /// Damage that recovery salvaged around and that is not cleared yet,
+    /// oldest first (only under [`CorruptionPolicy::Salvage`]). Empty: the
+    /// storage recovered intact (or keeps nothing across restarts).
+    ///
+    /// The list is durable: every later open reports it again until
+    /// [`ReplicaStorage::clear_damage`], so a crash before the replica has
+    /// repaired itself does not make it forget that it may have lost
+    /// promises and votes.
+    fn recovery_damage(&self) -> Vec<Damage> {
+        Vec::new()
+    }
+
+    /// Durably forgets the damage [`ReplicaStorage::recovery_damage`]
+    /// reports. The replica calls this once it has repaired what was lost
+    /// from its peers (so it may vote again).
+    fn clear_damage(&self) -> Result<(), StorageError> {
+        Ok(())
     }
 }

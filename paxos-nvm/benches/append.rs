@@ -65,9 +65,11 @@ fn log_append_commit(c: &mut Criterion) {
     for (label, region) in regions(&dir, "log.region") {
         let mut log = PmLog::setup(region, 1).unwrap();
         let capacity = REGION_BYTES - LOG_AREA_OFFSET;
+        let mut seq = 0u64;
         group.bench_function(BenchmarkId::from_parameter(label), |b| {
             b.iter(|| {
-                let pos = paxos_nvm::record::append_record(&mut log, &RECORD).unwrap();
+                seq += 1;
+                let pos = paxos_nvm::record::append_record(&mut log, seq, &RECORD).unwrap();
                 log.commit().unwrap();
                 // Keep the circular log from filling: drop the older half.
                 let htc = log.head_tail_capacity();

@@ -17,10 +17,12 @@
 //! stored) is the crash-consistency test of this crate. The model is pure
 //! Rust over byte vectors: it needs no mmap and would run under Miri.
 
+use paxos_contracts::requires;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use crate::region::{PmRegion, RegionError, RegionKind, VolatileRegion};
+use paxos_log::sim_fs::CrashPolicy;
 
 /// One primitive operation on a region.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -95,7 +97,7 @@ impl PmRegion for RecordingRegion {
     fn len(&self) -> u64 {
         self.inner.len()
     }
-    fn read(&self, offset: u64, buf: &mut [u8]) {
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), RegionError> {
         self.inner.read(offset, buf)
     }
     fn write(&mut self, offset: u64, data: &[u8]) {
@@ -214,6 +216,46 @@ impl PmState {
     /// What reads see now (every store applied).
     pub fn current(&self) -> &[u8] {
         &self.current[..self.len]
+    }
+
+    /// The one crash image `policy` picks: [`CrashPolicy::LoseUnsynced`]
+    /// keeps only what is durable, [`CrashPolicy::KeepUnsynced`] every
+    /// store, and [`CrashPolicy::Torn`] gives each uncertain word one of the
+    /// values the model allows it (its durable value or any stored since),
+    /// drawn from the seed.
+    pub fn crash_image(&self, policy: CrashPolicy) -> Vec<u8> {
+        let mut img = self.durable.clone();
+        let mut rng = match policy {
+            CrashPolicy::Torn { seed } => Some(SplitMix(seed)),
+            _ => None,
+        };
+        for (&w, h) in &self.pending {
+            let v = match (&mut rng, policy) {
+                (_, CrashPolicy::LoseUnsynced) => continue,
+                (_, CrashPolicy::KeepUnsynced) => word(&self.current, w),
+                (Some(rng), _) => match (rng.next() % (h.values.len() as u64 + 1)) as usize {
+                    0 => continue,
+                    i => h.values[i - 1],
+                },
+                (None, _) => continue,
+            };
+            set_word(&mut img, w, v);
+        }
+        img.truncate(self.len);
+        img
+    }
+
+    /// Flips bit `bit` of the medium (bit rot): the durable value changes,
+    /// and so do reads unless the word is dirty in the cache (whose value
+    /// will overwrite the medium when written back).
+    pub fn flip_media_bit(&mut self, bit: u64) {
+        let byte = (bit / 8) as usize;
+        requires!(byte < self.len, "bit {bit} outside the region");
+        let mask = 1u8 << (bit % 8);
+        self.durable[byte] ^= mask;
+        if !self.pending.contains_key(&(byte / 8)) {
+            self.current[byte] ^= mask;
+        }
     }
 
     /// Words whose content after a crash is uncertain.
@@ -367,6 +409,56 @@ mod tests {
         assert_eq!(images.len(), 2);
         assert!(images.iter().all(|i| i.len() == 13));
         assert_eq!(s.current()[10..], [3, 3, 3]);
+    }
+
+    #[test]
+    fn a_crash_image_follows_its_policy() {
+        let mut s = PmState::new(vec![0u8; 64]);
+        s.apply(&PmEvent::Write {
+            offset: 0,
+            data: vec![1u8; 64],
+        });
+        s.apply(&PmEvent::Flush { offset: 0, len: 8 });
+        s.apply(&PmEvent::Fence);
+        assert_eq!(
+            s.crash_image(CrashPolicy::LoseUnsynced)[..16],
+            [[1u8; 8], [0u8; 8]].concat()
+        );
+        assert_eq!(s.crash_image(CrashPolicy::KeepUnsynced), vec![1u8; 64]);
+        let torn: Vec<Vec<u8>> = (0..32)
+            .map(|seed| s.crash_image(CrashPolicy::Torn { seed }))
+            .collect();
+        for img in &torn {
+            assert_eq!(img[..8], [1u8; 8], "the fenced word is durable");
+            for w in img.chunks(8) {
+                assert!(w == [0u8; 8] || w == [1u8; 8], "words are all or nothing");
+            }
+        }
+        assert!(torn
+            .iter()
+            .any(|i| i[8..] != [1u8; 56] && i[8..] != [0u8; 56]));
+    }
+
+    #[test]
+    fn a_media_bit_flip_is_durable_unless_the_cache_overwrites_it() {
+        let mut s = PmState::new(vec![0u8; 16]);
+        s.flip_media_bit(3);
+        assert_eq!(s.current()[0], 8);
+        assert_eq!(s.crash_image(CrashPolicy::LoseUnsynced)[0], 8);
+        s.apply(&PmEvent::Write {
+            offset: 8,
+            data: vec![5u8; 8],
+        });
+        s.flip_media_bit(64);
+        assert_eq!(s.current()[8], 5, "reads see the dirty cache line");
+        assert_eq!(s.crash_image(CrashPolicy::LoseUnsynced)[8], 1);
+        s.apply(&PmEvent::Flush { offset: 8, len: 8 });
+        s.apply(&PmEvent::Fence);
+        assert_eq!(
+            s.crash_image(CrashPolicy::LoseUnsynced)[8],
+            5,
+            "written back over it"
+        );
     }
 
     #[test]

@@ -6,6 +6,9 @@
 //!               offset, capacity, log id (u128), CRC64 of the first 56 bytes
 //!     64     8  CDB: CDB_FALSE selects copy 0, CDB_TRUE copy 1, anything
 //!               else is corruption
+//!     72    40  damage record: damage a salvaging recovery found and the
+//!               replica has not cleared yet (magic, last kept sequence
+//!               number, log position, flags, CRC64); all zero: none
 //!    128    64  log metadata copy 0: head (u128 virtual position), length
 //!               (u64), CRC64 of those 24 bytes, padding
 //!    192    64  log metadata copy 1 (same)
@@ -22,14 +25,22 @@ use crc::{Crc, CRC_64_XZ};
 
 /// "PAXNVMLG" read as a little-endian u64.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"PAXNVMLG");
-/// Layout version written by this code.
-pub const VERSION: u64 = 1;
+/// Layout version written by this code. Version 2 added the damage record
+/// and records whose checksum covers their log position and sequence
+/// number.
+pub const VERSION: u64 = 2;
 /// Offset of the global metadata.
 pub const GLOBAL_OFFSET: u64 = 0;
 /// Bytes of global metadata.
 pub const GLOBAL_LEN: usize = 64;
 /// Offset of the corruption-detecting boolean.
 pub const CDB_OFFSET: u64 = 64;
+/// Offset of the damage record.
+pub const DAMAGE_OFFSET: u64 = 72;
+/// Bytes of the damage record.
+pub const DAMAGE_LEN: usize = 40;
+/// "PXNVMDMG" read as a little-endian u64.
+pub const DAMAGE_MAGIC: u64 = u64::from_le_bytes(*b"PXNVMDMG");
 /// The two offsets of the log metadata copies.
 pub const META_OFFSETS: [u64; 2] = [128, 192];
 /// Bytes of one log metadata copy that are written (the rest is padding).
@@ -192,6 +203,63 @@ impl LogMetadata {
     }
 }
 
+/// Damage a salvaging recovery found, recorded in the region until the
+/// replica clears it (so a crash before the replica repaired itself does
+/// not make it forget that it may have lost promises and votes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DamageRecord {
+    /// Sequence number of the last append recovery kept (merged: the
+    /// lowest over every damage not cleared).
+    pub last_kept_seq: u64,
+    /// Log position (or region offset, for metadata) of the damage.
+    pub position: u64,
+    /// Whether acknowledged appends may have been lost.
+    pub may_have_lost_acknowledged: bool,
+}
+
+impl DamageRecord {
+    /// The 40 bytes stored at [`DAMAGE_OFFSET`].
+    pub fn encode(&self) -> [u8; DAMAGE_LEN] {
+        let mut b = [0u8; DAMAGE_LEN];
+        b[0..8].copy_from_slice(&DAMAGE_MAGIC.to_le_bytes());
+        b[8..16].copy_from_slice(&self.last_kept_seq.to_le_bytes());
+        b[16..24].copy_from_slice(&self.position.to_le_bytes());
+        b[24..32].copy_from_slice(&u64::from(self.may_have_lost_acknowledged).to_le_bytes());
+        let crc = crc64(&b[0..32]);
+        b[32..40].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    /// Decodes a damage record: `Ok(None)` if the bytes are all zero (no
+    /// damage pending), an error if they are anything but zero or a valid
+    /// record (then damage is pending, its details lost).
+    pub fn decode(b: &[u8; DAMAGE_LEN]) -> Result<Option<DamageRecord>, DecodeError> {
+        if b.iter().all(|x| *x == 0) {
+            return Ok(None);
+        }
+        let magic = u64_at(b, 0);
+        if magic != DAMAGE_MAGIC {
+            return Err(DecodeError::BadMagic(magic));
+        }
+        let stored = u64_at(b, 32);
+        let computed = crc64(&b[0..32]);
+        if stored != computed {
+            return Err(DecodeError::Crc { stored, computed });
+        }
+        let flags = u64_at(b, 24);
+        if flags > 1 {
+            return Err(DecodeError::Inconsistent(format!(
+                "damage flags {flags:#x}"
+            )));
+        }
+        Ok(Some(DamageRecord {
+            last_kept_seq: u64_at(b, 8),
+            position: u64_at(b, 16),
+            may_have_lost_acknowledged: flags == 1,
+        }))
+    }
+}
+
 /// Which metadata copy a CDB word selects.
 pub fn decode_cdb(word: u64) -> Result<usize, DecodeError> {
     match word {
@@ -219,7 +287,8 @@ mod tests {
     fn fields_are_word_aligned_and_do_not_overlap() {
         assert_eq!(GLOBAL_OFFSET as usize + GLOBAL_LEN, CDB_OFFSET as usize);
         assert_eq!(CDB_OFFSET % 8, 0);
-        assert!(CDB_OFFSET + 8 <= META_OFFSETS[0]);
+        assert_eq!(CDB_OFFSET + 8, DAMAGE_OFFSET);
+        assert!(DAMAGE_OFFSET + DAMAGE_LEN as u64 <= META_OFFSETS[0]);
         assert!(META_OFFSETS[0] + META_LEN as u64 <= META_OFFSETS[1]);
         assert!(META_OFFSETS[1] + META_LEN as u64 <= LOG_AREA_OFFSET);
         assert!(META_OFFSETS.iter().all(|o| o % 8 == 0));
@@ -262,6 +331,23 @@ mod tests {
         fn only_the_two_cdb_values_decode(word in any::<u64>()) {
             let ok = decode_cdb(word).is_ok();
             prop_assert_eq!(ok, word == CDB_FALSE || word == CDB_TRUE);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn damage_records_round_trip_and_detect_bit_flips(
+            kept in any::<u64>(), position in any::<u64>(), lost in any::<bool>(), bit in 0usize..320,
+        ) {
+            let r = DamageRecord { last_kept_seq: kept, position, may_have_lost_acknowledged: lost };
+            prop_assert_eq!(DamageRecord::decode(&r.encode()), Ok(Some(r)));
+            let mut b = r.encode();
+            b[bit / 8] ^= 1 << (bit % 8);
+            prop_assert!(DamageRecord::decode(&b).is_err());
+            let mut zero = [0u8; DAMAGE_LEN];
+            prop_assert_eq!(DamageRecord::decode(&zero), Ok(None));
+            zero[bit / 8] ^= 1 << (bit % 8);
+            prop_assert!(DamageRecord::decode(&zero).is_err(), "a flip in an empty record is not silence");
         }
     }
 

@@ -8,11 +8,15 @@
 //!   `MAP_SYNC`, `clwb`/`clflushopt`/`clflush` + `sfence`), an ordinary
 //!   file (msync), or volatile memory (NOT durable; benchmarks). The choice
 //!   is detected at open, logged, and exposed as [`RegionKind`].
+//! - [`sim_region`]: [`SimRegion`], simulated persistent memory with the
+//!   crash model below and media faults, deterministic from a seed, for the
+//!   simulator and the fault tests.
 //! - [`log`]: [`PmLog`], the circular log: `setup`, `start` (recover),
-//!   `tentative_append`, `commit`, `advance_head`, `read`,
-//!   `head_tail_capacity`.
-//! - [`record`]: framing above the log (`len | crc32c | payload`): the log
-//!   checks its metadata only; records check their own data.
+//!   `recover` (around damaged metadata), `tentative_append`, `commit`,
+//!   `advance_head`, `read`, `head_tail_capacity`.
+//! - [`record`]: framing above the log (`len | crc32c | seq | payload`,
+//!   the CRC also covering the record's position and sequence number): the
+//!   log checks its metadata only; records check their own data.
 //! - [`codec`]: `PersistEntry` batches and state snapshots as payloads.
 //! - [`storage`]: [`NvmStorage`], implementing
 //!   [`paxos_log::ReplicaStorage`], with compaction by snapshot.
@@ -53,6 +57,7 @@
 //!   0..64    global metadata: magic, version, region length, log-area
 //!            offset, capacity, log id (u128), CRC64
 //!  64..72    CDB: one aligned word, CDB_FALSE -> copy 0, CDB_TRUE -> copy 1
+//!  72..112   damage record: damage salvaged and not cleared yet (all zero: none)
 //! 128..160   log metadata copy 0: head (u128 virtual position), length, CRC64
 //! 192..224   log metadata copy 1
 //! 256..      log area, circular: virtual position p at 256 + p mod capacity
@@ -93,9 +98,47 @@
 //! `tests/kill_recovery.rs` SIGKILLs real appending processes on a file
 //! region and checks every acknowledged append survives.
 //!
+//! Every open then *mirrors* the active metadata into the other copy (and
+//! stores the CDB word again), so the inactive copy is never a leftover of
+//! an earlier run describing bytes this run may overwrite; that is what
+//! makes falling back to it safe when the active copy is damaged.
+//!
+//! # Recovery rules
+//!
+//! A crash is never damage: everything recovery reads was fenced before
+//! the commit that covers it. Damage is a metadata or record check that
+//! fails (CRC, an impossible value, a sequence number that does not follow
+//! on, a word that cannot be read); each failing read is tried once more
+//! first, since a transient fault passes. Then `NvmOptions::on_corruption`
+//! decides: `Refuse` fails `open` with `StorageError::Corrupt`;
+//! `Salvage` recovers around it and reports a `paxos_log::Damage`:
+//!
+//! - damaged CDB: the newer of the two copies that check out (nothing lost
+//!   if both do); damaged active copy: its twin, the previous commit;
+//! - damaged global metadata or both copies: nothing can be located; the
+//!   region is formatted anew (everything is lost locally);
+//! - a damaged record: the log is cut back to the end of the last good one.
+//!
+//! Before changing anything, salvage copies a file region aside
+//! (`<file>.damaged`) and writes the damage record, which every later open
+//! reports until the replica clears it after repairing from its peers.
+//! See [`storage`].
+//!
+//! # Fault injection
+//!
+//! [`SimRegion`] (one per simulated replica) applies the crash model above
+//! at [`SimRegion::crash`] (or mid-operation, [`SimRegion::crash_after`]),
+//! and injects transient bit flips on read, latent unreadable (poisoned)
+//! words, and media bit flips, with latency and counters, from one seed
+//! ([`SimRegionFaults`], which by default injects nothing). `NvmStorage`
+//! runs on it deterministically: it spawns no thread and reads no clock
+//! (pass `NvmOptions::log_id`, or formatting draws an id from the clock).
+//! The fault tests show each fault detected and salvaged or reported, and
+//! run a randomized model check with a planted defect.
+//!
 //! # Storage on top of the log
 //!
-//! One append is one record (`len | crc32c | batch of PersistEntry`). The
+//! One append is one record (`len | crc32c | seq | batch of PersistEntry`). The
 //! log never wraps over live data: past half the capacity the storage
 //! writes a snapshot record of the whole `DurableState`, commits it, and
 //! advances the head to it (both steps are metadata swaps, so a crash
@@ -105,14 +148,18 @@
 //!
 //! - `head <= committed tail <= tentative tail <= head + capacity`: appends
 //!   never overwrite live bytes.
-//! - Positions only grow; the active metadata copy is never written.
+//! - Positions only grow (except when salvage cuts the tail back to the end
+//!   of the last good record); the active metadata copy is never written.
 //! - Global metadata, CDB and active metadata are checked (magic, version,
-//!   id, CRC64, sizes) on start; any mismatch is an error, never repaired
-//!   silently. Committed records carry a crc32c checked on recovery.
+//!   id, CRC64, sizes) on start; a mismatch is refused or salvaged and
+//!   reported, never repaired silently. Committed records carry a crc32c
+//!   (over position, sequence number, length and payload) checked on
+//!   recovery.
 //! - A failed flush poisons the log (the durable state is unknown) until it
 //!   is reopened.
-//! - `NvmStorage::append` is durable on return; recovery rebuilds exactly
-//!   the state the successful appends built.
+//! - `NvmStorage::append` is durable on return (without group commit);
+//!   recovery rebuilds exactly the state the successful appends built, or,
+//!   with damage reported, the state after a prefix of them.
 //!
 //! # Unsafe code
 //!
@@ -128,9 +175,14 @@ pub mod layout;
 pub mod log;
 pub mod record;
 pub mod region;
+pub mod sim_region;
 pub mod storage;
+
+#[cfg(test)]
+mod fault_tests;
 
 pub use log::{HeadTailCapacity, LogError, PmLog};
 pub use record::RecordError;
 pub use region::{FileRegion, PmRegion, RegionError, RegionKind, VolatileRegion};
+pub use sim_region::{SimRegion, SimRegionCounters, SimRegionFaults};
 pub use storage::{Backend, NvmOptions, NvmStats, NvmStorage};

@@ -6,8 +6,8 @@
 use paxos_contracts::{ensures, invariant, requires, snapshot};
 
 use crate::layout::{
-    self, DecodeError, GlobalMetadata, LogMetadata, CDB_OFFSET, GLOBAL_LEN, GLOBAL_OFFSET,
-    LOG_AREA_OFFSET, META_LEN, META_OFFSETS, VERSION,
+    self, DamageRecord, DecodeError, GlobalMetadata, LogMetadata, CDB_OFFSET, DAMAGE_LEN,
+    DAMAGE_OFFSET, GLOBAL_LEN, GLOBAL_OFFSET, LOG_AREA_OFFSET, META_LEN, META_OFFSETS, VERSION,
 };
 use crate::region::{PmRegion, RegionError};
 
@@ -51,7 +51,9 @@ pub enum LogError {
     /// The region is not a paxos-nvm log (bad magic).
     #[error("not a paxos-nvm log: magic {0:#018x}")]
     NotALog(u64),
-    /// The region holds another version's layout or another log's id.
+    /// The region holds another version's layout or another log's id, or
+    /// its (intact) global metadata describes a region of another size: a
+    /// wrong file or configuration, not damage.
     #[error("id or version mismatch: {0}")]
     IdOrVersionMismatch(String),
     /// The corruption-detecting boolean holds neither valid value.
@@ -73,6 +75,177 @@ pub enum LogError {
     /// An earlier flush failed; the log refuses further writes.
     #[error("log failed earlier and accepts no writes: {0}")]
     Failed(String),
+    /// The region could not return bytes at `offset` (an unreadable word).
+    #[error("unreadable at region offset {offset}: {source}")]
+    Unreadable {
+        /// Region offset of the read.
+        offset: u64,
+        /// The region's error.
+        #[source]
+        source: RegionError,
+    },
+}
+
+impl LogError {
+    /// Whether this error means the stored bytes are damaged (a checksum,
+    /// an impossible value, an unreadable word), as opposed to a region
+    /// that is not this log, a misuse, or a failed flush.
+    pub fn is_damage(&self) -> bool {
+        matches!(
+            self,
+            LogError::CrcMismatch { .. }
+                | LogError::NotALog(_)
+                | LogError::CorruptCdb(_)
+                | LogError::InconsistentMetadata(_)
+                | LogError::Unreadable { .. }
+        )
+    }
+}
+
+/// Damaged metadata that [`PmLog::recover`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetadataDamage {
+    /// Region offset of the damaged metadata.
+    pub offset: u64,
+    /// What was wrong, and what recovery did about it.
+    pub reason: String,
+    /// Whether committed appends may be lost with it: `false` when the
+    /// metadata recovery used is provably the newest.
+    pub may_have_lost_acknowledged: bool,
+}
+
+/// What [`PmLog::recover`] made of a region.
+pub enum Recovery<R: PmRegion> {
+    /// A log, started from its metadata or, if that was damaged, from the
+    /// intact twin copy.
+    Started {
+        /// The log.
+        log: PmLog<R>,
+        /// The metadata damage recovered around, if any.
+        damage: Option<MetadataDamage>,
+    },
+    /// The global metadata, or both metadata copies, are damaged: nothing in
+    /// the region can be located. The region is handed back, to be set
+    /// aside and formatted anew.
+    Unusable {
+        /// The region.
+        region: R,
+        /// What was damaged.
+        damage: MetadataDamage,
+    },
+}
+
+/// What a region's damage record says ([`PmLog::damage_mark`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DamageMark {
+    /// No damage pending.
+    None,
+    /// Damage pending, as recorded.
+    Recorded(DamageRecord),
+    /// The record itself is damaged or unreadable: damage is pending, its
+    /// details are lost.
+    Unknown(String),
+}
+
+/// Reads the damage record of `region` (which need not hold a usable log).
+pub fn read_damage_mark<R: PmRegion + ?Sized>(region: &R) -> DamageMark {
+    let mut b = [0u8; DAMAGE_LEN];
+    let read = |b: &mut [u8; DAMAGE_LEN]| {
+        region
+            .read(DAMAGE_OFFSET, b)
+            .map_err(|e| e.to_string())
+            .and_then(|()| DamageRecord::decode(b).map_err(|e| format!("{e:?}")))
+    };
+    // Once more on failure: a transient fault passes.
+    match read(&mut b).or_else(|_| read(&mut b)) {
+        Ok(None) => DamageMark::None,
+        Ok(Some(r)) => DamageMark::Recorded(r),
+        Err(why) => DamageMark::Unknown(why),
+    }
+}
+
+/// Stores `record` (or zeros, for none) as `region`'s damage record and
+/// makes it durable.
+pub fn write_damage_mark<R: PmRegion + ?Sized>(
+    region: &mut R,
+    record: Option<&DamageRecord>,
+) -> Result<(), RegionError> {
+    let bytes = record.map_or([0u8; DAMAGE_LEN], DamageRecord::encode);
+    region.write(DAMAGE_OFFSET, &bytes);
+    region.flush(DAMAGE_OFFSET, DAMAGE_LEN as u64)?;
+    region.fence()
+}
+
+/// Reads `buf.len()` bytes at `offset`, as a log error.
+fn read_region<R: PmRegion>(region: &R, offset: u64, buf: &mut [u8]) -> Result<(), LogError> {
+    region
+        .read(offset, buf)
+        .map_err(|source| LogError::Unreadable { offset, source })
+}
+
+/// Runs `read`, and once more if it found damage: a bit flipped on the way
+/// (not on the medium) passes the second time.
+fn read_twice<T>(read: impl Fn() -> Result<T, LogError>) -> Result<T, LogError> {
+    match read() {
+        Err(e) if e.is_damage() => read(),
+        other => other,
+    }
+}
+
+fn read_global<R: PmRegion>(region: &R) -> Result<GlobalMetadata, LogError> {
+    let mut g = [0u8; GLOBAL_LEN];
+    read_region(region, GLOBAL_OFFSET, &mut g)?;
+    GlobalMetadata::decode(&g).map_err(|e| decode_err("global metadata", e))
+}
+
+/// Checks what a valid global metadata says against the region and the
+/// expected id. A mismatch is a wrong file or configuration, not damage.
+fn check_global(global: &GlobalMetadata, len: u64, expected: Option<u128>) -> Result<(), LogError> {
+    if global.version != VERSION {
+        return Err(LogError::IdOrVersionMismatch(format!(
+            "layout version {} (this code reads {VERSION})",
+            global.version
+        )));
+    }
+    if let Some(id) = expected {
+        if global.log_id != id {
+            return Err(LogError::IdOrVersionMismatch(format!(
+                "log id {:#x}, expected {id:#x}",
+                global.log_id
+            )));
+        }
+    }
+    if global.region_len != len
+        || global.log_area_offset != LOG_AREA_OFFSET
+        || global.capacity != len - LOG_AREA_OFFSET
+    {
+        return Err(LogError::IdOrVersionMismatch(format!(
+            "global metadata describes region {} / area {} / capacity {}, region is {len} bytes",
+            global.region_len, global.log_area_offset, global.capacity
+        )));
+    }
+    Ok(())
+}
+
+fn read_cdb<R: PmRegion>(region: &R) -> Result<usize, LogError> {
+    let mut cdb = [0u8; 8];
+    read_region(region, CDB_OFFSET, &mut cdb)?;
+    layout::decode_cdb(u64::from_le_bytes(cdb)).map_err(|e| decode_err("CDB", e))
+}
+
+fn read_copy<R: PmRegion>(
+    region: &R,
+    index: usize,
+    capacity: u64,
+) -> Result<LogMetadata, LogError> {
+    let mut m = [0u8; META_LEN];
+    read_region(region, META_OFFSETS[index], &mut m)?;
+    let what = if index == 0 {
+        "log metadata copy 0"
+    } else {
+        "log metadata copy 1"
+    };
+    LogMetadata::decode(&m, capacity).map_err(|e| decode_err(what, e))
 }
 
 fn decode_err(what: &'static str, e: DecodeError) -> LogError {
@@ -156,50 +329,120 @@ impl<R: PmRegion> PmLog<R> {
 
     /// Recovers the log from `region`: reads the global metadata, checks
     /// magic, CRC, version, sizes and (if given) the id, then the CDB and the
-    /// metadata copy it selects. Reads only; writes nothing.
+    /// metadata copy it selects. Reads only; writes nothing. Any damage is
+    /// an error (a read that finds damage is tried once more first); see
+    /// [`PmLog::recover`] for recovering around it.
     pub fn start(region: R, expected_log_id: Option<u128>) -> Result<PmLog<R>, LogError> {
         let len = region.len();
         if len < LOG_AREA_OFFSET + layout::MIN_CAPACITY {
             return Err(LogError::RegionTooSmall(len));
         }
-        let mut g = [0u8; GLOBAL_LEN];
-        region.read(GLOBAL_OFFSET, &mut g);
-        let global = GlobalMetadata::decode(&g).map_err(|e| decode_err("global metadata", e))?;
-        if global.version != VERSION {
-            return Err(LogError::IdOrVersionMismatch(format!(
-                "layout version {} (this code reads {VERSION})",
-                global.version
-            )));
+        let global = read_twice(|| read_global(&region))?;
+        check_global(&global, len, expected_log_id)?;
+        let active = read_twice(|| read_cdb(&region))?;
+        let meta = read_twice(|| read_copy(&region, active, global.capacity))?;
+        Ok(PmLog::started(region, global, active, meta))
+    }
+
+    /// Recovers the log from `region` like [`PmLog::start`], but around
+    /// damaged metadata where that is possible:
+    ///
+    /// - a damaged CDB: the newer of the two copies that check out (the
+    ///   active copy is always the newest committed one, and the other is
+    ///   the previous commit or a newer one whose data was made durable
+    ///   before the CDB flip that did not happen, so the newer one loses
+    ///   nothing acknowledged);
+    /// - a damaged active copy: the other copy, an older commit (which may
+    ///   lose the appends of the last commit);
+    /// - damaged global metadata, or both copies damaged:
+    ///   [`Recovery::Unusable`].
+    ///
+    /// Errors are what is not damage: a region too small, another version,
+    /// another log's id. Reads only; writes nothing (the caller repairs,
+    /// see [`PmLog::mirror_metadata`]).
+    pub fn recover(region: R, expected_log_id: Option<u128>) -> Result<Recovery<R>, LogError> {
+        let len = region.len();
+        if len < LOG_AREA_OFFSET + layout::MIN_CAPACITY {
+            return Err(LogError::RegionTooSmall(len));
         }
-        if let Some(id) = expected_log_id {
-            if global.log_id != id {
-                return Err(LogError::IdOrVersionMismatch(format!(
-                    "log id {:#x}, expected {id:#x}",
-                    global.log_id
-                )));
-            }
-        }
-        if global.region_len != len
-            || global.log_area_offset != LOG_AREA_OFFSET
-            || global.capacity != len - LOG_AREA_OFFSET
-        {
-            return Err(LogError::InconsistentMetadata(format!(
-                "global metadata describes region {} / area {} / capacity {}, region is {len} bytes",
-                global.region_len, global.log_area_offset, global.capacity
-            )));
-        }
-        let mut cdb = [0u8; 8];
-        region.read(CDB_OFFSET, &mut cdb);
-        let active =
-            layout::decode_cdb(u64::from_le_bytes(cdb)).map_err(|e| decode_err("CDB", e))?;
-        let mut m = [0u8; META_LEN];
-        region.read(META_OFFSETS[active], &mut m);
-        let what = if active == 0 {
-            "log metadata copy 0"
-        } else {
-            "log metadata copy 1"
+        let unusable = |region, offset, reason: String| {
+            Ok(Recovery::Unusable {
+                region,
+                damage: MetadataDamage {
+                    offset,
+                    reason,
+                    may_have_lost_acknowledged: true,
+                },
+            })
         };
-        let meta = LogMetadata::decode(&m, global.capacity).map_err(|e| decode_err(what, e))?;
+        let global = match read_twice(|| read_global(&region)) {
+            Ok(g) => g,
+            Err(e) if e.is_damage() => return unusable(region, GLOBAL_OFFSET, e.to_string()),
+            Err(e) => return Err(e),
+        };
+        check_global(&global, len, expected_log_id)?;
+        let copy = |i: usize| read_twice(|| read_copy(&region, i, global.capacity));
+        let one_copy = |cdb: &LogError, other: &LogError, which: usize| {
+            Some(MetadataDamage {
+                offset: CDB_OFFSET,
+                reason: format!("{cdb}; and {other}; recovered from copy {which}"),
+                may_have_lost_acknowledged: true,
+            })
+        };
+        let (active, meta, damage) = match read_twice(|| read_cdb(&region)) {
+            Ok(c) => match copy(c) {
+                Ok(m) => (c, m, None),
+                Err(e) if e.is_damage() => match copy(1 - c) {
+                    Ok(m) => (
+                        1 - c,
+                        m,
+                        Some(MetadataDamage {
+                            offset: META_OFFSETS[c],
+                            reason: format!("{e}; recovered from the older copy {}", 1 - c),
+                            may_have_lost_acknowledged: true,
+                        }),
+                    ),
+                    Err(e2) if e2.is_damage() => {
+                        return unusable(region, META_OFFSETS[c], format!("{e}; and {e2}"))
+                    }
+                    Err(e2) => return Err(e2),
+                },
+                Err(e) => return Err(e),
+            },
+            Err(e) if e.is_damage() => match (copy(0), copy(1)) {
+                (Ok(a), Ok(b)) => {
+                    // The newer one: positions only grow.
+                    let newer =
+                        usize::from((b.head + b.length, b.head) > (a.head + a.length, a.head));
+                    let m = if newer == 0 { a } else { b };
+                    let why = format!(
+                        "{e}; both copies check out, recovered from the newer one, {newer}"
+                    );
+                    (
+                        newer,
+                        m,
+                        Some(MetadataDamage {
+                            offset: CDB_OFFSET,
+                            reason: why,
+                            may_have_lost_acknowledged: false,
+                        }),
+                    )
+                }
+                (Ok(m), Err(other)) => (0, m, one_copy(&e, &other, 0)),
+                (Err(other), Ok(m)) => (1, m, one_copy(&e, &other, 1)),
+                (Err(a), Err(b)) => {
+                    return unusable(region, CDB_OFFSET, format!("{e}; and {a}; and {b}"))
+                }
+            },
+            Err(e) => return Err(e),
+        };
+        Ok(Recovery::Started {
+            log: PmLog::started(region, global, active, meta),
+            damage,
+        })
+    }
+
+    fn started(region: R, global: GlobalMetadata, active: usize, meta: LogMetadata) -> PmLog<R> {
         let tail = meta.head + meta.length;
         tracing::debug!(head = meta.head, tail, active, "paxos-nvm log recovered");
         let log = PmLog {
@@ -212,7 +455,81 @@ impl<R: PmRegion> PmLog<R> {
             failed: None,
         };
         log.check_invariants();
-        Ok(log)
+        log
+    }
+
+    /// Writes the active metadata into the inactive copy too and stores
+    /// the CDB word again, each made durable. Run after recovery: from then
+    /// on a damaged active copy (or CDB) can be recovered from its twin,
+    /// and no copy left over from an earlier run (one written by a commit
+    /// whose CDB flip a crash prevented, describing bytes this run may
+    /// overwrite) can be fallen back on.
+    pub fn mirror_metadata(&mut self) -> Result<(), LogError> {
+        self.check_usable()?;
+        let meta = LogMetadata {
+            head: self.head,
+            length: self.committed_tail - self.head,
+        };
+        let (active, inactive) = (self.active, 1 - self.active);
+        let result = (|| {
+            self.region.write(META_OFFSETS[inactive], &meta.encode());
+            self.region.flush(META_OFFSETS[inactive], META_LEN as u64)?;
+            self.region.fence()?;
+            self.region
+                .write(CDB_OFFSET, &layout::encode_cdb(active).to_le_bytes());
+            self.region.flush(CDB_OFFSET, 8)?;
+            self.region.fence()
+        })();
+        result.map_err(|e| {
+            self.failed = Some(e.to_string());
+            e.into()
+        })
+    }
+
+    /// Durably cuts the committed log back to end at `pos`, dropping the
+    /// bytes after it (salvage: they are damaged). The only operation that
+    /// moves the tail backward; the appends after it reuse those positions.
+    /// Drops tentative appends.
+    pub fn discard_after(&mut self, pos: u64) -> Result<(), LogError> {
+        self.check_usable()?;
+        if pos < self.head {
+            return Err(LogError::ReadBeforeHead {
+                pos,
+                head: self.head,
+            });
+        }
+        if pos > self.committed_tail {
+            return Err(LogError::ReadPastTail {
+                end: pos,
+                tail: self.committed_tail,
+            });
+        }
+        self.tentative_tail = self.committed_tail;
+        if pos < self.committed_tail {
+            let new = LogMetadata {
+                head: self.head,
+                length: pos - self.head,
+            };
+            self.swap_metadata(new, 0, 0)?;
+            self.tentative_tail = pos;
+        }
+        ensures!(self.committed_tail == pos && self.tentative_tail == pos);
+        self.check_invariants();
+        Ok(())
+    }
+
+    /// The region's damage record.
+    pub fn damage_mark(&self) -> DamageMark {
+        read_damage_mark(&self.region)
+    }
+
+    /// Stores (or, with `None`, clears) the region's damage record durably.
+    pub fn set_damage_mark(&mut self, record: Option<&DamageRecord>) -> Result<(), LogError> {
+        self.check_usable()?;
+        write_damage_mark(&mut self.region, record).map_err(|e| {
+            self.failed = Some(e.to_string());
+            e.into()
+        })
     }
 
     /// The log's id, as stored in the global metadata.
@@ -446,9 +763,9 @@ impl<R: PmRegion> PmLog<R> {
         let (off, until_wrap) = self.physical(pos);
         let first = (buf.len() as u64).min(until_wrap) as usize;
         let (a, b) = buf.split_at_mut(first);
-        self.region.read(off, a);
+        read_region(&self.region, off, a)?;
         if !b.is_empty() {
-            self.region.read(LOG_AREA_OFFSET, b);
+            read_region(&self.region, LOG_AREA_OFFSET, b)?;
         }
         Ok(())
     }
@@ -595,7 +912,7 @@ mod tests {
         ));
         let mut v2 = region.clone();
         let mut g = GlobalMetadata::decode(v2.as_bytes()[..64].try_into().unwrap()).unwrap();
-        g.version = 2;
+        g.version = VERSION + 1;
         v2.write(0, &g.encode());
         assert!(matches!(
             PmLog::start(v2, None),
@@ -605,7 +922,7 @@ mod tests {
         longer.extend_from_slice(&[0u8; 64]);
         assert!(matches!(
             PmLog::start(VolatileRegion::from_bytes(longer), None),
-            Err(LogError::InconsistentMetadata(_))
+            Err(LogError::IdOrVersionMismatch(_))
         ));
         assert!(matches!(
             PmLog::start(VolatileRegion::new(100), None),
@@ -656,7 +973,7 @@ mod tests {
         fn len(&self) -> u64 {
             self.0.len()
         }
-        fn read(&self, o: u64, b: &mut [u8]) {
+        fn read(&self, o: u64, b: &mut [u8]) -> Result<(), RegionError> {
             self.0.read(o, b)
         }
         fn write(&mut self, o: u64, d: &[u8]) {

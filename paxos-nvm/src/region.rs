@@ -15,7 +15,10 @@
 //!   nothing left to do);
 //! - [`RegionKind::Volatile`]: anonymous memory. **Not durable**: it exists
 //!   for benchmarks and for the crash-state tests (which model durability
-//!   themselves, see [`crate::crash_model`]).
+//!   themselves, see [`crate::crash_model`]);
+//! - [`RegionKind::Simulated`]: [`crate::sim_region::SimRegion`], a
+//!   deterministic model of persistent memory with crashes and media faults
+//!   for the simulator and the fault tests.
 //!
 //! [`FileRegion::open`] detects which of the first two a file allows and
 //! logs the choice; [`PmRegion::kind`] exposes it.
@@ -38,6 +41,9 @@ pub enum RegionKind {
     MsyncFile,
     /// Anonymous memory: NOT durable. For benchmarks and tests only.
     Volatile,
+    /// A simulated persistent memory ([`crate::sim_region::SimRegion`]):
+    /// durable as its crash model says. For simulation and tests.
+    Simulated,
 }
 
 impl RegionKind {
@@ -56,11 +62,15 @@ impl std::fmt::Display for RegionKind {
             }
             RegionKind::MsyncFile => write!(f, "memory-mapped file (msync)"),
             RegionKind::Volatile => write!(f, "volatile memory (NOT durable)"),
+            RegionKind::Simulated => write!(f, "simulated persistent memory"),
         }
     }
 }
 
-/// Errors of the region layer: only flushing can fail (and opening).
+/// Errors of the region layer: flushing, opening, and reading a word the
+/// medium cannot return (simulated regions only: on real persistent memory
+/// a poisoned cache line raises a machine check, which Linux delivers as
+/// SIGBUS, and the process dies).
 #[derive(Debug, thiserror::Error)]
 #[error("{context}: {source}")]
 pub struct RegionError {
@@ -85,8 +95,10 @@ pub trait PmRegion: Send {
         self.len() == 0
     }
 
-    /// Copies `buf.len()` bytes at `offset` into `buf`.
-    fn read(&self, offset: u64, buf: &mut [u8]);
+    /// Copies `buf.len()` bytes at `offset` into `buf`. Fails only if the
+    /// medium cannot return some of them (an unreadable, poisoned word);
+    /// `buf` is then unspecified.
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), RegionError>;
 
     /// Stores `data` at `offset`. Not durable until a `flush` covering it is
     /// followed by a `fence`.
@@ -106,7 +118,7 @@ impl<R: PmRegion + ?Sized> PmRegion for Box<R> {
     fn len(&self) -> u64 {
         (**self).len()
     }
-    fn read(&self, offset: u64, buf: &mut [u8]) {
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), RegionError> {
         (**self).read(offset, buf)
     }
     fn write(&mut self, offset: u64, data: &[u8]) {
@@ -124,7 +136,7 @@ impl<R: PmRegion + ?Sized> PmRegion for Box<R> {
 }
 
 /// Converts a checked region range into slice indices.
-fn range(offset: u64, len: usize, region_len: usize) -> std::ops::Range<usize> {
+pub(crate) fn range(offset: u64, len: usize, region_len: usize) -> std::ops::Range<usize> {
     requires!(
         offset
             .checked_add(len as u64)
@@ -206,9 +218,10 @@ impl PmRegion for VolatileRegion {
     fn len(&self) -> u64 {
         self.bytes.len() as u64
     }
-    fn read(&self, offset: u64, buf: &mut [u8]) {
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), RegionError> {
         let r = range(offset, buf.len(), self.bytes.len());
         buf.copy_from_slice(&self.bytes[r]);
+        Ok(())
     }
     fn write(&mut self, offset: u64, data: &[u8]) {
         let r = range(offset, data.len(), self.bytes.len());
@@ -527,10 +540,11 @@ impl PmRegion for FileRegion {
         self.bytes().len() as u64
     }
 
-    fn read(&self, offset: u64, buf: &mut [u8]) {
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), RegionError> {
         let bytes = self.bytes();
         let r = range(offset, buf.len(), bytes.len());
         buf.copy_from_slice(&bytes[r]);
+        Ok(())
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
@@ -603,7 +617,7 @@ mod tests {
         let mut r = VolatileRegion::new(64);
         r.write(3, b"hello");
         let mut buf = [0u8; 5];
-        r.read(3, &mut buf);
+        r.read(3, &mut buf).unwrap();
         assert_eq!(&buf, b"hello");
         assert!(!r.kind().is_durable());
         assert!(r.flush(0, 64).is_ok() && r.fence().is_ok());

@@ -33,6 +33,43 @@
 //! be truncated); if that does not fit either, `append` returns
 //! [`StorageError::Full`] and changes nothing. Size the region at several
 //! times the live state (truncation after checkpoints keeps it bounded).
+//!
+//! # Sequence numbers
+//!
+//! Every record carries the sequence number of its append (a snapshot: of
+//! the last append it covers), so sequence numbers continue across
+//! restarts: after recovery `durable_seq()` is the last recovered append,
+//! as with paxos-log's file log. Recovery checks that they follow on.
+//!
+//! # Recovery and damage
+//!
+//! Recovery reads the metadata ([`PmLog::recover`], which recovers around a
+//! damaged CDB or active metadata copy from the twin copy), then replays the
+//! records from the head; a record that fails its CRC (which covers its
+//! position and sequence number), does not decode, breaks the sequence, or
+//! cannot be read is damage (after one more read: a transient fault passes).
+//! A crash is never damage here: committed bytes were fenced before their
+//! commit. With [`CorruptionPolicy::Refuse`] damage fails `open` with
+//! [`StorageError::Corrupt`]; with [`CorruptionPolicy::Salvage`] recovery
+//!
+//! 1. sets the damaged bytes aside: [`NvmStorage::open`] copies the region
+//!    file to `<file>.damaged` (`<file>.<k>.damaged` if that exists);
+//!    [`NvmStorage::open_region`] has no file, so the region itself is the
+//!    only copy until the damaged bytes are overwritten;
+//! 2. records the damage in the region's damage record (see
+//!    [`crate::layout`]), durably, merged with any damage recorded earlier
+//!    and not cleared: every later open reports it again until
+//!    [`ReplicaStorage::clear_damage`], so a crash before the replica
+//!    repaired itself cannot make it forget that it may have lost promises
+//!    and votes;
+//! 3. cuts the log back to the end of the last good record
+//!    ([`PmLog::discard_after`]), or, if the global metadata or both
+//!    metadata copies are damaged, formats the region anew (keeping the
+//!    damage record);
+//! 4. mirrors the metadata into both copies (as every open does).
+//!
+//! and reports what it found as [`Damage`]s
+//! ([`ReplicaStorage::recovery_damage`]).
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -42,10 +79,13 @@ use std::sync::Mutex;
 use bytes::Bytes;
 use paxos_contracts::{ensures, invariant};
 use paxos_core::{Accepted, DurableState, PersistEntry, Slot};
-use paxos_log::{ReplicaStorage, StorageError};
+use paxos_log::{CorruptionPolicy, Damage, ReplicaStorage, StorageError};
 
 use crate::codec::{self, Payload};
-use crate::log::{LogError, PmLog};
+use crate::layout::{DamageRecord, DAMAGE_OFFSET};
+use crate::log::{
+    read_damage_mark, write_damage_mark, DamageMark, LogError, MetadataDamage, PmLog, Recovery,
+};
 use crate::record::{self, RecordError};
 use crate::region::{FileBackend, FileRegion, PmRegion, RegionKind, VolatileRegion};
 
@@ -82,6 +122,10 @@ pub struct NvmOptions {
     /// default) commits every append before it returns. Capped at
     /// [`MAX_GROUP_APPENDS`].
     pub max_group_appends: usize,
+    /// What recovery does with damage: refuse to open (the default), or
+    /// salvage the longest valid prefix and report the loss (see the module
+    /// documentation).
+    pub on_corruption: CorruptionPolicy,
 }
 
 impl NvmOptions {
@@ -119,6 +163,7 @@ impl Default for NvmOptions {
             log_id: None,
             max_append_bytes: 4 << 20,
             max_group_appends: 1,
+            on_corruption: CorruptionPolicy::Refuse,
         }
     }
 }
@@ -162,6 +207,8 @@ struct Inner {
     compactions: u64,
     failed: Option<String>,
     warned_big_state: bool,
+    /// Damage reported at open and not cleared yet.
+    damage: Vec<Damage>,
 }
 
 /// Upper bound on a snapshot's size beyond the live log it replaces: the
@@ -215,6 +262,192 @@ fn io_err(context: String) -> impl FnOnce(std::io::Error) -> StorageError {
     move |source| StorageError::Io { context, source }
 }
 
+fn refused(name: &str, offset: u64, reason: &str) -> StorageError {
+    StorageError::Corrupt {
+        file: name.to_string(),
+        offset,
+        reason: format!(
+            "{reason} (the replica refuses to start from this region; with \
+             NvmOptions::on_corruption = CorruptionPolicy::Salvage it keeps what is intact, \
+             reports the damage, and the replica must repair the rest from its peers)"
+        ),
+    }
+}
+
+/// The damage an earlier salvage recorded and nobody cleared, if any.
+fn pending_damage(name: &str, mark: &DamageMark) -> Option<Damage> {
+    match mark {
+        DamageMark::None => None,
+        DamageMark::Recorded(r) => Some(Damage {
+            location: name.to_string(),
+            offset: r.position,
+            reason: "damage salvaged by an earlier recovery and not cleared yet".into(),
+            last_kept_seq: Some(r.last_kept_seq),
+            may_have_lost_acknowledged: r.may_have_lost_acknowledged,
+            set_aside: Vec::new(),
+        }),
+        DamageMark::Unknown(why) => Some(Damage {
+            location: name.to_string(),
+            offset: DAMAGE_OFFSET,
+            reason: format!(
+                "the damage record is itself damaged ({why}); earlier damage is pending"
+            ),
+            last_kept_seq: None,
+            may_have_lost_acknowledged: true,
+            set_aside: Vec::new(),
+        }),
+    }
+}
+
+/// The damage record covering what `mark` recorded and `found` adds.
+fn merged_record(mark: &DamageMark, found: &[Damage]) -> DamageRecord {
+    let (earlier_kept, earlier_lost) = match mark {
+        DamageMark::None => (None, false),
+        DamageMark::Recorded(r) => (Some(r.last_kept_seq), r.may_have_lost_acknowledged),
+        DamageMark::Unknown(_) => (None, true),
+    };
+    DamageRecord {
+        last_kept_seq: found
+            .iter()
+            .filter_map(|d| d.last_kept_seq)
+            .chain(earlier_kept)
+            .min()
+            .unwrap_or(0),
+        position: found.first().map_or(0, |d| d.offset),
+        may_have_lost_acknowledged: earlier_lost
+            || found.iter().any(|d| d.may_have_lost_acknowledged),
+    }
+}
+
+/// Copies `region` to `<path>.damaged` (or `<path>.<k>.damaged`), durably,
+/// before salvage changes it. Unreadable words are copied as zeros.
+fn copy_aside(region: &dyn PmRegion, path: &Path) -> Result<String, StorageError> {
+    let base = path.as_os_str().to_string_lossy().into_owned();
+    let aside = std::iter::once(format!("{base}.damaged"))
+        .chain((1u64..).map(|k| format!("{base}.{k}.damaged")))
+        .map(PathBuf::from)
+        .find(|p| !p.exists())
+        .unwrap_or_else(|| PathBuf::from(format!("{base}.damaged")));
+    let name = aside.display().to_string();
+    let mut out = File::create(&aside).map_err(io_err(format!("creating {name}")))?;
+    let len = region.len();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = 0u64;
+    while off < len {
+        let n = (len - off).min(buf.len() as u64) as usize;
+        let chunk = &mut buf[..n];
+        if region.read(off, chunk).is_err() {
+            for (i, word) in chunk.chunks_mut(8).enumerate() {
+                if region.read(off + 8 * i as u64, word).is_err() {
+                    word.fill(0);
+                }
+            }
+        }
+        std::io::Write::write_all(&mut out, chunk).map_err(io_err(format!("writing {name}")))?;
+        off += n as u64;
+    }
+    out.sync_all().map_err(io_err(format!("fsync {name}")))?;
+    if let Some(dir) = aside.parent().filter(|d| !d.as_os_str().is_empty()) {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(format!("fsync directory {}", dir.display())))?;
+    }
+    Ok(name)
+}
+
+/// Copies a region aside before salvage changes it; returns where (`None`:
+/// nowhere, the region has no file).
+type SetAside<'a> = dyn FnMut(&dyn PmRegion) -> Result<Option<String>, StorageError> + 'a;
+
+/// What replaying the records found.
+#[derive(Debug)]
+struct Replay {
+    state: DurableState,
+    /// Sequence number of the last good record (0 if none).
+    last_seq: u64,
+    /// Log position after the last good record.
+    end: u64,
+    snapshot_bytes: u64,
+    since_snapshot: u64,
+    /// The first bad record: its position and what was wrong.
+    damage: Option<(u64, String)>,
+}
+
+impl Replay {
+    /// Nothing to replay: an empty log whose head is at `head`.
+    fn empty(head: u64) -> Replay {
+        Replay {
+            state: DurableState::default(),
+            last_seq: 0,
+            end: head,
+            snapshot_bytes: 0,
+            since_snapshot: 0,
+            damage: None,
+        }
+    }
+}
+
+/// Replays the committed records from the head, stopping at the first one
+/// that fails a check.
+fn replay(log: &PmLog<Box<dyn PmRegion>>, name: &str) -> Result<Replay, StorageError> {
+    let mut out = Replay::empty(log.head_tail_capacity().head);
+    let mut cured = 0;
+    let mut prev: Option<u64> = None;
+    for rec in record::read_records(log, &mut cured) {
+        let r = match rec {
+            Ok(r) => r,
+            Err(RecordError::Corrupt { pos, reason }) => {
+                out.damage = Some((pos, reason));
+                break;
+            }
+            Err(e) => return Err(record_err(name, e)),
+        };
+        let framed = record::framed_len(r.payload.len());
+        let payload = match codec::decode(Bytes::from(r.payload)) {
+            Ok(p) => p,
+            Err(e) => {
+                let why = format!("record passed its CRC but does not decode: {e}");
+                out.damage = Some((r.pos, why));
+                break;
+            }
+        };
+        // A batch follows on; a snapshot covers what came before it, or
+        // that and the one append it was folded with.
+        let follows = match (&payload, prev) {
+            (_, None) => true,
+            (Payload::Batch(_), Some(p)) => Some(r.seq) == p.checked_add(1),
+            (Payload::Snapshot(_), Some(p)) => r.seq == p || Some(r.seq) == p.checked_add(1),
+        };
+        if !follows {
+            let why = format!("record has sequence {} after {prev:?}", r.seq);
+            out.damage = Some((r.pos, why));
+            break;
+        }
+        match payload {
+            Payload::Batch(entries) => {
+                entries.iter().for_each(|e| out.state.apply(e));
+                out.since_snapshot += framed;
+            }
+            Payload::Snapshot(s) => {
+                out.state = s;
+                out.snapshot_bytes = framed;
+                out.since_snapshot = 0;
+            }
+        }
+        prev = Some(r.seq);
+        out.last_seq = r.seq;
+        out.end = r.pos + framed;
+    }
+    if cured > 0 {
+        tracing::warn!(
+            region = name,
+            cured,
+            "records failed their checks once and passed when read again"
+        );
+    }
+    Ok(out)
+}
+
 fn fresh_log_id() -> u128 {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -238,11 +471,14 @@ impl NvmStorage {
     /// recovered state.
     ///
     /// Creation is atomic: the region is formatted in `<path>.creating`,
-    /// synced and renamed into place. Opening fails with
-    /// [`StorageError::Corrupt`] if the region's metadata or any committed
-    /// record fails its checks (it never serves corrupt data), and with
-    /// [`StorageError::Io`] if the file cannot be mapped or is in use by
-    /// another process.
+    /// synced and renamed into place. Damage (metadata or a committed
+    /// record that fails its checks) fails opening with
+    /// [`StorageError::Corrupt`] under [`CorruptionPolicy::Refuse`], or is
+    /// salvaged and reported under [`CorruptionPolicy::Salvage`] (the file
+    /// is first copied to `<path>.damaged`); corrupt data is never served.
+    /// A region of another layout version, log id or size is always
+    /// refused. Opening fails with [`StorageError::Io`] if the file cannot
+    /// be mapped or is in use by another process.
     pub fn open(
         path: &Path,
         options: NvmOptions,
@@ -285,7 +521,8 @@ impl NvmStorage {
             context: e.context,
             source: e.source,
         })?;
-        Self::open_region(Box::new(region), &options, name)
+        let mut set_aside = |region: &dyn PmRegion| copy_aside(region, path).map(Some);
+        Self::recover(Box::new(region), &options, name, &mut set_aside)
     }
 
     fn create_file(
@@ -313,6 +550,11 @@ impl NvmStorage {
             context: e.context,
             source: e.source,
         })?;
+        let mut region = region;
+        write_damage_mark(&mut region, None).map_err(|e| StorageError::Io {
+            context: e.context,
+            source: e.source,
+        })?;
         let log = PmLog::setup(region, options.log_id.unwrap_or_else(fresh_log_id))
             .map_err(|e| storage_err(&tmp_name, e))?;
         drop(log);
@@ -330,24 +572,44 @@ impl NvmStorage {
     }
 
     /// Formats `region` as an empty log and returns storage over it (for
-    /// volatile benchmarks and for crash tests over recorded regions).
+    /// volatile benchmarks, crash tests over recorded regions, and the
+    /// simulator's first start). For a deterministic run pass
+    /// `options.log_id`: without one a fresh id is derived from the clock.
     pub fn format_region(
-        region: Box<dyn PmRegion>,
+        mut region: Box<dyn PmRegion>,
         options: &NvmOptions,
         name: String,
     ) -> Result<(NvmStorage, DurableState), StorageError> {
+        write_damage_mark(&mut region, None).map_err(|e| StorageError::Io {
+            context: e.context,
+            source: e.source,
+        })?;
         let log = PmLog::setup(region, options.log_id.unwrap_or_else(fresh_log_id))
             .map_err(|e| storage_err(&name, e))?;
-        Self::from_log(log, options, name)
+        Self::build(log, options, name, Replay::empty(0), Vec::new())
     }
 
-    /// Recovers storage from a region formatted earlier.
+    /// Recovers storage from a region formatted earlier (the simulator
+    /// reopens a [`crate::sim_region::SimRegion`] this way after a crash).
+    /// Damage is refused or salvaged as `options.on_corruption` says; there
+    /// is no file to copy aside, so salvage leaves the damaged bytes in the
+    /// region until they are overwritten.
     pub fn open_region(
         region: Box<dyn PmRegion>,
         options: &NvmOptions,
         name: String,
     ) -> Result<(NvmStorage, DurableState), StorageError> {
-        let log = PmLog::start(region, options.log_id).map_err(|e| match e {
+        Self::recover(region, options, name, &mut |_| Ok(None))
+    }
+
+    fn recover(
+        region: Box<dyn PmRegion>,
+        options: &NvmOptions,
+        name: String,
+        set_aside: &mut SetAside<'_>,
+    ) -> Result<(NvmStorage, DurableState), StorageError> {
+        let refuse = options.on_corruption == CorruptionPolicy::Refuse;
+        let recovery = PmLog::recover(region, options.log_id).map_err(|e| match e {
             // An existing region too small to be a log is not ours.
             LogError::RegionTooSmall(_) => StorageError::Corrupt {
                 file: name.clone(),
@@ -356,66 +618,132 @@ impl NvmStorage {
             },
             other => storage_err(&name, other),
         })?;
-        Self::from_log(log, options, name)
+        let (mut log, metadata_damage) = match recovery {
+            Recovery::Started { log, damage } => (log, damage),
+            Recovery::Unusable { region, damage } => {
+                if refuse {
+                    return Err(refused(&name, damage.offset, &damage.reason));
+                }
+                return Self::reformat(region, options, name, damage, set_aside);
+            }
+        };
+        let mark = log.damage_mark();
+        let replay = replay(&log, &name)?;
+        let mut found = Vec::new();
+        if let Some(d) = metadata_damage {
+            found.push(Damage {
+                location: name.clone(),
+                offset: d.offset,
+                reason: d.reason,
+                last_kept_seq: Some(replay.last_seq),
+                may_have_lost_acknowledged: d.may_have_lost_acknowledged,
+                set_aside: Vec::new(),
+            });
+        }
+        if let Some((pos, reason)) = &replay.damage {
+            found.push(Damage {
+                location: name.clone(),
+                offset: *pos,
+                reason: format!("log position {pos}: {reason}"),
+                last_kept_seq: Some(replay.last_seq),
+                may_have_lost_acknowledged: true,
+                set_aside: Vec::new(),
+            });
+        }
+        if let Some(first) = found.first_mut() {
+            if refuse {
+                return Err(refused(&name, first.offset, &first.reason));
+            }
+            first.set_aside.extend(set_aside(&**log.region())?);
+            let record = merged_record(&mark, &found);
+            log.set_damage_mark(Some(&record))
+                .map_err(|e| storage_err(&name, e))?;
+            if replay.damage.is_some() {
+                log.discard_after(replay.end)
+                    .map_err(|e| storage_err(&name, e))?;
+            }
+            for d in &found {
+                tracing::error!(damage = %d, "salvaged the NVM log around damage");
+            }
+        }
+        log.mirror_metadata().map_err(|e| storage_err(&name, e))?;
+        let damage = pending_damage(&name, &mark)
+            .into_iter()
+            .chain(found)
+            .collect();
+        Self::build(log, options, name, replay, damage)
     }
 
-    fn from_log(
+    /// Salvage of a region whose metadata locates nothing: set it aside,
+    /// record the damage, format it anew.
+    fn reformat(
+        mut region: Box<dyn PmRegion>,
+        options: &NvmOptions,
+        name: String,
+        damage: MetadataDamage,
+        set_aside: &mut SetAside<'_>,
+    ) -> Result<(NvmStorage, DurableState), StorageError> {
+        let aside = set_aside(&*region)?;
+        let mark = read_damage_mark(&*region);
+        let found = Damage {
+            location: name.clone(),
+            offset: damage.offset,
+            reason: format!("{}; the region was formatted anew", damage.reason),
+            last_kept_seq: Some(0),
+            may_have_lost_acknowledged: true,
+            set_aside: aside.into_iter().collect(),
+        };
+        tracing::error!(damage = %found, "salvaged the NVM log: nothing could be located");
+        // The record goes first: formatting does not touch it, so a crash
+        // while formatting still reports the damage.
+        let record = merged_record(&mark, std::slice::from_ref(&found));
+        write_damage_mark(&mut *region, Some(&record)).map_err(|e| StorageError::Io {
+            context: e.context,
+            source: e.source,
+        })?;
+        let log = PmLog::setup(region, options.log_id.unwrap_or_else(fresh_log_id))
+            .map_err(|e| storage_err(&name, e))?;
+        let damage = pending_damage(&name, &mark)
+            .into_iter()
+            .chain(std::iter::once(found))
+            .collect();
+        Self::build(log, options, name, Replay::empty(0), damage)
+    }
+
+    fn build(
         log: PmLog<Box<dyn PmRegion>>,
         options: &NvmOptions,
         name: String,
+        replay: Replay,
+        damage: Vec<Damage>,
     ) -> Result<(NvmStorage, DurableState), StorageError> {
         let kind = log.region().kind();
-        let mut state = DurableState::default();
-        let mut snapshot_bytes = 0;
-        let mut since_snapshot = 0;
-        for rec in record::read_records(&log) {
-            let (pos, payload) = rec.map_err(|e| record_err(&name, e))?;
-            let framed = record::framed_len(payload.len());
-            match codec::decode(Bytes::from(payload)) {
-                Ok(Payload::Batch(entries)) => {
-                    entries.iter().for_each(|e| state.apply(e));
-                    since_snapshot += framed;
-                }
-                Ok(Payload::Snapshot(s)) => {
-                    state = s;
-                    snapshot_bytes = framed;
-                    since_snapshot = 0;
-                }
-                Err(e) => {
-                    return Err(StorageError::Corrupt {
-                        file: name,
-                        offset: pos,
-                        reason: format!(
-                            "record at log position {pos} passed its CRC but does not decode: {e}"
-                        ),
-                    })
-                }
-            }
-        }
+        let state = replay.state;
         let htc = log.head_tail_capacity();
         let max_append_bytes = options.max_append_bytes.min((htc.capacity / 4) as usize);
         tracing::info!(
             region = %name, backend = %kind, head = htc.head, tail = htc.tail,
-            capacity = htc.capacity, accepted = state.accepted.len(),
+            capacity = htc.capacity, accepted = state.accepted.len(), seq = replay.last_seq,
             "paxos-nvm storage opened"
         );
         let storage = NvmStorage {
             inner: Mutex::new(Inner {
                 log,
                 state: state.clone(),
-                last_seq: 0,
-                committed_seq: 0,
+                last_seq: replay.last_seq,
+                committed_seq: replay.last_seq,
                 max_group_appends: options.max_group_appends.clamp(1, MAX_GROUP_APPENDS),
-                snapshot_bytes,
-                since_snapshot,
+                snapshot_bytes: replay.snapshot_bytes,
+                since_snapshot: replay.since_snapshot,
                 max_append_bytes,
                 encode_buf: Vec::with_capacity(4096),
                 commits: 0,
                 compactions: 0,
                 failed: None,
                 warned_big_state: false,
+                damage,
             }),
-            durable: AtomicU64::new(0),
+            durable: AtomicU64::new(replay.last_seq),
             kind,
             name,
         };
@@ -465,6 +793,22 @@ impl NvmStorage {
         Ok(inner.committed_seq)
     }
 
+    /// Durably forgets the damage recovery reported (see
+    /// [`ReplicaStorage::clear_damage`]): clears the region's damage record.
+    /// Call it once the replica has repaired what was lost.
+    pub fn clear_damage(&self) -> Result<(), StorageError> {
+        let mut inner = self.lock();
+        if let Some(reason) = &inner.failed {
+            return Err(StorageError::Closed(format!("{}: {reason}", self.name)));
+        }
+        inner
+            .log
+            .set_damage_mark(None)
+            .map_err(|e| inner.fail(&self.name, e))?;
+        inner.damage.clear();
+        Ok(())
+    }
+
     /// Consumes the storage and returns its region (tests reopen it).
     pub fn into_region(self) -> Box<dyn PmRegion> {
         let inner = self.inner.into_inner().unwrap_or_else(|p| p.into_inner());
@@ -497,13 +841,19 @@ impl Inner {
     /// Writes a snapshot of `state` and moves the head to it: one commit
     /// makes the snapshot durable (recovery replays the old records, then
     /// the snapshot replaces their state), a second drops the old records.
-    fn write_snapshot(&mut self, state: &DurableState, name: &str) -> Result<(), StorageError> {
+    /// `seq`: the sequence number of the last append `state` covers.
+    fn write_snapshot(
+        &mut self,
+        state: &DurableState,
+        seq: u64,
+        name: &str,
+    ) -> Result<(), StorageError> {
         let mut buf = std::mem::take(&mut self.encode_buf);
         buf.clear();
         codec::encode_snapshot(state, &mut buf);
         let framed = record::framed_len(buf.len());
         let result = (|| {
-            let pos = record::append_record(&mut self.log, &buf)?;
+            let pos = record::append_record(&mut self.log, seq, &buf)?;
             self.log.commit()?;
             self.log.advance_head(pos)
         })();
@@ -528,7 +878,7 @@ impl Inner {
     /// Compacts the current state.
     fn compact(&mut self, name: &str) -> Result<(), StorageError> {
         let state = std::mem::take(&mut self.state);
-        let result = self.write_snapshot(&state, name);
+        let result = self.write_snapshot(&state, self.last_seq, name);
         self.state = state;
         result
     }
@@ -592,7 +942,7 @@ impl Inner {
                 self.max_append_bytes
             )));
         }
-        let result = self.append_encoded(&buf, name);
+        let result = self.append_encoded(&buf, self.last_seq + 1, name);
         self.encode_buf = buf;
         match result {
             Ok(()) => entries.iter().for_each(|e| self.state.apply(e)),
@@ -603,10 +953,11 @@ impl Inner {
                 // so a full log can always be truncated.
                 let mut next = self.state.clone();
                 entries.iter().for_each(|e| next.apply(e));
-                self.write_snapshot(&next, name).map_err(|e| match e {
-                    StorageError::Full(_) => StorageError::Full(reason),
-                    other => other,
-                })?;
+                self.write_snapshot(&next, self.last_seq + 1, name)
+                    .map_err(|e| match e {
+                        StorageError::Full(_) => StorageError::Full(reason),
+                        other => other,
+                    })?;
                 self.state = next;
             }
             Err(e) => return Err(e),
@@ -637,10 +988,10 @@ impl Inner {
         Ok(())
     }
 
-    fn append_encoded(&mut self, payload: &[u8], name: &str) -> Result<(), StorageError> {
+    fn append_encoded(&mut self, payload: &[u8], seq: u64, name: &str) -> Result<(), StorageError> {
         let needed = record::framed_len(payload.len());
         self.make_room(needed, name)?;
-        record::append_record(&mut self.log, payload).map_err(|e| self.fail(name, e))?;
+        record::append_record(&mut self.log, seq, payload).map_err(|e| self.fail(name, e))?;
         self.since_snapshot += needed;
         Ok(())
     }
@@ -697,6 +1048,14 @@ impl ReplicaStorage for NvmStorage {
             .collect();
         ensures!(out.len() <= max && out.windows(2).all(|w| w[0].slot < w[1].slot));
         Ok(out)
+    }
+
+    fn recovery_damage(&self) -> Vec<Damage> {
+        self.lock().damage.clone()
+    }
+
+    fn clear_damage(&self) -> Result<(), StorageError> {
+        NvmStorage::clear_damage(self)
     }
 }
 
@@ -962,10 +1321,10 @@ mod tests {
         s.append(&[accept(2, b"second")]).unwrap();
         let mut bytes = vec![0u8; 4096];
         let region = s.into_region();
-        region.read(0, &mut bytes);
+        region.read(0, &mut bytes).unwrap();
         // Flip a payload byte of the second record.
         let first_len = u32::from_le_bytes(bytes[256..260].try_into().unwrap()) as usize;
-        let pos = 256 + 8 + first_len + 8 + 3;
+        let pos = 256 + 16 + first_len + 16 + 3;
         bytes[pos] ^= 0x40;
         let r = NvmStorage::open_region(
             Box::new(VolatileRegion::from_bytes(bytes)),
@@ -973,7 +1332,9 @@ mod tests {
             "t".into(),
         );
         match r {
-            Err(StorageError::Corrupt { offset, .. }) => assert_eq!(offset, (8 + first_len) as u64),
+            Err(StorageError::Corrupt { offset, .. }) => {
+                assert_eq!(offset, (16 + first_len) as u64)
+            }
             other => panic!("expected corruption, got {:?}", other.err()),
         }
     }
@@ -1011,8 +1372,9 @@ mod tests {
         // Dropping with a pending append loses it, like a crash.
         let (s2, recovered) = NvmStorage::open_region(s.into_region(), &opts, "g".into()).unwrap();
         assert_eq!(recovered, durable_state);
-        s2.append(&[accept(7, b"kept")]).unwrap();
-        assert_eq!(s2.commit_pending().unwrap(), 1);
+        assert_eq!(s2.durable_seq(), 6, "sequence numbers continue");
+        assert_eq!(s2.append(&[accept(7, b"kept")]).unwrap(), 7);
+        assert_eq!(s2.commit_pending().unwrap(), 7);
         let (_, again) = NvmStorage::open_region(s2.into_region(), &opts, "g".into()).unwrap();
         assert_eq!(again.accepted.len(), 7);
     }

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use paxos_core::{Accepted, Ballot, Membership, PersistEntry, ReplicaId, Value};
 use paxos_log::{ReplicaStorage, StorageError};
 use paxos_nvm::crash_model::{PmEvent, PmState, RecordingRegion};
-use paxos_nvm::layout::{CDB_OFFSET, LOG_AREA_OFFSET, META_OFFSETS};
+use paxos_nvm::layout::{CDB_OFFSET, DAMAGE_LEN, DAMAGE_OFFSET, LOG_AREA_OFFSET, META_OFFSETS};
 use paxos_nvm::{LogError, NvmOptions, NvmStorage, PmLog, PmRegion, VolatileRegion};
 use proptest::prelude::*;
 
@@ -393,6 +393,12 @@ fn explore_storage(
                 "crash image".into(),
             )
             .map_err(|e| format!("crash point {k}: recovery failed: {e}"))?;
+            if !recovered.recovery_damage().is_empty() {
+                return Err(format!(
+                    "crash point {k}: a crash image was reported as damage: {:?}",
+                    recovered.recovery_damage()
+                ));
+            }
             if !states[lo..=hi].contains(&got) {
                 let which = states.iter().position(|st| *st == got);
                 return Err(format!(
@@ -486,22 +492,26 @@ proptest! {
         let stats = storage.stats();
         let region = storage.into_region();
         let mut image = vec![0u8; region.len() as usize];
-        region.read(0, &mut image);
+        region.read(0, &mut image).unwrap();
         let cdb = u64::from_le_bytes(image[CDB_OFFSET as usize..][..8].try_into().unwrap());
         let active = usize::from(cdb != paxos_nvm::layout::CDB_FALSE);
         let offset = at.index(image.len());
-        let checked = offset < 72
+        let checked = offset < CDB_OFFSET as usize + 8
             || (META_OFFSETS[active] as usize..META_OFFSETS[active] as usize + 32).contains(&offset)
             || (stats.head..stats.tail)
                 .any(|p| (LOG_AREA_OFFSET + p % stats.capacity) as usize == offset);
+        let damage_record = (DAMAGE_OFFSET as usize..DAMAGE_OFFSET as usize + DAMAGE_LEN).contains(&offset);
         image[offset] ^= mask;
         let result = NvmStorage::open_region(
             Box::new(VolatileRegion::from_bytes(image)), &storage_opts(), "t".into());
         match result {
             Err(StorageError::Corrupt { .. }) => prop_assert!(checked, "byte {} is never read", offset),
-            Ok((_, state)) => {
+            Ok((storage, state)) => {
                 prop_assert!(!checked, "flip at checked byte {} went unnoticed", offset);
                 prop_assert_eq!(state, expected);
+                // A flip in the (empty) damage record reads as damage
+                // pending: never silence.
+                prop_assert_eq!(storage.recovery_damage().is_empty(), !damage_record);
             }
             Err(e) => prop_assert!(false, "unexpected error {}", e),
         }

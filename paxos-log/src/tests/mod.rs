@@ -1,5 +1,10 @@
 //! Tests of the file log: recovery, group commit, backpressure, truncation,
 //! torn tails, corruption, and crash-at-every-point fault injection.
+//! [`inline`] tests the thread-free writer mode, [`faults`] the fault
+//! injection, salvage and the randomized crash-and-fault model check.
+
+mod faults;
+mod inline;
 
 use crate::codec::tests::arb_entry;
 use crate::fs::{OsFs, SharedFs};
@@ -11,11 +16,11 @@ use proptest::prelude::*;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-fn ballot(r: u64) -> Ballot {
+pub(crate) fn ballot(r: u64) -> Ballot {
     Ballot::new(r, ReplicaId(1))
 }
 
-fn accept(slot: u64, round: u64, len: usize) -> PersistEntry {
+pub(crate) fn accept(slot: u64, round: u64, len: usize) -> PersistEntry {
     let body: Vec<u8> = (0..len).map(|i| (i as u8) ^ (slot as u8) | 1).collect();
     PersistEntry::Accept(Accepted {
         slot,
@@ -24,7 +29,9 @@ fn accept(slot: u64, round: u64, len: usize) -> PersistEntry {
     })
 }
 
-fn apply_all<'a>(batches: impl IntoIterator<Item = &'a Vec<PersistEntry>>) -> DurableState {
+pub(crate) fn apply_all<'a>(
+    batches: impl IntoIterator<Item = &'a Vec<PersistEntry>>,
+) -> DurableState {
     let mut s = DurableState::default();
     for b in batches {
         for e in b {
@@ -34,21 +41,28 @@ fn apply_all<'a>(batches: impl IntoIterator<Item = &'a Vec<PersistEntry>>) -> Du
     s
 }
 
-fn small_segments() -> LogOptions {
+pub(crate) fn salvage() -> LogOptions {
+    LogOptions {
+        on_corruption: crate::CorruptionPolicy::Salvage,
+        ..LogOptions::default()
+    }
+}
+
+pub(crate) fn small_segments() -> LogOptions {
     LogOptions {
         segment_bytes: 4096,
         ..LogOptions::default()
     }
 }
 
-fn segment_paths(fs: &SimFs, dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn segment_paths(fs: &SimFs, dir: &Path) -> Vec<PathBuf> {
     fs.paths()
         .into_iter()
         .filter(|p| p.parent() == Some(dir) && p.extension().is_some_and(|e| e == "log"))
         .collect()
 }
 
-fn sim() -> (SimFs, SharedFs, PathBuf) {
+pub(crate) fn sim() -> (SimFs, SharedFs, PathBuf) {
     let fs = SimFs::new();
     let shared: SharedFs = Arc::new(fs.clone());
     (fs, shared, PathBuf::from("/log"))
@@ -400,6 +414,10 @@ fn a_torn_tail_is_cut_off_and_the_log_continues() {
     let (log, state) = FileLog::open_with(shared.clone(), &dir, LogOptions::default()).unwrap();
     assert_eq!(state, apply_all(&batches));
     assert_eq!(log.recovery_report().torn_bytes_cut, frame.len() as u64 - 7);
+    assert!(
+        log.recovery_damage().is_empty(),
+        "a torn tail is not damage"
+    );
     assert_eq!(fs.file_len(&seg), Some(good_len));
     let seq = log.append(&[accept(6, 1, 50)]).unwrap();
     assert_eq!(seq, 6);
@@ -449,22 +467,56 @@ fn a_bad_checksum_mid_log_is_an_error_naming_file_and_offset() {
         }) => {
             assert_eq!(file, seg.display().to_string());
             assert_eq!(offset, third);
-            assert!(reason.contains("discard_corrupt_suffix"), "{reason}");
+            assert!(reason.contains("on_corruption"), "{reason}");
         }
         other => panic!("expected corruption, got {other:?}"),
     }
-    // Explicit "rebuild from a peer": keep the good prefix only.
-    let opts = LogOptions {
-        discard_corrupt_suffix: true,
-        ..LogOptions::default()
-    };
-    let (log, state) = FileLog::open_with(shared.clone(), &dir, opts).unwrap();
+    assert!(
+        fs.paths()
+            .iter()
+            .all(|p| !p.to_string_lossy().contains("damage")),
+        "refusing changes nothing"
+    );
+    // Salvage ("rebuild from a peer"): keep the good prefix only.
+    let (log, state) = FileLog::open_with(shared.clone(), &dir, salvage()).unwrap();
     assert_eq!(state, apply_all(&batches[..2]));
-    assert!(log.recovery_report().discarded_corruption.is_some());
+    let damage = log.recovery_damage();
+    assert_eq!(damage.len(), 1, "{damage:?}");
+    let d = &damage[0];
+    assert_eq!(d.location, seg.display().to_string());
+    assert_eq!(d.offset, third);
+    assert_eq!(d.last_kept_seq, Some(2));
+    assert!(d.may_have_lost_acknowledged);
+    assert!(d.reason.contains("checksum"), "{}", d.reason);
+    assert_eq!(d.set_aside, vec![format!("{}.damaged", seg.display())]);
+    assert_eq!(log.recovery_report().damage, damage);
+    // The damaged file is kept whole for inspection, the live one is cut.
+    let aside = PathBuf::from(&d.set_aside[0]);
+    assert_eq!(
+        fs.file_len(&aside),
+        Some(crate::codec::SEGMENT_HEADER_LEN as u64 + state_len + 6 * frame_len)
+    );
+    assert_eq!(
+        fs.file_len(&seg),
+        Some(crate::codec::SEGMENT_HEADER_LEN as u64 + state_len + 2 * frame_len)
+    );
     assert_eq!(log.append(&[PersistEntry::Commit(1)]).unwrap(), 3);
     log.close().unwrap();
-    let (_log, state) = FileLog::open_with(shared, &dir, LogOptions::default()).unwrap();
+    // The damage stays reported, across restarts and under either policy,
+    // until the node clears it.
+    let (log, state) = FileLog::open_with(shared.clone(), &dir, LogOptions::default()).unwrap();
     assert_eq!(state.commit_index, 1);
+    assert_eq!(state.accepted.len(), 2);
+    assert_eq!(log.recovery_damage(), damage);
+    log.clear_damage().unwrap();
+    assert!(log.recovery_damage().is_empty());
+    drop(log);
+    let (log, _) = FileLog::open_with(shared, &dir, LogOptions::default()).unwrap();
+    assert!(log.recovery_damage().is_empty(), "cleared durably");
+    assert!(
+        fs.file_len(&aside).is_some(),
+        "set-aside files stay for the operator"
+    );
 }
 
 #[test]
@@ -515,7 +567,7 @@ fn leftover_temp_segments_are_removed_and_unknown_files_ignored() {
 }
 
 #[test]
-fn discarding_from_a_corrupt_first_segment_header_starts_an_empty_log() {
+fn salvaging_from_a_corrupt_first_segment_header_starts_an_empty_log() {
     let (fs, shared, dir) = sim();
     let seg = write_one_segment(&fs, &shared, &dir, &[vec![PersistEntry::Commit(4)]]);
     fs.flip_bit(&seg, 5).unwrap();
@@ -523,14 +575,57 @@ fn discarding_from_a_corrupt_first_segment_header_starts_an_empty_log() {
         FileLog::open_with(shared.clone(), &dir, LogOptions::default()),
         Err(StorageError::Corrupt { offset: 0, .. })
     ));
-    let opts = LogOptions {
-        discard_corrupt_suffix: true,
-        ..LogOptions::default()
-    };
-    let (log, state) = FileLog::open_with(shared, &dir, opts).unwrap();
+    let (log, state) = FileLog::open_with(shared.clone(), &dir, salvage()).unwrap();
     assert_eq!(state, DurableState::default());
     assert_eq!(log.durable_seq(), 0);
+    let damage = log.recovery_damage();
+    assert_eq!(damage.len(), 1);
+    assert_eq!(damage[0].last_kept_seq, Some(0));
+    assert!(damage[0].may_have_lost_acknowledged, "an append was in it");
+    // Renamed aside whole: nothing usable was in it.
+    assert!(fs.file_len(&seg.with_extension("log.damaged")).is_some());
     assert_eq!(log.append(&[]).unwrap(), 1);
+    log.close().unwrap();
+    let (log, _) = FileLog::open_with(shared, &dir, salvage()).unwrap();
+    assert_eq!(log.durable_seq(), 1);
+    assert_eq!(log.recovery_damage(), damage, "reported once, not twice");
+}
+
+/// A damaged segment that never held an append (a fresh segment after a
+/// roll) loses nothing: the damage is reported, but as harmless.
+#[test]
+fn damage_in_a_segment_that_held_no_append_loses_nothing() {
+    let (fs, shared, dir) = sim();
+    let opts = LogOptions {
+        segment_bytes: 4096,
+        ..salvage()
+    };
+    let (log, _) = FileLog::open_with(shared.clone(), &dir, opts.clone()).unwrap();
+    let mut batches = Vec::new();
+    for slot in 1..=30 {
+        let b = vec![accept(slot, 1, 200)];
+        log.append(&b).unwrap();
+        batches.push(b);
+    }
+    log.close().unwrap();
+    // Start a fresh, empty segment after the last one, as a roll does.
+    let next = batches.len() as u64 + 1;
+    let (mut file, _) = super::log::create_segment_for_tests(
+        &shared,
+        &dir,
+        next,
+        &crate::codec::StateSummary::default(),
+    );
+    file.sync_data().unwrap();
+    drop(file);
+    let fresh = dir.join(crate::recovery::segment_name(next));
+    fs.flip_bit(&fresh, 8 * 40).unwrap();
+    let (log, state) = FileLog::open_with(shared, &dir, opts).unwrap();
+    assert_eq!(state, apply_all(&batches));
+    let damage = log.recovery_damage();
+    assert_eq!(damage.len(), 1);
+    assert!(!damage[0].may_have_lost_acknowledged, "{}", damage[0]);
+    assert_eq!(damage[0].last_kept_seq, Some(30));
 }
 
 #[test]
@@ -614,6 +709,10 @@ fn check_recovery(
 ) {
     let (log, state) = FileLog::open_with(shared.clone(), dir, small_segments())
         .unwrap_or_else(|e| panic!("{what}: recovery failed: {e}"));
+    assert!(
+        log.recovery_damage().is_empty(),
+        "{what}: a crash is not damage"
+    );
     let m = log.durable_seq();
     assert!(
         m >= run.acked,
