@@ -16,7 +16,7 @@ use paxos_core::{
 };
 use paxos_kv::kv::KvSnapshot;
 use paxos_log::checkpoint::CheckpointStore;
-use paxos_log::sim_fs::{CrashPolicy, SimFs};
+use paxos_log::sim_fs::{CrashPolicy, DiskOp, LatencyModel, SimFaults, SimFs};
 use paxos_node::storage::TransferSink;
 use paxos_node::{CheckpointJob, Effect, NodeConfig, PersistId, Recovery, TransferOp};
 use rand::rngs::SmallRng;
@@ -108,11 +108,12 @@ impl Replica {
         membership: Membership,
         provisioned: bool,
         timing: Timing,
+        disk: SimFs,
     ) -> Replica {
         Replica {
             id,
             timing,
-            disk: SimFs::new(),
+            disk,
             run: None,
             incarnation: 0,
             ledger: DurableState::default(),
@@ -152,6 +153,36 @@ impl Replica {
         config.report_applies = true;
         config
     }
+}
+
+/// Roughly how many bytes an entry takes in the log (for latency).
+fn entry_bytes(e: &PersistEntry) -> usize {
+    match e {
+        PersistEntry::Accept(a) => 32 + a.value.payload_len(),
+        _ => 32,
+    }
+}
+
+/// Replica `i`'s disk: its latency follows the seed's disk speed (a base
+/// cost per sync, and slow outliers up to the slowest persist), drawn from
+/// a seed of its own.
+pub(crate) fn disk_for(params: &FaultParams, seed: u64) -> SimFs {
+    SimFs::with_faults(SimFaults {
+        seed,
+        latency: LatencyModel {
+            read_us: 5,
+            write_us: 1,
+            sync_us: params.persist_min_us,
+            metadata_us: 5,
+            nanos_per_kib: 300,
+            outlier_per_million: 300_000,
+            outlier_max_us: params
+                .persist_max_us
+                .saturating_sub(params.persist_min_us)
+                .max(1),
+        },
+        ..SimFaults::default()
+    })
 }
 
 fn storage_failure(id: ReplicaId, what: &str, e: impl std::fmt::Display) -> Failure {
@@ -274,8 +305,7 @@ impl Sim {
                 self.faults.torn_persists += 1;
                 let ops = self.rng.gen_range(0..4);
                 self.nodes[i].disk.crash_after(ops);
-                let last = run.unsynced.back().map_or(0, |(_, seq, _)| *seq);
-                let _ = run.log.sync(last);
+                let _ = run.log.sync();
             }
         }
         drop(run);
@@ -343,12 +373,12 @@ impl Sim {
             return Ok(());
         };
         run.sync_scheduled = false;
-        let Some(last) = run.unsynced.back().map(|(_, seq, _)| *seq) else {
+        if run.unsynced.is_empty() {
             return Ok(());
-        };
+        }
         let durable = run
             .log
-            .sync(last)
+            .sync()
             .map_err(|e| storage_failure(id, "a sync", e))?;
         let mut reported = None;
         let mut made_durable = Vec::new();
@@ -420,12 +450,13 @@ impl Sim {
         self.drain(i)
     }
 
-    fn disk_latency(&mut self, i: usize) -> Time {
-        let took = self
-            .rng
-            .gen_range(self.params.persist_min_us..=self.params.persist_max_us);
+    /// When a disk operation of `bytes` issued now on replica `i`'s disk
+    /// completes: the disk's own latency model (drawn from the seed), after
+    /// whatever it is still busy with.
+    fn disk_latency(&mut self, i: usize, bytes: usize) -> Time {
         let r = &mut self.nodes[i];
-        let done = r.disk_busy_until.max(self.now).plus_micros(took);
+        let took = r.disk.latency_us(DiskOp::Write, bytes) + r.disk.latency_us(DiskOp::Sync, 0);
+        let done = r.disk_busy_until.max(self.now).plus_micros(took.max(1));
         r.disk_busy_until = done;
         done
     }
@@ -500,7 +531,11 @@ impl Sim {
                 run.unsynced.push_back((pid, seq, entries));
                 if !run.sync_scheduled {
                     run.sync_scheduled = true;
-                    let at = self.disk_latency(i);
+                    let bytes = run
+                        .unsynced
+                        .back()
+                        .map_or(0, |(_, _, e)| e.iter().map(entry_bytes).sum());
+                    let at = self.disk_latency(i, bytes);
                     let incarnation = self.nodes[i].incarnation;
                     self.schedule(
                         at,
@@ -528,8 +563,9 @@ impl Sim {
                         format!("{id} asked for a checkpoint while one was being written"),
                     ));
                 }
+                let bytes = job.snapshot.bytes().len();
                 run.checkpoint = Some(job);
-                let at = self.disk_latency(i);
+                let at = self.disk_latency(i, bytes);
                 let incarnation = self.nodes[i].incarnation;
                 self.schedule(
                     at,
@@ -561,7 +597,7 @@ impl Sim {
                 match op {
                     TransferOp::Finish { slot } => {
                         run.finishing = Some(slot);
-                        let at = self.disk_latency(i);
+                        let at = self.disk_latency(i, 0);
                         let incarnation = self.nodes[i].incarnation;
                         self.schedule(
                             at,

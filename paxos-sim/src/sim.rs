@@ -438,7 +438,16 @@ impl Sim {
             n
         };
         let nodes: Vec<Replica> = (0..pool)
-            .map(|i| Replica::new(ReplicaId(i as u32 + 1), membership.clone(), i < n, timing))
+            .map(|i| {
+                let disk = crate::replica::disk_for(&params, cfg.seed ^ (0xD15C << 16) ^ i as u64);
+                Replica::new(
+                    ReplicaId(i as u32 + 1),
+                    membership.clone(),
+                    i < n,
+                    timing,
+                    disk,
+                )
+            })
             .collect();
         let ids = nodes.iter().map(|r| r.id).collect();
         let clients = (0..CLIENTS)

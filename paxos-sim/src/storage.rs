@@ -10,7 +10,7 @@ use paxos_core::{DurableState, PersistEntry};
 use paxos_log::checkpoint::CheckpointStore;
 use paxos_log::fs::SharedFs;
 use paxos_log::sim_fs::SimFs;
-use paxos_log::{FileLog, LogOptions, ReplicaStorage, StorageError};
+use paxos_log::{FileLog, LogOptions, ReplicaStorage, StorageError, WriterMode};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -39,6 +39,9 @@ impl SimLog {
         let shared: SharedFs = Arc::new(fs.clone());
         let options = LogOptions {
             segment_bytes: SEGMENT_BYTES,
+            // No writer thread, no clock: the simulator decides when the
+            // queued appends are written and synced.
+            writer: WriterMode::Inline,
             ..LogOptions::default()
         };
         let (log, state) = FileLog::open_with(shared, Path::new(LOG_DIR), options)?;
@@ -50,11 +53,10 @@ impl SimLog {
         self.log.append(entries)
     }
 
-    /// Makes everything appended so far durable; returns the durable
-    /// sequence number.
-    pub fn sync(&self, through: u64) -> Result<u64, StorageError> {
-        self.log.wait_durable(through)?;
-        Ok(self.log.durable_seq())
+    /// Writes and syncs everything appended so far (one group commit, the
+    /// production code path); returns the durable sequence number.
+    pub fn sync(&self) -> Result<u64, StorageError> {
+        self.log.sync_queued()
     }
 
     /// The state as of every append (durable or not): what a core restarted
