@@ -19,6 +19,7 @@ use paxos_log::checkpoint::CheckpointStore;
 use paxos_log::sim_fs::{CrashPolicy, DiskOp, LatencyModel, SimFaults, SimFs};
 use paxos_node::storage::TransferSink;
 use paxos_node::{CheckpointJob, Effect, NodeConfig, PersistId, Recovery, TransferOp};
+use paxos_nvm::{SimRegion, SimRegionFaults};
 use rand::rngs::SmallRng;
 use rand::Rng;
 use std::collections::VecDeque;
@@ -74,13 +75,22 @@ pub(crate) struct Running {
     status: Option<Status>,
 }
 
-/// One replica of the pool: its disk survives crashes, its process does
-/// not.
+/// A replica's persistent memory, if its log lives there.
+pub(crate) struct Pm {
+    pub(crate) region: SimRegion,
+    /// Formatted by a first start.
+    formatted: bool,
+}
+
+/// One replica of the pool: its disk (and persistent memory) survive
+/// crashes, its process does not.
 pub(crate) struct Replica {
     pub(crate) id: ReplicaId,
     pub(crate) timing: Timing,
-    /// The simulated disk.
+    /// The simulated disk: checkpoints, and the file log.
     pub(crate) disk: SimFs,
+    /// Simulated persistent memory holding the log instead, for some.
+    pub(crate) pm: Option<Pm>,
     pub(crate) run: Option<Running>,
     /// Bumped at every crash; events of an older incarnation are dropped.
     pub(crate) incarnation: u64,
@@ -109,11 +119,16 @@ impl Replica {
         provisioned: bool,
         timing: Timing,
         disk: SimFs,
+        pm: Option<SimRegion>,
     ) -> Replica {
         Replica {
             id,
             timing,
             disk,
+            pm: pm.map(|region| Pm {
+                region,
+                formatted: false,
+            }),
             run: None,
             incarnation: 0,
             ledger: DurableState::default(),
@@ -185,6 +200,17 @@ pub(crate) fn disk_for(params: &FaultParams, seed: u64) -> SimFs {
     })
 }
 
+/// Replica `i`'s persistent memory (for the replicas whose log lives
+/// there): fast, with rare slow outliers.
+pub(crate) fn pm_for(seed: u64) -> SimRegion {
+    let mut faults = SimRegionFaults {
+        seed,
+        ..SimRegionFaults::default()
+    };
+    faults.latency.outlier_per_million = 10_000;
+    SimRegion::new(storage::REGION_BYTES, faults)
+}
+
 fn storage_failure(id: ReplicaId, what: &str, e: impl std::fmt::Display) -> Failure {
     Failure::new(
         FailureKind::Durability,
@@ -216,8 +242,16 @@ impl Sim {
         let id = self.nodes[i].id;
         self.nodes[i].provisioned = true;
         let disk = self.nodes[i].disk.clone();
-        let (log, durable) =
-            SimLog::open(&disk).map_err(|e| storage_failure(id, "log recovery", e))?;
+        let opened = match &mut self.nodes[i].pm {
+            None => SimLog::open(&disk),
+            Some(pm) => {
+                let opened = SimLog::open_nvm(&pm.region, pm.formatted);
+                pm.formatted = true;
+                self.faults.pm_log_starts += 1;
+                opened
+            }
+        };
+        let (log, durable) = opened.map_err(|e| storage_failure(id, "log recovery", e))?;
         let checkpoints = storage::open_checkpoints(&disk)
             .map_err(|e| storage_failure(id, "opening the checkpoint store", e))?;
         let mut sm = SimKv::new(id, self.cfg.state_machine_bug);
@@ -301,10 +335,13 @@ impl Sim {
         if unsynced > 0 {
             self.faults.crashes_with_pending_persists += 1;
             if self.params.torn_persists && self.rng.gen_bool(0.5) {
-                // The disk dies a few operations into the sync.
+                // The medium dies a few operations into the sync.
                 self.faults.torn_persists += 1;
                 let ops = self.rng.gen_range(0..4);
-                self.nodes[i].disk.crash_after(ops);
+                match &self.nodes[i].pm {
+                    Some(pm) => pm.region.crash_after(ops),
+                    None => self.nodes[i].disk.crash_after(ops),
+                }
                 let _ = run.log.sync();
             }
         }
@@ -317,6 +354,9 @@ impl Sim {
             },
         };
         self.nodes[i].disk.crash(policy);
+        if let Some(pm) = &mut self.nodes[i].pm {
+            pm.region = pm.region.crash(policy);
+        }
         let r = &mut self.nodes[i];
         r.incarnation += 1;
         r.paused_until = Time(0);
@@ -456,6 +496,23 @@ impl Sim {
     fn disk_latency(&mut self, i: usize, bytes: usize) -> Time {
         let r = &mut self.nodes[i];
         let took = r.disk.latency_us(DiskOp::Write, bytes) + r.disk.latency_us(DiskOp::Sync, 0);
+        self.disk_done(i, took)
+    }
+
+    /// When a log sync of `bytes` issued now on replica `i` completes: on
+    /// the medium the log lives on.
+    fn log_latency(&mut self, i: usize, bytes: usize) -> Time {
+        let took = match &self.nodes[i].pm {
+            Some(pm) => {
+                pm.region.latency_us(DiskOp::Write, bytes) + pm.region.latency_us(DiskOp::Sync, 0)
+            }
+            None => return self.disk_latency(i, bytes),
+        };
+        self.disk_done(i, took)
+    }
+
+    fn disk_done(&mut self, i: usize, took: u64) -> Time {
+        let r = &mut self.nodes[i];
         let done = r.disk_busy_until.max(self.now).plus_micros(took.max(1));
         r.disk_busy_until = done;
         done
@@ -535,7 +592,7 @@ impl Sim {
                         .unsynced
                         .back()
                         .map_or(0, |(_, _, e)| e.iter().map(entry_bytes).sum());
-                    let at = self.disk_latency(i, bytes);
+                    let at = self.log_latency(i, bytes);
                     let incarnation = self.nodes[i].incarnation;
                     self.schedule(
                         at,

@@ -153,6 +153,9 @@ pub struct FaultCounts {
     pub changes_pending_at_heal: u64,
     /// Client operations checked for linearizability.
     pub operations_checked: u64,
+    /// Replica starts whose log is paxos-nvm's, on simulated persistent
+    /// memory (the others use paxos-log's file log).
+    pub pm_log_starts: u64,
 }
 
 impl FaultCounts {
@@ -200,6 +203,7 @@ impl FaultCounts {
         self.unrequested_membership_changes += o.unrequested_membership_changes;
         self.changes_pending_at_heal += o.changes_pending_at_heal;
         self.operations_checked += o.operations_checked;
+        self.pm_log_starts += o.pm_log_starts;
     }
 }
 
@@ -439,13 +443,19 @@ impl Sim {
         };
         let nodes: Vec<Replica> = (0..pool)
             .map(|i| {
-                let disk = crate::replica::disk_for(&params, cfg.seed ^ (0xD15C << 16) ^ i as u64);
+                let media_seed =
+                    (cfg.seed ^ (0xD15C << 16) ^ i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                let disk = crate::replica::disk_for(&params, media_seed);
+                // About one replica in four keeps its log in persistent
+                // memory (paxos-nvm) instead of the file log.
+                let pm = (media_seed >> 62 == 0).then(|| crate::replica::pm_for(media_seed));
                 Replica::new(
                     ReplicaId(i as u32 + 1),
                     membership.clone(),
                     i < n,
                     timing,
                     disk,
+                    pm,
                 )
             })
             .collect();

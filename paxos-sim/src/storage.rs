@@ -1,16 +1,19 @@
-//! A simulated replica's storage: paxos-log's real [`FileLog`] and
-//! checkpoint store, on that replica's own simulated disk ([`SimFs`]).
+//! A simulated replica's storage: paxos-log's real [`FileLog`] on that
+//! replica's own simulated disk ([`SimFs`]), or paxos-nvm's real
+//! [`NvmStorage`] on its own simulated persistent memory ([`SimRegion`]);
+//! and paxos-log's real checkpoint store on the disk.
 //!
-//! Nothing here re-implements storage: appends, syncs, recovery after a
-//! crash, checkpoints and their verification are the production code; the
-//! disk under them is simulated, loses what was not synced when it crashes,
-//! and can be told to tear writes.
+//! Nothing here re-implements storage: appends, syncs (group commits),
+//! recovery after a crash, checkpoints and their verification are the
+//! production code; the media under them are simulated, lose what was not
+//! synced (or flushed and fenced) when they crash, and can tear writes.
 
 use paxos_core::{DurableState, PersistEntry};
 use paxos_log::checkpoint::CheckpointStore;
 use paxos_log::fs::SharedFs;
 use paxos_log::sim_fs::SimFs;
 use paxos_log::{FileLog, LogOptions, ReplicaStorage, StorageError, WriterMode};
+use paxos_nvm::{NvmOptions, NvmStorage, SimRegion};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -26,14 +29,20 @@ const CHECKPOINT_BLOCK_BYTES: u32 = 512;
 /// runs too.
 const SEGMENT_BYTES: u64 = 64 * 1024;
 
+/// Bytes of each simulated persistent-memory region.
+pub const REGION_BYTES: usize = 4 << 20;
+
 /// The log of one running replica incarnation.
 #[derive(Debug)]
-pub struct SimLog {
-    log: FileLog,
+pub enum SimLog {
+    /// The segmented file log, in its inline (thread-free) mode.
+    File(FileLog),
+    /// The persistent-memory log, committing in groups.
+    Nvm(NvmStorage),
 }
 
 impl SimLog {
-    /// Opens (recovers) the log on `fs`; returns it with the state it
+    /// Opens (recovers) the file log on `fs`; returns it with the state it
     /// recovered.
     pub fn open(fs: &SimFs) -> Result<(SimLog, DurableState), StorageError> {
         let shared: SharedFs = Arc::new(fs.clone());
@@ -45,24 +54,58 @@ impl SimLog {
             ..LogOptions::default()
         };
         let (log, state) = FileLog::open_with(shared, Path::new(LOG_DIR), options)?;
-        Ok((SimLog { log }, state))
+        Ok((SimLog::File(log), state))
+    }
+
+    /// Opens (recovers) the persistent-memory log on `region`, formatting
+    /// it on first use.
+    pub fn open_nvm(
+        region: &SimRegion,
+        formatted: bool,
+    ) -> Result<(SimLog, DurableState), StorageError> {
+        let options = NvmOptions {
+            region_bytes: REGION_BYTES as u64,
+            // A fixed id: formatting must not read the clock.
+            log_id: Some(0x5157_5045_524c_4f47),
+            // Appends wait for a group commit, as they do for the file log:
+            // a crash can lose (or tear) what was not yet committed.
+            max_group_appends: paxos_nvm::storage::MAX_GROUP_APPENDS,
+            ..NvmOptions::default()
+        };
+        let name = "simulated persistent memory".to_string();
+        let region = Box::new(region.clone());
+        let (log, state) = if formatted {
+            NvmStorage::open_region(region, &options, name)?
+        } else {
+            NvmStorage::format_region(region, &options, name)?
+        };
+        Ok((SimLog::Nvm(log), state))
     }
 
     /// Queues one persist's entries; returns its sequence number.
     pub fn append(&self, entries: &[PersistEntry]) -> Result<u64, StorageError> {
-        self.log.append(entries)
+        match self {
+            SimLog::File(log) => log.append(entries),
+            SimLog::Nvm(log) => log.append(entries),
+        }
     }
 
     /// Writes and syncs everything appended so far (one group commit, the
     /// production code path); returns the durable sequence number.
     pub fn sync(&self) -> Result<u64, StorageError> {
-        self.log.sync_queued()
+        match self {
+            SimLog::File(log) => log.sync_queued(),
+            SimLog::Nvm(log) => log.commit_pending(),
+        }
     }
 
     /// The state as of every append (durable or not): what a core restarted
     /// in place must start from.
     pub fn state(&self) -> DurableState {
-        self.log.state()
+        match self {
+            SimLog::File(log) => log.state(),
+            SimLog::Nvm(log) => log.state(),
+        }
     }
 }
 

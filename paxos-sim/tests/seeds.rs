@@ -55,6 +55,7 @@ fn hundreds_of_seeds_pass_with_all_fault_classes() {
         ("replayed messages", f.messages_replayed),
         ("checkpoints", f.checkpoints),
         ("state transfers", f.state_transfers),
+        ("logs on persistent memory", f.pm_log_starts),
         ("membership changes", f.reconfigurations_completed),
         ("spares started", f.spares_started),
     ];
