@@ -31,6 +31,11 @@
 //!   them anymore, [`Status::needs_snapshot`] says so.
 //! - **Bounded everything**: window, accept horizon, retained decrees, chunk
 //!   sizes, message sizes, and a [`codec`] that rejects oversize counts.
+//! - **Messages** ([`msg`]): [`Message`] has one tuple variant per message,
+//!   wrapping a struct of the same name (`Message::Accept(msg::Accept {
+//!   .. })`) that its handler takes whole. The structs stay behind the
+//!   `msg::` path because `msg::Accepted` (the phase 2b message) and
+//!   [`Accepted`] (an accepted log entry) would clash at the root.
 //!
 //! - **Reconfiguration** with [`Replica::change_configuration`]: new voters
 //!   join as learners and are promoted once caught up; each change is a
@@ -122,13 +127,13 @@
 pub mod batch;
 pub mod codec;
 mod config;
-mod message;
+pub mod msg;
 mod replica;
 mod types;
 
 pub use codec::CodecError;
 pub use config::{Config, ConfigError};
-pub use message::Message;
+pub use msg::Message;
 #[cfg(feature = "planted-bugs")]
 pub use replica::PlantedBug;
 pub use replica::{Action, PeerStatus, PersistToken, ProposeError, Replica, Role, Status};

@@ -1021,12 +1021,12 @@ impl<S: StateMachine> EventLoop<S> {
             // The core sends the same Accept to every follower: encode it
             // (and copy its batch) once and share the bytes. A (ballot,
             // slot) pair names one value, so it identifies the encoding.
-            Message::Accept {
+            Message::Accept(paxos_core::msg::Accept {
                 ballot,
                 slot,
                 commit_index,
                 value,
-            } => {
+            }) => {
                 let key = (*ballot, *slot, *commit_index, value_len(value));
                 match &self.last_accept {
                     Some((k, encoded)) if *k == key => encoded.clone(),

@@ -1224,15 +1224,19 @@ impl Sim {
         let node = &self.nodes[from];
         let durable = &node.durable;
         let violation = match msg {
-            Message::Promise { ballot, .. } if durable.promised < *ballot => Some(format!(
-                "Promise for ballot {ballot} while the disk holds promise {}",
-                durable.promised
-            )),
+            Message::Promise(paxos_core::msg::Promise { ballot, .. })
+                if durable.promised < *ballot =>
+            {
+                Some(format!(
+                    "Promise for ballot {ballot} while the disk holds promise {}",
+                    durable.promised
+                ))
+            }
             // An acceptor that knows the slot is already chosen may vouch
             // for it in a new ballot without a fresh durable vote: a leader
             // that passed phase 1 can only propose the chosen value there, so
             // the "vote" cannot help choose anything else.
-            Message::Accepted { ballot, slot, .. }
+            Message::Accepted(paxos_core::msg::Accepted { ballot, slot, .. })
                 if *slot > durable.truncated_through
                     && durable
                         .accepted
@@ -1859,14 +1863,14 @@ fn show_message(msg: &Message) -> String {
             .join(", ")
     };
     match msg {
-        Message::Accept { ballot, slot, value, commit_index } => {
+        Message::Accept(paxos_core::msg::Accept { ballot, slot, value, commit_index }) => {
             format!("Accept {{ ballot {ballot}, slot {slot}, value {}, commit {commit_index} }}", describe(value))
         }
-        Message::Promise { ballot, from_slot, commit_index, log_start, entries: e, next_from } => format!(
+        Message::Promise(paxos_core::msg::Promise { ballot, from_slot, commit_index, log_start, entries: e, next_from }) => format!(
             "Promise {{ ballot {ballot}, from {from_slot}, commit {commit_index}, log_start {log_start}, entries [{}], next {next_from:?} }}",
             entries(e)
         ),
-        Message::Decrees { from_slot, commit_index, log_start, decrees } => format!(
+        Message::Decrees(paxos_core::msg::Decrees { from_slot, commit_index, log_start, decrees }) => format!(
             "Decrees {{ from {from_slot}, commit {commit_index}, log_start {log_start}, decrees [{}] }}",
             entries(decrees)
         ),

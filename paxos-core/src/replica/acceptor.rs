@@ -15,7 +15,7 @@
 
 use super::{Replica, RoleState};
 use crate::codec::accepted_len_hint;
-use crate::message::Message;
+use crate::msg::{self, Message};
 use crate::types::{Accepted, Ballot, PersistEntry, ReplicaId, Slot, Time, Value};
 use paxos_contracts::{ensures, requires};
 
@@ -47,20 +47,15 @@ impl Replica {
         }
     }
 
-    pub(super) fn on_prepare(
-        &mut self,
-        now: Time,
-        from: ReplicaId,
-        ballot: Ballot,
-        from_slot: Slot,
-    ) {
+    pub(super) fn on_prepare(&mut self, now: Time, from: ReplicaId, m: msg::Prepare) {
+        let msg::Prepare { ballot, from_slot } = m;
         self.observe(ballot);
         if ballot < self.promised {
             self.send(
                 from,
-                Message::Reject {
+                Message::Reject(msg::Reject {
                     promised: self.promised,
-                },
+                }),
             );
             return;
         }
@@ -86,14 +81,14 @@ impl Replica {
         } else {
             self.chunk(from_slot, Slot::MAX)
         };
-        let msg = Message::Promise {
+        let msg = Message::Promise(msg::Promise {
             ballot,
             from_slot,
             commit_index: self.commit_index,
             log_start: self.log_start,
             entries,
             next_from,
-        };
+        });
         self.send_durable(from, msg);
         ensures!(self.promised == ballot);
     }
@@ -119,26 +114,24 @@ impl Replica {
         (out, None)
     }
 
-    pub(super) fn on_accept(
-        &mut self,
-        now: Time,
-        from: ReplicaId,
-        ballot: Ballot,
-        slot: Slot,
-        value: Value,
-        leader_commit: Slot,
-    ) {
+    pub(super) fn on_accept(&mut self, now: Time, from: ReplicaId, m: msg::Accept) {
+        let msg::Accept {
+            ballot,
+            slot,
+            value,
+            commit_index: leader_commit,
+        } = m;
         if !self.admit_leader_message(now, from, ballot) {
             return;
         }
         let accepted = self.accept_entry(slot, ballot, value);
         self.learn_commit(now, ballot, leader_commit);
         if accepted {
-            let msg = Message::Accepted {
+            let msg = Message::Accepted(msg::Accepted {
                 ballot,
                 slot,
                 commit_index: self.commit_index,
-            };
+            });
             self.send_durable(from, msg);
         }
     }
@@ -212,9 +205,9 @@ impl Replica {
         if ballot < self.promised {
             self.send(
                 from,
-                Message::Reject {
+                Message::Reject(msg::Reject {
                     promised: self.promised,
-                },
+                }),
             );
             return false;
         }
@@ -226,23 +219,21 @@ impl Replica {
         true
     }
 
-    pub(super) fn on_heartbeat(
-        &mut self,
-        now: Time,
-        from: ReplicaId,
-        ballot: Ballot,
-        leader_commit: Slot,
-    ) {
+    pub(super) fn on_heartbeat(&mut self, now: Time, from: ReplicaId, m: msg::Heartbeat) {
+        let msg::Heartbeat {
+            ballot,
+            commit_index: leader_commit,
+        } = m;
         if !self.admit_leader_message(now, from, ballot) {
             return;
         }
         self.note_peer(now, from, leader_commit, None);
         self.learn_commit(now, ballot, leader_commit);
-        let msg = Message::HeartbeatAck {
+        let msg = Message::HeartbeatAck(msg::HeartbeatAck {
             ballot,
             commit_index: self.commit_index,
             can_become_primary: self.can_become_primary && self.is_voter(self.id),
-        };
+        });
         self.send(from, msg);
     }
 }

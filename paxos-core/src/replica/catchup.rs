@@ -11,8 +11,8 @@
 //! - 9 (bounds): one outstanding fetch, chunks bounded like promise chunks.
 
 use super::{Replica, RoleState};
-use crate::message::Message;
-use crate::types::{Accepted, PersistEntry, ReplicaId, Slot, Time};
+use crate::msg::{self, Message};
+use crate::types::{PersistEntry, ReplicaId, Slot, Time};
 
 /// Catch-up progress.
 #[derive(Debug, Default)]
@@ -96,7 +96,7 @@ impl Replica {
             Some(peer) => {
                 let from_slot = self.commit_index + 1;
                 self.fetch.outstanding = Some((peer, from_slot, now));
-                self.send(peer, Message::Fetch { from_slot });
+                self.send(peer, Message::Fetch(msg::Fetch { from_slot }));
             }
             None => {
                 // No peer can serve the next slot. If one compacted it, only a
@@ -112,32 +112,31 @@ impl Replica {
         }
     }
 
-    pub(super) fn on_fetch(&mut self, from: ReplicaId, from_slot: Slot) {
+    pub(super) fn on_fetch(&mut self, from: ReplicaId, m: msg::Fetch) {
+        let msg::Fetch { from_slot } = m;
         let from_slot = from_slot.max(1);
         let (decrees, _) = if from_slot < self.log_start {
             (Vec::new(), None)
         } else {
             self.chunk(from_slot, self.commit_index)
         };
-        let msg = Message::Decrees {
+        let msg = Message::Decrees(msg::Decrees {
             from_slot,
             commit_index: self.commit_index,
             log_start: self.log_start,
             decrees,
-        };
+        });
         // Chosen decrees are facts; they need no durability of this replica.
         self.send(from, msg);
     }
 
-    pub(super) fn on_decrees(
-        &mut self,
-        now: Time,
-        from: ReplicaId,
-        from_slot: Slot,
-        peer_commit: Slot,
-        peer_log_start: Slot,
-        decrees: Vec<Accepted>,
-    ) {
+    pub(super) fn on_decrees(&mut self, now: Time, from: ReplicaId, m: msg::Decrees) {
+        let msg::Decrees {
+            from_slot,
+            commit_index: peer_commit,
+            log_start: peer_log_start,
+            decrees,
+        } = m;
         self.note_peer(now, from, peer_commit, None);
         self.known_commit = self.known_commit.max(peer_commit);
         if self
@@ -206,7 +205,7 @@ impl Replica {
         if let Some(peer) = self.known_replicas.iter().nth(i).copied() {
             let from_slot = self.commit_index + 1;
             self.fetch.outstanding = Some((peer, from_slot, now));
-            self.send(peer, Message::Fetch { from_slot });
+            self.send(peer, Message::Fetch(msg::Fetch { from_slot }));
         }
     }
 
@@ -223,7 +222,7 @@ impl Replica {
             // The candidate is behind (perhaps it was removed, or runs for a
             // membership already replaced): send it what it misses, so that
             // it learns the membership in force.
-            self.on_fetch(from, from_slot);
+            self.on_fetch(from, msg::Fetch { from_slot });
         }
     }
 

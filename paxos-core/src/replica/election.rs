@@ -17,7 +17,7 @@
 use super::catchup::FetchState;
 use super::proposer::LeaderState;
 use super::{Replica, RoleState};
-use crate::message::Message;
+use crate::msg::{self, Message};
 use crate::types::{Accepted, Ballot, PersistEntry, ReplicaId, Slot, Time, Value};
 use paxos_contracts::{invariant, requires};
 use rand::Rng;
@@ -95,22 +95,19 @@ impl Replica {
         self.leader = None;
         let voters = self.membership.voters.clone();
         for v in voters {
-            self.send_durable(v, Message::Prepare { ballot, from_slot });
+            self.send_durable(v, Message::Prepare(msg::Prepare { ballot, from_slot }));
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn on_promise(
-        &mut self,
-        now: Time,
-        from: ReplicaId,
-        ballot: Ballot,
-        from_slot: Slot,
-        peer_commit: Slot,
-        peer_log_start: Slot,
-        entries: Vec<Accepted>,
-        next_from: Option<Slot>,
-    ) {
+    pub(super) fn on_promise(&mut self, now: Time, from: ReplicaId, m: msg::Promise) {
+        let msg::Promise {
+            ballot,
+            from_slot,
+            commit_index: peer_commit,
+            log_start: peer_log_start,
+            entries,
+            next_from,
+        } = m;
         self.observe(ballot);
         if from != self.id {
             self.note_peer(now, from, peer_commit, None);
@@ -175,10 +172,10 @@ impl Replica {
             // Our promise of `ballot` is durable: the first Prepare left.
             self.send(
                 from,
-                Message::Prepare {
+                Message::Prepare(msg::Prepare {
                     ballot,
                     from_slot: n,
-                },
+                }),
             );
         }
         if complete >= quorum {
@@ -293,7 +290,8 @@ impl Replica {
         self.broadcast_heartbeat();
     }
 
-    pub(super) fn on_reject(&mut self, now: Time, promised: Ballot) {
+    pub(super) fn on_reject(&mut self, now: Time, m: msg::Reject) {
+        let msg::Reject { promised } = m;
         self.observe(promised);
         let stale = match &self.role {
             RoleState::Candidate(c) => c.ballot < promised,
@@ -320,7 +318,7 @@ impl Replica {
             }
         }
         for (v, from_slot) in resend {
-            self.send_durable(v, Message::Prepare { ballot, from_slot });
+            self.send_durable(v, Message::Prepare(msg::Prepare { ballot, from_slot }));
         }
     }
 }

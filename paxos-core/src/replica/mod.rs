@@ -127,7 +127,7 @@ mod reconfig;
 mod relinquish;
 
 use crate::config::Config;
-use crate::message::Message;
+use crate::msg::{self, Message};
 use crate::types::{
     Accepted, Ballot, DurableState, Membership, PersistEntry, ReplicaId, Slot, Time, Value,
 };
@@ -795,8 +795,8 @@ impl Replica {
     fn route(&mut self, now: Time, from: ReplicaId, msg: Message) {
         let i_vote = self.is_voter(self.id);
         match &msg {
-            Message::Fetch { .. } | Message::Decrees { .. } => {}
-            Message::Prepare { from_slot, .. } => {
+            Message::Fetch(_) | Message::Decrees(_) => {}
+            Message::Prepare(msg::Prepare { from_slot, .. }) => {
                 if !i_vote || !self.is_voter(from) {
                     let from_slot = *from_slot;
                     self.on_foreign_prepare(now, from, from_slot);
@@ -804,8 +804,9 @@ impl Replica {
                 }
             }
             _ if !i_vote || self.membership.contains(from) => {}
-            Message::TimeoutNow { .. } if self.previous_members.contains(&from) => {}
-            Message::Accept { commit_index, .. } | Message::Heartbeat { commit_index, .. } => {
+            Message::TimeoutNow(_) if self.previous_members.contains(&from) => {}
+            Message::Accept(msg::Accept { commit_index, .. })
+            | Message::Heartbeat(msg::Heartbeat { commit_index, .. }) => {
                 let commit_index = *commit_index;
                 self.on_foreign_progress(now, from, commit_index);
                 return;
@@ -817,53 +818,16 @@ impl Replica {
 
     fn dispatch(&mut self, now: Time, from: ReplicaId, msg: Message) {
         match msg {
-            Message::Prepare { ballot, from_slot } => self.on_prepare(now, from, ballot, from_slot),
-            Message::Promise {
-                ballot,
-                from_slot,
-                commit_index,
-                log_start,
-                entries,
-                next_from,
-            } => self.on_promise(
-                now,
-                from,
-                ballot,
-                from_slot,
-                commit_index,
-                log_start,
-                entries,
-                next_from,
-            ),
-            Message::Accept {
-                ballot,
-                slot,
-                value,
-                commit_index,
-            } => self.on_accept(now, from, ballot, slot, value, commit_index),
-            Message::Accepted {
-                ballot,
-                slot,
-                commit_index,
-            } => self.on_accepted(now, from, ballot, slot, commit_index),
-            Message::Heartbeat {
-                ballot,
-                commit_index,
-            } => self.on_heartbeat(now, from, ballot, commit_index),
-            Message::HeartbeatAck {
-                ballot,
-                commit_index,
-                can_become_primary,
-            } => self.on_heartbeat_ack(now, from, ballot, commit_index, can_become_primary),
-            Message::Reject { promised } => self.on_reject(now, promised),
-            Message::Fetch { from_slot } => self.on_fetch(from, from_slot),
-            Message::Decrees {
-                from_slot,
-                commit_index,
-                log_start,
-                decrees,
-            } => self.on_decrees(now, from, from_slot, commit_index, log_start, decrees),
-            Message::TimeoutNow { ballot } => self.on_timeout_now(now, from, ballot),
+            Message::Prepare(m) => self.on_prepare(now, from, m),
+            Message::Promise(m) => self.on_promise(now, from, m),
+            Message::Accept(m) => self.on_accept(now, from, m),
+            Message::Accepted(m) => self.on_accepted(now, from, m),
+            Message::Heartbeat(m) => self.on_heartbeat(now, from, m),
+            Message::HeartbeatAck(m) => self.on_heartbeat_ack(now, from, m),
+            Message::Reject(m) => self.on_reject(now, m),
+            Message::Fetch(m) => self.on_fetch(from, m),
+            Message::Decrees(m) => self.on_decrees(now, from, m),
+            Message::TimeoutNow(m) => self.on_timeout_now(now, from, m),
         }
     }
 

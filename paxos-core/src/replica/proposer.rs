@@ -16,7 +16,7 @@
 
 use super::reconfig::check_membership;
 use super::{ProposeError, Replica, RoleState};
-use crate::message::Message;
+use crate::msg::{self, Message};
 use crate::types::{Accepted, Ballot, PersistEntry, ReplicaId, Slot, Time, Value};
 use std::collections::BTreeMap;
 
@@ -128,23 +128,23 @@ impl Replica {
         if self.accept_entry(slot, ballot, value.clone()) {
             self.send_durable(
                 self.id,
-                Message::Accepted {
+                Message::Accepted(msg::Accepted {
                     ballot,
                     slot,
                     commit_index,
-                },
+                }),
             );
         }
         for i in 0..self.peer_ids.len() {
             let p = self.peer_ids[i];
             self.send(
                 p,
-                Message::Accept {
+                Message::Accept(msg::Accept {
                     ballot,
                     slot,
                     value: value.clone(),
                     commit_index,
-                },
+                }),
             );
         }
     }
@@ -189,14 +189,12 @@ impl Replica {
         }
     }
 
-    pub(super) fn on_accepted(
-        &mut self,
-        now: Time,
-        from: ReplicaId,
-        ballot: Ballot,
-        slot: Slot,
-        peer_commit: Slot,
-    ) {
+    pub(super) fn on_accepted(&mut self, now: Time, from: ReplicaId, m: msg::Accepted) {
+        let msg::Accepted {
+            ballot,
+            slot,
+            commit_index: peer_commit,
+        } = m;
         self.observe(ballot);
         if from != self.id {
             self.note_peer(now, from, peer_commit, None);
@@ -257,14 +255,12 @@ impl Replica {
         }
     }
 
-    pub(super) fn on_heartbeat_ack(
-        &mut self,
-        now: Time,
-        from: ReplicaId,
-        ballot: Ballot,
-        peer_commit: Slot,
-        can: bool,
-    ) {
+    pub(super) fn on_heartbeat_ack(&mut self, now: Time, from: ReplicaId, m: msg::HeartbeatAck) {
+        let msg::HeartbeatAck {
+            ballot,
+            commit_index: peer_commit,
+            can_become_primary: can,
+        } = m;
         self.observe(ballot);
         self.note_peer(now, from, peer_commit, Some(can));
         let voter = self.is_voter(from);
@@ -279,10 +275,10 @@ impl Replica {
         let RoleState::Leader(l) = &self.role else {
             return;
         };
-        let msg = Message::Heartbeat {
+        let msg = Message::Heartbeat(msg::Heartbeat {
             ballot: l.ballot,
             commit_index: self.commit_index,
-        };
+        });
         for i in 0..self.peer_ids.len() {
             let p = self.peer_ids[i];
             self.send(p, msg.clone());
@@ -312,12 +308,12 @@ impl Replica {
                 if *v != me && f.acks & (1u128 << i) == 0 {
                     resend.push((
                         *v,
-                        Message::Accept {
+                        Message::Accept(msg::Accept {
                             ballot,
                             slot: *slot,
                             value: f.value.clone(),
                             commit_index,
-                        },
+                        }),
                     ));
                 }
             }

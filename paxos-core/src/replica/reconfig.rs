@@ -11,7 +11,7 @@
 //! under); a removed leader hands over.
 
 use super::{ProposeError, Replica, RoleState, MAX_KNOWN_REPLICAS};
-use crate::message::Message;
+use crate::msg::{self, Message};
 use crate::types::{Ballot, Membership, Reconfiguration, ReplicaId, Slot, Time, Value};
 use paxos_contracts::{ensures, invariant, requires};
 
@@ -191,10 +191,10 @@ impl Replica {
                 // that they can learn it without a fetch): new voters switch
                 // and answer the coming Prepare, removed ones stop
                 // campaigning.
-                let hb = Message::Heartbeat {
+                let hb = Message::Heartbeat(msg::Heartbeat {
                     ballot,
                     commit_index: self.commit_index,
-                };
+                });
                 let mut told: Vec<ReplicaId> = self.peer_ids.clone();
                 told.extend(self.previous_members.iter().copied());
                 for r in told {

@@ -9,7 +9,7 @@
 //! nothing about safety depends on the hand-off.
 
 use super::{ProposeError, Replica, RoleState};
-use crate::message::Message;
+use crate::msg::{self, Message};
 use crate::types::{Ballot, ReplicaId, Time};
 
 impl Replica {
@@ -64,12 +64,12 @@ impl Replica {
     /// Steps down in favour of `successor`: it is brought up to date and told
     /// to start phase 1 at once.
     pub(super) fn hand_over(&mut self, now: Time, ballot: Ballot, successor: ReplicaId) {
-        let msg = Message::Heartbeat {
+        let msg = Message::Heartbeat(msg::Heartbeat {
             ballot,
             commit_index: self.commit_index,
-        };
+        });
         self.send(successor, msg);
-        self.send(successor, Message::TimeoutNow { ballot });
+        self.send(successor, Message::TimeoutNow(msg::TimeoutNow { ballot }));
         self.step_down(now);
         // Do not compete with the successor right away.
         self.election_deadline = self
@@ -77,7 +77,8 @@ impl Replica {
             .plus_micros(self.config.election_timeout_max_us);
     }
 
-    pub(super) fn on_timeout_now(&mut self, now: Time, from: ReplicaId, ballot: Ballot) {
+    pub(super) fn on_timeout_now(&mut self, now: Time, from: ReplicaId, m: msg::TimeoutNow) {
+        let msg::TimeoutNow { ballot } = m;
         self.observe(ballot);
         if ballot == self.promised
             && ballot.leader == from

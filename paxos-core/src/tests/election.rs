@@ -2,7 +2,7 @@
 //! window, the CanBecomePrimary veto, stepping down.
 
 use super::harness::*;
-use crate::{Action, Message, Role, Value};
+use crate::{msg, Action, Message, Role, Value};
 
 #[test]
 fn a_fresh_cluster_elects_exactly_one_leader() {
@@ -179,7 +179,7 @@ fn prepares_leave_only_after_the_candidates_own_promise_is_durable() {
         while let Some(a) = c.replica(id(1)).poll_action() {
             match a {
                 Action::Send {
-                    msg: Message::Prepare { .. },
+                    msg: Message::Prepare(msg::Prepare { .. }),
                     ..
                 } => sent_prepare = true,
                 Action::Persist { entries, .. } => {
@@ -234,7 +234,7 @@ fn a_candidate_adopts_the_highest_ballot_value_per_slot() {
         if let Some(t) = pending.pop() {
             r.on_persisted(now, t);
             for (_, msg) in drain(&mut r, &mut pending) {
-                if let Message::Prepare { ballot: b, .. } = msg {
+                if let Message::Prepare(msg::Prepare { ballot: b, .. }) = msg {
                     ballot = Some(b);
                 }
             }
@@ -252,13 +252,15 @@ fn a_candidate_adopts_the_highest_ballot_value_per_slot() {
         ballot: b,
         value: req(v),
     };
-    let promise = |entries| Message::Promise {
-        ballot,
-        from_slot: 1,
-        commit_index: 0,
-        log_start: 1,
-        entries,
-        next_from: None,
+    let promise = |entries| {
+        Message::Promise(msg::Promise {
+            ballot,
+            from_slot: 1,
+            commit_index: 0,
+            log_start: 1,
+            entries,
+            next_from: None,
+        })
     };
     // Slot 1: x@b1 (r2) vs y@b2 (r3) -> y. Slot 2: nobody -> Noop. Slot 3: z@b1.
     r.handle_message(now, id(2), promise(vec![e(1, b1, "x"), e(3, b1, "z")]));
@@ -272,12 +274,12 @@ fn a_candidate_adopts_the_highest_ballot_value_per_slot() {
     sent.extend(drain(&mut r, &mut pending));
     let mut proposed = std::collections::BTreeMap::new();
     for (_, msg) in sent {
-        if let Message::Accept {
+        if let Message::Accept(msg::Accept {
             slot,
             value,
             ballot: b,
             ..
-        } = msg
+        }) = msg
         {
             assert_eq!(b, ballot);
             proposed.insert(slot, value);
