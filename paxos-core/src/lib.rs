@@ -56,6 +56,30 @@
 //! contiguous and keep up with commits, in-flight slots are exactly the slots
 //! above the commit index, the window is respected).
 //!
+//! # Planted bugs (feature `planted-bugs`)
+//!
+//! The simulator proves that its checkers can fail by planting known
+//! protocol bugs (`Replica::plant_bug`, `PlantedBug`). That code exists
+//! only with the `planted-bugs` feature: without it the bug flags, the
+//! `plant_bug` method and the `PlantedBug` type are not compiled, and each
+//! check in the protocol code is `#[cfg]`'d out or the constant `false`, so
+//! a build without the feature pays nothing and contains none of it.
+//!
+//! The feature is enabled only by paxos-sim: by its dev-dependency (its
+//! teeth tests) and by its own `planted-bugs` feature (`paxos-sim
+//! --features planted-bugs --plant-bug NAME`). Cargo unifies features
+//! across one build, though, so `cargo build --release --workspace
+//! --all-targets` (or `cargo test --release --workspace`) compiles the
+//! `paxos-kv` binary against a paxos-core *with* the feature. A Cargo
+//! feature cannot be forbidden to a dependent, so the binary checks instead:
+//! [`PLANTED_BUGS_COMPILED`] says whether this build has the code, and the
+//! `paxos-kv` binary refuses to start, naming the cause and the fix, when
+//! it is `true` in a build without `debug_assertions` (a release build).
+//! Debug builds (the workspace's tests, which spawn the binary) may carry
+//! it: nothing in paxos-kv ever calls `plant_bug`, so the bugs stay off.
+//! Production binaries are built with `cargo build --release -p paxos-kv`,
+//! which never enables the feature.
+//!
 //! # Example
 //!
 //! A three-replica cluster, driven by a tiny synchronous loop in which
@@ -136,6 +160,12 @@ pub use config::{Config, ConfigError};
 pub use msg::Message;
 #[cfg(feature = "planted-bugs")]
 pub use replica::PlantedBug;
+
+/// Whether this build of paxos-core contains the planted-bug code (feature
+/// `planted-bugs`, possibly switched on by Cargo's feature unification).
+/// Release binaries must refuse to run when it is `true`; see the crate
+/// docs.
+pub const PLANTED_BUGS_COMPILED: bool = cfg!(feature = "planted-bugs");
 pub use replica::{Action, PeerStatus, PersistToken, ProposeError, Replica, Role, Status};
 pub use types::*;
 

@@ -189,6 +189,7 @@ impl Replica {
         };
         requires!(c.ballot == self.promised);
         let mut recovered = c.merged;
+        #[cfg(feature = "planted-bugs")]
         if self.bugs.skip_adopt_highest_accepted {
             // Planted bug: forget what the promises reported (but keep the
             // window's extent, so slots get overwritten with Noop).

@@ -17,6 +17,8 @@
 //! - `relinquish`: handing the primary role to a successor.
 //! - `reconfig`: membership change and switching memberships.
 //! - `invariants`: `check_invariants`, run after every public call.
+//! - `planted` (feature `planted-bugs` only): deliberate bugs for the
+//!   simulator's teeth tests, read through `planted!(self, bug)`.
 //!
 //! Each module's doc names the invariants below that it maintains.
 //!
@@ -117,11 +119,29 @@
 //! slots might not be the chosen ones on disk, so they are dropped and
 //! `Truncate(applied_through)` is persisted: the checkpoint covers them.
 
+/// `planted!(self, bug)`: whether planted bug `bug` (a field of
+/// `planted::Bugs`) is on. Without the `planted-bugs` feature it expands to
+/// the constant `false` and reads nothing: the field does not exist then.
+#[cfg(feature = "planted-bugs")]
+macro_rules! planted {
+    ($replica:expr, $bug:ident) => {
+        $replica.bugs.$bug
+    };
+}
+#[cfg(not(feature = "planted-bugs"))]
+macro_rules! planted {
+    ($replica:expr, $bug:ident) => {
+        false
+    };
+}
+
 mod acceptor;
 mod catchup;
 mod election;
 mod invariants;
 mod learner;
+#[cfg(feature = "planted-bugs")]
+mod planted;
 mod proposer;
 mod reconfig;
 mod relinquish;
@@ -134,6 +154,8 @@ use crate::types::{
 use catchup::FetchState;
 use election::CandidateState;
 use paxos_contracts::{ensures, requires, snapshot};
+#[cfg(feature = "planted-bugs")]
+pub use planted::PlantedBug;
 use proposer::LeaderState;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
@@ -273,38 +295,6 @@ pub struct PeerStatus {
     pub can_become_primary: bool,
 }
 
-/// Deliberate protocol bugs, compiled only with the `planted-bugs` feature,
-/// so that the simulator can show it catches each of them.
-#[cfg(feature = "planted-bugs")]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum PlantedBug {
-    /// Phase 1 ignores the values reported in promises and fills the recovered
-    /// window with Noop.
-    SkipAdoptHighestAccepted,
-    /// Promise and Accepted are sent before the persist they depend on completed.
-    AckBeforePersist,
-    /// A quorum is `N/2` votes instead of `N/2 + 1`.
-    QuorumHalf,
-    /// A follower applies whatever it accepted at a committed slot, without
-    /// checking that it was accepted in the ballot the leader named.
-    ApplyUncheckedBallot,
-    /// A leader keeps proposing above a `Reconfigure` it has not seen chosen
-    /// (no drain), so votes of the old voters decide slots the new ones
-    /// govern.
-    ProposeAboveUnchosenReconfigure,
-}
-
-/// Which planted bugs are active (all false unless the `planted-bugs`
-/// feature is on and `plant_bug` was called).
-#[derive(Clone, Copy, Debug, Default)]
-struct Bugs {
-    skip_adopt_highest_accepted: bool,
-    ack_before_persist: bool,
-    quorum_half: bool,
-    apply_unchecked_ballot: bool,
-    propose_above_unchosen_reconfigure: bool,
-}
-
 /// What this replica knows about a peer.
 #[derive(Clone, Copy, Debug)]
 struct PeerInfo {
@@ -351,7 +341,9 @@ pub struct Replica {
     pending_target: Option<Membership>,
     rng: SmallRng,
     can_become_primary: bool,
-    bugs: Bugs,
+    /// Planted bugs switched on by `plant_bug` (feature `planted-bugs` only).
+    #[cfg(feature = "planted-bugs")]
+    bugs: planted::Bugs,
 
     // Acceptor.
     promised: Ballot,
@@ -450,7 +442,8 @@ impl Replica {
             pending_target: None,
             rng: SmallRng::seed_from_u64(seed ^ (u64::from(id.0) << 32)),
             can_become_primary: true,
-            bugs: Bugs::default(),
+            #[cfg(feature = "planted-bugs")]
+            bugs: planted::Bugs::default(),
             promised,
             log: accepted,
             log_start: truncated_through + 1,
@@ -773,20 +766,6 @@ impl Replica {
         self.check_invariants();
     }
 
-    /// Plants a deliberate protocol bug (simulator teeth tests only).
-    #[cfg(feature = "planted-bugs")]
-    pub fn plant_bug(&mut self, bug: PlantedBug) {
-        match bug {
-            PlantedBug::SkipAdoptHighestAccepted => self.bugs.skip_adopt_highest_accepted = true,
-            PlantedBug::AckBeforePersist => self.bugs.ack_before_persist = true,
-            PlantedBug::QuorumHalf => self.bugs.quorum_half = true,
-            PlantedBug::ApplyUncheckedBallot => self.bugs.apply_unchecked_ballot = true,
-            PlantedBug::ProposeAboveUnchosenReconfigure => {
-                self.bugs.propose_above_unchosen_reconfigure = true
-            }
-        }
-    }
-
     // ------------------------------------------------------------------
     // Input routing and output plumbing.
     // ------------------------------------------------------------------
@@ -886,7 +865,7 @@ impl Replica {
         } else {
             self.next_token
         };
-        if needed <= self.durable_token || self.bugs.ack_before_persist {
+        if needed <= self.durable_token || planted!(self, ack_before_persist) {
             self.send(to, msg);
         } else {
             self.gated.push_back((needed, to, msg));
@@ -921,11 +900,11 @@ impl Replica {
     }
 
     fn quorum(&self) -> usize {
+        #[cfg(feature = "planted-bugs")]
         if self.bugs.quorum_half {
-            (self.membership.voters.len() / 2).max(1)
-        } else {
-            self.membership.quorum()
+            return (self.membership.voters.len() / 2).max(1);
         }
+        self.membership.quorum()
     }
 
     fn is_voter(&self, id: ReplicaId) -> bool {

@@ -70,7 +70,7 @@ impl Replica {
         if !l.announced {
             return Err(ProposeError::NotLeader { leader: None });
         }
-        if l.reconfig_slot.is_some() && !self.bugs.propose_above_unchosen_reconfigure {
+        if l.reconfig_slot.is_some() && !planted!(self, propose_above_unchosen_reconfigure) {
             return Err(ProposeError::ConfigChangeInFlight);
         }
         if let Value::Reconfigure(r) = &value {
@@ -107,7 +107,7 @@ impl Replica {
             "a leader proposes slots in order, each once per ballot"
         );
         assert!(
-            l.reconfig_slot.is_none() || self.bugs.propose_above_unchosen_reconfigure,
+            l.reconfig_slot.is_none() || planted!(self, propose_above_unchosen_reconfigure),
             "nothing is proposed above an unchosen Reconfigure"
         );
         let ballot = l.ballot;

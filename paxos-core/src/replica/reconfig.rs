@@ -182,7 +182,7 @@ impl Replica {
         match &self.role {
             RoleState::Leader(l) => {
                 invariant!(
-                    l.in_flight.is_empty() || self.bugs.propose_above_unchosen_reconfigure,
+                    l.in_flight.is_empty() || planted!(self, propose_above_unchosen_reconfigure),
                     "nothing is in flight above a chosen Reconfigure"
                 );
                 let ballot = l.ballot;
