@@ -72,7 +72,8 @@ impl Replica {
         }
         if from != self.id {
             // Give the candidate time to finish phase 1 (also while it pulls
-            // further chunks), rather than competing with it.
+            // further chunks from others: it re-queries every voter each
+            // heartbeat, see `resend_prepares`), rather than competing with it.
             self.reset_election_timer(now);
         }
         let from_slot = from_slot.max(1);

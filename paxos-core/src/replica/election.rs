@@ -13,6 +13,15 @@
 //!   slots governed by the voters that made them (learning stops at the
 //!   first `Reconfigure`, re-proposing at the first one that changes the
 //!   voters), and a candidate whose voters changed starts over.
+//!
+//! Liveness: a candidacy lasts until the candidate's election deadline,
+//! which only phase 1 progress pushes back. While it lasts, the candidate
+//! sends every voter a `Prepare` each heartbeat interval (the missing chunk,
+//! or an empty re-query once a voter sent its last one), and a voter resets
+//! its election timer on each `Prepare` it accepts: the voters that promised
+//! a live candidate do not campaign against it, however many chunks its
+//! phase 1 takes. At the deadline the candidate campaigns again in a higher
+//! ballot, or steps down if it may no longer campaign.
 
 use super::catchup::FetchState;
 use super::proposer::LeaderState;
@@ -26,7 +35,9 @@ use std::collections::BTreeMap;
 /// Phase 1 progress with one acceptor.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct PromiseProgress {
-    /// The `from_slot` of the next chunk expected.
+    /// The `from_slot` of the next chunk expected; once `complete`, the
+    /// slot after the last entry the acceptor reported (a `Prepare` from
+    /// there is answered with an empty last chunk).
     pub(super) expect_from: Slot,
     /// All chunks received.
     pub(super) complete: bool,
@@ -74,9 +85,17 @@ impl Replica {
         self.reset_election_timer(now);
     }
 
+    /// Starts phase 1 in a new ballot, unless this replica may not campaign
+    /// (vetoed, not a voter, or in need of a snapshot). A candidacy whose
+    /// deadline passed without it may campaign again ends here: it steps
+    /// down rather than stay a candidate that keeps the voters who promised
+    /// it from campaigning (`resend_prepares`).
     pub(super) fn start_election(&mut self, now: Time) {
         self.reset_election_timer(now);
         if !self.can_become_primary || !self.is_voter(self.id) || self.needs_snapshot {
+            if matches!(self.role, RoleState::Candidate(_)) {
+                self.role = RoleState::Follower;
+            }
             return;
         }
         let round = self.promised.round.max(self.max_seen_round) + 1;
@@ -137,6 +156,7 @@ impl Replica {
         }
         c.max_usable_commit = c.max_usable_commit.max(peer_commit);
         let limit = next_from.unwrap_or(Slot::MAX);
+        let in_chunk = |e: &Accepted| e.slot >= from_slot && e.slot < limit;
         let mut ask_next = None;
         match next_from {
             Some(n) if n > from_slot => {
@@ -144,10 +164,18 @@ impl Replica {
                 ask_next = Some(n);
             }
             Some(_) => {} // a chunk that does not advance: wait for the retry
-            None => progress.complete = true,
+            None => {
+                progress.complete = true;
+                progress.expect_from = entries
+                    .iter()
+                    .filter(|e| in_chunk(e))
+                    .map(|e| e.slot.saturating_add(1))
+                    .max()
+                    .unwrap_or(from_slot);
+            }
         }
         for e in entries {
-            if e.slot < from_slot || e.slot >= limit {
+            if !in_chunk(&e) {
                 continue; // malformed chunk: ignore the stray entry
             }
             match c.merged.get(&e.slot) {
@@ -304,8 +332,19 @@ impl Replica {
         }
     }
 
-    /// The candidate's timer: re-ask voters whose promise chunks are missing.
-    pub(super) fn resend_missing_prepares(&mut self) {
+    /// The candidate's heartbeat timer. Re-asks the voters whose promise
+    /// chunks are missing, and re-queries those that sent their last chunk,
+    /// from past what they reported: they answer with an empty last chunk.
+    ///
+    /// That re-query is the candidacy's sign of life. A voter resets its
+    /// election timer on every `Prepare` it accepts, and phase 1 pulls a
+    /// long unchosen tail in chunks, a round trip each, so it may outlast
+    /// the election timeout. A voter that had nothing to report used to hear
+    /// nothing more after its first chunk, time out and campaign itself,
+    /// and two such voters preempted each other forever (paxos-sim seed 706,
+    /// FINDINGS F2). The candidacy ends at the candidate's own election
+    /// deadline, which only phase 1 progress pushes back.
+    pub(super) fn resend_prepares(&mut self) {
         let RoleState::Candidate(c) = &self.role else {
             return;
         };
@@ -313,7 +352,7 @@ impl Replica {
         let mut resend = Vec::new();
         for v in &self.membership.voters {
             match c.progress.get(v) {
-                Some(p) if p.complete => {}
+                Some(p) if p.complete && *v == self.id => {}
                 Some(p) => resend.push((*v, p.expect_from)),
                 None => resend.push((*v, c.from_slot)),
             }

@@ -939,7 +939,7 @@ impl Replica {
     fn periodic(&mut self, now: Time) {
         match &self.role {
             RoleState::Leader(_) => self.leader_periodic(now),
-            RoleState::Candidate(_) => self.resend_missing_prepares(),
+            RoleState::Candidate(_) => self.resend_prepares(),
             RoleState::Follower => {}
         }
         self.retry_unanswered_fetch(now);
