@@ -86,10 +86,10 @@ impl Replica {
     }
 
     /// Starts phase 1 in a new ballot, unless this replica may not campaign
-    /// (vetoed, not a voter, or in need of a snapshot). A candidacy whose
-    /// deadline passed without it may campaign again ends here: it steps
-    /// down rather than stay a candidate that keeps the voters who promised
-    /// it from campaigning (`resend_prepares`).
+    /// (vetoed, not a voter, or in need of a snapshot). A candidate whose
+    /// deadline passed and that may not campaign again steps down here:
+    /// staying a candidate, its re-queries (`resend_prepares`) would keep
+    /// the voters that promised it from ever campaigning themselves.
     pub(super) fn start_election(&mut self, now: Time) {
         self.reset_election_timer(now);
         if !self.can_become_primary || !self.is_voter(self.id) || self.needs_snapshot {
@@ -334,7 +334,8 @@ impl Replica {
 
     /// The candidate's heartbeat timer. Re-asks the voters whose promise
     /// chunks are missing, and re-queries those that sent their last chunk,
-    /// from past what they reported: they answer with an empty last chunk.
+    /// from past what they reported: having promised this ballot, they
+    /// accepted nothing since, so they answer with an empty last chunk.
     ///
     /// That re-query is the candidacy's sign of life. A voter resets its
     /// election timer on every `Prepare` it accepts, and phase 1 pulls a
