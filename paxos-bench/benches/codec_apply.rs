@@ -7,7 +7,7 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use paxos_core::{batch, codec, Ballot, Message, ReplicaId, Value};
+use paxos_core::{batch, codec, msg, Ballot, Message, ReplicaId, Value};
 use paxos_kv::kv::{encode_command, KvStore};
 use paxos_kv::resp::{self, RespLimits};
 
@@ -41,12 +41,12 @@ fn apply(kv: &mut KvStore, value: &Value, outputs: &mut Vec<Bytes>) {
 fn codec_benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("codec");
     for n in [1usize, 64, 1024] {
-        let msg = Message::Accept {
+        let msg = Message::Accept(msg::Accept {
             ballot: Ballot::new(7, ReplicaId(1)),
             slot: 123_456,
             value: Value::Requests(set_batch(n)),
             commit_index: 123_400,
-        };
+        });
         let encoded = codec::encode_to_bytes(&msg);
         g.throughput(Throughput::Bytes(encoded.len() as u64));
         g.bench_function(format!("encode_accept_{n}_requests"), |b| {

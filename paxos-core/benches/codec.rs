@@ -5,17 +5,17 @@
 use bytes::{Bytes, BytesMut};
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use paxos_core::{
-    codec, Accepted, Action, Ballot, Config, DurableState, Membership, Message, Replica, ReplicaId,
-    Role, Time, Value,
+    codec, msg, Accepted, Action, Ballot, Config, DurableState, Membership, Message, Replica,
+    ReplicaId, Role, Time, Value,
 };
 
 fn accept_with_payload(len: usize) -> Message {
-    Message::Accept {
+    Message::Accept(msg::Accept {
         ballot: Ballot::new(7, ReplicaId(1)),
         slot: 123_456,
         value: Value::Requests(Bytes::from(vec![0xab; len])),
         commit_index: 123_400,
-    }
+    })
 }
 
 fn bench_codec(c: &mut Criterion) {
@@ -36,17 +36,17 @@ fn bench_codec(c: &mut Criterion) {
             b.iter(|| codec::decode(black_box(frame.clone())).unwrap())
         });
     }
-    let accepted = Message::Accepted {
+    let accepted = Message::Accepted(msg::Accepted {
         ballot: Ballot::new(7, ReplicaId(1)),
         slot: 123_456,
         commit_index: 123_400,
-    };
+    });
     let frame = codec::encode_to_bytes(&accepted);
     g.throughput(Throughput::Elements(1));
     g.bench_function("decode_accepted", |b| {
         b.iter(|| codec::decode(black_box(frame.clone())).unwrap())
     });
-    let decrees = Message::Decrees {
+    let decrees = Message::Decrees(msg::Decrees {
         from_slot: 1,
         commit_index: 256,
         log_start: 1,
@@ -57,7 +57,7 @@ fn bench_codec(c: &mut Criterion) {
                 value: Value::Requests(Bytes::from(vec![1u8; 256])),
             })
             .collect(),
-    };
+    });
     let frame = codec::encode_to_bytes(&decrees);
     g.throughput(Throughput::Bytes(frame.len() as u64));
     g.bench_function("decode_decrees_256x256B", |b| {

@@ -11,7 +11,7 @@
 //! least one byte) and against [`MAX_ENTRIES`] before anything is reserved.
 //! Request payloads are zero-copy [`Bytes`] slices of the input frame.
 
-use crate::message::Message;
+use crate::msg::{self, Message};
 use crate::types::{Accepted, Ballot, Membership, Reconfiguration, ReplicaId, Value};
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -85,19 +85,19 @@ pub fn encode(msg: &Message, out: &mut BytesMut) {
     out.reserve(encoded_len_hint(msg));
     out.put_u8(VERSION);
     match msg {
-        Message::Prepare { ballot, from_slot } => {
+        Message::Prepare(msg::Prepare { ballot, from_slot }) => {
             out.put_u8(tag::PREPARE);
             put_ballot(out, *ballot);
             put_varint(out, *from_slot);
         }
-        Message::Promise {
+        Message::Promise(msg::Promise {
             ballot,
             from_slot,
             commit_index,
             log_start,
             entries,
             next_from,
-        } => {
+        }) => {
             out.put_u8(tag::PROMISE);
             put_ballot(out, *ballot);
             put_varint(out, *from_slot);
@@ -112,67 +112,67 @@ pub fn encode(msg: &Message, out: &mut BytesMut) {
                 }
             }
         }
-        Message::Accept {
+        Message::Accept(msg::Accept {
             ballot,
             slot,
             value,
             commit_index,
-        } => {
+        }) => {
             out.put_u8(tag::ACCEPT);
             put_ballot(out, *ballot);
             put_varint(out, *slot);
             put_varint(out, *commit_index);
             put_value(out, value);
         }
-        Message::Accepted {
+        Message::Accepted(msg::Accepted {
             ballot,
             slot,
             commit_index,
-        } => {
+        }) => {
             out.put_u8(tag::ACCEPTED);
             put_ballot(out, *ballot);
             put_varint(out, *slot);
             put_varint(out, *commit_index);
         }
-        Message::Heartbeat {
+        Message::Heartbeat(msg::Heartbeat {
             ballot,
             commit_index,
-        } => {
+        }) => {
             out.put_u8(tag::HEARTBEAT);
             put_ballot(out, *ballot);
             put_varint(out, *commit_index);
         }
-        Message::HeartbeatAck {
+        Message::HeartbeatAck(msg::HeartbeatAck {
             ballot,
             commit_index,
             can_become_primary,
-        } => {
+        }) => {
             out.put_u8(tag::HEARTBEAT_ACK);
             put_ballot(out, *ballot);
             put_varint(out, *commit_index);
             out.put_u8(u8::from(*can_become_primary));
         }
-        Message::Reject { promised } => {
+        Message::Reject(msg::Reject { promised }) => {
             out.put_u8(tag::REJECT);
             put_ballot(out, *promised);
         }
-        Message::Fetch { from_slot } => {
+        Message::Fetch(msg::Fetch { from_slot }) => {
             out.put_u8(tag::FETCH);
             put_varint(out, *from_slot);
         }
-        Message::Decrees {
+        Message::Decrees(msg::Decrees {
             from_slot,
             commit_index,
             log_start,
             decrees,
-        } => {
+        }) => {
             out.put_u8(tag::DECREES);
             put_varint(out, *from_slot);
             put_varint(out, *commit_index);
             put_varint(out, *log_start);
             put_entries(out, decrees);
         }
-        Message::TimeoutNow { ballot } => {
+        Message::TimeoutNow(msg::TimeoutNow { ballot }) => {
             out.put_u8(tag::TIMEOUT_NOW);
             put_ballot(out, *ballot);
         }
@@ -191,11 +191,11 @@ pub fn encode_to_bytes(msg: &Message) -> Bytes {
 pub fn encoded_len_hint(msg: &Message) -> usize {
     const FIXED: usize = 2 + 5 * 10 + 16;
     match msg {
-        Message::Accept { value, .. } => FIXED + value_len_hint(value),
-        Message::Promise { entries, .. } => {
+        Message::Accept(msg::Accept { value, .. }) => FIXED + value_len_hint(value),
+        Message::Promise(msg::Promise { entries, .. }) => {
             FIXED + entries.iter().map(accepted_len_hint).sum::<usize>()
         }
-        Message::Decrees { decrees, .. } => {
+        Message::Decrees(msg::Decrees { decrees, .. }) => {
             FIXED + decrees.iter().map(accepted_len_hint).sum::<usize>()
         }
         _ => FIXED,
@@ -268,11 +268,11 @@ pub fn decode(buf: Bytes) -> Result<Message, CodecError> {
     }
     let t = r.u8()?;
     let msg = match t {
-        tag::PREPARE => Message::Prepare {
+        tag::PREPARE => Message::Prepare(msg::Prepare {
             ballot: r.ballot()?,
             from_slot: r.varint()?,
-        },
-        tag::PROMISE => Message::Promise {
+        }),
+        tag::PROMISE => Message::Promise(msg::Promise {
             ballot: r.ballot()?,
             from_slot: r.varint()?,
             commit_index: r.varint()?,
@@ -288,47 +288,47 @@ pub fn decode(buf: Bytes) -> Result<Message, CodecError> {
                     })
                 }
             },
-        },
+        }),
         tag::ACCEPT => {
             let ballot = r.ballot()?;
             let slot = r.varint()?;
             let commit_index = r.varint()?;
-            Message::Accept {
+            Message::Accept(msg::Accept {
                 ballot,
                 slot,
                 commit_index,
                 value: r.value()?,
-            }
+            })
         }
-        tag::ACCEPTED => Message::Accepted {
+        tag::ACCEPTED => Message::Accepted(msg::Accepted {
             ballot: r.ballot()?,
             slot: r.varint()?,
             commit_index: r.varint()?,
-        },
-        tag::HEARTBEAT => Message::Heartbeat {
+        }),
+        tag::HEARTBEAT => Message::Heartbeat(msg::Heartbeat {
             ballot: r.ballot()?,
             commit_index: r.varint()?,
-        },
-        tag::HEARTBEAT_ACK => Message::HeartbeatAck {
+        }),
+        tag::HEARTBEAT_ACK => Message::HeartbeatAck(msg::HeartbeatAck {
             ballot: r.ballot()?,
             commit_index: r.varint()?,
             can_become_primary: r.bool()?,
-        },
-        tag::REJECT => Message::Reject {
+        }),
+        tag::REJECT => Message::Reject(msg::Reject {
             promised: r.ballot()?,
-        },
-        tag::FETCH => Message::Fetch {
+        }),
+        tag::FETCH => Message::Fetch(msg::Fetch {
             from_slot: r.varint()?,
-        },
-        tag::DECREES => Message::Decrees {
+        }),
+        tag::DECREES => Message::Decrees(msg::Decrees {
             from_slot: r.varint()?,
             commit_index: r.varint()?,
             log_start: r.varint()?,
             decrees: r.entries()?,
-        },
-        tag::TIMEOUT_NOW => Message::TimeoutNow {
+        }),
+        tag::TIMEOUT_NOW => Message::TimeoutNow(msg::TimeoutNow {
             ballot: r.ballot()?,
-        },
+        }),
         other => {
             return Err(CodecError::UnknownTag {
                 what: "message",
@@ -516,8 +516,9 @@ mod tests {
 
     fn arb_message() -> impl Strategy<Value = Message> {
         prop_oneof![
-            (arb_ballot(), any::<u64>())
-                .prop_map(|(ballot, from_slot)| Message::Prepare { ballot, from_slot }),
+            (arb_ballot(), any::<u64>()).prop_map(|(ballot, from_slot)| Message::Prepare(
+                msg::Prepare { ballot, from_slot }
+            )),
             (
                 arb_ballot(),
                 any::<u64>(),
@@ -528,46 +529,48 @@ mod tests {
             )
                 .prop_map(
                     |(ballot, from_slot, commit_index, log_start, entries, next_from)| {
-                        Message::Promise {
+                        Message::Promise(msg::Promise {
                             ballot,
                             from_slot,
                             commit_index,
                             log_start,
                             entries,
                             next_from,
-                        }
+                        })
                     }
                 ),
             (arb_ballot(), any::<u64>(), arb_value(), any::<u64>()).prop_map(
-                |(ballot, slot, value, commit_index)| Message::Accept {
+                |(ballot, slot, value, commit_index)| Message::Accept(msg::Accept {
                     ballot,
                     slot,
                     value,
                     commit_index
-                }
+                })
             ),
             (arb_ballot(), any::<u64>(), any::<u64>()).prop_map(|(ballot, slot, commit_index)| {
-                Message::Accepted {
+                Message::Accepted(msg::Accepted {
                     ballot,
                     slot,
                     commit_index,
+                })
+            }),
+            (arb_ballot(), any::<u64>()).prop_map(|(ballot, commit_index)| Message::Heartbeat(
+                msg::Heartbeat {
+                    ballot,
+                    commit_index
                 }
-            }),
-            (arb_ballot(), any::<u64>()).prop_map(|(ballot, commit_index)| Message::Heartbeat {
-                ballot,
-                commit_index
-            }),
+            )),
             (arb_ballot(), any::<u64>(), any::<bool>()).prop_map(
                 |(ballot, commit_index, can_become_primary)| {
-                    Message::HeartbeatAck {
+                    Message::HeartbeatAck(msg::HeartbeatAck {
                         ballot,
                         commit_index,
                         can_become_primary,
-                    }
+                    })
                 }
             ),
-            arb_ballot().prop_map(|promised| Message::Reject { promised }),
-            any::<u64>().prop_map(|from_slot| Message::Fetch { from_slot }),
+            arb_ballot().prop_map(|promised| Message::Reject(msg::Reject { promised })),
+            any::<u64>().prop_map(|from_slot| Message::Fetch(msg::Fetch { from_slot })),
             (
                 any::<u64>(),
                 any::<u64>(),
@@ -575,14 +578,14 @@ mod tests {
                 proptest::collection::vec(arb_accepted(), 0..4)
             )
                 .prop_map(|(from_slot, commit_index, log_start, decrees)| {
-                    Message::Decrees {
+                    Message::Decrees(msg::Decrees {
                         from_slot,
                         commit_index,
                         log_start,
                         decrees,
-                    }
+                    })
                 }),
-            arb_ballot().prop_map(|ballot| Message::TimeoutNow { ballot }),
+            arb_ballot().prop_map(|ballot| Message::TimeoutNow(msg::TimeoutNow { ballot })),
         ]
     }
 
@@ -653,16 +656,16 @@ mod tests {
         // u64::MAX itself still decodes.
         let mut out = BytesMut::new();
         encode(
-            &Message::Fetch {
+            &Message::Fetch(msg::Fetch {
                 from_slot: u64::MAX,
-            },
+            }),
             &mut out,
         );
         assert_eq!(
             decode(out.freeze()).unwrap(),
-            Message::Fetch {
+            Message::Fetch(msg::Fetch {
                 from_slot: u64::MAX
-            }
+            })
         );
         // A Decrees frame claiming 2^40 entries fails before allocating.
         let mut raw = BytesMut::new();
@@ -690,7 +693,7 @@ mod tests {
 
     #[test]
     fn rejects_malformed_membership() {
-        let msg = Message::Accept {
+        let msg = Message::Accept(msg::Accept {
             ballot: Ballot::new(1, ReplicaId(1)),
             slot: 1,
             commit_index: 0,
@@ -701,7 +704,7 @@ mod tests {
                     learners: vec![],
                 },
             }),
-        };
+        });
         assert_eq!(
             decode(encode_to_bytes(&msg)),
             Err(CodecError::BadMembership)
@@ -711,19 +714,19 @@ mod tests {
     #[test]
     fn request_payloads_are_zero_copy_slices_of_the_frame() {
         let payload = Bytes::from(vec![7u8; 1000]);
-        let msg = Message::Accept {
+        let msg = Message::Accept(msg::Accept {
             ballot: Ballot::new(3, ReplicaId(1)),
             slot: 9,
             commit_index: 8,
             value: Value::Requests(payload),
-        };
+        });
         let frame = encode_to_bytes(&msg);
         let range = frame.as_ptr() as usize..frame.as_ptr() as usize + frame.len();
         match decode(frame.clone()).unwrap() {
-            Message::Accept {
+            Message::Accept(msg::Accept {
                 value: Value::Requests(b),
                 ..
-            } => {
+            }) => {
                 assert!(range.contains(&(b.as_ptr() as usize)), "payload was copied");
                 assert_eq!(b.len(), 1000);
             }

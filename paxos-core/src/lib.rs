@@ -31,6 +31,11 @@
 //!   them anymore, [`Status::needs_snapshot`] says so.
 //! - **Bounded everything**: window, accept horizon, retained decrees, chunk
 //!   sizes, message sizes, and a [`codec`] that rejects oversize counts.
+//! - **Messages** ([`msg`]): [`Message`] has one tuple variant per message,
+//!   wrapping a struct of the same name (`Message::Accept(msg::Accept {
+//!   .. })`) that its handler takes whole. The structs stay behind the
+//!   `msg::` path because `msg::Accepted` (the phase 2b message) and
+//!   [`Accepted`] (an accepted log entry) would clash at the root.
 //!
 //! - **Reconfiguration** with [`Replica::change_configuration`]: new voters
 //!   join as learners and are promoted once caught up; each change is a
@@ -50,6 +55,30 @@
 //! `paxos-contracts` invariants after every public call (applies are
 //! contiguous and keep up with commits, in-flight slots are exactly the slots
 //! above the commit index, the window is respected).
+//!
+//! # Planted bugs (feature `planted-bugs`)
+//!
+//! The simulator proves that its checkers can fail by planting known
+//! protocol bugs (`Replica::plant_bug`, `PlantedBug`). That code exists
+//! only with the `planted-bugs` feature: without it the bug flags, the
+//! `plant_bug` method and the `PlantedBug` type are not compiled, and each
+//! check in the protocol code is `#[cfg]`'d out or the constant `false`, so
+//! a build without the feature pays nothing and contains none of it.
+//!
+//! The feature is enabled only by paxos-sim: by its dev-dependency (its
+//! teeth tests) and by its own `planted-bugs` feature (`paxos-sim
+//! --features planted-bugs --plant-bug NAME`). Cargo unifies features
+//! across one build, though, so `cargo build --release --workspace
+//! --all-targets` (or `cargo test --release --workspace`) compiles the
+//! `paxos-kv` binary against a paxos-core *with* the feature. A Cargo
+//! feature cannot be forbidden to a dependent, so the binary checks instead:
+//! [`PLANTED_BUGS_COMPILED`] says whether this build has the code, and the
+//! `paxos-kv` binary refuses to start, naming the cause and the fix, when
+//! it is `true` in a build without `debug_assertions` (a release build).
+//! Debug builds (the workspace's tests, which spawn the binary) may carry
+//! it: nothing in paxos-kv ever calls `plant_bug`, so the bugs stay off.
+//! Production binaries are built with `cargo build --release -p paxos-kv`,
+//! which never enables the feature.
 //!
 //! # Example
 //!
@@ -122,15 +151,21 @@
 pub mod batch;
 pub mod codec;
 mod config;
-mod message;
+pub mod msg;
 mod replica;
 mod types;
 
 pub use codec::CodecError;
 pub use config::{Config, ConfigError};
-pub use message::Message;
+pub use msg::Message;
 #[cfg(feature = "planted-bugs")]
 pub use replica::PlantedBug;
+
+/// Whether this build of paxos-core contains the planted-bug code (feature
+/// `planted-bugs`, possibly switched on by Cargo's feature unification).
+/// Release binaries must refuse to run when it is `true`; see the crate
+/// docs.
+pub const PLANTED_BUGS_COMPILED: bool = cfg!(feature = "planted-bugs");
 pub use replica::{Action, PeerStatus, PersistToken, ProposeError, Replica, Role, Status};
 pub use types::*;
 

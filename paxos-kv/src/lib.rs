@@ -40,7 +40,11 @@
 //!   errors; tests feed each of them arbitrary bytes.
 //! - **Crash-stop on storage failure.** A replica whose log cannot persist
 //!   stops rather than acknowledge anything.
+//! - **No planted bugs in production.** A release build of the binary that
+//!   contains paxos-core's `planted-bugs` code refuses to start
+//!   ([`build_guard`]).
 pub mod admin;
+pub mod build_guard;
 pub mod client;
 pub mod config;
 pub mod demo;

@@ -132,6 +132,11 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Err(e) = paxos_kv::build_guard::check() {
+        // The message is the whole story: no backtrace.
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    }
     match cli.command {
         Command::Node { config } => {
             let config = NodeConfig::load(&config)?;

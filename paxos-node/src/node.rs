@@ -877,12 +877,12 @@ impl<S: StateMachine, C> Node<S, C> {
     fn encode(&mut self, msg: &Message) -> Bytes {
         // The core sends the same Accept to every follower: encode it (and
         // copy its batch) once and share the bytes.
-        if let Message::Accept {
+        if let Message::Accept(paxos_core::msg::Accept {
             ballot,
             slot,
             commit_index,
             value,
-        } = msg
+        }) = msg
         {
             let key = (*ballot, *slot, *commit_index, value.payload_len());
             if let Some((k, encoded)) = &self.last_accept {

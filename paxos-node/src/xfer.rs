@@ -219,7 +219,10 @@ mod tests {
             assert_eq!(decode(bytes).unwrap(), m);
         }
         let mut core = BytesMut::new();
-        paxos_core::codec::encode(&paxos_core::Message::Fetch { from_slot: 1 }, &mut core);
+        paxos_core::codec::encode(
+            &paxos_core::Message::Fetch(paxos_core::msg::Fetch { from_slot: 1 }),
+            &mut core,
+        );
         assert!(!is_xfer(&core), "core messages are told apart");
     }
 

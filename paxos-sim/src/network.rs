@@ -9,7 +9,7 @@
 use crate::checker::{Failure, FailureKind};
 use crate::sim::{EventKind, Sim};
 use bytes::{Bytes, BytesMut};
-use paxos_core::{codec, Message, ReplicaId};
+use paxos_core::{codec, msg, Message, ReplicaId};
 use rand::Rng;
 use std::collections::BTreeSet;
 
@@ -165,15 +165,17 @@ impl Sim {
         let node = &self.nodes[from];
         let durable = &node.ledger;
         let violation = match msg {
-            Message::Promise { ballot, .. } if durable.promised < *ballot => Some(format!(
-                "Promise for ballot {ballot} while the disk holds promise {}",
-                durable.promised
-            )),
+            Message::Promise(msg::Promise { ballot, .. }) if durable.promised < *ballot => {
+                Some(format!(
+                    "Promise for ballot {ballot} while the disk holds promise {}",
+                    durable.promised
+                ))
+            }
             // An acceptor that knows the slot is already chosen may vouch
             // for it in a new ballot without a fresh durable vote: a leader
             // that passed phase 1 can only propose the chosen value there, so
             // the "vote" cannot help choose anything else.
-            Message::Accepted { ballot, slot, .. }
+            Message::Accepted(msg::Accepted { ballot, slot, .. })
                 if *slot > durable.truncated_through
                     && durable
                         .accepted

@@ -1,7 +1,7 @@
 //! Readable renderings of messages for `-v` traces.
 
 use crate::checker::describe;
-use paxos_core::Message;
+use paxos_core::{msg, Message};
 
 /// A compact rendering of a message: decrees are described, not dumped.
 pub fn message(msg: &Message) -> String {
@@ -12,14 +12,14 @@ pub fn message(msg: &Message) -> String {
             .join(", ")
     };
     match msg {
-        Message::Accept { ballot, slot, value, commit_index } => {
+        Message::Accept(msg::Accept { ballot, slot, value, commit_index }) => {
             format!("Accept {{ ballot {ballot}, slot {slot}, value {}, commit {commit_index} }}", describe(value))
         }
-        Message::Promise { ballot, from_slot, commit_index, log_start, entries: e, next_from } => format!(
+        Message::Promise(msg::Promise { ballot, from_slot, commit_index, log_start, entries: e, next_from }) => format!(
             "Promise {{ ballot {ballot}, from {from_slot}, commit {commit_index}, log_start {log_start}, entries [{}], next {next_from:?} }}",
             entries(e)
         ),
-        Message::Decrees { from_slot, commit_index, log_start, decrees } => format!(
+        Message::Decrees(msg::Decrees { from_slot, commit_index, log_start, decrees }) => format!(
             "Decrees {{ from {from_slot}, commit {commit_index}, log_start {log_start}, decrees [{}] }}",
             entries(decrees)
         ),

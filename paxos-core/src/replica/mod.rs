@@ -1,6 +1,27 @@
 //! The replica: acceptor, proposer (leader), learner and election in one
 //! deterministic, sans-IO state machine.
 //!
+//! # Layout
+//!
+//! This module holds the public types, the [`Replica`] struct, its public
+//! entry points, message routing and the output plumbing (persist tokens,
+//! durable-gated sends, self-delivery, status reports). Each role is an
+//! `impl Replica` block of its own, matching the unit tests in `src/tests/`:
+//!
+//! - `acceptor`: Prepare/Promise, Accept/Accepted, admitting a leader.
+//! - `proposer`: proposing, re-proposing the recovered window, counting
+//!   votes, heartbeats and retransmission.
+//! - `learner`: commit learning and `Apply` in slot order.
+//! - `catchup`: fetching chosen decrees from peers; snapshot need.
+//! - `election`: timers, phase 1, becoming leader, stepping down.
+//! - `relinquish`: handing the primary role to a successor.
+//! - `reconfig`: membership change and switching memberships.
+//! - `invariants`: `check_invariants`, run after every public call.
+//! - `planted` (feature `planted-bugs` only): deliberate bugs for the
+//!   simulator's teeth tests, read through `planted!(self, bug)`.
+//!
+//! Each module's doc names the invariants below that it maintains.
+//!
 //! # Protocol invariants (what the code below maintains)
 //!
 //! Notation: `log[s]` is the acceptor's entry `(s, ballot, value)`; an entry
@@ -98,16 +119,46 @@
 //! slots might not be the chosen ones on disk, so they are dropped and
 //! `Truncate(applied_through)` is persisted: the checkpoint covers them.
 
-use crate::codec::accepted_len_hint;
+/// `planted!(self, bug)`: whether planted bug `bug` (a field of
+/// `planted::Bugs`) is on. Without the `planted-bugs` feature it expands to
+/// the constant `false` and reads nothing: the field does not exist then.
+#[cfg(feature = "planted-bugs")]
+macro_rules! planted {
+    ($replica:expr, $bug:ident) => {
+        $replica.bugs.$bug
+    };
+}
+#[cfg(not(feature = "planted-bugs"))]
+macro_rules! planted {
+    ($replica:expr, $bug:ident) => {
+        false
+    };
+}
+
+mod acceptor;
+mod catchup;
+mod election;
+mod invariants;
+mod learner;
+#[cfg(feature = "planted-bugs")]
+mod planted;
+mod proposer;
+mod reconfig;
+mod relinquish;
+
 use crate::config::Config;
-use crate::message::Message;
+use crate::msg::{self, Message};
 use crate::types::{
-    Accepted, Ballot, DurableState, Membership, PersistEntry, Reconfiguration, ReplicaId, Slot,
-    Time, Value,
+    Accepted, Ballot, DurableState, Membership, PersistEntry, ReplicaId, Slot, Time, Value,
 };
-use paxos_contracts::{ensures, invariant, requires, snapshot};
+use catchup::FetchState;
+use election::CandidateState;
+use paxos_contracts::{ensures, requires, snapshot};
+#[cfg(feature = "planted-bugs")]
+pub use planted::PlantedBug;
+use proposer::LeaderState;
 use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use std::collections::{BTreeMap, VecDeque};
 
 /// Identifies one `Action::Persist`. Issued in increasing order; storage
@@ -244,38 +295,6 @@ pub struct PeerStatus {
     pub can_become_primary: bool,
 }
 
-/// Deliberate protocol bugs, compiled only with the `planted-bugs` feature,
-/// so that the simulator can show it catches each of them.
-#[cfg(feature = "planted-bugs")]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum PlantedBug {
-    /// Phase 1 ignores the values reported in promises and fills the recovered
-    /// window with Noop.
-    SkipAdoptHighestAccepted,
-    /// Promise and Accepted are sent before the persist they depend on completed.
-    AckBeforePersist,
-    /// A quorum is `N/2` votes instead of `N/2 + 1`.
-    QuorumHalf,
-    /// A follower applies whatever it accepted at a committed slot, without
-    /// checking that it was accepted in the ballot the leader named.
-    ApplyUncheckedBallot,
-    /// A leader keeps proposing above a `Reconfigure` it has not seen chosen
-    /// (no drain), so votes of the old voters decide slots the new ones
-    /// govern.
-    ProposeAboveUnchosenReconfigure,
-}
-
-/// Which planted bugs are active (all false unless the `planted-bugs`
-/// feature is on and `plant_bug` was called).
-#[derive(Clone, Copy, Debug, Default)]
-struct Bugs {
-    skip_adopt_highest_accepted: bool,
-    ack_before_persist: bool,
-    quorum_half: bool,
-    apply_unchecked_ballot: bool,
-    propose_above_unchosen_reconfigure: bool,
-}
-
 /// What this replica knows about a peer.
 #[derive(Clone, Copy, Debug)]
 struct PeerInfo {
@@ -284,87 +303,12 @@ struct PeerInfo {
     last_heard: Time,
 }
 
-/// Phase 1 progress with one acceptor.
-#[derive(Clone, Copy, Debug)]
-struct PromiseProgress {
-    /// The `from_slot` of the next chunk expected.
-    expect_from: Slot,
-    /// All chunks received.
-    complete: bool,
-}
-
-#[derive(Debug)]
-struct CandidateState {
-    ballot: Ballot,
-    /// First slot phase 1 covers (commit index + 1 when it started).
-    from_slot: Slot,
-    progress: BTreeMap<ReplicaId, PromiseProgress>,
-    /// Highest-ballot entry reported per slot.
-    merged: BTreeMap<Slot, Accepted>,
-    /// Highest commit index reported in a usable promise chunk: every slot
-    /// up to it is chosen.
-    max_usable_commit: Slot,
-}
-
-/// A slot this leader proposed and whose commit it has not yet passed.
-#[derive(Debug)]
-struct InFlight {
-    value: Value,
-    /// Voters (bit = index in `membership.voters`) whose durable `Accepted`
-    /// arrived (this replica included, once its own persist completed).
-    acks: u128,
-    chosen: bool,
-    sent_at: Time,
-}
-
-#[derive(Debug)]
-struct LeaderState {
-    ballot: Ballot,
-    /// Recovered slots still to re-propose: `recover_next ..= recover_through`.
-    recover_next: Slot,
-    recover_through: Slot,
-    /// Values found in phase 1 for the recovered slots.
-    recovered: BTreeMap<Slot, Accepted>,
-    /// The next slot to propose.
-    next_slot: Slot,
-    /// Every slot in `commit_index + 1 .. next_slot`.
-    in_flight: BTreeMap<Slot, InFlight>,
-    /// Whether the recovered window is chosen and `Leader` was reported.
-    announced: bool,
-    /// The slot of a `Reconfigure` this leader proposed (or re-proposed) and
-    /// whose commit it has not yet passed. Nothing above it is proposed
-    /// until it is chosen: the decree decides the membership of every
-    /// later slot.
-    reconfig_slot: Option<Slot>,
-    /// When each voter last acknowledged this ballot.
-    last_ack: BTreeMap<ReplicaId, Time>,
-    /// The voters whose quorum granted this ballot's phase 1: a leader
-    /// leads only while they are the voters in force.
-    phase1_voters: Vec<ReplicaId>,
-    elected_at: Time,
-}
-
+/// The role this replica plays, with that role's state.
 #[derive(Debug)]
 enum RoleState {
     Follower,
     Candidate(CandidateState),
     Leader(LeaderState),
-}
-
-/// Catch-up progress.
-#[derive(Debug, Default)]
-struct FetchState {
-    /// `(peer, from_slot, sent_at)` of the outstanding fetch.
-    outstanding: Option<(ReplicaId, Slot, Time)>,
-    /// When to start a fetch (a short delay lets in-flight accepts land).
-    due: Option<Time>,
-    /// Peers that answered that they cannot serve `commit_index + 1`: they
-    /// compacted it or are behind themselves.
-    unable: Vec<ReplicaId>,
-    /// Whether one of `unable` compacted it (rather than being behind).
-    any_compacted: bool,
-    /// Round-robin cursor over peers.
-    cursor: usize,
 }
 
 /// One multi-Paxos replica (acceptor, proposer and learner).
@@ -397,7 +341,9 @@ pub struct Replica {
     pending_target: Option<Membership>,
     rng: SmallRng,
     can_become_primary: bool,
-    bugs: Bugs,
+    /// Planted bugs switched on by `plant_bug` (feature `planted-bugs` only).
+    #[cfg(feature = "planted-bugs")]
+    bugs: planted::Bugs,
 
     // Acceptor.
     promised: Ballot,
@@ -439,7 +385,6 @@ pub struct Replica {
 }
 
 impl Replica {
-    /// Starts a replica from what storage recovered, or explains why the
     /// configuration is unusable.
     pub fn try_new(
         config: Config,
@@ -497,7 +442,8 @@ impl Replica {
             pending_target: None,
             rng: SmallRng::seed_from_u64(seed ^ (u64::from(id.0) << 32)),
             can_become_primary: true,
-            bugs: Bugs::default(),
+            #[cfg(feature = "planted-bugs")]
+            bugs: planted::Bugs::default(),
             promised,
             log: accepted,
             log_start: truncated_through + 1,
@@ -820,30 +766,16 @@ impl Replica {
         self.check_invariants();
     }
 
-    /// Plants a deliberate protocol bug (simulator teeth tests only).
-    #[cfg(feature = "planted-bugs")]
-    pub fn plant_bug(&mut self, bug: PlantedBug) {
-        match bug {
-            PlantedBug::SkipAdoptHighestAccepted => self.bugs.skip_adopt_highest_accepted = true,
-            PlantedBug::AckBeforePersist => self.bugs.ack_before_persist = true,
-            PlantedBug::QuorumHalf => self.bugs.quorum_half = true,
-            PlantedBug::ApplyUncheckedBallot => self.bugs.apply_unchecked_ballot = true,
-            PlantedBug::ProposeAboveUnchosenReconfigure => {
-                self.bugs.propose_above_unchosen_reconfigure = true
-            }
-        }
-    }
-
     // ------------------------------------------------------------------
-    // Plumbing.
+    // Input routing and output plumbing.
     // ------------------------------------------------------------------
 
     /// Applies `handle_message`'s membership rules, then dispatches.
     fn route(&mut self, now: Time, from: ReplicaId, msg: Message) {
         let i_vote = self.is_voter(self.id);
         match &msg {
-            Message::Fetch { .. } | Message::Decrees { .. } => {}
-            Message::Prepare { from_slot, .. } => {
+            Message::Fetch(_) | Message::Decrees(_) => {}
+            Message::Prepare(msg::Prepare { from_slot, .. }) => {
                 if !i_vote || !self.is_voter(from) {
                     let from_slot = *from_slot;
                     self.on_foreign_prepare(now, from, from_slot);
@@ -851,8 +783,9 @@ impl Replica {
                 }
             }
             _ if !i_vote || self.membership.contains(from) => {}
-            Message::TimeoutNow { .. } if self.previous_members.contains(&from) => {}
-            Message::Accept { commit_index, .. } | Message::Heartbeat { commit_index, .. } => {
+            Message::TimeoutNow(_) if self.previous_members.contains(&from) => {}
+            Message::Accept(msg::Accept { commit_index, .. })
+            | Message::Heartbeat(msg::Heartbeat { commit_index, .. }) => {
                 let commit_index = *commit_index;
                 self.on_foreign_progress(now, from, commit_index);
                 return;
@@ -862,105 +795,18 @@ impl Replica {
         self.dispatch(now, from, msg);
     }
 
-    /// A non-voter heard from no leader for an election timeout. It cannot
-    /// campaign, and the voters may all believe it is someone else's job to
-    /// tell it what happened (each replica learns a membership change at its
-    /// own time). Ask the next replica it knows for the decrees after its
-    /// commit index; an answer that carries a `Reconfigure` may make it a
-    /// voter.
-    fn probe_for_progress(&mut self, now: Time) {
-        self.reset_election_timer(now);
-        if self.fetch.outstanding.is_some() || self.known_replicas.is_empty() {
-            return;
-        }
-        let i = self.probe_cursor % self.known_replicas.len();
-        self.probe_cursor = self.probe_cursor.wrapping_add(1);
-        if let Some(peer) = self.known_replicas.iter().nth(i).copied() {
-            let from_slot = self.commit_index + 1;
-            self.fetch.outstanding = Some((peer, from_slot, now));
-            self.send(peer, Message::Fetch { from_slot });
-        }
-    }
-
-    /// A Prepare this replica does not answer (it does not vote, or the
-    /// candidate does not vote in its view). One side is probably behind:
-    /// a candidate asks from `from_slot`, so it has every slot below it
-    /// chosen; help whichever side lacks decrees.
-    fn on_foreign_prepare(&mut self, now: Time, from: ReplicaId, from_slot: Slot) {
-        if from_slot > self.commit_index + 1 {
-            // Perhaps the candidate votes in a membership this replica has
-            // not learned yet: catch up from it, then answer its retry.
-            self.on_foreign_progress(now, from, from_slot - 1);
-        } else if from_slot >= 1 && from_slot <= self.commit_index {
-            // The candidate is behind (perhaps it was removed, or runs for a
-            // membership already replaced): send it what it misses, so that
-            // it learns the membership in force.
-            self.on_fetch(from, from_slot);
-        }
-    }
-
-    /// `from`, whose messages this replica does not otherwise take, has
-    /// every slot through `peer_commit` chosen: fetch from it if behind.
-    fn on_foreign_progress(&mut self, now: Time, from: ReplicaId, peer_commit: Slot) {
-        if peer_commit <= self.commit_index {
-            return;
-        }
-        self.known_commit = self.known_commit.max(peer_commit);
-        if self.fetch.outstanding.is_none() && !matches!(self.role, RoleState::Leader(_)) {
-            self.fetch.due = None;
-            self.start_fetch(now, Some(from));
-        }
-    }
-
     fn dispatch(&mut self, now: Time, from: ReplicaId, msg: Message) {
         match msg {
-            Message::Prepare { ballot, from_slot } => self.on_prepare(now, from, ballot, from_slot),
-            Message::Promise {
-                ballot,
-                from_slot,
-                commit_index,
-                log_start,
-                entries,
-                next_from,
-            } => self.on_promise(
-                now,
-                from,
-                ballot,
-                from_slot,
-                commit_index,
-                log_start,
-                entries,
-                next_from,
-            ),
-            Message::Accept {
-                ballot,
-                slot,
-                value,
-                commit_index,
-            } => self.on_accept(now, from, ballot, slot, value, commit_index),
-            Message::Accepted {
-                ballot,
-                slot,
-                commit_index,
-            } => self.on_accepted(now, from, ballot, slot, commit_index),
-            Message::Heartbeat {
-                ballot,
-                commit_index,
-            } => self.on_heartbeat(now, from, ballot, commit_index),
-            Message::HeartbeatAck {
-                ballot,
-                commit_index,
-                can_become_primary,
-            } => self.on_heartbeat_ack(now, from, ballot, commit_index, can_become_primary),
-            Message::Reject { promised } => self.on_reject(now, promised),
-            Message::Fetch { from_slot } => self.on_fetch(from, from_slot),
-            Message::Decrees {
-                from_slot,
-                commit_index,
-                log_start,
-                decrees,
-            } => self.on_decrees(now, from, from_slot, commit_index, log_start, decrees),
-            Message::TimeoutNow { ballot } => self.on_timeout_now(now, from, ballot),
+            Message::Prepare(m) => self.on_prepare(now, from, m),
+            Message::Promise(m) => self.on_promise(now, from, m),
+            Message::Accept(m) => self.on_accept(now, from, m),
+            Message::Accepted(m) => self.on_accepted(now, from, m),
+            Message::Heartbeat(m) => self.on_heartbeat(now, from, m),
+            Message::HeartbeatAck(m) => self.on_heartbeat_ack(now, from, m),
+            Message::Reject(m) => self.on_reject(now, m),
+            Message::Fetch(m) => self.on_fetch(from, m),
+            Message::Decrees(m) => self.on_decrees(now, from, m),
+            Message::TimeoutNow(m) => self.on_timeout_now(now, from, m),
         }
     }
 
@@ -1019,7 +865,7 @@ impl Replica {
         } else {
             self.next_token
         };
-        if needed <= self.durable_token || self.bugs.ack_before_persist {
+        if needed <= self.durable_token || planted!(self, ack_before_persist) {
             self.send(to, msg);
         } else {
             self.gated.push_back((needed, to, msg));
@@ -1054,21 +900,15 @@ impl Replica {
     }
 
     fn quorum(&self) -> usize {
+        #[cfg(feature = "planted-bugs")]
         if self.bugs.quorum_half {
-            (self.membership.voters.len() / 2).max(1)
-        } else {
-            self.membership.quorum()
+            return (self.membership.voters.len() / 2).max(1);
         }
+        self.membership.quorum()
     }
 
     fn is_voter(&self, id: ReplicaId) -> bool {
         self.membership.is_voter(id)
-    }
-
-    fn reset_election_timer(&mut self, now: Time) {
-        let lo = self.config.election_timeout_min_us;
-        let hi = self.config.election_timeout_max_us;
-        self.election_deadline = now.plus_micros(self.rng.gen_range(lo..hi));
     }
 
     fn observe(&mut self, ballot: Ballot) {
@@ -1094,1436 +934,18 @@ impl Replica {
         }
     }
 
-    /// Promises a higher ballot (durably) and steps down from any role held
-    /// under a lower one.
-    fn raise_promise(&mut self, now: Time, ballot: Ballot) {
-        assert!(
-            ballot > self.promised,
-            "promise must only rise: {} -> {}",
-            self.promised,
-            ballot
-        );
-        self.promised = ballot;
-        self.observe(ballot);
-        self.persist(PersistEntry::Promise(ballot));
-        if ballot.leader != self.id {
-            // Another replica leads now: an operator's change in progress
-            // here is abandoned (the caller sees it never completed).
-            self.pending_target = None;
-        }
-        let demoted = match &self.role {
-            RoleState::Candidate(c) => c.ballot < ballot,
-            RoleState::Leader(l) => l.ballot < ballot,
-            RoleState::Follower => false,
-        };
-        if demoted {
-            self.step_down(now);
-        }
-    }
-
-    fn step_down(&mut self, now: Time) {
-        // A change an operator asked this leader for dies with its
-        // leadership (it must not resume if this replica leads again).
-        self.pending_target = None;
-        self.role = RoleState::Follower;
-        self.leader = None;
-        self.reset_election_timer(now);
-        self.request_fetch(now);
-    }
-
-    /// A valid message from the leader of `ballot` (== promised) arrived.
-    fn follow(&mut self, now: Time, from: ReplicaId, ballot: Ballot) {
-        if from == self.id || ballot.leader != from {
-            return;
-        }
-        if !matches!(self.role, RoleState::Follower) {
-            self.role = RoleState::Follower;
-        }
-        self.leader = Some(from);
-        self.reset_election_timer(now);
-    }
-
-    // ------------------------------------------------------------------
-    // Acceptor.
-    // ------------------------------------------------------------------
-
-    fn on_prepare(&mut self, now: Time, from: ReplicaId, ballot: Ballot, from_slot: Slot) {
-        self.observe(ballot);
-        if ballot < self.promised {
-            self.send(
-                from,
-                Message::Reject {
-                    promised: self.promised,
-                },
-            );
-            return;
-        }
-        if !self.is_voter(self.id) || !self.is_voter(from) {
-            // Only a Prepare to itself gets here unrouted: one released
-            // after the membership changed under its candidacy. Stale.
-            return;
-        }
-        if ballot > self.promised {
-            self.raise_promise(now, ballot);
-            if from != self.id {
-                self.leader = None;
-            }
-        }
-        if from != self.id {
-            // Give the candidate time to finish phase 1 (also while it pulls
-            // further chunks), rather than competing with it.
-            self.reset_election_timer(now);
-        }
-        let from_slot = from_slot.max(1);
-        let (entries, next_from) = if from_slot < self.log_start {
-            (Vec::new(), None)
-        } else {
-            self.chunk(from_slot, Slot::MAX)
-        };
-        let msg = Message::Promise {
-            ballot,
-            from_slot,
-            commit_index: self.commit_index,
-            log_start: self.log_start,
-            entries,
-            next_from,
-        };
-        self.send_durable(from, msg);
-        ensures!(self.promised == ballot);
-    }
-
-    /// Entries from `from_slot` through `through`, cut to the chunk limits.
-    fn chunk(&self, from_slot: Slot, through: Slot) -> (Vec<Accepted>, Option<Slot>) {
-        let max_bytes = self.config.max_message_bytes.saturating_sub(1024);
-        let mut out = Vec::new();
-        let mut bytes = 0usize;
-        if from_slot > through {
-            return (out, None);
-        }
-        for (slot, entry) in self.log.range(from_slot..=through) {
-            let size = accepted_len_hint(entry);
-            if !out.is_empty()
-                && (out.len() >= self.config.catchup_chunk_decrees || bytes + size > max_bytes)
-            {
-                return (out, Some(*slot));
-            }
-            bytes += size;
-            out.push(entry.clone());
-        }
-        (out, None)
-    }
-
-    fn on_accept(
-        &mut self,
-        now: Time,
-        from: ReplicaId,
-        ballot: Ballot,
-        slot: Slot,
-        value: Value,
-        leader_commit: Slot,
-    ) {
-        if !self.admit_leader_message(now, from, ballot) {
-            return;
-        }
-        let accepted = self.accept_entry(slot, ballot, value);
-        self.learn_commit(now, ballot, leader_commit);
-        if accepted {
-            let msg = Message::Accepted {
-                ballot,
-                slot,
-                commit_index: self.commit_index,
-            };
-            self.send_durable(from, msg);
-        }
-    }
-
-    /// Records a vote for `(slot, ballot, value)` if the acceptor may cast
-    /// it; returns whether it holds that vote now.
-    fn accept_entry(&mut self, slot: Slot, ballot: Ballot, value: Value) -> bool {
-        requires!(ballot == self.promised);
-        if slot == 0 {
-            return false;
-        }
-        if slot < self.log_start {
-            // The slot is chosen and its entry compacted. Acknowledge without
-            // recording (a "virtual vote"), so that a recovering leader that
-            // re-proposes it is not stuck. Safe: the slot's first chosen
-            // quorum Q voted for real; a proposal in a ballot above Q's
-            // carries the chosen value anyway, and one in a lower ballot
-            // cannot gather a quorum, because every quorum meets Q, whose
-            // members promised Q's ballot and reject it (the `< promised`
-            // check runs before this one).
-            return true;
-        }
-        if slot
-            > self
-                .commit_index
-                .saturating_add(self.config.max_accept_ahead as u64)
-        {
-            // Too far ahead: catch up first (bounds uncommitted entries).
-            return false;
-        }
-        match self.log.get(&slot) {
-            Some(existing) if existing.ballot == ballot => {
-                assert!(
-                    existing.value == value,
-                    "acceptor asked to accept two values at slot {slot} in ballot {ballot}"
-                );
-                true
-            }
-            // A chosen entry injected under a higher ballot: never go down.
-            Some(existing) if existing.ballot > ballot => false,
-            existing => {
-                if let Some(e) = existing {
-                    assert!(
-                        slot > self.commit_index || e.value == value,
-                        "committed slot {slot} would change value in ballot {ballot}"
-                    );
-                }
-                let entry = Accepted {
-                    slot,
-                    ballot,
-                    value,
-                };
-                self.log.insert(slot, entry.clone());
-                self.persist(PersistEntry::Accept(entry));
-                true
-            }
-        }
-    }
-
-    /// Common start of a message from the leader of `ballot` (Accept,
-    /// Heartbeat): a ballot below the promise is rejected and the message
-    /// dropped (`false`); a higher one is promised durably; the sender is
-    /// followed as leader.
-    fn admit_leader_message(&mut self, now: Time, from: ReplicaId, ballot: Ballot) -> bool {
-        self.observe(ballot);
-        if ballot < self.promised {
-            self.send(
-                from,
-                Message::Reject {
-                    promised: self.promised,
-                },
-            );
-            return false;
-        }
-        if ballot > self.promised {
-            self.raise_promise(now, ballot);
-        }
-        self.follow(now, from, ballot);
-        ensures!(self.promised == ballot);
-        true
-    }
-
-    fn on_heartbeat(&mut self, now: Time, from: ReplicaId, ballot: Ballot, leader_commit: Slot) {
-        if !self.admit_leader_message(now, from, ballot) {
-            return;
-        }
-        self.note_peer(now, from, leader_commit, None);
-        self.learn_commit(now, ballot, leader_commit);
-        let msg = Message::HeartbeatAck {
-            ballot,
-            commit_index: self.commit_index,
-            can_become_primary: self.can_become_primary && self.is_voter(self.id),
-        };
-        self.send(from, msg);
-    }
-
-    fn on_reject(&mut self, now: Time, promised: Ballot) {
-        self.observe(promised);
-        let stale = match &self.role {
-            RoleState::Candidate(c) => c.ballot < promised,
-            RoleState::Leader(l) => l.ballot < promised,
-            RoleState::Follower => false,
-        };
-        if stale {
-            self.step_down(now);
-        }
-    }
-
-    // ------------------------------------------------------------------
-    // Learner: commit, apply, catch-up.
-    // ------------------------------------------------------------------
-
-    /// The leader of `ballot` says slots `<= leader_commit` are chosen.
-    fn learn_commit(&mut self, now: Time, ballot: Ballot, leader_commit: Slot) {
-        self.known_commit = self.known_commit.max(leader_commit);
-        if matches!(self.role, RoleState::Leader(_)) {
-            return;
-        }
-        let before = self.commit_index;
-        while self.commit_index < leader_commit {
-            let next = self.commit_index + 1;
-            match self.log.get(&next) {
-                Some(e) if e.ballot == ballot || self.bugs.apply_unchecked_ballot => {
-                    self.commit_index = next
-                }
-                _ => break,
-            }
-        }
-        if self.commit_index > before {
-            self.persist(PersistEntry::Commit(self.commit_index));
-            self.adopt_chosen_configs(now);
-            self.apply_committed();
-        }
-        if self.commit_index < self.known_commit {
-            self.request_fetch(now);
-        }
-    }
-
-    /// Records that `(slot, ballot, value)` is chosen, injecting the entry
-    /// into the log if this acceptor holds no vote at least as high.
-    fn learn_chosen(&mut self, slot: Slot, ballot: Ballot, value: Value) {
-        if slot < self.log_start {
-            return;
-        }
-        match self.log.get(&slot) {
-            Some(e) if e.ballot >= ballot => {
-                assert!(
-                    e.value == value,
-                    "slot {slot}: vote at ballot {} disagrees with the value chosen at ballot {ballot}",
-                    e.ballot
-                );
-            }
-            existing => {
-                if let Some(e) = existing {
-                    assert!(
-                        slot > self.commit_index || e.value == value,
-                        "committed slot {slot} would change value"
-                    );
-                }
-                let entry = Accepted {
-                    slot,
-                    ballot,
-                    value,
-                };
-                self.log.insert(slot, entry.clone());
-                self.persist(PersistEntry::Accept(entry));
-            }
-        }
-    }
-
-    /// Emits `Apply` for every committed, unapplied slot, then trims memory.
-    fn apply_committed(&mut self) {
-        while self.applied_index < self.commit_index {
-            let slot = self.applied_index + 1;
-            let Some(entry) = self.log.get(&slot) else {
-                // Only possible after a restart whose storage lost slots the
-                // state machine lacks.
-                self.needs_snapshot = true;
-                break;
-            };
-            let action = Action::Apply {
-                slot,
-                ballot: entry.ballot,
-                value: entry.value.clone(),
-            };
-            self.actions.push_back(action);
-            self.applied_index = slot;
-        }
-        // Keep `retain_decrees` committed (and applied) decrees in memory.
-        let keep_from = self
-            .commit_index
-            .saturating_sub(self.config.retain_decrees as u64)
-            .min(self.applied_index)
-            + 1;
-        if keep_from > self.log_start {
-            while let Some(first) = self.log.first_entry() {
-                if *first.key() >= keep_from {
-                    break;
-                }
-                first.remove();
-            }
-            self.log_start = keep_from;
-        }
-    }
-
-    /// Starts a catch-up fetch soon, if behind and none is running.
-    fn request_fetch(&mut self, now: Time) {
-        if self.commit_index >= self.known_commit
-            || self.fetch.outstanding.is_some()
-            || self.fetch.due.is_some()
-            || matches!(self.role, RoleState::Leader(_))
-        {
-            return;
-        }
-        // A short delay lets accepts still in flight arrive first.
-        let delay = if self.known_commit - self.commit_index > self.config.pipeline_window as u64 {
-            0
-        } else {
-            self.config.heartbeat_interval_us / 2
-        };
-        self.fetch.due = Some(now.plus_micros(delay));
-    }
-
-    /// Sends a fetch for `commit_index + 1` to `preferred`, or to the next
-    /// peer that may hold it.
-    fn start_fetch(&mut self, now: Time, preferred: Option<ReplicaId>) {
-        self.fetch.outstanding = None;
-        if self.commit_index >= self.known_commit || matches!(self.role, RoleState::Leader(_)) {
-            return;
-        }
-        let others = self.peer_ids.clone();
-        if others.is_empty() {
-            return;
-        }
-        let usable = |r: &ReplicaId, me: &Replica| !me.fetch.unable.contains(r);
-        let mut target = preferred.filter(|p| usable(p, self));
-        if target.is_none() {
-            let ahead_or_unknown = |l: &ReplicaId, me: &Replica| {
-                me.peers
-                    .get(l)
-                    .is_none_or(|p| p.commit_index > me.commit_index)
-            };
-            target = self
-                .leader
-                .filter(|l| *l != self.id && usable(l, self) && ahead_or_unknown(l, self));
-        }
-        if target.is_none() {
-            // Round-robin, preferring peers known to be ahead.
-            for pass in 0..2 {
-                for i in 0..others.len() {
-                    let r = others[(self.fetch.cursor + i) % others.len()];
-                    let ahead = self
-                        .peers
-                        .get(&r)
-                        .is_some_and(|p| p.commit_index > self.commit_index);
-                    if usable(&r, self) && (ahead || pass == 1) {
-                        target = Some(r);
-                        self.fetch.cursor = (self.fetch.cursor + i + 1) % others.len();
-                        break;
-                    }
-                }
-                if target.is_some() {
-                    break;
-                }
-            }
-        }
-        match target {
-            Some(peer) => {
-                let from_slot = self.commit_index + 1;
-                self.fetch.outstanding = Some((peer, from_slot, now));
-                self.send(peer, Message::Fetch { from_slot });
-            }
-            None => {
-                // No peer can serve the next slot. If one compacted it, only a
-                // snapshot helps; ask everyone again later in case a peer
-                // that was behind caught up meanwhile.
-                if self.fetch.any_compacted {
-                    self.needs_snapshot = true;
-                }
-                self.fetch.unable.clear();
-                self.fetch.any_compacted = false;
-                self.fetch.due = Some(now.plus_micros(self.config.election_timeout_max_us));
-            }
-        }
-    }
-
-    fn on_fetch(&mut self, from: ReplicaId, from_slot: Slot) {
-        let from_slot = from_slot.max(1);
-        let (decrees, _) = if from_slot < self.log_start {
-            (Vec::new(), None)
-        } else {
-            self.chunk(from_slot, self.commit_index)
-        };
-        let msg = Message::Decrees {
-            from_slot,
-            commit_index: self.commit_index,
-            log_start: self.log_start,
-            decrees,
-        };
-        // Chosen decrees are facts; they need no durability of this replica.
-        self.send(from, msg);
-    }
-
-    fn on_decrees(
-        &mut self,
-        now: Time,
-        from: ReplicaId,
-        from_slot: Slot,
-        peer_commit: Slot,
-        peer_log_start: Slot,
-        decrees: Vec<Accepted>,
-    ) {
-        self.note_peer(now, from, peer_commit, None);
-        self.known_commit = self.known_commit.max(peer_commit);
-        if self
-            .fetch
-            .outstanding
-            .is_some_and(|(p, s, _)| p == from && s == from_slot)
-        {
-            self.fetch.outstanding = None;
-        }
-        if matches!(self.role, RoleState::Leader(_)) {
-            return;
-        }
-        let before = self.commit_index;
-        for d in decrees {
-            if d.slot <= self.commit_index {
-                continue;
-            }
-            if d.slot != self.commit_index + 1 || d.slot > peer_commit {
-                break;
-            }
-            self.learn_chosen(d.slot, d.ballot, d.value);
-            self.commit_index = d.slot;
-        }
-        if self.commit_index > before {
-            self.persist(PersistEntry::Commit(self.commit_index));
-            self.adopt_chosen_configs(now);
-            self.apply_committed();
-            self.fetch.unable.clear();
-            self.fetch.any_compacted = false;
-            if self.truncated_through <= self.applied_index {
-                self.needs_snapshot = false;
-            }
-        } else if from_slot == self.commit_index + 1 && !self.fetch.unable.contains(&from) {
-            if peer_log_start > from_slot {
-                self.fetch.unable.push(from);
-                self.fetch.any_compacted = true;
-            } else if peer_commit < from_slot {
-                self.fetch.unable.push(from);
-            }
-        }
-        if self.commit_index < self.known_commit && self.fetch.outstanding.is_none() {
-            if self.commit_index > before {
-                // Progress: keep pulling from the same peer.
-                self.start_fetch(now, Some(from));
-            } else if self.fetch.due.is_none() {
-                // No progress: try the next peer after a pause, so that
-                // replicas that lack the decrees are not asked in a tight loop.
-                self.fetch.due = Some(now.plus_micros(self.config.heartbeat_interval_us / 2));
-            }
-        }
-    }
-
-    // ------------------------------------------------------------------
-    // Election and phase 1.
-    // ------------------------------------------------------------------
-
-    fn start_election(&mut self, now: Time) {
-        self.reset_election_timer(now);
-        if !self.can_become_primary || !self.is_voter(self.id) || self.needs_snapshot {
-            return;
-        }
-        let round = self.promised.round.max(self.max_seen_round) + 1;
-        let ballot = Ballot::new(round, self.id);
-        // Persisted before any Prepare leaves (send_durable), so that a crash
-        // never lets this replica lead the same ballot twice.
-        self.raise_promise(now, ballot);
-        let from_slot = self.commit_index + 1;
-        self.role = RoleState::Candidate(CandidateState {
-            ballot,
-            from_slot,
-            progress: BTreeMap::new(),
-            merged: BTreeMap::new(),
-            max_usable_commit: 0,
-        });
-        self.leader = None;
-        let voters = self.membership.voters.clone();
-        for v in voters {
-            self.send_durable(v, Message::Prepare { ballot, from_slot });
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn on_promise(
-        &mut self,
-        now: Time,
-        from: ReplicaId,
-        ballot: Ballot,
-        from_slot: Slot,
-        peer_commit: Slot,
-        peer_log_start: Slot,
-        entries: Vec<Accepted>,
-        next_from: Option<Slot>,
-    ) {
-        self.observe(ballot);
-        if from != self.id {
-            self.note_peer(now, from, peer_commit, None);
-        }
-        let voter = self.is_voter(from);
-        let quorum = self.quorum();
-        let RoleState::Candidate(c) = &mut self.role else {
-            return;
-        };
-        if c.ballot != ballot || !voter {
-            return;
-        }
-        let start = c.from_slot;
-        let progress = c.progress.entry(from).or_insert(PromiseProgress {
-            expect_from: start,
-            complete: false,
-        });
-        if progress.complete || progress.expect_from != from_slot {
-            return; // duplicate or out of order
-        }
-        if peer_log_start > from_slot {
-            // The acceptor dropped entries phase 1 needs: this candidate is
-            // behind. Catch up from it; the election retries later.
-            self.known_commit = self.known_commit.max(peer_commit);
-            self.request_fetch(now);
-            return;
-        }
-        c.max_usable_commit = c.max_usable_commit.max(peer_commit);
-        let limit = next_from.unwrap_or(Slot::MAX);
-        let mut ask_next = None;
-        match next_from {
-            Some(n) if n > from_slot => {
-                progress.expect_from = n;
-                ask_next = Some(n);
-            }
-            Some(_) => {} // a chunk that does not advance: wait for the retry
-            None => progress.complete = true,
-        }
-        for e in entries {
-            if e.slot < from_slot || e.slot >= limit {
-                continue; // malformed chunk: ignore the stray entry
-            }
-            match c.merged.get(&e.slot) {
-                Some(m) if m.ballot >= e.ballot => {
-                    invariant!(
-                        m.ballot != e.ballot || m.value == e.value,
-                        "two values at one slot and ballot"
-                    );
-                }
-                _ => {
-                    c.merged.insert(e.slot, e);
-                }
-            }
-        }
-        let complete = c.progress.values().filter(|p| p.complete).count();
-        self.known_commit = self.known_commit.max(peer_commit);
-        // Phase 1 is making progress: do not restart it on the election
-        // timeout while chunks keep arriving (a long unchosen tail takes
-        // many chunks).
-        self.reset_election_timer(now);
-        if let Some(n) = ask_next {
-            // Our promise of `ballot` is durable: the first Prepare left.
-            self.send(
-                from,
-                Message::Prepare {
-                    ballot,
-                    from_slot: n,
-                },
-            );
-        }
-        if complete >= quorum {
-            self.become_leader(now);
-        }
-    }
-
-    fn become_leader(&mut self, now: Time) {
-        let RoleState::Candidate(c) = std::mem::replace(&mut self.role, RoleState::Follower) else {
-            return;
-        };
-        requires!(c.ballot == self.promised);
-        let mut recovered = c.merged;
-        if self.bugs.skip_adopt_highest_accepted {
-            // Planted bug: forget what the promises reported (but keep the
-            // window's extent, so slots get overwritten with Noop).
-            for e in recovered.values_mut() {
-                e.value = Value::Noop;
-            }
-        }
-        // Slots up to a usable promise's commit index are chosen, and the
-        // highest-ballot entry a complete quorum reported for such a slot is
-        // its chosen value (every vote at or above the choosing ballot
-        // carries it, and the quorum meets the choosing one): learn them
-        // instead of re-proposing them.
-        //
-        // This holds only for slots governed by the membership the promises
-        // came from: learning stops right after a `Reconfigure`, since the
-        // slots above it are decided by the new voters' quorums.
-        let before = self.commit_index;
-        while self.commit_index < c.max_usable_commit {
-            let slot = self.commit_index + 1;
-            let Some(e) = recovered.get(&slot) else { break };
-            let (ballot, value) = (e.ballot, e.value.clone());
-            let is_reconfig = matches!(value, Value::Reconfigure(_));
-            self.learn_chosen(slot, ballot, value);
-            self.commit_index = slot;
-            if is_reconfig {
-                break;
-            }
-        }
-        if self.commit_index > before {
-            self.known_commit = self.known_commit.max(self.commit_index);
-            self.persist(PersistEntry::Commit(self.commit_index));
-            let voters_before = self.membership.voters.clone();
-            self.adopt_chosen_configs(now);
-            self.apply_committed();
-            if self.membership.voters != voters_before {
-                // Phase 1 ran with the old voters; it says nothing about
-                // the slots the new ones govern. Start over with them.
-                self.start_election(now);
-                return;
-            }
-        }
-        recovered = recovered.split_off(&(self.commit_index + 1));
-        // Re-propose up to the first `Reconfigure` that changes the voters
-        // at most: the slots above it belong to the voters it installs, whose
-        // quorums this phase 1 did not ask. They are recovered by the
-        // election that follows once it is chosen. A `Reconfigure` that
-        // keeps the voters (a learner step) leaves the slots above it to the
-        // voters this phase 1 asked, so they are re-proposed like any other:
-        // dropping them would let this leader propose fresh values over
-        // slots that may be chosen (found by paxos-sim seed 52).
-        // `drain_recovery` proposes nothing above it until it is chosen.
-        // A `Reconfigure` whose base will not be in force where it lands is
-        // a no-op (see `Reconfiguration`), so it is followed like any value.
-        let mut voters = self.membership.voters.clone();
-        let mut in_force_slot = self.membership_slot;
-        let mut cut = None;
-        for e in recovered.values() {
-            let Value::Reconfigure(r) = &e.value else {
-                continue;
-            };
-            if !r.applies_to(in_force_slot) {
-                continue;
-            }
-            if r.membership.voters != voters {
-                cut = Some(e.slot);
-                break;
-            }
-            voters = r.membership.voters.clone();
-            in_force_slot = e.slot;
-        }
-        if let Some(s) = cut {
-            recovered.split_off(&(s + 1));
-        }
-        let recover_next = self.commit_index + 1;
-        let recover_through = recovered
-            .keys()
-            .next_back()
-            .copied()
-            .unwrap_or(0)
-            .max(self.commit_index);
-        self.fetch = FetchState::default();
-        self.leader = None;
-        self.role = RoleState::Leader(LeaderState {
-            ballot: c.ballot,
-            recover_next,
-            recover_through,
-            recovered,
-            next_slot: recover_next,
-            in_flight: BTreeMap::new(),
-            announced: false,
-            reconfig_slot: None,
-            last_ack: BTreeMap::new(),
-            phase1_voters: self.membership.voters.clone(),
-            elected_at: now,
-        });
-        self.drain_recovery(now);
-        self.maybe_announce();
-        // Tell everyone at once (also stops their elections).
-        self.broadcast_heartbeat();
-    }
-
-    fn on_timeout_now(&mut self, now: Time, from: ReplicaId, ballot: Ballot) {
-        self.observe(ballot);
-        if ballot == self.promised
-            && ballot.leader == from
-            && matches!(self.role, RoleState::Follower)
-        {
-            self.start_election(now);
-        }
-    }
-
-    // ------------------------------------------------------------------
-    // Leader (proposer).
-    // ------------------------------------------------------------------
-
-    fn propose_inner(&mut self, now: Time, value: Value) -> Result<Slot, ProposeError> {
-        let window = self.config.pipeline_window as u64;
-        let max_bytes = self.config.batch_limits.max_bytes;
-        let commit = self.commit_index;
-        let leader = self.leader;
-        let RoleState::Leader(l) = &self.role else {
-            return Err(ProposeError::NotLeader { leader });
-        };
-        if !l.announced {
-            return Err(ProposeError::NotLeader { leader: None });
-        }
-        if l.reconfig_slot.is_some() && !self.bugs.propose_above_unchosen_reconfigure {
-            return Err(ProposeError::ConfigChangeInFlight);
-        }
-        if let Value::Reconfigure(r) = &value {
-            check_membership(&r.membership)?;
-            if !r.applies_to(self.membership_slot) {
-                return Err(ProposeError::BadMembership {
-                    why: "based on a membership that is no longer in force",
-                });
-            }
-        }
-        let len = value.payload_len();
-        if len > max_bytes {
-            return Err(ProposeError::TooLarge {
-                len,
-                max: max_bytes,
-            });
-        }
-        if l.next_slot - 1 - commit >= window {
-            return Err(ProposeError::WindowFull);
-        }
-        let slot = l.next_slot;
-        self.propose_at(now, slot, value);
-        Ok(slot)
-    }
-
-    /// Proposes `value` at `slot` (the leader's next slot) in its ballot.
-    fn propose_at(&mut self, now: Time, slot: Slot, value: Value) {
-        let commit_index = self.commit_index;
-        let RoleState::Leader(l) = &mut self.role else {
-            return;
-        };
-        assert_eq!(
-            slot, l.next_slot,
-            "a leader proposes slots in order, each once per ballot"
-        );
-        assert!(
-            l.reconfig_slot.is_none() || self.bugs.propose_above_unchosen_reconfigure,
-            "nothing is proposed above an unchosen Reconfigure"
-        );
-        let ballot = l.ballot;
-        l.next_slot = slot + 1;
-        if matches!(value, Value::Reconfigure(_)) {
-            l.reconfig_slot = Some(slot);
-        }
-        l.in_flight.insert(
-            slot,
-            InFlight {
-                value: value.clone(),
-                acks: 0,
-                chosen: false,
-                sent_at: now,
-            },
-        );
-        // Our own vote: recorded now, counted when its persist completes.
-        if self.accept_entry(slot, ballot, value.clone()) {
-            self.send_durable(
-                self.id,
-                Message::Accepted {
-                    ballot,
-                    slot,
-                    commit_index,
-                },
-            );
-        }
-        for i in 0..self.peer_ids.len() {
-            let p = self.peer_ids[i];
-            self.send(
-                p,
-                Message::Accept {
-                    ballot,
-                    slot,
-                    value: value.clone(),
-                    commit_index,
-                },
-            );
-        }
-    }
-
-    /// Re-proposes recovered slots while the window has room.
-    fn drain_recovery(&mut self, now: Time) {
-        let window = self.config.pipeline_window as u64;
-        loop {
-            let commit = self.commit_index;
-            let RoleState::Leader(l) = &mut self.role else {
-                return;
-            };
-            if l.recover_next > l.recover_through
-                || l.next_slot - 1 - commit >= window
-                || l.reconfig_slot.is_some()
-            {
-                return;
-            }
-            let slot = l.recover_next;
-            l.recover_next += 1;
-            let value = l.recovered.remove(&slot).map_or(Value::Noop, |e| e.value);
-            self.propose_at(now, slot, value);
-        }
-    }
-
-    fn maybe_announce(&mut self) {
-        let commit = self.commit_index;
-        if let RoleState::Leader(l) = &mut self.role {
-            if l.reconfig_slot.is_some_and(|s| s <= commit) {
-                l.reconfig_slot = None;
-            }
-        }
-        self.announce_if_recovered();
-    }
-
-    fn announce_if_recovered(&mut self) {
-        let commit = self.commit_index;
-        if let RoleState::Leader(l) = &mut self.role {
-            if !l.announced && l.recover_next > l.recover_through && commit >= l.recover_through {
-                l.announced = true;
-            }
-        }
-    }
-
-    fn on_accepted(
-        &mut self,
-        now: Time,
-        from: ReplicaId,
-        ballot: Ballot,
-        slot: Slot,
-        peer_commit: Slot,
-    ) {
-        self.observe(ballot);
-        if from != self.id {
-            self.note_peer(now, from, peer_commit, None);
-        }
-        let quorum = self.quorum();
-        let Ok(voter_index) = self.membership.voters.binary_search(&from) else {
-            return;
-        };
-        let RoleState::Leader(l) = &mut self.role else {
-            return;
-        };
-        if l.ballot != ballot {
-            return;
-        }
-        l.last_ack.insert(from, now);
-        if let Some(f) = l.in_flight.get_mut(&slot) {
-            f.acks |= 1u128 << voter_index;
-            if f.acks.count_ones() as usize >= quorum {
-                f.chosen = true;
-            }
-        }
-        self.advance_leader_commit(now);
-    }
-
-    fn advance_leader_commit(&mut self, now: Time) {
-        let before = self.commit_index;
-        loop {
-            let RoleState::Leader(l) = &mut self.role else {
-                return;
-            };
-            let ballot = l.ballot;
-            let Some(first) = l.in_flight.first_entry() else {
-                break;
-            };
-            if !first.get().chosen {
-                break;
-            }
-            let slot = *first.key();
-            let f = first.remove();
-            assert_eq!(
-                slot,
-                self.commit_index + 1,
-                "in-flight slots are contiguous above the commit index"
-            );
-            self.learn_chosen(slot, ballot, f.value);
-            self.commit_index = slot;
-        }
-        if self.commit_index > before {
-            self.known_commit = self.known_commit.max(self.commit_index);
-            self.persist(PersistEntry::Commit(self.commit_index));
-            // May re-elect (voters changed) or hand over (removed).
-            self.adopt_chosen_configs(now);
-            self.apply_committed();
-            self.maybe_announce();
-            self.drain_recovery(now);
-            self.maybe_announce();
-            self.advance_pending_target(now);
-        }
-    }
-
-    fn on_heartbeat_ack(
-        &mut self,
-        now: Time,
-        from: ReplicaId,
-        ballot: Ballot,
-        peer_commit: Slot,
-        can: bool,
-    ) {
-        self.observe(ballot);
-        self.note_peer(now, from, peer_commit, Some(can));
-        let voter = self.is_voter(from);
-        if let RoleState::Leader(l) = &mut self.role {
-            if l.ballot == ballot && voter {
-                l.last_ack.insert(from, now);
-            }
-        }
-    }
-
-    fn broadcast_heartbeat(&mut self) {
-        let RoleState::Leader(l) = &self.role else {
-            return;
-        };
-        let msg = Message::Heartbeat {
-            ballot: l.ballot,
-            commit_index: self.commit_index,
-        };
-        for i in 0..self.peer_ids.len() {
-            let p = self.peer_ids[i];
-            self.send(p, msg.clone());
-        }
-    }
-
+    /// The heartbeat-interval timer: the current role's periodic work, then
+    /// a retry of an unanswered fetch.
     fn periodic(&mut self, now: Time) {
         match &self.role {
             RoleState::Leader(_) => self.leader_periodic(now),
-            RoleState::Candidate(c) => {
-                // Re-ask voters whose promise chunks are missing.
-                let ballot = c.ballot;
-                let mut resend = Vec::new();
-                for v in &self.membership.voters {
-                    match c.progress.get(v) {
-                        Some(p) if p.complete => {}
-                        Some(p) => resend.push((*v, p.expect_from)),
-                        None => resend.push((*v, c.from_slot)),
-                    }
-                }
-                for (v, from_slot) in resend {
-                    self.send_durable(v, Message::Prepare { ballot, from_slot });
-                }
-            }
+            RoleState::Candidate(_) => self.resend_prepares(),
             RoleState::Follower => {}
         }
-        // Retry a fetch that got no answer.
-        if let Some((peer, _, sent_at)) = self.fetch.outstanding {
-            if now.micros_since(sent_at) >= 2 * self.config.heartbeat_interval_us {
-                // Unanswered: try another peer (the silent one becomes
-                // eligible again once every peer was tried).
-                self.fetch.outstanding = None;
-                if !self.fetch.unable.contains(&peer) {
-                    self.fetch.unable.push(peer);
-                }
-                self.start_fetch(now, None);
-            }
-        }
-    }
-
-    fn leader_periodic(&mut self, now: Time) {
-        self.broadcast_heartbeat();
-        let quorum = self.quorum();
-        let hb = self.config.heartbeat_interval_us;
-        let lease = self.config.election_timeout_max_us;
-        let commit_index = self.commit_index;
-        let me = self.id;
-        let voters = self.membership.voters.clone();
-        let RoleState::Leader(l) = &mut self.role else {
-            return;
-        };
-        // Retransmit accepts that some voter has not acknowledged.
-        let ballot = l.ballot;
-        let mut resend = Vec::new();
-        for (slot, f) in l.in_flight.iter_mut() {
-            if f.chosen || now.micros_since(f.sent_at) < hb {
-                continue;
-            }
-            f.sent_at = now;
-            for (i, v) in voters.iter().enumerate() {
-                if *v != me && f.acks & (1u128 << i) == 0 {
-                    resend.push((
-                        *v,
-                        Message::Accept {
-                            ballot,
-                            slot: *slot,
-                            value: f.value.clone(),
-                            commit_index,
-                        },
-                    ));
-                }
-            }
-        }
-        // Step down if a quorum has not been heard from for a whole
-        // election timeout: proposals could not commit anyway, and clients
-        // should look for the new leader.
-        let heard = voters
-            .iter()
-            .filter(|v| {
-                **v == me
-                    || l.last_ack
-                        .get(v)
-                        .is_some_and(|t| now.micros_since(*t) < lease)
-            })
-            .count();
-        let lost_quorum = now.micros_since(l.elected_at) >= lease && heard < quorum;
-        for (to, msg) in resend {
-            self.send(to, msg);
-        }
-        if lost_quorum {
-            self.step_down(now);
-        } else {
-            self.advance_pending_target(now);
-        }
-    }
-
-    /// Hands over to `successor`, or (if `None`) to the most caught-up
-    /// eligible voter.
-    fn relinquish_inner(
-        &mut self,
-        now: Time,
-        successor: Option<ReplicaId>,
-    ) -> Result<(), ProposeError> {
-        let RoleState::Leader(l) = &self.role else {
-            return Err(ProposeError::NotLeader {
-                leader: self.leader,
-            });
-        };
-        if !l.announced {
-            return Err(ProposeError::NotLeader { leader: None });
-        }
-        let ballot = l.ballot;
-        let successor = match successor {
-            Some(r) => Some(r).filter(|r| self.may_succeed(now, *r)),
-            None => self.pick_successor(now),
-        }
-        .ok_or(ProposeError::NoSuccessor)?;
-        self.pending_target = None;
-        self.hand_over(now, ballot, successor);
-        Ok(())
-    }
-
-    /// Whether `r` may take over from this replica now: another voter that
-    /// may lead and was heard from recently (a hand-off to a dead replica
-    /// would leave the cluster leaderless until an election timeout).
-    fn may_succeed(&self, now: Time, r: ReplicaId) -> bool {
-        r != self.id
-            && self.is_voter(r)
-            && self.peers.get(&r).is_some_and(|p| {
-                p.can_become_primary
-                    && now.micros_since(p.last_heard) < self.config.election_timeout_min_us
-            })
-    }
-
-    /// The most caught-up voter that `may_succeed`.
-    fn pick_successor(&self, now: Time) -> Option<ReplicaId> {
-        self.membership
-            .voters
-            .iter()
-            .copied()
-            .filter(|v| self.may_succeed(now, *v))
-            .max_by_key(|v| (self.peers[v].commit_index, std::cmp::Reverse(*v)))
-    }
-
-    /// Steps down in favour of `successor`: it is brought up to date and told
-    /// to start phase 1 at once.
-    fn hand_over(&mut self, now: Time, ballot: Ballot, successor: ReplicaId) {
-        let msg = Message::Heartbeat {
-            ballot,
-            commit_index: self.commit_index,
-        };
-        self.send(successor, msg);
-        self.send(successor, Message::TimeoutNow { ballot });
-        self.step_down(now);
-        // Do not compete with the successor right away.
-        self.election_deadline = self
-            .election_deadline
-            .plus_micros(self.config.election_timeout_max_us);
-    }
-
-    // ------------------------------------------------------------------
-    // Reconfiguration.
-    // ------------------------------------------------------------------
-
-    fn change_configuration_inner(
-        &mut self,
-        now: Time,
-        target: Membership,
-    ) -> Result<(), ProposeError> {
-        check_membership(&target)?;
-        let leader = self.leader;
-        let RoleState::Leader(l) = &self.role else {
-            return Err(ProposeError::NotLeader { leader });
-        };
-        if !l.announced {
-            return Err(ProposeError::NotLeader { leader: None });
-        }
-        if l.reconfig_slot.is_some() || self.pending_target.is_some() {
-            return Err(ProposeError::ConfigChangeInFlight);
-        }
-        if target == self.membership {
-            return Ok(());
-        }
-        self.pending_target = Some(target);
-        self.advance_pending_target(now);
-        Ok(())
-    }
-
-    /// Proposes the next step towards `pending_target` if one is due: new
-    /// voters join as learners first, and the target itself is proposed once
-    /// they caught up.
-    fn advance_pending_target(&mut self, now: Time) {
-        let Some(target) = self.pending_target.clone() else {
-            return;
-        };
-        let RoleState::Leader(l) = &self.role else {
-            return;
-        };
-        if !l.announced || l.reconfig_slot.is_some() {
-            return;
-        }
-        if target == self.membership {
-            self.pending_target = None;
-            return;
-        }
-        let current = &self.membership;
-        let newcomers: Vec<ReplicaId> = target
-            .voters
-            .iter()
-            .copied()
-            .filter(|r| !current.is_voter(*r))
-            .collect();
-        let step = if newcomers.iter().any(|r| !current.contains(*r)) {
-            // Step 1: same voters, newcomers as learners.
-            let mut learners: Vec<ReplicaId> = current
-                .learners
-                .iter()
-                .copied()
-                .chain(newcomers.iter().copied())
-                .collect();
-            learners.sort_unstable();
-            learners.dedup();
-            Membership {
-                voters: current.voters.clone(),
-                learners,
-            }
-        } else if newcomers.iter().all(|r| self.caught_up(now, *r)) {
-            target
-        } else {
-            return; // wait for the learners to catch up
-        };
-        let step = Reconfiguration {
-            base: self.membership_slot,
-            membership: step,
-        };
-        match self.propose_inner(now, Value::Reconfigure(step)) {
-            Ok(_) => {}
-            // Retried from the timer once the window drains.
-            Err(ProposeError::WindowFull) => {}
-            Err(e) => {
-                // Cannot happen for a leader that checked the target; give
-                // up rather than retry forever.
-                debug_assert!(false, "reconfiguration step refused: {e}");
-                self.pending_target = None;
-            }
-        }
-    }
-
-    /// Whether learner `r` is close enough to be promoted without stalling
-    /// the new quorum.
-    fn caught_up(&self, now: Time, r: ReplicaId) -> bool {
-        self.peers.get(&r).is_some_and(|p| {
-            p.commit_index + self.config.pipeline_window as u64 >= self.commit_index
-                && now.micros_since(p.last_heard) < self.config.election_timeout_min_us
-        })
-    }
-
-    /// Adopts every `Reconfigure` chosen at the slots committed since the
-    /// last call, in slot order. Must run before `apply_committed` trims the
-    /// entries from memory.
-    fn adopt_chosen_configs(&mut self, now: Time) {
-        if self.config_scanned_through >= self.commit_index {
-            return;
-        }
-        let from = (self.config_scanned_through + 1).max(self.log_start);
-        if from > self.commit_index {
-            // Everything newly committed was compacted (covered by the
-            // checkpoint, whose membership the driver passed in).
-            self.config_scanned_through = self.commit_index;
-            return;
-        }
-        let found: Vec<(Slot, Ballot, Reconfiguration)> = self
-            .log
-            .range(from..=self.commit_index)
-            .filter_map(|(slot, e)| match &e.value {
-                Value::Reconfigure(r) => Some((*slot, e.ballot, r.clone())),
-                _ => None,
-            })
-            .collect();
-        self.config_scanned_through = self.commit_index;
-        for (slot, ballot, r) in found {
-            // One proposed on top of a membership since replaced is a no-op.
-            if r.applies_to(self.membership_slot) {
-                self.switch_membership(now, slot, ballot, r.membership);
-            }
-        }
-        ensures!(self.membership_slot <= self.commit_index);
-    }
-
-    /// `m`, chosen at `slot` (held here under `ballot`), governs every slot
-    /// above `slot` from now on.
-    fn switch_membership(&mut self, now: Time, slot: Slot, ballot: Ballot, m: Membership) {
-        requires!(slot > self.membership_slot && slot <= self.commit_index);
-        // Invariant 10: every election in `m` runs above this ballot.
-        self.observe(ballot);
-        if !m.is_well_formed() || m.voters.is_empty() {
-            // A chosen decree is a fact: a malformed one (never proposed by
-            // this code, which checks) is ignored rather than trusted.
-            return;
-        }
-        let voters_changed = m.voters != self.membership.voters;
-        let old = std::mem::replace(&mut self.membership, m);
-        self.membership_slot = slot;
-        self.previous_members = old
-            .all()
-            .filter(|r| !self.membership.contains(*r))
-            .collect();
-        for r in self.membership.all() {
-            if r != self.id && self.known_replicas.len() < MAX_KNOWN_REPLICAS {
-                self.known_replicas.insert(r);
-            }
-        }
-        self.peer_ids = self.membership.all().filter(|r| *r != self.id).collect();
-        let members = self.membership.clone();
-        self.peers.retain(|r, _| members.contains(*r));
-        if self.pending_target.as_ref() == Some(&self.membership) {
-            self.pending_target = None;
-        }
-        if !voters_changed {
-            return;
-        }
-        match &self.role {
-            RoleState::Leader(l) => {
-                invariant!(
-                    l.in_flight.is_empty() || self.bugs.propose_above_unchosen_reconfigure,
-                    "nothing is in flight above a chosen Reconfigure"
-                );
-                let ballot = l.ballot;
-                // Tell old and new members at once that the change is
-                // chosen, in the ballot their votes for it were cast in (so
-                // that they can learn it without a fetch): new voters switch
-                // and answer the coming Prepare, removed ones stop
-                // campaigning.
-                let hb = Message::Heartbeat {
-                    ballot,
-                    commit_index: self.commit_index,
-                };
-                let mut told: Vec<ReplicaId> = self.peer_ids.clone();
-                told.extend(self.previous_members.iter().copied());
-                for r in told {
-                    if r != self.id {
-                        self.send(r, hb.clone());
-                    }
-                }
-                if self.is_voter(self.id) {
-                    // Its ballot's phase 1 asked the old voters: it must
-                    // not lead the new ones in it. Phase 1 in the new voters,
-                    // in a higher ballot (unless vetoed: then another voter
-                    // takes over); the change in progress (if any) continues
-                    // once elected.
-                    let pending = self.pending_target.take();
-                    self.step_down(now);
-                    self.start_election(now);
-                    if matches!(self.role, RoleState::Candidate(_)) {
-                        self.pending_target = pending;
-                    }
-                } else {
-                    self.pending_target = None;
-                    match self.pick_successor(now) {
-                        Some(successor) => self.hand_over(now, ballot, successor),
-                        None => self.step_down(now),
-                    }
-                }
-            }
-            RoleState::Candidate(_) => {
-                // Its phase 1 asked the old voters.
-                self.step_down(now);
-                if self.is_voter(self.id) {
-                    self.start_election(now);
-                }
-            }
-            RoleState::Follower => {}
-        }
-    }
-
-    // ------------------------------------------------------------------
-    // Invariants (checked at the end of every public call when contracts
-    // are on).
-    // ------------------------------------------------------------------
-
-    fn check_invariants(&self) {
-        if !paxos_contracts::ENABLED {
-            return;
-        }
-        invariant!(
-            self.needs_snapshot || self.applied_index == self.commit_index,
-            "apply keeps up with commit"
-        );
-        invariant!(
-            self.known_commit >= self.commit_index || matches!(self.role, RoleState::Leader(_))
-        );
-        invariant!(self.log_start > self.truncated_through);
-        invariant!(self.log.keys().next().is_none_or(|s| *s >= self.log_start));
-        // Checked slot by slot over the most recent 4 committed slots (older
-        // ones were checked when they were recent; entries leave memory only
-        // from the front), so that the check stays cheap.
-        let check_from = self.log_start.max(self.commit_index.saturating_sub(4));
-        invariant!(
-            self.needs_snapshot
-                || (check_from..=self.commit_index)
-                    .all(|s| self.log.get(&s).is_some_and(|e| e.slot == s))
-                || self.log_start > self.commit_index,
-            "every committed slot in memory has its entry"
-        );
-        invariant!(self
-            .gated
-            .iter()
-            .zip(self.gated.iter().skip(1))
-            .all(|(a, b)| a.0 <= b.0));
-        match &self.role {
-            RoleState::Leader(l) => {
-                invariant!(
-                    l.ballot == self.promised,
-                    "a leader holds the highest promise"
-                );
-                invariant!(l.ballot.leader == self.id);
-                invariant!(
-                    l.phase1_voters == self.membership.voters,
-                    "a leader leads only the voters its phase 1 asked"
-                );
-                invariant!(
-                    // Distinct sorted keys with these ends and this count
-                    // are exactly the range: O(log n) instead of O(window).
-                    l.in_flight.len() as u64 == l.next_slot - 1 - self.commit_index
-                        && l.in_flight
-                            .first_key_value()
-                            .is_none_or(|(s, _)| *s == self.commit_index + 1)
-                        && l.in_flight
-                            .last_key_value()
-                            .is_none_or(|(s, _)| *s == l.next_slot - 1),
-                    "in-flight slots are exactly commit_index+1 .. next_slot"
-                );
-                invariant!(
-                    l.in_flight.len() <= self.config.pipeline_window,
-                    "pipeline window exceeded"
-                );
-                invariant!(!l.announced || l.recover_next > l.recover_through);
-            }
-            RoleState::Candidate(c) => {
-                invariant!(c.ballot.leader == self.id && c.ballot <= self.promised);
-            }
-            RoleState::Follower => {}
-        }
+        self.retry_unanswered_fetch(now);
     }
 }
 
 /// Bound on `Replica::known_replicas` (peers are authenticated, so this only
 /// guards memory against a misconfigured cluster).
 const MAX_KNOWN_REPLICAS: usize = 2 * crate::config::MAX_VOTERS;
-
-/// Why `m` cannot be proposed as a membership, if it cannot.
-fn check_membership(m: &Membership) -> Result<(), ProposeError> {
-    if m.voters.is_empty() {
-        return Err(ProposeError::BadMembership {
-            why: "at least one voter",
-        });
-    }
-    if m.voters.len() > crate::config::MAX_VOTERS {
-        return Err(ProposeError::BadMembership {
-            why: "at most 128 voters",
-        });
-    }
-    if !m.is_well_formed() {
-        return Err(ProposeError::BadMembership {
-            why: "voters and learners sorted, without duplicates, disjoint",
-        });
-    }
-    Ok(())
-}

@@ -2,7 +2,7 @@
 
 use super::harness::*;
 use crate::{
-    Accepted, Action, Ballot, Config, DurableState, Membership, Message, PersistEntry,
+    msg, Accepted, Action, Ballot, Config, DurableState, Membership, Message, PersistEntry,
     PersistToken, Replica, Time,
 };
 
@@ -43,10 +43,10 @@ fn a_promise_leaves_only_after_its_persist_completes() {
     a.handle_message(
         Time(1),
         id(1),
-        Message::Prepare {
+        Message::Prepare(msg::Prepare {
             ballot: b,
             from_slot: 1,
-        },
+        }),
     );
     let acts = drain(&mut a);
     assert!(
@@ -58,7 +58,7 @@ fn a_promise_leaves_only_after_its_persist_completes() {
     a.on_persisted(Time(2), token);
     let msgs = sends(&drain(&mut a));
     assert!(
-        matches!(msgs.as_slice(), [Message::Promise { ballot, next_from: None, .. }] if *ballot == b)
+        matches!(msgs.as_slice(), [Message::Promise(msg::Promise { ballot, next_from: None, .. })] if *ballot == b)
     );
 }
 
@@ -69,12 +69,12 @@ fn accepted_leaves_only_after_its_persist_completes() {
     a.handle_message(
         Time(1),
         id(1),
-        Message::Accept {
+        Message::Accept(msg::Accept {
             ballot: b,
             slot: 1,
             value: req("v"),
             commit_index: 0,
-        },
+        }),
     );
     let acts = drain(&mut a);
     assert!(sends(&acts).is_empty());
@@ -84,12 +84,12 @@ fn accepted_leaves_only_after_its_persist_completes() {
     a.handle_message(
         Time(1),
         id(1),
-        Message::Accept {
+        Message::Accept(msg::Accept {
             ballot: b,
             slot: 2,
             value: req("w"),
             commit_index: 0,
-        },
+        }),
     );
     let acts2 = drain(&mut a);
     let token2 = last_token(&acts2).unwrap();
@@ -98,21 +98,21 @@ fn accepted_leaves_only_after_its_persist_completes() {
     let msgs = sends(&drain(&mut a));
     assert_eq!(
         msgs,
-        vec![Message::Accepted {
+        vec![Message::Accepted(msg::Accepted {
             ballot: b,
             slot: 1,
             commit_index: 0
-        }]
+        })]
     );
     a.on_persisted(Time(3), token2);
     let msgs = sends(&drain(&mut a));
     assert_eq!(
         msgs,
-        vec![Message::Accepted {
+        vec![Message::Accepted(msg::Accepted {
             ballot: b,
             slot: 2,
             commit_index: 0
-        }]
+        })]
     );
 }
 
@@ -123,34 +123,37 @@ fn lower_ballots_are_rejected_and_change_nothing() {
     a.handle_message(
         Time(1),
         id(3),
-        Message::Prepare {
+        Message::Prepare(msg::Prepare {
             ballot: high,
             from_slot: 1,
-        },
+        }),
     );
     let t = last_token(&drain(&mut a)).unwrap();
     a.on_persisted(Time(1), t);
     let _ = drain(&mut a);
     let low = Ballot::new(2, id(1));
     for msg in [
-        Message::Prepare {
+        Message::Prepare(msg::Prepare {
             ballot: low,
             from_slot: 1,
-        },
-        Message::Accept {
+        }),
+        Message::Accept(msg::Accept {
             ballot: low,
             slot: 1,
             value: req("x"),
             commit_index: 0,
-        },
-        Message::Heartbeat {
+        }),
+        Message::Heartbeat(msg::Heartbeat {
             ballot: low,
             commit_index: 0,
-        },
+        }),
     ] {
         a.handle_message(Time(2), id(1), msg);
         let acts = drain(&mut a);
-        assert_eq!(sends(&acts), vec![Message::Reject { promised: high }]);
+        assert_eq!(
+            sends(&acts),
+            vec![Message::Reject(msg::Reject { promised: high })]
+        );
         assert!(
             last_token(&acts).is_none(),
             "a rejected message persisted something"
@@ -167,22 +170,22 @@ fn accepting_a_second_value_at_one_slot_and_ballot_is_a_hard_assertion() {
     a.handle_message(
         Time(1),
         id(1),
-        Message::Accept {
+        Message::Accept(msg::Accept {
             ballot: b,
             slot: 1,
             value: req("v"),
             commit_index: 0,
-        },
+        }),
     );
     a.handle_message(
         Time(1),
         id(1),
-        Message::Accept {
+        Message::Accept(msg::Accept {
             ballot: b,
             slot: 1,
             value: req("w"),
             commit_index: 0,
-        },
+        }),
     );
 }
 
@@ -196,24 +199,24 @@ fn slots_beyond_the_accept_horizon_are_refused() {
     a.handle_message(
         Time(1),
         id(1),
-        Message::Accept {
+        Message::Accept(msg::Accept {
             ballot: b,
             slot: 5,
             value: req("far"),
             commit_index: 0,
-        },
+        }),
     );
     let acts = drain(&mut a);
     assert!(!acts.iter().any(|x| matches!(x, Action::Persist { entries, .. } if entries.iter().any(|e| matches!(e, PersistEntry::Accept(_))))));
     a.handle_message(
         Time(1),
         id(1),
-        Message::Accept {
+        Message::Accept(msg::Accept {
             ballot: b,
             slot: 4,
             value: req("near"),
             commit_index: 0,
-        },
+        }),
     );
     let acts = drain(&mut a);
     assert!(acts.iter().any(|x| matches!(x, Action::Persist { entries, .. } if entries.iter().any(|e| matches!(e, PersistEntry::Accept(_))))));
@@ -231,12 +234,12 @@ fn promises_come_in_chunks_bounded_by_count_and_bytes() {
         a.handle_message(
             Time(1),
             id(1),
-            Message::Accept {
+            Message::Accept(msg::Accept {
                 ballot: b1,
                 slot,
                 value: req("v"),
                 commit_index: 0,
-            },
+            }),
         );
     }
     let t = last_token(&drain(&mut a)).unwrap();
@@ -249,10 +252,10 @@ fn promises_come_in_chunks_bounded_by_count_and_bytes() {
         a.handle_message(
             Time(2),
             id(3),
-            Message::Prepare {
+            Message::Prepare(msg::Prepare {
                 ballot: b2,
                 from_slot: from,
-            },
+            }),
         );
         let acts = drain(&mut a);
         if let Some(t) = last_token(&acts) {
@@ -260,12 +263,12 @@ fn promises_come_in_chunks_bounded_by_count_and_bytes() {
         }
         let mut msgs = sends(&acts);
         msgs.extend(sends(&drain(&mut a)));
-        let Some(Message::Promise {
+        let Some(Message::Promise(msg::Promise {
             entries,
             next_from,
             from_slot,
             ..
-        }) = msgs.pop()
+        })) = msgs.pop()
         else {
             panic!("no promise")
         };
@@ -305,16 +308,16 @@ fn a_promise_says_when_the_acceptor_no_longer_holds_the_asked_slots() {
     a.handle_message(
         Time(1),
         id(3),
-        Message::Prepare {
+        Message::Prepare(msg::Prepare {
             ballot: b2,
             from_slot: 2,
-        },
+        }),
     );
     let t = last_token(&drain(&mut a)).unwrap();
     a.on_persisted(Time(1), t);
     let msgs = sends(&drain(&mut a));
     assert!(
-        matches!(msgs.as_slice(), [Message::Promise { log_start: 6, entries, .. }] if entries.is_empty())
+        matches!(msgs.as_slice(), [Message::Promise(msg::Promise { log_start: 6, entries, .. })] if entries.is_empty())
     );
 }
 
@@ -330,10 +333,10 @@ fn learners_never_promise() {
     a.handle_message(
         Time(1),
         id(1),
-        Message::Prepare {
+        Message::Prepare(msg::Prepare {
             ballot: Ballot::new(1, id(1)),
             from_slot: 1,
-        },
+        }),
     );
     let acts = drain(&mut a);
     assert!(sends(&acts).is_empty());
@@ -342,7 +345,7 @@ fn learners_never_promise() {
     assert!(!drain(&mut a).iter().any(|x| matches!(
         x,
         Action::Send {
-            msg: Message::Prepare { .. },
+            msg: Message::Prepare(msg::Prepare { .. }),
             ..
         }
     )));

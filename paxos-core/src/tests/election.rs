@@ -2,7 +2,7 @@
 //! window, the CanBecomePrimary veto, stepping down.
 
 use super::harness::*;
-use crate::{Action, Message, Role, Value};
+use crate::{msg, Action, Message, Role, Value};
 
 #[test]
 fn a_fresh_cluster_elects_exactly_one_leader() {
@@ -179,7 +179,7 @@ fn prepares_leave_only_after_the_candidates_own_promise_is_durable() {
         while let Some(a) = c.replica(id(1)).poll_action() {
             match a {
                 Action::Send {
-                    msg: Message::Prepare { .. },
+                    msg: Message::Prepare(msg::Prepare { .. }),
                     ..
                 } => sent_prepare = true,
                 Action::Persist { entries, .. } => {
@@ -234,7 +234,7 @@ fn a_candidate_adopts_the_highest_ballot_value_per_slot() {
         if let Some(t) = pending.pop() {
             r.on_persisted(now, t);
             for (_, msg) in drain(&mut r, &mut pending) {
-                if let Message::Prepare { ballot: b, .. } = msg {
+                if let Message::Prepare(msg::Prepare { ballot: b, .. }) = msg {
                     ballot = Some(b);
                 }
             }
@@ -252,13 +252,15 @@ fn a_candidate_adopts_the_highest_ballot_value_per_slot() {
         ballot: b,
         value: req(v),
     };
-    let promise = |entries| Message::Promise {
-        ballot,
-        from_slot: 1,
-        commit_index: 0,
-        log_start: 1,
-        entries,
-        next_from: None,
+    let promise = |entries| {
+        Message::Promise(msg::Promise {
+            ballot,
+            from_slot: 1,
+            commit_index: 0,
+            log_start: 1,
+            entries,
+            next_from: None,
+        })
     };
     // Slot 1: x@b1 (r2) vs y@b2 (r3) -> y. Slot 2: nobody -> Noop. Slot 3: z@b1.
     r.handle_message(now, id(2), promise(vec![e(1, b1, "x"), e(3, b1, "z")]));
@@ -272,12 +274,12 @@ fn a_candidate_adopts_the_highest_ballot_value_per_slot() {
     sent.extend(drain(&mut r, &mut pending));
     let mut proposed = std::collections::BTreeMap::new();
     for (_, msg) in sent {
-        if let Message::Accept {
+        if let Message::Accept(msg::Accept {
             slot,
             value,
             ballot: b,
             ..
-        } = msg
+        }) = msg
         {
             assert_eq!(b, ballot);
             proposed.insert(slot, value);
@@ -292,4 +294,115 @@ fn a_candidate_adopts_the_highest_ballot_value_per_slot() {
         Role::Candidate,
         "not announced before the window is chosen"
     );
+}
+
+/// The tail of a crashed leader: `TAIL` values accepted only by `holders`
+/// (two voters of five), none known chosen by the others, after a
+/// committed warm-up slot that every replica applied. Returns the warm-up
+/// slot, the holders and the two voters without the tail.
+fn leader_crashes_leaving_a_tail_on_two_voters(
+    c: &mut Cluster,
+) -> (crate::Slot, Vec<crate::ReplicaId>, Vec<crate::ReplicaId>) {
+    let old = c.elect_any();
+    let warm_up = c.commit(req("warm-up"));
+    let others: Vec<_> = (1..=5).map(id).filter(|r| *r != old).collect();
+    let (holders, idle) = (others[..2].to_vec(), others[2..].to_vec());
+    for r in &idle {
+        c.cut.insert((old, *r));
+    }
+    let now = c.now;
+    for i in 0..TAIL {
+        c.replica(old)
+            .propose(now, req(&format!("tail {i}")))
+            .unwrap();
+    }
+    c.pump();
+    c.crash(old);
+    c.heal();
+    for r in &idle {
+        assert_eq!(c.status(*r).commit_index, warm_up, "{r} holds no tail");
+    }
+    (warm_up, holders, idle)
+}
+
+const TAIL: usize = 8;
+
+/// Regression for paxos-sim seed 706 (`--steps 60000`) and finding F2:
+/// dueling candidates when a chunked phase 1 outlasts the election timeout.
+///
+/// The voters without the tail (`idle`) finish their promise in one chunk;
+/// the candidate then pulls the tail one decree per round trip from a
+/// holder, which takes longer than the election timeout. An idle voter
+/// used to hear nothing more from the candidate, time out, and campaign
+/// itself, needing the same long phase 1, and the two idle voters preempted
+/// each other forever. (In the simulator the holders never campaigned
+/// because the candidate's chunk requests kept resetting their timers;
+/// here they are vetoed, so the test does not depend on whose timer fires
+/// first.)
+#[test]
+fn regression_idle_voters_wait_for_a_phase_1_longer_than_the_election_timeout() {
+    let mut c = Cluster::new(5, |cfg| cfg.catchup_chunk_decrees = 1);
+    let (warm_up, holders, idle) = leader_crashes_leaving_a_tail_on_two_voters(&mut c);
+    for h in &holders {
+        c.replica(*h).set_can_become_primary(false);
+    }
+    // A round trip per chunk: phase 1 takes about TAIL * 20 ms, longer
+    // than the election timeout (50..100 ms).
+    c.latency_us = 10_000;
+    assert!(
+        c.run_until(3_000_000, |c| c.leader().is_some()),
+        "no leader: the idle voters keep preempting each other (ballots {:?})",
+        idle.iter().map(|r| c.status(*r).ballot).collect::<Vec<_>>()
+    );
+    let leader = c.leader().unwrap();
+    assert!(idle.contains(&leader));
+    assert!(
+        c.status(leader).ballot.round < 10,
+        "a leader, but only after {} ballots",
+        c.status(leader).ballot.round
+    );
+    let tail_end = warm_up + TAIL as u64;
+    assert!(c.run_until(1_000_000, |c| c.all_applied(tail_end)));
+    let tail: Vec<_> = (0..TAIL).map(|i| req(&format!("tail {i}"))).collect();
+    assert_eq!(c.applied_values(leader)[warm_up as usize..], tail[..]);
+}
+
+/// A candidate keeps the voters that promised it from campaigning (see the
+/// regression above) only while its candidacy is alive: one that may no
+/// longer campaign (vetoed mid-phase 1) and makes no progress steps down
+/// when its election timer runs out, instead of holding the others off
+/// forever.
+#[test]
+fn a_stalled_candidate_that_was_vetoed_lets_another_voter_win() {
+    let mut c = Cluster::new(5, |cfg| cfg.catchup_chunk_decrees = 1);
+    let (_, holders, idle) = leader_crashes_leaving_a_tail_on_two_voters(&mut c);
+    for h in &holders {
+        c.replica(*h).set_can_become_primary(false);
+    }
+    c.latency_us = 10_000;
+    // Wait for one idle voter to campaign with the other one's promise.
+    let campaigning = |c: &Cluster| {
+        idle.iter().copied().find(|r| {
+            let s = c.status(*r);
+            s.role == Role::Candidate
+                && idle
+                    .iter()
+                    .all(|o| o == r || c.status(*o).ballot == s.ballot)
+        })
+    };
+    assert!(c.run_until(1_000_000, |c| campaigning(c).is_some()));
+    let stalled = campaigning(&c).unwrap();
+    let other = *idle.iter().find(|r| **r != stalled).unwrap();
+    // It cannot reach the holders, so its phase 1 cannot complete.
+    for h in &holders {
+        c.cut.insert((stalled, *h));
+        c.cut.insert((*h, stalled));
+    }
+    c.replica(stalled).set_can_become_primary(false);
+    assert!(
+        c.run_until(3_000_000, |c| c.leader() == Some(other)),
+        "{stalled} is still {:?}",
+        c.status(stalled).role
+    );
+    assert_eq!(c.status(stalled).role, Role::Follower);
 }

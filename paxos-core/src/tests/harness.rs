@@ -91,6 +91,13 @@ pub struct Cluster {
     pub tweak: fn(&mut Config),
     /// Messages in flight, delivered in FIFO order.
     pub net: VecDeque<(ReplicaId, ReplicaId, Message)>,
+    /// One-way network delay. 0 (the default): a message is delivered by
+    /// the `pump` that follows its sending, with no time passing. Otherwise
+    /// it waits in `delayed` until `advance` reaches its delivery time.
+    pub latency_us: u64,
+    /// Messages sent with `latency_us > 0`: (delivery time, from, to,
+    /// message), in delivery order.
+    pub delayed: VecDeque<(Time, ReplicaId, ReplicaId, Message)>,
     pub now: Time,
     /// Links (from, to) that drop everything.
     pub cut: BTreeSet<(ReplicaId, ReplicaId)>,
@@ -128,6 +135,8 @@ impl Cluster {
             nodes,
             tweak,
             net: VecDeque::new(),
+            latency_us: 0,
+            delayed: VecDeque::new(),
             now: Time(0),
             cut: BTreeSet::new(),
             chosen: BTreeMap::new(),
@@ -219,8 +228,13 @@ impl Cluster {
         match action {
             Action::Send { to, msg } => {
                 assert_ne!(to, r, "a replica never sends to itself through the driver");
-                if !self.cut.contains(&(r, to)) {
+                if self.cut.contains(&(r, to)) {
+                    // Dropped.
+                } else if self.latency_us == 0 {
                     self.net.push_back((r, to, msg));
+                } else {
+                    let at = now.plus_micros(self.latency_us);
+                    self.delayed.push_back((at, r, to, msg));
                 }
             }
             Action::Persist { token, entries } => {
@@ -284,7 +298,8 @@ impl Cluster {
         }
     }
 
-    /// Advances time by `us` in steps, ticking replicas whose timers are due.
+    /// Advances time by `us` in steps, ticking replicas whose timers are due
+    /// and delivering delayed messages whose time has come.
     pub fn advance(&mut self, us: u64) {
         let end = self.now.plus_micros(us);
         while self.now < end {
@@ -292,6 +307,7 @@ impl Cluster {
                 .nodes
                 .values()
                 .filter_map(|n| n.replica.as_ref().and_then(|r| r.next_timer()))
+                .chain(self.delayed.front().map(|(at, ..)| *at))
                 .min()
                 .unwrap_or(end)
                 .min(end)
@@ -308,6 +324,11 @@ impl Cluster {
                     if rep.next_timer().is_some_and(|t| t <= now) {
                         rep.handle_tick(now);
                     }
+                }
+            }
+            while self.delayed.front().is_some_and(|(at, ..)| *at <= now) {
+                if let Some((_, from, to, msg)) = self.delayed.pop_front() {
+                    self.net.push_back((from, to, msg));
                 }
             }
             self.pump();
@@ -440,6 +461,8 @@ impl Cluster {
         node.replica = None;
         node.pending.clear();
         self.net.retain(|(from, to, _)| *from != r && *to != r);
+        self.delayed
+            .retain(|(_, from, to, _)| *from != r && *to != r);
     }
 
     /// Restarts `r` from its durable state. The state machine restarts from

@@ -3,8 +3,8 @@
 
 use super::harness::*;
 use crate::{
-    Accepted, Action, Ballot, Config, DurableState, Membership, Message, PersistEntry, Replica,
-    Time, Value,
+    msg, Accepted, Action, Ballot, Config, DurableState, Membership, Message, PersistEntry,
+    Replica, Time, Value,
 };
 
 fn follower(id_: u32) -> Replica {
@@ -38,22 +38,22 @@ fn a_follower_applies_only_values_accepted_in_the_committing_ballot() {
     f.handle_message(
         Time(1),
         id(1),
-        Message::Accept {
+        Message::Accept(msg::Accept {
             ballot: old,
             slot: 1,
             value: req("stale"),
             commit_index: 0,
-        },
+        }),
     );
     let _ = drain(&mut f);
     // ...but the new leader says slot 1 is chosen in its ballot.
     f.handle_message(
         Time(2),
         id(3),
-        Message::Heartbeat {
+        Message::Heartbeat(msg::Heartbeat {
             ballot: new,
             commit_index: 1,
-        },
+        }),
     );
     let acts = drain(&mut f);
     assert!(
@@ -67,7 +67,7 @@ fn a_follower_applies_only_values_accepted_in_the_committing_ballot() {
     let fetch = acts.iter().find_map(|a| match a {
         Action::Send {
             to,
-            msg: Message::Fetch { from_slot },
+            msg: Message::Fetch(msg::Fetch { from_slot }),
         } => Some((*to, *from_slot)),
         _ => None,
     });
@@ -81,12 +81,12 @@ fn a_follower_applies_only_values_accepted_in_the_committing_ballot() {
     f.handle_message(
         Time(1_000_001),
         id(3),
-        Message::Decrees {
+        Message::Decrees(msg::Decrees {
             from_slot: 1,
             commit_index: 1,
             log_start: 1,
             decrees: vec![chosen.clone()],
-        },
+        }),
     );
     let acts = drain(&mut f);
     assert_eq!(applies(&acts), vec![(1, req("chosen"))]);
@@ -113,22 +113,22 @@ fn a_follower_applies_matching_ballot_entries_on_a_heartbeat() {
         f.handle_message(
             Time(1),
             id(1),
-            Message::Accept {
+            Message::Accept(msg::Accept {
                 ballot: b,
                 slot,
                 value,
                 commit_index: 0,
-            },
+            }),
         );
     }
     let _ = drain(&mut f);
     f.handle_message(
         Time(2),
         id(1),
-        Message::Heartbeat {
+        Message::Heartbeat(msg::Heartbeat {
             ballot: b,
             commit_index: 2,
-        },
+        }),
     );
     let acts = drain(&mut f);
     assert_eq!(applies(&acts), vec![(1, req("s1")), (2, req("s2"))]);
@@ -136,10 +136,10 @@ fn a_follower_applies_matching_ballot_entries_on_a_heartbeat() {
     assert!(acts.iter().any(|a| matches!(
         a,
         Action::Send {
-            msg: Message::HeartbeatAck {
+            msg: Message::HeartbeatAck(msg::HeartbeatAck {
                 commit_index: 2,
                 ..
-            },
+            }),
             ..
         }
     )));
@@ -152,25 +152,25 @@ fn commit_knowledge_from_a_lower_ballot_is_rejected() {
     f.handle_message(
         Time(1),
         id(3),
-        Message::Heartbeat {
+        Message::Heartbeat(msg::Heartbeat {
             ballot: high,
             commit_index: 0,
-        },
+        }),
     );
     let _ = drain(&mut f);
     let low = Ballot::new(4, id(1));
     f.handle_message(
         Time(2),
         id(1),
-        Message::Accept {
+        Message::Accept(msg::Accept {
             ballot: low,
             slot: 1,
             value: req("x"),
             commit_index: 1,
-        },
+        }),
     );
     let acts = drain(&mut f);
-    assert!(acts.iter().any(|a| matches!(a, Action::Send { to, msg: Message::Reject { promised } } if *to == id(1) && *promised == high)));
+    assert!(acts.iter().any(|a| matches!(a, Action::Send { to, msg: Message::Reject(msg::Reject { promised }) } if *to == id(1) && *promised == high)));
     assert!(applies(&acts).is_empty());
 }
 
@@ -237,9 +237,9 @@ fn a_checkpoint_ahead_of_the_commit_record_truncates_untrusted_entries() {
     assert!(acts.iter().any(|a| matches!(a, Action::Persist { entries, .. } if entries.contains(&PersistEntry::Truncate(3)))));
     assert_eq!(r.status().commit_index, 3);
     // It must not serve slot 3 to anyone.
-    r.handle_message(Time(1), id(1), Message::Fetch { from_slot: 3 });
+    r.handle_message(Time(1), id(1), Message::Fetch(msg::Fetch { from_slot: 3 }));
     let acts = drain(&mut r);
-    assert!(acts.iter().any(|a| matches!(a, Action::Send { msg: Message::Decrees { decrees, log_start: 4, .. }, .. } if decrees.is_empty())));
+    assert!(acts.iter().any(|a| matches!(a, Action::Send { msg: Message::Decrees(msg::Decrees { decrees, log_start: 4, .. }), .. } if decrees.is_empty())));
 }
 
 #[test]

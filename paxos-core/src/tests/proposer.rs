@@ -2,7 +2,7 @@
 //! retransmission, own vote counted only after its persist.
 
 use super::harness::*;
-use crate::{Action, Message, ProposeError, Role, Time, Value};
+use crate::{msg, Action, Message, ProposeError, Role, Time, Value};
 
 #[test]
 fn single_replica_commits_a_value() {
@@ -152,12 +152,12 @@ fn accept_messages_carry_the_commit_index_and_ballot() {
     while let Some(a) = c.replica(leader).poll_action() {
         if let Action::Send {
             msg:
-                Message::Accept {
+                Message::Accept(msg::Accept {
                     ballot: b,
                     slot,
                     commit_index,
                     ..
-                },
+                }),
             ..
         } = a
         {

@@ -6,8 +6,8 @@
 
 use super::harness::*;
 use crate::{
-    Accepted, Action, Ballot, Config, DurableState, Membership, Message, PersistEntry, Replica,
-    Time, Value,
+    msg, Accepted, Action, Ballot, Config, DurableState, Membership, Message, PersistEntry,
+    Replica, Time, Value,
 };
 use proptest::prelude::*;
 use std::collections::VecDeque;
@@ -108,19 +108,19 @@ proptest! {
         for input in inputs {
             match input {
                 AcceptorInput::Prepare { round, leader, from } => r.handle_message(
-                    now, id(leader), Message::Prepare { ballot: Ballot::new(round, id(leader)), from_slot: from }),
+                    now, id(leader), Message::Prepare(msg::Prepare { ballot: Ballot::new(round, id(leader)), from_slot: from })),
                 AcceptorInput::Accept { round, leader, slot, commit } => r.handle_message(
-                    now, id(leader), Message::Accept {
-                        ballot: Ballot::new(round, id(leader)), slot, value: value_for(slot), commit_index: commit }),
+                    now, id(leader), Message::Accept(msg::Accept {
+                        ballot: Ballot::new(round, id(leader)), slot, value: value_for(slot), commit_index: commit })),
                 AcceptorInput::Heartbeat { round, leader, commit } => r.handle_message(
-                    now, id(leader), Message::Heartbeat { ballot: Ballot::new(round, id(leader)), commit_index: commit }),
-                AcceptorInput::Fetch { from } => r.handle_message(now, id(1), Message::Fetch { from_slot: from }),
+                    now, id(leader), Message::Heartbeat(msg::Heartbeat { ballot: Ballot::new(round, id(leader)), commit_index: commit })),
+                AcceptorInput::Fetch { from } => r.handle_message(now, id(1), Message::Fetch(msg::Fetch { from_slot: from })),
                 AcceptorInput::Decrees { from, count, round } => {
                     let decrees = (from..from + count)
                         .map(|slot| Accepted { slot, ballot: Ballot::new(round, id(1)), value: value_for(slot) })
                         .collect();
-                    r.handle_message(now, id(1), Message::Decrees {
-                        from_slot: from, commit_index: from + count, log_start: 1, decrees })
+                    r.handle_message(now, id(1), Message::Decrees(msg::Decrees {
+                        from_slot: from, commit_index: from + count, log_start: 1, decrees }))
                 }
                 AcceptorInput::Persisted => {
                     if let Some((token, entries)) = pending.pop_front() {
@@ -140,13 +140,13 @@ proptest! {
             while let Some(a) = r.poll_action() {
                 match a {
                     Action::Persist { token, entries } => pending.push_back((token, entries)),
-                    Action::Send { msg: Message::Promise { ballot, entries, .. }, .. } => {
+                    Action::Send { msg: Message::Promise(msg::Promise { ballot, entries, .. }), .. } => {
                         prop_assert!(durable.promised >= ballot, "promise of {ballot} sent before it was durable");
                         for e in entries {
                             prop_assert!(e.ballot <= ballot || e.slot <= r.status().commit_index);
                         }
                     }
-                    Action::Send { msg: Message::Accepted { ballot, slot, .. }, .. } => {
+                    Action::Send { msg: Message::Accepted(msg::Accepted { ballot, slot, .. }), .. } => {
                         let e = durable.accepted.get(&slot);
                         prop_assert!(
                             // Or a "virtual vote" for a chosen slot this
@@ -498,7 +498,7 @@ proptest! {
             while let Some(a) = r.poll_action() {
                 match a {
                     Action::Persist { token, entries } => pending.push_back((token, entries)),
-                    Action::Send { msg: Message::Prepare { ballot: b, .. }, .. } => ballot = Some(b),
+                    Action::Send { msg: Message::Prepare(msg::Prepare { ballot: b, .. }), .. } => ballot = Some(b),
                     _ => {}
                 }
             }
@@ -508,8 +508,8 @@ proptest! {
             }
         }
         let ballot = ballot.expect("campaigned");
-        r.handle_message(now, id(2), Message::Promise {
-            ballot, from_slot: 1, commit_index: 0, log_start: 1, entries: vec![], next_from: None });
+        r.handle_message(now, id(2), Message::Promise(msg::Promise {
+            ballot, from_slot: 1, commit_index: 0, log_start: 1, entries: vec![], next_from: None }));
         prop_assert_eq!(r.status().role, crate::Role::Leader);
 
         let mut proposed: std::collections::BTreeMap<u64, Value> = Default::default();
@@ -530,13 +530,13 @@ proptest! {
                     if own_ballot && proposed.contains_key(&slot) && r.status().role == crate::Role::Leader {
                         peer_acks.entry(slot).or_default().insert(from);
                     }
-                    r.handle_message(now, id(from), Message::Accepted { ballot: b, slot, commit_index: 0 });
+                    r.handle_message(now, id(from), Message::Accepted(msg::Accepted { ballot: b, slot, commit_index: 0 }));
                 }
                 ProposerInput::Reject { round } => {
-                    r.handle_message(now, id(2), Message::Reject { promised: Ballot::new(round, id(3)) });
+                    r.handle_message(now, id(2), Message::Reject(msg::Reject { promised: Ballot::new(round, id(3)) }));
                 }
                 ProposerInput::HeartbeatAck { from, commit } => {
-                    r.handle_message(now, id(from), Message::HeartbeatAck { ballot, commit_index: commit, can_become_primary: true });
+                    r.handle_message(now, id(from), Message::HeartbeatAck(msg::HeartbeatAck { ballot, commit_index: commit, can_become_primary: true }));
                 }
                 ProposerInput::Persisted => {
                     if let Some((t, entries)) = pending.pop_front() {

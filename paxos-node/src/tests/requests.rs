@@ -6,6 +6,7 @@ use crate::effect::AbortReason;
 use crate::framing;
 use bytes::Bytes;
 use paxos_core::batch::BatchLimits;
+use paxos_core::msg;
 use paxos_core::{codec, Message, ReplicaId, Slot, Value};
 use std::cell::RefCell;
 use std::collections::BTreeSet;
@@ -16,7 +17,7 @@ fn accepts(messages: &[Bytes]) -> Vec<(Slot, Value)> {
     messages
         .iter()
         .filter_map(|b| match codec::decode(b.clone()) {
-            Ok(Message::Accept { slot, value, .. }) => Some((slot, value)),
+            Ok(Message::Accept(msg::Accept { slot, value, .. })) => Some((slot, value)),
             _ => None,
         })
         .collect()
@@ -280,12 +281,12 @@ fn a_byte_identical_batch_of_another_leader_is_not_taken_for_ours() {
         .borrow()
         .iter()
         .find_map(|b| match codec::decode(b.clone()) {
-            Ok(Message::Accept {
+            Ok(Message::Accept(msg::Accept {
                 slot,
                 value,
                 ballot,
                 ..
-            }) if slot == my_slot => Some((value, ballot)),
+            })) if slot == my_slot => Some((value, ballot)),
             _ => None,
         })
         .expect("the new leader proposed at the old leader's slot");
@@ -307,12 +308,12 @@ fn a_byte_identical_batch_of_another_leader_is_not_taken_for_ours() {
     // it applies the slot before it notices it was deposed.
     let commit_index = sim.node(new).status().commit_index;
     assert!(commit_index >= my_slot);
-    let retransmission = codec::encode_to_bytes(&Message::Accept {
+    let retransmission = codec::encode_to_bytes(&Message::Accept(msg::Accept {
         ballot,
         slot: my_slot,
         value: their_value,
         commit_index,
-    });
+    }));
     sim.drop_rule = None;
     sim.deliver(new, old, retransmission);
     assert_eq!(sim.node(old).applied(), my_slot);

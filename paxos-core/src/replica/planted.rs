@@ -1,0 +1,62 @@
+//! Deliberate protocol bugs, so that the simulator (paxos-sim's teeth
+//! tests, `paxos-sim --features planted-bugs --plant-bug NAME`) and this
+//! crate's fault-schedule tests can show that their checkers catch each one.
+//!
+//! This module exists only with the `planted-bugs` feature. Without it the
+//! `Replica::bugs` field, this module and `plant_bug` are not compiled, and
+//! every `planted!(..)` check in the protocol code is the constant `false`,
+//! so a build without the feature holds no trace of them (see the crate
+//! docs for how a production binary makes sure it is such a build).
+//!
+//! Maintains no protocol invariant: each bug breaks one on purpose. A bug is
+//! off until `plant_bug` turns it on, so merely compiling this module
+//! changes no behaviour.
+
+use super::Replica;
+
+/// A deliberate protocol bug (feature `planted-bugs` only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PlantedBug {
+    /// Phase 1 ignores the values reported in promises and fills the recovered
+    /// window with Noop.
+    SkipAdoptHighestAccepted,
+    /// Promise and Accepted are sent before the persist they depend on completed.
+    AckBeforePersist,
+    /// A quorum is `N/2` votes instead of `N/2 + 1`.
+    QuorumHalf,
+    /// A follower applies whatever it accepted at a committed slot, without
+    /// checking that it was accepted in the ballot the leader named.
+    ApplyUncheckedBallot,
+    /// A leader keeps proposing above a `Reconfigure` it has not seen chosen
+    /// (no drain), so votes of the old voters decide slots the new ones
+    /// govern.
+    ProposeAboveUnchosenReconfigure,
+}
+
+/// Which planted bugs are on in one replica (all off until `plant_bug`).
+/// The protocol code reads the fields through `planted!(self, field)`.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Bugs {
+    pub(super) skip_adopt_highest_accepted: bool,
+    pub(super) ack_before_persist: bool,
+    pub(super) quorum_half: bool,
+    pub(super) apply_unchecked_ballot: bool,
+    pub(super) propose_above_unchosen_reconfigure: bool,
+}
+
+impl Replica {
+    /// Plants a deliberate protocol bug (simulator teeth tests only; the
+    /// method exists only with the `planted-bugs` feature).
+    pub fn plant_bug(&mut self, bug: PlantedBug) {
+        let bugs = &mut self.bugs;
+        match bug {
+            PlantedBug::SkipAdoptHighestAccepted => bugs.skip_adopt_highest_accepted = true,
+            PlantedBug::AckBeforePersist => bugs.ack_before_persist = true,
+            PlantedBug::QuorumHalf => bugs.quorum_half = true,
+            PlantedBug::ApplyUncheckedBallot => bugs.apply_unchecked_ballot = true,
+            PlantedBug::ProposeAboveUnchosenReconfigure => {
+                bugs.propose_above_unchosen_reconfigure = true
+            }
+        }
+    }
+}
