@@ -74,6 +74,8 @@ mod tag {
     pub const FETCH: u8 = 8;
     pub const DECREES: u8 = 9;
     pub const TIMEOUT_NOW: u8 = 10;
+    pub const REPAIR_QUERY: u8 = 11;
+    pub const REPAIR_ANSWER: u8 = 12;
 
     pub const VALUE_NOOP: u8 = 0;
     pub const VALUE_REQUESTS: u8 = 1;
@@ -176,6 +178,27 @@ pub fn encode(msg: &Message, out: &mut BytesMut) {
             out.put_u8(tag::TIMEOUT_NOW);
             put_ballot(out, *ballot);
         }
+        Message::RepairQuery(msg::RepairQuery { commit_index }) => {
+            out.put_u8(tag::REPAIR_QUERY);
+            put_varint(out, *commit_index);
+        }
+        Message::RepairAnswer(msg::RepairAnswer {
+            promised,
+            max_slot,
+            commit_index,
+            voters,
+            suspect,
+        }) => {
+            out.put_u8(tag::REPAIR_ANSWER);
+            put_ballot(out, *promised);
+            put_varint(out, *max_slot);
+            put_varint(out, *commit_index);
+            put_varint(out, voters.len() as u64);
+            for v in voters {
+                put_varint(out, u64::from(v.0));
+            }
+            out.put_u8(u8::from(*suspect));
+        }
     }
 }
 
@@ -198,6 +221,7 @@ pub fn encoded_len_hint(msg: &Message) -> usize {
         Message::Decrees(msg::Decrees { decrees, .. }) => {
             FIXED + decrees.iter().map(accepted_len_hint).sum::<usize>()
         }
+        Message::RepairAnswer(msg::RepairAnswer { voters, .. }) => FIXED + 10 + 5 * voters.len(),
         _ => FIXED,
     }
 }
@@ -329,6 +353,16 @@ pub fn decode(buf: Bytes) -> Result<Message, CodecError> {
         tag::TIMEOUT_NOW => Message::TimeoutNow(msg::TimeoutNow {
             ballot: r.ballot()?,
         }),
+        tag::REPAIR_QUERY => Message::RepairQuery(msg::RepairQuery {
+            commit_index: r.varint()?,
+        }),
+        tag::REPAIR_ANSWER => Message::RepairAnswer(msg::RepairAnswer {
+            promised: r.ballot()?,
+            max_slot: r.varint()?,
+            commit_index: r.varint()?,
+            voters: r.ids(crate::config::MAX_VOTERS * 2)?,
+            suspect: r.bool()?,
+        }),
         other => {
             return Err(CodecError::UnknownTag {
                 what: "message",
@@ -403,6 +437,19 @@ impl Reader {
             round: self.varint()?,
             leader: self.replica_id()?,
         })
+    }
+
+    /// A list of at most `max` replica ids.
+    fn ids(&mut self, max: usize) -> Result<Vec<ReplicaId>, CodecError> {
+        let start = self.pos;
+        let n = self.count()?;
+        if n > max {
+            return Err(CodecError::TooLong {
+                len: n as u64,
+                offset: start,
+            });
+        }
+        (0..n).map(|_| self.replica_id()).collect()
     }
 
     /// A count of items that each take at least one byte.
@@ -586,6 +633,24 @@ mod tests {
                     })
                 }),
             arb_ballot().prop_map(|ballot| Message::TimeoutNow(msg::TimeoutNow { ballot })),
+            any::<u64>()
+                .prop_map(|commit_index| Message::RepairQuery(msg::RepairQuery { commit_index })),
+            (
+                arb_ballot(),
+                any::<u64>(),
+                any::<u64>(),
+                proptest::collection::vec(any::<u32>(), 0..8),
+                any::<bool>()
+            )
+                .prop_map(|(promised, max_slot, commit_index, voters, suspect)| {
+                    Message::RepairAnswer(msg::RepairAnswer {
+                        promised,
+                        max_slot,
+                        commit_index,
+                        voters: voters.into_iter().map(ReplicaId).collect(),
+                        suspect,
+                    })
+                }),
         ]
     }
 

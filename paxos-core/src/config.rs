@@ -49,6 +49,12 @@ pub struct Config {
     /// commit index (it must catch up first). Bounds the uncommitted entries
     /// an acceptor holds. Must be at least `pipeline_window`.
     pub max_accept_ahead: usize,
+    /// This replica's storage lost data it may have acknowledged (its log
+    /// was damaged and salvaged): it starts by repairing, without voting,
+    /// until it can vouch for its state again (invariant 11). Keep setting
+    /// it on every restart until a start's repair completed (the status
+    /// says so), as storage keeps the damage on record until then.
+    pub repair: bool,
 }
 
 /// Why a configuration is unusable.
@@ -86,6 +92,7 @@ impl Config {
             retain_decrees: 4096,
             max_message_bytes: 8 << 20,
             max_accept_ahead: 256,
+            repair: false,
         }
     }
 

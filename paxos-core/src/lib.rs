@@ -166,7 +166,9 @@ pub use replica::PlantedBug;
 /// Release binaries must refuse to run when it is `true`; see the crate
 /// docs.
 pub const PLANTED_BUGS_COMPILED: bool = cfg!(feature = "planted-bugs");
-pub use replica::{Action, PeerStatus, PersistToken, ProposeError, Replica, Role, Status};
+pub use replica::{
+    Action, PeerStatus, PersistToken, ProposeError, RepairProgress, Replica, Role, Status,
+};
 pub use types::*;
 
 #[cfg(test)]

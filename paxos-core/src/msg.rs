@@ -45,6 +45,10 @@ pub enum Message {
     Decrees(Decrees),
     /// Leadership hand-off. See [`TimeoutNow`].
     TimeoutNow(TimeoutNow),
+    /// A repairing replica's question. See [`RepairQuery`].
+    RepairQuery(RepairQuery),
+    /// The answer. See [`RepairAnswer`].
+    RepairAnswer(RepairAnswer),
 }
 
 /// Phase 1a: "promise `ballot`, and tell me what you accepted at slots
@@ -165,6 +169,32 @@ pub struct TimeoutNow {
     pub ballot: Ballot,
 }
 
+/// From a replica whose storage lost data it may have acknowledged (it is
+/// repairing, invariant 11): "what did you promise, and how far does your
+/// log reach?" Every replica answers, whatever its role.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RepairQuery {
+    /// The asker's commit index (informational).
+    pub commit_index: Slot,
+}
+
+/// The answer to a [`RepairQuery`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RepairAnswer {
+    /// The highest ballot the sender promised.
+    pub promised: Ballot,
+    /// The highest slot the sender holds an entry for (or its commit index,
+    /// if higher).
+    pub max_slot: Slot,
+    /// The sender's commit index.
+    pub commit_index: Slot,
+    /// The voters of the sender's membership, and of every `Reconfigure`
+    /// it accepted above its commit index: they must be asked too.
+    pub voters: Vec<crate::ReplicaId>,
+    /// The sender is repairing itself: its state may be incomplete.
+    pub suspect: bool,
+}
+
 impl Message {
     /// A short name for logs and metrics.
     pub fn kind(&self) -> &'static str {
@@ -179,6 +209,8 @@ impl Message {
             Message::Fetch(_) => "fetch",
             Message::Decrees(_) => "decrees",
             Message::TimeoutNow(_) => "timeout-now",
+            Message::RepairQuery(_) => "repair-query",
+            Message::RepairAnswer(_) => "repair-answer",
         }
     }
 }
@@ -196,6 +228,8 @@ impl std::fmt::Debug for Message {
             Message::Fetch(m) => m.fmt(f),
             Message::Decrees(m) => m.fmt(f),
             Message::TimeoutNow(m) => m.fmt(f),
+            Message::RepairQuery(m) => m.fmt(f),
+            Message::RepairAnswer(m) => m.fmt(f),
         }
     }
 }

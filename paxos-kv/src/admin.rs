@@ -549,6 +549,7 @@ pub fn provision_node(
         },
         members: members.into_values().collect(),
         tuning: template.tuning.clone(),
+        recovery: template.recovery.clone(),
     };
     let path = dir.join(format!("node{id}.toml"));
     std::fs::write(&path, config.to_toml())

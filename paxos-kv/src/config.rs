@@ -30,6 +30,10 @@
 //! [tuning]                          # optional; defaults shown by `Tuning::default`
 //! pipeline_window = 64
 //! transparent_huge_pages = true    # re-exec with glibc's THP tunable (see crate::hugepages)
+//!
+//! [recovery]                        # optional; what to do about damaged storage
+//! on_corruption = "repair"         # or "refuse" (do not start)
+//! unsafe_skip_repair = false       # see RecoveryConfig: accepts data loss
 //! ```
 //!
 //! Loading never panics: every problem is a [`ConfigError`] naming the file
@@ -145,6 +149,44 @@ impl Default for Tuning {
     }
 }
 
+/// What a node does when its log or checkpoints turn out damaged
+/// (checksum failures, unreadable sectors), in the `[recovery]` section.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RecoveryConfig {
+    /// `"repair"` (the default): keep the longest valid prefix of the log,
+    /// set the damaged files aside, and repair what was lost from the peers
+    /// before voting again (paxos-core's invariant 11). `"refuse"`: do not
+    /// start; an operator inspects first.
+    pub on_corruption: CorruptionMode,
+    /// Start a damaged replica as if nothing was lost, skipping the repair.
+    /// Only for when no repair is possible (the status and the log say why,
+    /// for example: a majority of the replicas is damaged) and an operator
+    /// decided to accept the loss: this replica may then have forgotten
+    /// promises and votes, and chosen values may be lost or changed.
+    pub unsafe_skip_repair: bool,
+}
+
+/// See [`RecoveryConfig::on_corruption`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CorruptionMode {
+    /// Salvage and repair from the peers.
+    #[default]
+    Repair,
+    /// Refuse to start.
+    Refuse,
+}
+
+impl Default for RecoveryConfig {
+    fn default() -> Self {
+        RecoveryConfig {
+            on_corruption: CorruptionMode::Repair,
+            unsafe_skip_repair: false,
+        }
+    }
+}
+
 /// A node's whole configuration.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -167,6 +209,9 @@ pub struct NodeConfig {
     /// Knobs.
     #[serde(default)]
     pub tuning: Tuning,
+    /// What to do about damaged storage.
+    #[serde(default)]
+    pub recovery: RecoveryConfig,
 }
 
 /// Why a configuration was refused.
@@ -405,6 +450,16 @@ impl NodeConfig {
             t.log_sync_interval_us,
             t.worker_threads,
             t.transparent_huge_pages
+        );
+        let r = &self.recovery;
+        let _ = writeln!(
+            s,
+            "\n[recovery]\non_corruption = \"{}\"\nunsafe_skip_repair = {}",
+            match r.on_corruption {
+                CorruptionMode::Repair => "repair",
+                CorruptionMode::Refuse => "refuse",
+            },
+            r.unsafe_skip_repair
         );
         s
     }

@@ -24,6 +24,10 @@ pub type OpenedStorage = (Arc<dyn ReplicaStorage>, DurableState, node::DurableRe
 pub fn open_storage(config: &NodeConfig) -> anyhow::Result<OpenedStorage> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    let on_corruption = match config.recovery.on_corruption {
+        crate::config::CorruptionMode::Repair => paxos_log::CorruptionPolicy::Salvage,
+        crate::config::CorruptionMode::Refuse => paxos_log::CorruptionPolicy::Refuse,
+    };
     Ok(match config.storage {
         StorageKind::File => {
             let dir = config.data_dir.join("log");
@@ -31,6 +35,7 @@ pub fn open_storage(config: &NodeConfig) -> anyhow::Result<OpenedStorage> {
                 min_sync_interval: std::time::Duration::from_micros(
                     config.tuning.log_sync_interval_us,
                 ),
+                on_corruption,
                 ..paxos_log::LogOptions::default()
             };
             let (log, state) = paxos_log::FileLog::open(&dir, options)
@@ -43,6 +48,7 @@ pub fn open_storage(config: &NodeConfig) -> anyhow::Result<OpenedStorage> {
             let path = config.data_dir.join("nvm.region");
             let options = paxos_nvm::NvmOptions {
                 region_bytes: config.tuning.nvm_region_mb << 20,
+                on_corruption,
                 ..paxos_nvm::NvmOptions::default()
             };
             let (log, state) = paxos_nvm::NvmStorage::open(&path, options)
@@ -64,10 +70,37 @@ pub fn open_storage(config: &NodeConfig) -> anyhow::Result<OpenedStorage> {
     })
 }
 
+/// Reports what storage found damaged and decides whether the node must
+/// repair before it votes (paxos-core's invariant 11).
+fn storage_damage(config: &NodeConfig, storage: &dyn ReplicaStorage) -> anyhow::Result<bool> {
+    let damage = storage.recovery_damage();
+    for d in &damage {
+        tracing::error!(damage = %d, "storage is damaged; the longest valid prefix was kept and the rest set aside");
+    }
+    let lost = damage.iter().any(|d| d.may_have_lost_acknowledged);
+    if !lost {
+        return Ok(false);
+    }
+    if config.recovery.unsafe_skip_repair {
+        tracing::error!(
+            "recovery.unsafe_skip_repair is set: starting as if nothing was lost. This replica may have forgotten promises and votes; chosen values may be lost or changed. Remove the setting once it runs"
+        );
+        storage
+            .clear_damage()
+            .context("clearing the damage record")?;
+        return Ok(false);
+    }
+    tracing::warn!(
+        "this replica lost data it may have acknowledged: it repairs from its peers (every voter must answer) before it votes again; INFO and the log show the progress. If no repair is possible (for example, a majority of the replicas is damaged), see [recovery] unsafe_skip_repair"
+    );
+    Ok(true)
+}
+
 /// Runs a node until Ctrl-C / SIGTERM or a fatal error.
 pub async fn run_node(config: NodeConfig) -> anyhow::Result<()> {
     let id = config.replica_id();
     let (storage, durable, reload_durable) = open_storage(&config)?;
+    let damaged = storage_damage(&config, storage.as_ref())?;
     // A memory log forgets everything on restart, so a checkpoint would
     // only describe a state the log no longer agrees with: none for it.
     let checkpoints = if config.storage == StorageKind::Memory {
@@ -164,6 +197,7 @@ pub async fn run_node(config: NodeConfig) -> anyhow::Result<()> {
             durable,
             state_machine: sm,
             checkpoint: restored,
+            damaged,
         },
         storage,
         transport,
@@ -270,6 +304,7 @@ pub fn init_cluster(
             },
             members: members.clone(),
             tuning: tuning.clone(),
+            recovery: crate::config::RecoveryConfig::default(),
         };
         let path = dir.join(format!("node{id}.toml"));
         std::fs::write(&path, config.to_toml())

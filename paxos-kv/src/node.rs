@@ -787,6 +787,16 @@ impl EventLoop {
                     self.status.set_cluster(self.node.cluster_view(now));
                 }
                 Effect::Applied { .. } => {}
+                Effect::ClearDamage => {
+                    // The repair is done; a failure to forget the damage
+                    // only means the next start repairs again.
+                    match self.storage.clear_damage() {
+                        Ok(()) => tracing::info!("storage damage record cleared"),
+                        Err(e) => {
+                            tracing::error!(error = %e, "clearing the damage record failed; the next start repairs again")
+                        }
+                    }
+                }
                 Effect::Timing(t) => self.stages.record_decree(
                     [t.batched, t.proposed, t.durable, t.applied, t.applied].map(|t| t.0.max(1)),
                     t.requests,

@@ -689,7 +689,13 @@ fn recover_inner(
                 )
         });
         match same {
-            Some(d) => d.set_aside.extend(damage.set_aside),
+            // A later occurrence may have lost what an earlier one did not
+            // (the same place was rewritten since, then damaged again): the
+            // flag is the union, never cleared by a repeat.
+            Some(d) => {
+                d.may_have_lost_acknowledged |= damage.may_have_lost_acknowledged;
+                d.set_aside.extend(damage.set_aside);
+            }
             None => report.damage.push(damage),
         }
         write_damage_report(fs, dir, &report.damage)?;

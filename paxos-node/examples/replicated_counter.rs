@@ -366,6 +366,7 @@ impl Cluster {
             durable,
             state_machine: counter,
             checkpoint,
+            damaged: false,
         };
         let node = Node::new(config, recovery, Time(0))?;
 

@@ -157,6 +157,10 @@ pub enum Effect<P, C> {
         /// Its slot.
         slot: Slot,
     },
+    /// The core finished repairing after storage damage: tell the storage
+    /// to forget the damage it kept on record (`clear_damage`), so the next
+    /// start does not repair again.
+    ClearDamage,
     /// The transport should connect to exactly these peers.
     SetPeers(BTreeMap<ReplicaId, SocketAddr>),
     /// Stage timestamps of a decree this node proposed (stage timing on).

@@ -93,6 +93,12 @@ pub struct Recovery<S> {
     pub state_machine: S,
     /// The checkpoint it was restored from.
     pub checkpoint: Option<Restored>,
+    /// Storage reported damage that may have lost acknowledged data (see
+    /// `paxos_log::Damage::may_have_lost_acknowledged`): the core repairs
+    /// before it votes again (paxos-core's invariant 11), and the node asks
+    /// the driver to clear the damage record once that is done
+    /// ([`Effect::ClearDamage`]).
+    pub damaged: bool,
 }
 
 /// A node's status, for status pages and redirects.
@@ -126,6 +132,8 @@ pub struct NodeStatus {
     pub checkpoints_saved: u64,
     /// Checkpoints it installed from peers since start.
     pub checkpoints_installed: u64,
+    /// A repair after storage damage, in progress.
+    pub repair: Option<paxos_core::RepairProgress>,
 }
 
 /// One batch this node proposed and has not yet seen applied.
@@ -199,6 +207,8 @@ pub struct Node<S: StateMachine, C> {
     /// The persist id issued for the newest proposal's own vote is not yet
     /// identified (stage timing).
     awaiting_vote: Option<Slot>,
+    /// The core is repairing (its storage reported damage).
+    repairing: bool,
     // Cluster-view bookkeeping.
     book: Arc<BTreeMap<ReplicaId, MemberAddrs>>,
     book_generation: u64,
@@ -230,6 +240,7 @@ impl<S: StateMachine, C> Node<S, C> {
             durable,
             state_machine,
             checkpoint,
+            damaged,
         } = recovery;
         let (applied, directory) = match checkpoint {
             Some(r) => (r.meta.last_applied, r.directory),
@@ -237,6 +248,12 @@ impl<S: StateMachine, C> Node<S, C> {
         };
         let mut core_config = config.core.clone();
         directory.restart_membership(&mut core_config);
+        core_config.repair = damaged;
+        if damaged {
+            tracing::warn!(
+                "storage lost data this replica may have acknowledged: it does not vote until every voter answered and it learned every slot it may have voted on"
+            );
+        }
         let core = paxos_core::Replica::try_new(core_config, durable, applied, config.seed, now)?;
         let status = core.status();
         let id = config.core.id;
@@ -263,6 +280,7 @@ impl<S: StateMachine, C> Node<S, C> {
             transfer: None,
             transfer_rotation: 0,
             awaiting_vote: None,
+            repairing: damaged,
             book: Arc::new(BTreeMap::new()),
             book_generation: u64::MAX,
             membership_slot_seen: None,
@@ -283,6 +301,7 @@ impl<S: StateMachine, C> Node<S, C> {
                 proposed_requests: 0,
                 checkpoints_saved: 0,
                 checkpoints_installed: 0,
+                repair: None,
             },
             config,
         };
@@ -541,6 +560,8 @@ impl<S: StateMachine, C> Node<S, C> {
         self.directory.replace_with(restored.directory);
         let mut core_config = self.config.core.clone();
         self.directory.restart_membership(&mut core_config);
+        // A repair in progress goes on in the new core instance.
+        core_config.repair = self.repairing;
         self.core =
             paxos_core::Replica::try_new(core_config, durable, slot, self.config.seed ^ slot, now)?;
         self.epoch += 1;
@@ -692,6 +713,7 @@ impl<S: StateMachine, C> Node<S, C> {
             in_flight: self.proposals.len(),
             checkpoint_slot: self.checkpoint_slot,
             needs_snapshot: self.needs_snapshot,
+            repair: core.repair.clone(),
             ..self.stats.clone()
         }
     }
@@ -1027,6 +1049,22 @@ impl<S: StateMachine, C> Node<S, C> {
         if was_leader != self.is_leader {
             tracing::info!(id = %self.id, leader = self.is_leader, ballot = %status.ballot, "primary status changed");
             self.sm.on_primary_change(self.is_leader);
+        }
+        match (&status.repair, self.repairing) {
+            (None, true) => {
+                tracing::info!("repair done: every slot this replica may have voted on is chosen and known here; it votes again");
+                self.repairing = false;
+                self.effects.push_back(Effect::ClearDamage);
+            }
+            (Some(p), _) if self.status.repair.as_ref() != Some(p) => {
+                tracing::warn!(
+                    waiting_for = ?p.waiting_for,
+                    repairing_too = ?p.untrusted,
+                    catching_up_to = ?p.catching_up_to,
+                    "repair in progress: every voter must answer (and not be repairing itself) before this replica votes again"
+                );
+            }
+            _ => {}
         }
         if status.needs_snapshot && !self.needs_snapshot {
             tracing::warn!("behind the peers' retained log: fetching a checkpoint from a peer");

@@ -232,20 +232,29 @@ pub fn restore_from<S: StateMachine>(
     })
 }
 
-/// Restores `sm` from the newest checkpoint that verifies (newer corrupt
-/// ones are skipped and listed in [`Restored::skipped`]). `None`: there is
-/// no checkpoint. A checkpoint that verifies but does not restore is an
-/// error: silently starting from an older state would replay a log that
-/// may already be truncated past it.
+/// Restores `sm` from the newest checkpoint that verifies (newer damaged
+/// ones are set aside by the store, and listed in [`Restored::skipped`]).
+/// `None`: no checkpoint is usable — there is none, or every one is
+/// damaged (each damage is logged). Starting without one is safe: if the
+/// log was already truncated past what the state machine holds, the core
+/// says it needs a snapshot and the node fetches one from a peer. A
+/// checkpoint that verifies but does not restore is an error: silently
+/// starting from an older state would replay a log that may already be
+/// truncated past it.
 pub fn restore_newest<S: StateMachine>(
     store: &CheckpointStore,
     sm: &mut S,
 ) -> Result<Option<Restored>, CheckpointError> {
-    let Some(latest) = store.latest()? else {
+    let survey = store.survey()?;
+    let skipped: Vec<String> = survey.damaged.iter().map(|d| d.to_string()).collect();
+    let Some(reader) = survey.newest else {
+        for d in &skipped {
+            tracing::error!(damage = %d, "checkpoint damaged and set aside; no usable checkpoint is left");
+        }
         return Ok(None);
     };
-    let mut restored = restore_from(&latest.reader, sm)?;
-    restored.skipped = latest.skipped.iter().map(|e| e.to_string()).collect();
+    let mut restored = restore_from(&reader, sm)?;
+    restored.skipped = skipped;
     Ok(Some(restored))
 }
 

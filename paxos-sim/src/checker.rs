@@ -635,6 +635,7 @@ mod tests {
             membership: m,
             membership_slot: 1,
             needs_snapshot: false,
+            repair: None,
         };
         c.on_status(&status(next)).unwrap();
         let wrong = Membership::with_voters(vec![r(1), r(2), r(4)]);

@@ -135,6 +135,10 @@ impl Sim {
                 self.nodes[victim].paused_until = self.now.plus_micros(pause);
                 self.trace(|| format!("PAUSE r{} for {pause}us", victim + 1));
             }
+        } else if choose(w.corrupt) {
+            if let Some(f) = self.faulty {
+                self.corrupt_medium(f)?;
+            }
         } else if choose(w.replay) {
             let k = self.rng.gen_range(1..=8);
             self.trace(|| format!("REPLAY {k} old messages"));
@@ -151,6 +155,60 @@ impl Sim {
             self.trace(|| format!("WEATHER loss {l} duplicate {d}"));
         }
         Ok(())
+    }
+
+    /// Corrupts the faulty replica's newest log records (or, sometimes, its
+    /// newest checkpoint) on its medium and crashes it, so that its
+    /// recovery finds the damage: it must repair from its peers before it
+    /// votes again, and nothing acknowledged may be lost.
+    fn corrupt_medium(&mut self, i: usize) -> Result<(), Failure> {
+        let id = self.nodes[i].id;
+        let at_checkpoint = self.rng.gen_bool(0.2);
+        let what = match (&self.nodes[i].pm, at_checkpoint) {
+            (Some(pm), false) => {
+                // Somewhere in the first 256 KiB of the log area, where the
+                // live records of a short run are.
+                let bit = self.rng.gen_range(256 * 8..(256 + 256 * 1024) * 8);
+                if pm.region.flip_bit(bit).is_err() {
+                    return Ok(());
+                }
+                format!("bit {bit} of its persistent memory")
+            }
+            _ => {
+                let dir = if at_checkpoint {
+                    crate::storage::CHECKPOINT_DIR
+                } else {
+                    crate::storage::LOG_DIR
+                };
+                let disk = &self.nodes[i].disk;
+                let Some(newest) = disk
+                    .paths()
+                    .into_iter()
+                    .filter(|p| p.starts_with(dir))
+                    .filter(|p| {
+                        let name = p.to_string_lossy();
+                        name.ends_with(".log") || name.ends_with(".ckpt")
+                    })
+                    .max()
+                else {
+                    return Ok(());
+                };
+                let len = disk.file_len(&newest).unwrap_or(0);
+                if len == 0 {
+                    return Ok(());
+                }
+                // The newest records: the last 4 KiB.
+                let from = len.saturating_sub(4096);
+                let bit = self.rng.gen_range(from * 8..len * 8);
+                if disk.flip_bit(&newest, bit).is_err() {
+                    return Ok(());
+                }
+                format!("bit {bit} of {}", newest.display())
+            }
+        };
+        self.faults.media_corruptions += 1;
+        self.trace(|| format!("CORRUPT {id}: flipped {what}"));
+        self.crash(i)
     }
 
     /// Picks a new voter set from the pool and hands it to the operator:

@@ -59,6 +59,12 @@ pub struct FaultParams {
     /// Take a checkpoint (and compact below it) every this many applied
     /// slots (0: never; restarts then re-apply from slot 1).
     pub checkpoint_every: u64,
+    /// One replica (at most) has a faulty medium: transient bit flips and
+    /// read errors, latent unreadable sectors and misdirected writes in the
+    /// background, and corruption of its newest records now and then.
+    /// Never more than one: the protocol tolerates the loss of one
+    /// replica's data, not of a quorum's.
+    pub faulty_medium: bool,
     /// Mean time between submissions of one client.
     pub client_interval_us: u64,
     /// Most requests one client keeps outstanding.
@@ -94,6 +100,9 @@ pub struct FaultWeights {
     /// stale ballots, duplicate `Accepted` and `Promise`, old catch-up
     /// answers, arriving very late.
     pub replay: u32,
+    /// Corrupt the faulty replica's newest log records or checkpoint on
+    /// its medium, and crash it (0 unless the seed has a faulty replica).
+    pub corrupt: u32,
     /// Ask the leader to change the membership (an operator's
     /// `change_configuration`, retried until it is in force). Drawn apart
     /// from the other weights (see [`FaultParams::sample_reconfiguration`]):
@@ -114,6 +123,7 @@ impl FaultWeights {
             + self.weather
             + self.pause
             + self.replay
+            + self.corrupt
             + self.reconfigure
     }
 }
@@ -151,6 +161,7 @@ impl FaultParams {
             weather: weight(rng, 3),
             pause: weight(rng, 5),
             replay: weight(rng, 6),
+            corrupt: 0,
             reconfigure: 0,
         };
         if weights.total() == 0 {
@@ -176,10 +187,23 @@ impl FaultParams {
             pipeline_window: pick(rng, &[1, 2, 4, 8, 32]),
             retain_decrees: pick(rng, &[64, 512, 4096]),
             checkpoint_every: pick(rng, &[0, 0, 10, 50]),
+            faulty_medium: false,
             client_interval_us: pick(rng, &[500, 2_000, 10_000]),
             client_outstanding: pick(rng, &[1, 4, 16]),
             client_batch: pick(rng, &[1, 3, 8]),
         }
+    }
+
+    /// Decides whether this seed has a replica with a faulty medium, and
+    /// how often its newest records are corrupted. Drawn from its own
+    /// generator, like the membership changes.
+    pub fn sample_media_faults(&mut self, rng: &mut SmallRng) {
+        self.faulty_medium = rng.gen_bool(0.5);
+        self.weights.corrupt = if self.faulty_medium {
+            rng.gen_range(1..=6)
+        } else {
+            0
+        };
     }
 
     /// Decides whether this seed changes membership, and how often. Drawn

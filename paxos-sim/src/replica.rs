@@ -181,9 +181,21 @@ fn entry_bytes(e: &PersistEntry) -> usize {
 /// Replica `i`'s disk: its latency follows the seed's disk speed (a base
 /// cost per sync, and slow outliers up to the slowest persist), drawn from
 /// a seed of its own.
-pub(crate) fn disk_for(params: &FaultParams, seed: u64) -> SimFs {
+pub(crate) fn disk_for(params: &FaultParams, seed: u64, faulty: bool) -> SimFs {
+    // A faulty disk flips bits and fails reads now and then (transient:
+    // a re-read cures them), and rarely loses a sector for good or writes
+    // to the wrong place (latent: recovery finds the damage).
+    let (flips, errors, latent, misdirected) = if faulty {
+        (2_000, 2_000, 100, 200)
+    } else {
+        (0, 0, 0, 0)
+    };
     SimFs::with_faults(SimFaults {
         seed,
+        read_bit_flip_per_million: flips,
+        read_error_per_million: errors,
+        latent_sector_error_per_million: latent,
+        misdirected_write_per_million: misdirected,
         latency: LatencyModel {
             read_us: 5,
             write_us: 1,
@@ -202,9 +214,11 @@ pub(crate) fn disk_for(params: &FaultParams, seed: u64) -> SimFs {
 
 /// Replica `i`'s persistent memory (for the replicas whose log lives
 /// there): fast, with rare slow outliers.
-pub(crate) fn pm_for(seed: u64) -> SimRegion {
+pub(crate) fn pm_for(seed: u64, faulty: bool) -> SimRegion {
     let mut faults = SimRegionFaults {
         seed,
+        read_bit_flip_per_million: if faulty { 20 } else { 0 },
+        unreadable_word_per_million: if faulty { 1 } else { 0 },
         ..SimRegionFaults::default()
     };
     faults.latency.outlier_per_million = 10_000;
@@ -252,6 +266,14 @@ impl Sim {
             }
         };
         let (log, durable) = opened.map_err(|e| storage_failure(id, "log recovery", e))?;
+        let damage = log.damage();
+        let damaged =
+            damage.iter().any(|d| d.may_have_lost_acknowledged) && !self.cfg.ignore_storage_damage;
+        if !damage.is_empty() {
+            self.faults.damaged_starts += 1;
+            let first = damage[0].to_string();
+            self.trace(|| format!("{id} storage DAMAGED ({} reports): {first}", damage.len()));
+        }
         let checkpoints = storage::open_checkpoints(&disk)
             .map_err(|e| storage_failure(id, "opening the checkpoint store", e))?;
         let mut sm = SimKv::new(id, self.cfg.state_machine_bug);
@@ -281,6 +303,7 @@ impl Sim {
                 durable,
                 state_machine: sm,
                 checkpoint: restored,
+                damaged,
             },
             now,
         )
@@ -461,10 +484,19 @@ impl Sim {
         let Some(job) = run.checkpoint.take() else {
             return Ok(());
         };
-        let result = paxos_node::storage::write_checkpoint(&run.checkpoints, job)
-            .map_err(|e| storage_failure(id, "writing a checkpoint", e))?;
-        self.faults.checkpoints += 1;
-        run.node.on_checkpoint_saved(now, Ok(result));
+        let result = paxos_node::storage::write_checkpoint(&run.checkpoints, job);
+        match result {
+            Ok(slot) => {
+                self.faults.checkpoints += 1;
+                run.node.on_checkpoint_saved(now, Ok(slot));
+            }
+            // The faulty medium may spoil a checkpoint as it is written: its
+            // verification catches that, and the node retries later.
+            Err(e) if self.faulty == Some(i) => {
+                run.node.on_checkpoint_saved(now, Err(e.to_string()));
+            }
+            Err(e) => return Err(storage_failure(id, "writing a checkpoint", e)),
+        }
         self.drain(i)
     }
 
@@ -680,16 +712,22 @@ impl Sim {
                 let before = run.node.applied();
                 let durable = run.log.state();
                 let store = &run.checkpoints;
-                run.node
-                    .install_checkpoint(now, durable, slot, |sm| {
-                        paxos_node::storage::restore_slot(store, slot, sm)
-                    })
-                    .map_err(|e| {
-                        Failure::new(
+                let installed = run.node.install_checkpoint(now, durable, slot, |sm| {
+                    paxos_node::storage::restore_slot(store, slot, sm)
+                });
+                match installed {
+                    Ok(()) => {}
+                    // A faulty medium may spoil the received checkpoint
+                    // between its verification and the restore: the node
+                    // keeps its state and fetches again.
+                    Err(paxos_node::NodeError::Restore(_)) if self.faulty == Some(i) => {}
+                    Err(e) => {
+                        return Err(Failure::new(
                             FailureKind::ApiContract,
                             format!("{id} could not install checkpoint {slot}: {e}"),
-                        )
-                    })?;
+                        ))
+                    }
+                }
                 if run.node.applied() != before {
                     run.applied_through = slot;
                     self.faults.state_transfers += 1;
@@ -700,6 +738,17 @@ impl Sim {
                 Ok(())
             }
             Effect::SetPeers(_) | Effect::Timing(_) => Ok(()),
+            Effect::ClearDamage => {
+                let Some(run) = self.nodes[i].run.as_ref() else {
+                    return Ok(());
+                };
+                run.log
+                    .clear_damage()
+                    .map_err(|e| storage_failure(id, "clearing the damage record", e))?;
+                self.faults.repairs_completed += 1;
+                self.trace(|| format!("{id} REPAIRED: it votes again"));
+                Ok(())
+            }
             Effect::Applied {
                 slot,
                 ballot,
@@ -781,13 +830,29 @@ impl Sim {
             .count();
         let quorum = majority(governing.voters.len());
         if holders < quorum {
+            let disks: Vec<String> =
+                self.nodes
+                    .iter()
+                    .filter(|n| governing.is_voter(n.id))
+                    .map(|n| {
+                        format!(
+                            "{}: {}",
+                            n.id,
+                            n.ledger.accepted.get(&slot).map_or(
+                                "nothing".to_string(),
+                                |a| format!("{} at {}", describe(&a.value), a.ballot)
+                            )
+                        )
+                    })
+                    .collect();
             return Err(Failure::new(
                 FailureKind::Durability,
                 format!(
-                    "{} applied slot {slot} = {} but only {holders} disks of its governing voters {:?} hold that value there (quorum {quorum})",
+                    "{} applied slot {slot} = {} but only {holders} disks of its governing voters {:?} hold that value there (quorum {quorum}); they hold: {}",
                     self.nodes[i].id,
                     describe(value),
-                    governing.voters
+                    governing.voters,
+                    disks.join(", ")
                 ),
             ));
         }

@@ -108,7 +108,7 @@ impl Summary {
     /// The one-line summary printed at the end.
     pub fn line(&self) -> String {
         format!(
-            "paxos-sim: {} seeds, {} steps, {} commits, {} acknowledged requests, {} operations checked for linearizability, {} faults injected ({} crashes, {} torn syncs, {} partitions/isolations/cuts, {} messages dropped, {} replayed, {} checkpoints, {} state transfers, {} starts on persistent memory, {} of {} membership changes completed ({} pending at the heal), {} spares started, {} unrequested changes), {} failures",
+            "paxos-sim: {} seeds, {} steps, {} commits, {} acknowledged requests, {} operations checked for linearizability, {} faults injected ({} crashes, {} torn syncs, {} partitions/isolations/cuts, {} messages dropped, {} replayed, {} checkpoints, {} state transfers, {} starts on persistent memory, {} media corruptions, {} damaged starts, {} repairs, {} of {} membership changes completed ({} pending at the heal), {} spares started, {} unrequested changes), {} failures",
             self.seeds_run,
             self.steps,
             self.commits,
@@ -123,6 +123,9 @@ impl Summary {
             self.faults.checkpoints,
             self.faults.state_transfers,
             self.faults.pm_log_starts,
+            self.faults.media_corruptions,
+            self.faults.damaged_starts,
+            self.faults.repairs_completed,
             self.faults.reconfigurations_completed,
             self.faults.reconfigurations_requested,
             self.faults.changes_pending_at_heal,

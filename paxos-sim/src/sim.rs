@@ -65,6 +65,10 @@ pub struct SimConfig {
     pub reconfigure: Option<bool>,
     /// A bug planted in every replica's state machine (teeth tests).
     pub state_machine_bug: Option<StateMachineBug>,
+    /// A planted driver bug: start a replica whose storage lost acknowledged
+    /// data as if nothing was lost (no repair). Teeth test of the disk
+    /// faults.
+    pub ignore_storage_damage: bool,
 }
 
 impl SimConfig {
@@ -81,6 +85,7 @@ impl SimConfig {
             hook: None,
             reconfigure: None,
             state_machine_bug: None,
+            ignore_storage_damage: false,
         }
     }
 }
@@ -156,6 +161,13 @@ pub struct FaultCounts {
     /// Replica starts whose log is paxos-nvm's, on simulated persistent
     /// memory (the others use paxos-log's file log).
     pub pm_log_starts: u64,
+    /// Media faults planted on the faulty replica's disk or memory: bits
+    /// flipped in its newest log records, sectors made unreadable.
+    pub media_corruptions: u64,
+    /// Starts that found damaged storage.
+    pub damaged_starts: u64,
+    /// Repairs completed after damage.
+    pub repairs_completed: u64,
 }
 
 impl FaultCounts {
@@ -175,6 +187,7 @@ impl FaultCounts {
             + self.codec_fuzzed
             + self.pauses
             + self.reconfigurations_requested
+            + self.media_corruptions
     }
 
     /// Adds another run's counts.
@@ -204,6 +217,9 @@ impl FaultCounts {
         self.changes_pending_at_heal += o.changes_pending_at_heal;
         self.operations_checked += o.operations_checked;
         self.pm_log_starts += o.pm_log_starts;
+        self.media_corruptions += o.media_corruptions;
+        self.damaged_starts += o.damaged_starts;
+        self.repairs_completed += o.repairs_completed;
     }
 }
 
@@ -352,6 +368,8 @@ pub(crate) struct Sim {
     pub(crate) initial_voters: usize,
     /// The membership change in progress, if any.
     pub(crate) operator: Option<OperatorChange>,
+    /// The replica whose medium is faulty, if any (at most one).
+    pub(crate) faulty: Option<usize>,
 }
 
 thread_local! {
@@ -435,6 +453,9 @@ impl Sim {
         let timing = crate::replica::Timing::draw(&mut rng, &params);
         let mut reconfig_rng = SmallRng::seed_from_u64(cfg.seed ^ 0x7265_636f_6e66_6967);
         params.sample_reconfiguration(&mut reconfig_rng, cfg.reconfigure);
+        let mut media_rng = SmallRng::seed_from_u64(cfg.seed ^ 0x6d65_6469_6100_0000);
+        params.sample_media_faults(&mut media_rng);
+        let faulty = params.faulty_medium.then(|| media_rng.gen_range(0..n));
         // Two spares beyond the initial voters, for changes to draw from.
         let pool = if params.weights.reconfigure > 0 {
             n + 2
@@ -445,10 +466,12 @@ impl Sim {
             .map(|i| {
                 let media_seed =
                     (cfg.seed ^ (0xD15C << 16) ^ i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-                let disk = crate::replica::disk_for(&params, media_seed);
+                let faulty_here = faulty == Some(i);
+                let disk = crate::replica::disk_for(&params, media_seed, faulty_here);
                 // About one replica in four keeps its log in persistent
                 // memory (paxos-nvm) instead of the file log.
-                let pm = (media_seed >> 62 == 0).then(|| crate::replica::pm_for(media_seed));
+                let pm = (media_seed >> 62 == 0)
+                    .then(|| crate::replica::pm_for(media_seed, faulty_here));
                 Replica::new(
                     ReplicaId(i as u32 + 1),
                     membership.clone(),
@@ -481,6 +504,7 @@ impl Sim {
             phase: Phase::Faults,
             initial_voters: n,
             operator: None,
+            faulty,
         }
     }
 

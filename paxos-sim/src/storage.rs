@@ -12,7 +12,9 @@ use paxos_core::{DurableState, PersistEntry};
 use paxos_log::checkpoint::CheckpointStore;
 use paxos_log::fs::SharedFs;
 use paxos_log::sim_fs::SimFs;
-use paxos_log::{FileLog, LogOptions, ReplicaStorage, StorageError, WriterMode};
+use paxos_log::{
+    CorruptionPolicy, Damage, FileLog, LogOptions, ReplicaStorage, StorageError, WriterMode,
+};
 use paxos_nvm::{NvmOptions, NvmStorage, SimRegion};
 use std::path::Path;
 use std::sync::Arc;
@@ -51,6 +53,9 @@ impl SimLog {
             // No writer thread, no clock: the simulator decides when the
             // queued appends are written and synced.
             writer: WriterMode::Inline,
+            // Damage is salvaged and repaired from the peers, as in
+            // production.
+            on_corruption: CorruptionPolicy::Salvage,
             ..LogOptions::default()
         };
         let (log, state) = FileLog::open_with(shared, Path::new(LOG_DIR), options)?;
@@ -70,6 +75,7 @@ impl SimLog {
             // Appends wait for a group commit, as they do for the file log:
             // a crash can lose (or tear) what was not yet committed.
             max_group_appends: paxos_nvm::storage::MAX_GROUP_APPENDS,
+            on_corruption: CorruptionPolicy::Salvage,
             ..NvmOptions::default()
         };
         let name = "simulated persistent memory".to_string();
@@ -96,6 +102,22 @@ impl SimLog {
         match self {
             SimLog::File(log) => log.sync_queued(),
             SimLog::Nvm(log) => log.commit_pending(),
+        }
+    }
+
+    /// What recovery found damaged (kept on record until cleared).
+    pub fn damage(&self) -> Vec<Damage> {
+        match self {
+            SimLog::File(log) => log.recovery_damage(),
+            SimLog::Nvm(log) => log.recovery_damage(),
+        }
+    }
+
+    /// Forgets the damage record (the node repaired).
+    pub fn clear_damage(&self) -> Result<(), StorageError> {
+        match self {
+            SimLog::File(log) => ReplicaStorage::clear_damage(log),
+            SimLog::Nvm(log) => ReplicaStorage::clear_damage(log),
         }
     }
 

@@ -135,3 +135,34 @@ fn a_diverging_replica_fails_the_state_digest_check() {
         FailureKind::StateDivergence,
     );
 }
+
+/// Protocol-aware recovery has teeth: with the repair skipped (a driver that
+/// starts a replica whose storage lost acknowledged data as if nothing was
+/// lost), the faulty replica's disk faults make a safety checker fail
+/// within a bounded number of seeds, and each such seed passes with the
+/// repair.
+#[test]
+fn skipping_the_repair_after_disk_damage_is_caught() {
+    let mut caught = Vec::new();
+    for seed in 0..2 * MAX_SEEDS {
+        let mut cfg = SimConfig::new(seed);
+        cfg.steps = 4 * STEPS;
+        cfg.ignore_storage_damage = true;
+        let Some((failure, _)) = run(&cfg).failure else {
+            continue;
+        };
+        if failure.kind == FailureKind::Liveness {
+            continue;
+        }
+        cfg.ignore_storage_damage = false;
+        if let Some((clean, _)) = run(&cfg).failure {
+            panic!("seed {seed} fails with the repair too: {clean}");
+        }
+        println!("skipped repair caught at seed {seed} by {failure}");
+        caught.push(seed);
+        if caught.len() >= 2 {
+            return;
+        }
+    }
+    panic!("skipping the repair was never caught (caught at {caught:?})");
+}

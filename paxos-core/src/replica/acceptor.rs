@@ -233,7 +233,9 @@ impl Replica {
         let msg = Message::HeartbeatAck(msg::HeartbeatAck {
             ballot,
             commit_index: self.commit_index,
-            can_become_primary: self.can_become_primary && self.is_voter(self.id),
+            can_become_primary: self.can_become_primary
+                && self.is_voter(self.id)
+                && !self.repairing(),
         });
         self.send(from, msg);
     }

@@ -92,7 +92,11 @@ impl Replica {
     /// the voters that promised it from ever campaigning themselves.
     pub(super) fn start_election(&mut self, now: Time) {
         self.reset_election_timer(now);
-        if !self.can_become_primary || !self.is_voter(self.id) || self.needs_snapshot {
+        if !self.can_become_primary
+            || !self.is_voter(self.id)
+            || self.needs_snapshot
+            || self.repairing()
+        {
             if matches!(self.role, RoleState::Candidate(_)) {
                 self.role = RoleState::Follower;
             }

@@ -111,6 +111,14 @@
 //!       with elections), and a non-voter follows anyone: learners catch up
 //!       before `change_configuration` promotes them.
 //!
+//! 11. **Repair.** A replica started with `Config::repair` (its storage lost
+//!     data it may have acknowledged) sends no `Promise` and no `Accepted`,
+//!     never campaigns and takes no hand-off until it heard from every voter
+//!     of every membership it learns of, raised its promise durably to the
+//!     highest any of them promised, and learned every slot up to the
+//!     highest any of them holds. See `repair.rs` for why that restores
+//!     invariants 1-6 for it.
+//!
 //! # Restart
 //!
 //! A replica restarts from `DurableState` plus the state machine's
@@ -145,6 +153,7 @@ mod planted;
 mod proposer;
 mod reconfig;
 mod relinquish;
+mod repair;
 
 use crate::config::Config;
 use crate::msg::{self, Message};
@@ -159,6 +168,7 @@ pub use planted::PlantedBug;
 use proposer::LeaderState;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
+pub use repair::RepairProgress;
 use std::collections::{BTreeMap, VecDeque};
 
 /// Identifies one `Action::Persist`. Issued in increasing order; storage
@@ -238,6 +248,9 @@ pub struct Status {
     /// The replica is behind and no peer still holds the decrees it misses:
     /// it needs a snapshot (checkpoint) from a peer.
     pub needs_snapshot: bool,
+    /// A repair in progress (invariant 11): the replica does not vote until
+    /// it is done. `None` when it can vouch for its state.
+    pub repair: Option<RepairProgress>,
 }
 
 /// Why a proposal (or a leadership hand-off) was refused.
@@ -381,7 +394,9 @@ pub struct Replica {
     gated: VecDeque<(u64, ReplicaId, Message)>,
     /// Messages this replica sent to itself, handled before the call returns.
     self_inbox: VecDeque<Message>,
-    reported: Option<(Role, Option<ReplicaId>, bool, Slot)>,
+    reported: Option<(Role, Option<ReplicaId>, bool, Slot, bool)>,
+    /// A repair in progress (invariant 11), if storage lost data.
+    repair: Option<repair::RepairState>,
 }
 
 impl Replica {
@@ -467,6 +482,16 @@ impl Replica {
             gated: VecDeque::new(),
             self_inbox: VecDeque::new(),
             reported: None,
+            repair: config.repair.then(|| {
+                repair::RepairState::new(
+                    config
+                        .membership
+                        .voters
+                        .iter()
+                        .copied()
+                        .filter(|v| *v != id),
+                )
+            }),
             config,
         };
         // Entries that storage kept but a checkpoint covers are not needed.
@@ -486,6 +511,7 @@ impl Replica {
         r.reset_election_timer(now);
         r.adopt_chosen_configs(now);
         r.apply_committed();
+        r.repair_query();
         r.finish(now);
         r.check_invariants();
         r
@@ -546,7 +572,7 @@ impl Replica {
             self.periodic(now);
         }
         if !matches!(self.role, RoleState::Leader(_)) && now >= self.election_deadline {
-            if self.is_voter(self.id) {
+            if self.is_voter(self.id) && !self.repairing() {
                 self.start_election(now);
             } else {
                 self.probe_for_progress(now);
@@ -730,6 +756,7 @@ impl Replica {
             membership: self.membership.clone(),
             membership_slot: self.membership_slot,
             needs_snapshot: self.needs_snapshot,
+            repair: self.repair_progress(),
         }
     }
 
@@ -773,8 +800,24 @@ impl Replica {
     /// Applies `handle_message`'s membership rules, then dispatches.
     fn route(&mut self, now: Time, from: ReplicaId, msg: Message) {
         let i_vote = self.is_voter(self.id);
+        if self.repairing() {
+            // Invariant 11: no vote, no candidacy, no hand-off; follow the
+            // leaders' progress and fetch chosen decrees like a learner.
+            match &msg {
+                Message::Prepare(_) | Message::TimeoutNow(_) => return,
+                Message::Accept(msg::Accept { commit_index, .. }) => {
+                    let commit_index = *commit_index;
+                    self.on_foreign_progress(now, from, commit_index);
+                    return;
+                }
+                _ => {}
+            }
+        }
         match &msg {
-            Message::Fetch(_) | Message::Decrees(_) => {}
+            Message::Fetch(_)
+            | Message::Decrees(_)
+            | Message::RepairQuery(_)
+            | Message::RepairAnswer(_) => {}
             Message::Prepare(msg::Prepare { from_slot, .. }) => {
                 if !i_vote || !self.is_voter(from) {
                     let from_slot = *from_slot;
@@ -807,6 +850,8 @@ impl Replica {
             Message::Fetch(m) => self.on_fetch(from, m),
             Message::Decrees(m) => self.on_decrees(now, from, m),
             Message::TimeoutNow(m) => self.on_timeout_now(now, from, m),
+            Message::RepairQuery(m) => self.on_repair_query(from, m),
+            Message::RepairAnswer(m) => self.on_repair_answer(from, m),
         }
     }
 
@@ -823,8 +868,15 @@ impl Replica {
             assert!(budget > 0, "self-delivery does not terminate");
         }
         self.flush_persist();
+        self.check_repaired();
         let (role, leader) = self.role_and_leader();
-        let now_reported = (role, leader, self.needs_snapshot, self.membership_slot);
+        let now_reported = (
+            role,
+            leader,
+            self.needs_snapshot,
+            self.membership_slot,
+            self.repairing(),
+        );
         if self.reported != Some(now_reported) {
             self.reported = Some(now_reported);
             self.actions.push_back(Action::StatusChanged(self.status()));
@@ -937,6 +989,7 @@ impl Replica {
     /// The heartbeat-interval timer: the current role's periodic work, then
     /// a retry of an unanswered fetch.
     fn periodic(&mut self, now: Time) {
+        self.repair_query();
         match &self.role {
             RoleState::Leader(_) => self.leader_periodic(now),
             RoleState::Candidate(_) => self.resend_prepares(),

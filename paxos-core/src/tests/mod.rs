@@ -11,3 +11,4 @@ mod proposer;
 mod props;
 mod reconfig;
 mod relinquish;
+mod repair;

@@ -532,3 +532,39 @@ fn the_model_check_catches_a_skipped_payload_checksum() {
         "{failures:?}"
     );
 }
+
+/// Found by paxos-sim (seed 1642): damage in an empty segment loses
+/// nothing; if the same place is written again and damaged again, the
+/// second damage loses acknowledged appends, and the report must say so
+/// even though it names the same file, offset and reason as the first.
+#[test]
+fn damage_repeated_at_one_place_keeps_the_worse_verdict() {
+    let (fs, shared, dir) = sim();
+    let opts = LogOptions {
+        on_corruption: CorruptionPolicy::Salvage,
+        ..LogOptions::default()
+    };
+    let (log, _) = FileLog::open_with(shared.clone(), &dir, opts.clone()).unwrap();
+    log.close().unwrap();
+    let seg = segment_paths(&fs, &dir).pop().unwrap();
+    // The state record of the still empty segment.
+    fs.flip_bit(&seg, (SEGMENT_HEADER_LEN as u64 + 4) * 8)
+        .unwrap();
+    let (log, _) = FileLog::open_with(shared.clone(), &dir, opts.clone()).unwrap();
+    let first = log.recovery_damage();
+    assert_eq!(first.len(), 1);
+    assert!(!first[0].may_have_lost_acknowledged, "nothing was in it");
+    log.append(&[accept(1, 1, 50)]).unwrap();
+    log.wait_durable(log.durable_seq() + 1).unwrap();
+    log.close().unwrap();
+    let seg = segment_paths(&fs, &dir).pop().unwrap();
+    fs.flip_bit(&seg, (SEGMENT_HEADER_LEN as u64 + 4) * 8)
+        .unwrap();
+    let (log, state) = FileLog::open_with(shared, &dir, opts).unwrap();
+    assert!(state.accepted.is_empty(), "the acknowledged accept is gone");
+    let damage = log.recovery_damage();
+    assert!(
+        damage.iter().any(|d| d.may_have_lost_acknowledged),
+        "the report must say that acknowledged data may be lost: {damage:?}"
+    );
+}

@@ -348,6 +348,7 @@ impl Host {
             durable: DurableState::default(),
             state_machine: Counter::default(),
             checkpoint: None,
+            damaged: false,
         };
         let node = Node::new(config.clone(), recovery, now).expect("a valid test configuration");
         Host {
@@ -763,6 +764,7 @@ impl Sim {
             durable: host.durable.clone(),
             state_machine,
             checkpoint,
+            damaged: false,
         };
         host.node = Node::new(host.config.clone(), recovery, now).expect("the node restarts");
         host.sink = TransferSink::new(host.store.clone());
