@@ -274,6 +274,8 @@ impl Replica {
                         }
                     }
                     Effect::Timing(_) | Effect::Applied { .. } => {}
+                    // The example keeps no damage record (its log refuses damage).
+                    Effect::ClearDamage => {}
                 }
             }
             let Some((id, seq)) = newest_persist else {

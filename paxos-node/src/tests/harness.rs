@@ -915,7 +915,7 @@ impl Sim {
                 Effect::Transfer(op) => host.transfer(now, op),
                 Effect::InstallCheckpoint { slot } => host.install(now, slot),
                 Effect::SetPeers(peers) => host.peer_sets.push(peers),
-                Effect::Timing(_) | Effect::Applied { .. } => {}
+                Effect::Timing(_) | Effect::Applied { .. } | Effect::ClearDamage => {}
             }
         }
     }
