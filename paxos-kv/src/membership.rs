@@ -127,13 +127,31 @@ pub fn write_info(view: &ClusterView, text: &mut String) {
     use std::fmt::Write;
     let _ = write!(
         text,
-        "# Membership\r\nmembership:{}\r\nmembership_slot:{}\r\nmembership_pending:{}\r\nremoved:{}\r\n# Peers\r\npeers:{}\r\n",
+        "# Membership\r\nmembership:{}\r\nmembership_slot:{}\r\nmembership_pending:{}\r\nremoved:{}\r\n",
         membership_text(&view.membership),
         view.membership_slot,
         view.pending.as_ref().map_or("none".into(), membership_text),
         u8::from(view.removed),
-        view.peers.len(),
     );
+    let ids = |v: &[ReplicaId]| {
+        v.iter()
+            .map(|r| r.0.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    match &view.repair {
+        None => text.push_str("# Repair\r\nrepairing:0\r\n"),
+        Some(r) => {
+            let _ = write!(
+                text,
+                "# Repair\r\nrepairing:1\r\nrepair_waiting_for:{}\r\nrepair_untrusted:{}\r\nrepair_catching_up_to:{}\r\n",
+                ids(&r.waiting_for),
+                ids(&r.untrusted),
+                r.catching_up_to.map_or("-".to_string(), |s| s.to_string()),
+            );
+        }
+    }
+    let _ = write!(text, "# Peers\r\npeers:{}\r\n", view.peers.len());
     for p in &view.peers {
         let opt = |v: Option<u64>| v.map_or("-1".to_string(), |v| v.to_string());
         let addr = view

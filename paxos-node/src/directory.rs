@@ -377,6 +377,8 @@ pub struct ClusterView {
     pub pending: Option<Membership>,
     /// This replica was a member and a reconfiguration removed it.
     pub removed: bool,
+    /// A repair after storage damage, in progress (it does not vote).
+    pub repair: Option<paxos_core::RepairProgress>,
 }
 
 impl ClusterView {

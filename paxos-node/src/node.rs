@@ -713,7 +713,7 @@ impl<S: StateMachine, C> Node<S, C> {
             in_flight: self.proposals.len(),
             checkpoint_slot: self.checkpoint_slot,
             needs_snapshot: self.needs_snapshot,
-            repair: core.repair.clone(),
+            repair: self.core.repair_progress(),
             ..self.stats.clone()
         }
     }
@@ -734,6 +734,8 @@ impl<S: StateMachine, C> Node<S, C> {
             book: Arc::clone(&self.book),
             pending: self.core.pending_configuration().cloned(),
             removed: self.removed,
+            // Read from the core: progress does not change its status.
+            repair: self.core.repair_progress(),
         }
     }
 

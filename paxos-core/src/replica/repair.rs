@@ -107,8 +107,9 @@ impl Replica {
         self.repair.is_some()
     }
 
-    /// The repair's progress, for [`crate::Status`].
-    pub(super) fn repair_progress(&self) -> Option<RepairProgress> {
+    /// The repair's progress (also in [`crate::Status`], which is only
+    /// re-reported when the repair starts or ends; this is always current).
+    pub fn repair_progress(&self) -> Option<RepairProgress> {
         let r = self.repair.as_ref()?;
         let trusted = |id: &ReplicaId| r.answers.get(id).is_some_and(|a| !a.suspect);
         Some(RepairProgress {
