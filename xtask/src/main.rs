@@ -225,10 +225,9 @@ const CI_SEEDS: u64 = 2_000;
 const VERIFY_SEEDS: u64 = 100_000;
 const QUICK_SEEDS: u64 = 300;
 
-/// The simulator's time limit: about 3x its slowest measured pace. 2,000
-/// seeds took 8 s of wall time on the quiet 2-core VM (8.3 ms of CPU per
-/// seed), 16.5 s with one core free, and 47.6 s with the load average at 10;
-/// 50 ms per seed, plus start-up.
+/// The simulator's time limit: about 3x its slowest measured pace. On the
+/// shared 2-core VM 2,000 seeds took 16.5 s (8.3 ms of CPU a seed) with the
+/// load average at 5, and 47.6 s with it at 10: 50 ms a seed, plus start-up.
 fn sim_limit(seeds: u64) -> Duration {
     Duration::from_secs(60) + Duration::from_millis(50) * u32::try_from(seeds).unwrap_or(u32::MAX)
 }
