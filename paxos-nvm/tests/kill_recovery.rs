@@ -148,9 +148,73 @@ fn parent() {
     println!("kill_recovery: ok (wrapped the circular log: {compactions_seen})");
 }
 
+/// The test's name as test runners list it.
+const TEST_NAME: &str = "kill_recovery";
+
+/// What the arguments a test runner passes ask of this harness-less binary.
+#[derive(Debug, PartialEq)]
+enum Request {
+    /// Print the test list, in libtest's `--list --format terse` form.
+    List { ignored_only: bool },
+    /// Run the test.
+    Run,
+    /// A name filter excludes the test.
+    Skip,
+}
+
+/// Speaks the part of libtest's command line that `cargo test` and
+/// cargo-nextest use: nextest lists tests with `--list --format terse`
+/// (then again with `--ignored`) and runs one with `--exact NAME
+/// --nocapture`; `cargo test FILTER` passes a substring filter.
+fn request(args: &[String]) -> Request {
+    let flag = |f: &str| args.iter().any(|a| a == f);
+    if flag("--list") {
+        return Request::List {
+            ignored_only: flag("--ignored"),
+        };
+    }
+    let exact = flag("--exact");
+    let mut filters = Vec::new();
+    let mut rest = args.iter();
+    while let Some(a) = rest.next() {
+        if a.starts_with("--") {
+            // Flags taking a separate value; skip the value.
+            if matches!(
+                a.as_str(),
+                "--format" | "--test-threads" | "--skip" | "--color" | "--logfile"
+            ) {
+                rest.next();
+            }
+        } else {
+            filters.push(a.as_str());
+        }
+    }
+    let wanted = |f: &str| {
+        if exact {
+            f == TEST_NAME
+        } else {
+            TEST_NAME.contains(f)
+        }
+    };
+    // This test is not ignored, so `--ignored` alone selects nothing.
+    if flag("--ignored") || !(filters.is_empty() || filters.iter().any(|f| wanted(f))) {
+        Request::Skip
+    } else {
+        Request::Run
+    }
+}
+
 fn main() {
-    match std::env::var_os(CHILD_ENV) {
-        Some(path) => child(Path::new(&path)),
-        None => parent(),
+    if let Some(path) = std::env::var_os(CHILD_ENV) {
+        return child(Path::new(&path));
+    }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match request(&args) {
+        Request::List { ignored_only: true } => {}
+        Request::List {
+            ignored_only: false,
+        } => println!("{TEST_NAME}: test"),
+        Request::Run => parent(),
+        Request::Skip => println!("{TEST_NAME}: filtered out"),
     }
 }

@@ -1,23 +1,36 @@
 //! xtask: project automation, run as `cargo xtask <command>`.
 //!
-//! - `ci`: formatting, clippy with `-D warnings`, the whole test suite with
-//!   contracts on, the contracts crate with checks off, the tidy checks and a
-//!   short simulator run. This is what `.ci/run` and the README run.
-//! - `verify`: the long checks: proptest with many cases, loom models, the
-//!   simulator over many seeds, and Miri where a toolchain has it.
+//! - `ci`: formatting, clippy with `-D warnings`, the tidy checks, the whole
+//!   test suite with contracts on (cargo-nextest, profile `ci`) and its doc
+//!   tests, the contracts crate with checks off and on, the nextest
+//!   time-limit self-test, and 2,000 simulator seeds. This is what `.ci/run`
+//!   and the README run.
+//! - `verify`: the long checks: proptest with 4096 cases, loom models (both
+//!   under nextest, profile `verify`), 100,000 simulator seeds, and Miri
+//!   where a toolchain has it. `--quick` runs a short version.
 //! - `sim [ARGS]`: the deterministic simulator (`paxos-sim`), release build.
 //! - `bench [ARGS]`: the cluster benchmark (`paxos-bench`), release build.
 //! - `tidy`: structural checks on the repository (see `tidy.rs`).
+//! - `nextest-selftest`: shows that a hanging test fails within its limit
+//!   (see `nextest.rs`).
 //!
-//! Invariant: every stage prints one summary line, and any failing stage makes
-//! the command exit non-zero.
+//! Invariants: every stage prints one summary line, and any failing stage
+//! makes the command exit non-zero. No test of `ci` or `verify` runs without
+//! a time limit: the tests run under cargo-nextest, whose
+//! `.config/nextest.toml` terminates a test past its limit (checked by
+//! `nextest.rs`); doc tests, the simulator and Miri, which nextest does not
+//! run, run under a wall-clock limit for the whole command (`limit.rs`).
+//! Building is never limited, only running.
 
+mod limit;
+mod nextest;
 mod tidy;
 
 use anyhow::{bail, Context, Result};
+use limit::Outcome;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 fn main() {
     if let Err(e) = run() {
@@ -65,6 +78,7 @@ fn run() -> Result<()> {
             let problems = tidy::check(&root)?;
             report_tidy(&problems)
         }
+        "nextest-selftest" => nextest::selftest(&root),
         "" | "help" | "--help" | "-h" => {
             println!("{}", USAGE);
             Ok(())
@@ -73,12 +87,15 @@ fn run() -> Result<()> {
     }
 }
 
-const USAGE: &str = "usage: cargo xtask <ci | verify [--quick] | sim [ARGS] | bench [ARGS] | tidy>
-  ci       fmt check, clippy -D warnings, tests with contracts on, tidy, short sim
-  verify   proptest (many cases), loom models, simulator (many seeds), miri if available
-  sim      run the deterministic simulator, e.g. `cargo xtask sim --seeds 2000`
-  bench    run the cluster benchmark, e.g. `cargo xtask bench --storage file`
-  tidy     check crate layering, sans-IO core and test hygiene";
+const USAGE: &str = "usage: cargo xtask <ci | verify [--quick] | sim [ARGS] | bench [ARGS] | tidy | nextest-selftest>
+  ci                fmt check, clippy -D warnings, tidy, tests with contracts on (nextest,
+                    per-test time limits) and doc tests, time-limit self-test, 2000 sim seeds
+  verify            proptest (4096 cases), loom models, 100000 simulator seeds, miri if
+                    available; --quick: 512 cases, 300 seeds
+  sim               run the deterministic simulator, e.g. `cargo xtask sim --seeds 2000`
+  bench             run the cluster benchmark, e.g. `cargo xtask bench --storage file`
+  tidy              check crate layering, sans-IO core and test hygiene
+  nextest-selftest  show that a hanging test is killed at its limit and fails the run";
 
 fn workspace_root() -> PathBuf {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -97,15 +114,24 @@ fn report_tidy(problems: &[String]) -> Result<()> {
     }
 }
 
-/// Runs cargo with `base` then `extra` arguments and extra environment.
-fn cargo(base: &[&str], extra: &[String], env: &[(&str, &str)]) -> Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut c = Command::new(cargo);
+/// The cargo that runs xtask (so the same toolchain builds everything).
+fn cargo_path() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+/// A cargo command with `base` then `extra` arguments and extra environment.
+fn cargo_command(base: &[&str], extra: &[String], env: &[(&str, &str)]) -> Command {
+    let mut c = Command::new(cargo_path());
     c.args(base).args(extra);
     for (k, v) in env {
         c.env(k, v);
     }
-    let status = c
+    c
+}
+
+/// Runs cargo with `base` then `extra` arguments and extra environment.
+fn cargo(base: &[&str], extra: &[String], env: &[(&str, &str)]) -> Result<()> {
+    let status = cargo_command(base, extra, env)
         .status()
         .with_context(|| format!("running cargo {}", base.join(" ")))?;
     if !status.success() {
@@ -116,6 +142,34 @@ fn cargo(base: &[&str], extra: &[String], env: &[(&str, &str)]) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Runs cargo like [`cargo`], but kills it with everything it started once
+/// it has run for `limit` (see `limit.rs`).
+fn cargo_within(
+    limit: Duration,
+    base: &[&str],
+    extra: &[String],
+    env: &[(&str, &str)],
+) -> Result<()> {
+    let what = format!("`cargo {} {}`", base.join(" "), extra.join(" "));
+    let outcome = limit::run_within(&mut cargo_command(base, extra, env), limit, limit::GRACE)
+        .with_context(|| format!("running {what}"))?;
+    match outcome {
+        Outcome::Exited(status) if status.success() => Ok(()),
+        Outcome::Exited(status) => bail!("{what} failed ({status})"),
+        Outcome::TimedOut => bail!(
+            "{what} ran past its time limit of {}s and was killed",
+            limit.as_secs()
+        ),
+        Outcome::Interrupted(signal) => interrupted(signal),
+    }
+}
+
+/// The user interrupted a command (Ctrl-C): stop xtask as that signal would.
+fn interrupted(signal: i32) -> ! {
+    eprintln!("xtask: interrupted (signal {signal})");
+    std::process::exit(128 + signal)
 }
 
 /// Runs one named stage, timing it and printing a summary line.
@@ -161,6 +215,54 @@ impl Stages {
     }
 }
 
+/// How long the doc tests of one `cargo test --doc` may take. They are few
+/// (7, about 4 s warm on the 2-core VM), but rustdoc compiles each one
+/// inside the command, so the limit mostly covers compiling.
+const DOC_TEST_LIMIT: Duration = Duration::from_secs(5 * 60);
+
+/// Simulator seeds in `ci`, `verify` and `verify --quick`.
+const CI_SEEDS: u64 = 2_000;
+const VERIFY_SEEDS: u64 = 100_000;
+const QUICK_SEEDS: u64 = 300;
+
+/// The simulator's time limit. On the shared 2-core VM 2,000 seeds took
+/// 16.5 s (8.3 ms of CPU a seed) with the load average at 5, and 47.6 s
+/// (24 ms a seed) with it at 10; the limit allows twice that slowest pace,
+/// 50 ms a seed, plus a minute (3.4x for `ci`'s 2,000 seeds).
+fn sim_limit(seeds: u64) -> Duration {
+    Duration::from_secs(60) + Duration::from_millis(50) * u32::try_from(seeds).unwrap_or(u32::MAX)
+}
+
+/// Builds the simulator, then runs `seeds` seeds on every core under
+/// [`sim_limit`]. paxos-sim runs seeds on `--jobs` threads (default 2); the
+/// outcome of each seed does not depend on it.
+fn simulator(seeds: u64) -> Result<()> {
+    cargo(
+        &["build", "--release", "--quiet", "-p", "paxos-sim"],
+        &[],
+        &[],
+    )?;
+    let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
+    cargo_within(
+        sim_limit(seeds),
+        &["run", "--release", "--quiet", "-p", "paxos-sim", "--"],
+        &[
+            "--seeds".into(),
+            seeds.to_string(),
+            "--jobs".into(),
+            jobs.to_string(),
+        ],
+        &[],
+    )
+}
+
+/// `cargo nextest run` with a profile of `.config/nextest.toml`, which gives
+/// every test its time limit.
+fn nextest(profile: &str, args: &[&str], env: &[(&str, &str)]) -> Result<()> {
+    let extra: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    cargo(&["nextest", "run", "--profile", profile], &extra, env)
+}
+
 fn ci(args: &[String]) -> Result<()> {
     if let Some(a) = args.first() {
         bail!("`ci` takes no arguments (got `{a}`)");
@@ -187,38 +289,53 @@ fn ci(args: &[String]) -> Result<()> {
         let problems = tidy::check(Path::new("."))?;
         report_tidy(&problems)
     });
-    s.run("tests (contracts on)", || {
-        cargo(&["test", "--workspace"], &[], &[])
+    // Every crate's tests enable paxos-contracts' `contracts` feature through
+    // their dev-dependency, so the workspace build has checks on.
+    s.run("tests (contracts on, nextest)", || {
+        nextest("ci", &["--workspace"], &[])
     });
+    s.run("doc tests (contracts on)", || {
+        cargo_within(DOC_TEST_LIMIT, &["test", "--workspace", "--doc"], &[], &[])
+    });
+    // Built alone, paxos-contracts has checks off unless asked.
     s.run("paxos-contracts (checks off)", || {
-        cargo(&["test", "-p", "paxos-contracts"], &[], &[])
+        nextest("ci", &["-p", "paxos-contracts"], &[])?;
+        cargo_within(
+            DOC_TEST_LIMIT,
+            &["test", "-p", "paxos-contracts", "--doc"],
+            &[],
+            &[],
+        )
     });
     s.run("paxos-contracts (checks on)", || {
-        cargo(
-            &["test", "-p", "paxos-contracts", "--features", "contracts"],
-            &[],
+        nextest(
+            "ci",
+            &["-p", "paxos-contracts", "--features", "contracts"],
             &[],
         )
     });
-    s.run("simulator, 200 seeds", || {
-        cargo(
-            &["run", "--release", "--quiet", "-p", "paxos-sim", "--"],
-            &["--seeds".into(), "200".into()],
-            &[],
-        )
+    s.run("nextest time-limit self-test", || {
+        nextest::selftest(Path::new("."))
+    });
+    s.run(&format!("simulator, {CI_SEEDS} seeds"), || {
+        simulator(CI_SEEDS)
     });
     s.finish("ci")
 }
 
+/// How long each Miri command may take (not measured: Miri needs a nightly
+/// toolchain the development VM's default toolchain lacks).
+const MIRI_LIMIT: Duration = Duration::from_secs(30 * 60);
+
 fn verify(args: &[String]) -> Result<()> {
     let quick = args.iter().any(|a| a == "--quick");
     let cases = if quick { "512" } else { "4096" };
-    let seeds = if quick { "300" } else { "2000" };
+    let seeds = if quick { QUICK_SEEDS } else { VERIFY_SEEDS };
     let mut s = Stages::new();
     s.run(&format!("proptest, {cases} cases per property"), || {
-        cargo(
+        nextest(
+            "verify",
             &[
-                "test",
                 "--release",
                 "-p",
                 "paxos-core",
@@ -233,36 +350,22 @@ fn verify(args: &[String]) -> Result<()> {
                 "-p",
                 "paxos-kv",
             ],
-            &[],
             &[("PROPTEST_CASES", cases)],
         )
     });
     s.run("loom models (--cfg paxos_loom)", || {
-        cargo(
-            &[
-                "test",
-                "--release",
-                "-p",
-                "paxos-pipeline",
-                "--test",
-                "loom",
-            ],
-            &[],
+        nextest(
+            "verify",
+            &["--release", "-p", "paxos-pipeline", "--test", "loom"],
             &[
                 ("RUSTFLAGS", "--cfg paxos_loom"),
                 ("CARGO_TARGET_DIR", "target/loom"),
             ],
         )
     });
-    s.run(&format!("simulator, {seeds} seeds"), || {
-        cargo(
-            &["run", "--release", "--quiet", "-p", "paxos-sim", "--"],
-            &["--seeds".into(), seeds.into()],
-            &[],
-        )
-    });
+    s.run(&format!("simulator, {seeds} seeds"), || simulator(seeds));
     s.run("miri (paxos-nvm pure logic, paxos-core batch)", || {
-        let has_miri = Command::new("cargo")
+        let has_miri = Command::new(cargo_path())
             .args(["miri", "--version"])
             .output()
             .map(|o| o.status.success())
@@ -271,8 +374,14 @@ fn verify(args: &[String]) -> Result<()> {
             println!("miri: skipped: `cargo miri` is not installed (it needs a nightly toolchain)");
             return Ok(());
         }
-        cargo(&["miri", "test", "-p", "paxos-nvm", "--lib"], &[], &[])?;
-        cargo(
+        cargo_within(
+            MIRI_LIMIT,
+            &["miri", "test", "-p", "paxos-nvm", "--lib"],
+            &[],
+            &[],
+        )?;
+        cargo_within(
+            MIRI_LIMIT,
             &["miri", "test", "-p", "paxos-core", "--lib", "batch"],
             &[],
             &[],
