@@ -1,17 +1,32 @@
-//! paxos-sim: a deterministic simulator that runs N real
-//! [`paxos_core::Replica`]s under injected faults and checks that they stay
-//! safe, and that they converge once the faults stop (in the style of
-//! TigerBeetle's VOPR).
+//! paxos-sim: a deterministic simulator that runs N whole replicas — the
+//! real `paxos_node::Node` over the real `KvStore`, with paxos-log's real
+//! file log (or paxos-nvm's real persistent-memory log) and checkpoint
+//! store on simulated media — under injected faults, and checks that they
+//! stay safe and converge once the faults stop (in the style of
+//! TigerBeetle's VOPR, which runs the real replica on a simulated disk).
+//!
+//! # What runs for real
+//!
+//! Everything but the media, the network and time: paxos-core's replica,
+//! paxos-node's proposal settling, decree framing, checkpoint scheduling,
+//! chunked state transfer, membership directory and repair after storage
+//! damage, paxos-log's `FileLog` (in its thread-free inline mode) and
+//! `CheckpointStore`, paxos-nvm's `NvmStorage`, and the KV state machine
+//! with its snapshots. The simulator is only their driver (it carries out
+//! the node's effects, as paxos-kv's event loop does in production; see
+//! `replica.rs`) and the fault injector. It keeps no copy of any of that
+//! logic.
 //!
 //! # Determinism
 //!
-//! One `u64` seed determines the whole run. All randomness comes from one
-//! `SmallRng` seeded with it (the fault mix, the network, the disks, the
-//! clients, and the seeds handed to each `Replica::new`); time is simulated
+//! One `u64` seed determines the whole run. All randomness comes from
+//! `SmallRng`s seeded from it (the fault mix, the network, the media, the
+//! clients, and the seeds handed to each node); time is simulated
 //! ([`paxos_core::Time`], microseconds) and advanced by a discrete-event
-//! queue ordered by `(time, insertion sequence)`; every map whose order can
+//! queue ordered by `(time, insertion sequence)`; the storage code runs on
+//! the simulator's thread with no clock reads; every map whose order can
 //! influence behaviour is a `BTreeMap`. Every processed event and every
-//! replica action is fed into an FNV-1a digest ([`RunReport::digest`]): two
+//! replica output is fed into an FNV-1a digest ([`RunReport::digest`]): two
 //! runs of one seed produce the same digest (tested in `tests/determinism.rs`).
 //!
 //! # Fault model
@@ -19,141 +34,99 @@
 //! Each seed first draws its own fault mix ([`FaultParams`], "swarm
 //! testing"), then a fault phase of `steps` events runs with:
 //!
-//! - **Network**: every message is encoded with `paxos_core::codec` on send
-//!   and decoded on delivery (so the codec is on every hop). Messages are
-//!   lost, duplicated, delayed by a random amount (so they reorder), and now
-//!   and then held back for hundreds of milliseconds. Partitions come and go:
-//!   random two-group splits, isolation of the current leader, and one-way
-//!   link cuts; a partition also drops messages already in flight. Some
-//!   hops also feed a corrupted copy to the decoder, which must return an
-//!   error or a message, never panic (the corrupted copy is not delivered,
-//!   since the protocol does not claim to survive undetected corruption).
-//! - **Disks**: each replica has simulated durable storage, a
-//!   [`paxos_core::DurableState`] built with `DurableState::apply`. A
-//!   `Persist` completes after a random delay, in FIFO order, and only then
-//!   is `on_persisted` called.
-//! - **Crashes**: a crash drops the replica object and all persists that
-//!   were not acknowledged, except that any prefix of them may have reached
-//!   the disk (a crash between write and acknowledgement), and with torn
-//!   writes enabled a prefix of the entries of the next one too. A restart
-//!   builds a new `Replica` from the durable state with `applied_through = 0`
-//!   and an empty state machine that re-applies from slot 1. Crashes target
-//!   random replicas, the leader, or the replica with the most persists
-//!   outstanding; usually at most a minority is down, sometimes one more.
-//! - **Checkpoints and state transfer**: in some seeds each replica's state
-//!   machine takes a checkpoint every few slots (durable at once) and calls
-//!   `compact`; a restart then loads the checkpoint
-//!   (`applied_through = checkpoint`). Seeds also vary `retain_decrees`, so
-//!   lagging replicas may find that no peer still holds what they miss;
-//!   when a replica reports `needs_snapshot`, the simulator copies the state
-//!   machine of the most advanced live peer and restarts the replica on it
-//!   (RSL's CopyStateFromReplica).
-//! - **Leadership churn**: the leader is asked to `relinquish_primary`, and
-//!   replicas' `CanBecomePrimary` veto is toggled (at most a minority vetoed).
-//! - **Membership changes** (in about half the seeds, or as
-//!   `--reconfigure always|never` says): the pool holds two spare replicas
-//!   beyond the initial voters (3 + 2, or 5 + 2). A chaos action hands an
-//!   operator a new voter set drawn from the pool: mostly the same size
-//!   with one voter replaced (half of those in the shape of RSL's walk
-//!   ABC -> BCD -> CDE -> ADE: drop the lowest voter, add the next id after
-//!   the highest, cyclically), sometimes one voter more or fewer (between
-//!   `max(n - 1, 3)` and `n + 1` voters). A spare starts when a change first
-//!   needs it, with an empty disk and a membership in which it is a learner
-//!   (the voters of that time). The operator asks whoever leads
-//!   (`change_configuration`) every 20..100 ms until the target is chosen;
-//!   `NotLeader` and `ConfigChangeInFlight` just mean "ask again". Only one
-//!   change is pending at a time. Removed replicas keep running (they are
-//!   crashed, restarted and partitioned like the others), and may be added
-//!   back later with their old disk. Every other fault stays on meanwhile.
-//!   Each simulated state machine remembers `(slot, ballot, membership)` of
-//!   the last `Reconfigure` it applied, keeps it in its checkpoint, hands it
-//!   over in a state transfer, and a restart passes it to the core as
-//!   `Config::membership` / `membership_ballot` (the initial membership, or
-//!   a spare's joining one, and `Ballot::ZERO` if none).
-//! - **Clients**: three clients keep a bounded window of requests with
-//!   unique ids, batch them with `paxos_core::batch` and `propose` them to the
-//!   replica they believe leads; `NotLeader` redirects them, `WindowFull`
-//!   and `ConfigChangeInFlight` make them retry at their next tick, and
-//!   unacknowledged requests are retried after a timeout.
+//! - **Network**: every message is encoded by the real codecs on send and
+//!   decoded on delivery. Messages are lost, duplicated, delayed by a random
+//!   amount (so they reorder), now and then held back for hundreds of
+//!   milliseconds, and **replayed** much later (a reservoir sample of the
+//!   whole run's messages: stale ballots, duplicate `Accepted` and
+//!   `Promise`, old catch-up answers). Partitions come and go: random
+//!   two-group splits, isolation of the current leader, and one-way link
+//!   cuts. Some hops also feed a corrupted copy to the decoders, which must
+//!   return an error or a message, never panic (the copy is not delivered:
+//!   the transport guarantees integrity).
+//! - **Media**: each replica has its own simulated disk (paxos-log's
+//!   `SimFs`) with a seeded latency model; about one in four keeps its log
+//!   on simulated persistent memory (paxos-nvm's `SimRegion`) instead. A
+//!   crash loses what was not synced (or flushed and fenced), keeps it, or
+//!   keeps a torn prefix; a crash may also hit in the middle of a sync. In
+//!   about half the seeds **one** replica (never more: the protocol
+//!   tolerates the loss of one replica's data, not a quorum's) has a faulty
+//!   medium: transient bit flips and read errors, latent unreadable sectors,
+//!   misdirected writes, and now and then a bit flipped in its newest log
+//!   records or checkpoint followed by a crash. Its storage salvages what it
+//!   can vouch for and reports the damage; the node then repairs from its
+//!   peers before it votes again (paxos-core's invariant 11).
+//! - **Crashes and restarts**: the process and its memory are gone; a
+//!   restart recovers from the medium with the production recovery code and
+//!   restores the newest checkpoint. Crashes target random replicas, the
+//!   leader, or the replica with the most appends not yet synced; usually at
+//!   most a minority is down, sometimes one more.
+//! - **Checkpoints and state transfer**: nodes checkpoint every few slots
+//!   (in some seeds) and compact behind them; seeds vary how much log peers
+//!   retain, so lagging replicas fetch a checkpoint chunk by chunk over the
+//!   simulated network and install it in place.
+//! - **Leadership churn**: relinquish requests, `CanBecomePrimary` vetoes
+//!   (at most a minority), and process pauses.
+//! - **Membership changes** (about half the seeds, or as `--reconfigure`
+//!   says): two spare replicas beyond the initial voters; a simulated
+//!   operator asks whoever leads for a new voter set (often RSL's walk
+//!   ABC -> BCD -> CDE -> ADE) until it is in force.
+//! - **Clients**: three clients run KV operations on a small key space
+//!   through the node they believe leads — `SET` with values unique to the
+//!   request, `GET`, `DEL`, and `INCRBY` with unique deltas — and record a
+//!   history: every attempt's call, and its return and reply if it got one.
+//!   `NotPrimary` redirects them; requests whose outcome is unknown are
+//!   retried as new attempts.
 //!
 //! Timers stay inside the timing envelope (the election timeout is at least
 //! eight times the longest ordinary network delay); slow messages still
 //! exceed it.
 //!
-//! Caps on simultaneous faults (at most a minority down, usually) are taken
-//! against the voters of the newest chosen membership.
-//!
-//! Then the **liveness phase** heals everything (every replica started so
-//! far restarted, partitions removed, no loss or duplication, no vetoes).
-//! Each client issues a few new requests (probes) and then stops. A
-//! membership change still pending at the heal is **not** abandoned: the
-//! operator keeps asking until it is in force, and the run requires it to
-//! complete (a change that cannot finish in a healthy cluster is a liveness
-//! bug). Within a bounded simulated time (10 s, plus the time the replica
-//! furthest behind needs at one catch-up chunk per round trip) the change
-//! must be chosen, a
-//! voter of the final membership must lead, every outstanding and new
-//! request must be acknowledged, and every member of the final membership
-//! (voters and learners) must run and apply through the highest
-//! acknowledged slot and the slot that installed that membership. Removed
-//! replicas and spares never used are not required to catch up. Otherwise
-//! the seed fails with a liveness violation that lists each replica's role,
-//! ballot, commit and applied index, membership and pending change.
+//! Then the **liveness phase** heals everything (every replica restarted,
+//! no partitions, loss or vetoes; each client issues a few probes and
+//! stops). Within a bounded simulated time a pending membership change must
+//! complete, a voter of the final membership must lead, every request must
+//! be acknowledged, and every member must apply through the highest
+//! acknowledged slot; otherwise the seed fails with a liveness violation
+//! listing each replica's state.
 //!
 //! # Checkers
 //!
-//! After every action (see [`checker`]): **agreement** (one global
-//! `slot -> value` map kept across crashes and restarts; no two applies of a
-//! slot differ), **validity** (an applied batch is byte for byte a batch a
-//! client proposed, made of requests clients issued; `Noop`/`Reconfigure`
-//! allowed), **no lost acknowledged request** (an acknowledgement points at
-//! the slot that holds the request, agreement pins it there, and the
-//! liveness phase requires every replica to reach it), **contiguous
-//! applies** per replica incarnation, **one leader per ballot**,
-//! **durability before reply** (an acceptor's `Promise` or `Accepted` may
-//! only be sent once the promise or accepted value it reports is on the
-//! simulated disk), **quorum of the governing voters** (from the chosen
-//! `Reconfigure` decrees the checker knows which membership governs each
-//! slot; every vote that reaches a simulated disk is recorded when its
-//! persist completes, or when a crash leaves it on disk, and never erased;
-//! whenever any replica applies a value at a slot, one ballot must hold
-//! durable votes for it from a quorum of *that slot's* voters, so votes of
-//! learners, spares and removed replicas never count), **chosen implies a
-//! durable quorum now** (at every apply, a quorum of the governing voters'
-//! current disks holds that value there or has truncated the slot under a
-//! checkpoint), **membership adoption** (a replica reports a membership
-//! installed at slot s only if s holds that `Reconfigure`), the codec
-//! round trip (decode then encode gives the same bytes; message size limit),
-//! the core's API contract (increasing persist tokens, status of itself,
-//! known peers) and, because this crate enables `paxos-contracts/contracts`,
-//! every contract inside paxos-core. A panic in the core is caught and
-//! reported as a failure of that seed.
+//! After every step (see [`checker`]): **agreement**, **validity** (every
+//! applied decree is framed by a node of the pool and holds only requests
+//! clients issued), **contiguous applies**, **one leader per ballot**,
+//! **durability before reply** (a `Promise` or `Accepted` only once what it
+//! reports was synced), **quorum of the governing voters** (votes recorded
+//! when synced, never erased; quorums computed by the checker itself, not
+//! with `Membership::quorum`), **chosen implies a durable quorum** at every
+//! apply, **membership adoption**, **acknowledgements point at slots that
+//! hold the request**, **equal state-machine digests at equal applied
+//! slots** (the real `KvStore`), the codec round trip, the node's API
+//! contract, and every contract inside paxos-core and paxos-node. At the end:
+//! **linearizability** of the clients' whole history (paxos-kv's checker),
+//! closed by a read of every key from a caught-up replica, so a lost
+//! acknowledged write or a stale read fails the seed. Planted bugs in the
+//! core (feature `planted-bugs`), in the state machine
+//! ([`StateMachineBug`]) and in the driver (skipping the repair after
+//! damage) prove each checker can fail (`tests/teeth.rs`).
 //!
 //! # Reproducing a seed
 //!
 //! `paxos-sim --seeds N` runs seeds `0..N` (or `S..S+N` with `--seed S`) and
 //! prints, for every failing seed, the command that reruns it alone, e.g.
-//! `cargo xtask sim --seed 1234` (which runs
-//! `cargo run --release -p paxos-sim -- --seed 1234`). Add `-v` to print
-//! every event of that run.
+//! `cargo xtask sim --seed 1234`. Add `-v` to print every event of that run.
 //!
 //! # Invariants of this crate
 //!
-//! - The simulator never reads a clock, the environment or an unseeded RNG.
-//! - Work is bounded: each client has a fixed request window; the event
-//!   queue holds only what the replicas sent, persisted or armed (their own
-//!   bounds apply), one pending tick per client, one chaos event and at most
-//!   one operator retry (timer events superseded by a re-arm are dropped
-//!   when they come due); the fault phase runs a fixed number of events and
-//!   the liveness phase has both a simulated-time deadline and an event cap,
-//!   so a run always ends.
-//! - A core failure never takes the process down: panics are caught per run
-//!   and reported with the seed.
-//! - The simulator only uses paxos-core's public API (plus `plant_bug` via
-//!   the test hook).
-//! - A seed drawn without membership changes runs exactly as before they
-//!   existed (no spares; the decision is drawn from a generator of its own),
-//!   so old findings still reproduce.
+//! - The simulator never reads a clock, the environment or an unseeded RNG,
+//!   and runs every replica on its own thread of control (no threads).
+//! - Work is bounded: each client has a fixed request window; the fault
+//!   phase runs a fixed number of events and the liveness phase has both a
+//!   simulated-time deadline and an event cap, so a run always ends.
+//! - A replica failure never takes the process down: panics are caught per
+//!   run and reported with the seed.
+//! - The simulator drives paxos-node only through its public API, the one
+//!   paxos-kv's event loop uses.
 
 pub mod checker;
 pub mod client;

@@ -4,9 +4,9 @@
 //! discrete-event queue from one seed.
 //!
 //! This module holds the run itself (configuration, report, events, the
-//! main loop, clients and the liveness phase); [`crate::replica`] starts,
-//! crashes and drives replicas, [`crate::network`] carries messages and
-//! [`crate::faults`] injects faults.
+//! main loop, clients and the liveness phase); `replica.rs` starts,
+//! crashes and drives replicas, `network.rs` carries messages and
+//! `faults.rs` injects faults.
 
 use crate::checker::{Checker, Failure, FailureKind};
 use crate::client::{Client, History, RequestState};
