@@ -4,7 +4,7 @@
 use crate::config::{Member, NodeConfig, StorageKind, TlsPaths, Tuning};
 use crate::kv::KvStore;
 use crate::memstore::MemoryStorage;
-use crate::node::{self, DriverParts};
+use crate::node::{self, DriverParts, DurableReloader};
 use crate::server::{self, ServerConfig};
 use anyhow::Context;
 use paxos_core::batch::BatchLimits;
@@ -42,7 +42,11 @@ pub fn open_storage(config: &NodeConfig) -> anyhow::Result<OpenedStorage> {
                 .with_context(|| format!("opening file log {}", dir.display()))?;
             let log = Arc::new(log);
             let reload_from = Arc::clone(&log);
-            (log, state, Arc::new(move || reload_from.state()))
+            let reload: DurableReloader = Arc::new(move || {
+                reload_from.sync_queued()?;
+                Ok(reload_from.state())
+            });
+            (log, state, reload)
         }
         StorageKind::Nvm => {
             let path = config.data_dir.join("nvm.region");
@@ -55,7 +59,11 @@ pub fn open_storage(config: &NodeConfig) -> anyhow::Result<OpenedStorage> {
                 .with_context(|| format!("opening NVM region {}", path.display()))?;
             let log = Arc::new(log);
             let reload_from = Arc::clone(&log);
-            (log, state, Arc::new(move || reload_from.state()))
+            let reload: DurableReloader = Arc::new(move || {
+                reload_from.commit_pending()?;
+                Ok(reload_from.state())
+            });
+            (log, state, reload)
         }
         StorageKind::Memory => {
             tracing::warn!("storage = \"memory\": NOTHING IS DURABLE; for benchmarks only");
@@ -64,7 +72,7 @@ pub fn open_storage(config: &NodeConfig) -> anyhow::Result<OpenedStorage> {
             (
                 store,
                 DurableState::default(),
-                Arc::new(move || reload_from.state()),
+                Arc::new(move || Ok(reload_from.state())),
             )
         }
     })

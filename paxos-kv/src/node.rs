@@ -431,8 +431,12 @@ pub struct DriverParts {
     pub reload_durable: Option<DurableReloader>,
 }
 
-/// Reads a storage backend's current durable state.
-pub type DurableReloader = Arc<dyn Fn() -> DurableState + Send + Sync>;
+/// Makes every append so far durable and returns the state they form: what
+/// a core restarted in place (after installing a received checkpoint) must
+/// start from. Not the state including unsynced appends: the new core would
+/// take those for durable and acknowledge votes a crash can still lose.
+pub type DurableReloader =
+    Arc<dyn Fn() -> Result<DurableState, paxos_log::StorageError> + Send + Sync>;
 
 /// A request in the submit queue.
 #[derive(Debug)]
@@ -778,7 +782,7 @@ impl EventLoop {
                     });
                 }
                 Effect::Transfer(op) => self.transfer(op),
-                Effect::InstallCheckpoint { slot } => self.install(slot),
+                Effect::InstallCheckpoint { slot } => self.install(slot)?,
                 Effect::SetPeers(peers) => {
                     if let Some(dir) = &self.peer_directory {
                         dir.set_peers(&peers);
@@ -858,11 +862,17 @@ impl EventLoop {
     /// Restores the state machine from checkpoint `slot` (received from a
     /// peer) and restarts the node's core from it, without restarting the
     /// process.
-    fn install(&mut self, slot: Slot) {
+    fn install(&mut self, slot: Slot) -> anyhow::Result<()> {
         let (Some(store), Some(reload)) = (&self.checkpoints, &self.reload_durable) else {
-            return;
+            return Ok(());
         };
-        let durable = reload();
+        // Waits for the log's pending group commit (one fsync): installs
+        // are rare, and the new core must not count unsynced votes.
+        let durable = reload().map_err(|e| {
+            anyhow::anyhow!(
+                "making the log durable before an install failed (stopping this replica): {e}"
+            )
+        })?;
         let now = self.now();
         let result = self.node.install_checkpoint(now, durable, slot, |sm| {
             node_storage::restore_slot(store, slot, sm)
@@ -870,6 +880,7 @@ impl EventLoop {
         if let Err(e) = result {
             tracing::error!(error = %e, "installing a received checkpoint failed; will fetch again");
         }
+        Ok(())
     }
 }
 

@@ -343,7 +343,7 @@ fn start_checkpointing_replica_on(
         checkpoints: Some(paxos_node::storage::open_checkpoints(dir).unwrap()),
         submit_queue: 1024,
         stages: Arc::new(StageRecorder::new(false)),
-        reload_durable: Some(Arc::new(move || reload_from.state())),
+        reload_durable: Some(Arc::new(move || Ok(reload_from.state()))),
     };
     node::start(parts, None).unwrap().0
 }

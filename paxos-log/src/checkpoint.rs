@@ -430,8 +430,11 @@ impl CheckpointStore {
         })
     }
 
-    /// Renames checkpoint `slot` to a `*.damaged` name, durably.
-    fn set_aside(&self, slot: Slot) -> Result<PathBuf, StorageError> {
+    /// Renames checkpoint `slot` to a `*.damaged` name, durably, so that
+    /// later recoveries skip it (for damage found after [`Self::survey`],
+    /// say a sector that went bad while it was being restored); returns the
+    /// new path.
+    pub fn set_aside(&self, slot: Slot) -> Result<PathBuf, StorageError> {
         let name = checkpoint_name(slot);
         let taken = self
             .fs

@@ -44,6 +44,19 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
+/// A request's leader lost leadership before it learned whether the
+/// request was chosen.
+#[derive(Debug)]
+struct OutcomeUnknown;
+
+impl std::fmt::Display for OutcomeUnknown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("outcome unknown: the leader changed before the request's decree was learned")
+    }
+}
+
+impl std::error::Error for OutcomeUnknown {}
+
 // ----------------------------------------------------------------------
 // The application: a counter.
 // ----------------------------------------------------------------------
@@ -252,6 +265,9 @@ impl Replica {
                     Effect::InstallCheckpoint { slot } => {
                         // A checkpoint that does not restore leaves the state
                         // machine as it was; the node fetches another later.
+                        // The core restarts from this and takes it all
+                        // for durable: sync the queued appends first.
+                        self.log.sync_queued()?;
                         let durable = self.log.state();
                         let checkpoints = &self.checkpoints;
                         let installed = self.node.install_checkpoint(now, durable, slot, |sm| {
@@ -436,6 +452,45 @@ impl Cluster {
     /// send it elsewhere: to the leader named, or, while there is none, to
     /// the next replica after a pause. Any other abort is returned, not
     /// retried (an `add` that may have executed must not run twice).
+    /// Adds `n` exactly once and returns the counter after it; `before` is
+    /// the counter before (this is the only client). An attempt whose
+    /// leader lost leadership before it learned the outcome ends with
+    /// `OutcomeUnknown`: the add may or may not have been chosen. Resending
+    /// it blindly could add twice, so the client reads the counter through
+    /// the log (a read is ordered after every earlier decree) and resends
+    /// only if the add did not take effect.
+    fn add_once(&mut self, n: i64, before: i64) -> Result<i64, Error> {
+        for _ in 0..10 {
+            match self.submit(add(n)) {
+                Err(e) if e.is::<OutcomeUnknown>() => {
+                    let now = self.read()?;
+                    println!("add {n}: outcome unknown (leader changed); the counter reads {now}");
+                    if now == before + n {
+                        return Ok(now);
+                    }
+                    if now != before {
+                        return Err(
+                            format!("counter {now}: neither {before} nor {}", before + n).into(),
+                        );
+                    }
+                }
+                other => return other,
+            }
+        }
+        Err(format!("add {n}: no outcome after 10 attempts").into())
+    }
+
+    /// Reads the counter through the log (retried: a read changes nothing).
+    fn read(&mut self) -> Result<i64, Error> {
+        for _ in 0..10 {
+            match self.submit(get()) {
+                Err(e) if e.is::<OutcomeUnknown>() => continue,
+                other => return other,
+            }
+        }
+        Err("read: no outcome after 10 attempts".into())
+    }
+
     fn submit(&mut self, request: Bytes) -> Result<i64, Error> {
         let give_up = Instant::now() + Duration::from_secs(10);
         let mut target = self.leader_guess;
@@ -454,6 +509,7 @@ impl Cluster {
                     return Ok(i64::from_le_bytes(value));
                 }
                 Some(Ok(Err(AbortReason::NotPrimary { leader }))) => leader,
+                Some(Ok(Err(AbortReason::OutcomeUnknown))) => return Err(OutcomeUnknown.into()),
                 Some(Ok(Err(reason))) => return Err(format!("request failed: {reason:?}").into()),
                 // Not running, or it stopped before answering.
                 Some(Err(_)) | None => None,
@@ -539,8 +595,8 @@ fn run() -> Result<i64, Error> {
 
     let mut expected = 0;
     for n in 1..=10 {
+        let value = cluster.add_once(n, expected)?;
         expected += n;
-        let value = cluster.submit(add(n))?;
         println!("add {n:>3} -> {value}");
         assert_eq!(value, expected);
     }
@@ -549,8 +605,8 @@ fn run() -> Result<i64, Error> {
     cluster.kill(old_leader)?;
 
     let killed_at = Instant::now();
+    let value = cluster.add_once(100, expected)?;
     expected += 100;
-    let value = cluster.submit(add(100))?;
     let new_leader = cluster.leader().ok_or("no leader")?;
     println!(
         "replica {} took over in {} ms; the counter survived: add 100 -> {value}",
@@ -559,8 +615,8 @@ fn run() -> Result<i64, Error> {
     );
     assert_eq!(value, expected);
     for n in 11..=15 {
+        let value = cluster.add_once(n, expected)?;
         expected += n;
-        let value = cluster.submit(add(n))?;
         println!("add {n:>3} -> {value}");
         assert_eq!(value, expected);
     }
@@ -579,7 +635,7 @@ fn run() -> Result<i64, Error> {
         );
         assert_eq!(value, expected);
     }
-    let value = cluster.submit(get())?;
+    let value = cluster.read()?;
     println!("get -> {value}");
     assert_eq!(value, expected);
     Ok(value)

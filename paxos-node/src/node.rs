@@ -529,7 +529,14 @@ impl<S: StateMachine, C> Node<S, C> {
     /// from it (e.g. with [`crate::storage::restore_slot`]) and returns
     /// what it covers; then the node adopts its slot and directory, drops
     /// every pending request (their outcome is unknown), and restarts the
-    /// core from `durable` (the storage's current state) at that slot.
+    /// core from `durable` at that slot.
+    ///
+    /// `durable` must be the storage's state with **every append so far
+    /// made durable** (sync the log first, e.g. `FileLog::sync_queued`):
+    /// the new core takes all of it for durable and answers a repeated
+    /// Accept from it at once, so a vote still waiting for its sync would
+    /// be acknowledged before it is on disk. Persists issued before the
+    /// install complete into the old core and are ignored.
     ///
     /// Nothing is touched — `restore` is not even called — if the node has
     /// meanwhile applied up to `slot` some other way; and a `restore` that

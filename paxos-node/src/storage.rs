@@ -232,30 +232,70 @@ pub fn restore_from<S: StateMachine>(
     })
 }
 
-/// Restores `sm` from the newest checkpoint that verifies (newer damaged
-/// ones are set aside by the store, and listed in [`Restored::skipped`]).
-/// `None`: no checkpoint is usable — there is none, or every one is
-/// damaged (each damage is logged). Starting without one is safe: if the
+/// Restores `sm` from the newest checkpoint that verifies and restores
+/// (newer damaged ones are set aside by the store, and listed in
+/// [`Restored::skipped`]). `None`: no checkpoint is usable — there is none,
+/// or every one is damaged (each damage is logged).
+///
+/// Starting from an older checkpoint, or from none, is safe: the log holds
+/// every vote (a checkpoint holds only chosen, applied state), and if the
 /// log was already truncated past what the state machine holds, the core
-/// says it needs a snapshot and the node fetches one from a peer. A
-/// checkpoint that verifies but does not restore is an error: silently
-/// starting from an older state would replay a log that may already be
-/// truncated past it.
+/// says it needs a snapshot and the node fetches one from a peer.
+///
+/// The medium can fail between the survey's verification and the restore
+/// (a read error or a bad checksum while streaming): the restore is tried
+/// once more (transient faults pass), then the checkpoint is set aside as
+/// damaged and the next older one is tried. A checkpoint that reads
+/// cleanly but that the state machine refuses is an error, not damage: it
+/// points at a bug or a version mismatch an operator must see.
 pub fn restore_newest<S: StateMachine>(
     store: &CheckpointStore,
     sm: &mut S,
 ) -> Result<Option<Restored>, CheckpointError> {
-    let survey = store.survey()?;
-    let skipped: Vec<String> = survey.damaged.iter().map(|d| d.to_string()).collect();
-    let Some(reader) = survey.newest else {
-        for d in &skipped {
-            tracing::error!(damage = %d, "checkpoint damaged and set aside; no usable checkpoint is left");
+    let mut skipped = Vec::new();
+    // Each round either returns or sets one checkpoint aside.
+    loop {
+        let survey = store.survey()?;
+        skipped.extend(survey.damaged.iter().map(|d| d.to_string()));
+        let Some(reader) = survey.newest else {
+            for d in &skipped {
+                tracing::error!(damage = %d, "checkpoint damaged and set aside; no usable checkpoint is left");
+            }
+            return Ok(None);
+        };
+        let result = match restore_from(&reader, sm) {
+            Err(CheckpointError::Storage(StorageError::Corrupt { .. })) => {
+                restore_from(&reader, sm)
+            }
+            other => other,
+        };
+        match result {
+            Ok(mut restored) => {
+                restored.skipped = skipped;
+                return Ok(Some(restored));
+            }
+            Err(CheckpointError::Storage(StorageError::Corrupt {
+                file,
+                offset,
+                reason,
+            })) => {
+                let slot = reader.info().meta.last_applied;
+                drop(reader);
+                let aside = store.set_aside(slot)?;
+                let damage = paxos_log::Damage {
+                    location: file,
+                    offset,
+                    reason,
+                    last_kept_seq: None,
+                    may_have_lost_acknowledged: true,
+                    set_aside: vec![aside.display().to_string()],
+                };
+                tracing::error!(%damage, "checkpoint failed while restoring; set aside, trying an older one");
+                skipped.push(damage.to_string());
+            }
+            Err(e) => return Err(e),
         }
-        return Ok(None);
-    };
-    let mut restored = restore_from(&reader, sm)?;
-    restored.skipped = skipped;
-    Ok(Some(restored))
+    }
 }
 
 /// The reply to a peer's request for a chunk of checkpoint `slot` (0: the

@@ -14,7 +14,9 @@
 //!
 //! Operations touch a small key space so that they conflict: registers
 //! (`SET` with a value unique to the request, `GET`, `DEL`) and counters
-//! (`INCR`, `GET`).
+//! (`INCRBY` with a delta unique to the request, `GET`). Every write's
+//! encoding is unique to its request (a `DEL` names a second, never-written
+//! key unique to it), which [`History::to_check`] relies on.
 
 use bytes::{Bytes, BytesMut};
 use paxos_kv::kv::encode_command;
@@ -65,7 +67,18 @@ impl Op {
                     OpKind::IncrBy(delta),
                 )
             }
-            (false, 4) => (vec!["DEL".into(), key.clone().into()], OpKind::Del),
+            (false, 4) => {
+                // A second key unique to the request, which no operation
+                // ever writes (so it never counts as deleted), makes the
+                // encoding unique: `History::to_check` tells requests
+                // apart by their bytes, and identical DELs from different
+                // clients would merge into one wide window.
+                let unique = format!("u{client}:{seq}");
+                (
+                    vec!["DEL".into(), key.clone().into(), unique.into()],
+                    OpKind::Del,
+                )
+            }
             (false, _) => {
                 // Unique per request, so the validity checker can tell
                 // requests apart and a lost write shows up in reads.
@@ -325,8 +338,8 @@ impl History {
     /// The history to check. The simulator knows more than the clients
     /// about attempts whose outcome they never learned, and uses it only
     /// where it is sound, to keep the search small. Every attempt of a
-    /// request sends the same bytes, and writes and increments carry a
-    /// value unique to their request, so their encoding names the request;
+    /// request sends the same bytes, and every write (`SET`, `DEL`,
+    /// `INCRBY`) is unique to its request, so its encoding names the request;
     /// `applied(request)` says how many times an encoding was executed (in
     /// chosen decrees) and when the last execution was applied. The `k`
     /// executions not accounted for by completed attempts came from `k` of
@@ -410,6 +423,17 @@ mod tests {
             kinds.insert(format!("{:?}", std::mem::discriminant(&op.kind)));
         }
         assert_eq!(kinds.len(), 4, "every kind is drawn");
+        // Writes from any client and sequence number never share bytes.
+        let mut writes = std::collections::HashSet::new();
+        for client in 0..4 {
+            for seq in 0..300 {
+                let op = Op::draw(&mut rng, client, seq);
+                if op.kind != OpKind::Read {
+                    assert!(writes.insert(op.request.clone()), "{op:?} repeats");
+                }
+            }
+        }
+        assert!(writes.len() > 500);
         let incr = Op {
             request: Bytes::new(),
             key: Bytes::from_static(b"n0"),

@@ -427,7 +427,6 @@ impl Sim {
     /// The disk finished syncing: everything appended so far is durable.
     pub(crate) fn sync_done(&mut self, i: usize, incarnation: u64) -> Result<(), Failure> {
         let now = self.now;
-        let id = self.nodes[i].id;
         let r = &mut self.nodes[i];
         if r.incarnation != incarnation {
             return Ok(());
@@ -436,8 +435,23 @@ impl Sim {
             return Ok(());
         };
         run.sync_scheduled = false;
+        if let Some(pid) = self.sync_now(i)? {
+            if let Some(run) = self.nodes[i].run.as_mut() {
+                run.node.on_persisted(now, pid);
+            }
+        }
+        self.drain(i)
+    }
+
+    /// Syncs replica `i`'s log now and records what became durable (the
+    /// ledger, the votes); returns the newest persist that did.
+    fn sync_now(&mut self, i: usize) -> Result<Option<PersistId>, Failure> {
+        let id = self.nodes[i].id;
+        let Some(run) = self.nodes[i].run.as_mut() else {
+            return Ok(None);
+        };
         if run.unsynced.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let durable = run
             .log
@@ -463,10 +477,7 @@ impl Sim {
                 }
             }
         }
-        if let (Some(pid), Some(run)) = (reported, self.nodes[i].run.as_mut()) {
-            run.node.on_persisted(now, pid);
-        }
-        self.drain(i)
+        Ok(reported)
     }
 
     /// The background checkpoint write is done: write it (the real
@@ -710,6 +721,13 @@ impl Sim {
                     return Ok(());
                 };
                 let before = run.node.applied();
+                // The node restarts its core from this state and takes all
+                // of it for durable: sync what is still queued first (as
+                // paxos-kv does), and account for it as synced.
+                self.sync_now(i)?;
+                let Some(run) = self.nodes[i].run.as_mut() else {
+                    return Ok(());
+                };
                 let durable = run.log.state();
                 let store = &run.checkpoints;
                 let installed = run.node.install_checkpoint(now, durable, slot, |sm| {

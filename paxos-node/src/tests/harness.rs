@@ -412,13 +412,15 @@ impl Host {
     /// Restores the state machine from received checkpoint `slot` and
     /// restarts the node's core from the durable state, as a driver does.
     fn install(&mut self, now: Time, slot: Slot) {
-        // The storage's current state: what it queued counts too.
-        let mut durable = self.durable.clone();
-        for (_, entries) in &self.pending_persists {
-            for e in entries {
-                durable.apply(e);
+        // As a driver must: sync what is queued first, so the restarted
+        // core counts only durable votes. The old core's persists complete
+        // into nothing (the node ignores their epoch).
+        while let Some((_, entries)) = self.pending_persists.pop_front() {
+            for e in &entries {
+                self.durable.apply(e);
             }
         }
+        let durable = self.durable.clone();
         let store = &self.store;
         let before = self.node.applied();
         match self
@@ -426,10 +428,7 @@ impl Host {
             .install_checkpoint(now, durable.clone(), slot, |sm| {
                 storage::restore_slot(store, slot, sm)
             }) {
-            Ok(()) if self.node.applied() != before => {
-                self.durable = durable;
-                self.installed.push(slot)
-            }
+            Ok(()) if self.node.applied() != before => self.installed.push(slot),
             Ok(()) => {}
             Err(e) => self.install_errors.push(e.to_string()),
         }

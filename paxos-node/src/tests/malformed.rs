@@ -367,6 +367,101 @@ fn corrupt_checkpoints_are_refused_and_leave_the_state_machine_alone() {
     assert_eq!(sm, counter);
 }
 
+/// A counter whose medium fails while it restores: `on_restore` runs at the
+/// start of each restore, after the store's survey verified the file.
+struct FailingMedium {
+    counter: Counter,
+    on_restore: Box<dyn FnMut() + Send>,
+}
+
+impl crate::StateMachine for FailingMedium {
+    type Snapshot = BytesSnapshot;
+
+    fn execute(&mut self, decree: &crate::Decree, request: &[u8]) -> Bytes {
+        self.counter.execute(decree, request)
+    }
+
+    fn snapshot(&mut self) -> BytesSnapshot {
+        self.counter.snapshot()
+    }
+
+    fn restore(
+        &mut self,
+        source: &mut dyn std::io::Read,
+    ) -> Result<(), crate::state_machine::SnapshotError> {
+        (self.on_restore)();
+        self.counter.restore(source)
+    }
+}
+
+/// Writes checkpoint `slot` of a counter larger than one restore read (so
+/// the restore reads the file in several pieces); returns the counter.
+fn write_large(store: &CheckpointStore, slot: Slot) -> Counter {
+    let mut c = Counter::default();
+    for s in 1..=3 {
+        let decree = crate::Decree {
+            slot: s,
+            proposer: id(2),
+            time_us: 0,
+        };
+        crate::StateMachine::execute(&mut c, &decree, &inc(s, 600_000));
+    }
+    let job = CheckpointJob {
+        meta: meta(slot),
+        node_section: storage::encode_node_section(&Directory::default()),
+        snapshot: BytesSnapshot(c.encode()),
+    };
+    assert_eq!(storage::write_checkpoint(store, job).unwrap(), slot);
+    c
+}
+
+/// Makes 512 bytes near the end of checkpoint `slot` unreadable when the
+/// state machine starts restoring (after the survey verified the file, and
+/// after the restore's first read).
+fn fail_late(fs: &SimFs, store: &CheckpointStore, slot: Slot) -> Box<dyn FnMut() + Send> {
+    let path = store.open(slot).unwrap().info().path.clone();
+    let at = fs.file_len(&path).unwrap() - 10_000;
+    let fs = fs.clone();
+    Box::new(move || {
+        let _ = fs.make_unreadable(&path, at, 512);
+    })
+}
+
+#[test]
+fn a_checkpoint_that_fails_while_restoring_is_set_aside_for_an_older_one() {
+    let (fs, store) = store();
+    let older = write_large(&store, 5);
+    write_large(&store, 6);
+    // Both restore attempts of checkpoint 6 fail (the sector stays bad).
+    let mut sm = FailingMedium {
+        counter: Counter::default(),
+        on_restore: fail_late(&fs, &store, 6),
+    };
+    let restored = storage::restore_newest(&store, &mut sm).unwrap().unwrap();
+    assert_eq!(restored.meta.last_applied, 5, "the older checkpoint");
+    assert_eq!(sm.counter, older);
+    assert_eq!(restored.skipped.len(), 1, "{:?}", restored.skipped);
+    assert!(
+        restored.skipped[0].contains("set aside"),
+        "{:?}",
+        restored.skipped
+    );
+    assert_eq!(store.list().unwrap(), vec![5], "6 was set aside");
+
+    // When every checkpoint fails so, there is none to start from (the
+    // node then fetches one from a peer), and the state machine is as it
+    // was.
+    let (fs, store) = self::store();
+    write_large(&store, 7);
+    let mut sm = FailingMedium {
+        counter: Counter::default(),
+        on_restore: fail_late(&fs, &store, 7),
+    };
+    assert!(storage::restore_newest(&store, &mut sm).unwrap().is_none());
+    assert_eq!(sm.counter, Counter::default());
+    assert!(store.list().unwrap().is_empty());
+}
+
 #[test]
 fn a_checkpoint_behind_the_node_is_not_installed() {
     let mut sim = Sim::new(3);

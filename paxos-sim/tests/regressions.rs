@@ -1,0 +1,57 @@
+//! Seeds that once failed (FINDINGS.md), replayed with the options that
+//! found them. A seed's schedule shifts whenever the code under it changes,
+//! so a seed guards its exact interleaving only while that lasts; the unit
+//! test named beside each is what keeps its fix. They stay because they are
+//! cheap and, unlike random seeds, were picked by a real failure.
+
+use paxos_sim::{run, SimConfig};
+
+fn passes(seed: u64, steps: u64) {
+    let mut cfg = SimConfig::new(seed);
+    cfg.steps = steps;
+    let r = run(&cfg);
+    assert!(
+        r.failure.is_none(),
+        "cargo xtask sim --seed {seed} --steps {steps}: {:?}",
+        r.failure
+    );
+    assert!(r.acked_requests > 0, "seed {seed} did some work: {r:?}");
+}
+
+/// F9: voters with nothing to report preempted a long chunked phase 1
+/// (paxos-core
+/// `regression_idle_voters_wait_for_a_phase_1_longer_than_the_election_timeout`).
+#[test]
+fn f9_seed_706_elects_after_the_heal() {
+    passes(706, 60_000);
+}
+
+/// F10: a transfer no longer needed left a timer in the past and the
+/// driver spun (paxos-node
+/// `a_transfer_no_longer_needed_is_dropped_when_it_stalls`).
+#[test]
+fn f10_seed_1130_does_not_spin() {
+    passes(1130, 6_000);
+}
+
+/// F12: damage seen twice at one place kept the milder verdict (paxos-log
+/// `damage_repeated_at_one_place_keeps_the_worse_verdict`).
+#[test]
+fn f12_seed_1642_repairs_after_repeated_damage() {
+    passes(1642, paxos_sim::DEFAULT_STEPS);
+}
+
+/// F13: a core restarted by a checkpoint install counted unsynced votes as
+/// durable (the drivers now sync first; paxos-node's install contract).
+#[test]
+fn f13_seed_50846_acknowledges_only_durable_votes_after_an_install() {
+    passes(50_846, 60_000);
+}
+
+/// F14: a sector went bad between the checkpoint survey and the restore,
+/// and the replica could not start (paxos-node
+/// `a_checkpoint_that_fails_while_restoring_is_set_aside_for_an_older_one`).
+#[test]
+fn f14_seed_50687_starts_from_an_older_checkpoint() {
+    passes(50_687, 60_000);
+}
