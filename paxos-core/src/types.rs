@@ -51,15 +51,6 @@ impl Slot {
         Slot(self.0 + n)
     }
 
-    /// The slot `n` after this one, or `None` past [`Slot::MAX`] (for
-    /// bounds computed from untrusted input).
-    pub const fn checked_add(self, n: u64) -> Option<Slot> {
-        match self.0.checked_add(n) {
-            Some(s) => Some(Slot(s)),
-            None => None,
-        }
-    }
-
     /// The slot `n` after this one, or [`Slot::MAX`].
     pub const fn saturating_add(self, n: u64) -> Slot {
         Slot(self.0.saturating_add(n))
@@ -349,8 +340,6 @@ mod tests {
         assert_eq!(s.next(), Slot(8));
         assert_eq!(s.prev(), Slot(6));
         assert_eq!(s.plus(3), Slot(10));
-        assert_eq!(s.checked_add(3), Some(Slot(10)));
-        assert_eq!(Slot::MAX.checked_add(1), None);
         assert_eq!(Slot::MAX.saturating_add(1), Slot::MAX);
         assert_eq!(s.saturating_sub(3), Slot(4));
         assert_eq!(s.saturating_sub(9), Slot::ZERO);
