@@ -7,7 +7,7 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use paxos_core::{batch, codec, msg, Ballot, Message, ReplicaId, Value};
+use paxos_core::{batch, codec, msg, Ballot, Message, ReplicaId, Slot, Value};
 use paxos_kv::kv::{encode_command, KvStore};
 use paxos_kv::resp::{self, RespLimits};
 
@@ -43,9 +43,9 @@ fn codec_benches(c: &mut Criterion) {
     for n in [1usize, 64, 1024] {
         let msg = Message::Accept(msg::Accept {
             ballot: Ballot::new(7, ReplicaId(1)),
-            slot: 123_456,
+            slot: Slot(123_456),
             value: Value::Requests(set_batch(n)),
-            commit_index: 123_400,
+            commit_index: Slot(123_400),
         });
         let encoded = codec::encode_to_bytes(&msg);
         g.throughput(Throughput::Bytes(encoded.len() as u64));

@@ -6,15 +6,15 @@ use bytes::{Bytes, BytesMut};
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use paxos_core::{
     codec, msg, Accepted, Action, Ballot, Config, DurableState, Membership, Message, Replica,
-    ReplicaId, Role, Time, Value,
+    ReplicaId, Role, Slot, Time, Value,
 };
 
 fn accept_with_payload(len: usize) -> Message {
     Message::Accept(msg::Accept {
         ballot: Ballot::new(7, ReplicaId(1)),
-        slot: 123_456,
+        slot: Slot(123_456),
         value: Value::Requests(Bytes::from(vec![0xab; len])),
-        commit_index: 123_400,
+        commit_index: Slot(123_400),
     })
 }
 
@@ -38,8 +38,8 @@ fn bench_codec(c: &mut Criterion) {
     }
     let accepted = Message::Accepted(msg::Accepted {
         ballot: Ballot::new(7, ReplicaId(1)),
-        slot: 123_456,
-        commit_index: 123_400,
+        slot: Slot(123_456),
+        commit_index: Slot(123_400),
     });
     let frame = codec::encode_to_bytes(&accepted);
     g.throughput(Throughput::Elements(1));
@@ -47,10 +47,11 @@ fn bench_codec(c: &mut Criterion) {
         b.iter(|| codec::decode(black_box(frame.clone())).unwrap())
     });
     let decrees = Message::Decrees(msg::Decrees {
-        from_slot: 1,
-        commit_index: 256,
-        log_start: 1,
-        decrees: (1..=256)
+        from_slot: Slot(1),
+        commit_index: Slot(256),
+        log_start: Slot(1),
+        decrees: Slot(1)
+            .through(Slot(256))
             .map(|slot| Accepted {
                 slot,
                 ballot: Ballot::new(3, ReplicaId(2)),
@@ -75,7 +76,7 @@ fn bench_replica(c: &mut Criterion) {
             Replica::new(
                 Config::new(ReplicaId(i), members.clone()),
                 DurableState::default(),
-                0,
+                Slot::ZERO,
                 i as u64,
                 Time(0),
             )

@@ -12,7 +12,7 @@
 //! Request payloads are zero-copy [`Bytes`] slices of the input frame.
 
 use crate::msg::{self, Message};
-use crate::types::{Accepted, Ballot, Membership, Reconfiguration, ReplicaId, Value};
+use crate::types::{Accepted, Ballot, Membership, Reconfiguration, ReplicaId, Slot, Value};
 use bytes::{BufMut, Bytes, BytesMut};
 
 /// The encoding version written by [`encode`] and accepted by [`decode`].
@@ -90,7 +90,7 @@ pub fn encode(msg: &Message, out: &mut BytesMut) {
         Message::Prepare(msg::Prepare { ballot, from_slot }) => {
             out.put_u8(tag::PREPARE);
             put_ballot(out, *ballot);
-            put_varint(out, *from_slot);
+            put_slot(out, *from_slot);
         }
         Message::Promise(msg::Promise {
             ballot,
@@ -102,15 +102,15 @@ pub fn encode(msg: &Message, out: &mut BytesMut) {
         }) => {
             out.put_u8(tag::PROMISE);
             put_ballot(out, *ballot);
-            put_varint(out, *from_slot);
-            put_varint(out, *commit_index);
-            put_varint(out, *log_start);
+            put_slot(out, *from_slot);
+            put_slot(out, *commit_index);
+            put_slot(out, *log_start);
             put_entries(out, entries);
             match next_from {
                 None => out.put_u8(0),
                 Some(s) => {
                     out.put_u8(1);
-                    put_varint(out, *s);
+                    put_slot(out, *s);
                 }
             }
         }
@@ -122,8 +122,8 @@ pub fn encode(msg: &Message, out: &mut BytesMut) {
         }) => {
             out.put_u8(tag::ACCEPT);
             put_ballot(out, *ballot);
-            put_varint(out, *slot);
-            put_varint(out, *commit_index);
+            put_slot(out, *slot);
+            put_slot(out, *commit_index);
             put_value(out, value);
         }
         Message::Accepted(msg::Accepted {
@@ -133,8 +133,8 @@ pub fn encode(msg: &Message, out: &mut BytesMut) {
         }) => {
             out.put_u8(tag::ACCEPTED);
             put_ballot(out, *ballot);
-            put_varint(out, *slot);
-            put_varint(out, *commit_index);
+            put_slot(out, *slot);
+            put_slot(out, *commit_index);
         }
         Message::Heartbeat(msg::Heartbeat {
             ballot,
@@ -142,7 +142,7 @@ pub fn encode(msg: &Message, out: &mut BytesMut) {
         }) => {
             out.put_u8(tag::HEARTBEAT);
             put_ballot(out, *ballot);
-            put_varint(out, *commit_index);
+            put_slot(out, *commit_index);
         }
         Message::HeartbeatAck(msg::HeartbeatAck {
             ballot,
@@ -151,7 +151,7 @@ pub fn encode(msg: &Message, out: &mut BytesMut) {
         }) => {
             out.put_u8(tag::HEARTBEAT_ACK);
             put_ballot(out, *ballot);
-            put_varint(out, *commit_index);
+            put_slot(out, *commit_index);
             out.put_u8(u8::from(*can_become_primary));
         }
         Message::Reject(msg::Reject { promised }) => {
@@ -160,7 +160,7 @@ pub fn encode(msg: &Message, out: &mut BytesMut) {
         }
         Message::Fetch(msg::Fetch { from_slot }) => {
             out.put_u8(tag::FETCH);
-            put_varint(out, *from_slot);
+            put_slot(out, *from_slot);
         }
         Message::Decrees(msg::Decrees {
             from_slot,
@@ -169,9 +169,9 @@ pub fn encode(msg: &Message, out: &mut BytesMut) {
             decrees,
         }) => {
             out.put_u8(tag::DECREES);
-            put_varint(out, *from_slot);
-            put_varint(out, *commit_index);
-            put_varint(out, *log_start);
+            put_slot(out, *from_slot);
+            put_slot(out, *commit_index);
+            put_slot(out, *log_start);
             put_entries(out, decrees);
         }
         Message::TimeoutNow(msg::TimeoutNow { ballot }) => {
@@ -180,7 +180,7 @@ pub fn encode(msg: &Message, out: &mut BytesMut) {
         }
         Message::RepairQuery(msg::RepairQuery { commit_index }) => {
             out.put_u8(tag::REPAIR_QUERY);
-            put_varint(out, *commit_index);
+            put_slot(out, *commit_index);
         }
         Message::RepairAnswer(msg::RepairAnswer {
             promised,
@@ -191,8 +191,8 @@ pub fn encode(msg: &Message, out: &mut BytesMut) {
         }) => {
             out.put_u8(tag::REPAIR_ANSWER);
             put_ballot(out, *promised);
-            put_varint(out, *max_slot);
-            put_varint(out, *commit_index);
+            put_slot(out, *max_slot);
+            put_slot(out, *commit_index);
             put_varint(out, voters.len() as u64);
             for v in voters {
                 put_varint(out, u64::from(v.0));
@@ -247,6 +247,10 @@ fn put_varint(out: &mut BytesMut, mut v: u64) {
     out.put_u8(v as u8);
 }
 
+fn put_slot(out: &mut BytesMut, s: Slot) {
+    put_varint(out, s.0);
+}
+
 fn put_ballot(out: &mut BytesMut, b: Ballot) {
     put_varint(out, b.round);
     put_varint(out, u64::from(b.leader.0));
@@ -262,7 +266,7 @@ fn put_value(out: &mut BytesMut, v: &Value) {
         }
         Value::Reconfigure(r) => {
             out.put_u8(tag::VALUE_RECONFIGURE);
-            put_varint(out, r.base);
+            put_slot(out, r.base);
             let m = &r.membership;
             for list in [&m.voters, &m.learners] {
                 put_varint(out, list.len() as u64);
@@ -277,7 +281,7 @@ fn put_value(out: &mut BytesMut, v: &Value) {
 fn put_entries(out: &mut BytesMut, entries: &[Accepted]) {
     put_varint(out, entries.len() as u64);
     for a in entries {
-        put_varint(out, a.slot);
+        put_slot(out, a.slot);
         put_ballot(out, a.ballot);
         put_value(out, &a.value);
     }
@@ -294,17 +298,17 @@ pub fn decode(buf: Bytes) -> Result<Message, CodecError> {
     let msg = match t {
         tag::PREPARE => Message::Prepare(msg::Prepare {
             ballot: r.ballot()?,
-            from_slot: r.varint()?,
+            from_slot: r.slot()?,
         }),
         tag::PROMISE => Message::Promise(msg::Promise {
             ballot: r.ballot()?,
-            from_slot: r.varint()?,
-            commit_index: r.varint()?,
-            log_start: r.varint()?,
+            from_slot: r.slot()?,
+            commit_index: r.slot()?,
+            log_start: r.slot()?,
             entries: r.entries()?,
             next_from: match r.u8()? {
                 0 => None,
-                1 => Some(r.varint()?),
+                1 => Some(r.slot()?),
                 other => {
                     return Err(CodecError::UnknownTag {
                         what: "option",
@@ -315,8 +319,8 @@ pub fn decode(buf: Bytes) -> Result<Message, CodecError> {
         }),
         tag::ACCEPT => {
             let ballot = r.ballot()?;
-            let slot = r.varint()?;
-            let commit_index = r.varint()?;
+            let slot = r.slot()?;
+            let commit_index = r.slot()?;
             Message::Accept(msg::Accept {
                 ballot,
                 slot,
@@ -326,40 +330,40 @@ pub fn decode(buf: Bytes) -> Result<Message, CodecError> {
         }
         tag::ACCEPTED => Message::Accepted(msg::Accepted {
             ballot: r.ballot()?,
-            slot: r.varint()?,
-            commit_index: r.varint()?,
+            slot: r.slot()?,
+            commit_index: r.slot()?,
         }),
         tag::HEARTBEAT => Message::Heartbeat(msg::Heartbeat {
             ballot: r.ballot()?,
-            commit_index: r.varint()?,
+            commit_index: r.slot()?,
         }),
         tag::HEARTBEAT_ACK => Message::HeartbeatAck(msg::HeartbeatAck {
             ballot: r.ballot()?,
-            commit_index: r.varint()?,
+            commit_index: r.slot()?,
             can_become_primary: r.bool()?,
         }),
         tag::REJECT => Message::Reject(msg::Reject {
             promised: r.ballot()?,
         }),
         tag::FETCH => Message::Fetch(msg::Fetch {
-            from_slot: r.varint()?,
+            from_slot: r.slot()?,
         }),
         tag::DECREES => Message::Decrees(msg::Decrees {
-            from_slot: r.varint()?,
-            commit_index: r.varint()?,
-            log_start: r.varint()?,
+            from_slot: r.slot()?,
+            commit_index: r.slot()?,
+            log_start: r.slot()?,
             decrees: r.entries()?,
         }),
         tag::TIMEOUT_NOW => Message::TimeoutNow(msg::TimeoutNow {
             ballot: r.ballot()?,
         }),
         tag::REPAIR_QUERY => Message::RepairQuery(msg::RepairQuery {
-            commit_index: r.varint()?,
+            commit_index: r.slot()?,
         }),
         tag::REPAIR_ANSWER => Message::RepairAnswer(msg::RepairAnswer {
             promised: r.ballot()?,
-            max_slot: r.varint()?,
-            commit_index: r.varint()?,
+            max_slot: r.slot()?,
+            commit_index: r.slot()?,
             voters: r.ids(crate::config::MAX_VOTERS * 2)?,
             suspect: r.bool()?,
         }),
@@ -432,6 +436,10 @@ impl Reader {
             .map_err(|_| CodecError::Overflow { offset: start })
     }
 
+    fn slot(&mut self) -> Result<Slot, CodecError> {
+        self.varint().map(Slot)
+    }
+
     fn ballot(&mut self) -> Result<Ballot, CodecError> {
         Ok(Ballot {
             round: self.varint()?,
@@ -480,7 +488,7 @@ impl Reader {
                 Ok(Value::Requests(bytes))
             }
             tag::VALUE_RECONFIGURE => {
-                let base = self.varint()?;
+                let base = self.slot()?;
                 let mut lists = [Vec::new(), Vec::new()];
                 for list in &mut lists {
                     let n = self.count()?;
@@ -511,7 +519,7 @@ impl Reader {
         // Each entry takes at least 4 bytes (slot, round, leader, value kind).
         let mut out = Vec::with_capacity(n.min(self.remaining() / 4));
         for _ in 0..n {
-            let slot = self.varint()?;
+            let slot = self.slot()?;
             let ballot = self.ballot()?;
             let value = self.value()?;
             out.push(Accepted {
@@ -529,6 +537,10 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    fn arb_slot() -> impl Strategy<Value = Slot> {
+        any::<u64>().prop_map(Slot)
+    }
+
     fn arb_ballot() -> impl Strategy<Value = Ballot> {
         (any::<u64>(), any::<u32>()).prop_map(|(r, l)| Ballot::new(r, ReplicaId(l)))
     }
@@ -539,7 +551,7 @@ mod tests {
             proptest::collection::vec(any::<u8>(), 0..64)
                 .prop_map(|v| Value::Requests(Bytes::from(v))),
             (
-                any::<u64>(),
+                arb_slot(),
                 proptest::collection::btree_set(0u32..50, 1..5),
                 proptest::collection::btree_set(50u32..100, 0..3)
             )
@@ -554,7 +566,7 @@ mod tests {
     }
 
     fn arb_accepted() -> impl Strategy<Value = Accepted> {
-        (any::<u64>(), arb_ballot(), arb_value()).prop_map(|(slot, ballot, value)| Accepted {
+        (arb_slot(), arb_ballot(), arb_value()).prop_map(|(slot, ballot, value)| Accepted {
             slot,
             ballot,
             value,
@@ -563,16 +575,16 @@ mod tests {
 
     fn arb_message() -> impl Strategy<Value = Message> {
         prop_oneof![
-            (arb_ballot(), any::<u64>()).prop_map(|(ballot, from_slot)| Message::Prepare(
+            (arb_ballot(), arb_slot()).prop_map(|(ballot, from_slot)| Message::Prepare(
                 msg::Prepare { ballot, from_slot }
             )),
             (
                 arb_ballot(),
-                any::<u64>(),
-                any::<u64>(),
-                any::<u64>(),
+                arb_slot(),
+                arb_slot(),
+                arb_slot(),
                 proptest::collection::vec(arb_accepted(), 0..4),
-                proptest::option::of(any::<u64>())
+                proptest::option::of(arb_slot())
             )
                 .prop_map(
                     |(ballot, from_slot, commit_index, log_start, entries, next_from)| {
@@ -586,7 +598,7 @@ mod tests {
                         })
                     }
                 ),
-            (arb_ballot(), any::<u64>(), arb_value(), any::<u64>()).prop_map(
+            (arb_ballot(), arb_slot(), arb_value(), arb_slot()).prop_map(
                 |(ballot, slot, value, commit_index)| Message::Accept(msg::Accept {
                     ballot,
                     slot,
@@ -594,20 +606,20 @@ mod tests {
                     commit_index
                 })
             ),
-            (arb_ballot(), any::<u64>(), any::<u64>()).prop_map(|(ballot, slot, commit_index)| {
+            (arb_ballot(), arb_slot(), arb_slot()).prop_map(|(ballot, slot, commit_index)| {
                 Message::Accepted(msg::Accepted {
                     ballot,
                     slot,
                     commit_index,
                 })
             }),
-            (arb_ballot(), any::<u64>()).prop_map(|(ballot, commit_index)| Message::Heartbeat(
+            (arb_ballot(), arb_slot()).prop_map(|(ballot, commit_index)| Message::Heartbeat(
                 msg::Heartbeat {
                     ballot,
                     commit_index
                 }
             )),
-            (arb_ballot(), any::<u64>(), any::<bool>()).prop_map(
+            (arb_ballot(), arb_slot(), any::<bool>()).prop_map(
                 |(ballot, commit_index, can_become_primary)| {
                     Message::HeartbeatAck(msg::HeartbeatAck {
                         ballot,
@@ -617,11 +629,11 @@ mod tests {
                 }
             ),
             arb_ballot().prop_map(|promised| Message::Reject(msg::Reject { promised })),
-            any::<u64>().prop_map(|from_slot| Message::Fetch(msg::Fetch { from_slot })),
+            arb_slot().prop_map(|from_slot| Message::Fetch(msg::Fetch { from_slot })),
             (
-                any::<u64>(),
-                any::<u64>(),
-                any::<u64>(),
+                arb_slot(),
+                arb_slot(),
+                arb_slot(),
                 proptest::collection::vec(arb_accepted(), 0..4)
             )
                 .prop_map(|(from_slot, commit_index, log_start, decrees)| {
@@ -633,12 +645,12 @@ mod tests {
                     })
                 }),
             arb_ballot().prop_map(|ballot| Message::TimeoutNow(msg::TimeoutNow { ballot })),
-            any::<u64>()
+            arb_slot()
                 .prop_map(|commit_index| Message::RepairQuery(msg::RepairQuery { commit_index })),
             (
                 arb_ballot(),
-                any::<u64>(),
-                any::<u64>(),
+                arb_slot(),
+                arb_slot(),
                 proptest::collection::vec(any::<u32>(), 0..8),
                 any::<bool>()
             )
@@ -722,14 +734,14 @@ mod tests {
         let mut out = BytesMut::new();
         encode(
             &Message::Fetch(msg::Fetch {
-                from_slot: u64::MAX,
+                from_slot: Slot::MAX,
             }),
             &mut out,
         );
         assert_eq!(
             decode(out.freeze()).unwrap(),
             Message::Fetch(msg::Fetch {
-                from_slot: u64::MAX
+                from_slot: Slot::MAX
             })
         );
         // A Decrees frame claiming 2^40 entries fails before allocating.
@@ -760,10 +772,10 @@ mod tests {
     fn rejects_malformed_membership() {
         let msg = Message::Accept(msg::Accept {
             ballot: Ballot::new(1, ReplicaId(1)),
-            slot: 1,
-            commit_index: 0,
+            slot: Slot(1),
+            commit_index: Slot::ZERO,
             value: Value::Reconfigure(Reconfiguration {
-                base: 0,
+                base: Slot::ZERO,
                 membership: Membership {
                     voters: vec![ReplicaId(2), ReplicaId(1)],
                     learners: vec![],
@@ -781,8 +793,8 @@ mod tests {
         let payload = Bytes::from(vec![7u8; 1000]);
         let msg = Message::Accept(msg::Accept {
             ballot: Ballot::new(3, ReplicaId(1)),
-            slot: 9,
-            commit_index: 8,
+            slot: Slot(9),
+            commit_index: Slot(8),
             value: Value::Requests(payload),
         });
         let frame = encode_to_bytes(&msg);

@@ -82,7 +82,7 @@ impl Config {
             id,
             membership,
             membership_ballot: Ballot::ZERO,
-            membership_slot: 0,
+            membership_slot: Slot::ZERO,
             pipeline_window: 64,
             batch_limits: BatchLimits::default(),
             heartbeat_interval_us: 50_000,

@@ -87,12 +87,12 @@
 //! message in order:
 //!
 //! ```
-//! use paxos_core::{Action, Config, DurableState, Membership, Message, Replica, ReplicaId, Role, Time, Value};
+//! use paxos_core::{Action, Config, DurableState, Membership, Message, Replica, ReplicaId, Role, Slot, Time, Value};
 //! use std::collections::VecDeque;
 //!
 //! let members = Membership::with_voters(vec![ReplicaId(1), ReplicaId(2), ReplicaId(3)]);
 //! let mut replicas: Vec<Replica> = (1..=3)
-//!     .map(|i| Replica::new(Config::new(ReplicaId(i), members.clone()), DurableState::default(), 0, i as u64, Time(0)))
+//!     .map(|i| Replica::new(Config::new(ReplicaId(i), members.clone()), DurableState::default(), Slot::ZERO, i as u64, Time(0)))
 //!     .collect();
 //! let mut applied: Vec<Vec<Value>> = vec![Vec::new(); 3];
 //! let mut now = Time(0);
@@ -136,7 +136,7 @@
 //! // Propose a batch of two requests; it is chosen and applied by the leader.
 //! let batch = paxos_core::batch::encode([&b"set x 1"[..], &b"set y 2"[..]]);
 //! let slot = replicas[leader].propose(now, Value::Requests(batch.clone())).unwrap();
-//! assert_eq!(slot, 1);
+//! assert_eq!(slot, Slot(1));
 //! drive(&mut replicas, &mut applied, now);
 //! assert_eq!(applied[leader], vec![Value::Requests(batch.clone())]);
 //!

@@ -243,13 +243,13 @@ mod tests {
     fn debug_prints_the_wrapped_struct_under_the_variant_name() {
         let m = Message::Prepare(Prepare {
             ballot: Ballot::new(3, ReplicaId(2)),
-            from_slot: 7,
+            from_slot: Slot(7),
         });
         assert_eq!(
             format!("{m:?}"),
-            "Prepare { ballot: Ballot { round: 3, leader: ReplicaId(2) }, from_slot: 7 }"
+            "Prepare { ballot: Ballot { round: 3, leader: ReplicaId(2) }, from_slot: Slot(7) }"
         );
-        let m = Message::Fetch(Fetch { from_slot: 9 });
-        assert_eq!(format!("{m:?}"), "Fetch { from_slot: 9 }");
+        let m = Message::Fetch(Fetch { from_slot: Slot(9) });
+        assert_eq!(format!("{m:?}"), "Fetch { from_slot: Slot(9) }");
     }
 }

@@ -8,8 +8,77 @@
 use bytes::Bytes;
 use std::collections::BTreeMap;
 
-/// A log position. Slots are numbered from 1; slot 0 means "none".
-pub type Slot = u64;
+/// A log position. Slots are numbered from 1; [`Slot::ZERO`] means "none"
+/// (nothing chosen, applied, truncated or installed yet).
+///
+/// A newtype so a slot cannot be mixed up with a count, a byte offset or a
+/// ballot round. Arithmetic goes through named methods that say what is
+/// computed (the next slot, a slot some decrees later, the number of slots
+/// between two); there are deliberately no `Add`/`Sub` operators. Ranges
+/// of slots are [`Slot::through`] (or `BTreeMap::range` with `Slot` bounds).
+///
+/// The wire and storage formats encode a slot as its number, the `u64`
+/// inside.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Slot(pub u64);
+
+impl Slot {
+    /// "No slot": below every slot that can hold a decree.
+    pub const ZERO: Slot = Slot(0);
+    /// The first slot that can hold a decree.
+    pub const FIRST: Slot = Slot(1);
+    /// The highest slot; an upper bound meaning "no limit".
+    pub const MAX: Slot = Slot(u64::MAX);
+
+    /// The slot after this one.
+    ///
+    /// Overflows (a panic with overflow checks on) only at [`Slot::MAX`],
+    /// which no log reaches.
+    pub const fn next(self) -> Slot {
+        Slot(self.0 + 1)
+    }
+
+    /// The slot before this one.
+    ///
+    /// Requires `self > Slot::ZERO` (a panic with overflow checks on);
+    /// use [`Slot::saturating_sub`] where `ZERO` is possible.
+    pub const fn prev(self) -> Slot {
+        Slot(self.0 - 1)
+    }
+
+    /// The slot `n` after this one (overflow as [`Slot::next`]).
+    pub const fn plus(self, n: u64) -> Slot {
+        Slot(self.0 + n)
+    }
+
+    /// The slot `n` after this one, or [`Slot::MAX`].
+    pub const fn saturating_add(self, n: u64) -> Slot {
+        Slot(self.0.saturating_add(n))
+    }
+
+    /// The slot `n` before this one, or [`Slot::ZERO`].
+    pub const fn saturating_sub(self, n: u64) -> Slot {
+        Slot(self.0.saturating_sub(n))
+    }
+
+    /// How many slots `self` is past `earlier`, or 0 if `earlier` is not
+    /// below it.
+    pub const fn distance_since(self, earlier: Slot) -> u64 {
+        self.0.saturating_sub(earlier.0)
+    }
+
+    /// The slots from `self` through `last`, both included, in order
+    /// (empty if `last < self`).
+    pub fn through(self, last: Slot) -> impl DoubleEndedIterator<Item = Slot> + Clone {
+        (self.0..=last.0).map(Slot)
+    }
+}
+
+impl std::fmt::Display for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
 
 /// The identity of one replica in the cluster. Stable across restarts.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -246,7 +315,7 @@ impl DurableState {
             PersistEntry::Truncate(s) => {
                 if *s > self.truncated_through {
                     self.truncated_through = *s;
-                    self.accepted = self.accepted.split_off(&(s + 1));
+                    self.accepted = self.accepted.split_off(&s.next());
                 }
             }
         }
@@ -266,6 +335,33 @@ mod tests {
     }
 
     #[test]
+    fn slot_arithmetic_says_what_it_computes() {
+        let s = Slot(7);
+        assert_eq!(s.next(), Slot(8));
+        assert_eq!(s.prev(), Slot(6));
+        assert_eq!(s.plus(3), Slot(10));
+        assert_eq!(Slot::MAX.saturating_add(1), Slot::MAX);
+        assert_eq!(s.saturating_sub(3), Slot(4));
+        assert_eq!(s.saturating_sub(9), Slot::ZERO);
+        assert_eq!(s.distance_since(Slot(2)), 5);
+        assert_eq!(Slot(2).distance_since(s), 0, "saturates, like Time");
+        assert!(Slot::ZERO < Slot::FIRST && Slot::FIRST == Slot::ZERO.next());
+    }
+
+    #[test]
+    fn slot_ranges_and_display() {
+        let v: Vec<Slot> = Slot(3).through(Slot(5)).collect();
+        assert_eq!(v, vec![Slot(3), Slot(4), Slot(5)]);
+        assert_eq!(Slot(5).through(Slot(5)).count(), 1);
+        assert_eq!(Slot(6).through(Slot(5)).count(), 0);
+        assert_eq!(Slot(3).through(Slot(5)).next_back(), Some(Slot(5)));
+        // Displays as the bare number, honouring width and fill, so logs and
+        // file names read as they did when a slot was a `u64`.
+        assert_eq!(format!("{}", Slot(42)), "42");
+        assert_eq!(format!("{:>5}|{:05}", Slot(42), Slot(42)), "   42|00042");
+    }
+
+    #[test]
     fn quorum_is_a_strict_majority() {
         for n in 1..8u32 {
             let m = Membership::with_voters((1..=n).map(ReplicaId).collect());
@@ -282,19 +378,25 @@ mod tests {
         s.apply(&PersistEntry::Promise(Ballot::new(1, ReplicaId(1))));
         assert_eq!(s.promised, b2);
         let acc = |slot| Accepted {
-            slot,
+            slot: Slot(slot),
             ballot: b2,
             value: Value::Noop,
         };
         for slot in 1..=5 {
             s.apply(&PersistEntry::Accept(acc(slot)));
         }
-        s.apply(&PersistEntry::Commit(4));
-        s.apply(&PersistEntry::Commit(2));
-        assert_eq!(s.commit_index, 4);
-        s.apply(&PersistEntry::Truncate(3));
-        assert_eq!(s.accepted.keys().copied().collect::<Vec<_>>(), vec![4, 5]);
+        s.apply(&PersistEntry::Commit(Slot(4)));
+        s.apply(&PersistEntry::Commit(Slot(2)));
+        assert_eq!(s.commit_index, Slot(4));
+        s.apply(&PersistEntry::Truncate(Slot(3)));
+        assert_eq!(
+            s.accepted.keys().copied().collect::<Vec<_>>(),
+            vec![Slot(4), Slot(5)]
+        );
         s.apply(&PersistEntry::Accept(acc(2)));
-        assert!(!s.accepted.contains_key(&2), "truncated slots stay dropped");
+        assert!(
+            !s.accepted.contains_key(&Slot(2)),
+            "truncated slots stay dropped"
+        );
     }
 }

@@ -8,6 +8,7 @@ use crate::procs::LocalCluster;
 use crate::resp::Frame;
 use anyhow::Context;
 use hdrhistogram::Histogram;
+use paxos_core::Slot;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -156,12 +157,14 @@ async fn demo_body(cluster: &mut LocalCluster, options: &DemoOptions) -> anyhow:
     // Bring the old leader back and watch it catch up.
     let restarted = Instant::now();
     cluster.spawn(leader)?;
-    let target = leader_commit(cluster, new_leader).await.unwrap_or(0);
+    let target = leader_commit(cluster, new_leader)
+        .await
+        .unwrap_or(Slot::ZERO);
     loop {
         if let Some(info) = cluster.info(leader, Duration::from_millis(300)).await {
-            let applied: u64 = info_field(&info, "applied_index")
+            let applied = info_field(&info, "applied_index")
                 .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
+                .map_or(Slot::ZERO, Slot);
             if applied >= target {
                 println!(
                     "restarted r{} recovered from its log and caught up to slot {applied} in {:?}",
@@ -184,9 +187,9 @@ async fn demo_body(cluster: &mut LocalCluster, options: &DemoOptions) -> anyhow:
     Ok(())
 }
 
-async fn leader_commit(cluster: &LocalCluster, leader: usize) -> Option<u64> {
+async fn leader_commit(cluster: &LocalCluster, leader: usize) -> Option<Slot> {
     let info = cluster.info(leader, Duration::from_secs(1)).await?;
-    info_field(&info, "commit_index")?.parse().ok()
+    info_field(&info, "commit_index")?.parse().ok().map(Slot)
 }
 
 fn key_of(client: u64, n: u64) -> String {

@@ -606,6 +606,7 @@ impl StateMachine for KvStore {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use paxos_core::Slot;
     use proptest::prelude::*;
 
     /// A command's arguments as the server hands them over (shared by the
@@ -624,7 +625,7 @@ pub(crate) mod tests {
     }
 
     const DECREE: Decree = Decree {
-        slot: 1,
+        slot: Slot(1),
         proposer: paxos_core::ReplicaId(1),
         time_us: 0,
     };

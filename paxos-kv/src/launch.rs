@@ -8,7 +8,7 @@ use crate::node::{self, DriverParts, DurableReloader};
 use crate::server::{self, ServerConfig};
 use anyhow::Context;
 use paxos_core::batch::BatchLimits;
-use paxos_core::{DurableState, ReplicaId};
+use paxos_core::{DurableState, ReplicaId, Slot};
 use paxos_log::ReplicaStorage;
 use paxos_net::{NodeIdentity, QuicConfig, QuicTransport, Transport};
 use std::collections::BTreeMap;
@@ -130,12 +130,12 @@ pub async fn run_node(config: NodeConfig) -> anyhow::Result<()> {
         for skipped in &r.skipped {
             tracing::error!(error = %skipped, "corrupt checkpoint skipped; an older one is used");
         }
-        tracing::info!(slot = r.meta.last_applied, path = %r.path.display(), keys = sm.len(), "loaded checkpoint");
+        tracing::info!(slot = %r.meta.last_applied, path = %r.path.display(), keys = sm.len(), "loaded checkpoint");
     }
     tracing::info!(
         %id,
-        checkpoint = restored.as_ref().map_or(0, |r| r.meta.last_applied),
-        commit_index = durable.commit_index,
+        checkpoint = %restored.as_ref().map_or(Slot::ZERO, |r| r.meta.last_applied),
+        commit_index = %durable.commit_index,
         accepted = durable.accepted.len(),
         "recovered"
     );

@@ -165,7 +165,7 @@ pub fn write_info(view: &ClusterView, text: &mut String) {
             if p.voter { "voter" } else { "learner" },
             u8::from(p.connected),
             opt(p.lag),
-            opt(p.commit_index),
+            opt(p.commit_index.map(|s| s.0)),
             opt(p.last_heard_us_ago.map(|us| us / 1000)),
             u8::from(p.can_become_primary),
             addr,

@@ -95,24 +95,28 @@ mod tests {
             })
         };
         assert_eq!(
-            s.append(&[PersistEntry::Promise(b), acc(1), acc(2)])
+            s.append(&[PersistEntry::Promise(b), acc(Slot(1)), acc(Slot(2))])
                 .unwrap(),
             1
         );
-        assert_eq!(s.append(&[acc(3), PersistEntry::Commit(2)]).unwrap(), 2);
+        assert_eq!(
+            s.append(&[acc(Slot(3)), PersistEntry::Commit(Slot(2))])
+                .unwrap(),
+            2
+        );
         s.wait_durable(2).unwrap();
         assert!(s.wait_durable(3).is_err());
         assert_eq!(
-            s.read_accepted(2, 10)
+            s.read_accepted(Slot(2), 10)
                 .unwrap()
                 .iter()
                 .map(|a| a.slot)
                 .collect::<Vec<_>>(),
-            vec![2, 3]
+            vec![Slot(2), Slot(3)]
         );
-        s.truncate_through(2).unwrap();
-        assert_eq!(s.read_accepted(0, 10).unwrap().len(), 1);
-        assert_eq!(s.state().commit_index, 2);
+        s.truncate_through(Slot(2)).unwrap();
+        assert_eq!(s.read_accepted(Slot::ZERO, 10).unwrap().len(), 1);
+        assert_eq!(s.state().commit_index, Slot(2));
         assert_eq!(s.durable_seq(), 3);
     }
 }

@@ -137,10 +137,10 @@ impl SharedStatus {
             role,
             leader: (leader != 0).then_some(ReplicaId(leader)),
             ballot_round: self.ballot_round.load(Ordering::Relaxed),
-            commit_index: self.commit_index.load(Ordering::Relaxed),
-            applied_index: self.applied_index.load(Ordering::Relaxed),
+            commit_index: Slot(self.commit_index.load(Ordering::Relaxed)),
+            applied_index: Slot(self.applied_index.load(Ordering::Relaxed)),
             in_flight: self.in_flight.load(Ordering::Relaxed),
-            checkpoint_slot: self.checkpoint_slot.load(Ordering::Relaxed),
+            checkpoint_slot: Slot(self.checkpoint_slot.load(Ordering::Relaxed)),
             proposed_batches: self.proposed_batches.load(Ordering::Relaxed),
             proposed_requests: self.proposed_requests.load(Ordering::Relaxed),
         }
@@ -156,11 +156,12 @@ impl SharedStatus {
         self.leader
             .store(s.leader.map_or(0, |l| l.0), Ordering::Relaxed);
         self.ballot_round.store(s.ballot.round, Ordering::Relaxed);
-        self.commit_index.store(s.commit_index, Ordering::Relaxed);
-        self.applied_index.store(s.applied_index, Ordering::Relaxed);
+        self.commit_index.store(s.commit_index.0, Ordering::Relaxed);
+        self.applied_index
+            .store(s.applied_index.0, Ordering::Relaxed);
         self.in_flight.store(s.in_flight as u64, Ordering::Relaxed);
         self.checkpoint_slot
-            .store(s.checkpoint_slot, Ordering::Relaxed);
+            .store(s.checkpoint_slot.0, Ordering::Relaxed);
         self.proposed_batches
             .store(s.proposed_batches, Ordering::Relaxed);
         self.proposed_requests

@@ -5,7 +5,7 @@
 
 use bytes::{Bytes, BytesMut};
 use paxos_core::batch::BatchLimits;
-use paxos_core::{DurableState, Membership, ReplicaId};
+use paxos_core::{DurableState, Membership, ReplicaId, Slot};
 use paxos_kv::client::{moved_to, Client};
 use paxos_kv::kv::{encode_command, KvStore};
 use paxos_kv::memstore::MemoryStorage;
@@ -361,7 +361,11 @@ async fn write_until_checkpointed(
 ) {
     let deadline = Instant::now() + Duration::from_secs(within_secs);
     let mut i = 0u64;
-    while i < min_writes || replicas.iter().any(|r| r.status().checkpoint_slot < 100) {
+    while i < min_writes
+        || replicas
+            .iter()
+            .any(|r| r.status().checkpoint_slot < Slot(100))
+    {
         assert!(
             Instant::now() < deadline,
             "no checkpoints taken: {:?}",
@@ -376,7 +380,7 @@ async fn write_until_checkpointed(
 }
 
 /// Waits until `replica` applied through `target`, failing with `what`.
-async fn wait_applied(replica: &Replica, target: u64, within_secs: u64, what: &str) {
+async fn wait_applied(replica: &Replica, target: Slot, within_secs: u64, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(within_secs);
     while replica.status().applied_index < target {
         assert!(Instant::now() < deadline, "{what}: {:?}", replica.status());
@@ -432,7 +436,7 @@ async fn a_replica_behind_every_peers_log_installs_a_checkpoint_from_a_peer() {
     let target = replicas[p].status().applied_index;
     wait_applied(&replicas[2], target, 20, "third replica did not catch up").await;
     assert!(
-        replicas[2].status().checkpoint_slot > 0,
+        replicas[2].status().checkpoint_slot > Slot::ZERO,
         "caught up through a transferred checkpoint"
     );
     // And it keeps up with new writes.
@@ -489,7 +493,7 @@ async fn an_interrupted_checkpoint_transfer_restarts_cleanly() {
         "third replica did not catch up after the interruption",
     )
     .await;
-    assert!(replicas[2].status().checkpoint_slot > 0);
+    assert!(replicas[2].status().checkpoint_slot > Slot::ZERO);
     assert!(
         !has_partial_checkpoint(dirs[2].path()),
         "the abandoned partial checkpoint was left behind"

@@ -8,16 +8,16 @@
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use paxos_core::{Accepted, Ballot, PersistEntry, ReplicaId, Value};
+use paxos_core::{Accepted, Ballot, PersistEntry, ReplicaId, Slot, Value};
 use paxos_log::{FileLog, LogOptions, ReplicaStorage};
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-fn entry(slot: u64, value: &Bytes) -> PersistEntry {
+fn entry(n: u64, value: &Bytes) -> PersistEntry {
     PersistEntry::Accept(Accepted {
         // Reuse 1024 slots so the in-memory index stays small.
-        slot: slot % 1024 + 1,
+        slot: Slot(n % 1024 + 1),
         ballot: Ballot::new(1, ReplicaId(1)),
         value: Value::Requests(value.clone()),
     })

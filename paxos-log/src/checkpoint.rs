@@ -199,7 +199,7 @@ fn parse_name(name: &str) -> Option<Slot> {
     if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    stem.parse().ok()
+    stem.parse().ok().map(Slot)
 }
 
 fn encode_header(meta: &CheckpointMeta, block_size: u32) -> Vec<u8> {
@@ -209,7 +209,7 @@ fn encode_header(meta: &CheckpointMeta, block_size: u32) -> Vec<u8> {
     h.extend_from_slice(&CHECKPOINT_MAGIC);
     h.extend_from_slice(&CHECKPOINT_VERSION.to_le_bytes());
     h.extend_from_slice(&(header_len as u32).to_le_bytes());
-    h.extend_from_slice(&meta.last_applied.to_le_bytes());
+    h.extend_from_slice(&meta.last_applied.0.to_le_bytes());
     h.extend_from_slice(&meta.ballot.round.to_le_bytes());
     h.extend_from_slice(&meta.ballot.leader.0.to_le_bytes());
     h.extend_from_slice(&block_size.to_le_bytes());
@@ -713,7 +713,7 @@ impl CheckpointReader {
                 format!("unsupported checkpoint version {version}"),
             ));
         }
-        let last_applied = u64_at(&header, 16);
+        let last_applied = Slot(u64_at(&header, 16));
         let ballot = Ballot::new(u64_at(&header, 24), ReplicaId(u32_at(&header, 32)));
         let block_size = u32_at(&header, 36);
         if block_size == 0 || block_size > MAX_BLOCK_SIZE {
@@ -923,42 +923,42 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = CheckpointStore::new(dir.path(), 2).unwrap();
         let bytes = data(3 << 20 | 123, 5);
-        let info = write(&store, 10, &bytes).unwrap();
+        let info = write(&store, Slot(10), &bytes).unwrap();
         assert_eq!(info.data_len, bytes.len() as u64);
-        assert_eq!(info.meta, meta(10));
-        assert_eq!(read_all(&store, 10).unwrap(), bytes);
+        assert_eq!(info.meta, meta(Slot(10)));
+        assert_eq!(read_all(&store, Slot(10)).unwrap(), bytes);
         let latest = store.latest().unwrap().unwrap();
-        assert_eq!(latest.reader.info().meta.last_applied, 10);
+        assert_eq!(latest.reader.info().meta.last_applied, Slot(10));
         assert!(latest.skipped.is_empty());
         // Background-thread use: the writer is Send.
         let s2 = store.clone();
-        let t = std::thread::spawn(move || write(&s2, 20, b"from another thread").unwrap());
+        let t = std::thread::spawn(move || write(&s2, Slot(20), b"from another thread").unwrap());
         t.join().unwrap();
-        assert_eq!(read_all(&store, 20).unwrap(), b"from another thread");
+        assert_eq!(read_all(&store, Slot(20)).unwrap(), b"from another thread");
     }
 
     #[test]
     fn keeps_only_the_newest_k_and_empty_snapshots_work() {
         let (_fs, store) = sim_store(2, 64);
         for slot in [5, 9, 3, 12] {
-            write(&store, slot, &data(slot as usize * 10, 1)).unwrap();
+            write(&store, Slot(slot), &data(slot as usize * 10, 1)).unwrap();
         }
-        assert_eq!(store.list().unwrap(), vec![9, 12]);
-        write(&store, 15, &[]).unwrap();
-        assert_eq!(read_all(&store, 15).unwrap(), Vec::<u8>::new());
-        assert_eq!(store.list().unwrap(), vec![12, 15]);
+        assert_eq!(store.list().unwrap(), vec![Slot(9), Slot(12)]);
+        write(&store, Slot(15), &[]).unwrap();
+        assert_eq!(read_all(&store, Slot(15)).unwrap(), Vec::<u8>::new());
+        assert_eq!(store.list().unwrap(), vec![Slot(12), Slot(15)]);
     }
 
     #[test]
     fn chunks_stream_a_checkpoint_to_another_store() {
         let (_fs, store) = sim_store(3, 100);
         let bytes = data(1234, 9);
-        write(&store, 7, &bytes).unwrap();
+        write(&store, Slot(7), &bytes).unwrap();
         let (_fs2, other) = sim_store(3, 64);
-        let mut w = other.begin(meta(7)).unwrap();
+        let mut w = other.begin(meta(Slot(7))).unwrap();
         let mut offset = 0u64;
         loop {
-            let chunk = store.read_chunk(7, offset, 150).unwrap();
+            let chunk = store.read_chunk(Slot(7), offset, 150).unwrap();
             assert!(chunk.is_intact());
             assert_eq!(
                 &chunk.data[..],
@@ -971,26 +971,26 @@ mod tests {
             offset += chunk.data.len() as u64;
         }
         w.finish().unwrap();
-        assert_eq!(read_all(&other, 7).unwrap(), bytes);
+        assert_eq!(read_all(&other, Slot(7)).unwrap(), bytes);
         // A damaged or misplaced chunk is refused.
-        let mut w = other.begin(meta(8)).unwrap();
-        let mut chunk = store.read_chunk(7, 0, 10).unwrap();
+        let mut w = other.begin(meta(Slot(8))).unwrap();
+        let mut chunk = store.read_chunk(Slot(7), 0, 10).unwrap();
         chunk.crc32c ^= 1;
         assert!(matches!(
             w.write_chunk(&chunk),
             Err(StorageError::Corrupt { .. })
         ));
-        let chunk = store.read_chunk(7, 5, 10).unwrap();
+        let chunk = store.read_chunk(Slot(7), 5, 10).unwrap();
         assert!(matches!(
             w.write_chunk(&chunk),
             Err(StorageError::OutOfRange(_))
         ));
         assert!(matches!(
-            store.read_chunk(7, 5000, 10),
+            store.read_chunk(Slot(7), 5000, 10),
             Err(StorageError::OutOfRange(_))
         ));
         assert!(matches!(
-            store.read_chunk(7, 0, MAX_CHUNK_BYTES + 1),
+            store.read_chunk(Slot(7), 0, MAX_CHUNK_BYTES + 1),
             Err(StorageError::OutOfRange(_))
         ));
     }
@@ -998,7 +998,7 @@ mod tests {
     #[test]
     fn an_abandoned_writer_leaves_nothing_behind() {
         let (fs, store) = sim_store(2, 64);
-        let mut w = store.begin(meta(4)).unwrap();
+        let mut w = store.begin(meta(Slot(4))).unwrap();
         w.write(&data(500, 1)).unwrap();
         drop(w);
         assert!(store.list().unwrap().is_empty());
@@ -1008,11 +1008,11 @@ mod tests {
     #[test]
     fn latest_skips_a_corrupt_newest_checkpoint_and_says_so() {
         let (fs, store) = sim_store(3, 64);
-        write(&store, 1, &data(300, 1)).unwrap();
-        let info = write(&store, 2, &data(300, 2)).unwrap();
+        write(&store, Slot(1), &data(300, 1)).unwrap();
+        let info = write(&store, Slot(2), &data(300, 2)).unwrap();
         fs.flip_bit(&info.path, 8 * 200).unwrap();
         let latest = store.latest().unwrap().unwrap();
-        assert_eq!(latest.reader.info().meta.last_applied, 1);
+        assert_eq!(latest.reader.info().meta.last_applied, Slot(1));
         assert_eq!(latest.skipped.len(), 1);
         let d = &latest.skipped[0];
         assert_eq!(d.location, info.path.display().to_string());
@@ -1024,8 +1024,12 @@ mod tests {
             fs.file_len(Path::new(&aside)).is_some(),
             "kept for inspection"
         );
-        assert_eq!(store.list().unwrap(), vec![1], "no longer tried or counted");
-        let old = store.open(1).unwrap().info().path.clone();
+        assert_eq!(
+            store.list().unwrap(),
+            vec![Slot(1)],
+            "no longer tried or counted"
+        );
+        let old = store.open(Slot(1)).unwrap().info().path.clone();
         fs.flip_bit(&old, 8 * 100).unwrap();
         assert!(
             matches!(store.latest(), Err(StorageError::Corrupt { .. })),
@@ -1041,11 +1045,11 @@ mod tests {
     #[test]
     fn an_unreadable_block_is_damage_and_the_checkpoint_is_set_aside() {
         let (fs, store) = sim_store(3, 64);
-        write(&store, 1, &data(300, 1)).unwrap();
-        let info = write(&store, 2, &data(3000, 2)).unwrap();
+        write(&store, Slot(1), &data(300, 1)).unwrap();
+        let info = write(&store, Slot(2), &data(3000, 2)).unwrap();
         fs.make_unreadable(&info.path, 1500, 1).unwrap();
         // Read directly, the damage is corruption at the block's offset.
-        match store.open(2).unwrap().copy_to(&mut Vec::new()) {
+        match store.open(Slot(2)).unwrap().copy_to(&mut Vec::new()) {
             Err(StorageError::Corrupt { offset, reason, .. }) => {
                 assert!(reason.contains("unreadable"), "{reason}");
                 // The first block touching the bad 512-byte sector.
@@ -1055,7 +1059,7 @@ mod tests {
         }
         let survey = store.survey().unwrap();
         let newest = survey.newest.unwrap();
-        assert_eq!(newest.info().meta.last_applied, 1);
+        assert_eq!(newest.info().meta.last_applied, Slot(1));
         assert_eq!(survey.damaged.len(), 1);
         assert!(survey.damaged[0].reason.contains("unreadable"));
         assert!(survey.damaged[0].may_have_lost_acknowledged);
@@ -1069,7 +1073,7 @@ mod tests {
         let bytes = data(5000, 3);
         let (mut served, mut refused) = (0, 0);
         let (fs, store) = sim_store(3, 256);
-        write(&store, 1, &bytes).unwrap();
+        write(&store, Slot(1), &bytes).unwrap();
         for seed in 0..40 {
             fs.set_faults(SimFaults {
                 seed,
@@ -1077,7 +1081,7 @@ mod tests {
                 read_error_per_million: 30_000,
                 ..SimFaults::default()
             });
-            let reader = store.open(1);
+            let reader = store.open(Slot(1));
             match reader.and_then(|r| {
                 let mut out = Vec::new();
                 r.copy_to(&mut out).map(|_| out)
@@ -1105,7 +1109,7 @@ mod tests {
     fn misdirected_writes_into_or_out_of_a_checkpoint_are_detected() {
         for seed in 0..12 {
             let (fs, store) = sim_store(3, 64);
-            write(&store, 1, &data(700, 1)).unwrap();
+            write(&store, Slot(1), &data(700, 1)).unwrap();
             // A checkpoint being written misses its place: `finish` re-reads
             // it and refuses to publish it.
             fs.set_faults(SimFaults {
@@ -1113,7 +1117,7 @@ mod tests {
                 misdirected_write_per_million: 1_000_000,
                 ..SimFaults::default()
             });
-            let mut w = store.begin(meta(2)).unwrap();
+            let mut w = store.begin(meta(Slot(2))).unwrap();
             let finished = w.write(&data(700, 2)).and_then(|()| w.finish());
             assert!(
                 matches!(finished, Err(StorageError::Corrupt { .. })),
@@ -1136,7 +1140,7 @@ mod tests {
     fn a_skipped_block_checksum_serves_a_flipped_bit() {
         let (fs, store) = sim_store(3, 64);
         let bytes = data(300, 1);
-        let info = write(&store, 1, &bytes).unwrap();
+        let info = write(&store, Slot(1), &bytes).unwrap();
         fs.flip_bit(
             &info.path,
             8 * (info.path.display().to_string().len() as u64 + 100),
@@ -1144,7 +1148,7 @@ mod tests {
         .unwrap();
         let read = |store: &CheckpointStore| {
             let mut out = Vec::new();
-            store.open(1)?.copy_to(&mut out).map(|_| out)
+            store.open(Slot(1))?.copy_to(&mut out).map(|_| out)
         };
         assert!(matches!(read(&store), Err(StorageError::Corrupt { .. })));
         SKIP_BLOCK_CHECKSUM.with(|s| s.set(true));
@@ -1159,9 +1163,9 @@ mod tests {
         let old = data(400, 1);
         let new = data(700, 2);
         let (fs, store) = sim_store(1, 128);
-        write(&store, 1, &old).unwrap();
+        write(&store, Slot(1), &old).unwrap();
         let start = fs.mutating_ops();
-        write(&store, 2, &new).unwrap();
+        write(&store, Slot(2), &new).unwrap();
         let ops = fs.mutating_ops() - start;
         for at in 0..ops + 1 {
             for policy in [
@@ -1170,9 +1174,9 @@ mod tests {
                 CrashPolicy::Torn { seed: at },
             ] {
                 let (fs, store) = sim_store(1, 128);
-                write(&store, 1, &old).unwrap();
+                write(&store, Slot(1), &old).unwrap();
                 fs.crash_after(at);
-                let finished = write(&store, 2, &new).is_ok();
+                let finished = write(&store, Slot(2), &new).is_ok();
                 fs.crash(policy);
                 let store =
                     CheckpointStore::with_fs(Arc::new(fs.clone()), "/ckpt", 1, 128).unwrap();
@@ -1185,13 +1189,14 @@ mod tests {
                     "crash at {at} {policy:?} left a corrupt checkpoint"
                 );
                 match slot {
-                    1 => assert_eq!(got, old),
-                    2 => assert_eq!(got, new),
+                    Slot(1) => assert_eq!(got, old),
+                    Slot(2) => assert_eq!(got, new),
                     other => panic!("unexpected checkpoint {other}"),
                 }
                 if finished {
                     assert_eq!(
-                        slot, 2,
+                        slot,
+                        Slot(2),
                         "a finished checkpoint survives a crash (at {at}, {policy:?})"
                     );
                 }
@@ -1211,11 +1216,11 @@ mod tests {
         #[test]
         fn any_bit_flip_in_a_checkpoint_is_detected(len in 0usize..600, bit in any::<u64>()) {
             let (fs, store) = sim_store(2, 128);
-            let info = write(&store, 3, &data(len, 4)).unwrap();
+            let info = write(&store, Slot(3), &data(len, 4)).unwrap();
             let file_len = fs.file_len(&info.path).unwrap();
             let bit = bit % (file_len * 8);
             fs.flip_bit(&info.path, bit).unwrap();
-            let result = store.open(3).and_then(|r| r.verify());
+            let result = store.open(Slot(3)).and_then(|r| r.verify());
             prop_assert!(matches!(result, Err(StorageError::Corrupt { .. })), "flip of bit {} undetected", bit);
         }
 
@@ -1224,8 +1229,8 @@ mod tests {
         fn any_chunk_reads_back_the_original(len in 0usize..2000, off in 0usize..2100, n in 0usize..700) {
             let (_fs, store) = sim_store(2, 97);
             let bytes = data(len, 3);
-            write(&store, 1, &bytes).unwrap();
-            match store.read_chunk(1, off as u64, n) {
+            write(&store, Slot(1), &bytes).unwrap();
+            match store.read_chunk(Slot(1), off as u64, n) {
                 Ok(c) => {
                     prop_assert!(off <= len);
                     prop_assert_eq!(&c.data[..], &bytes[off..(off + n).min(len)]);
@@ -1242,9 +1247,15 @@ mod tests {
     fn garbage_files_are_errors_not_panics() {
         let (fs, store) = sim_store(2, 64);
         for len in [0usize, 10, 60, 100, 200] {
-            fs.put_durable(&store.dir().join(checkpoint_name(len as u64)), data(len, 7));
+            fs.put_durable(
+                &store.dir().join(checkpoint_name(Slot(len as u64))),
+                data(len, 7),
+            );
             assert!(
-                matches!(store.open(len as u64), Err(StorageError::Corrupt { .. })),
+                matches!(
+                    store.open(Slot(len as u64)),
+                    Err(StorageError::Corrupt { .. })
+                ),
                 "len {len}"
             );
         }

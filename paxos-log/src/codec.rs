@@ -168,6 +168,10 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(a)
 }
 
+fn slot_at(b: &[u8], at: usize) -> Slot {
+    Slot(u64_at(b, at))
+}
+
 /// Appends one frame to `out` with `lsn` 0 and no header checksum yet;
 /// [`seal_frame`] fills both in once the sequence number is known (so the
 /// costly payload copy and checksum happen outside the append lock).
@@ -193,6 +197,10 @@ pub fn seal_frame(buf: &mut [u8], at: usize, lsn: u64, end_of_batch: bool) {
     h[12..20].copy_from_slice(&lsn.to_le_bytes());
     let crc = crc32c::crc32c(&h[4..RECORD_HEADER_LEN]);
     h[0..4].copy_from_slice(&crc.to_le_bytes());
+}
+
+fn put_slot(out: &mut Vec<u8>, s: Slot) {
+    out.extend_from_slice(&s.0.to_le_bytes());
 }
 
 fn put_ballot(out: &mut Vec<u8>, b: Ballot) {
@@ -227,14 +235,10 @@ pub fn encode_entries(entries: &[PersistEntry], out: &mut Vec<u8>) -> Vec<usize>
     for entry in entries {
         let at = match entry {
             PersistEntry::Promise(b) => push_frame(out, RecordKind::Promise, |o| put_ballot(o, *b)),
-            PersistEntry::Commit(s) => push_frame(out, RecordKind::Commit, |o| {
-                o.extend_from_slice(&s.to_le_bytes())
-            }),
-            PersistEntry::Truncate(s) => push_frame(out, RecordKind::Truncate, |o| {
-                o.extend_from_slice(&s.to_le_bytes())
-            }),
+            PersistEntry::Commit(s) => push_frame(out, RecordKind::Commit, |o| put_slot(o, *s)),
+            PersistEntry::Truncate(s) => push_frame(out, RecordKind::Truncate, |o| put_slot(o, *s)),
             PersistEntry::Accept(a) => push_frame(out, RecordKind::Accept, |o| {
-                o.extend_from_slice(&a.slot.to_le_bytes());
+                put_slot(o, a.slot);
                 put_ballot(o, a.ballot);
                 match &a.value {
                     Value::Noop => o.push(0),
@@ -246,7 +250,7 @@ pub fn encode_entries(entries: &[PersistEntry], out: &mut Vec<u8>) -> Vec<usize>
                         // Tag 3: with the base slot (tag 2, without it, is
                         // no longer written).
                         o.push(3);
-                        o.extend_from_slice(&r.base.to_le_bytes());
+                        put_slot(o, r.base);
                         let m = &r.membership;
                         o.extend_from_slice(&(m.voters.len() as u32).to_le_bytes());
                         o.extend_from_slice(&(m.learners.len() as u32).to_le_bytes());
@@ -266,8 +270,8 @@ pub fn encode_entries(entries: &[PersistEntry], out: &mut Vec<u8>) -> Vec<usize>
 pub fn encode_state(summary: &StateSummary, lsn: u64, out: &mut Vec<u8>) {
     let at = push_frame(out, RecordKind::State, |o| {
         put_ballot(o, summary.promised);
-        o.extend_from_slice(&summary.commit_index.to_le_bytes());
-        o.extend_from_slice(&summary.truncated_through.to_le_bytes());
+        put_slot(o, summary.commit_index);
+        put_slot(o, summary.truncated_through);
     });
     seal_frame(out, at, lsn, true);
 }
@@ -352,11 +356,11 @@ fn decode_payload(kind: RecordKind, p: &[u8]) -> Result<Record, FrameError> {
         }
         RecordKind::Commit => {
             fixed(8)?;
-            Record::Entry(PersistEntry::Commit(u64_at(p, 0)))
+            Record::Entry(PersistEntry::Commit(slot_at(p, 0)))
         }
         RecordKind::Truncate => {
             fixed(8)?;
-            Record::Entry(PersistEntry::Truncate(u64_at(p, 0)))
+            Record::Entry(PersistEntry::Truncate(slot_at(p, 0)))
         }
         RecordKind::Empty => {
             fixed(0)?;
@@ -366,22 +370,22 @@ fn decode_payload(kind: RecordKind, p: &[u8]) -> Result<Record, FrameError> {
             fixed(STATE_PAYLOAD_LEN)?;
             Record::State(StateSummary {
                 promised: ballot_at(p, 0),
-                commit_index: u64_at(p, 12),
-                truncated_through: u64_at(p, 20),
+                commit_index: slot_at(p, 12),
+                truncated_through: slot_at(p, 20),
             })
         }
         RecordKind::Accept => {
             if p.len() < 21 {
                 return Err(bad_len(kind, p.len()));
             }
-            let slot = u64_at(p, 0);
+            let slot = slot_at(p, 0);
             let ballot = ballot_at(p, 8);
             let body = &p[21..];
             let value = match p[20] {
                 0 if body.is_empty() => Value::Noop,
                 1 => Value::Requests(Bytes::copy_from_slice(body)),
                 3 if body.len() >= 16 => {
-                    let base = u64_at(body, 0);
+                    let base = slot_at(body, 0);
                     let body = &body[8..];
                     let voters = u32_at(body, 0) as usize;
                     let learners = u32_at(body, 4) as usize;
@@ -412,7 +416,7 @@ fn decode_payload(kind: RecordKind, p: &[u8]) -> Result<Record, FrameError> {
                     )))
                 }
             };
-            if slot == 0 {
+            if slot == Slot::ZERO {
                 return Err(FrameError::Bad("accept record for slot 0".into()));
             }
             Record::Entry(PersistEntry::Accept(Accepted {
@@ -445,7 +449,7 @@ pub(crate) mod tests {
             proptest::collection::vec(any::<u8>(), 0..64)
                 .prop_map(|v| Value::Requests(Bytes::from(v))),
             (
-                any::<u64>(),
+                any::<u64>().prop_map(Slot),
                 proptest::collection::vec(0u32..9, 1..4),
                 proptest::collection::vec(0u32..9, 0..3)
             )
@@ -459,15 +463,15 @@ pub(crate) mod tests {
         ];
         prop_oneof![
             ballot.clone().prop_map(PersistEntry::Promise),
-            (1u64..50, ballot, value).prop_map(|(slot, ballot, value)| PersistEntry::Accept(
-                Accepted {
+            ((1u64..50).prop_map(Slot), ballot, value).prop_map(|(slot, ballot, value)| {
+                PersistEntry::Accept(Accepted {
                     slot,
                     ballot,
-                    value
-                }
-            )),
-            (0u64..50).prop_map(PersistEntry::Commit),
-            (0u64..50).prop_map(PersistEntry::Truncate),
+                    value,
+                })
+            }),
+            (0u64..50).prop_map(|s| PersistEntry::Commit(Slot(s))),
+            (0u64..50).prop_map(|s| PersistEntry::Truncate(Slot(s))),
         ]
     }
 
@@ -512,7 +516,7 @@ pub(crate) mod tests {
 
     #[test]
     fn truncated_frames_are_incomplete_not_bad() {
-        let buf = sealed(&[PersistEntry::Commit(3)], 1);
+        let buf = sealed(&[PersistEntry::Commit(Slot(3))], 1);
         for cut in 0..buf.len() {
             assert_eq!(
                 decode_frame(&buf[..cut], 1 << 20),
@@ -535,7 +539,7 @@ pub(crate) mod tests {
 
     #[test]
     fn oversized_payload_announcement_is_bad() {
-        let buf = sealed(&[PersistEntry::Commit(3)], 1);
+        let buf = sealed(&[PersistEntry::Commit(Slot(3))], 1);
         assert!(matches!(decode_frame(&buf, 4), Err(FrameError::Bad(_))));
     }
 }

@@ -518,7 +518,7 @@ impl FileLog {
                 )));
             }
             if let PersistEntry::Accept(a) = e {
-                if a.slot == 0 {
+                if a.slot == Slot::ZERO {
                     return Err(StorageError::OutOfRange("accept for slot 0".into()));
                 }
             }
@@ -664,7 +664,7 @@ impl ReplicaStorage for FileLog {
 
     fn read_accepted(&self, from: Slot, max: usize) -> Result<Vec<Accepted>, StorageError> {
         let g = self.shared.lock();
-        if from <= g.state.truncated_through && g.state.truncated_through > 0 {
+        if from <= g.state.truncated_through && g.state.truncated_through > Slot::ZERO {
             return Err(StorageError::OutOfRange(format!(
                 "slots through {} are truncated (covered by a checkpoint); asked from {from}",
                 g.state.truncated_through
@@ -738,7 +738,7 @@ fn create_segment(
         first_lsn,
         path,
         len: buf.len() as u64,
-        max_accept_slot: 0,
+        max_accept_slot: Slot::ZERO,
     };
     Ok((file, meta))
 }

@@ -234,7 +234,7 @@ fn scan_bytes(
         batches: Vec::new(),
         last_lsn: 0,
         good_end: 0,
-        max_accept_slot: 0,
+        max_accept_slot: Slot::ZERO,
         end: ScanEnd::Clean,
     };
     let header_first = match codec::decode_segment_header(bytes) {
@@ -264,7 +264,7 @@ fn scan_bytes(
     let mut pending: Vec<PersistEntry> = Vec::new();
     let mut pending_lsn: Option<u64> = None;
     let mut batch_start = offset;
-    let mut pending_max_accept: Slot = 0;
+    let mut pending_max_accept: Slot = Slot::ZERO;
     while offset < bytes.len() {
         let seen_state = scan.summary.is_some();
         let rest = &bytes[offset..];

@@ -168,7 +168,10 @@ impl Directory {
             self.last_reconfigure.as_ref().is_none_or(|l| l.slot < slot),
             "reconfigurations are applied in slot order"
         );
-        let in_force = self.last_reconfigure.as_ref().map_or(0, |l| l.slot);
+        let in_force = self
+            .last_reconfigure
+            .as_ref()
+            .map_or(Slot::ZERO, |l| l.slot);
         if !r.applies_to(in_force) {
             return false;
         }
@@ -249,7 +252,7 @@ impl Directory {
             None => out.put_u8(0),
             Some(r) => {
                 out.put_u8(1);
-                out.put_u64_le(r.slot);
+                out.put_u64_le(r.slot.0);
                 out.put_u64_le(r.ballot.round);
                 out.put_u32_le(r.ballot.leader.0);
                 for list in [&r.membership.voters, &r.membership.learners] {
@@ -279,7 +282,7 @@ impl Directory {
         let last_reconfigure = match r.u8()? {
             0 => None,
             1 => {
-                let slot = r.u64()?;
+                let slot = Slot(r.u64()?);
                 let round = r.u64()?;
                 let leader = ReplicaId(r.u32()?);
                 let voters = r.ids()?;
@@ -448,7 +451,11 @@ mod tests {
         );
         assert_eq!(d.book()[&ReplicaId(4)], addrs(7010));
         // Once 4 is no longer a member, its addresses may be reused.
-        assert!(d.apply_reconfigure(3, Ballot::new(1, ReplicaId(1)), &reconfigure(0, &[1])));
+        assert!(d.apply_reconfigure(
+            Slot(3),
+            Ballot::new(1, ReplicaId(1)),
+            &reconfigure(Slot::ZERO, &[1])
+        ));
         assert_eq!(
             d.execute(&encode_register(ReplicaId(5), addrs(7010))),
             Ok(())
@@ -468,9 +475,17 @@ mod tests {
     #[test]
     fn a_stale_reconfigure_is_a_no_op() {
         let mut d = Directory::default();
-        assert!(d.apply_reconfigure(2, Ballot::new(5, ReplicaId(1)), &reconfigure(0, &[1, 4])));
+        assert!(d.apply_reconfigure(
+            Slot(2),
+            Ballot::new(5, ReplicaId(1)),
+            &reconfigure(Slot::ZERO, &[1, 4])
+        ));
         // Based on the initial membership, since replaced at slot 2.
-        assert!(!d.apply_reconfigure(3, Ballot::new(5, ReplicaId(1)), &reconfigure(0, &[9])));
+        assert!(!d.apply_reconfigure(
+            Slot(3),
+            Ballot::new(5, ReplicaId(1)),
+            &reconfigure(Slot::ZERO, &[9])
+        ));
         let mut config = paxos_core::Config::new(
             ReplicaId(1),
             Membership::with_voters(vec![ReplicaId(1), ReplicaId(2), ReplicaId(3)]),
@@ -480,7 +495,7 @@ mod tests {
             config.membership,
             Membership::with_voters(vec![ReplicaId(1), ReplicaId(4)])
         );
-        assert_eq!(config.membership_slot, 2);
+        assert_eq!(config.membership_slot, Slot(2));
         assert_eq!(config.membership_ballot, Ballot::new(5, ReplicaId(1)));
     }
 
@@ -490,13 +505,13 @@ mod tests {
         d.execute(&encode_register(ReplicaId(4), addrs(7004)))
             .unwrap();
         let r = Reconfiguration {
-            base: 0,
+            base: Slot::ZERO,
             membership: Membership {
                 voters: vec![ReplicaId(1), ReplicaId(2)],
                 learners: vec![ReplicaId(4)],
             },
         };
-        assert!(d.apply_reconfigure(9, Ballot::new(3, ReplicaId(2)), &r));
+        assert!(d.apply_reconfigure(Slot(9), Ballot::new(3, ReplicaId(2)), &r));
         let mut out = BytesMut::new();
         d.encode(&mut out);
         let back = Directory::decode(&out).unwrap();

@@ -244,7 +244,7 @@ impl<S: StateMachine, C> Node<S, C> {
         } = recovery;
         let (applied, directory) = match checkpoint {
             Some(r) => (r.meta.last_applied, r.directory),
-            None => (0, Directory::default()),
+            None => (Slot::ZERO, Directory::default()),
         };
         let mut core_config = config.core.clone();
         directory.restart_membership(&mut core_config);
@@ -292,7 +292,7 @@ impl<S: StateMachine, C> Node<S, C> {
                 role: Role::Follower,
                 leader: None,
                 ballot: Ballot::ZERO,
-                commit_index: 0,
+                commit_index: Slot::ZERO,
                 applied_index: applied,
                 in_flight: 0,
                 checkpoint_slot: applied,
@@ -485,10 +485,10 @@ impl<S: StateMachine, C> Node<S, C> {
                 self.checkpoint_slot = self.checkpoint_slot.max(slot);
                 self.stats.checkpoints_saved += 1;
                 let through = slot.saturating_sub(self.config.compact_retain);
-                if through > 0 && through <= self.applied {
+                if through > Slot::ZERO && through <= self.applied {
                     self.core.compact(through);
                 }
-                tracing::info!(slot, compacted_through = through, "checkpoint durable");
+                tracing::info!(%slot, compacted_through = %through, "checkpoint durable");
             }
             Err(e) => {
                 tracing::error!(error = %e, "checkpoint failed; will retry at the next interval")
@@ -513,8 +513,8 @@ impl<S: StateMachine, C> Node<S, C> {
                 self.effects.push_back(Effect::InstallCheckpoint { slot })
             }
             Ok(slot) => tracing::info!(
-                slot,
-                applied = self.applied,
+                %slot,
+                applied = %self.applied,
                 "received checkpoint is no longer ahead; not installed"
             ),
             Err(e) => {
@@ -550,8 +550,8 @@ impl<S: StateMachine, C> Node<S, C> {
     ) -> Result<(), NodeError> {
         if slot <= self.applied {
             tracing::info!(
-                slot,
-                applied = self.applied,
+                %slot,
+                applied = %self.applied,
                 "received checkpoint is no longer ahead; not installed"
             );
             return Ok(());
@@ -569,8 +569,13 @@ impl<S: StateMachine, C> Node<S, C> {
         self.directory.restart_membership(&mut core_config);
         // A repair in progress goes on in the new core instance.
         core_config.repair = self.repairing;
-        self.core =
-            paxos_core::Replica::try_new(core_config, durable, slot, self.config.seed ^ slot, now)?;
+        self.core = paxos_core::Replica::try_new(
+            core_config,
+            durable,
+            slot,
+            self.config.seed ^ slot.0,
+            now,
+        )?;
         self.epoch += 1;
         self.abort_all(AbortReason::OutcomeUnknown);
         self.applied = slot;
@@ -583,7 +588,7 @@ impl<S: StateMachine, C> Node<S, C> {
         self.stats.checkpoints_installed += 1;
         self.membership_slot_seen = None;
         tracing::info!(
-            slot,
+            %slot,
             "installed a checkpoint from a peer; the core restarted from it"
         );
         self.refresh_cluster(true);
@@ -731,7 +736,11 @@ impl<S: StateMachine, C> Node<S, C> {
         let membership_slot = match self.directory.last_reconfigure() {
             // A core started from a checkpoint reports slot 0 for the
             // membership it was given; the directory knows its slot.
-            Some(r) if status.membership_slot == 0 && r.membership == status.membership => r.slot,
+            Some(r)
+                if status.membership_slot == Slot::ZERO && r.membership == status.membership =>
+            {
+                r.slot
+            }
             _ => status.membership_slot,
         };
         ClusterView {
@@ -948,7 +957,7 @@ impl<S: StateMachine, C> Node<S, C> {
     /// proposals up to it.
     fn apply(&mut self, now: Time, slot: Slot, ballot: Ballot, value: Value) {
         paxos_contracts::requires!(
-            slot == self.applied + 1,
+            slot == self.applied.next(),
             "apply of slot {} after {}",
             slot,
             self.applied
@@ -983,7 +992,9 @@ impl<S: StateMachine, C> Node<S, C> {
                     }
                 }
                 // The same bytes on every replica, so every replica skips it.
-                Err(e) => tracing::error!(slot, error = %e, "chosen decree is not framed; skipped"),
+                Err(e) => {
+                    tracing::error!(%slot, error = %e, "chosen decree is not framed; skipped")
+                }
             },
             Value::Reconfigure(r) => {
                 self.directory.apply_reconfigure(slot, ballot, r);
@@ -1107,7 +1118,7 @@ impl<S: StateMachine, C> Node<S, C> {
         if !self.config.checkpoints
             || every == 0
             || self.checkpoint_running
-            || slot < self.last_checkpoint_started + every
+            || slot < self.last_checkpoint_started.plus(every)
         {
             return;
         }
@@ -1170,7 +1181,7 @@ impl<S: StateMachine, C> Node<S, C> {
         tracing::info!(%peer, "requesting a checkpoint");
         self.transfer = Some(Transfer {
             peer,
-            slot: 0,
+            slot: Slot::ZERO,
             offset: 0,
             data_len: 0,
             last_progress: now,
@@ -1181,7 +1192,7 @@ impl<S: StateMachine, C> Node<S, C> {
         self.transmit_xfer(
             peer,
             &XferMessage::Request {
-                slot: 0,
+                slot: Slot::ZERO,
                 offset: 0,
                 have,
             },
@@ -1208,7 +1219,7 @@ impl<S: StateMachine, C> Node<S, C> {
             XferMessage::Request { slot, offset, have } => {
                 if !self.config.checkpoints {
                     self.transmit_xfer(from, &XferMessage::None { slot });
-                } else if slot == 0 && self.checkpoint_slot <= have {
+                } else if slot == Slot::ZERO && self.checkpoint_slot <= have {
                     // Our newest checkpoint would not help: the peer is past
                     // it but behind our retained log. Take a fresh one now;
                     // the peer asks again.
@@ -1262,9 +1273,9 @@ impl<S: StateMachine, C> Node<S, C> {
             tracing::warn!(%from, "checkpoint chunk failed its checksum; dropped");
             return;
         }
-        if t.slot == 0 {
+        if t.slot == Slot::ZERO {
             if meta.last_applied <= applied {
-                tracing::info!(%from, slot = meta.last_applied, applied, "peer's checkpoint is not ahead of ours");
+                tracing::info!(%from, slot = %meta.last_applied, %applied, "peer's checkpoint is not ahead of ours");
                 self.abandon_transfer();
                 return;
             }
@@ -1328,7 +1339,7 @@ impl<S: StateMachine, C> Node<S, C> {
         }
         if membership_changed {
             tracing::info!(
-                slot = status.membership_slot,
+                slot = %status.membership_slot,
                 membership = %membership_text(&status.membership),
                 "membership in force"
             );

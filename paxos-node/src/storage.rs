@@ -311,7 +311,7 @@ pub fn serve_chunk(
     let Ok(slots) = store.list() else {
         return none;
     };
-    let found = if slot == 0 {
+    let found = if slot == Slot::ZERO {
         slots.last().copied()
     } else {
         slots.into_iter().find(|&s| s == slot)

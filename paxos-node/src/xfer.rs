@@ -74,9 +74,9 @@ pub fn encode(msg: &XferMessage) -> Bytes {
     match msg {
         XferMessage::Request { slot, offset, have } => {
             out.put_u8(1);
-            out.put_u64_le(*slot);
+            out.put_u64_le(slot.0);
             out.put_u64_le(*offset);
-            out.put_u64_le(*have);
+            out.put_u64_le(have.0);
         }
         XferMessage::Chunk {
             meta,
@@ -86,7 +86,7 @@ pub fn encode(msg: &XferMessage) -> Bytes {
             let m = &meta.membership;
             out.reserve(64 + 4 * (m.voters.len() + m.learners.len()) + chunk.data.len());
             out.put_u8(4);
-            out.put_u64_le(meta.last_applied);
+            out.put_u64_le(meta.last_applied.0);
             out.put_u64_le(meta.ballot.round);
             out.put_u32_le(meta.ballot.leader.0);
             for list in [&m.voters, &m.learners] {
@@ -102,7 +102,7 @@ pub fn encode(msg: &XferMessage) -> Bytes {
         }
         XferMessage::None { slot } => {
             out.put_u8(3);
-            out.put_u64_le(*slot);
+            out.put_u64_le(slot.0);
         }
     }
     out.freeze()
@@ -124,14 +124,14 @@ pub fn decode(mut bytes: Bytes) -> Result<XferMessage, XferError> {
     match bytes.get_u8() {
         1 => {
             need(&bytes, 24)?;
-            let slot = bytes.get_u64_le();
+            let slot = Slot(bytes.get_u64_le());
             let offset = bytes.get_u64_le();
-            let have = bytes.get_u64_le();
+            let have = Slot(bytes.get_u64_le());
             Ok(XferMessage::Request { slot, offset, have })
         }
         4 => {
             need(&bytes, 24)?;
-            let slot = bytes.get_u64_le();
+            let slot = Slot(bytes.get_u64_le());
             let round = bytes.get_u64_le();
             let leader = bytes.get_u32_le();
             let ids = |bytes: &mut Bytes| {
@@ -174,7 +174,7 @@ pub fn decode(mut bytes: Bytes) -> Result<XferMessage, XferError> {
         3 => {
             need(&bytes, 8)?;
             Ok(XferMessage::None {
-                slot: bytes.get_u64_le(),
+                slot: Slot(bytes.get_u64_le()),
             })
         }
         _ => Err(XferError("unknown kind")),
@@ -191,14 +191,14 @@ mod tests {
         let data = Bytes::from_static(b"some checkpoint bytes");
         let msgs = vec![
             XferMessage::Request {
-                slot: 0,
+                slot: Slot::ZERO,
                 offset: 7,
-                have: 3,
+                have: Slot(3),
             },
-            XferMessage::None { slot: 9 },
+            XferMessage::None { slot: Slot(9) },
             XferMessage::Chunk {
                 meta: CheckpointMeta {
-                    last_applied: 42,
+                    last_applied: Slot(42),
                     ballot: Ballot::new(3, ReplicaId(2)),
                     membership: Membership {
                         voters: vec![ReplicaId(1), ReplicaId(2), ReplicaId(3)],
@@ -220,7 +220,7 @@ mod tests {
         }
         let mut core = BytesMut::new();
         paxos_core::codec::encode(
-            &paxos_core::Message::Fetch(paxos_core::msg::Fetch { from_slot: 1 }),
+            &paxos_core::Message::Fetch(paxos_core::msg::Fetch { from_slot: Slot(1) }),
             &mut core,
         );
         assert!(!is_xfer(&core), "core messages are told apart");

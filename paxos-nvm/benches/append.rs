@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use paxos_core::{Accepted, Ballot, PersistEntry, ReplicaId, Value};
+use paxos_core::{Accepted, Ballot, PersistEntry, ReplicaId, Slot, Value};
 use paxos_log::ReplicaStorage;
 use paxos_nvm::layout::LOG_AREA_OFFSET;
 use paxos_nvm::region::{FileBackend, FileRegion};
@@ -95,22 +95,23 @@ fn storage_append(c: &mut Criterion) {
         let (storage, _) = NvmStorage::format_region(region, &opts, label.into()).unwrap();
         let ballot = Ballot::new(1, ReplicaId(1));
         let value = Bytes::from_static(&RECORD);
-        let mut slot = 0u64;
+        let mut n = 0u64;
         group.bench_function(BenchmarkId::from_parameter(label), |b| {
             b.iter(|| {
-                slot += 1;
+                n += 1;
+                let slot = Slot(n);
                 let accept = PersistEntry::Accept(Accepted {
                     slot,
                     ballot,
                     value: Value::Requests(value.clone()),
                 });
-                if slot % 1000 == 0 {
+                if n % 1000 == 0 {
                     // A checkpoint every 1000 slots keeps the live state bounded.
                     storage
                         .append(&[
                             accept,
                             PersistEntry::Commit(slot),
-                            PersistEntry::Truncate(slot - 100),
+                            PersistEntry::Truncate(slot.saturating_sub(100)),
                         ])
                         .unwrap();
                 } else {
@@ -138,22 +139,23 @@ fn storage_group_append(c: &mut Criterion) {
         let (storage, _) = NvmStorage::format_region(region, &opts, label.into()).unwrap();
         let ballot = Ballot::new(1, ReplicaId(1));
         let value = Bytes::from_static(&RECORD);
-        let mut slot = 0u64;
+        let mut n = 0u64;
         group.bench_function(BenchmarkId::from_parameter(label), |b| {
             b.iter(|| {
                 for _ in 0..GROUP {
-                    slot += 1;
+                    n += 1;
+                    let slot = Slot(n);
                     let accept = PersistEntry::Accept(Accepted {
                         slot,
                         ballot,
                         value: Value::Requests(value.clone()),
                     });
-                    if slot % 1000 == 0 {
+                    if n % 1000 == 0 {
                         storage
                             .append(&[
                                 accept,
                                 PersistEntry::Commit(slot),
-                                PersistEntry::Truncate(slot - 100),
+                                PersistEntry::Truncate(slot.saturating_sub(100)),
                             ])
                             .unwrap();
                     } else {
@@ -162,7 +164,7 @@ fn storage_group_append(c: &mut Criterion) {
                 }
                 assert_eq!(
                     storage.durable_seq(),
-                    slot,
+                    n,
                     "the 16th append commits the group"
                 );
             })

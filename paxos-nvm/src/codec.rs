@@ -17,7 +17,8 @@
 
 use bytes::{BufMut, Bytes};
 use paxos_core::{
-    Accepted, Ballot, DurableState, Membership, PersistEntry, Reconfiguration, ReplicaId, Value,
+    Accepted, Ballot, DurableState, Membership, PersistEntry, Reconfiguration, ReplicaId, Slot,
+    Value,
 };
 
 const KIND_BATCH: u8 = 1;
@@ -32,13 +33,17 @@ pub enum Payload {
     Snapshot(DurableState),
 }
 
+fn put_slot(out: &mut Vec<u8>, s: Slot) {
+    out.put_u64_le(s.0);
+}
+
 fn put_ballot(out: &mut Vec<u8>, b: &Ballot) {
     out.put_u64_le(b.round);
     out.put_u32_le(b.leader.0);
 }
 
 fn put_accepted(out: &mut Vec<u8>, a: &Accepted) {
-    out.put_u64_le(a.slot);
+    put_slot(out, a.slot);
     put_ballot(out, &a.ballot);
     match &a.value {
         Value::Noop => out.put_u8(0),
@@ -51,7 +56,7 @@ fn put_accepted(out: &mut Vec<u8>, a: &Accepted) {
             // Tag 3 carries the base slot (tag 2, without it, is no longer
             // written).
             out.put_u8(3);
-            out.put_u64_le(r.base);
+            put_slot(out, r.base);
             let m = &r.membership;
             for list in [&m.voters, &m.learners] {
                 out.put_u32_le(list.len() as u32);
@@ -83,11 +88,11 @@ pub fn encode_batch(entries: &[PersistEntry], out: &mut Vec<u8>) {
             }
             PersistEntry::Commit(s) => {
                 out.put_u8(3);
-                out.put_u64_le(*s);
+                put_slot(out, *s);
             }
             PersistEntry::Truncate(s) => {
                 out.put_u8(4);
-                out.put_u64_le(*s);
+                put_slot(out, *s);
             }
         }
     }
@@ -97,8 +102,8 @@ pub fn encode_batch(entries: &[PersistEntry], out: &mut Vec<u8>) {
 pub fn encode_snapshot(state: &DurableState, out: &mut Vec<u8>) {
     out.put_u8(KIND_SNAPSHOT);
     put_ballot(out, &state.promised);
-    out.put_u64_le(state.commit_index);
-    out.put_u64_le(state.truncated_through);
+    put_slot(out, state.commit_index);
+    put_slot(out, state.truncated_through);
     out.put_u32_le(state.accepted.len() as u32);
     for a in state.accepted.values() {
         put_accepted(out, a);
@@ -151,6 +156,9 @@ impl Reader {
         w.copy_from_slice(&b);
         Ok(u64::from_le_bytes(w))
     }
+    fn slot(&mut self) -> Result<Slot, CodecError> {
+        self.u64().map(Slot)
+    }
     /// A count of items of at least `min_item` bytes each, checked against
     /// the bytes left so a corrupt count cannot cause a huge allocation.
     fn count(&mut self, min_item: usize) -> Result<usize, CodecError> {
@@ -172,7 +180,7 @@ impl Reader {
         (0..n).map(|_| Ok(ReplicaId(self.u32()?))).collect()
     }
     fn accepted(&mut self) -> Result<Accepted, CodecError> {
-        let slot = self.u64()?;
+        let slot = self.slot()?;
         let ballot = self.ballot()?;
         let value = match self.u8()? {
             0 => Value::Noop,
@@ -181,7 +189,7 @@ impl Reader {
                 Value::Requests(self.take(len)?)
             }
             3 => {
-                let base = self.u64()?;
+                let base = self.slot()?;
                 let voters = self.ids()?;
                 let learners = self.ids()?;
                 Value::Reconfigure(Reconfiguration {
@@ -210,8 +218,8 @@ pub fn decode(buf: Bytes) -> Result<Payload, CodecError> {
                 entries.push(match r.u8()? {
                     1 => PersistEntry::Promise(r.ballot()?),
                     2 => PersistEntry::Accept(r.accepted()?),
-                    3 => PersistEntry::Commit(r.u64()?),
-                    4 => PersistEntry::Truncate(r.u64()?),
+                    3 => PersistEntry::Commit(r.slot()?),
+                    4 => PersistEntry::Truncate(r.slot()?),
                     t => return r.fail(format!("unknown entry tag {t}")),
                 });
             }
@@ -219,8 +227,8 @@ pub fn decode(buf: Bytes) -> Result<Payload, CodecError> {
         }
         KIND_SNAPSHOT => {
             let promised = r.ballot()?;
-            let commit_index = r.u64()?;
-            let truncated_through = r.u64()?;
+            let commit_index = r.slot()?;
+            let truncated_through = r.slot()?;
             let n = r.count(21)?;
             let mut state = DurableState {
                 promised,
@@ -260,7 +268,7 @@ pub(crate) mod tests {
             proptest::collection::vec(any::<u8>(), 0..120)
                 .prop_map(|v| Value::Requests(Bytes::from(v))),
             (1u32..6, any::<u64>()).prop_map(|(n, base)| Value::Reconfigure(Reconfiguration {
-                base,
+                base: Slot(base),
                 membership: Membership::with_voters((1..=n).map(ReplicaId).collect()),
             })),
         ]
@@ -269,10 +277,10 @@ pub(crate) mod tests {
     pub(crate) fn arb_entry() -> impl Strategy<Value = PersistEntry> {
         prop_oneof![
             1 => arb_ballot().prop_map(PersistEntry::Promise),
-            4 => (1u64..40, arb_ballot(), arb_value())
+            4 => ((1u64..40).prop_map(Slot), arb_ballot(), arb_value())
                 .prop_map(|(slot, ballot, value)| PersistEntry::Accept(Accepted { slot, ballot, value })),
-            1 => (0u64..40).prop_map(PersistEntry::Commit),
-            1 => (0u64..40).prop_map(PersistEntry::Truncate),
+            1 => (0u64..40).prop_map(|s| PersistEntry::Commit(Slot(s))),
+            1 => (0u64..40).prop_map(|s| PersistEntry::Truncate(Slot(s))),
         ]
     }
 

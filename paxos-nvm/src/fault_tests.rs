@@ -9,7 +9,7 @@ use crate::record::RECORD_HEADER_LEN;
 use crate::sim_region::{SimRegion, SimRegionCounters, SimRegionFaults};
 use crate::{NvmOptions, NvmStorage, PmRegion};
 use bytes::Bytes;
-use paxos_core::{Accepted, Ballot, DurableState, PersistEntry, ReplicaId, Value};
+use paxos_core::{Accepted, Ballot, DurableState, PersistEntry, ReplicaId, Slot, Value};
 use paxos_log::sim_fs::CrashPolicy;
 use paxos_log::{CorruptionPolicy, ReplicaStorage, StorageError};
 
@@ -26,11 +26,11 @@ fn salvage() -> NvmOptions {
     opts(CorruptionPolicy::Salvage)
 }
 
-fn accept(slot: u64, len: usize) -> PersistEntry {
+fn accept(slot: Slot, len: usize) -> PersistEntry {
     PersistEntry::Accept(Accepted {
         slot,
         ballot: Ballot::new(1, ReplicaId(1)),
-        value: Value::Requests(Bytes::from(vec![slot as u8 | 1; len])),
+        value: Value::Requests(Bytes::from(vec![slot.0 as u8 | 1; len])),
     })
 }
 
@@ -52,7 +52,7 @@ fn with_appends(n: u64) -> (SimRegion, Vec<Vec<PersistEntry>>) {
     let region = SimRegion::new(16 << 10, SimRegionFaults::default());
     let (s, _) =
         NvmStorage::format_region(Box::new(region.clone()), &salvage(), "sim".into()).unwrap();
-    let batches: Vec<Vec<PersistEntry>> = (1..=n).map(|s| vec![accept(s, 40)]).collect();
+    let batches: Vec<Vec<PersistEntry>> = (1..=n).map(|s| vec![accept(Slot(s), 40)]).collect();
     for b in &batches {
         s.append(b).unwrap();
     }
@@ -94,7 +94,7 @@ fn a_damaged_record_is_cut_at_and_reported_until_cleared() {
     );
     assert!(damage[0].may_have_lost_acknowledged && damage[0].set_aside.is_empty());
     assert_eq!(
-        s.append(&[accept(9, 10)]).unwrap(),
+        s.append(&[accept(Slot(9), 10)]).unwrap(),
         4,
         "appends continue after the prefix"
     );
@@ -132,7 +132,7 @@ fn an_unreadable_record_is_damage_not_an_error() {
     assert!(s.recovery_damage()[0].reason.contains("unreadable"));
     // New appends overwrite (and so clear) the poisoned word.
     for slot in 10..14 {
-        s.append(&[accept(slot, 40)]).unwrap();
+        s.append(&[accept(Slot(slot), 40)]).unwrap();
     }
     drop(s);
     let (_, state) = open(&region, &salvage()).unwrap();
@@ -163,7 +163,7 @@ fn a_damaged_active_copy_falls_back_to_its_twin() {
     let (region, batches) = with_appends(4);
     // Opening mirrors the metadata; one more commit makes the copies differ.
     let (s, _) = open(&region, &salvage()).unwrap();
-    s.append(&[accept(20, 8)]).unwrap();
+    s.append(&[accept(Slot(20), 8)]).unwrap();
     drop(s);
     let cdb = {
         let mut w = [0u8; 8];
@@ -191,7 +191,7 @@ fn damaged_global_metadata_formats_anew_and_open_copies_the_file_aside() {
     };
     let (s, _) = NvmStorage::open(&path, options.clone()).unwrap();
     for slot in 1..=3 {
-        s.append(&[accept(slot, 20)]).unwrap();
+        s.append(&[accept(Slot(slot), 20)]).unwrap();
     }
     drop(s);
     let mut bytes = std::fs::read(&path).unwrap();
@@ -219,7 +219,7 @@ fn damaged_global_metadata_formats_anew_and_open_copies_the_file_aside() {
         bytes,
         "the damaged region, as it was"
     );
-    assert_eq!(s.append(&[accept(1, 5)]).unwrap(), 1);
+    assert_eq!(s.append(&[accept(Slot(1), 5)]).unwrap(), 1);
     drop(s);
     let (s, state) = NvmStorage::open(&path, options).unwrap();
     assert_eq!(state.accepted.len(), 1);
@@ -308,9 +308,9 @@ fn random_batch(rng: &mut Rng) -> Vec<PersistEntry> {
     (0..1 + rng.below(3))
         .map(|_| match rng.below(10) {
             0 => PersistEntry::Promise(Ballot::new(rng.below(5), ReplicaId(1))),
-            1 => PersistEntry::Commit(rng.below(60)),
-            2 => PersistEntry::Truncate(rng.below(50)),
-            _ => accept(1 + rng.below(60), rng.below(120) as usize),
+            1 => PersistEntry::Commit(Slot(rng.below(60))),
+            2 => PersistEntry::Truncate(Slot(rng.below(50))),
+            _ => accept(Slot(1 + rng.below(60)), rng.below(120) as usize),
         })
         .collect()
 }

@@ -38,7 +38,7 @@
 //! let (storage, recovered) = NvmStorage::open(&path, options).unwrap();
 //! // `recovered` is the DurableState to start paxos-core from.
 //! assert_eq!(recovered, Default::default());
-//! let seq = storage.append(&[paxos_core::PersistEntry::Commit(0)]).unwrap();
+//! let seq = storage.append(&[paxos_core::PersistEntry::Commit(paxos_core::Slot::ZERO)]).unwrap();
 //! assert_eq!(storage.durable_seq(), seq);
 //! println!("durability: {}", storage.region_kind());
 //! ```

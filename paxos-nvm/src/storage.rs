@@ -1103,8 +1103,12 @@ mod tests {
         let b = Ballot::new(3, ReplicaId(2));
         assert_eq!(s.append(&[PersistEntry::Promise(b)]).unwrap(), 1);
         assert_eq!(
-            s.append(&[accept(1, b"x"), accept(2, b"y"), PersistEntry::Commit(1)])
-                .unwrap(),
+            s.append(&[
+                accept(Slot(1), b"x"),
+                accept(Slot(2), b"y"),
+                PersistEntry::Commit(Slot(1))
+            ])
+            .unwrap(),
             2
         );
         assert_eq!(s.durable_seq(), 2);
@@ -1117,18 +1121,21 @@ mod tests {
         let (s2, recovered) = reopen(s);
         assert_eq!(recovered, expected);
         assert_eq!(recovered.promised, b);
-        assert_eq!(s2.read_accepted(2, 10).unwrap().len(), 1);
-        assert_eq!(s2.read_accepted(0, 1).unwrap()[0].slot, 1);
+        assert_eq!(s2.read_accepted(Slot(2), 10).unwrap().len(), 1);
+        assert_eq!(s2.read_accepted(Slot::ZERO, 1).unwrap()[0].slot, Slot(1));
     }
 
     #[test]
     fn compaction_keeps_the_log_bounded_and_the_state_exact() {
         let (s, _) = volatile(4096);
         for slot in 1..=400u64 {
-            s.append(&[accept(slot, &[slot as u8; 50])]).unwrap();
+            s.append(&[accept(Slot(slot), &[slot as u8; 50])]).unwrap();
             if slot % 10 == 0 {
-                s.append(&[PersistEntry::Commit(slot), PersistEntry::Truncate(slot - 5)])
-                    .unwrap();
+                s.append(&[
+                    PersistEntry::Commit(Slot(slot)),
+                    PersistEntry::Truncate(Slot(slot - 5)),
+                ])
+                .unwrap();
             }
         }
         let stats = s.stats();
@@ -1146,7 +1153,7 @@ mod tests {
         let mut last_ok = DurableState::default();
         let mut full = false;
         for slot in 1..=200u64 {
-            match s.append(&[accept(slot, &[1u8; 60])]) {
+            match s.append(&[accept(Slot(slot), &[1u8; 60])]) {
                 Ok(_) => last_ok = s.state(),
                 Err(StorageError::Full(_)) => {
                     full = true;
@@ -1161,8 +1168,8 @@ mod tests {
         );
         assert_eq!(s.state(), last_ok, "the failed append changed nothing");
         // Truncation frees the space again.
-        s.append(&[PersistEntry::Truncate(1000)]).unwrap();
-        s.append(&[accept(1001, &[1u8; 60])]).unwrap();
+        s.append(&[PersistEntry::Truncate(Slot(1000))]).unwrap();
+        s.append(&[accept(Slot(1001), &[1u8; 60])]).unwrap();
         let expected = s.state();
         assert_eq!(reopen(s).1, expected);
     }
@@ -1171,7 +1178,7 @@ mod tests {
     fn oversized_appends_are_refused() {
         let (s, _) = volatile(4096);
         assert!(matches!(
-            s.append(&[accept(1, &[0u8; 2000])]),
+            s.append(&[accept(Slot(1), &[0u8; 2000])]),
             Err(StorageError::Full(_))
         ));
         assert_eq!(s.durable_seq(), 0);
@@ -1189,7 +1196,7 @@ mod tests {
         let (s, st) = NvmStorage::open(&path, opts.clone()).unwrap();
         assert_eq!(st, DurableState::default());
         assert_eq!(s.region_kind(), RegionKind::MsyncFile);
-        s.append(&[accept(7, b"seven"), PersistEntry::Commit(7)])
+        s.append(&[accept(Slot(7), b"seven"), PersistEntry::Commit(Slot(7))])
             .unwrap();
         let expected = s.state();
         assert!(
@@ -1237,9 +1244,9 @@ mod tests {
             })
         };
         for slot in 1..=500u64 {
-            let mut batch = vec![accept(slot, &[slot as u8; 30])];
+            let mut batch = vec![accept(Slot(slot), &[slot as u8; 30])];
             if slot % 50 == 0 {
-                batch.push(PersistEntry::Truncate(slot - 10));
+                batch.push(PersistEntry::Truncate(Slot(slot - 10)));
             }
             let seq = s.append(&batch).unwrap();
             assert!(s.durable_seq() <= seq);
@@ -1317,8 +1324,8 @@ mod tests {
     #[test]
     fn a_corrupt_record_fails_open_with_its_position() {
         let (s, _) = volatile(4096);
-        s.append(&[accept(1, b"first")]).unwrap();
-        s.append(&[accept(2, b"second")]).unwrap();
+        s.append(&[accept(Slot(1), b"first")]).unwrap();
+        s.append(&[accept(Slot(2), b"second")]).unwrap();
         let mut bytes = vec![0u8; 4096];
         let region = s.into_region();
         region.read(0, &mut bytes).unwrap();
@@ -1348,32 +1355,36 @@ mod tests {
         let (s, _) =
             NvmStorage::format_region(Box::new(VolatileRegion::new(4096)), &opts, "g".into())
                 .unwrap();
-        assert_eq!(s.append(&[accept(1, b"a")]).unwrap(), 1);
-        assert_eq!(s.append(&[accept(2, b"b")]).unwrap(), 2);
+        assert_eq!(s.append(&[accept(Slot(1), b"a")]).unwrap(), 1);
+        assert_eq!(s.append(&[accept(Slot(2), b"b")]).unwrap(), 2);
         assert_eq!(s.durable_seq(), 0, "pending appends are not durable");
-        assert_eq!(s.read_accepted(0, 10).unwrap().len(), 2, "but are served");
+        assert_eq!(
+            s.read_accepted(Slot::ZERO, 10).unwrap().len(),
+            2,
+            "but are served"
+        );
         s.wait_durable(1).unwrap();
         assert_eq!(s.durable_seq(), 2, "one commit covered both");
         assert_eq!(s.stats().commits, 1);
         for slot in 3..=6 {
-            s.append(&[accept(slot, b"c")]).unwrap();
+            s.append(&[accept(Slot(slot), b"c")]).unwrap();
         }
         assert_eq!(
             s.durable_seq(),
             6,
             "the 4th pending append commits the group"
         );
-        s.append(&[accept(7, b"lost")]).unwrap();
+        s.append(&[accept(Slot(7), b"lost")]).unwrap();
         let durable_state = {
             let mut st = s.state();
-            st.accepted.remove(&7);
+            st.accepted.remove(&Slot(7));
             st
         };
         // Dropping with a pending append loses it, like a crash.
         let (s2, recovered) = NvmStorage::open_region(s.into_region(), &opts, "g".into()).unwrap();
         assert_eq!(recovered, durable_state);
         assert_eq!(s2.durable_seq(), 6, "sequence numbers continue");
-        assert_eq!(s2.append(&[accept(7, b"kept")]).unwrap(), 7);
+        assert_eq!(s2.append(&[accept(Slot(7), b"kept")]).unwrap(), 7);
         assert_eq!(s2.commit_pending().unwrap(), 7);
         let (_, again) = NvmStorage::open_region(s2.into_region(), &opts, "g".into()).unwrap();
         assert_eq!(again.accepted.len(), 7);

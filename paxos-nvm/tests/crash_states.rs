@@ -6,7 +6,7 @@
 //! being committed, and never a mix.
 
 use bytes::Bytes;
-use paxos_core::{Accepted, Ballot, Membership, PersistEntry, ReplicaId, Value};
+use paxos_core::{Accepted, Ballot, Membership, PersistEntry, ReplicaId, Slot, Value};
 use paxos_log::{ReplicaStorage, StorageError};
 use paxos_nvm::crash_model::{PmEvent, PmState, RecordingRegion};
 use paxos_nvm::layout::{CDB_OFFSET, DAMAGE_LEN, DAMAGE_OFFSET, LOG_AREA_OFFSET, META_OFFSETS};
@@ -286,16 +286,16 @@ fn arb_entry() -> impl Strategy<Value = PersistEntry> {
         Just(Value::Noop),
         proptest::collection::vec(any::<u8>(), 0..60).prop_map(|v| Value::Requests(Bytes::from(v))),
         Just(Value::Reconfigure(paxos_core::Reconfiguration {
-            base: 3,
+            base: Slot(3),
             membership: Membership::with_voters(vec![ReplicaId(1), ReplicaId(2)]),
         })),
     ];
     prop_oneof![
         1 => ballot.clone().prop_map(PersistEntry::Promise),
-        5 => (1u64..30, ballot, value)
+        5 => ((1u64..30).prop_map(Slot), ballot, value)
             .prop_map(|(slot, ballot, value)| PersistEntry::Accept(Accepted { slot, ballot, value })),
-        1 => (0u64..30).prop_map(PersistEntry::Commit),
-        1 => (0u64..30).prop_map(PersistEntry::Truncate),
+        1 => (0u64..30).prop_map(|s| PersistEntry::Commit(Slot(s))),
+        1 => (0u64..30).prop_map(|s| PersistEntry::Truncate(Slot(s))),
     ]
 }
 
@@ -451,15 +451,16 @@ proptest! {
 fn crashes_inside_compactions_recover_a_consistent_state() {
     let b = Ballot::new(1, ReplicaId(1));
     let ops: Vec<StorageOp> = (1..=60u64)
-        .map(|slot| {
+        .map(|n| {
+            let slot = Slot(n);
             let mut batch = vec![PersistEntry::Accept(Accepted {
                 slot,
                 ballot: b,
-                value: Value::Requests(Bytes::from(vec![slot as u8; 20])),
+                value: Value::Requests(Bytes::from(vec![n as u8; 20])),
             })];
-            if slot % 8 == 0 {
+            if n % 8 == 0 {
                 batch.push(PersistEntry::Commit(slot));
-                batch.push(PersistEntry::Truncate(slot - 4));
+                batch.push(PersistEntry::Truncate(slot.saturating_sub(4)));
             }
             StorageOp::Append(batch)
         })

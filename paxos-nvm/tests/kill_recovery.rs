@@ -33,8 +33,8 @@ fn options() -> NvmOptions {
 
 fn value_for(slot: Slot) -> Value {
     Value::Requests(Bytes::from(vec![
-        (slot % 251) as u8;
-        600 + (slot % 7) as usize
+        (slot.0 % 251) as u8;
+        600 + (slot.0 % 7) as usize
     ]))
 }
 
@@ -45,9 +45,9 @@ fn entries_for(slot: Slot) -> Vec<PersistEntry> {
         ballot,
         value: value_for(slot),
     })];
-    if slot % COMMIT_EVERY == 0 {
+    if slot.0 % COMMIT_EVERY == 0 {
         entries.push(PersistEntry::Commit(slot));
-        entries.push(PersistEntry::Truncate(slot - KEEP));
+        entries.push(PersistEntry::Truncate(slot.saturating_sub(KEEP)));
     }
     entries
 }
@@ -63,7 +63,7 @@ fn last_slot(state: &DurableState) -> Slot {
 
 fn child(path: &Path) {
     let (storage, state) = NvmStorage::open(path, options()).expect("child opens the region");
-    let mut slot = last_slot(&state) + 1;
+    let mut slot = last_slot(&state).next();
     loop {
         if let Err(e) = storage.append(&entries_for(slot)) {
             eprintln!("child: append of slot {slot} failed: {e}");
@@ -71,14 +71,16 @@ fn child(path: &Path) {
         }
         // Only after `append` returned (durable): acknowledge.
         println!("{slot}");
-        slot += 1;
+        slot = slot.next();
     }
 }
 
 /// The state a crash after the append of `last` must recover.
 fn expected_state(last: Slot) -> DurableState {
     let mut s = DurableState::default();
-    (1..=last).for_each(|slot| entries_for(slot).iter().for_each(|e| s.apply(e)));
+    Slot::FIRST
+        .through(last)
+        .for_each(|slot| entries_for(slot).iter().for_each(|e| s.apply(e)));
     s
 }
 
@@ -86,7 +88,7 @@ fn parent() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("killed.nvm");
     let exe = std::env::current_exe().expect("current exe");
-    let mut acknowledged: Slot = 0;
+    let mut acknowledged: Slot = Slot::ZERO;
     let mut compactions_seen = false;
     for round in 0..6u64 {
         let mut child = Command::new(&exe)
@@ -97,9 +99,9 @@ fn parent() {
             .expect("spawn child");
         let stdout = child.stdout.take().expect("piped stdout");
         let reader = std::thread::spawn(move || {
-            let mut last = 0;
+            let mut last = Slot::ZERO;
             for line in BufReader::new(stdout).lines() {
-                match line.ok().and_then(|l| l.trim().parse::<Slot>().ok()) {
+                match line.ok().and_then(|l| l.trim().parse().ok().map(Slot)) {
                     Some(s) => last = s,
                     None => break,
                 }
@@ -125,7 +127,7 @@ fn parent() {
             "round {round}: acknowledged append {acknowledged} lost (recovered up to {last})"
         );
         assert!(
-            last <= acknowledged + 1,
+            last <= acknowledged.next(),
             "round {round}: recovered {last}, never appended"
         );
         assert_eq!(
@@ -142,7 +144,7 @@ fn parent() {
         );
     }
     assert!(
-        acknowledged > 20,
+        acknowledged > Slot(20),
         "children made too little progress ({acknowledged}) to test anything"
     );
     println!("kill_recovery: ok (wrapped the circular log: {compactions_seen})");

@@ -191,7 +191,7 @@ impl Checker {
         self.reconfigs
             .iter()
             .next_back()
-            .map_or((0, &self.initial), |(s, m)| (*s, m))
+            .map_or((Slot::ZERO, &self.initial), |(s, m)| (*s, m))
     }
 
     /// Records that `id`'s disk now holds a vote for `value` at `slot` in
@@ -304,7 +304,11 @@ impl Checker {
 
     /// The highest slot applied anywhere.
     pub fn max_chosen(&self) -> Slot {
-        self.chosen.keys().next_back().copied().unwrap_or(0)
+        self.chosen
+            .keys()
+            .next_back()
+            .copied()
+            .unwrap_or(Slot::ZERO)
     }
 
     /// The number of acknowledged attempts.
@@ -327,7 +331,7 @@ impl Checker {
         value: &Value,
         now_us: u64,
     ) -> Result<(), Failure> {
-        if slot != applied_through + 1 {
+        if slot != applied_through.next() {
             return Err(Failure::new(
                 FailureKind::NonContiguousApply,
                 format!("{id} applied slot {slot} after slot {applied_through}"),
@@ -364,7 +368,7 @@ impl Checker {
                         .reconfigs
                         .range(..slot)
                         .next_back()
-                        .map_or(0, |(s, _)| *s);
+                        .map_or(Slot::ZERO, |(s, _)| *s);
                     if r.applies_to(in_force) {
                         self.reconfigs.insert(slot, r.membership.clone());
                     }
@@ -442,7 +446,7 @@ impl Checker {
 
     /// Checks a `StatusChanged` report.
     pub fn on_status(&mut self, status: &Status) -> Result<(), Failure> {
-        if status.membership_slot > 0 {
+        if status.membership_slot > Slot::ZERO {
             if let Some((chosen, _)) = self.chosen.get(&status.membership_slot) {
                 let installs = matches!(chosen, Value::Reconfigure(r)
                     if r.membership == status.membership
@@ -565,9 +569,9 @@ mod tests {
         c.note_issued(request(2));
         let a = framed(1, DecreeKind::Client, &[request(1)]);
         let b = framed(1, DecreeKind::Client, &[request(2)]);
-        c.on_apply(r(1), 0, 1, &a, 0).unwrap();
-        c.on_apply(r(2), 0, 1, &a, 0).unwrap();
-        let err = c.on_apply(r(3), 0, 1, &b, 0).unwrap_err();
+        c.on_apply(r(1), Slot::ZERO, Slot(1), &a, 0).unwrap();
+        c.on_apply(r(2), Slot::ZERO, Slot(1), &a, 0).unwrap();
+        let err = c.on_apply(r(3), Slot::ZERO, Slot(1), &b, 0).unwrap_err();
         assert_eq!(err.kind, FailureKind::Agreement);
         assert!(
             err.detail.contains("decree #1") && err.detail.contains("decree #2"),
@@ -582,35 +586,39 @@ mod tests {
         // Slot 1 moves the voters to {2, 3, 4}; it is governed by {1, 2, 3}.
         let next = Membership::with_voters(vec![r(2), r(3), r(4)]);
         let reconf = Value::Reconfigure(paxos_core::Reconfiguration {
-            base: 0,
+            base: Slot::ZERO,
             membership: next.clone(),
         });
-        c.record_vote(r(1), 1, b(1), &reconf).unwrap();
+        c.record_vote(r(1), Slot(1), b(1), &reconf).unwrap();
         assert_eq!(
-            c.check_quorum(r(1), 1, &reconf).unwrap_err().kind,
+            c.check_quorum(r(1), Slot(1), &reconf).unwrap_err().kind,
             FailureKind::Quorum
         );
-        c.record_vote(r(2), 1, b(1), &reconf).unwrap();
-        c.check_quorum(r(1), 1, &reconf).unwrap();
-        c.on_apply(r(1), 0, 1, &reconf, 0).unwrap();
-        assert_eq!(c.governing(1).voters, vec![r(1), r(2), r(3)]);
-        assert_eq!(c.governing(2), &next);
-        assert_eq!(c.latest_membership(), (1, &next));
+        c.record_vote(r(2), Slot(1), b(1), &reconf).unwrap();
+        c.check_quorum(r(1), Slot(1), &reconf).unwrap();
+        c.on_apply(r(1), Slot::ZERO, Slot(1), &reconf, 0).unwrap();
+        assert_eq!(c.governing(Slot(1)).voters, vec![r(1), r(2), r(3)]);
+        assert_eq!(c.governing(Slot(2)), &next);
+        assert_eq!(c.latest_membership(), (Slot(1), &next));
         // Slot 2: votes of 1 (removed) and 2 are not a quorum of {2, 3, 4}.
-        c.record_vote(r(1), 2, b(1), &Value::Noop).unwrap();
-        c.record_vote(r(2), 2, b(1), &Value::Noop).unwrap();
+        c.record_vote(r(1), Slot(2), b(1), &Value::Noop).unwrap();
+        c.record_vote(r(2), Slot(2), b(1), &Value::Noop).unwrap();
         assert_eq!(
-            c.check_quorum(r(2), 2, &Value::Noop).unwrap_err().kind,
+            c.check_quorum(r(2), Slot(2), &Value::Noop)
+                .unwrap_err()
+                .kind,
             FailureKind::Quorum
         );
         // Votes in two different ballots do not add up either.
-        c.record_vote(r(4), 2, b(2), &Value::Noop).unwrap();
-        assert!(c.check_quorum(r(2), 2, &Value::Noop).is_err());
-        c.record_vote(r(4), 2, b(1), &Value::Noop).unwrap();
-        c.check_quorum(r(2), 2, &Value::Noop).unwrap();
+        c.record_vote(r(4), Slot(2), b(2), &Value::Noop).unwrap();
+        assert!(c.check_quorum(r(2), Slot(2), &Value::Noop).is_err());
+        c.record_vote(r(4), Slot(2), b(1), &Value::Noop).unwrap();
+        c.check_quorum(r(2), Slot(2), &Value::Noop).unwrap();
         // One value per replica, slot and ballot.
         assert_eq!(
-            c.record_vote(r(4), 2, b(1), &reconf).unwrap_err().kind,
+            c.record_vote(r(4), Slot(2), b(1), &reconf)
+                .unwrap_err()
+                .kind,
             FailureKind::Quorum
         );
     }
@@ -620,20 +628,20 @@ mod tests {
         let mut c = checker();
         let next = Membership::with_voters(vec![r(2), r(3), r(4)]);
         let reconf = Value::Reconfigure(paxos_core::Reconfiguration {
-            base: 0,
+            base: Slot::ZERO,
             membership: next.clone(),
         });
-        c.on_apply(r(1), 0, 1, &reconf, 0).unwrap();
+        c.on_apply(r(1), Slot::ZERO, Slot(1), &reconf, 0).unwrap();
         let status = |m: Membership| Status {
             id: r(2),
             role: paxos_core::Role::Follower,
             ballot: Ballot::ZERO,
             leader: None,
-            commit_index: 1,
-            applied_index: 1,
+            commit_index: Slot(1),
+            applied_index: Slot(1),
             in_flight: 0,
             membership: m,
-            membership_slot: 1,
+            membership_slot: Slot(1),
             needs_snapshot: false,
             repair: None,
         };
@@ -648,13 +656,18 @@ mod tests {
     #[test]
     fn gaps_and_repeats_are_caught() {
         let mut c = checker();
-        c.on_apply(r(1), 0, 1, &Value::Noop, 0).unwrap();
+        c.on_apply(r(1), Slot::ZERO, Slot(1), &Value::Noop, 0)
+            .unwrap();
         assert_eq!(
-            c.on_apply(r(1), 1, 3, &Value::Noop, 0).unwrap_err().kind,
+            c.on_apply(r(1), Slot(1), Slot(3), &Value::Noop, 0)
+                .unwrap_err()
+                .kind,
             FailureKind::NonContiguousApply
         );
         assert_eq!(
-            c.on_apply(r(1), 1, 1, &Value::Noop, 0).unwrap_err().kind,
+            c.on_apply(r(1), Slot(1), Slot(1), &Value::Noop, 0)
+                .unwrap_err()
+                .kind,
             FailureKind::NonContiguousApply
         );
     }
@@ -663,7 +676,11 @@ mod tests {
     fn unissued_requests_and_foreign_decrees_are_invalid() {
         let mut c = checker();
         c.note_issued(request(1));
-        let kind = |c: &mut Checker, v: &Value| c.on_apply(r(1), 0, 1, v, 0).unwrap_err().kind;
+        let kind = |c: &mut Checker, v: &Value| {
+            c.on_apply(r(1), Slot::ZERO, Slot(1), v, 0)
+                .unwrap_err()
+                .kind
+        };
         let unissued = framed(1, DecreeKind::Client, &[request(1), request(9)]);
         assert_eq!(kind(&mut c, &unissued), FailureKind::Validity);
         let stranger = framed(7, DecreeKind::Client, &[request(1)]);
@@ -672,9 +689,15 @@ mod tests {
         assert_eq!(kind(&mut c, &directory), FailureKind::Validity);
         let unframed = Value::Requests(paxos_core::batch::encode([&request(1)[..]]));
         assert_eq!(kind(&mut c, &unframed), FailureKind::Validity);
-        c.on_apply(r(1), 0, 1, &framed(1, DecreeKind::Client, &[request(1)]), 0)
-            .unwrap();
-        c.on_apply(r(1), 1, 2, &Value::Noop, 0).unwrap();
+        c.on_apply(
+            r(1),
+            Slot::ZERO,
+            Slot(1),
+            &framed(1, DecreeKind::Client, &[request(1)]),
+            0,
+        )
+        .unwrap();
+        c.on_apply(r(1), Slot(1), Slot(2), &Value::Noop, 0).unwrap();
     }
 
     #[test]
@@ -684,20 +707,20 @@ mod tests {
         c.note_issued(request(2));
         c.on_apply(
             r(1),
-            0,
-            1,
+            Slot::ZERO,
+            Slot(1),
             &framed(1, DecreeKind::Client, &[request(1), request(2)]),
             0,
         )
         .unwrap();
-        c.on_ack(&request(2), 1).unwrap();
-        assert_eq!(c.max_acked_slot(), 1);
+        c.on_ack(&request(2), Slot(1)).unwrap();
+        assert_eq!(c.max_acked_slot(), Slot(1));
         assert_eq!(
-            c.on_ack(&request(3), 1).unwrap_err().kind,
+            c.on_ack(&request(3), Slot(1)).unwrap_err().kind,
             FailureKind::LostAcknowledgedRequest
         );
         assert_eq!(
-            c.on_ack(&request(1), 2).unwrap_err().kind,
+            c.on_ack(&request(1), Slot(2)).unwrap_err().kind,
             FailureKind::LostAcknowledgedRequest
         );
     }
@@ -705,11 +728,11 @@ mod tests {
     #[test]
     fn different_states_at_one_slot_are_divergence() {
         let mut c = checker();
-        c.check_digest(r(1), 5, 0xAB).unwrap();
-        c.check_digest(r(2), 5, 0xAB).unwrap();
-        c.check_digest(r(2), 6, 0xCD).unwrap();
+        c.check_digest(r(1), Slot(5), 0xAB).unwrap();
+        c.check_digest(r(2), Slot(5), 0xAB).unwrap();
+        c.check_digest(r(2), Slot(6), 0xCD).unwrap();
         assert_eq!(
-            c.check_digest(r(3), 5, 0xAC).unwrap_err().kind,
+            c.check_digest(r(3), Slot(5), 0xAC).unwrap_err().kind,
             FailureKind::StateDivergence
         );
     }

@@ -5,7 +5,7 @@
 
 use crate::checker::Failure;
 use crate::sim::{EventKind, OperatorChange, Phase, Sim};
-use paxos_core::{Membership, ProposeError, ReplicaId};
+use paxos_core::{Membership, ProposeError, ReplicaId, Slot};
 use rand::Rng;
 use std::collections::BTreeSet;
 
@@ -394,7 +394,7 @@ impl Sim {
             .map(|n| {
                 self.checker
                     .max_chosen()
-                    .saturating_sub(n.run.as_ref().map_or(0, |r| r.node.applied()))
+                    .distance_since(n.run.as_ref().map_or(Slot::ZERO, |r| r.node.applied()))
             })
             .max()
             .unwrap_or(0);

@@ -295,7 +295,9 @@ impl Sim {
         let ledger = &mut self.nodes[i].ledger;
         ledger.promised = ledger.promised.max(durable.promised);
         let config = self.nodes[i].node_config(&self.params, seed);
-        let checkpoint_slot = restored.as_ref().map_or(0, |r| r.meta.last_applied);
+        let checkpoint_slot = restored
+            .as_ref()
+            .map_or(Slot::ZERO, |r| r.meta.last_applied);
         let (promised, commit) = (durable.promised, durable.commit_index);
         let mut node = SimNode::new(
             config,
@@ -795,7 +797,10 @@ impl Sim {
         self.check_chosen_is_durable(i, slot, &value)?;
         let (before_slot, before) = self.checker.latest_membership();
         let before = (before_slot, before.clone());
-        let applied_through = self.nodes[i].run.as_ref().map_or(0, |r| r.applied_through);
+        let applied_through = self.nodes[i]
+            .run
+            .as_ref()
+            .map_or(Slot::ZERO, |r| r.applied_through);
         self.checker
             .on_apply(id, applied_through, slot, &value, self.now.0)?;
         if let Some(run) = self.nodes[i].run.as_mut() {

@@ -76,7 +76,7 @@ impl Replica {
             // heartbeat, see `resend_prepares`), rather than competing with it.
             self.reset_election_timer(now);
         }
-        let from_slot = from_slot.max(1);
+        let from_slot = from_slot.max(Slot::FIRST);
         let (entries, next_from) = if from_slot < self.log_start {
             (Vec::new(), None)
         } else {
@@ -141,7 +141,7 @@ impl Replica {
     /// it; returns whether it holds that vote now.
     pub(super) fn accept_entry(&mut self, slot: Slot, ballot: Ballot, value: Value) -> bool {
         requires!(ballot == self.promised);
-        if slot == 0 {
+        if slot == Slot::ZERO {
             return false;
         }
         if slot < self.log_start {

@@ -41,7 +41,9 @@ impl Replica {
             return;
         }
         // A short delay lets accepts still in flight arrive first.
-        let delay = if self.known_commit - self.commit_index > self.config.pipeline_window as u64 {
+        let delay = if self.known_commit.distance_since(self.commit_index)
+            > self.config.pipeline_window as u64
+        {
             0
         } else {
             self.config.heartbeat_interval_us / 2
@@ -94,7 +96,7 @@ impl Replica {
         }
         match target {
             Some(peer) => {
-                let from_slot = self.commit_index + 1;
+                let from_slot = self.commit_index.next();
                 self.fetch.outstanding = Some((peer, from_slot, now));
                 self.send(peer, Message::Fetch(msg::Fetch { from_slot }));
             }
@@ -114,7 +116,7 @@ impl Replica {
 
     pub(super) fn on_fetch(&mut self, from: ReplicaId, m: msg::Fetch) {
         let msg::Fetch { from_slot } = m;
-        let from_slot = from_slot.max(1);
+        let from_slot = from_slot.max(Slot::FIRST);
         let (decrees, _) = if from_slot < self.log_start {
             (Vec::new(), None)
         } else {
@@ -154,7 +156,7 @@ impl Replica {
             if d.slot <= self.commit_index {
                 continue;
             }
-            if d.slot != self.commit_index + 1 || d.slot > peer_commit {
+            if d.slot != self.commit_index.next() || d.slot > peer_commit {
                 break;
             }
             self.learn_chosen(d.slot, d.ballot, d.value);
@@ -169,7 +171,7 @@ impl Replica {
             if self.truncated_through <= self.applied_index {
                 self.needs_snapshot = false;
             }
-        } else if from_slot == self.commit_index + 1 && !self.fetch.unable.contains(&from) {
+        } else if from_slot == self.commit_index.next() && !self.fetch.unable.contains(&from) {
             if peer_log_start > from_slot {
                 self.fetch.unable.push(from);
                 self.fetch.any_compacted = true;
@@ -203,7 +205,7 @@ impl Replica {
         let i = self.probe_cursor % self.known_replicas.len();
         self.probe_cursor = self.probe_cursor.wrapping_add(1);
         if let Some(peer) = self.known_replicas.iter().nth(i).copied() {
-            let from_slot = self.commit_index + 1;
+            let from_slot = self.commit_index.next();
             self.fetch.outstanding = Some((peer, from_slot, now));
             self.send(peer, Message::Fetch(msg::Fetch { from_slot }));
         }
@@ -214,11 +216,11 @@ impl Replica {
     /// a candidate asks from `from_slot`, so it has every slot below it
     /// chosen; help whichever side lacks decrees.
     pub(super) fn on_foreign_prepare(&mut self, now: Time, from: ReplicaId, from_slot: Slot) {
-        if from_slot > self.commit_index + 1 {
+        if from_slot > self.commit_index.next() {
             // Perhaps the candidate votes in a membership this replica has
             // not learned yet: catch up from it, then answer its retry.
-            self.on_foreign_progress(now, from, from_slot - 1);
-        } else if from_slot >= 1 && from_slot <= self.commit_index {
+            self.on_foreign_progress(now, from, from_slot.prev());
+        } else if from_slot >= Slot::FIRST && from_slot <= self.commit_index {
             // The candidate is behind (perhaps it was removed, or runs for a
             // membership already replaced): send it what it misses, so that
             // it learns the membership in force.

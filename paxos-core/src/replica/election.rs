@@ -107,13 +107,13 @@ impl Replica {
         // Persisted before any Prepare leaves (send_durable), so that a crash
         // never lets this replica lead the same ballot twice.
         self.raise_promise(now, ballot);
-        let from_slot = self.commit_index + 1;
+        let from_slot = self.commit_index.next();
         self.role = RoleState::Candidate(CandidateState {
             ballot,
             from_slot,
             progress: BTreeMap::new(),
             merged: BTreeMap::new(),
-            max_usable_commit: 0,
+            max_usable_commit: Slot::ZERO,
         });
         self.leader = None;
         let voters = self.membership.voters.clone();
@@ -240,7 +240,7 @@ impl Replica {
         // slots above it are decided by the new voters' quorums.
         let before = self.commit_index;
         while self.commit_index < c.max_usable_commit {
-            let slot = self.commit_index + 1;
+            let slot = self.commit_index.next();
             let Some(e) = recovered.get(&slot) else { break };
             let (ballot, value) = (e.ballot, e.value.clone());
             let is_reconfig = matches!(value, Value::Reconfigure(_));
@@ -263,7 +263,7 @@ impl Replica {
                 return;
             }
         }
-        recovered = recovered.split_off(&(self.commit_index + 1));
+        recovered = recovered.split_off(&self.commit_index.next());
         // Re-propose up to the first `Reconfigure` that changes the voters
         // at most: the slots above it belong to the voters it installs, whose
         // quorums this phase 1 did not ask. They are recovered by the
@@ -293,14 +293,14 @@ impl Replica {
             in_force_slot = e.slot;
         }
         if let Some(s) = cut {
-            recovered.split_off(&(s + 1));
+            recovered.split_off(&s.next());
         }
-        let recover_next = self.commit_index + 1;
+        let recover_next = self.commit_index.next();
         let recover_through = recovered
             .keys()
             .next_back()
             .copied()
-            .unwrap_or(0)
+            .unwrap_or(Slot::ZERO)
             .max(self.commit_index);
         self.fetch = FetchState::default();
         self.leader = None;

@@ -34,7 +34,8 @@ impl Replica {
         let check_from = self.log_start.max(self.commit_index.saturating_sub(4));
         invariant!(
             self.needs_snapshot
-                || (check_from..=self.commit_index)
+                || check_from
+                    .through(self.commit_index)
                     .all(|s| self.log.get(&s).is_some_and(|e| e.slot == s))
                 || self.log_start > self.commit_index,
             "every committed slot in memory has its entry"
@@ -58,13 +59,13 @@ impl Replica {
                 invariant!(
                     // Distinct sorted keys with these ends and this count
                     // are exactly the range: O(log n) instead of O(window).
-                    l.in_flight.len() as u64 == l.next_slot - 1 - self.commit_index
+                    l.next_slot == self.commit_index.plus(l.in_flight.len() as u64).next()
                         && l.in_flight
                             .first_key_value()
-                            .is_none_or(|(s, _)| *s == self.commit_index + 1)
+                            .is_none_or(|(s, _)| *s == self.commit_index.next())
                         && l.in_flight
                             .last_key_value()
-                            .is_none_or(|(s, _)| *s == l.next_slot - 1),
+                            .is_none_or(|(s, _)| *s == l.next_slot.prev()),
                     "in-flight slots are exactly commit_index+1 .. next_slot"
                 );
                 invariant!(

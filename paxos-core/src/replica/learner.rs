@@ -24,7 +24,7 @@ impl Replica {
         }
         let before = self.commit_index;
         while self.commit_index < leader_commit {
-            let next = self.commit_index + 1;
+            let next = self.commit_index.next();
             match self.log.get(&next) {
                 Some(e) if e.ballot == ballot || planted!(self, apply_unchecked_ballot) => {
                     self.commit_index = next
@@ -77,7 +77,7 @@ impl Replica {
     /// Emits `Apply` for every committed, unapplied slot, then trims memory.
     pub(super) fn apply_committed(&mut self) {
         while self.applied_index < self.commit_index {
-            let slot = self.applied_index + 1;
+            let slot = self.applied_index.next();
             let Some(entry) = self.log.get(&slot) else {
                 // Only possible after a restart whose storage lost slots the
                 // state machine lacks.
@@ -97,7 +97,7 @@ impl Replica {
             .commit_index
             .saturating_sub(self.config.retain_decrees as u64)
             .min(self.applied_index)
-            + 1;
+            .next();
         if keep_from > self.log_start {
             while let Some(first) = self.log.first_entry() {
                 if *first.key() >= keep_from {

@@ -461,7 +461,7 @@ impl Replica {
             bugs: planted::Bugs::default(),
             promised,
             log: accepted,
-            log_start: truncated_through + 1,
+            log_start: truncated_through.next(),
             truncated_through,
             max_seen_round: promised.round.max(config.membership_ballot.round),
             commit_index: durable_commit.max(applied_through),
@@ -500,8 +500,8 @@ impl Replica {
             // The checkpoint raced ahead of the Commit record: on-disk entries
             // of those slots may be stale votes, not the chosen values.
             r.truncated_through = applied_through;
-            r.log = r.log.split_off(&(applied_through + 1));
-            r.log_start = applied_through + 1;
+            r.log = r.log.split_off(&applied_through.next());
+            r.log_start = applied_through.next();
             r.persist_buf.push(PersistEntry::Truncate(applied_through));
         }
         if r.truncated_through > applied_through {
@@ -600,7 +600,7 @@ impl Replica {
         self.finish(now);
         ensures!(match &result {
             Ok(slot) =>
-                self.leader_next_slot() == Some(slot + 1) && old_next.unwrap() == Some(*slot),
+                self.leader_next_slot() == Some(slot.next()) && old_next.unwrap() == Some(*slot),
             Err(_) => self.leader_next_slot() == old_next.unwrap(),
         });
         self.check_invariants();
@@ -714,7 +714,7 @@ impl Replica {
                     id: *id,
                     voter: self.membership.is_voter(*id),
                     commit_index: info.map(|p| p.commit_index),
-                    lag: info.map(|p| self.commit_index.saturating_sub(p.commit_index)),
+                    lag: info.map(|p| self.commit_index.distance_since(p.commit_index)),
                     last_heard_us_ago: info.map(|p| now.micros_since(p.last_heard)),
                     connected: info.is_some_and(|p| {
                         now.micros_since(p.last_heard) < self.config.election_timeout_min_us
@@ -784,8 +784,8 @@ impl Replica {
         let through = through.min(self.applied_index);
         if through > self.truncated_through {
             self.truncated_through = through;
-            self.log = self.log.split_off(&(through + 1));
-            self.log_start = self.log_start.max(through + 1);
+            self.log = self.log.split_off(&through.next());
+            self.log_start = self.log_start.max(through.next());
             self.persist_buf.push(PersistEntry::Truncate(through));
             self.flush_persist();
         }

@@ -88,7 +88,7 @@ impl Replica {
                 max: max_bytes,
             });
         }
-        if l.next_slot - 1 - commit >= window {
+        if l.next_slot.prev().distance_since(commit) >= window {
             return Err(ProposeError::WindowFull);
         }
         let slot = l.next_slot;
@@ -111,7 +111,7 @@ impl Replica {
             "nothing is proposed above an unchosen Reconfigure"
         );
         let ballot = l.ballot;
-        l.next_slot = slot + 1;
+        l.next_slot = slot.next();
         if matches!(value, Value::Reconfigure(_)) {
             l.reconfig_slot = Some(slot);
         }
@@ -158,13 +158,13 @@ impl Replica {
                 return;
             };
             if l.recover_next > l.recover_through
-                || l.next_slot - 1 - commit >= window
+                || l.next_slot.prev().distance_since(commit) >= window
                 || l.reconfig_slot.is_some()
             {
                 return;
             }
             let slot = l.recover_next;
-            l.recover_next += 1;
+            l.recover_next = l.recover_next.next();
             let value = l.recovered.remove(&slot).map_or(Value::Noop, |e| e.value);
             self.propose_at(now, slot, value);
         }
@@ -236,7 +236,7 @@ impl Replica {
             let f = first.remove();
             assert_eq!(
                 slot,
-                self.commit_index + 1,
+                self.commit_index.next(),
                 "in-flight slots are contiguous above the commit index"
             );
             self.learn_chosen(slot, ballot, f.value);

@@ -104,7 +104,7 @@ impl Replica {
     /// the new quorum.
     pub(super) fn caught_up(&self, now: Time, r: ReplicaId) -> bool {
         self.peers.get(&r).is_some_and(|p| {
-            p.commit_index + self.config.pipeline_window as u64 >= self.commit_index
+            p.commit_index.plus(self.config.pipeline_window as u64) >= self.commit_index
                 && now.micros_since(p.last_heard) < self.config.election_timeout_min_us
         })
     }
@@ -116,7 +116,7 @@ impl Replica {
         if self.config_scanned_through >= self.commit_index {
             return;
         }
-        let from = (self.config_scanned_through + 1).max(self.log_start);
+        let from = self.config_scanned_through.next().max(self.log_start);
         if from > self.commit_index {
             // Everything newly committed was compacted (covered by the
             // checkpoint, whose membership the driver passed in).

@@ -156,7 +156,7 @@ impl Replica {
     pub(super) fn on_repair_query(&mut self, from: ReplicaId, _m: msg::RepairQuery) {
         let mut voters: BTreeSet<ReplicaId> = self.membership.voters.iter().copied().collect();
         let mut max_slot = self.commit_index;
-        for (slot, a) in self.log.range(self.commit_index + 1..) {
+        for (slot, a) in self.log.range(self.commit_index.next()..) {
             max_slot = max_slot.max(*slot);
             if let Value::Reconfigure(r) = &a.value {
                 voters.extend(r.membership.voters.iter().copied());
@@ -208,7 +208,7 @@ impl Replica {
             .values()
             .map(|a| a.max_slot.max(a.commit_index))
             .max()
-            .unwrap_or(0);
+            .unwrap_or(Slot::ZERO);
         self.observe(fence);
         if fence > self.promised {
             self.promised = fence;

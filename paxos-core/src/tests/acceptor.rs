@@ -1,6 +1,7 @@
 //! Acceptor: promises, votes, durability order, bounds.
 
 use super::harness::*;
+use crate::Slot;
 use crate::{
     msg, Accepted, Action, Ballot, Config, DurableState, Membership, Message, PersistEntry,
     PersistToken, Replica, Time,
@@ -10,7 +11,7 @@ fn acceptor_with(tweak: impl Fn(&mut Config)) -> Replica {
     let m = Membership::with_voters(vec![id(1), id(2), id(3)]);
     let mut cfg = Config::new(id(2), m);
     tweak(&mut cfg);
-    let mut r = Replica::new(cfg, DurableState::default(), 0, 3, Time(0));
+    let mut r = Replica::new(cfg, DurableState::default(), Slot::ZERO, 3, Time(0));
     while r.poll_action().is_some() {}
     r
 }
@@ -45,7 +46,7 @@ fn a_promise_leaves_only_after_its_persist_completes() {
         id(1),
         Message::Prepare(msg::Prepare {
             ballot: b,
-            from_slot: 1,
+            from_slot: Slot(1),
         }),
     );
     let acts = drain(&mut a);
@@ -71,9 +72,9 @@ fn accepted_leaves_only_after_its_persist_completes() {
         id(1),
         Message::Accept(msg::Accept {
             ballot: b,
-            slot: 1,
+            slot: Slot(1),
             value: req("v"),
-            commit_index: 0,
+            commit_index: Slot::ZERO,
         }),
     );
     let acts = drain(&mut a);
@@ -86,9 +87,9 @@ fn accepted_leaves_only_after_its_persist_completes() {
         id(1),
         Message::Accept(msg::Accept {
             ballot: b,
-            slot: 2,
+            slot: Slot(2),
             value: req("w"),
-            commit_index: 0,
+            commit_index: Slot::ZERO,
         }),
     );
     let acts2 = drain(&mut a);
@@ -100,8 +101,8 @@ fn accepted_leaves_only_after_its_persist_completes() {
         msgs,
         vec![Message::Accepted(msg::Accepted {
             ballot: b,
-            slot: 1,
-            commit_index: 0
+            slot: Slot(1),
+            commit_index: Slot::ZERO
         })]
     );
     a.on_persisted(Time(3), token2);
@@ -110,8 +111,8 @@ fn accepted_leaves_only_after_its_persist_completes() {
         msgs,
         vec![Message::Accepted(msg::Accepted {
             ballot: b,
-            slot: 2,
-            commit_index: 0
+            slot: Slot(2),
+            commit_index: Slot::ZERO
         })]
     );
 }
@@ -125,7 +126,7 @@ fn lower_ballots_are_rejected_and_change_nothing() {
         id(3),
         Message::Prepare(msg::Prepare {
             ballot: high,
-            from_slot: 1,
+            from_slot: Slot(1),
         }),
     );
     let t = last_token(&drain(&mut a)).unwrap();
@@ -135,17 +136,17 @@ fn lower_ballots_are_rejected_and_change_nothing() {
     for msg in [
         Message::Prepare(msg::Prepare {
             ballot: low,
-            from_slot: 1,
+            from_slot: Slot(1),
         }),
         Message::Accept(msg::Accept {
             ballot: low,
-            slot: 1,
+            slot: Slot(1),
             value: req("x"),
-            commit_index: 0,
+            commit_index: Slot::ZERO,
         }),
         Message::Heartbeat(msg::Heartbeat {
             ballot: low,
-            commit_index: 0,
+            commit_index: Slot::ZERO,
         }),
     ] {
         a.handle_message(Time(2), id(1), msg);
@@ -172,9 +173,9 @@ fn accepting_a_second_value_at_one_slot_and_ballot_is_a_hard_assertion() {
         id(1),
         Message::Accept(msg::Accept {
             ballot: b,
-            slot: 1,
+            slot: Slot(1),
             value: req("v"),
-            commit_index: 0,
+            commit_index: Slot::ZERO,
         }),
     );
     a.handle_message(
@@ -182,9 +183,9 @@ fn accepting_a_second_value_at_one_slot_and_ballot_is_a_hard_assertion() {
         id(1),
         Message::Accept(msg::Accept {
             ballot: b,
-            slot: 1,
+            slot: Slot(1),
             value: req("w"),
-            commit_index: 0,
+            commit_index: Slot::ZERO,
         }),
     );
 }
@@ -201,9 +202,9 @@ fn slots_beyond_the_accept_horizon_are_refused() {
         id(1),
         Message::Accept(msg::Accept {
             ballot: b,
-            slot: 5,
+            slot: Slot(5),
             value: req("far"),
-            commit_index: 0,
+            commit_index: Slot::ZERO,
         }),
     );
     let acts = drain(&mut a);
@@ -213,9 +214,9 @@ fn slots_beyond_the_accept_horizon_are_refused() {
         id(1),
         Message::Accept(msg::Accept {
             ballot: b,
-            slot: 4,
+            slot: Slot(4),
             value: req("near"),
-            commit_index: 0,
+            commit_index: Slot::ZERO,
         }),
     );
     let acts = drain(&mut a);
@@ -230,7 +231,7 @@ fn promises_come_in_chunks_bounded_by_count_and_bytes() {
         c.max_accept_ahead = 16;
     });
     let b1 = Ballot::new(1, id(1));
-    for slot in 1..=8 {
+    for slot in Slot(1).through(Slot(8)) {
         a.handle_message(
             Time(1),
             id(1),
@@ -238,7 +239,7 @@ fn promises_come_in_chunks_bounded_by_count_and_bytes() {
                 ballot: b1,
                 slot,
                 value: req("v"),
-                commit_index: 0,
+                commit_index: Slot::ZERO,
             }),
         );
     }
@@ -246,7 +247,7 @@ fn promises_come_in_chunks_bounded_by_count_and_bytes() {
     a.on_persisted(Time(1), t);
     let _ = drain(&mut a);
     let b2 = Ballot::new(2, id(3));
-    let mut from = 1;
+    let mut from = Slot(1);
     let mut got = Vec::new();
     loop {
         a.handle_message(
@@ -280,7 +281,7 @@ fn promises_come_in_chunks_bounded_by_count_and_bytes() {
             None => break,
         }
     }
-    assert_eq!(got, (1..=8).collect::<Vec<_>>());
+    assert_eq!(got, Slot(1).through(Slot(8)).collect::<Vec<_>>());
 }
 
 #[test]
@@ -290,19 +291,19 @@ fn a_promise_says_when_the_acceptor_no_longer_holds_the_asked_slots() {
     let b = Ballot::new(1, id(1));
     let mut durable = DurableState {
         promised: b,
-        commit_index: 5,
-        truncated_through: 5,
+        commit_index: Slot(5),
+        truncated_through: Slot(5),
         ..DurableState::default()
     };
     durable.accepted.insert(
-        6,
+        Slot(6),
         Accepted {
-            slot: 6,
+            slot: Slot(6),
             ballot: b,
             value: req("x"),
         },
     );
-    let mut a = Replica::new(cfg, durable, 5, 1, Time(0));
+    let mut a = Replica::new(cfg, durable, Slot(5), 1, Time(0));
     let _ = drain(&mut a);
     let b2 = Ballot::new(2, id(3));
     a.handle_message(
@@ -310,14 +311,14 @@ fn a_promise_says_when_the_acceptor_no_longer_holds_the_asked_slots() {
         id(3),
         Message::Prepare(msg::Prepare {
             ballot: b2,
-            from_slot: 2,
+            from_slot: Slot(2),
         }),
     );
     let t = last_token(&drain(&mut a)).unwrap();
     a.on_persisted(Time(1), t);
     let msgs = sends(&drain(&mut a));
     assert!(
-        matches!(msgs.as_slice(), [Message::Promise(msg::Promise { log_start: 6, entries, .. })] if entries.is_empty())
+        matches!(msgs.as_slice(), [Message::Promise(msg::Promise { log_start: Slot(6), entries, .. })] if entries.is_empty())
     );
 }
 
@@ -328,14 +329,14 @@ fn learners_never_promise() {
         learners: vec![id(4)],
     };
     let cfg = Config::new(id(4), m);
-    let mut a = Replica::new(cfg, DurableState::default(), 0, 1, Time(0));
+    let mut a = Replica::new(cfg, DurableState::default(), Slot::ZERO, 1, Time(0));
     let _ = drain(&mut a);
     a.handle_message(
         Time(1),
         id(1),
         Message::Prepare(msg::Prepare {
             ballot: Ballot::new(1, id(1)),
-            from_slot: 1,
+            from_slot: Slot(1),
         }),
     );
     let acts = drain(&mut a);

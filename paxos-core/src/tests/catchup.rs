@@ -3,6 +3,7 @@
 
 use super::harness::*;
 use crate::Role;
+use crate::Slot;
 
 #[test]
 fn a_lagging_follower_catches_up_in_chunks() {
@@ -24,11 +25,11 @@ fn a_lagging_follower_catches_up_in_chunks() {
     }
     assert!(c.run_until(1_000_000, |c| others
         .iter()
-        .all(|r| c.status(*r).commit_index >= 30)));
-    assert_eq!(c.status(lagger).commit_index, 0);
+        .all(|r| c.status(*r).commit_index >= Slot(30))));
+    assert_eq!(c.status(lagger).commit_index, Slot::ZERO);
     let fetches_before = c.delivered.get("decrees").copied().unwrap_or(0);
     c.heal();
-    assert!(c.run_until(1_000_000, |c| c.all_applied(30)));
+    assert!(c.run_until(1_000_000, |c| c.all_applied(Slot(30))));
     let replies = c.delivered["decrees"] - fetches_before;
     assert!(replies >= 30 / 4, "expected chunked replies, got {replies}");
     assert_eq!(c.applied_values(lagger), c.applied_values(leader));
@@ -49,7 +50,7 @@ fn needs_snapshot_when_every_peer_dropped_the_missing_decrees() {
     }
     // The leader checkpoints and compacts everything; the helper keeps its
     // retained decrees (retain 4 keeps slots 2..=5, so compact it too little).
-    c.replica(leader).compact(5);
+    c.replica(leader).compact(Slot(5));
     c.pump();
     c.heal();
     // The lagger needs slot 1, which neither holds anymore: it must report
@@ -72,10 +73,10 @@ fn catch_up_is_served_by_a_follower() {
         c.commit_on(&[leader, helper], req(&format!("{i}")));
     }
     // The leader compacted; the helper still holds everything.
-    c.replica(leader).compact(6);
+    c.replica(leader).compact(Slot(6));
     c.pump();
     c.heal();
-    assert!(c.run_until(1_000_000, |c| c.status(lagger).applied_index >= 6));
+    assert!(c.run_until(1_000_000, |c| c.status(lagger).applied_index >= Slot(6)));
     assert!(!c.status(lagger).needs_snapshot);
     assert_eq!(c.applied_values(lagger), c.applied_values(helper));
 }
@@ -97,6 +98,6 @@ fn a_fetch_to_a_silent_peer_moves_on_to_another() {
     c.advance(1);
     c.cut.remove(&(leader, lagger));
     c.cut.insert((lagger, leader));
-    assert!(c.run_until(2_000_000, |c| c.status(lagger).applied_index >= 6));
+    assert!(c.run_until(2_000_000, |c| c.status(lagger).applied_index >= Slot(6)));
     assert_eq!(c.applied_values(lagger), c.applied_values(helper));
 }

@@ -2,6 +2,7 @@
 //! window, the CanBecomePrimary veto, stepping down.
 
 use super::harness::*;
+use crate::Slot;
 use crate::{msg, Action, Message, Role, Value};
 
 #[test]
@@ -34,13 +35,17 @@ fn a_new_leader_recovers_a_value_chosen_by_its_predecessor() {
     let now = c.now;
     c.replica(old).propose(now, req("precious")).unwrap();
     c.pump();
-    assert_eq!(c.status(old).commit_index, 1, "chosen by old leader + b");
+    assert_eq!(
+        c.status(old).commit_index,
+        Slot(1),
+        "chosen by old leader + b"
+    );
     // The old leader dies before anyone else learns the commit.
     c.crash(old);
     c.heal();
     let new = c.elect_any();
     assert_ne!(new, old);
-    assert!(c.run_until(1_000_000, |c| c.all_applied(1)));
+    assert!(c.run_until(1_000_000, |c| c.all_applied(Slot(1))));
     assert_eq!(c.applied_values(b), vec![req("precious")]);
     assert_eq!(c.applied_values(d), vec![req("precious")]);
 }
@@ -67,11 +72,11 @@ fn phase_one_recovers_the_whole_pipelined_window_and_fills_gaps_with_noop() {
     c.cut.remove(&(old, b));
     c.replica(old).propose(now, req("w7")).unwrap();
     c.pump();
-    assert_eq!(c.status(old).commit_index, 0);
+    assert_eq!(c.status(old).commit_index, Slot::ZERO);
     c.crash(old);
     c.heal();
     let new = c.elect_any();
-    assert!(c.run_until(1_000_000, |c| c.all_applied(7)));
+    assert!(c.run_until(1_000_000, |c| c.all_applied(Slot(7))));
     let mut expected: Vec<Value> = (1..=5).map(|i| req(&format!("w{i}"))).collect();
     expected.push(Value::Noop);
     expected.push(req("w7"));
@@ -102,7 +107,7 @@ fn the_leader_is_announced_only_after_the_recovered_window_is_chosen() {
         .find(|s| s.role == Role::Leader)
         .unwrap();
     assert!(
-        first_leader.commit_index >= 1,
+        first_leader.commit_index >= Slot(1),
         "announced before the recovered window was chosen"
     );
 }
@@ -207,7 +212,7 @@ fn a_candidate_adopts_the_highest_ballot_value_per_slot() {
     let mut r = Replica::new(
         Config::new(id(1), m),
         DurableState::default(),
-        0,
+        Slot::ZERO,
         9,
         Time(0),
     );
@@ -255,16 +260,20 @@ fn a_candidate_adopts_the_highest_ballot_value_per_slot() {
     let promise = |entries| {
         Message::Promise(msg::Promise {
             ballot,
-            from_slot: 1,
-            commit_index: 0,
-            log_start: 1,
+            from_slot: Slot(1),
+            commit_index: Slot::ZERO,
+            log_start: Slot(1),
             entries,
             next_from: None,
         })
     };
     // Slot 1: x@b1 (r2) vs y@b2 (r3) -> y. Slot 2: nobody -> Noop. Slot 3: z@b1.
-    r.handle_message(now, id(2), promise(vec![e(1, b1, "x"), e(3, b1, "z")]));
-    r.handle_message(now, id(3), promise(vec![e(1, b2, "y")]));
+    r.handle_message(
+        now,
+        id(2),
+        promise(vec![e(Slot(1), b1, "x"), e(Slot(3), b1, "z")]),
+    );
+    r.handle_message(now, id(3), promise(vec![e(Slot(1), b2, "y")]));
     // Its own (empty) promise arrived already through self-delivery, so
     // 3 of 5 promised: it is now leading and re-proposing.
     let mut sent = drain(&mut r, &mut pending);
@@ -285,9 +294,17 @@ fn a_candidate_adopts_the_highest_ballot_value_per_slot() {
             proposed.insert(slot, value);
         }
     }
-    assert_eq!(proposed.get(&1), Some(&req("y")), "highest ballot wins");
-    assert_eq!(proposed.get(&2), Some(&Value::Noop), "gap filled with Noop");
-    assert_eq!(proposed.get(&3), Some(&req("z")));
+    assert_eq!(
+        proposed.get(&Slot(1)),
+        Some(&req("y")),
+        "highest ballot wins"
+    );
+    assert_eq!(
+        proposed.get(&Slot(2)),
+        Some(&Value::Noop),
+        "gap filled with Noop"
+    );
+    assert_eq!(proposed.get(&Slot(3)), Some(&req("z")));
     assert_eq!(proposed.len(), 3);
     assert_eq!(
         r.status().role,
@@ -361,10 +378,10 @@ fn regression_idle_voters_wait_for_a_phase_1_longer_than_the_election_timeout() 
         "a leader, but only after {} ballots",
         c.status(leader).ballot.round
     );
-    let tail_end = warm_up + TAIL as u64;
+    let tail_end = warm_up.plus(TAIL as u64);
     assert!(c.run_until(1_000_000, |c| c.all_applied(tail_end)));
     let tail: Vec<_> = (0..TAIL).map(|i| req(&format!("tail {i}"))).collect();
-    assert_eq!(c.applied_values(leader)[warm_up as usize..], tail[..]);
+    assert_eq!(c.applied_values(leader)[warm_up.0 as usize..], tail[..]);
 }
 
 /// A candidate keeps the voters that promised it from campaigning (see the

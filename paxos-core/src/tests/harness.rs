@@ -56,15 +56,21 @@ pub struct Node {
 
 impl Node {
     fn new(config: Config, seed: u64, now: Time) -> Node {
-        let replica = Replica::new(config.clone(), DurableState::default(), 0, seed, now);
+        let replica = Replica::new(
+            config.clone(),
+            DurableState::default(),
+            Slot::ZERO,
+            seed,
+            now,
+        );
         Node {
             replica: Some(replica),
             config,
             durable: DurableState::default(),
             pending: VecDeque::new(),
             applied: Vec::new(),
-            applied_through: 0,
-            checkpoint: 0,
+            applied_through: Slot::ZERO,
+            checkpoint: Slot::ZERO,
             statuses: Vec::new(),
             auto_persist: true,
             seed,
@@ -257,7 +263,7 @@ impl Cluster {
                 if let Value::Reconfigure(rc) = &value {
                     // Like a real state machine: a change based on a
                     // membership no longer in force is a no-op.
-                    let in_force = node.sm_membership.as_ref().map_or(0, |m| m.0);
+                    let in_force = node.sm_membership.as_ref().map_or(Slot::ZERO, |m| m.0);
                     if rc.applies_to(in_force) {
                         node.sm_membership = Some((slot, ballot, rc.membership.clone()));
                     }
@@ -265,7 +271,7 @@ impl Cluster {
                 let expected = node
                     .applied
                     .last()
-                    .map_or(node.applied_through + 1, |(s, _)| s + 1);
+                    .map_or(node.applied_through.next(), |(s, _)| s.next());
                 assert_eq!(slot, expected, "{r}: applies must be contiguous");
                 node.applied.push((slot, value.clone()));
                 match self.chosen.get(&slot) {
@@ -507,7 +513,7 @@ impl Cluster {
                 )
             })
             .max_by_key(|(s, _)| *s)
-            .unwrap_or((0, None));
+            .unwrap_or((Slot::ZERO, None));
         self.crash(r);
         let now = self.now;
         let node = self.nodes.get_mut(&r).unwrap();

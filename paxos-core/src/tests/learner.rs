@@ -2,6 +2,7 @@
 //! in-order apply across restarts.
 
 use super::harness::*;
+use crate::Slot;
 use crate::{
     msg, Accepted, Action, Ballot, Config, DurableState, Membership, Message, PersistEntry,
     Replica, Time, Value,
@@ -12,14 +13,14 @@ fn follower(id_: u32) -> Replica {
     let mut cfg = Config::new(id(id_), m);
     cfg.pipeline_window = 4;
     cfg.max_accept_ahead = 16;
-    Replica::new(cfg, DurableState::default(), 0, 7, Time(0))
+    Replica::new(cfg, DurableState::default(), Slot::ZERO, 7, Time(0))
 }
 
 fn drain(r: &mut Replica) -> Vec<Action> {
     std::iter::from_fn(|| r.poll_action()).collect()
 }
 
-fn applies(actions: &[Action]) -> Vec<(u64, Value)> {
+fn applies(actions: &[Action]) -> Vec<(Slot, Value)> {
     actions
         .iter()
         .filter_map(|a| match a {
@@ -40,9 +41,9 @@ fn a_follower_applies_only_values_accepted_in_the_committing_ballot() {
         id(1),
         Message::Accept(msg::Accept {
             ballot: old,
-            slot: 1,
+            slot: Slot(1),
             value: req("stale"),
-            commit_index: 0,
+            commit_index: Slot::ZERO,
         }),
     );
     let _ = drain(&mut f);
@@ -52,7 +53,7 @@ fn a_follower_applies_only_values_accepted_in_the_committing_ballot() {
         id(3),
         Message::Heartbeat(msg::Heartbeat {
             ballot: new,
-            commit_index: 1,
+            commit_index: Slot(1),
         }),
     );
     let acts = drain(&mut f);
@@ -60,7 +61,7 @@ fn a_follower_applies_only_values_accepted_in_the_committing_ballot() {
         applies(&acts).is_empty(),
         "applied a value not known to be chosen"
     );
-    assert_eq!(f.status().commit_index, 0);
+    assert_eq!(f.status().commit_index, Slot::ZERO);
     // It fetches once the short fetch delay passes.
     f.handle_tick(Time(1_000_000));
     let acts = drain(&mut f);
@@ -71,10 +72,10 @@ fn a_follower_applies_only_values_accepted_in_the_committing_ballot() {
         } => Some((*to, *from_slot)),
         _ => None,
     });
-    assert_eq!(fetch, Some((id(3), 1)));
+    assert_eq!(fetch, Some((id(3), Slot(1))));
     // The chosen decree arrives: applied, and the stale vote is replaced.
     let chosen = Accepted {
-        slot: 1,
+        slot: Slot(1),
         ballot: new,
         value: req("chosen"),
     };
@@ -82,14 +83,14 @@ fn a_follower_applies_only_values_accepted_in_the_committing_ballot() {
         Time(1_000_001),
         id(3),
         Message::Decrees(msg::Decrees {
-            from_slot: 1,
-            commit_index: 1,
-            log_start: 1,
+            from_slot: Slot(1),
+            commit_index: Slot(1),
+            log_start: Slot(1),
             decrees: vec![chosen.clone()],
         }),
     );
     let acts = drain(&mut f);
-    assert_eq!(applies(&acts), vec![(1, req("chosen"))]);
+    assert_eq!(applies(&acts), vec![(Slot(1), req("chosen"))]);
     let persisted: Vec<PersistEntry> = acts
         .into_iter()
         .filter_map(|a| match a {
@@ -100,7 +101,7 @@ fn a_follower_applies_only_values_accepted_in_the_committing_ballot() {
         .collect();
     assert_eq!(
         persisted,
-        vec![PersistEntry::Accept(chosen), PersistEntry::Commit(1)]
+        vec![PersistEntry::Accept(chosen), PersistEntry::Commit(Slot(1))]
     );
 }
 
@@ -108,7 +109,7 @@ fn a_follower_applies_only_values_accepted_in_the_committing_ballot() {
 fn a_follower_applies_matching_ballot_entries_on_a_heartbeat() {
     let mut f = follower(2);
     let b = Ballot::new(1, id(1));
-    for slot in 1..=3 {
+    for slot in Slot(1).through(Slot(3)) {
         let value = req(&format!("s{slot}"));
         f.handle_message(
             Time(1),
@@ -117,7 +118,7 @@ fn a_follower_applies_matching_ballot_entries_on_a_heartbeat() {
                 ballot: b,
                 slot,
                 value,
-                commit_index: 0,
+                commit_index: Slot::ZERO,
             }),
         );
     }
@@ -127,17 +128,20 @@ fn a_follower_applies_matching_ballot_entries_on_a_heartbeat() {
         id(1),
         Message::Heartbeat(msg::Heartbeat {
             ballot: b,
-            commit_index: 2,
+            commit_index: Slot(2),
         }),
     );
     let acts = drain(&mut f);
-    assert_eq!(applies(&acts), vec![(1, req("s1")), (2, req("s2"))]);
-    assert_eq!(f.status().commit_index, 2);
+    assert_eq!(
+        applies(&acts),
+        vec![(Slot(1), req("s1")), (Slot(2), req("s2"))]
+    );
+    assert_eq!(f.status().commit_index, Slot(2));
     assert!(acts.iter().any(|a| matches!(
         a,
         Action::Send {
             msg: Message::HeartbeatAck(msg::HeartbeatAck {
-                commit_index: 2,
+                commit_index: Slot(2),
                 ..
             }),
             ..
@@ -154,7 +158,7 @@ fn commit_knowledge_from_a_lower_ballot_is_rejected() {
         id(3),
         Message::Heartbeat(msg::Heartbeat {
             ballot: high,
-            commit_index: 0,
+            commit_index: Slot::ZERO,
         }),
     );
     let _ = drain(&mut f);
@@ -164,9 +168,9 @@ fn commit_knowledge_from_a_lower_ballot_is_rejected() {
         id(1),
         Message::Accept(msg::Accept {
             ballot: low,
-            slot: 1,
+            slot: Slot(1),
             value: req("x"),
-            commit_index: 1,
+            commit_index: Slot(1),
         }),
     );
     let acts = drain(&mut f);
@@ -182,8 +186,8 @@ fn every_replica_applies_each_slot_exactly_once_in_order() {
     }
     // The harness asserts contiguity on every Apply; check counts too.
     for r in 1..=3 {
-        let slots: Vec<u64> = c.nodes[&id(r)].applied.iter().map(|(s, _)| *s).collect();
-        assert_eq!(slots, (1..=10).collect::<Vec<_>>());
+        let slots: Vec<Slot> = c.nodes[&id(r)].applied.iter().map(|(s, _)| *s).collect();
+        assert_eq!(slots, Slot(1).through(Slot(10)).collect::<Vec<_>>());
     }
 }
 
@@ -207,7 +211,7 @@ fn a_restarted_replica_reapplies_from_its_checkpoint_and_rejoins() {
             .iter()
             .map(|(s, _)| *s)
             .collect::<Vec<_>>(),
-        vec![7]
+        vec![Slot(7)]
     );
     // Without a checkpoint, it re-applies everything from its log.
     c.crash(f);
@@ -221,25 +225,29 @@ fn a_checkpoint_ahead_of_the_commit_record_truncates_untrusted_entries() {
     let m = Membership::with_voters(vec![id(1), id(2), id(3)]);
     let cfg = Config::new(id(2), m);
     let stale = Accepted {
-        slot: 3,
+        slot: Slot(3),
         ballot: Ballot::new(1, id(1)),
         value: req("maybe-stale"),
     };
     let mut durable = DurableState {
         promised: Ballot::new(1, id(1)),
-        commit_index: 1,
+        commit_index: Slot(1),
         ..DurableState::default()
     };
-    durable.accepted.insert(3, stale);
-    let mut r = Replica::new(cfg, durable, 3, 1, Time(0));
+    durable.accepted.insert(Slot(3), stale);
+    let mut r = Replica::new(cfg, durable, Slot(3), 1, Time(0));
     let acts = drain(&mut r);
     assert!(applies(&acts).is_empty());
-    assert!(acts.iter().any(|a| matches!(a, Action::Persist { entries, .. } if entries.contains(&PersistEntry::Truncate(3)))));
-    assert_eq!(r.status().commit_index, 3);
+    assert!(acts.iter().any(|a| matches!(a, Action::Persist { entries, .. } if entries.contains(&PersistEntry::Truncate(Slot(3))))));
+    assert_eq!(r.status().commit_index, Slot(3));
     // It must not serve slot 3 to anyone.
-    r.handle_message(Time(1), id(1), Message::Fetch(msg::Fetch { from_slot: 3 }));
+    r.handle_message(
+        Time(1),
+        id(1),
+        Message::Fetch(msg::Fetch { from_slot: Slot(3) }),
+    );
     let acts = drain(&mut r);
-    assert!(acts.iter().any(|a| matches!(a, Action::Send { msg: Message::Decrees(msg::Decrees { decrees, log_start: 4, .. }), .. } if decrees.is_empty())));
+    assert!(acts.iter().any(|a| matches!(a, Action::Send { msg: Message::Decrees(msg::Decrees { decrees, log_start: Slot(4), .. }), .. } if decrees.is_empty())));
 }
 
 #[test]
@@ -247,11 +255,11 @@ fn storage_that_lost_unapplied_slots_reports_needs_snapshot() {
     let m = Membership::with_voters(vec![id(1), id(2), id(3)]);
     let cfg = Config::new(id(2), m);
     let durable = DurableState {
-        truncated_through: 10,
-        commit_index: 10,
+        truncated_through: Slot(10),
+        commit_index: Slot(10),
         ..DurableState::default()
     };
-    let mut r = Replica::new(cfg, durable, 4, 1, Time(0));
+    let mut r = Replica::new(cfg, durable, Slot(4), 1, Time(0));
     assert!(r.status().needs_snapshot);
     let acts = drain(&mut r);
     assert!(applies(&acts).is_empty());

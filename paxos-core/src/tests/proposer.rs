@@ -2,6 +2,7 @@
 //! retransmission, own vote counted only after its persist.
 
 use super::harness::*;
+use crate::Slot;
 use crate::{msg, Action, Message, ProposeError, Role, Time, Value};
 
 #[test]
@@ -10,7 +11,7 @@ fn single_replica_commits_a_value() {
     let leader = c.elect_any();
     assert_eq!(leader, id(1));
     let slot = c.commit(req("x"));
-    assert_eq!(slot, 1);
+    assert_eq!(slot, Slot(1));
     assert_eq!(c.applied_values(id(1)), vec![req("x")]);
 }
 
@@ -45,7 +46,7 @@ fn pipeline_window_bounds_in_flight_proposals() {
                 .unwrap(),
         );
     }
-    assert_eq!(slots, vec![1, 2, 3, 4]);
+    assert_eq!(slots, vec![Slot(1), Slot(2), Slot(3), Slot(4)]);
     assert_eq!(
         c.replica(leader).propose(now, req("over")),
         Err(ProposeError::WindowFull)
@@ -54,9 +55,9 @@ fn pipeline_window_bounds_in_flight_proposals() {
     c.pump();
     c.heal();
     // Retransmission after the heal gets them chosen; the window reopens.
-    assert!(c.run_until(1_000_000, |c| c.all_applied(4)));
+    assert!(c.run_until(1_000_000, |c| c.all_applied(Slot(4))));
     let now = c.now;
-    assert_eq!(c.replica(leader).propose(now, req("next")), Ok(5));
+    assert_eq!(c.replica(leader).propose(now, req("next")), Ok(Slot(5)));
 }
 
 #[test]
@@ -92,16 +93,17 @@ fn oversized_and_reconfigure_values_are_refused() {
         learners: vec![],
     };
     assert!(matches!(
-        c.replica(leader).propose(now, reconfigure(0, m)),
+        c.replica(leader).propose(now, reconfigure(Slot::ZERO, m)),
         Err(ProposeError::BadMembership { .. })
     ));
     let empty = crate::Membership::with_voters(vec![]);
     assert!(matches!(
-        c.replica(leader).propose(now, reconfigure(0, empty)),
+        c.replica(leader)
+            .propose(now, reconfigure(Slot::ZERO, empty)),
         Err(ProposeError::BadMembership { .. })
     ));
     // Nothing was consumed: the next proposal still gets slot 1.
-    assert_eq!(c.replica(leader).propose(now, req("ok")), Ok(1));
+    assert_eq!(c.replica(leader).propose(now, req("ok")), Ok(Slot(1)));
 }
 
 #[test]
@@ -114,9 +116,9 @@ fn lost_accepts_are_retransmitted() {
     let now = c.now;
     c.replica(leader).propose(now, req("lost")).unwrap();
     c.pump();
-    assert_eq!(c.status(leader).commit_index, 0);
+    assert_eq!(c.status(leader).commit_index, Slot::ZERO);
     c.heal();
-    assert!(c.run_until(500_000, |c| c.all_applied(1)));
+    assert!(c.run_until(500_000, |c| c.all_applied(Slot(1))));
     assert!(c.delivered["accept"] >= 2);
 }
 
@@ -130,13 +132,13 @@ fn leader_counts_its_own_vote_only_after_its_persist() {
     c.pump();
     assert_eq!(
         c.status(leader).commit_index,
-        0,
+        Slot::ZERO,
         "own vote counted before persist"
     );
     assert!(c.applied_values(leader).is_empty());
     c.complete_persists(leader);
     c.pump();
-    assert_eq!(c.status(leader).commit_index, 1);
+    assert_eq!(c.status(leader).commit_index, Slot(1));
     assert_eq!(c.applied_values(leader), vec![req("x")]);
 }
 
@@ -164,7 +166,10 @@ fn accept_messages_carry_the_commit_index_and_ballot() {
             accepts.push((b, slot, commit_index));
         }
     }
-    assert_eq!(accepts, vec![(ballot, 2, 1), (ballot, 2, 1)]);
+    assert_eq!(
+        accepts,
+        vec![(ballot, Slot(2), Slot(1)), (ballot, Slot(2), Slot(1))]
+    );
     assert_eq!(c.status(leader).role, Role::Leader);
     let _ = Time(0);
 }

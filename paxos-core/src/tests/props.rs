@@ -5,6 +5,7 @@
 //! slot and that applies are contiguous.
 
 use super::harness::*;
+use crate::Slot;
 use crate::{
     msg, Accepted, Action, Ballot, Config, DurableState, Membership, Message, PersistEntry,
     Replica, Time, Value,
@@ -15,7 +16,7 @@ use std::collections::VecDeque;
 /// Values depend on the slot only, so that random inputs never ask an
 /// acceptor for two values at one (slot, ballot) (a hard assertion that
 /// would only show that the input was not Paxos).
-fn value_for(slot: u64) -> Value {
+fn value_for(slot: Slot) -> Value {
     req(&format!("slot-{slot}"))
 }
 
@@ -24,24 +25,24 @@ enum AcceptorInput {
     Prepare {
         round: u64,
         leader: u32,
-        from: u64,
+        from: Slot,
     },
     Accept {
         round: u64,
         leader: u32,
-        slot: u64,
-        commit: u64,
+        slot: Slot,
+        commit: Slot,
     },
     Heartbeat {
         round: u64,
         leader: u32,
-        commit: u64,
+        commit: Slot,
     },
     Fetch {
-        from: u64,
+        from: Slot,
     },
     Decrees {
-        from: u64,
+        from: Slot,
         count: u64,
         round: u64,
     },
@@ -57,24 +58,24 @@ fn acceptor_input() -> impl Strategy<Value = AcceptorInput> {
         (0u64..6, 1u32..4, 0u64..12).prop_map(|(round, leader, from)| AcceptorInput::Prepare {
             round,
             leader,
-            from
+            from: Slot(from)
         }),
         (0u64..6, 1u32..4, 0u64..12, 0u64..8).prop_map(|(round, leader, slot, commit)| {
             AcceptorInput::Accept {
                 round,
                 leader,
-                slot,
-                commit,
+                slot: Slot(slot),
+                commit: Slot(commit),
             }
         }),
         (0u64..6, 1u32..4, 0u64..10).prop_map(|(round, leader, commit)| AcceptorInput::Heartbeat {
             round,
             leader,
-            commit
+            commit: Slot(commit)
         }),
-        (0u64..12).prop_map(|from| AcceptorInput::Fetch { from }),
+        (0u64..12).prop_map(|from| AcceptorInput::Fetch { from: Slot(from) }),
         (1u64..10, 0u64..4, 0u64..6).prop_map(|(from, count, round)| AcceptorInput::Decrees {
-            from,
+            from: Slot(from),
             count,
             round
         }),
@@ -99,12 +100,12 @@ proptest! {
         cfg.retain_decrees = 4;
         cfg.pipeline_window = 4;
         cfg.max_accept_ahead = 6;
-        let mut r = Replica::new(cfg, DurableState::default(), 0, 11, Time(0));
+        let mut r = Replica::new(cfg, DurableState::default(), Slot::ZERO, 11, Time(0));
         let mut now = Time(0);
         let mut durable = DurableState::default();
         let mut pending: VecDeque<(crate::PersistToken, Vec<PersistEntry>)> = VecDeque::new();
         let mut last_promised = Ballot::ZERO;
-        let mut applied = 0u64;
+        let mut applied = Slot::ZERO;
         for input in inputs {
             match input {
                 AcceptorInput::Prepare { round, leader, from } => r.handle_message(
@@ -116,11 +117,12 @@ proptest! {
                     now, id(leader), Message::Heartbeat(msg::Heartbeat { ballot: Ballot::new(round, id(leader)), commit_index: commit })),
                 AcceptorInput::Fetch { from } => r.handle_message(now, id(1), Message::Fetch(msg::Fetch { from_slot: from })),
                 AcceptorInput::Decrees { from, count, round } => {
-                    let decrees = (from..from + count)
+                    let decrees = (0..count)
+                        .map(|i| from.plus(i))
                         .map(|slot| Accepted { slot, ballot: Ballot::new(round, id(1)), value: value_for(slot) })
                         .collect();
                     r.handle_message(now, id(1), Message::Decrees(msg::Decrees {
-                        from_slot: from, commit_index: from + count, log_start: 1, decrees }))
+                        from_slot: from, commit_index: from.plus(count), log_start: Slot(1), decrees }))
                 }
                 AcceptorInput::Persisted => {
                     if let Some((token, entries)) = pending.pop_front() {
@@ -133,7 +135,7 @@ proptest! {
                     r.handle_tick(now);
                 }
                 AcceptorInput::Compact => {
-                    let through = r.status().applied_index / 2;
+                    let through = Slot(r.status().applied_index.0 / 2);
                     r.compact(through);
                 }
             }
@@ -158,7 +160,7 @@ proptest! {
                         );
                     }
                     Action::Apply { slot, value, .. } => {
-                        prop_assert_eq!(slot, applied + 1);
+                        prop_assert_eq!(slot, applied.next());
                         prop_assert_eq!(value, value_for(slot));
                         applied = slot;
                     }
@@ -446,7 +448,7 @@ enum ProposerInput {
     Propose,
     Accepted {
         from: u32,
-        slot: u64,
+        slot: Slot,
         own_ballot: bool,
     },
     Reject {
@@ -454,7 +456,7 @@ enum ProposerInput {
     },
     HeartbeatAck {
         from: u32,
-        commit: u64,
+        commit: Slot,
     },
     Persisted,
     Tick {
@@ -466,9 +468,9 @@ fn proposer_input() -> impl Strategy<Value = ProposerInput> {
     prop_oneof![
         3 => Just(ProposerInput::Propose),
         6 => (2u32..4, 1u64..12, proptest::bool::weighted(0.9))
-            .prop_map(|(from, slot, own_ballot)| ProposerInput::Accepted { from, slot, own_ballot }),
+            .prop_map(|(from, slot, own_ballot)| ProposerInput::Accepted { from, slot: Slot(slot), own_ballot }),
         1 => (0u64..4).prop_map(|round| ProposerInput::Reject { round }),
-        1 => (2u32..4, 0u64..12).prop_map(|(from, commit)| ProposerInput::HeartbeatAck { from, commit }),
+        1 => (2u32..4, 0u64..12).prop_map(|(from, commit)| ProposerInput::HeartbeatAck { from, commit: Slot(commit) }),
         4 => Just(ProposerInput::Persisted),
         1 => (0u64..100_000).prop_map(|micros| ProposerInput::Tick { micros }),
     ]
@@ -487,7 +489,7 @@ proptest! {
         let mut cfg = Config::new(id(1), m);
         cfg.pipeline_window = 4;
         cfg.max_accept_ahead = 8;
-        let mut r = Replica::new(cfg, DurableState::default(), 0, 5, Time(0));
+        let mut r = Replica::new(cfg, DurableState::default(), Slot::ZERO, 5, Time(0));
         let mut durable = DurableState::default();
         let mut pending: VecDeque<(crate::PersistToken, Vec<PersistEntry>)> = VecDeque::new();
         let mut now = Time(600_000); // past any election timeout
@@ -509,12 +511,12 @@ proptest! {
         }
         let ballot = ballot.expect("campaigned");
         r.handle_message(now, id(2), Message::Promise(msg::Promise {
-            ballot, from_slot: 1, commit_index: 0, log_start: 1, entries: vec![], next_from: None }));
+            ballot, from_slot: Slot(1), commit_index: Slot::ZERO, log_start: Slot(1), entries: vec![], next_from: None }));
         prop_assert_eq!(r.status().role, crate::Role::Leader);
 
-        let mut proposed: std::collections::BTreeMap<u64, Value> = Default::default();
-        let mut peer_acks: std::collections::BTreeMap<u64, std::collections::BTreeSet<u32>> = Default::default();
-        let mut applied = 0u64;
+        let mut proposed: std::collections::BTreeMap<Slot, Value> = Default::default();
+        let mut peer_acks: std::collections::BTreeMap<Slot, std::collections::BTreeSet<u32>> = Default::default();
+        let mut applied = Slot::ZERO;
         let mut n = 0u32;
         for input in inputs {
             match input {
@@ -530,7 +532,7 @@ proptest! {
                     if own_ballot && proposed.contains_key(&slot) && r.status().role == crate::Role::Leader {
                         peer_acks.entry(slot).or_default().insert(from);
                     }
-                    r.handle_message(now, id(from), Message::Accepted(msg::Accepted { ballot: b, slot, commit_index: 0 }));
+                    r.handle_message(now, id(from), Message::Accepted(msg::Accepted { ballot: b, slot, commit_index: Slot::ZERO }));
                 }
                 ProposerInput::Reject { round } => {
                     r.handle_message(now, id(2), Message::Reject(msg::Reject { promised: Ballot::new(round, id(3)) }));
@@ -553,7 +555,7 @@ proptest! {
                 match a {
                     Action::Persist { token, entries } => pending.push_back((token, entries)),
                     Action::Apply { slot, value, .. } => {
-                        prop_assert_eq!(slot, applied + 1);
+                        prop_assert_eq!(slot, applied.next());
                         prop_assert_eq!(Some(&value), proposed.get(&slot), "applied what was not proposed");
                         let own = durable.accepted.get(&slot).is_some_and(|e| e.ballot == ballot) as usize;
                         let peers = peer_acks.get(&slot).map_or(0, |s| s.len());

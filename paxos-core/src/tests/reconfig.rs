@@ -2,6 +2,7 @@
 //! per-peer health report.
 
 use super::harness::*;
+use crate::Slot;
 use crate::{Membership, ProposeError, ReplicaId, Role};
 
 fn voters(ids: &[u32]) -> Membership {
@@ -84,11 +85,11 @@ fn a_new_replica_joins_as_learner_then_is_promoted() {
         c.nodes[&leader]
             .applied
             .iter()
-            .any(|(_, v)| *v == reconfigure(0, step1.clone()))
+            .any(|(_, v)| *v == reconfigure(Slot::ZERO, step1.clone()))
             || c.run_until(1_000_000, |c| c.nodes[&leader]
                 .applied
                 .iter()
-                .any(|(_, v)| *v == reconfigure(0, step1.clone()))),
+                .any(|(_, v)| *v == reconfigure(Slot::ZERO, step1.clone()))),
         "the learner step was not chosen"
     );
     wait_for_membership(&mut c, &[id(1), id(2), id(3), id(4)], &target);
@@ -151,7 +152,7 @@ fn walk_abc_bcd_cde_ade_under_load_loses_nothing() {
     let applied = c.applied_values(id(5));
     assert_eq!(
         c.nodes[&id(5)].applied.first().map(|(s, _)| *s),
-        Some(1),
+        Some(Slot(1)),
         "5 caught up from slot 1"
     );
     for v in &submitted {
@@ -199,7 +200,7 @@ fn nothing_is_proposed_above_an_unchosen_reconfigure() {
     let now = c.now;
     let s = c
         .replica(leader)
-        .propose(now, reconfigure(0, voters(&[1, 2, 3, 4])))
+        .propose(now, reconfigure(Slot::ZERO, voters(&[1, 2, 3, 4])))
         .unwrap();
     // Not pumped yet: the decree is in flight.
     assert_eq!(
@@ -216,7 +217,7 @@ fn nothing_is_proposed_above_an_unchosen_reconfigure() {
     // Voters changed (4 is a voter that has not started): the leader runs
     // phase 1 again; 1-3 are still a quorum of four.
     let slot = c.propose_retrying(req("b"));
-    assert_eq!(slot, s + 1);
+    assert_eq!(slot, s.next());
     let now = c.now;
     let leader = c.elect_any();
     assert!(matches!(
@@ -246,7 +247,7 @@ fn a_reconfigure_found_in_phase_1_is_finished_before_anything_above_it() {
     let target = voters(&[others[0].0, others[1].0]);
     let s = c
         .replica(old)
-        .propose(now, reconfigure(0, target.clone()))
+        .propose(now, reconfigure(Slot::ZERO, target.clone()))
         .unwrap();
     // Deliver the accept to others[0] only, then crash the leader before
     // the Accepted comes back.
@@ -270,9 +271,9 @@ fn a_reconfigure_found_in_phase_1_is_finished_before_anything_above_it() {
     // Whoever won found the Reconfigure only if others[0] was in its
     // quorum; either way the slot is decided once and identically.
     let slot = c.commit(req("b"));
-    assert!(slot > s || c.chosen[&s] != reconfigure(0, target.clone()));
+    assert!(slot > s || c.chosen[&s] != reconfigure(Slot::ZERO, target.clone()));
     let m = c.status(leader).membership;
-    if c.chosen.get(&s) == Some(&reconfigure(0, target.clone())) {
+    if c.chosen.get(&s) == Some(&reconfigure(Slot::ZERO, target.clone())) {
         assert_eq!(m, target);
     }
 }
@@ -403,9 +404,9 @@ fn slots_above_a_learner_step_found_in_phase_1_are_recovered() {
     let now = c.now;
     let s = c
         .replica(old)
-        .propose(now, reconfigure(0, step.clone()))
+        .propose(now, reconfigure(Slot::ZERO, step.clone()))
         .unwrap();
-    assert_eq!(s, g + 1);
+    assert_eq!(s, g.next());
     c.pump();
     assert_eq!(c.status(old).commit_index, s);
     let now = c.now;
@@ -422,7 +423,7 @@ fn slots_above_a_learner_step_found_in_phase_1_are_recovered() {
     assert!(y > x);
     assert!(c.all_applied(y));
     assert_eq!(c.chosen.get(&x), Some(&req("x")));
-    assert_eq!(c.chosen.get(&s), Some(&reconfigure(0, step)));
+    assert_eq!(c.chosen.get(&s), Some(&reconfigure(Slot::ZERO, step)));
 }
 
 /// Found by `random_fault_schedules_on_five_replicas` (20,000 cases).
@@ -479,9 +480,9 @@ fn a_stale_reconfigure_recovered_after_a_later_change_is_a_no_op() {
     };
     let z = c
         .replica(old)
-        .propose(now, reconfigure(0, stale.clone()))
+        .propose(now, reconfigure(Slot::ZERO, stale.clone()))
         .unwrap();
-    assert_eq!(z, b + 1);
+    assert_eq!(z, b.next());
     c.pump();
     assert!(c.status(f).commit_index < b, "nothing new is chosen yet");
     c.crash(old);
@@ -505,7 +506,7 @@ fn a_stale_reconfigure_recovered_after_a_later_change_is_a_no_op() {
     c.crash(old);
     let members: Vec<ReplicaId> = others.iter().copied().filter(|r| *r != x).collect();
     c.commit_on(&members, req("after"));
-    assert_eq!(c.chosen.get(&z), Some(&reconfigure(0, stale)));
+    assert_eq!(c.chosen.get(&z), Some(&reconfigure(Slot::ZERO, stale)));
     for r in &members {
         assert_eq!(c.status(*r).membership, target, "{r} was reverted");
         assert_eq!(c.status(*r).membership_slot, t_slot);

@@ -19,7 +19,7 @@ fn lose_votes_above(c: &mut Cluster, r: crate::ReplicaId, keep: Slot) {
     }
     durable.apply(&PersistEntry::Commit(keep.min(node.durable.commit_index)));
     node.durable = durable;
-    node.applied_through = 0;
+    node.applied_through = Slot::ZERO;
     node.applied.clear();
 }
 
@@ -41,7 +41,7 @@ fn a_vote_is_lost(c: &mut Cluster, repair: bool) -> (Slot, Value) {
     let slot = c.commit_on(&[leader, other], v.clone());
     assert_eq!(c.chosen[&slot], v);
     c.crash(leader);
-    lose_votes_above(c, other, slot - 1);
+    lose_votes_above(c, other, slot.prev());
     c.nodes.get_mut(&other).unwrap().config.repair = repair;
     c.heal();
     c.isolate(leader);
@@ -126,7 +126,7 @@ fn answers_from_replicas_that_repair_themselves_do_not_count() {
     // Two replicas lose their logs at once: a majority is damaged. Each
     // waits for the other's trusted answer; the status says why.
     for r in [id(2), id(3)] {
-        lose_votes_above(&mut c, r, 0);
+        lose_votes_above(&mut c, r, Slot::ZERO);
         c.nodes.get_mut(&r).unwrap().config.repair = true;
     }
     c.restart(id(2), false);
@@ -148,7 +148,7 @@ fn the_fence_raises_the_promise_to_the_highest_any_voter_holds() {
     c.commit(req("x"));
     let promised = c.status(leader).ballot;
     let damaged = if leader == id(1) { id(2) } else { id(1) };
-    lose_votes_above(&mut c, damaged, 0);
+    lose_votes_above(&mut c, damaged, Slot::ZERO);
     c.nodes.get_mut(&damaged).unwrap().config.repair = true;
     c.restart(damaged, false);
     assert!(c.run_until(3_000_000, |c| c.status(damaged).repair.is_none()));

@@ -11,7 +11,7 @@ use crate::fs::SharedFs;
 use crate::sim_fs::{CrashPolicy, FaultCounters, SimFaults, SimFs};
 use crate::{CorruptionPolicy, FileLog, LogOptions, ReplicaStorage, StorageError, WriterMode};
 use bytes::Bytes;
-use paxos_core::{Accepted, DurableState, PersistEntry, Value};
+use paxos_core::{Accepted, DurableState, PersistEntry, Slot, Value};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -22,7 +22,7 @@ const SEGMENT_START: u64 = (SEGMENT_HEADER_LEN + RECORD_HEADER_LEN + STATE_PAYLO
 /// A one-segment log of `n` 50-byte accepts, closed.
 fn appends_of_50(n: u64) -> (SimFs, SharedFs, PathBuf, PathBuf, Vec<Vec<PersistEntry>>) {
     let (fs, shared, dir) = sim();
-    let batches: Vec<Vec<PersistEntry>> = (1..=n).map(|s| vec![accept(s, 1, 50)]).collect();
+    let batches: Vec<Vec<PersistEntry>> = (1..=n).map(|s| vec![accept(Slot(s), 1, 50)]).collect();
     let (log, _) = FileLog::open_with(shared.clone(), &dir, LogOptions::default()).unwrap();
     for b in &batches {
         log.append(b).unwrap();
@@ -109,7 +109,7 @@ fn an_unreadable_sector_is_damage_at_its_offset_not_an_io_error() {
     );
     assert!(fs.fault_counters().latent_read_failures >= 2, "read twice");
     // The cut removed the bad sector: the log is readable and writable again.
-    log.append(&[PersistEntry::Commit(1)]).unwrap();
+    log.append(&[PersistEntry::Commit(Slot(1))]).unwrap();
     log.close().unwrap();
     let (_log, state) = FileLog::open_with(shared, &dir, LogOptions::default()).unwrap();
     assert_eq!(state.accepted.len(), kept);
@@ -127,7 +127,7 @@ fn a_misdirected_write_is_detected_and_never_served() {
         let (log, _) = FileLog::open_with(shared.clone(), &dir, opts.clone()).unwrap();
         let mut batches = Vec::new();
         for slot in 1..=40u64 {
-            let b = vec![accept(slot, 1, 100)];
+            let b = vec![accept(Slot(slot), 1, 100)];
             log.append(&b).unwrap();
             batches.push(b);
             if slot == 25 {
@@ -171,7 +171,8 @@ fn a_crash_at_every_point_of_salvage_keeps_the_damage_reported() {
     let build = || {
         let (fs, shared, dir) = sim();
         let (log, _) = FileLog::open_with(shared.clone(), &dir, super::small_segments()).unwrap();
-        let batches: Vec<Vec<PersistEntry>> = (1..=40).map(|s| vec![accept(s, 1, 200)]).collect();
+        let batches: Vec<Vec<PersistEntry>> =
+            (1..=40).map(|s| vec![accept(Slot(s), 1, 200)]).collect();
         for b in &batches {
             log.append(b).unwrap();
         }
@@ -220,10 +221,10 @@ fn a_crash_at_every_point_of_salvage_keeps_the_damage_reported() {
                 "{what}"
             );
             // And the log works on.
-            log.append(&[PersistEntry::Commit(7)]).unwrap();
+            log.append(&[PersistEntry::Commit(Slot(7))]).unwrap();
             log.close().unwrap();
             let (log, state) = FileLog::open_with(shared, &dir, opts.clone()).unwrap();
-            assert_eq!(state.commit_index, 7, "{what}");
+            assert_eq!(state.commit_index, Slot(7), "{what}");
             assert_eq!(log.recovery_damage(), damage, "{what}");
         }
     }
@@ -241,7 +242,7 @@ fn crashes_alone_never_report_damage() {
         let (log, _) = FileLog::open_with(shared.clone(), &dir, opts.clone()).unwrap();
         fs.crash_after(seed * 3);
         for slot in 1..=60 {
-            if log.append(&[accept(slot, 1, 150)]).is_err() || log.sync_queued().is_err() {
+            if log.append(&[accept(Slot(slot), 1, 150)]).is_err() || log.sync_queued().is_err() {
                 break;
             }
         }
@@ -280,17 +281,17 @@ fn random_batch(rng: &mut Rng) -> Vec<PersistEntry> {
     (0..rng.below(4))
         .map(|_| match rng.below(10) {
             0 => PersistEntry::Promise(ballot(rng.below(5))),
-            1 => PersistEntry::Commit(rng.below(60)),
+            1 => PersistEntry::Commit(Slot(rng.below(60))),
             2..=8 => {
                 let len = rng.below(300) as usize;
                 let fill = rng.next() as u8;
                 PersistEntry::Accept(Accepted {
-                    slot: 1 + rng.below(60),
+                    slot: Slot(1 + rng.below(60)),
                     ballot: ballot(rng.below(5)),
                     value: Value::Requests(Bytes::from(vec![fill; len])),
                 })
             }
-            _ => PersistEntry::Truncate(rng.below(40)),
+            _ => PersistEntry::Truncate(Slot(rng.below(40))),
         })
         .collect()
 }
@@ -401,7 +402,7 @@ fn model_check(seed: u64, steps: usize, seen: &mut Observed) -> Result<(), Strin
         match rng.below(100) {
             0..=54 => {
                 let batch = if rng.below(12) == 0 {
-                    vec![PersistEntry::Truncate(rng.below(60))]
+                    vec![PersistEntry::Truncate(Slot(rng.below(60)))]
                 } else {
                     random_batch(&mut rng)
                 };
@@ -554,7 +555,7 @@ fn damage_repeated_at_one_place_keeps_the_worse_verdict() {
     let first = log.recovery_damage();
     assert_eq!(first.len(), 1);
     assert!(!first[0].may_have_lost_acknowledged, "nothing was in it");
-    log.append(&[accept(1, 1, 50)]).unwrap();
+    log.append(&[accept(Slot(1), 1, 50)]).unwrap();
     log.wait_durable(log.durable_seq() + 1).unwrap();
     log.close().unwrap();
     let seg = segment_paths(&fs, &dir).pop().unwrap();

@@ -5,7 +5,7 @@
 use super::{accept, apply_all, segment_paths, sim};
 use crate::sim_fs::{CrashPolicy, DiskOp, LatencyModel, SimFaults, SimFs};
 use crate::{FileLog, LogOptions, ReplicaStorage, StorageError, WriterMode};
-use paxos_core::PersistEntry;
+use paxos_core::{PersistEntry, Slot};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -29,7 +29,7 @@ fn appends_only_queue_until_sync_queued_writes_them_in_one_group_commit() {
     let (log, _) = FileLog::open_with(shared.clone(), &dir, inline()).unwrap();
     let syncs = fs.data_syncs();
     let ops = fs.mutating_ops();
-    let batches: Vec<Vec<PersistEntry>> = (1..=10).map(|s| vec![accept(s, 1, 40)]).collect();
+    let batches: Vec<Vec<PersistEntry>> = (1..=10).map(|s| vec![accept(Slot(s), 1, 40)]).collect();
     for b in &batches {
         log.append(b).unwrap();
     }
@@ -38,7 +38,7 @@ fn appends_only_queue_until_sync_queued_writes_them_in_one_group_commit() {
     assert_eq!(fs.mutating_ops(), ops, "appending wrote nothing");
     assert_eq!(log.durable_seq(), 0);
     assert_eq!(
-        log.read_accepted(1, 100).unwrap().len(),
+        log.read_accepted(Slot(1), 100).unwrap().len(),
         10,
         "queued appends are served"
     );
@@ -68,20 +68,20 @@ fn wait_durable_syncs_and_a_full_queue_is_an_error_not_a_block() {
     };
     let (log, _) = FileLog::open_with(shared, &dir, opts).unwrap();
     for c in 1..=4 {
-        log.append(&[PersistEntry::Commit(c)]).unwrap();
+        log.append(&[PersistEntry::Commit(Slot(c))]).unwrap();
     }
-    match log.append(&[PersistEntry::Commit(5)]) {
+    match log.append(&[PersistEntry::Commit(Slot(5))]) {
         Err(StorageError::Full(why)) => assert!(why.contains("sync_queued"), "{why}"),
         other => panic!("expected Full, got {other:?}"),
     }
     assert_eq!(
         log.state().commit_index,
-        4,
+        Slot(4),
         "the refused append changed nothing"
     );
     log.wait_durable(2).unwrap();
     assert_eq!(log.durable_seq(), 4, "one sync covered the whole queue");
-    assert_eq!(log.append(&[PersistEntry::Commit(5)]).unwrap(), 5);
+    assert_eq!(log.append(&[PersistEntry::Commit(Slot(5))]).unwrap(), 5);
     assert!(matches!(
         log.wait_durable(6),
         Err(StorageError::OutOfRange(_))
@@ -104,7 +104,7 @@ fn a_large_queue_is_written_in_flushes_of_max_flush_bytes() {
     let (log, _) = FileLog::open_with(shared, &dir, opts).unwrap();
     let syncs = fs.data_syncs();
     for s in 1..=20 {
-        log.append(&[accept(s, 1, 200)]).unwrap();
+        log.append(&[accept(Slot(s), 1, 200)]).unwrap();
     }
     assert_eq!(log.sync_queued().unwrap(), 20);
     let flushes = fs.data_syncs() - syncs;
@@ -117,7 +117,7 @@ fn rolls_truncates_and_reclaims_segments_inline() {
     let (log, _) = FileLog::open_with(shared.clone(), &dir, inline_small()).unwrap();
     let mut batches = Vec::new();
     for slot in 1..=60 {
-        let b = vec![accept(slot, 2, 150)];
+        let b = vec![accept(Slot(slot), 2, 150)];
         log.append(&b).unwrap();
         batches.push(b);
         if slot % 7 == 0 {
@@ -127,17 +127,17 @@ fn rolls_truncates_and_reclaims_segments_inline() {
     log.sync_queued().unwrap();
     let before = segment_paths(&fs, &dir).len();
     assert!(before >= 3, "rolled into {before} segments");
-    batches.push(vec![PersistEntry::Truncate(50)]);
-    let seq = log.truncate_through(50).unwrap();
+    batches.push(vec![PersistEntry::Truncate(Slot(50))]);
+    let seq = log.truncate_through(Slot(50)).unwrap();
     assert_eq!(log.sync_queued().unwrap(), seq);
     let stats = log.stats();
     assert!(stats.segments_deleted >= 2, "{stats:?}");
     assert!(segment_paths(&fs, &dir).len() < before);
     assert!(matches!(
-        log.read_accepted(10, 5),
+        log.read_accepted(Slot(10), 5),
         Err(StorageError::OutOfRange(_))
     ));
-    assert_eq!(log.read_accepted(51, 100).unwrap().len(), 10);
+    assert_eq!(log.read_accepted(Slot(51), 100).unwrap().len(), 10);
     drop(log);
     let (log, state) = FileLog::open_with(shared, &dir, inline_small()).unwrap();
     assert_eq!(state, apply_all(&batches));
@@ -148,12 +148,14 @@ fn rolls_truncates_and_reclaims_segments_inline() {
 fn dropping_an_inline_log_loses_what_is_queued_like_a_crash() {
     let (_fs, shared, dir) = sim();
     let (log, _) = FileLog::open_with(shared.clone(), &dir, inline()).unwrap();
-    let kept: Vec<Vec<PersistEntry>> = (1..=3).map(|c| vec![PersistEntry::Commit(c)]).collect();
+    let kept: Vec<Vec<PersistEntry>> = (1..=3)
+        .map(|c| vec![PersistEntry::Commit(Slot(c))])
+        .collect();
     for b in &kept {
         log.append(b).unwrap();
     }
     log.sync_queued().unwrap();
-    log.append(&[PersistEntry::Commit(9)]).unwrap();
+    log.append(&[PersistEntry::Commit(Slot(9))]).unwrap();
     drop(log);
     let (log, state) = FileLog::open_with(shared, &dir, inline()).unwrap();
     assert_eq!(state, apply_all(&kept));
@@ -164,14 +166,14 @@ fn dropping_an_inline_log_loses_what_is_queued_like_a_crash() {
 fn a_failed_inline_sync_closes_the_log() {
     let (fs, shared, dir) = sim();
     let (log, _) = FileLog::open_with(shared, &dir, inline()).unwrap();
-    log.append(&[PersistEntry::Commit(1)]).unwrap();
+    log.append(&[PersistEntry::Commit(Slot(1))]).unwrap();
     log.sync_queued().unwrap();
-    log.append(&[PersistEntry::Commit(2)]).unwrap();
+    log.append(&[PersistEntry::Commit(Slot(2))]).unwrap();
     fs.crash_after(1); // the write lands, the sync fails
     assert!(matches!(log.sync_queued(), Err(StorageError::Io { .. })));
     assert_eq!(log.durable_seq(), 1);
     assert!(matches!(
-        log.append(&[PersistEntry::Commit(3)]),
+        log.append(&[PersistEntry::Commit(Slot(3))]),
         Err(StorageError::Closed(_))
     ));
     assert!(matches!(log.wait_durable(2), Err(StorageError::Closed(_))));
@@ -185,7 +187,7 @@ fn sync_queued_in_thread_mode_waits_for_the_writer() {
     let (log, _) = FileLog::open_with(shared, &dir, LogOptions::default()).unwrap();
     assert_eq!(log.sync_queued().unwrap(), 0);
     for c in 1..=5 {
-        log.append(&[PersistEntry::Commit(c)]).unwrap();
+        log.append(&[PersistEntry::Commit(Slot(c))]).unwrap();
     }
     assert_eq!(log.sync_queued().unwrap(), 5);
 }
@@ -222,7 +224,7 @@ fn deterministic_run(seed: u64) -> Run {
     for round in 0..4u64 {
         let (log, _) = FileLog::open_with(shared.clone(), dir, opts.clone()).unwrap();
         for slot in 1..=40 {
-            let _ = log.append(&[accept(round * 100 + slot, 1, 120)]);
+            let _ = log.append(&[accept(Slot(round * 100 + slot), 1, 120)]);
             if slot % 5 == 0 {
                 let _ = log.sync_queued();
                 trace.push(fs.take_busy_us());

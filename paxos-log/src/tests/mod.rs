@@ -11,7 +11,7 @@ use crate::fs::{OsFs, SharedFs};
 use crate::sim_fs::{CrashPolicy, SimFs};
 use crate::{FileLog, LogOptions, ReplicaStorage, StorageError};
 use bytes::Bytes;
-use paxos_core::{Accepted, Ballot, DurableState, PersistEntry, ReplicaId, Value};
+use paxos_core::{Accepted, Ballot, DurableState, PersistEntry, ReplicaId, Slot, Value};
 use proptest::prelude::*;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,8 +20,8 @@ pub(crate) fn ballot(r: u64) -> Ballot {
     Ballot::new(r, ReplicaId(1))
 }
 
-pub(crate) fn accept(slot: u64, round: u64, len: usize) -> PersistEntry {
-    let body: Vec<u8> = (0..len).map(|i| (i as u8) ^ (slot as u8) | 1).collect();
+pub(crate) fn accept(slot: Slot, round: u64, len: usize) -> PersistEntry {
+    let body: Vec<u8> = (0..len).map(|i| (i as u8) ^ (slot.0 as u8) | 1).collect();
     PersistEntry::Accept(Accepted {
         slot,
         ballot: ballot(round),
@@ -73,22 +73,26 @@ fn reopen_recovers_exactly_what_was_appended() {
     let dir = tempfile::tempdir().unwrap();
     let batches = vec![
         vec![PersistEntry::Promise(ballot(3))],
-        vec![accept(1, 3, 100), accept(2, 3, 0), PersistEntry::Commit(1)],
+        vec![
+            accept(Slot(1), 3, 100),
+            accept(Slot(2), 3, 0),
+            PersistEntry::Commit(Slot(1)),
+        ],
         vec![],
         vec![PersistEntry::Accept(Accepted {
-            slot: 3,
+            slot: Slot(3),
             ballot: ballot(3),
             value: Value::Reconfigure(paxos_core::Reconfiguration {
-                base: 7,
+                base: Slot(7),
                 membership: paxos_core::Membership::with_voters(vec![ReplicaId(1), ReplicaId(2)]),
             }),
         })],
         vec![PersistEntry::Accept(Accepted {
-            slot: 4,
+            slot: Slot(4),
             ballot: ballot(3),
             value: Value::Noop,
         })],
-        vec![accept(2, 4, 10), PersistEntry::Commit(3)],
+        vec![accept(Slot(2), 4, 10), PersistEntry::Commit(Slot(3))],
     ];
     let (log, state) = FileLog::open(dir.path(), LogOptions::default()).unwrap();
     assert_eq!(state, DurableState::default());
@@ -113,7 +117,10 @@ fn reopen_recovers_exactly_what_was_appended() {
         last,
         "sequence numbers continue across restarts"
     );
-    assert_eq!(log.append(&[PersistEntry::Commit(4)]).unwrap(), last + 1);
+    assert_eq!(
+        log.append(&[PersistEntry::Commit(Slot(4))]).unwrap(),
+        last + 1
+    );
     assert_eq!(log.recovery_report().appends, batches.len() as u64);
 }
 
@@ -121,7 +128,7 @@ fn reopen_recovers_exactly_what_was_appended() {
 fn appends_without_waiting_are_flushed_on_close() {
     let (_fs, shared, dir) = sim();
     let (log, _) = FileLog::open_with(shared.clone(), &dir, LogOptions::default()).unwrap();
-    let batches: Vec<Vec<PersistEntry>> = (1..=50).map(|s| vec![accept(s, 1, 20)]).collect();
+    let batches: Vec<Vec<PersistEntry>> = (1..=50).map(|s| vec![accept(Slot(s), 1, 20)]).collect();
     for b in &batches {
         log.append(b).unwrap();
     }
@@ -139,7 +146,7 @@ fn group_commit_shares_fsyncs_between_appends() {
     let syncs_before = fs.data_syncs();
     // Hold the writer in its first fsync so the other appends pile up.
     fs.pause_syncs(true);
-    let first = log.append(&[accept(1, 1, 10)]).unwrap();
+    let first = log.append(&[accept(Slot(1), 1, 10)]).unwrap();
     let mut last = first;
     let threads: Vec<_> = (0..8)
         .map(|t| {
@@ -147,7 +154,7 @@ fn group_commit_shares_fsyncs_between_appends() {
             std::thread::spawn(move || {
                 let mut seqs = Vec::new();
                 for i in 0..25u64 {
-                    seqs.push(log.append(&[accept(2 + t * 25 + i, 1, 10)]).unwrap());
+                    seqs.push(log.append(&[accept(Slot(2 + t * 25 + i), 1, 10)]).unwrap());
                 }
                 seqs
             })
@@ -189,19 +196,19 @@ fn a_full_queue_blocks_appenders_until_the_writer_drains_it() {
     let log = Arc::new(log);
     fs.pause_syncs(true);
     // The writer takes the first append and blocks in fsync; four more fill the queue.
-    let first = log.append(&[PersistEntry::Commit(1)]).unwrap();
+    let first = log.append(&[PersistEntry::Commit(Slot(1))]).unwrap();
     while log.shared_queue_len() != 0 {
         std::thread::yield_now();
     }
     for c in 2..=5 {
-        log.append(&[PersistEntry::Commit(c)]).unwrap();
+        log.append(&[PersistEntry::Commit(Slot(c))]).unwrap();
     }
     assert_eq!(log.shared_queue_len(), 4);
     let (tx, rx) = std::sync::mpsc::channel();
     let blocked = {
         let log = log.clone();
         std::thread::spawn(move || {
-            let r = log.append(&[PersistEntry::Commit(6)]);
+            let r = log.append(&[PersistEntry::Commit(Slot(6))]);
             tx.send(()).unwrap();
             r
         })
@@ -227,12 +234,12 @@ fn segments_roll_and_truncation_deletes_covered_segments_but_keeps_state() {
     let (fs, shared, dir) = sim();
     let mut batches = vec![vec![
         PersistEntry::Promise(ballot(7)),
-        PersistEntry::Commit(0),
+        PersistEntry::Commit(Slot::ZERO),
     ]];
     let (log, _) = FileLog::open_with(shared.clone(), &dir, small_segments()).unwrap();
     log.append(&batches[0]).unwrap();
-    for slot in 1..=100 {
-        let b = vec![accept(slot, 7, 200), PersistEntry::Commit(slot - 1)];
+    for slot in Slot(1).through(Slot(100)) {
+        let b = vec![accept(slot, 7, 200), PersistEntry::Commit(slot.prev())];
         log.append(&b).unwrap();
         batches.push(b);
     }
@@ -244,8 +251,8 @@ fn segments_roll_and_truncation_deletes_covered_segments_but_keeps_state() {
         before >= 5,
         "4 KiB segments should have rolled, got {before}"
     );
-    let seq = log.truncate_through(80).unwrap();
-    batches.push(vec![PersistEntry::Truncate(80)]);
+    let seq = log.truncate_through(Slot(80)).unwrap();
+    batches.push(vec![PersistEntry::Truncate(Slot(80))]);
     log.wait_durable(seq).unwrap();
     log.close().unwrap();
     let after = segment_paths(&fs, &dir).len();
@@ -261,8 +268,8 @@ fn segments_roll_and_truncation_deletes_covered_segments_but_keeps_state() {
         ballot(7),
         "the promise survives deletion of its segment"
     );
-    assert_eq!(state.commit_index, 99);
-    assert_eq!(state.accepted.keys().next(), Some(&81));
+    assert_eq!(state.commit_index, Slot(99));
+    assert_eq!(state.accepted.keys().next(), Some(&Slot(81)));
     assert_eq!(log.durable_seq(), batches.len() as u64);
 }
 
@@ -275,9 +282,9 @@ fn truncating_everything_live_rolls_and_reclaims_the_active_segment() {
     };
     let (log, _) = FileLog::open_with(shared.clone(), &dir, opts.clone()).unwrap();
     for slot in 1..=100 {
-        log.append(&[accept(slot, 1, 200)]).unwrap();
+        log.append(&[accept(Slot(slot), 1, 200)]).unwrap();
     }
-    let seq = log.truncate_through(100).unwrap();
+    let seq = log.truncate_through(Slot(100)).unwrap();
     log.wait_durable(seq).unwrap();
     log.close().unwrap();
     let segs = segment_paths(&fs, &dir);
@@ -287,7 +294,7 @@ fn truncating_everything_live_rolls_and_reclaims_the_active_segment() {
         "the dead active segment was replaced"
     );
     let (_log, state) = FileLog::open_with(shared, &dir, opts).unwrap();
-    assert_eq!(state.truncated_through, 100);
+    assert_eq!(state.truncated_through, Slot(100));
     assert!(state.accepted.is_empty());
 }
 
@@ -296,28 +303,28 @@ fn read_accepted_serves_live_decrees_in_slot_order_and_refuses_truncated_ones() 
     let (_fs, shared, dir) = sim();
     let (log, _) = FileLog::open_with(shared, &dir, LogOptions::default()).unwrap();
     for slot in [5, 1, 3, 2, 4] {
-        log.append(&[accept(slot, 1, 8)]).unwrap();
+        log.append(&[accept(Slot(slot), 1, 8)]).unwrap();
     }
-    let got: Vec<u64> = log
-        .read_accepted(2, 3)
+    let got: Vec<Slot> = log
+        .read_accepted(Slot(2), 3)
         .unwrap()
         .iter()
         .map(|a| a.slot)
         .collect();
-    assert_eq!(got, vec![2, 3, 4]);
-    log.truncate_through(2).unwrap();
+    assert_eq!(got, vec![Slot(2), Slot(3), Slot(4)]);
+    log.truncate_through(Slot(2)).unwrap();
     assert!(matches!(
-        log.read_accepted(1, 10),
+        log.read_accepted(Slot(1), 10),
         Err(StorageError::OutOfRange(_))
     ));
-    let got: Vec<u64> = log
-        .read_accepted(3, 10)
+    let got: Vec<Slot> = log
+        .read_accepted(Slot(3), 10)
         .unwrap()
         .iter()
         .map(|a| a.slot)
         .collect();
-    assert_eq!(got, vec![3, 4, 5]);
-    assert!(log.read_accepted(6, 10).unwrap().is_empty());
+    assert_eq!(got, vec![Slot(3), Slot(4), Slot(5)]);
+    assert!(log.read_accepted(Slot(6), 10).unwrap().is_empty());
 }
 
 #[test]
@@ -330,25 +337,28 @@ fn limits_are_errors_not_panics() {
     };
     let (log, _) = FileLog::open_with(shared.clone(), &dir, opts).unwrap();
     assert!(matches!(
-        log.append(&[accept(1, 1, 2000)]),
+        log.append(&[accept(Slot(1), 1, 2000)]),
         Err(StorageError::Full(_))
     ));
     assert!(matches!(
         log.append(&[PersistEntry::Accept(Accepted {
-            slot: 0,
+            slot: Slot::ZERO,
             ballot: ballot(1),
             value: Value::Noop
         })]),
         Err(StorageError::OutOfRange(_))
     ));
     for slot in 1..=2 {
-        log.append(&[accept(slot, 1, 800)]).unwrap();
+        log.append(&[accept(Slot(slot), 1, 800)]).unwrap();
     }
     assert!(
-        matches!(log.append(&[accept(3, 1, 800)]), Err(StorageError::Full(_))),
+        matches!(
+            log.append(&[accept(Slot(3), 1, 800)]),
+            Err(StorageError::Full(_))
+        ),
         "index bound"
     );
-    log.append(&[PersistEntry::Truncate(2), accept(3, 1, 800)])
+    log.append(&[PersistEntry::Truncate(Slot(2)), accept(Slot(3), 1, 800)])
         .unwrap();
     assert!(matches!(
         log.wait_durable(1000),
@@ -365,16 +375,16 @@ fn limits_are_errors_not_panics() {
 fn a_failed_write_closes_the_log_and_fails_waiters() {
     let (fs, shared, dir) = sim();
     let (log, _) = FileLog::open_with(shared, &dir, LogOptions::default()).unwrap();
-    let ok = log.append(&[PersistEntry::Commit(1)]).unwrap();
+    let ok = log.append(&[PersistEntry::Commit(Slot(1))]).unwrap();
     log.wait_durable(ok).unwrap();
     fs.crash_after(0);
-    let seq = log.append(&[PersistEntry::Commit(2)]).unwrap();
+    let seq = log.append(&[PersistEntry::Commit(Slot(2))]).unwrap();
     assert!(matches!(
         log.wait_durable(seq),
         Err(StorageError::Closed(_))
     ));
     assert!(matches!(
-        log.append(&[PersistEntry::Commit(3)]),
+        log.append(&[PersistEntry::Commit(Slot(3))]),
         Err(StorageError::Closed(_))
     ));
     assert_eq!(log.durable_seq(), ok);
@@ -401,13 +411,13 @@ fn write_one_segment(
 #[test]
 fn a_torn_tail_is_cut_off_and_the_log_continues() {
     let (fs, shared, dir) = sim();
-    let batches: Vec<Vec<PersistEntry>> = (1..=5).map(|s| vec![accept(s, 1, 50)]).collect();
+    let batches: Vec<Vec<PersistEntry>> = (1..=5).map(|s| vec![accept(Slot(s), 1, 50)]).collect();
     let seg = write_one_segment(&fs, &shared, &dir, &batches);
     let good_len = fs.file_len(&seg).unwrap();
     // A crash in the middle of writing the next record.
     let mut f = shared.open_append(&seg).unwrap();
     let mut frame = Vec::new();
-    let offs = crate::codec::encode_entries(&[accept(6, 1, 50)], &mut frame);
+    let offs = crate::codec::encode_entries(&[accept(Slot(6), 1, 50)], &mut frame);
     crate::codec::seal_frame(&mut frame, offs[0], 6, true);
     f.write_all(&frame[..frame.len() - 7]).unwrap();
     f.sync_data().unwrap();
@@ -419,7 +429,7 @@ fn a_torn_tail_is_cut_off_and_the_log_continues() {
         "a torn tail is not damage"
     );
     assert_eq!(fs.file_len(&seg), Some(good_len));
-    let seq = log.append(&[accept(6, 1, 50)]).unwrap();
+    let seq = log.append(&[accept(Slot(6), 1, 50)]).unwrap();
     assert_eq!(seq, 6);
     log.close().unwrap();
     let (_log, state) = FileLog::open_with(shared, &dir, LogOptions::default()).unwrap();
@@ -429,12 +439,16 @@ fn a_torn_tail_is_cut_off_and_the_log_continues() {
 #[test]
 fn a_zero_filled_tail_is_torn_and_an_unfinished_append_is_dropped_whole() {
     let (fs, shared, dir) = sim();
-    let batches: Vec<Vec<PersistEntry>> = (1..=3).map(|s| vec![accept(s, 1, 50)]).collect();
+    let batches: Vec<Vec<PersistEntry>> = (1..=3).map(|s| vec![accept(Slot(s), 1, 50)]).collect();
     let seg = write_one_segment(&fs, &shared, &dir, &batches);
     let mut f = shared.open_append(&seg).unwrap();
     // The first two records of a three-record append, then zeros.
     let mut frames = Vec::new();
-    let entries = [accept(4, 1, 10), accept(5, 1, 10), accept(6, 1, 10)];
+    let entries = [
+        accept(Slot(4), 1, 10),
+        accept(Slot(5), 1, 10),
+        accept(Slot(6), 1, 10),
+    ];
     let offs = crate::codec::encode_entries(&entries, &mut frames);
     for (i, at) in offs.iter().enumerate() {
         crate::codec::seal_frame(&mut frames, *at, 4, i == 2);
@@ -453,7 +467,7 @@ fn a_zero_filled_tail_is_torn_and_an_unfinished_append_is_dropped_whole() {
 #[test]
 fn a_bad_checksum_mid_log_is_an_error_naming_file_and_offset() {
     let (fs, shared, dir) = sim();
-    let batches: Vec<Vec<PersistEntry>> = (1..=6).map(|s| vec![accept(s, 1, 50)]).collect();
+    let batches: Vec<Vec<PersistEntry>> = (1..=6).map(|s| vec![accept(Slot(s), 1, 50)]).collect();
     let seg = write_one_segment(&fs, &shared, &dir, &batches);
     let frame_len = (crate::codec::RECORD_HEADER_LEN + 21 + 50) as u64;
     let state_len = (crate::codec::RECORD_HEADER_LEN + 28) as u64;
@@ -500,12 +514,12 @@ fn a_bad_checksum_mid_log_is_an_error_naming_file_and_offset() {
         fs.file_len(&seg),
         Some(crate::codec::SEGMENT_HEADER_LEN as u64 + state_len + 2 * frame_len)
     );
-    assert_eq!(log.append(&[PersistEntry::Commit(1)]).unwrap(), 3);
+    assert_eq!(log.append(&[PersistEntry::Commit(Slot(1))]).unwrap(), 3);
     log.close().unwrap();
     // The damage stays reported, across restarts and under either policy,
     // until the node clears it.
     let (log, state) = FileLog::open_with(shared.clone(), &dir, LogOptions::default()).unwrap();
-    assert_eq!(state.commit_index, 1);
+    assert_eq!(state.commit_index, Slot(1));
     assert_eq!(state.accepted.len(), 2);
     assert_eq!(log.recovery_damage(), damage);
     log.clear_damage().unwrap();
@@ -524,7 +538,7 @@ fn corruption_in_a_sealed_segment_is_an_error_even_at_its_end() {
     let (fs, shared, dir) = sim();
     let (log, _) = FileLog::open_with(shared.clone(), &dir, small_segments()).unwrap();
     for slot in 1..=40 {
-        log.append(&[accept(slot, 1, 200)]).unwrap();
+        log.append(&[accept(Slot(slot), 1, 200)]).unwrap();
     }
     log.close().unwrap();
     let segs = segment_paths(&fs, &dir);
@@ -539,7 +553,7 @@ fn corruption_in_a_sealed_segment_is_an_error_even_at_its_end() {
     let (fs2, shared2, dir2) = sim();
     let (log, _) = FileLog::open_with(shared2.clone(), &dir2, small_segments()).unwrap();
     for slot in 1..=60 {
-        log.append(&[accept(slot, 1, 200)]).unwrap();
+        log.append(&[accept(Slot(slot), 1, 200)]).unwrap();
     }
     log.close().unwrap();
     let segs = segment_paths(&fs2, &dir2);
@@ -554,12 +568,12 @@ fn corruption_in_a_sealed_segment_is_an_error_even_at_its_end() {
 #[test]
 fn leftover_temp_segments_are_removed_and_unknown_files_ignored() {
     let (fs, shared, dir) = sim();
-    let seg = write_one_segment(&fs, &shared, &dir, &[vec![PersistEntry::Commit(4)]]);
+    let seg = write_one_segment(&fs, &shared, &dir, &[vec![PersistEntry::Commit(Slot(4))]]);
     let tmp = dir.join("00000000000000000002.log.tmp");
     fs.put_durable(&tmp, vec![1, 2, 3]);
     fs.put_durable(&dir.join("notes.txt"), b"operator notes".to_vec());
     let (log, state) = FileLog::open_with(shared, &dir, LogOptions::default()).unwrap();
-    assert_eq!(state.commit_index, 4);
+    assert_eq!(state.commit_index, Slot(4));
     assert_eq!(log.recovery_report().temp_files_removed, 1);
     assert!(fs.file_len(&tmp).is_none());
     assert!(fs.file_len(&dir.join("notes.txt")).is_some());
@@ -569,7 +583,7 @@ fn leftover_temp_segments_are_removed_and_unknown_files_ignored() {
 #[test]
 fn salvaging_from_a_corrupt_first_segment_header_starts_an_empty_log() {
     let (fs, shared, dir) = sim();
-    let seg = write_one_segment(&fs, &shared, &dir, &[vec![PersistEntry::Commit(4)]]);
+    let seg = write_one_segment(&fs, &shared, &dir, &[vec![PersistEntry::Commit(Slot(4))]]);
     fs.flip_bit(&seg, 5).unwrap();
     assert!(matches!(
         FileLog::open_with(shared.clone(), &dir, LogOptions::default()),
@@ -603,7 +617,7 @@ fn damage_in_a_segment_that_held_no_append_loses_nothing() {
     let (log, _) = FileLog::open_with(shared.clone(), &dir, opts.clone()).unwrap();
     let mut batches = Vec::new();
     for slot in 1..=30 {
-        let b = vec![accept(slot, 1, 200)];
+        let b = vec![accept(Slot(slot), 1, 200)];
         log.append(&b).unwrap();
         batches.push(b);
     }
@@ -634,12 +648,12 @@ fn works_on_the_real_file_system_with_rolls_and_truncation() {
     let (log, _) = FileLog::open(dir.path(), small_segments()).unwrap();
     let mut batches = Vec::new();
     for slot in 1..=60 {
-        let b = vec![accept(slot, 2, 150)];
+        let b = vec![accept(Slot(slot), 2, 150)];
         log.append(&b).unwrap();
         batches.push(b);
     }
-    batches.push(vec![PersistEntry::Truncate(50)]);
-    let seq = log.truncate_through(50).unwrap();
+    batches.push(vec![PersistEntry::Truncate(Slot(50))]);
+    let seq = log.truncate_through(Slot(50)).unwrap();
     log.wait_durable(seq).unwrap();
     drop(log);
     let (_log, state) = FileLog::open(dir.path(), small_segments()).unwrap();
@@ -653,15 +667,15 @@ fn works_on_the_real_file_system_with_rolls_and_truncation() {
 fn workload() -> Vec<Vec<PersistEntry>> {
     let mut w = vec![vec![PersistEntry::Promise(ballot(2))]];
     for slot in 1..=24u64 {
-        let mut b = vec![accept(slot, 2, 300)];
+        let mut b = vec![accept(Slot(slot), 2, 300)];
         if slot % 4 == 0 {
-            b.push(PersistEntry::Commit(slot - 2));
+            b.push(PersistEntry::Commit(Slot(slot - 2)));
         }
         if slot == 9 {
             b.insert(0, PersistEntry::Promise(ballot(3)));
         }
         if slot == 16 || slot == 22 {
-            b.push(PersistEntry::Truncate(slot - 3));
+            b.push(PersistEntry::Truncate(Slot(slot - 3)));
         }
         if slot == 12 {
             w.push(vec![]);
@@ -730,7 +744,7 @@ fn check_recovery(
         "{what}: state is not the prefix of {m} appends"
     );
     // The recovered log takes new appends and recovers them.
-    let extra = vec![PersistEntry::Commit(1000)];
+    let extra = vec![PersistEntry::Commit(Slot(1000))];
     let seq = log.append(&extra).unwrap();
     assert_eq!(seq, m + 1, "{what}");
     log.wait_durable(seq).unwrap();
@@ -867,7 +881,7 @@ proptest! {
                     fs.crash_after(after);
                     // Keep working until the disk goes down or work runs out.
                     for slot in 1..=5u64 {
-                        let b = vec![PersistEntry::Commit(slot)];
+                        let b = vec![PersistEntry::Commit(Slot(slot))];
                         if let Ok(seq) = log.append(&b) {
                             issued.push(b);
                             if log.wait_durable(seq).is_ok() { acked = seq; }
@@ -971,7 +985,7 @@ fn paced_group_commit_syncs_at_most_once_per_interval_under_load() {
     let mut last = 0;
     let appends = 3000u64;
     for c in 1..=appends {
-        last = log.append(&[PersistEntry::Commit(c)]).unwrap();
+        last = log.append(&[PersistEntry::Commit(Slot(c))]).unwrap();
         if c % 10 == 0 {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
@@ -984,7 +998,7 @@ fn paced_group_commit_syncs_at_most_once_per_interval_under_load() {
         (1..=bound).contains(&flushes),
         "{flushes} syncs for {appends} appends in {elapsed:?}; pacing allows at most {bound}"
     );
-    assert_eq!(log.state().commit_index, appends);
+    assert_eq!(log.state().commit_index, Slot(appends));
 }
 
 /// A lone append is synced at once even with a long interval: light load
@@ -996,7 +1010,7 @@ fn paced_group_commit_syncs_a_lone_append_at_once() {
     let (log, _) = FileLog::open_with(shared, &dir, paced(interval)).unwrap();
     let started = std::time::Instant::now();
     for c in 1..=3 {
-        let seq = log.append(&[PersistEntry::Commit(c)]).unwrap();
+        let seq = log.append(&[PersistEntry::Commit(Slot(c))]).unwrap();
         log.wait_durable(seq).unwrap();
     }
     assert!(

@@ -4,7 +4,7 @@
 use super::harness::{addrs, id, inc, voters, Counter, Sim};
 use crate::directory::encode_register;
 use crate::storage;
-use paxos_core::ReplicaId;
+use paxos_core::{ReplicaId, Slot};
 
 /// Submits one single-request decree to `leader` and waits for its reply.
 fn one_decree(sim: &mut Sim, leader: ReplicaId, n: u64) {
@@ -25,39 +25,41 @@ fn a_checkpoint_every_n_decrees_never_two_at_once_compaction_once_durable() {
         h.save_at_once = false;
     }
     let leader = sim.elect();
-    while sim.node(leader).applied() < every {
+    // Nothing was applied before: checkpoints fall on multiples of `every`.
+    let first = Slot(every);
+    while sim.node(leader).applied() < first {
         assert!(sim.host_mut(leader).checkpoints_requested.is_empty());
         one_decree(&mut sim, leader, 1);
     }
-    assert_eq!(sim.host_mut(leader).checkpoints_requested, vec![every]);
+    assert_eq!(sim.host_mut(leader).checkpoints_requested, vec![first]);
 
     // While that one is being written, no other is asked for.
-    while sim.node(leader).applied() < 3 * every {
+    while sim.node(leader).applied() < Slot(3 * every) {
         one_decree(&mut sim, leader, 1);
     }
-    assert_eq!(sim.host_mut(leader).checkpoints_requested, vec![every]);
-    assert_eq!(sim.host_mut(leader).durable.truncated_through, 0);
-    assert_eq!(sim.node(leader).status().checkpoint_slot, 0);
+    assert_eq!(sim.host_mut(leader).checkpoints_requested, vec![first]);
+    assert_eq!(sim.host_mut(leader).durable.truncated_through, Slot::ZERO);
+    assert_eq!(sim.node(leader).status().checkpoint_slot, Slot::ZERO);
 
     // Durable: the core compacts below it, keeping `retain` decrees.
-    assert_eq!(sim.save_held_checkpoint(leader), every);
+    assert_eq!(sim.save_held_checkpoint(leader), first);
     assert_eq!(
         sim.host_mut(leader).durable.truncated_through,
-        every - retain
+        first.saturating_sub(retain)
     );
     let status = sim.node(leader).status();
     assert_eq!(
         (status.checkpoint_slot, status.checkpoints_saved),
-        (every, 1)
+        (first, 1)
     );
-    assert_eq!(sim.host_mut(leader).store.list().unwrap(), vec![every]);
+    assert_eq!(sim.host_mut(leader).store.list().unwrap(), vec![first]);
 
     // The next one comes with the next decree applied.
     one_decree(&mut sim, leader, 1);
     let next = sim.node(leader).applied();
     assert_eq!(
         sim.host_mut(leader).checkpoints_requested,
-        vec![every, next]
+        vec![first, next]
     );
 
     // A failed save compacts nothing; one is asked for again an interval on.
@@ -69,18 +71,18 @@ fn a_checkpoint_every_n_decrees_never_two_at_once_compaction_once_durable() {
     sim.drain(leader);
     assert_eq!(
         sim.host_mut(leader).durable.truncated_through,
-        every - retain
+        first.saturating_sub(retain)
     );
-    while sim.node(leader).applied() < next + every {
+    while sim.node(leader).applied() < next.plus(every) {
         one_decree(&mut sim, leader, 1);
     }
     assert_eq!(
         sim.host_mut(leader).checkpoints_requested,
-        vec![every, next, next + every]
+        vec![first, next, next.plus(every)]
     );
     // Followers schedule their own, on the same slots.
     let follower = sim.hosts.keys().copied().find(|r| *r != leader).unwrap();
-    assert_eq!(sim.host_mut(follower).checkpoints_requested[0], every);
+    assert_eq!(sim.host_mut(follower).checkpoints_requested[0], first);
 }
 
 #[test]
@@ -137,7 +139,7 @@ fn a_restarted_node_resumes_from_its_checkpoint_and_log() {
     let follower = sim.hosts.keys().copied().find(|r| *r != leader).unwrap();
     assert!(sim.run_until(1_000_000, |s| s.counter(follower).total == 78));
     let checkpoint = *sim.host_mut(follower).store.list().unwrap().last().unwrap();
-    assert!(checkpoint > 0 && checkpoint < sim.node(follower).applied());
+    assert!(checkpoint > Slot::ZERO && checkpoint < sim.node(follower).applied());
 
     sim.restart(follower);
     // It starts at the checkpoint's slot and replays its log above it.

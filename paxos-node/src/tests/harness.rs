@@ -117,7 +117,7 @@ impl Counter {
         out.put_u64_le(self.total);
         out.put_u64_le(self.history.len() as u64);
         for e in &self.history {
-            out.put_u64_le(e.slot);
+            out.put_u64_le(e.slot.0);
             out.put_u32_le(e.proposer.0);
             out.put_u32_le(e.request.len() as u32);
             out.put_slice(&e.request);
@@ -152,7 +152,7 @@ impl Counter {
         let mut history = Vec::new();
         let mut sum = 0u64;
         for _ in 0..count {
-            let slot = u64::from_le_bytes(read(source)?);
+            let slot = Slot(u64::from_le_bytes(read(source)?));
             let proposer = ReplicaId(u32::from_le_bytes(read(source)?));
             let len = u32::from_le_bytes(read(source)?) as usize;
             if !(8..=MAX_REQUEST_BYTES).contains(&len) {
@@ -519,7 +519,7 @@ impl Sim {
                 let replica = paxos_core::Replica::try_new(
                     c.core,
                     DurableState::default(),
-                    0,
+                    Slot::ZERO,
                     c.seed,
                     sim.now,
                 )

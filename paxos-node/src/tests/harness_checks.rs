@@ -3,8 +3,9 @@
 use super::harness::{check_agreement, id, inc, Counter, Outcome, Outcomes};
 use crate::state_machine::{Decree, StateMachine};
 use bytes::Bytes;
+use paxos_core::Slot;
 
-fn decree(slot: u64) -> Decree {
+fn decree(slot: Slot) -> Decree {
     Decree {
         slot,
         proposer: id(1),
@@ -24,11 +25,11 @@ fn a_second_outcome_for_one_request_is_caught() {
 fn diverging_histories_and_slots_out_of_order_are_caught() {
     let mut a = Counter::default();
     let mut b = Counter::default();
-    a.execute(&decree(1), &inc(1, 0));
-    a.execute(&decree(2), &inc(2, 0));
-    b.execute(&decree(1), &inc(1, 0));
+    a.execute(&decree(Slot(1)), &inc(1, 0));
+    a.execute(&decree(Slot(2)), &inc(2, 0));
+    b.execute(&decree(Slot(1)), &inc(1, 0));
     assert_eq!(check_agreement([(id(1), &a), (id(2), &b)]), Ok(()));
-    b.execute(&decree(2), &inc(3, 0));
+    b.execute(&decree(Slot(2)), &inc(3, 0));
     assert!(check_agreement([(id(1), &a), (id(2), &b)]).is_err());
 
     let mut c = a.clone();
@@ -42,17 +43,17 @@ fn diverging_histories_and_slots_out_of_order_are_caught() {
 #[should_panic(expected = "executed after slot")]
 fn the_counter_refuses_a_decree_below_the_last_one() {
     let mut c = Counter::default();
-    c.execute(&decree(5), &inc(1, 0));
-    c.execute(&decree(4), &inc(1, 0));
+    c.execute(&decree(Slot(5)), &inc(1, 0));
+    c.execute(&decree(Slot(4)), &inc(1, 0));
 }
 
 #[test]
 fn the_counter_round_trips_and_refuses_a_total_that_does_not_add_up() {
     let mut c = Counter::default();
-    c.execute(&decree(1), &inc(3, 5));
-    c.execute(&decree(2), &inc(4, 0));
+    c.execute(&decree(Slot(1)), &inc(3, 5));
+    c.execute(&decree(Slot(2)), &inc(4, 0));
     assert_eq!(
-        c.execute(&decree(2), b"short"),
+        c.execute(&decree(Slot(2)), b"short"),
         Bytes::from_static(b"bad request")
     );
     let mut back = Counter::default();

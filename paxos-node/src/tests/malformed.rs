@@ -61,7 +61,7 @@ fn malformed_peer_messages_are_dropped_and_change_nothing() {
     let data = Bytes::from_static(b"checkpoint bytes");
     let chunk = xfer::encode(&XferMessage::Chunk {
         meta: CheckpointMeta {
-            last_applied: 9,
+            last_applied: Slot(9),
             ballot: Ballot::new(2, leader),
             membership: voters(3),
         },
@@ -73,9 +73,9 @@ fn malformed_peer_messages_are_dropped_and_change_nothing() {
         },
     });
     let request = xfer::encode(&XferMessage::Request {
-        slot: 0,
+        slot: Slot::ZERO,
         offset: 0,
-        have: 0,
+        have: Slot::ZERO,
     });
     let mut garbage: Vec<Bytes> = Vec::new();
     for whole in [&accept, &chunk, &request] {
@@ -180,7 +180,7 @@ fn unframed_decrees_are_skipped_by_every_node() {
         framed(DecreeKind::Directory, 1, &bad_directory_command),
         framed(DecreeKind::Client, 2, &inc(5, 0)),
     ];
-    let mut last: Slot = 0;
+    let mut last: Slot = Slot::ZERO;
     for v in values {
         last = sim.propose_foreign(id(1), v).unwrap();
     }
@@ -223,7 +223,7 @@ fn sample() -> (Counter, Directory) {
     let mut c = Counter::default();
     for slot in 1..=3 {
         let decree = crate::Decree {
-            slot,
+            slot: Slot(slot),
             proposer: id(2),
             time_us: 0,
         };
@@ -254,9 +254,9 @@ fn write_good(store: &CheckpointStore, slot: Slot) {
 fn corrupt_checkpoints_are_refused_and_leave_the_state_machine_alone() {
     let (fs, store) = store();
     let (counter, directory) = sample();
-    write_good(&store, 1);
+    write_good(&store, Slot(1));
     let mut restored_sm = Counter::default();
-    let restored = storage::restore_slot(&store, 1, &mut restored_sm).unwrap();
+    let restored = storage::restore_slot(&store, Slot(1), &mut restored_sm).unwrap();
     assert_eq!(restored_sm, counter);
     assert_eq!(restored.directory.book(), directory.book());
 
@@ -298,17 +298,17 @@ fn corrupt_checkpoints_are_refused_and_leave_the_state_machine_alone() {
         join(&[&section]),
     ];
 
-    let mut slot = 10;
+    let mut slot = Slot(10);
     // What the state machine holds before each refused restore.
     let mut prior = Counter::default();
     let decree = crate::Decree {
-        slot: 7,
+        slot: Slot(7),
         proposer: id(3),
         time_us: 0,
     };
     crate::StateMachine::execute(&mut prior, &decree, &inc(99, 0));
     for (data, why) in node_section_cases {
-        slot += 1;
+        slot = slot.next();
         write_raw(&store, slot, &data);
         let mut sm = prior.clone();
         match storage::restore_slot(&store, slot, &mut sm) {
@@ -320,7 +320,7 @@ fn corrupt_checkpoints_are_refused_and_leave_the_state_machine_alone() {
         assert!(sm == prior, "case {slot} changed the state machine");
     }
     for data in snapshot_cases {
-        slot += 1;
+        slot = slot.next();
         write_raw(&store, slot, &data);
         let mut sm = prior.clone();
         let result = storage::restore_slot(&store, slot, &mut sm);
@@ -337,7 +337,7 @@ fn corrupt_checkpoints_are_refused_and_leave_the_state_machine_alone() {
     // in the node section's block, and in the snapshot's (the header takes
     // 64 bytes, blocks 4 KiB).
     for at_byte in [84, 6000] {
-        slot += 1;
+        slot = slot.next();
         write_good(&store, slot);
         let path = store.open(slot).unwrap().info().path.clone();
         fs.flip_bit(&path, at_byte * 8).unwrap();
@@ -353,16 +353,16 @@ fn corrupt_checkpoints_are_refused_and_leave_the_state_machine_alone() {
         assert!(sm == prior, "case {slot} changed the state machine");
     }
     let (fs2, fallback) = self::store();
-    write_good(&fallback, 5);
-    write_good(&fallback, 6);
-    let path = fallback.open(6).unwrap().info().path.clone();
+    write_good(&fallback, Slot(5));
+    write_good(&fallback, Slot(6));
+    let path = fallback.open(Slot(6)).unwrap().info().path.clone();
     fs2.flip_bit(&path, fs2.file_len(&path).unwrap() / 2 * 8)
         .unwrap();
     let mut sm = prior.clone();
     let restored = storage::restore_newest(&fallback, &mut sm)
         .unwrap()
         .unwrap();
-    assert_eq!(restored.meta.last_applied, 5);
+    assert_eq!(restored.meta.last_applied, Slot(5));
     assert_eq!(restored.skipped.len(), 1);
     assert_eq!(sm, counter);
 }
@@ -471,32 +471,32 @@ fn a_checkpoint_behind_the_node_is_not_installed() {
         assert!(sim.run_until(1_000_000, |s| s.outcomes.get(ids[0]).is_some()));
     }
     let applied = sim.node(leader).applied();
-    assert!(applied > 1);
+    assert!(applied > Slot(1));
     let now = sim.now;
     let durable = sim.host(leader).durable.clone();
     // Behind the node: nothing is touched, the restore is not even tried.
     let mut tried = false;
-    let result = sim
-        .host_mut(leader)
-        .node
-        .install_checkpoint(now, durable.clone(), 1, |_| {
-            tried = true;
-            Err::<Restored, _>("must not be called")
-        });
+    let result =
+        sim.host_mut(leader)
+            .node
+            .install_checkpoint(now, durable.clone(), Slot(1), |_| {
+                tried = true;
+                Err::<Restored, _>("must not be called")
+            });
     assert!(result.is_ok() && !tried, "{result:?}");
     // Ahead of the node, but the restore brings back another slot.
     let wrong = Restored {
-        meta: meta(1),
+        meta: meta(Slot(1)),
         directory: Directory::default(),
         path: "/ckpt/wrong".into(),
         skipped: Vec::new(),
     };
-    let result = sim
-        .host_mut(leader)
-        .node
-        .install_checkpoint(now, durable, applied + 5, |_| Ok::<_, String>(wrong));
+    let result =
+        sim.host_mut(leader)
+            .node
+            .install_checkpoint(now, durable, applied.plus(5), |_| Ok::<_, String>(wrong));
     assert!(
-        matches!(result, Err(NodeError::Checkpoint { slot: 1, .. })),
+        matches!(result, Err(NodeError::Checkpoint { slot: Slot(1), .. })),
         "{result:?}"
     );
     assert_eq!(sim.node(leader).applied(), applied);

@@ -6,7 +6,7 @@ use super::harness::{id, inc, Sim};
 use crate::effect::TransferOp;
 use crate::xfer::{self, XferMessage};
 use bytes::Bytes;
-use paxos_core::ReplicaId;
+use paxos_core::{ReplicaId, Slot};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
@@ -123,7 +123,9 @@ fn a_stalled_transfer_is_retried_after_transfer_stall_us_and_corrupt_chunks_are_
                 }
             }
             Ok(XferMessage::Request {
-                slot: 0, offset: 0, ..
+                slot: Slot::ZERO,
+                offset: 0,
+                ..
             }) if from == lagger => fresh.set(fresh.get() + 1),
             _ => {}
         }
