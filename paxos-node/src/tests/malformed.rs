@@ -400,7 +400,7 @@ fn write_large(store: &CheckpointStore, slot: Slot) -> Counter {
     let mut c = Counter::default();
     for s in 1..=3 {
         let decree = crate::Decree {
-            slot: s,
+            slot: Slot(s),
             proposer: id(2),
             time_us: 0,
         };
@@ -430,15 +430,15 @@ fn fail_late(fs: &SimFs, store: &CheckpointStore, slot: Slot) -> Box<dyn FnMut()
 #[test]
 fn a_checkpoint_that_fails_while_restoring_is_set_aside_for_an_older_one() {
     let (fs, store) = store();
-    let older = write_large(&store, 5);
-    write_large(&store, 6);
+    let older = write_large(&store, Slot(5));
+    write_large(&store, Slot(6));
     // Both restore attempts of checkpoint 6 fail (the sector stays bad).
     let mut sm = FailingMedium {
         counter: Counter::default(),
-        on_restore: fail_late(&fs, &store, 6),
+        on_restore: fail_late(&fs, &store, Slot(6)),
     };
     let restored = storage::restore_newest(&store, &mut sm).unwrap().unwrap();
-    assert_eq!(restored.meta.last_applied, 5, "the older checkpoint");
+    assert_eq!(restored.meta.last_applied, Slot(5), "the older checkpoint");
     assert_eq!(sm.counter, older);
     assert_eq!(restored.skipped.len(), 1, "{:?}", restored.skipped);
     assert!(
@@ -446,16 +446,16 @@ fn a_checkpoint_that_fails_while_restoring_is_set_aside_for_an_older_one() {
         "{:?}",
         restored.skipped
     );
-    assert_eq!(store.list().unwrap(), vec![5], "6 was set aside");
+    assert_eq!(store.list().unwrap(), vec![Slot(5)], "6 was set aside");
 
     // When every checkpoint fails so, there is none to start from (the
     // node then fetches one from a peer), and the state machine is as it
     // was.
     let (fs, store) = self::store();
-    write_large(&store, 7);
+    write_large(&store, Slot(7));
     let mut sm = FailingMedium {
         counter: Counter::default(),
-        on_restore: fail_late(&fs, &store, 7),
+        on_restore: fail_late(&fs, &store, Slot(7)),
     };
     assert!(storage::restore_newest(&store, &mut sm).unwrap().is_none());
     assert_eq!(sm.counter, Counter::default());
