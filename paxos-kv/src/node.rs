@@ -248,6 +248,8 @@ enum Control {
     Directory(Bytes, Completer<Reply>),
     CheckpointSaved(Result<Slot, String>),
     TransferFinished(Result<Slot, String>),
+    /// Serving a checkpoint found it damaged (it was set aside).
+    CheckpointDamaged(Slot),
     Shutdown,
 }
 
@@ -701,6 +703,7 @@ impl EventLoop {
             }
             Control::CheckpointSaved(result) => self.node.on_checkpoint_saved(now, result),
             Control::TransferFinished(result) => self.node.on_transfer_finished(now, result),
+            Control::CheckpointDamaged(slot) => self.node.on_checkpoint_damaged(now, slot),
             Control::Shutdown => {}
         }
         self.status.set_cluster(self.node.cluster_view(now));
@@ -776,10 +779,14 @@ impl EventLoop {
                     else {
                         continue;
                     };
+                    let control = self.control_tx.clone();
                     // Disk reads off the loop; the transport is thread-safe.
                     tokio::task::spawn_blocking(move || {
-                        let reply = node_storage::serve_chunk(&store, slot, offset, max_bytes);
-                        let _ = transport.send(to, paxos_node::xfer::encode(&reply));
+                        let served = node_storage::serve_chunk(&store, slot, offset, max_bytes);
+                        let _ = transport.send(to, paxos_node::xfer::encode(&served.reply));
+                        if let Some(damaged) = served.damaged {
+                            let _ = control.blocking_send(Control::CheckpointDamaged(damaged));
+                        }
                     });
                 }
                 Effect::Transfer(op) => self.transfer(op),

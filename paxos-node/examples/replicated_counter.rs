@@ -247,9 +247,14 @@ impl Replica {
                         offset,
                         max_bytes,
                     } => {
-                        let chunk =
+                        let served =
                             storage::serve_chunk(&self.checkpoints, slot, offset, max_bytes);
-                        let _ = self.transport.send(to, paxos_node::xfer::encode(&chunk));
+                        let _ = self
+                            .transport
+                            .send(to, paxos_node::xfer::encode(&served.reply));
+                        if let Some(damaged) = served.damaged {
+                            self.node.on_checkpoint_damaged(now, damaged);
+                        }
                     }
                     Effect::Transfer(TransferOp::Finish { slot }) => {
                         let finished = self.sink.perform(TransferOp::Finish { slot });

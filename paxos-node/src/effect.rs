@@ -138,7 +138,9 @@ pub enum Effect<P, C> {
     /// Write a checkpoint.
     SaveCheckpoint(CheckpointJob<P>),
     /// Send peer `to` the chunk of checkpoint `slot` (0: the newest) at
-    /// `offset`: [`crate::storage::serve_chunk`] builds the reply.
+    /// `offset`: [`crate::storage::serve_chunk`] builds the reply; if it
+    /// reports the checkpoint damaged, call
+    /// [`crate::Node::on_checkpoint_damaged`].
     ServeChunk {
         /// The requesting peer.
         to: ReplicaId,

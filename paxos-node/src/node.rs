@@ -504,6 +504,19 @@ impl<S: StateMachine, C> Node<S, C> {
         self.process(now);
     }
 
+    /// Serving checkpoint `slot` to a peer found it damaged, and the store
+    /// set it aside ([`crate::storage::Served::damaged`]). The state it held
+    /// is still in memory: take a fresh checkpoint now, so that peers can
+    /// be served again and a restart does not fall back to an older
+    /// checkpoint below the compacted log.
+    pub fn on_checkpoint_damaged(&mut self, now: Time, slot: Slot) {
+        tracing::error!(%slot, "a checkpoint of ours was found damaged while serving it; taking a fresh one");
+        if self.config.checkpoints && !self.checkpoint_running && self.applied > Slot::ZERO {
+            self.start_checkpoint();
+        }
+        self.process(now);
+    }
+
     /// A [`TransferOp::Finish`] completed: `Ok(slot)` once the received
     /// checkpoint is durable and verified.
     pub fn on_transfer_finished(&mut self, now: Time, result: Result<Slot, String>) {
@@ -1171,13 +1184,16 @@ impl<S: StateMachine, C> Node<S, C> {
         if peers.is_empty() {
             return;
         }
-        // Prefer the leader; rotate through the others on retries.
+        // The leader first (it is the most likely to hold a recent
+        // checkpoint), then every other member in turn on retries: a peer
+        // whose checkpoint cannot be served must not be asked forever.
         let leader = self.status.leader.filter(|&l| l != self.id);
-        self.transfer_rotation += 1;
-        let peer = match leader {
-            Some(l) if self.transfer_rotation % 2 == 1 => l,
-            _ => peers[self.transfer_rotation % peers.len()],
-        };
+        let order: Vec<ReplicaId> = leader
+            .into_iter()
+            .chain(peers.iter().copied().filter(|&p| Some(p) != leader))
+            .collect();
+        let peer = order[self.transfer_rotation % order.len()];
+        self.transfer_rotation = self.transfer_rotation.wrapping_add(1);
         tracing::info!(%peer, "requesting a checkpoint");
         self.transfer = Some(Transfer {
             peer,

@@ -298,18 +298,29 @@ pub fn restore_newest<S: StateMachine>(
     }
 }
 
+/// What [`serve_chunk`] produced.
+#[derive(Debug)]
+pub struct Served {
+    /// The reply for the peer.
+    pub reply: XferMessage,
+    /// The checkpoint that turned out damaged while reading it (a read
+    /// error or a bad checksum, also when read again): it was set aside.
+    /// Report it with [`crate::Node::on_checkpoint_damaged`].
+    pub damaged: Option<Slot>,
+}
+
 /// The reply to a peer's request for a chunk of checkpoint `slot` (0: the
 /// newest) at `offset`: a verified chunk of at most `max_bytes` (and at
-/// most [`CHUNK_BYTES`]), or `None` if this store cannot serve it.
-pub fn serve_chunk(
-    store: &CheckpointStore,
-    slot: Slot,
-    offset: u64,
-    max_bytes: usize,
-) -> XferMessage {
-    let none = XferMessage::None { slot };
+/// most [`CHUNK_BYTES`]), or `None` if this store cannot serve it. A
+/// checkpoint that fails to read twice is set aside as damaged (see
+/// [`Served::damaged`]), so it is not offered again.
+pub fn serve_chunk(store: &CheckpointStore, slot: Slot, offset: u64, max_bytes: usize) -> Served {
+    let none = |damaged| Served {
+        reply: XferMessage::None { slot },
+        damaged,
+    };
     let Ok(slots) = store.list() else {
-        return none;
+        return none(None);
     };
     let found = if slot == Slot::ZERO {
         slots.last().copied()
@@ -317,23 +328,56 @@ pub fn serve_chunk(
         slots.into_iter().find(|&s| s == slot)
     };
     let Some(found) = found else {
-        return none;
+        return none(None);
     };
-    let Ok(reader) = store.open(found) else {
-        return none;
-    };
-    let info = reader.info().clone();
-    let len = usize::try_from(info.data_len.saturating_sub(offset))
-        .unwrap_or(usize::MAX)
-        .min(CHUNK_BYTES)
-        .min(max_bytes.max(1));
-    match store.read_chunk(found, offset, len) {
-        Ok(chunk) => XferMessage::Chunk {
+    let read = || -> Result<XferMessage, StorageError> {
+        let reader = store.open(found)?;
+        let info = reader.info().clone();
+        let len = usize::try_from(info.data_len.saturating_sub(offset))
+            .unwrap_or(usize::MAX)
+            .min(CHUNK_BYTES)
+            .min(max_bytes.max(1));
+        let chunk = reader.read_chunk(offset, len)?;
+        Ok(XferMessage::Chunk {
             meta: info.meta,
             data_len: info.data_len,
             chunk,
+        })
+    };
+    let result = match read() {
+        // Once more: a transient fault passes.
+        Err(StorageError::Corrupt { .. }) => read(),
+        other => other,
+    };
+    match result {
+        Ok(reply) => Served {
+            reply,
+            damaged: None,
         },
-        Err(_) => none,
+        Err(StorageError::Corrupt {
+            file,
+            offset,
+            reason,
+        }) => {
+            let set_aside = match store.set_aside(found) {
+                Ok(path) => vec![path.display().to_string()],
+                Err(e) => {
+                    tracing::error!(error = %e, "setting a damaged checkpoint aside failed");
+                    Vec::new()
+                }
+            };
+            let damage = paxos_log::Damage {
+                location: file,
+                offset,
+                reason,
+                last_kept_seq: None,
+                may_have_lost_acknowledged: true,
+                set_aside,
+            };
+            tracing::error!(%damage, "checkpoint damaged while serving it to a peer");
+            none(Some(found))
+        }
+        Err(_) => none(None),
     }
 }
 

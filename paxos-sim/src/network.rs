@@ -253,8 +253,27 @@ impl Sim {
             self.trace(|| format!("{to_id} <- {from_id} {}", crate::show::message(&msg)));
         } else {
             self.trace(|| {
+                let shown = match paxos_node::xfer::decode(bytes.clone()) {
+                    Ok(paxos_node::xfer::XferMessage::Request { slot, offset, have }) => {
+                        format!("Request {{ checkpoint {slot} (0: newest), offset {offset}, have {have} }}")
+                    }
+                    Ok(paxos_node::xfer::XferMessage::Chunk {
+                        meta,
+                        data_len,
+                        chunk,
+                    }) => format!(
+                        "Chunk {{ checkpoint {}, offset {}, {} of {data_len} bytes }}",
+                        meta.last_applied,
+                        chunk.offset,
+                        chunk.data.len()
+                    ),
+                    Ok(paxos_node::xfer::XferMessage::None { slot }) => {
+                        format!("None {{ checkpoint {slot} }}")
+                    }
+                    Err(e) => format!("undecodable ({e})"),
+                };
                 format!(
-                    "{to_id} <- {from_id} checkpoint transfer ({} bytes)",
+                    "{to_id} <- {from_id} checkpoint transfer {shown} ({} bytes)",
                     bytes.len()
                 )
             });

@@ -687,9 +687,15 @@ impl Sim {
                 let Some(run) = self.nodes[i].run.as_ref() else {
                     return Ok(());
                 };
-                let reply =
+                let served =
                     paxos_node::storage::serve_chunk(&run.checkpoints, slot, offset, max_bytes);
-                self.send(i, to, paxos_node::xfer::encode(&reply))
+                if let Some(damaged) = served.damaged {
+                    let now = self.now;
+                    if let Some(run) = self.nodes[i].run.as_mut() {
+                        run.node.on_checkpoint_damaged(now, damaged);
+                    }
+                }
+                self.send(i, to, paxos_node::xfer::encode(&served.reply))
             }
             Effect::Transfer(op) => {
                 let now = self.now;

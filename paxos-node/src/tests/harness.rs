@@ -317,6 +317,8 @@ pub struct Host {
     pub pending_persists: VecDeque<(PersistId, Vec<PersistEntry>)>,
     /// The checkpoint store.
     pub store: CheckpointStore,
+    /// The simulated disk under `store` (for planting faults).
+    pub fs: SimFs,
     sink: TransferSink,
     /// Write checkpoint jobs as soon as they are issued (else they wait in
     /// `held_jobs` for [`Sim::save_held_checkpoint`]).
@@ -342,7 +344,8 @@ pub struct Host {
 
 impl Host {
     fn new(config: NodeConfig, now: Time) -> Host {
-        let store = CheckpointStore::with_fs(Arc::new(SimFs::new()), "/checkpoints", 2, 4096)
+        let fs = SimFs::new();
+        let store = CheckpointStore::with_fs(Arc::new(fs.clone()), "/checkpoints", 2, 4096)
             .expect("a checkpoint store on an empty simulated disk");
         let recovery = Recovery {
             durable: DurableState::default(),
@@ -359,6 +362,7 @@ impl Host {
             pending_persists: VecDeque::new(),
             sink: TransferSink::new(store.clone()),
             store,
+            fs,
             save_at_once: true,
             held_jobs: VecDeque::new(),
             checkpoints_requested: Vec::new(),
@@ -908,8 +912,12 @@ impl Sim {
                     offset,
                     max_bytes,
                 } => {
-                    let reply = storage::serve_chunk(&host.store, slot, offset, max_bytes);
-                    self.in_flight.push_back((id, to, xfer::encode(&reply)));
+                    let served = storage::serve_chunk(&host.store, slot, offset, max_bytes);
+                    self.in_flight
+                        .push_back((id, to, xfer::encode(&served.reply)));
+                    if let Some(damaged) = served.damaged {
+                        host.node.on_checkpoint_damaged(now, damaged);
+                    }
                 }
                 Effect::Transfer(op) => host.transfer(now, op),
                 Effect::InstallCheckpoint { slot } => host.install(now, slot),

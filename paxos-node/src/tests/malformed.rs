@@ -505,3 +505,35 @@ fn a_checkpoint_behind_the_node_is_not_installed() {
     assert!(sim.run_until(1_000_000, |s| s.outcomes.get(more[0]).is_some()));
     assert_eq!(sim.outcomes.total(more[0]), 4);
 }
+
+#[test]
+fn serving_a_damaged_checkpoint_sets_it_aside_and_says_so() {
+    let (fs, store) = store();
+    write_good(&store, Slot(5));
+    write_good(&store, Slot(6));
+    let served = storage::serve_chunk(&store, Slot::ZERO, 0, usize::MAX);
+    assert!(matches!(served.reply, XferMessage::Chunk { .. }));
+    assert_eq!(served.damaged, None);
+
+    let path = store.open(Slot(6)).unwrap().info().path.clone();
+    fs.make_unreadable(&path, 0, fs.file_len(&path).unwrap())
+        .unwrap();
+    let served = storage::serve_chunk(&store, Slot::ZERO, 0, usize::MAX);
+    assert!(
+        matches!(served.reply, XferMessage::None { slot: Slot::ZERO }),
+        "{:?}",
+        served.reply
+    );
+    assert_eq!(served.damaged, Some(Slot(6)));
+    assert_eq!(store.list().unwrap(), vec![Slot(5)], "6 was set aside");
+    // The older one is offered next.
+    let served = storage::serve_chunk(&store, Slot::ZERO, 0, usize::MAX);
+    match served.reply {
+        XferMessage::Chunk { meta, .. } => assert_eq!(meta.last_applied, Slot(5)),
+        other => panic!("{other:?}"),
+    }
+    // A checkpoint it does not hold is refused, and nothing is damaged.
+    let served = storage::serve_chunk(&store, Slot(9), 0, usize::MAX);
+    assert!(matches!(served.reply, XferMessage::None { .. }));
+    assert_eq!(served.damaged, None);
+}

@@ -224,3 +224,77 @@ fn a_transfer_no_longer_needed_is_dropped_when_it_stalls() {
     assert!(sim.host(lagger).installed.is_empty());
     assert_eq!(sim.counter(lagger), sim.counter(leader));
 }
+
+#[test]
+fn a_peer_that_never_serves_is_passed_over_for_the_next_member() {
+    let (mut sim, leader, lagger) = lagging_cluster();
+    let third = sim
+        .hosts
+        .keys()
+        .copied()
+        .find(|r| *r != leader && *r != lagger)
+        .unwrap();
+    // The leader (asked first) never answers a transfer request: the
+    // lagger must move on to the third member rather than retry the same
+    // peer forever.
+    let served_by: Rc<RefCell<Vec<ReplicaId>>> = Rc::default();
+    let served = Rc::clone(&served_by);
+    sim.drop_rule = Some(Box::new(move |from, to, bytes| {
+        if from == leader {
+            return xfer::is_xfer(bytes);
+        }
+        if to == lagger && matches!(xfer::decode(bytes.clone()), Ok(XferMessage::Chunk { .. })) {
+            served.borrow_mut().push(from);
+        }
+        false
+    }));
+    sim.heal();
+    caught_up(&mut sim, lagger);
+    let served = served_by.borrow();
+    assert!(!served.is_empty());
+    assert!(served.iter().all(|&p| p == third), "{served:?}");
+    assert_eq!(sim.node(lagger).status().checkpoints_installed, 1);
+}
+
+#[test]
+fn a_checkpoint_found_damaged_while_serving_is_set_aside_and_retaken() {
+    let (mut sim, leader, lagger) = lagging_cluster();
+    // Every checkpoint the leader holds becomes unreadable on its disk.
+    let host = sim.host(leader);
+    let damaged = *host.store.list().unwrap().last().unwrap();
+    for path in host.fs.paths() {
+        let len = host.fs.file_len(&path).unwrap();
+        host.fs.make_unreadable(&path, 0, len).unwrap();
+    }
+    let requested_before = host.checkpoints_requested.len();
+    let refused: Rc<Cell<usize>> = Rc::default();
+    let refusals = Rc::clone(&refused);
+    sim.drop_rule = Some(Box::new(move |from, to, bytes| {
+        if from == leader
+            && to == lagger
+            && matches!(xfer::decode(bytes.clone()), Ok(XferMessage::None { .. }))
+        {
+            refusals.set(refusals.get() + 1);
+        }
+        false
+    }));
+    sim.heal();
+    // The leader refuses (it cannot read the checkpoint), sets it aside
+    // and takes a fresh one; the lagger catches up from someone.
+    caught_up(&mut sim, lagger);
+    assert!(refused.get() >= 1, "the leader was asked and refused");
+    let host = sim.host(leader);
+    assert!(
+        host.checkpoints_requested.len() > requested_before,
+        "a fresh checkpoint was taken"
+    );
+    let now_held = host.store.list().unwrap();
+    assert!(
+        now_held.last().is_some_and(|&s| s >= damaged),
+        "a readable checkpoint at least as new as {damaged}: {now_held:?}"
+    );
+    // The newest is the fresh one (the older, also damaged, stays until a
+    // restore or a request for it finds it out).
+    let newest = *now_held.last().unwrap();
+    assert!(host.store.open(newest).is_ok(), "checkpoint {newest} reads");
+}
