@@ -1131,7 +1131,7 @@ impl<S: StateMachine, C> Node<S, C> {
         if !self.config.checkpoints
             || every == 0
             || self.checkpoint_running
-            || slot < self.last_checkpoint_started.plus(every)
+            || slot < self.last_checkpoint_started.saturating_add(every)
         {
             return;
         }

@@ -92,6 +92,15 @@ impl Replica {
             self.actions.push_back(action);
             self.applied_index = slot;
         }
+        if self.needs_snapshot
+            && self.truncated_through <= self.applied_index
+            && self.applied_index == self.commit_index
+            && self.commit_index >= self.known_commit
+        {
+            // Caught up without one (for example, after leading phase 1
+            // over logs that held the missing slots).
+            self.needs_snapshot = false;
+        }
         // Keep `retain_decrees` committed (and applied) decrees in memory.
         let keep_from = self
             .commit_index

@@ -104,7 +104,9 @@ impl Replica {
     /// the new quorum.
     pub(super) fn caught_up(&self, now: Time, r: ReplicaId) -> bool {
         self.peers.get(&r).is_some_and(|p| {
-            p.commit_index.plus(self.config.pipeline_window as u64) >= self.commit_index
+            p.commit_index
+                .saturating_add(self.config.pipeline_window as u64)
+                >= self.commit_index
                 && now.micros_since(p.last_heard) < self.config.election_timeout_min_us
         })
     }

@@ -91,6 +91,9 @@ impl Node {
     }
 }
 
+/// A rule for [`Cluster::drop_rule`].
+pub type DropRule = Box<dyn Fn(ReplicaId, ReplicaId, &Message) -> bool>;
+
 pub struct Cluster {
     pub nodes: BTreeMap<ReplicaId, Node>,
     /// Applied to each node's config (also to nodes added later).
@@ -107,6 +110,8 @@ pub struct Cluster {
     pub now: Time,
     /// Links (from, to) that drop everything.
     pub cut: BTreeSet<(ReplicaId, ReplicaId)>,
+    /// Drops the messages it returns true for (from, to, message).
+    pub drop_rule: Option<DropRule>,
     /// Every value any replica applied, per slot.
     pub chosen: BTreeMap<Slot, Value>,
     /// Count of messages delivered, by kind.
@@ -145,6 +150,7 @@ impl Cluster {
             delayed: VecDeque::new(),
             now: Time(0),
             cut: BTreeSet::new(),
+            drop_rule: None,
             chosen: BTreeMap::new(),
             delivered: BTreeMap::new(),
         };
@@ -197,7 +203,13 @@ impl Cluster {
     }
 
     fn deliver(&mut self, from: ReplicaId, to: ReplicaId, msg: Message) {
-        if self.cut.contains(&(from, to)) || !self.is_up(to) {
+        if self.cut.contains(&(from, to))
+            || !self.is_up(to)
+            || self
+                .drop_rule
+                .as_ref()
+                .is_some_and(|drop| drop(from, to, &msg))
+        {
             return;
         }
         // Every message goes through the codec, as on the real network.
