@@ -55,3 +55,19 @@ fn f13_seed_50846_acknowledges_only_durable_votes_after_an_install() {
 fn f14_seed_50687_starts_from_an_older_checkpoint() {
     passes(50_687, 60_000);
 }
+
+/// F15/F16: a transfer never asked the third member, and the leader kept
+/// offering a damaged checkpoint (paxos-node
+/// `a_peer_that_never_serves_is_passed_over_for_the_next_member`,
+/// `a_checkpoint_found_damaged_while_serving_is_set_aside_and_retaken`).
+#[test]
+fn f15_seed_105160_gets_a_checkpoint_from_another_member() {
+    passes(105_160, paxos_sim::DEFAULT_STEPS);
+}
+
+/// F17: every voter needed a snapshot nobody had, and nobody campaigned
+/// (paxos-core `voters_that_all_need_a_snapshot_nobody_has_elect_from_their_logs`).
+#[test]
+fn f17_seed_103821_elects_from_the_voters_logs() {
+    passes(103_821, paxos_sim::DEFAULT_STEPS);
+}
