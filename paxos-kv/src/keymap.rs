@@ -62,7 +62,7 @@ const SHARD_BITS: u32 = 12;
 /// allocations (about 200 KiB).
 pub const SHARDS: usize = 1 << SHARD_BITS;
 
-/// The key's CRC32C: it picks the key's shard (its top [`SHARD_BITS`]
+/// The key's CRC32C: it picks the key's shard (its top 12
 /// bits) and leads the order [`FrozenKeyMap::entries`] writes entries in.
 /// Deterministic on every replica, unlike the in-shard SipHash.
 pub fn key_digest(key: &[u8]) -> u32 {

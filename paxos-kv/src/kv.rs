@@ -456,7 +456,7 @@ pub enum KvSnapshotError {
 ///
 /// Taking one ([`StateMachine::snapshot`]) shares the store's shards and
 /// copies no entry, so it costs microseconds on the node's event loop at
-/// any number of keys. The encoding happens in [`KvSnapshot::write_to`]
+/// any number of keys. The encoding happens in [`write_to`](paxos_node::Snapshot::write_to)
 /// (on the checkpoint thread), one shard at a time, in pieces of at most
 /// 64 KiB. Meanwhile the store copies a shard the first time it writes to
 /// it (see [`crate::keymap`]), so the snapshot keeps the state it was taken
@@ -477,7 +477,7 @@ impl KvSnapshot {
         self.map.is_empty()
     }
 
-    /// How many bytes [`KvSnapshot::write_to`] writes. Reads every entry's
+    /// How many bytes [`write_to`](paxos_node::Snapshot::write_to) writes. Reads every entry's
     /// sizes (O(keys)): for the simulator's disk-latency model and tools,
     /// not the event loop.
     pub fn encoded_len(&self) -> usize {
