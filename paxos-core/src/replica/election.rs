@@ -32,11 +32,6 @@ use paxos_contracts::{invariant, requires};
 use rand::Rng;
 use std::collections::BTreeMap;
 
-/// Election timeouts without a leader before a replica that needs a
-/// snapshot campaigns (see `may_campaign_needing_snapshot`): enough that a
-/// live leader or a healthy candidate is heard first.
-pub(super) const PATIENCE_BEFORE_SNAPSHOTLESS_CAMPAIGN: u32 = 3;
-
 /// Phase 1 progress with one acceptor.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct PromiseProgress {
@@ -87,26 +82,12 @@ impl Replica {
             self.role = RoleState::Follower;
         }
         self.leader = Some(from);
-        self.leaderless_timeouts = 0;
         self.reset_election_timer(now);
     }
 
-    /// Whether this replica, which needs a snapshot, may campaign anyway:
-    /// only if its own log continues its state machine (it lacks no slot it
-    /// holds votes for; it may just not know them chosen) and no leader
-    /// has been heard for [`PATIENCE_BEFORE_SNAPSHOTLESS_CAMPAIGN`]
-    /// election timeouts. Without this, when every voter needs a snapshot
-    /// that nobody can serve (the one replica ahead lost its checkpoint),
-    /// nobody campaigns and the cluster stalls for good; with it, phase 1
-    /// over the voters' logs re-chooses the slots they hold.
-    fn may_campaign_needing_snapshot(&self) -> bool {
-        self.truncated_through <= self.applied_index
-            && self.leaderless_timeouts >= PATIENCE_BEFORE_SNAPSHOTLESS_CAMPAIGN
-    }
-
     /// Starts phase 1 in a new ballot, unless this replica may not campaign
-    /// (vetoed, not a voter, repairing, or in need of a snapshot and not yet
-    /// allowed by `may_campaign_needing_snapshot`). A candidate whose
+    /// (vetoed, not a voter, repairing, or in need of a snapshot; F17 in
+    /// paxos-sim/FINDINGS.md is the open case where every voter needs one). A candidate whose
     /// deadline passed and that may not campaign again steps down here:
     /// staying a candidate, its re-queries (`resend_prepares`) would keep
     /// the voters that promised it from ever campaigning themselves.
@@ -114,7 +95,7 @@ impl Replica {
         self.reset_election_timer(now);
         if !self.can_become_primary
             || !self.is_voter(self.id)
-            || (self.needs_snapshot && !self.may_campaign_needing_snapshot())
+            || self.needs_snapshot
             || self.repairing()
         {
             if matches!(self.role, RoleState::Candidate(_)) {

@@ -378,9 +378,6 @@ pub struct Replica {
     role: RoleState,
     leader: Option<ReplicaId>,
     election_deadline: Time,
-    /// Election deadlines passed in a row without hearing a leader: how a
-    /// replica that needs a snapshot tells that nobody else will lead.
-    leaderless_timeouts: u32,
     tick_due: Time,
     peers: BTreeMap<ReplicaId, PeerInfo>,
     /// Every member but this replica, in order.
@@ -475,7 +472,6 @@ impl Replica {
             role: RoleState::Follower,
             leader: None,
             election_deadline: now,
-            leaderless_timeouts: 0,
             tick_due: now.plus_micros(config.heartbeat_interval_us),
             peers: BTreeMap::new(),
             peer_ids: config.membership.all().filter(|r| *r != id).collect(),
@@ -576,7 +572,6 @@ impl Replica {
             self.periodic(now);
         }
         if !matches!(self.role, RoleState::Leader(_)) && now >= self.election_deadline {
-            self.leaderless_timeouts = self.leaderless_timeouts.saturating_add(1);
             if self.is_voter(self.id) && !self.repairing() {
                 self.start_election(now);
             } else {

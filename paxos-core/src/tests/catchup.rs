@@ -109,6 +109,7 @@ fn a_fetch_to_a_silent_peer_moves_on_to_another() {
 /// campaigns, re-chooses those slots with their original values and
 /// carries on; the replica whose log has a gap never leads.
 #[test]
+#[ignore = "F17 is open: a needs-snapshot replica campaigning after patience deposed live leaders (paxos-sim/FINDINGS.md)"]
 fn voters_that_all_need_a_snapshot_nobody_has_elect_from_their_logs() {
     let mut c = Cluster::new(3, |cfg| cfg.retain_decrees = 2);
     let leader = c.elect_any();
