@@ -665,7 +665,7 @@ impl Sim {
                         format!("{id} asked for a checkpoint while one was being written"),
                     ));
                 }
-                let bytes = job.snapshot.bytes().len();
+                let bytes = job.snapshot.encoded_len();
                 run.checkpoint = Some(job);
                 let at = self.disk_latency(i, bytes);
                 let incarnation = self.nodes[i].incarnation;
