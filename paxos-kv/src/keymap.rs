@@ -127,6 +127,19 @@ pub struct KeyMap {
     /// One key for every shard's table: the shards' tables are private, so
     /// nothing gains from separate keys.
     hasher: RandomState,
+    /// With [`KeyMap::track_content_digest`]: the wrapping sum of
+    /// [`entry_digest`] over every entry, kept up to date by each write, so
+    /// that a checker can compare contents after every step without walking
+    /// every shard. `None` (the default, and production) costs one branch
+    /// per write.
+    content_digest: Option<u64>,
+}
+
+/// One entry's share of a content digest: order-independent when summed.
+pub fn entry_digest(key: &[u8], value: &[u8]) -> u64 {
+    let key_crc = crc32c::crc32c(key);
+    let h = (u64::from(key_crc) << 32) | u64::from(crc32c::crc32c_append(key_crc, value));
+    h.wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
 impl Default for KeyMap {
@@ -145,17 +158,53 @@ impl KeyMap {
     /// An empty map with room for about `capacity` keys (spread evenly over
     /// the shards; a shard that gets more than its share grows alone).
     pub fn with_capacity(capacity: usize) -> Self {
-        let per_shard = capacity.div_ceil(SHARDS);
+        let per_shard = capacity / SHARDS;
+        // Without a capacity of at least one key per shard, every shard
+        // starts as the same empty shard:
+        // one allocation instead of 4096 (stores are made on every restart
+        // and restore), and the first write to a shard "copies" an empty
+        // table, which allocates nothing more than an unshared one would.
+        let empty = Arc::new(Shard::default());
         KeyMap {
             shards: (0..SHARDS)
                 .map(|_| {
-                    Arc::new(Shard {
-                        table: HashTable::with_capacity(per_shard),
-                    })
+                    if per_shard == 0 {
+                        Arc::clone(&empty)
+                    } else {
+                        Arc::new(Shard {
+                            table: HashTable::with_capacity(per_shard),
+                        })
+                    }
                 })
                 .collect(),
             len: 0,
             hasher: RandomState::new(),
+            content_digest: None,
+        }
+    }
+
+    /// Keeps [`KeyMap::content_digest`] up to date from now on (O(state)
+    /// once, then O(1) per write).
+    pub fn track_content_digest(&mut self) {
+        let sum = self
+            .iter()
+            .fold(0u64, |acc, (k, v)| acc.wrapping_add(entry_digest(k, v)));
+        self.content_digest = Some(sum);
+    }
+
+    /// The wrapping sum of [`entry_digest`] over every entry, if tracked.
+    pub fn content_digest(&self) -> Option<u64> {
+        self.content_digest
+    }
+
+    fn digest_change(&mut self, removed: Option<(&[u8], &[u8])>, added: Option<(&[u8], &[u8])>) {
+        if let Some(sum) = self.content_digest.as_mut() {
+            if let Some((k, v)) = removed {
+                *sum = sum.wrapping_sub(entry_digest(k, v));
+            }
+            if let Some((k, v)) = added {
+                *sum = sum.wrapping_add(entry_digest(k, v));
+            }
         }
     }
 
@@ -195,6 +244,10 @@ impl KeyMap {
     /// still shares it.
     pub fn set(&mut self, key: &[u8], value: &[u8]) {
         let hash = self.hash(key);
+        if self.content_digest.is_some() {
+            let old = self.get(key).map(<[u8]>::to_vec);
+            self.digest_change(old.as_deref().map(|v| (key, v)), Some((key, value)));
+        }
         let shard = Arc::make_mut(&mut self.shards[shard_of_digest(key_digest(key))]);
         if let Some(e) = shard.table.find_mut(hash, |e| e.key.as_slice() == key) {
             if e.value.len() == value.len() {
@@ -229,8 +282,9 @@ impl KeyMap {
         let shard = Arc::make_mut(&mut self.shards[index]);
         match shard.table.find_entry(hash, eq) {
             Ok(entry) => {
-                entry.remove();
+                let (removed, _) = entry.remove();
                 self.len -= 1;
+                self.digest_change(Some((removed.key.as_slice(), &removed.value)), None);
                 true
             }
             Err(_) => false,
@@ -374,7 +428,11 @@ mod tests {
         let frozen = m.freeze();
         assert_eq!(frozen.len(), 10_000);
         assert_eq!(frozen.shards_shared_with(&m), SHARDS);
-        assert!(frozen.shards.iter().all(|s| Arc::strong_count(s) == 2));
+        // (Shards no key landed in are still the one shared empty shard.)
+        assert!(frozen
+            .shards
+            .iter()
+            .all(|s| Arc::strong_count(s) == 2 || s.table.is_empty()));
 
         // Neither a read nor removing an absent key copies a shard.
         assert_eq!(m.get(b"key:7"), Some(&b"old"[..]));
@@ -401,7 +459,23 @@ mod tests {
         assert_eq!(m.get(b"key:7"), Some(&b"newer"[..]));
 
         drop(frozen);
-        assert!(m.shards.iter().all(|s| Arc::strong_count(s) == 1));
+        assert!(m
+            .shards
+            .iter()
+            .all(|s| Arc::strong_count(s) == 1 || s.table.is_empty()));
+    }
+
+    #[test]
+    fn an_empty_map_shares_one_empty_shard_until_written() {
+        let mut m = KeyMap::default();
+        assert!(m.shards.iter().all(|s| Arc::ptr_eq(s, &m.shards[0])));
+        m.set(b"k", b"v");
+        let written = shard_of_digest(key_digest(b"k"));
+        let shared = m.shards.iter().filter(|s| Arc::strong_count(s) > 1).count();
+        assert_eq!(shared, SHARDS - 1, "only the written shard was split off");
+        assert_eq!(Arc::strong_count(&m.shards[written]), 1);
+        assert_eq!(m.get(b"k"), Some(&b"v"[..]));
+        assert_eq!(m.get(b"other"), None);
     }
 
     #[test]

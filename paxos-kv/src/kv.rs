@@ -601,13 +601,21 @@ impl CrcReader<'_> {
 impl KvStore {
     /// An order-independent digest of the map's contents, equal on two
     /// stores exactly when they hold the same keys and values (up to hash
-    /// collisions). O(state): for checkers, not the hot path.
+    /// collisions). O(1) after [`KvStore::track_state_digest`], else
+    /// O(state): for checkers, not the hot path.
     pub fn state_digest(&self) -> u64 {
-        self.map.iter().fold(self.map.len() as u64, |acc, (k, v)| {
-            let mut h = crc32c::crc32c(k) as u64;
-            h = (h << 32) | crc32c::crc32c_append(crc32c::crc32c(k), v) as u64;
-            acc.wrapping_add(h.wrapping_mul(0x9E37_79B9_7F4A_7C15))
-        })
+        let sum = self.map.content_digest().unwrap_or_else(|| {
+            self.map.iter().fold(0u64, |acc, (k, v)| {
+                acc.wrapping_add(crate::keymap::entry_digest(k, v))
+            })
+        });
+        (self.map.len() as u64).wrapping_add(sum)
+    }
+
+    /// Keeps [`KvStore::state_digest`] up to date on every write (and
+    /// across restores), for a checker that asks after every step.
+    pub fn track_state_digest(&mut self) {
+        self.map.track_content_digest();
     }
 }
 
@@ -698,6 +706,9 @@ impl StateMachine for KvStore {
                 )))
             }
             Err(e) => return Err(SnapshotError::Io(e)),
+        }
+        if self.map.content_digest().is_some() {
+            map.track_content_digest();
         }
         self.map = map;
         Ok(())
@@ -1252,6 +1263,39 @@ pub(crate) mod tests {
             restore(&mut t, &snap).unwrap();
             prop_assert_eq!(contents(&t), model);
             prop_assert_eq!(snapshot_bytes(&mut t), snap);
+        }
+
+        /// The tracked digest (O(1) per write) always equals the one
+        /// computed by walking the map, through sets, overwrites of either
+        /// size, deletes, frozen views and a restore.
+        #[test]
+        fn the_tracked_state_digest_equals_the_walked_one(ops in proptest::collection::vec(
+            (0u8..3, 0u8..6, proptest::collection::vec(any::<u8>(), 0..8)),
+            0..60,
+        )) {
+            let mut tracked = KvStore::new();
+            tracked.set(b"before tracking", b"x");
+            tracked.track_state_digest();
+            let mut walked = KvStore::new();
+            walked.set(b"before tracking", b"x");
+            let mut frozen = Vec::new();
+            for (op, key, value) in ops {
+                let k = [key];
+                match op {
+                    0 => { tracked.set(&k, &value); walked.set(&k, &value); }
+                    1 => { prop_assert_eq!(tracked.map.remove(&k), walked.map.remove(&k)); }
+                    _ => frozen.push(tracked.snapshot()),
+                }
+                prop_assert!(tracked.map.content_digest().is_some());
+                prop_assert_eq!(tracked.state_digest(), walked.state_digest());
+            }
+            let snap = snapshot_bytes(&mut walked);
+            let mut other = KvStore::new();
+            other.set(b"to be replaced", b"y");
+            other.track_state_digest();
+            restore(&mut other, &snap).unwrap();
+            prop_assert!(other.map.content_digest().is_some(), "a restore keeps tracking");
+            prop_assert_eq!(other.state_digest(), walked.state_digest());
         }
 
         #[test]

@@ -47,9 +47,13 @@ pub struct SimKv {
 impl SimKv {
     /// The KV of `replica`, with `bug` planted if any.
     pub fn new(replica: ReplicaId, bug: Option<StateMachineBug>) -> SimKv {
+        let mut kv = KvStore::new();
+        // The digest checker asks after every step: keep it O(1).
+        kv.track_state_digest();
         SimKv {
             bug,
             replica: replica.0,
+            kv,
             ..SimKv::default()
         }
     }
