@@ -197,17 +197,6 @@ impl KeyMap {
         self.content_digest
     }
 
-    fn digest_change(&mut self, removed: Option<(&[u8], &[u8])>, added: Option<(&[u8], &[u8])>) {
-        if let Some(sum) = self.content_digest.as_mut() {
-            if let Some((k, v)) = removed {
-                *sum = sum.wrapping_sub(entry_digest(k, v));
-            }
-            if let Some((k, v)) = added {
-                *sum = sum.wrapping_add(entry_digest(k, v));
-            }
-        }
-    }
-
     /// Number of keys.
     pub fn len(&self) -> usize {
         self.len
@@ -244,9 +233,10 @@ impl KeyMap {
     /// still shares it.
     pub fn set(&mut self, key: &[u8], value: &[u8]) {
         let hash = self.hash(key);
-        if self.content_digest.is_some() {
-            let old = self.get(key).map(<[u8]>::to_vec);
-            self.digest_change(old.as_deref().map(|v| (key, v)), Some((key, value)));
+        if let Some(sum) = self.content_digest {
+            let old = self.get(key).map_or(0, |old| entry_digest(key, old));
+            self.content_digest =
+                Some(sum.wrapping_sub(old).wrapping_add(entry_digest(key, value)));
         }
         let shard = Arc::make_mut(&mut self.shards[shard_of_digest(key_digest(key))]);
         if let Some(e) = shard.table.find_mut(hash, |e| e.key.as_slice() == key) {
@@ -284,7 +274,9 @@ impl KeyMap {
             Ok(entry) => {
                 let (removed, _) = entry.remove();
                 self.len -= 1;
-                self.digest_change(Some((removed.key.as_slice(), &removed.value)), None);
+                self.content_digest = self
+                    .content_digest
+                    .map(|sum| sum.wrapping_sub(entry_digest(key, &removed.value)));
                 true
             }
             Err(_) => false,

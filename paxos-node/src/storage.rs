@@ -282,19 +282,31 @@ pub fn restore_newest<S: StateMachine>(
                 let slot = reader.info().meta.last_applied;
                 drop(reader);
                 let aside = store.set_aside(slot)?;
-                let damage = paxos_log::Damage {
-                    location: file,
-                    offset,
-                    reason,
-                    last_kept_seq: None,
-                    may_have_lost_acknowledged: true,
-                    set_aside: vec![aside.display().to_string()],
-                };
+                let damage = set_aside_damage(file, offset, reason, vec![aside]);
                 tracing::error!(%damage, "checkpoint failed while restoring; set aside, trying an older one");
                 skipped.push(damage.to_string());
             }
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// The report for a checkpoint found damaged at `offset` of `file` and
+/// moved to `set_aside`: its state may hold acknowledged writes that the
+/// log no longer has.
+fn set_aside_damage(
+    file: String,
+    offset: u64,
+    reason: String,
+    set_aside: Vec<std::path::PathBuf>,
+) -> paxos_log::Damage {
+    paxos_log::Damage {
+        location: file,
+        offset,
+        reason,
+        last_kept_seq: None,
+        may_have_lost_acknowledged: true,
+        set_aside: set_aside.iter().map(|p| p.display().to_string()).collect(),
     }
 }
 
@@ -360,20 +372,13 @@ pub fn serve_chunk(store: &CheckpointStore, slot: Slot, offset: u64, max_bytes: 
             reason,
         }) => {
             let set_aside = match store.set_aside(found) {
-                Ok(path) => vec![path.display().to_string()],
+                Ok(path) => vec![path],
                 Err(e) => {
                     tracing::error!(error = %e, "setting a damaged checkpoint aside failed");
                     Vec::new()
                 }
             };
-            let damage = paxos_log::Damage {
-                location: file,
-                offset,
-                reason,
-                last_kept_seq: None,
-                may_have_lost_acknowledged: true,
-                set_aside,
-            };
+            let damage = set_aside_damage(file, offset, reason, set_aside);
             tracing::error!(%damage, "checkpoint damaged while serving it to a peer");
             none(Some(found))
         }

@@ -87,8 +87,8 @@ impl Replica {
 
     /// Starts phase 1 in a new ballot, unless this replica may not campaign
     /// (vetoed, not a voter, repairing, or in need of a snapshot; F17 in
-    /// paxos-sim/FINDINGS.md is the open case where every voter needs one). A candidate whose
-    /// deadline passed and that may not campaign again steps down here:
+    /// paxos-sim/FINDINGS.md is the open case where every voter needs one).
+    /// A candidate whose deadline passed and that may not campaign again steps down here:
     /// staying a candidate, its re-queries (`resend_prepares`) would keep
     /// the voters that promised it from ever campaigning themselves.
     pub(super) fn start_election(&mut self, now: Time) {
