@@ -42,6 +42,12 @@ pub struct Config {
     /// Committed decrees kept in memory (beyond the uncommitted ones) to serve
     /// catch-up and promises.
     pub retain_decrees: usize,
+    /// Applied decrees are also dropped from memory, oldest first, while
+    /// the in-memory log's payload exceeds this many bytes: a decree can
+    /// hold a whole batch, so `retain_decrees` alone does not bound memory.
+    /// Unapplied entries are always kept. Peers that need dropped decrees
+    /// catch up by checkpoint.
+    pub retain_bytes: usize,
     /// Upper bound on one encoded message. Promise and catch-up chunks are cut
     /// to stay below it; must leave room for one full batch.
     pub max_message_bytes: usize,
@@ -90,6 +96,7 @@ impl Config {
             election_timeout_max_us: 600_000,
             catchup_chunk_decrees: 256,
             retain_decrees: 4096,
+            retain_bytes: 64 << 20,
             max_message_bytes: 8 << 20,
             max_accept_ahead: 256,
             repair: false,

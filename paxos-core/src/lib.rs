@@ -29,7 +29,8 @@
 //!   and leadership hand-off by [`Replica::relinquish_primary`].
 //! - **Catch-up** in chunks from any peer's retained decrees; when nobody has
 //!   them anymore, [`Status::needs_snapshot`] says so.
-//! - **Bounded everything**: window, accept horizon, retained decrees, chunk
+//! - **Bounded everything**: window, accept horizon, retained decrees (in
+//!   count and in bytes), chunk
 //!   sizes, message sizes, and a [`codec`] that rejects oversize counts.
 //! - **Messages** ([`msg`]): [`Message`] has one tuple variant per message,
 //!   wrapping a struct of the same name (`Message::Accept(msg::Accept {

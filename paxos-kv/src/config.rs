@@ -106,10 +106,20 @@ pub struct Tuning {
     pub election_timeout_max_ms: u64,
     /// Take a checkpoint every this many applied decrees (0: never).
     pub checkpoint_every_decrees: u64,
+    /// Also take one once the decrees applied since the last carry this
+    /// many MiB (0: no byte trigger). The log since the last checkpoint is
+    /// kept by storage (in memory too, for the file and persistent-memory
+    /// logs' indexes), so this bounds it in bytes whatever the batch sizes.
+    pub checkpoint_every_mb: u64,
     /// Decrees kept in the log below a durable checkpoint, so that lagging
     /// or joining replicas can catch up from the log instead of needing a
     /// checkpoint transfer.
     pub compact_retain_decrees: u64,
+    /// Most MiB of applied decrees each replica keeps in memory to serve
+    /// catch-up (paxos-core's `retain_bytes`; it also keeps at most
+    /// `compact_retain_decrees` of them). A replica further behind catches
+    /// up by checkpoint transfer.
+    pub log_memory_mb: u64,
     /// Most concurrent client connections.
     pub max_clients: usize,
     /// Most requests one connection may have awaiting replies.
@@ -138,7 +148,9 @@ impl Default for Tuning {
             election_timeout_min_ms: 300,
             election_timeout_max_ms: 600,
             checkpoint_every_decrees: 20_000,
+            checkpoint_every_mb: 128,
             compact_retain_decrees: 4096,
+            log_memory_mb: 64,
             max_clients: 1024,
             max_pipelined_per_client: 1024,
             nvm_region_mb: 256,
@@ -339,6 +351,14 @@ impl NodeConfig {
             "compact_retain_decrees must be at most 16777216",
         )?;
         check(
+            t.checkpoint_every_mb <= 1 << 20,
+            "checkpoint_every_mb must be at most 1048576",
+        )?;
+        check(
+            (1..=1 << 20).contains(&t.log_memory_mb),
+            "log_memory_mb must be in 1..=1048576",
+        )?;
+        check(
             (1..=100_000).contains(&t.max_clients),
             "max_clients must be in 1..=100000",
         )?;
@@ -434,7 +454,7 @@ impl NodeConfig {
             s,
             "[tuning]\npipeline_window = {}\nmax_batch_requests = {}\nmax_batch_bytes = {}\nsubmit_queue = {}\n\
              heartbeat_ms = {}\nelection_timeout_min_ms = {}\nelection_timeout_max_ms = {}\n\
-             checkpoint_every_decrees = {}\ncompact_retain_decrees = {}\nmax_clients = {}\nmax_pipelined_per_client = {}\nnvm_region_mb = {}\nlog_sync_interval_us = {}\nworker_threads = {}\ntransparent_huge_pages = {}",
+             checkpoint_every_decrees = {}\ncheckpoint_every_mb = {}\ncompact_retain_decrees = {}\nlog_memory_mb = {}\nmax_clients = {}\nmax_pipelined_per_client = {}\nnvm_region_mb = {}\nlog_sync_interval_us = {}\nworker_threads = {}\ntransparent_huge_pages = {}",
             t.pipeline_window,
             t.max_batch_requests,
             t.max_batch_bytes,
@@ -443,7 +463,9 @@ impl NodeConfig {
             t.election_timeout_min_ms,
             t.election_timeout_max_ms,
             t.checkpoint_every_decrees,
+            t.checkpoint_every_mb,
             t.compact_retain_decrees,
+            t.log_memory_mb,
             t.max_clients,
             t.max_pipelined_per_client,
             t.nvm_region_mb,

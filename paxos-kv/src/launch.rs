@@ -192,9 +192,11 @@ pub async fn run_node(config: NodeConfig) -> anyhow::Result<()> {
     core.election_timeout_max_us = t.election_timeout_max_ms * 1000;
     core.max_message_bytes = core.max_message_bytes.min(max_message);
     core.max_accept_ahead = core.max_accept_ahead.max(t.pipeline_window);
+    core.retain_bytes = usize::try_from(t.log_memory_mb << 20).unwrap_or(usize::MAX);
     let seed = seed_from_clock(id);
     let mut node_config = paxos_node::NodeConfig::new(core);
     node_config.checkpoint_every = t.checkpoint_every_decrees;
+    node_config.checkpoint_every_bytes = t.checkpoint_every_mb << 20;
     node_config.compact_retain = t.compact_retain_decrees;
     node_config.addresses = addresses;
     node_config.seed = seed;

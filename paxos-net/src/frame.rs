@@ -282,9 +282,17 @@ impl FrameDecoder {
         }
         let flags = header.flags;
         let expected_crc = header.crc32c.get();
-        let mut frame = self.buffer.split_to(HEADER_LEN + len);
-        frame.advance(HEADER_LEN);
-        let payload = frame.freeze();
+        // The payload is copied out rather than split off the receive
+        // buffer. Decoded messages are slices of it all the way to the
+        // state machine, and the core keeps decrees in memory for catch-up:
+        // a split-off payload pinned the whole receive allocation it
+        // arrived in (with its neighbours and spare capacity), and a
+        // follower's retained log pinned 2.8 times its own bytes that way
+        // (heaptrack, docs/BENCHMARKS.md "Memory per key"). One copy per
+        // frame, not per request, and the receive buffer stays unshared, so
+        // it is reused in place instead of reallocated.
+        let payload = Bytes::copy_from_slice(&self.buffer[HEADER_LEN..HEADER_LEN + len]);
+        self.buffer.advance(HEADER_LEN + len);
         if flags & FLAG_CHECKSUM != 0 {
             let actual = crc32c::crc32c(&payload);
             if actual != expected_crc {
@@ -438,15 +446,26 @@ mod tests {
     }
 
     #[test]
-    fn payloads_share_the_received_buffer() {
+    fn a_payload_owns_its_bytes_and_does_not_pin_the_receive_buffer() {
         let mut out = BytesMut::new();
         encode_frame(&mut out, 0, &[9u8; 300], false);
+        encode_frame(&mut out, 0, &[7u8; 300], false);
         let mut decoder = FrameDecoder::new(1024);
         decoder.extend(&out);
-        let frame = decoder.next_frame().unwrap().unwrap();
-        // A slice of the frozen buffer, not a fresh copy: slicing is O(1).
-        let sub = frame.payload.slice(10..20);
-        assert_eq!(sub.as_ptr(), frame.payload[10..].as_ptr());
+        let received = decoder.buffer.as_ptr_range();
+        let first = decoder.next_frame().unwrap().unwrap();
+        // A copy, not a slice of the buffer both frames arrived in: holding
+        // it (as the core holds a retained decree) keeps 300 bytes alive,
+        // not the receive allocation.
+        assert!(!received.contains(&first.payload.as_ptr()));
+        assert_eq!(first.payload, Bytes::from(vec![9u8; 300]));
+        // The buffer was not split, so it is still unshared and refills in
+        // place once drained.
+        let second = decoder.next_frame().unwrap().unwrap();
+        assert_eq!(second.payload, Bytes::from(vec![7u8; 300]));
+        assert_eq!(decoder.buffered(), 0);
+        decoder.extend(&out);
+        assert_eq!(decoder.buffer.as_ptr_range().start, received.start);
     }
 
     proptest! {

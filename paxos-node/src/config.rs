@@ -13,11 +13,16 @@ pub struct NodeConfig {
     pub core: paxos_core::Config,
     /// Take a checkpoint every this many applied decrees (0: never).
     pub checkpoint_every: u64,
+    /// Also take one once the decrees applied since the last one carry this
+    /// many payload bytes (0: no byte trigger). Bounds the log storage
+    /// keeps, in bytes, whatever the batch sizes.
+    pub checkpoint_every_bytes: u64,
     /// Whether the driver has a checkpoint store. Without one the node
     /// never asks to save, serve or receive checkpoints.
     pub checkpoints: bool,
     /// Decrees kept below a durable checkpoint when compacting, so that
-    /// lagging peers can still catch up from memory.
+    /// lagging peers can still catch up from memory (never more than the
+    /// core still holds in memory, see `core.retain_bytes`).
     pub compact_retain: u64,
     /// A checkpoint transfer with no progress for this long (µs) is
     /// abandoned and retried with another peer.
@@ -47,6 +52,7 @@ impl NodeConfig {
         NodeConfig {
             core,
             checkpoint_every: 0,
+            checkpoint_every_bytes: 0,
             checkpoints: false,
             compact_retain: 4096,
             transfer_stall_us: 2_000_000,

@@ -199,6 +199,8 @@ pub struct Node<S: StateMachine, C> {
     status: paxos_core::Status,
     is_leader: bool,
     last_checkpoint_started: Slot,
+    /// Payload bytes of the decrees applied since `last_checkpoint_started`.
+    applied_bytes_since_checkpoint: u64,
     checkpoint_running: bool,
     checkpoint_slot: Slot,
     needs_snapshot: bool,
@@ -274,6 +276,7 @@ impl<S: StateMachine, C> Node<S, C> {
             status,
             is_leader: false,
             last_checkpoint_started: applied,
+            applied_bytes_since_checkpoint: 0,
             checkpoint_running: false,
             checkpoint_slot: applied,
             needs_snapshot: false,
@@ -484,7 +487,15 @@ impl<S: StateMachine, C> Node<S, C> {
             Ok(slot) => {
                 self.checkpoint_slot = self.checkpoint_slot.max(slot);
                 self.stats.checkpoints_saved += 1;
-                let through = slot.saturating_sub(self.config.compact_retain);
+                // Storage keeps `compact_retain` decrees below the
+                // checkpoint for lagging peers, but no more than the core
+                // still holds in memory (bounded in bytes by
+                // `core.retain_bytes`): catch-up is served from there.
+                let memory_from = self.core.status().retained_from;
+                let through = slot
+                    .saturating_sub(self.config.compact_retain)
+                    .max(Slot(memory_from.0.saturating_sub(1)))
+                    .min(slot);
                 if through > Slot::ZERO && through <= self.applied {
                     self.core.compact(through);
                 }
@@ -596,6 +607,7 @@ impl<S: StateMachine, C> Node<S, C> {
         self.needs_snapshot = false;
         self.transfer = None;
         self.last_checkpoint_started = slot;
+        self.applied_bytes_since_checkpoint = 0;
         self.checkpoint_slot = self.checkpoint_slot.max(slot);
         self.status = self.core.status();
         self.stats.checkpoints_installed += 1;
@@ -976,6 +988,9 @@ impl<S: StateMachine, C> Node<S, C> {
             self.applied
         );
         self.outputs.clear();
+        self.applied_bytes_since_checkpoint = self
+            .applied_bytes_since_checkpoint
+            .saturating_add(value.payload_len() as u64);
         let mut chosen_tag = None;
         match &value {
             Value::Requests(bytes) => match framing::parse(bytes) {
@@ -1126,12 +1141,18 @@ impl<S: StateMachine, C> Node<S, C> {
         self.abort_proposals(proposed, AbortReason::NotPrimary { leader });
     }
 
+    /// Starts a checkpoint every `checkpoint_every` decrees or every
+    /// `checkpoint_every_bytes` of decree payload, whichever comes first.
+    /// The bytes matter as much as the decrees: storage keeps every decree
+    /// above its compaction point, so the log since the last checkpoint is
+    /// memory (and disk) that only a checkpoint gives back.
     fn maybe_checkpoint(&mut self, slot: Slot) {
         let every = self.config.checkpoint_every;
-        if !self.config.checkpoints
-            || every == 0
-            || self.checkpoint_running
-            || slot < self.last_checkpoint_started.saturating_add(every)
+        let every_bytes = self.config.checkpoint_every_bytes;
+        let due_by_decrees =
+            every != 0 && slot >= self.last_checkpoint_started.saturating_add(every);
+        let due_by_bytes = every_bytes != 0 && self.applied_bytes_since_checkpoint >= every_bytes;
+        if !self.config.checkpoints || self.checkpoint_running || !(due_by_decrees || due_by_bytes)
         {
             return;
         }
@@ -1142,6 +1163,7 @@ impl<S: StateMachine, C> Node<S, C> {
     fn start_checkpoint(&mut self) {
         let slot = self.applied;
         self.last_checkpoint_started = slot;
+        self.applied_bytes_since_checkpoint = 0;
         self.checkpoint_running = true;
         // The membership in force after `slot` is the one the directory
         // recorded when it applied the last Reconfigure up to `slot` (the

@@ -644,6 +644,8 @@ mod tests {
             membership_slot: Slot(1),
             needs_snapshot: false,
             repair: None,
+            log_bytes: 0,
+            retained_from: Slot(1),
         };
         c.on_status(&status(next)).unwrap();
         let wrong = Membership::with_voters(vec![r(1), r(2), r(4)]);

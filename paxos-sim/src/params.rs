@@ -56,9 +56,14 @@ pub struct FaultParams {
     /// Committed decrees each replica keeps in memory for catch-up. Small
     /// values push lagging replicas into state transfer.
     pub retain_decrees: usize,
+    /// paxos-core's `retain_bytes` (a batch here is at most 1 KiB, so the
+    /// small values make the byte bound, not the decree bound, decide).
+    pub retain_bytes: usize,
     /// Take a checkpoint (and compact below it) every this many applied
     /// slots (0: never; restarts then re-apply from slot 1).
     pub checkpoint_every: u64,
+    /// paxos-node's `checkpoint_every_bytes` (0: decrees only).
+    pub checkpoint_every_bytes: u64,
     /// One replica (at most) has a faulty medium: transient bit flips and
     /// read errors, latent unreadable sectors and misdirected writes in the
     /// background, and corruption of its newest records now and then.
@@ -191,6 +196,10 @@ impl FaultParams {
             client_interval_us: pick(rng, &[500, 2_000, 10_000]),
             client_outstanding: pick(rng, &[1, 4, 16]),
             client_batch: pick(rng, &[1, 3, 8]),
+            // Drawn last, so that the draws above are those of older
+            // binaries and regression seeds keep their scenario.
+            retain_bytes: pick(rng, &[4 << 10, 64 << 10, 64 << 20]),
+            checkpoint_every_bytes: pick(rng, &[0, 0, 16 << 10]),
         }
     }
 

@@ -156,8 +156,10 @@ impl Replica {
         core.election_timeout_max_us = t.election_min_us * 2;
         core.catchup_chunk_decrees = t.catchup_chunk;
         core.retain_decrees = params.retain_decrees;
+        core.retain_bytes = params.retain_bytes;
         let mut config = NodeConfig::new(core);
         config.checkpoint_every = params.checkpoint_every;
+        config.checkpoint_every_bytes = params.checkpoint_every_bytes;
         config.checkpoints = true;
         config.compact_retain = 0;
         config.transfer_stall_us = 4 * t.election_min_us;

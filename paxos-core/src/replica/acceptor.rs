@@ -185,7 +185,7 @@ impl Replica {
                     ballot,
                     value,
                 };
-                self.log.insert(slot, entry.clone());
+                self.log.insert(entry.clone());
                 self.persist(PersistEntry::Accept(entry));
                 true
             }

@@ -10,10 +10,12 @@
 //!   persisted after the entries it covers.
 //! - 7 (apply): `Apply` in slot order, exactly once per slot.
 //! - 9 (bounds): only the last `retain_decrees` committed decrees stay in
-//!   memory.
+//!   memory, and applied ones only while the log's payload is within
+//!   `retain_bytes` (the `AcceptedLog` keeps that count exact).
 
 use super::{Action, Replica, RoleState};
 use crate::types::{Accepted, Ballot, PersistEntry, Slot, Time, Value};
+use paxos_contracts::ensures;
 
 impl Replica {
     /// The leader of `ballot` says slots `<= leader_commit` are chosen.
@@ -68,7 +70,7 @@ impl Replica {
                     ballot,
                     value,
                 };
-                self.log.insert(slot, entry.clone());
+                self.log.insert(entry.clone());
                 self.persist(PersistEntry::Accept(entry));
             }
         }
@@ -101,20 +103,29 @@ impl Replica {
             // over logs that held the missing slots).
             self.needs_snapshot = false;
         }
-        // Keep `retain_decrees` committed (and applied) decrees in memory.
+        // Keep at most `retain_decrees` committed decrees in memory, and
+        // drop applied ones from the front while the log's payload exceeds
+        // `retain_bytes`. Unapplied entries are never dropped here, so the
+        // uncommitted window (bounded by `max_accept_ahead`) and anything
+        // still to apply stay; peers that need what was dropped catch up
+        // by checkpoint.
         let keep_from = self
             .commit_index
             .saturating_sub(self.config.retain_decrees as u64)
             .min(self.applied_index)
             .next();
-        if keep_from > self.log_start {
-            while let Some(first) = self.log.first_entry() {
-                if *first.key() >= keep_from {
-                    break;
-                }
-                first.remove();
-            }
-            self.log_start = keep_from;
+        let applied = self.applied_index;
+        let retain_bytes = self.config.retain_bytes;
+        self.log.drop_front_while(|e, bytes| {
+            e.slot < keep_from || (e.slot <= applied && bytes > retain_bytes)
+        });
+        // Every applied slot below the first entry kept is gone (all of
+        // them when the byte bound dropped every entry).
+        let first_kept = self.log.keys().next().copied().unwrap_or(Slot::MAX);
+        let new_start = keep_from.max(first_kept.min(applied.next()));
+        if new_start > self.log_start {
+            self.log_start = new_start;
         }
+        ensures!(self.log.keys().next().is_none_or(|s| *s >= self.log_start));
     }
 }

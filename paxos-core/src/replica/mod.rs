@@ -9,6 +9,7 @@
 //! `impl Replica` block of its own, matching the unit tests in `src/tests/`:
 //!
 //! - `acceptor`: Prepare/Promise, Accept/Accepted, admitting a leader.
+//! - `accepted_log`: the in-memory entries, with their payload bytes counted.
 //! - `proposer`: proposing, re-proposing the recovered window, counting
 //!   votes, heartbeats and retransmission.
 //! - `learner`: commit learning and `Apply` in slot order.
@@ -71,7 +72,8 @@
 //! 9. **Bounds.** At most `pipeline_window` slots are proposed and unchosen;
 //!    an acceptor accepts no slot above `commit_index + max_accept_ahead`;
 //!    memory holds committed entries only for the last `retain_decrees`
-//!    slots; promise and catch-up chunks hold at most `catchup_chunk_decrees`
+//!    slots, and applied ones only while the log's payload is within
+//!    `retain_bytes`; promise and catch-up chunks hold at most `catchup_chunk_decrees`
 //!    entries and stay under `max_message_bytes`.
 //! 10. **Reconfiguration.** A `Reconfigure(m)` decree chosen at slot `s`
 //!     governs every slot above `s`; slots up to `s` keep the membership in
@@ -143,6 +145,7 @@ macro_rules! planted {
     };
 }
 
+mod accepted_log;
 mod acceptor;
 mod catchup;
 mod election;
@@ -157,9 +160,7 @@ mod repair;
 
 use crate::config::Config;
 use crate::msg::{self, Message};
-use crate::types::{
-    Accepted, Ballot, DurableState, Membership, PersistEntry, ReplicaId, Slot, Time, Value,
-};
+use crate::types::{Ballot, DurableState, Membership, PersistEntry, ReplicaId, Slot, Time, Value};
 use catchup::FetchState;
 use election::CandidateState;
 use paxos_contracts::{ensures, requires, snapshot};
@@ -251,6 +252,12 @@ pub struct Status {
     /// A repair in progress (invariant 11): the replica does not vote until
     /// it is done. `None` when it can vouch for its state.
     pub repair: Option<RepairProgress>,
+    /// Payload bytes of the decrees held in memory (bounded by
+    /// `retain_bytes` plus the unapplied ones).
+    pub log_bytes: usize,
+    /// The lowest slot whose decree may still be in memory: every decree
+    /// below it was dropped (compacted, or trimmed by the retention bounds).
+    pub retained_from: Slot,
 }
 
 /// Why a proposal (or a leadership hand-off) was refused.
@@ -361,7 +368,7 @@ pub struct Replica {
     // Acceptor.
     promised: Ballot,
     /// In-memory entries: every accepted slot `>= log_start`.
-    log: BTreeMap<Slot, Accepted>,
+    log: accepted_log::AcceptedLog,
     log_start: Slot,
     truncated_through: Slot,
     max_seen_round: u64,
@@ -460,7 +467,7 @@ impl Replica {
             #[cfg(feature = "planted-bugs")]
             bugs: planted::Bugs::default(),
             promised,
-            log: accepted,
+            log: accepted_log::AcceptedLog::new(accepted),
             log_start: truncated_through.next(),
             truncated_through,
             max_seen_round: promised.round.max(config.membership_ballot.round),
@@ -495,12 +502,12 @@ impl Replica {
             config,
         };
         // Entries that storage kept but a checkpoint covers are not needed.
-        r.log.retain(|s, _| *s > truncated_through);
+        r.log.drop_through(truncated_through);
         if applied_through > durable_commit && applied_through > truncated_through {
             // The checkpoint raced ahead of the Commit record: on-disk entries
             // of those slots may be stale votes, not the chosen values.
             r.truncated_through = applied_through;
-            r.log = r.log.split_off(&applied_through.next());
+            r.log.drop_through(applied_through);
             r.log_start = applied_through.next();
             r.persist_buf.push(PersistEntry::Truncate(applied_through));
         }
@@ -757,6 +764,8 @@ impl Replica {
             membership_slot: self.membership_slot,
             needs_snapshot: self.needs_snapshot,
             repair: self.repair_progress(),
+            log_bytes: self.log.payload_bytes(),
+            retained_from: self.log_start,
         }
     }
 
@@ -784,7 +793,7 @@ impl Replica {
         let through = through.min(self.applied_index);
         if through > self.truncated_through {
             self.truncated_through = through;
-            self.log = self.log.split_off(&through.next());
+            self.log.drop_through(through);
             self.log_start = self.log_start.max(through.next());
             self.persist_buf.push(PersistEntry::Truncate(through));
             self.flush_persist();

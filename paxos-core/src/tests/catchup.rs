@@ -101,3 +101,39 @@ fn a_fetch_to_a_silent_peer_moves_on_to_another() {
     assert!(c.run_until(2_000_000, |c| c.status(lagger).applied_index >= Slot(6)));
     assert_eq!(c.applied_values(lagger), c.applied_values(helper));
 }
+
+/// `retain_bytes` bounds the memory the log keeps for catch-up, whatever
+/// `retain_decrees` allows: applied decrees are dropped oldest first once
+/// their payload exceeds it, and a replica that needs them is told to get a
+/// snapshot.
+#[test]
+fn the_retained_log_is_bounded_in_bytes() {
+    const VALUE: usize = 1000;
+    let mut c = Cluster::new(3, |cfg| {
+        cfg.retain_decrees = 4096;
+        cfg.retain_bytes = 10 * VALUE;
+        cfg.catchup_chunk_decrees = 4;
+    });
+    let leader = c.elect_any();
+    let followers: Vec<_> = (1..=3).map(id).filter(|r| *r != leader).collect();
+    let (helper, lagger) = (followers[0], followers[1]);
+    c.isolate(lagger);
+    let mut max_bytes = 0;
+    for i in 0..40 {
+        c.commit_on(&[leader, helper], req(&format!("{i:0VALUE$}")));
+        for r in [leader, helper] {
+            max_bytes = max_bytes.max(c.status(r).log_bytes);
+        }
+    }
+    assert!(c.run_until(1_000_000, |c| c.status(helper).applied_index >= Slot(40)));
+    // A few decrees' worth (the batch framing adds bytes to each value),
+    // never the 40 the decree bound would keep.
+    assert!(
+        max_bytes <= 12 * (VALUE + 64),
+        "memory log grew to {max_bytes} bytes"
+    );
+    assert!(c.status(leader).log_bytes >= 9 * VALUE);
+    c.heal();
+    assert!(c.run_until(1_000_000, |c| c.status(lagger).needs_snapshot));
+    assert_eq!(c.status(lagger).applied_index, Slot::ZERO);
+}

@@ -153,3 +153,55 @@ fn a_restarted_node_resumes_from_its_checkpoint_and_log() {
     assert_eq!(sim.outcomes.total(more[0]), 178);
     sim.check_agreement().unwrap();
 }
+
+/// With the decree trigger off, the applied payload bytes alone start a
+/// checkpoint: decrees that carry nothing (the no-ops of an election) do
+/// not, the first client decree past the threshold does.
+#[test]
+fn a_checkpoint_is_taken_once_the_applied_bytes_reach_the_threshold() {
+    let mut sim = Sim::with(3, |c| {
+        c.checkpoints = true;
+        c.checkpoint_every = 0;
+        c.checkpoint_every_bytes = 1;
+    });
+    for h in sim.hosts.values_mut() {
+        h.save_at_once = false;
+    }
+    let leader = sim.elect();
+    assert!(sim.host_mut(leader).checkpoints_requested.is_empty());
+    one_decree(&mut sim, leader, 1);
+    let first = sim.node(leader).applied();
+    assert_eq!(sim.host_mut(leader).checkpoints_requested, vec![first]);
+
+    let mut sim = Sim::with(3, |c| {
+        c.checkpoints = true;
+        c.checkpoint_every = 0;
+        c.checkpoint_every_bytes = 1 << 30;
+    });
+    let leader = sim.elect();
+    for n in 0..20 {
+        one_decree(&mut sim, leader, n);
+    }
+    assert!(sim.host_mut(leader).checkpoints_requested.is_empty());
+}
+
+/// Compaction keeps `compact_retain` decrees below a checkpoint only while
+/// the core still holds them in memory: storage must not keep, in memory
+/// or on disk, a log tail that catch-up can no longer be served from.
+#[test]
+fn compaction_keeps_no_more_than_the_core_retains_in_memory() {
+    let mut sim = Sim::with(3, |c| {
+        c.checkpoints = true;
+        c.checkpoint_every = 10;
+        c.compact_retain = 1000;
+        c.core.retain_bytes = 1;
+    });
+    let leader = sim.elect();
+    while sim.node(leader).status().checkpoint_slot < Slot(10) {
+        one_decree(&mut sim, leader, 1);
+    }
+    let checkpoint = sim.node(leader).status().checkpoint_slot;
+    // The core dropped every applied decree beyond one byte of payload, so
+    // storage compacts through the checkpoint instead of keeping 1000.
+    assert_eq!(sim.host_mut(leader).durable.truncated_through, checkpoint);
+}
