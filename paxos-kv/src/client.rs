@@ -61,6 +61,31 @@ impl Client {
         .map_err(|_| ClientError::Timeout)?
     }
 
+    /// Sends every command at once (pipelined) and waits for all the
+    /// replies, in order. The timeout applies to the whole exchange.
+    pub async fn pipeline<'a>(
+        &mut self,
+        commands: impl IntoIterator<Item = &'a [&'a [u8]]>,
+    ) -> Result<Vec<Frame>, ClientError> {
+        self.out.clear();
+        let mut sent = 0;
+        for parts in commands {
+            resp::encode_command(parts.iter().copied(), &mut self.out);
+            sent += 1;
+        }
+        let timeout = self.timeout;
+        tokio::time::timeout(timeout, async {
+            self.stream.write_all(&self.out).await?;
+            let mut replies = Vec::with_capacity(sent);
+            while replies.len() < sent {
+                replies.push(self.read_frame().await?);
+            }
+            Ok(replies)
+        })
+        .await
+        .map_err(|_| ClientError::Timeout)?
+    }
+
     async fn read_frame(&mut self) -> Result<Frame, ClientError> {
         let limits = RespLimits {
             max_bulk_len: 64 << 20,

@@ -238,6 +238,30 @@ impl LocalCluster {
         )
     }
 
+    /// The lines of every node's log that say who led, what was
+    /// checkpointed and what went wrong (leader changes, checkpoints,
+    /// warnings and errors), prefixed with the node, for failure messages.
+    pub fn events(&self) -> String {
+        let mut out = String::new();
+        for i in 0..self.len() {
+            let path = self.dir.join(format!("node{}.log", i + 1));
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            for line in text.lines().filter(|l| {
+                [
+                    "primary status changed",
+                    "checkpoint durable",
+                    "WARN",
+                    "ERROR",
+                ]
+                .iter()
+                .any(|p| l.contains(p))
+            }) {
+                out.push_str(&format!("node{}: {line}\n", i + 1));
+            }
+        }
+        out
+    }
+
     /// The data directory.
     pub fn dir(&self) -> &Path {
         &self.dir
