@@ -194,11 +194,8 @@ pub async fn serve(
                     let conn = state.registry.register(reply_limits::initial_largest(
                         state.config.clients.output.soft_bytes,
                     ));
-                    if let Err(e) =
-                        handle_connection(socket, Arc::clone(&state), &conn, operator_only).await
-                    {
-                        tracing::debug!(%peer, error = %e, "client connection ended");
-                    }
+                    handle_connection(socket, Arc::clone(&state), &conn, operator_only).await;
+                    tracing::debug!(%peer, conn = conn.id, "client connection ended");
                     state.registry.unregister(&conn);
                     drop(permit);
                 });
@@ -278,7 +275,7 @@ async fn handle_connection(
     state: Arc<ServerState>,
     conn: &Arc<ConnShared>,
     operator_only: bool,
-) -> std::io::Result<()> {
+) {
     let (mut rd, wr) = socket.into_split();
     let (tx, rx) = mpsc::channel::<Pending>(state.config.max_pipelined);
     let mut closed_rx = conn.closed.subscribe();
@@ -303,7 +300,17 @@ async fn handle_connection(
             buf.reserve(16 * 1024);
         }
         let n = tokio::select! {
-            r = rd.read_buf(&mut buf) => r?,
+            r = rd.read_buf(&mut buf) => match r {
+                Ok(n) => n,
+                Err(e) => {
+                    // Reset: nobody will read the replies either. (Not `?`:
+                    // the connection is unregistered only after its writer
+                    // ended, or its bytes would leave the total twice.)
+                    tracing::debug!(conn = conn.id, error = %e, "client read failed");
+                    conn.close();
+                    break 'read;
+                }
+            },
             _ = closed(&mut closed_rx) => break 'read,
             _ = sleep_or_never(idle_timeout) => {
                 if conn.owes_replies() {
@@ -388,8 +395,9 @@ async fn handle_connection(
         }
     }
     drop(tx);
+    // Every exit path comes here: the connection is unregistered (and its
+    // bytes leave the total) only once the writer is done with them.
     let _ = writer.await;
-    Ok(())
 }
 
 /// Sleeps for `d`, or forever if there is none.
