@@ -60,14 +60,15 @@ pub enum LimitExceeded {
 }
 
 impl OutputLimits {
-    /// Judges a connection holding `unwritten` reply bytes at `now`;
-    /// `over_soft_since` is the connection's record of when it went past
-    /// the soft limit (kept and cleared here).
+    /// Judges a connection holding `unwritten` reply bytes; `now` is read
+    /// only past the soft limit (this runs per reply). `over_soft_since` is
+    /// the connection's record of when it went past the soft limit (kept
+    /// and cleared here).
     pub fn check(
         &self,
         unwritten: usize,
         over_soft_since: &mut Option<Instant>,
-        now: Instant,
+        now: impl FnOnce() -> Instant,
     ) -> OutputVerdict {
         if unwritten > self.hard_bytes {
             return OutputVerdict::Disconnect(LimitExceeded::Hard);
@@ -76,6 +77,7 @@ impl OutputLimits {
             *over_soft_since = None;
             return OutputVerdict::Keep { recheck_at: None };
         }
+        let now = now();
         let since = *over_soft_since.get_or_insert(now);
         let deadline = since + self.soft_for;
         if now >= deadline {
@@ -204,11 +206,11 @@ mod tests {
         let mut since = None;
         let now = Instant::now();
         assert_eq!(
-            limits().check(64 * MIB + 1, &mut since, now),
+            limits().check(64 * MIB + 1, &mut since, || now),
             OutputVerdict::Disconnect(LimitExceeded::Hard)
         );
         assert_eq!(
-            limits().check(64 * MIB, &mut since, now),
+            limits().check(64 * MIB, &mut since, || now),
             OutputVerdict::Keep {
                 recheck_at: Some(now + Duration::from_secs(10))
             }
@@ -221,31 +223,31 @@ mod tests {
         let t0 = Instant::now();
         let mut since = None;
         assert_eq!(
-            l.check(MIB, &mut since, t0),
+            l.check(MIB, &mut since, || t0),
             OutputVerdict::Keep { recheck_at: None }
         );
         let deadline = t0 + Duration::from_secs(10);
         assert_eq!(
-            l.check(20 * MIB, &mut since, t0),
+            l.check(20 * MIB, &mut since, || t0),
             OutputVerdict::Keep {
                 recheck_at: Some(deadline)
             }
         );
         // Still over later: the clock started at the first crossing.
         assert_eq!(
-            l.check(17 * MIB, &mut since, t0 + Duration::from_secs(9)),
+            l.check(17 * MIB, &mut since, || t0 + Duration::from_secs(9)),
             OutputVerdict::Keep {
                 recheck_at: Some(deadline)
             }
         );
         assert_eq!(
-            l.check(17 * MIB, &mut since, deadline),
+            l.check(17 * MIB, &mut since, || deadline),
             OutputVerdict::Disconnect(LimitExceeded::Soft)
         );
         // Dropping below resets the clock.
         let mut since = Some(t0);
         assert_eq!(
-            l.check(MIB, &mut since, deadline),
+            l.check(MIB, &mut since, || deadline),
             OutputVerdict::Keep { recheck_at: None }
         );
         assert_eq!(since, None);

@@ -295,6 +295,11 @@ async fn handle_connection(
     } else {
         state.config.clients.idle_timeout
     };
+    // One timer per connection, moved only when it fires: a read just
+    // notes the time (no timer work per read).
+    let idle_timer = tokio::time::sleep(idle_timeout.unwrap_or(Duration::MAX / 4));
+    tokio::pin!(idle_timer);
+    let mut last_read = Instant::now();
     'read: loop {
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(16 * 1024);
@@ -312,9 +317,13 @@ async fn handle_connection(
                 }
             },
             _ = closed(&mut closed_rx) => break 'read,
-            _ = sleep_or_never(idle_timeout) => {
-                if conn.owes_replies() {
-                    // Waiting on its own replies is not idleness.
+            () = &mut idle_timer, if idle_timeout.is_some() => {
+                let timeout = idle_timeout.unwrap_or(Duration::MAX / 4);
+                let now = Instant::now();
+                let idle_until = last_read + timeout;
+                // Waiting on its own replies is not idleness.
+                if now < idle_until || conn.owes_replies() {
+                    idle_timer.as_mut().reset(idle_until.max(now + timeout / 8).into());
                     continue 'read;
                 }
                 state.registry.stats.idle_disconnects.fetch_add(1, Ordering::Relaxed);
@@ -322,6 +331,7 @@ async fn handle_connection(
                 break 'read;
             }
         };
+        last_read = Instant::now();
         if n == 0 {
             break;
         }
@@ -398,14 +408,6 @@ async fn handle_connection(
     // Every exit path comes here: the connection is unregistered (and its
     // bytes leave the total) only once the writer is done with them.
     let _ = writer.await;
-}
-
-/// Sleeps for `d`, or forever if there is none.
-async fn sleep_or_never(d: Option<Duration>) {
-    match d {
-        Some(d) => tokio::time::sleep(d).await,
-        None => std::future::pending().await,
-    }
 }
 
 fn error_bytes(text: &[u8]) -> Bytes {
@@ -613,7 +615,7 @@ async fn write_replies(
         match limits.check(
             conn.unwritten.load(Ordering::Relaxed),
             &mut over_soft_since,
-            Instant::now(),
+            Instant::now,
         ) {
             OutputVerdict::Keep { recheck_at: at } => recheck_at = at,
             OutputVerdict::Disconnect(which) => {
