@@ -176,7 +176,7 @@ impl ClientRegistry {
         }
     }
 
-    /// Runs forever: every [`SWEEP_EVERY`], disconnects the connections
+    /// Runs forever: every 100 ms, disconnects the connections
     /// holding the most reply bytes while the total is over the limit, and
     /// trims the heap after the total fell a lot.
     pub async fn sweep(self: Arc<Self>) {

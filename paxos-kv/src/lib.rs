@@ -19,6 +19,11 @@
 //! reconfiguration (in the state machine and its checkpoints) and makes the
 //! transport's peer set follow membership changes; [`admin`] is the
 //! operator command set (`PAXOS.ADDNODE` and friends) and its CLI side.
+//! The server bounds what clients make a node hold: [`reply_limits`]
+//! decides (per-client output limits, the node-wide total, the pipelining
+//! window, when to trim the heap), [`client_registry`] counts and sweeps,
+//! [`reply_chain`] writes replies without copying them; [`fdlimit`] makes
+//! room for `max_clients` in the open-file limit.
 //!
 //! # Invariants
 //!
