@@ -183,6 +183,11 @@ async fn clients_that_never_read_are_cut_off_and_memory_stays_bounded() {
         baseline / MIB,
         peak / MIB
     );
+    println!(
+        "disconnects: output limit {}, reply memory {}",
+        field(&after, "client_output_limit_disconnects"),
+        field(&after, "client_reply_memory_disconnects")
+    );
     assert!(
         cut_off.iter().all(Option::is_some),
         "every flooder is disconnected: {cut_off:?}"
@@ -247,6 +252,73 @@ async fn clients_that_never_read_are_cut_off_and_memory_stays_bounded() {
         before_flood / MIB
     );
     cluster.stop_all();
+}
+
+/// Past `max_client_reply_bytes` (all clients together) the node
+/// disconnects the clients holding the most reply bytes, long before any
+/// of them ran out its own soft period, and the clients that read are
+/// served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_node_wide_reply_limit_the_largest_holders_are_disconnected() {
+    let dir = tempfile::tempdir().unwrap();
+    let tuning = Tuning {
+        client_output_soft_limit_bytes: MIB as usize,
+        // Far beyond the test: no flooder is cut off by its own limits.
+        client_output_soft_limit_secs: 600,
+        client_output_hard_limit_bytes: (16 * MIB) as usize,
+        max_client_reply_bytes: (16 * MIB) as usize,
+        ..Tuning::default()
+    };
+    let cluster = LocalCluster::start(bin(), dir.path(), 1, StorageKind::File, &tuning).unwrap();
+    cluster
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .unwrap();
+    let addr = cluster.client_addr(0);
+    let value = Bytes::from(vec![b'v'; 500 * 1024]);
+    let mut good = Client::connect(addr, Duration::from_secs(10))
+        .await
+        .unwrap();
+    good.cmd(&[b"SET", b"big", &value]).await.unwrap();
+    // Each flooder holds up to its first window of 16 replies (8 MiB) less
+    // what the sockets took: together well past 16 MiB.
+    let floods: Vec<_> = (0..12)
+        .map(|_| tokio::spawn(flood_without_reading(addr, Duration::from_secs(60))))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut served = 0;
+    let shed = loop {
+        match good.cmd(&[b"GET", b"big"]).await {
+            Ok(Frame::Bulk(Some(v))) if v.len() == value.len() => served += 1,
+            other => panic!("the reading client was not served: {other:?}"),
+        }
+        let i = info(&cluster, 0).await;
+        let shed = field(&i, "client_reply_memory_disconnects");
+        if shed > 0 {
+            assert_eq!(field(&i, "client_output_limit_disconnects"), 0, "{i}");
+            break shed;
+        }
+        assert!(Instant::now() < deadline, "nobody was shed: {i}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let i = info(&cluster, 0).await;
+    println!(
+        "shed {shed} flooders; reply bytes now {}; the reading client was served {served} times",
+        field(&i, "client_reply_bytes")
+    );
+    // Back within the limit, and the reading client is served.
+    assert!(field(&i, "client_reply_bytes") <= 16 * MIB, "{i}");
+    for _ in 0..5 {
+        assert!(matches!(
+            good.cmd(&[b"GET", b"big"]).await.unwrap(),
+            Frame::Bulk(Some(_))
+        ));
+    }
+    let cut_off = floods.iter().filter(|f| f.is_finished()).count();
+    assert!(cut_off >= 1, "a shed flooder saw its connection end");
+    for f in floods {
+        f.abort();
+    }
 }
 
 async fn read_to_end(stream: &mut TcpStream, within: Duration) -> Option<Vec<u8>> {
