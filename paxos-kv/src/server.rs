@@ -243,9 +243,6 @@ async fn wait_for_room(
 ) -> bool {
     let output = &state.config.clients.output;
     loop {
-        if *closed_rx.borrow() {
-            return false;
-        }
         let window = reply_limits::pipelining_window(
             output.soft_bytes,
             conn.recent_largest_reply.load(Ordering::Relaxed),
@@ -254,7 +251,11 @@ async fn wait_for_room(
         let conn_ok = output.may_read(conn.unwritten.load(Ordering::Relaxed))
             && conn.unresolved.load(Ordering::Relaxed) < window;
         if conn_ok && !state.registry.over_limit() {
+            // A closed connection is noticed by the next send or read.
             return true;
+        }
+        if *closed_rx.borrow() {
+            return false;
         }
         if !conn_ok {
             tokio::select! {
@@ -526,30 +527,75 @@ async fn next_reply(
     let step = match head.as_mut() {
         Some(Pending::Ready(b)) => WriterStep::Counted(std::mem::take(b)),
         Some(Pending::Wait(handle, received_us)) => {
-            let outcome = handle.await;
-            WriterStep::Produced(match outcome {
-                // The state machine's buffer itself: no copy.
-                paxos_pipeline::Outcome::Completed(reply) => {
-                    let stages = state.replica.stages();
-                    stages.record_replied(*received_us, reply.applied_us, stages.stamp());
-                    reply.bytes
-                }
-                aborted => {
-                    let mut out = BytesMut::new();
-                    outcome_reply(aborted, |id| state.redirect(id), &mut out);
-                    out.freeze()
-                }
-            })
+            WriterStep::Produced(outcome_bytes(handle.await, *received_us, state))
         }
-        Some(Pending::Admin(rx)) => WriterStep::Produced(match rx.await {
-            Ok(reply) => reply,
-            Err(_) => Bytes::from_static(b"-ERR command aborted\r\n"),
-        }),
+        Some(Pending::Admin(rx)) => {
+            WriterStep::Produced(rx.await.unwrap_or(Bytes::from_static(ADMIN_ABORTED)))
+        }
         Some(Pending::Close) | None => WriterStep::Finish,
     };
     *head = None;
     step
 }
+
+/// [`next_reply`] without waiting: None if the next reply is not produced
+/// yet (or none was sent).
+fn try_next_reply(
+    head: &mut Option<Pending>,
+    rx: &mut mpsc::Receiver<Pending>,
+    state: &ServerState,
+) -> Option<WriterStep> {
+    if head.is_none() {
+        match rx.try_recv() {
+            Ok(p) => *head = Some(p),
+            Err(mpsc::error::TryRecvError::Empty) => return None,
+            Err(mpsc::error::TryRecvError::Disconnected) => return Some(WriterStep::Finish),
+        }
+    }
+    let step = match head.as_mut()? {
+        Pending::Ready(b) => WriterStep::Counted(std::mem::take(b)),
+        Pending::Wait(handle, received_us) => {
+            WriterStep::Produced(outcome_bytes(handle.try_take()?, *received_us, state))
+        }
+        Pending::Admin(rx) => WriterStep::Produced(match rx.try_recv() {
+            Ok(reply) => reply,
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => return None,
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
+                Bytes::from_static(ADMIN_ABORTED)
+            }
+        }),
+        Pending::Close => WriterStep::Finish,
+    };
+    *head = None;
+    Some(step)
+}
+
+/// The reply to an operator command whose task went away.
+const ADMIN_ABORTED: &[u8] = b"-ERR command aborted\r\n";
+
+/// The reply bytes of a request's outcome.
+fn outcome_bytes(
+    outcome: paxos_pipeline::Outcome<Reply>,
+    received_us: u64,
+    state: &ServerState,
+) -> Bytes {
+    match outcome {
+        // The state machine's buffer itself: no copy.
+        paxos_pipeline::Outcome::Completed(reply) => {
+            let stages = state.replica.stages();
+            stages.record_replied(received_us, reply.applied_us, stages.stamp());
+            reply.bytes
+        }
+        aborted => {
+            let mut out = BytesMut::new();
+            outcome_reply(aborted, |id| state.redirect(id), &mut out);
+            out.freeze()
+        }
+    }
+}
+
+/// Unwritten bytes past which the writer writes before gathering more.
+const FLUSH_AT: usize = 256 * 1024;
 
 /// Sleeps until `at`, or forever if there is none.
 async fn sleep_until_or_never(at: Option<Instant>) {
@@ -578,39 +624,68 @@ async fn write_replies(
     let mut over_soft_since = None;
     let mut recheck_at = None;
     let mut largest = conn.recent_largest_reply.load(Ordering::Relaxed);
-    loop {
+    'write: loop {
         if finishing && chain.is_empty() {
             let _ = wr.shutdown().await;
             break;
         }
-        let step = tokio::select! {
-            biased;
-            _ = closed(&mut closed_rx) => WriterStep::Closed,
-            r = chain.write_to(&mut wr), if !chain.is_empty() => WriterStep::Wrote(r),
-            step = next_reply(&mut head, &mut rx, &state), if !finishing => step,
-            _ = sleep_until_or_never(recheck_at) => WriterStep::Recheck,
+        // Replies already produced are gathered before a write (a decree
+        // completes many requests of a pipelining client at once: one
+        // write for all of them, not one each), up to FLUSH_AT bytes; past
+        // that the write comes first. Both branches stay live either way,
+        // so a socket that takes nothing never stops the counting.
+        let step = if chain.len() < FLUSH_AT {
+            tokio::select! {
+                biased;
+                _ = closed(&mut closed_rx) => WriterStep::Closed,
+                step = next_reply(&mut head, &mut rx, &state), if !finishing => step,
+                r = chain.write_to(&mut wr), if !chain.is_empty() => WriterStep::Wrote(r),
+                _ = sleep_until_or_never(recheck_at) => WriterStep::Recheck,
+            }
+        } else {
+            tokio::select! {
+                biased;
+                _ = closed(&mut closed_rx) => WriterStep::Closed,
+                r = chain.write_to(&mut wr) => WriterStep::Wrote(r),
+                step = next_reply(&mut head, &mut rx, &state), if !finishing => step,
+                _ = sleep_until_or_never(recheck_at) => WriterStep::Recheck,
+            }
         };
-        match step {
-            WriterStep::Counted(b) => chain.push(b),
-            WriterStep::Produced(b) => {
-                largest = reply_limits::decayed_largest(largest, b.len());
-                conn.recent_largest_reply.store(largest, Ordering::Relaxed);
-                registry.add(&conn, b.len());
-                conn.unresolved.fetch_sub(1, Ordering::Relaxed);
-                chain.push(b);
-                conn.wake.notify_one();
+        // Take this step, and then every reply already produced behind it
+        // without going round the select (one decree completes many), and
+        // account for them at once.
+        let (mut produced, mut produced_bytes) = (0, 0);
+        let mut step = Some(step);
+        while let Some(this) = step.take() {
+            match this {
+                WriterStep::Counted(b) => chain.push(b),
+                WriterStep::Produced(b) => {
+                    largest = reply_limits::decayed_largest(largest, b.len());
+                    produced += 1;
+                    produced_bytes += b.len();
+                    chain.push(b);
+                }
+                WriterStep::Finish => finishing = true,
+                WriterStep::Wrote(Ok(n)) => {
+                    registry.written(&conn, n);
+                    conn.wake.notify_one();
+                }
+                WriterStep::Wrote(Err(e)) => {
+                    tracing::debug!(conn = conn.id, error = %e, "client write failed");
+                    break 'write;
+                }
+                WriterStep::Recheck => {}
+                WriterStep::Closed => break 'write,
             }
-            WriterStep::Finish => finishing = true,
-            WriterStep::Wrote(Ok(n)) => {
-                registry.written(&conn, n);
-                conn.wake.notify_one();
+            if (produced > 0 || !chain.is_empty()) && !finishing && chain.len() < FLUSH_AT {
+                step = try_next_reply(&mut head, &mut rx, &state);
             }
-            WriterStep::Wrote(Err(e)) => {
-                tracing::debug!(conn = conn.id, error = %e, "client write failed");
-                break;
-            }
-            WriterStep::Recheck => {}
-            WriterStep::Closed => break,
+        }
+        if produced > 0 {
+            conn.recent_largest_reply.store(largest, Ordering::Relaxed);
+            registry.add(&conn, produced_bytes);
+            conn.unresolved.fetch_sub(produced, Ordering::Relaxed);
+            conn.wake.notify_one();
         }
         match limits.check(
             conn.unwritten.load(Ordering::Relaxed),
@@ -629,7 +704,7 @@ async fn write_replies(
                     limit = ?which,
                     "disconnecting a client that does not read its replies (client output limit)"
                 );
-                break;
+                break 'write;
             }
         }
     }
