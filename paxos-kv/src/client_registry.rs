@@ -12,7 +12,7 @@ use crate::reply_limits::{self, TrimPolicy};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
 
 /// How often the sweeper looks at the total.
@@ -33,6 +33,10 @@ pub struct ConnShared {
     pub wake: Notify,
     /// Set to true to end the connection (both tasks watch it).
     pub closed: watch::Sender<bool>,
+    /// When the connection was accepted.
+    pub born: Instant,
+    /// Milliseconds after `born` of the last write progress.
+    pub last_write_ms: AtomicU64,
 }
 
 impl ConnShared {
@@ -42,9 +46,22 @@ impl ConnShared {
         self.wake.notify_one();
     }
 
-    /// Whether the connection owes any reply (then it is not idle).
-    pub fn owes_replies(&self) -> bool {
-        self.unwritten.load(Ordering::Relaxed) > 0 || self.unresolved.load(Ordering::Relaxed) > 0
+    /// Whether a request of the connection is still in the node's hands
+    /// (in consensus, or an operator command running): then the client is
+    /// waiting on the node, not idle.
+    pub fn awaits_the_node(&self) -> bool {
+        self.unresolved.load(Ordering::Relaxed) > 0
+    }
+
+    /// Notes that the socket took reply bytes now.
+    pub fn note_write_progress(&self) {
+        let ms = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_write_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// When the socket last took reply bytes (or when the connection began).
+    pub fn last_write_progress(&self) -> Instant {
+        self.born + Duration::from_millis(self.last_write_ms.load(Ordering::Relaxed))
     }
 }
 
@@ -102,6 +119,8 @@ impl ClientRegistry {
             recent_largest_reply: AtomicUsize::new(initial_largest_reply),
             wake: Notify::new(),
             closed: watch::Sender::new(false),
+            born: Instant::now(),
+            last_write_ms: AtomicU64::new(0),
         });
         self.lock().insert(id, Arc::clone(&conn));
         conn

@@ -134,8 +134,10 @@ pub struct Tuning {
     /// Back the heap with transparent huge pages where the kernel offers
     /// them on request (see [`crate::hugepages`]).
     pub transparent_huge_pages: bool,
-    /// Close a client connection that sent nothing for this many seconds
-    /// while no reply of it is outstanding (Redis's `timeout`; 0: never).
+    /// Close a client connection when for this many seconds it sent
+    /// nothing and its socket took no reply, unless a request of it is
+    /// still in consensus (Redis's `timeout`; 0: never). A client that
+    /// stopped reading its replies is idle too.
     /// Redis defaults to 0; idle connections hold client slots, so we
     /// reclaim them after 5 minutes.
     pub client_timeout_secs: u64,

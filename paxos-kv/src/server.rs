@@ -321,9 +321,12 @@ async fn handle_connection(
             () = &mut idle_timer, if idle_timeout.is_some() => {
                 let timeout = idle_timeout.unwrap_or(Duration::MAX / 4);
                 let now = Instant::now();
-                let idle_until = last_read + timeout;
-                // Waiting on its own replies is not idleness.
-                if now < idle_until || conn.owes_replies() {
+                // Idle: nothing read and no reply taken by the socket for
+                // the timeout (a client that stopped reading its replies is
+                // idle too, as in Redis), unless a request of it is still
+                // in the node's hands.
+                let idle_until = last_read.max(conn.last_write_progress()) + timeout;
+                if now < idle_until || conn.awaits_the_node() {
                     idle_timer.as_mut().reset(idle_until.max(now + timeout / 8).into());
                     continue 'read;
                 }
@@ -616,13 +619,14 @@ async fn write_replies(
     conn: Arc<ConnShared>,
 ) {
     let limits = state.config.clients.output;
+    let idle_timeout = state.config.clients.idle_timeout;
     let registry = &state.registry;
     let mut closed_rx = conn.closed.subscribe();
     let mut chain = ReplyChain::new();
     let mut head: Option<Pending> = None;
     let mut finishing = false;
     let mut over_soft_since = None;
-    let mut recheck_at = None;
+    let mut recheck_at: Option<Instant> = None;
     let mut largest = conn.recent_largest_reply.load(Ordering::Relaxed);
     'write: loop {
         if finishing && chain.is_empty() {
@@ -634,13 +638,25 @@ async fn write_replies(
         // write for all of them, not one each), up to FLUSH_AT bytes; past
         // that the write comes first. Both branches stay live either way,
         // so a socket that takes nothing never stops the counting.
+        // Once the reader is gone nothing else times the connection out:
+        // the last replies get the idle timeout to leave.
+        let flush_by = idle_timeout
+            .filter(|_| finishing)
+            .map(|t| conn.last_write_progress() + t);
+        if flush_by.is_some_and(|at| Instant::now() >= at) {
+            break 'write;
+        }
+        let wake_at = match (recheck_at, flush_by) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let step = if chain.len() < FLUSH_AT {
             tokio::select! {
                 biased;
                 _ = closed(&mut closed_rx) => WriterStep::Closed,
                 step = next_reply(&mut head, &mut rx, &state), if !finishing => step,
                 r = chain.write_to(&mut wr), if !chain.is_empty() => WriterStep::Wrote(r),
-                _ = sleep_until_or_never(recheck_at) => WriterStep::Recheck,
+                _ = sleep_until_or_never(wake_at) => WriterStep::Recheck,
             }
         } else {
             tokio::select! {
@@ -648,7 +664,7 @@ async fn write_replies(
                 _ = closed(&mut closed_rx) => WriterStep::Closed,
                 r = chain.write_to(&mut wr) => WriterStep::Wrote(r),
                 step = next_reply(&mut head, &mut rx, &state), if !finishing => step,
-                _ = sleep_until_or_never(recheck_at) => WriterStep::Recheck,
+                _ = sleep_until_or_never(wake_at) => WriterStep::Recheck,
             }
         };
         // Take this step, and then every reply already produced behind it
@@ -668,6 +684,7 @@ async fn write_replies(
                 WriterStep::Finish => finishing = true,
                 WriterStep::Wrote(Ok(n)) => {
                     registry.written(&conn, n);
+                    conn.note_write_progress();
                     conn.wake.notify_one();
                 }
                 WriterStep::Wrote(Err(e)) => {

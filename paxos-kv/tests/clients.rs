@@ -330,8 +330,9 @@ async fn read_to_end(stream: &mut TcpStream, within: Duration) -> Option<Vec<u8>
     Some(got)
 }
 
-/// `client_timeout_secs`: an idle connection is closed; one that keeps
-/// talking, or waits for its own replies, is not.
+/// `client_timeout_secs`: an idle connection is closed, and so is one that
+/// stopped reading its replies (below the output limits, nothing else
+/// would close it); one that keeps talking is not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_clients_are_disconnected_after_the_timeout() {
     let dir = tempfile::tempdir().unwrap();
@@ -348,6 +349,16 @@ async fn idle_clients_are_disconnected_after_the_timeout() {
     let mut idle = TcpStream::connect(addr).await.unwrap();
     let mut busy = Client::connect(addr, Duration::from_secs(5)).await.unwrap();
     idle.write_all(&command(&[b"PING"])).await.unwrap();
+    // 30 replies of 500 KiB (15 MB, under the 16 MiB soft limit, more than
+    // the sockets take), never read.
+    let value = Bytes::from(vec![b'v'; 500 * 1024]);
+    busy.cmd(&[b"SET", b"big", &value]).await.unwrap();
+    let mut stalled = TcpStream::connect(addr).await.unwrap();
+    let mut gets = BytesMut::new();
+    for _ in 0..30 {
+        gets.extend_from_slice(&command(&[b"GET", b"big"]));
+    }
+    stalled.write_all(&gets).await.unwrap();
     let start = Instant::now();
     // The busy client talks every 300 ms for 3 s: never idle for 1 s.
     while start.elapsed() < Duration::from_secs(3) {
@@ -362,7 +373,11 @@ async fn idle_clients_are_disconnected_after_the_timeout() {
         .expect("the idle connection was closed");
     assert_eq!(got, b"+PONG\r\n", "its reply came first");
     let i = info(&cluster, 0).await;
-    assert!(field(&i, "client_idle_disconnects") >= 1, "{i}");
+    assert_eq!(field(&i, "client_idle_disconnects"), 2, "{i}");
+    // Only the busy client and this INFO's connection are left.
+    assert_eq!(field(&i, "connected_clients"), 2, "{i}");
+    assert_eq!(field(&i, "client_reply_bytes"), 0, "{i}");
+    drop(stalled);
 }
 
 /// At `max_clients` an ordinary client gets Redis's error, an operator's
