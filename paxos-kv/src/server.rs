@@ -633,11 +633,6 @@ async fn write_replies(
             let _ = wr.shutdown().await;
             break;
         }
-        // Replies already produced are gathered before a write (a decree
-        // completes many requests of a pipelining client at once: one
-        // write for all of them, not one each), up to FLUSH_AT bytes; past
-        // that the write comes first. Both branches stay live either way,
-        // so a socket that takes nothing never stops the counting.
         // Once the reader is gone nothing else times the connection out:
         // the last replies get the idle timeout to leave.
         let flush_by = idle_timeout
@@ -650,6 +645,11 @@ async fn write_replies(
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        // Replies already produced are gathered before a write (a decree
+        // completes many requests of a pipelining client at once: one
+        // write for all of them, not one each), up to FLUSH_AT bytes; past
+        // that the write comes first. Both branches stay live either way,
+        // so a socket that takes nothing never stops the counting.
         let step = if chain.len() < FLUSH_AT {
             tokio::select! {
                 biased;
