@@ -30,6 +30,13 @@
 //! [tuning]                          # optional; defaults shown by `Tuning::default`
 //! pipeline_window = 64
 //! transparent_huge_pages = true    # re-exec with glibc's THP tunable (see crate::hugepages)
+//! max_clients = 10000               # then `-ERR max number of clients reached`
+//! admin_reserved_clients = 16       # extra slots for operator commands only
+//! client_timeout_secs = 300         # close idle clients (0: never)
+//! client_output_hard_limit_bytes = 67108864   # unwritten replies: disconnect past this
+//! client_output_soft_limit_bytes = 16777216   # stop reading the client past this, and
+//! client_output_soft_limit_secs = 10          # disconnect if past it this long
+//! max_client_reply_bytes = 536870912          # all clients' unwritten replies together
 //!
 //! [recovery]                        # optional; what to do about damaged storage
 //! on_corruption = "repair"         # or "refuse" (do not start)
@@ -120,7 +127,9 @@ pub struct Tuning {
     /// `compact_retain_decrees` of them). A replica further behind catches
     /// up by checkpoint transfer.
     pub log_memory_mb: u64,
-    /// Most concurrent client connections.
+    /// Most concurrent client connections (Redis's `maxclients`). Beyond
+    /// it a new client gets `-ERR max number of clients reached`; the node
+    /// raises its open-file limit to fit, or lowers this with a warning.
     pub max_clients: usize,
     /// Most requests one connection may have awaiting replies.
     pub max_pipelined_per_client: usize,
@@ -135,6 +144,34 @@ pub struct Tuning {
     /// Back the heap with transparent huge pages where the kernel offers
     /// them on request (see [`crate::hugepages`]).
     pub transparent_huge_pages: bool,
+    /// Close a client connection when for this many seconds it sent
+    /// nothing and its socket took no reply, unless a request of it is
+    /// still in consensus (Redis's `timeout`; 0: never). A client that
+    /// stopped reading its replies is idle too.
+    /// Redis defaults to 0; idle connections hold client slots, so we
+    /// reclaim them after 5 minutes.
+    pub client_timeout_secs: u64,
+    /// Connection slots beyond `max_clients` for operators: a connection in
+    /// one may only send operator commands (`PAXOS.*`, `INFO`, `PING`,
+    /// `QUIT`), anything else gets the max-clients error and is closed, so
+    /// an operator gets in when ordinary clients have filled every slot.
+    pub admin_reserved_clients: usize,
+    /// A client whose replies not yet written to its socket exceed this
+    /// many bytes is disconnected at once (the hard limit of Redis's
+    /// `client-output-buffer-limit`).
+    pub client_output_hard_limit_bytes: usize,
+    /// Past this many unwritten reply bytes the node stops reading the
+    /// client's requests (backpressure), and disconnects it if it stays
+    /// past them for `client_output_soft_limit_secs` (the soft limit of
+    /// `client-output-buffer-limit`).
+    pub client_output_soft_limit_bytes: usize,
+    /// See `client_output_soft_limit_bytes` (0: disconnect at once).
+    pub client_output_soft_limit_secs: u64,
+    /// Most unwritten reply bytes of all clients together (Redis's
+    /// `maxmemory-clients`). Past it the node reads no client's requests
+    /// and disconnects the clients holding the most reply bytes until it is
+    /// below again.
+    pub max_client_reply_bytes: usize,
 }
 
 impl Default for Tuning {
@@ -151,12 +188,18 @@ impl Default for Tuning {
             checkpoint_every_mb: 128,
             compact_retain_decrees: 4096,
             log_memory_mb: 64,
-            max_clients: 1024,
+            max_clients: 10_000,
             max_pipelined_per_client: 1024,
             nvm_region_mb: 256,
             log_sync_interval_us: 3000,
             worker_threads: 2,
             transparent_huge_pages: true,
+            client_timeout_secs: 300,
+            admin_reserved_clients: 16,
+            client_output_hard_limit_bytes: 64 << 20,
+            client_output_soft_limit_bytes: 16 << 20,
+            client_output_soft_limit_secs: 10,
+            max_client_reply_bytes: 512 << 20,
         }
     }
 }
@@ -370,6 +413,30 @@ impl NodeConfig {
             (1..=1 << 20).contains(&t.nvm_region_mb),
             "nvm_region_mb must be in 1..=1048576",
         )?;
+        check(
+            t.client_timeout_secs <= 365 * 86_400,
+            "client_timeout_secs must be at most a year (0: never)",
+        )?;
+        check(
+            t.admin_reserved_clients <= 1024,
+            "admin_reserved_clients must be at most 1024",
+        )?;
+        // One reply (a value of up to 512 KiB plus framing) must fit under
+        // the limits, or a client reading a large value could never be served.
+        check(
+            t.client_output_soft_limit_bytes >= 1 << 20
+                && t.client_output_hard_limit_bytes >= t.client_output_soft_limit_bytes,
+            "client output limits must satisfy 1MiB <= client_output_soft_limit_bytes <= client_output_hard_limit_bytes",
+        )?;
+        check(
+            t.max_client_reply_bytes >= t.client_output_hard_limit_bytes
+                && t.max_client_reply_bytes <= 1 << 40,
+            "max_client_reply_bytes must be in client_output_hard_limit_bytes..=1TiB",
+        )?;
+        check(
+            t.client_output_soft_limit_secs <= 86_400,
+            "client_output_soft_limit_secs must be at most 86400",
+        )?;
         Ok(())
     }
 
@@ -454,7 +521,9 @@ impl NodeConfig {
             s,
             "[tuning]\npipeline_window = {}\nmax_batch_requests = {}\nmax_batch_bytes = {}\nsubmit_queue = {}\n\
              heartbeat_ms = {}\nelection_timeout_min_ms = {}\nelection_timeout_max_ms = {}\n\
-             checkpoint_every_decrees = {}\ncheckpoint_every_mb = {}\ncompact_retain_decrees = {}\nlog_memory_mb = {}\nmax_clients = {}\nmax_pipelined_per_client = {}\nnvm_region_mb = {}\nlog_sync_interval_us = {}\nworker_threads = {}\ntransparent_huge_pages = {}",
+             checkpoint_every_decrees = {}\ncheckpoint_every_mb = {}\ncompact_retain_decrees = {}\nlog_memory_mb = {}\nmax_clients = {}\nmax_pipelined_per_client = {}\nnvm_region_mb = {}\nlog_sync_interval_us = {}\nworker_threads = {}\ntransparent_huge_pages = {}\n\
+             client_timeout_secs = {}\nadmin_reserved_clients = {}\nclient_output_hard_limit_bytes = {}\n\
+             client_output_soft_limit_bytes = {}\nclient_output_soft_limit_secs = {}\nmax_client_reply_bytes = {}",
             t.pipeline_window,
             t.max_batch_requests,
             t.max_batch_bytes,
@@ -471,7 +540,13 @@ impl NodeConfig {
             t.nvm_region_mb,
             t.log_sync_interval_us,
             t.worker_threads,
-            t.transparent_huge_pages
+            t.transparent_huge_pages,
+            t.client_timeout_secs,
+            t.admin_reserved_clients,
+            t.client_output_hard_limit_bytes,
+            t.client_output_soft_limit_bytes,
+            t.client_output_soft_limit_secs,
+            t.max_client_reply_bytes
         );
         let r = &self.recovery;
         let _ = writeln!(
@@ -564,6 +639,16 @@ client_addr = "127.0.0.1:6003"
                 "ca = \"ca.pem\"",
                 "ca = \"ca.pem\"\n[tuning]\nheartbeat_ms = 500",
                 "heartbeat_ms < election_timeout_min_ms",
+            ),
+            (
+                "ca = \"ca.pem\"",
+                "ca = \"ca.pem\"\n[tuning]\nclient_output_soft_limit_bytes = 1000",
+                "1MiB <= client_output_soft_limit_bytes",
+            ),
+            (
+                "ca = \"ca.pem\"",
+                "ca = \"ca.pem\"\n[tuning]\nmax_client_reply_bytes = 1048576",
+                "max_client_reply_bytes must be in",
             ),
             ("[tls]", "[tlz]", "unknown field `tlz`"),
         ];

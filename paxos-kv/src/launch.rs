@@ -221,9 +221,30 @@ pub async fn run_node(config: NodeConfig) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.client_addr)
         .await
         .with_context(|| format!("binding client address {}", config.client_addr))?;
+    let clients = server::ClientLimits::from_tuning(t);
+    let max_clients = match crate::fdlimit::raise_nofile_limit() {
+        Ok(nofile) => {
+            let fit =
+                crate::fdlimit::clients_that_fit(t.max_clients, clients.admin_reserved, nofile);
+            if fit < t.max_clients {
+                tracing::warn!(
+                    max_clients = t.max_clients,
+                    open_file_limit = nofile,
+                    serving = fit,
+                    "the open-file limit (ulimit -n, hard) leaves room for fewer clients than max_clients: raise it, or lower max_clients"
+                );
+            }
+            fit
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open-file limit; max_clients may not be reachable");
+            t.max_clients
+        }
+    };
     let server_config = ServerConfig {
         limits: crate::resp::RespLimits::default(),
-        max_clients: t.max_clients,
+        max_clients,
+        clients,
         max_pipelined: t.max_pipelined_per_client,
         members: config
             .members

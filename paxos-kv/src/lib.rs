@@ -19,6 +19,11 @@
 //! reconfiguration (in the state machine and its checkpoints) and makes the
 //! transport's peer set follow membership changes; [`admin`] is the
 //! operator command set (`PAXOS.ADDNODE` and friends) and its CLI side.
+//! The server bounds what clients make a node hold: [`reply_limits`]
+//! decides (per-client output limits, the node-wide total, the pipelining
+//! window, when to trim the heap), [`client_registry`] counts and sweeps,
+//! [`reply_chain`] writes replies without copying them; [`fdlimit`] makes
+//! room for `max_clients` in the open-file limit.
 //!
 //! # Invariants
 //!
@@ -34,7 +39,10 @@
 //!   same outputs and the same snapshot bytes on every replica; a malformed
 //!   request yields the same error everywhere and changes nothing.
 //! - **Bounded.** Submit queue, per-connection pipelining, RESP frame sizes,
-//!   connection count, batch size and the in-flight window are all bounded.
+//!   connection count, batch size and the in-flight window are all bounded,
+//!   and so are the reply bytes a node holds for its clients, per client and
+//!   in total ([`reply_limits`], [`client_registry`]): a client that does not
+//!   read its replies is disconnected, idle ones after a timeout.
 //! - **No panics on input.** RESP bytes, decoded requests, peer messages,
 //!   snapshots and configuration files are validated and rejected with
 //!   errors; tests feed each of them arbitrary bytes.
@@ -46,8 +54,10 @@
 pub mod admin;
 pub mod build_guard;
 pub mod client;
+pub mod client_registry;
 pub mod config;
 pub mod demo;
+pub mod fdlimit;
 pub mod hugepages;
 pub mod keymap;
 pub mod kv;
@@ -57,6 +67,8 @@ pub mod membership;
 pub mod memstore;
 pub mod node;
 pub mod procs;
+pub mod reply_chain;
+pub mod reply_limits;
 pub mod resp;
 pub mod server;
 /// Latency breakdown of the write path (written by the integrator): the node

@@ -14,8 +14,20 @@ use std::path::PathBuf;
     about = "Replicated key-value store over multi-Paxos (RESP2 clients, QUIC peers)"
 )]
 struct Cli {
+    /// Log line format (logs go to stderr). Text is coloured only when
+    /// stderr is a terminal and NO_COLOR is not set.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (for log collectors).
+    Json,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -144,7 +156,7 @@ fn main() -> anyhow::Result<()> {
                 // Before any thread exists: this may replace the process.
                 paxos_kv::hugepages::reexec_with_huge_pages();
             }
-            init_tracing("info");
+            init_tracing("info", cli.log_format);
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(config.tuning.worker_threads)
                 .enable_all()
@@ -225,7 +237,7 @@ fn main() -> anyhow::Result<()> {
             storage,
             keep,
         } => {
-            init_tracing("warn");
+            init_tracing("warn", cli.log_format);
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -264,11 +276,42 @@ fn operator(to: std::net::SocketAddr, args: Vec<Vec<u8>>) -> anyhow::Result<()> 
     }
 }
 
-fn init_tracing(default: &str) {
+/// Logs to stderr, at `RUST_LOG`'s levels (else `default`).
+fn init_tracing(default: &str, format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(use_colour(
+                std::io::stderr().is_terminal(),
+                std::env::var_os("NO_COLOR").as_deref(),
+            ))
+            .try_init(),
+        LogFormat::Json => builder.json().with_ansi(false).try_init(),
+    };
+}
+
+/// Colour codes only on a terminal (a log file or a pipe gets plain text),
+/// and never when `NO_COLOR` is set to anything non-empty (no-color.org).
+fn use_colour(is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::use_colour;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(use_colour(true, None));
+        assert!(use_colour(true, Some(OsStr::new(""))));
+        assert!(!use_colour(true, Some(OsStr::new("1"))));
+        assert!(!use_colour(false, None));
+        assert!(!use_colour(false, Some(OsStr::new("1"))));
+    }
 }

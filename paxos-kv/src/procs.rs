@@ -207,6 +207,21 @@ impl LocalCluster {
         }
     }
 
+    /// Node `i`'s resident set size in bytes (`VmRSS`), if it runs.
+    pub fn rss_bytes(&self, i: usize) -> Option<u64> {
+        let pid = self.children[i].as_ref()?.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))?
+            .trim()
+            .strip_suffix("kB")?
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kib * 1024)
+    }
+
     /// `INFO` of node `i`, if it answers within `timeout`.
     pub async fn info(&self, i: usize, timeout: Duration) -> Option<String> {
         let mut c = Client::connect(self.client_addr(i), timeout).await.ok()?;

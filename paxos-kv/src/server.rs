@@ -12,25 +12,42 @@
 //! RESP error and the connection carries on. Connection count, pipelined
 //! requests per connection and buffered bytes are bounded.
 //!
+//! Memory: the writer resolves replies as soon as they complete and counts
+//! their bytes until the socket took them ([`crate::client_registry`]); the
+//! reader takes no further request while its connection, or the node, is
+//! over its reply limits, and a client that does not read its replies is
+//! disconnected ([`crate::reply_limits`] has the policy). Replies leave by
+//! vectored writes of the buffers they were built in ([`ReplyChain`]).
+//!
+//! Connections: `max_clients` ordinary slots, then a few operator-only
+//! slots (see [`is_operator_command`]), then `-ERR max number of clients
+//! reached`. A connection idle for the configured timeout, with no reply
+//! outstanding, is closed.
+//!
 //! Writes and reads on a follower are answered with `-MOVED 0 <addr>` where
 //! `<addr>` is the leader's client address (`-CLUSTERDOWN` if no leader is
 //! known); those requests were not proposed. A request that was proposed
 //! but whose fate is unknown (leadership changed) is answered with an
 //! `-UNKNOWN ...` error: it may or may not have been applied.
 
+use crate::client_registry::{ClientRegistry, ConnShared};
+use crate::config::Tuning;
 use crate::kv::{encode_command, CommandError};
 use crate::node::{error_reply, outcome_reply, Replica, Reply};
+use crate::reply_chain::ReplyChain;
+use crate::reply_limits::{self, OutputLimits, OutputVerdict};
 use crate::resp::{self, RespLimits};
 use crate::stages::Point;
 use bytes::{Buf, Bytes, BytesMut};
 use paxos_core::{ReplicaId, Role};
 use paxos_pipeline::CompletionHandle;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 
 /// Server limits.
 #[derive(Clone, Debug)]
@@ -43,6 +60,61 @@ pub struct ServerConfig {
     pub max_pipelined: usize,
     /// Client address of each member, for redirects.
     pub members: Vec<(ReplicaId, String)>,
+    /// Operator slots, idle timeout and reply memory limits.
+    pub clients: ClientLimits,
+}
+
+/// Connection and reply-memory limits (the `client_*` knobs of
+/// [`Tuning`]; the policy is in [`crate::reply_limits`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// Operator-only connection slots beyond `max_clients`.
+    pub admin_reserved: usize,
+    /// Close a connection idle this long with no reply outstanding.
+    pub idle_timeout: Option<Duration>,
+    /// Per-client output limits.
+    pub output: OutputLimits,
+    /// Most unwritten reply bytes of all clients together.
+    pub max_reply_bytes: usize,
+}
+
+impl ClientLimits {
+    /// The limits a node's tuning asks for.
+    pub fn from_tuning(t: &Tuning) -> ClientLimits {
+        ClientLimits {
+            admin_reserved: t.admin_reserved_clients,
+            idle_timeout: (t.client_timeout_secs > 0)
+                .then(|| Duration::from_secs(t.client_timeout_secs)),
+            output: OutputLimits {
+                hard_bytes: t.client_output_hard_limit_bytes,
+                soft_bytes: t.client_output_soft_limit_bytes,
+                soft_for: Duration::from_secs(t.client_output_soft_limit_secs),
+            },
+            max_reply_bytes: t.max_client_reply_bytes,
+        }
+    }
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        ClientLimits::from_tuning(&Tuning::default())
+    }
+}
+
+/// What a client at the connection limit is told (Redis's text).
+const MAX_CLIENTS_ERROR: &[u8] = b"-ERR max number of clients reached\r\n";
+
+/// An operator-slot connection must send its first command within this
+/// (the slots are few: one that sits idle must not hold one for long).
+const OPERATOR_SLOT_IDLE: Duration = Duration::from_secs(10);
+
+/// The commands a connection in an operator slot may send: the `PAXOS.*`
+/// operator commands and the ones that look at a node.
+pub fn is_operator_command(name: &[u8]) -> bool {
+    crate::admin::is_admin(name)
+        || name.eq_ignore_ascii_case(b"INFO")
+        || name.eq_ignore_ascii_case(b"PING")
+        || name.eq_ignore_ascii_case(b"QUIT")
 }
 
 /// A reply owed to the client, in request order.
@@ -63,7 +135,7 @@ const INLINE_ARGS: usize = 8;
 struct ServerState {
     replica: Replica,
     config: ServerConfig,
-    connected: AtomicUsize,
+    registry: Arc<ClientRegistry>,
 }
 
 impl ServerState {
@@ -88,10 +160,14 @@ pub async fn serve(
     config: ServerConfig,
 ) -> std::io::Result<()> {
     let permits = Arc::new(Semaphore::new(config.max_clients));
+    let operator_slots = Arc::new(Semaphore::new(config.clients.admin_reserved));
+    let registry = Arc::new(ClientRegistry::new(config.clients.max_reply_bytes));
+    // Ends with this future (the node aborts the server on shutdown).
+    let _sweeper = AbortOnDrop(tokio::spawn(Arc::clone(&registry).sweep()));
     let state = Arc::new(ServerState {
         replica,
         config,
-        connected: AtomicUsize::new(0),
+        registry,
     });
     loop {
         let (mut socket, peer) = match listener.accept().await {
@@ -104,42 +180,162 @@ pub async fn serve(
             }
         };
         let _ = socket.set_nodelay(true);
-        match Arc::clone(&permits).try_acquire_owned() {
-            Ok(permit) => {
+        let slot = match Arc::clone(&permits).try_acquire_owned() {
+            Ok(permit) => Some((permit, false)),
+            Err(_) => Arc::clone(&operator_slots)
+                .try_acquire_owned()
+                .ok()
+                .map(|permit| (permit, true)),
+        };
+        match slot {
+            Some((permit, operator_only)) => {
                 let state = Arc::clone(&state);
                 tokio::spawn(async move {
-                    state.connected.fetch_add(1, Ordering::Relaxed);
-                    if let Err(e) = handle_connection(socket, Arc::clone(&state)).await {
-                        tracing::debug!(%peer, error = %e, "client connection ended");
-                    }
-                    state.connected.fetch_sub(1, Ordering::Relaxed);
+                    let conn = state.registry.register(reply_limits::initial_largest(
+                        state.config.clients.output.soft_bytes,
+                    ));
+                    handle_connection(socket, Arc::clone(&state), &conn, operator_only).await;
+                    tracing::debug!(%peer, conn = conn.id, "client connection ended");
+                    state.registry.unregister(&conn);
                     drop(permit);
                 });
             }
-            Err(_) => {
+            None => {
+                state
+                    .registry
+                    .stats
+                    .rejected
+                    .fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(async move {
-                    let _ = socket
-                        .write_all(b"-ERR max number of clients reached\r\n")
-                        .await;
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(1),
+                        socket.write_all(MAX_CLIENTS_ERROR),
+                    )
+                    .await;
                 });
             }
         }
     }
 }
 
-async fn handle_connection(socket: TcpStream, state: Arc<ServerState>) -> std::io::Result<()> {
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Resolves once `closed` holds true.
+async fn closed(closed: &mut watch::Receiver<bool>) {
+    // An error means the sender is gone, which only happens with the
+    // connection: closed as well.
+    let _ = closed.wait_for(|&c| c).await;
+}
+
+/// Waits until the connection may take another request (see the module
+/// docs); false if it was closed meanwhile.
+async fn wait_for_room(
+    state: &ServerState,
+    conn: &ConnShared,
+    closed_rx: &mut watch::Receiver<bool>,
+) -> bool {
+    let output = &state.config.clients.output;
+    loop {
+        let window = reply_limits::pipelining_window(
+            output.soft_bytes,
+            conn.recent_largest_reply.load(Ordering::Relaxed),
+            state.config.max_pipelined,
+        );
+        let conn_ok = output.may_read(conn.unwritten.load(Ordering::Relaxed))
+            && conn.unresolved.load(Ordering::Relaxed) < window;
+        if conn_ok && !state.registry.over_limit() {
+            // A closed connection is noticed by the next send or read.
+            return true;
+        }
+        if *closed_rx.borrow() {
+            return false;
+        }
+        if !conn_ok {
+            tokio::select! {
+                _ = conn.wake.notified() => {}
+                _ = closed(closed_rx) => return false,
+            }
+        } else {
+            tokio::select! {
+                _ = state.registry.wait_below_limit() => {}
+                _ = closed(closed_rx) => return false,
+            }
+        }
+    }
+}
+
+async fn handle_connection(
+    socket: TcpStream,
+    state: Arc<ServerState>,
+    conn: &Arc<ConnShared>,
+    operator_only: bool,
+) {
     let (mut rd, wr) = socket.into_split();
     let (tx, rx) = mpsc::channel::<Pending>(state.config.max_pipelined);
-    let writer = tokio::spawn(write_replies(wr, rx, Arc::clone(&state)));
+    let mut closed_rx = conn.closed.subscribe();
+    let writer = tokio::spawn(write_replies(wr, rx, Arc::clone(&state), Arc::clone(conn)));
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut scratch = BytesMut::with_capacity(16 * 1024);
     let mut ranges = Vec::with_capacity(INLINE_ARGS);
     let limits = state.config.limits;
+    let idle_timeout = if operator_only {
+        Some(
+            state
+                .config
+                .clients
+                .idle_timeout
+                .map_or(OPERATOR_SLOT_IDLE, |t| t.min(OPERATOR_SLOT_IDLE)),
+        )
+    } else {
+        state.config.clients.idle_timeout
+    };
+    // One timer per connection, moved only when it fires: a read just
+    // notes the time (no timer work per read).
+    let idle_timer = tokio::time::sleep(idle_timeout.unwrap_or(Duration::MAX / 4));
+    tokio::pin!(idle_timer);
+    let mut last_read = Instant::now();
     'read: loop {
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(16 * 1024);
         }
-        let n = rd.read_buf(&mut buf).await?;
+        let n = tokio::select! {
+            r = rd.read_buf(&mut buf) => match r {
+                Ok(n) => n,
+                Err(e) => {
+                    // Reset: nobody will read the replies either. (Not `?`:
+                    // the connection is unregistered only after its writer
+                    // ended, or its bytes would leave the total twice.)
+                    tracing::debug!(conn = conn.id, error = %e, "client read failed");
+                    conn.close();
+                    break 'read;
+                }
+            },
+            _ = closed(&mut closed_rx) => break 'read,
+            () = &mut idle_timer, if idle_timeout.is_some() => {
+                let timeout = idle_timeout.unwrap_or(Duration::MAX / 4);
+                let now = Instant::now();
+                // Idle: nothing read and no reply taken by the socket for
+                // the timeout (a client that stopped reading its replies is
+                // idle too, as in Redis), unless a request of it is still
+                // in the node's hands.
+                let idle_until = last_read.max(conn.last_write_progress()) + timeout;
+                if now < idle_until || conn.awaits_the_node() {
+                    idle_timer.as_mut().reset(idle_until.max(now + timeout / 8).into());
+                    continue 'read;
+                }
+                state.registry.stats.idle_disconnects.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(conn = conn.id, "closing an idle client connection");
+                break 'read;
+            }
+        };
+        last_read = Instant::now();
         if n == 0 {
             break;
         }
@@ -147,6 +343,11 @@ async fn handle_connection(socket: TcpStream, state: Arc<ServerState>) -> std::i
             match resp::parse_command(&buf, &limits, &mut ranges) {
                 Ok(None) => break,
                 Ok(Some(command)) => {
+                    // Backpressure: no new request while this client's (or
+                    // every client's) unwritten replies are over the limit.
+                    if !wait_for_room(&state, conn, &mut closed_rx).await {
+                        break 'read;
+                    }
                     let received_us = state.replica.stages().stamp();
                     let (pending, len) = match command {
                         resp::Command::NotCommand { len } => (
@@ -170,19 +371,37 @@ async fn handle_connection(socket: TcpStream, state: Arc<ServerState>) -> std::i
                                 spilled = ranges.iter().map(|r| &frame[r.clone()]).collect();
                                 &spilled
                             };
+                            if operator_only && !is_operator_command(args[0]) {
+                                // An ordinary client in an operator slot:
+                                // what it would have heard at the door.
+                                let refusal = Bytes::from_static(MAX_CLIENTS_ERROR);
+                                state.registry.add(conn, refusal.len());
+                                let _ = tx.send(Pending::Ready(refusal)).await;
+                                let _ = tx.send(Pending::Close).await;
+                                break 'read;
+                            }
                             (execute(args, &state, &mut scratch, received_us), len)
                         }
                     };
                     buf.advance(len);
+                    // Produced replies count from now; the others once the
+                    // writer has them.
+                    match &pending {
+                        Pending::Ready(b) => state.registry.add(conn, b.len()),
+                        Pending::Wait(..) | Pending::Admin(_) => {
+                            conn.unresolved.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Pending::Close => {}
+                    }
                     let close = matches!(pending, Pending::Close);
                     if tx.send(pending).await.is_err() || close {
                         break 'read;
                     }
                 }
                 Err(e) => {
-                    let _ = tx
-                        .send(Pending::Ready(error_bytes(e.to_string().as_bytes())))
-                        .await;
+                    let reply = error_bytes(e.to_string().as_bytes());
+                    state.registry.add(conn, reply.len());
+                    let _ = tx.send(Pending::Ready(reply)).await;
                     let _ = tx.send(Pending::Close).await;
                     break 'read;
                 }
@@ -190,8 +409,9 @@ async fn handle_connection(socket: TcpStream, state: Arc<ServerState>) -> std::i
         }
     }
     drop(tx);
+    // Every exit path comes here: the connection is unregistered (and its
+    // bytes leave the total) only once the writer is done with them.
     let _ = writer.await;
-    Ok(())
 }
 
 fn error_bytes(text: &[u8]) -> Bytes {
@@ -278,54 +498,236 @@ fn execute(
     }
 }
 
+/// What the writer does next.
+enum WriterStep {
+    /// A reply the reader already counted (`Pending::Ready`).
+    Counted(Bytes),
+    /// A reply just produced (counted now).
+    Produced(Bytes),
+    /// `Pending::Close`, or the reader is gone: write what is left, then end.
+    Finish,
+    /// The socket took this many bytes (or failed).
+    Wrote(std::io::Result<usize>),
+    /// The soft-limit period ran out: judge the connection again.
+    Recheck,
+    /// The connection was closed by the reader or the sweeper.
+    Closed,
+}
+
+/// Takes the next reply in request order, waiting for it to be produced.
+/// Cancel-safe: a reply being waited for stays in `head`.
+async fn next_reply(
+    head: &mut Option<Pending>,
+    rx: &mut mpsc::Receiver<Pending>,
+    state: &ServerState,
+) -> WriterStep {
+    if head.is_none() {
+        match rx.recv().await {
+            Some(p) => *head = Some(p),
+            None => return WriterStep::Finish,
+        }
+    }
+    let step = match head.as_mut() {
+        Some(Pending::Ready(b)) => WriterStep::Counted(std::mem::take(b)),
+        Some(Pending::Wait(handle, received_us)) => {
+            WriterStep::Produced(outcome_bytes(handle.await, *received_us, state))
+        }
+        Some(Pending::Admin(rx)) => {
+            WriterStep::Produced(rx.await.unwrap_or(Bytes::from_static(ADMIN_ABORTED)))
+        }
+        Some(Pending::Close) | None => WriterStep::Finish,
+    };
+    *head = None;
+    step
+}
+
+/// [`next_reply`] without waiting: None if the next reply is not produced
+/// yet (or none was sent).
+fn try_next_reply(
+    head: &mut Option<Pending>,
+    rx: &mut mpsc::Receiver<Pending>,
+    state: &ServerState,
+) -> Option<WriterStep> {
+    if head.is_none() {
+        match rx.try_recv() {
+            Ok(p) => *head = Some(p),
+            Err(mpsc::error::TryRecvError::Empty) => return None,
+            Err(mpsc::error::TryRecvError::Disconnected) => return Some(WriterStep::Finish),
+        }
+    }
+    let step = match head.as_mut()? {
+        Pending::Ready(b) => WriterStep::Counted(std::mem::take(b)),
+        Pending::Wait(handle, received_us) => {
+            WriterStep::Produced(outcome_bytes(handle.try_take()?, *received_us, state))
+        }
+        Pending::Admin(rx) => WriterStep::Produced(match rx.try_recv() {
+            Ok(reply) => reply,
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => return None,
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
+                Bytes::from_static(ADMIN_ABORTED)
+            }
+        }),
+        Pending::Close => WriterStep::Finish,
+    };
+    *head = None;
+    Some(step)
+}
+
+/// The reply to an operator command whose task went away.
+const ADMIN_ABORTED: &[u8] = b"-ERR command aborted\r\n";
+
+/// The reply bytes of a request's outcome.
+fn outcome_bytes(
+    outcome: paxos_pipeline::Outcome<Reply>,
+    received_us: u64,
+    state: &ServerState,
+) -> Bytes {
+    match outcome {
+        // The state machine's buffer itself: no copy.
+        paxos_pipeline::Outcome::Completed(reply) => {
+            let stages = state.replica.stages();
+            stages.record_replied(received_us, reply.applied_us, stages.stamp());
+            reply.bytes
+        }
+        aborted => {
+            let mut out = BytesMut::new();
+            outcome_reply(aborted, |id| state.redirect(id), &mut out);
+            out.freeze()
+        }
+    }
+}
+
+/// Unwritten bytes past which the writer writes before gathering more.
+const FLUSH_AT: usize = 256 * 1024;
+
+/// Sleeps until `at`, or forever if there is none.
+async fn sleep_until_or_never(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes a connection's replies in request order. It takes each reply as
+/// soon as it is produced, while earlier ones are still being written, so
+/// that every reply the node holds for the client is counted; it enforces
+/// the client's output limits and ends the connection past them.
 async fn write_replies(
     mut wr: tokio::net::tcp::OwnedWriteHalf,
     mut rx: mpsc::Receiver<Pending>,
     state: Arc<ServerState>,
-) -> std::io::Result<()> {
-    let mut out = BytesMut::with_capacity(16 * 1024);
-    while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        while let Some(p) = next.take() {
-            match p {
-                Pending::Ready(b) => out.extend_from_slice(&b),
-                Pending::Wait(handle, received_us) => {
-                    // Flush finished replies before waiting on consensus.
-                    if !out.is_empty() && !handle.is_resolved() {
-                        wr.write_all(&out).await?;
-                        out.clear();
-                    }
-                    let outcome = handle.await;
-                    if let paxos_pipeline::Outcome::Completed(Reply { applied_us, .. }) = &outcome {
-                        let stages = state.replica.stages();
-                        stages.record_replied(received_us, *applied_us, stages.stamp());
-                    }
-                    outcome_reply(outcome, |id| state.redirect(id), &mut out);
-                }
-                Pending::Admin(rx) => {
-                    if !out.is_empty() {
-                        wr.write_all(&out).await?;
-                        out.clear();
-                    }
-                    match rx.await {
-                        Ok(reply) => out.extend_from_slice(&reply),
-                        Err(_) => out.extend_from_slice(b"-ERR command aborted\r\n"),
-                    }
-                }
-                Pending::Close => {
-                    wr.write_all(&out).await?;
-                    let _ = wr.shutdown().await;
-                    return Ok(());
-                }
-            }
-            next = rx.try_recv().ok();
+    conn: Arc<ConnShared>,
+) {
+    let limits = state.config.clients.output;
+    let idle_timeout = state.config.clients.idle_timeout;
+    let registry = &state.registry;
+    let mut closed_rx = conn.closed.subscribe();
+    let mut chain = ReplyChain::new();
+    let mut head: Option<Pending> = None;
+    let mut finishing = false;
+    let mut over_soft_since = None;
+    let mut recheck_at: Option<Instant> = None;
+    let mut largest = conn.recent_largest_reply.load(Ordering::Relaxed);
+    'write: loop {
+        if finishing && chain.is_empty() {
+            let _ = wr.shutdown().await;
+            break;
         }
-        if !out.is_empty() {
-            wr.write_all(&out).await?;
-            out.clear();
+        // Once the reader is gone nothing else times the connection out:
+        // the last replies get the idle timeout to leave.
+        let flush_by = idle_timeout
+            .filter(|_| finishing)
+            .map(|t| conn.last_write_progress() + t);
+        if flush_by.is_some_and(|at| Instant::now() >= at) {
+            break 'write;
+        }
+        let wake_at = match (recheck_at, flush_by) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        // Replies already produced are gathered before a write (a decree
+        // completes many requests of a pipelining client at once: one
+        // write for all of them, not one each), up to FLUSH_AT bytes; past
+        // that the write comes first. Both branches stay live either way,
+        // so a socket that takes nothing never stops the counting.
+        let step = if chain.len() < FLUSH_AT {
+            tokio::select! {
+                biased;
+                _ = closed(&mut closed_rx) => WriterStep::Closed,
+                step = next_reply(&mut head, &mut rx, &state), if !finishing => step,
+                r = chain.write_to(&mut wr), if !chain.is_empty() => WriterStep::Wrote(r),
+                _ = sleep_until_or_never(wake_at) => WriterStep::Recheck,
+            }
+        } else {
+            tokio::select! {
+                biased;
+                _ = closed(&mut closed_rx) => WriterStep::Closed,
+                r = chain.write_to(&mut wr) => WriterStep::Wrote(r),
+                step = next_reply(&mut head, &mut rx, &state), if !finishing => step,
+                _ = sleep_until_or_never(wake_at) => WriterStep::Recheck,
+            }
+        };
+        // Take this step, and then every reply already produced behind it
+        // without going round the select (one decree completes many), and
+        // account for them at once.
+        let (mut produced, mut produced_bytes) = (0, 0);
+        let mut step = Some(step);
+        while let Some(this) = step.take() {
+            match this {
+                WriterStep::Counted(b) => chain.push(b),
+                WriterStep::Produced(b) => {
+                    largest = reply_limits::decayed_largest(largest, b.len());
+                    produced += 1;
+                    produced_bytes += b.len();
+                    chain.push(b);
+                }
+                WriterStep::Finish => finishing = true,
+                WriterStep::Wrote(Ok(n)) => {
+                    registry.written(&conn, n);
+                    conn.note_write_progress();
+                    conn.wake.notify_one();
+                }
+                WriterStep::Wrote(Err(e)) => {
+                    tracing::debug!(conn = conn.id, error = %e, "client write failed");
+                    break 'write;
+                }
+                WriterStep::Recheck => {}
+                WriterStep::Closed => break 'write,
+            }
+            if (produced > 0 || !chain.is_empty()) && !finishing && chain.len() < FLUSH_AT {
+                step = try_next_reply(&mut head, &mut rx, &state);
+            }
+        }
+        if produced > 0 {
+            conn.recent_largest_reply.store(largest, Ordering::Relaxed);
+            registry.add(&conn, produced_bytes);
+            conn.unresolved.fetch_sub(produced, Ordering::Relaxed);
+            conn.wake.notify_one();
+        }
+        match limits.check(
+            conn.unwritten.load(Ordering::Relaxed),
+            &mut over_soft_since,
+            Instant::now,
+        ) {
+            OutputVerdict::Keep { recheck_at: at } => recheck_at = at,
+            OutputVerdict::Disconnect(which) => {
+                registry
+                    .stats
+                    .output_limit_disconnects
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    conn = conn.id,
+                    unwritten = conn.unwritten.load(Ordering::Relaxed),
+                    limit = ?which,
+                    "disconnecting a client that does not read its replies (client output limit)"
+                );
+                break 'write;
+            }
         }
     }
-    Ok(())
+    // Wakes the reader if it waits; what is unwritten leaves the total when
+    // the connection is unregistered.
+    conn.close();
 }
 
 fn role_name(role: Role) -> &'static str {
@@ -343,11 +745,15 @@ fn info_text(state: &ServerState, section: Option<&[u8]>) -> String {
         return state.replica.stages().render();
     }
     let leader_addr = s.leader.and_then(|l| state.redirect(l)).unwrap_or_default();
+    let stats = &state.registry.stats;
     let _ = write!(
         text,
         "# Replication\r\nrole:{}\r\nid:{}\r\nleader_id:{}\r\nleader_addr:{}\r\nballot_round:{}\r\n\
          commit_index:{}\r\napplied_index:{}\r\nin_flight_decrees:{}\r\ncheckpoint_slot:{}\r\n\
-         proposed_batches:{}\r\nproposed_requests:{}\r\n# Clients\r\nconnected_clients:{}\r\n",
+         proposed_batches:{}\r\nproposed_requests:{}\r\n# Clients\r\nconnected_clients:{}\r\n\
+         maxclients:{}\r\nadmin_reserved_clients:{}\r\nrejected_connections:{}\r\n\
+         client_reply_bytes:{}\r\nmax_client_reply_bytes:{}\r\nclient_output_limit_disconnects:{}\r\n\
+         client_reply_memory_disconnects:{}\r\nclient_idle_disconnects:{}\r\nclient_heap_trims:{}\r\n",
         role_name(s.role),
         s.id.0,
         s.leader.map_or(0, |l| l.0),
@@ -359,7 +765,16 @@ fn info_text(state: &ServerState, section: Option<&[u8]>) -> String {
         s.checkpoint_slot,
         s.proposed_batches,
         s.proposed_requests,
-        state.connected.load(Ordering::Relaxed),
+        state.registry.len(),
+        state.config.max_clients,
+        state.config.clients.admin_reserved,
+        stats.rejected.load(Ordering::Relaxed),
+        state.registry.total_unwritten(),
+        state.registry.reply_limit,
+        stats.output_limit_disconnects.load(Ordering::Relaxed),
+        stats.memory_shed_disconnects.load(Ordering::Relaxed),
+        stats.idle_disconnects.load(Ordering::Relaxed),
+        stats.heap_trims.load(Ordering::Relaxed),
     );
     crate::membership::write_info(&state.replica.cluster(), &mut text);
     text

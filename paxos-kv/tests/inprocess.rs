@@ -177,6 +177,7 @@ async fn start_server(replica: Replica, members: Vec<(ReplicaId, String)>) -> So
         max_clients: 8,
         max_pipelined: 64,
         members,
+        clients: server::ClientLimits::default(),
     };
     tokio::spawn(server::serve(listener, replica, config));
     addr
