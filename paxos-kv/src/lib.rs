@@ -46,8 +46,10 @@
 pub mod admin;
 pub mod build_guard;
 pub mod client;
+pub mod command;
 pub mod config;
 pub mod demo;
+pub mod glob;
 pub mod hugepages;
 pub mod keymap;
 pub mod kv;
@@ -59,6 +61,7 @@ pub mod node;
 pub mod procs;
 pub mod resp;
 pub mod server;
+pub mod session;
 /// Latency breakdown of the write path (written by the integrator): the node
 /// stamps each `stages::Point` and `INFO latency` renders it.
 pub mod stages;

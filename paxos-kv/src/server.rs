@@ -18,7 +18,7 @@
 //! but whose fate is unknown (leadership changed) is answered with an
 //! `-UNKNOWN ...` error: it may or may not have been applied.
 
-use crate::kv::{encode_command, CommandError};
+use crate::kv::encode_command;
 use crate::node::{error_reply, outcome_reply, Replica, Reply};
 use crate::resp::{self, RespLimits};
 use crate::stages::Point;
@@ -134,6 +134,7 @@ async fn handle_connection(socket: TcpStream, state: Arc<ServerState>) -> std::i
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut scratch = BytesMut::with_capacity(16 * 1024);
     let mut ranges = Vec::with_capacity(INLINE_ARGS);
+    let mut session = crate::session::Session::new();
     let limits = state.config.limits;
     'read: loop {
         if buf.capacity() - buf.len() < 4096 {
@@ -170,7 +171,10 @@ async fn handle_connection(socket: TcpStream, state: Arc<ServerState>) -> std::i
                                 spilled = ranges.iter().map(|r| &frame[r.clone()]).collect();
                                 &spilled
                             };
-                            (execute(args, &state, &mut scratch, received_us), len)
+                            (
+                                execute(args, &state, &mut scratch, received_us, &mut session),
+                                len,
+                            )
                         }
                     };
                     buf.advance(len);
@@ -205,6 +209,7 @@ fn execute(
     state: &ServerState,
     scratch: &mut BytesMut,
     received_us: u64,
+    session: &mut crate::session::Session,
 ) -> Pending {
     let name = &args[0];
     let is = |s: &[u8]| name.eq_ignore_ascii_case(s);
@@ -244,14 +249,8 @@ fn execute(
             Err(e) => Pending::Ready(error_bytes(e.to_string().as_bytes())),
         };
     }
-    if is(b"COMMAND") {
-        return Pending::Ready(Bytes::from_static(b"*0\r\n"));
-    }
-    if is(b"SELECT") {
-        return Pending::Ready(match args.get(1).copied() {
-            Some(b"0") => Bytes::from_static(b"+OK\r\n"),
-            _ => error_bytes(b"ERR only database 0 exists"),
-        });
+    if let Some(reply) = crate::session::execute(args, session) {
+        return Pending::Ready(reply);
     }
     match encode_command(args, scratch) {
         Ok(_) => {
@@ -269,12 +268,7 @@ fn execute(
                 }
             }
         }
-        Err(
-            e @ (CommandError::Unknown(_)
-            | CommandError::Arity(_)
-            | CommandError::TooLarge
-            | CommandError::NotAnInteger),
-        ) => Pending::Ready(error_bytes(e.to_string().as_bytes())),
+        Err(e) => Pending::Ready(error_bytes(e.to_string().as_bytes())),
     }
 }
 
