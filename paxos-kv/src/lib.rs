@@ -11,7 +11,11 @@
 //! authenticated QUIC transport, to client requests batched through
 //! paxos-pipeline's submit queue, and to a state machine ([`kv::KvStore`]
 //! behind the RSL-like [`kv::StateMachine`] trait). Clients speak RESP2
-//! ([`resp`], [`server`]); [`node::Replica`] is the embedding API.
+//! ([`resp`], [`server`]) with Redis's commands and error texts: key-space
+//! commands are validated and encoded by [`command`] and executed through
+//! the log, connection-level ones (`HELLO`, `CLIENT`, `CONFIG GET`,
+//! `COMMAND`) are answered per connection by [`session`]; [`glob`] matches
+//! Redis patterns. [`node::Replica`] is the embedding API.
 //! [`lincheck`] checks recorded histories for linearizability, [`procs`]
 //! runs multi-process clusters for the demo and the fault tests, and
 //! [`workload`] is their recording client load.

@@ -193,10 +193,10 @@ pub fn execute(args: &[&[u8]], session: &mut Session) -> Option<Bytes> {
 /// An error reply's text (without the `-`).
 type Reply = Result<(), String>;
 
+/// Redis's arity error; `cmd` is the lowercase name, `command|sub` for a
+/// subcommand (as Redis 7 names them).
 fn arity(cmd: &str) -> String {
-    CommandError::Arity("")
-        .to_string()
-        .replace("''", &format!("'{cmd}'"))
+    format!("ERR wrong number of arguments for '{cmd}' command")
 }
 
 fn unknown_subcommand(cmd: &str, sub: &[u8]) -> String {
