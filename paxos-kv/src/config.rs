@@ -153,8 +153,10 @@ pub struct Tuning {
     pub client_timeout_secs: u64,
     /// Connection slots beyond `max_clients` for operators: a connection in
     /// one may only send operator commands (`PAXOS.*`, `INFO`, `PING`,
-    /// `QUIT`), anything else gets the max-clients error and is closed, so
-    /// an operator gets in when ordinary clients have filled every slot.
+    /// `QUIT`, and the per-connection ones a client sends on connecting,
+    /// such as `COMMAND` and `HELLO`); anything else gets the max-clients
+    /// error and is closed, so an operator gets in when ordinary clients
+    /// have filled every slot.
     pub admin_reserved_clients: usize,
     /// A client whose replies not yet written to its socket exceed this
     /// many bytes is disconnected at once (the hard limit of Redis's

@@ -42,8 +42,21 @@
 //!
 //! Invariant: a key is stored inline exactly when it is at most
 //! [`INLINE_KEY`] bytes long, so equal keys always have equal representations.
+//!
+//! # Deadlines (expiry)
+//!
+//! A key may carry a deadline (a time in ms; what the time means is the
+//! caller's business). Deadlines live beside the table, not in its buckets:
+//! each shard has a `BTreeMap` of its keys that have one (empty, and so
+//! free, when no key has a TTL; a key without one pays nothing in the
+//! bucket), shared copy-on-write with the shard so a frozen view keeps
+//! them; and the map keeps a `(deadline, key)` index over all shards, not
+//! shared with frozen views, so the caller can reclaim the keys that are
+//! due in deadline order without scanning. The map never looks at a
+//! clock: whether a key is *expired* is decided by the caller.
 
 use hashbrown::HashTable;
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 
@@ -71,6 +84,11 @@ pub fn key_digest(key: &[u8]) -> u32 {
 
 fn shard_of_digest(digest: u32) -> usize {
     (digest >> (32 - SHARD_BITS)) as usize
+}
+
+/// The smallest digest of the shard after `shard`, if there is one.
+fn next_shard_start(shard: usize) -> Option<u32> {
+    (shard + 1 < SHARDS).then(|| ((shard + 1) as u32) << (32 - SHARD_BITS))
 }
 
 #[derive(Clone)]
@@ -116,6 +134,8 @@ const _: () = assert!(std::mem::size_of::<Entry>() == 40);
 #[derive(Clone, Default)]
 struct Shard {
     table: HashTable<Entry>,
+    /// The deadline of each key of this shard that has one.
+    deadlines: BTreeMap<Box<[u8]>, u64>,
 }
 
 /// A map from byte-string keys to byte-string values.
@@ -133,6 +153,17 @@ pub struct KeyMap {
     /// every shard. `None` (the default, and production) costs one branch
     /// per write.
     content_digest: Option<u64>,
+    /// Every key with a deadline, by `(deadline, key)`: what is due first
+    /// is first. Exactly the union of the shards' `deadlines`.
+    by_deadline: BTreeSet<(u64, Box<[u8]>)>,
+}
+
+/// One deadline's share of a content digest (as [`entry_digest`]).
+pub fn deadline_digest(key: &[u8], deadline: u64) -> u64 {
+    let key_crc = crc32c::crc32c_append(0x7E5D_11E5, key);
+    let h = (u64::from(key_crc) << 32)
+        | u64::from(crc32c::crc32c_append(key_crc, &deadline.to_le_bytes()));
+    h.wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
 }
 
 /// One entry's share of a content digest: order-independent when summed.
@@ -173,6 +204,7 @@ impl KeyMap {
                     } else {
                         Arc::new(Shard {
                             table: HashTable::with_capacity(per_shard),
+                            deadlines: BTreeMap::new(),
                         })
                     }
                 })
@@ -180,19 +212,29 @@ impl KeyMap {
             len: 0,
             hasher: RandomState::new(),
             content_digest: None,
+            by_deadline: BTreeSet::new(),
         }
     }
 
     /// Keeps [`KeyMap::content_digest`] up to date from now on (O(state)
     /// once, then O(1) per write).
     pub fn track_content_digest(&mut self) {
-        let sum = self
-            .iter()
-            .fold(0u64, |acc, (k, v)| acc.wrapping_add(entry_digest(k, v)));
-        self.content_digest = Some(sum);
+        self.content_digest = Some(self.walked_content_digest());
     }
 
-    /// The wrapping sum of [`entry_digest`] over every entry, if tracked.
+    /// What [`KeyMap::content_digest`] tracks, computed by walking every
+    /// entry and deadline (O(state)).
+    pub fn walked_content_digest(&self) -> u64 {
+        let entries = self
+            .iter()
+            .fold(0u64, |acc, (k, v)| acc.wrapping_add(entry_digest(k, v)));
+        self.by_deadline.iter().fold(entries, |acc, (d, k)| {
+            acc.wrapping_add(deadline_digest(k, *d))
+        })
+    }
+
+    /// The wrapping sum of [`entry_digest`] over every entry and of
+    /// [`deadline_digest`] over every deadline, if tracked.
     pub fn content_digest(&self) -> Option<u64> {
         self.content_digest
     }
@@ -230,7 +272,7 @@ impl KeyMap {
 
     /// Sets `key` to `value`, reusing the old value's allocation when the
     /// size is unchanged. Copies the key's shard first if a frozen view
-    /// still shares it.
+    /// still shares it. Keeps the key's deadline, if it has one.
     pub fn set(&mut self, key: &[u8], value: &[u8]) {
         let hash = self.hash(key);
         if let Some(sum) = self.content_digest {
@@ -277,6 +319,12 @@ impl KeyMap {
                 self.content_digest = self
                     .content_digest
                     .map(|sum| sum.wrapping_sub(entry_digest(key, &removed.value)));
+                if let Some(deadline) = shard.deadlines.remove(key) {
+                    self.by_deadline.remove(&(deadline, Box::from(key)));
+                    self.content_digest = self
+                        .content_digest
+                        .map(|sum| sum.wrapping_sub(deadline_digest(key, deadline)));
+                }
                 true
             }
             Err(_) => false,
@@ -291,6 +339,104 @@ impl KeyMap {
             .map(|e| (e.key.as_slice(), &e.value[..]))
     }
 
+    /// The deadline of `key`, if it exists and has one.
+    pub fn deadline(&self, key: &[u8]) -> Option<u64> {
+        let shard = self.shard(key);
+        if shard.deadlines.is_empty() {
+            return None;
+        }
+        shard.deadlines.get(key).copied()
+    }
+
+    /// Gives `key` the deadline `deadline` (`None`: none) and returns the
+    /// one it had. Does nothing to a key that does not exist.
+    pub fn set_deadline(&mut self, key: &[u8], deadline: Option<u64>) -> Option<u64> {
+        let old = self.deadline(key);
+        if old == deadline || !self.contains_key(key) {
+            return old;
+        }
+        let shard = Arc::make_mut(&mut self.shards[shard_of_digest(key_digest(key))]);
+        let mut digest = self.content_digest;
+        if let Some(old) = old {
+            shard.deadlines.remove(key);
+            self.by_deadline.remove(&(old, Box::from(key)));
+            digest = digest.map(|sum| sum.wrapping_sub(deadline_digest(key, old)));
+        }
+        if let Some(new) = deadline {
+            shard.deadlines.insert(key.into(), new);
+            self.by_deadline.insert((new, key.into()));
+            digest = digest.map(|sum| sum.wrapping_add(deadline_digest(key, new)));
+        }
+        self.content_digest = digest;
+        paxos_contracts::ensures!(self.deadline(key) == deadline);
+        old
+    }
+
+    /// The key with the earliest deadline, and that deadline (ties: the
+    /// smallest key), if any key has one.
+    pub fn first_deadline(&self) -> Option<(u64, &[u8])> {
+        self.by_deadline.first().map(|(d, k)| (*d, &k[..]))
+    }
+
+    /// How many keys have a deadline.
+    pub fn deadlines_len(&self) -> usize {
+        self.by_deadline.len()
+    }
+
+    /// Visits keys in ascending `(key_digest(key), key)` order, starting at
+    /// the first key whose digest is at least `from`, until at least
+    /// `count` keys were visited (the keys of one digest are never split
+    /// across calls: CRC32C collisions are rare, so that is a handful at
+    /// most). Returns the digest to resume from, or `None` when the walk
+    /// reached the end. Each call sorts the keys of the shards it visits
+    /// (a shard at a time) and steps over at most every empty shard.
+    ///
+    /// Because the order depends only on the keys, a walk from `0` that is
+    /// resumed until `None` visits every key present for the whole walk
+    /// exactly once, whatever was written between the calls; a key added or
+    /// removed meanwhile may or may not be visited.
+    pub fn scan<'a>(
+        &'a self,
+        from: u32,
+        count: usize,
+        mut visit: impl FnMut(&'a [u8], &'a [u8], Option<u64>),
+    ) -> Option<u32> {
+        let mut visited = 0usize;
+        let mut sorted: Vec<(u32, &'a Entry)> = Vec::new();
+        for (index, shard) in self.shards.iter().enumerate().skip(shard_of_digest(from)) {
+            sorted.clear();
+            sorted.extend(
+                shard
+                    .table
+                    .iter()
+                    .map(|e| (key_digest(e.key.as_slice()), e))
+                    .filter(|(d, _)| *d >= from),
+            );
+            sorted
+                .sort_unstable_by(|a, b| (a.0, a.1.key.as_slice()).cmp(&(b.0, b.1.key.as_slice())));
+            for (i, &(digest, e)) in sorted.iter().enumerate() {
+                let key = e.key.as_slice();
+                let deadline = if shard.deadlines.is_empty() {
+                    None
+                } else {
+                    shard.deadlines.get(key).copied()
+                };
+                visit(key, &e.value, deadline);
+                visited += 1;
+                let next_digest = sorted.get(i + 1).map(|n| n.0);
+                if visited >= count && next_digest != Some(digest) {
+                    // Resume after this digest: within this shard if keys
+                    // remain, else at the next shard's first digest.
+                    return match next_digest {
+                        Some(d) => Some(d),
+                        None => next_shard_start(index),
+                    };
+                }
+            }
+        }
+        None
+    }
+
     /// A view of the map as it is now, unaffected by later writes. O(shards):
     /// it shares the shards, and a later write to the map copies the shard
     /// it touches (once) instead of changing the view.
@@ -298,6 +444,7 @@ impl KeyMap {
         FrozenKeyMap {
             shards: self.shards.clone(),
             len: self.len,
+            deadlines: self.by_deadline.len(),
         }
     }
 }
@@ -308,6 +455,8 @@ impl KeyMap {
 pub struct FrozenKeyMap {
     shards: Vec<Arc<Shard>>,
     len: usize,
+    /// Keys with a deadline.
+    deadlines: usize,
 }
 
 impl std::fmt::Debug for FrozenKeyMap {
@@ -335,6 +484,11 @@ impl FrozenKeyMap {
         self.len == 0
     }
 
+    /// How many keys have a deadline.
+    pub fn deadlines_len(&self) -> usize {
+        self.deadlines
+    }
+
     /// Every (key, value), in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         self.shards
@@ -349,7 +503,7 @@ impl FrozenKeyMap {
     /// sequences. It does not depend on [`SHARDS`] either: a shard holds a
     /// range of digests, so it is enough to sort one shard at a time (a
     /// vector of references, bounded by the largest shard).
-    pub fn entries(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+    pub fn entries(&self) -> impl Iterator<Item = (&[u8], &[u8], Option<u64>)> {
         self.shards.iter().flat_map(|shard| {
             let mut sorted: Vec<(u32, &[u8], &[u8])> = shard
                 .table
@@ -361,7 +515,15 @@ impl FrozenKeyMap {
                 .collect();
             // Keys are unique, so the value never decides the order.
             sorted.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-            sorted.into_iter().map(|(_, k, v)| (k, v))
+            let deadlines = &shard.deadlines;
+            sorted.into_iter().map(move |(_, k, v)| {
+                let deadline = if deadlines.is_empty() {
+                    None
+                } else {
+                    deadlines.get(k).copied()
+                };
+                (k, v, deadline)
+            })
         })
     }
 
@@ -406,6 +568,35 @@ mod tests {
         assert_eq!(m.len(), 2);
     }
 
+    #[test]
+    fn deadlines_follow_their_keys_and_frozen_views_keep_theirs() {
+        let mut m = KeyMap::default();
+        m.track_content_digest();
+        m.set(b"a", b"1");
+        m.set(b"b", b"2");
+        assert_eq!(m.set_deadline(b"a", Some(50)), None);
+        assert_eq!(m.set_deadline(b"b", Some(20)), None);
+        assert_eq!(m.set_deadline(b"nokey", Some(5)), None);
+        assert_eq!(m.deadline(b"nokey"), None, "only existing keys get one");
+        assert_eq!(m.first_deadline(), Some((20, &b"b"[..])));
+        let frozen = m.freeze();
+        assert_eq!(m.set_deadline(b"b", Some(90)), Some(20));
+        m.set(b"a", b"11");
+        assert_eq!(m.deadline(b"a"), Some(50), "a set keeps the deadline");
+        assert!(m.remove(b"a"));
+        assert_eq!(m.deadline(b"a"), None);
+        m.set(b"a", b"back");
+        assert_eq!(m.deadline(b"a"), None, "a removed key's deadline is gone");
+        assert_eq!(m.first_deadline(), Some((90, &b"b"[..])));
+        assert_eq!(m.deadlines_len(), 1);
+        assert_eq!(m.content_digest(), Some(m.walked_content_digest()));
+        let listed: Vec<(Vec<u8>, Option<u64>)> =
+            frozen.entries().map(|(k, _, d)| (k.to_vec(), d)).collect();
+        assert!(listed.contains(&(b"a".to_vec(), Some(50))));
+        assert!(listed.contains(&(b"b".to_vec(), Some(20))));
+        assert_eq!(frozen.deadlines_len(), 2);
+    }
+
     /// Keys that land in many different shards.
     fn spread_keys(n: usize) -> Vec<Vec<u8>> {
         (0..n).map(|i| format!("key:{i}").into_bytes()).collect()
@@ -441,8 +632,8 @@ mod tests {
         );
         let seven = frozen
             .entries()
-            .find(|(k, _)| *k == b"key:7")
-            .map(|(_, v)| v.to_vec());
+            .find(|(k, _, _)| *k == b"key:7")
+            .map(|(_, v, _)| v.to_vec());
         assert_eq!(
             seven.as_deref(),
             Some(&b"old"[..]),
@@ -484,8 +675,8 @@ mod tests {
         b.set(b"gone", b"x");
         assert!(b.remove(b"gone"));
         let (fa, fb) = (a.freeze(), b.freeze());
-        let ea: Vec<(&[u8], &[u8])> = fa.entries().collect();
-        let eb: Vec<(&[u8], &[u8])> = fb.entries().collect();
+        let ea: Vec<(&[u8], &[u8], Option<u64>)> = fa.entries().collect();
+        let eb: Vec<(&[u8], &[u8], Option<u64>)> = fb.entries().collect();
         assert_eq!(ea.len(), keys.len());
         assert_eq!(ea, eb);
         assert!(
@@ -572,7 +763,7 @@ mod tests {
             at_freeze.sort_by(|a, b| (key_digest(&a.0), &a.0).cmp(&(key_digest(&b.0), &b.0)));
             apply(&mut m, &mut model, after);
             let listed: Vec<(Vec<u8>, Vec<u8>)> =
-                frozen.entries().map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+                frozen.entries().map(|(k, v, _)| (k.to_vec(), v.to_vec())).collect();
             prop_assert_eq!(frozen.len(), at_freeze.len());
             prop_assert_eq!(listed, at_freeze);
             prop_assert_eq!(m.len(), model.len());

@@ -11,7 +11,11 @@
 //! authenticated QUIC transport, to client requests batched through
 //! paxos-pipeline's submit queue, and to a state machine ([`kv::KvStore`]
 //! behind the RSL-like [`kv::StateMachine`] trait). Clients speak RESP2
-//! ([`resp`], [`server`]); [`node::Replica`] is the embedding API.
+//! ([`resp`], [`server`]) with Redis's commands and error texts: key-space
+//! commands are validated and encoded by [`command`] and executed through
+//! the log, connection-level ones (`HELLO`, `CLIENT`, `CONFIG GET`,
+//! `COMMAND`) are answered per connection by [`session`]; [`glob`] matches
+//! Redis patterns. [`node::Replica`] is the embedding API.
 //! [`lincheck`] checks recorded histories for linearizability, [`procs`]
 //! runs multi-process clusters for the demo and the fault tests, and
 //! [`workload`] is their recording client load.
@@ -55,9 +59,11 @@ pub mod admin;
 pub mod build_guard;
 pub mod client;
 pub mod client_registry;
+pub mod command;
 pub mod config;
 pub mod demo;
 pub mod fdlimit;
+pub mod glob;
 pub mod hugepages;
 pub mod keymap;
 pub mod kv;
@@ -71,6 +77,7 @@ pub mod reply_chain;
 pub mod reply_limits;
 pub mod resp;
 pub mod server;
+pub mod session;
 /// Latency breakdown of the write path (written by the integrator): the node
 /// stamps each `stages::Point` and `INFO latency` renders it.
 pub mod stages;

@@ -394,6 +394,20 @@ pub fn decimal(n: u64, buf: &mut [u8; 20]) -> &[u8] {
     &buf[i..]
 }
 
+/// The decimal form of `n`, signed, formatted into `buf` without
+/// allocation.
+pub fn decimal_i64(n: i64, buf: &mut [u8; 20]) -> &[u8] {
+    let digits = decimal(n.unsigned_abs(), buf).len();
+    if n < 0 {
+        // 19 digits at most, so there is room for the sign.
+        let at = buf.len() - digits - 1;
+        buf[at] = b'-';
+        &buf[at..]
+    } else {
+        &buf[buf.len() - digits..]
+    }
+}
+
 /// Writes the decimal form of `n` without allocating.
 fn put_decimal(out: &mut BytesMut, n: i64) {
     if n < 0 {

@@ -32,7 +32,7 @@
 
 use crate::client_registry::{ClientRegistry, ConnShared};
 use crate::config::Tuning;
-use crate::kv::{encode_command, CommandError};
+use crate::kv::encode_command;
 use crate::node::{error_reply, outcome_reply, Replica, Reply};
 use crate::reply_chain::ReplyChain;
 use crate::reply_limits::{self, OutputLimits, OutputVerdict};
@@ -109,12 +109,25 @@ const MAX_CLIENTS_ERROR: &[u8] = b"-ERR max number of clients reached\r\n";
 const OPERATOR_SLOT_IDLE: Duration = Duration::from_secs(10);
 
 /// The commands a connection in an operator slot may send: the `PAXOS.*`
-/// operator commands and the ones that look at a node.
+/// operator commands, the ones that look at a node, and the per-connection
+/// ones a client sends when it connects (redis-cli asks `COMMAND DOCS`,
+/// client libraries `HELLO`, `CLIENT SETNAME`, `SELECT`): none of them
+/// reaches the log.
 pub fn is_operator_command(name: &[u8]) -> bool {
     crate::admin::is_admin(name)
-        || name.eq_ignore_ascii_case(b"INFO")
-        || name.eq_ignore_ascii_case(b"PING")
-        || name.eq_ignore_ascii_case(b"QUIT")
+        || [
+            &b"INFO"[..],
+            b"PING",
+            b"QUIT",
+            b"COMMAND",
+            b"HELLO",
+            b"CLIENT",
+            b"CONFIG",
+            b"SELECT",
+            b"ECHO",
+        ]
+        .iter()
+        .any(|c| name.eq_ignore_ascii_case(c))
 }
 
 /// A reply owed to the client, in request order.
@@ -284,6 +297,7 @@ async fn handle_connection(
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut scratch = BytesMut::with_capacity(16 * 1024);
     let mut ranges = Vec::with_capacity(INLINE_ARGS);
+    let mut session = crate::session::Session::new();
     let limits = state.config.limits;
     let idle_timeout = if operator_only {
         Some(
@@ -380,7 +394,10 @@ async fn handle_connection(
                                 let _ = tx.send(Pending::Close).await;
                                 break 'read;
                             }
-                            (execute(args, &state, &mut scratch, received_us), len)
+                            (
+                                execute(args, &state, &mut scratch, received_us, &mut session),
+                                len,
+                            )
                         }
                     };
                     buf.advance(len);
@@ -425,6 +442,7 @@ fn execute(
     state: &ServerState,
     scratch: &mut BytesMut,
     received_us: u64,
+    session: &mut crate::session::Session,
 ) -> Pending {
     let name = &args[0];
     let is = |s: &[u8]| name.eq_ignore_ascii_case(s);
@@ -464,14 +482,8 @@ fn execute(
             Err(e) => Pending::Ready(error_bytes(e.to_string().as_bytes())),
         };
     }
-    if is(b"COMMAND") {
-        return Pending::Ready(Bytes::from_static(b"*0\r\n"));
-    }
-    if is(b"SELECT") {
-        return Pending::Ready(match args.get(1).copied() {
-            Some(b"0") => Bytes::from_static(b"+OK\r\n"),
-            _ => error_bytes(b"ERR only database 0 exists"),
-        });
+    if let Some(reply) = crate::session::execute(args, session) {
+        return Pending::Ready(reply);
     }
     match encode_command(args, scratch) {
         Ok(_) => {
@@ -489,12 +501,7 @@ fn execute(
                 }
             }
         }
-        Err(
-            e @ (CommandError::Unknown(_)
-            | CommandError::Arity(_)
-            | CommandError::TooLarge
-            | CommandError::NotAnInteger),
-        ) => Pending::Ready(error_bytes(e.to_string().as_bytes())),
+        Err(e) => Pending::Ready(error_bytes(e.to_string().as_bytes())),
     }
 }
 

@@ -13,7 +13,8 @@
 //! re-queued after every attempt that did not get a reply.
 //!
 //! Operations touch a small key space so that they conflict: registers
-//! (`SET` with a value unique to the request, `GET`, `DEL`) and counters
+//! (`SET` with a value unique to the request, some with a TTL that never
+//! lapses in a run, `GET`, `DEL`) and counters
 //! (`INCRBY` with a delta unique to the request, `GET`). Every write's
 //! encoding is unique to its request (a `DEL` names a second, never-written
 //! key unique to it), which [`History::to_check`] relies on.
@@ -30,6 +31,9 @@ use std::collections::BTreeMap;
 pub const REGISTER_KEYS: u32 = 12;
 /// Counter keys.
 pub const COUNTER_KEYS: u32 = 4;
+/// The TTL of the simulator's `SET ... PX` writes: ten days, far past the
+/// simulated time of any run, so no such key expires while it is checked.
+const TTL_NEVER_LAPSES_MS: &str = "864000000";
 
 /// One logical operation.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,10 +87,14 @@ impl Op {
                 // Unique per request, so the validity checker can tell
                 // requests apart and a lost write shows up in reads.
                 let value = Bytes::from(format!("c{client}:{seq}"));
-                (
-                    vec!["SET".into(), key.clone().into(), value.clone()],
-                    OpKind::Write(value),
-                )
+                let mut args = vec!["SET".into(), key.clone().into(), value.clone()];
+                if roll == 9 {
+                    // A TTL far longer than any run: to the checkers still
+                    // a plain write, but it puts deadlines (and their share
+                    // of snapshots and digests) in every replica's state.
+                    args.extend(["PX".into(), TTL_NEVER_LAPSES_MS.into()]);
+                }
+                (args, OpKind::Write(value))
             }
         };
         let mut out = BytesMut::new();

@@ -73,10 +73,16 @@
 //!   ABC -> BCD -> CDE -> ADE) until it is in force.
 //! - **Clients**: three clients run KV operations on a small key space
 //!   through the node they believe leads — `SET` with values unique to the
-//!   request, `GET`, `DEL`, and `INCRBY` with unique deltas — and record a
+//!   request (some with a TTL too long to lapse), `GET`, `DEL`, and
+//!   `INCRBY` with unique deltas — and record a
 //!   history: every attempt's call, and its return and reply if it got one.
 //!   `NotPrimary` redirects them; requests whose outcome is unknown are
 //!   retried as new attempts.
+//!
+//! - **Time in decrees**: each replica's wall clock is 1.5 s off the next
+//!   one's, so after a failover the new leader's decrees are often stamped
+//!   earlier than the old one's; the KV store's expiry clock must stay
+//!   monotonic and identical everywhere (the state digest covers it).
 //!
 //! Timers stay inside the timing envelope (the election timeout is at least
 //! eight times the longest ordinary network delay); slow messages still

@@ -167,10 +167,18 @@ impl Replica {
         config.addresses.joining = self.joining;
         config.seed = seed;
         config.boot_nonce = seed.rotate_left(29) ^ u64::from(self.id.0);
+        // Decrees carry a wall-clock time (the KV store's expiry clock).
+        // Each replica's clock is 1.5 s off the next one's, so a new leader
+        // is often behind the old one: the store must keep its clock
+        // monotonic, identically on every replica (the digest covers it).
+        config.wall_clock_at_zero_us = SIM_EPOCH_US + u64::from(self.id.0) * 1_500_000;
         config.report_applies = true;
         config
     }
 }
+
+/// The simulated wall clock at time 0 (µs since the Unix epoch: 2020-09-13).
+const SIM_EPOCH_US: u64 = 1_600_000_000_000_000;
 
 /// Roughly how many bytes an entry takes in the log (for latency).
 fn entry_bytes(e: &PersistEntry) -> usize {
