@@ -29,6 +29,26 @@ pub fn req(text: &str) -> Value {
     Value::Requests(crate::batch::encode([text.as_bytes()]))
 }
 
+/// For tests that drive one replica by hand: answers every `PreVote` in
+/// `sent` with a grant from its addressee, as a voter that hears no leader
+/// and is not ahead would. Returns how many it granted.
+pub fn grant_pre_votes(r: &mut Replica, now: Time, sent: &[(ReplicaId, Message)]) -> usize {
+    let mut granted = 0;
+    for (to, msg) in sent {
+        if let Message::PreVote(crate::msg::PreVote { ballot, .. }) = msg {
+            let reply = crate::msg::PreVoteReply {
+                ballot: *ballot,
+                granted: true,
+                promised: Ballot::ZERO,
+                commit_index: Slot::ZERO,
+            };
+            r.handle_message(now, *to, Message::PreVoteReply(reply));
+            granted += 1;
+        }
+    }
+    granted
+}
+
 pub struct Node {
     pub replica: Option<Replica>,
     pub config: Config,
