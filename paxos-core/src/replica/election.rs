@@ -14,14 +14,17 @@
 //!   first `Reconfigure`, re-proposing at the first one that changes the
 //!   voters), and a candidate whose voters changed starts over.
 //!
+//! Phase 1 starts after a won pre-vote (`prevote`), or at once on
+//! `TimeoutNow`.
+//!
 //! Liveness: a candidacy lasts until the candidate's election deadline,
 //! which only phase 1 progress pushes back. While it lasts, the candidate
 //! sends every voter a `Prepare` each heartbeat interval (the missing chunk,
 //! or an empty re-query once a voter sent its last one), and a voter resets
 //! its election timer on each `Prepare` it accepts: the voters that promised
 //! a live candidate do not campaign against it, however many chunks its
-//! phase 1 takes. At the deadline the candidate campaigns again in a higher
-//! ballot, or steps down if it may no longer campaign.
+//! phase 1 takes. At the deadline the candidate gives up and asks for a
+//! pre-vote again (a stalled candidacy must not hold the voters forever).
 
 use super::catchup::FetchState;
 use super::proposer::LeaderState;

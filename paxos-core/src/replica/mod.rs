@@ -14,6 +14,7 @@
 //! - `learner`: commit learning and `Apply` in slot order.
 //! - `catchup`: fetching chosen decrees from peers; snapshot need.
 //! - `election`: timers, phase 1, becoming leader, stepping down.
+//! - `prevote`: pre-vote and leader stickiness before phase 1.
 //! - `relinquish`: handing the primary role to a successor.
 //! - `reconfig`: membership change and switching memberships.
 //! - `invariants`: `check_invariants`, run after every public call.
