@@ -183,10 +183,12 @@ mod tests {
         // A stale report of a lower ballot is no change.
         assert_eq!(s.on_leader(0, b(4, 1), Time(5_000), &voters), None);
         assert_eq!(s.changes, 4);
-        // The leader stepped down at 5 000, with a cut at 4 900; nobody
+        // The leader was cut off at 4 900 and stepped down at 5 000; nobody
         // led until 9 000: the window reaches back to the step-down.
         s.cut(1, 0, Time(4_900));
+        s.cut(1, 2, Time(4_900));
         s.not_leader(1, Time(5_000));
         assert_eq!(s.on_leader(2, b(6, 3), Time(9_000), &voters), None);
+        assert_eq!(s.changes, 5);
     }
 }
