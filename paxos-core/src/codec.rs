@@ -817,6 +817,21 @@ mod tests {
     }
 
     #[test]
+    fn a_pre_vote_reply_with_a_bad_flag_is_an_error() {
+        let mut raw = BytesMut::new();
+        raw.put_u8(1);
+        raw.put_u8(tag::PRE_VOTE_REPLY);
+        put_ballot(&mut raw, Ballot::new(2, ReplicaId(1)));
+        raw.put_u8(2); // `granted` is 0 or 1
+        put_ballot(&mut raw, Ballot::new(1, ReplicaId(3)));
+        put_slot(&mut raw, Slot(4));
+        assert!(matches!(
+            decode(raw.freeze()),
+            Err(CodecError::UnknownTag { what: "bool", .. })
+        ));
+    }
+
+    #[test]
     fn rejects_malformed_membership() {
         let msg = Message::Accept(msg::Accept {
             ballot: Ballot::new(1, ReplicaId(1)),

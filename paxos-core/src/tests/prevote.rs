@@ -192,3 +192,24 @@ fn a_pre_vote_promises_nothing_and_a_live_leader_is_sticky() {
     );
     assert!(ask(&mut c, f, commit), "no leader heard, yet denied");
 }
+
+/// Check-quorum and stickiness together: a leader that still reaches its
+/// followers but hears none of them keeps them from granting pre-votes,
+/// so it must step down by itself once a quorum has been silent for an
+/// election timeout; then the others elect a leader among themselves.
+#[test]
+fn a_leader_that_hears_no_quorum_steps_down_and_the_others_take_over() {
+    let mut c = Cluster::new(3, |_| {});
+    let old = c.elect_any();
+    c.commit(req("a"));
+    for r in (1..=3).map(id).filter(|r| *r != old) {
+        c.cut.insert((r, old));
+    }
+    assert!(
+        c.run_until(1_000_000, |c| c.leader().is_some_and(|l| l != old)),
+        "no other leader"
+    );
+    assert_ne!(c.status(old).role, Role::Leader);
+    let members: Vec<_> = (1..=3).map(id).filter(|r| *r != old).collect();
+    c.commit_on(&members, req("b"));
+}
