@@ -205,8 +205,9 @@ pub struct RepairAnswer {
 /// module for when a voter grants one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PreVote {
-    /// The ballot the asker would campaign in; identifies this round of
-    /// pre-votes (replies echo it) and is promised to nobody.
+    /// Identifies this round of pre-votes (replies echo it): above every
+    /// ballot the asker saw and every earlier round of its pre-votes. It
+    /// is promised to nobody and not observed as a ballot.
     pub ballot: Ballot,
     /// The asker's commit index: phase 1 would start at the slot after it.
     pub commit_index: Slot,

@@ -387,6 +387,8 @@ pub struct Replica {
     last_contact: Option<(ReplicaId, Time)>,
     /// The pre-vote round in progress, if any.
     pre_vote: Option<prevote::PreVoteState>,
+    /// The round of this replica's last pre-vote (each round is higher).
+    last_pre_vote_round: u64,
     tick_due: Time,
     peers: BTreeMap<ReplicaId, PeerInfo>,
     /// Every member but this replica, in order.
@@ -486,6 +488,7 @@ impl Replica {
             // election timeout, as if it had just heard from one.
             last_contact: Some((id, now)),
             pre_vote: None,
+            last_pre_vote_round: 0,
             tick_due: now.plus_micros(config.heartbeat_interval_us),
             peers: BTreeMap::new(),
             peer_ids: config.membership.all().filter(|r| *r != id).collect(),

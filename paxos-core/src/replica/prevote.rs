@@ -84,7 +84,16 @@ impl Replica {
             return;
         }
         requires!(!matches!(self.role, RoleState::Leader(_)));
-        let round = self.promised.round.max(self.max_seen_round) + 1;
+        // Above any ballot seen, and above every earlier round of pre-votes
+        // of this replica, so that a late or replayed grant from an earlier
+        // round never counts in this one.
+        let round = self
+            .promised
+            .round
+            .max(self.max_seen_round)
+            .max(self.last_pre_vote_round)
+            + 1;
+        self.last_pre_vote_round = round;
         let ballot = Ballot::new(round, self.id);
         self.pre_vote = Some(PreVoteState {
             ballot,
@@ -113,7 +122,8 @@ impl Replica {
             ballot,
             commit_index,
         } = m;
-        self.observe(ballot);
+        // `ballot` names a round of pre-votes, not a ballot anyone leads:
+        // it is not observed (it would push every later ballot up).
         let old_promised = self.promised;
         let sticky = self.last_contact.is_some_and(|(who, at)| {
             who != from && now.micros_since(at) < self.config.election_timeout_min_us
