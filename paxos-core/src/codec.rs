@@ -76,6 +76,8 @@ mod tag {
     pub const TIMEOUT_NOW: u8 = 10;
     pub const REPAIR_QUERY: u8 = 11;
     pub const REPAIR_ANSWER: u8 = 12;
+    pub const PRE_VOTE: u8 = 13;
+    pub const PRE_VOTE_REPLY: u8 = 14;
 
     pub const VALUE_NOOP: u8 = 0;
     pub const VALUE_REQUESTS: u8 = 1;
@@ -198,6 +200,26 @@ pub fn encode(msg: &Message, out: &mut BytesMut) {
                 put_varint(out, u64::from(v.0));
             }
             out.put_u8(u8::from(*suspect));
+        }
+        Message::PreVote(msg::PreVote {
+            ballot,
+            commit_index,
+        }) => {
+            out.put_u8(tag::PRE_VOTE);
+            put_ballot(out, *ballot);
+            put_slot(out, *commit_index);
+        }
+        Message::PreVoteReply(msg::PreVoteReply {
+            ballot,
+            granted,
+            promised,
+            commit_index,
+        }) => {
+            out.put_u8(tag::PRE_VOTE_REPLY);
+            put_ballot(out, *ballot);
+            out.put_u8(u8::from(*granted));
+            put_ballot(out, *promised);
+            put_slot(out, *commit_index);
         }
     }
 }
@@ -366,6 +388,16 @@ pub fn decode(buf: Bytes) -> Result<Message, CodecError> {
             commit_index: r.slot()?,
             voters: r.ids(crate::config::MAX_VOTERS * 2)?,
             suspect: r.bool()?,
+        }),
+        tag::PRE_VOTE => Message::PreVote(msg::PreVote {
+            ballot: r.ballot()?,
+            commit_index: r.slot()?,
+        }),
+        tag::PRE_VOTE_REPLY => Message::PreVoteReply(msg::PreVoteReply {
+            ballot: r.ballot()?,
+            granted: r.bool()?,
+            promised: r.ballot()?,
+            commit_index: r.slot()?,
         }),
         other => {
             return Err(CodecError::UnknownTag {
@@ -663,6 +695,22 @@ mod tests {
                         suspect,
                     })
                 }),
+            (arb_ballot(), arb_slot()).prop_map(|(ballot, commit_index)| Message::PreVote(
+                msg::PreVote {
+                    ballot,
+                    commit_index
+                }
+            )),
+            (arb_ballot(), any::<bool>(), arb_ballot(), arb_slot()).prop_map(
+                |(ballot, granted, promised, commit_index)| {
+                    Message::PreVoteReply(msg::PreVoteReply {
+                        ballot,
+                        granted,
+                        promised,
+                        commit_index,
+                    })
+                }
+            ),
         ]
     }
 
@@ -765,6 +813,21 @@ mod tests {
         assert!(matches!(
             decode(raw.freeze()),
             Err(CodecError::Overflow { .. })
+        ));
+    }
+
+    #[test]
+    fn a_pre_vote_reply_with_a_bad_flag_is_an_error() {
+        let mut raw = BytesMut::new();
+        raw.put_u8(1);
+        raw.put_u8(tag::PRE_VOTE_REPLY);
+        put_ballot(&mut raw, Ballot::new(2, ReplicaId(1)));
+        raw.put_u8(2); // `granted` is 0 or 1
+        put_ballot(&mut raw, Ballot::new(1, ReplicaId(3)));
+        put_slot(&mut raw, Slot(4));
+        assert!(matches!(
+            decode(raw.freeze()),
+            Err(CodecError::UnknownTag { what: "bool", .. })
         ));
     }
 

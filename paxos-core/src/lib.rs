@@ -26,7 +26,13 @@
 //!   value accepted in the ballot the leader names as committing it;
 //!   otherwise it fetches the chosen decree from any peer that has it.
 //! - **Election** by randomized timeouts, with RSL's `CanBecomePrimary` veto,
-//!   and leadership hand-off by [`Replica::relinquish_primary`].
+//!   and leadership hand-off by [`Replica::relinquish_primary`]. A voter
+//!   campaigns only after a **pre-vote** that a quorum granted: nobody
+//!   granting heard a live leader within its minimum election timeout
+//!   (*leader stickiness*), and the candidate is not behind any of them. A
+//!   leader that has not heard from a quorum for an election timeout steps
+//!   down (*check-quorum*). So leadership changes only when a fault calls
+//!   for it; the simulator fails a run on an unforced leader change.
 //! - **Catch-up** in chunks from any peer's retained decrees; when nobody has
 //!   them anymore, [`Status::needs_snapshot`] says so.
 //! - **Bounded everything**: window, accept horizon, retained decrees (in
@@ -56,6 +62,15 @@
 //! `paxos-contracts` invariants after every public call (applies are
 //! contiguous and keep up with commits, in-flight slots are exactly the slots
 //! above the commit index, the window is respected).
+//!
+//! # Liveness
+//!
+//! Once a quorum of voters is up, connected and not vetoed, and nobody
+//! among them hears a leader, the quorum's most caught-up eligible voter is
+//! granted a pre-vote by all of it (split grants retry on the next
+//! randomized timeout, as split votes do in Raft) and completes phase 1,
+//! in chunks if need be (see the election module). A leader keeps its role
+//! while a quorum acknowledges it within an election timeout.
 //!
 //! # Planted bugs (feature `planted-bugs`)
 //!

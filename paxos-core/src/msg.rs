@@ -49,6 +49,10 @@ pub enum Message {
     RepairQuery(RepairQuery),
     /// The answer. See [`RepairAnswer`].
     RepairAnswer(RepairAnswer),
+    /// "Could I win an election?" See [`PreVote`].
+    PreVote(PreVote),
+    /// The answer. See [`PreVoteReply`].
+    PreVoteReply(PreVoteReply),
 }
 
 /// Phase 1a: "promise `ballot`, and tell me what you accepted at slots
@@ -195,6 +199,36 @@ pub struct RepairAnswer {
     pub suspect: bool,
 }
 
+/// Pre-vote: a voter whose election timer ran out asks every voter
+/// whether it would stand a chance before it raises any ballot. Nothing
+/// is persisted and no promise changes on either side; see the election
+/// module for when a voter grants one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PreVote {
+    /// Identifies this round of pre-votes (replies echo it): above every
+    /// ballot the asker saw and every earlier round of its pre-votes. It
+    /// is promised to nobody and not observed as a ballot.
+    pub ballot: Ballot,
+    /// The asker's commit index: phase 1 would start at the slot after it.
+    pub commit_index: Slot,
+}
+
+/// The answer to a [`PreVote`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PreVoteReply {
+    /// Echo of the pre-vote's ballot.
+    pub ballot: Ballot,
+    /// Whether the sender would take part in the asker's phase 1: it heard
+    /// from no other live leader or candidate within its minimum election
+    /// timeout, the asker's commit index is not below its own, and it
+    /// still holds every slot above the asker's commit index.
+    pub granted: bool,
+    /// The ballot the sender promised (a candidate campaigns above it).
+    pub promised: Ballot,
+    /// The sender's commit index (an asker that is behind catches up).
+    pub commit_index: Slot,
+}
+
 impl Message {
     /// A short name for logs and metrics.
     pub fn kind(&self) -> &'static str {
@@ -211,6 +245,8 @@ impl Message {
             Message::TimeoutNow(_) => "timeout-now",
             Message::RepairQuery(_) => "repair-query",
             Message::RepairAnswer(_) => "repair-answer",
+            Message::PreVote(_) => "pre-vote",
+            Message::PreVoteReply(_) => "pre-vote-reply",
         }
     }
 }
@@ -230,6 +266,8 @@ impl std::fmt::Debug for Message {
             Message::TimeoutNow(m) => m.fmt(f),
             Message::RepairQuery(m) => m.fmt(f),
             Message::RepairAnswer(m) => m.fmt(f),
+            Message::PreVote(m) => m.fmt(f),
+            Message::PreVoteReply(m) => m.fmt(f),
         }
     }
 }

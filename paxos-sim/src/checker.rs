@@ -85,6 +85,9 @@ pub enum FailureKind {
     StateDivergence,
     /// The clients' history of key-value operations is not linearizable.
     Linearizability,
+    /// A new leader was elected while the previous one was alive, had a
+    /// steady quorum and was slowed by no fault (see `stability.rs`).
+    UnforcedLeaderChange,
 }
 
 impl std::fmt::Display for FailureKind {
@@ -103,6 +106,7 @@ impl std::fmt::Display for FailureKind {
             FailureKind::Liveness => "LIVENESS",
             FailureKind::StateDivergence => "STATE DIVERGENCE",
             FailureKind::Linearizability => "LINEARIZABILITY",
+            FailureKind::UnforcedLeaderChange => "UNFORCED LEADER CHANGE",
         };
         f.write_str(s)
     }

@@ -100,6 +100,7 @@ impl Sim {
         } else if choose(w.relinquish) {
             if let Some(l) = self.current_leader() {
                 self.faults.relinquishes += 1;
+                self.stability.excuse(self.now);
                 let now = self.now;
                 if let Some(run) = self.nodes[l].run.as_mut() {
                     let _ = run.node.relinquish(now, None);
@@ -133,6 +134,8 @@ impl Sim {
                 let pause = self.rng.gen_range(1_000..=longest);
                 self.faults.pauses += 1;
                 self.nodes[victim].paused_until = self.now.plus_micros(pause);
+                let until = self.nodes[victim].paused_until;
+                self.stability.unsteady(victim, until);
                 self.trace(|| format!("PAUSE r{} for {pause}us", victim + 1));
             }
         } else if choose(w.corrupt) {
@@ -142,6 +145,7 @@ impl Sim {
         } else if choose(w.replay) {
             let k = self.rng.gen_range(1..=8);
             self.trace(|| format!("REPLAY {k} old messages"));
+            self.stability.excuse(self.now);
             self.replay(k);
         } else if choose(w.reconfigure) {
             if self.operator.is_none() {
@@ -149,6 +153,7 @@ impl Sim {
             }
         } else {
             self.faults.weather_changes += 1;
+            self.stability.excuse(self.now);
             self.params.loss = [0.0, 0.01, 0.05, 0.2, 0.5][self.rng.gen_range(0..5)];
             self.params.duplicate = [0.0, 0.01, 0.1][self.rng.gen_range(0..3)];
             let (l, d) = (self.params.loss, self.params.duplicate);
@@ -299,6 +304,7 @@ impl Sim {
                 )
             });
             self.faults.reconfigurations_completed += 1;
+            self.stability.excuse(self.now);
             self.operator = None;
             return Ok(());
         }
@@ -339,9 +345,11 @@ impl Sim {
     }
 
     fn set_partition(&mut self, groups: Option<Vec<u8>>, blocked: BTreeSet<(usize, usize)>) {
+        self.note_cuts();
         self.net.partition_id += 1;
         self.net.groups = groups;
         self.net.blocked = blocked;
+        self.note_cuts();
         let lasts = self
             .rng
             .gen_range(self.params.partition_min_us..=self.params.partition_max_us);
@@ -357,6 +365,7 @@ impl Sim {
             self.faults.changes_pending_at_heal += 1;
         }
         self.params = self.params.healed();
+        self.note_cuts();
         self.net.partition_id += 1;
         self.net.groups = None;
         self.net.blocked.clear();

@@ -107,7 +107,10 @@
 //! with `Membership::quorum`), **chosen implies a durable quorum** at every
 //! apply, **membership adoption**, **acknowledgements point at slots that
 //! hold the request**, **equal state-machine digests at equal applied
-//! slots** (the real `KvStore`), the codec round trip, the node's API
+//! slots** (the real `KvStore`), **no unforced leader change** (a new leader
+//! while the previous one was up, kept a steady quorum and was slowed by no
+//! fault for two election timeouts; defined in `stability.rs`; counted in
+//! [`FaultCounts::leader_changes`]), the codec round trip, the node's API
 //! contract, and every contract inside paxos-core and paxos-node. At the end:
 //! **linearizability** of the clients' whole history (paxos-kv's checker),
 //! closed by a read of every key from a caught-up replica, so a lost
@@ -144,6 +147,7 @@ mod replica;
 pub mod runner;
 mod show;
 pub mod sim;
+mod stability;
 pub mod state_machine;
 pub mod storage;
 
@@ -164,12 +168,13 @@ pub mod planted {
 
     /// Every planted bug. The match in [`name`] is exhaustive, so a new
     /// variant fails to compile until it is listed there.
-    pub const ALL: [PlantedBug; 5] = [
+    pub const ALL: [PlantedBug; 6] = [
         PlantedBug::SkipAdoptHighestAccepted,
         PlantedBug::AckBeforePersist,
         PlantedBug::QuorumHalf,
         PlantedBug::ApplyUncheckedBallot,
         PlantedBug::ProposeAboveUnchosenReconfigure,
+        PlantedBug::SkipPreVote,
     ];
 
     /// The CLI name of a planted bug.
@@ -180,6 +185,7 @@ pub mod planted {
             PlantedBug::QuorumHalf => "quorum-half",
             PlantedBug::ApplyUncheckedBallot => "apply-unchecked-ballot",
             PlantedBug::ProposeAboveUnchosenReconfigure => "propose-above-unchosen-reconfigure",
+            PlantedBug::SkipPreVote => "skip-pre-vote",
         }
     }
 

@@ -263,6 +263,7 @@ impl Sim {
     pub(crate) fn start_replica(&mut self, i: usize) -> Result<(), Failure> {
         let seed: u64 = self.rng.gen();
         let now = self.now;
+        self.stability.unsteady(i, now);
         let id = self.nodes[i].id;
         self.nodes[i].provisioned = true;
         let disk = self.nodes[i].disk.clone();
@@ -394,6 +395,8 @@ impl Sim {
         }
         let r = &mut self.nodes[i];
         r.incarnation += 1;
+        self.stability.unsteady(i, self.now);
+        self.stability.not_leader(i, self.now);
         r.paused_until = Time(0);
         r.timer = None;
         r.disk_busy_until = self.now;
@@ -918,6 +921,9 @@ impl Sim {
         if status.role == Role::Leader {
             status.ballot.hash(&mut self.digest);
         }
+        if status.repair.is_some() {
+            self.stability.unsteady(i, self.now);
+        }
         self.trace(|| {
             format!(
                 "{id} status {:?} ballot {} leader {:?} commit {} applied {} membership {:?}/{:?} from slot {}{}",
@@ -932,7 +938,67 @@ impl Sim {
                 if status.needs_snapshot { " NEEDS SNAPSHOT" } else { "" }
             )
         });
-        self.checker.on_status(&status)
+        self.checker.on_status(&status)?;
+        if status.role == Role::Leader {
+            self.check_leader_change(i, status.ballot)?;
+        } else {
+            self.stability.not_leader(i, self.now);
+        }
+        Ok(())
+    }
+
+    /// Marks every link cut right now in the stability checker (called
+    /// before and after each change of the network's cuts).
+    pub(crate) fn note_cuts(&mut self) {
+        let n = self.nodes.len();
+        for a in 0..n {
+            for b in 0..n {
+                if a != b && !self.net.connected(a, b) {
+                    self.stability.cut(a, b, self.now);
+                }
+            }
+        }
+    }
+
+    /// Counts a leader change, and fails the run if no fault forced it
+    /// (see `stability.rs` for the definition).
+    fn check_leader_change(&mut self, i: usize, ballot: paxos_core::Ballot) -> Result<(), Failure> {
+        let now = self.now;
+        // What holds right now counts as "at some moment of the window".
+        self.note_cuts();
+        if self.params.loss > 0.0 || self.params.slow_message > 0.0 || self.operator.is_some() {
+            self.stability.excuse(now);
+        }
+        for k in 0..self.nodes.len() {
+            let r = &self.nodes[k];
+            if r.run.is_none() || r.paused_until > now {
+                self.stability.unsteady(k, now);
+                self.stability.not_leader(k, now);
+            }
+        }
+        let voters: Vec<usize> = self
+            .checker
+            .latest_membership()
+            .1
+            .voters
+            .iter()
+            .filter_map(|v| self.index_of(*v))
+            .collect();
+        let before = self.stability.changes;
+        let unforced = self.stability.on_leader(i, ballot, now, &voters);
+        self.faults.leader_changes += self.stability.changes - before;
+        let Some((p, old)) = unforced else {
+            return Ok(());
+        };
+        self.faults.unforced_leader_changes += 1;
+        let (new_id, old_id) = (self.nodes[i].id, self.nodes[p].id);
+        self.trace(|| format!("UNFORCED LEADER CHANGE {old_id} ({old}) -> {new_id} ({ballot})"));
+        Err(Failure::new(
+            FailureKind::UnforcedLeaderChange,
+            format!(
+                "{new_id} became leader in {ballot} while {old_id} led in {old} with a steady quorum and no fault for the last two election timeouts"
+            ),
+        ))
     }
 
     /// Hands the node a request with a fresh transport payload (used by the

@@ -108,7 +108,7 @@ impl Summary {
     /// The one-line summary printed at the end.
     pub fn line(&self) -> String {
         format!(
-            "paxos-sim: {} seeds, {} steps, {} commits, {} acknowledged requests, {} operations checked for linearizability, {} faults injected ({} crashes, {} torn syncs, {} partitions/isolations/cuts, {} messages dropped, {} replayed, {} checkpoints, {} state transfers, {} starts on persistent memory, {} media corruptions, {} damaged starts, {} repairs, {} of {} membership changes completed ({} pending at the heal), {} spares started, {} unrequested changes), {} failures",
+            "paxos-sim: {} seeds, {} steps, {} commits, {} acknowledged requests, {} operations checked for linearizability, {} faults injected ({} crashes, {} torn syncs, {} partitions/isolations/cuts, {} messages dropped, {} replayed, {} checkpoints, {} state transfers, {} starts on persistent memory, {} media corruptions, {} damaged starts, {} repairs, {} of {} membership changes completed ({} pending at the heal), {} spares started, {} unrequested changes), {} leader changes ({} unforced), {} failures",
             self.seeds_run,
             self.steps,
             self.commits,
@@ -131,6 +131,8 @@ impl Summary {
             self.faults.changes_pending_at_heal,
             self.faults.spares_started,
             self.faults.unrequested_membership_changes,
+            self.faults.leader_changes,
+            self.faults.unforced_leader_changes,
             self.failures.len()
         )
     }

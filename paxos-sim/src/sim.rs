@@ -168,6 +168,12 @@ pub struct FaultCounts {
     pub damaged_starts: u64,
     /// Repairs completed after damage.
     pub repairs_completed: u64,
+    /// Leader changes: a replica reported `Leader` under a ballot above the
+    /// last reported leader's.
+    pub leader_changes: u64,
+    /// Leader changes that no fault forced (see `stability.rs`); each one
+    /// fails the run.
+    pub unforced_leader_changes: u64,
 }
 
 impl FaultCounts {
@@ -220,6 +226,8 @@ impl FaultCounts {
         self.media_corruptions += o.media_corruptions;
         self.damaged_starts += o.damaged_starts;
         self.repairs_completed += o.repairs_completed;
+        self.leader_changes += o.leader_changes;
+        self.unforced_leader_changes += o.unforced_leader_changes;
     }
 }
 
@@ -370,6 +378,8 @@ pub(crate) struct Sim {
     pub(crate) operator: Option<OperatorChange>,
     /// The replica whose medium is faulty, if any (at most one).
     pub(crate) faulty: Option<usize>,
+    /// The leader-stability checker.
+    pub(crate) stability: crate::stability::Stability,
 }
 
 thread_local! {
@@ -483,6 +493,7 @@ impl Sim {
             })
             .collect();
         let ids = nodes.iter().map(|r| r.id).collect();
+        let stability = crate::stability::Stability::new(nodes.len(), 2 * timing.election_min_us);
         let clients = (0..CLIENTS)
             .map(|c| Client::new(c as u32 + 1, rng.gen_range(0..n)))
             .collect();
@@ -505,6 +516,7 @@ impl Sim {
             initial_voters: n,
             operator: None,
             faulty,
+            stability,
         }
     }
 
@@ -609,6 +621,7 @@ impl Sim {
             EventKind::Heal { partition } => {
                 if partition == self.net.partition_id {
                     self.trace(|| "network healed".to_string());
+                    self.note_cuts();
                     self.net.groups = None;
                     self.net.blocked.clear();
                 }

@@ -64,3 +64,11 @@ fn f14_seed_50687_starts_from_an_older_checkpoint() {
 fn f15_seed_105160_gets_a_checkpoint_from_another_member() {
     passes(105_160, paxos_sim::DEFAULT_STEPS);
 }
+
+/// F17: every voter needed a snapshot nobody had, and nobody campaigned
+/// (paxos-core
+/// `voters_that_all_need_a_snapshot_nobody_has_elect_from_their_logs`).
+#[test]
+fn f17_seed_103821_elects_from_the_voters_logs() {
+    passes(103_821, paxos_sim::DEFAULT_STEPS);
+}

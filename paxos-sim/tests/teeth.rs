@@ -21,6 +21,7 @@ fn every_bug_is_listed(bug: PlantedBug) -> &'static str {
         PlantedBug::QuorumHalf => "QuorumHalf",
         PlantedBug::ApplyUncheckedBallot => "ApplyUncheckedBallot",
         PlantedBug::ProposeAboveUnchosenReconfigure => "ProposeAboveUnchosenReconfigure",
+        PlantedBug::SkipPreVote => "SkipPreVote",
     }
 }
 
@@ -49,7 +50,10 @@ fn hunt(bug: PlantedBug) -> (u64, Failure) {
         let Some((failure, _)) = run(&config(seed, Some(bug))).failure else {
             continue;
         };
-        if failure.kind == FailureKind::Liveness {
+        if matches!(
+            failure.kind,
+            FailureKind::Liveness | FailureKind::UnforcedLeaderChange
+        ) {
             // Every planted bug is a safety bug: demand that a safety
             // checker (or an assertion in the core) catches it.
             continue;
@@ -93,6 +97,31 @@ fn catches_propose_above_unchosen_reconfigure() {
     // The configuration-aware checker is what catches it: old voters'
     // votes decided a slot that the new voters govern.
     assert_eq!(failure.kind, FailureKind::Quorum, "{failure}");
+}
+
+/// The leader-stability checker has teeth: without pre-vote, some seed
+/// elects a new leader while the old one had a steady quorum and no fault
+/// (an unforced leader change), and that seed passes with pre-vote.
+#[test]
+fn catches_skip_pre_vote_as_an_unforced_leader_change() {
+    let bug = PlantedBug::SkipPreVote;
+    for seed in 0..MAX_SEEDS {
+        let Some((failure, _)) = run(&config(seed, Some(bug))).failure else {
+            continue;
+        };
+        if failure.kind != FailureKind::UnforcedLeaderChange {
+            continue;
+        }
+        if let Some((clean, _)) = run(&config(seed, None)).failure {
+            panic!("seed {seed} fails with pre-vote too: {clean}");
+        }
+        println!(
+            "{}: caught at seed {seed} by {failure}",
+            every_bug_is_listed(bug)
+        );
+        return;
+    }
+    panic!("no unforced leader change without pre-vote within {MAX_SEEDS} seeds");
 }
 
 #[test]

@@ -71,6 +71,9 @@ impl Replica {
             }
         }
         if from != self.id {
+            // A live candidate: deny others' pre-votes while it runs.
+            self.last_contact = Some((from, now));
+            self.pre_vote = None;
             // Give the candidate time to finish phase 1 (also while it pulls
             // further chunks from others: it re-queries every voter each
             // heartbeat, see `resend_prepares`), rather than competing with it.

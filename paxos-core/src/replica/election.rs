@@ -14,14 +14,17 @@
 //!   first `Reconfigure`, re-proposing at the first one that changes the
 //!   voters), and a candidate whose voters changed starts over.
 //!
+//! Phase 1 starts after a won pre-vote (`prevote`), or at once on
+//! `TimeoutNow`.
+//!
 //! Liveness: a candidacy lasts until the candidate's election deadline,
 //! which only phase 1 progress pushes back. While it lasts, the candidate
 //! sends every voter a `Prepare` each heartbeat interval (the missing chunk,
 //! or an empty re-query once a voter sent its last one), and a voter resets
 //! its election timer on each `Prepare` it accepts: the voters that promised
 //! a live candidate do not campaign against it, however many chunks its
-//! phase 1 takes. At the deadline the candidate campaigns again in a higher
-//! ballot, or steps down if it may no longer campaign.
+//! phase 1 takes. At the deadline the candidate gives up and asks for a
+//! pre-vote again (a stalled candidacy must not hold the voters forever).
 
 use super::catchup::FetchState;
 use super::proposer::LeaderState;
@@ -82,22 +85,22 @@ impl Replica {
             self.role = RoleState::Follower;
         }
         self.leader = Some(from);
+        self.last_contact = Some((from, now));
+        self.pre_vote = None;
         self.reset_election_timer(now);
     }
 
-    /// Starts phase 1 in a new ballot, unless this replica may not campaign
-    /// (vetoed, not a voter, repairing, or in need of a snapshot; F17 in
-    /// paxos-sim/FINDINGS.md is the open case where every voter needs one).
-    /// A candidate whose deadline passed and that may not campaign again steps down here:
+    /// Starts phase 1 in a new ballot (after a won pre-vote, or at once
+    /// when the leader hands over with `TimeoutNow`), unless this replica
+    /// may not campaign (`may_campaign`: vetoed, not a voter, repairing, or
+    /// in need of a snapshot with a gap in its log).
+    /// A candidate that may not campaign again steps down here:
     /// staying a candidate, its re-queries (`resend_prepares`) would keep
     /// the voters that promised it from ever campaigning themselves.
     pub(super) fn start_election(&mut self, now: Time) {
         self.reset_election_timer(now);
-        if !self.can_become_primary
-            || !self.is_voter(self.id)
-            || self.needs_snapshot
-            || self.repairing()
-        {
+        self.pre_vote = None;
+        if !self.may_campaign() {
             if matches!(self.role, RoleState::Candidate(_)) {
                 self.role = RoleState::Follower;
             }
@@ -109,6 +112,7 @@ impl Replica {
         // never lets this replica lead the same ballot twice.
         self.raise_promise(now, ballot);
         let from_slot = self.commit_index.next();
+        self.last_contact = Some((self.id, now));
         self.role = RoleState::Candidate(CandidateState {
             ballot,
             from_slot,

@@ -15,6 +15,7 @@
 //! - `learner`: commit learning and `Apply` in slot order.
 //! - `catchup`: fetching chosen decrees from peers; snapshot need.
 //! - `election`: timers, phase 1, becoming leader, stepping down.
+//! - `prevote`: pre-vote and leader stickiness before phase 1.
 //! - `relinquish`: handing the primary role to a successor.
 //! - `reconfig`: membership change and switching memberships.
 //! - `invariants`: `check_invariants`, run after every public call.
@@ -153,6 +154,7 @@ mod invariants;
 mod learner;
 #[cfg(feature = "planted-bugs")]
 mod planted;
+mod prevote;
 mod proposer;
 mod reconfig;
 mod relinquish;
@@ -385,6 +387,15 @@ pub struct Replica {
     role: RoleState,
     leader: Option<ReplicaId>,
     election_deadline: Time,
+    /// The last live leader or candidate heard from (or granted a pre-vote,
+    /// or this replica itself when it asked for one or campaigned), and
+    /// when: within the minimum election timeout of it, pre-votes of others
+    /// are denied (leader stickiness, see `prevote`).
+    last_contact: Option<(ReplicaId, Time)>,
+    /// The pre-vote round in progress, if any.
+    pre_vote: Option<prevote::PreVoteState>,
+    /// The round of this replica's last pre-vote (each round is higher).
+    last_pre_vote_round: u64,
     tick_due: Time,
     peers: BTreeMap<ReplicaId, PeerInfo>,
     /// Every member but this replica, in order.
@@ -479,6 +490,12 @@ impl Replica {
             role: RoleState::Follower,
             leader: None,
             election_deadline: now,
+            // A replica that just started knows nothing of a leader that
+            // may well be alive: it grants no pre-vote for a minimum
+            // election timeout, as if it had just heard from one.
+            last_contact: Some((id, now)),
+            pre_vote: None,
+            last_pre_vote_round: 0,
             tick_due: now.plus_micros(config.heartbeat_interval_us),
             peers: BTreeMap::new(),
             peer_ids: config.membership.all().filter(|r| *r != id).collect(),
@@ -580,7 +597,7 @@ impl Replica {
         }
         if !matches!(self.role, RoleState::Leader(_)) && now >= self.election_deadline {
             if self.is_voter(self.id) && !self.repairing() {
-                self.start_election(now);
+                self.on_election_timeout(now);
             } else {
                 self.probe_for_progress(now);
             }
@@ -813,7 +830,7 @@ impl Replica {
             // Invariant 11: no vote, no candidacy, no hand-off; follow the
             // leaders' progress and fetch chosen decrees like a learner.
             match &msg {
-                Message::Prepare(_) | Message::TimeoutNow(_) => return,
+                Message::Prepare(_) | Message::TimeoutNow(_) | Message::PreVote(_) => return,
                 Message::Accept(msg::Accept { commit_index, .. }) => {
                     let commit_index = *commit_index;
                     self.on_foreign_progress(now, from, commit_index);
@@ -834,6 +851,16 @@ impl Replica {
                     return;
                 }
             }
+            // A pre-vote is a question between voters only; one from or to
+            // a non-voter is a sign that one side is behind, as a Prepare is.
+            Message::PreVote(msg::PreVote { commit_index, .. }) => {
+                if !i_vote || !self.is_voter(from) {
+                    let from_slot = commit_index.next();
+                    self.on_foreign_prepare(now, from, from_slot);
+                    return;
+                }
+            }
+            Message::PreVoteReply(_) if !i_vote || !self.is_voter(from) => return,
             _ if !i_vote || self.membership.contains(from) => {}
             Message::TimeoutNow(_) if self.previous_members.contains(&from) => {}
             Message::Accept(msg::Accept { commit_index, .. })
@@ -861,6 +888,8 @@ impl Replica {
             Message::TimeoutNow(m) => self.on_timeout_now(now, from, m),
             Message::RepairQuery(m) => self.on_repair_query(from, m),
             Message::RepairAnswer(m) => self.on_repair_answer(from, m),
+            Message::PreVote(m) => self.on_pre_vote(now, from, m),
+            Message::PreVoteReply(m) => self.on_pre_vote_reply(now, from, m),
         }
     }
 

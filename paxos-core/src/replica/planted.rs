@@ -31,6 +31,10 @@ pub enum PlantedBug {
     /// (no drain), so votes of the old voters decide slots the new ones
     /// govern.
     ProposeAboveUnchosenReconfigure,
+    /// A voter whose election timer runs out campaigns at once, without a
+    /// pre-vote: a liveness (stability) bug, not a safety one. Voters that
+    /// hear a live leader are deposed by any replica that does not.
+    SkipPreVote,
 }
 
 /// Which planted bugs are on in one replica (all off until `plant_bug`).
@@ -42,6 +46,7 @@ pub(super) struct Bugs {
     pub(super) quorum_half: bool,
     pub(super) apply_unchecked_ballot: bool,
     pub(super) propose_above_unchosen_reconfigure: bool,
+    pub(super) skip_pre_vote: bool,
 }
 
 impl Replica {
@@ -57,6 +62,7 @@ impl Replica {
             PlantedBug::ProposeAboveUnchosenReconfigure => {
                 bugs.propose_above_unchosen_reconfigure = true
             }
+            PlantedBug::SkipPreVote => bugs.skip_pre_vote = true,
         }
     }
 }

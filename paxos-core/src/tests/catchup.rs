@@ -2,8 +2,8 @@
 //! peer that still holds them, and reports when nobody does.
 
 use super::harness::*;
-use crate::Role;
 use crate::Slot;
+use crate::{Message, Role};
 
 #[test]
 fn a_lagging_follower_catches_up_in_chunks() {
@@ -136,4 +136,105 @@ fn the_retained_log_is_bounded_in_bytes() {
     c.heal();
     assert!(c.run_until(1_000_000, |c| c.status(lagger).needs_snapshot));
     assert_eq!(c.status(lagger).applied_index, Slot::ZERO);
+}
+
+/// Every voter needs a snapshot that nobody can serve: the leader compacted
+/// its log behind a checkpoint the followers lack, and then lost that
+/// checkpoint (found by the simulator, seed 103821). The followers still
+/// hold votes for the missing slots and their logs have no gap, so one of
+/// them wins a pre-vote (nobody leads, and the other follower can answer
+/// its phase 1 from its commit index), re-chooses those slots with their
+/// original values and carries on; the replica whose log has a gap never
+/// leads. F17 in paxos-sim/FINDINGS.md.
+#[test]
+fn voters_that_all_need_a_snapshot_nobody_has_elect_from_their_logs() {
+    let mut c = Cluster::new(3, |cfg| cfg.retain_decrees = 2);
+    let leader = c.elect_any();
+    let followers: Vec<_> = (1..=3).map(id).filter(|r| *r != leader).collect();
+    for i in 1..=5 {
+        c.commit(req(&format!("a{i}")));
+    }
+    for r in (1..=3).map(id) {
+        c.checkpoint_and_compact(r);
+    }
+    for i in 6..=10 {
+        c.commit(req(&format!("b{i}")));
+    }
+    c.checkpoint_and_compact(leader);
+    c.pump();
+    // Every replica restarts. The followers lost their Commit records for
+    // 6..=10 (commit records are written lazily) and start from checkpoint
+    // 5; the leader's checkpoint 10 went bad, so it starts from checkpoint
+    // 5 with a log that begins at 11.
+    for r in (1..=3).map(id) {
+        c.crash(r);
+    }
+    for &f in &followers {
+        let node = c.nodes.get_mut(&f).unwrap();
+        node.durable.commit_index = Slot(5);
+        assert_eq!(node.durable.accepted.len(), 5, "votes for 6..=10 kept");
+    }
+    c.nodes.get_mut(&leader).unwrap().checkpoint = Slot(5);
+    // While no candidate can win (the followers' promises to each other
+    // are lost), each follower learns from the old leader's answers to its
+    // pre-votes and prepares that 6..=10 are chosen, and by fetching that nobody holds them chosen:
+    // both come to need a snapshot.
+    // (Pre-votes to the first follower are lost too: granting the other's
+    // pre-votes would keep it from ever timing out and asking the old
+    // leader itself.)
+    let first = followers[0];
+    c.drop_rule = Some(Box::new(move |from, to, m| {
+        (from != leader && matches!(m, Message::Promise(_)))
+            || (to == first && matches!(m, Message::PreVote(_)))
+    }));
+    for r in (1..=3).map(id) {
+        c.restart(r, false);
+    }
+    assert!(c.status(leader).needs_snapshot);
+    let restarted = c.nodes[&leader].statuses.len();
+    assert!(
+        c.run_until(5_000_000, |c| followers
+            .iter()
+            .all(|f| c.status(*f).needs_snapshot)),
+        "{:?}",
+        (1..=3).map(|r| c.status(id(r))).collect::<Vec<_>>()
+    );
+    // A candidacy started before the need is not the point: veto both
+    // until neither is a candidate, so that only a candidacy started while
+    // needing a snapshot can recover.
+    for &f in &followers {
+        c.replica(f).set_can_become_primary(false);
+    }
+    assert!(c.run_until(1_000_000, |c| followers
+        .iter()
+        .all(|f| c.status(*f).role == Role::Follower)));
+    for &f in &followers {
+        c.replica(f).set_can_become_primary(true);
+        assert!(c.status(f).needs_snapshot);
+    }
+    c.drop_rule = None;
+
+    assert!(
+        c.run_until(10_000_000, |c| c
+            .leader()
+            .is_some_and(|l| followers.contains(&l))),
+        "no follower campaigned"
+    );
+    let next = c.propose_retrying(req("c11"));
+    assert_eq!(next, Slot(11));
+    assert!(c.run_until(2_000_000, |c| followers
+        .iter()
+        .all(|f| c.status(*f).applied_index >= Slot(11))));
+    let expected: Vec<_> = (6..=10)
+        .map(|i| req(&format!("b{i}")))
+        .chain([req("c11")])
+        .collect();
+    for &f in &followers {
+        assert_eq!(c.applied_values(f), expected, "replica {f}");
+        assert!(!c.status(f).needs_snapshot, "caught up without one");
+    }
+    assert!(c.nodes[&leader].statuses[restarted..]
+        .iter()
+        .all(|s| s.role != Role::Leader));
+    assert!(c.status(leader).needs_snapshot, "it still lacks 6..=10");
 }

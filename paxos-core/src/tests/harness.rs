@@ -29,6 +29,26 @@ pub fn req(text: &str) -> Value {
     Value::Requests(crate::batch::encode([text.as_bytes()]))
 }
 
+/// For tests that drive one replica by hand: answers every `PreVote` in
+/// `sent` with a grant from its addressee, as a voter that hears no leader
+/// and is not ahead would. Returns how many it granted.
+pub fn grant_pre_votes(r: &mut Replica, now: Time, sent: &[(ReplicaId, Message)]) -> usize {
+    let mut granted = 0;
+    for (to, msg) in sent {
+        if let Message::PreVote(crate::msg::PreVote { ballot, .. }) = msg {
+            let reply = crate::msg::PreVoteReply {
+                ballot: *ballot,
+                granted: true,
+                promised: Ballot::ZERO,
+                commit_index: Slot::ZERO,
+            };
+            r.handle_message(now, *to, Message::PreVoteReply(reply));
+            granted += 1;
+        }
+    }
+    granted
+}
+
 pub struct Node {
     pub replica: Option<Replica>,
     pub config: Config,
@@ -136,10 +156,20 @@ impl Cluster {
     }
 
     pub fn with_membership(members: Membership, tweak: fn(&mut Config)) -> Cluster {
+        Cluster::with_membership_seeded(members, 0x5eed_0000, tweak)
+    }
+
+    /// `n` voters whose randomness (election timeouts) derives from `seed`.
+    pub fn new_seeded(n: u32, seed: u64, tweak: fn(&mut Config)) -> Cluster {
+        let members = Membership::with_voters((1..=n).map(ReplicaId).collect());
+        Cluster::with_membership_seeded(members, seed, tweak)
+    }
+
+    fn with_membership_seeded(members: Membership, seed: u64, tweak: fn(&mut Config)) -> Cluster {
         let mut nodes = BTreeMap::new();
         for rid in members.all() {
             let config = Cluster::config_for(rid, &members, tweak);
-            let seed = 0x5eed_0000 + u64::from(rid.0);
+            let seed = seed.wrapping_add(u64::from(rid.0));
             nodes.insert(rid, Node::new(config, seed, Time(0)));
         }
         let mut c = Cluster {
@@ -382,6 +412,20 @@ impl Cluster {
         } else {
             None
         }
+    }
+
+    /// Every (replica, ballot) that ever reported itself leader, restarts
+    /// included: a leader change is a second entry.
+    pub fn leaderships(&self) -> BTreeSet<(ReplicaId, Ballot)> {
+        self.nodes
+            .iter()
+            .flat_map(|(r, n)| {
+                n.statuses
+                    .iter()
+                    .filter(|s| s.role == crate::Role::Leader)
+                    .map(move |s| (*r, s.ballot))
+            })
+            .collect()
     }
 
     pub fn elect_any(&mut self) -> ReplicaId {

@@ -7,6 +7,7 @@ pub(crate) mod harness;
 mod learner;
 #[cfg(feature = "planted-bugs")]
 mod planted;
+mod prevote;
 mod proposer;
 mod props;
 mod reconfig;

@@ -497,13 +497,16 @@ proptest! {
         r.handle_tick(now);
         let mut ballot = None;
         for _ in 0..4 {
+            let mut sent = Vec::new();
             while let Some(a) = r.poll_action() {
                 match a {
                     Action::Persist { token, entries } => pending.push_back((token, entries)),
                     Action::Send { msg: Message::Prepare(msg::Prepare { ballot: b, .. }), .. } => ballot = Some(b),
+                    Action::Send { to, msg } => sent.push((to, msg)),
                     _ => {}
                 }
             }
+            grant_pre_votes(&mut r, now, &sent);
             if let Some((t, entries)) = pending.pop_front() {
                 for e in &entries { durable.apply(e); }
                 r.on_persisted(now, t);
