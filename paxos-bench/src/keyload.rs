@@ -1,0 +1,202 @@
+//! Pipelined SET writers over the key space `key:0`..`key:<n-1>`: the scale
+//! benchmark's bulk loader and its steady-phase writers.
+//!
+//! A writer holds one connection and keeps up to `depth` SETs in flight.
+//! The loader writes each key once (connection `c` of `C` takes the keys
+//! `c, c + C, ...`); a steady writer picks keys at random until told to
+//! stop and records every write as a [`Sample`] (send time and latency on
+//! the run's clock). An error reply is counted, never taken for a write.
+
+use crate::loadgen::{encode_command, parse_reply, Reply};
+use crate::timeline::Sample;
+use bytes::BytesMut;
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// What one writer did.
+#[derive(Debug, Default)]
+pub struct WriterReport {
+    /// Successful SETs.
+    pub ok: u64,
+    /// Error replies.
+    pub errors: u64,
+    /// The first error reply or connection error, for diagnosis.
+    pub first_error: Option<String>,
+    /// Every successful write (steady writers only).
+    pub samples: Vec<Sample>,
+}
+
+/// Where the next key comes from.
+#[derive(Clone, Debug)]
+pub enum Keys {
+    /// Every `stride`-th key from `next` below `end`, once each.
+    Stride {
+        /// The next key.
+        next: u64,
+        /// Step between keys.
+        stride: u64,
+        /// One past the last key.
+        end: u64,
+    },
+    /// Uniformly random keys below `n` (xorshift64), until stopped.
+    Random {
+        /// Key space size.
+        n: u64,
+        /// Generator state (never 0).
+        state: u64,
+    },
+}
+
+impl Keys {
+    /// The next key, or `None` when a stride is done.
+    pub fn next_key(&mut self) -> Option<u64> {
+        match self {
+            Keys::Stride { next, stride, end } => {
+                let k = *next;
+                (k < *end).then(|| {
+                    *next = k.saturating_add(*stride);
+                    k
+                })
+            }
+            Keys::Random { n, state } => {
+                let mut x = *state;
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *state = x;
+                Some(x % (*n).max(1))
+            }
+        }
+    }
+}
+
+/// Writes `keys` with `value_size`-byte values to `addr`, `depth` in
+/// flight, until the keys run out or `stop` is set. With `origin`, every
+/// write is recorded as a [`Sample`] relative to it.
+pub async fn write_keys(
+    addr: SocketAddr,
+    mut keys: Keys,
+    depth: usize,
+    value_size: usize,
+    stop: Arc<AtomicBool>,
+    origin: Option<Instant>,
+) -> WriterReport {
+    let mut report = WriterReport::default();
+    if let Err(e) = run(
+        addr,
+        &mut keys,
+        depth.max(1),
+        value_size,
+        &stop,
+        origin,
+        &mut report,
+    )
+    .await
+    {
+        report.first_error.get_or_insert(format!("{e:#}"));
+    }
+    report
+}
+
+async fn run(
+    addr: SocketAddr,
+    keys: &mut Keys,
+    depth: usize,
+    value_size: usize,
+    stop: &AtomicBool,
+    origin: Option<Instant>,
+    report: &mut WriterReport,
+) -> anyhow::Result<()> {
+    let mut stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let value = vec![b'v'; value_size];
+    let mut out = BytesMut::with_capacity(depth * (value_size + 64));
+    let mut inbuf = BytesMut::with_capacity(64 * 1024);
+    let mut sent_at: VecDeque<Instant> = VecDeque::with_capacity(depth);
+    let mut key = Vec::with_capacity(32);
+    let mut digits = [0u8; 20];
+    let mut exhausted = false;
+    loop {
+        out.clear();
+        let now = Instant::now();
+        while !exhausted && sent_at.len() < depth && !stop.load(Ordering::Relaxed) {
+            let Some(k) = keys.next_key() else {
+                exhausted = true;
+                break;
+            };
+            key.clear();
+            key.extend_from_slice(b"key:");
+            key.extend_from_slice(paxos_kv::resp::decimal(k, &mut digits));
+            encode_command(&mut out, &[b"SET", &key, &value]);
+            sent_at.push_back(now);
+        }
+        if !out.is_empty() {
+            stream.write_all(&out).await?;
+        }
+        if sent_at.is_empty() {
+            return Ok(());
+        }
+        if stream.read_buf(&mut inbuf).await? == 0 {
+            anyhow::bail!("{addr} closed the connection");
+        }
+        let done = Instant::now();
+        while let Some(reply) = parse_reply(&mut inbuf).map_err(anyhow::Error::msg)? {
+            let sent = sent_at
+                .pop_front()
+                .ok_or_else(|| anyhow::anyhow!("a reply to nothing sent"))?;
+            match reply {
+                Reply::Ok => {
+                    report.ok += 1;
+                    if let Some(origin) = origin {
+                        report.samples.push(Sample {
+                            sent_us: sent.saturating_duration_since(origin).as_micros() as u64,
+                            latency_us: done.duration_since(sent).as_micros() as u64,
+                        });
+                    }
+                }
+                Reply::Error(e) => {
+                    report.errors += 1;
+                    report.first_error.get_or_insert(e);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strides_cover_every_key_once() {
+        let mut seen = Vec::new();
+        for c in 0..3 {
+            let mut k = Keys::Stride {
+                next: c,
+                stride: 3,
+                end: 10,
+            };
+            while let Some(key) = k.next_key() {
+                seen.push(key);
+            }
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, (0..10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn random_keys_stay_in_range_and_vary() {
+        let mut k = Keys::Random { n: 7, state: 42 };
+        let keys: Vec<u64> = (0..1000).filter_map(|_| k.next_key()).collect();
+        assert_eq!(keys.len(), 1000, "random keys never run out");
+        assert!(keys.iter().all(|&x| x < 7));
+        for v in 0..7 {
+            assert!(keys.contains(&v), "key {v} never drawn");
+        }
+    }
+}
