@@ -282,7 +282,12 @@ pub async fn run(cluster: &mut Cluster, spec: &ScaleSpec) -> anyhow::Result<()> 
         .map(|p| p.as_deref().and_then(procmem::rss_bytes))
         .collect();
 
-    // Wipe one follower: it must catch up by checkpoint transfer.
+    // Wipe one follower: it must catch up by checkpoint transfer. The
+    // leader is looked up again: it may have changed since the start.
+    let leader_addr = cluster.wait_for_leader(Duration::from_secs(60)).await?;
+    let leader = cluster
+        .index_of(leader_addr)
+        .context("the leader is not one of ours")?;
     let followers: Vec<usize> = (0..n).filter(|&i| i != leader).collect();
     let (wiped, restarted) = (followers[0], followers[1]);
     let mut markers = Vec::new();
