@@ -76,6 +76,16 @@ impl Cluster {
             .collect()
     }
 
+    /// The node processes, to kill, restart or query one of them.
+    pub fn procs(&self) -> &LocalCluster {
+        &self.procs
+    }
+
+    /// The node processes, mutably (kill -9, restart).
+    pub fn procs_mut(&mut self) -> &mut LocalCluster {
+        &mut self.procs
+    }
+
     /// The index of the node serving clients at `addr`.
     pub fn index_of(&self, addr: SocketAddr) -> Option<usize> {
         self.procs.index_of(addr)

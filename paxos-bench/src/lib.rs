@@ -8,6 +8,11 @@
 //! every process ([`cpu`]), and optionally runs etcd with the
 //! same workload in the same run ([`etcd`]).
 //!
+//! With `--keys N` the binary runs the scale scenario instead ([`scale`]):
+//! bulk load and steady writers ([`keyload`]) timed per write
+//! ([`timeline`]), checkpoints and transfers read from the node logs
+//! ([`nodelog`]), RSS per node ([`procmem`]) and an SVG plot ([`plot`]).
+//!
 //! Invariants: numbers come from measured runs; an error reply is never
 //! counted as a completed operation; every process the benchmark starts is
 //! stopped when it ends.
@@ -15,4 +20,10 @@
 pub mod cluster;
 pub mod cpu;
 pub mod etcd;
+pub mod keyload;
 pub mod loadgen;
+pub mod nodelog;
+pub mod plot;
+pub mod procmem;
+pub mod scale;
+pub mod timeline;

@@ -5,10 +5,14 @@
 //! closed-loop Redis-protocol load to the leader, prints ops/s and
 //! p50/p99/p999 latency, then the per-stage latency breakdown the leader
 //! measured, and optionally etcd under the same workload.
+//!
+//! With `--keys N` it runs the scale scenario instead ([`scale`]): N keys
+//! loaded, steady writes across checkpoints, a wiped and a restarted
+//! follower, and a latency plot.
 
 use anyhow::Context;
 use clap::Parser;
-use paxos_bench::{cluster, cpu, etcd, loadgen};
+use paxos_bench::{cluster, cpu, etcd, loadgen, scale};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -30,9 +34,23 @@ struct Args {
     /// Percentage of writes; the rest are GETs.
     #[arg(long, default_value_t = 100)]
     write_percent: u8,
-    /// Seconds per measurement point.
-    #[arg(long, default_value_t = 10)]
-    duration: u64,
+    /// Seconds per measurement point (default 10); with `--keys`, seconds of
+    /// steady writing before the faults (default 30).
+    #[arg(long)]
+    duration: Option<u64>,
+    /// Run the scale scenario with this many keys instead of the sweep.
+    #[arg(long)]
+    keys: Option<u64>,
+    /// Scale scenario: loader connections (64 SETs in flight each).
+    #[arg(long, default_value_t = 4)]
+    load_clients: usize,
+    /// Scale scenario: steady-phase writer connections (`--depth` SETs in
+    /// flight each).
+    #[arg(long, default_value_t = 8)]
+    writers: usize,
+    /// Scale scenario: where the latency plot goes.
+    #[arg(long, default_value = "target/bench")]
+    out_dir: PathBuf,
     /// Replicas in the cluster.
     #[arg(long, default_value_t = 3)]
     replicas: usize,
@@ -113,9 +131,13 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    if let Some(keys) = args.keys {
+        return run_scale(&args, keys, &kv_bin, &tuning, &rt);
+    }
+    let duration = args.duration.unwrap_or(10);
     println!(
         "paxos-bench: {} replicas, storage={}, value={} B, writes={}%, depth={}, {} s per point",
-        args.replicas, args.storage, args.value_size, args.write_percent, args.depth, args.duration
+        args.replicas, args.storage, args.value_size, args.write_percent, args.depth, duration
     );
     let mut results = Vec::new();
     {
@@ -139,7 +161,7 @@ fn main() -> anyhow::Result<()> {
                 depth: args.depth,
                 value_bytes: args.value_size,
                 write_percent: args.write_percent,
-                duration: Duration::from_secs(args.duration),
+                duration: Duration::from_secs(duration),
                 keys_per_client: 1000,
             };
             let cpu_before = cpu::CpuSnapshot::take(&node_pids);
@@ -174,7 +196,7 @@ fn main() -> anyhow::Result<()> {
     if args.compare.is_some() {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
         let peer_dir = etcd::default_peer_dir(&root);
-        match etcd::run(&peer_dir, &args.clients, args.duration, args.value_size) {
+        match etcd::run(&peer_dir, &args.clients, duration, args.value_size) {
             Ok(points) => {
                 for p in &points {
                     println!(
@@ -194,6 +216,50 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The scale scenario, on a cluster without stage timing.
+fn run_scale(
+    args: &Args,
+    keys: u64,
+    kv_bin: &std::path::Path,
+    tuning: &paxos_kv::config::Tuning,
+    rt: &tokio::runtime::Runtime,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(keys > 0, "--keys must be positive");
+    anyhow::ensure!(
+        args.compare.is_none(),
+        "--compare runs with the throughput sweep, not with --keys"
+    );
+    let spec = scale::ScaleSpec {
+        keys,
+        value_size: args.value_size,
+        steady: Duration::from_secs(args.duration.unwrap_or(30)),
+        load_clients: args.load_clients.max(1),
+        load_depth: 64,
+        writers: args.writers.max(1),
+        writer_depth: args.depth,
+        out_dir: args.out_dir.clone(),
+        catch_up_timeout: Duration::from_secs(600),
+    };
+    println!(
+        "paxos-bench scale: {keys} keys x {} B, storage={}, checkpoint_every_decrees={}, checkpoint_every_mb={}, log_memory_mb={}",
+        spec.value_size,
+        args.storage,
+        tuning.checkpoint_every_decrees,
+        tuning.checkpoint_every_mb,
+        tuning.log_memory_mb
+    );
+    let mut cluster = cluster::Cluster::start(
+        kv_bin,
+        args.replicas,
+        &args.storage,
+        args.data_dir.as_deref(),
+        false,
+        tuning,
+    )
+    .context("starting the paxos-kv cluster")?;
+    rt.block_on(scale::run(&mut cluster, &spec))
 }
 
 fn print_breakdown(stages: &[cluster::Stage]) {

@@ -168,6 +168,8 @@ struct Transfer {
     offset: u64,
     data_len: u64,
     last_progress: Time,
+    /// When it was requested, for the transfer rate in the log.
+    requested_at: Time,
     /// Every chunk was handed to the driver; waiting for `Finish`.
     finishing: bool,
     /// A write was requested, so there may be a partial file to abandon.
@@ -202,6 +204,9 @@ pub struct Node<S: StateMachine, C> {
     /// Payload bytes of the decrees applied since `last_checkpoint_started`.
     applied_bytes_since_checkpoint: u64,
     checkpoint_running: bool,
+    /// When the running checkpoint was asked for, for its duration in the
+    /// log (operators size `checkpoint_every_*` by it).
+    checkpoint_started_at: Time,
     checkpoint_slot: Slot,
     needs_snapshot: bool,
     transfer: Option<Transfer>,
@@ -278,6 +283,7 @@ impl<S: StateMachine, C> Node<S, C> {
             last_checkpoint_started: applied,
             applied_bytes_since_checkpoint: 0,
             checkpoint_running: false,
+            checkpoint_started_at: Time::default(),
             checkpoint_slot: applied,
             needs_snapshot: false,
             transfer: None,
@@ -499,7 +505,12 @@ impl<S: StateMachine, C> Node<S, C> {
                 if through > Slot::ZERO && through <= self.applied {
                     self.core.compact(through);
                 }
-                tracing::info!(%slot, compacted_through = %through, "checkpoint durable");
+                tracing::info!(
+                    %slot,
+                    compacted_through = %through,
+                    duration_ms = now.micros_since(self.checkpoint_started_at) / 1000,
+                    "checkpoint durable"
+                );
             }
             Err(e) => {
                 tracing::error!(error = %e, "checkpoint failed; will retry at the next interval")
@@ -523,7 +534,7 @@ impl<S: StateMachine, C> Node<S, C> {
     pub fn on_checkpoint_damaged(&mut self, now: Time, slot: Slot) {
         tracing::error!(%slot, "a checkpoint of ours was found damaged while serving it; taking a fresh one");
         if self.config.checkpoints && !self.checkpoint_running && self.applied > Slot::ZERO {
-            self.start_checkpoint();
+            self.start_checkpoint(now);
         }
         self.process(now);
     }
@@ -531,9 +542,20 @@ impl<S: StateMachine, C> Node<S, C> {
     /// A [`TransferOp::Finish`] completed: `Ok(slot)` once the received
     /// checkpoint is durable and verified.
     pub fn on_transfer_finished(&mut self, now: Time, result: Result<Slot, String>) {
-        self.transfer = None;
+        let transfer = self.transfer.take();
         match result {
             Ok(slot) if slot > self.applied => {
+                if let Some(t) = transfer {
+                    let micros = now.micros_since(t.requested_at).max(1);
+                    tracing::info!(
+                        %slot,
+                        peer = %t.peer,
+                        bytes = t.data_len,
+                        duration_ms = micros / 1000,
+                        mb_per_s = t.data_len / micros,
+                        "checkpoint received from a peer"
+                    );
+                }
                 self.effects.push_back(Effect::InstallCheckpoint { slot })
             }
             Ok(slot) => tracing::info!(
@@ -1043,7 +1065,7 @@ impl<S: StateMachine, C> Node<S, C> {
         if self.directory.generation() != self.book_generation {
             self.refresh_cluster(true);
         }
-        self.maybe_checkpoint(slot);
+        self.maybe_checkpoint(now, slot);
         paxos_contracts::ensures!(self.proposals.front().is_none_or(|p| p.slot > slot));
     }
 
@@ -1146,7 +1168,7 @@ impl<S: StateMachine, C> Node<S, C> {
     /// The bytes matter as much as the decrees: storage keeps every decree
     /// above its compaction point, so the log since the last checkpoint is
     /// memory (and disk) that only a checkpoint gives back.
-    fn maybe_checkpoint(&mut self, slot: Slot) {
+    fn maybe_checkpoint(&mut self, now: Time, slot: Slot) {
         let every = self.config.checkpoint_every;
         let every_bytes = self.config.checkpoint_every_bytes;
         let due_by_decrees =
@@ -1156,12 +1178,13 @@ impl<S: StateMachine, C> Node<S, C> {
         {
             return;
         }
-        self.start_checkpoint();
+        self.start_checkpoint(now);
     }
 
     /// Asks the driver to save the state as of `applied()`.
-    fn start_checkpoint(&mut self) {
+    fn start_checkpoint(&mut self, now: Time) {
         let slot = self.applied;
+        self.checkpoint_started_at = now;
         self.last_checkpoint_started = slot;
         self.applied_bytes_since_checkpoint = 0;
         self.checkpoint_running = true;
@@ -1223,6 +1246,7 @@ impl<S: StateMachine, C> Node<S, C> {
             offset: 0,
             data_len: 0,
             last_progress: now,
+            requested_at: now,
             finishing: false,
             started: false,
         });
@@ -1262,7 +1286,7 @@ impl<S: StateMachine, C> Node<S, C> {
                     // it but behind our retained log. Take a fresh one now;
                     // the peer asks again.
                     if self.applied > have && !self.checkpoint_running {
-                        self.start_checkpoint();
+                        self.start_checkpoint(now);
                     }
                     self.transmit_xfer(from, &XferMessage::None { slot });
                 } else {

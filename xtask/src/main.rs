@@ -9,7 +9,8 @@
 //!   under nextest, profile `verify`), 100,000 simulator seeds, and Miri
 //!   where a toolchain has it. `--quick` runs a short version.
 //! - `sim [ARGS]`: the deterministic simulator (`paxos-sim`), release build.
-//! - `bench [ARGS]`: the cluster benchmark (`paxos-bench`), release build.
+//! - `bench [ARGS]`: the cluster benchmark (`paxos-bench`), release build;
+//!   `--keys N` runs its scale scenario.
 //! - `tidy`: structural checks on the repository (see `tidy.rs`).
 //! - `nextest-selftest`: shows that a hanging test fails within its limit
 //!   (see `nextest.rs`).
@@ -93,7 +94,8 @@ const USAGE: &str = "usage: cargo xtask <ci | verify [--quick] | sim [ARGS] | be
   verify            proptest (4096 cases), loom models, 100000 simulator seeds, miri if
                     available; --quick: 512 cases, 300 seeds
   sim               run the deterministic simulator, e.g. `cargo xtask sim --seeds 2000`
-  bench             run the cluster benchmark, e.g. `cargo xtask bench --storage file`
+  bench             run the cluster benchmark, e.g. `cargo xtask bench --storage file`;
+                    `--keys N`: the scale scenario (N keys, checkpoints, wiped follower)
   tidy              check crate layering, sans-IO core and test hygiene
   nextest-selftest  show that a hanging test is killed at its limit and fails the run";
 
