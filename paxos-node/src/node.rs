@@ -511,6 +511,9 @@ impl<S: StateMachine, C> Node<S, C> {
                     duration_ms = now.micros_since(self.checkpoint_started_at) / 1000,
                     "checkpoint durable"
                 );
+                // One that came due while this one ran starts now, not
+                // with the next decree (which may be long in coming).
+                self.maybe_checkpoint(now, self.applied);
             }
             Err(e) => {
                 tracing::error!(error = %e, "checkpoint failed; will retry at the next interval")
