@@ -288,7 +288,7 @@ impl FrameDecoder {
         // a split-off payload pinned the whole receive allocation it
         // arrived in (with its neighbours and spare capacity), and a
         // follower's retained log pinned 2.8 times its own bytes that way
-        // (heaptrack, docs/BENCHMARKS.md "Memory per key"). One copy per
+        // (heaptrack, docs/BENCHMARKS.md "Memory: bytes per key"). One copy per
         // frame, not per request, and the receive buffer stays unshared, so
         // it is reused in place instead of reallocated.
         let payload = Bytes::copy_from_slice(&self.buffer[HEADER_LEN..HEADER_LEN + len]);
