@@ -542,6 +542,7 @@ pub fn provision_node(
         data_dir,
         peer_addr: addrs.peer,
         client_addr: addrs.client,
+        metrics_addr: addrs.metrics,
         tls: TlsPaths {
             cert: files.cert,
             key: files.key,

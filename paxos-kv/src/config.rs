@@ -9,6 +9,7 @@
 //! data_dir = "/var/lib/paxos-kv/r1"
 //! peer_addr = "0.0.0.0:7001"        # where this node listens for replicas (QUIC/UDP)
 //! client_addr = "0.0.0.0:6381"      # where this node listens for clients (RESP2/TCP)
+//! metrics_addr = "127.0.0.1:9121"   # optional: Prometheus `GET /metrics` (absent: none)
 //!
 //! [tls]
 //! cert = "certs/node-1.pem"
@@ -258,6 +259,10 @@ pub struct NodeConfig {
     pub peer_addr: SocketAddr,
     /// Local TCP address to listen on for clients.
     pub client_addr: SocketAddr,
+    /// Local TCP address of the Prometheus endpoint (`GET /metrics`, see
+    /// [`crate::metrics`]); none if absent.
+    #[serde(default)]
+    pub metrics_addr: Option<SocketAddr>,
     /// TLS files.
     pub tls: TlsPaths,
     /// The bootstrap membership, this node included (voters, and learners
@@ -353,6 +358,13 @@ impl NodeConfig {
         addrs.sort_unstable();
         if let Some(w) = addrs.windows(2).find(|w| w[0] == w[1]) {
             return Err(format!("address {} is used twice", w[0]));
+        }
+        if let Some(metrics) = self.metrics_addr {
+            if metrics == self.client_addr || metrics == self.peer_addr {
+                return Err(format!(
+                    "metrics_addr {metrics} is also this node's client or peer address"
+                ));
+            }
         }
         let t = &self.tuning;
         let check = |ok: bool, what: &str| {
@@ -501,6 +513,9 @@ impl NodeConfig {
             self.peer_addr,
             self.client_addr
         );
+        if let Some(metrics) = self.metrics_addr {
+            let _ = writeln!(s, "metrics_addr = \"{metrics}\"\n");
+        }
         let _ = writeln!(
             s,
             "[tls]\ncert = {}\nkey = {}\nca = {}\n",
@@ -608,6 +623,50 @@ client_addr = "127.0.0.1:6003"
         assert_eq!(c.tuning, Tuning::default());
         assert_eq!(c.storage, StorageKind::File);
         assert_eq!(parse(&c.to_toml()).unwrap(), c, "to_toml round-trips");
+    }
+
+    #[test]
+    fn metrics_addr_is_optional_round_trips_and_must_be_its_own() {
+        assert_eq!(parse(GOOD).unwrap().metrics_addr, None);
+        let with = GOOD.replace(
+            "client_addr = \"0.0.0.0:6002\"",
+            "client_addr = \"0.0.0.0:6002\"\nmetrics_addr = \"127.0.0.1:9121\"",
+        );
+        let c = parse(&with).unwrap();
+        assert_eq!(c.metrics_addr, Some("127.0.0.1:9121".parse().unwrap()));
+        assert_eq!(
+            parse(&c.to_toml()).unwrap(),
+            c,
+            "to_toml keeps metrics_addr"
+        );
+        let clash = GOOD.replace(
+            "client_addr = \"0.0.0.0:6002\"",
+            "client_addr = \"0.0.0.0:6002\"\nmetrics_addr = \"0.0.0.0:6002\"",
+        );
+        let e = parse(&clash).unwrap_err().to_string();
+        assert!(e.contains("metrics_addr 0.0.0.0:6002"), "{e}");
+        let bad = GOOD.replace(
+            "client_addr = \"0.0.0.0:6002\"",
+            "client_addr = \"0.0.0.0:6002\"\nmetrics_addr = \"nowhere\"",
+        );
+        let e = parse(&bad).unwrap_err().to_string();
+        assert!(e.contains("metrics_addr"), "{e}");
+    }
+
+    #[test]
+    fn the_docker_compose_configs_load() {
+        let files = [
+            include_str!("../../docs/deploy/compose/node1.toml"),
+            include_str!("../../docs/deploy/compose/node2.toml"),
+            include_str!("../../docs/deploy/compose/node3.toml"),
+        ];
+        for (i, text) in files.iter().enumerate() {
+            let c = parse(text).unwrap();
+            assert_eq!(c.id, i as u32 + 1);
+            assert_eq!(c.members.len(), 3);
+            assert_eq!(c.metrics_addr, Some("0.0.0.0:9121".parse().unwrap()));
+            assert!(c.tls.cert.ends_with(format!("replica-{}.pem", i + 1)));
+        }
     }
 
     #[test]

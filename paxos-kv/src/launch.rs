@@ -16,9 +16,15 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-/// An opened storage backend: the trait object, what it recovered, and a
-/// way to read its durable state again later (after a checkpoint install).
-pub type OpenedStorage = (Arc<dyn ReplicaStorage>, DurableState, node::DurableReloader);
+/// An opened storage backend: the trait object, what it recovered, a
+/// way to read its durable state again later (after a checkpoint install),
+/// and its I/O counters for the metrics endpoint (file log only).
+pub type OpenedStorage = (
+    Arc<dyn ReplicaStorage>,
+    DurableState,
+    node::DurableReloader,
+    Option<crate::metrics::LogStatsSource>,
+);
 
 /// Opens the configured storage and returns it with what it recovered.
 pub fn open_storage(config: &NodeConfig) -> anyhow::Result<OpenedStorage> {
@@ -46,7 +52,9 @@ pub fn open_storage(config: &NodeConfig) -> anyhow::Result<OpenedStorage> {
                 reload_from.sync_queued()?;
                 Ok(reload_from.state())
             });
-            (log, state, reload)
+            let stats_from = Arc::clone(&log);
+            let stats: crate::metrics::LogStatsSource = Arc::new(move || stats_from.stats());
+            (log, state, reload, Some(stats))
         }
         StorageKind::Nvm => {
             let path = config.data_dir.join("nvm.region");
@@ -63,7 +71,7 @@ pub fn open_storage(config: &NodeConfig) -> anyhow::Result<OpenedStorage> {
                 reload_from.commit_pending()?;
                 Ok(reload_from.state())
             });
-            (log, state, reload)
+            (log, state, reload, None)
         }
         StorageKind::Memory => {
             tracing::warn!("storage = \"memory\": NOTHING IS DURABLE; for benchmarks only");
@@ -73,6 +81,7 @@ pub fn open_storage(config: &NodeConfig) -> anyhow::Result<OpenedStorage> {
                 store,
                 DurableState::default(),
                 Arc::new(move || Ok(reload_from.state())),
+                None,
             )
         }
     })
@@ -107,7 +116,7 @@ fn storage_damage(config: &NodeConfig, storage: &dyn ReplicaStorage) -> anyhow::
 /// Runs a node until Ctrl-C / SIGTERM or a fatal error.
 pub async fn run_node(config: NodeConfig) -> anyhow::Result<()> {
     let id = config.replica_id();
-    let (storage, durable, reload_durable) = open_storage(&config)?;
+    let (storage, durable, reload_durable, log_stats) = open_storage(&config)?;
     let damaged = storage_damage(&config, storage.as_ref())?;
     // A memory log forgets everything on restart, so a checkpoint would
     // only describe a state the log no longer agrees with: none for it.
@@ -252,8 +261,36 @@ pub async fn run_node(config: NodeConfig) -> anyhow::Result<()> {
             .map(|m| (ReplicaId(m.id), m.client_addr.to_string()))
             .collect(),
     };
+    let client_registry = Arc::new(crate::client_registry::ClientRegistry::new(
+        server_config.clients.max_reply_bytes,
+    ));
+    // The metrics endpoint reads what the loop and the server publish; it
+    // ends with the node (aborted on drop).
+    let _metrics = match config.metrics_addr {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding metrics address {addr}"))?;
+            let sources = crate::metrics::Sources {
+                replica: replica.clone(),
+                clients: Arc::clone(&client_registry),
+                max_clients,
+                log_stats,
+            };
+            tracing::info!(%id, metrics = %addr, "serving metrics");
+            Some(crate::metrics::AbortOnDrop(tokio::spawn(
+                crate::metrics::serve(listener, sources),
+            )))
+        }
+        None => None,
+    };
     tracing::info!(%id, client = %config.client_addr, peer = %config.peer_addr, "serving");
-    let mut server = tokio::spawn(server::serve(listener, replica.clone(), server_config));
+    let mut server = tokio::spawn(server::serve_with_registry(
+        listener,
+        replica.clone(),
+        server_config,
+        client_registry,
+    ));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         r = &mut event_loop => {
@@ -293,6 +330,8 @@ pub struct NodeAddrs {
     pub peer: SocketAddr,
     /// RESP (TCP).
     pub client: SocketAddr,
+    /// Prometheus endpoint (TCP), if any.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Writes certificates into `dir/certs` and one `node<i>.toml` per node
@@ -328,6 +367,7 @@ pub fn init_cluster(
             data_dir: dir.join(format!("node{id}")),
             peer_addr: addrs[i].peer,
             client_addr: addrs[i].client,
+            metrics_addr: addrs[i].metrics,
             tls: TlsPaths {
                 cert: node_files.cert.clone(),
                 key: node_files.key.clone(),
@@ -355,11 +395,13 @@ pub fn free_loopback_addrs(n: usize) -> anyhow::Result<Vec<NodeAddrs>> {
     for _ in 0..n {
         let udp = std::net::UdpSocket::bind("127.0.0.1:0")?;
         let tcp = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let metrics = std::net::TcpListener::bind("127.0.0.1:0")?;
         out.push(NodeAddrs {
             peer: udp.local_addr()?,
             client: tcp.local_addr()?,
+            metrics: Some(metrics.local_addr()?),
         });
-        held.push((udp, tcp));
+        held.push((udp, tcp, metrics));
     }
     Ok(out)
 }
@@ -375,6 +417,7 @@ pub fn fixed_loopback_addrs(n: usize, base: u16) -> anyhow::Result<Vec<NodeAddrs
             Ok(NodeAddrs {
                 peer: SocketAddr::from(([127, 0, 0, 1], peer)),
                 client: SocketAddr::from(([127, 0, 0, 1], client)),
+                metrics: None,
             })
         })
         .collect()
@@ -395,6 +438,7 @@ mod tests {
             let c = NodeConfig::load(p).unwrap();
             assert_eq!(c.id, i as u32 + 1);
             assert_eq!(c.members.len(), 3);
+            assert_eq!(c.metrics_addr, addrs[i].metrics);
             NodeIdentity::load(c.replica_id(), &c.tls.cert, &c.tls.key, &c.tls.ca).unwrap();
         }
     }

@@ -27,7 +27,9 @@
 //! decides (per-client output limits, the node-wide total, the pipelining
 //! window, when to trim the heap), [`client_registry`] counts and sweeps,
 //! [`reply_chain`] writes replies without copying them; [`fdlimit`] makes
-//! room for `max_clients` in the open-file limit.
+//! room for `max_clients` in the open-file limit. [`metrics`] serves
+//! Prometheus `GET /metrics` on `metrics_addr` from what the loop and the
+//! server publish.
 //!
 //! # Invariants
 //!
@@ -71,6 +73,7 @@ pub mod launch;
 pub mod lincheck;
 pub mod membership;
 pub mod memstore;
+pub mod metrics;
 pub mod node;
 pub mod procs;
 pub mod reply_chain;

@@ -172,7 +172,11 @@ fn main() -> anyhow::Result<()> {
             ..
         } => {
             let addrs = match (peer_addr, client_addr) {
-                (Some(peer), Some(client)) => Some(launch::NodeAddrs { peer, client }),
+                (Some(peer), Some(client)) => Some(launch::NodeAddrs {
+                    peer,
+                    client,
+                    metrics: None,
+                }),
                 (None, None) => None,
                 _ => anyhow::bail!("give both --peer-addr and --client-addr, or neither"),
             };

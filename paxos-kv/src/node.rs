@@ -94,6 +94,16 @@ pub struct SharedStatus {
     checkpoint_slot: AtomicU64,
     proposed_batches: AtomicU64,
     proposed_requests: AtomicU64,
+    checkpoints_saved: AtomicU64,
+    checkpoints_installed: AtomicU64,
+    needs_snapshot: AtomicU8,
+    /// Times this replica's role changed, as seen by the loop's publishes.
+    role_changes: AtomicU64,
+    /// Times the believed leader changed from one known leader to another
+    /// (a spell of "no leader" in between is not a change by itself).
+    leader_changes: AtomicU64,
+    /// The last leader known (0: none yet), for `leader_changes`.
+    last_known_leader: AtomicU32,
     /// Membership, peers and address book; replaced (not edited) by the
     /// loop on its timer and on membership changes.
     cluster: std::sync::Mutex<Arc<ClusterView>>,
@@ -122,6 +132,16 @@ pub struct NodeStatus {
     pub proposed_batches: u64,
     /// Client requests proposed since start.
     pub proposed_requests: u64,
+    /// Checkpoints this node saved since start.
+    pub checkpoints_saved: u64,
+    /// Checkpoints it installed from peers (state transfers) since start.
+    pub checkpoints_installed: u64,
+    /// It misses decrees no peer retains and is fetching a checkpoint.
+    pub needs_snapshot: bool,
+    /// Times its role changed since start.
+    pub role_changes: u64,
+    /// Times the leader it believes in changed to another one since start.
+    pub leader_changes: u64,
 }
 
 impl SharedStatus {
@@ -143,6 +163,11 @@ impl SharedStatus {
             checkpoint_slot: Slot(self.checkpoint_slot.load(Ordering::Relaxed)),
             proposed_batches: self.proposed_batches.load(Ordering::Relaxed),
             proposed_requests: self.proposed_requests.load(Ordering::Relaxed),
+            checkpoints_saved: self.checkpoints_saved.load(Ordering::Relaxed),
+            checkpoints_installed: self.checkpoints_installed.load(Ordering::Relaxed),
+            needs_snapshot: self.needs_snapshot.load(Ordering::Relaxed) != 0,
+            role_changes: self.role_changes.load(Ordering::Relaxed),
+            leader_changes: self.leader_changes.load(Ordering::Relaxed),
         }
     }
 
@@ -152,9 +177,18 @@ impl SharedStatus {
             Role::Candidate => ROLE_CANDIDATE,
             Role::Follower => ROLE_FOLLOWER,
         };
-        self.role.store(role, Ordering::Relaxed);
-        self.leader
-            .store(s.leader.map_or(0, |l| l.0), Ordering::Relaxed);
+        // Only the loop writes, so swap-and-compare counts every change.
+        if self.role.swap(role, Ordering::Relaxed) != role {
+            self.role_changes.fetch_add(1, Ordering::Relaxed);
+        }
+        let leader = s.leader.map_or(0, |l| l.0);
+        self.leader.store(leader, Ordering::Relaxed);
+        if leader != 0 {
+            let previous = self.last_known_leader.swap(leader, Ordering::Relaxed);
+            if previous != 0 && previous != leader {
+                self.leader_changes.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         self.ballot_round.store(s.ballot.round, Ordering::Relaxed);
         self.commit_index.store(s.commit_index.0, Ordering::Relaxed);
         self.applied_index
@@ -166,6 +200,12 @@ impl SharedStatus {
             .store(s.proposed_batches, Ordering::Relaxed);
         self.proposed_requests
             .store(s.proposed_requests, Ordering::Relaxed);
+        self.checkpoints_saved
+            .store(s.checkpoints_saved, Ordering::Relaxed);
+        self.checkpoints_installed
+            .store(s.checkpoints_installed, Ordering::Relaxed);
+        self.needs_snapshot
+            .store(u8::from(s.needs_snapshot), Ordering::Relaxed);
     }
 
     fn set_cluster(&self, view: ClusterView) {
@@ -259,6 +299,7 @@ enum Control {
 pub struct Replica {
     id: ReplicaId,
     submitter: Submitter<Submitted, Reply>,
+    submit_queue_capacity: usize,
     status: Arc<SharedStatus>,
     control: mpsc::Sender<Control>,
     stages: Arc<StageRecorder>,
@@ -334,6 +375,11 @@ impl Replica {
     /// The published status.
     pub fn status(&self) -> NodeStatus {
         self.status.snapshot(self.id)
+    }
+
+    /// Requests waiting in the submit queue now, and its capacity.
+    pub fn submit_queue_depth(&self) -> (usize, usize) {
+        (self.submitter.queued(), self.submit_queue_capacity)
     }
 
     /// Whether this replica is the primary now.
@@ -476,6 +522,7 @@ pub fn start(
     let id = parts.node.core.id;
     let (submitter, consumer) = paxos_pipeline::pipeline::<Submitted, Reply>(parts.submit_queue)
         .map_err(|e| anyhow::anyhow!("submit queue: {e:?}"))?;
+    let submit_queue_capacity = consumer.capacity();
     let status = Arc::new(SharedStatus::default());
     let (control_tx, control_rx) = mpsc::channel(64);
     let (persist_tx, persist_rx) = std::sync::mpsc::sync_channel::<u64>(NOTIFY_CAPACITY);
@@ -520,6 +567,7 @@ pub fn start(
         Replica {
             id,
             submitter,
+            submit_queue_capacity,
             stages: parts.stages,
             status,
             control: control_tx,
@@ -965,6 +1013,53 @@ const CHECKPOINT_NICE: libc::c_int = 10;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn published_status_counts_role_and_leader_changes() {
+        let shared = SharedStatus::default();
+        let mut s = paxos_node::NodeStatus {
+            id: ReplicaId(1),
+            role: Role::Follower,
+            leader: None,
+            ballot: paxos_core::Ballot::default(),
+            commit_index: Slot(0),
+            applied_index: Slot(0),
+            in_flight: 0,
+            checkpoint_slot: Slot(0),
+            needs_snapshot: false,
+            proposed_batches: 0,
+            proposed_requests: 0,
+            checkpoints_saved: 2,
+            checkpoints_installed: 1,
+            repair: None,
+        };
+        let publish = |s: &paxos_node::NodeStatus| {
+            shared.publish(s);
+            shared.snapshot(ReplicaId(1))
+        };
+        let out = publish(&s);
+        assert_eq!((out.role_changes, out.leader_changes), (0, 0));
+        assert_eq!((out.checkpoints_saved, out.checkpoints_installed), (2, 1));
+        // The first leader learned is not a change; the same leader again,
+        // or none for a while, is not either.
+        s.leader = Some(ReplicaId(2));
+        assert_eq!(publish(&s).leader_changes, 0);
+        s.leader = None;
+        s.role = Role::Candidate;
+        let out = publish(&s);
+        assert_eq!((out.role_changes, out.leader_changes), (1, 0));
+        s.role = Role::Follower;
+        s.leader = Some(ReplicaId(2));
+        let out = publish(&s);
+        assert_eq!((out.role_changes, out.leader_changes), (2, 0));
+        s.role = Role::Leader;
+        s.leader = Some(ReplicaId(1));
+        s.needs_snapshot = true;
+        let out = publish(&s);
+        assert_eq!((out.role_changes, out.leader_changes), (3, 1));
+        assert!(out.needs_snapshot);
+        assert_eq!(publish(&s).role_changes, 3, "no change, no count");
+    }
 
     #[cfg(target_os = "linux")]
     #[test]

@@ -64,6 +64,11 @@ impl LocalCluster {
         self.addrs[i].client
     }
 
+    /// Node `i`'s metrics address (`GET /metrics`), if it serves one.
+    pub fn metrics_addr(&self, i: usize) -> Option<SocketAddr> {
+        self.addrs[i].metrics
+    }
+
     /// Index of the node with this client address.
     pub fn index_of(&self, addr: SocketAddr) -> Option<usize> {
         self.addrs.iter().position(|a| a.client == addr)

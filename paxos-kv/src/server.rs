@@ -172,9 +172,20 @@ pub async fn serve(
     replica: Replica,
     config: ServerConfig,
 ) -> std::io::Result<()> {
+    let registry = Arc::new(ClientRegistry::new(config.clients.max_reply_bytes));
+    serve_with_registry(listener, replica, config, registry).await
+}
+
+/// [`serve`] with a client registry the caller also reads (the metrics
+/// endpoint); it must have been made with `config.clients.max_reply_bytes`.
+pub async fn serve_with_registry(
+    listener: TcpListener,
+    replica: Replica,
+    config: ServerConfig,
+    registry: Arc<ClientRegistry>,
+) -> std::io::Result<()> {
     let permits = Arc::new(Semaphore::new(config.max_clients));
     let operator_slots = Arc::new(Semaphore::new(config.clients.admin_reserved));
-    let registry = Arc::new(ClientRegistry::new(config.clients.max_reply_bytes));
     // Ends with this future (the node aborts the server on shutdown).
     let _sweeper = AbortOnDrop(tokio::spawn(Arc::clone(&registry).sweep()));
     let state = Arc::new(ServerState {

@@ -234,6 +234,48 @@ impl StageRecorder {
         }
     }
 
+    /// The name of histogram `i` (`received->queued`, ..., `total`).
+    pub fn stage_name(i: usize) -> String {
+        if i + 1 < Point::ALL.len() {
+            format!("{}->{}", Point::ALL[i].name(), Point::ALL[i + 1].name())
+        } else {
+            "total".to_string()
+        }
+    }
+
+    /// Each stage's samples counted into the buckets `bounds_us` (ascending
+    /// upper bounds; a last bucket takes the rest), for the metrics endpoint.
+    /// One pass over each non-empty histogram under one lock acquisition, so
+    /// a scrape holds the lock the loop records under for well under a
+    /// millisecond; nothing is cloned.
+    pub fn bucket_counts(&self, bounds_us: &[u64]) -> Vec<StageBuckets> {
+        let Ok(h) = self.histograms.lock() else {
+            return Vec::new();
+        };
+        h.iter()
+            .enumerate()
+            .map(|(stage, hist)| {
+                let mut buckets = vec![0u64; bounds_us.len() + 1];
+                let mut sum_us = 0u64;
+                if !hist.is_empty() {
+                    for v in hist.iter_recorded() {
+                        let value = v.value_iterated_to();
+                        let n = v.count_at_value();
+                        let slot = bounds_us.partition_point(|&b| b < value);
+                        buckets[slot] += n;
+                        sum_us = sum_us.saturating_add(value.saturating_mul(n));
+                    }
+                }
+                StageBuckets {
+                    stage,
+                    count: hist.len(),
+                    sum_us,
+                    buckets,
+                }
+            })
+            .collect()
+    }
+
     /// The `INFO latency` text: one line per stage with samples, then the total.
     pub fn render(&self) -> String {
         let mut out = String::from("# Latency\r\n");
@@ -248,11 +290,7 @@ impl StageRecorder {
             if hist.is_empty() {
                 continue;
             }
-            let name = if i + 1 < Point::ALL.len() {
-                format!("{}->{}", Point::ALL[i].name(), Point::ALL[i + 1].name())
-            } else {
-                "total".to_string()
-            };
+            let name = Self::stage_name(i);
             out.push_str(&format!(
                 "stage_{name}:p50={},p99={},p999={},count={}\r\n",
                 hist.value_at_quantile(0.5),
@@ -263,6 +301,19 @@ impl StageRecorder {
         }
         out
     }
+}
+
+/// One stage's histogram in fixed buckets (see [`StageRecorder::bucket_counts`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StageBuckets {
+    /// Index of the stage (see [`StageRecorder::stage_name`]).
+    pub stage: usize,
+    /// Samples.
+    pub count: u64,
+    /// Their sum in microseconds (each sample rounded up to its hdr bucket).
+    pub sum_us: u64,
+    /// Samples per bucket (not cumulative); the last one is above every bound.
+    pub buckets: Vec<u64>,
 }
 
 /// Records samples under a lock taken once (see [`StageRecorder::with_batch`]).
@@ -340,6 +391,27 @@ mod tests {
         off.record_replied(1, 2, 3);
         assert!(!off.render().contains("->"), "{}", off.render());
         assert!(!off.render().contains("stage_total"), "{}", off.render());
+    }
+
+    #[test]
+    fn bucket_counts_place_each_sample_under_its_bound() {
+        let r = StageRecorder::new(true);
+        r.record(Point::Received, 10, 15); // 5 µs
+        r.record(Point::Received, 10, 110); // 100 µs: on the bound
+        r.record(Point::Received, 10, 5_010); // 5 ms
+        r.record_total(1, 2_000_001); // 2 s: above every bound
+        let b = r.bucket_counts(&[10, 100, 1_000]);
+        assert_eq!(b.len(), Point::ALL.len());
+        assert_eq!(StageRecorder::stage_name(b[0].stage), "received->queued");
+        assert_eq!(b[0].buckets, vec![1, 1, 0, 1]);
+        assert_eq!(b[0].count, 3);
+        let sum = b[0].sum_us as f64;
+        assert!((sum - 5_105.0).abs() / 5_105.0 < 0.01, "{sum}");
+        let total = &b[Point::ALL.len() - 1];
+        assert_eq!(StageRecorder::stage_name(total.stage), "total");
+        assert_eq!(total.buckets, vec![0, 0, 0, 1]);
+        assert_eq!(b[1].count, 0);
+        assert_eq!(b[1].buckets, vec![0; 4]);
     }
 
     #[test]
