@@ -265,12 +265,21 @@ pub async fn run_node(config: NodeConfig) -> anyhow::Result<()> {
         server_config.clients.max_reply_bytes,
     ));
     // The metrics endpoint reads what the loop and the server publish; it
-    // ends with the node (aborted on drop).
-    let _metrics = match config.metrics_addr {
-        Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding metrics address {addr}"))?;
+    // ends with the node (aborted on drop). A replica that cannot bind it
+    // still serves: its availability matters more than its monitoring, and
+    // the error says why the scrapes fail.
+    let metrics_listener = match config.metrics_addr {
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => Some((addr, listener)),
+            Err(e) => {
+                tracing::error!(%id, metrics = %addr, error = %e, "cannot bind the metrics address; serving without metrics");
+                None
+            }
+        },
+        None => None,
+    };
+    let _metrics = match metrics_listener {
+        Some((addr, listener)) => {
             let sources = crate::metrics::Sources {
                 replica: replica.clone(),
                 clients: Arc::clone(&client_registry),

@@ -177,7 +177,15 @@ async fn scenario() {
 
     // A follower knows the leader and says it follows.
     let follower = (leader + 1) % 3;
-    let fbody = scrape(cluster.metrics_addr(follower).unwrap()).await;
+    // It learns the commit index with the next heartbeat: wait for it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let fbody = loop {
+        let fbody = scrape(cluster.metrics_addr(follower).unwrap()).await;
+        if must(&fbody, "paxos_applied_index") >= 1.0 || std::time::Instant::now() > deadline {
+            break fbody;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(
         must(&fbody, "paxos_role{role=\"follower\"}"),
         1.0,
