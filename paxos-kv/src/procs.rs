@@ -282,6 +282,41 @@ impl LocalCluster {
         out
     }
 
+    /// A leader that kept its role and ballot for `hold` (a cold start or
+    /// a node that connected late may still move leadership at first),
+    /// with that ballot's round; gives up after `timeout`.
+    pub async fn stable_leader(
+        &self,
+        hold: Duration,
+        timeout: Duration,
+    ) -> anyhow::Result<(usize, u64)> {
+        let deadline = Instant::now() + timeout;
+        let round = |info: &str| -> Option<u64> { info_field(info, "ballot_round")?.parse().ok() };
+        while Instant::now() < deadline {
+            let leader = self
+                .wait_for_leader(deadline.saturating_duration_since(Instant::now()))
+                .await?;
+            let Some(first) = self.info(leader, Duration::from_secs(5)).await else {
+                continue;
+            };
+            tokio::time::sleep(hold).await;
+            let Some(then) = self.info(leader, Duration::from_secs(5)).await else {
+                continue;
+            };
+            let held = match (round(&first), round(&then)) {
+                (Some(before), Some(after)) => (before == after).then_some(after),
+                _ => None,
+            };
+            if let (Some(round), Some("leader")) = (held, info_field(&then, "role")) {
+                return Ok((leader, round));
+            }
+        }
+        anyhow::bail!(
+            "no leader held its ballot for {hold:?} within {timeout:?}; node logs are in {}",
+            self.dir.display()
+        )
+    }
+
     /// The data directory.
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -39,27 +39,6 @@ fn command(parts: &[&[u8]]) -> BytesMut {
     out
 }
 
-/// A leader that kept its ballot for a second (right after start a node
-/// that connected late may still take over).
-async fn stable_leader(cluster: &LocalCluster) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        assert!(Instant::now() < deadline, "no stable leader");
-        let leader = cluster
-            .wait_for_leader(Duration::from_secs(20))
-            .await
-            .unwrap();
-        let first = info(cluster, leader).await;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let then = info(cluster, leader).await;
-        if info_field(&then, "role") == Some("leader")
-            && field(&then, "ballot_round") == field(&first, "ballot_round")
-        {
-            return leader;
-        }
-    }
-}
-
 /// Pipelines `GET key` on a fresh connection and never reads a reply.
 /// Returns how long until the node cut it off, or None if it did not
 /// within `give_up`.
@@ -102,7 +81,10 @@ async fn clients_that_never_read_are_cut_off_and_memory_stays_bounded() {
     };
     let mut cluster =
         LocalCluster::start(bin(), dir.path(), 3, StorageKind::File, &tuning).unwrap();
-    let leader = stable_leader(&cluster).await;
+    let (leader, _) = cluster
+        .stable_leader(Duration::from_secs(1), Duration::from_secs(30))
+        .await
+        .unwrap();
     let addr = cluster.client_addr(leader);
     let value = Bytes::from(vec![b'v'; 500 * 1024]);
     let mut good = Client::connect(addr, Duration::from_secs(10))

@@ -53,38 +53,6 @@ fn field(info: &str, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("INFO has no numeric {name}:\n{info}"))
 }
 
-/// The leader and its ballot round once it has held them for 1.5 s (twice
-/// the longest default election timeout) and served a write.
-async fn stable_leader(cluster: &LocalCluster) -> (usize, u64) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        assert!(Instant::now() < deadline, "no stable leader within 30 s");
-        let leader = cluster
-            .wait_for_leader(Duration::from_secs(20))
-            .await
-            .unwrap();
-        let Ok(mut client) =
-            Client::connect(cluster.client_addr(leader), Duration::from_secs(5)).await
-        else {
-            continue;
-        };
-        if client.cmd(&[b"SET", b"probe", b"0"]).await.ok() != Some(Frame::Simple("OK".into())) {
-            continue;
-        }
-        let Some(before) = cluster.info(leader, Duration::from_secs(5)).await else {
-            continue;
-        };
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        let Some(after) = cluster.info(leader, Duration::from_secs(5)).await else {
-            continue;
-        };
-        let ballot = field(&before, "ballot_round");
-        if info_field(&after, "role") == Some("leader") && field(&after, "ballot_round") == ballot {
-            return (leader, ballot);
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkpoints_of_a_large_state_cause_no_leader_change() {
     let dir = tempfile::Builder::new()
@@ -97,13 +65,21 @@ async fn checkpoints_of_a_large_state_cause_no_leader_change() {
     };
     let bin = std::path::Path::new(env!("CARGO_BIN_EXE_paxos-kv"));
     let cluster = LocalCluster::start(bin, dir.path(), 3, StorageKind::File, &tuning).unwrap();
-    // Cold starts may still elect twice (issue #17): start once a leader
-    // has kept its ballot for two election timeouts.
-    let (leader, ballot) = stable_leader(&cluster).await;
+    // Start once a leader has kept its ballot for two election timeouts
+    // (the longest default one is 600 ms) and served a write.
+    let (leader, ballot) = cluster
+        .stable_leader(Duration::from_millis(1500), Duration::from_secs(30))
+        .await
+        .unwrap();
     let addr = cluster.client_addr(leader);
     let mut probe = Client::connect(addr, Duration::from_secs(10))
         .await
         .unwrap();
+    assert_eq!(
+        probe.cmd(&[b"SET", b"probe", b"0"]).await.unwrap(),
+        Frame::Simple("OK".into()),
+        "the stable leader serves a write"
+    );
 
     let done = Arc::new(AtomicBool::new(false));
     let probe_task = {
