@@ -35,6 +35,17 @@ pub struct WriterReport {
     pub samples: Vec<Sample>,
 }
 
+impl WriterReport {
+    /// Adds another writer's report to this one (the first error seen
+    /// stays first).
+    pub fn absorb(&mut self, other: WriterReport) {
+        self.ok += other.ok;
+        self.errors += other.errors;
+        self.first_error = self.first_error.take().or(other.first_error);
+        self.samples.extend(other.samples);
+    }
+}
+
 /// Where the next key comes from.
 #[derive(Clone, Debug)]
 pub enum Keys {
@@ -202,6 +213,29 @@ async fn run(
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicU64;
+
+    #[test]
+    fn absorbing_reports_sums_counts_and_keeps_the_first_error() {
+        let report = |ok, errors, first_error: Option<&str>, sent_us| WriterReport {
+            ok,
+            errors,
+            first_error: first_error.map(str::to_string),
+            samples: vec![Sample {
+                sent_us,
+                latency_us: 1,
+            }],
+        };
+        let mut all = WriterReport::default();
+        all.absorb(report(3, 0, None, 1));
+        all.absorb(report(2, 1, Some("first"), 2));
+        all.absorb(report(1, 2, Some("second"), 3));
+        assert_eq!((all.ok, all.errors), (6, 3));
+        assert_eq!(all.first_error.as_deref(), Some("first"));
+        assert_eq!(
+            all.samples.iter().map(|s| s.sent_us).collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
+    }
 
     /// A RESP server on loopback answering each command with `reply(n)`,
     /// `n` counting the commands it got so far (from 0).

@@ -227,10 +227,7 @@ pub async fn run(cluster: &mut Cluster, spec: &ScaleSpec) -> anyhow::Result<()> 
         .collect();
     let mut loaded = WriterReport::default();
     for l in loaders {
-        let r = l.await?;
-        loaded.ok += r.ok;
-        loaded.errors += r.errors;
-        loaded.first_error = loaded.first_error.or(r.first_error);
+        loaded.absorb(l.await?);
     }
     let load_secs = start.elapsed().as_secs_f64();
     println!(
@@ -335,15 +332,16 @@ pub async fn run(cluster: &mut Cluster, spec: &ScaleSpec) -> anyhow::Result<()> 
     // A little more steady writing, then stop everything.
     tokio::time::sleep(Duration::from_secs(3)).await;
     stop.store(true, Ordering::Relaxed);
-    let mut samples: Vec<Sample> = Vec::new();
-    let (mut ok, mut errors, mut first_error) = (0, 0, None);
+    let mut written = WriterReport::default();
     for w in writers {
-        let r = w.await?;
-        ok += r.ok;
-        errors += r.errors;
-        first_error = first_error.or(r.first_error);
-        samples.extend(r.samples);
+        written.absorb(w.await?);
     }
+    let WriterReport {
+        ok,
+        errors,
+        first_error,
+        mut samples,
+    } = written;
     let end_us = origin.elapsed().as_micros() as u64;
     monitor_stop.store(true, Ordering::Relaxed);
     monitor_task.await?;
