@@ -11,6 +11,7 @@
 //! method here, which is what keeps `payload_bytes` true.
 
 use crate::types::{Accepted, Slot};
+use paxos_contracts::{ensures, invariant};
 use std::collections::BTreeMap;
 use std::ops::Deref;
 
@@ -46,10 +47,13 @@ impl AcceptedLog {
 
     /// Records `entry` at its slot, replacing what was there.
     pub(super) fn insert(&mut self, entry: Accepted) {
+        let slot = entry.slot;
         self.payload_bytes += entry.value.payload_len();
         if let Some(old) = self.entries.insert(entry.slot, entry) {
             self.payload_bytes -= old.value.payload_len();
         }
+        ensures!(self.entries.contains_key(&slot));
+        self.check_byte_count();
     }
 
     /// Drops every entry at a slot `<= through`.
@@ -60,6 +64,8 @@ impl AcceptedLog {
             .values()
             .map(|e| e.value.payload_len())
             .sum::<usize>();
+        ensures!(self.entries.keys().next().is_none_or(|s| *s > through));
+        self.check_byte_count();
     }
 
     /// Drops the lowest entry while `drop(entry, payload_bytes)` says so.
@@ -70,6 +76,20 @@ impl AcceptedLog {
             }
             self.payload_bytes -= first.remove().value.payload_len();
         }
+        self.check_byte_count();
+    }
+
+    /// The kept count equals the entries' bytes (a walk: contracts only).
+    fn check_byte_count(&self) {
+        invariant!(
+            self.payload_bytes
+                == self
+                    .entries
+                    .values()
+                    .map(|e| e.value.payload_len())
+                    .sum::<usize>(),
+            "payload byte count out of step with the entries"
+        );
     }
 }
 
