@@ -19,7 +19,7 @@ use crate::plot::{self, Marker, Shade};
 use crate::procmem;
 use crate::timeline::{self, Quantiles, Sample, Window};
 use anyhow::Context;
-use paxos_kv::client::{info_field, Client};
+use paxos_kv::client::{info_field, info_number, Client};
 use paxos_kv::resp::Frame;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -65,7 +65,7 @@ pub struct NodeInfo {
 
 /// Parses the INFO fields [`NodeInfo`] needs; `None` if one is missing.
 pub fn parse_info(info: &str) -> Option<NodeInfo> {
-    let num = |k: &str| info_field(info, k)?.parse::<u64>().ok();
+    let num = |k: &str| info_number(info, k);
     Some(NodeInfo {
         role: info_field(info, "role")?.to_string(),
         ballot_round: num("ballot_round")?,

@@ -125,6 +125,11 @@ pub fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
+/// The number in an `INFO` field, if the field is there and numeric.
+pub fn info_number(info: &str, name: &str) -> Option<u64> {
+    info_field(info, name)?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,5 +146,10 @@ mod tests {
             info_field("# R\r\nrole:leader\r\nid:1\r\n", "role"),
             Some("leader")
         );
+        assert_eq!(
+            info_number("# R\r\nrole:leader\r\nid:12\r\n", "id"),
+            Some(12)
+        );
+        assert_eq!(info_number("# R\r\nrole:leader\r\n", "role"), None);
     }
 }

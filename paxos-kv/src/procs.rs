@@ -2,7 +2,7 @@
 //! multi-process fault tests. Every process it starts is stopped when it is
 //! dropped (SIGCONT, then SIGKILL, then reaped), on success and on error.
 
-use crate::client::{info_field, Client};
+use crate::client::{info_field, info_number, Client};
 use crate::config::{StorageKind, Tuning};
 use crate::launch::{self, NodeAddrs};
 use crate::resp::Frame;
@@ -291,7 +291,6 @@ impl LocalCluster {
         timeout: Duration,
     ) -> anyhow::Result<(usize, u64)> {
         let deadline = Instant::now() + timeout;
-        let round = |info: &str| -> Option<u64> { info_field(info, "ballot_round")?.parse().ok() };
         while Instant::now() < deadline {
             let leader = self
                 .wait_for_leader(deadline.saturating_duration_since(Instant::now()))
@@ -303,7 +302,10 @@ impl LocalCluster {
             let Some(then) = self.info(leader, Duration::from_secs(5)).await else {
                 continue;
             };
-            let held = match (round(&first), round(&then)) {
+            let held = match (
+                info_number(&first, "ballot_round"),
+                info_number(&then, "ballot_round"),
+            ) {
                 (Some(before), Some(after)) => (before == after).then_some(after),
                 _ => None,
             };

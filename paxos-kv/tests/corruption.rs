@@ -6,7 +6,7 @@
 //! exactly why, and the documented `[recovery] unsafe_skip_repair` lets an
 //! operator resume.
 
-use paxos_kv::client::info_field;
+use paxos_kv::client::{info_field, info_number};
 use paxos_kv::config::{StorageKind, Tuning};
 use paxos_kv::lincheck::{self, Verdict};
 use paxos_kv::procs::LocalCluster;
@@ -96,7 +96,7 @@ async fn info_of(cluster: &LocalCluster, i: usize) -> String {
 }
 
 fn field(info: &str, name: &str) -> Option<u64> {
-    info_field(info, name).and_then(|v| v.parse().ok())
+    info_number(info, name)
 }
 
 fn log_of(cluster: &LocalCluster, i: usize) -> String {

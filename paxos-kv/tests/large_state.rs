@@ -9,7 +9,7 @@
 //! SET every 5 ms measures the longest wait. No leader may change, and
 //! every node must have taken checkpoints of the full state.
 
-use paxos_kv::client::{info_field, Client};
+use paxos_kv::client::{info_field, info_number, Client};
 use paxos_kv::config::{StorageKind, Tuning};
 use paxos_kv::procs::LocalCluster;
 use paxos_kv::resp::Frame;
@@ -48,9 +48,7 @@ async fn load(
 }
 
 fn field(info: &str, name: &str) -> u64 {
-    info_field(info, name)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("INFO has no numeric {name}:\n{info}"))
+    info_number(info, name).unwrap_or_else(|| panic!("INFO has no numeric {name}:\n{info}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
