@@ -434,8 +434,11 @@ async fn an_operator_gets_in_when_every_client_slot_is_taken() {
 }
 
 /// Starts a one-node cluster's node with `args` added, stdout and stderr
-/// piped, waits for its "serving" line, stops it, and returns its output.
-fn node_output(args: &[&str], envs: &[(&str, &str)]) -> String {
+/// piped, waits until its output holds `ready` (the line that says it serves
+/// clients, in that log format), stops it, and returns its output. `ready`
+/// must be that line's own text: "serving metrics" comes first, so waiting
+/// for a bare "serving" stopped the node before it said it serves.
+fn node_output(args: &[&str], envs: &[(&str, &str)], ready: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let addrs = paxos_kv::launch::free_loopback_addrs(1).unwrap();
     let configs =
@@ -460,7 +463,7 @@ fn node_output(args: &[&str], envs: &[(&str, &str)]) -> String {
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut chunk = [0u8; 4096];
     use std::io::Read;
-    while !String::from_utf8_lossy(&out).contains("serving") && Instant::now() < deadline {
+    while !String::from_utf8_lossy(&out).contains(ready) && Instant::now() < deadline {
         match stderr.read(&mut chunk) {
             Ok(0) | Err(_) => break,
             Ok(n) => out.extend_from_slice(&chunk[..n]),
@@ -479,13 +482,13 @@ fn node_output(args: &[&str], envs: &[(&str, &str)]) -> String {
 
 #[test]
 fn logs_to_a_pipe_have_no_colour_codes_and_json_lines_parse() {
-    let text = node_output(&[], &[]);
-    assert!(text.contains("serving"), "{text}");
+    let text = node_output(&[], &[], "serving id=");
+    assert!(text.contains("serving id="), "{text}");
     assert!(
         !text.contains('\u{1b}'),
         "ANSI escape in piped logs: {text:?}"
     );
-    let json = node_output(&["--log-format", "json"], &[]);
+    let json = node_output(&["--log-format", "json"], &[], "\"message\":\"serving\"");
     let mut lines = 0;
     for line in json.lines().filter(|l| !l.trim().is_empty()) {
         let v: serde_json::Value =
