@@ -28,7 +28,7 @@
 //! [`FramingError`], and every replica skips it the same way.
 
 use bytes::{BufMut, Bytes};
-use paxos_core::batch::{self, BatchBuilder, BatchError, BatchIter, BatchLimits};
+use paxos_core::batch::{self, BatchArena, BatchBuilder, BatchError, BatchIter, BatchLimits};
 use paxos_core::ReplicaId;
 
 /// Bytes of an encoded header.
@@ -166,6 +166,14 @@ impl FramedBuilder {
         FramedBuilder { inner }
     }
 
+    /// A decree holding just `header`, carved from `arena` (see
+    /// [`BatchArena`] for why); finish it with [`FramedBuilder::finish_in`].
+    pub fn new_in(limits: BatchLimits, header: &Header, arena: &mut BatchArena) -> FramedBuilder {
+        let mut inner = BatchBuilder::new_in(limits, arena);
+        inner.push(&header.encode());
+        FramedBuilder { inner }
+    }
+
     /// Whether a request of `len` bytes still fits.
     pub fn fits(&self, len: usize) -> bool {
         self.inner.fits(len)
@@ -189,6 +197,11 @@ impl FramedBuilder {
     /// The encoded decree.
     pub fn finish(self) -> Bytes {
         self.inner.finish()
+    }
+
+    /// The encoded decree, split off `arena`'s chunk.
+    pub fn finish_in(self, arena: &mut BatchArena) -> Bytes {
+        self.inner.finish_in(arena)
     }
 }
 

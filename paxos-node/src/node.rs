@@ -53,6 +53,7 @@ use crate::storage::{encode_node_section, Restored};
 use crate::xfer::{self, XferMessage};
 use crate::ClusterView;
 use bytes::{Bytes, BytesMut};
+use paxos_core::batch::BatchArena;
 use paxos_core::{
     codec, Action, Ballot, DurableState, Membership, Message, ProposeError, ReplicaId, Role, Slot,
     Time, Value,
@@ -197,6 +198,9 @@ pub struct Node<S: StateMachine, C> {
     /// Reused per decree.
     outputs: Vec<Bytes>,
     send_buf: BytesMut,
+    /// Decrees this leader builds are carved from it, so that a retained
+    /// decree holds only its own bytes (see [`BatchArena`]).
+    batch_arena: BatchArena,
     last_accept: Option<(AcceptKey, Bytes)>,
     status: paxos_core::Status,
     is_leader: bool,
@@ -277,6 +281,7 @@ impl<S: StateMachine, C> Node<S, C> {
             counter: 0,
             outputs: Vec::new(),
             send_buf: BytesMut::with_capacity(64 * 1024),
+            batch_arena: BatchArena::new(),
             last_accept: None,
             status,
             is_leader: false,
@@ -370,12 +375,14 @@ impl<S: StateMachine, C> Node<S, C> {
                 .is_some_and(|(b, _, _)| !b.fits(request.len()))
             {
                 if let Some((b, tag, cs)) = builder.take() {
-                    self.propose_framed(now, b.finish(), tag, cs, batched);
+                    let decree = b.finish_in(&mut self.batch_arena);
+                    self.propose_framed(now, decree, tag, cs, batched);
                 }
             }
             let (b, _, cs) = builder.get_or_insert_with(|| {
                 let header = self.next_header(now, DecreeKind::Client);
-                (FramedBuilder::new(limits, &header), header.tag, Vec::new())
+                let b = FramedBuilder::new_in(limits, &header, &mut self.batch_arena);
+                (b, header.tag, Vec::new())
             });
             if b.push(&request) {
                 cs.push(completion);
@@ -388,8 +395,10 @@ impl<S: StateMachine, C> Node<S, C> {
             }
         }
         if let Some((b, tag, cs)) = builder {
+            // Finished even when empty, to hand the chunk's room back.
+            let decree = b.finish_in(&mut self.batch_arena);
             if !cs.is_empty() {
-                self.propose_framed(now, b.finish(), tag, cs, batched);
+                self.propose_framed(now, decree, tag, cs, batched);
             }
         }
         self.process(now);
@@ -408,15 +417,18 @@ impl<S: StateMachine, C> Node<S, C> {
             return;
         }
         let header = self.next_header(now, DecreeKind::Directory);
-        let mut b = FramedBuilder::new(self.config.core.batch_limits, &header);
-        if !b.push(&command) {
+        let limits = self.config.core.batch_limits;
+        let mut b = FramedBuilder::new_in(limits, &header, &mut self.batch_arena);
+        let fits = b.push(&command);
+        let decree = b.finish_in(&mut self.batch_arena);
+        if !fits {
             self.effects.push_back(Effect::Abort {
                 completion,
                 reason: AbortReason::TooLarge,
             });
             return;
         }
-        self.propose_framed(now, b.finish(), header.tag, vec![completion], now);
+        self.propose_framed(now, decree, header.tag, vec![completion], now);
         self.process(now);
     }
 
