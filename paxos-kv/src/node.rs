@@ -847,6 +847,9 @@ impl EventLoop {
                     self.status.set_cluster(self.node.cluster_view(now));
                 }
                 Effect::Applied { .. } => {}
+                Effect::ReleaseLogMemory { through } => {
+                    self.storage.release_memory_through(through)
+                }
                 Effect::ClearDamage => {
                     // The repair is done; a failure to forget the damage
                     // only means the next start repairs again.

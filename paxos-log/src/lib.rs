@@ -113,7 +113,11 @@
 //!   the in-memory index of live accepted decrees (for `read_accepted`) by
 //!   `max_index_bytes` (appends fail with `Full` until the replica
 //!   truncates). The index shares the callers' `Bytes`, it does not copy
-//!   values.
+//!   values, and it holds no value at or below the memory floor the
+//!   replica sets with [`FileLog::release_memory_through`] (paxos-node
+//!   sets it to what its core has let go of, so the index is never larger
+//!   than the core's own retained log; the released values stay on disk
+//!   until truncated).
 //!
 //! # Using it in a node
 //!

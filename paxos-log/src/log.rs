@@ -168,6 +168,9 @@ struct Inner {
     /// The state as of every queued append (the durable state plus the queue).
     state: DurableState,
     index_bytes: usize,
+    /// Accepted values of slots at or below this are not kept in `state`
+    /// (they stay on disk): see [`FileLog::release_memory_through`].
+    memory_floor: Slot,
     /// Why the log stopped accepting appends, if it did.
     failed: Option<String>,
     shutting_down: bool,
@@ -226,9 +229,16 @@ fn accepted_cost(a: &Accepted) -> usize {
     64 + a.value.payload_len()
 }
 
-/// Applies `entry` to the queued view, keeping `index_bytes` current.
-fn apply_indexed(state: &mut DurableState, index_bytes: &mut usize, entry: &PersistEntry) {
+/// Applies `entry` to the queued view, keeping `index_bytes` current. An
+/// accepted value at or below `memory_floor` is written but not indexed.
+fn apply_indexed(
+    state: &mut DurableState,
+    index_bytes: &mut usize,
+    memory_floor: Slot,
+    entry: &PersistEntry,
+) {
     match entry {
+        PersistEntry::Accept(a) if a.slot <= memory_floor => return,
         PersistEntry::Accept(a) if a.slot > state.truncated_through => {
             if let Some(old) = state.accepted.get(&a.slot) {
                 *index_bytes -= accepted_cost(old);
@@ -333,6 +343,7 @@ impl FileLog {
                 queued_bytes: 0,
                 state: rec.state.clone(),
                 index_bytes,
+                memory_floor: Slot::ZERO,
                 failed: None,
                 shutting_down: false,
             }),
@@ -398,9 +409,46 @@ impl FileLog {
         &self.dir
     }
 
-    /// The state as of every append so far (durable or queued).
+    /// The state as of every append so far (durable or queued), except
+    /// the accepted values at or below the memory floor
+    /// ([`FileLog::release_memory_through`]): those are on disk only, and a
+    /// core restarted from this state must start above the floor (a node
+    /// installing a checkpoint does: it installs one beyond what it has
+    /// applied, and the floor never passes what it has applied).
     pub fn state(&self) -> DurableState {
         self.shared.lock().state.clone()
+    }
+
+    /// Stops keeping in memory the accepted values of slots up to and
+    /// including `through` (they stay on disk until truncated, and a
+    /// restart recovers them from there).
+    ///
+    /// Why: the in-memory index of accepted values exists to serve
+    /// [`ReplicaStorage::read_accepted`] and to restart a core in place,
+    /// and it grew to every decree since the last truncation — the whole
+    /// checkpoint interval, far more than the core keeps for catch-up
+    /// (`retain_bytes`). The node calls this with the core's own memory
+    /// bound, so the log holds in memory no value the core has let go of;
+    /// catch-up beyond that is served by a checkpoint.
+    ///
+    /// The floor only rises. Later accepted values at or below it are
+    /// written but not indexed, and [`ReplicaStorage::read_accepted`] from
+    /// at or below it answers `OutOfRange`.
+    pub fn release_memory_through(&self, through: Slot) {
+        let mut g = self.shared.lock();
+        if through <= g.memory_floor {
+            return;
+        }
+        g.memory_floor = through;
+        let inner = &mut *g;
+        let kept = inner.state.accepted.split_off(&through.next());
+        let released: usize = inner.state.accepted.values().map(accepted_cost).sum();
+        inner.state.accepted = kept;
+        inner.index_bytes -= released;
+        ensures!(
+            g.state.accepted.keys().next().is_none_or(|s| *s > through),
+            "no value at or below the floor stays in memory"
+        );
     }
 
     /// I/O counters since open (for monitoring, like RSL's statistics snapshot).
@@ -540,14 +588,15 @@ impl FileLog {
             )));
         }
         let meta = BatchMeta::of(entries);
+        let mut g = self.shared.lock();
+        // Values at or below the memory floor are written, not indexed.
         let added_index: usize = entries
             .iter()
             .map(|e| match e {
-                PersistEntry::Accept(a) => accepted_cost(a),
+                PersistEntry::Accept(a) if a.slot > g.memory_floor => accepted_cost(a),
                 _ => 0,
             })
             .sum();
-        let mut g = self.shared.lock();
         loop {
             if let Some(why) = &g.failed {
                 return Err(StorageError::Closed(why.clone()));
@@ -588,7 +637,12 @@ impl FileLog {
         }
         let inner = &mut *g;
         for e in entries {
-            apply_indexed(&mut inner.state, &mut inner.index_bytes, e);
+            apply_indexed(
+                &mut inner.state,
+                &mut inner.index_bytes,
+                inner.memory_floor,
+                e,
+            );
         }
         invariant!(
             inner
@@ -670,6 +724,13 @@ impl ReplicaStorage for FileLog {
                 g.state.truncated_through
             )));
         }
+        if from <= g.memory_floor {
+            return Err(StorageError::OutOfRange(format!(
+                "values of slots through {} are no longer kept in memory (serve a \
+                 checkpoint instead); asked from {from}",
+                g.memory_floor
+            )));
+        }
         let out: Vec<Accepted> = g
             .state
             .accepted
@@ -679,6 +740,10 @@ impl ReplicaStorage for FileLog {
             .collect();
         ensures!(out.len() <= max && out.windows(2).all(|w| w[0].slot < w[1].slot));
         Ok(out)
+    }
+
+    fn release_memory_through(&self, through: Slot) {
+        FileLog::release_memory_through(self, through)
     }
 
     fn truncate_through(&self, through: Slot) -> Result<u64, StorageError> {

@@ -159,6 +159,15 @@ pub trait ReplicaStorage: Send + Sync {
         self.append(&[PersistEntry::Truncate(through)])
     }
 
+    /// The replica no longer needs accepted values of slots up to and
+    /// including `through` served from memory (its core has let go of
+    /// them; catch-up that far back is served by a checkpoint). A backend
+    /// that keeps values in memory may drop them; they stay durable until
+    /// truncated. The default keeps everything.
+    fn release_memory_through(&self, through: Slot) {
+        let _ = through;
+    }
+
     /// Damage that recovery salvaged around and that is not cleared yet,
     /// oldest first (only under [`CorruptionPolicy::Salvage`]). Empty: the
     /// storage recovered intact (or keeps nothing across restarts).

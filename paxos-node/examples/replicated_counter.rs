@@ -297,6 +297,9 @@ impl Replica {
                     Effect::Timing(_) | Effect::Applied { .. } => {}
                     // The example keeps no damage record (its log refuses damage).
                     Effect::ClearDamage => {}
+                    Effect::ReleaseLogMemory { through } => {
+                        self.log.release_memory_through(through)
+                    }
                 }
             }
             let Some((id, seq)) = newest_persist else {

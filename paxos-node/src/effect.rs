@@ -163,6 +163,15 @@ pub enum Effect<P, C> {
     /// to forget the damage it kept on record (`clear_damage`), so the next
     /// start does not repair again.
     ClearDamage,
+    /// The core holds no decree at or below `through` any more (they are
+    /// applied, and past its `retain_bytes`): storage may stop keeping their
+    /// values in memory (`ReplicaStorage::release_memory_through`). They
+    /// stay durable until a checkpoint truncates them; catch-up that far
+    /// back is served by a checkpoint. `through` only rises.
+    ReleaseLogMemory {
+        /// The highest slot released.
+        through: Slot,
+    },
     /// The transport should connect to exactly these peers.
     SetPeers(BTreeMap<ReplicaId, SocketAddr>),
     /// Stage timestamps of a decree this node proposed (stage timing on).

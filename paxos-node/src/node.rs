@@ -213,6 +213,8 @@ pub struct Node<S: StateMachine, C> {
     checkpoint_started_at: Time,
     checkpoint_slot: Slot,
     needs_snapshot: bool,
+    /// The last [`Effect::ReleaseLogMemory`] issued.
+    log_memory_released: Slot,
     transfer: Option<Transfer>,
     transfer_rotation: usize,
     /// The persist id issued for the newest proposal's own vote is not yet
@@ -291,6 +293,7 @@ impl<S: StateMachine, C> Node<S, C> {
             checkpoint_started_at: Time::default(),
             checkpoint_slot: applied,
             needs_snapshot: false,
+            log_memory_released: Slot::ZERO,
             transfer: None,
             transfer_rotation: 0,
             awaiting_vote: None,
@@ -969,6 +972,15 @@ impl<S: StateMachine, C> Node<S, C> {
                     } => self.apply(now, slot, ballot, value),
                     Action::StatusChanged(status) => self.on_status(status),
                 }
+            }
+            // Storage need not keep in memory what the core has let go of
+            // (the core drops applied decrees past `retain_bytes` without a
+            // status change, so this is checked on every pass).
+            let released = Slot(self.core.retained_from().0.saturating_sub(1));
+            if released > self.log_memory_released {
+                self.log_memory_released = released;
+                self.effects
+                    .push_back(Effect::ReleaseLogMemory { through: released });
             }
             if !self.retry_stalled(now) {
                 break;

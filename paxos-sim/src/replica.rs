@@ -777,6 +777,12 @@ impl Sim {
                 Ok(())
             }
             Effect::SetPeers(_) | Effect::Timing(_) => Ok(()),
+            Effect::ReleaseLogMemory { through } => {
+                if let Some(run) = self.nodes[i].run.as_ref() {
+                    run.log.release_memory_through(through);
+                }
+                Ok(())
+            }
             Effect::ClearDamage => {
                 let Some(run) = self.nodes[i].run.as_ref() else {
                     return Ok(());

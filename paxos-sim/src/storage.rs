@@ -8,7 +8,7 @@
 //! production code; the media under them are simulated, lose what was not
 //! synced (or flushed and fenced) when they crash, and can tear writes.
 
-use paxos_core::{DurableState, PersistEntry};
+use paxos_core::{DurableState, PersistEntry, Slot};
 use paxos_log::checkpoint::CheckpointStore;
 use paxos_log::fs::SharedFs;
 use paxos_log::sim_fs::SimFs;
@@ -118,6 +118,14 @@ impl SimLog {
         match self {
             SimLog::File(log) => ReplicaStorage::clear_damage(log),
             SimLog::Nvm(log) => ReplicaStorage::clear_damage(log),
+        }
+    }
+
+    /// Lets the log stop keeping values up to `through` in memory.
+    pub fn release_memory_through(&self, through: Slot) {
+        match self {
+            SimLog::File(log) => log.release_memory_through(through),
+            SimLog::Nvm(log) => ReplicaStorage::release_memory_through(log, through),
         }
     }
 

@@ -786,6 +786,12 @@ impl Replica {
         }
     }
 
+    /// The first slot the in-memory log still holds (as
+    /// [`Status::retained_from`], without building a whole status).
+    pub fn retained_from(&self) -> Slot {
+        self.log_start
+    }
+
     /// When `handle_tick` must next be called.
     pub fn next_timer(&self) -> Option<Time> {
         let mut t = self.tick_due;

@@ -328,6 +328,66 @@ fn read_accepted_serves_live_decrees_in_slot_order_and_refuses_truncated_ones() 
 }
 
 #[test]
+fn released_values_leave_memory_but_stay_durable() {
+    let (_fs, shared, dir) = sim();
+    // Room in the index for about four 1,000-byte values (64 bytes of
+    // overhead each).
+    let options = LogOptions {
+        max_index_bytes: 4 * 1064 + 100,
+        ..LogOptions::default()
+    };
+    let (log, _) = FileLog::open_with(shared.clone(), &dir, options.clone()).unwrap();
+    for slot in 1..=4 {
+        log.append(&[accept(Slot(slot), 1, 1000)]).unwrap();
+    }
+    assert!(
+        matches!(
+            log.append(&[accept(Slot(5), 1, 1000)]),
+            Err(StorageError::Full(_))
+        ),
+        "the index bound holds before anything is released"
+    );
+    log.release_memory_through(Slot(3));
+    let held: Vec<Slot> = log.state().accepted.keys().copied().collect();
+    assert_eq!(held, vec![Slot(4)]);
+    for slot in 5..=7 {
+        log.append(&[accept(Slot(slot), 1, 1000)]).unwrap();
+    }
+    // A later vote at or below the floor is written, not indexed.
+    log.append(&[accept(Slot(2), 2, 1000)]).unwrap();
+    assert!(!log.state().accepted.contains_key(&Slot(2)));
+    assert!(matches!(
+        log.read_accepted(Slot(3), 10),
+        Err(StorageError::OutOfRange(_))
+    ));
+    let served: Vec<Slot> = log
+        .read_accepted(Slot(4), 10)
+        .unwrap()
+        .iter()
+        .map(|a| a.slot)
+        .collect();
+    assert_eq!(served, vec![Slot(4), Slot(5), Slot(6), Slot(7)]);
+    // The floor only rises.
+    log.release_memory_through(Slot(1));
+    assert!(log.read_accepted(Slot(4), 1).is_ok());
+    log.close().unwrap();
+    // Everything released is still on disk: a restart recovers every
+    // vote, the newer ballot of slot 2 included.
+    let (_log, recovered) = FileLog::open_with(
+        shared,
+        &dir,
+        LogOptions {
+            max_index_bytes: 1 << 20,
+            ..options
+        },
+    )
+    .unwrap();
+    let slots: Vec<Slot> = recovered.accepted.keys().copied().collect();
+    assert_eq!(slots, (1..=7).map(Slot).collect::<Vec<_>>());
+    assert_eq!(recovered.accepted[&Slot(2)].ballot, ballot(2));
+}
+
+#[test]
 fn limits_are_errors_not_panics() {
     let (_fs, shared, dir) = sim();
     let opts = LogOptions {

@@ -206,3 +206,26 @@ fn compaction_keeps_no_more_than_the_core_retains_in_memory() {
     // storage compacts through the checkpoint instead of keeping 1000.
     assert_eq!(sim.host_mut(leader).durable.truncated_through, checkpoint);
 }
+
+/// Storage is told to stop keeping in memory each value the core lets go
+/// of, at once, not only at the next checkpoint: between checkpoints the
+/// log's in-memory index is no bigger than the core's retained log.
+#[test]
+fn storage_releases_from_memory_what_the_core_let_go_of() {
+    let mut sim = Sim::with(3, |c| {
+        c.core.retain_bytes = 1;
+    });
+    let leader = sim.elect();
+    for _ in 0..20 {
+        one_decree(&mut sim, leader, 1);
+    }
+    for id in (1..=3).map(id) {
+        let retained_from = sim.node(id).core().status().retained_from;
+        assert!(retained_from > Slot(10), "{id} dropped its applied decrees");
+        assert_eq!(
+            sim.host_mut(id).log_memory_released,
+            Slot(retained_from.0 - 1),
+            "{id} released exactly what its core no longer holds"
+        );
+    }
+}

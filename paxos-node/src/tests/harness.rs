@@ -334,6 +334,8 @@ pub struct Host {
     pub finish_at_once: bool,
     /// A finish not yet run.
     pub held_finish: Option<Slot>,
+    /// The highest `ReleaseLogMemory` the node issued.
+    pub log_memory_released: Slot,
     /// Slots of the checkpoints installed from peers.
     pub installed: Vec<Slot>,
     /// Why an `InstallCheckpoint` failed.
@@ -369,6 +371,7 @@ impl Host {
             transfer_ops: Vec::new(),
             finish_at_once: true,
             held_finish: None,
+            log_memory_released: Slot::ZERO,
             installed: Vec::new(),
             install_errors: Vec::new(),
             peer_sets: Vec::new(),
@@ -759,6 +762,8 @@ impl Sim {
         host.pending_persists.clear();
         host.held_jobs.clear();
         host.held_finish = None;
+        // A restarted process's storage keeps every value in memory again.
+        host.log_memory_released = Slot::ZERO;
         let mut state_machine = Counter::default();
         let checkpoint = storage::restore_newest(&host.store, &mut state_machine)
             .expect("the newest checkpoint restores");
@@ -922,6 +927,19 @@ impl Sim {
                 Effect::Transfer(op) => host.transfer(now, op),
                 Effect::InstallCheckpoint { slot } => host.install(now, slot),
                 Effect::SetPeers(peers) => host.peer_sets.push(peers),
+                Effect::ReleaseLogMemory { through } => {
+                    assert!(
+                        through > host.log_memory_released,
+                        "{id} released {through} after {}: releases only rise",
+                        host.log_memory_released
+                    );
+                    assert!(
+                        through <= host.node.applied(),
+                        "{id} released {through}, beyond applied {}",
+                        host.node.applied()
+                    );
+                    host.log_memory_released = through;
+                }
                 Effect::Timing(_) | Effect::Applied { .. } | Effect::ClearDamage => {}
             }
         }
