@@ -72,11 +72,14 @@ pub struct FramedValue {
 
 impl FramedValue {
     fn new(value: &[u8]) -> FramedValue {
-        // "$" + at most 20 digits + "\r\n".
-        let mut framed = Vec::with_capacity(value.len() + 25);
+        // Exactly "$" + the length's digits + "\r\n" + value + "\r\n", so
+        // that `into_boxed_slice` has no spare capacity to give back.
+        let digits = value.len().checked_ilog10().map_or(1, |d| d as usize + 1);
+        let header_len = 1 + digits + 2;
+        let mut framed = Vec::with_capacity(header_len + value.len() + 2);
         // Writing to a Vec cannot fail.
         let _ = write!(framed, "${}\r\n", value.len());
-        let header_len = framed.len();
+        assert_eq!(framed.len(), header_len);
         framed.extend_from_slice(value);
         framed.extend_from_slice(b"\r\n");
         FramedValue {
@@ -197,10 +200,20 @@ mod tests {
             assert_eq!(v.as_slice(), &vec![7u8; len][..]);
             assert!(v.shared_bulk_reply().is_none());
         }
-        for len in [SHARED_VALUE_MIN, SHARED_VALUE_MIN + 1, 1 << 20] {
+        // (Lengths around a new digit in the `$<len>` header too.)
+        for len in [
+            SHARED_VALUE_MIN,
+            SHARED_VALUE_MIN + 1,
+            9_999,
+            10_000,
+            99_999,
+            100_000,
+            1 << 20,
+        ] {
             let v = StoredValue::new(&vec![9u8; len]);
             assert!(is_shared(&v), "{len}");
             assert_eq!(v.as_slice(), &vec![9u8; len][..]);
+            assert_eq!(&v.shared_bulk_reply().unwrap()[..], &bulk(v.as_slice())[..]);
         }
     }
 
