@@ -660,12 +660,27 @@ client_addr = "127.0.0.1:6003"
             include_str!("../../docs/deploy/compose/node2.toml"),
             include_str!("../../docs/deploy/compose/node3.toml"),
         ];
+        let compose = include_str!("../../docs/deploy/docker-compose.yml");
         for (i, text) in files.iter().enumerate() {
             let c = parse(text).unwrap();
             assert_eq!(c.id, i as u32 + 1);
             assert_eq!(c.members.len(), 3);
             assert_eq!(c.metrics_addr, Some("0.0.0.0:9121".parse().unwrap()));
             assert!(c.tls.cert.ends_with(format!("replica-{}.pem", i + 1)));
+            // Redirects name what the host publishes for each member, not
+            // the container-internal address it listens on.
+            for m in &c.members {
+                let host_port = 6380 + m.id;
+                assert_eq!(
+                    m.client_addr,
+                    format!("127.0.0.1:{host_port}").parse().unwrap()
+                );
+                assert!(
+                    compose.contains(&format!("ports: [\"{host_port}:6379\"")),
+                    "the compose file publishes node{}'s 6379 as {host_port}",
+                    m.id
+                );
+            }
         }
     }
 

@@ -9,8 +9,10 @@
 //!
 //! Here a bucket is 40 bytes: keys of up to [`INLINE_KEY`] bytes live inside
 //! it, so the equality check reads the bucket just loaded, and the value is a
-//! plain boxed slice overwritten in place when the size is unchanged (the
-//! common SET). That is three misses per SET on a table 40% smaller. Keys are
+//! 16-byte [`StoredValue`] — a plain boxed slice for a small value, a shared
+//! reference for a large one (so a GET's reply can send it without a copy) —
+//! overwritten in place when the size is unchanged (the common SET). That is
+//! three misses per SET on a table 40% smaller. Keys are
 //! hashed with std's `RandomState` (SipHash with a per-process random key),
 //! so clients cannot choose keys that collide.
 //!
@@ -26,7 +28,8 @@
 //! write to it copies that one shard (its buckets and the boxed values and
 //! long keys in it), and later writes to it are ordinary in-place writes. So
 //! during a checkpoint a write costs at most one shard's copy, and the extra
-//! memory is at most one copy of the shards written meanwhile (the frozen
+//! memory is at most one copy of the shards written meanwhile, large values
+//! excepted: a shard's copy shares them instead of copying them (the frozen
 //! originals are freed when the checkpoint is written). Outside a
 //! checkpoint every shard is unshared and `make_mut` is one uncontended
 //! atomic check on the shard's header. Growing is per shard too: a table
@@ -55,6 +58,8 @@
 //! due in deadline order without scanning. The map never looks at a
 //! clock: whether a key is *expired* is decided by the caller.
 
+use crate::stored_value::StoredValue;
+use bytes::Bytes;
 use hashbrown::HashTable;
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{BuildHasher, RandomState};
@@ -122,7 +127,7 @@ impl Key {
 #[derive(Clone)]
 struct Entry {
     key: Key,
-    value: Box<[u8]>,
+    value: StoredValue,
 }
 
 // The layout argument above relies on this (64-bit targets).
@@ -262,7 +267,24 @@ impl KeyMap {
         self.shard(key)
             .table
             .find(self.hash(key), |e| e.key.as_slice() == key)
-            .map(|e| &e.value[..])
+            .map(|e| e.value.as_slice())
+    }
+
+    /// The value of `key` as stored, for callers that can use a large
+    /// value's shared form ([`StoredValue::shared_bulk_reply`]).
+    pub fn get_stored(&self, key: &[u8]) -> Option<&StoredValue> {
+        self.shard(key)
+            .table
+            .find(self.hash(key), |e| e.key.as_slice() == key)
+            .map(|e| &e.value)
+    }
+
+    /// A large value's RESP bulk reply without a copy (see
+    /// [`StoredValue::shared_bulk_reply`]); `None` if `key` is absent or
+    /// its value small.
+    pub fn shared_bulk_reply(&self, key: &[u8]) -> Option<Bytes> {
+        self.get_stored(key)
+            .and_then(StoredValue::shared_bulk_reply)
     }
 
     /// True when `key` has a value.
@@ -271,8 +293,9 @@ impl KeyMap {
     }
 
     /// Sets `key` to `value`, reusing the old value's allocation when the
-    /// size is unchanged. Copies the key's shard first if a frozen view
-    /// still shares it. Keeps the key's deadline, if it has one.
+    /// size is unchanged and nothing else holds it (see
+    /// [`StoredValue::overwrite`]). Copies the key's shard first if a
+    /// frozen view still shares it. Keeps the key's deadline, if it has one.
     pub fn set(&mut self, key: &[u8], value: &[u8]) {
         let hash = self.hash(key);
         if let Some(sum) = self.content_digest {
@@ -282,11 +305,7 @@ impl KeyMap {
         }
         let shard = Arc::make_mut(&mut self.shards[shard_of_digest(key_digest(key))]);
         if let Some(e) = shard.table.find_mut(hash, |e| e.key.as_slice() == key) {
-            if e.value.len() == value.len() {
-                e.value.copy_from_slice(value);
-            } else {
-                e.value = value.into();
-            }
+            e.value.overwrite(value);
             return;
         }
         let hasher = &self.hasher;
@@ -294,7 +313,7 @@ impl KeyMap {
             hash,
             Entry {
                 key: Key::new(key),
-                value: value.into(),
+                value: StoredValue::new(value),
             },
             |e| hasher.hash_one(e.key.as_slice()),
         );
@@ -318,7 +337,7 @@ impl KeyMap {
                 self.len -= 1;
                 self.content_digest = self
                     .content_digest
-                    .map(|sum| sum.wrapping_sub(entry_digest(key, &removed.value)));
+                    .map(|sum| sum.wrapping_sub(entry_digest(key, removed.value.as_slice())));
                 if let Some(deadline) = shard.deadlines.remove(key) {
                     self.by_deadline.remove(&(deadline, Box::from(key)));
                     self.content_digest = self
@@ -336,7 +355,7 @@ impl KeyMap {
         self.shards
             .iter()
             .flat_map(|s| s.table.iter())
-            .map(|e| (e.key.as_slice(), &e.value[..]))
+            .map(|e| (e.key.as_slice(), e.value.as_slice()))
     }
 
     /// The deadline of `key`, if it exists and has one.
@@ -421,7 +440,7 @@ impl KeyMap {
                 } else {
                     shard.deadlines.get(key).copied()
                 };
-                visit(key, &e.value, deadline);
+                visit(key, e.value.as_slice(), deadline);
                 visited += 1;
                 let next_digest = sorted.get(i + 1).map(|n| n.0);
                 if visited >= count && next_digest != Some(digest) {
@@ -494,7 +513,7 @@ impl FrozenKeyMap {
         self.shards
             .iter()
             .flat_map(|s| s.table.iter())
-            .map(|e| (e.key.as_slice(), &e.value[..]))
+            .map(|e| (e.key.as_slice(), e.value.as_slice()))
     }
 
     /// Every (key, value) in ascending `(key_digest(key), key)` order: an
@@ -510,7 +529,7 @@ impl FrozenKeyMap {
                 .iter()
                 .map(|e| {
                     let key = e.key.as_slice();
-                    (key_digest(key), key, &e.value[..])
+                    (key_digest(key), key, e.value.as_slice())
                 })
                 .collect();
             // Keys are unique, so the value never decides the order.
@@ -649,6 +668,39 @@ mod tests {
     }
 
     #[test]
+    fn a_shard_copied_for_a_frozen_view_shares_its_large_values() {
+        use crate::stored_value::SHARED_VALUE_MIN;
+        let mut m = KeyMap::default();
+        let large = vec![b'L'; SHARED_VALUE_MIN];
+        m.set(b"large", &large);
+        m.set(b"small", b"s");
+        let frozen = m.freeze();
+        // Copy the shard holding "large" (and write beside it).
+        let shard = shard_of_digest(key_digest(b"large"));
+        let neighbour = spread_keys(100_000)
+            .into_iter()
+            .find(|k| shard_of_digest(key_digest(k)) == shard)
+            .expect("some key shares the shard");
+        m.set(&neighbour, b"n");
+        assert!(!Arc::ptr_eq(&frozen.shards[shard], &m.shards[shard]));
+        // The copy holds the same large bytes as the frozen view.
+        let in_view = frozen
+            .entries()
+            .find(|(k, _, _)| *k == b"large")
+            .map(|(_, v, _)| v.as_ptr());
+        assert_eq!(in_view, m.get(b"large").map(<[u8]>::as_ptr));
+        assert_eq!(m.get_stored(b"large").map(StoredValue::holders), Some(2));
+        // An overwrite of the same size must not write into the frozen
+        // view's bytes: it makes new ones.
+        m.set(b"large", &vec![b'M'; SHARED_VALUE_MIN]);
+        let in_view = frozen.entries().find(|(k, _, _)| *k == b"large");
+        assert_eq!(in_view.map(|(_, v, _)| v), Some(&large[..]));
+        assert_eq!(m.get(b"large"), Some(&vec![b'M'; SHARED_VALUE_MIN][..]));
+        drop(frozen);
+        assert_eq!(m.get_stored(b"large").map(StoredValue::holders), Some(1));
+    }
+
+    #[test]
     fn an_empty_map_shares_one_empty_shard_until_written() {
         let mut m = KeyMap::default();
         assert!(m.shards.iter().all(|s| Arc::ptr_eq(s, &m.shards[0])));
@@ -698,7 +750,14 @@ mod tests {
             let len = [1, INLINE_KEY, INLINE_KEY + 5][size];
             vec![k; len]
         });
-        let value = proptest::collection::vec(any::<u8>(), 0..8);
+        // Mostly small values, some either side of the shared-value
+        // threshold, so overwrites change a value's form both ways.
+        let value = prop_oneof![
+            4 => proptest::collection::vec(any::<u8>(), 0..8),
+            1 => (any::<u8>(), 0usize..2).prop_map(|(b, big)| {
+                vec![b; crate::stored_value::SHARED_VALUE_MIN - 1 + big]
+            }),
+        ];
         prop_oneof![
             3 => (key.clone(), value).prop_map(|(k, v)| Op::Set(k, v)),
             1 => key.prop_map(Op::Remove),

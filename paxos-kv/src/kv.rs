@@ -205,6 +205,18 @@ impl KvStore {
         self.execute(request)
     }
 
+    /// The RESP bulk reply carrying `key`'s value (nil if absent). A large
+    /// value's reply is the stored buffer itself, shared, not copied (see
+    /// [`crate::stored_value`]): however many replies of it are pending,
+    /// the node holds its bytes once. A small one is copied into a reply.
+    fn value_reply(&mut self, key: &[u8]) -> Bytes {
+        if let Some(shared) = self.map.shared_bulk_reply(key) {
+            return shared;
+        }
+        resp::write_bulk(&mut self.scratch, self.map.get(key));
+        self.scratch.split().freeze()
+    }
+
     fn reply(&mut self, build: impl FnOnce(&mut BytesMut)) -> Bytes {
         build(&mut self.scratch);
         self.scratch.split().freeze()
@@ -301,8 +313,7 @@ impl KvStore {
                     resp::write_integer(&mut self.scratch, len);
                     self.scratch.split().freeze()
                 } else {
-                    resp::write_bulk(&mut self.scratch, v);
-                    self.scratch.split().freeze()
+                    self.value_reply(k)
                 };
                 if op == OP_GETDEL {
                     self.map.remove(k);
@@ -418,14 +429,8 @@ impl KvStore {
             return None;
         }
         self.expire_if_due(k);
-        let old = self.map.get(k);
-        let exists = old.is_some();
-        let mut out = if flags & GET != 0 {
-            resp::write_bulk(&mut self.scratch, old);
-            Some(self.scratch.split().freeze())
-        } else {
-            None
-        };
+        let exists = self.map.contains_key(k);
+        let mut out = (flags & GET != 0).then(|| self.value_reply(k));
         let refused = (flags & NX != 0 && exists) || (flags & XX != 0 && !exists);
         if !refused {
             self.set(k, v);
@@ -957,6 +962,38 @@ pub(crate) mod tests {
                 .expect("a KvSnapshotError"),
             SnapshotError::Io(e) => panic!("unexpected I/O error {e}"),
         })
+    }
+
+    /// Issue #18: N pending GET replies of a large value hold its bytes
+    /// once. Each reply is the stored buffer (the same address), and the
+    /// value's holders count the table plus one per reply; GETDEL and
+    /// SET ... GET hand out the buffer the same way, and a reply outlives
+    /// the key it was read from.
+    #[test]
+    fn pending_get_replies_of_a_large_value_share_its_bytes_instead_of_copying_them() {
+        let mut s = KvStore::new();
+        let big = "v".repeat(MAX_VALUE_LEN);
+        run(&mut s, &[&["SET", "big", &big]]);
+        let mut expect = BytesMut::new();
+        resp::write_bulk(&mut expect, Some(big.as_bytes()));
+        let replies = run(&mut s, &vec![&["GET", "big"][..]; 1000]);
+        assert!(replies.iter().all(|r| r[..] == expect[..]));
+        assert!(replies.iter().all(|r| r.as_ptr() == replies[0].as_ptr()));
+        let stored = |s: &KvStore| s.map.get_stored(b"big").map(|v| v.holders());
+        assert_eq!(stored(&s), Some(1 + 1000), "the table and one per reply");
+        drop(replies);
+        assert_eq!(stored(&s), Some(1));
+
+        // A small value is still copied into its reply.
+        run(&mut s, &[&["SET", "small", "x"]]);
+        assert_eq!(s.map.shared_bulk_reply(b"small"), None);
+
+        let got = run(&mut s, &[&["SET", "big", "small now", "GET"]]).remove(0);
+        assert_eq!(got[..], expect[..], "SET GET replies with the old value");
+        run(&mut s, &[&["SET", "big", &big]]);
+        let deleted = run(&mut s, &[&["GETDEL", "big"]]).remove(0);
+        assert_eq!(deleted[..], expect[..]);
+        assert_eq!(s.get(b"big"), None);
     }
 
     #[test]

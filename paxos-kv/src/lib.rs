@@ -26,7 +26,9 @@
 //! The server bounds what clients make a node hold: [`reply_limits`]
 //! decides (per-client output limits, the node-wide total, the pipelining
 //! window, when to trim the heap), [`client_registry`] counts and sweeps,
-//! [`reply_chain`] writes replies without copying them; [`fdlimit`] makes
+//! [`reply_chain`] writes replies without copying them, and
+//! [`stored_value`] lets a GET's reply of a large value share the stored
+//! bytes instead of copying them; [`fdlimit`] makes
 //! room for `max_clients` in the open-file limit. [`metrics`] serves
 //! Prometheus `GET /metrics` on `metrics_addr` from what the loop and the
 //! server publish.
@@ -84,4 +86,5 @@ pub mod session;
 /// Latency breakdown of the write path (written by the integrator): the node
 /// stamps each `stages::Point` and `INFO latency` renders it.
 pub mod stages;
+pub mod stored_value;
 pub mod workload;

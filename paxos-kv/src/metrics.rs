@@ -4,8 +4,9 @@
 //! Nothing here is on the write path and nothing is kept per request: a
 //! scrape reads what the replica loop and the client server already publish
 //! (the loop's status atomics, its cluster-view snapshot, the server's
-//! client counters, the file log's I/O counters, the write-stage
-//! histograms) and `/proc/self/statm`, so a scrape never waits on the event
+//! client counters, the file log's I/O counters and its fsync and
+//! group-commit histograms, the loop's requests-per-decree histogram, the
+//! write-stage histograms) and `/proc/self/statm`, so a scrape never waits on the event
 //! loop. The only shared lock it takes besides the cluster view's pointer
 //! swap is the stage recorder's, and only when stage timing is on (see
 //! [`crate::stages::StageRecorder::bucket_counts`]).
@@ -22,6 +23,7 @@ use crate::client_registry::ClientRegistry;
 use crate::node::Replica;
 use crate::stages::StageRecorder;
 use paxos_core::Role;
+use paxos_log::histogram::Log2Snapshot;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
@@ -50,6 +52,13 @@ const LATENCY_BOUNDS_US: [u64; 17] = [
     50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
     1_000_000, 2_500_000, 5_000_000, 10_000_000,
 ];
+
+/// Bucket bounds of the fsync latency histogram: `2^i` µs for these `i`
+/// (16 µs to 16.8 s).
+const FSYNC_BOUND_EXPONENTS: std::ops::RangeInclusive<u32> = 4..=24;
+/// Bucket bounds of the batch-size histograms: `2^i` for these `i` (1 to
+/// 65,536 requests or appends).
+const BATCH_BOUND_EXPONENTS: std::ops::RangeInclusive<u32> = 0..=16;
 
 /// Reads the file log's I/O counters.
 pub type LogStatsSource = Arc<dyn Fn() -> paxos_log::LogStats + Send + Sync>;
@@ -309,6 +318,30 @@ fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> s
     one(encoder, name, help, &ConstCounter::new(v))
 }
 
+/// A histogram from a [`Log2Snapshot`], with bucket bounds `2^i × scale`
+/// for `i` in `exponents` and `+Inf`; values and sum are scaled by `scale`
+/// too (1e-6 turns microseconds into seconds).
+fn log2_histogram(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    h: &Log2Snapshot,
+    exponents: std::ops::RangeInclusive<u32>,
+    scale: f64,
+) -> std::fmt::Result {
+    // The encoder accumulates: it wants each bucket's own count.
+    let mut buckets = Vec::with_capacity(exponents.clone().count() + 1);
+    let mut below = 0;
+    for (bound, cumulative) in h.cumulative(exponents) {
+        buckets.push((bound as f64 * scale, cumulative - below));
+        below = cumulative;
+    }
+    let count = h.count();
+    buckets.push((f64::MAX, count - below));
+    let mut e = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    e.encode_histogram::<NoLabelSet>(h.sum as f64 * scale, count, &buckets, None)
+}
+
 /// A gauge with one label, one series per `(label value, value)`.
 fn labelled(
     encoder: &mut DescriptorEncoder,
@@ -406,6 +439,14 @@ impl prometheus_client::collector::Collector for NodeCollector {
             "paxos_proposed_requests",
             "Client requests proposed",
             s.proposed_requests,
+        )?;
+        log2_histogram(
+            e,
+            "paxos_decree_requests",
+            "Client requests per decree this replica proposed",
+            &replica.decree_requests(),
+            BATCH_BOUND_EXPONENTS,
+            1.0,
         )?;
         counter(
             e,
@@ -587,6 +628,22 @@ impl prometheus_client::collector::Collector for NodeCollector {
                 "paxos_log_bytes_written",
                 "Record bytes written to log segments",
                 l.bytes_written,
+            )?;
+            log2_histogram(
+                e,
+                "paxos_log_fsync_seconds",
+                "Latency of each fdatasync of a file-log segment (power-of-two buckets)",
+                &l.fsync_micros,
+                FSYNC_BOUND_EXPONENTS,
+                1e-6,
+            )?;
+            log2_histogram(
+                e,
+                "paxos_log_appends_per_flush",
+                "Appends written by each group commit of the file log",
+                &l.appends_per_flush,
+                BATCH_BOUND_EXPONENTS,
+                1.0,
             )?;
         }
 

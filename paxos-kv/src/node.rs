@@ -52,6 +52,7 @@ use crate::stages::{Point, StageRecorder};
 use bytes::{BufMut, Bytes, BytesMut};
 use paxos_core::{DurableState, Membership, ProposeError, ReplicaId, Role, Slot, Time};
 use paxos_log::checkpoint::CheckpointStore;
+use paxos_log::histogram::{Log2Histogram, Log2Snapshot};
 use paxos_log::ReplicaStorage;
 use paxos_net::{Inbound, Transport};
 use paxos_node::storage::{self as node_storage, TransferSink};
@@ -107,6 +108,8 @@ pub struct SharedStatus {
     /// Membership, peers and address book; replaced (not edited) by the
     /// loop on its timer and on membership changes.
     cluster: std::sync::Mutex<Arc<ClusterView>>,
+    /// Client requests per proposed decree (see [`record_decree_sizes`]).
+    decree_requests: Log2Histogram,
 }
 
 /// A consistent-enough copy of the published status.
@@ -142,6 +145,23 @@ pub struct NodeStatus {
     pub role_changes: u64,
     /// Times the leader it believes in changed to another one since start.
     pub leader_changes: u64,
+}
+
+/// Records the sizes of the `decrees` decrees proposed since the last
+/// publish, which carried `requests` client requests between them. The loop
+/// publishes after every event it handles, and an event usually proposes
+/// one decree (the requests it drained), so this is usually exact; when one
+/// event proposed several (a full pipeline window opening), each is
+/// recorded at their mean size (the remainder spread one each), so counts
+/// and sum stay exact either way.
+fn record_decree_sizes(histogram: &Log2Histogram, decrees: u64, requests: u64) {
+    if decrees == 0 {
+        return;
+    }
+    let (mean, remainder) = (requests / decrees, requests % decrees);
+    for i in 0..decrees {
+        histogram.record(mean + u64::from(i < remainder));
+    }
 }
 
 impl SharedStatus {
@@ -196,10 +216,17 @@ impl SharedStatus {
         self.in_flight.store(s.in_flight as u64, Ordering::Relaxed);
         self.checkpoint_slot
             .store(s.checkpoint_slot.0, Ordering::Relaxed);
-        self.proposed_batches
-            .store(s.proposed_batches, Ordering::Relaxed);
-        self.proposed_requests
-            .store(s.proposed_requests, Ordering::Relaxed);
+        let batches = self
+            .proposed_batches
+            .swap(s.proposed_batches, Ordering::Relaxed);
+        let requests = self
+            .proposed_requests
+            .swap(s.proposed_requests, Ordering::Relaxed);
+        record_decree_sizes(
+            &self.decree_requests,
+            s.proposed_batches.saturating_sub(batches),
+            s.proposed_requests.saturating_sub(requests),
+        );
         self.checkpoints_saved
             .store(s.checkpoints_saved, Ordering::Relaxed);
         self.checkpoints_installed
@@ -375,6 +402,11 @@ impl Replica {
     /// The published status.
     pub fn status(&self) -> NodeStatus {
         self.status.snapshot(self.id)
+    }
+
+    /// Client requests per decree this replica proposed, since start.
+    pub fn decree_requests(&self) -> Log2Snapshot {
+        self.status.decree_requests.snapshot()
     }
 
     /// Requests waiting in the submit queue now, and its capacity.
@@ -1062,6 +1094,21 @@ mod tests {
         assert_eq!((out.role_changes, out.leader_changes), (3, 1));
         assert!(out.needs_snapshot);
         assert_eq!(publish(&s).role_changes, 3, "no change, no count");
+
+        // Decree sizes: one decree of 7 requests, then three carrying 10
+        // between them (recorded as 4, 3, 3), then nothing new.
+        assert_eq!(shared.decree_requests.snapshot().count(), 0);
+        s.proposed_batches = 1;
+        s.proposed_requests = 7;
+        publish(&s);
+        s.proposed_batches = 4;
+        s.proposed_requests = 17;
+        publish(&s);
+        publish(&s);
+        let sizes = shared.decree_requests.snapshot();
+        assert_eq!((sizes.count(), sizes.sum), (4, 17));
+        assert_eq!(sizes.counts[3], 1, "7 in (4, 8]");
+        assert_eq!(sizes.counts[2], 3, "4, 3 and 3 in (2, 4]");
     }
 
     #[cfg(target_os = "linux")]

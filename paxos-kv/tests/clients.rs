@@ -303,6 +303,91 @@ async fn past_the_node_wide_reply_limit_the_largest_holders_are_disconnected() {
     }
 }
 
+/// Replies of one large value that wait for a client share the stored
+/// value instead of copying it (issue #18: "reads of large values stream
+/// out without a full copy per pending reply"). A client pipelines 1,000
+/// GETs of a 512 KiB value and reads nothing; with limits raised so that it
+/// is not cut off, the node ends up owing it about 500 MiB of replies, yet
+/// its RSS grows by a small fraction of that: the replies are references.
+/// With a copy per reply (as before) the RSS grew by the full 500 MiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_replies_of_a_large_value_do_not_copy_it() {
+    const GETS: u64 = 1000;
+    let dir = tempfile::tempdir().unwrap();
+    // Every limit above what the client will be owed: it is not cut off.
+    let tuning = Tuning {
+        client_output_soft_limit_bytes: 1 << 30,
+        client_output_hard_limit_bytes: 1 << 30,
+        max_client_reply_bytes: 1 << 30,
+        max_pipelined_per_client: GETS as usize,
+        ..Tuning::default()
+    };
+    let cluster = LocalCluster::start(bin(), dir.path(), 1, StorageKind::File, &tuning).unwrap();
+    cluster
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .unwrap();
+    let addr = cluster.client_addr(0);
+    let value = Bytes::from(vec![b'v'; paxos_kv::kv::MAX_VALUE_LEN]);
+    let mut good = Client::connect(addr, Duration::from_secs(10))
+        .await
+        .unwrap();
+    good.cmd(&[b"SET", b"big", &value]).await.unwrap();
+    for _ in 0..20 {
+        good.cmd(&[b"GET", b"big"]).await.unwrap();
+    }
+    let baseline = cluster.rss_bytes(0).unwrap();
+
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    let mut burst = BytesMut::new();
+    for _ in 0..GETS {
+        burst.extend_from_slice(&command(&[b"GET", b"big"]));
+    }
+    silent.write_all(&burst).await.unwrap();
+    // Wait until the node owes it (nearly) all the replies: what the
+    // socket buffers took is not owed any more.
+    let owed_at_least = (GETS - 50) * value.len() as u64;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let owed = loop {
+        let i = info(&cluster, 0).await;
+        let owed = field(&i, "client_reply_bytes");
+        if owed >= owed_at_least {
+            break owed;
+        }
+        assert!(Instant::now() < deadline, "replies were not produced: {i}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let grown = cluster.rss_bytes(0).unwrap().saturating_sub(baseline);
+    println!(
+        "owed {} MiB of replies to a client that does not read; RSS grew by {} MiB",
+        owed / MIB,
+        grown / MIB
+    );
+    assert!(
+        grown < 64 * MIB,
+        "RSS grew by {} MiB while {} MiB of replies of one value were pending: they were copied",
+        grown / MIB,
+        owed / MIB
+    );
+    // Every reply is whole when the client does read.
+    let mut buf = BytesMut::new();
+    let limits = resp::RespLimits::default();
+    let mut replies = 0;
+    while replies < GETS {
+        while let Some(frame) = resp::parse(&mut buf, &limits).unwrap() {
+            assert!(matches!(&frame, Frame::Bulk(Some(v)) if *v == value));
+            replies += 1;
+        }
+        if replies < GETS {
+            let n = tokio::time::timeout(Duration::from_secs(20), silent.read_buf(&mut buf))
+                .await
+                .expect("replies keep coming")
+                .unwrap();
+            assert!(n > 0, "closed after {replies} replies");
+        }
+    }
+}
+
 async fn read_to_end(stream: &mut TcpStream, within: Duration) -> Option<Vec<u8>> {
     let mut got = Vec::new();
     tokio::time::timeout(within, stream.read_to_end(&mut got))

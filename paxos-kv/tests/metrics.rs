@@ -174,6 +174,32 @@ async fn scenario() {
     assert!(must(&body, total) >= 1.0, "{body}");
     let inf = "paxos_write_stage_latency_seconds_bucket{le=\"+Inf\",stage=\"total\"}";
     assert_eq!(must(&body, inf), must(&body, total), "{body}");
+    // The SET was a decree of one request, written by a group commit and
+    // its fdatasync: the three histograms counted them, every value falls
+    // in some bucket (+Inf equals the count), and the buckets accumulate.
+    for (histogram, at_least) in [
+        ("paxos_decree_requests", 1.0),
+        ("paxos_log_appends_per_flush", 1.0),
+        ("paxos_log_fsync_seconds", 1.0),
+    ] {
+        let count = must(&body, &format!("{histogram}_count"));
+        assert!(count >= at_least, "{histogram}: {body}");
+        assert!(must(&body, &format!("{histogram}_sum")) > 0.0, "{body}");
+        let inf = format!("{histogram}_bucket{{le=\"+Inf\"}}");
+        assert_eq!(must(&body, &inf), count, "{body}");
+        let buckets: Vec<f64> = body
+            .lines()
+            .filter(|l| l.starts_with(&format!("{histogram}_bucket{{")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .collect();
+        assert!(buckets.len() > 10, "{histogram}: {body}");
+        assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{body}");
+    }
+    // A one-request decree is in the first bucket (le=1).
+    assert!(
+        must(&body, "paxos_decree_requests_bucket{le=\"1.0\"}") >= 1.0,
+        "{body}"
+    );
 
     // A follower knows the leader and says it follows.
     let follower = (leader + 1) % 3;

@@ -155,7 +155,9 @@
 //! `write` per segment and one `fdatasync`, and publishes the new
 //! `durable_seq`, waking every waiter whose append it covered. So N
 //! concurrent appenders pay about one fsync per round, not N.
-//! [`FileLog::stats`] counts appends, flushes, bytes and time in I/O.
+//! [`FileLog::stats`] counts appends, flushes, bytes and time in I/O, and
+//! keeps histograms ([`histogram::Log2Histogram`]) of fsync latency and of
+//! appends per group commit.
 //!
 //! [`LogOptions::writer`] says who the writer is. [`WriterMode::Thread`]
 //! (production): a dedicated thread, paced by `min_sync_interval`.
@@ -185,6 +187,7 @@
 pub mod checkpoint;
 pub mod codec;
 pub mod fs;
+pub mod histogram;
 mod log;
 pub mod recovery;
 pub mod sim_fs;

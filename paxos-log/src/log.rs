@@ -2,6 +2,7 @@
 
 use crate::codec::{self, StateSummary};
 use crate::fs::{OsFs, SharedFs, WritableFile};
+use crate::histogram::{Log2Histogram, Log2Snapshot};
 use crate::recovery::{self, RecoveryReport, SegmentMeta, SEGMENT_TMP_SUFFIX};
 use crate::storage::{CorruptionPolicy, Damage, ReplicaStorage, StorageError};
 use paxos_contracts::{ensures, invariant, requires, snapshot};
@@ -192,6 +193,11 @@ pub struct LogStats {
     pub segments_created: u64,
     /// Segments deleted by truncation.
     pub segments_deleted: u64,
+    /// Latency of each `fdatasync` of a segment, in microseconds (empty in
+    /// [`WriterMode::Inline`], which reads no clock).
+    pub fsync_micros: Log2Snapshot,
+    /// Appends written by each group commit.
+    pub appends_per_flush: Log2Snapshot,
 }
 
 #[derive(Default)]
@@ -202,6 +208,8 @@ struct Counters {
     flush_micros: AtomicU64,
     segments_created: AtomicU64,
     segments_deleted: AtomicU64,
+    fsync_micros: Log2Histogram,
+    appends_per_flush: Log2Histogram,
 }
 
 struct Shared {
@@ -363,6 +371,7 @@ impl FileLog {
             last_written: rec.last_lsn,
             wbuf: Vec::new(),
             shared: shared.clone(),
+            timed: mode == WriterMode::Thread,
         };
         let writer = match mode {
             WriterMode::Inline => WriterHandle::Inline(Mutex::new(writer)),
@@ -462,6 +471,8 @@ impl FileLog {
             flush_micros: get(&c.flush_micros),
             segments_created: get(&c.segments_created),
             segments_deleted: get(&c.segments_deleted),
+            fsync_micros: c.fsync_micros.snapshot(),
+            appends_per_flush: c.appends_per_flush.snapshot(),
         }
     }
 
@@ -834,6 +845,9 @@ struct Writer {
     last_written: u64,
     wbuf: Vec<u8>,
     shared: Arc<Shared>,
+    /// Whether it may read the clock (to time fsyncs): not in
+    /// [`WriterMode::Inline`], whose runs must not depend on time.
+    timed: bool,
 }
 
 /// How long the writer lets appends gather before its next sync. A sync
@@ -920,6 +934,7 @@ impl Writer {
         let result = self.write_and_sync(&batch).and_then(|last| {
             let c = &self.shared.counters;
             c.flushes.fetch_add(1, Ordering::Relaxed);
+            c.appends_per_flush.record(batch.len() as u64);
             if let Some(started) = started {
                 c.flush_micros
                     .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
@@ -1018,9 +1033,15 @@ impl Writer {
 
     fn sync_active(&mut self) -> Result<(), StorageError> {
         let path = self.active_meta().path.clone();
+        let started = self.timed.then(std::time::Instant::now);
         self.active
             .sync_data()
-            .map_err(io_err(format!("syncing {}", path.display())))
+            .map_err(io_err(format!("syncing {}", path.display())))?;
+        if let Some(started) = started {
+            let micros = started.elapsed().as_micros() as u64;
+            self.shared.counters.fsync_micros.record(micros);
+        }
+        Ok(())
     }
 
     /// Starts a new segment whose first append is `first_lsn`. The old

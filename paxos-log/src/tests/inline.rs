@@ -47,6 +47,13 @@ fn appends_only_queue_until_sync_queued_writes_them_in_one_group_commit() {
     assert_eq!(fs.data_syncs(), syncs + 1, "one fdatasync for all ten");
     assert_eq!(log.stats().flushes, 1);
     assert_eq!(log.stats().flush_micros, 0, "inline mode reads no clock");
+    assert_eq!(log.stats().fsync_micros.count(), 0, "nor times fsyncs");
+    assert_eq!(log.stats().appends_per_flush.sum, 10);
+    assert_eq!(
+        log.stats().appends_per_flush.counts[4],
+        1,
+        "one batch of 9..=16"
+    );
     assert_eq!(
         log.sync_queued().unwrap(),
         10,

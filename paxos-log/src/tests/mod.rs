@@ -183,6 +183,15 @@ fn group_commit_shares_fsyncs_between_appends() {
     let stats = log.stats();
     assert_eq!(stats.appends, 201);
     assert!(stats.flushes >= 1 && stats.flushes <= 3, "{stats:?}");
+    // The histograms saw every group commit: its size, and its fsync (a
+    // segment roll would add fsyncs, never remove one).
+    assert_eq!(stats.appends_per_flush.count(), stats.flushes);
+    assert_eq!(stats.appends_per_flush.sum, 201);
+    assert!(
+        stats.appends_per_flush.counts[7..].iter().sum::<u64>() >= 1,
+        "a group commit of 65+ appends (the 200 queued behind the paused fsync): {stats:?}"
+    );
+    assert!(stats.fsync_micros.count() >= stats.flushes, "{stats:?}");
 }
 
 #[test]
