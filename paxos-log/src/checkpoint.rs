@@ -485,6 +485,7 @@ impl CheckpointStore {
             final_path,
             block: Vec::with_capacity(self.block_size as usize + 4),
             data_len: 0,
+            written_behind: 0,
             blocks: 0,
             meta,
         })
@@ -519,9 +520,16 @@ pub struct CheckpointWriter {
     /// The block being filled (its checksum is appended when it is written).
     block: Vec<u8>,
     data_len: u64,
+    /// `data_len` when write-behind was last asked for.
+    written_behind: u64,
     blocks: u64,
     meta: CheckpointMeta,
 }
+
+/// A checkpoint being written asks the OS to start writing back every this
+/// many bytes ([`WritableFile::write_behind`]): the disk then never holds a
+/// whole checkpoint of dirty pages for the log's syncs to queue behind.
+pub const WRITE_BEHIND_BYTES: u64 = 8 << 20;
 
 impl std::fmt::Debug for CheckpointWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -548,8 +556,10 @@ impl CheckpointWriter {
             .file
             .as_mut()
             .ok_or_else(|| StorageError::Closed("checkpoint writer failed earlier".into()))?;
+        let behind = self.data_len - self.written_behind >= WRITE_BEHIND_BYTES;
         let r = file
             .write_all(&self.block)
+            .and_then(|()| if behind { file.write_behind() } else { Ok(()) })
             .map_err(io_err(format!("writing {}", self.tmp_path.display())));
         if r.is_err() {
             self.file = None;
@@ -557,6 +567,9 @@ impl CheckpointWriter {
         r?;
         self.blocks += 1;
         self.block.clear();
+        if behind {
+            self.written_behind = self.data_len;
+        }
         Ok(())
     }
 
@@ -872,6 +885,7 @@ impl CheckpointReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fs::{FileSystem, OsFs, ReadableFile};
     use crate::sim_fs::{CrashPolicy, SimFaults, SimFs};
     use proptest::prelude::*;
     use std::sync::Arc;
@@ -935,6 +949,85 @@ mod tests {
         let t = std::thread::spawn(move || write(&s2, Slot(20), b"from another thread").unwrap());
         t.join().unwrap();
         assert_eq!(read_all(&store, Slot(20)).unwrap(), b"from another thread");
+    }
+
+    /// A file system that counts `write_behind` calls and passes
+    /// everything to the real one.
+    struct CountingFs {
+        write_behinds: Arc<std::sync::atomic::AtomicU64>,
+    }
+
+    struct CountingFile {
+        inner: Box<dyn WritableFile>,
+        write_behinds: Arc<std::sync::atomic::AtomicU64>,
+    }
+
+    impl WritableFile for CountingFile {
+        fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+            self.inner.write_all(buf)
+        }
+        fn sync_data(&mut self) -> std::io::Result<()> {
+            self.inner.sync_data()
+        }
+        fn write_behind(&mut self) -> std::io::Result<()> {
+            self.write_behinds
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.inner.write_behind()
+        }
+    }
+
+    impl FileSystem for CountingFs {
+        fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
+            OsFs.create_dir_all(dir)
+        }
+        fn list_dir(&self, dir: &Path) -> std::io::Result<Vec<String>> {
+            OsFs.list_dir(dir)
+        }
+        fn create(&self, path: &Path) -> std::io::Result<Box<dyn WritableFile>> {
+            Ok(Box::new(CountingFile {
+                inner: OsFs.create(path)?,
+                write_behinds: Arc::clone(&self.write_behinds),
+            }))
+        }
+        fn open_append(&self, path: &Path) -> std::io::Result<Box<dyn WritableFile>> {
+            OsFs.open_append(path)
+        }
+        fn open_read(&self, path: &Path) -> std::io::Result<Box<dyn ReadableFile>> {
+            OsFs.open_read(path)
+        }
+        fn read_all(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+            OsFs.read_all(path)
+        }
+        fn truncate(&self, path: &Path, len: u64) -> std::io::Result<()> {
+            OsFs.truncate(path, len)
+        }
+        fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+            OsFs.rename(from, to)
+        }
+        fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+            OsFs.remove_file(path)
+        }
+        fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+            OsFs.sync_dir(dir)
+        }
+    }
+
+    /// A large checkpoint is written back to the device as it goes, not
+    /// left dirty for one big sync at the end, and still reads back whole.
+    #[test]
+    fn a_large_checkpoint_is_written_back_as_it_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let write_behinds = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let fs = CountingFs {
+            write_behinds: Arc::clone(&write_behinds),
+        };
+        let store = CheckpointStore::with_fs(Arc::new(fs), dir.path(), 2, 64 << 10).unwrap();
+        let bytes = data(40 << 20, 9);
+        write(&store, Slot(7), &bytes).unwrap();
+        // One call per 8 MiB of data: 5 for 40 MiB.
+        let calls = write_behinds.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(calls, (40 << 20) / WRITE_BEHIND_BYTES);
+        assert_eq!(read_all(&store, Slot(7)).unwrap(), bytes);
     }
 
     #[test]

@@ -17,6 +17,20 @@ pub trait WritableFile: Send {
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()>;
     /// Makes every byte written so far durable (`fdatasync`).
     fn sync_data(&mut self) -> io::Result<()>;
+    /// Starts writing back to the device the bytes written since the last
+    /// call, and waits for the writeback the previous call started. Only a
+    /// hint about *when* to write: nothing is durable before `sync_data`.
+    ///
+    /// Why: a checkpoint is hundreds of MB written at once; left dirty in
+    /// the page cache until one `fdatasync` at the end, the device then
+    /// flushes all of it in one go, and the log's small `fdatasync`s queue
+    /// behind it (a 300 MB file stalled a 4 KiB append's sync for 190 ms
+    /// on this machine's disk, 50–67 ms with write-behind every 8 MiB).
+    /// Calling this every few MB keeps at most two steps dirty. The
+    /// default does nothing (the simulated disk has no page cache).
+    fn write_behind(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A file opened for positional reads.
@@ -65,14 +79,83 @@ impl OsFs {
     }
 }
 
-struct OsWritable(File);
+struct OsWritable {
+    file: File,
+    /// The file's length (bytes written through this handle, plus the
+    /// length it had when opened).
+    written: u64,
+    /// Writeback was started up to here by `write_behind`.
+    started: u64,
+    /// Writeback is known finished up to here.
+    waited: u64,
+}
+
+impl OsWritable {
+    fn new(file: File) -> io::Result<OsWritable> {
+        let len = file.metadata()?.len();
+        Ok(OsWritable {
+            file,
+            written: len,
+            started: len,
+            waited: len,
+        })
+    }
+}
 
 impl WritableFile for OsWritable {
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        self.0.write_all(buf)
+        self.file.write_all(buf)?;
+        self.written += buf.len() as u64;
+        Ok(())
     }
     fn sync_data(&mut self) -> io::Result<()> {
-        self.0.sync_data()
+        self.file.sync_data()?;
+        self.started = self.written;
+        self.waited = self.written;
+        Ok(())
+    }
+    fn write_behind(&mut self) -> io::Result<()> {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            let fd = self.file.as_raw_fd();
+            let range = |from: u64, to: u64| {
+                (
+                    i64::try_from(from).unwrap_or(i64::MAX),
+                    i64::try_from(to - from).unwrap_or(i64::MAX),
+                )
+            };
+            if self.started > self.waited {
+                let (offset, len) = range(self.waited, self.started);
+                // SAFETY: a plain syscall on a file descriptor this handle
+                // owns; no memory is passed.
+                let r = unsafe {
+                    libc::sync_file_range(
+                        fd,
+                        offset,
+                        len,
+                        libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                            | libc::SYNC_FILE_RANGE_WRITE
+                            | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+                    )
+                };
+                if r != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                self.waited = self.started;
+            }
+            if self.written > self.started {
+                let (offset, len) = range(self.started, self.written);
+                // SAFETY: as above.
+                let r =
+                    unsafe { libc::sync_file_range(fd, offset, len, libc::SYNC_FILE_RANGE_WRITE) };
+                if r != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                self.started = self.written;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -108,11 +191,11 @@ impl FileSystem for OsFs {
             .create(true)
             .truncate(true)
             .open(path)?;
-        Ok(Box::new(OsWritable(f)))
+        Ok(Box::new(OsWritable::new(f)?))
     }
     fn open_append(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
         let f = OpenOptions::new().append(true).open(path)?;
-        Ok(Box::new(OsWritable(f)))
+        Ok(Box::new(OsWritable::new(f)?))
     }
     fn open_read(&self, path: &Path) -> io::Result<Box<dyn ReadableFile>> {
         Ok(Box::new(OsReadable(File::open(path)?)))
