@@ -485,6 +485,7 @@ impl CheckpointStore {
             final_path,
             block: Vec::with_capacity(self.block_size as usize + 4),
             data_len: 0,
+            write_behind: true,
             written_behind: 0,
             blocks: 0,
             meta,
@@ -520,6 +521,8 @@ pub struct CheckpointWriter {
     /// The block being filled (its checksum is appended when it is written).
     block: Vec<u8>,
     data_len: u64,
+    /// Whether to ask for write-behind (see [`CheckpointWriter::without_write_behind`]).
+    write_behind: bool,
     /// `data_len` when write-behind was last asked for.
     written_behind: u64,
     blocks: u64,
@@ -556,7 +559,7 @@ impl CheckpointWriter {
             .file
             .as_mut()
             .ok_or_else(|| StorageError::Closed("checkpoint writer failed earlier".into()))?;
-        let behind = self.data_len - self.written_behind >= WRITE_BEHIND_BYTES;
+        let behind = self.write_behind && self.data_len - self.written_behind >= WRITE_BEHIND_BYTES;
         let r = file
             .write_all(&self.block)
             .and_then(|()| if behind { file.write_behind() } else { Ok(()) })
@@ -571,6 +574,15 @@ impl CheckpointWriter {
             self.written_behind = self.data_len;
         }
         Ok(())
+    }
+
+    /// Leaves every byte dirty until `finish` (no
+    /// [`WritableFile::write_behind`]): for a writer driven from an event
+    /// loop, where waiting for the device's previous step is a stall. Its
+    /// `finish` must then run off the loop.
+    pub fn without_write_behind(mut self) -> CheckpointWriter {
+        self.write_behind = false;
+        self
     }
 
     /// Appends snapshot bytes.
@@ -1028,6 +1040,15 @@ mod tests {
         let calls = write_behinds.load(std::sync::atomic::Ordering::Relaxed);
         assert_eq!(calls, (40 << 20) / WRITE_BEHIND_BYTES);
         assert_eq!(read_all(&store, Slot(7)).unwrap(), bytes);
+        // A writer driven from an event loop never asks (and never waits).
+        let mut w = store.begin(meta(Slot(8))).unwrap().without_write_behind();
+        w.write(&bytes).unwrap();
+        w.finish().unwrap();
+        assert_eq!(
+            write_behinds.load(std::sync::atomic::Ordering::Relaxed),
+            calls
+        );
+        assert_eq!(read_all(&store, Slot(8)).unwrap(), bytes);
     }
 
     #[test]

@@ -415,7 +415,11 @@ impl TransferSink {
             } => {
                 let slot = meta.last_applied;
                 if self.writer.as_ref().is_none_or(|(s, _)| *s != slot) || chunk.offset == 0 {
-                    self.writer = Some((slot, self.store.begin(meta)?));
+                    // Chunks are written on the driver's event loop:
+                    // never wait there for the device (`Finish`, which
+                    // syncs, runs elsewhere).
+                    let writer = self.store.begin(meta)?.without_write_behind();
+                    self.writer = Some((slot, writer));
                 }
                 let Some((_, writer)) = self.writer.as_mut() else {
                     return Ok(None);
