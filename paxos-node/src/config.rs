@@ -29,6 +29,11 @@ pub struct NodeConfig {
     pub transfer_stall_us: u64,
     /// Largest chunk this node serves to a peer fetching a checkpoint.
     pub transfer_chunk_bytes: usize,
+    /// Chunks a fetching node keeps requested at once (at least 1). With
+    /// one, every chunk waits a round trip plus the peer's disk read; a
+    /// few in flight keep the link and both disks busy. Bounds the chunks
+    /// buffered out of order, too.
+    pub transfer_window: usize,
     /// The addresses this node was configured with.
     pub addresses: AddressConfig,
     /// Seeds the core's randomized timeouts.
@@ -57,6 +62,7 @@ impl NodeConfig {
             compact_retain: 4096,
             transfer_stall_us: 2_000_000,
             transfer_chunk_bytes: crate::xfer::CHUNK_BYTES,
+            transfer_window: 4,
             addresses: AddressConfig::default(),
             seed: 0,
             boot_nonce: 0,

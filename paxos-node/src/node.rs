@@ -175,6 +175,14 @@ struct Transfer {
     finishing: bool,
     /// A write was requested, so there may be a partial file to abandon.
     started: bool,
+    /// Chunks are requested up to here (the next request's offset).
+    requested_to: u64,
+    /// The peer's chunk length (its first chunk's), which places the
+    /// requests after it; 0 until then.
+    chunk_len: u64,
+    /// Chunks that arrived ahead of `offset`, by offset (at most
+    /// `transfer_window` of them).
+    early: BTreeMap<u64, (CheckpointMeta, Chunk)>,
 }
 
 /// The Accept-encoding cache key: a (ballot, slot) pair names one value,
@@ -1276,6 +1284,9 @@ impl<S: StateMachine, C> Node<S, C> {
             requested_at: now,
             finishing: false,
             started: false,
+            requested_to: 0,
+            chunk_len: 0,
+            early: BTreeMap::new(),
         });
         let have = self.applied;
         self.transmit_xfer(
@@ -1351,6 +1362,7 @@ impl<S: StateMachine, C> Node<S, C> {
         chunk: Chunk,
     ) {
         let applied = self.applied;
+        let window = self.config.transfer_window.max(1) as u64;
         let Some(t) = self
             .transfer
             .as_mut()
@@ -1368,34 +1380,70 @@ impl<S: StateMachine, C> Node<S, C> {
                 self.abandon_transfer();
                 return;
             }
+            if chunk.offset != 0 {
+                return; // a stale reply to an earlier transfer
+            }
             t.slot = meta.last_applied;
             t.data_len = data_len;
+            t.chunk_len = chunk.data.len() as u64;
+            t.requested_to = t.chunk_len;
         }
-        if meta.last_applied != t.slot || chunk.offset != t.offset || data_len != t.data_len {
-            return; // a duplicate or a stale reply
+        if meta.last_applied != t.slot || data_len != t.data_len {
+            return; // a stale reply
         }
-        let len = chunk.data.len() as u64;
-        if len == 0 && t.offset < data_len {
-            tracing::error!(%from, "empty checkpoint chunk before the end; retrying");
-            self.abandon_transfer();
+        if chunk.offset != t.offset {
+            // Ahead of the next one expected: keep it (within the window)
+            // until the chunks before it arrive. Behind: a duplicate.
+            let ahead = chunk.offset > t.offset
+                && chunk.offset < t.offset + window * t.chunk_len.max(1)
+                && t.early.len() < window as usize;
+            if ahead {
+                t.early.insert(chunk.offset, (meta, chunk));
+            }
             return;
         }
-        t.offset += len;
-        t.last_progress = now;
-        t.started = true;
-        let (slot, offset, done) = (t.slot, t.offset, t.offset >= data_len);
-        if done {
-            t.finishing = true;
+        // Hand over this chunk and every buffered one that now follows.
+        let mut next = Some((meta, chunk));
+        while let Some((meta, chunk)) = next.take() {
+            let len = chunk.data.len() as u64;
+            if len == 0 && t.offset < data_len {
+                tracing::error!(%from, "empty checkpoint chunk before the end; retrying");
+                self.abandon_transfer();
+                return;
+            }
+            t.offset += len;
+            t.last_progress = now;
+            t.started = true;
+            self.effects.push_back(Effect::Transfer(TransferOp::Write {
+                meta,
+                data_len,
+                chunk,
+            }));
+            next = t.early.remove(&t.offset);
         }
-        self.effects.push_back(Effect::Transfer(TransferOp::Write {
-            meta,
-            data_len,
-            chunk,
-        }));
-        if done {
+        t.early.retain(|&offset, _| offset > t.offset);
+        let (slot, offset) = (t.slot, t.offset);
+        if offset >= data_len {
+            t.finishing = true;
+            t.early.clear();
             self.effects
                 .push_back(Effect::Transfer(TransferOp::Finish { slot }));
-        } else {
+            return;
+        }
+        // Keep `window` chunks requested ahead of what was handed over. A
+        // peer that serves shorter chunks than its first (it restarted
+        // with another chunk size) leaves gaps; the transfer then stalls
+        // and is retried.
+        let mut requests = Vec::new();
+        let limit = offset + window * t.chunk_len.max(1);
+        if t.requested_to < offset {
+            t.requested_to = offset;
+        }
+        while t.requested_to < data_len && t.requested_to < limit {
+            requests.push(t.requested_to);
+            t.requested_to += t.chunk_len.max(1);
+        }
+        for offset in requests {
             self.transmit_xfer(
                 from,
                 &XferMessage::Request {

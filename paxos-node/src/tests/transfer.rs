@@ -17,12 +17,18 @@ const STALL_US: u64 = 1_000_000;
 /// no longer keep in memory. Returns `(sim, leader, lagger)`; the lagger is
 /// still cut off.
 fn lagging_cluster() -> (Sim, ReplicaId, ReplicaId) {
+    lagging_cluster_with(|_| {})
+}
+
+/// [`lagging_cluster`] with every node's configuration changed by `tweak`.
+fn lagging_cluster_with(tweak: impl Fn(&mut crate::NodeConfig)) -> (Sim, ReplicaId, ReplicaId) {
     let mut sim = Sim::with(3, |c| {
         c.checkpoints = true;
         c.checkpoint_every = 8;
         c.compact_retain = 0;
         c.core.retain_decrees = 4;
         c.transfer_stall_us = STALL_US;
+        tweak(c);
     });
     let leader = sim.elect();
     let lagger = sim.hosts.keys().copied().find(|r| *r != leader).unwrap();
@@ -97,6 +103,61 @@ fn a_replica_behind_every_peers_log_installs_a_checkpoint_and_catches_up() {
             slot: host.installed[0]
         })
     );
+}
+
+#[test]
+fn chunks_are_fetched_a_window_at_a_time_and_written_in_order_whatever_order_they_arrive_in() {
+    let (mut sim, _, lagger) = lagging_cluster_with(|c| c.transfer_chunk_bytes = 64 * 1024);
+    let window = sim.host(lagger).config.transfer_window;
+    assert!(window > 1);
+    // Hold back every chunk after the first, and note the offsets asked for.
+    let holding = Rc::new(Cell::new(true));
+    let held: Rc<RefCell<Vec<(ReplicaId, Bytes)>>> = Rc::default();
+    let requested: Rc<RefCell<Vec<u64>>> = Rc::default();
+    let (hold, held_in, asked) = (Rc::clone(&holding), Rc::clone(&held), Rc::clone(&requested));
+    sim.drop_rule = Some(Box::new(move |from, to, bytes| {
+        match xfer::decode(bytes.clone()) {
+            Ok(XferMessage::Chunk { chunk, .. })
+                if to == lagger && chunk.offset > 0 && hold.get() =>
+            {
+                held_in.borrow_mut().push((from, bytes.clone()));
+                return true;
+            }
+            Ok(XferMessage::Request { offset, .. }) if from == lagger => {
+                asked.borrow_mut().push(offset)
+            }
+            _ => {}
+        }
+        false
+    }));
+    sim.heal();
+    assert!(sim.run_until(5_000_000, |_| held.borrow().len() >= window));
+    sim.run_for(STALL_US / 4);
+    // The first chunk, then a whole window asked for at once, no more.
+    assert_eq!(held.borrow().len(), window, "a window of chunks in flight");
+    let asked: Vec<u64> = requested.borrow().clone();
+    let chunk = 64 * 1024;
+    let expected: Vec<u64> = (0..=window as u64).map(|i| i * chunk).collect();
+    assert_eq!(asked, expected);
+    assert_eq!(
+        writes(&sim.host(lagger).transfer_ops),
+        vec![(0, chunk as usize)]
+    );
+    // Delivered last to first, they are still written first to last: each
+    // waits for the ones before it.
+    let arrivals: Vec<(ReplicaId, Bytes)> = held.borrow_mut().drain(..).rev().collect();
+    for (from, bytes) in arrivals {
+        sim.deliver(from, lagger, bytes);
+    }
+    let written = writes(&sim.host(lagger).transfer_ops);
+    assert_eq!(written.len(), 1 + window);
+    let mut offset = 0;
+    for (at, len) in &written {
+        assert_eq!(*at, offset, "chunks continue each other: {written:?}");
+        offset += *len as u64;
+    }
+    holding.set(false);
+    caught_up(&mut sim, lagger);
 }
 
 #[test]
