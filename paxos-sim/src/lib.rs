@@ -143,6 +143,7 @@ pub mod digest;
 mod faults;
 mod network;
 pub mod params;
+pub mod reads;
 mod replica;
 pub mod runner;
 mod show;
@@ -153,6 +154,7 @@ pub mod storage;
 
 pub use checker::{Failure, FailureKind};
 pub use params::{FaultParams, FaultWeights};
+pub use reads::{ClockDrift, ReadParams, SimReadMode};
 pub use replica::Timing;
 pub use runner::{run_many, RunOptions, Summary};
 pub use sim::{

@@ -36,9 +36,14 @@
 //! `duration` of real time after the round started, whatever its clock's
 //! rate within the bound. Meanwhile it serves reads at its commit index
 //! without a round. The design chosen is the *new leader waits*: a leader
-//! elected with leases on announces itself (so proposes client values and
-//! serves reads) only `duration * (1 + ρ)` after its phase 1 completed, on
-//! its clock, which is at least `duration` of real time. Any round an old
+//! elected with leases on proposes nothing (not even the window phase 1
+//! recovered) and so announces itself, proposes client values and serves
+//! reads, only `duration * (1 + ρ)` after its phase 1 completed, on its
+//! clock, which is at least `duration` of real time. Nothing is chosen in
+//! its ballot while an old lease may hold, so a value the old leader's
+//! lease reads miss is never chosen before they end (a recovered write,
+//! re-proposed at once, would be: chosen, so visible to every later read
+//! of the new leader, while the old one still answers without it). Any round an old
 //! lease counts from was acknowledged by a voter of the new phase 1's
 //! quorum before that voter promised the new ballot (quorums intersect,
 //! and after promising it rejects the old ballot), so it started before
