@@ -155,7 +155,7 @@ impl Replica {
     /// on, a new leader proposes nothing, not even the recovered window,
     /// until any lease an old leader may hold ran out (see `reads`).
     pub(super) fn drain_recovery(&mut self, now: Time) {
-        if self.config.read_lease.is_some() && !self.lease_waited(now) {
+        if !self.lease_waited(now) {
             return;
         }
         let window = self.config.pipeline_window as u64;
@@ -192,7 +192,7 @@ impl Replica {
     /// out (see `reads`).
     pub(super) fn announce_if_recovered(&mut self, now: Time) {
         let commit = self.commit_index;
-        let waited = self.config.read_lease.is_none() || self.lease_waited(now);
+        let waited = self.lease_waited(now);
         if let RoleState::Leader(l) = &mut self.role {
             if !l.announced
                 && waited

@@ -97,8 +97,11 @@ pub(super) struct ReadRounds {
     pub(super) wanted: bool,
     /// Lease reads may be served until then (this replica's clock).
     pub(super) lease_until: Option<Time>,
-    /// With leases on, the leader announces itself no earlier than this.
+    /// With leases on, the leader proposes nothing and does not announce
+    /// itself before this.
     pub(super) announce_after: Time,
+    /// `announce_after` was seen passed (or, with the planted bug, ignored).
+    pub(super) waited: bool,
 }
 
 impl ReadRounds {
@@ -111,6 +114,7 @@ impl ReadRounds {
             wanted: false,
             lease_until: None,
             announce_after: lease.map_or(now, |l| now.plus_micros(l.successor_wait_us())),
+            waited: lease.is_none(),
         }
     }
 
@@ -231,11 +235,17 @@ impl Replica {
         }
     }
 
-    /// With leases on, whether a new leader has waited out any lease an
-    /// old one may hold (see the module docs).
-    pub(super) fn lease_waited(&self, now: Time) -> bool {
-        match &self.role {
-            RoleState::Leader(l) => now >= l.reads.announce_after || planted!(self, lease_no_wait),
+    /// Whether this leader has waited out any lease an old one may hold
+    /// (see the module docs; always true with leases off). Remembers it.
+    pub(super) fn lease_waited(&mut self, now: Time) -> bool {
+        let skip = planted!(self, lease_no_wait);
+        match &mut self.role {
+            RoleState::Leader(l) => {
+                if !l.reads.waited && (now >= l.reads.announce_after || skip) {
+                    l.reads.waited = true;
+                }
+                l.reads.waited
+            }
             _ => false,
         }
     }
