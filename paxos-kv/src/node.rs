@@ -72,6 +72,8 @@ const REFUSED: &str = "ERR proposal refused by the replica";
 
 /// Most inbound messages handled per wake-up before acting on them.
 const INBOUND_BURST: usize = 256;
+/// Most reads handed to the node per wake-up.
+const READ_BURST: usize = 4096;
 /// Capacity of the durability-notification channel.
 const NOTIFY_CAPACITY: usize = 4096;
 
@@ -293,12 +295,26 @@ enum Control {
     Shutdown,
 }
 
+/// How fresh a read must be (paxos-node's read API takes the same).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadConsistency {
+    /// Linearizable: only the leader serves it, after confirming it still
+    /// leads (the configured [`crate::config::ReadMode`]).
+    Linearizable,
+    /// Any replica that has applied at least this slot serves it from its
+    /// own state (RSL's bounded staleness; `READONLY` connections).
+    AtLeast(Slot),
+}
+
 /// The embedding API (RSL's `ReplicateRequest` / status calls): a cheap,
 /// cloneable handle to a running replica.
 #[derive(Clone, Debug)]
 pub struct Replica {
     id: ReplicaId,
     submitter: Submitter<Submitted, Reply>,
+    /// Reads, in a queue of their own: they never wait behind writes for
+    /// room in the proposal window.
+    reads: Submitter<ReadSubmitted, Reply>,
     submit_queue_capacity: usize,
     status: Arc<SharedStatus>,
     control: mpsc::Sender<Control>,
@@ -325,13 +341,7 @@ impl Replica {
         &self,
         request: Bytes,
     ) -> Result<paxos_pipeline::CompletionHandle<Reply>, ReplicateError> {
-        let status = &self.status;
-        if status.role.load(Ordering::Relaxed) != ROLE_LEADER {
-            let leader = status.leader.load(Ordering::Relaxed);
-            return Err(ReplicateError::NotPrimary {
-                leader: (leader != 0).then_some(ReplicaId(leader)),
-            });
-        }
+        self.check_primary()?;
         let queued_us = self.stages.stamp();
         let submitted = Submitted { request, queued_us };
         self.submitter.try_submit(submitted).map_err(|e| match e {
@@ -340,10 +350,59 @@ impl Replica {
         })
     }
 
-    /// A read. Reads are ordered through the log (see the module docs), so
-    /// this is [`Replica::replicate`] of a read request.
+    /// A linearizable read (a read-only request, see
+    /// [`crate::command::CommandKind`]) and its output; `NotPrimary` on a
+    /// follower.
     pub async fn read(&self, request: Bytes) -> Result<Bytes, ReplicateError> {
-        self.replicate(request).await
+        self.read_with(request, ReadConsistency::Linearizable)
+            .await
+            .map(|reply| reply.bytes)
+    }
+
+    /// A read at `consistency`, and its output with the slot it observed.
+    pub async fn read_with(
+        &self,
+        request: Bytes,
+        consistency: ReadConsistency,
+    ) -> Result<Reply, ReplicateError> {
+        self.submit_read(request, consistency)?
+            .await
+            .into_result()
+            .map_err(ReplicateError::from_abort)
+    }
+
+    /// Submits a read-only request without waiting; the handle resolves
+    /// exactly once. A linearizable read on a follower fails fast with
+    /// `NotPrimary`, as a write does.
+    pub fn submit_read(
+        &self,
+        request: Bytes,
+        consistency: ReadConsistency,
+    ) -> Result<paxos_pipeline::CompletionHandle<Reply>, ReplicateError> {
+        if consistency == ReadConsistency::Linearizable {
+            self.check_primary()?;
+        }
+        let queued_us = self.stages.stamp();
+        let submitted = ReadSubmitted {
+            request,
+            consistency,
+            queued_us,
+        };
+        self.reads.try_submit(submitted).map_err(|e| match e {
+            paxos_pipeline::SubmitError::ShuttingDown(_) => ReplicateError::ShuttingDown,
+            _ => ReplicateError::Overloaded,
+        })
+    }
+
+    fn check_primary(&self) -> Result<(), ReplicateError> {
+        let status = &self.status;
+        if status.role.load(Ordering::Relaxed) != ROLE_LEADER {
+            let leader = status.leader.load(Ordering::Relaxed);
+            return Err(ReplicateError::NotPrimary {
+                leader: (leader != 0).then_some(ReplicaId(leader)),
+            });
+        }
+        Ok(())
     }
 
     /// Registers `id`'s addresses in the replicated directory (every replica
@@ -502,11 +561,32 @@ impl paxos_pipeline::ByteLen for Submitted {
     }
 }
 
+/// A read in the read queue.
+#[derive(Debug)]
+pub struct ReadSubmitted {
+    /// The state-machine request encoding (read-only).
+    pub request: Bytes,
+    /// How fresh its answer must be.
+    pub consistency: ReadConsistency,
+    /// Stage stamp when it was queued (0: timing off).
+    pub queued_us: u64,
+}
+
+impl paxos_pipeline::ByteLen for ReadSubmitted {
+    fn byte_len(&self) -> usize {
+        self.request.len()
+    }
+}
+
 /// A completed request's output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
     /// The state machine's output (for KV: the RESP reply).
     pub bytes: Bytes,
+    /// The slot whose state it saw: a write's decree, or the applied slot
+    /// a read was served at. A client that reads at least this slot
+    /// elsewhere sees this request's effect.
+    pub slot: Slot,
     /// Stage stamp when it was applied (0: timing off).
     pub applied_us: u64,
 }
@@ -523,6 +603,9 @@ pub fn start(
     let (submitter, consumer) = paxos_pipeline::pipeline::<Submitted, Reply>(parts.submit_queue)
         .map_err(|e| anyhow::anyhow!("submit queue: {e:?}"))?;
     let submit_queue_capacity = consumer.capacity();
+    let (reads, read_consumer) =
+        paxos_pipeline::pipeline::<ReadSubmitted, Reply>(parts.submit_queue)
+            .map_err(|e| anyhow::anyhow!("read queue: {e:?}"))?;
     let status = Arc::new(SharedStatus::default());
     let (control_tx, control_rx) = mpsc::channel(64);
     let (persist_tx, persist_rx) = std::sync::mpsc::sync_channel::<u64>(NOTIFY_CAPACITY);
@@ -548,6 +631,7 @@ pub fn start(
         storage: parts.storage,
         transport: parts.transport,
         consumer,
+        read_consumer,
         status: Arc::clone(&status),
         persist_tx,
         durability,
@@ -567,6 +651,7 @@ pub fn start(
         Replica {
             id,
             submitter,
+            reads,
             submit_queue_capacity,
             stages: parts.stages,
             status,
@@ -618,6 +703,7 @@ struct EventLoop {
     storage: Arc<dyn ReplicaStorage>,
     transport: Arc<dyn Transport>,
     consumer: RequestConsumer<Submitted, Reply>,
+    read_consumer: RequestConsumer<ReadSubmitted, Reply>,
     status: Arc<SharedStatus>,
     persist_tx: std::sync::mpsc::SyncSender<u64>,
     durability: Arc<Durability>,
@@ -655,6 +741,7 @@ impl EventLoop {
                 .as_mut()
                 .reset(tokio::time::Instant::from_std(deadline));
             let can_take_requests = self.node.wants_requests();
+            let can_take_reads = can_take_requests;
             // Unbiased: under sustained peer traffic a fixed order would
             // starve timers (heartbeats, elections), control messages and
             // client requests.
@@ -693,6 +780,13 @@ impl EventLoop {
                         return Ok(());
                     }
                     self.take_requests();
+                }
+                ready = self.read_consumer.ready(), if can_take_reads => {
+                    if ready == paxos_pipeline::Readiness::Closed {
+                        self.shutdown();
+                        return Ok(());
+                    }
+                    self.take_reads();
                 }
             }
             self.carry_out()?;
@@ -761,6 +855,34 @@ impl EventLoop {
         self.node.shutdown();
         let _ = self.carry_out();
         self.consumer.shutdown();
+        self.read_consumer.shutdown();
+    }
+
+    /// Hands queued reads to the node, at most [`READ_BURST`] per wake-up
+    /// so that reads cannot starve the rest of the loop.
+    fn take_reads(&mut self) {
+        let limits = paxos_pipeline::DrainLimits {
+            max_count: READ_BURST,
+            max_bytes: usize::MAX,
+            per_item_overhead: 0,
+        };
+        let stages = Arc::clone(&self.stages);
+        let batched_us = stages.stamp();
+        let drained = &mut self.drained;
+        stages.with_batch(|recorder| {
+            self.read_consumer.drain_batch_by(
+                limits,
+                |r: &Request<ReadSubmitted, Reply>| r.payload.request.len(),
+                |r| {
+                    recorder.record(Point::Queued, r.payload.queued_us, batched_us);
+                    // Until the node serves reads off the log, they are
+                    // ordered through it like writes.
+                    drained.push((r.payload.request, r.completer));
+                },
+            );
+        });
+        let now = self.now();
+        self.node.propose_requests(now, now, &mut self.drained);
     }
 
     /// Drains queued client requests into the node (one decree's worth).
@@ -809,9 +931,12 @@ impl EventLoop {
                         .map_err(|_| anyhow::anyhow!("durability waiter stopped"))?;
                 }
                 Effect::Complete {
-                    completion, reply, ..
+                    completion,
+                    reply,
+                    slot,
                 } => completion.complete(Reply {
                     bytes: reply,
+                    slot,
                     applied_us: self.stages.stamp(),
                 }),
                 Effect::Abort { completion, reason } => completion.abort(pipeline_abort(reason)),

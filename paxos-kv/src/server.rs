@@ -24,16 +24,26 @@
 //! reached`. A connection idle for the configured timeout, with no reply
 //! outstanding, is closed.
 //!
-//! Writes and reads on a follower are answered with `-MOVED 0 <addr>` where
-//! `<addr>` is the leader's client address (`-CLUSTERDOWN` if no leader is
-//! known); those requests were not proposed. A request that was proposed
+//! Writes go through the log ([`Replica::submit`]); reads (the commands
+//! [`encode_command`] classifies as [`CommandKind::Read`]) skip it
+//! ([`Replica::submit_read`]): linearizable at the leader, or, on a
+//! connection that sent `READONLY`, served by a follower from its own
+//! state once it has applied every slot the connection observed (the
+//! slot of each reply it got, writes' and reads' alike), so the client
+//! never reads older state than it already saw.
+//!
+//! Writes, and reads without `READONLY`, on a follower are answered with
+//! `-MOVED 0 <addr>` where `<addr>` is the leader's client address
+//! (`-CLUSTERDOWN` if no leader is known); those requests were not
+//! proposed. A request that was proposed
 //! but whose fate is unknown (leadership changed) is answered with an
 //! `-UNKNOWN ...` error: it may or may not have been applied.
 
 use crate::client_registry::{ClientRegistry, ConnShared};
+use crate::command::CommandKind;
 use crate::config::Tuning;
 use crate::kv::encode_command;
-use crate::node::{error_reply, outcome_reply, Replica, Reply};
+use crate::node::{error_reply, outcome_reply, ReadConsistency, Replica, Reply};
 use crate::reply_chain::ReplyChain;
 use crate::reply_limits::{self, OutputLimits, OutputVerdict};
 use crate::resp::{self, RespLimits};
@@ -42,7 +52,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use paxos_core::{ReplicaId, Role};
 use paxos_pipeline::CompletionHandle;
 use std::fmt::Write as _;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -304,7 +314,17 @@ async fn handle_connection(
     let (mut rd, wr) = socket.into_split();
     let (tx, rx) = mpsc::channel::<Pending>(state.config.max_pipelined);
     let mut closed_rx = conn.closed.subscribe();
-    let writer = tokio::spawn(write_replies(wr, rx, Arc::clone(&state), Arc::clone(conn)));
+    // The highest slot whose state a reply on this connection reflected
+    // (raised by the writer as replies arrive, read by the reader for the
+    // next replica read).
+    let observed = Arc::new(AtomicU64::new(0));
+    let writer = tokio::spawn(write_replies(
+        wr,
+        rx,
+        Arc::clone(&state),
+        Arc::clone(conn),
+        Arc::clone(&observed),
+    ));
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut scratch = BytesMut::with_capacity(16 * 1024);
     let mut ranges = Vec::with_capacity(INLINE_ARGS);
@@ -406,7 +426,14 @@ async fn handle_connection(
                                 break 'read;
                             }
                             (
-                                execute(args, &state, &mut scratch, received_us, &mut session),
+                                execute(
+                                    args,
+                                    &state,
+                                    &mut scratch,
+                                    received_us,
+                                    &mut session,
+                                    &observed,
+                                ),
                                 len,
                             )
                         }
@@ -454,6 +481,7 @@ fn execute(
     scratch: &mut BytesMut,
     received_us: u64,
     session: &mut crate::session::Session,
+    observed: &AtomicU64,
 ) -> Pending {
     let name = &args[0];
     let is = |s: &[u8]| name.eq_ignore_ascii_case(s);
@@ -497,9 +525,20 @@ fn execute(
         return Pending::Ready(reply);
     }
     match encode_command(args, scratch) {
-        Ok(_) => {
+        Ok(kind) => {
             let request = scratch.split().freeze();
-            match state.replica.submit(request) {
+            let submitted = match kind {
+                CommandKind::Write => state.replica.submit(request),
+                CommandKind::Read => {
+                    let consistency = read_consistency(
+                        state.replica.is_primary(),
+                        session.readonly(),
+                        observed.load(Ordering::Relaxed),
+                    );
+                    state.replica.submit_read(request, consistency)
+                }
+            };
+            match submitted {
                 Ok(handle) => {
                     let stages = state.replica.stages();
                     stages.record(Point::Received, received_us, stages.stamp());
@@ -513,6 +552,18 @@ fn execute(
             }
         }
         Err(e) => Pending::Ready(error_bytes(e.to_string().as_bytes())),
+    }
+}
+
+/// How fresh a read must be: linearizable at the leader (whatever the
+/// connection asked: the leader's own state is the freshest), at least the
+/// connection's observed slot on a follower when it sent `READONLY`;
+/// otherwise linearizable, which a follower refuses with a redirect.
+fn read_consistency(is_primary: bool, readonly: bool, observed: u64) -> ReadConsistency {
+    if readonly && !is_primary {
+        ReadConsistency::AtLeast(paxos_core::Slot(observed))
+    } else {
+        ReadConsistency::Linearizable
     }
 }
 
@@ -538,6 +589,7 @@ async fn next_reply(
     head: &mut Option<Pending>,
     rx: &mut mpsc::Receiver<Pending>,
     state: &ServerState,
+    observed: &AtomicU64,
 ) -> WriterStep {
     if head.is_none() {
         match rx.recv().await {
@@ -548,7 +600,7 @@ async fn next_reply(
     let step = match head.as_mut() {
         Some(Pending::Ready(b)) => WriterStep::Counted(std::mem::take(b)),
         Some(Pending::Wait(handle, received_us)) => {
-            WriterStep::Produced(outcome_bytes(handle.await, *received_us, state))
+            WriterStep::Produced(outcome_bytes(handle.await, *received_us, state, observed))
         }
         Some(Pending::Admin(rx)) => {
             WriterStep::Produced(rx.await.unwrap_or(Bytes::from_static(ADMIN_ABORTED)))
@@ -565,6 +617,7 @@ fn try_next_reply(
     head: &mut Option<Pending>,
     rx: &mut mpsc::Receiver<Pending>,
     state: &ServerState,
+    observed: &AtomicU64,
 ) -> Option<WriterStep> {
     if head.is_none() {
         match rx.try_recv() {
@@ -575,9 +628,12 @@ fn try_next_reply(
     }
     let step = match head.as_mut()? {
         Pending::Ready(b) => WriterStep::Counted(std::mem::take(b)),
-        Pending::Wait(handle, received_us) => {
-            WriterStep::Produced(outcome_bytes(handle.try_take()?, *received_us, state))
-        }
+        Pending::Wait(handle, received_us) => WriterStep::Produced(outcome_bytes(
+            handle.try_take()?,
+            *received_us,
+            state,
+            observed,
+        )),
         Pending::Admin(rx) => WriterStep::Produced(match rx.try_recv() {
             Ok(reply) => reply,
             Err(tokio::sync::oneshot::error::TryRecvError::Empty) => return None,
@@ -594,15 +650,18 @@ fn try_next_reply(
 /// The reply to an operator command whose task went away.
 const ADMIN_ABORTED: &[u8] = b"-ERR command aborted\r\n";
 
-/// The reply bytes of a request's outcome.
+/// The reply bytes of a request's outcome; raises the connection's
+/// `observed` slot to the one the reply reflects.
 fn outcome_bytes(
     outcome: paxos_pipeline::Outcome<Reply>,
     received_us: u64,
     state: &ServerState,
+    observed: &AtomicU64,
 ) -> Bytes {
     match outcome {
         // The state machine's buffer itself: no copy.
         paxos_pipeline::Outcome::Completed(reply) => {
+            observed.fetch_max(reply.slot.0, Ordering::Relaxed);
             let stages = state.replica.stages();
             stages.record_replied(received_us, reply.applied_us, stages.stamp());
             reply.bytes
@@ -635,6 +694,7 @@ async fn write_replies(
     mut rx: mpsc::Receiver<Pending>,
     state: Arc<ServerState>,
     conn: Arc<ConnShared>,
+    observed: Arc<AtomicU64>,
 ) {
     let limits = state.config.clients.output;
     let idle_timeout = state.config.clients.idle_timeout;
@@ -672,7 +732,7 @@ async fn write_replies(
             tokio::select! {
                 biased;
                 _ = closed(&mut closed_rx) => WriterStep::Closed,
-                step = next_reply(&mut head, &mut rx, &state), if !finishing => step,
+                step = next_reply(&mut head, &mut rx, &state, &observed), if !finishing => step,
                 r = chain.write_to(&mut wr), if !chain.is_empty() => WriterStep::Wrote(r),
                 _ = sleep_until_or_never(wake_at) => WriterStep::Recheck,
             }
@@ -681,7 +741,7 @@ async fn write_replies(
                 biased;
                 _ = closed(&mut closed_rx) => WriterStep::Closed,
                 r = chain.write_to(&mut wr) => WriterStep::Wrote(r),
-                step = next_reply(&mut head, &mut rx, &state), if !finishing => step,
+                step = next_reply(&mut head, &mut rx, &state, &observed), if !finishing => step,
                 _ = sleep_until_or_never(wake_at) => WriterStep::Recheck,
             }
         };
@@ -713,7 +773,7 @@ async fn write_replies(
                 WriterStep::Closed => break 'write,
             }
             if (produced > 0 || !chain.is_empty()) && !finishing && chain.len() < FLUSH_AT {
-                step = try_next_reply(&mut head, &mut rx, &state);
+                step = try_next_reply(&mut head, &mut rx, &state, &observed);
             }
         }
         if produced > 0 {
@@ -794,6 +854,72 @@ fn info_text(state: &ServerState, section: Option<&[u8]>) -> String {
         stats.idle_disconnects.load(Ordering::Relaxed),
         stats.heap_trims.load(Ordering::Relaxed),
     );
-    crate::membership::write_info(&state.replica.cluster(), &mut text);
+    let cluster = state.replica.cluster();
+    write_replicas(&s, &cluster, |id| state.redirect(id), &mut text);
+    crate::membership::write_info(&cluster, &mut text);
     text
+}
+
+/// INFO's `# Replicas`: where a `READONLY` client can read and how fresh
+/// each replica is, as this node knows it: its own applied slot, and per
+/// peer the commit index it last reported (it applies what it knows chosen
+/// at once, so this is what a replica read there would see, as of
+/// `last_contact_ms` ago). The leader hears from every peer; a follower
+/// only from the leader.
+fn write_replicas(
+    me: &crate::node::NodeStatus,
+    cluster: &paxos_node::ClusterView,
+    client_addr: impl Fn(ReplicaId) -> Option<String>,
+    text: &mut String,
+) {
+    let addr = |id| client_addr(id).unwrap_or_else(|| "?".to_string());
+    let _ = write!(
+        text,
+        "# Replicas\r\nreplica_{}:self=1,role={},addr={},applied_index={}\r\n",
+        me.id.0,
+        role_name(me.role),
+        addr(me.id),
+        me.applied_index,
+    );
+    for p in &cluster.peers {
+        let opt = |v: Option<u64>| v.map_or("-1".to_string(), |v| v.to_string());
+        let role = if me.leader == Some(p.id) {
+            "leader"
+        } else {
+            "follower"
+        };
+        let _ = write!(
+            text,
+            "replica_{}:self=0,role={role},addr={},commit_index={},last_contact_ms={}\r\n",
+            p.id.0,
+            addr(p.id),
+            opt(p.commit_index.map(|c| c.0)),
+            opt(p.last_heard_us_ago.map(|us| us / 1000)),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use paxos_core::Slot;
+
+    #[test]
+    fn only_a_readonly_connection_to_a_follower_reads_locally() {
+        use ReadConsistency::{AtLeast, Linearizable};
+        // (is_primary, readonly, observed) -> consistency
+        assert_eq!(read_consistency(true, false, 7), Linearizable);
+        assert_eq!(
+            read_consistency(true, true, 7),
+            Linearizable,
+            "the leader's reads are linearizable even for READONLY clients"
+        );
+        assert_eq!(
+            read_consistency(false, false, 7),
+            Linearizable,
+            "without READONLY a follower redirects (linearizable is refused there)"
+        );
+        assert_eq!(read_consistency(false, true, 7), AtLeast(Slot(7)));
+        assert_eq!(read_consistency(false, true, 0), AtLeast(Slot(0)));
+    }
 }
