@@ -32,6 +32,22 @@
 //! slot of each reply it got, writes' and reads' alike), so the client
 //! never reads older state than it already saw.
 //!
+//! Order on one connection: requests pipelined on one connection take
+//! effect in the order they were sent, as in Redis (`SET k v; GET k` reads
+//! `v`, `GET k; SET k w` does not read `w`), although reads skip the log
+//! ([`ConnOrder`] keeps the counts):
+//! - a read sent while a request of the connection is in the log (not
+//!   answered yet) goes through the log behind it, as every read did
+//!   before; otherwise it skips the log, and is answered from a state that
+//!   includes every earlier request of the connection;
+//! - a write sent while reads that skipped the log are unanswered waits
+//!   for them (the reader pauses; a read is confirmed within a heartbeat
+//!   round trip, at once under a lease), since a read is answered from the
+//!   state at the moment it is served, which must not include a later
+//!   write.
+//! So unpipelined clients and read-only pipelines never touch the log for
+//! reads, and a pipeline mixing reads and writes costs what it cost before.
+//!
 //! Writes, and reads without `READONLY`, on a follower are answered with
 //! `-MOVED 0 <addr>` where `<addr>` is the leader's client address
 //! (`-CLUSTERDOWN` if no leader is known); those requests were not
@@ -140,11 +156,37 @@ pub fn is_operator_command(name: &[u8]) -> bool {
         .any(|c| name.eq_ignore_ascii_case(c))
 }
 
+/// What a connection's reader and writer share about the order of its
+/// requests (see the module docs). The reader counts a request up when it
+/// submits it; the writer counts it down once its reply is produced.
+#[derive(Debug, Default)]
+struct ConnOrder {
+    /// The highest slot whose state a reply on this connection reflected.
+    observed: AtomicU64,
+    /// Requests in the log (writes, and reads behind them) not answered.
+    in_log: AtomicU64,
+    /// Reads that skipped the log, not answered.
+    off_log: AtomicU64,
+    /// Signalled when `off_log` drops to zero.
+    off_log_done: tokio::sync::Notify,
+}
+
+/// Which way a submitted request went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route {
+    Log,
+    OffLog,
+}
+
 /// A reply owed to the client, in request order.
 enum Pending {
     Ready(Bytes),
-    /// Awaiting consensus; with the stage stamp of its arrival.
-    Wait(CompletionHandle<Reply>, u64),
+    /// Awaiting consensus (or a read's confirmation); with the stage stamp
+    /// of its arrival and the way it went.
+    Wait(CompletionHandle<Reply>, u64, Route),
+    /// A write that must wait for the connection's unanswered off-log reads
+    /// before it is submitted (never sent to the writer).
+    HeldWrite(Bytes, u64),
     /// An operator command running in its own task ([`crate::admin`]).
     Admin(tokio::sync::oneshot::Receiver<Bytes>),
     /// Flush what was written, then close (after a fatal protocol error or QUIT).
@@ -314,16 +356,13 @@ async fn handle_connection(
     let (mut rd, wr) = socket.into_split();
     let (tx, rx) = mpsc::channel::<Pending>(state.config.max_pipelined);
     let mut closed_rx = conn.closed.subscribe();
-    // The highest slot whose state a reply on this connection reflected
-    // (raised by the writer as replies arrive, read by the reader for the
-    // next replica read).
-    let observed = Arc::new(AtomicU64::new(0));
+    let order = Arc::new(ConnOrder::default());
     let writer = tokio::spawn(write_replies(
         wr,
         rx,
         Arc::clone(&state),
         Arc::clone(conn),
-        Arc::clone(&observed),
+        Arc::clone(&order),
     ));
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut scratch = BytesMut::with_capacity(16 * 1024);
@@ -432,13 +471,22 @@ async fn handle_connection(
                                     &mut scratch,
                                     received_us,
                                     &mut session,
-                                    &observed,
+                                    &order,
                                 ),
                                 len,
                             )
                         }
                     };
                     buf.advance(len);
+                    let pending = match pending {
+                        Pending::HeldWrite(request, received_us) => {
+                            if !reads_answered(&order, &mut closed_rx).await {
+                                break 'read;
+                            }
+                            submit_write(&state, request, received_us, &order)
+                        }
+                        other => other,
+                    };
                     // Produced replies count from now; the others once the
                     // writer has them.
                     match &pending {
@@ -446,7 +494,7 @@ async fn handle_connection(
                         Pending::Wait(..) | Pending::Admin(_) => {
                             conn.unresolved.fetch_add(1, Ordering::Relaxed);
                         }
-                        Pending::Close => {}
+                        Pending::HeldWrite(..) | Pending::Close => {}
                     }
                     let close = matches!(pending, Pending::Close);
                     if tx.send(pending).await.is_err() || close {
@@ -481,7 +529,7 @@ fn execute(
     scratch: &mut BytesMut,
     received_us: u64,
     session: &mut crate::session::Session,
-    observed: &AtomicU64,
+    order: &ConnOrder,
 ) -> Pending {
     let name = &args[0];
     let is = |s: &[u8]| name.eq_ignore_ascii_case(s);
@@ -527,32 +575,85 @@ fn execute(
     match encode_command(args, scratch) {
         Ok(kind) => {
             let request = scratch.split().freeze();
-            let submitted = match kind {
-                CommandKind::Write => state.replica.submit(request),
+            match kind {
+                CommandKind::Write if order.off_log.load(Ordering::Acquire) > 0 => {
+                    Pending::HeldWrite(request, received_us)
+                }
+                CommandKind::Write => submit_write(state, request, received_us, order),
+                // Behind a request in the log: in the log too, in order.
+                CommandKind::Read if order.in_log.load(Ordering::Acquire) > 0 => {
+                    submit_write(state, request, received_us, order)
+                }
                 CommandKind::Read => {
                     let consistency = read_consistency(
                         state.replica.is_primary(),
                         session.readonly(),
-                        observed.load(Ordering::Relaxed),
+                        order.observed.load(Ordering::Acquire),
                     );
-                    state.replica.submit_read(request, consistency)
-                }
-            };
-            match submitted {
-                Ok(handle) => {
-                    let stages = state.replica.stages();
-                    stages.record(Point::Received, received_us, stages.stamp());
-                    Pending::Wait(handle, received_us)
-                }
-                Err(e) => {
-                    let mut out = BytesMut::new();
-                    error_reply(&e, |id| state.redirect(id), &mut out);
-                    Pending::Ready(out.freeze())
+                    match state.replica.submit_read(request, consistency) {
+                        Ok(handle) => {
+                            order.off_log.fetch_add(1, Ordering::Relaxed);
+                            submitted(state, handle, received_us, Route::OffLog)
+                        }
+                        Err(e) => Pending::Ready(replicate_error_bytes(&e, state)),
+                    }
                 }
             }
         }
         Err(e) => Pending::Ready(error_bytes(e.to_string().as_bytes())),
     }
+}
+
+/// Submits a request through the log (a write, or a read that must stay
+/// in order behind one).
+fn submit_write(
+    state: &ServerState,
+    request: Bytes,
+    received_us: u64,
+    order: &ConnOrder,
+) -> Pending {
+    match state.replica.submit(request) {
+        Ok(handle) => {
+            order.in_log.fetch_add(1, Ordering::Relaxed);
+            submitted(state, handle, received_us, Route::Log)
+        }
+        Err(e) => Pending::Ready(replicate_error_bytes(&e, state)),
+    }
+}
+
+fn submitted(
+    state: &ServerState,
+    handle: CompletionHandle<Reply>,
+    received_us: u64,
+    route: Route,
+) -> Pending {
+    let stages = state.replica.stages();
+    stages.record(Point::Received, received_us, stages.stamp());
+    Pending::Wait(handle, received_us, route)
+}
+
+/// Waits until the connection's off-log reads are all answered; false if
+/// the connection closed meanwhile.
+async fn reads_answered(order: &ConnOrder, closed_rx: &mut watch::Receiver<bool>) -> bool {
+    loop {
+        let notified = order.off_log_done.notified();
+        tokio::pin!(notified);
+        // Registered before the check, so a wake-up in between is kept.
+        notified.as_mut().enable();
+        if order.off_log.load(Ordering::Acquire) == 0 {
+            return true;
+        }
+        tokio::select! {
+            () = notified => {}
+            _ = closed(closed_rx) => return false,
+        }
+    }
+}
+
+fn replicate_error_bytes(e: &crate::node::ReplicateError, state: &ServerState) -> Bytes {
+    let mut out = BytesMut::new();
+    error_reply(e, |id| state.redirect(id), &mut out);
+    out.freeze()
 }
 
 /// How fresh a read must be: linearizable at the leader (whatever the
@@ -589,7 +690,7 @@ async fn next_reply(
     head: &mut Option<Pending>,
     rx: &mut mpsc::Receiver<Pending>,
     state: &ServerState,
-    observed: &AtomicU64,
+    order: &ConnOrder,
 ) -> WriterStep {
     if head.is_none() {
         match rx.recv().await {
@@ -599,13 +700,17 @@ async fn next_reply(
     }
     let step = match head.as_mut() {
         Some(Pending::Ready(b)) => WriterStep::Counted(std::mem::take(b)),
-        Some(Pending::Wait(handle, received_us)) => {
-            WriterStep::Produced(outcome_bytes(handle.await, *received_us, state, observed))
-        }
+        Some(Pending::Wait(handle, received_us, route)) => WriterStep::Produced(outcome_bytes(
+            handle.await,
+            *received_us,
+            *route,
+            state,
+            order,
+        )),
         Some(Pending::Admin(rx)) => {
             WriterStep::Produced(rx.await.unwrap_or(Bytes::from_static(ADMIN_ABORTED)))
         }
-        Some(Pending::Close) | None => WriterStep::Finish,
+        Some(Pending::Close | Pending::HeldWrite(..)) | None => WriterStep::Finish,
     };
     *head = None;
     step
@@ -617,7 +722,7 @@ fn try_next_reply(
     head: &mut Option<Pending>,
     rx: &mut mpsc::Receiver<Pending>,
     state: &ServerState,
-    observed: &AtomicU64,
+    order: &ConnOrder,
 ) -> Option<WriterStep> {
     if head.is_none() {
         match rx.try_recv() {
@@ -628,11 +733,12 @@ fn try_next_reply(
     }
     let step = match head.as_mut()? {
         Pending::Ready(b) => WriterStep::Counted(std::mem::take(b)),
-        Pending::Wait(handle, received_us) => WriterStep::Produced(outcome_bytes(
+        Pending::Wait(handle, received_us, route) => WriterStep::Produced(outcome_bytes(
             handle.try_take()?,
             *received_us,
+            *route,
             state,
-            observed,
+            order,
         )),
         Pending::Admin(rx) => WriterStep::Produced(match rx.try_recv() {
             Ok(reply) => reply,
@@ -641,7 +747,7 @@ fn try_next_reply(
                 Bytes::from_static(ADMIN_ABORTED)
             }
         }),
-        Pending::Close => WriterStep::Finish,
+        Pending::Close | Pending::HeldWrite(..) => WriterStep::Finish,
     };
     *head = None;
     Some(step)
@@ -650,18 +756,32 @@ fn try_next_reply(
 /// The reply to an operator command whose task went away.
 const ADMIN_ABORTED: &[u8] = b"-ERR command aborted\r\n";
 
-/// The reply bytes of a request's outcome; raises the connection's
-/// `observed` slot to the one the reply reflects.
+/// The reply bytes of a request's outcome. Raises the connection's
+/// observed slot to the one the reply reflects, then counts the request
+/// answered ([`ConnOrder`]).
 fn outcome_bytes(
     outcome: paxos_pipeline::Outcome<Reply>,
     received_us: u64,
+    route: Route,
     state: &ServerState,
-    observed: &AtomicU64,
+    order: &ConnOrder,
 ) -> Bytes {
+    if let paxos_pipeline::Outcome::Completed(reply) = &outcome {
+        order.observed.fetch_max(reply.slot.0, Ordering::Release);
+    }
+    match route {
+        Route::Log => {
+            order.in_log.fetch_sub(1, Ordering::Release);
+        }
+        Route::OffLog => {
+            if order.off_log.fetch_sub(1, Ordering::Release) == 1 {
+                order.off_log_done.notify_one();
+            }
+        }
+    }
     match outcome {
         // The state machine's buffer itself: no copy.
         paxos_pipeline::Outcome::Completed(reply) => {
-            observed.fetch_max(reply.slot.0, Ordering::Relaxed);
             let stages = state.replica.stages();
             stages.record_replied(received_us, reply.applied_us, stages.stamp());
             reply.bytes
@@ -694,7 +814,7 @@ async fn write_replies(
     mut rx: mpsc::Receiver<Pending>,
     state: Arc<ServerState>,
     conn: Arc<ConnShared>,
-    observed: Arc<AtomicU64>,
+    order: Arc<ConnOrder>,
 ) {
     let limits = state.config.clients.output;
     let idle_timeout = state.config.clients.idle_timeout;
@@ -732,7 +852,7 @@ async fn write_replies(
             tokio::select! {
                 biased;
                 _ = closed(&mut closed_rx) => WriterStep::Closed,
-                step = next_reply(&mut head, &mut rx, &state, &observed), if !finishing => step,
+                step = next_reply(&mut head, &mut rx, &state, &order), if !finishing => step,
                 r = chain.write_to(&mut wr), if !chain.is_empty() => WriterStep::Wrote(r),
                 _ = sleep_until_or_never(wake_at) => WriterStep::Recheck,
             }
@@ -741,7 +861,7 @@ async fn write_replies(
                 biased;
                 _ = closed(&mut closed_rx) => WriterStep::Closed,
                 r = chain.write_to(&mut wr) => WriterStep::Wrote(r),
-                step = next_reply(&mut head, &mut rx, &state, &observed), if !finishing => step,
+                step = next_reply(&mut head, &mut rx, &state, &order), if !finishing => step,
                 _ = sleep_until_or_never(wake_at) => WriterStep::Recheck,
             }
         };
@@ -773,7 +893,7 @@ async fn write_replies(
                 WriterStep::Closed => break 'write,
             }
             if (produced > 0 || !chain.is_empty()) && !finishing && chain.len() < FLUSH_AT {
-                step = try_next_reply(&mut head, &mut rx, &state, &observed);
+                step = try_next_reply(&mut head, &mut rx, &state, &order);
             }
         }
         if produced > 0 {
