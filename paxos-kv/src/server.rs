@@ -45,6 +45,7 @@
 //!   round trip, at once under a lease), since a read is answered from the
 //!   state at the moment it is served, which must not include a later
 //!   write.
+//!
 //! So unpipelined clients and read-only pipelines never touch the log for
 //! reads, and a pipeline mixing reads and writes costs what it cost before.
 //!
