@@ -1,6 +1,6 @@
 //! Compact, versioned binary encoding of [`Message`].
 //!
-//! Layout: `u8 version (=1) | u8 tag | fields`. Integers are LEB128 varints
+//! Layout: `u8 version (=2) | u8 tag | fields`. Integers are LEB128 varints
 //! (at most 10 bytes, overflow rejected); a ballot is `round, leader`; a value
 //! is `u8 kind | payload` (`Requests`: varint length then the bytes);
 //! sequences are a varint count then the items; an `Option<Slot>` is
@@ -16,7 +16,8 @@ use crate::types::{Accepted, Ballot, Membership, Reconfiguration, ReplicaId, Slo
 use bytes::{BufMut, Bytes, BytesMut};
 
 /// The encoding version written by [`encode`] and accepted by [`decode`].
-pub const VERSION: u8 = 1;
+/// Version 2 added the read round to `Heartbeat` and `HeartbeatAck`.
+pub const VERSION: u8 = 2;
 
 /// Most entries (decrees or replica ids) one message may carry.
 pub const MAX_ENTRIES: usize = 1 << 20;
@@ -141,20 +142,24 @@ pub fn encode(msg: &Message, out: &mut BytesMut) {
         Message::Heartbeat(msg::Heartbeat {
             ballot,
             commit_index,
+            read_round,
         }) => {
             out.put_u8(tag::HEARTBEAT);
             put_ballot(out, *ballot);
             put_slot(out, *commit_index);
+            put_varint(out, *read_round);
         }
         Message::HeartbeatAck(msg::HeartbeatAck {
             ballot,
             commit_index,
             can_become_primary,
+            read_round,
         }) => {
             out.put_u8(tag::HEARTBEAT_ACK);
             put_ballot(out, *ballot);
             put_slot(out, *commit_index);
             out.put_u8(u8::from(*can_become_primary));
+            put_varint(out, *read_round);
         }
         Message::Reject(msg::Reject { promised }) => {
             out.put_u8(tag::REJECT);
@@ -358,11 +363,13 @@ pub fn decode(buf: Bytes) -> Result<Message, CodecError> {
         tag::HEARTBEAT => Message::Heartbeat(msg::Heartbeat {
             ballot: r.ballot()?,
             commit_index: r.slot()?,
+            read_round: r.varint()?,
         }),
         tag::HEARTBEAT_ACK => Message::HeartbeatAck(msg::HeartbeatAck {
             ballot: r.ballot()?,
             commit_index: r.slot()?,
             can_become_primary: r.bool()?,
+            read_round: r.varint()?,
         }),
         tag::REJECT => Message::Reject(msg::Reject {
             promised: r.ballot()?,
@@ -645,18 +652,20 @@ mod tests {
                     commit_index,
                 })
             }),
-            (arb_ballot(), arb_slot()).prop_map(|(ballot, commit_index)| Message::Heartbeat(
-                msg::Heartbeat {
+            (arb_ballot(), arb_slot(), any::<u64>()).prop_map(
+                |(ballot, commit_index, read_round)| Message::Heartbeat(msg::Heartbeat {
                     ballot,
-                    commit_index
-                }
-            )),
-            (arb_ballot(), arb_slot(), any::<bool>()).prop_map(
-                |(ballot, commit_index, can_become_primary)| {
+                    commit_index,
+                    read_round,
+                })
+            ),
+            (arb_ballot(), arb_slot(), any::<bool>(), any::<u64>()).prop_map(
+                |(ballot, commit_index, can_become_primary, read_round)| {
                     Message::HeartbeatAck(msg::HeartbeatAck {
                         ballot,
                         commit_index,
                         can_become_primary,
+                        read_round,
                     })
                 }
             ),
@@ -749,18 +758,18 @@ mod tests {
     #[test]
     fn rejects_bad_version_tags_and_trailing_bytes() {
         assert_eq!(
-            decode(Bytes::from_static(&[2, 1, 0, 0, 0])),
-            Err(CodecError::Version(2))
+            decode(Bytes::from_static(&[1, 1, 0, 0, 0])),
+            Err(CodecError::Version(1))
         );
         assert!(matches!(
-            decode(Bytes::from_static(&[1, 99])),
+            decode(Bytes::from_static(&[VERSION, 99])),
             Err(CodecError::UnknownTag {
                 what: "message",
                 ..
             })
         ));
         assert_eq!(
-            decode(Bytes::from_static(&[1, tag::FETCH, 5, 0])),
+            decode(Bytes::from_static(&[VERSION, tag::FETCH, 5, 0])),
             Err(CodecError::TrailingBytes(1))
         );
         assert!(matches!(
@@ -771,7 +780,7 @@ mod tests {
 
     #[test]
     fn rejects_overlong_varints_and_huge_counts() {
-        let mut raw = vec![1, tag::FETCH];
+        let mut raw = vec![VERSION, tag::FETCH];
         raw.extend_from_slice(&[0xff; 10]);
         raw.push(0);
         assert!(matches!(
@@ -794,7 +803,7 @@ mod tests {
         );
         // A Decrees frame claiming 2^40 entries fails before allocating.
         let mut raw = BytesMut::new();
-        raw.put_u8(1);
+        raw.put_u8(VERSION);
         raw.put_u8(tag::DECREES);
         put_varint(&mut raw, 1);
         put_varint(&mut raw, 1);
@@ -806,7 +815,7 @@ mod tests {
         ));
         // A replica id above u32 is an overflow, not a truncation.
         let mut raw = BytesMut::new();
-        raw.put_u8(1);
+        raw.put_u8(VERSION);
         raw.put_u8(tag::TIMEOUT_NOW);
         put_varint(&mut raw, 1);
         put_varint(&mut raw, u64::from(u32::MAX) + 1);
@@ -819,7 +828,7 @@ mod tests {
     #[test]
     fn a_pre_vote_reply_with_a_bad_flag_is_an_error() {
         let mut raw = BytesMut::new();
-        raw.put_u8(1);
+        raw.put_u8(VERSION);
         raw.put_u8(tag::PRE_VOTE_REPLY);
         put_ballot(&mut raw, Ballot::new(2, ReplicaId(1)));
         raw.put_u8(2); // `granted` is 0 or 1

@@ -61,7 +61,55 @@ pub struct Config {
     /// it on every restart until a start's repair completed (the status
     /// says so), as storage keeps the damage on record until then.
     pub repair: bool,
+    /// Lease reads (`None`: off, reads confirm leadership per round, see
+    /// `Replica::read_index`). Every replica of a cluster must agree on
+    /// it: with leases on, a new leader waits out the longest lease an old
+    /// one may still hold before it announces itself.
+    pub read_lease: Option<ReadLease>,
 }
+
+/// The clock assumption that makes lease reads safe, and the lease's length.
+///
+/// Every replica's clock runs at a rate within `1 ± max_drift_ppm / 10^6`
+/// of real time (a bound on the *rate*, not on the offset: clocks need not
+/// agree on the time). A leader whose heartbeat round started at `t` (its
+/// clock) and was acknowledged by a quorum in its ballot serves reads
+/// locally until `t + duration_us * (1 - ρ)` on its clock, which is at most
+/// `duration_us` of real time later; a new leader waits
+/// `duration_us * (1 + ρ)` on its clock, at least `duration_us` of real
+/// time, from the end of its phase 1 before it announces itself. Every
+/// round a lease counts from was acknowledged by some voter of that phase
+/// 1's quorum before it promised the new ballot, so the old lease has run
+/// out when the new leader commits or serves anything.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadLease {
+    /// The lease's length in real time, in µs. Also how long a new leader
+    /// waits before serving (so keep it short of the election timeout:
+    /// failover takes an election plus this).
+    pub duration_us: u64,
+    /// The largest clock rate error of any replica, in parts per million.
+    pub max_drift_ppm: u32,
+}
+
+impl ReadLease {
+    /// How long, on the leader's own clock, a lease lasts from the start of
+    /// the round that confirmed it: `duration * (1 - ρ)`, rounded down.
+    pub fn leader_local_us(&self) -> u64 {
+        let ppm = u64::from(self.max_drift_ppm.min(MAX_DRIFT_PPM));
+        (u128::from(self.duration_us) * u128::from(1_000_000 - ppm) / 1_000_000) as u64
+    }
+
+    /// How long, on its own clock, a new leader waits before it announces
+    /// itself: `duration * (1 + ρ)`, rounded up.
+    pub fn successor_wait_us(&self) -> u64 {
+        let ppm = u64::from(self.max_drift_ppm.min(MAX_DRIFT_PPM));
+        (u128::from(self.duration_us) * u128::from(1_000_000 + ppm)).div_ceil(1_000_000) as u64
+    }
+}
+
+/// Largest accepted `ReadLease::max_drift_ppm` (50%): beyond it a lease is
+/// too short to be of use and a new leader waits too long.
+pub const MAX_DRIFT_PPM: u32 = 500_000;
 
 /// Why a configuration is unusable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -100,6 +148,7 @@ impl Config {
             max_message_bytes: 8 << 20,
             max_accept_ahead: 256,
             repair: false,
+            read_lease: None,
         }
     }
 
@@ -125,6 +174,17 @@ impl Config {
             || self.election_timeout_max_us <= self.election_timeout_min_us
         {
             return invalid("election_timeout_*_us", "need heartbeat < min < max");
+        }
+        if let Some(lease) = self.read_lease {
+            if lease.max_drift_ppm > MAX_DRIFT_PPM {
+                return invalid("read_lease.max_drift_ppm", "at most 500000 (50%)");
+            }
+            if lease.leader_local_us() <= self.heartbeat_interval_us {
+                return invalid(
+                    "read_lease.duration_us",
+                    "the lease (less the drift) must outlast a heartbeat interval",
+                );
+            }
         }
         if self.catchup_chunk_decrees == 0 {
             return invalid("catchup_chunk_decrees", "must be at least 1");

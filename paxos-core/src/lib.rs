@@ -172,7 +172,7 @@ mod replica;
 mod types;
 
 pub use codec::CodecError;
-pub use config::{Config, ConfigError};
+pub use config::{Config, ConfigError, ReadLease, MAX_DRIFT_PPM};
 pub use msg::Message;
 #[cfg(feature = "planted-bugs")]
 pub use replica::PlantedBug;
@@ -183,7 +183,8 @@ pub use replica::PlantedBug;
 /// docs.
 pub const PLANTED_BUGS_COMPILED: bool = cfg!(feature = "planted-bugs");
 pub use replica::{
-    Action, PeerStatus, PersistToken, ProposeError, RepairProgress, Replica, Role, Status,
+    Action, PeerStatus, PersistToken, ProposeError, ReadTicket, RepairProgress, Replica, Role,
+    Status,
 };
 pub use types::*;
 

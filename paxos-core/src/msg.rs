@@ -123,6 +123,11 @@ pub struct Heartbeat {
     pub ballot: Ballot,
     /// The leader's commit index.
     pub commit_index: Slot,
+    /// The leader's latest read round in `ballot` when it sent this: an
+    /// acknowledgement echoing it proves the acknowledging voter had not
+    /// promised a higher ballot after that round started (ReadIndex and
+    /// leases, see the replica's `reads` module).
+    pub read_round: u64,
 }
 
 /// Reply to a heartbeat: progress and eligibility of the follower.
@@ -134,6 +139,8 @@ pub struct HeartbeatAck {
     pub commit_index: Slot,
     /// Whether the follower's application allows it to become primary.
     pub can_become_primary: bool,
+    /// Echo of the heartbeat's `read_round`.
+    pub read_round: u64,
 }
 
 /// The receiver's ballot is stale: the sender promised `promised`.

@@ -100,6 +100,7 @@ static REPLY_CORRUPT: &[u8] = b"-ERR corrupt request in log\r\n";
 static REPLY_NOT_INT: &[u8] = b"-ERR value is not an integer or out of range\r\n";
 static REPLY_OVERFLOW: &[u8] = b"-ERR increment or decrement would overflow\r\n";
 static REPLY_TOO_BIG: &[u8] = b"-ERR string exceeds maximum allowed size (proto-max-bulk-len)\r\n";
+static REPLY_NOT_READ: &[u8] = b"-ERR not a read-only command\r\n";
 
 /// The key-value map.
 #[derive(Debug, Default)]
@@ -401,6 +402,77 @@ impl KvStore {
             _ => return None,
         };
         Some(out)
+    }
+
+    /// A read-only command against the current state, changing nothing
+    /// ([`StateMachine::query`]): a key past its deadline reads as absent,
+    /// as `expire_if_due` would make it, but is not removed.
+    fn query_inner(&self, request: &[u8]) -> Option<Bytes> {
+        let (&op, body) = request.split_first()?;
+        let mut r = Reader { buf: body, pos: 0 };
+        let live = |k: &[u8]| -> Option<&[u8]> {
+            match self.map.deadline(k) {
+                Some(d) if d <= self.clock_ms => None,
+                _ => self.map.get(k),
+            }
+        };
+        let mut out = BytesMut::new();
+        match op {
+            OP_GET | OP_STRLEN => {
+                let k = r.str()?;
+                r.end()?;
+                let v = live(k);
+                if op == OP_STRLEN {
+                    resp::write_integer(&mut out, v.map_or(0, <[u8]>::len) as i64);
+                } else {
+                    resp::write_bulk(&mut out, v);
+                }
+            }
+            OP_EXISTS => {
+                let n = r.count(4)?;
+                let mut count = 0i64;
+                for _ in 0..n {
+                    count += i64::from(live(r.str()?).is_some());
+                }
+                r.end()?;
+                resp::write_integer(&mut out, count);
+            }
+            OP_MGET => {
+                let n = r.count(4)?;
+                let start = r.pos;
+                for _ in 0..n {
+                    r.str()?;
+                }
+                r.end()?;
+                r.pos = start;
+                resp::write_array_header(&mut out, Some(n));
+                for _ in 0..n {
+                    resp::write_bulk(&mut out, live(r.str()?));
+                }
+            }
+            OP_TTL => {
+                let (k, in_ms) = (r.str()?, r.u8()?);
+                r.end()?;
+                let ttl = if live(k).is_none() {
+                    -2
+                } else {
+                    match self.live_deadline(k) {
+                        None => -1,
+                        Some(d) => {
+                            let ms = d - self.clock_ms;
+                            (if in_ms == 1 { ms } else { (ms + 500) / 1000 }) as i64
+                        }
+                    }
+                };
+                resp::write_integer(&mut out, ttl);
+            }
+            OP_DBSIZE => {
+                r.end()?;
+                resp::write_integer(&mut out, self.map.len() as i64);
+            }
+            _ => return Some(Bytes::from_static(REPLY_NOT_READ)),
+        }
+        Some(out.freeze())
     }
 
     /// `SETX`: `SET` with options, `SETNX`, `GETSET` (Redis's
@@ -795,6 +867,11 @@ impl StateMachine for KvStore {
 
     fn execute(&mut self, decree: &Decree, request: &[u8]) -> Bytes {
         self.execute_at(decree.time_us, request)
+    }
+
+    fn query(&self, request: &[u8]) -> Bytes {
+        self.query_inner(request)
+            .unwrap_or_else(|| Bytes::from_static(REPLY_CORRUPT))
     }
 
     /// O(shards): shares the table's shards with the snapshot (see
@@ -1225,6 +1302,59 @@ pub(crate) mod tests {
         let mut s = KvStore::new();
         run_at(&mut s, 0, &[&["SET", "k", "v", "EX", "1", "EX", "5"]]);
         assert_eq!(replies(&mut s, 0, &[&["TTL", "k"]]), [":5\r\n"]);
+    }
+
+    /// A read that skips the log (`query`) answers what the same command
+    /// through the log would, expired keys included, and changes nothing;
+    /// writes are refused.
+    #[test]
+    fn queries_answer_like_executed_reads_and_change_nothing() {
+        let mut s = KvStore::new();
+        // More keys due than one request reclaims, b the last of them, so
+        // that b is past its deadline but still in the table.
+        for i in 0..RECLAIM_PER_REQUEST {
+            let k = format!("due{i}");
+            run_at(&mut s, 1_000, &[&["SET", &k, "v", "PX", "400"]]);
+        }
+        run_at(
+            &mut s,
+            1_000,
+            &[
+                &["SET", "a", "1"],
+                &["SET", "b", "hello", "PX", "500"],
+                &["SET", "c", "x", "EX", "100"],
+            ],
+        );
+        run_at(&mut s, 2_000, &[&["SET", "z", "0"]]);
+        let held = s.len();
+        assert!(s.get(b"b").is_some(), "b is expired but not reclaimed yet");
+        let reads: [&[&str]; 8] = [
+            &["GET", "a"],
+            &["GET", "b"],
+            &["STRLEN", "a"],
+            &["EXISTS", "a", "b", "c", "nope"],
+            &["MGET", "a", "b", "c", "nope"],
+            &["TTL", "c"],
+            &["TTL", "b"],
+            &["PTTL", "a"],
+        ];
+        let digest = s.state_digest();
+        let queried: Vec<Bytes> = reads
+            .iter()
+            .map(|c| StateMachine::query(&s, &encode(c)))
+            .collect();
+        assert_eq!(s.state_digest(), digest, "a query changed the state");
+        assert_eq!(s.len(), held, "a query reclaimed an expired key");
+        let executed = run_at(&mut s, 2_000, &reads);
+        assert_eq!(queried, executed);
+        assert_eq!(&queried[1][..], REPLY_NIL);
+        assert_eq!(
+            &StateMachine::query(&s, &encode(&["SET", "a", "2"]))[..],
+            REPLY_NOT_READ
+        );
+        assert_eq!(&StateMachine::query(&s, &[0xff, 1])[..], REPLY_NOT_READ);
+        assert_eq!(&StateMachine::query(&s, &[])[..], REPLY_CORRUPT);
+        assert_eq!(s.get(b"a"), Some(&b"1"[..]));
     }
 
     #[test]

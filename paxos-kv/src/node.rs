@@ -1157,6 +1157,9 @@ mod tests {
             checkpoints_saved: 2,
             checkpoints_installed: 1,
             repair: None,
+            read_mode: paxos_node::ReadMode::default(),
+            pending_reads: 0,
+            reads_served: 0,
         };
         let publish = |s: &paxos_node::NodeStatus| {
             shared.publish(s);

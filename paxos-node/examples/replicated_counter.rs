@@ -98,6 +98,15 @@ impl StateMachine for Counter {
         Bytes::copy_from_slice(&self.value.to_le_bytes())
     }
 
+    /// `GET` without the log (`Node::submit_read`); anything else is not
+    /// a read.
+    fn query(&self, request: &[u8]) -> Bytes {
+        match request {
+            [GET] => Bytes::copy_from_slice(&self.value.to_le_bytes()),
+            _ => Bytes::from_static(b"not a read"),
+        }
+    }
+
     fn snapshot(&mut self) -> BytesSnapshot {
         BytesSnapshot(Bytes::copy_from_slice(&self.value.to_le_bytes()))
     }

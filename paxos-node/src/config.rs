@@ -1,6 +1,7 @@
 //! Node configuration.
 
 use crate::directory::AddressConfig;
+use crate::reads::ReadMode;
 
 /// How a node is set up. The protocol's own knobs (window, batch limits,
 /// timers) are in [`NodeConfig::core`].
@@ -44,9 +45,35 @@ pub struct NodeConfig {
     pub stage_timing: bool,
     /// Emit [`crate::Effect::Applied`] for every applied decree.
     pub report_applies: bool,
+    /// How linearizable reads are confirmed (see [`crate::reads`]). With
+    /// [`ReadMode::Lease`] the node sets `core.read_lease` (a lease of
+    /// `core.election_timeout_min_us`); every replica must agree on it.
+    pub read_mode: ReadMode,
+    /// Most reads a node holds waiting (for a round, for the state machine
+    /// to catch up); more are refused (`AbortReason::Refused`).
+    pub max_pending_reads: usize,
+    /// Most request bytes of the reads a node holds waiting.
+    pub max_pending_read_bytes: usize,
+    /// A follower read (`ReadConsistency::AtLeast`) whose slot is not
+    /// applied within this long (µs) is refused: ask another replica.
+    pub read_wait_us: u64,
 }
 
 impl NodeConfig {
+    /// The core configuration this node runs its core with: `core`, with
+    /// the read lease that `read_mode` asks for.
+    pub fn core_config(&self) -> paxos_core::Config {
+        let mut core = self.core.clone();
+        core.read_lease = match self.read_mode {
+            ReadMode::ReadIndex => None,
+            ReadMode::Lease { max_drift_ppm } => Some(paxos_core::ReadLease {
+                duration_us: core.election_timeout_min_us,
+                max_drift_ppm,
+            }),
+        };
+        core
+    }
+
     /// Defaults around a core configuration.
     pub fn new(core: paxos_core::Config) -> NodeConfig {
         NodeConfig {
@@ -63,6 +90,10 @@ impl NodeConfig {
             wall_clock_at_zero_us: 0,
             stage_timing: false,
             report_applies: false,
+            read_mode: ReadMode::ReadIndex,
+            max_pending_reads: 1 << 16,
+            max_pending_read_bytes: 64 << 20,
+            read_wait_us: 1_000_000,
         }
     }
 }

@@ -118,7 +118,9 @@ pub enum Effect<P, C> {
         /// The records.
         entries: Vec<PersistEntry>,
     },
-    /// A request's reply: it executed in the decree chosen at `slot`.
+    /// A request's reply: it executed in the decree chosen at `slot`; or a
+    /// read's ([`crate::Node::submit_read`]): it was answered from the
+    /// state after `slot`.
     Complete {
         /// The request's completion handle.
         completion: C,

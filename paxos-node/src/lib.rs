@@ -60,6 +60,7 @@ pub mod directory;
 pub mod effect;
 pub mod framing;
 pub mod node;
+pub mod reads;
 pub mod state_machine;
 pub mod storage;
 pub mod xfer;
@@ -68,6 +69,7 @@ pub use config::NodeConfig;
 pub use directory::{ClusterView, Directory, MemberAddrs};
 pub use effect::{AbortReason, CheckpointJob, DecreeTiming, Effect, PersistId, TransferOp};
 pub use node::{Node, NodeError, NodeStatus, Recovery};
+pub use reads::{ReadConsistency, ReadMode};
 pub use state_machine::{BytesSnapshot, Decree, Snapshot, SnapshotError, StateMachine};
 
 #[cfg(test)]

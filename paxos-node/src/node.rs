@@ -48,6 +48,7 @@ use crate::config::NodeConfig;
 use crate::directory::{membership_text, Directory, MemberAddrs};
 use crate::effect::{AbortReason, CheckpointJob, DecreeTiming, Effect, PersistId, TransferOp};
 use crate::framing::{self, DecreeKind, FramedBuilder, Header, ProposalTag, HEADER_LEN};
+use crate::reads::{ReadConsistency, ReadMode, ReadQueue, Waiting};
 use crate::state_machine::{Decree, StateMachine};
 use crate::storage::{encode_node_section, Restored};
 use crate::xfer::{self, XferMessage};
@@ -134,6 +135,13 @@ pub struct NodeStatus {
     pub checkpoints_installed: u64,
     /// A repair after storage damage, in progress.
     pub repair: Option<paxos_core::RepairProgress>,
+    /// How this node confirms linearizable reads.
+    pub read_mode: ReadMode,
+    /// Reads waiting for a leadership confirmation or for the state
+    /// machine to apply their slot.
+    pub pending_reads: usize,
+    /// Reads answered without the log since start.
+    pub reads_served: u64,
 }
 
 /// One batch this node proposed and has not yet seen applied.
@@ -224,6 +232,8 @@ pub struct Node<S: StateMachine, C> {
     removed: bool,
     peers_sent: Option<BTreeMap<ReplicaId, SocketAddr>>,
     stats: NodeStatus,
+    /// Reads waiting to be answered (see [`crate::reads`]).
+    reads: ReadQueue<C>,
 }
 
 impl<S: StateMachine, C> std::fmt::Debug for Node<S, C> {
@@ -253,7 +263,7 @@ impl<S: StateMachine, C> Node<S, C> {
             Some(r) => (r.meta.last_applied, r.directory),
             None => (Slot::ZERO, Directory::default()),
         };
-        let mut core_config = config.core.clone();
+        let mut core_config = config.core_config();
         directory.restart_membership(&mut core_config);
         core_config.repair = damaged;
         if damaged {
@@ -311,7 +321,11 @@ impl<S: StateMachine, C> Node<S, C> {
                 checkpoints_saved: 0,
                 checkpoints_installed: 0,
                 repair: None,
+                read_mode: config.read_mode,
+                pending_reads: 0,
+                reads_served: 0,
             },
+            reads: ReadQueue::new(config.max_pending_reads, config.max_pending_read_bytes),
             config,
         };
         node.refresh_cluster(true);
@@ -420,6 +434,78 @@ impl<S: StateMachine, C> Node<S, C> {
         self.process(now);
     }
 
+    /// A read that skips the log (see [`crate::reads`]): answered by
+    /// [`StateMachine::query`] with `Effect::Complete` (its `slot` is the
+    /// last slot the state machine had applied), or aborted: `NotPrimary`
+    /// for a linearizable read on a replica that is not the leader or that
+    /// stopped leading before confirming it, `Refused` beyond the pending
+    /// reads' bounds or for a follower read whose slot did not arrive in
+    /// `read_wait_us`. An aborted read never executed: retry it anywhere.
+    pub fn submit_read(
+        &mut self,
+        now: Time,
+        request: Bytes,
+        consistency: ReadConsistency,
+        completion: C,
+    ) {
+        if !self.reads.admits(request.len()) {
+            self.effects.push_back(Effect::Abort {
+                completion,
+                reason: AbortReason::Refused,
+            });
+            return;
+        }
+        let read = Waiting {
+            request,
+            completion,
+        };
+        match consistency {
+            ReadConsistency::AtLeast(slot) if slot <= self.applied => self.answer_read(read),
+            ReadConsistency::AtLeast(slot) => {
+                let deadline = now.plus_micros(self.config.read_wait_us);
+                self.reads.push_at_least(slot, deadline, read);
+            }
+            ReadConsistency::Linearizable => {
+                if !self.is_leader {
+                    let leader = self.leader_hint();
+                    self.effects.push_back(Effect::Abort {
+                        completion: read.completion,
+                        reason: AbortReason::NotPrimary { leader },
+                    });
+                    return;
+                }
+                if let Some(index) = self.core.lease_read_index(now) {
+                    if index <= self.applied {
+                        self.answer_read(read);
+                    } else {
+                        self.reads.push_applying(index, read);
+                    }
+                    return;
+                }
+                match self.core.read_index(now) {
+                    Ok(t) => self
+                        .reads
+                        .push_confirming(t.ballot, t.round, t.read_index, read),
+                    Err(ProposeError::NotLeader { leader }) => {
+                        self.effects.push_back(Effect::Abort {
+                            completion: read.completion,
+                            reason: AbortReason::NotPrimary { leader },
+                        });
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "read refused");
+                        self.effects.push_back(Effect::Abort {
+                            completion: read.completion,
+                            reason: AbortReason::Refused,
+                        });
+                    }
+                }
+                // Sends the round's heartbeats (or, alone, serves it).
+                self.process(now);
+            }
+        }
+    }
+
     /// A message from a peer (core protocol or checkpoint transfer).
     /// Undecodable bytes are dropped (and logged): nothing from the
     /// network can make a node panic.
@@ -442,6 +528,7 @@ impl<S: StateMachine, C> Node<S, C> {
     pub fn handle_tick(&mut self, now: Time) {
         self.core.handle_tick(now);
         self.process(now);
+        self.expire_follower_reads(now);
         if self.needs_snapshot {
             self.request_checkpoint(now);
         } else if self.transfer.as_ref().is_some_and(|t| self.stalled(t, now)) {
@@ -462,10 +549,10 @@ impl<S: StateMachine, C> Node<S, C> {
             .as_ref()
             .filter(|t| !t.finishing)
             .map(|t| t.last_progress.plus_micros(self.config.transfer_stall_us));
-        match (core, transfer) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [core, transfer, self.reads.next_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Storage made the persist `id` (and every earlier one) durable.
@@ -614,7 +701,7 @@ impl<S: StateMachine, C> Node<S, C> {
             });
         }
         self.directory.replace_with(restored.directory);
-        let mut core_config = self.config.core.clone();
+        let mut core_config = self.config.core_config();
         self.directory.restart_membership(&mut core_config);
         // A repair in progress goes on in the new core instance.
         core_config.repair = self.repairing;
@@ -627,6 +714,9 @@ impl<S: StateMachine, C> Node<S, C> {
         )?;
         self.epoch += 1;
         self.abort_all(AbortReason::OutcomeUnknown);
+        // The new core leads nothing: reads waiting for a round of the old
+        // one fail now (confirmed ones are answered once applied).
+        self.fail_unconfirmed_reads();
         self.applied = slot;
         self.is_leader = false;
         self.needs_snapshot = false;
@@ -705,6 +795,7 @@ impl<S: StateMachine, C> Node<S, C> {
     /// `NotPrimary` (never proposed).
     pub fn shutdown(&mut self) {
         self.abort_all(AbortReason::ShuttingDown);
+        self.abort_reads(AbortReason::ShuttingDown);
     }
 
     // ------------------------------------------------------------------
@@ -776,6 +867,7 @@ impl<S: StateMachine, C> Node<S, C> {
             checkpoint_slot: self.checkpoint_slot,
             needs_snapshot: self.needs_snapshot,
             repair: self.core.repair_progress(),
+            pending_reads: self.reads.len(),
             ..self.stats.clone()
         }
     }
@@ -960,6 +1052,118 @@ impl<S: StateMachine, C> Node<S, C> {
             }
             if !self.retry_stalled(now) {
                 break;
+            }
+        }
+        self.serve_reads();
+    }
+
+    /// Answers a read from the state machine as it stands.
+    fn answer_read(&mut self, read: Waiting<C>) {
+        let reply = self.sm.query(&read.request);
+        self.stats.reads_served += 1;
+        self.effects.push_back(Effect::Complete {
+            completion: read.completion,
+            reply,
+            slot: self.applied,
+        });
+    }
+
+    /// Moves confirmed reads on and answers every read whose slot is
+    /// applied; fails reads whose leadership can no longer be confirmed.
+    fn serve_reads(&mut self) {
+        match self.core.read_confirmed() {
+            Some((ballot, confirmed)) => {
+                while let Some((b, round, index, _)) = self.reads.confirming.front() {
+                    if *b != ballot {
+                        self.fail_front_confirming();
+                    } else if *round <= confirmed {
+                        let index = *index;
+                        if let Some((_, _, _, read)) = self.reads.confirming.pop_front() {
+                            self.reads.applying.push_back((index, read));
+                        }
+                    } else {
+                        break;
+                    }
+                }
+            }
+            None => self.fail_unconfirmed_reads(),
+        }
+        while self
+            .reads
+            .applying
+            .front()
+            .is_some_and(|(index, _)| *index <= self.applied)
+        {
+            if let Some((_, read)) = self.reads.applying.pop_front() {
+                self.reads.removed(&read);
+                self.answer_read(read);
+            }
+        }
+        while let Some(entry) = self.reads.at_least.first_entry() {
+            if entry.key().0 > self.applied {
+                break;
+            }
+            let read = entry.remove();
+            self.reads.removed(&read);
+            self.answer_read(read);
+        }
+        self.reads.prune_deadlines();
+        paxos_contracts::ensures!(self
+            .reads
+            .applying
+            .front()
+            .is_none_or(|(index, _)| *index > self.applied));
+    }
+
+    fn fail_front_confirming(&mut self) {
+        if let Some((_, _, _, read)) = self.reads.confirming.pop_front() {
+            self.reads.removed(&read);
+            let leader = self.leader_hint();
+            self.effects.push_back(Effect::Abort {
+                completion: read.completion,
+                reason: AbortReason::NotPrimary { leader },
+            });
+        }
+    }
+
+    /// Fails every read still waiting for a leadership confirmation: this
+    /// replica stopped leading (or restarted its core) before it came.
+    fn fail_unconfirmed_reads(&mut self) {
+        while !self.reads.confirming.is_empty() {
+            self.fail_front_confirming();
+        }
+    }
+
+    /// Ends every waiting read with `reason`.
+    fn abort_reads(&mut self, reason: AbortReason) {
+        let mut all: Vec<Waiting<C>> = Vec::with_capacity(self.reads.len());
+        all.extend(self.reads.confirming.drain(..).map(|(_, _, _, r)| r));
+        all.extend(self.reads.applying.drain(..).map(|(_, r)| r));
+        all.extend(std::mem::take(&mut self.reads.at_least).into_values());
+        self.reads.deadlines.clear();
+        for read in all {
+            self.reads.removed(&read);
+            self.effects.push_back(Effect::Abort {
+                completion: read.completion,
+                reason,
+            });
+        }
+    }
+
+    /// Refuses the follower reads whose slot did not arrive in time.
+    fn expire_follower_reads(&mut self, now: Time) {
+        while let Some((at, key)) = self.reads.deadlines.front() {
+            if *at > now {
+                break;
+            }
+            let key = *key;
+            self.reads.deadlines.pop_front();
+            if let Some(read) = self.reads.at_least.remove(&key) {
+                self.reads.removed(&read);
+                self.effects.push_back(Effect::Abort {
+                    completion: read.completion,
+                    reason: AbortReason::Refused,
+                });
             }
         }
     }

@@ -53,6 +53,15 @@ pub trait StateMachine: Send + 'static {
     /// change nothing: it was chosen, so every replica executes it.
     fn execute(&mut self, decree: &Decree, request: &[u8]) -> Bytes;
 
+    /// Answers a read-only request from the current state, without
+    /// changing it: reads that skip the log ([`crate::reads`]) run here, on
+    /// the leader (linearizable reads) or on any replica (bounded-staleness
+    /// reads). It must return what `execute` would for the same request at
+    /// this point, and change nothing observable (a read is never
+    /// replicated, so a change would make the replicas diverge). A request
+    /// that is not a read, or does not decode, gets an error reply.
+    fn query(&self, request: &[u8]) -> Bytes;
+
     /// The state as of the last executed request, for a checkpoint.
     fn snapshot(&mut self) -> Self::Snapshot;
 

@@ -168,13 +168,14 @@ pub mod planted {
 
     /// Every planted bug. The match in [`name`] is exhaustive, so a new
     /// variant fails to compile until it is listed there.
-    pub const ALL: [PlantedBug; 6] = [
+    pub const ALL: [PlantedBug; 7] = [
         PlantedBug::SkipAdoptHighestAccepted,
         PlantedBug::AckBeforePersist,
         PlantedBug::QuorumHalf,
         PlantedBug::ApplyUncheckedBallot,
         PlantedBug::ProposeAboveUnchosenReconfigure,
         PlantedBug::SkipPreVote,
+        PlantedBug::LeaseNoWait,
     ];
 
     /// The CLI name of a planted bug.
@@ -186,6 +187,7 @@ pub mod planted {
             PlantedBug::ApplyUncheckedBallot => "apply-unchecked-ballot",
             PlantedBug::ProposeAboveUnchosenReconfigure => "propose-above-unchosen-reconfigure",
             PlantedBug::SkipPreVote => "skip-pre-vote",
+            PlantedBug::LeaseNoWait => "lease-no-wait",
         }
     }
 

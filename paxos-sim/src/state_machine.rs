@@ -93,6 +93,10 @@ impl StateMachine for SimKv {
         StateMachine::execute(&mut self.kv, decree, request)
     }
 
+    fn query(&self, request: &[u8]) -> Bytes {
+        StateMachine::query(&self.kv, request)
+    }
+
     fn snapshot(&mut self) -> KvSnapshot {
         self.kv.snapshot()
     }

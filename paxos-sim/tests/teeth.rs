@@ -25,6 +25,7 @@ fn every_bug_is_listed(bug: PlantedBug) -> &'static str {
         PlantedBug::ApplyUncheckedBallot => "ApplyUncheckedBallot",
         PlantedBug::ProposeAboveUnchosenReconfigure => "ProposeAboveUnchosenReconfigure",
         PlantedBug::SkipPreVote => "SkipPreVote",
+        PlantedBug::LeaseNoWait => "LeaseNoWait",
     }
 }
 

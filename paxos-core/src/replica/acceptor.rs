@@ -227,6 +227,7 @@ impl Replica {
         let msg::Heartbeat {
             ballot,
             commit_index: leader_commit,
+            read_round,
         } = m;
         if !self.admit_leader_message(now, from, ballot) {
             return;
@@ -239,6 +240,7 @@ impl Replica {
             can_become_primary: self.can_become_primary
                 && self.is_voter(self.id)
                 && !self.repairing(),
+            read_round,
         });
         self.send(from, msg);
     }

@@ -321,11 +321,12 @@ impl Replica {
             last_ack: BTreeMap::new(),
             phase1_voters: self.membership.voters.clone(),
             elected_at: now,
+            reads: super::reads::ReadRounds::new(now, self.config.read_lease),
         });
         self.drain_recovery(now);
-        self.maybe_announce();
+        self.maybe_announce(now);
         // Tell everyone at once (also stops their elections).
-        self.broadcast_heartbeat();
+        self.broadcast_heartbeat(now);
     }
 
     pub(super) fn on_reject(&mut self, now: Time, m: msg::Reject) {

@@ -16,6 +16,7 @@
 //! - `catchup`: fetching chosen decrees from peers; snapshot need.
 //! - `election`: timers, phase 1, becoming leader, stepping down.
 //! - `prevote`: pre-vote and leader stickiness before phase 1.
+//! - `reads`: heartbeat rounds confirming ReadIndex reads, and leases.
 //! - `relinquish`: handing the primary role to a successor.
 //! - `reconfig`: membership change and switching memberships.
 //! - `invariants`: `check_invariants`, run after every public call.
@@ -156,6 +157,7 @@ mod learner;
 mod planted;
 mod prevote;
 mod proposer;
+mod reads;
 mod reconfig;
 mod relinquish;
 mod repair;
@@ -171,6 +173,7 @@ pub use planted::PlantedBug;
 use proposer::LeaderState;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
+pub use reads::ReadTicket;
 pub use repair::RepairProgress;
 use std::collections::{BTreeMap, VecDeque};
 
@@ -629,6 +632,34 @@ impl Replica {
         });
         self.check_invariants();
         result
+    }
+
+    /// A ticket for a linearizable read that skips the log (ReadIndex):
+    /// serve the read once [`Replica::read_confirmed`] reports the
+    /// ticket's round confirmed in its ballot and the state machine applied
+    /// through `read_index`. Only the announced leader hands out tickets
+    /// (`NotLeader` otherwise). Reads arriving while a round is outstanding
+    /// share the next one. See the `reads` module for why this is safe.
+    pub fn read_index(&mut self, now: Time) -> Result<ReadTicket, ProposeError> {
+        let result = self.read_index_inner(now);
+        self.finish(now);
+        ensures!(result.is_err() || matches!(self.role, RoleState::Leader(_)));
+        self.check_invariants();
+        result
+    }
+
+    /// The announced leader's ballot and the highest read round a quorum
+    /// confirmed in it; `None` on any other replica (tickets of an earlier
+    /// ballot can never be confirmed: fail those reads).
+    pub fn read_confirmed(&self) -> Option<(Ballot, u64)> {
+        self.read_confirmed_inner()
+    }
+
+    /// With leases on (`Config::read_lease`): the slot a read may be served
+    /// at right now without a round, if this replica is the announced
+    /// leader and its lease holds at `now` (its clock).
+    pub fn lease_read_index(&self, now: Time) -> Option<Slot> {
+        self.lease_read_index_inner(now)
     }
 
     /// Storage made every persist up to and including `token` durable.

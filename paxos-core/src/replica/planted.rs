@@ -35,6 +35,10 @@ pub enum PlantedBug {
     /// pre-vote: a liveness (stability) bug, not a safety one. Voters that
     /// hear a live leader are deposed by any replica that does not.
     SkipPreVote,
+    /// With leases on, a new leader announces itself (serves and commits
+    /// client values) at once, without waiting out a lease an old leader
+    /// may still hold: the old one serves stale lease reads.
+    LeaseNoWait,
 }
 
 /// Which planted bugs are on in one replica (all off until `plant_bug`).
@@ -47,6 +51,7 @@ pub(super) struct Bugs {
     pub(super) apply_unchecked_ballot: bool,
     pub(super) propose_above_unchosen_reconfigure: bool,
     pub(super) skip_pre_vote: bool,
+    pub(super) lease_no_wait: bool,
 }
 
 impl Replica {
@@ -63,6 +68,7 @@ impl Replica {
                 bugs.propose_above_unchosen_reconfigure = true
             }
             PlantedBug::SkipPreVote => bugs.skip_pre_vote = true,
+            PlantedBug::LeaseNoWait => bugs.lease_no_wait = true,
         }
     }
 }

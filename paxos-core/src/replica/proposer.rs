@@ -56,6 +56,8 @@ pub(super) struct LeaderState {
     /// leads only while they are the voters in force.
     pub(super) phase1_voters: Vec<ReplicaId>,
     pub(super) elected_at: Time,
+    /// Heartbeat rounds confirming reads, and the lease (`reads`).
+    pub(super) reads: super::reads::ReadRounds,
 }
 
 impl Replica {
@@ -170,20 +172,28 @@ impl Replica {
         }
     }
 
-    pub(super) fn maybe_announce(&mut self) {
+    pub(super) fn maybe_announce(&mut self, now: Time) {
         let commit = self.commit_index;
         if let RoleState::Leader(l) = &mut self.role {
             if l.reconfig_slot.is_some_and(|s| s <= commit) {
                 l.reconfig_slot = None;
             }
         }
-        self.announce_if_recovered();
+        self.announce_if_recovered(now);
     }
 
-    pub(super) fn announce_if_recovered(&mut self) {
+    /// Announces the leader once its recovered window is chosen (invariant
+    /// 4) and, with leases on, once any lease an old leader may hold ran
+    /// out (see `reads`).
+    pub(super) fn announce_if_recovered(&mut self, now: Time) {
         let commit = self.commit_index;
+        let waited = self.config.read_lease.is_none() || self.lease_waited(now);
         if let RoleState::Leader(l) = &mut self.role {
-            if !l.announced && l.recover_next > l.recover_through && commit >= l.recover_through {
+            if !l.announced
+                && waited
+                && l.recover_next > l.recover_through
+                && commit >= l.recover_through
+            {
                 l.announced = true;
             }
         }
@@ -248,9 +258,9 @@ impl Replica {
             // May re-elect (voters changed) or hand over (removed).
             self.adopt_chosen_configs(now);
             self.apply_committed();
-            self.maybe_announce();
+            self.maybe_announce(now);
             self.drain_recovery(now);
-            self.maybe_announce();
+            self.maybe_announce(now);
             self.advance_pending_target(now);
         }
     }
@@ -260,33 +270,56 @@ impl Replica {
             ballot,
             commit_index: peer_commit,
             can_become_primary: can,
+            read_round,
         } = m;
         self.observe(ballot);
         self.note_peer(now, from, peer_commit, Some(can));
         let voter = self.is_voter(from);
+        let mut ours = false;
         if let RoleState::Leader(l) = &mut self.role {
             if l.ballot == ballot && voter {
                 l.last_ack.insert(from, now);
+                ours = true;
             }
+        }
+        if ours {
+            self.on_read_round_ack(now, from, read_round);
         }
     }
 
-    pub(super) fn broadcast_heartbeat(&mut self) {
-        let RoleState::Leader(l) = &self.role else {
+    /// Starts a new heartbeat round (see `reads`) and sends it to every
+    /// peer.
+    pub(super) fn broadcast_heartbeat(&mut self, now: Time) {
+        let RoleState::Leader(l) = &mut self.role else {
             return;
         };
+        let read_round = l.reads.start(now);
         let msg = Message::Heartbeat(msg::Heartbeat {
             ballot: l.ballot,
             commit_index: self.commit_index,
+            read_round,
         });
         for i in 0..self.peer_ids.len() {
             let p = self.peer_ids[i];
             self.send(p, msg.clone());
         }
+        self.confirm_own_round(now);
+    }
+
+    /// The current round, for heartbeats sent outside a broadcast (hand-over,
+    /// reconfiguration): they start no round, and an acknowledgement of
+    /// them proves what one of the round does.
+    pub(super) fn current_read_round(&self) -> u64 {
+        match &self.role {
+            RoleState::Leader(l) => l.reads.sent,
+            _ => 0,
+        }
     }
 
     pub(super) fn leader_periodic(&mut self, now: Time) {
-        self.broadcast_heartbeat();
+        self.broadcast_heartbeat(now);
+        // A new leader with leases on may have waited out the old lease.
+        self.maybe_announce(now);
         let quorum = self.quorum();
         let hb = self.config.heartbeat_interval_us;
         let lease = self.config.election_timeout_max_us;

@@ -196,6 +196,7 @@ impl Replica {
                 let hb = Message::Heartbeat(msg::Heartbeat {
                     ballot,
                     commit_index: self.commit_index,
+                    read_round: self.current_read_round(),
                 });
                 let mut told: Vec<ReplicaId> = self.peer_ids.clone();
                 told.extend(self.previous_members.iter().copied());

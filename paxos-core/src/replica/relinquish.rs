@@ -67,6 +67,7 @@ impl Replica {
         let msg = Message::Heartbeat(msg::Heartbeat {
             ballot,
             commit_index: self.commit_index,
+            read_round: self.current_read_round(),
         });
         self.send(successor, msg);
         self.send(successor, Message::TimeoutNow(msg::TimeoutNow { ballot }));

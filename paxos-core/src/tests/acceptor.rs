@@ -147,6 +147,7 @@ fn lower_ballots_are_rejected_and_change_nothing() {
         Message::Heartbeat(msg::Heartbeat {
             ballot: low,
             commit_index: Slot::ZERO,
+            read_round: 1,
         }),
     ] {
         a.handle_message(Time(2), id(1), msg);

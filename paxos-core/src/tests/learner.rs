@@ -54,6 +54,7 @@ fn a_follower_applies_only_values_accepted_in_the_committing_ballot() {
         Message::Heartbeat(msg::Heartbeat {
             ballot: new,
             commit_index: Slot(1),
+            read_round: 1,
         }),
     );
     let acts = drain(&mut f);
@@ -129,6 +130,7 @@ fn a_follower_applies_matching_ballot_entries_on_a_heartbeat() {
         Message::Heartbeat(msg::Heartbeat {
             ballot: b,
             commit_index: Slot(2),
+            read_round: 1,
         }),
     );
     let acts = drain(&mut f);
@@ -159,6 +161,7 @@ fn commit_knowledge_from_a_lower_ballot_is_rejected() {
         Message::Heartbeat(msg::Heartbeat {
             ballot: high,
             commit_index: Slot::ZERO,
+            read_round: 1,
         }),
     );
     let _ = drain(&mut f);

@@ -10,6 +10,7 @@ mod planted;
 mod prevote;
 mod proposer;
 mod props;
+mod reads;
 mod reconfig;
 mod relinquish;
 mod repair;

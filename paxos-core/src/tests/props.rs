@@ -114,7 +114,7 @@ proptest! {
                     now, id(leader), Message::Accept(msg::Accept {
                         ballot: Ballot::new(round, id(leader)), slot, value: value_for(slot), commit_index: commit })),
                 AcceptorInput::Heartbeat { round, leader, commit } => r.handle_message(
-                    now, id(leader), Message::Heartbeat(msg::Heartbeat { ballot: Ballot::new(round, id(leader)), commit_index: commit })),
+                    now, id(leader), Message::Heartbeat(msg::Heartbeat { ballot: Ballot::new(round, id(leader)), commit_index: commit, read_round: 1 })),
                 AcceptorInput::Fetch { from } => r.handle_message(now, id(1), Message::Fetch(msg::Fetch { from_slot: from })),
                 AcceptorInput::Decrees { from, count, round } => {
                     let decrees = (0..count)
@@ -541,7 +541,7 @@ proptest! {
                     r.handle_message(now, id(2), Message::Reject(msg::Reject { promised: Ballot::new(round, id(3)) }));
                 }
                 ProposerInput::HeartbeatAck { from, commit } => {
-                    r.handle_message(now, id(from), Message::HeartbeatAck(msg::HeartbeatAck { ballot, commit_index: commit, can_become_primary: true }));
+                    r.handle_message(now, id(from), Message::HeartbeatAck(msg::HeartbeatAck { ballot, commit_index: commit, can_become_primary: true, read_round: 1 }));
                 }
                 ProposerInput::Persisted => {
                     if let Some((t, entries)) = pending.pop_front() {

@@ -206,6 +206,11 @@ impl StateMachine for Counter {
         Bytes::copy_from_slice(&self.total.to_le_bytes())
     }
 
+    /// Any request reads the running total (a read adds nothing).
+    fn query(&self, _request: &[u8]) -> Bytes {
+        Bytes::copy_from_slice(&self.total.to_le_bytes())
+    }
+
     fn snapshot(&mut self) -> BytesSnapshot {
         BytesSnapshot(self.encode())
     }
@@ -826,6 +831,19 @@ impl Sim {
         assert!(batch.is_empty(), "propose_requests drains its input");
         self.drain(to);
         ids
+    }
+
+    /// Hands a read to node `to` (`Node::submit_read`); returns its
+    /// completion id.
+    pub fn submit_read(&mut self, to: ReplicaId, consistency: crate::ReadConsistency) -> u64 {
+        let request = self.next_request;
+        self.next_request += 1;
+        let now = self.now;
+        self.host_mut(to)
+            .node
+            .submit_read(now, Bytes::from_static(b"read"), consistency, request);
+        self.drain(to);
+        request
     }
 
     /// Hands a directory command to node `to`; returns its completion id.

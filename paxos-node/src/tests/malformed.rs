@@ -381,6 +381,10 @@ impl crate::StateMachine for FailingMedium {
         self.counter.execute(decree, request)
     }
 
+    fn query(&self, request: &[u8]) -> Bytes {
+        self.counter.query(request)
+    }
+
     fn snapshot(&mut self) -> BytesSnapshot {
         self.counter.snapshot()
     }

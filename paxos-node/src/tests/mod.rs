@@ -8,5 +8,6 @@ mod checkpoints;
 mod directory;
 mod harness_checks;
 mod malformed;
+mod reads;
 mod requests;
 mod transfer;
