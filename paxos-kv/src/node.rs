@@ -31,11 +31,17 @@
 //!
 //! # Reads
 //!
-//! Reads (GET, EXISTS, MGET) are ordered through the log like writes: the
-//! read is a request in a decree and is executed when that decree is
-//! applied. It is linearizable because its effect point is its slot in the
-//! one total order of decrees, which lies between its invocation and its
-//! response. Batching makes the cost one shared decree per batch.
+//! Read-only requests ([`crate::command::CommandKind::Read`]) come through
+//! a queue of their own and go to [`Node::submit_read`], never into a
+//! decree: the node answers them with `StateMachine::query` on its applied
+//! state. A [`ReadConsistency::Linearizable`] read is answered by the
+//! leader only, once it confirmed that state is current (ReadIndex: a
+//! heartbeat round to a quorum, then applied up to the commit index it
+//! noted; or within a lease, see [`crate::config::ReadMode`]); its effect
+//! point is the moment of that confirmation, between its invocation and
+//! its response. A [`ReadConsistency::AtLeast`] read is answered by any
+//! replica that has applied the slot (RSL's bounded staleness). Reads never
+//! wait for room in the proposal window.
 //!
 //! # Checkpoints
 //!
@@ -72,6 +78,24 @@ const REFUSED: &str = "ERR proposal refused by the replica";
 
 /// Most inbound messages handled per wake-up before acting on them.
 const INBOUND_BURST: usize = 256;
+/// The environment variable that plants a bug in a node, for tests that
+/// must show they catch it. Only debug builds read it; the one bug is
+/// `unconfirmed-reads`: the leader answers linearizable reads at once from
+/// its own state, without confirming that it still leads (what a leader
+/// that trusted its role would do).
+pub const PLANTED_BUG_ENV: &str = "PAXOS_KV_PLANTED_BUG";
+
+/// Whether this process was asked to serve reads without confirmation
+/// ([`PLANTED_BUG_ENV`]); never in a release build.
+fn planted_unconfirmed_reads() -> bool {
+    let planted = cfg!(debug_assertions)
+        && std::env::var(PLANTED_BUG_ENV).is_ok_and(|v| v == "unconfirmed-reads");
+    if planted {
+        tracing::error!("PLANTED BUG: linearizable reads are served without confirming leadership (stale reads possible)");
+    }
+    planted
+}
+
 /// Most reads handed to the node per wake-up.
 const READ_BURST: usize = 4096;
 /// Capacity of the durability-notification channel.
@@ -295,16 +319,11 @@ enum Control {
     Shutdown,
 }
 
-/// How fresh a read must be (paxos-node's read API takes the same).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReadConsistency {
-    /// Linearizable: only the leader serves it, after confirming it still
-    /// leads (the configured [`crate::config::ReadMode`]).
-    Linearizable,
-    /// Any replica that has applied at least this slot serves it from its
-    /// own state (RSL's bounded staleness; `READONLY` connections).
-    AtLeast(Slot),
-}
+/// How fresh a read must be: [`ReadConsistency::Linearizable`] (the leader
+/// only, after confirming it still leads, see
+/// [`crate::config::ReadMode`]) or [`ReadConsistency::AtLeast`] a slot (any
+/// replica that applied it; `READONLY` connections).
+pub use paxos_node::ReadConsistency;
 
 /// The embedding API (RSL's `ReplicateRequest` / status calls): a cheap,
 /// cloneable handle to a running replica.
@@ -623,6 +642,7 @@ pub fn start(
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_micros() as u64);
     }
+    let wall_clock_at_zero_us = parts.node.wall_clock_at_zero_us;
     let node = Node::new(parts.node, parts.recovery, Time(0))
         .map_err(|e| anyhow::anyhow!("starting the node: {e}"))?;
     let mut event_loop = EventLoop {
@@ -643,6 +663,8 @@ pub fn start(
         stages: Arc::clone(&parts.stages),
         reload_durable: parts.reload_durable,
         peer_directory,
+        planted_unconfirmed_reads: planted_unconfirmed_reads(),
+        wall_clock_at_zero_us,
     };
     event_loop.carry_out()?;
     event_loop.publish();
@@ -718,11 +740,25 @@ struct EventLoop {
     stages: Arc<StageRecorder>,
     reload_durable: Option<DurableReloader>,
     peer_directory: Option<Arc<dyn PeerDirectory>>,
+    /// [`PLANTED_BUG_ENV`] asked for reads without confirmation.
+    planted_unconfirmed_reads: bool,
+    /// The wall clock at `start`, in µs since the Unix epoch.
+    wall_clock_at_zero_us: u64,
 }
 
 impl EventLoop {
     fn now(&self) -> Time {
         Time(self.start.elapsed().as_micros() as u64)
+    }
+
+    /// [`EventLoop::now`], also handed to the store as the clock reads
+    /// that skip the log judge expiry by (see `KvStore::set_read_clock_ms`):
+    /// every path on which the node may answer a read takes it.
+    fn clock(&mut self) -> Time {
+        let now = self.now();
+        let wall_ms = (self.wall_clock_at_zero_us + now.0) / 1000;
+        self.node.state_machine_mut().set_read_clock_ms(wall_ms);
+        now
     }
 
     async fn run(
@@ -741,7 +777,6 @@ impl EventLoop {
                 .as_mut()
                 .reset(tokio::time::Instant::from_std(deadline));
             let can_take_requests = self.node.wants_requests();
-            let can_take_reads = can_take_requests;
             // Unbiased: under sustained peer traffic a fixed order would
             // starve timers (heartbeats, elections), control messages and
             // client requests.
@@ -749,7 +784,7 @@ impl EventLoop {
                 () = self.durability.notify.notified() => self.on_durable()?,
                 msg = inbound.recv() => {
                     let Some((from, bytes)) = msg else { anyhow::bail!("transport closed") };
-                    let now = self.now();
+                    let now = self.clock();
                     self.node.handle_message(now, from, bytes);
                     let mut n = 0;
                     while n < INBOUND_BURST {
@@ -770,7 +805,7 @@ impl EventLoop {
                     }
                 }
                 () = &mut timer => {
-                    let now = self.now();
+                    let now = self.clock();
                     self.node.handle_tick(now);
                     self.status.set_cluster(self.node.cluster_view(now));
                 }
@@ -781,7 +816,7 @@ impl EventLoop {
                     }
                     self.take_requests();
                 }
-                ready = self.read_consumer.ready(), if can_take_reads => {
+                ready = self.read_consumer.ready() => {
                     if ready == paxos_pipeline::Readiness::Closed {
                         self.shutdown();
                         return Ok(());
@@ -822,7 +857,7 @@ impl EventLoop {
         }
         // Durability is cumulative: reporting the newest covers the rest.
         if let Some(id) = last {
-            let now = self.now();
+            let now = self.clock();
             self.node.on_persisted(now, id);
         }
         Ok(())
@@ -866,23 +901,30 @@ impl EventLoop {
             max_bytes: usize::MAX,
             per_item_overhead: 0,
         };
-        let stages = Arc::clone(&self.stages);
-        let batched_us = stages.stamp();
-        let drained = &mut self.drained;
-        stages.with_batch(|recorder| {
-            self.read_consumer.drain_batch_by(
-                limits,
-                |r: &Request<ReadSubmitted, Reply>| r.payload.request.len(),
-                |r| {
-                    recorder.record(Point::Queued, r.payload.queued_us, batched_us);
-                    // Until the node serves reads off the log, they are
-                    // ordered through it like writes.
-                    drained.push((r.payload.request, r.completer));
-                },
-            );
-        });
-        let now = self.now();
-        self.node.propose_requests(now, now, &mut self.drained);
+        let now = self.clock();
+        let node = &mut self.node;
+        let unconfirmed = self.planted_unconfirmed_reads;
+        self.read_consumer.drain_batch_by(
+            limits,
+            |r: &Request<ReadSubmitted, Reply>| r.payload.request.len(),
+            |r| {
+                let ReadSubmitted {
+                    request,
+                    consistency,
+                    ..
+                } = r.payload;
+                if unconfirmed && node.is_leader() && consistency == ReadConsistency::Linearizable {
+                    // The planted bug: no confirmation at all.
+                    r.completer.complete(Reply {
+                        bytes: paxos_node::StateMachine::query(node.state_machine(), &request),
+                        slot: node.applied(),
+                        applied_us: 0,
+                    });
+                } else {
+                    node.submit_read(now, request, consistency, r.completer);
+                }
+            },
+        );
     }
 
     /// Drains queued client requests into the node (one decree's worth).
