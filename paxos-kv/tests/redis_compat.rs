@@ -302,7 +302,10 @@ fn reads_off_the_log_and_on_replicas(cluster: &LocalCluster, leader_addr: Socket
     // A follower redirects once it knows the leader.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while info_number(&mut follower, "leader_id") == 0 {
-        assert!(std::time::Instant::now() < deadline, "the follower learns no leader");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the follower learns no leader"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let moved = follower.get::<_, String>("fr").unwrap_err();

@@ -287,11 +287,20 @@ async fn a_paused_old_leader_serves_no_stale_read_with_leases() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_served_without_confirmation_are_caught_stale() {
-    let run = nemesis(ReadMode::ReadIndex, true).await;
+    // Whether the resumed old leader takes its queued reads before it
+    // hears of the new ballot is a race; it usually does (16 of 16), but a
+    // run in which it does not proves nothing, so up to three runs.
+    let mut answers = Vec::new();
+    let mut run = nemesis(ReadMode::ReadIndex, true).await;
+    answers.push(run.old_leader_answers);
+    while run.stale.is_empty() && answers.len() < 3 {
+        run = nemesis(ReadMode::ReadIndex, true).await;
+        answers.push(run.old_leader_answers);
+    }
     assert!(
-        run.old_leader_answers > 0 && !run.stale.is_empty(),
-        "the planted bug served no stale read ({} answers from the old leader): the nemesis lacks teeth",
-        run.old_leader_answers
+        !run.stale.is_empty(),
+        "the planted bug served no stale read in {} runs (answers from the old leader: {answers:?}): the nemesis lacks teeth",
+        answers.len()
     );
     assert!(
         !matches!(
