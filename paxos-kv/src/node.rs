@@ -130,6 +130,10 @@ pub struct SharedStatus {
     leader_changes: AtomicU64,
     /// The last leader known (0: none yet), for `leader_changes`.
     last_known_leader: AtomicU32,
+    /// 1 in lease mode, 0 with ReadIndex.
+    read_lease: AtomicU8,
+    pending_reads: AtomicU64,
+    reads_served: AtomicU64,
     /// Membership, peers and address book; replaced (not edited) by the
     /// loop on its timer and on membership changes.
     cluster: std::sync::Mutex<Arc<ClusterView>>,
@@ -168,6 +172,12 @@ pub struct NodeStatus {
     pub role_changes: u64,
     /// Times the leader it believes in changed to another one since start.
     pub leader_changes: u64,
+    /// How it confirms linearizable reads: `read_index` or `lease`.
+    pub read_mode: &'static str,
+    /// Reads waiting for a confirmation or for their slot to be applied.
+    pub pending_reads: u64,
+    /// Reads answered without the log since start.
+    pub reads_served: u64,
 }
 
 impl SharedStatus {
@@ -194,6 +204,13 @@ impl SharedStatus {
             needs_snapshot: self.needs_snapshot.load(Ordering::Relaxed) != 0,
             role_changes: self.role_changes.load(Ordering::Relaxed),
             leader_changes: self.leader_changes.load(Ordering::Relaxed),
+            read_mode: if self.read_lease.load(Ordering::Relaxed) == 1 {
+                "lease"
+            } else {
+                "read_index"
+            },
+            pending_reads: self.pending_reads.load(Ordering::Relaxed),
+            reads_served: self.reads_served.load(Ordering::Relaxed),
         }
     }
 
@@ -232,6 +249,11 @@ impl SharedStatus {
             .store(s.checkpoints_installed, Ordering::Relaxed);
         self.needs_snapshot
             .store(u8::from(s.needs_snapshot), Ordering::Relaxed);
+        let lease = matches!(s.read_mode, paxos_node::ReadMode::Lease { .. });
+        self.read_lease.store(u8::from(lease), Ordering::Relaxed);
+        self.pending_reads
+            .store(s.pending_reads as u64, Ordering::Relaxed);
+        self.reads_served.store(s.reads_served, Ordering::Relaxed);
     }
 
     fn set_cluster(&self, view: ClusterView) {

@@ -949,7 +949,8 @@ fn info_text(state: &ServerState, section: Option<&[u8]>) -> String {
         text,
         "# Replication\r\nrole:{}\r\nid:{}\r\nleader_id:{}\r\nleader_addr:{}\r\nballot_round:{}\r\n\
          commit_index:{}\r\napplied_index:{}\r\nin_flight_decrees:{}\r\ncheckpoint_slot:{}\r\n\
-         proposed_batches:{}\r\nproposed_requests:{}\r\n# Clients\r\nconnected_clients:{}\r\n\
+         proposed_batches:{}\r\nproposed_requests:{}\r\nread_mode:{}\r\nreads_served:{}\r\n\
+         pending_reads:{}\r\n# Clients\r\nconnected_clients:{}\r\n\
          maxclients:{}\r\nadmin_reserved_clients:{}\r\nrejected_connections:{}\r\n\
          client_reply_bytes:{}\r\nmax_client_reply_bytes:{}\r\nclient_output_limit_disconnects:{}\r\n\
          client_reply_memory_disconnects:{}\r\nclient_idle_disconnects:{}\r\nclient_heap_trims:{}\r\n",
@@ -964,6 +965,9 @@ fn info_text(state: &ServerState, section: Option<&[u8]>) -> String {
         s.checkpoint_slot,
         s.proposed_batches,
         s.proposed_requests,
+        s.read_mode,
+        s.reads_served,
+        s.pending_reads,
         state.registry.len(),
         state.config.max_clients,
         state.config.clients.admin_reserved,

@@ -294,6 +294,12 @@ fn reads_off_the_log_and_on_replicas(cluster: &LocalCluster, leader_addr: Socket
         proposed,
         "reads at the leader were proposed as decrees"
     );
+    assert!(info_number(&mut leader, "reads_served") >= 100);
+    let text = info(&mut leader);
+    assert_eq!(
+        paxos_kv::client::info_field(&text, "read_mode"),
+        Some("read_index")
+    );
 
     let leader_index = cluster.index_of(leader_addr).unwrap();
     let follower_index = (leader_index + 1) % cluster.len();
