@@ -37,9 +37,10 @@
 //! `v`, `GET k; SET k w` does not read `w`), although reads skip the log
 //! ([`ConnOrder`] keeps the counts):
 //! - a read sent while a request of the connection is in the log (not
-//!   answered yet) goes through the log behind it, as every read did
-//!   before; otherwise it skips the log, and is answered from a state that
-//!   includes every earlier request of the connection;
+//!   answered yet), or in a pipeline that has sent a write (until the
+//!   connection has nothing in flight), goes through the log, in order, as
+//!   every read did before; otherwise it skips the log, and is answered
+//!   from a state that includes every earlier request of the connection;
 //! - a write sent while reads that skipped the log are unanswered waits
 //!   for them (the reader pauses; a read is confirmed within a heartbeat
 //!   round trip, at once under a lease), since a read is answered from the
@@ -47,7 +48,10 @@
 //!   write.
 //!
 //! So unpipelined clients and read-only pipelines never touch the log for
-//! reads, and a pipeline mixing reads and writes costs what it cost before.
+//! reads, and a pipeline mixing reads and writes pays that wait once, then
+//! costs what it cost before: a mixed pipeline flipping between the two
+//! ways would pay a round trip at every flip. Reads that should skip the
+//! log belong on a connection of their own.
 //!
 //! Writes, and reads without `READONLY`, on a follower are answered with
 //! `-MOVED 0 <addr>` where `<addr>` is the leader's client address
@@ -170,6 +174,10 @@ struct ConnOrder {
     off_log: AtomicU64,
     /// Signalled when `off_log` drops to zero.
     off_log_done: tokio::sync::Notify,
+    /// The pipeline in flight has had a write in the log: its reads go
+    /// through the log too until the connection has nothing in flight (the
+    /// reader's alone).
+    mixed: std::sync::atomic::AtomicBool,
 }
 
 /// Which way a submitted request went.
@@ -576,13 +584,27 @@ fn execute(
     match encode_command(args, scratch) {
         Ok(kind) => {
             let request = scratch.split().freeze();
+            let in_log = order.in_log.load(Ordering::Acquire);
+            let off_log = order.off_log.load(Ordering::Acquire);
+            if in_log == 0 && off_log == 0 {
+                // Nothing of this connection in flight: a new pipeline.
+                order.mixed.store(false, Ordering::Relaxed);
+            }
             match kind {
-                CommandKind::Write if order.off_log.load(Ordering::Acquire) > 0 => {
+                CommandKind::Write if off_log > 0 => {
+                    order.mixed.store(true, Ordering::Relaxed);
                     Pending::HeldWrite(request, received_us)
                 }
-                CommandKind::Write => submit_write(state, request, received_us, order),
-                // Behind a request in the log: in the log too, in order.
-                CommandKind::Read if order.in_log.load(Ordering::Acquire) > 0 => {
+                CommandKind::Write => {
+                    let pending = submit_write(state, request, received_us, order);
+                    if matches!(pending, Pending::Wait(..)) {
+                        order.mixed.store(true, Ordering::Relaxed);
+                    }
+                    pending
+                }
+                // Behind a request in the log, or in a pipeline that mixes
+                // reads and writes: in the log, in order.
+                CommandKind::Read if in_log > 0 || order.mixed.load(Ordering::Relaxed) => {
                     submit_write(state, request, received_us, order)
                 }
                 CommandKind::Read => {
