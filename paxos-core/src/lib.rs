@@ -33,6 +33,21 @@
 //!   leader that has not heard from a quorum for an election timeout steps
 //!   down (*check-quorum*). So leadership changes only when a fault calls
 //!   for it; the simulator fails a run on an unforced leader change.
+//! - **Reads without a log write** (the `reads` module of the replica):
+//!   [`Replica::read_index`] hands the announced leader's reads a
+//!   [`ReadTicket`] (a heartbeat round and the commit index); once
+//!   [`Replica::read_confirmed`] reports the round confirmed by a quorum,
+//!   a read served from a state applied through the ticket's slot is
+//!   linearizable, with no assumption about clocks. Reads that arrive
+//!   while a round is out share the next one. With
+//!   [`Config::read_lease`], a confirmed round also grants a lease of
+//!   `duration * (1 - ρ)` from when it was *sent* ([`ReadLease`]: clock
+//!   rates within `ρ = max_drift_ppm` of real time), during which
+//!   [`Replica::lease_read_index`] answers without a round; a new leader
+//!   proposes nothing, and so announces itself, only `duration * (1 + ρ)`
+//!   after its phase 1. Beyond the drift bound a deposed leader may serve
+//!   stale lease reads; ReadIndex does not depend on it. The design and
+//!   how it compares with LeaseGuard are in `docs/design/reads.md`.
 //! - **Catch-up** in chunks from any peer's retained decrees; when nobody has
 //!   them anymore, [`Status::needs_snapshot`] says so.
 //! - **Bounded everything**: window, accept horizon, retained decrees (in

@@ -118,6 +118,8 @@ pub struct KvStore {
     is_primary: bool,
     /// Reused for building replies, so most replies cost one small copy.
     scratch: BytesMut,
+    /// The same for reads that skip the log (`query` takes `&self`).
+    query_scratch: std::cell::RefCell<BytesMut>,
 }
 
 fn integer(n: bool) -> Bytes {
@@ -436,16 +438,23 @@ impl KvStore {
                 _ => self.map.get(k),
             }
         };
-        let mut out = BytesMut::new();
+        let mut scratch = self.query_scratch.borrow_mut();
+        // Whatever an earlier query left (none does: each writes only once
+        // its request parsed) is not part of this reply.
+        scratch.clear();
+        if scratch.capacity() < 4096 {
+            scratch.reserve(64 * 1024);
+        }
+        let out = &mut *scratch;
         match op {
             OP_GET | OP_STRLEN => {
                 let k = r.str()?;
                 r.end()?;
                 let v = live(k);
                 if op == OP_STRLEN {
-                    resp::write_integer(&mut out, v.map_or(0, <[u8]>::len) as i64);
+                    resp::write_integer(out, v.map_or(0, <[u8]>::len) as i64);
                 } else {
-                    resp::write_bulk(&mut out, v);
+                    resp::write_bulk(out, v);
                 }
             }
             OP_EXISTS => {
@@ -455,7 +464,7 @@ impl KvStore {
                     count += i64::from(live(r.str()?).is_some());
                 }
                 r.end()?;
-                resp::write_integer(&mut out, count);
+                resp::write_integer(out, count);
             }
             OP_MGET => {
                 let n = r.count(4)?;
@@ -465,9 +474,9 @@ impl KvStore {
                 }
                 r.end()?;
                 r.pos = start;
-                resp::write_array_header(&mut out, Some(n));
+                resp::write_array_header(out, Some(n));
                 for _ in 0..n {
-                    resp::write_bulk(&mut out, live(r.str()?));
+                    resp::write_bulk(out, live(r.str()?));
                 }
             }
             OP_TTL => {
@@ -485,11 +494,11 @@ impl KvStore {
                         }
                     }
                 };
-                resp::write_integer(&mut out, ttl);
+                resp::write_integer(out, ttl);
             }
             OP_DBSIZE => {
                 r.end()?;
-                resp::write_integer(&mut out, self.map.len() as i64);
+                resp::write_integer(out, self.map.len() as i64);
             }
             OP_KEYS => {
                 let pattern = r.str()?;
@@ -508,7 +517,7 @@ impl KvStore {
             }
             _ => return Some(Bytes::from_static(REPLY_NOT_READ)),
         }
-        Some(out.freeze())
+        Some(out.split().freeze())
     }
 
     /// `SETX`: `SET` with options, `SETNX`, `GETSET` (Redis's

@@ -47,7 +47,7 @@ pub struct NodeConfig {
     pub report_applies: bool,
     /// How linearizable reads are confirmed (see [`crate::reads`]). With
     /// [`ReadMode::Lease`] the node sets `core.read_lease` (a lease of
-    /// `core.election_timeout_min_us`); every replica must agree on it.
+    /// `core.election_timeout_max_us`); every replica must agree on it.
     pub read_mode: ReadMode,
     /// Most reads a node holds waiting (for a round, for the state machine
     /// to catch up); more are refused (`AbortReason::Refused`).
@@ -67,7 +67,12 @@ impl NodeConfig {
         core.read_lease = match self.read_mode {
             ReadMode::ReadIndex => None,
             ReadMode::Lease { max_drift_ppm } => Some(paxos_core::ReadLease {
-                duration_us: core.election_timeout_min_us,
+                // Longer than pre-vote stickiness alone protects (a voter
+                // grants no pre-vote for the minimum election timeout after
+                // hearing the leader), so the new leader's wait is what
+                // makes it safe; and a leader cut off steps down
+                // (check-quorum) about when its lease runs out.
+                duration_us: core.election_timeout_max_us,
                 max_drift_ppm,
             }),
         };

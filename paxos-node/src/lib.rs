@@ -17,6 +17,11 @@
 //! - It owns proposal-to-completion matching, decree framing
 //!   ([`framing`]), retry of stalled batches, checkpoint scheduling, state
 //!   transfer ([`xfer`]) and the replicated membership [`directory`].
+//! - **Reads that skip the log** ([`reads`]): [`Node::submit_read`] with
+//!   [`ReadConsistency::Linearizable`] (the leader confirms its leadership
+//!   per [`ReadMode`]: a heartbeat round, or a lease that assumes bounded
+//!   clock drift) or [`ReadConsistency::AtLeast`] (bounded staleness on any
+//!   replica), answered by [`StateMachine::query`] without a decree.
 //! - [`StateMachine`] is the application: it executes requests, streams its
 //!   state into checkpoints and restores from them. It knows nothing of
 //!   Paxos, and the node knows nothing of it beyond this trait.
@@ -48,9 +53,16 @@
 //! - **Slot order.** Decrees are applied in slot order, each exactly once
 //!   per core instance; a checkpoint at slot `s` holds exactly the state
 //!   after slot `s`.
+//! - **Reads change nothing.** A read is answered by `query` from the
+//!   state machine as it stands, or aborted (`NotPrimary`, `Refused`);
+//!   an aborted read never executed, so it is always safe to retry. A
+//!   linearizable read is answered only after its leadership round was
+//!   confirmed (or under a lease) and the state applied the commit index
+//!   recorded on its arrival.
 //! - **Bounded.** At most `pipeline_window` proposals in flight, each
 //!   within the batch limits; one checkpoint save and one transfer at a
-//!   time; transfer chunks of bounded size.
+//!   time; transfer chunks of bounded size; pending reads bounded in count
+//!   and bytes.
 //! - **No panics on input.** Peer messages, decrees, directory commands and
 //!   checkpoint sections are validated; bad ones are dropped or refused
 //!   with an error.

@@ -51,10 +51,11 @@ pub enum ReadMode {
     /// assumption).
     #[default]
     ReadIndex,
-    /// A leader lease renewed by the heartbeats, valid for the minimum
-    /// election timeout less the drift; a new leader waits it out (more
-    /// than the election timeout) before it serves. Every replica of the
-    /// cluster must use the same mode.
+    /// A leader lease renewed by the heartbeats, valid for the maximum
+    /// election timeout (less the drift) from the start of the round that
+    /// confirmed it; a new leader waits that long (plus the drift) after
+    /// its phase 1 before it serves, so failover takes that much longer.
+    /// Every replica of the cluster must use the same mode.
     Lease {
         /// The largest clock rate error of any replica, in parts per
         /// million.

@@ -88,6 +88,9 @@ pub enum FailureKind {
     /// A new leader was elected while the previous one was alive, had a
     /// steady quorum and was slowed by no fault (see `stability.rs`).
     UnforcedLeaderChange,
+    /// A follower read (`ReadConsistency::AtLeast`) answered with a value
+    /// older than the slot it asked for (see `reads.rs`).
+    BoundedStaleness,
 }
 
 impl std::fmt::Display for FailureKind {
@@ -107,6 +110,7 @@ impl std::fmt::Display for FailureKind {
             FailureKind::StateDivergence => "STATE DIVERGENCE",
             FailureKind::Linearizability => "LINEARIZABILITY",
             FailureKind::UnforcedLeaderChange => "UNFORCED LEADER CHANGE",
+            FailureKind::BoundedStaleness => "BOUNDED STALENESS",
         };
         f.write_str(s)
     }

@@ -175,6 +175,9 @@ pub struct Client {
     /// No request with this sequence number or above is issued (the
     /// liveness phase issues a fixed number of probes, then stops).
     pub issue_limit: u64,
+    /// The highest slot any reply named: follower reads ask for at least
+    /// this (so a client reads its own writes from any replica).
+    pub seen_slot: paxos_core::Slot,
 }
 
 impl Client {
@@ -187,6 +190,7 @@ impl Client {
             waiting: BTreeMap::new(),
             acked: 0,
             issue_limit: u64::MAX,
+            seen_slot: paxos_core::Slot::ZERO,
         }
     }
 

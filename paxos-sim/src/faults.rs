@@ -20,6 +20,14 @@ impl Sim {
         }
         let at = self.now.plus_micros(self.chaos_delay());
         self.schedule(at, EventKind::Chaos);
+        if self.cfg.clock_drift == crate::reads::ClockDrift::BeyondBound && self.rng.gen_bool(0.3) {
+            // Beyond the bound, clock rates also change during the run.
+            let i = self.rng.gen_range(0..self.nodes.len());
+            let ppm = crate::reads::beyond_bound_rate(&mut self.rng);
+            let now = self.now;
+            self.nodes[i].clock.set_rate(now, ppm);
+            self.trace(|| format!("r{} clock rate now {ppm} ppm", i + 1));
+        }
         let w = self.params.weights.clone();
         let mut pick = self.rng.gen_range(0..w.total());
         let n = self.nodes.len();
@@ -101,7 +109,7 @@ impl Sim {
             if let Some(l) = self.current_leader() {
                 self.faults.relinquishes += 1;
                 self.stability.excuse(self.now);
-                let now = self.now;
+                let now = self.nodes[l].local(self.now);
                 if let Some(run) = self.nodes[l].run.as_mut() {
                     let _ = run.node.relinquish(now, None);
                 }
@@ -113,7 +121,7 @@ impl Sim {
             let vetoed = self.nodes.iter().filter(|n| n.vetoed).count();
             if self.nodes[i].vetoed || vetoed < veto_cap {
                 self.faults.vetoes += 1;
-                let now = self.now;
+                let now = self.nodes[i].local(self.now);
                 let r = &mut self.nodes[i];
                 r.vetoed = !r.vetoed;
                 let allowed = !r.vetoed;
@@ -317,7 +325,7 @@ impl Sim {
         if self.nodes[l].paused_until > self.now {
             return Ok(());
         }
-        let now = self.now;
+        let now = self.nodes[l].local(self.now);
         let Some(run) = self.nodes[l].run.as_mut() else {
             return Ok(());
         };
@@ -378,7 +386,7 @@ impl Sim {
             if self.nodes[i].run.is_none() {
                 self.start_replica(i)?;
             } else {
-                let now = self.now;
+                let now = self.nodes[i].local(self.now);
                 if let Some(run) = self.nodes[i].run.as_mut() {
                     run.node.set_can_become_primary(now, true);
                 }

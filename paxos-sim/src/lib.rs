@@ -79,6 +79,15 @@
 //!   `NotPrimary` redirects them; requests whose outcome is unknown are
 //!   retried as new attempts.
 //!
+//! - **Reads** (`reads.rs`): each seed draws whether `GET`s go through the
+//!   log or through `Node::submit_read` with the nodes in ReadIndex or
+//!   lease mode (`--reads`); then a share of them are follower reads
+//!   (`AtLeast` the highest slot the client saw) sent to any replica.
+//!   Clients that time out, and now and then others, ask a random replica
+//!   who leads, so clients disagree about the leader during a failover.
+//! - **Clocks**: every replica's clock runs at its own rate within the
+//!   drift bound the nodes are configured with, or, with
+//!   `--clock-drift beyond`, up to 90% off and changing during the run.
 //! - **Time in decrees**: each replica's wall clock is 1.5 s off the next
 //!   one's, so after a failover the new leader's decrees are often stamped
 //!   earlier than the old one's; the KV store's expiry clock must stay
@@ -111,7 +120,11 @@
 //! while the previous one was up, kept a steady quorum and was slowed by no
 //! fault for two election timeouts; defined in `stability.rs`; counted in
 //! [`FaultCounts::leader_changes`]), the codec round trip, the node's API
-//! contract, and every contract inside paxos-core and paxos-node. At the end:
+//! contract, every contract inside paxos-core and paxos-node,
+//! **read freshness** (a linearizable read that skipped the log is answered
+//! from a state holding every slot applied anywhere before it was called)
+//! and **bounded staleness** of follower reads (against a reference state
+//! per slot), both in `reads.rs`. At the end:
 //! **linearizability** of the clients' whole history (paxos-kv's checker),
 //! closed by a read of every key from a caught-up replica, so a lost
 //! acknowledged write or a stale read fails the seed. Planted bugs in the
@@ -143,6 +156,7 @@ pub mod digest;
 mod faults;
 mod network;
 pub mod params;
+pub mod reads;
 mod replica;
 pub mod runner;
 mod show;
@@ -153,6 +167,7 @@ pub mod storage;
 
 pub use checker::{Failure, FailureKind};
 pub use params::{FaultParams, FaultWeights};
+pub use reads::{ClockDrift, ReadParams, SimReadMode};
 pub use replica::Timing;
 pub use runner::{run_many, RunOptions, Summary};
 pub use sim::{

@@ -31,6 +31,15 @@ struct Args {
     /// whether it changes membership; about half do).
     #[arg(long, default_value = "seed", value_parser = clap::builder::PossibleValuesParser::new(["always", "never", "seed"]))]
     reconfigure: String,
+    /// How `GET`s are served: through the log, or without it in ReadIndex
+    /// or lease mode (`seed`: each seed draws one).
+    #[arg(long, default_value = "seed", value_parser = clap::builder::PossibleValuesParser::new(["log", "read-index", "lease", "seed"]))]
+    reads: String,
+    /// `within`: every replica's clock keeps to the drift bound the nodes
+    /// are configured with; `beyond`: clocks run up to 90% off while the
+    /// nodes assume 0.1% (lease mode may then serve stale reads).
+    #[arg(long, default_value = "within", value_parser = clap::builder::PossibleValuesParser::new(["within", "beyond"]))]
+    clock_drift: String,
     /// Print every event (use with one seed).
     #[arg(short, long)]
     verbose: bool,
@@ -63,6 +72,17 @@ fn main() -> ExitCode {
             "always" => Some(true),
             "never" => Some(false),
             _ => None,
+        },
+        reads: match args.reads.as_str() {
+            "log" => Some(paxos_sim::SimReadMode::Log),
+            "read-index" => Some(paxos_sim::SimReadMode::ReadIndex),
+            "lease" => Some(paxos_sim::SimReadMode::Lease),
+            _ => None,
+        },
+        clock_drift: if args.clock_drift == "beyond" {
+            paxos_sim::ClockDrift::BeyondBound
+        } else {
+            paxos_sim::ClockDrift::WithinBound
         },
     };
     // How a failing seed is rerun: `cargo xtask sim --seed S ...`, or the

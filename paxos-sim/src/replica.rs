@@ -110,6 +110,10 @@ pub(crate) struct Replica {
     pub(crate) base_membership: Membership,
     /// Provisioned to join (a spare): not being a member is not removal.
     pub(crate) joining: bool,
+    /// This replica's clock: every input hands the node its reading.
+    pub(crate) clock: crate::reads::Clock,
+    /// How the node confirms linearizable reads.
+    pub(crate) read_mode: paxos_node::ReadMode,
 }
 
 impl Replica {
@@ -140,7 +144,14 @@ impl Replica {
             provisioned,
             base_membership: membership,
             joining: false,
+            clock: crate::reads::Clock::new(0),
+            read_mode: paxos_node::ReadMode::ReadIndex,
         }
+    }
+
+    /// This replica's clock at simulated time `global`.
+    pub(crate) fn local(&self, global: Time) -> Time {
+        self.clock.local(global)
     }
 
     fn node_config(&self, params: &FaultParams, seed: u64) -> NodeConfig {
@@ -173,6 +184,7 @@ impl Replica {
         // monotonic, identically on every replica (the digest covers it).
         config.wall_clock_at_zero_us = SIM_EPOCH_US + u64::from(self.id.0) * 1_500_000;
         config.report_applies = true;
+        config.read_mode = self.read_mode;
         config
     }
 }
@@ -318,7 +330,7 @@ impl Sim {
                 checkpoint: restored,
                 damaged,
             },
-            now,
+            self.nodes[i].local(now),
         )
         .map_err(|e| {
             Failure::new(
@@ -330,7 +342,7 @@ impl Sim {
             hook(&mut node);
         }
         let vetoed = self.nodes[i].vetoed;
-        node.set_can_become_primary(now, !vetoed);
+        node.set_can_become_primary(self.nodes[i].local(now), !vetoed);
         // The node re-applies the log from its checkpoint on: its reports
         // continue from there.
         let applied = checkpoint_slot;
@@ -426,7 +438,7 @@ impl Sim {
         incarnation: u64,
         generation: u64,
     ) -> Result<(), Failure> {
-        let now = self.now;
+        let now = self.nodes[i].local(self.now);
         let r = &mut self.nodes[i];
         if r.incarnation != incarnation || r.timer_generation != generation {
             return Ok(());
@@ -441,7 +453,7 @@ impl Sim {
 
     /// The disk finished syncing: everything appended so far is durable.
     pub(crate) fn sync_done(&mut self, i: usize, incarnation: u64) -> Result<(), Failure> {
-        let now = self.now;
+        let now = self.nodes[i].local(self.now);
         let r = &mut self.nodes[i];
         if r.incarnation != incarnation {
             return Ok(());
@@ -498,7 +510,7 @@ impl Sim {
     /// The background checkpoint write is done: write it (the real
     /// checkpoint code, on the simulated disk) and tell the node.
     pub(crate) fn checkpoint_done(&mut self, i: usize, incarnation: u64) -> Result<(), Failure> {
-        let now = self.now;
+        let now = self.nodes[i].local(self.now);
         let id = self.nodes[i].id;
         let r = &mut self.nodes[i];
         if r.incarnation != incarnation {
@@ -528,7 +540,7 @@ impl Sim {
 
     /// A received checkpoint's final verify, sync and rename is done.
     pub(crate) fn transfer_finish(&mut self, i: usize, incarnation: u64) -> Result<(), Failure> {
-        let now = self.now;
+        let now = self.nodes[i].local(self.now);
         let r = &mut self.nodes[i];
         if r.incarnation != incarnation {
             return Ok(());
@@ -603,9 +615,10 @@ impl Sim {
             return Ok(());
         };
         if let Some(t) = run.node.next_timer() {
-            // A timer at or before now fires on the next microsecond, so a
-            // node that never advances its timer cannot freeze time.
-            let at = t.max(self.now.plus_micros(1));
+            // The node's timer is on its own clock. A timer at or before now
+            // fires on the next microsecond, so a node that never advances
+            // its timer cannot freeze time.
+            let at = r.clock.global(t).max(self.now.plus_micros(1));
             if r.timer != Some(at) {
                 r.timer = Some(at);
                 r.timer_generation += 1;
@@ -703,7 +716,7 @@ impl Sim {
                 let served =
                     paxos_node::storage::serve_chunk(&run.checkpoints, slot, offset, max_bytes);
                 if let Some(damaged) = served.damaged {
-                    let now = self.now;
+                    let now = self.nodes[i].local(self.now);
                     if let Some(run) = self.nodes[i].run.as_mut() {
                         run.node.on_checkpoint_damaged(now, damaged);
                     }
@@ -711,7 +724,7 @@ impl Sim {
                 self.send(i, to, paxos_node::xfer::encode(&served.reply))
             }
             Effect::Transfer(op) => {
-                let now = self.now;
+                let now = self.nodes[i].local(self.now);
                 let Some(run) = self.nodes[i].run.as_mut() else {
                     return Ok(());
                 };
@@ -737,7 +750,7 @@ impl Sim {
                 Ok(())
             }
             Effect::InstallCheckpoint { slot } => {
-                let now = self.now;
+                let now = self.nodes[i].local(self.now);
                 let Some(run) = self.nodes[i].run.as_mut() else {
                     return Ok(());
                 };
@@ -822,6 +835,7 @@ impl Sim {
             .map_or(Slot::ZERO, |r| r.applied_through);
         self.checker
             .on_apply(id, applied_through, slot, &value, self.now.0)?;
+        self.read_reference.on_apply(slot, &value)?;
         if let Some(run) = self.nodes[i].run.as_mut() {
             run.applied_through = slot;
         }
@@ -1009,7 +1023,7 @@ impl Sim {
         from: ReplicaId,
         bytes: Bytes,
     ) -> Result<(), Failure> {
-        let now = self.now;
+        let now = self.nodes[to].local(self.now);
         if let Some(run) = self.nodes[to].run.as_mut() {
             run.node.handle_message(now, from, bytes);
         }

@@ -1,5 +1,6 @@
 //! Running many seeds, in parallel, and summarising them.
 
+use crate::reads::{ClockDrift, SimReadMode};
 use crate::sim::{run, FaultCounts, NodeHook, RunReport, SimConfig, DEFAULT_STEPS};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +28,10 @@ pub struct RunOptions {
     /// Membership changes in every seed (`Some(true)`), in none
     /// (`Some(false)`), or as each seed draws (`None`).
     pub reconfigure: Option<bool>,
+    /// How `GET`s are served in every seed, or as each seed draws (`None`).
+    pub reads: Option<SimReadMode>,
+    /// Whether clocks keep to their configured drift bound.
+    pub clock_drift: ClockDrift,
 }
 
 impl Default for RunOptions {
@@ -41,6 +46,8 @@ impl Default for RunOptions {
             hook: None,
             stop_on_failure: false,
             reconfigure: None,
+            reads: None,
+            clock_drift: ClockDrift::WithinBound,
         }
     }
 }
@@ -66,6 +73,8 @@ impl RunOptions {
         cfg.verbose = self.verbose;
         cfg.hook = self.hook.clone();
         cfg.reconfigure = self.reconfigure;
+        cfg.reads = self.reads;
+        cfg.clock_drift = self.clock_drift;
         cfg
     }
 
@@ -83,7 +92,22 @@ impl RunOptions {
             Some(false) => cmd.push_str(" --reconfigure never"),
             None => {}
         }
+        if let Some(mode) = self.reads {
+            cmd.push_str(&format!(" --reads {}", read_mode_name(mode)));
+        }
+        if self.clock_drift == ClockDrift::BeyondBound {
+            cmd.push_str(" --clock-drift beyond");
+        }
         cmd
+    }
+}
+
+/// The CLI name of a read path (`--reads`).
+pub fn read_mode_name(mode: SimReadMode) -> &'static str {
+    match mode {
+        SimReadMode::Log => "log",
+        SimReadMode::ReadIndex => "read-index",
+        SimReadMode::Lease => "lease",
     }
 }
 
@@ -108,7 +132,7 @@ impl Summary {
     /// The one-line summary printed at the end.
     pub fn line(&self) -> String {
         format!(
-            "paxos-sim: {} seeds, {} steps, {} commits, {} acknowledged requests, {} operations checked for linearizability, {} faults injected ({} crashes, {} torn syncs, {} partitions/isolations/cuts, {} messages dropped, {} replayed, {} checkpoints, {} state transfers, {} starts on persistent memory, {} media corruptions, {} damaged starts, {} repairs, {} of {} membership changes completed ({} pending at the heal), {} spares started, {} unrequested changes), {} leader changes ({} unforced), {} failures",
+            "paxos-sim: {} seeds, {} steps, {} commits, {} acknowledged requests, {} operations checked for linearizability, {} faults injected ({} crashes, {} torn syncs, {} partitions/isolations/cuts, {} messages dropped, {} replayed, {} checkpoints, {} state transfers, {} starts on persistent memory, {} media corruptions, {} damaged starts, {} repairs, {} of {} membership changes completed ({} pending at the heal), {} spares started, {} unrequested changes), {} leader changes ({} unforced), {} linearizable reads without the log, {} follower reads checked for bounded staleness, {} reads refused or redirected, {} failures",
             self.seeds_run,
             self.steps,
             self.commits,
@@ -133,6 +157,9 @@ impl Summary {
             self.faults.unrequested_membership_changes,
             self.faults.leader_changes,
             self.faults.unforced_leader_changes,
+            self.faults.log_free_reads,
+            self.faults.follower_reads,
+            self.faults.reads_refused,
             self.failures.len()
         )
     }

@@ -12,16 +12,18 @@ use crate::checker::{Checker, Failure, FailureKind};
 use crate::client::{Client, History, RequestState};
 use crate::digest::Fnv64;
 use crate::params::FaultParams;
+use crate::reads::{ClockDrift, LogFreeRead, ReadParams, SimReadMode};
 use crate::replica::Replica;
 use crate::state_machine::{SimKv, StateMachineBug};
 use bytes::Bytes;
 use paxos_core::{Membership, ReplicaId, Time};
 use paxos_kv::lincheck::{self, OpKind, OpOutcome, Operation, Verdict};
+use paxos_node::ReadConsistency;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::cell::RefCell;
 use std::cmp::{Ordering, Reverse};
-use std::collections::BinaryHeap;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
@@ -69,6 +71,10 @@ pub struct SimConfig {
     /// data as if nothing was lost (no repair). Teeth test of the disk
     /// faults.
     pub ignore_storage_damage: bool,
+    /// How `GET`s are served; `None` lets the seed choose (see `reads.rs`).
+    pub reads: Option<SimReadMode>,
+    /// Whether the replicas' clocks keep to their configured drift bound.
+    pub clock_drift: ClockDrift,
 }
 
 impl SimConfig {
@@ -86,6 +92,8 @@ impl SimConfig {
             reconfigure: None,
             state_machine_bug: None,
             ignore_storage_damage: false,
+            reads: None,
+            clock_drift: ClockDrift::WithinBound,
         }
     }
 }
@@ -99,6 +107,8 @@ impl std::fmt::Debug for SimConfig {
             .field("liveness_timeout_us", &self.liveness_timeout_us)
             .field("hook", &self.hook.is_some())
             .field("reconfigure", &self.reconfigure)
+            .field("reads", &self.reads)
+            .field("clock_drift", &self.clock_drift)
             .finish()
     }
 }
@@ -174,6 +184,13 @@ pub struct FaultCounts {
     /// Leader changes that no fault forced (see `stability.rs`); each one
     /// fails the run.
     pub unforced_leader_changes: u64,
+    /// Linearizable reads answered without the log (`submit_read`); they
+    /// are in the history the linearizability checker checks.
+    pub log_free_reads: u64,
+    /// Follower reads answered and checked for bounded staleness.
+    pub follower_reads: u64,
+    /// Reads refused or redirected (retried).
+    pub reads_refused: u64,
 }
 
 impl FaultCounts {
@@ -228,6 +245,9 @@ impl FaultCounts {
         self.repairs_completed += o.repairs_completed;
         self.leader_changes += o.leader_changes;
         self.unforced_leader_changes += o.unforced_leader_changes;
+        self.log_free_reads += o.log_free_reads;
+        self.follower_reads += o.follower_reads;
+        self.reads_refused += o.reads_refused;
     }
 }
 
@@ -245,7 +265,9 @@ pub struct RunReport {
     pub steps: u64,
     /// Distinct slots applied anywhere.
     pub commits: u64,
-    /// Requests acknowledged to clients.
+    /// Requests acknowledged to clients through the log (reads that skip
+    /// it are counted in [`FaultCounts::log_free_reads`] and
+    /// [`FaultCounts::follower_reads`]).
     pub acked_requests: u64,
     /// Faults injected.
     pub faults: FaultCounts,
@@ -256,6 +278,8 @@ pub struct RunReport {
     pub sim_time: Time,
     /// The seed's fault mix.
     pub params: FaultParams,
+    /// The seed's read path and clocks.
+    pub reads: ReadParams,
     /// The first violated property, if any, and when.
     pub failure: Option<(Failure, Time)>,
 }
@@ -380,6 +404,12 @@ pub(crate) struct Sim {
     pub(crate) faulty: Option<usize>,
     /// The leader-stability checker.
     pub(crate) stability: crate::stability::Stability,
+    /// The seed's read path and clocks.
+    pub(crate) reads: ReadParams,
+    /// The state after each slot, for follower reads.
+    pub(crate) read_reference: crate::reads::ReadReference,
+    /// Attempts that are reads skipping the log.
+    pub(crate) log_free: BTreeMap<u64, crate::reads::LogFreeRead>,
 }
 
 thread_local! {
@@ -447,6 +477,7 @@ pub fn run(cfg: &SimConfig) -> RunReport {
         digest: sim.digest.finish(),
         sim_time: sim.now,
         params: sim.params.clone(),
+        reads: sim.reads.clone(),
         failure: failure.map(|f| (f, sim.now)),
     }
 }
@@ -472,7 +503,8 @@ impl Sim {
         } else {
             n
         };
-        let nodes: Vec<Replica> = (0..pool)
+        let reads = ReadParams::draw(cfg.seed, pool, cfg.reads, cfg.clock_drift);
+        let mut nodes: Vec<Replica> = (0..pool)
             .map(|i| {
                 let media_seed =
                     (cfg.seed ^ (0xD15C << 16) ^ i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -492,6 +524,10 @@ impl Sim {
                 )
             })
             .collect();
+        for (i, r) in nodes.iter_mut().enumerate() {
+            r.clock = crate::reads::Clock::new(reads.rates_ppm[i]);
+            r.read_mode = reads.mode.node_mode(reads.max_drift_ppm);
+        }
         let ids = nodes.iter().map(|r| r.id).collect();
         let stability = crate::stability::Stability::new(nodes.len(), 2 * timing.election_min_us);
         let clients = (0..CLIENTS)
@@ -517,6 +553,9 @@ impl Sim {
             operator: None,
             faulty,
             stability,
+            reads,
+            read_reference: crate::reads::ReadReference::default(),
+            log_free: BTreeMap::new(),
         }
     }
 
@@ -643,11 +682,23 @@ impl Sim {
         let next = now.plus_micros(self.rng.gen_range(interval / 2..=interval + interval / 2));
         self.schedule(next, EventKind::ClientTick { client: k });
 
-        // Attempts that timed out stay "outcome unknown" in the history.
-        self.clients[k].expire(now.0);
+        // Attempts that timed out stay "outcome unknown" in the history. A
+        // client that waited in vain tries another replica next, as real
+        // clients do (a leader cut off from its peers answers nothing, but
+        // may not know it is deposed).
+        // Now and then a client also asks a random replica who leads (a
+        // reconnect, a load balancer): clients then spread over replicas
+        // that disagree about the leader, as they do in a failover.
+        if !self.clients[k].expire(now.0).is_empty() || self.rng.gen_bool(0.05) {
+            self.clients[k].believed_leader = self.rng.gen_range(0..n);
+        }
         let outstanding = self.params.client_outstanding;
         for op in self.clients[k].fill(&mut self.rng, outstanding) {
             self.checker.note_issued(op.request.clone());
+            if op.kind != OpKind::Read {
+                self.read_reference
+                    .note_write(op.request.clone(), op.key.clone());
+            }
         }
         let seqs = self.clients[k].queued(self.params.client_batch);
         if seqs.is_empty() {
@@ -662,28 +713,132 @@ impl Sim {
             self.clients[k].believed_leader = self.rng.gen_range(0..n);
             return Ok(());
         }
-        let incarnation = self.nodes[target].incarnation;
         let client_id = self.clients[k].id;
         let mut requests = Vec::with_capacity(seqs.len());
+        let mut reads = Vec::new();
         for seq in seqs {
             let op = self.clients[k].waiting[&seq].op.clone();
+            let log_free = self.reads.mode != SimReadMode::Log && op.kind == OpKind::Read;
+            let (to, consistency) = if log_free {
+                self.read_target(k, target)
+            } else {
+                (target, ReadConsistency::Linearizable)
+            };
             let attempt = self.history.call(k, client_id, seq, &op, now.0);
             if let Some(p) = self.clients[k].waiting.get_mut(&seq) {
                 p.state = RequestState::InFlight {
                     attempt,
-                    replica: target,
-                    incarnation,
+                    replica: to,
+                    incarnation: self.nodes[to].incarnation,
                     deadline_us: now.0 + CLIENT_RETRY_US,
                 };
             }
-            requests.push((op.request, attempt));
+            if log_free {
+                let read = match consistency {
+                    ReadConsistency::AtLeast(asked) => LogFreeRead::Follower { asked },
+                    ReadConsistency::Linearizable => LogFreeRead::Linearizable {
+                        applied_at_call: self.read_reference.through(),
+                    },
+                };
+                self.log_free.insert(attempt, read);
+                reads.push((to, op.request, consistency, attempt));
+            } else {
+                requests.push((op.request, attempt));
+            }
         }
         let id = self.nodes[target].id;
-        self.trace(|| format!("client {} sends {} requests to {id}", k + 1, requests.len()));
-        if let Some(run) = self.nodes[target].run.as_mut() {
-            run.node.propose_requests(now, now, &mut requests);
+        self.trace(|| {
+            format!(
+                "client {} sends {} requests to {id}, {} reads without the log",
+                k + 1,
+                requests.len(),
+                reads.len()
+            )
+        });
+        if !requests.is_empty() {
+            let local = self.nodes[target].local(now);
+            if let Some(run) = self.nodes[target].run.as_mut() {
+                run.node.propose_requests(local, local, &mut requests);
+            }
+            self.drain(target)?;
         }
-        self.drain(target)
+        for (to, request, consistency, attempt) in reads {
+            let local = self.nodes[to].local(now);
+            if let Some(run) = self.nodes[to].run.as_mut() {
+                run.node.submit_read(local, request, consistency, attempt);
+            }
+            self.drain(to)?;
+        }
+        Ok(())
+    }
+
+    /// Where a read that skips the log goes: a linearizable read to the
+    /// believed leader, or (a share of them) a follower read, at least at
+    /// the highest slot the client has seen, to any running replica.
+    fn read_target(&mut self, k: usize, leader: usize) -> (usize, ReadConsistency) {
+        let share = self.reads.follower_reads;
+        if share > 0.0 && self.rng.gen_bool(share) {
+            let now = self.now;
+            let up: Vec<usize> = (0..self.nodes.len())
+                .filter(|&r| self.nodes[r].run.is_some() && self.nodes[r].paused_until <= now)
+                .collect();
+            if !up.is_empty() {
+                let to = up[self.rng.gen_range(0..up.len())];
+                return (to, ReadConsistency::AtLeast(self.clients[k].seen_slot));
+            }
+        }
+        (leader, ReadConsistency::Linearizable)
+    }
+
+    /// A read that skipped the log was answered: a linearizable one enters
+    /// the history, a follower read is checked for bounded staleness.
+    fn on_read_complete(
+        &mut self,
+        attempt: u64,
+        read: LogFreeRead,
+        reply: &Bytes,
+        slot: paxos_core::Slot,
+    ) -> Result<(), Failure> {
+        let Some(a) = self.history.attempts.get(&attempt).cloned() else {
+            // A follower read answered after its attempt left the history
+            // (it was refused or redirected before): nothing to record.
+            return Ok(());
+        };
+        let op = &self.history.ops[a.history];
+        let (key, kind) = (op.key.clone(), op.kind.clone());
+        let probe = crate::client::Op {
+            request: Bytes::new(),
+            key: key.clone(),
+            kind,
+        };
+        let Some(outcome) = probe.outcome(reply) else {
+            return Err(Failure::new(
+                FailureKind::ApiContract,
+                format!(
+                    "read reply {:?} is not a GET reply",
+                    String::from_utf8_lossy(reply)
+                ),
+            ));
+        };
+        match read {
+            LogFreeRead::Follower { asked } => {
+                self.read_reference.check(&key, asked, slot, &outcome)?;
+                // Not linearizable by design: kept out of that check.
+                self.history.never_proposed(attempt);
+                self.faults.follower_reads += 1;
+            }
+            LogFreeRead::Linearizable { applied_at_call } => {
+                crate::reads::check_fresh(&key, applied_at_call, slot)?;
+                self.history.returned(attempt, self.now.0, outcome);
+                self.faults.log_free_reads += 1;
+            }
+        }
+        let client = &mut self.clients[a.client];
+        client.seen_slot = client.seen_slot.max(slot);
+        if client.waiting.remove(&a.seq).is_some() {
+            client.acked += 1;
+        }
+        Ok(())
     }
 
     /// A reply reached the client of attempt `attempt`.
@@ -693,6 +848,9 @@ impl Sim {
         reply: &Bytes,
         slot: paxos_core::Slot,
     ) -> Result<(), Failure> {
+        if let Some(read) = self.log_free.remove(&attempt) {
+            return self.on_read_complete(attempt, read, reply, slot);
+        }
         let Some(a) = self.history.attempts.get(&attempt).cloned() else {
             return Err(Failure::new(
                 FailureKind::ApiContract,
@@ -728,6 +886,7 @@ impl Sim {
         if let Some(request) = request {
             self.checker.on_ack(&request, slot)?;
             let client = &mut self.clients[a.client];
+            client.seen_slot = client.seen_slot.max(slot);
             if client.waiting.remove(&a.seq).is_some() {
                 client.acked += 1;
             }
@@ -743,6 +902,22 @@ impl Sim {
         reason: paxos_node::AbortReason,
     ) -> Result<(), Failure> {
         use paxos_node::AbortReason as R;
+        if self.log_free.remove(&attempt).is_some() {
+            // A read that skipped the log never executed, whatever the
+            // reason: it leaves the history and is retried.
+            self.faults.reads_refused += 1;
+            let Some(a) = self.history.never_proposed(attempt) else {
+                return Ok(());
+            };
+            if let R::NotPrimary { leader } = reason {
+                let n = self.nodes.len();
+                let hinted = leader.and_then(|l| self.index_of(l)).filter(|&l| l != from);
+                self.clients[a.client].believed_leader =
+                    hinted.unwrap_or_else(|| self.rng.gen_range(0..n));
+            }
+            self.clients[a.client].requeue_attempt(attempt);
+            return Ok(());
+        }
         let Some(a) = self.history.attempts.get(&attempt).cloned() else {
             return Err(Failure::new(
                 FailureKind::ApiContract,

@@ -94,6 +94,14 @@ impl StateMachine for SimKv {
     }
 
     fn query(&self, request: &[u8]) -> Bytes {
+        // The planted stale read bites reads that skip the log too.
+        if let (Some(StateMachineBug::StaleReads), Some(&OP_GET)) = (self.bug, request.first()) {
+            if let Some(stale) = key_of(request).and_then(|k| self.previous.get(k)) {
+                let mut out = bytes::BytesMut::new();
+                paxos_kv::resp::write_bulk(&mut out, stale.as_deref());
+                return out.freeze();
+            }
+        }
         StateMachine::query(&self.kv, request)
     }
 

@@ -73,6 +73,16 @@ impl Replica {
                     "pipeline window exceeded"
                 );
                 invariant!(!l.announced || l.recover_next > l.recover_through);
+                invariant!(
+                    l.reads.confirmed <= l.reads.sent,
+                    "a read round is confirmed only once sent"
+                );
+                invariant!(
+                    self.config.read_lease.is_none()
+                        || l.reads.waited
+                        || (l.next_slot == l.recover_next && !l.announced),
+                    "with leases, nothing is proposed before the old lease ran out"
+                );
             }
             RoleState::Candidate(c) => {
                 invariant!(c.ballot.leader == self.id && c.ballot <= self.promised);

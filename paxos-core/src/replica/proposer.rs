@@ -151,8 +151,13 @@ impl Replica {
         }
     }
 
-    /// Re-proposes recovered slots while the window has room.
+    /// Re-proposes recovered slots while the window has room. With leases
+    /// on, a new leader proposes nothing, not even the recovered window,
+    /// until any lease an old leader may hold ran out (see `reads`).
     pub(super) fn drain_recovery(&mut self, now: Time) {
+        if !self.lease_waited(now) {
+            return;
+        }
         let window = self.config.pipeline_window as u64;
         loop {
             let commit = self.commit_index;
@@ -187,7 +192,7 @@ impl Replica {
     /// out (see `reads`).
     pub(super) fn announce_if_recovered(&mut self, now: Time) {
         let commit = self.commit_index;
-        let waited = self.config.read_lease.is_none() || self.lease_waited(now);
+        let waited = self.lease_waited(now);
         if let RoleState::Leader(l) = &mut self.role {
             if !l.announced
                 && waited
@@ -318,7 +323,9 @@ impl Replica {
 
     pub(super) fn leader_periodic(&mut self, now: Time) {
         self.broadcast_heartbeat(now);
-        // A new leader with leases on may have waited out the old lease.
+        // A new leader with leases on may have waited out the old lease:
+        // it re-proposes the recovered window, then announces itself.
+        self.drain_recovery(now);
         self.maybe_announce(now);
         let quorum = self.quorum();
         let hb = self.config.heartbeat_interval_us;

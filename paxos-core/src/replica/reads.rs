@@ -36,9 +36,14 @@
 //! `duration` of real time after the round started, whatever its clock's
 //! rate within the bound. Meanwhile it serves reads at its commit index
 //! without a round. The design chosen is the *new leader waits*: a leader
-//! elected with leases on announces itself (so proposes client values and
-//! serves reads) only `duration * (1 + ρ)` after its phase 1 completed, on
-//! its clock, which is at least `duration` of real time. Any round an old
+//! elected with leases on proposes nothing (not even the window phase 1
+//! recovered) and so announces itself, proposes client values and serves
+//! reads, only `duration * (1 + ρ)` after its phase 1 completed, on its
+//! clock, which is at least `duration` of real time. Nothing is chosen in
+//! its ballot while an old lease may hold, so a value the old leader's
+//! lease reads miss is never chosen before they end (a recovered write,
+//! re-proposed at once, would be: chosen, so visible to every later read
+//! of the new leader, while the old one still answers without it). Any round an old
 //! lease counts from was acknowledged by a voter of the new phase 1's
 //! quorum before that voter promised the new ballot (quorums intersect,
 //! and after promising it rejects the old ballot), so it started before
@@ -92,8 +97,11 @@ pub(super) struct ReadRounds {
     pub(super) wanted: bool,
     /// Lease reads may be served until then (this replica's clock).
     pub(super) lease_until: Option<Time>,
-    /// With leases on, the leader announces itself no earlier than this.
+    /// With leases on, the leader proposes nothing and does not announce
+    /// itself before this.
     pub(super) announce_after: Time,
+    /// `announce_after` was seen passed (or, with the planted bug, ignored).
+    pub(super) waited: bool,
 }
 
 impl ReadRounds {
@@ -106,6 +114,7 @@ impl ReadRounds {
             wanted: false,
             lease_until: None,
             announce_after: lease.map_or(now, |l| now.plus_micros(l.successor_wait_us())),
+            waited: lease.is_none(),
         }
     }
 
@@ -226,11 +235,17 @@ impl Replica {
         }
     }
 
-    /// With leases on, whether a new leader has waited out any lease an
-    /// old one may hold (see the module docs).
-    pub(super) fn lease_waited(&self, now: Time) -> bool {
-        match &self.role {
-            RoleState::Leader(l) => now >= l.reads.announce_after || planted!(self, lease_no_wait),
+    /// Whether this leader has waited out any lease an old one may hold
+    /// (see the module docs; always true with leases off). Remembers it.
+    pub(super) fn lease_waited(&mut self, now: Time) -> bool {
+        let skip = planted!(self, lease_no_wait);
+        match &mut self.role {
+            RoleState::Leader(l) => {
+                if !l.reads.waited && (now >= l.reads.announce_after || skip) {
+                    l.reads.waited = true;
+                }
+                l.reads.waited
+            }
             _ => false,
         }
     }

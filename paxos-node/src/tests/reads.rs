@@ -114,6 +114,26 @@ fn reads_beyond_the_bound_are_refused() {
 }
 
 #[test]
+fn read_bytes_beyond_the_bound_are_refused() {
+    // Each test read is 4 bytes: room for two.
+    let mut sim = Sim::with(3, |c| c.max_pending_read_bytes = 9);
+    let leader = sim.elect();
+    write(&mut sim, leader, 1);
+    sim.isolate(leader);
+    let waiting: Vec<u64> = (0..2)
+        .map(|_| sim.submit_read(leader, ReadConsistency::Linearizable))
+        .collect();
+    let refused = sim.submit_read(leader, ReadConsistency::Linearizable);
+    assert_eq!(sim.outcomes.abort(refused), AbortReason::Refused);
+    assert!(waiting.iter().all(|r| sim.outcomes.get(*r).is_none()));
+    // Once they are answered or failed, the room is back.
+    assert!(sim.run_until(3_000_000, |s| waiting
+        .iter()
+        .all(|r| s.outcomes.get(*r).is_some())));
+    assert_eq!(sim.host(leader).node.status().pending_reads, 0);
+}
+
+#[test]
 fn with_a_lease_the_leader_answers_without_a_round() {
     let mut sim = Sim::with(3, |c| {
         c.read_mode = ReadMode::Lease {
