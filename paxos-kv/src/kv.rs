@@ -503,7 +503,7 @@ impl KvStore {
             OP_KEYS => {
                 let pattern = r.str()?;
                 r.end()?;
-                return Some(self.keys_reply(pattern, clock, &mut out));
+                return Some(self.keys_reply(pattern, clock, out));
             }
             OP_SCAN => {
                 let (cursor, count, type_filter) = (r.u64()?, r.u32()?, r.u8()?);
@@ -513,7 +513,7 @@ impl KvStore {
                     _ => return None,
                 };
                 r.end()?;
-                return self.scan_reply(cursor, count, type_filter, pattern, clock, &mut out);
+                return self.scan_reply(cursor, count, type_filter, pattern, clock, out);
             }
             _ => return Some(Bytes::from_static(REPLY_NOT_READ)),
         }
