@@ -6,7 +6,8 @@
 //! ([`loadgen`]), prints ops/s with p50/p99/p999 latency and the per-stage
 //! latency breakdown reported by the leader, the CPU time per operation of
 //! every process ([`cpu`]), and optionally runs etcd with the
-//! same workload in the same run ([`etcd`]).
+//! same workload in the same run ([`etcd`]). `--redis-benchmark TESTS`
+//! drives the leader with `redis-benchmark` instead ([`redisbench`]).
 //!
 //! With `--keys N` the binary runs the scale scenario instead ([`scale`]):
 //! bulk load and steady writers ([`keyload`]) timed per write
@@ -25,5 +26,6 @@ pub mod loadgen;
 pub mod nodelog;
 pub mod plot;
 pub mod procmem;
+pub mod redisbench;
 pub mod scale;
 pub mod timeline;

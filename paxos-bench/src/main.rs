@@ -31,9 +31,24 @@ struct Args {
     /// Value size in bytes.
     #[arg(long, default_value_t = 100)]
     value_size: usize,
-    /// Percentage of writes; the rest are GETs.
+    /// Percentage of writes; the rest are GETs (0: GET-only).
     #[arg(long, default_value_t = 100)]
     write_percent: u8,
+    /// How the replicas serve linearizable reads: `read_index` or `lease`
+    /// (paxos-kv `tuning.read_mode`).
+    #[arg(long, default_value = "read_index")]
+    read_mode: String,
+    /// Drive the leader with `redis-benchmark -t TESTS` (e.g. `set,get`)
+    /// instead of the built-in load generator: `-c` is the first
+    /// `--clients`, `-P` is `--depth`, `-d` is `--value-size`.
+    #[arg(long)]
+    redis_benchmark: Option<String>,
+    /// redis-benchmark: requests per test (`-n`).
+    #[arg(long, default_value_t = 1_000_000)]
+    requests: u64,
+    /// redis-benchmark: random keys drawn from this many (`-r`).
+    #[arg(long, default_value_t = 100_000)]
+    keyspace: u64,
     /// Seconds per measurement point (default 10); with `--keys`, seconds of
     /// steady writing before the faults (default 30).
     #[arg(long)]
@@ -128,6 +143,11 @@ fn main() -> anyhow::Result<()> {
     if let Some(n) = args.checkpoint_every_decrees {
         tuning.checkpoint_every_decrees = n;
     }
+    tuning.read_mode = match args.read_mode.as_str() {
+        "read_index" => paxos_kv::config::ReadMode::ReadIndex,
+        "lease" => paxos_kv::config::ReadMode::Lease,
+        other => anyhow::bail!("--read-mode must be read_index or lease, not {other}"),
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -136,8 +156,14 @@ fn main() -> anyhow::Result<()> {
     }
     let duration = args.duration.unwrap_or(10);
     println!(
-        "paxos-bench: {} replicas, storage={}, value={} B, writes={}%, depth={}, {} s per point",
-        args.replicas, args.storage, args.value_size, args.write_percent, args.depth, duration
+        "paxos-bench: {} replicas, storage={}, read_mode={}, value={} B, writes={}%, depth={}, {} s per point",
+        args.replicas,
+        args.storage,
+        args.read_mode,
+        args.value_size,
+        args.write_percent,
+        args.depth,
+        duration
     );
     let mut results = Vec::new();
     {
@@ -154,6 +180,9 @@ fn main() -> anyhow::Result<()> {
         println!("cluster up; leader client address {leader}");
         let node_pids = cluster.node_pids();
         let leader_index = cluster.index_of(leader);
+        if let Some(tests) = &args.redis_benchmark {
+            return run_redis_benchmark(&args, tests, leader, &node_pids, leader_index);
+        }
         for &clients in &args.clients {
             let spec = loadgen::LoadSpec {
                 target: leader,
@@ -260,6 +289,52 @@ fn run_scale(
     )
     .context("starting the paxos-kv cluster")?;
     rt.block_on(scale::run(&mut cluster, &spec))
+}
+
+/// `redis-benchmark` against the leader, with the nodes' and its own CPU
+/// per request.
+fn run_redis_benchmark(
+    args: &Args,
+    tests: &str,
+    leader: std::net::SocketAddr,
+    node_pids: &[Option<String>],
+    leader_index: Option<usize>,
+) -> anyhow::Result<()> {
+    use paxos_bench::redisbench;
+    let mut spec = redisbench::RedisBenchSpec {
+        target: leader,
+        tests: tests.to_string(),
+        clients: args.clients.first().copied().unwrap_or(50),
+        pipeline: args.depth,
+        requests: args.requests,
+        value_bytes: args.value_size,
+        keyspace: args.keyspace,
+    };
+    println!("redis-benchmark {}", redisbench::args(&spec).join(" "));
+    // One test per run, so each gets its own CPU figures.
+    for test in tests.split(',') {
+        spec.tests = test.to_string();
+        let cpu_before = cpu::CpuSnapshot::take(node_pids);
+        let (results, client_ticks) = redisbench::run(&spec)?;
+        let cpu_after = cpu::CpuSnapshot::take(node_pids);
+        for r in &results {
+            let mut report = cpu_before.per_op(&cpu_after, spec.requests, leader_index);
+            // The client is redis-benchmark, not this process.
+            report.loadgen = Some(client_ticks as f64 / 100.0 * 1e6 / spec.requests as f64);
+            println!(
+                "redis-benchmark {} ops/s={:.0} p50={} read_mode={} clients={} pipeline={}",
+                r.name,
+                r.ops_per_sec,
+                r.p50_ms
+                    .map_or("?".to_string(), |ms| format!("{:.0}us", ms * 1000.0)),
+                args.read_mode,
+                spec.clients,
+                spec.pipeline,
+            );
+            println!("  {} (loadgen: redis-benchmark)", report.line());
+        }
+    }
+    Ok(())
 }
 
 fn print_breakdown(stages: &[cluster::Stage]) {

@@ -580,3 +580,83 @@ fn encode_scan<A: AsRef<[u8]>>(
     }
     Ok(CommandKind::Read)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::COMMANDS;
+
+    /// A valid invocation of every key-space command.
+    const SAMPLES: &[&[&str]] = &[
+        &["GET", "k"],
+        &["SET", "k", "v"],
+        &["SETNX", "k", "v"],
+        &["GETSET", "k", "v"],
+        &["GETDEL", "k"],
+        &["SETEX", "k", "10", "v"],
+        &["PSETEX", "k", "10", "v"],
+        &["MGET", "a", "b"],
+        &["MSET", "a", "1", "b", "2"],
+        &["DEL", "a", "b"],
+        &["EXISTS", "a", "b"],
+        &["INCR", "n"],
+        &["DECR", "n"],
+        &["INCRBY", "n", "2"],
+        &["DECRBY", "n", "2"],
+        &["APPEND", "k", "v"],
+        &["STRLEN", "k"],
+        &["EXPIRE", "k", "10"],
+        &["PEXPIRE", "k", "10"],
+        &["TTL", "k"],
+        &["PTTL", "k"],
+        &["PERSIST", "k"],
+        &["DBSIZE"],
+        &["KEYS", "*"],
+        &["SCAN", "0"],
+        &["FLUSHALL"],
+    ];
+
+    /// Reads skip the log (they are served from one replica's state, never
+    /// proposed), so a command classified `Read` that changed state would
+    /// change it on one replica only. The classification must agree with
+    /// the `readonly` flag the command table gives clients (which route
+    /// `READONLY` traffic by it), and every key-space command must have one.
+    #[test]
+    fn read_only_commands_are_exactly_the_ones_flagged_readonly() {
+        let mut out = BytesMut::new();
+        let mut reads = Vec::new();
+        for sample in SAMPLES {
+            out.clear();
+            let kind = encode_command(sample, &mut out)
+                .unwrap_or_else(|e| panic!("{sample:?} is not a valid sample: {e}"));
+            let name = sample[0].to_ascii_lowercase();
+            let info = COMMANDS
+                .iter()
+                .find(|c| c.name == name)
+                .unwrap_or_else(|| panic!("{name} missing from the command table"));
+            assert_eq!(
+                kind == CommandKind::Read,
+                info.flags.contains(&"readonly"),
+                "{name}: classified {kind:?}, flags {:?}",
+                info.flags
+            );
+            if kind == CommandKind::Read {
+                reads.push(name);
+            }
+        }
+        assert_eq!(
+            reads,
+            ["get", "mget", "exists", "strlen", "ttl", "pttl", "dbsize", "keys", "scan"]
+        );
+        // Every command the table lists that is not connection-level has a
+        // sample, so a new command cannot go unclassified here.
+        for c in COMMANDS {
+            let connection_level =
+                crate::session::execute(&[c.name.as_bytes()], &mut crate::session::Session::new())
+                    .is_some()
+                    || ["ping", "quit", "info"].contains(&c.name);
+            let sampled = SAMPLES.iter().any(|s| s[0].eq_ignore_ascii_case(c.name));
+            assert!(connection_level || sampled, "{} has no sample", c.name);
+        }
+    }
+}

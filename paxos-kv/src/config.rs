@@ -38,6 +38,8 @@
 //! client_output_soft_limit_bytes = 16777216   # stop reading the client past this, and
 //! client_output_soft_limit_secs = 10          # disconnect if past it this long
 //! max_client_reply_bytes = 536870912          # all clients' unwritten replies together
+//! read_mode = "read_index"         # or "lease"; the same on every member (see ReadMode)
+//! max_clock_drift_ppm = 500        # lease mode's clock assumption (see Tuning)
 //!
 //! [recovery]                        # optional; what to do about damaged storage
 //! on_corruption = "repair"         # or "refuse" (do not start)
@@ -175,6 +177,45 @@ pub struct Tuning {
     /// and disconnects the clients holding the most reply bytes until it is
     /// below again.
     pub max_client_reply_bytes: usize,
+    /// How the leader makes a read linearizable without writing a decree
+    /// ([`ReadMode`]). Every member must use the same mode: a new leader
+    /// waits out an old leader's lease only if it knows leases are in use.
+    pub read_mode: ReadMode,
+    /// The clock assumption of `read_mode = "lease"`: no two replicas'
+    /// clocks advance at rates that differ by more than this many parts per
+    /// million. A lease is shortened by this much, so the leader stops
+    /// serving from it before any follower's election timer can fire. 500
+    /// ppm is NTP's frequency tolerance (`MAXFREQ`); commodity oscillators
+    /// drift 10-100 ppm. If clocks can drift further, lease reads can be
+    /// stale: use `read_index`.
+    pub max_clock_drift_ppm: u64,
+}
+
+/// How a leader serves linearizable reads without ordering them through
+/// the log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadMode {
+    /// ReadIndex (the default): the leader notes its commit index, confirms
+    /// it still leads with one heartbeat round to a quorum (shared by every
+    /// read waiting at that moment), and answers once it has applied up to
+    /// the noted index. Safe under any clock behaviour.
+    #[default]
+    ReadIndex,
+    /// Lease reads: a leader that heard from a quorum within the lease
+    /// answers at once from its applied state. Relies on
+    /// `max_clock_drift_ppm` holding.
+    Lease,
+}
+
+impl ReadMode {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReadMode::ReadIndex => "read_index",
+            ReadMode::Lease => "lease",
+        }
+    }
 }
 
 impl Default for Tuning {
@@ -203,6 +244,8 @@ impl Default for Tuning {
             client_output_soft_limit_bytes: 16 << 20,
             client_output_soft_limit_secs: 10,
             max_client_reply_bytes: 512 << 20,
+            read_mode: ReadMode::ReadIndex,
+            max_clock_drift_ppm: 500,
         }
     }
 }
@@ -451,6 +494,10 @@ impl NodeConfig {
             t.client_output_soft_limit_secs <= 86_400,
             "client_output_soft_limit_secs must be at most 86400",
         )?;
+        check(
+            (1..=100_000).contains(&t.max_clock_drift_ppm),
+            "max_clock_drift_ppm must be in 1..=100000 (clocks never agree exactly; past 10% a lease is worthless)",
+        )?;
         Ok(())
     }
 
@@ -540,7 +587,8 @@ impl NodeConfig {
              heartbeat_ms = {}\nelection_timeout_min_ms = {}\nelection_timeout_max_ms = {}\n\
              checkpoint_every_decrees = {}\ncheckpoint_every_mb = {}\ncompact_retain_decrees = {}\nlog_memory_mb = {}\nmax_clients = {}\nmax_pipelined_per_client = {}\nnvm_region_mb = {}\nlog_sync_interval_us = {}\nworker_threads = {}\ntransparent_huge_pages = {}\n\
              client_timeout_secs = {}\nadmin_reserved_clients = {}\nclient_output_hard_limit_bytes = {}\n\
-             client_output_soft_limit_bytes = {}\nclient_output_soft_limit_secs = {}\nmax_client_reply_bytes = {}",
+             client_output_soft_limit_bytes = {}\nclient_output_soft_limit_secs = {}\nmax_client_reply_bytes = {}\n\
+             read_mode = \"{}\"\nmax_clock_drift_ppm = {}",
             t.pipeline_window,
             t.max_batch_requests,
             t.max_batch_bytes,
@@ -563,7 +611,9 @@ impl NodeConfig {
             t.client_output_hard_limit_bytes,
             t.client_output_soft_limit_bytes,
             t.client_output_soft_limit_secs,
-            t.max_client_reply_bytes
+            t.max_client_reply_bytes,
+            t.read_mode.as_str(),
+            t.max_clock_drift_ppm
         );
         let r = &self.recovery;
         let _ = writeln!(
@@ -727,6 +777,16 @@ client_addr = "127.0.0.1:6003"
                 "max_client_reply_bytes must be in",
             ),
             ("[tls]", "[tlz]", "unknown field `tlz`"),
+            (
+                "ca = \"ca.pem\"",
+                "ca = \"ca.pem\"\n[tuning]\nread_mode = \"fast\"",
+                "unknown variant `fast`, expected `read_index` or `lease`",
+            ),
+            (
+                "ca = \"ca.pem\"",
+                "ca = \"ca.pem\"\n[tuning]\nmax_clock_drift_ppm = 0",
+                "max_clock_drift_ppm must be in 1..=100000",
+            ),
         ];
         for (from, to, expect) in cases {
             let text = GOOD.replacen(from, to, 1);
@@ -735,6 +795,24 @@ client_addr = "127.0.0.1:6003"
             assert!(err.contains(expect), "{to}: got {err}");
             assert!(err.contains("node.toml"), "error names the file: {err}");
         }
+    }
+
+    #[test]
+    fn read_mode_defaults_to_read_index_and_round_trips() {
+        assert_eq!(parse(GOOD).unwrap().tuning.read_mode, ReadMode::ReadIndex);
+        let lease = GOOD.replacen(
+            "ca = \"ca.pem\"",
+            "ca = \"ca.pem\"\n[tuning]\nread_mode = \"lease\"\nmax_clock_drift_ppm = 200",
+            1,
+        );
+        let c = parse(&lease).unwrap();
+        assert_eq!(c.tuning.read_mode, ReadMode::Lease);
+        assert_eq!(c.tuning.max_clock_drift_ppm, 200);
+        assert_eq!(
+            parse(&c.to_toml()).unwrap(),
+            c,
+            "to_toml keeps the read mode"
+        );
     }
 
     #[test]

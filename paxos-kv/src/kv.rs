@@ -109,6 +109,12 @@ pub struct KvStore {
     /// The largest decree time seen, in ms since the Unix epoch: "now" for
     /// expiry (see the module docs).
     clock_ms: u64,
+    /// The local wall clock as the driver last set it, in ms
+    /// ([`KvStore::set_read_clock_ms`]): reads that skip the log judge
+    /// expiry by the later of this and `clock_ms`, so a key whose deadline
+    /// passed expires for readers even when no write comes to move
+    /// `clock_ms`. Never used by a decree (not part of the replicated state).
+    read_clock_ms: u64,
     is_primary: bool,
     /// Reused for building replies, so most replies cost one small copy.
     scratch: BytesMut,
@@ -150,6 +156,12 @@ impl KvStore {
     /// The store's clock: the largest decree time seen, in ms.
     pub fn clock_ms(&self) -> u64 {
         self.clock_ms
+    }
+
+    /// Sets the clock reads that skip the log judge expiry by (the local
+    /// wall clock in ms since the Unix epoch; see `read_clock_ms`).
+    pub fn set_read_clock_ms(&mut self, ms: u64) {
+        self.read_clock_ms = ms;
     }
 
     /// Whether the last status notification said primary.
@@ -400,7 +412,10 @@ impl KvStore {
             OP_KEYS => {
                 let pattern = r.str()?;
                 r.end()?;
-                self.execute_keys(pattern)
+                let mut out = std::mem::take(&mut self.scratch);
+                let reply = self.keys_reply(pattern, self.clock_ms, &mut out);
+                self.scratch = out;
+                reply
             }
             OP_SCAN => {
                 let (cursor, count, type_filter) = (r.u64()?, r.u32()?, r.u8()?);
@@ -410,7 +425,11 @@ impl KvStore {
                     _ => return None,
                 };
                 r.end()?;
-                self.execute_scan(cursor, count, type_filter, pattern)?
+                let mut out = std::mem::take(&mut self.scratch);
+                let reply =
+                    self.scan_reply(cursor, count, type_filter, pattern, self.clock_ms, &mut out);
+                self.scratch = out;
+                reply?
             }
             _ => return None,
         };
@@ -423,9 +442,10 @@ impl KvStore {
     fn query_inner(&self, request: &[u8]) -> Option<Bytes> {
         let (&op, body) = request.split_first()?;
         let mut r = Reader { buf: body, pos: 0 };
+        let clock = self.clock_ms.max(self.read_clock_ms);
         let live = |k: &[u8]| -> Option<&[u8]> {
             match self.map.deadline(k) {
-                Some(d) if d <= self.clock_ms => None,
+                Some(d) if d <= clock => None,
                 _ => self.map.get(k),
             }
         };
@@ -476,10 +496,11 @@ impl KvStore {
                 let ttl = if live(k).is_none() {
                     -2
                 } else {
-                    match self.live_deadline(k) {
+                    // Live: any deadline is past `clock`.
+                    match self.map.deadline(k) {
                         None => -1,
                         Some(d) => {
-                            let ms = d - self.clock_ms;
+                            let ms = d - clock;
                             (if in_ms == 1 { ms } else { (ms + 500) / 1000 }) as i64
                         }
                     }
@@ -489,6 +510,21 @@ impl KvStore {
             OP_DBSIZE => {
                 r.end()?;
                 resp::write_integer(out, self.map.len() as i64);
+            }
+            OP_KEYS => {
+                let pattern = r.str()?;
+                r.end()?;
+                return Some(self.keys_reply(pattern, clock, out));
+            }
+            OP_SCAN => {
+                let (cursor, count, type_filter) = (r.u64()?, r.u32()?, r.u8()?);
+                let pattern = match r.u8()? {
+                    0 => None,
+                    1 => Some(r.str()?),
+                    _ => return None,
+                };
+                r.end()?;
+                return self.scan_reply(cursor, count, type_filter, pattern, clock, out);
             }
             _ => return Some(Bytes::from_static(REPLY_NOT_READ)),
         }
@@ -580,17 +616,15 @@ impl KvStore {
     /// `KEYS pattern`: every live key that matches, in `SCAN` order. O(keys)
     /// on the event loop, as in Redis (whose docs warn against it in
     /// production); `SCAN` is the bounded way.
-    fn execute_keys(&mut self, pattern: &[u8]) -> Bytes {
+    fn keys_reply(&self, pattern: &[u8], clock: u64, scratch: &mut BytesMut) -> Bytes {
         let pattern = Pattern::new(pattern);
         let all = pattern.matches_everything();
-        let clock = self.clock_ms;
         let mut keys: Vec<&[u8]> = Vec::new();
         self.map.scan(0, usize::MAX, |k, _, deadline| {
             if deadline.is_none_or(|d| d > clock) && (all || pattern.matches(k)) {
                 keys.push(k);
             }
         });
-        let scratch = &mut self.scratch;
         resp::write_array_header(scratch, Some(keys.len()));
         for k in keys {
             resp::write_bulk(scratch, Some(k));
@@ -604,12 +638,14 @@ impl KvStore {
     /// `COUNT` keys are examined per call (more if keys share a digest);
     /// `MATCH` and `TYPE` filter what was examined, so a call may return
     /// fewer keys, or none, before the iteration ends, as in Redis.
-    fn execute_scan(
-        &mut self,
+    fn scan_reply(
+        &self,
         cursor: u64,
         count: u32,
         type_filter: u8,
         pattern: Option<&[u8]>,
+        clock: u64,
+        scratch: &mut BytesMut,
     ) -> Option<Bytes> {
         if count == 0 || type_filter > 2 {
             return None;
@@ -620,7 +656,6 @@ impl KvStore {
         let pattern = pattern
             .map(Pattern::new)
             .filter(|p| !p.matches_everything());
-        let clock = self.clock_ms;
         let mut keys: Vec<&[u8]> = Vec::new();
         let next = self.map.scan(from, count as usize, |k, _, deadline| {
             if type_filter != 2
@@ -630,7 +665,6 @@ impl KvStore {
                 keys.push(k);
             }
         });
-        let scratch = &mut self.scratch;
         resp::write_array_header(scratch, Some(2));
         let mut digits = [0u8; 20];
         resp::write_bulk(

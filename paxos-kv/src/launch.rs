@@ -207,6 +207,13 @@ pub async fn run_node(config: NodeConfig) -> anyhow::Result<()> {
     node_config.checkpoint_every = t.checkpoint_every_decrees;
     node_config.checkpoint_every_bytes = t.checkpoint_every_mb << 20;
     node_config.compact_retain = t.compact_retain_decrees;
+    node_config.read_mode = match t.read_mode {
+        crate::config::ReadMode::ReadIndex => paxos_node::ReadMode::ReadIndex,
+        crate::config::ReadMode::Lease => paxos_node::ReadMode::Lease {
+            // Validated to at most 100000.
+            max_drift_ppm: u32::try_from(t.max_clock_drift_ppm).unwrap_or(u32::MAX),
+        },
+    };
     node_config.addresses = addresses;
     node_config.seed = seed;
     node_config.boot_nonce = seed.rotate_left(17) ^ u64::from(std::process::id());

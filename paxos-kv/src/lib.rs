@@ -12,8 +12,8 @@
 //! paxos-pipeline's submit queue, and to a state machine ([`kv::KvStore`]
 //! behind the RSL-like [`kv::StateMachine`] trait). Clients speak RESP2
 //! ([`resp`], [`server`]) with Redis's commands and error texts: key-space
-//! commands are validated and encoded by [`command`] and executed through
-//! the log, connection-level ones (`HELLO`, `CLIENT`, `CONFIG GET`,
+//! commands are validated and encoded by [`command`]; writes are executed
+//! through the log, reads skip it ([`node`] has how), connection-level ones (`HELLO`, `CLIENT`, `CONFIG GET`,
 //! `COMMAND`) are answered per connection by [`session`]; [`glob`] matches
 //! Redis patterns. [`node::Replica`] is the embedding API.
 //! [`lincheck`] checks recorded histories for linearizability, [`procs`]
@@ -42,7 +42,11 @@
 //! - **Acknowledge only what is chosen.** A client hears success only after
 //!   its decree was chosen (the core sends acceptances only after the
 //!   storage reported them durable) and applied here.
-//! - **Linearizable reads.** Reads are ordered through the log like writes.
+//! - **Linearizable reads.** Reads skip the log: the leader answers them
+//!   after confirming with a quorum that it still leads (or within a lease
+//!   bounded by the configured clock drift), from a state that includes
+//!   every write acknowledged before they were sent. Replica reads
+//!   (`READONLY`) are never older than what their connection has seen.
 //! - **Deterministic state machine.** Applying the same decrees gives the
 //!   same outputs and the same snapshot bytes on every replica; a malformed
 //!   request yields the same error everywhere and changes nothing.

@@ -31,11 +31,17 @@
 //!
 //! # Reads
 //!
-//! Reads (GET, EXISTS, MGET) are ordered through the log like writes: the
-//! read is a request in a decree and is executed when that decree is
-//! applied. It is linearizable because its effect point is its slot in the
-//! one total order of decrees, which lies between its invocation and its
-//! response. Batching makes the cost one shared decree per batch.
+//! Read-only requests ([`crate::command::CommandKind::Read`]) come through
+//! a queue of their own and go to [`Node::submit_read`], never into a
+//! decree: the node answers them with `StateMachine::query` on its applied
+//! state. A [`ReadConsistency::Linearizable`] read is answered by the
+//! leader only, once it confirmed that state is current (ReadIndex: a
+//! heartbeat round to a quorum, then applied up to the commit index it
+//! noted; or within a lease, see [`crate::config::ReadMode`]); its effect
+//! point is the moment of that confirmation, between its invocation and
+//! its response. A [`ReadConsistency::AtLeast`] read is answered by any
+//! replica that has applied the slot (RSL's bounded staleness). Reads never
+//! wait for room in the proposal window.
 //!
 //! # Checkpoints
 //!
@@ -73,6 +79,26 @@ const REFUSED: &str = "ERR proposal refused by the replica";
 
 /// Most inbound messages handled per wake-up before acting on them.
 const INBOUND_BURST: usize = 256;
+/// The environment variable that plants a bug in a node, for tests that
+/// must show they catch it. Only debug builds read it; the one bug is
+/// `unconfirmed-reads`: the leader answers linearizable reads at once from
+/// its own state, without confirming that it still leads (what a leader
+/// that trusted its role would do).
+pub const PLANTED_BUG_ENV: &str = "PAXOS_KV_PLANTED_BUG";
+
+/// Whether this process was asked to serve reads without confirmation
+/// ([`PLANTED_BUG_ENV`]); never in a release build.
+fn planted_unconfirmed_reads() -> bool {
+    let planted = cfg!(debug_assertions)
+        && std::env::var(PLANTED_BUG_ENV).is_ok_and(|v| v == "unconfirmed-reads");
+    if planted {
+        tracing::error!("PLANTED BUG: linearizable reads are served without confirming leadership (stale reads possible)");
+    }
+    planted
+}
+
+/// Most reads handed to the node per wake-up.
+const READ_BURST: usize = 4096;
 /// Capacity of the durability-notification channel.
 const NOTIFY_CAPACITY: usize = 4096;
 
@@ -105,6 +131,10 @@ pub struct SharedStatus {
     leader_changes: AtomicU64,
     /// The last leader known (0: none yet), for `leader_changes`.
     last_known_leader: AtomicU32,
+    /// 1 in lease mode, 0 with ReadIndex.
+    read_lease: AtomicU8,
+    pending_reads: AtomicU64,
+    reads_served: AtomicU64,
     /// Membership, peers and address book; replaced (not edited) by the
     /// loop on its timer and on membership changes.
     cluster: std::sync::Mutex<Arc<ClusterView>>,
@@ -145,6 +175,12 @@ pub struct NodeStatus {
     pub role_changes: u64,
     /// Times the leader it believes in changed to another one since start.
     pub leader_changes: u64,
+    /// How it confirms linearizable reads: `read_index` or `lease`.
+    pub read_mode: &'static str,
+    /// Reads waiting for a confirmation or for their slot to be applied.
+    pub pending_reads: u64,
+    /// Reads answered without the log since start.
+    pub reads_served: u64,
 }
 
 /// Records the sizes of the `decrees` decrees proposed since the last
@@ -188,6 +224,13 @@ impl SharedStatus {
             needs_snapshot: self.needs_snapshot.load(Ordering::Relaxed) != 0,
             role_changes: self.role_changes.load(Ordering::Relaxed),
             leader_changes: self.leader_changes.load(Ordering::Relaxed),
+            read_mode: if self.read_lease.load(Ordering::Relaxed) == 1 {
+                "lease"
+            } else {
+                "read_index"
+            },
+            pending_reads: self.pending_reads.load(Ordering::Relaxed),
+            reads_served: self.reads_served.load(Ordering::Relaxed),
         }
     }
 
@@ -233,6 +276,11 @@ impl SharedStatus {
             .store(s.checkpoints_installed, Ordering::Relaxed);
         self.needs_snapshot
             .store(u8::from(s.needs_snapshot), Ordering::Relaxed);
+        let lease = matches!(s.read_mode, paxos_node::ReadMode::Lease { .. });
+        self.read_lease.store(u8::from(lease), Ordering::Relaxed);
+        self.pending_reads
+            .store(s.pending_reads as u64, Ordering::Relaxed);
+        self.reads_served.store(s.reads_served, Ordering::Relaxed);
     }
 
     fn set_cluster(&self, view: ClusterView) {
@@ -320,12 +368,21 @@ enum Control {
     Shutdown,
 }
 
+/// How fresh a read must be: [`ReadConsistency::Linearizable`] (the leader
+/// only, after confirming it still leads, see
+/// [`crate::config::ReadMode`]) or [`ReadConsistency::AtLeast`] a slot (any
+/// replica that applied it; `READONLY` connections).
+pub use paxos_node::ReadConsistency;
+
 /// The embedding API (RSL's `ReplicateRequest` / status calls): a cheap,
 /// cloneable handle to a running replica.
 #[derive(Clone, Debug)]
 pub struct Replica {
     id: ReplicaId,
     submitter: Submitter<Submitted, Reply>,
+    /// Reads, in a queue of their own: they never wait behind writes for
+    /// room in the proposal window.
+    reads: Submitter<ReadSubmitted, Reply>,
     submit_queue_capacity: usize,
     status: Arc<SharedStatus>,
     control: mpsc::Sender<Control>,
@@ -352,13 +409,7 @@ impl Replica {
         &self,
         request: Bytes,
     ) -> Result<paxos_pipeline::CompletionHandle<Reply>, ReplicateError> {
-        let status = &self.status;
-        if status.role.load(Ordering::Relaxed) != ROLE_LEADER {
-            let leader = status.leader.load(Ordering::Relaxed);
-            return Err(ReplicateError::NotPrimary {
-                leader: (leader != 0).then_some(ReplicaId(leader)),
-            });
-        }
+        self.check_primary()?;
         let queued_us = self.stages.stamp();
         let submitted = Submitted { request, queued_us };
         self.submitter.try_submit(submitted).map_err(|e| match e {
@@ -367,10 +418,59 @@ impl Replica {
         })
     }
 
-    /// A read. Reads are ordered through the log (see the module docs), so
-    /// this is [`Replica::replicate`] of a read request.
+    /// A linearizable read (a read-only request, see
+    /// [`crate::command::CommandKind`]) and its output; `NotPrimary` on a
+    /// follower.
     pub async fn read(&self, request: Bytes) -> Result<Bytes, ReplicateError> {
-        self.replicate(request).await
+        self.read_with(request, ReadConsistency::Linearizable)
+            .await
+            .map(|reply| reply.bytes)
+    }
+
+    /// A read at `consistency`, and its output with the slot it observed.
+    pub async fn read_with(
+        &self,
+        request: Bytes,
+        consistency: ReadConsistency,
+    ) -> Result<Reply, ReplicateError> {
+        self.submit_read(request, consistency)?
+            .await
+            .into_result()
+            .map_err(ReplicateError::from_abort)
+    }
+
+    /// Submits a read-only request without waiting; the handle resolves
+    /// exactly once. A linearizable read on a follower fails fast with
+    /// `NotPrimary`, as a write does.
+    pub fn submit_read(
+        &self,
+        request: Bytes,
+        consistency: ReadConsistency,
+    ) -> Result<paxos_pipeline::CompletionHandle<Reply>, ReplicateError> {
+        if consistency == ReadConsistency::Linearizable {
+            self.check_primary()?;
+        }
+        let queued_us = self.stages.stamp();
+        let submitted = ReadSubmitted {
+            request,
+            consistency,
+            queued_us,
+        };
+        self.reads.try_submit(submitted).map_err(|e| match e {
+            paxos_pipeline::SubmitError::ShuttingDown(_) => ReplicateError::ShuttingDown,
+            _ => ReplicateError::Overloaded,
+        })
+    }
+
+    fn check_primary(&self) -> Result<(), ReplicateError> {
+        let status = &self.status;
+        if status.role.load(Ordering::Relaxed) != ROLE_LEADER {
+            let leader = status.leader.load(Ordering::Relaxed);
+            return Err(ReplicateError::NotPrimary {
+                leader: (leader != 0).then_some(ReplicaId(leader)),
+            });
+        }
+        Ok(())
     }
 
     /// Registers `id`'s addresses in the replicated directory (every replica
@@ -534,11 +634,32 @@ impl paxos_pipeline::ByteLen for Submitted {
     }
 }
 
+/// A read in the read queue.
+#[derive(Debug)]
+pub struct ReadSubmitted {
+    /// The state-machine request encoding (read-only).
+    pub request: Bytes,
+    /// How fresh its answer must be.
+    pub consistency: ReadConsistency,
+    /// Stage stamp when it was queued (0: timing off).
+    pub queued_us: u64,
+}
+
+impl paxos_pipeline::ByteLen for ReadSubmitted {
+    fn byte_len(&self) -> usize {
+        self.request.len()
+    }
+}
+
 /// A completed request's output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
     /// The state machine's output (for KV: the RESP reply).
     pub bytes: Bytes,
+    /// The slot whose state it saw: a write's decree, or the applied slot
+    /// a read was served at. A client that reads at least this slot
+    /// elsewhere sees this request's effect.
+    pub slot: Slot,
     /// Stage stamp when it was applied (0: timing off).
     pub applied_us: u64,
 }
@@ -555,6 +676,9 @@ pub fn start(
     let (submitter, consumer) = paxos_pipeline::pipeline::<Submitted, Reply>(parts.submit_queue)
         .map_err(|e| anyhow::anyhow!("submit queue: {e:?}"))?;
     let submit_queue_capacity = consumer.capacity();
+    let (reads, read_consumer) =
+        paxos_pipeline::pipeline::<ReadSubmitted, Reply>(parts.submit_queue)
+            .map_err(|e| anyhow::anyhow!("read queue: {e:?}"))?;
     let status = Arc::new(SharedStatus::default());
     let (control_tx, control_rx) = mpsc::channel(64);
     let (persist_tx, persist_rx) = std::sync::mpsc::sync_channel::<u64>(NOTIFY_CAPACITY);
@@ -572,6 +696,7 @@ pub fn start(
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_micros() as u64);
     }
+    let wall_clock_at_zero_us = parts.node.wall_clock_at_zero_us;
     let node = Node::new(parts.node, parts.recovery, Time(0))
         .map_err(|e| anyhow::anyhow!("starting the node: {e}"))?;
     let mut event_loop = EventLoop {
@@ -580,6 +705,7 @@ pub fn start(
         storage: parts.storage,
         transport: parts.transport,
         consumer,
+        read_consumer,
         status: Arc::clone(&status),
         persist_tx,
         durability,
@@ -591,6 +717,8 @@ pub fn start(
         stages: Arc::clone(&parts.stages),
         reload_durable: parts.reload_durable,
         peer_directory,
+        planted_unconfirmed_reads: planted_unconfirmed_reads(),
+        wall_clock_at_zero_us,
     };
     event_loop.carry_out()?;
     event_loop.publish();
@@ -599,6 +727,7 @@ pub fn start(
         Replica {
             id,
             submitter,
+            reads,
             submit_queue_capacity,
             stages: parts.stages,
             status,
@@ -650,6 +779,7 @@ struct EventLoop {
     storage: Arc<dyn ReplicaStorage>,
     transport: Arc<dyn Transport>,
     consumer: RequestConsumer<Submitted, Reply>,
+    read_consumer: RequestConsumer<ReadSubmitted, Reply>,
     status: Arc<SharedStatus>,
     persist_tx: std::sync::mpsc::SyncSender<u64>,
     durability: Arc<Durability>,
@@ -664,11 +794,25 @@ struct EventLoop {
     stages: Arc<StageRecorder>,
     reload_durable: Option<DurableReloader>,
     peer_directory: Option<Arc<dyn PeerDirectory>>,
+    /// [`PLANTED_BUG_ENV`] asked for reads without confirmation.
+    planted_unconfirmed_reads: bool,
+    /// The wall clock at `start`, in µs since the Unix epoch.
+    wall_clock_at_zero_us: u64,
 }
 
 impl EventLoop {
     fn now(&self) -> Time {
         Time(self.start.elapsed().as_micros() as u64)
+    }
+
+    /// [`EventLoop::now`], also handed to the store as the clock reads
+    /// that skip the log judge expiry by (see `KvStore::set_read_clock_ms`):
+    /// every path on which the node may answer a read takes it.
+    fn clock(&mut self) -> Time {
+        let now = self.now();
+        let wall_ms = (self.wall_clock_at_zero_us + now.0) / 1000;
+        self.node.state_machine_mut().set_read_clock_ms(wall_ms);
+        now
     }
 
     async fn run(
@@ -694,7 +838,7 @@ impl EventLoop {
                 () = self.durability.notify.notified() => self.on_durable()?,
                 msg = inbound.recv() => {
                     let Some((from, bytes)) = msg else { anyhow::bail!("transport closed") };
-                    let now = self.now();
+                    let now = self.clock();
                     self.node.handle_message(now, from, bytes);
                     let mut n = 0;
                     while n < INBOUND_BURST {
@@ -715,7 +859,7 @@ impl EventLoop {
                     }
                 }
                 () = &mut timer => {
-                    let now = self.now();
+                    let now = self.clock();
                     self.node.handle_tick(now);
                     self.status.set_cluster(self.node.cluster_view(now));
                 }
@@ -725,6 +869,13 @@ impl EventLoop {
                         return Ok(());
                     }
                     self.take_requests();
+                }
+                ready = self.read_consumer.ready() => {
+                    if ready == paxos_pipeline::Readiness::Closed {
+                        self.shutdown();
+                        return Ok(());
+                    }
+                    self.take_reads();
                 }
             }
             self.carry_out()?;
@@ -760,7 +911,7 @@ impl EventLoop {
         }
         // Durability is cumulative: reporting the newest covers the rest.
         if let Some(id) = last {
-            let now = self.now();
+            let now = self.clock();
             self.node.on_persisted(now, id);
         }
         Ok(())
@@ -793,6 +944,41 @@ impl EventLoop {
         self.node.shutdown();
         let _ = self.carry_out();
         self.consumer.shutdown();
+        self.read_consumer.shutdown();
+    }
+
+    /// Hands queued reads to the node, at most [`READ_BURST`] per wake-up
+    /// so that reads cannot starve the rest of the loop.
+    fn take_reads(&mut self) {
+        let limits = paxos_pipeline::DrainLimits {
+            max_count: READ_BURST,
+            max_bytes: usize::MAX,
+            per_item_overhead: 0,
+        };
+        let now = self.clock();
+        let node = &mut self.node;
+        let unconfirmed = self.planted_unconfirmed_reads;
+        self.read_consumer.drain_batch_by(
+            limits,
+            |r: &Request<ReadSubmitted, Reply>| r.payload.request.len(),
+            |r| {
+                let ReadSubmitted {
+                    request,
+                    consistency,
+                    ..
+                } = r.payload;
+                if unconfirmed && node.is_leader() && consistency == ReadConsistency::Linearizable {
+                    // The planted bug: no confirmation at all.
+                    r.completer.complete(Reply {
+                        bytes: paxos_node::StateMachine::query(node.state_machine(), &request),
+                        slot: node.applied(),
+                        applied_us: 0,
+                    });
+                } else {
+                    node.submit_read(now, request, consistency, r.completer);
+                }
+            },
+        );
     }
 
     /// Drains queued client requests into the node (one decree's worth).
@@ -841,9 +1027,12 @@ impl EventLoop {
                         .map_err(|_| anyhow::anyhow!("durability waiter stopped"))?;
                 }
                 Effect::Complete {
-                    completion, reply, ..
+                    completion,
+                    reply,
+                    slot,
                 } => completion.complete(Reply {
                     bytes: reply,
+                    slot,
                     applied_us: self.stages.stamp(),
                 }),
                 Effect::Abort { completion, reason } => completion.abort(pipeline_abort(reason)),

@@ -21,6 +21,8 @@ pub struct LocalCluster {
     addrs: Vec<NodeAddrs>,
     children: Vec<Option<Child>>,
     stopped: Vec<bool>,
+    /// Environment variables every node process gets.
+    env: Vec<(String, String)>,
 }
 
 impl LocalCluster {
@@ -33,20 +35,45 @@ impl LocalCluster {
         storage: StorageKind,
         tuning: &Tuning,
     ) -> anyhow::Result<LocalCluster> {
+        let mut cluster = LocalCluster::new(bin, dir, n, storage, tuning)?;
+        cluster.spawn_all()?;
+        Ok(cluster)
+    }
+
+    /// [`LocalCluster::start`] without starting the nodes.
+    pub fn new(
+        bin: &Path,
+        dir: &Path,
+        n: usize,
+        storage: StorageKind,
+        tuning: &Tuning,
+    ) -> anyhow::Result<LocalCluster> {
         let addrs = launch::free_loopback_addrs(n)?;
         let configs = launch::init_cluster(dir, &addrs, storage, tuning)?;
-        let mut cluster = LocalCluster {
+        Ok(LocalCluster {
             bin: bin.to_owned(),
             dir: dir.to_owned(),
             configs,
             addrs,
             children: (0..n).map(|_| None).collect(),
             stopped: vec![false; n],
-        };
-        for i in 0..n {
-            cluster.spawn(i)?;
+            env: Vec::new(),
+        })
+    }
+
+    /// Starts every node that is not running.
+    pub fn spawn_all(&mut self) -> anyhow::Result<()> {
+        for i in 0..self.len() {
+            if self.children[i].is_none() {
+                self.spawn(i)?;
+            }
         }
-        Ok(cluster)
+        Ok(())
+    }
+
+    /// Gives every node started from now on the environment variable `key`.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.push((key.to_owned(), value.to_owned()));
     }
 
     /// Number of nodes.
@@ -91,6 +118,7 @@ impl LocalCluster {
             .arg("node")
             .arg("--config")
             .arg(&self.configs[i])
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

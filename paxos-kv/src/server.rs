@@ -24,16 +24,47 @@
 //! reached`. A connection idle for the configured timeout, with no reply
 //! outstanding, is closed.
 //!
-//! Writes and reads on a follower are answered with `-MOVED 0 <addr>` where
-//! `<addr>` is the leader's client address (`-CLUSTERDOWN` if no leader is
-//! known); those requests were not proposed. A request that was proposed
+//! Writes go through the log ([`Replica::submit`]); reads (the commands
+//! [`encode_command`] classifies as [`CommandKind::Read`]) skip it
+//! ([`Replica::submit_read`]): linearizable at the leader, or, on a
+//! connection that sent `READONLY`, served by a follower from its own
+//! state once it has applied every slot the connection observed (the
+//! slot of each reply it got, writes' and reads' alike), so the client
+//! never reads older state than it already saw.
+//!
+//! Order on one connection: requests pipelined on one connection take
+//! effect in the order they were sent, as in Redis (`SET k v; GET k` reads
+//! `v`, `GET k; SET k w` does not read `w`), although reads skip the log
+//! ([`ConnOrder`] keeps the counts):
+//! - a read sent while a request of the connection is in the log (not
+//!   answered yet), or in a pipeline that has sent a write (until the
+//!   connection has nothing in flight), goes through the log, in order, as
+//!   every read did before; otherwise it skips the log, and is answered
+//!   from a state that includes every earlier request of the connection;
+//! - a write sent while reads that skipped the log are unanswered waits
+//!   for them (the reader pauses; a read is confirmed within a heartbeat
+//!   round trip, at once under a lease), since a read is answered from the
+//!   state at the moment it is served, which must not include a later
+//!   write.
+//!
+//! So unpipelined clients and read-only pipelines never touch the log for
+//! reads, and a pipeline mixing reads and writes pays that wait once, then
+//! costs what it cost before: a mixed pipeline flipping between the two
+//! ways would pay a round trip at every flip. Reads that should skip the
+//! log belong on a connection of their own.
+//!
+//! Writes, and reads without `READONLY`, on a follower are answered with
+//! `-MOVED 0 <addr>` where `<addr>` is the leader's client address
+//! (`-CLUSTERDOWN` if no leader is known); those requests were not
+//! proposed. A request that was proposed
 //! but whose fate is unknown (leadership changed) is answered with an
 //! `-UNKNOWN ...` error: it may or may not have been applied.
 
 use crate::client_registry::{ClientRegistry, ConnShared};
+use crate::command::CommandKind;
 use crate::config::Tuning;
 use crate::kv::encode_command;
-use crate::node::{error_reply, outcome_reply, Replica, Reply};
+use crate::node::{error_reply, outcome_reply, ReadConsistency, Replica, Reply};
 use crate::reply_chain::ReplyChain;
 use crate::reply_limits::{self, OutputLimits, OutputVerdict};
 use crate::resp::{self, RespLimits};
@@ -42,7 +73,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use paxos_core::{ReplicaId, Role};
 use paxos_pipeline::CompletionHandle;
 use std::fmt::Write as _;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -130,11 +161,41 @@ pub fn is_operator_command(name: &[u8]) -> bool {
         .any(|c| name.eq_ignore_ascii_case(c))
 }
 
+/// What a connection's reader and writer share about the order of its
+/// requests (see the module docs). The reader counts a request up when it
+/// submits it; the writer counts it down once its reply is produced.
+#[derive(Debug, Default)]
+struct ConnOrder {
+    /// The highest slot whose state a reply on this connection reflected.
+    observed: AtomicU64,
+    /// Requests in the log (writes, and reads behind them) not answered.
+    in_log: AtomicU64,
+    /// Reads that skipped the log, not answered.
+    off_log: AtomicU64,
+    /// Signalled when `off_log` drops to zero.
+    off_log_done: tokio::sync::Notify,
+    /// The pipeline in flight has had a write in the log: its reads go
+    /// through the log too until the connection has nothing in flight (the
+    /// reader's alone).
+    mixed: std::sync::atomic::AtomicBool,
+}
+
+/// Which way a submitted request went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route {
+    Log,
+    OffLog,
+}
+
 /// A reply owed to the client, in request order.
 enum Pending {
     Ready(Bytes),
-    /// Awaiting consensus; with the stage stamp of its arrival.
-    Wait(CompletionHandle<Reply>, u64),
+    /// Awaiting consensus (or a read's confirmation); with the stage stamp
+    /// of its arrival and the way it went.
+    Wait(CompletionHandle<Reply>, u64, Route),
+    /// A write that must wait for the connection's unanswered off-log reads
+    /// before it is submitted (never sent to the writer).
+    HeldWrite(Bytes, u64),
     /// An operator command running in its own task ([`crate::admin`]).
     Admin(tokio::sync::oneshot::Receiver<Bytes>),
     /// Flush what was written, then close (after a fatal protocol error or QUIT).
@@ -304,7 +365,14 @@ async fn handle_connection(
     let (mut rd, wr) = socket.into_split();
     let (tx, rx) = mpsc::channel::<Pending>(state.config.max_pipelined);
     let mut closed_rx = conn.closed.subscribe();
-    let writer = tokio::spawn(write_replies(wr, rx, Arc::clone(&state), Arc::clone(conn)));
+    let order = Arc::new(ConnOrder::default());
+    let writer = tokio::spawn(write_replies(
+        wr,
+        rx,
+        Arc::clone(&state),
+        Arc::clone(conn),
+        Arc::clone(&order),
+    ));
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut scratch = BytesMut::with_capacity(16 * 1024);
     let mut ranges = Vec::with_capacity(INLINE_ARGS);
@@ -406,12 +474,28 @@ async fn handle_connection(
                                 break 'read;
                             }
                             (
-                                execute(args, &state, &mut scratch, received_us, &mut session),
+                                execute(
+                                    args,
+                                    &state,
+                                    &mut scratch,
+                                    received_us,
+                                    &mut session,
+                                    &order,
+                                ),
                                 len,
                             )
                         }
                     };
                     buf.advance(len);
+                    let pending = match pending {
+                        Pending::HeldWrite(request, received_us) => {
+                            if !reads_answered(&order, &mut closed_rx).await {
+                                break 'read;
+                            }
+                            submit_write(&state, request, received_us, &order)
+                        }
+                        other => other,
+                    };
                     // Produced replies count from now; the others once the
                     // writer has them.
                     match &pending {
@@ -419,7 +503,7 @@ async fn handle_connection(
                         Pending::Wait(..) | Pending::Admin(_) => {
                             conn.unresolved.fetch_add(1, Ordering::Relaxed);
                         }
-                        Pending::Close => {}
+                        Pending::HeldWrite(..) | Pending::Close => {}
                     }
                     let close = matches!(pending, Pending::Close);
                     if tx.send(pending).await.is_err() || close {
@@ -454,6 +538,7 @@ fn execute(
     scratch: &mut BytesMut,
     received_us: u64,
     session: &mut crate::session::Session,
+    order: &ConnOrder,
 ) -> Pending {
     let name = &args[0];
     let is = |s: &[u8]| name.eq_ignore_ascii_case(s);
@@ -497,22 +582,112 @@ fn execute(
         return Pending::Ready(reply);
     }
     match encode_command(args, scratch) {
-        Ok(_) => {
+        Ok(kind) => {
             let request = scratch.split().freeze();
-            match state.replica.submit(request) {
-                Ok(handle) => {
-                    let stages = state.replica.stages();
-                    stages.record(Point::Received, received_us, stages.stamp());
-                    Pending::Wait(handle, received_us)
+            let in_log = order.in_log.load(Ordering::Acquire);
+            let off_log = order.off_log.load(Ordering::Acquire);
+            if in_log == 0 && off_log == 0 {
+                // Nothing of this connection in flight: a new pipeline.
+                order.mixed.store(false, Ordering::Relaxed);
+            }
+            match kind {
+                CommandKind::Write if off_log > 0 => {
+                    order.mixed.store(true, Ordering::Relaxed);
+                    Pending::HeldWrite(request, received_us)
                 }
-                Err(e) => {
-                    let mut out = BytesMut::new();
-                    error_reply(&e, |id| state.redirect(id), &mut out);
-                    Pending::Ready(out.freeze())
+                CommandKind::Write => {
+                    let pending = submit_write(state, request, received_us, order);
+                    if matches!(pending, Pending::Wait(..)) {
+                        order.mixed.store(true, Ordering::Relaxed);
+                    }
+                    pending
+                }
+                // Behind a request in the log, or in a pipeline that mixes
+                // reads and writes: in the log, in order.
+                CommandKind::Read if in_log > 0 || order.mixed.load(Ordering::Relaxed) => {
+                    submit_write(state, request, received_us, order)
+                }
+                CommandKind::Read => {
+                    let consistency = read_consistency(
+                        state.replica.is_primary(),
+                        session.readonly(),
+                        order.observed.load(Ordering::Acquire),
+                    );
+                    match state.replica.submit_read(request, consistency) {
+                        Ok(handle) => {
+                            order.off_log.fetch_add(1, Ordering::Relaxed);
+                            submitted(state, handle, received_us, Route::OffLog)
+                        }
+                        Err(e) => Pending::Ready(replicate_error_bytes(&e, state)),
+                    }
                 }
             }
         }
         Err(e) => Pending::Ready(error_bytes(e.to_string().as_bytes())),
+    }
+}
+
+/// Submits a request through the log (a write, or a read that must stay
+/// in order behind one).
+fn submit_write(
+    state: &ServerState,
+    request: Bytes,
+    received_us: u64,
+    order: &ConnOrder,
+) -> Pending {
+    match state.replica.submit(request) {
+        Ok(handle) => {
+            order.in_log.fetch_add(1, Ordering::Relaxed);
+            submitted(state, handle, received_us, Route::Log)
+        }
+        Err(e) => Pending::Ready(replicate_error_bytes(&e, state)),
+    }
+}
+
+fn submitted(
+    state: &ServerState,
+    handle: CompletionHandle<Reply>,
+    received_us: u64,
+    route: Route,
+) -> Pending {
+    let stages = state.replica.stages();
+    stages.record(Point::Received, received_us, stages.stamp());
+    Pending::Wait(handle, received_us, route)
+}
+
+/// Waits until the connection's off-log reads are all answered; false if
+/// the connection closed meanwhile.
+async fn reads_answered(order: &ConnOrder, closed_rx: &mut watch::Receiver<bool>) -> bool {
+    loop {
+        let notified = order.off_log_done.notified();
+        tokio::pin!(notified);
+        // Registered before the check, so a wake-up in between is kept.
+        notified.as_mut().enable();
+        if order.off_log.load(Ordering::Acquire) == 0 {
+            return true;
+        }
+        tokio::select! {
+            () = notified => {}
+            _ = closed(closed_rx) => return false,
+        }
+    }
+}
+
+fn replicate_error_bytes(e: &crate::node::ReplicateError, state: &ServerState) -> Bytes {
+    let mut out = BytesMut::new();
+    error_reply(e, |id| state.redirect(id), &mut out);
+    out.freeze()
+}
+
+/// How fresh a read must be: linearizable at the leader (whatever the
+/// connection asked: the leader's own state is the freshest), at least the
+/// connection's observed slot on a follower when it sent `READONLY`;
+/// otherwise linearizable, which a follower refuses with a redirect.
+fn read_consistency(is_primary: bool, readonly: bool, observed: u64) -> ReadConsistency {
+    if readonly && !is_primary {
+        ReadConsistency::AtLeast(paxos_core::Slot(observed))
+    } else {
+        ReadConsistency::Linearizable
     }
 }
 
@@ -538,6 +713,7 @@ async fn next_reply(
     head: &mut Option<Pending>,
     rx: &mut mpsc::Receiver<Pending>,
     state: &ServerState,
+    order: &ConnOrder,
 ) -> WriterStep {
     if head.is_none() {
         match rx.recv().await {
@@ -547,13 +723,17 @@ async fn next_reply(
     }
     let step = match head.as_mut() {
         Some(Pending::Ready(b)) => WriterStep::Counted(std::mem::take(b)),
-        Some(Pending::Wait(handle, received_us)) => {
-            WriterStep::Produced(outcome_bytes(handle.await, *received_us, state))
-        }
+        Some(Pending::Wait(handle, received_us, route)) => WriterStep::Produced(outcome_bytes(
+            handle.await,
+            *received_us,
+            *route,
+            state,
+            order,
+        )),
         Some(Pending::Admin(rx)) => {
             WriterStep::Produced(rx.await.unwrap_or(Bytes::from_static(ADMIN_ABORTED)))
         }
-        Some(Pending::Close) | None => WriterStep::Finish,
+        Some(Pending::Close | Pending::HeldWrite(..)) | None => WriterStep::Finish,
     };
     *head = None;
     step
@@ -565,6 +745,7 @@ fn try_next_reply(
     head: &mut Option<Pending>,
     rx: &mut mpsc::Receiver<Pending>,
     state: &ServerState,
+    order: &ConnOrder,
 ) -> Option<WriterStep> {
     if head.is_none() {
         match rx.try_recv() {
@@ -575,9 +756,13 @@ fn try_next_reply(
     }
     let step = match head.as_mut()? {
         Pending::Ready(b) => WriterStep::Counted(std::mem::take(b)),
-        Pending::Wait(handle, received_us) => {
-            WriterStep::Produced(outcome_bytes(handle.try_take()?, *received_us, state))
-        }
+        Pending::Wait(handle, received_us, route) => WriterStep::Produced(outcome_bytes(
+            handle.try_take()?,
+            *received_us,
+            *route,
+            state,
+            order,
+        )),
         Pending::Admin(rx) => WriterStep::Produced(match rx.try_recv() {
             Ok(reply) => reply,
             Err(tokio::sync::oneshot::error::TryRecvError::Empty) => return None,
@@ -585,7 +770,7 @@ fn try_next_reply(
                 Bytes::from_static(ADMIN_ABORTED)
             }
         }),
-        Pending::Close => WriterStep::Finish,
+        Pending::Close | Pending::HeldWrite(..) => WriterStep::Finish,
     };
     *head = None;
     Some(step)
@@ -594,12 +779,29 @@ fn try_next_reply(
 /// The reply to an operator command whose task went away.
 const ADMIN_ABORTED: &[u8] = b"-ERR command aborted\r\n";
 
-/// The reply bytes of a request's outcome.
+/// The reply bytes of a request's outcome. Raises the connection's
+/// observed slot to the one the reply reflects, then counts the request
+/// answered ([`ConnOrder`]).
 fn outcome_bytes(
     outcome: paxos_pipeline::Outcome<Reply>,
     received_us: u64,
+    route: Route,
     state: &ServerState,
+    order: &ConnOrder,
 ) -> Bytes {
+    if let paxos_pipeline::Outcome::Completed(reply) = &outcome {
+        order.observed.fetch_max(reply.slot.0, Ordering::Release);
+    }
+    match route {
+        Route::Log => {
+            order.in_log.fetch_sub(1, Ordering::Release);
+        }
+        Route::OffLog => {
+            if order.off_log.fetch_sub(1, Ordering::Release) == 1 {
+                order.off_log_done.notify_one();
+            }
+        }
+    }
     match outcome {
         // The state machine's buffer itself: no copy.
         paxos_pipeline::Outcome::Completed(reply) => {
@@ -635,6 +837,7 @@ async fn write_replies(
     mut rx: mpsc::Receiver<Pending>,
     state: Arc<ServerState>,
     conn: Arc<ConnShared>,
+    order: Arc<ConnOrder>,
 ) {
     let limits = state.config.clients.output;
     let idle_timeout = state.config.clients.idle_timeout;
@@ -672,7 +875,7 @@ async fn write_replies(
             tokio::select! {
                 biased;
                 _ = closed(&mut closed_rx) => WriterStep::Closed,
-                step = next_reply(&mut head, &mut rx, &state), if !finishing => step,
+                step = next_reply(&mut head, &mut rx, &state, &order), if !finishing => step,
                 r = chain.write_to(&mut wr), if !chain.is_empty() => WriterStep::Wrote(r),
                 _ = sleep_until_or_never(wake_at) => WriterStep::Recheck,
             }
@@ -681,7 +884,7 @@ async fn write_replies(
                 biased;
                 _ = closed(&mut closed_rx) => WriterStep::Closed,
                 r = chain.write_to(&mut wr) => WriterStep::Wrote(r),
-                step = next_reply(&mut head, &mut rx, &state), if !finishing => step,
+                step = next_reply(&mut head, &mut rx, &state, &order), if !finishing => step,
                 _ = sleep_until_or_never(wake_at) => WriterStep::Recheck,
             }
         };
@@ -713,7 +916,7 @@ async fn write_replies(
                 WriterStep::Closed => break 'write,
             }
             if (produced > 0 || !chain.is_empty()) && !finishing && chain.len() < FLUSH_AT {
-                step = try_next_reply(&mut head, &mut rx, &state);
+                step = try_next_reply(&mut head, &mut rx, &state, &order);
             }
         }
         if produced > 0 {
@@ -768,7 +971,8 @@ fn info_text(state: &ServerState, section: Option<&[u8]>) -> String {
         text,
         "# Replication\r\nrole:{}\r\nid:{}\r\nleader_id:{}\r\nleader_addr:{}\r\nballot_round:{}\r\n\
          commit_index:{}\r\napplied_index:{}\r\nin_flight_decrees:{}\r\ncheckpoint_slot:{}\r\n\
-         proposed_batches:{}\r\nproposed_requests:{}\r\n# Clients\r\nconnected_clients:{}\r\n\
+         proposed_batches:{}\r\nproposed_requests:{}\r\nread_mode:{}\r\nreads_served:{}\r\n\
+         pending_reads:{}\r\n# Clients\r\nconnected_clients:{}\r\n\
          maxclients:{}\r\nadmin_reserved_clients:{}\r\nrejected_connections:{}\r\n\
          client_reply_bytes:{}\r\nmax_client_reply_bytes:{}\r\nclient_output_limit_disconnects:{}\r\n\
          client_reply_memory_disconnects:{}\r\nclient_idle_disconnects:{}\r\nclient_heap_trims:{}\r\n",
@@ -783,6 +987,9 @@ fn info_text(state: &ServerState, section: Option<&[u8]>) -> String {
         s.checkpoint_slot,
         s.proposed_batches,
         s.proposed_requests,
+        s.read_mode,
+        s.reads_served,
+        s.pending_reads,
         state.registry.len(),
         state.config.max_clients,
         state.config.clients.admin_reserved,
@@ -794,6 +1001,72 @@ fn info_text(state: &ServerState, section: Option<&[u8]>) -> String {
         stats.idle_disconnects.load(Ordering::Relaxed),
         stats.heap_trims.load(Ordering::Relaxed),
     );
-    crate::membership::write_info(&state.replica.cluster(), &mut text);
+    let cluster = state.replica.cluster();
+    write_replicas(&s, &cluster, |id| state.redirect(id), &mut text);
+    crate::membership::write_info(&cluster, &mut text);
     text
+}
+
+/// INFO's `# Replicas`: where a `READONLY` client can read and how fresh
+/// each replica is, as this node knows it: its own applied slot, and per
+/// peer the commit index it last reported (it applies what it knows chosen
+/// at once, so this is what a replica read there would see, as of
+/// `last_contact_ms` ago). The leader hears from every peer; a follower
+/// only from the leader.
+fn write_replicas(
+    me: &crate::node::NodeStatus,
+    cluster: &paxos_node::ClusterView,
+    client_addr: impl Fn(ReplicaId) -> Option<String>,
+    text: &mut String,
+) {
+    let addr = |id| client_addr(id).unwrap_or_else(|| "?".to_string());
+    let _ = write!(
+        text,
+        "# Replicas\r\nreplica_{}:self=1,role={},addr={},applied_index={}\r\n",
+        me.id.0,
+        role_name(me.role),
+        addr(me.id),
+        me.applied_index,
+    );
+    for p in &cluster.peers {
+        let opt = |v: Option<u64>| v.map_or("-1".to_string(), |v| v.to_string());
+        let role = if me.leader == Some(p.id) {
+            "leader"
+        } else {
+            "follower"
+        };
+        let _ = write!(
+            text,
+            "replica_{}:self=0,role={role},addr={},commit_index={},last_contact_ms={}\r\n",
+            p.id.0,
+            addr(p.id),
+            opt(p.commit_index.map(|c| c.0)),
+            opt(p.last_heard_us_ago.map(|us| us / 1000)),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use paxos_core::Slot;
+
+    #[test]
+    fn only_a_readonly_connection_to_a_follower_reads_locally() {
+        use ReadConsistency::{AtLeast, Linearizable};
+        // (is_primary, readonly, observed) -> consistency
+        assert_eq!(read_consistency(true, false, 7), Linearizable);
+        assert_eq!(
+            read_consistency(true, true, 7),
+            Linearizable,
+            "the leader's reads are linearizable even for READONLY clients"
+        );
+        assert_eq!(
+            read_consistency(false, false, 7),
+            Linearizable,
+            "without READONLY a follower redirects (linearizable is refused there)"
+        );
+        assert_eq!(read_consistency(false, true, 7), AtLeast(Slot(7)));
+        assert_eq!(read_consistency(false, true, 0), AtLeast(Slot(0)));
+    }
 }

@@ -19,6 +19,10 @@
 //! - `CONFIG GET pattern...`: the few parameters benchmark tools ask about
 //!   ([`CONFIG`]), matched as globs.
 //! - `SELECT 0`: there is one database.
+//! - `READONLY` / `READWRITE`: Redis Cluster's opt-in to reads from a
+//!   replica. On a `READONLY` connection a follower serves reads from its
+//!   own state, at least as fresh as everything the connection has seen
+//!   (see [`Session::readonly`]); writes are still redirected.
 //!
 //! Errors use Redis's exact texts.
 
@@ -40,6 +44,8 @@ pub struct Session {
     id: u64,
     /// `CLIENT SETNAME`'s name, if any.
     name: Option<Bytes>,
+    /// `READONLY` was sent (and no `READWRITE` since).
+    readonly: bool,
 }
 
 static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(1);
@@ -56,6 +62,7 @@ impl Session {
         Session {
             id: NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed),
             name: None,
+            readonly: false,
         }
     }
 
@@ -67,6 +74,13 @@ impl Session {
     /// The connection's name, if it set one.
     pub fn name(&self) -> Option<&[u8]> {
         self.name.as_deref()
+    }
+
+    /// Whether the client sent `READONLY` (Redis Cluster): it accepts reads
+    /// served by a follower from its own applied state, as long as they
+    /// reflect every slot this connection has observed.
+    pub fn readonly(&self) -> bool {
+        self.readonly
     }
 }
 
@@ -148,6 +162,8 @@ pub const COMMANDS: &[CommandInfo] = &[
     cmd("client", -2, &["loading", "stale"], NONE),
     cmd("config", -2, &["loading", "stale"], NONE),
     cmd("select", 2, CONN, NONE),
+    cmd("readonly", 1, CONN, NONE),
+    cmd("readwrite", 1, CONN, NONE),
 ];
 
 /// `CONFIG GET`'s parameters: what redis-benchmark and client libraries
@@ -180,6 +196,8 @@ pub fn execute(args: &[&[u8]], session: &mut Session) -> Option<Bytes> {
         select(args, &mut out)
     } else if is("ECHO") {
         echo(args, &mut out)
+    } else if is("READONLY") || is("READWRITE") {
+        read_from_replicas(args, session, is("READONLY"), &mut out)
     } else {
         return None;
     };
@@ -404,6 +422,20 @@ fn select(args: &[&[u8]], out: &mut BytesMut) -> Reply {
     }
 }
 
+fn read_from_replicas(
+    args: &[&[u8]],
+    session: &mut Session,
+    readonly: bool,
+    out: &mut BytesMut,
+) -> Reply {
+    if args.len() != 1 {
+        return Err(arity(if readonly { "readonly" } else { "readwrite" }));
+    }
+    session.readonly = readonly;
+    resp::write_simple(out, b"OK");
+    Ok(())
+}
+
 fn echo(args: &[&[u8]], out: &mut BytesMut) -> Reply {
     let [_, message] = args else {
         return Err(arity("echo"));
@@ -520,6 +552,21 @@ mod tests {
             run(&mut a, &["CLIENT", "SETNAME"]),
             b"-ERR wrong number of arguments for 'client|setname' command\r\n"
         );
+    }
+
+    #[test]
+    fn readonly_and_readwrite_switch_replica_reads() {
+        let mut s = Session::new();
+        assert!(!s.readonly(), "a connection starts without replica reads");
+        assert_eq!(run(&mut s, &["readonly"]), b"+OK\r\n");
+        assert!(s.readonly());
+        assert_eq!(run(&mut s, &["READWRITE"]), b"+OK\r\n");
+        assert!(!s.readonly());
+        assert_eq!(
+            run(&mut s, &["READONLY", "x"]),
+            b"-ERR wrong number of arguments for 'readonly' command\r\n"
+        );
+        assert!(!s.readonly(), "a refused READONLY changes nothing");
     }
 
     #[test]

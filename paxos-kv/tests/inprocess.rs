@@ -509,3 +509,50 @@ async fn an_interrupted_checkpoint_transfer_restarts_cleanly() {
         r.shutdown().await;
     }
 }
+
+/// Reads skip the log, yet requests pipelined on one connection take
+/// effect in the order sent: reads before a write do not see it (the write
+/// waits for them), reads after it do (they go through the log behind it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_reads_and_writes_take_effect_in_the_order_sent() {
+    let replicas = start_cluster(3).await;
+    let p = wait_for_primary(&replicas).await;
+    let addr = start_server(replicas[p].clone(), Vec::new()).await;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let value = |r: usize| Frame::Bulk((r > 0).then(|| Bytes::from((r - 1).to_string())));
+    for round in 0..20usize {
+        // Nothing of this connection is in flight when a round starts.
+        let mut wire = BytesMut::new();
+        for _ in 0..4 {
+            resp::encode_command([&b"GET"[..], b"o"].into_iter(), &mut wire);
+        }
+        let v = round.to_string();
+        resp::encode_command([&b"SET"[..], b"o", v.as_bytes()].into_iter(), &mut wire);
+        resp::encode_command([&b"GET"[..], b"o"].into_iter(), &mut wire);
+        s.write_all(&wire).await.unwrap();
+        let frames = read_frames(&mut s, 6).await;
+        for f in &frames[..4] {
+            assert_eq!(*f, value(round), "round {round}: a read saw a later write");
+        }
+        assert_eq!(frames[4], Frame::Simple(Bytes::from_static(b"OK")));
+        assert_eq!(
+            frames[5],
+            value(round + 1),
+            "round {round}: read your write"
+        );
+    }
+    let before = replicas[p].status();
+    let mut wire = BytesMut::new();
+    for _ in 0..50 {
+        resp::encode_command([&b"GET"[..], b"o"].into_iter(), &mut wire);
+    }
+    s.write_all(&wire).await.unwrap();
+    for f in read_frames(&mut s, 50).await {
+        assert_eq!(f, value(20));
+    }
+    let after = replicas[p].status();
+    assert_eq!(
+        after.proposed_requests, before.proposed_requests,
+        "a read-only pipeline proposed decrees"
+    );
+}

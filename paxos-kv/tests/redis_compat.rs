@@ -268,12 +268,137 @@ fn redis_tools(addr: SocketAddr) {
     }
 }
 
+fn info(con: &mut redis::Connection) -> String {
+    redis::cmd("INFO").query(con).unwrap()
+}
+
+fn info_number(con: &mut redis::Connection, field: &str) -> u64 {
+    let text = info(con);
+    paxos_kv::client::info_number(&text, field)
+        .unwrap_or_else(|| panic!("INFO has no numeric {field}: {text}"))
+}
+
+/// Reads skip the log at the leader; `READONLY` lets a follower serve them
+/// from its own state (Redis Cluster's replica reads), never older than
+/// what the connection already saw; `INFO` shows how fresh each replica is.
+fn reads_off_the_log_and_on_replicas(cluster: &LocalCluster, leader_addr: SocketAddr) {
+    let mut leader = connect(leader_addr);
+    let _: () = leader.set("fr", "1").unwrap();
+    let proposed = info_number(&mut leader, "proposed_requests");
+    for _ in 0..50 {
+        assert_eq!(leader.get::<_, String>("fr").unwrap(), "1");
+        assert_eq!(leader.exists::<_, i64>("fr").unwrap(), 1);
+    }
+    assert_eq!(
+        info_number(&mut leader, "proposed_requests"),
+        proposed,
+        "reads at the leader were proposed as decrees"
+    );
+    assert!(info_number(&mut leader, "reads_served") >= 100);
+    let text = info(&mut leader);
+    assert_eq!(
+        paxos_kv::client::info_field(&text, "read_mode"),
+        Some("read_index")
+    );
+
+    let leader_index = cluster.index_of(leader_addr).unwrap();
+    let follower_index = (leader_index + 1) % cluster.len();
+    let follower_addr = cluster.client_addr(follower_index);
+    let mut follower = connect(follower_addr);
+    // A follower redirects once it knows the leader.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while info_number(&mut follower, "leader_id") == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the follower learns no leader"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let moved = follower.get::<_, String>("fr").unwrap_err();
+    assert_eq!(moved.code(), Some("MOVED"), "{moved}");
+    let _: () = redis::cmd("READONLY").query(&mut follower).unwrap();
+    // The follower has applied the write within a heartbeat or two; the
+    // connection observed nothing yet, so until then an older answer is
+    // allowed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match follower.get::<_, Option<String>>("fr").unwrap().as_deref() {
+            Some("1") => break,
+            None if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            other => panic!("replica read of fr: {other:?}"),
+        }
+    }
+    let before = info_number(&mut leader, "proposed_requests");
+    assert_eq!(follower.strlen::<_, i64>("fr").unwrap(), 1);
+    let _: () = leader.set("fr", "2").unwrap();
+    // Reads on this connection never go back to before "1", and reach "2".
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match follower.get::<_, String>("fr").unwrap().as_str() {
+            "2" => break,
+            "1" if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            other => panic!("replica read went back or stalled: {other:?}"),
+        }
+    }
+    assert_eq!(
+        info_number(&mut leader, "proposed_requests"),
+        before + 1,
+        "replica reads reached the log (only the SET should have)"
+    );
+    let err = follower.set::<_, _, ()>("fr", "3").unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some("MOVED"),
+        "writes still go to the leader: {err}"
+    );
+    let _: () = redis::cmd("READWRITE").query(&mut follower).unwrap();
+    let err = follower.get::<_, String>("fr").unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some("MOVED"),
+        "READWRITE ends replica reads: {err}"
+    );
+
+    // INFO: each node's own applied slot, and what the leader knows of the
+    // others, with their client addresses.
+    let text = info(&mut follower);
+    let own = paxos_kv::client::info_field(&text, &format!("replica_{}", follower_index + 1))
+        .unwrap_or_else(|| panic!("no replica line for itself: {text}"));
+    assert!(own.starts_with("self=1,role=follower"), "{own}");
+    assert!(own.contains(&format!("addr={follower_addr}")), "{own}");
+    let text = info(&mut leader);
+    for i in 0..cluster.len() {
+        let line = paxos_kv::client::info_field(&text, &format!("replica_{}", i + 1))
+            .unwrap_or_else(|| panic!("no replica_{} line: {text}", i + 1));
+        assert!(
+            line.contains(&format!("addr={}", cluster.client_addr(i))),
+            "{line}"
+        );
+        let slot_field = if i == leader_index {
+            "applied_index="
+        } else {
+            "commit_index="
+        };
+        let slot: i64 = line
+            .split(',')
+            .find_map(|f| f.strip_prefix(slot_field))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{line}"));
+        assert!(slot >= 2, "replica {} knows the writes: {line}", i + 1);
+    }
+}
+
 #[test]
 fn real_clients_see_redis_semantics() {
-    let (_cluster, _dir, addr) = start();
+    let (cluster, _dir, addr) = start();
     let mut con = connect(addr);
     strings_and_expiry(&mut con);
     scan_and_keys(&mut con);
     connection_commands(&mut con);
     redis_tools(addr);
+    reads_off_the_log_and_on_replicas(&cluster, addr);
 }

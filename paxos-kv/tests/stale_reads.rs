@@ -1,0 +1,312 @@
+//! The stale-read nemesis, on a real 3-replica cluster of `paxos-kv node`
+//! processes: the leader is SIGSTOPped, the others elect a new leader and
+//! commit newer writes, and reads are sent to the paused old leader (they
+//! wait in its sockets) before it gets SIGCONT. A replica that still
+//! believes it leads must not answer them from its old state: ReadIndex
+//! confirms leadership with a quorum first, a lease has run out (and the
+//! new leader waited it out before serving). Meanwhile and afterwards
+//! reads go to every replica and writes go on; every answered read must be
+//! linearizable, in the default mode and in the lease mode.
+//!
+//! The test has teeth: with the planted bug `unconfirmed-reads` (a debug
+//! build serves linearizable reads at once from its own state, see
+//! `paxos_kv::node::PLANTED_BUG_ENV`) the same schedule must produce a
+//! stale read.
+
+use bytes::Bytes;
+use paxos_kv::client::Client;
+use paxos_kv::config::{ReadMode, StorageKind, Tuning};
+use paxos_kv::lincheck::{self, OpKind, OpOutcome, Operation, Verdict};
+use paxos_kv::procs::LocalCluster;
+use paxos_kv::workload::{self, Answer, Session, Shared};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+const KEY: &str = "x";
+/// Connections opened to the leader before it is paused, each with one read
+/// waiting in it when it resumes.
+const QUEUED_READS: usize = 16;
+/// How long the load goes on after the old leader resumes.
+const AFTER_RESUME: Duration = Duration::from_secs(3);
+
+/// What one run saw.
+struct Run {
+    history: Vec<Operation>,
+    /// Reads the old leader answered with a value after it resumed.
+    old_leader_answers: usize,
+    /// Reads that returned a value older than a write acknowledged before
+    /// they were sent: (read, the newest such write's value).
+    stale: Vec<(Operation, u64)>,
+}
+
+fn value_of(op: &Operation) -> Option<u64> {
+    match (&op.kind, &op.outcome) {
+        (OpKind::Write(v), _) | (OpKind::Read, OpOutcome::Read(Some(v))) => {
+            std::str::from_utf8(v).ok()?.parse().ok()
+        }
+        _ => None,
+    }
+}
+
+/// Reads whose value is older than the newest write acknowledged before
+/// they were sent (values only grow: one writer writes 1, 2, 3, ...).
+fn stale_reads(history: &[Operation]) -> Vec<(Operation, u64)> {
+    let acked: Vec<(u64, u64)> = history
+        .iter()
+        .filter(|o| matches!(o.kind, OpKind::Write(_)) && o.outcome == OpOutcome::Written)
+        .filter_map(|o| Some((o.ret?, value_of(o)?)))
+        .collect();
+    history
+        .iter()
+        .filter(|o| o.kind == OpKind::Read && o.ret.is_some())
+        .filter_map(|read| {
+            let newest = acked
+                .iter()
+                .filter(|(ret, _)| *ret < read.call)
+                .map(|(_, v)| *v)
+                .max()?;
+            let seen = value_of(read).unwrap_or(0);
+            (seen < newest).then(|| (read.clone(), newest))
+        })
+        .collect()
+}
+
+fn record(shared: &Shared, op: Option<Operation>) -> Option<Operation> {
+    if let Some(op) = &op {
+        shared
+            .history
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(op.clone());
+    }
+    op
+}
+
+/// Writes `value` through `session` until it is acknowledged.
+async fn write_acked(shared: &Shared, session: &mut Session, value: u64) {
+    loop {
+        let op = workload::run_op(
+            shared,
+            session,
+            0,
+            KEY,
+            OpKind::Write(Bytes::from(value.to_string())),
+            true,
+        )
+        .await;
+        if record(shared, op).is_some_and(|o| o.outcome == OpOutcome::Written) {
+            return;
+        }
+    }
+}
+
+/// One GET on `client`, recorded if it was answered or may have executed.
+async fn read_once(shared: &Shared, client: &mut Client, id: u32) -> Option<Operation> {
+    let call = shared.now();
+    let reply = tokio::time::timeout(workload::OP_TIMEOUT, client.cmd(&[b"GET", KEY.as_bytes()]))
+        .await
+        .unwrap_or(Err(paxos_kv::client::ClientError::Timeout));
+    let ret = shared.now();
+    let (ret, outcome) = match workload::interpret(&OpKind::Read, reply) {
+        Answer::NotExecuted(_) => return None,
+        Answer::Done(outcome) => (Some(ret), outcome),
+        Answer::Unknown => (None, OpOutcome::Unknown),
+    };
+    record(
+        shared,
+        Some(Operation {
+            client: id,
+            key: Bytes::from_static(KEY.as_bytes()),
+            kind: OpKind::Read,
+            call,
+            ret,
+            outcome,
+        }),
+    )
+}
+
+async fn nemesis(read_mode: ReadMode, planted_bug: bool) -> Run {
+    let dir = tempfile::Builder::new()
+        .prefix("paxos-kv-stale-")
+        .tempdir()
+        .unwrap();
+    let tuning = Tuning {
+        read_mode,
+        ..Tuning::default()
+    };
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_paxos-kv"));
+    let mut cluster = LocalCluster::new(bin, dir.path(), 3, StorageKind::File, &tuning).unwrap();
+    if planted_bug {
+        cluster.set_env(paxos_kv::node::PLANTED_BUG_ENV, "unconfirmed-reads");
+    }
+    cluster.spawn_all().unwrap();
+    let (old, _) = cluster
+        .stable_leader(Duration::from_secs(1), Duration::from_secs(30))
+        .await
+        .unwrap();
+    let addrs: Vec<SocketAddr> = (0..cluster.len()).map(|i| cluster.client_addr(i)).collect();
+    let others: Vec<SocketAddr> = (0..cluster.len())
+        .filter(|&i| i != old)
+        .map(|i| addrs[i])
+        .collect();
+    let shared = Shared::new();
+    let mut writer = Session::new(addrs.clone(), old);
+    write_acked(&shared, &mut writer, 1).await;
+    // Reads of the first value at the old leader while it leads.
+    let mut at_old = Client::connect(addrs[old], Duration::from_secs(5))
+        .await
+        .unwrap();
+    let first = read_once(&shared, &mut at_old, 1).await;
+    assert!(
+        first.is_some_and(|o| o.outcome == OpOutcome::Read(Some(Bytes::from_static(b"1")))),
+        "the leader reads its own write"
+    );
+    let mut queued = Vec::new();
+    for _ in 0..QUEUED_READS {
+        queued.push(
+            Client::connect(addrs[old], Duration::from_secs(5))
+                .await
+                .unwrap(),
+        );
+    }
+
+    cluster.pause(old);
+    let mut writer = Session::new(others.clone(), 0);
+    write_acked(&shared, &mut writer, 2).await;
+    // Sent now, answered (if at all) once the old leader runs again: each
+    // was sent after value 2 was acknowledged.
+    let mut waiting = Vec::new();
+    for (n, mut client) in queued.into_iter().enumerate() {
+        let shared = Arc::clone(&shared);
+        waiting.push(tokio::spawn(async move {
+            read_once(&shared, &mut client, 100 + n as u32)
+                .await
+                .is_some_and(|o| o.ret.is_some())
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    cluster.resume(old);
+
+    // Writes go on (3, 4, ...), reads go to every replica, and to the old
+    // leader on fresh connections, until AFTER_RESUME has passed.
+    let writer_task = {
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let mut value = 3;
+            while !shared.stop.load(Ordering::Relaxed) {
+                write_acked(&shared, &mut writer, value).await;
+                value += 1;
+            }
+        })
+    };
+    let mut readers = Vec::new();
+    for (i, &addr) in addrs.iter().enumerate() {
+        let shared = Arc::clone(&shared);
+        readers.push(tokio::spawn(async move {
+            let mut answered = 0;
+            while !shared.stop.load(Ordering::Relaxed) {
+                let Ok(mut c) = Client::connect(addr, Duration::from_secs(1)).await else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                };
+                for _ in 0..20 {
+                    if read_once(&shared, &mut c, 10 + i as u32)
+                        .await
+                        .is_some_and(|o| o.ret.is_some())
+                    {
+                        answered += 1;
+                    }
+                }
+            }
+            answered
+        }));
+    }
+    tokio::time::sleep(AFTER_RESUME).await;
+    shared.stop.store(true, Ordering::Relaxed);
+    let mut old_leader_answers = 0;
+    for w in waiting {
+        old_leader_answers += usize::from(w.await.unwrap());
+    }
+    let mut answered = Vec::new();
+    for r in readers {
+        answered.push(r.await.unwrap());
+    }
+    old_leader_answers += answered[old];
+    writer_task.await.unwrap();
+    let history = shared
+        .history
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let reads = history.iter().filter(|o| o.kind == OpKind::Read).count();
+    println!(
+        "{read_mode:?} (planted bug: {planted_bug}): {} operations, {reads} reads, answered per replica {answered:?}, {old_leader_answers} answered by the old leader r{}",
+        history.len(),
+        old + 1
+    );
+    assert!(
+        answered.iter().sum::<usize>() >= 20,
+        "too few reads answered: {answered:?}"
+    );
+    let stale = stale_reads(&history);
+    cluster.stop_all();
+    if !stale.is_empty() || planted_bug {
+        // Kept for a look at the node logs.
+        let _ = dir.keep();
+    }
+    Run {
+        history,
+        old_leader_answers,
+        stale,
+    }
+}
+
+fn assert_no_stale_read(run: &Run) {
+    assert!(
+        run.stale.is_empty(),
+        "stale reads (read, newest value acknowledged before it was sent): {:#?}",
+        run.stale
+    );
+    match lincheck::check(&run.history, 20_000_000) {
+        Verdict::Linearizable => {}
+        other => panic!("history not linearizable: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_old_leader_serves_no_stale_read_with_read_index() {
+    assert_no_stale_read(&nemesis(ReadMode::ReadIndex, false).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_old_leader_serves_no_stale_read_with_leases() {
+    assert_no_stale_read(&nemesis(ReadMode::Lease, false).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_served_without_confirmation_are_caught_stale() {
+    // Whether the resumed old leader takes its queued reads before it
+    // hears of the new ballot is a race; it usually does (16 of 16), but a
+    // run in which it does not proves nothing, so up to three runs.
+    let mut answers = Vec::new();
+    let mut run = nemesis(ReadMode::ReadIndex, true).await;
+    answers.push(run.old_leader_answers);
+    while run.stale.is_empty() && answers.len() < 3 {
+        run = nemesis(ReadMode::ReadIndex, true).await;
+        answers.push(run.old_leader_answers);
+    }
+    assert!(
+        !run.stale.is_empty(),
+        "the planted bug served no stale read in {} runs (answers from the old leader: {answers:?}): the nemesis lacks teeth",
+        answers.len()
+    );
+    assert!(
+        !matches!(
+            lincheck::check(&run.history, 20_000_000),
+            Verdict::Linearizable
+        ),
+        "the checker passed a history with a stale read"
+    );
+}
