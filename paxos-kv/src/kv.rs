@@ -464,6 +464,10 @@ impl KvStore {
                 let v = live(k);
                 if op == OP_STRLEN {
                     resp::write_integer(out, v.map_or(0, <[u8]>::len) as i64);
+                } else if let Some(shared) = v.and_then(|_| self.map.shared_bulk_reply(k)) {
+                    // A large value's reply is the stored buffer, shared
+                    // (as `value_reply` on the log path).
+                    return Some(shared);
                 } else {
                     resp::write_bulk(out, v);
                 }
@@ -1103,6 +1107,13 @@ pub(crate) mod tests {
         assert_eq!(stored(&s), Some(1 + 1000), "the table and one per reply");
         drop(replies);
         assert_eq!(stored(&s), Some(1));
+        // Reads that skip the log (`query`) share it the same way.
+        let queried: Vec<Bytes> = (0..10)
+            .map(|_| StateMachine::query(&s, &encode(&["GET", "big"])))
+            .collect();
+        assert!(queried.iter().all(|r| r[..] == expect[..]));
+        assert_eq!(stored(&s), Some(1 + 10));
+        drop(queried);
 
         // A small value is still copied into its reply.
         run(&mut s, &[&["SET", "small", "x"]]);
