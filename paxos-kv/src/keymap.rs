@@ -9,9 +9,9 @@
 //!
 //! Here a bucket is 40 bytes: keys of up to [`INLINE_KEY`] bytes live inside
 //! it, so the equality check reads the bucket just loaded, and the value is a
-//! 16-byte [`StoredValue`] — a plain boxed slice for a small value, a shared
-//! reference for a large one (so a GET's reply can send it without a copy) —
-//! overwritten in place when the size is unchanged (the common SET). That is
+//! 16-byte [`StoredValue`] — a reference-counted buffer (a large one framed,
+//! so a GET's reply can send it without a copy) — overwritten in place when
+//! the size is unchanged and no frozen view shares it (the common SET). That is
 //! three misses per SET on a table 40% smaller. Keys are
 //! hashed with std's `RandomState` (SipHash with a per-process random key),
 //! so clients cannot choose keys that collide.
@@ -25,12 +25,13 @@
 //! [`KeyMap::freeze`] clones the `Arc`s (O(shards), no entry is touched) and
 //! the [`FrozenKeyMap`] goes to a background thread. A write goes through
 //! `Arc::make_mut`: while a frozen view still holds the shard, the first
-//! write to it copies that one shard (its buckets and the boxed values and
-//! long keys in it), and later writes to it are ordinary in-place writes. So
-//! during a checkpoint a write costs at most one shard's copy, and the extra
-//! memory is at most one copy of the shards written meanwhile, large values
-//! excepted: a shard's copy shares them instead of copying them (the frozen
-//! originals are freed when the checkpoint is written). Outside a
+//! write to it copies that one shard (its buckets and the long keys in it;
+//! the values are shared, a count bump each), and later writes to it are
+//! ordinary in-place writes. So during a checkpoint a write costs at most
+//! one shard's copy, and the extra memory is at most the buckets of the
+//! shards written meanwhile, plus the old versions of values overwritten
+//! meanwhile (the frozen originals are freed when the checkpoint is
+//! written). Outside a
 //! checkpoint every shard is unshared and `make_mut` is one uncontended
 //! atomic check on the shard's header. Growing is per shard too: a table
 //! never rehashes more than one shard's entries at once.

@@ -1,6 +1,7 @@
-//! [`StoredValue`]: how the KV table holds one value. Small values are a
-//! plain boxed slice, as they always were; large ones are shared, so a
-//! reply that sends one holds a reference, not a copy.
+//! [`StoredValue`]: how the KV table holds one value. Every value is
+//! reference-counted: a copy-on-write shard copy made during a checkpoint
+//! shares it, and a large one is stored framed so that a reply that sends
+//! it holds a reference, not a copy.
 //!
 //! Why: a GET's reply used to be a copy of the value (its RESP framing
 //! around it), so a client that pipelined N GETs of a 500 KiB value made
@@ -16,24 +17,29 @@
 //! `Bytes`, the type every state-machine output is; it costs about a dozen
 //! bytes per large value.
 //!
-//! Memory: the handle is 16 bytes in both forms — the same as the
-//! `Box<[u8]>` it replaces — so a table bucket stays 40 bytes and a small
-//! value costs exactly what it did (issue #16 measures bytes per key at
-//! ten million 100-byte values). The enum needs no tag word: the compiler
-//! marks the shared form with the boxed slice's null pointer (asserted
-//! below), so this is plain safe Rust, with no `unsafe` to review.
+//! Memory: the handle is 16 bytes in both forms, so a table bucket stays
+//! 40 bytes. The enum needs no tag word: the compiler marks one form with
+//! the other's null pointer (asserted below), so this is plain safe Rust,
+//! with no `unsafe` to review.
 //!
-//! Copy-on-write: cloning a [`StoredValue`] (which a table shard does when
-//! a frozen checkpoint view still shares it) copies a small value but only
-//! bumps the count of a large one, so a checkpoint never duplicates large
-//! values either.
+//! Copy-on-write, and why small values are counted too: cloning a
+//! [`StoredValue`] is what a table shard does when a frozen checkpoint
+//! view still shares it. Small values used to be boxed slices, copied by
+//! that clone; writes spread over the keys touch every shard within a few
+//! thousand writes, so each checkpoint copied nearly every value — about
+//! 150 bytes per key of 100-byte values, for as long as the checkpoint ran
+//! (seconds at ten million keys, and checkpoints follow each other under
+//! load), and the loop paid an allocation and a copy per value of each
+//! shard it first wrote. Now a clone bumps a count: a shard copy costs its
+//! buckets. The price is the count's 16 bytes in every small value's
+//! allocation (the scale benchmark's numbers are in docs/BENCHMARKS.md).
 
 use bytes::Bytes;
 use std::io::Write;
 use std::sync::Arc;
 
-/// Values at least this long are shared (framed, behind an `Arc`); shorter
-/// ones are owned boxed slices.
+/// Values at least this long are stored framed as a RESP reply; shorter
+/// ones are stored bare (both behind an `Arc`).
 ///
 /// 4 KiB: below it, copying the value into its reply costs about as much
 /// as the sharing itself (a reference count, a small `Bytes` owner
@@ -46,19 +52,19 @@ use std::sync::Arc;
 pub const SHARED_VALUE_MIN: usize = 4096;
 
 /// One stored value. Its length alone decides its form:
-/// `Owned` below [`SHARED_VALUE_MIN`] bytes, `Shared` from it up.
+/// `Small` below [`SHARED_VALUE_MIN`] bytes, `Shared` from it up.
 #[derive(Clone)]
 pub enum StoredValue {
-    /// A small value.
-    Owned(Box<[u8]>),
+    /// A small value, shared with frozen checkpoint views.
+    Small(Arc<[u8]>),
     /// A large value, framed as a RESP bulk string, shared by the table,
     /// frozen checkpoint views and pending replies.
     Shared(Arc<FramedValue>),
 }
 
 // The memory argument above relies on this (64-bit targets): the shared
-// form fits beside the boxed slice's niche, so the enum is no larger than
-// the `Box<[u8]>` it replaced.
+// form fits beside the small form's niche, so the enum is no larger than a
+// `Box<[u8]>`.
 #[cfg(target_pointer_width = "64")]
 const _: () = assert!(std::mem::size_of::<StoredValue>() == 16);
 
@@ -114,14 +120,14 @@ impl StoredValue {
         if value.len() >= SHARED_VALUE_MIN {
             StoredValue::Shared(Arc::new(FramedValue::new(value)))
         } else {
-            StoredValue::Owned(value.into())
+            StoredValue::Small(Arc::from(value))
         }
     }
 
     /// The value's bytes.
     pub fn as_slice(&self) -> &[u8] {
         match self {
-            StoredValue::Owned(b) => b,
+            StoredValue::Small(b) => b,
             StoredValue::Shared(f) => f.value(),
         }
     }
@@ -132,11 +138,10 @@ impl StoredValue {
     /// stay with whoever still holds them and a new value is made.
     pub fn overwrite(&mut self, value: &[u8]) {
         let in_place = match self {
-            StoredValue::Owned(b) if b.len() == value.len() => Some(&mut b[..]),
+            StoredValue::Small(b) => Arc::get_mut(b).filter(|v| v.len() == value.len()),
             StoredValue::Shared(f) => Arc::get_mut(f)
                 .map(FramedValue::value_mut)
                 .filter(|v| v.len() == value.len()),
-            StoredValue::Owned(_) => None,
         };
         match in_place {
             Some(bytes) => bytes.copy_from_slice(value),
@@ -150,16 +155,16 @@ impl StoredValue {
     /// reply is built by copying.
     pub fn shared_bulk_reply(&self) -> Option<Bytes> {
         match self {
-            StoredValue::Owned(_) => None,
+            StoredValue::Small(_) => None,
             StoredValue::Shared(f) => Some(Bytes::from_owner(BulkReplyOwner(Arc::clone(f)))),
         }
     }
 
     /// How many holders share this value's bytes (the table, frozen views,
-    /// pending replies); 1 for an owned value. For tests and accounting.
+    /// pending replies of a large one). For tests and accounting.
     pub fn holders(&self) -> usize {
         match self {
-            StoredValue::Owned(_) => 1,
+            StoredValue::Small(b) => Arc::strong_count(b),
             StoredValue::Shared(f) => Arc::strong_count(f),
         }
     }
@@ -168,7 +173,7 @@ impl StoredValue {
 impl std::fmt::Debug for StoredValue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let form = match self {
-            StoredValue::Owned(_) => "Owned",
+            StoredValue::Small(_) => "Small",
             StoredValue::Shared(_) => "Shared",
         };
         f.debug_struct(form)
@@ -235,11 +240,18 @@ mod tests {
     }
 
     #[test]
-    fn clones_share_large_values_and_copy_small_ones() {
+    fn clones_share_values_of_both_forms() {
         let small = StoredValue::new(b"small");
         let small_clone = small.clone();
-        assert_ne!(small.as_slice().as_ptr(), small_clone.as_slice().as_ptr());
+        assert_eq!(small.as_slice().as_ptr(), small_clone.as_slice().as_ptr());
         assert_eq!(small_clone.as_slice(), b"small");
+        assert_eq!(small.holders(), 2);
+        // A value a frozen view still holds is replaced, not written over.
+        let mut written = small_clone;
+        written.overwrite(b"SMALL");
+        assert_eq!(small.as_slice(), b"small");
+        assert_eq!(written.as_slice(), b"SMALL");
+        assert_eq!(small.holders(), 1);
 
         let large = StoredValue::new(&[1u8; SHARED_VALUE_MIN]);
         let large_clone = large.clone();
@@ -251,7 +263,7 @@ mod tests {
 
     #[test]
     fn overwrite_in_place_only_when_the_size_matches_and_nobody_else_holds_it() {
-        // Owned, same size: in place.
+        // Small, same size, unshared: in place.
         let mut v = StoredValue::new(b"abc");
         let before = v.as_slice().as_ptr();
         v.overwrite(b"xyz");
