@@ -472,6 +472,24 @@ impl prometheus_client::collector::Collector for NodeCollector {
             "Checkpoints installed from peers (state transfers)",
             s.checkpoints_installed,
         )?;
+        counter(
+            e,
+            "paxos_reads_served",
+            "Reads this replica answered without the log (ReadIndex, lease or follower reads)",
+            s.reads_served,
+        )?;
+        gauge_u(
+            e,
+            "paxos_pending_reads",
+            "Reads waiting for a leadership confirmation or for their slot to be applied",
+            s.pending_reads,
+        )?;
+        gauge_u(
+            e,
+            "paxos_read_lease",
+            "1 when linearizable reads use leader leases, 0 with ReadIndex",
+            u64::from(s.read_mode == "lease"),
+        )?;
         let (queued, capacity) = replica.submit_queue_depth();
         gauge_u(
             e,

@@ -110,6 +110,11 @@ async fn scenario() {
         Frame::Simple(s) if s == "OK" => {}
         other => panic!("SET answered {other:?}"),
     }
+    // A read the leader answers off the log.
+    match client.cmd(&[b"GET", b"metrics-key"]).await.unwrap() {
+        Frame::Bulk(Some(v)) if &v[..] == b"v" => {}
+        other => panic!("GET answered {other:?}"),
+    }
 
     // Peers report on heartbeats: wait until the leader has heard from both.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -121,7 +126,8 @@ async fn scenario() {
                 &format!("paxos_peer_connected{{peer=\"{}\"}}", i + 1),
             ) == Some(1.0)
         });
-        if heard || Instant::now() > deadline {
+        let read_counted = value(&body, "paxos_reads_served_total").is_some_and(|n| n >= 1.0);
+        if (heard && read_counted) || Instant::now() > deadline {
             break body;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -152,6 +158,13 @@ async fn scenario() {
     must(&body, "paxos_checkpoints_saved_total");
     must(&body, "paxos_checkpoints_installed_total");
     must(&body, "paxos_submit_queue_depth");
+    assert!(must(&body, "paxos_reads_served_total") >= 1.0, "{body}");
+    assert_eq!(
+        must(&body, "paxos_read_lease"),
+        0.0,
+        "ReadIndex is the default"
+    );
+    must(&body, "paxos_pending_reads");
     assert!(must(&body, "paxos_submit_queue_capacity") >= 1.0);
     must(&body, "paxos_client_disconnects_total{reason=\"idle\"}");
     for peer in (0..3).filter(|&i| i != leader) {
