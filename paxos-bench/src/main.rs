@@ -89,8 +89,14 @@ struct Args {
     #[arg(long)]
     kv_bin: Option<PathBuf>,
     /// Where the replicas keep their data (default: a fresh temp directory).
+    /// A directory on `/dev/shm` puts the nvm regions in memory.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// With `--storage nvm`: auto, msync or emulated-pm (paxos-kv
+    /// `tuning.nvm_backend`; emulated-pm is only as durable as the memory
+    /// behind `--data-dir`).
+    #[arg(long, default_value = "auto")]
+    nvm_backend: String,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -128,6 +134,7 @@ fn main() -> anyhow::Result<()> {
     if let Some(n) = args.checkpoint_every_decrees {
         tuning.checkpoint_every_decrees = n;
     }
+    tuning.nvm_backend = cluster::nvm_backend(&args.nvm_backend)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -136,8 +143,18 @@ fn main() -> anyhow::Result<()> {
     }
     let duration = args.duration.unwrap_or(10);
     println!(
-        "paxos-bench: {} replicas, storage={}, value={} B, writes={}%, depth={}, {} s per point",
-        args.replicas, args.storage, args.value_size, args.write_percent, args.depth, duration
+        "paxos-bench: {} replicas, storage={}{}, value={} B, writes={}%, depth={}, {} s per point",
+        args.replicas,
+        args.storage,
+        if args.storage == "nvm" {
+            format!(" ({})", tuning.nvm_backend.name())
+        } else {
+            String::new()
+        },
+        args.value_size,
+        args.write_percent,
+        args.depth,
+        duration
     );
     let mut results = Vec::new();
     {
