@@ -97,6 +97,11 @@ struct Args {
     /// behind `--data-dir`).
     #[arg(long, default_value = "auto")]
     nvm_backend: String,
+    /// With `--storage nvm`: each replica's region size in MiB (paxos-kv
+    /// `tuning.nvm_region_mb`; default: paxos-kv's default). The live log
+    /// between checkpoints (up to `checkpoint_every_mb`) must fit in half.
+    #[arg(long)]
+    nvm_region_mb: Option<u64>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -135,6 +140,9 @@ fn main() -> anyhow::Result<()> {
         tuning.checkpoint_every_decrees = n;
     }
     tuning.nvm_backend = cluster::nvm_backend(&args.nvm_backend)?;
+    if let Some(mb) = args.nvm_region_mb {
+        tuning.nvm_region_mb = mb;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
