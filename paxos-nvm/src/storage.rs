@@ -551,7 +551,14 @@ impl NvmStorage {
             Err(e) => return Err(io_err(format!("stat {name}"))(e)),
         };
         if !exists_nonempty {
-            Self::create_file(path, &options, file_backend)?;
+            // Formatting is a one-off: emulated PM formats through msync,
+            // so the fresh format reaches the file's medium whatever it is
+            // and the emulation warning is logged once, at the open below.
+            let format_backend = match file_backend {
+                FileBackend::EmulatedPm => FileBackend::MsyncOnly,
+                other => other,
+            };
+            Self::create_file(path, &options, format_backend)?;
         }
         let file = OpenOptions::new()
             .read(true)
