@@ -4,7 +4,7 @@
 
 use anyhow::Context;
 use paxos_kv::client::{info_field, Client};
-use paxos_kv::config::{StorageKind, Tuning};
+use paxos_kv::config::{NvmBackend, StorageKind, Tuning};
 use paxos_kv::procs::LocalCluster;
 use paxos_kv::resp::Frame;
 use std::net::SocketAddr;
@@ -17,6 +17,16 @@ pub struct Cluster {
     _tempdir: Option<tempfile::TempDir>,
     /// Where the nodes keep configs, logs and data.
     pub dir: PathBuf,
+}
+
+/// Parses a `--nvm-backend` name.
+pub fn nvm_backend(name: &str) -> anyhow::Result<NvmBackend> {
+    match name {
+        "auto" => Ok(NvmBackend::Auto),
+        "msync" => Ok(NvmBackend::Msync),
+        "emulated-pm" => Ok(NvmBackend::EmulatedPm),
+        other => anyhow::bail!("unknown nvm backend `{other}`: use auto, msync or emulated-pm"),
+    }
 }
 
 /// Parses a `--storage` name.
@@ -232,5 +242,9 @@ mod tests {
         assert_eq!(storage_kind("nvm").unwrap(), StorageKind::Nvm);
         assert_eq!(storage_kind("memory").unwrap(), StorageKind::Memory);
         assert!(storage_kind("tape").is_err());
+        for b in [NvmBackend::Auto, NvmBackend::Msync, NvmBackend::EmulatedPm] {
+            assert_eq!(nvm_backend(b.name()).unwrap(), b);
+        }
+        assert!(nvm_backend("pmem").is_err());
     }
 }

@@ -104,8 +104,19 @@ struct Args {
     #[arg(long)]
     kv_bin: Option<PathBuf>,
     /// Where the replicas keep their data (default: a fresh temp directory).
+    /// A directory on `/dev/shm` puts the nvm regions in memory.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// With `--storage nvm`: auto, msync or emulated-pm (paxos-kv
+    /// `tuning.nvm_backend`; emulated-pm is only as durable as the memory
+    /// behind `--data-dir`).
+    #[arg(long, default_value = "auto")]
+    nvm_backend: String,
+    /// With `--storage nvm`: each replica's region size in MiB (paxos-kv
+    /// `tuning.nvm_region_mb`; default: paxos-kv's default). The live log
+    /// between checkpoints (up to `checkpoint_every_mb`) must fit in half.
+    #[arg(long)]
+    nvm_region_mb: Option<u64>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -148,6 +159,10 @@ fn main() -> anyhow::Result<()> {
         "lease" => paxos_kv::config::ReadMode::Lease,
         other => anyhow::bail!("--read-mode must be read_index or lease, not {other}"),
     };
+    tuning.nvm_backend = cluster::nvm_backend(&args.nvm_backend)?;
+    if let Some(mb) = args.nvm_region_mb {
+        tuning.nvm_region_mb = mb;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -156,9 +171,14 @@ fn main() -> anyhow::Result<()> {
     }
     let duration = args.duration.unwrap_or(10);
     println!(
-        "paxos-bench: {} replicas, storage={}, read_mode={}, value={} B, writes={}%, depth={}, {} s per point",
+        "paxos-bench: {} replicas, storage={}{}, read_mode={}, value={} B, writes={}%, depth={}, {} s per point",
         args.replicas,
         args.storage,
+        if args.storage == "nvm" {
+            format!(" ({})", tuning.nvm_backend.name())
+        } else {
+            String::new()
+        },
         args.read_mode,
         args.value_size,
         args.write_percent,

@@ -30,6 +30,7 @@
 //!
 //! [tuning]                          # optional; defaults shown by `Tuning::default`
 //! pipeline_window = 64
+//! nvm_backend = "auto"             # storage = "nvm": "auto" | "msync" | "emulated-pm"
 //! transparent_huge_pages = true    # re-exec with glibc's THP tunable (see crate::hugepages)
 //! max_clients = 10000               # then `-ERR max number of clients reached`
 //! admin_reserved_clients = 16       # extra slots for operator commands only
@@ -138,6 +139,8 @@ pub struct Tuning {
     pub max_pipelined_per_client: usize,
     /// Size of the persistent-memory region (storage = "nvm").
     pub nvm_region_mb: u64,
+    /// How the persistent-memory region is made durable (storage = "nvm").
+    pub nvm_backend: NvmBackend,
     /// File log: least microseconds between the starts of two `fdatasync`s
     /// (group commit pacing, see `paxos_log::LogOptions::min_sync_interval`).
     pub log_sync_interval_us: u64,
@@ -235,6 +238,7 @@ impl Default for Tuning {
             max_clients: 10_000,
             max_pipelined_per_client: 1024,
             nvm_region_mb: 256,
+            nvm_backend: NvmBackend::Auto,
             log_sync_interval_us: 3000,
             worker_threads: 2,
             transparent_huge_pages: true,
@@ -246,6 +250,37 @@ impl Default for Tuning {
             max_client_reply_bytes: 512 << 20,
             read_mode: ReadMode::ReadIndex,
             max_clock_drift_ppm: 500,
+        }
+    }
+}
+
+/// How storage = "nvm" makes its region durable (`tuning.nvm_backend`, see
+/// `paxos_nvm::Backend`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NvmBackend {
+    /// `"auto"`: real persistent memory (`MAP_SYNC`, `clwb` + `sfence`)
+    /// when the data directory is on a DAX file system, else msync. The
+    /// environment variable `PMEM_IS_PMEM_FORCE=1` turns the fallback
+    /// into `"emulated-pm"` (`0`: `"msync"`), as in PMDK.
+    #[default]
+    Auto,
+    /// `"msync"`: always msync, even on DAX.
+    Msync,
+    /// `"emulated-pm"`: the persistent-memory flush path (`clwb` +
+    /// `sfence`, no msync) on an ordinary shared mapping. Only as durable
+    /// as the memory behind the file: on `/dev/shm` it survives a crashed
+    /// or killed node, NOT a power loss or reboot.
+    EmulatedPm,
+}
+
+impl NvmBackend {
+    /// The name the config file uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            NvmBackend::Auto => "auto",
+            NvmBackend::Msync => "msync",
+            NvmBackend::EmulatedPm => "emulated-pm",
         }
     }
 }
@@ -585,7 +620,7 @@ impl NodeConfig {
             s,
             "[tuning]\npipeline_window = {}\nmax_batch_requests = {}\nmax_batch_bytes = {}\nsubmit_queue = {}\n\
              heartbeat_ms = {}\nelection_timeout_min_ms = {}\nelection_timeout_max_ms = {}\n\
-             checkpoint_every_decrees = {}\ncheckpoint_every_mb = {}\ncompact_retain_decrees = {}\nlog_memory_mb = {}\nmax_clients = {}\nmax_pipelined_per_client = {}\nnvm_region_mb = {}\nlog_sync_interval_us = {}\nworker_threads = {}\ntransparent_huge_pages = {}\n\
+             checkpoint_every_decrees = {}\ncheckpoint_every_mb = {}\ncompact_retain_decrees = {}\nlog_memory_mb = {}\nmax_clients = {}\nmax_pipelined_per_client = {}\nnvm_region_mb = {}\nnvm_backend = \"{}\"\nlog_sync_interval_us = {}\nworker_threads = {}\ntransparent_huge_pages = {}\n\
              client_timeout_secs = {}\nadmin_reserved_clients = {}\nclient_output_hard_limit_bytes = {}\n\
              client_output_soft_limit_bytes = {}\nclient_output_soft_limit_secs = {}\nmax_client_reply_bytes = {}\n\
              read_mode = \"{}\"\nmax_clock_drift_ppm = {}",
@@ -603,6 +638,7 @@ impl NodeConfig {
             t.max_clients,
             t.max_pipelined_per_client,
             t.nvm_region_mb,
+            t.nvm_backend.name(),
             t.log_sync_interval_us,
             t.worker_threads,
             t.transparent_huge_pages,
@@ -673,6 +709,23 @@ client_addr = "127.0.0.1:6003"
         assert_eq!(c.tuning, Tuning::default());
         assert_eq!(c.storage, StorageKind::File);
         assert_eq!(parse(&c.to_toml()).unwrap(), c, "to_toml round-trips");
+    }
+
+    #[test]
+    fn nvm_backend_parses_round_trips_and_rejects_unknown_names() {
+        for (name, backend) in [
+            ("auto", NvmBackend::Auto),
+            ("msync", NvmBackend::Msync),
+            ("emulated-pm", NvmBackend::EmulatedPm),
+        ] {
+            let text = format!("{GOOD}\n[tuning]\nnvm_backend = \"{name}\"\n");
+            let c = parse(&text).unwrap();
+            assert_eq!(c.tuning.nvm_backend, backend);
+            assert_eq!(parse(&c.to_toml()).unwrap(), c, "to_toml keeps {name}");
+        }
+        let bad = format!("{GOOD}\n[tuning]\nnvm_backend = \"pmem\"\n");
+        let e = parse(&bad).unwrap_err().to_string();
+        assert!(e.contains("nvm_backend") || e.contains("pmem"), "{e}");
     }
 
     #[test]

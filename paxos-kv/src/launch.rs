@@ -60,6 +60,11 @@ pub fn open_storage(config: &NodeConfig) -> anyhow::Result<OpenedStorage> {
             let path = config.data_dir.join("nvm.region");
             let options = paxos_nvm::NvmOptions {
                 region_bytes: config.tuning.nvm_region_mb << 20,
+                backend: match config.tuning.nvm_backend {
+                    crate::config::NvmBackend::Auto => paxos_nvm::Backend::Auto,
+                    crate::config::NvmBackend::Msync => paxos_nvm::Backend::MsyncFile,
+                    crate::config::NvmBackend::EmulatedPm => paxos_nvm::Backend::EmulatedPm,
+                },
                 on_corruption,
                 ..paxos_nvm::NvmOptions::default()
             };

@@ -7,7 +7,7 @@ use crate::codec;
 use crate::layout::{CDB_OFFSET, GLOBAL_OFFSET, LOG_AREA_OFFSET, META_OFFSETS};
 use crate::record::RECORD_HEADER_LEN;
 use crate::sim_region::{SimRegion, SimRegionCounters, SimRegionFaults};
-use crate::{NvmOptions, NvmStorage, PmRegion};
+use crate::{Backend, NvmOptions, NvmStorage, PmRegion};
 use bytes::Bytes;
 use paxos_core::{Accepted, Ballot, DurableState, PersistEntry, ReplicaId, Slot, Value};
 use paxos_log::sim_fs::CrashPolicy;
@@ -183,13 +183,32 @@ fn a_damaged_active_copy_falls_back_to_its_twin() {
 
 #[test]
 fn damaged_global_metadata_formats_anew_and_open_copies_the_file_aside() {
-    let dir = tempfile::tempdir().unwrap();
+    damaged_global_metadata_on_a_file(&tempfile::tempdir().unwrap(), Backend::MsyncFile);
+}
+
+#[test]
+fn damaged_global_metadata_on_emulated_pm_is_salvaged_the_same() {
+    if crate::region::CacheFlush::detect().is_none() {
+        return; // Emulated PM is refused; see the region tests.
+    }
+    damaged_global_metadata_on_a_file(&crate::storage::tests::shm_tempdir(), Backend::EmulatedPm);
+}
+
+fn damaged_global_metadata_on_a_file(dir: &tempfile::TempDir, backend: Backend) {
     let path = dir.path().join("r.nvm");
     let options = NvmOptions {
         region_bytes: crate::storage::MIN_REGION_BYTES,
+        backend,
         ..salvage()
     };
     let (s, _) = NvmStorage::open(&path, options.clone()).unwrap();
+    assert_eq!(
+        matches!(
+            s.region_kind(),
+            crate::RegionKind::EmulatedPersistentMemory { .. }
+        ),
+        backend == Backend::EmulatedPm
+    );
     for slot in 1..=3 {
         s.append(&[accept(Slot(slot), 20)]).unwrap();
     }

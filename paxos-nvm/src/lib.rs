@@ -6,8 +6,10 @@
 //! - [`region`]: a byte region with PM semantics (`read`, `write`,
 //!   `flush(range)`, `fence`). Backends: real persistent memory (DAX,
 //!   `MAP_SYNC`, `clwb`/`clflushopt`/`clflush` + `sfence`), an ordinary
-//!   file (msync), or volatile memory (NOT durable; benchmarks). The choice
-//!   is detected at open, logged, and exposed as [`RegionKind`].
+//!   file (msync), emulated persistent memory on request (an ordinary
+//!   shared mapping flushed like PM, never msynced; see below), or volatile
+//!   memory (NOT durable; benchmarks). The choice is detected at open,
+//!   logged, and exposed as [`RegionKind`].
 //! - [`sim_region`]: [`SimRegion`], simulated persistent memory with the
 //!   crash model below and media faults, deterministic from a seed, for the
 //!   simulator and the fault tests.
@@ -50,6 +52,30 @@
 //! from `append` means the durable state is unknown: stop the replica and
 //! reopen. Group commit (`max_group_appends > 1`) defers the flush to
 //! `wait_durable`/`commit_pending` or the n-th pending append.
+//!
+//! # Backends and emulated persistent memory
+//!
+//! [`Backend::Auto`] (the default) maps the file with `MAP_SYNC` whenever
+//! the kernel allows it (a DAX file system) and the CPU has a flush
+//! instruction, and then runs the real PM path: stores, `clwb` (else
+//! `clflushopt`, else `clflush`) per cache line, `sfence`; no system call
+//! on the commit path. Anywhere else it falls back to msync, which is
+//! durable on every file system. [`Backend::MsyncFile`] forces msync.
+//!
+//! [`Backend::EmulatedPm`] is the PM path without persistent memory, like
+//! PMDK under `PMEM_IS_PMEM_FORCE=1`: off DAX it maps the file shared
+//! (tmpfs and disk file systems refuse `MAP_SYNC`), flushes with the same
+//! instructions and never msyncs. It is **only as durable as the memory
+//! behind the mapping**: on a file in `/dev/shm` every flushed store
+//! survives the process being killed (`kill -9`; the pages belong to the
+//! file), which `tests/kill_recovery.rs` checks, but nothing survives a
+//! power loss or a reboot; on a disk file system the kernel writes the
+//! pages back when it likes, in no order. It is chosen only when asked
+//! (the option, or `PMEM_IS_PMEM_FORCE=1` with `Auto`, see
+//! [`storage::PMEM_IS_PMEM_FORCE`]), is logged as a warning at every open,
+//! reports [`RegionKind::is_durable`] false, and is refused on a CPU with
+//! no flush instruction. It measures what the log costs on persistent
+//! memory, and suits replicas that never lose power together.
 //!
 //! # Layout (see [`layout`])
 //!
@@ -96,7 +122,8 @@
 //! `NvmStorage` (compactions and group commits included). A test with the
 //! fences removed shows the exploration does find torn states.
 //! `tests/kill_recovery.rs` SIGKILLs real appending processes on a file
-//! region and checks every acknowledged append survives.
+//! region (msync, and emulated PM on `/dev/shm`) and checks every
+//! acknowledged append survives.
 //!
 //! Every open then *mirrors* the active metadata into the other copy (and
 //! stores the CDB word again), so the inactive copy is never a leftover of

@@ -13,6 +13,16 @@
 //! - [`RegionKind::MsyncFile`]: an ordinary memory-mapped file, flushed with
 //!   `msync(MS_SYNC)` of the page range (durable on return, so `fence` has
 //!   nothing left to do);
+//! - [`RegionKind::EmulatedPersistentMemory`]: an ordinary shared file
+//!   mapping (no `MAP_SYNC`: tmpfs and disk file systems refuse it) flushed
+//!   exactly like persistent memory, with the cache-line write-back
+//!   instruction and `sfence`, and **never msynced**: PMDK's
+//!   `PMEM_IS_PMEM_FORCE=1`. Only chosen when the operator asks
+//!   ([`FileBackend::EmulatedPm`]). The data is as durable as the memory
+//!   behind the mapping: a file on `/dev/shm` survives the process being
+//!   killed (`kill -9`: the pages belong to the file, not the process) but
+//!   not a power loss or a reboot; on a disk file system the kernel writes
+//!   the pages back whenever it likes, with no ordering promise;
 //! - [`RegionKind::Volatile`]: anonymous memory. **Not durable**: it exists
 //!   for benchmarks and for the crash-state tests (which model durability
 //!   themselves, see [`crate::crash_model`]);
@@ -20,8 +30,9 @@
 //!   deterministic model of persistent memory with crashes and media faults
 //!   for the simulator and the fault tests.
 //!
-//! [`FileRegion::open`] detects which of the first two a file allows and
-//! logs the choice; [`PmRegion::kind`] exposes it.
+//! [`FileRegion::open`] detects which of the first two a file allows (or
+//! maps the third when asked) and logs the choice; [`PmRegion::kind`]
+//! exposes it.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -39,6 +50,14 @@ pub enum RegionKind {
     },
     /// An ordinary file mapping, made durable by `msync(MS_SYNC)`.
     MsyncFile,
+    /// An ordinary shared file mapping flushed like persistent memory
+    /// (cache-line write-back + `sfence`) and never msynced: durable only
+    /// as far as the memory behind it is (a file on `/dev/shm` survives a
+    /// killed process, not a power loss). Chosen only on request.
+    EmulatedPersistentMemory {
+        /// The write-back instruction in use.
+        flush: CacheFlush,
+    },
     /// Anonymous memory: NOT durable. For benchmarks and tests only.
     Volatile,
     /// A simulated persistent memory ([`crate::sim_region::SimRegion`]):
@@ -48,8 +67,19 @@ pub enum RegionKind {
 
 impl RegionKind {
     /// Whether data that a `flush` + `fence` covered survives a crash of the
-    /// machine.
+    /// machine. Emulated persistent memory does not promise that: its flush
+    /// reaches the page cache (DRAM), and nothing makes it write back.
     pub fn is_durable(self) -> bool {
+        !matches!(
+            self,
+            RegionKind::Volatile | RegionKind::EmulatedPersistentMemory { .. }
+        )
+    }
+
+    /// Whether data that a `flush` + `fence` covered survives the process
+    /// being killed (`kill -9`, a panic, an abort) with the machine up. True
+    /// for every file mapping: the pages belong to the file.
+    pub fn survives_process_crash(self) -> bool {
         !matches!(self, RegionKind::Volatile)
     }
 }
@@ -61,6 +91,10 @@ impl std::fmt::Display for RegionKind {
                 write!(f, "persistent memory (DAX, MAP_SYNC, {flush:?} + sfence)")
             }
             RegionKind::MsyncFile => write!(f, "memory-mapped file (msync)"),
+            RegionKind::EmulatedPersistentMemory { flush } => write!(
+                f,
+                "EMULATED persistent memory (shared file mapping, {flush:?} + sfence, no msync: durable only as the backing memory)"
+            ),
             RegionKind::Volatile => write!(f, "volatile memory (NOT durable)"),
             RegionKind::Simulated => write!(f, "simulated persistent memory"),
         }
@@ -360,6 +394,13 @@ pub enum FileBackend {
     Auto,
     /// Always msync, even on DAX (for comparisons).
     MsyncOnly,
+    /// Persistent memory when the file system allows `MAP_SYNC` (as
+    /// `Auto`); otherwise *emulated* persistent memory: a plain shared
+    /// mapping flushed with the cache-line write-back instruction and
+    /// `sfence`, never msynced (see
+    /// [`RegionKind::EmulatedPersistentMemory`]). Opening fails if the CPU
+    /// has no flush instruction.
+    EmulatedPm,
 }
 
 /// A `MAP_SYNC` mapping made through libc (memmap2 cannot pass `MAP_SYNC`).
@@ -387,6 +428,12 @@ impl Drop for SyncMapping {
 enum Mapping {
     Sync(SyncMapping),
     Msync(memmap2::MmapMut),
+    /// A plain shared mapping flushed like persistent memory.
+    Emulated {
+        map: memmap2::MmapMut,
+        flush: CacheFlush,
+        line: usize,
+    },
 }
 
 /// A file mapped into memory: real persistent memory or msync-backed.
@@ -439,6 +486,10 @@ impl FileRegion {
             FileBackend::MsyncOnly => {
                 Mapping::Msync(map_shared(&file).map_err(|e| err("mapping", e))?)
             }
+            FileBackend::EmulatedPm => match try_map_sync(&file, len_usize) {
+                Some(sync) => Mapping::Sync(sync),
+                None => map_emulated(&file, CacheFlush::detect()).map_err(|e| err("mapping", e))?,
+            },
         };
         let region = FileRegion {
             mapping,
@@ -446,7 +497,20 @@ impl FileRegion {
             path: path.to_path_buf(),
             _file: file,
         };
-        tracing::info!(path = %path.display(), bytes = len, backend = %region.kind(), "paxos-nvm region mapped");
+        if let RegionKind::EmulatedPersistentMemory { .. } = region.kind() {
+            tracing::warn!(
+                path = %path.display(),
+                bytes = len,
+                backend = %region.kind(),
+                "paxos-nvm region is EMULATED persistent memory: flushes reach memory, never a disk. \
+                 Durability is only as good as the backing memory: a file on /dev/shm survives \
+                 a process crash (kill -9) but NOT a power loss or a reboot; on a disk file \
+                 system nothing orders or forces the write-back. Use it knowingly (benchmarks, \
+                 or replicas that never all lose power together)"
+            );
+        } else {
+            tracing::info!(path = %path.display(), bytes = len, backend = %region.kind(), "paxos-nvm region mapped");
+        }
         Ok(region)
     }
 
@@ -461,7 +525,7 @@ impl FileRegion {
             // and the file lock keeps other writers away; `&self` excludes
             // writes through this process.
             Mapping::Sync(m) => unsafe { std::slice::from_raw_parts(m.ptr.as_ptr(), m.len) },
-            Mapping::Msync(m) => m,
+            Mapping::Msync(m) | Mapping::Emulated { map: m, .. } => m,
         }
     }
 
@@ -470,7 +534,7 @@ impl FileRegion {
             // SAFETY: as in `bytes`, and `&mut self` makes this the only
             // reference into the mapping.
             Mapping::Sync(m) => unsafe { std::slice::from_raw_parts_mut(m.ptr.as_ptr(), m.len) },
-            Mapping::Msync(m) => m,
+            Mapping::Msync(m) | Mapping::Emulated { map: m, .. } => m,
         }
     }
 }
@@ -495,6 +559,24 @@ fn map_shared(file: &File) -> std::io::Result<memmap2::MmapMut> {
     // mapping, so no cooperating process changes it underneath us; the
     // mapping is dropped before the file.
     unsafe { memmap2::MmapMut::map_mut(file) }
+}
+
+/// A plain shared mapping to be flushed with `detected` (the CPU's flush
+/// instruction, [`CacheFlush::detect`]); refused when there is none, since
+/// then nothing could write a line back and the "flush" would be a lie.
+fn map_emulated(file: &File, detected: Option<(CacheFlush, usize)>) -> std::io::Result<Mapping> {
+    let Some((flush, line)) = detected else {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "emulated persistent memory needs a cache-line flush instruction \
+             (clwb, clflushopt or clflush) and this CPU has none; use the msync backend",
+        ));
+    };
+    Ok(Mapping::Emulated {
+        map: map_shared(file)?,
+        flush,
+        line,
+    })
 }
 
 /// Tries a `MAP_SHARED_VALIDATE | MAP_SYNC` mapping, which the kernel grants
@@ -568,6 +650,17 @@ impl PmRegion for FileRegion {
                 let _ = (m, r);
                 Ok(())
             }
+            Mapping::Emulated { map, flush, line } => {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `r` lies inside the live mapping (checked by
+                // `range`), and `flush` came from `CacheFlush::detect`
+                // (`map_emulated` refuses to map without one).
+                unsafe {
+                    flush.write_back(map.as_ptr().add(r.start), r.len(), *line)
+                };
+                let _ = (map, flush, line, r);
+                Ok(())
+            }
             Mapping::Msync(_) => {
                 if !r.is_empty() {
                     self.msync_pending = Some(match self.msync_pending.take() {
@@ -582,7 +675,7 @@ impl PmRegion for FileRegion {
 
     fn fence(&mut self) -> Result<(), RegionError> {
         match &self.mapping {
-            Mapping::Sync(_) => {
+            Mapping::Sync(_) | Mapping::Emulated { .. } => {
                 #[cfg(target_arch = "x86_64")]
                 store_fence();
                 Ok(())
@@ -604,6 +697,9 @@ impl PmRegion for FileRegion {
         match &self.mapping {
             Mapping::Sync(m) => RegionKind::PersistentMemory { flush: m.flush },
             Mapping::Msync(_) => RegionKind::MsyncFile,
+            Mapping::Emulated { flush, .. } => {
+                RegionKind::EmulatedPersistentMemory { flush: *flush }
+            }
         }
     }
 }
@@ -645,6 +741,65 @@ mod tests {
         drop(r);
         let on_disk = std::fs::read(&path).unwrap();
         assert_eq!(&on_disk[4090..4101], b"across-page");
+    }
+
+    fn sized_file(path: &Path, len: u64) -> File {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .unwrap();
+        file.set_len(len).unwrap();
+        file
+    }
+
+    #[test]
+    fn emulated_pm_flushes_a_plain_shared_mapping_with_cache_line_instructions() {
+        let Some((flush, _)) = CacheFlush::detect() else {
+            return; // Refusal is checked below.
+        };
+        let dir = crate::storage::tests::shm_tempdir();
+        let path = dir.path().join("region");
+        let mut r =
+            FileRegion::open(sized_file(&path, 8192), &path, FileBackend::EmulatedPm).unwrap();
+        // Not DAX here (tmpfs or a disk file system refuse MAP_SYNC): the
+        // emulated backend, which says it is not machine-crash durable.
+        assert_eq!(r.kind(), RegionKind::EmulatedPersistentMemory { flush });
+        assert!(!r.kind().is_durable());
+        assert!(r.kind().survives_process_crash());
+        assert!(r.kind().to_string().contains("EMULATED"));
+        r.write(4090, b"across-page");
+        r.flush(4090, 11).unwrap();
+        r.fence().unwrap();
+        // The stores are in the file's pages: another reader sees them
+        // while the mapping is still live, with no msync.
+        let seen = std::fs::read(&path).unwrap();
+        assert_eq!(&seen[4090..4101], b"across-page");
+        drop(r);
+        let on_file = std::fs::read(&path).unwrap();
+        assert_eq!(&on_file[4090..4101], b"across-page");
+    }
+
+    #[test]
+    fn emulated_pm_is_refused_without_a_flush_instruction() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("region");
+        let file = sized_file(&path, 4096);
+        let e = map_emulated(&file, None).err().expect("refused");
+        assert_eq!(e.kind(), std::io::ErrorKind::Unsupported);
+        assert!(e.to_string().contains("flush instruction"), "{e}");
+    }
+
+    #[test]
+    fn auto_and_msync_never_pick_emulated_pm() {
+        let dir = crate::storage::tests::shm_tempdir();
+        let path = dir.path().join("region");
+        for backend in [FileBackend::Auto, FileBackend::MsyncOnly] {
+            let r = FileRegion::open(sized_file(&path, 4096), &path, backend).unwrap();
+            assert_eq!(r.kind(), RegionKind::MsyncFile, "{backend:?}");
+        }
     }
 
     #[test]

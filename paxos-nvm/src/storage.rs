@@ -93,14 +93,49 @@ use crate::region::{FileBackend, FileRegion, PmRegion, RegionKind, VolatileRegio
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Backend {
     /// Persistent memory if the file is on a DAX file system (MAP_SYNC),
-    /// else an msync-backed file mapping.
+    /// else an msync-backed file mapping. The environment variable
+    /// `PMEM_IS_PMEM_FORCE` overrides the fallback as in PMDK (see
+    /// [`PMEM_IS_PMEM_FORCE`]): `1` means [`Backend::EmulatedPm`], `0`
+    /// means [`Backend::MsyncFile`].
     #[default]
     Auto,
     /// An msync-backed file mapping even on DAX.
     MsyncFile,
+    /// Persistent memory if the file is on DAX, else *emulated* persistent
+    /// memory: a plain shared mapping flushed with `clwb`/`clflushopt` +
+    /// `sfence` and never msynced, so only as durable as the memory behind
+    /// it (a file on `/dev/shm` survives `kill -9`, not a power loss). See
+    /// [`RegionKind::EmulatedPersistentMemory`]. Opening fails if the CPU
+    /// has no flush instruction.
+    EmulatedPm,
     /// Anonymous memory: **NOT durable**; the path is ignored. For
     /// benchmarks only.
     Volatile,
+}
+
+/// The environment variable PMDK reads to force its answer to "is this
+/// mapping persistent memory?". [`Backend::Auto`] honours it the same way:
+/// `1` flushes a mapping that is not DAX with the cache-line instructions
+/// anyway ([`Backend::EmulatedPm`]), `0` always msyncs
+/// ([`Backend::MsyncFile`]); unset or empty changes nothing, and any other
+/// value fails opening.
+pub const PMEM_IS_PMEM_FORCE: &str = "PMEM_IS_PMEM_FORCE";
+
+impl Backend {
+    /// What `self` means given the value of [`PMEM_IS_PMEM_FORCE`] (only
+    /// [`Backend::Auto`] is overridden: an explicit choice wins).
+    pub fn with_pmdk_force(self, force: Option<&str>) -> std::io::Result<Backend> {
+        match (self, force.map(str::trim)) {
+            (Backend::Auto, Some("1")) => Ok(Backend::EmulatedPm),
+            (Backend::Auto, Some("0")) => Ok(Backend::MsyncFile),
+            (Backend::Auto, Some("") | None) => Ok(Backend::Auto),
+            (Backend::Auto, Some(other)) => Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{PMEM_IS_PMEM_FORCE}={other:?}: expected 1 or 0"),
+            )),
+            (explicit, _) => Ok(explicit),
+        }
+    }
 }
 
 /// Options for [`NvmStorage::open`].
@@ -487,7 +522,12 @@ impl NvmStorage {
         options
             .validate()
             .map_err(io_err(format!("options for {name}")))?;
-        let file_backend = match options.backend {
+        let force = std::env::var(PMEM_IS_PMEM_FORCE).ok();
+        let backend = options
+            .backend
+            .with_pmdk_force(force.as_deref())
+            .map_err(io_err(format!("backend for {name}")))?;
+        let file_backend = match backend {
             Backend::Volatile => {
                 tracing::warn!(path = %name, "paxos-nvm storage is VOLATILE: nothing survives a crash");
                 let region = usize::try_from(options.region_bytes)
@@ -503,6 +543,7 @@ impl NvmStorage {
             }
             Backend::Auto => FileBackend::Auto,
             Backend::MsyncFile => FileBackend::MsyncOnly,
+            Backend::EmulatedPm => FileBackend::EmulatedPm,
         };
         let exists_nonempty = match std::fs::metadata(path) {
             Ok(m) => m.len() > 0,
@@ -510,7 +551,14 @@ impl NvmStorage {
             Err(e) => return Err(io_err(format!("stat {name}"))(e)),
         };
         if !exists_nonempty {
-            Self::create_file(path, &options, file_backend)?;
+            // Formatting is a one-off: emulated PM formats through msync,
+            // so the fresh format reaches the file's medium whatever it is
+            // and the emulation warning is logged once, at the open below.
+            let format_backend = match file_backend {
+                FileBackend::EmulatedPm => FileBackend::MsyncOnly,
+                other => other,
+            };
+            Self::create_file(path, &options, format_backend)?;
         }
         let file = OpenOptions::new()
             .read(true)
@@ -1060,7 +1108,7 @@ impl ReplicaStorage for NvmStorage {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::codec::tests::arb_entry;
     use paxos_core::{Ballot, ReplicaId, Value};
@@ -1184,18 +1232,47 @@ mod tests {
         assert_eq!(s.durable_seq(), 0);
     }
 
+    /// A temporary directory in memory (`/dev/shm`) where there is one, as
+    /// an emulated persistent-memory region would be placed.
+    pub(crate) fn shm_tempdir() -> tempfile::TempDir {
+        let shm = std::path::Path::new("/dev/shm");
+        if shm.is_dir() {
+            tempfile::tempdir_in(shm).unwrap()
+        } else {
+            tempfile::tempdir().unwrap()
+        }
+    }
+
     #[test]
     fn open_creates_then_recovers_a_file_region() {
         let dir = tempfile::tempdir().unwrap();
+        open_creates_then_recovers(&dir, Backend::Auto, RegionKind::MsyncFile);
+    }
+
+    #[test]
+    fn open_creates_then_recovers_an_emulated_pm_region() {
+        let Some((flush, _)) = crate::region::CacheFlush::detect() else {
+            return; // Refusal without a flush instruction: region.rs tests.
+        };
+        let dir = shm_tempdir();
+        open_creates_then_recovers(
+            &dir,
+            Backend::EmulatedPm,
+            RegionKind::EmulatedPersistentMemory { flush },
+        );
+    }
+
+    fn open_creates_then_recovers(dir: &tempfile::TempDir, backend: Backend, kind: RegionKind) {
         let path = dir.path().join("replica.nvm");
         let opts = NvmOptions {
             region_bytes: MIN_REGION_BYTES,
             log_id: Some(5),
+            backend,
             ..Default::default()
         };
         let (s, st) = NvmStorage::open(&path, opts.clone()).unwrap();
         assert_eq!(st, DurableState::default());
-        assert_eq!(s.region_kind(), RegionKind::MsyncFile);
+        assert_eq!(s.region_kind(), kind);
         s.append(&[accept(Slot(7), b"seven"), PersistEntry::Commit(Slot(7))])
             .unwrap();
         let expected = s.state();
@@ -1215,6 +1292,33 @@ mod tests {
             NvmStorage::open(&path, wrong_id),
             Err(StorageError::Corrupt { .. })
         ));
+    }
+
+    #[test]
+    fn pmem_is_pmem_force_overrides_only_auto_like_pmdk() {
+        assert_eq!(
+            Backend::Auto.with_pmdk_force(Some("1")).unwrap(),
+            Backend::EmulatedPm
+        );
+        assert_eq!(
+            Backend::Auto.with_pmdk_force(Some("0")).unwrap(),
+            Backend::MsyncFile
+        );
+        assert_eq!(Backend::Auto.with_pmdk_force(None).unwrap(), Backend::Auto);
+        assert_eq!(
+            Backend::Auto.with_pmdk_force(Some("")).unwrap(),
+            Backend::Auto
+        );
+        assert_eq!(
+            Backend::MsyncFile.with_pmdk_force(Some("1")).unwrap(),
+            Backend::MsyncFile
+        );
+        assert_eq!(
+            Backend::EmulatedPm.with_pmdk_force(Some("0")).unwrap(),
+            Backend::EmulatedPm
+        );
+        let e = Backend::Auto.with_pmdk_force(Some("yes")).unwrap_err();
+        assert!(e.to_string().contains("PMEM_IS_PMEM_FORCE"), "{e}");
     }
 
     /// The replica's event loop appends while a durability waiter calls

@@ -6,6 +6,13 @@
 //! child continue from the recovered state. The region is small, so kills
 //! also land inside compactions.
 //!
+//! Two tests: `kill_recovery` on an msync-backed file (the default
+//! backend off DAX), and `kill_recovery_emulated_pm` on emulated persistent
+//! memory (a file on `/dev/shm` flushed with `clwb`/`clflushopt` + `sfence`
+//! and never msynced), chosen the way an operator would with PMDK's
+//! `PMEM_IS_PMEM_FORCE=1`: a SIGKILL loses no acknowledged append there
+//! either, since the flushed stores are in the file's pages.
+//!
 //! `harness = false`: the same binary is the parent (no environment
 //! variable) and the child (`PAXOS_NVM_KILL_CHILD=<path>`).
 
@@ -17,9 +24,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use paxos_core::{Accepted, Ballot, DurableState, PersistEntry, ReplicaId, Slot, Value};
 use paxos_log::ReplicaStorage;
-use paxos_nvm::{NvmOptions, NvmStorage};
+use paxos_nvm::storage::PMEM_IS_PMEM_FORCE;
+use paxos_nvm::{Backend, NvmOptions, NvmStorage, RegionKind};
 
 const CHILD_ENV: &str = "PAXOS_NVM_KILL_CHILD";
+/// Exit status of a child whose region is not of the backend under test.
+const WRONG_BACKEND_EXIT: i32 = 4;
 const COMMIT_EVERY: u64 = 16;
 const KEEP: u64 = 8;
 
@@ -61,8 +71,23 @@ fn last_slot(state: &DurableState) -> Slot {
         .unwrap_or(state.truncated_through)
 }
 
+/// Whether `kind` is the region the test `emulated` asked for.
+fn is_expected_kind(kind: RegionKind, emulated: bool) -> bool {
+    if emulated {
+        matches!(kind, RegionKind::EmulatedPersistentMemory { .. })
+    } else {
+        kind == RegionKind::MsyncFile
+    }
+}
+
 fn child(path: &Path) {
+    // Backend::Auto: the parent chooses through PMEM_IS_PMEM_FORCE.
     let (storage, state) = NvmStorage::open(path, options()).expect("child opens the region");
+    let emulated = std::env::var(PMEM_IS_PMEM_FORCE).is_ok_and(|v| v == "1");
+    if !is_expected_kind(storage.region_kind(), emulated) {
+        eprintln!("child: region is {}", storage.region_kind());
+        std::process::exit(WRONG_BACKEND_EXIT);
+    }
     let mut slot = last_slot(&state).next();
     loop {
         if let Err(e) = storage.append(&entries_for(slot)) {
@@ -84,15 +109,30 @@ fn expected_state(last: Slot) -> DurableState {
     s
 }
 
-fn parent() {
-    let dir = tempfile::tempdir().expect("tempdir");
+fn parent(emulated: bool) {
+    let shm = Path::new("/dev/shm");
+    let dir = if emulated && shm.is_dir() {
+        tempfile::tempdir_in(shm)
+    } else {
+        tempfile::tempdir()
+    }
+    .expect("tempdir");
     let path = dir.path().join("killed.nvm");
+    let reopen_options = NvmOptions {
+        backend: if emulated {
+            Backend::EmulatedPm
+        } else {
+            Backend::MsyncFile
+        },
+        ..options()
+    };
     let exe = std::env::current_exe().expect("current exe");
     let mut acknowledged: Slot = Slot::ZERO;
     let mut compactions_seen = false;
     for round in 0..6u64 {
         let mut child = Command::new(&exe)
             .env(CHILD_ENV, &path)
+            .env(PMEM_IS_PMEM_FORCE, if emulated { "1" } else { "0" })
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -119,8 +159,9 @@ fn parent() {
         let reported = reader.join().expect("reader thread");
         acknowledged = acknowledged.max(reported);
 
-        let (storage, state) = NvmStorage::open(&path, options())
+        let (storage, state) = NvmStorage::open(&path, reopen_options.clone())
             .unwrap_or_else(|e| panic!("round {round}: recovery after SIGKILL failed: {e}"));
+        assert!(is_expected_kind(storage.region_kind(), emulated));
         let last = last_slot(&state);
         assert!(
             last >= acknowledged,
@@ -147,21 +188,23 @@ fn parent() {
         acknowledged > Slot(20),
         "children made too little progress ({acknowledged}) to test anything"
     );
-    println!("kill_recovery: ok (wrapped the circular log: {compactions_seen})");
+    println!("kill_recovery (emulated pm: {emulated}): ok (wrapped the circular log: {compactions_seen})");
 }
 
-/// The test's name as test runners list it.
-const TEST_NAME: &str = "kill_recovery";
+/// The tests' names as test runners list them, and whether each runs on
+/// emulated persistent memory.
+const TESTS: [(&str, bool); 2] = [
+    ("kill_recovery", false),
+    ("kill_recovery_emulated_pm", true),
+];
 
 /// What the arguments a test runner passes ask of this harness-less binary.
 #[derive(Debug, PartialEq)]
 enum Request {
     /// Print the test list, in libtest's `--list --format terse` form.
     List { ignored_only: bool },
-    /// Run the test.
-    Run,
-    /// A name filter excludes the test.
-    Skip,
+    /// Run the tests whose names are selected (none: all filtered out).
+    Run(Vec<&'static str>),
 }
 
 /// Speaks the part of libtest's command line that `cargo test` and
@@ -191,19 +234,23 @@ fn request(args: &[String]) -> Request {
             filters.push(a.as_str());
         }
     }
-    let wanted = |f: &str| {
-        if exact {
-            f == TEST_NAME
-        } else {
-            TEST_NAME.contains(f)
-        }
+    let wanted = |name: &str| {
+        filters.is_empty()
+            || filters
+                .iter()
+                .any(|f| if exact { name == *f } else { name.contains(f) })
     };
-    // This test is not ignored, so `--ignored` alone selects nothing.
-    if flag("--ignored") || !(filters.is_empty() || filters.iter().any(|f| wanted(f))) {
-        Request::Skip
-    } else {
-        Request::Run
+    // These tests are not ignored, so `--ignored` alone selects nothing.
+    if flag("--ignored") {
+        return Request::Run(Vec::new());
     }
+    Request::Run(
+        TESTS
+            .iter()
+            .map(|(name, _)| *name)
+            .filter(|name| wanted(name))
+            .collect(),
+    )
 }
 
 fn main() {
@@ -215,8 +262,15 @@ fn main() {
         Request::List { ignored_only: true } => {}
         Request::List {
             ignored_only: false,
-        } => println!("{TEST_NAME}: test"),
-        Request::Run => parent(),
-        Request::Skip => println!("{TEST_NAME}: filtered out"),
+        } => TESTS.iter().for_each(|(name, _)| println!("{name}: test")),
+        Request::Run(names) => {
+            for (name, emulated) in TESTS {
+                if names.contains(&name) {
+                    parent(emulated);
+                } else {
+                    println!("{name}: filtered out");
+                }
+            }
+        }
     }
 }
