@@ -71,6 +71,19 @@ impl<'a> Reader<'a> {
         self.pos += 4;
         Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
+    /// The whole rest of a SCAN request: cursor, COUNT, TYPE filter and
+    /// MATCH pattern (the log path and the off-log path read it alike).
+    fn scan_args(&mut self) -> Option<(u64, u32, u8, Option<&'a [u8]>)> {
+        let (cursor, count, type_filter) = (self.u64()?, self.u32()?, self.u8()?);
+        let pattern = match self.u8()? {
+            0 => None,
+            1 => Some(self.str()?),
+            _ => return None,
+        };
+        self.end()?;
+        Some((cursor, count, type_filter, pattern))
+    }
+
     fn str(&mut self) -> Option<&'a [u8]> {
         let len = self.u32()? as usize;
         let s = self.buf.get(self.pos..self.pos.checked_add(len)?)?;
@@ -418,13 +431,7 @@ impl KvStore {
                 reply
             }
             OP_SCAN => {
-                let (cursor, count, type_filter) = (r.u64()?, r.u32()?, r.u8()?);
-                let pattern = match r.u8()? {
-                    0 => None,
-                    1 => Some(r.str()?),
-                    _ => return None,
-                };
-                r.end()?;
+                let (cursor, count, type_filter, pattern) = r.scan_args()?;
                 let mut out = std::mem::take(&mut self.scratch);
                 let reply =
                     self.scan_reply(cursor, count, type_filter, pattern, self.clock_ms, &mut out);
@@ -521,13 +528,7 @@ impl KvStore {
                 return Some(self.keys_reply(pattern, clock, out));
             }
             OP_SCAN => {
-                let (cursor, count, type_filter) = (r.u64()?, r.u32()?, r.u8()?);
-                let pattern = match r.u8()? {
-                    0 => None,
-                    1 => Some(r.str()?),
-                    _ => return None,
-                };
-                r.end()?;
+                let (cursor, count, type_filter, pattern) = r.scan_args()?;
                 return self.scan_reply(cursor, count, type_filter, pattern, clock, out);
             }
             _ => return Some(Bytes::from_static(REPLY_NOT_READ)),

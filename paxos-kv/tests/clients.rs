@@ -19,6 +19,16 @@ fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_paxos-kv"))
 }
 
+/// A one-node cluster in `dir` with `tuning`, once it leads.
+async fn one_node(dir: &Path, tuning: &Tuning) -> LocalCluster {
+    let cluster = LocalCluster::start(bin(), dir, 1, StorageKind::File, tuning).unwrap();
+    cluster
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .unwrap();
+    cluster
+}
+
 async fn info(cluster: &LocalCluster, i: usize) -> String {
     cluster
         .info(i, Duration::from_secs(5))
@@ -251,11 +261,7 @@ async fn past_the_node_wide_reply_limit_the_largest_holders_are_disconnected() {
         max_client_reply_bytes: (16 * MIB) as usize,
         ..Tuning::default()
     };
-    let cluster = LocalCluster::start(bin(), dir.path(), 1, StorageKind::File, &tuning).unwrap();
-    cluster
-        .wait_for_leader(Duration::from_secs(20))
-        .await
-        .unwrap();
+    let cluster = one_node(dir.path(), &tuning).await;
     let addr = cluster.client_addr(0);
     let value = Bytes::from(vec![b'v'; 500 * 1024]);
     let mut good = Client::connect(addr, Duration::from_secs(10))
@@ -322,11 +328,7 @@ async fn pending_replies_of_a_large_value_do_not_copy_it() {
         max_pipelined_per_client: GETS as usize,
         ..Tuning::default()
     };
-    let cluster = LocalCluster::start(bin(), dir.path(), 1, StorageKind::File, &tuning).unwrap();
-    cluster
-        .wait_for_leader(Duration::from_secs(20))
-        .await
-        .unwrap();
+    let cluster = one_node(dir.path(), &tuning).await;
     let addr = cluster.client_addr(0);
     let value = Bytes::from(vec![b'v'; paxos_kv::kv::MAX_VALUE_LEN]);
     let mut good = Client::connect(addr, Duration::from_secs(10))
@@ -407,11 +409,7 @@ async fn idle_clients_are_disconnected_after_the_timeout() {
         client_timeout_secs: 1,
         ..Tuning::default()
     };
-    let cluster = LocalCluster::start(bin(), dir.path(), 1, StorageKind::File, &tuning).unwrap();
-    cluster
-        .wait_for_leader(Duration::from_secs(20))
-        .await
-        .unwrap();
+    let cluster = one_node(dir.path(), &tuning).await;
     let addr = cluster.client_addr(0);
     let mut idle = TcpStream::connect(addr).await.unwrap();
     let mut busy = Client::connect(addr, Duration::from_secs(5)).await.unwrap();
@@ -458,11 +456,7 @@ async fn an_operator_gets_in_when_every_client_slot_is_taken() {
         admin_reserved_clients: 2,
         ..Tuning::default()
     };
-    let cluster = LocalCluster::start(bin(), dir.path(), 1, StorageKind::File, &tuning).unwrap();
-    cluster
-        .wait_for_leader(Duration::from_secs(20))
-        .await
-        .unwrap();
+    let cluster = one_node(dir.path(), &tuning).await;
     let addr = cluster.client_addr(0);
     let timeout = Duration::from_secs(5);
     // Fill every ordinary slot (each answered, so each holds a slot).

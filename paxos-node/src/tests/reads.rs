@@ -98,9 +98,11 @@ fn follower_reads_answer_once_the_slot_is_applied_and_refuse_after_the_wait() {
     assert_eq!(sim.outcomes.abort(never), AbortReason::Refused);
 }
 
-#[test]
-fn reads_beyond_the_bound_are_refused() {
-    let mut sim = Sim::with(3, |c| c.max_pending_reads = 2);
+/// On an isolated leader (no read is confirmed), the two reads that fit
+/// the bound set by `bound` wait and the third is refused; once the
+/// waiting ones are answered or failed, the room is back.
+fn third_read_is_refused(bound: impl Fn(&mut crate::NodeConfig)) {
+    let mut sim = Sim::with(3, |c| bound(c));
     let leader = sim.elect();
     write(&mut sim, leader, 1);
     sim.isolate(leader);
@@ -111,26 +113,21 @@ fn reads_beyond_the_bound_are_refused() {
     assert_eq!(sim.outcomes.abort(refused), AbortReason::Refused);
     assert!(waiting.iter().all(|r| sim.outcomes.get(*r).is_none()));
     assert_eq!(sim.host(leader).node.status().pending_reads, 2);
+    assert!(sim.run_until(3_000_000, |s| waiting
+        .iter()
+        .all(|r| s.outcomes.get(*r).is_some())));
+    assert_eq!(sim.host(leader).node.status().pending_reads, 0);
+}
+
+#[test]
+fn reads_beyond_the_bound_are_refused() {
+    third_read_is_refused(|c| c.max_pending_reads = 2);
 }
 
 #[test]
 fn read_bytes_beyond_the_bound_are_refused() {
     // Each test read is 4 bytes: room for two.
-    let mut sim = Sim::with(3, |c| c.max_pending_read_bytes = 9);
-    let leader = sim.elect();
-    write(&mut sim, leader, 1);
-    sim.isolate(leader);
-    let waiting: Vec<u64> = (0..2)
-        .map(|_| sim.submit_read(leader, ReadConsistency::Linearizable))
-        .collect();
-    let refused = sim.submit_read(leader, ReadConsistency::Linearizable);
-    assert_eq!(sim.outcomes.abort(refused), AbortReason::Refused);
-    assert!(waiting.iter().all(|r| sim.outcomes.get(*r).is_none()));
-    // Once they are answered or failed, the room is back.
-    assert!(sim.run_until(3_000_000, |s| waiting
-        .iter()
-        .all(|r| s.outcomes.get(*r).is_some())));
-    assert_eq!(sim.host(leader).node.status().pending_reads, 0);
+    third_read_is_refused(|c| c.max_pending_read_bytes = 9);
 }
 
 #[test]
