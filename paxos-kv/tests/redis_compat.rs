@@ -370,25 +370,39 @@ fn reads_off_the_log_and_on_replicas(cluster: &LocalCluster, leader_addr: Socket
         .unwrap_or_else(|| panic!("no replica line for itself: {text}"));
     assert!(own.starts_with("self=1,role=follower"), "{own}");
     assert!(own.contains(&format!("addr={follower_addr}")), "{own}");
-    let text = info(&mut leader);
-    for i in 0..cluster.len() {
-        let line = paxos_kv::client::info_field(&text, &format!("replica_{}", i + 1))
-            .unwrap_or_else(|| panic!("no replica_{} line: {text}", i + 1));
-        assert!(
-            line.contains(&format!("addr={}", cluster.client_addr(i))),
-            "{line}"
-        );
-        let slot_field = if i == leader_index {
-            "applied_index="
-        } else {
-            "commit_index="
-        };
-        let slot: i64 = line
-            .split(',')
-            .find_map(|f| f.strip_prefix(slot_field))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{line}"));
-        assert!(slot >= 2, "replica {} knows the writes: {line}", i + 1);
+    // A peer's slot is what it last reported on a heartbeat ack, and INFO's
+    // snapshot is refreshed on the node's timer: poll until every replica
+    // is seen with the writes.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let text = info(&mut leader);
+        let mut behind = None;
+        for i in 0..cluster.len() {
+            let line = paxos_kv::client::info_field(&text, &format!("replica_{}", i + 1))
+                .unwrap_or_else(|| panic!("no replica_{} line: {text}", i + 1));
+            assert!(
+                line.contains(&format!("addr={}", cluster.client_addr(i))),
+                "{line}"
+            );
+            let slot_field = if i == leader_index {
+                "applied_index="
+            } else {
+                "commit_index="
+            };
+            let slot: i64 = line
+                .split(',')
+                .find_map(|f| f.strip_prefix(slot_field))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{line}"));
+            if slot < 2 {
+                behind = Some(format!("replica {} knows the writes: {line}", i + 1));
+            }
+        }
+        match behind {
+            None => break,
+            Some(why) => assert!(std::time::Instant::now() < deadline, "{why}"),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
 
