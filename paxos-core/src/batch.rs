@@ -12,6 +12,7 @@
 //! slices of the batch buffer, so reading requests copies nothing.
 
 use bytes::{BufMut, Bytes, BytesMut};
+use paxos_contracts::{ensures, invariant};
 
 /// Limits on one batch. A decree never exceeds either.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,7 +118,7 @@ impl BatchBuilder {
             // it; `reserve` on the shared tail allocates a fresh chunk.
             buf = BytesMut::with_capacity(ARENA_CHUNK.min(limits.max_bytes));
         }
-        debug_assert!(buf.is_empty());
+        invariant!(buf.is_empty(), "an arena's spare room holds no bytes");
         buf.put_u32_le(0);
         BatchBuilder {
             buf,
@@ -173,8 +174,13 @@ impl BatchBuilder {
     /// `arena` for the next batch.
     pub fn finish_in(mut self, arena: &mut BatchArena) -> Bytes {
         self.buf[..4].copy_from_slice(&self.count.to_le_bytes());
+        let encoded = self.buf.len();
         let batch = self.buf.split().freeze();
         arena.spare = self.buf;
+        ensures!(
+            batch.len() == encoded && arena.spare.is_empty(),
+            "the batch holds exactly its bytes and the room handed back none"
+        );
         batch
     }
 }
