@@ -81,9 +81,11 @@ const REFUSED: &str = "ERR proposal refused by the replica";
 const INBOUND_BURST: usize = 256;
 /// The environment variable that plants a bug in a node, for tests that
 /// must show they catch it. Only debug builds read it; the one bug is
-/// `unconfirmed-reads`: the leader answers linearizable reads at once from
-/// its own state, without confirming that it still leads (what a leader
-/// that trusted its role would do).
+/// `unconfirmed-reads`: every replica answers linearizable reads at once
+/// from its own state, confirming neither that it leads nor that it has
+/// applied every acknowledged write (what a node that trusted its own state
+/// would do: a deposed leader that resumes from a pause, or a follower one
+/// commit notice behind, serves an old value).
 pub const PLANTED_BUG_ENV: &str = "PAXOS_KV_PLANTED_BUG";
 
 /// Whether this process was asked to serve reads without confirmation
@@ -92,7 +94,7 @@ fn planted_unconfirmed_reads() -> bool {
     let planted = cfg!(debug_assertions)
         && std::env::var(PLANTED_BUG_ENV).is_ok_and(|v| v == "unconfirmed-reads");
     if planted {
-        tracing::error!("PLANTED BUG: linearizable reads are served without confirming leadership (stale reads possible)");
+        tracing::error!("PLANTED BUG: linearizable reads are served from local state without confirmation (stale reads possible)");
     }
     planted
 }
@@ -387,6 +389,9 @@ pub struct Replica {
     status: Arc<SharedStatus>,
     control: mpsc::Sender<Control>,
     stages: Arc<StageRecorder>,
+    /// [`PLANTED_BUG_ENV`] asked for reads without confirmation: a
+    /// follower queues linearizable reads instead of redirecting them.
+    planted_unconfirmed_reads: bool,
 }
 
 impl Replica {
@@ -447,7 +452,7 @@ impl Replica {
         request: Bytes,
         consistency: ReadConsistency,
     ) -> Result<paxos_pipeline::CompletionHandle<Reply>, ReplicateError> {
-        if consistency == ReadConsistency::Linearizable {
+        if consistency == ReadConsistency::Linearizable && !self.planted_unconfirmed_reads {
             self.check_primary()?;
         }
         let queued_us = self.stages.stamp();
@@ -699,6 +704,7 @@ pub fn start(
     let wall_clock_at_zero_us = parts.node.wall_clock_at_zero_us;
     let node = Node::new(parts.node, parts.recovery, Time(0))
         .map_err(|e| anyhow::anyhow!("starting the node: {e}"))?;
+    let planted_unconfirmed_reads = planted_unconfirmed_reads();
     let mut event_loop = EventLoop {
         start,
         node,
@@ -717,7 +723,7 @@ pub fn start(
         stages: Arc::clone(&parts.stages),
         reload_durable: parts.reload_durable,
         peer_directory,
-        planted_unconfirmed_reads: planted_unconfirmed_reads(),
+        planted_unconfirmed_reads,
         wall_clock_at_zero_us,
     };
     event_loop.carry_out()?;
@@ -732,6 +738,7 @@ pub fn start(
             stages: parts.stages,
             status,
             control: control_tx,
+            planted_unconfirmed_reads,
         },
         join,
     ))
@@ -967,7 +974,7 @@ impl EventLoop {
                     consistency,
                     ..
                 } = r.payload;
-                if unconfirmed && node.is_leader() && consistency == ReadConsistency::Linearizable {
+                if unconfirmed && consistency == ReadConsistency::Linearizable {
                     // The planted bug: no confirmation at all.
                     r.completer.complete(Reply {
                         bytes: paxos_node::StateMachine::query(node.state_machine(), &request),

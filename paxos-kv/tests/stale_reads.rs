@@ -9,9 +9,14 @@
 //! linearizable, in the default mode and in the lease mode.
 //!
 //! The test has teeth: with the planted bug `unconfirmed-reads` (a debug
-//! build serves linearizable reads at once from its own state, see
-//! `paxos_kv::node::PLANTED_BUG_ENV`) the same schedule must produce a
-//! stale read.
+//! build answers linearizable reads at once from whatever state the
+//! replica has, see `paxos_kv::node::PLANTED_BUG_ENV`) the same schedule
+//! must produce a stale read. Followers are then a commit notice behind the
+//! acknowledged writes, so the readers that go to every replica see old
+//! values in every run; whether the resumed old leader also answers its
+//! queued reads before it hears of the new ballot (or its own check-quorum
+//! timer deposes it) is a race inside that process, so the test does not
+//! depend on it.
 
 use bytes::Bytes;
 use paxos_kv::client::Client;
@@ -287,20 +292,12 @@ async fn a_paused_old_leader_serves_no_stale_read_with_leases() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_served_without_confirmation_are_caught_stale() {
-    // Whether the resumed old leader takes its queued reads before it
-    // hears of the new ballot is a race; it usually does (16 of 16), but a
-    // run in which it does not proves nothing, so up to three runs.
-    let mut answers = Vec::new();
-    let mut run = nemesis(ReadMode::ReadIndex, true).await;
-    answers.push(run.old_leader_answers);
-    while run.stale.is_empty() && answers.len() < 3 {
-        run = nemesis(ReadMode::ReadIndex, true).await;
-        answers.push(run.old_leader_answers);
-    }
+    let run = nemesis(ReadMode::ReadIndex, true).await;
+    println!("the planted bug served {} stale reads", run.stale.len());
     assert!(
         !run.stale.is_empty(),
-        "the planted bug served no stale read in {} runs (answers from the old leader: {answers:?}): the nemesis lacks teeth",
-        answers.len()
+        "the planted bug served no stale read (answers from the old leader: {}): the nemesis lacks teeth",
+        run.old_leader_answers
     );
     assert!(
         !matches!(
