@@ -7,10 +7,12 @@
 //! ```text
 //!  clients ──submit──▶ [paxos-pipeline queue] ──drain──────────▶ ┐
 //!  transport inbound ─────────────────────────────────────────▶ │ event loop task
-//!  durability waiter thread ──durable sequence numbers───────▶ │ (owns the Node:
+//!  storage's writer thread ───durable sequence numbers───────▶ │ (owns the Node:
 //!  timer (node.next_timer) ───────────────────────────────────▶ │  core, state
 //!  control (operator calls, checkpoint/transfer completions) ─▶ ┘  machine, directory)
-//!        │ Effect::Transmit → transport   Persist → storage.append, then the waiter
+//!        │ Effect::Transmit → transport   Persist → storage.append
+//!        │ (the log's writer thread reports each sync to the loop; a backend
+//!        │ that cannot gets a durability waiter thread blocking in wait_durable)
 //!        │ Complete/Abort → the client's completion handle
 //!        │ SaveCheckpoint / ServeChunk / Transfer(Finish) → background threads
 //! ```
@@ -59,7 +61,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use paxos_core::{DurableState, Membership, ProposeError, ReplicaId, Role, Slot, Time};
 use paxos_log::checkpoint::CheckpointStore;
 use paxos_log::histogram::{Log2Histogram, Log2Snapshot};
-use paxos_log::ReplicaStorage;
+use paxos_log::{DurabilityEvent, ReplicaStorage};
 use paxos_net::{Inbound, Transport};
 use paxos_node::storage::{self as node_storage, TransferSink};
 use paxos_node::{ClusterView, Effect, MemberAddrs, Node, PersistId, TransferOp};
@@ -669,8 +671,8 @@ pub struct Reply {
     pub applied_us: u64,
 }
 
-/// Starts the event loop on the current tokio runtime and the durability
-/// waiter thread. Returns the handle and the loop's join handle (which ends
+/// Starts the event loop on the current tokio runtime (and a durability
+/// waiter thread if storage cannot report durability itself). Returns the handle and the loop's join handle (which ends
 /// on shutdown or on a fatal storage error). With `peer_directory`, the
 /// transport's peer set follows membership changes.
 pub fn start(
@@ -686,13 +688,31 @@ pub fn start(
             .map_err(|e| anyhow::anyhow!("read queue: {e:?}"))?;
     let status = Arc::new(SharedStatus::default());
     let (control_tx, control_rx) = mpsc::channel(64);
-    let (persist_tx, persist_rx) = std::sync::mpsc::sync_channel::<u64>(NOTIFY_CAPACITY);
     let durability = Arc::new(Durability::default());
-    let storage_for_waiter = Arc::clone(&parts.storage);
-    let durability_for_waiter = Arc::clone(&durability);
-    std::thread::Builder::new()
-        .name(format!("durability-{id}"))
-        .spawn(move || durability_waiter(storage_for_waiter, persist_rx, durability_for_waiter))?;
+    // A backend with a writer thread tells the loop itself; otherwise a
+    // waiter thread blocks in `wait_durable` for it.
+    let listening = {
+        let durability = Arc::clone(&durability);
+        parts
+            .storage
+            .set_durability_listener(Arc::new(move |event| match event {
+                DurabilityEvent::Durable(seq) => durability.published(seq),
+                DurabilityEvent::Failed(why) => durability.failed(format!("storage failed: {why}")),
+            }))
+    };
+    let persist_tx = if listening {
+        None
+    } else {
+        let (persist_tx, persist_rx) = std::sync::mpsc::sync_channel::<u64>(NOTIFY_CAPACITY);
+        let storage_for_waiter = Arc::clone(&parts.storage);
+        let durability_for_waiter = Arc::clone(&durability);
+        std::thread::Builder::new()
+            .name(format!("durability-{id}"))
+            .spawn(move || {
+                durability_waiter(storage_for_waiter, persist_rx, durability_for_waiter)
+            })?;
+        Some(persist_tx)
+    };
     let start = Instant::now();
     parts.node.checkpoints = parts.checkpoints.is_some() && parts.reload_durable.is_some();
     parts.node.stage_timing = parts.stages.is_enabled();
@@ -756,6 +776,20 @@ struct Durability {
     notify: tokio::sync::Notify,
 }
 
+impl Durability {
+    /// Every append up to `seq` is durable.
+    fn published(&self, seq: u64) {
+        self.durable_seq.fetch_max(seq, Ordering::Release);
+        self.notify.notify_one();
+    }
+
+    /// Storage failed for good.
+    fn failed(&self, message: String) {
+        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(message);
+        self.notify.notify_one();
+    }
+}
+
 /// Waits for storage durability in append order and publishes the highest
 /// durable sequence number. Appends become durable in order, so waiting for
 /// the newest queued sequence covers every older one (one wait per group
@@ -770,13 +804,10 @@ fn durability_waiter(
             seq = seq.max(newer);
         }
         if let Err(e) = storage.wait_durable(seq) {
-            let message = format!("storage failed to make append {seq} durable: {e}");
-            *durability.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(message);
-            durability.notify.notify_one();
+            durability.failed(format!("storage failed to make append {seq} durable: {e}"));
             return;
         }
-        durability.durable_seq.fetch_max(seq, Ordering::Release);
-        durability.notify.notify_one();
+        durability.published(seq);
     }
 }
 
@@ -788,7 +819,9 @@ struct EventLoop {
     consumer: RequestConsumer<Submitted, Reply>,
     read_consumer: RequestConsumer<ReadSubmitted, Reply>,
     status: Arc<SharedStatus>,
-    persist_tx: std::sync::mpsc::SyncSender<u64>,
+    /// To the durability waiter thread, for backends that cannot call
+    /// back (`None`: storage's durability listener wakes the loop).
+    persist_tx: Option<std::sync::mpsc::SyncSender<u64>>,
     durability: Arc<Durability>,
     /// Persists handed to storage and not yet reported, with their storage
     /// sequence numbers, in order.
@@ -1029,9 +1062,10 @@ impl EventLoop {
                         anyhow::anyhow!("storage append failed (stopping this replica): {e}")
                     })?;
                     self.outstanding.push_back((id, seq));
-                    self.persist_tx
-                        .send(seq)
-                        .map_err(|_| anyhow::anyhow!("durability waiter stopped"))?;
+                    if let Some(tx) = &self.persist_tx {
+                        tx.send(seq)
+                            .map_err(|_| anyhow::anyhow!("durability waiter stopped"))?;
+                    }
                 }
                 Effect::Complete {
                     completion,
@@ -1244,6 +1278,28 @@ const CHECKPOINT_NICE: libc::c_int = 10;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What storage's writer thread (or the waiter) reports reaches the
+    /// loop: the durable sequence only grows, each report leaves a wake-up
+    /// for the loop, and a failure is kept for the loop to stop on.
+    #[tokio::test]
+    async fn durability_reports_wake_the_loop_and_keep_the_newest() {
+        let d = Durability::default();
+        d.published(5);
+        tokio::time::timeout(Duration::from_secs(5), d.notify.notified())
+            .await
+            .expect("a report leaves a wake-up");
+        d.published(3);
+        assert_eq!(d.durable_seq.load(Ordering::Acquire), 5);
+        d.failed("storage failed: disk gone".into());
+        tokio::time::timeout(Duration::from_secs(5), d.notify.notified())
+            .await
+            .expect("a failure wakes the loop");
+        assert_eq!(
+            d.failure.lock().unwrap().as_deref(),
+            Some("storage failed: disk gone")
+        );
+    }
 
     #[test]
     fn published_status_counts_role_and_leader_changes() {

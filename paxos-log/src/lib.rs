@@ -203,7 +203,9 @@ pub mod storage;
 
 pub use log::{FileLog, LogOptions, LogStats, WriterMode};
 pub use recovery::RecoveryReport;
-pub use storage::{CorruptionPolicy, Damage, ReplicaStorage, StorageError};
+pub use storage::{
+    CorruptionPolicy, Damage, DurabilityEvent, DurabilityListener, ReplicaStorage, StorageError,
+};
 
 #[cfg(test)]
 mod tests;

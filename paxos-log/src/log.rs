@@ -4,7 +4,9 @@ use crate::codec::{self, StateSummary};
 use crate::fs::{OsFs, SharedFs, WritableFile};
 use crate::histogram::{Log2Histogram, Log2Snapshot};
 use crate::recovery::{self, RecoveryReport, SegmentMeta, SEGMENT_TMP_SUFFIX};
-use crate::storage::{CorruptionPolicy, Damage, ReplicaStorage, StorageError};
+use crate::storage::{
+    CorruptionPolicy, Damage, DurabilityEvent, DurabilityListener, ReplicaStorage, StorageError,
+};
 use paxos_contracts::{ensures, invariant, requires, snapshot};
 use paxos_core::{Accepted, Ballot, DurableState, PersistEntry, Slot};
 use std::collections::VecDeque;
@@ -245,6 +247,9 @@ struct Shared {
     durable: Condvar,
     durable_lsn: AtomicU64,
     options: LogOptions,
+    /// Told of every move of `durable_lsn` and of a failure, besides the
+    /// `durable` condvar (thread mode only).
+    listener: std::sync::OnceLock<DurabilityListener>,
 }
 
 impl Shared {
@@ -252,6 +257,15 @@ impl Shared {
         // The lock is never held across code that can panic on bad input; a
         // poisoned lock means a bug already reported by the panic.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wakes every waiter after `durable_lsn` moved or the log failed.
+    /// Called with the lock released.
+    fn announce(&self, event: DurabilityEvent) {
+        self.durable.notify_all();
+        if let Some(listener) = self.listener.get() {
+            listener(event);
+        }
     }
 }
 
@@ -382,6 +396,7 @@ impl FileLog {
             durable: Condvar::new(),
             durable_lsn: AtomicU64::new(rec.last_lsn),
             options,
+            listener: std::sync::OnceLock::new(),
         });
         let mode = shared.options.writer;
         let writer = Writer {
@@ -406,11 +421,12 @@ impl FileLog {
                         if std::panic::catch_unwind(run).is_err() {
                             // Waiters must not hang on a writer that is gone.
                             let mut g = shared.lock();
-                            g.failed = Some("the log writer thread panicked".into());
+                            let why = "the log writer thread panicked".to_string();
+                            g.failed = Some(why.clone());
                             g.queue.clear();
                             g.queued_bytes = 0;
                             drop(g);
-                            shared.durable.notify_all();
+                            shared.announce(DurabilityEvent::Failed(why));
                             shared.space.notify_all();
                         }
                     })
@@ -804,6 +820,13 @@ impl ReplicaStorage for FileLog {
     fn clear_damage(&self) -> Result<(), StorageError> {
         FileLog::clear_damage(self)
     }
+
+    /// Thread mode only: the writer thread calls `listener` after each
+    /// sync (and on failure). An inline log is synced by its callers, who
+    /// know when they did it. Only the first listener is kept.
+    fn set_durability_listener(&self, listener: DurabilityListener) -> bool {
+        matches!(self.writer, WriterHandle::Thread(_)) && self.shared.listener.set(listener).is_ok()
+    }
 }
 
 /// Creates a segment durably: header and state record go to a temporary
@@ -1010,11 +1033,12 @@ impl Writer {
             let mut g = self.shared.lock();
             // Never retry a failed fsync: the kernel may have dropped the
             // dirty pages, so a later "successful" fsync proves nothing.
-            g.failed = Some(format!("log writer failed: {e}"));
+            let why = format!("log writer failed: {e}");
+            g.failed = Some(why.clone());
             g.queue.clear();
             g.queued_bytes = 0;
             drop(g);
-            self.shared.durable.notify_all();
+            self.shared.announce(DurabilityEvent::Failed(why));
             self.shared.space.notify_all();
         }
         result
@@ -1026,7 +1050,7 @@ impl Writer {
         g.durable_lsn = last;
         self.shared.durable_lsn.store(last, Ordering::Release);
         drop(g);
-        self.shared.durable.notify_all();
+        self.shared.announce(DurabilityEvent::Durable(last));
     }
 
     fn active_meta(&mut self) -> &mut SegmentMeta {

@@ -186,4 +186,30 @@ pub trait ReplicaStorage: Send + Sync {
     fn clear_damage(&self) -> Result<(), StorageError> {
         Ok(())
     }
+
+    /// Asks the backend to call `listener` whenever its durable sequence
+    /// number moves, and once if it fails for good, from whatever thread
+    /// made the appends durable. Returns `false` if the backend cannot (the
+    /// default): the caller then learns of durability by blocking in
+    /// [`ReplicaStorage::wait_durable`] on a thread of its own. A backend
+    /// with a writer thread saves that thread and a wake-up per sync: the
+    /// writer tells the replica's event loop itself.
+    fn set_durability_listener(&self, listener: DurabilityListener) -> bool {
+        let _ = listener;
+        false
+    }
 }
+
+/// What a storage backend reports to a [`DurabilityListener`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DurabilityEvent {
+    /// Every append up to this sequence number is durable.
+    Durable(u64),
+    /// The backend failed for good (nothing more becomes durable).
+    Failed(String),
+}
+
+/// See [`ReplicaStorage::set_durability_listener`]. Called with no lock of
+/// the backend held; it must be quick and must not call back into the
+/// backend's appends.
+pub type DurabilityListener = std::sync::Arc<dyn Fn(DurabilityEvent) + Send + Sync>;

@@ -1185,3 +1185,69 @@ fn commit_sync_delay_over_a_second_is_refused() {
     .unwrap_err();
     assert!(err.to_string().contains("commit_sync_delay"), "{err}");
 }
+
+/// Events a durability listener heard, and a listener recording them.
+fn recording_listener() -> (
+    Arc<std::sync::Mutex<Vec<crate::DurabilityEvent>>>,
+    crate::DurabilityListener,
+) {
+    let heard = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = heard.clone();
+    let listener: crate::DurabilityListener =
+        Arc::new(move |event| sink.lock().unwrap().push(event));
+    (heard, listener)
+}
+
+/// The writer thread tells a listener of every sync (no thread has to
+/// block in `wait_durable` for it), and of its failure.
+#[test]
+fn the_writer_thread_tells_a_durability_listener_of_syncs_and_failure() {
+    use crate::DurabilityEvent;
+    let (fs, shared, dir) = sim();
+    let (log, _) = FileLog::open_with(shared, &dir, LogOptions::default()).unwrap();
+    let (heard, listener) = recording_listener();
+    assert!(log.set_durability_listener(listener.clone()));
+    assert!(
+        !log.set_durability_listener(listener),
+        "a second listener is refused, not silently dropped"
+    );
+    let first = log.append(&[accept(Slot(1), 1, 10)]).unwrap();
+    log.wait_durable(first).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !heard
+        .lock()
+        .unwrap()
+        .contains(&DurabilityEvent::Durable(first))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never told of the sync"
+        );
+        std::thread::yield_now();
+    }
+    fs.crash_after(0);
+    let lost = log.append(&[accept(Slot(2), 1, 10)]).unwrap();
+    assert!(log.wait_durable(lost).is_err());
+    let events = heard.lock().unwrap().clone();
+    assert!(
+        matches!(events.last(), Some(DurabilityEvent::Failed(why)) if why.contains("log writer failed")),
+        "{events:?}"
+    );
+    assert!(
+        !events.contains(&DurabilityEvent::Durable(lost)),
+        "a failed append was reported durable: {events:?}"
+    );
+}
+
+/// An inline log has no thread to call back from: its callers sync it.
+#[test]
+fn an_inline_log_takes_no_durability_listener() {
+    let (_fs, shared, dir) = sim();
+    let options = LogOptions {
+        writer: crate::WriterMode::Inline,
+        ..LogOptions::default()
+    };
+    let (log, _) = FileLog::open_with(shared, &dir, options).unwrap();
+    let (_heard, listener) = recording_listener();
+    assert!(!log.set_durability_listener(listener));
+}
