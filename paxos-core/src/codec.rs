@@ -1,10 +1,16 @@
 //! Compact, versioned binary encoding of [`Message`].
 //!
-//! Layout: `u8 version (=2) | u8 tag | fields`. Integers are LEB128 varints
+//! Layout: `u8 version (=3) | u8 tag | fields`. Integers are LEB128 varints
 //! (at most 10 bytes, overflow rejected); a ballot is `round, leader`; a value
 //! is `u8 kind | payload` (`Requests`: varint length then the bytes);
 //! sequences are a varint count then the items; an `Option<Slot>` is
 //! `u8 0` or `u8 1, slot`. Trailing bytes are an error.
+//!
+//! Versioning: a frame has no room for fields a reader does not know
+//! (trailing bytes are an error), so adding or changing a field bumps
+//! [`VERSION`], and a replica drops (and logs) frames of any other version:
+//! replicas of different versions do not talk to each other. Upgrade a
+//! cluster by restarting every replica on the new version.
 //!
 //! Decoding never panics and never allocates more than the input justifies:
 //! every count is checked against the bytes that remain (each item takes at
@@ -16,8 +22,9 @@ use crate::types::{Accepted, Ballot, Membership, Reconfiguration, ReplicaId, Slo
 use bytes::{BufMut, Bytes, BytesMut};
 
 /// The encoding version written by [`encode`] and accepted by [`decode`].
-/// Version 2 added the read round to `Heartbeat` and `HeartbeatAck`.
-pub const VERSION: u8 = 2;
+/// Version 2 added the read round to `Heartbeat` and `HeartbeatAck`;
+/// version 3 the follower's applied index to `HeartbeatAck`.
+pub const VERSION: u8 = 3;
 
 /// Most entries (decrees or replica ids) one message may carry.
 pub const MAX_ENTRIES: usize = 1 << 20;
@@ -59,6 +66,9 @@ pub enum CodecError {
     /// A membership list that is not sorted, unique and disjoint.
     #[error("malformed membership")]
     BadMembership,
+    /// Fields that no correct sender writes together.
+    #[error("inconsistent message: {0}")]
+    Inconsistent(&'static str),
     /// Bytes left after the message.
     #[error("{0} trailing bytes")]
     TrailingBytes(usize),
@@ -152,12 +162,14 @@ pub fn encode(msg: &Message, out: &mut BytesMut) {
         Message::HeartbeatAck(msg::HeartbeatAck {
             ballot,
             commit_index,
+            applied_index,
             can_become_primary,
             read_round,
         }) => {
             out.put_u8(tag::HEARTBEAT_ACK);
             put_ballot(out, *ballot);
             put_slot(out, *commit_index);
+            put_slot(out, *applied_index);
             out.put_u8(u8::from(*can_become_primary));
             put_varint(out, *read_round);
         }
@@ -365,12 +377,23 @@ pub fn decode(buf: Bytes) -> Result<Message, CodecError> {
             commit_index: r.slot()?,
             read_round: r.varint()?,
         }),
-        tag::HEARTBEAT_ACK => Message::HeartbeatAck(msg::HeartbeatAck {
-            ballot: r.ballot()?,
-            commit_index: r.slot()?,
-            can_become_primary: r.bool()?,
-            read_round: r.varint()?,
-        }),
+        tag::HEARTBEAT_ACK => {
+            let ballot = r.ballot()?;
+            let commit_index = r.slot()?;
+            let applied_index = r.slot()?;
+            if applied_index > commit_index {
+                return Err(CodecError::Inconsistent(
+                    "heartbeat ack's applied index is above its commit index",
+                ));
+            }
+            Message::HeartbeatAck(msg::HeartbeatAck {
+                ballot,
+                commit_index,
+                applied_index,
+                can_become_primary: r.bool()?,
+                read_round: r.varint()?,
+            })
+        }
         tag::REJECT => Message::Reject(msg::Reject {
             promised: r.ballot()?,
         }),
@@ -659,16 +682,23 @@ mod tests {
                     read_round,
                 })
             ),
-            (arb_ballot(), arb_slot(), any::<bool>(), any::<u64>()).prop_map(
-                |(ballot, commit_index, can_become_primary, read_round)| {
+            (
+                arb_ballot(),
+                arb_slot(),
+                arb_slot(),
+                any::<bool>(),
+                any::<u64>()
+            )
+                .prop_map(|(ballot, a, b, can_become_primary, read_round)| {
+                    // A correct follower never applies past its commit index.
                     Message::HeartbeatAck(msg::HeartbeatAck {
                         ballot,
-                        commit_index,
+                        commit_index: a.max(b),
+                        applied_index: a.min(b),
                         can_become_primary,
                         read_round,
                     })
-                }
-            ),
+                }),
             arb_ballot().prop_map(|promised| Message::Reject(msg::Reject { promised })),
             arb_slot().prop_map(|from_slot| Message::Fetch(msg::Fetch { from_slot })),
             (
@@ -838,6 +868,58 @@ mod tests {
             decode(raw.freeze()),
             Err(CodecError::UnknownTag { what: "bool", .. })
         ));
+    }
+
+    #[test]
+    fn a_heartbeat_ack_carries_the_applied_index_and_never_one_above_its_commit() {
+        let ack = |commit: u64, applied: u64| {
+            Message::HeartbeatAck(msg::HeartbeatAck {
+                ballot: Ballot::new(4, ReplicaId(1)),
+                commit_index: Slot(commit),
+                applied_index: Slot(applied),
+                can_become_primary: true,
+                read_round: 9,
+            })
+        };
+        for (commit, applied) in [(7, 7), (7, 3), (u64::MAX, 0), (u64::MAX, u64::MAX)] {
+            let m = ack(commit, applied);
+            assert_eq!(decode(encode_to_bytes(&m)).unwrap(), m);
+        }
+        // Hand-written: ballot, commit index, then the applied index.
+        let frame = |applied: &[u8]| {
+            let mut raw = BytesMut::new();
+            raw.put_u8(VERSION);
+            raw.put_u8(tag::HEARTBEAT_ACK);
+            put_ballot(&mut raw, Ballot::new(4, ReplicaId(1)));
+            put_slot(&mut raw, Slot(3));
+            raw.put_slice(applied);
+            raw.put_u8(1);
+            put_varint(&mut raw, 9);
+            raw.freeze()
+        };
+        assert_eq!(decode(frame(&[3])).unwrap(), ack(3, 3));
+        assert_eq!(
+            decode(frame(&[4])),
+            Err(CodecError::Inconsistent(
+                "heartbeat ack's applied index is above its commit index"
+            ))
+        );
+        assert!(matches!(
+            decode(frame(&[0xff; 11])),
+            Err(CodecError::Overflow { offset: 5 })
+        ));
+        let whole = frame(&[3]);
+        assert_eq!(
+            decode(whole.slice(..5)),
+            Err(CodecError::Truncated { offset: 5 }),
+            "a frame that ends before the applied index"
+        );
+        // A version-2 ack (no applied index) is refused by its version, not
+        // misread with its flag as the applied index.
+        let mut old = whole.to_vec();
+        old[0] = 2;
+        old.remove(5);
+        assert_eq!(decode(Bytes::from(old)), Err(CodecError::Version(2)));
     }
 
     #[test]

@@ -66,7 +66,8 @@
 //!   in the replica module argues quorum intersection across the change).
 //!   A removed leader hands over to the most caught-up new voter.
 //! - **Health**: [`Replica::peer_status`] reports per-peer connectivity,
-//!   lag and last contact (RSL's `GetReplicasInformation`).
+//!   lag, last contact and, on the leader, the applied index each peer
+//!   reported on its heartbeat acks (RSL's `GetReplicasInformation`).
 //!
 //! # Invariants
 //!

@@ -137,6 +137,13 @@ pub struct HeartbeatAck {
     pub ballot: Ballot,
     /// The follower's commit index.
     pub commit_index: Slot,
+    /// Every slot up to this one was handed to the follower's state
+    /// machine: a bounded-staleness read there (`AtLeast(s)`, paxos-kv's
+    /// `READONLY`) reflects at least this slot. Never above `commit_index`
+    /// (a replica applies only what it knows chosen; the codec rejects a
+    /// frame that claims more). Below it only while the follower waits for
+    /// a checkpoint.
+    pub applied_index: Slot,
     /// Whether the follower's application allows it to become primary.
     pub can_become_primary: bool,
     /// Echo of the heartbeat's `read_round`.

@@ -1008,11 +1008,16 @@ fn info_text(state: &ServerState, section: Option<&[u8]>) -> String {
 }
 
 /// INFO's `# Replicas`: where a `READONLY` client can read and how fresh
-/// each replica is, as this node knows it: its own applied slot, and per
-/// peer the commit index it last reported (it applies what it knows chosen
-/// at once, so this is what a replica read there would see, as of
-/// `last_contact_ms` ago). The leader hears from every peer; a follower
-/// only from the leader.
+/// each replica is, as this node knows it. `replicas:<n>` counts the lines
+/// that follow, `replica0` (`self=1`) first: this node, exact (its own
+/// applied and commit index, `last_contact_ms=0`). Then one line per peer
+/// with what this node last heard from it, `last_contact_ms` ago: the
+/// leader hears every peer's applied and commit index on its heartbeat
+/// acks; a follower hears only the leader's commit index (its `applied`
+/// is `-1`, unknown). `-1` is "never heard". Reported slots are the
+/// highest heard, so a replica that restarted since may be briefly below
+/// them while it replays its log; a `READONLY` read there waits for the
+/// slot it asks for anyway.
 fn write_replicas(
     me: &crate::node::NodeStatus,
     cluster: &paxos_node::ClusterView,
@@ -1022,24 +1027,30 @@ fn write_replicas(
     let addr = |id| client_addr(id).unwrap_or_else(|| "?".to_string());
     let _ = write!(
         text,
-        "# Replicas\r\nreplica_{}:self=1,role={},addr={},applied_index={}\r\n",
+        "# Replicas\r\nreplicas:{}\r\nreplica0:id={},self=1,role={},addr={},applied={},commit_index={},last_contact_ms=0\r\n",
+        cluster.peers.len() + 1,
         me.id.0,
         role_name(me.role),
         addr(me.id),
         me.applied_index,
+        me.commit_index,
     );
-    for p in &cluster.peers {
-        let opt = |v: Option<u64>| v.map_or("-1".to_string(), |v| v.to_string());
+    let opt = |v: Option<u64>| v.map_or("-1".to_string(), |v| v.to_string());
+    for (n, p) in cluster.peers.iter().enumerate() {
         let role = if me.leader == Some(p.id) {
             "leader"
-        } else {
+        } else if p.voter {
             "follower"
+        } else {
+            "learner"
         };
         let _ = write!(
             text,
-            "replica_{}:self=0,role={role},addr={},commit_index={},last_contact_ms={}\r\n",
+            "replica{}:id={},self=0,role={role},addr={},applied={},commit_index={},last_contact_ms={}\r\n",
+            n + 1,
             p.id.0,
             addr(p.id),
+            opt(p.applied_index.map(|s| s.0)),
             opt(p.commit_index.map(|c| c.0)),
             opt(p.last_heard_us_ago.map(|us| us / 1000)),
         );
@@ -1050,6 +1061,73 @@ fn write_replicas(
 mod tests {
     use super::*;
     use paxos_core::Slot;
+
+    /// A follower's `# Replicas`: its own line exact, the leader's with the
+    /// commit index it heard and no applied index (only acks carry one),
+    /// a peer never heard from all `-1`; parseable like Redis INFO.
+    #[test]
+    fn info_replicas_lists_each_replicas_applied_slot_as_known_here() {
+        use paxos_core::{PeerStatus, ReplicaId, Role};
+        let me = crate::node::NodeStatus {
+            id: ReplicaId(2),
+            role: Role::Follower,
+            leader: Some(ReplicaId(1)),
+            ballot_round: 3,
+            commit_index: Slot(2210),
+            applied_index: Slot(2207),
+            in_flight: 0,
+            checkpoint_slot: Slot(0),
+            proposed_batches: 0,
+            proposed_requests: 0,
+            checkpoints_saved: 0,
+            checkpoints_installed: 0,
+            needs_snapshot: false,
+            role_changes: 0,
+            leader_changes: 0,
+            read_mode: "read_index",
+            pending_reads: 0,
+            reads_served: 0,
+        };
+        let peer =
+            |id, applied: Option<u64>, commit: Option<u64>, ago_us: Option<u64>| PeerStatus {
+                id: ReplicaId(id),
+                voter: true,
+                commit_index: commit.map(Slot),
+                applied_index: applied.map(Slot),
+                lag: None,
+                last_heard_us_ago: ago_us,
+                connected: ago_us.is_some(),
+                can_become_primary: true,
+            };
+        let cluster = paxos_node::ClusterView {
+            peers: vec![
+                peer(1, None, Some(2210), Some(12_400)),
+                peer(3, Some(2209), Some(2209), None),
+                peer(4, None, None, None),
+            ],
+            ..Default::default()
+        };
+        let mut text = String::new();
+        write_replicas(
+            &me,
+            &cluster,
+            |id| (id.0 != 4).then(|| format!("127.0.0.1:600{}", id.0)),
+            &mut text,
+        );
+        assert_eq!(
+            text,
+            "# Replicas\r\nreplicas:4\r\n\
+             replica0:id=2,self=1,role=follower,addr=127.0.0.1:6002,applied=2207,commit_index=2210,last_contact_ms=0\r\n\
+             replica1:id=1,self=0,role=leader,addr=127.0.0.1:6001,applied=-1,commit_index=2210,last_contact_ms=12\r\n\
+             replica2:id=3,self=0,role=follower,addr=127.0.0.1:6003,applied=2209,commit_index=2209,last_contact_ms=-1\r\n\
+             replica3:id=4,self=0,role=follower,addr=?,applied=-1,commit_index=-1,last_contact_ms=-1\r\n"
+        );
+        let line = crate::client::info_field(&text, "replica2").unwrap();
+        assert_eq!(
+            line.split(',').find_map(|f| f.strip_prefix("applied=")),
+            Some("2209")
+        );
+    }
 
     #[test]
     fn only_a_readonly_connection_to_a_follower_reads_locally() {

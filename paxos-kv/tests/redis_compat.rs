@@ -363,40 +363,54 @@ fn reads_off_the_log_and_on_replicas(cluster: &LocalCluster, leader_addr: Socket
         "READWRITE ends replica reads: {err}"
     );
 
-    // INFO: each node's own applied slot, and what the leader knows of the
-    // others, with their client addresses.
-    let text = info(&mut follower);
-    let own = paxos_kv::client::info_field(&text, &format!("replica_{}", follower_index + 1))
-        .unwrap_or_else(|| panic!("no replica line for itself: {text}"));
-    assert!(own.starts_with("self=1,role=follower"), "{own}");
-    assert!(own.contains(&format!("addr={follower_addr}")), "{own}");
-    // A peer's slot is what it last reported on a heartbeat ack, and INFO's
-    // snapshot is refreshed on the node's timer: poll until every replica
-    // is seen with the writes.
+    // INFO `# Replicas`: each node's own applied slot, exact, and what it
+    // heard of the others; the leader hears every replica's applied slot
+    // (on its heartbeat acks, and INFO's snapshot is refreshed on the
+    // node's timer). Every replica, seen from the leader and from itself,
+    // reaches the slot of the last write: the leader applied it before it
+    // answered, so its applied slot now is at least that.
+    let last_write = info_number(&mut leader, "applied_index");
+    assert!(last_write >= 2, "two writes were applied: {last_write}");
+    let applied_of = |text: &str, replica: usize| -> (String, i64) {
+        let id = format!("id={},", replica + 1);
+        let count: usize = paxos_kv::client::info_number(text, "replicas")
+            .unwrap_or_else(|| panic!("no replicas count: {text}"))
+            as usize;
+        let line = (0..count)
+            .filter_map(|n| paxos_kv::client::info_field(text, &format!("replica{n}")))
+            .find(|line| line.starts_with(&id))
+            .unwrap_or_else(|| panic!("no line for replica {}: {text}", replica + 1));
+        let applied = line
+            .split(',')
+            .find_map(|f| f.strip_prefix("applied="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no applied slot: {line}"));
+        (line.to_string(), applied)
+    };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let text = info(&mut leader);
+        let from_leader = info(&mut leader);
+        let from_follower = info(&mut follower);
         let mut behind = None;
         for i in 0..cluster.len() {
-            let line = paxos_kv::client::info_field(&text, &format!("replica_{}", i + 1))
-                .unwrap_or_else(|| panic!("no replica_{} line: {text}", i + 1));
+            let (line, applied) = applied_of(&from_leader, i);
             assert!(
                 line.contains(&format!("addr={}", cluster.client_addr(i))),
                 "{line}"
             );
-            let slot_field = if i == leader_index {
-                "applied_index="
-            } else {
-                "commit_index="
-            };
-            let slot: i64 = line
-                .split(',')
-                .find_map(|f| f.strip_prefix(slot_field))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("{line}"));
-            if slot < 2 {
-                behind = Some(format!("replica {} knows the writes: {line}", i + 1));
+            assert_eq!(line.contains("self=1"), i == leader_index, "{line}");
+            if applied < last_write as i64 {
+                behind = Some(format!(
+                    "the leader sees replica {} at slot {last_write}: {line}",
+                    i + 1
+                ));
             }
+        }
+        let (own, applied) = applied_of(&from_follower, follower_index);
+        assert!(own.contains("self=1,role=follower"), "{own}");
+        assert!(own.contains(&format!("addr={follower_addr}")), "{own}");
+        if applied < last_write as i64 {
+            behind = Some(format!("the follower applied slot {last_write}: {own}"));
         }
         match behind {
             None => break,

@@ -372,7 +372,9 @@ pub struct ClusterView {
     pub membership: Membership,
     /// The slot of the `Reconfigure` that installed it (0: the initial one).
     pub membership_slot: Slot,
-    /// What this replica knows about every other member.
+    /// What this replica knows about every other member: on the leader,
+    /// each peer's commit and applied index as its heartbeat acks reported
+    /// them; on a follower, the leader's commit index only.
     pub peers: Vec<paxos_core::PeerStatus>,
     /// Effective address book (configured, overlaid by replicated).
     pub book: Arc<BTreeMap<ReplicaId, MemberAddrs>>,

@@ -17,7 +17,7 @@ use super::{Replica, RoleState};
 use crate::codec::accepted_len_hint;
 use crate::msg::{self, Message};
 use crate::types::{Accepted, Ballot, PersistEntry, ReplicaId, Slot, Time, Value};
-use paxos_contracts::{ensures, requires};
+use paxos_contracts::{ensures, invariant, requires};
 
 impl Replica {
     /// Promises a higher ballot (durably) and steps down from any role held
@@ -234,9 +234,15 @@ impl Replica {
         }
         self.note_peer(now, from, leader_commit, None);
         self.learn_commit(now, ballot, leader_commit);
+        // The codec refuses an ack that claims more applied than committed.
+        invariant!(
+            self.applied_index <= self.commit_index,
+            "a replica applies only what it knows chosen"
+        );
         let msg = Message::HeartbeatAck(msg::HeartbeatAck {
             ballot,
             commit_index: self.commit_index,
+            applied_index: self.applied_index,
             can_become_primary: self.can_become_primary
                 && self.is_voter(self.id)
                 && !self.repairing(),

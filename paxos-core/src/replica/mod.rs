@@ -309,6 +309,11 @@ pub struct PeerStatus {
     pub voter: bool,
     /// The highest commit index it reported, if it was ever heard from.
     pub commit_index: Option<Slot>,
+    /// The highest applied index it reported on a heartbeat ack (so only
+    /// the leader learns it), if it ever acknowledged one: a
+    /// bounded-staleness read there reflects at least this slot. Never
+    /// above `commit_index`.
+    pub applied_index: Option<Slot>,
     /// How many slots it is behind this replica's commit index (0 if ahead
     /// or level; `None` if never heard from).
     pub lag: Option<u64>,
@@ -324,6 +329,9 @@ pub struct PeerStatus {
 #[derive(Clone, Copy, Debug)]
 struct PeerInfo {
     commit_index: Slot,
+    /// `None` until the peer acknowledged a heartbeat (the only message
+    /// that reports it). Never above `commit_index`.
+    applied_index: Option<Slot>,
     can_become_primary: bool,
     last_heard: Time,
 }
@@ -769,6 +777,7 @@ impl Replica {
                     id: *id,
                     voter: self.membership.is_voter(*id),
                     commit_index: info.map(|p| p.commit_index),
+                    applied_index: info.and_then(|p| p.applied_index),
                     lag: info.map(|p| self.commit_index.distance_since(p.commit_index)),
                     last_heard_us_ago: info.map(|p| now.micros_since(p.last_heard)),
                     connected: info.is_some_and(|p| {
@@ -1051,6 +1060,7 @@ impl Replica {
     ) {
         let info = self.peers.entry(peer).or_insert(PeerInfo {
             commit_index,
+            applied_index: None,
             can_become_primary: true,
             last_heard: now,
         });
@@ -1059,6 +1069,29 @@ impl Replica {
         if let Some(c) = can_become_primary {
             info.can_become_primary = c;
         }
+    }
+
+    /// Records the applied index `peer` reported with its commit index
+    /// (after `note_peer` recorded that). Kept as the highest reported, as
+    /// the commit index is: acks may arrive out of order, and a restarted
+    /// peer replays its log up to its commit index at once.
+    fn note_peer_applied(&mut self, peer: ReplicaId, applied_index: Slot) {
+        let Some(info) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        // The codec refuses an ack whose applied index is above its commit
+        // index, and the commit index recorded is the highest reported, so
+        // the `min` changes nothing for a decoded ack; it keeps the bound
+        // for messages built in memory (tests, the simulator).
+        let applied_index = applied_index.min(info.commit_index);
+        let recorded = info
+            .applied_index
+            .map_or(applied_index, |a| a.max(applied_index));
+        info.applied_index = Some(recorded);
+        ensures!(
+            info.applied_index.is_some_and(|a| a <= info.commit_index),
+            "a peer's recorded applied index never exceeds its recorded commit index"
+        );
     }
 
     /// The heartbeat-interval timer: the current role's periodic work, then

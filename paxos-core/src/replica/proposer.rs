@@ -274,11 +274,13 @@ impl Replica {
         let msg::HeartbeatAck {
             ballot,
             commit_index: peer_commit,
+            applied_index: peer_applied,
             can_become_primary: can,
             read_round,
         } = m;
         self.observe(ballot);
         self.note_peer(now, from, peer_commit, Some(can));
+        self.note_peer_applied(from, peer_applied);
         let voter = self.is_voter(from);
         let mut ours = false;
         if let RoleState::Leader(l) = &mut self.role {

@@ -144,6 +144,7 @@ fn a_follower_applies_matching_ballot_entries_on_a_heartbeat() {
         Action::Send {
             msg: Message::HeartbeatAck(msg::HeartbeatAck {
                 commit_index: Slot(2),
+                applied_index: Slot(2),
                 ..
             }),
             ..

@@ -541,7 +541,7 @@ proptest! {
                     r.handle_message(now, id(2), Message::Reject(msg::Reject { promised: Ballot::new(round, id(3)) }));
                 }
                 ProposerInput::HeartbeatAck { from, commit } => {
-                    r.handle_message(now, id(from), Message::HeartbeatAck(msg::HeartbeatAck { ballot, commit_index: commit, can_become_primary: true, read_round: 1 }));
+                    r.handle_message(now, id(from), Message::HeartbeatAck(msg::HeartbeatAck { ballot, commit_index: commit, applied_index: commit, can_become_primary: true, read_round: 1 }));
                 }
                 ProposerInput::Persisted => {
                     if let Some((t, entries)) = pending.pop_front() {

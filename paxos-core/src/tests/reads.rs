@@ -151,6 +151,7 @@ fn an_acknowledgement_of_a_round_never_sent_confirms_nothing() {
             Message::HeartbeatAck(msg::HeartbeatAck {
                 ballot,
                 commit_index: Slot::ZERO,
+                applied_index: Slot::ZERO,
                 can_become_primary: true,
                 read_round: before + 1_000,
             }),
@@ -304,7 +305,7 @@ proptest! {
         for (who, offset) in acks {
             let round = base + offset;
             c.replica(leader).handle_message(now, others[who], Message::HeartbeatAck(msg::HeartbeatAck {
-                ballot, commit_index: Slot::ZERO, can_become_primary: true, read_round: round,
+                ballot, commit_index: Slot::ZERO, applied_index: Slot::ZERO, can_become_primary: true, read_round: round,
             }));
             if round <= sent {
                 best[who] = best[who].max(round);

@@ -3,7 +3,7 @@
 
 use super::harness::*;
 use crate::Slot;
-use crate::{Membership, ProposeError, ReplicaId, Role};
+use crate::{msg, Membership, Message, ProposeError, ReplicaId, Role};
 
 fn voters(ids: &[u32]) -> Membership {
     Membership::with_voters(ids.iter().copied().map(id).collect())
@@ -375,6 +375,90 @@ fn peer_status_reports_lag_and_connectivity() {
         .find(|p| p.id == lagging)
         .unwrap();
     assert!(p.connected && p.lag == Some(0), "{p:?}");
+}
+
+/// The applied index a peer reports on its heartbeat acks: the leader's
+/// view of it follows the peer (and stays behind while the peer is cut
+/// off); a follower, acked by nobody, knows none.
+#[test]
+fn the_leaders_view_of_a_peers_applied_index_advances() {
+    let mut c = Cluster::new(3, |_| {});
+    let leader = c.elect_any();
+    let followers: Vec<_> = (1..=3).map(id).filter(|r| *r != leader).collect();
+    let first = c.commit(req("a"));
+    c.advance(30_000);
+    let now = c.now;
+    for p in c.replica(leader).peer_status(now) {
+        assert_eq!(p.applied_index, Some(first), "{p:?}");
+        assert!(p.applied_index <= p.commit_index, "{p:?}");
+    }
+    let of_leader = c.replica(followers[0]).peer_status(now);
+    let of_leader = of_leader.iter().find(|p| p.id == leader).unwrap();
+    assert!(of_leader.commit_index.is_some(), "{of_leader:?}");
+    assert_eq!(of_leader.applied_index, None, "only acks report it");
+
+    let (lagging, live) = (followers[0], followers[1]);
+    c.isolate(lagging);
+    let mut last = first;
+    for i in 0..4 {
+        last = c.commit_on(&[leader, live], req(&format!("x{i}")));
+    }
+    c.advance(30_000);
+    let applied_of = |c: &mut Cluster, peer| {
+        let now = c.now;
+        c.replica(leader)
+            .peer_status(now)
+            .into_iter()
+            .find(|p| p.id == peer)
+            .unwrap()
+            .applied_index
+    };
+    assert_eq!(applied_of(&mut c, live), Some(last));
+    assert_eq!(applied_of(&mut c, lagging), Some(first));
+    c.heal();
+    assert!(c.run_until(1_000_000, |c| c.status(lagging).applied_index == last));
+    c.advance(30_000);
+    assert_eq!(applied_of(&mut c, lagging), Some(last));
+}
+
+/// What the leader records of a peer's applied index is the highest it
+/// reported, never above the commit index recorded for that peer, even
+/// from an ack built in memory that claims more (the codec refuses such a
+/// frame) or one that arrives late.
+#[test]
+fn a_peers_recorded_applied_index_never_exceeds_its_commit_index_or_goes_back() {
+    let mut c = Cluster::new(3, |_| {});
+    let leader = c.elect_any();
+    let peer = (1..=3).map(id).find(|r| *r != leader).unwrap();
+    let ballot = c.status(leader).ballot;
+    let ack = |c: &mut Cluster, commit: u64, applied: u64| {
+        let now = c.now;
+        c.replica(leader).handle_message(
+            now,
+            peer,
+            Message::HeartbeatAck(msg::HeartbeatAck {
+                ballot,
+                commit_index: Slot(commit),
+                applied_index: Slot(applied),
+                can_become_primary: true,
+                read_round: 0,
+            }),
+        );
+        let p = c
+            .replica(leader)
+            .peer_status(now)
+            .into_iter()
+            .find(|p| p.id == peer)
+            .unwrap();
+        (p.commit_index, p.applied_index)
+    };
+    assert_eq!(ack(&mut c, 40, 30), (Some(Slot(40)), Some(Slot(30))));
+    assert_eq!(ack(&mut c, 40, 50), (Some(Slot(40)), Some(Slot(40))));
+    assert_eq!(
+        ack(&mut c, 35, 20),
+        (Some(Slot(40)), Some(Slot(40))),
+        "a late ack moves nothing back"
+    );
 }
 
 #[test]

@@ -98,6 +98,36 @@ fn follower_reads_answer_once_the_slot_is_applied_and_refuse_after_the_wait() {
     assert_eq!(sim.outcomes.abort(never), AbortReason::Refused);
 }
 
+/// The leader's cluster view tells a client where to read: the applied
+/// index each follower reported (over the wire, on its heartbeat acks)
+/// reaches the last write, and a follower read at that slot is answered
+/// there at once.
+#[test]
+fn the_leaders_cluster_view_shows_each_followers_applied_index() {
+    let mut sim = Sim::new(3);
+    let leader = sim.elect();
+    let total = write(&mut sim, leader, 4);
+    let last = sim.host(leader).node.applied();
+    let followers: Vec<_> = sim.hosts.keys().copied().filter(|r| *r != leader).collect();
+    let reported = |s: &Sim, peer| {
+        s.host(leader)
+            .node
+            .cluster_view(s.now)
+            .peers
+            .iter()
+            .find(|p| p.id == peer)
+            .and_then(|p| p.applied_index)
+    };
+    assert!(sim.run_until(1_000_000, |s| followers
+        .iter()
+        .all(|f| reported(s, *f) == Some(last))));
+    for f in followers {
+        assert_eq!(sim.host(f).node.applied(), last);
+        let read = sim.submit_read(f, ReadConsistency::AtLeast(last));
+        assert_eq!(reply_total(&sim, read), total);
+    }
+}
+
 /// On an isolated leader (no read is confirmed), the two reads that fit
 /// the bound set by `bound` wait and the third is refused; once the
 /// waiting ones are answered or failed, the room is back.
