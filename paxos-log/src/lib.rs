@@ -159,14 +159,6 @@
 //! keeps histograms ([`histogram::Log2Histogram`]) of fsync latency and of
 //! appends per group commit.
 //!
-//! An append of nothing but commit points waits up to
-//! `commit_sync_delay` for an append that needs a sync now (a vote or a
-//! promise), and shares its `fdatasync`: nothing is acknowledged on a
-//! commit point, and one lost in a crash is learned again from peers or the
-//! checkpoint. So a leader at low load syncs once per request, not twice
-//! (its commit point would otherwise take a sync of its own, with the next
-//! request's vote queued behind it).
-//!
 //! [`LogOptions::writer`] says who the writer is. [`WriterMode::Thread`]
 //! (production): a dedicated thread, paced by `min_sync_interval`.
 //! [`WriterMode::Inline`] (the deterministic simulator): no thread and no

@@ -77,17 +77,6 @@ pub struct LogOptions {
     /// Ignored by [`WriterMode::Inline`], where the caller decides when to
     /// sync.
     pub min_sync_interval: std::time::Duration,
-    /// How long an append of nothing but commit points (`Commit` entries)
-    /// may wait for another append to share its `fdatasync`. A commit point
-    /// only speeds up recovery (a replica that loses it learns the same
-    /// decrees from its peers or its checkpoint), and nothing is
-    /// acknowledged on it, so syncing it alone would cost a second
-    /// `fdatasync` per request at low load, with the next request's vote
-    /// queued behind it. The next vote or promise carries it instead (a
-    /// sync makes everything before it durable); an idle log syncs it
-    /// after this delay, and closing the log syncs it at once. Ignored by
-    /// [`WriterMode::Inline`].
-    pub commit_sync_delay: std::time::Duration,
 }
 
 impl Default for LogOptions {
@@ -102,7 +91,6 @@ impl Default for LogOptions {
             on_corruption: CorruptionPolicy::Refuse,
             writer: WriterMode::Thread,
             min_sync_interval: std::time::Duration::ZERO,
-            commit_sync_delay: std::time::Duration::from_millis(20),
         }
     }
 }
@@ -126,9 +114,6 @@ impl LogOptions {
         if self.min_sync_interval > std::time::Duration::from_secs(1) {
             return bad("min_sync_interval must be at most 1 s");
         }
-        if self.commit_sync_delay > std::time::Duration::from_secs(1) {
-            return bad("commit_sync_delay must be at most 1 s");
-        }
         Ok(())
     }
 }
@@ -140,18 +125,11 @@ struct BatchMeta {
     promised: Option<Ballot>,
     commit: Option<Slot>,
     truncate: Option<Slot>,
-    /// Nothing but commit points: may wait for company before its sync
-    /// (`LogOptions::commit_sync_delay`).
-    commit_only: bool,
 }
 
 impl BatchMeta {
     fn of(entries: &[PersistEntry]) -> BatchMeta {
-        let mut m = BatchMeta {
-            commit_only: !entries.is_empty()
-                && entries.iter().all(|e| matches!(e, PersistEntry::Commit(_))),
-            ..BatchMeta::default()
-        };
+        let mut m = BatchMeta::default();
         for e in entries {
             match e {
                 PersistEntry::Accept(a) => m.max_accept_slot = m.max_accept_slot.max(a.slot),
@@ -933,7 +911,6 @@ impl Writer {
     fn run(mut self) {
         let min_interval = self.shared.options.min_sync_interval;
         let max_flush = self.shared.options.max_flush_bytes;
-        let commit_delay = self.shared.options.commit_sync_delay;
         let mut last_sync: Option<std::time::Instant> = None;
         let mut last_batch_appends = 0usize;
         loop {
@@ -942,7 +919,6 @@ impl Writer {
                 while g.queue.is_empty() && !g.shutting_down && g.failed.is_none() {
                     g = self.shared.work.wait(g).unwrap_or_else(|p| p.into_inner());
                 }
-                g = self.await_company(g, commit_delay);
                 // Not when shutting down, so close stays prompt.
                 let wait = pacing_delay(min_interval, last_sync, last_batch_appends);
                 if !wait.is_zero() && !g.shutting_down {
@@ -957,47 +933,11 @@ impl Writer {
             };
             let started = std::time::Instant::now();
             last_sync = Some(started);
-            // Commit points that rode along do not make this a group
-            // commit: one request's vote plus the previous request's
-            // commit point is still light load, which pacing leaves alone.
-            last_batch_appends = batch.iter().filter(|q| !q.meta.commit_only).count();
+            last_batch_appends = batch.len();
             if self.commit_batch(batch, Some(started)).is_err() {
                 break;
             }
         }
-    }
-
-    /// While everything queued is commit points, waits up to `delay` for an
-    /// append that needs a sync now (see [`LogOptions::commit_sync_delay`]);
-    /// returns at once on shutdown or failure.
-    fn await_company<'a>(
-        &self,
-        mut g: std::sync::MutexGuard<'a, Inner>,
-        delay: std::time::Duration,
-    ) -> std::sync::MutexGuard<'a, Inner> {
-        let lazy = |g: &Inner| {
-            !g.shutting_down
-                && g.failed.is_none()
-                && !g.queue.is_empty()
-                && g.queue.iter().all(|q| q.meta.commit_only)
-        };
-        if delay.is_zero() || !lazy(&g) {
-            return g;
-        }
-        let deadline = std::time::Instant::now() + delay;
-        while lazy(&g) {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            g = self
-                .shared
-                .work
-                .wait_timeout(g, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-        g
     }
 
     /// One group commit, the same in both writer modes: writes `batch`

@@ -1054,7 +1054,7 @@ fn paced_group_commit_syncs_at_most_once_per_interval_under_load() {
     let mut last = 0;
     let appends = 3000u64;
     for c in 1..=appends {
-        last = log.append(&[accept(Slot(c), 1, 10)]).unwrap();
+        last = log.append(&[PersistEntry::Commit(Slot(c))]).unwrap();
         if c % 10 == 0 {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
@@ -1067,7 +1067,7 @@ fn paced_group_commit_syncs_at_most_once_per_interval_under_load() {
         (1..=bound).contains(&flushes),
         "{flushes} syncs for {appends} appends in {elapsed:?}; pacing allows at most {bound}"
     );
-    assert_eq!(log.state().accepted.len() as u64, appends);
+    assert_eq!(log.state().commit_index, Slot(appends));
 }
 
 /// A lone append is synced at once even with a long interval: light load
@@ -1079,7 +1079,7 @@ fn paced_group_commit_syncs_a_lone_append_at_once() {
     let (log, _) = FileLog::open_with(shared, &dir, paced(interval)).unwrap();
     let started = std::time::Instant::now();
     for c in 1..=3 {
-        let seq = log.append(&[accept(Slot(c), 1, 10)]).unwrap();
+        let seq = log.append(&[PersistEntry::Commit(Slot(c))]).unwrap();
         log.wait_durable(seq).unwrap();
     }
     assert!(
@@ -1095,95 +1095,6 @@ fn sync_interval_over_a_second_is_refused() {
     let err =
         FileLog::open_with(shared, &dir, paced(std::time::Duration::from_secs(2))).unwrap_err();
     assert!(err.to_string().contains("min_sync_interval"), "{err}");
-}
-
-fn commit_delay(delay: std::time::Duration) -> LogOptions {
-    LogOptions {
-        commit_sync_delay: delay,
-        ..LogOptions::default()
-    }
-}
-
-/// An append of nothing but a commit point is not synced on its own: the
-/// next vote's sync carries it, so a request at low load costs one
-/// `fdatasync`, not two.
-#[test]
-fn a_lone_commit_point_waits_for_the_next_vote_and_shares_its_sync() {
-    let (fs, shared, dir) = sim();
-    let (log, _) = FileLog::open_with(
-        shared,
-        &dir,
-        commit_delay(std::time::Duration::from_secs(1)),
-    )
-    .unwrap();
-    let vote = log.append(&[accept(Slot(1), 1, 10)]).unwrap();
-    log.wait_durable(vote).unwrap();
-    let syncs_before = fs.data_syncs();
-    let commit = log.append(&[PersistEntry::Commit(Slot(1))]).unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(100));
-    assert!(
-        log.durable_seq() < commit,
-        "a lone commit point was synced at once"
-    );
-    assert_eq!(
-        fs.data_syncs(),
-        syncs_before,
-        "no sync for a commit point alone"
-    );
-    let next_vote = log.append(&[accept(Slot(2), 1, 10)]).unwrap();
-    log.wait_durable(next_vote).unwrap();
-    assert!(log.durable_seq() >= commit);
-    assert_eq!(
-        fs.data_syncs() - syncs_before,
-        1,
-        "the vote and the commit point before it share one sync"
-    );
-}
-
-/// An idle log syncs a waiting commit point after the delay (a waiter
-/// does not hang), and not before it.
-#[test]
-fn an_idle_commit_point_is_synced_after_the_delay() {
-    let (_fs, shared, dir) = sim();
-    let delay = std::time::Duration::from_millis(30);
-    let (log, _) = FileLog::open_with(shared, &dir, commit_delay(delay)).unwrap();
-    let started = std::time::Instant::now();
-    let commit = log.append(&[PersistEntry::Commit(Slot(7))]).unwrap();
-    log.wait_durable(commit).unwrap();
-    assert!(
-        started.elapsed() >= delay,
-        "synced after {:?}, before the delay of {delay:?}",
-        started.elapsed()
-    );
-    assert_eq!(log.state().commit_index, Slot(7));
-}
-
-/// Closing the log syncs a waiting commit point at once, and recovery
-/// finds it.
-#[test]
-fn close_syncs_a_waiting_commit_point_at_once() {
-    let (_fs, shared, dir) = sim();
-    let delay = std::time::Duration::from_secs(1);
-    let (log, _) = FileLog::open_with(shared.clone(), &dir, commit_delay(delay)).unwrap();
-    log.append(&[accept(Slot(1), 1, 10)]).unwrap();
-    log.append(&[PersistEntry::Commit(Slot(1))]).unwrap();
-    let started = std::time::Instant::now();
-    log.close().unwrap();
-    assert!(started.elapsed() < delay / 2, "close waited out the delay");
-    let (_log, state) = FileLog::open_with(shared, &dir, commit_delay(delay)).unwrap();
-    assert_eq!(state.commit_index, Slot(1));
-}
-
-#[test]
-fn commit_sync_delay_over_a_second_is_refused() {
-    let (_fs, shared, dir) = sim();
-    let err = FileLog::open_with(
-        shared,
-        &dir,
-        commit_delay(std::time::Duration::from_secs(2)),
-    )
-    .unwrap_err();
-    assert!(err.to_string().contains("commit_sync_delay"), "{err}");
 }
 
 /// Events a durability listener heard, and a listener recording them.
