@@ -195,7 +195,7 @@ pub mod storage;
 
 pub use log::{FileLog, LogOptions, LogStats, WriterMode};
 pub use recovery::RecoveryReport;
-pub use storage::{CorruptionPolicy, Damage, ReplicaStorage, StorageError};
+pub use storage::{CorruptionPolicy, Damage, LogSpace, ReplicaStorage, StorageError};
 
 #[cfg(test)]
 mod tests;

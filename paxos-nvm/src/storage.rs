@@ -79,7 +79,7 @@ use std::sync::Mutex;
 use bytes::Bytes;
 use paxos_contracts::{ensures, invariant};
 use paxos_core::{Accepted, DurableState, PersistEntry, Slot};
-use paxos_log::{CorruptionPolicy, Damage, ReplicaStorage, StorageError};
+use paxos_log::{CorruptionPolicy, Damage, LogSpace, ReplicaStorage, StorageError};
 
 use crate::codec::{self, Payload};
 use crate::layout::{DamageRecord, DAMAGE_OFFSET};
@@ -221,6 +221,11 @@ pub struct NvmStats {
     pub commits: u64,
     /// Compactions since open.
     pub compactions: u64,
+    /// Framed bytes of the live state as of the last compaction (its
+    /// snapshot record; 0 before the first).
+    pub live_bytes: u64,
+    /// Whether the log reports itself full ([`LogSpace::Full`]).
+    pub full: bool,
 }
 
 struct Inner {
@@ -242,6 +247,9 @@ struct Inner {
     compactions: u64,
     failed: Option<String>,
     warned_big_state: bool,
+    /// The last compaction left more than [`full_at`] live (and no later
+    /// one has brought it to [`resume_at`] or below): see [`LogSpace`].
+    full: bool,
     /// Damage reported at open and not cleared yet.
     damage: Vec<Damage>,
 }
@@ -249,6 +257,28 @@ struct Inner {
 /// Upper bound on a snapshot's size beyond the live log it replaces: the
 /// snapshot header (33 bytes) and record framing (8 bytes), rounded up.
 const SNAPSHOT_MARGIN: u64 = 64;
+
+/// Live bytes above which the log reports [`LogSpace::Full`]: three eighths
+/// of the capacity.
+///
+/// Compaction fits only while the live log is under half the capacity
+/// (see [`Inner::make_room`]); past that, appends fail with
+/// [`StorageError::Full`]. Reporting full an eighth of the capacity
+/// earlier leaves room for the decrees already in flight when the replica
+/// stops proposing, and for a follower whose checkpoint runs behind the
+/// leader's. It is also where compaction stops paying for itself: with
+/// more than 3/8 live, each compaction rewrites more than three times the
+/// bytes appended since the last one.
+pub fn full_at(capacity: u64) -> u64 {
+    capacity / 8 * 3
+}
+
+/// Live bytes at or below which a full log has room again: a quarter of
+/// the capacity. The gap to [`full_at`] keeps the replica from stopping
+/// and resuming at every append near the limit.
+pub fn resume_at(capacity: u64) -> u64 {
+    capacity / 4
+}
 
 /// A replica's durable state in a crash-consistent persistent-memory log.
 ///
@@ -789,6 +819,7 @@ impl NvmStorage {
                 compactions: 0,
                 failed: None,
                 warned_big_state: false,
+                full: false,
                 damage,
             }),
             durable: AtomicU64::new(replay.last_seq),
@@ -814,6 +845,8 @@ impl NvmStorage {
             capacity: htc.capacity,
             commits: inner.commits,
             compactions: inner.compactions,
+            live_bytes: inner.snapshot_bytes,
+            full: inner.full,
         }
     }
 
@@ -919,6 +952,31 @@ impl Inner {
         self.snapshot_bytes = framed;
         self.since_snapshot = 0;
         self.compactions += 1;
+        // A compaction is where the live size is known exactly, so it is
+        // where fullness is decided (between two, the live log grows by at
+        // most what was appended, and the next one comes at half the
+        // capacity, while compaction still fits).
+        let capacity = self.log.head_tail_capacity().capacity;
+        let was_full = self.full;
+        self.full = if was_full {
+            framed > resume_at(capacity)
+        } else {
+            framed > full_at(capacity)
+        };
+        if self.full != was_full {
+            tracing::info!(
+                region = name,
+                live_bytes = framed,
+                capacity,
+                full = self.full,
+                "paxos-nvm log {}",
+                if self.full {
+                    "is full: the live log passed 3/8 of the region"
+                } else {
+                    "has room again after a truncation"
+                }
+            );
+        }
         tracing::debug!(snapshot_bytes = framed, "paxos-nvm compacted");
         Ok(())
     }
@@ -1011,6 +1069,20 @@ impl Inner {
             Err(e) => return Err(e),
         }
         self.last_seq += 1;
+        // A truncation is what gives a full log room again: compact now, so
+        // the room shows (the dropped records would otherwise count as live
+        // until the next compaction at half the capacity). The snapshot
+        // covers this append too, and commits it.
+        if self.full
+            && entries
+                .iter()
+                .any(|e| matches!(e, PersistEntry::Truncate(_)))
+        {
+            match self.compact(name) {
+                Ok(()) | Err(StorageError::Full(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
         let pending = self.last_seq - self.committed_seq;
         if pending >= self.max_group_appends as u64 {
             self.commit_pending(name)?;
@@ -1100,6 +1172,20 @@ impl ReplicaStorage for NvmStorage {
 
     fn recovery_damage(&self) -> Vec<Damage> {
         self.lock().damage.clone()
+    }
+
+    /// [`LogSpace::Full`] once a compaction left more than
+    /// [`full_at`] (3/8 of the capacity) live, until one after a
+    /// truncation leaves at most [`resume_at`] (1/4).
+    fn space(&self) -> LogSpace {
+        let inner = self.lock();
+        if !inner.full {
+            return LogSpace::Available;
+        }
+        LogSpace::Full {
+            live_bytes: inner.snapshot_bytes,
+            limit_bytes: full_at(inner.log.head_tail_capacity().capacity),
+        }
     }
 
     fn clear_damage(&self) -> Result<(), StorageError> {
@@ -1220,6 +1306,72 @@ pub(crate) mod tests {
         s.append(&[accept(Slot(1001), &[1u8; 60])]).unwrap();
         let expected = s.state();
         assert_eq!(reopen(s).1, expected);
+    }
+
+    /// The log says it is full while appends still fit, keeps taking the
+    /// decrees in flight after that, and has room again once a truncation
+    /// drops the live log.
+    #[test]
+    fn the_log_reports_full_before_appends_fail_and_recovers_after_truncation() {
+        let (s, _) = volatile(16384);
+        let capacity = s.stats().capacity;
+        let mut slot = 0u64;
+        while !s.space().is_full() {
+            slot += 1;
+            assert!(slot < 10_000, "never reported full: {:?}", s.stats());
+            s.append(&[accept(Slot(slot), &[7u8; 60])])
+                .expect("no append fails before the log reports full");
+        }
+        let LogSpace::Full {
+            live_bytes,
+            limit_bytes,
+        } = s.space()
+        else {
+            unreachable!()
+        };
+        assert_eq!(limit_bytes, full_at(capacity));
+        assert!(live_bytes > limit_bytes, "{live_bytes} <= {limit_bytes}");
+        assert!(s.stats().full);
+        // Room remains for decrees already in flight: an eighth of the
+        // capacity, here more than a dozen accepts of 60 bytes (about 100
+        // framed).
+        for _ in 0..12 {
+            slot += 1;
+            s.append(&[accept(Slot(slot), &[8u8; 60])])
+                .expect("a full log still takes the decrees in flight");
+            assert!(s.space().is_full(), "no truncation, no room");
+        }
+        // A checkpoint covers all but the last two: the truncation frees
+        // the room at once, not at the next compaction.
+        s.append(&[PersistEntry::Truncate(Slot(slot - 2))]).unwrap();
+        assert_eq!(s.space(), LogSpace::Available, "{:?}", s.stats());
+        assert!(s.stats().live_bytes <= resume_at(capacity));
+        let expected = s.state();
+        assert_eq!(expected.accepted.len(), 2);
+        slot += 1;
+        s.append(&[accept(Slot(slot), &[9u8; 60])]).unwrap();
+        let expected_after = s.state();
+        assert_ne!(expected, expected_after);
+        let (s2, recovered) = reopen(s);
+        assert_eq!(recovered, expected_after);
+        assert_eq!(s2.space(), LogSpace::Available);
+    }
+
+    /// A truncation that leaves the live log above a quarter of the region
+    /// does not clear the condition (the gap keeps the replica from
+    /// stopping and resuming at every append).
+    #[test]
+    fn a_truncation_that_frees_too_little_keeps_the_log_full() {
+        let (s, _) = volatile(4096);
+        let mut slot = 0u64;
+        while !s.space().is_full() {
+            slot += 1;
+            s.append(&[accept(Slot(slot), &[7u8; 60])]).unwrap();
+        }
+        s.append(&[PersistEntry::Truncate(Slot(2))]).unwrap();
+        assert!(s.space().is_full(), "{:?}", s.stats());
+        s.append(&[PersistEntry::Truncate(Slot(slot))]).unwrap();
+        assert!(!s.space().is_full(), "{:?}", s.stats());
     }
 
     #[test]
