@@ -148,10 +148,13 @@ pub struct Tuning {
     /// Why: the region is a circular log that compacts by rewriting its live
     /// part (the decrees since the last truncation) as one snapshot, which
     /// fits only while the live part is under half the region; the node
-    /// stops taking writes (backpressure) once it passes 3/8. The live part
-    /// peaks just before a checkpoint lets the node truncate, at about
-    /// `live_log_mb`; three times that keeps the peak under 3/8, four
-    /// leaves room for writes that arrive while a checkpoint is written.
+    /// stops taking writes (backpressure) once it passes 7/16, a sixteenth
+    /// short of that for the decrees in flight. The live part peaks just
+    /// before a checkpoint lets the node truncate, at about `live_log_mb`:
+    /// three times that keeps the peak at a third of the region, clear of
+    /// 7/16 (and of 6/16, past which the region compacts more often to
+    /// measure it); four keeps it at a quarter, leaving room for the writes
+    /// that arrive while a checkpoint is written.
     pub nvm_region_mb: u64,
     /// How the persistent-memory region is made durable (storage = "nvm").
     pub nvm_backend: NvmBackend,

@@ -18,6 +18,9 @@
 //! - **Checkpoint scheduling.** Every `checkpoint_every` applied decrees a
 //!   [`CheckpointJob`] goes to the driver; once it reports it durable, the
 //!   core compacts below it (keeping `compact_retain` decrees).
+//! - **Backpressure from a full log.** While storage reports its log full
+//!   ([`Node::on_log_space`]) no new batch is proposed; a checkpoint and a
+//!   truncation through it make the room.
 //! - **State transfer.** A replica behind everything its peers retain
 //!   fetches the newest checkpoint chunk by chunk from a peer, has it
 //!   written and verified, installs it and restarts its core from it in

@@ -34,6 +34,15 @@
 //! [`StorageError::Full`] and changes nothing. Size the region at several
 //! times the live state (truncation after checkpoints keeps it bounded).
 //!
+//! # Full
+//!
+//! So that the replica never gets that far, [`ReplicaStorage::space`]
+//! reports [`LogSpace::Full`] once the live log passes [`full_at`] (7/16
+//! of the capacity; near it, the storage compacts to measure the live log
+//! exactly), and room again once a compaction after a truncation leaves at
+//! most [`resume_at`] (1/4). Appends keep succeeding meanwhile: the
+//! sixteenth below half the capacity is for the decrees already in flight.
+//!
 //! # Sequence numbers
 //!
 //! Every record carries the sequence number of its append (a snapshot: of
@@ -221,8 +230,8 @@ pub struct NvmStats {
     pub commits: u64,
     /// Compactions since open.
     pub compactions: u64,
-    /// Framed bytes of the live state as of the last compaction (its
-    /// snapshot record; 0 before the first).
+    /// Framed bytes of the live log: exact after a compaction, an upper
+    /// bound after later appends.
     pub live_bytes: u64,
     /// Whether the log reports itself full ([`LogSpace::Full`]).
     pub full: bool,
@@ -247,8 +256,9 @@ struct Inner {
     compactions: u64,
     failed: Option<String>,
     warned_big_state: bool,
-    /// The last compaction left more than [`full_at`] live (and no later
-    /// one has brought it to [`resume_at`] or below): see [`LogSpace`].
+    /// The live log passed [`full_at`], and no compaction after a
+    /// truncation has brought it to [`resume_at`] or below since: see
+    /// [`LogSpace`] and [`Inner::update_full`].
     full: bool,
     /// Damage reported at open and not cleared yet.
     damage: Vec<Damage>,
@@ -258,19 +268,17 @@ struct Inner {
 /// snapshot header (33 bytes) and record framing (8 bytes), rounded up.
 const SNAPSHOT_MARGIN: u64 = 64;
 
-/// Live bytes above which the log reports [`LogSpace::Full`]: three eighths
-/// of the capacity.
+/// Live bytes above which the log reports [`LogSpace::Full`]: seven
+/// sixteenths of the capacity.
 ///
 /// Compaction fits only while the live log is under half the capacity
-/// (see [`Inner::make_room`]); past that, appends fail with
-/// [`StorageError::Full`]. Reporting full an eighth of the capacity
+/// (see the module docs, "Compaction"); past that, appends fail with
+/// [`StorageError::Full`]. Reporting full a sixteenth of the capacity
 /// earlier leaves room for the decrees already in flight when the replica
-/// stops proposing, and for a follower whose checkpoint runs behind the
-/// leader's. It is also where compaction stops paying for itself: with
-/// more than 3/8 live, each compaction rewrites more than three times the
-/// bytes appended since the last one.
+/// stops proposing (a pipeline window of batches; 48 MiB of a 768 MiB
+/// region).
 pub fn full_at(capacity: u64) -> u64 {
-    capacity / 8 * 3
+    capacity / 16 * 7
 }
 
 /// Live bytes at or below which a full log has room again: a quarter of
@@ -278,6 +286,15 @@ pub fn full_at(capacity: u64) -> u64 {
 /// and resuming at every append near the limit.
 pub fn resume_at(capacity: u64) -> u64 {
     capacity / 4
+}
+
+/// Least bytes appended since the last compaction before the live log
+/// passing [`full_at`] triggers another, to measure it exactly: a
+/// sixteenth of the capacity, so that these compactions cost at most
+/// about seven times the bytes appended, and only while the live log is
+/// within a sixteenth of the limit.
+fn measure_every(capacity: u64) -> u64 {
+    capacity / 16
 }
 
 /// A replica's durable state in a crash-consistent persistent-memory log.
@@ -845,7 +862,7 @@ impl NvmStorage {
             capacity: htc.capacity,
             commits: inner.commits,
             compactions: inner.compactions,
-            live_bytes: inner.snapshot_bytes,
+            live_bytes: inner.live_bytes(),
             full: inner.full,
         }
     }
@@ -952,33 +969,66 @@ impl Inner {
         self.snapshot_bytes = framed;
         self.since_snapshot = 0;
         self.compactions += 1;
-        // A compaction is where the live size is known exactly, so it is
-        // where fullness is decided (between two, the live log grows by at
-        // most what was appended, and the next one comes at half the
-        // capacity, while compaction still fits).
+        tracing::debug!(snapshot_bytes = framed, "paxos-nvm compacted");
+        Ok(())
+    }
+
+    /// The live log's size: exact just after a compaction, then an upper
+    /// bound (appends since the snapshot may have replaced or truncated
+    /// what it holds).
+    fn live_bytes(&self) -> u64 {
+        self.snapshot_bytes + self.since_snapshot
+    }
+
+    /// Decides whether the log is full after an append of `entries`.
+    ///
+    /// Not full: once the live log may have passed [`full_at`], compact to
+    /// measure it (unless the last compaction was less than
+    /// [`measure_every`] ago: then it was already near the limit), and
+    /// report full if it did pass. Full: a truncation is what gives room
+    /// again, so compact at once after one (the dropped records would
+    /// otherwise count as live until the next compaction), and report room
+    /// once the live log is at most [`resume_at`].
+    fn update_full(&mut self, entries: &[PersistEntry], name: &str) -> Result<(), StorageError> {
         let capacity = self.log.head_tail_capacity().capacity;
         let was_full = self.full;
-        self.full = if was_full {
-            framed > resume_at(capacity)
-        } else {
-            framed > full_at(capacity)
-        };
+        if was_full {
+            if entries
+                .iter()
+                .any(|e| matches!(e, PersistEntry::Truncate(_)))
+            {
+                self.compact_to_measure(name)?;
+                self.full = self.live_bytes() > resume_at(capacity);
+            }
+        } else if self.live_bytes() > full_at(capacity) {
+            if self.since_snapshot >= measure_every(capacity) {
+                self.compact_to_measure(name)?;
+            }
+            self.full = self.live_bytes() > full_at(capacity);
+        }
         if self.full != was_full {
             tracing::info!(
                 region = name,
-                live_bytes = framed,
+                live_bytes = self.live_bytes(),
                 capacity,
-                full = self.full,
                 "paxos-nvm log {}",
                 if self.full {
-                    "is full: the live log passed 3/8 of the region"
+                    "is full: its live part passed 7/16 of the region"
                 } else {
                     "has room again after a truncation"
                 }
             );
         }
-        tracing::debug!(snapshot_bytes = framed, "paxos-nvm compacted");
         Ok(())
+    }
+
+    /// A compaction to learn the live log's size. One that does not fit
+    /// changes nothing (the log stays as full as it was measured).
+    fn compact_to_measure(&mut self, name: &str) -> Result<(), StorageError> {
+        match self.compact(name) {
+            Ok(()) | Err(StorageError::Full(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Compacts the current state.
@@ -1069,20 +1119,8 @@ impl Inner {
             Err(e) => return Err(e),
         }
         self.last_seq += 1;
-        // A truncation is what gives a full log room again: compact now, so
-        // the room shows (the dropped records would otherwise count as live
-        // until the next compaction at half the capacity). The snapshot
-        // covers this append too, and commits it.
-        if self.full
-            && entries
-                .iter()
-                .any(|e| matches!(e, PersistEntry::Truncate(_)))
-        {
-            match self.compact(name) {
-                Ok(()) | Err(StorageError::Full(_)) => {}
-                Err(e) => return Err(e),
-            }
-        }
+        // A compaction here covers this append too, and commits it.
+        self.update_full(entries, name)?;
         let pending = self.last_seq - self.committed_seq;
         if pending >= self.max_group_appends as u64 {
             self.commit_pending(name)?;
@@ -1174,16 +1212,16 @@ impl ReplicaStorage for NvmStorage {
         self.lock().damage.clone()
     }
 
-    /// [`LogSpace::Full`] once a compaction left more than
-    /// [`full_at`] (3/8 of the capacity) live, until one after a
-    /// truncation leaves at most [`resume_at`] (1/4).
+    /// [`LogSpace::Full`] once the live log passed [`full_at`] (7/16 of
+    /// the capacity), until a truncation leaves at most [`resume_at`]
+    /// (1/4).
     fn space(&self) -> LogSpace {
         let inner = self.lock();
         if !inner.full {
             return LogSpace::Available;
         }
         LogSpace::Full {
-            live_bytes: inner.snapshot_bytes,
+            live_bytes: inner.live_bytes(),
             limit_bytes: full_at(inner.log.head_tail_capacity().capacity),
         }
     }
@@ -1313,7 +1351,7 @@ pub(crate) mod tests {
     /// drops the live log.
     #[test]
     fn the_log_reports_full_before_appends_fail_and_recovers_after_truncation() {
-        let (s, _) = volatile(16384);
+        let (s, _) = volatile(65536);
         let capacity = s.stats().capacity;
         let mut slot = 0u64;
         while !s.space().is_full() {
@@ -1332,9 +1370,9 @@ pub(crate) mod tests {
         assert_eq!(limit_bytes, full_at(capacity));
         assert!(live_bytes > limit_bytes, "{live_bytes} <= {limit_bytes}");
         assert!(s.stats().full);
-        // Room remains for decrees already in flight: an eighth of the
-        // capacity, here more than a dozen accepts of 60 bytes (about 100
-        // framed).
+        // Room remains for decrees already in flight: a sixteenth of the
+        // capacity, here 4 KiB, more than a dozen accepts of 60 bytes
+        // (about 100 framed).
         for _ in 0..12 {
             slot += 1;
             s.append(&[accept(Slot(slot), &[8u8; 60])])
