@@ -917,6 +917,9 @@ impl<S: StateMachine, C> Node<S, C> {
         self.directory.restart_membership(&mut core_config);
         // A repair in progress goes on in the new core instance.
         core_config.repair = self.repairing;
+        // What storage truncated (the new core may truncate through the
+        // checkpoint too; erring low only costs a redundant truncation).
+        self.compacted_through = durable.truncated_through;
         self.core = paxos_core::Replica::try_new(
             core_config,
             durable,
