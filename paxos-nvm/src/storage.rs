@@ -37,11 +37,12 @@
 //! # Full
 //!
 //! So that the replica never gets that far, [`ReplicaStorage::space`]
-//! reports [`LogSpace::Full`] once the live log passes [`full_at`] (7/16
-//! of the capacity; near it, the storage compacts to measure the live log
-//! exactly), and room again once a compaction after a truncation leaves at
-//! most [`resume_at`] (1/4). Appends keep succeeding meanwhile: the
-//! sixteenth below half the capacity is for the decrees already in flight.
+//! reports [`LogSpace::Full`] once the live log (the snapshot a compaction
+//! would write, whose size the storage keeps exact at every append)
+//! passes [`full_at`] (7/16 of the capacity), and room again once a
+//! truncation brings it to at most [`resume_at`] (1/4). Appends keep
+//! succeeding meanwhile: the sixteenth below half the capacity is for the
+//! decrees already in flight.
 //!
 //! # Sequence numbers
 //!
@@ -230,8 +231,7 @@ pub struct NvmStats {
     pub commits: u64,
     /// Compactions since open.
     pub compactions: u64,
-    /// Framed bytes of the live log: exact after a compaction, an upper
-    /// bound after later appends.
+    /// Framed bytes of the live log: the snapshot a compaction would write.
     pub live_bytes: u64,
     /// Whether the log reports itself full ([`LogSpace::Full`]).
     pub full: bool,
@@ -256,9 +256,11 @@ struct Inner {
     compactions: u64,
     failed: Option<String>,
     warned_big_state: bool,
-    /// The live log passed [`full_at`], and no compaction after a
-    /// truncation has brought it to [`resume_at`] or below since: see
-    /// [`LogSpace`] and [`Inner::update_full`].
+    /// Snapshot-encoded bytes of `state.accepted` (kept exact at every
+    /// apply, so the live log's size is known without compacting).
+    accepted_bytes: u64,
+    /// The live log passed [`full_at`], and no truncation has brought it to
+    /// [`resume_at`] or below since: see [`LogSpace`].
     full: bool,
     /// Damage reported at open and not cleared yet.
     damage: Vec<Damage>,
@@ -288,13 +290,33 @@ pub fn resume_at(capacity: u64) -> u64 {
     capacity / 4
 }
 
-/// Least bytes appended since the last compaction before the live log
-/// passing [`full_at`] triggers another, to measure it exactly: a
-/// sixteenth of the capacity, so that these compactions cost at most
-/// about seven times the bytes appended, and only while the live log is
-/// within a sixteenth of the limit.
-fn measure_every(capacity: u64) -> u64 {
-    capacity / 16
+/// Applies `entry` to `state`, keeping `accepted_bytes` (the snapshot
+/// encoding's bytes of `state.accepted`) exact: O(1) per accept, and per
+/// truncation O(the entries it drops), which the truncation costs anyway.
+fn apply_counted(state: &mut DurableState, accepted_bytes: &mut u64, entry: &PersistEntry) {
+    match entry {
+        PersistEntry::Accept(a) if a.slot > state.truncated_through => {
+            *accepted_bytes += codec::accepted_len(a);
+            if let Some(old) = state.accepted.get(&a.slot) {
+                *accepted_bytes -= codec::accepted_len(old);
+            }
+        }
+        PersistEntry::Truncate(t) if *t > state.truncated_through => {
+            let dropped: u64 = state
+                .accepted
+                .range(..=*t)
+                .map(|(_, a)| codec::accepted_len(a))
+                .sum();
+            *accepted_bytes -= dropped;
+        }
+        _ => {}
+    }
+    state.apply(entry);
+}
+
+/// Snapshot-encoded bytes of `state.accepted`, counted once (at open).
+fn accepted_bytes_of(state: &DurableState) -> u64 {
+    state.accepted.values().map(codec::accepted_len).sum()
 }
 
 /// A replica's durable state in a crash-consistent persistent-memory log.
@@ -836,6 +858,7 @@ impl NvmStorage {
                 compactions: 0,
                 failed: None,
                 warned_big_state: false,
+                accepted_bytes: accepted_bytes_of(&state),
                 full: false,
                 damage,
             }),
@@ -926,6 +949,12 @@ impl Inner {
             self.since_snapshot <= self.log.tentative_tail() - htc.head,
             "appended bytes are in the log"
         );
+        // Recounting is O(state): checked while the state is small (tests).
+        invariant!(
+            self.state.accepted.len() > 1024
+                || self.accepted_bytes == accepted_bytes_of(&self.state),
+            "the live size is counted exactly"
+        );
     }
 
     fn fail(&mut self, name: &str, e: LogError) -> StorageError {
@@ -973,43 +1002,28 @@ impl Inner {
         Ok(())
     }
 
-    /// The live log's size: exact just after a compaction, then an upper
-    /// bound (appends since the snapshot may have replaced or truncated
-    /// what it holds).
+    /// The live log's size: the framed bytes a snapshot of the current
+    /// state would take (what a compaction must fit).
     fn live_bytes(&self) -> u64 {
-        self.snapshot_bytes + self.since_snapshot
+        record::framed_len((codec::SNAPSHOT_HEADER_LEN + self.accepted_bytes) as usize)
     }
 
-    /// Decides whether the log is full after an append of `entries`.
-    ///
-    /// Not full: once the live log may have passed [`full_at`], compact to
-    /// measure it (unless the last compaction was less than
-    /// [`measure_every`] ago: then it was already near the limit), and
-    /// report full if it did pass. Full: a truncation is what gives room
-    /// again, so compact at once after one (the dropped records would
-    /// otherwise count as live until the next compaction), and report room
-    /// once the live log is at most [`resume_at`].
-    fn update_full(&mut self, entries: &[PersistEntry], name: &str) -> Result<(), StorageError> {
+    /// Decides whether the log is full after an append: full once the live
+    /// log passes [`full_at`], room again once a truncation brings it to
+    /// [`resume_at`] or below.
+    fn update_full(&mut self, name: &str) {
         let capacity = self.log.head_tail_capacity().capacity;
         let was_full = self.full;
-        if was_full {
-            if entries
-                .iter()
-                .any(|e| matches!(e, PersistEntry::Truncate(_)))
-            {
-                self.compact_to_measure(name)?;
-                self.full = self.live_bytes() > resume_at(capacity);
-            }
-        } else if self.live_bytes() > full_at(capacity) {
-            if self.since_snapshot >= measure_every(capacity) {
-                self.compact_to_measure(name)?;
-            }
-            self.full = self.live_bytes() > full_at(capacity);
-        }
+        let live = self.live_bytes();
+        self.full = if was_full {
+            live > resume_at(capacity)
+        } else {
+            live > full_at(capacity)
+        };
         if self.full != was_full {
             tracing::info!(
                 region = name,
-                live_bytes = self.live_bytes(),
+                live_bytes = live,
                 capacity,
                 "paxos-nvm log {}",
                 if self.full {
@@ -1018,16 +1032,6 @@ impl Inner {
                     "has room again after a truncation"
                 }
             );
-        }
-        Ok(())
-    }
-
-    /// A compaction to learn the live log's size. One that does not fit
-    /// changes nothing (the log stays as full as it was measured).
-    fn compact_to_measure(&mut self, name: &str) -> Result<(), StorageError> {
-        match self.compact(name) {
-            Ok(()) | Err(StorageError::Full(_)) => Ok(()),
-            Err(e) => Err(e),
         }
     }
 
@@ -1101,26 +1105,33 @@ impl Inner {
         let result = self.append_encoded(&buf, self.last_seq + 1, name);
         self.encode_buf = buf;
         match result {
-            Ok(()) => entries.iter().for_each(|e| self.state.apply(e)),
+            Ok(()) => {
+                for e in entries {
+                    apply_counted(&mut self.state, &mut self.accepted_bytes, e);
+                }
+            }
             Err(StorageError::Full(reason)) if self.failed.is_none() => {
                 // The record does not fit even after compacting the current
                 // state. The state *after* the append may be smaller (a
                 // Truncate shrinks it): write that as the snapshot instead,
                 // so a full log can always be truncated.
                 let mut next = self.state.clone();
-                entries.iter().for_each(|e| next.apply(e));
+                let mut next_bytes = self.accepted_bytes;
+                for e in entries {
+                    apply_counted(&mut next, &mut next_bytes, e);
+                }
                 self.write_snapshot(&next, self.last_seq + 1, name)
                     .map_err(|e| match e {
                         StorageError::Full(_) => StorageError::Full(reason),
                         other => other,
                     })?;
                 self.state = next;
+                self.accepted_bytes = next_bytes;
             }
             Err(e) => return Err(e),
         }
         self.last_seq += 1;
-        // A compaction here covers this append too, and commits it.
-        self.update_full(entries, name)?;
+        self.update_full(name);
         let pending = self.last_seq - self.committed_seq;
         if pending >= self.max_group_appends as u64 {
             self.commit_pending(name)?;
