@@ -303,7 +303,7 @@ impl Tuning {
     /// 0, [`Tuning::AUTO_NVM_REGION_FACTOR`] times
     /// [`Tuning::live_log_mb`]. `None` for 0 when nothing bounds the log
     /// (refused by validation).
-    pub fn nvm_region_mb(&self) -> Option<u64> {
+    pub fn nvm_region_size_mb(&self) -> Option<u64> {
         match self.nvm_region_mb {
             0 => self
                 .live_log_mb()
@@ -321,7 +321,7 @@ impl Tuning {
                 .into());
         };
         let min = live.saturating_mul(Self::MIN_NVM_REGION_FACTOR);
-        let size = self.nvm_region_mb().unwrap_or(0);
+        let size = self.nvm_region_size_mb().unwrap_or(0);
         if size < min {
             return Err(format!(
                 "tuning.nvm_region_mb = {size} is too small for tuning.checkpoint_every_mb = {} \
@@ -859,7 +859,7 @@ client_addr = "127.0.0.1:6003"
         let c = parse(&nvm).unwrap();
         assert_eq!(c.tuning.nvm_region_mb, 0, "sized automatically by default");
         assert_eq!(c.tuning.live_log_mb(), Some(192));
-        assert_eq!(c.tuning.nvm_region_mb(), Some(4 * 192));
+        assert_eq!(c.tuning.nvm_region_size_mb(), Some(4 * 192));
         // The old default of 256 MiB is what dropped clients under load.
         let e = with("nvm_region_mb = 256").unwrap_err().to_string();
         for needle in [
@@ -872,7 +872,7 @@ client_addr = "127.0.0.1:6003"
         }
         assert!(with("nvm_region_mb = 576").is_ok());
         let c = with("nvm_region_mb = 24\ncheckpoint_every_mb = 4\nlog_memory_mb = 4").unwrap();
-        assert_eq!(c.tuning.nvm_region_mb(), Some(24));
+        assert_eq!(c.tuning.nvm_region_size_mb(), Some(24));
         assert!(with("nvm_region_mb = 23\ncheckpoint_every_mb = 4\nlog_memory_mb = 4").is_err());
         // Without a byte trigger, decrees of up to max_batch_bytes bound it.
         let c = with("checkpoint_every_mb = 0\ncheckpoint_every_decrees = 10\nlog_memory_mb = 6")

@@ -60,7 +60,7 @@ pub fn open_storage(config: &NodeConfig) -> anyhow::Result<OpenedStorage> {
             let path = config.data_dir.join("nvm.region");
             let options = paxos_nvm::NvmOptions {
                 // Validated: a size is known for storage = "nvm".
-                region_bytes: config.tuning.nvm_region_mb().unwrap_or(0) << 20,
+                region_bytes: config.tuning.nvm_region_size_mb().unwrap_or(0) << 20,
                 backend: match config.tuning.nvm_backend {
                     crate::config::NvmBackend::Auto => paxos_nvm::Backend::Auto,
                     crate::config::NvmBackend::Msync => paxos_nvm::Backend::MsyncFile,
