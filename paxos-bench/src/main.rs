@@ -113,8 +113,8 @@ struct Args {
     #[arg(long, default_value = "auto")]
     nvm_backend: String,
     /// With `--storage nvm`: each replica's region size in MiB (paxos-kv
-    /// `tuning.nvm_region_mb`; default: paxos-kv's default). The live log
-    /// between checkpoints (up to `checkpoint_every_mb`) must fit in half.
+    /// `tuning.nvm_region_mb`; default: sized from the checkpoint
+    /// settings). At least 3x `checkpoint_every_mb` + `log_memory_mb`.
     #[arg(long)]
     nvm_region_mb: Option<u64>,
 }

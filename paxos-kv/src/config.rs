@@ -31,6 +31,8 @@
 //! [tuning]                          # optional; defaults shown by `Tuning::default`
 //! pipeline_window = 64
 //! nvm_backend = "auto"             # storage = "nvm": "auto" | "msync" | "emulated-pm"
+//! nvm_region_mb = 0                # storage = "nvm": 0 sizes it from the checkpoint
+//!                                  # settings (see Tuning::nvm_region_mb)
 //! transparent_huge_pages = true    # re-exec with glibc's THP tunable (see crate::hugepages)
 //! max_clients = 10000               # then `-ERR max number of clients reached`
 //! admin_reserved_clients = 16       # extra slots for operator commands only
@@ -137,7 +139,22 @@ pub struct Tuning {
     pub max_clients: usize,
     /// Most requests one connection may have awaiting replies.
     pub max_pipelined_per_client: usize,
-    /// Size of the persistent-memory region (storage = "nvm").
+    /// Size of the persistent-memory region (storage = "nvm"), fixed when
+    /// the region is created. 0 (the default) sizes it from the checkpoint
+    /// settings: [`Tuning::AUTO_NVM_REGION_FACTOR`] times
+    /// [`Tuning::live_log_mb`]. Smaller than
+    /// [`Tuning::MIN_NVM_REGION_FACTOR`] times that is refused at startup.
+    ///
+    /// Why: the region is a circular log that compacts by rewriting its live
+    /// part (the decrees since the last truncation) as one snapshot, which
+    /// fits only while the live part is under half the region; the node
+    /// stops taking writes (backpressure) once it passes 7/16, a sixteenth
+    /// short of that for the decrees in flight. The live part peaks just
+    /// before a checkpoint lets the node truncate, at about `live_log_mb`:
+    /// three times that keeps the peak at a third of the region, clear of
+    /// 7/16 (and of 6/16, past which the region compacts more often to
+    /// measure it); four keeps it at a quarter, leaving room for the writes
+    /// that arrive while a checkpoint is written.
     pub nvm_region_mb: u64,
     /// How the persistent-memory region is made durable (storage = "nvm").
     pub nvm_backend: NvmBackend,
@@ -237,7 +254,7 @@ impl Default for Tuning {
             log_memory_mb: 64,
             max_clients: 10_000,
             max_pipelined_per_client: 1024,
-            nvm_region_mb: 256,
+            nvm_region_mb: 0,
             nvm_backend: NvmBackend::Auto,
             log_sync_interval_us: 3000,
             worker_threads: 2,
@@ -251,6 +268,78 @@ impl Default for Tuning {
             read_mode: ReadMode::ReadIndex,
             max_clock_drift_ppm: 500,
         }
+    }
+}
+
+impl Tuning {
+    /// `nvm_region_mb = 0` sizes the region at this many times
+    /// [`Tuning::live_log_mb`].
+    pub const AUTO_NVM_REGION_FACTOR: u64 = 4;
+    /// A region smaller than this many times [`Tuning::live_log_mb`] is
+    /// refused.
+    pub const MIN_NVM_REGION_FACTOR: u64 = 3;
+
+    /// MiB of log a replica keeps live at most between two truncations, as
+    /// the checkpoint settings bound it: what it keeps below a checkpoint
+    /// for lagging peers (at most `log_memory_mb`) plus what accumulates
+    /// until the next checkpoint is durable (`checkpoint_every_mb`; without
+    /// that byte trigger, `checkpoint_every_decrees` decrees of up to
+    /// `max_batch_bytes` each). `None` if no checkpoint bounds it.
+    pub fn live_log_mb(&self) -> Option<u64> {
+        let by_decrees = (self.checkpoint_every_decrees != 0).then(|| {
+            self.checkpoint_every_decrees
+                .saturating_mul(self.max_batch_bytes as u64)
+                .div_ceil(1 << 20)
+        });
+        let by_bytes = (self.checkpoint_every_mb != 0).then_some(self.checkpoint_every_mb);
+        let between = match (by_bytes, by_decrees) {
+            (Some(b), Some(d)) => b.min(d),
+            (b, d) => b.or(d)?,
+        };
+        Some(between.saturating_add(self.log_memory_mb))
+    }
+
+    /// The persistent-memory region size in MiB: `nvm_region_mb`, or with
+    /// 0, [`Tuning::AUTO_NVM_REGION_FACTOR`] times
+    /// [`Tuning::live_log_mb`]. `None` for 0 when nothing bounds the log
+    /// (refused by validation).
+    pub fn nvm_region_size_mb(&self) -> Option<u64> {
+        match self.nvm_region_mb {
+            0 => self
+                .live_log_mb()
+                .map(|l| l.saturating_mul(Self::AUTO_NVM_REGION_FACTOR)),
+            mb => Some(mb),
+        }
+    }
+
+    /// Refuses a persistent-memory region too small for the live log the
+    /// checkpoint settings allow (see [`Tuning::nvm_region_mb`]).
+    fn validate_nvm_region(&self) -> Result<(), String> {
+        let Some(live) = self.live_log_mb() else {
+            return Err("storage = \"nvm\" needs checkpoints to bound its log: set \
+                        tuning.checkpoint_every_mb (or checkpoint_every_decrees) above 0"
+                .into());
+        };
+        let min = live.saturating_mul(Self::MIN_NVM_REGION_FACTOR);
+        let size = self.nvm_region_size_mb().unwrap_or(0);
+        if size < min {
+            return Err(format!(
+                "tuning.nvm_region_mb = {size} is too small for tuning.checkpoint_every_mb = {} \
+                 and tuning.log_memory_mb = {}: the region must hold {}x the log kept between \
+                 checkpoints ({live} MiB), at least {min} MiB (set nvm_region_mb = 0 to size it \
+                 automatically at {} MiB, or lower checkpoint_every_mb / log_memory_mb)",
+                self.checkpoint_every_mb,
+                self.log_memory_mb,
+                Self::MIN_NVM_REGION_FACTOR,
+                live.saturating_mul(Self::AUTO_NVM_REGION_FACTOR),
+            ));
+        }
+        if size > 1 << 20 {
+            return Err(format!(
+                "tuning.nvm_region_mb: the region would be {size} MiB, more than 1 TiB"
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -502,9 +591,12 @@ impl NodeConfig {
             "max_pipelined_per_client must be in 1..=65536",
         )?;
         check(
-            (1..=1 << 20).contains(&t.nvm_region_mb),
-            "nvm_region_mb must be in 1..=1048576",
+            t.nvm_region_mb <= 1 << 20,
+            "nvm_region_mb must be in 0..=1048576 (0: sized automatically)",
         )?;
+        if self.storage == StorageKind::Nvm {
+            t.validate_nvm_region()?;
+        }
         check(
             t.client_timeout_secs <= 365 * 86_400,
             "client_timeout_secs must be at most a year (0: never)",
@@ -754,6 +846,47 @@ client_addr = "127.0.0.1:6003"
         );
         let e = parse(&bad).unwrap_err().to_string();
         assert!(e.contains("metrics_addr"), "{e}");
+    }
+
+    /// storage = "nvm": a region too small for the log kept between
+    /// checkpoints is refused with both settings and the minimum named;
+    /// 0 (the default) sizes it from them.
+    #[test]
+    fn an_nvm_region_too_small_for_the_checkpoint_settings_is_refused() {
+        let nvm = GOOD.replace("storage = \"file\"", "storage = \"nvm\"");
+        let with = |tuning: &str| parse(&format!("{nvm}\n[tuning]\n{tuning}\n"));
+        // The defaults: 128 MiB between checkpoints plus 64 kept below one.
+        let c = parse(&nvm).unwrap();
+        assert_eq!(c.tuning.nvm_region_mb, 0, "sized automatically by default");
+        assert_eq!(c.tuning.live_log_mb(), Some(192));
+        assert_eq!(c.tuning.nvm_region_size_mb(), Some(4 * 192));
+        // The old default of 256 MiB is what dropped clients under load.
+        let e = with("nvm_region_mb = 256").unwrap_err().to_string();
+        for needle in [
+            "nvm_region_mb = 256",
+            "checkpoint_every_mb = 128",
+            "log_memory_mb = 64",
+            "at least 576 MiB",
+        ] {
+            assert!(e.contains(needle), "{needle:?} missing from: {e}");
+        }
+        assert!(with("nvm_region_mb = 576").is_ok());
+        let c = with("nvm_region_mb = 24\ncheckpoint_every_mb = 4\nlog_memory_mb = 4").unwrap();
+        assert_eq!(c.tuning.nvm_region_size_mb(), Some(24));
+        assert!(with("nvm_region_mb = 23\ncheckpoint_every_mb = 4\nlog_memory_mb = 4").is_err());
+        // Without a byte trigger, decrees of up to max_batch_bytes bound it.
+        let c = with("checkpoint_every_mb = 0\ncheckpoint_every_decrees = 10\nlog_memory_mb = 6")
+            .unwrap();
+        assert_eq!(c.tuning.live_log_mb(), Some(10 + 6));
+        // Nothing bounds the log without checkpoints.
+        let e = with("checkpoint_every_mb = 0\ncheckpoint_every_decrees = 0")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("checkpoint_every_mb"), "{e}");
+        // Only storage = "nvm" is held to it.
+        assert!(parse(&format!("{GOOD}\n[tuning]\nnvm_region_mb = 1\n")).is_ok());
+        let c = parse(&nvm).unwrap();
+        assert_eq!(parse(&c.to_toml()).unwrap(), c, "to_toml round-trips the 0");
     }
 
     #[test]

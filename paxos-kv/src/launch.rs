@@ -59,7 +59,8 @@ pub fn open_storage(config: &NodeConfig) -> anyhow::Result<OpenedStorage> {
         StorageKind::Nvm => {
             let path = config.data_dir.join("nvm.region");
             let options = paxos_nvm::NvmOptions {
-                region_bytes: config.tuning.nvm_region_mb << 20,
+                // Validated: a size is known for storage = "nvm".
+                region_bytes: config.tuning.nvm_region_size_mb().unwrap_or(0) << 20,
                 backend: match config.tuning.nvm_backend {
                     crate::config::NvmBackend::Auto => paxos_nvm::Backend::Auto,
                     crate::config::NvmBackend::Msync => paxos_nvm::Backend::MsyncFile,
@@ -318,7 +319,12 @@ pub async fn run_node(config: NodeConfig) -> anyhow::Result<()> {
             server.abort();
             return match r {
                 Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(e.context("replica loop failed")),
+                Ok(Err(e)) => {
+                    // In the log too, not only on stderr at exit: this is
+                    // why clients were disconnected.
+                    tracing::error!(error = format!("{e:#}"), "replica loop failed; the node stops");
+                    Err(e.context("replica loop failed"))
+                }
                 Err(e) => Err(anyhow::anyhow!("replica loop panicked: {e}")),
             };
         }

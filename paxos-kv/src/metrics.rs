@@ -480,6 +480,12 @@ impl prometheus_client::collector::Collector for NodeCollector {
         )?;
         gauge_u(
             e,
+            "paxos_log_full",
+            "1 while storage reports its log full: new writes wait until a checkpoint lets it truncate",
+            u64::from(s.log_full),
+        )?;
+        gauge_u(
+            e,
             "paxos_pending_reads",
             "Reads waiting for a leadership confirmation or for their slot to be applied",
             s.pending_reads,

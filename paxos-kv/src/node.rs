@@ -139,6 +139,8 @@ pub struct SharedStatus {
     read_lease: AtomicU8,
     pending_reads: AtomicU64,
     reads_served: AtomicU64,
+    /// 1 while storage reports its log full and writes wait.
+    log_full: AtomicU8,
     /// Membership, peers and address book; replaced (not edited) by the
     /// loop on its timer and on membership changes.
     cluster: std::sync::Mutex<Arc<ClusterView>>,
@@ -185,6 +187,9 @@ pub struct NodeStatus {
     pub pending_reads: u64,
     /// Reads answered without the log since start.
     pub reads_served: u64,
+    /// Storage reports its log full: new writes wait for a checkpoint to
+    /// truncate it (see `paxos_node::Node::on_log_space`).
+    pub log_full: bool,
 }
 
 /// Records the sizes of the `decrees` decrees proposed since the last
@@ -235,6 +240,7 @@ impl SharedStatus {
             },
             pending_reads: self.pending_reads.load(Ordering::Relaxed),
             reads_served: self.reads_served.load(Ordering::Relaxed),
+            log_full: self.log_full.load(Ordering::Relaxed) != 0,
         }
     }
 
@@ -285,6 +291,7 @@ impl SharedStatus {
         self.pending_reads
             .store(s.pending_reads as u64, Ordering::Relaxed);
         self.reads_served.store(s.reads_served, Ordering::Relaxed);
+        self.log_full.store(u8::from(s.log_full), Ordering::Relaxed);
     }
 
     fn set_cluster(&self, view: ClusterView) {
@@ -764,6 +771,21 @@ pub fn start(
     ))
 }
 
+/// The crash-stop error for a failed append. A log out of room gets the
+/// settings that size it named: the node stops proposing well before this
+/// (`paxos_node::Node::on_log_space`), so it means the region cannot hold
+/// what is accepted between two checkpoints.
+fn append_failed(e: paxos_log::StorageError) -> anyhow::Error {
+    match e {
+        paxos_log::StorageError::Full(_) => anyhow::anyhow!(
+            "storage append failed (stopping this replica): {e}; the log cannot hold what \
+             this replica accepts between two checkpoints: raise tuning.nvm_region_mb (0: sized \
+             from checkpoint_every_mb and log_memory_mb), or lower those"
+        ),
+        e => anyhow::anyhow!("storage append failed (stopping this replica): {e}"),
+    }
+}
+
 /// What the durability waiter publishes for the loop. The waiter never
 /// blocks on the loop (it only stores and notifies), so the loop blocking on
 /// a full persist queue can never deadlock with it.
@@ -1058,14 +1080,19 @@ impl EventLoop {
                     }
                 }
                 Effect::Persist { id, entries } => {
-                    let seq = self.storage.append(&entries).map_err(|e| {
-                        anyhow::anyhow!("storage append failed (stopping this replica): {e}")
-                    })?;
+                    let seq = self.storage.append(&entries).map_err(append_failed)?;
                     self.outstanding.push_back((id, seq));
                     if let Some(tx) = &self.persist_tx {
                         tx.send(seq)
                             .map_err(|_| anyhow::anyhow!("durability waiter stopped"))?;
                     }
+                    // A log bounded in size says when it is nearly full, and
+                    // the node holds new writes until a truncation (one
+                    // short lock; the file log always has room).
+                    let now = self.now();
+                    self.node
+                        .on_log_space(now, self.storage.space())
+                        .map_err(|e| anyhow::anyhow!("stopping this replica: {e}"))?;
                 }
                 Effect::Complete {
                     completion,
@@ -1322,6 +1349,7 @@ mod tests {
             read_mode: paxos_node::ReadMode::default(),
             pending_reads: 0,
             reads_served: 0,
+            log_full: false,
         };
         let publish = |s: &paxos_node::NodeStatus| {
             shared.publish(s);

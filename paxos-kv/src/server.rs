@@ -1087,6 +1087,7 @@ mod tests {
             read_mode: "read_index",
             pending_reads: 0,
             reads_served: 0,
+            log_full: false,
         };
         let peer =
             |id, applied: Option<u64>, commit: Option<u64>, ago_us: Option<u64>| PeerStatus {

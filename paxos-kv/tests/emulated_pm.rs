@@ -35,6 +35,9 @@ async fn emulated_pm_on_dev_shm_keeps_every_acknowledged_write_across_kill9() {
     let tuning = Tuning {
         nvm_backend: NvmBackend::EmulatedPm,
         nvm_region_mb: 32,
+        // The region must hold 3x the log kept between checkpoints.
+        checkpoint_every_mb: 4,
+        log_memory_mb: 4,
         // Restarts then recover from a checkpoint plus the region's tail.
         checkpoint_every_decrees: 300,
         ..Tuning::default()

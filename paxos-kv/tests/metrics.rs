@@ -165,6 +165,11 @@ async fn scenario() {
         "ReadIndex is the default"
     );
     must(&body, "paxos_pending_reads");
+    assert_eq!(
+        must(&body, "paxos_log_full"),
+        0.0,
+        "a file log always has room"
+    );
     assert!(must(&body, "paxos_submit_queue_capacity") >= 1.0);
     must(&body, "paxos_client_disconnects_total{reason=\"idle\"}");
     for peer in (0..3).filter(|&i| i != leader) {

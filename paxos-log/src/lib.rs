@@ -196,7 +196,8 @@ pub mod storage;
 pub use log::{FileLog, LogOptions, LogStats, WriterMode};
 pub use recovery::RecoveryReport;
 pub use storage::{
-    CorruptionPolicy, Damage, DurabilityEvent, DurabilityListener, ReplicaStorage, StorageError,
+    CorruptionPolicy, Damage, DurabilityEvent, DurabilityListener, LogSpace, ReplicaStorage,
+    StorageError,
 };
 
 #[cfg(test)]

@@ -130,6 +130,33 @@ impl std::fmt::Display for Damage {
     }
 }
 
+/// Whether a log bounded in size has room for more decrees
+/// ([`ReplicaStorage::space`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogSpace {
+    /// Appends fit (also: the log is bounded only by the disk).
+    #[default]
+    Available,
+    /// The live log (what a truncation has not yet dropped) is near what
+    /// the log can hold: the replica should propose no new decrees until a
+    /// checkpoint lets it truncate, or appends will soon fail with
+    /// [`StorageError::Full`]. Appends still succeed meanwhile, so decrees
+    /// already proposed (and a peer's accepts) keep being persisted.
+    Full {
+        /// Bytes of the live log, as of the last measurement.
+        live_bytes: u64,
+        /// The live log is reported full above this many bytes.
+        limit_bytes: u64,
+    },
+}
+
+impl LogSpace {
+    /// Whether this is [`LogSpace::Full`].
+    pub fn is_full(&self) -> bool {
+        matches!(self, LogSpace::Full { .. })
+    }
+}
+
 /// Durable replica state, written by appends and read for catch-up.
 ///
 /// Implementations are shared between the replica's event loop and a
@@ -166,6 +193,14 @@ pub trait ReplicaStorage: Send + Sync {
     /// truncated. The default keeps everything.
     fn release_memory_through(&self, through: Slot) {
         let _ = through;
+    }
+
+    /// Whether the log has room for more decrees. A log bounded in size
+    /// (paxos-nvm's region) reports [`LogSpace::Full`] before appends start
+    /// failing, so the replica can stop proposing and wait for a
+    /// truncation instead of failing. The default: always room.
+    fn space(&self) -> LogSpace {
+        LogSpace::Available
     }
 
     /// Damage that recovery salvaged around and that is not cleared yet,

@@ -22,6 +22,12 @@
 //!   per [`ReadMode`]: a heartbeat round, or a lease that assumes bounded
 //!   clock drift) or [`ReadConsistency::AtLeast`] (bounded staleness on any
 //!   replica), answered by [`StateMachine::query`] without a decree.
+//! - **Backpressure from a full log**: after each append the driver passes
+//!   what storage says of its room to [`Node::on_log_space`]; while it is
+//!   full the node proposes nothing new (client batches wait, never fail),
+//!   truncates through its newest checkpoint and takes another, and
+//!   returns a [`LogFullError`] for the driver to crash-stop on only when
+//!   nothing it applied is left to truncate.
 //! - [`StateMachine`] is the application: it executes requests, streams its
 //!   state into checkpoints and restores from them. It knows nothing of
 //!   Paxos, and the node knows nothing of it beyond this trait.
@@ -80,7 +86,7 @@ pub mod xfer;
 pub use config::NodeConfig;
 pub use directory::{ClusterView, Directory, MemberAddrs};
 pub use effect::{AbortReason, CheckpointJob, DecreeTiming, Effect, PersistId, TransferOp};
-pub use node::{Node, NodeError, NodeStatus, Recovery};
+pub use node::{LogFullError, Node, NodeError, NodeStatus, Recovery};
 pub use reads::{ReadConsistency, ReadMode};
 pub use state_machine::{BytesSnapshot, Decree, Snapshot, SnapshotError, StateMachine};
 

@@ -18,6 +18,9 @@
 //! - **Checkpoint scheduling.** Every `checkpoint_every` applied decrees a
 //!   [`CheckpointJob`] goes to the driver; once it reports it durable, the
 //!   core compacts below it (keeping `compact_retain` decrees).
+//! - **Backpressure from a full log.** While storage reports its log full
+//!   ([`Node::on_log_space`]) no new batch is proposed; a checkpoint and a
+//!   truncation through it make the room.
 //! - **State transfer.** A replica behind everything its peers retain
 //!   fetches the newest checkpoint chunk by chunk from a peer, has it
 //!   written and verified, installs it and restarts its core from it in
@@ -143,7 +146,44 @@ pub struct NodeStatus {
     pub pending_reads: usize,
     /// Reads answered without the log since start.
     pub reads_served: u64,
+    /// Storage reported its log full ([`paxos_log::LogSpace::Full`]): this
+    /// node proposes nothing new until a truncation gives it room.
+    pub log_full: bool,
 }
+
+/// Storage's log is full and nothing this node can do frees it: every
+/// slot it applied is truncated and no checkpoint is running. The driver
+/// must stop the replica (crash-stop) rather than wait forever.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the log is full ({live_bytes} live bytes, limit {limit_bytes}) and truncating through \
+     every applied slot ({applied}) did not free it; the region is too small for the \
+     decrees accepted but not yet applied: give it more room"
+)]
+pub struct LogFullError {
+    /// Live bytes storage reported.
+    pub live_bytes: u64,
+    /// Its limit.
+    pub limit_bytes: u64,
+    /// The last slot applied (and truncated).
+    pub applied: Slot,
+}
+
+/// Storage's log was reported full at `since` (see [`Node::on_log_space`]).
+#[derive(Debug, Clone, Copy)]
+struct LogFull {
+    since: Time,
+    /// When the last warning about it was logged.
+    warned_at: Time,
+    live_bytes: u64,
+    limit_bytes: u64,
+}
+
+/// Least time between two warnings that writes wait for a full log.
+const LOG_FULL_WARN_EVERY_US: u64 = 5_000_000;
+/// Least time between two checkpoints a full log starts (one that failed
+/// is retried this often, not at every tick).
+const LOG_FULL_CHECKPOINT_RETRY_US: u64 = 1_000_000;
 
 /// One batch this node proposed and has not yet seen applied.
 #[derive(Debug)]
@@ -238,6 +278,12 @@ pub struct Node<S: StateMachine, C> {
     awaiting_vote: Option<Slot>,
     /// The core is repairing (its storage reported damage).
     repairing: bool,
+    /// When the last checkpoint failed (none since succeeded).
+    checkpoint_failed_at: Option<Time>,
+    /// Storage's log is full: propose nothing new (see [`Node::on_log_space`]).
+    log_full: Option<LogFull>,
+    /// The slot the last `Truncate` this node asked for covers.
+    compacted_through: Slot,
     // Cluster-view bookkeeping.
     book: Arc<BTreeMap<ReplicaId, MemberAddrs>>,
     book_generation: u64,
@@ -285,6 +331,7 @@ impl<S: StateMachine, C> Node<S, C> {
                 "storage lost data this replica may have acknowledged: it does not vote until every voter answered and it learned every slot it may have voted on"
             );
         }
+        let compacted_through = durable.truncated_through;
         let core = paxos_core::Replica::try_new(core_config, durable, applied, config.seed, now)?;
         let status = core.status();
         let id = config.core.id;
@@ -316,6 +363,9 @@ impl<S: StateMachine, C> Node<S, C> {
             transfer_rotation: 0,
             awaiting_vote: None,
             repairing: damaged,
+            checkpoint_failed_at: None,
+            log_full: None,
+            compacted_through,
             book: Arc::new(BTreeMap::new()),
             book_generation: u64::MAX,
             membership_slot_seen: None,
@@ -340,6 +390,7 @@ impl<S: StateMachine, C> Node<S, C> {
                 read_mode: config.read_mode,
                 pending_reads: 0,
                 reads_served: 0,
+                log_full: false,
             },
             reads: ReadQueue::new(config.max_pending_reads, config.max_pending_read_bytes),
             config,
@@ -354,12 +405,14 @@ impl<S: StateMachine, C> Node<S, C> {
     // ------------------------------------------------------------------
 
     /// Whether the driver should hand in client requests now: this node
-    /// leads, has room in its window and nothing stalled. (Requests handed
-    /// in otherwise are still settled correctly: refused with `NotPrimary`
-    /// or queued behind the stalled ones.)
+    /// leads, has room in its window and in its log, and nothing stalled.
+    /// (Requests handed in otherwise are still settled correctly: refused
+    /// with `NotPrimary` or queued behind the stalled ones.)
     pub fn wants_requests(&self) -> bool {
         !self.is_leader
-            || (self.stalled.is_empty() && self.proposals.len() < self.config.core.pipeline_window)
+            || (self.stalled.is_empty()
+                && self.log_full.is_none()
+                && self.proposals.len() < self.config.core.pipeline_window)
     }
 
     /// Most requests, and most request bytes, that fit one decree next to
@@ -551,6 +604,10 @@ impl<S: StateMachine, C> Node<S, C> {
     pub fn handle_tick(&mut self, now: Time) {
         self.core.handle_tick(now);
         self.process(now);
+        if self.log_full.is_some() {
+            self.relieve_log(now);
+            self.warn_log_full(now);
+        }
         self.expire_follower_reads(now);
         if self.needs_snapshot {
             self.request_checkpoint(now);
@@ -594,6 +651,131 @@ impl<S: StateMachine, C> Node<S, C> {
         self.process(now);
     }
 
+    /// What storage says about its room, after an append
+    /// ([`paxos_log::ReplicaStorage::space`]; the driver asks after every
+    /// append, which is cheap).
+    ///
+    /// While the log is full this node proposes nothing new: client batches
+    /// wait (the driver stops handing them in, [`Node::wants_requests`]),
+    /// never fail for it, and decrees already proposed go on to be chosen
+    /// and applied. To make room it truncates through its newest checkpoint
+    /// at once (keeping nothing below it for lagging peers) and takes a new
+    /// checkpoint if it applied past that one, retrying a failed one every
+    /// second; a warning says every few seconds why writes wait. Once
+    /// storage has room again, proposing resumes.
+    ///
+    /// Fails if the log is full with everything this node applied already
+    /// truncated and no checkpoint running: waiting would not help, and
+    /// the driver must stop the replica (crash-stop) with this error.
+    pub fn on_log_space(
+        &mut self,
+        now: Time,
+        space: paxos_log::LogSpace,
+    ) -> Result<(), LogFullError> {
+        match space {
+            paxos_log::LogSpace::Available => {
+                if let Some(full) = self.log_full.take() {
+                    tracing::info!(
+                        waited_ms = now.micros_since(full.since) / 1000,
+                        "the log has room again; proposing resumes"
+                    );
+                    self.process(now);
+                }
+                Ok(())
+            }
+            paxos_log::LogSpace::Full {
+                live_bytes,
+                limit_bytes,
+            } => {
+                match &mut self.log_full {
+                    Some(full) => {
+                        full.live_bytes = live_bytes;
+                        full.limit_bytes = limit_bytes;
+                    }
+                    None => {
+                        self.log_full = Some(LogFull {
+                            since: now,
+                            warned_at: now,
+                            live_bytes,
+                            limit_bytes,
+                        });
+                        tracing::warn!(
+                            live_bytes,
+                            limit_bytes,
+                            checkpoint_slot = %self.checkpoint_slot,
+                            applied = %self.applied,
+                            "the log is full: new writes wait until a checkpoint lets it \
+                             truncate (clients are not failed; if this recurs, the region is \
+                             too small for the write rate, or checkpoints are too slow)"
+                        );
+                    }
+                }
+                let stuck = !self.relieve_log(now)
+                    && !self.checkpoint_running
+                    && self.compacted_through >= self.applied
+                    && self.proposals.is_empty()
+                    && self.status.commit_index <= self.applied;
+                if stuck {
+                    return Err(LogFullError {
+                        live_bytes,
+                        limit_bytes,
+                        applied: self.applied,
+                    });
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Truncates what the newest checkpoint covers, or starts a checkpoint
+    /// that will let it truncate more; returns whether it did either.
+    fn relieve_log(&mut self, now: Time) -> bool {
+        if self.checkpoint_slot > self.compacted_through && self.checkpoint_slot <= self.applied {
+            self.compact(self.checkpoint_slot);
+            self.process(now);
+            return true;
+        }
+        let retry_due = self
+            .checkpoint_failed_at
+            .is_none_or(|t| now.micros_since(t) >= LOG_FULL_CHECKPOINT_RETRY_US);
+        if self.config.checkpoints
+            && !self.checkpoint_running
+            && self.applied > self.checkpoint_slot
+            && retry_due
+        {
+            self.start_checkpoint(now);
+            return true;
+        }
+        false
+    }
+
+    /// Logs, at most every few seconds, that writes wait for a full log.
+    fn warn_log_full(&mut self, now: Time) {
+        let checkpoint_running = self.checkpoint_running;
+        let Some(full) = &mut self.log_full else {
+            return;
+        };
+        if now.micros_since(full.warned_at) < LOG_FULL_WARN_EVERY_US {
+            return;
+        }
+        full.warned_at = now;
+        tracing::warn!(
+            waiting_ms = now.micros_since(full.since) / 1000,
+            live_bytes = full.live_bytes,
+            limit_bytes = full.limit_bytes,
+            checkpoint_running,
+            "writes still wait for room in the full log (a checkpoint must finish so \
+             that it can truncate)"
+        );
+    }
+
+    /// Has the core drop decrees through `through` and persist the
+    /// truncation.
+    fn compact(&mut self, through: Slot) {
+        self.core.compact(through);
+        self.compacted_through = self.compacted_through.max(through);
+    }
+
     /// The driver finished a [`CheckpointJob`]: `Ok(slot)` once it is
     /// durable, `Err` with a description otherwise (retried at the next
     /// interval).
@@ -601,6 +783,7 @@ impl<S: StateMachine, C> Node<S, C> {
         self.checkpoint_running = false;
         match result {
             Ok(slot) => {
+                self.checkpoint_failed_at = None;
                 self.checkpoint_slot = self.checkpoint_slot.max(slot);
                 self.stats.checkpoints_saved += 1;
                 // Storage keeps `compact_retain` decrees below the
@@ -608,12 +791,17 @@ impl<S: StateMachine, C> Node<S, C> {
                 // still holds in memory (bounded in bytes by
                 // `core.retain_bytes`): catch-up is served from there.
                 let memory_from = self.core.status().retained_from;
-                let through = slot
-                    .saturating_sub(self.config.compact_retain)
-                    .max(Slot(memory_from.0.saturating_sub(1)))
-                    .min(slot);
+                let through = if self.log_full.is_some() {
+                    // Room in the log comes first: lagging peers catch up
+                    // from the checkpoint instead.
+                    slot
+                } else {
+                    slot.saturating_sub(self.config.compact_retain)
+                        .max(Slot(memory_from.0.saturating_sub(1)))
+                        .min(slot)
+                };
                 if through > Slot::ZERO && through <= self.applied {
-                    self.core.compact(through);
+                    self.compact(through);
                 }
                 tracing::info!(
                     %slot,
@@ -626,6 +814,7 @@ impl<S: StateMachine, C> Node<S, C> {
                 self.maybe_checkpoint(now, self.applied);
             }
             Err(e) => {
+                self.checkpoint_failed_at = Some(now);
                 tracing::error!(error = %e, "checkpoint failed; will retry at the next interval")
             }
         }
@@ -728,6 +917,9 @@ impl<S: StateMachine, C> Node<S, C> {
         self.directory.restart_membership(&mut core_config);
         // A repair in progress goes on in the new core instance.
         core_config.repair = self.repairing;
+        // What storage truncated (the new core may truncate through the
+        // checkpoint too; erring low only costs a redundant truncation).
+        self.compacted_through = durable.truncated_through;
         self.core = paxos_core::Replica::try_new(
             core_config,
             durable,
@@ -891,6 +1083,7 @@ impl<S: StateMachine, C> Node<S, C> {
             needs_snapshot: self.needs_snapshot,
             repair: self.core.repair_progress(),
             pending_reads: self.reads.len(),
+            log_full: self.log_full.is_some(),
             ..self.stats.clone()
         }
     }
@@ -969,7 +1162,7 @@ impl<S: StateMachine, C> Node<S, C> {
     /// Hands one batch to the core; returns it if the core cannot take it
     /// yet.
     fn try_propose(&mut self, now: Time, s: Stalled<C>) -> Option<Stalled<C>> {
-        if self.proposals.len() >= self.config.core.pipeline_window {
+        if self.proposals.len() >= self.config.core.pipeline_window || self.log_full.is_some() {
             return Some(s);
         }
         let n = s.completions.len() as u64;

@@ -42,6 +42,21 @@ fn put_ballot(out: &mut Vec<u8>, b: &Ballot) {
     out.put_u32_le(b.leader.0);
 }
 
+/// Bytes [`encode_snapshot`] spends on `a` (what `put_accepted` writes).
+pub fn accepted_len(a: &Accepted) -> u64 {
+    let value = match &a.value {
+        Value::Noop => 1,
+        Value::Requests(bytes) => 1 + 4 + bytes.len() as u64,
+        Value::Reconfigure(r) => {
+            1 + 8 + 4 * (2 + r.membership.voters.len() + r.membership.learners.len()) as u64
+        }
+    };
+    8 + 12 + value
+}
+
+/// Bytes of a snapshot's payload besides its accepted values.
+pub const SNAPSHOT_HEADER_LEN: u64 = 1 + 12 + 8 + 8 + 4;
+
 fn put_accepted(out: &mut Vec<u8>, a: &Accepted) {
     put_slot(out, a.slot);
     put_ballot(out, &a.ballot);
@@ -298,6 +313,8 @@ pub(crate) mod tests {
             entries.iter().for_each(|e| state.apply(e));
             let mut buf = Vec::new();
             encode_snapshot(&state, &mut buf);
+            let predicted: u64 = state.accepted.values().map(accepted_len).sum();
+            prop_assert_eq!(buf.len() as u64, SNAPSHOT_HEADER_LEN + predicted, "sizes predicted exactly");
             prop_assert_eq!(decode(Bytes::from(buf)), Ok(Payload::Snapshot(state)));
         }
 

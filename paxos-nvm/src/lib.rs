@@ -48,7 +48,11 @@
 //! The region is one file, locked while open. Size it at several times the
 //! live state (accepted decrees above the last truncation): compaction
 //! keeps the log bounded, and an append that cannot fit even after
-//! compaction fails with `StorageError::Full`. Any `Io` or `Closed` error
+//! compaction fails with `StorageError::Full`. Before that, once the live
+//! log passes 7/16 of the region, `ReplicaStorage::space` reports
+//! `LogSpace::Full` (appends still succeed) until a truncation brings it
+//! to a quarter: the replica stops proposing and makes a checkpoint so it
+//! can truncate (paxos-node's `Node::on_log_space`). Any `Io` or `Closed` error
 //! from `append` means the durable state is unknown: stop the replica and
 //! reopen. Group commit (`max_group_appends > 1`) defers the flush to
 //! `wait_durable`/`commit_pending` or the n-th pending append.

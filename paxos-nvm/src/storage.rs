@@ -34,6 +34,16 @@
 //! [`StorageError::Full`] and changes nothing. Size the region at several
 //! times the live state (truncation after checkpoints keeps it bounded).
 //!
+//! # Full
+//!
+//! So that the replica never gets that far, [`ReplicaStorage::space`]
+//! reports [`LogSpace::Full`] once the live log (the snapshot a compaction
+//! would write, whose size the storage keeps exact at every append)
+//! passes [`full_at`] (7/16 of the capacity), and room again once a
+//! truncation brings it to at most [`resume_at`] (1/4). Appends keep
+//! succeeding meanwhile: the sixteenth below half the capacity is for the
+//! decrees already in flight.
+//!
 //! # Sequence numbers
 //!
 //! Every record carries the sequence number of its append (a snapshot: of
@@ -79,7 +89,7 @@ use std::sync::Mutex;
 use bytes::Bytes;
 use paxos_contracts::{ensures, invariant};
 use paxos_core::{Accepted, DurableState, PersistEntry, Slot};
-use paxos_log::{CorruptionPolicy, Damage, ReplicaStorage, StorageError};
+use paxos_log::{CorruptionPolicy, Damage, LogSpace, ReplicaStorage, StorageError};
 
 use crate::codec::{self, Payload};
 use crate::layout::{DamageRecord, DAMAGE_OFFSET};
@@ -221,6 +231,10 @@ pub struct NvmStats {
     pub commits: u64,
     /// Compactions since open.
     pub compactions: u64,
+    /// Framed bytes of the live log: the snapshot a compaction would write.
+    pub live_bytes: u64,
+    /// Whether the log reports itself full ([`LogSpace::Full`]).
+    pub full: bool,
 }
 
 struct Inner {
@@ -242,6 +256,12 @@ struct Inner {
     compactions: u64,
     failed: Option<String>,
     warned_big_state: bool,
+    /// Snapshot-encoded bytes of `state.accepted` (kept exact at every
+    /// apply, so the live log's size is known without compacting).
+    accepted_bytes: u64,
+    /// The live log passed [`full_at`], and no truncation has brought it to
+    /// [`resume_at`] or below since: see [`LogSpace`].
+    full: bool,
     /// Damage reported at open and not cleared yet.
     damage: Vec<Damage>,
 }
@@ -249,6 +269,55 @@ struct Inner {
 /// Upper bound on a snapshot's size beyond the live log it replaces: the
 /// snapshot header (33 bytes) and record framing (8 bytes), rounded up.
 const SNAPSHOT_MARGIN: u64 = 64;
+
+/// Live bytes above which the log reports [`LogSpace::Full`]: seven
+/// sixteenths of the capacity.
+///
+/// Compaction fits only while the live log is under half the capacity
+/// (see the module docs, "Compaction"); past that, appends fail with
+/// [`StorageError::Full`]. Reporting full a sixteenth of the capacity
+/// earlier leaves room for the decrees already in flight when the replica
+/// stops proposing (a pipeline window of batches; 48 MiB of a 768 MiB
+/// region).
+pub fn full_at(capacity: u64) -> u64 {
+    capacity / 16 * 7
+}
+
+/// Live bytes at or below which a full log has room again: a quarter of
+/// the capacity. The gap to [`full_at`] keeps the replica from stopping
+/// and resuming at every append near the limit.
+pub fn resume_at(capacity: u64) -> u64 {
+    capacity / 4
+}
+
+/// Applies `entry` to `state`, keeping `accepted_bytes` (the snapshot
+/// encoding's bytes of `state.accepted`) exact: O(1) per accept, and per
+/// truncation O(the entries it drops), which the truncation costs anyway.
+fn apply_counted(state: &mut DurableState, accepted_bytes: &mut u64, entry: &PersistEntry) {
+    match entry {
+        PersistEntry::Accept(a) if a.slot > state.truncated_through => {
+            *accepted_bytes += codec::accepted_len(a);
+            if let Some(old) = state.accepted.get(&a.slot) {
+                *accepted_bytes -= codec::accepted_len(old);
+            }
+        }
+        PersistEntry::Truncate(t) if *t > state.truncated_through => {
+            let dropped: u64 = state
+                .accepted
+                .range(..=*t)
+                .map(|(_, a)| codec::accepted_len(a))
+                .sum();
+            *accepted_bytes -= dropped;
+        }
+        _ => {}
+    }
+    state.apply(entry);
+}
+
+/// Snapshot-encoded bytes of `state.accepted`, counted once (at open).
+fn accepted_bytes_of(state: &DurableState) -> u64 {
+    state.accepted.values().map(codec::accepted_len).sum()
+}
 
 /// A replica's durable state in a crash-consistent persistent-memory log.
 ///
@@ -789,6 +858,8 @@ impl NvmStorage {
                 compactions: 0,
                 failed: None,
                 warned_big_state: false,
+                accepted_bytes: accepted_bytes_of(&state),
+                full: false,
                 damage,
             }),
             durable: AtomicU64::new(replay.last_seq),
@@ -814,6 +885,8 @@ impl NvmStorage {
             capacity: htc.capacity,
             commits: inner.commits,
             compactions: inner.compactions,
+            live_bytes: inner.live_bytes(),
+            full: inner.full,
         }
     }
 
@@ -876,6 +949,12 @@ impl Inner {
             self.since_snapshot <= self.log.tentative_tail() - htc.head,
             "appended bytes are in the log"
         );
+        // Recounting is O(state): checked while the state is small (tests).
+        invariant!(
+            self.state.accepted.len() > 1024
+                || self.accepted_bytes == accepted_bytes_of(&self.state),
+            "the live size is counted exactly"
+        );
     }
 
     fn fail(&mut self, name: &str, e: LogError) -> StorageError {
@@ -921,6 +1000,39 @@ impl Inner {
         self.compactions += 1;
         tracing::debug!(snapshot_bytes = framed, "paxos-nvm compacted");
         Ok(())
+    }
+
+    /// The live log's size: the framed bytes a snapshot of the current
+    /// state would take (what a compaction must fit).
+    fn live_bytes(&self) -> u64 {
+        record::framed_len((codec::SNAPSHOT_HEADER_LEN + self.accepted_bytes) as usize)
+    }
+
+    /// Decides whether the log is full after an append: full once the live
+    /// log passes [`full_at`], room again once a truncation brings it to
+    /// [`resume_at`] or below.
+    fn update_full(&mut self, name: &str) {
+        let capacity = self.log.head_tail_capacity().capacity;
+        let was_full = self.full;
+        let live = self.live_bytes();
+        self.full = if was_full {
+            live > resume_at(capacity)
+        } else {
+            live > full_at(capacity)
+        };
+        if self.full != was_full {
+            tracing::info!(
+                region = name,
+                live_bytes = live,
+                capacity,
+                "paxos-nvm log {}",
+                if self.full {
+                    "is full: its live part passed 7/16 of the region"
+                } else {
+                    "has room again after a truncation"
+                }
+            );
+        }
     }
 
     /// Compacts the current state.
@@ -993,24 +1105,33 @@ impl Inner {
         let result = self.append_encoded(&buf, self.last_seq + 1, name);
         self.encode_buf = buf;
         match result {
-            Ok(()) => entries.iter().for_each(|e| self.state.apply(e)),
+            Ok(()) => {
+                for e in entries {
+                    apply_counted(&mut self.state, &mut self.accepted_bytes, e);
+                }
+            }
             Err(StorageError::Full(reason)) if self.failed.is_none() => {
                 // The record does not fit even after compacting the current
                 // state. The state *after* the append may be smaller (a
                 // Truncate shrinks it): write that as the snapshot instead,
                 // so a full log can always be truncated.
                 let mut next = self.state.clone();
-                entries.iter().for_each(|e| next.apply(e));
+                let mut next_bytes = self.accepted_bytes;
+                for e in entries {
+                    apply_counted(&mut next, &mut next_bytes, e);
+                }
                 self.write_snapshot(&next, self.last_seq + 1, name)
                     .map_err(|e| match e {
                         StorageError::Full(_) => StorageError::Full(reason),
                         other => other,
                     })?;
                 self.state = next;
+                self.accepted_bytes = next_bytes;
             }
             Err(e) => return Err(e),
         }
         self.last_seq += 1;
+        self.update_full(name);
         let pending = self.last_seq - self.committed_seq;
         if pending >= self.max_group_appends as u64 {
             self.commit_pending(name)?;
@@ -1100,6 +1221,20 @@ impl ReplicaStorage for NvmStorage {
 
     fn recovery_damage(&self) -> Vec<Damage> {
         self.lock().damage.clone()
+    }
+
+    /// [`LogSpace::Full`] once the live log passed [`full_at`] (7/16 of
+    /// the capacity), until a truncation leaves at most [`resume_at`]
+    /// (1/4).
+    fn space(&self) -> LogSpace {
+        let inner = self.lock();
+        if !inner.full {
+            return LogSpace::Available;
+        }
+        LogSpace::Full {
+            live_bytes: inner.live_bytes(),
+            limit_bytes: full_at(inner.log.head_tail_capacity().capacity),
+        }
     }
 
     fn clear_damage(&self) -> Result<(), StorageError> {
@@ -1220,6 +1355,72 @@ pub(crate) mod tests {
         s.append(&[accept(Slot(1001), &[1u8; 60])]).unwrap();
         let expected = s.state();
         assert_eq!(reopen(s).1, expected);
+    }
+
+    /// The log says it is full while appends still fit, keeps taking the
+    /// decrees in flight after that, and has room again once a truncation
+    /// drops the live log.
+    #[test]
+    fn the_log_reports_full_before_appends_fail_and_recovers_after_truncation() {
+        let (s, _) = volatile(65536);
+        let capacity = s.stats().capacity;
+        let mut slot = 0u64;
+        while !s.space().is_full() {
+            slot += 1;
+            assert!(slot < 10_000, "never reported full: {:?}", s.stats());
+            s.append(&[accept(Slot(slot), &[7u8; 60])])
+                .expect("no append fails before the log reports full");
+        }
+        let LogSpace::Full {
+            live_bytes,
+            limit_bytes,
+        } = s.space()
+        else {
+            unreachable!()
+        };
+        assert_eq!(limit_bytes, full_at(capacity));
+        assert!(live_bytes > limit_bytes, "{live_bytes} <= {limit_bytes}");
+        assert!(s.stats().full);
+        // Room remains for decrees already in flight: a sixteenth of the
+        // capacity, here 4 KiB, more than a dozen accepts of 60 bytes
+        // (about 100 framed).
+        for _ in 0..12 {
+            slot += 1;
+            s.append(&[accept(Slot(slot), &[8u8; 60])])
+                .expect("a full log still takes the decrees in flight");
+            assert!(s.space().is_full(), "no truncation, no room");
+        }
+        // A checkpoint covers all but the last two: the truncation frees
+        // the room at once, not at the next compaction.
+        s.append(&[PersistEntry::Truncate(Slot(slot - 2))]).unwrap();
+        assert_eq!(s.space(), LogSpace::Available, "{:?}", s.stats());
+        assert!(s.stats().live_bytes <= resume_at(capacity));
+        let expected = s.state();
+        assert_eq!(expected.accepted.len(), 2);
+        slot += 1;
+        s.append(&[accept(Slot(slot), &[9u8; 60])]).unwrap();
+        let expected_after = s.state();
+        assert_ne!(expected, expected_after);
+        let (s2, recovered) = reopen(s);
+        assert_eq!(recovered, expected_after);
+        assert_eq!(s2.space(), LogSpace::Available);
+    }
+
+    /// A truncation that leaves the live log above a quarter of the region
+    /// does not clear the condition (the gap keeps the replica from
+    /// stopping and resuming at every append).
+    #[test]
+    fn a_truncation_that_frees_too_little_keeps_the_log_full() {
+        let (s, _) = volatile(4096);
+        let mut slot = 0u64;
+        while !s.space().is_full() {
+            slot += 1;
+            s.append(&[accept(Slot(slot), &[7u8; 60])]).unwrap();
+        }
+        s.append(&[PersistEntry::Truncate(Slot(2))]).unwrap();
+        assert!(s.space().is_full(), "{:?}", s.stats());
+        s.append(&[PersistEntry::Truncate(Slot(slot))]).unwrap();
+        assert!(!s.space().is_full(), "{:?}", s.stats());
     }
 
     #[test]

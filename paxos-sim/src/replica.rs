@@ -657,6 +657,15 @@ impl Sim {
                 pid.token.0.hash(&mut self.digest);
                 entries.len().hash(&mut self.digest);
                 run.unsynced.push_back((pid, seq, entries));
+                // As the production driver does after every append: a log
+                // bounded in size holds new writes while it is nearly full.
+                let now = self.nodes[i].local(self.now);
+                let Some(run) = self.nodes[i].run.as_mut() else {
+                    return Ok(());
+                };
+                run.node
+                    .on_log_space(now, run.log.space())
+                    .map_err(|e| Failure::new(FailureKind::Liveness, format!("{id}: {e}")))?;
                 if !run.sync_scheduled {
                     run.sync_scheduled = true;
                     let bytes = run

@@ -96,6 +96,15 @@ impl SimLog {
         }
     }
 
+    /// Whether the log has room (an nvm region nearly full says so; the
+    /// file log always has room): the node holds writes while it is full.
+    pub fn space(&self) -> paxos_log::LogSpace {
+        match self {
+            SimLog::File(log) => paxos_log::ReplicaStorage::space(log),
+            SimLog::Nvm(log) => paxos_log::ReplicaStorage::space(log),
+        }
+    }
+
     /// Writes and syncs everything appended so far (one group commit, the
     /// production code path); returns the durable sequence number.
     pub fn sync(&self) -> Result<u64, StorageError> {

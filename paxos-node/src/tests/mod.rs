@@ -7,6 +7,7 @@ mod harness;
 mod checkpoints;
 mod directory;
 mod harness_checks;
+mod log_full;
 mod malformed;
 mod reads;
 mod requests;
