@@ -120,6 +120,8 @@ impl LogOptions {
 #[derive(Clone, Copy, Debug, Default)]
 struct BatchMeta {
     max_accept_slot: Slot,
+    /// `Slot::MAX` if the append holds no accept.
+    min_accept_slot: Slot,
     promised: Option<Ballot>,
     commit: Option<Slot>,
     truncate: Option<Slot>,
@@ -127,10 +129,16 @@ struct BatchMeta {
 
 impl BatchMeta {
     fn of(entries: &[PersistEntry]) -> BatchMeta {
-        let mut m = BatchMeta::default();
+        let mut m = BatchMeta {
+            min_accept_slot: Slot::MAX,
+            ..BatchMeta::default()
+        };
         for e in entries {
             match e {
-                PersistEntry::Accept(a) => m.max_accept_slot = m.max_accept_slot.max(a.slot),
+                PersistEntry::Accept(a) => {
+                    m.max_accept_slot = m.max_accept_slot.max(a.slot);
+                    m.min_accept_slot = m.min_accept_slot.min(a.slot);
+                }
                 PersistEntry::Promise(b) => m.promised = m.promised.max(Some(*b)),
                 PersistEntry::Commit(s) => m.commit = m.commit.max(Some(*s)),
                 PersistEntry::Truncate(s) => m.truncate = m.truncate.max(Some(*s)),
@@ -172,6 +180,9 @@ struct Inner {
     /// Accepted values of slots at or below this are not kept in `state`
     /// (they stay on disk): see [`FileLog::release_memory_through`].
     memory_floor: Slot,
+    /// The live segments as the writer last published them (complete
+    /// appends only), for reads of released values from disk.
+    spans: Vec<SegmentSpan>,
     /// Why the log stopped accepting appends, if it did.
     failed: Option<String>,
     shutting_down: bool,
@@ -233,6 +244,35 @@ impl Shared {
     }
 }
 
+/// What a reader of released values needs to know about one live segment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct SegmentSpan {
+    first_lsn: u64,
+    path: PathBuf,
+    /// Bytes of complete, written appends.
+    len: u64,
+    /// The accept slots it holds lie in `min_accept_slot ..= max_accept_slot`
+    /// (`MAX ..= ZERO`: none).
+    min_accept_slot: Slot,
+    max_accept_slot: Slot,
+}
+
+impl SegmentSpan {
+    fn of(meta: &SegmentMeta) -> SegmentSpan {
+        SegmentSpan {
+            first_lsn: meta.first_lsn,
+            path: meta.path.clone(),
+            len: meta.len,
+            min_accept_slot: meta.min_accept_slot,
+            max_accept_slot: meta.max_accept_slot,
+        }
+    }
+
+    fn may_hold(&self, from: Slot, through: Slot) -> bool {
+        self.min_accept_slot <= through && self.max_accept_slot >= from
+    }
+}
+
 fn accepted_cost(a: &Accepted) -> usize {
     64 + a.value.payload_len()
 }
@@ -264,6 +304,54 @@ fn apply_indexed(
         _ => {}
     }
     state.apply(entry);
+}
+
+/// Reads one segment's written appends and collects into `found` its accept
+/// records of slots `from ..= through`, a later record of a slot replacing
+/// an earlier one (a vote is only ever replaced by a higher one). Records
+/// of other slots are skipped after checking their header only.
+fn read_span_accepts(
+    fs: &SharedFs,
+    span: &SegmentSpan,
+    from: Slot,
+    through: Slot,
+    found: &mut std::collections::BTreeMap<Slot, Accepted>,
+) -> Result<(), StorageError> {
+    let path = &span.path;
+    let file = fs.open_read(path).map_err(io_err(format!(
+        "opening {} to serve catch-up",
+        path.display()
+    )))?;
+    let mut bytes = vec![0u8; span.len as usize];
+    file.read_exact_at(&mut bytes, 0).map_err(io_err(format!(
+        "reading {} to serve catch-up",
+        path.display()
+    )))?;
+    let corrupt = |offset: usize, reason: String| StorageError::Corrupt {
+        file: path.display().to_string(),
+        offset: offset as u64,
+        reason,
+    };
+    let mut offset = codec::SEGMENT_HEADER_LEN.min(bytes.len());
+    while offset < bytes.len() {
+        let rest = &bytes[offset..];
+        let (len, slot) = codec::peek_accept_slot(rest, recovery::MAX_RECORD_PAYLOAD)
+            .map_err(|e| corrupt(offset, format!("{e:?}")))?;
+        if slot.is_some_and(|s| s >= from && s <= through) {
+            match codec::decode_frame(rest, recovery::MAX_RECORD_PAYLOAD) {
+                Ok(codec::Frame {
+                    record: codec::Record::Entry(PersistEntry::Accept(a)),
+                    ..
+                }) => {
+                    found.insert(a.slot, a);
+                }
+                Ok(_) => return Err(corrupt(offset, "accept header, other record".into())),
+                Err(e) => return Err(corrupt(offset, format!("{e:?}"))),
+            }
+        }
+        offset += len;
+    }
+    Ok(())
 }
 
 /// Where the writer runs.
@@ -352,6 +440,7 @@ impl FileLog {
                 state: rec.state.clone(),
                 index_bytes,
                 memory_floor: Slot::ZERO,
+                spans: segments.iter().map(SegmentSpan::of).collect(),
                 failed: None,
                 shutting_down: false,
             }),
@@ -757,6 +846,71 @@ impl ReplicaStorage for FileLog {
         FileLog::release_memory_through(self, through)
     }
 
+    /// Values above the memory floor come from memory; those at or below it
+    /// are read back from the segments that may hold them (by their accept
+    /// slot range), the last record of a slot winning as in recovery. The
+    /// work is one bounded chunk: at most `max_decrees` slots are looked
+    /// for, in the few segments whose slot range covers them.
+    fn read_decrees(
+        &self,
+        from: Slot,
+        through: Slot,
+        max_decrees: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Accepted>, StorageError> {
+        if from > through || max_decrees == 0 {
+            return Ok(Vec::new());
+        }
+        let (floor, spans) = {
+            let g = self.shared.lock();
+            if from <= g.state.truncated_through && g.state.truncated_through > Slot::ZERO {
+                return Err(StorageError::OutOfRange(format!(
+                    "slots through {} are truncated (covered by a checkpoint); asked from {from}",
+                    g.state.truncated_through
+                )));
+            }
+            if from > g.memory_floor {
+                let mut out: Vec<Accepted> = g
+                    .state
+                    .accepted
+                    .range(from..)
+                    .take(max_decrees)
+                    .map(|(_, a)| a.clone())
+                    .collect();
+                drop(g);
+                crate::storage::trim_to_chunk(&mut out, from, through, max_bytes);
+                return Ok(out);
+            }
+            let last = through
+                .min(g.memory_floor)
+                .min(from.saturating_add(max_decrees as u64 - 1));
+            let spans: Vec<SegmentSpan> = g
+                .spans
+                .iter()
+                .filter(|s| s.may_hold(from, last))
+                .cloned()
+                .collect();
+            (last, spans)
+        };
+        let mut found = std::collections::BTreeMap::new();
+        for span in &spans {
+            read_span_accepts(&self.fs, span, from, floor, &mut found)?;
+        }
+        let mut out: Vec<Accepted> = found.into_values().collect();
+        crate::storage::trim_to_chunk(&mut out, from, floor, max_bytes);
+        if out.is_empty() {
+            return Err(StorageError::OutOfRange(format!(
+                "slot {from} is not in the written log (not written yet, or not held)"
+            )));
+        }
+        ensures!(out.len() <= max_decrees);
+        ensures!(out
+            .iter()
+            .enumerate()
+            .all(|(i, a)| a.slot == from.saturating_add(i as u64)));
+        Ok(out)
+    }
+
     fn truncate_through(&self, through: Slot) -> Result<u64, StorageError> {
         let lsn = self.append(&[PersistEntry::Truncate(through)])?;
         ensures!(
@@ -815,6 +969,7 @@ fn create_segment(
         path,
         len: buf.len() as u64,
         max_accept_slot: Slot::ZERO,
+        min_accept_slot: Slot::MAX,
     };
     Ok((file, meta))
 }
@@ -942,6 +1097,7 @@ impl Writer {
             self.publish_durable(last);
             if self.written.truncated_through > truncated_before {
                 self.reclaim()?;
+                self.sync_spans(&mut self.shared.lock());
             }
             Ok(last)
         });
@@ -964,9 +1120,31 @@ impl Writer {
         let mut g = self.shared.lock();
         invariant!(last > g.durable_lsn, "durability only moves forward");
         g.durable_lsn = last;
+        // Under the same lock: whoever sees the append durable can read it.
+        self.sync_spans(&mut g);
         self.shared.durable_lsn.store(last, Ordering::Release);
         drop(g);
         self.shared.durable.notify_all();
+    }
+
+    /// Tells readers of released values what the live segments hold now
+    /// (segments are only added at the end and removed from the front, so
+    /// this allocates only for a new segment).
+    fn sync_spans(&self, g: &mut Inner) {
+        let first = self.segments[0].first_lsn;
+        let gone = g.spans.iter().take_while(|s| s.first_lsn < first).count();
+        g.spans.drain(..gone);
+        for (i, meta) in self.segments.iter().enumerate() {
+            match g.spans.get_mut(i) {
+                Some(span) => {
+                    span.len = meta.len;
+                    span.min_accept_slot = meta.min_accept_slot;
+                    span.max_accept_slot = meta.max_accept_slot;
+                }
+                None => g.spans.push(SegmentSpan::of(meta)),
+            }
+        }
+        ensures!(g.spans.len() == self.segments.len());
     }
 
     fn active_meta(&mut self) -> &mut SegmentMeta {
@@ -1004,6 +1182,7 @@ impl Writer {
             q.meta.absorb_into(&mut self.written);
             let meta = self.active_meta();
             meta.max_accept_slot = meta.max_accept_slot.max(q.meta.max_accept_slot);
+            meta.min_accept_slot = meta.min_accept_slot.min(q.meta.min_accept_slot);
             last = q.lsn;
         }
         self.flush_wbuf()?;
