@@ -79,7 +79,9 @@ pub mod xfer;
 
 pub use config::NodeConfig;
 pub use directory::{ClusterView, Directory, MemberAddrs};
-pub use effect::{AbortReason, CheckpointJob, DecreeTiming, Effect, PersistId, TransferOp};
+pub use effect::{
+    AbortReason, CheckpointJob, DecreeTiming, DecreesRead, Effect, PersistId, TransferOp,
+};
 pub use node::{Node, NodeError, NodeStatus, Recovery};
 pub use reads::{ReadConsistency, ReadMode};
 pub use state_machine::{BytesSnapshot, Decree, Snapshot, SnapshotError, StateMachine};

@@ -143,6 +143,9 @@ pub struct NodeStatus {
     pub pending_reads: usize,
     /// Reads answered without the log since start.
     pub reads_served: u64,
+    /// Catch-up chunks served to peers from storage (decrees below the
+    /// core's in-memory log) since start.
+    pub catchup_served_from_storage: u64,
 }
 
 /// One batch this node proposed and has not yet seen applied.
@@ -340,6 +343,7 @@ impl<S: StateMachine, C> Node<S, C> {
                 read_mode: config.read_mode,
                 pending_reads: 0,
                 reads_served: 0,
+                catchup_served_from_storage: 0,
             },
             reads: ReadQueue::new(config.max_pending_reads, config.max_pending_read_bytes),
             config,
@@ -590,6 +594,27 @@ impl<S: StateMachine, C> Node<S, C> {
                     p.durable = Some(now);
                 }
             }
+        }
+        self.process(now);
+    }
+
+    /// Storage answered the [`Effect::ReadDecrees`] `read`: the decrees it
+    /// read (`None`: it could not serve them). The core checks them and
+    /// answers the peer.
+    pub fn on_decrees_read(
+        &mut self,
+        now: Time,
+        read: crate::effect::DecreesRead,
+        decrees: Option<Vec<paxos_core::Accepted>>,
+    ) {
+        if read.epoch != self.epoch {
+            return; // asked by a core instance that was since replaced
+        }
+        let before = self.core.served_from_storage();
+        self.core
+            .on_decrees_read(now, read.peer, read.from, decrees);
+        if self.core.served_from_storage() > before {
+            self.stats.catchup_served_from_storage += 1;
         }
         self.process(now);
     }
@@ -1071,6 +1096,22 @@ impl<S: StateMachine, C> Node<S, C> {
                         value,
                     } => self.apply(now, slot, ballot, value),
                     Action::StatusChanged(status) => self.on_status(status),
+                    Action::ReadDecrees {
+                        peer,
+                        from,
+                        through,
+                        max_decrees,
+                        max_bytes,
+                    } => self.effects.push_back(Effect::ReadDecrees {
+                        read: crate::effect::DecreesRead {
+                            epoch: self.epoch,
+                            peer,
+                            from,
+                        },
+                        through,
+                        max_decrees,
+                        max_bytes,
+                    }),
                 }
             }
             // Storage need not keep in memory what the core has let go of
