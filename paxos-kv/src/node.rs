@@ -137,6 +137,7 @@ pub struct SharedStatus {
     read_lease: AtomicU8,
     pending_reads: AtomicU64,
     reads_served: AtomicU64,
+    fetches_served_from_disk: AtomicU64,
     /// Membership, peers and address book; replaced (not edited) by the
     /// loop on its timer and on membership changes.
     cluster: std::sync::Mutex<Arc<ClusterView>>,
@@ -183,6 +184,9 @@ pub struct NodeStatus {
     pub pending_reads: u64,
     /// Reads answered without the log since start.
     pub reads_served: u64,
+    /// Catch-up chunks served to peers from storage (decrees below the
+    /// in-memory log, read back from disk) since start.
+    pub fetches_served_from_disk: u64,
 }
 
 /// Records the sizes of the `decrees` decrees proposed since the last
@@ -233,6 +237,7 @@ impl SharedStatus {
             },
             pending_reads: self.pending_reads.load(Ordering::Relaxed),
             reads_served: self.reads_served.load(Ordering::Relaxed),
+            fetches_served_from_disk: self.fetches_served_from_disk.load(Ordering::Relaxed),
         }
     }
 
@@ -283,6 +288,8 @@ impl SharedStatus {
         self.pending_reads
             .store(s.pending_reads as u64, Ordering::Relaxed);
         self.reads_served.store(s.reads_served, Ordering::Relaxed);
+        self.fetches_served_from_disk
+            .store(s.catchup_served_from_storage, Ordering::Relaxed);
     }
 
     fn set_cluster(&self, view: ClusterView) {
@@ -367,6 +374,9 @@ enum Control {
     TransferFinished(Result<Slot, String>),
     /// Serving a checkpoint found it damaged (it was set aside).
     CheckpointDamaged(Slot),
+    /// A storage read for a peer's catch-up finished (`None`: storage
+    /// could not serve it).
+    DecreesRead(paxos_node::DecreesRead, Option<Vec<paxos_core::Accepted>>),
     Shutdown,
 }
 
@@ -942,6 +952,7 @@ impl EventLoop {
             Control::CheckpointSaved(result) => self.node.on_checkpoint_saved(now, result),
             Control::TransferFinished(result) => self.node.on_transfer_finished(now, result),
             Control::CheckpointDamaged(slot) => self.node.on_checkpoint_damaged(now, slot),
+            Control::DecreesRead(read, decrees) => self.node.on_decrees_read(now, read, decrees),
             Control::Shutdown => {}
         }
         self.status.set_cluster(self.node.cluster_view(now));
@@ -1077,6 +1088,26 @@ impl EventLoop {
                 Effect::Applied { .. } => {}
                 Effect::ReleaseLogMemory { through } => {
                     self.storage.release_memory_through(through)
+                }
+                Effect::ReadDecrees {
+                    read,
+                    through,
+                    max_decrees,
+                    max_bytes,
+                } => {
+                    let storage = Arc::clone(&self.storage);
+                    let control = self.control_tx.clone();
+                    // A disk read off the loop (one bounded chunk; the core
+                    // keeps at most one outstanding per peer).
+                    tokio::task::spawn_blocking(move || {
+                        let decrees = storage
+                            .read_decrees(read.from, through, max_decrees, max_bytes)
+                            .map_err(|e| {
+                                tracing::debug!(peer = %read.peer, from = %read.from, error = %e, "catch-up not served from storage")
+                            })
+                            .ok();
+                        let _ = control.blocking_send(Control::DecreesRead(read, decrees));
+                    });
                 }
                 Effect::ClearDamage => {
                     // The repair is done; a failure to forget the damage
@@ -1266,6 +1297,7 @@ mod tests {
             read_mode: paxos_node::ReadMode::default(),
             pending_reads: 0,
             reads_served: 0,
+            catchup_served_from_storage: 0,
         };
         let publish = |s: &paxos_node::NodeStatus| {
             shared.publish(s);

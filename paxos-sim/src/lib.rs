@@ -183,7 +183,7 @@ pub mod planted {
 
     /// Every planted bug. The match in [`name`] is exhaustive, so a new
     /// variant fails to compile until it is listed there.
-    pub const ALL: [PlantedBug; 7] = [
+    pub const ALL: [PlantedBug; 8] = [
         PlantedBug::SkipAdoptHighestAccepted,
         PlantedBug::AckBeforePersist,
         PlantedBug::QuorumHalf,
@@ -191,6 +191,7 @@ pub mod planted {
         PlantedBug::ProposeAboveUnchosenReconfigure,
         PlantedBug::SkipPreVote,
         PlantedBug::LeaseNoWait,
+        PlantedBug::DiskChunkOffByOne,
     ];
 
     /// The CLI name of a planted bug.
@@ -203,6 +204,7 @@ pub mod planted {
             PlantedBug::ProposeAboveUnchosenReconfigure => "propose-above-unchosen-reconfigure",
             PlantedBug::SkipPreVote => "skip-pre-vote",
             PlantedBug::LeaseNoWait => "lease-no-wait",
+            PlantedBug::DiskChunkOffByOne => "disk-chunk-off-by-one",
         }
     }
 
