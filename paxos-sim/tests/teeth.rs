@@ -143,15 +143,18 @@ fn catches_lease_no_wait() {
 }
 
 /// A wrong chunk of decrees read back from storage for a lagging peer's
-/// catch-up is caught: the peer applies values no other replica applied
-/// at those slots.
+/// catch-up is caught: the peer applies values no quorum voted for at
+/// those slots (and no other replica applied there).
 #[test]
 fn catches_disk_chunk_off_by_one() {
     let (_, failure) = hunt(PlantedBug::DiskChunkOffByOne);
     assert!(
         matches!(
             failure.kind,
-            FailureKind::Agreement | FailureKind::StateDivergence | FailureKind::Panic
+            FailureKind::Quorum
+                | FailureKind::Agreement
+                | FailureKind::StateDivergence
+                | FailureKind::Panic
         ),
         "{failure}"
     );
