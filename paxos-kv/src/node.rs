@@ -12,7 +12,7 @@
 //!  control (operator calls, checkpoint/transfer completions) ─▶ ┘  machine, directory)
 //!        │ Effect::Transmit → transport   Persist → storage.append, then the waiter
 //!        │ Complete/Abort → the client's completion handle
-//!        │ SaveCheckpoint / ServeChunk / Transfer(Finish) → background threads
+//!        │ SaveCheckpoint / ServeChunk / ReadDecrees / Transfer(Finish) → background threads
 //! ```
 //!
 //! Every decision — what to propose, how a request ends, when to
@@ -49,8 +49,12 @@
 //! decrees; a background thread writes it with paxos-node's
 //! [`paxos_node::storage::write_checkpoint`] into paxos-log's checkpoint
 //! store (per-block CRC32C; temp file, fsync, verify, rename, fsync
-//! directory; the newest two kept). A replica behind everything its peers
-//! retain receives a checkpoint chunk by chunk and installs it in place.
+//! directory; the newest two kept). A replica behind its peers' in-memory
+//! logs catches up from the decrees they read back from their storage
+//! (`Effect::ReadDecrees`, read off the loop, one bounded chunk at a time;
+//! counted by `paxos_fetch_served_from_disk_total`); one behind everything
+//! they still store (truncated by a checkpoint) receives a checkpoint chunk
+//! by chunk and installs it in place.
 
 use crate::kv::KvStore;
 use crate::membership::PeerDirectory;
