@@ -3,7 +3,7 @@
 use crate::codec::{self, StateSummary};
 use crate::fs::{OsFs, SharedFs, WritableFile};
 use crate::histogram::{Log2Histogram, Log2Snapshot};
-use crate::recovery::{self, RecoveryReport, SegmentMeta, SEGMENT_TMP_SUFFIX};
+use crate::recovery::{self, AcceptBlock, RecoveryReport, SegmentMeta, SEGMENT_TMP_SUFFIX};
 use crate::storage::{CorruptionPolicy, Damage, ReplicaStorage, StorageError};
 use paxos_contracts::{ensures, invariant, requires, snapshot};
 use paxos_core::{Accepted, Ballot, DurableState, PersistEntry, Slot};
@@ -255,7 +255,15 @@ struct SegmentSpan {
     /// (`MAX ..= ZERO`: none).
     min_accept_slot: Slot,
     max_accept_slot: Slot,
+    /// See [`SegmentMeta::accept_blocks`] (only ever appended to).
+    blocks: Vec<AcceptBlock>,
+    blocks_from: u64,
 }
+
+/// Appends written since open are indexed in blocks of about this many
+/// bytes: a read from disk reads the blocks that may hold its slots, not
+/// whole segments (24 bytes of index per MiB of log).
+const ACCEPT_BLOCK_BYTES: u64 = 1 << 20;
 
 impl SegmentSpan {
     fn of(meta: &SegmentMeta) -> SegmentSpan {
@@ -265,7 +273,27 @@ impl SegmentSpan {
             len: meta.len,
             min_accept_slot: meta.min_accept_slot,
             max_accept_slot: meta.max_accept_slot,
+            blocks: meta.accept_blocks.clone(),
+            blocks_from: meta.blocks_from,
         }
+    }
+
+    /// The byte ranges of the file a read of slots `from ..= through` must
+    /// scan: whatever the block index does not cover, and the blocks whose
+    /// slots may be among them.
+    fn ranges_to_read(&self, from: Slot, through: Slot) -> Vec<(u64, u64)> {
+        let mut ranges = Vec::new();
+        let unindexed_end = self.blocks_from.min(self.len);
+        if unindexed_end > codec::SEGMENT_HEADER_LEN as u64 {
+            ranges.push((0, unindexed_end));
+        }
+        for (i, b) in self.blocks.iter().enumerate() {
+            let end = self.blocks.get(i + 1).map_or(self.len, |n| n.offset);
+            if b.min_slot <= through && b.max_slot >= from && b.offset < end.min(self.len) {
+                ranges.push((b.offset, end.min(self.len)));
+            }
+        }
+        ranges
     }
 
     fn may_hold(&self, from: Slot, through: Slot) -> bool {
@@ -322,34 +350,46 @@ fn read_span_accepts(
         "opening {} to serve catch-up",
         path.display()
     )))?;
-    let mut bytes = vec![0u8; span.len as usize];
-    file.read_exact_at(&mut bytes, 0).map_err(io_err(format!(
-        "reading {} to serve catch-up",
-        path.display()
-    )))?;
-    let corrupt = |offset: usize, reason: String| StorageError::Corrupt {
+    let corrupt = |offset: u64, reason: String| StorageError::Corrupt {
         file: path.display().to_string(),
-        offset: offset as u64,
+        offset,
         reason,
     };
-    let mut offset = codec::SEGMENT_HEADER_LEN.min(bytes.len());
-    while offset < bytes.len() {
-        let rest = &bytes[offset..];
-        let (len, slot) = codec::peek_accept_slot(rest, recovery::MAX_RECORD_PAYLOAD)
-            .map_err(|e| corrupt(offset, format!("{e:?}")))?;
-        if slot.is_some_and(|s| s >= from && s <= through) {
-            match codec::decode_frame(rest, recovery::MAX_RECORD_PAYLOAD) {
-                Ok(codec::Frame {
-                    record: codec::Record::Entry(PersistEntry::Accept(a)),
-                    ..
-                }) => {
-                    found.insert(a.slot, a);
+    let mut bytes = Vec::new();
+    // In file order, so a later record of a slot replaces an earlier one.
+    for (start, end) in span.ranges_to_read(from, through) {
+        bytes.resize((end - start) as usize, 0);
+        file.read_exact_at(&mut bytes, start)
+            .map_err(io_err(format!(
+                "reading {} to serve catch-up",
+                path.display()
+            )))?;
+        // The unindexed range starts with the segment header; a block
+        // starts at an append.
+        let mut at = if start == 0 {
+            codec::SEGMENT_HEADER_LEN.min(bytes.len())
+        } else {
+            0
+        };
+        while at < bytes.len() {
+            let offset = start + at as u64;
+            let rest = &bytes[at..];
+            let (len, slot) = codec::peek_accept_slot(rest, recovery::MAX_RECORD_PAYLOAD)
+                .map_err(|e| corrupt(offset, format!("{e:?}")))?;
+            if slot.is_some_and(|s| s >= from && s <= through) {
+                match codec::decode_frame(rest, recovery::MAX_RECORD_PAYLOAD) {
+                    Ok(codec::Frame {
+                        record: codec::Record::Entry(PersistEntry::Accept(a)),
+                        ..
+                    }) => {
+                        found.insert(a.slot, a);
+                    }
+                    Ok(_) => return Err(corrupt(offset, "accept header, other record".into())),
+                    Err(e) => return Err(corrupt(offset, format!("{e:?}"))),
                 }
-                Ok(_) => return Err(corrupt(offset, "accept header, other record".into())),
-                Err(e) => return Err(corrupt(offset, format!("{e:?}"))),
             }
+            at += len;
         }
-        offset += len;
     }
     Ok(())
 }
@@ -970,6 +1010,8 @@ fn create_segment(
         len: buf.len() as u64,
         max_accept_slot: Slot::ZERO,
         min_accept_slot: Slot::MAX,
+        accept_blocks: Vec::new(),
+        blocks_from: buf.len() as u64,
     };
     Ok((file, meta))
 }
@@ -1140,6 +1182,12 @@ impl Writer {
                     span.len = meta.len;
                     span.min_accept_slot = meta.min_accept_slot;
                     span.max_accept_slot = meta.max_accept_slot;
+                    // Blocks are only appended, and only the last one grows.
+                    let known = span.blocks.len();
+                    if let Some(last) = known.checked_sub(1) {
+                        span.blocks[last] = meta.accept_blocks[last];
+                    }
+                    span.blocks.extend_from_slice(&meta.accept_blocks[known..]);
                 }
                 None => g.spans.push(SegmentSpan::of(meta)),
             }
@@ -1180,9 +1228,26 @@ impl Writer {
             }
             self.wbuf.extend_from_slice(&q.bytes);
             q.meta.absorb_into(&mut self.written);
+            // This append's offset in the file, once what is buffered is written.
+            let buffered_before = (self.wbuf.len() - q.bytes.len()) as u64;
             let meta = self.active_meta();
             meta.max_accept_slot = meta.max_accept_slot.max(q.meta.max_accept_slot);
             meta.min_accept_slot = meta.min_accept_slot.min(q.meta.min_accept_slot);
+            if q.meta.min_accept_slot <= q.meta.max_accept_slot {
+                // Where this append lands: after the bytes buffered so far.
+                let at = meta.len + buffered_before;
+                match meta.accept_blocks.last_mut() {
+                    Some(b) if at - b.offset < ACCEPT_BLOCK_BYTES => {
+                        b.min_slot = b.min_slot.min(q.meta.min_accept_slot);
+                        b.max_slot = b.max_slot.max(q.meta.max_accept_slot);
+                    }
+                    _ => meta.accept_blocks.push(AcceptBlock {
+                        offset: at,
+                        min_slot: q.meta.min_accept_slot,
+                        max_slot: q.meta.max_accept_slot,
+                    }),
+                }
+            }
             last = q.lsn;
         }
         self.flush_wbuf()?;

@@ -120,6 +120,25 @@ pub struct SegmentMeta {
     /// with `max_accept_slot`, which segments a read of a slot range from
     /// disk must look at.
     pub min_accept_slot: Slot,
+    /// Where in the file the accept slots lie, block by block, for bytes
+    /// from `blocks_from` on (written since open; recovery indexes none:
+    /// a read scans what lies before `blocks_from` whole).
+    pub accept_blocks: Vec<AcceptBlock>,
+    /// The offset from which `accept_blocks` covers the file.
+    pub blocks_from: u64,
+}
+
+/// A run of whole appends in a segment, from `offset` up to the next
+/// block's offset (or the segment's end), whose accept records all have
+/// slots in `min_slot ..= max_slot`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AcceptBlock {
+    /// Where the block's first append starts.
+    pub offset: u64,
+    /// The lowest accept slot in it.
+    pub min_slot: Slot,
+    /// The highest accept slot in it.
+    pub max_slot: Slot,
 }
 
 /// What recovery found and did.
@@ -641,6 +660,8 @@ fn recover_inner(
                 len: scan.good_end,
                 max_accept_slot: scan.max_accept_slot,
                 min_accept_slot: scan.min_accept_slot,
+                accept_blocks: Vec::new(),
+                blocks_from: scan.good_end,
             });
             continue;
         };
@@ -740,6 +761,8 @@ fn recover_inner(
                 len: scan.good_end,
                 max_accept_slot: scan.max_accept_slot,
                 min_accept_slot: scan.min_accept_slot,
+                accept_blocks: Vec::new(),
+                blocks_from: scan.good_end,
             });
         } else {
             fs.rename(path, &damaged_aside)
