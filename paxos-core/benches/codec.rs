@@ -98,6 +98,10 @@ fn bench_replica(c: &mut Criterion) {
                             Action::Persist { token, .. } => replica.on_persisted(now, token),
                             Action::Apply { .. } => applied += 1,
                             Action::StatusChanged(_) => {}
+                            // No storage behind this benchmark: as if compacted.
+                            Action::ReadDecrees { peer, from, .. } => {
+                                replica.on_decrees_read(now, peer, from, None)
+                            }
                         }
                     }
                 }

@@ -48,8 +48,10 @@
 //!   after its phase 1. Beyond the drift bound a deposed leader may serve
 //!   stale lease reads; ReadIndex does not depend on it. The design and
 //!   how it compares with LeaseGuard are in `docs/design/reads.md`.
-//! - **Catch-up** in chunks from any peer's retained decrees; when nobody has
-//!   them anymore, [`Status::needs_snapshot`] says so.
+//! - **Catch-up** in chunks from any peer's retained decrees, and below a
+//!   peer's in-memory log from its storage ([`Action::ReadDecrees`], answered
+//!   through [`Replica::on_decrees_read`]) until a checkpoint truncated
+//!   them; when nobody has them anymore, [`Status::needs_snapshot`] says so.
 //! - **Bounded everything**: window, accept horizon, retained decrees (in
 //!   count and in bytes), chunk
 //!   sizes, message sizes, and a [`codec`] that rejects oversize counts.

@@ -474,6 +474,12 @@ impl prometheus_client::collector::Collector for NodeCollector {
         )?;
         counter(
             e,
+            "paxos_fetch_served_from_disk",
+            "Catch-up chunks served to peers from the log in storage (below the in-memory log)",
+            s.fetches_served_from_disk,
+        )?;
+        counter(
+            e,
             "paxos_reads_served",
             "Reads this replica answered without the log (ReadIndex, lease or follower reads)",
             s.reads_served,

@@ -14,7 +14,7 @@
 //!        │ (the log's writer thread reports each sync to the loop; a backend
 //!        │ that cannot gets a durability waiter thread blocking in wait_durable)
 //!        │ Complete/Abort → the client's completion handle
-//!        │ SaveCheckpoint / ServeChunk / Transfer(Finish) → background threads
+//!        │ SaveCheckpoint / ServeChunk / ReadDecrees / Transfer(Finish) → background threads
 //! ```
 //!
 //! Every decision — what to propose, how a request ends, when to
@@ -51,8 +51,12 @@
 //! decrees; a background thread writes it with paxos-node's
 //! [`paxos_node::storage::write_checkpoint`] into paxos-log's checkpoint
 //! store (per-block CRC32C; temp file, fsync, verify, rename, fsync
-//! directory; the newest two kept). A replica behind everything its peers
-//! retain receives a checkpoint chunk by chunk and installs it in place.
+//! directory; the newest two kept). A replica behind its peers' in-memory
+//! logs catches up from the decrees they read back from their storage
+//! (`Effect::ReadDecrees`, read off the loop, one bounded chunk at a time;
+//! counted by `paxos_fetch_served_from_disk_total`); one behind everything
+//! they still store (truncated by a checkpoint) receives a checkpoint chunk
+//! by chunk and installs it in place.
 
 use crate::kv::KvStore;
 use crate::membership::PeerDirectory;
@@ -141,6 +145,7 @@ pub struct SharedStatus {
     reads_served: AtomicU64,
     /// 1 while storage reports its log full and writes wait.
     log_full: AtomicU8,
+    fetches_served_from_disk: AtomicU64,
     /// Membership, peers and address book; replaced (not edited) by the
     /// loop on its timer and on membership changes.
     cluster: std::sync::Mutex<Arc<ClusterView>>,
@@ -190,6 +195,9 @@ pub struct NodeStatus {
     /// Storage reports its log full: new writes wait for a checkpoint to
     /// truncate it (see `paxos_node::Node::on_log_space`).
     pub log_full: bool,
+    /// Catch-up chunks served to peers from storage (decrees below the
+    /// in-memory log, read back from disk) since start.
+    pub fetches_served_from_disk: u64,
 }
 
 /// Records the sizes of the `decrees` decrees proposed since the last
@@ -241,6 +249,7 @@ impl SharedStatus {
             pending_reads: self.pending_reads.load(Ordering::Relaxed),
             reads_served: self.reads_served.load(Ordering::Relaxed),
             log_full: self.log_full.load(Ordering::Relaxed) != 0,
+            fetches_served_from_disk: self.fetches_served_from_disk.load(Ordering::Relaxed),
         }
     }
 
@@ -292,6 +301,8 @@ impl SharedStatus {
             .store(s.pending_reads as u64, Ordering::Relaxed);
         self.reads_served.store(s.reads_served, Ordering::Relaxed);
         self.log_full.store(u8::from(s.log_full), Ordering::Relaxed);
+        self.fetches_served_from_disk
+            .store(s.catchup_served_from_storage, Ordering::Relaxed);
     }
 
     fn set_cluster(&self, view: ClusterView) {
@@ -376,6 +387,9 @@ enum Control {
     TransferFinished(Result<Slot, String>),
     /// Serving a checkpoint found it damaged (it was set aside).
     CheckpointDamaged(Slot),
+    /// A storage read for a peer's catch-up finished (`None`: storage
+    /// could not serve it).
+    DecreesRead(paxos_node::DecreesRead, Option<Vec<paxos_core::Accepted>>),
     Shutdown,
 }
 
@@ -997,6 +1011,7 @@ impl EventLoop {
             Control::CheckpointSaved(result) => self.node.on_checkpoint_saved(now, result),
             Control::TransferFinished(result) => self.node.on_transfer_finished(now, result),
             Control::CheckpointDamaged(slot) => self.node.on_checkpoint_damaged(now, slot),
+            Control::DecreesRead(read, decrees) => self.node.on_decrees_read(now, read, decrees),
             Control::Shutdown => {}
         }
         self.status.set_cluster(self.node.cluster_view(now));
@@ -1138,6 +1153,26 @@ impl EventLoop {
                 Effect::Applied { .. } => {}
                 Effect::ReleaseLogMemory { through } => {
                     self.storage.release_memory_through(through)
+                }
+                Effect::ReadDecrees {
+                    read,
+                    through,
+                    max_decrees,
+                    max_bytes,
+                } => {
+                    let storage = Arc::clone(&self.storage);
+                    let control = self.control_tx.clone();
+                    // A disk read off the loop (one bounded chunk; the core
+                    // keeps at most one outstanding per peer).
+                    tokio::task::spawn_blocking(move || {
+                        let decrees = storage
+                            .read_decrees(read.from, through, max_decrees, max_bytes)
+                            .map_err(|e| {
+                                tracing::debug!(peer = %read.peer, from = %read.from, error = %e, "catch-up not served from storage")
+                            })
+                            .ok();
+                        let _ = control.blocking_send(Control::DecreesRead(read, decrees));
+                    });
                 }
                 Effect::ClearDamage => {
                     // The repair is done; a failure to forget the damage
@@ -1350,6 +1385,7 @@ mod tests {
             pending_reads: 0,
             reads_served: 0,
             log_full: false,
+            catchup_served_from_storage: 0,
         };
         let publish = |s: &paxos_node::NodeStatus| {
             shared.publish(s);

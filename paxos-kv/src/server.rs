@@ -1088,6 +1088,7 @@ mod tests {
             pending_reads: 0,
             reads_served: 0,
             log_full: false,
+            fetches_served_from_disk: 0,
         };
         let peer =
             |id, applied: Option<u64>, commit: Option<u64>, ago_us: Option<u64>| PeerStatus {

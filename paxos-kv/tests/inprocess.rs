@@ -288,7 +288,7 @@ fn start_checkpointing_replica(
     dir: &std::path::Path,
 ) -> Replica {
     let (transport, inbound) = net.join(id);
-    start_checkpointing_replica_on(Arc::new(transport), inbound, id, ids, dir)
+    start_checkpointing_replica_on(Arc::new(transport), inbound, id, ids, dir, None)
 }
 
 /// [`start_checkpointing_replica`] behind a fault-injecting transport.
@@ -300,16 +300,20 @@ fn start_faulty_checkpointing_replica(
 ) -> (Replica, FaultHandle) {
     let (transport, inbound) = net.join(id);
     let (faulty, inbound, handle) = FaultyTransport::wrap(transport, inbound, u64::from(id.0));
-    let replica = start_checkpointing_replica_on(Arc::new(faulty), inbound, id, ids, dir);
+    let replica = start_checkpointing_replica_on(Arc::new(faulty), inbound, id, ids, dir, None);
     (replica, handle)
 }
 
+/// `file_log`: keep the log in a paxos-log `FileLog` there, and take no
+/// checkpoints (so storage keeps every decree the core lets go of);
+/// otherwise in memory, checkpointing every 20 decrees.
 fn start_checkpointing_replica_on(
     transport: Arc<dyn paxos_net::Transport>,
     inbound: paxos_net::Inbound,
     id: ReplicaId,
     ids: &[ReplicaId],
     dir: &std::path::Path,
+    file_log: Option<&std::path::Path>,
 ) -> Replica {
     let mut core = paxos_core::Config::new(id, Membership::with_voters(ids.to_vec()));
     core.heartbeat_interval_us = 20_000;
@@ -323,10 +327,27 @@ fn start_checkpointing_replica_on(
     };
     core.batch_limits = limits;
     core.pipeline_window = 4;
-    let storage = Arc::new(MemoryStorage::new());
-    let reload_from = Arc::clone(&storage);
+    let (storage, reload): (Arc<dyn paxos_log::ReplicaStorage>, node::DurableReloader) =
+        match file_log {
+            Some(log_dir) => {
+                let (log, _) =
+                    paxos_log::FileLog::open(log_dir, paxos_log::LogOptions::default()).unwrap();
+                let log = Arc::new(log);
+                let reload_from = Arc::clone(&log);
+                let reload: node::DurableReloader = Arc::new(move || {
+                    reload_from.sync_queued()?;
+                    Ok(reload_from.state())
+                });
+                (log, reload)
+            }
+            None => {
+                let storage = Arc::new(MemoryStorage::new());
+                let reload_from = Arc::clone(&storage);
+                (storage, Arc::new(move || Ok(reload_from.state())))
+            }
+        };
     let mut config = paxos_node::NodeConfig::new(core);
-    config.checkpoint_every = 20;
+    config.checkpoint_every = if file_log.is_some() { 0 } else { 20 };
     config.compact_retain = 0;
     config.seed = u64::from(id.0) * 31;
     config.boot_nonce = config.seed;
@@ -344,7 +365,7 @@ fn start_checkpointing_replica_on(
         checkpoints: Some(paxos_node::storage::open_checkpoints(dir).unwrap()),
         submit_queue: 1024,
         stages: Arc::new(StageRecorder::new(false)),
-        reload_durable: Some(Arc::new(move || Ok(reload_from.state()))),
+        reload_durable: Some(reload),
     };
     node::start(parts, None).unwrap().0
 }
@@ -441,6 +462,56 @@ async fn a_replica_behind_every_peers_log_installs_a_checkpoint_from_a_peer() {
         "caught up through a transferred checkpoint"
     );
     // And it keeps up with new writes.
+    follows_new_writes(&replicas[p], &replicas[2]).await;
+    for r in &replicas {
+        r.shutdown().await;
+    }
+}
+
+/// A replica that fell behind its peers' in-memory logs (they keep 8
+/// decrees) but not behind what their storage holds (no checkpoint
+/// truncated it) catches up from the decrees its peers read back from
+/// their file logs on disk, without a checkpoint transfer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_behind_the_in_memory_log_catches_up_from_a_peers_disk() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let net = MemoryNetwork::new(4096, 8 << 20);
+    let ids = vec![ReplicaId(1), ReplicaId(2), ReplicaId(3)];
+    let start = |i: usize| {
+        let (transport, inbound) = net.join(ids[i]);
+        let dir = dirs[i].path();
+        let log_dir = dir.join("log");
+        start_checkpointing_replica_on(
+            Arc::new(transport),
+            inbound,
+            ids[i],
+            &ids,
+            &dir.join("checkpoints"),
+            Some(&log_dir),
+        )
+    };
+    let mut replicas: Vec<Replica> = (0..2).map(start).collect();
+    let p = wait_for_primary(&replicas).await;
+    for i in 0..200u64 {
+        replicas[p]
+            .replicate(request(&["SET", &format!("k{}", i % 50), &i.to_string()]))
+            .await
+            .unwrap();
+    }
+    // The third starts empty, far behind what its peers keep in memory.
+    replicas.push(start(2));
+    let target = replicas[p].status().applied_index;
+    assert!(target >= Slot(200));
+    wait_applied(&replicas[2], target, 30, "third replica did not catch up").await;
+    let third = replicas[2].status();
+    assert_eq!(third.checkpoints_installed, 0, "no checkpoint transfer");
+    assert_eq!(third.checkpoint_slot, Slot::ZERO);
+    let from_disk: u64 = replicas
+        .iter()
+        .map(|r| r.status().fetches_served_from_disk)
+        .sum();
+    // 200 decrees in chunks of at most 8, all but the last few from disk.
+    assert!(from_disk >= 20, "chunks served from disk: {from_disk}");
     follows_new_writes(&replicas[p], &replicas[2]).await;
     for r in &replicas {
         r.shutdown().await;

@@ -316,6 +316,37 @@ pub fn decode_frame(bytes: &[u8], max_payload: usize) -> Result<Frame, FrameErro
     })
 }
 
+/// The total length of the frame at the start of `bytes` and, if it is an
+/// accept record, its slot: read from a header whose checksum is verified,
+/// without checking or copying the payload. Lets a reader looking for a few
+/// slots skip every other record cheaply; a record it wants is decoded in
+/// full (payload checksum included) by [`decode_frame`].
+pub fn peek_accept_slot(
+    bytes: &[u8],
+    max_payload: usize,
+) -> Result<(usize, Option<Slot>), FrameError> {
+    if bytes.len() < RECORD_HEADER_LEN {
+        return Err(FrameError::Incomplete);
+    }
+    let h = &bytes[..RECORD_HEADER_LEN];
+    if crc32c::crc32c(&h[4..RECORD_HEADER_LEN]) != u32_at(h, 0) {
+        return Err(FrameError::Bad("record header checksum mismatch".into()));
+    }
+    let payload_len = u32_at(h, 4) as usize;
+    if payload_len > max_payload {
+        return Err(FrameError::Bad(format!(
+            "record payload of {payload_len} bytes exceeds the limit of {max_payload}"
+        )));
+    }
+    let total = RECORD_HEADER_LEN + payload_len;
+    if bytes.len() < total {
+        return Err(FrameError::Incomplete);
+    }
+    let slot = (h[8] == RecordKind::Accept as u8 && payload_len >= 8)
+        .then(|| slot_at(bytes, RECORD_HEADER_LEN));
+    Ok((total, slot))
+}
+
 #[cfg(test)]
 thread_local! {
     /// Planted defect for the fault tests: while set on a thread, decoding

@@ -117,7 +117,9 @@
 //!   replica sets with [`FileLog::release_memory_through`] (paxos-node
 //!   sets it to what its core has let go of, so the index is never larger
 //!   than the core's own retained log; the released values stay on disk
-//!   until truncated).
+//!   until truncated, and [`ReplicaStorage::read_decrees`] reads them back
+//!   from there for catch-up: one chunk of at most `max_decrees` slots,
+//!   from the segments whose accept-slot range covers it).
 //!
 //! # Using it in a node
 //!
@@ -140,9 +142,12 @@
 //! 3. To checkpoint at slot S: snapshot the state machine, stream it into a
 //!    [`checkpoint::CheckpointWriter`] on a background thread, and only
 //!    after `finish` returns call [`ReplicaStorage::truncate_through`]`(S)`.
-//! 4. Catch-up: serve [`ReplicaStorage::read_accepted`]; when it answers
-//!    `OutOfRange` (the slots are truncated) stream the checkpoint with
-//!    [`checkpoint::CheckpointStore::read_chunk`] instead.
+//! 4. Catch-up: serve the core's `Action::ReadDecrees` with
+//!    [`ReplicaStorage::read_decrees`] (one bounded chunk; the file log
+//!    reads values released from memory back from the segments whose
+//!    accept-slot range covers them, a slot's last record winning); when it
+//!    answers `OutOfRange` (the slots are truncated) stream the checkpoint
+//!    with [`checkpoint::CheckpointStore::read_chunk`] instead.
 //!
 //! Only one process may open a log directory at a time; the crate does not
 //! lock it, the node must (e.g. its own pid/lock file).

@@ -3,7 +3,7 @@
 use crate::codec::{self, StateSummary};
 use crate::fs::{OsFs, SharedFs, WritableFile};
 use crate::histogram::{Log2Histogram, Log2Snapshot};
-use crate::recovery::{self, RecoveryReport, SegmentMeta, SEGMENT_TMP_SUFFIX};
+use crate::recovery::{self, AcceptBlock, RecoveryReport, SegmentMeta, SEGMENT_TMP_SUFFIX};
 use crate::storage::{
     CorruptionPolicy, Damage, DurabilityEvent, DurabilityListener, ReplicaStorage, StorageError,
 };
@@ -122,6 +122,8 @@ impl LogOptions {
 #[derive(Clone, Copy, Debug, Default)]
 struct BatchMeta {
     max_accept_slot: Slot,
+    /// `Slot::MAX` if the append holds no accept.
+    min_accept_slot: Slot,
     promised: Option<Ballot>,
     commit: Option<Slot>,
     truncate: Option<Slot>,
@@ -129,10 +131,16 @@ struct BatchMeta {
 
 impl BatchMeta {
     fn of(entries: &[PersistEntry]) -> BatchMeta {
-        let mut m = BatchMeta::default();
+        let mut m = BatchMeta {
+            min_accept_slot: Slot::MAX,
+            ..BatchMeta::default()
+        };
         for e in entries {
             match e {
-                PersistEntry::Accept(a) => m.max_accept_slot = m.max_accept_slot.max(a.slot),
+                PersistEntry::Accept(a) => {
+                    m.max_accept_slot = m.max_accept_slot.max(a.slot);
+                    m.min_accept_slot = m.min_accept_slot.min(a.slot);
+                }
                 PersistEntry::Promise(b) => m.promised = m.promised.max(Some(*b)),
                 PersistEntry::Commit(s) => m.commit = m.commit.max(Some(*s)),
                 PersistEntry::Truncate(s) => m.truncate = m.truncate.max(Some(*s)),
@@ -174,6 +182,9 @@ struct Inner {
     /// Accepted values of slots at or below this are not kept in `state`
     /// (they stay on disk): see [`FileLog::release_memory_through`].
     memory_floor: Slot,
+    /// The live segments as the writer last published them (complete
+    /// appends only), for reads of released values from disk.
+    spans: Vec<SegmentSpan>,
     /// Why the log stopped accepting appends, if it did.
     failed: Option<String>,
     shutting_down: bool,
@@ -247,6 +258,63 @@ impl Shared {
     }
 }
 
+/// What a reader of released values needs to know about one live segment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct SegmentSpan {
+    first_lsn: u64,
+    path: PathBuf,
+    /// Bytes of complete, written appends.
+    len: u64,
+    /// The accept slots it holds lie in `min_accept_slot ..= max_accept_slot`
+    /// (`MAX ..= ZERO`: none).
+    min_accept_slot: Slot,
+    max_accept_slot: Slot,
+    /// See [`SegmentMeta::accept_blocks`] (only ever appended to).
+    blocks: Vec<AcceptBlock>,
+    blocks_from: u64,
+}
+
+/// Appends written since open are indexed in blocks of about this many
+/// bytes: a read from disk reads the blocks that may hold its slots, not
+/// whole segments (24 bytes of index per MiB of log).
+const ACCEPT_BLOCK_BYTES: u64 = 1 << 20;
+
+impl SegmentSpan {
+    fn of(meta: &SegmentMeta) -> SegmentSpan {
+        SegmentSpan {
+            first_lsn: meta.first_lsn,
+            path: meta.path.clone(),
+            len: meta.len,
+            min_accept_slot: meta.min_accept_slot,
+            max_accept_slot: meta.max_accept_slot,
+            blocks: meta.accept_blocks.clone(),
+            blocks_from: meta.blocks_from,
+        }
+    }
+
+    /// The byte ranges of the file a read of slots `from ..= through` must
+    /// scan: whatever the block index does not cover, and the blocks whose
+    /// slots may be among them.
+    fn ranges_to_read(&self, from: Slot, through: Slot) -> Vec<(u64, u64)> {
+        let mut ranges = Vec::new();
+        let unindexed_end = self.blocks_from.min(self.len);
+        if unindexed_end > codec::SEGMENT_HEADER_LEN as u64 {
+            ranges.push((0, unindexed_end));
+        }
+        for (i, b) in self.blocks.iter().enumerate() {
+            let end = self.blocks.get(i + 1).map_or(self.len, |n| n.offset);
+            if b.min_slot <= through && b.max_slot >= from && b.offset < end.min(self.len) {
+                ranges.push((b.offset, end.min(self.len)));
+            }
+        }
+        ranges
+    }
+
+    fn may_hold(&self, from: Slot, through: Slot) -> bool {
+        self.min_accept_slot <= through && self.max_accept_slot >= from
+    }
+}
+
 fn accepted_cost(a: &Accepted) -> usize {
     64 + a.value.payload_len()
 }
@@ -278,6 +346,66 @@ fn apply_indexed(
         _ => {}
     }
     state.apply(entry);
+}
+
+/// Reads one segment's written appends and collects into `found` its accept
+/// records of slots `from ..= through`, a later record of a slot replacing
+/// an earlier one (a vote is only ever replaced by a higher one). Records
+/// of other slots are skipped after checking their header only.
+fn read_span_accepts(
+    fs: &SharedFs,
+    span: &SegmentSpan,
+    from: Slot,
+    through: Slot,
+    found: &mut std::collections::BTreeMap<Slot, Accepted>,
+) -> Result<(), StorageError> {
+    let path = &span.path;
+    let file = fs.open_read(path).map_err(io_err(format!(
+        "opening {} to serve catch-up",
+        path.display()
+    )))?;
+    let corrupt = |offset: u64, reason: String| StorageError::Corrupt {
+        file: path.display().to_string(),
+        offset,
+        reason,
+    };
+    let mut bytes = Vec::new();
+    // In file order, so a later record of a slot replaces an earlier one.
+    for (start, end) in span.ranges_to_read(from, through) {
+        bytes.resize((end - start) as usize, 0);
+        file.read_exact_at(&mut bytes, start)
+            .map_err(io_err(format!(
+                "reading {} to serve catch-up",
+                path.display()
+            )))?;
+        // The unindexed range starts with the segment header; a block
+        // starts at an append.
+        let mut at = if start == 0 {
+            codec::SEGMENT_HEADER_LEN.min(bytes.len())
+        } else {
+            0
+        };
+        while at < bytes.len() {
+            let offset = start + at as u64;
+            let rest = &bytes[at..];
+            let (len, slot) = codec::peek_accept_slot(rest, recovery::MAX_RECORD_PAYLOAD)
+                .map_err(|e| corrupt(offset, format!("{e:?}")))?;
+            if slot.is_some_and(|s| s >= from && s <= through) {
+                match codec::decode_frame(rest, recovery::MAX_RECORD_PAYLOAD) {
+                    Ok(codec::Frame {
+                        record: codec::Record::Entry(PersistEntry::Accept(a)),
+                        ..
+                    }) => {
+                        found.insert(a.slot, a);
+                    }
+                    Ok(_) => return Err(corrupt(offset, "accept header, other record".into())),
+                    Err(e) => return Err(corrupt(offset, format!("{e:?}"))),
+                }
+            }
+            at += len;
+        }
+    }
+    Ok(())
 }
 
 /// Where the writer runs.
@@ -366,6 +494,7 @@ impl FileLog {
                 state: rec.state.clone(),
                 index_bytes,
                 memory_floor: Slot::ZERO,
+                spans: segments.iter().map(SegmentSpan::of).collect(),
                 failed: None,
                 shutting_down: false,
             }),
@@ -773,6 +902,71 @@ impl ReplicaStorage for FileLog {
         FileLog::release_memory_through(self, through)
     }
 
+    /// Values above the memory floor come from memory; those at or below it
+    /// are read back from the segments that may hold them (by their accept
+    /// slot range), the last record of a slot winning as in recovery. The
+    /// work is one bounded chunk: at most `max_decrees` slots are looked
+    /// for, in the few segments whose slot range covers them.
+    fn read_decrees(
+        &self,
+        from: Slot,
+        through: Slot,
+        max_decrees: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Accepted>, StorageError> {
+        if from > through || max_decrees == 0 {
+            return Ok(Vec::new());
+        }
+        let (floor, spans) = {
+            let g = self.shared.lock();
+            if from <= g.state.truncated_through && g.state.truncated_through > Slot::ZERO {
+                return Err(StorageError::OutOfRange(format!(
+                    "slots through {} are truncated (covered by a checkpoint); asked from {from}",
+                    g.state.truncated_through
+                )));
+            }
+            if from > g.memory_floor {
+                let mut out: Vec<Accepted> = g
+                    .state
+                    .accepted
+                    .range(from..)
+                    .take(max_decrees)
+                    .map(|(_, a)| a.clone())
+                    .collect();
+                drop(g);
+                crate::storage::trim_to_chunk(&mut out, from, through, max_bytes);
+                return Ok(out);
+            }
+            let last = through
+                .min(g.memory_floor)
+                .min(from.saturating_add(max_decrees as u64 - 1));
+            let spans: Vec<SegmentSpan> = g
+                .spans
+                .iter()
+                .filter(|s| s.may_hold(from, last))
+                .cloned()
+                .collect();
+            (last, spans)
+        };
+        let mut found = std::collections::BTreeMap::new();
+        for span in &spans {
+            read_span_accepts(&self.fs, span, from, floor, &mut found)?;
+        }
+        let mut out: Vec<Accepted> = found.into_values().collect();
+        crate::storage::trim_to_chunk(&mut out, from, floor, max_bytes);
+        if out.is_empty() {
+            return Err(StorageError::OutOfRange(format!(
+                "slot {from} is not in the written log (not written yet, or not held)"
+            )));
+        }
+        ensures!(out.len() <= max_decrees);
+        ensures!(out
+            .iter()
+            .enumerate()
+            .all(|(i, a)| a.slot == from.saturating_add(i as u64)));
+        Ok(out)
+    }
+
     fn truncate_through(&self, through: Slot) -> Result<u64, StorageError> {
         let lsn = self.append(&[PersistEntry::Truncate(through)])?;
         ensures!(
@@ -838,6 +1032,9 @@ fn create_segment(
         path,
         len: buf.len() as u64,
         max_accept_slot: Slot::ZERO,
+        min_accept_slot: Slot::MAX,
+        accept_blocks: Vec::new(),
+        blocks_from: buf.len() as u64,
     };
     Ok((file, meta))
 }
@@ -965,6 +1162,7 @@ impl Writer {
             self.publish_durable(last);
             if self.written.truncated_through > truncated_before {
                 self.reclaim()?;
+                self.sync_spans(&mut self.shared.lock());
             }
             Ok(last)
         });
@@ -988,9 +1186,37 @@ impl Writer {
         let mut g = self.shared.lock();
         invariant!(last > g.durable_lsn, "durability only moves forward");
         g.durable_lsn = last;
+        // Under the same lock: whoever sees the append durable can read it.
+        self.sync_spans(&mut g);
         self.shared.durable_lsn.store(last, Ordering::Release);
         drop(g);
         self.shared.announce(DurabilityEvent::Durable(last));
+    }
+
+    /// Tells readers of released values what the live segments hold now
+    /// (segments are only added at the end and removed from the front, so
+    /// this allocates only for a new segment).
+    fn sync_spans(&self, g: &mut Inner) {
+        let first = self.segments[0].first_lsn;
+        let gone = g.spans.iter().take_while(|s| s.first_lsn < first).count();
+        g.spans.drain(..gone);
+        for (i, meta) in self.segments.iter().enumerate() {
+            match g.spans.get_mut(i) {
+                Some(span) => {
+                    span.len = meta.len;
+                    span.min_accept_slot = meta.min_accept_slot;
+                    span.max_accept_slot = meta.max_accept_slot;
+                    // Blocks are only appended, and only the last one grows.
+                    let known = span.blocks.len();
+                    if let Some(last) = known.checked_sub(1) {
+                        span.blocks[last] = meta.accept_blocks[last];
+                    }
+                    span.blocks.extend_from_slice(&meta.accept_blocks[known..]);
+                }
+                None => g.spans.push(SegmentSpan::of(meta)),
+            }
+        }
+        ensures!(g.spans.len() == self.segments.len());
     }
 
     fn active_meta(&mut self) -> &mut SegmentMeta {
@@ -1026,8 +1252,26 @@ impl Writer {
             }
             self.wbuf.extend_from_slice(&q.bytes);
             q.meta.absorb_into(&mut self.written);
+            // This append's offset in the file, once what is buffered is written.
+            let buffered_before = (self.wbuf.len() - q.bytes.len()) as u64;
             let meta = self.active_meta();
             meta.max_accept_slot = meta.max_accept_slot.max(q.meta.max_accept_slot);
+            meta.min_accept_slot = meta.min_accept_slot.min(q.meta.min_accept_slot);
+            if q.meta.min_accept_slot <= q.meta.max_accept_slot {
+                // Where this append lands: after the bytes buffered so far.
+                let at = meta.len + buffered_before;
+                match meta.accept_blocks.last_mut() {
+                    Some(b) if at - b.offset < ACCEPT_BLOCK_BYTES => {
+                        b.min_slot = b.min_slot.min(q.meta.min_accept_slot);
+                        b.max_slot = b.max_slot.max(q.meta.max_accept_slot);
+                    }
+                    _ => meta.accept_blocks.push(AcceptBlock {
+                        offset: at,
+                        min_slot: q.meta.min_accept_slot,
+                        max_slot: q.meta.max_accept_slot,
+                    }),
+                }
+            }
             last = q.lsn;
         }
         self.flush_wbuf()?;

@@ -116,6 +116,29 @@ pub struct SegmentMeta {
     /// The highest slot of any accept record in it (0 if none). Once the
     /// truncation point reaches this, the segment holds nothing live.
     pub max_accept_slot: Slot,
+    /// The lowest slot of any accept record in it (`Slot::MAX` if none):
+    /// with `max_accept_slot`, which segments a read of a slot range from
+    /// disk must look at.
+    pub min_accept_slot: Slot,
+    /// Where in the file the accept slots lie, block by block, for bytes
+    /// from `blocks_from` on (written since open; recovery indexes none:
+    /// a read scans what lies before `blocks_from` whole).
+    pub accept_blocks: Vec<AcceptBlock>,
+    /// The offset from which `accept_blocks` covers the file.
+    pub blocks_from: u64,
+}
+
+/// A run of whole appends in a segment, from `offset` up to the next
+/// block's offset (or the segment's end), whose accept records all have
+/// slots in `min_slot ..= max_slot`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AcceptBlock {
+    /// Where the block's first append starts.
+    pub offset: u64,
+    /// The lowest accept slot in it.
+    pub min_slot: Slot,
+    /// The highest accept slot in it.
+    pub max_slot: Slot,
 }
 
 /// What recovery found and did.
@@ -182,6 +205,8 @@ struct Scan {
     good_end: u64,
     /// Highest accept slot in the good part.
     max_accept_slot: Slot,
+    /// Lowest accept slot in the good part (`Slot::MAX` if none).
+    min_accept_slot: Slot,
     end: ScanEnd,
 }
 
@@ -235,6 +260,7 @@ fn scan_bytes(
         last_lsn: 0,
         good_end: 0,
         max_accept_slot: Slot::ZERO,
+        min_accept_slot: Slot::MAX,
         end: ScanEnd::Clean,
     };
     let header_first = match codec::decode_segment_header(bytes) {
@@ -265,6 +291,7 @@ fn scan_bytes(
     let mut pending_lsn: Option<u64> = None;
     let mut batch_start = offset;
     let mut pending_max_accept: Slot = Slot::ZERO;
+    let mut pending_min_accept: Slot = Slot::MAX;
     while offset < bytes.len() {
         let seen_state = scan.summary.is_some();
         let rest = &bytes[offset..];
@@ -323,6 +350,7 @@ fn scan_bytes(
             Record::Entry(e) => {
                 if let PersistEntry::Accept(a) = &e {
                     pending_max_accept = pending_max_accept.max(a.slot);
+                    pending_min_accept = pending_min_accept.min(a.slot);
                 }
                 pending.push(e);
             }
@@ -333,6 +361,7 @@ fn scan_bytes(
             scan.last_lsn = want;
             pending_lsn = None;
             scan.max_accept_slot = scan.max_accept_slot.max(pending_max_accept);
+            scan.min_accept_slot = scan.min_accept_slot.min(pending_min_accept);
             scan.good_end = offset as u64;
             batch_start = offset;
         }
@@ -630,6 +659,9 @@ fn recover_inner(
                 path: path.clone(),
                 len: scan.good_end,
                 max_accept_slot: scan.max_accept_slot,
+                min_accept_slot: scan.min_accept_slot,
+                accept_blocks: Vec::new(),
+                blocks_from: scan.good_end,
             });
             continue;
         };
@@ -728,6 +760,9 @@ fn recover_inner(
                 path: path.clone(),
                 len: scan.good_end,
                 max_accept_slot: scan.max_accept_slot,
+                min_accept_slot: scan.min_accept_slot,
+                accept_blocks: Vec::new(),
+                blocks_from: scan.good_end,
             });
         } else {
             fs.rename(path, &damaged_aside)

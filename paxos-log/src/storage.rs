@@ -179,6 +179,35 @@ pub trait ReplicaStorage: Send + Sync {
     /// durable (or queued) now. Used to serve catch-up to lagging peers.
     fn read_accepted(&self, from: Slot, max: usize) -> Result<Vec<Accepted>, StorageError>;
 
+    /// The accepted decrees of slots `from ..= through`, contiguous from
+    /// `from` and in slot order, from wherever the backend keeps them (in
+    /// memory, or on disk for values [`ReplicaStorage::release_memory_through`]
+    /// let go of): at most `max_decrees`, and no more than `max_bytes` of
+    /// encoded size ([`paxos_core::codec::accepted_len_hint`]) past the
+    /// first. It stops at the first slot it does not hold. Serves catch-up
+    /// of chosen decrees that a peer's core no longer keeps in memory but
+    /// its storage still holds (above the last truncation), one bounded
+    /// chunk per call. A slot at or below the truncation point is
+    /// `OutOfRange`; so is a backend that cannot read back what it let go
+    /// of.
+    ///
+    /// The default serves what [`ReplicaStorage::read_accepted`] serves:
+    /// right for a backend that keeps every live value in memory.
+    fn read_decrees(
+        &self,
+        from: Slot,
+        through: Slot,
+        max_decrees: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Accepted>, StorageError> {
+        if from > through || max_decrees == 0 {
+            return Ok(Vec::new());
+        }
+        let mut out = self.read_accepted(from, max_decrees)?;
+        trim_to_chunk(&mut out, from, through, max_bytes);
+        Ok(out)
+    }
+
     /// Lets the backend drop accepted decrees of slots up to and including
     /// `through`, which a checkpoint now covers. Equivalent to appending
     /// `PersistEntry::Truncate(through)`.
@@ -248,3 +277,28 @@ pub enum DurabilityEvent {
 /// the backend held; it must be quick and must not call back into the
 /// backend's appends.
 pub type DurabilityListener = std::sync::Arc<dyn Fn(DurabilityEvent) + Send + Sync>;
+/// Cuts `decrees` (in slot order) to the chunk
+/// [`ReplicaStorage::read_decrees`] returns: the contiguous run from `from`,
+/// no slot above `through`, within `max_bytes` of encoded size past the
+/// first.
+pub(crate) fn trim_to_chunk(
+    decrees: &mut Vec<Accepted>,
+    from: Slot,
+    through: Slot,
+    max_bytes: usize,
+) {
+    let mut bytes = 0usize;
+    let mut next = from;
+    let keep = decrees
+        .iter()
+        .take_while(|a| {
+            let size = paxos_core::codec::accepted_len_hint(a);
+            let fits =
+                a.slot == next && a.slot <= through && (next == from || bytes + size <= max_bytes);
+            bytes += size;
+            next = next.next();
+            fits
+        })
+        .count();
+    decrees.truncate(keep);
+}

@@ -309,6 +309,19 @@ impl Replica {
                     Effect::ReleaseLogMemory { through } => {
                         self.log.release_memory_through(through)
                     }
+                    Effect::ReadDecrees {
+                        read,
+                        through,
+                        max_decrees,
+                        max_bytes,
+                    } => {
+                        // Inline for brevity: one bounded chunk.
+                        let decrees = self
+                            .log
+                            .read_decrees(read.from, through, max_decrees, max_bytes)
+                            .ok();
+                        self.node.on_decrees_read(now, read, decrees);
+                    }
                 }
             }
             let Some((id, seq)) = newest_persist else {

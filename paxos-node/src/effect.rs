@@ -25,6 +25,19 @@ pub struct PersistId {
     pub token: PersistToken,
 }
 
+/// Identifies one [`Effect::ReadDecrees`]: report what was read with
+/// [`crate::Node::on_decrees_read`]. Reads of an older `epoch` (a core
+/// since replaced by a checkpoint install) are ignored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DecreesRead {
+    /// The core instance that asked.
+    pub epoch: u64,
+    /// The peer whose fetch it serves.
+    pub peer: ReplicaId,
+    /// The first slot to read.
+    pub from: Slot,
+}
+
 /// Why a request got no reply from the state machine. Exactly one of these
 /// or a reply reaches every submitted request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -168,11 +181,29 @@ pub enum Effect<P, C> {
     /// The core holds no decree at or below `through` any more (they are
     /// applied, and past its `retain_bytes`): storage may stop keeping their
     /// values in memory (`ReplicaStorage::release_memory_through`). They
-    /// stay durable until a checkpoint truncates them; catch-up that far
-    /// back is served by a checkpoint. `through` only rises.
+    /// stay durable until a checkpoint truncates them, and catch-up that far
+    /// back reads them from there ([`Effect::ReadDecrees`]). `through` only
+    /// rises.
     ReleaseLogMemory {
         /// The highest slot released.
         through: Slot,
+    },
+    /// Read the accepted decrees of slots `read.from ..= through` from
+    /// storage (`ReplicaStorage::read_decrees` with these bounds: one
+    /// bounded chunk), then report them, or `None` if storage could not
+    /// serve them, with [`crate::Node::on_decrees_read`]. Serves a peer's
+    /// catch-up below the core's in-memory log; the read may run on another
+    /// thread (nothing waits for it), and at most one per peer is
+    /// outstanding.
+    ReadDecrees {
+        /// What to report.
+        read: DecreesRead,
+        /// The last slot to read.
+        through: Slot,
+        /// Most decrees to read.
+        max_decrees: usize,
+        /// Most encoded bytes past the first decree.
+        max_bytes: usize,
     },
     /// The transport should connect to exactly these peers.
     SetPeers(BTreeMap<ReplicaId, SocketAddr>),

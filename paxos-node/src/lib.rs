@@ -13,7 +13,10 @@
 //!   timer ticks and checkpoint-transfer chunks — every input with the
 //!   current `Time` — and returns [`Effect`]s to carry out: transmit,
 //!   persist, complete or abort a request, save or serve or receive or
-//!   install a checkpoint, reconnect peers.
+//!   install a checkpoint, reconnect peers, release decrees from storage's
+//!   memory, and read a bounded chunk of decrees back from storage for a
+//!   peer's catch-up (`Effect::ReadDecrees`, answered through
+//!   [`Node::on_decrees_read`]).
 //! - It owns proposal-to-completion matching, decree framing
 //!   ([`framing`]), retry of stalled batches, checkpoint scheduling, state
 //!   transfer ([`xfer`]) and the replicated membership [`directory`].
@@ -85,7 +88,9 @@ pub mod xfer;
 
 pub use config::NodeConfig;
 pub use directory::{ClusterView, Directory, MemberAddrs};
-pub use effect::{AbortReason, CheckpointJob, DecreeTiming, Effect, PersistId, TransferOp};
+pub use effect::{
+    AbortReason, CheckpointJob, DecreeTiming, DecreesRead, Effect, PersistId, TransferOp,
+};
 pub use node::{LogFullError, Node, NodeError, NodeStatus, Recovery};
 pub use reads::{ReadConsistency, ReadMode};
 pub use state_machine::{BytesSnapshot, Decree, Snapshot, SnapshotError, StateMachine};

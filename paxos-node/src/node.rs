@@ -149,6 +149,9 @@ pub struct NodeStatus {
     /// Storage reported its log full ([`paxos_log::LogSpace::Full`]): this
     /// node proposes nothing new until a truncation gives it room.
     pub log_full: bool,
+    /// Catch-up chunks served to peers from storage (decrees below the
+    /// core's in-memory log) since start.
+    pub catchup_served_from_storage: u64,
 }
 
 /// Storage's log is full and nothing this node can do frees it: every
@@ -391,6 +394,7 @@ impl<S: StateMachine, C> Node<S, C> {
                 pending_reads: 0,
                 reads_served: 0,
                 log_full: false,
+                catchup_served_from_storage: 0,
             },
             reads: ReadQueue::new(config.max_pending_reads, config.max_pending_read_bytes),
             config,
@@ -774,6 +778,27 @@ impl<S: StateMachine, C> Node<S, C> {
     fn compact(&mut self, through: Slot) {
         self.core.compact(through);
         self.compacted_through = self.compacted_through.max(through);
+    }
+
+    /// Storage answered the [`Effect::ReadDecrees`] `read`: the decrees it
+    /// read (`None`: it could not serve them). The core checks them and
+    /// answers the peer.
+    pub fn on_decrees_read(
+        &mut self,
+        now: Time,
+        read: crate::effect::DecreesRead,
+        decrees: Option<Vec<paxos_core::Accepted>>,
+    ) {
+        if read.epoch != self.epoch {
+            return; // asked by a core instance that was since replaced
+        }
+        let before = self.core.served_from_storage();
+        self.core
+            .on_decrees_read(now, read.peer, read.from, decrees);
+        if self.core.served_from_storage() > before {
+            self.stats.catchup_served_from_storage += 1;
+        }
+        self.process(now);
     }
 
     /// The driver finished a [`CheckpointJob`]: `Ok(slot)` once it is
@@ -1264,6 +1289,22 @@ impl<S: StateMachine, C> Node<S, C> {
                         value,
                     } => self.apply(now, slot, ballot, value),
                     Action::StatusChanged(status) => self.on_status(status),
+                    Action::ReadDecrees {
+                        peer,
+                        from,
+                        through,
+                        max_decrees,
+                        max_bytes,
+                    } => self.effects.push_back(Effect::ReadDecrees {
+                        read: crate::effect::DecreesRead {
+                            epoch: self.epoch,
+                            peer,
+                            from,
+                        },
+                        through,
+                        max_decrees,
+                        max_bytes,
+                    }),
                 }
             }
             // Storage need not keep in memory what the core has let go of

@@ -63,7 +63,10 @@
 //!   most a minority is down, sometimes one more.
 //! - **Checkpoints and state transfer**: nodes checkpoint every few slots
 //!   (in some seeds) and compact behind them; seeds vary how much log peers
-//!   retain, so lagging replicas fetch a checkpoint chunk by chunk over the
+//!   retain, so lagging replicas fetch decrees their peers read back from
+//!   the log on their medium (below the peers' in-memory logs, after the
+//!   medium's read latency; counted as "catch-up chunks served from disk"),
+//!   or, behind a checkpoint, fetch the checkpoint chunk by chunk over the
 //!   simulated network and install it in place.
 //! - **Leadership churn**: relinquish requests, `CanBecomePrimary` vetoes
 //!   (at most a minority), and process pauses.
@@ -183,7 +186,7 @@ pub mod planted {
 
     /// Every planted bug. The match in [`name`] is exhaustive, so a new
     /// variant fails to compile until it is listed there.
-    pub const ALL: [PlantedBug; 7] = [
+    pub const ALL: [PlantedBug; 8] = [
         PlantedBug::SkipAdoptHighestAccepted,
         PlantedBug::AckBeforePersist,
         PlantedBug::QuorumHalf,
@@ -191,6 +194,7 @@ pub mod planted {
         PlantedBug::ProposeAboveUnchosenReconfigure,
         PlantedBug::SkipPreVote,
         PlantedBug::LeaseNoWait,
+        PlantedBug::DiskChunkOffByOne,
     ];
 
     /// The CLI name of a planted bug.
@@ -203,6 +207,7 @@ pub mod planted {
             PlantedBug::ProposeAboveUnchosenReconfigure => "propose-above-unchosen-reconfigure",
             PlantedBug::SkipPreVote => "skip-pre-vote",
             PlantedBug::LeaseNoWait => "lease-no-wait",
+            PlantedBug::DiskChunkOffByOne => "disk-chunk-off-by-one",
         }
     }
 

@@ -18,7 +18,7 @@ use paxos_kv::kv::KvSnapshot;
 use paxos_log::checkpoint::CheckpointStore;
 use paxos_log::sim_fs::{CrashPolicy, DiskOp, LatencyModel, SimFaults, SimFs};
 use paxos_node::storage::TransferSink;
-use paxos_node::{CheckpointJob, Effect, NodeConfig, PersistId, Recovery, TransferOp};
+use paxos_node::{CheckpointJob, DecreesRead, Effect, NodeConfig, PersistId, Recovery, TransferOp};
 use paxos_nvm::{SimRegion, SimRegionFaults};
 use rand::rngs::SmallRng;
 use rand::Rng;
@@ -69,6 +69,9 @@ pub(crate) struct Running {
     checkpoint: Option<CheckpointJob<KvSnapshot>>,
     /// The received checkpoint being finished, if any.
     finishing: Option<Slot>,
+    /// Storage reads for peers' catch-up, in the order they complete: what
+    /// to report, the last slot, most decrees, most bytes.
+    decree_reads: VecDeque<(DecreesRead, Slot, usize, usize)>,
     /// The last slot the node reported applied (contiguity check).
     applied_through: Slot,
     /// The core status last seen (changes are checked).
@@ -356,6 +359,7 @@ impl Sim {
             sync_scheduled: false,
             checkpoint: None,
             finishing: None,
+            decree_reads: VecDeque::new(),
             applied_through: applied,
             status: None,
         });
@@ -557,6 +561,33 @@ impl Sim {
             .map(|s| s.unwrap_or(slot))
             .map_err(|e| e.to_string());
         run.node.on_transfer_finished(now, result);
+        self.drain(i)
+    }
+
+    /// Replica `i`'s oldest storage read for a peer's catch-up is done: read
+    /// the chunk from its log now (a truncation since it was asked makes it
+    /// fail, as it would in production) and hand it to the node.
+    pub(crate) fn decrees_read(&mut self, i: usize, incarnation: u64) -> Result<(), Failure> {
+        let now = self.nodes[i].local(self.now);
+        let r = &mut self.nodes[i];
+        if r.incarnation != incarnation {
+            return Ok(());
+        }
+        let Some(run) = r.run.as_mut() else {
+            return Ok(());
+        };
+        let Some((read, through, max_decrees, max_bytes)) = run.decree_reads.pop_front() else {
+            return Ok(());
+        };
+        let decrees = run
+            .log
+            .read_decrees(read.from, through, max_decrees, max_bytes)
+            .ok();
+        let before = run.node.status().catchup_served_from_storage;
+        run.node.on_decrees_read(now, read, decrees);
+        if run.node.status().catchup_served_from_storage > before {
+            self.faults.fetches_served_from_disk += 1;
+        }
         self.drain(i)
     }
 
@@ -796,6 +827,36 @@ impl Sim {
                         format!("{id} INSTALLED a checkpoint at slot {slot} from a peer")
                     });
                 }
+                Ok(())
+            }
+            Effect::ReadDecrees {
+                read,
+                through,
+                max_decrees,
+                max_bytes,
+            } => {
+                let Some(run) = self.nodes[i].run.as_mut() else {
+                    return Ok(());
+                };
+                run.decree_reads
+                    .push_back((read, through, max_decrees, max_bytes));
+                // A read of the chunk on the log's medium, after whatever
+                // the disk is still busy with.
+                let took = match &self.nodes[i].pm {
+                    Some(pm) => pm.region.latency_us(DiskOp::Read, max_bytes.min(1 << 16)),
+                    None => self.nodes[i]
+                        .disk
+                        .latency_us(DiskOp::Read, max_bytes.min(1 << 16)),
+                };
+                let at = self.disk_done(i, took);
+                let incarnation = self.nodes[i].incarnation;
+                self.schedule(
+                    at,
+                    EventKind::DecreesRead {
+                        node: i,
+                        incarnation,
+                    },
+                );
                 Ok(())
             }
             Effect::SetPeers(_) | Effect::Timing(_) => Ok(()),

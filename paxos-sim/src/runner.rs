@@ -132,7 +132,7 @@ impl Summary {
     /// The one-line summary printed at the end.
     pub fn line(&self) -> String {
         format!(
-            "paxos-sim: {} seeds, {} steps, {} commits, {} acknowledged requests, {} operations checked for linearizability, {} faults injected ({} crashes, {} torn syncs, {} partitions/isolations/cuts, {} messages dropped, {} replayed, {} checkpoints, {} state transfers, {} starts on persistent memory, {} media corruptions, {} damaged starts, {} repairs, {} of {} membership changes completed ({} pending at the heal), {} spares started, {} unrequested changes), {} leader changes ({} unforced), {} linearizable reads without the log, {} follower reads checked for bounded staleness, {} reads refused or redirected, {} failures",
+            "paxos-sim: {} seeds, {} steps, {} commits, {} acknowledged requests, {} operations checked for linearizability, {} faults injected ({} crashes, {} torn syncs, {} partitions/isolations/cuts, {} messages dropped, {} replayed, {} checkpoints, {} state transfers, {} catch-up chunks served from disk, {} starts on persistent memory, {} media corruptions, {} damaged starts, {} repairs, {} of {} membership changes completed ({} pending at the heal), {} spares started, {} unrequested changes), {} leader changes ({} unforced), {} linearizable reads without the log, {} follower reads checked for bounded staleness, {} reads refused or redirected, {} failures",
             self.seeds_run,
             self.steps,
             self.commits,
@@ -146,6 +146,7 @@ impl Summary {
             self.faults.messages_replayed,
             self.faults.checkpoints,
             self.faults.state_transfers,
+            self.faults.fetches_served_from_disk,
             self.faults.pm_log_starts,
             self.faults.media_corruptions,
             self.faults.damaged_starts,

@@ -148,6 +148,10 @@ pub struct FaultCounts {
     pub checkpoints: u64,
     /// Checkpoints installed from a peer (state transfers).
     pub state_transfers: u64,
+    /// Catch-up chunks a replica served from its storage (decrees its core
+    /// no longer held in memory, read back from the log on disk or in
+    /// persistent memory).
+    pub fetches_served_from_disk: u64,
     /// Process pauses.
     pub pauses: u64,
     /// Membership changes an operator asked for.
@@ -231,6 +235,7 @@ impl FaultCounts {
         self.codec_fuzzed += o.codec_fuzzed;
         self.checkpoints += o.checkpoints;
         self.state_transfers += o.state_transfers;
+        self.fetches_served_from_disk += o.fetches_served_from_disk;
         self.pauses += o.pauses;
         self.reconfigurations_requested += o.reconfigurations_requested;
         self.reconfigurations_completed += o.reconfigurations_completed;
@@ -306,6 +311,11 @@ pub(crate) enum EventKind {
         node: usize,
         incarnation: u64,
     },
+    /// A replica's oldest storage read for a peer's catch-up is done.
+    DecreesRead {
+        node: usize,
+        incarnation: u64,
+    },
     Timer {
         node: usize,
         incarnation: u64,
@@ -334,6 +344,7 @@ impl EventKind {
             EventKind::SyncDone { node, .. }
             | EventKind::CheckpointDone { node, .. }
             | EventKind::TransferFinish { node, .. }
+            | EventKind::DecreesRead { node, .. }
             | EventKind::Timer { node, .. } => Some(*node),
             _ => None,
         }
@@ -643,6 +654,7 @@ impl Sim {
             EventKind::TransferFinish { node, incarnation } => {
                 self.transfer_finish(node, incarnation)
             }
+            EventKind::DecreesRead { node, incarnation } => self.decrees_read(node, incarnation),
             EventKind::Timer {
                 node,
                 incarnation,

@@ -138,6 +138,21 @@ impl SimLog {
         }
     }
 
+    /// One chunk of the accepted decrees `from ..= through`, read back from
+    /// wherever the backend keeps them (the production read path).
+    pub fn read_decrees(
+        &self,
+        from: Slot,
+        through: Slot,
+        max_decrees: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<paxos_core::Accepted>, StorageError> {
+        match self {
+            SimLog::File(log) => log.read_decrees(from, through, max_decrees, max_bytes),
+            SimLog::Nvm(log) => log.read_decrees(from, through, max_decrees, max_bytes),
+        }
+    }
+
     /// The state as of every append (durable or not): what a core restarted
     /// in place must start from.
     pub fn state(&self) -> DurableState {

@@ -26,6 +26,7 @@ fn every_bug_is_listed(bug: PlantedBug) -> &'static str {
         PlantedBug::ProposeAboveUnchosenReconfigure => "ProposeAboveUnchosenReconfigure",
         PlantedBug::SkipPreVote => "SkipPreVote",
         PlantedBug::LeaseNoWait => "LeaseNoWait",
+        PlantedBug::DiskChunkOffByOne => "DiskChunkOffByOne",
     }
 }
 
@@ -139,6 +140,24 @@ fn catches_skip_pre_vote_as_an_unforced_leader_change() {
 fn catches_lease_no_wait() {
     let (_, failure) = hunt(PlantedBug::LeaseNoWait);
     assert_eq!(failure.kind, FailureKind::Linearizability, "{failure}");
+}
+
+/// A wrong chunk of decrees read back from storage for a lagging peer's
+/// catch-up is caught: the peer applies values no quorum voted for at
+/// those slots (and no other replica applied there).
+#[test]
+fn catches_disk_chunk_off_by_one() {
+    let (_, failure) = hunt(PlantedBug::DiskChunkOffByOne);
+    assert!(
+        matches!(
+            failure.kind,
+            FailureKind::Quorum
+                | FailureKind::Agreement
+                | FailureKind::StateDivergence
+                | FailureKind::Panic
+        ),
+        "{failure}"
+    );
 }
 
 #[test]

@@ -4,15 +4,30 @@
 //! membership views (from or for replicas whose messages this one does not
 //! otherwise take, and a non-voter probing for news).
 //!
+//! Serving a fetch: slots still in memory (`log_start` on) are answered at
+//! once. Slots below `log_start` that storage still holds (above
+//! `truncated_through`: the memory bound let go of them, no checkpoint
+//! truncated them yet) are read back from storage: the replica emits
+//! `Action::ReadDecrees` for one bounded chunk and answers the peer when the
+//! driver hands the decrees back (`on_decrees_read`), after checking them.
+//! Only slots at or below `truncated_through` are answered "compacted",
+//! which sends the peer to a checkpoint.
+//!
 //! Maintains, of the invariants in the module above:
 //! - 5/6: only decrees a peer reports chosen (at or below its commit index),
 //!   contiguous from this replica's commit index, are learned; chosen
-//!   decrees are facts, served to and taken from anyone.
-//! - 9 (bounds): one outstanding fetch, chunks bounded like promise chunks.
+//!   decrees are facts, served to and taken from anyone. Decrees read back
+//!   from storage are served only if contiguous from the slot asked, within
+//!   the slots asked and at or below the commit index (every entry storage
+//!   holds at a committed slot is its chosen value: the last vote written
+//!   for a slot is its highest, and invariant 5).
+//! - 9 (bounds): one outstanding fetch, chunks bounded like promise chunks;
+//!   at most one storage read outstanding per peer, each one chunk.
 
-use super::{Replica, RoleState};
+use super::{Action, Replica, RoleState};
+use crate::codec::accepted_len_hint;
 use crate::msg::{self, Message};
-use crate::types::{PersistEntry, ReplicaId, Slot, Time};
+use crate::types::{Accepted, PersistEntry, ReplicaId, Slot, Time};
 
 /// Catch-up progress.
 #[derive(Debug, Default)]
@@ -28,6 +43,22 @@ pub(super) struct FetchState {
     pub(super) any_compacted: bool,
     /// Round-robin cursor over peers.
     pub(super) cursor: usize,
+    /// Serving side: storage reads outstanding for peers' fetches (at most
+    /// one per peer).
+    pub(super) storage_reads: Vec<StorageRead>,
+    /// Serving side: chunks served from storage since start.
+    pub(super) served_from_storage: u64,
+}
+
+/// One outstanding `Action::ReadDecrees`.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct StorageRead {
+    pub(super) peer: ReplicaId,
+    pub(super) from: Slot,
+    pub(super) through: Slot,
+    pub(super) max_decrees: usize,
+    pub(super) max_bytes: usize,
+    pub(super) asked_at: Time,
 }
 
 impl Replica {
@@ -114,9 +145,17 @@ impl Replica {
         }
     }
 
-    pub(super) fn on_fetch(&mut self, from: ReplicaId, m: msg::Fetch) {
+    pub(super) fn on_fetch(&mut self, now: Time, from: ReplicaId, m: msg::Fetch) {
         let msg::Fetch { from_slot } = m;
         let from_slot = from_slot.max(Slot::FIRST);
+        if from_slot < self.log_start
+            && from_slot > self.truncated_through
+            && from_slot <= self.commit_index
+        {
+            // Dropped from memory but still in storage: read it back.
+            self.read_from_storage(now, from, from_slot);
+            return;
+        }
         let (decrees, _) = if from_slot < self.log_start {
             (Vec::new(), None)
         } else {
@@ -130,6 +169,115 @@ impl Replica {
         });
         // Chosen decrees are facts; they need no durability of this replica.
         self.send(from, msg);
+    }
+
+    /// Asks the driver for one chunk of the decrees from `from_slot` on
+    /// (all below `log_start`), for `peer`; unless a read for `peer` is
+    /// already outstanding (its answer serves the peer's retry), and not
+    /// abandoned: one older than an election timeout is taken as lost.
+    fn read_from_storage(&mut self, now: Time, peer: ReplicaId, from_slot: Slot) {
+        let stale_after = self.config.election_timeout_max_us;
+        if let Some(i) = self.fetch.storage_reads.iter().position(|r| r.peer == peer) {
+            if now.micros_since(self.fetch.storage_reads[i].asked_at) < stale_after {
+                return;
+            }
+            self.fetch.storage_reads.swap_remove(i);
+        } else if self.fetch.storage_reads.len() >= super::MAX_KNOWN_REPLICAS {
+            return; // a bound on reads in flight; the peer retries
+        }
+        let read = StorageRead {
+            peer,
+            from: from_slot,
+            through: self.log_start.prev().min(self.commit_index),
+            max_decrees: self.config.catchup_chunk_decrees,
+            max_bytes: self.config.max_message_bytes.saturating_sub(1024),
+            asked_at: now,
+        };
+        self.fetch.storage_reads.push(read);
+        self.actions.push_back(Action::ReadDecrees {
+            peer,
+            from: read.from,
+            through: read.through,
+            max_decrees: read.max_decrees,
+            max_bytes: read.max_bytes,
+        });
+    }
+
+    /// See [`Replica::on_decrees_read`].
+    pub(super) fn on_decrees_read_inner(
+        &mut self,
+        peer: ReplicaId,
+        from: Slot,
+        decrees: Option<Vec<Accepted>>,
+    ) {
+        let Some(i) = self
+            .fetch
+            .storage_reads
+            .iter()
+            .position(|r| r.peer == peer && r.from == from)
+        else {
+            return; // answers no outstanding read (replaced, or never asked)
+        };
+        let read = self.fetch.storage_reads.swap_remove(i);
+        let served = decrees.and_then(|d| self.checked_storage_chunk(&read, d));
+        let msg = match served {
+            Some(mut decrees) => {
+                if planted!(self, disk_chunk_off_by_one) {
+                    // A read that started one slot late: each decree carries
+                    // the value of the slot after it.
+                    for i in 1..decrees.len() {
+                        decrees[i - 1].value = decrees[i].value.clone();
+                    }
+                    decrees.pop();
+                }
+                self.fetch.served_from_storage += 1;
+                msg::Decrees {
+                    from_slot: from,
+                    commit_index: self.commit_index,
+                    // The lowest slot this replica can still serve.
+                    log_start: self.truncated_through.next(),
+                    decrees,
+                }
+            }
+            // Storage could not serve them (truncated meanwhile, damaged,
+            // or a backend that cannot read back): as if compacted.
+            None => msg::Decrees {
+                from_slot: from,
+                commit_index: self.commit_index,
+                log_start: self.log_start.max(from.next()),
+                decrees: Vec::new(),
+            },
+        };
+        self.send(peer, Message::Decrees(msg));
+    }
+
+    /// The chunk storage read for `read`, cut to its byte bound, if it is
+    /// what was asked for: non-empty, contiguous from `read.from`, within
+    /// `read.through` (so at or below the commit index) and `max_decrees`.
+    fn checked_storage_chunk(
+        &self,
+        read: &StorageRead,
+        mut decrees: Vec<Accepted>,
+    ) -> Option<Vec<Accepted>> {
+        let contiguous = decrees
+            .iter()
+            .enumerate()
+            .all(|(i, d)| d.slot == read.from.saturating_add(i as u64));
+        let last = decrees.last()?.slot;
+        if !contiguous || last > read.through || decrees.len() > read.max_decrees {
+            return None;
+        }
+        assert!(last <= self.commit_index, "asked only for chosen slots");
+        let mut bytes = 0usize;
+        let keep = decrees
+            .iter()
+            .take_while(|d| {
+                bytes += accepted_len_hint(d);
+                d.slot == read.from || bytes <= read.max_bytes
+            })
+            .count();
+        decrees.truncate(keep);
+        Some(decrees)
     }
 
     pub(super) fn on_decrees(&mut self, now: Time, from: ReplicaId, m: msg::Decrees) {
@@ -224,7 +372,7 @@ impl Replica {
             // The candidate is behind (perhaps it was removed, or runs for a
             // membership already replaced): send it what it misses, so that
             // it learns the membership in force.
-            self.on_fetch(from, msg::Fetch { from_slot });
+            self.on_fetch(now, from, msg::Fetch { from_slot });
         }
     }
 

@@ -27,6 +27,15 @@ impl Replica {
             self.known_commit >= self.commit_index || matches!(self.role, RoleState::Leader(_))
         );
         invariant!(self.log_start > self.truncated_through);
+        let reads = &self.fetch.storage_reads;
+        invariant!(
+            reads.len() <= super::MAX_KNOWN_REPLICAS
+                && reads
+                    .iter()
+                    .enumerate()
+                    .all(|(i, r)| reads[i + 1..].iter().all(|o| o.peer != r.peer)),
+            "at most one storage read outstanding per peer"
+        );
         invariant!(self.log.keys().next().is_none_or(|s| *s >= self.log_start));
         // Checked slot by slot over the most recent 4 committed slots (older
         // ones were checked when they were recent; entries leave memory only

@@ -164,7 +164,9 @@ mod repair;
 
 use crate::config::Config;
 use crate::msg::{self, Message};
-use crate::types::{Ballot, DurableState, Membership, PersistEntry, ReplicaId, Slot, Time, Value};
+use crate::types::{
+    Accepted, Ballot, DurableState, Membership, PersistEntry, ReplicaId, Slot, Time, Value,
+};
 use catchup::FetchState;
 use election::CandidateState;
 use paxos_contracts::{ensures, requires, snapshot};
@@ -215,6 +217,26 @@ pub enum Action {
     },
     /// Role, leader, membership or snapshot need changed.
     StatusChanged(Status),
+    /// Read the chosen decrees of slots `from ..= through` from storage
+    /// (at most `max_decrees`, and within `max_bytes` of encoded size past
+    /// the first: `ReplicaStorage::read_decrees` in paxos-log), then call
+    /// [`Replica::on_decrees_read`] with `peer`, `from` and what was read
+    /// (`None` if storage could not serve them). Emitted to serve a peer's
+    /// catch-up below what this replica keeps in memory but above its last
+    /// truncation; at most one is outstanding per peer. The read may run
+    /// off the event loop: nothing waits for it.
+    ReadDecrees {
+        /// The peer the decrees are for.
+        peer: ReplicaId,
+        /// The first slot.
+        from: Slot,
+        /// The last slot that may be read (at most the commit index).
+        through: Slot,
+        /// Most decrees to read.
+        max_decrees: usize,
+        /// Most encoded bytes past the first decree.
+        max_bytes: usize,
+    },
 }
 
 /// The role of a replica.
@@ -670,6 +692,26 @@ impl Replica {
         self.lease_read_index_inner(now)
     }
 
+    /// Storage answered an [`Action::ReadDecrees`] for `peer` from slot
+    /// `from`: `Some(decrees)` as read (any number, contiguous from `from`),
+    /// `None` if it could not serve them. The decrees are checked against
+    /// what was asked for (contiguous from `from`, within the slots asked,
+    /// at or below the commit index); a chunk that passes goes to `peer` as
+    /// a `Decrees` reply, anything else is answered as if compacted, so the
+    /// peer looks elsewhere or takes a checkpoint. An answer to no
+    /// outstanding read is ignored.
+    pub fn on_decrees_read(
+        &mut self,
+        now: Time,
+        peer: ReplicaId,
+        from: Slot,
+        decrees: Option<Vec<Accepted>>,
+    ) {
+        self.on_decrees_read_inner(peer, from, decrees);
+        self.finish(now);
+        self.check_invariants();
+    }
+
     /// Storage made every persist up to and including `token` durable.
     ///
     /// A token that was never issued is a driver bug (contract); it is
@@ -832,6 +874,13 @@ impl Replica {
         self.log_start
     }
 
+    /// Catch-up chunks this replica served to peers from storage (decrees
+    /// below its in-memory log, read back through [`Action::ReadDecrees`])
+    /// since it started.
+    pub fn served_from_storage(&self) -> u64 {
+        self.fetch.served_from_storage
+    }
+
     /// When `handle_tick` must next be called.
     pub fn next_timer(&self) -> Option<Time> {
         let mut t = self.tick_due;
@@ -929,7 +978,7 @@ impl Replica {
             Message::Heartbeat(m) => self.on_heartbeat(now, from, m),
             Message::HeartbeatAck(m) => self.on_heartbeat_ack(now, from, m),
             Message::Reject(m) => self.on_reject(now, m),
-            Message::Fetch(m) => self.on_fetch(from, m),
+            Message::Fetch(m) => self.on_fetch(now, from, m),
             Message::Decrees(m) => self.on_decrees(now, from, m),
             Message::TimeoutNow(m) => self.on_timeout_now(now, from, m),
             Message::RepairQuery(m) => self.on_repair_query(from, m),

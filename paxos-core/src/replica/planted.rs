@@ -39,6 +39,10 @@ pub enum PlantedBug {
     /// client values) at once, without waiting out a lease an old leader
     /// may still hold: the old one serves stale lease reads.
     LeaseNoWait,
+    /// Catch-up served from storage hands out each decree with the value
+    /// of the slot after it (a read that started one slot late): the peer
+    /// learns wrong values.
+    DiskChunkOffByOne,
 }
 
 /// Which planted bugs are on in one replica (all off until `plant_bug`).
@@ -52,6 +56,7 @@ pub(super) struct Bugs {
     pub(super) propose_above_unchosen_reconfigure: bool,
     pub(super) skip_pre_vote: bool,
     pub(super) lease_no_wait: bool,
+    pub(super) disk_chunk_off_by_one: bool,
 }
 
 impl Replica {
@@ -69,6 +74,7 @@ impl Replica {
             }
             PlantedBug::SkipPreVote => bugs.skip_pre_vote = true,
             PlantedBug::LeaseNoWait => bugs.lease_no_wait = true,
+            PlantedBug::DiskChunkOffByOne => bugs.disk_chunk_off_by_one = true,
         }
     }
 }

@@ -49,8 +49,10 @@ fn needs_snapshot_when_every_peer_dropped_the_missing_decrees() {
         c.commit_on(&[leader, helper], req(&format!("{i}")));
     }
     // The leader checkpoints and compacts everything; the helper keeps its
-    // retained decrees (retain 4 keeps slots 2..=5, so compact it too little).
+    // retained decrees (retain 4 keeps slots 2..=5) and a checkpoint
+    // truncated slot 1 from its storage.
     c.replica(leader).compact(Slot(5));
+    c.replica(helper).compact(Slot(1));
     c.pump();
     c.heal();
     // The lagger needs slot 1, which neither holds anymore: it must report
@@ -102,12 +104,9 @@ fn a_fetch_to_a_silent_peer_moves_on_to_another() {
     assert_eq!(c.applied_values(lagger), c.applied_values(helper));
 }
 
-/// `retain_bytes` bounds the memory the log keeps for catch-up, whatever
-/// `retain_decrees` allows: applied decrees are dropped oldest first once
-/// their payload exceeds it, and a replica that needs them is told to get a
-/// snapshot.
-#[test]
-fn the_retained_log_is_bounded_in_bytes() {
+/// Three replicas whose memory holds about ten 1,000-byte decrees; a
+/// lagger isolated while the others commit 40 of them.
+pub(super) fn lagging_behind_the_retained_log() -> (Cluster, [crate::ReplicaId; 3], usize) {
     const VALUE: usize = 1000;
     let mut c = Cluster::new(3, |cfg| {
         cfg.retain_decrees = 4096;
@@ -133,9 +132,45 @@ fn the_retained_log_is_bounded_in_bytes() {
         "memory log grew to {max_bytes} bytes"
     );
     assert!(c.status(leader).log_bytes >= 9 * VALUE);
+    assert!(c.status(leader).retained_from > Slot(20));
+    (c, [leader, helper, lagger], max_bytes)
+}
+
+/// `retain_bytes` bounds the memory the log keeps for catch-up, whatever
+/// `retain_decrees` allows: applied decrees are dropped oldest first once
+/// their payload exceeds it. A replica that needs them gets them read back
+/// from its peers' storage (`Action::ReadDecrees`), in chunks, without a
+/// snapshot.
+#[test]
+fn a_fetch_below_the_retained_log_is_served_from_storage() {
+    let (mut c, [leader, helper, lagger], _) = lagging_behind_the_retained_log();
+    c.heal();
+    assert!(c.run_until(1_000_000, |c| c.status(lagger).applied_index >= Slot(40)));
+    assert!(c
+        .nodes
+        .get(&lagger)
+        .unwrap()
+        .statuses
+        .iter()
+        .all(|s| !s.needs_snapshot));
+    let served = c.replica(leader).served_from_storage() + c.replica(helper).served_from_storage();
+    assert!(served >= 20 / 4, "chunks of 4 read from storage: {served}");
+    assert_eq!(c.applied_values(lagger), c.applied_values(leader));
+}
+
+/// What a checkpoint truncated from storage is not served from it: the
+/// lagger is told to get a snapshot.
+#[test]
+fn a_fetch_below_the_last_truncation_answers_compacted() {
+    let (mut c, [leader, helper, lagger], _) = lagging_behind_the_retained_log();
+    c.replica(leader).compact(Slot(20));
+    c.replica(helper).compact(Slot(20));
+    c.pump();
     c.heal();
     assert!(c.run_until(1_000_000, |c| c.status(lagger).needs_snapshot));
     assert_eq!(c.status(lagger).applied_index, Slot::ZERO);
+    assert_eq!(c.replica(leader).served_from_storage(), 0);
+    assert_eq!(c.replica(helper).served_from_storage(), 0);
 }
 
 /// Every voter needs a snapshot that nobody can serve: the leader compacted

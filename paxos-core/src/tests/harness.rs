@@ -327,6 +327,33 @@ impl Cluster {
                 assert_eq!(s.id, r);
                 self.nodes.get_mut(&r).unwrap().statuses.push(s);
             }
+            Action::ReadDecrees {
+                peer,
+                from,
+                through,
+                max_decrees,
+                max_bytes: _,
+            } => {
+                // Storage serves what it made durable, contiguous from `from`.
+                let node = self.nodes.get_mut(&r).unwrap();
+                let mut next = from;
+                let decrees: Vec<_> = node
+                    .durable
+                    .accepted
+                    .range(from..=through)
+                    .take(max_decrees)
+                    .map(|(_, a)| a.clone())
+                    .take_while(|a| {
+                        let ok = a.slot == next;
+                        next = next.next();
+                        ok
+                    })
+                    .collect();
+                let read = (!decrees.is_empty()).then_some(decrees);
+                if let Some(rep) = node.replica.as_mut() {
+                    rep.on_decrees_read(now, peer, from, read);
+                }
+            }
         }
     }
 

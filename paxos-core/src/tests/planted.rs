@@ -83,3 +83,24 @@ fn propose_above_unchosen_reconfigure_is_caught() {
     eprintln!("{:?}: {n:?}", PlantedBug::ProposeAboveUnchosenReconfigure);
     assert!(n.is_some());
 }
+
+/// A wrong chunk read back from storage reaches a lagging peer, and the
+/// cluster's check that no two replicas apply different values at one slot
+/// catches it.
+#[test]
+fn disk_chunk_off_by_one_is_caught() {
+    let (mut c, [leader, helper, lagger], _) = super::catchup::lagging_behind_the_retained_log();
+    c.replica(leader).plant_bug(PlantedBug::DiskChunkOffByOne);
+    c.replica(helper).plant_bug(PlantedBug::DiskChunkOffByOne);
+    c.heal();
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        c.run_until(1_000_000, |c| {
+            c.status(lagger).applied_index >= crate::Slot(40)
+        })
+    }));
+    let msg = caught
+        .err()
+        .and_then(|p| p.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    assert!(msg.contains("two values applied"), "not caught: {msg:?}");
+}

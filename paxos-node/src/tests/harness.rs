@@ -742,6 +742,9 @@ impl Sim {
                 }
                 Action::Apply { slot, value, .. } => f.applied.push((slot, value)),
                 Action::StatusChanged(_) => {}
+                Action::ReadDecrees { peer, from, .. } => {
+                    f.replica.on_decrees_read(now, peer, from, None)
+                }
             }
         }
     }
@@ -957,6 +960,29 @@ impl Sim {
                         host.node.applied()
                     );
                     host.log_memory_released = through;
+                }
+                Effect::ReadDecrees {
+                    read,
+                    through,
+                    max_decrees,
+                    ..
+                } => {
+                    // Storage serves what it made durable, contiguous.
+                    let mut next = read.from;
+                    let decrees: Vec<_> = host
+                        .durable
+                        .accepted
+                        .range(read.from..=through)
+                        .take(max_decrees)
+                        .map(|(_, a)| a.clone())
+                        .take_while(|a| {
+                            let ok = a.slot == next;
+                            next = next.next();
+                            ok
+                        })
+                        .collect();
+                    let decrees = (!decrees.is_empty()).then_some(decrees);
+                    host.node.on_decrees_read(now, read, decrees);
                 }
                 Effect::Timing(_) | Effect::Applied { .. } | Effect::ClearDamage => {}
             }
