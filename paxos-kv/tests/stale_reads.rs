@@ -269,8 +269,9 @@ async fn nemesis(read_mode: ReadMode, planted_bug: bool) -> Run {
     );
     let stale = stale_reads(&history);
     cluster.stop_all();
-    if !stale.is_empty() || planted_bug {
-        // Kept for a look at the node logs.
+    if stale.is_empty() == planted_bug {
+        // The unexpected outcome (stale reads without the planted bug, or
+        // none with it): kept for a look at the node logs.
         let _ = dir.keep();
     }
     Run {
