@@ -143,6 +143,11 @@
 //!                     Action::Persist { token, .. } => replicas[i].on_persisted(now, token),
 //!                     Action::Apply { value, .. } => applied[i].push(value),
 //!                     Action::StatusChanged(_) => {}
+//!                     // A real driver reads decrees below the in-memory log
+//!                     // back from storage; this one keeps no storage.
+//!                     Action::ReadDecrees { peer, from, .. } => {
+//!                         replicas[i].on_decrees_read(now, peer, from, None)
+//!                     }
 //!                 }
 //!             }
 //!         }
