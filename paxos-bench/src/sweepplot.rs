@@ -35,6 +35,17 @@ fn throughput(ops_per_sec: f64) -> f64 {
     ops_per_sec.max(MIN_OPS_PER_SEC)
 }
 
+/// An axis label for a throughput: `800`, `20K`, `1.5M`.
+fn ops_label(ops_per_sec: f64) -> String {
+    if ops_per_sec >= 1e6 {
+        format!("{}M", ops_per_sec / 1e6)
+    } else if ops_per_sec >= 1e3 {
+        format!("{}K", ops_per_sec / 1e3)
+    } else {
+        format!("{ops_per_sec}")
+    }
+}
+
 /// Draws `sweeps` on one chart at `path`. Every sweep is validated first;
 /// an empty list is an error.
 pub fn write_svg(path: &Path, title: &str, sweeps: &[Sweep]) -> anyhow::Result<()> {
@@ -67,7 +78,12 @@ pub fn write_svg(path: &Path, title: &str, sweeps: &[Sweep]) -> anyhow::Result<(
         .configure_mesh()
         .x_desc("throughput (ops/s, log)")
         .y_desc("latency (ms, log)")
-        .x_label_formatter(&|x| format!("{x:.0}"))
+        .x_labels(12)
+        .y_labels(12)
+        // The minor lines of a log axis crowd into grey bands; the labelled
+        // lines are enough to read values off.
+        .light_line_style(WHITE)
+        .x_label_formatter(&|x| ops_label(*x))
         .y_label_formatter(&|y| format!("{y}"))
         .draw()
         .map_err(draw)?;
@@ -116,9 +132,10 @@ pub fn write_svg(path: &Path, title: &str, sweeps: &[Sweep]) -> anyhow::Result<(
         chart
             .draw_series(pts.iter().zip(&p50).zip(&p99).flat_map(|((p, &a), &b)| {
                 let label = p.concurrency_label();
+                // Beside the marker, not on it.
                 [
-                    Text::new(label.clone(), a, font.clone()),
-                    Text::new(label, b, font.clone()),
+                    EmptyElement::at(a) + Text::new(label.clone(), (6, 2), font.clone()),
+                    EmptyElement::at(b) + Text::new(label, (6, -14), font.clone()),
                 ]
             }))
             .map_err(draw)?;
