@@ -86,6 +86,11 @@ struct Args {
     /// clients than paxos-kv needs, so best against best takes its own list.
     #[arg(long, value_delimiter = ',')]
     etcd_clients: Option<Vec<usize>>,
+    /// With `--compare etcd`: seconds per etcd point (default: `--duration`).
+    /// etcd's load generator counts its clients' connection setup in the
+    /// point, so thousands of clients need longer points than paxos-kv.
+    #[arg(long)]
+    etcd_duration: Option<u64>,
     /// Decrees the leader keeps in flight (paxos-kv `tuning.pipeline_window`;
     /// default: paxos-kv's default).
     #[arg(long)]
@@ -321,6 +326,7 @@ fn run_etcd(args: &Args, duration: u64, ours: &sweep::Sweep) -> Option<sweep::Sw
     let peer_dir = etcd::default_peer_dir(&root);
     let clients = args.etcd_clients.as_ref().unwrap_or(&args.clients);
     // bench.sh runs every point in one go; the load average is read at its end.
+    let duration = args.etcd_duration.unwrap_or(duration);
     let points = match etcd::run(&peer_dir, clients, duration, args.value_size) {
         Ok(points) => points,
         Err(e) => {
