@@ -60,8 +60,9 @@ pub fn write_svg(path: &Path, title: &str, sweeps: &[Sweep]) -> anyhow::Result<(
     let (y_min, y_max) = points()
         .flat_map(|p| [latency_ms(p.p50_us), latency_ms(p.p99_us)])
         .fold((f64::MAX, f64::MIN), |(lo, hi), y| (lo.min(y), hi.max(y)));
-    // Room around the extremes for the point labels.
-    let x_range = (x_min / 1.5)..(x_max * 1.5);
+    // Room around the extremes for the point labels, and on the right for
+    // the legend.
+    let x_range = (x_min / 1.5)..(x_max * 4.0);
     let y_range = (y_min / 1.5)..(y_max * 2.0);
 
     let root = SVGBackend::new(path, (1200, 700)).into_drawing_area();
@@ -144,7 +145,9 @@ pub fn write_svg(path: &Path, title: &str, sweeps: &[Sweep]) -> anyhow::Result<(
         .configure_series_labels()
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperLeft)
+        // Latency rises with throughput, so the low-latency, high-throughput
+        // corner is where the curves are not.
+        .position(SeriesLabelPosition::LowerRight)
         .draw()
         .map_err(draw)?;
     root.present().map_err(draw)?;
