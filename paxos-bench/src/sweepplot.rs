@@ -269,6 +269,11 @@ mod tests {
             ["sweep-file.json", "sweep-etcd.json", "sweep-file.svg"]
         );
         assert_eq!(Sweep::load(&written[1]).unwrap(), etcd);
+        let run_svg = std::fs::read_to_string(&written[2]).unwrap();
+        assert!(
+            run_svg.contains("paxos-kv file p50") && run_svg.contains("etcd p99"),
+            "the run's plot has both systems"
+        );
 
         let mut memory = sweep("paxos-kv memory", &[(4, 16, 90_000.0, 600, 1200)]);
         memory.storage = "memory".into();
