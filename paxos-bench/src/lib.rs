@@ -6,7 +6,11 @@
 //! ([`loadgen`]), prints ops/s with p50/p99/p999 latency and the per-stage
 //! latency breakdown reported by the leader, the CPU time per operation of
 //! every process ([`cpu`]), and optionally runs etcd with the
-//! same workload in the same run ([`etcd`]). `--redis-benchmark TESTS`
+//! same workload in the same run ([`etcd`]). Every sweep is saved as data
+//! ([`sweep`], `sweep-<storage>.json`) and drawn as latency against
+//! throughput ([`sweepplot`], `sweep-<storage>.svg`); `paxos-bench plot
+//! --from a.json,b.json --out c.svg` draws saved sweeps on one chart.
+//! `--redis-benchmark TESTS`
 //! drives the leader with `redis-benchmark` instead ([`redisbench`]).
 //!
 //! With `--keys N` the binary runs the scale scenario instead ([`scale`]):
@@ -28,4 +32,6 @@ pub mod plot;
 pub mod procmem;
 pub mod redisbench;
 pub mod scale;
+pub mod sweep;
+pub mod sweepplot;
 pub mod timeline;

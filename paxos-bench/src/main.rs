@@ -12,13 +12,16 @@
 
 use anyhow::Context;
 use clap::Parser;
-use paxos_bench::{cluster, cpu, etcd, loadgen, scale};
+use paxos_bench::{cluster, cpu, etcd, loadgen, scale, sweep, sweepplot};
 use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser, Debug)]
 #[command(about = "Benchmark a local 3-replica paxos-kv cluster (and etcd side by side)")]
+#[command(args_conflicts_with_subcommands = true)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Storage backend of the replicas: file (fsync on), nvm, or memory (not durable).
     #[arg(long, default_value = "file")]
     storage: String,
@@ -63,7 +66,9 @@ struct Args {
     /// flight each).
     #[arg(long, default_value_t = 8)]
     writers: usize,
-    /// Scale scenario: where the latency plot goes.
+    /// Where the plots go: the sweep's `sweep-<storage>.svg` and `.json`
+    /// (and `sweep-etcd.json` with `--compare etcd`), or the scale
+    /// scenario's latency plot.
     #[arg(long, default_value = "target/bench")]
     out_dir: PathBuf,
     /// Replicas in the cluster.
@@ -76,6 +81,16 @@ struct Args {
     /// Also run a peer with the same workload: `etcd`.
     #[arg(long)]
     compare: Option<String>,
+    /// With `--compare etcd`: etcd's client counts, one request in flight
+    /// each (comma-separated; default: `--clients`). etcd peaks at far more
+    /// clients than paxos-kv needs, so best against best takes its own list.
+    #[arg(long, value_delimiter = ',')]
+    etcd_clients: Option<Vec<usize>>,
+    /// With `--compare etcd`: seconds per etcd point (default: `--duration`).
+    /// etcd's load generator counts its clients' connection setup in the
+    /// point, so thousands of clients need longer points than paxos-kv.
+    #[arg(long)]
+    etcd_duration: Option<u64>,
     /// Decrees the leader keeps in flight (paxos-kv `tuning.pipeline_window`;
     /// default: paxos-kv's default).
     #[arg(long)]
@@ -119,8 +134,30 @@ struct Args {
     nvm_region_mb: Option<u64>,
 }
 
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Draw saved sweeps (`sweep-*.json`) on one chart, e.g. file, nvm,
+    /// memory and etcd.
+    Plot {
+        /// The saved sweeps, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        from: Vec<PathBuf>,
+        /// The SVG to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// The chart's title.
+        #[arg(long, default_value = "paxos-bench: latency against throughput")]
+        title: String,
+    },
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(Command::Plot { from, out, title }) = &args.command {
+        sweepplot::plot_saved(from, out, title)?;
+        println!("wrote {}", out.display());
+        return Ok(());
+    }
     anyhow::ensure!(
         ["file", "nvm", "memory"].contains(&args.storage.as_str()),
         "--storage must be file, nvm or memory"
@@ -185,7 +222,7 @@ fn main() -> anyhow::Result<()> {
         args.depth,
         duration
     );
-    let mut results = Vec::new();
+    let mut points = Vec::new();
     {
         let cluster = cluster::Cluster::start(
             &kv_bin,
@@ -226,13 +263,24 @@ fn main() -> anyhow::Result<()> {
                 report.errors,
                 report.first_error.as_deref().map(|e| format!(" (first: {e})")).unwrap_or_default()
             );
+            let cpu = cpu_before.per_op(&cpu_after, report.ops, leader_index);
+            let load_average = sweep::load_average();
             println!(
-                "  {}",
-                cpu_before
-                    .per_op(&cpu_after, report.ops, leader_index)
-                    .line()
+                "  {} load_average={}",
+                cpu.line(),
+                load_average.map_or("?".into(), |l| format!("{l:.2}"))
             );
-            results.push((clients, report.ops_per_sec()));
+            points.push(sweep::SweepPoint {
+                clients,
+                depth: args.depth,
+                ops_per_sec: report.ops_per_sec(),
+                p50_us: report.quantile_us(0.5),
+                p99_us: report.quantile_us(0.99),
+                p999_us: report.quantile_us(0.999),
+                errors: report.errors,
+                cpu: Some(sweep::CpuPerOp::from_report(&cpu)),
+                load_average,
+            });
         }
         if args.breakdown {
             match rt.block_on(cluster::latency_breakdown(leader)) {
@@ -242,29 +290,82 @@ fn main() -> anyhow::Result<()> {
             }
         }
     }
-    if args.compare.is_some() {
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-        let peer_dir = etcd::default_peer_dir(&root);
-        match etcd::run(&peer_dir, &args.clients, duration, args.value_size) {
-            Ok(points) => {
-                for p in &points {
-                    println!(
-                        "etcd  clients={} ops/s={:.0} p50={}us p99={}us p999={}us",
-                        p.clients, p.ops_per_sec, p.p50_us, p.p99_us, p.p999_us
-                    );
-                    if let Some((_, ours)) = results.iter().find(|(c, _)| *c == p.clients) {
-                        println!(
-                            "ratio paxos/etcd at {} clients: {:.1}x",
-                            p.clients,
-                            ours / p.ops_per_sec.max(1.0)
-                        );
-                    }
-                }
-            }
-            Err(e) => println!("etcd comparison skipped: {e:#}"),
-        }
+    let storage = if args.storage == "nvm" {
+        format!("nvm ({})", tuning.nvm_backend.name())
+    } else {
+        args.storage.clone()
+    };
+    let ours = sweep::Sweep {
+        label: format!("paxos-kv {storage}"),
+        system: "paxos-kv".into(),
+        storage,
+        value_bytes: args.value_size,
+        write_percent: args.write_percent,
+        seconds_per_point: duration,
+        finished_unix_s: sweep::unix_now(),
+        points,
+    };
+    let peer = if args.compare.is_some() {
+        run_etcd(&args, duration, &ours)
+    } else {
+        None
+    };
+    let mut sweeps = vec![ours];
+    sweeps.extend(peer);
+    for path in sweepplot::write_outputs(&args.out_dir, &args.storage, &sweeps)? {
+        println!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// etcd under the same workload, at `--etcd-clients`; `None` (with the
+/// reason printed) when it could not run, so the paxos-kv results still
+/// get written.
+fn run_etcd(args: &Args, duration: u64, ours: &sweep::Sweep) -> Option<sweep::Sweep> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let peer_dir = etcd::default_peer_dir(&root);
+    let clients = args.etcd_clients.as_ref().unwrap_or(&args.clients);
+    // bench.sh runs every point in one go; the load average is read at its end.
+    let duration = args.etcd_duration.unwrap_or(duration);
+    let points = match etcd::run(&peer_dir, clients, duration, args.value_size) {
+        Ok(points) => points,
+        Err(e) => {
+            println!("etcd comparison skipped: {e:#}");
+            return None;
+        }
+    };
+    let load_average = sweep::load_average();
+    for p in &points {
+        println!(
+            "etcd  clients={} ops/s={:.0} p50={}us p99={}us p999={}us",
+            p.clients, p.ops_per_sec, p.p50_us, p.p99_us, p.p999_us
+        );
+        if let Some(same) = ours.at_in_flight(p.clients) {
+            println!(
+                "ratio paxos/etcd at {} requests in flight (paxos {}): {:.1}x",
+                p.clients,
+                same.concurrency_label(),
+                same.ops_per_sec / p.ops_per_sec.max(1.0)
+            );
+        }
+    }
+    let peer = sweep::Sweep {
+        label: "etcd".into(),
+        system: "etcd".into(),
+        storage: "etcd (WAL, fsync)".into(),
+        value_bytes: args.value_size,
+        write_percent: 100,
+        seconds_per_point: duration,
+        finished_unix_s: sweep::unix_now(),
+        points: points
+            .iter()
+            .map(|p| sweep::SweepPoint::from_etcd(p, load_average))
+            .collect(),
+    };
+    if let Some(line) = sweep::best_vs_best(ours, &peer) {
+        println!("{line}");
+    }
+    Some(peer)
 }
 
 /// The scale scenario, on a cluster without stage timing.
