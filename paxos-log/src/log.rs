@@ -248,13 +248,14 @@ impl Shared {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Wakes every waiter after `durable_lsn` moved or the log failed.
-    /// Called with the lock released.
+    /// Tells the listener, then wakes every waiter, after `durable_lsn`
+    /// moved or the log failed (so a waiter that returns knows the
+    /// listener heard). Called with the lock released.
     fn announce(&self, event: DurabilityEvent) {
-        self.durable.notify_all();
         if let Some(listener) = self.listener.get() {
             listener(event);
         }
+        self.durable.notify_all();
     }
 }
 

@@ -1241,6 +1241,20 @@ fn the_writer_thread_tells_a_durability_listener_of_syncs_and_failure() {
     fs.crash_after(0);
     let lost = log.append(&[accept(Slot(2), 1, 10)]).unwrap();
     assert!(log.wait_durable(lost).is_err());
+    // The listener hears before waiters wake; a spurious wake-up could
+    // still return first, so wait for it.
+    let failed = |events: &[DurabilityEvent]| {
+        events
+            .iter()
+            .any(|e| matches!(e, DurabilityEvent::Failed(_)))
+    };
+    while !failed(&heard.lock().unwrap()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never told of the failure"
+        );
+        std::thread::yield_now();
+    }
     let events = heard.lock().unwrap().clone();
     assert!(
         matches!(events.last(), Some(DurabilityEvent::Failed(why)) if why.contains("log writer failed")),
