@@ -360,3 +360,17 @@ impl Drop for LocalCluster {
         }
     }
 }
+
+/// A fresh temporary directory named `prefix…`, in `/dev/shm` where there is
+/// one (memory: an nvm region there is emulated persistent memory, and the
+/// msync backend is cheap on tmpfs), else in the usual temporary directory.
+pub fn memory_backed_tempdir(prefix: &str) -> std::io::Result<tempfile::TempDir> {
+    let shm = Path::new("/dev/shm");
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(prefix);
+    if shm.is_dir() {
+        builder.tempdir_in(shm)
+    } else {
+        builder.tempdir()
+    }
+}

@@ -20,18 +20,7 @@ const CLIENTS: u32 = 4;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn emulated_pm_on_dev_shm_keeps_every_acknowledged_write_across_kill9() {
-    let shm = std::path::Path::new("/dev/shm");
-    let builder = {
-        let mut b = tempfile::Builder::new();
-        b.prefix("paxos-kv-emulated-pm-");
-        b
-    };
-    let dir = if shm.is_dir() {
-        builder.tempdir_in(shm)
-    } else {
-        builder.tempdir()
-    }
-    .unwrap();
+    let dir = paxos_kv::procs::memory_backed_tempdir("paxos-kv-emulated-pm-").unwrap();
     let tuning = Tuning {
         nvm_backend: NvmBackend::EmulatedPm,
         nvm_region_mb: 32,

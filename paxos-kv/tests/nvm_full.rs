@@ -129,16 +129,7 @@ fn mend_checkpoints(data_dir: &Path, held: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_nvm_region_holds_writes_back_and_drops_no_client() {
-    let shm = Path::new("/dev/shm");
-    let mut builder = tempfile::Builder::new();
-    builder.prefix("paxos-kv-nvm-full-");
-    // In memory where possible: the msync backend is cheap on tmpfs.
-    let dir = if shm.is_dir() {
-        builder.tempdir_in(shm)
-    } else {
-        builder.tempdir()
-    }
-    .unwrap();
+    let dir = paxos_kv::procs::memory_backed_tempdir("paxos-kv-nvm-full-").unwrap();
     let tuning = Tuning {
         nvm_region_mb: 8,
         checkpoint_every_mb: 1,

@@ -672,6 +672,7 @@ impl Sim {
         match effect {
             Effect::Transmit { to, bytes } => self.send(i, to, bytes),
             Effect::Persist { id: pid, entries } => {
+                let now = self.nodes[i].local(self.now);
                 let Some(run) = self.nodes[i].run.as_mut() else {
                     return Ok(());
                 };
@@ -690,10 +691,6 @@ impl Sim {
                 run.unsynced.push_back((pid, seq, entries));
                 // As the production driver does after every append: a log
                 // bounded in size holds new writes while it is nearly full.
-                let now = self.nodes[i].local(self.now);
-                let Some(run) = self.nodes[i].run.as_mut() else {
-                    return Ok(());
-                };
                 run.node
                     .on_log_space(now, run.log.space())
                     .map_err(|e| Failure::new(FailureKind::Liveness, format!("{id}: {e}")))?;
