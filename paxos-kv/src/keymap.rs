@@ -1,5 +1,6 @@
 //! [`KeyMap`]: the KV store's table, laid out for cache misses, not generality,
-//! and sharded copy-on-write so a checkpoint can freeze it in microseconds.
+//! and sharded copy-on-write so a checkpoint can freeze it in about a
+//! millisecond and a write during the checkpoint pays microseconds for it.
 //!
 //! Why not `HashMap<Bytes, Bytes>`: every replica applies every SET, and on
 //! the bench (256K keys, 100 B values) a SET there cost four dependent cache
@@ -7,14 +8,13 @@
 //! own allocation for the equality check, the value's allocation — on a 32 MiB
 //! table. It was the largest single item in a follower's profile.
 //!
-//! Here a bucket is 40 bytes: keys of up to [`INLINE_KEY`] bytes live inside
-//! it, so the equality check reads the bucket just loaded, and the value is a
-//! 16-byte [`StoredValue`] — a reference-counted buffer (a large one framed,
-//! so a GET's reply can send it without a copy) — overwritten in place when
-//! the size is unchanged and no frozen view shares it (the common SET). That is
-//! three misses per SET on a table 40% smaller. Keys are
-//! hashed with std's `RandomState` (SipHash with a per-process random key),
-//! so clients cannot choose keys that collide.
+//! Here a bucket is 32 bytes: keys of up to [`INLINE_KEY`] bytes live inside
+//! it, so the equality check reads the bucket just loaded, and the value is
+//! an 8-byte [`StoredValue`] handle, overwritten in place when the size is
+//! unchanged and no frozen view may share it (the common SET). That is
+//! three misses per SET. Keys are hashed with std's `RandomState` (SipHash
+//! with a per-process random key), so clients cannot choose keys that
+//! collide.
 //!
 //! # Shards, and why
 //!
@@ -23,18 +23,23 @@
 //! longer than an election timeout at a million keys, so the table is split
 //! into [`SHARDS`] independent hash tables, each behind an `Arc`.
 //! [`KeyMap::freeze`] clones the `Arc`s (O(shards), no entry is touched) and
-//! the [`FrozenKeyMap`] goes to a background thread. A write goes through
-//! `Arc::make_mut`: while a frozen view still holds the shard, the first
-//! write to it copies that one shard (its buckets and the long keys in it;
-//! the values are shared, a count bump each), and later writes to it are
-//! ordinary in-place writes. So during a checkpoint a write costs at most
-//! one shard's copy, and the extra memory is at most the buckets of the
-//! shards written meanwhile, plus the old versions of values overwritten
-//! meanwhile (the frozen originals are freed when the checkpoint is
-//! written). Outside a
-//! checkpoint every shard is unshared and `make_mut` is one uncontended
-//! atomic check on the shard's header. Growing is per shard too: a table
-//! never rehashes more than one shard's entries at once.
+//! the [`FrozenKeyMap`] goes to a background thread. The first write to a
+//! shard a frozen view still holds copies that shard's buckets (bitwise: a
+//! bucket is plain data, see below), and later writes to it are ordinary
+//! in-place writes. Outside a checkpoint every shard is unshared and the
+//! check is one uncontended atomic load on the shard's header. Growing is
+//! per shard too: a table never rehashes more than one shard's entries at
+//! once.
+//!
+//! 65,536 shards: what a write pays during a checkpoint is the copy of the
+//! shards it is the first to touch. A decree of 2,000 random SETs touches
+//! about 2,000 shards right after a freeze; at ten million keys a shard is
+//! ~150 entries, an 8 KiB bucket array, so that decree copies ~16 MB (a few
+//! milliseconds) where 4,096 shards had it copy ~270 MB. The price is
+//! O(shards) per freeze (65,536 reference counts and a 512 KiB vector, about a
+//! millisecond) and ~100 bytes per non-empty shard (6.5 MB when all are).
+//! An empty shard is `None`, so a small map costs one vector, not 65,536
+//! allocations, and freezing it touches no counts.
 //!
 //! A key's shard is a fixed function of its bytes — the top bits of its
 //! CRC32C ([`key_digest`]) — the same on every replica and every run, so a
@@ -47,43 +52,77 @@
 //! Invariant: a key is stored inline exactly when it is at most
 //! [`INLINE_KEY`] bytes long, so equal keys always have equal representations.
 //!
+//! # Who owns the keys and values (the `unsafe` in this module)
+//!
+//! A bucket ([`Entry`]) is `Copy`: a long key and every value are raw
+//! handles, so a shard copy shares them with the frozen original without
+//! touching them. (They used to be `Arc`s, and the reference count bumps
+//! made the first decree after a freeze at ten million keys take 0.5–0.9 s.)
+//! Instead of reference counts, three rules say who frees a block (a long
+//! key's bytes or a value):
+//!
+//! 1. **The live map owns every block its shards reach.** A shard the map
+//!    has copied for writing gives up its blocks: its `owns_blocks` turns
+//!    false before the map lets go of it, so when the last frozen view
+//!    drops it, it frees nothing. A shard that is not shared frees its
+//!    blocks when dropped (through rule 3).
+//! 2. **A copy marks every entry it starts with** ([`StoredValue::is_marked`]):
+//!    a marked entry's blocks may also be reachable from a frozen view of
+//!    the copy's [`Generation`] (the set of frozen views alive together).
+//!    A marked block is never written in place while that generation has a
+//!    view. An entry inserted after the copy, or whose value was replaced,
+//!    is unmarked and is the map's alone (a long key keeps its entry
+//!    marked: the key is still shared).
+//! 3. **A block the map drops is freed only if no frozen view can reach
+//!    it**: an unmarked block, or a marked one whose generation has no view
+//!    left, is freed at once; a marked block of a generation that still has
+//!    views is *deferred* to that generation, and the last of its views to
+//!    be dropped frees all of them (on the checkpoint thread, not the loop).
+//!
+//! So every block a frozen view can reach stays alive and unchanged until
+//! the view is gone, and every block is freed exactly once: by the live
+//! map, by the last shard holding it that still owns blocks, or by its
+//! generation. The decision between "free now" and "defer" is made under
+//! the generation's lock, so a view being dropped on another thread at the
+//! same moment cannot slip between the check and the deferral. The model
+//! tests below check contents against `HashMap`s across freezes, drops in
+//! every order and overlapping views; the leak and double-free side is
+//! checked by the counting tests (`blocks_live`).
+//!
 //! # Deadlines (expiry)
 //!
 //! A key may carry a deadline (a time in ms; what the time means is the
 //! caller's business). Deadlines live beside the table, not in its buckets:
 //! each shard has a `BTreeMap` of its keys that have one (empty, and so
 //! free, when no key has a TTL; a key without one pays nothing in the
-//! bucket), shared copy-on-write with the shard so a frozen view keeps
-//! them; and the map keeps a `(deadline, key)` index over all shards, not
-//! shared with frozen views, so the caller can reclaim the keys that are
-//! due in deadline order without scanning. The map never looks at a
-//! clock: whether a key is *expired* is decided by the caller.
+//! bucket), copied with the shard so a frozen view keeps them; and the map
+//! keeps a `(deadline, key)` index over all shards, not shared with frozen
+//! views, so the caller can reclaim the keys that are due in deadline order
+//! without scanning. The map never looks at a clock: whether a key is
+//! *expired* is decided by the caller.
 
 use crate::stored_value::StoredValue;
 use bytes::Bytes;
 use hashbrown::HashTable;
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{BuildHasher, RandomState};
-use std::sync::Arc;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// Longest key stored inside its bucket.
 pub const INLINE_KEY: usize = 22;
 
 /// log2 of [`SHARDS`].
-const SHARD_BITS: u32 = 12;
+const SHARD_BITS: u32 = 16;
 
-/// Number of shards. 4096 balances the two costs that pull apart:
-/// [`KeyMap::freeze`] clones one `Arc` per shard (4096 uncontended atomic
-/// increments, some microseconds, plus a 32 KiB vector), and the first
-/// write to a shard during a checkpoint copies the whole shard (about 250
-/// entries at a million keys: tens of microseconds, far below an election
-/// timeout even at ten million keys). An empty map costs 4096 small
-/// allocations (about 200 KiB).
+/// Number of shards (see the module docs for why this many).
 pub const SHARDS: usize = 1 << SHARD_BITS;
 
-/// The key's CRC32C: it picks the key's shard (its top 12
-/// bits) and leads the order [`FrozenKeyMap::entries`] writes entries in.
-/// Deterministic on every replica, unlike the in-shard SipHash.
+/// The key's CRC32C: it picks the key's shard (its top
+/// [`SHARD_BITS`] bits) and leads the order [`FrozenKeyMap::entries`]
+/// writes entries in. Deterministic on every replica, unlike the in-shard
+/// SipHash.
 pub fn key_digest(key: &[u8]) -> u32 {
     crc32c::crc32c(key)
 }
@@ -97,10 +136,12 @@ fn next_shard_start(shard: usize) -> Option<u32> {
     (shard + 1 < SHARDS).then(|| ((shard + 1) as u32) << (32 - SHARD_BITS))
 }
 
-#[derive(Clone)]
+/// A key: inline, or a raw handle to its own allocation (owned by the
+/// rules in the module docs).
+#[derive(Clone, Copy)]
 enum Key {
     Inline { len: u8, bytes: [u8; INLINE_KEY] },
-    Heap(Box<[u8]>),
+    Heap(NonNull<[u8]>),
 }
 
 impl Key {
@@ -113,19 +154,41 @@ impl Key {
                 bytes,
             }
         } else {
-            Key::Heap(key.into())
+            #[cfg(test)]
+            crate::stored_value::block_count::made();
+            Key::Heap(NonNull::from(Box::leak(Box::<[u8]>::from(key))))
         }
     }
 
-    fn as_slice(&self) -> &[u8] {
+    fn is_heap(&self) -> bool {
+        matches!(self, Key::Heap(_))
+    }
+
+    /// # Safety
+    /// A heap key is not freed while the returned slice is in use.
+    unsafe fn as_slice(&self) -> &[u8] {
         match self {
             Key::Inline { len, bytes } => &bytes[..usize::from(*len)],
-            Key::Heap(b) => b,
+            // SAFETY: caller's guarantee; the block is a leaked Box<[u8]>.
+            Key::Heap(b) => unsafe { b.as_ref() },
         }
     }
 }
 
-#[derive(Clone)]
+/// Frees a heap key's block.
+///
+/// # Safety
+/// The block came from [`Key::new`], nobody reaches it again, and it is
+/// freed once.
+unsafe fn free_key_block(block: NonNull<[u8]>) {
+    #[cfg(test)]
+    crate::stored_value::block_count::freed();
+    // SAFETY: caller's guarantee.
+    drop(unsafe { Box::from_raw(block.as_ptr()) });
+}
+
+/// One bucket: plain data, copied bitwise when a shard is copied.
+#[derive(Clone, Copy)]
 struct Entry {
     key: Key,
     value: StoredValue,
@@ -133,21 +196,225 @@ struct Entry {
 
 // The layout argument above relies on this (64-bit targets).
 #[cfg(target_pointer_width = "64")]
-const _: () = assert!(std::mem::size_of::<Entry>() == 40);
+const _: () = assert!(std::mem::size_of::<Entry>() == 32);
+
+impl Entry {
+    /// The key. Sound for any entry of a shard the caller can reach: its
+    /// blocks outlive every shard that reaches them (module docs).
+    fn key(&self) -> &[u8] {
+        // SAFETY: see above.
+        unsafe { self.key.as_slice() }
+    }
+
+    /// The value, on the same grounds as [`Entry::key`].
+    fn value(&self) -> &[u8] {
+        // SAFETY: see above.
+        unsafe { self.value.as_slice() }
+    }
+
+    /// Drops the entry's blocks (rule 3): frees them, or defers them to
+    /// `generation` if the entry is marked and that generation still has
+    /// views.
+    ///
+    /// # Safety
+    /// The caller owns the entry's blocks (rule 1) and removed the entry
+    /// from the only shard that owned it.
+    unsafe fn release(self, generation: Option<&Generation>) {
+        let heap_key = match self.key {
+            Key::Heap(block) => Some(block),
+            Key::Inline { .. } => None,
+        };
+        let value = self.value.marked(false);
+        if self.value.is_marked() {
+            if let Some(generation) = generation {
+                if generation.defer(Deferred::Value(value), heap_key.map(Deferred::Key)) {
+                    return;
+                }
+            }
+        }
+        // SAFETY: caller's guarantee, and no view can reach them.
+        unsafe {
+            value.release();
+            if let Some(block) = heap_key {
+                free_key_block(block);
+            }
+        }
+    }
+}
+
+/// A block whose freeing waits for a generation's last view.
+enum Deferred {
+    Value(StoredValue),
+    Key(NonNull<[u8]>),
+}
+
+// Deferred blocks are freed by whichever thread drops the last view.
+unsafe impl Send for Deferred {}
+
+impl Deferred {
+    /// # Safety
+    /// As [`Entry::release`]: owned, unreachable, freed once.
+    unsafe fn free(self) {
+        // SAFETY: caller's guarantee.
+        unsafe {
+            match self {
+                Deferred::Value(v) => v.release(),
+                Deferred::Key(k) => free_key_block(k),
+            }
+        }
+    }
+}
+
+/// Deferred blocks are kept in chunks of this many, so the list never
+/// reallocates (and copies) a large vector on the loop.
+const DEFERRED_CHUNK: usize = 4096;
+
+/// Frozen views alive together, and the blocks the live map dropped while
+/// they could still reach them (rule 3 in the module docs).
+#[derive(Default)]
+struct Generation {
+    state: Mutex<GenerationState>,
+}
+
+#[derive(Default)]
+struct GenerationState {
+    /// Frozen views of this generation alive now. Once it falls to zero the
+    /// generation is over for good: [`KeyMap::freeze`] starts a new one.
+    views: usize,
+    deferred: Vec<Vec<Deferred>>,
+}
+
+impl Generation {
+    fn lock(&self) -> std::sync::MutexGuard<'_, GenerationState> {
+        // A panic elsewhere cannot leave the state half-written: every
+        // critical section is a push or a counter step.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Adds a view if the generation still has one; false if it is over.
+    fn join(&self) -> bool {
+        let mut state = self.lock();
+        if state.views == 0 {
+            return false;
+        }
+        state.views += 1;
+        true
+    }
+
+    fn has_views(&self) -> bool {
+        self.lock().views > 0
+    }
+
+    /// Defers `first` and `second` until the last view is dropped; false
+    /// (nothing kept) if there is no view left, so the caller frees them.
+    fn defer(&self, first: Deferred, second: Option<Deferred>) -> bool {
+        let mut state = self.lock();
+        if state.views == 0 {
+            return false;
+        }
+        for block in std::iter::once(first).chain(second) {
+            match state.deferred.last_mut() {
+                Some(chunk) if chunk.len() < DEFERRED_CHUNK => chunk.push(block),
+                _ => {
+                    let mut chunk = Vec::with_capacity(DEFERRED_CHUNK);
+                    chunk.push(block);
+                    state.deferred.push(chunk);
+                }
+            }
+        }
+        true
+    }
+
+    /// Removes a view; the last one frees every deferred block (outside
+    /// the lock).
+    fn leave(&self) {
+        let deferred = {
+            let mut state = self.lock();
+            assert!(state.views > 0, "a view left a generation with none");
+            state.views -= 1;
+            if state.views > 0 {
+                return;
+            }
+            std::mem::take(&mut state.deferred)
+        };
+        for block in deferred.into_iter().flatten() {
+            // SAFETY: the live map handed these over (rule 3) and no view
+            // is left to reach them; each was deferred once.
+            unsafe { block.free() };
+        }
+    }
+}
 
 /// One shard: a hash table of the keys whose digest has its index in the
-/// top bits. Cloned only by `Arc::make_mut`, when a frozen view shares it.
-#[derive(Clone, Default)]
+/// top bits.
 struct Shard {
     table: HashTable<Entry>,
     /// The deadline of each key of this shard that has one.
     deadlines: BTreeMap<Box<[u8]>, u64>,
+    /// Rule 1: true while the live map may still own this shard; set false
+    /// (for good) when the map copies it for writing.
+    owns_blocks: AtomicBool,
+    /// Rule 2: the generation this shard's marked entries may be shared
+    /// with (`None`: no entry is marked).
+    generation: Option<Arc<Generation>>,
+}
+
+// SAFETY: a shard is read concurrently (a frozen view on a checkpoint
+// thread, the live map on the loop) only through `&Shard`, which reads
+// blocks that rules 1–3 keep alive and unwritten; it is written only
+// through `&mut Shard`, which `Arc::get_mut` hands out to the live map
+// alone, and then writes in place only blocks no view can reach.
+unsafe impl Send for Shard {}
+unsafe impl Sync for Shard {}
+
+impl Shard {
+    fn new(table: HashTable<Entry>) -> Shard {
+        Shard {
+            table,
+            deadlines: BTreeMap::new(),
+            owns_blocks: AtomicBool::new(true),
+            generation: None,
+        }
+    }
+
+    /// The copy the live map writes to while frozen views keep `self`.
+    /// Bitwise for the buckets, so O(buckets) with no per-value work.
+    fn copy_for_writing(&self, generation: Arc<Generation>) -> Shard {
+        let mut table = self.table.clone();
+        for entry in table.iter_mut() {
+            entry.value = entry.value.marked(true);
+        }
+        Shard {
+            table,
+            deadlines: self.deadlines.clone(),
+            owns_blocks: AtomicBool::new(true),
+            generation: Some(generation),
+        }
+    }
+
+    /// Whether `entry`'s blocks may be reachable from a frozen view.
+    fn shares(&self, entry: &Entry) -> bool {
+        entry.value.is_marked() && self.generation.as_ref().is_some_and(|g| g.has_views())
+    }
+}
+
+impl Drop for Shard {
+    fn drop(&mut self) {
+        if !self.owns_blocks.load(Ordering::Acquire) {
+            return;
+        }
+        let generation = self.generation.as_deref();
+        for entry in self.table.drain() {
+            // SAFETY: this shard owns its blocks (rule 1) and is going away.
+            unsafe { entry.release(generation) };
+        }
+    }
 }
 
 /// A map from byte-string keys to byte-string values.
 pub struct KeyMap {
-    /// Always [`SHARDS`] long.
-    shards: Vec<Arc<Shard>>,
+    /// Always [`SHARDS`] long; `None` for a shard that never had a key.
+    shards: Vec<Option<Arc<Shard>>>,
     /// Keys in all shards, kept so `len` is O(1).
     len: usize,
     /// One key for every shard's table: the shards' tables are private, so
@@ -162,6 +429,9 @@ pub struct KeyMap {
     /// Every key with a deadline, by `(deadline, key)`: what is due first
     /// is first. Exactly the union of the shards' `deadlines`.
     by_deadline: BTreeSet<(u64, Box<[u8]>)>,
+    /// The generation of the latest [`KeyMap::freeze`]: the one a shard
+    /// copied now is shared with.
+    generation: Option<Arc<Generation>>,
 }
 
 /// One deadline's share of a content digest (as [`entry_digest`]).
@@ -196,29 +466,20 @@ impl KeyMap {
     /// the shards; a shard that gets more than its share grows alone).
     pub fn with_capacity(capacity: usize) -> Self {
         let per_shard = capacity / SHARDS;
-        // Without a capacity of at least one key per shard, every shard
-        // starts as the same empty shard:
-        // one allocation instead of 4096 (stores are made on every restart
-        // and restore), and the first write to a shard "copies" an empty
-        // table, which allocates nothing more than an unshared one would.
-        let empty = Arc::new(Shard::default());
         KeyMap {
+            // Below a key per shard, every shard starts empty (`None`): a
+            // store is made on every restart and restore.
             shards: (0..SHARDS)
                 .map(|_| {
-                    if per_shard == 0 {
-                        Arc::clone(&empty)
-                    } else {
-                        Arc::new(Shard {
-                            table: HashTable::with_capacity(per_shard),
-                            deadlines: BTreeMap::new(),
-                        })
-                    }
+                    (per_shard > 0)
+                        .then(|| Arc::new(Shard::new(HashTable::with_capacity(per_shard))))
                 })
                 .collect(),
             len: 0,
             hasher: RandomState::new(),
             content_digest: None,
             by_deadline: BTreeSet::new(),
+            generation: None,
         }
     }
 
@@ -259,44 +520,71 @@ impl KeyMap {
         self.hasher.hash_one(key)
     }
 
-    fn shard(&self, key: &[u8]) -> &Shard {
-        &self.shards[shard_of_digest(key_digest(key))]
+    fn shard(&self, key: &[u8]) -> Option<&Shard> {
+        self.shards[shard_of_digest(key_digest(key))].as_deref()
+    }
+
+    fn entry(&self, key: &[u8]) -> Option<&Entry> {
+        self.shard(key)?
+            .table
+            .find(self.hash(key), |e| e.key() == key)
+    }
+
+    /// The shard at `index`, ready for writing: made if it was empty,
+    /// copied first if a frozen view still holds it (rules 1 and 2).
+    /// (Borrows only the shards, so the caller can use the other fields.)
+    fn shard_mut<'a>(
+        shards: &'a mut [Option<Arc<Shard>>],
+        generation: Option<&Arc<Generation>>,
+        index: usize,
+    ) -> &'a mut Shard {
+        let slot = &mut shards[index];
+        let shard = slot.get_or_insert_with(|| Arc::new(Shard::new(HashTable::new())));
+        if Arc::get_mut(shard).is_none() {
+            // Only a frozen view shares a shard, so a freeze made the
+            // generation.
+            let generation = Arc::clone(generation.expect("a shared shard implies a freeze"));
+            let copy = shard.copy_for_writing(generation);
+            // Rule 1: from here only frozen views hold the original, and
+            // its blocks are the copy's. (Release: the view that drops it
+            // last reads this after its Arc decrement's acquire.)
+            shard.owns_blocks.store(false, Ordering::Release);
+            *shard = Arc::new(copy);
+        }
+        Arc::get_mut(shard).expect("unshared after the copy")
     }
 
     /// The value of `key`.
     pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
-        self.shard(key)
-            .table
-            .find(self.hash(key), |e| e.key.as_slice() == key)
-            .map(|e| e.value.as_slice())
+        self.entry(key).map(Entry::value)
     }
 
-    /// The value of `key` as stored, for callers that can use a large
-    /// value's shared form ([`StoredValue::shared_bulk_reply`]).
-    pub fn get_stored(&self, key: &[u8]) -> Option<&StoredValue> {
-        self.shard(key)
-            .table
-            .find(self.hash(key), |e| e.key.as_slice() == key)
-            .map(|e| &e.value)
+    /// How many holders a value has (the table, and one per pending reply
+    /// of a large value). For tests.
+    #[cfg(test)]
+    pub(crate) fn value_holders(&self, key: &[u8]) -> Option<usize> {
+        // SAFETY: a value the map reaches is alive.
+        self.entry(key).map(|e| unsafe { e.value.holders() })
     }
 
     /// A large value's RESP bulk reply without a copy (see
-    /// [`StoredValue::shared_bulk_reply`]); `None` if `key` is absent or
-    /// its value small.
+    /// [`crate::stored_value`]); `None` if `key` is absent or its value
+    /// small.
     pub fn shared_bulk_reply(&self, key: &[u8]) -> Option<Bytes> {
-        self.get_stored(key)
-            .and_then(StoredValue::shared_bulk_reply)
+        // SAFETY: a value the map reaches is alive.
+        self.entry(key)
+            .and_then(|e| unsafe { e.value.shared_bulk_reply() })
     }
 
     /// True when `key` has a value.
     pub fn contains_key(&self, key: &[u8]) -> bool {
-        self.get(key).is_some()
+        self.entry(key).is_some()
     }
 
-    /// Sets `key` to `value`, reusing the old value's allocation when the
-    /// size is unchanged and nothing else holds it (see
-    /// [`StoredValue::overwrite`]). Copies the key's shard first if a
-    /// frozen view still shares it. Keeps the key's deadline, if it has one.
+    /// Sets `key` to `value`, writing over the old value when the size is
+    /// unchanged and no frozen view or pending reply may hold it. Copies
+    /// the key's shard first if a frozen view still shares it. Keeps the
+    /// key's deadline, if it has one.
     pub fn set(&mut self, key: &[u8], value: &[u8]) {
         let hash = self.hash(key);
         if let Some(sum) = self.content_digest {
@@ -304,9 +592,42 @@ impl KeyMap {
             self.content_digest =
                 Some(sum.wrapping_sub(old).wrapping_add(entry_digest(key, value)));
         }
-        let shard = Arc::make_mut(&mut self.shards[shard_of_digest(key_digest(key))]);
-        if let Some(e) = shard.table.find_mut(hash, |e| e.key.as_slice() == key) {
-            e.value.overwrite(value);
+        let shard = Self::shard_mut(
+            &mut self.shards,
+            self.generation.as_ref(),
+            shard_of_digest(key_digest(key)),
+        );
+        if let Some(e) = shard.table.find(hash, |e| e.key() == key) {
+            let (old, heap_key) = (e.value, e.key.is_heap());
+            let shared = shard.shares(e);
+            let e = shard
+                .table
+                .find_mut(hash, |e| e.key() == key)
+                .expect("found above");
+            if !shared {
+                // Ours alone (rule 2): a stale mark of a generation with no
+                // view left is dropped.
+                e.value = old.marked(false);
+                // SAFETY: unmarked or its generation has no view: nobody
+                // else reads it.
+                if unsafe { e.value.overwrite_in_place(value) } {
+                    return;
+                }
+                e.value = StoredValue::new(value);
+                // SAFETY: replaced above; owned (rule 1), unreachable.
+                unsafe { old.marked(false).release() };
+                return;
+            }
+            // A frozen view may read the old value: replace it and defer
+            // the old one (rule 3). A long key stays shared, so its entry
+            // stays marked.
+            e.value = StoredValue::new(value).marked(heap_key);
+            let generation = shard.generation.as_deref().expect("shares() saw it");
+            if !generation.defer(Deferred::Value(old.marked(false)), None) {
+                // The last view went away since `shares`: nobody reads it.
+                // SAFETY: replaced above; owned, unreachable.
+                unsafe { old.marked(false).release() };
+            }
             return;
         }
         let hasher = &self.hasher;
@@ -316,7 +637,7 @@ impl KeyMap {
                 key: Key::new(key),
                 value: StoredValue::new(value),
             },
-            |e| hasher.hash_one(e.key.as_slice()),
+            |e| hasher.hash_one(e.key()),
         );
         self.len += 1;
         paxos_contracts::ensures!(self.get(key) == Some(value));
@@ -325,43 +646,46 @@ impl KeyMap {
     /// Removes `key`; true if it had a value. A shard shared with a frozen
     /// view is copied only when the key is in it.
     pub fn remove(&mut self, key: &[u8]) -> bool {
-        let hash = self.hash(key);
-        let index = shard_of_digest(key_digest(key));
-        let eq = |e: &Entry| e.key.as_slice() == key;
-        if self.shards[index].table.find(hash, eq).is_none() {
+        if !self.contains_key(key) {
             return false;
         }
-        let shard = Arc::make_mut(&mut self.shards[index]);
-        match shard.table.find_entry(hash, eq) {
-            Ok(entry) => {
-                let (removed, _) = entry.remove();
-                self.len -= 1;
-                self.content_digest = self
-                    .content_digest
-                    .map(|sum| sum.wrapping_sub(entry_digest(key, removed.value.as_slice())));
-                if let Some(deadline) = shard.deadlines.remove(key) {
-                    self.by_deadline.remove(&(deadline, Box::from(key)));
-                    self.content_digest = self
-                        .content_digest
-                        .map(|sum| sum.wrapping_sub(deadline_digest(key, deadline)));
-                }
-                true
-            }
-            Err(_) => false,
+        let hash = self.hash(key);
+        let shard = Self::shard_mut(
+            &mut self.shards,
+            self.generation.as_ref(),
+            shard_of_digest(key_digest(key)),
+        );
+        let Ok(entry) = shard.table.find_entry(hash, |e| e.key() == key) else {
+            return false;
+        };
+        let (removed, _) = entry.remove();
+        self.content_digest = self
+            .content_digest
+            .map(|sum| sum.wrapping_sub(entry_digest(key, removed.value())));
+        // SAFETY: taken out of the live map, which owned it (rule 1).
+        unsafe { removed.release(shard.generation.as_deref()) };
+        if let Some(deadline) = shard.deadlines.remove(key) {
+            self.by_deadline.remove(&(deadline, Box::from(key)));
+            self.content_digest = self
+                .content_digest
+                .map(|sum| sum.wrapping_sub(deadline_digest(key, deadline)));
         }
+        self.len -= 1;
+        true
     }
 
     /// Every (key, value), in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         self.shards
             .iter()
+            .flatten()
             .flat_map(|s| s.table.iter())
-            .map(|e| (e.key.as_slice(), e.value.as_slice()))
+            .map(|e| (e.key(), e.value()))
     }
 
     /// The deadline of `key`, if it exists and has one.
     pub fn deadline(&self, key: &[u8]) -> Option<u64> {
-        let shard = self.shard(key);
+        let shard = self.shard(key)?;
         if shard.deadlines.is_empty() {
             return None;
         }
@@ -375,17 +699,28 @@ impl KeyMap {
         if old == deadline || !self.contains_key(key) {
             return old;
         }
-        let shard = Arc::make_mut(&mut self.shards[shard_of_digest(key_digest(key))]);
         let mut digest = self.content_digest;
+        let shard = Self::shard_mut(
+            &mut self.shards,
+            self.generation.as_ref(),
+            shard_of_digest(key_digest(key)),
+        );
+        let mut by_deadline_changes = (None, None);
         if let Some(old) = old {
             shard.deadlines.remove(key);
-            self.by_deadline.remove(&(old, Box::from(key)));
+            by_deadline_changes.0 = Some(old);
             digest = digest.map(|sum| sum.wrapping_sub(deadline_digest(key, old)));
         }
         if let Some(new) = deadline {
             shard.deadlines.insert(key.into(), new);
-            self.by_deadline.insert((new, key.into()));
+            by_deadline_changes.1 = Some(new);
             digest = digest.map(|sum| sum.wrapping_add(deadline_digest(key, new)));
+        }
+        if let Some(old) = by_deadline_changes.0 {
+            self.by_deadline.remove(&(old, Box::from(key)));
+        }
+        if let Some(new) = by_deadline_changes.1 {
+            self.by_deadline.insert((new, key.into()));
         }
         self.content_digest = digest;
         paxos_contracts::ensures!(self.deadline(key) == deadline);
@@ -424,24 +759,26 @@ impl KeyMap {
         let mut visited = 0usize;
         let mut sorted: Vec<(u32, &'a Entry)> = Vec::new();
         for (index, shard) in self.shards.iter().enumerate().skip(shard_of_digest(from)) {
+            let Some(shard) = shard.as_deref() else {
+                continue;
+            };
             sorted.clear();
             sorted.extend(
                 shard
                     .table
                     .iter()
-                    .map(|e| (key_digest(e.key.as_slice()), e))
+                    .map(|e| (key_digest(e.key()), e))
                     .filter(|(d, _)| *d >= from),
             );
-            sorted
-                .sort_unstable_by(|a, b| (a.0, a.1.key.as_slice()).cmp(&(b.0, b.1.key.as_slice())));
+            sorted.sort_unstable_by(|a, b| (a.0, a.1.key()).cmp(&(b.0, b.1.key())));
             for (i, &(digest, e)) in sorted.iter().enumerate() {
-                let key = e.key.as_slice();
+                let key = e.key();
                 let deadline = if shard.deadlines.is_empty() {
                     None
                 } else {
                     shard.deadlines.get(key).copied()
                 };
-                visit(key, e.value.as_slice(), deadline);
+                visit(key, e.value(), deadline);
                 visited += 1;
                 let next_digest = sorted.get(i + 1).map(|n| n.0);
                 if visited >= count && next_digest != Some(digest) {
@@ -457,26 +794,60 @@ impl KeyMap {
         None
     }
 
-    /// A view of the map as it is now, unaffected by later writes. O(shards):
-    /// it shares the shards, and a later write to the map copies the shard
-    /// it touches (once) instead of changing the view.
-    pub fn freeze(&self) -> FrozenKeyMap {
+    /// A view of the map as it is now, unaffected by later writes.
+    /// O(shards): it shares the shards, and a later write to the map copies
+    /// the shard it touches (once) instead of changing the view.
+    pub fn freeze(&mut self) -> FrozenKeyMap {
+        let generation = match &self.generation {
+            Some(g) if g.join() => Arc::clone(g),
+            _ => {
+                let g = Arc::new(Generation::default());
+                g.lock().views = 1;
+                self.generation = Some(Arc::clone(&g));
+                g
+            }
+        };
         FrozenKeyMap {
             shards: self.shards.clone(),
             len: self.len,
             deadlines: self.by_deadline.len(),
+            generation,
         }
     }
 }
 
 /// An immutable view of a [`KeyMap`] taken by [`KeyMap::freeze`]. `Send`,
-/// so it can be written out on another thread.
-#[derive(Clone)]
+/// so it can be written out on another thread; dropping it (there) frees
+/// what the map deferred to it.
 pub struct FrozenKeyMap {
-    shards: Vec<Arc<Shard>>,
+    shards: Vec<Option<Arc<Shard>>>,
     len: usize,
     /// Keys with a deadline.
     deadlines: usize,
+    generation: Arc<Generation>,
+}
+
+impl Clone for FrozenKeyMap {
+    fn clone(&self) -> Self {
+        // `self` is a view of the generation, so it cannot be over.
+        assert!(self.generation.join(), "a live view's generation is over");
+        FrozenKeyMap {
+            shards: self.shards.clone(),
+            len: self.len,
+            deadlines: self.deadlines,
+            generation: Arc::clone(&self.generation),
+        }
+    }
+}
+
+impl Drop for FrozenKeyMap {
+    fn drop(&mut self) {
+        // The shards first: one this view was the last to hold, and that
+        // still owns its blocks, may defer marked ones to the generation,
+        // which this view keeps open until it leaves.
+        drop(std::mem::take(&mut self.shards));
+        self.generation.leave();
+    }
 }
 
 impl std::fmt::Debug for FrozenKeyMap {
@@ -513,8 +884,9 @@ impl FrozenKeyMap {
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         self.shards
             .iter()
+            .flatten()
             .flat_map(|s| s.table.iter())
-            .map(|e| (e.key.as_slice(), e.value.as_slice()))
+            .map(|e| (e.key(), e.value()))
     }
 
     /// Every (key, value) in ascending `(key_digest(key), key)` order: an
@@ -524,13 +896,13 @@ impl FrozenKeyMap {
     /// range of digests, so it is enough to sort one shard at a time (a
     /// vector of references, bounded by the largest shard).
     pub fn entries(&self) -> impl Iterator<Item = (&[u8], &[u8], Option<u64>)> {
-        self.shards.iter().flat_map(|shard| {
+        self.shards.iter().flatten().flat_map(|shard| {
             let mut sorted: Vec<(u32, &[u8], &[u8])> = shard
                 .table
                 .iter()
                 .map(|e| {
-                    let key = e.key.as_slice();
-                    (key_digest(key), key, e.value.as_slice())
+                    let key = e.key();
+                    (key_digest(key), key, e.value())
                 })
                 .collect();
             // Keys are unique, so the value never decides the order.
@@ -547,14 +919,14 @@ impl FrozenKeyMap {
         })
     }
 
-    /// How many of this view's shards `map` still shares (has not copied
-    /// since): for tests that check a freeze copies nothing.
+    /// How many of this view's non-empty shards `map` still shares (has
+    /// not copied since): for tests that check a freeze copies nothing.
     #[cfg(test)]
     pub(crate) fn shards_shared_with(&self, map: &KeyMap) -> usize {
         self.shards
             .iter()
             .zip(&map.shards)
-            .filter(|(a, b)| Arc::ptr_eq(a, b))
+            .filter(|(a, b)| matches!((a, b), (Some(a), Some(b)) if Arc::ptr_eq(a, b)))
             .count()
     }
 }
@@ -562,6 +934,7 @@ impl FrozenKeyMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stored_value::block_count;
     use proptest::prelude::*;
     use std::collections::HashMap;
 
@@ -622,6 +995,10 @@ mod tests {
         (0..n).map(|i| format!("key:{i}").into_bytes()).collect()
     }
 
+    fn non_empty_shards(m: &KeyMap) -> usize {
+        m.shards.iter().flatten().count()
+    }
+
     #[test]
     fn freeze_copies_nothing_and_a_write_copies_only_its_shard() {
         let mut m = KeyMap::default();
@@ -629,25 +1006,22 @@ mod tests {
             m.set(&k, b"old");
         }
         let frozen = m.freeze();
+        let shards = non_empty_shards(&m);
         assert_eq!(frozen.len(), 10_000);
-        assert_eq!(frozen.shards_shared_with(&m), SHARDS);
-        // (Shards no key landed in are still the one shared empty shard.)
-        assert!(frozen
-            .shards
-            .iter()
-            .all(|s| Arc::strong_count(s) == 2 || s.table.is_empty()));
+        assert_eq!(frozen.shards_shared_with(&m), shards);
+        assert!(m.shards.iter().flatten().all(|s| Arc::strong_count(s) == 2));
 
         // Neither a read nor removing an absent key copies a shard.
         assert_eq!(m.get(b"key:7"), Some(&b"old"[..]));
         assert!(!m.remove(b"no such key"));
-        assert_eq!(frozen.shards_shared_with(&m), SHARDS);
+        assert_eq!(frozen.shards_shared_with(&m), shards);
 
         m.set(b"key:7", b"new");
-        assert_eq!(frozen.shards_shared_with(&m), SHARDS - 1);
+        assert_eq!(frozen.shards_shared_with(&m), shards - 1);
         m.set(b"key:7", b"newer");
         assert_eq!(
             frozen.shards_shared_with(&m),
-            SHARDS - 1,
+            shards - 1,
             "a second write to the copied shard copies nothing"
         );
         let seven = frozen
@@ -662,56 +1036,161 @@ mod tests {
         assert_eq!(m.get(b"key:7"), Some(&b"newer"[..]));
 
         drop(frozen);
-        assert!(m
-            .shards
-            .iter()
-            .all(|s| Arc::strong_count(s) == 1 || s.table.is_empty()));
+        assert!(m.shards.iter().flatten().all(|s| Arc::strong_count(s) == 1));
     }
 
+    /// The shard copy shares every value and long key with the frozen view
+    /// (no per-value work), and a write replaces rather than overwrites
+    /// what the view may read, for both value forms.
     #[test]
-    fn a_shard_copied_for_a_frozen_view_shares_its_large_values() {
+    fn a_shard_copy_shares_its_blocks_and_never_writes_what_a_view_reads() {
         use crate::stored_value::SHARED_VALUE_MIN;
-        let mut m = KeyMap::default();
+        let long_key = vec![b'k'; INLINE_KEY + 9];
         let large = vec![b'L'; SHARED_VALUE_MIN];
+        let mut m = KeyMap::default();
+        m.set(&long_key, b"small");
         m.set(b"large", &large);
-        m.set(b"small", b"s");
         let frozen = m.freeze();
-        // Copy the shard holding "large" (and write beside it).
-        let shard = shard_of_digest(key_digest(b"large"));
-        let neighbour = spread_keys(100_000)
-            .into_iter()
-            .find(|k| shard_of_digest(key_digest(k)) == shard)
-            .expect("some key shares the shard");
-        m.set(&neighbour, b"n");
-        assert!(!Arc::ptr_eq(&frozen.shards[shard], &m.shards[shard]));
-        // The copy holds the same large bytes as the frozen view.
-        let in_view = frozen
-            .entries()
-            .find(|(k, _, _)| *k == b"large")
-            .map(|(_, v, _)| v.as_ptr());
-        assert_eq!(in_view, m.get(b"large").map(<[u8]>::as_ptr));
-        assert_eq!(m.get_stored(b"large").map(StoredValue::holders), Some(2));
-        // An overwrite of the same size must not write into the frozen
-        // view's bytes: it makes new ones.
+        // Copy both shards with a write beside each key.
+        for key in [&long_key[..], b"large"] {
+            let shard = shard_of_digest(key_digest(key));
+            let neighbour = spread_keys(1_000_000)
+                .into_iter()
+                .find(|k| shard_of_digest(key_digest(k)) == shard)
+                .expect("some key shares the shard");
+            m.set(&neighbour, b"n");
+            let (Some(a), Some(b)) = (&frozen.shards[shard], &m.shards[shard]) else {
+                panic!("both hold the shard");
+            };
+            assert!(!Arc::ptr_eq(a, b), "the write copied the shard");
+        }
+        let in_view = |key: &[u8]| {
+            frozen
+                .entries()
+                .find(|(k, _, _)| *k == key)
+                .map(|(k, v, _)| (k.as_ptr(), v.as_ptr(), v.to_vec()))
+                .expect("in the view")
+        };
+        // Shared: the same bytes, not copies.
+        assert_eq!(in_view(b"large").1, m.get(b"large").unwrap().as_ptr());
+        assert_eq!(in_view(&long_key).1, m.get(&long_key).unwrap().as_ptr());
+        let live_key = m.iter().find(|(k, _)| *k == &long_key[..]).unwrap().0;
+        assert_eq!(in_view(&long_key).0, live_key.as_ptr());
+        assert_eq!(m.value_holders(b"large"), Some(1), "views take no count");
+
+        // Same-size overwrites must not write into the view's bytes.
         m.set(b"large", &vec![b'M'; SHARED_VALUE_MIN]);
-        let in_view = frozen.entries().find(|(k, _, _)| *k == b"large");
-        assert_eq!(in_view.map(|(_, v, _)| v), Some(&large[..]));
+        m.set(&long_key, b"SMALL");
+        assert_eq!(in_view(b"large").2, large);
+        assert_eq!(in_view(&long_key).2, b"small");
         assert_eq!(m.get(b"large"), Some(&vec![b'M'; SHARED_VALUE_MIN][..]));
+        assert_eq!(m.get(&long_key), Some(&b"SMALL"[..]));
+        // Nor may a removal free them.
+        assert!(m.remove(&long_key));
+        assert!(m.remove(b"large"));
+        assert_eq!(in_view(&long_key).2, b"small");
+        assert_eq!(in_view(b"large").2, large);
         drop(frozen);
-        assert_eq!(m.get_stored(b"large").map(StoredValue::holders), Some(1));
+        assert_eq!(m.get(b"large"), None);
     }
 
     #[test]
-    fn an_empty_map_shares_one_empty_shard_until_written() {
+    fn blocks_are_freed_once_whichever_of_map_and_views_goes_first() {
+        let base = block_count::live();
+        let long = |i: usize| format!("{i:0>width$}", width = INLINE_KEY + 3).into_bytes();
+        for map_first in [false, true] {
+            let mut m = KeyMap::default();
+            for i in 0..2_000 {
+                m.set(&long(i), b"v1");
+                m.set(format!("s{i}").as_bytes(), b"v1");
+            }
+            // 2,000 long keys, 4,000 values.
+            assert_eq!(block_count::live() - base, 6_000);
+            let first = m.freeze();
+            for i in 0..1_000 {
+                m.set(&long(i), b"v2");
+                m.set(format!("s{i}").as_bytes(), b"longer value");
+                assert!(m.remove(&long(i + 1_000)));
+            }
+            let second = m.freeze();
+            let second_clone = second.clone();
+            for i in 0..500 {
+                m.set(&long(i), b"v3");
+                m.remove(format!("s{i}").as_bytes());
+            }
+            // Nothing any view can reach was freed.
+            assert_eq!(first.iter().count(), 4_000);
+            assert!(first.iter().all(|(_, v)| v == b"v1"));
+            assert_eq!(second.iter().count(), 3_000);
+            assert_eq!(
+                second_clone
+                    .iter()
+                    .filter(|(_, v)| *v == b"longer value")
+                    .count(),
+                1_000
+            );
+            if map_first {
+                drop(m);
+                drop(second);
+                drop(first);
+                drop(second_clone);
+                assert_eq!(block_count::live(), base, "all freed, none twice");
+            } else {
+                drop(second);
+                drop(first);
+                drop(second_clone);
+                // With no view left the map holds exactly its own blocks:
+                // 1,000 long keys and 2,500 values.
+                assert_eq!(block_count::live() - base, 1_000 + 2_500);
+                // And stale marks do not stop in-place writes any more.
+                m.set(&long(0), b"v4");
+                m.set(format!("s{}", 1_999).as_bytes(), b"v9");
+                assert_eq!(block_count::live() - base, 1_000 + 2_500);
+                drop(m);
+                assert_eq!(block_count::live(), base, "all freed, none twice");
+            }
+        }
+    }
+
+    #[test]
+    fn a_view_dropped_on_another_thread_frees_what_was_deferred_to_it() {
         let mut m = KeyMap::default();
-        assert!(m.shards.iter().all(|s| Arc::ptr_eq(s, &m.shards[0])));
+        for k in spread_keys(5_000) {
+            m.set(&k, b"old value");
+        }
+        let frozen = m.freeze();
+        let writer = std::thread::spawn(move || {
+            let count = frozen
+                .entries()
+                .filter(|(_, v, _)| *v == b"old value")
+                .count();
+            drop(frozen);
+            count
+        });
+        for k in spread_keys(5_000) {
+            m.set(&k, b"new value, longer");
+        }
+        for k in spread_keys(2_500) {
+            m.remove(&k);
+        }
+        assert_eq!(writer.join().expect("no panic"), 5_000);
+        assert_eq!(m.len(), 2_500);
+        assert!(m.iter().all(|(_, v)| v == b"new value, longer"));
+    }
+
+    #[test]
+    fn an_empty_map_has_no_shards_until_written() {
+        let mut m = KeyMap::default();
+        assert_eq!(non_empty_shards(&m), 0);
+        let frozen = m.freeze();
+        assert!(frozen.is_empty() && frozen.iter().next().is_none());
         m.set(b"k", b"v");
+        assert_eq!(non_empty_shards(&m), 1);
         let written = shard_of_digest(key_digest(b"k"));
-        let shared = m.shards.iter().filter(|s| Arc::strong_count(s) > 1).count();
-        assert_eq!(shared, SHARDS - 1, "only the written shard was split off");
-        assert_eq!(Arc::strong_count(&m.shards[written]), 1);
+        assert!(m.shards[written].is_some());
         assert_eq!(m.get(b"k"), Some(&b"v"[..]));
         assert_eq!(m.get(b"other"), None);
+        assert_eq!(frozen.len(), 0);
     }
 
     #[test]
@@ -763,6 +1242,102 @@ mod tests {
             3 => (key.clone(), value).prop_map(|(k, v)| Op::Set(k, v)),
             1 => key.prop_map(Op::Remove),
         ]
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Write(Op),
+        Freeze,
+        DropView(prop::sample::Index),
+        CloneView(prop::sample::Index),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            12 => op().prop_map(Step::Write),
+            1 => Just(Step::Freeze),
+            1 => any::<prop::sample::Index>().prop_map(Step::DropView),
+            1 => any::<prop::sample::Index>().prop_map(Step::CloneView),
+        ]
+    }
+
+    /// The blocks the map owns when no view is alive: each value, and each
+    /// long key.
+    fn own_blocks(model: &HashMap<Vec<u8>, Vec<u8>>) -> isize {
+        model
+            .keys()
+            .map(|k| if k.len() > INLINE_KEY { 2 } else { 1 })
+            .sum()
+    }
+
+    /// A map's contents as `(key, value)` pairs.
+    type Contents = Vec<(Vec<u8>, Vec<u8>)>;
+
+    fn sorted_by_digest(model: &HashMap<Vec<u8>, Vec<u8>>) -> Contents {
+        let mut v: Vec<(Vec<u8>, Vec<u8>)> = model.clone().into_iter().collect();
+        v.sort_by(|a, b| (key_digest(&a.0), &a.0).cmp(&(key_digest(&b.0), &b.0)));
+        v
+    }
+
+    proptest! {
+        /// Any interleaving of writes, freezes (overlapping or not), view
+        /// clones and view drops: every view lists exactly the state it was
+        /// taken in, the map matches the model, the map owns exactly its
+        /// own blocks whenever no view is alive, and once everything is
+        /// dropped (map first or views first) every block was freed exactly
+        /// once.
+        #[test]
+        fn views_keep_their_state_and_every_block_is_freed_once(
+            steps in proptest::collection::vec(step(), 0..300),
+            map_first in any::<bool>(),
+        ) {
+            let base = block_count::live();
+            let mut m = KeyMap::default();
+            let mut model: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+            let mut views: Vec<(FrozenKeyMap, Contents)> = Vec::new();
+            for step in steps {
+                match step {
+                    Step::Write(Op::Set(k, v)) => {
+                        m.set(&k, &v);
+                        model.insert(k, v);
+                    }
+                    Step::Write(Op::Remove(k)) => {
+                        prop_assert_eq!(m.remove(&k), model.remove(&k).is_some());
+                    }
+                    Step::Freeze => views.push((m.freeze(), sorted_by_digest(&model))),
+                    Step::DropView(i) if !views.is_empty() => {
+                        views.remove(i.index(views.len()));
+                    }
+                    Step::CloneView(i) if !views.is_empty() => {
+                        let (v, snap) = &views[i.index(views.len())];
+                        views.push((v.clone(), snap.clone()));
+                    }
+                    Step::DropView(_) | Step::CloneView(_) => {}
+                }
+                if views.is_empty() {
+                    prop_assert_eq!(block_count::live() - base, own_blocks(&model));
+                }
+            }
+            for (view, snapshot) in &views {
+                let listed: Vec<(Vec<u8>, Vec<u8>)> =
+                    view.entries().map(|(k, v, _)| (k.to_vec(), v.to_vec())).collect();
+                prop_assert_eq!(view.len(), snapshot.len());
+                prop_assert_eq!(&listed, snapshot);
+            }
+            prop_assert_eq!(m.len(), model.len());
+            for (k, v) in &model {
+                prop_assert_eq!(m.get(k), Some(&v[..]));
+            }
+            if map_first {
+                drop(m);
+                drop(views);
+            } else {
+                drop(views);
+                prop_assert_eq!(block_count::live() - base, own_blocks(&model));
+                drop(m);
+            }
+            prop_assert_eq!(block_count::live(), base);
+        }
     }
 
     proptest! {

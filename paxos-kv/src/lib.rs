@@ -27,8 +27,10 @@
 //! decides (per-client output limits, the node-wide total, the pipelining
 //! window, when to trim the heap), [`client_registry`] counts and sweeps,
 //! [`reply_chain`] writes replies without copying them, and
-//! [`stored_value`] lets a GET's reply of a large value share the stored
-//! bytes instead of copying them; [`fdlimit`] makes
+//! [`stored_value`] is the table's 8-byte value handle (owned by
+//! [`keymap`]'s written rules, so a checkpoint's shard copy shares values
+//! without touching them), which lets a GET's reply of a large value share
+//! the stored bytes instead of copying them; [`fdlimit`] makes
 //! room for `max_clients` in the open-file limit. [`metrics`] serves
 //! Prometheus `GET /metrics` on `metrics_addr` from what the loop and the
 //! server publish.

@@ -1,45 +1,56 @@
-//! [`StoredValue`]: how the KV table holds one value. Every value is
-//! reference-counted: a copy-on-write shard copy made during a checkpoint
-//! shares it, and a large one is stored framed so that a reply that sends
-//! it holds a reference, not a copy.
+//! [`StoredValue`]: how the KV table holds one value, as an 8-byte handle
+//! the table owns by hand.
 //!
-//! Why: a GET's reply used to be a copy of the value (its RESP framing
-//! around it), so a client that pipelined N GETs of a 500 KiB value made
-//! the node hold N copies until it read them. A value of at least
-//! [`SHARED_VALUE_MIN`] bytes is now stored already framed as a RESP bulk
-//! string (`$<len>\r\n<value>\r\n`) behind an `Arc`, and
-//! [`StoredValue::shared_bulk_reply`] hands out that buffer itself as the
-//! reply's `Bytes` (`Bytes::from_owner` keeps the `Arc` alive). The reply
-//! chain queues a large reply as its own segment and `writev`s it from
-//! there, so from the table to the socket the value is never copied, and N
-//! pending replies cost N reference counts (and N small `Bytes` headers).
-//! Storing the framing with the value is what lets the reply stay one
-//! `Bytes`, the type every state-machine output is; it costs about a dozen
-//! bytes per large value.
+//! # Why a raw handle
 //!
-//! Memory: the handle is 16 bytes in both forms, so a table bucket stays
-//! 40 bytes. The enum needs no tag word: the compiler marks one form with
-//! the other's null pointer (asserted below), so this is plain safe Rust,
-//! with no `unsafe` to review.
+//! A checkpoint freezes the table ([`crate::keymap`]): it shares every
+//! shard with a frozen view, and the first write to a shard afterwards
+//! copies that shard. That copy is what a write pays during a checkpoint,
+//! so it must cost the shard's buckets and nothing per value. Values used
+//! to be `Arc`s, so copying a shard bumped one reference count per value:
+//! an atomic increment on a cache line nobody had touched recently. At ten
+//! million keys the first batch of 2,000 writes after a freeze took 0.5–0.9
+//! s that way (it copied ~1,600 shards of ~2,400 values each), which is
+//! the checkpoint stall issue #16 is about. And every small value carried
+//! the count's 16 bytes, which pushed a 100-byte value from a 112-byte
+//! malloc chunk into a 128-byte one.
 //!
-//! Copy-on-write, and why small values are counted too: cloning a
-//! [`StoredValue`] is what a table shard does when a frozen checkpoint
-//! view still shares it. Small values used to be boxed slices, copied by
-//! that clone; writes spread over the keys touch every shard within a few
-//! thousand writes, so each checkpoint copied nearly every value — about
-//! 150 bytes per key of 100-byte values, for as long as the checkpoint ran
-//! (seconds at ten million keys, and checkpoints follow each other under
-//! load), and the loop paid an allocation and a copy per value of each
-//! shard it first wrote. Now a clone bumps a count: a shard copy costs its
-//! buckets. The price is the count's 16 bytes in every small value's
-//! allocation (the scale benchmark's numbers are in docs/BENCHMARKS.md).
+//! So a value is a plain pointer that is `Copy`: copying a shard copies
+//! the handles bitwise, and the shard copy and the frozen original point at
+//! the same bytes. Who frees them is decided by the table's ownership
+//! rules (in [`crate::keymap`]): the live table owns every value it can
+//! reach, frozen views own none, and a value the live table drops while a
+//! frozen view may still read it is *deferred* (handed to the view's
+//! generation, freed when the last view of that generation is dropped, on
+//! whichever thread drops it) instead of freed. Nothing here frees or
+//! writes a value on its own; each `unsafe fn` states what its caller must
+//! guarantee.
+//!
+//! # Forms
+//!
+//! - **Small** (below [`SHARED_VALUE_MIN`] bytes): one allocation, a
+//!   4-byte length then the bytes (100-byte values: 104 bytes, a 112-byte
+//!   glibc chunk). Copied into its reply.
+//! - **Large** (from [`SHARED_VALUE_MIN`] up): an `Arc` of the value
+//!   already framed as a RESP bulk string (`$<len>\r\n<value>\r\n`), so a
+//!   GET's reply is that buffer itself (`Bytes::from_owner` holds one
+//!   reference): N pending replies of a 500 KiB value cost N counts, not N
+//!   copies. The table's own reference is the one the handle stands for.
+//!
+//! The handle's two low bits are tags (both forms are at least 4-byte
+//! aligned): [`LARGE_TAG`] marks the form and [`SHARED_TAG`] is the
+//! table's per-entry "a frozen view may share this" mark, kept here
+//! because the handle has the room and the bucket does not.
 
 use bytes::Bytes;
+use std::alloc::{alloc, dealloc, handle_alloc_error, Layout};
 use std::io::Write;
+use std::mem::ManuallyDrop;
+use std::ptr::NonNull;
 use std::sync::Arc;
 
-/// Values at least this long are stored framed as a RESP reply; shorter
-/// ones are stored bare (both behind an `Arc`).
+/// Values at least this long are stored framed as a RESP reply and
+/// reference-counted; shorter ones are stored bare.
 ///
 /// 4 KiB: below it, copying the value into its reply costs about as much
 /// as the sharing itself (a reference count, a small `Bytes` owner
@@ -47,34 +58,43 @@ use std::sync::Arc;
 /// headers), and the reply chain coalesces replies under 1 KiB into one
 /// buffer anyway; from it up, the extra bytes are at most 1% of the value,
 /// and a copy per pending reply is what made a pipelining client's replies
-/// cost the node gigabytes. Small values, the common case (issue #16's
-/// 100-byte values), keep their exact old layout.
+/// cost the node gigabytes.
 pub const SHARED_VALUE_MIN: usize = 4096;
 
-/// One stored value. Its length alone decides its form:
-/// `Small` below [`SHARED_VALUE_MIN`] bytes, `Shared` from it up.
-#[derive(Clone)]
-pub enum StoredValue {
-    /// A small value, shared with frozen checkpoint views.
-    Small(Arc<[u8]>),
-    /// A large value, framed as a RESP bulk string, shared by the table,
-    /// frozen checkpoint views and pending replies.
-    Shared(Arc<FramedValue>),
-}
+/// Tag bit: the handle is an `Arc<FramedValue>`, not a small block.
+const LARGE_TAG: usize = 1;
+/// Tag bit: the table's "a frozen view may share this entry" mark.
+const SHARED_TAG: usize = 2;
+const TAGS: usize = LARGE_TAG | SHARED_TAG;
 
-// The memory argument above relies on this (64-bit targets): the shared
-// form fits beside the small form's niche, so the enum is no larger than a
-// `Box<[u8]>`.
-#[cfg(target_pointer_width = "64")]
-const _: () = assert!(std::mem::size_of::<StoredValue>() == 16);
+/// Bytes before a small value's data: its length.
+const SMALL_HEADER: usize = 4;
+
+/// One stored value: a tagged pointer to a small block or to a large
+/// framed value. `Copy`: see the module docs for who owns what.
+#[derive(Clone, Copy)]
+pub(crate) struct StoredValue(NonNull<u8>);
+
+// The bucket layout in `keymap` relies on this.
+const _: () = assert!(std::mem::size_of::<StoredValue>() == 8);
+// A frozen view reads values on a checkpoint thread while the live table
+// runs on the loop. The bytes a view can reach are never written or freed
+// while it can (the ownership rules in `keymap`); a handle is otherwise a
+// pointer to immutable bytes.
+unsafe impl Send for StoredValue {}
+unsafe impl Sync for StoredValue {}
 
 /// A large value inside its RESP bulk-string framing.
-pub struct FramedValue {
+pub(crate) struct FramedValue {
     /// `$<len>\r\n<value>\r\n`.
     framed: Box<[u8]>,
     /// Length of the `$<len>\r\n` header.
     header_len: usize,
 }
+
+// `Arc::into_raw` points at the `FramedValue`, which must leave both tag
+// bits free.
+const _: () = assert!(std::mem::align_of::<FramedValue>() >= 4);
 
 impl FramedValue {
     fn new(value: &[u8]) -> FramedValue {
@@ -114,70 +134,216 @@ impl AsRef<[u8]> for BulkReplyOwner {
     }
 }
 
+/// Test-only accounting of the blocks the table owns by hand (values and
+/// long keys), per thread, so the ownership tests can prove that every
+/// block is freed exactly once (a leak leaves the count above zero, a
+/// double free takes it below).
+#[cfg(test)]
+pub(crate) mod block_count {
+    use std::cell::Cell;
+
+    thread_local! {
+        static LIVE: Cell<isize> = const { Cell::new(0) };
+    }
+
+    pub(crate) fn made() {
+        LIVE.with(|c| c.set(c.get() + 1));
+    }
+
+    pub(crate) fn freed() {
+        LIVE.with(|c| c.set(c.get() - 1));
+    }
+
+    /// Blocks made minus blocks freed on this thread.
+    pub(crate) fn live() -> isize {
+        LIVE.with(Cell::get)
+    }
+}
+
+fn small_layout(len: usize) -> Layout {
+    // Cannot fail: len < SHARED_VALUE_MIN.
+    Layout::from_size_align(SMALL_HEADER + len, 4).expect("small value layout")
+}
+
 impl StoredValue {
-    /// A copy of `value`, in the form its length calls for.
-    pub fn new(value: &[u8]) -> StoredValue {
+    /// A new value holding a copy of `value`, in the form its length calls
+    /// for, unmarked. The caller owns it: it must [`StoredValue::release`]
+    /// it (or hand it to someone who will) exactly once.
+    pub(crate) fn new(value: &[u8]) -> StoredValue {
+        #[cfg(test)]
+        block_count::made();
         if value.len() >= SHARED_VALUE_MIN {
-            StoredValue::Shared(Arc::new(FramedValue::new(value)))
+            let raw = Arc::into_raw(Arc::new(FramedValue::new(value))) as *mut u8;
+            // Non-null: it came from an Arc.
+            let ptr = NonNull::new(raw).expect("Arc pointer");
+            StoredValue(ptr.map_addr(|a| a | LARGE_TAG))
         } else {
-            StoredValue::Small(Arc::from(value))
+            let layout = small_layout(value.len());
+            // SAFETY: the layout is at least SMALL_HEADER bytes, not zero.
+            let raw = unsafe { alloc(layout) };
+            let Some(ptr) = NonNull::new(raw) else {
+                handle_alloc_error(layout)
+            };
+            // SAFETY: the block is SMALL_HEADER + len bytes, 4-aligned, and
+            // ours alone.
+            unsafe {
+                ptr.cast::<u32>().write(value.len() as u32);
+                std::ptr::copy_nonoverlapping(
+                    value.as_ptr(),
+                    ptr.as_ptr().add(SMALL_HEADER),
+                    value.len(),
+                );
+            }
+            StoredValue(ptr)
         }
+    }
+
+    fn untagged(self) -> NonNull<u8> {
+        self.0.map_addr(|a| {
+            // The tags sit in alignment bits, so the address stays non-zero.
+            std::num::NonZeroUsize::new(a.get() & !TAGS).expect("aligned pointer")
+        })
+    }
+
+    fn is_large(self) -> bool {
+        self.0.addr().get() & LARGE_TAG != 0
+    }
+
+    /// The table's "a frozen view may share this entry" mark.
+    pub(crate) fn is_marked(self) -> bool {
+        self.0.addr().get() & SHARED_TAG != 0
+    }
+
+    /// The same value with the mark set or cleared.
+    pub(crate) fn marked(self, mark: bool) -> StoredValue {
+        StoredValue(self.0.map_addr(|a| {
+            let bits = if mark {
+                a.get() | SHARED_TAG
+            } else {
+                a.get() & !SHARED_TAG
+            };
+            std::num::NonZeroUsize::new(bits).expect("non-zero address")
+        }))
+    }
+
+    /// The `Arc` this large handle stands for, borrowed (not dropped).
+    ///
+    /// # Safety
+    /// The handle is large and its value not released.
+    unsafe fn framed(self) -> ManuallyDrop<Arc<FramedValue>> {
+        debug_assert!(self.is_large());
+        // SAFETY: the untagged pointer is what `Arc::into_raw` returned.
+        ManuallyDrop::new(unsafe { Arc::from_raw(self.untagged().as_ptr() as *const FramedValue) })
     }
 
     /// The value's bytes.
-    pub fn as_slice(&self) -> &[u8] {
-        match self {
-            StoredValue::Small(b) => b,
-            StoredValue::Shared(f) => f.value(),
+    ///
+    /// # Safety
+    /// The value is not released, nor written, for as long as `'a`.
+    pub(crate) unsafe fn as_slice<'a>(self) -> &'a [u8] {
+        let ptr = self.untagged().as_ptr();
+        if self.is_large() {
+            // SAFETY: a live `FramedValue` (caller's guarantee).
+            unsafe { (*(ptr as *const FramedValue)).value() }
+        } else {
+            // SAFETY: a live small block: its length, then that many bytes.
+            unsafe {
+                let len = (ptr as *const u32).read() as usize;
+                std::slice::from_raw_parts(ptr.add(SMALL_HEADER), len)
+            }
         }
     }
 
-    /// Replaces the value with a copy of `value`. Writes in place, allocating
-    /// nothing, when the length is unchanged and nobody else holds the old
-    /// bytes (no pending reply, no frozen view); otherwise the old bytes
-    /// stay with whoever still holds them and a new value is made.
-    pub fn overwrite(&mut self, value: &[u8]) {
-        let in_place = match self {
-            StoredValue::Small(b) => Arc::get_mut(b).filter(|v| v.len() == value.len()),
-            StoredValue::Shared(f) => Arc::get_mut(f)
-                .map(FramedValue::value_mut)
-                .filter(|v| v.len() == value.len()),
-        };
-        match in_place {
-            Some(bytes) => bytes.copy_from_slice(value),
-            None => *self = StoredValue::new(value),
+    /// Writes `value` over the old bytes if it has their length and no
+    /// pending reply holds them; false (nothing written) otherwise.
+    ///
+    /// # Safety
+    /// The caller owns the value and nobody else can read it (no frozen
+    /// view may share it).
+    pub(crate) unsafe fn overwrite_in_place(self, value: &[u8]) -> bool {
+        if self.is_large() {
+            // SAFETY: caller's guarantee; get_mut refuses if a reply
+            // shares the Arc.
+            let mut arc = unsafe { self.framed() };
+            match Arc::get_mut(&mut arc) {
+                Some(framed) if framed.value().len() == value.len() => {
+                    framed.value_mut().copy_from_slice(value);
+                    true
+                }
+                _ => false,
+            }
+        } else {
+            // SAFETY: a live small block only the caller can reach.
+            unsafe {
+                let ptr = self.untagged().as_ptr();
+                if (ptr as *const u32).read() as usize != value.len() {
+                    return false;
+                }
+                std::ptr::copy_nonoverlapping(value.as_ptr(), ptr.add(SMALL_HEADER), value.len());
+            }
+            true
         }
     }
 
-    /// For a shared value: its whole RESP bulk-string reply, as a `Bytes`
+    /// Frees the value (a large one: drops the table's reference; pending
+    /// replies keep theirs).
+    ///
+    /// # Safety
+    /// The caller owns the value, nobody will read it through this or any
+    /// copy of the handle again, and it is released only once.
+    pub(crate) unsafe fn release(self) {
+        #[cfg(test)]
+        block_count::freed();
+        if self.is_large() {
+            // SAFETY: the caller's ownership of the table's reference.
+            drop(ManuallyDrop::into_inner(unsafe { self.framed() }));
+        } else {
+            // SAFETY: a small block allocated by `new` with this layout.
+            unsafe {
+                let ptr = self.untagged().as_ptr();
+                let len = (ptr as *const u32).read() as usize;
+                dealloc(ptr, small_layout(len));
+            }
+        }
+    }
+
+    /// For a large value: its whole RESP bulk-string reply, as a `Bytes`
     /// over the stored buffer itself (no copy; it keeps the value alive
     /// after an overwrite or removal). `None` for a small value, whose
     /// reply is built by copying.
-    pub fn shared_bulk_reply(&self) -> Option<Bytes> {
-        match self {
-            StoredValue::Small(_) => None,
-            StoredValue::Shared(f) => Some(Bytes::from_owner(BulkReplyOwner(Arc::clone(f)))),
+    ///
+    /// # Safety
+    /// The value is not released.
+    pub(crate) unsafe fn shared_bulk_reply(self) -> Option<Bytes> {
+        if !self.is_large() {
+            return None;
         }
+        // SAFETY: caller's guarantee.
+        let arc = unsafe { self.framed() };
+        Some(Bytes::from_owner(BulkReplyOwner(Arc::clone(&arc))))
     }
 
-    /// How many holders share this value's bytes (the table, frozen views,
-    /// pending replies of a large one). For tests and accounting.
-    pub fn holders(&self) -> usize {
-        match self {
-            StoredValue::Small(b) => Arc::strong_count(b),
-            StoredValue::Shared(f) => Arc::strong_count(f),
+    /// How many references a large value has (the table's plus one per
+    /// pending reply); 1 for a small one. For tests and accounting.
+    ///
+    /// # Safety
+    /// The value is not released.
+    #[cfg(test)]
+    pub(crate) unsafe fn holders(self) -> usize {
+        if self.is_large() {
+            // SAFETY: caller's guarantee.
+            Arc::strong_count(&*unsafe { self.framed() })
+        } else {
+            1
         }
     }
 }
 
 impl std::fmt::Debug for StoredValue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let form = match self {
-            StoredValue::Small(_) => "Small",
-            StoredValue::Shared(_) => "Shared",
-        };
-        f.debug_struct(form)
-            .field("len", &self.as_slice().len())
+        f.debug_struct("StoredValue")
+            .field("large", &self.is_large())
+            .field("marked", &self.is_marked())
             .finish()
     }
 }
@@ -187,23 +353,57 @@ mod tests {
     use super::*;
     use bytes::BytesMut;
 
+    /// A value the test owns, released when dropped.
+    struct Owned(StoredValue);
+
+    impl Owned {
+        fn new(value: &[u8]) -> Owned {
+            Owned(StoredValue::new(value))
+        }
+        fn bytes(&self) -> &[u8] {
+            // SAFETY: owned by `self`, released only in drop.
+            unsafe { self.0.as_slice() }
+        }
+        fn reply(&self) -> Option<Bytes> {
+            // SAFETY: as above.
+            unsafe { self.0.shared_bulk_reply() }
+        }
+        fn holders(&self) -> usize {
+            // SAFETY: as above.
+            unsafe { self.0.holders() }
+        }
+        /// What the table does on a SET: in place if it can, else a new
+        /// value and the old one released.
+        fn overwrite(&mut self, value: &[u8]) {
+            // SAFETY: owned by `self` alone.
+            if !unsafe { self.0.overwrite_in_place(value) } {
+                let old = std::mem::replace(&mut self.0, StoredValue::new(value));
+                // SAFETY: replaced above, so nobody reaches it again.
+                unsafe { old.release() };
+            }
+        }
+    }
+
+    impl Drop for Owned {
+        fn drop(&mut self) {
+            // SAFETY: owned by `self`, released once.
+            unsafe { self.0.release() }
+        }
+    }
+
     fn bulk(value: &[u8]) -> Vec<u8> {
         let mut out = BytesMut::new();
         crate::resp::write_bulk(&mut out, Some(value));
         out.to_vec()
     }
 
-    fn is_shared(v: &StoredValue) -> bool {
-        matches!(v, StoredValue::Shared(_))
-    }
-
     #[test]
     fn the_length_alone_picks_the_form() {
         for len in [0, 1, 100, SHARED_VALUE_MIN - 1] {
-            let v = StoredValue::new(&vec![7u8; len]);
-            assert!(!is_shared(&v), "{len}");
-            assert_eq!(v.as_slice(), &vec![7u8; len][..]);
-            assert!(v.shared_bulk_reply().is_none());
+            let v = Owned::new(&vec![7u8; len]);
+            assert!(!v.0.is_large(), "{len}");
+            assert_eq!(v.bytes(), &vec![7u8; len][..]);
+            assert!(v.reply().is_none());
         }
         // (Lengths around a new digit in the `$<len>` header too.)
         for len in [
@@ -215,24 +415,38 @@ mod tests {
             100_000,
             1 << 20,
         ] {
-            let v = StoredValue::new(&vec![9u8; len]);
-            assert!(is_shared(&v), "{len}");
-            assert_eq!(v.as_slice(), &vec![9u8; len][..]);
-            assert_eq!(&v.shared_bulk_reply().unwrap()[..], &bulk(v.as_slice())[..]);
+            let v = Owned::new(&vec![9u8; len]);
+            assert!(v.0.is_large(), "{len}");
+            assert_eq!(v.bytes(), &vec![9u8; len][..]);
+            assert_eq!(&v.reply().unwrap()[..], &bulk(v.bytes())[..]);
+        }
+    }
+
+    #[test]
+    fn the_mark_is_independent_of_the_form_and_the_bytes() {
+        for len in [3, SHARED_VALUE_MIN] {
+            let v = Owned::new(&vec![1u8; len]);
+            let marked = v.0.marked(true);
+            assert!(marked.is_marked() && !v.0.is_marked());
+            assert_eq!(marked.is_large(), v.0.is_large());
+            // SAFETY: the same live value, seen through a marked handle.
+            assert_eq!(unsafe { marked.as_slice() }, v.bytes());
+            assert!(!marked.marked(false).is_marked());
+            assert_eq!(marked.marked(false).0, v.0 .0);
         }
     }
 
     #[test]
     fn a_shared_reply_is_the_resp_bulk_string_over_the_stored_bytes() {
         let value: Vec<u8> = (0..SHARED_VALUE_MIN * 3).map(|i| i as u8).collect();
-        let v = StoredValue::new(&value);
-        let reply = v.shared_bulk_reply().expect("large values are shared");
+        let v = Owned::new(&value);
+        let reply = v.reply().expect("large values are shared");
         assert_eq!(&reply[..], &bulk(&value)[..]);
         // The reply points into the stored buffer: nothing was copied.
         let header = format!("${}\r\n", value.len()).len();
-        assert_eq!(reply[header..].as_ptr(), v.as_slice().as_ptr());
+        assert_eq!(reply[header..].as_ptr(), v.bytes().as_ptr());
         assert_eq!(v.holders(), 2);
-        let more: Vec<Bytes> = (0..100).map(|_| v.shared_bulk_reply().unwrap()).collect();
+        let more: Vec<Bytes> = (0..100).map(|_| v.reply().unwrap()).collect();
         assert_eq!(v.holders(), 102);
         drop(more);
         drop(reply);
@@ -240,74 +454,52 @@ mod tests {
     }
 
     #[test]
-    fn clones_share_values_of_both_forms() {
-        let small = StoredValue::new(b"small");
-        let small_clone = small.clone();
-        assert_eq!(small.as_slice().as_ptr(), small_clone.as_slice().as_ptr());
-        assert_eq!(small_clone.as_slice(), b"small");
-        assert_eq!(small.holders(), 2);
-        // A value a frozen view still holds is replaced, not written over.
-        let mut written = small_clone;
-        written.overwrite(b"SMALL");
-        assert_eq!(small.as_slice(), b"small");
-        assert_eq!(written.as_slice(), b"SMALL");
-        assert_eq!(small.holders(), 1);
-
-        let large = StoredValue::new(&[1u8; SHARED_VALUE_MIN]);
-        let large_clone = large.clone();
-        assert_eq!(large.as_slice().as_ptr(), large_clone.as_slice().as_ptr());
-        assert_eq!(large.holders(), 2);
-        drop(large_clone);
-        assert_eq!(large.holders(), 1);
-    }
-
-    #[test]
-    fn overwrite_in_place_only_when_the_size_matches_and_nobody_else_holds_it() {
-        // Small, same size, unshared: in place.
-        let mut v = StoredValue::new(b"abc");
-        let before = v.as_slice().as_ptr();
+    fn overwrite_in_place_only_when_the_size_matches_and_no_reply_holds_it() {
+        // Small, same size: in place.
+        let mut v = Owned::new(b"abc");
+        let before = v.bytes().as_ptr();
         v.overwrite(b"xyz");
-        assert_eq!((v.as_slice(), v.as_slice().as_ptr()), (&b"xyz"[..], before));
+        assert_eq!((v.bytes(), v.bytes().as_ptr()), (&b"xyz"[..], before));
         v.overwrite(b"longer");
-        assert_eq!(v.as_slice(), b"longer");
+        assert_eq!(v.bytes(), b"longer");
 
-        // Shared, same size, unshared: in place.
-        let mut v = StoredValue::new(&[1u8; SHARED_VALUE_MIN]);
-        let before = v.as_slice().as_ptr();
+        // Large, same size, no reply: in place.
+        let mut v = Owned::new(&[1u8; SHARED_VALUE_MIN]);
+        let before = v.bytes().as_ptr();
         v.overwrite(&[2u8; SHARED_VALUE_MIN]);
-        assert_eq!(v.as_slice().as_ptr(), before);
-        assert_eq!(v.as_slice(), &[2u8; SHARED_VALUE_MIN][..]);
+        assert_eq!(v.bytes().as_ptr(), before);
+        assert_eq!(v.bytes(), &[2u8; SHARED_VALUE_MIN][..]);
 
-        // Shared, same size, but a pending reply holds it: the reply keeps
+        // Large, same size, but a pending reply holds it: the reply keeps
         // the old bytes, the table gets new ones.
-        let pending = v.shared_bulk_reply().unwrap();
+        let pending = v.reply().unwrap();
         v.overwrite(&[3u8; SHARED_VALUE_MIN]);
-        assert_ne!(v.as_slice().as_ptr(), before);
-        assert_eq!(v.as_slice(), &[3u8; SHARED_VALUE_MIN][..]);
+        assert_ne!(v.bytes().as_ptr(), before);
+        assert_eq!(v.bytes(), &[3u8; SHARED_VALUE_MIN][..]);
         assert_eq!(&pending[..], &bulk(&[2u8; SHARED_VALUE_MIN])[..]);
         assert_eq!(v.holders(), 1);
     }
 
     #[test]
     fn a_value_crossing_the_threshold_changes_form_both_ways() {
-        let mut v = StoredValue::new(&[5u8; SHARED_VALUE_MIN - 1]);
-        assert!(!is_shared(&v));
+        let mut v = Owned::new(&[5u8; SHARED_VALUE_MIN - 1]);
+        assert!(!v.0.is_large());
         v.overwrite(&[6u8; SHARED_VALUE_MIN]);
-        assert!(is_shared(&v));
-        assert_eq!(v.as_slice(), &[6u8; SHARED_VALUE_MIN][..]);
-        let pending = v.shared_bulk_reply().unwrap();
+        assert!(v.0.is_large());
+        assert_eq!(v.bytes(), &[6u8; SHARED_VALUE_MIN][..]);
+        let pending = v.reply().unwrap();
         v.overwrite(b"tiny");
-        assert!(!is_shared(&v));
-        assert_eq!(v.as_slice(), b"tiny");
+        assert!(!v.0.is_large());
+        assert_eq!(v.bytes(), b"tiny");
         assert_eq!(&pending[..], &bulk(&[6u8; SHARED_VALUE_MIN])[..]);
         v.overwrite(&[]);
-        assert_eq!(v.as_slice(), b"");
+        assert_eq!(v.bytes(), b"");
     }
 
     #[test]
     fn a_reply_outlives_the_value_it_was_taken_from() {
-        let v = StoredValue::new(&[4u8; SHARED_VALUE_MIN + 10]);
-        let reply = v.shared_bulk_reply().unwrap();
+        let v = Owned::new(&[4u8; SHARED_VALUE_MIN + 10]);
+        let reply = v.reply().unwrap();
         drop(v);
         assert_eq!(&reply[..], &bulk(&[4u8; SHARED_VALUE_MIN + 10])[..]);
         let sliced = reply.slice(3..);
