@@ -205,6 +205,7 @@ pub mod crash_model;
 pub mod layout;
 pub mod log;
 pub mod record;
+pub mod record_index;
 pub mod region;
 pub mod sim_region;
 pub mod storage;
