@@ -12,27 +12,97 @@
 //! when the storage is dropped) exactly like an unflushed write; they are
 //! never reported durable before their commit.
 //!
-//! # Compaction
+//! # Truncation advances the head
 //!
-//! The circular log never wraps over live data: when the live bytes plus
-//! the next record would pass half the capacity, the storage
+//! Accepted entries at or below the truncation point are dead (a checkpoint
+//! covers them); promises, commit indexes and truncation points are small
+//! facts that only move forward. So a truncation frees space by moving the
+//! head, not by copying what is live:
+//!
+//! 1. An append that raises the truncation point to `T` is written as a
+//!    *head-advance* record ([`Payload::HeadAdvance`]): its entries, then
+//!    the state's facts after them (`Promise(promised)`,
+//!    `Commit(commit_index)`, `Truncate(T)`), and the position `h` the
+//!    head moves to: the first record still holding an accepted slot above
+//!    `T`, or this record if none does. A small index of the records from
+//!    head to tail ([`RecordIndex`]: runs of records, each with the highest
+//!    slot it accepted, at most about 4096 runs) finds `h` in O(runs
+//!    dropped) without reading the log.
+//! 2. The record is committed at once (with any appends group commit was
+//!    holding), then the head moves to `h` (`advance_head`, one metadata
+//!    swap). Nothing is copied: the event loop pays O(records dropped)
+//!    bookkeeping plus one small append and two metadata swaps.
+//!
+//! **Why replaying from `h` rebuilds the same state.** Let `F` be the
+//! head-advance record. Replaying from the old head and from `h` differ
+//! only in the records before `h`, which hold accepted entries at or below
+//! `T` only (that is how `h` was chosen), and whatever facts they carry.
+//!
+//! - Accepted slots above `T`: every record accepting one is at or after
+//!   `h`, so both replays apply the same accepts (and snapshots) to it in
+//!   the same order; truncations (all at or below `T`) never touch it.
+//!   Re-accepts of a slot at higher ballots come later in the log than the
+//!   accept they replace, so order is all that matters. A snapshot before
+//!   `h` holds no slot above `T` either (it is a record before `h`), so
+//!   at `h` neither replay holds a slot above `T`.
+//! - Slots at or below `T`: the final state holds none of them; `F`'s
+//!   `Truncate(T)` removes any the replay from `h` inserted (before `F`
+//!   its truncation point may still be lower), and any later accept of one
+//!   is ignored by both replays.
+//! - Promise, commit index and truncation point only move forward, and
+//!   `F` carries their values as of `F`; records before `h` carry values
+//!   at or below those, so dropping them changes nothing.
+//!
+//! Until `F`, the replay from `h` is **not** a state the appends built
+//! (it misses the facts). Recovery therefore knows where the replay
+//! becomes exact: from the first record if the head never moved (position
+//! 0), else from a snapshot, or from a head-advance record naming the head
+//! as its `h`. A crash cannot stop a replay before that point (`F` is
+//! committed before the head moves); damage can, and then salvage keeps
+//! nothing (it formats the region anew and reports the loss) rather than
+//! a state no prefix of the appends built. A crash between `F`'s commit
+//! and the head's move leaves the old head: recovery replays from it
+//! (exact, since whatever set it is still in the log) and finishes the
+//! move. Only the log's crash-safe primitives are used (`append_record`,
+//! `commit`, `advance_head`).
+//!
+//! # Compaction, the fallback
+//!
+//! A record holding an accepted slot above the truncation point *pins* the
+//! head: it cannot move past it (counted in [`NvmStats::head_pinned`]).
+//! That happens when a slot far above the others was accepted (a replica
+//! that accepted ahead of a gap, a leader's pipeline window) and lasts
+//! until a truncation passes that slot, normally the next checkpoint's.
+//! If the log from the head reaches half the capacity meanwhile, or
+//! checkpoints stop and nothing is truncated, the storage compacts:
 //!
 //! 1. appends a snapshot record holding the whole [`DurableState`] and
 //!    commits it (recovery replays old records, then the snapshot replaces
 //!    their state with an equal one), then
-//! 2. advances the head to the snapshot (recovery starts at the snapshot).
+//! 2. advances the head to the snapshot (recovery starts at the snapshot;
+//!    after a crash between the two steps, recovery finishes the move).
 //!
-//! A crash between or during these steps recovers the same state.
+//! That copies the live log (at most half the region) on the appending
+//! thread, so it is the exception: with truncations that keep the log
+//! from the head under half the region it never runs
+//! ([`NvmStats::compactions`] counts it). A compaction leaves the head at
+//! the snapshot, which pins it until a truncation passes the snapshot's
+//! highest slot. While a pin lasts, each compaction is followed by at least
+//! half the region less the live log of appends before the next, so the
+//! copying is amortised as before this change (and at the 4x default
+//! sizing, the live log is at most a quarter of the region).
+//!
 //! Compacting at half the capacity guarantees the snapshot fits (it is no
-//! larger than the live log plus a small header), so the log cannot wedge
-//! with no room to compact, also after a crash between the two steps.
-//! Compaction costs are amortised while the live state is well under half
-//! the region (a warning is logged above a quarter). If a record does not
-//! fit even after compaction, the state *after* the append is written as
-//! the snapshot instead (a `Truncate` shrinks it, so a full log can always
-//! be truncated); if that does not fit either, `append` returns
-//! [`StorageError::Full`] and changes nothing. Size the region at several
-//! times the live state (truncation after checkpoints keeps it bounded).
+//! larger than the live log plus a small header, and every live entry is
+//! in a record from the head on, encoded at least as large), so the log
+//! cannot wedge with no room to compact; recovery finishing an interrupted
+//! move of the head keeps that true after a crash between the two steps.
+//! If a record does not fit even after compaction, the state *after* the
+//! append is written as the snapshot instead (a `Truncate` shrinks it, so a
+//! full log can always be truncated); if that does not fit either,
+//! `append` returns [`StorageError::Full`] and changes nothing. Size the
+//! region at several times the live state (truncation after checkpoints
+//! keeps it bounded).
 //!
 //! # Full
 //!
@@ -42,7 +112,13 @@
 //! passes [`full_at`] (7/16 of the capacity), and room again once a
 //! truncation brings it to at most [`resume_at`] (1/4). Appends keep
 //! succeeding meanwhile: the sixteenth below half the capacity is for the
-//! decrees already in flight.
+//! decrees already in flight. These limits are on the live log, not on the
+//! bytes from head to tail, because the live log is what must fit (in the
+//! fallback compaction) and what only a truncation shrinks; the head
+//! advance does not change them. What it changes is how often the
+//! fallback runs: the bytes from head to tail are the live log plus record
+//! framing, commit-only records and superseded accepts, and the fallback
+//! runs only if those pass half the region.
 //!
 //! # Sequence numbers
 //!
