@@ -145,9 +145,11 @@ pub struct Tuning {
     /// [`Tuning::live_log_mb`]. Smaller than
     /// [`Tuning::MIN_NVM_REGION_FACTOR`] times that is refused at startup.
     ///
-    /// Why: the region is a circular log that compacts by rewriting its live
-    /// part (the decrees since the last truncation) as one snapshot, which
-    /// fits only while the live part is under half the region; the node
+    /// Why: the region is a circular log; a truncation frees it by moving
+    /// its head (copying nothing), and only when an old record pins the
+    /// head does it compact by rewriting its live part (the decrees since
+    /// the last truncation) as one snapshot, which fits only while the
+    /// live part is under half the region; the node
     /// stops taking writes (backpressure) once it passes 7/16, a sixteenth
     /// short of that for the decrees in flight. The live part peaks just
     /// before a checkpoint lets the node truncate, at about `live_log_mb`:

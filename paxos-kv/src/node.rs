@@ -800,6 +800,10 @@ fn append_failed(e: paxos_log::StorageError) -> anyhow::Error {
     }
 }
 
+/// A storage append taking longer than this (µs) on the event loop is
+/// logged: it held up every client and peer message meanwhile.
+const SLOW_APPEND_US: u64 = 10_000;
+
 /// What the durability waiter publishes for the loop. The waiter never
 /// blocks on the loop (it only stores and notifies), so the loop blocking on
 /// a full persist queue can never deadlock with it.
@@ -1095,7 +1099,18 @@ impl EventLoop {
                     }
                 }
                 Effect::Persist { id, entries } => {
+                    let before = self.now();
                     let seq = self.storage.append(&entries).map_err(append_failed)?;
+                    let append_us = self.now().0.saturating_sub(before.0);
+                    if append_us > SLOW_APPEND_US {
+                        // The loop stalled for this long: every client and
+                        // peer message waited (a log compaction, a slow disk).
+                        tracing::warn!(
+                            append_us,
+                            entries = entries.len(),
+                            "a storage append held up the event loop"
+                        );
+                    }
                     self.outstanding.push_back((id, seq));
                     if let Some(tx) = &self.persist_tx {
                         tx.send(seq)

@@ -5,6 +5,8 @@
 //! ```text
 //! payload  := 1 u32:count entry*            (a batch)
 //!           | 2 ballot u64:commit u64:truncated u32:count accepted*   (a snapshot)
+//!           | 3 u64:head u32:count entry*   (a head advance: a batch ending
+//!                                            with the state's facts)
 //! entry    := 1 ballot | 2 accepted | 3 u64:slot | 4 u64:slot
 //! ballot   := u64:round u32:leader
 //! accepted := u64:slot ballot value
@@ -23,6 +25,7 @@ use paxos_core::{
 
 const KIND_BATCH: u8 = 1;
 const KIND_SNAPSHOT: u8 = 2;
+const KIND_HEAD_ADVANCE: u8 = 3;
 
 /// A decoded payload.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,6 +34,17 @@ pub enum Payload {
     Batch(Vec<PersistEntry>),
     /// The complete state at a compaction point; replaces the state built so far.
     Snapshot(DurableState),
+    /// The entries of an append that raised the truncation point, followed
+    /// by the state's promise, commit index and truncation point after
+    /// them; the storage then moved the log head to `head` (every record
+    /// before it holds only truncated accepted entries). See the storage
+    /// module docs, "Truncation advances the head".
+    HeadAdvance {
+        /// Where the head moves once this record is committed.
+        head: u64,
+        /// The append's entries, then the facts.
+        entries: Vec<PersistEntry>,
+    },
 }
 
 fn put_slot(out: &mut Vec<u8>, s: Slot) {
@@ -90,8 +104,36 @@ pub const MAX_VALUE_BYTES: usize = u32::MAX as usize;
 /// above [`MAX_VALUE_BYTES`] are refused there.
 pub fn encode_batch(entries: &[PersistEntry], out: &mut Vec<u8>) {
     out.put_u8(KIND_BATCH);
-    out.put_u32_le(entries.len() as u32);
-    for e in entries {
+    put_entries(out, entries, &[]);
+}
+
+/// Encodes a head advance: `entries` followed by `facts`, moving the head
+/// to `head` (which [`set_head_advance_target`] may fill in later: the
+/// size does not depend on it).
+pub fn encode_head_advance(
+    entries: &[PersistEntry],
+    facts: &[PersistEntry],
+    head: u64,
+    out: &mut Vec<u8>,
+) {
+    out.put_u8(KIND_HEAD_ADVANCE);
+    out.put_u64_le(head);
+    put_entries(out, entries, facts);
+}
+
+/// Sets the head of a payload [`encode_head_advance`] wrote.
+pub fn set_head_advance_target(payload: &mut [u8], head: u64) {
+    assert_eq!(
+        payload.first(),
+        Some(&KIND_HEAD_ADVANCE),
+        "not a head advance"
+    );
+    payload[1..9].copy_from_slice(&head.to_le_bytes());
+}
+
+fn put_entries(out: &mut Vec<u8>, entries: &[PersistEntry], then: &[PersistEntry]) {
+    out.put_u32_le((entries.len() + then.len()) as u32);
+    for e in entries.iter().chain(then) {
         match e {
             PersistEntry::Promise(b) => {
                 out.put_u8(1);
@@ -174,6 +216,22 @@ impl Reader {
     fn slot(&mut self) -> Result<Slot, CodecError> {
         self.u64().map(Slot)
     }
+    /// A count, then that many tagged entries.
+    fn entries(&mut self) -> Result<Vec<PersistEntry>, CodecError> {
+        let n = self.count(9)?;
+        let mut entries = Vec::with_capacity(n);
+        for _ in 0..n {
+            entries.push(match self.u8()? {
+                1 => PersistEntry::Promise(self.ballot()?),
+                2 => PersistEntry::Accept(self.accepted()?),
+                3 => PersistEntry::Commit(self.slot()?),
+                4 => PersistEntry::Truncate(self.slot()?),
+                t => return self.fail(format!("unknown entry tag {t}")),
+            });
+        }
+        Ok(entries)
+    }
+
     /// A count of items of at least `min_item` bytes each, checked against
     /// the bytes left so a corrupt count cannot cause a huge allocation.
     fn count(&mut self, min_item: usize) -> Result<usize, CodecError> {
@@ -226,19 +284,25 @@ impl Reader {
 pub fn decode(buf: Bytes) -> Result<Payload, CodecError> {
     let mut r = Reader { buf, at: 0 };
     let payload = match r.u8()? {
-        KIND_BATCH => {
-            let n = r.count(9)?;
-            let mut entries = Vec::with_capacity(n);
-            for _ in 0..n {
-                entries.push(match r.u8()? {
-                    1 => PersistEntry::Promise(r.ballot()?),
-                    2 => PersistEntry::Accept(r.accepted()?),
-                    3 => PersistEntry::Commit(r.slot()?),
-                    4 => PersistEntry::Truncate(r.slot()?),
-                    t => return r.fail(format!("unknown entry tag {t}")),
-                });
+        KIND_BATCH => Payload::Batch(r.entries()?),
+        KIND_HEAD_ADVANCE => {
+            let head = r.slot()?.0;
+            let entries = r.entries()?;
+            // The facts: a promise, a commit index, a truncation point.
+            let facts_at = entries.len().checked_sub(3);
+            if !facts_at.is_some_and(|i| {
+                matches!(
+                    entries[i..],
+                    [
+                        PersistEntry::Promise(_),
+                        PersistEntry::Commit(_),
+                        PersistEntry::Truncate(_)
+                    ]
+                )
+            }) {
+                return r.fail("head advance without its facts");
             }
-            Payload::Batch(entries)
+            Payload::HeadAdvance { head, entries }
         }
         KIND_SNAPSHOT => {
             let promised = r.ballot()?;
@@ -305,6 +369,33 @@ pub(crate) mod tests {
             let mut buf = Vec::new();
             encode_batch(&entries, &mut buf);
             prop_assert_eq!(decode(Bytes::from(buf)), Ok(Payload::Batch(entries)));
+        }
+
+        #[test]
+        fn head_advances_round_trip(
+            entries in proptest::collection::vec(arb_entry(), 0..12),
+            (promised, commit, truncated) in (arb_ballot(), 0u64..40, 0u64..40),
+            head in any::<u64>(),
+        ) {
+            let facts = [
+                PersistEntry::Promise(promised),
+                PersistEntry::Commit(Slot(commit)),
+                PersistEntry::Truncate(Slot(truncated)),
+            ];
+            let mut buf = Vec::new();
+            encode_head_advance(&entries, &facts, 0, &mut buf);
+            let len = buf.len();
+            set_head_advance_target(&mut buf, head);
+            prop_assert_eq!(buf.len(), len, "the head does not change the size");
+            let all: Vec<_> = entries.iter().chain(&facts).cloned().collect();
+            prop_assert_eq!(
+                decode(Bytes::from(buf)),
+                Ok(Payload::HeadAdvance { head, entries: all })
+            );
+            // Without its facts a head advance is refused.
+            let mut short = Vec::new();
+            encode_head_advance(&entries, &facts[..2], head, &mut short);
+            prop_assert!(decode(Bytes::from(short)).is_err());
         }
 
         #[test]

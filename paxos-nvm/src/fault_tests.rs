@@ -339,6 +339,7 @@ struct Observed {
     recoveries: u64,
     damaged_recoveries: u64,
     compactions: u64,
+    head_advances: u64,
     faults: SimRegionCounters,
 }
 
@@ -481,6 +482,7 @@ fn model_check(seed: u64, steps: usize, seen: &mut Observed) -> Result<(), Strin
         }
         if crash {
             seen.compactions += s.stats().compactions;
+            seen.head_advances += s.stats().head_advances;
             drop(s);
             let policy = match rng.below(3) {
                 0 => CrashPolicy::LoseUnsynced,
@@ -498,6 +500,7 @@ fn model_check(seed: u64, steps: usize, seen: &mut Observed) -> Result<(), Strin
         }
     }
     seen.compactions += s.stats().compactions;
+    seen.head_advances += s.stats().head_advances;
     drop(s);
     region = region.crash(CrashPolicy::LoseUnsynced);
     drop(open(&region, &mut model, seen)?);
@@ -523,7 +526,7 @@ fn random_faults_and_crashes_always_recover_a_prefix_and_report_loss() {
     assert!(f.crashes > 100 && f.media_bit_flips > 100, "{seen:?}");
     assert!(f.unreadable_words > 20 && f.read_bit_flips > 0, "{seen:?}");
     assert!(
-        seen.damaged_recoveries > 20 && seen.compactions > 20,
+        seen.damaged_recoveries > 20 && seen.compactions > 20 && seen.head_advances > 60,
         "{seen:?}"
     );
 }

@@ -19,9 +19,14 @@
 //! - [`record`]: framing above the log (`len | crc32c | seq | payload`,
 //!   the CRC also covering the record's position and sequence number): the
 //!   log checks its metadata only; records check their own data.
-//! - [`codec`]: `PersistEntry` batches and state snapshots as payloads.
+//! - [`codec`]: `PersistEntry` batches, head advances and state snapshots
+//!   as payloads.
+//! - [`record_index`]: where the records between head and tail are and
+//!   the highest slot each accepted, so a truncation finds how far the
+//!   head may move without reading the log.
 //! - [`storage`]: [`NvmStorage`], implementing
-//!   [`paxos_log::ReplicaStorage`], with compaction by snapshot.
+//!   [`paxos_log::ReplicaStorage`]: truncation advances the head;
+//!   compaction by snapshot is the fallback.
 //! - [`crash_model`]: a recording region and the PM crash model used by
 //!   the crash-state exploration tests.
 //!
@@ -46,9 +51,10 @@
 //! ```
 //!
 //! The region is one file, locked while open. Size it at several times the
-//! live state (accepted decrees above the last truncation): compaction
-//! keeps the log bounded, and an append that cannot fit even after
-//! compaction fails with `StorageError::Full`. Before that, once the live
+//! live state (accepted decrees above the last truncation): truncations
+//! keep the log bounded by moving its head (compaction by snapshot is the
+//! fallback), and an append that cannot fit even after compaction fails
+//! with `StorageError::Full`. Before that, once the live
 //! log passes 7/16 of the region, `ReplicaStorage::space` reports
 //! `LogSpace::Full` (appends still succeed) until a truncation brings it
 //! to a quarter: the replica stops proposing and makes a checkpoint so it
@@ -123,7 +129,7 @@
 //! they record every store, flush and fence, and recover from every (small
 //! cases) or a sample of (larger cases) the images the model allows at
 //! every prefix of random operation sequences, for the raw log and for
-//! `NvmStorage` (compactions and group commits included). A test with the
+//! `NvmStorage` (head advances, compactions and group commits included). A test with the
 //! fences removed shows the exploration does find torn states.
 //! `tests/kill_recovery.rs` SIGKILLs real appending processes on a file
 //! region (msync, and emulated PM on `/dev/shm`) and checks every
@@ -170,10 +176,15 @@
 //! # Storage on top of the log
 //!
 //! One append is one record (`len | crc32c | seq | batch of PersistEntry`). The
-//! log never wraps over live data: past half the capacity the storage
-//! writes a snapshot record of the whole `DurableState`, commits it, and
-//! advances the head to it (both steps are metadata swaps, so a crash
-//! anywhere recovers the same state). See [`storage`].
+//! log never wraps over live data. An append that raises the truncation
+//! point also carries the state's promise, commit index and truncation
+//! point; once it is committed the head moves past every record whose
+//! accepted entries are all truncated (a metadata swap: nothing is copied
+//! on the replica's event loop). Only if a record holding a live slot
+//! pins the head while the log passes half the capacity does the storage
+//! write a snapshot record of the whole `DurableState`, commit it, and
+//! advance the head to it. Every step is an append, a commit or a head
+//! move, so a crash anywhere recovers the same state. See [`storage`].
 //!
 //! # Invariants
 //!
@@ -205,6 +216,7 @@ pub mod crash_model;
 pub mod layout;
 pub mod log;
 pub mod record;
+pub mod record_index;
 pub mod region;
 pub mod sim_region;
 pub mod storage;

@@ -12,27 +12,100 @@
 //! when the storage is dropped) exactly like an unflushed write; they are
 //! never reported durable before their commit.
 //!
-//! # Compaction
+//! # Truncation advances the head
 //!
-//! The circular log never wraps over live data: when the live bytes plus
-//! the next record would pass half the capacity, the storage
+//! Accepted entries at or below the truncation point are dead (a checkpoint
+//! covers them); promises, commit indexes and truncation points are small
+//! facts that only move forward. So a truncation frees space by moving the
+//! head, not by copying what is live:
+//!
+//! 1. An append that raises the truncation point to `T` is written as a
+//!    *head-advance* record ([`Payload::HeadAdvance`]): its entries, then
+//!    the state's facts after them (`Promise(promised)`,
+//!    `Commit(commit_index)`, `Truncate(T)`), and the position `h` the
+//!    head moves to: the first record still holding an accepted slot above
+//!    `T`, or this record if none does. A small index of the records from
+//!    head to tail ([`RecordIndex`]: runs of records, each with the highest
+//!    slot it accepted, at most about 4096 runs) finds `h` in O(runs
+//!    dropped) without reading the log.
+//! 2. The record is committed at once (with any appends group commit was
+//!    holding), then the head moves to `h` (`advance_head`, one metadata
+//!    swap). Nothing is copied: the event loop pays O(records dropped)
+//!    bookkeeping plus one small append and two metadata swaps. (Dropping
+//!    the truncated values from the in-memory state costs O(values
+//!    dropped), as it always did: a few ms for a 128 MiB checkpoint
+//!    interval, see docs/BENCHMARKS.md.)
+//!
+//! **Why replaying from `h` rebuilds the same state.** Let `F` be the
+//! head-advance record. Replaying from the old head and from `h` differ
+//! only in the records before `h`, which hold accepted entries at or below
+//! `T` only (that is how `h` was chosen), and whatever facts they carry.
+//!
+//! - Accepted slots above `T`: every record accepting one is at or after
+//!   `h`, so both replays apply the same accepts (and snapshots) to it in
+//!   the same order; truncations (all at or below `T`) never touch it.
+//!   Re-accepts of a slot at higher ballots come later in the log than the
+//!   accept they replace, so order is all that matters. A snapshot before
+//!   `h` holds no slot above `T` either (it is a record before `h`), so
+//!   at `h` neither replay holds a slot above `T`.
+//! - Slots at or below `T`: the final state holds none of them; `F`'s
+//!   `Truncate(T)` removes any the replay from `h` inserted (before `F`
+//!   its truncation point may still be lower), and any later accept of one
+//!   is ignored by both replays.
+//! - Promise, commit index and truncation point only move forward, and
+//!   `F` carries their values as of `F`; records before `h` carry values
+//!   at or below those, so dropping them changes nothing.
+//!
+//! Until `F`, the replay from `h` is **not** a state the appends built
+//! (it misses the facts). Recovery therefore knows where the replay
+//! becomes exact: from the first record if the head never moved (position
+//! 0), else from a snapshot, or from a head-advance record naming the head
+//! as its `h`. A crash cannot stop a replay before that point (`F` is
+//! committed before the head moves); damage can, and then salvage keeps
+//! nothing (it formats the region anew and reports the loss) rather than
+//! a state no prefix of the appends built. A crash between `F`'s commit
+//! and the head's move leaves the old head: recovery replays from it
+//! (exact, since whatever set it is still in the log) and finishes the
+//! move. Only the log's crash-safe primitives are used (`append_record`,
+//! `commit`, `advance_head`).
+//!
+//! # Compaction, the fallback
+//!
+//! A record holding an accepted slot above the truncation point *pins* the
+//! head: it cannot move past it (counted in [`NvmStats::head_pinned`]).
+//! That happens when a slot far above the others was accepted (a replica
+//! that accepted ahead of a gap, a leader's pipeline window) and lasts
+//! until a truncation passes that slot, normally the next checkpoint's.
+//! If the log from the head reaches half the capacity meanwhile, or
+//! checkpoints stop and nothing is truncated, the storage compacts:
 //!
 //! 1. appends a snapshot record holding the whole [`DurableState`] and
 //!    commits it (recovery replays old records, then the snapshot replaces
 //!    their state with an equal one), then
-//! 2. advances the head to the snapshot (recovery starts at the snapshot).
+//! 2. advances the head to the snapshot (recovery starts at the snapshot;
+//!    after a crash between the two steps, recovery finishes the move).
 //!
-//! A crash between or during these steps recovers the same state.
+//! That copies the live log (at most half the region) on the appending
+//! thread, so it is the exception: with truncations that keep the log
+//! from the head under half the region it never runs
+//! ([`NvmStats::compactions`] counts it). A compaction leaves the head at
+//! the snapshot, which pins it until a truncation passes the snapshot's
+//! highest slot. While a pin lasts, each compaction is followed by at least
+//! half the region less the live log of appends before the next, so the
+//! copying is amortised as before this change (and at the 4x default
+//! sizing, the live log is at most a quarter of the region).
+//!
 //! Compacting at half the capacity guarantees the snapshot fits (it is no
-//! larger than the live log plus a small header), so the log cannot wedge
-//! with no room to compact, also after a crash between the two steps.
-//! Compaction costs are amortised while the live state is well under half
-//! the region (a warning is logged above a quarter). If a record does not
-//! fit even after compaction, the state *after* the append is written as
-//! the snapshot instead (a `Truncate` shrinks it, so a full log can always
-//! be truncated); if that does not fit either, `append` returns
-//! [`StorageError::Full`] and changes nothing. Size the region at several
-//! times the live state (truncation after checkpoints keeps it bounded).
+//! larger than the live log plus a small header, and every live entry is
+//! in a record from the head on, encoded at least as large), so the log
+//! cannot wedge with no room to compact; recovery finishing an interrupted
+//! move of the head keeps that true after a crash between the two steps.
+//! If a record does not fit even after compaction, the state *after* the
+//! append is written as the snapshot instead (a `Truncate` shrinks it, so a
+//! full log can always be truncated); if that does not fit either,
+//! `append` returns [`StorageError::Full`] and changes nothing. Size the
+//! region at several times the live state (truncation after checkpoints
+//! keeps it bounded).
 //!
 //! # Full
 //!
@@ -42,7 +115,13 @@
 //! passes [`full_at`] (7/16 of the capacity), and room again once a
 //! truncation brings it to at most [`resume_at`] (1/4). Appends keep
 //! succeeding meanwhile: the sixteenth below half the capacity is for the
-//! decrees already in flight.
+//! decrees already in flight. These limits are on the live log, not on the
+//! bytes from head to tail, because the live log is what must fit (in the
+//! fallback compaction) and what only a truncation shrinks; the head
+//! advance does not change them. What it changes is how often the
+//! fallback runs: the bytes from head to tail are the live log plus record
+//! framing, commit-only records and superseded accepts, and the fallback
+//! runs only if those pass half the region.
 //!
 //! # Sequence numbers
 //!
@@ -87,7 +166,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use bytes::Bytes;
-use paxos_contracts::{ensures, invariant};
+use paxos_contracts::{ensures, invariant, requires};
 use paxos_core::{Accepted, DurableState, PersistEntry, Slot};
 use paxos_log::{CorruptionPolicy, Damage, LogSpace, ReplicaStorage, StorageError};
 
@@ -97,6 +176,7 @@ use crate::log::{
     read_damage_mark, write_damage_mark, DamageMark, LogError, MetadataDamage, PmLog, Recovery,
 };
 use crate::record::{self, RecordError};
+use crate::record_index::{self, RecordIndex};
 use crate::region::{FileBackend, FileRegion, PmRegion, RegionKind, VolatileRegion};
 
 /// Which region backs the storage.
@@ -229,8 +309,16 @@ pub struct NvmStats {
     pub capacity: u64,
     /// Commits since open (each makes one append durable).
     pub commits: u64,
-    /// Compactions since open.
+    /// Compactions (snapshots of the whole live log) since open: the
+    /// fallback when truncation cannot advance the head far enough.
     pub compactions: u64,
+    /// Truncations since open that moved the head past dead records.
+    pub head_advances: u64,
+    /// Bytes those head advances dropped from the log.
+    pub head_advanced_bytes: u64,
+    /// Truncations since open that could not move the head: the record at
+    /// the head still held a slot above the truncation point.
+    pub head_pinned: u64,
     /// Framed bytes of the live log: the snapshot a compaction would write.
     pub live_bytes: u64,
     /// Whether the log reports itself full ([`LogSpace::Full`]).
@@ -254,6 +342,12 @@ struct Inner {
     encode_buf: Vec<u8>,
     commits: u64,
     compactions: u64,
+    head_advances: u64,
+    head_advanced_bytes: u64,
+    head_pinned: u64,
+    /// The records from the head to the tentative tail and the highest
+    /// slot each accepted: where a truncation may move the head.
+    index: RecordIndex,
     failed: Option<String>,
     warned_big_state: bool,
     /// Snapshot-encoded bytes of `state.accepted` (kept exact at every
@@ -312,6 +406,19 @@ fn apply_counted(state: &mut DurableState, accepted_bytes: &mut u64, entry: &Per
         _ => {}
     }
     state.apply(entry);
+}
+
+/// `(since_snapshot, snapshot_bytes)` once the head moved to `head` in a
+/// log whose (tentative) tail is `tail`: bytes past the snapshot, or since
+/// the head if the head passed the snapshot (then it is gone: no snapshot
+/// bytes, and everything left could be folded into one).
+fn after_head_moved(since_snapshot: u64, snapshot_bytes: u64, tail: u64, head: u64) -> (u64, u64) {
+    let snapshot_start = tail - since_snapshot - snapshot_bytes;
+    if snapshot_bytes > 0 && snapshot_start >= head {
+        (since_snapshot, snapshot_bytes)
+    } else {
+        (since_snapshot.min(tail - head), 0)
+    }
 }
 
 /// Snapshot-encoded bytes of `state.accepted`, counted once (at open).
@@ -473,19 +580,33 @@ struct Replay {
     end: u64,
     snapshot_bytes: u64,
     since_snapshot: u64,
+    /// The good records.
+    index: RecordIndex,
+    /// Whether `state` is the state after append `last_seq` (see the
+    /// module docs, "Truncation advances the head"): from the start of a
+    /// log whose head never moved, else from a snapshot or a head advance
+    /// to the head on. Only damage can stop a replay before that.
+    exact: bool,
+    /// Where the last snapshot or head advance replayed moved the head (the
+    /// head itself if none did, or a crash left the move undone).
+    resume_head: u64,
     /// The first bad record: its position and what was wrong.
     damage: Option<(u64, String)>,
 }
 
 impl Replay {
-    /// Nothing to replay: an empty log whose head is at `head`.
-    fn empty(head: u64) -> Replay {
+    /// Nothing to replay: an empty log of `capacity` bytes whose head is
+    /// at `head`.
+    fn empty(head: u64, capacity: u64) -> Replay {
         Replay {
             state: DurableState::default(),
             last_seq: 0,
             end: head,
             snapshot_bytes: 0,
             since_snapshot: 0,
+            index: RecordIndex::new(capacity),
+            exact: head == 0,
+            resume_head: head,
             damage: None,
         }
     }
@@ -494,7 +615,8 @@ impl Replay {
 /// Replays the committed records from the head, stopping at the first one
 /// that fails a check.
 fn replay(log: &PmLog<Box<dyn PmRegion>>, name: &str) -> Result<Replay, StorageError> {
-    let mut out = Replay::empty(log.head_tail_capacity().head);
+    let htc = log.head_tail_capacity();
+    let mut out = Replay::empty(htc.head, htc.capacity);
     let mut cured = 0;
     let mut prev: Option<u64> = None;
     for rec in record::read_records(log, &mut cured) {
@@ -519,7 +641,9 @@ fn replay(log: &PmLog<Box<dyn PmRegion>>, name: &str) -> Result<Replay, StorageE
         // that and the one append it was folded with.
         let follows = match (&payload, prev) {
             (_, None) => true,
-            (Payload::Batch(_), Some(p)) => Some(r.seq) == p.checked_add(1),
+            (Payload::Batch(_) | Payload::HeadAdvance { .. }, Some(p)) => {
+                Some(r.seq) == p.checked_add(1)
+            }
             (Payload::Snapshot(_), Some(p)) => r.seq == p || Some(r.seq) == p.checked_add(1),
         };
         if !follows {
@@ -529,10 +653,25 @@ fn replay(log: &PmLog<Box<dyn PmRegion>>, name: &str) -> Result<Replay, StorageE
         }
         match payload {
             Payload::Batch(entries) => {
+                out.index
+                    .push(r.pos, record_index::max_accepted_slot(&entries));
                 entries.iter().for_each(|e| out.state.apply(e));
                 out.since_snapshot += framed;
             }
+            Payload::HeadAdvance { head, entries } => {
+                out.index
+                    .push(r.pos, record_index::max_accepted_slot(&entries));
+                entries.iter().for_each(|e| out.state.apply(e));
+                out.since_snapshot += framed;
+                // The records before the head are dead, and their facts are
+                // here: the state is exact from this record on.
+                out.exact |= head == htc.head;
+                out.resume_head = out.resume_head.max(head);
+            }
             Payload::Snapshot(s) => {
+                out.index.push(r.pos, record_index::max_snapshot_slot(&s));
+                out.exact = true;
+                out.resume_head = r.pos;
                 out.state = s;
                 out.snapshot_bytes = framed;
                 out.since_snapshot = 0;
@@ -703,7 +842,8 @@ impl NvmStorage {
         })?;
         let log = PmLog::setup(region, options.log_id.unwrap_or_else(fresh_log_id))
             .map_err(|e| storage_err(&name, e))?;
-        Self::build(log, options, name, Replay::empty(0), Vec::new())
+        let capacity = log.head_tail_capacity().capacity;
+        Self::build(log, options, name, Replay::empty(0, capacity), Vec::new())
     }
 
     /// Recovers storage from a region formatted earlier (the simulator
@@ -746,6 +886,27 @@ impl NvmStorage {
         };
         let mark = log.damage_mark();
         let replay = replay(&log, &name)?;
+        if let (Some((pos, reason)), false) = (&replay.damage, replay.exact) {
+            // The good records before the damage follow a head advance
+            // whose facts record they do not reach: they do not make the
+            // state after any append on their own, so none can be kept.
+            if refuse {
+                return Err(refused(
+                    &name,
+                    *pos,
+                    &format!("log position {pos}: {reason}"),
+                ));
+            }
+            let damage = MetadataDamage {
+                offset: *pos,
+                reason: format!(
+                    "log position {pos}: {reason}; the records before it follow a head advance \
+                     whose facts they do not reach, so none is kept"
+                ),
+                may_have_lost_acknowledged: true,
+            };
+            return Self::reformat(log.into_region(), options, name, damage, set_aside);
+        }
         let mut found = Vec::new();
         if let Some(d) = metadata_damage {
             found.push(Damage {
@@ -784,6 +945,24 @@ impl NvmStorage {
             }
         }
         log.mirror_metadata().map_err(|e| storage_err(&name, e))?;
+        let mut replay = replay;
+        let head = log.head_tail_capacity().head;
+        if replay.resume_head > head && replay.resume_head <= replay.end {
+            // A crash came between a compaction's or a head advance's
+            // commit and the move of the head: finish it, or the dead
+            // records it leaves could keep the next compaction from fitting.
+            log.advance_head(replay.resume_head)
+                .map_err(|e| storage_err(&name, e))?;
+            replay.index.trim_front(replay.resume_head);
+            (replay.since_snapshot, replay.snapshot_bytes) = after_head_moved(
+                replay.since_snapshot,
+                replay.snapshot_bytes,
+                replay.end,
+                replay.resume_head,
+            );
+            tracing::info!(region = %name, from = head, to = replay.resume_head,
+                "paxos-nvm finished moving the head, which a crash interrupted");
+        }
         let damage = pending_damage(&name, &mark)
             .into_iter()
             .chain(found)
@@ -824,7 +1003,8 @@ impl NvmStorage {
             .into_iter()
             .chain(std::iter::once(found))
             .collect();
-        Self::build(log, options, name, Replay::empty(0), damage)
+        let capacity = log.head_tail_capacity().capacity;
+        Self::build(log, options, name, Replay::empty(0, capacity), damage)
     }
 
     fn build(
@@ -856,6 +1036,10 @@ impl NvmStorage {
                 encode_buf: Vec::with_capacity(4096),
                 commits: 0,
                 compactions: 0,
+                head_advances: 0,
+                head_advanced_bytes: 0,
+                head_pinned: 0,
+                index: replay.index,
                 failed: None,
                 warned_big_state: false,
                 accepted_bytes: accepted_bytes_of(&state),
@@ -885,6 +1069,9 @@ impl NvmStorage {
             capacity: htc.capacity,
             commits: inner.commits,
             compactions: inner.compactions,
+            head_advances: inner.head_advances,
+            head_advanced_bytes: inner.head_advanced_bytes,
+            head_pinned: inner.head_pinned,
             live_bytes: inner.live_bytes(),
             full: inner.full,
         }
@@ -949,6 +1136,10 @@ impl Inner {
             self.since_snapshot <= self.log.tentative_tail() - htc.head,
             "appended bytes are in the log"
         );
+        invariant!(
+            self.index.first_pos().is_none_or(|p| p == htc.head),
+            "the index starts at the head"
+        );
         // Recounting is O(state): checked while the state is small (tests).
         invariant!(
             self.state.accepted.len() > 1024
@@ -982,19 +1173,25 @@ impl Inner {
         let result = (|| {
             let pos = record::append_record(&mut self.log, seq, &buf)?;
             self.log.commit()?;
-            self.log.advance_head(pos)
+            self.log.advance_head(pos)?;
+            Ok(pos)
         })();
         self.encode_buf = buf;
         // `append_record` is all or nothing, so an OutOfSpace left nothing
         // tentative behind; any other failure poisoned the log.
-        if let Err(e) = result {
-            return Err(match e {
-                LogError::OutOfSpace { needed, available } => StorageError::Full(format!(
-                    "{name}: live state needs {needed} bytes, only {available} free; region too small"
-                )),
-                other => self.fail(name, other),
-            });
-        }
+        let pos = match result {
+            Ok(pos) => pos,
+            Err(e) => {
+                return Err(match e {
+                    LogError::OutOfSpace { needed, available } => StorageError::Full(format!(
+                        "{name}: live state needs {needed} bytes, only {available} free; region too small"
+                    )),
+                    other => self.fail(name, other),
+                })
+            }
+        };
+        self.index
+            .reset(pos, record_index::max_snapshot_slot(state));
         self.snapshot_bytes = framed;
         self.since_snapshot = 0;
         self.compactions += 1;
@@ -1091,9 +1288,16 @@ impl Inner {
                 "{name}: value of slot {big} exceeds 4 GiB"
             )));
         }
+        // A record that raises the truncation point also carries the facts
+        // that let the head move past the records it makes dead (the head
+        // it moves to is filled in once compaction, if any, is done).
+        let facts = record_index::truncation_facts(&self.state, entries);
         let mut buf = std::mem::take(&mut self.encode_buf);
         buf.clear();
-        codec::encode_batch(entries, &mut buf);
+        match &facts {
+            Some(facts) => codec::encode_head_advance(entries, facts, 0, &mut buf),
+            None => codec::encode_batch(entries, &mut buf),
+        }
         if buf.len() > self.max_append_bytes {
             let len = buf.len();
             self.encode_buf = buf;
@@ -1102,10 +1306,21 @@ impl Inner {
                 self.max_append_bytes
             )));
         }
-        let result = self.append_encoded(&buf, self.last_seq + 1, name);
+        let max_slot = record_index::max_accepted_slot(entries);
+        let truncates_to = facts.as_ref().map(|_| {
+            entries
+                .iter()
+                .fold(self.state.truncated_through, |t, e| match e {
+                    PersistEntry::Truncate(s) => t.max(*s),
+                    _ => t,
+                })
+        });
+        let result = self.append_encoded(&mut buf, self.last_seq + 1, max_slot, truncates_to, name);
         self.encode_buf = buf;
+        let mut head_target = None;
         match result {
-            Ok(()) => {
+            Ok(target) => {
+                head_target = target;
                 for e in entries {
                     apply_counted(&mut self.state, &mut self.accepted_bytes, e);
                 }
@@ -1133,14 +1348,51 @@ impl Inner {
         self.last_seq += 1;
         self.update_full(name);
         let pending = self.last_seq - self.committed_seq;
-        if pending >= self.max_group_appends as u64 {
+        // The head may pass dead records only once the facts are durable,
+        // so a truncating append commits at once (with any pending ones:
+        // durable early is still durable). Truncations come once per
+        // checkpoint; group commit is untouched in between.
+        if pending >= self.max_group_appends as u64 || head_target.is_some() {
             self.commit_pending(name)?;
         } else if self.log.tentative_tail() == self.log.head_tail_capacity().tail {
             // A compaction (or a folded snapshot) committed everything.
             self.committed_seq = self.last_seq;
         }
+        if let Some(target) = head_target {
+            self.advance_head_to(target, name)?;
+        }
         self.check_invariants();
         Ok(self.last_seq)
+    }
+
+    /// Moves the head to `target`, past records whose accepted entries are
+    /// all truncated, once the head-advance record carrying the facts is
+    /// committed: one metadata swap, nothing copied (see the module docs,
+    /// "Truncation advances the head").
+    fn advance_head_to(&mut self, target: u64, name: &str) -> Result<(), StorageError> {
+        requires!(
+            self.log.tentative_tail() == self.log.head_tail_capacity().tail,
+            "the head-advance record is committed"
+        );
+        let head = self.log.head_tail_capacity().head;
+        assert!(target >= head, "the head only moves forward");
+        if target == head {
+            // Pinned: the first record still holds a live slot.
+            self.head_pinned += 1;
+            return Ok(());
+        }
+        self.log
+            .advance_head(target)
+            .map_err(|e| self.fail(name, e))?;
+        self.head_advances += 1;
+        self.head_advanced_bytes += target - head;
+        (self.since_snapshot, self.snapshot_bytes) = after_head_moved(
+            self.since_snapshot,
+            self.snapshot_bytes,
+            self.log.tentative_tail(),
+            target,
+        );
+        Ok(())
     }
 
     /// Commits every pending append (one metadata swap for all of them).
@@ -1157,12 +1409,35 @@ impl Inner {
         Ok(())
     }
 
-    fn append_encoded(&mut self, payload: &[u8], seq: u64, name: &str) -> Result<(), StorageError> {
+    /// Appends one record (whose accepted slots are at most `max_slot`),
+    /// compacting first if it would pass half the capacity. For a head
+    /// advance (`truncates_to`: the truncation point after it), fills in
+    /// and returns where the head moves once the record is committed: the
+    /// first record still holding an accepted slot above that point, or
+    /// this record if none does.
+    fn append_encoded(
+        &mut self,
+        payload: &mut [u8],
+        seq: u64,
+        max_slot: Slot,
+        truncates_to: Option<Slot>,
+        name: &str,
+    ) -> Result<Option<u64>, StorageError> {
         let needed = record::framed_len(payload.len());
         self.make_room(needed, name)?;
-        record::append_record(&mut self.log, seq, payload).map_err(|e| self.fail(name, e))?;
+        let target = truncates_to.map(|t| {
+            let target = self
+                .index
+                .drop_dead_prefix(t)
+                .unwrap_or_else(|| self.log.tentative_tail());
+            codec::set_head_advance_target(payload, target);
+            target
+        });
+        let pos =
+            record::append_record(&mut self.log, seq, payload).map_err(|e| self.fail(name, e))?;
+        self.index.push(pos, max_slot);
         self.since_snapshot += needed;
-        Ok(())
+        Ok(target)
     }
 }
 
@@ -1246,6 +1521,7 @@ impl ReplicaStorage for NvmStorage {
 pub(crate) mod tests {
     use super::*;
     use crate::codec::tests::arb_entry;
+    use crate::layout::LOG_AREA_OFFSET;
     use paxos_core::{Ballot, ReplicaId, Value};
     use proptest::prelude::*;
 
@@ -1308,26 +1584,200 @@ pub(crate) mod tests {
         assert_eq!(s2.read_accepted(Slot::ZERO, 1).unwrap()[0].slot, Slot(1));
     }
 
+    /// The replica's steady state: accept, commit, and now and then a
+    /// truncation through an older slot. Every truncation moves the head
+    /// past the dead records without copying anything: the region wraps
+    /// many times and never compacts, and every reopen (after each
+    /// truncation) recovers exactly the state in memory.
     #[test]
-    fn compaction_keeps_the_log_bounded_and_the_state_exact() {
-        let (s, _) = volatile(4096);
+    fn periodic_truncations_advance_the_head_and_never_compact() {
+        let (mut s, _) = volatile(4096);
+        let (mut advances, mut compactions) = (0, 0);
+        let promise = Ballot::new(4, ReplicaId(3));
+        s.append(&[PersistEntry::Promise(promise)]).unwrap();
         for slot in 1..=400u64 {
             s.append(&[accept(Slot(slot), &[slot as u8; 50])]).unwrap();
             if slot % 10 == 0 {
+                let head = s.stats().head;
                 s.append(&[
                     PersistEntry::Commit(Slot(slot)),
                     PersistEntry::Truncate(Slot(slot - 5)),
                 ])
                 .unwrap();
+                let stats = s.stats();
+                assert!(stats.head > head, "{stats:?}");
+                assert_eq!(stats.head_pinned, 0, "{stats:?}");
+                advances += stats.head_advances;
+                compactions += stats.compactions;
+                let expected = s.state();
+                let (reopened, recovered) = reopen(s);
+                assert_eq!(recovered, expected, "after the truncation at {slot}");
+                s = reopened;
             }
         }
         let stats = s.stats();
-        assert!(stats.compactions > 10, "{stats:?}");
-        assert!(stats.tail - stats.head <= stats.capacity);
+        assert_eq!((advances, compactions), (40, 0), "{stats:?}");
+        assert!(
+            stats.tail > 10 * stats.capacity,
+            "wrapped many times: {stats:?}"
+        );
         let expected = s.state();
         assert_eq!(expected.accepted.len(), 5);
+        assert_eq!(
+            expected.promised, promise,
+            "the promise outlived its record"
+        );
+        assert_eq!(expected.commit_index, Slot(400));
         let (_, recovered) = reopen(s);
         assert_eq!(recovered, expected);
+    }
+
+    /// The same workload without reopening: the counters add up, the head
+    /// always sits on the first record that still holds a live slot.
+    #[test]
+    fn head_advances_drop_exactly_the_dead_prefix() {
+        let (s, _) = volatile(4096);
+        for slot in 1..=200u64 {
+            s.append(&[accept(Slot(slot), &[slot as u8; 40])]).unwrap();
+            if slot % 10 == 0 {
+                s.append(&[PersistEntry::Truncate(Slot(slot - 3))]).unwrap();
+                // The head is the record accepting slot - 2: replaying from
+                // it needs nothing older.
+                let stats = s.stats();
+                let region = s.lock();
+                let first = record::read_records(&region.log, &mut 0)
+                    .next()
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(first.pos, stats.head);
+                let Ok(Payload::Batch(entries)) = codec::decode(Bytes::from(first.payload)) else {
+                    panic!("the head is the accept of slot {}", slot - 2)
+                };
+                assert_eq!(record_index::max_accepted_slot(&entries), Slot(slot - 2));
+            }
+        }
+        let stats = s.stats();
+        assert_eq!(
+            (stats.head_advances, stats.compactions),
+            (20, 0),
+            "{stats:?}"
+        );
+        assert_eq!(stats.head_advanced_bytes, stats.head, "{stats:?}");
+        let expected = s.state();
+        assert_eq!(reopen(s).1, expected);
+    }
+
+    /// An accepted slot far above the truncation point pins the head to
+    /// its record: truncations cannot move the head, and the fallback
+    /// compaction keeps the log bounded. Once a truncation passes that
+    /// slot, the head moves again and compaction stops.
+    #[test]
+    fn a_pinned_head_falls_back_to_compaction_until_the_pin_is_truncated() {
+        let (s, _) = volatile(4096);
+        s.append(&[accept(Slot(1_000), b"far ahead")]).unwrap();
+        for slot in 1..=200u64 {
+            s.append(&[accept(Slot(slot), &[1u8; 50])]).unwrap();
+            if slot % 10 == 0 {
+                s.append(&[PersistEntry::Truncate(Slot(slot - 5))]).unwrap();
+            }
+        }
+        let pinned = s.stats();
+        assert!(pinned.head_pinned > 0, "{pinned:?}");
+        assert!(pinned.compactions > 0, "the fallback ran: {pinned:?}");
+        assert!(
+            pinned.tail - pinned.head <= pinned.capacity / 2 + 200,
+            "{pinned:?}"
+        );
+        let expected = s.state();
+        assert!(expected.accepted.contains_key(&Slot(1_000)));
+        let (s, recovered) = reopen(s);
+        assert_eq!(recovered, expected);
+        // Truncating past the pin frees the head again.
+        s.append(&[PersistEntry::Truncate(Slot(1_000))]).unwrap();
+        for slot in 1_001..=1_200u64 {
+            s.append(&[accept(Slot(slot), &[2u8; 50])]).unwrap();
+            if slot % 10 == 0 {
+                s.append(&[PersistEntry::Truncate(Slot(slot - 5))]).unwrap();
+            }
+        }
+        let freed = s.stats();
+        assert_eq!(freed.compactions, 0, "{freed:?}");
+        assert!(freed.head_advances >= 20, "{freed:?}");
+        let expected = s.state();
+        assert!(!expected.accepted.contains_key(&Slot(1_000)));
+        assert_eq!(reopen(s).1, expected);
+    }
+
+    /// With group commit, a truncating append commits at once (with the
+    /// appends pending before it) so the head can move; the ones after it
+    /// are grouped again.
+    #[test]
+    fn a_truncation_commits_the_pending_group_and_advances_the_head() {
+        let opts = NvmOptions {
+            max_group_appends: 8,
+            ..small_opts()
+        };
+        let (s, _) =
+            NvmStorage::format_region(Box::new(VolatileRegion::new(4096)), &opts, "g".into())
+                .unwrap();
+        for slot in 1..=5u64 {
+            s.append(&[accept(Slot(slot), b"v")]).unwrap();
+        }
+        assert_eq!(s.durable_seq(), 0);
+        let seq = s.append(&[PersistEntry::Truncate(Slot(3))]).unwrap();
+        assert_eq!(s.durable_seq(), seq, "the truncation committed the group");
+        assert_eq!(s.stats().head_advances, 1);
+        s.append(&[accept(Slot(6), b"v")]).unwrap();
+        assert_eq!(s.durable_seq(), seq, "grouping resumes");
+        s.commit_pending().unwrap();
+        let expected = s.state();
+        let (_, recovered) = NvmStorage::open_region(s.into_region(), &opts, "g".into()).unwrap();
+        assert_eq!(recovered, expected);
+    }
+
+    /// Damage between the head and the head-advance record whose facts the
+    /// records there need: what precedes the damage is not the state after
+    /// any append, so salvage keeps none of it (and says so); refusal
+    /// refuses.
+    #[test]
+    fn damage_before_the_facts_of_a_head_advance_keeps_nothing() {
+        let (s, _) = volatile(4096);
+        s.append(&[PersistEntry::Promise(Ballot::new(2, ReplicaId(1)))])
+            .unwrap();
+        for slot in 1..=6u64 {
+            s.append(&[accept(Slot(slot), &[slot as u8; 30])]).unwrap();
+        }
+        // The head moves to the accept of slot 5; the facts are after 6.
+        s.append(&[PersistEntry::Truncate(Slot(4))]).unwrap();
+        let stats = s.stats();
+        assert_eq!(stats.head_advances, 1);
+        let mut bytes = vec![0u8; 4096];
+        s.into_region().read(0, &mut bytes).unwrap();
+        // Flip a payload byte of the second record after the head (slot 6).
+        let at = |pos: u64| (LOG_AREA_OFFSET + pos % stats.capacity) as usize;
+        let first_len = u32::from_le_bytes(bytes[at(stats.head)..][..4].try_into().unwrap());
+        bytes[at(stats.head + record::framed_len(first_len as usize)) + 20] ^= 1;
+        let refused = NvmStorage::open_region(
+            Box::new(VolatileRegion::from_bytes(bytes.clone())),
+            &small_opts(),
+            "t".into(),
+        );
+        assert!(matches!(refused, Err(StorageError::Corrupt { .. })));
+        let salvage = NvmOptions {
+            on_corruption: CorruptionPolicy::Salvage,
+            ..small_opts()
+        };
+        let (s, state) = NvmStorage::open_region(
+            Box::new(VolatileRegion::from_bytes(bytes)),
+            &salvage,
+            "t".into(),
+        )
+        .unwrap();
+        assert_eq!(state, DurableState::default(), "nothing is kept");
+        let damage = s.recovery_damage();
+        assert_eq!(damage.len(), 1, "{damage:?}");
+        assert!(damage[0].may_have_lost_acknowledged);
+        assert!(damage[0].reason.contains("head advance"), "{}", damage[0]);
     }
 
     #[test]

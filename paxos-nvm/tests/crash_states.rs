@@ -10,7 +10,7 @@ use paxos_core::{Accepted, Ballot, Membership, PersistEntry, ReplicaId, Slot, Va
 use paxos_log::{ReplicaStorage, StorageError};
 use paxos_nvm::crash_model::{PmEvent, PmState, RecordingRegion};
 use paxos_nvm::layout::{CDB_OFFSET, DAMAGE_LEN, DAMAGE_OFFSET, LOG_AREA_OFFSET, META_OFFSETS};
-use paxos_nvm::{LogError, NvmOptions, NvmStorage, PmLog, PmRegion, VolatileRegion};
+use paxos_nvm::{LogError, NvmOptions, NvmStats, NvmStorage, PmLog, PmRegion, VolatileRegion};
 use proptest::prelude::*;
 
 const LOG_ID: u128 = 0x5eed;
@@ -327,7 +327,7 @@ fn explore_storage(
     limit: usize,
     seed: u64,
     then: &[StorageOp],
-) -> Result<u64, String> {
+) -> Result<NvmStats, String> {
     let base = formatted_image(region_len as u64 - LOG_AREA_OFFSET);
     let (region, trace) = RecordingRegion::new(base.clone());
     let opts = NvmOptions {
@@ -367,7 +367,7 @@ fn explore_storage(
             durable_after: storage.durable_seq() as usize,
         });
     }
-    let compactions = storage.stats().compactions;
+    let stats = storage.stats();
     let events: Vec<PmEvent> = trace.events();
     let mut pm = PmState::new(base);
     for k in 0..=events.len() {
@@ -418,7 +418,7 @@ fn explore_storage(
             }
         }
     }
-    Ok(compactions)
+    Ok(stats)
 }
 
 fn arb_storage_op() -> impl Strategy<Value = StorageOp> {
@@ -444,11 +444,14 @@ proptest! {
     }
 }
 
-/// A sequence long enough to compact several times, explored with sampling;
-/// after every recovery the same workload runs again and must not fail
-/// (a crash between a compaction's two commits must not wedge the log).
+/// A sequence long enough to advance the head at many truncations and to
+/// compact several times (the live state here is too big for the head to
+/// keep the log under half the region), explored with sampling; after
+/// every recovery the same workload runs again and must not fail (a crash
+/// between a compaction's or a head advance's commit and its move of the
+/// head must not wedge the log).
 #[test]
-fn crashes_inside_compactions_recover_a_consistent_state() {
+fn crashes_inside_compactions_and_head_advances_recover_a_consistent_state() {
     let b = Ballot::new(1, ReplicaId(1));
     let ops: Vec<StorageOp> = (1..=60u64)
         .map(|n| {
@@ -465,10 +468,46 @@ fn crashes_inside_compactions_recover_a_consistent_state() {
             StorageOp::Append(batch)
         })
         .collect();
-    let compactions = explore_storage(2048, &ops, 1, 8, 99, &ops).unwrap();
-    assert!(compactions >= 3, "only {compactions} compactions");
-    let grouped = explore_storage(2048, &ops, 3, 8, 100, &ops).unwrap();
-    assert!(grouped >= 3, "only {grouped} compactions with group commit");
+    for (group, seed) in [(1, 99), (3, 100)] {
+        let stats = explore_storage(2048, &ops, group, 8, seed, &ops).unwrap();
+        assert!(
+            stats.compactions >= 3 && stats.head_advances >= 3,
+            "group {group}: {stats:?}"
+        );
+    }
+}
+
+/// The steady state: truncations keep the live state small, so every one
+/// moves the head and nothing is ever compacted; crashing anywhere inside
+/// (between the head-advance record's commit and the head's move
+/// included) recovers a consistent state, with and without group commit.
+#[test]
+fn crashes_inside_head_advances_without_compaction_recover_a_consistent_state() {
+    let b = Ballot::new(2, ReplicaId(3));
+    let ops: Vec<StorageOp> = (1..=48u64)
+        .map(|n| {
+            let slot = Slot(n);
+            let mut batch = vec![PersistEntry::Accept(Accepted {
+                slot,
+                ballot: b,
+                value: Value::Requests(Bytes::from(vec![n as u8; 16])),
+            })];
+            if n % 4 == 0 {
+                batch.push(PersistEntry::Commit(slot));
+                batch.push(PersistEntry::Truncate(slot.saturating_sub(2)));
+            }
+            if n % 12 == 0 {
+                batch.insert(0, PersistEntry::Promise(Ballot::new(n, ReplicaId(1))));
+            }
+            StorageOp::Append(batch)
+        })
+        .collect();
+    for (group, seed) in [(1, 7), (4, 8)] {
+        let stats = explore_storage(2048, &ops, group, 8, seed, &ops).unwrap();
+        assert_eq!(stats.compactions, 0, "group {group}: {stats:?}");
+        assert!(stats.head_advances >= 10, "group {group}: {stats:?}");
+        assert!(stats.tail > stats.capacity, "wrapped: {stats:?}");
+    }
 }
 
 // ---------------------------------------------------------------------------
