@@ -27,10 +27,11 @@
 //!   replica), answered by [`StateMachine::query`] without a decree.
 //! - **Backpressure from a full log**: after each append the driver passes
 //!   what storage says of its room to [`Node::on_log_space`]; while it is
-//!   full the node proposes nothing new (client batches wait, never fail),
-//!   truncates through its newest checkpoint and takes another, and
-//!   returns a [`LogFullError`] for the driver to crash-stop on only when
-//!   nothing it applied is left to truncate.
+//!   full the node proposes nothing new (client batches wait, never fail)
+//!   and votes on no Accept (it drops them: the leader resends), truncates
+//!   through its newest checkpoint and takes another, and returns a
+//!   [`LogFullError`] for the driver to crash-stop on only when nothing it
+//!   applied is left to truncate.
 //! - [`StateMachine`] is the application: it executes requests, streams its
 //!   state into checkpoints and restores from them. It knows nothing of
 //!   Paxos, and the node knows nothing of it beyond this trait.

@@ -19,8 +19,9 @@
 //!   [`CheckpointJob`] goes to the driver; once it reports it durable, the
 //!   core compacts below it (keeping `compact_retain` decrees).
 //! - **Backpressure from a full log.** While storage reports its log full
-//!   ([`Node::on_log_space`]) no new batch is proposed; a checkpoint and a
-//!   truncation through it make the room.
+//!   ([`Node::on_log_space`]) no new batch is proposed and no Accept is
+//!   voted on (a follower would otherwise append what the leader sends until
+//!   storage fails); a checkpoint and a truncation through it make the room.
 //! - **State transfer.** A replica behind everything its peers retain
 //!   fetches the newest checkpoint chunk by chunk from a peer, has it
 //!   written and verified, installs it and restarts its core from it in
@@ -149,6 +150,9 @@ pub struct NodeStatus {
     /// Storage reported its log full ([`paxos_log::LogSpace::Full`]): this
     /// node proposes nothing new until a truncation gives it room.
     pub log_full: bool,
+    /// Accepts this node did not vote on because its log was full, since
+    /// start: it stays out of quorums until a truncation gives it room.
+    pub accepts_refused_while_full: u64,
     /// Catch-up chunks served to peers from storage (decrees below the
     /// core's in-memory log) since start.
     pub catchup_served_from_storage: u64,
@@ -285,6 +289,9 @@ pub struct Node<S: StateMachine, C> {
     checkpoint_failed_at: Option<Time>,
     /// Storage's log is full: propose nothing new (see [`Node::on_log_space`]).
     log_full: Option<LogFull>,
+    /// Accept messages dropped because the log was full (see
+    /// [`Node::handle_message`]).
+    accepts_refused_while_full: u64,
     /// The slot the last `Truncate` this node asked for covers.
     compacted_through: Slot,
     // Cluster-view bookkeeping.
@@ -368,6 +375,7 @@ impl<S: StateMachine, C> Node<S, C> {
             repairing: damaged,
             checkpoint_failed_at: None,
             log_full: None,
+            accepts_refused_while_full: 0,
             compacted_through,
             book: Arc::new(BTreeMap::new()),
             book_generation: u64::MAX,
@@ -394,6 +402,7 @@ impl<S: StateMachine, C> Node<S, C> {
                 pending_reads: 0,
                 reads_served: 0,
                 log_full: false,
+                accepts_refused_while_full: 0,
                 catchup_served_from_storage: 0,
             },
             reads: ReadQueue::new(config.max_pending_reads, config.max_pending_read_bytes),
@@ -597,6 +606,18 @@ impl<S: StateMachine, C> Node<S, C> {
             }
         } else {
             match codec::decode(bytes) {
+                // A full log takes no more accepted values: each would be
+                // one more append into a log that storage already said
+                // cannot hold more (the nvm region runs out of room soon
+                // after and the append fails: a crash-stop). Not voting is
+                // always safe (it is a lost message); the leader resends,
+                // and once a checkpoint lets this node truncate, storage
+                // reports room and it votes again. Everything else (commit
+                // indexes, catch-up, elections) still flows, so what it
+                // accepted before can be chosen, applied and checkpointed.
+                Ok(Message::Accept(_)) if self.log_full.is_some() => {
+                    self.accepts_refused_while_full += 1;
+                }
                 Ok(msg) => self.core.handle_message(now, from, msg),
                 Err(e) => tracing::warn!(%from, error = %e, "dropping undecodable peer message"),
             }
@@ -1109,6 +1130,7 @@ impl<S: StateMachine, C> Node<S, C> {
             repair: self.core.repair_progress(),
             pending_reads: self.reads.len(),
             log_full: self.log_full.is_some(),
+            accepts_refused_while_full: self.accepts_refused_while_full,
             ..self.stats.clone()
         }
     }

@@ -129,3 +129,51 @@ fn a_log_still_full_with_everything_applied_truncated_is_an_error() {
         "{text}"
     );
 }
+
+#[test]
+fn a_follower_with_a_full_log_votes_on_nothing_new_until_it_has_room() {
+    let mut sim = Sim::with(3, |c| {
+        c.checkpoints = true;
+        c.checkpoint_every = 1_000;
+    });
+    for h in sim.hosts.values_mut() {
+        h.save_at_once = false;
+    }
+    let leader = sim.elect();
+    let first = sim.submit(leader, vec![inc(1, 0)]);
+    assert!(sim.run_until(1_000_000, |s| s.outcomes.get(first[0]).is_some()));
+    let full = *sim.hosts.keys().find(|&&h| h != leader).unwrap();
+    let leader_applied = sim.node(leader).applied();
+    assert!(sim.run_until(1_000_000, |s| s.node(full).applied() >= leader_applied));
+    let accepted_before = sim.host(full).durable.accepted.len();
+
+    let now = sim.now;
+    sim.host_mut(full).node.on_log_space(now, FULL).unwrap();
+    sim.drain(full);
+    // The other follower and the leader are a quorum: writes go on, and
+    // the full follower appends none of them.
+    let during = sim.submit(leader, vec![inc(2, 0), inc(3, 0)]);
+    assert!(sim.run_until(1_000_000, |s| during
+        .iter()
+        .all(|r| s.outcomes.get(*r).is_some())));
+    assert_eq!(sim.outcomes.total(during[1]), 6);
+    assert_eq!(
+        sim.host(full).durable.accepted.len(),
+        accepted_before,
+        "a follower with a full log appended an accepted value"
+    );
+    assert!(sim.node(full).status().accepts_refused_while_full > 0);
+
+    // Room again: it votes and catches up.
+    let now = sim.now;
+    sim.host_mut(full)
+        .node
+        .on_log_space(now, LogSpace::Available)
+        .unwrap();
+    sim.drain(full);
+    let after = sim.submit(leader, vec![inc(4, 0)]);
+    assert!(sim.run_until(2_000_000, |s| s.outcomes.get(after[0]).is_some()));
+    let leader_applied = sim.node(leader).applied();
+    assert!(sim.run_until(2_000_000, |s| s.node(full).applied() >= leader_applied));
+    assert_eq!(sim.counter(full).total, 10);
+}
