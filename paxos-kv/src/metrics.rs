@@ -490,6 +490,12 @@ impl prometheus_client::collector::Collector for NodeCollector {
             "1 while storage reports its log full: new writes wait until a checkpoint lets it truncate",
             u64::from(s.log_full),
         )?;
+        counter(
+            e,
+            "paxos_accepts_refused_log_full",
+            "Accepts this replica did not vote on because its log was full (the leader resends them)",
+            s.accepts_refused_log_full,
+        )?;
         gauge_u(
             e,
             "paxos_pending_reads",

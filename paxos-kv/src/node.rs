@@ -145,6 +145,7 @@ pub struct SharedStatus {
     reads_served: AtomicU64,
     /// 1 while storage reports its log full and writes wait.
     log_full: AtomicU8,
+    accepts_refused_log_full: AtomicU64,
     fetches_served_from_disk: AtomicU64,
     /// Membership, peers and address book; replaced (not edited) by the
     /// loop on its timer and on membership changes.
@@ -195,6 +196,9 @@ pub struct NodeStatus {
     /// Storage reports its log full: new writes wait for a checkpoint to
     /// truncate it (see `paxos_node::Node::on_log_space`).
     pub log_full: bool,
+    /// Accepts this replica did not vote on because its log was full,
+    /// since start (the leader resends them).
+    pub accepts_refused_log_full: u64,
     /// Catch-up chunks served to peers from storage (decrees below the
     /// in-memory log, read back from disk) since start.
     pub fetches_served_from_disk: u64,
@@ -249,6 +253,7 @@ impl SharedStatus {
             pending_reads: self.pending_reads.load(Ordering::Relaxed),
             reads_served: self.reads_served.load(Ordering::Relaxed),
             log_full: self.log_full.load(Ordering::Relaxed) != 0,
+            accepts_refused_log_full: self.accepts_refused_log_full.load(Ordering::Relaxed),
             fetches_served_from_disk: self.fetches_served_from_disk.load(Ordering::Relaxed),
         }
     }
@@ -301,6 +306,8 @@ impl SharedStatus {
             .store(s.pending_reads as u64, Ordering::Relaxed);
         self.reads_served.store(s.reads_served, Ordering::Relaxed);
         self.log_full.store(u8::from(s.log_full), Ordering::Relaxed);
+        self.accepts_refused_log_full
+            .store(s.accepts_refused_while_full, Ordering::Relaxed);
         self.fetches_served_from_disk
             .store(s.catchup_served_from_storage, Ordering::Relaxed);
     }
@@ -1400,6 +1407,7 @@ mod tests {
             pending_reads: 0,
             reads_served: 0,
             log_full: false,
+            accepts_refused_while_full: 0,
             catchup_served_from_storage: 0,
         };
         let publish = |s: &paxos_node::NodeStatus| {

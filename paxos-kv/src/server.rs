@@ -1088,6 +1088,7 @@ mod tests {
             pending_reads: 0,
             reads_served: 0,
             log_full: false,
+            accepts_refused_log_full: 0,
             fetches_served_from_disk: 0,
         };
         let peer =

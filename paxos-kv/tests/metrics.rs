@@ -170,6 +170,7 @@ async fn scenario() {
         0.0,
         "a file log always has room"
     );
+    assert_eq!(must(&body, "paxos_accepts_refused_log_full_total"), 0.0);
     assert!(must(&body, "paxos_submit_queue_capacity") >= 1.0);
     must(&body, "paxos_client_disconnects_total{reason=\"idle\"}");
     for peer in (0..3).filter(|&i| i != leader) {
