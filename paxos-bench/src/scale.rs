@@ -348,10 +348,20 @@ pub async fn run(cluster: &mut Cluster, spec: &ScaleSpec) -> anyhow::Result<()> 
     samples.sort_unstable_by_key(|s| s.sent_us);
 
     // What the nodes logged.
+    std::fs::create_dir_all(&spec.out_dir)
+        .with_context(|| format!("creating {}", spec.out_dir.display()))?;
     let logs: Vec<Vec<Event>> = (0..n)
         .map(|i| {
             let text = std::fs::read_to_string(cluster.dir.join(format!("node{}.log", i + 1)))
                 .unwrap_or_default();
+            // Kept beside the report: the cluster directory is removed
+            // when the run ends.
+            let kept = spec
+                .out_dir
+                .join(format!("scale-{}-node{}.log", spec.keys, i + 1));
+            if let Err(e) = std::fs::write(&kept, &text) {
+                eprintln!("could not keep {}: {e}", kept.display());
+            }
             nodelog::parse_log(&text)
         })
         .collect();
@@ -431,6 +441,39 @@ pub async fn run(cluster: &mut Cluster, spec: &ScaleSpec) -> anyhow::Result<()> 
     println!(
         "leader changes after the stable leader: {polled_leader_changes} by INFO polling, {logged_leader_changes} in the node logs [target 0]"
     );
+    // Each change with what the nodes were doing then: a change inside a
+    // checkpoint window points at the checkpoint, one outside at something
+    // else (loading, the wipe, the host).
+    let since_monitor: Vec<Vec<Window>> = logs
+        .iter()
+        .map(|l| checkpoint_windows(l, monitor_start_us))
+        .collect();
+    for (i, l) in logs.iter().enumerate() {
+        for e in l.iter().filter(|e| e.at_unix_us > monitor_start_us) {
+            let EventKind::PrimaryChanged { leader } = e.kind else {
+                continue;
+            };
+            let at = e.at_unix_us - monitor_start_us;
+            let checkpointing: Vec<String> = since_monitor
+                .iter()
+                .enumerate()
+                .filter(|(_, w)| w.iter().any(|w| w.start_us <= at && at <= w.end_us))
+                .map(|(j, _)| format!("node{}", j + 1))
+                .collect();
+            println!(
+                "  node{} {} at {:.1} s after the stable leader (loading ended at {:.1} s); checkpoints running then: {}",
+                i + 1,
+                if leader { "became leader" } else { "stopped leading" },
+                at as f64 / 1e6,
+                origin_unix_us.saturating_sub(monitor_start_us) as f64 / 1e6,
+                if checkpointing.is_empty() {
+                    "none".to_string()
+                } else {
+                    checkpointing.join(", ")
+                }
+            );
+        }
+    }
     for (i, l) in logs.iter().enumerate() {
         let durations: Vec<u64> = l
             .iter()
