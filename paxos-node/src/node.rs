@@ -289,9 +289,6 @@ pub struct Node<S: StateMachine, C> {
     checkpoint_failed_at: Option<Time>,
     /// Storage's log is full: propose nothing new (see [`Node::on_log_space`]).
     log_full: Option<LogFull>,
-    /// Accept messages dropped because the log was full (see
-    /// [`Node::handle_message`]).
-    accepts_refused_while_full: u64,
     /// The slot the last `Truncate` this node asked for covers.
     compacted_through: Slot,
     // Cluster-view bookkeeping.
@@ -375,7 +372,6 @@ impl<S: StateMachine, C> Node<S, C> {
             repairing: damaged,
             checkpoint_failed_at: None,
             log_full: None,
-            accepts_refused_while_full: 0,
             compacted_through,
             book: Arc::new(BTreeMap::new()),
             book_generation: u64::MAX,
@@ -616,7 +612,7 @@ impl<S: StateMachine, C> Node<S, C> {
                 // indexes, catch-up, elections) still flows, so what it
                 // accepted before can be chosen, applied and checkpointed.
                 Ok(Message::Accept(_)) if self.log_full.is_some() => {
-                    self.accepts_refused_while_full += 1;
+                    self.stats.accepts_refused_while_full += 1;
                 }
                 Ok(msg) => self.core.handle_message(now, from, msg),
                 Err(e) => tracing::warn!(%from, error = %e, "dropping undecodable peer message"),
@@ -1130,7 +1126,6 @@ impl<S: StateMachine, C> Node<S, C> {
             repair: self.core.repair_progress(),
             pending_reads: self.reads.len(),
             log_full: self.log_full.is_some(),
-            accepts_refused_while_full: self.accepts_refused_while_full,
             ..self.stats.clone()
         }
     }
