@@ -66,28 +66,45 @@
 //!    false before the map lets go of it, so when the last frozen view
 //!    drops it, it frees nothing. A shard that is not shared frees its
 //!    blocks when dropped (through rule 3).
-//! 2. **A copy marks every entry it starts with** ([`StoredValue::is_marked`]):
-//!    a marked entry's blocks may also be reachable from a frozen view of
-//!    the copy's [`Generation`] (the set of frozen views alive together).
-//!    A marked block is never written in place while that generation has a
-//!    view. An entry inserted after the copy, or whose value was replaced,
-//!    is unmarked and is the map's alone (a long key keeps its entry
-//!    marked: the key is still shared).
+//! 2. **A copy marks every entry it starts with** ([`StoredValue::is_marked`])
+//!    and keeps weak references to its *origins*: the shard it was copied
+//!    from, and that shard's own origins that are still alive. A marked
+//!    entry's blocks may also be reachable from a frozen view through an
+//!    origin that is alive (held by a view), so a marked block is never
+//!    written in place while any origin of its shard is alive. An entry
+//!    inserted after the copy, or whose value was replaced, is unmarked and
+//!    is the map's alone (a long key keeps its entry marked: the key is
+//!    still shared).
 //! 3. **A block the map drops is freed only if no frozen view can reach
-//!    it**: an unmarked block, or a marked one whose generation has no view
-//!    left, is freed at once; a marked block of a generation that still has
-//!    views is *deferred* to that generation, and the last of its views to
-//!    be dropped frees all of them (on the checkpoint thread, not the loop).
+//!    it**: an unmarked block, or a marked one whose shard has no live
+//!    origin, is freed at once; otherwise it is *deferred* to the nearest
+//!    live origin, and freed when that origin is dropped, or handed on to
+//!    that origin's own nearest live origin (a block marked in a copy may
+//!    have been marked, and so shared, in the origin too).
+//!
+//! An origin dies when the last view holding it lets go of it, and a
+//! checkpoint lets go of each shard as soon as it has written it
+//! ([`FrozenKeyMap::drain`]). So what a checkpoint's view kept alive is
+//! given back shard by shard while the checkpoint runs, on its thread, and
+//! not all at once when it ends (a burst of frees that glibc then sorted
+//! during the loop's next large malloc: the 100 ms writes at the end of a
+//! checkpoint at ten million keys); and a write to a shard the checkpoint
+//! has already written finds it unshared and copies nothing, so a
+//! checkpoint holds a copy of only the shards written before it got to
+//! them.
 //!
 //! So every block a frozen view can reach stays alive and unchanged until
-//! the view is gone, and every block is freed exactly once: by the live
-//! map, by the last shard holding it that still owns blocks, or by its
-//! generation. The decision between "free now" and "defer" is made under
-//! the generation's lock, so a view being dropped on another thread at the
-//! same moment cannot slip between the check and the deferral. The model
-//! tests below check contents against `HashMap`s across freezes, drops in
-//! every order and overlapping views; the leak and double-free side is
-//! checked by the counting tests (`blocks_live`).
+//! the view has let go of the shards that reach it, and every block is freed
+//! exactly once: by the live map, by the last shard holding it that still
+//! owns blocks, or by the origin it was deferred to. Whether an origin is
+//! alive is decided by `Weak::upgrade`, which takes a strong reference, so a
+//! view dropping the origin on another thread at the same moment cannot
+//! slip between the check and the deferral: the writer's reference is then
+//! the last, and it frees the origin (on the loop: one shard's buckets and
+//! what was deferred to it). The model tests below check contents against
+//! `HashMap`s across freezes, partial drains, drops in every order and
+//! overlapping views; the leak and double-free side is checked by the
+//! counting tests (`blocks_live`).
 //!
 //! # Deadlines (expiry)
 //!
@@ -107,8 +124,8 @@ use hashbrown::HashTable;
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{BuildHasher, RandomState};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 /// Longest key stored inside its bucket.
 pub const INLINE_KEY: usize = 22;
@@ -213,42 +230,38 @@ impl Entry {
     }
 
     /// Drops the entry's blocks (rule 3): frees them, or defers them to
-    /// `generation` if the entry is marked and that generation still has
-    /// views.
+    /// the nearest live one of `origins` if the entry is marked.
     ///
     /// # Safety
     /// The caller owns the entry's blocks (rule 1) and removed the entry
-    /// from the only shard that owned it.
-    unsafe fn release(self, generation: Option<&Generation>) {
+    /// from the only shard that owned it; `origins` are that shard's.
+    unsafe fn release(self, origins: &[Weak<Shard>]) {
+        let value = Deferred::Value(self.value.marked(false));
         let heap_key = match self.key {
-            Key::Heap(block) => Some(block),
+            Key::Heap(block) => Some(Deferred::Key(block)),
             Key::Inline { .. } => None,
         };
-        let value = self.value.marked(false);
+        let blocks = std::iter::once(value).chain(heap_key);
         if self.value.is_marked() {
-            if let Some(generation) = generation {
-                if generation.defer(Deferred::Value(value), heap_key.map(Deferred::Key)) {
-                    return;
-                }
-            }
-        }
-        // SAFETY: caller's guarantee, and no view can reach them.
-        unsafe {
-            value.release();
-            if let Some(block) = heap_key {
-                free_key_block(block);
+            // SAFETY: caller's guarantee.
+            unsafe { defer_or_free(origins, blocks) };
+        } else {
+            for block in blocks {
+                // SAFETY: caller's guarantee, and unmarked: no view
+                // reaches it.
+                unsafe { block.free() };
             }
         }
     }
 }
 
-/// A block whose freeing waits for a generation's last view.
+/// A block whose freeing waits for a frozen view to let go of a shard.
 enum Deferred {
     Value(StoredValue),
     Key(NonNull<[u8]>),
 }
 
-// Deferred blocks are freed by whichever thread drops the last view.
+// Deferred blocks are freed by whichever thread drops their origin.
 unsafe impl Send for Deferred {}
 
 impl Deferred {
@@ -265,83 +278,32 @@ impl Deferred {
     }
 }
 
-/// Deferred blocks are kept in chunks of this many, so the list never
-/// reallocates (and copies) a large vector on the loop.
-const DEFERRED_CHUNK: usize = 4096;
-
-/// Frozen views alive together, and the blocks the live map dropped while
-/// they could still reach them (rule 3 in the module docs).
-#[derive(Default)]
-struct Generation {
-    state: Mutex<GenerationState>,
-}
-
-#[derive(Default)]
-struct GenerationState {
-    /// Frozen views of this generation alive now. Once it falls to zero the
-    /// generation is over for good: [`KeyMap::freeze`] starts a new one.
-    views: usize,
-    deferred: Vec<Vec<Deferred>>,
-}
-
-impl Generation {
-    fn lock(&self) -> std::sync::MutexGuard<'_, GenerationState> {
-        // A panic elsewhere cannot leave the state half-written: every
-        // critical section is a push or a counter step.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Adds a view if the generation still has one; false if it is over.
-    fn join(&self) -> bool {
-        let mut state = self.lock();
-        if state.views == 0 {
-            return false;
+/// Rule 3: hands `blocks` to the nearest of `origins` that is alive (it
+/// frees them, or hands them on, when it is dropped), or frees them if none
+/// is.
+///
+/// # Safety
+/// The caller owns `blocks` (they are unreachable from the live map and
+/// freed by nobody else), and any view that may reach them reaches them
+/// through one of `origins` (nearest first).
+unsafe fn defer_or_free(origins: &[Weak<Shard>], blocks: impl Iterator<Item = Deferred>) {
+    for origin in origins {
+        // `upgrade` takes a strong reference, so the origin cannot be
+        // dropped between this check and the push. If a view lets go of
+        // it meanwhile, this reference is the last one and dropping it
+        // below frees what was just deferred: still exactly once.
+        if let Some(origin) = origin.upgrade() {
+            origin.deferred().extend(blocks);
+            return;
         }
-        state.views += 1;
-        true
     }
-
-    fn has_views(&self) -> bool {
-        self.lock().views > 0
-    }
-
-    /// Defers `first` and `second` until the last view is dropped; false
-    /// (nothing kept) if there is no view left, so the caller frees them.
-    fn defer(&self, first: Deferred, second: Option<Deferred>) -> bool {
-        let mut state = self.lock();
-        if state.views == 0 {
-            return false;
-        }
-        for block in std::iter::once(first).chain(second) {
-            match state.deferred.last_mut() {
-                Some(chunk) if chunk.len() < DEFERRED_CHUNK => chunk.push(block),
-                _ => {
-                    let mut chunk = Vec::with_capacity(DEFERRED_CHUNK);
-                    chunk.push(block);
-                    state.deferred.push(chunk);
-                }
-            }
-        }
-        true
-    }
-
-    /// Removes a view; the last one frees every deferred block (outside
-    /// the lock).
-    fn leave(&self) {
-        let deferred = {
-            let mut state = self.lock();
-            assert!(state.views > 0, "a view left a generation with none");
-            state.views -= 1;
-            if state.views > 0 {
-                return;
-            }
-            std::mem::take(&mut state.deferred)
-        };
-        for block in deferred.into_iter().flatten() {
-            // SAFETY: the live map handed these over (rule 3) and no view
-            // is left to reach them; each was deferred once.
-            unsafe { block.free() };
-        }
+    // No origin is alive, and one that died never comes back: no view
+    // reaches these any more. (The acquire pairs with the release of the
+    // views' last decrements, so their reads come before the frees.)
+    fence(Ordering::Acquire);
+    for block in blocks {
+        // SAFETY: caller's guarantee, and unreachable.
+        unsafe { block.free() };
     }
 }
 
@@ -354,16 +316,23 @@ struct Shard {
     /// Rule 1: true while the live map may still own this shard; set false
     /// (for good) when the map copies it for writing.
     owns_blocks: AtomicBool,
-    /// Rule 2: the generation this shard's marked entries may be shared
-    /// with (`None`: no entry is marked).
-    generation: Option<Arc<Generation>>,
+    /// Rule 2: the shards this one was copied from that frozen views may
+    /// still hold, nearest first (empty: no entry is shared, or the shard
+    /// was never copied). At most one per frozen view alive when the copy
+    /// was made, and pruned as they die.
+    origins: Vec<Weak<Shard>>,
+    /// Rule 3: blocks the live map dropped from a copy of this shard while
+    /// this shard could still reach them. Only ever filled while a view
+    /// holds this shard, and freed (or handed on) when it is dropped.
+    deferred: Mutex<Vec<Deferred>>,
 }
 
 // SAFETY: a shard is read concurrently (a frozen view on a checkpoint
 // thread, the live map on the loop) only through `&Shard`, which reads
-// blocks that rules 1–3 keep alive and unwritten; it is written only
-// through `&mut Shard`, which `Arc::get_mut` hands out to the live map
-// alone, and then writes in place only blocks no view can reach.
+// blocks that rules 1–3 keep alive and unwritten (the deferred list is
+// behind its mutex); it is written only through `&mut Shard`, which
+// `Arc::get_mut` hands out to the live map alone, and then writes in place
+// only blocks no view can reach.
 unsafe impl Send for Shard {}
 unsafe impl Sync for Shard {}
 
@@ -373,40 +342,85 @@ impl Shard {
             table,
             deadlines: BTreeMap::new(),
             owns_blocks: AtomicBool::new(true),
-            generation: None,
+            origins: Vec::new(),
+            deferred: Mutex::new(Vec::new()),
         }
     }
 
-    /// The copy the live map writes to while frozen views keep `self`.
+    /// The copy the live map writes to while frozen views keep `this`.
     /// Bitwise for the buckets, so O(buckets) with no per-value work.
-    fn copy_for_writing(&self, generation: Arc<Generation>) -> Shard {
-        let mut table = self.table.clone();
+    fn copy_for_writing(this: &Arc<Shard>) -> Shard {
+        let mut table = this.table.clone();
         for entry in table.iter_mut() {
             entry.value = entry.value.marked(true);
         }
+        let mut origins = Vec::with_capacity(1 + this.origins.len());
+        origins.push(Arc::downgrade(this));
+        origins.extend(
+            this.origins
+                .iter()
+                .filter(|o| o.strong_count() > 0)
+                .cloned(),
+        );
         Shard {
             table,
-            deadlines: self.deadlines.clone(),
+            deadlines: this.deadlines.clone(),
             owns_blocks: AtomicBool::new(true),
-            generation: Some(generation),
+            origins,
+            deferred: Mutex::new(Vec::new()),
         }
     }
 
-    /// Whether `entry`'s blocks may be reachable from a frozen view.
+    /// Whether `entry`'s blocks may be reachable from a frozen view. When
+    /// this says no, it stays no: a dead origin never comes back.
     fn shares(&self, entry: &Entry) -> bool {
-        entry.value.is_marked() && self.generation.as_ref().is_some_and(|g| g.has_views())
+        if !entry.value.is_marked() {
+            return false;
+        }
+        if self.origins.iter().any(|o| o.strong_count() > 0) {
+            return true;
+        }
+        // The views' last reads come before the caller's writes in place
+        // (pairs with the release of their decrements).
+        fence(Ordering::Acquire);
+        false
+    }
+
+    /// Forgets origins that died (a write calls it, so a shard whose views
+    /// are gone stops checking them).
+    fn prune_origins(&mut self) {
+        if !self.origins.is_empty() {
+            self.origins.retain(|o| o.strong_count() > 0);
+        }
+    }
+
+    fn deferred(&self) -> std::sync::MutexGuard<'_, Vec<Deferred>> {
+        // A panic elsewhere cannot leave the list half-written: every
+        // critical section is a push, an extend or a take.
+        self.deferred.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 impl Drop for Shard {
     fn drop(&mut self) {
+        let deferred = std::mem::take(
+            self.deferred
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        if !deferred.is_empty() {
+            // SAFETY: deferred to this shard (rule 3), which nobody reaches
+            // any more; a view may still reach them through this shard's own
+            // origins.
+            unsafe { defer_or_free(&self.origins, deferred.into_iter()) };
+        }
         if !self.owns_blocks.load(Ordering::Acquire) {
             return;
         }
-        let generation = self.generation.as_deref();
+        let origins = std::mem::take(&mut self.origins);
         for entry in self.table.drain() {
             // SAFETY: this shard owns its blocks (rule 1) and is going away.
-            unsafe { entry.release(generation) };
+            unsafe { entry.release(&origins) };
         }
     }
 }
@@ -429,9 +443,6 @@ pub struct KeyMap {
     /// Every key with a deadline, by `(deadline, key)`: what is due first
     /// is first. Exactly the union of the shards' `deadlines`.
     by_deadline: BTreeSet<(u64, Box<[u8]>)>,
-    /// The generation of the latest [`KeyMap::freeze`]: the one a shard
-    /// copied now is shared with.
-    generation: Option<Arc<Generation>>,
 }
 
 /// One deadline's share of a content digest (as [`entry_digest`]).
@@ -479,7 +490,6 @@ impl KeyMap {
             hasher: RandomState::new(),
             content_digest: None,
             by_deadline: BTreeSet::new(),
-            generation: None,
         }
     }
 
@@ -533,25 +543,21 @@ impl KeyMap {
     /// The shard at `index`, ready for writing: made if it was empty,
     /// copied first if a frozen view still holds it (rules 1 and 2).
     /// (Borrows only the shards, so the caller can use the other fields.)
-    fn shard_mut<'a>(
-        shards: &'a mut [Option<Arc<Shard>>],
-        generation: Option<&Arc<Generation>>,
-        index: usize,
-    ) -> &'a mut Shard {
+    fn shard_mut(shards: &mut [Option<Arc<Shard>>], index: usize) -> &mut Shard {
         let slot = &mut shards[index];
         let shard = slot.get_or_insert_with(|| Arc::new(Shard::new(HashTable::new())));
         if Arc::get_mut(shard).is_none() {
-            // Only a frozen view shares a shard, so a freeze made the
-            // generation.
-            let generation = Arc::clone(generation.expect("a shared shard implies a freeze"));
-            let copy = shard.copy_for_writing(generation);
+            // Only frozen views share a shard.
+            let copy = Shard::copy_for_writing(shard);
             // Rule 1: from here only frozen views hold the original, and
             // its blocks are the copy's. (Release: the view that drops it
             // last reads this after its Arc decrement's acquire.)
             shard.owns_blocks.store(false, Ordering::Release);
             *shard = Arc::new(copy);
         }
-        Arc::get_mut(shard).expect("unshared after the copy")
+        let shard = Arc::get_mut(shard).expect("unshared after the copy");
+        shard.prune_origins();
+        shard
     }
 
     /// The value of `key`.
@@ -592,11 +598,7 @@ impl KeyMap {
             self.content_digest =
                 Some(sum.wrapping_sub(old).wrapping_add(entry_digest(key, value)));
         }
-        let shard = Self::shard_mut(
-            &mut self.shards,
-            self.generation.as_ref(),
-            shard_of_digest(key_digest(key)),
-        );
+        let shard = Self::shard_mut(&mut self.shards, shard_of_digest(key_digest(key)));
         if let Some(e) = shard.table.find(hash, |e| e.key() == key) {
             let (old, heap_key) = (e.value, e.key.is_heap());
             let shared = shard.shares(e);
@@ -605,11 +607,10 @@ impl KeyMap {
                 .find_mut(hash, |e| e.key() == key)
                 .expect("found above");
             if !shared {
-                // Ours alone (rule 2): a stale mark of a generation with no
-                // view left is dropped.
+                // Ours alone (rule 2): a stale mark, of origins no view
+                // holds any more, is dropped.
                 e.value = old.marked(false);
-                // SAFETY: unmarked or its generation has no view: nobody
-                // else reads it.
+                // SAFETY: unmarked or no origin alive: nobody else reads it.
                 if unsafe { e.value.overwrite_in_place(value) } {
                     return;
                 }
@@ -622,12 +623,14 @@ impl KeyMap {
             // the old one (rule 3). A long key stays shared, so its entry
             // stays marked.
             e.value = StoredValue::new(value).marked(heap_key);
-            let generation = shard.generation.as_deref().expect("shares() saw it");
-            if !generation.defer(Deferred::Value(old.marked(false)), None) {
-                // The last view went away since `shares`: nobody reads it.
-                // SAFETY: replaced above; owned, unreachable.
-                unsafe { old.marked(false).release() };
-            }
+            // SAFETY: replaced above, so the map no longer reaches it, and
+            // owned (rule 1); a view reaches it only through an origin.
+            unsafe {
+                defer_or_free(
+                    &shard.origins,
+                    std::iter::once(Deferred::Value(old.marked(false))),
+                )
+            };
             return;
         }
         let hasher = &self.hasher;
@@ -650,11 +653,7 @@ impl KeyMap {
             return false;
         }
         let hash = self.hash(key);
-        let shard = Self::shard_mut(
-            &mut self.shards,
-            self.generation.as_ref(),
-            shard_of_digest(key_digest(key)),
-        );
+        let shard = Self::shard_mut(&mut self.shards, shard_of_digest(key_digest(key)));
         let Ok(entry) = shard.table.find_entry(hash, |e| e.key() == key) else {
             return false;
         };
@@ -663,7 +662,7 @@ impl KeyMap {
             .content_digest
             .map(|sum| sum.wrapping_sub(entry_digest(key, removed.value())));
         // SAFETY: taken out of the live map, which owned it (rule 1).
-        unsafe { removed.release(shard.generation.as_deref()) };
+        unsafe { removed.release(&shard.origins) };
         if let Some(deadline) = shard.deadlines.remove(key) {
             self.by_deadline.remove(&(deadline, Box::from(key)));
             self.content_digest = self
@@ -700,11 +699,7 @@ impl KeyMap {
             return old;
         }
         let mut digest = self.content_digest;
-        let shard = Self::shard_mut(
-            &mut self.shards,
-            self.generation.as_ref(),
-            shard_of_digest(key_digest(key)),
-        );
+        let shard = Self::shard_mut(&mut self.shards, shard_of_digest(key_digest(key)));
         let mut by_deadline_changes = (None, None);
         if let Some(old) = old {
             shard.deadlines.remove(key);
@@ -796,64 +791,40 @@ impl KeyMap {
 
     /// A view of the map as it is now, unaffected by later writes.
     /// O(shards): it shares the shards, and a later write to the map copies
-    /// the shard it touches (once) instead of changing the view.
+    /// the shard it touches (once) instead of changing the view, unless the
+    /// view has already let go of that shard ([`FrozenKeyMap::drain`]).
     pub fn freeze(&mut self) -> FrozenKeyMap {
-        let generation = match &self.generation {
-            Some(g) if g.join() => Arc::clone(g),
-            _ => {
-                let g = Arc::new(Generation::default());
-                g.lock().views = 1;
-                self.generation = Some(Arc::clone(&g));
-                g
-            }
-        };
         FrozenKeyMap {
             shards: self.shards.clone(),
+            next_shard: 0,
             len: self.len,
             deadlines: self.by_deadline.len(),
-            generation,
         }
     }
 }
 
 /// An immutable view of a [`KeyMap`] taken by [`KeyMap::freeze`]. `Send`,
-/// so it can be written out on another thread; dropping it (there) frees
-/// what the map deferred to it.
+/// so it can be written out on another thread, where [`FrozenKeyMap::drain`]
+/// gives each shard back as soon as it is written, and dropping the view
+/// gives back the rest: either frees what the map deferred to those shards.
+#[derive(Clone)]
 pub struct FrozenKeyMap {
+    /// `None` for a shard that was empty, or that [`FrozenKeyMap::drain`]
+    /// has visited and let go of.
     shards: Vec<Option<Arc<Shard>>>,
+    /// Shards before this index were drained.
+    next_shard: usize,
+    /// Keys at the freeze (drained or not).
     len: usize,
-    /// Keys with a deadline.
+    /// Keys with a deadline at the freeze.
     deadlines: usize,
-    generation: Arc<Generation>,
-}
-
-impl Clone for FrozenKeyMap {
-    fn clone(&self) -> Self {
-        // `self` is a view of the generation, so it cannot be over.
-        assert!(self.generation.join(), "a live view's generation is over");
-        FrozenKeyMap {
-            shards: self.shards.clone(),
-            len: self.len,
-            deadlines: self.deadlines,
-            generation: Arc::clone(&self.generation),
-        }
-    }
-}
-
-impl Drop for FrozenKeyMap {
-    fn drop(&mut self) {
-        // The shards first: one this view was the last to hold, and that
-        // still owns its blocks, may defer marked ones to the generation,
-        // which this view keeps open until it leaves.
-        drop(std::mem::take(&mut self.shards));
-        self.generation.leave();
-    }
 }
 
 impl std::fmt::Debug for FrozenKeyMap {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FrozenKeyMap")
             .field("len", &self.len)
+            .field("next_shard", &self.next_shard)
             .finish()
     }
 }
@@ -865,22 +836,27 @@ impl Default for FrozenKeyMap {
 }
 
 impl FrozenKeyMap {
-    /// Number of keys.
+    /// Number of keys at the freeze (including any already drained).
     pub fn len(&self) -> usize {
         self.len
     }
 
-    /// True when there are no keys.
+    /// True when there were no keys at the freeze.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
-    /// How many keys have a deadline.
+    /// How many keys had a deadline at the freeze.
     pub fn deadlines_len(&self) -> usize {
         self.deadlines
     }
 
-    /// Every (key, value), in no particular order.
+    /// True once [`FrozenKeyMap::drain`] has visited every shard.
+    pub fn is_drained(&self) -> bool {
+        self.next_shard == SHARDS
+    }
+
+    /// Every (key, value) not yet drained, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         self.shards
             .iter()
@@ -889,34 +865,45 @@ impl FrozenKeyMap {
             .map(|e| (e.key(), e.value()))
     }
 
-    /// Every (key, value) in ascending `(key_digest(key), key)` order: an
-    /// order that depends only on the contents, so equal maps (on any
-    /// replica, whatever their insertion order and hash seed) list equal
-    /// sequences. It does not depend on [`SHARDS`] either: a shard holds a
-    /// range of digests, so it is enough to sort one shard at a time (a
-    /// vector of references, bounded by the largest shard).
+    /// Every (key, value) not yet drained, in ascending
+    /// `(key_digest(key), key)` order: an order that depends only on the
+    /// contents, so equal maps (on any replica, whatever their insertion
+    /// order and hash seed) list equal sequences. It does not depend on
+    /// [`SHARDS`] either: a shard holds a range of digests, so it is enough
+    /// to sort one shard at a time (a vector of references, bounded by the
+    /// largest shard).
     pub fn entries(&self) -> impl Iterator<Item = (&[u8], &[u8], Option<u64>)> {
-        self.shards.iter().flatten().flat_map(|shard| {
-            let mut sorted: Vec<(u32, &[u8], &[u8])> = shard
-                .table
-                .iter()
-                .map(|e| {
-                    let key = e.key();
-                    (key_digest(key), key, e.value())
-                })
-                .collect();
-            // Keys are unique, so the value never decides the order.
-            sorted.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-            let deadlines = &shard.deadlines;
-            sorted.into_iter().map(move |(_, k, v)| {
-                let deadline = if deadlines.is_empty() {
-                    None
-                } else {
-                    deadlines.get(k).copied()
-                };
-                (k, v, deadline)
-            })
-        })
+        self.shards
+            .iter()
+            .flatten()
+            .flat_map(|shard| sorted_entries(shard))
+    }
+
+    /// Visits the entries of up to `shards` more shards, in the order of
+    /// [`FrozenKeyMap::entries`], and lets go of each shard once its
+    /// entries are visited: a later write to it in the live map finds it
+    /// unshared (no copy), and what the map deferred to it is freed now,
+    /// here, rather than when the view is dropped. Returns whether shards
+    /// remain. Stops at the first error `visit` returns, with the shard it
+    /// was visiting kept (a retry visits it again from its start).
+    pub fn drain<E>(
+        &mut self,
+        shards: usize,
+        mut visit: impl FnMut(&[u8], &[u8], Option<u64>) -> Result<(), E>,
+    ) -> Result<bool, E> {
+        let end = self.next_shard.saturating_add(shards).min(SHARDS);
+        while self.next_shard < end {
+            if let Some(shard) = self.shards[self.next_shard].as_deref() {
+                for (key, value, deadline) in sorted_entries(shard) {
+                    visit(key, value, deadline)?;
+                }
+            }
+            // Dropped here, on the caller's thread: if this view held the
+            // shard last, its buckets and deferred blocks are freed now.
+            self.shards[self.next_shard] = None;
+            self.next_shard += 1;
+        }
+        Ok(!self.is_drained())
     }
 
     /// How many of this view's non-empty shards `map` still shares (has
@@ -929,6 +916,30 @@ impl FrozenKeyMap {
             .filter(|(a, b)| matches!((a, b), (Some(a), Some(b)) if Arc::ptr_eq(a, b)))
             .count()
     }
+}
+
+/// A shard's entries with their deadlines, in `(key_digest(key), key)`
+/// order (see [`FrozenKeyMap::entries`]).
+fn sorted_entries(shard: &Shard) -> impl Iterator<Item = (&[u8], &[u8], Option<u64>)> {
+    let mut sorted: Vec<(u32, &[u8], &[u8])> = shard
+        .table
+        .iter()
+        .map(|e| {
+            let key = e.key();
+            (key_digest(key), key, e.value())
+        })
+        .collect();
+    // Keys are unique, so the value never decides the order.
+    sorted.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    let deadlines = &shard.deadlines;
+    sorted.into_iter().map(move |(_, k, v)| {
+        let deadline = if deadlines.is_empty() {
+            None
+        } else {
+            deadlines.get(k).copied()
+        };
+        (k, v, deadline)
+    })
 }
 
 #[cfg(test)]
@@ -1178,6 +1189,120 @@ mod tests {
         assert!(m.iter().all(|(_, v)| v == b"new value, longer"));
     }
 
+    /// What a checkpoint's write does: a drained shard is given back at
+    /// once, so a write to it copies nothing, and the blocks the map
+    /// deferred to it are freed by the drain, not when the view is dropped.
+    #[test]
+    fn draining_a_view_gives_each_shard_back_as_it_goes() {
+        let base = block_count::live();
+        let mut m = KeyMap::default();
+        let keys = spread_keys(20_000);
+        for k in &keys {
+            m.set(k, b"v1");
+        }
+        let mut view = m.freeze();
+        let half = SHARDS / 2;
+        let (early, late): (Vec<&Vec<u8>>, Vec<&Vec<u8>>) = keys
+            .iter()
+            .partition(|k| shard_of_digest(key_digest(k)) < half);
+        assert!(early.len() > 9_000 && late.len() > 9_000);
+        // Overwrite every key with a longer value: each shard is copied and
+        // every old value deferred to the view's shards.
+        for k in &keys {
+            m.set(k, b"v2, longer");
+        }
+        assert_eq!(
+            block_count::live() - base,
+            2 * 20_000,
+            "old values deferred"
+        );
+        let mut listed = Vec::new();
+        let more = view
+            .drain(half, |k, v, _| {
+                listed.push((k.to_vec(), v.to_vec()));
+                Ok::<(), ()>(())
+            })
+            .expect("visit never fails");
+        assert!(more && !view.is_drained());
+        assert_eq!(listed.len(), early.len());
+        assert!(
+            listed.iter().all(|(_, v)| v == b"v1"),
+            "the state at the freeze"
+        );
+        // The drained half's old values are freed; the rest still deferred.
+        assert_eq!(block_count::live() - base, 20_000 + late.len() as isize);
+        // A write to a drained shard finds it unshared: in place, no copy.
+        let frozen_again = m.freeze();
+        drop(frozen_again);
+        let before: Vec<*const Shard> = m.shards.iter().flatten().map(Arc::as_ptr).collect();
+        for k in &keys {
+            m.set(k, b"v3, longer");
+        }
+        let after: Vec<*const Shard> = m.shards.iter().flatten().map(Arc::as_ptr).collect();
+        assert_eq!(before, after, "no shard copied once no view holds it");
+        // The late half was copied before the view got to it, so the view
+        // still lists v1 there.
+        let rest: Vec<Vec<u8>> = view.entries().map(|(_, v, _)| v.to_vec()).collect();
+        assert_eq!(rest.len(), late.len());
+        assert!(rest.iter().all(|v| v == b"v1"));
+        assert!(!view
+            .drain(usize::MAX, |_, _, _| Ok::<(), ()>(()))
+            .expect("visit never fails"));
+        assert!(view.is_drained());
+        assert_eq!(
+            block_count::live() - base,
+            20_000,
+            "only the map's own values"
+        );
+        drop(view);
+        drop(m);
+        assert_eq!(block_count::live(), base);
+    }
+
+    /// A view drained on another thread while the map keeps writing: the
+    /// view lists the state at the freeze, the map its own, and every block
+    /// is freed once (under ASan: no use after free either).
+    #[test]
+    fn a_view_drained_on_another_thread_while_the_map_writes() {
+        let base = block_count::live();
+        let mut m = KeyMap::default();
+        let keys = spread_keys(30_000);
+        for k in &keys {
+            m.set(k, b"old value");
+        }
+        let mut view = m.freeze();
+        let reader = std::thread::spawn(move || {
+            let mut old = 0usize;
+            // Small steps, so the drain and the writes interleave.
+            while view
+                .drain(64, |_, v, _| {
+                    if v == b"old value" {
+                        old += 1;
+                    }
+                    Ok::<(), ()>(())
+                })
+                .expect("visit never fails")
+            {}
+            // The blocks this thread freed (the count is per thread).
+            (old, block_count::live())
+        });
+        for round in 0..3 {
+            for k in &keys {
+                m.set(k, format!("new value {round}").as_bytes());
+            }
+        }
+        for k in &keys[..10_000] {
+            assert!(m.remove(k));
+        }
+        let (old, freed_there) = reader.join().expect("no panic");
+        assert_eq!(old, 30_000);
+        assert_eq!(m.len(), 20_000);
+        assert!(m.iter().all(|(_, v)| v == b"new value 2"));
+        assert_eq!(block_count::live() + freed_there - base, 20_000);
+        drop(m);
+        assert_eq!(block_count::live() + freed_there, base);
+    }
+
     #[test]
     fn an_empty_map_has_no_shards_until_written() {
         let mut m = KeyMap::default();
@@ -1250,6 +1375,9 @@ mod tests {
         Freeze,
         DropView(prop::sample::Index),
         CloneView(prop::sample::Index),
+        /// Drains this many more shards of a view (a checkpoint's write
+        /// getting that far).
+        Drain(prop::sample::Index, usize),
     }
 
     fn step() -> impl Strategy<Value = Step> {
@@ -1258,6 +1386,7 @@ mod tests {
             1 => Just(Step::Freeze),
             1 => any::<prop::sample::Index>().prop_map(Step::DropView),
             1 => any::<prop::sample::Index>().prop_map(Step::CloneView),
+            2 => (any::<prop::sample::Index>(), 0..SHARDS / 3).prop_map(|(i, n)| Step::Drain(i, n)),
         ]
     }
 
@@ -1281,11 +1410,13 @@ mod tests {
 
     proptest! {
         /// Any interleaving of writes, freezes (overlapping or not), view
-        /// clones and view drops: every view lists exactly the state it was
-        /// taken in, the map matches the model, the map owns exactly its
-        /// own blocks whenever no view is alive, and once everything is
-        /// dropped (map first or views first) every block was freed exactly
-        /// once.
+        /// clones, partial drains and view drops: every view lists exactly
+        /// the state it was taken in (what it drained, then what it has
+        /// left), the map matches the model, the map owns exactly its own
+        /// blocks whenever every view alive is drained (so a drain frees
+        /// what was deferred to the shards it lets go of), and once
+        /// everything is dropped (map first or views first) every block was
+        /// freed exactly once.
         #[test]
         fn views_keep_their_state_and_every_block_is_freed_once(
             steps in proptest::collection::vec(step(), 0..300),
@@ -1294,7 +1425,8 @@ mod tests {
             let base = block_count::live();
             let mut m = KeyMap::default();
             let mut model: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
-            let mut views: Vec<(FrozenKeyMap, Contents)> = Vec::new();
+            // Each view, the state it was taken in, and what it drained.
+            let mut views: Vec<(FrozenKeyMap, Contents, Contents)> = Vec::new();
             for step in steps {
                 match step {
                     Step::Write(Op::Set(k, v)) => {
@@ -1304,23 +1436,34 @@ mod tests {
                     Step::Write(Op::Remove(k)) => {
                         prop_assert_eq!(m.remove(&k), model.remove(&k).is_some());
                     }
-                    Step::Freeze => views.push((m.freeze(), sorted_by_digest(&model))),
+                    Step::Freeze => {
+                        views.push((m.freeze(), sorted_by_digest(&model), Vec::new()))
+                    }
                     Step::DropView(i) if !views.is_empty() => {
                         views.remove(i.index(views.len()));
                     }
                     Step::CloneView(i) if !views.is_empty() => {
-                        let (v, snap) = &views[i.index(views.len())];
-                        views.push((v.clone(), snap.clone()));
+                        let (v, snap, drained) = &views[i.index(views.len())];
+                        views.push((v.clone(), snap.clone(), drained.clone()));
                     }
-                    Step::DropView(_) | Step::CloneView(_) => {}
+                    Step::Drain(i, shards) if !views.is_empty() => {
+                        let index = i.index(views.len());
+                        let (view, _, drained) = &mut views[index];
+                        view.drain(shards, |k, v, _| {
+                            drained.push((k.to_vec(), v.to_vec()));
+                            Ok::<(), ()>(())
+                        })
+                        .expect("visit never fails");
+                    }
+                    Step::DropView(_) | Step::CloneView(_) | Step::Drain(..) => {}
                 }
-                if views.is_empty() {
+                if views.iter().all(|(view, _, _)| view.is_drained()) {
                     prop_assert_eq!(block_count::live() - base, own_blocks(&model));
                 }
             }
-            for (view, snapshot) in &views {
-                let listed: Vec<(Vec<u8>, Vec<u8>)> =
-                    view.entries().map(|(k, v, _)| (k.to_vec(), v.to_vec())).collect();
+            for (view, snapshot, drained) in &views {
+                let mut listed = drained.clone();
+                listed.extend(view.entries().map(|(k, v, _)| (k.to_vec(), v.to_vec())));
                 prop_assert_eq!(view.len(), snapshot.len());
                 prop_assert_eq!(&listed, snapshot);
             }

@@ -752,11 +752,14 @@ pub enum KvSnapshotError {
 /// (on the checkpoint thread), one shard at a time, in pieces of at most
 /// 64 KiB. Meanwhile the store copies a shard the first time it writes to
 /// it (see [`crate::keymap`]), so the snapshot keeps the state it was taken
-/// in.
+/// in, until the write has passed that shard: from then on the snapshot
+/// holds it no more, and the store writes it in place.
 #[derive(Clone, Debug, Default)]
 pub struct KvSnapshot {
     map: FrozenKeyMap,
     clock_ms: u64,
+    /// Set by the first write: the view is drained as it is written.
+    written: bool,
 }
 
 impl KvSnapshot {
@@ -779,15 +782,29 @@ impl KvSnapshot {
     }
 
     /// The whole snapshot as one buffer (tests, tools, small states: a
-    /// checkpoint streams it with `write_to` instead).
+    /// checkpoint streams it with `write_to` instead). Leaves `self` as it
+    /// was (it writes a view of the same shards). Panics if `write_to`
+    /// already wrote this snapshot: a caller's mistake, not bad input.
     pub fn to_vec(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.encoded_len());
-        self.write(&mut out)
+        self.clone()
+            .write(&mut out)
             .expect("writing into a Vec does not fail");
         out
     }
 
-    fn write(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    /// Writes the snapshot, letting go of each shard of the view once it is
+    /// written ([`FrozenKeyMap::drain`]): the store stops copying the shards
+    /// already written, and what it deferred to them is freed as the write
+    /// goes, not at its end. So it can be written once: a second call is an
+    /// error, as is a view drained by a failed call.
+    fn write(&mut self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        if self.written {
+            return Err(std::io::Error::other(
+                "this snapshot was already written: a snapshot is written once",
+            ));
+        }
+        self.written = true;
         let mut w = ChunkedCrcWriter {
             out,
             buf: Vec::with_capacity(SNAPSHOT_WRITE_CHUNK),
@@ -797,13 +814,13 @@ impl KvSnapshot {
         w.put(&SNAPSHOT_VERSION.to_le_bytes())?;
         w.put(&self.clock_ms.to_le_bytes())?;
         w.put(&(self.map.len() as u64).to_le_bytes())?;
-        for (k, v, deadline) in self.map.entries() {
+        self.map.drain(usize::MAX, |k, v, deadline| {
             w.put(&(k.len() as u32).to_le_bytes())?;
             w.put(k)?;
             w.put(&(v.len() as u32).to_le_bytes())?;
             w.put(v)?;
-            w.put(&deadline.unwrap_or(0).to_le_bytes())?;
-        }
+            w.put(&deadline.unwrap_or(0).to_le_bytes())
+        })?;
         w.finish()
     }
 }
@@ -933,6 +950,7 @@ impl StateMachine for KvStore {
         KvSnapshot {
             map: self.map.freeze(),
             clock_ms: self.clock_ms,
+            written: false,
         }
     }
 
@@ -2111,6 +2129,10 @@ pub(crate) mod tests {
         assert_eq!(contents(&t), at_snapshot, "the snapshot kept the old state");
         assert_eq!(contents(&s), live, "the store has the new state");
         assert_eq!(snapshot_bytes(&mut t), written, "one encoding per state");
+        // Written once: the write let go of the view's shards as it went.
+        let err = paxos_node::Snapshot::write_to(&mut snapshot, &mut Vec::new())
+            .expect_err("a second write has nothing left to write");
+        assert!(err.to_string().contains("written once"), "{err}");
     }
 
     #[test]
@@ -2175,13 +2197,15 @@ pub(crate) mod tests {
             s.set(&k, &[1u8; 100]);
         }
         let mut snapshot = s.snapshot();
+        // Before writing: the write lets go of the view as it goes.
+        let (encoded_len, whole) = (snapshot.encoded_len(), snapshot.to_vec());
         let mut pieces = Pieces(Vec::new());
         paxos_node::Snapshot::write_to(&mut snapshot, &mut pieces).unwrap();
         assert!(pieces.0.len() > MAX_VALUE_LEN / SNAPSHOT_WRITE_CHUNK);
         assert!(pieces.0.iter().all(|p| p.len() <= SNAPSHOT_WRITE_CHUNK));
         let joined = pieces.0.concat();
-        assert_eq!(joined.len(), snapshot.encoded_len());
-        assert_eq!(joined, snapshot.to_vec());
+        assert_eq!(joined.len(), encoded_len);
+        assert_eq!(joined, whole);
         let mut t = KvStore::new();
         restore(&mut t, &joined).unwrap();
         assert_eq!(t.state_digest(), s.state_digest());

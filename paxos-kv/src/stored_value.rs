@@ -20,9 +20,9 @@
 //! the same bytes. Who frees them is decided by the table's ownership
 //! rules (in [`crate::keymap`]): the live table owns every value it can
 //! reach, frozen views own none, and a value the live table drops while a
-//! frozen view may still read it is *deferred* (handed to the view's
-//! generation, freed when the last view of that generation is dropped, on
-//! whichever thread drops it) instead of freed. Nothing here frees or
+//! frozen view may still read it is *deferred* (handed to the view's copy
+//! of its shard, freed when the last view lets go of that shard, on
+//! whichever thread does) instead of freed. Nothing here frees or
 //! writes a value on its own; each `unsafe fn` states what its caller must
 //! guarantee.
 //!

@@ -80,7 +80,11 @@ pub trait StateMachine: Send + 'static {
 
 /// A state machine's state, detached from it, to be written out.
 pub trait Snapshot: Send + 'static {
-    /// Writes the whole snapshot into `out` in bounded pieces.
+    /// Writes the whole snapshot into `out` in bounded pieces. The node
+    /// calls it once per snapshot, so an implementation may give back what
+    /// it has written as it goes (paxos-kv lets go of each part of its
+    /// frozen view once written, so the live state stops copying that part)
+    /// and refuse a second call.
     fn write_to(&mut self, out: &mut dyn std::io::Write) -> std::io::Result<()>;
 }
 
