@@ -811,6 +811,11 @@ fn append_failed(e: paxos_log::StorageError) -> anyhow::Error {
 /// logged: it held up every client and peer message meanwhile.
 const SLOW_APPEND_US: u64 = 10_000;
 
+/// A turn of the event loop (one input and the effects it caused) taking
+/// longer than this is logged, with what the turn handled: a write waiting
+/// longer than this can then be told apart from a loop that was busy.
+const SLOW_TURN: Duration = Duration::from_millis(20);
+
 /// What the durability waiter publishes for the loop. The waiter never
 /// blocks on the loop (it only stores and notifies), so the loop blocking on
 /// a full persist queue can never deadlock with it.
@@ -921,9 +926,14 @@ impl EventLoop {
             // Unbiased: under sustained peer traffic a fixed order would
             // starve timers (heartbeats, elections), control messages and
             // client requests.
-            tokio::select! {
-                () = self.durability.notify.notified() => self.on_durable()?,
+            let (turn_started, turn) = tokio::select! {
+                () = self.durability.notify.notified() => {
+                    let started = Instant::now();
+                    self.on_durable()?;
+                    (started, "durable")
+                }
                 msg = inbound.recv() => {
+                    let started = Instant::now();
                     let Some((from, bytes)) = msg else { anyhow::bail!("transport closed") };
                     let now = self.clock();
                     self.node.handle_message(now, from, bytes);
@@ -935,8 +945,10 @@ impl EventLoop {
                         }
                         n += 1;
                     }
+                    (started, "peer messages")
                 }
                 ctl = control_rx.recv() => {
+                    let started = Instant::now();
                     match ctl {
                         None | Some(Control::Shutdown) => {
                             self.shutdown();
@@ -944,29 +956,48 @@ impl EventLoop {
                         }
                         Some(c) => self.on_control(c),
                     }
+                    (started, "control")
                 }
                 () = &mut timer => {
+                    let started = Instant::now();
                     let now = self.clock();
                     self.node.handle_tick(now);
                     self.status.set_cluster(self.node.cluster_view(now));
+                    (started, "timer")
                 }
                 ready = self.consumer.ready(), if can_take_requests => {
+                    let started = Instant::now();
                     if ready == paxos_pipeline::Readiness::Closed {
                         self.shutdown();
                         return Ok(());
                     }
                     self.take_requests();
+                    (started, "client writes")
                 }
                 ready = self.read_consumer.ready() => {
+                    let started = Instant::now();
                     if ready == paxos_pipeline::Readiness::Closed {
                         self.shutdown();
                         return Ok(());
                     }
                     self.take_reads();
+                    (started, "client reads")
                 }
-            }
+            };
             self.carry_out()?;
             self.publish();
+            let busy = turn_started.elapsed();
+            if busy > SLOW_TURN {
+                // Nothing else runs on the loop meanwhile: every client and
+                // peer waited this long. (A wait for the CPU while the turn
+                // ran counts too: the log says that the loop was held up,
+                // not why.)
+                tracing::warn!(
+                    busy_ms = busy.as_millis() as u64,
+                    turn,
+                    "an event loop turn held up every client and peer"
+                );
+            }
         }
     }
 
