@@ -196,6 +196,7 @@ pub mod histogram;
 mod log;
 pub mod recovery;
 pub mod sim_fs;
+mod spare;
 pub mod storage;
 
 pub use log::{FileLog, LogOptions, LogStats, WriterMode};

@@ -56,6 +56,10 @@ impl SimLog {
             // Damage is salvaged and repaired from the peers, as in
             // production.
             on_corruption: CorruptionPolicy::Salvage,
+            // Half the disks preallocate their segments (written in place,
+            // torn sector by sector), the other half grow them: chosen by
+            // the disk's own seed, so no draw of the run changes.
+            preallocate_segments: fs.faults().seed % 2 == 0,
             ..LogOptions::default()
         };
         let (log, state) = FileLog::open_with(shared, Path::new(LOG_DIR), options)?;
