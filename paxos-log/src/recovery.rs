@@ -12,6 +12,13 @@
 //!   all-zero remainder, is a torn tail: the file is cut back to the end of
 //!   the last complete batch. That is not damage: those bytes were never
 //!   synced, so never acknowledged.
+//! - A preallocated segment (header version 2) ends its data with zeros:
+//!   an all-zero remainder after a complete batch is its clean end, in any
+//!   segment. In the last one, a record that fails its checks and has a
+//!   piece in a sector reading as zeros from there to the sector's end is a
+//!   torn in-place write (that sector never landed); the torn bytes are
+//!   overwritten with zeros and synced instead of cut, so the file keeps
+//!   its preallocated length.
 //! - Anything else that does not check out (a checksum mismatch, a read
 //!   that fails with EIO, a bad sequence number, a short sealed segment, a
 //!   gap) is damage. A segment with damage is read a second time first: a
@@ -148,7 +155,8 @@ pub struct RecoveryReport {
     pub segments: usize,
     /// Complete appends replayed.
     pub appends: u64,
-    /// Bytes of torn tail cut off the last segment.
+    /// Bytes of torn tail cut off the last segment (overwritten with zeros
+    /// in a preallocated one, which keeps its length).
     pub torn_bytes_cut: u64,
     /// Leftover temporary segment files removed.
     pub temp_files_removed: usize,

@@ -3,7 +3,11 @@
 //! It models what a real disk guarantees and no more:
 //!
 //! - File data written but not yet `sync_data`-ed may be lost on a crash,
-//!   wholly or in part (a torn write keeps a prefix of the unsynced bytes).
+//!   wholly or in part: a torn append keeps a prefix of the unsynced
+//!   bytes; a torn write in place (inside a preallocated file) keeps each
+//!   changed 512-byte sector old or new on its own, in any combination, as
+//!   page-cache writeback does, and a write cut short by a crash in place
+//!   stops on a sector boundary (sectors are written whole).
 //! - Directory changes (create, rename, remove) not yet made durable with
 //!   `sync_dir` may be lost on a crash; they are journalled in order, so a
 //!   crash keeps some prefix of them.
@@ -29,8 +33,8 @@
 //! real disk does; a disk that is down after a crash fails with a different
 //! error, which recovery does not mistake for damage.
 //!
-//! The intended place of a misdirected append reads back as stale,
-//! non-zero garbage. (A never-written block that reads as zeros would look
+//! The intended place of a misdirected write (an append, or a write in
+//! place) reads back as stale, non-zero garbage. (A never-written block that reads as zeros would look
 //! exactly like the zeros a crash leaves past the end of a file on xfs,
 //! which recovery cuts as a torn tail: the log cannot tell the two apart
 //! without redundant metadata, see the crate documentation.)
