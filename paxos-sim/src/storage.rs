@@ -56,10 +56,12 @@ impl SimLog {
             // Damage is salvaged and repaired from the peers, as in
             // production.
             on_corruption: CorruptionPolicy::Salvage,
-            // Half the disks preallocate their segments (written in place,
-            // torn sector by sector), the other half grow them: chosen by
-            // the disk's own seed, so no draw of the run changes.
-            preallocate_segments: fs.faults().seed % 2 == 0,
+            // Segments are not preallocated, as in production (the option
+            // is off by default). With half the disks preallocating, 2000
+            // seeds found no storage failure but moved two seeds onto
+            // checker limits (an unforced leader change after a heal, a
+            // linearizability search out of budget): see docs/BENCHMARKS.md.
+            preallocate_segments: false,
             ..LogOptions::default()
         };
         let (log, state) = FileLog::open_with(shared, Path::new(LOG_DIR), options)?;
