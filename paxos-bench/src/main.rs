@@ -107,6 +107,10 @@ struct Args {
     /// `tuning.log_sync_interval_us`; default: paxos-kv's default).
     #[arg(long)]
     log_sync_interval_us: Option<u64>,
+    /// Preallocate the file log's segments (paxos-kv
+    /// `tuning.log_preallocate`; default: paxos-kv's default).
+    #[arg(long, action = clap::ArgAction::Set)]
+    log_preallocate: Option<bool>,
     /// Async runtime threads per node (paxos-kv `tuning.worker_threads`;
     /// default: paxos-kv's default).
     #[arg(long)]
@@ -187,6 +191,9 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(us) = args.log_sync_interval_us {
         tuning.log_sync_interval_us = us;
+    }
+    if let Some(on) = args.log_preallocate {
+        tuning.log_preallocate = on;
     }
     if let Some(n) = args.checkpoint_every_decrees {
         tuning.checkpoint_every_decrees = n;

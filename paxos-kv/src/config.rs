@@ -163,6 +163,12 @@ pub struct Tuning {
     /// File log: least microseconds between the starts of two `fdatasync`s
     /// (group commit pacing, see `paxos_log::LogOptions::min_sync_interval`).
     pub log_sync_interval_us: u64,
+    /// File log: create each log segment at its full size, zero-filled
+    /// ahead of time, so appends write in place and their `fdatasync`s
+    /// journal no size change (see
+    /// `paxos_log::LogOptions::preallocate_segments`; off by default, see
+    /// docs/BENCHMARKS.md).
+    pub log_preallocate: bool,
     /// Threads of the node's async runtime (client connections, QUIC, the
     /// event loop). The file log's writer is a thread of its own.
     pub worker_threads: usize,
@@ -259,6 +265,7 @@ impl Default for Tuning {
             nvm_region_mb: 0,
             nvm_backend: NvmBackend::Auto,
             log_sync_interval_us: 3000,
+            log_preallocate: false,
             worker_threads: 2,
             transparent_huge_pages: true,
             client_timeout_secs: 300,
@@ -714,7 +721,7 @@ impl NodeConfig {
             s,
             "[tuning]\npipeline_window = {}\nmax_batch_requests = {}\nmax_batch_bytes = {}\nsubmit_queue = {}\n\
              heartbeat_ms = {}\nelection_timeout_min_ms = {}\nelection_timeout_max_ms = {}\n\
-             checkpoint_every_decrees = {}\ncheckpoint_every_mb = {}\ncompact_retain_decrees = {}\nlog_memory_mb = {}\nmax_clients = {}\nmax_pipelined_per_client = {}\nnvm_region_mb = {}\nnvm_backend = \"{}\"\nlog_sync_interval_us = {}\nworker_threads = {}\ntransparent_huge_pages = {}\n\
+             checkpoint_every_decrees = {}\ncheckpoint_every_mb = {}\ncompact_retain_decrees = {}\nlog_memory_mb = {}\nmax_clients = {}\nmax_pipelined_per_client = {}\nnvm_region_mb = {}\nnvm_backend = \"{}\"\nlog_sync_interval_us = {}\nlog_preallocate = {}\nworker_threads = {}\ntransparent_huge_pages = {}\n\
              client_timeout_secs = {}\nadmin_reserved_clients = {}\nclient_output_hard_limit_bytes = {}\n\
              client_output_soft_limit_bytes = {}\nclient_output_soft_limit_secs = {}\nmax_client_reply_bytes = {}\n\
              read_mode = \"{}\"\nmax_clock_drift_ppm = {}",
@@ -734,6 +741,7 @@ impl NodeConfig {
             t.nvm_region_mb,
             t.nvm_backend.name(),
             t.log_sync_interval_us,
+            t.log_preallocate,
             t.worker_threads,
             t.transparent_huge_pages,
             t.client_timeout_secs,

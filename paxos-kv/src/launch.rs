@@ -42,6 +42,7 @@ pub fn open_storage(config: &NodeConfig) -> anyhow::Result<OpenedStorage> {
                     config.tuning.log_sync_interval_us,
                 ),
                 on_corruption,
+                preallocate_segments: config.tuning.log_preallocate,
                 ..paxos_log::LogOptions::default()
             };
             let (log, state) = paxos_log::FileLog::open(&dir, options)

@@ -978,6 +978,9 @@ mod tests {
         fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
             self.inner.write_all(buf)
         }
+        fn zero_fill_to(&mut self, len: u64) -> std::io::Result<()> {
+            self.inner.zero_fill_to(len)
+        }
         fn sync_data(&mut self) -> std::io::Result<()> {
             self.inner.sync_data()
         }
@@ -1003,6 +1006,13 @@ mod tests {
         }
         fn open_append(&self, path: &Path) -> std::io::Result<Box<dyn WritableFile>> {
             OsFs.open_append(path)
+        }
+        fn open_write_at(
+            &self,
+            path: &Path,
+            offset: u64,
+        ) -> std::io::Result<Box<dyn WritableFile>> {
+            OsFs.open_write_at(path, offset)
         }
         fn open_read(&self, path: &Path) -> std::io::Result<Box<dyn ReadableFile>> {
             OsFs.open_read(path)

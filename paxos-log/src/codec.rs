@@ -13,8 +13,13 @@ use paxos_core::{
 
 /// Magic at the start of every segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"PXLOGSG1";
-/// Segment format version.
+/// Segment format version of a segment that ends where its data ends.
 pub const SEGMENT_VERSION: u32 = 1;
+/// Segment format version of a preallocated segment: the file was created
+/// at its full size, zero-filled, and the zeros after the last record are
+/// the end of its data (see the crate documentation). Older readers refuse
+/// it as an unknown version instead of taking the zeros for damage.
+pub const SEGMENT_VERSION_PREALLOCATED: u32 = 2;
 /// Bytes in a segment header.
 pub const SEGMENT_HEADER_LEN: usize = 32;
 /// Bytes in a record header (before the payload).
@@ -123,19 +128,33 @@ pub enum FrameError {
     Bad(String),
 }
 
+/// A decoded segment header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentHeader {
+    /// Sequence number of the first append the segment may hold.
+    pub first_lsn: u64,
+    /// Version 2: the file is preallocated, and zeros end its data.
+    pub preallocated: bool,
+}
+
 /// Encodes a segment header.
-pub fn encode_segment_header(first_lsn: u64) -> [u8; SEGMENT_HEADER_LEN] {
+pub fn encode_segment_header(first_lsn: u64, preallocated: bool) -> [u8; SEGMENT_HEADER_LEN] {
     let mut h = [0u8; SEGMENT_HEADER_LEN];
+    let version = if preallocated {
+        SEGMENT_VERSION_PREALLOCATED
+    } else {
+        SEGMENT_VERSION
+    };
     h[0..8].copy_from_slice(&SEGMENT_MAGIC);
-    h[8..12].copy_from_slice(&SEGMENT_VERSION.to_le_bytes());
+    h[8..12].copy_from_slice(&version.to_le_bytes());
     h[16..24].copy_from_slice(&first_lsn.to_le_bytes());
     let crc = crc32c::crc32c(&h[0..28]);
     h[28..32].copy_from_slice(&crc.to_le_bytes());
     h
 }
 
-/// Decodes a segment header, returning its first sequence number.
-pub fn decode_segment_header(bytes: &[u8]) -> Result<u64, FrameError> {
+/// Decodes a segment header.
+pub fn decode_segment_header(bytes: &[u8]) -> Result<SegmentHeader, FrameError> {
     if bytes.len() < SEGMENT_HEADER_LEN {
         return Err(FrameError::Incomplete);
     }
@@ -148,12 +167,15 @@ pub fn decode_segment_header(bytes: &[u8]) -> Result<u64, FrameError> {
         return Err(FrameError::Bad("bad segment magic".into()));
     }
     let version = u32_at(h, 8);
-    if version != SEGMENT_VERSION {
+    if version != SEGMENT_VERSION && version != SEGMENT_VERSION_PREALLOCATED {
         return Err(FrameError::Bad(format!(
             "unsupported segment version {version}"
         )));
     }
-    Ok(u64_at(h, 16))
+    Ok(SegmentHeader {
+        first_lsn: u64_at(h, 16),
+        preallocated: version == SEGMENT_VERSION_PREALLOCATED,
+    })
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -283,6 +305,11 @@ pub fn decode_frame(bytes: &[u8], max_payload: usize) -> Result<Frame, FrameErro
         return Err(FrameError::Incomplete);
     }
     let h = &bytes[..RECORD_HEADER_LEN];
+    if h.iter().all(|b| *b == 0) {
+        // Never a record, whatever the checksum function gives for zeros:
+        // the zero-filled end of a preallocated segment reads like this.
+        return Err(FrameError::Bad("record header is all zeros".into()));
+    }
     if crc32c::crc32c(&h[4..RECORD_HEADER_LEN]) != u32_at(h, 0) {
         return Err(FrameError::Bad("record header checksum mismatch".into()));
     }
@@ -329,6 +356,9 @@ pub fn peek_accept_slot(
         return Err(FrameError::Incomplete);
     }
     let h = &bytes[..RECORD_HEADER_LEN];
+    if h.iter().all(|b| *b == 0) {
+        return Err(FrameError::Bad("record header is all zeros".into()));
+    }
     if crc32c::crc32c(&h[4..RECORD_HEADER_LEN]) != u32_at(h, 0) {
         return Err(FrameError::Bad("record header checksum mismatch".into()));
     }
@@ -559,12 +589,33 @@ pub(crate) mod tests {
 
     #[test]
     fn segment_header_round_trips_and_rejects_flips() {
-        let h = encode_segment_header(42);
-        assert_eq!(decode_segment_header(&h), Ok(42));
-        for bit in 0..SEGMENT_HEADER_LEN * 8 {
-            let mut b = h;
-            b[bit / 8] ^= 1 << (bit % 8);
-            assert!(decode_segment_header(&b).is_err(), "bit {bit}");
+        for preallocated in [false, true] {
+            let h = encode_segment_header(42, preallocated);
+            assert_eq!(
+                decode_segment_header(&h),
+                Ok(SegmentHeader {
+                    first_lsn: 42,
+                    preallocated
+                })
+            );
+            for bit in 0..SEGMENT_HEADER_LEN * 8 {
+                let mut b = h;
+                b[bit / 8] ^= 1 << (bit % 8);
+                assert!(decode_segment_header(&b).is_err(), "bit {bit}");
+            }
+        }
+        assert!(decode_segment_header(&[0u8; SEGMENT_HEADER_LEN]).is_err());
+    }
+
+    #[test]
+    fn an_all_zero_record_header_is_never_a_record() {
+        for tail in [0usize, 1, 8, 100] {
+            let zeros = vec![0u8; RECORD_HEADER_LEN + tail];
+            assert!(matches!(
+                decode_frame(&zeros, 1 << 20),
+                Err(FrameError::Bad(r)) if r.contains("all zeros")
+            ));
+            assert!(peek_accept_slot(&zeros, 1 << 20).is_err());
         }
     }
 

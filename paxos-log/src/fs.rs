@@ -2,19 +2,32 @@
 //! so tests can run the real code over a simulated disk that loses unsynced
 //! data on a "crash" ([`crate::sim_fs::SimFs`]).
 //!
-//! The set is deliberately small: append-only writes, `fdatasync`, whole-file
-//! and positional reads, truncate, rename, remove and directory fsync. Every
-//! durability argument in this crate is stated in terms of these calls.
+//! The set is deliberately small: sequential writes from a position (the end
+//! of the file, or a chosen offset of a preallocated one), zero-filling a
+//! file to a length, `fdatasync`, whole-file and positional reads, truncate,
+//! rename, remove and directory fsync. Every durability argument in this
+//! crate is stated in terms of these calls.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// A file opened for appending.
+/// A file opened for writing at a position that each write advances.
 pub trait WritableFile: Send {
-    /// Appends all of `buf` at the end of the file.
+    /// Writes all of `buf` at the handle's position (the end of the file
+    /// for [`FileSystem::create`] and [`FileSystem::open_append`], the
+    /// offset given to [`FileSystem::open_write_at`]) and moves the
+    /// position past it. Bytes before the end of the file are overwritten
+    /// in place; the file grows only if the write passes its end.
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()>;
+    /// Extends the file to `len` bytes of zeros whose blocks are allocated
+    /// and written (not left as unwritten extents, whose first write would
+    /// still change metadata), without moving the write position. Does
+    /// nothing if the file is already that long. Durable after
+    /// `sync_data`; after that, writes inside the file and their
+    /// `fdatasync` change no metadata.
+    fn zero_fill_to(&mut self, len: u64) -> io::Result<()>;
     /// Makes every byte written so far durable (`fdatasync`).
     fn sync_data(&mut self) -> io::Result<()>;
     /// Starts writing back to the device the bytes written since the last
@@ -49,8 +62,11 @@ pub trait FileSystem: Send + Sync + 'static {
     fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>>;
     /// Creates (or empties) `path` for writing.
     fn create(&self, path: &Path) -> io::Result<Box<dyn WritableFile>>;
-    /// Opens an existing `path` for appending.
+    /// Opens an existing `path` for appending (writing from its end).
     fn open_append(&self, path: &Path) -> io::Result<Box<dyn WritableFile>>;
+    /// Opens an existing `path` for writing from `offset` on, in place
+    /// (a preallocated file is written inside its length).
+    fn open_write_at(&self, path: &Path, offset: u64) -> io::Result<Box<dyn WritableFile>>;
     /// Opens an existing `path` for positional reads.
     fn open_read(&self, path: &Path) -> io::Result<Box<dyn ReadableFile>>;
     /// Reads all of `path`.
@@ -81,8 +97,8 @@ impl OsFs {
 
 struct OsWritable {
     file: File,
-    /// The file's length (bytes written through this handle, plus the
-    /// length it had when opened).
+    /// Where the next write goes (`pwrite`): the file is never opened with
+    /// `O_APPEND`, under which Linux ignores the offset of `pwrite`.
     written: u64,
     /// Writeback was started up to here by `write_behind`.
     started: u64,
@@ -91,21 +107,72 @@ struct OsWritable {
 }
 
 impl OsWritable {
-    fn new(file: File) -> io::Result<OsWritable> {
-        let len = file.metadata()?.len();
-        Ok(OsWritable {
+    fn at(file: File, offset: u64) -> OsWritable {
+        OsWritable {
             file,
-            written: len,
-            started: len,
-            waited: len,
-        })
+            written: offset,
+            started: offset,
+            waited: offset,
+        }
     }
 }
 
+/// Bytes of zeros per write while zero-filling, and how often writeback is
+/// started meanwhile (so a large fill does not reach the device as one
+/// burst that the log's own small syncs queue behind).
+const ZERO_CHUNK: usize = 1 << 20;
+const ZERO_WRITE_BEHIND: u64 = 8 << 20;
+
 impl WritableFile for OsWritable {
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        self.file.write_all(buf)?;
+        use std::os::unix::fs::FileExt;
+        self.file.write_all_at(buf, self.written)?;
         self.written += buf.len() as u64;
+        Ok(())
+    }
+    fn zero_fill_to(&mut self, len: u64) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let from = self.file.metadata()?.len();
+        if from >= len {
+            return Ok(());
+        }
+        // Reserve the blocks first: one contiguous allocation, and a full
+        // disk fails here rather than halfway through the zeros.
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            let (Ok(offset), Ok(size)) = (i64::try_from(from), i64::try_from(len - from)) else {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "length too large",
+                ));
+            };
+            // SAFETY: a plain syscall on a file descriptor this handle
+            // owns; no memory is passed.
+            let r = unsafe { libc::fallocate(self.file.as_raw_fd(), 0, offset, size) };
+            if r != 0 {
+                let e = io::Error::last_os_error();
+                // A file system without fallocate still gets its zeros.
+                if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
+                    return Err(e);
+                }
+            }
+        }
+        // fallocate leaves unwritten extents, whose first write converts
+        // them (a metadata change that fdatasync must journal): write the
+        // zeros for real.
+        let zeros = vec![0u8; ZERO_CHUNK];
+        let mut at = from;
+        let mut behind_from = from;
+        while at < len {
+            let n = (len - at).min(ZERO_CHUNK as u64) as usize;
+            self.file.write_all_at(&zeros[..n], at)?;
+            at += n as u64;
+            if at - behind_from >= ZERO_WRITE_BEHIND {
+                start_writeback(&self.file, behind_from, at)?;
+                behind_from = at;
+            }
+        }
         Ok(())
     }
     fn sync_data(&mut self) -> io::Result<()> {
@@ -159,6 +226,34 @@ impl WritableFile for OsWritable {
     }
 }
 
+/// Starts writeback of `from..to` of `file` and waits for what was already
+/// under writeback in that range (a hint; nothing is durable before a sync).
+fn start_writeback(file: &File, from: u64, to: u64) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let (Ok(offset), Ok(len)) = (i64::try_from(from), i64::try_from(to - from)) else {
+            return Ok(());
+        };
+        // SAFETY: a plain syscall on a file descriptor the caller owns; no
+        // memory is passed.
+        let r = unsafe {
+            libc::sync_file_range(
+                file.as_raw_fd(),
+                offset,
+                len,
+                libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE,
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, from, to);
+    Ok(())
+}
+
 struct OsReadable(File);
 
 impl ReadableFile for OsReadable {
@@ -191,11 +286,16 @@ impl FileSystem for OsFs {
             .create(true)
             .truncate(true)
             .open(path)?;
-        Ok(Box::new(OsWritable::new(f)?))
+        Ok(Box::new(OsWritable::at(f, 0)))
     }
     fn open_append(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
-        let f = OpenOptions::new().append(true).open(path)?;
-        Ok(Box::new(OsWritable::new(f)?))
+        let f = OpenOptions::new().write(true).open(path)?;
+        let len = f.metadata()?.len();
+        Ok(Box::new(OsWritable::at(f, len)))
+    }
+    fn open_write_at(&self, path: &Path, offset: u64) -> io::Result<Box<dyn WritableFile>> {
+        let f = OpenOptions::new().write(true).open(path)?;
+        Ok(Box::new(OsWritable::at(f, offset)))
     }
     fn open_read(&self, path: &Path) -> io::Result<Box<dyn ReadableFile>> {
         Ok(Box::new(OsReadable(File::open(path)?)))

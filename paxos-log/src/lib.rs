@@ -20,6 +20,17 @@
 //!   | lsn u64 | payload_crc u32 (crc32c of the payload) | payload
 //! ```
 //!
+//! Version 1: the file ends where its last record ends (it grows with each
+//! append). Version 2, a *preallocated* segment
+//! ([`LogOptions::preallocate_segments`]): the file was made at its full
+//! size, zero-filled, and appends overwrite the zeros in place; the zeros
+//! after the last record are the end of its data. A record header is never
+//! all zeros (its checksum is not, and a header of zeros is refused
+//! whatever the checksum), so the first zero header after the data is
+//! where the data ends. Readers that only know version 1 refuse version 2
+//! as an unknown version rather than take its zeros for damage. A log may
+//! hold segments of both versions (the option can change across restarts).
+//!
 //! Kinds: 1 Promise (ballot), 2 Accept (slot, ballot, value), 3 Commit
 //! (slot), 4 Truncate (slot), 5 State (promised ballot, commit index,
 //! truncation point), 6 Empty. Each record carries its own slot and ballot.
@@ -46,6 +57,18 @@
 //!   record, synced, renamed into place, and the directory synced, before
 //!   any append is written to it. So a segment name that survives a crash
 //!   names a complete header and State record, and the name survives.
+//! - A preallocated segment starts as a spare, `spare-<n>.log.tmp`,
+//!   zero-filled to the segment size (`fallocate`, then zeros written, so
+//!   its blocks are allocated and written, not unwritten extents) and
+//!   synced, ahead of time: by a thread of its own that keeps one spare
+//!   ready (as etcd's WAL `filePipeline` does), or in [`WriterMode::Inline`]
+//!   by the writer after a group commit is durable. At a roll the header
+//!   and State record are written into the spare, synced, and the spare is
+//!   renamed into place and the directory synced: the same steps and the
+//!   same argument as above. Until that rename a spare is a `.log.tmp` file,
+//!   which recovery removes, so a crash while a spare is made or waits
+//!   loses nothing. After it, an append overwrites zeros inside the file's
+//!   length, so its `fdatasync` has no size or allocation to journal.
 //! - Before a new segment is created the previous one is synced, so every
 //!   segment but the last is complete: only the last can have a torn tail.
 //! - A segment is deleted only when it is not the last and every accept in
@@ -64,7 +87,22 @@
 //! contiguous; an incomplete record or append (or an all-zero remainder) at
 //! the end of the last segment is a torn tail and is cut off (truncate +
 //! fsync) silently: it was never synced, so never acknowledged, and a
-//! crash alone never produces anything else. Every other failed check — a
+//! crash alone never produces anything else. In a preallocated segment
+//! (version 2) an all-zero remainder after the last complete append is
+//! the end of its data, in any segment (a sealed one that lost appends to
+//! zeros would leave a gap before the next segment's State record, which
+//! is damage); an append cut short before it is torn in the last segment
+//! and damage in a sealed one. A write in place is torn differently from
+//! an append: sectors (512 bytes, the unit a disk writes whole on power
+//! loss) of the unsynced write reach the disk in any order, so a later one
+//! may have landed after an earlier one that did not. So in the last
+//! preallocated segment a record that fails its checks is a torn write if
+//! a piece of it lies in a sector that reads as zeros from that piece to
+//! the sector's end (that sector never landed); the bytes from the end of
+//! the last complete append to the last non-zero byte are then overwritten
+//! with zeros and synced (not cut: the file keeps its length), so a later
+//! torn write there finds only its own bytes and zeros. Every other failed
+//! check — a
 //! checksum mismatch anywhere, a sector that cannot be read (EIO), a short
 //! sealed segment, a gap, a bad sequence number — is *damage*. A damaged
 //! segment is read once more first (a transient fault passes, and is only
@@ -93,7 +131,15 @@
 //! zeros a crash leaves past the end of a file, so at the very end of the
 //! last segment it is cut as torn; telling them apart needs redundant
 //! metadata the format does not have (TigerBeetle keeps a redundant ring of
-//! headers for this).
+//! headers for this). Preallocation widens that limit at the end of the
+//! last segment: a lost write there always reads back as the zeros of the
+//! fill; a damaged last record whose last piece is legitimately zero and
+//! alone in its sector looks torn; and non-zero bytes past a torn spot are
+//! taken as part of the torn write (a crash can land any sector of it), so
+//! a flipped bit in the zeros of the last segment is zeroed, not reported.
+//! Damage anywhere before the last complete append, in a sealed segment
+//! (its zeros included), or in a record with no zero sector is still
+//! damage.
 //!
 //! # Invariants
 //!
@@ -196,6 +242,7 @@ pub mod histogram;
 mod log;
 pub mod recovery;
 pub mod sim_fs;
+mod spare;
 pub mod storage;
 
 pub use log::{FileLog, LogOptions, LogStats, WriterMode};

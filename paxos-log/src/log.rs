@@ -4,6 +4,7 @@ use crate::codec::{self, StateSummary};
 use crate::fs::{OsFs, SharedFs, WritableFile};
 use crate::histogram::{Log2Histogram, Log2Snapshot};
 use crate::recovery::{self, AcceptBlock, RecoveryReport, SegmentMeta, SEGMENT_TMP_SUFFIX};
+use crate::spare::{self, Spares};
 use crate::storage::{
     CorruptionPolicy, Damage, DurabilityEvent, DurabilityListener, ReplicaStorage, StorageError,
 };
@@ -77,6 +78,16 @@ pub struct LogOptions {
     /// Ignored by [`WriterMode::Inline`], where the caller decides when to
     /// sync.
     pub min_sync_interval: std::time::Duration,
+    /// Create each new segment at its full size (`segment_bytes`), its
+    /// blocks allocated and zero-filled and synced ahead of time, so that
+    /// an append writes in place and its `fdatasync` has no file size or
+    /// block allocation to journal. The next segment is prepared off the
+    /// append path (by a thread of its own, or in [`WriterMode::Inline`]
+    /// by the writer right after a group commit is durable); the format is
+    /// segment version 2 (the crate documentation says how recovery tells
+    /// the zeros after the data from damage). Off by default: see
+    /// docs/BENCHMARKS.md for what it measured on this project's disk.
+    pub preallocate_segments: bool,
 }
 
 impl Default for LogOptions {
@@ -91,6 +102,7 @@ impl Default for LogOptions {
             on_corruption: CorruptionPolicy::Refuse,
             writer: WriterMode::Thread,
             min_sync_interval: std::time::Duration::ZERO,
+            preallocate_segments: false,
         }
     }
 }
@@ -206,6 +218,10 @@ pub struct LogStats {
     pub segments_created: u64,
     /// Segments deleted by truncation.
     pub segments_deleted: u64,
+    /// Rolls onto a preallocated segment that was not prepared yet, so the
+    /// writer waited while it was zero-filled (0 when preparation keeps
+    /// ahead of the writer, or preallocation is off).
+    pub spare_waits: u64,
     /// Latency of each `fdatasync` of a segment, in microseconds (empty in
     /// [`WriterMode::Inline`], which reads no clock).
     pub fsync_micros: Log2Snapshot,
@@ -221,6 +237,7 @@ struct Counters {
     flush_micros: AtomicU64,
     segments_created: AtomicU64,
     segments_deleted: AtomicU64,
+    spare_waits: AtomicU64,
     fsync_micros: Log2Histogram,
     appends_per_flush: Log2Histogram,
 }
@@ -471,12 +488,25 @@ impl FileLog {
             });
         }
         let mut segments = rec.segments;
+        let mode = options.writer;
+        let mut spares = if options.preallocate_segments {
+            Spares::start(&fs, &dir, options.segment_bytes, mode == WriterMode::Thread)?
+        } else {
+            Spares::Off
+        };
         let active = match segments.last() {
+            // Right after the last complete append: the end of the file, or
+            // the start of the zeros of a preallocated one.
             Some(last) => fs
-                .open_append(&last.path)
+                .open_write_at(&last.path, last.len)
                 .map_err(io_err(format!("opening {}", last.path.display())))?,
             None => {
-                let (file, meta) = create_segment(&fs, &dir, rec.last_lsn + 1, &rec.summary)?;
+                let (file, meta) = if spares.enabled() {
+                    let (spare, _) = spares.take()?;
+                    spare::install(&fs, &dir, spare, rec.last_lsn + 1, &rec.summary)?
+                } else {
+                    create_segment(&fs, &dir, rec.last_lsn + 1, &rec.summary)?
+                };
                 segments.push(meta);
                 file
             }
@@ -506,7 +536,6 @@ impl FileLog {
             options,
             listener: std::sync::OnceLock::new(),
         });
-        let mode = shared.options.writer;
         let writer = Writer {
             fs: fs.clone(),
             dir: dir.clone(),
@@ -517,6 +546,7 @@ impl FileLog {
             wbuf: Vec::new(),
             shared: shared.clone(),
             timed: mode == WriterMode::Thread,
+            spares,
         };
         let writer = match mode {
             WriterMode::Inline => WriterHandle::Inline(Mutex::new(writer)),
@@ -617,6 +647,7 @@ impl FileLog {
             flush_micros: get(&c.flush_micros),
             segments_created: get(&c.segments_created),
             segments_deleted: get(&c.segments_deleted),
+            spare_waits: get(&c.spare_waits),
             fsync_micros: c.fsync_micros.snapshot(),
             appends_per_flush: c.appends_per_flush.snapshot(),
         }
@@ -1015,7 +1046,7 @@ fn create_segment(
     let name = recovery::segment_name(first_lsn);
     let path = dir.join(&name);
     let tmp = dir.join(format!("{first_lsn:020}{SEGMENT_TMP_SUFFIX}"));
-    let mut buf = codec::encode_segment_header(first_lsn).to_vec();
+    let mut buf = codec::encode_segment_header(first_lsn, false).to_vec();
     codec::encode_state(summary, first_lsn - 1, &mut buf);
     let mut file = fs
         .create(&tmp)
@@ -1069,6 +1100,8 @@ struct Writer {
     /// Whether it may read the clock (to time fsyncs): not in
     /// [`WriterMode::Inline`], whose runs must not depend on time.
     timed: bool,
+    /// Preallocated segments to roll onto (or `Off`).
+    spares: Spares,
 }
 
 /// How long the writer lets appends gather before its next sync. A sync
@@ -1165,6 +1198,10 @@ impl Writer {
                 self.reclaim()?;
                 self.sync_spans(&mut self.shared.lock());
             }
+            // Inline mode: the next preallocated segment is made here,
+            // after the batch is durable and published, not while a later
+            // batch waits for its roll.
+            self.spares.refill()?;
             Ok(last)
         });
         if let Err(e) = &result {
@@ -1316,7 +1353,18 @@ impl Writer {
     /// Starts a new segment whose first append is `first_lsn`. The old
     /// segment is already synced, so every non-last segment is complete.
     fn roll(&mut self, first_lsn: u64) -> Result<(), StorageError> {
-        let (file, meta) = create_segment(&self.fs, &self.dir, first_lsn, &self.written)?;
+        let (file, meta) = if self.spares.enabled() {
+            let (spare, waited) = self.spares.take()?;
+            if waited {
+                self.shared
+                    .counters
+                    .spare_waits
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            spare::install(&self.fs, &self.dir, spare, first_lsn, &self.written)?
+        } else {
+            create_segment(&self.fs, &self.dir, first_lsn, &self.written)?
+        };
         self.active = file;
         self.segments.push(meta);
         self.shared

@@ -12,6 +12,13 @@
 //!   all-zero remainder, is a torn tail: the file is cut back to the end of
 //!   the last complete batch. That is not damage: those bytes were never
 //!   synced, so never acknowledged.
+//! - A preallocated segment (header version 2) ends its data with zeros:
+//!   an all-zero remainder after a complete batch is its clean end, in any
+//!   segment. In the last one, a record that fails its checks and has a
+//!   piece in a sector reading as zeros from there to the sector's end is a
+//!   torn in-place write (that sector never landed); the torn bytes are
+//!   overwritten with zeros and synced instead of cut, so the file keeps
+//!   its preallocated length.
 //! - Anything else that does not check out (a checksum mismatch, a read
 //!   that fails with EIO, a bad sequence number, a short sealed segment, a
 //!   gap) is damage. A segment with damage is read a second time first: a
@@ -148,7 +155,8 @@ pub struct RecoveryReport {
     pub segments: usize,
     /// Complete appends replayed.
     pub appends: u64,
-    /// Bytes of torn tail cut off the last segment.
+    /// Bytes of torn tail cut off the last segment (overwritten with zeros
+    /// in a preallocated one, which keeps its length).
     pub torn_bytes_cut: u64,
     /// Leftover temporary segment files removed.
     pub temp_files_removed: usize,
@@ -207,6 +215,8 @@ struct Scan {
     max_accept_slot: Slot,
     /// Lowest accept slot in the good part (`Slot::MAX` if none).
     min_accept_slot: Slot,
+    /// The header says the segment is preallocated (zeros end its data).
+    preallocated: bool,
     end: ScanEnd,
 }
 
@@ -261,13 +271,16 @@ fn scan_bytes(
         good_end: 0,
         max_accept_slot: Slot::ZERO,
         min_accept_slot: Slot::MAX,
+        preallocated: false,
         end: ScanEnd::Clean,
     };
-    let header_first = match codec::decode_segment_header(bytes) {
-        Ok(f) => f,
+    let header = match codec::decode_segment_header(bytes) {
+        Ok(h) => h,
         Err(FrameError::Incomplete) => return scan.damaged(0, "segment shorter than its header"),
         Err(FrameError::Bad(r)) => return scan.damaged(0, r),
     };
+    scan.preallocated = header.preallocated;
+    let header_first = header.first_lsn;
     if header_first != name_first_lsn || header_first == 0 {
         return scan.damaged(
             0,
@@ -297,6 +310,20 @@ fn scan_bytes(
         let rest = &bytes[offset..];
         let frame = match codec::decode_frame(rest, MAX_RECORD_PAYLOAD) {
             Ok(f) => f,
+            Err(_) if scan.preallocated && seen_state && rest.iter().all(|b| *b == 0) => {
+                // The zero-filled rest of a preallocated segment: the end
+                // of its data (an append cut short before it is handled
+                // below, as at the end of any segment).
+                break;
+            }
+            Err(_)
+                if scan.preallocated && is_last && seen_state && unlanded_sector(bytes, offset) =>
+            {
+                // A write into the zero-filled rest that did not fully
+                // land before a crash.
+                scan.end = ScanEnd::Torn;
+                return scan;
+            }
             Err(FrameError::Incomplete) if is_last && seen_state => {
                 scan.end = ScanEnd::Torn;
                 return scan;
@@ -377,6 +404,38 @@ fn scan_bytes(
         return scan.damaged(batch_start, "append cut short in a sealed segment");
     }
     scan
+}
+
+/// Bytes per sector for telling a torn in-place write: the smallest unit a
+/// disk writes whole.
+const SECTOR_BYTES: usize = 512;
+
+/// Whether the frame at `offset`, which failed its checks, holds a piece
+/// that never reached the disk: a piece lying in one 512-byte sector of the
+/// file, from which the sector reads as zeros to its end (or to the end of
+/// the file). Sectors of an in-place write reach a preallocated, zeroed
+/// file whole and in any order, so a crash mid-write leaves exactly that;
+/// a written record that is damaged (a flipped bit, garbage) leaves none,
+/// unless its last piece is legitimately zero and nothing follows it (the
+/// documented limit: zeros at the very end of the log are its end).
+fn unlanded_sector(bytes: &[u8], offset: usize) -> bool {
+    let rest = &bytes[offset..];
+    // The frame's extent as its header announces it when the header checks
+    // out; otherwise the header alone.
+    let len = match codec::peek_accept_slot(rest, MAX_RECORD_PAYLOAD) {
+        Ok((total, _)) => total,
+        Err(_) => codec::RECORD_HEADER_LEN,
+    };
+    let end = offset.saturating_add(len).min(bytes.len());
+    let mut at = offset;
+    while at < end {
+        let sector_end = ((at / SECTOR_BYTES + 1) * SECTOR_BYTES).min(bytes.len());
+        if bytes[at..sector_end].iter().all(|b| *b == 0) {
+            return true;
+        }
+        at = sector_end;
+    }
+    false
 }
 
 /// Recovers the log in `dir`.
@@ -639,7 +698,15 @@ fn recover_inner(
         report.segments += 1;
         let ScanEnd::Damaged { offset, reason } = &scan.end else {
             apply_scan(&scan, &mut state, &mut summary);
-            if scan.end == ScanEnd::Torn && scan.good_end < read.file_len {
+            if scan.end == ScanEnd::Torn && scan.preallocated {
+                report.torn_bytes_cut = zero_torn_tail(fs, path, &read.bytes, scan.good_end)?;
+                tracing::warn!(
+                    file = %path.display(),
+                    offset = scan.good_end,
+                    bytes = report.torn_bytes_cut,
+                    "zeroed a torn tail of the log"
+                );
+            } else if scan.end == ScanEnd::Torn && scan.good_end < read.file_len {
                 fs.truncate(path, scan.good_end).map_err(io_err(format!(
                     "cutting the torn tail of {}",
                     path.display()
@@ -684,7 +751,15 @@ fn recover_inner(
             Some(prev) => prev.checked_add(1) == Some(*first),
             None => *first == 1,
         };
-        let nothing_lost = is_last && read.file_len <= EMPTY_SEGMENT_LEN && chains;
+        // (A preallocated one holds zeros after its state record; no record
+        // is all zeros.)
+        let held_no_append = read.file_len <= EMPTY_SEGMENT_LEN
+            || (read.unreadable_at.is_none()
+                && read
+                    .bytes
+                    .get(EMPTY_SEGMENT_LEN as usize..)
+                    .is_some_and(|rest| rest.iter().all(|b| *b == 0)));
+        let nothing_lost = is_last && held_no_append && chains;
         let usable = scan.good_end > 0;
         let kept_lsn = if usable {
             scan.last_lsn
@@ -779,6 +854,35 @@ fn recover_inner(
         segments: metas,
         report,
     })
+}
+
+/// Overwrites with zeros, durably, what a torn write left after `good_end`
+/// in the preallocated segment `path` (read as `bytes`), so the zeros after
+/// the data are whole again: an append written there later and then torn
+/// by another crash must find nothing but its own bytes and zeros. The file
+/// keeps its length. Returns the bytes zeroed.
+fn zero_torn_tail(
+    fs: &SharedFs,
+    path: &Path,
+    bytes: &[u8],
+    good_end: u64,
+) -> Result<u64, StorageError> {
+    let from = good_end as usize;
+    let to = bytes
+        .iter()
+        .rposition(|b| *b != 0)
+        .map_or(from, |last| (last + 1).max(from));
+    if to == from {
+        return Ok(0);
+    }
+    let context = || format!("zeroing the torn tail of {}", path.display());
+    let mut file = fs
+        .open_write_at(path, good_end)
+        .map_err(io_err(context()))?;
+    file.write_all(&vec![0u8; to - from])
+        .map_err(io_err(context()))?;
+    file.sync_data().map_err(io_err(context()))?;
+    Ok((to - from) as u64)
 }
 
 /// Where `path` goes when set aside, reserving the name in `taken`.

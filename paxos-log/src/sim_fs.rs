@@ -3,7 +3,11 @@
 //! It models what a real disk guarantees and no more:
 //!
 //! - File data written but not yet `sync_data`-ed may be lost on a crash,
-//!   wholly or in part (a torn write keeps a prefix of the unsynced bytes).
+//!   wholly or in part: a torn append keeps a prefix of the unsynced
+//!   bytes; a torn write in place (inside a preallocated file) keeps each
+//!   changed 512-byte sector old or new on its own, in any combination, as
+//!   page-cache writeback does, and a write cut short by a crash in place
+//!   stops on a sector boundary (sectors are written whole).
 //! - Directory changes (create, rename, remove) not yet made durable with
 //!   `sync_dir` may be lost on a crash; they are journalled in order, so a
 //!   crash keeps some prefix of them.
@@ -29,8 +33,8 @@
 //! real disk does; a disk that is down after a crash fails with a different
 //! error, which recovery does not mistake for damage.
 //!
-//! The intended place of a misdirected append reads back as stale,
-//! non-zero garbage. (A never-written block that reads as zeros would look
+//! The intended place of a misdirected write (an append, or a write in
+//! place) reads back as stale, non-zero garbage. (A never-written block that reads as zeros would look
 //! exactly like the zeros a crash leaves past the end of a file on xfs,
 //! which recovery cuts as a torn tail: the log cannot tell the two apart
 //! without redundant metadata, see the crate documentation.)
@@ -191,6 +195,28 @@ struct Inode {
 }
 
 impl Inode {
+    /// Writes `buf` at `at`, zero-filling any gap and growing the file.
+    fn put(&mut self, at: u64, buf: &[u8]) {
+        let at = at as usize;
+        let end = at + buf.len();
+        if self.data.len() < end {
+            self.data.resize(end, 0);
+        }
+        self.data[at..end].copy_from_slice(buf);
+    }
+
+    /// Bytes written since the last sync: past the durable length, or
+    /// different from the durable bytes (an in-place write).
+    fn dirty_bytes(&self) -> usize {
+        let common = self.data.len().min(self.durable.len());
+        let changed = self.data[..common]
+            .iter()
+            .zip(&self.durable[..common])
+            .filter(|(a, b)| a != b)
+            .count();
+        changed + self.data.len().saturating_sub(self.durable.len())
+    }
+
     /// A write remaps the sectors it touches: they are readable again.
     fn clear_bad(&mut self, range: std::ops::Range<u64>, sector: u64) {
         if self.bad_sectors.is_empty() || range.is_empty() {
@@ -391,25 +417,28 @@ impl State {
         Ok(out)
     }
 
-    /// Appends `buf` to `ino`, possibly misdirected.
-    fn append(&mut self, ino: u64, buf: &[u8]) -> io::Result<()> {
+    /// Writes `buf` into `ino` at `at` (in place, growing the file if it
+    /// passes the end), possibly misdirected.
+    fn write_at(&mut self, ino: u64, at: u64, buf: &[u8]) -> io::Result<()> {
         let sector = self.faults.sector();
         self.spend(DiskOp::Write, buf.len());
         let misdirect = !buf.is_empty() && self.roll(self.faults.misdirected_write_per_million);
         let inode = self.inodes.get_mut(&ino).ok_or_else(crashed)?;
-        let at = inode.data.len() as u64;
         if !misdirect {
-            inode.data.extend_from_slice(buf);
+            inode.put(at, buf);
             inode.clear_bad(at..at + buf.len() as u64, sector);
             return Ok(());
         }
-        // The file grows (the file system believes the write happened),
-        // but its new bytes are whatever the blocks held before: stale,
-        // non-zero garbage.
+        // The file system believes the write happened (the file grows if
+        // it passed the end), but the intended place holds whatever its
+        // blocks held before: stale, non-zero garbage (see the module
+        // documentation for why never zeros).
         let stale_seed = self.draw();
-        let stale = (0..buf.len() as u64).map(|i| (mix(stale_seed, i) as u8) | 1);
+        let stale: Vec<u8> = (0..buf.len() as u64)
+            .map(|i| (mix(stale_seed, i) as u8) | 1)
+            .collect();
         let inode = self.inodes.get_mut(&ino).ok_or_else(crashed)?;
-        inode.data.extend(stale);
+        inode.put(at, &stale);
         self.counters.misdirected_writes += 1;
         // The data lands on another file's bytes or earlier in this one.
         let mut victims: Vec<u64> = self
@@ -447,6 +476,24 @@ impl State {
         v.clear_bad(off..off + n as u64, sector);
         Ok(())
     }
+}
+
+/// What a torn crash leaves of a file written in place since its last sync
+/// (`new` at least as long as `old`): each sector that changed is old or
+/// new, chosen from `seed`; of the growth past `old`'s end a prefix stays.
+fn torn_in_place(old: &[u8], new: &[u8], sector: u64, seed: u64, ino: u64) -> Vec<u8> {
+    let sector = sector as usize;
+    let mut out = old.to_vec();
+    for (i, (o, n)) in out.chunks_mut(sector).zip(new.chunks(sector)).enumerate() {
+        let salt = (ino + 2).wrapping_mul(1 << 32).wrapping_add(i as u64);
+        if o != n && mix(seed, salt) % 2 == 1 {
+            o.copy_from_slice(&n[..o.len()]);
+        }
+    }
+    let extra = new.len() - old.len();
+    let keep = (mix(seed, ino + 2) % (extra as u64 + 1)) as usize;
+    out.extend_from_slice(&new[old.len()..old.len() + keep]);
+    out
 }
 
 fn crashed() -> io::Error {
@@ -586,9 +633,21 @@ impl SimFs {
                     }
                 };
                 inode.data[..inode.durable.len() + keep].to_vec()
+            } else if inode.data.len() >= inode.durable.len() {
+                // Written in place since the last sync (a preallocated
+                // file): the page cache writes dirty sectors back in any
+                // order, so each changed sector is old or new on its own,
+                // and a prefix of any growth past the old end survives.
+                match policy {
+                    CrashPolicy::LoseUnsynced => inode.durable.clone(),
+                    CrashPolicy::KeepUnsynced => inode.data.clone(),
+                    CrashPolicy::Torn { seed } => {
+                        torn_in_place(&inode.durable, &inode.data, sector, seed, *ino)
+                    }
+                }
             } else {
-                // Rewritten or cut since the last sync: either version may
-                // be what the disk holds.
+                // Cut since the last sync: either version may be what the
+                // disk holds.
                 match policy {
                     CrashPolicy::LoseUnsynced => inode.durable.clone(),
                     CrashPolicy::KeepUnsynced => inode.data.clone(),
@@ -696,6 +755,8 @@ impl SimFs {
 struct SimWritable {
     fs: SimFs,
     ino: u64,
+    /// Where the next write goes.
+    pos: u64,
 }
 
 impl WritableFile for SimWritable {
@@ -704,11 +765,44 @@ impl WritableFile for SimWritable {
         let crash_now = s.tick()?;
         if crash_now {
             // A write cut short by the crash: part of it reached the file.
+            // Inside the file (an in-place write) whole sectors land or
+            // not, so the cut falls on a sector boundary; a write past the
+            // end is cut anywhere (the file's length is what tears).
+            let sector = s.faults.sector();
             let inode = s.inodes.get_mut(&self.ino).ok_or_else(crashed)?;
-            inode.data.extend_from_slice(&buf[..buf.len() / 2]);
+            let mut cut = self.pos + buf.len() as u64 / 2;
+            if cut < inode.data.len() as u64 {
+                cut = (cut / sector * sector).max(self.pos);
+            }
+            inode.put(self.pos, &buf[..(cut - self.pos) as usize]);
             return Err(crashed());
         }
-        s.append(self.ino, buf)
+        s.write_at(self.ino, self.pos, buf)?;
+        self.pos += buf.len() as u64;
+        Ok(())
+    }
+
+    fn zero_fill_to(&mut self, len: u64) -> io::Result<()> {
+        let mut s = self.fs.lock();
+        let crash_now = s.tick()?;
+        let inode = s.inodes.get(&self.ino).ok_or_else(crashed)?;
+        let from = inode.data.len() as u64;
+        if from >= len {
+            return if crash_now { Err(crashed()) } else { Ok(()) };
+        }
+        // Cut short by a crash, half the zeros reached the file.
+        let to = if crash_now {
+            from + (len - from) / 2
+        } else {
+            len
+        };
+        s.spend(DiskOp::Write, (to - from) as usize);
+        let inode = s.inodes.get_mut(&self.ino).ok_or_else(crashed)?;
+        inode.data.resize(to as usize, 0);
+        if crash_now {
+            return Err(crashed());
+        }
+        Ok(())
     }
 
     fn sync_data(&mut self) -> io::Result<()> {
@@ -720,10 +814,7 @@ impl WritableFile for SimWritable {
         if s.tick()? {
             return Err(crashed());
         }
-        let dirty = s
-            .inodes
-            .get(&self.ino)
-            .map_or(0, |i| i.data.len().saturating_sub(i.durable.len()));
+        let dirty = s.inodes.get(&self.ino).map_or(0, Inode::dirty_bytes);
         s.spend(DiskOp::Sync, dirty);
         let inode = s.inodes.get_mut(&self.ino).ok_or_else(crashed)?;
         inode.durable = inode.data.clone();
@@ -782,6 +873,7 @@ impl FileSystem for SimFs {
         Ok(Box::new(SimWritable {
             fs: self.clone(),
             ino,
+            pos: 0,
         }))
     }
 
@@ -789,9 +881,22 @@ impl FileSystem for SimFs {
         let s = self.lock();
         s.alive()?;
         let ino = s.lookup(path)?;
+        let pos = s.inodes.get(&ino).map_or(0, |i| i.data.len() as u64);
         Ok(Box::new(SimWritable {
             fs: self.clone(),
             ino,
+            pos,
+        }))
+    }
+
+    fn open_write_at(&self, path: &Path, offset: u64) -> io::Result<Box<dyn WritableFile>> {
+        let s = self.lock();
+        s.alive()?;
+        let ino = s.lookup(path)?;
+        Ok(Box::new(SimWritable {
+            fs: self.clone(),
+            ino,
+            pos: offset,
         }))
     }
 

@@ -206,11 +206,16 @@ impl Sim {
                 else {
                     return Ok(());
                 };
-                let len = disk.file_len(&newest).unwrap_or(0);
+                // Where the data ends: a preallocated log segment is zeros
+                // after its newest record.
+                let len = disk
+                    .raw_contents(&newest)
+                    .and_then(|raw| raw.iter().rposition(|b| *b != 0))
+                    .map_or(0, |last| last as u64 + 1);
                 if len == 0 {
                     return Ok(());
                 }
-                // The newest records: the last 4 KiB.
+                // The newest records: the last 4 KiB of data.
                 let from = len.saturating_sub(4096);
                 let bit = self.rng.gen_range(from * 8..len * 8);
                 if disk.flip_bit(&newest, bit).is_err() {
