@@ -22,10 +22,16 @@ use paxos_kv::keymap::KeyMap;
 use std::time::{Duration, Instant};
 /// This process's resident memory in MB (0 if /proc cannot say).
 fn rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
+    proc_field_mb("/proc/self/status", "VmRSS:")
+}
+
+/// The kB figure after `field` in the /proc file at `path`, in MB (0 if
+/// /proc cannot say).
+fn proc_field_mb(path: &str, field: &str) -> u64 {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
         .map_or(0, |kb| kb / 1024)
 }
@@ -89,24 +95,13 @@ fn main() {
         // and either lets go of each shard as it goes (the node) or, with
         // `HOLD=1`, keeps the whole view until it has walked all of it.
         let hold = std::env::var_os("HOLD").is_some();
-        let pace: u64 = std::env::var("PACE_MB")
-            .ok()
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(250);
         let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let done_there = std::sync::Arc::clone(&done);
         let walker = std::thread::spawn(move || {
             let t = Instant::now();
-            let (mut bytes, mut next_pause) = (0u64, 1u64 << 20);
+            let mut pacer = Pacer::from_env();
             let mut step = |k: &[u8], v: &[u8], _| {
-                bytes += (16 + k.len() + v.len()) as u64;
-                if bytes >= next_pause {
-                    next_pause += 1 << 20;
-                    let due = Duration::from_micros(bytes / pace);
-                    if let Some(wait) = due.checked_sub(t.elapsed()) {
-                        std::thread::sleep(wait);
-                    }
-                }
+                pacer.walked(k, v);
                 Ok::<(), ()>(())
             };
             if hold {
@@ -165,27 +160,15 @@ fn fork_round(
     batch: &mut impl FnMut(&mut KeyMap) -> Duration,
     batches: usize,
 ) {
-    let pace: u64 = std::env::var("PACE_MB")
-        .ok()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(250);
     let t = Instant::now();
     // SAFETY: this process has one thread here (the walkers of earlier
     // rounds were joined), so the child inherits no lock held elsewhere.
     let pid = unsafe { libc::fork() };
     let forked = t.elapsed();
     if pid == 0 {
-        let (mut bytes, mut next_pause) = (0u64, 1u64 << 20);
-        let t = Instant::now();
+        let mut pacer = Pacer::from_env();
         for (k, v) in m.iter() {
-            bytes += (16 + k.len() + v.len()) as u64;
-            if bytes >= next_pause {
-                next_pause += 1 << 20;
-                let due = Duration::from_micros(bytes / pace);
-                if let Some(wait) = due.checked_sub(t.elapsed()) {
-                    std::thread::sleep(wait);
-                }
-            }
+            pacer.walked(k, v);
         }
         // SAFETY: leave without running the parent's destructors.
         unsafe { libc::_exit(0) };
@@ -221,10 +204,43 @@ fn fork_round(
 
 /// A process's private dirty memory in MB (0 if /proc cannot say).
 fn private_dirty_mb(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("Private_Dirty:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .map_or(0, |kb| kb / 1024)
+    proc_field_mb(&format!("/proc/{pid}/smaps_rollup"), "Private_Dirty:")
+}
+
+/// Keeps a walk of the table at a disk's pace: `PACE_MB` MB/s (default
+/// 250) of encoded entries, checked every MiB.
+struct Pacer {
+    started: Instant,
+    /// Bytes per microsecond (= MB/s).
+    pace: u64,
+    bytes: u64,
+    next_pause: u64,
+}
+
+impl Pacer {
+    fn from_env() -> Pacer {
+        let pace = std::env::var("PACE_MB")
+            .ok()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(250u64)
+            .max(1);
+        Pacer {
+            started: Instant::now(),
+            pace,
+            bytes: 0,
+            next_pause: 1 << 20,
+        }
+    }
+
+    /// Counts one entry as a checkpoint encodes it, sleeping when ahead.
+    fn walked(&mut self, key: &[u8], value: &[u8]) {
+        self.bytes += (16 + key.len() + value.len()) as u64;
+        if self.bytes >= self.next_pause {
+            self.next_pause += 1 << 20;
+            let due = Duration::from_micros(self.bytes / self.pace);
+            if let Some(wait) = due.checked_sub(self.started.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+    }
 }

@@ -1043,19 +1043,37 @@ fn create_segment(
     summary: &StateSummary,
 ) -> Result<(Box<dyn WritableFile>, SegmentMeta), StorageError> {
     requires!(first_lsn >= 1);
-    let name = recovery::segment_name(first_lsn);
-    let path = dir.join(&name);
     let tmp = dir.join(format!("{first_lsn:020}{SEGMENT_TMP_SUFFIX}"));
-    let mut buf = codec::encode_segment_header(first_lsn, false).to_vec();
-    codec::encode_state(summary, first_lsn - 1, &mut buf);
-    let mut file = fs
+    let file = fs
         .create(&tmp)
         .map_err(io_err(format!("creating {}", tmp.display())))?;
+    seal_segment(fs, dir, &tmp, file, first_lsn, false, summary)
+}
+
+/// Makes the temporary file `tmp` (open as `file`, positioned at its
+/// start) the segment whose first append is `first_lsn`: writes its header
+/// (`preallocated`: format version 2) and state record, syncs it, renames
+/// it into place and syncs the directory, so a segment name that survives
+/// a crash names a complete header and state record. Returns the file,
+/// positioned after the state record, and its metadata.
+pub(crate) fn seal_segment(
+    fs: &SharedFs,
+    dir: &Path,
+    tmp: &Path,
+    mut file: Box<dyn WritableFile>,
+    first_lsn: u64,
+    preallocated: bool,
+    summary: &StateSummary,
+) -> Result<(Box<dyn WritableFile>, SegmentMeta), StorageError> {
+    requires!(first_lsn >= 1);
+    let path = dir.join(recovery::segment_name(first_lsn));
+    let mut buf = codec::encode_segment_header(first_lsn, preallocated).to_vec();
+    codec::encode_state(summary, first_lsn - 1, &mut buf);
     file.write_all(&buf)
         .map_err(io_err(format!("writing {}", tmp.display())))?;
     file.sync_data()
         .map_err(io_err(format!("syncing {}", tmp.display())))?;
-    fs.rename(&tmp, &path)
+    fs.rename(tmp, &path)
         .map_err(io_err(format!("renaming {} into place", tmp.display())))?;
     fs.sync_dir(dir)
         .map_err(io_err(format!("syncing directory {}", dir.display())))?;

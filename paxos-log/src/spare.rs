@@ -20,12 +20,10 @@
 //! file, which recovery removes like any unfinished segment: a spare never
 //! holds an append until it has been renamed into place.
 
-use crate::codec::{self, StateSummary};
+use crate::codec::StateSummary;
 use crate::fs::{SharedFs, WritableFile};
-use crate::recovery::{self, SegmentMeta, SEGMENT_TMP_SUFFIX};
+use crate::recovery::{SegmentMeta, SEGMENT_TMP_SUFFIX};
 use crate::storage::StorageError;
-use paxos_contracts::requires;
-use paxos_core::Slot;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, TryRecvError};
@@ -85,32 +83,8 @@ pub(crate) fn install(
     first_lsn: u64,
     summary: &StateSummary,
 ) -> Result<(Box<dyn WritableFile>, SegmentMeta), StorageError> {
-    requires!(first_lsn >= 1);
-    let Spare {
-        path: tmp,
-        mut file,
-    } = spare;
-    let path = dir.join(recovery::segment_name(first_lsn));
-    let mut buf = codec::encode_segment_header(first_lsn, true).to_vec();
-    codec::encode_state(summary, first_lsn - 1, &mut buf);
-    file.write_all(&buf)
-        .map_err(io_err(format!("writing {}", tmp.display())))?;
-    file.sync_data()
-        .map_err(io_err(format!("syncing {}", tmp.display())))?;
-    fs.rename(&tmp, &path)
-        .map_err(io_err(format!("renaming {} into place", tmp.display())))?;
-    fs.sync_dir(dir)
-        .map_err(io_err(format!("syncing directory {}", dir.display())))?;
-    let meta = SegmentMeta {
-        first_lsn,
-        path,
-        len: buf.len() as u64,
-        max_accept_slot: Slot::ZERO,
-        min_accept_slot: Slot::MAX,
-        accept_blocks: Vec::new(),
-        blocks_from: buf.len() as u64,
-    };
-    Ok((file, meta))
+    let Spare { path: tmp, file } = spare;
+    crate::log::seal_segment(fs, dir, &tmp, file, first_lsn, true, summary)
 }
 
 /// Where the writer gets its spares.
