@@ -68,7 +68,7 @@ use paxos_log::histogram::{Log2Histogram, Log2Snapshot};
 use paxos_log::{DurabilityEvent, ReplicaStorage};
 use paxos_net::{Inbound, Transport};
 use paxos_node::storage::{self as node_storage, TransferSink};
-use paxos_node::{ClusterView, Effect, MemberAddrs, Node, PersistId, TransferOp};
+use paxos_node::{ClusterView, Effect, MemberAddrs, Node, PersistId, RequestKind, TransferOp};
 use paxos_pipeline::{AbortReason, Completer, Outcome, Request, RequestConsumer, Submitter};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
@@ -450,9 +450,34 @@ impl Replica {
         &self,
         request: Bytes,
     ) -> Result<paxos_pipeline::CompletionHandle<Reply>, ReplicateError> {
+        self.submit_kind(request, RequestKind::Write)
+    }
+
+    /// Submits a linearizable read-only request in order with the writes
+    /// submitted before and after it (by this caller; the queue keeps
+    /// their order): the leader answers it at its place in a batch, between
+    /// them, without writing it to the log (see `paxos_node::reads`). The
+    /// RESP server sends a pipeline's reads this way once the pipeline has
+    /// sent a write. `NotPrimary` on a follower.
+    pub fn submit_read_in_order(
+        &self,
+        request: Bytes,
+    ) -> Result<paxos_pipeline::CompletionHandle<Reply>, ReplicateError> {
+        self.submit_kind(request, RequestKind::Read)
+    }
+
+    fn submit_kind(
+        &self,
+        request: Bytes,
+        kind: RequestKind,
+    ) -> Result<paxos_pipeline::CompletionHandle<Reply>, ReplicateError> {
         self.check_primary()?;
         let queued_us = self.stages.stamp();
-        let submitted = Submitted { request, queued_us };
+        let submitted = Submitted {
+            request,
+            kind,
+            queued_us,
+        };
         self.submitter.try_submit(submitted).map_err(|e| match e {
             paxos_pipeline::SubmitError::ShuttingDown(_) => ReplicateError::ShuttingDown,
             _ => ReplicateError::Overloaded,
@@ -665,6 +690,8 @@ pub type DurableReloader =
 pub struct Submitted {
     /// The state-machine request encoding.
     pub request: Bytes,
+    /// A write, or a read answered in order with the writes.
+    pub kind: RequestKind,
     /// Stage stamp when it was queued (0: timing off).
     pub queued_us: u64,
 }
@@ -888,7 +915,7 @@ struct EventLoop {
     checkpoints: Option<CheckpointStore>,
     sink: Option<TransferSink>,
     /// Reused for draining the submit queue.
-    drained: Vec<(Bytes, Completer<Reply>)>,
+    drained: Vec<(Bytes, Completer<Reply>, RequestKind)>,
     stages: Arc<StageRecorder>,
     reload_durable: Option<DurableReloader>,
     peer_directory: Option<Arc<dyn PeerDirectory>>,
@@ -1124,7 +1151,7 @@ impl EventLoop {
                 |r: &Request<Submitted, Reply>| r.payload.request.len(),
                 |r| {
                     recorder.record(Point::Queued, r.payload.queued_us, batched_us);
-                    drained.push((r.payload.request, r.completer));
+                    drained.push((r.payload.request, r.completer, r.payload.kind));
                 },
             );
         });

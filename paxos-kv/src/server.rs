@@ -34,24 +34,28 @@
 //!
 //! Order on one connection: requests pipelined on one connection take
 //! effect in the order they were sent, as in Redis (`SET k v; GET k` reads
-//! `v`, `GET k; SET k w` does not read `w`), although reads skip the log
-//! ([`ConnOrder`] keeps the counts):
-//! - a read sent while a request of the connection is in the log (not
-//!   answered yet), or in a pipeline that has sent a write (until the
-//!   connection has nothing in flight), goes through the log, in order, as
-//!   every read did before; otherwise it skips the log, and is answered
-//!   from a state that includes every earlier request of the connection;
-//! - a write sent while reads that skipped the log are unanswered waits
-//!   for them (the reader pauses; a read is confirmed within a heartbeat
-//!   round trip, at once under a lease), since a read is answered from the
-//!   state at the moment it is served, which must not include a later
-//!   write.
+//! `v`, `GET k; SET k w` does not read `w`), although no read is written
+//! to the log ([`ConnOrder`] keeps the counts):
+//! - a read sent while a write of the connection (or a read behind one)
+//!   is unanswered, or in a pipeline that has sent a write (until the
+//!   connection has nothing in flight), goes in order with the writes
+//!   ([`Replica::submit_read_in_order`]): through the same queue, into the
+//!   batch the leader is filling, and is answered when that batch is
+//!   applied, between the writes sent before it and those sent after it
+//!   (`paxos_node::reads` has why that is linearizable); followers never
+//!   see it;
+//! - otherwise it goes on its own ([`Replica::submit_read`]), is confirmed
+//!   by a heartbeat round (at once under a lease), and is answered from a
+//!   state that includes every earlier request of the connection;
+//! - a write sent while reads of the second kind are unanswered waits for
+//!   them (the reader pauses for at most a heartbeat round trip), since
+//!   such a read is answered from the state at the moment it is served,
+//!   which must not include a later write.
 //!
-//! So unpipelined clients and read-only pipelines never touch the log for
-//! reads, and a pipeline mixing reads and writes pays that wait once, then
-//! costs what it cost before: a mixed pipeline flipping between the two
-//! ways would pay a round trip at every flip. Reads that should skip the
-//! log belong on a connection of their own.
+//! So unpipelined clients and read-only pipelines read without waiting
+//! for a write, and a pipeline mixing reads and writes pays that wait at
+//! most once per pipeline; its reads then cost a place in a batch, not a
+//! log write.
 //!
 //! Writes, and reads without `READONLY`, on a follower are answered with
 //! `-MOVED 0 <addr>` where `<addr>` is the leader's client address
@@ -168,22 +172,23 @@ pub fn is_operator_command(name: &[u8]) -> bool {
 struct ConnOrder {
     /// The highest slot whose state a reply on this connection reflected.
     observed: AtomicU64,
-    /// Requests in the log (writes, and reads behind them) not answered.
-    in_log: AtomicU64,
+    /// Requests submitted in order with the writes (writes, and reads
+    /// behind them) not answered.
+    in_order: AtomicU64,
     /// Reads that skipped the log, not answered.
     off_log: AtomicU64,
     /// Signalled when `off_log` drops to zero.
     off_log_done: tokio::sync::Notify,
-    /// The pipeline in flight has had a write in the log: its reads go
-    /// through the log too until the connection has nothing in flight (the
-    /// reader's alone).
+    /// The pipeline in flight has sent a write: its reads go in order with
+    /// the writes until the connection has nothing in flight (the reader's
+    /// alone).
     mixed: std::sync::atomic::AtomicBool,
 }
 
 /// Which way a submitted request went.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Route {
-    Log,
+    InOrder,
     OffLog,
 }
 
@@ -492,7 +497,7 @@ async fn handle_connection(
                             if !reads_answered(&order, &mut closed_rx).await {
                                 break 'read;
                             }
-                            submit_write(&state, request, received_us, &order)
+                            submit_in_order(&state, request, Ordered::Write, received_us, &order)
                         }
                         other => other,
                     };
@@ -584,9 +589,9 @@ fn execute(
     match encode_command(args, scratch) {
         Ok(kind) => {
             let request = scratch.split().freeze();
-            let in_log = order.in_log.load(Ordering::Acquire);
+            let in_order = order.in_order.load(Ordering::Acquire);
             let off_log = order.off_log.load(Ordering::Acquire);
-            if in_log == 0 && off_log == 0 {
+            if in_order == 0 && off_log == 0 {
                 // Nothing of this connection in flight: a new pipeline.
                 order.mixed.store(false, Ordering::Relaxed);
             }
@@ -596,16 +601,18 @@ fn execute(
                     Pending::HeldWrite(request, received_us)
                 }
                 CommandKind::Write => {
-                    let pending = submit_write(state, request, received_us, order);
+                    let pending =
+                        submit_in_order(state, request, Ordered::Write, received_us, order);
                     if matches!(pending, Pending::Wait(..)) {
                         order.mixed.store(true, Ordering::Relaxed);
                     }
                     pending
                 }
                 // Behind a request in the log, or in a pipeline that mixes
-                // reads and writes: in the log, in order.
-                CommandKind::Read if in_log > 0 || order.mixed.load(Ordering::Relaxed) => {
-                    submit_write(state, request, received_us, order)
+                // reads and writes: in order with the writes (answered at its
+                // place in a batch, not written to the log).
+                CommandKind::Read if in_order > 0 || order.mixed.load(Ordering::Relaxed) => {
+                    submit_in_order(state, request, Ordered::Read, received_us, order)
                 }
                 CommandKind::Read => {
                     let consistency = read_consistency(
@@ -627,18 +634,32 @@ fn execute(
     }
 }
 
-/// Submits a request through the log (a write, or a read that must stay
-/// in order behind one).
-fn submit_write(
+/// Which way a request goes in order with the connection's writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ordered {
+    /// Through the log.
+    Write,
+    /// Answered at its place among the writes, without the log.
+    Read,
+}
+
+/// Submits a request in order with the connection's writes (a write, or a
+/// read that must stay in order behind one).
+fn submit_in_order(
     state: &ServerState,
     request: Bytes,
+    kind: Ordered,
     received_us: u64,
     order: &ConnOrder,
 ) -> Pending {
-    match state.replica.submit(request) {
+    let result = match kind {
+        Ordered::Write => state.replica.submit(request),
+        Ordered::Read => state.replica.submit_read_in_order(request),
+    };
+    match result {
         Ok(handle) => {
-            order.in_log.fetch_add(1, Ordering::Relaxed);
-            submitted(state, handle, received_us, Route::Log)
+            order.in_order.fetch_add(1, Ordering::Relaxed);
+            submitted(state, handle, received_us, Route::InOrder)
         }
         Err(e) => Pending::Ready(replicate_error_bytes(&e, state)),
     }
@@ -793,8 +814,8 @@ fn outcome_bytes(
         order.observed.fetch_max(reply.slot.0, Ordering::Release);
     }
     match route {
-        Route::Log => {
-            order.in_log.fetch_sub(1, Ordering::Release);
+        Route::InOrder => {
+            order.in_order.fetch_sub(1, Ordering::Release);
         }
         Route::OffLog => {
             if order.off_log.fetch_sub(1, Ordering::Release) == 1 {

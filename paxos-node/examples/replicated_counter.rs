@@ -33,7 +33,7 @@ use paxos_net::{Inbound, NodeIdentity, QuicConfig, QuicTransport, Transport};
 use paxos_node::storage::{self, TransferSink};
 use paxos_node::{
     AbortReason, BytesSnapshot, Decree, Effect, MemberAddrs, Node, NodeConfig, NodeStatus,
-    Recovery, SnapshotError, StateMachine, TransferOp,
+    Recovery, RequestKind, SnapshotError, StateMachine, TransferOp,
 };
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, UdpSocket};
@@ -180,8 +180,11 @@ impl Replica {
                 Event::Peer(from, bytes) => self.node.handle_message(now, from, bytes),
                 Event::Tick => self.node.handle_tick(now),
                 Event::Command(Command::Submit(request, done)) => {
-                    self.node
-                        .propose_requests(now, now, &mut vec![(request, done)]);
+                    self.node.propose_requests(
+                        now,
+                        now,
+                        &mut vec![(request, done, RequestKind::Write)],
+                    );
                 }
                 Event::Command(Command::Peek(reply)) => {
                     let value = self.node.state_machine().value;

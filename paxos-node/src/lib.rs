@@ -24,7 +24,10 @@
 //!   [`ReadConsistency::Linearizable`] (the leader confirms its leadership
 //!   per [`ReadMode`]: a heartbeat round, or a lease that assumes bounded
 //!   clock drift) or [`ReadConsistency::AtLeast`] (bounded staleness on any
-//!   replica), answered by [`StateMachine::query`] without a decree.
+//!   replica), answered by [`StateMachine::query`] without a decree; or
+//!   handed to [`Node::propose_requests`] with writes as
+//!   [`RequestKind::Read`], answered at its place in the batch it rides in
+//!   as that batch is applied (no bytes in the decree).
 //! - **Backpressure from a full log**: after each append the driver passes
 //!   what storage says of its room to [`Node::on_log_space`]; while it is
 //!   full the node proposes nothing new (client batches wait, never fail)
@@ -93,7 +96,7 @@ pub use effect::{
     AbortReason, CheckpointJob, DecreeTiming, DecreesRead, Effect, PersistId, TransferOp,
 };
 pub use node::{LogFullError, Node, NodeError, NodeStatus, Recovery};
-pub use reads::{ReadConsistency, ReadMode};
+pub use reads::{ReadConsistency, ReadMode, RequestKind};
 pub use state_machine::{BytesSnapshot, Decree, Snapshot, SnapshotError, StateMachine};
 
 #[cfg(test)]

@@ -52,7 +52,7 @@ use crate::config::NodeConfig;
 use crate::directory::{membership_text, Directory, MemberAddrs};
 use crate::effect::{AbortReason, CheckpointJob, DecreeTiming, Effect, PersistId, TransferOp};
 use crate::framing::{self, DecreeKind, FramedBuilder, Header, ProposalTag, HEADER_LEN};
-use crate::reads::{ReadConsistency, ReadMode, ReadQueue, Waiting};
+use crate::reads::{ReadConsistency, ReadMode, ReadQueue, RequestKind, Waiting};
 use crate::state_machine::{Decree, StateMachine};
 use crate::storage::{encode_node_section, Restored};
 use crate::xfer::{self, XferMessage};
@@ -203,7 +203,13 @@ struct Proposal<C> {
     durable: Option<Time>,
     /// The persist of this leader's own vote for it (stage timing only).
     vote: Option<PersistId>,
+    /// Reads riding in it (see [`crate::reads`]).
+    reads: BatchReads<C>,
 }
+
+/// Reads riding in a batch: each with the number of the batch's requests
+/// that precede it, in that order.
+type BatchReads<C> = Vec<(usize, Waiting<C>)>;
 
 /// A framed batch the core refused for now (window full, or a
 /// `Reconfigure` unchosen), proposed again first.
@@ -212,7 +218,16 @@ struct Stalled<C> {
     value: Bytes,
     tag: ProposalTag,
     completions: Vec<C>,
+    reads: BatchReads<C>,
     batched: Time,
+}
+
+/// The batch [`Node::propose_requests`] is filling.
+struct OpenBatch<C> {
+    builder: FramedBuilder,
+    tag: ProposalTag,
+    completions: Vec<C>,
+    reads: BatchReads<C>,
 }
 
 /// An incoming checkpoint transfer.
@@ -301,6 +316,10 @@ pub struct Node<S: StateMachine, C> {
     stats: NodeStatus,
     /// Reads waiting to be answered (see [`crate::reads`]).
     reads: ReadQueue<C>,
+    /// `PlantedBug::ReadsAtOnce`: reads handed in with writes are answered
+    /// at once, from the state as it stands.
+    #[cfg(feature = "planted-bugs")]
+    planted_reads_at_once: bool,
 }
 
 impl<S: StateMachine, C> std::fmt::Debug for Node<S, C> {
@@ -402,6 +421,8 @@ impl<S: StateMachine, C> Node<S, C> {
                 catchup_served_from_storage: 0,
             },
             reads: ReadQueue::new(config.max_pending_reads, config.max_pending_read_bytes),
+            #[cfg(feature = "planted-bugs")]
+            planted_reads_at_once: false,
             config,
         };
         node.refresh_cluster(true);
@@ -437,16 +458,23 @@ impl<S: StateMachine, C> Node<S, C> {
     }
 
     /// Client requests for the state machine, each with its completion
-    /// handle; drains `requests`. On the leader they become one or more
-    /// decrees; elsewhere each is aborted with `NotPrimary`. `batched` is
-    /// when the driver took them (stage timing; pass `now` otherwise).
-    pub fn propose_requests(&mut self, now: Time, batched: Time, requests: &mut Vec<(Bytes, C)>) {
+    /// handle and its kind; drains `requests`. On the leader they become
+    /// one or more decrees, each [`RequestKind::Read`] riding at its place
+    /// in the batch open when it comes (see [`crate::reads`]); elsewhere
+    /// each is aborted with `NotPrimary`. `batched` is when the driver took
+    /// them (stage timing; pass `now` otherwise).
+    pub fn propose_requests(
+        &mut self,
+        now: Time,
+        batched: Time,
+        requests: &mut Vec<(Bytes, C, RequestKind)>,
+    ) {
         if requests.is_empty() {
             return;
         }
         if !self.is_leader {
             let leader = self.leader_hint();
-            for (_, c) in requests.drain(..) {
+            for (_, c, _) in requests.drain(..) {
                 self.effects.push_back(Effect::Abort {
                     completion: c,
                     reason: AbortReason::NotPrimary { leader },
@@ -455,40 +483,74 @@ impl<S: StateMachine, C> Node<S, C> {
             return;
         }
         let limits = self.config.core.batch_limits;
-        let mut builder: Option<(FramedBuilder, ProposalTag, Vec<C>)> = None;
-        for (request, completion) in requests.drain(..) {
-            if builder
-                .as_ref()
-                .is_some_and(|(b, _, _)| !b.fits(request.len()))
+        let mut builder: Option<OpenBatch<C>> = None;
+        for (request, completion, kind) in requests.drain(..) {
+            if kind == RequestKind::Write
+                && builder
+                    .as_ref()
+                    .is_some_and(|o| !o.builder.fits(request.len()))
             {
-                if let Some((b, tag, cs)) = builder.take() {
-                    let decree = b.finish_in(&mut self.batch_arena);
-                    self.propose_framed(now, decree, tag, cs, batched);
+                if let Some(open) = builder.take() {
+                    self.propose_open(now, open, batched);
                 }
             }
-            let (b, _, cs) = builder.get_or_insert_with(|| {
+            let open = builder.get_or_insert_with(|| {
                 let header = self.next_header(now, DecreeKind::Client);
-                let b = FramedBuilder::new_in(limits, &header, &mut self.batch_arena);
-                (b, header.tag, Vec::new())
+                OpenBatch {
+                    builder: FramedBuilder::new_in(limits, &header, &mut self.batch_arena),
+                    tag: header.tag,
+                    completions: Vec::new(),
+                    reads: Vec::new(),
+                }
             });
-            if b.push(&request) {
-                cs.push(completion);
-            } else {
-                // Bigger than a whole decree: it can never be proposed.
-                self.effects.push_back(Effect::Abort {
-                    completion,
-                    reason: AbortReason::TooLarge,
-                });
+            match kind {
+                RequestKind::Read => {
+                    #[cfg(feature = "planted-bugs")]
+                    if self.planted_reads_at_once {
+                        // The planted bug: answered from the state as it
+                        // stands, not at its place in a chosen batch.
+                        self.answer_read(Waiting {
+                            request,
+                            completion,
+                        });
+                        continue;
+                    }
+                    let before = open.completions.len();
+                    open.reads.push((
+                        before,
+                        Waiting {
+                            request,
+                            completion,
+                        },
+                    ));
+                }
+                RequestKind::Write => {
+                    if open.builder.push(&request) {
+                        open.completions.push(completion);
+                    } else {
+                        // Bigger than a whole decree: it can never be proposed.
+                        self.effects.push_back(Effect::Abort {
+                            completion,
+                            reason: AbortReason::TooLarge,
+                        });
+                    }
+                }
             }
         }
-        if let Some((b, tag, cs)) = builder {
-            // Finished even when empty, to hand the chunk's room back.
-            let decree = b.finish_in(&mut self.batch_arena);
-            if !cs.is_empty() {
-                self.propose_framed(now, decree, tag, cs, batched);
-            }
+        if let Some(open) = builder {
+            self.propose_open(now, open, batched);
         }
         self.process(now);
+    }
+
+    /// Finishes a batch and proposes it, unless it holds no request and no
+    /// read (then it only hands the chunk's room back). A batch of reads
+    /// alone is proposed as a decree of no requests: see [`crate::reads`].
+    fn propose_open(&mut self, now: Time, open: OpenBatch<C>, batched: Time) {
+        let decree = open.builder.finish_in(&mut self.batch_arena);
+        if !open.completions.is_empty() || !open.reads.is_empty() {
+            self.propose_framed(now, decree, open.tag, open.completions, open.reads, batched);
+        }
     }
 
     /// A command for the replicated directory (see
@@ -515,7 +577,7 @@ impl<S: StateMachine, C> Node<S, C> {
             });
             return;
         }
-        self.propose_framed(now, decree, header.tag, vec![completion], now);
+        self.propose_framed(now, decree, header.tag, vec![completion], Vec::new(), now);
         self.process(now);
     }
 
@@ -1044,6 +1106,9 @@ impl<S: StateMachine, C> Node<S, C> {
     /// only; compiled only with the `planted-bugs` feature).
     #[cfg(feature = "planted-bugs")]
     pub fn plant_core_bug(&mut self, bug: paxos_core::PlantedBug) {
+        if bug == paxos_core::PlantedBug::ReadsAtOnce {
+            self.planted_reads_at_once = true;
+        }
         self.core.plant_bug(bug);
     }
 
@@ -1184,12 +1249,14 @@ impl<S: StateMachine, C> Node<S, C> {
         value: Bytes,
         tag: ProposalTag,
         completions: Vec<C>,
+        reads: BatchReads<C>,
         batched: Time,
     ) {
         let stalled = Stalled {
             value,
             tag,
             completions,
+            reads,
             batched,
         };
         if self.stalled.is_empty() {
@@ -1219,6 +1286,7 @@ impl<S: StateMachine, C> Node<S, C> {
                     slot,
                     tag: s.tag,
                     completions: s.completions,
+                    reads: s.reads,
                     batched: s.batched,
                     proposed: now,
                     durable: None,
@@ -1230,24 +1298,39 @@ impl<S: StateMachine, C> Node<S, C> {
             // until it is, so wait exactly as for a full window.
             Err(ProposeError::WindowFull | ProposeError::ConfigChangeInFlight) => Some(s),
             Err(ProposeError::NotLeader { leader }) => {
-                self.abort_batch(s.completions, AbortReason::NotPrimary { leader });
+                self.abort_batch(s.completions, s.reads, AbortReason::NotPrimary { leader });
                 None
             }
             Err(ProposeError::TooLarge { .. }) => {
-                self.abort_batch(s.completions, AbortReason::TooLarge);
+                self.abort_batch(s.completions, s.reads, AbortReason::TooLarge);
                 None
             }
             Err(e) => {
                 tracing::error!(error = %e, "proposal refused");
-                self.abort_batch(s.completions, AbortReason::Refused);
+                self.abort_batch(s.completions, s.reads, AbortReason::Refused);
                 None
             }
         }
     }
 
-    fn abort_batch(&mut self, completions: Vec<C>, reason: AbortReason) {
+    /// Ends a batch's requests with `reason`, and the reads riding in it
+    /// with `NotPrimary` (a read never executed, so its outcome is never
+    /// unknown) or, if the batch could never be proposed, with `reason`.
+    fn abort_batch(&mut self, completions: Vec<C>, reads: BatchReads<C>, reason: AbortReason) {
         for completion in completions {
             self.effects.push_back(Effect::Abort { completion, reason });
+        }
+        let read_reason = match reason {
+            AbortReason::OutcomeUnknown => AbortReason::NotPrimary {
+                leader: self.leader_hint(),
+            },
+            other => other,
+        };
+        for (_, read) in reads {
+            self.effects.push_back(Effect::Abort {
+                completion: read.completion,
+                reason: read_reason,
+            });
         }
     }
 
@@ -1342,12 +1425,19 @@ impl<S: StateMachine, C> Node<S, C> {
 
     /// Answers a read from the state machine as it stands.
     fn answer_read(&mut self, read: Waiting<C>) {
+        self.answer_read_at(read, self.applied);
+    }
+
+    /// Answers a read from the state machine as it stands, naming `slot`
+    /// as the one it saw: for a read riding in the batch being applied at
+    /// `slot`, that slot (a replica that applied it has all the read saw).
+    fn answer_read_at(&mut self, read: Waiting<C>, slot: Slot) {
         let reply = self.sm.query(&read.request);
         self.stats.reads_served += 1;
         self.effects.push_back(Effect::Complete {
             completion: read.completion,
             reply,
-            slot: self.applied,
+            slot,
         });
     }
 
@@ -1515,9 +1605,26 @@ impl<S: StateMachine, C> Node<S, C> {
                     };
                     match header.kind {
                         DecreeKind::Client => {
-                            for request in requests {
+                            // Reads riding in this batch, if it is ours: each
+                            // is answered after the requests that preceded it.
+                            let reads = match self.proposals.front_mut() {
+                                Some(p) if p.slot == slot && p.tag == header.tag => {
+                                    std::mem::take(&mut p.reads)
+                                }
+                                _ => Vec::new(),
+                            };
+                            let mut reads = reads.into_iter().peekable();
+                            for (executed, request) in requests.enumerate() {
+                                while let Some((_, read)) =
+                                    reads.next_if(|(before, _)| *before == executed)
+                                {
+                                    self.answer_read_at(read, slot);
+                                }
                                 let reply = self.sm.execute(&decree, &request);
                                 self.outputs.push(reply);
+                            }
+                            for (_, read) in reads {
+                                self.answer_read_at(read, slot);
                             }
                         }
                         DecreeKind::Directory => {
@@ -1571,6 +1678,8 @@ impl<S: StateMachine, C> Node<S, C> {
                 && chosen == Some(p.tag)
                 && self.outputs.len() == p.completions.len();
             if ours {
+                // Apply answered them, between the batch's requests.
+                assert!(p.reads.is_empty(), "reads left in an applied batch");
                 if self.config.stage_timing {
                     self.effects.push_back(Effect::Timing(DecreeTiming {
                         batched: p.batched,
@@ -1591,7 +1700,7 @@ impl<S: StateMachine, C> Node<S, C> {
                 // Another value took the slot: ours was not chosen there. It
                 // cannot be chosen elsewhere either, but say "unknown"
                 // rather than lean on that.
-                self.abort_batch(p.completions, AbortReason::OutcomeUnknown);
+                self.abort_batch(p.completions, p.reads, AbortReason::OutcomeUnknown);
             }
         }
     }
@@ -1641,10 +1750,10 @@ impl<S: StateMachine, C> Node<S, C> {
     /// batch with `stalled`.
     fn abort_proposals(&mut self, proposed: AbortReason, stalled: AbortReason) {
         while let Some(p) = self.proposals.pop_front() {
-            self.abort_batch(p.completions, proposed);
+            self.abort_batch(p.completions, p.reads, proposed);
         }
         while let Some(s) = self.stalled.pop_front() {
-            self.abort_batch(s.completions, stalled);
+            self.abort_batch(s.completions, s.reads, stalled);
         }
     }
 

@@ -23,6 +23,28 @@
 //!   later ones); it is not linearizable. A client that wrote at slot `s`
 //!   (the slot of its `Complete`) reads its own write with `AtLeast(s)`.
 //!
+//! # Reads in order with writes
+//!
+//! A request handed to [`crate::Node::propose_requests`] as a
+//! [`RequestKind::Read`] is a linearizable read that keeps its place among
+//! the writes handed in with it, as a pipelined client expects (`SET k v;
+//! GET k` reads `v`; `GET k; SET k w` does not read `w`). It rides in the
+//! batch that is open when it arrives (the leader opens one if none is),
+//! at the position it arrived in, and is answered when that batch is
+//! applied, between the writes before it and those after it; it adds no
+//! byte to the decree, and followers never see it. A batch holding only
+//! reads is proposed as a decree of no requests (a header), so reads never
+//! wait for a write that may not come.
+//!
+//! Why that is linearizable, with no leadership check: the batch is a
+//! value created after the read arrived. If it is chosen at slot `s`, slot
+//! `s` was not chosen before the read arrived, and a write is acknowledged
+//! only once every slot up to its own is chosen and applied; so every
+//! write that completed before the read arrived is at a slot below `s`,
+//! and is in the state the read sees. Every write the read sees was chosen
+//! before the read was answered. If the batch is not chosen (leadership
+//! lost), the read is aborted with `NotPrimary`: it never executed.
+//!
 //! A read never executes through the log and never changes the state
 //! machine ([`crate::StateMachine::query`]). So a read that is aborted has
 //! certainly not taken effect: it is always safe to retry, and there is no
@@ -42,6 +64,17 @@ pub enum ReadConsistency {
     Linearizable,
     /// Bounded staleness: any replica that applied this slot may answer.
     AtLeast(Slot),
+}
+
+/// What a request handed to [`crate::Node::propose_requests`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestKind {
+    /// A command for the state machine, proposed in a decree.
+    Write,
+    /// A linearizable read-only request answered by
+    /// [`crate::StateMachine::query`] at its place among the writes handed
+    /// in with it (see the module docs); it is not written to the log.
+    Read,
 }
 
 /// How the leader confirms linearizable reads.

@@ -186,7 +186,7 @@ pub mod planted {
 
     /// Every planted bug. The match in [`name`] is exhaustive, so a new
     /// variant fails to compile until it is listed there.
-    pub const ALL: [PlantedBug; 8] = [
+    pub const ALL: [PlantedBug; 9] = [
         PlantedBug::SkipAdoptHighestAccepted,
         PlantedBug::AckBeforePersist,
         PlantedBug::QuorumHalf,
@@ -195,6 +195,7 @@ pub mod planted {
         PlantedBug::SkipPreVote,
         PlantedBug::LeaseNoWait,
         PlantedBug::DiskChunkOffByOne,
+        PlantedBug::ReadsAtOnce,
     ];
 
     /// The CLI name of a planted bug.
@@ -208,6 +209,7 @@ pub mod planted {
             PlantedBug::SkipPreVote => "skip-pre-vote",
             PlantedBug::LeaseNoWait => "lease-no-wait",
             PlantedBug::DiskChunkOffByOne => "disk-chunk-off-by-one",
+            PlantedBug::ReadsAtOnce => "reads-at-once",
         }
     }
 

@@ -31,9 +31,10 @@ struct Args {
     /// whether it changes membership; about half do).
     #[arg(long, default_value = "seed", value_parser = clap::builder::PossibleValuesParser::new(["always", "never", "seed"]))]
     reconfigure: String,
-    /// How `GET`s are served: through the log, or without it in ReadIndex
-    /// or lease mode (`seed`: each seed draws one).
-    #[arg(long, default_value = "seed", value_parser = clap::builder::PossibleValuesParser::new(["log", "read-index", "lease", "seed"]))]
+    /// How `GET`s are served: through the log, without it in ReadIndex or
+    /// lease mode, or in order with the writes (`in-order`; `seed`: each
+    /// seed draws one).
+    #[arg(long, default_value = "seed", value_parser = clap::builder::PossibleValuesParser::new(["log", "read-index", "lease", "in-order", "seed"]))]
     reads: String,
     /// `within`: every replica's clock keeps to the drift bound the nodes
     /// are configured with; `beyond`: clocks run up to 90% off while the
@@ -77,6 +78,7 @@ fn main() -> ExitCode {
             "log" => Some(paxos_sim::SimReadMode::Log),
             "read-index" => Some(paxos_sim::SimReadMode::ReadIndex),
             "lease" => Some(paxos_sim::SimReadMode::Lease),
+            "in-order" => Some(paxos_sim::SimReadMode::InOrder),
             _ => None,
         },
         clock_drift: if args.clock_drift == "beyond" {

@@ -3,8 +3,10 @@
 //! follower reads.
 //!
 //! - **Read path** ([`SimReadMode`]): `GET`s go through the log (as before
-//!   issue #17), or through `Node::submit_read` with the node in ReadIndex
-//!   or lease mode. Linearizable reads enter the clients' history and are
+//!   issue #17), through `Node::submit_read` with the node in ReadIndex
+//!   or lease mode, or handed in with the writes (`RequestKind::Read`),
+//!   each answered at its place in a batch the leader proposes, as a
+//!   pipelined client's reads are. Linearizable reads enter the clients' history and are
 //!   checked for linearizability with everything else. In the modes that
 //!   skip the log, a share of `GET`s are **follower reads**
 //!   (`ReadConsistency::AtLeast(s)`, `s` the highest slot the client has
@@ -39,13 +41,16 @@ pub enum SimReadMode {
     ReadIndex,
     /// `submit_read`, nodes in lease mode.
     Lease,
+    /// Handed in with the writes (`RequestKind::Read`), each answered at its
+    /// place in a batch of the leader's (nodes in ReadIndex mode).
+    InOrder,
 }
 
 impl SimReadMode {
     /// The node's read mode for this path.
     pub fn node_mode(self, max_drift_ppm: u32) -> ReadMode {
         match self {
-            SimReadMode::Log | SimReadMode::ReadIndex => ReadMode::ReadIndex,
+            SimReadMode::Log | SimReadMode::ReadIndex | SimReadMode::InOrder => ReadMode::ReadIndex,
             SimReadMode::Lease => ReadMode::Lease { max_drift_ppm },
         }
     }
@@ -90,8 +95,12 @@ impl ReadParams {
         drift: ClockDrift,
     ) -> ReadParams {
         let mut rng = SmallRng::seed_from_u64(seed ^ 0x7265_6164_735f_636c);
-        let drawn =
-            [SimReadMode::Log, SimReadMode::ReadIndex, SimReadMode::Lease][rng.gen_range(0..3)];
+        let drawn = [
+            SimReadMode::Log,
+            SimReadMode::ReadIndex,
+            SimReadMode::Lease,
+            SimReadMode::InOrder,
+        ][rng.gen_range(0..4)];
         let mode = mode.unwrap_or(drawn);
         let (max_drift_ppm, actual) = match drift {
             ClockDrift::WithinBound => {
@@ -104,7 +113,8 @@ impl ReadParams {
             .map(|_| rng.gen_range(-actual..=actual))
             .collect();
         let follower_reads = match mode {
-            SimReadMode::Log => 0.0,
+            // Follower reads go through `submit_read`: not in these modes.
+            SimReadMode::Log | SimReadMode::InOrder => 0.0,
             _ => [0.0, 0.2, 0.5][rng.gen_range(0..3)],
         };
         ReadParams {

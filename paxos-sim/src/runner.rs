@@ -108,6 +108,7 @@ pub fn read_mode_name(mode: SimReadMode) -> &'static str {
         SimReadMode::Log => "log",
         SimReadMode::ReadIndex => "read-index",
         SimReadMode::Lease => "lease",
+        SimReadMode::InOrder => "in-order",
     }
 }
 

@@ -18,7 +18,7 @@ use crate::state_machine::{SimKv, StateMachineBug};
 use bytes::Bytes;
 use paxos_core::{Membership, ReplicaId, Time};
 use paxos_kv::lincheck::{self, OpKind, OpOutcome, Operation, Verdict};
-use paxos_node::ReadConsistency;
+use paxos_node::{ReadConsistency, RequestKind};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::cell::RefCell;
@@ -731,7 +731,8 @@ impl Sim {
         for seq in seqs {
             let op = self.clients[k].waiting[&seq].op.clone();
             let log_free = self.reads.mode != SimReadMode::Log && op.kind == OpKind::Read;
-            let (to, consistency) = if log_free {
+            let in_order = log_free && self.reads.mode == SimReadMode::InOrder;
+            let (to, consistency) = if log_free && !in_order {
                 self.read_target(k, target)
             } else {
                 (target, ReadConsistency::Linearizable)
@@ -753,9 +754,13 @@ impl Sim {
                     },
                 };
                 self.log_free.insert(attempt, read);
-                reads.push((to, op.request, consistency, attempt));
+                if in_order {
+                    requests.push((op.request, attempt, RequestKind::Read));
+                } else {
+                    reads.push((to, op.request, consistency, attempt));
+                }
             } else {
-                requests.push((op.request, attempt));
+                requests.push((op.request, attempt, RequestKind::Write));
             }
         }
         let id = self.nodes[target].id;

@@ -24,7 +24,12 @@ fn config(seed: u64, mode: SimReadMode, drift: ClockDrift) -> SimConfig {
 /// reads for bounded staleness).
 #[test]
 fn within_the_drift_bound_no_read_is_stale_in_any_mode() {
-    for mode in [SimReadMode::Log, SimReadMode::ReadIndex, SimReadMode::Lease] {
+    for mode in [
+        SimReadMode::Log,
+        SimReadMode::ReadIndex,
+        SimReadMode::Lease,
+        SimReadMode::InOrder,
+    ] {
         let (mut log_free, mut follower) = (0, 0);
         for seed in 0..24 {
             let report = run(&config(seed, mode, ClockDrift::WithinBound));
@@ -36,6 +41,10 @@ fn within_the_drift_bound_no_read_is_stale_in_any_mode() {
         }
         if mode == SimReadMode::Log {
             assert_eq!((log_free, follower), (0, 0));
+        } else if mode == SimReadMode::InOrder {
+            // Reads ride in the leader's batches; none go to followers.
+            assert!(log_free > 100, "{mode:?}: only {log_free} reads in order");
+            assert_eq!(follower, 0);
         } else {
             assert!(
                 log_free > 100,

@@ -27,6 +27,7 @@ fn every_bug_is_listed(bug: PlantedBug) -> &'static str {
         PlantedBug::SkipPreVote => "SkipPreVote",
         PlantedBug::LeaseNoWait => "LeaseNoWait",
         PlantedBug::DiskChunkOffByOne => "DiskChunkOffByOne",
+        PlantedBug::ReadsAtOnce => "ReadsAtOnce",
     }
 }
 
@@ -41,6 +42,10 @@ fn config(seed: u64, bug: Option<PlantedBug>) -> SimConfig {
     if bug == Some(PlantedBug::LeaseNoWait) {
         // A lease bug needs lease reads (clocks within their bound).
         cfg.reads = Some(SimReadMode::Lease);
+    }
+    if bug == Some(PlantedBug::ReadsAtOnce) {
+        // Reads handed in with the writes.
+        cfg.reads = Some(SimReadMode::InOrder);
     }
     if let Some(bug) = bug {
         cfg.hook = Some(Arc::new(move |n: &mut paxos_sim::SimNode| {
@@ -139,6 +144,16 @@ fn catches_skip_pre_vote_as_an_unforced_leader_change() {
 #[test]
 fn catches_lease_no_wait() {
     let (_, failure) = hunt(PlantedBug::LeaseNoWait);
+    assert_eq!(failure.kind, FailureKind::Linearizability, "{failure}");
+}
+
+/// A leader that answers a read handed in with writes from its state as
+/// it stands, instead of at its place in a batch that is then chosen,
+/// answers stale reads once deposed: caught, and the same seed passes
+/// with the reads in place.
+#[test]
+fn catches_reads_at_once() {
+    let (_, failure) = hunt(PlantedBug::ReadsAtOnce);
     assert_eq!(failure.kind, FailureKind::Linearizability, "{failure}");
 }
 

@@ -43,6 +43,11 @@ pub enum PlantedBug {
     /// of the slot after it (a read that started one slot late): the peer
     /// learns wrong values.
     DiskChunkOffByOne,
+    /// Planted in paxos-node, not here: a leader answers a read handed in
+    /// with writes (`RequestKind::Read`) at once, from its state as it
+    /// stands, instead of at its place in a batch that is then chosen; a
+    /// deposed leader serves stale reads.
+    ReadsAtOnce,
 }
 
 /// Which planted bugs are on in one replica (all off until `plant_bug`).
@@ -75,6 +80,8 @@ impl Replica {
             PlantedBug::SkipPreVote => bugs.skip_pre_vote = true,
             PlantedBug::LeaseNoWait => bugs.lease_no_wait = true,
             PlantedBug::DiskChunkOffByOne => bugs.disk_chunk_off_by_one = true,
+            // paxos-node reads its own flag for it.
+            PlantedBug::ReadsAtOnce => {}
         }
     }
 }

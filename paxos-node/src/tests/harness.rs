@@ -828,10 +828,28 @@ impl Sim {
     /// Hands `requests` to node `to` in one `propose_requests` call; returns
     /// their completion ids.
     pub fn submit(&mut self, to: ReplicaId, requests: Vec<Bytes>) -> Vec<u64> {
+        let writes = requests
+            .into_iter()
+            .map(|r| (r, crate::RequestKind::Write))
+            .collect();
+        self.submit_kinds(to, writes)
+    }
+
+    /// Hands writes and reads (each with its kind) to node `to` in one
+    /// `propose_requests` call; returns their completion ids.
+    pub fn submit_kinds(
+        &mut self,
+        to: ReplicaId,
+        requests: Vec<(Bytes, crate::RequestKind)>,
+    ) -> Vec<u64> {
         let first = self.next_request;
         self.next_request += requests.len() as u64;
         let ids: Vec<u64> = (first..self.next_request).collect();
-        let mut batch: Vec<(Bytes, u64)> = requests.into_iter().zip(ids.iter().copied()).collect();
+        let mut batch: Vec<(Bytes, u64, crate::RequestKind)> = requests
+            .into_iter()
+            .zip(ids.iter().copied())
+            .map(|((r, kind), id)| (r, id, kind))
+            .collect();
         let now = self.now;
         self.host_mut(to)
             .node

@@ -9,6 +9,7 @@ mod directory;
 mod harness_checks;
 mod log_full;
 mod malformed;
+mod ordered_reads;
 mod reads;
 mod requests;
 mod transfer;

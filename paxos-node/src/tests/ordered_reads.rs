@@ -1,0 +1,128 @@
+//! Reads handed in with writes (`RequestKind::Read`): each is answered at
+//! its place in a batch of the leader's, between the writes around it,
+//! and is never written to the log.
+
+use super::harness::{inc, Outcome, Sim};
+use crate::effect::AbortReason;
+use crate::RequestKind::{Read, Write};
+use bytes::Bytes;
+use paxos_core::ReplicaId;
+
+fn read() -> (Bytes, crate::RequestKind) {
+    (Bytes::from_static(b"read"), Read)
+}
+
+fn write(n: u64) -> (Bytes, crate::RequestKind) {
+    (inc(n, 0), Write)
+}
+
+fn settled(sim: &mut Sim, ids: &[u64]) {
+    let ids = ids.to_vec();
+    assert!(
+        sim.run_until(1_000_000, |s| ids
+            .iter()
+            .all(|id| s.outcomes.get(*id).is_some())),
+        "not every request settled"
+    );
+}
+
+fn followers(sim: &Sim, leader: ReplicaId) -> Vec<ReplicaId> {
+    sim.hosts.keys().copied().filter(|r| *r != leader).collect()
+}
+
+#[test]
+fn reads_are_answered_between_the_writes_around_them_and_never_logged() {
+    let mut sim = Sim::new(3);
+    let leader = sim.elect();
+    let base = sim.submit(leader, vec![inc(10, 0)])[0];
+    settled(&mut sim, &[base]);
+    let start = sim.outcomes.total(base);
+    let executed_before = sim.counter(leader).history.len();
+    let proposed_before = sim.host(leader).node.status().proposed_requests;
+
+    let ids = sim.submit_kinds(leader, vec![read(), write(1), read(), write(2), read()]);
+    assert!(
+        ids.iter().all(|id| sim.outcomes.get(*id).is_none()),
+        "answered before the batch was chosen"
+    );
+    settled(&mut sim, &ids);
+    let totals: Vec<u64> = ids.iter().map(|id| sim.outcomes.total(*id)).collect();
+    assert_eq!(
+        totals,
+        vec![start, start + 1, start + 1, start + 3, start + 3],
+        "each read sees exactly the writes handed in before it"
+    );
+    let status = sim.host(leader).node.status();
+    assert_eq!(
+        status.proposed_requests,
+        proposed_before + 2,
+        "reads proposed"
+    );
+    assert_eq!(
+        sim.counter(leader).history.len(),
+        executed_before + 2,
+        "a read was executed as a command"
+    );
+    assert_eq!(status.reads_served, 3);
+    for f in followers(&sim, leader) {
+        assert_eq!(sim.host(f).node.status().reads_served, 0);
+    }
+}
+
+#[test]
+fn reads_alone_ride_a_decree_of_no_requests() {
+    let mut sim = Sim::new(3);
+    let leader = sim.elect();
+    let base = sim.submit(leader, vec![inc(7, 0)])[0];
+    settled(&mut sim, &[base]);
+    let before = sim.host(leader).node.status();
+    let executed_before = sim.counter(leader).history.len();
+
+    let ids = sim.submit_kinds(leader, vec![read(), read()]);
+    settled(&mut sim, &ids);
+    for id in &ids {
+        assert_eq!(sim.outcomes.total(*id), 7);
+    }
+    let after = sim.host(leader).node.status();
+    assert_eq!(after.proposed_batches, before.proposed_batches + 1);
+    assert_eq!(after.proposed_requests, before.proposed_requests);
+    assert_eq!(sim.counter(leader).history.len(), executed_before);
+}
+
+#[test]
+fn reads_on_a_follower_are_redirected() {
+    let mut sim = Sim::new(3);
+    let leader = sim.elect();
+    let follower = followers(&sim, leader)[0];
+    let ids = sim.submit_kinds(follower, vec![read(), write(1)]);
+    for id in ids {
+        assert_eq!(
+            sim.outcomes.abort(id),
+            AbortReason::NotPrimary {
+                leader: Some(leader)
+            }
+        );
+    }
+}
+
+/// A batch that is never chosen ends its writes as "unknown" and its reads
+/// as `NotPrimary`: a read never executed, so it is always safe to retry.
+#[test]
+fn reads_in_a_batch_of_a_deposed_leader_are_refused_not_unknown() {
+    let mut sim = Sim::new(3);
+    let leader = sim.elect();
+    let base = sim.submit(leader, vec![inc(1, 0)])[0];
+    settled(&mut sim, &[base]);
+    sim.isolate(leader);
+    let ids = sim.submit_kinds(leader, vec![write(5), read()]);
+    settled(&mut sim, &ids);
+    assert_eq!(sim.outcomes.abort(ids[0]), AbortReason::OutcomeUnknown);
+    assert!(
+        matches!(
+            sim.outcomes.get(ids[1]),
+            Some(Outcome::Abort(AbortReason::NotPrimary { .. }))
+        ),
+        "{:?}",
+        sim.outcomes.get(ids[1])
+    );
+}
