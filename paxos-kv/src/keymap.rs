@@ -460,6 +460,28 @@ pub fn entry_digest(key: &[u8], value: &[u8]) -> u64 {
     h.wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
+/// A key found by [`KeyMap::find`]: its value, and its deadline if it has
+/// one (the caller decides whether it is still live).
+pub struct Found<'a> {
+    entry: &'a Entry,
+    /// The key's deadline, if it has one.
+    pub deadline: Option<u64>,
+}
+
+impl<'a> Found<'a> {
+    /// The value.
+    pub fn value(&self) -> &'a [u8] {
+        self.entry.value()
+    }
+
+    /// A large value's RESP bulk reply without a copy (as
+    /// [`KeyMap::shared_bulk_reply`]); `None` for a small one.
+    pub fn shared_bulk_reply(&self) -> Option<Bytes> {
+        // SAFETY: the entry is borrowed from the map, so its value is alive.
+        unsafe { self.entry.value.shared_bulk_reply() }
+    }
+}
+
 impl Default for KeyMap {
     fn default() -> Self {
         KeyMap::with_capacity(0)
@@ -563,6 +585,20 @@ impl KeyMap {
     /// The value of `key`.
     pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
         self.entry(key).map(Entry::value)
+    }
+
+    /// `key`'s value and deadline with one hash of the key and one probe
+    /// (a read needs both: [`KeyMap::get`] and [`KeyMap::deadline`] would
+    /// each find the shard again); `None` if `key` is absent.
+    pub fn find(&self, key: &[u8]) -> Option<Found<'_>> {
+        let shard = self.shard(key)?;
+        let entry = shard.table.find(self.hash(key), |e| e.key() == key)?;
+        let deadline = if shard.deadlines.is_empty() {
+            None
+        } else {
+            shard.deadlines.get(key).copied()
+        };
+        Some(Found { entry, deadline })
     }
 
     /// How many holders a value has (the table, and one per pending reply
@@ -970,6 +1006,36 @@ mod tests {
         assert!(m.remove(&long));
         assert!(!m.remove(&long));
         assert_eq!(m.len(), 2);
+    }
+
+    #[test]
+    fn find_agrees_with_get_deadline_and_shared_reply() {
+        let mut m = KeyMap::default();
+        let large = vec![b'L'; 4096];
+        m.set(b"small", b"v");
+        m.set(b"timed", b"t");
+        m.set(b"large", &large);
+        m.set_deadline(b"timed", Some(77));
+        for key in [&b"small"[..], b"timed", b"large", b"absent"] {
+            let found = m.find(key);
+            assert_eq!(found.as_ref().map(|f| f.value()), m.get(key), "{key:?}");
+            assert_eq!(
+                found.as_ref().and_then(|f| f.deadline),
+                m.deadline(key),
+                "{key:?}"
+            );
+            assert_eq!(
+                found.as_ref().and_then(|f| f.shared_bulk_reply()),
+                m.shared_bulk_reply(key),
+                "{key:?}"
+            );
+        }
+        assert_eq!(m.find(b"timed").and_then(|f| f.deadline), Some(77));
+        assert!(m
+            .find(b"large")
+            .and_then(|f| f.shared_bulk_reply())
+            .is_some());
+        assert!(m.find(b"absent").is_none());
     }
 
     #[test]

@@ -450,12 +450,12 @@ impl KvStore {
         let (&op, body) = request.split_first()?;
         let mut r = Reader { buf: body, pos: 0 };
         let clock = self.clock_ms.max(self.read_clock_ms);
-        let live = |k: &[u8]| -> Option<&[u8]> {
-            match self.map.deadline(k) {
-                Some(d) if d <= clock => None,
-                _ => self.map.get(k),
-            }
+        let found = |k: &[u8]| {
+            self.map
+                .find(k)
+                .filter(|f| f.deadline.is_none_or(|d| d > clock))
         };
+        let live = |k: &[u8]| found(k).map(|f| f.value());
         let mut scratch = self.query_scratch.borrow_mut();
         // Whatever an earlier query left (none does: each writes only once
         // its request parsed) is not part of this reply.
@@ -468,15 +468,15 @@ impl KvStore {
             OP_GET | OP_STRLEN => {
                 let k = r.str()?;
                 r.end()?;
-                let v = live(k);
+                let f = found(k);
                 if op == OP_STRLEN {
-                    resp::write_integer(out, v.map_or(0, <[u8]>::len) as i64);
-                } else if let Some(shared) = v.and_then(|_| self.map.shared_bulk_reply(k)) {
+                    resp::write_integer(out, f.map_or(0, |f| f.value().len()) as i64);
+                } else if let Some(shared) = f.as_ref().and_then(|f| f.shared_bulk_reply()) {
                     // A large value's reply is the stored buffer, shared
                     // (as `value_reply` on the log path).
                     return Some(shared);
                 } else {
-                    resp::write_bulk(out, v);
+                    resp::write_bulk(out, f.map(|f| f.value()));
                 }
             }
             OP_EXISTS => {
