@@ -577,6 +577,22 @@ impl Sim {
         self.node(id).state_machine()
     }
 
+    /// Every replica but `not`, in id order.
+    pub fn others(&self, not: ReplicaId) -> Vec<ReplicaId> {
+        self.hosts.keys().copied().filter(|r| *r != not).collect()
+    }
+
+    /// Runs until every request in `ids` has its outcome (at most 1 s of
+    /// simulated time; panics otherwise).
+    pub fn settle(&mut self, ids: &[u64]) {
+        assert!(
+            self.run_until(1_000_000, |s| ids
+                .iter()
+                .all(|id| s.outcomes.get(*id).is_some())),
+            "not every request of {ids:?} settled within 1 s"
+        );
+    }
+
     // Network.
 
     /// Cuts every link to and from `id`.

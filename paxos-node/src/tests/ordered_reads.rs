@@ -16,27 +16,20 @@ fn write(n: u64) -> (Bytes, crate::RequestKind) {
     (inc(n, 0), Write)
 }
 
-fn settled(sim: &mut Sim, ids: &[u64]) {
-    let ids = ids.to_vec();
-    assert!(
-        sim.run_until(1_000_000, |s| ids
-            .iter()
-            .all(|id| s.outcomes.get(*id).is_some())),
-        "not every request settled"
-    );
-}
-
-fn followers(sim: &Sim, leader: ReplicaId) -> Vec<ReplicaId> {
-    sim.hosts.keys().copied().filter(|r| *r != leader).collect()
+/// A three-node cluster whose leader has applied one write of `total`.
+fn cluster_at(total: u64) -> (Sim, ReplicaId) {
+    let mut sim = Sim::new(3);
+    let leader = sim.elect();
+    let base = sim.submit(leader, vec![inc(total, 0)])[0];
+    sim.settle(&[base]);
+    assert_eq!(sim.outcomes.total(base), total);
+    (sim, leader)
 }
 
 #[test]
 fn reads_are_answered_between_the_writes_around_them_and_never_logged() {
-    let mut sim = Sim::new(3);
-    let leader = sim.elect();
-    let base = sim.submit(leader, vec![inc(10, 0)])[0];
-    settled(&mut sim, &[base]);
-    let start = sim.outcomes.total(base);
+    let start = 10;
+    let (mut sim, leader) = cluster_at(start);
     let executed_before = sim.counter(leader).history.len();
     let proposed_before = sim.host(leader).node.status().proposed_requests;
 
@@ -45,7 +38,7 @@ fn reads_are_answered_between_the_writes_around_them_and_never_logged() {
         ids.iter().all(|id| sim.outcomes.get(*id).is_none()),
         "answered before the batch was chosen"
     );
-    settled(&mut sim, &ids);
+    sim.settle(&ids);
     let totals: Vec<u64> = ids.iter().map(|id| sim.outcomes.total(*id)).collect();
     assert_eq!(
         totals,
@@ -64,22 +57,19 @@ fn reads_are_answered_between_the_writes_around_them_and_never_logged() {
         "a read was executed as a command"
     );
     assert_eq!(status.reads_served, 3);
-    for f in followers(&sim, leader) {
+    for f in sim.others(leader) {
         assert_eq!(sim.host(f).node.status().reads_served, 0);
     }
 }
 
 #[test]
 fn reads_alone_ride_a_decree_of_no_requests() {
-    let mut sim = Sim::new(3);
-    let leader = sim.elect();
-    let base = sim.submit(leader, vec![inc(7, 0)])[0];
-    settled(&mut sim, &[base]);
+    let (mut sim, leader) = cluster_at(7);
     let before = sim.host(leader).node.status();
     let executed_before = sim.counter(leader).history.len();
 
     let ids = sim.submit_kinds(leader, vec![read(), read()]);
-    settled(&mut sim, &ids);
+    sim.settle(&ids);
     for id in &ids {
         assert_eq!(sim.outcomes.total(*id), 7);
     }
@@ -93,7 +83,7 @@ fn reads_alone_ride_a_decree_of_no_requests() {
 fn reads_on_a_follower_are_redirected() {
     let mut sim = Sim::new(3);
     let leader = sim.elect();
-    let follower = followers(&sim, leader)[0];
+    let follower = sim.others(leader)[0];
     let ids = sim.submit_kinds(follower, vec![read(), write(1)]);
     for id in ids {
         assert_eq!(
@@ -109,13 +99,10 @@ fn reads_on_a_follower_are_redirected() {
 /// as `NotPrimary`: a read never executed, so it is always safe to retry.
 #[test]
 fn reads_in_a_batch_of_a_deposed_leader_are_refused_not_unknown() {
-    let mut sim = Sim::new(3);
-    let leader = sim.elect();
-    let base = sim.submit(leader, vec![inc(1, 0)])[0];
-    settled(&mut sim, &[base]);
+    let (mut sim, leader) = cluster_at(1);
     sim.isolate(leader);
     let ids = sim.submit_kinds(leader, vec![write(5), read()]);
-    settled(&mut sim, &ids);
+    sim.settle(&ids);
     assert_eq!(sim.outcomes.abort(ids[0]), AbortReason::OutcomeUnknown);
     assert!(
         matches!(

@@ -45,7 +45,7 @@ fn a_linearizable_read_on_a_follower_is_redirected() {
     let mut sim = Sim::new(3);
     let leader = sim.elect();
     write(&mut sim, leader, 1);
-    let follower = sim.hosts.keys().copied().find(|r| *r != leader).unwrap();
+    let follower = sim.others(leader)[0];
     let read = sim.submit_read(follower, ReadConsistency::Linearizable);
     assert_eq!(
         sim.outcomes.abort(read),
@@ -80,7 +80,7 @@ fn follower_reads_answer_once_the_slot_is_applied_and_refuse_after_the_wait() {
     let mut sim = Sim::new(3);
     let leader = sim.elect();
     let total = write(&mut sim, leader, 7);
-    let follower = sim.hosts.keys().copied().find(|r| *r != leader).unwrap();
+    let follower = sim.others(leader)[0];
     assert!(sim.run_until(1_000_000, |s| s.counter(follower).total == total));
     let applied = sim.host(follower).node.applied();
     // Applied already: answered at once, from the follower's own state.
@@ -108,7 +108,7 @@ fn the_leaders_cluster_view_shows_each_followers_applied_index() {
     let leader = sim.elect();
     let total = write(&mut sim, leader, 4);
     let last = sim.host(leader).node.applied();
-    let followers: Vec<_> = sim.hosts.keys().copied().filter(|r| *r != leader).collect();
+    let followers = sim.others(leader);
     let reported = |s: &Sim, peer| {
         s.host(leader)
             .node

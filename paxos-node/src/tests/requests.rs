@@ -7,7 +7,7 @@ use crate::framing;
 use bytes::Bytes;
 use paxos_core::batch::BatchLimits;
 use paxos_core::msg;
-use paxos_core::{codec, Message, ReplicaId, Slot, Value};
+use paxos_core::{codec, Message, Slot, Value};
 use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::rc::Rc;
@@ -21,10 +21,6 @@ fn accepts(messages: &[Bytes]) -> Vec<(Slot, Value)> {
             _ => None,
         })
         .collect()
-}
-
-fn others(sim: &Sim, not: ReplicaId) -> Vec<ReplicaId> {
-    sim.hosts.keys().copied().filter(|r| *r != not).collect()
 }
 
 #[test]
@@ -80,7 +76,7 @@ fn a_request_completes_only_once_a_quorum_made_its_decree_durable() {
         sim.outcomes.get(ids[0]).is_none(),
         "the leader's own vote is no quorum"
     );
-    let follower = others(&sim, leader)[0];
+    let follower = sim.others(leader)[0];
     sim.flush_persists(follower);
     assert!(sim.run_until(100_000, |s| s.outcomes.get(ids[0]).is_some()));
     assert_eq!(sim.outcomes.total(ids[0]), 1);
@@ -95,7 +91,7 @@ fn followers_redirect_and_oversize_requests_are_refused_each_request_once() {
         }
     });
     let leader = sim.elect();
-    for follower in others(&sim, leader) {
+    for follower in sim.others(leader) {
         // Refused at once, naming the leader: never proposed.
         let ids = sim.submit(follower, vec![inc(1, 0), inc(2, 0)]);
         let dir = sim.submit_directory(follower, Bytes::from_static(b"cmd"));
@@ -154,7 +150,7 @@ fn a_full_window_stalls_batches_which_are_proposed_later_never_failed() {
     assert_eq!(sim.node(leader).status().in_flight, window);
     assert!(!sim.node(leader).wants_requests(), "window full");
     assert_eq!(sim.outcomes.len(), 0, "stalled, not failed");
-    let follower = others(&sim, leader)[0];
+    let follower = sim.others(leader)[0];
     let proposed: BTreeSet<Slot> = accepts(&sim.in_flight(leader, follower))
         .into_iter()
         .map(|(slot, _)| slot)
@@ -192,7 +188,7 @@ fn a_leader_cut_off_steps_down_and_settles_what_it_holds() {
     sim.isolate(old);
     // One decree in flight, two stalled behind the window.
     let ids = sim.submit(old, vec![inc(1, 0), inc(2, 0), inc(4, 0)]);
-    let rest = others(&sim, old);
+    let rest = sim.others(old);
     let new = sim.elect_among(&rest);
     assert!(sim.run_until(5_000_000, |s| !s.node(old).is_leader()));
     // Proposed: may or may not execute. Stalled: certainly never will.
@@ -221,7 +217,7 @@ fn a_deposed_leader_never_completes_a_request_whose_slot_another_leader_filled()
     sim.frozen.insert(old);
     sim.isolate(old);
     let mine = sim.submit(old, vec![inc(7, 0)]);
-    let rest = others(&sim, old);
+    let rest = sim.others(old);
     let my_slot = accepts(&sim.in_flight(old, rest[0]))[0].0;
     let new = sim.elect_among(&rest);
     let theirs = sim.submit(new, vec![inc(7, 0)]);
@@ -258,7 +254,7 @@ fn a_deposed_leader_never_completes_a_request_whose_slot_another_leader_filled()
 fn a_byte_identical_batch_of_another_leader_is_not_taken_for_ours() {
     let mut sim = Sim::new(3);
     let old = sim.elect();
-    let rest = others(&sim, old);
+    let rest = sim.others(old);
     // Record what the new leader sends the old one, and lose it.
     let to_old: Rc<RefCell<Vec<Bytes>>> = Rc::default();
     let tap = Rc::clone(&to_old);
