@@ -551,18 +551,40 @@ fn a_failed_write_closes_the_log_and_fails_waiters() {
 }
 
 /// Appends `batches`, closes, and returns the one segment path.
+/// One batch per slot of `slots`, each a single accept in round `round`
+/// with `len` payload bytes.
+pub(crate) fn one_accept_per_slot(
+    slots: std::ops::RangeInclusive<u64>,
+    round: u64,
+    len: usize,
+) -> Vec<Vec<PersistEntry>> {
+    slots.map(|s| vec![accept(Slot(s), round, len)]).collect()
+}
+
+/// Opens a log in `dir` with `options`, appends `batches`, closes it, and
+/// returns its segment files in order.
+pub(crate) fn write_segments(
+    fs: &SimFs,
+    shared: &SharedFs,
+    dir: &Path,
+    options: LogOptions,
+    batches: &[Vec<PersistEntry>],
+) -> Vec<PathBuf> {
+    let (log, _) = FileLog::open_with(shared.clone(), dir, options).unwrap();
+    for b in batches {
+        log.append(b).unwrap();
+    }
+    log.close().unwrap();
+    segment_paths(fs, dir)
+}
+
 fn write_one_segment(
     fs: &SimFs,
     shared: &SharedFs,
     dir: &Path,
     batches: &[Vec<PersistEntry>],
 ) -> PathBuf {
-    let (log, _) = FileLog::open_with(shared.clone(), dir, LogOptions::default()).unwrap();
-    for b in batches {
-        log.append(b).unwrap();
-    }
-    log.close().unwrap();
-    let segs = segment_paths(fs, dir);
+    let segs = write_segments(fs, shared, dir, LogOptions::default(), batches);
     assert_eq!(segs.len(), 1);
     segs[0].clone()
 }
@@ -695,12 +717,8 @@ fn a_bad_checksum_mid_log_is_an_error_naming_file_and_offset() {
 #[test]
 fn corruption_in_a_sealed_segment_is_an_error_even_at_its_end() {
     let (fs, shared, dir) = sim();
-    let (log, _) = FileLog::open_with(shared.clone(), &dir, small_segments()).unwrap();
-    for slot in 1..=40 {
-        log.append(&[accept(Slot(slot), 1, 200)]).unwrap();
-    }
-    log.close().unwrap();
-    let segs = segment_paths(&fs, &dir);
+    let batches = one_accept_per_slot(1..=40, 1, 200);
+    let segs = write_segments(&fs, &shared, &dir, small_segments(), &batches);
     assert!(segs.len() >= 2);
     let len = fs.file_len(&segs[0]).unwrap();
     fs.flip_bit(&segs[0], (len - 1) * 8).unwrap();
@@ -710,12 +728,8 @@ fn corruption_in_a_sealed_segment_is_an_error_even_at_its_end() {
     }
     // A missing middle segment is a gap, not a silent skip.
     let (fs2, shared2, dir2) = sim();
-    let (log, _) = FileLog::open_with(shared2.clone(), &dir2, small_segments()).unwrap();
-    for slot in 1..=60 {
-        log.append(&[accept(Slot(slot), 1, 200)]).unwrap();
-    }
-    log.close().unwrap();
-    let segs = segment_paths(&fs2, &dir2);
+    let batches = one_accept_per_slot(1..=60, 1, 200);
+    let segs = write_segments(&fs2, &shared2, &dir2, small_segments(), &batches);
     assert!(segs.len() >= 3);
     shared2.remove_file(&segs[1]).unwrap();
     match FileLog::open_with(shared2, &dir2, small_segments()) {
@@ -773,14 +787,8 @@ fn damage_in_a_segment_that_held_no_append_loses_nothing() {
         segment_bytes: 4096,
         ..salvage()
     };
-    let (log, _) = FileLog::open_with(shared.clone(), &dir, opts.clone()).unwrap();
-    let mut batches = Vec::new();
-    for slot in 1..=30 {
-        let b = vec![accept(Slot(slot), 1, 200)];
-        log.append(&b).unwrap();
-        batches.push(b);
-    }
-    log.close().unwrap();
+    let batches = one_accept_per_slot(1..=30, 1, 200);
+    write_segments(&fs, &shared, &dir, opts.clone(), &batches);
     // Start a fresh, empty segment after the last one, as a roll does.
     let next = batches.len() as u64 + 1;
     let (mut file, _) = super::log::create_segment_for_tests(
@@ -805,11 +813,9 @@ fn damage_in_a_segment_that_held_no_append_loses_nothing() {
 fn works_on_the_real_file_system_with_rolls_and_truncation() {
     let dir = tempfile::tempdir().unwrap();
     let (log, _) = FileLog::open(dir.path(), small_segments()).unwrap();
-    let mut batches = Vec::new();
-    for slot in 1..=60 {
-        let b = vec![accept(Slot(slot), 2, 150)];
-        log.append(&b).unwrap();
-        batches.push(b);
+    let mut batches = one_accept_per_slot(1..=60, 2, 150);
+    for b in &batches {
+        log.append(b).unwrap();
     }
     batches.push(vec![PersistEntry::Truncate(Slot(50))]);
     let seq = log.truncate_through(Slot(50)).unwrap();

@@ -2,7 +2,7 @@
 //! of segments with zero-filled tails, torn in-place writes, crashes while
 //! the next segment is prepared, and damage that must still be found.
 
-use super::{accept, apply_all, segment_paths, sim};
+use super::{accept, apply_all, one_accept_per_slot, segment_paths, sim, write_segments};
 use crate::codec::{self, StateSummary};
 use crate::sim_fs::{CrashPolicy, SimFs};
 use crate::{FileLog, LogOptions, ReplicaStorage, StorageError, WriterMode};
@@ -299,12 +299,8 @@ fn damage_in_a_preallocated_segment_is_still_damage() {
 #[test]
 fn garbage_in_the_zeros_of_a_sealed_segment_is_damage() {
     let (fs, shared, dir) = sim();
-    let (log, _) = FileLog::open_with(shared.clone(), &dir, preallocated()).unwrap();
-    for slot in 1..=60 {
-        log.append(&[accept(Slot(slot), 1, 300)]).unwrap();
-    }
-    log.close().unwrap();
-    let segs = segment_paths(&fs, &dir);
+    let batches = one_accept_per_slot(1..=60, 1, 300);
+    let segs = write_segments(&fs, &shared, &dir, preallocated(), &batches);
     assert!(segs.len() >= 2);
     let sealed_seg = &segs[0];
     let far = SEGMENT - 10;
@@ -323,11 +319,9 @@ fn garbage_in_the_zeros_of_a_sealed_segment_is_damage() {
 fn a_crash_while_the_next_segment_is_prepared_leaves_only_a_temp_file() {
     let (fs, shared, dir) = sim();
     let (log, _) = FileLog::open_with(shared.clone(), &dir, preallocated_inline()).unwrap();
-    let mut batches = Vec::new();
-    for slot in 1..=3 {
-        let b = vec![accept(Slot(slot), 1, 100)];
-        log.append(&b).unwrap();
-        batches.push(b);
+    let batches = one_accept_per_slot(1..=3, 1, 100);
+    for b in &batches {
+        log.append(b).unwrap();
     }
     // The group commit makes the batch durable, then prepares the next
     // spare: crash in the middle of its zero-fill.
@@ -369,15 +363,10 @@ fn a_preallocated_segment_damaged_before_its_first_append_loses_nothing() {
         on_corruption: crate::CorruptionPolicy::Salvage,
         ..preallocated()
     };
-    let (log, _) = FileLog::open_with(shared.clone(), &dir, opts.clone()).unwrap();
-    let mut batches = Vec::new();
-    for slot in 1..=60 {
-        let b = vec![accept(Slot(slot), 1, 300)];
-        log.append(&b).unwrap();
-        batches.push(b);
-    }
-    log.close().unwrap();
-    let last = segment_paths(&fs, &dir).pop().unwrap();
+    let batches = one_accept_per_slot(1..=60, 1, 300);
+    let last = write_segments(&fs, &shared, &dir, opts.clone(), &batches)
+        .pop()
+        .unwrap();
     // Put a fresh, never-appended preallocated segment after it.
     let first = batches.len() as u64 + 1;
     let mut bytes = codec::encode_segment_header(first, true).to_vec();
