@@ -6,7 +6,10 @@
 //! confirms leadership with a quorum first, a lease has run out (and the
 //! new leader waited it out before serving). Meanwhile and afterwards
 //! reads go to every replica and writes go on; every answered read must be
-//! linearizable, in the default mode and in the lease mode.
+//! linearizable, in the default mode and in the lease mode. Some reads are
+//! pipelined behind a write of the same connection, so the node answers
+//! them in order with the writes (riding in the leader's batch) rather than
+//! by a heartbeat round or a lease: those must be linearizable too.
 //!
 //! The test has teeth: with the planted bug `unconfirmed-reads` (a debug
 //! build answers linearizable reads at once from whatever state the
@@ -135,6 +138,47 @@ async fn read_once(shared: &Shared, client: &mut Client, id: u32) -> Option<Oper
     )
 }
 
+/// A SET of a key of its own pipelined with a GET behind it on `client`:
+/// the node answers such a GET in order with the writes (it rides in the
+/// leader's batch, see `paxos_node::reads`), not by a heartbeat round or a
+/// lease. Only the GET is recorded (the SET's key is not checked).
+async fn read_behind_write(
+    shared: &Shared,
+    client: &mut Client,
+    id: u32,
+    n: u64,
+) -> Option<Operation> {
+    let own = format!("w:{id}:{n}");
+    let set: [&[u8]; 3] = [b"SET", own.as_bytes(), b"v"];
+    let get: [&[u8]; 2] = [b"GET", KEY.as_bytes()];
+    let call = shared.now();
+    let reply = tokio::time::timeout(workload::OP_TIMEOUT, client.pipeline([&set[..], &get[..]]))
+        .await
+        .unwrap_or(Err(paxos_kv::client::ClientError::Timeout))
+        .and_then(|mut frames| frames.pop().ok_or(paxos_kv::client::ClientError::Closed));
+    let ret = shared.now();
+    let (ret, outcome) = match workload::interpret(&OpKind::Read, reply) {
+        Answer::NotExecuted(_) => return None,
+        Answer::Done(outcome) => (Some(ret), outcome),
+        Answer::Unknown => (None, OpOutcome::Unknown),
+    };
+    record(
+        shared,
+        Some(Operation {
+            client: id + BEHIND_WRITE,
+            key: Bytes::from_static(KEY.as_bytes()),
+            kind: OpKind::Read,
+            call,
+            ret,
+            outcome,
+        }),
+    )
+}
+
+/// Added to the client id of a read sent behind a write, so the history
+/// tells them apart.
+const BEHIND_WRITE: u32 = 1000;
+
 async fn nemesis(read_mode: ReadMode, planted_bug: bool) -> Run {
     let dir = tempfile::Builder::new()
         .prefix("paxos-kv-stale-")
@@ -189,9 +233,14 @@ async fn nemesis(read_mode: ReadMode, planted_bug: bool) -> Run {
     for (n, mut client) in queued.into_iter().enumerate() {
         let shared = Arc::clone(&shared);
         waiting.push(tokio::spawn(async move {
-            read_once(&shared, &mut client, 100 + n as u32)
-                .await
-                .is_some_and(|o| o.ret.is_some())
+            let id = 100 + n as u32;
+            // Half of them behind a write of their own, in order with it.
+            let op = if n % 2 == 0 {
+                read_once(&shared, &mut client, id).await
+            } else {
+                read_behind_write(&shared, &mut client, id, 0).await
+            };
+            op.is_some_and(|o| o.ret.is_some())
         }));
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -219,11 +268,15 @@ async fn nemesis(read_mode: ReadMode, planted_bug: bool) -> Run {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     continue;
                 };
-                for _ in 0..20 {
-                    if read_once(&shared, &mut c, 10 + i as u32)
-                        .await
-                        .is_some_and(|o| o.ret.is_some())
-                    {
+                for k in 0..20u64 {
+                    let id = 10 + i as u32;
+                    // Every fourth read rides behind a write of its own.
+                    let op = if k % 4 == 3 {
+                        read_behind_write(&shared, &mut c, id, k).await
+                    } else {
+                        read_once(&shared, &mut c, id).await
+                    };
+                    if op.is_some_and(|o| o.ret.is_some()) {
                         answered += 1;
                     }
                 }
@@ -266,6 +319,14 @@ async fn nemesis(read_mode: ReadMode, planted_bug: bool) -> Run {
     assert!(
         answered.iter().sum::<usize>() >= 20,
         "too few reads answered: {answered:?}"
+    );
+    let behind_writes = history
+        .iter()
+        .filter(|o| o.client >= BEHIND_WRITE && o.ret.is_some())
+        .count();
+    assert!(
+        behind_writes >= 5,
+        "only {behind_writes} reads behind a write were answered"
     );
     let stale = stale_reads(&history);
     cluster.stop_all();
