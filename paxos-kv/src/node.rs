@@ -14,7 +14,8 @@
 //!        │ (the log's writer thread reports each sync to the loop; a backend
 //!        │ that cannot gets a durability waiter thread blocking in wait_durable)
 //!        │ Complete/Abort → the client's completion handle
-//!        │ SaveCheckpoint / ServeChunk / ReadDecrees / Transfer(Finish) → background threads
+//!        │ SaveCheckpoint / ServeChunk / ReadDecrees / Transfer(Finish) /
+//!        │ InstallCheckpoint (the restore) → background threads
 //! ```
 //!
 //! Every decision — what to propose, how a request ends, when to
@@ -56,7 +57,10 @@
 //! (`Effect::ReadDecrees`, read off the loop, one bounded chunk at a time;
 //! counted by `paxos_fetch_served_from_disk_total`); one behind everything
 //! they still store (truncated by a checkpoint) receives a checkpoint chunk
-//! by chunk and installs it in place.
+//! by chunk and installs it in place: restored into a fresh store on a
+//! blocking thread while the loop goes on serving (seconds at millions of
+//! keys), then swapped in on the loop (`Node::install_restored`), the old
+//! store dropped on a blocking thread.
 
 use crate::kv::KvStore;
 use crate::membership::PeerDirectory;

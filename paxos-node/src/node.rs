@@ -1070,6 +1070,10 @@ impl<S: StateMachine, C> Node<S, C> {
             result.is_err() || self.applied >= slot,
             "an install that succeeded leaves the node at its slot or past it"
         );
+        paxos_contracts::ensures!(
+            self.installing != Some(slot),
+            "the install of checkpoint {slot} is settled"
+        );
         if result.is_err() {
             self.fetch_again(now);
         }
