@@ -407,8 +407,8 @@ enum Control {
     /// A storage read for a peer's catch-up finished (`None`: storage
     /// could not serve it).
     DecreesRead(paxos_node::DecreesRead, Option<Vec<paxos_core::Accepted>>),
-    /// Restoring received checkpoint `slot` into a fresh store, off the
-    /// loop, finished.
+    /// Restoring a received checkpoint into a fresh store, off the loop,
+    /// finished.
     Restored(RestoreDone),
     Shutdown,
 }
