@@ -14,7 +14,8 @@
 //!        │ (the log's writer thread reports each sync to the loop; a backend
 //!        │ that cannot gets a durability waiter thread blocking in wait_durable)
 //!        │ Complete/Abort → the client's completion handle
-//!        │ SaveCheckpoint / ServeChunk / ReadDecrees / Transfer(Finish) → background threads
+//!        │ SaveCheckpoint / ServeChunk / ReadDecrees / Transfer(Finish) /
+//!        │ InstallCheckpoint (the restore) → background threads
 //! ```
 //!
 //! Every decision — what to propose, how a request ends, when to
@@ -56,7 +57,10 @@
 //! (`Effect::ReadDecrees`, read off the loop, one bounded chunk at a time;
 //! counted by `paxos_fetch_served_from_disk_total`); one behind everything
 //! they still store (truncated by a checkpoint) receives a checkpoint chunk
-//! by chunk and installs it in place.
+//! by chunk and installs it in place: restored into a fresh store on a
+//! blocking thread while the loop goes on serving (seconds at millions of
+//! keys), then swapped in on the loop (`Node::install_restored`), the old
+//! store dropped on a blocking thread.
 
 use crate::kv::KvStore;
 use crate::membership::PeerDirectory;
@@ -403,7 +407,22 @@ enum Control {
     /// A storage read for a peer's catch-up finished (`None`: storage
     /// could not serve it).
     DecreesRead(paxos_node::DecreesRead, Option<Vec<paxos_core::Accepted>>),
+    /// Restoring a received checkpoint into a fresh store, off the loop,
+    /// finished.
+    Restored(RestoreDone),
     Shutdown,
+}
+
+/// A restore of a received checkpoint, run off the loop (see
+/// [`EventLoop::install`]).
+#[derive(Debug)]
+struct RestoreDone {
+    slot: Slot,
+    /// The fresh store and what it was restored from, or why not.
+    result: Result<Box<(KvStore, node_storage::Restored)>, String>,
+    /// Bytes of snapshot data read.
+    data_len: u64,
+    elapsed: Duration,
 }
 
 /// How fresh a read must be: [`ReadConsistency::Linearizable`] (the leader
@@ -935,9 +954,14 @@ impl EventLoop {
     /// every path on which the node may answer a read takes it.
     fn clock(&mut self) -> Time {
         let now = self.now();
-        let wall_ms = (self.wall_clock_at_zero_us + now.0) / 1000;
+        let wall_ms = self.wall_clock_ms(now);
         self.node.state_machine_mut().set_read_clock_ms(wall_ms);
         now
+    }
+
+    /// The wall clock at `now`, in ms since the Unix epoch.
+    fn wall_clock_ms(&self, now: Time) -> u64 {
+        (self.wall_clock_at_zero_us + now.0) / 1000
     }
 
     async fn run(
@@ -987,7 +1011,7 @@ impl EventLoop {
                             self.shutdown();
                             return Ok(());
                         }
-                        Some(c) => self.on_control(c),
+                        Some(c) => self.on_control(c)?,
                     }
                     (started, "control")
                 }
@@ -1068,7 +1092,9 @@ impl EventLoop {
         Ok(())
     }
 
-    fn on_control(&mut self, c: Control) {
+    /// Acts on a control message. Fails only where the replica must stop
+    /// (the log cannot be made durable for an install).
+    fn on_control(&mut self, c: Control) -> anyhow::Result<()> {
         let now = self.now();
         match c {
             Control::Relinquish(successor, reply) => {
@@ -1087,9 +1113,11 @@ impl EventLoop {
             Control::TransferFinished(result) => self.node.on_transfer_finished(now, result),
             Control::CheckpointDamaged(slot) => self.node.on_checkpoint_damaged(now, slot),
             Control::DecreesRead(read, decrees) => self.node.on_decrees_read(now, read, decrees),
+            Control::Restored(done) => self.install_restored(done)?,
             Control::Shutdown => {}
         }
         self.status.set_cluster(self.node.cluster_view(now));
+        Ok(())
     }
 
     fn shutdown(&mut self) {
@@ -1228,7 +1256,7 @@ impl EventLoop {
                     });
                 }
                 Effect::Transfer(op) => self.transfer(op),
-                Effect::InstallCheckpoint { slot } => self.install(slot)?,
+                Effect::InstallCheckpoint { slot } => self.install(slot),
                 Effect::SetPeers(peers) => {
                     if let Some(dir) = &self.peer_directory {
                         dir.set_peers(&peers);
@@ -1329,11 +1357,70 @@ impl EventLoop {
         }
     }
 
-    /// Restores the state machine from checkpoint `slot` (received from a
-    /// peer) and restarts the node's core from it, without restarting the
-    /// process.
-    fn install(&mut self, slot: Slot) -> anyhow::Result<()> {
-        let (Some(store), Some(reload)) = (&self.checkpoints, &self.reload_durable) else {
+    /// Restores checkpoint `slot` (received from a peer) into a fresh store
+    /// on a blocking thread: at ten million keys that reads 1.27 GB and
+    /// takes seconds, during which the loop goes on serving clients and
+    /// peers with the old store. The result comes back as
+    /// [`Control::Restored`] and is installed by
+    /// [`EventLoop::install_restored`].
+    fn install(&mut self, slot: Slot) {
+        let Some(store) = self.checkpoints.clone() else {
+            // Not reached: the node takes no transfers without a store.
+            let now = self.now();
+            self.node
+                .on_restore_failed(now, slot, "no checkpoint store".into());
+            return;
+        };
+        let control = self.control_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let mut fresh = KvStore::new();
+            let data_len = store.open(slot).map_or(0, |r| r.info().data_len);
+            let result = node_storage::restore_slot(&store, slot, &mut fresh)
+                .map(|restored| Box::new((fresh, restored)))
+                .map_err(|e| e.to_string());
+            let done = RestoreDone {
+                slot,
+                result,
+                data_len,
+                elapsed: started.elapsed(),
+            };
+            // A loop that stopped meanwhile drops the store here, off it.
+            let _ = control.blocking_send(Control::Restored(done));
+        });
+    }
+
+    /// Installs a store restored off the loop (see [`EventLoop::install`])
+    /// and restarts the node's core from it, without restarting the
+    /// process; the store no longer needed (the old one, gigabytes maybe)
+    /// is dropped on a blocking thread.
+    fn install_restored(&mut self, done: RestoreDone) -> anyhow::Result<()> {
+        let RestoreDone {
+            slot,
+            result,
+            data_len,
+            elapsed,
+        } = done;
+        let now = self.now();
+        let (mut fresh, restored) = match result {
+            Ok(restored) => *restored,
+            Err(e) => {
+                self.node.on_restore_failed(now, slot, e);
+                return Ok(());
+            }
+        };
+        let micros = elapsed.as_micros().max(1) as u64;
+        tracing::info!(
+            %slot,
+            bytes = data_len,
+            duration_ms = micros / 1000,
+            mb_per_s = data_len / micros,
+            "received checkpoint restored off the event loop"
+        );
+        let Some(reload) = &self.reload_durable else {
+            // Not reached: the node takes no transfers without a reloader.
+            self.node
+                .on_restore_failed(now, slot, "no durable-state reloader".into());
             return Ok(());
         };
         // Waits for the log's pending group commit (one fsync): installs
@@ -1344,12 +1431,17 @@ impl EventLoop {
             )
         })?;
         let now = self.now();
-        let result = self.node.install_checkpoint(now, durable, slot, |sm| {
-            node_storage::restore_slot(store, slot, sm)
-        });
+        // Reads answered as soon as it is in judge expiry by the wall clock
+        // too, as the old store's did.
+        fresh.set_read_clock_ms(self.wall_clock_ms(now));
+        let (unneeded, result) = self
+            .node
+            .install_restored(now, durable, slot, fresh, restored);
         if let Err(e) = result {
             tracing::error!(error = %e, "installing a received checkpoint failed; will fetch again");
         }
+        // Freeing a large store walks all of it.
+        tokio::task::spawn_blocking(move || drop(unneeded));
         Ok(())
     }
 }

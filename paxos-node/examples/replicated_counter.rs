@@ -280,18 +280,29 @@ impl Replica {
                         }
                     }
                     Effect::InstallCheckpoint { slot } => {
-                        // A checkpoint that does not restore leaves the state
-                        // machine as it was; the node fetches another later.
-                        // The core restarts from this and takes it all
-                        // for durable: sync the queued appends first.
-                        self.log.sync_queued()?;
-                        let durable = self.log.state();
-                        let checkpoints = &self.checkpoints;
-                        let installed = self.node.install_checkpoint(now, durable, slot, |sm| {
-                            storage::restore_slot(checkpoints, slot, sm)
-                        });
-                        if let Err(e) = installed {
-                            eprintln!("checkpoint {slot} not installed: {e}");
+                        // Restored into a fresh counter, then swapped in.
+                        // (The counter is tiny, so this example restores
+                        // in line; a driver with a large state restores on
+                        // another thread and keeps its loop running, as
+                        // paxos-kv does.) A checkpoint that does not
+                        // restore leaves the node's counter as it was; the
+                        // node fetches another.
+                        let mut fresh = Counter::default();
+                        match storage::restore_slot(&self.checkpoints, slot, &mut fresh) {
+                            Ok(restored) => {
+                                // The core restarts from this and takes it
+                                // all for durable: sync the queued appends
+                                // first.
+                                self.log.sync_queued()?;
+                                let durable = self.log.state();
+                                let (_unused, installed) = self
+                                    .node
+                                    .install_restored(now, durable, slot, fresh, restored);
+                                if let Err(e) = installed {
+                                    eprintln!("checkpoint {slot} not installed: {e}");
+                                }
+                            }
+                            Err(e) => self.node.on_restore_failed(now, slot, e.to_string()),
                         }
                     }
                     Effect::SetPeers(wanted) => {

@@ -168,8 +168,17 @@ pub enum Effect<P, C> {
     },
     /// Carry out a checkpoint-transfer write.
     Transfer(TransferOp),
-    /// A checkpoint received from a peer is durable: load it and call
-    /// [`crate::Node::install_checkpoint`].
+    /// A checkpoint received from a peer is durable and verified: restore
+    /// it, **off the event loop** (it may take seconds), into a fresh state
+    /// machine of the driver's making with [`crate::storage::restore_slot`];
+    /// the node's own state machine stays in use meanwhile. Then, back on
+    /// the loop, sync the log and call [`crate::Node::install_restored`]
+    /// with the durable state, the fresh state machine and what the restore
+    /// returned, and drop the state machine it hands back off the loop too;
+    /// or, if the restore failed, call [`crate::Node::on_restore_failed`].
+    /// The node keeps running in between and starts no other transfer
+    /// until one of the two is called (see the module docs of
+    /// [`crate::node`]).
     InstallCheckpoint {
         /// Its slot.
         slot: Slot,

@@ -26,7 +26,8 @@
 //!   fetches the newest checkpoint chunk by chunk from a peer, has it
 //!   written and verified, installs it and restarts its core from it in
 //!   place; peers serve chunks and take a fresh checkpoint when theirs would
-//!   not help.
+//!   not help. The install never holds up the event loop, however large
+//!   the state: see [State transfer installs](#state-transfer-installs).
 //! - **Membership directory.** Applied `Reconfigure`s and registered
 //!   addresses are recorded in the directory (kept in checkpoints), the
 //!   core restarts in the right membership, and the transport's peer set
@@ -39,6 +40,33 @@
 //! [`Node::handle_tick`] at [`Node::next_timer`]. The production driver
 //! (paxos-kv's event loop) and the simulator (paxos-sim) do exactly this.
 //!
+//! # State transfer installs
+//!
+//! Restoring a received checkpoint reads and rebuilds the whole state (at
+//! ten million keys, 1.27 GB and about five seconds), so it happens off
+//! the event loop, in two phases:
+//!
+//! 1. Once the received checkpoint is durable and verified
+//!    ([`Node::on_transfer_finished`]), the node issues
+//!    [`Effect::InstallCheckpoint`]. The driver restores the checkpoint
+//!    into a **fresh** state machine of its own making on another thread
+//!    ([`crate::storage::restore_slot`]); the node's own state machine is
+//!    not touched.
+//! 2. Back on the event loop, the driver syncs the log, reads the durable
+//!    state and calls [`Node::install_restored`], which swaps the fresh
+//!    state machine in and restarts the core, and hands back the one no
+//!    longer needed (the old one, to be dropped off the loop as well). A
+//!    restore that failed is reported with [`Node::on_restore_failed`]
+//!    instead: the node fetches again.
+//!
+//! In between, the node runs as before on its old state: it handles
+//! ticks, peer messages and requests, votes, applies whatever it can learn
+//! from the log, and serves reads. It starts no other transfer (one
+//! install at a time: [`Node::installing`]) and no scheduled checkpoint
+//! of the state about to be replaced. If it meanwhile applied up to the
+//! checkpoint's slot some other way, the install is skipped and the fresh
+//! state machine handed back.
+//!
 //! # Invariants
 //!
 //! - Every request handed in gets exactly one `Complete` or `Abort`.
@@ -47,6 +75,8 @@
 //! - At most `core.pipeline_window` proposals of this node are in flight.
 //! - A checkpoint at slot `s` describes exactly the state after applying
 //!   slot `s` (state machine, directory, membership).
+//! - At most one received checkpoint is being restored, and no transfer
+//!   runs while it is.
 
 use crate::config::NodeConfig;
 use crate::directory::{membership_text, Directory, MemberAddrs};
@@ -74,9 +104,6 @@ pub enum NodeError {
     /// The core configuration is invalid.
     #[error("core configuration: {0}")]
     Config(#[from] paxos_core::ConfigError),
-    /// Restoring a received checkpoint failed (the state is unchanged).
-    #[error("restoring a received checkpoint: {0}")]
-    Restore(String),
     /// A restored checkpoint does not match the state machine's position.
     #[error("checkpoint {path} covers slot {slot}, but {why}")]
     Checkpoint {
@@ -295,6 +322,11 @@ pub struct Node<S: StateMachine, C> {
     log_memory_released: Slot,
     transfer: Option<Transfer>,
     transfer_rotation: usize,
+    /// The received checkpoint the driver is restoring off the event loop
+    /// ([`Effect::InstallCheckpoint`] issued, neither
+    /// [`Node::install_restored`] nor [`Node::on_restore_failed`] reported
+    /// yet). No other transfer starts meanwhile.
+    installing: Option<Slot>,
     /// The persist id issued for the newest proposal's own vote is not yet
     /// identified (stage timing).
     awaiting_vote: Option<Slot>,
@@ -387,6 +419,7 @@ impl<S: StateMachine, C> Node<S, C> {
             log_memory_released: Slot::ZERO,
             transfer: None,
             transfer_rotation: 0,
+            installing: None,
             awaiting_vote: None,
             repairing: damaged,
             checkpoint_failed_at: None,
@@ -950,6 +983,14 @@ impl<S: StateMachine, C> Node<S, C> {
     pub fn on_transfer_finished(&mut self, now: Time, result: Result<Slot, String>) {
         let transfer = self.transfer.take();
         match result {
+            // Only a transfer this node started can finish, and none starts
+            // while an install is pending: a driver reporting one anyway
+            // must not get a second restore going.
+            Ok(slot) if self.installing.is_some() => tracing::warn!(
+                %slot,
+                installing = ?self.installing,
+                "a transfer finished while another checkpoint is being restored; not installed"
+            ),
             Ok(slot) if slot > self.applied => {
                 if let Some(t) = transfer {
                     let micros = now.micros_since(t.requested_at).max(1);
@@ -962,6 +1003,10 @@ impl<S: StateMachine, C> Node<S, C> {
                         "checkpoint received from a peer"
                     );
                 }
+                // The driver restores it off the event loop; until it
+                // reports back, the node runs on its old state and starts
+                // no other transfer.
+                self.installing = Some(slot);
                 self.effects.push_back(Effect::InstallCheckpoint { slot })
             }
             Ok(slot) => tracing::info!(
@@ -976,67 +1021,121 @@ impl<S: StateMachine, C> Node<S, C> {
         self.process(now);
     }
 
-    /// Installs checkpoint `slot`, received from a peer (after
-    /// [`Effect::InstallCheckpoint`]): `restore` restores the state machine
-    /// from it (e.g. with [`crate::storage::restore_slot`]) and returns
-    /// what it covers; then the node adopts its slot and directory, drops
-    /// every pending request (their outcome is unknown), and restarts the
-    /// core from `durable` at that slot.
+    /// Installs checkpoint `slot`, received from a peer, which the driver
+    /// restored into the fresh state machine `fresh` off the event loop
+    /// after [`Effect::InstallCheckpoint`] (with
+    /// [`crate::storage::restore_slot`], which returned `restored`). The
+    /// node swaps `fresh` in, adopts the checkpoint's slot and directory,
+    /// drops every pending request (their outcome is unknown), fails the
+    /// reads waiting for a round of the old core, and restarts the core
+    /// from `durable` at that slot.
+    ///
+    /// Returns the state machine the node no longer needs, with the
+    /// outcome: the **old** one when the checkpoint was installed (it may
+    /// hold gigabytes: drop it off the event loop too), or `fresh` itself
+    /// when it was not — because the node meanwhile applied up to `slot`
+    /// some other way (`Ok`, nothing touched: a checkpoint behind the node
+    /// would take its state back, see paxos-sim FINDINGS F11), or because
+    /// the checkpoint does not match (`Err`, nothing touched; the node
+    /// fetches again if it still needs one).
     ///
     /// `durable` must be the storage's state with **every append so far
-    /// made durable** (sync the log first, e.g. `FileLog::sync_queued`):
-    /// the new core takes all of it for durable and answers a repeated
+    /// made durable** (sync the log first, e.g. `FileLog::sync_queued`),
+    /// read after the restore, since the old core went on voting during
+    /// it: the new core takes all of it for durable and answers a repeated
     /// Accept from it at once, so a vote still waiting for its sync would
     /// be acknowledged before it is on disk. Persists issued before the
     /// install complete into the old core and are ignored.
     ///
-    /// Nothing is touched — `restore` is not even called — if the node has
-    /// meanwhile applied up to `slot` some other way; and a `restore` that
-    /// fails must leave the state machine as it was (the trait's contract).
-    pub fn install_checkpoint<E: std::fmt::Display>(
+    /// A driver installs what the node asked for: `slot` must be the
+    /// pending [`Effect::InstallCheckpoint`]'s, if one is pending.
+    pub fn install_restored(
         &mut self,
         now: Time,
         durable: DurableState,
         slot: Slot,
-        restore: impl FnOnce(&mut S) -> Result<Restored, E>,
-    ) -> Result<(), NodeError> {
+        fresh: S,
+        restored: Restored,
+    ) -> (S, Result<(), NodeError>) {
+        paxos_contracts::requires!(
+            self.installing.is_none_or(|pending| pending == slot),
+            "checkpoint {slot} installed while checkpoint {:?} is the one being restored",
+            self.installing
+        );
+        if self.installing == Some(slot) {
+            self.installing = None;
+        }
+        let (spare, result) = self.swap_in_restored(now, durable, slot, fresh, restored);
+        paxos_contracts::ensures!(
+            result.is_err() || self.applied >= slot,
+            "an install that succeeded leaves the node at its slot or past it"
+        );
+        paxos_contracts::ensures!(
+            self.installing != Some(slot),
+            "the install of checkpoint {slot} is settled"
+        );
+        if result.is_err() {
+            self.fetch_again(now);
+        }
+        self.process(now);
+        (spare, result)
+    }
+
+    /// [`Node::install_restored`] once the pending install is settled.
+    fn swap_in_restored(
+        &mut self,
+        now: Time,
+        durable: DurableState,
+        slot: Slot,
+        fresh: S,
+        restored: Restored,
+    ) -> (S, Result<(), NodeError>) {
         if slot <= self.applied {
             tracing::info!(
                 %slot,
                 applied = %self.applied,
                 "received checkpoint is no longer ahead; not installed"
             );
-            return Ok(());
+            return (fresh, Ok(()));
         }
-        let restored = restore(&mut self.sm).map_err(|e| NodeError::Restore(e.to_string()))?;
         if restored.meta.last_applied != slot {
-            return Err(NodeError::Checkpoint {
+            let mismatch = NodeError::Checkpoint {
                 path: restored.path.display().to_string(),
                 slot: restored.meta.last_applied,
                 why: "another checkpoint was asked for",
-            });
+            };
+            return (fresh, Err(mismatch));
         }
-        self.directory.replace_with(restored.directory);
         let mut core_config = self.config.core_config();
-        self.directory.restart_membership(&mut core_config);
+        restored.directory.restart_membership(&mut core_config);
         // A repair in progress goes on in the new core instance.
         core_config.repair = self.repairing;
         // What storage truncated (the new core may truncate through the
         // checkpoint too; erring low only costs a redundant truncation).
-        self.compacted_through = durable.truncated_through;
-        self.core = paxos_core::Replica::try_new(
+        let truncated_through = durable.truncated_through;
+        // The new core is built before anything changes, so that a core
+        // that cannot start leaves the node whole on the old one.
+        let core = match paxos_core::Replica::try_new(
             core_config,
             durable,
             slot,
             self.config.seed ^ slot.0,
             now,
-        )?;
+        ) {
+            Ok(core) => core,
+            Err(e) => return (fresh, Err(e.into())),
+        };
+        self.directory.replace_with(restored.directory);
+        self.compacted_through = truncated_through;
+        self.core = core;
+        let old = std::mem::replace(&mut self.sm, fresh);
         self.epoch += 1;
         self.abort_all(AbortReason::OutcomeUnknown);
         // The new core leads nothing: reads waiting for a round of the old
         // one fail now (confirmed ones are answered once applied).
         self.fail_unconfirmed_reads();
         self.applied = slot;
+        // Not primary, as the fresh state machine was never told it is.
         self.is_leader = false;
         self.needs_snapshot = false;
         self.transfer = None;
@@ -1051,8 +1150,36 @@ impl<S: StateMachine, C> Node<S, C> {
             "installed a checkpoint from a peer; the core restarted from it"
         );
         self.refresh_cluster(true);
+        (old, Ok(()))
+    }
+
+    /// Restoring checkpoint `slot` after [`Effect::InstallCheckpoint`]
+    /// failed off the event loop (`error` says why). The driver's fresh
+    /// state machine is discarded and the node's own is untouched; if the
+    /// node still misses what no peer retains, it fetches a checkpoint
+    /// again at once (from the next peer in turn, in case this one's was
+    /// bad).
+    pub fn on_restore_failed(&mut self, now: Time, slot: Slot, error: String) {
+        paxos_contracts::requires!(
+            self.installing.is_none_or(|pending| pending == slot),
+            "restore of checkpoint {slot} reported while checkpoint {:?} is the one being restored",
+            self.installing
+        );
+        if self.installing != Some(slot) {
+            tracing::warn!(%slot, error = %error, "a restore this node did not ask for failed; ignored");
+            return;
+        }
+        self.installing = None;
+        tracing::error!(%slot, error = %error, "restoring a received checkpoint failed; the state is unchanged, fetching again");
+        self.fetch_again(now);
         self.process(now);
-        Ok(())
+    }
+
+    /// The checkpoint being restored off the event loop: between
+    /// [`Effect::InstallCheckpoint`] and [`Node::install_restored`] or
+    /// [`Node::on_restore_failed`].
+    pub fn installing(&self) -> Option<Slot> {
+        self.installing
     }
 
     /// Hands leadership to `successor`, or to the most caught-up voter.
@@ -1134,8 +1261,8 @@ impl<S: StateMachine, C> Node<S, C> {
         &self.sm
     }
 
-    /// The state machine, for restoring it from a checkpoint before
-    /// [`Node::install_checkpoint`].
+    /// The state machine, for driver-side settings that are not replicated
+    /// state (paxos-kv's read clock).
     pub fn state_machine_mut(&mut self) -> &mut S {
         &mut self.sm
     }
@@ -1773,7 +1900,16 @@ impl<S: StateMachine, C> Node<S, C> {
         let due_by_decrees =
             every != 0 && slot >= self.last_checkpoint_started.saturating_add(every);
         let due_by_bytes = every_bytes != 0 && self.applied_bytes_since_checkpoint >= every_bytes;
-        if !self.config.checkpoints || self.checkpoint_running || !(due_by_decrees || due_by_bytes)
+        // While a received checkpoint is restored, the state it replaces
+        // is not worth a checkpoint: it would be older than the received
+        // one (already durable in the store, which keeps the newest), and
+        // cost a full snapshot write racing the restore for disk and CPU.
+        // (A full log still starts one, `relieve_log`: it needs the
+        // truncation.)
+        if !self.config.checkpoints
+            || self.checkpoint_running
+            || self.installing.is_some()
+            || !(due_by_decrees || due_by_bytes)
         {
             return;
         }
@@ -1809,7 +1945,10 @@ impl<S: StateMachine, C> Node<S, C> {
 
     /// Starts (or restarts a stalled) checkpoint transfer from a peer.
     fn request_checkpoint(&mut self, now: Time) {
-        if !self.config.checkpoints {
+        // A checkpoint received is being restored: it ends the need (or,
+        // failing, fetches again), and a second transfer meanwhile would
+        // only fetch the same state again while the first is restored.
+        if !self.config.checkpoints || self.installing.is_some() {
             return;
         }
         if let Some(t) = &self.transfer {
@@ -1869,6 +2008,14 @@ impl<S: StateMachine, C> Node<S, C> {
         !t.finishing && now.micros_since(t.last_progress) >= self.config.transfer_stall_us
     }
 
+    /// An install that did not happen: a core still missing what no peer
+    /// retains fetches a checkpoint now rather than at its next tick.
+    fn fetch_again(&mut self, now: Time) {
+        if self.needs_snapshot {
+            self.request_checkpoint(now);
+        }
+    }
+
     fn abandon_transfer(&mut self) {
         if let Some(t) = self.transfer.take() {
             if t.started {
@@ -1887,7 +2034,10 @@ impl<S: StateMachine, C> Node<S, C> {
                     // Our newest checkpoint would not help: the peer is past
                     // it but behind our retained log. Take a fresh one now;
                     // the peer asks again.
-                    if self.applied > have && !self.checkpoint_running {
+                    // (Not while restoring a received checkpoint: once it is
+                    // installed, the peer is served from that one.)
+                    if self.applied > have && !self.checkpoint_running && self.installing.is_none()
+                    {
                         self.start_checkpoint(now);
                     }
                     self.transmit_xfer(from, &XferMessage::None { slot });

@@ -788,10 +788,33 @@ impl Sim {
             }
             Effect::InstallCheckpoint { slot } => {
                 let now = self.nodes[i].local(self.now);
+                let bug = self.cfg.state_machine_bug;
                 let Some(run) = self.nodes[i].run.as_mut() else {
                     return Ok(());
                 };
                 let before = run.node.applied();
+                // The two phases a driver runs, here back to back: restore
+                // into a fresh state machine (paxos-kv does it off its event
+                // loop), then hand it to the node. The fresh one carries the
+                // same planted bug as the one it replaces.
+                let mut fresh = SimKv::new(id, bug);
+                let restored =
+                    match paxos_node::storage::restore_slot(&run.checkpoints, slot, &mut fresh) {
+                        Ok(restored) => restored,
+                        // A faulty medium may spoil the received checkpoint
+                        // between its verification and the restore: the node
+                        // keeps its state and fetches again.
+                        Err(e) if self.faulty == Some(i) => {
+                            run.node.on_restore_failed(now, slot, e.to_string());
+                            return Ok(());
+                        }
+                        Err(e) => {
+                            return Err(Failure::new(
+                                FailureKind::ApiContract,
+                                format!("{id} could not restore checkpoint {slot}: {e}"),
+                            ))
+                        }
+                    };
                 // The node restarts its core from this state and takes all
                 // of it for durable: sync what is still queued first (as
                 // paxos-kv does), and account for it as synced.
@@ -800,22 +823,14 @@ impl Sim {
                     return Ok(());
                 };
                 let durable = run.log.state();
-                let store = &run.checkpoints;
-                let installed = run.node.install_checkpoint(now, durable, slot, |sm| {
-                    paxos_node::storage::restore_slot(store, slot, sm)
-                });
-                match installed {
-                    Ok(()) => {}
-                    // A faulty medium may spoil the received checkpoint
-                    // between its verification and the restore: the node
-                    // keeps its state and fetches again.
-                    Err(paxos_node::NodeError::Restore(_)) if self.faulty == Some(i) => {}
-                    Err(e) => {
-                        return Err(Failure::new(
-                            FailureKind::ApiContract,
-                            format!("{id} could not install checkpoint {slot}: {e}"),
-                        ))
-                    }
+                let (_spare, installed) = run
+                    .node
+                    .install_restored(now, durable, slot, fresh, restored);
+                if let Err(e) = installed {
+                    return Err(Failure::new(
+                        FailureKind::ApiContract,
+                        format!("{id} could not install checkpoint {slot}: {e}"),
+                    ));
                 }
                 if run.node.applied() != before {
                     run.applied_through = slot;

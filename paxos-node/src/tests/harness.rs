@@ -20,7 +20,7 @@
 use crate::directory::MemberAddrs;
 use crate::effect::{AbortReason, CheckpointJob, Effect, PersistId, TransferOp};
 use crate::state_machine::{BytesSnapshot, Decree, SnapshotError, StateMachine};
-use crate::storage::{self, TransferSink};
+use crate::storage::{self, Restored, TransferSink};
 use crate::{xfer, Node, NodeConfig, Recovery};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use paxos_core::{
@@ -341,6 +341,13 @@ pub struct Host {
     pub held_finish: Option<Slot>,
     /// The highest `ReleaseLogMemory` the node issued.
     pub log_memory_released: Slot,
+    /// Restore and install a received checkpoint as soon as the node asks
+    /// (else the `InstallCheckpoint` waits in `held_install` for
+    /// [`Sim::install_held`] or [`Sim::fail_held_install`], as a restore
+    /// running on a background thread).
+    pub install_at_once: bool,
+    /// An `InstallCheckpoint` not yet carried out.
+    pub held_install: Option<Slot>,
     /// Slots of the checkpoints installed from peers.
     pub installed: Vec<Slot>,
     /// Why an `InstallCheckpoint` failed.
@@ -377,6 +384,8 @@ impl Host {
             finish_at_once: true,
             held_finish: None,
             log_memory_released: Slot::ZERO,
+            install_at_once: true,
+            held_install: None,
             installed: Vec::new(),
             install_errors: Vec::new(),
             peer_sets: Vec::new(),
@@ -421,9 +430,23 @@ impl Host {
         self.node.on_transfer_finished(now, result);
     }
 
-    /// Restores the state machine from received checkpoint `slot` and
-    /// restarts the node's core from the durable state, as a driver does.
+    /// Restores received checkpoint `slot` into a fresh state machine (a
+    /// driver does this off its event loop) and installs it, or reports the
+    /// restore failed.
     fn install(&mut self, now: Time, slot: Slot) {
+        let mut fresh = Counter::default();
+        match storage::restore_slot(&self.store, slot, &mut fresh) {
+            Ok(restored) => self.install_restored(now, slot, fresh, restored),
+            Err(e) => {
+                self.install_errors.push(e.to_string());
+                self.node.on_restore_failed(now, slot, e.to_string());
+            }
+        }
+    }
+
+    /// Installs checkpoint `slot`, restored into `fresh`, restarting the
+    /// node's core from the durable state, as a driver does.
+    fn install_restored(&mut self, now: Time, slot: Slot, fresh: Counter, restored: Restored) {
         // As a driver must: sync what is queued first, so the restarted
         // core counts only durable votes. The old core's persists complete
         // into nothing (the node ignores their epoch).
@@ -433,13 +456,11 @@ impl Host {
             }
         }
         let durable = self.durable.clone();
-        let store = &self.store;
         let before = self.node.applied();
-        match self
+        let (_spare, result) = self
             .node
-            .install_checkpoint(now, durable.clone(), slot, |sm| {
-                storage::restore_slot(store, slot, sm)
-            }) {
+            .install_restored(now, durable, slot, fresh, restored);
+        match result {
             Ok(()) if self.node.applied() != before => self.installed.push(slot),
             Ok(()) => {}
             Err(e) => self.install_errors.push(e.to_string()),
@@ -786,6 +807,7 @@ impl Sim {
         host.pending_persists.clear();
         host.held_jobs.clear();
         host.held_finish = None;
+        host.held_install = None;
         // A restarted process's storage keeps every value in memory again.
         host.log_memory_released = Slot::ZERO;
         let mut state_machine = Counter::default();
@@ -939,6 +961,28 @@ impl Sim {
         self.drain(id);
     }
 
+    /// Restores and installs the held `InstallCheckpoint` of `id`; returns
+    /// its slot.
+    pub fn install_held(&mut self, id: ReplicaId) -> Slot {
+        let now = self.now;
+        let host = self.host_mut(id);
+        let slot = host.held_install.take().expect("a held install");
+        host.install(now, slot);
+        self.drain(id);
+        slot
+    }
+
+    /// Reports the held `InstallCheckpoint` of `id` as a restore that
+    /// failed with `error`; returns its slot.
+    pub fn fail_held_install(&mut self, id: ReplicaId, error: &str) -> Slot {
+        let now = self.now;
+        let host = self.host_mut(id);
+        let slot = host.held_install.take().expect("a held install");
+        host.node.on_restore_failed(now, slot, error.to_string());
+        self.drain(id);
+        slot
+    }
+
     /// Carries out every effect node `id` has queued.
     pub fn drain(&mut self, id: ReplicaId) {
         let now = self.now;
@@ -980,6 +1024,13 @@ impl Sim {
                     }
                 }
                 Effect::Transfer(op) => host.transfer(now, op),
+                Effect::InstallCheckpoint { slot } if !host.install_at_once => {
+                    assert!(
+                        host.held_install.is_none(),
+                        "{id} asked for a second install before the first was reported"
+                    );
+                    host.held_install = Some(slot);
+                }
                 Effect::InstallCheckpoint { slot } => host.install(now, slot),
                 Effect::SetPeers(peers) => host.peer_sets.push(peers),
                 Effect::ReleaseLogMemory { through } => {

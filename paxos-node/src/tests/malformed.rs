@@ -478,30 +478,49 @@ fn a_checkpoint_behind_the_node_is_not_installed() {
     assert!(applied > Slot(1));
     let now = sim.now;
     let durable = sim.host(leader).durable.clone();
-    // Behind the node: nothing is touched, the restore is not even tried.
-    let mut tried = false;
-    let result =
-        sim.host_mut(leader)
-            .node
-            .install_checkpoint(now, durable.clone(), Slot(1), |_| {
-                tried = true;
-                Err::<Restored, _>("must not be called")
-            });
-    assert!(result.is_ok() && !tried, "{result:?}");
-    // Ahead of the node, but the restore brings back another slot.
-    let wrong = Restored {
-        meta: meta(Slot(1)),
+    let state = sim.counter(leader).clone();
+    // What a driver restored; told apart from the node's own by its total.
+    let fresh = Counter {
+        total: 7_777,
+        history: Vec::new(),
+    };
+    let restored_at = |slot: Slot| Restored {
+        meta: meta(slot),
         directory: Directory::default(),
-        path: "/ckpt/wrong".into(),
+        path: "/ckpt/restored".into(),
         skipped: Vec::new(),
     };
-    let result =
-        sim.host_mut(leader)
-            .node
-            .install_checkpoint(now, durable, applied.plus(5), |_| Ok::<_, String>(wrong));
+    // Behind the node: nothing is touched, the fresh state machine comes
+    // back to be dropped.
+    let (spare, result) = sim.host_mut(leader).node.install_restored(
+        now,
+        durable.clone(),
+        Slot(1),
+        fresh.clone(),
+        restored_at(Slot(1)),
+    );
+    assert!(result.is_ok(), "{result:?}");
+    assert!(spare == fresh, "the fresh state machine is handed back");
+    assert!(
+        sim.counter(leader) == &state,
+        "the node's state is untouched"
+    );
+    // Ahead of the node, but the restore brought back another slot.
+    let (spare, result) = sim.host_mut(leader).node.install_restored(
+        now,
+        durable,
+        applied.plus(5),
+        fresh.clone(),
+        restored_at(Slot(1)),
+    );
     assert!(
         matches!(result, Err(NodeError::Checkpoint { slot: Slot(1), .. })),
         "{result:?}"
+    );
+    assert!(spare == fresh, "the fresh state machine is handed back");
+    assert!(
+        sim.counter(leader) == &state,
+        "the node's state is untouched"
     );
     assert_eq!(sim.node(leader).applied(), applied);
     assert!(sim.node(leader).is_leader());

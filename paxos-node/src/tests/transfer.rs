@@ -359,3 +359,147 @@ fn a_checkpoint_found_damaged_while_serving_is_set_aside_and_retaken() {
     let newest = *now_held.last().unwrap();
     assert!(host.store.open(newest).is_ok(), "checkpoint {newest} reads");
 }
+
+/// Counts the fresh checkpoint requests (`Request` for the newest, from
+/// offset 0) `lagger` sends, with the peer each went to.
+fn count_fresh_requests(sim: &mut Sim, lagger: ReplicaId) -> Rc<RefCell<Vec<ReplicaId>>> {
+    let asked: Rc<RefCell<Vec<ReplicaId>>> = Rc::default();
+    let record = Rc::clone(&asked);
+    sim.drop_rule = Some(Box::new(move |from, to, bytes| {
+        if let Ok(XferMessage::Request {
+            slot: Slot::ZERO,
+            offset: 0,
+            ..
+        }) = xfer::decode(bytes.clone())
+        {
+            if from == lagger {
+                record.borrow_mut().push(to);
+            }
+        }
+        false
+    }));
+    asked
+}
+
+#[test]
+fn the_node_keeps_running_and_fetches_nothing_more_while_a_checkpoint_is_restored() {
+    let (mut sim, leader, lagger) = lagging_cluster();
+    sim.host_mut(lagger).install_at_once = false;
+    let asked = count_fresh_requests(&mut sim, lagger);
+    sim.heal();
+    assert!(sim.run_until(5_000_000, |s| s.host(lagger).held_install.is_some()));
+    let slot = sim.host(lagger).held_install.unwrap();
+    assert_eq!(sim.node(lagger).installing(), Some(slot));
+    assert_eq!(asked.borrow().len(), 1);
+    let state_before = sim.counter(lagger).clone();
+    let ops_before = sim.host(lagger).transfer_ops.len();
+    let checkpoints_before = sim.host(lagger).checkpoints_requested.len();
+    let voted_before = sim
+        .host(lagger)
+        .durable
+        .accepted
+        .keys()
+        .next_back()
+        .copied();
+
+    // The restore takes a long while (several stall timeouts) and the
+    // cluster goes on writing: the lagger's timers fire and the leader's
+    // messages reach it.
+    for k in 1..=10 {
+        let ids = sim.submit(leader, vec![inc(k, 0)]);
+        assert!(sim.run_until(1_000_000, |s| s.outcomes.get(ids[0]).is_some()));
+        sim.outcomes.total(ids[0]);
+    }
+    let deadline = sim.now.plus_micros(5 * STALL_US);
+    while sim.now < deadline {
+        let next = sim.node(lagger).next_timer();
+        assert!(
+            next.is_some_and(|t| t > sim.now),
+            "a timer stayed due at {:?}",
+            sim.now
+        );
+        sim.run_for(STALL_US / 2);
+    }
+    let voted = sim
+        .host(lagger)
+        .durable
+        .accepted
+        .keys()
+        .next_back()
+        .copied();
+    assert!(
+        voted > voted_before,
+        "the lagger voted on the leader's new decrees: {voted_before:?} -> {voted:?}"
+    );
+    assert!(
+        sim.node(lagger).status().needs_snapshot,
+        "still behind until the install"
+    );
+    // The node answers requests meanwhile (not primary: refused at once).
+    let refused = sim.submit(lagger, vec![inc(1, 0)]);
+    assert!(matches!(
+        sim.outcomes.abort(refused[0]),
+        crate::AbortReason::NotPrimary { .. }
+    ));
+    // No second transfer, no checkpoint of the state about to be replaced,
+    // and that state untouched.
+    assert_eq!(
+        asked.borrow().len(),
+        1,
+        "one transfer: {:?}",
+        asked.borrow()
+    );
+    assert_eq!(sim.host(lagger).transfer_ops.len(), ops_before);
+    assert_eq!(
+        sim.host(lagger).checkpoints_requested.len(),
+        checkpoints_before
+    );
+    assert!(
+        sim.counter(lagger) == &state_before,
+        "the state is untouched"
+    );
+    assert_eq!(sim.node(lagger).installing(), Some(slot));
+
+    // The restore reports back: installed, and the lagger catches up.
+    sim.host_mut(lagger).install_at_once = true;
+    assert_eq!(sim.install_held(lagger), slot);
+    assert_eq!(sim.node(lagger).installing(), None);
+    assert_eq!(sim.host(lagger).installed, vec![slot]);
+    caught_up(&mut sim, lagger);
+    assert_eq!(
+        asked.borrow().len(),
+        1,
+        "one transfer: {:?}",
+        asked.borrow()
+    );
+}
+
+#[test]
+fn a_restore_that_fails_off_the_loop_leaves_the_state_and_fetches_again_from_the_next_peer() {
+    let (mut sim, _, lagger) = lagging_cluster();
+    sim.host_mut(lagger).install_at_once = false;
+    let asked = count_fresh_requests(&mut sim, lagger);
+    sim.heal();
+    assert!(sim.run_until(5_000_000, |s| s.host(lagger).held_install.is_some()));
+    let state_before = sim.counter(lagger).clone();
+    let applied_before = sim.node(lagger).applied();
+
+    let slot = sim.fail_held_install(lagger, "block 3 failed its checksum");
+    assert!(slot > applied_before);
+    assert_eq!(sim.node(lagger).installing(), None);
+    assert!(
+        sim.counter(lagger) == &state_before,
+        "the state is untouched"
+    );
+    assert_eq!(sim.node(lagger).applied(), applied_before);
+    // Delivering what it sent, without running any timer, shows the new
+    // request went out at once.
+    sim.host_mut(lagger).install_at_once = true;
+    sim.deliver_all();
+    // A new fetch at once, from the next peer in turn (the first one's
+    // checkpoint may be what failed).
+    let requests = asked.borrow().clone();
+    assert_eq!(requests.len(), 2, "fetched again: {requests:?}");
+    assert_ne!(requests[0], requests[1], "{requests:?}");
+    caught_up(&mut sim, lagger);
+}
