@@ -820,6 +820,7 @@ pub fn start(
         sink: parts.checkpoints.clone().map(TransferSink::new),
         checkpoints: parts.checkpoints,
         drained: Vec::new(),
+        drained_reads: Vec::new(),
         stages: Arc::clone(&parts.stages),
         reload_durable: parts.reload_durable,
         peer_directory,
@@ -935,6 +936,8 @@ struct EventLoop {
     sink: Option<TransferSink>,
     /// Reused for draining the submit queue.
     drained: Vec<(Bytes, Completer<Reply>, RequestKind)>,
+    /// Reused for draining the read queue.
+    drained_reads: Vec<(Bytes, ReadConsistency, Completer<Reply>)>,
     stages: Arc<StageRecorder>,
     reload_durable: Option<DurableReloader>,
     peer_directory: Option<Arc<dyn PeerDirectory>>,
@@ -1128,7 +1131,8 @@ impl EventLoop {
     }
 
     /// Hands queued reads to the node, at most [`READ_BURST`] per wake-up
-    /// so that reads cannot starve the rest of the loop.
+    /// so that reads cannot starve the rest of the loop, in one
+    /// `submit_reads` call (they share one heartbeat round).
     fn take_reads(&mut self) {
         let limits = paxos_pipeline::DrainLimits {
             max_count: READ_BURST,
@@ -1138,6 +1142,7 @@ impl EventLoop {
         let now = self.clock();
         let node = &mut self.node;
         let unconfirmed = self.planted_unconfirmed_reads;
+        let drained = &mut self.drained_reads;
         self.read_consumer.drain_batch_by(
             limits,
             |r: &Request<ReadSubmitted, Reply>| r.payload.request.len(),
@@ -1155,10 +1160,11 @@ impl EventLoop {
                         applied_us: 0,
                     });
                 } else {
-                    node.submit_read(now, request, consistency, r.completer);
+                    drained.push((request, consistency, r.completer));
                 }
             },
         );
+        self.node.submit_reads(now, &mut self.drained_reads);
     }
 
     /// Drains queued client requests into the node (one decree's worth).

@@ -628,12 +628,46 @@ impl<S: StateMachine, C> Node<S, C> {
         consistency: ReadConsistency,
         completion: C,
     ) {
+        let mut round = None;
+        if self.take_read(now, request, consistency, completion, &mut round) {
+            self.process(now);
+        }
+    }
+
+    /// Reads that arrived together, each as [`Node::submit_read`] would
+    /// take it; drains `reads`. The linearizable ones share one heartbeat
+    /// round (started now, after every one of them arrived, so it confirms
+    /// them all), where one `submit_read` each would put all but the first
+    /// in the round after.
+    pub fn submit_reads(&mut self, now: Time, reads: &mut Vec<(Bytes, ReadConsistency, C)>) {
+        let mut round = None;
+        let mut process = false;
+        for (request, consistency, completion) in reads.drain(..) {
+            process |= self.take_read(now, request, consistency, completion, &mut round);
+        }
+        if process {
+            self.process(now);
+        }
+    }
+
+    /// Takes one read (see [`Node::submit_read`]); `round` is the ticket
+    /// of the round the reads taken with it share, got at the first that
+    /// needs one. Returns whether the node must then run
+    /// [`Node::process`] (to send the round's heartbeats, or serve it).
+    fn take_read(
+        &mut self,
+        now: Time,
+        request: Bytes,
+        consistency: ReadConsistency,
+        completion: C,
+        round: &mut Option<paxos_core::ReadTicket>,
+    ) -> bool {
         if !self.reads.admits(request.len()) {
             self.effects.push_back(Effect::Abort {
                 completion,
                 reason: AbortReason::Refused,
             });
-            return;
+            return false;
         }
         let read = Waiting {
             request,
@@ -652,7 +686,7 @@ impl<S: StateMachine, C> Node<S, C> {
                         completion: read.completion,
                         reason: AbortReason::NotPrimary { leader },
                     });
-                    return;
+                    return false;
                 }
                 if let Some(index) = self.core.lease_read_index(now) {
                     if index <= self.applied {
@@ -660,12 +694,18 @@ impl<S: StateMachine, C> Node<S, C> {
                     } else {
                         self.reads.push_applying(index, read);
                     }
-                    return;
+                    return false;
                 }
-                match self.core.read_index(now) {
-                    Ok(t) => self
-                        .reads
-                        .push_confirming(t.ballot, t.round, t.read_index, read),
+                let ticket = match round {
+                    Some(t) => Ok(*t),
+                    None => self.core.read_index(now),
+                };
+                match ticket {
+                    Ok(t) => {
+                        *round = Some(t);
+                        self.reads
+                            .push_confirming(t.ballot, t.round, t.read_index, read);
+                    }
                     Err(ProposeError::NotLeader { leader }) => {
                         self.effects.push_back(Effect::Abort {
                             completion: read.completion,
@@ -680,10 +720,10 @@ impl<S: StateMachine, C> Node<S, C> {
                         });
                     }
                 }
-                // Sends the round's heartbeats (or, alone, serves it).
-                self.process(now);
+                return true;
             }
         }
+        false
     }
 
     /// A message from a peer (core protocol or checkpoint transfer).

@@ -779,10 +779,20 @@ impl Sim {
             }
             self.drain(target)?;
         }
-        for (to, request, consistency, attempt) in reads {
+        // Reads that go to the same replica arrive together, as the
+        // production driver hands them over (`submit_reads`: they share
+        // one round).
+        let mut reads = reads.into_iter().peekable();
+        while let Some((to, request, consistency, attempt)) = reads.next() {
+            let mut together = vec![(request, consistency, attempt)];
+            while let Some((_, request, consistency, attempt)) =
+                reads.next_if(|(next, ..)| *next == to)
+            {
+                together.push((request, consistency, attempt));
+            }
             let local = self.nodes[to].local(now);
             if let Some(run) = self.nodes[to].run.as_mut() {
-                run.node.submit_read(local, request, consistency, attempt);
+                run.node.submit_reads(local, &mut together);
             }
             self.drain(to)?;
         }

@@ -910,6 +910,29 @@ impl Sim {
         request
     }
 
+    /// Hands `n` linearizable reads to node `to` in one
+    /// `Node::submit_reads` call; returns their completion ids.
+    pub fn submit_reads(&mut self, to: ReplicaId, n: usize) -> Vec<u64> {
+        let first = self.next_request;
+        self.next_request += n as u64;
+        let ids: Vec<u64> = (first..self.next_request).collect();
+        let mut reads: Vec<_> = ids
+            .iter()
+            .map(|id| {
+                (
+                    Bytes::from_static(b"read"),
+                    crate::ReadConsistency::Linearizable,
+                    *id,
+                )
+            })
+            .collect();
+        let now = self.now;
+        self.host_mut(to).node.submit_reads(now, &mut reads);
+        assert!(reads.is_empty(), "submit_reads drains its input");
+        self.drain(to);
+        ids
+    }
+
     /// Hands a directory command to node `to`; returns its completion id.
     pub fn submit_directory(&mut self, to: ReplicaId, command: Bytes) -> u64 {
         let request = self.next_request;

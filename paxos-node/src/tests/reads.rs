@@ -40,6 +40,44 @@ fn a_linearizable_read_waits_for_one_round_and_sees_every_completed_write() {
     assert_eq!(sim.host(leader).node.status().reads_served, 1);
 }
 
+/// The confirmed read round of `leader`'s core.
+fn confirmed_round(sim: &Sim, leader: paxos_core::ReplicaId) -> u64 {
+    sim.host(leader)
+        .node
+        .core()
+        .read_confirmed()
+        .expect("the leader confirms reads")
+        .1
+}
+
+/// Reads handed in together share one heartbeat round; handed in one by
+/// one, every read after the first waits for the round after it.
+#[test]
+fn reads_handed_in_together_share_one_round() {
+    let mut sim = Sim::new(3);
+    let leader = sim.elect();
+    let total = write(&mut sim, leader, 3);
+
+    let before = confirmed_round(&sim, leader);
+    let together = sim.submit_reads(leader, 3);
+    sim.settle(&together);
+    for id in &together {
+        assert_eq!(reply_total(&sim, *id), total);
+    }
+    assert_eq!(confirmed_round(&sim, leader), before + 1, "one round");
+
+    let before = confirmed_round(&sim, leader);
+    let one_by_one: Vec<u64> = (0..3)
+        .map(|_| sim.submit_read(leader, ReadConsistency::Linearizable))
+        .collect();
+    sim.settle(&one_by_one);
+    assert_eq!(
+        confirmed_round(&sim, leader),
+        before + 2,
+        "the first round, then one more"
+    );
+}
+
 #[test]
 fn a_linearizable_read_on_a_follower_is_redirected() {
     let mut sim = Sim::new(3);
