@@ -348,6 +348,9 @@ pub struct Node<S: StateMachine, C> {
     stats: NodeStatus,
     /// Reads waiting to be answered (see [`crate::reads`]).
     reads: ReadQueue<C>,
+    /// Reads handed in with writes but ahead of any, waiting for the next
+    /// batch this node opens (see [`Node::may_defer_reads`]).
+    deferred_reads: BatchReads<C>,
     /// `PlantedBug::ReadsAtOnce`: reads handed in with writes are answered
     /// at once, from the state as it stands.
     #[cfg(feature = "planted-bugs")]
@@ -454,6 +457,7 @@ impl<S: StateMachine, C> Node<S, C> {
                 catchup_served_from_storage: 0,
             },
             reads: ReadQueue::new(config.max_pending_reads, config.max_pending_read_bytes),
+            deferred_reads: Vec::new(),
             #[cfg(feature = "planted-bugs")]
             planted_reads_at_once: false,
             config,
@@ -518,6 +522,28 @@ impl<S: StateMachine, C> Node<S, C> {
         let limits = self.config.core.batch_limits;
         let mut builder: Option<OpenBatch<C>> = None;
         for (request, completion, kind) in requests.drain(..) {
+            #[cfg(feature = "planted-bugs")]
+            if kind == RequestKind::Read && self.planted_reads_at_once {
+                // The planted bug: answered from the state as it stands, not
+                // at its place in a chosen batch.
+                self.answer_read(Waiting {
+                    request,
+                    completion,
+                });
+                continue;
+            }
+            if kind == RequestKind::Read && builder.is_none() && self.may_defer_reads() {
+                // Reads ahead of any write: they ride the next batch this
+                // node opens, rather than a decree of their own.
+                self.deferred_reads.push((
+                    0,
+                    Waiting {
+                        request,
+                        completion,
+                    },
+                ));
+                continue;
+            }
             if kind == RequestKind::Write
                 && builder
                     .as_ref()
@@ -527,27 +553,9 @@ impl<S: StateMachine, C> Node<S, C> {
                     self.propose_open(now, open, batched);
                 }
             }
-            let open = builder.get_or_insert_with(|| {
-                let header = self.next_header(now, DecreeKind::Client);
-                OpenBatch {
-                    builder: FramedBuilder::new_in(limits, &header, &mut self.batch_arena),
-                    tag: header.tag,
-                    completions: Vec::new(),
-                    reads: Vec::new(),
-                }
-            });
+            let open = builder.get_or_insert_with(|| self.open_batch(now, limits));
             match kind {
                 RequestKind::Read => {
-                    #[cfg(feature = "planted-bugs")]
-                    if self.planted_reads_at_once {
-                        // The planted bug: answered from the state as it
-                        // stands, not at its place in a chosen batch.
-                        self.answer_read(Waiting {
-                            request,
-                            completion,
-                        });
-                        continue;
-                    }
                     let before = open.completions.len();
                     open.reads.push((
                         before,
@@ -574,6 +582,43 @@ impl<S: StateMachine, C> Node<S, C> {
             self.propose_open(now, open, batched);
         }
         self.process(now);
+    }
+
+    /// Opens the next client batch, with the deferred reads first (they
+    /// arrived before anything it will hold).
+    fn open_batch(&mut self, now: Time, limits: paxos_core::batch::BatchLimits) -> OpenBatch<C> {
+        let header = self.next_header(now, DecreeKind::Client);
+        OpenBatch {
+            builder: FramedBuilder::new_in(limits, &header, &mut self.batch_arena),
+            tag: header.tag,
+            completions: Vec::new(),
+            reads: std::mem::take(&mut self.deferred_reads),
+        }
+    }
+
+    /// Whether reads handed in ahead of any write may wait for the next
+    /// batch: a batch of this node's is in flight (or stalled), so one will
+    /// be applied soon and [`Node::flush_deferred_reads`] proposes a batch
+    /// for them when none is left; and not too many wait already.
+    fn may_defer_reads(&self) -> bool {
+        (!self.proposals.is_empty() || !self.stalled.is_empty())
+            && self.deferred_reads.len() < self.config.core.batch_limits.max_requests
+    }
+
+    /// Proposes the deferred reads as a batch of their own once nothing of
+    /// this node's is in flight or stalled (no batch would come for them
+    /// otherwise); returns whether it did.
+    fn flush_deferred_reads(&mut self, now: Time) -> bool {
+        if self.deferred_reads.is_empty()
+            || !self.is_leader
+            || !self.proposals.is_empty()
+            || !self.stalled.is_empty()
+        {
+            return false;
+        }
+        let open = self.open_batch(now, self.config.core.batch_limits);
+        self.propose_open(now, open, now);
+        true
     }
 
     /// Finishes a batch and proposes it, unless it holds no request and no
@@ -1583,7 +1628,7 @@ impl<S: StateMachine, C> Node<S, C> {
                 self.effects
                     .push_back(Effect::ReleaseLogMemory { through: released });
             }
-            if !self.retry_stalled(now) {
+            if !self.flush_deferred_reads(now) && !self.retry_stalled(now) {
                 break;
             }
         }
@@ -1922,6 +1967,9 @@ impl<S: StateMachine, C> Node<S, C> {
         while let Some(s) = self.stalled.pop_front() {
             self.abort_batch(s.completions, s.reads, stalled);
         }
+        // Never in a batch: never executed.
+        let deferred = std::mem::take(&mut self.deferred_reads);
+        self.abort_batch(Vec::new(), deferred, stalled);
     }
 
     fn abort_all(&mut self, proposed: AbortReason) {

@@ -29,12 +29,15 @@
 //! [`RequestKind::Read`] is a linearizable read that keeps its place among
 //! the writes handed in with it, as a pipelined client expects (`SET k v;
 //! GET k` reads `v`; `GET k; SET k w` does not read `w`). It rides in the
-//! batch that is open when it arrives (the leader opens one if none is),
-//! at the position it arrived in, and is answered when that batch is
-//! applied, between the writes before it and those after it; it adds no
-//! byte to the decree, and followers never see it. A batch holding only
-//! reads is proposed as a decree of no requests (a header), so reads never
-//! wait for a write that may not come.
+//! batch that is open when it arrives, at the position it arrived in, and
+//! is answered when that batch is applied, between the writes before it
+//! and those after it; it adds no byte to the decree, and followers never
+//! see it. A read that comes ahead of any write waits for the next batch
+//! the leader opens, at its front, while a batch of the leader's is in
+//! flight; otherwise (and once none is left) the leader proposes a batch
+//! for such reads alone, a decree of no requests (a header), so reads never
+//! wait for a write that may not come, and a stream of reads with a few
+//! writes among them costs about one decree per write.
 //!
 //! Why that is linearizable, with no leadership check: the batch is a
 //! value created after the read arrived. If it is chosen at slot `s`, slot

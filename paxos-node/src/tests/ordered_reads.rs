@@ -101,15 +101,65 @@ fn reads_on_a_follower_are_redirected() {
 fn reads_in_a_batch_of_a_deposed_leader_are_refused_not_unknown() {
     let (mut sim, leader) = cluster_at(1);
     sim.isolate(leader);
-    let ids = sim.submit_kinds(leader, vec![write(5), read()]);
+    let mut ids = sim.submit_kinds(leader, vec![write(5), read()]);
+    // And one waiting for the next batch (none comes).
+    ids.extend(sim.submit_kinds(leader, vec![read()]));
     sim.settle(&ids);
     assert_eq!(sim.outcomes.abort(ids[0]), AbortReason::OutcomeUnknown);
-    assert!(
-        matches!(
-            sim.outcomes.get(ids[1]),
-            Some(Outcome::Abort(AbortReason::NotPrimary { .. }))
-        ),
-        "{:?}",
-        sim.outcomes.get(ids[1])
+    for read in &ids[1..] {
+        assert!(
+            matches!(
+                sim.outcomes.get(*read),
+                Some(Outcome::Abort(AbortReason::NotPrimary { .. }))
+            ),
+            "{:?}",
+            sim.outcomes.get(*read)
+        );
+    }
+}
+
+/// Reads handed in ahead of any write while a batch is in flight wait for
+/// the next batch the leader opens, at its front, instead of taking a
+/// decree of their own.
+#[test]
+fn reads_ahead_of_writes_ride_the_next_batch() {
+    let (mut sim, leader) = cluster_at(5);
+    let batches_before = sim.host(leader).node.status().proposed_batches;
+    let first = sim.submit_kinds(leader, vec![write(1)]);
+    let reads = sim.submit_kinds(leader, vec![read(), read()]);
+    assert_eq!(
+        sim.host(leader).node.status().proposed_batches,
+        batches_before + 1,
+        "the reads took a decree of their own"
+    );
+    let second = sim.submit_kinds(leader, vec![write(2)]);
+    let all: Vec<u64> = first.iter().chain(&reads).chain(&second).copied().collect();
+    sim.settle(&all);
+    assert_eq!(sim.outcomes.total(first[0]), 6);
+    for id in &reads {
+        assert_eq!(sim.outcomes.total(*id), 6, "a read saw a later write");
+    }
+    assert_eq!(sim.outcomes.total(second[0]), 8);
+    assert_eq!(
+        sim.host(leader).node.status().proposed_batches,
+        batches_before + 2
+    );
+}
+
+/// Reads waiting for a next batch that does not come are proposed on
+/// their own once the batch in flight is applied.
+#[test]
+fn reads_waiting_for_a_batch_that_does_not_come_get_their_own() {
+    let (mut sim, leader) = cluster_at(5);
+    let batches_before = sim.host(leader).node.status().proposed_batches;
+    let first = sim.submit_kinds(leader, vec![write(1)]);
+    let reads = sim.submit_kinds(leader, vec![read()]);
+    let all: Vec<u64> = first.iter().chain(&reads).copied().collect();
+    sim.settle(&all);
+    assert_eq!(sim.outcomes.total(reads[0]), 6);
+    assert_eq!(
+        sim.host(leader).node.status().proposed_batches,
+        batches_before + 2,
+        "the write's batch, then the reads' own"
     );
 }
