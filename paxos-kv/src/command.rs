@@ -1,7 +1,8 @@
 //! Client commands on the key space: validated with Redis's rules and error
 //! texts, then encoded once, on the replica that receives them, into the
-//! compact binary *request* that goes through the log and that
-//! [`crate::kv::KvStore`] executes on every replica.
+//! compact binary *request* that a write sends through the log and that
+//! [`crate::kv::KvStore`] executes on every replica (a read's request is
+//! answered by `KvStore::query` on one replica, never logged).
 //!
 //! Request encoding (integers little-endian; `str` is `u32 len | bytes`):
 //!
@@ -10,7 +11,7 @@
 //! 0x02 DEL     u32 n, n × str key
 //! 0x03 INCR    str key
 //! 0x04 MSET    u32 n, n × (str key, str value)
-//! 0x05 GET     str key                 (reads are ordered through the log)
+//! 0x05 GET     str key                 (reads are never logged: `query`)
 //! 0x06 EXISTS  u32 n, n × str key
 //! 0x07 MGET    u32 n, n × str key
 //! 0x08 INCRBY  str key, i64 delta      (also DECR, DECRBY: a negated delta)
@@ -110,7 +111,8 @@ pub const MAX_SCAN_COUNT: u32 = 10_000;
 pub enum CommandKind {
     /// Changes state: goes through consensus.
     Write,
-    /// Reads state: ordered through the log for linearizability.
+    /// Reads state: answered without the log, linearizable at the leader
+    /// (see [`crate::server`] for the two ways a read goes).
     Read,
 }
 

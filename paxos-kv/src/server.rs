@@ -26,7 +26,8 @@
 //!
 //! Writes go through the log ([`Replica::submit`]); reads (the commands
 //! [`encode_command`] classifies as [`CommandKind::Read`]) skip it
-//! ([`Replica::submit_read`]): linearizable at the leader, or, on a
+//! ([`Replica::submit_read`], or [`Replica::submit_read_in_order`] in a
+//! pipeline that writes, see below): linearizable at the leader, or, on a
 //! connection that sent `READONLY`, served by a follower from its own
 //! state once it has applied every slot the connection observed (the
 //! slot of each reply it got, writes' and reads' alike), so the client
