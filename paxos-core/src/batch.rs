@@ -68,7 +68,7 @@ const ARENA_MIN_ROOM: usize = 8 * 1024;
 /// chunk goes to the next batch; a chunk is freed when every decree cut
 /// from it is. Decrees are dropped roughly in slot order, so what a chunk
 /// pins beyond live decrees is at most its unused tail
-/// ([`ARENA_MIN_ROOM`]) and the decrees' neighbours awaiting the same
+/// (`ARENA_MIN_ROOM`) and the decrees' neighbours awaiting the same
 /// compaction. No byte is copied to get this.
 #[derive(Debug, Default)]
 pub struct BatchArena {

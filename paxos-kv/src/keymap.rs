@@ -10,7 +10,7 @@
 //!
 //! Here a bucket is 32 bytes: keys of up to [`INLINE_KEY`] bytes live inside
 //! it, so the equality check reads the bucket just loaded, and the value is
-//! an 8-byte [`StoredValue`] handle, overwritten in place when the size is
+//! an 8-byte `StoredValue` handle, overwritten in place when the size is
 //! unchanged and no frozen view may share it (the common SET). That is
 //! three misses per SET. Keys are hashed with std's `RandomState` (SipHash
 //! with a per-process random key), so clients cannot choose keys that
@@ -54,7 +54,7 @@
 //!
 //! # Who owns the keys and values (the `unsafe` in this module)
 //!
-//! A bucket ([`Entry`]) is `Copy`: a long key and every value are raw
+//! A bucket (`Entry`) is `Copy`: a long key and every value are raw
 //! handles, so a shard copy shares them with the frozen original without
 //! touching them. (They used to be `Arc`s, and the reference count bumps
 //! made the first decree after a freeze at ten million keys take 0.5–0.9 s.)
@@ -66,7 +66,7 @@
 //!    false before the map lets go of it, so when the last frozen view
 //!    drops it, it frees nothing. A shard that is not shared frees its
 //!    blocks when dropped (through rule 3).
-//! 2. **A copy marks every entry it starts with** ([`StoredValue::is_marked`])
+//! 2. **A copy marks every entry it starts with** (`StoredValue::is_marked`)
 //!    and keeps weak references to its *origins*: the shard it was copied
 //!    from, and that shard's own origins that are still alive. A marked
 //!    entry's blocks may also be reachable from a frozen view through an
@@ -137,7 +137,7 @@ const SHARD_BITS: u32 = 16;
 pub const SHARDS: usize = 1 << SHARD_BITS;
 
 /// The key's CRC32C: it picks the key's shard (its top
-/// [`SHARD_BITS`] bits) and leads the order [`FrozenKeyMap::entries`]
+/// `SHARD_BITS` bits) and leads the order [`FrozenKeyMap::entries`]
 /// writes entries in. Deterministic on every replica, unlike the in-shard
 /// SipHash.
 pub fn key_digest(key: &[u8]) -> u32 {

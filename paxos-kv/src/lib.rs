@@ -10,7 +10,7 @@
 //! non-durable [`memstore`]), to peers over paxos-net's mutually
 //! authenticated QUIC transport, to client requests batched through
 //! paxos-pipeline's submit queue, and to a state machine ([`kv::KvStore`]
-//! behind the RSL-like [`kv::StateMachine`] trait). Clients speak RESP2
+//! behind the RSL-like [`paxos_node::StateMachine`] trait). Clients speak RESP2
 //! ([`resp`], [`server`]) with Redis's commands and error texts: key-space
 //! commands are validated and encoded by [`command`]; writes are executed
 //! through the log, reads skip it ([`node`] has how), connection-level ones (`HELLO`, `CLIENT`, `CONFIG GET`,

@@ -36,7 +36,7 @@
 //! Order on one connection: requests pipelined on one connection take
 //! effect in the order they were sent, as in Redis (`SET k v; GET k` reads
 //! `v`, `GET k; SET k w` does not read `w`), although no read is written
-//! to the log ([`ConnOrder`] keeps the counts):
+//! to the log (`ConnOrder` keeps the counts):
 //! - a read sent while a write of the connection (or a read behind one)
 //!   is unanswered, or in a pipeline that has sent a write (until the
 //!   connection has nothing in flight), goes in order with the writes

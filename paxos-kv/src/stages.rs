@@ -6,8 +6,8 @@
 //! received → queued → batched → accept sent → durable (local) → quorum → applied → replied
 //! ```
 //!
-//! The node stamps each point with [`StageClock::now`] and records the gap
-//! between consecutive points with [`StageRecorder::record`]. Recording is a
+//! The node stamps each point with [`StageClock::now`](crate::stages::StageClock::now) and records the gap
+//! between consecutive points with [`StageRecorder::record`](crate::stages::StageRecorder::record). Recording is a
 //! single relaxed load when the recorder is disabled, so production pays
 //! nothing; when enabled (`PAXOS_KV_STAGE_TIMING=1` or the `stage_timing`
 //! config knob) every sample lands in a per-stage histogram behind a mutex

@@ -1,4 +1,4 @@
-//! [`StoredValue`]: how the KV table holds one value, as an 8-byte handle
+//! `StoredValue`: how the KV table holds one value, as an 8-byte handle
 //! the table owns by hand.
 //!
 //! # Why a raw handle
@@ -38,7 +38,7 @@
 //!   copies. The table's own reference is the one the handle stands for.
 //!
 //! The handle's two low bits are tags (both forms are at least 4-byte
-//! aligned): [`LARGE_TAG`] marks the form and [`SHARED_TAG`] is the
+//! aligned): `LARGE_TAG` marks the form and `SHARED_TAG` is the
 //! table's per-entry "a frozen view may share this" mark, kept here
 //! because the handle has the room and the bucket does not.
 
