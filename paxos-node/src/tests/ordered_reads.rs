@@ -163,3 +163,45 @@ fn reads_waiting_for_a_batch_that_does_not_come_get_their_own() {
         "the write's batch, then the reads' own"
     );
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// Any mix of writes and reads, handed in over any number of drains
+    /// with any time between them, in batches of any size: every read
+    /// reports the total of exactly the writes handed in before it, and
+    /// every write the total through itself (the order requests were
+    /// handed in is the order they take effect, whether a read rode in an
+    /// open batch, waited for the next one or was flushed alone).
+    #[test]
+    fn every_request_takes_effect_in_the_order_handed_in(
+        drains in proptest::collection::vec(
+            proptest::collection::vec(proptest::option::weighted(0.4, 1u64..100), 1..12),
+            1..10,
+        ),
+        pauses in proptest::collection::vec(0u64..4_000, 10),
+        max_requests in 2usize..6,
+    ) {
+        let mut sim = Sim::with(3, |c| c.core.batch_limits.max_requests = max_requests);
+        let leader = sim.elect();
+        let mut total = 0;
+        let mut expected = Vec::new();
+        for (drain, pause) in drains.iter().zip(pauses.iter().cycle()) {
+            let kinds = drain
+                .iter()
+                .map(|op| op.map_or_else(read, write))
+                .collect();
+            let ids = sim.submit_kinds(leader, kinds);
+            for (op, id) in drain.iter().zip(ids) {
+                total += op.unwrap_or(0);
+                expected.push((id, total));
+            }
+            sim.run_for(*pause);
+        }
+        let ids: Vec<u64> = expected.iter().map(|(id, _)| *id).collect();
+        sim.settle(&ids);
+        for (id, want) in expected {
+            proptest::prop_assert_eq!(sim.outcomes.total(id), want, "request {}", id);
+        }
+    }
+}
