@@ -420,8 +420,6 @@ struct RestoreDone {
     slot: Slot,
     /// The fresh store and what it was restored from, or why not.
     result: Result<Box<(KvStore, node_storage::Restored)>, String>,
-    /// Bytes of snapshot data read.
-    data_len: u64,
     elapsed: Duration,
 }
 
@@ -1381,14 +1379,12 @@ impl EventLoop {
         tokio::task::spawn_blocking(move || {
             let started = Instant::now();
             let mut fresh = KvStore::new();
-            let data_len = store.open(slot).map_or(0, |r| r.info().data_len);
             let result = node_storage::restore_slot(&store, slot, &mut fresh)
                 .map(|restored| Box::new((fresh, restored)))
                 .map_err(|e| e.to_string());
             let done = RestoreDone {
                 slot,
                 result,
-                data_len,
                 elapsed: started.elapsed(),
             };
             // A loop that stopped meanwhile drops the store here, off it.
@@ -1404,7 +1400,6 @@ impl EventLoop {
         let RestoreDone {
             slot,
             result,
-            data_len,
             elapsed,
         } = done;
         let now = self.now();
@@ -1418,9 +1413,9 @@ impl EventLoop {
         let micros = elapsed.as_micros().max(1) as u64;
         tracing::info!(
             %slot,
-            bytes = data_len,
+            bytes = restored.data_len,
             duration_ms = micros / 1000,
-            mb_per_s = data_len / micros,
+            mb_per_s = restored.data_len / micros,
             "received checkpoint restored off the event loop"
         );
         let Some(reload) = &self.reload_durable else {

@@ -112,6 +112,8 @@ pub struct Restored {
     pub directory: Directory,
     /// The file it came from.
     pub path: PathBuf,
+    /// Bytes of snapshot data it held (and the restore read).
+    pub data_len: u64,
     /// Newer checkpoints that failed verification and were skipped.
     pub skipped: Vec<String>,
 }
@@ -228,6 +230,7 @@ pub fn restore_from<S: StateMachine>(
         meta: info.meta,
         directory,
         path,
+        data_len: info.data_len,
         skipped: Vec::new(),
     })
 }

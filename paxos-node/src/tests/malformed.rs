@@ -259,6 +259,10 @@ fn corrupt_checkpoints_are_refused_and_leave_the_state_machine_alone() {
     let restored = storage::restore_slot(&store, Slot(1), &mut restored_sm).unwrap();
     assert_eq!(restored_sm, counter);
     assert_eq!(restored.directory.book(), directory.book());
+    let data_len = store.open(Slot(1)).unwrap().info().data_len;
+    assert_eq!(restored.data_len, data_len, "the bytes the restore read");
+    let written = storage::encode_node_section(&directory).len() + counter.encode().len();
+    assert!(data_len >= written as u64);
 
     let section = storage::encode_node_section(&directory);
     let body = counter.encode();
@@ -488,6 +492,7 @@ fn a_checkpoint_behind_the_node_is_not_installed() {
         meta: meta(slot),
         directory: Directory::default(),
         path: "/ckpt/restored".into(),
+        data_len: 0,
         skipped: Vec::new(),
     };
     // Behind the node: nothing is touched, the fresh state machine comes
