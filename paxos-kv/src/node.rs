@@ -467,23 +467,17 @@ impl Replica {
         &self,
         request: Bytes,
     ) -> Result<paxos_pipeline::CompletionHandle<Reply>, ReplicateError> {
-        self.submit_kind(request, RequestKind::Write)
+        self.submit_in_order(request, RequestKind::Write)
     }
 
-    /// Submits a linearizable read-only request in order with the writes
-    /// submitted before and after it (by this caller; the queue keeps
-    /// their order): the leader answers it at its place in a batch, between
-    /// them, without writing it to the log (see `paxos_node::reads`). The
-    /// RESP server sends a pipeline's reads this way once the pipeline has
-    /// sent a write. `NotPrimary` on a follower.
-    pub fn submit_read_in_order(
-        &self,
-        request: Bytes,
-    ) -> Result<paxos_pipeline::CompletionHandle<Reply>, ReplicateError> {
-        self.submit_kind(request, RequestKind::Read)
-    }
-
-    fn submit_kind(
+    /// Submits a write, or a linearizable read-only request
+    /// ([`RequestKind::Read`]), in order with the requests submitted before
+    /// and after it (by this caller; the queue keeps their order): the
+    /// leader answers a read at its place in a batch, between the writes
+    /// around it, without writing it to the log (see `paxos_node::reads`).
+    /// The RESP server sends a pipeline's reads this way once the pipeline
+    /// has sent a write. `NotPrimary` on a follower.
+    pub fn submit_in_order(
         &self,
         request: Bytes,
         kind: RequestKind,

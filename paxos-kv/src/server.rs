@@ -26,7 +26,7 @@
 //!
 //! Writes go through the log ([`Replica::submit`]); reads (the commands
 //! [`encode_command`] classifies as [`CommandKind::Read`]) skip it
-//! ([`Replica::submit_read`], or [`Replica::submit_read_in_order`] in a
+//! ([`Replica::submit_read`], or [`Replica::submit_in_order`] in a
 //! pipeline that writes, see below): linearizable at the leader, or, on a
 //! connection that sent `READONLY`, served by a follower from its own
 //! state once it has applied every slot the connection observed (the
@@ -40,7 +40,7 @@
 //! - a read sent while a write of the connection (or a read behind one)
 //!   is unanswered, or in a pipeline that has sent a write (until the
 //!   connection has nothing in flight), goes in order with the writes
-//!   ([`Replica::submit_read_in_order`]): through the same queue, into the
+//!   ([`Replica::submit_in_order`]): through the same queue, into the
 //!   batch the leader is filling, and is answered when that batch is
 //!   applied, between the writes sent before it and those sent after it
 //!   (`paxos_node::reads` has why that is linearizable); followers never
@@ -76,6 +76,7 @@ use crate::resp::{self, RespLimits};
 use crate::stages::Point;
 use bytes::{Buf, Bytes, BytesMut};
 use paxos_core::{ReplicaId, Role};
+use paxos_node::RequestKind;
 use paxos_pipeline::CompletionHandle;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -498,7 +499,13 @@ async fn handle_connection(
                             if !reads_answered(&order, &mut closed_rx).await {
                                 break 'read;
                             }
-                            submit_in_order(&state, request, Ordered::Write, received_us, &order)
+                            submit_in_order(
+                                &state,
+                                request,
+                                RequestKind::Write,
+                                received_us,
+                                &order,
+                            )
                         }
                         other => other,
                     };
@@ -603,7 +610,7 @@ fn execute(
                 }
                 CommandKind::Write => {
                     let pending =
-                        submit_in_order(state, request, Ordered::Write, received_us, order);
+                        submit_in_order(state, request, RequestKind::Write, received_us, order);
                     if matches!(pending, Pending::Wait(..)) {
                         order.mixed.store(true, Ordering::Relaxed);
                     }
@@ -613,7 +620,7 @@ fn execute(
                 // reads and writes: in order with the writes (answered at its
                 // place in a batch, not written to the log).
                 CommandKind::Read if in_order > 0 || order.mixed.load(Ordering::Relaxed) => {
-                    submit_in_order(state, request, Ordered::Read, received_us, order)
+                    submit_in_order(state, request, RequestKind::Read, received_us, order)
                 }
                 CommandKind::Read => {
                     let consistency = read_consistency(
@@ -635,29 +642,16 @@ fn execute(
     }
 }
 
-/// Which way a request goes in order with the connection's writes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Ordered {
-    /// Through the log.
-    Write,
-    /// Answered at its place among the writes, without the log.
-    Read,
-}
-
 /// Submits a request in order with the connection's writes (a write, or a
 /// read that must stay in order behind one).
 fn submit_in_order(
     state: &ServerState,
     request: Bytes,
-    kind: Ordered,
+    kind: RequestKind,
     received_us: u64,
     order: &ConnOrder,
 ) -> Pending {
-    let result = match kind {
-        Ordered::Write => state.replica.submit(request),
-        Ordered::Read => state.replica.submit_read_in_order(request),
-    };
-    match result {
+    match state.replica.submit_in_order(request, kind) {
         Ok(handle) => {
             order.in_order.fetch_add(1, Ordering::Relaxed);
             submitted(state, handle, received_us, Route::InOrder)
