@@ -347,6 +347,14 @@ impl Shard {
         }
     }
 
+    /// `key`'s deadline, if it has one (most shards have none: no lookup).
+    fn deadline_of(&self, key: &[u8]) -> Option<u64> {
+        if self.deadlines.is_empty() {
+            return None;
+        }
+        self.deadlines.get(key).copied()
+    }
+
     /// The copy the live map writes to while frozen views keep `this`.
     /// Bitwise for the buckets, so O(buckets) with no per-value work.
     fn copy_for_writing(this: &Arc<Shard>) -> Shard {
@@ -593,12 +601,10 @@ impl KeyMap {
     pub fn find(&self, key: &[u8]) -> Option<Found<'_>> {
         let shard = self.shard(key)?;
         let entry = shard.table.find(self.hash(key), |e| e.key() == key)?;
-        let deadline = if shard.deadlines.is_empty() {
-            None
-        } else {
-            shard.deadlines.get(key).copied()
-        };
-        Some(Found { entry, deadline })
+        Some(Found {
+            entry,
+            deadline: shard.deadline_of(key),
+        })
     }
 
     /// How many holders a value has (the table, and one per pending reply
@@ -720,11 +726,7 @@ impl KeyMap {
 
     /// The deadline of `key`, if it exists and has one.
     pub fn deadline(&self, key: &[u8]) -> Option<u64> {
-        let shard = self.shard(key)?;
-        if shard.deadlines.is_empty() {
-            return None;
-        }
-        shard.deadlines.get(key).copied()
+        self.shard(key)?.deadline_of(key)
     }
 
     /// Gives `key` the deadline `deadline` (`None`: none) and returns the

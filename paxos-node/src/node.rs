@@ -519,7 +519,6 @@ impl<S: StateMachine, C> Node<S, C> {
             }
             return;
         }
-        let limits = self.config.core.batch_limits;
         let mut builder: Option<OpenBatch<C>> = None;
         for (request, completion, kind) in requests.drain(..) {
             #[cfg(feature = "planted-bugs")]
@@ -553,7 +552,7 @@ impl<S: StateMachine, C> Node<S, C> {
                     self.propose_open(now, open, batched);
                 }
             }
-            let open = builder.get_or_insert_with(|| self.open_batch(now, limits));
+            let open = builder.get_or_insert_with(|| self.open_batch(now));
             match kind {
                 RequestKind::Read => {
                     let before = open.completions.len();
@@ -586,8 +585,9 @@ impl<S: StateMachine, C> Node<S, C> {
 
     /// Opens the next client batch, with the deferred reads first (they
     /// arrived before anything it will hold).
-    fn open_batch(&mut self, now: Time, limits: paxos_core::batch::BatchLimits) -> OpenBatch<C> {
+    fn open_batch(&mut self, now: Time) -> OpenBatch<C> {
         let header = self.next_header(now, DecreeKind::Client);
+        let limits = self.config.core.batch_limits;
         OpenBatch {
             builder: FramedBuilder::new_in(limits, &header, &mut self.batch_arena),
             tag: header.tag,
@@ -616,7 +616,7 @@ impl<S: StateMachine, C> Node<S, C> {
         {
             return false;
         }
-        let open = self.open_batch(now, self.config.core.batch_limits);
+        let open = self.open_batch(now);
         self.propose_open(now, open, now);
         true
     }
