@@ -119,6 +119,17 @@ async fn read_once(shared: &Shared, client: &mut Client, id: u32) -> Option<Oper
     let reply = tokio::time::timeout(workload::OP_TIMEOUT, client.cmd(&[b"GET", KEY.as_bytes()]))
         .await
         .unwrap_or(Err(paxos_kv::client::ClientError::Timeout));
+    record_read(shared, id, call, reply)
+}
+
+/// Records a GET of [`KEY`] called at `call` that got `reply` (now), if it
+/// was answered or may have executed.
+fn record_read(
+    shared: &Shared,
+    id: u32,
+    call: u64,
+    reply: Result<paxos_kv::resp::Frame, paxos_kv::client::ClientError>,
+) -> Option<Operation> {
     let ret = shared.now();
     let (ret, outcome) = match workload::interpret(&OpKind::Read, reply) {
         Answer::NotExecuted(_) => return None,
@@ -156,23 +167,7 @@ async fn read_behind_write(
         .await
         .unwrap_or(Err(paxos_kv::client::ClientError::Timeout))
         .and_then(|mut frames| frames.pop().ok_or(paxos_kv::client::ClientError::Closed));
-    let ret = shared.now();
-    let (ret, outcome) = match workload::interpret(&OpKind::Read, reply) {
-        Answer::NotExecuted(_) => return None,
-        Answer::Done(outcome) => (Some(ret), outcome),
-        Answer::Unknown => (None, OpOutcome::Unknown),
-    };
-    record(
-        shared,
-        Some(Operation {
-            client: id + BEHIND_WRITE,
-            key: Bytes::from_static(KEY.as_bytes()),
-            kind: OpKind::Read,
-            call,
-            ret,
-            outcome,
-        }),
-    )
+    record_read(shared, id + BEHIND_WRITE, call, reply)
 }
 
 /// Added to the client id of a read sent behind a write, so the history
