@@ -102,7 +102,7 @@ pub use block_on::block_on;
 pub use completion::{completion, AbortReason, Completer, CompletionHandle, Outcome};
 pub use queue::{
     bounded, ByteLen, Closed, ConfigError, Consumer, DrainLimits, Drained, Producer, Push,
-    Readiness, ReadyFuture, TryPushError,
+    Readiness, ReadyFuture, TryPushError, Weight,
 };
 pub use request::{
     pipeline, PipelineEnds, Request, RequestConsumer, Submit, SubmitError, Submitter,

@@ -122,10 +122,20 @@ pub struct DrainLimits {
     pub per_item_overhead: usize,
 }
 
+/// What one value weighs in [`Consumer::drain_weighed_by`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Weight {
+    /// Items the value holds.
+    pub count: usize,
+    /// Their bytes (without the per-item overhead).
+    pub bytes: usize,
+}
+
 /// What one drain took.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Drained {
-    /// Values taken.
+    /// Items taken (values, or their weight's count for
+    /// [`Consumer::drain_weighed_by`]).
     pub count: usize,
     /// Their cost in bytes, as [`DrainLimits`] counts it.
     pub bytes: usize,
@@ -394,17 +404,45 @@ impl<T> Consumer<T> {
         &mut self,
         limits: DrainLimits,
         mut cost: impl FnMut(&T) -> usize,
+        sink: impl FnMut(T),
+    ) -> Drained {
+        self.drain_weighed_by(
+            limits,
+            |value| Weight {
+                count: 1,
+                bytes: cost(value),
+            },
+            sink,
+        )
+    }
+
+    /// [`drain_batch_by`](Self::drain_batch_by) for values that each stand
+    /// for several items (a unit of requests submitted together): `weigh`
+    /// says how many items a value holds and their bytes, and `limits`
+    /// bounds the items (`max_count`, with `per_item_overhead` per item), not
+    /// the values. A value is never split: the first value of a drain is
+    /// taken whatever it weighs, so that none can block the queue forever
+    /// (producers bound their values' weight).
+    pub fn drain_weighed_by(
+        &mut self,
+        limits: DrainLimits,
+        mut weigh: impl FnMut(&T) -> Weight,
         mut sink: impl FnMut(T),
     ) -> Drained {
         let mut drained = Drained::default();
+        let mut values = 0usize;
         while drained.count < limits.max_count {
             // SAFETY: `&mut self` on the unique consumer.
-            let Some(item_cost) = (unsafe { self.shared.ring.peek_with(&mut cost) }) else {
+            let Some(weight) = (unsafe { self.shared.ring.peek_with(&mut weigh) }) else {
                 break;
             };
-            let item_cost = item_cost.saturating_add(limits.per_item_overhead);
-            let total = drained.bytes.saturating_add(item_cost);
-            if drained.count > 0 && total > limits.max_bytes {
+            let count = drained.count.saturating_add(weight.count);
+            let total = drained.bytes.saturating_add(
+                weight
+                    .bytes
+                    .saturating_add(limits.per_item_overhead.saturating_mul(weight.count)),
+            );
+            if values > 0 && (count > limits.max_count || total > limits.max_bytes) {
                 break;
             }
             // SAFETY: `&mut self` on the unique consumer; the peek just saw a
@@ -412,16 +450,22 @@ impl<T> Consumer<T> {
             let Some(value) = (unsafe { self.shared.ring.try_pop() }) else {
                 break;
             };
-            drained.count += 1;
+            values += 1;
+            drained.count = count;
             drained.bytes = total;
             sink(value);
         }
-        if drained.count > 0 {
+        if values > 0 {
             self.shared.producer_waiters.notify_after_release();
         }
-        ensures!(drained.count <= limits.max_count);
         ensures!(
-            drained.count <= 1 || drained.bytes <= limits.max_bytes,
+            values <= 1 || drained.count <= limits.max_count,
+            "a multi-value batch of {} items passed the {}-item limit",
+            drained.count,
+            limits.max_count
+        );
+        ensures!(
+            values <= 1 || drained.bytes <= limits.max_bytes,
             "a multi-value batch of {} bytes passed the {}-byte limit",
             drained.bytes,
             limits.max_bytes
@@ -649,6 +693,75 @@ mod tests {
         };
         producer.try_push(vec![1]).unwrap();
         assert_eq!(consumer.drain_into(zero, &mut out), Drained::default());
+    }
+
+    /// Values standing for several items each (units of requests): the
+    /// count limit is on items, a value is never split, and a unit heavier
+    /// than the limits still leaves, alone.
+    #[test]
+    fn weighed_drain_bounds_items_and_bytes_and_never_splits_a_value() {
+        let (producer, mut consumer) = bounded::<Vec<u8>>(16).unwrap();
+        // Each value is a unit of `len` one-byte items.
+        for len in [2, 3, 2, 9, 1] {
+            producer.try_push(vec![0; len]).unwrap();
+        }
+        let weigh = |v: &Vec<u8>| Weight {
+            count: v.len(),
+            bytes: v.len(),
+        };
+        let mut out = Vec::new();
+        let limits = DrainLimits {
+            max_count: 6,
+            max_bytes: 1000,
+            per_item_overhead: 4,
+        };
+        // 2 + 3 items fit in 6; the next 2 would not.
+        assert_eq!(
+            consumer.drain_weighed_by(limits, weigh, |v| out.push(v)),
+            Drained {
+                count: 5,
+                bytes: 25
+            }
+        );
+        // 2 fits; 9 would pass the item limit: the drain stops before it.
+        assert_eq!(
+            consumer.drain_weighed_by(limits, weigh, |v| out.push(v)),
+            Drained {
+                count: 2,
+                bytes: 10
+            }
+        );
+        // Heavier than the limit, but first: it leaves alone.
+        assert_eq!(
+            consumer.drain_weighed_by(limits, weigh, |v| out.push(v)),
+            Drained {
+                count: 9,
+                bytes: 45
+            }
+        );
+        // Bytes bound units too: 1 item of 1 + 4 bytes does not fit in 4,
+        // but goes alone as the first.
+        let tight = DrainLimits {
+            max_bytes: 4,
+            ..limits
+        };
+        producer.try_push(vec![0; 1]).unwrap();
+        assert_eq!(
+            consumer.drain_weighed_by(tight, weigh, |v| out.push(v)),
+            Drained { count: 1, bytes: 5 }
+        );
+        assert_eq!(
+            consumer.drain_weighed_by(tight, weigh, |v| out.push(v)),
+            Drained { count: 1, bytes: 5 }
+        );
+        assert_eq!(
+            out.iter().map(Vec::len).collect::<Vec<_>>(),
+            [2, 3, 2, 9, 1, 1]
+        );
+        assert_eq!(
+            consumer.drain_weighed_by(limits, weigh, |v| out.push(v)),
+            Drained::default()
+        );
     }
 
     #[test]
