@@ -93,4 +93,5 @@ pub mod session;
 /// stamps each `stages::Point` and `INFO latency` renders it.
 pub mod stages;
 pub mod stored_value;
+pub mod submit_unit;
 pub mod workload;

@@ -65,6 +65,7 @@
 use crate::kv::KvStore;
 use crate::membership::PeerDirectory;
 use crate::stages::{Point, StageRecorder};
+use crate::submit_unit::{split_unit, InOrderUnit, RequestCompletion, UnitReplies};
 use bytes::{BufMut, Bytes, BytesMut};
 use paxos_core::{DurableState, Membership, ProposeError, ReplicaId, Role, Slot, Time};
 use paxos_log::checkpoint::CheckpointStore;
@@ -434,7 +435,7 @@ pub use paxos_node::ReadConsistency;
 #[derive(Clone, Debug)]
 pub struct Replica {
     id: ReplicaId,
-    submitter: Submitter<Submitted, Reply>,
+    submitter: Submitter<Submitted, UnitReplies>,
     /// Reads, in a queue of their own: they never wait behind writes for
     /// room in the proposal window.
     reads: Submitter<ReadSubmitted, Reply>,
@@ -451,44 +452,36 @@ impl Replica {
     /// Replicates one request (a state-machine request encoding) and waits
     /// for its output. Fails fast with `NotPrimary` on a follower.
     pub async fn replicate(&self, request: Bytes) -> Result<Bytes, ReplicateError> {
-        match self.submit(request) {
-            Ok(handle) => handle
-                .await
-                .into_result()
-                .map(|reply| reply.bytes)
-                .map_err(ReplicateError::from_abort),
-            Err(e) => Err(e),
-        }
+        let outcome = self
+            .submit_in_order(InOrderUnit::of_one(request, RequestKind::Write))?
+            .await
+            .into_result()
+            .map_err(ReplicateError::from_abort)?
+            .pop()
+            .unwrap_or(Outcome::Aborted(AbortReason::Dropped));
+        outcome
+            .into_result()
+            .map(|reply| reply.bytes)
+            .map_err(ReplicateError::from_abort)
     }
 
-    /// Submits without waiting for the outcome; the handle resolves exactly
-    /// once. Used by the RESP server to keep a connection's replies in order.
-    pub fn submit(
-        &self,
-        request: Bytes,
-    ) -> Result<paxos_pipeline::CompletionHandle<Reply>, ReplicateError> {
-        self.submit_in_order(request, RequestKind::Write)
-    }
-
-    /// Submits a write, or a linearizable read-only request
-    /// ([`RequestKind::Read`]), in order with the requests submitted before
-    /// and after it (by this caller; the queue keeps their order): the
-    /// leader answers a read at its place in a batch, between the writes
-    /// around it, without writing it to the log (see `paxos_node::reads`).
-    /// The RESP server sends a pipeline's reads this way once the pipeline
-    /// has sent a write. `NotPrimary` on a follower.
+    /// Submits a unit of writes and linearizable read-only requests
+    /// ([`RequestKind::Read`]) as one queue entry, in order with each other
+    /// and with the units submitted before and after it (by this caller;
+    /// the queue keeps their order): the leader answers a read at its place
+    /// in a batch, between the writes around it, without writing it to the
+    /// log (see `paxos_node::reads`). The handle resolves once, with every
+    /// request's outcome in order (or aborted as a whole: then every
+    /// request was). The RESP server sends what it parsed from one socket
+    /// read this way (writes, and a pipeline's reads once it has sent a
+    /// write). `NotPrimary` on a follower.
     pub fn submit_in_order(
         &self,
-        request: Bytes,
-        kind: RequestKind,
-    ) -> Result<paxos_pipeline::CompletionHandle<Reply>, ReplicateError> {
+        unit: InOrderUnit,
+    ) -> Result<paxos_pipeline::CompletionHandle<UnitReplies>, ReplicateError> {
         self.check_primary()?;
         let queued_us = self.stages.stamp();
-        let submitted = Submitted {
-            request,
-            kind,
-            queued_us,
-        };
+        let submitted = Submitted { unit, queued_us };
         self.submitter.try_submit(submitted).map_err(|e| match e {
             paxos_pipeline::SubmitError::ShuttingDown(_) => ReplicateError::ShuttingDown,
             _ => ReplicateError::Overloaded,
@@ -696,20 +689,20 @@ pub struct DriverParts {
 pub type DurableReloader =
     Arc<dyn Fn() -> Result<DurableState, paxos_log::StorageError> + Send + Sync>;
 
-/// A request in the submit queue.
+/// An entry of the submit queue: requests (state-machine request
+/// encodings) in order, each a write or a read answered in order with the
+/// writes.
 #[derive(Debug)]
 pub struct Submitted {
-    /// The state-machine request encoding.
-    pub request: Bytes,
-    /// A write, or a read answered in order with the writes.
-    pub kind: RequestKind,
+    /// The requests.
+    pub unit: InOrderUnit,
     /// Stage stamp when it was queued (0: timing off).
     pub queued_us: u64,
 }
 
 impl paxos_pipeline::ByteLen for Submitted {
     fn byte_len(&self) -> usize {
-        self.request.len()
+        self.unit.bytes()
     }
 }
 
@@ -752,8 +745,9 @@ pub fn start(
     peer_directory: Option<Arc<dyn PeerDirectory>>,
 ) -> anyhow::Result<(Replica, tokio::task::JoinHandle<anyhow::Result<()>>)> {
     let id = parts.node.core.id;
-    let (submitter, consumer) = paxos_pipeline::pipeline::<Submitted, Reply>(parts.submit_queue)
-        .map_err(|e| anyhow::anyhow!("submit queue: {e:?}"))?;
+    let (submitter, consumer) =
+        paxos_pipeline::pipeline::<Submitted, UnitReplies>(parts.submit_queue)
+            .map_err(|e| anyhow::anyhow!("submit queue: {e:?}"))?;
     let submit_queue_capacity = consumer.capacity();
     let (reads, read_consumer) =
         paxos_pipeline::pipeline::<ReadSubmitted, Reply>(parts.submit_queue)
@@ -910,10 +904,10 @@ fn durability_waiter(
 
 struct EventLoop {
     start: Instant,
-    node: Node<KvStore, Completer<Reply>>,
+    node: Node<KvStore, RequestCompletion>,
     storage: Arc<dyn ReplicaStorage>,
     transport: Arc<dyn Transport>,
-    consumer: RequestConsumer<Submitted, Reply>,
+    consumer: RequestConsumer<Submitted, UnitReplies>,
     read_consumer: RequestConsumer<ReadSubmitted, Reply>,
     status: Arc<SharedStatus>,
     /// To the durability waiter thread, for backends that cannot call
@@ -927,9 +921,9 @@ struct EventLoop {
     checkpoints: Option<CheckpointStore>,
     sink: Option<TransferSink>,
     /// Reused for draining the submit queue.
-    drained: Vec<(Bytes, Completer<Reply>, RequestKind)>,
+    drained: Vec<(Bytes, RequestCompletion, RequestKind)>,
     /// Reused for draining the read queue.
-    drained_reads: Vec<(Bytes, ReadConsistency, Completer<Reply>)>,
+    drained_reads: Vec<(Bytes, ReadConsistency, RequestCompletion)>,
     stages: Arc<StageRecorder>,
     reload_durable: Option<DurableReloader>,
     peer_directory: Option<Arc<dyn PeerDirectory>>,
@@ -1102,7 +1096,8 @@ impl EventLoop {
                 let _ = reply.send(self.node.change_configuration(now, target));
             }
             Control::Directory(command, completer) => {
-                self.node.propose_directory(now, command, completer);
+                self.node
+                    .propose_directory(now, command, RequestCompletion::Alone(completer));
             }
             Control::CheckpointSaved(result) => self.node.on_checkpoint_saved(now, result),
             Control::TransferFinished(result) => self.node.on_transfer_finished(now, result),
@@ -1152,7 +1147,7 @@ impl EventLoop {
                         applied_us: 0,
                     });
                 } else {
-                    drained.push((request, consistency, r.completer));
+                    drained.push((request, consistency, RequestCompletion::Alone(r.completer)));
                 }
             },
         );
@@ -1171,13 +1166,20 @@ impl EventLoop {
         let batched_us = stages.stamp();
         let drained = &mut self.drained;
         // One stage-histogram lock for the whole drain, not one per request.
+        // Limits count requests, not units; a unit is never split (the node
+        // opens another decree for what does not fit).
         stages.with_batch(|recorder| {
-            self.consumer.drain_batch_by(
+            self.consumer.drain_weighed_by(
                 limits,
-                |r: &Request<Submitted, Reply>| r.payload.request.len(),
+                |r: &Request<Submitted, UnitReplies>| paxos_pipeline::Weight {
+                    count: r.payload.unit.len(),
+                    bytes: r.payload.unit.bytes(),
+                },
                 |r| {
-                    recorder.record(Point::Queued, r.payload.queued_us, batched_us);
-                    drained.push((r.payload.request, r.completer, r.payload.kind));
+                    for _ in 0..r.payload.unit.len() {
+                        recorder.record(Point::Queued, r.payload.queued_us, batched_us);
+                    }
+                    split_unit(r.payload.unit, r.completer, drained);
                 },
             );
         });

@@ -3,8 +3,13 @@
 //! Each connection has a reader task and a writer task joined by a bounded
 //! queue of pending replies, so replies leave in request order while many
 //! requests of one connection are in consensus at once (pipelining). The
-//! reader submits each request to the replica's queue as soon as it is
-//! parsed; the replica's loop drains the queue into batches, so requests
+//! reader submits what it parsed from one socket read to the replica's
+//! queue as it goes: the in-order requests together, as one unit of at
+//! most [`crate::submit_unit::MAX_UNIT_REQUESTS`] requests and
+//! [`crate::submit_unit::MAX_UNIT_BYTES`] bytes with one completion and one
+//! message to the writer (`Gathered`), anything else (reads that skip the
+//! log, replies the reader produces itself) one by one, in order with the
+//! units. The replica's loop drains the queue into batches, so requests
 //! pipelined on one connection (and across connections) share decrees.
 //!
 //! Isolation: a malformed frame gets a RESP error and closes only that
@@ -24,7 +29,7 @@
 //! reached`. A connection idle for the configured timeout, with no reply
 //! outstanding, is closed.
 //!
-//! Writes go through the log ([`Replica::submit`]); reads (the commands
+//! Writes go through the log ([`Replica::submit_in_order`]); reads (the commands
 //! [`encode_command`] classifies as [`CommandKind::Read`]) skip it
 //! ([`Replica::submit_read`], or [`Replica::submit_in_order`] in a
 //! pipeline that writes, see below): linearizable at the leader, or, on a
@@ -74,10 +79,11 @@ use crate::reply_chain::ReplyChain;
 use crate::reply_limits::{self, OutputLimits, OutputVerdict};
 use crate::resp::{self, RespLimits};
 use crate::stages::Point;
+use crate::submit_unit::{InOrderUnit, UnitReplies};
 use bytes::{Buf, Bytes, BytesMut};
 use paxos_core::{ReplicaId, Role};
 use paxos_node::RequestKind;
-use paxos_pipeline::CompletionHandle;
+use paxos_pipeline::{AbortReason, CompletionHandle, Outcome};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -197,9 +203,16 @@ enum Route {
 /// A reply owed to the client, in request order.
 enum Pending {
     Ready(Bytes),
-    /// Awaiting consensus (or a read's confirmation); with the stage stamp
-    /// of its arrival and the way it went.
+    /// A read that skipped the log, awaiting its confirmation; with the
+    /// stage stamp of its arrival and the way it went.
     Wait(CompletionHandle<Reply>, u64, Route),
+    /// The replies of a unit of in-order requests (writes, and reads behind
+    /// them) submitted together, awaiting consensus: how many requests, and
+    /// the stage stamp of the first one's arrival.
+    Unit(CompletionHandle<UnitReplies>, usize, u64),
+    /// The request joined the connection's [`Gathered`] unit (never sent to
+    /// the writer: the unit is, once submitted).
+    Gathered,
     /// A write that must wait for the connection's unanswered off-log reads
     /// before it is submitted (never sent to the writer).
     HeldWrite(Bytes, u64),
@@ -212,6 +225,22 @@ enum Pending {
 /// Commands with at most this many arguments are handled without any
 /// allocation for their argument list.
 const INLINE_ARGS: usize = 8;
+
+/// In-order requests a connection's reader parsed and has not submitted
+/// yet: what one socket read brought goes to the node as one unit and to
+/// the writer as one message, not one of each per request (see
+/// [`crate::submit_unit`]). Its requests already count as in flight
+/// (`ConnOrder::in_order`, `ConnShared::unresolved`), so later requests
+/// route and wait for room as if they were submitted; the reader therefore
+/// submits the unit before it waits for anything, before it sends the
+/// writer anything else, when the unit is full, and once the read's
+/// commands are parsed.
+#[derive(Default)]
+struct Gathered {
+    unit: InOrderUnit,
+    /// Stage stamp of the first request's arrival.
+    received_us: u64,
+}
 
 struct ServerState {
     replica: Replica,
@@ -326,6 +355,24 @@ async fn closed(closed: &mut watch::Receiver<bool>) {
     let _ = closed.wait_for(|&c| c).await;
 }
 
+/// Whether the connection is under its own limits: unwritten reply bytes
+/// and requests awaiting replies (see the module docs).
+fn conn_has_room(state: &ServerState, conn: &ConnShared) -> bool {
+    let output = &state.config.clients.output;
+    let window = reply_limits::pipelining_window(
+        output.soft_bytes,
+        conn.recent_largest_reply.load(Ordering::Relaxed),
+        state.config.max_pipelined,
+    );
+    output.may_read(conn.unwritten.load(Ordering::Relaxed))
+        && conn.unresolved.load(Ordering::Relaxed) < window
+}
+
+/// Whether the connection may take another request now, without waiting.
+fn has_room(state: &ServerState, conn: &ConnShared) -> bool {
+    conn_has_room(state, conn) && !state.registry.over_limit()
+}
+
 /// Waits until the connection may take another request (see the module
 /// docs); false if it was closed meanwhile.
 async fn wait_for_room(
@@ -333,15 +380,8 @@ async fn wait_for_room(
     conn: &ConnShared,
     closed_rx: &mut watch::Receiver<bool>,
 ) -> bool {
-    let output = &state.config.clients.output;
     loop {
-        let window = reply_limits::pipelining_window(
-            output.soft_bytes,
-            conn.recent_largest_reply.load(Ordering::Relaxed),
-            state.config.max_pipelined,
-        );
-        let conn_ok = output.may_read(conn.unwritten.load(Ordering::Relaxed))
-            && conn.unresolved.load(Ordering::Relaxed) < window;
+        let conn_ok = conn_has_room(state, conn);
         if conn_ok && !state.registry.over_limit() {
             // A closed connection is noticed by the next send or read.
             return true;
@@ -384,6 +424,7 @@ async fn handle_connection(
     let mut scratch = BytesMut::with_capacity(16 * 1024);
     let mut ranges = Vec::with_capacity(INLINE_ARGS);
     let mut session = crate::session::Session::new();
+    let mut gathered = Gathered::default();
     let limits = state.config.limits;
     let idle_timeout = if operator_only {
         Some(
@@ -441,11 +482,23 @@ async fn handle_connection(
         }
         loop {
             match resp::parse_command(&buf, &limits, &mut ranges) {
-                Ok(None) => break,
+                Ok(None) => {
+                    // The read's commands are parsed: what they gathered
+                    // goes now, before the reader waits for the socket.
+                    if !submit_gathered(&mut gathered, &state, conn, &order, &tx).await {
+                        break 'read;
+                    }
+                    break;
+                }
                 Ok(Some(command)) => {
                     // Backpressure: no new request while this client's (or
                     // every client's) unwritten replies are over the limit.
-                    if !wait_for_room(&state, conn, &mut closed_rx).await {
+                    // The gathered requests count against the room: they go
+                    // first, or nothing would free it.
+                    if !has_room(&state, conn)
+                        && (!submit_gathered(&mut gathered, &state, conn, &order, &tx).await
+                            || !wait_for_room(&state, conn, &mut closed_rx).await)
+                    {
                         break 'read;
                     }
                     let received_us = state.replica.stages().stamp();
@@ -475,6 +528,8 @@ async fn handle_connection(
                                 // An ordinary client in an operator slot:
                                 // what it would have heard at the door.
                                 let refusal = Bytes::from_static(MAX_CLIENTS_ERROR);
+                                let _ =
+                                    submit_gathered(&mut gathered, &state, conn, &order, &tx).await;
                                 state.registry.add(conn, refusal.len());
                                 let _ = tx.send(Pending::Ready(refusal)).await;
                                 let _ = tx.send(Pending::Close).await;
@@ -488,6 +543,10 @@ async fn handle_connection(
                                     received_us,
                                     &mut session,
                                     &order,
+                                    Gathering {
+                                        gathered: &mut gathered,
+                                        conn,
+                                    },
                                 ),
                                 len,
                             )
@@ -496,11 +555,20 @@ async fn handle_connection(
                     buf.advance(len);
                     let pending = match pending {
                         Pending::HeldWrite(request, received_us) => {
-                            if !reads_answered(&order, &mut closed_rx).await {
+                            // Nothing is gathered behind an unanswered
+                            // off-log read (`execute` routes in order only
+                            // once those are answered); submitting first
+                            // keeps that true whatever the routing.
+                            if !submit_gathered(&mut gathered, &state, conn, &order, &tx).await
+                                || !reads_answered(&order, &mut closed_rx).await
+                            {
                                 break 'read;
                             }
-                            submit_in_order(
-                                &state,
+                            gather(
+                                Gathering {
+                                    gathered: &mut gathered,
+                                    conn,
+                                },
                                 request,
                                 RequestKind::Write,
                                 received_us,
@@ -509,6 +577,19 @@ async fn handle_connection(
                         }
                         other => other,
                     };
+                    if matches!(pending, Pending::Gathered) {
+                        if gathered.unit.is_full()
+                            && !submit_gathered(&mut gathered, &state, conn, &order, &tx).await
+                        {
+                            break 'read;
+                        }
+                        continue;
+                    }
+                    // Replies go to the writer in request order: the
+                    // gathered requests came first.
+                    if !submit_gathered(&mut gathered, &state, conn, &order, &tx).await {
+                        break 'read;
+                    }
                     // Produced replies count from now; the others once the
                     // writer has them.
                     match &pending {
@@ -516,7 +597,10 @@ async fn handle_connection(
                         Pending::Wait(..) | Pending::Admin(_) => {
                             conn.unresolved.fetch_add(1, Ordering::Relaxed);
                         }
-                        Pending::HeldWrite(..) | Pending::Close => {}
+                        Pending::Unit(..)
+                        | Pending::Gathered
+                        | Pending::HeldWrite(..)
+                        | Pending::Close => {}
                     }
                     let close = matches!(pending, Pending::Close);
                     if tx.send(pending).await.is_err() || close {
@@ -525,6 +609,7 @@ async fn handle_connection(
                 }
                 Err(e) => {
                     let reply = error_bytes(e.to_string().as_bytes());
+                    let _ = submit_gathered(&mut gathered, &state, conn, &order, &tx).await;
                     state.registry.add(conn, reply.len());
                     let _ = tx.send(Pending::Ready(reply)).await;
                     let _ = tx.send(Pending::Close).await;
@@ -545,6 +630,13 @@ fn error_bytes(text: &[u8]) -> Bytes {
     out.freeze()
 }
 
+/// Where `execute` puts an in-order request: the reader's unit, and the
+/// connection whose in-flight count it joins.
+struct Gathering<'a> {
+    gathered: &'a mut Gathered,
+    conn: &'a ConnShared,
+}
+
 fn execute(
     args: &[&[u8]],
     state: &ServerState,
@@ -552,6 +644,7 @@ fn execute(
     received_us: u64,
     session: &mut crate::session::Session,
     order: &ConnOrder,
+    gathering: Gathering<'_>,
 ) -> Pending {
     let name = &args[0];
     let is = |s: &[u8]| name.eq_ignore_ascii_case(s);
@@ -609,18 +702,18 @@ fn execute(
                     Pending::HeldWrite(request, received_us)
                 }
                 CommandKind::Write => {
-                    let pending =
-                        submit_in_order(state, request, RequestKind::Write, received_us, order);
-                    if matches!(pending, Pending::Wait(..)) {
-                        order.mixed.store(true, Ordering::Relaxed);
-                    }
-                    pending
+                    // Even if the unit is then refused (overload, not the
+                    // leader): reads behind it going in order is always
+                    // correct, and the mark lasts only while the connection
+                    // has something in flight.
+                    order.mixed.store(true, Ordering::Relaxed);
+                    gather(gathering, request, RequestKind::Write, received_us, order)
                 }
                 // Behind a request in the log, or in a pipeline that mixes
                 // reads and writes: in order with the writes (answered at its
                 // place in a batch, not written to the log).
                 CommandKind::Read if in_order > 0 || order.mixed.load(Ordering::Relaxed) => {
-                    submit_in_order(state, request, RequestKind::Read, received_us, order)
+                    gather(gathering, request, RequestKind::Read, received_us, order)
                 }
                 CommandKind::Read => {
                     let consistency = read_consistency(
@@ -642,21 +735,81 @@ fn execute(
     }
 }
 
-/// Submits a request in order with the connection's writes (a write, or a
-/// read that must stay in order behind one).
-fn submit_in_order(
-    state: &ServerState,
+/// Adds a request to the connection's gathered unit, in order with its
+/// writes (a write, or a read that must stay in order behind one), and
+/// counts it in flight from now (see [`Gathered`]).
+fn gather(
+    gathering: Gathering<'_>,
     request: Bytes,
     kind: RequestKind,
     received_us: u64,
     order: &ConnOrder,
 ) -> Pending {
-    match state.replica.submit_in_order(request, kind) {
+    let Gathering { gathered, conn } = gathering;
+    if gathered.unit.is_empty() {
+        gathered.received_us = received_us;
+    }
+    gathered.unit.push(request, kind);
+    order.in_order.fetch_add(1, Ordering::Relaxed);
+    conn.unresolved.fetch_add(1, Ordering::Relaxed);
+    Pending::Gathered
+}
+
+/// Submits the gathered unit, if any, and hands the writer what it owes
+/// the client for it; false if the writer is gone.
+async fn submit_gathered(
+    gathered: &mut Gathered,
+    state: &ServerState,
+    conn: &ConnShared,
+    order: &ConnOrder,
+    tx: &mpsc::Sender<Pending>,
+) -> bool {
+    if gathered.unit.is_empty() {
+        return true;
+    }
+    let pending = submit_unit(
+        gathered.unit.take(),
+        gathered.received_us,
+        state,
+        conn,
+        order,
+    );
+    tx.send(pending).await.is_ok()
+}
+
+/// Submits a unit of in-order requests. Refused (overload, not the
+/// leader, shutting down), each of its requests is answered with the
+/// error, and none counts as in flight any more.
+fn submit_unit(
+    unit: InOrderUnit,
+    received_us: u64,
+    state: &ServerState,
+    conn: &ConnShared,
+    order: &ConnOrder,
+) -> Pending {
+    let count = unit.len();
+    match state.replica.submit_in_order(unit) {
         Ok(handle) => {
-            order.in_order.fetch_add(1, Ordering::Relaxed);
-            submitted(state, handle, received_us, Route::InOrder)
+            let stages = state.replica.stages();
+            let now = stages.stamp();
+            for _ in 0..count {
+                stages.record(Point::Received, received_us, now);
+            }
+            Pending::Unit(handle, count, received_us)
         }
-        Err(e) => Pending::Ready(replicate_error_bytes(&e, state)),
+        Err(e) => {
+            order.in_order.fetch_sub(count as u64, Ordering::Release);
+            conn.unresolved.fetch_sub(count, Ordering::Relaxed);
+            // One buffer holding every request's error reply, in order.
+            let reply = replicate_error_bytes(&e, state);
+            let mut replies = BytesMut::with_capacity(reply.len() * count);
+            for _ in 0..count {
+                replies.extend_from_slice(&reply);
+            }
+            let replies = replies.freeze();
+            state.registry.add(conn, replies.len());
+            Pending::Ready(replies)
+        }
     }
 }
 
@@ -713,6 +866,9 @@ enum WriterStep {
     Counted(Bytes),
     /// A reply just produced (counted now).
     Produced(Bytes),
+    /// The outcome of a unit of this many requests (each reply counted
+    /// now), with the stage stamp of its arrival.
+    Unit(Outcome<UnitReplies>, usize, u64),
     /// `Pending::Close`, or the reader is gone: write what is left, then end.
     Finish,
     /// The socket took this many bytes (or failed).
@@ -746,10 +902,15 @@ async fn next_reply(
             state,
             order,
         )),
+        Some(Pending::Unit(handle, count, received_us)) => {
+            WriterStep::Unit(handle.await, *count, *received_us)
+        }
         Some(Pending::Admin(rx)) => {
             WriterStep::Produced(rx.await.unwrap_or(Bytes::from_static(ADMIN_ABORTED)))
         }
-        Some(Pending::Close | Pending::HeldWrite(..)) | None => WriterStep::Finish,
+        Some(Pending::Close | Pending::HeldWrite(..) | Pending::Gathered) | None => {
+            WriterStep::Finish
+        }
     };
     *head = None;
     step
@@ -779,6 +940,9 @@ fn try_next_reply(
             state,
             order,
         )),
+        Pending::Unit(handle, count, received_us) => {
+            WriterStep::Unit(handle.try_take()?, *count, *received_us)
+        }
         Pending::Admin(rx) => WriterStep::Produced(match rx.try_recv() {
             Ok(reply) => reply,
             Err(tokio::sync::oneshot::error::TryRecvError::Empty) => return None,
@@ -786,7 +950,7 @@ fn try_next_reply(
                 Bytes::from_static(ADMIN_ABORTED)
             }
         }),
-        Pending::Close | Pending::HeldWrite(..) => WriterStep::Finish,
+        Pending::Close | Pending::HeldWrite(..) | Pending::Gathered => WriterStep::Finish,
     };
     *head = None;
     Some(step)
@@ -829,6 +993,51 @@ fn outcome_bytes(
             let mut out = BytesMut::new();
             outcome_reply(aborted, |id| state.redirect(id), &mut out);
             out.freeze()
+        }
+    }
+}
+
+/// The reply bytes of each of a unit's `count` requests, in order, to
+/// `reply` ([`outcome_bytes`] for each). A unit aborted as a whole (shut
+/// down with the queue, or its completer dropped) gives each request that
+/// abort.
+fn unit_replies(
+    outcome: Outcome<UnitReplies>,
+    count: usize,
+    received_us: u64,
+    state: &ServerState,
+    order: &ConnOrder,
+    mut reply: impl FnMut(Bytes),
+) {
+    match outcome {
+        Outcome::Completed(replies) => {
+            // The loop gives one outcome per request; should it ever give
+            // fewer, the rest are still answered (and counted answered).
+            let mut replies = replies.into_iter();
+            for _ in 0..count {
+                let outcome = replies
+                    .next()
+                    .unwrap_or(Outcome::Aborted(AbortReason::Dropped));
+                reply(outcome_bytes(
+                    outcome,
+                    received_us,
+                    Route::InOrder,
+                    state,
+                    order,
+                ));
+            }
+        }
+        Outcome::Aborted(reason) => {
+            for _ in 0..count {
+                let outcome = Outcome::Aborted(reason.clone());
+                reply(outcome_bytes(
+                    outcome,
+                    received_us,
+                    Route::InOrder,
+                    state,
+                    order,
+                ));
+            }
         }
     }
 }
@@ -917,6 +1126,14 @@ async fn write_replies(
                     produced += 1;
                     produced_bytes += b.len();
                     chain.push(b);
+                }
+                WriterStep::Unit(outcome, count, received_us) => {
+                    unit_replies(outcome, count, received_us, &state, &order, |b| {
+                        largest = reply_limits::decayed_largest(largest, b.len());
+                        produced += 1;
+                        produced_bytes += b.len();
+                        chain.push(b);
+                    });
                 }
                 WriterStep::Finish => finishing = true,
                 WriterStep::Wrote(Ok(n)) => {
