@@ -265,6 +265,31 @@ async fn resp_server_pipelines_redirects_and_isolates_bad_clients() {
         .unwrap();
     let reply = c.cmd(&[b"SET", b"k", b"v"]).await.unwrap();
     assert_eq!(moved_to(&reply), Some(leader_addr), "{reply:?}");
+    // Pipelined: the requests of one read are refused together (as one
+    // unit) and still each get their own redirect, in order, with the
+    // server's own replies in between in their place.
+    let mut s = tokio::net::TcpStream::connect(follower_server)
+        .await
+        .unwrap();
+    let mut wire = BytesMut::new();
+    for i in 0..150 {
+        let v = i.to_string();
+        resp::encode_command([&b"SET"[..], b"q", v.as_bytes()].into_iter(), &mut wire);
+        resp::encode_command([&b"GET"[..], b"q"].into_iter(), &mut wire);
+        if i == 70 {
+            resp::encode_command([&b"PING"[..]].into_iter(), &mut wire);
+        }
+    }
+    s.write_all(&wire).await.unwrap();
+    let frames = read_frames(&mut s, 301).await;
+    assert_eq!(frames.len(), 301);
+    for (n, frame) in frames.iter().enumerate() {
+        if n == 142 {
+            assert_eq!(*frame, Frame::Simple(Bytes::from_static(b"PONG")));
+        } else {
+            assert_eq!(moved_to(frame), Some(leader_addr), "reply {n}: {frame:?}");
+        }
+    }
     let info = match c.cmd(&[b"INFO"]).await.unwrap() {
         Frame::Bulk(Some(b)) => String::from_utf8(b.to_vec()).unwrap(),
         other => panic!("INFO reply {other:?}"),
