@@ -103,6 +103,11 @@ struct Args {
     /// `tuning.checkpoint_every_decrees`; default: paxos-kv's default).
     #[arg(long)]
     checkpoint_every_decrees: Option<u64>,
+    /// Also checkpoint once this many MiB were applied since the last, 0
+    /// for no byte trigger (paxos-kv `tuning.checkpoint_every_mb`;
+    /// default: paxos-kv's default).
+    #[arg(long)]
+    checkpoint_every_mb: Option<u64>,
     /// Least microseconds between two log syncs of a node (paxos-kv
     /// `tuning.log_sync_interval_us`; default: paxos-kv's default).
     #[arg(long)]
@@ -197,6 +202,9 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(n) = args.checkpoint_every_decrees {
         tuning.checkpoint_every_decrees = n;
+    }
+    if let Some(n) = args.checkpoint_every_mb {
+        tuning.checkpoint_every_mb = n;
     }
     tuning.read_mode = match args.read_mode.as_str() {
         "read_index" => paxos_kv::config::ReadMode::ReadIndex,

@@ -79,6 +79,7 @@ pub mod keymap;
 pub mod kv;
 pub mod launch;
 pub mod lincheck;
+pub mod malloc_arena;
 pub mod membership;
 pub mod memstore;
 pub mod metrics;

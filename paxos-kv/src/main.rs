@@ -156,6 +156,9 @@ fn main() -> anyhow::Result<()> {
                 // Before any thread exists: this may replace the process.
                 paxos_kv::hugepages::reexec_with_huge_pages();
             }
+            // Also before any thread exists (an arena limit binds only
+            // arenas created after it).
+            paxos_kv::malloc_arena::use_one_arena();
             init_tracing("info", cli.log_format);
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(config.tuning.worker_threads)
