@@ -1130,8 +1130,9 @@ impl EventLoop {
     }
 
     /// Hands queued reads to the node, at most [`READ_BURST`] per wake-up
-    /// so that reads cannot starve the rest of the loop (a unit is never
-    /// split: a drain may pass it by less than one unit), in one
+    /// so that reads cannot starve the rest of the loop (counted in reads,
+    /// not units; a unit is never split, so a drain stops before one that
+    /// would pass the bound), in one
     /// `submit_reads` call (they share one heartbeat round). The parts of
     /// one unit share its collector, as in-order units' do.
     fn take_reads(&mut self) {
