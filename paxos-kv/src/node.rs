@@ -65,7 +65,7 @@
 use crate::kv::KvStore;
 use crate::membership::PeerDirectory;
 use crate::stages::{Point, StageRecorder};
-use crate::submit_unit::{split_unit, InOrderUnit, RequestCompletion, UnitReplies};
+use crate::submit_unit::{split_unit, InOrderUnit, ReadUnit, RequestCompletion, UnitReplies};
 use bytes::{BufMut, Bytes, BytesMut};
 use paxos_core::{DurableState, Membership, ProposeError, ReplicaId, Role, Slot, Time};
 use paxos_log::checkpoint::CheckpointStore;
@@ -437,8 +437,8 @@ pub struct Replica {
     id: ReplicaId,
     submitter: Submitter<Submitted, UnitReplies>,
     /// Reads, in a queue of their own: they never wait behind writes for
-    /// room in the proposal window.
-    reads: Submitter<ReadSubmitted, Reply>,
+    /// room in the proposal window. One entry per unit of reads.
+    reads: Submitter<ReadSubmitted, UnitReplies>,
     submit_queue_capacity: usize,
     status: Arc<SharedStatus>,
     control: mpsc::Sender<Control>,
@@ -457,7 +457,8 @@ impl Replica {
             .await
             .into_result()
             .map_err(ReplicateError::from_abort)?
-            .pop()
+            .into_iter()
+            .next()
             .unwrap_or(Outcome::Aborted(AbortReason::Dropped));
         outcome
             .into_result()
@@ -503,26 +504,36 @@ impl Replica {
         request: Bytes,
         consistency: ReadConsistency,
     ) -> Result<Reply, ReplicateError> {
-        self.submit_read(request, consistency)?
+        self.submit_reads(ReadUnit::of_one(request, ()), consistency)?
             .await
+            .into_result()
+            .map_err(ReplicateError::from_abort)?
+            .into_iter()
+            .next()
+            .unwrap_or(Outcome::Aborted(AbortReason::Dropped))
             .into_result()
             .map_err(ReplicateError::from_abort)
     }
 
-    /// Submits a read-only request without waiting; the handle resolves
-    /// exactly once. A linearizable read on a follower fails fast with
-    /// `NotPrimary`, as a write does.
-    pub fn submit_read(
+    /// Submits a unit of read-only requests of one `consistency` without
+    /// waiting, as one entry of the read queue: the node takes them
+    /// together (the linearizable ones share one confirmation round) and
+    /// answers each from its applied state, never through the log. The
+    /// handle resolves exactly once, with every read's outcome in order (or
+    /// aborted as a whole: then every read was). The RESP server sends the
+    /// reads that skip the log of one socket read this way. A linearizable
+    /// unit on a follower fails fast with `NotPrimary`, as a write does.
+    pub fn submit_reads(
         &self,
-        request: Bytes,
+        unit: ReadUnit,
         consistency: ReadConsistency,
-    ) -> Result<paxos_pipeline::CompletionHandle<Reply>, ReplicateError> {
+    ) -> Result<paxos_pipeline::CompletionHandle<UnitReplies>, ReplicateError> {
         if consistency == ReadConsistency::Linearizable && !self.planted_unconfirmed_reads {
             self.check_primary()?;
         }
         let queued_us = self.stages.stamp();
         let submitted = ReadSubmitted {
-            request,
+            unit,
             consistency,
             queued_us,
         };
@@ -706,11 +717,12 @@ impl paxos_pipeline::ByteLen for Submitted {
     }
 }
 
-/// A read in the read queue.
+/// An entry of the read queue: reads (read-only state-machine request
+/// encodings) of one connection, in order, all of one consistency.
 #[derive(Debug)]
 pub struct ReadSubmitted {
-    /// The state-machine request encoding (read-only).
-    pub request: Bytes,
+    /// The requests.
+    pub unit: ReadUnit,
     /// How fresh its answer must be.
     pub consistency: ReadConsistency,
     /// Stage stamp when it was queued (0: timing off).
@@ -719,7 +731,7 @@ pub struct ReadSubmitted {
 
 impl paxos_pipeline::ByteLen for ReadSubmitted {
     fn byte_len(&self) -> usize {
-        self.request.len()
+        self.unit.bytes()
     }
 }
 
@@ -750,7 +762,7 @@ pub fn start(
             .map_err(|e| anyhow::anyhow!("submit queue: {e:?}"))?;
     let submit_queue_capacity = consumer.capacity();
     let (reads, read_consumer) =
-        paxos_pipeline::pipeline::<ReadSubmitted, Reply>(parts.submit_queue)
+        paxos_pipeline::pipeline::<ReadSubmitted, UnitReplies>(parts.submit_queue)
             .map_err(|e| anyhow::anyhow!("read queue: {e:?}"))?;
     let status = Arc::new(SharedStatus::default());
     let (control_tx, control_rx) = mpsc::channel(64);
@@ -908,7 +920,7 @@ struct EventLoop {
     storage: Arc<dyn ReplicaStorage>,
     transport: Arc<dyn Transport>,
     consumer: RequestConsumer<Submitted, UnitReplies>,
-    read_consumer: RequestConsumer<ReadSubmitted, Reply>,
+    read_consumer: RequestConsumer<ReadSubmitted, UnitReplies>,
     status: Arc<SharedStatus>,
     /// To the durability waiter thread, for backends that cannot call
     /// back (`None`: storage's durability listener wakes the loop).
@@ -1118,8 +1130,11 @@ impl EventLoop {
     }
 
     /// Hands queued reads to the node, at most [`READ_BURST`] per wake-up
-    /// so that reads cannot starve the rest of the loop, in one
-    /// `submit_reads` call (they share one heartbeat round).
+    /// so that reads cannot starve the rest of the loop (counted in reads,
+    /// not units; a unit is never split, so a drain stops before one that
+    /// would pass the bound), in one
+    /// `submit_reads` call (they share one heartbeat round). The parts of
+    /// one unit share its collector, as in-order units' do.
     fn take_reads(&mut self) {
         let limits = paxos_pipeline::DrainLimits {
             max_count: READ_BURST,
@@ -1130,24 +1145,33 @@ impl EventLoop {
         let node = &mut self.node;
         let unconfirmed = self.planted_unconfirmed_reads;
         let drained = &mut self.drained_reads;
-        self.read_consumer.drain_batch_by(
+        self.read_consumer.drain_weighed_by(
             limits,
-            |r: &Request<ReadSubmitted, Reply>| r.payload.request.len(),
+            |r: &Request<ReadSubmitted, UnitReplies>| paxos_pipeline::Weight {
+                count: r.payload.unit.len(),
+                bytes: r.payload.unit.bytes(),
+            },
             |r| {
                 let ReadSubmitted {
-                    request,
-                    consistency,
-                    ..
+                    unit, consistency, ..
                 } = r.payload;
                 if unconfirmed && consistency == ReadConsistency::Linearizable {
                     // The planted bug: no confirmation at all.
-                    r.completer.complete(Reply {
-                        bytes: paxos_node::StateMachine::query(node.state_machine(), &request),
-                        slot: node.applied(),
-                        applied_us: 0,
+                    let mut parts = Vec::with_capacity(unit.len());
+                    split_unit(unit, r.completer, &mut parts, |request, part, ()| {
+                        (request, part)
                     });
+                    for (request, part) in parts {
+                        part.complete(Reply {
+                            bytes: paxos_node::StateMachine::query(node.state_machine(), &request),
+                            slot: node.applied(),
+                            applied_us: 0,
+                        });
+                    }
                 } else {
-                    drained.push((request, consistency, RequestCompletion::Alone(r.completer)));
+                    split_unit(unit, r.completer, drained, |request, part, ()| {
+                        (request, consistency, part)
+                    });
                 }
             },
         );
@@ -1179,7 +1203,12 @@ impl EventLoop {
                     for _ in 0..r.payload.unit.len() {
                         recorder.record(Point::Queued, r.payload.queued_us, batched_us);
                     }
-                    split_unit(r.payload.unit, r.completer, drained);
+                    split_unit(
+                        r.payload.unit,
+                        r.completer,
+                        drained,
+                        |request, part, kind| (request, part, kind),
+                    );
                 },
             );
         });

@@ -4,12 +4,12 @@
 //! queue of pending replies, so replies leave in request order while many
 //! requests of one connection are in consensus at once (pipelining). The
 //! reader submits what it parsed from one socket read to the replica's
-//! queue as it goes: the in-order requests together, as one unit of at
+//! queues as it goes: the in-order requests together, and the reads that
+//! skip the log (of one consistency) together, each as one unit of at
 //! most [`crate::submit_unit::MAX_UNIT_REQUESTS`] requests and
 //! [`crate::submit_unit::MAX_UNIT_BYTES`] bytes with one completion and one
-//! message to the writer (`Gathered`), anything else (reads that skip the
-//! log, replies the reader produces itself) one by one, in order with the
-//! units. The replica's loop drains the queue into batches, so requests
+//! message to the writer (`Gathered`); replies the reader produces itself
+//! go one by one, in order with the units. The replica's loop drains the queue into batches, so requests
 //! pipelined on one connection (and across connections) share decrees.
 //!
 //! Isolation: a malformed frame gets a RESP error and closes only that
@@ -31,7 +31,7 @@
 //!
 //! Writes go through the log ([`Replica::submit_in_order`]); reads (the commands
 //! [`encode_command`] classifies as [`CommandKind::Read`]) skip it
-//! ([`Replica::submit_read`], or [`Replica::submit_in_order`] in a
+//! ([`Replica::submit_reads`], or [`Replica::submit_in_order`] in a
 //! pipeline that writes, see below): linearizable at the leader, or, on a
 //! connection that sent `READONLY`, served by a follower from its own
 //! state once it has applied every slot the connection observed (the
@@ -50,7 +50,8 @@
 //!   applied, between the writes sent before it and those sent after it
 //!   (`paxos_node::reads` has why that is linearizable); followers never
 //!   see it;
-//! - otherwise it goes on its own ([`Replica::submit_read`]), is confirmed
+//! - otherwise it skips the log ([`Replica::submit_reads`], with the other
+//!   such reads of the same socket read), is confirmed
 //!   by a heartbeat round (at once under a lease), and is answered from a
 //!   state that includes every earlier request of the connection;
 //! - a write sent while reads of the second kind are unanswered waits for
@@ -79,7 +80,7 @@ use crate::reply_chain::ReplyChain;
 use crate::reply_limits::{self, OutputLimits, OutputVerdict};
 use crate::resp::{self, RespLimits};
 use crate::stages::Point;
-use crate::submit_unit::{InOrderUnit, UnitReplies};
+use crate::submit_unit::{InOrderUnit, ReadUnit, UnitReplies};
 use bytes::{Buf, Bytes, BytesMut};
 use paxos_core::{ReplicaId, Role};
 use paxos_node::RequestKind;
@@ -203,16 +204,18 @@ enum Route {
 /// A reply owed to the client, in request order.
 enum Pending {
     Ready(Bytes),
-    /// A read that skipped the log, awaiting its confirmation; with the
-    /// stage stamp of its arrival and the way it went.
-    Wait(CompletionHandle<Reply>, u64, Route),
-    /// The replies of a unit of in-order requests (writes, and reads behind
-    /// them) submitted together, awaiting consensus: how many requests, and
-    /// the stage stamp of the first one's arrival.
-    Unit(CompletionHandle<UnitReplies>, usize, u64),
-    /// The request joined the connection's [`Gathered`] unit (never sent to
-    /// the writer: the unit is, once submitted).
+    /// The replies of a unit of requests submitted together: in-order ones
+    /// (writes, and reads behind them) awaiting consensus, or reads that
+    /// skipped the log awaiting their confirmation. How many requests, the
+    /// stage stamp of the first one's arrival, and the way they went.
+    Unit(CompletionHandle<UnitReplies>, usize, u64, Route),
+    /// The request joined one of the connection's [`Gathered`] units (never
+    /// sent to the writer: the unit is, once submitted).
     Gathered,
+    /// A read that skips the log but cannot join the gathered reads (their
+    /// consistency differs): they are submitted first (never sent to the
+    /// writer).
+    HeldRead(Bytes, ReadConsistency, u64),
     /// A write that must wait for the connection's unanswered off-log reads
     /// before it is submitted (never sent to the writer).
     HeldWrite(Bytes, u64),
@@ -226,20 +229,65 @@ enum Pending {
 /// allocation for their argument list.
 const INLINE_ARGS: usize = 8;
 
-/// In-order requests a connection's reader parsed and has not submitted
-/// yet: what one socket read brought goes to the node as one unit and to
-/// the writer as one message, not one of each per request (see
+/// Requests a connection's reader parsed and has not submitted yet: what
+/// one socket read brought goes to the node as one unit and to the writer
+/// as one message, not one of each per request (see
 /// [`crate::submit_unit`]). Its requests already count as in flight
-/// (`ConnOrder::in_order`, `ConnShared::unresolved`), so later requests
-/// route and wait for room as if they were submitted; the reader therefore
-/// submits the unit before it waits for anything, before it sends the
-/// writer anything else, when the unit is full, and once the read's
-/// commands are parsed.
-#[derive(Default)]
+/// (`ConnOrder::in_order` or `ConnOrder::off_log`, and
+/// `ConnShared::unresolved`), so later requests route and wait for room as
+/// if they were submitted; the reader therefore submits the units before
+/// it waits for anything, before it sends the writer anything else, when a
+/// unit is full, and once the read's commands are parsed.
+///
+/// At most one of the two units holds requests: a read skips the log only
+/// when nothing of the connection is in order (`in_order` counts the
+/// gathered unit), and a write behind unanswered off-log reads (which the
+/// gathered reads are) is held until they are answered, after they are
+/// submitted. So submitting both, in either order, keeps request order.
 struct Gathered {
+    /// Writes, and reads in order with them.
     unit: InOrderUnit,
     /// Stage stamp of the first request's arrival.
     received_us: u64,
+    /// Reads that skip the log, all of `reads_consistency`.
+    reads: ReadUnit,
+    /// The consistency every gathered read is answered at.
+    reads_consistency: ReadConsistency,
+    /// Stage stamp of the first gathered read's arrival.
+    reads_received_us: u64,
+}
+
+impl Default for Gathered {
+    fn default() -> Self {
+        Gathered {
+            unit: InOrderUnit::new(),
+            received_us: 0,
+            reads: ReadUnit::new(),
+            reads_consistency: ReadConsistency::Linearizable,
+            reads_received_us: 0,
+        }
+    }
+}
+
+impl Gathered {
+    /// Whether a unit must be submitted before another request joins it.
+    fn is_full(&self) -> bool {
+        self.unit.is_full() || self.reads.is_full()
+    }
+}
+
+/// The consistency a unit of reads at `gathered` and a read at `next` can
+/// share, if any: linearizable with linearizable, and at least the higher
+/// of two slots (a read answered from a later state than its connection
+/// asked for is still no older than anything the connection saw, and every
+/// read of the unit is answered from one state, so their order holds).
+fn shared_consistency(gathered: ReadConsistency, next: ReadConsistency) -> Option<ReadConsistency> {
+    use ReadConsistency::{AtLeast, Linearizable};
+    match (gathered, next) {
+        (Linearizable, Linearizable) => Some(Linearizable),
+        (AtLeast(a), AtLeast(b)) => Some(AtLeast(a.max(b))),
+        _ => None,
+    }
 }
 
 struct ServerState {
@@ -575,10 +623,25 @@ async fn handle_connection(
                                 &order,
                             )
                         }
+                        Pending::HeldRead(request, consistency, received_us) => {
+                            if !submit_gathered(&mut gathered, &state, conn, &order, &tx).await {
+                                break 'read;
+                            }
+                            gather_read(
+                                Gathering {
+                                    gathered: &mut gathered,
+                                    conn,
+                                },
+                                request,
+                                consistency,
+                                received_us,
+                                &order,
+                            )
+                        }
                         other => other,
                     };
                     if matches!(pending, Pending::Gathered) {
-                        if gathered.unit.is_full()
+                        if gathered.is_full()
                             && !submit_gathered(&mut gathered, &state, conn, &order, &tx).await
                         {
                             break 'read;
@@ -594,12 +657,13 @@ async fn handle_connection(
                     // writer has them.
                     match &pending {
                         Pending::Ready(b) => state.registry.add(conn, b.len()),
-                        Pending::Wait(..) | Pending::Admin(_) => {
+                        Pending::Admin(_) => {
                             conn.unresolved.fetch_add(1, Ordering::Relaxed);
                         }
                         Pending::Unit(..)
                         | Pending::Gathered
                         | Pending::HeldWrite(..)
+                        | Pending::HeldRead(..)
                         | Pending::Close => {}
                     }
                     let close = matches!(pending, Pending::Close);
@@ -715,18 +779,22 @@ fn execute(
                 CommandKind::Read if in_order > 0 || order.mixed.load(Ordering::Relaxed) => {
                     gather(gathering, request, RequestKind::Read, received_us, order)
                 }
+                // Skips the log: joins the connection's gathered reads when
+                // it can share their consistency (the in-order unit is empty
+                // here: `in_order` counts it).
                 CommandKind::Read => {
                     let consistency = read_consistency(
                         state.replica.is_primary(),
                         session.readonly(),
                         order.observed.load(Ordering::Acquire),
                     );
-                    match state.replica.submit_read(request, consistency) {
-                        Ok(handle) => {
-                            order.off_log.fetch_add(1, Ordering::Relaxed);
-                            submitted(state, handle, received_us, Route::OffLog)
-                        }
-                        Err(e) => Pending::Ready(replicate_error_bytes(&e, state)),
+                    let joinable = gathering.gathered.reads.is_empty()
+                        || shared_consistency(gathering.gathered.reads_consistency, consistency)
+                            .is_some();
+                    if joinable {
+                        gather_read(gathering, request, consistency, received_us, order)
+                    } else {
+                        Pending::HeldRead(request, consistency, received_us)
                     }
                 }
             }
@@ -755,8 +823,32 @@ fn gather(
     Pending::Gathered
 }
 
-/// Submits the gathered unit, if any, and hands the writer what it owes
-/// the client for it; false if the writer is gone.
+/// Adds a read that skips the log to the connection's gathered reads (the
+/// caller checked that it can share their consistency, or that there are
+/// none), and counts it in flight from now (see [`Gathered`]).
+fn gather_read(
+    gathering: Gathering<'_>,
+    request: Bytes,
+    consistency: ReadConsistency,
+    received_us: u64,
+    order: &ConnOrder,
+) -> Pending {
+    let Gathering { gathered, conn } = gathering;
+    if gathered.reads.is_empty() {
+        gathered.reads_received_us = received_us;
+        gathered.reads_consistency = consistency;
+    } else {
+        gathered.reads_consistency =
+            shared_consistency(gathered.reads_consistency, consistency).unwrap_or(consistency);
+    }
+    gathered.reads.push(request, ());
+    order.off_log.fetch_add(1, Ordering::Relaxed);
+    conn.unresolved.fetch_add(1, Ordering::Relaxed);
+    Pending::Gathered
+}
+
+/// Submits the gathered units, if any, and hands the writer what it owes
+/// the client for them; false if the writer is gone.
 async fn submit_gathered(
     gathered: &mut Gathered,
     state: &ServerState,
@@ -764,17 +856,92 @@ async fn submit_gathered(
     order: &ConnOrder,
     tx: &mpsc::Sender<Pending>,
 ) -> bool {
-    if gathered.unit.is_empty() {
-        return true;
-    }
-    let pending = submit_unit(
-        gathered.unit.take(),
-        gathered.received_us,
-        state,
-        conn,
-        order,
+    debug_assert!(
+        gathered.unit.is_empty() || gathered.reads.is_empty(),
+        "in-order requests and off-log reads gathered together"
     );
-    tx.send(pending).await.is_ok()
+    if !gathered.unit.is_empty() {
+        let pending = submit_unit(
+            gathered.unit.take(),
+            gathered.received_us,
+            state,
+            conn,
+            order,
+        );
+        if tx.send(pending).await.is_err() {
+            return false;
+        }
+    }
+    if !gathered.reads.is_empty() {
+        let pending = submit_read_unit(
+            gathered.reads.take(),
+            gathered.reads_consistency,
+            gathered.reads_received_us,
+            state,
+            conn,
+            order,
+        );
+        if tx.send(pending).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+/// Records each of `count` requests' arrival stage, now that they are
+/// submitted.
+fn record_received(state: &ServerState, count: usize, received_us: u64) {
+    let stages = state.replica.stages();
+    let now = stages.stamp();
+    for _ in 0..count {
+        stages.record(Point::Received, received_us, now);
+    }
+}
+
+/// One buffer holding `count` copies of the error reply for `e` (a refused
+/// unit's replies, in order), counted against the connection's reply bytes.
+fn refused_unit_replies(
+    e: &crate::node::ReplicateError,
+    count: usize,
+    state: &ServerState,
+    conn: &ConnShared,
+) -> Pending {
+    let reply = replicate_error_bytes(e, state);
+    let mut replies = BytesMut::with_capacity(reply.len() * count);
+    for _ in 0..count {
+        replies.extend_from_slice(&reply);
+    }
+    let replies = replies.freeze();
+    state.registry.add(conn, replies.len());
+    Pending::Ready(replies)
+}
+
+/// Submits a unit of reads that skip the log. Refused (overload, a
+/// linearizable unit off the leader, shutting down), each of its reads is
+/// answered with the error, and none counts as in flight any more.
+fn submit_read_unit(
+    unit: ReadUnit,
+    consistency: ReadConsistency,
+    received_us: u64,
+    state: &ServerState,
+    conn: &ConnShared,
+    order: &ConnOrder,
+) -> Pending {
+    let count = unit.len();
+    match state.replica.submit_reads(unit, consistency) {
+        Ok(handle) => {
+            record_received(state, count, received_us);
+            Pending::Unit(handle, count, received_us, Route::OffLog)
+        }
+        Err(e) => {
+            // Answered now: a write held behind them may go.
+            if order.off_log.fetch_sub(count as u64, Ordering::Release) == count as u64 {
+                order.off_log_done.notify_one();
+            }
+            conn.unresolved.fetch_sub(count, Ordering::Relaxed);
+            refused_unit_replies(&e, count, state, conn)
+        }
+    }
 }
 
 /// Submits a unit of in-order requests. Refused (overload, not the
@@ -790,38 +957,15 @@ fn submit_unit(
     let count = unit.len();
     match state.replica.submit_in_order(unit) {
         Ok(handle) => {
-            let stages = state.replica.stages();
-            let now = stages.stamp();
-            for _ in 0..count {
-                stages.record(Point::Received, received_us, now);
-            }
-            Pending::Unit(handle, count, received_us)
+            record_received(state, count, received_us);
+            Pending::Unit(handle, count, received_us, Route::InOrder)
         }
         Err(e) => {
             order.in_order.fetch_sub(count as u64, Ordering::Release);
             conn.unresolved.fetch_sub(count, Ordering::Relaxed);
-            // One buffer holding every request's error reply, in order.
-            let reply = replicate_error_bytes(&e, state);
-            let mut replies = BytesMut::with_capacity(reply.len() * count);
-            for _ in 0..count {
-                replies.extend_from_slice(&reply);
-            }
-            let replies = replies.freeze();
-            state.registry.add(conn, replies.len());
-            Pending::Ready(replies)
+            refused_unit_replies(&e, count, state, conn)
         }
     }
-}
-
-fn submitted(
-    state: &ServerState,
-    handle: CompletionHandle<Reply>,
-    received_us: u64,
-    route: Route,
-) -> Pending {
-    let stages = state.replica.stages();
-    stages.record(Point::Received, received_us, stages.stamp());
-    Pending::Wait(handle, received_us, route)
 }
 
 /// Waits until the connection's off-log reads are all answered; false if
@@ -867,8 +1011,8 @@ enum WriterStep {
     /// A reply just produced (counted now).
     Produced(Bytes),
     /// The outcome of a unit of this many requests (each reply counted
-    /// now), with the stage stamp of its arrival.
-    Unit(Outcome<UnitReplies>, usize, u64),
+    /// now), with the stage stamp of its arrival and the way it went.
+    Unit(Outcome<UnitReplies>, usize, u64, Route),
     /// `Pending::Close`, or the reader is gone: write what is left, then end.
     Finish,
     /// The socket took this many bytes (or failed).
@@ -881,12 +1025,7 @@ enum WriterStep {
 
 /// Takes the next reply in request order, waiting for it to be produced.
 /// Cancel-safe: a reply being waited for stays in `head`.
-async fn next_reply(
-    head: &mut Option<Pending>,
-    rx: &mut mpsc::Receiver<Pending>,
-    state: &ServerState,
-    order: &ConnOrder,
-) -> WriterStep {
+async fn next_reply(head: &mut Option<Pending>, rx: &mut mpsc::Receiver<Pending>) -> WriterStep {
     if head.is_none() {
         match rx.recv().await {
             Some(p) => *head = Some(p),
@@ -895,22 +1034,16 @@ async fn next_reply(
     }
     let step = match head.as_mut() {
         Some(Pending::Ready(b)) => WriterStep::Counted(std::mem::take(b)),
-        Some(Pending::Wait(handle, received_us, route)) => WriterStep::Produced(outcome_bytes(
-            handle.await,
-            *received_us,
-            *route,
-            state,
-            order,
-        )),
-        Some(Pending::Unit(handle, count, received_us)) => {
-            WriterStep::Unit(handle.await, *count, *received_us)
+        Some(Pending::Unit(handle, count, received_us, route)) => {
+            WriterStep::Unit(handle.await, *count, *received_us, *route)
         }
         Some(Pending::Admin(rx)) => {
             WriterStep::Produced(rx.await.unwrap_or(Bytes::from_static(ADMIN_ABORTED)))
         }
-        Some(Pending::Close | Pending::HeldWrite(..) | Pending::Gathered) | None => {
-            WriterStep::Finish
-        }
+        Some(
+            Pending::Close | Pending::HeldWrite(..) | Pending::HeldRead(..) | Pending::Gathered,
+        )
+        | None => WriterStep::Finish,
     };
     *head = None;
     step
@@ -921,8 +1054,6 @@ async fn next_reply(
 fn try_next_reply(
     head: &mut Option<Pending>,
     rx: &mut mpsc::Receiver<Pending>,
-    state: &ServerState,
-    order: &ConnOrder,
 ) -> Option<WriterStep> {
     if head.is_none() {
         match rx.try_recv() {
@@ -933,15 +1064,8 @@ fn try_next_reply(
     }
     let step = match head.as_mut()? {
         Pending::Ready(b) => WriterStep::Counted(std::mem::take(b)),
-        Pending::Wait(handle, received_us, route) => WriterStep::Produced(outcome_bytes(
-            handle.try_take()?,
-            *received_us,
-            *route,
-            state,
-            order,
-        )),
-        Pending::Unit(handle, count, received_us) => {
-            WriterStep::Unit(handle.try_take()?, *count, *received_us)
+        Pending::Unit(handle, count, received_us, route) => {
+            WriterStep::Unit(handle.try_take()?, *count, *received_us, *route)
         }
         Pending::Admin(rx) => WriterStep::Produced(match rx.try_recv() {
             Ok(reply) => reply,
@@ -950,7 +1074,9 @@ fn try_next_reply(
                 Bytes::from_static(ADMIN_ABORTED)
             }
         }),
-        Pending::Close | Pending::HeldWrite(..) | Pending::Gathered => WriterStep::Finish,
+        Pending::Close | Pending::HeldWrite(..) | Pending::HeldRead(..) | Pending::Gathered => {
+            WriterStep::Finish
+        }
     };
     *head = None;
     Some(step)
@@ -1005,6 +1131,7 @@ fn unit_replies(
     outcome: Outcome<UnitReplies>,
     count: usize,
     received_us: u64,
+    route: Route,
     state: &ServerState,
     order: &ConnOrder,
     mut reply: impl FnMut(Bytes),
@@ -1018,25 +1145,13 @@ fn unit_replies(
                 let outcome = replies
                     .next()
                     .unwrap_or(Outcome::Aborted(AbortReason::Dropped));
-                reply(outcome_bytes(
-                    outcome,
-                    received_us,
-                    Route::InOrder,
-                    state,
-                    order,
-                ));
+                reply(outcome_bytes(outcome, received_us, route, state, order));
             }
         }
         Outcome::Aborted(reason) => {
             for _ in 0..count {
                 let outcome = Outcome::Aborted(reason.clone());
-                reply(outcome_bytes(
-                    outcome,
-                    received_us,
-                    Route::InOrder,
-                    state,
-                    order,
-                ));
+                reply(outcome_bytes(outcome, received_us, route, state, order));
             }
         }
     }
@@ -1100,7 +1215,7 @@ async fn write_replies(
             tokio::select! {
                 biased;
                 _ = closed(&mut closed_rx) => WriterStep::Closed,
-                step = next_reply(&mut head, &mut rx, &state, &order), if !finishing => step,
+                step = next_reply(&mut head, &mut rx), if !finishing => step,
                 r = chain.write_to(&mut wr), if !chain.is_empty() => WriterStep::Wrote(r),
                 _ = sleep_until_or_never(wake_at) => WriterStep::Recheck,
             }
@@ -1109,7 +1224,7 @@ async fn write_replies(
                 biased;
                 _ = closed(&mut closed_rx) => WriterStep::Closed,
                 r = chain.write_to(&mut wr) => WriterStep::Wrote(r),
-                step = next_reply(&mut head, &mut rx, &state, &order), if !finishing => step,
+                step = next_reply(&mut head, &mut rx), if !finishing => step,
                 _ = sleep_until_or_never(wake_at) => WriterStep::Recheck,
             }
         };
@@ -1127,8 +1242,8 @@ async fn write_replies(
                     produced_bytes += b.len();
                     chain.push(b);
                 }
-                WriterStep::Unit(outcome, count, received_us) => {
-                    unit_replies(outcome, count, received_us, &state, &order, |b| {
+                WriterStep::Unit(outcome, count, received_us, route) => {
+                    unit_replies(outcome, count, received_us, route, &state, &order, |b| {
                         largest = reply_limits::decayed_largest(largest, b.len());
                         produced += 1;
                         produced_bytes += b.len();
@@ -1149,7 +1264,7 @@ async fn write_replies(
                 WriterStep::Closed => break 'write,
             }
             if (produced > 0 || !chain.is_empty()) && !finishing && chain.len() < FLUSH_AT {
-                step = try_next_reply(&mut head, &mut rx, &state, &order);
+                step = try_next_reply(&mut head, &mut rx);
             }
         }
         if produced > 0 {
@@ -1363,6 +1478,26 @@ mod tests {
             line.split(',').find_map(|f| f.strip_prefix("applied=")),
             Some("2209")
         );
+    }
+
+    #[test]
+    fn reads_share_a_unit_only_at_a_consistency_that_serves_each() {
+        use ReadConsistency::{AtLeast, Linearizable};
+        assert_eq!(
+            shared_consistency(Linearizable, Linearizable),
+            Some(Linearizable)
+        );
+        assert_eq!(
+            shared_consistency(AtLeast(Slot(3)), AtLeast(Slot(8))),
+            Some(AtLeast(Slot(8))),
+            "the higher observed slot serves the earlier read too"
+        );
+        assert_eq!(
+            shared_consistency(AtLeast(Slot(8)), AtLeast(Slot(3))),
+            Some(AtLeast(Slot(8)))
+        );
+        assert_eq!(shared_consistency(Linearizable, AtLeast(Slot(1))), None);
+        assert_eq!(shared_consistency(AtLeast(Slot(1)), Linearizable), None);
     }
 
     #[test]

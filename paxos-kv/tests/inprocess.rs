@@ -681,3 +681,109 @@ async fn pipelined_reads_and_writes_take_effect_in_the_order_sent() {
         "a read-only pipeline proposed decrees"
     );
 }
+
+/// Reads that skip the log, pipelined: the leader's GET-only pipeline and
+/// a follower's `READONLY` pipeline go to the node as units of reads (more
+/// than one unit each here), and every read still gets its own correct
+/// reply, in the order sent, with the server's own replies in their place
+/// and none proposed. Without `READONLY` the follower refuses such a unit
+/// and each read still gets its own redirect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_off_log_reads_are_answered_in_order_on_the_leader_and_a_readonly_follower() {
+    let replicas = start_cluster(3).await;
+    let p = wait_for_primary(&replicas).await;
+    let f = (p + 1) % 3;
+    const KEYS: usize = 150;
+    for i in 0..KEYS {
+        let (k, v) = (format!("r{i}"), format!("v{i}"));
+        replicas[p]
+            .replicate(request(&["SET", &k, &v]))
+            .await
+            .unwrap();
+    }
+    let written = replicas[p].status().applied_index;
+    wait_applied(&replicas[f], written, 10, "the follower stopped following").await;
+    let leader_addr = start_server(replicas[p].clone(), Vec::new()).await;
+    let members = vec![(ReplicaId(p as u32 + 1), leader_addr.to_string())];
+    let follower_addr = start_server(replicas[f].clone(), members).await;
+
+    // GET r0 .. r149, a missing key after r9 and a PING after r99.
+    let pipeline = |readonly: bool| {
+        let mut wire = BytesMut::new();
+        if readonly {
+            resp::encode_command([&b"READONLY"[..]].into_iter(), &mut wire);
+        }
+        for i in 0..KEYS {
+            let k = format!("r{i}");
+            resp::encode_command([&b"GET"[..], k.as_bytes()].into_iter(), &mut wire);
+            if i == 9 {
+                resp::encode_command([&b"GET"[..], b"missing"].into_iter(), &mut wire);
+            }
+            if i == 99 {
+                resp::encode_command([&b"PING"[..]].into_iter(), &mut wire);
+            }
+        }
+        wire
+    };
+    let expected: Vec<Frame> = (0..KEYS)
+        .flat_map(|i| {
+            let mut replies = vec![Frame::Bulk(Some(Bytes::from(format!("v{i}"))))];
+            if i == 9 {
+                replies.push(Frame::Bulk(None));
+            }
+            if i == 99 {
+                replies.push(Frame::Simple(Bytes::from_static(b"PONG")));
+            }
+            replies
+        })
+        .collect();
+
+    for (name, replica, addr, readonly) in [
+        ("leader", &replicas[p], leader_addr, false),
+        ("readonly follower", &replicas[f], follower_addr, true),
+    ] {
+        let before = replica.status();
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        for round in 0..3 {
+            s.write_all(&pipeline(readonly && round == 0))
+                .await
+                .unwrap();
+            let mut frames =
+                read_frames(&mut s, expected.len() + usize::from(readonly && round == 0)).await;
+            if readonly && round == 0 {
+                assert_eq!(frames.remove(0), Frame::Simple(Bytes::from_static(b"OK")));
+            }
+            assert_eq!(frames.len(), expected.len(), "{name}, round {round}");
+            for (n, (got, want)) in frames.iter().zip(&expected).enumerate() {
+                assert_eq!(got, want, "{name}, round {round}, reply {n}");
+            }
+        }
+        let after = replica.status();
+        assert_eq!(
+            after.proposed_requests, before.proposed_requests,
+            "{name}: reads that skip the log were proposed"
+        );
+        assert!(
+            after.reads_served >= before.reads_served + 3 * (KEYS as u64 + 1),
+            "{name}: {} reads served",
+            after.reads_served - before.reads_served
+        );
+    }
+
+    // The follower without READONLY: every read its own redirect, in order,
+    // the PING answered in its place.
+    let mut s = tokio::net::TcpStream::connect(follower_addr).await.unwrap();
+    s.write_all(&pipeline(false)).await.unwrap();
+    let frames = read_frames(&mut s, expected.len()).await;
+    assert_eq!(frames.len(), expected.len());
+    for (n, (got, want)) in frames.iter().zip(&expected).enumerate() {
+        if matches!(want, Frame::Simple(_)) {
+            assert_eq!(got, want, "reply {n}");
+        } else {
+            assert_eq!(moved_to(got), Some(leader_addr), "reply {n}: {got:?}");
+        }
+    }
+    for r in &replicas {
+        r.shutdown().await;
+    }
+}
