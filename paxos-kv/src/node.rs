@@ -531,12 +531,7 @@ impl Replica {
         if consistency == ReadConsistency::Linearizable && !self.planted_unconfirmed_reads {
             self.check_primary()?;
         }
-        let queued_us = self.stages.stamp();
-        let submitted = ReadSubmitted {
-            unit,
-            consistency,
-            queued_us,
-        };
+        let submitted = ReadSubmitted { unit, consistency };
         self.reads.try_submit(submitted).map_err(|e| match e {
             paxos_pipeline::SubmitError::ShuttingDown(_) => ReplicateError::ShuttingDown,
             _ => ReplicateError::Overloaded,
@@ -725,8 +720,6 @@ pub struct ReadSubmitted {
     pub unit: ReadUnit,
     /// How fresh its answer must be.
     pub consistency: ReadConsistency,
-    /// Stage stamp when it was queued (0: timing off).
-    pub queued_us: u64,
 }
 
 impl paxos_pipeline::ByteLen for ReadSubmitted {
@@ -1147,14 +1140,9 @@ impl EventLoop {
         let drained = &mut self.drained_reads;
         self.read_consumer.drain_weighed_by(
             limits,
-            |r: &Request<ReadSubmitted, UnitReplies>| paxos_pipeline::Weight {
-                count: r.payload.unit.len(),
-                bytes: r.payload.unit.bytes(),
-            },
+            |r: &Request<ReadSubmitted, UnitReplies>| r.payload.unit.weight(),
             |r| {
-                let ReadSubmitted {
-                    unit, consistency, ..
-                } = r.payload;
+                let ReadSubmitted { unit, consistency } = r.payload;
                 if unconfirmed && consistency == ReadConsistency::Linearizable {
                     // The planted bug: no confirmation at all.
                     let mut parts = Vec::with_capacity(unit.len());
@@ -1195,14 +1183,14 @@ impl EventLoop {
         stages.with_batch(|recorder| {
             self.consumer.drain_weighed_by(
                 limits,
-                |r: &Request<Submitted, UnitReplies>| paxos_pipeline::Weight {
-                    count: r.payload.unit.len(),
-                    bytes: r.payload.unit.bytes(),
-                },
+                |r: &Request<Submitted, UnitReplies>| r.payload.unit.weight(),
                 |r| {
-                    for _ in 0..r.payload.unit.len() {
-                        recorder.record(Point::Queued, r.payload.queued_us, batched_us);
-                    }
+                    recorder.record_n(
+                        Point::Queued,
+                        r.payload.queued_us,
+                        batched_us,
+                        r.payload.unit.len() as u64,
+                    );
                     split_unit(
                         r.payload.unit,
                         r.completer,

@@ -892,10 +892,7 @@ async fn submit_gathered(
 /// submitted.
 fn record_received(state: &ServerState, count: usize, received_us: u64) {
     let stages = state.replica.stages();
-    let now = stages.stamp();
-    for _ in 0..count {
-        stages.record(Point::Received, received_us, now);
-    }
+    stages.record_n(Point::Received, received_us, stages.stamp(), count as u64);
 }
 
 /// One buffer holding `count` copies of the error reply for `e` (a refused

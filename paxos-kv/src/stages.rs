@@ -162,12 +162,20 @@ impl StageRecorder {
     /// while disabled) are skipped, so toggling never records garbage.
     #[inline]
     pub fn record(&self, from: Point, from_us: u64, to_us: u64) {
-        if !self.is_enabled() || from_us == 0 || to_us == 0 || from == Point::Replied {
+        self.record_n(from, from_us, to_us, 1);
+    }
+
+    /// [`StageRecorder::record`] for `count` requests that share both
+    /// stamps (a unit of requests submitted together), under one lock.
+    #[inline]
+    pub fn record_n(&self, from: Point, from_us: u64, to_us: u64, count: u64) {
+        if !self.is_enabled() || from_us == 0 || to_us == 0 || from == Point::Replied || count == 0
+        {
             return;
         }
         let gap = to_us.saturating_sub(from_us).max(1);
         if let Ok(mut h) = self.histograms.lock() {
-            h[from as usize].saturating_record(gap);
+            h[from as usize].saturating_record_n(gap, count);
         }
     }
 
@@ -325,11 +333,17 @@ impl BatchRecorder<'_> {
     /// Like [`StageRecorder::record`], without taking the lock again.
     #[inline]
     pub fn record(&mut self, from: Point, from_us: u64, to_us: u64) {
-        if from_us == 0 || to_us == 0 || from == Point::Replied {
+        self.record_n(from, from_us, to_us, 1);
+    }
+
+    /// Like [`StageRecorder::record_n`], without taking the lock again.
+    #[inline]
+    pub fn record_n(&mut self, from: Point, from_us: u64, to_us: u64, count: u64) {
+        if from_us == 0 || to_us == 0 || from == Point::Replied || count == 0 {
             return;
         }
         if let Some(h) = self.histograms.as_deref_mut() {
-            h[from as usize].saturating_record(to_us.saturating_sub(from_us).max(1));
+            h[from as usize].saturating_record_n(to_us.saturating_sub(from_us).max(1), count);
         }
     }
 }
@@ -377,17 +391,26 @@ mod tests {
             one.record(Point::Queued, 10, 100);
             one.record(Point::Applied, 1000, 1200);
             one.record_total(5, 1200);
+            one.record(Point::Received, 3, 10);
         }
         many.record_decree([100, 150, 400, 900, 1000], 7);
-        many.with_batch(|b| (0..7).for_each(|_| b.record(Point::Queued, 10, 100)));
+        many.with_batch(|b| {
+            b.record_n(Point::Queued, 10, 100, 4);
+            (0..3).for_each(|_| b.record(Point::Queued, 10, 100));
+        });
         (0..7).for_each(|_| many.record_replied(5, 1000, 1200));
+        many.record_n(Point::Received, 3, 10, 7);
         assert_eq!(one.render(), many.render());
+        many.record_n(Point::Received, 3, 10, 0);
+        many.with_batch(|b| b.record_n(Point::Queued, 10, 100, 0));
+        assert_eq!(one.render(), many.render(), "a count of 0 records nothing");
         assert!(many.render().contains("stage_durable->quorum:p50=500,"));
         many.record_decree([100, 0, 400, 900, 1000], 3);
         assert_eq!(one.render(), many.render(), "a zero stamp records nothing");
         let off = StageRecorder::new(false);
         off.record_decree([1, 2, 3, 4, 5], 3);
         off.with_batch(|b| b.record(Point::Queued, 1, 2));
+        off.record_n(Point::Received, 1, 2, 3);
         off.record_replied(1, 2, 3);
         assert!(!off.render().contains("->"), "{}", off.render());
         assert!(!off.render().contains("stage_total"), "{}", off.render());

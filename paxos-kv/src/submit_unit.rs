@@ -155,6 +155,15 @@ impl<Tag> RequestUnit<Tag> {
         self.bytes
     }
 
+    /// What the unit weighs in the loop's drain: its requests and their
+    /// bytes (the drain's limits count requests, not units).
+    pub fn weight(&self) -> paxos_pipeline::Weight {
+        paxos_pipeline::Weight {
+            count: self.len(),
+            bytes: self.bytes,
+        }
+    }
+
     /// Whether the unit must be submitted before another request is added.
     pub fn is_full(&self) -> bool {
         self.len() >= MAX_UNIT_REQUESTS || self.bytes >= MAX_UNIT_BYTES
