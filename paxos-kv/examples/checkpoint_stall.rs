@@ -105,9 +105,7 @@ fn main() {
                 Ok::<(), ()>(())
             };
             if hold {
-                for (k, v, d) in f.entries() {
-                    let _ = step(k, v, d);
-                }
+                let _ = f.visit(&mut step);
             } else {
                 while f.drain(256, &mut step).unwrap_or(false) {}
             }

@@ -1,6 +1,6 @@
 //! [`KeyMap`]: the KV store's table, laid out for cache misses, not generality,
-//! and sharded copy-on-write so a checkpoint can freeze it in about a
-//! millisecond and a write during the checkpoint pays microseconds for it.
+//! and sharded so a checkpoint can freeze it in O(1) and a write during the
+//! checkpoint saves, at most, the one key it changes.
 //!
 //! Why not `HashMap<Bytes, Bytes>`: every replica applies every SET, and on
 //! the bench (256K keys, 100 B values) a SET there cost four dependent cache
@@ -11,100 +11,85 @@
 //! Here a bucket is 32 bytes: keys of up to [`INLINE_KEY`] bytes live inside
 //! it, so the equality check reads the bucket just loaded, and the value is
 //! an 8-byte `StoredValue` handle, overwritten in place when the size is
-//! unchanged and no frozen view may share it (the common SET). That is
-//! three misses per SET. Keys are hashed with std's `RandomState` (SipHash
-//! with a per-process random key), so clients cannot choose keys that
-//! collide.
+//! unchanged and no frozen view needs the old bytes (the common SET). That
+//! is three misses per SET. Keys are hashed with std's `RandomState`
+//! (SipHash with a per-process random key), so clients cannot choose keys
+//! that collide.
 //!
-//! # Shards, and why
+//! # Frozen views: the state at the freeze, saved key by key
 //!
-//! A checkpoint needs a frozen view of the whole table while the node keeps
-//! applying writes. Copying or encoding the table on the event loop took
-//! longer than an election timeout at a million keys, so the table is split
-//! into [`SHARDS`] independent hash tables, each behind an `Arc`.
-//! [`KeyMap::freeze`] clones the `Arc`s (O(shards), no entry is touched) and
-//! the [`FrozenKeyMap`] goes to a background thread. The first write to a
-//! shard a frozen view still holds copies that shard's buckets (bitwise: a
-//! bucket is plain data, see below), and later writes to it are ordinary
-//! in-place writes. Outside a checkpoint every shard is unshared and the
-//! check is one uncontended atomic load on the shard's header. Growing is
-//! per shard too: a table never rehashes more than one shard's entries at
-//! once.
+//! A checkpoint needs the whole table as it was at one slot while the node
+//! keeps applying writes. [`KeyMap::freeze`] is O(1): it starts a new view
+//! *epoch* and hands out a [`FrozenKeyMap`] that shares the table. The view
+//! walks the table one shard at a time on the checkpoint's thread
+//! ([`FrozenKeyMap::drain`]); a shard it has not walked yet is *pending*.
+//! The first write to a key of a pending shard first *saves* that key's
+//! state at the freeze (its value, or that it was absent, and its deadline)
+//! beside the shard; the view lists the shard's entries that were not
+//! saved, and the saved states of those that were. Once the view has walked
+//! a shard it frees what was saved there and marks the shard done, and the
+//! map writes to it as if no view existed.
 //!
-//! 65,536 shards: what a write pays during a checkpoint is the copy of the
-//! shards it is the first to touch. A decree of 2,000 random SETs touches
-//! about 2,000 shards right after a freeze; at ten million keys a shard is
-//! ~150 entries, an 8 KiB bucket array, so that decree copies ~16 MB (a few
-//! milliseconds) where 4,096 shards had it copy ~270 MB. The price is
-//! O(shards) per freeze (65,536 reference counts and a 512 KiB vector, about a
-//! millisecond) and ~100 bytes per non-empty shard (6.5 MB when all are).
-//! An empty shard is `None`, so a small map costs one vector, not 65,536
-//! allocations, and freezing it touches no counts.
+//! What that replaced, and why: shards used to be shared copy-on-write, and
+//! the first write to a shard after a freeze copied the whole shard (an 8
+//! KiB bucket array at ten million keys). Random writes touch every one of
+//! the 65,536 shards within seconds of a freeze, so every checkpoint began
+//! with a storm of copies — event-loop turns of 20–49 ms on every replica
+//! at once, writes of up to 189 ms — and the copies were 0.4× of the data
+//! in RSS. Saving one key costs one small allocation for the value the
+//! write replaces anyway (the old block is moved to the saved state, not
+//! copied) and one insert into the shard's small saved table, and memory
+//! grows by the saved values only (docs/BENCHMARKS.md).
+//!
+//! # Shards, and who touches them
+//!
+//! 65,536 shards: the view holds a shard's lock while it copies that
+//! shard's entries out (the loop waits for it only if it writes to that very
+//! shard meanwhile), and a table never rehashes more than one shard's
+//! entries at once; at ten million keys a shard is ~150 entries. An empty
+//! shard is `None`, so a small map costs one vector of cells (32 bytes
+//! each), not 65,536 tables.
 //!
 //! A key's shard is a fixed function of its bytes — the top bits of its
 //! CRC32C ([`key_digest`]) — the same on every replica and every run, so a
 //! frozen map can be written in an order that depends only on its contents
-//! ([`FrozenKeyMap::entries`]). CRC32C is not keyed, so a client can aim
-//! all its keys at one shard; that only costs the sharding (a write during a
-//! checkpoint copies that big shard once), not the collision resistance:
-//! within a shard keys are still placed by the keyed SipHash.
+//! ([`FrozenKeyMap::visit`]). CRC32C is not keyed, so a client can aim all
+//! its keys at one shard; that only costs the sharding (a big shard to copy
+//! out under its lock), not the collision resistance: within a shard keys
+//! are still placed by the keyed SipHash.
+//!
+//! Only the map (the event loop, through `&mut KeyMap`) writes a shard's
+//! table; a view only reads it, under the shard's lock, and only while the
+//! shard is pending for it. So:
+//! - the map reads every shard without a lock (a view's concurrent reads
+//!   are reads);
+//! - the map writes a pending shard under its lock (the view may be reading
+//!   it), and a shard that is not pending without one (no view will read it
+//!   again: a view never goes back to a shard it has marked done, and a new
+//!   view is only made by the map itself);
+//! - the saved states are behind the lock, and only ever touched while the
+//!   shard is pending.
+//!
+//! There is one lazy view at a time, which is all a node needs (it runs one
+//! checkpoint at a time). A freeze while another lazy view is alive, or a
+//! clone of a view, makes an *eager* view instead: an owned, sorted copy of
+//! the state, O(state) in time and memory, for tests and tools.
 //!
 //! Invariant: a key is stored inline exactly when it is at most
 //! [`INLINE_KEY`] bytes long, so equal keys always have equal representations.
 //!
 //! # Who owns the keys and values (the `unsafe` in this module)
 //!
-//! A bucket (`Entry`) is `Copy`: a long key and every value are raw
-//! handles, so a shard copy shares them with the frozen original without
-//! touching them. (They used to be `Arc`s, and the reference count bumps
-//! made the first decree after a freeze at ten million keys take 0.5–0.9 s.)
-//! Instead of reference counts, three rules say who frees a block (a long
-//! key's bytes or a value):
-//!
-//! 1. **The live map owns every block its shards reach.** A shard the map
-//!    has copied for writing gives up its blocks: its `owns_blocks` turns
-//!    false before the map lets go of it, so when the last frozen view
-//!    drops it, it frees nothing. A shard that is not shared frees its
-//!    blocks when dropped (through rule 3).
-//! 2. **A copy marks every entry it starts with** (`StoredValue::is_marked`)
-//!    and keeps weak references to its *origins*: the shard it was copied
-//!    from, and that shard's own origins that are still alive. A marked
-//!    entry's blocks may also be reachable from a frozen view through an
-//!    origin that is alive (held by a view), so a marked block is never
-//!    written in place while any origin of its shard is alive. An entry
-//!    inserted after the copy, or whose value was replaced, is unmarked and
-//!    is the map's alone (a long key keeps its entry marked: the key is
-//!    still shared).
-//! 3. **A block the map drops is freed only if no frozen view can reach
-//!    it**: an unmarked block, or a marked one whose shard has no live
-//!    origin, is freed at once; otherwise it is *deferred* to the nearest
-//!    live origin, and freed when that origin is dropped, or handed on to
-//!    that origin's own nearest live origin (a block marked in a copy may
-//!    have been marked, and so shared, in the origin too).
-//!
-//! An origin dies when the last view holding it lets go of it, and a
-//! checkpoint lets go of each shard as soon as it has written it
-//! ([`FrozenKeyMap::drain`]). So what a checkpoint's view kept alive is
-//! given back shard by shard while the checkpoint runs, on its thread, and
-//! not all at once when it ends (a burst of frees that glibc then sorted
-//! during the loop's next large malloc: the 100 ms writes at the end of a
-//! checkpoint at ten million keys); and a write to a shard the checkpoint
-//! has already written finds it unshared and copies nothing, so a
-//! checkpoint holds a copy of only the shards written before it got to
-//! them.
-//!
-//! So every block a frozen view can reach stays alive and unchanged until
-//! the view has let go of the shards that reach it, and every block is freed
-//! exactly once: by the live map, by the last shard holding it that still
-//! owns blocks, or by the origin it was deferred to. Whether an origin is
-//! alive is decided by `Weak::upgrade`, which takes a strong reference, so a
-//! view dropping the origin on another thread at the same moment cannot
-//! slip between the check and the deferral: the writer's reference is then
-//! the last, and it frees the origin (on the loop: one shard's buckets and
-//! what was deferred to it). The model tests below check contents against
-//! `HashMap`s across freezes, partial drains, drops in every order and
-//! overlapping views; the leak and double-free side is checked by the
-//! counting tests (`blocks_live`).
+//! A bucket (`Entry`) is plain data: a long key and every value are raw
+//! handles. The shard owns the blocks its entries reach; a saved state owns
+//! its own key (a copy) and the value it holds; so every block has exactly
+//! one owner, which frees it: the map when it overwrites or removes an entry
+//! of a shard that is not pending (or whose key it has already saved), the
+//! view when it is done with a shard's saved states, and whoever drops the
+//! table last (the map, or a view that outlived it) for the rest. A value a
+//! frozen view may read is never written in place: the first write to a key
+//! of a pending shard moves the old value into the saved state and gives
+//! the entry a new block.
 //!
 //! # Deadlines (expiry)
 //!
@@ -112,20 +97,21 @@
 //! caller's business). Deadlines live beside the table, not in its buckets:
 //! each shard has a `BTreeMap` of its keys that have one (empty, and so
 //! free, when no key has a TTL; a key without one pays nothing in the
-//! bucket), copied with the shard so a frozen view keeps them; and the map
-//! keeps a `(deadline, key)` index over all shards, not shared with frozen
-//! views, so the caller can reclaim the keys that are due in deadline order
+//! bucket), saved with the key's state for a frozen view; and the map keeps
+//! a `(deadline, key)` index over all shards, not shared with frozen views,
+//! so the caller can reclaim the keys that are due in deadline order
 //! without scanning. The map never looks at a clock: whether a key is
 //! *expired* is decided by the caller.
 
 use crate::stored_value::StoredValue;
 use bytes::Bytes;
 use hashbrown::HashTable;
+use std::cell::UnsafeCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{BuildHasher, RandomState};
 use std::ptr::NonNull;
-use std::sync::atomic::{fence, AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 /// Longest key stored inside its bucket.
 pub const INLINE_KEY: usize = 22;
@@ -137,8 +123,8 @@ const SHARD_BITS: u32 = 16;
 pub const SHARDS: usize = 1 << SHARD_BITS;
 
 /// The key's CRC32C: it picks the key's shard (its top
-/// `SHARD_BITS` bits) and leads the order [`FrozenKeyMap::entries`]
-/// writes entries in. Deterministic on every replica, unlike the in-shard
+/// `SHARD_BITS` bits) and leads the order [`FrozenKeyMap::visit`]
+/// lists entries in. Deterministic on every replica, unlike the in-shard
 /// SipHash.
 pub fn key_digest(key: &[u8]) -> u32 {
     crc32c::crc32c(key)
@@ -177,10 +163,6 @@ impl Key {
         }
     }
 
-    fn is_heap(&self) -> bool {
-        matches!(self, Key::Heap(_))
-    }
-
     /// # Safety
     /// A heap key is not freed while the returned slice is in use.
     unsafe fn as_slice(&self) -> &[u8] {
@@ -190,21 +172,23 @@ impl Key {
             Key::Heap(b) => unsafe { b.as_ref() },
         }
     }
+
+    /// Frees a heap key's block (an inline key has none).
+    ///
+    /// # Safety
+    /// The caller owns the block, nobody reaches it again, and it is freed
+    /// once.
+    unsafe fn free(self) {
+        if let Key::Heap(block) = self {
+            #[cfg(test)]
+            crate::stored_value::block_count::freed();
+            // SAFETY: caller's guarantee; a leaked Box<[u8]> from `new`.
+            drop(unsafe { Box::from_raw(block.as_ptr()) });
+        }
+    }
 }
 
-/// Frees a heap key's block.
-///
-/// # Safety
-/// The block came from [`Key::new`], nobody reaches it again, and it is
-/// freed once.
-unsafe fn free_key_block(block: NonNull<[u8]>) {
-    #[cfg(test)]
-    crate::stored_value::block_count::freed();
-    // SAFETY: caller's guarantee.
-    drop(unsafe { Box::from_raw(block.as_ptr()) });
-}
-
-/// One bucket: plain data, copied bitwise when a shard is copied.
+/// One bucket: plain data (see the module docs for who owns its blocks).
 #[derive(Clone, Copy)]
 struct Entry {
     key: Key,
@@ -217,7 +201,7 @@ const _: () = assert!(std::mem::size_of::<Entry>() == 32);
 
 impl Entry {
     /// The key. Sound for any entry of a shard the caller can reach: its
-    /// blocks outlive every shard that reaches them (module docs).
+    /// blocks outlive the entry (module docs).
     fn key(&self) -> &[u8] {
         // SAFETY: see above.
         unsafe { self.key.as_slice() }
@@ -229,81 +213,16 @@ impl Entry {
         unsafe { self.value.as_slice() }
     }
 
-    /// Drops the entry's blocks (rule 3): frees them, or defers them to
-    /// the nearest live one of `origins` if the entry is marked.
+    /// Frees the entry's blocks.
     ///
     /// # Safety
-    /// The caller owns the entry's blocks (rule 1) and removed the entry
-    /// from the only shard that owned it; `origins` are that shard's.
-    unsafe fn release(self, origins: &[Weak<Shard>]) {
-        let value = Deferred::Value(self.value.marked(false));
-        let heap_key = match self.key {
-            Key::Heap(block) => Some(Deferred::Key(block)),
-            Key::Inline { .. } => None,
-        };
-        let blocks = std::iter::once(value).chain(heap_key);
-        if self.value.is_marked() {
-            // SAFETY: caller's guarantee.
-            unsafe { defer_or_free(origins, blocks) };
-        } else {
-            for block in blocks {
-                // SAFETY: caller's guarantee, and unmarked: no view
-                // reaches it.
-                unsafe { block.free() };
-            }
-        }
-    }
-}
-
-/// A block whose freeing waits for a frozen view to let go of a shard.
-enum Deferred {
-    Value(StoredValue),
-    Key(NonNull<[u8]>),
-}
-
-// Deferred blocks are freed by whichever thread drops their origin.
-unsafe impl Send for Deferred {}
-
-impl Deferred {
-    /// # Safety
-    /// As [`Entry::release`]: owned, unreachable, freed once.
+    /// The caller owns them and removed the entry from its table.
     unsafe fn free(self) {
         // SAFETY: caller's guarantee.
         unsafe {
-            match self {
-                Deferred::Value(v) => v.release(),
-                Deferred::Key(k) => free_key_block(k),
-            }
+            self.value.release();
+            self.key.free();
         }
-    }
-}
-
-/// Rule 3: hands `blocks` to the nearest of `origins` that is alive (it
-/// frees them, or hands them on, when it is dropped), or frees them if none
-/// is.
-///
-/// # Safety
-/// The caller owns `blocks` (they are unreachable from the live map and
-/// freed by nobody else), and any view that may reach them reaches them
-/// through one of `origins` (nearest first).
-unsafe fn defer_or_free(origins: &[Weak<Shard>], blocks: impl Iterator<Item = Deferred>) {
-    for origin in origins {
-        // `upgrade` takes a strong reference, so the origin cannot be
-        // dropped between this check and the push. If a view lets go of
-        // it meanwhile, this reference is the last one and dropping it
-        // below frees what was just deferred: still exactly once.
-        if let Some(origin) = origin.upgrade() {
-            origin.deferred().extend(blocks);
-            return;
-        }
-    }
-    // No origin is alive, and one that died never comes back: no view
-    // reaches these any more. (The acquire pairs with the release of the
-    // views' last decrements, so their reads come before the frees.)
-    fence(Ordering::Acquire);
-    for block in blocks {
-        // SAFETY: caller's guarantee, and unreachable.
-        unsafe { block.free() };
     }
 }
 
@@ -313,37 +232,13 @@ struct Shard {
     table: HashTable<Entry>,
     /// The deadline of each key of this shard that has one.
     deadlines: BTreeMap<Box<[u8]>, u64>,
-    /// Rule 1: true while the live map may still own this shard; set false
-    /// (for good) when the map copies it for writing.
-    owns_blocks: AtomicBool,
-    /// Rule 2: the shards this one was copied from that frozen views may
-    /// still hold, nearest first (empty: no entry is shared, or the shard
-    /// was never copied). At most one per frozen view alive when the copy
-    /// was made, and pruned as they die.
-    origins: Vec<Weak<Shard>>,
-    /// Rule 3: blocks the live map dropped from a copy of this shard while
-    /// this shard could still reach them. Only ever filled while a view
-    /// holds this shard, and freed (or handed on) when it is dropped.
-    deferred: Mutex<Vec<Deferred>>,
 }
-
-// SAFETY: a shard is read concurrently (a frozen view on a checkpoint
-// thread, the live map on the loop) only through `&Shard`, which reads
-// blocks that rules 1–3 keep alive and unwritten (the deferred list is
-// behind its mutex); it is written only through `&mut Shard`, which
-// `Arc::get_mut` hands out to the live map alone, and then writes in place
-// only blocks no view can reach.
-unsafe impl Send for Shard {}
-unsafe impl Sync for Shard {}
 
 impl Shard {
     fn new(table: HashTable<Entry>) -> Shard {
         Shard {
             table,
             deadlines: BTreeMap::new(),
-            owns_blocks: AtomicBool::new(true),
-            origins: Vec::new(),
-            deferred: Mutex::new(Vec::new()),
         }
     }
 
@@ -355,93 +250,193 @@ impl Shard {
         self.deadlines.get(key).copied()
     }
 
-    /// The copy the live map writes to while frozen views keep `this`.
-    /// Bitwise for the buckets, so O(buckets) with no per-value work.
-    fn copy_for_writing(this: &Arc<Shard>) -> Shard {
-        let mut table = this.table.clone();
-        for entry in table.iter_mut() {
-            entry.value = entry.value.marked(true);
-        }
-        let mut origins = Vec::with_capacity(1 + this.origins.len());
-        origins.push(Arc::downgrade(this));
-        origins.extend(
-            this.origins
-                .iter()
-                .filter(|o| o.strong_count() > 0)
-                .cloned(),
-        );
-        Shard {
-            table,
-            deadlines: this.deadlines.clone(),
-            owns_blocks: AtomicBool::new(true),
-            origins,
-            deferred: Mutex::new(Vec::new()),
-        }
-    }
-
-    /// Whether `entry`'s blocks may be reachable from a frozen view. When
-    /// this says no, it stays no: a dead origin never comes back.
-    fn shares(&self, entry: &Entry) -> bool {
-        if !entry.value.is_marked() {
-            return false;
-        }
-        if self.origins.iter().any(|o| o.strong_count() > 0) {
-            return true;
-        }
-        // The views' last reads come before the caller's writes in place
-        // (pairs with the release of their decrements).
-        fence(Ordering::Acquire);
-        false
-    }
-
-    /// Forgets origins that died (a write calls it, so a shard whose views
-    /// are gone stops checking them).
-    fn prune_origins(&mut self) {
-        if !self.origins.is_empty() {
-            self.origins.retain(|o| o.strong_count() > 0);
-        }
-    }
-
-    fn deferred(&self) -> std::sync::MutexGuard<'_, Vec<Deferred>> {
-        // A panic elsewhere cannot leave the list half-written: every
-        // critical section is a push, an extend or a take.
-        self.deferred.lock().unwrap_or_else(PoisonError::into_inner)
+    fn find(&self, hash: u64, key: &[u8]) -> Option<&Entry> {
+        self.table.find(hash, |e| e.key() == key)
     }
 }
 
-impl Drop for Shard {
-    fn drop(&mut self) {
-        let deferred = std::mem::take(
-            self.deferred
-                .get_mut()
-                .unwrap_or_else(PoisonError::into_inner),
+/// A key's state when the live view was frozen, saved by the first write
+/// to it after the freeze. Owns its key (a copy) and its value.
+struct SavedKey {
+    key: Key,
+    /// `None`: the key was absent at the freeze.
+    value: Option<StoredValue>,
+    deadline: Option<u64>,
+}
+
+impl SavedKey {
+    fn key(&self) -> &[u8] {
+        // SAFETY: the saved state owns its key, alive while it is.
+        unsafe { self.key.as_slice() }
+    }
+
+    /// # Safety
+    /// Nobody reads this saved state again.
+    unsafe fn free(self) {
+        // SAFETY: the saved state owns both (caller's guarantee).
+        unsafe {
+            self.key.free();
+            if let Some(value) = self.value {
+                value.release();
+            }
+        }
+    }
+}
+
+/// The keys of one pending shard saved since the freeze.
+type Saved = HashTable<SavedKey>;
+
+/// One shard and what the live view needs of it.
+struct ShardCell {
+    /// The epoch of the newest view done with this shard: the shard is
+    /// pending while this is below the map's epoch. Written only under
+    /// `saved`'s lock.
+    done_epoch: AtomicU64,
+    /// The keys saved for the pending view; also the shard's lock.
+    saved: Mutex<Option<Box<Saved>>>,
+    /// `None` for a shard that never had a key. Written by the map only
+    /// (module docs: under the lock while pending).
+    shard: UnsafeCell<Option<Box<Shard>>>,
+}
+
+impl ShardCell {
+    fn new(shard: Option<Box<Shard>>) -> ShardCell {
+        ShardCell {
+            done_epoch: AtomicU64::new(0),
+            saved: Mutex::new(None),
+            shard: UnsafeCell::new(shard),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Option<Box<Saved>>> {
+        // A panic cannot leave the saved table half-written in a way that
+        // matters: inserts and takes are whole.
+        self.saved.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The shard, for reading.
+    ///
+    /// # Safety
+    /// The caller is the map (nothing writes the shard meanwhile but
+    /// itself, and not while this borrow lives), or a view holding the
+    /// lock of a shard pending for it.
+    unsafe fn shard(&self) -> Option<&Shard> {
+        // SAFETY: caller's guarantee.
+        unsafe { (*self.shard.get()).as_deref() }
+    }
+
+    /// The shard's slot, for writing.
+    ///
+    /// # Safety
+    /// The caller is the map, holding `&mut KeyMap`, and either holds the
+    /// lock or has seen (acquire) that no view needs the shard.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slot_mut(&self) -> &mut Option<Box<Shard>> {
+        // SAFETY: caller's guarantee.
+        unsafe { &mut *self.shard.get() }
+    }
+}
+
+/// The table: the shards, shared by the map and its lazy view.
+struct Table {
+    cells: Box<[ShardCell]>,
+    /// One key for every shard's table (and for the saved states): the
+    /// tables are private, so nothing gains from separate keys.
+    hasher: RandomState,
+    /// True while a lazy view exists that has shards left to walk.
+    view_alive: AtomicBool,
+}
+
+// SAFETY: the shards behind the cells' `UnsafeCell`s are written only by
+// the map, on one thread at a time (it needs `&mut KeyMap`), and read
+// concurrently only by the lazy view, under the cell's lock while the
+// shard is pending; the map writes a pending shard only under that lock,
+// and a view never reads a shard it has marked done (module docs). Blocks
+// are freed by their one owner. Everything else is atomics and mutexes.
+unsafe impl Send for Table {}
+unsafe impl Sync for Table {}
+
+impl Table {
+    fn hash(&self, key: &[u8]) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    /// Copies what the view of `epoch` lists of shard `index` into `out`
+    /// (unsorted), under the shard's lock.
+    fn collect(&self, index: usize, epoch: u64, out: &mut Collected) {
+        let cell = &self.cells[index];
+        let saved = cell.lock();
+        assert!(
+            cell.done_epoch.load(Ordering::Relaxed) < epoch,
+            "a view reads only the shards it has not finished"
         );
-        if !deferred.is_empty() {
-            // SAFETY: deferred to this shard (rule 3), which nobody reaches
-            // any more; a view may still reach them through this shard's own
-            // origins.
-            unsafe { defer_or_free(&self.origins, deferred.into_iter()) };
+        // SAFETY: a view holding the lock of a shard pending for it.
+        if let Some(shard) = unsafe { cell.shard() } {
+            for e in shard.table.iter() {
+                let key = e.key();
+                let was_saved = saved
+                    .as_deref()
+                    .is_some_and(|saved| saved.find(self.hash(key), |s| s.key() == key).is_some());
+                if !was_saved {
+                    out.push(key, e.value(), shard.deadline_of(key));
+                }
+            }
         }
-        if !self.owns_blocks.load(Ordering::Acquire) {
-            return;
+        for s in saved.iter().flat_map(|saved| saved.iter()) {
+            if let Some(value) = s.value {
+                // SAFETY: the saved state owns the value, alive under the
+                // lock.
+                out.push(s.key(), unsafe { value.as_slice() }, s.deadline);
+            }
         }
-        let origins = std::mem::take(&mut self.origins);
-        for entry in self.table.drain() {
-            // SAFETY: this shard owns its blocks (rule 1) and is going away.
-            unsafe { entry.release(&origins) };
+    }
+
+    /// Marks shard `index` done for the view of `epoch` and frees what was
+    /// saved there for it.
+    fn finish(&self, index: usize, epoch: u64) {
+        let cell = &self.cells[index];
+        let mut saved = cell.lock();
+        let taken = saved.take();
+        // Release: the map's acquire load that sees this also sees that the
+        // view's reads of the shard are over.
+        cell.done_epoch.store(epoch, Ordering::Release);
+        drop(saved);
+        if let Some(taken) = taken {
+            for s in taken.into_iter() {
+                // SAFETY: unreachable: the map no longer looks at a shard's
+                // saved states once it is done.
+                unsafe { s.free() };
+            }
+        }
+    }
+}
+
+impl Drop for Table {
+    fn drop(&mut self) {
+        for cell in self.cells.iter_mut() {
+            if let Some(mut shard) = cell.shard.get_mut().take() {
+                for entry in shard.table.drain() {
+                    // SAFETY: the last owner of the table owns its blocks.
+                    unsafe { entry.free() };
+                }
+            }
+            let saved = cell.saved.get_mut().unwrap_or_else(PoisonError::into_inner);
+            for s in saved.take().into_iter().flat_map(|saved| saved.into_iter()) {
+                // SAFETY: as above.
+                unsafe { s.free() };
+            }
         }
     }
 }
 
 /// A map from byte-string keys to byte-string values.
 pub struct KeyMap {
-    /// Always [`SHARDS`] long; `None` for a shard that never had a key.
-    shards: Vec<Option<Arc<Shard>>>,
+    table: Arc<Table>,
+    /// The epoch of the newest lazy view (0: none yet). A shard whose
+    /// `done_epoch` is below it is pending.
+    epoch: u64,
     /// Keys in all shards, kept so `len` is O(1).
     len: usize,
-    /// One key for every shard's table: the shards' tables are private, so
-    /// nothing gains from separate keys.
-    hasher: RandomState,
     /// With [`KeyMap::track_content_digest`]: the wrapping sum of
     /// [`entry_digest`] over every entry, kept up to date by each write, so
     /// that a checker can compare contents after every step without walking
@@ -502,22 +497,47 @@ impl std::fmt::Debug for KeyMap {
     }
 }
 
+/// How a write treats the state it changes when a view still needs it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Save {
+    /// The write replaces or removes the value: move the old block into
+    /// the saved state (the entry gets a new one).
+    MoveValue,
+    /// The write keeps the value (a deadline change): save a copy.
+    CopyValue,
+}
+
+/// Write access to one shard, holding its lock if a view needs it.
+struct ShardWrite<'a> {
+    _lock: Option<MutexGuard<'a, Option<Box<Saved>>>>,
+    shard: &'a mut Shard,
+    /// The key's value block was moved into its saved state: the write must
+    /// replace the entry's handle without freeing or writing the block.
+    value_moved: bool,
+}
+
 impl KeyMap {
     /// An empty map with room for about `capacity` keys (spread evenly over
     /// the shards; a shard that gets more than its share grows alone).
     pub fn with_capacity(capacity: usize) -> Self {
         let per_shard = capacity / SHARDS;
         KeyMap {
-            // Below a key per shard, every shard starts empty (`None`): a
-            // store is made on every restart and restore.
-            shards: (0..SHARDS)
-                .map(|_| {
-                    (per_shard > 0)
-                        .then(|| Arc::new(Shard::new(HashTable::with_capacity(per_shard))))
-                })
-                .collect(),
+            table: Arc::new(Table {
+                // Below a key per shard, every shard starts empty (`None`):
+                // a store is made on every restart and restore.
+                cells: (0..SHARDS)
+                    .map(|_| {
+                        ShardCell::new(
+                            (per_shard > 0)
+                                .then(|| Box::new(Shard::new(HashTable::with_capacity(per_shard)))),
+                        )
+                    })
+                    .collect(),
+                hasher: RandomState::new(),
+                view_alive: AtomicBool::new(false),
+            }),
+            epoch: 0,
             len: 0,
-            hasher: RandomState::new(),
             content_digest: None,
             by_deadline: BTreeSet::new(),
         }
@@ -557,37 +577,84 @@ impl KeyMap {
     }
 
     fn hash(&self, key: &[u8]) -> u64 {
-        self.hasher.hash_one(key)
+        self.table.hash(key)
+    }
+
+    /// Shard `index`, for reading.
+    fn shard_at(&self, index: usize) -> Option<&Shard> {
+        // SAFETY: the map reading; it writes only through `&mut self`.
+        unsafe { self.table.cells[index].shard() }
     }
 
     fn shard(&self, key: &[u8]) -> Option<&Shard> {
-        self.shards[shard_of_digest(key_digest(key))].as_deref()
+        self.shard_at(shard_of_digest(key_digest(key)))
     }
 
     fn entry(&self, key: &[u8]) -> Option<&Entry> {
-        self.shard(key)?
-            .table
-            .find(self.hash(key), |e| e.key() == key)
+        self.shard(key)?.find(self.hash(key), key)
     }
 
-    /// The shard at `index`, ready for writing: made if it was empty,
-    /// copied first if a frozen view still holds it (rules 1 and 2).
-    /// (Borrows only the shards, so the caller can use the other fields.)
-    fn shard_mut(shards: &mut [Option<Arc<Shard>>], index: usize) -> &mut Shard {
-        let slot = &mut shards[index];
-        let shard = slot.get_or_insert_with(|| Arc::new(Shard::new(HashTable::new())));
-        if Arc::get_mut(shard).is_none() {
-            // Only frozen views share a shard.
-            let copy = Shard::copy_for_writing(shard);
-            // Rule 1: from here only frozen views hold the original, and
-            // its blocks are the copy's. (Release: the view that drops it
-            // last reads this after its Arc decrement's acquire.)
-            shard.owns_blocks.store(false, Ordering::Release);
-            *shard = Arc::new(copy);
+    /// `key`'s shard, ready for writing (made if it was empty): if a view
+    /// still needs the shard, with its lock held and `key`'s state at the
+    /// freeze saved first (unless it already was). (Takes the fields it
+    /// needs, so the caller can use the others.)
+    fn shard_write<'a>(
+        table: &'a Table,
+        epoch: u64,
+        key: &[u8],
+        hash: u64,
+        save: Save,
+    ) -> ShardWrite<'a> {
+        let cell = &table.cells[shard_of_digest(key_digest(key))];
+        // Acquire: pairs with the view's release when it finished the
+        // shard, so its reads of the shard come before these writes.
+        if cell.done_epoch.load(Ordering::Acquire) >= epoch {
+            // SAFETY: the map, no view needs the shard.
+            let slot = unsafe { cell.slot_mut() };
+            return ShardWrite {
+                _lock: None,
+                shard: slot.get_or_insert_with(|| Box::new(Shard::new(HashTable::new()))),
+                value_moved: false,
+            };
         }
-        let shard = Arc::get_mut(shard).expect("unshared after the copy");
-        shard.prune_origins();
-        shard
+        let mut lock = cell.lock();
+        // SAFETY: the map, holding the lock.
+        let slot = unsafe { cell.slot_mut() };
+        let mut value_moved = false;
+        // The view may have finished the shard since the check above.
+        if cell.done_epoch.load(Ordering::Relaxed) < epoch {
+            let saved = lock.get_or_insert_with(Default::default);
+            if saved.find(hash, |s| s.key() == key).is_none() {
+                let shard = slot.as_deref();
+                let (value, deadline) = match shard.and_then(|s| s.find(hash, key)) {
+                    Some(e) => {
+                        let value = match save {
+                            Save::MoveValue => {
+                                value_moved = true;
+                                e.value
+                            }
+                            Save::CopyValue => StoredValue::new(e.value()),
+                        };
+                        (Some(value), shard.and_then(|s| s.deadline_of(key)))
+                    }
+                    None => (None, None),
+                };
+                saved.insert_unique(
+                    hash,
+                    SavedKey {
+                        key: Key::new(key),
+                        value,
+                        deadline,
+                    },
+                    |s| table.hash(s.key()),
+                );
+            }
+        }
+        ShardWrite {
+            _lock: Some(lock),
+            shard: slot.get_or_insert_with(|| Box::new(Shard::new(HashTable::new()))),
+            value_moved,
+        }
     }
 
     /// The value of `key`.
@@ -600,7 +667,7 @@ impl KeyMap {
     /// each find the shard again); `None` if `key` is absent.
     pub fn find(&self, key: &[u8]) -> Option<Found<'_>> {
         let shard = self.shard(key)?;
-        let entry = shard.table.find(self.hash(key), |e| e.key() == key)?;
+        let entry = shard.find(self.hash(key), key)?;
         Some(Found {
             entry,
             deadline: shard.deadline_of(key),
@@ -630,8 +697,7 @@ impl KeyMap {
     }
 
     /// Sets `key` to `value`, writing over the old value when the size is
-    /// unchanged and no frozen view or pending reply may hold it. Copies
-    /// the key's shard first if a frozen view still shares it. Keeps the
+    /// unchanged and no frozen view or pending reply may hold it. Keeps the
     /// key's deadline, if it has one.
     pub fn set(&mut self, key: &[u8], value: &[u8]) {
         let hash = self.hash(key);
@@ -640,72 +706,64 @@ impl KeyMap {
             self.content_digest =
                 Some(sum.wrapping_sub(old).wrapping_add(entry_digest(key, value)));
         }
-        let shard = Self::shard_mut(&mut self.shards, shard_of_digest(key_digest(key)));
-        if let Some(e) = shard.table.find(hash, |e| e.key() == key) {
-            let (old, heap_key) = (e.value, e.key.is_heap());
-            let shared = shard.shares(e);
-            let e = shard
-                .table
-                .find_mut(hash, |e| e.key() == key)
-                .expect("found above");
-            if !shared {
-                // Ours alone (rule 2): a stale mark, of origins no view
-                // holds any more, is dropped.
-                e.value = old.marked(false);
-                // SAFETY: unmarked or no origin alive: nobody else reads it.
-                if unsafe { e.value.overwrite_in_place(value) } {
-                    return;
-                }
+        let table = &*self.table;
+        let w = Self::shard_write(table, self.epoch, key, hash, Save::MoveValue);
+        if let Some(e) = w.shard.table.find_mut(hash, |e| e.key() == key) {
+            let old = e.value;
+            if w.value_moved {
+                // The saved state owns the old block now.
                 e.value = StoredValue::new(value);
-                // SAFETY: replaced above; owned (rule 1), unreachable.
-                unsafe { old.marked(false).release() };
                 return;
             }
-            // A frozen view may read the old value: replace it and defer
-            // the old one (rule 3). A long key stays shared, so its entry
-            // stays marked.
-            e.value = StoredValue::new(value).marked(heap_key);
-            // SAFETY: replaced above, so the map no longer reaches it, and
-            // owned (rule 1); a view reaches it only through an origin.
-            unsafe {
-                defer_or_free(
-                    &shard.origins,
-                    std::iter::once(Deferred::Value(old.marked(false))),
-                )
-            };
+            // SAFETY: the map owns it and no view reads it (not pending,
+            // or already saved).
+            if unsafe { old.overwrite_in_place(value) } {
+                return;
+            }
+            e.value = StoredValue::new(value);
+            // SAFETY: replaced above; owned, unreachable.
+            unsafe { old.release() };
             return;
         }
-        let hasher = &self.hasher;
-        shard.table.insert_unique(
+        w.shard.table.insert_unique(
             hash,
             Entry {
                 key: Key::new(key),
                 value: StoredValue::new(value),
             },
-            |e| hasher.hash_one(e.key()),
+            |e| table.hash(e.key()),
         );
+        drop(w);
         self.len += 1;
         paxos_contracts::ensures!(self.get(key) == Some(value));
     }
 
-    /// Removes `key`; true if it had a value. A shard shared with a frozen
-    /// view is copied only when the key is in it.
+    /// Removes `key`; true if it had a value.
     pub fn remove(&mut self, key: &[u8]) -> bool {
         if !self.contains_key(key) {
             return false;
         }
         let hash = self.hash(key);
-        let shard = Self::shard_mut(&mut self.shards, shard_of_digest(key_digest(key)));
-        let Ok(entry) = shard.table.find_entry(hash, |e| e.key() == key) else {
+        let w = Self::shard_write(&self.table, self.epoch, key, hash, Save::MoveValue);
+        let Ok(entry) = w.shard.table.find_entry(hash, |e| e.key() == key) else {
             return false;
         };
         let (removed, _) = entry.remove();
+        let deadline = w.shard.deadlines.remove(key);
         self.content_digest = self
             .content_digest
             .map(|sum| sum.wrapping_sub(entry_digest(key, removed.value())));
-        // SAFETY: taken out of the live map, which owned it (rule 1).
-        unsafe { removed.release(&shard.origins) };
-        if let Some(deadline) = shard.deadlines.remove(key) {
+        // SAFETY: taken out of the table, which owned its blocks; a moved
+        // value is the saved state's now (the key's block is not: the saved
+        // state has its own copy).
+        unsafe {
+            removed.key.free();
+            if !w.value_moved {
+                removed.value.release();
+            }
+        }
+        drop(w);
+        if let Some(deadline) = deadline {
             self.by_deadline.remove(&(deadline, Box::from(key)));
             self.content_digest = self
                 .content_digest
@@ -717,9 +775,8 @@ impl KeyMap {
 
     /// Every (key, value), in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.shards
-            .iter()
-            .flatten()
+        (0..SHARDS)
+            .filter_map(|i| self.shard_at(i))
             .flat_map(|s| s.table.iter())
             .map(|e| (e.key(), e.value()))
     }
@@ -736,23 +793,22 @@ impl KeyMap {
         if old == deadline || !self.contains_key(key) {
             return old;
         }
+        let hash = self.hash(key);
         let mut digest = self.content_digest;
-        let shard = Self::shard_mut(&mut self.shards, shard_of_digest(key_digest(key)));
-        let mut by_deadline_changes = (None, None);
+        let w = Self::shard_write(&self.table, self.epoch, key, hash, Save::CopyValue);
         if let Some(old) = old {
-            shard.deadlines.remove(key);
-            by_deadline_changes.0 = Some(old);
+            w.shard.deadlines.remove(key);
             digest = digest.map(|sum| sum.wrapping_sub(deadline_digest(key, old)));
         }
         if let Some(new) = deadline {
-            shard.deadlines.insert(key.into(), new);
-            by_deadline_changes.1 = Some(new);
+            w.shard.deadlines.insert(key.into(), new);
             digest = digest.map(|sum| sum.wrapping_add(deadline_digest(key, new)));
         }
-        if let Some(old) = by_deadline_changes.0 {
+        drop(w);
+        if let Some(old) = old {
             self.by_deadline.remove(&(old, Box::from(key)));
         }
-        if let Some(new) = by_deadline_changes.1 {
+        if let Some(new) = deadline {
             self.by_deadline.insert((new, key.into()));
         }
         self.content_digest = digest;
@@ -791,8 +847,8 @@ impl KeyMap {
     ) -> Option<u32> {
         let mut visited = 0usize;
         let mut sorted: Vec<(u32, &'a Entry)> = Vec::new();
-        for (index, shard) in self.shards.iter().enumerate().skip(shard_of_digest(from)) {
-            let Some(shard) = shard.as_deref() else {
+        for index in shard_of_digest(from)..SHARDS {
+            let Some(shard) = self.shard_at(index) else {
                 continue;
             };
             sorted.clear();
@@ -806,12 +862,7 @@ impl KeyMap {
             sorted.sort_unstable_by(|a, b| (a.0, a.1.key()).cmp(&(b.0, b.1.key())));
             for (i, &(digest, e)) in sorted.iter().enumerate() {
                 let key = e.key();
-                let deadline = if shard.deadlines.is_empty() {
-                    None
-                } else {
-                    shard.deadlines.get(key).copied()
-                };
-                visit(key, e.value(), deadline);
+                visit(key, e.value(), shard.deadline_of(key));
                 visited += 1;
                 let next_digest = sorted.get(i + 1).map(|n| n.0);
                 if visited >= count && next_digest != Some(digest) {
@@ -827,31 +878,184 @@ impl KeyMap {
         None
     }
 
-    /// A view of the map as it is now, unaffected by later writes.
-    /// O(shards): it shares the shards, and a later write to the map copies
-    /// the shard it touches (once) instead of changing the view, unless the
-    /// view has already let go of that shard ([`FrozenKeyMap::drain`]).
+    /// A view of the map as it is now, unaffected by later writes. O(1):
+    /// the view shares the table, and each later write to a key the view
+    /// has not walked past saves that key's state first (module docs). If
+    /// another such view is still walking the table, this one is an owned
+    /// copy instead (O(state); a node never takes two at once).
     pub fn freeze(&mut self) -> FrozenKeyMap {
+        let view = if self.table.view_alive.swap(true, Ordering::AcqRel) {
+            View::Eager(EagerView::of_map(self))
+        } else {
+            self.epoch += 1;
+            paxos_contracts::invariant!(self
+                .table
+                .cells
+                .iter()
+                .all(|c| c.done_epoch.load(Ordering::Acquire) == self.epoch - 1));
+            View::Lazy(LazyView {
+                table: Arc::clone(&self.table),
+                epoch: self.epoch,
+                next_shard: 0,
+            })
+        };
         FrozenKeyMap {
-            shards: self.shards.clone(),
-            next_shard: 0,
+            view,
             len: self.len,
             deadlines: self.by_deadline.len(),
         }
     }
 }
 
-/// An immutable view of a [`KeyMap`] taken by [`KeyMap::freeze`]. `Send`,
-/// so it can be written out on another thread, where [`FrozenKeyMap::drain`]
-/// gives each shard back as soon as it is written, and dropping the view
-/// gives back the rest: either frees what the map deferred to those shards.
+/// The entries of some shards, copied out for a view to visit without
+/// holding a lock.
+#[derive(Default)]
+struct Collected {
+    bytes: Vec<u8>,
+    /// (digest, key start, key length, value length, deadline): the key's
+    /// bytes, then the value's, from `start` in `bytes`.
+    items: Vec<(u32, usize, usize, usize, Option<u64>)>,
+}
+
+impl Collected {
+    fn push(&mut self, key: &[u8], value: &[u8], deadline: Option<u64>) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(key);
+        self.bytes.extend_from_slice(value);
+        self.items
+            .push((key_digest(key), start, key.len(), value.len(), deadline));
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.items.clear();
+    }
+
+    /// Sorts the entries in `(key_digest(key), key)` order.
+    fn sort(&mut self) {
+        let bytes = &self.bytes;
+        // Keys are unique, so the value never decides the order.
+        self.items.sort_unstable_by(|a, b| {
+            (a.0, &bytes[a.1..a.1 + a.2]).cmp(&(b.0, &bytes[b.1..b.1 + b.2]))
+        });
+    }
+
+    fn visit<E>(
+        &self,
+        visit: &mut impl FnMut(&[u8], &[u8], Option<u64>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        for &(_, start, key_len, value_len, deadline) in &self.items {
+            let key = &self.bytes[start..start + key_len];
+            let value = &self.bytes[start + key_len..start + key_len + value_len];
+            visit(key, value, deadline)?;
+        }
+        Ok(())
+    }
+}
+
+/// The lazy view: the shared table and how far the view has walked it.
+struct LazyView {
+    table: Arc<Table>,
+    epoch: u64,
+    /// Shards before this index are done (walked, saved states freed).
+    next_shard: usize,
+}
+
+impl LazyView {
+    /// Marks the shards from `next_shard` up to `end` done.
+    fn finish_until(&mut self, end: usize) {
+        while self.next_shard < end {
+            self.table.finish(self.next_shard, self.epoch);
+            self.next_shard += 1;
+        }
+        if self.next_shard == SHARDS {
+            // Release: the next freeze's acquire sees every shard done.
+            self.table.view_alive.store(false, Ordering::Release);
+        }
+    }
+}
+
+impl Drop for LazyView {
+    fn drop(&mut self) {
+        // The shards not walked: the map stops saving keys for them.
+        if self.next_shard < SHARDS {
+            self.finish_until(SHARDS);
+        }
+    }
+}
+
+/// One entry of an eager view.
 #[derive(Clone)]
-pub struct FrozenKeyMap {
-    /// `None` for a shard that was empty, or that [`FrozenKeyMap::drain`]
-    /// has visited and let go of.
-    shards: Vec<Option<Arc<Shard>>>,
+struct OwnedEntry {
+    key: Box<[u8]>,
+    value: Box<[u8]>,
+    deadline: Option<u64>,
+}
+
+/// An owned copy of a state, sorted as [`FrozenKeyMap::visit`] lists it.
+#[derive(Clone, Default)]
+struct EagerView {
+    entries: Vec<OwnedEntry>,
+    /// Entries before this index were drained.
+    next: usize,
     /// Shards before this index were drained.
     next_shard: usize,
+}
+
+impl EagerView {
+    fn of_map(map: &KeyMap) -> EagerView {
+        let mut entries = Vec::with_capacity(map.len());
+        map.scan(0, usize::MAX, |key, value, deadline| {
+            entries.push(OwnedEntry {
+                key: key.into(),
+                value: value.into(),
+                deadline,
+            })
+        });
+        EagerView {
+            entries,
+            next: 0,
+            next_shard: 0,
+        }
+    }
+
+    fn of_collected(collected: &Collected, next_shard: usize) -> EagerView {
+        let mut entries = Vec::with_capacity(collected.items.len());
+        let _ = collected.visit(&mut |key, value, deadline| {
+            entries.push(OwnedEntry {
+                key: key.into(),
+                value: value.into(),
+                deadline,
+            });
+            Ok::<(), ()>(())
+        });
+        EagerView {
+            entries,
+            next: 0,
+            next_shard,
+        }
+    }
+
+    /// The entries not drained of the shards before `end`.
+    fn until_shard(&self, end: usize) -> &[OwnedEntry] {
+        let rest = &self.entries[self.next..];
+        let n = rest.partition_point(|e| shard_of_digest(key_digest(&e.key)) < end);
+        &rest[..n]
+    }
+}
+
+enum View {
+    Lazy(LazyView),
+    Eager(EagerView),
+}
+
+/// An immutable view of a [`KeyMap`] taken by [`KeyMap::freeze`]. `Send`,
+/// so it can be written out on another thread, where [`FrozenKeyMap::drain`]
+/// finishes each shard as soon as it is written (the map stops saving keys
+/// for it, and what it saved there is freed), and dropping the view
+/// finishes the rest.
+pub struct FrozenKeyMap {
+    view: View,
     /// Keys at the freeze (drained or not).
     len: usize,
     /// Keys with a deadline at the freeze.
@@ -862,14 +1066,42 @@ impl std::fmt::Debug for FrozenKeyMap {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FrozenKeyMap")
             .field("len", &self.len)
-            .field("next_shard", &self.next_shard)
+            .field("next_shard", &self.next_shard())
+            .field("lazy", &matches!(self.view, View::Lazy(_)))
             .finish()
     }
 }
 
 impl Default for FrozenKeyMap {
     fn default() -> Self {
-        KeyMap::default().freeze()
+        FrozenKeyMap {
+            view: View::Eager(EagerView::default()),
+            len: 0,
+            deadlines: 0,
+        }
+    }
+}
+
+/// A clone is an owned copy of what the view has not drained yet (O(state)):
+/// the table serves one lazy view at a time.
+impl Clone for FrozenKeyMap {
+    fn clone(&self) -> Self {
+        let view = match &self.view {
+            View::Eager(eager) => eager.clone(),
+            View::Lazy(lazy) => {
+                let mut collected = Collected::default();
+                for index in lazy.next_shard..SHARDS {
+                    lazy.table.collect(index, lazy.epoch, &mut collected);
+                }
+                collected.sort();
+                EagerView::of_collected(&collected, lazy.next_shard)
+            }
+        };
+        FrozenKeyMap {
+            view: View::Eager(view),
+            len: self.len,
+            deadlines: self.deadlines,
+        }
     }
 }
 
@@ -889,95 +1121,107 @@ impl FrozenKeyMap {
         self.deadlines
     }
 
+    fn next_shard(&self) -> usize {
+        match &self.view {
+            View::Lazy(lazy) => lazy.next_shard,
+            View::Eager(eager) => eager.next_shard,
+        }
+    }
+
     /// True once [`FrozenKeyMap::drain`] has visited every shard.
     pub fn is_drained(&self) -> bool {
-        self.next_shard == SHARDS
+        self.next_shard() == SHARDS
     }
 
-    /// Every (key, value) not yet drained, in no particular order.
-    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.shards
-            .iter()
-            .flatten()
-            .flat_map(|s| s.table.iter())
-            .map(|e| (e.key(), e.value()))
-    }
-
-    /// Every (key, value) not yet drained, in ascending
+    /// Visits every (key, value, deadline) not yet drained, in ascending
     /// `(key_digest(key), key)` order: an order that depends only on the
     /// contents, so equal maps (on any replica, whatever their insertion
     /// order and hash seed) list equal sequences. It does not depend on
     /// [`SHARDS`] either: a shard holds a range of digests, so it is enough
-    /// to sort one shard at a time (a vector of references, bounded by the
-    /// largest shard).
-    pub fn entries(&self) -> impl Iterator<Item = (&[u8], &[u8], Option<u64>)> {
-        self.shards
-            .iter()
-            .flatten()
-            .flat_map(|shard| sorted_entries(shard))
+    /// to sort one shard at a time (a copy of one shard at a time). Stops
+    /// at the first error `visit` returns. Drains nothing.
+    pub fn visit<E>(
+        &self,
+        mut visit: impl FnMut(&[u8], &[u8], Option<u64>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        match &self.view {
+            View::Eager(eager) => {
+                for e in &eager.entries[eager.next..] {
+                    visit(&e.key, &e.value, e.deadline)?;
+                }
+                Ok(())
+            }
+            View::Lazy(lazy) => {
+                let mut collected = Collected::default();
+                for index in lazy.next_shard..SHARDS {
+                    collected.clear();
+                    lazy.table.collect(index, lazy.epoch, &mut collected);
+                    collected.sort();
+                    collected.visit(&mut visit)?;
+                }
+                Ok(())
+            }
+        }
     }
 
     /// Visits the entries of up to `shards` more shards, in the order of
-    /// [`FrozenKeyMap::entries`], and lets go of each shard once its
-    /// entries are visited: a later write to it in the live map finds it
-    /// unshared (no copy), and what the map deferred to it is freed now,
-    /// here, rather than when the view is dropped. Returns whether shards
-    /// remain. Stops at the first error `visit` returns, with the shard it
-    /// was visiting kept (a retry visits it again from its start).
+    /// [`FrozenKeyMap::visit`], and finishes each shard once its entries
+    /// are visited: the map stops saving keys for it, and what it saved
+    /// there is freed now, here. Returns whether shards remain. Stops at
+    /// the first error `visit` returns, with the shard it was visiting
+    /// kept (a retry visits it again from its start).
     pub fn drain<E>(
         &mut self,
         shards: usize,
         mut visit: impl FnMut(&[u8], &[u8], Option<u64>) -> Result<(), E>,
     ) -> Result<bool, E> {
-        let end = self.next_shard.saturating_add(shards).min(SHARDS);
-        while self.next_shard < end {
-            if let Some(shard) = self.shards[self.next_shard].as_deref() {
-                for (key, value, deadline) in sorted_entries(shard) {
-                    visit(key, value, deadline)?;
+        let end = self.next_shard().saturating_add(shards).min(SHARDS);
+        match &mut self.view {
+            View::Eager(eager) => {
+                for e in eager.until_shard(end) {
+                    visit(&e.key, &e.value, e.deadline)?;
+                }
+                eager.next += eager.until_shard(end).len();
+                eager.next_shard = end;
+            }
+            View::Lazy(lazy) => {
+                let mut collected = Collected::default();
+                while lazy.next_shard < end {
+                    // Copied out under the lock, visited without it: a
+                    // visit may write to a disk, and the map may be waiting
+                    // to write to this shard.
+                    collected.clear();
+                    lazy.table
+                        .collect(lazy.next_shard, lazy.epoch, &mut collected);
+                    collected.sort();
+                    collected.visit(&mut visit)?;
+                    lazy.finish_until(lazy.next_shard + 1);
                 }
             }
-            // Dropped here, on the caller's thread: if this view held the
-            // shard last, its buckets and deferred blocks are freed now.
-            self.shards[self.next_shard] = None;
-            self.next_shard += 1;
         }
         Ok(!self.is_drained())
     }
 
-    /// How many of this view's non-empty shards `map` still shares (has
-    /// not copied since): for tests that check a freeze copies nothing.
+    /// Whether this view shares the table (else it is an owned copy).
     #[cfg(test)]
-    pub(crate) fn shards_shared_with(&self, map: &KeyMap) -> usize {
-        self.shards
-            .iter()
-            .zip(&map.shards)
-            .filter(|(a, b)| matches!((a, b), (Some(a), Some(b)) if Arc::ptr_eq(a, b)))
-            .count()
+    pub(crate) fn is_lazy(&self) -> bool {
+        matches!(self.view, View::Lazy(_))
     }
-}
 
-/// A shard's entries with their deadlines, in `(key_digest(key), key)`
-/// order (see [`FrozenKeyMap::entries`]).
-fn sorted_entries(shard: &Shard) -> impl Iterator<Item = (&[u8], &[u8], Option<u64>)> {
-    let mut sorted: Vec<(u32, &[u8], &[u8])> = shard
-        .table
-        .iter()
-        .map(|e| {
-            let key = e.key();
-            (key_digest(key), key, e.value())
-        })
-        .collect();
-    // Keys are unique, so the value never decides the order.
-    sorted.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-    let deadlines = &shard.deadlines;
-    sorted.into_iter().map(move |(_, k, v)| {
-        let deadline = if deadlines.is_empty() {
-            None
-        } else {
-            deadlines.get(k).copied()
-        };
-        (k, v, deadline)
-    })
+    /// How many keys are saved for this view: for tests that
+    /// check a freeze copies nothing and a write saves only its key.
+    #[cfg(test)]
+    pub(crate) fn saved_keys(&self) -> usize {
+        match &self.view {
+            View::Eager(_) => 0,
+            View::Lazy(lazy) => lazy
+                .table
+                .cells
+                .iter()
+                .map(|c| c.lock().as_deref().map_or(0, |s| s.len()))
+                .sum(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -986,6 +1230,24 @@ mod tests {
     use crate::stored_value::block_count;
     use proptest::prelude::*;
     use std::collections::HashMap;
+
+    /// A view's (key, value, deadline) entries not drained yet, in order.
+    type Listed = Vec<(Vec<u8>, Vec<u8>, Option<u64>)>;
+
+    fn listed(view: &FrozenKeyMap) -> Listed {
+        let mut out = Vec::new();
+        view.visit(|k, v, d| {
+            out.push((k.to_vec(), v.to_vec(), d));
+            Ok::<(), ()>(())
+        })
+        .expect("visit never fails");
+        out
+    }
+
+    /// A view's (key, value) pairs not drained yet, in order.
+    fn pairs(view: &FrozenKeyMap) -> Vec<(Vec<u8>, Vec<u8>)> {
+        listed(view).into_iter().map(|(k, v, _)| (k, v)).collect()
+    }
 
     #[test]
     fn inline_and_heap_keys_round_trip() {
@@ -1062,8 +1324,10 @@ mod tests {
         assert_eq!(m.first_deadline(), Some((90, &b"b"[..])));
         assert_eq!(m.deadlines_len(), 1);
         assert_eq!(m.content_digest(), Some(m.walked_content_digest()));
-        let listed: Vec<(Vec<u8>, Option<u64>)> =
-            frozen.entries().map(|(k, _, d)| (k.to_vec(), d)).collect();
+        let listed: Vec<(Vec<u8>, Option<u64>)> = listed(&frozen)
+            .into_iter()
+            .map(|(k, _, d)| (k, d))
+            .collect();
         assert!(listed.contains(&(b"a".to_vec(), Some(50))));
         assert!(listed.contains(&(b"b".to_vec(), Some(20))));
         assert_eq!(frozen.deadlines_len(), 2);
@@ -1075,102 +1339,126 @@ mod tests {
     }
 
     fn non_empty_shards(m: &KeyMap) -> usize {
-        m.shards.iter().flatten().count()
+        (0..SHARDS).filter(|&i| m.shard_at(i).is_some()).count()
     }
 
     #[test]
-    fn freeze_copies_nothing_and_a_write_copies_only_its_shard() {
+    fn freeze_copies_nothing_and_a_write_saves_only_its_key() {
+        let base = block_count::live();
         let mut m = KeyMap::default();
         for k in spread_keys(10_000) {
             m.set(&k, b"old");
         }
         let frozen = m.freeze();
-        let shards = non_empty_shards(&m);
+        assert!(frozen.is_lazy());
         assert_eq!(frozen.len(), 10_000);
-        assert_eq!(frozen.shards_shared_with(&m), shards);
-        assert!(m.shards.iter().flatten().all(|s| Arc::strong_count(s) == 2));
+        assert_eq!(frozen.saved_keys(), 0);
+        assert_eq!(block_count::live() - base, 10_000, "nothing copied");
 
-        // Neither a read nor removing an absent key copies a shard.
+        // Neither a read nor removing an absent key saves anything.
         assert_eq!(m.get(b"key:7"), Some(&b"old"[..]));
         assert!(!m.remove(b"no such key"));
-        assert_eq!(frozen.shards_shared_with(&m), shards);
+        assert_eq!(frozen.saved_keys(), 0);
 
         m.set(b"key:7", b"new");
-        assert_eq!(frozen.shards_shared_with(&m), shards - 1);
+        assert_eq!(frozen.saved_keys(), 1);
         m.set(b"key:7", b"newer");
-        assert_eq!(
-            frozen.shards_shared_with(&m),
-            shards - 1,
-            "a second write to the copied shard copies nothing"
-        );
-        let seven = frozen
-            .entries()
-            .find(|(k, _, _)| *k == b"key:7")
-            .map(|(_, v, _)| v.to_vec());
-        assert_eq!(
-            seven.as_deref(),
-            Some(&b"old"[..]),
-            "the frozen view kept the old value"
-        );
-        assert_eq!(m.get(b"key:7"), Some(&b"newer"[..]));
+        m.set(b"key:7", b"newest");
+        assert_eq!(frozen.saved_keys(), 1, "a key is saved once");
+        m.set(b"added", b"x");
+        assert_eq!(frozen.saved_keys(), 2, "so is a key absent at the freeze");
+        // The saved old value is the block moved out of the table: one
+        // value more than the map holds.
+        assert_eq!(block_count::live() - base, 10_001 + 1);
+        let at_freeze = listed(&frozen);
+        let seven = at_freeze.iter().find(|(k, _, _)| k == b"key:7");
+        assert_eq!(seven.map(|(_, v, _)| &v[..]), Some(&b"old"[..]));
+        assert!(!at_freeze.iter().any(|(k, _, _)| k == b"added"));
+        assert_eq!(at_freeze.len(), 10_000);
+        assert_eq!(m.get(b"key:7"), Some(&b"newest"[..]));
 
         drop(frozen);
-        assert!(m.shards.iter().flatten().all(|s| Arc::strong_count(s) == 1));
+        assert_eq!(block_count::live() - base, 10_001, "the saved value freed");
+        assert!(
+            m.freeze().is_lazy(),
+            "a dropped view leaves room for the next"
+        );
     }
 
-    /// The shard copy shares every value and long key with the frozen view
-    /// (no per-value work), and a write replaces rather than overwrites
-    /// what the view may read, for both value forms.
+    /// The first write to a key a view still needs moves the old value to
+    /// the key's saved state and never writes or frees the bytes the view
+    /// reads, for both value forms and long keys; once the view is done
+    /// with the shard, the map writes in place again.
     #[test]
-    fn a_shard_copy_shares_its_blocks_and_never_writes_what_a_view_reads() {
+    fn a_write_never_writes_or_frees_what_a_view_reads() {
         use crate::stored_value::SHARED_VALUE_MIN;
         let long_key = vec![b'k'; INLINE_KEY + 9];
         let large = vec![b'L'; SHARED_VALUE_MIN];
         let mut m = KeyMap::default();
         m.set(&long_key, b"small");
         m.set(b"large", &large);
-        let frozen = m.freeze();
-        // Copy both shards with a write beside each key.
-        for key in [&long_key[..], b"large"] {
-            let shard = shard_of_digest(key_digest(key));
-            let neighbour = spread_keys(1_000_000)
-                .into_iter()
-                .find(|k| shard_of_digest(key_digest(k)) == shard)
-                .expect("some key shares the shard");
-            m.set(&neighbour, b"n");
-            let (Some(a), Some(b)) = (&frozen.shards[shard], &m.shards[shard]) else {
-                panic!("both hold the shard");
-            };
-            assert!(!Arc::ptr_eq(a, b), "the write copied the shard");
-        }
-        let in_view = |key: &[u8]| {
-            frozen
-                .entries()
-                .find(|(k, _, _)| *k == key)
-                .map(|(k, v, _)| (k.as_ptr(), v.as_ptr(), v.to_vec()))
-                .expect("in the view")
-        };
-        // Shared: the same bytes, not copies.
-        assert_eq!(in_view(b"large").1, m.get(b"large").unwrap().as_ptr());
-        assert_eq!(in_view(&long_key).1, m.get(&long_key).unwrap().as_ptr());
-        let live_key = m.iter().find(|(k, _)| *k == &long_key[..]).unwrap().0;
-        assert_eq!(in_view(&long_key).0, live_key.as_ptr());
+        let large_at = m.get(b"large").unwrap().as_ptr();
+        let small_at = m.get(&long_key).unwrap().as_ptr();
+        let mut view = m.freeze();
         assert_eq!(m.value_holders(b"large"), Some(1), "views take no count");
 
-        // Same-size overwrites must not write into the view's bytes.
+        // Same-size overwrites: new blocks, the view's bytes unchanged.
         m.set(b"large", &vec![b'M'; SHARED_VALUE_MIN]);
         m.set(&long_key, b"SMALL");
-        assert_eq!(in_view(b"large").2, large);
-        assert_eq!(in_view(&long_key).2, b"small");
+        assert_ne!(m.get(b"large").unwrap().as_ptr(), large_at);
+        assert_ne!(m.get(&long_key).unwrap().as_ptr(), small_at);
+        let in_view = |view: &FrozenKeyMap, key: &[u8]| {
+            listed(view)
+                .into_iter()
+                .find(|(k, _, _)| k == key)
+                .map(|(_, v, _)| v)
+        };
+        assert_eq!(in_view(&view, b"large"), Some(large.clone()));
+        assert_eq!(in_view(&view, &long_key).as_deref(), Some(&b"small"[..]));
         assert_eq!(m.get(b"large"), Some(&vec![b'M'; SHARED_VALUE_MIN][..]));
         assert_eq!(m.get(&long_key), Some(&b"SMALL"[..]));
         // Nor may a removal free them.
         assert!(m.remove(&long_key));
         assert!(m.remove(b"large"));
-        assert_eq!(in_view(&long_key).2, b"small");
-        assert_eq!(in_view(b"large").2, large);
-        drop(frozen);
-        assert_eq!(m.get(b"large"), None);
+        assert_eq!(in_view(&view, &long_key).as_deref(), Some(&b"small"[..]));
+        assert_eq!(in_view(&view, b"large"), Some(large));
+
+        // Once drained, a same-size write is in place again.
+        m.set(b"k2", b"12345");
+        assert!(!view
+            .drain(usize::MAX, |_, _, _| Ok::<(), ()>(()))
+            .expect("visit never fails"));
+        let at = m.get(b"k2").unwrap().as_ptr();
+        m.set(b"k2", b"54321");
+        assert_eq!(m.get(b"k2").unwrap().as_ptr(), at, "in place");
+        assert_eq!(m.get(b"k2"), Some(&b"54321"[..]));
+    }
+
+    /// A second freeze while a lazy view still walks the table gives an
+    /// owned copy with the same contents, and so does a clone; once the
+    /// lazy view is drained (not even dropped), freezes are lazy again.
+    #[test]
+    fn overlapping_views_are_owned_copies() {
+        let mut m = KeyMap::default();
+        for k in spread_keys(3_000) {
+            m.set(&k, b"one");
+        }
+        let mut first = m.freeze();
+        m.set(b"key:1", b"two");
+        let second = m.freeze();
+        assert!(first.is_lazy() && !second.is_lazy());
+        let clone = first.clone();
+        assert!(!clone.is_lazy());
+        assert_eq!(listed(&clone), listed(&first));
+        assert!(listed(&first).iter().all(|(_, v, _)| v == b"one"));
+        let in_second = listed(&second);
+        assert_eq!(in_second.len(), 3_000);
+        assert!(in_second.contains(&(b"key:1".to_vec(), b"two".to_vec(), None)));
+        first
+            .drain(usize::MAX, |_, _, _| Ok::<(), ()>(()))
+            .expect("visit never fails");
+        assert!(m.freeze().is_lazy());
+        assert_eq!(listed(&clone).len(), 3_000, "the copy is the view's own");
     }
 
     #[test]
@@ -1198,13 +1486,13 @@ mod tests {
                 m.remove(format!("s{i}").as_bytes());
             }
             // Nothing any view can reach was freed.
-            assert_eq!(first.iter().count(), 4_000);
-            assert!(first.iter().all(|(_, v)| v == b"v1"));
-            assert_eq!(second.iter().count(), 3_000);
+            assert_eq!(pairs(&first).len(), 4_000);
+            assert!(pairs(&first).iter().all(|(_, v)| v == b"v1"));
+            assert_eq!(pairs(&second).len(), 3_000);
             assert_eq!(
-                second_clone
+                pairs(&second_clone)
                     .iter()
-                    .filter(|(_, v)| *v == b"longer value")
+                    .filter(|(_, v)| v == b"longer value")
                     .count(),
                 1_000
             );
@@ -1221,7 +1509,7 @@ mod tests {
                 // With no view left the map holds exactly its own blocks:
                 // 1,000 long keys and 2,500 values.
                 assert_eq!(block_count::live() - base, 1_000 + 2_500);
-                // And stale marks do not stop in-place writes any more.
+                // And writes are in place again.
                 m.set(&long(0), b"v4");
                 m.set(format!("s{}", 1_999).as_bytes(), b"v9");
                 assert_eq!(block_count::live() - base, 1_000 + 2_500);
@@ -1232,16 +1520,16 @@ mod tests {
     }
 
     #[test]
-    fn a_view_dropped_on_another_thread_frees_what_was_deferred_to_it() {
+    fn a_view_dropped_on_another_thread_frees_what_was_saved_for_it() {
         let mut m = KeyMap::default();
         for k in spread_keys(5_000) {
             m.set(&k, b"old value");
         }
         let frozen = m.freeze();
         let writer = std::thread::spawn(move || {
-            let count = frozen
-                .entries()
-                .filter(|(_, v, _)| *v == b"old value")
+            let count = pairs(&frozen)
+                .iter()
+                .filter(|(_, v)| v == b"old value")
                 .count();
             drop(frozen);
             count
@@ -1257,9 +1545,9 @@ mod tests {
         assert!(m.iter().all(|(_, v)| v == b"new value, longer"));
     }
 
-    /// What a checkpoint's write does: a drained shard is given back at
-    /// once, so a write to it copies nothing, and the blocks the map
-    /// deferred to it are freed by the drain, not when the view is dropped.
+    /// What a checkpoint's write does: a drained shard is finished at once,
+    /// so a write to it saves nothing, and what the map saved for it is
+    /// freed by the drain, not when the view is dropped.
     #[test]
     fn draining_a_view_gives_each_shard_back_as_it_goes() {
         let base = block_count::live();
@@ -1274,16 +1562,12 @@ mod tests {
             .iter()
             .partition(|k| shard_of_digest(key_digest(k)) < half);
         assert!(early.len() > 9_000 && late.len() > 9_000);
-        // Overwrite every key with a longer value: each shard is copied and
-        // every old value deferred to the view's shards.
+        // Overwrite every key with a longer value: every old value is saved
+        // for the view.
         for k in &keys {
             m.set(k, b"v2, longer");
         }
-        assert_eq!(
-            block_count::live() - base,
-            2 * 20_000,
-            "old values deferred"
-        );
+        assert_eq!(block_count::live() - base, 2 * 20_000, "old values saved");
         let mut listed = Vec::new();
         let more = view
             .drain(half, |k, v, _| {
@@ -1297,20 +1581,18 @@ mod tests {
             listed.iter().all(|(_, v)| v == b"v1"),
             "the state at the freeze"
         );
-        // The drained half's old values are freed; the rest still deferred.
+        // The drained half's old values are freed; the rest still saved.
         assert_eq!(block_count::live() - base, 20_000 + late.len() as isize);
-        // A write to a drained shard finds it unshared: in place, no copy.
-        let frozen_again = m.freeze();
-        drop(frozen_again);
-        let before: Vec<*const Shard> = m.shards.iter().flatten().map(Arc::as_ptr).collect();
+        assert_eq!(view.saved_keys(), late.len());
+        // A write to a drained shard saves nothing.
         for k in &keys {
             m.set(k, b"v3, longer");
         }
-        let after: Vec<*const Shard> = m.shards.iter().flatten().map(Arc::as_ptr).collect();
-        assert_eq!(before, after, "no shard copied once no view holds it");
-        // The late half was copied before the view got to it, so the view
+        assert_eq!(view.saved_keys(), late.len());
+        assert_eq!(block_count::live() - base, 20_000 + late.len() as isize);
+        // The late half was saved before the view got to it, so the view
         // still lists v1 there.
-        let rest: Vec<Vec<u8>> = view.entries().map(|(_, v, _)| v.to_vec()).collect();
+        let rest: Vec<Vec<u8>> = pairs(&view).into_iter().map(|(_, v)| v).collect();
         assert_eq!(rest.len(), late.len());
         assert!(rest.iter().all(|v| v == b"v1"));
         assert!(!view
@@ -1376,11 +1658,11 @@ mod tests {
         let mut m = KeyMap::default();
         assert_eq!(non_empty_shards(&m), 0);
         let frozen = m.freeze();
-        assert!(frozen.is_empty() && frozen.iter().next().is_none());
+        assert!(frozen.is_empty() && listed(&frozen).is_empty());
         m.set(b"k", b"v");
         assert_eq!(non_empty_shards(&m), 1);
         let written = shard_of_digest(key_digest(b"k"));
-        assert!(m.shards[written].is_some());
+        assert!(m.shard_at(written).is_some());
         assert_eq!(m.get(b"k"), Some(&b"v"[..]));
         assert_eq!(m.get(b"other"), None);
         assert_eq!(frozen.len(), 0);
@@ -1400,13 +1682,12 @@ mod tests {
         b.set(b"gone", b"x");
         assert!(b.remove(b"gone"));
         let (fa, fb) = (a.freeze(), b.freeze());
-        let ea: Vec<(&[u8], &[u8], Option<u64>)> = fa.entries().collect();
-        let eb: Vec<(&[u8], &[u8], Option<u64>)> = fb.entries().collect();
+        let (ea, eb) = (listed(&fa), listed(&fb));
         assert_eq!(ea.len(), keys.len());
         assert_eq!(ea, eb);
         assert!(
             ea.windows(2)
-                .all(|w| (key_digest(w[0].0), w[0].0) < (key_digest(w[1].0), w[1].0)),
+                .all(|w| (key_digest(&w[0].0), &w[0].0) < (key_digest(&w[1].0), &w[1].0)),
             "strictly ascending (digest, key)"
         );
     }
@@ -1482,7 +1763,7 @@ mod tests {
         /// the state it was taken in (what it drained, then what it has
         /// left), the map matches the model, the map owns exactly its own
         /// blocks whenever every view alive is drained (so a drain frees
-        /// what was deferred to the shards it lets go of), and once
+        /// what was saved for the shards it finishes), and once
         /// everything is dropped (map first or views first) every block was
         /// freed exactly once.
         #[test]
@@ -1531,7 +1812,7 @@ mod tests {
             }
             for (view, snapshot, drained) in &views {
                 let mut listed = drained.clone();
-                listed.extend(view.entries().map(|(k, v, _)| (k.to_vec(), v.to_vec())));
+                listed.extend(pairs(view));
                 prop_assert_eq!(view.len(), snapshot.len());
                 prop_assert_eq!(&listed, snapshot);
             }
@@ -1608,10 +1889,8 @@ mod tests {
             let mut at_freeze: Vec<(Vec<u8>, Vec<u8>)> = model.clone().into_iter().collect();
             at_freeze.sort_by(|a, b| (key_digest(&a.0), &a.0).cmp(&(key_digest(&b.0), &b.0)));
             apply(&mut m, &mut model, after);
-            let listed: Vec<(Vec<u8>, Vec<u8>)> =
-                frozen.entries().map(|(k, v, _)| (k.to_vec(), v.to_vec())).collect();
             prop_assert_eq!(frozen.len(), at_freeze.len());
-            prop_assert_eq!(listed, at_freeze);
+            prop_assert_eq!(pairs(&frozen), at_freeze);
             prop_assert_eq!(m.len(), model.len());
             for (k, v) in &model {
                 prop_assert_eq!(m.get(k), Some(&v[..]));

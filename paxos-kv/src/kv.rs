@@ -746,14 +746,17 @@ pub enum KvSnapshotError {
 /// `(CRC32C(key), key)` order (equal states give equal bytes on every
 /// replica), CRC32C of everything before it.
 ///
-/// Taking one ([`StateMachine::snapshot`]) shares the store's shards and
-/// copies no entry, so it costs microseconds on the node's event loop at
-/// any number of keys. The encoding happens in [`write_to`](paxos_node::Snapshot::write_to)
+/// Taking one ([`StateMachine::snapshot`]) shares the store's table and
+/// copies nothing, O(1) on the node's event loop at any number of keys.
+/// The encoding happens in [`write_to`](paxos_node::Snapshot::write_to)
 /// (on the checkpoint thread), one shard at a time, in pieces of at most
-/// 64 KiB. Meanwhile the store copies a shard the first time it writes to
-/// it (see [`crate::keymap`]), so the snapshot keeps the state it was taken
-/// in, until the write has passed that shard: from then on the snapshot
-/// holds it no more, and the store writes it in place.
+/// 64 KiB. Meanwhile the first write to each key of a shard the write has
+/// not reached saves that key's old state for the snapshot (see
+/// [`crate::keymap`]), so the snapshot keeps the state it was taken in;
+/// once the write has passed a shard, what was saved there is freed and
+/// the store writes that shard as if no snapshot existed. A clone, or a
+/// second snapshot taken while one is being written, is an owned copy
+/// (O(state)): a node writes one checkpoint at a time.
 #[derive(Clone, Debug, Default)]
 pub struct KvSnapshot {
     map: FrozenKeyMap,
@@ -777,19 +780,25 @@ impl KvSnapshot {
     /// sizes (O(keys)): for the simulator's disk-latency model and tools,
     /// not the event loop.
     pub fn encoded_len(&self) -> usize {
-        let entries: usize = self.map.iter().map(|(k, v)| 16 + k.len() + v.len()).sum();
+        let mut entries = 0usize;
+        let _ = self.map.visit(|k, v, _| {
+            entries += 16 + k.len() + v.len();
+            Ok::<(), ()>(())
+        });
         SNAPSHOT_HEADER + SNAPSHOT_TRAILER + entries
     }
 
     /// The whole snapshot as one buffer (tests, tools, small states: a
     /// checkpoint streams it with `write_to` instead). Leaves `self` as it
-    /// was (it writes a view of the same shards). Panics if `write_to`
+    /// was (it visits the view without draining it). Panics if `write_to`
     /// already wrote this snapshot: a caller's mistake, not bad input.
     pub fn to_vec(&self) -> Vec<u8> {
+        assert!(!self.written, "this snapshot was already written");
         let mut out = Vec::with_capacity(self.encoded_len());
-        self.clone()
-            .write(&mut out)
-            .expect("writing into a Vec does not fail");
+        Self::encode_parts(self.clock_ms, self.map.len(), &mut out, |put| {
+            self.map.visit(put)
+        })
+        .expect("writing into a Vec does not fail");
         out
     }
 
@@ -805,6 +814,24 @@ impl KvSnapshot {
             ));
         }
         self.written = true;
+        let (clock_ms, len) = (self.clock_ms, self.map.len());
+        let map = &mut self.map;
+        Self::encode_parts(clock_ms, len, out, |put| {
+            map.drain(usize::MAX, put).map(|_| ())
+        })
+    }
+
+    /// Encodes a snapshot of `len` keys at `clock_ms` into `out`, its
+    /// entries listed by `entries` (which calls the visitor it is given
+    /// once per entry, in order).
+    fn encode_parts(
+        clock_ms: u64,
+        len: usize,
+        out: &mut dyn std::io::Write,
+        entries: impl FnOnce(
+            &mut dyn FnMut(&[u8], &[u8], Option<u64>) -> std::io::Result<()>,
+        ) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
         let mut w = ChunkedCrcWriter {
             out,
             buf: Vec::with_capacity(SNAPSHOT_WRITE_CHUNK),
@@ -812,9 +839,9 @@ impl KvSnapshot {
         };
         w.put(SNAPSHOT_MAGIC)?;
         w.put(&SNAPSHOT_VERSION.to_le_bytes())?;
-        w.put(&self.clock_ms.to_le_bytes())?;
-        w.put(&(self.map.len() as u64).to_le_bytes())?;
-        self.map.drain(usize::MAX, |k, v, deadline| {
+        w.put(&clock_ms.to_le_bytes())?;
+        w.put(&(len as u64).to_le_bytes())?;
+        entries(&mut |k, v, deadline| {
             w.put(&(k.len() as u32).to_le_bytes())?;
             w.put(k)?;
             w.put(&(v.len() as u32).to_le_bytes())?;
@@ -2136,26 +2163,25 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn taking_a_snapshot_copies_no_shard_until_a_write() {
+    fn taking_a_snapshot_saves_nothing_until_a_write() {
         let mut s = KvStore::new();
         for k in many_keys(10_000) {
             s.set(&k, b"v");
         }
         let snapshot = s.snapshot();
         assert_eq!(snapshot.len(), 10_000);
-        let shards = snapshot.map.shards_shared_with(&s.map);
-        assert!(shards > 5_000, "10,000 keys spread over many shards");
+        assert_eq!(snapshot.map.saved_keys(), 0);
         run(
             &mut s,
             &[&["GET", "key:1"], &["EXISTS", "key:2"], &["DEL", "absent"]],
         );
         assert_eq!(
-            snapshot.map.shards_shared_with(&s.map),
-            shards,
-            "reads and a miss copy nothing"
+            snapshot.map.saved_keys(),
+            0,
+            "reads and a miss save nothing"
         );
         run(&mut s, &[&["SET", "key:1", "w"]]);
-        assert_eq!(snapshot.map.shards_shared_with(&s.map), shards - 1);
+        assert_eq!(snapshot.map.saved_keys(), 1);
     }
 
     #[test]

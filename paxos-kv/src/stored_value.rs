@@ -3,28 +3,15 @@
 //!
 //! # Why a raw handle
 //!
-//! A checkpoint freezes the table ([`crate::keymap`]): it shares every
-//! shard with a frozen view, and the first write to a shard afterwards
-//! copies that shard. That copy is what a write pays during a checkpoint,
-//! so it must cost the shard's buckets and nothing per value. Values used
-//! to be `Arc`s, so copying a shard bumped one reference count per value:
-//! an atomic increment on a cache line nobody had touched recently. At ten
-//! million keys the first batch of 2,000 writes after a freeze took 0.5–0.9
-//! s that way (it copied ~1,600 shards of ~2,400 values each), which is
-//! the checkpoint stall issue #16 is about. And every small value carried
-//! the count's 16 bytes, which pushed a 100-byte value from a 112-byte
-//! malloc chunk into a 128-byte one.
-//!
-//! So a value is a plain pointer that is `Copy`: copying a shard copies
-//! the handles bitwise, and the shard copy and the frozen original point at
-//! the same bytes. Who frees them is decided by the table's ownership
-//! rules (in [`crate::keymap`]): the live table owns every value it can
-//! reach, frozen views own none, and a value the live table drops while a
-//! frozen view may still read it is *deferred* (handed to the view's copy
-//! of its shard, freed when the last view lets go of that shard, on
-//! whichever thread does) instead of freed. Nothing here frees or
-//! writes a value on its own; each `unsafe fn` states what its caller must
-//! guarantee.
+//! A value is a plain 8-byte pointer, not an `Arc`: every small value
+//! would carry a count's 16 bytes (pushing a 100-byte value from a
+//! 112-byte malloc chunk into a 128-byte one), and a frozen view needs no
+//! count either. Who frees a value is decided by the table's ownership
+//! rules (in [`crate::keymap`]): each block has exactly one owner, the
+//! table's shard or, for a value the map replaced or removed while a
+//! checkpoint's frozen view still needs it, that key's saved state (the
+//! block is moved there, not copied). Nothing here frees or writes a value
+//! on its own; each `unsafe fn` states what its caller must guarantee.
 //!
 //! # Forms
 //!
@@ -37,10 +24,8 @@
 //!   reference): N pending replies of a 500 KiB value cost N counts, not N
 //!   copies. The table's own reference is the one the handle stands for.
 //!
-//! The handle's two low bits are tags (both forms are at least 4-byte
-//! aligned): `LARGE_TAG` marks the form and `SHARED_TAG` is the
-//! table's per-entry "a frozen view may share this" mark, kept here
-//! because the handle has the room and the bucket does not.
+//! The handle's low bit is a tag (both forms are at least 4-byte
+//! aligned): `LARGE_TAG` marks the form.
 
 use bytes::Bytes;
 use std::alloc::{alloc, dealloc, handle_alloc_error, Layout};
@@ -63,9 +48,7 @@ pub const SHARED_VALUE_MIN: usize = 4096;
 
 /// Tag bit: the handle is an `Arc<FramedValue>`, not a small block.
 const LARGE_TAG: usize = 1;
-/// Tag bit: the table's "a frozen view may share this entry" mark.
-const SHARED_TAG: usize = 2;
-const TAGS: usize = LARGE_TAG | SHARED_TAG;
+const TAGS: usize = LARGE_TAG;
 
 /// Bytes before a small value's data: its length.
 const SMALL_HEADER: usize = 4;
@@ -167,7 +150,7 @@ fn small_layout(len: usize) -> Layout {
 
 impl StoredValue {
     /// A new value holding a copy of `value`, in the form its length calls
-    /// for, unmarked. The caller owns it: it must [`StoredValue::release`]
+    /// for. The caller owns it: it must [`StoredValue::release`]
     /// it (or hand it to someone who will) exactly once.
     pub(crate) fn new(value: &[u8]) -> StoredValue {
         #[cfg(test)]
@@ -207,23 +190,6 @@ impl StoredValue {
 
     fn is_large(self) -> bool {
         self.0.addr().get() & LARGE_TAG != 0
-    }
-
-    /// The table's "a frozen view may share this entry" mark.
-    pub(crate) fn is_marked(self) -> bool {
-        self.0.addr().get() & SHARED_TAG != 0
-    }
-
-    /// The same value with the mark set or cleared.
-    pub(crate) fn marked(self, mark: bool) -> StoredValue {
-        StoredValue(self.0.map_addr(|a| {
-            let bits = if mark {
-                a.get() | SHARED_TAG
-            } else {
-                a.get() & !SHARED_TAG
-            };
-            std::num::NonZeroUsize::new(bits).expect("non-zero address")
-        }))
     }
 
     /// The `Arc` this large handle stands for, borrowed (not dropped).
@@ -343,7 +309,6 @@ impl std::fmt::Debug for StoredValue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StoredValue")
             .field("large", &self.is_large())
-            .field("marked", &self.is_marked())
             .finish()
     }
 }
@@ -419,20 +384,6 @@ mod tests {
             assert!(v.0.is_large(), "{len}");
             assert_eq!(v.bytes(), &vec![9u8; len][..]);
             assert_eq!(&v.reply().unwrap()[..], &bulk(v.bytes())[..]);
-        }
-    }
-
-    #[test]
-    fn the_mark_is_independent_of_the_form_and_the_bytes() {
-        for len in [3, SHARED_VALUE_MIN] {
-            let v = Owned::new(&vec![1u8; len]);
-            let marked = v.0.marked(true);
-            assert!(marked.is_marked() && !v.0.is_marked());
-            assert_eq!(marked.is_large(), v.0.is_large());
-            // SAFETY: the same live value, seen through a marked handle.
-            assert_eq!(unsafe { marked.as_slice() }, v.bytes());
-            assert!(!marked.marked(false).is_marked());
-            assert_eq!(marked.marked(false).0, v.0 .0);
         }
     }
 
