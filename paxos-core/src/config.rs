@@ -39,6 +39,16 @@ pub struct Config {
     pub election_timeout_max_us: u64,
     /// Most decrees in one catch-up reply or one promise chunk.
     pub catchup_chunk_decrees: usize,
+    /// Most bytes of decrees (as encoded) in one catch-up reply: a reply is
+    /// cut before the decree that would take it past this, but always
+    /// carries at least one decree. The replica that catches up applies a
+    /// reply's decrees in one go, so this bounds that work; at 10M keys,
+    /// replies cut only at `max_message_bytes` held a replica's event loop
+    /// for up to 113 ms. Replies are also cut at `max_message_bytes`,
+    /// whichever is smaller (so lowering that needs no change here).
+    /// Promise chunks are not cut by this: a candidate merges them without
+    /// applying, and each chunk costs phase 1 a round trip.
+    pub catchup_chunk_bytes: usize,
     /// Committed decrees kept in memory (beyond the uncommitted ones) to serve
     /// catch-up and promises.
     pub retain_decrees: usize,
@@ -143,6 +153,7 @@ impl Config {
             election_timeout_min_us: 300_000,
             election_timeout_max_us: 600_000,
             catchup_chunk_decrees: 256,
+            catchup_chunk_bytes: 1 << 20,
             retain_decrees: 4096,
             retain_bytes: 64 << 20,
             max_message_bytes: 8 << 20,
@@ -188,6 +199,9 @@ impl Config {
         }
         if self.catchup_chunk_decrees == 0 {
             return invalid("catchup_chunk_decrees", "must be at least 1");
+        }
+        if self.catchup_chunk_bytes == 0 {
+            return invalid("catchup_chunk_bytes", "must be at least 1");
         }
         if self.batch_limits.max_requests == 0 || self.batch_limits.max_bytes == 0 {
             return invalid("batch_limits", "must allow at least one request");
@@ -236,8 +250,21 @@ mod tests {
             learners: vec![],
         };
         assert_eq!(c.validate(), Err(ConfigError::BadMembership));
-        let mut c = base;
+        let mut c = base.clone();
         c.catchup_chunk_decrees = 0;
         assert!(c.validate().is_err());
+        let mut c = base;
+        c.catchup_chunk_bytes = 0;
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn catchup_chunk_bytes_may_exceed_a_lowered_message_bound() {
+        // The transport may lower `max_message_bytes` below the default
+        // chunk size; replies are then cut at the message bound.
+        let mut c = Config::new(ReplicaId(1), three());
+        c.batch_limits.max_bytes = 64;
+        c.max_message_bytes = 8192;
+        assert_eq!(c.validate(), Ok(()));
     }
 }

@@ -19,6 +19,9 @@ use crate::msg::{self, Message};
 use crate::types::{Accepted, Ballot, PersistEntry, ReplicaId, Slot, Time, Value};
 use paxos_contracts::{ensures, invariant, requires};
 
+/// Room left in a message for its own fields besides the entries it carries.
+const MESSAGE_HEADER_ROOM: usize = 1024;
+
 impl Replica {
     /// Promises a higher ballot (durably) and steps down from any role held
     /// under a lower one.
@@ -83,7 +86,7 @@ impl Replica {
         let (entries, next_from) = if from_slot < self.log_start {
             (Vec::new(), None)
         } else {
-            self.chunk(from_slot, Slot::MAX)
+            self.chunk(from_slot, Slot::MAX, self.message_room())
         };
         let msg = Message::Promise(msg::Promise {
             ballot,
@@ -97,9 +100,29 @@ impl Replica {
         ensures!(self.promised == ballot);
     }
 
-    /// Entries from `from_slot` through `through`, cut to the chunk limits.
-    pub(super) fn chunk(&self, from_slot: Slot, through: Slot) -> (Vec<Accepted>, Option<Slot>) {
-        let max_bytes = self.config.max_message_bytes.saturating_sub(1024);
+    /// Most bytes of entries in one message: `max_message_bytes` less room
+    /// for the message's own fields.
+    pub(super) fn message_room(&self) -> usize {
+        self.config
+            .max_message_bytes
+            .saturating_sub(MESSAGE_HEADER_ROOM)
+    }
+
+    /// Most bytes of decrees in one catch-up reply (see
+    /// `Config::catchup_chunk_bytes`).
+    pub(super) fn catchup_room(&self) -> usize {
+        self.config.catchup_chunk_bytes.min(self.message_room())
+    }
+
+    /// Entries from `from_slot` through `through`, cut at
+    /// `catchup_chunk_decrees` entries and `max_bytes` bytes of them, with
+    /// at least one entry (if any is in range) and the slot to go on from.
+    pub(super) fn chunk(
+        &self,
+        from_slot: Slot,
+        through: Slot,
+        max_bytes: usize,
+    ) -> (Vec<Accepted>, Option<Slot>) {
         let mut out = Vec::new();
         let mut bytes = 0usize;
         if from_slot > through {

@@ -21,8 +21,9 @@
 //!   the slots asked and at or below the commit index (every entry storage
 //!   holds at a committed slot is its chosen value: the last vote written
 //!   for a slot is its highest, and invariant 5).
-//! - 9 (bounds): one outstanding fetch, chunks bounded like promise chunks;
-//!   at most one storage read outstanding per peer, each one chunk.
+//! - 9 (bounds): one outstanding fetch, chunks bounded like promise chunks
+//!   and also by `catchup_chunk_bytes` (the peer applies a reply in one
+//!   go); at most one storage read outstanding per peer, each one chunk.
 
 use super::{Action, Replica, RoleState};
 use crate::codec::accepted_len_hint;
@@ -159,7 +160,7 @@ impl Replica {
         let (decrees, _) = if from_slot < self.log_start {
             (Vec::new(), None)
         } else {
-            self.chunk(from_slot, self.commit_index)
+            self.chunk(from_slot, self.commit_index, self.catchup_room())
         };
         let msg = Message::Decrees(msg::Decrees {
             from_slot,
@@ -190,7 +191,7 @@ impl Replica {
             from: from_slot,
             through: self.log_start.prev().min(self.commit_index),
             max_decrees: self.config.catchup_chunk_decrees,
-            max_bytes: self.config.max_message_bytes.saturating_sub(1024),
+            max_bytes: self.catchup_room(),
             asked_at: now,
         };
         self.fetch.storage_reads.push(read);

@@ -76,7 +76,8 @@
 //!    memory holds committed entries only for the last `retain_decrees`
 //!    slots, and applied ones only while the log's payload is within
 //!    `retain_bytes`; promise and catch-up chunks hold at most `catchup_chunk_decrees`
-//!    entries and stay under `max_message_bytes`.
+//!    entries and stay under `max_message_bytes`, catch-up chunks also
+//!    under `catchup_chunk_bytes` (one decree may exceed it).
 //! 10. **Reconfiguration.** A `Reconfigure(m)` decree chosen at slot `s`
 //!     governs every slot above `s`; slots up to `s` keep the membership in
 //!     force before it. (It names the membership it replaces, `base`: if a

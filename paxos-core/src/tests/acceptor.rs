@@ -372,3 +372,159 @@ fn never_issued_tokens_are_a_contract_violation() {
     }));
     assert_eq!(r.is_err(), paxos_contracts::ENABLED);
 }
+
+/// A replica whose log holds `sizes.len()` committed decrees at slots 1..,
+/// the one at slot `i + 1` a request batch of `sizes[i]` bytes.
+fn committed_log(sizes: &[usize], tweak: impl Fn(&mut Config)) -> Replica {
+    let m = Membership::with_voters(vec![id(1), id(2), id(3)]);
+    let mut cfg = Config::new(id(2), m);
+    tweak(&mut cfg);
+    let b = Ballot::new(1, id(1));
+    let mut durable = DurableState {
+        promised: b,
+        commit_index: Slot(sizes.len() as u64),
+        ..DurableState::default()
+    };
+    for (i, size) in sizes.iter().enumerate() {
+        let slot = Slot(i as u64 + 1);
+        let value = crate::Value::Requests(bytes::Bytes::from(vec![b'x'; *size]));
+        durable.accepted.insert(
+            slot,
+            Accepted {
+                slot,
+                ballot: b,
+                value,
+            },
+        );
+    }
+    let mut r = Replica::new(cfg, durable, Slot::ZERO, 3, Time(0));
+    let _ = drain(&mut r);
+    r
+}
+
+/// The slots of each catch-up reply a peer gets fetching from slot 1 on.
+fn catchup_replies(r: &mut Replica) -> Vec<Vec<u64>> {
+    let mut from = Slot(1);
+    let mut replies = Vec::new();
+    while from <= r.status().commit_index {
+        r.handle_message(
+            Time(1),
+            id(3),
+            Message::Fetch(msg::Fetch { from_slot: from }),
+        );
+        let msgs = sends(&drain(r));
+        let [Message::Decrees(msg::Decrees { decrees, .. })] = msgs.as_slice() else {
+            panic!("expected one Decrees reply, got {msgs:?}");
+        };
+        assert!(!decrees.is_empty(), "a reply carries at least one decree");
+        from = decrees.last().unwrap().slot.next();
+        replies.push(decrees.iter().map(|d| d.slot.0).collect());
+    }
+    replies
+}
+
+/// A catching-up replica applies a reply's decrees in one go, so replies
+/// are cut by `catchup_chunk_bytes` as well as by count; a decree larger
+/// than the bound still goes, alone. Promise chunks are not cut by it.
+#[test]
+fn catchup_replies_are_cut_by_bytes_promises_are_not() {
+    let hint = |size: usize| {
+        crate::codec::accepted_len_hint(&Accepted {
+            slot: Slot(1),
+            ballot: Ballot::ZERO,
+            value: crate::Value::Requests(bytes::Bytes::from(vec![0; size])),
+        })
+    };
+    // Three 100-byte decrees fit in a chunk, a fourth does not; slot 5
+    // alone is larger than a chunk.
+    let sizes = [100, 100, 100, 100, 2000, 100, 100, 100, 100, 100];
+    let mut r = committed_log(&sizes, |c| {
+        c.catchup_chunk_bytes = 3 * hint(100) + hint(100) / 2;
+    });
+    assert_eq!(
+        catchup_replies(&mut r),
+        vec![vec![1, 2, 3], vec![4], vec![5], vec![6, 7, 8], vec![9, 10]]
+    );
+
+    r.handle_message(
+        Time(2),
+        id(3),
+        Message::Prepare(msg::Prepare {
+            ballot: Ballot::new(2, id(3)),
+            from_slot: Slot(1),
+        }),
+    );
+    let t = last_token(&drain(&mut r)).unwrap();
+    r.on_persisted(Time(2), t);
+    let msgs = sends(&drain(&mut r));
+    let [Message::Promise(msg::Promise {
+        entries, next_from, ..
+    })] = msgs.as_slice()
+    else {
+        panic!("expected one promise, got {msgs:?}");
+    };
+    assert_eq!(entries.len(), sizes.len());
+    assert_eq!(*next_from, None);
+}
+
+/// The count bound still cuts where it is the tighter one, and a byte
+/// bound above `max_message_bytes` leaves replies cut at the message bound.
+#[test]
+fn catchup_replies_are_cut_by_the_tighter_bound() {
+    let mut r = committed_log(&[10; 7], |c| c.catchup_chunk_decrees = 3);
+    assert_eq!(
+        catchup_replies(&mut r),
+        vec![vec![1, 2, 3], vec![4, 5, 6], vec![7]]
+    );
+    let mut r = committed_log(&[3000; 5], |c| {
+        c.batch_limits.max_bytes = 3100;
+        c.max_message_bytes = 8192;
+        c.catchup_chunk_bytes = 1 << 20;
+    });
+    // 8192 less the header room holds two 3000-byte decrees.
+    assert_eq!(
+        catchup_replies(&mut r),
+        vec![vec![1, 2], vec![3, 4], vec![5]]
+    );
+}
+
+/// Decrees read back from storage for a peer are asked for, and served,
+/// within `catchup_chunk_bytes`.
+#[test]
+fn catchup_reads_from_storage_ask_for_chunk_bytes() {
+    let mut r = committed_log(&[100; 10], |c| {
+        c.catchup_chunk_bytes = 500;
+        c.retain_decrees = 2;
+    });
+    assert!(
+        r.retained_from() > Slot(1),
+        "the front was dropped from memory"
+    );
+    r.handle_message(
+        Time(1),
+        id(3),
+        Message::Fetch(msg::Fetch { from_slot: Slot(1) }),
+    );
+    let acts = drain(&mut r);
+    let asked = acts.iter().find_map(|a| match a {
+        Action::ReadDecrees { max_bytes, .. } => Some(*max_bytes),
+        _ => None,
+    });
+    assert_eq!(asked, Some(500));
+    // Storage may hand back more than asked; the reply is cut to the bound
+    // (three decrees of 141 bytes fit in 500).
+    let stored = (1..=5)
+        .map(|s| Accepted {
+            slot: Slot(s),
+            ballot: Ballot::new(1, id(1)),
+            value: crate::Value::Requests(bytes::Bytes::from(vec![b'x'; 100])),
+        })
+        .collect();
+    r.on_decrees_read(Time(2), id(3), Slot(1), Some(stored));
+    let msgs = sends(&drain(&mut r));
+    let [Message::Decrees(msg::Decrees { decrees, .. })] = msgs.as_slice() else {
+        panic!("expected one Decrees reply, got {msgs:?}");
+    };
+    let slots: Vec<u64> = decrees.iter().map(|d| d.slot.0).collect();
+    assert_eq!(slots, vec![1, 2, 3]);
+}
