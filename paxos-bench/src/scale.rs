@@ -424,8 +424,10 @@ pub async fn run(cluster: &mut Cluster, spec: &ScaleSpec) -> anyhow::Result<()> 
     );
     match timeline::longest_stall(&steady_samples, &steady_windows) {
         Some((stall, w)) => println!(
-            "longest write during a checkpoint: {:.2} ms (checkpoint {:.2}-{:.2} s); longest outside checkpoints: {:.2} ms [target < 50 ms]",
-            stall as f64 / 1e3,
+            "longest write during a checkpoint: {:.2} ms, sent at {:.2} s ({} UTC) (checkpoint {:.2}-{:.2} s); longest outside checkpoints: {:.2} ms [target < 50 ms]",
+            stall.latency_us as f64 / 1e3,
+            stall.sent_us as f64 / 1e6,
+            timeline::utc_time_of_day(origin_unix_us + stall.sent_us),
             w.start_us as f64 / 1e6,
             w.end_us as f64 / 1e6,
             timeline::longest_outside(&steady_samples, &steady_windows) as f64 / 1e3
@@ -435,7 +437,7 @@ pub async fn run(cluster: &mut Cluster, spec: &ScaleSpec) -> anyhow::Result<()> 
     if let Some((stall, _)) = timeline::longest_stall(&steady_samples, &windows[leader]) {
         println!(
             "longest write during a leader checkpoint: {:.2} ms",
-            stall as f64 / 1e3
+            stall.latency_us as f64 / 1e3
         );
     }
     println!(

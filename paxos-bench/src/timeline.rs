@@ -74,16 +74,30 @@ pub fn quantiles(samples: &[Sample], from_us: u64, to_us: u64) -> Quantiles {
 
 /// The longest latency of a write overlapping any of `windows`, with the
 /// window it overlapped; `None` if no write overlaps one.
-pub fn longest_stall(samples: &[Sample], windows: &[Window]) -> Option<(u64, Window)> {
-    let mut best: Option<(u64, Window)> = None;
+pub fn longest_stall(samples: &[Sample], windows: &[Window]) -> Option<(Sample, Window)> {
+    let mut best: Option<(Sample, Window)> = None;
     for s in samples {
         for w in windows.iter().filter(|w| w.overlaps(s)) {
-            if best.is_none_or(|(b, _)| s.latency_us > b) {
-                best = Some((s.latency_us, *w));
+            if best.is_none_or(|(b, _)| s.latency_us > b.latency_us) {
+                best = Some((*s, *w));
             }
         }
     }
     best
+}
+
+/// `unix_us` as a UTC time of day, `hh:mm:ss.mmm` (what node logs print),
+/// to find a write in the logs.
+pub fn utc_time_of_day(unix_us: u64) -> String {
+    let ms = unix_us / 1_000;
+    let s = ms / 1_000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        (s / 3_600) % 24,
+        (s / 60) % 60,
+        s % 60,
+        ms % 1_000
+    )
 }
 
 /// The longest latency of a write overlapping none of `windows` (the
@@ -122,6 +136,13 @@ mod tests {
     }
 
     #[test]
+    fn times_of_day_are_utc_with_milliseconds() {
+        // 2026-12-07T22:43:14.866063Z
+        assert_eq!(utc_time_of_day(1_796_683_394_866_063), "22:43:14.866");
+        assert_eq!(utc_time_of_day(0), "00:00:00.000");
+    }
+
+    #[test]
     fn a_write_overlaps_a_window_it_spans_into() {
         let w = Window {
             start_us: 100,
@@ -150,7 +171,10 @@ mod tests {
         ];
         // The 900 µs write (0..900) overlaps the first window; 300 µs at
         // 5000 is outside every window.
-        assert_eq!(longest_stall(&samples, &windows), Some((900, windows[0])));
+        assert_eq!(
+            longest_stall(&samples, &windows).map(|(s, w)| (s.latency_us, w)),
+            Some((900, windows[0]))
+        );
         assert_eq!(longest_outside(&samples, &windows), 300);
         assert_eq!(longest_stall(&samples, &[]), None);
         assert_eq!(longest_outside(&samples, &[]), 900);

@@ -1,7 +1,7 @@
 //! Multi-process: checkpoints of a state large enough to have stalled the
 //! old node do not cost the leader its leadership.
 //!
-//! Before the copy-on-write KV (issue #16), a checkpoint serialized the
+//! Before frozen views of the KV (issue #16), a checkpoint serialized the
 //! whole state on the event loop: about 360K keys stalled the leader for
 //! 0.55 s, past the election timeout, and the followers elected another.
 //! Here three `paxos-kv node` processes take a checkpoint every 300 decrees
