@@ -286,12 +286,21 @@ impl SavedKey {
 /// The keys of one pending shard saved since the freeze.
 type Saved = HashTable<SavedKey>;
 
+/// Bit of [`ShardCell::state`] set once the map has made the cell's shard
+/// or saved a key there; never cleared. A view finishes a cell without it
+/// with one compare-exchange instead of taking its lock (most of the
+/// 65,536 cells of a small map), and the map sets it, under the lock,
+/// before it decides that a view still needs the cell: so either the view
+/// sees it and takes the lock, or the map sees the cell done.
+const TOUCHED: u64 = 1 << 63;
+
 /// One shard and what the live view needs of it.
 struct ShardCell {
-    /// The epoch of the newest view done with this shard: the shard is
-    /// pending while this is below the map's epoch. Written only under
-    /// `saved`'s lock.
-    done_epoch: AtomicU64,
+    /// The epoch of the newest view done with this shard, and [`TOUCHED`]:
+    /// the shard is pending while the epoch is below the map's. Written
+    /// under `saved`'s lock, except by a view finishing an untouched cell
+    /// and by the map setting `TOUCHED` on a cell no view needs.
+    state: AtomicU64,
     /// The keys saved for the pending view; also the shard's lock.
     saved: Mutex<Option<Box<Saved>>>,
     /// `None` for a shard that never had a key. Written by the map only
@@ -302,7 +311,7 @@ struct ShardCell {
 impl ShardCell {
     fn new(shard: Option<Box<Shard>>) -> ShardCell {
         ShardCell {
-            done_epoch: AtomicU64::new(0),
+            state: AtomicU64::new(if shard.is_some() { TOUCHED } else { 0 }),
             saved: Mutex::new(None),
             shard: UnsafeCell::new(shard),
         }
@@ -367,7 +376,7 @@ impl Table {
         let cell = &self.cells[index];
         let saved = cell.lock();
         assert!(
-            cell.done_epoch.load(Ordering::Relaxed) < epoch,
+            cell.state.load(Ordering::Relaxed) & !TOUCHED < epoch,
             "a view reads only the shards it has not finished"
         );
         // SAFETY: a view holding the lock of a shard pending for it.
@@ -391,6 +400,27 @@ impl Table {
         }
     }
 
+    /// Marks shard `index` done for the view of `epoch` without its lock if
+    /// the map never wrote it (so it was empty at the freeze and nothing
+    /// was saved there); false if it must be walked and finished.
+    fn finish_untouched(&self, index: usize, epoch: u64) -> bool {
+        let cell = &self.cells[index];
+        let state = cell.state.load(Ordering::Acquire);
+        // Fails if the map sets TOUCHED first: then it is saving under the
+        // lock, and the view must take the lock too.
+        state & TOUCHED == 0
+            && cell
+                .state
+                .compare_exchange(state, epoch, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+    }
+
+    /// Whether the map never wrote shard `index` (it holds nothing, and
+    /// held nothing at any freeze).
+    fn untouched(&self, index: usize) -> bool {
+        self.cells[index].state.load(Ordering::Acquire) & TOUCHED == 0
+    }
+
     /// Marks shard `index` done for the view of `epoch` and frees what was
     /// saved there for it.
     fn finish(&self, index: usize, epoch: u64) {
@@ -398,8 +428,10 @@ impl Table {
         let mut saved = cell.lock();
         let taken = saved.take();
         // Release: the map's acquire load that sees this also sees that the
-        // view's reads of the shard are over.
-        cell.done_epoch.store(epoch, Ordering::Release);
+        // view's reads of the shard are over. (Under the lock of a pending
+        // shard nobody else writes the state.)
+        let touched = cell.state.load(Ordering::Relaxed) & TOUCHED;
+        cell.state.store(epoch | touched, Ordering::Release);
         drop(saved);
         if let Some(taken) = taken {
             for s in taken.into_iter() {
@@ -414,6 +446,9 @@ impl Table {
 impl Drop for Table {
     fn drop(&mut self) {
         for cell in self.cells.iter_mut() {
+            if *cell.state.get_mut() & TOUCHED == 0 {
+                continue;
+            }
             if let Some(mut shard) = cell.shard.get_mut().take() {
                 for entry in shard.table.drain() {
                     // SAFETY: the last owner of the table owns its blocks.
@@ -433,7 +468,7 @@ impl Drop for Table {
 pub struct KeyMap {
     table: Arc<Table>,
     /// The epoch of the newest lazy view (0: none yet). A shard whose
-    /// `done_epoch` is below it is pending.
+    /// done epoch is below it is pending.
     epoch: u64,
     /// Keys in all shards, kept so `len` is O(1).
     len: usize,
@@ -608,7 +643,12 @@ impl KeyMap {
         let cell = &table.cells[shard_of_digest(key_digest(key))];
         // Acquire: pairs with the view's release when it finished the
         // shard, so its reads of the shard come before these writes.
-        if cell.done_epoch.load(Ordering::Acquire) >= epoch {
+        let state = cell.state.load(Ordering::Acquire);
+        if state & !TOUCHED >= epoch {
+            if state & TOUCHED == 0 {
+                // No view needs the cell, so none races this.
+                cell.state.fetch_or(TOUCHED, Ordering::Relaxed);
+            }
             // SAFETY: the map, no view needs the shard.
             let slot = unsafe { cell.slot_mut() };
             return ShardWrite {
@@ -621,8 +661,11 @@ impl KeyMap {
         // SAFETY: the map, holding the lock.
         let slot = unsafe { cell.slot_mut() };
         let mut value_moved = false;
-        // The view may have finished the shard since the check above.
-        if cell.done_epoch.load(Ordering::Relaxed) < epoch {
+        // Touched before deciding: a view that has not finished the cell
+        // now cannot finish it without the lock (`Table::finish_untouched`).
+        // The view may have finished it since the check above.
+        let state = cell.state.fetch_or(TOUCHED, Ordering::AcqRel);
+        if state & !TOUCHED < epoch {
             let saved = lock.get_or_insert_with(Default::default);
             if saved.find(hash, |s| s.key() == key).is_none() {
                 let shard = slot.as_deref();
@@ -887,12 +930,10 @@ impl KeyMap {
         let view = if self.table.view_alive.swap(true, Ordering::AcqRel) {
             View::Eager(EagerView::of_map(self))
         } else {
+            // Every shard is done for the previous view (it cleared
+            // `view_alive` only after finishing the last), so every one is
+            // pending for this one.
             self.epoch += 1;
-            paxos_contracts::invariant!(self
-                .table
-                .cells
-                .iter()
-                .all(|c| c.done_epoch.load(Ordering::Acquire) == self.epoch - 1));
             View::Lazy(LazyView {
                 table: Arc::clone(&self.table),
                 epoch: self.epoch,
@@ -962,15 +1003,23 @@ struct LazyView {
 }
 
 impl LazyView {
-    /// Marks the shards from `next_shard` up to `end` done.
-    fn finish_until(&mut self, end: usize) {
-        while self.next_shard < end {
+    /// Marks shard `next_shard` done (without its lock if the map never
+    /// wrote it), freeing what was saved there, and moves on.
+    fn finish_next(&mut self) {
+        if !self.table.finish_untouched(self.next_shard, self.epoch) {
             self.table.finish(self.next_shard, self.epoch);
-            self.next_shard += 1;
         }
+        self.next_shard += 1;
         if self.next_shard == SHARDS {
             // Release: the next freeze's acquire sees every shard done.
             self.table.view_alive.store(false, Ordering::Release);
+        }
+    }
+
+    /// Marks the shards from `next_shard` up to `end` done.
+    fn finish_until(&mut self, end: usize) {
+        while self.next_shard < end {
+            self.finish_next();
         }
     }
 }
@@ -1090,7 +1139,7 @@ impl Clone for FrozenKeyMap {
             View::Eager(eager) => eager.clone(),
             View::Lazy(lazy) => {
                 let mut collected = Collected::default();
-                for index in lazy.next_shard..SHARDS {
+                for index in (lazy.next_shard..SHARDS).filter(|&i| !lazy.table.untouched(i)) {
                     lazy.table.collect(index, lazy.epoch, &mut collected);
                 }
                 collected.sort();
@@ -1153,7 +1202,8 @@ impl FrozenKeyMap {
             }
             View::Lazy(lazy) => {
                 let mut collected = Collected::default();
-                for index in lazy.next_shard..SHARDS {
+                // An untouched shard was empty at the freeze.
+                for index in (lazy.next_shard..SHARDS).filter(|&i| !lazy.table.untouched(i)) {
                     collected.clear();
                     lazy.table.collect(index, lazy.epoch, &mut collected);
                     collected.sort();
@@ -1187,15 +1237,17 @@ impl FrozenKeyMap {
             View::Lazy(lazy) => {
                 let mut collected = Collected::default();
                 while lazy.next_shard < end {
-                    // Copied out under the lock, visited without it: a
-                    // visit may write to a disk, and the map may be waiting
-                    // to write to this shard.
-                    collected.clear();
-                    lazy.table
-                        .collect(lazy.next_shard, lazy.epoch, &mut collected);
-                    collected.sort();
-                    collected.visit(&mut visit)?;
-                    lazy.finish_until(lazy.next_shard + 1);
+                    if !lazy.table.untouched(lazy.next_shard) {
+                        // Copied out under the lock, visited without it: a
+                        // visit may write to a disk, and the map may be
+                        // waiting to write to this shard.
+                        collected.clear();
+                        lazy.table
+                            .collect(lazy.next_shard, lazy.epoch, &mut collected);
+                        collected.sort();
+                        collected.visit(&mut visit)?;
+                    }
+                    lazy.finish_next();
                 }
             }
         }
