@@ -1003,6 +1003,16 @@ struct LazyView {
 }
 
 impl LazyView {
+    /// Shard `index`'s entries as this view lists them, sorted, in
+    /// `collected` (cleared first): copied out under the shard's lock, so
+    /// the caller visits them without it (a visit may write to a disk, and
+    /// the map may be waiting to write to this shard).
+    fn shard_entries(&self, index: usize, collected: &mut Collected) {
+        collected.clear();
+        self.table.collect(index, self.epoch, collected);
+        collected.sort();
+    }
+
     /// Marks shard `next_shard` done (without its lock if the map never
     /// wrote it), freeing what was saved there, and moves on.
     fn finish_next(&mut self) {
@@ -1204,9 +1214,7 @@ impl FrozenKeyMap {
                 let mut collected = Collected::default();
                 // An untouched shard was empty at the freeze.
                 for index in (lazy.next_shard..SHARDS).filter(|&i| !lazy.table.untouched(i)) {
-                    collected.clear();
-                    lazy.table.collect(index, lazy.epoch, &mut collected);
-                    collected.sort();
+                    lazy.shard_entries(index, &mut collected);
                     collected.visit(&mut visit)?;
                 }
                 Ok(())
@@ -1228,23 +1236,18 @@ impl FrozenKeyMap {
         let end = self.next_shard().saturating_add(shards).min(SHARDS);
         match &mut self.view {
             View::Eager(eager) => {
-                for e in eager.until_shard(end) {
+                let drained = eager.until_shard(end);
+                for e in drained {
                     visit(&e.key, &e.value, e.deadline)?;
                 }
-                eager.next += eager.until_shard(end).len();
+                eager.next += drained.len();
                 eager.next_shard = end;
             }
             View::Lazy(lazy) => {
                 let mut collected = Collected::default();
                 while lazy.next_shard < end {
                     if !lazy.table.untouched(lazy.next_shard) {
-                        // Copied out under the lock, visited without it: a
-                        // visit may write to a disk, and the map may be
-                        // waiting to write to this shard.
-                        collected.clear();
-                        lazy.table
-                            .collect(lazy.next_shard, lazy.epoch, &mut collected);
-                        collected.sort();
+                        lazy.shard_entries(lazy.next_shard, &mut collected);
                         collected.visit(&mut visit)?;
                     }
                     lazy.finish_next();
