@@ -548,7 +548,12 @@ fn remove_gradually(fs: &SharedFs, path: &Path) -> Result<(), StorageError> {
             .map_err(io_err(format!("shortening {}", path.display())))?;
     }
     fs.remove_file(path)
-        .map_err(io_err(format!("removing {}", path.display())))
+        .map_err(io_err(format!("removing {}", path.display())))?;
+    ensures!(
+        fs.open_read(path).is_err(),
+        "a removed checkpoint cannot be opened"
+    );
+    Ok(())
 }
 
 /// Writes one checkpoint; see the module documentation. Dropping it without
